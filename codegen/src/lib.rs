@@ -6,10 +6,13 @@
 //! between two spec versions). Nothing here knows about HTTP.
 
 pub mod bundle;
+pub mod diff;
+pub mod digest;
 pub mod emit;
 pub mod error;
 pub mod model;
 pub mod names;
+pub mod pin;
 mod ops;
 mod quirks;
 pub mod spec;

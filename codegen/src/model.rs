@@ -107,6 +107,20 @@ impl IdKind {
         })
     }
 
+    /// The spec's name for the format.
+    pub fn format(self) -> &'static str {
+        match self {
+            IdKind::UserId => "mx-user-id",
+            IdKind::RoomId => "mx-room-id",
+            IdKind::EventId => "mx-event-id",
+            IdKind::RoomAlias => "mx-room-alias",
+            IdKind::ServerName => "mx-server-name",
+            IdKind::MxcUri => "mx-mxc-uri",
+            IdKind::Base64 => "mx-unpadded-base64",
+            IdKind::UrlSafeBase64 => "mx-urlsafe-unpadded-base64",
+        }
+    }
+
     pub fn rust_name(self) -> &'static str {
         match self {
             IdKind::UserId => "UserId",

@@ -4,6 +4,15 @@
 use crate::model::{AuthRequirement, AuthScheme, Group, Operation};
 
 pub(crate) fn apply(op: &mut Operation, warnings: &mut Vec<String>) {
+    // v1.19: the federation timestamp_to_event operation lists `accessToken`, which
+    // server-server files do not declare; every federation request is signed.
+    if op.group == Group::ServerServer && op.auth_schemes.contains(&AuthScheme::AccessToken) {
+        op.auth_schemes = vec![AuthScheme::ServerSignature];
+        warnings.push(format!(
+            "server-server {}: read `security: [accessToken]` as a signed federation request",
+            op.operation_id
+        ));
+    }
     // v1.15+: getRoomSummary lists the federation `signedRequest` scheme, which a
     // client-server file does not declare; the operation's text says servers MAY allow
     // unauthenticated access, i.e. an access token is optional.
