@@ -10,6 +10,7 @@ pub mod diff;
 pub mod digest;
 pub mod emit;
 pub mod error;
+pub mod examples;
 pub mod model;
 pub mod names;
 pub mod pin;
@@ -34,6 +35,7 @@ pub fn generate(spec: &Spec) -> Result<Files> {
 pub fn generate_from_model(spec: &Spec, model: &Model) -> Result<Files> {
     let mut files = emit::emit(model)?;
     files.extend(bundle::bundles(spec, model)?);
+    files.insert("tests/support/dispatch.rs".into(), examples::dispatch_file(model)?);
     files.insert(
         "SPEC_VERSION".into(),
         format!("{} {}", model.version.version, model.version.commit),
@@ -82,7 +84,7 @@ pub fn generated_files_on_disk(root: &Path) -> Vec<String> {
         }
     }
     let mut out = Vec::new();
-    for sub in ["src", "json-schema"] {
+    for sub in ["src", "json-schema", "tests"] {
         walk(root, &root.join(sub), &mut out);
     }
     out.sort();

@@ -190,7 +190,7 @@ pub mod get_event_by_timestamp {
         method: crate::Method::GET,
         path: "/_matrix/federation/v1/timestamp_to_event/{roomId}",
         auth: crate::Auth::Required,
-        auth_schemes: &[crate::AuthScheme::AccessToken],
+        auth_schemes: &[crate::AuthScheme::ServerSignature],
         rate_limited: false,
         added_in: Some("1.6"),
         changed_in: &[],
