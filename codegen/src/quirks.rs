@@ -3,7 +3,24 @@
 
 use crate::model::{AuthRequirement, AuthScheme, Group, Operation};
 
+/// Operations the spec added without an `x-addedInMatrixVersion` mark, with the version that
+/// added them (found by comparing the releases).
+const MISSING_ADDED_IN: &[(Group, &str, &str)] = &[
+    (Group::ClientServer, "getMutualRooms", "1.19"),
+    (Group::ServerServer, "askPolicyServerToSign", "1.18"),
+];
+
 pub(crate) fn apply(op: &mut Operation, warnings: &mut Vec<String>) {
+    if op.added_in.is_none() {
+        if let Some((_, _, v)) = MISSING_ADDED_IN.iter().find(|(g, id, _)| *g == op.group && *id == op.operation_id) {
+            op.added_in = Some(v.to_string());
+            warnings.push(format!(
+                "{} {}: no x-addedInMatrixVersion; recorded as added in {v}",
+                op.group.dir(),
+                op.operation_id
+            ));
+        }
+    }
     // v1.19: the federation timestamp_to_event operation lists `accessToken`, which
     // server-server files do not declare; every federation request is signed.
     if op.group == Group::ServerServer && op.auth_schemes.contains(&AuthScheme::AccessToken) {

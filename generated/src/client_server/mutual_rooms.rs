@@ -15,7 +15,7 @@ pub mod get_mutual_rooms {
         auth: crate::Auth::Required,
         auth_schemes: &[crate::AuthScheme::AccessToken],
         rate_limited: true,
-        added_in: None,
+        added_in: Some("1.19"),
         changed_in: &[],
         deprecated: false,
         shares_route: false,

@@ -15,7 +15,7 @@ pub mod ask_policy_server_to_sign {
         auth: crate::Auth::Required,
         auth_schemes: &[crate::AuthScheme::ServerSignature],
         rate_limited: true,
-        added_in: None,
+        added_in: Some("1.18"),
         changed_in: &[],
         deprecated: false,
         shares_route: false,
