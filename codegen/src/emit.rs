@@ -340,38 +340,39 @@ impl<'m> Emitter<'m> {
         }));
         match &td.kind {
             Kind::Struct { fields, rest } => {
-                let mut field_tokens = Vec::new();
-                let all_optional = fields.iter().all(|f| !f.required);
-                for (fi, f) in fields.iter().enumerate() {
-                    field_tokens.push(self.field_tokens(f, self.boxed.contains(&(i, fi)), &td.module, None));
-                }
+                let field_tokens: Vec<TokenStream> = fields
+                    .iter()
+                    .enumerate()
+                    .map(|(fi, f)| self.field_tokens(f, self.boxed.contains(&(i, fi)), &td.module, None))
+                    .collect();
                 let taken: BTreeSet<&str> = fields.iter().map(|f| f.rust.as_str()).collect();
-                match rest {
-                    Rest::Closed => {}
+                let rest = match rest {
+                    Rest::Closed => quote!(),
                     Rest::Keep => {
                         let extra = ident(if taken.contains("extra") { "extra_fields" } else { "extra" });
-                        field_tokens.push(quote! {
+                        quote! {
                             #[doc = " Keys the schema does not name, kept so that nothing is lost."]
-                            #[serde(flatten)]
-                            pub #extra: crate::JsonObject,
-                        });
+                            rest #extra: crate::JsonObject
+                        }
                     }
                     Rest::Typed(t) => {
                         let extra = ident(if taken.contains("additional") { "additional_fields" } else { "additional" });
                         let t = self.ty_tokens(t, &td.module);
-                        field_tokens.push(quote! {
+                        quote! {
                             #[doc = " Keys beyond the named ones."]
-                            #[serde(flatten)]
-                            pub #extra: std::collections::BTreeMap<String, #t>,
-                        });
+                            rest #extra: std::collections::BTreeMap<String, #t>
+                        }
                     }
-                }
-                let default = if all_optional { quote!(, Default) } else { quote!() };
+                };
+                let default = if fields.iter().all(|f| !f.required) { quote!(#[derive(Default)]) } else { quote!() };
                 quote! {
-                    #origin
-                    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize #default)]
-                    pub struct #name {
-                        #(#field_tokens)*
+                    crate::json_object! {
+                        #origin
+                        #default
+                        #name {
+                            #(#field_tokens)*
+                        }
+                        #rest
                     }
                 }
             }
@@ -394,10 +395,10 @@ impl<'m> Emitter<'m> {
                     quote!(#v(#t),)
                 });
                 quote! {
-                    #origin
-                    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-                    #[serde(untagged)]
-                    pub enum #name { #(#vs)* }
+                    crate::json_untagged! {
+                        #origin
+                        #name { #(#vs)* }
+                    }
                 }
             }
             Kind::Pending => quote!(),
@@ -433,26 +434,14 @@ impl<'m> Emitter<'m> {
             notes.push("Deprecated.".into());
         }
         let docs = if notes.is_empty() { quote!() } else { doc(&notes.join(" ")) };
-        let rename = if f.rust != f.wire {
-            let wire = &f.wire;
-            quote!(#[serde(rename = #wire)])
-        } else {
-            quote!()
-        };
-        match (f.required, f.nullable) {
-            (true, false) => quote! { #docs #rename pub #name: #t, },
-            (true, true) => quote! { #docs #rename pub #name: Option<#t>, },
-            (false, false) => quote! {
-                #docs #rename
-                #[serde(default, skip_serializing_if = "Option::is_none")]
-                pub #name: Option<#t>,
-            },
-            (false, true) => quote! {
-                #docs #rename
-                #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::nullable")]
-                pub #name: Option<Option<#t>>,
-            },
-        }
+        let kind = ident(match (f.required, f.nullable) {
+            (true, false) => "req",
+            (true, true) => "req_null",
+            (false, false) => "opt",
+            (false, true) => "opt_null",
+        });
+        let wire = &f.wire;
+        quote! { #docs #kind #name: #t => #wire, }
     }
 
     fn op_tokens(&self, op: &Operation, inner_types: &[usize]) -> TokenStream {
@@ -495,23 +484,18 @@ impl<'m> Emitter<'m> {
                 let t = self.ty_tokens(ty, &op.module);
                 items.push(quote!(pub type RequestBody = #t;));
             }
-            if *required {
-                fields.push(quote!(#[doc = " The JSON body."] pub body: RequestBody,));
-            } else {
-                fields.push(quote! {
-                    #[doc = " The JSON body."]
-                    #[serde(default, skip_serializing_if = "Option::is_none")]
-                    pub body: Option<RequestBody>,
-                });
-            }
+            let kind = ident(if *required { "req" } else { "opt" });
+            fields.push(quote!(#[doc = " The JSON body."] #kind body: RequestBody => "body",));
         }
         let all_optional = op.params.iter().all(|p| !p.required || p.location == ParamLocation::Header)
             && !matches!(&op.request, Some(Body::Json { required: true, .. }));
-        let default = if all_optional { quote!(, Default) } else { quote!() };
+        let default = if all_optional { quote!(#[derive(Default)]) } else { quote!() };
         items.push(quote! {
-            #[doc = " Path and query parameters and the JSON body, by their wire names."]
-            #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize #default)]
-            pub struct Request { #(#fields)* }
+            crate::json_object! {
+                #[doc = " Path and query parameters and the JSON body (under `body`), by their wire names."]
+                #default
+                Request { #(#fields)* }
+            }
         });
         for r in &op.responses {
             if let Some(Body::Json { ty, .. }) = &r.body {

@@ -9,6 +9,8 @@
 #![allow(clippy::large_enum_variant, clippy::too_many_lines)]
 
 pub mod ids;
+#[doc(hidden)]
+pub mod macros;
 mod route;
 
 pub use route::{Auth, AuthScheme, BodyKind, Group, Method, Param, ParamKind, ParamLocation, ResponseSpec, Route};

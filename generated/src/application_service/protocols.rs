@@ -49,11 +49,11 @@ pub mod get_protocol_metadata {
         spec_url: "https://spec.matrix.org/v1.19/application-service-api/#get_matrixappv1thirdpartyprotocolprotocol",
         spec_file: "api/application-service/protocols.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `protocol`.
-        pub protocol: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `protocol`."] req protocol : String =>
+        "protocol", }
     }
     /// The `200` response body.
     pub type Response = crate::application_service::definitions::protocol::Protocol;
@@ -117,14 +117,12 @@ pub mod query_user_by_protocol {
         spec_url: "https://spec.matrix.org/v1.19/application-service-api/#get_matrixappv1thirdpartyuserprotocol",
         spec_file: "api/application-service/protocols.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `protocol`.
-        pub protocol: String,
-        /// Query parameter `fields`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub fields: Option<std::collections::BTreeMap<String, String>>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `protocol`."] req protocol : String =>
+        "protocol", #[doc = " Query parameter `fields`."] opt fields :
+        std::collections::BTreeMap < String, String > => "fields", }
     }
     /// The `200` response body.
     pub type Response = Vec<crate::application_service::definitions::user::User>;
@@ -188,14 +186,12 @@ pub mod query_location_by_protocol {
         spec_url: "https://spec.matrix.org/v1.19/application-service-api/#get_matrixappv1thirdpartylocationprotocol",
         spec_file: "api/application-service/protocols.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `protocol`.
-        pub protocol: String,
-        /// Query parameter `fields`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub fields: Option<std::collections::BTreeMap<String, String>>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `protocol`."] req protocol : String =>
+        "protocol", #[doc = " Query parameter `fields`."] opt fields :
+        std::collections::BTreeMap < String, String > => "fields", }
     }
     /// The `200` response body.
     pub type Response = Vec<crate::application_service::definitions::location::Location>;
@@ -253,12 +249,11 @@ pub mod query_location_by_alias {
         spec_url: "https://spec.matrix.org/v1.19/application-service-api/#get_matrixappv1thirdpartylocation",
         spec_file: "api/application-service/protocols.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {
-        /// Query parameter `alias`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub alias: Option<String>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request { #[doc = " Query parameter `alias`."] opt alias :
+        String => "alias", }
     }
     /// The `200` response body.
     pub type Response = Vec<crate::application_service::definitions::location::Location>;
@@ -316,12 +311,11 @@ pub mod query_user_by_id {
         spec_url: "https://spec.matrix.org/v1.19/application-service-api/#get_matrixappv1thirdpartyuser",
         spec_file: "api/application-service/protocols.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {
-        /// Query parameter `userid`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub userid: Option<String>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request { #[doc = " Query parameter `userid`."] opt userid :
+        String => "userid", }
     }
     /// The `200` response body.
     pub type Response = Vec<crate::application_service::definitions::user::User>;

@@ -49,12 +49,11 @@ pub mod query_user_by_id {
         spec_url: "https://spec.matrix.org/v1.19/application-service-api/#get_matrixappv1usersuserid",
         spec_file: "api/application-service/query_user.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
+        }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;

@@ -56,17 +56,12 @@ pub mod set_account_data {
         spec_file: "api/client-server/account-data.yaml",
     };
     pub type RequestBody = crate::JsonObject;
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: String,
-        /// Path parameter `type`.
-        #[serde(rename = "type")]
-        pub type_: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
+        #[doc = " Path parameter `type`."] req type_ : String => "type", #[doc =
+        " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -126,15 +121,11 @@ pub mod get_account_data {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3useruseridaccount_datatype",
         spec_file: "api/client-server/account-data.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: String,
-        /// Path parameter `type`.
-        #[serde(rename = "type")]
-        pub type_: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
+        #[doc = " Path parameter `type`."] req type_ : String => "type", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -203,20 +194,13 @@ pub mod set_account_data_per_room {
         spec_file: "api/client-server/account-data.yaml",
     };
     pub type RequestBody = crate::JsonObject;
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: String,
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// Path parameter `type`.
-        #[serde(rename = "type")]
-        pub type_: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
+        #[doc = " Path parameter `roomId`."] req room_id : String => "roomId", #[doc =
+        " Path parameter `type`."] req type_ : String => "type", #[doc =
+        " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -286,18 +270,12 @@ pub mod get_account_data_per_room {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3useruseridroomsroomidaccount_datatype",
         spec_file: "api/client-server/account-data.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: String,
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// Path parameter `type`.
-        #[serde(rename = "type")]
-        pub type_: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
+        #[doc = " Path parameter `roomId`."] req room_id : String => "roomId", #[doc =
+        " Path parameter `type`."] req type_ : String => "type", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;

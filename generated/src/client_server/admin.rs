@@ -37,55 +37,43 @@ pub mod get_who_is {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3adminwhoisuserid",
         spec_file: "api/client-server/admin.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
+        }
     }
-    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v3~1admin~1whois~1{userId}/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub user_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub devices: Option<std::collections::BTreeMap<String, DeviceInfo>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v3~1admin~1whois~1{userId}/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { opt user_id : String => "user_id", opt devices :
+        std::collections::BTreeMap < String, DeviceInfo > => "devices", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v3~1admin~1whois~1{userId}/get/responses/200/content/application~1json/schema/properties/devices/additionalProperties`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct DeviceInfo {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub sessions: Option<Vec<SessionInfo>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v3~1admin~1whois~1{userId}/get/responses/200/content/application~1json/schema/properties/devices/additionalProperties`."]
+        #[derive(Default)] DeviceInfo { opt sessions : Vec < SessionInfo > => "sessions",
+        } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v3~1admin~1whois~1{userId}/get/responses/200/content/application~1json/schema/properties/devices/additionalProperties/properties/sessions/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct SessionInfo {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub connections: Option<Vec<ConnectionInfo>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v3~1admin~1whois~1{userId}/get/responses/200/content/application~1json/schema/properties/devices/additionalProperties/properties/sessions/items`."]
+        #[derive(Default)] SessionInfo { opt connections : Vec < ConnectionInfo > =>
+        "connections", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v3~1admin~1whois~1{userId}/get/responses/200/content/application~1json/schema/properties/devices/additionalProperties/properties/sessions/items/properties/connections/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct ConnectionInfo {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub ip: Option<String>,
-        /// Format `int64`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub last_seen: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub user_agent: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v3~1admin~1whois~1{userId}/get/responses/200/content/application~1json/schema/properties/devices/additionalProperties/properties/sessions/items/properties/connections/items`."]
+        #[derive(Default)] ConnectionInfo { opt ip : String => "ip", #[doc =
+        " Format `int64`."] opt last_seen : i64 => "last_seen", opt user_agent : String
+        => "user_agent", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `GET /_matrix/client/v1/admin/suspend/{userId}`: operation `getAdminSuspendUser`.
@@ -135,12 +123,11 @@ pub mod get_admin_suspend_user {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1adminsuspenduserid",
         spec_file: "api/client-server/admin.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: crate::ids::UserId,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
+        => "userId", }
     }
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
@@ -148,13 +135,12 @@ pub mod get_admin_suspend_user {
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1suspend~1{userId}/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub suspended: bool,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1suspend~1{userId}/get/responses/200/content/application~1json/schema`."]
+        Response { req suspended : bool => "suspended", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `PUT /_matrix/client/v1/admin/suspend/{userId}`: operation `setAdminSuspendUser`.
@@ -204,14 +190,11 @@ pub mod set_admin_suspend_user {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv1adminsuspenduserid",
         spec_file: "api/client-server/admin.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: crate::ids::UserId,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
+        => "userId", #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
@@ -219,21 +202,19 @@ pub mod set_admin_suspend_user {
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1suspend~1{userId}/put/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub suspended: bool,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1suspend~1{userId}/put/requestBody/content/application~1json/schema`."]
+        RequestBody { req suspended : bool => "suspended", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1suspend~1{userId}/put/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub suspended: bool,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1suspend~1{userId}/put/responses/200/content/application~1json/schema`."]
+        Response { req suspended : bool => "suspended", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `GET /_matrix/client/v1/admin/lock/{userId}`: operation `getAdminLockUser`.
@@ -283,12 +264,11 @@ pub mod get_admin_lock_user {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1adminlockuserid",
         spec_file: "api/client-server/admin.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: crate::ids::UserId,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
+        => "userId", }
     }
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
@@ -296,13 +276,12 @@ pub mod get_admin_lock_user {
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1lock~1{userId}/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub locked: bool,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1lock~1{userId}/get/responses/200/content/application~1json/schema`."]
+        Response { req locked : bool => "locked", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `PUT /_matrix/client/v1/admin/lock/{userId}`: operation `setAdminLockUser`.
@@ -352,14 +331,11 @@ pub mod set_admin_lock_user {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv1adminlockuserid",
         spec_file: "api/client-server/admin.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: crate::ids::UserId,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
+        => "userId", #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
@@ -367,20 +343,18 @@ pub mod set_admin_lock_user {
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1lock~1{userId}/put/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub locked: bool,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1lock~1{userId}/put/requestBody/content/application~1json/schema`."]
+        RequestBody { req locked : bool => "locked", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1lock~1{userId}/put/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub locked: bool,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1lock~1{userId}/put/responses/200/content/application~1json/schema`."]
+        Response { req locked : bool => "locked", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

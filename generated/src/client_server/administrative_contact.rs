@@ -30,30 +30,27 @@ pub mod get_account3_pi_ds {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3account3pid",
         spec_file: "api/client-server/administrative_contact.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {}
-    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub threepids: Option<Vec<ThirdPartyIdentifier>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request {}
     }
-    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/get/responses/200/content/application~1json/schema/properties/threepids/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct ThirdPartyIdentifier {
-        pub medium: Medium,
-        pub address: String,
-        /// Format `int64`.
-        pub validated_at: i64,
-        /// Format `int64`.
-        pub added_at: i64,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { opt threepids : Vec < ThirdPartyIdentifier > =>
+        "threepids", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
+    }
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/get/responses/200/content/application~1json/schema/properties/threepids/items`."]
+        ThirdPartyIdentifier { req medium : Medium => "medium", req address : String =>
+        "address", #[doc = " Format `int64`."] req validated_at : i64 => "validated_at",
+        #[doc = " Format `int64`."] req added_at : i64 => "added_at", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
@@ -93,42 +90,36 @@ pub mod post3_pi_ds {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3account3pid",
         spec_file: "api/client-server/administrative_contact.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
-    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub three_pid_creds: ThreePidCredentials,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/post/requestBody/content/application~1json/schema`."]
+        RequestBody { req three_pid_creds : ThreePidCredentials => "three_pid_creds", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/post/requestBody/content/application~1json/schema/properties/three_pid_creds`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct ThreePidCredentials {
-        pub client_secret: String,
-        pub id_server: String,
-        pub id_access_token: String,
-        pub sid: String,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/post/requestBody/content/application~1json/schema/properties/three_pid_creds`."]
+        ThreePidCredentials { req client_secret : String => "client_secret", req
+        id_server : String => "id_server", req id_access_token : String =>
+        "id_access_token", req sid : String => "sid", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        /// Format `uri`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub submit_url: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/post/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { #[doc = " Format `uri`."] opt submit_url : String
+        => "submit_url", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `POST /_matrix/client/v3/account/3pid/add`: operation `add3PID`.
@@ -167,11 +158,10 @@ pub mod add3_pid {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3account3pidadd",
         spec_file: "api/client-server/administrative_contact.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -179,28 +169,20 @@ pub mod add3_pid {
     pub type Response401 = crate::client_server::definitions::auth_response::AuthResponse;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1add/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub auth: Option<Auth>,
-        pub client_secret: String,
-        pub sid: String,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1add/post/requestBody/content/application~1json/schema`."]
+        RequestBody { opt auth : Auth => "auth", req client_secret : String =>
+        "client_secret", req sid : String => "sid", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1add/post/requestBody/content/application~1json/schema/properties/auth`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Auth {
-        #[serde(rename = "type")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub type_: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub session: Option<String>,
-        /// Keys beyond the named ones.
-        #[serde(flatten)]
-        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1add/post/requestBody/content/application~1json/schema/properties/auth`."]
+        #[derive(Default)] Auth { opt type_ : String => "type", opt session : String =>
+        "session", } #[doc = " Keys beyond the named ones."] rest additional :
+        std::collections::BTreeMap < String, crate ::JsonValue >
     }
 }
 /// `POST /_matrix/client/v3/account/3pid/bind`: operation `bind3PID`.
@@ -235,26 +217,23 @@ pub mod bind3_pid {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3account3pidbind",
         spec_file: "api/client-server/administrative_contact.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1bind/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub client_secret: String,
-        pub id_server: String,
-        pub id_access_token: String,
-        pub sid: String,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1bind/post/requestBody/content/application~1json/schema`."]
+        RequestBody { req client_secret : String => "client_secret", req id_server :
+        String => "id_server", req id_access_token : String => "id_access_token", req sid
+        : String => "sid", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `POST /_matrix/client/v3/account/3pid/delete`: operation `delete3pidFromAccount`.
@@ -285,35 +264,31 @@ pub mod delete3pid_from_account {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3account3piddelete",
         spec_file: "api/client-server/administrative_contact.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
-    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1delete/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub id_server: Option<String>,
-        pub medium: Medium,
-        pub address: String,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1delete/post/requestBody/content/application~1json/schema`."]
+        RequestBody { opt id_server : String => "id_server", req medium : Medium =>
+        "medium", req address : String => "address", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
         " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1delete/post/requestBody/content/application~1json/schema/properties/medium`."]
         Medium { Email => "email", Msisdn => "msisdn", }
     }
-    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1delete/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub id_server_unbind_result: IdServerUnbindResult,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1delete/post/responses/200/content/application~1json/schema`."]
+        Response { req id_server_unbind_result : IdServerUnbindResult =>
+        "id_server_unbind_result", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
@@ -349,35 +324,31 @@ pub mod unbind3pid_from_account {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3account3pidunbind",
         spec_file: "api/client-server/administrative_contact.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
-    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1unbind/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub id_server: Option<String>,
-        pub medium: Medium,
-        pub address: String,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1unbind/post/requestBody/content/application~1json/schema`."]
+        RequestBody { opt id_server : String => "id_server", req medium : Medium =>
+        "medium", req address : String => "address", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
         " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1unbind/post/requestBody/content/application~1json/schema/properties/medium`."]
         Medium { Email => "email", Msisdn => "msisdn", }
     }
-    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1unbind/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub id_server_unbind_result: IdServerUnbindResult,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1unbind/post/responses/200/content/application~1json/schema`."]
+        Response { req id_server_unbind_result : IdServerUnbindResult =>
+        "id_server_unbind_result", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
@@ -422,11 +393,10 @@ pub mod request_token_to3_pid_email {
         spec_file: "api/client-server/administrative_contact.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::request_email_validation::RequestEmailValidation;
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::request_token_response::RequestTokenResponse;
@@ -472,11 +442,10 @@ pub mod request_token_to3_pidmsisdn {
         spec_file: "api/client-server/administrative_contact.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::request_msisdn_validation::RequestMsisdnValidation;
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::request_token_response::RequestTokenResponse;

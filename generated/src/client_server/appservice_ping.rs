@@ -53,14 +53,11 @@ pub mod ping_appservice {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv1appserviceappserviceidping",
         spec_file: "api/client-server/appservice_ping.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `appserviceId`.
-        #[serde(rename = "appserviceId")]
-        pub appservice_id: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `appserviceId`."] req appservice_id : String
+        => "appserviceId", #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
@@ -68,36 +65,27 @@ pub mod ping_appservice {
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `504` response body.
     pub type Response504 = crate::client_server::definitions::errors::error::Error;
-    /// Schema: `data/api/client-server/appservice_ping.yaml` at `/paths/~1appservice~1{appserviceId}~1ping/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct RequestBody {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub transaction_id: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/appservice_ping.yaml` at `/paths/~1appservice~1{appserviceId}~1ping/post/requestBody/content/application~1json/schema`."]
+        #[derive(Default)] RequestBody { opt transaction_id : String => "transaction_id",
+        } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/appservice_ping.yaml` at `/paths/~1appservice~1{appserviceId}~1ping/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub duration_ms: i64,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/appservice_ping.yaml` at `/paths/~1appservice~1{appserviceId}~1ping/post/responses/200/content/application~1json/schema`."]
+        Response { req duration_ms : i64 => "duration_ms", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/appservice_ping.yaml` at `/paths/~1appservice~1{appserviceId}~1ping/post/responses/502/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response502 {
-        pub errcode: Errcode,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub error: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub status: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub body: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/appservice_ping.yaml` at `/paths/~1appservice~1{appserviceId}~1ping/post/responses/502/content/application~1json/schema`."]
+        Response502 { req errcode : Errcode => "errcode", opt error : String => "error",
+        opt status : i64 => "status", opt body : String => "body", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =

@@ -43,27 +43,21 @@ pub mod update_appservice_room_directory_visibility {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3directorylistappservicenetworkidroomid",
         spec_file: "api/client-server/appservice_room_directory.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `networkId`.
-        #[serde(rename = "networkId")]
-        pub network_id: String,
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `networkId`."] req network_id : String =>
+        "networkId", #[doc = " Path parameter `roomId`."] req room_id : String =>
+        "roomId", #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
-    /// Schema: `data/api/client-server/appservice_room_directory.yaml` at `/paths/~1directory~1list~1appservice~1{networkId}~1{roomId}/put/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub visibility: Visibility,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/appservice_room_directory.yaml` at `/paths/~1directory~1list~1appservice~1{networkId}~1{roomId}/put/requestBody/content/application~1json/schema`."]
+        RequestBody { req visibility : Visibility => "visibility", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =

@@ -69,18 +69,14 @@ pub mod get_content_authed {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediadownloadservernamemediaid",
         spec_file: "api/client-server/authed-content-repo.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `serverName`.
-        #[serde(rename = "serverName")]
-        pub server_name: crate::ids::ServerName,
-        /// Path parameter `mediaId`.
-        #[serde(rename = "mediaId")]
-        pub media_id: String,
-        /// Query parameter `timeout_ms`. Added in v1.7.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub timeout_ms: Option<i64>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `serverName`."] req server_name : crate
+        ::ids::ServerName => "serverName", #[doc = " Path parameter `mediaId`."] req
+        media_id : String => "mediaId", #[doc =
+        " Query parameter `timeout_ms`. Added in v1.7."] opt timeout_ms : i64 =>
+        "timeout_ms", }
     }
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
@@ -162,21 +158,15 @@ pub mod get_content_override_name_authed {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediadownloadservernamemediaidfilename",
         spec_file: "api/client-server/authed-content-repo.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `serverName`.
-        #[serde(rename = "serverName")]
-        pub server_name: crate::ids::ServerName,
-        /// Path parameter `mediaId`.
-        #[serde(rename = "mediaId")]
-        pub media_id: String,
-        /// Path parameter `fileName`.
-        #[serde(rename = "fileName")]
-        pub file_name: String,
-        /// Query parameter `timeout_ms`. Added in v1.7.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub timeout_ms: Option<i64>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `serverName`."] req server_name : crate
+        ::ids::ServerName => "serverName", #[doc = " Path parameter `mediaId`."] req
+        media_id : String => "mediaId", #[doc = " Path parameter `fileName`."] req
+        file_name : String => "fileName", #[doc =
+        " Query parameter `timeout_ms`. Added in v1.7."] opt timeout_ms : i64 =>
+        "timeout_ms", }
     }
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
@@ -284,28 +274,17 @@ pub mod get_content_thumbnail_authed {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediathumbnailservernamemediaid",
         spec_file: "api/client-server/authed-content-repo.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `serverName`.
-        #[serde(rename = "serverName")]
-        pub server_name: crate::ids::ServerName,
-        /// Path parameter `mediaId`.
-        #[serde(rename = "mediaId")]
-        pub media_id: String,
-        /// Query parameter `width`.
-        pub width: i64,
-        /// Query parameter `height`.
-        pub height: i64,
-        /// Query parameter `method`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub method: Option<Method>,
-        /// Query parameter `timeout_ms`. Added in v1.7.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub timeout_ms: Option<i64>,
-        /// Query parameter `animated`. Added in v1.11.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub animated: Option<bool>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `serverName`."] req server_name : crate
+        ::ids::ServerName => "serverName", #[doc = " Path parameter `mediaId`."] req
+        media_id : String => "mediaId", #[doc = " Query parameter `width`."] req width :
+        i64 => "width", #[doc = " Query parameter `height`."] req height : i64 =>
+        "height", #[doc = " Query parameter `method`."] opt method : Method => "method",
+        #[doc = " Query parameter `timeout_ms`. Added in v1.7."] opt timeout_ms : i64 =>
+        "timeout_ms", #[doc = " Query parameter `animated`. Added in v1.11."] opt
+        animated : bool => "animated", }
     }
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
@@ -368,31 +347,22 @@ pub mod get_url_preview_authed {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediapreview_url",
         spec_file: "api/client-server/authed-content-repo.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `url`.
-        pub url: String,
-        /// Query parameter `ts`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub ts: Option<i64>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `url`."] req url : String => "url", #[doc =
+        " Query parameter `ts`."] opt ts : i64 => "ts", }
     }
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/authed-content-repo.yaml` at `/paths/~1media~1preview_url/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        /// `matrix:image:size`. Format `int64`.
-        #[serde(rename = "matrix:image:size")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub matrix_image_size: Option<i64>,
-        /// `og:image`. Format `uri`.
-        #[serde(rename = "og:image")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub og_image: Option<String>,
-        /// Keys beyond the named ones.
-        #[serde(flatten)]
-        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/authed-content-repo.yaml` at `/paths/~1media~1preview_url/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { #[doc = " `matrix:image:size`. Format `int64`."]
+        opt matrix_image_size : i64 => "matrix:image:size", #[doc =
+        " `og:image`. Format `uri`."] opt og_image : String => "og:image", } #[doc =
+        " Keys beyond the named ones."] rest additional : std::collections::BTreeMap <
+        String, crate ::JsonValue >
     }
 }
 /// `GET /_matrix/client/v1/media/config`: operation `getConfigAuthed`.
@@ -427,20 +397,19 @@ pub mod get_config_authed {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediaconfig",
         spec_file: "api/client-server/authed-content-repo.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {}
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request {}
+    }
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/authed-content-repo.yaml` at `/paths/~1media~1config/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        /// `m.upload.size`. Format `int64`.
-        #[serde(rename = "m.upload.size")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub m_upload_size: Option<i64>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/authed-content-repo.yaml` at `/paths/~1media~1config/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { #[doc = " `m.upload.size`. Format `int64`."] opt
+        m_upload_size : i64 => "m.upload.size", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

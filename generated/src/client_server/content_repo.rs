@@ -55,12 +55,11 @@ pub mod upload_content {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixmediav3upload",
         spec_file: "api/client-server/content-repo.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {
-        /// Query parameter `filename`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub filename: Option<String>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request { #[doc = " Query parameter `filename`."] opt filename
+        : String => "filename", }
     }
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
@@ -68,14 +67,13 @@ pub mod upload_content {
     pub type Response413 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v3~1upload/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        /// Format `mx-mxc-uri`.
-        pub content_uri: crate::ids::MxcUri,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v3~1upload/post/responses/200/content/application~1json/schema`."]
+        Response { #[doc = " Format `mx-mxc-uri`."] req content_uri : crate ::ids::MxcUri
+        => "content_uri", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}`: operation `uploadContentToMXC`.
@@ -151,18 +149,13 @@ pub mod upload_content_to_mxc {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixmediav3uploadservernamemediaid",
         spec_file: "api/client-server/content-repo.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `serverName`.
-        #[serde(rename = "serverName")]
-        pub server_name: crate::ids::ServerName,
-        /// Path parameter `mediaId`.
-        #[serde(rename = "mediaId")]
-        pub media_id: String,
-        /// Query parameter `filename`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub filename: Option<String>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `serverName`."] req server_name : crate
+        ::ids::ServerName => "serverName", #[doc = " Path parameter `mediaId`."] req
+        media_id : String => "mediaId", #[doc = " Query parameter `filename`."] opt
+        filename : String => "filename", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -213,24 +206,23 @@ pub mod create_content {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixmediav1create",
         spec_file: "api/client-server/content-repo.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {}
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request {}
+    }
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v1~1create/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        /// Format `mx-mxc-uri`.
-        pub content_uri: crate::ids::MxcUri,
-        /// Format `int64`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub unused_expires_at: Option<i64>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v1~1create/post/responses/200/content/application~1json/schema`."]
+        Response { #[doc = " Format `mx-mxc-uri`."] req content_uri : crate ::ids::MxcUri
+        => "content_uri", #[doc = " Format `int64`."] opt unused_expires_at : i64 =>
+        "unused_expires_at", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `GET /_matrix/media/v3/download/{serverName}/{mediaId}`: operation `getContent`.
@@ -312,24 +304,16 @@ pub mod get_content {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixmediav3downloadservernamemediaid",
         spec_file: "api/client-server/content-repo.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `serverName`.
-        #[serde(rename = "serverName")]
-        pub server_name: crate::ids::ServerName,
-        /// Path parameter `mediaId`.
-        #[serde(rename = "mediaId")]
-        pub media_id: String,
-        /// Query parameter `allow_remote`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub allow_remote: Option<bool>,
-        /// Query parameter `timeout_ms`. Added in v1.7.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub timeout_ms: Option<i64>,
-        /// Query parameter `allow_redirect`. Added in v1.7.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub allow_redirect: Option<bool>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `serverName`."] req server_name : crate
+        ::ids::ServerName => "serverName", #[doc = " Path parameter `mediaId`."] req
+        media_id : String => "mediaId", #[doc = " Query parameter `allow_remote`."] opt
+        allow_remote : bool => "allow_remote", #[doc =
+        " Query parameter `timeout_ms`. Added in v1.7."] opt timeout_ms : i64 =>
+        "timeout_ms", #[doc = " Query parameter `allow_redirect`. Added in v1.7."] opt
+        allow_redirect : bool => "allow_redirect", }
     }
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
@@ -423,27 +407,17 @@ pub mod get_content_override_name {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixmediav3downloadservernamemediaidfilename",
         spec_file: "api/client-server/content-repo.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `serverName`.
-        #[serde(rename = "serverName")]
-        pub server_name: crate::ids::ServerName,
-        /// Path parameter `mediaId`.
-        #[serde(rename = "mediaId")]
-        pub media_id: String,
-        /// Path parameter `fileName`.
-        #[serde(rename = "fileName")]
-        pub file_name: String,
-        /// Query parameter `allow_remote`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub allow_remote: Option<bool>,
-        /// Query parameter `timeout_ms`. Added in v1.7.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub timeout_ms: Option<i64>,
-        /// Query parameter `allow_redirect`. Added in v1.7.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub allow_redirect: Option<bool>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `serverName`."] req server_name : crate
+        ::ids::ServerName => "serverName", #[doc = " Path parameter `mediaId`."] req
+        media_id : String => "mediaId", #[doc = " Path parameter `fileName`."] req
+        file_name : String => "fileName", #[doc = " Query parameter `allow_remote`."] opt
+        allow_remote : bool => "allow_remote", #[doc =
+        " Query parameter `timeout_ms`. Added in v1.7."] opt timeout_ms : i64 =>
+        "timeout_ms", #[doc = " Query parameter `allow_redirect`. Added in v1.7."] opt
+        allow_redirect : bool => "allow_redirect", }
     }
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
@@ -563,34 +537,20 @@ pub mod get_content_thumbnail {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixmediav3thumbnailservernamemediaid",
         spec_file: "api/client-server/content-repo.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `serverName`.
-        #[serde(rename = "serverName")]
-        pub server_name: crate::ids::ServerName,
-        /// Path parameter `mediaId`.
-        #[serde(rename = "mediaId")]
-        pub media_id: String,
-        /// Query parameter `width`.
-        pub width: i64,
-        /// Query parameter `height`.
-        pub height: i64,
-        /// Query parameter `method`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub method: Option<Method>,
-        /// Query parameter `allow_remote`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub allow_remote: Option<bool>,
-        /// Query parameter `timeout_ms`. Added in v1.7.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub timeout_ms: Option<i64>,
-        /// Query parameter `allow_redirect`. Added in v1.7.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub allow_redirect: Option<bool>,
-        /// Query parameter `animated`. Added in v1.11.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub animated: Option<bool>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `serverName`."] req server_name : crate
+        ::ids::ServerName => "serverName", #[doc = " Path parameter `mediaId`."] req
+        media_id : String => "mediaId", #[doc = " Query parameter `width`."] req width :
+        i64 => "width", #[doc = " Query parameter `height`."] req height : i64 =>
+        "height", #[doc = " Query parameter `method`."] opt method : Method => "method",
+        #[doc = " Query parameter `allow_remote`."] opt allow_remote : bool =>
+        "allow_remote", #[doc = " Query parameter `timeout_ms`. Added in v1.7."] opt
+        timeout_ms : i64 => "timeout_ms", #[doc =
+        " Query parameter `allow_redirect`. Added in v1.7."] opt allow_redirect : bool =>
+        "allow_redirect", #[doc = " Query parameter `animated`. Added in v1.11."] opt
+        animated : bool => "animated", }
     }
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
@@ -653,31 +613,22 @@ pub mod get_url_preview {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixmediav3preview_url",
         spec_file: "api/client-server/content-repo.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `url`.
-        pub url: String,
-        /// Query parameter `ts`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub ts: Option<i64>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `url`."] req url : String => "url", #[doc =
+        " Query parameter `ts`."] opt ts : i64 => "ts", }
     }
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v3~1preview_url/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        /// `matrix:image:size`. Format `int64`.
-        #[serde(rename = "matrix:image:size")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub matrix_image_size: Option<i64>,
-        /// `og:image`. Format `uri`.
-        #[serde(rename = "og:image")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub og_image: Option<String>,
-        /// Keys beyond the named ones.
-        #[serde(flatten)]
-        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v3~1preview_url/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { #[doc = " `matrix:image:size`. Format `int64`."]
+        opt matrix_image_size : i64 => "matrix:image:size", #[doc =
+        " `og:image`. Format `uri`."] opt og_image : String => "og:image", } #[doc =
+        " Keys beyond the named ones."] rest additional : std::collections::BTreeMap <
+        String, crate ::JsonValue >
     }
 }
 /// `GET /_matrix/media/v3/config`: operation `getConfig`.
@@ -712,20 +663,19 @@ pub mod get_config {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixmediav3config",
         spec_file: "api/client-server/content-repo.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {}
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request {}
+    }
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v3~1config/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        /// `m.upload.size`. Format `int64`.
-        #[serde(rename = "m.upload.size")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub m_upload_size: Option<i64>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v3~1config/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { #[doc = " `m.upload.size`. Format `int64`."] opt
+        m_upload_size : i64 => "m.upload.size", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

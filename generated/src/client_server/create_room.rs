@@ -38,65 +38,43 @@ pub mod create_room {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3createroom",
         spec_file: "api/client-server/create_room.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
-    /// Schema: `data/api/client-server/create_room.yaml` at `/paths/~1createRoom/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct RequestBody {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub visibility: Option<Visibility>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub room_alias_name: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub name: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub topic: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub invite: Option<Vec<crate::ids::UserId>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub invite_3pid: Option<
-            Vec<crate::client_server::definitions::invite_3pid::Invite3pid>,
-        >,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub room_version: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub creation_content: Option<crate::JsonObject>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub initial_state: Option<Vec<StateEvent>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub preset: Option<Preset>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub is_direct: Option<bool>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub power_level_content_override: Option<crate::JsonObject>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/create_room.yaml` at `/paths/~1createRoom/post/requestBody/content/application~1json/schema`."]
+        #[derive(Default)] RequestBody { opt visibility : Visibility => "visibility", opt
+        room_alias_name : String => "room_alias_name", opt name : String => "name", opt
+        topic : String => "topic", opt invite : Vec < crate ::ids::UserId > => "invite",
+        opt invite_3pid : Vec < crate
+        ::client_server::definitions::invite_3pid::Invite3pid > => "invite_3pid", opt
+        room_version : String => "room_version", opt creation_content : crate
+        ::JsonObject => "creation_content", opt initial_state : Vec < StateEvent > =>
+        "initial_state", opt preset : Preset => "preset", opt is_direct : bool =>
+        "is_direct", opt power_level_content_override : crate ::JsonObject =>
+        "power_level_content_override", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
         " Schema: `data/api/client-server/create_room.yaml` at `/paths/~1createRoom/post/requestBody/content/application~1json/schema/properties/visibility`."]
         Visibility { Public => "public", Private => "private", }
     }
-    /// Schema: `data/api/client-server/create_room.yaml` at `/paths/~1createRoom/post/requestBody/content/application~1json/schema/properties/initial_state/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct StateEvent {
-        #[serde(rename = "type")]
-        pub type_: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub state_key: Option<String>,
-        pub content: crate::JsonObject,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/create_room.yaml` at `/paths/~1createRoom/post/requestBody/content/application~1json/schema/properties/initial_state/items`."]
+        StateEvent { req type_ : String => "type", opt state_key : String => "state_key",
+        req content : crate ::JsonObject => "content", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
@@ -104,13 +82,12 @@ pub mod create_room {
         Preset { PrivateChat => "private_chat", PublicChat => "public_chat",
         TrustedPrivateChat => "trusted_private_chat", }
     }
-    /// Schema: `data/api/client-server/create_room.yaml` at `/paths/~1createRoom/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        /// Format `mx-room-id`.
-        pub room_id: crate::ids::RoomId,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/create_room.yaml` at `/paths/~1createRoom/post/responses/200/content/application~1json/schema`."]
+        Response { #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId =>
+        "room_id", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

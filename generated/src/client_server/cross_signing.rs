@@ -38,11 +38,10 @@ pub mod upload_cross_signing_keys {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keysdevice_signingupload",
         spec_file: "api/client-server/cross_signing.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -50,32 +49,23 @@ pub mod upload_cross_signing_keys {
     pub type Response400 = crate::JsonObject;
     /// The `403` response body.
     pub type Response403 = crate::JsonObject;
-    /// Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct RequestBody {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub master_key: Option<MasterKey>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub self_signing_key: Option<SelfSigningKey>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub user_signing_key: Option<UserSigningKey>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub auth: Option<Auth>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema`."]
+        #[derive(Default)] RequestBody { opt master_key : MasterKey => "master_key", opt
+        self_signing_key : SelfSigningKey => "self_signing_key", opt user_signing_key :
+        UserSigningKey => "user_signing_key", opt auth : Auth => "auth", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/master_key`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct MasterKey {
-        pub user_id: String,
-        pub usage: Vec<UsageItem>,
-        pub keys: std::collections::BTreeMap<String, String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub signatures: Option<crate::JsonObject>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/master_key`."]
+        MasterKey { req user_id : String => "user_id", req usage : Vec < UsageItem > =>
+        "usage", req keys : std::collections::BTreeMap < String, String > => "keys", opt
+        signatures : crate ::JsonObject => "signatures", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
@@ -83,17 +73,14 @@ pub mod upload_cross_signing_keys {
         UsageItem { Master => "master", SelfSigning => "self_signing", UserSigning =>
         "user_signing", }
     }
-    /// Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/self_signing_key`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct SelfSigningKey {
-        pub user_id: String,
-        pub usage: Vec<SelfSigningKeyUsageItem>,
-        pub keys: std::collections::BTreeMap<String, String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub signatures: Option<crate::JsonObject>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/self_signing_key`."]
+        SelfSigningKey { req user_id : String => "user_id", req usage : Vec <
+        SelfSigningKeyUsageItem > => "usage", req keys : std::collections::BTreeMap <
+        String, String > => "keys", opt signatures : crate ::JsonObject => "signatures",
+        } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
@@ -101,17 +88,14 @@ pub mod upload_cross_signing_keys {
         SelfSigningKeyUsageItem { Master => "master", SelfSigning => "self_signing",
         UserSigning => "user_signing", }
     }
-    /// Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/user_signing_key`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct UserSigningKey {
-        pub user_id: String,
-        pub usage: Vec<UserSigningKeyUsageItem>,
-        pub keys: std::collections::BTreeMap<String, String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub signatures: Option<crate::JsonObject>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/user_signing_key`."]
+        UserSigningKey { req user_id : String => "user_id", req usage : Vec <
+        UserSigningKeyUsageItem > => "usage", req keys : std::collections::BTreeMap <
+        String, String > => "keys", opt signatures : crate ::JsonObject => "signatures",
+        } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
@@ -119,17 +103,12 @@ pub mod upload_cross_signing_keys {
         UserSigningKeyUsageItem { Master => "master", SelfSigning => "self_signing",
         UserSigning => "user_signing", }
     }
-    /// Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/auth`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Auth {
-        #[serde(rename = "type")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub type_: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub session: Option<String>,
-        /// Keys beyond the named ones.
-        #[serde(flatten)]
-        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/auth`."]
+        #[derive(Default)] Auth { opt type_ : String => "type", opt session : String =>
+        "session", } #[doc = " Keys beyond the named ones."] rest additional :
+        std::collections::BTreeMap < String, crate ::JsonValue >
     }
 }
 /// `POST /_matrix/client/v3/keys/signatures/upload`: operation `uploadCrossSigningSignatures`.
@@ -164,24 +143,17 @@ pub mod upload_cross_signing_signatures {
         String,
         std::collections::BTreeMap<String, crate::JsonObject>,
     >;
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
-    /// Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1signatures~1upload/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub failures: Option<
-            std::collections::BTreeMap<
-                String,
-                std::collections::BTreeMap<String, crate::JsonObject>,
-            >,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1signatures~1upload/post/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { opt failures : std::collections::BTreeMap < String,
+        std::collections::BTreeMap < String, crate ::JsonObject > > => "failures", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
 }

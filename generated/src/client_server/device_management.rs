@@ -30,19 +30,18 @@ pub mod get_devices {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3devices",
         spec_file: "api/client-server/device_management.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {}
-    /// Schema: `data/api/client-server/device_management.yaml` at `/paths/~1devices/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub devices: Option<
-            Vec<crate::client_server::definitions::client_device::ClientDevice>,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request {}
+    }
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/device_management.yaml` at `/paths/~1devices/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { opt devices : Vec < crate
+        ::client_server::definitions::client_device::ClientDevice > => "devices", } #[doc
+        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `GET /_matrix/client/v3/devices/{deviceId}`: operation `getDevice`.
@@ -84,12 +83,11 @@ pub mod get_device {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3devicesdeviceid",
         spec_file: "api/client-server/device_management.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `deviceId`.
-        #[serde(rename = "deviceId")]
-        pub device_id: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `deviceId`."] req device_id : String =>
+        "deviceId", }
     }
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::client_device::ClientDevice;
@@ -137,27 +135,22 @@ pub mod update_device {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3devicesdeviceid",
         spec_file: "api/client-server/device_management.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `deviceId`.
-        #[serde(rename = "deviceId")]
-        pub device_id: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `deviceId`."] req device_id : String =>
+        "deviceId", #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `201` response body.
     pub type Response201 = crate::JsonObject;
-    /// Schema: `data/api/client-server/device_management.yaml` at `/paths/~1devices~1{deviceId}/put/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct RequestBody {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub display_name: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/device_management.yaml` at `/paths/~1devices~1{deviceId}/put/requestBody/content/application~1json/schema`."]
+        #[derive(Default)] RequestBody { opt display_name : String => "display_name", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
 }
 /// `DELETE /_matrix/client/v3/devices/{deviceId}`: operation `deleteDevice`.
@@ -199,39 +192,29 @@ pub mod delete_device {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3devicesdeviceid",
         spec_file: "api/client-server/device_management.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `deviceId`.
-        #[serde(rename = "deviceId")]
-        pub device_id: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `deviceId`."] req device_id : String =>
+        "deviceId", #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `401` response body.
     pub type Response401 = crate::client_server::definitions::auth_response::AuthResponse;
-    /// Schema: `data/api/client-server/device_management.yaml` at `/paths/~1devices~1{deviceId}/delete/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct RequestBody {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub auth: Option<Auth>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/device_management.yaml` at `/paths/~1devices~1{deviceId}/delete/requestBody/content/application~1json/schema`."]
+        #[derive(Default)] RequestBody { opt auth : Auth => "auth", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/device_management.yaml` at `/paths/~1devices~1{deviceId}/delete/requestBody/content/application~1json/schema/properties/auth`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Auth {
-        #[serde(rename = "type")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub type_: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub session: Option<String>,
-        /// Keys beyond the named ones.
-        #[serde(flatten)]
-        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/device_management.yaml` at `/paths/~1devices~1{deviceId}/delete/requestBody/content/application~1json/schema/properties/auth`."]
+        #[derive(Default)] Auth { opt type_ : String => "type", opt session : String =>
+        "session", } #[doc = " Keys beyond the named ones."] rest additional :
+        std::collections::BTreeMap < String, crate ::JsonValue >
     }
 }
 /// `POST /_matrix/client/v3/delete_devices`: operation `deleteDevices`.
@@ -266,36 +249,28 @@ pub mod delete_devices {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3delete_devices",
         spec_file: "api/client-server/device_management.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `401` response body.
     pub type Response401 = crate::client_server::definitions::auth_response::AuthResponse;
-    /// Schema: `data/api/client-server/device_management.yaml` at `/paths/~1delete_devices/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub devices: Vec<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub auth: Option<Auth>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/device_management.yaml` at `/paths/~1delete_devices/post/requestBody/content/application~1json/schema`."]
+        RequestBody { req devices : Vec < String > => "devices", opt auth : Auth =>
+        "auth", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/device_management.yaml` at `/paths/~1delete_devices/post/requestBody/content/application~1json/schema/properties/auth`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Auth {
-        #[serde(rename = "type")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub type_: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub session: Option<String>,
-        /// Keys beyond the named ones.
-        #[serde(flatten)]
-        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/device_management.yaml` at `/paths/~1delete_devices/post/requestBody/content/application~1json/schema/properties/auth`."]
+        #[derive(Default)] Auth { opt type_ : String => "type", opt session : String =>
+        "session", } #[doc = " Keys beyond the named ones."] rest additional :
+        std::collections::BTreeMap < String, crate ::JsonValue >
     }
 }

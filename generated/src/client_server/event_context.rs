@@ -55,89 +55,50 @@ pub mod get_event_context {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidcontexteventid",
         spec_file: "api/client-server/event_context.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// Path parameter `eventId`.
-        #[serde(rename = "eventId")]
-        pub event_id: String,
-        /// Query parameter `limit`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub limit: Option<i64>,
-        /// Query parameter `filter`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub filter: Option<String>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
+        #[doc = " Path parameter `eventId`."] req event_id : String => "eventId", #[doc =
+        " Query parameter `limit`."] opt limit : i64 => "limit", #[doc =
+        " Query parameter `filter`."] opt filter : String => "filter", }
     }
-    /// Schema: `data/api/client-server/event_context.yaml` at `/paths/~1rooms~1{roomId}~1context~1{eventId}/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub start: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub end: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub events_before: Option<
-            Vec<crate::client_server::definitions::client_event::ClientEvent>,
-        >,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub event: Option<Event>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub events_after: Option<
-            Vec<crate::client_server::definitions::client_event::ClientEvent>,
-        >,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub state: Option<
-            Vec<crate::client_server::definitions::client_event::ClientEvent>,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/event_context.yaml` at `/paths/~1rooms~1{roomId}~1context~1{eventId}/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { opt start : String => "start", opt end : String =>
+        "end", opt events_before : Vec < crate
+        ::client_server::definitions::client_event::ClientEvent > => "events_before", opt
+        event : Event => "event", opt events_after : Vec < crate
+        ::client_server::definitions::client_event::ClientEvent > => "events_after", opt
+        state : Vec < crate ::client_server::definitions::client_event::ClientEvent > =>
+        "state", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/event_context.yaml` at `/paths/~1rooms~1{roomId}~1context~1{eventId}/get/responses/200/content/application~1json/schema/properties/event`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Event {
-        /// Format `mx-event-id`.
-        pub event_id: crate::ids::EventId,
-        #[serde(rename = "type")]
-        pub type_: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub state_key: Option<String>,
-        /// Format `mx-user-id`.
-        pub sender: crate::ids::UserId,
-        /// Format `int64`.
-        pub origin_server_ts: i64,
-        pub content: crate::JsonObject,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub unsigned: Option<EventUnsigned>,
-        /// Format `mx-room-id`.
-        pub room_id: crate::ids::RoomId,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/event_context.yaml` at `/paths/~1rooms~1{roomId}~1context~1{eventId}/get/responses/200/content/application~1json/schema/properties/event`."]
+        Event { #[doc = " Format `mx-event-id`."] req event_id : crate ::ids::EventId =>
+        "event_id", req type_ : String => "type", opt state_key : String => "state_key",
+        #[doc = " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender",
+        #[doc = " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req
+        content : crate ::JsonObject => "content", opt unsigned : EventUnsigned =>
+        "unsigned", #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId =>
+        "room_id", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/event_context.yaml` at `/paths/~1rooms~1{roomId}~1context~1{eventId}/get/responses/200/content/application~1json/schema/properties/event/properties/unsigned`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct EventUnsigned {
-        /// Format `int64`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub age: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub redacted_because: Option<crate::JsonObject>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub transaction_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub prev_content: Option<crate::JsonObject>,
-        /// Format `mx-event-id`. Added in v1.19.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub replaces_state: Option<crate::ids::EventId>,
-        /// Added in v1.11.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub membership: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/event_context.yaml` at `/paths/~1rooms~1{roomId}~1context~1{eventId}/get/responses/200/content/application~1json/schema/properties/event/properties/unsigned`."]
+        #[derive(Default)] EventUnsigned { #[doc = " Format `int64`."] opt age : i64 =>
+        "age", opt redacted_because : crate ::JsonObject => "redacted_because", opt
+        transaction_id : String => "transaction_id", opt prev_content : crate
+        ::JsonObject => "prev_content", #[doc = " Format `mx-event-id`. Added in v1.19."]
+        opt replaces_state : crate ::ids::EventId => "replaces_state", #[doc =
+        " Added in v1.11."] opt membership : String => "membership", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

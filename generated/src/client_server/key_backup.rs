@@ -2,14 +2,12 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/key_backup.yaml`.
 
-/// Schema: `data/api/client-server/key_backup.yaml` at `/components/schemas/RoomKeysUpdateResponse`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomKeysUpdateResponse {
-    pub etag: String,
-    pub count: i64,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/api/client-server/key_backup.yaml` at `/components/schemas/RoomKeysUpdateResponse`."]
+    RoomKeysUpdateResponse { req etag : String => "etag", req count : i64 => "count", }
+    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+    crate ::JsonObject
 }
 /// `POST /_matrix/client/v3/room_keys/version`: operation `postRoomKeysVersion`.
 ///
@@ -43,31 +41,28 @@ pub mod post_room_keys_version {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3room_keysversion",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        /// Always `m.megolm_backup.v1.curve25519-aes-sha2`.
-        pub algorithm: String,
-        pub auth_data: crate::JsonObject,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version/post/requestBody/content/application~1json/schema`."]
+        RequestBody { #[doc = " Always `m.megolm_backup.v1.curve25519-aes-sha2`."] req
+        algorithm : String => "algorithm", req auth_data : crate ::JsonObject =>
+        "auth_data", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub version: String,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version/post/responses/200/content/application~1json/schema`."]
+        Response { req version : String => "version", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `GET /_matrix/client/v3/room_keys/version`: operation `getRoomKeysVersionCurrent`.
@@ -106,25 +101,24 @@ pub mod get_room_keys_version_current {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3room_keysversion",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {}
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request {}
+    }
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        /// Always `m.megolm_backup.v1.curve25519-aes-sha2`.
-        pub algorithm: String,
-        pub auth_data: crate::JsonObject,
-        pub count: i64,
-        pub etag: String,
-        pub version: String,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version/get/responses/200/content/application~1json/schema`."]
+        Response { #[doc = " Always `m.megolm_backup.v1.curve25519-aes-sha2`."] req
+        algorithm : String => "algorithm", req auth_data : crate ::JsonObject =>
+        "auth_data", req count : i64 => "count", req etag : String => "etag", req version
+        : String => "version", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `GET /_matrix/client/v3/room_keys/version/{version}`: operation `getRoomKeysVersion`.
@@ -170,28 +164,25 @@ pub mod get_room_keys_version {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3room_keysversionversion",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `version`.
-        pub version: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `version`."] req version : String =>
+        "version", }
     }
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version~1{version}/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        /// Always `m.megolm_backup.v1.curve25519-aes-sha2`.
-        pub algorithm: String,
-        pub auth_data: crate::JsonObject,
-        pub count: i64,
-        pub etag: String,
-        pub version: String,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version~1{version}/get/responses/200/content/application~1json/schema`."]
+        Response { #[doc = " Always `m.megolm_backup.v1.curve25519-aes-sha2`."] req
+        algorithm : String => "algorithm", req auth_data : crate ::JsonObject =>
+        "auth_data", req count : i64 => "count", req etag : String => "etag", req version
+        : String => "version", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `PUT /_matrix/client/v3/room_keys/version/{version}`: operation `putRoomKeysVersion`.
@@ -241,13 +232,11 @@ pub mod put_room_keys_version {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3room_keysversionversion",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `version`.
-        pub version: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `version`."] req version : String =>
+        "version", #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -257,17 +246,14 @@ pub mod put_room_keys_version {
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version~1{version}/put/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        /// Always `m.megolm_backup.v1.curve25519-aes-sha2`.
-        pub algorithm: String,
-        pub auth_data: crate::JsonObject,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub version: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version~1{version}/put/requestBody/content/application~1json/schema`."]
+        RequestBody { #[doc = " Always `m.megolm_backup.v1.curve25519-aes-sha2`."] req
+        algorithm : String => "algorithm", req auth_data : crate ::JsonObject =>
+        "auth_data", opt version : String => "version", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `DELETE /_matrix/client/v3/room_keys/version/{version}`: operation `deleteRoomKeysVersion`.
@@ -313,11 +299,11 @@ pub mod delete_room_keys_version {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3room_keysversionversion",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `version`.
-        pub version: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `version`."] req version : String =>
+        "version", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -382,19 +368,13 @@ pub mod put_room_key_by_session_id {
         spec_file: "api/client-server/key_backup.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::key_backup_data::KeyBackupData;
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `version`.
-        pub version: String,
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// Path parameter `sessionId`.
-        #[serde(rename = "sessionId")]
-        pub session_id: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `version`."] req version : String =>
+        "version", #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
+        #[doc = " Path parameter `sessionId`."] req session_id : String => "sessionId",
+        #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::client_server::key_backup::RoomKeysUpdateResponse;
@@ -458,17 +438,12 @@ pub mod get_room_key_by_session_id {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3room_keyskeysroomidsessionid",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `version`.
-        pub version: String,
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// Path parameter `sessionId`.
-        #[serde(rename = "sessionId")]
-        pub session_id: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `version`."] req version : String =>
+        "version", #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
+        #[doc = " Path parameter `sessionId`."] req session_id : String => "sessionId", }
     }
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::key_backup_data::KeyBackupData;
@@ -532,17 +507,12 @@ pub mod delete_room_key_by_session_id {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3room_keyskeysroomidsessionid",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `version`.
-        pub version: String,
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// Path parameter `sessionId`.
-        #[serde(rename = "sessionId")]
-        pub session_id: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `version`."] req version : String =>
+        "version", #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
+        #[doc = " Path parameter `sessionId`."] req session_id : String => "sessionId", }
     }
     /// The `200` response body.
     pub type Response = crate::client_server::key_backup::RoomKeysUpdateResponse;
@@ -605,16 +575,12 @@ pub mod put_room_keys_by_room_id {
         spec_file: "api/client-server/key_backup.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::room_key_backup::RoomKeyBackup;
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `version`.
-        pub version: String,
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `version`."] req version : String =>
+        "version", #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
+        #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::client_server::key_backup::RoomKeysUpdateResponse;
@@ -674,29 +640,24 @@ pub mod get_room_keys_by_room_id {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3room_keyskeysroomid",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `version`.
-        pub version: String,
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `version`."] req version : String =>
+        "version", #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
+        }
     }
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys~1{roomId}/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub sessions: std::collections::BTreeMap<
-            String,
-            crate::client_server::definitions::key_backup_data::KeyBackupData,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys~1{roomId}/get/responses/200/content/application~1json/schema`."]
+        Response { req sessions : std::collections::BTreeMap < String, crate
+        ::client_server::definitions::key_backup_data::KeyBackupData > => "sessions", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
 }
 /// `DELETE /_matrix/client/v3/room_keys/keys/{roomId}`: operation `deleteRoomKeysByRoomId`.
@@ -748,14 +709,12 @@ pub mod delete_room_keys_by_room_id {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3room_keyskeysroomid",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `version`.
-        pub version: String,
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `version`."] req version : String =>
+        "version", #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
+        }
     }
     /// The `200` response body.
     pub type Response = crate::client_server::key_backup::RoomKeysUpdateResponse;
@@ -811,13 +770,11 @@ pub mod put_room_keys {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3room_keyskeys",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `version`.
-        pub version: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `version`."] req version : String =>
+        "version", #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::client_server::key_backup::RoomKeysUpdateResponse;
@@ -827,24 +784,21 @@ pub mod put_room_keys {
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys/put/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub rooms: std::collections::BTreeMap<String, RoomValue>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys/put/requestBody/content/application~1json/schema`."]
+        RequestBody { req rooms : std::collections::BTreeMap < String, RoomValue > =>
+        "rooms", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys/put/requestBody/content/application~1json/schema/properties/rooms/patternProperties/^!`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RoomValue {
-        pub sessions: std::collections::BTreeMap<
-            String,
-            crate::client_server::definitions::key_backup_data::KeyBackupData,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys/put/requestBody/content/application~1json/schema/properties/rooms/patternProperties/^!`."]
+        RoomValue { req sessions : std::collections::BTreeMap < String, crate
+        ::client_server::definitions::key_backup_data::KeyBackupData > => "sessions", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
 }
 /// `GET /_matrix/client/v3/room_keys/keys`: operation `getRoomKeys`.
@@ -890,34 +844,31 @@ pub mod get_room_keys {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3room_keyskeys",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `version`.
-        pub version: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `version`."] req version : String =>
+        "version", }
     }
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub rooms: std::collections::BTreeMap<String, RoomValue>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys/get/responses/200/content/application~1json/schema`."]
+        Response { req rooms : std::collections::BTreeMap < String, RoomValue > =>
+        "rooms", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys/get/responses/200/content/application~1json/schema/properties/rooms/patternProperties/^!`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RoomValue {
-        pub sessions: std::collections::BTreeMap<
-            String,
-            crate::client_server::definitions::key_backup_data::KeyBackupData,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys/get/responses/200/content/application~1json/schema/properties/rooms/patternProperties/^!`."]
+        RoomValue { req sessions : std::collections::BTreeMap < String, crate
+        ::client_server::definitions::key_backup_data::KeyBackupData > => "sessions", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
 }
 /// `DELETE /_matrix/client/v3/room_keys/keys`: operation `deleteRoomKeys`.
@@ -963,11 +914,11 @@ pub mod delete_room_keys {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3room_keyskeys",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `version`.
-        pub version: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `version`."] req version : String =>
+        "version", }
     }
     /// The `200` response body.
     pub type Response = crate::client_server::key_backup::RoomKeysUpdateResponse;

@@ -30,80 +30,66 @@ pub mod upload_keys {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keysupload",
         spec_file: "api/client-server/keys.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
-    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct RequestBody {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub device_keys: Option<DeviceKeys>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub one_time_keys: Option<std::collections::BTreeMap<String, OneTimeKeyValue>>,
-        /// Added in v1.2.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub fallback_keys: Option<std::collections::BTreeMap<String, FallbackKeyValue>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema`."]
+        #[derive(Default)] RequestBody { opt device_keys : DeviceKeys => "device_keys",
+        opt one_time_keys : std::collections::BTreeMap < String, OneTimeKeyValue > =>
+        "one_time_keys", #[doc = " Added in v1.2."] opt fallback_keys :
+        std::collections::BTreeMap < String, FallbackKeyValue > => "fallback_keys", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/device_keys`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct DeviceKeys {
-        pub user_id: String,
-        pub device_id: String,
-        pub algorithms: Vec<String>,
-        pub keys: std::collections::BTreeMap<String, String>,
-        pub signatures: std::collections::BTreeMap<
-            String,
-            std::collections::BTreeMap<String, String>,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/device_keys`."]
+        DeviceKeys { req user_id : String => "user_id", req device_id : String =>
+        "device_id", req algorithms : Vec < String > => "algorithms", req keys :
+        std::collections::BTreeMap < String, String > => "keys", req signatures :
+        std::collections::BTreeMap < String, std::collections::BTreeMap < String, String
+        > > => "signatures", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/one_time_keys/additionalProperties`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    #[serde(untagged)]
-    pub enum OneTimeKeyValue {
-        String(String),
-        KeyObject(KeyObject),
+    crate::json_untagged! {
+        #[doc =
+        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/one_time_keys/additionalProperties`."]
+        OneTimeKeyValue { String(String), KeyObject(KeyObject), }
     }
-    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/one_time_keys/additionalProperties/oneOf/1`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct KeyObject {
-        pub key: String,
-        pub signatures: std::collections::BTreeMap<String, crate::JsonObject>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/one_time_keys/additionalProperties/oneOf/1`."]
+        KeyObject { req key : String => "key", req signatures :
+        std::collections::BTreeMap < String, crate ::JsonObject > => "signatures", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/fallback_keys/additionalProperties`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    #[serde(untagged)]
-    pub enum FallbackKeyValue {
-        String(String),
-        FallbackKeyValueKeyObject(FallbackKeyValueKeyObject),
+    crate::json_untagged! {
+        #[doc =
+        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/fallback_keys/additionalProperties`."]
+        FallbackKeyValue { String(String),
+        FallbackKeyValueKeyObject(FallbackKeyValueKeyObject), }
     }
-    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/fallback_keys/additionalProperties/oneOf/1`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct FallbackKeyValueKeyObject {
-        pub key: String,
-        pub signatures: std::collections::BTreeMap<String, crate::JsonObject>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/fallback_keys/additionalProperties/oneOf/1`."]
+        FallbackKeyValueKeyObject { req key : String => "key", req signatures :
+        std::collections::BTreeMap < String, crate ::JsonObject > => "signatures", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub one_time_key_counts: std::collections::BTreeMap<String, i64>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/responses/200/content/application~1json/schema`."]
+        Response { req one_time_key_counts : std::collections::BTreeMap < String, i64 >
+        => "one_time_key_counts", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `POST /_matrix/client/v3/keys/query`: operation `queryKeys`.
@@ -134,87 +120,61 @@ pub mod query_keys {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keysquery",
         spec_file: "api/client-server/keys.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
-    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub timeout: Option<i64>,
-        pub device_keys: std::collections::BTreeMap<String, Vec<String>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/requestBody/content/application~1json/schema`."]
+        RequestBody { opt timeout : i64 => "timeout", req device_keys :
+        std::collections::BTreeMap < String, Vec < String > > => "device_keys", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub failures: Option<std::collections::BTreeMap<String, crate::JsonObject>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub device_keys: Option<
-            std::collections::BTreeMap<
-                String,
-                std::collections::BTreeMap<String, DeviceInformation>,
-            >,
-        >,
-        /// Added in v1.1.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub master_keys: Option<std::collections::BTreeMap<String, MasterKeyValue>>,
-        /// Added in v1.1.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub self_signing_keys: Option<
-            std::collections::BTreeMap<String, SelfSigningKeyValue>,
-        >,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub user_signing_keys: Option<
-            std::collections::BTreeMap<String, UserSigningKeyValue>,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { opt failures : std::collections::BTreeMap < String,
+        crate ::JsonObject > => "failures", opt device_keys : std::collections::BTreeMap
+        < String, std::collections::BTreeMap < String, DeviceInformation > > =>
+        "device_keys", #[doc = " Added in v1.1."] opt master_keys :
+        std::collections::BTreeMap < String, MasterKeyValue > => "master_keys", #[doc =
+        " Added in v1.1."] opt self_signing_keys : std::collections::BTreeMap < String,
+        SelfSigningKeyValue > => "self_signing_keys", opt user_signing_keys :
+        std::collections::BTreeMap < String, UserSigningKeyValue > =>
+        "user_signing_keys", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/device_keys/patternProperties/^@/additionalProperties`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct DeviceInformation {
-        pub user_id: String,
-        pub device_id: String,
-        pub algorithms: Vec<String>,
-        pub keys: std::collections::BTreeMap<String, String>,
-        pub signatures: std::collections::BTreeMap<
-            String,
-            std::collections::BTreeMap<String, String>,
-        >,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub unsigned: Option<UnsignedDeviceInfo>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/device_keys/patternProperties/^@/additionalProperties`."]
+        DeviceInformation { req user_id : String => "user_id", req device_id : String =>
+        "device_id", req algorithms : Vec < String > => "algorithms", req keys :
+        std::collections::BTreeMap < String, String > => "keys", req signatures :
+        std::collections::BTreeMap < String, std::collections::BTreeMap < String, String
+        > > => "signatures", opt unsigned : UnsignedDeviceInfo => "unsigned", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/device_keys/patternProperties/^@/additionalProperties/properties/unsigned`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct UnsignedDeviceInfo {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub device_display_name: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/device_keys/patternProperties/^@/additionalProperties/properties/unsigned`."]
+        #[derive(Default)] UnsignedDeviceInfo { opt device_display_name : String =>
+        "device_display_name", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/master_keys/patternProperties/^@`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct MasterKeyValue {
-        pub user_id: String,
-        pub usage: Vec<UsageItem>,
-        pub keys: std::collections::BTreeMap<String, String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub signatures: Option<crate::JsonObject>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/master_keys/patternProperties/^@`."]
+        MasterKeyValue { req user_id : String => "user_id", req usage : Vec < UsageItem >
+        => "usage", req keys : std::collections::BTreeMap < String, String > => "keys",
+        opt signatures : crate ::JsonObject => "signatures", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
@@ -222,17 +182,15 @@ pub mod query_keys {
         UsageItem { Master => "master", SelfSigning => "self_signing", UserSigning =>
         "user_signing", }
     }
-    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/self_signing_keys/patternProperties/^@`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct SelfSigningKeyValue {
-        pub user_id: String,
-        pub usage: Vec<SelfSigningKeyValueUsageItem>,
-        pub keys: std::collections::BTreeMap<String, String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub signatures: Option<crate::JsonObject>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/self_signing_keys/patternProperties/^@`."]
+        SelfSigningKeyValue { req user_id : String => "user_id", req usage : Vec <
+        SelfSigningKeyValueUsageItem > => "usage", req keys : std::collections::BTreeMap
+        < String, String > => "keys", opt signatures : crate ::JsonObject =>
+        "signatures", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
@@ -240,17 +198,15 @@ pub mod query_keys {
         SelfSigningKeyValueUsageItem { Master => "master", SelfSigning => "self_signing",
         UserSigning => "user_signing", }
     }
-    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/user_signing_keys/patternProperties/^@`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct UserSigningKeyValue {
-        pub user_id: String,
-        pub usage: Vec<UserSigningKeyValueUsageItem>,
-        pub keys: std::collections::BTreeMap<String, String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub signatures: Option<crate::JsonObject>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/user_signing_keys/patternProperties/^@`."]
+        UserSigningKeyValue { req user_id : String => "user_id", req usage : Vec <
+        UserSigningKeyValueUsageItem > => "usage", req keys : std::collections::BTreeMap
+        < String, String > => "keys", opt signatures : crate ::JsonObject =>
+        "signatures", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
@@ -287,43 +243,30 @@ pub mod claim_keys {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keysclaim",
         spec_file: "api/client-server/keys.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
-    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1claim/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub timeout: Option<i64>,
-        pub one_time_keys: std::collections::BTreeMap<
-            String,
-            std::collections::BTreeMap<String, String>,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1claim/post/requestBody/content/application~1json/schema`."]
+        RequestBody { opt timeout : i64 => "timeout", req one_time_keys :
+        std::collections::BTreeMap < String, std::collections::BTreeMap < String, String
+        > > => "one_time_keys", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1claim/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub failures: Option<std::collections::BTreeMap<String, crate::JsonObject>>,
-        pub one_time_keys: std::collections::BTreeMap<
-            String,
-            std::collections::BTreeMap<
-                String,
-                std::collections::BTreeMap<
-                    String,
-                    crate::client_server::definitions::one_time_keys::OneTimeKeyValue,
-                >,
-            >,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1claim/post/responses/200/content/application~1json/schema`."]
+        Response { opt failures : std::collections::BTreeMap < String, crate ::JsonObject
+        > => "failures", req one_time_keys : std::collections::BTreeMap < String,
+        std::collections::BTreeMap < String, std::collections::BTreeMap < String, crate
+        ::client_server::definitions::one_time_keys::OneTimeKeyValue > > > =>
+        "one_time_keys", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `GET /_matrix/client/v3/keys/changes`: operation `getKeysChanges`.
@@ -367,23 +310,18 @@ pub mod get_keys_changes {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3keyschanges",
         spec_file: "api/client-server/keys.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `from`.
-        pub from: String,
-        /// Query parameter `to`.
-        pub to: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `from`."] req from : String => "from", #[doc
+        = " Query parameter `to`."] req to : String => "to", }
     }
-    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1changes/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub changed: Option<Vec<String>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub left: Option<Vec<String>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1changes/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { opt changed : Vec < String > => "changed", opt left
+        : Vec < String > => "left", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

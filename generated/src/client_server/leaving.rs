@@ -41,28 +41,23 @@ pub mod leave_room {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidleave",
         spec_file: "api/client-server/leaving.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: crate::ids::RoomId,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
+        => "roomId", #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/leaving.yaml` at `/paths/~1rooms~1{roomId}~1leave/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct RequestBody {
-        /// Added in v1.1.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub reason: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/leaving.yaml` at `/paths/~1rooms~1{roomId}~1leave/post/requestBody/content/application~1json/schema`."]
+        #[derive(Default)] RequestBody { #[doc = " Added in v1.1."] opt reason : String
+        => "reason", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `POST /_matrix/client/v3/rooms/{roomId}/forget`: operation `forgetRoom`.
@@ -108,12 +103,11 @@ pub mod forget_room {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidforget",
         spec_file: "api/client-server/leaving.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: crate::ids::RoomId,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
+        => "roomId", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;

@@ -71,45 +71,29 @@ pub mod get_room_events {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidmessages",
         spec_file: "api/client-server/message_pagination.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: crate::ids::RoomId,
-        /// Query parameter `from`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub from: Option<String>,
-        /// Query parameter `to`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub to: Option<String>,
-        /// Query parameter `dir`.
-        pub dir: Dir,
-        /// Query parameter `limit`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub limit: Option<i64>,
-        /// Query parameter `filter`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub filter: Option<String>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
+        => "roomId", #[doc = " Query parameter `from`."] opt from : String => "from",
+        #[doc = " Query parameter `to`."] opt to : String => "to", #[doc =
+        " Query parameter `dir`."] req dir : Dir => "dir", #[doc =
+        " Query parameter `limit`."] opt limit : i64 => "limit", #[doc =
+        " Query parameter `filter`."] opt filter : String => "filter", }
     }
     crate::string_enum! {
         #[doc =
         " Schema: `data/api/client-server/message_pagination.yaml` at `/paths/~1rooms~1{roomId}~1messages/get/parameters/3/schema`."]
         Dir { B => "b", F => "f", }
     }
-    /// Schema: `data/api/client-server/message_pagination.yaml` at `/paths/~1rooms~1{roomId}~1messages/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub start: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub end: Option<String>,
-        pub chunk: Vec<crate::client_server::definitions::client_event::ClientEvent>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub state: Option<
-            Vec<crate::client_server::definitions::client_event::ClientEvent>,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/message_pagination.yaml` at `/paths/~1rooms~1{roomId}~1messages/get/responses/200/content/application~1json/schema`."]
+        Response { req start : String => "start", opt end : String => "end", req chunk :
+        Vec < crate ::client_server::definitions::client_event::ClientEvent > => "chunk",
+        opt state : Vec < crate ::client_server::definitions::client_event::ClientEvent >
+        => "state", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

@@ -49,91 +49,57 @@ pub mod get_notifications {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3notifications",
         spec_file: "api/client-server/notifications.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {
-        /// Query parameter `from`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub from: Option<String>,
-        /// Query parameter `limit`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub limit: Option<i64>,
-        /// Query parameter `only`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub only: Option<String>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request { #[doc = " Query parameter `from`."] opt from :
+        String => "from", #[doc = " Query parameter `limit`."] opt limit : i64 =>
+        "limit", #[doc = " Query parameter `only`."] opt only : String => "only", }
     }
-    /// Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub next_token: Option<String>,
-        pub notifications: Vec<Notification>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema`."]
+        Response { opt next_token : String => "next_token", req notifications : Vec <
+        Notification > => "notifications", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema/properties/notifications/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Notification {
-        pub actions: Vec<Action>,
-        pub event: Event,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub profile_tag: Option<String>,
-        pub read: bool,
-        pub room_id: String,
-        /// Format `int64`.
-        pub ts: i64,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema/properties/notifications/items`."]
+        Notification { req actions : Vec < Action > => "actions", req event : Event =>
+        "event", opt profile_tag : String => "profile_tag", req read : bool => "read",
+        req room_id : String => "room_id", #[doc = " Format `int64`."] req ts : i64 =>
+        "ts", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
+        rest extra : crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema/properties/notifications/items/properties/actions/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    #[serde(untagged)]
-    pub enum Action {
-        Object(crate::JsonObject),
-        String_(String),
+    crate::json_untagged! {
+        #[doc =
+        " Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema/properties/notifications/items/properties/actions/items`."]
+        Action { Object(crate ::JsonObject), String_(String), }
     }
-    /// Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema/properties/notifications/items/properties/event`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Event {
-        /// Format `mx-event-id`.
-        pub event_id: crate::ids::EventId,
-        #[serde(rename = "type")]
-        pub type_: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub state_key: Option<String>,
-        /// Format `mx-user-id`.
-        pub sender: crate::ids::UserId,
-        /// Format `int64`.
-        pub origin_server_ts: i64,
-        pub content: crate::JsonObject,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub unsigned: Option<EventUnsigned>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema/properties/notifications/items/properties/event`."]
+        Event { #[doc = " Format `mx-event-id`."] req event_id : crate ::ids::EventId =>
+        "event_id", req type_ : String => "type", opt state_key : String => "state_key",
+        #[doc = " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender",
+        #[doc = " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req
+        content : crate ::JsonObject => "content", opt unsigned : EventUnsigned =>
+        "unsigned", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema/properties/notifications/items/properties/event/properties/unsigned`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct EventUnsigned {
-        /// Format `int64`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub age: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub redacted_because: Option<crate::JsonObject>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub transaction_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub prev_content: Option<crate::JsonObject>,
-        /// Format `mx-event-id`. Added in v1.19.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub replaces_state: Option<crate::ids::EventId>,
-        /// Added in v1.11.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub membership: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema/properties/notifications/items/properties/event/properties/unsigned`."]
+        #[derive(Default)] EventUnsigned { #[doc = " Format `int64`."] opt age : i64 =>
+        "age", opt redacted_because : crate ::JsonObject => "redacted_because", opt
+        transaction_id : String => "transaction_id", opt prev_content : crate
+        ::JsonObject => "prev_content", #[doc = " Format `mx-event-id`. Added in v1.19."]
+        opt replaces_state : crate ::ids::EventId => "replaces_state", #[doc =
+        " Added in v1.11."] opt membership : String => "membership", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

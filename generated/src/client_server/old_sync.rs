@@ -47,30 +47,21 @@ pub mod get_events {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3events",
         spec_file: "api/client-server/old_sync.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {
-        /// Query parameter `from`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub from: Option<String>,
-        /// Query parameter `timeout`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub timeout: Option<i64>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request { #[doc = " Query parameter `from`."] opt from :
+        String => "from", #[doc = " Query parameter `timeout`."] opt timeout : i64 =>
+        "timeout", }
     }
-    /// Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1events/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub start: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub end: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub chunk: Option<
-            Vec<crate::client_server::definitions::client_event::ClientEvent>,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1events/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { opt start : String => "start", opt end : String =>
+        "end", opt chunk : Vec < crate
+        ::client_server::definitions::client_event::ClientEvent > => "chunk", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `GET /_matrix/client/v3/initialSync`: operation `initialSync`.
@@ -118,49 +109,34 @@ pub mod initial_sync {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3initialsync",
         spec_file: "api/client-server/old_sync.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {
-        /// Query parameter `limit`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub limit: Option<i64>,
-        /// Query parameter `archived`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub archived: Option<bool>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request { #[doc = " Query parameter `limit`."] opt limit : i64
+        => "limit", #[doc = " Query parameter `archived`."] opt archived : bool =>
+        "archived", }
     }
-    /// Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub end: String,
-        pub presence: Vec<crate::events::core_event_schema::event::Event>,
-        pub rooms: Vec<RoomInfo>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub account_data: Option<Vec<crate::events::core_event_schema::event::Event>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema`."]
+        Response { req end : String => "end", req presence : Vec < crate
+        ::events::core_event_schema::event::Event > => "presence", req rooms : Vec <
+        RoomInfo > => "rooms", opt account_data : Vec < crate
+        ::events::core_event_schema::event::Event > => "account_data", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RoomInfo {
-        /// Format `mx-room-id`.
-        pub room_id: crate::ids::RoomId,
-        pub membership: Membership,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub invite: Option<InviteEvent>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub messages: Option<PaginationChunk>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub state: Option<
-            Vec<crate::client_server::definitions::client_event::ClientEvent>,
-        >,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub visibility: Option<Visibility>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub account_data: Option<Vec<crate::events::core_event_schema::event::Event>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items`."]
+        RoomInfo { #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId =>
+        "room_id", req membership : Membership => "membership", opt invite : InviteEvent
+        => "invite", opt messages : PaginationChunk => "messages", opt state : Vec <
+        crate ::client_server::definitions::client_event::ClientEvent > => "state", opt
+        visibility : Visibility => "visibility", opt account_data : Vec < crate
+        ::events::core_event_schema::event::Event > => "account_data", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
@@ -168,60 +144,39 @@ pub mod initial_sync {
         Membership { Invite => "invite", Join => "join", Leave => "leave", Ban => "ban",
         }
     }
-    /// Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items/properties/invite`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct InviteEvent {
-        /// Format `mx-event-id`.
-        pub event_id: crate::ids::EventId,
-        #[serde(rename = "type")]
-        pub type_: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub state_key: Option<String>,
-        /// Format `mx-user-id`.
-        pub sender: crate::ids::UserId,
-        /// Format `int64`.
-        pub origin_server_ts: i64,
-        pub content: crate::JsonObject,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub unsigned: Option<InviteEventUnsigned>,
-        /// Format `mx-room-id`.
-        pub room_id: crate::ids::RoomId,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items/properties/invite`."]
+        InviteEvent { #[doc = " Format `mx-event-id`."] req event_id : crate
+        ::ids::EventId => "event_id", req type_ : String => "type", opt state_key :
+        String => "state_key", #[doc = " Format `mx-user-id`."] req sender : crate
+        ::ids::UserId => "sender", #[doc = " Format `int64`."] req origin_server_ts : i64
+        => "origin_server_ts", req content : crate ::JsonObject => "content", opt
+        unsigned : InviteEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."]
+        req room_id : crate ::ids::RoomId => "room_id", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items/properties/invite/properties/unsigned`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct InviteEventUnsigned {
-        /// Format `int64`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub age: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub redacted_because: Option<crate::JsonObject>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub transaction_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub prev_content: Option<crate::JsonObject>,
-        /// Format `mx-event-id`. Added in v1.19.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub replaces_state: Option<crate::ids::EventId>,
-        /// Added in v1.11.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub membership: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items/properties/invite/properties/unsigned`."]
+        #[derive(Default)] InviteEventUnsigned { #[doc = " Format `int64`."] opt age :
+        i64 => "age", opt redacted_because : crate ::JsonObject => "redacted_because",
+        opt transaction_id : String => "transaction_id", opt prev_content : crate
+        ::JsonObject => "prev_content", #[doc = " Format `mx-event-id`. Added in v1.19."]
+        opt replaces_state : crate ::ids::EventId => "replaces_state", #[doc =
+        " Added in v1.11."] opt membership : String => "membership", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items/properties/messages`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct PaginationChunk {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub start: Option<String>,
-        pub end: String,
-        pub chunk: Vec<crate::client_server::definitions::client_event::ClientEvent>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items/properties/messages`."]
+        PaginationChunk { opt start : String => "start", req end : String => "end", req
+        chunk : Vec < crate ::client_server::definitions::client_event::ClientEvent > =>
+        "chunk", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
@@ -268,12 +223,11 @@ pub mod get_one_event {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3eventseventid",
         spec_file: "api/client-server/old_sync.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `eventId`.
-        #[serde(rename = "eventId")]
-        pub event_id: crate::ids::EventId,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `eventId`."] req event_id : crate
+        ::ids::EventId => "eventId", }
     }
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::client_event::ClientEvent;

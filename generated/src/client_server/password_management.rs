@@ -38,11 +38,10 @@ pub mod change_password {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3accountpassword",
         spec_file: "api/client-server/password_management.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -50,29 +49,20 @@ pub mod change_password {
     pub type Response401 = crate::client_server::definitions::auth_response::AuthResponse;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/password_management.yaml` at `/paths/~1account~1password/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub new_password: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub logout_devices: Option<bool>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub auth: Option<Auth>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/password_management.yaml` at `/paths/~1account~1password/post/requestBody/content/application~1json/schema`."]
+        RequestBody { req new_password : String => "new_password", opt logout_devices :
+        bool => "logout_devices", opt auth : Auth => "auth", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/password_management.yaml` at `/paths/~1account~1password/post/requestBody/content/application~1json/schema/properties/auth`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Auth {
-        #[serde(rename = "type")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub type_: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub session: Option<String>,
-        /// Keys beyond the named ones.
-        #[serde(flatten)]
-        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/password_management.yaml` at `/paths/~1account~1password/post/requestBody/content/application~1json/schema/properties/auth`."]
+        #[derive(Default)] Auth { opt type_ : String => "type", opt session : String =>
+        "session", } #[doc = " Keys beyond the named ones."] rest additional :
+        std::collections::BTreeMap < String, crate ::JsonValue >
     }
 }
 /// `POST /_matrix/client/v3/account/password/email/requestToken`: operation `requestTokenToResetPasswordEmail`.
@@ -112,11 +102,10 @@ pub mod request_token_to_reset_password_email {
         spec_file: "api/client-server/password_management.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::request_email_validation::RequestEmailValidation;
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::request_token_response::RequestTokenResponse;
@@ -162,11 +151,10 @@ pub mod request_token_to_reset_password_msisdn {
         spec_file: "api/client-server/password_management.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::request_msisdn_validation::RequestMsisdnValidation;
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::request_token_response::RequestTokenResponse;

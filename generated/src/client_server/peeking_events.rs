@@ -53,73 +53,44 @@ pub mod peek_events {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3events",
         spec_file: "api/client-server/peeking_events.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `from`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub from: Option<String>,
-        /// Query parameter `timeout`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub timeout: Option<i64>,
-        /// Query parameter `room_id`.
-        pub room_id: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `from`."] opt from : String => "from", #[doc
+        = " Query parameter `timeout`."] opt timeout : i64 => "timeout", #[doc =
+        " Query parameter `room_id`."] req room_id : String => "room_id", }
     }
-    /// Schema: `data/api/client-server/peeking_events.yaml` at `/paths/~1events /get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub start: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub end: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub chunk: Option<Vec<Event>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/peeking_events.yaml` at `/paths/~1events /get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { opt start : String => "start", opt end : String =>
+        "end", opt chunk : Vec < Event > => "chunk", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/peeking_events.yaml` at `/paths/~1events /get/responses/200/content/application~1json/schema/properties/chunk/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Event {
-        /// Format `mx-event-id`.
-        pub event_id: crate::ids::EventId,
-        #[serde(rename = "type")]
-        pub type_: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub state_key: Option<String>,
-        /// Format `mx-user-id`.
-        pub sender: crate::ids::UserId,
-        /// Format `int64`.
-        pub origin_server_ts: i64,
-        pub content: crate::JsonObject,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub unsigned: Option<EventUnsigned>,
-        /// Format `mx-room-id`.
-        pub room_id: crate::ids::RoomId,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/peeking_events.yaml` at `/paths/~1events /get/responses/200/content/application~1json/schema/properties/chunk/items`."]
+        Event { #[doc = " Format `mx-event-id`."] req event_id : crate ::ids::EventId =>
+        "event_id", req type_ : String => "type", opt state_key : String => "state_key",
+        #[doc = " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender",
+        #[doc = " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req
+        content : crate ::JsonObject => "content", opt unsigned : EventUnsigned =>
+        "unsigned", #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId =>
+        "room_id", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/peeking_events.yaml` at `/paths/~1events /get/responses/200/content/application~1json/schema/properties/chunk/items/properties/unsigned`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct EventUnsigned {
-        /// Format `int64`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub age: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub redacted_because: Option<crate::JsonObject>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub transaction_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub prev_content: Option<crate::JsonObject>,
-        /// Format `mx-event-id`. Added in v1.19.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub replaces_state: Option<crate::ids::EventId>,
-        /// Added in v1.11.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub membership: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/peeking_events.yaml` at `/paths/~1events /get/responses/200/content/application~1json/schema/properties/chunk/items/properties/unsigned`."]
+        #[derive(Default)] EventUnsigned { #[doc = " Format `int64`."] opt age : i64 =>
+        "age", opt redacted_because : crate ::JsonObject => "redacted_because", opt
+        transaction_id : String => "transaction_id", opt prev_content : crate
+        ::JsonObject => "prev_content", #[doc = " Format `mx-event-id`. Added in v1.19."]
+        opt replaces_state : crate ::ids::EventId => "replaces_state", #[doc =
+        " Added in v1.11."] opt membership : String => "membership", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

@@ -41,28 +41,23 @@ pub mod set_presence {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3presenceuseridstatus",
         spec_file: "api/client-server/presence.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
+        #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/presence.yaml` at `/paths/~1presence~1{userId}~1status/put/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub presence: Presence,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub status_msg: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/presence.yaml` at `/paths/~1presence~1{userId}~1status/put/requestBody/content/application~1json/schema`."]
+        RequestBody { req presence : Presence => "presence", opt status_msg : String =>
+        "status_msg", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
@@ -114,34 +109,24 @@ pub mod get_presence {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3presenceuseridstatus",
         spec_file: "api/client-server/presence.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
+        }
     }
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    /// Schema: `data/api/client-server/presence.yaml` at `/paths/~1presence~1{userId}~1status/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub presence: Presence,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub last_active_ago: Option<i64>,
-        #[serde(
-            default,
-            skip_serializing_if = "Option::is_none",
-            with = "crate::nullable"
-        )]
-        pub status_msg: Option<Option<String>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub currently_active: Option<bool>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/presence.yaml` at `/paths/~1presence~1{userId}~1status/get/responses/200/content/application~1json/schema`."]
+        Response { req presence : Presence => "presence", opt last_active_ago : i64 =>
+        "last_active_ago", opt_null status_msg : String => "status_msg", opt
+        currently_active : bool => "currently_active", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =

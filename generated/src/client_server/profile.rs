@@ -56,17 +56,12 @@ pub mod set_profile_field {
         spec_file: "api/client-server/profile.yaml",
     };
     pub type RequestBody = crate::JsonObject;
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: crate::ids::UserId,
-        /// Path parameter `keyName`.
-        #[serde(rename = "keyName")]
-        pub key_name: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
+        => "userId", #[doc = " Path parameter `keyName`."] req key_name : String =>
+        "keyName", #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -126,15 +121,12 @@ pub mod get_profile_field {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3profileuseridkeyname",
         spec_file: "api/client-server/profile.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: crate::ids::UserId,
-        /// Path parameter `keyName`.
-        #[serde(rename = "keyName")]
-        pub key_name: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
+        => "userId", #[doc = " Path parameter `keyName`."] req key_name : String =>
+        "keyName", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -194,15 +186,12 @@ pub mod delete_profile_field {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3profileuseridkeyname",
         spec_file: "api/client-server/profile.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: crate::ids::UserId,
-        /// Path parameter `keyName`.
-        #[serde(rename = "keyName")]
-        pub key_name: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
+        => "userId", #[doc = " Path parameter `keyName`."] req key_name : String =>
+        "keyName", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -256,31 +245,23 @@ pub mod get_user_profile {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3profileuserid",
         spec_file: "api/client-server/profile.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: crate::ids::UserId,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
+        => "userId", }
     }
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    /// Schema: `data/api/client-server/profile.yaml` at `/paths/~1profile~1{userId}/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        /// Format `mx-mxc-uri`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub avatar_url: Option<crate::ids::MxcUri>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub displayname: Option<String>,
-        /// `m.tz`. Added in v1.16.
-        #[serde(rename = "m.tz")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub m_tz: Option<String>,
-        /// Keys beyond the named ones.
-        #[serde(flatten)]
-        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/profile.yaml` at `/paths/~1profile~1{userId}/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { #[doc = " Format `mx-mxc-uri`."] opt avatar_url :
+        crate ::ids::MxcUri => "avatar_url", opt displayname : String => "displayname",
+        #[doc = " `m.tz`. Added in v1.16."] opt m_tz : String => "m.tz", } #[doc =
+        " Keys beyond the named ones."] rest additional : std::collections::BTreeMap <
+        String, crate ::JsonValue >
     }
 }

@@ -30,45 +30,36 @@ pub mod get_pushers {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushers",
         spec_file: "api/client-server/pusher.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {}
-    /// Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub pushers: Option<Vec<Pusher>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request {}
     }
-    /// Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers/get/responses/200/content/application~1json/schema/properties/pushers/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Pusher {
-        pub pushkey: String,
-        pub kind: String,
-        pub app_id: String,
-        pub app_display_name: String,
-        pub device_display_name: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub profile_tag: Option<String>,
-        pub lang: String,
-        pub data: PusherData,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { opt pushers : Vec < Pusher > => "pushers", } #[doc
+        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers/get/responses/200/content/application~1json/schema/properties/pushers/items/properties/data`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct PusherData {
-        /// Format `uri`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub url: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub format: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers/get/responses/200/content/application~1json/schema/properties/pushers/items`."]
+        Pusher { req pushkey : String => "pushkey", req kind : String => "kind", req
+        app_id : String => "app_id", req app_display_name : String => "app_display_name",
+        req device_display_name : String => "device_display_name", opt profile_tag :
+        String => "profile_tag", req lang : String => "lang", req data : PusherData =>
+        "data", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
+    }
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers/get/responses/200/content/application~1json/schema/properties/pushers/items/properties/data`."]
+        #[derive(Default)] PusherData { #[doc = " Format `uri`."] opt url : String =>
+        "url", opt format : String => "format", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `POST /_matrix/client/v3/pushers/set`: operation `postPusher`.
@@ -107,11 +98,10 @@ pub mod post_pusher {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3pushersset",
         spec_file: "api/client-server/pusher.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -119,39 +109,23 @@ pub mod post_pusher {
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers~1set/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub pushkey: String,
-        pub kind: Option<String>,
-        pub app_id: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub app_display_name: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub device_display_name: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub profile_tag: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub lang: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub data: Option<PusherData>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub append: Option<bool>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers~1set/post/requestBody/content/application~1json/schema`."]
+        RequestBody { req pushkey : String => "pushkey", req_null kind : String =>
+        "kind", req app_id : String => "app_id", opt app_display_name : String =>
+        "app_display_name", opt device_display_name : String => "device_display_name",
+        opt profile_tag : String => "profile_tag", opt lang : String => "lang", opt data
+        : PusherData => "data", opt append : bool => "append", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers~1set/post/requestBody/content/application~1json/schema/properties/data`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct PusherData {
-        /// Format `uri`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub url: Option<String>,
-        /// Always `event_id_only`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub format: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers~1set/post/requestBody/content/application~1json/schema/properties/data`."]
+        #[derive(Default)] PusherData { #[doc = " Format `uri`."] opt url : String =>
+        "url", #[doc = " Always `event_id_only`."] opt format : String => "format", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
 }

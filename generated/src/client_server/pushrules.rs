@@ -30,38 +30,30 @@ pub mod get_push_rules {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushrules",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {}
-    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub global: Ruleset,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request {}
     }
-    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1/get/responses/200/content/application~1json/schema/properties/global`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Ruleset {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub content: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
-        #[serde(rename = "override")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub override_: Option<
-            Vec<crate::client_server::definitions::push_rule::PushRule>,
-        >,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub room: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub sender: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub underride: Option<
-            Vec<crate::client_server::definitions::push_rule::PushRule>,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1/get/responses/200/content/application~1json/schema`."]
+        Response { req global : Ruleset => "global", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
+    }
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1/get/responses/200/content/application~1json/schema/properties/global`."]
+        #[derive(Default)] Ruleset { opt content : Vec < crate
+        ::client_server::definitions::push_rule::PushRule > => "content", opt override_ :
+        Vec < crate ::client_server::definitions::push_rule::PushRule > => "override",
+        opt room : Vec < crate ::client_server::definitions::push_rule::PushRule > =>
+        "room", opt sender : Vec < crate
+        ::client_server::definitions::push_rule::PushRule > => "sender", opt underride :
+        Vec < crate ::client_server::definitions::push_rule::PushRule > => "underride", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
 }
 /// `GET /_matrix/client/v3/pushrules/global/`: operation `getPushRulesGlobal`.
@@ -92,9 +84,11 @@ pub mod get_push_rules_global {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushrulesglobal",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {}
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request {}
+    }
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::push_ruleset::PushRuleset;
 }
@@ -143,14 +137,11 @@ pub mod get_push_rule {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushrulesglobalkindruleid",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `kind`.
-        pub kind: Kind,
-        /// Path parameter `ruleId`.
-        #[serde(rename = "ruleId")]
-        pub rule_id: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `kind`."] req kind : Kind => "kind", #[doc =
+        " Path parameter `ruleId`."] req rule_id : String => "ruleId", }
     }
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
@@ -160,29 +151,21 @@ pub mod get_push_rule {
         Kind { Override => "override", Underride => "underride", Sender => "sender", Room
         => "room", Content => "content", }
     }
-    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub actions: Vec<Action>,
-        pub default: bool,
-        pub enabled: bool,
-        pub rule_id: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub conditions: Option<
-            Vec<crate::client_server::definitions::push_condition::PushCondition>,
-        >,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub pattern: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/get/responses/200/content/application~1json/schema`."]
+        Response { req actions : Vec < Action > => "actions", req default : bool =>
+        "default", req enabled : bool => "enabled", req rule_id : String => "rule_id",
+        opt conditions : Vec < crate
+        ::client_server::definitions::push_condition::PushCondition > => "conditions",
+        opt pattern : String => "pattern", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/get/responses/200/content/application~1json/schema/properties/actions/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    #[serde(untagged)]
-    pub enum Action {
-        String_(String),
-        Object(crate::JsonObject),
+    crate::json_untagged! {
+        #[doc =
+        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/get/responses/200/content/application~1json/schema/properties/actions/items`."]
+        Action { String_(String), Object(crate ::JsonObject), }
     }
 }
 /// `DELETE /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`: operation `deletePushRule`.
@@ -230,14 +213,11 @@ pub mod delete_push_rule {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3pushrulesglobalkindruleid",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `kind`.
-        pub kind: Kind,
-        /// Path parameter `ruleId`.
-        #[serde(rename = "ruleId")]
-        pub rule_id: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `kind`."] req kind : Kind => "kind", #[doc =
+        " Path parameter `ruleId`."] req rule_id : String => "ruleId", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -315,22 +295,14 @@ pub mod set_push_rule {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3pushrulesglobalkindruleid",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `kind`.
-        pub kind: Kind,
-        /// Path parameter `ruleId`.
-        #[serde(rename = "ruleId")]
-        pub rule_id: String,
-        /// Query parameter `before`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub before: Option<String>,
-        /// Query parameter `after`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub after: Option<String>,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `kind`."] req kind : Kind => "kind", #[doc =
+        " Path parameter `ruleId`."] req rule_id : String => "ruleId", #[doc =
+        " Query parameter `before`."] opt before : String => "before", #[doc =
+        " Query parameter `after`."] opt after : String => "after", #[doc =
+        " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -346,26 +318,19 @@ pub mod set_push_rule {
         Kind { Override => "override", Underride => "underride", Sender => "sender", Room
         => "room", Content => "content", }
     }
-    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/put/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub actions: Vec<Action>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub conditions: Option<
-            Vec<crate::client_server::definitions::push_condition::PushCondition>,
-        >,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub pattern: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/put/requestBody/content/application~1json/schema`."]
+        RequestBody { req actions : Vec < Action > => "actions", opt conditions : Vec <
+        crate ::client_server::definitions::push_condition::PushCondition > =>
+        "conditions", opt pattern : String => "pattern", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/put/requestBody/content/application~1json/schema/properties/actions/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    #[serde(untagged)]
-    pub enum Action {
-        String_(String),
-        Object(crate::JsonObject),
+    crate::json_untagged! {
+        #[doc =
+        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/put/requestBody/content/application~1json/schema/properties/actions/items`."]
+        Action { String_(String), Object(crate ::JsonObject), }
     }
 }
 /// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled`: operation `isPushRuleEnabled`.
@@ -413,14 +378,11 @@ pub mod is_push_rule_enabled {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushrulesglobalkindruleidenabled",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `kind`.
-        pub kind: Kind,
-        /// Path parameter `ruleId`.
-        #[serde(rename = "ruleId")]
-        pub rule_id: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `kind`."] req kind : Kind => "kind", #[doc =
+        " Path parameter `ruleId`."] req rule_id : String => "ruleId", }
     }
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
@@ -430,13 +392,12 @@ pub mod is_push_rule_enabled {
         Kind { Override => "override", Underride => "underride", Sender => "sender", Room
         => "room", Content => "content", }
     }
-    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1enabled/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub enabled: bool,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1enabled/get/responses/200/content/application~1json/schema`."]
+        Response { req enabled : bool => "enabled", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled`: operation `setPushRuleEnabled`.
@@ -484,16 +445,12 @@ pub mod set_push_rule_enabled {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3pushrulesglobalkindruleidenabled",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `kind`.
-        pub kind: Kind,
-        /// Path parameter `ruleId`.
-        #[serde(rename = "ruleId")]
-        pub rule_id: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `kind`."] req kind : Kind => "kind", #[doc =
+        " Path parameter `ruleId`."] req rule_id : String => "ruleId", #[doc =
+        " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -505,13 +462,12 @@ pub mod set_push_rule_enabled {
         Kind { Override => "override", Underride => "underride", Sender => "sender", Room
         => "room", Content => "content", }
     }
-    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1enabled/put/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub enabled: bool,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1enabled/put/requestBody/content/application~1json/schema`."]
+        RequestBody { req enabled : bool => "enabled", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions`: operation `getPushRuleActions`.
@@ -559,14 +515,11 @@ pub mod get_push_rule_actions {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushrulesglobalkindruleidactions",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `kind`.
-        pub kind: Kind,
-        /// Path parameter `ruleId`.
-        #[serde(rename = "ruleId")]
-        pub rule_id: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `kind`."] req kind : Kind => "kind", #[doc =
+        " Path parameter `ruleId`."] req rule_id : String => "ruleId", }
     }
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
@@ -576,20 +529,17 @@ pub mod get_push_rule_actions {
         Kind { Override => "override", Underride => "underride", Sender => "sender", Room
         => "room", Content => "content", }
     }
-    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub actions: Vec<Action>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/get/responses/200/content/application~1json/schema`."]
+        Response { req actions : Vec < Action > => "actions", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/get/responses/200/content/application~1json/schema/properties/actions/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    #[serde(untagged)]
-    pub enum Action {
-        String_(String),
-        Object(crate::JsonObject),
+    crate::json_untagged! {
+        #[doc =
+        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/get/responses/200/content/application~1json/schema/properties/actions/items`."]
+        Action { String_(String), Object(crate ::JsonObject), }
     }
 }
 /// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions`: operation `setPushRuleActions`.
@@ -637,16 +587,12 @@ pub mod set_push_rule_actions {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3pushrulesglobalkindruleidactions",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `kind`.
-        pub kind: Kind,
-        /// Path parameter `ruleId`.
-        #[serde(rename = "ruleId")]
-        pub rule_id: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `kind`."] req kind : Kind => "kind", #[doc =
+        " Path parameter `ruleId`."] req rule_id : String => "ruleId", #[doc =
+        " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -658,19 +604,16 @@ pub mod set_push_rule_actions {
         Kind { Override => "override", Underride => "underride", Sender => "sender", Room
         => "room", Content => "content", }
     }
-    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/put/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub actions: Vec<Action>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/put/requestBody/content/application~1json/schema`."]
+        RequestBody { req actions : Vec < Action > => "actions", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/put/requestBody/content/application~1json/schema/properties/actions/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    #[serde(untagged)]
-    pub enum Action {
-        String_(String),
-        Object(crate::JsonObject),
+    crate::json_untagged! {
+        #[doc =
+        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/put/requestBody/content/application~1json/schema/properties/actions/items`."]
+        Action { String_(String), Object(crate ::JsonObject), }
     }
 }

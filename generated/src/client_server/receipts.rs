@@ -57,20 +57,14 @@ pub mod post_receipt {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidreceiptreceipttypeeventid",
         spec_file: "api/client-server/receipts.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: crate::ids::RoomId,
-        /// Path parameter `receiptType`.
-        #[serde(rename = "receiptType")]
-        pub receipt_type: ReceiptType,
-        /// Path parameter `eventId`.
-        #[serde(rename = "eventId")]
-        pub event_id: crate::ids::EventId,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
+        => "roomId", #[doc = " Path parameter `receiptType`."] req receipt_type :
+        ReceiptType => "receiptType", #[doc = " Path parameter `eventId`."] req event_id
+        : crate ::ids::EventId => "eventId", #[doc = " The JSON body."] req body :
+        RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -84,14 +78,12 @@ pub mod post_receipt {
         ReceiptType { MRead => "m.read", MReadPrivate => "m.read.private", MFullyRead =>
         "m.fully_read", }
     }
-    /// Schema: `data/api/client-server/receipts.yaml` at `/paths/~1rooms~1{roomId}~1receipt~1{receiptType}~1{eventId}/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct RequestBody {
-        /// Added in v1.4.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub thread_id: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/receipts.yaml` at `/paths/~1rooms~1{roomId}~1receipt~1{receiptType}~1{eventId}/post/requestBody/content/application~1json/schema`."]
+        #[derive(Default)] RequestBody { #[doc = " Added in v1.4."] opt thread_id :
+        String => "thread_id", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

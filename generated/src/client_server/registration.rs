@@ -53,14 +53,11 @@ pub mod register {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3register",
         spec_file: "api/client-server/registration.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `kind`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub kind: Option<Kind>,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `kind`."] opt kind : Kind => "kind", #[doc =
+        " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
@@ -75,61 +72,35 @@ pub mod register {
         " Schema: `data/api/client-server/registration.yaml` at `/paths/~1register/post/parameters/0/schema`."]
         Kind { Guest => "guest", User => "user", }
     }
-    /// Schema: `data/api/client-server/registration.yaml` at `/paths/~1register/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct RequestBody {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub auth: Option<Auth>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub username: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub password: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub device_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub initial_device_display_name: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub inhibit_login: Option<bool>,
-        /// Added in v1.3.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub refresh_token: Option<bool>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/registration.yaml` at `/paths/~1register/post/requestBody/content/application~1json/schema`."]
+        #[derive(Default)] RequestBody { opt auth : Auth => "auth", opt username : String
+        => "username", opt password : String => "password", opt device_id : String =>
+        "device_id", opt initial_device_display_name : String =>
+        "initial_device_display_name", opt inhibit_login : bool => "inhibit_login", #[doc
+        = " Added in v1.3."] opt refresh_token : bool => "refresh_token", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/registration.yaml` at `/paths/~1register/post/requestBody/content/application~1json/schema/properties/auth`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Auth {
-        #[serde(rename = "type")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub type_: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub session: Option<String>,
-        /// Keys beyond the named ones.
-        #[serde(flatten)]
-        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/registration.yaml` at `/paths/~1register/post/requestBody/content/application~1json/schema/properties/auth`."]
+        #[derive(Default)] Auth { opt type_ : String => "type", opt session : String =>
+        "session", } #[doc = " Keys beyond the named ones."] rest additional :
+        std::collections::BTreeMap < String, crate ::JsonValue >
     }
-    /// Schema: `data/api/client-server/registration.yaml` at `/paths/~1register/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        /// Format `mx-user-id`.
-        pub user_id: crate::ids::UserId,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub access_token: Option<String>,
-        /// Added in v1.3.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub refresh_token: Option<String>,
-        /// Added in v1.3.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub expires_in_ms: Option<i64>,
-        /// Format `mx-server-name`. Deprecated.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub home_server: Option<crate::ids::ServerName>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub device_id: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/registration.yaml` at `/paths/~1register/post/responses/200/content/application~1json/schema`."]
+        Response { #[doc = " Format `mx-user-id`."] req user_id : crate ::ids::UserId =>
+        "user_id", opt access_token : String => "access_token", #[doc =
+        " Added in v1.3."] opt refresh_token : String => "refresh_token", #[doc =
+        " Added in v1.3."] opt expires_in_ms : i64 => "expires_in_ms", #[doc =
+        " Format `mx-server-name`. Deprecated."] opt home_server : crate
+        ::ids::ServerName => "home_server", opt device_id : String => "device_id", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
 }
 /// `POST /_matrix/client/v3/register/email/requestToken`: operation `requestTokenToRegisterEmail`.
@@ -169,11 +140,10 @@ pub mod request_token_to_register_email {
         spec_file: "api/client-server/registration.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::request_email_validation::RequestEmailValidation;
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::request_token_response::RequestTokenResponse;
@@ -219,11 +189,10 @@ pub mod request_token_to_register_msisdn {
         spec_file: "api/client-server/registration.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::request_msisdn_validation::RequestMsisdnValidation;
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::request_token_response::RequestTokenResponse;
@@ -275,23 +244,21 @@ pub mod check_username_availability {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3registeravailable",
         spec_file: "api/client-server/registration.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `username`.
-        pub username: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `username`."] req username : String =>
+        "username", }
     }
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/registration.yaml` at `/paths/~1register~1available/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub available: Option<bool>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/registration.yaml` at `/paths/~1register~1available/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { opt available : bool => "available", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

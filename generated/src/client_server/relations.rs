@@ -77,30 +77,16 @@ pub mod get_relating_events {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1roomsroomidrelationseventid",
         spec_file: "api/client-server/relations.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: crate::ids::RoomId,
-        /// Path parameter `eventId`.
-        #[serde(rename = "eventId")]
-        pub event_id: crate::ids::EventId,
-        /// Query parameter `from`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub from: Option<String>,
-        /// Query parameter `to`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub to: Option<String>,
-        /// Query parameter `limit`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub limit: Option<i64>,
-        /// Query parameter `dir`. Added in v1.4.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub dir: Option<Dir>,
-        /// Query parameter `recurse`. Added in v1.10.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub recurse: Option<bool>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
+        => "roomId", #[doc = " Path parameter `eventId`."] req event_id : crate
+        ::ids::EventId => "eventId", #[doc = " Query parameter `from`."] opt from :
+        String => "from", #[doc = " Query parameter `to`."] opt to : String => "to",
+        #[doc = " Query parameter `limit`."] opt limit : i64 => "limit", #[doc =
+        " Query parameter `dir`. Added in v1.4."] opt dir : Dir => "dir", #[doc =
+        " Query parameter `recurse`. Added in v1.10."] opt recurse : bool => "recurse", }
     }
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
@@ -109,19 +95,14 @@ pub mod get_relating_events {
         " Schema: `data/api/client-server/relations.yaml` at `/components/parameters/dir/schema`."]
         Dir { B => "b", F => "f", }
     }
-    /// Schema: `data/api/client-server/relations.yaml` at `/paths/~1rooms~1{roomId}~1relations~1{eventId}/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub next_batch: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub prev_batch: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub recursion_depth: Option<i64>,
-        pub chunk: Vec<crate::client_server::definitions::client_event::ClientEvent>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/relations.yaml` at `/paths/~1rooms~1{roomId}~1relations~1{eventId}/get/responses/200/content/application~1json/schema`."]
+        Response { opt next_batch : String => "next_batch", opt prev_batch : String =>
+        "prev_batch", opt recursion_depth : i64 => "recursion_depth", req chunk : Vec <
+        crate ::client_server::definitions::client_event::ClientEvent > => "chunk", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
 }
 /// `GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}`: operation `getRelatingEventsWithRelType`.
@@ -205,33 +186,17 @@ pub mod get_relating_events_with_rel_type {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1roomsroomidrelationseventidreltype",
         spec_file: "api/client-server/relations.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: crate::ids::RoomId,
-        /// Path parameter `eventId`.
-        #[serde(rename = "eventId")]
-        pub event_id: crate::ids::EventId,
-        /// Path parameter `relType`.
-        #[serde(rename = "relType")]
-        pub rel_type: String,
-        /// Query parameter `from`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub from: Option<String>,
-        /// Query parameter `to`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub to: Option<String>,
-        /// Query parameter `limit`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub limit: Option<i64>,
-        /// Query parameter `dir`. Added in v1.4.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub dir: Option<Dir>,
-        /// Query parameter `recurse`. Added in v1.10.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub recurse: Option<bool>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
+        => "roomId", #[doc = " Path parameter `eventId`."] req event_id : crate
+        ::ids::EventId => "eventId", #[doc = " Path parameter `relType`."] req rel_type :
+        String => "relType", #[doc = " Query parameter `from`."] opt from : String =>
+        "from", #[doc = " Query parameter `to`."] opt to : String => "to", #[doc =
+        " Query parameter `limit`."] opt limit : i64 => "limit", #[doc =
+        " Query parameter `dir`. Added in v1.4."] opt dir : Dir => "dir", #[doc =
+        " Query parameter `recurse`. Added in v1.10."] opt recurse : bool => "recurse", }
     }
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
@@ -240,19 +205,14 @@ pub mod get_relating_events_with_rel_type {
         " Schema: `data/api/client-server/relations.yaml` at `/components/parameters/dir/schema`."]
         Dir { B => "b", F => "f", }
     }
-    /// Schema: `data/api/client-server/relations.yaml` at `/paths/~1rooms~1{roomId}~1relations~1{eventId}~1{relType}/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub next_batch: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub prev_batch: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub recursion_depth: Option<i64>,
-        pub chunk: Vec<crate::client_server::definitions::client_event::ClientEvent>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/relations.yaml` at `/paths/~1rooms~1{roomId}~1relations~1{eventId}~1{relType}/get/responses/200/content/application~1json/schema`."]
+        Response { opt next_batch : String => "next_batch", opt prev_batch : String =>
+        "prev_batch", opt recursion_depth : i64 => "recursion_depth", req chunk : Vec <
+        crate ::client_server::definitions::client_event::ClientEvent > => "chunk", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
 }
 /// `GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}`: operation `getRelatingEventsWithRelTypeAndEventType`.
@@ -342,36 +302,18 @@ pub mod get_relating_events_with_rel_type_and_event_type {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1roomsroomidrelationseventidreltypeeventtype",
         spec_file: "api/client-server/relations.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: crate::ids::RoomId,
-        /// Path parameter `eventId`.
-        #[serde(rename = "eventId")]
-        pub event_id: crate::ids::EventId,
-        /// Path parameter `relType`.
-        #[serde(rename = "relType")]
-        pub rel_type: String,
-        /// Path parameter `eventType`.
-        #[serde(rename = "eventType")]
-        pub event_type: String,
-        /// Query parameter `from`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub from: Option<String>,
-        /// Query parameter `to`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub to: Option<String>,
-        /// Query parameter `limit`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub limit: Option<i64>,
-        /// Query parameter `dir`. Added in v1.4.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub dir: Option<Dir>,
-        /// Query parameter `recurse`. Added in v1.10.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub recurse: Option<bool>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
+        => "roomId", #[doc = " Path parameter `eventId`."] req event_id : crate
+        ::ids::EventId => "eventId", #[doc = " Path parameter `relType`."] req rel_type :
+        String => "relType", #[doc = " Path parameter `eventType`."] req event_type :
+        String => "eventType", #[doc = " Query parameter `from`."] opt from : String =>
+        "from", #[doc = " Query parameter `to`."] opt to : String => "to", #[doc =
+        " Query parameter `limit`."] opt limit : i64 => "limit", #[doc =
+        " Query parameter `dir`. Added in v1.4."] opt dir : Dir => "dir", #[doc =
+        " Query parameter `recurse`. Added in v1.10."] opt recurse : bool => "recurse", }
     }
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
@@ -380,18 +322,13 @@ pub mod get_relating_events_with_rel_type_and_event_type {
         " Schema: `data/api/client-server/relations.yaml` at `/components/parameters/dir/schema`."]
         Dir { B => "b", F => "f", }
     }
-    /// Schema: `data/api/client-server/relations.yaml` at `/paths/~1rooms~1{roomId}~1relations~1{eventId}~1{relType}~1{eventType}/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub next_batch: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub prev_batch: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub recursion_depth: Option<i64>,
-        pub chunk: Vec<crate::client_server::definitions::client_event::ClientEvent>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/relations.yaml` at `/paths/~1rooms~1{roomId}~1relations~1{eventId}~1{relType}~1{eventType}/get/responses/200/content/application~1json/schema`."]
+        Response { opt next_batch : String => "next_batch", opt prev_batch : String =>
+        "prev_batch", opt recursion_depth : i64 => "recursion_depth", req chunk : Vec <
+        crate ::client_server::definitions::client_event::ClientEvent > => "chunk", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
 }

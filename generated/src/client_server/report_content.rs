@@ -45,14 +45,11 @@ pub mod report_room {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidreport",
         spec_file: "api/client-server/report_content.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
+        #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -60,13 +57,12 @@ pub mod report_room {
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/report_content.yaml` at `/paths/~1rooms~1{roomId}~1report/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub reason: String,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/report_content.yaml` at `/paths/~1rooms~1{roomId}~1report/post/requestBody/content/application~1json/schema`."]
+        RequestBody { req reason : String => "reason", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `POST /_matrix/client/v3/rooms/{roomId}/report/{eventId}`: operation `reportEvent`.
@@ -114,30 +110,23 @@ pub mod report_event {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidreporteventid",
         spec_file: "api/client-server/report_content.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// Path parameter `eventId`.
-        #[serde(rename = "eventId")]
-        pub event_id: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
+        #[doc = " Path parameter `eventId`."] req event_id : String => "eventId", #[doc =
+        " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    /// Schema: `data/api/client-server/report_content.yaml` at `/paths/~1rooms~1{roomId}~1report~1{eventId}/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct RequestBody {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub reason: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/report_content.yaml` at `/paths/~1rooms~1{roomId}~1report~1{eventId}/post/requestBody/content/application~1json/schema`."]
+        #[derive(Default)] RequestBody { opt reason : String => "reason", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `POST /_matrix/client/v3/users/{userId}/report`: operation `reportUser`.
@@ -183,14 +172,11 @@ pub mod report_user {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3usersuseridreport",
         spec_file: "api/client-server/report_content.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: crate::ids::UserId,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
+        => "userId", #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -198,12 +184,11 @@ pub mod report_user {
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/report_content.yaml` at `/paths/~1users~1{userId}~1report/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub reason: String,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/report_content.yaml` at `/paths/~1users~1{userId}~1report/post/requestBody/content/application~1json/schema`."]
+        RequestBody { req reason : String => "reason", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

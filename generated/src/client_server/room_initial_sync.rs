@@ -41,33 +41,23 @@ pub mod room_initial_sync {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidinitialsync",
         spec_file: "api/client-server/room_initial_sync.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: crate::ids::RoomId,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
+        => "roomId", }
     }
-    /// Schema: `data/api/client-server/room_initial_sync.yaml` at `/paths/~1rooms~1{roomId}~1initialSync/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        /// Format `mx-room-id`.
-        pub room_id: crate::ids::RoomId,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub membership: Option<Membership>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub messages: Option<PaginationChunk>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub state: Option<
-            Vec<crate::client_server::definitions::client_event::ClientEvent>,
-        >,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub visibility: Option<Visibility>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub account_data: Option<Vec<Event>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/room_initial_sync.yaml` at `/paths/~1rooms~1{roomId}~1initialSync/get/responses/200/content/application~1json/schema`."]
+        Response { #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId =>
+        "room_id", opt membership : Membership => "membership", opt messages :
+        PaginationChunk => "messages", opt state : Vec < crate
+        ::client_server::definitions::client_event::ClientEvent > => "state", opt
+        visibility : Visibility => "visibility", opt account_data : Vec < Event > =>
+        "account_data", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
@@ -75,30 +65,26 @@ pub mod room_initial_sync {
         Membership { Invite => "invite", Join => "join", Leave => "leave", Ban => "ban",
         }
     }
-    /// Schema: `data/api/client-server/room_initial_sync.yaml` at `/paths/~1rooms~1{roomId}~1initialSync/get/responses/200/content/application~1json/schema/properties/messages`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct PaginationChunk {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub start: Option<String>,
-        pub end: String,
-        pub chunk: Vec<crate::client_server::definitions::client_event::ClientEvent>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/room_initial_sync.yaml` at `/paths/~1rooms~1{roomId}~1initialSync/get/responses/200/content/application~1json/schema/properties/messages`."]
+        PaginationChunk { opt start : String => "start", req end : String => "end", req
+        chunk : Vec < crate ::client_server::definitions::client_event::ClientEvent > =>
+        "chunk", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
         " Schema: `data/api/client-server/room_initial_sync.yaml` at `/paths/~1rooms~1{roomId}~1initialSync/get/responses/200/content/application~1json/schema/properties/visibility`."]
         Visibility { Private => "private", Public => "public", }
     }
-    /// Schema: `data/api/client-server/room_initial_sync.yaml` at `/paths/~1rooms~1{roomId}~1initialSync/get/responses/200/content/application~1json/schema/properties/account_data/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Event {
-        pub content: crate::JsonObject,
-        #[serde(rename = "type")]
-        pub type_: String,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/room_initial_sync.yaml` at `/paths/~1rooms~1{roomId}~1initialSync/get/responses/200/content/application~1json/schema/properties/account_data/items`."]
+        Event { req content : crate ::JsonObject => "content", req type_ : String =>
+        "type", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

@@ -47,52 +47,31 @@ pub mod get_room_summary {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1room_summaryroomidoralias",
         spec_file: "api/client-server/room_summary.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomIdOrAlias`.
-        #[serde(rename = "roomIdOrAlias")]
-        pub room_id_or_alias: String,
-        /// Query parameter `via`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub via: Option<Vec<crate::ids::ServerName>>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomIdOrAlias`."] req room_id_or_alias :
+        String => "roomIdOrAlias", #[doc = " Query parameter `via`."] opt via : Vec <
+        crate ::ids::ServerName > => "via", }
     }
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    /// Schema: `data/api/client-server/room_summary.yaml` at `/paths/~1room_summary~1{roomIdOrAlias}/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        /// Format `mx-room-alias`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub canonical_alias: Option<crate::ids::RoomAliasId>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub name: Option<String>,
-        pub num_joined_members: i64,
-        /// Format `mx-room-id`.
-        pub room_id: crate::ids::RoomId,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub topic: Option<String>,
-        pub world_readable: bool,
-        pub guest_can_join: bool,
-        /// Format `uri`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub avatar_url: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub join_rule: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub room_type: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub allowed_room_ids: Option<Vec<crate::ids::RoomId>>,
-        /// Always `m.megolm.v1.aes-sha2`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub encryption: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub room_version: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub membership: Option<Membership>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/room_summary.yaml` at `/paths/~1room_summary~1{roomIdOrAlias}/get/responses/200/content/application~1json/schema`."]
+        Response { #[doc = " Format `mx-room-alias`."] opt canonical_alias : crate
+        ::ids::RoomAliasId => "canonical_alias", opt name : String => "name", req
+        num_joined_members : i64 => "num_joined_members", #[doc =
+        " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", opt
+        topic : String => "topic", req world_readable : bool => "world_readable", req
+        guest_can_join : bool => "guest_can_join", #[doc = " Format `uri`."] opt
+        avatar_url : String => "avatar_url", opt join_rule : String => "join_rule", opt
+        room_type : String => "room_type", opt allowed_room_ids : Vec < crate
+        ::ids::RoomId > => "allowed_room_ids", #[doc = " Always `m.megolm.v1.aes-sha2`."]
+        opt encryption : String => "encryption", opt room_version : String =>
+        "room_version", opt membership : Membership => "membership", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =

@@ -47,15 +47,12 @@ pub mod get_one_room_event {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomideventeventid",
         spec_file: "api/client-server/rooms.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: crate::ids::RoomId,
-        /// Path parameter `eventId`.
-        #[serde(rename = "eventId")]
-        pub event_id: crate::ids::EventId,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
+        => "roomId", #[doc = " Path parameter `eventId`."] req event_id : crate
+        ::ids::EventId => "eventId", }
     }
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::client_event::ClientEvent;
@@ -123,33 +120,25 @@ pub mod get_room_state_with_key {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidstateeventtypestatekey",
         spec_file: "api/client-server/rooms.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: crate::ids::RoomId,
-        /// Path parameter `eventType`.
-        #[serde(rename = "eventType")]
-        pub event_type: String,
-        /// Path parameter `stateKey`.
-        #[serde(rename = "stateKey")]
-        pub state_key: String,
-        /// Query parameter `format`. Added in v1.16.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub format: Option<Format>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
+        => "roomId", #[doc = " Path parameter `eventType`."] req event_type : String =>
+        "eventType", #[doc = " Path parameter `stateKey`."] req state_key : String =>
+        "stateKey", #[doc = " Query parameter `format`. Added in v1.16."] opt format :
+        Format => "format", }
     }
     crate::string_enum! {
         #[doc =
         " Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1state~1{eventType}~1{stateKey}/get/parameters/3/schema`."]
         Format { Content => "content", Event => "event", }
     }
-    /// Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1state~1{eventType}~1{stateKey}/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    #[serde(untagged)]
-    pub enum Response {
-        Object(crate::JsonObject),
-        StateEvent(crate::events::core_event_schema::state_event::StateEvent),
+    crate::json_untagged! {
+        #[doc =
+        " Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1state~1{eventType}~1{stateKey}/get/responses/200/content/application~1json/schema`."]
+        Response { Object(crate ::JsonObject), StateEvent(crate
+        ::events::core_event_schema::state_event::StateEvent), }
     }
 }
 /// `GET /_matrix/client/v3/rooms/{roomId}/state`: operation `getRoomState`.
@@ -191,12 +180,11 @@ pub mod get_room_state {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidstate",
         spec_file: "api/client-server/rooms.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: crate::ids::RoomId,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
+        => "roomId", }
     }
     /// The `200` response body.
     pub type Response = Vec<
@@ -260,21 +248,14 @@ pub mod get_members_by_room {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidmembers",
         spec_file: "api/client-server/rooms.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: crate::ids::RoomId,
-        /// Query parameter `at`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub at: Option<String>,
-        /// Query parameter `membership`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub membership: Option<Membership>,
-        /// Query parameter `not_membership`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub not_membership: Option<NotMembership>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
+        => "roomId", #[doc = " Query parameter `at`."] opt at : String => "at", #[doc =
+        " Query parameter `membership`."] opt membership : Membership => "membership",
+        #[doc = " Query parameter `not_membership`."] opt not_membership : NotMembership
+        => "not_membership", }
     }
     crate::string_enum! {
         #[doc =
@@ -288,16 +269,13 @@ pub mod get_members_by_room {
         NotMembership { Join => "join", Invite => "invite", Knock => "knock", Leave =>
         "leave", Ban => "ban", }
     }
-    /// Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1members/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub chunk: Option<
-            Vec<crate::client_server::definitions::client_event::ClientEvent>,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1members/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { opt chunk : Vec < crate
+        ::client_server::definitions::client_event::ClientEvent > => "chunk", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`: operation `getJoinedMembersByRoom`.
@@ -339,32 +317,26 @@ pub mod get_joined_members_by_room {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidjoined_members",
         spec_file: "api/client-server/rooms.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: crate::ids::RoomId,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
+        => "roomId", }
     }
-    /// Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1joined_members/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub joined: Option<std::collections::BTreeMap<String, RoomMember>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1joined_members/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { opt joined : std::collections::BTreeMap < String,
+        RoomMember > => "joined", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1joined_members/get/responses/200/content/application~1json/schema/properties/joined/patternProperties/^@`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct RoomMember {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub display_name: Option<String>,
-        /// Format `uri`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub avatar_url: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1joined_members/get/responses/200/content/application~1json/schema/properties/joined/patternProperties/^@`."]
+        #[derive(Default)] RoomMember { opt display_name : String => "display_name",
+        #[doc = " Format `uri`."] opt avatar_url : String => "avatar_url", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

@@ -45,53 +45,39 @@ pub mod search {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3search",
         spec_file: "api/client-server/search.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `next_batch`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub next_batch: Option<String>,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `next_batch`."] opt next_batch : String =>
+        "next_batch", #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub search_categories: Categories,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema`."]
+        RequestBody { req search_categories : Categories => "search_categories", } #[doc
+        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Categories {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub room_events: Option<RoomEventsCriteria>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories`."]
+        #[derive(Default)] Categories { opt room_events : RoomEventsCriteria =>
+        "room_events", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RoomEventsCriteria {
-        pub search_term: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub keys: Option<Vec<Key>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub filter: Option<Filter>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub order_by: Option<Ordering>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub event_context: Option<IncludeEventContext>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub include_state: Option<bool>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub groupings: Option<Groupings>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events`."]
+        RoomEventsCriteria { req search_term : String => "search_term", opt keys : Vec <
+        Key > => "keys", opt filter : Filter => "filter", opt order_by : Ordering =>
+        "order_by", opt event_context : IncludeEventContext => "event_context", opt
+        include_state : bool => "include_state", opt groupings : Groupings =>
+        "groupings", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
@@ -99,308 +85,189 @@ pub mod search {
         Key { ContentBody => "content.body", ContentName => "content.name", ContentTopic
         => "content.topic", }
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/filter`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Filter {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub limit: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub not_senders: Option<Vec<crate::ids::UserId>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub not_types: Option<Vec<String>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub senders: Option<Vec<crate::ids::UserId>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub types: Option<Vec<String>>,
-        /// Added in v1.4.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub unread_thread_notifications: Option<bool>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub lazy_load_members: Option<bool>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub include_redundant_members: Option<bool>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub not_rooms: Option<Vec<crate::ids::RoomId>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub rooms: Option<Vec<crate::ids::RoomId>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub contains_url: Option<bool>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/filter`."]
+        #[derive(Default)] Filter { opt limit : i64 => "limit", opt not_senders : Vec <
+        crate ::ids::UserId > => "not_senders", opt not_types : Vec < String > =>
+        "not_types", opt senders : Vec < crate ::ids::UserId > => "senders", opt types :
+        Vec < String > => "types", #[doc = " Added in v1.4."] opt
+        unread_thread_notifications : bool => "unread_thread_notifications", opt
+        lazy_load_members : bool => "lazy_load_members", opt include_redundant_members :
+        bool => "include_redundant_members", opt not_rooms : Vec < crate ::ids::RoomId >
+        => "not_rooms", opt rooms : Vec < crate ::ids::RoomId > => "rooms", opt
+        contains_url : bool => "contains_url", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
         " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/order_by`."]
         Ordering { Recent => "recent", Rank => "rank", }
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/event_context`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct IncludeEventContext {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub before_limit: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub after_limit: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub include_profile: Option<bool>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/event_context`."]
+        #[derive(Default)] IncludeEventContext { opt before_limit : i64 =>
+        "before_limit", opt after_limit : i64 => "after_limit", opt include_profile :
+        bool => "include_profile", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/groupings`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Groupings {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub group_by: Option<Vec<Group>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/groupings`."]
+        #[derive(Default)] Groupings { opt group_by : Vec < Group > => "group_by", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/groupings/properties/group_by/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Group {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub key: Option<GroupKey>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/groupings/properties/group_by/items`."]
+        #[derive(Default)] Group { opt key : GroupKey => "key", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
         " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/groupings/properties/group_by/items/properties/key`."]
         GroupKey { RoomId => "room_id", Sender => "sender", }
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub search_categories: ResultCategories,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema`."]
+        Response { req search_categories : ResultCategories => "search_categories", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct ResultCategories {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub room_events: Option<ResultRoomEvents>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories`."]
+        #[derive(Default)] ResultCategories { opt room_events : ResultRoomEvents =>
+        "room_events", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct ResultRoomEvents {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub count: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub highlights: Option<Vec<String>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub results: Option<Vec<Result_>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub state: Option<
-            std::collections::BTreeMap<
-                String,
-                Vec<crate::client_server::definitions::client_event::ClientEvent>,
-            >,
-        >,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub groups: Option<
-            std::collections::BTreeMap<
-                String,
-                std::collections::BTreeMap<String, GroupValue>,
-            >,
-        >,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub next_batch: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events`."]
+        #[derive(Default)] ResultRoomEvents { opt count : i64 => "count", opt highlights
+        : Vec < String > => "highlights", opt results : Vec < Result_ > => "results", opt
+        state : std::collections::BTreeMap < String, Vec < crate
+        ::client_server::definitions::client_event::ClientEvent > > => "state", opt
+        groups : std::collections::BTreeMap < String, std::collections::BTreeMap <
+        String, GroupValue > > => "groups", opt next_batch : String => "next_batch", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Result_ {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub rank: Option<f64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub result: Option<Event>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub context: Option<EventContext>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items`."]
+        #[derive(Default)] Result_ { opt rank : f64 => "rank", opt result : Event =>
+        "result", opt context : EventContext => "context", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/result`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Event {
-        /// Format `mx-event-id`.
-        pub event_id: crate::ids::EventId,
-        #[serde(rename = "type")]
-        pub type_: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub state_key: Option<String>,
-        /// Format `mx-user-id`.
-        pub sender: crate::ids::UserId,
-        /// Format `int64`.
-        pub origin_server_ts: i64,
-        pub content: crate::JsonObject,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub unsigned: Option<EventUnsigned>,
-        /// Format `mx-room-id`.
-        pub room_id: crate::ids::RoomId,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/result`."]
+        Event { #[doc = " Format `mx-event-id`."] req event_id : crate ::ids::EventId =>
+        "event_id", req type_ : String => "type", opt state_key : String => "state_key",
+        #[doc = " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender",
+        #[doc = " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req
+        content : crate ::JsonObject => "content", opt unsigned : EventUnsigned =>
+        "unsigned", #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId =>
+        "room_id", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/result/properties/unsigned`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct EventUnsigned {
-        /// Format `int64`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub age: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub redacted_because: Option<crate::JsonObject>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub transaction_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub prev_content: Option<crate::JsonObject>,
-        /// Format `mx-event-id`. Added in v1.19.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub replaces_state: Option<crate::ids::EventId>,
-        /// Added in v1.11.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub membership: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/result/properties/unsigned`."]
+        #[derive(Default)] EventUnsigned { #[doc = " Format `int64`."] opt age : i64 =>
+        "age", opt redacted_because : crate ::JsonObject => "redacted_because", opt
+        transaction_id : String => "transaction_id", opt prev_content : crate
+        ::JsonObject => "prev_content", #[doc = " Format `mx-event-id`. Added in v1.19."]
+        opt replaces_state : crate ::ids::EventId => "replaces_state", #[doc =
+        " Added in v1.11."] opt membership : String => "membership", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct EventContext {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub start: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub end: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub profile_info: Option<std::collections::BTreeMap<String, UserProfile>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub events_before: Option<Vec<EventContextEvent>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub events_after: Option<Vec<EventContextEvent2>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context`."]
+        #[derive(Default)] EventContext { opt start : String => "start", opt end : String
+        => "end", opt profile_info : std::collections::BTreeMap < String, UserProfile >
+        => "profile_info", opt events_before : Vec < EventContextEvent > =>
+        "events_before", opt events_after : Vec < EventContextEvent2 > => "events_after",
+        } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/profile_info/patternProperties/^@`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct UserProfile {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub displayname: Option<String>,
-        /// Format `uri`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub avatar_url: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/profile_info/patternProperties/^@`."]
+        #[derive(Default)] UserProfile { opt displayname : String => "displayname", #[doc
+        = " Format `uri`."] opt avatar_url : String => "avatar_url", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/events_before/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct EventContextEvent {
-        /// Format `mx-event-id`.
-        pub event_id: crate::ids::EventId,
-        #[serde(rename = "type")]
-        pub type_: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub state_key: Option<String>,
-        /// Format `mx-user-id`.
-        pub sender: crate::ids::UserId,
-        /// Format `int64`.
-        pub origin_server_ts: i64,
-        pub content: crate::JsonObject,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub unsigned: Option<EventContextEventUnsigned>,
-        /// Format `mx-room-id`.
-        pub room_id: crate::ids::RoomId,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/events_before/items`."]
+        EventContextEvent { #[doc = " Format `mx-event-id`."] req event_id : crate
+        ::ids::EventId => "event_id", req type_ : String => "type", opt state_key :
+        String => "state_key", #[doc = " Format `mx-user-id`."] req sender : crate
+        ::ids::UserId => "sender", #[doc = " Format `int64`."] req origin_server_ts : i64
+        => "origin_server_ts", req content : crate ::JsonObject => "content", opt
+        unsigned : EventContextEventUnsigned => "unsigned", #[doc =
+        " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", } #[doc
+        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/events_before/items/properties/unsigned`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct EventContextEventUnsigned {
-        /// Format `int64`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub age: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub redacted_because: Option<crate::JsonObject>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub transaction_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub prev_content: Option<crate::JsonObject>,
-        /// Format `mx-event-id`. Added in v1.19.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub replaces_state: Option<crate::ids::EventId>,
-        /// Added in v1.11.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub membership: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/events_before/items/properties/unsigned`."]
+        #[derive(Default)] EventContextEventUnsigned { #[doc = " Format `int64`."] opt
+        age : i64 => "age", opt redacted_because : crate ::JsonObject =>
+        "redacted_because", opt transaction_id : String => "transaction_id", opt
+        prev_content : crate ::JsonObject => "prev_content", #[doc =
+        " Format `mx-event-id`. Added in v1.19."] opt replaces_state : crate
+        ::ids::EventId => "replaces_state", #[doc = " Added in v1.11."] opt membership :
+        String => "membership", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/events_after/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct EventContextEvent2 {
-        /// Format `mx-event-id`.
-        pub event_id: crate::ids::EventId,
-        #[serde(rename = "type")]
-        pub type_: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub state_key: Option<String>,
-        /// Format `mx-user-id`.
-        pub sender: crate::ids::UserId,
-        /// Format `int64`.
-        pub origin_server_ts: i64,
-        pub content: crate::JsonObject,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub unsigned: Option<UnsignedData>,
-        /// Format `mx-room-id`.
-        pub room_id: crate::ids::RoomId,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/events_after/items`."]
+        EventContextEvent2 { #[doc = " Format `mx-event-id`."] req event_id : crate
+        ::ids::EventId => "event_id", req type_ : String => "type", opt state_key :
+        String => "state_key", #[doc = " Format `mx-user-id`."] req sender : crate
+        ::ids::UserId => "sender", #[doc = " Format `int64`."] req origin_server_ts : i64
+        => "origin_server_ts", req content : crate ::JsonObject => "content", opt
+        unsigned : UnsignedData => "unsigned", #[doc = " Format `mx-room-id`."] req
+        room_id : crate ::ids::RoomId => "room_id", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/events_after/items/properties/unsigned`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct UnsignedData {
-        /// Format `int64`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub age: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub redacted_because: Option<crate::JsonObject>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub transaction_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub prev_content: Option<crate::JsonObject>,
-        /// Format `mx-event-id`. Added in v1.19.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub replaces_state: Option<crate::ids::EventId>,
-        /// Added in v1.11.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub membership: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/events_after/items/properties/unsigned`."]
+        #[derive(Default)] UnsignedData { #[doc = " Format `int64`."] opt age : i64 =>
+        "age", opt redacted_because : crate ::JsonObject => "redacted_because", opt
+        transaction_id : String => "transaction_id", opt prev_content : crate
+        ::JsonObject => "prev_content", #[doc = " Format `mx-event-id`. Added in v1.19."]
+        opt replaces_state : crate ::ids::EventId => "replaces_state", #[doc =
+        " Added in v1.11."] opt membership : String => "membership", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/groups/additionalProperties/additionalProperties`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct GroupValue {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub next_batch: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub order: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub results: Option<Vec<String>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/groups/additionalProperties/additionalProperties`."]
+        #[derive(Default)] GroupValue { opt next_batch : String => "next_batch", opt
+        order : i64 => "order", opt results : Vec < String > => "results", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

@@ -43,15 +43,12 @@ pub mod redirect_to_sso {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3loginssoredirect",
         spec_file: "api/client-server/sso_login_redirect.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `redirectUrl`.
-        #[serde(rename = "redirectUrl")]
-        pub redirect_url: String,
-        /// Query parameter `action`. Added in v1.18.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub action: Option<Action>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `redirectUrl`."] req redirect_url : String =>
+        "redirectUrl", #[doc = " Query parameter `action`. Added in v1.18."] opt action :
+        Action => "action", }
     }
     crate::string_enum! {
         #[doc =
@@ -110,18 +107,13 @@ pub mod redirect_to_id_p {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3loginssoredirectidpid",
         spec_file: "api/client-server/sso_login_redirect.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `idpId`.
-        #[serde(rename = "idpId")]
-        pub idp_id: String,
-        /// Query parameter `redirectUrl`.
-        #[serde(rename = "redirectUrl")]
-        pub redirect_url: String,
-        /// Query parameter `action`. Added in v1.18.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub action: Option<Action>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `idpId`."] req idp_id : String => "idpId",
+        #[doc = " Query parameter `redirectUrl`."] req redirect_url : String =>
+        "redirectUrl", #[doc = " Query parameter `action`. Added in v1.18."] opt action :
+        Action => "action", }
     }
     crate::string_enum! {
         #[doc =

@@ -34,34 +34,27 @@ pub mod get_wellknown_support {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#getwell-knownmatrixsupport",
         spec_file: "api/client-server/support.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {}
-    /// Schema: `data/api/client-server/support.yaml` at `/paths/~1matrix~1support/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub contacts: Option<Vec<Contact>>,
-        /// Format `uri`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub support_page: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request {}
     }
-    /// Schema: `data/api/client-server/support.yaml` at `/paths/~1matrix~1support/get/responses/200/content/application~1json/schema/properties/contacts/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Contact {
-        /// Format `mx-user-id`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub matrix_id: Option<crate::ids::UserId>,
-        /// Format `email`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub email_address: Option<String>,
-        pub role: Role,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/support.yaml` at `/paths/~1matrix~1support/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { opt contacts : Vec < Contact > => "contacts", #[doc
+        = " Format `uri`."] opt support_page : String => "support_page", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
+    }
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/support.yaml` at `/paths/~1matrix~1support/get/responses/200/content/application~1json/schema/properties/contacts/items`."]
+        Contact { #[doc = " Format `mx-user-id`."] opt matrix_id : crate ::ids::UserId =>
+        "matrix_id", #[doc = " Format `email`."] opt email_address : String =>
+        "email_address", req role : Role => "role", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =

@@ -67,27 +67,17 @@ pub mod sync {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3sync",
         spec_file: "api/client-server/sync.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {
-        /// Query parameter `filter`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub filter: Option<String>,
-        /// Query parameter `since`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub since: Option<String>,
-        /// Query parameter `full_state`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub full_state: Option<bool>,
-        /// Query parameter `set_presence`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub set_presence: Option<SetPresence>,
-        /// Query parameter `timeout`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub timeout: Option<i64>,
-        /// Query parameter `use_state_after`. Added in v1.16.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub use_state_after: Option<bool>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request { #[doc = " Query parameter `filter`."] opt filter :
+        String => "filter", #[doc = " Query parameter `since`."] opt since : String =>
+        "since", #[doc = " Query parameter `full_state`."] opt full_state : bool =>
+        "full_state", #[doc = " Query parameter `set_presence`."] opt set_presence :
+        SetPresence => "set_presence", #[doc = " Query parameter `timeout`."] opt timeout
+        : i64 => "timeout", #[doc =
+        " Query parameter `use_state_after`. Added in v1.16."] opt use_state_after : bool
+        => "use_state_after", }
     }
     crate::string_enum! {
         #[doc =
@@ -95,288 +85,204 @@ pub mod sync {
         SetPresence { Offline => "offline", Online => "online", Unavailable =>
         "unavailable", }
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub next_batch: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub rooms: Option<Rooms>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub presence: Option<Presence>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub account_data: Option<ResponseAccountData>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub to_device: Option<crate::JsonObject>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub device_lists: Option<crate::JsonObject>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub device_one_time_keys_count: Option<std::collections::BTreeMap<String, i64>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema`."]
+        Response { req next_batch : String => "next_batch", opt rooms : Rooms => "rooms",
+        opt presence : Presence => "presence", opt account_data : ResponseAccountData =>
+        "account_data", opt to_device : crate ::JsonObject => "to_device", opt
+        device_lists : crate ::JsonObject => "device_lists", opt
+        device_one_time_keys_count : std::collections::BTreeMap < String, i64 > =>
+        "device_one_time_keys_count", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Rooms {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub join: Option<std::collections::BTreeMap<String, JoinedRoom>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub invite: Option<std::collections::BTreeMap<String, InvitedRoom>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub knock: Option<std::collections::BTreeMap<String, KnockedRoom>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub leave: Option<std::collections::BTreeMap<String, LeftRoom>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms`."]
+        #[derive(Default)] Rooms { opt join : std::collections::BTreeMap < String,
+        JoinedRoom > => "join", opt invite : std::collections::BTreeMap < String,
+        InvitedRoom > => "invite", opt knock : std::collections::BTreeMap < String,
+        KnockedRoom > => "knock", opt leave : std::collections::BTreeMap < String,
+        LeftRoom > => "leave", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct JoinedRoom {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub summary: Option<RoomSummary>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub state: Option<State>,
-        /// Added in v1.16.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub state_after: Option<JoinedRoomState>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub timeline: Option<Timeline>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub ephemeral: Option<Ephemeral>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub account_data: Option<AccountData>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub unread_notifications: Option<UnreadNotificationCounts>,
-        /// Added in v1.4.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub unread_thread_notifications: Option<
-            std::collections::BTreeMap<String, ThreadNotificationCounts>,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!`."]
+        #[derive(Default)] JoinedRoom { opt summary : RoomSummary => "summary", opt state
+        : State => "state", #[doc = " Added in v1.16."] opt state_after : JoinedRoomState
+        => "state_after", opt timeline : Timeline => "timeline", opt ephemeral :
+        Ephemeral => "ephemeral", opt account_data : AccountData => "account_data", opt
+        unread_notifications : UnreadNotificationCounts => "unread_notifications", #[doc
+        = " Added in v1.4."] opt unread_thread_notifications : std::collections::BTreeMap
+        < String, ThreadNotificationCounts > => "unread_thread_notifications", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/summary`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct RoomSummary {
-        /// `m.heroes`.
-        #[serde(rename = "m.heroes")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub m_heroes: Option<Vec<crate::ids::UserId>>,
-        /// `m.joined_member_count`.
-        #[serde(rename = "m.joined_member_count")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub m_joined_member_count: Option<i64>,
-        /// `m.invited_member_count`.
-        #[serde(rename = "m.invited_member_count")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub m_invited_member_count: Option<i64>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/summary`."]
+        #[derive(Default)] RoomSummary { #[doc = " `m.heroes`."] opt m_heroes : Vec <
+        crate ::ids::UserId > => "m.heroes", #[doc = " `m.joined_member_count`."] opt
+        m_joined_member_count : i64 => "m.joined_member_count", #[doc =
+        " `m.invited_member_count`."] opt m_invited_member_count : i64 =>
+        "m.invited_member_count", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/state`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct State {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub events: Option<
-            Vec<
-                crate::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId,
-            >,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/state`."]
+        #[derive(Default)] State { opt events : Vec < crate
+        ::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId
+        > => "events", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/state_after`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct JoinedRoomState {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub events: Option<
-            Vec<
-                crate::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId,
-            >,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/state_after`."]
+        #[derive(Default)] JoinedRoomState { opt events : Vec < crate
+        ::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId
+        > => "events", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/timeline`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Timeline {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub limited: Option<bool>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub prev_batch: Option<String>,
-        pub events: Vec<
-            crate::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/timeline`."]
+        Timeline { opt limited : bool => "limited", opt prev_batch : String =>
+        "prev_batch", req events : Vec < crate
+        ::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId
+        > => "events", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/ephemeral`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Ephemeral {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub events: Option<Vec<crate::events::core_event_schema::event::Event>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/ephemeral`."]
+        #[derive(Default)] Ephemeral { opt events : Vec < crate
+        ::events::core_event_schema::event::Event > => "events", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/account_data`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct AccountData {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub events: Option<Vec<crate::events::core_event_schema::event::Event>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/account_data`."]
+        #[derive(Default)] AccountData { opt events : Vec < crate
+        ::events::core_event_schema::event::Event > => "events", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/unread_notifications`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct UnreadNotificationCounts {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub highlight_count: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub notification_count: Option<i64>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/unread_notifications`."]
+        #[derive(Default)] UnreadNotificationCounts { opt highlight_count : i64 =>
+        "highlight_count", opt notification_count : i64 => "notification_count", } #[doc
+        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/unread_thread_notifications/patternProperties/^\$`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct ThreadNotificationCounts {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub highlight_count: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub notification_count: Option<i64>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/unread_thread_notifications/patternProperties/^\\$`."]
+        #[derive(Default)] ThreadNotificationCounts { opt highlight_count : i64 =>
+        "highlight_count", opt notification_count : i64 => "notification_count", } #[doc
+        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/invite/patternProperties/^!`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct InvitedRoom {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub invite_state: Option<InviteState>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/invite/patternProperties/^!`."]
+        #[derive(Default)] InvitedRoom { opt invite_state : InviteState =>
+        "invite_state", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/invite/patternProperties/^!/properties/invite_state`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct InviteState {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub events: Option<
-            Vec<crate::events::core_event_schema::stripped_state::StrippedState>,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/invite/patternProperties/^!/properties/invite_state`."]
+        #[derive(Default)] InviteState { opt events : Vec < crate
+        ::events::core_event_schema::stripped_state::StrippedState > => "events", } #[doc
+        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/knock/patternProperties/^!`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct KnockedRoom {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub knock_state: Option<KnockState>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/knock/patternProperties/^!`."]
+        #[derive(Default)] KnockedRoom { opt knock_state : KnockState => "knock_state", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/knock/patternProperties/^!/properties/knock_state`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct KnockState {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub events: Option<
-            Vec<crate::events::core_event_schema::stripped_state::StrippedState>,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/knock/patternProperties/^!/properties/knock_state`."]
+        #[derive(Default)] KnockState { opt events : Vec < crate
+        ::events::core_event_schema::stripped_state::StrippedState > => "events", } #[doc
+        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct LeftRoom {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub state: Option<LeftRoomState>,
-        /// Added in v1.16.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub state_after: Option<LeftRoomState2>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub timeline: Option<LeftRoomTimeline>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub account_data: Option<LeftRoomAccountData>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!`."]
+        #[derive(Default)] LeftRoom { opt state : LeftRoomState => "state", #[doc =
+        " Added in v1.16."] opt state_after : LeftRoomState2 => "state_after", opt
+        timeline : LeftRoomTimeline => "timeline", opt account_data : LeftRoomAccountData
+        => "account_data", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!/properties/state`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct LeftRoomState {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub events: Option<
-            Vec<
-                crate::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId,
-            >,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!/properties/state`."]
+        #[derive(Default)] LeftRoomState { opt events : Vec < crate
+        ::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId
+        > => "events", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!/properties/state_after`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct LeftRoomState2 {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub events: Option<
-            Vec<
-                crate::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId,
-            >,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!/properties/state_after`."]
+        #[derive(Default)] LeftRoomState2 { opt events : Vec < crate
+        ::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId
+        > => "events", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!/properties/timeline`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct LeftRoomTimeline {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub limited: Option<bool>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub prev_batch: Option<String>,
-        pub events: Vec<
-            crate::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!/properties/timeline`."]
+        LeftRoomTimeline { opt limited : bool => "limited", opt prev_batch : String =>
+        "prev_batch", req events : Vec < crate
+        ::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId
+        > => "events", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!/properties/account_data`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct LeftRoomAccountData {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub events: Option<Vec<crate::events::core_event_schema::event::Event>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!/properties/account_data`."]
+        #[derive(Default)] LeftRoomAccountData { opt events : Vec < crate
+        ::events::core_event_schema::event::Event > => "events", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/presence`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Presence {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub events: Option<Vec<crate::events::core_event_schema::event::Event>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/presence`."]
+        #[derive(Default)] Presence { opt events : Vec < crate
+        ::events::core_event_schema::event::Event > => "events", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/account_data`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct ResponseAccountData {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub events: Option<Vec<crate::events::core_event_schema::event::Event>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/account_data`."]
+        #[derive(Default)] ResponseAccountData { opt events : Vec < crate
+        ::events::core_event_schema::event::Event > => "events", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

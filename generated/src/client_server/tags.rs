@@ -43,29 +43,19 @@ pub mod get_room_tags {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3useruseridroomsroomidtags",
         spec_file: "api/client-server/tags.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: String,
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
+        #[doc = " Path parameter `roomId`."] req room_id : String => "roomId", }
     }
-    /// Schema: `data/api/client-server/tags.yaml` at `/paths/~1user~1{userId}~1rooms~1{roomId}~1tags/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub tags: Option<
-            std::collections::BTreeMap<
-                String,
-                crate::client_server::definitions::tag::Tag,
-            >,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/tags.yaml` at `/paths/~1user~1{userId}~1rooms~1{roomId}~1tags/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { opt tags : std::collections::BTreeMap < String,
+        crate ::client_server::definitions::tag::Tag > => "tags", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `PUT /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}`: operation `setRoomTag`.
@@ -116,19 +106,13 @@ pub mod set_room_tag {
         spec_file: "api/client-server/tags.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::tag::Tag;
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: String,
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// Path parameter `tag`.
-        pub tag: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
+        #[doc = " Path parameter `roomId`."] req room_id : String => "roomId", #[doc =
+        " Path parameter `tag`."] req tag : String => "tag", #[doc = " The JSON body."]
+        req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
@@ -180,17 +164,12 @@ pub mod delete_room_tag {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3useruseridroomsroomidtagstag",
         spec_file: "api/client-server/tags.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: String,
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// Path parameter `tag`.
-        pub tag: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
+        #[doc = " Path parameter `roomId`."] req room_id : String => "roomId", #[doc =
+        " Path parameter `tag`."] req tag : String => "tag", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;

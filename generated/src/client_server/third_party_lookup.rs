@@ -30,9 +30,11 @@ pub mod get_protocols {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3thirdpartyprotocols",
         spec_file: "api/client-server/third_party_lookup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {}
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request {}
+    }
     /// The `200` response body.
     pub type Response = std::collections::BTreeMap<
         String,
@@ -78,11 +80,11 @@ pub mod get_protocol_metadata {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3thirdpartyprotocolprotocol",
         spec_file: "api/client-server/third_party_lookup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `protocol`.
-        pub protocol: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `protocol`."] req protocol : String =>
+        "protocol", }
     }
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::protocol::Protocol;
@@ -134,14 +136,12 @@ pub mod query_location_by_protocol {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3thirdpartylocationprotocol",
         spec_file: "api/client-server/third_party_lookup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `protocol`.
-        pub protocol: String,
-        /// Query parameter `fields`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub fields: Option<std::collections::BTreeMap<String, String>>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `protocol`."] req protocol : String =>
+        "protocol", #[doc = " Query parameter `fields`."] opt fields :
+        std::collections::BTreeMap < String, String > => "fields", }
     }
     /// The `200` response body.
     pub type Response = Vec<crate::application_service::definitions::location::Location>;
@@ -193,14 +193,12 @@ pub mod query_user_by_protocol {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3thirdpartyuserprotocol",
         spec_file: "api/client-server/third_party_lookup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `protocol`.
-        pub protocol: String,
-        /// Query parameter `fields`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub fields: Option<std::collections::BTreeMap<String, String>>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `protocol`."] req protocol : String =>
+        "protocol", #[doc = " Query parameter `fields`."] opt fields :
+        std::collections::BTreeMap < String, String > => "fields", }
     }
     /// The `200` response body.
     pub type Response = Vec<crate::application_service::definitions::user::User>;
@@ -246,11 +244,10 @@ pub mod query_location_by_alias {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3thirdpartylocation",
         spec_file: "api/client-server/third_party_lookup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `alias`.
-        pub alias: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `alias`."] req alias : String => "alias", }
     }
     /// The `200` response body.
     pub type Response = Vec<crate::application_service::definitions::location::Location>;
@@ -296,11 +293,11 @@ pub mod query_user_by_id {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3thirdpartyuser",
         spec_file: "api/client-server/third_party_lookup.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Query parameter `userid`.
-        pub userid: String,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Query parameter `userid`."] req userid : String => "userid",
+        }
     }
     /// The `200` response body.
     pub type Response = Vec<crate::application_service::definitions::user::User>;

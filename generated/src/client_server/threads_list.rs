@@ -67,21 +67,13 @@ pub mod get_thread_roots {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1roomsroomidthreads",
         spec_file: "api/client-server/threads_list.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// Query parameter `include`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub include: Option<Include>,
-        /// Query parameter `limit`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub limit: Option<i64>,
-        /// Query parameter `from`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub from: Option<String>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
+        #[doc = " Query parameter `include`."] opt include : Include => "include", #[doc
+        = " Query parameter `limit`."] opt limit : i64 => "limit", #[doc =
+        " Query parameter `from`."] opt from : String => "from", }
     }
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
@@ -94,14 +86,13 @@ pub mod get_thread_roots {
         " Schema: `data/api/client-server/threads_list.yaml` at `/paths/~1rooms~1{roomId}~1threads/get/parameters/1/schema`."]
         Include { All => "all", Participated => "participated", }
     }
-    /// Schema: `data/api/client-server/threads_list.yaml` at `/paths/~1rooms~1{roomId}~1threads/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub chunk: Vec<crate::client_server::definitions::client_event::ClientEvent>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub next_batch: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/client-server/threads_list.yaml` at `/paths/~1rooms~1{roomId}~1threads/get/responses/200/content/application~1json/schema`."]
+        Response { req chunk : Vec < crate
+        ::client_server::definitions::client_event::ClientEvent > => "chunk", opt
+        next_batch : String => "next_batch", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

@@ -34,9 +34,11 @@ pub mod get_wellknown {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#getwell-knownmatrixclient",
         spec_file: "api/client-server/wellknown.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {}
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request {}
+    }
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::wellknown::full::Full;
 }

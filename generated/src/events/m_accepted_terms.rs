@@ -2,23 +2,18 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.accepted_terms.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.accepted_terms.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct AcceptedTermsEvent {
-    pub content: AcceptedTermsEventContent,
-    /// Always `m.accepted_terms`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.accepted_terms.yaml`."]
+    AcceptedTermsEvent { req content : AcceptedTermsEventContent => "content", #[doc =
+    " Always `m.accepted_terms`."] req type_ : String => "type", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.accepted_terms.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct AcceptedTermsEventContent {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accepted: Option<Vec<String>>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.accepted_terms.yaml` at `/properties/content`."]
+    #[derive(Default)] AcceptedTermsEventContent { opt accepted : Vec < String > =>
+    "accepted", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

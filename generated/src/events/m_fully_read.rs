@@ -2,22 +2,17 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.fully_read.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.fully_read.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct FullyReadEvent {
-    pub content: FullyReadEventContent,
-    /// Always `m.fully_read`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.fully_read.yaml`."] FullyReadEvent {
+    req content : FullyReadEventContent => "content", #[doc = " Always `m.fully_read`."]
+    req type_ : String => "type", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.fully_read.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct FullyReadEventContent {
-    pub event_id: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.fully_read.yaml` at `/properties/content`."]
+    FullyReadEventContent { req event_id : String => "event_id", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -2,30 +2,22 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.identity_server.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.identity_server.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct IdentityServerEvent {
-    pub content: IdentityServerEventContent,
-    /// Always `m.identity_server`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.identity_server.yaml`."]
+    IdentityServerEvent { req content : IdentityServerEventContent => "content", #[doc =
+    " Always `m.identity_server`."] req type_ : String => "type", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.identity_server.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct IdentityServerEventContent {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_url: Option<BaseUrl>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.identity_server.yaml` at `/properties/content`."]
+    #[derive(Default)] IdentityServerEventContent { opt base_url : BaseUrl => "base_url",
+    } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra
+    : crate ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.identity_server.yaml` at `/properties/content/properties/base_url`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(untagged)]
-pub enum BaseUrl {
-    String(String),
-    Value(Option<crate::JsonValue>),
+crate::json_untagged! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.identity_server.yaml` at `/properties/content/properties/base_url`."]
+    BaseUrl { String(String), Value(Option < crate ::JsonValue >), }
 }

@@ -2,22 +2,18 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.invite_permission_config.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.invite_permission_config.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct InvitePermissionConfigEvent {
-    pub content: InvitePermissionConfigEventContent,
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.invite_permission_config.yaml`."]
+    InvitePermissionConfigEvent { req content : InvitePermissionConfigEventContent =>
+    "content", req type_ : String => "type", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.invite_permission_config.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct InvitePermissionConfigEventContent {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default_action: Option<String>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.invite_permission_config.yaml` at `/properties/content`."]
+    #[derive(Default)] InvitePermissionConfigEventContent { opt default_action : String
+    => "default_action", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

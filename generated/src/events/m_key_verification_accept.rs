@@ -2,36 +2,26 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.accept.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.key.verification.accept.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KeyVerificationAcceptEvent {
-    pub content: KeyVerificationAcceptEventContent,
-    /// Always `m.key.verification.accept`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.key.verification.accept.yaml`."]
+    KeyVerificationAcceptEvent { req content : KeyVerificationAcceptEventContent =>
+    "content", #[doc = " Always `m.key.verification.accept`."] req type_ : String =>
+    "type", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
+    rest extra : crate ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.key.verification.accept.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KeyVerificationAcceptEventContent {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transaction_id: Option<String>,
-    pub key_agreement_protocol: String,
-    pub hash: String,
-    pub message_authentication_code: String,
-    pub short_authentication_string: Vec<ShortAuthenticationStringItem>,
-    pub commitment: String,
-    /// `m.relates_to`.
-    #[serde(rename = "m.relates_to")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub m_relates_to: Option<
-        crate::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent,
-    >,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.key.verification.accept.yaml` at `/properties/content`."]
+    KeyVerificationAcceptEventContent { opt transaction_id : String => "transaction_id",
+    req key_agreement_protocol : String => "key_agreement_protocol", req hash : String =>
+    "hash", req message_authentication_code : String => "message_authentication_code",
+    req short_authentication_string : Vec < ShortAuthenticationStringItem > =>
+    "short_authentication_string", req commitment : String => "commitment", #[doc =
+    " `m.relates_to`."] opt m_relates_to : crate
+    ::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent =>
+    "m.relates_to", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
 crate::string_enum! {
     #[doc =

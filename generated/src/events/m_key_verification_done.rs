@@ -2,29 +2,20 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.done.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.key.verification.done.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KeyVerificationDoneEvent {
-    pub content: KeyVerificationDoneEventContent,
-    /// Always `m.key.verification.done`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.key.verification.done.yaml`."]
+    KeyVerificationDoneEvent { req content : KeyVerificationDoneEventContent =>
+    "content", #[doc = " Always `m.key.verification.done`."] req type_ : String =>
+    "type", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
+    rest extra : crate ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.key.verification.done.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct KeyVerificationDoneEventContent {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transaction_id: Option<String>,
-    /// `m.relates_to`.
-    #[serde(rename = "m.relates_to")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub m_relates_to: Option<
-        crate::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent,
-    >,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.key.verification.done.yaml` at `/properties/content`."]
+    #[derive(Default)] KeyVerificationDoneEventContent { opt transaction_id : String =>
+    "transaction_id", #[doc = " `m.relates_to`."] opt m_relates_to : crate
+    ::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent =>
+    "m.relates_to", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -2,30 +2,20 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.key.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.key.verification.key.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KeyVerificationKeyEvent {
-    pub content: KeyVerificationKeyEventContent,
-    /// Always `m.key.verification.key`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.key.verification.key.yaml`."]
+    KeyVerificationKeyEvent { req content : KeyVerificationKeyEventContent => "content",
+    #[doc = " Always `m.key.verification.key`."] req type_ : String => "type", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.key.verification.key.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KeyVerificationKeyEventContent {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transaction_id: Option<String>,
-    pub key: String,
-    /// `m.relates_to`.
-    #[serde(rename = "m.relates_to")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub m_relates_to: Option<
-        crate::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent,
-    >,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.key.verification.key.yaml` at `/properties/content`."]
+    KeyVerificationKeyEventContent { opt transaction_id : String => "transaction_id", req
+    key : String => "key", #[doc = " `m.relates_to`."] opt m_relates_to : crate
+    ::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent =>
+    "m.relates_to", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

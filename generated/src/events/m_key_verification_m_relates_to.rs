@@ -2,15 +2,10 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.m.relates_to.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.key.verification.m.relates_to.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct KeyVerificationMRelatesToEvent {
-    /// Always `m.reference`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rel_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_id: Option<String>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.key.verification.m.relates_to.yaml`."]
+    #[derive(Default)] KeyVerificationMRelatesToEvent { #[doc = " Always `m.reference`."]
+    opt rel_type : String => "rel_type", opt event_id : String => "event_id", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -2,31 +2,21 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.mac.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.key.verification.mac.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KeyVerificationMacEvent {
-    pub content: KeyVerificationMacEventContent,
-    /// Always `m.key.verification.mac`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.key.verification.mac.yaml`."]
+    KeyVerificationMacEvent { req content : KeyVerificationMacEventContent => "content",
+    #[doc = " Always `m.key.verification.mac`."] req type_ : String => "type", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.key.verification.mac.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KeyVerificationMacEventContent {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transaction_id: Option<String>,
-    pub mac: std::collections::BTreeMap<String, String>,
-    pub keys: String,
-    /// `m.relates_to`.
-    #[serde(rename = "m.relates_to")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub m_relates_to: Option<
-        crate::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent,
-    >,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.key.verification.mac.yaml` at `/properties/content`."]
+    KeyVerificationMacEventContent { opt transaction_id : String => "transaction_id", req
+    mac : std::collections::BTreeMap < String, String > => "mac", req keys : String =>
+    "keys", #[doc = " `m.relates_to`."] opt m_relates_to : crate
+    ::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent =>
+    "m.relates_to", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

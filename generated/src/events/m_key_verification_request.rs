@@ -2,28 +2,19 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.request.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.key.verification.request.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KeyVerificationRequestEvent {
-    pub content: KeyVerificationRequestEventContent,
-    /// Always `m.key.verification.request`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.key.verification.request.yaml`."]
+    KeyVerificationRequestEvent { req content : KeyVerificationRequestEventContent =>
+    "content", #[doc = " Always `m.key.verification.request`."] req type_ : String =>
+    "type", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
+    rest extra : crate ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.key.verification.request.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KeyVerificationRequestEventContent {
-    pub from_device: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transaction_id: Option<String>,
-    pub methods: Vec<String>,
-    /// Format `int64`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timestamp: Option<i64>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.key.verification.request.yaml` at `/properties/content`."]
+    KeyVerificationRequestEventContent { req from_device : String => "from_device", opt
+    transaction_id : String => "transaction_id", req methods : Vec < String > =>
+    "methods", #[doc = " Format `int64`."] opt timestamp : i64 => "timestamp", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -2,33 +2,21 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.start.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.key.verification.start.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KeyVerificationStartEvent {
-    pub content: KeyVerificationStartEventContent,
-    /// Always `m.key.verification.start`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.key.verification.start.yaml`."]
+    KeyVerificationStartEvent { req content : KeyVerificationStartEventContent =>
+    "content", #[doc = " Always `m.key.verification.start`."] req type_ : String =>
+    "type", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
+    rest extra : crate ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.key.verification.start.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KeyVerificationStartEventContent {
-    pub from_device: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transaction_id: Option<String>,
-    pub method: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_method: Option<String>,
-    /// `m.relates_to`.
-    #[serde(rename = "m.relates_to")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub m_relates_to: Option<
-        crate::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent,
-    >,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.key.verification.start.yaml` at `/properties/content`."]
+    KeyVerificationStartEventContent { req from_device : String => "from_device", opt
+    transaction_id : String => "transaction_id", req method : String => "method", opt
+    next_method : String => "next_method", #[doc = " `m.relates_to`."] opt m_relates_to :
+    crate ::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent =>
+    "m.relates_to", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

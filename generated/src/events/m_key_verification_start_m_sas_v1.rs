@@ -2,38 +2,28 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.start$m.sas.v1.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.key.verification.start$m.sas.v1.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KeyVerificationStartSasV1Event {
-    pub content: KeyVerificationStartSasV1EventContent,
-    /// Always `m.key.verification.start`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.key.verification.start$m.sas.v1.yaml`."]
+    KeyVerificationStartSasV1Event { req content : KeyVerificationStartSasV1EventContent
+    => "content", #[doc = " Always `m.key.verification.start`."] req type_ : String =>
+    "type", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
+    rest extra : crate ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.key.verification.start$m.sas.v1.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KeyVerificationStartSasV1EventContent {
-    pub from_device: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transaction_id: Option<String>,
-    /// Always `m.sas.v1`.
-    pub method: String,
-    pub key_agreement_protocols: Vec<String>,
-    pub hashes: Vec<String>,
-    pub message_authentication_codes: Vec<String>,
-    pub short_authentication_string: Vec<ShortAuthenticationStringItem>,
-    /// `m.relates_to`.
-    #[serde(rename = "m.relates_to")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub m_relates_to: Option<
-        crate::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent,
-    >,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.key.verification.start$m.sas.v1.yaml` at `/properties/content`."]
+    KeyVerificationStartSasV1EventContent { req from_device : String => "from_device",
+    opt transaction_id : String => "transaction_id", #[doc = " Always `m.sas.v1`."] req
+    method : String => "method", req key_agreement_protocols : Vec < String > =>
+    "key_agreement_protocols", req hashes : Vec < String > => "hashes", req
+    message_authentication_codes : Vec < String > => "message_authentication_codes", req
+    short_authentication_string : Vec < ShortAuthenticationStringItem > =>
+    "short_authentication_string", #[doc = " `m.relates_to`."] opt m_relates_to : crate
+    ::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent =>
+    "m.relates_to", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
 crate::string_enum! {
     #[doc =

@@ -2,44 +2,30 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.policy.rule.user.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.policy.rule.user.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PolicyRuleUserEvent {
-    pub content: PolicyRuleUserEventContent,
-    /// Always `m.policy.rule.user`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Format `mx-event-id`.
-    pub event_id: crate::ids::EventId,
-    /// Format `mx-user-id`.
-    pub sender: crate::ids::UserId,
-    /// Format `int64`.
-    pub origin_server_ts: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unsigned: Option<PolicyRuleUserEventUnsigned>,
-    /// Format `mx-room-id`.
-    pub room_id: crate::ids::RoomId,
-    pub state_key: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.policy.rule.user.yaml`."]
+    PolicyRuleUserEvent { req content : PolicyRuleUserEventContent => "content", #[doc =
+    " Always `m.policy.rule.user`."] req type_ : String => "type", #[doc =
+    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
+    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
+    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
+    PolicyRuleUserEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req
+    room_id : crate ::ids::RoomId => "room_id", req state_key : String => "state_key", }
+    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+    crate ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.policy.rule.user.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PolicyRuleUserEventContent {
-    pub entity: String,
-    pub recommendation: String,
-    pub reason: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.policy.rule.user.yaml` at `/properties/content`."]
+    PolicyRuleUserEventContent { req entity : String => "entity", req recommendation :
+    String => "recommendation", req reason : String => "reason", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.policy.rule.user.yaml` at `/properties/unsigned`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct PolicyRuleUserEventUnsigned {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub age: Option<i64>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.policy.rule.user.yaml` at `/properties/unsigned`."]
+    #[derive(Default)] PolicyRuleUserEventUnsigned { opt age : i64 => "age", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -2,35 +2,22 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.presence.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.presence.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PresenceEvent {
-    pub content: PresenceEventContent,
-    /// Always `m.presence`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub sender: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.presence.yaml`."] PresenceEvent { req
+    content : PresenceEventContent => "content", #[doc = " Always `m.presence`."] req
+    type_ : String => "type", req sender : String => "sender", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.presence.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PresenceEventContent {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub avatar_url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub displayname: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_active_ago: Option<f64>,
-    pub presence: Presence,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub currently_active: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status_msg: Option<String>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.presence.yaml` at `/properties/content`."]
+    PresenceEventContent { opt avatar_url : String => "avatar_url", opt displayname :
+    String => "displayname", opt last_active_ago : f64 => "last_active_ago", req presence
+    : Presence => "presence", opt currently_active : bool => "currently_active", opt
+    status_msg : String => "status_msg", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
 crate::string_enum! {
     #[doc =

@@ -2,41 +2,30 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.push_rules.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.push_rules.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PushRulesEvent {
-    pub content: PushRulesEventContent,
-    /// Always `m.push_rules`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.push_rules.yaml`."] PushRulesEvent {
+    req content : PushRulesEventContent => "content", #[doc = " Always `m.push_rules`."]
+    req type_ : String => "type", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.push_rules.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct PushRulesEventContent {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub global: Option<Ruleset>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.push_rules.yaml` at `/properties/content`."]
+    #[derive(Default)] PushRulesEventContent { opt global : Ruleset => "global", } #[doc
+    = " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.push_rules.yaml` at `/properties/content/properties/global`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct Ruleset {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
-    #[serde(rename = "override")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub override_: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub room: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sender: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub underride: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.push_rules.yaml` at `/properties/content/properties/global`."]
+    #[derive(Default)] Ruleset { opt content : Vec < crate
+    ::client_server::definitions::push_rule::PushRule > => "content", opt override_ : Vec
+    < crate ::client_server::definitions::push_rule::PushRule > => "override", opt room :
+    Vec < crate ::client_server::definitions::push_rule::PushRule > => "room", opt sender
+    : Vec < crate ::client_server::definitions::push_rule::PushRule > => "sender", opt
+    underride : Vec < crate ::client_server::definitions::push_rule::PushRule > =>
+    "underride", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

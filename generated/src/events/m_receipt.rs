@@ -2,56 +2,38 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.receipt.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.receipt.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ReceiptEvent {
-    pub content: std::collections::BTreeMap<String, EventReceipts>,
-    #[serde(rename = "type")]
-    pub type_: Type,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.receipt.yaml`."] ReceiptEvent { req
+    content : std::collections::BTreeMap < String, EventReceipts > => "content", req
+    type_ : Type => "type", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.receipt.yaml` at `/properties/content/patternProperties/^\$`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct EventReceipts {
-    /// `m.read`.
-    #[serde(rename = "m.read")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub m_read: Option<std::collections::BTreeMap<String, Receipt>>,
-    /// `m.read.private`.
-    #[serde(rename = "m.read.private")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub m_read_private: Option<std::collections::BTreeMap<String, EventReceiptsReceipt>>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.receipt.yaml` at `/properties/content/patternProperties/^\\$`."]
+    #[derive(Default)] EventReceipts { #[doc = " `m.read`."] opt m_read :
+    std::collections::BTreeMap < String, Receipt > => "m.read", #[doc =
+    " `m.read.private`."] opt m_read_private : std::collections::BTreeMap < String,
+    EventReceiptsReceipt > => "m.read.private", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.receipt.yaml` at `/properties/content/patternProperties/^\$/properties/m.read/patternProperties/^@`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct Receipt {
-    /// Format `int64`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ts: Option<i64>,
-    /// Added in v1.4.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thread_id: Option<String>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.receipt.yaml` at `/properties/content/patternProperties/^\\$/properties/m.read/patternProperties/^@`."]
+    #[derive(Default)] Receipt { #[doc = " Format `int64`."] opt ts : i64 => "ts", #[doc
+    = " Added in v1.4."] opt thread_id : String => "thread_id", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.receipt.yaml` at `/properties/content/patternProperties/^\$/properties/m.read.private/patternProperties/^@`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct EventReceiptsReceipt {
-    /// Format `int64`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ts: Option<i64>,
-    /// Added in v1.4.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thread_id: Option<String>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.receipt.yaml` at `/properties/content/patternProperties/^\\$/properties/m.read.private/patternProperties/^@`."]
+    #[derive(Default)] EventReceiptsReceipt { #[doc = " Format `int64`."] opt ts : i64 =>
+    "ts", #[doc = " Added in v1.4."] opt thread_id : String => "thread_id", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
 crate::string_enum! {
     #[doc = " Schema: `data/event-schemas/schema/m.receipt.yaml` at `/properties/type`."]

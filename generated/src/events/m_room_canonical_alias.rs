@@ -2,46 +2,31 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.canonical_alias.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.room.canonical_alias.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomCanonicalAliasEvent {
-    pub content: RoomCanonicalAliasEventContent,
-    /// Always `m.room.canonical_alias`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Format `mx-event-id`.
-    pub event_id: crate::ids::EventId,
-    /// Format `mx-user-id`.
-    pub sender: crate::ids::UserId,
-    /// Format `int64`.
-    pub origin_server_ts: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unsigned: Option<RoomCanonicalAliasEventUnsigned>,
-    /// Format `mx-room-id`.
-    pub room_id: crate::ids::RoomId,
-    pub state_key: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.room.canonical_alias.yaml`."]
+    RoomCanonicalAliasEvent { req content : RoomCanonicalAliasEventContent => "content",
+    #[doc = " Always `m.room.canonical_alias`."] req type_ : String => "type", #[doc =
+    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
+    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
+    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
+    RoomCanonicalAliasEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req
+    room_id : crate ::ids::RoomId => "room_id", req state_key : String => "state_key", }
+    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+    crate ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.canonical_alias.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct RoomCanonicalAliasEventContent {
-    /// Format `mx-room-alias`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alias: Option<crate::ids::RoomAliasId>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alt_aliases: Option<Vec<crate::ids::RoomAliasId>>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.canonical_alias.yaml` at `/properties/content`."]
+    #[derive(Default)] RoomCanonicalAliasEventContent { #[doc =
+    " Format `mx-room-alias`."] opt alias : crate ::ids::RoomAliasId => "alias", opt
+    alt_aliases : Vec < crate ::ids::RoomAliasId > => "alt_aliases", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.canonical_alias.yaml` at `/properties/unsigned`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct RoomCanonicalAliasEventUnsigned {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub age: Option<i64>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.canonical_alias.yaml` at `/properties/unsigned`."]
+    #[derive(Default)] RoomCanonicalAliasEventUnsigned { opt age : i64 => "age", } #[doc
+    = " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

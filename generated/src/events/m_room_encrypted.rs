@@ -2,33 +2,22 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.encrypted.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.room.encrypted.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomEncryptedEvent {
-    pub content: RoomEncryptedEventContent,
-    /// Always `m.room.encrypted`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.room.encrypted.yaml`."]
+    RoomEncryptedEvent { req content : RoomEncryptedEventContent => "content", #[doc =
+    " Always `m.room.encrypted`."] req type_ : String => "type", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.encrypted.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomEncryptedEventContent {
-    pub algorithm: Algorithm,
-    pub ciphertext: Ciphertext,
-    /// Deprecated.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sender_key: Option<String>,
-    /// Deprecated.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.encrypted.yaml` at `/properties/content`."]
+    RoomEncryptedEventContent { req algorithm : Algorithm => "algorithm", req ciphertext
+    : Ciphertext => "ciphertext", #[doc = " Deprecated."] opt sender_key : String =>
+    "sender_key", #[doc = " Deprecated."] opt device_id : String => "device_id", opt
+    session_id : String => "session_id", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
 crate::string_enum! {
     #[doc =
@@ -36,22 +25,16 @@ crate::string_enum! {
     Algorithm { MOlmV1Curve25519AesSha2 => "m.olm.v1.curve25519-aes-sha2",
     MMegolmV1AesSha2 => "m.megolm.v1.aes-sha2", }
 }
-/// Schema: `data/event-schemas/schema/m.room.encrypted.yaml` at `/properties/content/properties/ciphertext`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(untagged)]
-pub enum Ciphertext {
-    String(String),
-    Map(std::collections::BTreeMap<String, CiphertextInfo>),
+crate::json_untagged! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.encrypted.yaml` at `/properties/content/properties/ciphertext`."]
+    Ciphertext { String(String), Map(std::collections::BTreeMap < String, CiphertextInfo
+    >), }
 }
-/// Schema: `data/event-schemas/schema/m.room.encrypted.yaml` at `/properties/content/properties/ciphertext/oneOf/1/additionalProperties`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct CiphertextInfo {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
-    #[serde(rename = "type")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub type_: Option<i64>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.encrypted.yaml` at `/properties/content/properties/ciphertext/oneOf/1/additionalProperties`."]
+    #[derive(Default)] CiphertextInfo { opt body : String => "body", opt type_ : i64 =>
+    "type", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
+    rest extra : crate ::JsonObject
 }

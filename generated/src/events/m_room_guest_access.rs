@@ -2,47 +2,34 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.guest_access.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.room.guest_access.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomGuestAccessEvent {
-    pub content: RoomGuestAccessEventContent,
-    /// Always `m.room.guest_access`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Format `mx-event-id`.
-    pub event_id: crate::ids::EventId,
-    /// Format `mx-user-id`.
-    pub sender: crate::ids::UserId,
-    /// Format `int64`.
-    pub origin_server_ts: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unsigned: Option<RoomGuestAccessEventUnsigned>,
-    /// Format `mx-room-id`.
-    pub room_id: crate::ids::RoomId,
-    pub state_key: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.room.guest_access.yaml`."]
+    RoomGuestAccessEvent { req content : RoomGuestAccessEventContent => "content", #[doc
+    = " Always `m.room.guest_access`."] req type_ : String => "type", #[doc =
+    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
+    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
+    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
+    RoomGuestAccessEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req
+    room_id : crate ::ids::RoomId => "room_id", req state_key : String => "state_key", }
+    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+    crate ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.guest_access.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomGuestAccessEventContent {
-    pub guest_access: GuestAccess,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.guest_access.yaml` at `/properties/content`."]
+    RoomGuestAccessEventContent { req guest_access : GuestAccess => "guest_access", }
+    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+    crate ::JsonObject
 }
 crate::string_enum! {
     #[doc =
     " Schema: `data/event-schemas/schema/m.room.guest_access.yaml` at `/properties/content/properties/guest_access`."]
     GuestAccess { CanJoin => "can_join", Forbidden => "forbidden", }
 }
-/// Schema: `data/event-schemas/schema/m.room.guest_access.yaml` at `/properties/unsigned`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct RoomGuestAccessEventUnsigned {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub age: Option<i64>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.guest_access.yaml` at `/properties/unsigned`."]
+    #[derive(Default)] RoomGuestAccessEventUnsigned { opt age : i64 => "age", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

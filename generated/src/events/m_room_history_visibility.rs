@@ -2,35 +2,26 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.history_visibility.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.room.history_visibility.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomHistoryVisibilityEvent {
-    pub content: RoomHistoryVisibilityEventContent,
-    /// Always `m.room.history_visibility`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Format `mx-event-id`.
-    pub event_id: crate::ids::EventId,
-    /// Format `mx-user-id`.
-    pub sender: crate::ids::UserId,
-    /// Format `int64`.
-    pub origin_server_ts: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unsigned: Option<RoomHistoryVisibilityEventUnsigned>,
-    /// Format `mx-room-id`.
-    pub room_id: crate::ids::RoomId,
-    pub state_key: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.room.history_visibility.yaml`."]
+    RoomHistoryVisibilityEvent { req content : RoomHistoryVisibilityEventContent =>
+    "content", #[doc = " Always `m.room.history_visibility`."] req type_ : String =>
+    "type", #[doc = " Format `mx-event-id`."] req event_id : crate ::ids::EventId =>
+    "event_id", #[doc = " Format `mx-user-id`."] req sender : crate ::ids::UserId =>
+    "sender", #[doc = " Format `int64`."] req origin_server_ts : i64 =>
+    "origin_server_ts", opt unsigned : RoomHistoryVisibilityEventUnsigned => "unsigned",
+    #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", req
+    state_key : String => "state_key", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.history_visibility.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomHistoryVisibilityEventContent {
-    pub history_visibility: HistoryVisibility,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.history_visibility.yaml` at `/properties/content`."]
+    RoomHistoryVisibilityEventContent { req history_visibility : HistoryVisibility =>
+    "history_visibility", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
 crate::string_enum! {
     #[doc =
@@ -38,12 +29,10 @@ crate::string_enum! {
     HistoryVisibility { Invited => "invited", Joined => "joined", Shared => "shared",
     WorldReadable => "world_readable", }
 }
-/// Schema: `data/event-schemas/schema/m.room.history_visibility.yaml` at `/properties/unsigned`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct RoomHistoryVisibilityEventUnsigned {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub age: Option<i64>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.history_visibility.yaml` at `/properties/unsigned`."]
+    #[derive(Default)] RoomHistoryVisibilityEventUnsigned { opt age : i64 => "age", }
+    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+    crate ::JsonObject
 }

@@ -2,118 +2,72 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.image_pack.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.room.image_pack.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomImagePackEvent {
-    pub content: RoomImagePackEventContent,
-    /// Always `m.room.image_pack`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Format `mx-event-id`.
-    pub event_id: crate::ids::EventId,
-    /// Format `mx-user-id`.
-    pub sender: crate::ids::UserId,
-    /// Format `int64`.
-    pub origin_server_ts: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unsigned: Option<RoomImagePackEventUnsigned>,
-    /// Format `mx-room-id`.
-    pub room_id: crate::ids::RoomId,
-    pub state_key: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.room.image_pack.yaml`."]
+    RoomImagePackEvent { req content : RoomImagePackEventContent => "content", #[doc =
+    " Always `m.room.image_pack`."] req type_ : String => "type", #[doc =
+    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
+    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
+    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
+    RoomImagePackEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req
+    room_id : crate ::ids::RoomId => "room_id", req state_key : String => "state_key", }
+    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+    crate ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomImagePackEventContent {
-    pub images: std::collections::BTreeMap<String, ImagePackImage>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pack: Option<ImagePackMeta>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content`."]
+    RoomImagePackEventContent { req images : std::collections::BTreeMap < String,
+    ImagePackImage > => "images", opt pack : ImagePackMeta => "pack", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/images/additionalProperties`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ImagePackImage {
-    /// Format `mx-mxc-uri`.
-    pub url: crate::ids::MxcUri,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub info: Option<Info>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/images/additionalProperties`."]
+    ImagePackImage { #[doc = " Format `mx-mxc-uri`."] req url : crate ::ids::MxcUri =>
+    "url", opt body : String => "body", opt info : Info => "info", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/images/additionalProperties/properties/info`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct Info {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub h: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub w: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mimetype: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<i64>,
-    /// Format `mx-mxc-uri`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thumbnail_url: Option<crate::ids::MxcUri>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thumbnail_file: Option<crate::JsonObject>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thumbnail_info: Option<ThumbnailInfo>,
-    /// Added in v1.18.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub is_animated: Option<bool>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/images/additionalProperties/properties/info`."]
+    #[derive(Default)] Info { opt h : i64 => "h", opt w : i64 => "w", opt mimetype :
+    String => "mimetype", opt size : i64 => "size", #[doc = " Format `mx-mxc-uri`."] opt
+    thumbnail_url : crate ::ids::MxcUri => "thumbnail_url", opt thumbnail_file : crate
+    ::JsonObject => "thumbnail_file", opt thumbnail_info : ThumbnailInfo =>
+    "thumbnail_info", #[doc = " Added in v1.18."] opt is_animated : bool =>
+    "is_animated", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/images/additionalProperties/properties/info/properties/thumbnail_info`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct ThumbnailInfo {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub h: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub w: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mimetype: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<i64>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/images/additionalProperties/properties/info/properties/thumbnail_info`."]
+    #[derive(Default)] ThumbnailInfo { opt h : i64 => "h", opt w : i64 => "w", opt
+    mimetype : String => "mimetype", opt size : i64 => "size", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/pack`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct ImagePackMeta {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub display_name: Option<String>,
-    /// Format `mx-mxc-uri`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub avatar_url: Option<crate::ids::MxcUri>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Vec<UsageItem>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attribution: Option<String>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/pack`."]
+    #[derive(Default)] ImagePackMeta { opt display_name : String => "display_name", #[doc
+    = " Format `mx-mxc-uri`."] opt avatar_url : crate ::ids::MxcUri => "avatar_url", opt
+    usage : Vec < UsageItem > => "usage", opt attribution : String => "attribution", }
+    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+    crate ::JsonObject
 }
 crate::string_enum! {
     #[doc =
     " Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/pack/properties/usage/items`."]
     UsageItem { Emoticon => "emoticon", Sticker => "sticker", }
 }
-/// Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/unsigned`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct RoomImagePackEventUnsigned {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub age: Option<i64>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/unsigned`."]
+    #[derive(Default)] RoomImagePackEventUnsigned { opt age : i64 => "age", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -2,38 +2,25 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.join_rules.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.room.join_rules.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomJoinRulesEvent {
-    pub content: RoomJoinRulesEventContent,
-    /// Always `m.room.join_rules`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Format `mx-event-id`.
-    pub event_id: crate::ids::EventId,
-    /// Format `mx-user-id`.
-    pub sender: crate::ids::UserId,
-    /// Format `int64`.
-    pub origin_server_ts: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unsigned: Option<RoomJoinRulesEventUnsigned>,
-    /// Format `mx-room-id`.
-    pub room_id: crate::ids::RoomId,
-    pub state_key: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.room.join_rules.yaml`."]
+    RoomJoinRulesEvent { req content : RoomJoinRulesEventContent => "content", #[doc =
+    " Always `m.room.join_rules`."] req type_ : String => "type", #[doc =
+    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
+    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
+    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
+    RoomJoinRulesEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req
+    room_id : crate ::ids::RoomId => "room_id", req state_key : String => "state_key", }
+    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+    crate ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.join_rules.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomJoinRulesEventContent {
-    pub join_rule: JoinRule,
-    /// Added in v1.2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allow: Option<Vec<AllowCondition>>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.join_rules.yaml` at `/properties/content`."]
+    RoomJoinRulesEventContent { req join_rule : JoinRule => "join_rule", #[doc =
+    " Added in v1.2."] opt allow : Vec < AllowCondition > => "allow", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
 crate::string_enum! {
     #[doc =
@@ -41,25 +28,18 @@ crate::string_enum! {
     JoinRule { Public => "public", Knock => "knock", Invite => "invite", Private =>
     "private", Restricted => "restricted", KnockRestricted => "knock_restricted", }
 }
-/// Schema: `data/event-schemas/schema/m.room.join_rules.yaml` at `/properties/content/properties/allow/items`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct AllowCondition {
-    /// Always `m.room_membership`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Format `mx-room-id`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub room_id: Option<crate::ids::RoomId>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.join_rules.yaml` at `/properties/content/properties/allow/items`."]
+    AllowCondition { #[doc = " Always `m.room_membership`."] req type_ : String =>
+    "type", #[doc = " Format `mx-room-id`."] opt room_id : crate ::ids::RoomId =>
+    "room_id", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
+    rest extra : crate ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.join_rules.yaml` at `/properties/unsigned`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct RoomJoinRulesEventUnsigned {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub age: Option<i64>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.join_rules.yaml` at `/properties/unsigned`."]
+    #[derive(Default)] RoomJoinRulesEventUnsigned { opt age : i64 => "age", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -2,40 +2,30 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room_key_request.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.room_key_request.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomKeyRequestEvent {
-    pub content: RoomKeyRequestEventContent,
-    /// Always `m.room_key_request`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.room_key_request.yaml`."]
+    RoomKeyRequestEvent { req content : RoomKeyRequestEventContent => "content", #[doc =
+    " Always `m.room_key_request`."] req type_ : String => "type", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room_key_request.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomKeyRequestEventContent {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<RequestedKeyInfo>,
-    pub action: Action,
-    pub requesting_device_id: String,
-    pub request_id: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room_key_request.yaml` at `/properties/content`."]
+    RoomKeyRequestEventContent { opt body : RequestedKeyInfo => "body", req action :
+    Action => "action", req requesting_device_id : String => "requesting_device_id", req
+    request_id : String => "request_id", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room_key_request.yaml` at `/properties/content/properties/body`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RequestedKeyInfo {
-    pub algorithm: String,
-    pub room_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sender_key: Option<String>,
-    pub session_id: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room_key_request.yaml` at `/properties/content/properties/body`."]
+    RequestedKeyInfo { req algorithm : String => "algorithm", req room_id : String =>
+    "room_id", opt sender_key : String => "sender_key", req session_id : String =>
+    "session_id", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
 crate::string_enum! {
     #[doc =

@@ -2,35 +2,23 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room_key.withheld.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.room_key.withheld.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomKeyWithheldEvent {
-    pub content: RoomKeyWithheldEventContent,
-    /// Always `m.room_key.withheld`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.room_key.withheld.yaml`."]
+    RoomKeyWithheldEvent { req content : RoomKeyWithheldEventContent => "content", #[doc
+    = " Always `m.room_key.withheld`."] req type_ : String => "type", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room_key.withheld.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomKeyWithheldEventContent {
-    /// Always `m.megolm.v1.aes-sha2`.
-    pub algorithm: String,
-    /// Format `mx-room-id`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub room_id: Option<crate::ids::RoomId>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
-    /// Format `mx-unpadded-base64`.
-    pub sender_key: crate::ids::Base64,
-    pub code: Code,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room_key.withheld.yaml` at `/properties/content`."]
+    RoomKeyWithheldEventContent { #[doc = " Always `m.megolm.v1.aes-sha2`."] req
+    algorithm : String => "algorithm", #[doc = " Format `mx-room-id`."] opt room_id :
+    crate ::ids::RoomId => "room_id", opt session_id : String => "session_id", #[doc =
+    " Format `mx-unpadded-base64`."] req sender_key : crate ::ids::Base64 =>
+    "sender_key", req code : Code => "code", opt reason : String => "reason", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
 crate::string_enum! {
     #[doc =

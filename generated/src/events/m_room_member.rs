@@ -2,51 +2,31 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.member.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.room.member.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomMemberEvent {
-    pub content: RoomMemberEventContent,
-    /// Always `m.room.member`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Format `mx-event-id`.
-    pub event_id: crate::ids::EventId,
-    /// Format `mx-user-id`.
-    pub sender: crate::ids::UserId,
-    /// Format `int64`.
-    pub origin_server_ts: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unsigned: Option<RoomMemberEventUnsigned>,
-    /// Format `mx-room-id`.
-    pub room_id: crate::ids::RoomId,
-    /// Format `mx-user-id`.
-    pub state_key: crate::ids::UserId,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.room.member.yaml`."] RoomMemberEvent {
+    req content : RoomMemberEventContent => "content", #[doc =
+    " Always `m.room.member`."] req type_ : String => "type", #[doc =
+    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
+    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
+    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
+    RoomMemberEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req room_id :
+    crate ::ids::RoomId => "room_id", #[doc = " Format `mx-user-id`."] req state_key :
+    crate ::ids::UserId => "state_key", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.member.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomMemberEventContent {
-    /// Format `uri`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub avatar_url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::nullable")]
-    pub displayname: Option<Option<String>>,
-    pub membership: Membership,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub is_direct: Option<bool>,
-    /// Format `mx-user-id`. Added in v1.2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub join_authorised_via_users_server: Option<crate::ids::UserId>,
-    /// Added in v1.1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub third_party_invite: Option<ThirdPartyInvite>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.member.yaml` at `/properties/content`."]
+    RoomMemberEventContent { #[doc = " Format `uri`."] opt avatar_url : String =>
+    "avatar_url", opt_null displayname : String => "displayname", req membership :
+    Membership => "membership", opt is_direct : bool => "is_direct", #[doc =
+    " Format `mx-user-id`. Added in v1.2."] opt join_authorised_via_users_server : crate
+    ::ids::UserId => "join_authorised_via_users_server", #[doc = " Added in v1.1."] opt
+    reason : String => "reason", opt third_party_invite : ThirdPartyInvite =>
+    "third_party_invite", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
 crate::string_enum! {
     #[doc =
@@ -54,29 +34,22 @@ crate::string_enum! {
     Membership { Invite => "invite", Join => "join", Knock => "knock", Leave => "leave",
     Ban => "ban", }
 }
-/// Schema: `data/event-schemas/schema/m.room.member.yaml` at `/properties/content/properties/third_party_invite`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ThirdPartyInvite {
-    pub display_name: String,
-    pub signed: crate::events::components::signed_third_party_invite::SignedThirdPartyInvite,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.member.yaml` at `/properties/content/properties/third_party_invite`."]
+    ThirdPartyInvite { req display_name : String => "display_name", req signed : crate
+    ::events::components::signed_third_party_invite::SignedThirdPartyInvite => "signed",
+    } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra
+    : crate ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.member.yaml` at `/properties/unsigned`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct RoomMemberEventUnsigned {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub age: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub invite_room_state: Option<
-        Vec<crate::events::core_event_schema::stripped_state::StrippedState>,
-    >,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub knock_room_state: Option<
-        Vec<crate::events::core_event_schema::stripped_state::StrippedState>,
-    >,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.member.yaml` at `/properties/unsigned`."]
+    #[derive(Default)] RoomMemberEventUnsigned { opt age : i64 => "age", opt
+    invite_room_state : Vec < crate
+    ::events::core_event_schema::stripped_state::StrippedState > => "invite_room_state",
+    opt knock_room_state : Vec < crate
+    ::events::core_event_schema::stripped_state::StrippedState > => "knock_room_state", }
+    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+    crate ::JsonObject
 }

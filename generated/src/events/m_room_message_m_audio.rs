@@ -2,63 +2,35 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.message$m.audio.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.room.message$m.audio.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomMessageAudioEvent {
-    pub content: RoomMessageAudioEventContent,
-    /// Always `m.room.message`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Format `mx-event-id`.
-    pub event_id: crate::ids::EventId,
-    /// Format `mx-user-id`.
-    pub sender: crate::ids::UserId,
-    /// Format `int64`.
-    pub origin_server_ts: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unsigned: Option<crate::events::core_event_schema::unsigned_prop::UnsignedProp>,
-    /// Format `mx-room-id`.
-    pub room_id: crate::ids::RoomId,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.room.message$m.audio.yaml`."]
+    RoomMessageAudioEvent { req content : RoomMessageAudioEventContent => "content",
+    #[doc = " Always `m.room.message`."] req type_ : String => "type", #[doc =
+    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
+    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
+    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
+    crate ::events::core_event_schema::unsigned_prop::UnsignedProp => "unsigned", #[doc =
+    " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.message$m.audio.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomMessageAudioEventContent {
-    pub body: String,
-    /// Added in v1.10.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<String>,
-    /// Added in v1.10.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub formatted_body: Option<String>,
-    /// Added in v1.10.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filename: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub info: Option<AudioInfo>,
-    /// Always `m.audio`.
-    pub msgtype: String,
-    /// Format `mx-mxc-uri`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<crate::ids::MxcUri>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<crate::JsonObject>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.message$m.audio.yaml` at `/properties/content`."]
+    RoomMessageAudioEventContent { req body : String => "body", #[doc =
+    " Added in v1.10."] opt format : String => "format", #[doc = " Added in v1.10."] opt
+    formatted_body : String => "formatted_body", #[doc = " Added in v1.10."] opt filename
+    : String => "filename", opt info : AudioInfo => "info", #[doc = " Always `m.audio`."]
+    req msgtype : String => "msgtype", #[doc = " Format `mx-mxc-uri`."] opt url : crate
+    ::ids::MxcUri => "url", opt file : crate ::JsonObject => "file", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.message$m.audio.yaml` at `/properties/content/properties/info`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct AudioInfo {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mimetype: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<i64>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.message$m.audio.yaml` at `/properties/content/properties/info`."]
+    #[derive(Default)] AudioInfo { opt duration : i64 => "duration", opt mimetype :
+    String => "mimetype", opt size : i64 => "size", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

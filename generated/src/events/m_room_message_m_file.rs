@@ -2,82 +2,45 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.message$m.file.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.room.message$m.file.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomMessageFileEvent {
-    pub content: RoomMessageFileEventContent,
-    /// Always `m.room.message`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Format `mx-event-id`.
-    pub event_id: crate::ids::EventId,
-    /// Format `mx-user-id`.
-    pub sender: crate::ids::UserId,
-    /// Format `int64`.
-    pub origin_server_ts: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unsigned: Option<crate::events::core_event_schema::unsigned_prop::UnsignedProp>,
-    /// Format `mx-room-id`.
-    pub room_id: crate::ids::RoomId,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.room.message$m.file.yaml`."]
+    RoomMessageFileEvent { req content : RoomMessageFileEventContent => "content", #[doc
+    = " Always `m.room.message`."] req type_ : String => "type", #[doc =
+    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
+    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
+    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
+    crate ::events::core_event_schema::unsigned_prop::UnsignedProp => "unsigned", #[doc =
+    " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.message$m.file.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomMessageFileEventContent {
-    pub body: String,
-    /// Added in v1.10.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<String>,
-    /// Added in v1.10.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub formatted_body: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filename: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub info: Option<FileInfo>,
-    /// Always `m.file`.
-    pub msgtype: String,
-    /// Format `mx-mxc-uri`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<crate::ids::MxcUri>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<crate::JsonObject>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.message$m.file.yaml` at `/properties/content`."]
+    RoomMessageFileEventContent { req body : String => "body", #[doc =
+    " Added in v1.10."] opt format : String => "format", #[doc = " Added in v1.10."] opt
+    formatted_body : String => "formatted_body", opt filename : String => "filename", opt
+    info : FileInfo => "info", #[doc = " Always `m.file`."] req msgtype : String =>
+    "msgtype", #[doc = " Format `mx-mxc-uri`."] opt url : crate ::ids::MxcUri => "url",
+    opt file : crate ::JsonObject => "file", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.message$m.file.yaml` at `/properties/content/properties/info`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct FileInfo {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mimetype: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<i64>,
-    /// Format `mx-mxc-uri`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thumbnail_url: Option<crate::ids::MxcUri>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thumbnail_file: Option<crate::JsonObject>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thumbnail_info: Option<ThumbnailInfo>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.message$m.file.yaml` at `/properties/content/properties/info`."]
+    #[derive(Default)] FileInfo { opt mimetype : String => "mimetype", opt size : i64 =>
+    "size", #[doc = " Format `mx-mxc-uri`."] opt thumbnail_url : crate ::ids::MxcUri =>
+    "thumbnail_url", opt thumbnail_file : crate ::JsonObject => "thumbnail_file", opt
+    thumbnail_info : ThumbnailInfo => "thumbnail_info", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.message$m.file.yaml` at `/properties/content/properties/info/properties/thumbnail_info`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct ThumbnailInfo {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub h: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub w: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mimetype: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<i64>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.message$m.file.yaml` at `/properties/content/properties/info/properties/thumbnail_info`."]
+    #[derive(Default)] ThumbnailInfo { opt h : i64 => "h", opt w : i64 => "w", opt
+    mimetype : String => "mimetype", opt size : i64 => "size", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

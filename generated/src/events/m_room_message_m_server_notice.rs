@@ -2,39 +2,25 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.message$m.server_notice.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.room.message$m.server_notice.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomMessageServerNoticeEvent {
-    pub content: RoomMessageServerNoticeEventContent,
-    /// Always `m.room.message`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Format `mx-event-id`.
-    pub event_id: crate::ids::EventId,
-    /// Format `mx-user-id`.
-    pub sender: crate::ids::UserId,
-    /// Format `int64`.
-    pub origin_server_ts: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unsigned: Option<crate::events::core_event_schema::unsigned_prop::UnsignedProp>,
-    /// Format `mx-room-id`.
-    pub room_id: crate::ids::RoomId,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.room.message$m.server_notice.yaml`."]
+    RoomMessageServerNoticeEvent { req content : RoomMessageServerNoticeEventContent =>
+    "content", #[doc = " Always `m.room.message`."] req type_ : String => "type", #[doc =
+    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
+    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
+    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
+    crate ::events::core_event_schema::unsigned_prop::UnsignedProp => "unsigned", #[doc =
+    " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.message$m.server_notice.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomMessageServerNoticeEventContent {
-    pub body: String,
-    /// Always `m.server_notice`.
-    pub msgtype: String,
-    pub server_notice_type: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admin_contact: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit_type: Option<String>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.message$m.server_notice.yaml` at `/properties/content`."]
+    RoomMessageServerNoticeEventContent { req body : String => "body", #[doc =
+    " Always `m.server_notice`."] req msgtype : String => "msgtype", req
+    server_notice_type : String => "server_notice_type", opt admin_contact : String =>
+    "admin_contact", opt limit_type : String => "limit_type", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -2,51 +2,37 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.policy.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.room.policy.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomPolicyEvent {
-    pub content: RoomPolicyEventContent,
-    /// Always `m.room.policy`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Format `mx-event-id`.
-    pub event_id: crate::ids::EventId,
-    /// Format `mx-user-id`.
-    pub sender: crate::ids::UserId,
-    /// Format `int64`.
-    pub origin_server_ts: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unsigned: Option<RoomPolicyEventUnsigned>,
-    /// Format `mx-room-id`.
-    pub room_id: crate::ids::RoomId,
-    pub state_key: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.room.policy.yaml`."] RoomPolicyEvent {
+    req content : RoomPolicyEventContent => "content", #[doc =
+    " Always `m.room.policy`."] req type_ : String => "type", #[doc =
+    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
+    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
+    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
+    RoomPolicyEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req room_id :
+    crate ::ids::RoomId => "room_id", req state_key : String => "state_key", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.policy.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomPolicyEventContent {
-    pub via: String,
-    pub public_keys: PublicKeys,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.policy.yaml` at `/properties/content`."]
+    RoomPolicyEventContent { req via : String => "via", req public_keys : PublicKeys =>
+    "public_keys", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.room.policy.yaml` at `/properties/content/properties/public_keys`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PublicKeys {
-    pub ed25519: String,
-    /// Keys beyond the named ones.
-    #[serde(flatten)]
-    pub additional: std::collections::BTreeMap<String, String>,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.policy.yaml` at `/properties/content/properties/public_keys`."]
+    PublicKeys { req ed25519 : String => "ed25519", } #[doc =
+    " Keys beyond the named ones."] rest additional : std::collections::BTreeMap <
+    String, String >
 }
-/// Schema: `data/event-schemas/schema/m.room.policy.yaml` at `/properties/unsigned`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct RoomPolicyEventUnsigned {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub age: Option<i64>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.room.policy.yaml` at `/properties/unsigned`."]
+    #[derive(Default)] RoomPolicyEventUnsigned { opt age : i64 => "age", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -2,28 +2,21 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.secret.request.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.secret.request.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SecretRequestEvent {
-    pub content: SecretRequestEventContent,
-    /// Always `m.secret.request`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.secret.request.yaml`."]
+    SecretRequestEvent { req content : SecretRequestEventContent => "content", #[doc =
+    " Always `m.secret.request`."] req type_ : String => "type", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.secret.request.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SecretRequestEventContent {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub action: Action,
-    pub requesting_device_id: String,
-    pub request_id: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.secret.request.yaml` at `/properties/content`."]
+    SecretRequestEventContent { opt name : String => "name", req action : Action =>
+    "action", req requesting_device_id : String => "requesting_device_id", req request_id
+    : String => "request_id", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
 crate::string_enum! {
     #[doc =

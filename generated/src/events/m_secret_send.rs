@@ -2,23 +2,18 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.secret.send.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.secret.send.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SecretSendEvent {
-    pub content: SecretSendEventContent,
-    /// Always `m.secret.send`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.secret.send.yaml`."] SecretSendEvent {
+    req content : SecretSendEventContent => "content", #[doc =
+    " Always `m.secret.send`."] req type_ : String => "type", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.secret.send.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SecretSendEventContent {
-    pub request_id: String,
-    pub secret: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/m.secret.send.yaml` at `/properties/content`."]
+    SecretSendEventContent { req request_id : String => "request_id", req secret : String
+    => "secret", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -2,25 +2,16 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.tag.yaml`.
 
-/// Schema: `data/event-schemas/schema/m.tag.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TagEvent {
-    pub content: TagEventContent,
-    /// Always `m.tag`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.tag.yaml`."] TagEvent { req content :
+    TagEventContent => "content", #[doc = " Always `m.tag`."] req type_ : String =>
+    "type", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
+    rest extra : crate ::JsonObject
 }
-/// Schema: `data/event-schemas/schema/m.tag.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct TagEventContent {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tags: Option<
-        std::collections::BTreeMap<String, crate::client_server::definitions::tag::Tag>,
-    >,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/m.tag.yaml` at `/properties/content`."]
+    #[derive(Default)] TagEventContent { opt tags : std::collections::BTreeMap < String,
+    crate ::client_server::definitions::tag::Tag > => "tags", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -30,33 +30,32 @@ pub mod get_terms {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#get_matrixidentityv2terms",
         spec_file: "api/identity/v2_terms.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {}
-    /// Schema: `data/api/identity/v2_terms.yaml` at `/paths/~1terms/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub policies: std::collections::BTreeMap<String, PolicyObject>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request {}
     }
-    /// Schema: `data/api/identity/v2_terms.yaml` at `/paths/~1terms/get/responses/200/content/application~1json/schema/properties/policies/additionalProperties`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct PolicyObject {
-        pub version: String,
-        /// Keys beyond the named ones.
-        #[serde(flatten)]
-        pub additional: std::collections::BTreeMap<String, PolicyObjectValue>,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/identity/v2_terms.yaml` at `/paths/~1terms/get/responses/200/content/application~1json/schema`."]
+        Response { req policies : std::collections::BTreeMap < String, PolicyObject > =>
+        "policies", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/identity/v2_terms.yaml` at `/paths/~1terms/get/responses/200/content/application~1json/schema/properties/policies/additionalProperties/additionalProperties`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct PolicyObjectValue {
-        pub name: String,
-        pub url: String,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/identity/v2_terms.yaml` at `/paths/~1terms/get/responses/200/content/application~1json/schema/properties/policies/additionalProperties`."]
+        PolicyObject { req version : String => "version", } #[doc =
+        " Keys beyond the named ones."] rest additional : std::collections::BTreeMap <
+        String, PolicyObjectValue >
+    }
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/identity/v2_terms.yaml` at `/paths/~1terms/get/responses/200/content/application~1json/schema/properties/policies/additionalProperties/additionalProperties`."]
+        PolicyObjectValue { req name : String => "name", req url : String => "url", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
 }
 /// `POST /_matrix/identity/v2/terms`: operation `agreeToTerms`.
@@ -87,21 +86,19 @@ pub mod agree_to_terms {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#post_matrixidentityv2terms",
         spec_file: "api/identity/v2_terms.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {
-        /// The JSON body.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub body: Option<RequestBody>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request { #[doc = " The JSON body."] opt body : RequestBody =>
+        "body", }
     }
     /// The `200` response body.
     pub type Response = crate::JsonObject;
-    /// Schema: `data/api/identity/v2_terms.yaml` at `/paths/~1terms/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub user_accepts: Vec<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/identity/v2_terms.yaml` at `/paths/~1terms/post/requestBody/content/application~1json/schema`."]
+        RequestBody { req user_accepts : Vec < String > => "user_accepts", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

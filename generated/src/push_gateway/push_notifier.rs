@@ -30,98 +30,65 @@ pub mod notify {
         spec_url: "https://spec.matrix.org/v1.19/push-gateway-api/#post_matrixpushv1notify",
         spec_file: "api/push-gateway/push_notifier.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
-    /// Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub notification: Notification,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema`."]
+        RequestBody { req notification : Notification => "notification", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Notification {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub event_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub room_id: Option<String>,
-        #[serde(rename = "type")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub type_: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub sender: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub sender_display_name: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub room_name: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub room_alias: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub user_is_target: Option<bool>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub prio: Option<Prio>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub content: Option<crate::JsonObject>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub counts: Option<Counts>,
-        pub devices: Vec<Device>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification`."]
+        Notification { opt event_id : String => "event_id", opt room_id : String =>
+        "room_id", opt type_ : String => "type", opt sender : String => "sender", opt
+        sender_display_name : String => "sender_display_name", opt room_name : String =>
+        "room_name", opt room_alias : String => "room_alias", opt user_is_target : bool
+        => "user_is_target", opt prio : Prio => "prio", opt content : crate ::JsonObject
+        => "content", opt counts : Counts => "counts", req devices : Vec < Device > =>
+        "devices", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
         " Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification/properties/prio`."]
         Prio { High => "high", Low => "low", }
     }
-    /// Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification/properties/counts`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Counts {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub unread: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub missed_calls: Option<i64>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification/properties/counts`."]
+        #[derive(Default)] Counts { opt unread : i64 => "unread", opt missed_calls : i64
+        => "missed_calls", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification/properties/devices/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Device {
-        pub app_id: String,
-        pub pushkey: String,
-        /// Format `int64`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub pushkey_ts: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub data: Option<PusherData>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub tweaks: Option<crate::JsonObject>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification/properties/devices/items`."]
+        Device { req app_id : String => "app_id", req pushkey : String => "pushkey",
+        #[doc = " Format `int64`."] opt pushkey_ts : i64 => "pushkey_ts", opt data :
+        PusherData => "data", opt tweaks : crate ::JsonObject => "tweaks", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification/properties/devices/items/properties/data`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct PusherData {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub format: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification/properties/devices/items/properties/data`."]
+        #[derive(Default)] PusherData { opt format : String => "format", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub rejected: Vec<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/responses/200/content/application~1json/schema`."]
+        Response { req rejected : Vec < String > => "rejected", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

@@ -49,16 +49,12 @@ pub mod backfill_room {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1backfillroomid",
         spec_file: "api/server-server/backfill.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// Query parameter `v`.
-        pub v: Vec<String>,
-        /// Query parameter `limit`.
-        pub limit: i64,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
+        #[doc = " Query parameter `v`."] req v : Vec < String > => "v", #[doc =
+        " Query parameter `limit`."] req limit : i64 => "limit", }
     }
     /// The `200` response body.
     pub type Response = crate::server_server::definitions::unlimited_pdu_transaction::UnlimitedPduTransaction;
@@ -98,35 +94,26 @@ pub mod get_missing_previous_events {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#post_matrixfederationv1get_missing_eventsroomid",
         spec_file: "api/server-server/backfill.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// The JSON body.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub body: Option<RequestBody>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
+        #[doc = " The JSON body."] opt body : RequestBody => "body", }
     }
-    /// Schema: `data/api/server-server/backfill.yaml` at `/paths/~1get_missing_events~1{roomId}/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub limit: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub min_depth: Option<i64>,
-        pub earliest_events: Vec<String>,
-        pub latest_events: Vec<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/backfill.yaml` at `/paths/~1get_missing_events~1{roomId}/post/requestBody/content/application~1json/schema`."]
+        RequestBody { opt limit : i64 => "limit", opt min_depth : i64 => "min_depth", req
+        earliest_events : Vec < String > => "earliest_events", req latest_events : Vec <
+        String > => "latest_events", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/server-server/backfill.yaml` at `/paths/~1get_missing_events~1{roomId}/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub events: Vec<crate::JsonObject>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/backfill.yaml` at `/paths/~1get_missing_events~1{roomId}/post/responses/200/content/application~1json/schema`."]
+        Response { req events : Vec < crate ::JsonObject > => "events", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

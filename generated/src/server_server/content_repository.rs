@@ -55,15 +55,12 @@ pub mod get_content {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1mediadownloadmediaid",
         spec_file: "api/server-server/content_repository.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `mediaId`.
-        #[serde(rename = "mediaId")]
-        pub media_id: String,
-        /// Query parameter `timeout_ms`. Added in v1.7.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub timeout_ms: Option<i64>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `mediaId`."] req media_id : String =>
+        "mediaId", #[doc = " Query parameter `timeout_ms`. Added in v1.7."] opt
+        timeout_ms : i64 => "timeout_ms", }
     }
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
@@ -157,25 +154,16 @@ pub mod get_content_thumbnail {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1mediathumbnailmediaid",
         spec_file: "api/server-server/content_repository.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `mediaId`.
-        #[serde(rename = "mediaId")]
-        pub media_id: String,
-        /// Query parameter `width`.
-        pub width: i64,
-        /// Query parameter `height`.
-        pub height: i64,
-        /// Query parameter `method`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub method: Option<Method>,
-        /// Query parameter `timeout_ms`. Added in v1.7.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub timeout_ms: Option<i64>,
-        /// Query parameter `animated`. Added in v1.11.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub animated: Option<bool>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `mediaId`."] req media_id : String =>
+        "mediaId", #[doc = " Query parameter `width`."] req width : i64 => "width", #[doc
+        = " Query parameter `height`."] req height : i64 => "height", #[doc =
+        " Query parameter `method`."] opt method : Method => "method", #[doc =
+        " Query parameter `timeout_ms`. Added in v1.7."] opt timeout_ms : i64 =>
+        "timeout_ms", #[doc = " Query parameter `animated`. Added in v1.11."] opt
+        animated : bool => "animated", }
     }
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;

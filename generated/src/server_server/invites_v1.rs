@@ -51,17 +51,12 @@ pub mod send_invite_v1 {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv1inviteroomideventid",
         spec_file: "api/server-server/invites-v1.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// Path parameter `eventId`.
-        #[serde(rename = "eventId")]
-        pub event_id: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
+        #[doc = " Path parameter `eventId`."] req event_id : String => "eventId", #[doc =
+        " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `200` response body.
     pub type Response = Vec<ResponseItem>;
@@ -69,53 +64,42 @@ pub mod send_invite_v1 {
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
-    /// Schema: `data/api/server-server/invites-v1.yaml` at `/paths/~1invite~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub sender: String,
-        pub origin: String,
-        /// Format `int64`.
-        pub origin_server_ts: i64,
-        #[serde(rename = "type")]
-        pub type_: String,
-        pub state_key: String,
-        pub content: MembershipEventContent,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub unsigned: Option<UnsignedData>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/invites-v1.yaml` at `/paths/~1invite~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema`."]
+        RequestBody { req sender : String => "sender", req origin : String => "origin",
+        #[doc = " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req
+        type_ : String => "type", req state_key : String => "state_key", req content :
+        MembershipEventContent => "content", opt unsigned : UnsignedData => "unsigned", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
-    /// Schema: `data/api/server-server/invites-v1.yaml` at `/paths/~1invite~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema/properties/content`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct MembershipEventContent {
-        pub membership: String,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/invites-v1.yaml` at `/paths/~1invite~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema/properties/content`."]
+        MembershipEventContent { req membership : String => "membership", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/server-server/invites-v1.yaml` at `/paths/~1invite~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema/properties/unsigned`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct UnsignedData {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub invite_room_state: Option<Vec<crate::JsonObject>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/invites-v1.yaml` at `/paths/~1invite~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema/properties/unsigned`."]
+        #[derive(Default)] UnsignedData { opt invite_room_state : Vec < crate
+        ::JsonObject > => "invite_room_state", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/server-server/invites-v1.yaml` at `/paths/~1invite~1{roomId}~1{eventId}/put/responses/200/content/application~1json/schema/items`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    #[serde(untagged)]
-    pub enum ResponseItem {
-        Integer(i64),
-        EventContainer(EventContainer),
+    crate::json_untagged! {
+        #[doc =
+        " Schema: `data/api/server-server/invites-v1.yaml` at `/paths/~1invite~1{roomId}~1{eventId}/put/responses/200/content/application~1json/schema/items`."]
+        ResponseItem { Integer(i64), EventContainer(EventContainer), }
     }
-    /// Schema: `data/api/server-server/invites-v1.yaml` at `/paths/~1invite~1{roomId}~1{eventId}/put/responses/200/content/application~1json/schema/items/anyOf/1`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct EventContainer {
-        pub event: crate::server_server::definitions::invite_event::InviteEvent,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/invites-v1.yaml` at `/paths/~1invite~1{roomId}~1{eventId}/put/responses/200/content/application~1json/schema/items/anyOf/1`."]
+        EventContainer { req event : crate
+        ::server_server::definitions::invite_event::InviteEvent => "event", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

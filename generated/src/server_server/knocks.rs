@@ -61,65 +61,49 @@ pub mod make_knock {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1make_knockroomiduserid",
         spec_file: "api/server-server/knocks.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// Path parameter `userId`.
-        #[serde(rename = "userId")]
-        pub user_id: String,
-        /// Query parameter `ver`.
-        pub ver: Vec<String>,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
+        #[doc = " Path parameter `userId`."] req user_id : String => "userId", #[doc =
+        " Query parameter `ver`."] req ver : Vec < String > => "ver", }
     }
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    /// Schema: `data/api/server-server/knocks.yaml` at `/paths/~1make_knock~1{roomId}~1{userId}/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub room_version: String,
-        pub event: EventTemplate,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/knocks.yaml` at `/paths/~1make_knock~1{roomId}~1{userId}/get/responses/200/content/application~1json/schema`."]
+        Response { req room_version : String => "room_version", req event : EventTemplate
+        => "event", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/server-server/knocks.yaml` at `/paths/~1make_knock~1{roomId}~1{userId}/get/responses/200/content/application~1json/schema/properties/event`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct EventTemplate {
-        pub sender: String,
-        pub origin: String,
-        /// Format `int64`.
-        pub origin_server_ts: i64,
-        #[serde(rename = "type")]
-        pub type_: String,
-        pub state_key: String,
-        pub content: MembershipEventContent,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/knocks.yaml` at `/paths/~1make_knock~1{roomId}~1{userId}/get/responses/200/content/application~1json/schema/properties/event`."]
+        EventTemplate { req sender : String => "sender", req origin : String => "origin",
+        #[doc = " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req
+        type_ : String => "type", req state_key : String => "state_key", req content :
+        MembershipEventContent => "content", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/server-server/knocks.yaml` at `/paths/~1make_knock~1{roomId}~1{userId}/get/responses/200/content/application~1json/schema/properties/event/properties/content`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct MembershipEventContent {
-        pub membership: String,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/knocks.yaml` at `/paths/~1make_knock~1{roomId}~1{userId}/get/responses/200/content/application~1json/schema/properties/event/properties/content`."]
+        MembershipEventContent { req membership : String => "membership", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/server-server/knocks.yaml` at `/paths/~1make_knock~1{roomId}~1{userId}/get/responses/400/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response400 {
-        pub errcode: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub error: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub room_version: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/knocks.yaml` at `/paths/~1make_knock~1{roomId}~1{userId}/get/responses/400/content/application~1json/schema`."]
+        Response400 { req errcode : String => "errcode", opt error : String => "error",
+        opt room_version : String => "room_version", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`: operation `sendKnock`.
@@ -175,17 +159,12 @@ pub mod send_knock {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv1send_knockroomideventid",
         spec_file: "api/server-server/knocks.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `roomId`.
-        #[serde(rename = "roomId")]
-        pub room_id: String,
-        /// Path parameter `eventId`.
-        #[serde(rename = "eventId")]
-        pub event_id: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
+        #[doc = " Path parameter `eventId`."] req event_id : String => "eventId", #[doc =
+        " The JSON body."] req body : RequestBody => "body", }
     }
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
@@ -193,35 +172,29 @@ pub mod send_knock {
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    /// Schema: `data/api/server-server/knocks.yaml` at `/paths/~1send_knock~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub sender: String,
-        pub origin: String,
-        /// Format `int64`.
-        pub origin_server_ts: i64,
-        #[serde(rename = "type")]
-        pub type_: String,
-        pub state_key: String,
-        pub content: MembershipEventContent,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/knocks.yaml` at `/paths/~1send_knock~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema`."]
+        RequestBody { req sender : String => "sender", req origin : String => "origin",
+        #[doc = " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req
+        type_ : String => "type", req state_key : String => "state_key", req content :
+        MembershipEventContent => "content", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/server-server/knocks.yaml` at `/paths/~1send_knock~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema/properties/content`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct MembershipEventContent {
-        pub membership: String,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/knocks.yaml` at `/paths/~1send_knock~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema/properties/content`."]
+        MembershipEventContent { req membership : String => "membership", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/server-server/knocks.yaml` at `/paths/~1send_knock~1{roomId}~1{eventId}/put/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub knock_room_state: Vec<crate::JsonObject>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/knocks.yaml` at `/paths/~1send_knock~1{roomId}~1{eventId}/put/responses/200/content/application~1json/schema`."]
+        Response { req knock_room_state : Vec < crate ::JsonObject > =>
+        "knock_room_state", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

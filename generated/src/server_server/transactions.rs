@@ -37,45 +37,35 @@ pub mod send_transaction {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv1sendtxnid",
         spec_file: "api/server-server/transactions.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// Path parameter `txnId`.
-        #[serde(rename = "txnId")]
-        pub txn_id: String,
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " Path parameter `txnId`."] req txn_id : String => "txnId",
+        #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
-    /// Schema: `data/api/server-server/transactions.yaml` at `/paths/~1send~1{txnId}/put/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub origin: String,
-        /// Format `int64`.
-        pub origin_server_ts: i64,
-        pub pdus: Vec<crate::JsonObject>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub edus: Option<
-            Vec<crate::server_server::definitions::edu_with_example::EduWithExample>,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/transactions.yaml` at `/paths/~1send~1{txnId}/put/requestBody/content/application~1json/schema`."]
+        RequestBody { req origin : String => "origin", #[doc = " Format `int64`."] req
+        origin_server_ts : i64 => "origin_server_ts", req pdus : Vec < crate ::JsonObject
+        > => "pdus", opt edus : Vec < crate
+        ::server_server::definitions::edu_with_example::EduWithExample > => "edus", }
+        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
+        extra : crate ::JsonObject
     }
-    /// Schema: `data/api/server-server/transactions.yaml` at `/paths/~1send~1{txnId}/put/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub pdus: std::collections::BTreeMap<String, PduProcessingResult>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/transactions.yaml` at `/paths/~1send~1{txnId}/put/responses/200/content/application~1json/schema`."]
+        Response { req pdus : std::collections::BTreeMap < String, PduProcessingResult >
+        => "pdus", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/server-server/transactions.yaml` at `/paths/~1send~1{txnId}/put/responses/200/content/application~1json/schema/properties/pdus/patternProperties/^\$`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct PduProcessingResult {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub error: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/transactions.yaml` at `/paths/~1send~1{txnId}/put/responses/200/content/application~1json/schema/properties/pdus/patternProperties/^\\$`."]
+        #[derive(Default)] PduProcessingResult { opt error : String => "error", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

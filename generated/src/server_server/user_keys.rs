@@ -30,55 +30,41 @@ pub mod claim_user_encryption_keys {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#post_matrixfederationv1userkeysclaim",
         spec_file: "api/server-server/user_keys.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
-    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1claim/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub one_time_keys: std::collections::BTreeMap<
-            String,
-            std::collections::BTreeMap<String, String>,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1claim/post/requestBody/content/application~1json/schema`."]
+        RequestBody { req one_time_keys : std::collections::BTreeMap < String,
+        std::collections::BTreeMap < String, String > > => "one_time_keys", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1claim/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub one_time_keys: std::collections::BTreeMap<
-            String,
-            std::collections::BTreeMap<
-                String,
-                std::collections::BTreeMap<String, OneTimeKeyValueItemValueItemValue>,
-            >,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1claim/post/responses/200/content/application~1json/schema`."]
+        Response { req one_time_keys : std::collections::BTreeMap < String,
+        std::collections::BTreeMap < String, std::collections::BTreeMap < String,
+        OneTimeKeyValueItemValueItemValue > > > => "one_time_keys", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1claim/post/responses/200/content/application~1json/schema/properties/one_time_keys/patternProperties/^@/additionalProperties/additionalProperties`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    #[serde(untagged)]
-    pub enum OneTimeKeyValueItemValueItemValue {
-        String(String),
-        KeyObject(KeyObject),
+    crate::json_untagged! {
+        #[doc =
+        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1claim/post/responses/200/content/application~1json/schema/properties/one_time_keys/patternProperties/^@/additionalProperties/additionalProperties`."]
+        OneTimeKeyValueItemValueItemValue { String(String), KeyObject(KeyObject), }
     }
-    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1claim/post/responses/200/content/application~1json/schema/properties/one_time_keys/patternProperties/^@/additionalProperties/additionalProperties/oneOf/1`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct KeyObject {
-        pub key: String,
-        pub signatures: std::collections::BTreeMap<
-            String,
-            std::collections::BTreeMap<String, String>,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1claim/post/responses/200/content/application~1json/schema/properties/one_time_keys/patternProperties/^@/additionalProperties/additionalProperties/oneOf/1`."]
+        KeyObject { req key : String => "key", req signatures :
+        std::collections::BTreeMap < String, std::collections::BTreeMap < String, String
+        > > => "signatures", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }
 /// `POST /_matrix/federation/v1/user/keys/query`: operation `queryUserEncryptionKeys`.
@@ -109,76 +95,58 @@ pub mod query_user_encryption_keys {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#post_matrixfederationv1userkeysquery",
         spec_file: "api/server-server/user_keys.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Request {
-        /// The JSON body.
-        pub body: RequestBody,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
     }
-    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/requestBody/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct RequestBody {
-        pub device_keys: std::collections::BTreeMap<String, Vec<String>>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/requestBody/content/application~1json/schema`."]
+        RequestBody { req device_keys : std::collections::BTreeMap < String, Vec < String
+        > > => "device_keys", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Response {
-        pub device_keys: std::collections::BTreeMap<
-            String,
-            std::collections::BTreeMap<String, DeviceKeyValueItemValue>,
-        >,
-        /// Added in v1.1.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub master_keys: Option<std::collections::BTreeMap<String, MasterKeyValue>>,
-        /// Added in v1.1.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub self_signing_keys: Option<
-            std::collections::BTreeMap<String, SelfSigningKeyValue>,
-        >,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema`."]
+        Response { req device_keys : std::collections::BTreeMap < String,
+        std::collections::BTreeMap < String, DeviceKeyValueItemValue > > =>
+        "device_keys", #[doc = " Added in v1.1."] opt master_keys :
+        std::collections::BTreeMap < String, MasterKeyValue > => "master_keys", #[doc =
+        " Added in v1.1."] opt self_signing_keys : std::collections::BTreeMap < String,
+        SelfSigningKeyValue > => "self_signing_keys", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/device_keys/patternProperties/^@/additionalProperties`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct DeviceKeyValueItemValue {
-        pub user_id: String,
-        pub device_id: String,
-        pub algorithms: Vec<String>,
-        pub keys: std::collections::BTreeMap<String, String>,
-        pub signatures: std::collections::BTreeMap<
-            String,
-            std::collections::BTreeMap<String, String>,
-        >,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub unsigned: Option<UnsignedDeviceInfo>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/device_keys/patternProperties/^@/additionalProperties`."]
+        DeviceKeyValueItemValue { req user_id : String => "user_id", req device_id :
+        String => "device_id", req algorithms : Vec < String > => "algorithms", req keys
+        : std::collections::BTreeMap < String, String > => "keys", req signatures :
+        std::collections::BTreeMap < String, std::collections::BTreeMap < String, String
+        > > => "signatures", opt unsigned : UnsignedDeviceInfo => "unsigned", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/device_keys/patternProperties/^@/additionalProperties/properties/unsigned`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct UnsignedDeviceInfo {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub device_display_name: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/device_keys/patternProperties/^@/additionalProperties/properties/unsigned`."]
+        #[derive(Default)] UnsignedDeviceInfo { opt device_display_name : String =>
+        "device_display_name", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
-    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/master_keys/patternProperties/^@`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct MasterKeyValue {
-        pub user_id: String,
-        pub usage: Vec<UsageItem>,
-        pub keys: std::collections::BTreeMap<String, String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub signatures: Option<crate::JsonObject>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/master_keys/patternProperties/^@`."]
+        MasterKeyValue { req user_id : String => "user_id", req usage : Vec < UsageItem >
+        => "usage", req keys : std::collections::BTreeMap < String, String > => "keys",
+        opt signatures : crate ::JsonObject => "signatures", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =
@@ -186,17 +154,15 @@ pub mod query_user_encryption_keys {
         UsageItem { Master => "master", SelfSigning => "self_signing", UserSigning =>
         "user_signing", }
     }
-    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/self_signing_keys/patternProperties/^@`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct SelfSigningKeyValue {
-        pub user_id: String,
-        pub usage: Vec<SelfSigningKeyValueUsageItem>,
-        pub keys: std::collections::BTreeMap<String, String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub signatures: Option<crate::JsonObject>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/self_signing_keys/patternProperties/^@`."]
+        SelfSigningKeyValue { req user_id : String => "user_id", req usage : Vec <
+        SelfSigningKeyValueUsageItem > => "usage", req keys : std::collections::BTreeMap
+        < String, String > => "keys", opt signatures : crate ::JsonObject =>
+        "signatures", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
     crate::string_enum! {
         #[doc =

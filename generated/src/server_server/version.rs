@@ -30,27 +30,24 @@ pub mod get_version {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1version",
         spec_file: "api/server-server/version.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {}
-    /// Schema: `data/api/server-server/version.yaml` at `/paths/~1version/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub server: Option<Server>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request {}
     }
-    /// Schema: `data/api/server-server/version.yaml` at `/paths/~1version/get/responses/200/content/application~1json/schema/properties/server`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Server {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub name: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub version: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/version.yaml` at `/paths/~1version/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { opt server : Server => "server", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
+    }
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/version.yaml` at `/paths/~1version/get/responses/200/content/application~1json/schema/properties/server`."]
+        #[derive(Default)] Server { opt name : String => "name", opt version : String =>
+        "version", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

@@ -30,18 +30,17 @@ pub mod get_well_known {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#getwell-knownmatrixserver",
         spec_file: "api/server-server/wellknown.yaml",
     };
-    /// Path and query parameters and the JSON body, by their wire names.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Request {}
-    /// Schema: `data/api/server-server/wellknown.yaml` at `/paths/~1matrix~1server/get/responses/200/content/application~1json/schema`.
-    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-    pub struct Response {
-        /// `m.server`.
-        #[serde(rename = "m.server")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub m_server: Option<String>,
-        /// Keys the schema does not name, kept so that nothing is lost.
-        #[serde(flatten)]
-        pub extra: crate::JsonObject,
+    crate::json_object! {
+        #[doc =
+        " Path and query parameters and the JSON body (under `body`), by their wire names."]
+        #[derive(Default)] Request {}
+    }
+    crate::json_object! {
+        #[doc =
+        " Schema: `data/api/server-server/wellknown.yaml` at `/paths/~1matrix~1server/get/responses/200/content/application~1json/schema`."]
+        #[derive(Default)] Response { #[doc = " `m.server`."] opt m_server : String =>
+        "m.server", } #[doc =
+        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+        crate ::JsonObject
     }
 }

@@ -2,47 +2,26 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/client_event.yaml`.
 
-/// Schema: `data/api/client-server/definitions/client_event.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ClientEvent {
-    /// Format `mx-event-id`.
-    pub event_id: crate::ids::EventId,
-    #[serde(rename = "type")]
-    pub type_: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state_key: Option<String>,
-    /// Format `mx-user-id`.
-    pub sender: crate::ids::UserId,
-    /// Format `int64`.
-    pub origin_server_ts: i64,
-    pub content: crate::JsonObject,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unsigned: Option<ClientEventUnsigned>,
-    /// Format `mx-room-id`.
-    pub room_id: crate::ids::RoomId,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/api/client-server/definitions/client_event.yaml`."]
+    ClientEvent { #[doc = " Format `mx-event-id`."] req event_id : crate ::ids::EventId
+    => "event_id", req type_ : String => "type", opt state_key : String => "state_key",
+    #[doc = " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc
+    = " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req content :
+    crate ::JsonObject => "content", opt unsigned : ClientEventUnsigned => "unsigned",
+    #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", }
+    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+    crate ::JsonObject
 }
-/// Schema: `data/api/client-server/definitions/client_event.yaml` at `/properties/unsigned`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct ClientEventUnsigned {
-    /// Format `int64`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub age: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redacted_because: Option<crate::JsonObject>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transaction_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prev_content: Option<crate::JsonObject>,
-    /// Format `mx-event-id`. Added in v1.19.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replaces_state: Option<crate::ids::EventId>,
-    /// Added in v1.11.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub membership: Option<String>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/api/client-server/definitions/client_event.yaml` at `/properties/unsigned`."]
+    #[derive(Default)] ClientEventUnsigned { #[doc = " Format `int64`."] opt age : i64 =>
+    "age", opt redacted_because : crate ::JsonObject => "redacted_because", opt
+    transaction_id : String => "transaction_id", opt prev_content : crate ::JsonObject =>
+    "prev_content", #[doc = " Format `mx-event-id`. Added in v1.19."] opt replaces_state
+    : crate ::ids::EventId => "replaces_state", #[doc = " Added in v1.11."] opt
+    membership : String => "membership", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

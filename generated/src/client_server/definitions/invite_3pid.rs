@@ -2,14 +2,10 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/invite_3pid.yaml`.
 
-/// Schema: `data/api/client-server/definitions/invite_3pid.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Invite3pid {
-    pub id_server: String,
-    pub id_access_token: String,
-    pub medium: String,
-    pub address: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/api/client-server/definitions/invite_3pid.yaml`."] Invite3pid
+    { req id_server : String => "id_server", req id_access_token : String =>
+    "id_access_token", req medium : String => "medium", req address : String =>
+    "address", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
+    rest extra : crate ::JsonObject
 }

@@ -2,14 +2,11 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/key_backup_data.yaml`.
 
-/// Schema: `data/api/client-server/definitions/key_backup_data.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KeyBackupData {
-    pub first_message_index: i64,
-    pub forwarded_count: i64,
-    pub is_verified: bool,
-    pub session_data: crate::JsonObject,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/api/client-server/definitions/key_backup_data.yaml`."]
+    KeyBackupData { req first_message_index : i64 => "first_message_index", req
+    forwarded_count : i64 => "forwarded_count", req is_verified : bool => "is_verified",
+    req session_data : crate ::JsonObject => "session_data", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

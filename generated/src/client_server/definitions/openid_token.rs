@@ -2,14 +2,11 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/openid_token.yaml`.
 
-/// Schema: `data/api/client-server/definitions/openid_token.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct OpenidToken {
-    pub access_token: String,
-    pub token_type: String,
-    pub matrix_server_name: String,
-    pub expires_in: i64,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/api/client-server/definitions/openid_token.yaml`."]
+    OpenidToken { req access_token : String => "access_token", req token_type : String =>
+    "token_type", req matrix_server_name : String => "matrix_server_name", req expires_in
+    : i64 => "expires_in", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -2,19 +2,12 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/public_rooms_response.yaml`.
 
-/// Schema: `data/api/client-server/definitions/public_rooms_response.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PublicRoomsResponse {
-    pub chunk: Vec<
-        crate::client_server::definitions::public_rooms_chunk::PublicRoomsChunk,
-    >,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_batch: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prev_batch: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub total_room_count_estimate: Option<i64>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/api/client-server/definitions/public_rooms_response.yaml`."]
+    PublicRoomsResponse { req chunk : Vec < crate
+    ::client_server::definitions::public_rooms_chunk::PublicRoomsChunk > => "chunk", opt
+    next_batch : String => "next_batch", opt prev_batch : String => "prev_batch", opt
+    total_room_count_estimate : i64 => "total_room_count_estimate", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -2,27 +2,15 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/push_condition.yaml`.
 
-/// Schema: `data/api/client-server/definitions/push_condition.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PushCondition {
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pattern: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub is: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::nullable")]
-    pub value: Option<Option<Value_>>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/api/client-server/definitions/push_condition.yaml`."]
+    PushCondition { req kind : String => "kind", opt key : String => "key", opt pattern :
+    String => "pattern", opt is : String => "is", opt_null value : Value_ => "value", }
+    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
+    crate ::JsonObject
 }
-/// Schema: `data/api/client-server/definitions/push_condition.yaml` at `/properties/value`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(untagged)]
-pub enum Value_ {
-    String_(String),
-    Integer(i64),
-    Boolean(bool),
+crate::json_untagged! {
+    #[doc =
+    " Schema: `data/api/client-server/definitions/push_condition.yaml` at `/properties/value`."]
+    Value_ { String_(String), Integer(i64), Boolean(bool), }
 }

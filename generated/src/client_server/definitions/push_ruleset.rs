@@ -2,21 +2,15 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/push_ruleset.yaml`.
 
-/// Schema: `data/api/client-server/definitions/push_ruleset.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct PushRuleset {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
-    #[serde(rename = "override")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub override_: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub room: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sender: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub underride: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/api/client-server/definitions/push_ruleset.yaml`."]
+    #[derive(Default)] PushRuleset { opt content : Vec < crate
+    ::client_server::definitions::push_rule::PushRule > => "content", opt override_ : Vec
+    < crate ::client_server::definitions::push_rule::PushRule > => "override", opt room :
+    Vec < crate ::client_server::definitions::push_rule::PushRule > => "room", opt sender
+    : Vec < crate ::client_server::definitions::push_rule::PushRule > => "sender", opt
+    underride : Vec < crate ::client_server::definitions::push_rule::PushRule > =>
+    "underride", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

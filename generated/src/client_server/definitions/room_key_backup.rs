@@ -2,14 +2,10 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/room_key_backup.yaml`.
 
-/// Schema: `data/api/client-server/definitions/room_key_backup.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoomKeyBackup {
-    pub sessions: std::collections::BTreeMap<
-        String,
-        crate::client_server::definitions::key_backup_data::KeyBackupData,
-    >,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/api/client-server/definitions/room_key_backup.yaml`."]
+    RoomKeyBackup { req sessions : std::collections::BTreeMap < String, crate
+    ::client_server::definitions::key_backup_data::KeyBackupData > => "sessions", } #[doc
+    = " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -2,200 +2,106 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/sync_filter.yaml`.
 
-/// Schema: `data/api/client-server/definitions/sync_filter.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct SyncFilter {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_fields: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_format: Option<EventFormat>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub presence: Option<Presence>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub account_data: Option<AccountData>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub room: Option<RoomFilter>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/api/client-server/definitions/sync_filter.yaml`."]
+    #[derive(Default)] SyncFilter { opt event_fields : Vec < String > => "event_fields",
+    opt event_format : EventFormat => "event_format", opt presence : Presence =>
+    "presence", opt account_data : AccountData => "account_data", opt room : RoomFilter
+    => "room", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
+    rest extra : crate ::JsonObject
 }
 crate::string_enum! {
     #[doc =
     " Schema: `data/api/client-server/definitions/sync_filter.yaml` at `/properties/event_format`."]
     EventFormat { Client => "client", Federation => "federation", }
 }
-/// Schema: `data/api/client-server/definitions/sync_filter.yaml` at `/properties/presence`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct Presence {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_senders: Option<Vec<crate::ids::UserId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_types: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub senders: Option<Vec<crate::ids::UserId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub types: Option<Vec<String>>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/api/client-server/definitions/sync_filter.yaml` at `/properties/presence`."]
+    #[derive(Default)] Presence { opt limit : i64 => "limit", opt not_senders : Vec <
+    crate ::ids::UserId > => "not_senders", opt not_types : Vec < String > =>
+    "not_types", opt senders : Vec < crate ::ids::UserId > => "senders", opt types : Vec
+    < String > => "types", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/api/client-server/definitions/sync_filter.yaml` at `/properties/account_data`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct AccountData {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_senders: Option<Vec<crate::ids::UserId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_types: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub senders: Option<Vec<crate::ids::UserId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub types: Option<Vec<String>>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/api/client-server/definitions/sync_filter.yaml` at `/properties/account_data`."]
+    #[derive(Default)] AccountData { opt limit : i64 => "limit", opt not_senders : Vec <
+    crate ::ids::UserId > => "not_senders", opt not_types : Vec < String > =>
+    "not_types", opt senders : Vec < crate ::ids::UserId > => "senders", opt types : Vec
+    < String > => "types", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/api/client-server/definitions/sync_filter.yaml` at `/properties/room`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct RoomFilter {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_rooms: Option<Vec<crate::ids::RoomId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rooms: Option<Vec<crate::ids::RoomId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ephemeral: Option<Ephemeral>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub include_leave: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<State>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeline: Option<Timeline>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub account_data: Option<RoomFilterAccountData>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/api/client-server/definitions/sync_filter.yaml` at `/properties/room`."]
+    #[derive(Default)] RoomFilter { opt not_rooms : Vec < crate ::ids::RoomId > =>
+    "not_rooms", opt rooms : Vec < crate ::ids::RoomId > => "rooms", opt ephemeral :
+    Ephemeral => "ephemeral", opt include_leave : bool => "include_leave", opt state :
+    State => "state", opt timeline : Timeline => "timeline", opt account_data :
+    RoomFilterAccountData => "account_data", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/api/client-server/definitions/sync_filter.yaml` at `/properties/room/properties/ephemeral`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct Ephemeral {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_senders: Option<Vec<crate::ids::UserId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_types: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub senders: Option<Vec<crate::ids::UserId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub types: Option<Vec<String>>,
-    /// Added in v1.4.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unread_thread_notifications: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lazy_load_members: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub include_redundant_members: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_rooms: Option<Vec<crate::ids::RoomId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rooms: Option<Vec<crate::ids::RoomId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub contains_url: Option<bool>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/api/client-server/definitions/sync_filter.yaml` at `/properties/room/properties/ephemeral`."]
+    #[derive(Default)] Ephemeral { opt limit : i64 => "limit", opt not_senders : Vec <
+    crate ::ids::UserId > => "not_senders", opt not_types : Vec < String > =>
+    "not_types", opt senders : Vec < crate ::ids::UserId > => "senders", opt types : Vec
+    < String > => "types", #[doc = " Added in v1.4."] opt unread_thread_notifications :
+    bool => "unread_thread_notifications", opt lazy_load_members : bool =>
+    "lazy_load_members", opt include_redundant_members : bool =>
+    "include_redundant_members", opt not_rooms : Vec < crate ::ids::RoomId > =>
+    "not_rooms", opt rooms : Vec < crate ::ids::RoomId > => "rooms", opt contains_url :
+    bool => "contains_url", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/api/client-server/definitions/sync_filter.yaml` at `/properties/room/properties/state`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct State {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_senders: Option<Vec<crate::ids::UserId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_types: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub senders: Option<Vec<crate::ids::UserId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub types: Option<Vec<String>>,
-    /// Added in v1.4.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unread_thread_notifications: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lazy_load_members: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub include_redundant_members: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_rooms: Option<Vec<crate::ids::RoomId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rooms: Option<Vec<crate::ids::RoomId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub contains_url: Option<bool>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/api/client-server/definitions/sync_filter.yaml` at `/properties/room/properties/state`."]
+    #[derive(Default)] State { opt limit : i64 => "limit", opt not_senders : Vec < crate
+    ::ids::UserId > => "not_senders", opt not_types : Vec < String > => "not_types", opt
+    senders : Vec < crate ::ids::UserId > => "senders", opt types : Vec < String > =>
+    "types", #[doc = " Added in v1.4."] opt unread_thread_notifications : bool =>
+    "unread_thread_notifications", opt lazy_load_members : bool => "lazy_load_members",
+    opt include_redundant_members : bool => "include_redundant_members", opt not_rooms :
+    Vec < crate ::ids::RoomId > => "not_rooms", opt rooms : Vec < crate ::ids::RoomId >
+    => "rooms", opt contains_url : bool => "contains_url", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/api/client-server/definitions/sync_filter.yaml` at `/properties/room/properties/timeline`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct Timeline {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_senders: Option<Vec<crate::ids::UserId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_types: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub senders: Option<Vec<crate::ids::UserId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub types: Option<Vec<String>>,
-    /// Added in v1.4.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unread_thread_notifications: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lazy_load_members: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub include_redundant_members: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_rooms: Option<Vec<crate::ids::RoomId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rooms: Option<Vec<crate::ids::RoomId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub contains_url: Option<bool>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/api/client-server/definitions/sync_filter.yaml` at `/properties/room/properties/timeline`."]
+    #[derive(Default)] Timeline { opt limit : i64 => "limit", opt not_senders : Vec <
+    crate ::ids::UserId > => "not_senders", opt not_types : Vec < String > =>
+    "not_types", opt senders : Vec < crate ::ids::UserId > => "senders", opt types : Vec
+    < String > => "types", #[doc = " Added in v1.4."] opt unread_thread_notifications :
+    bool => "unread_thread_notifications", opt lazy_load_members : bool =>
+    "lazy_load_members", opt include_redundant_members : bool =>
+    "include_redundant_members", opt not_rooms : Vec < crate ::ids::RoomId > =>
+    "not_rooms", opt rooms : Vec < crate ::ids::RoomId > => "rooms", opt contains_url :
+    bool => "contains_url", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/api/client-server/definitions/sync_filter.yaml` at `/properties/room/properties/account_data`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct RoomFilterAccountData {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_senders: Option<Vec<crate::ids::UserId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_types: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub senders: Option<Vec<crate::ids::UserId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub types: Option<Vec<String>>,
-    /// Added in v1.4.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unread_thread_notifications: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lazy_load_members: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub include_redundant_members: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_rooms: Option<Vec<crate::ids::RoomId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rooms: Option<Vec<crate::ids::RoomId>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub contains_url: Option<bool>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/api/client-server/definitions/sync_filter.yaml` at `/properties/room/properties/account_data`."]
+    #[derive(Default)] RoomFilterAccountData { opt limit : i64 => "limit", opt
+    not_senders : Vec < crate ::ids::UserId > => "not_senders", opt not_types : Vec <
+    String > => "not_types", opt senders : Vec < crate ::ids::UserId > => "senders", opt
+    types : Vec < String > => "types", #[doc = " Added in v1.4."] opt
+    unread_thread_notifications : bool => "unread_thread_notifications", opt
+    lazy_load_members : bool => "lazy_load_members", opt include_redundant_members : bool
+    => "include_redundant_members", opt not_rooms : Vec < crate ::ids::RoomId > =>
+    "not_rooms", opt rooms : Vec < crate ::ids::RoomId > => "rooms", opt contains_url :
+    bool => "contains_url", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -2,13 +2,9 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/tag.yaml`.
 
-/// Schema: `data/api/client-server/definitions/tag.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct Tag {
-    /// Format `float`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub order: Option<f64>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/api/client-server/definitions/tag.yaml`."] #[derive(Default)]
+    Tag { #[doc = " Format `float`."] opt order : f64 => "order", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -2,12 +2,9 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/user_identifier.yaml`.
 
-/// Schema: `data/api/client-server/definitions/user_identifier.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct UserIdentifier {
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Keys beyond the named ones.
-    #[serde(flatten)]
-    pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
+crate::json_object! {
+    #[doc = " Schema: `data/api/client-server/definitions/user_identifier.yaml`."]
+    UserIdentifier { req type_ : String => "type", } #[doc =
+    " Keys beyond the named ones."] rest additional : std::collections::BTreeMap <
+    String, crate ::JsonValue >
 }

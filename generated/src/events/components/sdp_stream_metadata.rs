@@ -2,19 +2,14 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/components/sdp_stream_metadata.yaml`.
 
-/// Schema: `data/event-schemas/schema/components/sdp_stream_metadata.yaml` at `/additionalProperties`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct StreamMetadata {
-    pub purpose: Purpose,
-    /// Added in v1.11.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audio_muted: Option<bool>,
-    /// Added in v1.11.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub video_muted: Option<bool>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/components/sdp_stream_metadata.yaml` at `/additionalProperties`."]
+    StreamMetadata { req purpose : Purpose => "purpose", #[doc = " Added in v1.11."] opt
+    audio_muted : bool => "audio_muted", #[doc = " Added in v1.11."] opt video_muted :
+    bool => "video_muted", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
 crate::string_enum! {
     #[doc =

@@ -2,16 +2,12 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/core-event-schema/stripped_state.yaml`.
 
-/// Schema: `data/event-schemas/schema/core-event-schema/stripped_state.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct StrippedState {
-    pub content: crate::JsonObject,
-    pub state_key: String,
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Format `mx-user-id`.
-    pub sender: crate::ids::UserId,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/event-schemas/schema/core-event-schema/stripped_state.yaml`."]
+    StrippedState { req content : crate ::JsonObject => "content", req state_key : String
+    => "state_key", req type_ : String => "type", #[doc = " Format `mx-user-id`."] req
+    sender : crate ::ids::UserId => "sender", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -2,12 +2,9 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/core-event-schema/unsigned_prop.yaml`.
 
-/// Schema: `data/event-schemas/schema/core-event-schema/unsigned_prop.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct UnsignedProp {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub age: Option<i64>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/event-schemas/schema/core-event-schema/unsigned_prop.yaml`."]
+    #[derive(Default)] UnsignedProp { opt age : i64 => "age", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

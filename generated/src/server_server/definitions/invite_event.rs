@@ -2,26 +2,19 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/server-server/definitions/invite_event.yaml`.
 
-/// Schema: `data/api/server-server/definitions/invite_event.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct InviteEvent {
-    pub sender: String,
-    pub origin: String,
-    /// Format `int64`.
-    pub origin_server_ts: i64,
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub state_key: String,
-    pub content: InviteEventContent,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/api/server-server/definitions/invite_event.yaml`."]
+    InviteEvent { req sender : String => "sender", req origin : String => "origin", #[doc
+    = " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req type_ :
+    String => "type", req state_key : String => "state_key", req content :
+    InviteEventContent => "content", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
-/// Schema: `data/api/server-server/definitions/invite_event.yaml` at `/properties/content`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct InviteEventContent {
-    pub membership: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/api/server-server/definitions/invite_event.yaml` at `/properties/content`."]
+    InviteEventContent { req membership : String => "membership", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

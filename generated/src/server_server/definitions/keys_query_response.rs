@@ -2,12 +2,10 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/server-server/definitions/keys_query_response.yaml`.
 
-/// Schema: `data/api/server-server/definitions/keys_query_response.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
-pub struct KeysQueryResponse {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_keys: Option<Vec<crate::server_server::definitions::keys::Keys>>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/api/server-server/definitions/keys_query_response.yaml`."]
+    #[derive(Default)] KeysQueryResponse { opt server_keys : Vec < crate
+    ::server_server::definitions::keys::Keys > => "server_keys", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

@@ -2,14 +2,12 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/server-server/definitions/unlimited_pdu_transaction.yaml`.
 
-/// Schema: `data/api/server-server/definitions/unlimited_pdu_transaction.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct UnlimitedPduTransaction {
-    pub origin: String,
-    /// Format `int64`.
-    pub origin_server_ts: i64,
-    pub pdus: Vec<crate::JsonObject>,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc =
+    " Schema: `data/api/server-server/definitions/unlimited_pdu_transaction.yaml`."]
+    UnlimitedPduTransaction { req origin : String => "origin", #[doc =
+    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req pdus : Vec
+    < crate ::JsonObject > => "pdus", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }

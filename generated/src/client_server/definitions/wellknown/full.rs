@@ -2,19 +2,12 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/wellknown/full.yaml`.
 
-/// Schema: `data/api/client-server/definitions/wellknown/full.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Full {
-    /// `m.homeserver`.
-    #[serde(rename = "m.homeserver")]
-    pub m_homeserver: crate::client_server::definitions::wellknown::homeserver::Homeserver,
-    /// `m.identity_server`.
-    #[serde(rename = "m.identity_server")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub m_identity_server: Option<
-        crate::client_server::definitions::wellknown::identity_server::IdentityServer,
-    >,
-    /// Keys beyond the named ones.
-    #[serde(flatten)]
-    pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
+crate::json_object! {
+    #[doc = " Schema: `data/api/client-server/definitions/wellknown/full.yaml`."] Full {
+    #[doc = " `m.homeserver`."] req m_homeserver : crate
+    ::client_server::definitions::wellknown::homeserver::Homeserver => "m.homeserver",
+    #[doc = " `m.identity_server`."] opt m_identity_server : crate
+    ::client_server::definitions::wellknown::identity_server::IdentityServer =>
+    "m.identity_server", } #[doc = " Keys beyond the named ones."] rest additional :
+    std::collections::BTreeMap < String, crate ::JsonValue >
 }

@@ -2,12 +2,9 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/wellknown/homeserver.yaml`.
 
-/// Schema: `data/api/client-server/definitions/wellknown/homeserver.yaml`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Homeserver {
-    /// Format `uri`.
-    pub base_url: String,
-    /// Keys the schema does not name, kept so that nothing is lost.
-    #[serde(flatten)]
-    pub extra: crate::JsonObject,
+crate::json_object! {
+    #[doc = " Schema: `data/api/client-server/definitions/wellknown/homeserver.yaml`."]
+    Homeserver { #[doc = " Format `uri`."] req base_url : String => "base_url", } #[doc =
+    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
+    ::JsonObject
 }
