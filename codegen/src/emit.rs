@@ -340,73 +340,81 @@ impl<'m> Emitter<'m> {
         }));
         match &td.kind {
             Kind::Struct { fields, rest } => {
-                let field_tokens: Vec<TokenStream> = fields
+                let (decls, entries): (Vec<_>, Vec<_>) = fields
                     .iter()
                     .enumerate()
                     .map(|(fi, f)| self.field_tokens(f, self.boxed.contains(&(i, fi)), &td.module, None))
-                    .collect();
+                    .unzip();
                 let taken: BTreeSet<&str> = fields.iter().map(|f| f.rust.as_str()).collect();
                 let rest = match rest {
-                    Rest::Closed => quote!(),
+                    Rest::Closed => None,
                     Rest::Keep => {
                         let extra = ident(if taken.contains("extra") { "extra_fields" } else { "extra" });
-                        quote! {
-                            #[doc = " Keys the schema does not name, kept so that nothing is lost."]
-                            rest #extra: crate::JsonObject
-                        }
+                        Some((
+                            extra.clone(),
+                            quote! {
+                                #[doc = " Keys the schema does not name, kept so that nothing is lost."]
+                                pub #extra: crate::JsonObject,
+                            },
+                        ))
                     }
                     Rest::Typed(t) => {
                         let extra = ident(if taken.contains("additional") { "additional_fields" } else { "additional" });
                         let t = self.ty_tokens(t, &td.module);
-                        quote! {
-                            #[doc = " Keys beyond the named ones."]
-                            rest #extra: std::collections::BTreeMap<String, #t>
-                        }
+                        Some((
+                            extra.clone(),
+                            quote! {
+                                #[doc = " Keys beyond the named ones."]
+                                pub #extra: std::collections::BTreeMap<String, #t>,
+                            },
+                        ))
                     }
                 };
-                let default = if fields.iter().all(|f| !f.required) { quote!(#[derive(Default)]) } else { quote!() };
-                quote! {
-                    crate::json_object! {
-                        #origin
-                        #default
-                        #name {
-                            #(#field_tokens)*
-                        }
-                        #rest
-                    }
-                }
+                let default = fields.iter().all(|f| !f.required);
+                object_tokens(origin, &name, default, &decls, &entries, rest)
             }
             Kind::StringEnum { variants } => {
-                let vs = variants.iter().map(|(rust, wire)| {
+                let decls = variants.iter().map(|(rust, wire)| {
                     let v = ident(rust);
-                    quote!(#v => #wire,)
+                    let d = doc(&format!("`{wire}`"));
+                    quote!(#d #v,)
+                });
+                let entries = variants.iter().map(|(rust, wire)| {
+                    let v = ident(rust);
+                    quote!(#v #wire)
                 });
                 quote! {
-                    crate::string_enum! {
-                        #origin
-                        #name { #(#vs)* }
+                    #origin
+                    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+                    pub enum #name {
+                        #(#decls)*
+                        #[doc = " A value this version of the spec does not name."]
+                        Other(String),
                     }
+                    crate::string_enum!(#name { #(#entries),* });
                 }
             }
             Kind::Untagged { variants } => {
-                let vs = variants.iter().map(|(rust, t)| {
+                let decls = variants.iter().map(|(rust, t)| {
                     let v = ident(rust);
                     let t = self.ty_tokens(t, &td.module);
                     quote!(#v(#t),)
                 });
+                let names = variants.iter().map(|(rust, _)| ident(rust));
                 quote! {
-                    crate::json_untagged! {
-                        #origin
-                        #name { #(#vs)* }
-                    }
+                    #origin
+                    #[derive(Clone, Debug, PartialEq)]
+                    pub enum #name { #(#decls)* }
+                    crate::json_untagged!(#name { #(#names),* });
                 }
             }
             Kind::Pending => quote!(),
         }
     }
 
-    /// A struct field; `param` names the parameter location for request fields.
-    fn field_tokens(&self, f: &Field, boxed: bool, module: &[String], param: Option<&str>) -> TokenStream {
+    /// A struct field and its entry in the `json_object!` list; `param` names the parameter
+    /// location for request fields.
+    fn field_tokens(&self, f: &Field, boxed: bool, module: &[String], param: Option<&str>) -> (TokenStream, TokenStream) {
         let name = ident(&f.rust);
         let mut t = self.ty_tokens(&f.ty, module);
         if boxed {
@@ -434,14 +442,15 @@ impl<'m> Emitter<'m> {
             notes.push("Deprecated.".into());
         }
         let docs = if notes.is_empty() { quote!() } else { doc(&notes.join(" ")) };
-        let kind = ident(match (f.required, f.nullable) {
-            (true, false) => "req",
-            (true, true) => "req_null",
-            (false, false) => "opt",
-            (false, true) => "opt_null",
-        });
+        let (kind, t) = match (f.required, f.nullable) {
+            (true, false) => ("req", t),
+            (true, true) => ("req_null", quote!(Option<#t>)),
+            (false, false) => ("opt", quote!(Option<#t>)),
+            (false, true) => ("opt_null", quote!(Option<Option<#t>>)),
+        };
+        let kind = ident(kind);
         let wire = &f.wire;
-        quote! { #docs #kind #name: #t => #wire, }
+        (quote! { #docs pub #name: #t, }, quote!(#name #kind #wire))
     }
 
     fn op_tokens(&self, op: &Operation, inner_types: &[usize]) -> TokenStream {
@@ -456,6 +465,7 @@ impl<'m> Emitter<'m> {
 
         // The request: path and query parameters, then the JSON body.
         let mut fields = Vec::new();
+        let mut entries = Vec::new();
         for p in &op.params {
             if p.location == ParamLocation::Header {
                 continue;
@@ -476,7 +486,9 @@ impl<'m> Emitter<'m> {
                 fixed: None,
             };
             let place = if p.location == ParamLocation::Path { "Path" } else { "Query" };
-            fields.push(self.field_tokens(&f, false, &op.module, Some(place)));
+            let (decl, entry) = self.field_tokens(&f, false, &op.module, Some(place));
+            fields.push(decl);
+            entries.push(entry);
         }
         let mut items = Vec::new();
         if let Some(Body::Json { ty, required, .. }) = &op.request {
@@ -484,19 +496,24 @@ impl<'m> Emitter<'m> {
                 let t = self.ty_tokens(ty, &op.module);
                 items.push(quote!(pub type RequestBody = #t;));
             }
-            let kind = ident(if *required { "req" } else { "opt" });
-            fields.push(quote!(#[doc = " The JSON body."] #kind body: RequestBody => "body",));
+            if *required {
+                fields.push(quote!(#[doc = " The JSON body."] pub body: RequestBody,));
+                entries.push(quote!(body req "body"));
+            } else {
+                fields.push(quote!(#[doc = " The JSON body."] pub body: Option<RequestBody>,));
+                entries.push(quote!(body opt "body"));
+            }
         }
         let all_optional = op.params.iter().all(|p| !p.required || p.location == ParamLocation::Header)
             && !matches!(&op.request, Some(Body::Json { required: true, .. }));
-        let default = if all_optional { quote!(#[derive(Default)]) } else { quote!() };
-        items.push(quote! {
-            crate::json_object! {
-                #[doc = " Path and query parameters and the JSON body (under `body`), by their wire names."]
-                #default
-                Request { #(#fields)* }
-            }
-        });
+        items.push(object_tokens(
+            doc("Path and query parameters and the JSON body (under `body`), by their wire names."),
+            &ident("Request"),
+            all_optional,
+            &fields,
+            &entries,
+            None,
+        ));
         for r in &op.responses {
             if let Some(Body::Json { ty, .. }) = &r.body {
                 let name = op.response_type_name(&r.status);
@@ -650,6 +667,35 @@ impl<'m> Emitter<'m> {
             doc_line = format!("//! The {} API: modules of `data/api/{}`, and its route table.\n\n", feature, feature);
         }
         Ok(format!("{doc_line}{}", pretty(tokens, top)?))
+    }
+}
+
+/// A struct for a JSON object and its serde impls.
+fn object_tokens(
+    doc: TokenStream,
+    name: &Ident,
+    default: bool,
+    decls: &[TokenStream],
+    entries: &[TokenStream],
+    rest: Option<(Ident, TokenStream)>,
+) -> TokenStream {
+    let derive = if default {
+        quote!(#[derive(Clone, Debug, PartialEq, Default)])
+    } else {
+        quote!(#[derive(Clone, Debug, PartialEq)])
+    };
+    let (rest_decl, rest_entry) = match rest {
+        Some((id, decl)) => (decl, quote!(rest #id)),
+        None => (quote!(), quote!()),
+    };
+    quote! {
+        #doc
+        #derive
+        pub struct #name {
+            #(#decls)*
+            #rest_decl
+        }
+        crate::json_object!(#name { #(#entries),* } #rest_entry);
     }
 }
 

@@ -80,27 +80,21 @@ impl Rest for Closed {
     }
 }
 
-/// A struct for a JSON object. Field kinds: `req` (required), `opt` (optional: absent is
-/// `None`), `req_null` (required, may be `null`), `opt_null` (optional and may be `null`:
-/// absent is `None`, `null` is `Some(None)`). The `rest` field takes keys the schema does not
-/// name (see [`Rest`]).
+/// Turns `Option<Option<T>>` into `Option<T>` (a function, so inference needs no method).
+#[doc(hidden)]
+pub fn flatten<T>(v: Option<Option<T>>) -> Option<T> {
+    v.flatten()
+}
+
+/// Serde impls for a struct that stands for a JSON object. Each field is listed with its kind
+/// and wire name. Kinds: `req` (required), `opt` (optional: absent is `None`), `req_null`
+/// (required, may be `null`), `opt_null` (optional and may be `null`: absent is `None`,
+/// `null` is `Some(None)`). The `rest` field takes keys the schema does not name (see
+/// [`Rest`]); without one they are dropped.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! json_object {
-    (
-        $(#[$meta:meta])*
-        $name:ident {
-            $( $(#[$fmeta:meta])* $kind:ident $field:ident : $ty:ty => $wire:literal, )*
-        }
-        $( $(#[$rmeta:meta])* rest $rest:ident : $rest_ty:ty )?
-    ) => {
-        $(#[$meta])*
-        #[derive(Clone, Debug, PartialEq)]
-        pub struct $name {
-            $( $(#[$fmeta])* pub $field: $crate::json_object!(@ty $kind $ty), )*
-            $( $(#[$rmeta])* pub $rest: $rest_ty, )?
-        }
-
+    ($name:ident { $( $field:ident $kind:ident $wire:literal ),* $(,)? } $( rest $rest:ident )?) => {
         impl serde::Serialize for $name {
             #[allow(unused_mut)]
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -122,8 +116,8 @@ macro_rules! json_object {
                     }
                     #[allow(unused_mut)]
                     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<$name, A::Error> {
-                        $( let mut $field: Option<$crate::json_object!(@slot $kind $ty)> = None; )*
-                        $( let mut $rest = <$rest_ty as Default>::default(); )?
+                        $( let mut $field = None; )*
+                        $( let mut $rest = Default::default(); )?
                         while let Some(key) = map.next_key::<$crate::macros::Key<'de>>()? {
                             match &*key.0 {
                                 $( $wire => $field = Some(map.next_value()?), )*
@@ -148,16 +142,6 @@ macro_rules! json_object {
         $crate::macros::Rest::accept(&mut $crate::macros::Closed, $key.0, &mut $map)?
     };
 
-    (@ty req $ty:ty) => { $ty };
-    (@ty opt $ty:ty) => { Option<$ty> };
-    (@ty req_null $ty:ty) => { Option<$ty> };
-    (@ty opt_null $ty:ty) => { Option<Option<$ty>> };
-
-    (@slot req $ty:ty) => { $ty };
-    (@slot opt $ty:ty) => { $ty };
-    (@slot req_null $ty:ty) => { Option<$ty> };
-    (@slot opt_null $ty:ty) => { Option<$ty> };
-
     (@ser req $m:ident, $v:expr, $wire:literal) => { $m.serialize_entry($wire, &$v)? };
     (@ser req_null $m:ident, $v:expr, $wire:literal) => { $m.serialize_entry($wire, &$v)? };
     (@ser opt $m:ident, $v:expr, $wire:literal) => { if let Some(v) = &$v { $m.serialize_entry($wire, v)?; } };
@@ -166,22 +150,17 @@ macro_rules! json_object {
     (@finish req $f:ident, $wire:literal, $a:ident) => {
         $f.ok_or_else(|| <$a::Error as serde::de::Error>::missing_field($wire))?
     };
-    (@finish req_null $f:ident, $wire:literal, $a:ident) => { $f.flatten() };
+    (@finish req_null $f:ident, $wire:literal, $a:ident) => { $crate::macros::flatten($f) };
     (@finish opt $f:ident, $wire:literal, $a:ident) => { $f };
     (@finish opt_null $f:ident, $wire:literal, $a:ident) => { $f };
 }
 
-/// An enum for `oneOf`, `anyOf` or a `type` list: the first variant the value fits.
+/// Serde impls for an enum that stands for `oneOf`, `anyOf` or a `type` list: the first
+/// variant the value fits.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! json_untagged {
-    ($(#[$meta:meta])* $name:ident { $( $variant:ident($ty:ty), )* }) => {
-        $(#[$meta])*
-        #[derive(Clone, Debug, PartialEq)]
-        pub enum $name {
-            $( $variant($ty), )*
-        }
-
+    ($name:ident { $( $variant:ident ),* $(,)? }) => {
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 match self {
@@ -194,13 +173,59 @@ macro_rules! json_untagged {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let value = <$crate::JsonValue as serde::Deserialize>::deserialize(d)?;
                 $(
-                    if let Ok(v) = <$ty as serde::Deserialize>::deserialize(&value) {
+                    if let Ok(v) = serde::Deserialize::deserialize(&value) {
                         return Ok(Self::$variant(v));
                     }
                 )*
                 Err(<D::Error as serde::de::Error>::custom(concat!(
                     "the value fits no variant of ", stringify!($name)
                 )))
+            }
+        }
+    };
+}
+
+/// Impls for a string enum whose last variant, `Other(String)`, keeps values this version of
+/// the spec does not name, so that a newer server never breaks an older reader.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! string_enum {
+    ($name:ident { $( $variant:ident $wire:literal ),* $(,)? }) => {
+        impl $name {
+            /// The value as it appears on the wire.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $( Self::$variant => $wire, )*
+                    Self::Other(s) => s,
+                }
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                match s {
+                    $( $wire => Self::$variant, )*
+                    other => Self::Other(other.to_owned()),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let key = <$crate::macros::Key<'de> as serde::Deserialize>::deserialize(d)?;
+                Ok(Self::from(&*key.0))
             }
         }
     };

@@ -30,19 +30,21 @@ pub mod ping {
         spec_url: "https://spec.matrix.org/v1.19/application-service-api/#post_matrixappv1ping",
         spec_file: "api/application-service/ping.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " The JSON body."] opt body : RequestBody =>
-        "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: Option<RequestBody>,
     }
+    crate::json_object!(Request { body opt "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/application-service/ping.yaml` at `/paths/~1ping/post/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt transaction_id : String => "transaction_id",
-        } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    /// Schema: `data/api/application-service/ping.yaml` at `/paths/~1ping/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub transaction_id: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(RequestBody { transaction_id opt "transaction_id" } rest extra);
 }

@@ -49,12 +49,13 @@ pub mod get_protocol_metadata {
         spec_url: "https://spec.matrix.org/v1.19/application-service-api/#get_matrixappv1thirdpartyprotocolprotocol",
         spec_file: "api/application-service/protocols.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `protocol`."] req protocol : String =>
-        "protocol", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `protocol`.
+        pub protocol: String,
     }
+    crate::json_object!(Request { protocol req "protocol" });
     /// The `200` response body.
     pub type Response = crate::application_service::definitions::protocol::Protocol;
     /// The `401` response body.
@@ -117,13 +118,15 @@ pub mod query_user_by_protocol {
         spec_url: "https://spec.matrix.org/v1.19/application-service-api/#get_matrixappv1thirdpartyuserprotocol",
         spec_file: "api/application-service/protocols.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `protocol`."] req protocol : String =>
-        "protocol", #[doc = " Query parameter `fields`."] opt fields :
-        std::collections::BTreeMap < String, String > => "fields", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `protocol`.
+        pub protocol: String,
+        /// Query parameter `fields`.
+        pub fields: Option<std::collections::BTreeMap<String, String>>,
     }
+    crate::json_object!(Request { protocol req "protocol", fields opt "fields" });
     /// The `200` response body.
     pub type Response = Vec<crate::application_service::definitions::user::User>;
     /// The `401` response body.
@@ -186,13 +189,15 @@ pub mod query_location_by_protocol {
         spec_url: "https://spec.matrix.org/v1.19/application-service-api/#get_matrixappv1thirdpartylocationprotocol",
         spec_file: "api/application-service/protocols.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `protocol`."] req protocol : String =>
-        "protocol", #[doc = " Query parameter `fields`."] opt fields :
-        std::collections::BTreeMap < String, String > => "fields", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `protocol`.
+        pub protocol: String,
+        /// Query parameter `fields`.
+        pub fields: Option<std::collections::BTreeMap<String, String>>,
     }
+    crate::json_object!(Request { protocol req "protocol", fields opt "fields" });
     /// The `200` response body.
     pub type Response = Vec<crate::application_service::definitions::location::Location>;
     /// The `401` response body.
@@ -249,12 +254,13 @@ pub mod query_location_by_alias {
         spec_url: "https://spec.matrix.org/v1.19/application-service-api/#get_matrixappv1thirdpartylocation",
         spec_file: "api/application-service/protocols.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " Query parameter `alias`."] opt alias :
-        String => "alias", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// Query parameter `alias`.
+        pub alias: Option<String>,
     }
+    crate::json_object!(Request { alias opt "alias" });
     /// The `200` response body.
     pub type Response = Vec<crate::application_service::definitions::location::Location>;
     /// The `401` response body.
@@ -311,12 +317,13 @@ pub mod query_user_by_id {
         spec_url: "https://spec.matrix.org/v1.19/application-service-api/#get_matrixappv1thirdpartyuser",
         spec_file: "api/application-service/protocols.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " Query parameter `userid`."] opt userid :
-        String => "userid", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// Query parameter `userid`.
+        pub userid: Option<String>,
     }
+    crate::json_object!(Request { userid opt "userid" });
     /// The `200` response body.
     pub type Response = Vec<crate::application_service::definitions::user::User>;
     /// The `401` response body.

@@ -49,12 +49,13 @@ pub mod query_room_by_alias {
         spec_url: "https://spec.matrix.org/v1.19/application-service-api/#get_matrixappv1roomsroomalias",
         spec_file: "api/application-service/query_room.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomAlias`."] req room_alias : String =>
-        "roomAlias", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomAlias`.
+        pub room_alias: String,
     }
+    crate::json_object!(Request { room_alias req "roomAlias" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `401` response body.

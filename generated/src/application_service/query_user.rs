@@ -49,12 +49,13 @@ pub mod query_user_by_id {
         spec_url: "https://spec.matrix.org/v1.19/application-service-api/#get_matrixappv1usersuserid",
         spec_file: "api/application-service/query_user.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
-        }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: String,
     }
+    crate::json_object!(Request { user_id req "userId" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `401` response body.

@@ -37,22 +37,27 @@ pub mod send_transaction {
         spec_url: "https://spec.matrix.org/v1.19/application-service-api/#put_matrixappv1transactionstxnid",
         spec_file: "api/application-service/transactions.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `txnId`."] req txn_id : String => "txnId",
-        #[doc = " The JSON body."] opt body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `txnId`.
+        pub txn_id: String,
+        /// The JSON body.
+        pub body: Option<RequestBody>,
     }
+    crate::json_object!(Request { txn_id req "txnId", body opt "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/application-service/transactions.yaml` at `/paths/~1transactions~1{txnId}/put/requestBody/content/application~1json/schema`."]
-        RequestBody { req events : Vec < crate
-        ::client_server::definitions::client_event::ClientEvent > => "events", #[doc =
-        " Added in v1.13."] opt ephemeral : Vec < crate
-        ::events::core_event_schema::event::Event > => "ephemeral", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/application-service/transactions.yaml` at `/paths/~1transactions~1{txnId}/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub events: Vec<crate::client_server::definitions::client_event::ClientEvent>,
+        /// Added in v1.13.
+        pub ephemeral: Option<Vec<crate::events::core_event_schema::event::Event>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        RequestBody { events req "events", ephemeral opt "ephemeral" } rest extra
+    );
 }

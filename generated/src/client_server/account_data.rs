@@ -56,13 +56,19 @@ pub mod set_account_data {
         spec_file: "api/client-server/account-data.yaml",
     };
     pub type RequestBody = crate::JsonObject;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
-        #[doc = " Path parameter `type`."] req type_ : String => "type", #[doc =
-        " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: String,
+        /// Path parameter `type`.
+        pub type_: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { user_id req "userId", type_ req "type", body req "body" }
+    );
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `400` response body.
@@ -121,12 +127,15 @@ pub mod get_account_data {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3useruseridaccount_datatype",
         spec_file: "api/client-server/account-data.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
-        #[doc = " Path parameter `type`."] req type_ : String => "type", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: String,
+        /// Path parameter `type`.
+        pub type_: String,
     }
+    crate::json_object!(Request { user_id req "userId", type_ req "type" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `403` response body.
@@ -194,14 +203,22 @@ pub mod set_account_data_per_room {
         spec_file: "api/client-server/account-data.yaml",
     };
     pub type RequestBody = crate::JsonObject;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
-        #[doc = " Path parameter `roomId`."] req room_id : String => "roomId", #[doc =
-        " Path parameter `type`."] req type_ : String => "type", #[doc =
-        " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: String,
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Path parameter `type`.
+        pub type_: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { user_id req "userId", room_id req "roomId", type_ req "type", body req
+        "body" }
+    );
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `400` response body.
@@ -270,13 +287,19 @@ pub mod get_account_data_per_room {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3useruseridroomsroomidaccount_datatype",
         spec_file: "api/client-server/account-data.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
-        #[doc = " Path parameter `roomId`."] req room_id : String => "roomId", #[doc =
-        " Path parameter `type`."] req type_ : String => "type", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: String,
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Path parameter `type`.
+        pub type_: String,
     }
+    crate::json_object!(
+        Request { user_id req "userId", room_id req "roomId", type_ req "type" }
+    );
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `400` response body.

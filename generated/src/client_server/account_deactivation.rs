@@ -38,41 +38,63 @@ pub mod deactivate_account {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3accountdeactivate",
         spec_file: "api/client-server/account_deactivation.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `401` response body.
     pub type Response401 = crate::client_server::definitions::auth_response::AuthResponse;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/account_deactivation.yaml` at `/paths/~1account~1deactivate/post/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt auth : Auth => "auth", opt id_server :
-        String => "id_server", #[doc = " Added in v1.10."] opt erase : bool => "erase", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    /// Schema: `data/api/client-server/account_deactivation.yaml` at `/paths/~1account~1deactivate/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub auth: Option<Auth>,
+        pub id_server: Option<String>,
+        /// Added in v1.10.
+        pub erase: Option<bool>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/account_deactivation.yaml` at `/paths/~1account~1deactivate/post/requestBody/content/application~1json/schema/properties/auth`."]
-        #[derive(Default)] Auth { opt type_ : String => "type", opt session : String =>
-        "session", } #[doc = " Keys beyond the named ones."] rest additional :
-        std::collections::BTreeMap < String, crate ::JsonValue >
+    crate::json_object!(
+        RequestBody { auth opt "auth", id_server opt "id_server", erase opt "erase" }
+        rest extra
+    );
+    /// Schema: `data/api/client-server/account_deactivation.yaml` at `/paths/~1account~1deactivate/post/requestBody/content/application~1json/schema/properties/auth`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Auth {
+        pub type_: Option<String>,
+        pub session: Option<String>,
+        /// Keys beyond the named ones.
+        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/account_deactivation.yaml` at `/paths/~1account~1deactivate/post/responses/200/content/application~1json/schema`."]
-        Response { req id_server_unbind_result : IdServerUnbindResult =>
-        "id_server_unbind_result", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Auth { type_ opt "type", session opt "session" } rest additional
+    );
+    /// Schema: `data/api/client-server/account_deactivation.yaml` at `/paths/~1account~1deactivate/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub id_server_unbind_result: IdServerUnbindResult,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/account_deactivation.yaml` at `/paths/~1account~1deactivate/post/responses/200/content/application~1json/schema/properties/id_server_unbind_result`."]
-        IdServerUnbindResult { Success => "success", NoSupport => "no-support", }
+    crate::json_object!(
+        Response { id_server_unbind_result req "id_server_unbind_result" } rest extra
+    );
+    /// Schema: `data/api/client-server/account_deactivation.yaml` at `/paths/~1account~1deactivate/post/responses/200/content/application~1json/schema/properties/id_server_unbind_result`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum IdServerUnbindResult {
+        /// `success`
+        Success,
+        /// `no-support`
+        NoSupport,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(
+        IdServerUnbindResult { Success "success", NoSupport "no-support" }
+    );
 }

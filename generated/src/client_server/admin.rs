@@ -37,44 +37,54 @@ pub mod get_who_is {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3adminwhoisuserid",
         spec_file: "api/client-server/admin.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
-        }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: String,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v3~1admin~1whois~1{userId}/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt user_id : String => "user_id", opt devices :
-        std::collections::BTreeMap < String, DeviceInfo > => "devices", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { user_id req "userId" });
+    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v3~1admin~1whois~1{userId}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub user_id: Option<String>,
+        pub devices: Option<std::collections::BTreeMap<String, DeviceInfo>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v3~1admin~1whois~1{userId}/get/responses/200/content/application~1json/schema/properties/devices/additionalProperties`."]
-        #[derive(Default)] DeviceInfo { opt sessions : Vec < SessionInfo > => "sessions",
-        } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::json_object!(
+        Response { user_id opt "user_id", devices opt "devices" } rest extra
+    );
+    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v3~1admin~1whois~1{userId}/get/responses/200/content/application~1json/schema/properties/devices/additionalProperties`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct DeviceInfo {
+        pub sessions: Option<Vec<SessionInfo>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v3~1admin~1whois~1{userId}/get/responses/200/content/application~1json/schema/properties/devices/additionalProperties/properties/sessions/items`."]
-        #[derive(Default)] SessionInfo { opt connections : Vec < ConnectionInfo > =>
-        "connections", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(DeviceInfo { sessions opt "sessions" } rest extra);
+    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v3~1admin~1whois~1{userId}/get/responses/200/content/application~1json/schema/properties/devices/additionalProperties/properties/sessions/items`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct SessionInfo {
+        pub connections: Option<Vec<ConnectionInfo>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v3~1admin~1whois~1{userId}/get/responses/200/content/application~1json/schema/properties/devices/additionalProperties/properties/sessions/items/properties/connections/items`."]
-        #[derive(Default)] ConnectionInfo { opt ip : String => "ip", #[doc =
-        " Format `int64`."] opt last_seen : i64 => "last_seen", opt user_agent : String
-        => "user_agent", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(SessionInfo { connections opt "connections" } rest extra);
+    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v3~1admin~1whois~1{userId}/get/responses/200/content/application~1json/schema/properties/devices/additionalProperties/properties/sessions/items/properties/connections/items`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct ConnectionInfo {
+        pub ip: Option<String>,
+        /// Format `int64`.
+        pub last_seen: Option<i64>,
+        pub user_agent: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        ConnectionInfo { ip opt "ip", last_seen opt "last_seen", user_agent opt
+        "user_agent" } rest extra
+    );
 }
 /// `GET /_matrix/client/v1/admin/suspend/{userId}`: operation `getAdminSuspendUser`.
 ///
@@ -123,25 +133,27 @@ pub mod get_admin_suspend_user {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1adminsuspenduserid",
         spec_file: "api/client-server/admin.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
-        => "userId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: crate::ids::UserId,
     }
+    crate::json_object!(Request { user_id req "userId" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1suspend~1{userId}/get/responses/200/content/application~1json/schema`."]
-        Response { req suspended : bool => "suspended", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1suspend~1{userId}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub suspended: bool,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { suspended req "suspended" } rest extra);
 }
 /// `PUT /_matrix/client/v1/admin/suspend/{userId}`: operation `setAdminSuspendUser`.
 ///
@@ -190,32 +202,37 @@ pub mod set_admin_suspend_user {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv1adminsuspenduserid",
         spec_file: "api/client-server/admin.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
-        => "userId", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: crate::ids::UserId,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { user_id req "userId", body req "body" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1suspend~1{userId}/put/requestBody/content/application~1json/schema`."]
-        RequestBody { req suspended : bool => "suspended", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1suspend~1{userId}/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub suspended: bool,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1suspend~1{userId}/put/responses/200/content/application~1json/schema`."]
-        Response { req suspended : bool => "suspended", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(RequestBody { suspended req "suspended" } rest extra);
+    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1suspend~1{userId}/put/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub suspended: bool,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { suspended req "suspended" } rest extra);
 }
 /// `GET /_matrix/client/v1/admin/lock/{userId}`: operation `getAdminLockUser`.
 ///
@@ -264,25 +281,27 @@ pub mod get_admin_lock_user {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1adminlockuserid",
         spec_file: "api/client-server/admin.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
-        => "userId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: crate::ids::UserId,
     }
+    crate::json_object!(Request { user_id req "userId" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1lock~1{userId}/get/responses/200/content/application~1json/schema`."]
-        Response { req locked : bool => "locked", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1lock~1{userId}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub locked: bool,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { locked req "locked" } rest extra);
 }
 /// `PUT /_matrix/client/v1/admin/lock/{userId}`: operation `setAdminLockUser`.
 ///
@@ -331,30 +350,35 @@ pub mod set_admin_lock_user {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv1adminlockuserid",
         spec_file: "api/client-server/admin.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
-        => "userId", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: crate::ids::UserId,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { user_id req "userId", body req "body" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1lock~1{userId}/put/requestBody/content/application~1json/schema`."]
-        RequestBody { req locked : bool => "locked", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1lock~1{userId}/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub locked: bool,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1lock~1{userId}/put/responses/200/content/application~1json/schema`."]
-        Response { req locked : bool => "locked", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(RequestBody { locked req "locked" } rest extra);
+    /// Schema: `data/api/client-server/admin.yaml` at `/paths/~1v1~1admin~1lock~1{userId}/put/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub locked: bool,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { locked req "locked" } rest extra);
 }

@@ -30,33 +30,45 @@ pub mod get_account3_pi_ds {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3account3pid",
         spec_file: "api/client-server/administrative_contact.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
+    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub threepids: Option<Vec<ThirdPartyIdentifier>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt threepids : Vec < ThirdPartyIdentifier > =>
-        "threepids", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Response { threepids opt "threepids" } rest extra);
+    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/get/responses/200/content/application~1json/schema/properties/threepids/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct ThirdPartyIdentifier {
+        pub medium: Medium,
+        pub address: String,
+        /// Format `int64`.
+        pub validated_at: i64,
+        /// Format `int64`.
+        pub added_at: i64,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/get/responses/200/content/application~1json/schema/properties/threepids/items`."]
-        ThirdPartyIdentifier { req medium : Medium => "medium", req address : String =>
-        "address", #[doc = " Format `int64`."] req validated_at : i64 => "validated_at",
-        #[doc = " Format `int64`."] req added_at : i64 => "added_at", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        ThirdPartyIdentifier { medium req "medium", address req "address", validated_at
+        req "validated_at", added_at req "added_at" } rest extra
+    );
+    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/get/responses/200/content/application~1json/schema/properties/threepids/items/properties/medium`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Medium {
+        /// `email`
+        Email,
+        /// `msisdn`
+        Msisdn,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/get/responses/200/content/application~1json/schema/properties/threepids/items/properties/medium`."]
-        Medium { Email => "email", Msisdn => "msisdn", }
-    }
+    crate::string_enum!(Medium { Email "email", Msisdn "msisdn" });
 }
 /// `POST /_matrix/client/v3/account/3pid`: operation `post3PIDs`.
 ///
@@ -90,37 +102,48 @@ pub mod post3_pi_ds {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3account3pid",
         spec_file: "api/client-server/administrative_contact.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req three_pid_creds : ThreePidCredentials => "three_pid_creds", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub three_pid_creds: ThreePidCredentials,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/post/requestBody/content/application~1json/schema/properties/three_pid_creds`."]
-        ThreePidCredentials { req client_secret : String => "client_secret", req
-        id_server : String => "id_server", req id_access_token : String =>
-        "id_access_token", req sid : String => "sid", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { three_pid_creds req "three_pid_creds" } rest extra
+    );
+    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/post/requestBody/content/application~1json/schema/properties/three_pid_creds`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct ThreePidCredentials {
+        pub client_secret: String,
+        pub id_server: String,
+        pub id_access_token: String,
+        pub sid: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/post/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { #[doc = " Format `uri`."] opt submit_url : String
-        => "submit_url", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        ThreePidCredentials { client_secret req "client_secret", id_server req
+        "id_server", id_access_token req "id_access_token", sid req "sid" } rest extra
+    );
+    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        /// Format `uri`.
+        pub submit_url: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { submit_url opt "submit_url" } rest extra);
 }
 /// `POST /_matrix/client/v3/account/3pid/add`: operation `add3PID`.
 ///
@@ -158,32 +181,43 @@ pub mod add3_pid {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3account3pidadd",
         spec_file: "api/client-server/administrative_contact.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `401` response body.
     pub type Response401 = crate::client_server::definitions::auth_response::AuthResponse;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1add/post/requestBody/content/application~1json/schema`."]
-        RequestBody { opt auth : Auth => "auth", req client_secret : String =>
-        "client_secret", req sid : String => "sid", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1add/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub auth: Option<Auth>,
+        pub client_secret: String,
+        pub sid: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1add/post/requestBody/content/application~1json/schema/properties/auth`."]
-        #[derive(Default)] Auth { opt type_ : String => "type", opt session : String =>
-        "session", } #[doc = " Keys beyond the named ones."] rest additional :
-        std::collections::BTreeMap < String, crate ::JsonValue >
+    crate::json_object!(
+        RequestBody { auth opt "auth", client_secret req "client_secret", sid req "sid" }
+        rest extra
+    );
+    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1add/post/requestBody/content/application~1json/schema/properties/auth`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Auth {
+        pub type_: Option<String>,
+        pub session: Option<String>,
+        /// Keys beyond the named ones.
+        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
     }
+    crate::json_object!(
+        Auth { type_ opt "type", session opt "session" } rest additional
+    );
 }
 /// `POST /_matrix/client/v3/account/3pid/bind`: operation `bind3PID`.
 ///
@@ -217,24 +251,31 @@ pub mod bind3_pid {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3account3pidbind",
         spec_file: "api/client-server/administrative_contact.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1bind/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req client_secret : String => "client_secret", req id_server :
-        String => "id_server", req id_access_token : String => "id_access_token", req sid
-        : String => "sid", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1bind/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub client_secret: String,
+        pub id_server: String,
+        pub id_access_token: String,
+        pub sid: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        RequestBody { client_secret req "client_secret", id_server req "id_server",
+        id_access_token req "id_access_token", sid req "sid" } rest extra
+    );
 }
 /// `POST /_matrix/client/v3/account/3pid/delete`: operation `delete3pidFromAccount`.
 ///
@@ -264,37 +305,60 @@ pub mod delete3pid_from_account {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3account3piddelete",
         spec_file: "api/client-server/administrative_contact.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1delete/post/requestBody/content/application~1json/schema`."]
-        RequestBody { opt id_server : String => "id_server", req medium : Medium =>
-        "medium", req address : String => "address", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { body req "body" });
+    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1delete/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub id_server: Option<String>,
+        pub medium: Medium,
+        pub address: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1delete/post/requestBody/content/application~1json/schema/properties/medium`."]
-        Medium { Email => "email", Msisdn => "msisdn", }
+    crate::json_object!(
+        RequestBody { id_server opt "id_server", medium req "medium", address req
+        "address" } rest extra
+    );
+    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1delete/post/requestBody/content/application~1json/schema/properties/medium`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Medium {
+        /// `email`
+        Email,
+        /// `msisdn`
+        Msisdn,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1delete/post/responses/200/content/application~1json/schema`."]
-        Response { req id_server_unbind_result : IdServerUnbindResult =>
-        "id_server_unbind_result", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(Medium { Email "email", Msisdn "msisdn" });
+    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1delete/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub id_server_unbind_result: IdServerUnbindResult,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1delete/post/responses/200/content/application~1json/schema/properties/id_server_unbind_result`."]
-        IdServerUnbindResult { NoSupport => "no-support", Success => "success", }
+    crate::json_object!(
+        Response { id_server_unbind_result req "id_server_unbind_result" } rest extra
+    );
+    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1delete/post/responses/200/content/application~1json/schema/properties/id_server_unbind_result`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum IdServerUnbindResult {
+        /// `no-support`
+        NoSupport,
+        /// `success`
+        Success,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(
+        IdServerUnbindResult { NoSupport "no-support", Success "success" }
+    );
 }
 /// `POST /_matrix/client/v3/account/3pid/unbind`: operation `unbind3pidFromAccount`.
 ///
@@ -324,37 +388,60 @@ pub mod unbind3pid_from_account {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3account3pidunbind",
         spec_file: "api/client-server/administrative_contact.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1unbind/post/requestBody/content/application~1json/schema`."]
-        RequestBody { opt id_server : String => "id_server", req medium : Medium =>
-        "medium", req address : String => "address", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { body req "body" });
+    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1unbind/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub id_server: Option<String>,
+        pub medium: Medium,
+        pub address: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1unbind/post/requestBody/content/application~1json/schema/properties/medium`."]
-        Medium { Email => "email", Msisdn => "msisdn", }
+    crate::json_object!(
+        RequestBody { id_server opt "id_server", medium req "medium", address req
+        "address" } rest extra
+    );
+    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1unbind/post/requestBody/content/application~1json/schema/properties/medium`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Medium {
+        /// `email`
+        Email,
+        /// `msisdn`
+        Msisdn,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1unbind/post/responses/200/content/application~1json/schema`."]
-        Response { req id_server_unbind_result : IdServerUnbindResult =>
-        "id_server_unbind_result", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(Medium { Email "email", Msisdn "msisdn" });
+    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1unbind/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub id_server_unbind_result: IdServerUnbindResult,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1unbind/post/responses/200/content/application~1json/schema/properties/id_server_unbind_result`."]
-        IdServerUnbindResult { NoSupport => "no-support", Success => "success", }
+    crate::json_object!(
+        Response { id_server_unbind_result req "id_server_unbind_result" } rest extra
+    );
+    /// Schema: `data/api/client-server/administrative_contact.yaml` at `/paths/~1account~13pid~1unbind/post/responses/200/content/application~1json/schema/properties/id_server_unbind_result`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum IdServerUnbindResult {
+        /// `no-support`
+        NoSupport,
+        /// `success`
+        Success,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(
+        IdServerUnbindResult { NoSupport "no-support", Success "success" }
+    );
 }
 /// `POST /_matrix/client/v3/account/3pid/email/requestToken`: operation `requestTokenTo3PIDEmail`.
 ///
@@ -393,11 +480,13 @@ pub mod request_token_to3_pid_email {
         spec_file: "api/client-server/administrative_contact.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::request_email_validation::RequestEmailValidation;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::request_token_response::RequestTokenResponse;
     /// The `400` response body.
@@ -442,11 +531,13 @@ pub mod request_token_to3_pidmsisdn {
         spec_file: "api/client-server/administrative_contact.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::request_msisdn_validation::RequestMsisdnValidation;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::request_token_response::RequestTokenResponse;
     /// The `400` response body.

@@ -53,44 +53,62 @@ pub mod ping_appservice {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv1appserviceappserviceidping",
         spec_file: "api/client-server/appservice_ping.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `appserviceId`."] req appservice_id : String
-        => "appserviceId", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `appserviceId`.
+        pub appservice_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { appservice_id req "appserviceId", body req "body" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `504` response body.
     pub type Response504 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/appservice_ping.yaml` at `/paths/~1appservice~1{appserviceId}~1ping/post/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt transaction_id : String => "transaction_id",
-        } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    /// Schema: `data/api/client-server/appservice_ping.yaml` at `/paths/~1appservice~1{appserviceId}~1ping/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub transaction_id: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/appservice_ping.yaml` at `/paths/~1appservice~1{appserviceId}~1ping/post/responses/200/content/application~1json/schema`."]
-        Response { req duration_ms : i64 => "duration_ms", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(RequestBody { transaction_id opt "transaction_id" } rest extra);
+    /// Schema: `data/api/client-server/appservice_ping.yaml` at `/paths/~1appservice~1{appserviceId}~1ping/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub duration_ms: i64,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/appservice_ping.yaml` at `/paths/~1appservice~1{appserviceId}~1ping/post/responses/502/content/application~1json/schema`."]
-        Response502 { req errcode : Errcode => "errcode", opt error : String => "error",
-        opt status : i64 => "status", opt body : String => "body", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Response { duration_ms req "duration_ms" } rest extra);
+    /// Schema: `data/api/client-server/appservice_ping.yaml` at `/paths/~1appservice~1{appserviceId}~1ping/post/responses/502/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response502 {
+        pub errcode: Errcode,
+        pub error: Option<String>,
+        pub status: Option<i64>,
+        pub body: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/appservice_ping.yaml` at `/paths/~1appservice~1{appserviceId}~1ping/post/responses/502/content/application~1json/schema/properties/errcode`."]
-        Errcode { MBadStatus => "M_BAD_STATUS", MConnectionFailed =>
-        "M_CONNECTION_FAILED", }
+    crate::json_object!(
+        Response502 { errcode req "errcode", error opt "error", status opt "status", body
+        opt "body" } rest extra
+    );
+    /// Schema: `data/api/client-server/appservice_ping.yaml` at `/paths/~1appservice~1{appserviceId}~1ping/post/responses/502/content/application~1json/schema/properties/errcode`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Errcode {
+        /// `M_BAD_STATUS`
+        MBadStatus,
+        /// `M_CONNECTION_FAILED`
+        MConnectionFailed,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(
+        Errcode { MBadStatus "M_BAD_STATUS", MConnectionFailed "M_CONNECTION_FAILED" }
+    );
 }

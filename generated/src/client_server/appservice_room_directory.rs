@@ -43,25 +43,38 @@ pub mod update_appservice_room_directory_visibility {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3directorylistappservicenetworkidroomid",
         spec_file: "api/client-server/appservice_room_directory.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `networkId`."] req network_id : String =>
-        "networkId", #[doc = " Path parameter `roomId`."] req room_id : String =>
-        "roomId", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `networkId`.
+        pub network_id: String,
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { network_id req "networkId", room_id req "roomId", body req "body" }
+    );
     /// The `200` response body.
     pub type Response = crate::JsonObject;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/appservice_room_directory.yaml` at `/paths/~1directory~1list~1appservice~1{networkId}~1{roomId}/put/requestBody/content/application~1json/schema`."]
-        RequestBody { req visibility : Visibility => "visibility", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/appservice_room_directory.yaml` at `/paths/~1directory~1list~1appservice~1{networkId}~1{roomId}/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub visibility: Visibility,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/appservice_room_directory.yaml` at `/paths/~1directory~1list~1appservice~1{networkId}~1{roomId}/put/requestBody/content/application~1json/schema/properties/visibility`."]
-        Visibility { Public => "public", Private => "private", }
+    crate::json_object!(RequestBody { visibility req "visibility" } rest extra);
+    /// Schema: `data/api/client-server/appservice_room_directory.yaml` at `/paths/~1directory~1list~1appservice~1{networkId}~1{roomId}/put/requestBody/content/application~1json/schema/properties/visibility`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Visibility {
+        /// `public`
+        Public,
+        /// `private`
+        Private,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(Visibility { Public "public", Private "private" });
 }

@@ -69,15 +69,20 @@ pub mod get_content_authed {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediadownloadservernamemediaid",
         spec_file: "api/client-server/authed-content-repo.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `serverName`."] req server_name : crate
-        ::ids::ServerName => "serverName", #[doc = " Path parameter `mediaId`."] req
-        media_id : String => "mediaId", #[doc =
-        " Query parameter `timeout_ms`. Added in v1.7."] opt timeout_ms : i64 =>
-        "timeout_ms", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `serverName`.
+        pub server_name: crate::ids::ServerName,
+        /// Path parameter `mediaId`.
+        pub media_id: String,
+        /// Query parameter `timeout_ms`. Added in v1.7.
+        pub timeout_ms: Option<i64>,
     }
+    crate::json_object!(
+        Request { server_name req "serverName", media_id req "mediaId", timeout_ms opt
+        "timeout_ms" }
+    );
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
     /// The `502` response body.
@@ -158,16 +163,22 @@ pub mod get_content_override_name_authed {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediadownloadservernamemediaidfilename",
         spec_file: "api/client-server/authed-content-repo.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `serverName`."] req server_name : crate
-        ::ids::ServerName => "serverName", #[doc = " Path parameter `mediaId`."] req
-        media_id : String => "mediaId", #[doc = " Path parameter `fileName`."] req
-        file_name : String => "fileName", #[doc =
-        " Query parameter `timeout_ms`. Added in v1.7."] opt timeout_ms : i64 =>
-        "timeout_ms", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `serverName`.
+        pub server_name: crate::ids::ServerName,
+        /// Path parameter `mediaId`.
+        pub media_id: String,
+        /// Path parameter `fileName`.
+        pub file_name: String,
+        /// Query parameter `timeout_ms`. Added in v1.7.
+        pub timeout_ms: Option<i64>,
     }
+    crate::json_object!(
+        Request { server_name req "serverName", media_id req "mediaId", file_name req
+        "fileName", timeout_ms opt "timeout_ms" }
+    );
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
     /// The `502` response body.
@@ -274,18 +285,29 @@ pub mod get_content_thumbnail_authed {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediathumbnailservernamemediaid",
         spec_file: "api/client-server/authed-content-repo.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `serverName`."] req server_name : crate
-        ::ids::ServerName => "serverName", #[doc = " Path parameter `mediaId`."] req
-        media_id : String => "mediaId", #[doc = " Query parameter `width`."] req width :
-        i64 => "width", #[doc = " Query parameter `height`."] req height : i64 =>
-        "height", #[doc = " Query parameter `method`."] opt method : Method => "method",
-        #[doc = " Query parameter `timeout_ms`. Added in v1.7."] opt timeout_ms : i64 =>
-        "timeout_ms", #[doc = " Query parameter `animated`. Added in v1.11."] opt
-        animated : bool => "animated", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `serverName`.
+        pub server_name: crate::ids::ServerName,
+        /// Path parameter `mediaId`.
+        pub media_id: String,
+        /// Query parameter `width`.
+        pub width: i64,
+        /// Query parameter `height`.
+        pub height: i64,
+        /// Query parameter `method`.
+        pub method: Option<Method>,
+        /// Query parameter `timeout_ms`. Added in v1.7.
+        pub timeout_ms: Option<i64>,
+        /// Query parameter `animated`. Added in v1.11.
+        pub animated: Option<bool>,
     }
+    crate::json_object!(
+        Request { server_name req "serverName", media_id req "mediaId", width req
+        "width", height req "height", method opt "method", timeout_ms opt "timeout_ms",
+        animated opt "animated" }
+    );
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `413` response body.
@@ -296,11 +318,17 @@ pub mod get_content_thumbnail_authed {
     pub type Response502 = crate::client_server::definitions::errors::error::Error;
     /// The `504` response body.
     pub type Response504 = crate::client_server::definitions::errors::error::Error;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/authed-content-repo.yaml` at `/paths/~1media~1thumbnail~1{serverName}~1{mediaId}/get/parameters/4/schema`."]
-        Method { Crop => "crop", Scale => "scale", }
+    /// Schema: `data/api/client-server/authed-content-repo.yaml` at `/paths/~1media~1thumbnail~1{serverName}~1{mediaId}/get/parameters/4/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Method {
+        /// `crop`
+        Crop,
+        /// `scale`
+        Scale,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(Method { Crop "crop", Scale "scale" });
 }
 /// `GET /_matrix/client/v1/media/preview_url`: operation `getUrlPreviewAuthed`.
 ///
@@ -347,23 +375,31 @@ pub mod get_url_preview_authed {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediapreview_url",
         spec_file: "api/client-server/authed-content-repo.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `url`."] req url : String => "url", #[doc =
-        " Query parameter `ts`."] opt ts : i64 => "ts", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `url`.
+        pub url: String,
+        /// Query parameter `ts`.
+        pub ts: Option<i64>,
     }
+    crate::json_object!(Request { url req "url", ts opt "ts" });
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/authed-content-repo.yaml` at `/paths/~1media~1preview_url/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { #[doc = " `matrix:image:size`. Format `int64`."]
-        opt matrix_image_size : i64 => "matrix:image:size", #[doc =
-        " `og:image`. Format `uri`."] opt og_image : String => "og:image", } #[doc =
-        " Keys beyond the named ones."] rest additional : std::collections::BTreeMap <
-        String, crate ::JsonValue >
+    /// Schema: `data/api/client-server/authed-content-repo.yaml` at `/paths/~1media~1preview_url/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        /// `matrix:image:size`. Format `int64`.
+        pub matrix_image_size: Option<i64>,
+        /// `og:image`. Format `uri`.
+        pub og_image: Option<String>,
+        /// Keys beyond the named ones.
+        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
     }
+    crate::json_object!(
+        Response { matrix_image_size opt "matrix:image:size", og_image opt "og:image" }
+        rest additional
+    );
 }
 /// `GET /_matrix/client/v1/media/config`: operation `getConfigAuthed`.
 ///
@@ -397,19 +433,19 @@ pub mod get_config_authed {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediaconfig",
         spec_file: "api/client-server/authed-content-repo.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/authed-content-repo.yaml` at `/paths/~1media~1config/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { #[doc = " `m.upload.size`. Format `int64`."] opt
-        m_upload_size : i64 => "m.upload.size", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/authed-content-repo.yaml` at `/paths/~1media~1config/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        /// `m.upload.size`. Format `int64`.
+        pub m_upload_size: Option<i64>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { m_upload_size opt "m.upload.size" } rest extra);
 }

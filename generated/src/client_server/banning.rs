@@ -41,24 +41,32 @@ pub mod ban {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidban",
         spec_file: "api/client-server/banning.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { room_id req "roomId", body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/banning.yaml` at `/paths/~1rooms~1{roomId}~1ban/post/requestBody/content/application~1json/schema`."]
-        RequestBody { #[doc = " Format `mx-user-id`."] req user_id : crate ::ids::UserId
-        => "user_id", #[doc = " Added in v1.1."] opt reason : String => "reason", } #[doc
-        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/banning.yaml` at `/paths/~1rooms~1{roomId}~1ban/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        /// Format `mx-user-id`.
+        pub user_id: crate::ids::UserId,
+        /// Added in v1.1.
+        pub reason: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        RequestBody { user_id req "user_id", reason opt "reason" } rest extra
+    );
 }
 /// `POST /_matrix/client/v3/rooms/{roomId}/unban`: operation `unban`.
 ///
@@ -99,22 +107,30 @@ pub mod unban {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidunban",
         spec_file: "api/client-server/banning.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { room_id req "roomId", body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/banning.yaml` at `/paths/~1rooms~1{roomId}~1unban/post/requestBody/content/application~1json/schema`."]
-        RequestBody { #[doc = " Format `mx-user-id`."] req user_id : crate ::ids::UserId
-        => "user_id", #[doc = " Added in v1.1."] opt reason : String => "reason", } #[doc
-        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/banning.yaml` at `/paths/~1rooms~1{roomId}~1unban/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        /// Format `mx-user-id`.
+        pub user_id: crate::ids::UserId,
+        /// Added in v1.1.
+        pub reason: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        RequestBody { user_id req "user_id", reason opt "reason" } rest extra
+    );
 }

@@ -2,13 +2,14 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/capabilities.yaml`.
 
-crate::json_object! {
-    #[doc =
-    " Schema: `data/api/client-server/capabilities.yaml` at `/components/schemas/booleanCapability`."]
-    BooleanCapability { req enabled : bool => "enabled", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/capabilities.yaml` at `/components/schemas/booleanCapability`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BooleanCapability {
+    pub enabled: bool,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(BooleanCapability { enabled req "enabled" } rest extra);
 /// `GET /_matrix/client/v3/capabilities`: operation `getCapabilities`.
 ///
 /// Spec: <https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3capabilities>
@@ -41,71 +42,109 @@ pub mod get_capabilities {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3capabilities",
         spec_file: "api/client-server/capabilities.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/capabilities.yaml` at `/paths/~1capabilities/get/responses/200/content/application~1json/schema`."]
-        Response { req capabilities : Capabilities => "capabilities", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/capabilities.yaml` at `/paths/~1capabilities/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub capabilities: Capabilities,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/capabilities.yaml` at `/paths/~1capabilities/get/responses/200/content/application~1json/schema/properties/capabilities`."]
-        #[derive(Default)] Capabilities { #[doc = " `m.change_password`."] opt
-        m_change_password : crate ::client_server::capabilities::BooleanCapability =>
-        "m.change_password", #[doc = " `m.forget_forced_upon_leave`. Added in v1.18."]
-        opt m_forget_forced_upon_leave : crate
-        ::client_server::capabilities::BooleanCapability => "m.forget_forced_upon_leave",
-        #[doc = " `m.room_versions`."] opt m_room_versions : RoomVersionsCapability =>
-        "m.room_versions", #[doc = " `m.set_displayname`. Deprecated."] opt
-        m_set_displayname : crate ::client_server::capabilities::BooleanCapability =>
-        "m.set_displayname", #[doc = " `m.set_avatar_url`. Deprecated."] opt
-        m_set_avatar_url : crate ::client_server::capabilities::BooleanCapability =>
-        "m.set_avatar_url", #[doc = " `m.3pid_changes`."] opt m_3pid_changes : crate
-        ::client_server::capabilities::BooleanCapability => "m.3pid_changes", #[doc =
-        " `m.get_login_token`."] opt m_get_login_token : crate
-        ::client_server::capabilities::BooleanCapability => "m.get_login_token", #[doc =
-        " `m.profile_fields`. Added in v1.16."] opt m_profile_fields :
-        ProfileFieldsCapability => "m.profile_fields", #[doc =
-        " `m.account_moderation`. Added in v1.18."] opt m_account_moderation :
-        AccountModerationCapability => "m.account_moderation", } #[doc =
-        " Keys beyond the named ones."] rest additional : std::collections::BTreeMap <
-        String, crate ::JsonValue >
+    crate::json_object!(Response { capabilities req "capabilities" } rest extra);
+    /// Schema: `data/api/client-server/capabilities.yaml` at `/paths/~1capabilities/get/responses/200/content/application~1json/schema/properties/capabilities`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Capabilities {
+        /// `m.change_password`.
+        pub m_change_password: Option<
+            crate::client_server::capabilities::BooleanCapability,
+        >,
+        /// `m.forget_forced_upon_leave`. Added in v1.18.
+        pub m_forget_forced_upon_leave: Option<
+            crate::client_server::capabilities::BooleanCapability,
+        >,
+        /// `m.room_versions`.
+        pub m_room_versions: Option<RoomVersionsCapability>,
+        /// `m.set_displayname`. Deprecated.
+        pub m_set_displayname: Option<
+            crate::client_server::capabilities::BooleanCapability,
+        >,
+        /// `m.set_avatar_url`. Deprecated.
+        pub m_set_avatar_url: Option<
+            crate::client_server::capabilities::BooleanCapability,
+        >,
+        /// `m.3pid_changes`.
+        pub m_3pid_changes: Option<
+            crate::client_server::capabilities::BooleanCapability,
+        >,
+        /// `m.get_login_token`.
+        pub m_get_login_token: Option<
+            crate::client_server::capabilities::BooleanCapability,
+        >,
+        /// `m.profile_fields`. Added in v1.16.
+        pub m_profile_fields: Option<ProfileFieldsCapability>,
+        /// `m.account_moderation`. Added in v1.18.
+        pub m_account_moderation: Option<AccountModerationCapability>,
+        /// Keys beyond the named ones.
+        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/capabilities.yaml` at `/paths/~1capabilities/get/responses/200/content/application~1json/schema/properties/capabilities/properties/m.room_versions`."]
-        RoomVersionsCapability { req default : String => "default", req available :
-        std::collections::BTreeMap < String, RoomVersionStability > => "available", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::json_object!(
+        Capabilities { m_change_password opt "m.change_password",
+        m_forget_forced_upon_leave opt "m.forget_forced_upon_leave", m_room_versions opt
+        "m.room_versions", m_set_displayname opt "m.set_displayname", m_set_avatar_url
+        opt "m.set_avatar_url", m_3pid_changes opt "m.3pid_changes", m_get_login_token
+        opt "m.get_login_token", m_profile_fields opt "m.profile_fields",
+        m_account_moderation opt "m.account_moderation" } rest additional
+    );
+    /// Schema: `data/api/client-server/capabilities.yaml` at `/paths/~1capabilities/get/responses/200/content/application~1json/schema/properties/capabilities/properties/m.room_versions`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RoomVersionsCapability {
+        pub default: String,
+        pub available: std::collections::BTreeMap<String, RoomVersionStability>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/capabilities.yaml` at `/paths/~1capabilities/get/responses/200/content/application~1json/schema/properties/capabilities/properties/m.room_versions/properties/available/additionalProperties`."]
-        RoomVersionStability { Stable => "stable", Unstable => "unstable", }
+    crate::json_object!(
+        RoomVersionsCapability { default req "default", available req "available" } rest
+        extra
+    );
+    /// Schema: `data/api/client-server/capabilities.yaml` at `/paths/~1capabilities/get/responses/200/content/application~1json/schema/properties/capabilities/properties/m.room_versions/properties/available/additionalProperties`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum RoomVersionStability {
+        /// `stable`
+        Stable,
+        /// `unstable`
+        Unstable,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/capabilities.yaml` at `/paths/~1capabilities/get/responses/200/content/application~1json/schema/properties/capabilities/properties/m.profile_fields`."]
-        ProfileFieldsCapability { opt allowed : Vec < String > => "allowed", opt
-        disallowed : Vec < String > => "disallowed", req enabled : bool => "enabled", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::string_enum!(RoomVersionStability { Stable "stable", Unstable "unstable" });
+    /// Schema: `data/api/client-server/capabilities.yaml` at `/paths/~1capabilities/get/responses/200/content/application~1json/schema/properties/capabilities/properties/m.profile_fields`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct ProfileFieldsCapability {
+        pub allowed: Option<Vec<String>>,
+        pub disallowed: Option<Vec<String>>,
+        pub enabled: bool,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/capabilities.yaml` at `/paths/~1capabilities/get/responses/200/content/application~1json/schema/properties/capabilities/properties/m.account_moderation`."]
-        #[derive(Default)] AccountModerationCapability { opt suspend : bool => "suspend",
-        opt lock : bool => "lock", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        ProfileFieldsCapability { allowed opt "allowed", disallowed opt "disallowed",
+        enabled req "enabled" } rest extra
+    );
+    /// Schema: `data/api/client-server/capabilities.yaml` at `/paths/~1capabilities/get/responses/200/content/application~1json/schema/properties/capabilities/properties/m.account_moderation`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct AccountModerationCapability {
+        pub suspend: Option<bool>,
+        pub lock: Option<bool>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        AccountModerationCapability { suspend opt "suspend", lock opt "lock" } rest extra
+    );
 }

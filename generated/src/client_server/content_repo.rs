@@ -55,26 +55,28 @@ pub mod upload_content {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixmediav3upload",
         spec_file: "api/client-server/content-repo.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " Query parameter `filename`."] opt filename
-        : String => "filename", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// Query parameter `filename`.
+        pub filename: Option<String>,
     }
+    crate::json_object!(Request { filename opt "filename" });
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `413` response body.
     pub type Response413 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v3~1upload/post/responses/200/content/application~1json/schema`."]
-        Response { #[doc = " Format `mx-mxc-uri`."] req content_uri : crate ::ids::MxcUri
-        => "content_uri", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v3~1upload/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        /// Format `mx-mxc-uri`.
+        pub content_uri: crate::ids::MxcUri,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { content_uri req "content_uri" } rest extra);
 }
 /// `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}`: operation `uploadContentToMXC`.
 ///
@@ -149,14 +151,20 @@ pub mod upload_content_to_mxc {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixmediav3uploadservernamemediaid",
         spec_file: "api/client-server/content-repo.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `serverName`."] req server_name : crate
-        ::ids::ServerName => "serverName", #[doc = " Path parameter `mediaId`."] req
-        media_id : String => "mediaId", #[doc = " Query parameter `filename`."] opt
-        filename : String => "filename", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `serverName`.
+        pub server_name: crate::ids::ServerName,
+        /// Path parameter `mediaId`.
+        pub media_id: String,
+        /// Query parameter `filename`.
+        pub filename: Option<String>,
     }
+    crate::json_object!(
+        Request { server_name req "serverName", media_id req "mediaId", filename opt
+        "filename" }
+    );
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `403` response body.
@@ -206,24 +214,28 @@ pub mod create_content {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixmediav1create",
         spec_file: "api/client-server/content-repo.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v1~1create/post/responses/200/content/application~1json/schema`."]
-        Response { #[doc = " Format `mx-mxc-uri`."] req content_uri : crate ::ids::MxcUri
-        => "content_uri", #[doc = " Format `int64`."] opt unused_expires_at : i64 =>
-        "unused_expires_at", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v1~1create/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        /// Format `mx-mxc-uri`.
+        pub content_uri: crate::ids::MxcUri,
+        /// Format `int64`.
+        pub unused_expires_at: Option<i64>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { content_uri req "content_uri", unused_expires_at opt
+        "unused_expires_at" } rest extra
+    );
 }
 /// `GET /_matrix/media/v3/download/{serverName}/{mediaId}`: operation `getContent`.
 ///
@@ -304,17 +316,25 @@ pub mod get_content {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixmediav3downloadservernamemediaid",
         spec_file: "api/client-server/content-repo.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `serverName`."] req server_name : crate
-        ::ids::ServerName => "serverName", #[doc = " Path parameter `mediaId`."] req
-        media_id : String => "mediaId", #[doc = " Query parameter `allow_remote`."] opt
-        allow_remote : bool => "allow_remote", #[doc =
-        " Query parameter `timeout_ms`. Added in v1.7."] opt timeout_ms : i64 =>
-        "timeout_ms", #[doc = " Query parameter `allow_redirect`. Added in v1.7."] opt
-        allow_redirect : bool => "allow_redirect", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `serverName`.
+        pub server_name: crate::ids::ServerName,
+        /// Path parameter `mediaId`.
+        pub media_id: String,
+        /// Query parameter `allow_remote`.
+        pub allow_remote: Option<bool>,
+        /// Query parameter `timeout_ms`. Added in v1.7.
+        pub timeout_ms: Option<i64>,
+        /// Query parameter `allow_redirect`. Added in v1.7.
+        pub allow_redirect: Option<bool>,
     }
+    crate::json_object!(
+        Request { server_name req "serverName", media_id req "mediaId", allow_remote opt
+        "allow_remote", timeout_ms opt "timeout_ms", allow_redirect opt "allow_redirect"
+        }
+    );
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
     /// The `502` response body.
@@ -407,18 +427,27 @@ pub mod get_content_override_name {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixmediav3downloadservernamemediaidfilename",
         spec_file: "api/client-server/content-repo.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `serverName`."] req server_name : crate
-        ::ids::ServerName => "serverName", #[doc = " Path parameter `mediaId`."] req
-        media_id : String => "mediaId", #[doc = " Path parameter `fileName`."] req
-        file_name : String => "fileName", #[doc = " Query parameter `allow_remote`."] opt
-        allow_remote : bool => "allow_remote", #[doc =
-        " Query parameter `timeout_ms`. Added in v1.7."] opt timeout_ms : i64 =>
-        "timeout_ms", #[doc = " Query parameter `allow_redirect`. Added in v1.7."] opt
-        allow_redirect : bool => "allow_redirect", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `serverName`.
+        pub server_name: crate::ids::ServerName,
+        /// Path parameter `mediaId`.
+        pub media_id: String,
+        /// Path parameter `fileName`.
+        pub file_name: String,
+        /// Query parameter `allow_remote`.
+        pub allow_remote: Option<bool>,
+        /// Query parameter `timeout_ms`. Added in v1.7.
+        pub timeout_ms: Option<i64>,
+        /// Query parameter `allow_redirect`. Added in v1.7.
+        pub allow_redirect: Option<bool>,
     }
+    crate::json_object!(
+        Request { server_name req "serverName", media_id req "mediaId", file_name req
+        "fileName", allow_remote opt "allow_remote", timeout_ms opt "timeout_ms",
+        allow_redirect opt "allow_redirect" }
+    );
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
     /// The `502` response body.
@@ -537,21 +566,34 @@ pub mod get_content_thumbnail {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixmediav3thumbnailservernamemediaid",
         spec_file: "api/client-server/content-repo.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `serverName`."] req server_name : crate
-        ::ids::ServerName => "serverName", #[doc = " Path parameter `mediaId`."] req
-        media_id : String => "mediaId", #[doc = " Query parameter `width`."] req width :
-        i64 => "width", #[doc = " Query parameter `height`."] req height : i64 =>
-        "height", #[doc = " Query parameter `method`."] opt method : Method => "method",
-        #[doc = " Query parameter `allow_remote`."] opt allow_remote : bool =>
-        "allow_remote", #[doc = " Query parameter `timeout_ms`. Added in v1.7."] opt
-        timeout_ms : i64 => "timeout_ms", #[doc =
-        " Query parameter `allow_redirect`. Added in v1.7."] opt allow_redirect : bool =>
-        "allow_redirect", #[doc = " Query parameter `animated`. Added in v1.11."] opt
-        animated : bool => "animated", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `serverName`.
+        pub server_name: crate::ids::ServerName,
+        /// Path parameter `mediaId`.
+        pub media_id: String,
+        /// Query parameter `width`.
+        pub width: i64,
+        /// Query parameter `height`.
+        pub height: i64,
+        /// Query parameter `method`.
+        pub method: Option<Method>,
+        /// Query parameter `allow_remote`.
+        pub allow_remote: Option<bool>,
+        /// Query parameter `timeout_ms`. Added in v1.7.
+        pub timeout_ms: Option<i64>,
+        /// Query parameter `allow_redirect`. Added in v1.7.
+        pub allow_redirect: Option<bool>,
+        /// Query parameter `animated`. Added in v1.11.
+        pub animated: Option<bool>,
     }
+    crate::json_object!(
+        Request { server_name req "serverName", media_id req "mediaId", width req
+        "width", height req "height", method opt "method", allow_remote opt
+        "allow_remote", timeout_ms opt "timeout_ms", allow_redirect opt "allow_redirect",
+        animated opt "animated" }
+    );
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `413` response body.
@@ -562,11 +604,17 @@ pub mod get_content_thumbnail {
     pub type Response502 = crate::client_server::definitions::errors::error::Error;
     /// The `504` response body.
     pub type Response504 = crate::client_server::definitions::errors::error::Error;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v3~1thumbnail~1{serverName}~1{mediaId}/get/parameters/4/schema`."]
-        Method { Crop => "crop", Scale => "scale", }
+    /// Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v3~1thumbnail~1{serverName}~1{mediaId}/get/parameters/4/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Method {
+        /// `crop`
+        Crop,
+        /// `scale`
+        Scale,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(Method { Crop "crop", Scale "scale" });
 }
 /// `GET /_matrix/media/v3/preview_url`: operation `getUrlPreview`.
 ///
@@ -613,23 +661,31 @@ pub mod get_url_preview {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixmediav3preview_url",
         spec_file: "api/client-server/content-repo.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `url`."] req url : String => "url", #[doc =
-        " Query parameter `ts`."] opt ts : i64 => "ts", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `url`.
+        pub url: String,
+        /// Query parameter `ts`.
+        pub ts: Option<i64>,
     }
+    crate::json_object!(Request { url req "url", ts opt "ts" });
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v3~1preview_url/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { #[doc = " `matrix:image:size`. Format `int64`."]
-        opt matrix_image_size : i64 => "matrix:image:size", #[doc =
-        " `og:image`. Format `uri`."] opt og_image : String => "og:image", } #[doc =
-        " Keys beyond the named ones."] rest additional : std::collections::BTreeMap <
-        String, crate ::JsonValue >
+    /// Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v3~1preview_url/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        /// `matrix:image:size`. Format `int64`.
+        pub matrix_image_size: Option<i64>,
+        /// `og:image`. Format `uri`.
+        pub og_image: Option<String>,
+        /// Keys beyond the named ones.
+        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
     }
+    crate::json_object!(
+        Response { matrix_image_size opt "matrix:image:size", og_image opt "og:image" }
+        rest additional
+    );
 }
 /// `GET /_matrix/media/v3/config`: operation `getConfig`.
 ///
@@ -663,19 +719,19 @@ pub mod get_config {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixmediav3config",
         spec_file: "api/client-server/content-repo.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v3~1config/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { #[doc = " `m.upload.size`. Format `int64`."] opt
-        m_upload_size : i64 => "m.upload.size", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/content-repo.yaml` at `/paths/~1media~1v3~1config/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        /// `m.upload.size`. Format `int64`.
+        pub m_upload_size: Option<i64>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { m_upload_size opt "m.upload.size" } rest extra);
 }

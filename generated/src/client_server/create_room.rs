@@ -38,56 +38,92 @@ pub mod create_room {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3createroom",
         spec_file: "api/client-server/create_room.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/create_room.yaml` at `/paths/~1createRoom/post/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt visibility : Visibility => "visibility", opt
-        room_alias_name : String => "room_alias_name", opt name : String => "name", opt
-        topic : String => "topic", opt invite : Vec < crate ::ids::UserId > => "invite",
-        opt invite_3pid : Vec < crate
-        ::client_server::definitions::invite_3pid::Invite3pid > => "invite_3pid", opt
-        room_version : String => "room_version", opt creation_content : crate
-        ::JsonObject => "creation_content", opt initial_state : Vec < StateEvent > =>
-        "initial_state", opt preset : Preset => "preset", opt is_direct : bool =>
-        "is_direct", opt power_level_content_override : crate ::JsonObject =>
-        "power_level_content_override", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/create_room.yaml` at `/paths/~1createRoom/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub visibility: Option<Visibility>,
+        pub room_alias_name: Option<String>,
+        pub name: Option<String>,
+        pub topic: Option<String>,
+        pub invite: Option<Vec<crate::ids::UserId>>,
+        pub invite_3pid: Option<
+            Vec<crate::client_server::definitions::invite_3pid::Invite3pid>,
+        >,
+        pub room_version: Option<String>,
+        pub creation_content: Option<crate::JsonObject>,
+        pub initial_state: Option<Vec<StateEvent>>,
+        pub preset: Option<Preset>,
+        pub is_direct: Option<bool>,
+        pub power_level_content_override: Option<crate::JsonObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/create_room.yaml` at `/paths/~1createRoom/post/requestBody/content/application~1json/schema/properties/visibility`."]
-        Visibility { Public => "public", Private => "private", }
+    crate::json_object!(
+        RequestBody { visibility opt "visibility", room_alias_name opt "room_alias_name",
+        name opt "name", topic opt "topic", invite opt "invite", invite_3pid opt
+        "invite_3pid", room_version opt "room_version", creation_content opt
+        "creation_content", initial_state opt "initial_state", preset opt "preset",
+        is_direct opt "is_direct", power_level_content_override opt
+        "power_level_content_override" } rest extra
+    );
+    /// Schema: `data/api/client-server/create_room.yaml` at `/paths/~1createRoom/post/requestBody/content/application~1json/schema/properties/visibility`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Visibility {
+        /// `public`
+        Public,
+        /// `private`
+        Private,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/create_room.yaml` at `/paths/~1createRoom/post/requestBody/content/application~1json/schema/properties/initial_state/items`."]
-        StateEvent { req type_ : String => "type", opt state_key : String => "state_key",
-        req content : crate ::JsonObject => "content", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(Visibility { Public "public", Private "private" });
+    /// Schema: `data/api/client-server/create_room.yaml` at `/paths/~1createRoom/post/requestBody/content/application~1json/schema/properties/initial_state/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct StateEvent {
+        pub type_: String,
+        pub state_key: Option<String>,
+        pub content: crate::JsonObject,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/create_room.yaml` at `/paths/~1createRoom/post/requestBody/content/application~1json/schema/properties/preset`."]
-        Preset { PrivateChat => "private_chat", PublicChat => "public_chat",
-        TrustedPrivateChat => "trusted_private_chat", }
+    crate::json_object!(
+        StateEvent { type_ req "type", state_key opt "state_key", content req "content" }
+        rest extra
+    );
+    /// Schema: `data/api/client-server/create_room.yaml` at `/paths/~1createRoom/post/requestBody/content/application~1json/schema/properties/preset`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Preset {
+        /// `private_chat`
+        PrivateChat,
+        /// `public_chat`
+        PublicChat,
+        /// `trusted_private_chat`
+        TrustedPrivateChat,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/create_room.yaml` at `/paths/~1createRoom/post/responses/200/content/application~1json/schema`."]
-        Response { #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId =>
-        "room_id", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(
+        Preset { PrivateChat "private_chat", PublicChat "public_chat", TrustedPrivateChat
+        "trusted_private_chat" }
+    );
+    /// Schema: `data/api/client-server/create_room.yaml` at `/paths/~1createRoom/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { room_id req "room_id" } rest extra);
 }

@@ -38,78 +38,135 @@ pub mod upload_cross_signing_keys {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keysdevice_signingupload",
         spec_file: "api/client-server/cross_signing.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `400` response body.
     pub type Response400 = crate::JsonObject;
     /// The `403` response body.
     pub type Response403 = crate::JsonObject;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt master_key : MasterKey => "master_key", opt
-        self_signing_key : SelfSigningKey => "self_signing_key", opt user_signing_key :
-        UserSigningKey => "user_signing_key", opt auth : Auth => "auth", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub master_key: Option<MasterKey>,
+        pub self_signing_key: Option<SelfSigningKey>,
+        pub user_signing_key: Option<UserSigningKey>,
+        pub auth: Option<Auth>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/master_key`."]
-        MasterKey { req user_id : String => "user_id", req usage : Vec < UsageItem > =>
-        "usage", req keys : std::collections::BTreeMap < String, String > => "keys", opt
-        signatures : crate ::JsonObject => "signatures", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { master_key opt "master_key", self_signing_key opt
+        "self_signing_key", user_signing_key opt "user_signing_key", auth opt "auth" }
+        rest extra
+    );
+    /// Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/master_key`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct MasterKey {
+        pub user_id: String,
+        pub usage: Vec<UsageItem>,
+        pub keys: std::collections::BTreeMap<String, String>,
+        pub signatures: Option<crate::JsonObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/master_key/properties/usage/items`."]
-        UsageItem { Master => "master", SelfSigning => "self_signing", UserSigning =>
-        "user_signing", }
+    crate::json_object!(
+        MasterKey { user_id req "user_id", usage req "usage", keys req "keys", signatures
+        opt "signatures" } rest extra
+    );
+    /// Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/master_key/properties/usage/items`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum UsageItem {
+        /// `master`
+        Master,
+        /// `self_signing`
+        SelfSigning,
+        /// `user_signing`
+        UserSigning,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/self_signing_key`."]
-        SelfSigningKey { req user_id : String => "user_id", req usage : Vec <
-        SelfSigningKeyUsageItem > => "usage", req keys : std::collections::BTreeMap <
-        String, String > => "keys", opt signatures : crate ::JsonObject => "signatures",
-        } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::string_enum!(
+        UsageItem { Master "master", SelfSigning "self_signing", UserSigning
+        "user_signing" }
+    );
+    /// Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/self_signing_key`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct SelfSigningKey {
+        pub user_id: String,
+        pub usage: Vec<SelfSigningKeyUsageItem>,
+        pub keys: std::collections::BTreeMap<String, String>,
+        pub signatures: Option<crate::JsonObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/self_signing_key/properties/usage/items`."]
-        SelfSigningKeyUsageItem { Master => "master", SelfSigning => "self_signing",
-        UserSigning => "user_signing", }
+    crate::json_object!(
+        SelfSigningKey { user_id req "user_id", usage req "usage", keys req "keys",
+        signatures opt "signatures" } rest extra
+    );
+    /// Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/self_signing_key/properties/usage/items`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum SelfSigningKeyUsageItem {
+        /// `master`
+        Master,
+        /// `self_signing`
+        SelfSigning,
+        /// `user_signing`
+        UserSigning,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/user_signing_key`."]
-        UserSigningKey { req user_id : String => "user_id", req usage : Vec <
-        UserSigningKeyUsageItem > => "usage", req keys : std::collections::BTreeMap <
-        String, String > => "keys", opt signatures : crate ::JsonObject => "signatures",
-        } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::string_enum!(
+        SelfSigningKeyUsageItem { Master "master", SelfSigning "self_signing",
+        UserSigning "user_signing" }
+    );
+    /// Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/user_signing_key`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct UserSigningKey {
+        pub user_id: String,
+        pub usage: Vec<UserSigningKeyUsageItem>,
+        pub keys: std::collections::BTreeMap<String, String>,
+        pub signatures: Option<crate::JsonObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/user_signing_key/properties/usage/items`."]
-        UserSigningKeyUsageItem { Master => "master", SelfSigning => "self_signing",
-        UserSigning => "user_signing", }
+    crate::json_object!(
+        UserSigningKey { user_id req "user_id", usage req "usage", keys req "keys",
+        signatures opt "signatures" } rest extra
+    );
+    /// Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/user_signing_key/properties/usage/items`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum UserSigningKeyUsageItem {
+        /// `master`
+        Master,
+        /// `self_signing`
+        SelfSigning,
+        /// `user_signing`
+        UserSigning,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/auth`."]
-        #[derive(Default)] Auth { opt type_ : String => "type", opt session : String =>
-        "session", } #[doc = " Keys beyond the named ones."] rest additional :
-        std::collections::BTreeMap < String, crate ::JsonValue >
+    crate::string_enum!(
+        UserSigningKeyUsageItem { Master "master", SelfSigning "self_signing",
+        UserSigning "user_signing" }
+    );
+    /// Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1device_signing~1upload/post/requestBody/content/application~1json/schema/properties/auth`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Auth {
+        pub type_: Option<String>,
+        pub session: Option<String>,
+        /// Keys beyond the named ones.
+        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
     }
+    crate::json_object!(
+        Auth { type_ opt "type", session opt "session" } rest additional
+    );
 }
 /// `POST /_matrix/client/v3/keys/signatures/upload`: operation `uploadCrossSigningSignatures`.
 ///
@@ -143,17 +200,24 @@ pub mod upload_cross_signing_signatures {
         String,
         std::collections::BTreeMap<String, crate::JsonObject>,
     >;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1signatures~1upload/post/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt failures : std::collections::BTreeMap < String,
-        std::collections::BTreeMap < String, crate ::JsonObject > > => "failures", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::json_object!(Request { body req "body" });
+    /// Schema: `data/api/client-server/cross_signing.yaml` at `/paths/~1keys~1signatures~1upload/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub failures: Option<
+            std::collections::BTreeMap<
+                String,
+                std::collections::BTreeMap<String, crate::JsonObject>,
+            >,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { failures opt "failures" } rest extra);
 }

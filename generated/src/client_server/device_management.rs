@@ -30,19 +30,20 @@ pub mod get_devices {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3devices",
         spec_file: "api/client-server/device_management.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
+    /// Schema: `data/api/client-server/device_management.yaml` at `/paths/~1devices/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub devices: Option<
+            Vec<crate::client_server::definitions::client_device::ClientDevice>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/device_management.yaml` at `/paths/~1devices/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt devices : Vec < crate
-        ::client_server::definitions::client_device::ClientDevice > => "devices", } #[doc
-        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
-    }
+    crate::json_object!(Response { devices opt "devices" } rest extra);
 }
 /// `GET /_matrix/client/v3/devices/{deviceId}`: operation `getDevice`.
 ///
@@ -83,12 +84,13 @@ pub mod get_device {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3devicesdeviceid",
         spec_file: "api/client-server/device_management.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `deviceId`."] req device_id : String =>
-        "deviceId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `deviceId`.
+        pub device_id: String,
     }
+    crate::json_object!(Request { device_id req "deviceId" });
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::client_device::ClientDevice;
 }
@@ -135,23 +137,27 @@ pub mod update_device {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3devicesdeviceid",
         spec_file: "api/client-server/device_management.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `deviceId`."] req device_id : String =>
-        "deviceId", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `deviceId`.
+        pub device_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { device_id req "deviceId", body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `201` response body.
     pub type Response201 = crate::JsonObject;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/device_management.yaml` at `/paths/~1devices~1{deviceId}/put/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt display_name : String => "display_name", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    /// Schema: `data/api/client-server/device_management.yaml` at `/paths/~1devices~1{deviceId}/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub display_name: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(RequestBody { display_name opt "display_name" } rest extra);
 }
 /// `DELETE /_matrix/client/v3/devices/{deviceId}`: operation `deleteDevice`.
 ///
@@ -192,30 +198,38 @@ pub mod delete_device {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3devicesdeviceid",
         spec_file: "api/client-server/device_management.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `deviceId`."] req device_id : String =>
-        "deviceId", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `deviceId`.
+        pub device_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { device_id req "deviceId", body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `401` response body.
     pub type Response401 = crate::client_server::definitions::auth_response::AuthResponse;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/device_management.yaml` at `/paths/~1devices~1{deviceId}/delete/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt auth : Auth => "auth", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/device_management.yaml` at `/paths/~1devices~1{deviceId}/delete/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub auth: Option<Auth>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/device_management.yaml` at `/paths/~1devices~1{deviceId}/delete/requestBody/content/application~1json/schema/properties/auth`."]
-        #[derive(Default)] Auth { opt type_ : String => "type", opt session : String =>
-        "session", } #[doc = " Keys beyond the named ones."] rest additional :
-        std::collections::BTreeMap < String, crate ::JsonValue >
+    crate::json_object!(RequestBody { auth opt "auth" } rest extra);
+    /// Schema: `data/api/client-server/device_management.yaml` at `/paths/~1devices~1{deviceId}/delete/requestBody/content/application~1json/schema/properties/auth`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Auth {
+        pub type_: Option<String>,
+        pub session: Option<String>,
+        /// Keys beyond the named ones.
+        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
     }
+    crate::json_object!(
+        Auth { type_ opt "type", session opt "session" } rest additional
+    );
 }
 /// `POST /_matrix/client/v3/delete_devices`: operation `deleteDevices`.
 ///
@@ -249,28 +263,37 @@ pub mod delete_devices {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3delete_devices",
         spec_file: "api/client-server/device_management.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `401` response body.
     pub type Response401 = crate::client_server::definitions::auth_response::AuthResponse;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/device_management.yaml` at `/paths/~1delete_devices/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req devices : Vec < String > => "devices", opt auth : Auth =>
-        "auth", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/device_management.yaml` at `/paths/~1delete_devices/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub devices: Vec<String>,
+        pub auth: Option<Auth>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/device_management.yaml` at `/paths/~1delete_devices/post/requestBody/content/application~1json/schema/properties/auth`."]
-        #[derive(Default)] Auth { opt type_ : String => "type", opt session : String =>
-        "session", } #[doc = " Keys beyond the named ones."] rest additional :
-        std::collections::BTreeMap < String, crate ::JsonValue >
+    crate::json_object!(
+        RequestBody { devices req "devices", auth opt "auth" } rest extra
+    );
+    /// Schema: `data/api/client-server/device_management.yaml` at `/paths/~1delete_devices/post/requestBody/content/application~1json/schema/properties/auth`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Auth {
+        pub type_: Option<String>,
+        pub session: Option<String>,
+        /// Keys beyond the named ones.
+        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
     }
+    crate::json_object!(
+        Auth { type_ opt "type", session opt "session" } rest additional
+    );
 }

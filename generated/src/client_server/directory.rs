@@ -45,27 +45,30 @@ pub mod set_room_alias {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3directoryroomroomalias",
         spec_file: "api/client-server/directory.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomAlias`."] req room_alias : crate
-        ::ids::RoomAliasId => "roomAlias", #[doc = " The JSON body."] req body :
-        RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomAlias`.
+        pub room_alias: crate::ids::RoomAliasId,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { room_alias req "roomAlias", body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `409` response body.
     pub type Response409 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/directory.yaml` at `/paths/~1directory~1room~1{roomAlias}/put/requestBody/content/application~1json/schema`."]
-        RequestBody { #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId
-        => "room_id", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/directory.yaml` at `/paths/~1directory~1room~1{roomAlias}/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(RequestBody { room_id req "room_id" } rest extra);
 }
 /// `GET /_matrix/client/v3/directory/room/{roomAlias}`: operation `getRoomIdByAlias`.
 ///
@@ -110,25 +113,29 @@ pub mod get_room_id_by_alias {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3directoryroomroomalias",
         spec_file: "api/client-server/directory.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomAlias`."] req room_alias : crate
-        ::ids::RoomAliasId => "roomAlias", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomAlias`.
+        pub room_alias: crate::ids::RoomAliasId,
     }
+    crate::json_object!(Request { room_alias req "roomAlias" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/directory.yaml` at `/paths/~1directory~1room~1{roomAlias}/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { #[doc = " Format `mx-room-id`."] opt room_id :
-        crate ::ids::RoomId => "room_id", opt servers : Vec < crate ::ids::ServerName >
-        => "servers", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/directory.yaml` at `/paths/~1directory~1room~1{roomAlias}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        /// Format `mx-room-id`.
+        pub room_id: Option<crate::ids::RoomId>,
+        pub servers: Option<Vec<crate::ids::ServerName>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { room_id opt "room_id", servers opt "servers" } rest extra
+    );
 }
 /// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`: operation `deleteRoomAlias`.
 ///
@@ -169,12 +176,13 @@ pub mod delete_room_alias {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3directoryroomroomalias",
         spec_file: "api/client-server/directory.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomAlias`."] req room_alias : crate
-        ::ids::RoomAliasId => "roomAlias", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomAlias`.
+        pub room_alias: crate::ids::RoomAliasId,
     }
+    crate::json_object!(Request { room_alias req "roomAlias" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `404` response body.
@@ -227,23 +235,25 @@ pub mod get_local_aliases {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidaliases",
         spec_file: "api/client-server/directory.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
     }
+    crate::json_object!(Request { room_id req "roomId" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/directory.yaml` at `/paths/~1rooms~1{roomId}~1aliases/get/responses/200/content/application~1json/schema`."]
-        Response { req aliases : Vec < crate ::ids::RoomAliasId > => "aliases", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/directory.yaml` at `/paths/~1rooms~1{roomId}~1aliases/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub aliases: Vec<crate::ids::RoomAliasId>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { aliases req "aliases" } rest extra);
 }

@@ -55,50 +55,86 @@ pub mod get_event_context {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidcontexteventid",
         spec_file: "api/client-server/event_context.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " Path parameter `eventId`."] req event_id : String => "eventId", #[doc =
-        " Query parameter `limit`."] opt limit : i64 => "limit", #[doc =
-        " Query parameter `filter`."] opt filter : String => "filter", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Path parameter `eventId`.
+        pub event_id: String,
+        /// Query parameter `limit`.
+        pub limit: Option<i64>,
+        /// Query parameter `filter`.
+        pub filter: Option<String>,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/event_context.yaml` at `/paths/~1rooms~1{roomId}~1context~1{eventId}/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt start : String => "start", opt end : String =>
-        "end", opt events_before : Vec < crate
-        ::client_server::definitions::client_event::ClientEvent > => "events_before", opt
-        event : Event => "event", opt events_after : Vec < crate
-        ::client_server::definitions::client_event::ClientEvent > => "events_after", opt
-        state : Vec < crate ::client_server::definitions::client_event::ClientEvent > =>
-        "state", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Request { room_id req "roomId", event_id req "eventId", limit opt "limit", filter
+        opt "filter" }
+    );
+    /// Schema: `data/api/client-server/event_context.yaml` at `/paths/~1rooms~1{roomId}~1context~1{eventId}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub start: Option<String>,
+        pub end: Option<String>,
+        pub events_before: Option<
+            Vec<crate::client_server::definitions::client_event::ClientEvent>,
+        >,
+        pub event: Option<Event>,
+        pub events_after: Option<
+            Vec<crate::client_server::definitions::client_event::ClientEvent>,
+        >,
+        pub state: Option<
+            Vec<crate::client_server::definitions::client_event::ClientEvent>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/event_context.yaml` at `/paths/~1rooms~1{roomId}~1context~1{eventId}/get/responses/200/content/application~1json/schema/properties/event`."]
-        Event { #[doc = " Format `mx-event-id`."] req event_id : crate ::ids::EventId =>
-        "event_id", req type_ : String => "type", opt state_key : String => "state_key",
-        #[doc = " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender",
-        #[doc = " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req
-        content : crate ::JsonObject => "content", opt unsigned : EventUnsigned =>
-        "unsigned", #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId =>
-        "room_id", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Response { start opt "start", end opt "end", events_before opt "events_before",
+        event opt "event", events_after opt "events_after", state opt "state" } rest
+        extra
+    );
+    /// Schema: `data/api/client-server/event_context.yaml` at `/paths/~1rooms~1{roomId}~1context~1{eventId}/get/responses/200/content/application~1json/schema/properties/event`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Event {
+        /// Format `mx-event-id`.
+        pub event_id: crate::ids::EventId,
+        pub type_: String,
+        pub state_key: Option<String>,
+        /// Format `mx-user-id`.
+        pub sender: crate::ids::UserId,
+        /// Format `int64`.
+        pub origin_server_ts: i64,
+        pub content: crate::JsonObject,
+        pub unsigned: Option<EventUnsigned>,
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/event_context.yaml` at `/paths/~1rooms~1{roomId}~1context~1{eventId}/get/responses/200/content/application~1json/schema/properties/event/properties/unsigned`."]
-        #[derive(Default)] EventUnsigned { #[doc = " Format `int64`."] opt age : i64 =>
-        "age", opt redacted_because : crate ::JsonObject => "redacted_because", opt
-        transaction_id : String => "transaction_id", opt prev_content : crate
-        ::JsonObject => "prev_content", #[doc = " Format `mx-event-id`. Added in v1.19."]
-        opt replaces_state : crate ::ids::EventId => "replaces_state", #[doc =
-        " Added in v1.11."] opt membership : String => "membership", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Event { event_id req "event_id", type_ req "type", state_key opt "state_key",
+        sender req "sender", origin_server_ts req "origin_server_ts", content req
+        "content", unsigned opt "unsigned", room_id req "room_id" } rest extra
+    );
+    /// Schema: `data/api/client-server/event_context.yaml` at `/paths/~1rooms~1{roomId}~1context~1{eventId}/get/responses/200/content/application~1json/schema/properties/event/properties/unsigned`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct EventUnsigned {
+        /// Format `int64`.
+        pub age: Option<i64>,
+        pub redacted_because: Option<crate::JsonObject>,
+        pub transaction_id: Option<String>,
+        pub prev_content: Option<crate::JsonObject>,
+        /// Format `mx-event-id`. Added in v1.19.
+        pub replaces_state: Option<crate::ids::EventId>,
+        /// Added in v1.11.
+        pub membership: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        EventUnsigned { age opt "age", redacted_because opt "redacted_because",
+        transaction_id opt "transaction_id", prev_content opt "prev_content",
+        replaces_state opt "replaces_state", membership opt "membership" } rest extra
+    );
 }

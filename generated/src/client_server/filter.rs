@@ -37,125 +37,202 @@ pub mod define_filter {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3useruseridfilter",
         spec_file: "api/client-server/filter.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
-        => "userId", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: crate::ids::UserId,
+        /// The JSON body.
+        pub body: RequestBody,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt event_fields : Vec < String > =>
-        "event_fields", opt event_format : EventFormat => "event_format", opt presence :
-        Presence => "presence", opt account_data : AccountData => "account_data", opt
-        room : RoomFilter => "room", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { user_id req "userId", body req "body" });
+    /// Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub event_fields: Option<Vec<String>>,
+        pub event_format: Option<EventFormat>,
+        pub presence: Option<Presence>,
+        pub account_data: Option<AccountData>,
+        pub room: Option<RoomFilter>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema/properties/event_format`."]
-        EventFormat { Client => "client", Federation => "federation", }
+    crate::json_object!(
+        RequestBody { event_fields opt "event_fields", event_format opt "event_format",
+        presence opt "presence", account_data opt "account_data", room opt "room" } rest
+        extra
+    );
+    /// Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema/properties/event_format`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum EventFormat {
+        /// `client`
+        Client,
+        /// `federation`
+        Federation,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema/properties/presence`."]
-        #[derive(Default)] Presence { opt limit : i64 => "limit", opt not_senders : Vec <
-        crate ::ids::UserId > => "not_senders", opt not_types : Vec < String > =>
-        "not_types", opt senders : Vec < crate ::ids::UserId > => "senders", opt types :
-        Vec < String > => "types", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(EventFormat { Client "client", Federation "federation" });
+    /// Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema/properties/presence`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Presence {
+        pub limit: Option<i64>,
+        pub not_senders: Option<Vec<crate::ids::UserId>>,
+        pub not_types: Option<Vec<String>>,
+        pub senders: Option<Vec<crate::ids::UserId>>,
+        pub types: Option<Vec<String>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema/properties/account_data`."]
-        #[derive(Default)] AccountData { opt limit : i64 => "limit", opt not_senders :
-        Vec < crate ::ids::UserId > => "not_senders", opt not_types : Vec < String > =>
-        "not_types", opt senders : Vec < crate ::ids::UserId > => "senders", opt types :
-        Vec < String > => "types", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Presence { limit opt "limit", not_senders opt "not_senders", not_types opt
+        "not_types", senders opt "senders", types opt "types" } rest extra
+    );
+    /// Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema/properties/account_data`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct AccountData {
+        pub limit: Option<i64>,
+        pub not_senders: Option<Vec<crate::ids::UserId>>,
+        pub not_types: Option<Vec<String>>,
+        pub senders: Option<Vec<crate::ids::UserId>>,
+        pub types: Option<Vec<String>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema/properties/room`."]
-        #[derive(Default)] RoomFilter { opt not_rooms : Vec < crate ::ids::RoomId > =>
-        "not_rooms", opt rooms : Vec < crate ::ids::RoomId > => "rooms", opt ephemeral :
-        Ephemeral => "ephemeral", opt include_leave : bool => "include_leave", opt state
-        : State => "state", opt timeline : Timeline => "timeline", opt account_data :
-        RoomFilterAccountData => "account_data", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        AccountData { limit opt "limit", not_senders opt "not_senders", not_types opt
+        "not_types", senders opt "senders", types opt "types" } rest extra
+    );
+    /// Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema/properties/room`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RoomFilter {
+        pub not_rooms: Option<Vec<crate::ids::RoomId>>,
+        pub rooms: Option<Vec<crate::ids::RoomId>>,
+        pub ephemeral: Option<Ephemeral>,
+        pub include_leave: Option<bool>,
+        pub state: Option<State>,
+        pub timeline: Option<Timeline>,
+        pub account_data: Option<RoomFilterAccountData>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema/properties/room/properties/ephemeral`."]
-        #[derive(Default)] Ephemeral { opt limit : i64 => "limit", opt not_senders : Vec
-        < crate ::ids::UserId > => "not_senders", opt not_types : Vec < String > =>
-        "not_types", opt senders : Vec < crate ::ids::UserId > => "senders", opt types :
-        Vec < String > => "types", #[doc = " Added in v1.4."] opt
-        unread_thread_notifications : bool => "unread_thread_notifications", opt
-        lazy_load_members : bool => "lazy_load_members", opt include_redundant_members :
-        bool => "include_redundant_members", opt not_rooms : Vec < crate ::ids::RoomId >
-        => "not_rooms", opt rooms : Vec < crate ::ids::RoomId > => "rooms", opt
-        contains_url : bool => "contains_url", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RoomFilter { not_rooms opt "not_rooms", rooms opt "rooms", ephemeral opt
+        "ephemeral", include_leave opt "include_leave", state opt "state", timeline opt
+        "timeline", account_data opt "account_data" } rest extra
+    );
+    /// Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema/properties/room/properties/ephemeral`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Ephemeral {
+        pub limit: Option<i64>,
+        pub not_senders: Option<Vec<crate::ids::UserId>>,
+        pub not_types: Option<Vec<String>>,
+        pub senders: Option<Vec<crate::ids::UserId>>,
+        pub types: Option<Vec<String>>,
+        /// Added in v1.4.
+        pub unread_thread_notifications: Option<bool>,
+        pub lazy_load_members: Option<bool>,
+        pub include_redundant_members: Option<bool>,
+        pub not_rooms: Option<Vec<crate::ids::RoomId>>,
+        pub rooms: Option<Vec<crate::ids::RoomId>>,
+        pub contains_url: Option<bool>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema/properties/room/properties/state`."]
-        #[derive(Default)] State { opt limit : i64 => "limit", opt not_senders : Vec <
-        crate ::ids::UserId > => "not_senders", opt not_types : Vec < String > =>
-        "not_types", opt senders : Vec < crate ::ids::UserId > => "senders", opt types :
-        Vec < String > => "types", #[doc = " Added in v1.4."] opt
-        unread_thread_notifications : bool => "unread_thread_notifications", opt
-        lazy_load_members : bool => "lazy_load_members", opt include_redundant_members :
-        bool => "include_redundant_members", opt not_rooms : Vec < crate ::ids::RoomId >
-        => "not_rooms", opt rooms : Vec < crate ::ids::RoomId > => "rooms", opt
-        contains_url : bool => "contains_url", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Ephemeral { limit opt "limit", not_senders opt "not_senders", not_types opt
+        "not_types", senders opt "senders", types opt "types",
+        unread_thread_notifications opt "unread_thread_notifications", lazy_load_members
+        opt "lazy_load_members", include_redundant_members opt
+        "include_redundant_members", not_rooms opt "not_rooms", rooms opt "rooms",
+        contains_url opt "contains_url" } rest extra
+    );
+    /// Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema/properties/room/properties/state`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct State {
+        pub limit: Option<i64>,
+        pub not_senders: Option<Vec<crate::ids::UserId>>,
+        pub not_types: Option<Vec<String>>,
+        pub senders: Option<Vec<crate::ids::UserId>>,
+        pub types: Option<Vec<String>>,
+        /// Added in v1.4.
+        pub unread_thread_notifications: Option<bool>,
+        pub lazy_load_members: Option<bool>,
+        pub include_redundant_members: Option<bool>,
+        pub not_rooms: Option<Vec<crate::ids::RoomId>>,
+        pub rooms: Option<Vec<crate::ids::RoomId>>,
+        pub contains_url: Option<bool>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema/properties/room/properties/timeline`."]
-        #[derive(Default)] Timeline { opt limit : i64 => "limit", opt not_senders : Vec <
-        crate ::ids::UserId > => "not_senders", opt not_types : Vec < String > =>
-        "not_types", opt senders : Vec < crate ::ids::UserId > => "senders", opt types :
-        Vec < String > => "types", #[doc = " Added in v1.4."] opt
-        unread_thread_notifications : bool => "unread_thread_notifications", opt
-        lazy_load_members : bool => "lazy_load_members", opt include_redundant_members :
-        bool => "include_redundant_members", opt not_rooms : Vec < crate ::ids::RoomId >
-        => "not_rooms", opt rooms : Vec < crate ::ids::RoomId > => "rooms", opt
-        contains_url : bool => "contains_url", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        State { limit opt "limit", not_senders opt "not_senders", not_types opt
+        "not_types", senders opt "senders", types opt "types",
+        unread_thread_notifications opt "unread_thread_notifications", lazy_load_members
+        opt "lazy_load_members", include_redundant_members opt
+        "include_redundant_members", not_rooms opt "not_rooms", rooms opt "rooms",
+        contains_url opt "contains_url" } rest extra
+    );
+    /// Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema/properties/room/properties/timeline`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Timeline {
+        pub limit: Option<i64>,
+        pub not_senders: Option<Vec<crate::ids::UserId>>,
+        pub not_types: Option<Vec<String>>,
+        pub senders: Option<Vec<crate::ids::UserId>>,
+        pub types: Option<Vec<String>>,
+        /// Added in v1.4.
+        pub unread_thread_notifications: Option<bool>,
+        pub lazy_load_members: Option<bool>,
+        pub include_redundant_members: Option<bool>,
+        pub not_rooms: Option<Vec<crate::ids::RoomId>>,
+        pub rooms: Option<Vec<crate::ids::RoomId>>,
+        pub contains_url: Option<bool>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema/properties/room/properties/account_data`."]
-        #[derive(Default)] RoomFilterAccountData { opt limit : i64 => "limit", opt
-        not_senders : Vec < crate ::ids::UserId > => "not_senders", opt not_types : Vec <
-        String > => "not_types", opt senders : Vec < crate ::ids::UserId > => "senders",
-        opt types : Vec < String > => "types", #[doc = " Added in v1.4."] opt
-        unread_thread_notifications : bool => "unread_thread_notifications", opt
-        lazy_load_members : bool => "lazy_load_members", opt include_redundant_members :
-        bool => "include_redundant_members", opt not_rooms : Vec < crate ::ids::RoomId >
-        => "not_rooms", opt rooms : Vec < crate ::ids::RoomId > => "rooms", opt
-        contains_url : bool => "contains_url", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Timeline { limit opt "limit", not_senders opt "not_senders", not_types opt
+        "not_types", senders opt "senders", types opt "types",
+        unread_thread_notifications opt "unread_thread_notifications", lazy_load_members
+        opt "lazy_load_members", include_redundant_members opt
+        "include_redundant_members", not_rooms opt "not_rooms", rooms opt "rooms",
+        contains_url opt "contains_url" } rest extra
+    );
+    /// Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/requestBody/content/application~1json/schema/properties/room/properties/account_data`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RoomFilterAccountData {
+        pub limit: Option<i64>,
+        pub not_senders: Option<Vec<crate::ids::UserId>>,
+        pub not_types: Option<Vec<String>>,
+        pub senders: Option<Vec<crate::ids::UserId>>,
+        pub types: Option<Vec<String>>,
+        /// Added in v1.4.
+        pub unread_thread_notifications: Option<bool>,
+        pub lazy_load_members: Option<bool>,
+        pub include_redundant_members: Option<bool>,
+        pub not_rooms: Option<Vec<crate::ids::RoomId>>,
+        pub rooms: Option<Vec<crate::ids::RoomId>>,
+        pub contains_url: Option<bool>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/responses/200/content/application~1json/schema`."]
-        Response { req filter_id : String => "filter_id", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RoomFilterAccountData { limit opt "limit", not_senders opt "not_senders",
+        not_types opt "not_types", senders opt "senders", types opt "types",
+        unread_thread_notifications opt "unread_thread_notifications", lazy_load_members
+        opt "lazy_load_members", include_redundant_members opt
+        "include_redundant_members", not_rooms opt "not_rooms", rooms opt "rooms",
+        contains_url opt "contains_url" } rest extra
+    );
+    /// Schema: `data/api/client-server/filter.yaml` at `/paths/~1user~1{userId}~1filter/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub filter_id: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { filter_id req "filter_id" } rest extra);
 }
 /// `GET /_matrix/client/v3/user/{userId}/filter/{filterId}`: operation `getFilter`.
 ///
@@ -202,13 +279,15 @@ pub mod get_filter {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3useruseridfilterfilterid",
         spec_file: "api/client-server/filter.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
-        => "userId", #[doc = " Path parameter `filterId`."] req filter_id : String =>
-        "filterId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: crate::ids::UserId,
+        /// Path parameter `filterId`.
+        pub filter_id: String,
     }
+    crate::json_object!(Request { user_id req "userId", filter_id req "filterId" });
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::sync_filter::SyncFilter;
 }

@@ -45,43 +45,60 @@ pub mod join_room_by_id {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidjoin",
         spec_file: "api/client-server/joining.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { room_id req "roomId", body req "body" });
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/joining.yaml` at `/paths/~1rooms~1{roomId}~1join/post/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt third_party_signed : ThirdPartySigned =>
-        "third_party_signed", #[doc = " Added in v1.1."] opt reason : String => "reason",
-        } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    /// Schema: `data/api/client-server/joining.yaml` at `/paths/~1rooms~1{roomId}~1join/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub third_party_signed: Option<ThirdPartySigned>,
+        /// Added in v1.1.
+        pub reason: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/joining.yaml` at `/paths/~1rooms~1{roomId}~1join/post/requestBody/content/application~1json/schema/properties/third_party_signed`."]
-        ThirdPartySigned { #[doc = " Format `mx-user-id`."] req sender : crate
-        ::ids::UserId => "sender", #[doc = " Format `mx-user-id`."] req mxid : crate
-        ::ids::UserId => "mxid", req token : String => "token", req signatures :
-        std::collections::BTreeMap < String, std::collections::BTreeMap < String, String
-        > > => "signatures", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { third_party_signed opt "third_party_signed", reason opt "reason" }
+        rest extra
+    );
+    /// Schema: `data/api/client-server/joining.yaml` at `/paths/~1rooms~1{roomId}~1join/post/requestBody/content/application~1json/schema/properties/third_party_signed`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct ThirdPartySigned {
+        /// Format `mx-user-id`.
+        pub sender: crate::ids::UserId,
+        /// Format `mx-user-id`.
+        pub mxid: crate::ids::UserId,
+        pub token: String,
+        pub signatures: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, String>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/joining.yaml` at `/paths/~1rooms~1{roomId}~1join/post/responses/200/content/application~1json/schema`."]
-        Response { #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId =>
-        "room_id", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        ThirdPartySigned { sender req "sender", mxid req "mxid", token req "token",
+        signatures req "signatures" } rest extra
+    );
+    /// Schema: `data/api/client-server/joining.yaml` at `/paths/~1rooms~1{roomId}~1join/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { room_id req "room_id" } rest extra);
 }
 /// `POST /_matrix/client/v3/join/{roomIdOrAlias}`: operation `joinRoom`.
 ///
@@ -132,43 +149,62 @@ pub mod join_room {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3joinroomidoralias",
         spec_file: "api/client-server/joining.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomIdOrAlias`."] req room_id_or_alias :
-        String => "roomIdOrAlias", #[doc = " Query parameter `via`. Added in v1.12."] opt
-        via : Vec < crate ::ids::ServerName > => "via", #[doc = " The JSON body."] req
-        body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomIdOrAlias`.
+        pub room_id_or_alias: String,
+        /// Query parameter `via`. Added in v1.12.
+        pub via: Option<Vec<crate::ids::ServerName>>,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { room_id_or_alias req "roomIdOrAlias", via opt "via", body req "body" }
+    );
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/joining.yaml` at `/paths/~1join~1{roomIdOrAlias}/post/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt third_party_signed : ThirdPartySigned =>
-        "third_party_signed", #[doc = " Added in v1.1."] opt reason : String => "reason",
-        } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    /// Schema: `data/api/client-server/joining.yaml` at `/paths/~1join~1{roomIdOrAlias}/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub third_party_signed: Option<ThirdPartySigned>,
+        /// Added in v1.1.
+        pub reason: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/joining.yaml` at `/paths/~1join~1{roomIdOrAlias}/post/requestBody/content/application~1json/schema/properties/third_party_signed`."]
-        ThirdPartySigned { #[doc = " Format `mx-user-id`."] req sender : crate
-        ::ids::UserId => "sender", #[doc = " Format `mx-user-id`."] req mxid : crate
-        ::ids::UserId => "mxid", req token : String => "token", req signatures :
-        std::collections::BTreeMap < String, std::collections::BTreeMap < String, String
-        > > => "signatures", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { third_party_signed opt "third_party_signed", reason opt "reason" }
+        rest extra
+    );
+    /// Schema: `data/api/client-server/joining.yaml` at `/paths/~1join~1{roomIdOrAlias}/post/requestBody/content/application~1json/schema/properties/third_party_signed`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct ThirdPartySigned {
+        /// Format `mx-user-id`.
+        pub sender: crate::ids::UserId,
+        /// Format `mx-user-id`.
+        pub mxid: crate::ids::UserId,
+        pub token: String,
+        pub signatures: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, String>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/joining.yaml` at `/paths/~1join~1{roomIdOrAlias}/post/responses/200/content/application~1json/schema`."]
-        Response { #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId =>
-        "room_id", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        ThirdPartySigned { sender req "sender", mxid req "mxid", token req "token",
+        signatures req "signatures" } rest extra
+    );
+    /// Schema: `data/api/client-server/joining.yaml` at `/paths/~1join~1{roomIdOrAlias}/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { room_id req "room_id" } rest extra);
 }

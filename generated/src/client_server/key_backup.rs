@@ -2,13 +2,17 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/key_backup.yaml`.
 
-crate::json_object! {
-    #[doc =
-    " Schema: `data/api/client-server/key_backup.yaml` at `/components/schemas/RoomKeysUpdateResponse`."]
-    RoomKeysUpdateResponse { req etag : String => "etag", req count : i64 => "count", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+/// Schema: `data/api/client-server/key_backup.yaml` at `/components/schemas/RoomKeysUpdateResponse`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomKeysUpdateResponse {
+    pub etag: String,
+    pub count: i64,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    RoomKeysUpdateResponse { etag req "etag", count req "count" } rest extra
+);
 /// `POST /_matrix/client/v3/room_keys/version`: operation `postRoomKeysVersion`.
 ///
 /// Spec: <https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3room_keysversion>
@@ -41,29 +45,35 @@ pub mod post_room_keys_version {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3room_keysversion",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version/post/requestBody/content/application~1json/schema`."]
-        RequestBody { #[doc = " Always `m.megolm_backup.v1.curve25519-aes-sha2`."] req
-        algorithm : String => "algorithm", req auth_data : crate ::JsonObject =>
-        "auth_data", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        /// Always `m.megolm_backup.v1.curve25519-aes-sha2`.
+        pub algorithm: String,
+        pub auth_data: crate::JsonObject,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version/post/responses/200/content/application~1json/schema`."]
-        Response { req version : String => "version", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { algorithm req "algorithm", auth_data req "auth_data" } rest extra
+    );
+    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub version: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { version req "version" } rest extra);
 }
 /// `GET /_matrix/client/v3/room_keys/version`: operation `getRoomKeysVersionCurrent`.
 ///
@@ -101,25 +111,30 @@ pub mod get_room_keys_version_current {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3room_keysversion",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version/get/responses/200/content/application~1json/schema`."]
-        Response { #[doc = " Always `m.megolm_backup.v1.curve25519-aes-sha2`."] req
-        algorithm : String => "algorithm", req auth_data : crate ::JsonObject =>
-        "auth_data", req count : i64 => "count", req etag : String => "etag", req version
-        : String => "version", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        /// Always `m.megolm_backup.v1.curve25519-aes-sha2`.
+        pub algorithm: String,
+        pub auth_data: crate::JsonObject,
+        pub count: i64,
+        pub etag: String,
+        pub version: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { algorithm req "algorithm", auth_data req "auth_data", count req
+        "count", etag req "etag", version req "version" } rest extra
+    );
 }
 /// `GET /_matrix/client/v3/room_keys/version/{version}`: operation `getRoomKeysVersion`.
 ///
@@ -164,26 +179,33 @@ pub mod get_room_keys_version {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3room_keysversionversion",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `version`."] req version : String =>
-        "version", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `version`.
+        pub version: String,
     }
+    crate::json_object!(Request { version req "version" });
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version~1{version}/get/responses/200/content/application~1json/schema`."]
-        Response { #[doc = " Always `m.megolm_backup.v1.curve25519-aes-sha2`."] req
-        algorithm : String => "algorithm", req auth_data : crate ::JsonObject =>
-        "auth_data", req count : i64 => "count", req etag : String => "etag", req version
-        : String => "version", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version~1{version}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        /// Always `m.megolm_backup.v1.curve25519-aes-sha2`.
+        pub algorithm: String,
+        pub auth_data: crate::JsonObject,
+        pub count: i64,
+        pub etag: String,
+        pub version: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { algorithm req "algorithm", auth_data req "auth_data", count req
+        "count", etag req "etag", version req "version" } rest extra
+    );
 }
 /// `PUT /_matrix/client/v3/room_keys/version/{version}`: operation `putRoomKeysVersion`.
 ///
@@ -232,12 +254,15 @@ pub mod put_room_keys_version {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3room_keysversionversion",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `version`."] req version : String =>
-        "version", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `version`.
+        pub version: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { version req "version", body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `400` response body.
@@ -246,15 +271,20 @@ pub mod put_room_keys_version {
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version~1{version}/put/requestBody/content/application~1json/schema`."]
-        RequestBody { #[doc = " Always `m.megolm_backup.v1.curve25519-aes-sha2`."] req
-        algorithm : String => "algorithm", req auth_data : crate ::JsonObject =>
-        "auth_data", opt version : String => "version", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1version~1{version}/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        /// Always `m.megolm_backup.v1.curve25519-aes-sha2`.
+        pub algorithm: String,
+        pub auth_data: crate::JsonObject,
+        pub version: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        RequestBody { algorithm req "algorithm", auth_data req "auth_data", version opt
+        "version" } rest extra
+    );
 }
 /// `DELETE /_matrix/client/v3/room_keys/version/{version}`: operation `deleteRoomKeysVersion`.
 ///
@@ -299,12 +329,13 @@ pub mod delete_room_keys_version {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3room_keysversionversion",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `version`."] req version : String =>
-        "version", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `version`.
+        pub version: String,
     }
+    crate::json_object!(Request { version req "version" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `404` response body.
@@ -368,14 +399,22 @@ pub mod put_room_key_by_session_id {
         spec_file: "api/client-server/key_backup.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::key_backup_data::KeyBackupData;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `version`."] req version : String =>
-        "version", #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " Path parameter `sessionId`."] req session_id : String => "sessionId",
-        #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `version`.
+        pub version: String,
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Path parameter `sessionId`.
+        pub session_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { version req "version", room_id req "roomId", session_id req
+        "sessionId", body req "body" }
+    );
     /// The `200` response body.
     pub type Response = crate::client_server::key_backup::RoomKeysUpdateResponse;
     /// The `403` response body.
@@ -438,13 +477,20 @@ pub mod get_room_key_by_session_id {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3room_keyskeysroomidsessionid",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `version`."] req version : String =>
-        "version", #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " Path parameter `sessionId`."] req session_id : String => "sessionId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `version`.
+        pub version: String,
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Path parameter `sessionId`.
+        pub session_id: String,
     }
+    crate::json_object!(
+        Request { version req "version", room_id req "roomId", session_id req "sessionId"
+        }
+    );
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::key_backup_data::KeyBackupData;
     /// The `404` response body.
@@ -507,13 +553,20 @@ pub mod delete_room_key_by_session_id {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3room_keyskeysroomidsessionid",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `version`."] req version : String =>
-        "version", #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " Path parameter `sessionId`."] req session_id : String => "sessionId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `version`.
+        pub version: String,
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Path parameter `sessionId`.
+        pub session_id: String,
     }
+    crate::json_object!(
+        Request { version req "version", room_id req "roomId", session_id req "sessionId"
+        }
+    );
     /// The `200` response body.
     pub type Response = crate::client_server::key_backup::RoomKeysUpdateResponse;
     /// The `404` response body.
@@ -575,13 +628,19 @@ pub mod put_room_keys_by_room_id {
         spec_file: "api/client-server/key_backup.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::room_key_backup::RoomKeyBackup;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `version`."] req version : String =>
-        "version", #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `version`.
+        pub version: String,
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { version req "version", room_id req "roomId", body req "body" }
+    );
     /// The `200` response body.
     pub type Response = crate::client_server::key_backup::RoomKeysUpdateResponse;
     /// The `403` response body.
@@ -640,25 +699,30 @@ pub mod get_room_keys_by_room_id {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3room_keyskeysroomid",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `version`."] req version : String =>
-        "version", #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `version`.
+        pub version: String,
+        /// Path parameter `roomId`.
+        pub room_id: String,
     }
+    crate::json_object!(Request { version req "version", room_id req "roomId" });
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys~1{roomId}/get/responses/200/content/application~1json/schema`."]
-        Response { req sessions : std::collections::BTreeMap < String, crate
-        ::client_server::definitions::key_backup_data::KeyBackupData > => "sessions", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys~1{roomId}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub sessions: std::collections::BTreeMap<
+            String,
+            crate::client_server::definitions::key_backup_data::KeyBackupData,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { sessions req "sessions" } rest extra);
 }
 /// `DELETE /_matrix/client/v3/room_keys/keys/{roomId}`: operation `deleteRoomKeysByRoomId`.
 ///
@@ -709,13 +773,15 @@ pub mod delete_room_keys_by_room_id {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3room_keyskeysroomid",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `version`."] req version : String =>
-        "version", #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `version`.
+        pub version: String,
+        /// Path parameter `roomId`.
+        pub room_id: String,
     }
+    crate::json_object!(Request { version req "version", room_id req "roomId" });
     /// The `200` response body.
     pub type Response = crate::client_server::key_backup::RoomKeysUpdateResponse;
     /// The `404` response body.
@@ -770,12 +836,15 @@ pub mod put_room_keys {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3room_keyskeys",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `version`."] req version : String =>
-        "version", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `version`.
+        pub version: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { version req "version", body req "body" });
     /// The `200` response body.
     pub type Response = crate::client_server::key_backup::RoomKeysUpdateResponse;
     /// The `403` response body.
@@ -784,22 +853,25 @@ pub mod put_room_keys {
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys/put/requestBody/content/application~1json/schema`."]
-        RequestBody { req rooms : std::collections::BTreeMap < String, RoomValue > =>
-        "rooms", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub rooms: std::collections::BTreeMap<String, RoomValue>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys/put/requestBody/content/application~1json/schema/properties/rooms/patternProperties/^!`."]
-        RoomValue { req sessions : std::collections::BTreeMap < String, crate
-        ::client_server::definitions::key_backup_data::KeyBackupData > => "sessions", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::json_object!(RequestBody { rooms req "rooms" } rest extra);
+    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys/put/requestBody/content/application~1json/schema/properties/rooms/patternProperties/^!`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RoomValue {
+        pub sessions: std::collections::BTreeMap<
+            String,
+            crate::client_server::definitions::key_backup_data::KeyBackupData,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(RoomValue { sessions req "sessions" } rest extra);
 }
 /// `GET /_matrix/client/v3/room_keys/keys`: operation `getRoomKeys`.
 ///
@@ -844,32 +916,36 @@ pub mod get_room_keys {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3room_keyskeys",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `version`."] req version : String =>
-        "version", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `version`.
+        pub version: String,
     }
+    crate::json_object!(Request { version req "version" });
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys/get/responses/200/content/application~1json/schema`."]
-        Response { req rooms : std::collections::BTreeMap < String, RoomValue > =>
-        "rooms", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub rooms: std::collections::BTreeMap<String, RoomValue>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys/get/responses/200/content/application~1json/schema/properties/rooms/patternProperties/^!`."]
-        RoomValue { req sessions : std::collections::BTreeMap < String, crate
-        ::client_server::definitions::key_backup_data::KeyBackupData > => "sessions", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::json_object!(Response { rooms req "rooms" } rest extra);
+    /// Schema: `data/api/client-server/key_backup.yaml` at `/paths/~1room_keys~1keys/get/responses/200/content/application~1json/schema/properties/rooms/patternProperties/^!`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RoomValue {
+        pub sessions: std::collections::BTreeMap<
+            String,
+            crate::client_server::definitions::key_backup_data::KeyBackupData,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(RoomValue { sessions req "sessions" } rest extra);
 }
 /// `DELETE /_matrix/client/v3/room_keys/keys`: operation `deleteRoomKeys`.
 ///
@@ -914,12 +990,13 @@ pub mod delete_room_keys {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3room_keyskeys",
         spec_file: "api/client-server/key_backup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `version`."] req version : String =>
-        "version", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `version`.
+        pub version: String,
     }
+    crate::json_object!(Request { version req "version" });
     /// The `200` response body.
     pub type Response = crate::client_server::key_backup::RoomKeysUpdateResponse;
     /// The `404` response body.

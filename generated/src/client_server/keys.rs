@@ -30,67 +30,92 @@ pub mod upload_keys {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keysupload",
         spec_file: "api/client-server/keys.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt device_keys : DeviceKeys => "device_keys",
-        opt one_time_keys : std::collections::BTreeMap < String, OneTimeKeyValue > =>
-        "one_time_keys", #[doc = " Added in v1.2."] opt fallback_keys :
-        std::collections::BTreeMap < String, FallbackKeyValue > => "fallback_keys", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::json_object!(Request { body req "body" });
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub device_keys: Option<DeviceKeys>,
+        pub one_time_keys: Option<std::collections::BTreeMap<String, OneTimeKeyValue>>,
+        /// Added in v1.2.
+        pub fallback_keys: Option<std::collections::BTreeMap<String, FallbackKeyValue>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/device_keys`."]
-        DeviceKeys { req user_id : String => "user_id", req device_id : String =>
-        "device_id", req algorithms : Vec < String > => "algorithms", req keys :
-        std::collections::BTreeMap < String, String > => "keys", req signatures :
-        std::collections::BTreeMap < String, std::collections::BTreeMap < String, String
-        > > => "signatures", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { device_keys opt "device_keys", one_time_keys opt "one_time_keys",
+        fallback_keys opt "fallback_keys" } rest extra
+    );
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/device_keys`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct DeviceKeys {
+        pub user_id: String,
+        pub device_id: String,
+        pub algorithms: Vec<String>,
+        pub keys: std::collections::BTreeMap<String, String>,
+        pub signatures: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, String>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_untagged! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/one_time_keys/additionalProperties`."]
-        OneTimeKeyValue { String(String), KeyObject(KeyObject), }
+    crate::json_object!(
+        DeviceKeys { user_id req "user_id", device_id req "device_id", algorithms req
+        "algorithms", keys req "keys", signatures req "signatures" } rest extra
+    );
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/one_time_keys/additionalProperties`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum OneTimeKeyValue {
+        String(String),
+        KeyObject(KeyObject),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/one_time_keys/additionalProperties/oneOf/1`."]
-        KeyObject { req key : String => "key", req signatures :
-        std::collections::BTreeMap < String, crate ::JsonObject > => "signatures", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::json_untagged!(OneTimeKeyValue { String, KeyObject });
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/one_time_keys/additionalProperties/oneOf/1`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct KeyObject {
+        pub key: String,
+        pub signatures: std::collections::BTreeMap<String, crate::JsonObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_untagged! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/fallback_keys/additionalProperties`."]
-        FallbackKeyValue { String(String),
-        FallbackKeyValueKeyObject(FallbackKeyValueKeyObject), }
+    crate::json_object!(
+        KeyObject { key req "key", signatures req "signatures" } rest extra
+    );
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/fallback_keys/additionalProperties`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum FallbackKeyValue {
+        String(String),
+        FallbackKeyValueKeyObject(FallbackKeyValueKeyObject),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/fallback_keys/additionalProperties/oneOf/1`."]
-        FallbackKeyValueKeyObject { req key : String => "key", req signatures :
-        std::collections::BTreeMap < String, crate ::JsonObject > => "signatures", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::json_untagged!(FallbackKeyValue { String, FallbackKeyValueKeyObject });
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/requestBody/content/application~1json/schema/properties/fallback_keys/additionalProperties/oneOf/1`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct FallbackKeyValueKeyObject {
+        pub key: String,
+        pub signatures: std::collections::BTreeMap<String, crate::JsonObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/responses/200/content/application~1json/schema`."]
-        Response { req one_time_key_counts : std::collections::BTreeMap < String, i64 >
-        => "one_time_key_counts", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        FallbackKeyValueKeyObject { key req "key", signatures req "signatures" } rest
+        extra
+    );
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1upload/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub one_time_key_counts: std::collections::BTreeMap<String, i64>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { one_time_key_counts req "one_time_key_counts" } rest extra
+    );
 }
 /// `POST /_matrix/client/v3/keys/query`: operation `queryKeys`.
 ///
@@ -120,100 +145,171 @@ pub mod query_keys {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keysquery",
         spec_file: "api/client-server/keys.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/requestBody/content/application~1json/schema`."]
-        RequestBody { opt timeout : i64 => "timeout", req device_keys :
-        std::collections::BTreeMap < String, Vec < String > > => "device_keys", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { body req "body" });
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub timeout: Option<i64>,
+        pub device_keys: std::collections::BTreeMap<String, Vec<String>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt failures : std::collections::BTreeMap < String,
-        crate ::JsonObject > => "failures", opt device_keys : std::collections::BTreeMap
-        < String, std::collections::BTreeMap < String, DeviceInformation > > =>
-        "device_keys", #[doc = " Added in v1.1."] opt master_keys :
-        std::collections::BTreeMap < String, MasterKeyValue > => "master_keys", #[doc =
-        " Added in v1.1."] opt self_signing_keys : std::collections::BTreeMap < String,
-        SelfSigningKeyValue > => "self_signing_keys", opt user_signing_keys :
-        std::collections::BTreeMap < String, UserSigningKeyValue > =>
-        "user_signing_keys", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { timeout opt "timeout", device_keys req "device_keys" } rest extra
+    );
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub failures: Option<std::collections::BTreeMap<String, crate::JsonObject>>,
+        pub device_keys: Option<
+            std::collections::BTreeMap<
+                String,
+                std::collections::BTreeMap<String, DeviceInformation>,
+            >,
+        >,
+        /// Added in v1.1.
+        pub master_keys: Option<std::collections::BTreeMap<String, MasterKeyValue>>,
+        /// Added in v1.1.
+        pub self_signing_keys: Option<
+            std::collections::BTreeMap<String, SelfSigningKeyValue>,
+        >,
+        pub user_signing_keys: Option<
+            std::collections::BTreeMap<String, UserSigningKeyValue>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/device_keys/patternProperties/^@/additionalProperties`."]
-        DeviceInformation { req user_id : String => "user_id", req device_id : String =>
-        "device_id", req algorithms : Vec < String > => "algorithms", req keys :
-        std::collections::BTreeMap < String, String > => "keys", req signatures :
-        std::collections::BTreeMap < String, std::collections::BTreeMap < String, String
-        > > => "signatures", opt unsigned : UnsignedDeviceInfo => "unsigned", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Response { failures opt "failures", device_keys opt "device_keys", master_keys
+        opt "master_keys", self_signing_keys opt "self_signing_keys", user_signing_keys
+        opt "user_signing_keys" } rest extra
+    );
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/device_keys/patternProperties/^@/additionalProperties`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct DeviceInformation {
+        pub user_id: String,
+        pub device_id: String,
+        pub algorithms: Vec<String>,
+        pub keys: std::collections::BTreeMap<String, String>,
+        pub signatures: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, String>,
+        >,
+        pub unsigned: Option<UnsignedDeviceInfo>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/device_keys/patternProperties/^@/additionalProperties/properties/unsigned`."]
-        #[derive(Default)] UnsignedDeviceInfo { opt device_display_name : String =>
-        "device_display_name", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        DeviceInformation { user_id req "user_id", device_id req "device_id", algorithms
+        req "algorithms", keys req "keys", signatures req "signatures", unsigned opt
+        "unsigned" } rest extra
+    );
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/device_keys/patternProperties/^@/additionalProperties/properties/unsigned`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct UnsignedDeviceInfo {
+        pub device_display_name: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/master_keys/patternProperties/^@`."]
-        MasterKeyValue { req user_id : String => "user_id", req usage : Vec < UsageItem >
-        => "usage", req keys : std::collections::BTreeMap < String, String > => "keys",
-        opt signatures : crate ::JsonObject => "signatures", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        UnsignedDeviceInfo { device_display_name opt "device_display_name" } rest extra
+    );
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/master_keys/patternProperties/^@`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct MasterKeyValue {
+        pub user_id: String,
+        pub usage: Vec<UsageItem>,
+        pub keys: std::collections::BTreeMap<String, String>,
+        pub signatures: Option<crate::JsonObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/master_keys/patternProperties/^@/properties/usage/items`."]
-        UsageItem { Master => "master", SelfSigning => "self_signing", UserSigning =>
-        "user_signing", }
+    crate::json_object!(
+        MasterKeyValue { user_id req "user_id", usage req "usage", keys req "keys",
+        signatures opt "signatures" } rest extra
+    );
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/master_keys/patternProperties/^@/properties/usage/items`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum UsageItem {
+        /// `master`
+        Master,
+        /// `self_signing`
+        SelfSigning,
+        /// `user_signing`
+        UserSigning,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/self_signing_keys/patternProperties/^@`."]
-        SelfSigningKeyValue { req user_id : String => "user_id", req usage : Vec <
-        SelfSigningKeyValueUsageItem > => "usage", req keys : std::collections::BTreeMap
-        < String, String > => "keys", opt signatures : crate ::JsonObject =>
-        "signatures", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(
+        UsageItem { Master "master", SelfSigning "self_signing", UserSigning
+        "user_signing" }
+    );
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/self_signing_keys/patternProperties/^@`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct SelfSigningKeyValue {
+        pub user_id: String,
+        pub usage: Vec<SelfSigningKeyValueUsageItem>,
+        pub keys: std::collections::BTreeMap<String, String>,
+        pub signatures: Option<crate::JsonObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/self_signing_keys/patternProperties/^@/properties/usage/items`."]
-        SelfSigningKeyValueUsageItem { Master => "master", SelfSigning => "self_signing",
-        UserSigning => "user_signing", }
+    crate::json_object!(
+        SelfSigningKeyValue { user_id req "user_id", usage req "usage", keys req "keys",
+        signatures opt "signatures" } rest extra
+    );
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/self_signing_keys/patternProperties/^@/properties/usage/items`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum SelfSigningKeyValueUsageItem {
+        /// `master`
+        Master,
+        /// `self_signing`
+        SelfSigning,
+        /// `user_signing`
+        UserSigning,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/user_signing_keys/patternProperties/^@`."]
-        UserSigningKeyValue { req user_id : String => "user_id", req usage : Vec <
-        UserSigningKeyValueUsageItem > => "usage", req keys : std::collections::BTreeMap
-        < String, String > => "keys", opt signatures : crate ::JsonObject =>
-        "signatures", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(
+        SelfSigningKeyValueUsageItem { Master "master", SelfSigning "self_signing",
+        UserSigning "user_signing" }
+    );
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/user_signing_keys/patternProperties/^@`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct UserSigningKeyValue {
+        pub user_id: String,
+        pub usage: Vec<UserSigningKeyValueUsageItem>,
+        pub keys: std::collections::BTreeMap<String, String>,
+        pub signatures: Option<crate::JsonObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/user_signing_keys/patternProperties/^@/properties/usage/items`."]
-        UserSigningKeyValueUsageItem { Master => "master", SelfSigning => "self_signing",
-        UserSigning => "user_signing", }
+    crate::json_object!(
+        UserSigningKeyValue { user_id req "user_id", usage req "usage", keys req "keys",
+        signatures opt "signatures" } rest extra
+    );
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1query/post/responses/200/content/application~1json/schema/properties/user_signing_keys/patternProperties/^@/properties/usage/items`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum UserSigningKeyValueUsageItem {
+        /// `master`
+        Master,
+        /// `self_signing`
+        SelfSigning,
+        /// `user_signing`
+        UserSigning,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(
+        UserSigningKeyValueUsageItem { Master "master", SelfSigning "self_signing",
+        UserSigning "user_signing" }
+    );
 }
 /// `POST /_matrix/client/v3/keys/claim`: operation `claimKeys`.
 ///
@@ -243,31 +339,49 @@ pub mod claim_keys {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3keysclaim",
         spec_file: "api/client-server/keys.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1claim/post/requestBody/content/application~1json/schema`."]
-        RequestBody { opt timeout : i64 => "timeout", req one_time_keys :
-        std::collections::BTreeMap < String, std::collections::BTreeMap < String, String
-        > > => "one_time_keys", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { body req "body" });
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1claim/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub timeout: Option<i64>,
+        pub one_time_keys: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, String>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1claim/post/responses/200/content/application~1json/schema`."]
-        Response { opt failures : std::collections::BTreeMap < String, crate ::JsonObject
-        > => "failures", req one_time_keys : std::collections::BTreeMap < String,
-        std::collections::BTreeMap < String, std::collections::BTreeMap < String, crate
-        ::client_server::definitions::one_time_keys::OneTimeKeyValue > > > =>
-        "one_time_keys", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { timeout opt "timeout", one_time_keys req "one_time_keys" } rest
+        extra
+    );
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1claim/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub failures: Option<std::collections::BTreeMap<String, crate::JsonObject>>,
+        pub one_time_keys: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<
+                String,
+                std::collections::BTreeMap<
+                    String,
+                    crate::client_server::definitions::one_time_keys::OneTimeKeyValue,
+                >,
+            >,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { failures opt "failures", one_time_keys req "one_time_keys" } rest
+        extra
+    );
 }
 /// `GET /_matrix/client/v3/keys/changes`: operation `getKeysChanges`.
 ///
@@ -310,18 +424,22 @@ pub mod get_keys_changes {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3keyschanges",
         spec_file: "api/client-server/keys.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `from`."] req from : String => "from", #[doc
-        = " Query parameter `to`."] req to : String => "to", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `from`.
+        pub from: String,
+        /// Query parameter `to`.
+        pub to: String,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1changes/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt changed : Vec < String > => "changed", opt left
-        : Vec < String > => "left", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { from req "from", to req "to" });
+    /// Schema: `data/api/client-server/keys.yaml` at `/paths/~1keys~1changes/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub changed: Option<Vec<String>>,
+        pub left: Option<Vec<String>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { changed opt "changed", left opt "left" } rest extra);
 }

@@ -55,33 +55,40 @@ pub mod knock_room {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3knockroomidoralias",
         spec_file: "api/client-server/knocking.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomIdOrAlias`."] req room_id_or_alias :
-        String => "roomIdOrAlias", #[doc = " Query parameter `via`. Added in v1.12."] opt
-        via : Vec < crate ::ids::ServerName > => "via", #[doc = " The JSON body."] req
-        body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomIdOrAlias`.
+        pub room_id_or_alias: String,
+        /// Query parameter `via`. Added in v1.12.
+        pub via: Option<Vec<crate::ids::ServerName>>,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { room_id_or_alias req "roomIdOrAlias", via opt "via", body req "body" }
+    );
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/knocking.yaml` at `/paths/~1knock~1{roomIdOrAlias}/post/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt reason : String => "reason", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/knocking.yaml` at `/paths/~1knock~1{roomIdOrAlias}/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub reason: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/knocking.yaml` at `/paths/~1knock~1{roomIdOrAlias}/post/responses/200/content/application~1json/schema`."]
-        Response { #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId =>
-        "room_id", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(RequestBody { reason opt "reason" } rest extra);
+    /// Schema: `data/api/client-server/knocking.yaml` at `/paths/~1knock~1{roomIdOrAlias}/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { room_id req "room_id" } rest extra);
 }

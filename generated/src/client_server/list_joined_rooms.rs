@@ -30,16 +30,16 @@ pub mod get_joined_rooms {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3joined_rooms",
         spec_file: "api/client-server/list_joined_rooms.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
+    /// Schema: `data/api/client-server/list_joined_rooms.yaml` at `/paths/~1joined_rooms/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub joined_rooms: Vec<crate::ids::RoomId>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/list_joined_rooms.yaml` at `/paths/~1joined_rooms/get/responses/200/content/application~1json/schema`."]
-        Response { req joined_rooms : Vec < crate ::ids::RoomId > => "joined_rooms", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
-    }
+    crate::json_object!(Response { joined_rooms req "joined_rooms" } rest extra);
 }

@@ -41,26 +41,34 @@ pub mod get_room_visibility_on_directory {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3directorylistroomroomid",
         spec_file: "api/client-server/list_public_rooms.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
     }
+    crate::json_object!(Request { room_id req "roomId" });
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/list_public_rooms.yaml` at `/paths/~1directory~1list~1room~1{roomId}/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt visibility : Visibility => "visibility", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    /// Schema: `data/api/client-server/list_public_rooms.yaml` at `/paths/~1directory~1list~1room~1{roomId}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub visibility: Option<Visibility>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/list_public_rooms.yaml` at `/paths/~1directory~1list~1room~1{roomId}/get/responses/200/content/application~1json/schema/properties/visibility`."]
-        Visibility { Private => "private", Public => "public", }
+    crate::json_object!(Response { visibility opt "visibility" } rest extra);
+    /// Schema: `data/api/client-server/list_public_rooms.yaml` at `/paths/~1directory~1list~1room~1{roomId}/get/responses/200/content/application~1json/schema/properties/visibility`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Visibility {
+        /// `private`
+        Private,
+        /// `public`
+        Public,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(Visibility { Private "private", Public "public" });
 }
 /// `PUT /_matrix/client/v3/directory/list/room/{roomId}`: operation `setRoomVisibilityOnDirectory`.
 ///
@@ -101,28 +109,38 @@ pub mod set_room_visibility_on_directory {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3directorylistroomroomid",
         spec_file: "api/client-server/list_public_rooms.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { room_id req "roomId", body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/list_public_rooms.yaml` at `/paths/~1directory~1list~1room~1{roomId}/put/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt visibility : Visibility => "visibility", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    /// Schema: `data/api/client-server/list_public_rooms.yaml` at `/paths/~1directory~1list~1room~1{roomId}/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub visibility: Option<Visibility>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/list_public_rooms.yaml` at `/paths/~1directory~1list~1room~1{roomId}/put/requestBody/content/application~1json/schema/properties/visibility`."]
-        Visibility { Private => "private", Public => "public", }
+    crate::json_object!(RequestBody { visibility opt "visibility" } rest extra);
+    /// Schema: `data/api/client-server/list_public_rooms.yaml` at `/paths/~1directory~1list~1room~1{roomId}/put/requestBody/content/application~1json/schema/properties/visibility`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Visibility {
+        /// `private`
+        Private,
+        /// `public`
+        Public,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(Visibility { Private "private", Public "public" });
 }
 /// `GET /_matrix/client/v3/publicRooms`: operation `getPublicRooms`.
 ///
@@ -171,14 +189,19 @@ pub mod get_public_rooms {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3publicrooms",
         spec_file: "api/client-server/list_public_rooms.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " Query parameter `limit`."] opt limit : i64
-        => "limit", #[doc = " Query parameter `since`."] opt since : String => "since",
-        #[doc = " Query parameter `server`."] opt server : crate ::ids::ServerName =>
-        "server", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// Query parameter `limit`.
+        pub limit: Option<i64>,
+        /// Query parameter `since`.
+        pub since: Option<String>,
+        /// Query parameter `server`.
+        pub server: Option<crate::ids::ServerName>,
     }
+    crate::json_object!(
+        Request { limit opt "limit", since opt "since", server opt "server" }
+    );
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::public_rooms_response::PublicRoomsResponse;
 }
@@ -217,32 +240,44 @@ pub mod query_public_rooms {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3publicrooms",
         spec_file: "api/client-server/list_public_rooms.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `server`."] opt server : crate
-        ::ids::ServerName => "server", #[doc = " The JSON body."] req body : RequestBody
-        => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `server`.
+        pub server: Option<crate::ids::ServerName>,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { server opt "server", body req "body" });
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::public_rooms_response::PublicRoomsResponse;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/list_public_rooms.yaml` at `/paths/~1publicRooms/post/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt limit : i64 => "limit", opt since : String
-        => "since", opt filter : Filter => "filter", opt include_all_networks : bool =>
-        "include_all_networks", opt third_party_instance_id : String =>
-        "third_party_instance_id", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/list_public_rooms.yaml` at `/paths/~1publicRooms/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub limit: Option<i64>,
+        pub since: Option<String>,
+        pub filter: Option<Filter>,
+        pub include_all_networks: Option<bool>,
+        pub third_party_instance_id: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/list_public_rooms.yaml` at `/paths/~1publicRooms/post/requestBody/content/application~1json/schema/properties/filter`."]
-        #[derive(Default)] Filter { opt generic_search_term : String =>
-        "generic_search_term", #[doc = " Added in v1.4."] opt room_types : Vec < Option <
-        String > > => "room_types", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { limit opt "limit", since opt "since", filter opt "filter",
+        include_all_networks opt "include_all_networks", third_party_instance_id opt
+        "third_party_instance_id" } rest extra
+    );
+    /// Schema: `data/api/client-server/list_public_rooms.yaml` at `/paths/~1publicRooms/post/requestBody/content/application~1json/schema/properties/filter`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Filter {
+        pub generic_search_term: Option<String>,
+        /// Added in v1.4.
+        pub room_types: Option<Vec<Option<String>>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Filter { generic_search_term opt "generic_search_term", room_types opt
+        "room_types" } rest extra
+    );
 }

@@ -38,30 +38,34 @@ pub mod get_login_flows {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3login",
         spec_file: "api/client-server/login.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/login.yaml` at `/paths/~1login/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt flows : Vec < LoginFlow > => "flows", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/login.yaml` at `/paths/~1login/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub flows: Option<Vec<LoginFlow>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/login.yaml` at `/paths/~1login/get/responses/200/content/application~1json/schema/properties/flows/items`."]
-        LoginFlow { req type_ : String => "type", #[doc = " Added in v1.7."] opt
-        get_login_token : bool => "get_login_token", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Response { flows opt "flows" } rest extra);
+    /// Schema: `data/api/client-server/login.yaml` at `/paths/~1login/get/responses/200/content/application~1json/schema/properties/flows/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct LoginFlow {
+        pub type_: String,
+        /// Added in v1.7.
+        pub get_login_token: Option<bool>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        LoginFlow { type_ req "type", get_login_token opt "get_login_token" } rest extra
+    );
 }
 /// `POST /_matrix/client/v3/login`: operation `login`.
 ///
@@ -103,52 +107,84 @@ pub mod login {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3login",
         spec_file: "api/client-server/login.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/login.yaml` at `/paths/~1login/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req type_ : String => "type", opt identifier : crate
-        ::client_server::definitions::user_identifier::UserIdentifier => "identifier",
-        #[doc = " Deprecated."] opt user : String => "user", #[doc = " Deprecated."] opt
-        medium : String => "medium", #[doc = " Deprecated."] opt address : String =>
-        "address", opt password : String => "password", opt token : String => "token",
-        opt device_id : String => "device_id", opt initial_device_display_name : String
-        => "initial_device_display_name", #[doc = " Added in v1.3."] opt refresh_token :
-        bool => "refresh_token", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/login.yaml` at `/paths/~1login/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub type_: String,
+        pub identifier: Option<
+            crate::client_server::definitions::user_identifier::UserIdentifier,
+        >,
+        /// Deprecated.
+        pub user: Option<String>,
+        /// Deprecated.
+        pub medium: Option<String>,
+        /// Deprecated.
+        pub address: Option<String>,
+        pub password: Option<String>,
+        pub token: Option<String>,
+        pub device_id: Option<String>,
+        pub initial_device_display_name: Option<String>,
+        /// Added in v1.3.
+        pub refresh_token: Option<bool>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/login.yaml` at `/paths/~1login/post/responses/200/content/application~1json/schema`."]
-        Response { #[doc = " Format `mx-user-id`."] req user_id : crate ::ids::UserId =>
-        "user_id", req access_token : String => "access_token", #[doc =
-        " Added in v1.3."] opt refresh_token : String => "refresh_token", #[doc =
-        " Added in v1.3."] opt expires_in_ms : i64 => "expires_in_ms", #[doc =
-        " Format `mx-server-name`. Deprecated."] opt home_server : crate
-        ::ids::ServerName => "home_server", req device_id : String => "device_id", opt
-        well_known : WellKnown => "well_known", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { type_ req "type", identifier opt "identifier", user opt "user",
+        medium opt "medium", address opt "address", password opt "password", token opt
+        "token", device_id opt "device_id", initial_device_display_name opt
+        "initial_device_display_name", refresh_token opt "refresh_token" } rest extra
+    );
+    /// Schema: `data/api/client-server/login.yaml` at `/paths/~1login/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        /// Format `mx-user-id`.
+        pub user_id: crate::ids::UserId,
+        pub access_token: String,
+        /// Added in v1.3.
+        pub refresh_token: Option<String>,
+        /// Added in v1.3.
+        pub expires_in_ms: Option<i64>,
+        /// Format `mx-server-name`. Deprecated.
+        pub home_server: Option<crate::ids::ServerName>,
+        pub device_id: String,
+        pub well_known: Option<WellKnown>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/login.yaml` at `/paths/~1login/post/responses/200/content/application~1json/schema/properties/well_known`."]
-        WellKnown { #[doc = " `m.homeserver`."] req m_homeserver : crate
-        ::client_server::definitions::wellknown::homeserver::Homeserver =>
-        "m.homeserver", #[doc = " `m.identity_server`."] opt m_identity_server : crate
-        ::client_server::definitions::wellknown::identity_server::IdentityServer =>
-        "m.identity_server", } #[doc = " Keys beyond the named ones."] rest additional :
-        std::collections::BTreeMap < String, crate ::JsonValue >
+    crate::json_object!(
+        Response { user_id req "user_id", access_token req "access_token", refresh_token
+        opt "refresh_token", expires_in_ms opt "expires_in_ms", home_server opt
+        "home_server", device_id req "device_id", well_known opt "well_known" } rest
+        extra
+    );
+    /// Schema: `data/api/client-server/login.yaml` at `/paths/~1login/post/responses/200/content/application~1json/schema/properties/well_known`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct WellKnown {
+        /// `m.homeserver`.
+        pub m_homeserver: crate::client_server::definitions::wellknown::homeserver::Homeserver,
+        /// `m.identity_server`.
+        pub m_identity_server: Option<
+            crate::client_server::definitions::wellknown::identity_server::IdentityServer,
+        >,
+        /// Keys beyond the named ones.
+        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
     }
+    crate::json_object!(
+        WellKnown { m_homeserver req "m.homeserver", m_identity_server opt
+        "m.identity_server" } rest additional
+    );
 }

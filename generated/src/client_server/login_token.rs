@@ -42,37 +42,48 @@ pub mod generate_login_token {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv1loginget_token",
         spec_file: "api/client-server/login_token.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `401` response body.
     pub type Response401 = crate::client_server::definitions::auth_response::AuthResponse;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/login_token.yaml` at `/paths/~1login~1get_token/post/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt auth : Auth => "auth", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/login_token.yaml` at `/paths/~1login~1get_token/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub auth: Option<Auth>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/login_token.yaml` at `/paths/~1login~1get_token/post/requestBody/content/application~1json/schema/properties/auth`."]
-        #[derive(Default)] Auth { opt type_ : String => "type", opt session : String =>
-        "session", } #[doc = " Keys beyond the named ones."] rest additional :
-        std::collections::BTreeMap < String, crate ::JsonValue >
+    crate::json_object!(RequestBody { auth opt "auth" } rest extra);
+    /// Schema: `data/api/client-server/login_token.yaml` at `/paths/~1login~1get_token/post/requestBody/content/application~1json/schema/properties/auth`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Auth {
+        pub type_: Option<String>,
+        pub session: Option<String>,
+        /// Keys beyond the named ones.
+        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/login_token.yaml` at `/paths/~1login~1get_token/post/responses/200/content/application~1json/schema`."]
-        Response { req login_token : String => "login_token", req expires_in_ms : i64 =>
-        "expires_in_ms", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Auth { type_ opt "type", session opt "session" } rest additional
+    );
+    /// Schema: `data/api/client-server/login_token.yaml` at `/paths/~1login~1get_token/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub login_token: String,
+        pub expires_in_ms: i64,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { login_token req "login_token", expires_in_ms req "expires_in_ms" }
+        rest extra
+    );
 }

@@ -30,11 +30,10 @@ pub mod logout {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3logout",
         spec_file: "api/client-server/logout.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `200` response body.
     pub type Response = crate::JsonObject;
 }
@@ -66,11 +65,10 @@ pub mod logout_all {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3logoutall",
         spec_file: "api/client-server/logout.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `200` response body.
     pub type Response = crate::JsonObject;
 }

@@ -71,29 +71,51 @@ pub mod get_room_events {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidmessages",
         spec_file: "api/client-server/message_pagination.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", #[doc = " Query parameter `from`."] opt from : String => "from",
-        #[doc = " Query parameter `to`."] opt to : String => "to", #[doc =
-        " Query parameter `dir`."] req dir : Dir => "dir", #[doc =
-        " Query parameter `limit`."] opt limit : i64 => "limit", #[doc =
-        " Query parameter `filter`."] opt filter : String => "filter", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// Query parameter `from`.
+        pub from: Option<String>,
+        /// Query parameter `to`.
+        pub to: Option<String>,
+        /// Query parameter `dir`.
+        pub dir: Dir,
+        /// Query parameter `limit`.
+        pub limit: Option<i64>,
+        /// Query parameter `filter`.
+        pub filter: Option<String>,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/message_pagination.yaml` at `/paths/~1rooms~1{roomId}~1messages/get/parameters/3/schema`."]
-        Dir { B => "b", F => "f", }
+    crate::json_object!(
+        Request { room_id req "roomId", from opt "from", to opt "to", dir req "dir",
+        limit opt "limit", filter opt "filter" }
+    );
+    /// Schema: `data/api/client-server/message_pagination.yaml` at `/paths/~1rooms~1{roomId}~1messages/get/parameters/3/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Dir {
+        /// `b`
+        B,
+        /// `f`
+        F,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/message_pagination.yaml` at `/paths/~1rooms~1{roomId}~1messages/get/responses/200/content/application~1json/schema`."]
-        Response { req start : String => "start", opt end : String => "end", req chunk :
-        Vec < crate ::client_server::definitions::client_event::ClientEvent > => "chunk",
-        opt state : Vec < crate ::client_server::definitions::client_event::ClientEvent >
-        => "state", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(Dir { B "b", F "f" });
+    /// Schema: `data/api/client-server/message_pagination.yaml` at `/paths/~1rooms~1{roomId}~1messages/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub start: String,
+        pub end: Option<String>,
+        pub chunk: Vec<crate::client_server::definitions::client_event::ClientEvent>,
+        pub state: Option<
+            Vec<crate::client_server::definitions::client_event::ClientEvent>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { start req "start", end opt "end", chunk req "chunk", state opt "state"
+        } rest extra
+    );
 }

@@ -51,23 +51,30 @@ pub mod get_mutual_rooms {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mutual_rooms",
         spec_file: "api/client-server/mutual_rooms.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `user_id`."] req user_id : crate
-        ::ids::UserId => "user_id", #[doc = " Query parameter `from`."] opt from : String
-        => "from", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `user_id`.
+        pub user_id: crate::ids::UserId,
+        /// Query parameter `from`.
+        pub from: Option<String>,
     }
+    crate::json_object!(Request { user_id req "user_id", from opt "from" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/mutual_rooms.yaml` at `/paths/~1mutual_rooms/get/responses/200/content/application~1json/schema`."]
-        Response { req joined : Vec < crate ::ids::RoomId > => "joined", req count : i64
-        => "count", opt next_batch : String => "next_batch", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/mutual_rooms.yaml` at `/paths/~1mutual_rooms/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub joined: Vec<crate::ids::RoomId>,
+        pub count: i64,
+        pub next_batch: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { joined req "joined", count req "count", next_batch opt "next_batch" }
+        rest extra
+    );
 }

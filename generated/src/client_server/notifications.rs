@@ -49,57 +49,92 @@ pub mod get_notifications {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3notifications",
         spec_file: "api/client-server/notifications.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " Query parameter `from`."] opt from :
-        String => "from", #[doc = " Query parameter `limit`."] opt limit : i64 =>
-        "limit", #[doc = " Query parameter `only`."] opt only : String => "only", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// Query parameter `from`.
+        pub from: Option<String>,
+        /// Query parameter `limit`.
+        pub limit: Option<i64>,
+        /// Query parameter `only`.
+        pub only: Option<String>,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema`."]
-        Response { opt next_token : String => "next_token", req notifications : Vec <
-        Notification > => "notifications", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { from opt "from", limit opt "limit", only opt "only" });
+    /// Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub next_token: Option<String>,
+        pub notifications: Vec<Notification>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema/properties/notifications/items`."]
-        Notification { req actions : Vec < Action > => "actions", req event : Event =>
-        "event", opt profile_tag : String => "profile_tag", req read : bool => "read",
-        req room_id : String => "room_id", #[doc = " Format `int64`."] req ts : i64 =>
-        "ts", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
-        rest extra : crate ::JsonObject
+    crate::json_object!(
+        Response { next_token opt "next_token", notifications req "notifications" } rest
+        extra
+    );
+    /// Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema/properties/notifications/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Notification {
+        pub actions: Vec<Action>,
+        pub event: Event,
+        pub profile_tag: Option<String>,
+        pub read: bool,
+        pub room_id: String,
+        /// Format `int64`.
+        pub ts: i64,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_untagged! {
-        #[doc =
-        " Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema/properties/notifications/items/properties/actions/items`."]
-        Action { Object(crate ::JsonObject), String_(String), }
+    crate::json_object!(
+        Notification { actions req "actions", event req "event", profile_tag opt
+        "profile_tag", read req "read", room_id req "room_id", ts req "ts" } rest extra
+    );
+    /// Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema/properties/notifications/items/properties/actions/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum Action {
+        Object(crate::JsonObject),
+        String_(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema/properties/notifications/items/properties/event`."]
-        Event { #[doc = " Format `mx-event-id`."] req event_id : crate ::ids::EventId =>
-        "event_id", req type_ : String => "type", opt state_key : String => "state_key",
-        #[doc = " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender",
-        #[doc = " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req
-        content : crate ::JsonObject => "content", opt unsigned : EventUnsigned =>
-        "unsigned", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_untagged!(Action { Object, String_ });
+    /// Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema/properties/notifications/items/properties/event`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Event {
+        /// Format `mx-event-id`.
+        pub event_id: crate::ids::EventId,
+        pub type_: String,
+        pub state_key: Option<String>,
+        /// Format `mx-user-id`.
+        pub sender: crate::ids::UserId,
+        /// Format `int64`.
+        pub origin_server_ts: i64,
+        pub content: crate::JsonObject,
+        pub unsigned: Option<EventUnsigned>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema/properties/notifications/items/properties/event/properties/unsigned`."]
-        #[derive(Default)] EventUnsigned { #[doc = " Format `int64`."] opt age : i64 =>
-        "age", opt redacted_because : crate ::JsonObject => "redacted_because", opt
-        transaction_id : String => "transaction_id", opt prev_content : crate
-        ::JsonObject => "prev_content", #[doc = " Format `mx-event-id`. Added in v1.19."]
-        opt replaces_state : crate ::ids::EventId => "replaces_state", #[doc =
-        " Added in v1.11."] opt membership : String => "membership", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Event { event_id req "event_id", type_ req "type", state_key opt "state_key",
+        sender req "sender", origin_server_ts req "origin_server_ts", content req
+        "content", unsigned opt "unsigned" } rest extra
+    );
+    /// Schema: `data/api/client-server/notifications.yaml` at `/paths/~1notifications/get/responses/200/content/application~1json/schema/properties/notifications/items/properties/event/properties/unsigned`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct EventUnsigned {
+        /// Format `int64`.
+        pub age: Option<i64>,
+        pub redacted_because: Option<crate::JsonObject>,
+        pub transaction_id: Option<String>,
+        pub prev_content: Option<crate::JsonObject>,
+        /// Format `mx-event-id`. Added in v1.19.
+        pub replaces_state: Option<crate::ids::EventId>,
+        /// Added in v1.11.
+        pub membership: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        EventUnsigned { age opt "age", redacted_because opt "redacted_because",
+        transaction_id opt "transaction_id", prev_content opt "prev_content",
+        replaces_state opt "replaces_state", membership opt "membership" } rest extra
+    );
 }

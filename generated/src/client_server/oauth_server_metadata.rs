@@ -34,42 +34,76 @@ pub mod get_auth_metadata {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1auth_metadata",
         spec_file: "api/client-server/oauth_server_metadata.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/oauth_server_metadata.yaml` at `/paths/~1auth_metadata/get/responses/200/content/application~1json/schema`."]
-        Response { #[doc = " Format `uri`."] req issuer : String => "issuer", #[doc =
-        " Format `uri`."] req authorization_endpoint : String =>
-        "authorization_endpoint", #[doc = " Format `uri`."] req token_endpoint : String
-        => "token_endpoint", #[doc = " Format `uri`."] req revocation_endpoint : String
-        => "revocation_endpoint", #[doc = " Format `uri`."] req registration_endpoint :
-        String => "registration_endpoint", req response_types_supported : Vec < String >
-        => "response_types_supported", req grant_types_supported : Vec < String > =>
-        "grant_types_supported", req response_modes_supported : Vec < String > =>
-        "response_modes_supported", req code_challenge_methods_supported : Vec < String >
-        => "code_challenge_methods_supported", opt prompt_values_supported : Vec < String
-        > => "prompt_values_supported", #[doc = " Format `uri`. Added in v1.18."] opt
-        account_management_uri : String => "account_management_uri", #[doc =
-        " Added in v1.18."] opt account_management_actions_supported : Vec <
-        AccountManagementActionsSupportedItem > =>
-        "account_management_actions_supported", #[doc = " Format `uri`. Added in v1.18."]
-        opt device_authorization_endpoint : String => "device_authorization_endpoint", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    /// Schema: `data/api/client-server/oauth_server_metadata.yaml` at `/paths/~1auth_metadata/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        /// Format `uri`.
+        pub issuer: String,
+        /// Format `uri`.
+        pub authorization_endpoint: String,
+        /// Format `uri`.
+        pub token_endpoint: String,
+        /// Format `uri`.
+        pub revocation_endpoint: String,
+        /// Format `uri`.
+        pub registration_endpoint: String,
+        pub response_types_supported: Vec<String>,
+        pub grant_types_supported: Vec<String>,
+        pub response_modes_supported: Vec<String>,
+        pub code_challenge_methods_supported: Vec<String>,
+        pub prompt_values_supported: Option<Vec<String>>,
+        /// Format `uri`. Added in v1.18.
+        pub account_management_uri: Option<String>,
+        /// Added in v1.18.
+        pub account_management_actions_supported: Option<
+            Vec<AccountManagementActionsSupportedItem>,
+        >,
+        /// Format `uri`. Added in v1.18.
+        pub device_authorization_endpoint: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/oauth_server_metadata.yaml` at `/paths/~1auth_metadata/get/responses/200/content/application~1json/schema/properties/account_management_actions_supported/items`."]
-        AccountManagementActionsSupportedItem { OrgMatrixProfile => "org.matrix.profile",
-        OrgMatrixDevicesList => "org.matrix.devices_list", OrgMatrixDeviceView =>
-        "org.matrix.device_view", OrgMatrixDeviceDelete => "org.matrix.device_delete",
-        OrgMatrixAccountDeactivate => "org.matrix.account_deactivate",
-        OrgMatrixCrossSigningReset => "org.matrix.cross_signing_reset", }
+    crate::json_object!(
+        Response { issuer req "issuer", authorization_endpoint req
+        "authorization_endpoint", token_endpoint req "token_endpoint",
+        revocation_endpoint req "revocation_endpoint", registration_endpoint req
+        "registration_endpoint", response_types_supported req "response_types_supported",
+        grant_types_supported req "grant_types_supported", response_modes_supported req
+        "response_modes_supported", code_challenge_methods_supported req
+        "code_challenge_methods_supported", prompt_values_supported opt
+        "prompt_values_supported", account_management_uri opt "account_management_uri",
+        account_management_actions_supported opt "account_management_actions_supported",
+        device_authorization_endpoint opt "device_authorization_endpoint" } rest extra
+    );
+    /// Schema: `data/api/client-server/oauth_server_metadata.yaml` at `/paths/~1auth_metadata/get/responses/200/content/application~1json/schema/properties/account_management_actions_supported/items`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum AccountManagementActionsSupportedItem {
+        /// `org.matrix.profile`
+        OrgMatrixProfile,
+        /// `org.matrix.devices_list`
+        OrgMatrixDevicesList,
+        /// `org.matrix.device_view`
+        OrgMatrixDeviceView,
+        /// `org.matrix.device_delete`
+        OrgMatrixDeviceDelete,
+        /// `org.matrix.account_deactivate`
+        OrgMatrixAccountDeactivate,
+        /// `org.matrix.cross_signing_reset`
+        OrgMatrixCrossSigningReset,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(
+        AccountManagementActionsSupportedItem { OrgMatrixProfile "org.matrix.profile",
+        OrgMatrixDevicesList "org.matrix.devices_list", OrgMatrixDeviceView
+        "org.matrix.device_view", OrgMatrixDeviceDelete "org.matrix.device_delete",
+        OrgMatrixAccountDeactivate "org.matrix.account_deactivate",
+        OrgMatrixCrossSigningReset "org.matrix.cross_signing_reset" }
+    );
 }

@@ -47,22 +47,29 @@ pub mod get_events {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3events",
         spec_file: "api/client-server/old_sync.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " Query parameter `from`."] opt from :
-        String => "from", #[doc = " Query parameter `timeout`."] opt timeout : i64 =>
-        "timeout", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// Query parameter `from`.
+        pub from: Option<String>,
+        /// Query parameter `timeout`.
+        pub timeout: Option<i64>,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1events/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt start : String => "start", opt end : String =>
-        "end", opt chunk : Vec < crate
-        ::client_server::definitions::client_event::ClientEvent > => "chunk", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { from opt "from", timeout opt "timeout" });
+    /// Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1events/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub start: Option<String>,
+        pub end: Option<String>,
+        pub chunk: Option<
+            Vec<crate::client_server::definitions::client_event::ClientEvent>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { start opt "start", end opt "end", chunk opt "chunk" } rest extra
+    );
 }
 /// `GET /_matrix/client/v3/initialSync`: operation `initialSync`.
 ///
@@ -109,80 +116,135 @@ pub mod initial_sync {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3initialsync",
         spec_file: "api/client-server/old_sync.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " Query parameter `limit`."] opt limit : i64
-        => "limit", #[doc = " Query parameter `archived`."] opt archived : bool =>
-        "archived", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// Query parameter `limit`.
+        pub limit: Option<i64>,
+        /// Query parameter `archived`.
+        pub archived: Option<bool>,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema`."]
-        Response { req end : String => "end", req presence : Vec < crate
-        ::events::core_event_schema::event::Event > => "presence", req rooms : Vec <
-        RoomInfo > => "rooms", opt account_data : Vec < crate
-        ::events::core_event_schema::event::Event > => "account_data", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { limit opt "limit", archived opt "archived" });
+    /// Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub end: String,
+        pub presence: Vec<crate::events::core_event_schema::event::Event>,
+        pub rooms: Vec<RoomInfo>,
+        pub account_data: Option<Vec<crate::events::core_event_schema::event::Event>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items`."]
-        RoomInfo { #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId =>
-        "room_id", req membership : Membership => "membership", opt invite : InviteEvent
-        => "invite", opt messages : PaginationChunk => "messages", opt state : Vec <
-        crate ::client_server::definitions::client_event::ClientEvent > => "state", opt
-        visibility : Visibility => "visibility", opt account_data : Vec < crate
-        ::events::core_event_schema::event::Event > => "account_data", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Response { end req "end", presence req "presence", rooms req "rooms",
+        account_data opt "account_data" } rest extra
+    );
+    /// Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RoomInfo {
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        pub membership: Membership,
+        pub invite: Option<InviteEvent>,
+        pub messages: Option<PaginationChunk>,
+        pub state: Option<
+            Vec<crate::client_server::definitions::client_event::ClientEvent>,
+        >,
+        pub visibility: Option<Visibility>,
+        pub account_data: Option<Vec<crate::events::core_event_schema::event::Event>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items/properties/membership`."]
-        Membership { Invite => "invite", Join => "join", Leave => "leave", Ban => "ban",
-        }
+    crate::json_object!(
+        RoomInfo { room_id req "room_id", membership req "membership", invite opt
+        "invite", messages opt "messages", state opt "state", visibility opt
+        "visibility", account_data opt "account_data" } rest extra
+    );
+    /// Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items/properties/membership`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Membership {
+        /// `invite`
+        Invite,
+        /// `join`
+        Join,
+        /// `leave`
+        Leave,
+        /// `ban`
+        Ban,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items/properties/invite`."]
-        InviteEvent { #[doc = " Format `mx-event-id`."] req event_id : crate
-        ::ids::EventId => "event_id", req type_ : String => "type", opt state_key :
-        String => "state_key", #[doc = " Format `mx-user-id`."] req sender : crate
-        ::ids::UserId => "sender", #[doc = " Format `int64`."] req origin_server_ts : i64
-        => "origin_server_ts", req content : crate ::JsonObject => "content", opt
-        unsigned : InviteEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."]
-        req room_id : crate ::ids::RoomId => "room_id", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(
+        Membership { Invite "invite", Join "join", Leave "leave", Ban "ban" }
+    );
+    /// Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items/properties/invite`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct InviteEvent {
+        /// Format `mx-event-id`.
+        pub event_id: crate::ids::EventId,
+        pub type_: String,
+        pub state_key: Option<String>,
+        /// Format `mx-user-id`.
+        pub sender: crate::ids::UserId,
+        /// Format `int64`.
+        pub origin_server_ts: i64,
+        pub content: crate::JsonObject,
+        pub unsigned: Option<InviteEventUnsigned>,
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items/properties/invite/properties/unsigned`."]
-        #[derive(Default)] InviteEventUnsigned { #[doc = " Format `int64`."] opt age :
-        i64 => "age", opt redacted_because : crate ::JsonObject => "redacted_because",
-        opt transaction_id : String => "transaction_id", opt prev_content : crate
-        ::JsonObject => "prev_content", #[doc = " Format `mx-event-id`. Added in v1.19."]
-        opt replaces_state : crate ::ids::EventId => "replaces_state", #[doc =
-        " Added in v1.11."] opt membership : String => "membership", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        InviteEvent { event_id req "event_id", type_ req "type", state_key opt
+        "state_key", sender req "sender", origin_server_ts req "origin_server_ts",
+        content req "content", unsigned opt "unsigned", room_id req "room_id" } rest
+        extra
+    );
+    /// Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items/properties/invite/properties/unsigned`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct InviteEventUnsigned {
+        /// Format `int64`.
+        pub age: Option<i64>,
+        pub redacted_because: Option<crate::JsonObject>,
+        pub transaction_id: Option<String>,
+        pub prev_content: Option<crate::JsonObject>,
+        /// Format `mx-event-id`. Added in v1.19.
+        pub replaces_state: Option<crate::ids::EventId>,
+        /// Added in v1.11.
+        pub membership: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items/properties/messages`."]
-        PaginationChunk { opt start : String => "start", req end : String => "end", req
-        chunk : Vec < crate ::client_server::definitions::client_event::ClientEvent > =>
-        "chunk", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        InviteEventUnsigned { age opt "age", redacted_because opt "redacted_because",
+        transaction_id opt "transaction_id", prev_content opt "prev_content",
+        replaces_state opt "replaces_state", membership opt "membership" } rest extra
+    );
+    /// Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items/properties/messages`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct PaginationChunk {
+        pub start: Option<String>,
+        pub end: String,
+        pub chunk: Vec<crate::client_server::definitions::client_event::ClientEvent>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items/properties/visibility`."]
-        Visibility { Private => "private", Public => "public", }
+    crate::json_object!(
+        PaginationChunk { start opt "start", end req "end", chunk req "chunk" } rest
+        extra
+    );
+    /// Schema: `data/api/client-server/old_sync.yaml` at `/paths/~1initialSync/get/responses/200/content/application~1json/schema/properties/rooms/items/properties/visibility`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Visibility {
+        /// `private`
+        Private,
+        /// `public`
+        Public,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(Visibility { Private "private", Public "public" });
 }
 /// `GET /_matrix/client/v3/events/{eventId}`: operation `getOneEvent`.
 ///
@@ -223,12 +285,13 @@ pub mod get_one_event {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3eventseventid",
         spec_file: "api/client-server/old_sync.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `eventId`."] req event_id : crate
-        ::ids::EventId => "eventId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `eventId`.
+        pub event_id: crate::ids::EventId,
     }
+    crate::json_object!(Request { event_id req "eventId" });
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::client_event::ClientEvent;
 }

@@ -42,12 +42,15 @@ pub mod request_open_id_token {
         spec_file: "api/client-server/openid.yaml",
     };
     pub type RequestBody = crate::JsonObject;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
-        #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { user_id req "userId", body req "body" });
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::openid_token::OpenidToken;
     /// The `429` response body.

@@ -38,32 +38,43 @@ pub mod change_password {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3accountpassword",
         spec_file: "api/client-server/password_management.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `401` response body.
     pub type Response401 = crate::client_server::definitions::auth_response::AuthResponse;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/password_management.yaml` at `/paths/~1account~1password/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req new_password : String => "new_password", opt logout_devices :
-        bool => "logout_devices", opt auth : Auth => "auth", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/password_management.yaml` at `/paths/~1account~1password/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub new_password: String,
+        pub logout_devices: Option<bool>,
+        pub auth: Option<Auth>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/password_management.yaml` at `/paths/~1account~1password/post/requestBody/content/application~1json/schema/properties/auth`."]
-        #[derive(Default)] Auth { opt type_ : String => "type", opt session : String =>
-        "session", } #[doc = " Keys beyond the named ones."] rest additional :
-        std::collections::BTreeMap < String, crate ::JsonValue >
+    crate::json_object!(
+        RequestBody { new_password req "new_password", logout_devices opt
+        "logout_devices", auth opt "auth" } rest extra
+    );
+    /// Schema: `data/api/client-server/password_management.yaml` at `/paths/~1account~1password/post/requestBody/content/application~1json/schema/properties/auth`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Auth {
+        pub type_: Option<String>,
+        pub session: Option<String>,
+        /// Keys beyond the named ones.
+        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
     }
+    crate::json_object!(
+        Auth { type_ opt "type", session opt "session" } rest additional
+    );
 }
 /// `POST /_matrix/client/v3/account/password/email/requestToken`: operation `requestTokenToResetPasswordEmail`.
 ///
@@ -102,11 +113,13 @@ pub mod request_token_to_reset_password_email {
         spec_file: "api/client-server/password_management.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::request_email_validation::RequestEmailValidation;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::request_token_response::RequestTokenResponse;
     /// The `400` response body.
@@ -151,11 +164,13 @@ pub mod request_token_to_reset_password_msisdn {
         spec_file: "api/client-server/password_management.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::request_msisdn_validation::RequestMsisdnValidation;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::request_token_response::RequestTokenResponse;
     /// The `400` response body.

@@ -53,44 +53,72 @@ pub mod peek_events {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3events",
         spec_file: "api/client-server/peeking_events.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `from`."] opt from : String => "from", #[doc
-        = " Query parameter `timeout`."] opt timeout : i64 => "timeout", #[doc =
-        " Query parameter `room_id`."] req room_id : String => "room_id", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `from`.
+        pub from: Option<String>,
+        /// Query parameter `timeout`.
+        pub timeout: Option<i64>,
+        /// Query parameter `room_id`.
+        pub room_id: String,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/peeking_events.yaml` at `/paths/~1events /get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt start : String => "start", opt end : String =>
-        "end", opt chunk : Vec < Event > => "chunk", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Request { from opt "from", timeout opt "timeout", room_id req "room_id" }
+    );
+    /// Schema: `data/api/client-server/peeking_events.yaml` at `/paths/~1events /get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub start: Option<String>,
+        pub end: Option<String>,
+        pub chunk: Option<Vec<Event>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/peeking_events.yaml` at `/paths/~1events /get/responses/200/content/application~1json/schema/properties/chunk/items`."]
-        Event { #[doc = " Format `mx-event-id`."] req event_id : crate ::ids::EventId =>
-        "event_id", req type_ : String => "type", opt state_key : String => "state_key",
-        #[doc = " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender",
-        #[doc = " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req
-        content : crate ::JsonObject => "content", opt unsigned : EventUnsigned =>
-        "unsigned", #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId =>
-        "room_id", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Response { start opt "start", end opt "end", chunk opt "chunk" } rest extra
+    );
+    /// Schema: `data/api/client-server/peeking_events.yaml` at `/paths/~1events /get/responses/200/content/application~1json/schema/properties/chunk/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Event {
+        /// Format `mx-event-id`.
+        pub event_id: crate::ids::EventId,
+        pub type_: String,
+        pub state_key: Option<String>,
+        /// Format `mx-user-id`.
+        pub sender: crate::ids::UserId,
+        /// Format `int64`.
+        pub origin_server_ts: i64,
+        pub content: crate::JsonObject,
+        pub unsigned: Option<EventUnsigned>,
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/peeking_events.yaml` at `/paths/~1events /get/responses/200/content/application~1json/schema/properties/chunk/items/properties/unsigned`."]
-        #[derive(Default)] EventUnsigned { #[doc = " Format `int64`."] opt age : i64 =>
-        "age", opt redacted_because : crate ::JsonObject => "redacted_because", opt
-        transaction_id : String => "transaction_id", opt prev_content : crate
-        ::JsonObject => "prev_content", #[doc = " Format `mx-event-id`. Added in v1.19."]
-        opt replaces_state : crate ::ids::EventId => "replaces_state", #[doc =
-        " Added in v1.11."] opt membership : String => "membership", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Event { event_id req "event_id", type_ req "type", state_key opt "state_key",
+        sender req "sender", origin_server_ts req "origin_server_ts", content req
+        "content", unsigned opt "unsigned", room_id req "room_id" } rest extra
+    );
+    /// Schema: `data/api/client-server/peeking_events.yaml` at `/paths/~1events /get/responses/200/content/application~1json/schema/properties/chunk/items/properties/unsigned`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct EventUnsigned {
+        /// Format `int64`.
+        pub age: Option<i64>,
+        pub redacted_because: Option<crate::JsonObject>,
+        pub transaction_id: Option<String>,
+        pub prev_content: Option<crate::JsonObject>,
+        /// Format `mx-event-id`. Added in v1.19.
+        pub replaces_state: Option<crate::ids::EventId>,
+        /// Added in v1.11.
+        pub membership: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        EventUnsigned { age opt "age", redacted_because opt "redacted_because",
+        transaction_id opt "transaction_id", prev_content opt "prev_content",
+        replaces_state opt "replaces_state", membership opt "membership" } rest extra
+    );
 }

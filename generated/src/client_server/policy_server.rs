@@ -34,23 +34,24 @@ pub mod get_wellknown_policy {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#getwell-knownmatrixpolicy_server",
         spec_file: "api/client-server/policy_server.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
+    /// Schema: `data/api/client-server/policy_server.yaml` at `/paths/~1matrix~1policy_server/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub public_keys: PublicKeys,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/policy_server.yaml` at `/paths/~1matrix~1policy_server/get/responses/200/content/application~1json/schema`."]
-        Response { req public_keys : PublicKeys => "public_keys", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Response { public_keys req "public_keys" } rest extra);
+    /// Schema: `data/api/client-server/policy_server.yaml` at `/paths/~1matrix~1policy_server/get/responses/200/content/application~1json/schema/properties/public_keys`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct PublicKeys {
+        pub ed25519: String,
+        /// Keys beyond the named ones.
+        pub additional: std::collections::BTreeMap<String, String>,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/policy_server.yaml` at `/paths/~1matrix~1policy_server/get/responses/200/content/application~1json/schema/properties/public_keys`."]
-        PublicKeys { req ed25519 : String => "ed25519", } #[doc =
-        " Keys beyond the named ones."] rest additional : std::collections::BTreeMap <
-        String, String >
-    }
+    crate::json_object!(PublicKeys { ed25519 req "ed25519" } rest additional);
 }

@@ -41,30 +41,45 @@ pub mod set_presence {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3presenceuseridstatus",
         spec_file: "api/client-server/presence.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
-        #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { user_id req "userId", body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/presence.yaml` at `/paths/~1presence~1{userId}~1status/put/requestBody/content/application~1json/schema`."]
-        RequestBody { req presence : Presence => "presence", opt status_msg : String =>
-        "status_msg", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/presence.yaml` at `/paths/~1presence~1{userId}~1status/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub presence: Presence,
+        pub status_msg: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/presence.yaml` at `/paths/~1presence~1{userId}~1status/put/requestBody/content/application~1json/schema/properties/presence`."]
-        Presence { Online => "online", Offline => "offline", Unavailable =>
-        "unavailable", }
+    crate::json_object!(
+        RequestBody { presence req "presence", status_msg opt "status_msg" } rest extra
+    );
+    /// Schema: `data/api/client-server/presence.yaml` at `/paths/~1presence~1{userId}~1status/put/requestBody/content/application~1json/schema/properties/presence`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Presence {
+        /// `online`
+        Online,
+        /// `offline`
+        Offline,
+        /// `unavailable`
+        Unavailable,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(
+        Presence { Online "online", Offline "offline", Unavailable "unavailable" }
+    );
 }
 /// `GET /_matrix/client/v3/presence/{userId}/status`: operation `getPresence`.
 ///
@@ -109,29 +124,45 @@ pub mod get_presence {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3presenceuseridstatus",
         spec_file: "api/client-server/presence.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
-        }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: String,
     }
+    crate::json_object!(Request { user_id req "userId" });
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/presence.yaml` at `/paths/~1presence~1{userId}~1status/get/responses/200/content/application~1json/schema`."]
-        Response { req presence : Presence => "presence", opt last_active_ago : i64 =>
-        "last_active_ago", opt_null status_msg : String => "status_msg", opt
-        currently_active : bool => "currently_active", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/presence.yaml` at `/paths/~1presence~1{userId}~1status/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub presence: Presence,
+        pub last_active_ago: Option<i64>,
+        pub status_msg: Option<Option<String>>,
+        pub currently_active: Option<bool>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/presence.yaml` at `/paths/~1presence~1{userId}~1status/get/responses/200/content/application~1json/schema/properties/presence`."]
-        Presence { Online => "online", Offline => "offline", Unavailable =>
-        "unavailable", }
+    crate::json_object!(
+        Response { presence req "presence", last_active_ago opt "last_active_ago",
+        status_msg opt_null "status_msg", currently_active opt "currently_active" } rest
+        extra
+    );
+    /// Schema: `data/api/client-server/presence.yaml` at `/paths/~1presence~1{userId}~1status/get/responses/200/content/application~1json/schema/properties/presence`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Presence {
+        /// `online`
+        Online,
+        /// `offline`
+        Offline,
+        /// `unavailable`
+        Unavailable,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(
+        Presence { Online "online", Offline "offline", Unavailable "unavailable" }
+    );
 }

@@ -56,13 +56,19 @@ pub mod set_profile_field {
         spec_file: "api/client-server/profile.yaml",
     };
     pub type RequestBody = crate::JsonObject;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
-        => "userId", #[doc = " Path parameter `keyName`."] req key_name : String =>
-        "keyName", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: crate::ids::UserId,
+        /// Path parameter `keyName`.
+        pub key_name: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { user_id req "userId", key_name req "keyName", body req "body" }
+    );
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `400` response body.
@@ -121,13 +127,15 @@ pub mod get_profile_field {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3profileuseridkeyname",
         spec_file: "api/client-server/profile.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
-        => "userId", #[doc = " Path parameter `keyName`."] req key_name : String =>
-        "keyName", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: crate::ids::UserId,
+        /// Path parameter `keyName`.
+        pub key_name: String,
     }
+    crate::json_object!(Request { user_id req "userId", key_name req "keyName" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `403` response body.
@@ -186,13 +194,15 @@ pub mod delete_profile_field {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3profileuseridkeyname",
         spec_file: "api/client-server/profile.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
-        => "userId", #[doc = " Path parameter `keyName`."] req key_name : String =>
-        "keyName", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: crate::ids::UserId,
+        /// Path parameter `keyName`.
+        pub key_name: String,
     }
+    crate::json_object!(Request { user_id req "userId", key_name req "keyName" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `400` response body.
@@ -245,23 +255,30 @@ pub mod get_user_profile {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3profileuserid",
         spec_file: "api/client-server/profile.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
-        => "userId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: crate::ids::UserId,
     }
+    crate::json_object!(Request { user_id req "userId" });
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/profile.yaml` at `/paths/~1profile~1{userId}/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { #[doc = " Format `mx-mxc-uri`."] opt avatar_url :
-        crate ::ids::MxcUri => "avatar_url", opt displayname : String => "displayname",
-        #[doc = " `m.tz`. Added in v1.16."] opt m_tz : String => "m.tz", } #[doc =
-        " Keys beyond the named ones."] rest additional : std::collections::BTreeMap <
-        String, crate ::JsonValue >
+    /// Schema: `data/api/client-server/profile.yaml` at `/paths/~1profile~1{userId}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        /// Format `mx-mxc-uri`.
+        pub avatar_url: Option<crate::ids::MxcUri>,
+        pub displayname: Option<String>,
+        /// `m.tz`. Added in v1.16.
+        pub m_tz: Option<String>,
+        /// Keys beyond the named ones.
+        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
     }
+    crate::json_object!(
+        Response { avatar_url opt "avatar_url", displayname opt "displayname", m_tz opt
+        "m.tz" } rest additional
+    );
 }

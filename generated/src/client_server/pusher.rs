@@ -30,37 +30,48 @@ pub mod get_pushers {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushers",
         spec_file: "api/client-server/pusher.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
+    /// Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub pushers: Option<Vec<Pusher>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt pushers : Vec < Pusher > => "pushers", } #[doc
-        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Response { pushers opt "pushers" } rest extra);
+    /// Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers/get/responses/200/content/application~1json/schema/properties/pushers/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Pusher {
+        pub pushkey: String,
+        pub kind: String,
+        pub app_id: String,
+        pub app_display_name: String,
+        pub device_display_name: String,
+        pub profile_tag: Option<String>,
+        pub lang: String,
+        pub data: PusherData,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers/get/responses/200/content/application~1json/schema/properties/pushers/items`."]
-        Pusher { req pushkey : String => "pushkey", req kind : String => "kind", req
-        app_id : String => "app_id", req app_display_name : String => "app_display_name",
-        req device_display_name : String => "device_display_name", opt profile_tag :
-        String => "profile_tag", req lang : String => "lang", req data : PusherData =>
-        "data", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Pusher { pushkey req "pushkey", kind req "kind", app_id req "app_id",
+        app_display_name req "app_display_name", device_display_name req
+        "device_display_name", profile_tag opt "profile_tag", lang req "lang", data req
+        "data" } rest extra
+    );
+    /// Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers/get/responses/200/content/application~1json/schema/properties/pushers/items/properties/data`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct PusherData {
+        /// Format `uri`.
+        pub url: Option<String>,
+        pub format: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers/get/responses/200/content/application~1json/schema/properties/pushers/items/properties/data`."]
-        #[derive(Default)] PusherData { #[doc = " Format `uri`."] opt url : String =>
-        "url", opt format : String => "format", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
-    }
+    crate::json_object!(PusherData { url opt "url", format opt "format" } rest extra);
 }
 /// `POST /_matrix/client/v3/pushers/set`: operation `postPusher`.
 ///
@@ -98,34 +109,49 @@ pub mod post_pusher {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3pushersset",
         spec_file: "api/client-server/pusher.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers~1set/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req pushkey : String => "pushkey", req_null kind : String =>
-        "kind", req app_id : String => "app_id", opt app_display_name : String =>
-        "app_display_name", opt device_display_name : String => "device_display_name",
-        opt profile_tag : String => "profile_tag", opt lang : String => "lang", opt data
-        : PusherData => "data", opt append : bool => "append", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers~1set/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub pushkey: String,
+        pub kind: Option<String>,
+        pub app_id: String,
+        pub app_display_name: Option<String>,
+        pub device_display_name: Option<String>,
+        pub profile_tag: Option<String>,
+        pub lang: Option<String>,
+        pub data: Option<PusherData>,
+        pub append: Option<bool>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers~1set/post/requestBody/content/application~1json/schema/properties/data`."]
-        #[derive(Default)] PusherData { #[doc = " Format `uri`."] opt url : String =>
-        "url", #[doc = " Always `event_id_only`."] opt format : String => "format", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::json_object!(
+        RequestBody { pushkey req "pushkey", kind req_null "kind", app_id req "app_id",
+        app_display_name opt "app_display_name", device_display_name opt
+        "device_display_name", profile_tag opt "profile_tag", lang opt "lang", data opt
+        "data", append opt "append" } rest extra
+    );
+    /// Schema: `data/api/client-server/pusher.yaml` at `/paths/~1pushers~1set/post/requestBody/content/application~1json/schema/properties/data`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct PusherData {
+        /// Format `uri`.
+        pub url: Option<String>,
+        /// Always `event_id_only`.
+        pub format: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(PusherData { url opt "url", format opt "format" } rest extra);
 }

@@ -30,31 +30,37 @@ pub mod get_push_rules {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushrules",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub global: Ruleset,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1/get/responses/200/content/application~1json/schema`."]
-        Response { req global : Ruleset => "global", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Response { global req "global" } rest extra);
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1/get/responses/200/content/application~1json/schema/properties/global`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Ruleset {
+        pub content: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
+        pub override_: Option<
+            Vec<crate::client_server::definitions::push_rule::PushRule>,
+        >,
+        pub room: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
+        pub sender: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
+        pub underride: Option<
+            Vec<crate::client_server::definitions::push_rule::PushRule>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1/get/responses/200/content/application~1json/schema/properties/global`."]
-        #[derive(Default)] Ruleset { opt content : Vec < crate
-        ::client_server::definitions::push_rule::PushRule > => "content", opt override_ :
-        Vec < crate ::client_server::definitions::push_rule::PushRule > => "override",
-        opt room : Vec < crate ::client_server::definitions::push_rule::PushRule > =>
-        "room", opt sender : Vec < crate
-        ::client_server::definitions::push_rule::PushRule > => "sender", opt underride :
-        Vec < crate ::client_server::definitions::push_rule::PushRule > => "underride", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
-    }
+    crate::json_object!(
+        Ruleset { content opt "content", override_ opt "override", room opt "room",
+        sender opt "sender", underride opt "underride" } rest extra
+    );
 }
 /// `GET /_matrix/client/v3/pushrules/global/`: operation `getPushRulesGlobal`.
 ///
@@ -84,11 +90,10 @@ pub mod get_push_rules_global {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushrulesglobal",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::push_ruleset::PushRuleset;
 }
@@ -137,36 +142,63 @@ pub mod get_push_rule {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushrulesglobalkindruleid",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `kind`."] req kind : Kind => "kind", #[doc =
-        " Path parameter `ruleId`."] req rule_id : String => "ruleId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `kind`.
+        pub kind: Kind,
+        /// Path parameter `ruleId`.
+        pub rule_id: String,
     }
+    crate::json_object!(Request { kind req "kind", rule_id req "ruleId" });
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/get/parameters/0/schema`."]
-        Kind { Override => "override", Underride => "underride", Sender => "sender", Room
-        => "room", Content => "content", }
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/get/parameters/0/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Kind {
+        /// `override`
+        Override,
+        /// `underride`
+        Underride,
+        /// `sender`
+        Sender,
+        /// `room`
+        Room,
+        /// `content`
+        Content,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/get/responses/200/content/application~1json/schema`."]
-        Response { req actions : Vec < Action > => "actions", req default : bool =>
-        "default", req enabled : bool => "enabled", req rule_id : String => "rule_id",
-        opt conditions : Vec < crate
-        ::client_server::definitions::push_condition::PushCondition > => "conditions",
-        opt pattern : String => "pattern", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(
+        Kind { Override "override", Underride "underride", Sender "sender", Room "room",
+        Content "content" }
+    );
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub actions: Vec<Action>,
+        pub default: bool,
+        pub enabled: bool,
+        pub rule_id: String,
+        pub conditions: Option<
+            Vec<crate::client_server::definitions::push_condition::PushCondition>,
+        >,
+        pub pattern: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_untagged! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/get/responses/200/content/application~1json/schema/properties/actions/items`."]
-        Action { String_(String), Object(crate ::JsonObject), }
+    crate::json_object!(
+        Response { actions req "actions", default req "default", enabled req "enabled",
+        rule_id req "rule_id", conditions opt "conditions", pattern opt "pattern" } rest
+        extra
+    );
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/get/responses/200/content/application~1json/schema/properties/actions/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum Action {
+        String_(String),
+        Object(crate::JsonObject),
     }
+    crate::json_untagged!(Action { String_, Object });
 }
 /// `DELETE /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`: operation `deletePushRule`.
 ///
@@ -213,22 +245,39 @@ pub mod delete_push_rule {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3pushrulesglobalkindruleid",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `kind`."] req kind : Kind => "kind", #[doc =
-        " Path parameter `ruleId`."] req rule_id : String => "ruleId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `kind`.
+        pub kind: Kind,
+        /// Path parameter `ruleId`.
+        pub rule_id: String,
     }
+    crate::json_object!(Request { kind req "kind", rule_id req "ruleId" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/delete/parameters/0/schema`."]
-        Kind { Override => "override", Underride => "underride", Sender => "sender", Room
-        => "room", Content => "content", }
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/delete/parameters/0/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Kind {
+        /// `override`
+        Override,
+        /// `underride`
+        Underride,
+        /// `sender`
+        Sender,
+        /// `room`
+        Room,
+        /// `content`
+        Content,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(
+        Kind { Override "override", Underride "underride", Sender "sender", Room "room",
+        Content "content" }
+    );
 }
 /// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`: operation `setPushRule`.
 ///
@@ -295,15 +344,24 @@ pub mod set_push_rule {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3pushrulesglobalkindruleid",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `kind`."] req kind : Kind => "kind", #[doc =
-        " Path parameter `ruleId`."] req rule_id : String => "ruleId", #[doc =
-        " Query parameter `before`."] opt before : String => "before", #[doc =
-        " Query parameter `after`."] opt after : String => "after", #[doc =
-        " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `kind`.
+        pub kind: Kind,
+        /// Path parameter `ruleId`.
+        pub rule_id: String,
+        /// Query parameter `before`.
+        pub before: Option<String>,
+        /// Query parameter `after`.
+        pub after: Option<String>,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { kind req "kind", rule_id req "ruleId", before opt "before", after opt
+        "after", body req "body" }
+    );
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `400` response body.
@@ -312,26 +370,48 @@ pub mod set_push_rule {
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/put/parameters/0/schema`."]
-        Kind { Override => "override", Underride => "underride", Sender => "sender", Room
-        => "room", Content => "content", }
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/put/parameters/0/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Kind {
+        /// `override`
+        Override,
+        /// `underride`
+        Underride,
+        /// `sender`
+        Sender,
+        /// `room`
+        Room,
+        /// `content`
+        Content,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/put/requestBody/content/application~1json/schema`."]
-        RequestBody { req actions : Vec < Action > => "actions", opt conditions : Vec <
-        crate ::client_server::definitions::push_condition::PushCondition > =>
-        "conditions", opt pattern : String => "pattern", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(
+        Kind { Override "override", Underride "underride", Sender "sender", Room "room",
+        Content "content" }
+    );
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub actions: Vec<Action>,
+        pub conditions: Option<
+            Vec<crate::client_server::definitions::push_condition::PushCondition>,
+        >,
+        pub pattern: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_untagged! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/put/requestBody/content/application~1json/schema/properties/actions/items`."]
-        Action { String_(String), Object(crate ::JsonObject), }
+    crate::json_object!(
+        RequestBody { actions req "actions", conditions opt "conditions", pattern opt
+        "pattern" } rest extra
+    );
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}/put/requestBody/content/application~1json/schema/properties/actions/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum Action {
+        String_(String),
+        Object(crate::JsonObject),
     }
+    crate::json_untagged!(Action { String_, Object });
 }
 /// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled`: operation `isPushRuleEnabled`.
 ///
@@ -378,27 +458,45 @@ pub mod is_push_rule_enabled {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushrulesglobalkindruleidenabled",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `kind`."] req kind : Kind => "kind", #[doc =
-        " Path parameter `ruleId`."] req rule_id : String => "ruleId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `kind`.
+        pub kind: Kind,
+        /// Path parameter `ruleId`.
+        pub rule_id: String,
     }
+    crate::json_object!(Request { kind req "kind", rule_id req "ruleId" });
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1enabled/get/parameters/0/schema`."]
-        Kind { Override => "override", Underride => "underride", Sender => "sender", Room
-        => "room", Content => "content", }
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1enabled/get/parameters/0/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Kind {
+        /// `override`
+        Override,
+        /// `underride`
+        Underride,
+        /// `sender`
+        Sender,
+        /// `room`
+        Room,
+        /// `content`
+        Content,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1enabled/get/responses/200/content/application~1json/schema`."]
-        Response { req enabled : bool => "enabled", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(
+        Kind { Override "override", Underride "underride", Sender "sender", Room "room",
+        Content "content" }
+    );
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1enabled/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub enabled: bool,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { enabled req "enabled" } rest extra);
 }
 /// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled`: operation `setPushRuleEnabled`.
 ///
@@ -445,30 +543,51 @@ pub mod set_push_rule_enabled {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3pushrulesglobalkindruleidenabled",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `kind`."] req kind : Kind => "kind", #[doc =
-        " Path parameter `ruleId`."] req rule_id : String => "ruleId", #[doc =
-        " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `kind`.
+        pub kind: Kind,
+        /// Path parameter `ruleId`.
+        pub rule_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { kind req "kind", rule_id req "ruleId", body req "body" }
+    );
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1enabled/put/parameters/0/schema`."]
-        Kind { Override => "override", Underride => "underride", Sender => "sender", Room
-        => "room", Content => "content", }
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1enabled/put/parameters/0/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Kind {
+        /// `override`
+        Override,
+        /// `underride`
+        Underride,
+        /// `sender`
+        Sender,
+        /// `room`
+        Room,
+        /// `content`
+        Content,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1enabled/put/requestBody/content/application~1json/schema`."]
-        RequestBody { req enabled : bool => "enabled", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(
+        Kind { Override "override", Underride "underride", Sender "sender", Room "room",
+        Content "content" }
+    );
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1enabled/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub enabled: bool,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(RequestBody { enabled req "enabled" } rest extra);
 }
 /// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions`: operation `getPushRuleActions`.
 ///
@@ -515,32 +634,52 @@ pub mod get_push_rule_actions {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3pushrulesglobalkindruleidactions",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `kind`."] req kind : Kind => "kind", #[doc =
-        " Path parameter `ruleId`."] req rule_id : String => "ruleId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `kind`.
+        pub kind: Kind,
+        /// Path parameter `ruleId`.
+        pub rule_id: String,
     }
+    crate::json_object!(Request { kind req "kind", rule_id req "ruleId" });
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/get/parameters/0/schema`."]
-        Kind { Override => "override", Underride => "underride", Sender => "sender", Room
-        => "room", Content => "content", }
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/get/parameters/0/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Kind {
+        /// `override`
+        Override,
+        /// `underride`
+        Underride,
+        /// `sender`
+        Sender,
+        /// `room`
+        Room,
+        /// `content`
+        Content,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/get/responses/200/content/application~1json/schema`."]
-        Response { req actions : Vec < Action > => "actions", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(
+        Kind { Override "override", Underride "underride", Sender "sender", Room "room",
+        Content "content" }
+    );
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub actions: Vec<Action>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_untagged! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/get/responses/200/content/application~1json/schema/properties/actions/items`."]
-        Action { String_(String), Object(crate ::JsonObject), }
+    crate::json_object!(Response { actions req "actions" } rest extra);
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/get/responses/200/content/application~1json/schema/properties/actions/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum Action {
+        String_(String),
+        Object(crate::JsonObject),
     }
+    crate::json_untagged!(Action { String_, Object });
 }
 /// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions`: operation `setPushRuleActions`.
 ///
@@ -587,33 +726,56 @@ pub mod set_push_rule_actions {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3pushrulesglobalkindruleidactions",
         spec_file: "api/client-server/pushrules.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `kind`."] req kind : Kind => "kind", #[doc =
-        " Path parameter `ruleId`."] req rule_id : String => "ruleId", #[doc =
-        " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `kind`.
+        pub kind: Kind,
+        /// Path parameter `ruleId`.
+        pub rule_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { kind req "kind", rule_id req "ruleId", body req "body" }
+    );
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/put/parameters/0/schema`."]
-        Kind { Override => "override", Underride => "underride", Sender => "sender", Room
-        => "room", Content => "content", }
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/put/parameters/0/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Kind {
+        /// `override`
+        Override,
+        /// `underride`
+        Underride,
+        /// `sender`
+        Sender,
+        /// `room`
+        Room,
+        /// `content`
+        Content,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/put/requestBody/content/application~1json/schema`."]
-        RequestBody { req actions : Vec < Action > => "actions", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(
+        Kind { Override "override", Underride "underride", Sender "sender", Room "room",
+        Content "content" }
+    );
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub actions: Vec<Action>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_untagged! {
-        #[doc =
-        " Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/put/requestBody/content/application~1json/schema/properties/actions/items`."]
-        Action { String_(String), Object(crate ::JsonObject), }
+    crate::json_object!(RequestBody { actions req "actions" } rest extra);
+    /// Schema: `data/api/client-server/pushrules.yaml` at `/paths/~1pushrules~1global~1{kind}~1{ruleId}~1actions/put/requestBody/content/application~1json/schema/properties/actions/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum Action {
+        String_(String),
+        Object(crate::JsonObject),
     }
+    crate::json_untagged!(Action { String_, Object });
 }

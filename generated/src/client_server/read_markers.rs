@@ -41,24 +41,33 @@ pub mod set_read_marker {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidread_markers",
         spec_file: "api/client-server/read_markers.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { room_id req "roomId", body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/read_markers.yaml` at `/paths/~1rooms~1{roomId}~1read_markers/post/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { #[doc = " `m.fully_read`."] opt m_fully_read :
-        String => "m.fully_read", #[doc = " `m.read`."] opt m_read : String => "m.read",
-        #[doc = " `m.read.private`. Added in v1.4."] opt m_read_private : String =>
-        "m.read.private", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/read_markers.yaml` at `/paths/~1rooms~1{roomId}~1read_markers/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        /// `m.fully_read`.
+        pub m_fully_read: Option<String>,
+        /// `m.read`.
+        pub m_read: Option<String>,
+        /// `m.read.private`. Added in v1.4.
+        pub m_read_private: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        RequestBody { m_fully_read opt "m.fully_read", m_read opt "m.read",
+        m_read_private opt "m.read.private" } rest extra
+    );
 }

@@ -57,33 +57,51 @@ pub mod post_receipt {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidreceiptreceipttypeeventid",
         spec_file: "api/client-server/receipts.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", #[doc = " Path parameter `receiptType`."] req receipt_type :
-        ReceiptType => "receiptType", #[doc = " Path parameter `eventId`."] req event_id
-        : crate ::ids::EventId => "eventId", #[doc = " The JSON body."] req body :
-        RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// Path parameter `receiptType`.
+        pub receipt_type: ReceiptType,
+        /// Path parameter `eventId`.
+        pub event_id: crate::ids::EventId,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { room_id req "roomId", receipt_type req "receiptType", event_id req
+        "eventId", body req "body" }
+    );
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/receipts.yaml` at `/paths/~1rooms~1{roomId}~1receipt~1{receiptType}~1{eventId}/post/parameters/1/schema`."]
-        ReceiptType { MRead => "m.read", MReadPrivate => "m.read.private", MFullyRead =>
-        "m.fully_read", }
+    /// Schema: `data/api/client-server/receipts.yaml` at `/paths/~1rooms~1{roomId}~1receipt~1{receiptType}~1{eventId}/post/parameters/1/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum ReceiptType {
+        /// `m.read`
+        MRead,
+        /// `m.read.private`
+        MReadPrivate,
+        /// `m.fully_read`
+        MFullyRead,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/receipts.yaml` at `/paths/~1rooms~1{roomId}~1receipt~1{receiptType}~1{eventId}/post/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { #[doc = " Added in v1.4."] opt thread_id :
-        String => "thread_id", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(
+        ReceiptType { MRead "m.read", MReadPrivate "m.read.private", MFullyRead
+        "m.fully_read" }
+    );
+    /// Schema: `data/api/client-server/receipts.yaml` at `/paths/~1rooms~1{roomId}~1receipt~1{receiptType}~1{eventId}/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        /// Added in v1.4.
+        pub thread_id: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(RequestBody { thread_id opt "thread_id" } rest extra);
 }

@@ -49,27 +49,37 @@ pub mod redact_event {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3roomsroomidredacteventidtxnid",
         spec_file: "api/client-server/redaction.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", #[doc = " Path parameter `eventId`."] req event_id : crate
-        ::ids::EventId => "eventId", #[doc = " Path parameter `txnId`."] req txn_id :
-        String => "txnId", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// Path parameter `eventId`.
+        pub event_id: crate::ids::EventId,
+        /// Path parameter `txnId`.
+        pub txn_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/redaction.yaml` at `/paths/~1rooms~1{roomId}~1redact~1{eventId}~1{txnId}/put/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt reason : String => "reason", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Request { room_id req "roomId", event_id req "eventId", txn_id req "txnId", body
+        req "body" }
+    );
+    /// Schema: `data/api/client-server/redaction.yaml` at `/paths/~1rooms~1{roomId}~1redact~1{eventId}~1{txnId}/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub reason: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/redaction.yaml` at `/paths/~1rooms~1{roomId}~1redact~1{eventId}~1{txnId}/put/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { #[doc = " Format `mx-event-id`."] opt event_id :
-        crate ::ids::EventId => "event_id", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(RequestBody { reason opt "reason" } rest extra);
+    /// Schema: `data/api/client-server/redaction.yaml` at `/paths/~1rooms~1{roomId}~1redact~1{eventId}~1{txnId}/put/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        /// Format `mx-event-id`.
+        pub event_id: Option<crate::ids::EventId>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { event_id opt "event_id" } rest extra);
 }

@@ -38,28 +38,36 @@ pub mod refresh {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3refresh",
         spec_file: "api/client-server/refresh.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `401` response body.
     pub type Response401 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/refresh.yaml` at `/paths/~1refresh/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req refresh_token : String => "refresh_token", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/refresh.yaml` at `/paths/~1refresh/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub refresh_token: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/refresh.yaml` at `/paths/~1refresh/post/responses/200/content/application~1json/schema`."]
-        Response { req access_token : String => "access_token", opt refresh_token :
-        String => "refresh_token", opt expires_in_ms : i64 => "expires_in_ms", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(RequestBody { refresh_token req "refresh_token" } rest extra);
+    /// Schema: `data/api/client-server/refresh.yaml` at `/paths/~1refresh/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub access_token: String,
+        pub refresh_token: Option<String>,
+        pub expires_in_ms: Option<i64>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { access_token req "access_token", refresh_token opt "refresh_token",
+        expires_in_ms opt "expires_in_ms" } rest extra
+    );
 }

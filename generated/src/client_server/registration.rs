@@ -53,12 +53,15 @@ pub mod register {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3register",
         spec_file: "api/client-server/registration.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `kind`."] opt kind : Kind => "kind", #[doc =
-        " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `kind`.
+        pub kind: Option<Kind>,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { kind opt "kind", body req "body" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `401` response body.
@@ -67,41 +70,69 @@ pub mod register {
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/registration.yaml` at `/paths/~1register/post/parameters/0/schema`."]
-        Kind { Guest => "guest", User => "user", }
+    /// Schema: `data/api/client-server/registration.yaml` at `/paths/~1register/post/parameters/0/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Kind {
+        /// `guest`
+        Guest,
+        /// `user`
+        User,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/registration.yaml` at `/paths/~1register/post/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt auth : Auth => "auth", opt username : String
-        => "username", opt password : String => "password", opt device_id : String =>
-        "device_id", opt initial_device_display_name : String =>
-        "initial_device_display_name", opt inhibit_login : bool => "inhibit_login", #[doc
-        = " Added in v1.3."] opt refresh_token : bool => "refresh_token", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(Kind { Guest "guest", User "user" });
+    /// Schema: `data/api/client-server/registration.yaml` at `/paths/~1register/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub auth: Option<Auth>,
+        pub username: Option<String>,
+        pub password: Option<String>,
+        pub device_id: Option<String>,
+        pub initial_device_display_name: Option<String>,
+        pub inhibit_login: Option<bool>,
+        /// Added in v1.3.
+        pub refresh_token: Option<bool>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/registration.yaml` at `/paths/~1register/post/requestBody/content/application~1json/schema/properties/auth`."]
-        #[derive(Default)] Auth { opt type_ : String => "type", opt session : String =>
-        "session", } #[doc = " Keys beyond the named ones."] rest additional :
-        std::collections::BTreeMap < String, crate ::JsonValue >
+    crate::json_object!(
+        RequestBody { auth opt "auth", username opt "username", password opt "password",
+        device_id opt "device_id", initial_device_display_name opt
+        "initial_device_display_name", inhibit_login opt "inhibit_login", refresh_token
+        opt "refresh_token" } rest extra
+    );
+    /// Schema: `data/api/client-server/registration.yaml` at `/paths/~1register/post/requestBody/content/application~1json/schema/properties/auth`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Auth {
+        pub type_: Option<String>,
+        pub session: Option<String>,
+        /// Keys beyond the named ones.
+        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/registration.yaml` at `/paths/~1register/post/responses/200/content/application~1json/schema`."]
-        Response { #[doc = " Format `mx-user-id`."] req user_id : crate ::ids::UserId =>
-        "user_id", opt access_token : String => "access_token", #[doc =
-        " Added in v1.3."] opt refresh_token : String => "refresh_token", #[doc =
-        " Added in v1.3."] opt expires_in_ms : i64 => "expires_in_ms", #[doc =
-        " Format `mx-server-name`. Deprecated."] opt home_server : crate
-        ::ids::ServerName => "home_server", opt device_id : String => "device_id", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::json_object!(
+        Auth { type_ opt "type", session opt "session" } rest additional
+    );
+    /// Schema: `data/api/client-server/registration.yaml` at `/paths/~1register/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        /// Format `mx-user-id`.
+        pub user_id: crate::ids::UserId,
+        pub access_token: Option<String>,
+        /// Added in v1.3.
+        pub refresh_token: Option<String>,
+        /// Added in v1.3.
+        pub expires_in_ms: Option<i64>,
+        /// Format `mx-server-name`. Deprecated.
+        pub home_server: Option<crate::ids::ServerName>,
+        pub device_id: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { user_id req "user_id", access_token opt "access_token", refresh_token
+        opt "refresh_token", expires_in_ms opt "expires_in_ms", home_server opt
+        "home_server", device_id opt "device_id" } rest extra
+    );
 }
 /// `POST /_matrix/client/v3/register/email/requestToken`: operation `requestTokenToRegisterEmail`.
 ///
@@ -140,11 +171,13 @@ pub mod request_token_to_register_email {
         spec_file: "api/client-server/registration.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::request_email_validation::RequestEmailValidation;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::request_token_response::RequestTokenResponse;
     /// The `400` response body.
@@ -189,11 +222,13 @@ pub mod request_token_to_register_msisdn {
         spec_file: "api/client-server/registration.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::request_msisdn_validation::RequestMsisdnValidation;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::request_token_response::RequestTokenResponse;
     /// The `400` response body.
@@ -244,21 +279,23 @@ pub mod check_username_availability {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3registeravailable",
         spec_file: "api/client-server/registration.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `username`."] req username : String =>
-        "username", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `username`.
+        pub username: String,
     }
+    crate::json_object!(Request { username req "username" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/registration.yaml` at `/paths/~1register~1available/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt available : bool => "available", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/registration.yaml` at `/paths/~1register~1available/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub available: Option<bool>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { available opt "available" } rest extra);
 }

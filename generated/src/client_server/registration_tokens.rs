@@ -45,20 +45,23 @@ pub mod registration_token_validity {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1registermloginregistration_tokenvalidity",
         spec_file: "api/client-server/registration_tokens.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `token`."] req token : String => "token", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `token`.
+        pub token: String,
     }
+    crate::json_object!(Request { token req "token" });
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/registration_tokens.yaml` at `/paths/~1register~1m.login.registration_token~1validity/get/responses/200/content/application~1json/schema`."]
-        Response { req valid : bool => "valid", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/registration_tokens.yaml` at `/paths/~1register~1m.login.registration_token~1validity/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub valid: bool,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { valid req "valid" } rest extra);
 }

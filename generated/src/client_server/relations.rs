@@ -77,33 +77,55 @@ pub mod get_relating_events {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1roomsroomidrelationseventid",
         spec_file: "api/client-server/relations.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", #[doc = " Path parameter `eventId`."] req event_id : crate
-        ::ids::EventId => "eventId", #[doc = " Query parameter `from`."] opt from :
-        String => "from", #[doc = " Query parameter `to`."] opt to : String => "to",
-        #[doc = " Query parameter `limit`."] opt limit : i64 => "limit", #[doc =
-        " Query parameter `dir`. Added in v1.4."] opt dir : Dir => "dir", #[doc =
-        " Query parameter `recurse`. Added in v1.10."] opt recurse : bool => "recurse", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// Path parameter `eventId`.
+        pub event_id: crate::ids::EventId,
+        /// Query parameter `from`.
+        pub from: Option<String>,
+        /// Query parameter `to`.
+        pub to: Option<String>,
+        /// Query parameter `limit`.
+        pub limit: Option<i64>,
+        /// Query parameter `dir`. Added in v1.4.
+        pub dir: Option<Dir>,
+        /// Query parameter `recurse`. Added in v1.10.
+        pub recurse: Option<bool>,
     }
+    crate::json_object!(
+        Request { room_id req "roomId", event_id req "eventId", from opt "from", to opt
+        "to", limit opt "limit", dir opt "dir", recurse opt "recurse" }
+    );
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/relations.yaml` at `/components/parameters/dir/schema`."]
-        Dir { B => "b", F => "f", }
+    /// Schema: `data/api/client-server/relations.yaml` at `/components/parameters/dir/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Dir {
+        /// `b`
+        B,
+        /// `f`
+        F,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/relations.yaml` at `/paths/~1rooms~1{roomId}~1relations~1{eventId}/get/responses/200/content/application~1json/schema`."]
-        Response { opt next_batch : String => "next_batch", opt prev_batch : String =>
-        "prev_batch", opt recursion_depth : i64 => "recursion_depth", req chunk : Vec <
-        crate ::client_server::definitions::client_event::ClientEvent > => "chunk", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::string_enum!(Dir { B "b", F "f" });
+    /// Schema: `data/api/client-server/relations.yaml` at `/paths/~1rooms~1{roomId}~1relations~1{eventId}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub next_batch: Option<String>,
+        pub prev_batch: Option<String>,
+        pub recursion_depth: Option<i64>,
+        pub chunk: Vec<crate::client_server::definitions::client_event::ClientEvent>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { next_batch opt "next_batch", prev_batch opt "prev_batch",
+        recursion_depth opt "recursion_depth", chunk req "chunk" } rest extra
+    );
 }
 /// `GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}`: operation `getRelatingEventsWithRelType`.
 ///
@@ -186,34 +208,58 @@ pub mod get_relating_events_with_rel_type {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1roomsroomidrelationseventidreltype",
         spec_file: "api/client-server/relations.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", #[doc = " Path parameter `eventId`."] req event_id : crate
-        ::ids::EventId => "eventId", #[doc = " Path parameter `relType`."] req rel_type :
-        String => "relType", #[doc = " Query parameter `from`."] opt from : String =>
-        "from", #[doc = " Query parameter `to`."] opt to : String => "to", #[doc =
-        " Query parameter `limit`."] opt limit : i64 => "limit", #[doc =
-        " Query parameter `dir`. Added in v1.4."] opt dir : Dir => "dir", #[doc =
-        " Query parameter `recurse`. Added in v1.10."] opt recurse : bool => "recurse", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// Path parameter `eventId`.
+        pub event_id: crate::ids::EventId,
+        /// Path parameter `relType`.
+        pub rel_type: String,
+        /// Query parameter `from`.
+        pub from: Option<String>,
+        /// Query parameter `to`.
+        pub to: Option<String>,
+        /// Query parameter `limit`.
+        pub limit: Option<i64>,
+        /// Query parameter `dir`. Added in v1.4.
+        pub dir: Option<Dir>,
+        /// Query parameter `recurse`. Added in v1.10.
+        pub recurse: Option<bool>,
     }
+    crate::json_object!(
+        Request { room_id req "roomId", event_id req "eventId", rel_type req "relType",
+        from opt "from", to opt "to", limit opt "limit", dir opt "dir", recurse opt
+        "recurse" }
+    );
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/relations.yaml` at `/components/parameters/dir/schema`."]
-        Dir { B => "b", F => "f", }
+    /// Schema: `data/api/client-server/relations.yaml` at `/components/parameters/dir/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Dir {
+        /// `b`
+        B,
+        /// `f`
+        F,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/relations.yaml` at `/paths/~1rooms~1{roomId}~1relations~1{eventId}~1{relType}/get/responses/200/content/application~1json/schema`."]
-        Response { opt next_batch : String => "next_batch", opt prev_batch : String =>
-        "prev_batch", opt recursion_depth : i64 => "recursion_depth", req chunk : Vec <
-        crate ::client_server::definitions::client_event::ClientEvent > => "chunk", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::string_enum!(Dir { B "b", F "f" });
+    /// Schema: `data/api/client-server/relations.yaml` at `/paths/~1rooms~1{roomId}~1relations~1{eventId}~1{relType}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub next_batch: Option<String>,
+        pub prev_batch: Option<String>,
+        pub recursion_depth: Option<i64>,
+        pub chunk: Vec<crate::client_server::definitions::client_event::ClientEvent>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { next_batch opt "next_batch", prev_batch opt "prev_batch",
+        recursion_depth opt "recursion_depth", chunk req "chunk" } rest extra
+    );
 }
 /// `GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}`: operation `getRelatingEventsWithRelTypeAndEventType`.
 ///
@@ -302,33 +348,58 @@ pub mod get_relating_events_with_rel_type_and_event_type {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1roomsroomidrelationseventidreltypeeventtype",
         spec_file: "api/client-server/relations.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", #[doc = " Path parameter `eventId`."] req event_id : crate
-        ::ids::EventId => "eventId", #[doc = " Path parameter `relType`."] req rel_type :
-        String => "relType", #[doc = " Path parameter `eventType`."] req event_type :
-        String => "eventType", #[doc = " Query parameter `from`."] opt from : String =>
-        "from", #[doc = " Query parameter `to`."] opt to : String => "to", #[doc =
-        " Query parameter `limit`."] opt limit : i64 => "limit", #[doc =
-        " Query parameter `dir`. Added in v1.4."] opt dir : Dir => "dir", #[doc =
-        " Query parameter `recurse`. Added in v1.10."] opt recurse : bool => "recurse", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// Path parameter `eventId`.
+        pub event_id: crate::ids::EventId,
+        /// Path parameter `relType`.
+        pub rel_type: String,
+        /// Path parameter `eventType`.
+        pub event_type: String,
+        /// Query parameter `from`.
+        pub from: Option<String>,
+        /// Query parameter `to`.
+        pub to: Option<String>,
+        /// Query parameter `limit`.
+        pub limit: Option<i64>,
+        /// Query parameter `dir`. Added in v1.4.
+        pub dir: Option<Dir>,
+        /// Query parameter `recurse`. Added in v1.10.
+        pub recurse: Option<bool>,
     }
+    crate::json_object!(
+        Request { room_id req "roomId", event_id req "eventId", rel_type req "relType",
+        event_type req "eventType", from opt "from", to opt "to", limit opt "limit", dir
+        opt "dir", recurse opt "recurse" }
+    );
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/relations.yaml` at `/components/parameters/dir/schema`."]
-        Dir { B => "b", F => "f", }
+    /// Schema: `data/api/client-server/relations.yaml` at `/components/parameters/dir/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Dir {
+        /// `b`
+        B,
+        /// `f`
+        F,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/relations.yaml` at `/paths/~1rooms~1{roomId}~1relations~1{eventId}~1{relType}~1{eventType}/get/responses/200/content/application~1json/schema`."]
-        Response { opt next_batch : String => "next_batch", opt prev_batch : String =>
-        "prev_batch", opt recursion_depth : i64 => "recursion_depth", req chunk : Vec <
-        crate ::client_server::definitions::client_event::ClientEvent > => "chunk", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::string_enum!(Dir { B "b", F "f" });
+    /// Schema: `data/api/client-server/relations.yaml` at `/paths/~1rooms~1{roomId}~1relations~1{eventId}~1{relType}~1{eventType}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub next_batch: Option<String>,
+        pub prev_batch: Option<String>,
+        pub recursion_depth: Option<i64>,
+        pub chunk: Vec<crate::client_server::definitions::client_event::ClientEvent>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { next_batch opt "next_batch", prev_batch opt "prev_batch",
+        recursion_depth opt "recursion_depth", chunk req "chunk" } rest extra
+    );
 }

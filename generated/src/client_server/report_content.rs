@@ -45,25 +45,29 @@ pub mod report_room {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidreport",
         spec_file: "api/client-server/report_content.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { room_id req "roomId", body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/report_content.yaml` at `/paths/~1rooms~1{roomId}~1report/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req reason : String => "reason", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/report_content.yaml` at `/paths/~1rooms~1{roomId}~1report/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub reason: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(RequestBody { reason req "reason" } rest extra);
 }
 /// `POST /_matrix/client/v3/rooms/{roomId}/report/{eventId}`: operation `reportEvent`.
 ///
@@ -110,24 +114,31 @@ pub mod report_event {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidreporteventid",
         spec_file: "api/client-server/report_content.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " Path parameter `eventId`."] req event_id : String => "eventId", #[doc =
-        " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Path parameter `eventId`.
+        pub event_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { room_id req "roomId", event_id req "eventId", body req "body" }
+    );
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/report_content.yaml` at `/paths/~1rooms~1{roomId}~1report~1{eventId}/post/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt reason : String => "reason", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/report_content.yaml` at `/paths/~1rooms~1{roomId}~1report~1{eventId}/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub reason: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(RequestBody { reason opt "reason" } rest extra);
 }
 /// `POST /_matrix/client/v3/users/{userId}/report`: operation `reportUser`.
 ///
@@ -172,23 +183,27 @@ pub mod report_user {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3usersuseridreport",
         spec_file: "api/client-server/report_content.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
-        => "userId", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: crate::ids::UserId,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { user_id req "userId", body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/report_content.yaml` at `/paths/~1users~1{userId}~1report/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req reason : String => "reason", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/report_content.yaml` at `/paths/~1users~1{userId}~1report/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub reason: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(RequestBody { reason req "reason" } rest extra);
 }

@@ -57,28 +57,43 @@ pub mod get_event_by_timestamp {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1roomsroomidtimestamp_to_event",
         spec_file: "api/client-server/room_event_by_timestamp.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", #[doc = " Query parameter `ts`."] req ts : i64 => "ts", #[doc =
-        " Query parameter `dir`."] req dir : Dir => "dir", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// Query parameter `ts`.
+        pub ts: i64,
+        /// Query parameter `dir`.
+        pub dir: Dir,
     }
+    crate::json_object!(Request { room_id req "roomId", ts req "ts", dir req "dir" });
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/room_event_by_timestamp.yaml` at `/paths/~1rooms~1{roomId}~1timestamp_to_event/get/parameters/2/schema`."]
-        Dir { F => "f", B => "b", }
+    /// Schema: `data/api/client-server/room_event_by_timestamp.yaml` at `/paths/~1rooms~1{roomId}~1timestamp_to_event/get/parameters/2/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Dir {
+        /// `f`
+        F,
+        /// `b`
+        B,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/room_event_by_timestamp.yaml` at `/paths/~1rooms~1{roomId}~1timestamp_to_event/get/responses/200/content/application~1json/schema`."]
-        Response { #[doc = " Format `mx-event-id`."] req event_id : crate ::ids::EventId
-        => "event_id", req origin_server_ts : i64 => "origin_server_ts", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(Dir { F "f", B "b" });
+    /// Schema: `data/api/client-server/room_event_by_timestamp.yaml` at `/paths/~1rooms~1{roomId}~1timestamp_to_event/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        /// Format `mx-event-id`.
+        pub event_id: crate::ids::EventId,
+        pub origin_server_ts: i64,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { event_id req "event_id", origin_server_ts req "origin_server_ts" }
+        rest extra
+    );
 }

@@ -41,50 +41,81 @@ pub mod room_initial_sync {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidinitialsync",
         spec_file: "api/client-server/room_initial_sync.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/room_initial_sync.yaml` at `/paths/~1rooms~1{roomId}~1initialSync/get/responses/200/content/application~1json/schema`."]
-        Response { #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId =>
-        "room_id", opt membership : Membership => "membership", opt messages :
-        PaginationChunk => "messages", opt state : Vec < crate
-        ::client_server::definitions::client_event::ClientEvent > => "state", opt
-        visibility : Visibility => "visibility", opt account_data : Vec < Event > =>
-        "account_data", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { room_id req "roomId" });
+    /// Schema: `data/api/client-server/room_initial_sync.yaml` at `/paths/~1rooms~1{roomId}~1initialSync/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        pub membership: Option<Membership>,
+        pub messages: Option<PaginationChunk>,
+        pub state: Option<
+            Vec<crate::client_server::definitions::client_event::ClientEvent>,
+        >,
+        pub visibility: Option<Visibility>,
+        pub account_data: Option<Vec<Event>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/room_initial_sync.yaml` at `/paths/~1rooms~1{roomId}~1initialSync/get/responses/200/content/application~1json/schema/properties/membership`."]
-        Membership { Invite => "invite", Join => "join", Leave => "leave", Ban => "ban",
-        }
+    crate::json_object!(
+        Response { room_id req "room_id", membership opt "membership", messages opt
+        "messages", state opt "state", visibility opt "visibility", account_data opt
+        "account_data" } rest extra
+    );
+    /// Schema: `data/api/client-server/room_initial_sync.yaml` at `/paths/~1rooms~1{roomId}~1initialSync/get/responses/200/content/application~1json/schema/properties/membership`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Membership {
+        /// `invite`
+        Invite,
+        /// `join`
+        Join,
+        /// `leave`
+        Leave,
+        /// `ban`
+        Ban,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/room_initial_sync.yaml` at `/paths/~1rooms~1{roomId}~1initialSync/get/responses/200/content/application~1json/schema/properties/messages`."]
-        PaginationChunk { opt start : String => "start", req end : String => "end", req
-        chunk : Vec < crate ::client_server::definitions::client_event::ClientEvent > =>
-        "chunk", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(
+        Membership { Invite "invite", Join "join", Leave "leave", Ban "ban" }
+    );
+    /// Schema: `data/api/client-server/room_initial_sync.yaml` at `/paths/~1rooms~1{roomId}~1initialSync/get/responses/200/content/application~1json/schema/properties/messages`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct PaginationChunk {
+        pub start: Option<String>,
+        pub end: String,
+        pub chunk: Vec<crate::client_server::definitions::client_event::ClientEvent>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/room_initial_sync.yaml` at `/paths/~1rooms~1{roomId}~1initialSync/get/responses/200/content/application~1json/schema/properties/visibility`."]
-        Visibility { Private => "private", Public => "public", }
+    crate::json_object!(
+        PaginationChunk { start opt "start", end req "end", chunk req "chunk" } rest
+        extra
+    );
+    /// Schema: `data/api/client-server/room_initial_sync.yaml` at `/paths/~1rooms~1{roomId}~1initialSync/get/responses/200/content/application~1json/schema/properties/visibility`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Visibility {
+        /// `private`
+        Private,
+        /// `public`
+        Public,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/room_initial_sync.yaml` at `/paths/~1rooms~1{roomId}~1initialSync/get/responses/200/content/application~1json/schema/properties/account_data/items`."]
-        Event { req content : crate ::JsonObject => "content", req type_ : String =>
-        "type", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(Visibility { Private "private", Public "public" });
+    /// Schema: `data/api/client-server/room_initial_sync.yaml` at `/paths/~1rooms~1{roomId}~1initialSync/get/responses/200/content/application~1json/schema/properties/account_data/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Event {
+        pub content: crate::JsonObject,
+        pub type_: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Event { content req "content", type_ req "type" } rest extra);
 }

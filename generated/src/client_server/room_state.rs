@@ -58,24 +58,33 @@ pub mod set_room_state_with_key {
         spec_file: "api/client-server/room_state.yaml",
     };
     pub type RequestBody = crate::JsonObject;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", #[doc = " Path parameter `eventType`."] req event_type : String =>
-        "eventType", #[doc = " Path parameter `stateKey`."] req state_key : String =>
-        "stateKey", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// Path parameter `eventType`.
+        pub event_type: String,
+        /// Path parameter `stateKey`.
+        pub state_key: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { room_id req "roomId", event_type req "eventType", state_key req
+        "stateKey", body req "body" }
+    );
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/room_state.yaml` at `/paths/~1rooms~1{roomId}~1state~1{eventType}~1{stateKey}/put/responses/200/content/application~1json/schema`."]
-        Response { #[doc = " Format `mx-event-id`."] req event_id : crate ::ids::EventId
-        => "event_id", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/room_state.yaml` at `/paths/~1rooms~1{roomId}~1state~1{eventType}~1{stateKey}/put/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        /// Format `mx-event-id`.
+        pub event_id: crate::ids::EventId,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { event_id req "event_id" } rest extra);
 }

@@ -47,36 +47,68 @@ pub mod get_room_summary {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1room_summaryroomidoralias",
         spec_file: "api/client-server/room_summary.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomIdOrAlias`."] req room_id_or_alias :
-        String => "roomIdOrAlias", #[doc = " Query parameter `via`."] opt via : Vec <
-        crate ::ids::ServerName > => "via", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomIdOrAlias`.
+        pub room_id_or_alias: String,
+        /// Query parameter `via`.
+        pub via: Option<Vec<crate::ids::ServerName>>,
     }
+    crate::json_object!(Request { room_id_or_alias req "roomIdOrAlias", via opt "via" });
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/room_summary.yaml` at `/paths/~1room_summary~1{roomIdOrAlias}/get/responses/200/content/application~1json/schema`."]
-        Response { #[doc = " Format `mx-room-alias`."] opt canonical_alias : crate
-        ::ids::RoomAliasId => "canonical_alias", opt name : String => "name", req
-        num_joined_members : i64 => "num_joined_members", #[doc =
-        " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", opt
-        topic : String => "topic", req world_readable : bool => "world_readable", req
-        guest_can_join : bool => "guest_can_join", #[doc = " Format `uri`."] opt
-        avatar_url : String => "avatar_url", opt join_rule : String => "join_rule", opt
-        room_type : String => "room_type", opt allowed_room_ids : Vec < crate
-        ::ids::RoomId > => "allowed_room_ids", #[doc = " Always `m.megolm.v1.aes-sha2`."]
-        opt encryption : String => "encryption", opt room_version : String =>
-        "room_version", opt membership : Membership => "membership", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/room_summary.yaml` at `/paths/~1room_summary~1{roomIdOrAlias}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        /// Format `mx-room-alias`.
+        pub canonical_alias: Option<crate::ids::RoomAliasId>,
+        pub name: Option<String>,
+        pub num_joined_members: i64,
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        pub topic: Option<String>,
+        pub world_readable: bool,
+        pub guest_can_join: bool,
+        /// Format `uri`.
+        pub avatar_url: Option<String>,
+        pub join_rule: Option<String>,
+        pub room_type: Option<String>,
+        pub allowed_room_ids: Option<Vec<crate::ids::RoomId>>,
+        /// Always `m.megolm.v1.aes-sha2`.
+        pub encryption: Option<String>,
+        pub room_version: Option<String>,
+        pub membership: Option<Membership>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/room_summary.yaml` at `/paths/~1room_summary~1{roomIdOrAlias}/get/responses/200/content/application~1json/schema/properties/membership`."]
-        Membership { Invite => "invite", Join => "join", Knock => "knock", Leave =>
-        "leave", Ban => "ban", }
+    crate::json_object!(
+        Response { canonical_alias opt "canonical_alias", name opt "name",
+        num_joined_members req "num_joined_members", room_id req "room_id", topic opt
+        "topic", world_readable req "world_readable", guest_can_join req
+        "guest_can_join", avatar_url opt "avatar_url", join_rule opt "join_rule",
+        room_type opt "room_type", allowed_room_ids opt "allowed_room_ids", encryption
+        opt "encryption", room_version opt "room_version", membership opt "membership" }
+        rest extra
+    );
+    /// Schema: `data/api/client-server/room_summary.yaml` at `/paths/~1room_summary~1{roomIdOrAlias}/get/responses/200/content/application~1json/schema/properties/membership`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Membership {
+        /// `invite`
+        Invite,
+        /// `join`
+        Join,
+        /// `knock`
+        Knock,
+        /// `leave`
+        Leave,
+        /// `ban`
+        Ban,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(
+        Membership { Invite "invite", Join "join", Knock "knock", Leave "leave", Ban
+        "ban" }
+    );
 }

@@ -45,30 +45,38 @@ pub mod upgrade_room {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3roomsroomidupgrade",
         spec_file: "api/client-server/room_upgrades.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { room_id req "roomId", body req "body" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/room_upgrades.yaml` at `/paths/~1rooms~1{roomId}~1upgrade/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req new_version : String => "new_version", #[doc =
-        " Added in v1.16."] opt additional_creators : Vec < String > =>
-        "additional_creators", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/room_upgrades.yaml` at `/paths/~1rooms~1{roomId}~1upgrade/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub new_version: String,
+        /// Added in v1.16.
+        pub additional_creators: Option<Vec<String>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/room_upgrades.yaml` at `/paths/~1rooms~1{roomId}~1upgrade/post/responses/200/content/application~1json/schema`."]
-        Response { req replacement_room : String => "replacement_room", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { new_version req "new_version", additional_creators opt
+        "additional_creators" } rest extra
+    );
+    /// Schema: `data/api/client-server/room_upgrades.yaml` at `/paths/~1rooms~1{roomId}~1upgrade/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub replacement_room: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { replacement_room req "replacement_room" } rest extra);
 }

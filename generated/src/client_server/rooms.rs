@@ -47,13 +47,15 @@ pub mod get_one_room_event {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomideventeventid",
         spec_file: "api/client-server/rooms.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", #[doc = " Path parameter `eventId`."] req event_id : crate
-        ::ids::EventId => "eventId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// Path parameter `eventId`.
+        pub event_id: crate::ids::EventId,
     }
+    crate::json_object!(Request { room_id req "roomId", event_id req "eventId" });
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::client_event::ClientEvent;
     /// The `404` response body.
@@ -120,26 +122,40 @@ pub mod get_room_state_with_key {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidstateeventtypestatekey",
         spec_file: "api/client-server/rooms.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", #[doc = " Path parameter `eventType`."] req event_type : String =>
-        "eventType", #[doc = " Path parameter `stateKey`."] req state_key : String =>
-        "stateKey", #[doc = " Query parameter `format`. Added in v1.16."] opt format :
-        Format => "format", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// Path parameter `eventType`.
+        pub event_type: String,
+        /// Path parameter `stateKey`.
+        pub state_key: String,
+        /// Query parameter `format`. Added in v1.16.
+        pub format: Option<Format>,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1state~1{eventType}~1{stateKey}/get/parameters/3/schema`."]
-        Format { Content => "content", Event => "event", }
+    crate::json_object!(
+        Request { room_id req "roomId", event_type req "eventType", state_key req
+        "stateKey", format opt "format" }
+    );
+    /// Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1state~1{eventType}~1{stateKey}/get/parameters/3/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Format {
+        /// `content`
+        Content,
+        /// `event`
+        Event,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_untagged! {
-        #[doc =
-        " Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1state~1{eventType}~1{stateKey}/get/responses/200/content/application~1json/schema`."]
-        Response { Object(crate ::JsonObject), StateEvent(crate
-        ::events::core_event_schema::state_event::StateEvent), }
+    crate::string_enum!(Format { Content "content", Event "event" });
+    /// Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1state~1{eventType}~1{stateKey}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum Response {
+        Object(crate::JsonObject),
+        StateEvent(crate::events::core_event_schema::state_event::StateEvent),
     }
+    crate::json_untagged!(Response { Object, StateEvent });
 }
 /// `GET /_matrix/client/v3/rooms/{roomId}/state`: operation `getRoomState`.
 ///
@@ -180,12 +196,13 @@ pub mod get_room_state {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidstate",
         spec_file: "api/client-server/rooms.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
     }
+    crate::json_object!(Request { room_id req "roomId" });
     /// The `200` response body.
     pub type Response = Vec<
         crate::client_server::definitions::client_event::ClientEvent,
@@ -248,35 +265,72 @@ pub mod get_members_by_room {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidmembers",
         spec_file: "api/client-server/rooms.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", #[doc = " Query parameter `at`."] opt at : String => "at", #[doc =
-        " Query parameter `membership`."] opt membership : Membership => "membership",
-        #[doc = " Query parameter `not_membership`."] opt not_membership : NotMembership
-        => "not_membership", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// Query parameter `at`.
+        pub at: Option<String>,
+        /// Query parameter `membership`.
+        pub membership: Option<Membership>,
+        /// Query parameter `not_membership`.
+        pub not_membership: Option<NotMembership>,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1members/get/parameters/2/schema`."]
-        Membership { Join => "join", Invite => "invite", Knock => "knock", Leave =>
-        "leave", Ban => "ban", }
+    crate::json_object!(
+        Request { room_id req "roomId", at opt "at", membership opt "membership",
+        not_membership opt "not_membership" }
+    );
+    /// Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1members/get/parameters/2/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Membership {
+        /// `join`
+        Join,
+        /// `invite`
+        Invite,
+        /// `knock`
+        Knock,
+        /// `leave`
+        Leave,
+        /// `ban`
+        Ban,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1members/get/parameters/3/schema`."]
-        NotMembership { Join => "join", Invite => "invite", Knock => "knock", Leave =>
-        "leave", Ban => "ban", }
+    crate::string_enum!(
+        Membership { Join "join", Invite "invite", Knock "knock", Leave "leave", Ban
+        "ban" }
+    );
+    /// Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1members/get/parameters/3/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum NotMembership {
+        /// `join`
+        Join,
+        /// `invite`
+        Invite,
+        /// `knock`
+        Knock,
+        /// `leave`
+        Leave,
+        /// `ban`
+        Ban,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1members/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt chunk : Vec < crate
-        ::client_server::definitions::client_event::ClientEvent > => "chunk", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(
+        NotMembership { Join "join", Invite "invite", Knock "knock", Leave "leave", Ban
+        "ban" }
+    );
+    /// Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1members/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub chunk: Option<
+            Vec<crate::client_server::definitions::client_event::ClientEvent>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { chunk opt "chunk" } rest extra);
 }
 /// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`: operation `getJoinedMembersByRoom`.
 ///
@@ -317,26 +371,32 @@ pub mod get_joined_members_by_room {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidjoined_members",
         spec_file: "api/client-server/rooms.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1joined_members/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt joined : std::collections::BTreeMap < String,
-        RoomMember > => "joined", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { room_id req "roomId" });
+    /// Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1joined_members/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub joined: Option<std::collections::BTreeMap<String, RoomMember>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1joined_members/get/responses/200/content/application~1json/schema/properties/joined/patternProperties/^@`."]
-        #[derive(Default)] RoomMember { opt display_name : String => "display_name",
-        #[doc = " Format `uri`."] opt avatar_url : String => "avatar_url", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Response { joined opt "joined" } rest extra);
+    /// Schema: `data/api/client-server/rooms.yaml` at `/paths/~1rooms~1{roomId}~1joined_members/get/responses/200/content/application~1json/schema/properties/joined/patternProperties/^@`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RoomMember {
+        pub display_name: Option<String>,
+        /// Format `uri`.
+        pub avatar_url: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        RoomMember { display_name opt "display_name", avatar_url opt "avatar_url" } rest
+        extra
+    );
 }

@@ -45,229 +45,375 @@ pub mod search {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3search",
         spec_file: "api/client-server/search.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `next_batch`."] opt next_batch : String =>
-        "next_batch", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `next_batch`.
+        pub next_batch: Option<String>,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { next_batch opt "next_batch", body req "body" });
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req search_categories : Categories => "search_categories", } #[doc
-        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub search_categories: Categories,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories`."]
-        #[derive(Default)] Categories { opt room_events : RoomEventsCriteria =>
-        "room_events", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { search_categories req "search_categories" } rest extra
+    );
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Categories {
+        pub room_events: Option<RoomEventsCriteria>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events`."]
-        RoomEventsCriteria { req search_term : String => "search_term", opt keys : Vec <
-        Key > => "keys", opt filter : Filter => "filter", opt order_by : Ordering =>
-        "order_by", opt event_context : IncludeEventContext => "event_context", opt
-        include_state : bool => "include_state", opt groupings : Groupings =>
-        "groupings", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Categories { room_events opt "room_events" } rest extra);
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RoomEventsCriteria {
+        pub search_term: String,
+        pub keys: Option<Vec<Key>>,
+        pub filter: Option<Filter>,
+        pub order_by: Option<Ordering>,
+        pub event_context: Option<IncludeEventContext>,
+        pub include_state: Option<bool>,
+        pub groupings: Option<Groupings>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/keys/items`."]
-        Key { ContentBody => "content.body", ContentName => "content.name", ContentTopic
-        => "content.topic", }
+    crate::json_object!(
+        RoomEventsCriteria { search_term req "search_term", keys opt "keys", filter opt
+        "filter", order_by opt "order_by", event_context opt "event_context",
+        include_state opt "include_state", groupings opt "groupings" } rest extra
+    );
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/keys/items`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Key {
+        /// `content.body`
+        ContentBody,
+        /// `content.name`
+        ContentName,
+        /// `content.topic`
+        ContentTopic,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/filter`."]
-        #[derive(Default)] Filter { opt limit : i64 => "limit", opt not_senders : Vec <
-        crate ::ids::UserId > => "not_senders", opt not_types : Vec < String > =>
-        "not_types", opt senders : Vec < crate ::ids::UserId > => "senders", opt types :
-        Vec < String > => "types", #[doc = " Added in v1.4."] opt
-        unread_thread_notifications : bool => "unread_thread_notifications", opt
-        lazy_load_members : bool => "lazy_load_members", opt include_redundant_members :
-        bool => "include_redundant_members", opt not_rooms : Vec < crate ::ids::RoomId >
-        => "not_rooms", opt rooms : Vec < crate ::ids::RoomId > => "rooms", opt
-        contains_url : bool => "contains_url", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(
+        Key { ContentBody "content.body", ContentName "content.name", ContentTopic
+        "content.topic" }
+    );
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/filter`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Filter {
+        pub limit: Option<i64>,
+        pub not_senders: Option<Vec<crate::ids::UserId>>,
+        pub not_types: Option<Vec<String>>,
+        pub senders: Option<Vec<crate::ids::UserId>>,
+        pub types: Option<Vec<String>>,
+        /// Added in v1.4.
+        pub unread_thread_notifications: Option<bool>,
+        pub lazy_load_members: Option<bool>,
+        pub include_redundant_members: Option<bool>,
+        pub not_rooms: Option<Vec<crate::ids::RoomId>>,
+        pub rooms: Option<Vec<crate::ids::RoomId>>,
+        pub contains_url: Option<bool>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/order_by`."]
-        Ordering { Recent => "recent", Rank => "rank", }
+    crate::json_object!(
+        Filter { limit opt "limit", not_senders opt "not_senders", not_types opt
+        "not_types", senders opt "senders", types opt "types",
+        unread_thread_notifications opt "unread_thread_notifications", lazy_load_members
+        opt "lazy_load_members", include_redundant_members opt
+        "include_redundant_members", not_rooms opt "not_rooms", rooms opt "rooms",
+        contains_url opt "contains_url" } rest extra
+    );
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/order_by`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Ordering {
+        /// `recent`
+        Recent,
+        /// `rank`
+        Rank,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/event_context`."]
-        #[derive(Default)] IncludeEventContext { opt before_limit : i64 =>
-        "before_limit", opt after_limit : i64 => "after_limit", opt include_profile :
-        bool => "include_profile", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(Ordering { Recent "recent", Rank "rank" });
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/event_context`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct IncludeEventContext {
+        pub before_limit: Option<i64>,
+        pub after_limit: Option<i64>,
+        pub include_profile: Option<bool>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/groupings`."]
-        #[derive(Default)] Groupings { opt group_by : Vec < Group > => "group_by", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::json_object!(
+        IncludeEventContext { before_limit opt "before_limit", after_limit opt
+        "after_limit", include_profile opt "include_profile" } rest extra
+    );
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/groupings`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Groupings {
+        pub group_by: Option<Vec<Group>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/groupings/properties/group_by/items`."]
-        #[derive(Default)] Group { opt key : GroupKey => "key", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Groupings { group_by opt "group_by" } rest extra);
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/groupings/properties/group_by/items`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Group {
+        pub key: Option<GroupKey>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/groupings/properties/group_by/items/properties/key`."]
-        GroupKey { RoomId => "room_id", Sender => "sender", }
+    crate::json_object!(Group { key opt "key" } rest extra);
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/requestBody/content/application~1json/schema/properties/search_categories/properties/room_events/properties/groupings/properties/group_by/items/properties/key`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum GroupKey {
+        /// `room_id`
+        RoomId,
+        /// `sender`
+        Sender,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema`."]
-        Response { req search_categories : ResultCategories => "search_categories", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::string_enum!(GroupKey { RoomId "room_id", Sender "sender" });
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub search_categories: ResultCategories,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories`."]
-        #[derive(Default)] ResultCategories { opt room_events : ResultRoomEvents =>
-        "room_events", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Response { search_categories req "search_categories" } rest extra
+    );
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct ResultCategories {
+        pub room_events: Option<ResultRoomEvents>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events`."]
-        #[derive(Default)] ResultRoomEvents { opt count : i64 => "count", opt highlights
-        : Vec < String > => "highlights", opt results : Vec < Result_ > => "results", opt
-        state : std::collections::BTreeMap < String, Vec < crate
-        ::client_server::definitions::client_event::ClientEvent > > => "state", opt
-        groups : std::collections::BTreeMap < String, std::collections::BTreeMap <
-        String, GroupValue > > => "groups", opt next_batch : String => "next_batch", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::json_object!(ResultCategories { room_events opt "room_events" } rest extra);
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct ResultRoomEvents {
+        pub count: Option<i64>,
+        pub highlights: Option<Vec<String>>,
+        pub results: Option<Vec<Result_>>,
+        pub state: Option<
+            std::collections::BTreeMap<
+                String,
+                Vec<crate::client_server::definitions::client_event::ClientEvent>,
+            >,
+        >,
+        pub groups: Option<
+            std::collections::BTreeMap<
+                String,
+                std::collections::BTreeMap<String, GroupValue>,
+            >,
+        >,
+        pub next_batch: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items`."]
-        #[derive(Default)] Result_ { opt rank : f64 => "rank", opt result : Event =>
-        "result", opt context : EventContext => "context", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        ResultRoomEvents { count opt "count", highlights opt "highlights", results opt
+        "results", state opt "state", groups opt "groups", next_batch opt "next_batch" }
+        rest extra
+    );
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Result_ {
+        pub rank: Option<f64>,
+        pub result: Option<Event>,
+        pub context: Option<EventContext>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/result`."]
-        Event { #[doc = " Format `mx-event-id`."] req event_id : crate ::ids::EventId =>
-        "event_id", req type_ : String => "type", opt state_key : String => "state_key",
-        #[doc = " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender",
-        #[doc = " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req
-        content : crate ::JsonObject => "content", opt unsigned : EventUnsigned =>
-        "unsigned", #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId =>
-        "room_id", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Result_ { rank opt "rank", result opt "result", context opt "context" } rest
+        extra
+    );
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/result`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Event {
+        /// Format `mx-event-id`.
+        pub event_id: crate::ids::EventId,
+        pub type_: String,
+        pub state_key: Option<String>,
+        /// Format `mx-user-id`.
+        pub sender: crate::ids::UserId,
+        /// Format `int64`.
+        pub origin_server_ts: i64,
+        pub content: crate::JsonObject,
+        pub unsigned: Option<EventUnsigned>,
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/result/properties/unsigned`."]
-        #[derive(Default)] EventUnsigned { #[doc = " Format `int64`."] opt age : i64 =>
-        "age", opt redacted_because : crate ::JsonObject => "redacted_because", opt
-        transaction_id : String => "transaction_id", opt prev_content : crate
-        ::JsonObject => "prev_content", #[doc = " Format `mx-event-id`. Added in v1.19."]
-        opt replaces_state : crate ::ids::EventId => "replaces_state", #[doc =
-        " Added in v1.11."] opt membership : String => "membership", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Event { event_id req "event_id", type_ req "type", state_key opt "state_key",
+        sender req "sender", origin_server_ts req "origin_server_ts", content req
+        "content", unsigned opt "unsigned", room_id req "room_id" } rest extra
+    );
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/result/properties/unsigned`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct EventUnsigned {
+        /// Format `int64`.
+        pub age: Option<i64>,
+        pub redacted_because: Option<crate::JsonObject>,
+        pub transaction_id: Option<String>,
+        pub prev_content: Option<crate::JsonObject>,
+        /// Format `mx-event-id`. Added in v1.19.
+        pub replaces_state: Option<crate::ids::EventId>,
+        /// Added in v1.11.
+        pub membership: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context`."]
-        #[derive(Default)] EventContext { opt start : String => "start", opt end : String
-        => "end", opt profile_info : std::collections::BTreeMap < String, UserProfile >
-        => "profile_info", opt events_before : Vec < EventContextEvent > =>
-        "events_before", opt events_after : Vec < EventContextEvent2 > => "events_after",
-        } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::json_object!(
+        EventUnsigned { age opt "age", redacted_because opt "redacted_because",
+        transaction_id opt "transaction_id", prev_content opt "prev_content",
+        replaces_state opt "replaces_state", membership opt "membership" } rest extra
+    );
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct EventContext {
+        pub start: Option<String>,
+        pub end: Option<String>,
+        pub profile_info: Option<std::collections::BTreeMap<String, UserProfile>>,
+        pub events_before: Option<Vec<EventContextEvent>>,
+        pub events_after: Option<Vec<EventContextEvent2>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/profile_info/patternProperties/^@`."]
-        #[derive(Default)] UserProfile { opt displayname : String => "displayname", #[doc
-        = " Format `uri`."] opt avatar_url : String => "avatar_url", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        EventContext { start opt "start", end opt "end", profile_info opt "profile_info",
+        events_before opt "events_before", events_after opt "events_after" } rest extra
+    );
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/profile_info/patternProperties/^@`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct UserProfile {
+        pub displayname: Option<String>,
+        /// Format `uri`.
+        pub avatar_url: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/events_before/items`."]
-        EventContextEvent { #[doc = " Format `mx-event-id`."] req event_id : crate
-        ::ids::EventId => "event_id", req type_ : String => "type", opt state_key :
-        String => "state_key", #[doc = " Format `mx-user-id`."] req sender : crate
-        ::ids::UserId => "sender", #[doc = " Format `int64`."] req origin_server_ts : i64
-        => "origin_server_ts", req content : crate ::JsonObject => "content", opt
-        unsigned : EventContextEventUnsigned => "unsigned", #[doc =
-        " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", } #[doc
-        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        UserProfile { displayname opt "displayname", avatar_url opt "avatar_url" } rest
+        extra
+    );
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/events_before/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct EventContextEvent {
+        /// Format `mx-event-id`.
+        pub event_id: crate::ids::EventId,
+        pub type_: String,
+        pub state_key: Option<String>,
+        /// Format `mx-user-id`.
+        pub sender: crate::ids::UserId,
+        /// Format `int64`.
+        pub origin_server_ts: i64,
+        pub content: crate::JsonObject,
+        pub unsigned: Option<EventContextEventUnsigned>,
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/events_before/items/properties/unsigned`."]
-        #[derive(Default)] EventContextEventUnsigned { #[doc = " Format `int64`."] opt
-        age : i64 => "age", opt redacted_because : crate ::JsonObject =>
-        "redacted_because", opt transaction_id : String => "transaction_id", opt
-        prev_content : crate ::JsonObject => "prev_content", #[doc =
-        " Format `mx-event-id`. Added in v1.19."] opt replaces_state : crate
-        ::ids::EventId => "replaces_state", #[doc = " Added in v1.11."] opt membership :
-        String => "membership", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        EventContextEvent { event_id req "event_id", type_ req "type", state_key opt
+        "state_key", sender req "sender", origin_server_ts req "origin_server_ts",
+        content req "content", unsigned opt "unsigned", room_id req "room_id" } rest
+        extra
+    );
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/events_before/items/properties/unsigned`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct EventContextEventUnsigned {
+        /// Format `int64`.
+        pub age: Option<i64>,
+        pub redacted_because: Option<crate::JsonObject>,
+        pub transaction_id: Option<String>,
+        pub prev_content: Option<crate::JsonObject>,
+        /// Format `mx-event-id`. Added in v1.19.
+        pub replaces_state: Option<crate::ids::EventId>,
+        /// Added in v1.11.
+        pub membership: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/events_after/items`."]
-        EventContextEvent2 { #[doc = " Format `mx-event-id`."] req event_id : crate
-        ::ids::EventId => "event_id", req type_ : String => "type", opt state_key :
-        String => "state_key", #[doc = " Format `mx-user-id`."] req sender : crate
-        ::ids::UserId => "sender", #[doc = " Format `int64`."] req origin_server_ts : i64
-        => "origin_server_ts", req content : crate ::JsonObject => "content", opt
-        unsigned : UnsignedData => "unsigned", #[doc = " Format `mx-room-id`."] req
-        room_id : crate ::ids::RoomId => "room_id", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        EventContextEventUnsigned { age opt "age", redacted_because opt
+        "redacted_because", transaction_id opt "transaction_id", prev_content opt
+        "prev_content", replaces_state opt "replaces_state", membership opt "membership"
+        } rest extra
+    );
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/events_after/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct EventContextEvent2 {
+        /// Format `mx-event-id`.
+        pub event_id: crate::ids::EventId,
+        pub type_: String,
+        pub state_key: Option<String>,
+        /// Format `mx-user-id`.
+        pub sender: crate::ids::UserId,
+        /// Format `int64`.
+        pub origin_server_ts: i64,
+        pub content: crate::JsonObject,
+        pub unsigned: Option<UnsignedData>,
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/events_after/items/properties/unsigned`."]
-        #[derive(Default)] UnsignedData { #[doc = " Format `int64`."] opt age : i64 =>
-        "age", opt redacted_because : crate ::JsonObject => "redacted_because", opt
-        transaction_id : String => "transaction_id", opt prev_content : crate
-        ::JsonObject => "prev_content", #[doc = " Format `mx-event-id`. Added in v1.19."]
-        opt replaces_state : crate ::ids::EventId => "replaces_state", #[doc =
-        " Added in v1.11."] opt membership : String => "membership", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        EventContextEvent2 { event_id req "event_id", type_ req "type", state_key opt
+        "state_key", sender req "sender", origin_server_ts req "origin_server_ts",
+        content req "content", unsigned opt "unsigned", room_id req "room_id" } rest
+        extra
+    );
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/results/items/properties/context/properties/events_after/items/properties/unsigned`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct UnsignedData {
+        /// Format `int64`.
+        pub age: Option<i64>,
+        pub redacted_because: Option<crate::JsonObject>,
+        pub transaction_id: Option<String>,
+        pub prev_content: Option<crate::JsonObject>,
+        /// Format `mx-event-id`. Added in v1.19.
+        pub replaces_state: Option<crate::ids::EventId>,
+        /// Added in v1.11.
+        pub membership: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/groups/additionalProperties/additionalProperties`."]
-        #[derive(Default)] GroupValue { opt next_batch : String => "next_batch", opt
-        order : i64 => "order", opt results : Vec < String > => "results", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        UnsignedData { age opt "age", redacted_because opt "redacted_because",
+        transaction_id opt "transaction_id", prev_content opt "prev_content",
+        replaces_state opt "replaces_state", membership opt "membership" } rest extra
+    );
+    /// Schema: `data/api/client-server/search.yaml` at `/paths/~1search/post/responses/200/content/application~1json/schema/properties/search_categories/properties/room_events/properties/groups/additionalProperties/additionalProperties`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct GroupValue {
+        pub next_batch: Option<String>,
+        pub order: Option<i64>,
+        pub results: Option<Vec<String>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        GroupValue { next_batch opt "next_batch", order opt "order", results opt
+        "results" } rest extra
+    );
 }

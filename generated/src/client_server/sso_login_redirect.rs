@@ -43,18 +43,26 @@ pub mod redirect_to_sso {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3loginssoredirect",
         spec_file: "api/client-server/sso_login_redirect.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `redirectUrl`."] req redirect_url : String =>
-        "redirectUrl", #[doc = " Query parameter `action`. Added in v1.18."] opt action :
-        Action => "action", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `redirectUrl`.
+        pub redirect_url: String,
+        /// Query parameter `action`. Added in v1.18.
+        pub action: Option<Action>,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/sso_login_redirect.yaml` at `/paths/~1login~1sso~1redirect/get/parameters/1/schema`."]
-        Action { Login => "login", Register => "register", }
+    crate::json_object!(Request { redirect_url req "redirectUrl", action opt "action" });
+    /// Schema: `data/api/client-server/sso_login_redirect.yaml` at `/paths/~1login~1sso~1redirect/get/parameters/1/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Action {
+        /// `login`
+        Login,
+        /// `register`
+        Register,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(Action { Login "login", Register "register" });
 }
 /// `GET /_matrix/client/v3/login/sso/redirect/{idpId}`: operation `redirectToIdP`.
 ///
@@ -107,17 +115,29 @@ pub mod redirect_to_id_p {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3loginssoredirectidpid",
         spec_file: "api/client-server/sso_login_redirect.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `idpId`."] req idp_id : String => "idpId",
-        #[doc = " Query parameter `redirectUrl`."] req redirect_url : String =>
-        "redirectUrl", #[doc = " Query parameter `action`. Added in v1.18."] opt action :
-        Action => "action", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `idpId`.
+        pub idp_id: String,
+        /// Query parameter `redirectUrl`.
+        pub redirect_url: String,
+        /// Query parameter `action`. Added in v1.18.
+        pub action: Option<Action>,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/sso_login_redirect.yaml` at `/paths/~1login~1sso~1redirect~1{idpId}/get/parameters/2/schema`."]
-        Action { Login => "login", Register => "register", }
+    crate::json_object!(
+        Request { idp_id req "idpId", redirect_url req "redirectUrl", action opt "action"
+        }
+    );
+    /// Schema: `data/api/client-server/sso_login_redirect.yaml` at `/paths/~1login~1sso~1redirect~1{idpId}/get/parameters/2/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Action {
+        /// `login`
+        Login,
+        /// `register`
+        Register,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(Action { Login "login", Register "register" });
 }

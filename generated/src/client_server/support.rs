@@ -34,31 +34,48 @@ pub mod get_wellknown_support {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#getwell-knownmatrixsupport",
         spec_file: "api/client-server/support.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
+    /// Schema: `data/api/client-server/support.yaml` at `/paths/~1matrix~1support/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub contacts: Option<Vec<Contact>>,
+        /// Format `uri`.
+        pub support_page: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/support.yaml` at `/paths/~1matrix~1support/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt contacts : Vec < Contact > => "contacts", #[doc
-        = " Format `uri`."] opt support_page : String => "support_page", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Response { contacts opt "contacts", support_page opt "support_page" } rest extra
+    );
+    /// Schema: `data/api/client-server/support.yaml` at `/paths/~1matrix~1support/get/responses/200/content/application~1json/schema/properties/contacts/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Contact {
+        /// Format `mx-user-id`.
+        pub matrix_id: Option<crate::ids::UserId>,
+        /// Format `email`.
+        pub email_address: Option<String>,
+        pub role: Role,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/support.yaml` at `/paths/~1matrix~1support/get/responses/200/content/application~1json/schema/properties/contacts/items`."]
-        Contact { #[doc = " Format `mx-user-id`."] opt matrix_id : crate ::ids::UserId =>
-        "matrix_id", #[doc = " Format `email`."] opt email_address : String =>
-        "email_address", req role : Role => "role", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Contact { matrix_id opt "matrix_id", email_address opt "email_address", role req
+        "role" } rest extra
+    );
+    /// Schema: `data/api/client-server/support.yaml` at `/paths/~1matrix~1support/get/responses/200/content/application~1json/schema/properties/contacts/items/properties/role`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Role {
+        /// `m.role.admin`
+        MRoleAdmin,
+        /// `m.role.security`
+        MRoleSecurity,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/support.yaml` at `/paths/~1matrix~1support/get/responses/200/content/application~1json/schema/properties/contacts/items/properties/role`."]
-        Role { MRoleAdmin => "m.role.admin", MRoleSecurity => "m.role.security", }
-    }
+    crate::string_enum!(
+        Role { MRoleAdmin "m.role.admin", MRoleSecurity "m.role.security" }
+    );
 }

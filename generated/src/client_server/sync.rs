@@ -67,222 +67,307 @@ pub mod sync {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3sync",
         spec_file: "api/client-server/sync.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " Query parameter `filter`."] opt filter :
-        String => "filter", #[doc = " Query parameter `since`."] opt since : String =>
-        "since", #[doc = " Query parameter `full_state`."] opt full_state : bool =>
-        "full_state", #[doc = " Query parameter `set_presence`."] opt set_presence :
-        SetPresence => "set_presence", #[doc = " Query parameter `timeout`."] opt timeout
-        : i64 => "timeout", #[doc =
-        " Query parameter `use_state_after`. Added in v1.16."] opt use_state_after : bool
-        => "use_state_after", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// Query parameter `filter`.
+        pub filter: Option<String>,
+        /// Query parameter `since`.
+        pub since: Option<String>,
+        /// Query parameter `full_state`.
+        pub full_state: Option<bool>,
+        /// Query parameter `set_presence`.
+        pub set_presence: Option<SetPresence>,
+        /// Query parameter `timeout`.
+        pub timeout: Option<i64>,
+        /// Query parameter `use_state_after`. Added in v1.16.
+        pub use_state_after: Option<bool>,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/parameters/3/schema`."]
-        SetPresence { Offline => "offline", Online => "online", Unavailable =>
-        "unavailable", }
+    crate::json_object!(
+        Request { filter opt "filter", since opt "since", full_state opt "full_state",
+        set_presence opt "set_presence", timeout opt "timeout", use_state_after opt
+        "use_state_after" }
+    );
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/parameters/3/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum SetPresence {
+        /// `offline`
+        Offline,
+        /// `online`
+        Online,
+        /// `unavailable`
+        Unavailable,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema`."]
-        Response { req next_batch : String => "next_batch", opt rooms : Rooms => "rooms",
-        opt presence : Presence => "presence", opt account_data : ResponseAccountData =>
-        "account_data", opt to_device : crate ::JsonObject => "to_device", opt
-        device_lists : crate ::JsonObject => "device_lists", opt
-        device_one_time_keys_count : std::collections::BTreeMap < String, i64 > =>
-        "device_one_time_keys_count", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(
+        SetPresence { Offline "offline", Online "online", Unavailable "unavailable" }
+    );
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub next_batch: String,
+        pub rooms: Option<Rooms>,
+        pub presence: Option<Presence>,
+        pub account_data: Option<ResponseAccountData>,
+        pub to_device: Option<crate::JsonObject>,
+        pub device_lists: Option<crate::JsonObject>,
+        pub device_one_time_keys_count: Option<std::collections::BTreeMap<String, i64>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms`."]
-        #[derive(Default)] Rooms { opt join : std::collections::BTreeMap < String,
-        JoinedRoom > => "join", opt invite : std::collections::BTreeMap < String,
-        InvitedRoom > => "invite", opt knock : std::collections::BTreeMap < String,
-        KnockedRoom > => "knock", opt leave : std::collections::BTreeMap < String,
-        LeftRoom > => "leave", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Response { next_batch req "next_batch", rooms opt "rooms", presence opt
+        "presence", account_data opt "account_data", to_device opt "to_device",
+        device_lists opt "device_lists", device_one_time_keys_count opt
+        "device_one_time_keys_count" } rest extra
+    );
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Rooms {
+        pub join: Option<std::collections::BTreeMap<String, JoinedRoom>>,
+        pub invite: Option<std::collections::BTreeMap<String, InvitedRoom>>,
+        pub knock: Option<std::collections::BTreeMap<String, KnockedRoom>>,
+        pub leave: Option<std::collections::BTreeMap<String, LeftRoom>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!`."]
-        #[derive(Default)] JoinedRoom { opt summary : RoomSummary => "summary", opt state
-        : State => "state", #[doc = " Added in v1.16."] opt state_after : JoinedRoomState
-        => "state_after", opt timeline : Timeline => "timeline", opt ephemeral :
-        Ephemeral => "ephemeral", opt account_data : AccountData => "account_data", opt
-        unread_notifications : UnreadNotificationCounts => "unread_notifications", #[doc
-        = " Added in v1.4."] opt unread_thread_notifications : std::collections::BTreeMap
-        < String, ThreadNotificationCounts > => "unread_thread_notifications", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Rooms { join opt "join", invite opt "invite", knock opt "knock", leave opt
+        "leave" } rest extra
+    );
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct JoinedRoom {
+        pub summary: Option<RoomSummary>,
+        pub state: Option<State>,
+        /// Added in v1.16.
+        pub state_after: Option<JoinedRoomState>,
+        pub timeline: Option<Timeline>,
+        pub ephemeral: Option<Ephemeral>,
+        pub account_data: Option<AccountData>,
+        pub unread_notifications: Option<UnreadNotificationCounts>,
+        /// Added in v1.4.
+        pub unread_thread_notifications: Option<
+            std::collections::BTreeMap<String, ThreadNotificationCounts>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/summary`."]
-        #[derive(Default)] RoomSummary { #[doc = " `m.heroes`."] opt m_heroes : Vec <
-        crate ::ids::UserId > => "m.heroes", #[doc = " `m.joined_member_count`."] opt
-        m_joined_member_count : i64 => "m.joined_member_count", #[doc =
-        " `m.invited_member_count`."] opt m_invited_member_count : i64 =>
-        "m.invited_member_count", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        JoinedRoom { summary opt "summary", state opt "state", state_after opt
+        "state_after", timeline opt "timeline", ephemeral opt "ephemeral", account_data
+        opt "account_data", unread_notifications opt "unread_notifications",
+        unread_thread_notifications opt "unread_thread_notifications" } rest extra
+    );
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/summary`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RoomSummary {
+        /// `m.heroes`.
+        pub m_heroes: Option<Vec<crate::ids::UserId>>,
+        /// `m.joined_member_count`.
+        pub m_joined_member_count: Option<i64>,
+        /// `m.invited_member_count`.
+        pub m_invited_member_count: Option<i64>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/state`."]
-        #[derive(Default)] State { opt events : Vec < crate
-        ::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId
-        > => "events", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RoomSummary { m_heroes opt "m.heroes", m_joined_member_count opt
+        "m.joined_member_count", m_invited_member_count opt "m.invited_member_count" }
+        rest extra
+    );
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/state`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct State {
+        pub events: Option<
+            Vec<
+                crate::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId,
+            >,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/state_after`."]
-        #[derive(Default)] JoinedRoomState { opt events : Vec < crate
-        ::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId
-        > => "events", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(State { events opt "events" } rest extra);
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/state_after`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct JoinedRoomState {
+        pub events: Option<
+            Vec<
+                crate::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId,
+            >,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/timeline`."]
-        Timeline { opt limited : bool => "limited", opt prev_batch : String =>
-        "prev_batch", req events : Vec < crate
-        ::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId
-        > => "events", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(JoinedRoomState { events opt "events" } rest extra);
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/timeline`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Timeline {
+        pub limited: Option<bool>,
+        pub prev_batch: Option<String>,
+        pub events: Vec<
+            crate::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/ephemeral`."]
-        #[derive(Default)] Ephemeral { opt events : Vec < crate
-        ::events::core_event_schema::event::Event > => "events", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Timeline { limited opt "limited", prev_batch opt "prev_batch", events req
+        "events" } rest extra
+    );
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/ephemeral`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Ephemeral {
+        pub events: Option<Vec<crate::events::core_event_schema::event::Event>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/account_data`."]
-        #[derive(Default)] AccountData { opt events : Vec < crate
-        ::events::core_event_schema::event::Event > => "events", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Ephemeral { events opt "events" } rest extra);
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/account_data`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct AccountData {
+        pub events: Option<Vec<crate::events::core_event_schema::event::Event>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/unread_notifications`."]
-        #[derive(Default)] UnreadNotificationCounts { opt highlight_count : i64 =>
-        "highlight_count", opt notification_count : i64 => "notification_count", } #[doc
-        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(AccountData { events opt "events" } rest extra);
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/unread_notifications`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct UnreadNotificationCounts {
+        pub highlight_count: Option<i64>,
+        pub notification_count: Option<i64>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/unread_thread_notifications/patternProperties/^\\$`."]
-        #[derive(Default)] ThreadNotificationCounts { opt highlight_count : i64 =>
-        "highlight_count", opt notification_count : i64 => "notification_count", } #[doc
-        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        UnreadNotificationCounts { highlight_count opt "highlight_count",
+        notification_count opt "notification_count" } rest extra
+    );
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/join/patternProperties/^!/properties/unread_thread_notifications/patternProperties/^\$`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct ThreadNotificationCounts {
+        pub highlight_count: Option<i64>,
+        pub notification_count: Option<i64>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/invite/patternProperties/^!`."]
-        #[derive(Default)] InvitedRoom { opt invite_state : InviteState =>
-        "invite_state", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        ThreadNotificationCounts { highlight_count opt "highlight_count",
+        notification_count opt "notification_count" } rest extra
+    );
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/invite/patternProperties/^!`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct InvitedRoom {
+        pub invite_state: Option<InviteState>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/invite/patternProperties/^!/properties/invite_state`."]
-        #[derive(Default)] InviteState { opt events : Vec < crate
-        ::events::core_event_schema::stripped_state::StrippedState > => "events", } #[doc
-        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(InvitedRoom { invite_state opt "invite_state" } rest extra);
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/invite/patternProperties/^!/properties/invite_state`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct InviteState {
+        pub events: Option<
+            Vec<crate::events::core_event_schema::stripped_state::StrippedState>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/knock/patternProperties/^!`."]
-        #[derive(Default)] KnockedRoom { opt knock_state : KnockState => "knock_state", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::json_object!(InviteState { events opt "events" } rest extra);
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/knock/patternProperties/^!`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct KnockedRoom {
+        pub knock_state: Option<KnockState>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/knock/patternProperties/^!/properties/knock_state`."]
-        #[derive(Default)] KnockState { opt events : Vec < crate
-        ::events::core_event_schema::stripped_state::StrippedState > => "events", } #[doc
-        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(KnockedRoom { knock_state opt "knock_state" } rest extra);
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/knock/patternProperties/^!/properties/knock_state`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct KnockState {
+        pub events: Option<
+            Vec<crate::events::core_event_schema::stripped_state::StrippedState>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!`."]
-        #[derive(Default)] LeftRoom { opt state : LeftRoomState => "state", #[doc =
-        " Added in v1.16."] opt state_after : LeftRoomState2 => "state_after", opt
-        timeline : LeftRoomTimeline => "timeline", opt account_data : LeftRoomAccountData
-        => "account_data", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(KnockState { events opt "events" } rest extra);
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct LeftRoom {
+        pub state: Option<LeftRoomState>,
+        /// Added in v1.16.
+        pub state_after: Option<LeftRoomState2>,
+        pub timeline: Option<LeftRoomTimeline>,
+        pub account_data: Option<LeftRoomAccountData>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!/properties/state`."]
-        #[derive(Default)] LeftRoomState { opt events : Vec < crate
-        ::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId
-        > => "events", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        LeftRoom { state opt "state", state_after opt "state_after", timeline opt
+        "timeline", account_data opt "account_data" } rest extra
+    );
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!/properties/state`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct LeftRoomState {
+        pub events: Option<
+            Vec<
+                crate::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId,
+            >,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!/properties/state_after`."]
-        #[derive(Default)] LeftRoomState2 { opt events : Vec < crate
-        ::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId
-        > => "events", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(LeftRoomState { events opt "events" } rest extra);
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!/properties/state_after`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct LeftRoomState2 {
+        pub events: Option<
+            Vec<
+                crate::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId,
+            >,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!/properties/timeline`."]
-        LeftRoomTimeline { opt limited : bool => "limited", opt prev_batch : String =>
-        "prev_batch", req events : Vec < crate
-        ::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId
-        > => "events", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(LeftRoomState2 { events opt "events" } rest extra);
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!/properties/timeline`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct LeftRoomTimeline {
+        pub limited: Option<bool>,
+        pub prev_batch: Option<String>,
+        pub events: Vec<
+            crate::client_server::definitions::client_event_without_room_id::ClientEventWithoutRoomId,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!/properties/account_data`."]
-        #[derive(Default)] LeftRoomAccountData { opt events : Vec < crate
-        ::events::core_event_schema::event::Event > => "events", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        LeftRoomTimeline { limited opt "limited", prev_batch opt "prev_batch", events req
+        "events" } rest extra
+    );
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/rooms/properties/leave/patternProperties/^!/properties/account_data`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct LeftRoomAccountData {
+        pub events: Option<Vec<crate::events::core_event_schema::event::Event>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/presence`."]
-        #[derive(Default)] Presence { opt events : Vec < crate
-        ::events::core_event_schema::event::Event > => "events", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(LeftRoomAccountData { events opt "events" } rest extra);
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/presence`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Presence {
+        pub events: Option<Vec<crate::events::core_event_schema::event::Event>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/account_data`."]
-        #[derive(Default)] ResponseAccountData { opt events : Vec < crate
-        ::events::core_event_schema::event::Event > => "events", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Presence { events opt "events" } rest extra);
+    /// Schema: `data/api/client-server/sync.yaml` at `/paths/~1sync/get/responses/200/content/application~1json/schema/properties/account_data`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct ResponseAccountData {
+        pub events: Option<Vec<crate::events::core_event_schema::event::Event>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(ResponseAccountData { events opt "events" } rest extra);
 }

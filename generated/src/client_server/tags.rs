@@ -43,20 +43,28 @@ pub mod get_room_tags {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3useruseridroomsroomidtags",
         spec_file: "api/client-server/tags.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
-        #[doc = " Path parameter `roomId`."] req room_id : String => "roomId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: String,
+        /// Path parameter `roomId`.
+        pub room_id: String,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/tags.yaml` at `/paths/~1user~1{userId}~1rooms~1{roomId}~1tags/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt tags : std::collections::BTreeMap < String,
-        crate ::client_server::definitions::tag::Tag > => "tags", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { user_id req "userId", room_id req "roomId" });
+    /// Schema: `data/api/client-server/tags.yaml` at `/paths/~1user~1{userId}~1rooms~1{roomId}~1tags/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub tags: Option<
+            std::collections::BTreeMap<
+                String,
+                crate::client_server::definitions::tag::Tag,
+            >,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { tags opt "tags" } rest extra);
 }
 /// `PUT /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}`: operation `setRoomTag`.
 ///
@@ -106,14 +114,22 @@ pub mod set_room_tag {
         spec_file: "api/client-server/tags.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::tag::Tag;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
-        #[doc = " Path parameter `roomId`."] req room_id : String => "roomId", #[doc =
-        " Path parameter `tag`."] req tag : String => "tag", #[doc = " The JSON body."]
-        req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: String,
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Path parameter `tag`.
+        pub tag: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { user_id req "userId", room_id req "roomId", tag req "tag", body req
+        "body" }
+    );
     /// The `200` response body.
     pub type Response = crate::JsonObject;
 }
@@ -164,13 +180,19 @@ pub mod delete_room_tag {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#delete_matrixclientv3useruseridroomsroomidtagstag",
         spec_file: "api/client-server/tags.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
-        #[doc = " Path parameter `roomId`."] req room_id : String => "roomId", #[doc =
-        " Path parameter `tag`."] req tag : String => "tag", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: String,
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Path parameter `tag`.
+        pub tag: String,
     }
+    crate::json_object!(
+        Request { user_id req "userId", room_id req "roomId", tag req "tag" }
+    );
     /// The `200` response body.
     pub type Response = crate::JsonObject;
 }

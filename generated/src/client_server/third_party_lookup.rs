@@ -30,11 +30,10 @@ pub mod get_protocols {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3thirdpartyprotocols",
         spec_file: "api/client-server/third_party_lookup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `200` response body.
     pub type Response = std::collections::BTreeMap<
         String,
@@ -80,12 +79,13 @@ pub mod get_protocol_metadata {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3thirdpartyprotocolprotocol",
         spec_file: "api/client-server/third_party_lookup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `protocol`."] req protocol : String =>
-        "protocol", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `protocol`.
+        pub protocol: String,
     }
+    crate::json_object!(Request { protocol req "protocol" });
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::protocol::Protocol;
     /// The `404` response body.
@@ -136,13 +136,15 @@ pub mod query_location_by_protocol {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3thirdpartylocationprotocol",
         spec_file: "api/client-server/third_party_lookup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `protocol`."] req protocol : String =>
-        "protocol", #[doc = " Query parameter `fields`."] opt fields :
-        std::collections::BTreeMap < String, String > => "fields", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `protocol`.
+        pub protocol: String,
+        /// Query parameter `fields`.
+        pub fields: Option<std::collections::BTreeMap<String, String>>,
     }
+    crate::json_object!(Request { protocol req "protocol", fields opt "fields" });
     /// The `200` response body.
     pub type Response = Vec<crate::application_service::definitions::location::Location>;
     /// The `404` response body.
@@ -193,13 +195,15 @@ pub mod query_user_by_protocol {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3thirdpartyuserprotocol",
         spec_file: "api/client-server/third_party_lookup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `protocol`."] req protocol : String =>
-        "protocol", #[doc = " Query parameter `fields`."] opt fields :
-        std::collections::BTreeMap < String, String > => "fields", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `protocol`.
+        pub protocol: String,
+        /// Query parameter `fields`.
+        pub fields: Option<std::collections::BTreeMap<String, String>>,
     }
+    crate::json_object!(Request { protocol req "protocol", fields opt "fields" });
     /// The `200` response body.
     pub type Response = Vec<crate::application_service::definitions::user::User>;
     /// The `404` response body.
@@ -244,11 +248,13 @@ pub mod query_location_by_alias {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3thirdpartylocation",
         spec_file: "api/client-server/third_party_lookup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `alias`."] req alias : String => "alias", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `alias`.
+        pub alias: String,
     }
+    crate::json_object!(Request { alias req "alias" });
     /// The `200` response body.
     pub type Response = Vec<crate::application_service::definitions::location::Location>;
     /// The `404` response body.
@@ -293,12 +299,13 @@ pub mod query_user_by_id {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3thirdpartyuser",
         spec_file: "api/client-server/third_party_lookup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `userid`."] req userid : String => "userid",
-        }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `userid`.
+        pub userid: String,
     }
+    crate::json_object!(Request { userid req "userid" });
     /// The `200` response body.
     pub type Response = Vec<crate::application_service::definitions::user::User>;
     /// The `404` response body.

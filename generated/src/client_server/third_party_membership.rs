@@ -46,12 +46,15 @@ pub mod invite_by3_pid {
         spec_file: "api/client-server/third_party_membership.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::invite_3pid::Invite3pid;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { room_id req "roomId", body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `403` response body.

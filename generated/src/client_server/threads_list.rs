@@ -67,32 +67,48 @@ pub mod get_thread_roots {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1roomsroomidthreads",
         spec_file: "api/client-server/threads_list.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " Query parameter `include`."] opt include : Include => "include", #[doc
-        = " Query parameter `limit`."] opt limit : i64 => "limit", #[doc =
-        " Query parameter `from`."] opt from : String => "from", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Query parameter `include`.
+        pub include: Option<Include>,
+        /// Query parameter `limit`.
+        pub limit: Option<i64>,
+        /// Query parameter `from`.
+        pub from: Option<String>,
     }
+    crate::json_object!(
+        Request { room_id req "roomId", include opt "include", limit opt "limit", from
+        opt "from" }
+    );
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/client-server/threads_list.yaml` at `/paths/~1rooms~1{roomId}~1threads/get/parameters/1/schema`."]
-        Include { All => "all", Participated => "participated", }
+    /// Schema: `data/api/client-server/threads_list.yaml` at `/paths/~1rooms~1{roomId}~1threads/get/parameters/1/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Include {
+        /// `all`
+        All,
+        /// `participated`
+        Participated,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/threads_list.yaml` at `/paths/~1rooms~1{roomId}~1threads/get/responses/200/content/application~1json/schema`."]
-        Response { req chunk : Vec < crate
-        ::client_server::definitions::client_event::ClientEvent > => "chunk", opt
-        next_batch : String => "next_batch", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(Include { All "all", Participated "participated" });
+    /// Schema: `data/api/client-server/threads_list.yaml` at `/paths/~1rooms~1{roomId}~1threads/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub chunk: Vec<crate::client_server::definitions::client_event::ClientEvent>,
+        pub next_batch: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { chunk req "chunk", next_batch opt "next_batch" } rest extra
+    );
 }

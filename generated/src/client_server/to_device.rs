@@ -43,21 +43,30 @@ pub mod send_to_device {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3sendtodeviceeventtypetxnid",
         spec_file: "api/client-server/to_device.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `eventType`."] req event_type : String =>
-        "eventType", #[doc = " Path parameter `txnId`."] req txn_id : String => "txnId",
-        #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `eventType`.
+        pub event_type: String,
+        /// Path parameter `txnId`.
+        pub txn_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { event_type req "eventType", txn_id req "txnId", body req "body" }
+    );
     /// The `200` response body.
     pub type Response = crate::JsonObject;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/to_device.yaml` at `/paths/~1sendToDevice~1{eventType}~1{txnId}/put/requestBody/content/application~1json/schema`."]
-        RequestBody { req messages : std::collections::BTreeMap < String,
-        std::collections::BTreeMap < String, crate ::JsonObject > > => "messages", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    /// Schema: `data/api/client-server/to_device.yaml` at `/paths/~1sendToDevice~1{eventType}~1{txnId}/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub messages: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, crate::JsonObject>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(RequestBody { messages req "messages" } rest extra);
 }

@@ -47,23 +47,32 @@ pub mod set_typing {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#put_matrixclientv3roomsroomidtypinguserid",
         spec_file: "api/client-server/typing.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : crate ::ids::UserId
-        => "userId", #[doc = " Path parameter `roomId`."] req room_id : crate
-        ::ids::RoomId => "roomId", #[doc = " The JSON body."] req body : RequestBody =>
-        "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: crate::ids::UserId,
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { user_id req "userId", room_id req "roomId", body req "body" }
+    );
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/typing.yaml` at `/paths/~1rooms~1{roomId}~1typing~1{userId}/put/requestBody/content/application~1json/schema`."]
-        RequestBody { req typing : bool => "typing", opt timeout : i64 => "timeout", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    /// Schema: `data/api/client-server/typing.yaml` at `/paths/~1rooms~1{roomId}~1typing~1{userId}/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub typing: bool,
+        pub timeout: Option<i64>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        RequestBody { typing req "typing", timeout opt "timeout" } rest extra
+    );
 }

@@ -34,36 +34,50 @@ pub mod search_user_directory {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3user_directorysearch",
         spec_file: "api/client-server/users.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/users.yaml` at `/paths/~1user_directory~1search/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req search_term : String => "search_term", opt limit : i64 =>
-        "limit", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/users.yaml` at `/paths/~1user_directory~1search/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub search_term: String,
+        pub limit: Option<i64>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/users.yaml` at `/paths/~1user_directory~1search/post/responses/200/content/application~1json/schema`."]
-        Response { req results : Vec < User > => "results", req limited : bool =>
-        "limited", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { search_term req "search_term", limit opt "limit" } rest extra
+    );
+    /// Schema: `data/api/client-server/users.yaml` at `/paths/~1user_directory~1search/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub results: Vec<User>,
+        pub limited: bool,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/users.yaml` at `/paths/~1user_directory~1search/post/responses/200/content/application~1json/schema/properties/results/items`."]
-        User { #[doc = " Format `mx-user-id`."] req user_id : crate ::ids::UserId =>
-        "user_id", opt display_name : String => "display_name", #[doc = " Format `uri`."]
-        opt avatar_url : String => "avatar_url", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Response { results req "results", limited req "limited" } rest extra
+    );
+    /// Schema: `data/api/client-server/users.yaml` at `/paths/~1user_directory~1search/post/responses/200/content/application~1json/schema/properties/results/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct User {
+        /// Format `mx-user-id`.
+        pub user_id: crate::ids::UserId,
+        pub display_name: Option<String>,
+        /// Format `uri`.
+        pub avatar_url: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        User { user_id req "user_id", display_name opt "display_name", avatar_url opt
+        "avatar_url" } rest extra
+    );
 }

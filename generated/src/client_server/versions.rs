@@ -30,17 +30,20 @@ pub mod get_versions {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientversions",
         spec_file: "api/client-server/versions.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
+    /// Schema: `data/api/client-server/versions.yaml` at `/paths/~1versions/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub versions: Vec<String>,
+        pub unstable_features: Option<std::collections::BTreeMap<String, bool>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/versions.yaml` at `/paths/~1versions/get/responses/200/content/application~1json/schema`."]
-        Response { req versions : Vec < String > => "versions", opt unstable_features :
-        std::collections::BTreeMap < String, bool > => "unstable_features", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
-    }
+    crate::json_object!(
+        Response { versions req "versions", unstable_features opt "unstable_features" }
+        rest extra
+    );
 }

@@ -34,19 +34,24 @@ pub mod get_turn_server {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3voipturnserver",
         spec_file: "api/client-server/voip.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/voip.yaml` at `/paths/~1voip~1turnServer/get/responses/200/content/application~1json/schema`."]
-        Response { req username : String => "username", req password : String =>
-        "password", req uris : Vec < String > => "uris", req ttl : i64 => "ttl", } #[doc
-        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/voip.yaml` at `/paths/~1voip~1turnServer/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub username: String,
+        pub password: String,
+        pub uris: Vec<String>,
+        pub ttl: i64,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { username req "username", password req "password", uris req "uris", ttl
+        req "ttl" } rest extra
+    );
 }

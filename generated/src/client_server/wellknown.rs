@@ -34,11 +34,10 @@ pub mod get_wellknown {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#getwell-knownmatrixclient",
         spec_file: "api/client-server/wellknown.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::wellknown::full::Full;
 }

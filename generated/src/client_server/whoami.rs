@@ -42,24 +42,30 @@ pub mod get_token_owner {
         spec_url: "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3accountwhoami",
         spec_file: "api/client-server/whoami.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `401` response body.
     pub type Response401 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/client-server/whoami.yaml` at `/paths/~1account~1whoami/get/responses/200/content/application~1json/schema`."]
-        Response { #[doc = " Format `mx-user-id`."] req user_id : crate ::ids::UserId =>
-        "user_id", #[doc = " Added in v1.1."] opt device_id : String => "device_id",
-        #[doc = " Added in v1.2."] opt is_guest : bool => "is_guest", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/client-server/whoami.yaml` at `/paths/~1account~1whoami/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        /// Format `mx-user-id`.
+        pub user_id: crate::ids::UserId,
+        /// Added in v1.1.
+        pub device_id: Option<String>,
+        /// Added in v1.2.
+        pub is_guest: Option<bool>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { user_id req "user_id", device_id opt "device_id", is_guest opt
+        "is_guest" } rest extra
+    );
 }

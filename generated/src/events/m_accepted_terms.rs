@@ -2,18 +2,23 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.accepted_terms.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.accepted_terms.yaml`."]
-    AcceptedTermsEvent { req content : AcceptedTermsEventContent => "content", #[doc =
-    " Always `m.accepted_terms`."] req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.accepted_terms.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AcceptedTermsEvent {
+    pub content: AcceptedTermsEventContent,
+    /// Always `m.accepted_terms`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.accepted_terms.yaml` at `/properties/content`."]
-    #[derive(Default)] AcceptedTermsEventContent { opt accepted : Vec < String > =>
-    "accepted", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    AcceptedTermsEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.accepted_terms.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct AcceptedTermsEventContent {
+    pub accepted: Option<Vec<String>>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(AcceptedTermsEventContent { accepted opt "accepted" } rest extra);

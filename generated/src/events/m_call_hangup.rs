@@ -2,31 +2,66 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.call.hangup.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.call.hangup.yaml`."] CallHangupEvent {
-    req content : CallHangupEventContent => "content", #[doc =
-    " Always `m.call.hangup`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    crate ::events::core_event_schema::unsigned_prop::UnsignedProp => "unsigned", #[doc =
-    " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.call.hangup.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallHangupEvent {
+    pub content: CallHangupEventContent,
+    /// Always `m.call.hangup`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<crate::events::core_event_schema::unsigned_prop::UnsignedProp>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.call.hangup.yaml` at `/properties/content`."]
-    CallHangupEventContent { req call_id : String => "call_id", req version : String =>
-    "version", #[doc = " Added in v1.7."] req party_id : String => "party_id", req reason
-    : Reason => "reason", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    CallHangupEvent { content req "content", type_ req "type", event_id req "event_id",
+    sender req "sender", origin_server_ts req "origin_server_ts", unsigned opt
+    "unsigned", room_id req "room_id" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.call.hangup.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallHangupEventContent {
+    pub call_id: String,
+    pub version: String,
+    /// Added in v1.7.
+    pub party_id: String,
+    pub reason: Reason,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::string_enum! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.call.hangup.yaml` at `/properties/content/properties/reason`."]
-    Reason { IceTimeout => "ice_timeout", IceFailed => "ice_failed", InviteTimeout =>
-    "invite_timeout", UserHangup => "user_hangup", UserMediaFailed =>
-    "user_media_failed", UserBusy => "user_busy", UnknownError => "unknown_error", }
+crate::json_object!(
+    CallHangupEventContent { call_id req "call_id", version req "version", party_id req
+    "party_id", reason req "reason" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.call.hangup.yaml` at `/properties/content/properties/reason`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// `ice_timeout`
+    IceTimeout,
+    /// `ice_failed`
+    IceFailed,
+    /// `invite_timeout`
+    InviteTimeout,
+    /// `user_hangup`
+    UserHangup,
+    /// `user_media_failed`
+    UserMediaFailed,
+    /// `user_busy`
+    UserBusy,
+    /// `unknown_error`
+    UnknownError,
+    /// A value this version of the spec does not name.
+    Other(String),
 }
+crate::string_enum!(
+    Reason { IceTimeout "ice_timeout", IceFailed "ice_failed", InviteTimeout
+    "invite_timeout", UserHangup "user_hangup", UserMediaFailed "user_media_failed",
+    UserBusy "user_busy", UnknownError "unknown_error" }
+);

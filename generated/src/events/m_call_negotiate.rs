@@ -2,38 +2,69 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.call.negotiate.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.call.negotiate.yaml`."]
-    CallNegotiateEvent { req content : CallNegotiateEventContent => "content", #[doc =
-    " Always `m.call.negotiate`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    crate ::events::core_event_schema::unsigned_prop::UnsignedProp => "unsigned", #[doc =
-    " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.call.negotiate.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallNegotiateEvent {
+    pub content: CallNegotiateEventContent,
+    /// Always `m.call.negotiate`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<crate::events::core_event_schema::unsigned_prop::UnsignedProp>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.call.negotiate.yaml` at `/properties/content`."]
-    CallNegotiateEventContent { req call_id : String => "call_id", req version : String
-    => "version", #[doc = " Added in v1.7."] req party_id : String => "party_id", req
-    description : Description => "description", req lifetime : i64 => "lifetime", opt
-    sdp_stream_metadata : std::collections::BTreeMap < String, crate
-    ::events::components::sdp_stream_metadata::StreamMetadata > => "sdp_stream_metadata",
-    } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra
-    : crate ::JsonObject
+crate::json_object!(
+    CallNegotiateEvent { content req "content", type_ req "type", event_id req
+    "event_id", sender req "sender", origin_server_ts req "origin_server_ts", unsigned
+    opt "unsigned", room_id req "room_id" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.call.negotiate.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallNegotiateEventContent {
+    pub call_id: String,
+    pub version: String,
+    /// Added in v1.7.
+    pub party_id: String,
+    pub description: Description,
+    pub lifetime: i64,
+    pub sdp_stream_metadata: Option<
+        std::collections::BTreeMap<
+            String,
+            crate::events::components::sdp_stream_metadata::StreamMetadata,
+        >,
+    >,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.call.negotiate.yaml` at `/properties/content/properties/description`."]
-    Description { req type_ : Type => "type", req sdp : String => "sdp", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    CallNegotiateEventContent { call_id req "call_id", version req "version", party_id
+    req "party_id", description req "description", lifetime req "lifetime",
+    sdp_stream_metadata opt "sdp_stream_metadata" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.call.negotiate.yaml` at `/properties/content/properties/description`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Description {
+    pub type_: Type,
+    pub sdp: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::string_enum! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.call.negotiate.yaml` at `/properties/content/properties/description/properties/type`."]
-    Type { Offer => "offer", Answer => "answer", }
+crate::json_object!(Description { type_ req "type", sdp req "sdp" } rest extra);
+/// Schema: `data/event-schemas/schema/m.call.negotiate.yaml` at `/properties/content/properties/description/properties/type`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Type {
+    /// `offer`
+    Offer,
+    /// `answer`
+    Answer,
+    /// A value this version of the spec does not name.
+    Other(String),
 }
+crate::string_enum!(Type { Offer "offer", Answer "answer" });

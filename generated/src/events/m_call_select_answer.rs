@@ -2,24 +2,41 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.call.select_answer.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.call.select_answer.yaml`."]
-    CallSelectAnswerEvent { req content : CallSelectAnswerEventContent => "content",
-    #[doc = " Always `m.call.select_answer`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    crate ::events::core_event_schema::unsigned_prop::UnsignedProp => "unsigned", #[doc =
-    " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.call.select_answer.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallSelectAnswerEvent {
+    pub content: CallSelectAnswerEventContent,
+    /// Always `m.call.select_answer`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<crate::events::core_event_schema::unsigned_prop::UnsignedProp>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.call.select_answer.yaml` at `/properties/content`."]
-    CallSelectAnswerEventContent { req call_id : String => "call_id", req version :
-    String => "version", #[doc = " Added in v1.7."] req party_id : String => "party_id",
-    req selected_party_id : String => "selected_party_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    CallSelectAnswerEvent { content req "content", type_ req "type", event_id req
+    "event_id", sender req "sender", origin_server_ts req "origin_server_ts", unsigned
+    opt "unsigned", room_id req "room_id" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.call.select_answer.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallSelectAnswerEventContent {
+    pub call_id: String,
+    pub version: String,
+    /// Added in v1.7.
+    pub party_id: String,
+    pub selected_party_id: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    CallSelectAnswerEventContent { call_id req "call_id", version req "version", party_id
+    req "party_id", selected_party_id req "selected_party_id" } rest extra
+);

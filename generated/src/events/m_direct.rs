@@ -2,10 +2,13 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.direct.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.direct.yaml`."] DirectEvent { req
-    content : std::collections::BTreeMap < String, Vec < String > > => "content", #[doc =
-    " Always `m.direct`."] req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.direct.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DirectEvent {
+    pub content: std::collections::BTreeMap<String, Vec<String>>,
+    /// Always `m.direct`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(DirectEvent { content req "content", type_ req "type" } rest extra);

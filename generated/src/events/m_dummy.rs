@@ -2,10 +2,13 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.dummy.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.dummy.yaml`."] DummyEvent { req
-    content : crate ::JsonObject => "content", #[doc = " Always `m.dummy`."] req type_ :
-    String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.dummy.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DummyEvent {
+    pub content: crate::JsonObject,
+    /// Always `m.dummy`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(DummyEvent { content req "content", type_ req "type" } rest extra);

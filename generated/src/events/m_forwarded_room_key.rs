@@ -2,22 +2,36 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.forwarded_room_key.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.forwarded_room_key.yaml`."]
-    ForwardedRoomKeyEvent { req content : ForwardedRoomKeyEventContent => "content",
-    #[doc = " Always `m.forwarded_room_key`."] req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.forwarded_room_key.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForwardedRoomKeyEvent {
+    pub content: ForwardedRoomKeyEventContent,
+    /// Always `m.forwarded_room_key`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.forwarded_room_key.yaml` at `/properties/content`."]
-    ForwardedRoomKeyEventContent { req algorithm : String => "algorithm", req room_id :
-    String => "room_id", req sender_key : String => "sender_key", req session_id : String
-    => "session_id", req session_key : String => "session_key", req
-    sender_claimed_ed25519_key : String => "sender_claimed_ed25519_key", req
-    forwarding_curve25519_key_chain : Vec < String > =>
-    "forwarding_curve25519_key_chain", opt withheld : crate ::JsonObject => "withheld", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+crate::json_object!(
+    ForwardedRoomKeyEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.forwarded_room_key.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForwardedRoomKeyEventContent {
+    pub algorithm: String,
+    pub room_id: String,
+    pub sender_key: String,
+    pub session_id: String,
+    pub session_key: String,
+    pub sender_claimed_ed25519_key: String,
+    pub forwarding_curve25519_key_chain: Vec<String>,
+    pub withheld: Option<crate::JsonObject>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    ForwardedRoomKeyEventContent { algorithm req "algorithm", room_id req "room_id",
+    sender_key req "sender_key", session_id req "session_id", session_key req
+    "session_key", sender_claimed_ed25519_key req "sender_claimed_ed25519_key",
+    forwarding_curve25519_key_chain req "forwarding_curve25519_key_chain", withheld opt
+    "withheld" } rest extra
+);

@@ -2,17 +2,23 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.fully_read.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.fully_read.yaml`."] FullyReadEvent {
-    req content : FullyReadEventContent => "content", #[doc = " Always `m.fully_read`."]
-    req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.fully_read.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FullyReadEvent {
+    pub content: FullyReadEventContent,
+    /// Always `m.fully_read`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.fully_read.yaml` at `/properties/content`."]
-    FullyReadEventContent { req event_id : String => "event_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    FullyReadEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.fully_read.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FullyReadEventContent {
+    pub event_id: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(FullyReadEventContent { event_id req "event_id" } rest extra);

@@ -2,22 +2,30 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.identity_server.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.identity_server.yaml`."]
-    IdentityServerEvent { req content : IdentityServerEventContent => "content", #[doc =
-    " Always `m.identity_server`."] req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.identity_server.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IdentityServerEvent {
+    pub content: IdentityServerEventContent,
+    /// Always `m.identity_server`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.identity_server.yaml` at `/properties/content`."]
-    #[derive(Default)] IdentityServerEventContent { opt base_url : BaseUrl => "base_url",
-    } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra
-    : crate ::JsonObject
+crate::json_object!(
+    IdentityServerEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.identity_server.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct IdentityServerEventContent {
+    pub base_url: Option<BaseUrl>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_untagged! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.identity_server.yaml` at `/properties/content/properties/base_url`."]
-    BaseUrl { String(String), Value(Option < crate ::JsonValue >), }
+crate::json_object!(IdentityServerEventContent { base_url opt "base_url" } rest extra);
+/// Schema: `data/event-schemas/schema/m.identity_server.yaml` at `/properties/content/properties/base_url`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BaseUrl {
+    String(String),
+    Value(Option<crate::JsonValue>),
 }
+crate::json_untagged!(BaseUrl { String, Value });

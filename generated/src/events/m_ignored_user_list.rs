@@ -2,18 +2,25 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.ignored_user_list.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.ignored_user_list.yaml`."]
-    IgnoredUserListEvent { req content : IgnoredUserListEventContent => "content", #[doc
-    = " Always `m.ignored_user_list`."] req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.ignored_user_list.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IgnoredUserListEvent {
+    pub content: IgnoredUserListEventContent,
+    /// Always `m.ignored_user_list`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.ignored_user_list.yaml` at `/properties/content`."]
-    IgnoredUserListEventContent { req ignored_users : std::collections::BTreeMap <
-    String, crate ::JsonObject > => "ignored_users", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    IgnoredUserListEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.ignored_user_list.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IgnoredUserListEventContent {
+    pub ignored_users: std::collections::BTreeMap<String, crate::JsonObject>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    IgnoredUserListEventContent { ignored_users req "ignored_users" } rest extra
+);

@@ -2,18 +2,26 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.image_pack.rooms.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.image_pack.rooms.yaml`."]
-    ImagePackRoomsEvent { req content : ImagePackRoomsEventContent => "content", #[doc =
-    " Always `m.image_pack.rooms`."] req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.image_pack.rooms.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImagePackRoomsEvent {
+    pub content: ImagePackRoomsEventContent,
+    /// Always `m.image_pack.rooms`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.image_pack.rooms.yaml` at `/properties/content`."]
-    ImagePackRoomsEventContent { req rooms : std::collections::BTreeMap < String,
-    std::collections::BTreeMap < String, crate ::JsonObject > > => "rooms", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    ImagePackRoomsEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.image_pack.rooms.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImagePackRoomsEventContent {
+    pub rooms: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, crate::JsonObject>,
+    >,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(ImagePackRoomsEventContent { rooms req "rooms" } rest extra);

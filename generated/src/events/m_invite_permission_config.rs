@@ -2,18 +2,24 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.invite_permission_config.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.invite_permission_config.yaml`."]
-    InvitePermissionConfigEvent { req content : InvitePermissionConfigEventContent =>
-    "content", req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.invite_permission_config.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InvitePermissionConfigEvent {
+    pub content: InvitePermissionConfigEventContent,
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.invite_permission_config.yaml` at `/properties/content`."]
-    #[derive(Default)] InvitePermissionConfigEventContent { opt default_action : String
-    => "default_action", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    InvitePermissionConfigEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.invite_permission_config.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct InvitePermissionConfigEventContent {
+    pub default_action: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    InvitePermissionConfigEventContent { default_action opt "default_action" } rest extra
+);

@@ -2,17 +2,23 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key_backup.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.key_backup.yaml`."] KeyBackupEvent {
-    req content : KeyBackupEventContent => "content", #[doc = " Always `m.key_backup`."]
-    req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.key_backup.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyBackupEvent {
+    pub content: KeyBackupEventContent,
+    /// Always `m.key_backup`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.key_backup.yaml` at `/properties/content`."]
-    KeyBackupEventContent { req enabled : bool => "enabled", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    KeyBackupEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.key_backup.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyBackupEventContent {
+    pub enabled: bool,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(KeyBackupEventContent { enabled req "enabled" } rest extra);

@@ -2,29 +2,49 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.accept.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.key.verification.accept.yaml`."]
-    KeyVerificationAcceptEvent { req content : KeyVerificationAcceptEventContent =>
-    "content", #[doc = " Always `m.key.verification.accept`."] req type_ : String =>
-    "type", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
-    rest extra : crate ::JsonObject
+/// Schema: `data/event-schemas/schema/m.key.verification.accept.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationAcceptEvent {
+    pub content: KeyVerificationAcceptEventContent,
+    /// Always `m.key.verification.accept`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.key.verification.accept.yaml` at `/properties/content`."]
-    KeyVerificationAcceptEventContent { opt transaction_id : String => "transaction_id",
-    req key_agreement_protocol : String => "key_agreement_protocol", req hash : String =>
-    "hash", req message_authentication_code : String => "message_authentication_code",
-    req short_authentication_string : Vec < ShortAuthenticationStringItem > =>
-    "short_authentication_string", req commitment : String => "commitment", #[doc =
-    " `m.relates_to`."] opt m_relates_to : crate
-    ::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent =>
-    "m.relates_to", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    KeyVerificationAcceptEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.key.verification.accept.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationAcceptEventContent {
+    pub transaction_id: Option<String>,
+    pub key_agreement_protocol: String,
+    pub hash: String,
+    pub message_authentication_code: String,
+    pub short_authentication_string: Vec<ShortAuthenticationStringItem>,
+    pub commitment: String,
+    /// `m.relates_to`.
+    pub m_relates_to: Option<
+        crate::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent,
+    >,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::string_enum! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.key.verification.accept.yaml` at `/properties/content/properties/short_authentication_string/items`."]
-    ShortAuthenticationStringItem { Decimal => "decimal", Emoji => "emoji", }
+crate::json_object!(
+    KeyVerificationAcceptEventContent { transaction_id opt "transaction_id",
+    key_agreement_protocol req "key_agreement_protocol", hash req "hash",
+    message_authentication_code req "message_authentication_code",
+    short_authentication_string req "short_authentication_string", commitment req
+    "commitment", m_relates_to opt "m.relates_to" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.key.verification.accept.yaml` at `/properties/content/properties/short_authentication_string/items`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ShortAuthenticationStringItem {
+    /// `decimal`
+    Decimal,
+    /// `emoji`
+    Emoji,
+    /// A value this version of the spec does not name.
+    Other(String),
 }
+crate::string_enum!(ShortAuthenticationStringItem { Decimal "decimal", Emoji "emoji" });

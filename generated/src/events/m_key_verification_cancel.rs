@@ -2,21 +2,32 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.cancel.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.key.verification.cancel.yaml`."]
-    KeyVerificationCancelEvent { req content : KeyVerificationCancelEventContent =>
-    "content", #[doc = " Always `m.key.verification.cancel`."] req type_ : String =>
-    "type", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
-    rest extra : crate ::JsonObject
+/// Schema: `data/event-schemas/schema/m.key.verification.cancel.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationCancelEvent {
+    pub content: KeyVerificationCancelEventContent,
+    /// Always `m.key.verification.cancel`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.key.verification.cancel.yaml` at `/properties/content`."]
-    KeyVerificationCancelEventContent { opt transaction_id : String => "transaction_id",
-    req reason : String => "reason", req code : String => "code", #[doc =
-    " `m.relates_to`."] opt m_relates_to : crate
-    ::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent =>
-    "m.relates_to", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    KeyVerificationCancelEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.key.verification.cancel.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationCancelEventContent {
+    pub transaction_id: Option<String>,
+    pub reason: String,
+    pub code: String,
+    /// `m.relates_to`.
+    pub m_relates_to: Option<
+        crate::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent,
+    >,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    KeyVerificationCancelEventContent { transaction_id opt "transaction_id", reason req
+    "reason", code req "code", m_relates_to opt "m.relates_to" } rest extra
+);

@@ -2,20 +2,30 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.done.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.key.verification.done.yaml`."]
-    KeyVerificationDoneEvent { req content : KeyVerificationDoneEventContent =>
-    "content", #[doc = " Always `m.key.verification.done`."] req type_ : String =>
-    "type", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
-    rest extra : crate ::JsonObject
+/// Schema: `data/event-schemas/schema/m.key.verification.done.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationDoneEvent {
+    pub content: KeyVerificationDoneEventContent,
+    /// Always `m.key.verification.done`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.key.verification.done.yaml` at `/properties/content`."]
-    #[derive(Default)] KeyVerificationDoneEventContent { opt transaction_id : String =>
-    "transaction_id", #[doc = " `m.relates_to`."] opt m_relates_to : crate
-    ::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent =>
-    "m.relates_to", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    KeyVerificationDoneEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.key.verification.done.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct KeyVerificationDoneEventContent {
+    pub transaction_id: Option<String>,
+    /// `m.relates_to`.
+    pub m_relates_to: Option<
+        crate::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent,
+    >,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    KeyVerificationDoneEventContent { transaction_id opt "transaction_id", m_relates_to
+    opt "m.relates_to" } rest extra
+);

@@ -2,20 +2,31 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.key.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.key.verification.key.yaml`."]
-    KeyVerificationKeyEvent { req content : KeyVerificationKeyEventContent => "content",
-    #[doc = " Always `m.key.verification.key`."] req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.key.verification.key.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationKeyEvent {
+    pub content: KeyVerificationKeyEventContent,
+    /// Always `m.key.verification.key`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.key.verification.key.yaml` at `/properties/content`."]
-    KeyVerificationKeyEventContent { opt transaction_id : String => "transaction_id", req
-    key : String => "key", #[doc = " `m.relates_to`."] opt m_relates_to : crate
-    ::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent =>
-    "m.relates_to", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    KeyVerificationKeyEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.key.verification.key.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationKeyEventContent {
+    pub transaction_id: Option<String>,
+    pub key: String,
+    /// `m.relates_to`.
+    pub m_relates_to: Option<
+        crate::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent,
+    >,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    KeyVerificationKeyEventContent { transaction_id opt "transaction_id", key req "key",
+    m_relates_to opt "m.relates_to" } rest extra
+);

@@ -2,10 +2,16 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.m.relates_to.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.key.verification.m.relates_to.yaml`."]
-    #[derive(Default)] KeyVerificationMRelatesToEvent { #[doc = " Always `m.reference`."]
-    opt rel_type : String => "rel_type", opt event_id : String => "event_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.key.verification.m.relates_to.yaml`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct KeyVerificationMRelatesToEvent {
+    /// Always `m.reference`.
+    pub rel_type: Option<String>,
+    pub event_id: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    KeyVerificationMRelatesToEvent { rel_type opt "rel_type", event_id opt "event_id" }
+    rest extra
+);

@@ -2,21 +2,32 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.mac.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.key.verification.mac.yaml`."]
-    KeyVerificationMacEvent { req content : KeyVerificationMacEventContent => "content",
-    #[doc = " Always `m.key.verification.mac`."] req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.key.verification.mac.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationMacEvent {
+    pub content: KeyVerificationMacEventContent,
+    /// Always `m.key.verification.mac`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.key.verification.mac.yaml` at `/properties/content`."]
-    KeyVerificationMacEventContent { opt transaction_id : String => "transaction_id", req
-    mac : std::collections::BTreeMap < String, String > => "mac", req keys : String =>
-    "keys", #[doc = " `m.relates_to`."] opt m_relates_to : crate
-    ::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent =>
-    "m.relates_to", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    KeyVerificationMacEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.key.verification.mac.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationMacEventContent {
+    pub transaction_id: Option<String>,
+    pub mac: std::collections::BTreeMap<String, String>,
+    pub keys: String,
+    /// `m.relates_to`.
+    pub m_relates_to: Option<
+        crate::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent,
+    >,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    KeyVerificationMacEventContent { transaction_id opt "transaction_id", mac req "mac",
+    keys req "keys", m_relates_to opt "m.relates_to" } rest extra
+);

@@ -2,21 +2,32 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.ready.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.key.verification.ready.yaml`."]
-    KeyVerificationReadyEvent { req content : KeyVerificationReadyEventContent =>
-    "content", #[doc = " Always `m.key.verification.ready`."] req type_ : String =>
-    "type", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
-    rest extra : crate ::JsonObject
+/// Schema: `data/event-schemas/schema/m.key.verification.ready.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationReadyEvent {
+    pub content: KeyVerificationReadyEventContent,
+    /// Always `m.key.verification.ready`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.key.verification.ready.yaml` at `/properties/content`."]
-    KeyVerificationReadyEventContent { req from_device : String => "from_device", opt
-    transaction_id : String => "transaction_id", req methods : Vec < String > =>
-    "methods", #[doc = " `m.relates_to`."] opt m_relates_to : crate
-    ::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent =>
-    "m.relates_to", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    KeyVerificationReadyEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.key.verification.ready.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationReadyEventContent {
+    pub from_device: String,
+    pub transaction_id: Option<String>,
+    pub methods: Vec<String>,
+    /// `m.relates_to`.
+    pub m_relates_to: Option<
+        crate::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent,
+    >,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    KeyVerificationReadyEventContent { from_device req "from_device", transaction_id opt
+    "transaction_id", methods req "methods", m_relates_to opt "m.relates_to" } rest extra
+);

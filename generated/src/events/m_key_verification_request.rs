@@ -2,19 +2,30 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.request.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.key.verification.request.yaml`."]
-    KeyVerificationRequestEvent { req content : KeyVerificationRequestEventContent =>
-    "content", #[doc = " Always `m.key.verification.request`."] req type_ : String =>
-    "type", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
-    rest extra : crate ::JsonObject
+/// Schema: `data/event-schemas/schema/m.key.verification.request.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationRequestEvent {
+    pub content: KeyVerificationRequestEventContent,
+    /// Always `m.key.verification.request`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.key.verification.request.yaml` at `/properties/content`."]
-    KeyVerificationRequestEventContent { req from_device : String => "from_device", opt
-    transaction_id : String => "transaction_id", req methods : Vec < String > =>
-    "methods", #[doc = " Format `int64`."] opt timestamp : i64 => "timestamp", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    KeyVerificationRequestEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.key.verification.request.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationRequestEventContent {
+    pub from_device: String,
+    pub transaction_id: Option<String>,
+    pub methods: Vec<String>,
+    /// Format `int64`.
+    pub timestamp: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    KeyVerificationRequestEventContent { from_device req "from_device", transaction_id
+    opt "transaction_id", methods req "methods", timestamp opt "timestamp" } rest extra
+);

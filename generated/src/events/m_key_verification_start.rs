@@ -2,21 +2,34 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.start.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.key.verification.start.yaml`."]
-    KeyVerificationStartEvent { req content : KeyVerificationStartEventContent =>
-    "content", #[doc = " Always `m.key.verification.start`."] req type_ : String =>
-    "type", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
-    rest extra : crate ::JsonObject
+/// Schema: `data/event-schemas/schema/m.key.verification.start.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationStartEvent {
+    pub content: KeyVerificationStartEventContent,
+    /// Always `m.key.verification.start`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.key.verification.start.yaml` at `/properties/content`."]
-    KeyVerificationStartEventContent { req from_device : String => "from_device", opt
-    transaction_id : String => "transaction_id", req method : String => "method", opt
-    next_method : String => "next_method", #[doc = " `m.relates_to`."] opt m_relates_to :
-    crate ::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent =>
-    "m.relates_to", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    KeyVerificationStartEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.key.verification.start.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationStartEventContent {
+    pub from_device: String,
+    pub transaction_id: Option<String>,
+    pub method: String,
+    pub next_method: Option<String>,
+    /// `m.relates_to`.
+    pub m_relates_to: Option<
+        crate::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent,
+    >,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    KeyVerificationStartEventContent { from_device req "from_device", transaction_id opt
+    "transaction_id", method req "method", next_method opt "next_method", m_relates_to
+    opt "m.relates_to" } rest extra
+);

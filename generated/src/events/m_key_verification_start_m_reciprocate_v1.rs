@@ -2,24 +2,36 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.start$m.reciprocate.v1.yaml`.
 
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.key.verification.start$m.reciprocate.v1.yaml`."]
-    KeyVerificationStartReciprocateV1Event { req content :
-    KeyVerificationStartReciprocateV1EventContent => "content", #[doc =
-    " Always `m.key.verification.start`."] req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.key.verification.start$m.reciprocate.v1.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationStartReciprocateV1Event {
+    pub content: KeyVerificationStartReciprocateV1EventContent,
+    /// Always `m.key.verification.start`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.key.verification.start$m.reciprocate.v1.yaml` at `/properties/content`."]
-    KeyVerificationStartReciprocateV1EventContent { req from_device : String =>
-    "from_device", opt transaction_id : String => "transaction_id", #[doc =
-    " Always `m.reciprocate.v1`."] req method : String => "method", req secret : String
-    => "secret", #[doc = " `m.relates_to`."] opt m_relates_to : crate
-    ::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent =>
-    "m.relates_to", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    KeyVerificationStartReciprocateV1Event { content req "content", type_ req "type" }
+    rest extra
+);
+/// Schema: `data/event-schemas/schema/m.key.verification.start$m.reciprocate.v1.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationStartReciprocateV1EventContent {
+    pub from_device: String,
+    pub transaction_id: Option<String>,
+    /// Always `m.reciprocate.v1`.
+    pub method: String,
+    pub secret: String,
+    /// `m.relates_to`.
+    pub m_relates_to: Option<
+        crate::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent,
+    >,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    KeyVerificationStartReciprocateV1EventContent { from_device req "from_device",
+    transaction_id opt "transaction_id", method req "method", secret req "secret",
+    m_relates_to opt "m.relates_to" } rest extra
+);

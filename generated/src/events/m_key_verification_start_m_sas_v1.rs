@@ -2,31 +2,51 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.key.verification.start$m.sas.v1.yaml`.
 
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.key.verification.start$m.sas.v1.yaml`."]
-    KeyVerificationStartSasV1Event { req content : KeyVerificationStartSasV1EventContent
-    => "content", #[doc = " Always `m.key.verification.start`."] req type_ : String =>
-    "type", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
-    rest extra : crate ::JsonObject
+/// Schema: `data/event-schemas/schema/m.key.verification.start$m.sas.v1.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationStartSasV1Event {
+    pub content: KeyVerificationStartSasV1EventContent,
+    /// Always `m.key.verification.start`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.key.verification.start$m.sas.v1.yaml` at `/properties/content`."]
-    KeyVerificationStartSasV1EventContent { req from_device : String => "from_device",
-    opt transaction_id : String => "transaction_id", #[doc = " Always `m.sas.v1`."] req
-    method : String => "method", req key_agreement_protocols : Vec < String > =>
-    "key_agreement_protocols", req hashes : Vec < String > => "hashes", req
-    message_authentication_codes : Vec < String > => "message_authentication_codes", req
-    short_authentication_string : Vec < ShortAuthenticationStringItem > =>
-    "short_authentication_string", #[doc = " `m.relates_to`."] opt m_relates_to : crate
-    ::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent =>
-    "m.relates_to", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    KeyVerificationStartSasV1Event { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.key.verification.start$m.sas.v1.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVerificationStartSasV1EventContent {
+    pub from_device: String,
+    pub transaction_id: Option<String>,
+    /// Always `m.sas.v1`.
+    pub method: String,
+    pub key_agreement_protocols: Vec<String>,
+    pub hashes: Vec<String>,
+    pub message_authentication_codes: Vec<String>,
+    pub short_authentication_string: Vec<ShortAuthenticationStringItem>,
+    /// `m.relates_to`.
+    pub m_relates_to: Option<
+        crate::events::m_key_verification_m_relates_to::KeyVerificationMRelatesToEvent,
+    >,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::string_enum! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.key.verification.start$m.sas.v1.yaml` at `/properties/content/properties/short_authentication_string/items`."]
-    ShortAuthenticationStringItem { Decimal => "decimal", Emoji => "emoji", }
+crate::json_object!(
+    KeyVerificationStartSasV1EventContent { from_device req "from_device", transaction_id
+    opt "transaction_id", method req "method", key_agreement_protocols req
+    "key_agreement_protocols", hashes req "hashes", message_authentication_codes req
+    "message_authentication_codes", short_authentication_string req
+    "short_authentication_string", m_relates_to opt "m.relates_to" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.key.verification.start$m.sas.v1.yaml` at `/properties/content/properties/short_authentication_string/items`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ShortAuthenticationStringItem {
+    /// `decimal`
+    Decimal,
+    /// `emoji`
+    Emoji,
+    /// A value this version of the spec does not name.
+    Other(String),
 }
+crate::string_enum!(ShortAuthenticationStringItem { Decimal "decimal", Emoji "emoji" });

@@ -2,17 +2,23 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.marked_unread.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.marked_unread.yaml`."]
-    MarkedUnreadEvent { req content : MarkedUnreadEventContent => "content", #[doc =
-    " Always `m.marked_unread`."] req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.marked_unread.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MarkedUnreadEvent {
+    pub content: MarkedUnreadEventContent,
+    /// Always `m.marked_unread`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.marked_unread.yaml` at `/properties/content`."]
-    MarkedUnreadEventContent { req unread : bool => "unread", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    MarkedUnreadEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.marked_unread.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MarkedUnreadEventContent {
+    pub unread: bool,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(MarkedUnreadEventContent { unread req "unread" } rest extra);

@@ -2,30 +2,48 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.policy.rule.user.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.policy.rule.user.yaml`."]
-    PolicyRuleUserEvent { req content : PolicyRuleUserEventContent => "content", #[doc =
-    " Always `m.policy.rule.user`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    PolicyRuleUserEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req
-    room_id : crate ::ids::RoomId => "room_id", req state_key : String => "state_key", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+/// Schema: `data/event-schemas/schema/m.policy.rule.user.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyRuleUserEvent {
+    pub content: PolicyRuleUserEventContent,
+    /// Always `m.policy.rule.user`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<PolicyRuleUserEventUnsigned>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    pub state_key: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.policy.rule.user.yaml` at `/properties/content`."]
-    PolicyRuleUserEventContent { req entity : String => "entity", req recommendation :
-    String => "recommendation", req reason : String => "reason", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    PolicyRuleUserEvent { content req "content", type_ req "type", event_id req
+    "event_id", sender req "sender", origin_server_ts req "origin_server_ts", unsigned
+    opt "unsigned", room_id req "room_id", state_key req "state_key" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.policy.rule.user.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyRuleUserEventContent {
+    pub entity: String,
+    pub recommendation: String,
+    pub reason: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.policy.rule.user.yaml` at `/properties/unsigned`."]
-    #[derive(Default)] PolicyRuleUserEventUnsigned { opt age : i64 => "age", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    PolicyRuleUserEventContent { entity req "entity", recommendation req
+    "recommendation", reason req "reason" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.policy.rule.user.yaml` at `/properties/unsigned`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct PolicyRuleUserEventUnsigned {
+    pub age: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(PolicyRuleUserEventUnsigned { age opt "age" } rest extra);

@@ -2,25 +2,49 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.presence.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.presence.yaml`."] PresenceEvent { req
-    content : PresenceEventContent => "content", #[doc = " Always `m.presence`."] req
-    type_ : String => "type", req sender : String => "sender", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.presence.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PresenceEvent {
+    pub content: PresenceEventContent,
+    /// Always `m.presence`.
+    pub type_: String,
+    pub sender: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.presence.yaml` at `/properties/content`."]
-    PresenceEventContent { opt avatar_url : String => "avatar_url", opt displayname :
-    String => "displayname", opt last_active_ago : f64 => "last_active_ago", req presence
-    : Presence => "presence", opt currently_active : bool => "currently_active", opt
-    status_msg : String => "status_msg", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    PresenceEvent { content req "content", type_ req "type", sender req "sender" } rest
+    extra
+);
+/// Schema: `data/event-schemas/schema/m.presence.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PresenceEventContent {
+    pub avatar_url: Option<String>,
+    pub displayname: Option<String>,
+    pub last_active_ago: Option<f64>,
+    pub presence: Presence,
+    pub currently_active: Option<bool>,
+    pub status_msg: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::string_enum! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.presence.yaml` at `/properties/content/properties/presence`."]
-    Presence { Online => "online", Offline => "offline", Unavailable => "unavailable", }
+crate::json_object!(
+    PresenceEventContent { avatar_url opt "avatar_url", displayname opt "displayname",
+    last_active_ago opt "last_active_ago", presence req "presence", currently_active opt
+    "currently_active", status_msg opt "status_msg" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.presence.yaml` at `/properties/content/properties/presence`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Presence {
+    /// `online`
+    Online,
+    /// `offline`
+    Offline,
+    /// `unavailable`
+    Unavailable,
+    /// A value this version of the spec does not name.
+    Other(String),
 }
+crate::string_enum!(
+    Presence { Online "online", Offline "offline", Unavailable "unavailable" }
+);

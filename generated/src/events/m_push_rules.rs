@@ -2,30 +2,38 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.push_rules.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.push_rules.yaml`."] PushRulesEvent {
-    req content : PushRulesEventContent => "content", #[doc = " Always `m.push_rules`."]
-    req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.push_rules.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PushRulesEvent {
+    pub content: PushRulesEventContent,
+    /// Always `m.push_rules`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.push_rules.yaml` at `/properties/content`."]
-    #[derive(Default)] PushRulesEventContent { opt global : Ruleset => "global", } #[doc
-    = " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    PushRulesEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.push_rules.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct PushRulesEventContent {
+    pub global: Option<Ruleset>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.push_rules.yaml` at `/properties/content/properties/global`."]
-    #[derive(Default)] Ruleset { opt content : Vec < crate
-    ::client_server::definitions::push_rule::PushRule > => "content", opt override_ : Vec
-    < crate ::client_server::definitions::push_rule::PushRule > => "override", opt room :
-    Vec < crate ::client_server::definitions::push_rule::PushRule > => "room", opt sender
-    : Vec < crate ::client_server::definitions::push_rule::PushRule > => "sender", opt
-    underride : Vec < crate ::client_server::definitions::push_rule::PushRule > =>
-    "underride", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(PushRulesEventContent { global opt "global" } rest extra);
+/// Schema: `data/event-schemas/schema/m.push_rules.yaml` at `/properties/content/properties/global`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Ruleset {
+    pub content: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
+    pub override_: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
+    pub room: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
+    pub sender: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
+    pub underride: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    Ruleset { content opt "content", override_ opt "override", room opt "room", sender
+    opt "sender", underride opt "underride" } rest extra
+);

@@ -2,32 +2,49 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.reaction.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.reaction.yaml`."] ReactionEvent { req
-    content : ReactionEventContent => "content", #[doc = " Always `m.reaction`."] req
-    type_ : String => "type", #[doc = " Format `mx-event-id`."] req event_id : crate
-    ::ids::EventId => "event_id", #[doc = " Format `mx-user-id`."] req sender : crate
-    ::ids::UserId => "sender", #[doc = " Format `int64`."] req origin_server_ts : i64 =>
-    "origin_server_ts", opt unsigned : crate
-    ::events::core_event_schema::unsigned_prop::UnsignedProp => "unsigned", #[doc =
-    " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.reaction.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReactionEvent {
+    pub content: ReactionEventContent,
+    /// Always `m.reaction`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<crate::events::core_event_schema::unsigned_prop::UnsignedProp>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.reaction.yaml` at `/properties/content`."]
-    #[derive(Default)] ReactionEventContent { #[doc = " `m.relates_to`."] opt
-    m_relates_to : ReactionRelatesTo => "m.relates_to", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    ReactionEvent { content req "content", type_ req "type", event_id req "event_id",
+    sender req "sender", origin_server_ts req "origin_server_ts", unsigned opt
+    "unsigned", room_id req "room_id" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.reaction.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ReactionEventContent {
+    /// `m.relates_to`.
+    pub m_relates_to: Option<ReactionRelatesTo>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.reaction.yaml` at `/properties/content/properties/m.relates_to`."]
-    #[derive(Default)] ReactionRelatesTo { #[doc = " Always `m.annotation`."] opt
-    rel_type : String => "rel_type", opt event_id : String => "event_id", opt key :
-    String => "key", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(ReactionEventContent { m_relates_to opt "m.relates_to" } rest extra);
+/// Schema: `data/event-schemas/schema/m.reaction.yaml` at `/properties/content/properties/m.relates_to`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ReactionRelatesTo {
+    /// Always `m.annotation`.
+    pub rel_type: Option<String>,
+    pub event_id: Option<String>,
+    pub key: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    ReactionRelatesTo { rel_type opt "rel_type", event_id opt "event_id", key opt "key" }
+    rest extra
+);

@@ -2,40 +2,60 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.receipt.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.receipt.yaml`."] ReceiptEvent { req
-    content : std::collections::BTreeMap < String, EventReceipts > => "content", req
-    type_ : Type => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.receipt.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReceiptEvent {
+    pub content: std::collections::BTreeMap<String, EventReceipts>,
+    pub type_: Type,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.receipt.yaml` at `/properties/content/patternProperties/^\\$`."]
-    #[derive(Default)] EventReceipts { #[doc = " `m.read`."] opt m_read :
-    std::collections::BTreeMap < String, Receipt > => "m.read", #[doc =
-    " `m.read.private`."] opt m_read_private : std::collections::BTreeMap < String,
-    EventReceiptsReceipt > => "m.read.private", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(ReceiptEvent { content req "content", type_ req "type" } rest extra);
+/// Schema: `data/event-schemas/schema/m.receipt.yaml` at `/properties/content/patternProperties/^\$`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct EventReceipts {
+    /// `m.read`.
+    pub m_read: Option<std::collections::BTreeMap<String, Receipt>>,
+    /// `m.read.private`.
+    pub m_read_private: Option<std::collections::BTreeMap<String, EventReceiptsReceipt>>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.receipt.yaml` at `/properties/content/patternProperties/^\\$/properties/m.read/patternProperties/^@`."]
-    #[derive(Default)] Receipt { #[doc = " Format `int64`."] opt ts : i64 => "ts", #[doc
-    = " Added in v1.4."] opt thread_id : String => "thread_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    EventReceipts { m_read opt "m.read", m_read_private opt "m.read.private" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.receipt.yaml` at `/properties/content/patternProperties/^\$/properties/m.read/patternProperties/^@`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Receipt {
+    /// Format `int64`.
+    pub ts: Option<i64>,
+    /// Added in v1.4.
+    pub thread_id: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.receipt.yaml` at `/properties/content/patternProperties/^\\$/properties/m.read.private/patternProperties/^@`."]
-    #[derive(Default)] EventReceiptsReceipt { #[doc = " Format `int64`."] opt ts : i64 =>
-    "ts", #[doc = " Added in v1.4."] opt thread_id : String => "thread_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(Receipt { ts opt "ts", thread_id opt "thread_id" } rest extra);
+/// Schema: `data/event-schemas/schema/m.receipt.yaml` at `/properties/content/patternProperties/^\$/properties/m.read.private/patternProperties/^@`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct EventReceiptsReceipt {
+    /// Format `int64`.
+    pub ts: Option<i64>,
+    /// Added in v1.4.
+    pub thread_id: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::string_enum! {
-    #[doc = " Schema: `data/event-schemas/schema/m.receipt.yaml` at `/properties/type`."]
-    Type { MReceipt => "m.receipt", MReceiptPrivate => "m.receipt.private", }
+crate::json_object!(
+    EventReceiptsReceipt { ts opt "ts", thread_id opt "thread_id" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.receipt.yaml` at `/properties/type`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Type {
+    /// `m.receipt`
+    MReceipt,
+    /// `m.receipt.private`
+    MReceiptPrivate,
+    /// A value this version of the spec does not name.
+    Other(String),
 }
+crate::string_enum!(Type { MReceipt "m.receipt", MReceiptPrivate "m.receipt.private" });

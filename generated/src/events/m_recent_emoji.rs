@@ -2,18 +2,25 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.recent_emoji.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.recent_emoji.yaml`."] RecentEmojiEvent
-    { req content : RecentEmojiEventContent => "content", #[doc =
-    " Always `m.recent_emoji`."] req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.recent_emoji.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecentEmojiEvent {
+    pub content: RecentEmojiEventContent,
+    /// Always `m.recent_emoji`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.recent_emoji.yaml` at `/properties/content`."]
-    RecentEmojiEventContent { req recent_emoji : Vec < crate
-    ::client_server::definitions::recent_emoji::RecentEmoji > => "recent_emoji", } #[doc
-    = " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RecentEmojiEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.recent_emoji.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecentEmojiEventContent {
+    pub recent_emoji: Vec<crate::client_server::definitions::recent_emoji::RecentEmoji>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    RecentEmojiEventContent { recent_emoji req "recent_emoji" } rest extra
+);

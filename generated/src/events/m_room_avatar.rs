@@ -2,48 +2,78 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.avatar.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.avatar.yaml`."] RoomAvatarEvent {
-    req content : RoomAvatarEventContent => "content", #[doc =
-    " Always `m.room.avatar`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    RoomAvatarEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req room_id :
-    crate ::ids::RoomId => "room_id", req state_key : String => "state_key", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.avatar.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomAvatarEvent {
+    pub content: RoomAvatarEventContent,
+    /// Always `m.room.avatar`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<RoomAvatarEventUnsigned>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    pub state_key: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.avatar.yaml` at `/properties/content`."]
-    #[derive(Default)] RoomAvatarEventContent { opt info : Info => "info", #[doc =
-    " Format `mx-mxc-uri`."] opt url : crate ::ids::MxcUri => "url", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomAvatarEvent { content req "content", type_ req "type", event_id req "event_id",
+    sender req "sender", origin_server_ts req "origin_server_ts", unsigned opt
+    "unsigned", room_id req "room_id", state_key req "state_key" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.avatar.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomAvatarEventContent {
+    pub info: Option<Info>,
+    /// Format `mx-mxc-uri`.
+    pub url: Option<crate::ids::MxcUri>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.avatar.yaml` at `/properties/content/properties/info`."]
-    #[derive(Default)] Info { opt h : i64 => "h", opt w : i64 => "w", opt mimetype :
-    String => "mimetype", opt size : i64 => "size", #[doc = " Format `mx-mxc-uri`."] opt
-    thumbnail_url : crate ::ids::MxcUri => "thumbnail_url", opt thumbnail_info :
-    ThumbnailInfo => "thumbnail_info", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomAvatarEventContent { info opt "info", url opt "url" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.avatar.yaml` at `/properties/content/properties/info`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Info {
+    pub h: Option<i64>,
+    pub w: Option<i64>,
+    pub mimetype: Option<String>,
+    pub size: Option<i64>,
+    /// Format `mx-mxc-uri`.
+    pub thumbnail_url: Option<crate::ids::MxcUri>,
+    pub thumbnail_info: Option<ThumbnailInfo>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.avatar.yaml` at `/properties/content/properties/info/properties/thumbnail_info`."]
-    #[derive(Default)] ThumbnailInfo { opt h : i64 => "h", opt w : i64 => "w", opt
-    mimetype : String => "mimetype", opt size : i64 => "size", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    Info { h opt "h", w opt "w", mimetype opt "mimetype", size opt "size", thumbnail_url
+    opt "thumbnail_url", thumbnail_info opt "thumbnail_info" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.avatar.yaml` at `/properties/content/properties/info/properties/thumbnail_info`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ThumbnailInfo {
+    pub h: Option<i64>,
+    pub w: Option<i64>,
+    pub mimetype: Option<String>,
+    pub size: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.avatar.yaml` at `/properties/unsigned`."]
-    #[derive(Default)] RoomAvatarEventUnsigned { opt age : i64 => "age", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    ThumbnailInfo { h opt "h", w opt "w", mimetype opt "mimetype", size opt "size" } rest
+    extra
+);
+/// Schema: `data/event-schemas/schema/m.room.avatar.yaml` at `/properties/unsigned`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomAvatarEventUnsigned {
+    pub age: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(RoomAvatarEventUnsigned { age opt "age" } rest extra);

@@ -2,31 +2,48 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.canonical_alias.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.canonical_alias.yaml`."]
-    RoomCanonicalAliasEvent { req content : RoomCanonicalAliasEventContent => "content",
-    #[doc = " Always `m.room.canonical_alias`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    RoomCanonicalAliasEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req
-    room_id : crate ::ids::RoomId => "room_id", req state_key : String => "state_key", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.canonical_alias.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomCanonicalAliasEvent {
+    pub content: RoomCanonicalAliasEventContent,
+    /// Always `m.room.canonical_alias`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<RoomCanonicalAliasEventUnsigned>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    pub state_key: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.canonical_alias.yaml` at `/properties/content`."]
-    #[derive(Default)] RoomCanonicalAliasEventContent { #[doc =
-    " Format `mx-room-alias`."] opt alias : crate ::ids::RoomAliasId => "alias", opt
-    alt_aliases : Vec < crate ::ids::RoomAliasId > => "alt_aliases", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomCanonicalAliasEvent { content req "content", type_ req "type", event_id req
+    "event_id", sender req "sender", origin_server_ts req "origin_server_ts", unsigned
+    opt "unsigned", room_id req "room_id", state_key req "state_key" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.canonical_alias.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomCanonicalAliasEventContent {
+    /// Format `mx-room-alias`.
+    pub alias: Option<crate::ids::RoomAliasId>,
+    pub alt_aliases: Option<Vec<crate::ids::RoomAliasId>>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.canonical_alias.yaml` at `/properties/unsigned`."]
-    #[derive(Default)] RoomCanonicalAliasEventUnsigned { opt age : i64 => "age", } #[doc
-    = " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomCanonicalAliasEventContent { alias opt "alias", alt_aliases opt "alt_aliases" }
+    rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.canonical_alias.yaml` at `/properties/unsigned`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomCanonicalAliasEventUnsigned {
+    pub age: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(RoomCanonicalAliasEventUnsigned { age opt "age" } rest extra);

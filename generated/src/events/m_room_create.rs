@@ -2,43 +2,68 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.create.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.create.yaml`."] RoomCreateEvent {
-    req content : RoomCreateEventContent => "content", #[doc =
-    " Always `m.room.create`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    RoomCreateEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req room_id :
-    crate ::ids::RoomId => "room_id", req state_key : String => "state_key", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.create.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomCreateEvent {
+    pub content: RoomCreateEventContent,
+    /// Always `m.room.create`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<RoomCreateEventUnsigned>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    pub state_key: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.create.yaml` at `/properties/content`."]
-    #[derive(Default)] RoomCreateEventContent { #[doc = " Format `mx-user-id`."] opt
-    creator : crate ::ids::UserId => "creator", #[doc = " `m.federate`."] opt m_federate
-    : bool => "m.federate", opt room_version : String => "room_version", opt type_ :
-    String => "type", opt predecessor : PreviousRoom => "predecessor", #[doc =
-    " Added in v1.16."] opt additional_creators : Vec < crate ::ids::UserId > =>
-    "additional_creators", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomCreateEvent { content req "content", type_ req "type", event_id req "event_id",
+    sender req "sender", origin_server_ts req "origin_server_ts", unsigned opt
+    "unsigned", room_id req "room_id", state_key req "state_key" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.create.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomCreateEventContent {
+    /// Format `mx-user-id`.
+    pub creator: Option<crate::ids::UserId>,
+    /// `m.federate`.
+    pub m_federate: Option<bool>,
+    pub room_version: Option<String>,
+    pub type_: Option<String>,
+    pub predecessor: Option<PreviousRoom>,
+    /// Added in v1.16.
+    pub additional_creators: Option<Vec<crate::ids::UserId>>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.create.yaml` at `/properties/content/properties/predecessor`."]
-    PreviousRoom { #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId =>
-    "room_id", #[doc = " Format `mx-event-id`. Deprecated."] opt event_id : crate
-    ::ids::EventId => "event_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomCreateEventContent { creator opt "creator", m_federate opt "m.federate",
+    room_version opt "room_version", type_ opt "type", predecessor opt "predecessor",
+    additional_creators opt "additional_creators" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.create.yaml` at `/properties/content/properties/predecessor`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreviousRoom {
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    /// Format `mx-event-id`. Deprecated.
+    pub event_id: Option<crate::ids::EventId>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.create.yaml` at `/properties/unsigned`."]
-    #[derive(Default)] RoomCreateEventUnsigned { opt age : i64 => "age", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    PreviousRoom { room_id req "room_id", event_id opt "event_id" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.create.yaml` at `/properties/unsigned`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomCreateEventUnsigned {
+    pub age: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(RoomCreateEventUnsigned { age opt "age" } rest extra);

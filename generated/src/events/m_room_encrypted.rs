@@ -2,39 +2,63 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.encrypted.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.encrypted.yaml`."]
-    RoomEncryptedEvent { req content : RoomEncryptedEventContent => "content", #[doc =
-    " Always `m.room.encrypted`."] req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.encrypted.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomEncryptedEvent {
+    pub content: RoomEncryptedEventContent,
+    /// Always `m.room.encrypted`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.encrypted.yaml` at `/properties/content`."]
-    RoomEncryptedEventContent { req algorithm : Algorithm => "algorithm", req ciphertext
-    : Ciphertext => "ciphertext", #[doc = " Deprecated."] opt sender_key : String =>
-    "sender_key", #[doc = " Deprecated."] opt device_id : String => "device_id", opt
-    session_id : String => "session_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomEncryptedEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.encrypted.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomEncryptedEventContent {
+    pub algorithm: Algorithm,
+    pub ciphertext: Ciphertext,
+    /// Deprecated.
+    pub sender_key: Option<String>,
+    /// Deprecated.
+    pub device_id: Option<String>,
+    pub session_id: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::string_enum! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.encrypted.yaml` at `/properties/content/properties/algorithm`."]
-    Algorithm { MOlmV1Curve25519AesSha2 => "m.olm.v1.curve25519-aes-sha2",
-    MMegolmV1AesSha2 => "m.megolm.v1.aes-sha2", }
+crate::json_object!(
+    RoomEncryptedEventContent { algorithm req "algorithm", ciphertext req "ciphertext",
+    sender_key opt "sender_key", device_id opt "device_id", session_id opt "session_id" }
+    rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.encrypted.yaml` at `/properties/content/properties/algorithm`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Algorithm {
+    /// `m.olm.v1.curve25519-aes-sha2`
+    MOlmV1Curve25519AesSha2,
+    /// `m.megolm.v1.aes-sha2`
+    MMegolmV1AesSha2,
+    /// A value this version of the spec does not name.
+    Other(String),
 }
-crate::json_untagged! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.encrypted.yaml` at `/properties/content/properties/ciphertext`."]
-    Ciphertext { String(String), Map(std::collections::BTreeMap < String, CiphertextInfo
-    >), }
+crate::string_enum!(
+    Algorithm { MOlmV1Curve25519AesSha2 "m.olm.v1.curve25519-aes-sha2", MMegolmV1AesSha2
+    "m.megolm.v1.aes-sha2" }
+);
+/// Schema: `data/event-schemas/schema/m.room.encrypted.yaml` at `/properties/content/properties/ciphertext`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Ciphertext {
+    String(String),
+    Map(std::collections::BTreeMap<String, CiphertextInfo>),
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.encrypted.yaml` at `/properties/content/properties/ciphertext/oneOf/1/additionalProperties`."]
-    #[derive(Default)] CiphertextInfo { opt body : String => "body", opt type_ : i64 =>
-    "type", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
-    rest extra : crate ::JsonObject
+crate::json_untagged!(Ciphertext { String, Map });
+/// Schema: `data/event-schemas/schema/m.room.encrypted.yaml` at `/properties/content/properties/ciphertext/oneOf/1/additionalProperties`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct CiphertextInfo {
+    pub body: Option<String>,
+    pub type_: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(CiphertextInfo { body opt "body", type_ opt "type" } rest extra);

@@ -2,31 +2,49 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.encryption.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.encryption.yaml`."]
-    RoomEncryptionEvent { req content : RoomEncryptionEventContent => "content", #[doc =
-    " Always `m.room.encryption`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    RoomEncryptionEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req
-    room_id : crate ::ids::RoomId => "room_id", req state_key : String => "state_key", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.encryption.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomEncryptionEvent {
+    pub content: RoomEncryptionEventContent,
+    /// Always `m.room.encryption`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<RoomEncryptionEventUnsigned>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    pub state_key: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.encryption.yaml` at `/properties/content`."]
-    RoomEncryptionEventContent { #[doc = " Always `m.megolm.v1.aes-sha2`."] req algorithm
-    : String => "algorithm", opt rotation_period_ms : i64 => "rotation_period_ms", opt
-    rotation_period_msgs : i64 => "rotation_period_msgs", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomEncryptionEvent { content req "content", type_ req "type", event_id req
+    "event_id", sender req "sender", origin_server_ts req "origin_server_ts", unsigned
+    opt "unsigned", room_id req "room_id", state_key req "state_key" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.encryption.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomEncryptionEventContent {
+    /// Always `m.megolm.v1.aes-sha2`.
+    pub algorithm: String,
+    pub rotation_period_ms: Option<i64>,
+    pub rotation_period_msgs: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.encryption.yaml` at `/properties/unsigned`."]
-    #[derive(Default)] RoomEncryptionEventUnsigned { opt age : i64 => "age", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomEncryptionEventContent { algorithm req "algorithm", rotation_period_ms opt
+    "rotation_period_ms", rotation_period_msgs opt "rotation_period_msgs" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.encryption.yaml` at `/properties/unsigned`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomEncryptionEventUnsigned {
+    pub age: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(RoomEncryptionEventUnsigned { age opt "age" } rest extra);

@@ -2,34 +2,56 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.guest_access.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.guest_access.yaml`."]
-    RoomGuestAccessEvent { req content : RoomGuestAccessEventContent => "content", #[doc
-    = " Always `m.room.guest_access`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    RoomGuestAccessEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req
-    room_id : crate ::ids::RoomId => "room_id", req state_key : String => "state_key", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.guest_access.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomGuestAccessEvent {
+    pub content: RoomGuestAccessEventContent,
+    /// Always `m.room.guest_access`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<RoomGuestAccessEventUnsigned>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    pub state_key: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.guest_access.yaml` at `/properties/content`."]
-    RoomGuestAccessEventContent { req guest_access : GuestAccess => "guest_access", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+crate::json_object!(
+    RoomGuestAccessEvent { content req "content", type_ req "type", event_id req
+    "event_id", sender req "sender", origin_server_ts req "origin_server_ts", unsigned
+    opt "unsigned", room_id req "room_id", state_key req "state_key" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.guest_access.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomGuestAccessEventContent {
+    pub guest_access: GuestAccess,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::string_enum! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.guest_access.yaml` at `/properties/content/properties/guest_access`."]
-    GuestAccess { CanJoin => "can_join", Forbidden => "forbidden", }
+crate::json_object!(
+    RoomGuestAccessEventContent { guest_access req "guest_access" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.guest_access.yaml` at `/properties/content/properties/guest_access`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GuestAccess {
+    /// `can_join`
+    CanJoin,
+    /// `forbidden`
+    Forbidden,
+    /// A value this version of the spec does not name.
+    Other(String),
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.guest_access.yaml` at `/properties/unsigned`."]
-    #[derive(Default)] RoomGuestAccessEventUnsigned { opt age : i64 => "age", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::string_enum!(GuestAccess { CanJoin "can_join", Forbidden "forbidden" });
+/// Schema: `data/event-schemas/schema/m.room.guest_access.yaml` at `/properties/unsigned`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomGuestAccessEventUnsigned {
+    pub age: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(RoomGuestAccessEventUnsigned { age opt "age" } rest extra);

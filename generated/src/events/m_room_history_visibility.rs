@@ -2,37 +2,64 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.history_visibility.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.history_visibility.yaml`."]
-    RoomHistoryVisibilityEvent { req content : RoomHistoryVisibilityEventContent =>
-    "content", #[doc = " Always `m.room.history_visibility`."] req type_ : String =>
-    "type", #[doc = " Format `mx-event-id`."] req event_id : crate ::ids::EventId =>
-    "event_id", #[doc = " Format `mx-user-id`."] req sender : crate ::ids::UserId =>
-    "sender", #[doc = " Format `int64`."] req origin_server_ts : i64 =>
-    "origin_server_ts", opt unsigned : RoomHistoryVisibilityEventUnsigned => "unsigned",
-    #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", req
-    state_key : String => "state_key", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.history_visibility.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomHistoryVisibilityEvent {
+    pub content: RoomHistoryVisibilityEventContent,
+    /// Always `m.room.history_visibility`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<RoomHistoryVisibilityEventUnsigned>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    pub state_key: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.history_visibility.yaml` at `/properties/content`."]
-    RoomHistoryVisibilityEventContent { req history_visibility : HistoryVisibility =>
-    "history_visibility", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomHistoryVisibilityEvent { content req "content", type_ req "type", event_id req
+    "event_id", sender req "sender", origin_server_ts req "origin_server_ts", unsigned
+    opt "unsigned", room_id req "room_id", state_key req "state_key" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.history_visibility.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomHistoryVisibilityEventContent {
+    pub history_visibility: HistoryVisibility,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::string_enum! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.history_visibility.yaml` at `/properties/content/properties/history_visibility`."]
-    HistoryVisibility { Invited => "invited", Joined => "joined", Shared => "shared",
-    WorldReadable => "world_readable", }
+crate::json_object!(
+    RoomHistoryVisibilityEventContent { history_visibility req "history_visibility" }
+    rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.history_visibility.yaml` at `/properties/content/properties/history_visibility`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HistoryVisibility {
+    /// `invited`
+    Invited,
+    /// `joined`
+    Joined,
+    /// `shared`
+    Shared,
+    /// `world_readable`
+    WorldReadable,
+    /// A value this version of the spec does not name.
+    Other(String),
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.history_visibility.yaml` at `/properties/unsigned`."]
-    #[derive(Default)] RoomHistoryVisibilityEventUnsigned { opt age : i64 => "age", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+crate::string_enum!(
+    HistoryVisibility { Invited "invited", Joined "joined", Shared "shared",
+    WorldReadable "world_readable" }
+);
+/// Schema: `data/event-schemas/schema/m.room.history_visibility.yaml` at `/properties/unsigned`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomHistoryVisibilityEventUnsigned {
+    pub age: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(RoomHistoryVisibilityEventUnsigned { age opt "age" } rest extra);

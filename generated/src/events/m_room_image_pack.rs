@@ -2,72 +2,120 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.image_pack.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.image_pack.yaml`."]
-    RoomImagePackEvent { req content : RoomImagePackEventContent => "content", #[doc =
-    " Always `m.room.image_pack`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    RoomImagePackEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req
-    room_id : crate ::ids::RoomId => "room_id", req state_key : String => "state_key", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.image_pack.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomImagePackEvent {
+    pub content: RoomImagePackEventContent,
+    /// Always `m.room.image_pack`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<RoomImagePackEventUnsigned>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    pub state_key: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content`."]
-    RoomImagePackEventContent { req images : std::collections::BTreeMap < String,
-    ImagePackImage > => "images", opt pack : ImagePackMeta => "pack", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomImagePackEvent { content req "content", type_ req "type", event_id req
+    "event_id", sender req "sender", origin_server_ts req "origin_server_ts", unsigned
+    opt "unsigned", room_id req "room_id", state_key req "state_key" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomImagePackEventContent {
+    pub images: std::collections::BTreeMap<String, ImagePackImage>,
+    pub pack: Option<ImagePackMeta>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/images/additionalProperties`."]
-    ImagePackImage { #[doc = " Format `mx-mxc-uri`."] req url : crate ::ids::MxcUri =>
-    "url", opt body : String => "body", opt info : Info => "info", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomImagePackEventContent { images req "images", pack opt "pack" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/images/additionalProperties`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImagePackImage {
+    /// Format `mx-mxc-uri`.
+    pub url: crate::ids::MxcUri,
+    pub body: Option<String>,
+    pub info: Option<Info>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/images/additionalProperties/properties/info`."]
-    #[derive(Default)] Info { opt h : i64 => "h", opt w : i64 => "w", opt mimetype :
-    String => "mimetype", opt size : i64 => "size", #[doc = " Format `mx-mxc-uri`."] opt
-    thumbnail_url : crate ::ids::MxcUri => "thumbnail_url", opt thumbnail_file : crate
-    ::JsonObject => "thumbnail_file", opt thumbnail_info : ThumbnailInfo =>
-    "thumbnail_info", #[doc = " Added in v1.18."] opt is_animated : bool =>
-    "is_animated", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    ImagePackImage { url req "url", body opt "body", info opt "info" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/images/additionalProperties/properties/info`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Info {
+    pub h: Option<i64>,
+    pub w: Option<i64>,
+    pub mimetype: Option<String>,
+    pub size: Option<i64>,
+    /// Format `mx-mxc-uri`.
+    pub thumbnail_url: Option<crate::ids::MxcUri>,
+    pub thumbnail_file: Option<crate::JsonObject>,
+    pub thumbnail_info: Option<ThumbnailInfo>,
+    /// Added in v1.18.
+    pub is_animated: Option<bool>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/images/additionalProperties/properties/info/properties/thumbnail_info`."]
-    #[derive(Default)] ThumbnailInfo { opt h : i64 => "h", opt w : i64 => "w", opt
-    mimetype : String => "mimetype", opt size : i64 => "size", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    Info { h opt "h", w opt "w", mimetype opt "mimetype", size opt "size", thumbnail_url
+    opt "thumbnail_url", thumbnail_file opt "thumbnail_file", thumbnail_info opt
+    "thumbnail_info", is_animated opt "is_animated" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/images/additionalProperties/properties/info/properties/thumbnail_info`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ThumbnailInfo {
+    pub h: Option<i64>,
+    pub w: Option<i64>,
+    pub mimetype: Option<String>,
+    pub size: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/pack`."]
-    #[derive(Default)] ImagePackMeta { opt display_name : String => "display_name", #[doc
-    = " Format `mx-mxc-uri`."] opt avatar_url : crate ::ids::MxcUri => "avatar_url", opt
-    usage : Vec < UsageItem > => "usage", opt attribution : String => "attribution", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+crate::json_object!(
+    ThumbnailInfo { h opt "h", w opt "w", mimetype opt "mimetype", size opt "size" } rest
+    extra
+);
+/// Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/pack`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ImagePackMeta {
+    pub display_name: Option<String>,
+    /// Format `mx-mxc-uri`.
+    pub avatar_url: Option<crate::ids::MxcUri>,
+    pub usage: Option<Vec<UsageItem>>,
+    pub attribution: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::string_enum! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/pack/properties/usage/items`."]
-    UsageItem { Emoticon => "emoticon", Sticker => "sticker", }
+crate::json_object!(
+    ImagePackMeta { display_name opt "display_name", avatar_url opt "avatar_url", usage
+    opt "usage", attribution opt "attribution" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/content/properties/pack/properties/usage/items`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UsageItem {
+    /// `emoticon`
+    Emoticon,
+    /// `sticker`
+    Sticker,
+    /// A value this version of the spec does not name.
+    Other(String),
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/unsigned`."]
-    #[derive(Default)] RoomImagePackEventUnsigned { opt age : i64 => "age", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::string_enum!(UsageItem { Emoticon "emoticon", Sticker "sticker" });
+/// Schema: `data/event-schemas/schema/m.room.image_pack.yaml` at `/properties/unsigned`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomImagePackEventUnsigned {
+    pub age: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(RoomImagePackEventUnsigned { age opt "age" } rest extra);

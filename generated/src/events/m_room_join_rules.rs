@@ -2,44 +2,82 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.join_rules.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.join_rules.yaml`."]
-    RoomJoinRulesEvent { req content : RoomJoinRulesEventContent => "content", #[doc =
-    " Always `m.room.join_rules`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    RoomJoinRulesEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req
-    room_id : crate ::ids::RoomId => "room_id", req state_key : String => "state_key", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.join_rules.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomJoinRulesEvent {
+    pub content: RoomJoinRulesEventContent,
+    /// Always `m.room.join_rules`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<RoomJoinRulesEventUnsigned>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    pub state_key: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.join_rules.yaml` at `/properties/content`."]
-    RoomJoinRulesEventContent { req join_rule : JoinRule => "join_rule", #[doc =
-    " Added in v1.2."] opt allow : Vec < AllowCondition > => "allow", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomJoinRulesEvent { content req "content", type_ req "type", event_id req
+    "event_id", sender req "sender", origin_server_ts req "origin_server_ts", unsigned
+    opt "unsigned", room_id req "room_id", state_key req "state_key" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.join_rules.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomJoinRulesEventContent {
+    pub join_rule: JoinRule,
+    /// Added in v1.2.
+    pub allow: Option<Vec<AllowCondition>>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::string_enum! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.join_rules.yaml` at `/properties/content/properties/join_rule`."]
-    JoinRule { Public => "public", Knock => "knock", Invite => "invite", Private =>
-    "private", Restricted => "restricted", KnockRestricted => "knock_restricted", }
+crate::json_object!(
+    RoomJoinRulesEventContent { join_rule req "join_rule", allow opt "allow" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.join_rules.yaml` at `/properties/content/properties/join_rule`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum JoinRule {
+    /// `public`
+    Public,
+    /// `knock`
+    Knock,
+    /// `invite`
+    Invite,
+    /// `private`
+    Private,
+    /// `restricted`
+    Restricted,
+    /// `knock_restricted`
+    KnockRestricted,
+    /// A value this version of the spec does not name.
+    Other(String),
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.join_rules.yaml` at `/properties/content/properties/allow/items`."]
-    AllowCondition { #[doc = " Always `m.room_membership`."] req type_ : String =>
-    "type", #[doc = " Format `mx-room-id`."] opt room_id : crate ::ids::RoomId =>
-    "room_id", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
-    rest extra : crate ::JsonObject
+crate::string_enum!(
+    JoinRule { Public "public", Knock "knock", Invite "invite", Private "private",
+    Restricted "restricted", KnockRestricted "knock_restricted" }
+);
+/// Schema: `data/event-schemas/schema/m.room.join_rules.yaml` at `/properties/content/properties/allow/items`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AllowCondition {
+    /// Always `m.room_membership`.
+    pub type_: String,
+    /// Format `mx-room-id`.
+    pub room_id: Option<crate::ids::RoomId>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.join_rules.yaml` at `/properties/unsigned`."]
-    #[derive(Default)] RoomJoinRulesEventUnsigned { opt age : i64 => "age", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    AllowCondition { type_ req "type", room_id opt "room_id" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.join_rules.yaml` at `/properties/unsigned`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomJoinRulesEventUnsigned {
+    pub age: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(RoomJoinRulesEventUnsigned { age opt "age" } rest extra);

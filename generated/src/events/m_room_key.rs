@@ -2,20 +2,31 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room_key.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room_key.yaml`."] RoomKeyEvent { req
-    content : RoomKeyEventContent => "content", #[doc = " Always `m.room_key`."] req
-    type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room_key.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomKeyEvent {
+    pub content: RoomKeyEventContent,
+    /// Always `m.room_key`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room_key.yaml` at `/properties/content`."]
-    RoomKeyEventContent { #[doc = " Always `m.megolm.v1.aes-sha2`."] req algorithm :
-    String => "algorithm", req room_id : String => "room_id", req session_id : String =>
-    "session_id", req session_key : String => "session_key", #[doc = " Added in v1.19."]
-    opt shared_history : bool => "shared_history", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(RoomKeyEvent { content req "content", type_ req "type" } rest extra);
+/// Schema: `data/event-schemas/schema/m.room_key.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomKeyEventContent {
+    /// Always `m.megolm.v1.aes-sha2`.
+    pub algorithm: String,
+    pub room_id: String,
+    pub session_id: String,
+    pub session_key: String,
+    /// Added in v1.19.
+    pub shared_history: Option<bool>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    RoomKeyEventContent { algorithm req "algorithm", room_id req "room_id", session_id
+    req "session_id", session_key req "session_key", shared_history opt "shared_history"
+    } rest extra
+);

@@ -2,18 +2,27 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room_key_bundle.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room_key_bundle.yaml`."]
-    RoomKeyBundleEvent { req content : RoomKeyBundleEventContent => "content", #[doc =
-    " Always `m.room_key_bundle`."] req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room_key_bundle.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomKeyBundleEvent {
+    pub content: RoomKeyBundleEventContent,
+    /// Always `m.room_key_bundle`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room_key_bundle.yaml` at `/properties/content`."]
-    RoomKeyBundleEventContent { #[doc = " Format `mx-room-id`."] req room_id : crate
-    ::ids::RoomId => "room_id", req file : crate ::JsonObject => "file", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomKeyBundleEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room_key_bundle.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomKeyBundleEventContent {
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    pub file: crate::JsonObject,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    RoomKeyBundleEventContent { room_id req "room_id", file req "file" } rest extra
+);

@@ -2,33 +2,57 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room_key_request.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room_key_request.yaml`."]
-    RoomKeyRequestEvent { req content : RoomKeyRequestEventContent => "content", #[doc =
-    " Always `m.room_key_request`."] req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room_key_request.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomKeyRequestEvent {
+    pub content: RoomKeyRequestEventContent,
+    /// Always `m.room_key_request`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room_key_request.yaml` at `/properties/content`."]
-    RoomKeyRequestEventContent { opt body : RequestedKeyInfo => "body", req action :
-    Action => "action", req requesting_device_id : String => "requesting_device_id", req
-    request_id : String => "request_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomKeyRequestEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room_key_request.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomKeyRequestEventContent {
+    pub body: Option<RequestedKeyInfo>,
+    pub action: Action,
+    pub requesting_device_id: String,
+    pub request_id: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room_key_request.yaml` at `/properties/content/properties/body`."]
-    RequestedKeyInfo { req algorithm : String => "algorithm", req room_id : String =>
-    "room_id", opt sender_key : String => "sender_key", req session_id : String =>
-    "session_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomKeyRequestEventContent { body opt "body", action req "action",
+    requesting_device_id req "requesting_device_id", request_id req "request_id" } rest
+    extra
+);
+/// Schema: `data/event-schemas/schema/m.room_key_request.yaml` at `/properties/content/properties/body`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestedKeyInfo {
+    pub algorithm: String,
+    pub room_id: String,
+    pub sender_key: Option<String>,
+    pub session_id: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::string_enum! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room_key_request.yaml` at `/properties/content/properties/action`."]
-    Action { Request => "request", RequestCancellation => "request_cancellation", }
+crate::json_object!(
+    RequestedKeyInfo { algorithm req "algorithm", room_id req "room_id", sender_key opt
+    "sender_key", session_id req "session_id" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room_key_request.yaml` at `/properties/content/properties/action`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    /// `request`
+    Request,
+    /// `request_cancellation`
+    RequestCancellation,
+    /// A value this version of the spec does not name.
+    Other(String),
 }
+crate::string_enum!(
+    Action { Request "request", RequestCancellation "request_cancellation" }
+);

@@ -2,28 +2,58 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room_key.withheld.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room_key.withheld.yaml`."]
-    RoomKeyWithheldEvent { req content : RoomKeyWithheldEventContent => "content", #[doc
-    = " Always `m.room_key.withheld`."] req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room_key.withheld.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomKeyWithheldEvent {
+    pub content: RoomKeyWithheldEventContent,
+    /// Always `m.room_key.withheld`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room_key.withheld.yaml` at `/properties/content`."]
-    RoomKeyWithheldEventContent { #[doc = " Always `m.megolm.v1.aes-sha2`."] req
-    algorithm : String => "algorithm", #[doc = " Format `mx-room-id`."] opt room_id :
-    crate ::ids::RoomId => "room_id", opt session_id : String => "session_id", #[doc =
-    " Format `mx-unpadded-base64`."] req sender_key : crate ::ids::Base64 =>
-    "sender_key", req code : Code => "code", opt reason : String => "reason", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomKeyWithheldEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room_key.withheld.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomKeyWithheldEventContent {
+    /// Always `m.megolm.v1.aes-sha2`.
+    pub algorithm: String,
+    /// Format `mx-room-id`.
+    pub room_id: Option<crate::ids::RoomId>,
+    pub session_id: Option<String>,
+    /// Format `mx-unpadded-base64`.
+    pub sender_key: crate::ids::Base64,
+    pub code: Code,
+    pub reason: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::string_enum! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room_key.withheld.yaml` at `/properties/content/properties/code`."]
-    Code { MBlacklisted => "m.blacklisted", MUnverified => "m.unverified", MUnauthorised
-    => "m.unauthorised", MUnavailable => "m.unavailable", MNoOlm => "m.no_olm",
-    MHistoryNotShared => "m.history_not_shared", }
+crate::json_object!(
+    RoomKeyWithheldEventContent { algorithm req "algorithm", room_id opt "room_id",
+    session_id opt "session_id", sender_key req "sender_key", code req "code", reason opt
+    "reason" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room_key.withheld.yaml` at `/properties/content/properties/code`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Code {
+    /// `m.blacklisted`
+    MBlacklisted,
+    /// `m.unverified`
+    MUnverified,
+    /// `m.unauthorised`
+    MUnauthorised,
+    /// `m.unavailable`
+    MUnavailable,
+    /// `m.no_olm`
+    MNoOlm,
+    /// `m.history_not_shared`
+    MHistoryNotShared,
+    /// A value this version of the spec does not name.
+    Other(String),
 }
+crate::string_enum!(
+    Code { MBlacklisted "m.blacklisted", MUnverified "m.unverified", MUnauthorised
+    "m.unauthorised", MUnavailable "m.unavailable", MNoOlm "m.no_olm", MHistoryNotShared
+    "m.history_not_shared" }
+);

@@ -2,54 +2,97 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.member.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.member.yaml`."] RoomMemberEvent {
-    req content : RoomMemberEventContent => "content", #[doc =
-    " Always `m.room.member`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    RoomMemberEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req room_id :
-    crate ::ids::RoomId => "room_id", #[doc = " Format `mx-user-id`."] req state_key :
-    crate ::ids::UserId => "state_key", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.member.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomMemberEvent {
+    pub content: RoomMemberEventContent,
+    /// Always `m.room.member`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<RoomMemberEventUnsigned>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    /// Format `mx-user-id`.
+    pub state_key: crate::ids::UserId,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.member.yaml` at `/properties/content`."]
-    RoomMemberEventContent { #[doc = " Format `uri`."] opt avatar_url : String =>
-    "avatar_url", opt_null displayname : String => "displayname", req membership :
-    Membership => "membership", opt is_direct : bool => "is_direct", #[doc =
-    " Format `mx-user-id`. Added in v1.2."] opt join_authorised_via_users_server : crate
-    ::ids::UserId => "join_authorised_via_users_server", #[doc = " Added in v1.1."] opt
-    reason : String => "reason", opt third_party_invite : ThirdPartyInvite =>
-    "third_party_invite", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomMemberEvent { content req "content", type_ req "type", event_id req "event_id",
+    sender req "sender", origin_server_ts req "origin_server_ts", unsigned opt
+    "unsigned", room_id req "room_id", state_key req "state_key" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.member.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomMemberEventContent {
+    /// Format `uri`.
+    pub avatar_url: Option<String>,
+    pub displayname: Option<Option<String>>,
+    pub membership: Membership,
+    pub is_direct: Option<bool>,
+    /// Format `mx-user-id`. Added in v1.2.
+    pub join_authorised_via_users_server: Option<crate::ids::UserId>,
+    /// Added in v1.1.
+    pub reason: Option<String>,
+    pub third_party_invite: Option<ThirdPartyInvite>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::string_enum! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.member.yaml` at `/properties/content/properties/membership`."]
-    Membership { Invite => "invite", Join => "join", Knock => "knock", Leave => "leave",
-    Ban => "ban", }
+crate::json_object!(
+    RoomMemberEventContent { avatar_url opt "avatar_url", displayname opt_null
+    "displayname", membership req "membership", is_direct opt "is_direct",
+    join_authorised_via_users_server opt "join_authorised_via_users_server", reason opt
+    "reason", third_party_invite opt "third_party_invite" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.member.yaml` at `/properties/content/properties/membership`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Membership {
+    /// `invite`
+    Invite,
+    /// `join`
+    Join,
+    /// `knock`
+    Knock,
+    /// `leave`
+    Leave,
+    /// `ban`
+    Ban,
+    /// A value this version of the spec does not name.
+    Other(String),
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.member.yaml` at `/properties/content/properties/third_party_invite`."]
-    ThirdPartyInvite { req display_name : String => "display_name", req signed : crate
-    ::events::components::signed_third_party_invite::SignedThirdPartyInvite => "signed",
-    } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra
-    : crate ::JsonObject
+crate::string_enum!(
+    Membership { Invite "invite", Join "join", Knock "knock", Leave "leave", Ban "ban" }
+);
+/// Schema: `data/event-schemas/schema/m.room.member.yaml` at `/properties/content/properties/third_party_invite`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThirdPartyInvite {
+    pub display_name: String,
+    pub signed: crate::events::components::signed_third_party_invite::SignedThirdPartyInvite,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.member.yaml` at `/properties/unsigned`."]
-    #[derive(Default)] RoomMemberEventUnsigned { opt age : i64 => "age", opt
-    invite_room_state : Vec < crate
-    ::events::core_event_schema::stripped_state::StrippedState > => "invite_room_state",
-    opt knock_room_state : Vec < crate
-    ::events::core_event_schema::stripped_state::StrippedState > => "knock_room_state", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+crate::json_object!(
+    ThirdPartyInvite { display_name req "display_name", signed req "signed" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.member.yaml` at `/properties/unsigned`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomMemberEventUnsigned {
+    pub age: Option<i64>,
+    pub invite_room_state: Option<
+        Vec<crate::events::core_event_schema::stripped_state::StrippedState>,
+    >,
+    pub knock_room_state: Option<
+        Vec<crate::events::core_event_schema::stripped_state::StrippedState>,
+    >,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    RoomMemberEventUnsigned { age opt "age", invite_room_state opt "invite_room_state",
+    knock_room_state opt "knock_room_state" } rest extra
+);

@@ -2,22 +2,37 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.message.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.message.yaml`."] RoomMessageEvent
-    { req content : RoomMessageEventContent => "content", #[doc =
-    " Always `m.room.message`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    crate ::events::core_event_schema::unsigned_prop::UnsignedProp => "unsigned", #[doc =
-    " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.message.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomMessageEvent {
+    pub content: RoomMessageEventContent,
+    /// Always `m.room.message`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<crate::events::core_event_schema::unsigned_prop::UnsignedProp>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.message.yaml` at `/properties/content`."]
-    RoomMessageEventContent { req body : String => "body", req msgtype : String =>
-    "msgtype", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
-    rest extra : crate ::JsonObject
+crate::json_object!(
+    RoomMessageEvent { content req "content", type_ req "type", event_id req "event_id",
+    sender req "sender", origin_server_ts req "origin_server_ts", unsigned opt
+    "unsigned", room_id req "room_id" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.message.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomMessageEventContent {
+    pub body: String,
+    pub msgtype: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    RoomMessageEventContent { body req "body", msgtype req "msgtype" } rest extra
+);

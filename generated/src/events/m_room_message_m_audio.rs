@@ -2,35 +2,63 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.message$m.audio.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.message$m.audio.yaml`."]
-    RoomMessageAudioEvent { req content : RoomMessageAudioEventContent => "content",
-    #[doc = " Always `m.room.message`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    crate ::events::core_event_schema::unsigned_prop::UnsignedProp => "unsigned", #[doc =
-    " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.message$m.audio.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomMessageAudioEvent {
+    pub content: RoomMessageAudioEventContent,
+    /// Always `m.room.message`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<crate::events::core_event_schema::unsigned_prop::UnsignedProp>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.message$m.audio.yaml` at `/properties/content`."]
-    RoomMessageAudioEventContent { req body : String => "body", #[doc =
-    " Added in v1.10."] opt format : String => "format", #[doc = " Added in v1.10."] opt
-    formatted_body : String => "formatted_body", #[doc = " Added in v1.10."] opt filename
-    : String => "filename", opt info : AudioInfo => "info", #[doc = " Always `m.audio`."]
-    req msgtype : String => "msgtype", #[doc = " Format `mx-mxc-uri`."] opt url : crate
-    ::ids::MxcUri => "url", opt file : crate ::JsonObject => "file", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomMessageAudioEvent { content req "content", type_ req "type", event_id req
+    "event_id", sender req "sender", origin_server_ts req "origin_server_ts", unsigned
+    opt "unsigned", room_id req "room_id" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.message$m.audio.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomMessageAudioEventContent {
+    pub body: String,
+    /// Added in v1.10.
+    pub format: Option<String>,
+    /// Added in v1.10.
+    pub formatted_body: Option<String>,
+    /// Added in v1.10.
+    pub filename: Option<String>,
+    pub info: Option<AudioInfo>,
+    /// Always `m.audio`.
+    pub msgtype: String,
+    /// Format `mx-mxc-uri`.
+    pub url: Option<crate::ids::MxcUri>,
+    pub file: Option<crate::JsonObject>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.message$m.audio.yaml` at `/properties/content/properties/info`."]
-    #[derive(Default)] AudioInfo { opt duration : i64 => "duration", opt mimetype :
-    String => "mimetype", opt size : i64 => "size", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomMessageAudioEventContent { body req "body", format opt "format", formatted_body
+    opt "formatted_body", filename opt "filename", info opt "info", msgtype req
+    "msgtype", url opt "url", file opt "file" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.message$m.audio.yaml` at `/properties/content/properties/info`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct AudioInfo {
+    pub duration: Option<i64>,
+    pub mimetype: Option<String>,
+    pub size: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    AudioInfo { duration opt "duration", mimetype opt "mimetype", size opt "size" } rest
+    extra
+);

@@ -2,47 +2,85 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.message$m.image.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.message$m.image.yaml`."]
-    RoomMessageImageEvent { req content : RoomMessageImageEventContent => "content",
-    #[doc = " Always `m.room.message`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    crate ::events::core_event_schema::unsigned_prop::UnsignedProp => "unsigned", #[doc =
-    " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.message$m.image.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomMessageImageEvent {
+    pub content: RoomMessageImageEventContent,
+    /// Always `m.room.message`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<crate::events::core_event_schema::unsigned_prop::UnsignedProp>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.message$m.image.yaml` at `/properties/content`."]
-    RoomMessageImageEventContent { req body : String => "body", #[doc =
-    " Added in v1.10."] opt format : String => "format", #[doc = " Added in v1.10."] opt
-    formatted_body : String => "formatted_body", #[doc = " Added in v1.10."] opt filename
-    : String => "filename", opt info : Info => "info", #[doc = " Always `m.image`."] req
-    msgtype : String => "msgtype", #[doc = " Format `mx-mxc-uri`."] opt url : crate
-    ::ids::MxcUri => "url", opt file : crate ::JsonObject => "file", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomMessageImageEvent { content req "content", type_ req "type", event_id req
+    "event_id", sender req "sender", origin_server_ts req "origin_server_ts", unsigned
+    opt "unsigned", room_id req "room_id" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.message$m.image.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomMessageImageEventContent {
+    pub body: String,
+    /// Added in v1.10.
+    pub format: Option<String>,
+    /// Added in v1.10.
+    pub formatted_body: Option<String>,
+    /// Added in v1.10.
+    pub filename: Option<String>,
+    pub info: Option<Info>,
+    /// Always `m.image`.
+    pub msgtype: String,
+    /// Format `mx-mxc-uri`.
+    pub url: Option<crate::ids::MxcUri>,
+    pub file: Option<crate::JsonObject>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.message$m.image.yaml` at `/properties/content/properties/info`."]
-    #[derive(Default)] Info { opt h : i64 => "h", opt w : i64 => "w", opt mimetype :
-    String => "mimetype", opt size : i64 => "size", #[doc = " Format `mx-mxc-uri`."] opt
-    thumbnail_url : crate ::ids::MxcUri => "thumbnail_url", opt thumbnail_file : crate
-    ::JsonObject => "thumbnail_file", opt thumbnail_info : ThumbnailInfo =>
-    "thumbnail_info", #[doc = " Added in v1.18."] opt is_animated : bool =>
-    "is_animated", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomMessageImageEventContent { body req "body", format opt "format", formatted_body
+    opt "formatted_body", filename opt "filename", info opt "info", msgtype req
+    "msgtype", url opt "url", file opt "file" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.message$m.image.yaml` at `/properties/content/properties/info`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Info {
+    pub h: Option<i64>,
+    pub w: Option<i64>,
+    pub mimetype: Option<String>,
+    pub size: Option<i64>,
+    /// Format `mx-mxc-uri`.
+    pub thumbnail_url: Option<crate::ids::MxcUri>,
+    pub thumbnail_file: Option<crate::JsonObject>,
+    pub thumbnail_info: Option<ThumbnailInfo>,
+    /// Added in v1.18.
+    pub is_animated: Option<bool>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.message$m.image.yaml` at `/properties/content/properties/info/properties/thumbnail_info`."]
-    #[derive(Default)] ThumbnailInfo { opt h : i64 => "h", opt w : i64 => "w", opt
-    mimetype : String => "mimetype", opt size : i64 => "size", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    Info { h opt "h", w opt "w", mimetype opt "mimetype", size opt "size", thumbnail_url
+    opt "thumbnail_url", thumbnail_file opt "thumbnail_file", thumbnail_info opt
+    "thumbnail_info", is_animated opt "is_animated" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.message$m.image.yaml` at `/properties/content/properties/info/properties/thumbnail_info`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ThumbnailInfo {
+    pub h: Option<i64>,
+    pub w: Option<i64>,
+    pub mimetype: Option<String>,
+    pub size: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    ThumbnailInfo { h opt "h", w opt "w", mimetype opt "mimetype", size opt "size" } rest
+    extra
+);

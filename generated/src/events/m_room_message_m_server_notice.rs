@@ -2,25 +2,43 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.message$m.server_notice.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.message$m.server_notice.yaml`."]
-    RoomMessageServerNoticeEvent { req content : RoomMessageServerNoticeEventContent =>
-    "content", #[doc = " Always `m.room.message`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    crate ::events::core_event_schema::unsigned_prop::UnsignedProp => "unsigned", #[doc =
-    " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.message$m.server_notice.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomMessageServerNoticeEvent {
+    pub content: RoomMessageServerNoticeEventContent,
+    /// Always `m.room.message`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<crate::events::core_event_schema::unsigned_prop::UnsignedProp>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.message$m.server_notice.yaml` at `/properties/content`."]
-    RoomMessageServerNoticeEventContent { req body : String => "body", #[doc =
-    " Always `m.server_notice`."] req msgtype : String => "msgtype", req
-    server_notice_type : String => "server_notice_type", opt admin_contact : String =>
-    "admin_contact", opt limit_type : String => "limit_type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomMessageServerNoticeEvent { content req "content", type_ req "type", event_id req
+    "event_id", sender req "sender", origin_server_ts req "origin_server_ts", unsigned
+    opt "unsigned", room_id req "room_id" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.message$m.server_notice.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomMessageServerNoticeEventContent {
+    pub body: String,
+    /// Always `m.server_notice`.
+    pub msgtype: String,
+    pub server_notice_type: String,
+    pub admin_contact: Option<String>,
+    pub limit_type: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    RoomMessageServerNoticeEventContent { body req "body", msgtype req "msgtype",
+    server_notice_type req "server_notice_type", admin_contact opt "admin_contact",
+    limit_type opt "limit_type" } rest extra
+);

@@ -2,37 +2,54 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.policy.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.policy.yaml`."] RoomPolicyEvent {
-    req content : RoomPolicyEventContent => "content", #[doc =
-    " Always `m.room.policy`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    RoomPolicyEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req room_id :
-    crate ::ids::RoomId => "room_id", req state_key : String => "state_key", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.policy.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomPolicyEvent {
+    pub content: RoomPolicyEventContent,
+    /// Always `m.room.policy`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<RoomPolicyEventUnsigned>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    pub state_key: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.policy.yaml` at `/properties/content`."]
-    RoomPolicyEventContent { req via : String => "via", req public_keys : PublicKeys =>
-    "public_keys", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomPolicyEvent { content req "content", type_ req "type", event_id req "event_id",
+    sender req "sender", origin_server_ts req "origin_server_ts", unsigned opt
+    "unsigned", room_id req "room_id", state_key req "state_key" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.policy.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomPolicyEventContent {
+    pub via: String,
+    pub public_keys: PublicKeys,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.policy.yaml` at `/properties/content/properties/public_keys`."]
-    PublicKeys { req ed25519 : String => "ed25519", } #[doc =
-    " Keys beyond the named ones."] rest additional : std::collections::BTreeMap <
-    String, String >
+crate::json_object!(
+    RoomPolicyEventContent { via req "via", public_keys req "public_keys" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.policy.yaml` at `/properties/content/properties/public_keys`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublicKeys {
+    pub ed25519: String,
+    /// Keys beyond the named ones.
+    pub additional: std::collections::BTreeMap<String, String>,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.policy.yaml` at `/properties/unsigned`."]
-    #[derive(Default)] RoomPolicyEventUnsigned { opt age : i64 => "age", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(PublicKeys { ed25519 req "ed25519" } rest additional);
+/// Schema: `data/event-schemas/schema/m.room.policy.yaml` at `/properties/unsigned`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomPolicyEventUnsigned {
+    pub age: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(RoomPolicyEventUnsigned { age opt "age" } rest extra);

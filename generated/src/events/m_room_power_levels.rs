@@ -2,41 +2,65 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.power_levels.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.power_levels.yaml`."]
-    RoomPowerLevelsEvent { req content : RoomPowerLevelsEventContent => "content", #[doc
-    = " Always `m.room.power_levels`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    RoomPowerLevelsEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req
-    room_id : crate ::ids::RoomId => "room_id", req state_key : String => "state_key", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.power_levels.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomPowerLevelsEvent {
+    pub content: RoomPowerLevelsEventContent,
+    /// Always `m.room.power_levels`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<RoomPowerLevelsEventUnsigned>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    pub state_key: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.power_levels.yaml` at `/properties/content`."]
-    #[derive(Default)] RoomPowerLevelsEventContent { opt ban : i64 => "ban", opt events :
-    std::collections::BTreeMap < String, i64 > => "events", opt events_default : i64 =>
-    "events_default", opt invite : i64 => "invite", opt kick : i64 => "kick", opt redact
-    : i64 => "redact", opt state_default : i64 => "state_default", opt users :
-    std::collections::BTreeMap < String, i64 > => "users", opt users_default : i64 =>
-    "users_default", opt notifications : Notifications => "notifications", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomPowerLevelsEvent { content req "content", type_ req "type", event_id req
+    "event_id", sender req "sender", origin_server_ts req "origin_server_ts", unsigned
+    opt "unsigned", room_id req "room_id", state_key req "state_key" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.power_levels.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomPowerLevelsEventContent {
+    pub ban: Option<i64>,
+    pub events: Option<std::collections::BTreeMap<String, i64>>,
+    pub events_default: Option<i64>,
+    pub invite: Option<i64>,
+    pub kick: Option<i64>,
+    pub redact: Option<i64>,
+    pub state_default: Option<i64>,
+    pub users: Option<std::collections::BTreeMap<String, i64>>,
+    pub users_default: Option<i64>,
+    pub notifications: Option<Notifications>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.power_levels.yaml` at `/properties/content/properties/notifications`."]
-    #[derive(Default)] Notifications { opt room : i64 => "room", } #[doc =
-    " Keys beyond the named ones."] rest additional : std::collections::BTreeMap <
-    String, i64 >
+crate::json_object!(
+    RoomPowerLevelsEventContent { ban opt "ban", events opt "events", events_default opt
+    "events_default", invite opt "invite", kick opt "kick", redact opt "redact",
+    state_default opt "state_default", users opt "users", users_default opt
+    "users_default", notifications opt "notifications" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.power_levels.yaml` at `/properties/content/properties/notifications`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Notifications {
+    pub room: Option<i64>,
+    /// Keys beyond the named ones.
+    pub additional: std::collections::BTreeMap<String, i64>,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.power_levels.yaml` at `/properties/unsigned`."]
-    #[derive(Default)] RoomPowerLevelsEventUnsigned { opt age : i64 => "age", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(Notifications { room opt "room" } rest additional);
+/// Schema: `data/event-schemas/schema/m.room.power_levels.yaml` at `/properties/unsigned`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomPowerLevelsEventUnsigned {
+    pub age: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(RoomPowerLevelsEventUnsigned { age opt "age" } rest extra);

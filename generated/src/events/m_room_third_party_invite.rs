@@ -2,41 +2,63 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.third_party_invite.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.third_party_invite.yaml`."]
-    RoomThirdPartyInviteEvent { req content : RoomThirdPartyInviteEventContent =>
-    "content", #[doc = " Always `m.room.third_party_invite`."] req type_ : String =>
-    "type", #[doc = " Format `mx-event-id`."] req event_id : crate ::ids::EventId =>
-    "event_id", #[doc = " Format `mx-user-id`."] req sender : crate ::ids::UserId =>
-    "sender", #[doc = " Format `int64`."] req origin_server_ts : i64 =>
-    "origin_server_ts", opt unsigned : RoomThirdPartyInviteEventUnsigned => "unsigned",
-    #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", req
-    state_key : String => "state_key", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.third_party_invite.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomThirdPartyInviteEvent {
+    pub content: RoomThirdPartyInviteEventContent,
+    /// Always `m.room.third_party_invite`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<RoomThirdPartyInviteEventUnsigned>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    pub state_key: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.third_party_invite.yaml` at `/properties/content`."]
-    RoomThirdPartyInviteEventContent { req display_name : String => "display_name", #[doc
-    = " Format `uri`."] req key_validity_url : String => "key_validity_url", req
-    public_key : String => "public_key", opt public_keys : Vec < PublicKeys > =>
-    "public_keys", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomThirdPartyInviteEvent { content req "content", type_ req "type", event_id req
+    "event_id", sender req "sender", origin_server_ts req "origin_server_ts", unsigned
+    opt "unsigned", room_id req "room_id", state_key req "state_key" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.third_party_invite.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomThirdPartyInviteEventContent {
+    pub display_name: String,
+    /// Format `uri`.
+    pub key_validity_url: String,
+    pub public_key: String,
+    pub public_keys: Option<Vec<PublicKeys>>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.third_party_invite.yaml` at `/properties/content/properties/public_keys/items`."]
-    PublicKeys { opt key_validity_url : String => "key_validity_url", req public_key :
-    String => "public_key", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomThirdPartyInviteEventContent { display_name req "display_name", key_validity_url
+    req "key_validity_url", public_key req "public_key", public_keys opt "public_keys" }
+    rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.third_party_invite.yaml` at `/properties/content/properties/public_keys/items`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublicKeys {
+    pub key_validity_url: Option<String>,
+    pub public_key: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.third_party_invite.yaml` at `/properties/unsigned`."]
-    #[derive(Default)] RoomThirdPartyInviteEventUnsigned { opt age : i64 => "age", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+crate::json_object!(
+    PublicKeys { key_validity_url opt "key_validity_url", public_key req "public_key" }
+    rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.third_party_invite.yaml` at `/properties/unsigned`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomThirdPartyInviteEventUnsigned {
+    pub age: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(RoomThirdPartyInviteEventUnsigned { age opt "age" } rest extra);

@@ -2,30 +2,47 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.tombstone.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.tombstone.yaml`."]
-    RoomTombstoneEvent { req content : RoomTombstoneEventContent => "content", #[doc =
-    " Always `m.room.tombstone`."] req type_ : String => "type", #[doc =
-    " Format `mx-event-id`."] req event_id : crate ::ids::EventId => "event_id", #[doc =
-    " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-    " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", opt unsigned :
-    RoomTombstoneEventUnsigned => "unsigned", #[doc = " Format `mx-room-id`."] req
-    room_id : crate ::ids::RoomId => "room_id", req state_key : String => "state_key", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.tombstone.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomTombstoneEvent {
+    pub content: RoomTombstoneEventContent,
+    /// Always `m.room.tombstone`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<RoomTombstoneEventUnsigned>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    pub state_key: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.tombstone.yaml` at `/properties/content`."]
-    RoomTombstoneEventContent { req body : String => "body", req replacement_room :
-    String => "replacement_room", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomTombstoneEvent { content req "content", type_ req "type", event_id req
+    "event_id", sender req "sender", origin_server_ts req "origin_server_ts", unsigned
+    opt "unsigned", room_id req "room_id", state_key req "state_key" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.tombstone.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomTombstoneEventContent {
+    pub body: String,
+    pub replacement_room: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.tombstone.yaml` at `/properties/unsigned`."]
-    #[derive(Default)] RoomTombstoneEventUnsigned { opt age : i64 => "age", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomTombstoneEventContent { body req "body", replacement_room req "replacement_room"
+    } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.tombstone.yaml` at `/properties/unsigned`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomTombstoneEventUnsigned {
+    pub age: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(RoomTombstoneEventUnsigned { age opt "age" } rest extra);

@@ -2,38 +2,58 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.room.topic.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.room.topic.yaml`."] RoomTopicEvent {
-    req content : RoomTopicEventContent => "content", #[doc = " Always `m.room.topic`."]
-    req type_ : String => "type", #[doc = " Format `mx-event-id`."] req event_id : crate
-    ::ids::EventId => "event_id", #[doc = " Format `mx-user-id`."] req sender : crate
-    ::ids::UserId => "sender", #[doc = " Format `int64`."] req origin_server_ts : i64 =>
-    "origin_server_ts", opt unsigned : RoomTopicEventUnsigned => "unsigned", #[doc =
-    " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", req
-    state_key : String => "state_key", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.room.topic.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomTopicEvent {
+    pub content: RoomTopicEventContent,
+    /// Always `m.room.topic`.
+    pub type_: String,
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub unsigned: Option<RoomTopicEventUnsigned>,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    pub state_key: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.topic.yaml` at `/properties/content`."]
-    RoomTopicEventContent { req topic : String => "topic", #[doc =
-    " `m.topic`. Added in v1.15."] opt m_topic : TopicContentBlock => "m.topic", } #[doc
-    = " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    RoomTopicEvent { content req "content", type_ req "type", event_id req "event_id",
+    sender req "sender", origin_server_ts req "origin_server_ts", unsigned opt
+    "unsigned", room_id req "room_id", state_key req "state_key" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.topic.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomTopicEventContent {
+    pub topic: String,
+    /// `m.topic`. Added in v1.15.
+    pub m_topic: Option<TopicContentBlock>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.topic.yaml` at `/properties/content/properties/m.topic`."]
-    #[derive(Default)] TopicContentBlock { #[doc = " `m.text`."] opt m_text : Vec < crate
-    ::events::components::m_text_content_block::TextualRepresentation > => "m.text", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+crate::json_object!(
+    RoomTopicEventContent { topic req "topic", m_topic opt "m.topic" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.room.topic.yaml` at `/properties/content/properties/m.topic`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct TopicContentBlock {
+    /// `m.text`.
+    pub m_text: Option<
+        Vec<crate::events::components::m_text_content_block::TextualRepresentation>,
+    >,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.room.topic.yaml` at `/properties/unsigned`."]
-    #[derive(Default)] RoomTopicEventUnsigned { opt age : i64 => "age", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(TopicContentBlock { m_text opt "m.text" } rest extra);
+/// Schema: `data/event-schemas/schema/m.room.topic.yaml` at `/properties/unsigned`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RoomTopicEventUnsigned {
+    pub age: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(RoomTopicEventUnsigned { age opt "age" } rest extra);

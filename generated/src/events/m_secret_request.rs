@@ -2,24 +2,43 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.secret.request.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.secret.request.yaml`."]
-    SecretRequestEvent { req content : SecretRequestEventContent => "content", #[doc =
-    " Always `m.secret.request`."] req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.secret.request.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecretRequestEvent {
+    pub content: SecretRequestEventContent,
+    /// Always `m.secret.request`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.secret.request.yaml` at `/properties/content`."]
-    SecretRequestEventContent { opt name : String => "name", req action : Action =>
-    "action", req requesting_device_id : String => "requesting_device_id", req request_id
-    : String => "request_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    SecretRequestEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.secret.request.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecretRequestEventContent {
+    pub name: Option<String>,
+    pub action: Action,
+    pub requesting_device_id: String,
+    pub request_id: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::string_enum! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.secret.request.yaml` at `/properties/content/properties/action`."]
-    Action { Request => "request", RequestCancellation => "request_cancellation", }
+crate::json_object!(
+    SecretRequestEventContent { name opt "name", action req "action",
+    requesting_device_id req "requesting_device_id", request_id req "request_id" } rest
+    extra
+);
+/// Schema: `data/event-schemas/schema/m.secret.request.yaml` at `/properties/content/properties/action`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    /// `request`
+    Request,
+    /// `request_cancellation`
+    RequestCancellation,
+    /// A value this version of the spec does not name.
+    Other(String),
 }
+crate::string_enum!(
+    Action { Request "request", RequestCancellation "request_cancellation" }
+);

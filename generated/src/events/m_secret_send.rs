@@ -2,18 +2,27 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.secret.send.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.secret.send.yaml`."] SecretSendEvent {
-    req content : SecretSendEventContent => "content", #[doc =
-    " Always `m.secret.send`."] req type_ : String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.secret.send.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecretSendEvent {
+    pub content: SecretSendEventContent,
+    /// Always `m.secret.send`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.secret.send.yaml` at `/properties/content`."]
-    SecretSendEventContent { req request_id : String => "request_id", req secret : String
-    => "secret", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    SecretSendEvent { content req "content", type_ req "type" } rest extra
+);
+/// Schema: `data/event-schemas/schema/m.secret.send.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecretSendEventContent {
+    pub request_id: String,
+    pub secret: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    SecretSendEventContent { request_id req "request_id", secret req "secret" } rest
+    extra
+);

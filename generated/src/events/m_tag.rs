@@ -2,16 +2,23 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.tag.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.tag.yaml`."] TagEvent { req content :
-    TagEventContent => "content", #[doc = " Always `m.tag`."] req type_ : String =>
-    "type", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
-    rest extra : crate ::JsonObject
+/// Schema: `data/event-schemas/schema/m.tag.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TagEvent {
+    pub content: TagEventContent,
+    /// Always `m.tag`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.tag.yaml` at `/properties/content`."]
-    #[derive(Default)] TagEventContent { opt tags : std::collections::BTreeMap < String,
-    crate ::client_server::definitions::tag::Tag > => "tags", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(TagEvent { content req "content", type_ req "type" } rest extra);
+/// Schema: `data/event-schemas/schema/m.tag.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct TagEventContent {
+    pub tags: Option<
+        std::collections::BTreeMap<String, crate::client_server::definitions::tag::Tag>,
+    >,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(TagEventContent { tags opt "tags" } rest extra);

@@ -2,17 +2,21 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/m.typing.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/m.typing.yaml`."] TypingEvent { req
-    content : TypingEventContent => "content", #[doc = " Always `m.typing`."] req type_ :
-    String => "type", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/m.typing.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TypingEvent {
+    pub content: TypingEventContent,
+    /// Always `m.typing`.
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/m.typing.yaml` at `/properties/content`."]
-    TypingEventContent { req user_ids : Vec < crate ::ids::UserId > => "user_ids", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+crate::json_object!(TypingEvent { content req "content", type_ req "type" } rest extra);
+/// Schema: `data/event-schemas/schema/m.typing.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TypingEventContent {
+    pub user_ids: Vec<crate::ids::UserId>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(TypingEventContent { user_ids req "user_ids" } rest extra);

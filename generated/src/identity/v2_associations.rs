@@ -55,27 +55,35 @@ pub mod get_validated3pid_v2 {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#get_matrixidentityv23pidgetvalidated3pid",
         spec_file: "api/identity/v2_associations.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `sid`."] req sid : String => "sid", #[doc =
-        " Query parameter `client_secret`."] req client_secret : String =>
-        "client_secret", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `sid`.
+        pub sid: String,
+        /// Query parameter `client_secret`.
+        pub client_secret: String,
     }
+    crate::json_object!(Request { sid req "sid", client_secret req "client_secret" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_associations.yaml` at `/paths/~13pid~1getValidated3pid/get/responses/200/content/application~1json/schema`."]
-        Response { req medium : String => "medium", req address : String => "address",
-        #[doc = " Format `int64`."] req validated_at : i64 => "validated_at", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/identity/v2_associations.yaml` at `/paths/~13pid~1getValidated3pid/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub medium: String,
+        pub address: String,
+        /// Format `int64`.
+        pub validated_at: i64,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { medium req "medium", address req "address", validated_at req
+        "validated_at" } rest extra
+    );
 }
 /// `POST /_matrix/identity/v2/3pid/bind`: operation `bindV2`.
 ///
@@ -117,38 +125,56 @@ pub mod bind_v2 {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#post_matrixidentityv23pidbind",
         spec_file: "api/identity/v2_associations.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " The JSON body."] opt body : RequestBody =>
-        "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: Option<RequestBody>,
     }
+    crate::json_object!(Request { body opt "body" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_associations.yaml` at `/paths/~13pid~1bind/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req sid : String => "sid", req client_secret : String =>
-        "client_secret", req mxid : String => "mxid", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/identity/v2_associations.yaml` at `/paths/~13pid~1bind/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub sid: String,
+        pub client_secret: String,
+        pub mxid: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_associations.yaml` at `/paths/~13pid~1bind/post/responses/200/content/application~1json/schema`."]
-        Response { req address : String => "address", req medium : String => "medium",
-        req mxid : String => "mxid", #[doc = " Format `int64`."] req not_before : i64 =>
-        "not_before", #[doc = " Format `int64`."] req not_after : i64 => "not_after",
-        #[doc = " Format `int64`."] req ts : i64 => "ts", req signatures :
-        std::collections::BTreeMap < String, std::collections::BTreeMap < String, String
-        > > => "signatures", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { sid req "sid", client_secret req "client_secret", mxid req "mxid" }
+        rest extra
+    );
+    /// Schema: `data/api/identity/v2_associations.yaml` at `/paths/~13pid~1bind/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub address: String,
+        pub medium: String,
+        pub mxid: String,
+        /// Format `int64`.
+        pub not_before: i64,
+        /// Format `int64`.
+        pub not_after: i64,
+        /// Format `int64`.
+        pub ts: i64,
+        pub signatures: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, String>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { address req "address", medium req "medium", mxid req "mxid",
+        not_before req "not_before", not_after req "not_after", ts req "ts", signatures
+        req "signatures" } rest extra
+    );
 }
 /// `POST /_matrix/identity/v2/3pid/unbind`: operation `unbindV2`.
 ///
@@ -194,30 +220,40 @@ pub mod unbind_v2 {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#post_matrixidentityv23pidunbind",
         spec_file: "api/identity/v2_associations.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " The JSON body."] opt body : RequestBody =>
-        "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: Option<RequestBody>,
     }
+    crate::json_object!(Request { body opt "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_associations.yaml` at `/paths/~13pid~1unbind/post/requestBody/content/application~1json/schema`."]
-        RequestBody { opt sid : String => "sid", opt client_secret : String =>
-        "client_secret", req mxid : String => "mxid", req threepid : Threepid =>
-        "threepid", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/identity/v2_associations.yaml` at `/paths/~13pid~1unbind/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub sid: Option<String>,
+        pub client_secret: Option<String>,
+        pub mxid: String,
+        pub threepid: Threepid,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_associations.yaml` at `/paths/~13pid~1unbind/post/requestBody/content/application~1json/schema/properties/threepid`."]
-        Threepid { req medium : String => "medium", req address : String => "address", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::json_object!(
+        RequestBody { sid opt "sid", client_secret opt "client_secret", mxid req "mxid",
+        threepid req "threepid" } rest extra
+    );
+    /// Schema: `data/api/identity/v2_associations.yaml` at `/paths/~13pid~1unbind/post/requestBody/content/application~1json/schema/properties/threepid`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Threepid {
+        pub medium: String,
+        pub address: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Threepid { medium req "medium", address req "address" } rest extra
+    );
 }

@@ -31,19 +31,21 @@ pub mod register_account {
         spec_file: "api/identity/v2_auth.yaml",
     };
     pub type RequestBody = crate::client_server::definitions::openid_token::OpenidToken;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " The JSON body."] opt body : RequestBody =>
-        "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: Option<RequestBody>,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_auth.yaml` at `/paths/~1account~1register/post/responses/200/content/application~1json/schema`."]
-        Response { req token : String => "token", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { body opt "body" });
+    /// Schema: `data/api/identity/v2_auth.yaml` at `/paths/~1account~1register/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub token: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { token req "token" } rest extra);
 }
 /// `GET /_matrix/identity/v2/account`: operation `getAccount`.
 ///
@@ -77,20 +79,20 @@ pub mod get_account {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#get_matrixidentityv2account",
         spec_file: "api/identity/v2_auth.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_auth.yaml` at `/paths/~1account/get/responses/200/content/application~1json/schema`."]
-        Response { req user_id : String => "user_id", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/identity/v2_auth.yaml` at `/paths/~1account/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub user_id: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { user_id req "user_id" } rest extra);
 }
 /// `POST /_matrix/identity/v2/account/logout`: operation `logout`.
 ///
@@ -128,11 +130,10 @@ pub mod logout {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#post_matrixidentityv2accountlogout",
         spec_file: "api/identity/v2_auth.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `401` response body.

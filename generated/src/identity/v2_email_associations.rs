@@ -39,12 +39,13 @@ pub mod email_request_token_v2 {
         spec_file: "api/identity/v2_email_associations.yaml",
     };
     pub type RequestBody = crate::identity::definitions::request_email_validation::RequestEmailValidation;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " The JSON body."] opt body : RequestBody =>
-        "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: Option<RequestBody>,
     }
+    crate::json_object!(Request { body opt "body" });
     /// The `200` response body.
     pub type Response = crate::identity::definitions::sid::Sid;
     /// The `400` response body.
@@ -88,31 +89,38 @@ pub mod email_submit_token_post_v2 {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#post_matrixidentityv2validateemailsubmittoken",
         spec_file: "api/identity/v2_email_associations.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " The JSON body."] opt body : RequestBody =>
-        "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: Option<RequestBody>,
     }
+    crate::json_object!(Request { body opt "body" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_email_associations.yaml` at `/paths/~1validate~1email~1submitToken/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req sid : String => "sid", req client_secret : String =>
-        "client_secret", req token : String => "token", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/identity/v2_email_associations.yaml` at `/paths/~1validate~1email~1submitToken/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub sid: String,
+        pub client_secret: String,
+        pub token: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_email_associations.yaml` at `/paths/~1validate~1email~1submitToken/post/responses/200/content/application~1json/schema`."]
-        Response { req success : bool => "success", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { sid req "sid", client_secret req "client_secret", token req "token"
+        } rest extra
+    );
+    /// Schema: `data/api/identity/v2_email_associations.yaml` at `/paths/~1validate~1email~1submitToken/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub success: bool,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { success req "success" } rest extra);
 }
 /// `GET /_matrix/identity/v2/validate/email/submitToken`: operation `emailSubmitTokenGetV2`.
 ///
@@ -173,14 +181,19 @@ pub mod email_submit_token_get_v2 {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#get_matrixidentityv2validateemailsubmittoken",
         spec_file: "api/identity/v2_email_associations.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `sid`."] req sid : String => "sid", #[doc =
-        " Query parameter `client_secret`."] req client_secret : String =>
-        "client_secret", #[doc = " Query parameter `token`."] req token : String =>
-        "token", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `sid`.
+        pub sid: String,
+        /// Query parameter `client_secret`.
+        pub client_secret: String,
+        /// Query parameter `token`.
+        pub token: String,
     }
+    crate::json_object!(
+        Request { sid req "sid", client_secret req "client_secret", token req "token" }
+    );
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
 }

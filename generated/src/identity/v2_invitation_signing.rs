@@ -38,31 +38,45 @@ pub mod blindly_sign_stuff_v2 {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#post_matrixidentityv2sign-ed25519",
         spec_file: "api/identity/v2_invitation_signing.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " The JSON body."] opt body : RequestBody =>
-        "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: Option<RequestBody>,
     }
+    crate::json_object!(Request { body opt "body" });
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_invitation_signing.yaml` at `/paths/~1sign-ed25519/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req mxid : String => "mxid", req token : String => "token", req
-        private_key : String => "private_key", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/identity/v2_invitation_signing.yaml` at `/paths/~1sign-ed25519/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub mxid: String,
+        pub token: String,
+        pub private_key: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_invitation_signing.yaml` at `/paths/~1sign-ed25519/post/responses/200/content/application~1json/schema`."]
-        Response { req mxid : String => "mxid", req sender : String => "sender", req
-        signatures : std::collections::BTreeMap < String, std::collections::BTreeMap <
-        String, String > > => "signatures", req token : String => "token", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { mxid req "mxid", token req "token", private_key req "private_key" }
+        rest extra
+    );
+    /// Schema: `data/api/identity/v2_invitation_signing.yaml` at `/paths/~1sign-ed25519/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub mxid: String,
+        pub sender: String,
+        pub signatures: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, String>,
+        >,
+        pub token: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { mxid req "mxid", sender req "sender", signatures req "signatures",
+        token req "token" } rest extra
+    );
 }

@@ -30,19 +30,22 @@ pub mod get_hash_details {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#get_matrixidentityv2hash_details",
         spec_file: "api/identity/v2_lookup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
+    /// Schema: `data/api/identity/v2_lookup.yaml` at `/paths/~1hash_details/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub lookup_pepper: String,
+        pub algorithms: Vec<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_lookup.yaml` at `/paths/~1hash_details/get/responses/200/content/application~1json/schema`."]
-        Response { req lookup_pepper : String => "lookup_pepper", req algorithms : Vec <
-        String > => "algorithms", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
-    }
+    crate::json_object!(
+        Response { lookup_pepper req "lookup_pepper", algorithms req "algorithms" } rest
+        extra
+    );
 }
 /// `POST /_matrix/identity/v2/lookup`: operation `lookupUsersV2`.
 ///
@@ -76,28 +79,34 @@ pub mod lookup_users_v2 {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#post_matrixidentityv2lookup",
         spec_file: "api/identity/v2_lookup.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " The JSON body."] opt body : RequestBody =>
-        "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: Option<RequestBody>,
     }
+    crate::json_object!(Request { body opt "body" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_lookup.yaml` at `/paths/~1lookup/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req algorithm : String => "algorithm", req pepper : String =>
-        "pepper", req addresses : Vec < String > => "addresses", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/identity/v2_lookup.yaml` at `/paths/~1lookup/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub algorithm: String,
+        pub pepper: String,
+        pub addresses: Vec<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_lookup.yaml` at `/paths/~1lookup/post/responses/200/content/application~1json/schema`."]
-        Response { req mappings : std::collections::BTreeMap < String, String > =>
-        "mappings", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { algorithm req "algorithm", pepper req "pepper", addresses req
+        "addresses" } rest extra
+    );
+    /// Schema: `data/api/identity/v2_lookup.yaml` at `/paths/~1lookup/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub mappings: std::collections::BTreeMap<String, String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { mappings req "mappings" } rest extra);
 }

@@ -30,11 +30,10 @@ pub mod ping_v2 {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#get_matrixidentityv2",
         spec_file: "api/identity/v2_ping.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `200` response body.
     pub type Response = crate::JsonObject;
 }

@@ -41,20 +41,23 @@ pub mod get_pub_key_v2 {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#get_matrixidentityv2pubkeykeyid",
         spec_file: "api/identity/v2_pubkey.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `keyId`."] req key_id : String => "keyId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `keyId`.
+        pub key_id: String,
     }
+    crate::json_object!(Request { key_id req "keyId" });
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_pubkey.yaml` at `/paths/~1pubkey~1{keyId}/get/responses/200/content/application~1json/schema`."]
-        Response { req public_key : String => "public_key", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/identity/v2_pubkey.yaml` at `/paths/~1pubkey~1{keyId}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub public_key: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { public_key req "public_key" } rest extra);
 }
 /// `GET /_matrix/identity/v2/pubkey/isvalid`: operation `isPubKeyValidV2`.
 ///
@@ -91,19 +94,21 @@ pub mod is_pub_key_valid_v2 {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#get_matrixidentityv2pubkeyisvalid",
         spec_file: "api/identity/v2_pubkey.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `public_key`."] req public_key : String =>
-        "public_key", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `public_key`.
+        pub public_key: String,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_pubkey.yaml` at `/paths/~1pubkey~1isvalid/get/responses/200/content/application~1json/schema`."]
-        Response { req valid : bool => "valid", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { public_key req "public_key" });
+    /// Schema: `data/api/identity/v2_pubkey.yaml` at `/paths/~1pubkey~1isvalid/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub valid: bool,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { valid req "valid" } rest extra);
 }
 /// `GET /_matrix/identity/v2/pubkey/ephemeral/isvalid`: operation `isEphemeralPubKeyValidV2`.
 ///
@@ -140,17 +145,19 @@ pub mod is_ephemeral_pub_key_valid_v2 {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#get_matrixidentityv2pubkeyephemeralisvalid",
         spec_file: "api/identity/v2_pubkey.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `public_key`."] req public_key : String =>
-        "public_key", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `public_key`.
+        pub public_key: String,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_pubkey.yaml` at `/paths/~1pubkey~1ephemeral~1isvalid/get/responses/200/content/application~1json/schema`."]
-        Response { req valid : bool => "valid", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { public_key req "public_key" });
+    /// Schema: `data/api/identity/v2_pubkey.yaml` at `/paths/~1pubkey~1ephemeral~1isvalid/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub valid: bool,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { valid req "valid" } rest extra);
 }

@@ -38,46 +38,69 @@ pub mod store_invite_v2 {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#post_matrixidentityv2store-invite",
         spec_file: "api/identity/v2_store_invite.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " The JSON body."] opt body : RequestBody =>
-        "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: Option<RequestBody>,
     }
+    crate::json_object!(Request { body opt "body" });
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_store_invite.yaml` at `/paths/~1store-invite/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req medium : String => "medium", req address : String => "address",
-        #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id",
-        #[doc = " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender",
-        #[doc = " Format `mx-room-alias`."] opt room_alias : crate ::ids::RoomAliasId =>
-        "room_alias", #[doc = " Format `mx-mxc-uri`."] opt room_avatar_url : crate
-        ::ids::MxcUri => "room_avatar_url", opt room_join_rules : String =>
-        "room_join_rules", opt room_name : String => "room_name", opt sender_display_name
-        : String => "sender_display_name", #[doc = " Format `mx-mxc-uri`."] opt
-        sender_avatar_url : crate ::ids::MxcUri => "sender_avatar_url", opt room_type :
-        String => "room_type", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/identity/v2_store_invite.yaml` at `/paths/~1store-invite/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub medium: String,
+        pub address: String,
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        /// Format `mx-user-id`.
+        pub sender: crate::ids::UserId,
+        /// Format `mx-room-alias`.
+        pub room_alias: Option<crate::ids::RoomAliasId>,
+        /// Format `mx-mxc-uri`.
+        pub room_avatar_url: Option<crate::ids::MxcUri>,
+        pub room_join_rules: Option<String>,
+        pub room_name: Option<String>,
+        pub sender_display_name: Option<String>,
+        /// Format `mx-mxc-uri`.
+        pub sender_avatar_url: Option<crate::ids::MxcUri>,
+        pub room_type: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_store_invite.yaml` at `/paths/~1store-invite/post/responses/200/content/application~1json/schema`."]
-        Response { req token : String => "token", req public_keys : Vec < PublicKey > =>
-        "public_keys", req display_name : String => "display_name", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { medium req "medium", address req "address", room_id req "room_id",
+        sender req "sender", room_alias opt "room_alias", room_avatar_url opt
+        "room_avatar_url", room_join_rules opt "room_join_rules", room_name opt
+        "room_name", sender_display_name opt "sender_display_name", sender_avatar_url opt
+        "sender_avatar_url", room_type opt "room_type" } rest extra
+    );
+    /// Schema: `data/api/identity/v2_store_invite.yaml` at `/paths/~1store-invite/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub token: String,
+        pub public_keys: Vec<PublicKey>,
+        pub display_name: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_store_invite.yaml` at `/paths/~1store-invite/post/responses/200/content/application~1json/schema/properties/public_keys/items`."]
-        PublicKey { req public_key : String => "public_key", req key_validity_url :
-        String => "key_validity_url", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Response { token req "token", public_keys req "public_keys", display_name req
+        "display_name" } rest extra
+    );
+    /// Schema: `data/api/identity/v2_store_invite.yaml` at `/paths/~1store-invite/post/responses/200/content/application~1json/schema/properties/public_keys/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct PublicKey {
+        pub public_key: String,
+        pub key_validity_url: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        PublicKey { public_key req "public_key", key_validity_url req "key_validity_url"
+        } rest extra
+    );
 }

@@ -30,33 +30,35 @@ pub mod get_terms {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#get_matrixidentityv2terms",
         spec_file: "api/identity/v2_terms.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
+    /// Schema: `data/api/identity/v2_terms.yaml` at `/paths/~1terms/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub policies: std::collections::BTreeMap<String, PolicyObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_terms.yaml` at `/paths/~1terms/get/responses/200/content/application~1json/schema`."]
-        Response { req policies : std::collections::BTreeMap < String, PolicyObject > =>
-        "policies", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Response { policies req "policies" } rest extra);
+    /// Schema: `data/api/identity/v2_terms.yaml` at `/paths/~1terms/get/responses/200/content/application~1json/schema/properties/policies/additionalProperties`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct PolicyObject {
+        pub version: String,
+        /// Keys beyond the named ones.
+        pub additional: std::collections::BTreeMap<String, PolicyObjectValue>,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_terms.yaml` at `/paths/~1terms/get/responses/200/content/application~1json/schema/properties/policies/additionalProperties`."]
-        PolicyObject { req version : String => "version", } #[doc =
-        " Keys beyond the named ones."] rest additional : std::collections::BTreeMap <
-        String, PolicyObjectValue >
+    crate::json_object!(PolicyObject { version req "version" } rest additional);
+    /// Schema: `data/api/identity/v2_terms.yaml` at `/paths/~1terms/get/responses/200/content/application~1json/schema/properties/policies/additionalProperties/additionalProperties`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct PolicyObjectValue {
+        pub name: String,
+        pub url: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_terms.yaml` at `/paths/~1terms/get/responses/200/content/application~1json/schema/properties/policies/additionalProperties/additionalProperties`."]
-        PolicyObjectValue { req name : String => "name", req url : String => "url", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
-    }
+    crate::json_object!(PolicyObjectValue { name req "name", url req "url" } rest extra);
 }
 /// `POST /_matrix/identity/v2/terms`: operation `agreeToTerms`.
 ///
@@ -86,19 +88,21 @@ pub mod agree_to_terms {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#post_matrixidentityv2terms",
         spec_file: "api/identity/v2_terms.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " The JSON body."] opt body : RequestBody =>
-        "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: Option<RequestBody>,
     }
+    crate::json_object!(Request { body opt "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/v2_terms.yaml` at `/paths/~1terms/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req user_accepts : Vec < String > => "user_accepts", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/identity/v2_terms.yaml` at `/paths/~1terms/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub user_accepts: Vec<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(RequestBody { user_accepts req "user_accepts" } rest extra);
 }

@@ -30,16 +30,16 @@ pub mod get_versions {
         spec_url: "https://spec.matrix.org/v1.19/identity-service-api/#get_matrixidentityversions",
         spec_file: "api/identity/versions.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
+    /// Schema: `data/api/identity/versions.yaml` at `/paths/~1versions/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub versions: Vec<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/identity/versions.yaml` at `/paths/~1versions/get/responses/200/content/application~1json/schema`."]
-        Response { req versions : Vec < String > => "versions", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
-    }
+    crate::json_object!(Response { versions req "versions" } rest extra);
 }

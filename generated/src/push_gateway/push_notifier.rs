@@ -30,65 +30,98 @@ pub mod notify {
         spec_url: "https://spec.matrix.org/v1.19/push-gateway-api/#post_matrixpushv1notify",
         spec_file: "api/push-gateway/push_notifier.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req notification : Notification => "notification", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { body req "body" });
+    /// Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub notification: Notification,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification`."]
-        Notification { opt event_id : String => "event_id", opt room_id : String =>
-        "room_id", opt type_ : String => "type", opt sender : String => "sender", opt
-        sender_display_name : String => "sender_display_name", opt room_name : String =>
-        "room_name", opt room_alias : String => "room_alias", opt user_is_target : bool
-        => "user_is_target", opt prio : Prio => "prio", opt content : crate ::JsonObject
-        => "content", opt counts : Counts => "counts", req devices : Vec < Device > =>
-        "devices", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(RequestBody { notification req "notification" } rest extra);
+    /// Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Notification {
+        pub event_id: Option<String>,
+        pub room_id: Option<String>,
+        pub type_: Option<String>,
+        pub sender: Option<String>,
+        pub sender_display_name: Option<String>,
+        pub room_name: Option<String>,
+        pub room_alias: Option<String>,
+        pub user_is_target: Option<bool>,
+        pub prio: Option<Prio>,
+        pub content: Option<crate::JsonObject>,
+        pub counts: Option<Counts>,
+        pub devices: Vec<Device>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification/properties/prio`."]
-        Prio { High => "high", Low => "low", }
+    crate::json_object!(
+        Notification { event_id opt "event_id", room_id opt "room_id", type_ opt "type",
+        sender opt "sender", sender_display_name opt "sender_display_name", room_name opt
+        "room_name", room_alias opt "room_alias", user_is_target opt "user_is_target",
+        prio opt "prio", content opt "content", counts opt "counts", devices req
+        "devices" } rest extra
+    );
+    /// Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification/properties/prio`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Prio {
+        /// `high`
+        High,
+        /// `low`
+        Low,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification/properties/counts`."]
-        #[derive(Default)] Counts { opt unread : i64 => "unread", opt missed_calls : i64
-        => "missed_calls", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(Prio { High "high", Low "low" });
+    /// Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification/properties/counts`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Counts {
+        pub unread: Option<i64>,
+        pub missed_calls: Option<i64>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification/properties/devices/items`."]
-        Device { req app_id : String => "app_id", req pushkey : String => "pushkey",
-        #[doc = " Format `int64`."] opt pushkey_ts : i64 => "pushkey_ts", opt data :
-        PusherData => "data", opt tweaks : crate ::JsonObject => "tweaks", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Counts { unread opt "unread", missed_calls opt "missed_calls" } rest extra
+    );
+    /// Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification/properties/devices/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Device {
+        pub app_id: String,
+        pub pushkey: String,
+        /// Format `int64`.
+        pub pushkey_ts: Option<i64>,
+        pub data: Option<PusherData>,
+        pub tweaks: Option<crate::JsonObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification/properties/devices/items/properties/data`."]
-        #[derive(Default)] PusherData { opt format : String => "format", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Device { app_id req "app_id", pushkey req "pushkey", pushkey_ts opt "pushkey_ts",
+        data opt "data", tweaks opt "tweaks" } rest extra
+    );
+    /// Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/requestBody/content/application~1json/schema/properties/notification/properties/devices/items/properties/data`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct PusherData {
+        pub format: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/responses/200/content/application~1json/schema`."]
-        Response { req rejected : Vec < String > => "rejected", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(PusherData { format opt "format" } rest extra);
+    /// Schema: `data/api/push-gateway/push_notifier.yaml` at `/paths/~1notify/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub rejected: Vec<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { rejected req "rejected" } rest extra);
 }

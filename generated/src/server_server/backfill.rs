@@ -49,13 +49,17 @@ pub mod backfill_room {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1backfillroomid",
         spec_file: "api/server-server/backfill.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " Query parameter `v`."] req v : Vec < String > => "v", #[doc =
-        " Query parameter `limit`."] req limit : i64 => "limit", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Query parameter `v`.
+        pub v: Vec<String>,
+        /// Query parameter `limit`.
+        pub limit: i64,
     }
+    crate::json_object!(Request { room_id req "roomId", v req "v", limit req "limit" });
     /// The `200` response body.
     pub type Response = crate::server_server::definitions::unlimited_pdu_transaction::UnlimitedPduTransaction;
 }
@@ -94,26 +98,35 @@ pub mod get_missing_previous_events {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#post_matrixfederationv1get_missing_eventsroomid",
         spec_file: "api/server-server/backfill.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " The JSON body."] opt body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// The JSON body.
+        pub body: Option<RequestBody>,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/backfill.yaml` at `/paths/~1get_missing_events~1{roomId}/post/requestBody/content/application~1json/schema`."]
-        RequestBody { opt limit : i64 => "limit", opt min_depth : i64 => "min_depth", req
-        earliest_events : Vec < String > => "earliest_events", req latest_events : Vec <
-        String > => "latest_events", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { room_id req "roomId", body opt "body" });
+    /// Schema: `data/api/server-server/backfill.yaml` at `/paths/~1get_missing_events~1{roomId}/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub limit: Option<i64>,
+        pub min_depth: Option<i64>,
+        pub earliest_events: Vec<String>,
+        pub latest_events: Vec<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/backfill.yaml` at `/paths/~1get_missing_events~1{roomId}/post/responses/200/content/application~1json/schema`."]
-        Response { req events : Vec < crate ::JsonObject > => "events", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { limit opt "limit", min_depth opt "min_depth", earliest_events req
+        "earliest_events", latest_events req "latest_events" } rest extra
+    );
+    /// Schema: `data/api/server-server/backfill.yaml` at `/paths/~1get_missing_events~1{roomId}/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub events: Vec<crate::JsonObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { events req "events" } rest extra);
 }

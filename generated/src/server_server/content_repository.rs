@@ -55,13 +55,15 @@ pub mod get_content {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1mediadownloadmediaid",
         spec_file: "api/server-server/content_repository.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `mediaId`."] req media_id : String =>
-        "mediaId", #[doc = " Query parameter `timeout_ms`. Added in v1.7."] opt
-        timeout_ms : i64 => "timeout_ms", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `mediaId`.
+        pub media_id: String,
+        /// Query parameter `timeout_ms`. Added in v1.7.
+        pub timeout_ms: Option<i64>,
     }
+    crate::json_object!(Request { media_id req "mediaId", timeout_ms opt "timeout_ms" });
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
     /// The `502` response body.
@@ -154,17 +156,26 @@ pub mod get_content_thumbnail {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1mediathumbnailmediaid",
         spec_file: "api/server-server/content_repository.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `mediaId`."] req media_id : String =>
-        "mediaId", #[doc = " Query parameter `width`."] req width : i64 => "width", #[doc
-        = " Query parameter `height`."] req height : i64 => "height", #[doc =
-        " Query parameter `method`."] opt method : Method => "method", #[doc =
-        " Query parameter `timeout_ms`. Added in v1.7."] opt timeout_ms : i64 =>
-        "timeout_ms", #[doc = " Query parameter `animated`. Added in v1.11."] opt
-        animated : bool => "animated", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `mediaId`.
+        pub media_id: String,
+        /// Query parameter `width`.
+        pub width: i64,
+        /// Query parameter `height`.
+        pub height: i64,
+        /// Query parameter `method`.
+        pub method: Option<Method>,
+        /// Query parameter `timeout_ms`. Added in v1.7.
+        pub timeout_ms: Option<i64>,
+        /// Query parameter `animated`. Added in v1.11.
+        pub animated: Option<bool>,
     }
+    crate::json_object!(
+        Request { media_id req "mediaId", width req "width", height req "height", method
+        opt "method", timeout_ms opt "timeout_ms", animated opt "animated" }
+    );
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `413` response body.
@@ -175,9 +186,15 @@ pub mod get_content_thumbnail {
     pub type Response502 = crate::client_server::definitions::errors::error::Error;
     /// The `504` response body.
     pub type Response504 = crate::client_server::definitions::errors::error::Error;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/server-server/content_repository.yaml` at `/paths/~1media~1thumbnail~1{mediaId}/get/parameters/3/schema`."]
-        Method { Crop => "crop", Scale => "scale", }
+    /// Schema: `data/api/server-server/content_repository.yaml` at `/paths/~1media~1thumbnail~1{mediaId}/get/parameters/3/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Method {
+        /// `crop`
+        Crop,
+        /// `scale`
+        Scale,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(Method { Crop "crop", Scale "scale" });
 }

@@ -43,17 +43,21 @@ pub mod get_event_auth {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1event_authroomideventid",
         spec_file: "api/server-server/event_auth.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " Path parameter `eventId`."] req event_id : String => "eventId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Path parameter `eventId`.
+        pub event_id: String,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/event_auth.yaml` at `/paths/~1event_auth~1{roomId}~1{eventId}/get/responses/200/content/application~1json/schema`."]
-        Response { req auth_chain : Vec < crate ::JsonObject > => "auth_chain", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { room_id req "roomId", event_id req "eventId" });
+    /// Schema: `data/api/server-server/event_auth.yaml` at `/paths/~1event_auth~1{roomId}~1{eventId}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub auth_chain: Vec<crate::JsonObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { auth_chain req "auth_chain" } rest extra);
 }

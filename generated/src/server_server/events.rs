@@ -43,20 +43,26 @@ pub mod get_room_state {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1stateroomid",
         spec_file: "api/server-server/events.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " Query parameter `event_id`."] req event_id : String => "event_id", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Query parameter `event_id`.
+        pub event_id: String,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/events.yaml` at `/paths/~1state~1{roomId}/get/responses/200/content/application~1json/schema`."]
-        Response { req auth_chain : Vec < crate ::JsonObject > => "auth_chain", req pdus
-        : Vec < crate ::JsonObject > => "pdus", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { room_id req "roomId", event_id req "event_id" });
+    /// Schema: `data/api/server-server/events.yaml` at `/paths/~1state~1{roomId}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub auth_chain: Vec<crate::JsonObject>,
+        pub pdus: Vec<crate::JsonObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { auth_chain req "auth_chain", pdus req "pdus" } rest extra
+    );
 }
 /// `GET /_matrix/federation/v1/state_ids/{roomId}`: operation `getRoomStateIds`.
 ///
@@ -107,24 +113,31 @@ pub mod get_room_state_ids {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1state_idsroomid",
         spec_file: "api/server-server/events.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " Query parameter `event_id`."] req event_id : String => "event_id", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Query parameter `event_id`.
+        pub event_id: String,
     }
+    crate::json_object!(Request { room_id req "roomId", event_id req "event_id" });
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/events.yaml` at `/paths/~1state_ids~1{roomId}/get/responses/200/content/application~1json/schema`."]
-        Response { req auth_chain_ids : Vec < String > => "auth_chain_ids", req pdu_ids :
-        Vec < String > => "pdu_ids", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/server-server/events.yaml` at `/paths/~1state_ids~1{roomId}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub auth_chain_ids: Vec<String>,
+        pub pdu_ids: Vec<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { auth_chain_ids req "auth_chain_ids", pdu_ids req "pdu_ids" } rest
+        extra
+    );
 }
 /// `GET /_matrix/federation/v1/event/{eventId}`: operation `getEvent`.
 ///
@@ -161,12 +174,13 @@ pub mod get_event {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1eventeventid",
         spec_file: "api/server-server/events.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `eventId`."] req event_id : String =>
-        "eventId", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `eventId`.
+        pub event_id: String,
     }
+    crate::json_object!(Request { event_id req "eventId" });
     /// The `200` response body.
     pub type Response = crate::server_server::definitions::single_pdu_transaction::SinglePduTransaction;
 }
@@ -221,26 +235,40 @@ pub mod get_event_by_timestamp {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1timestamp_to_eventroomid",
         spec_file: "api/server-server/events.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " Query parameter `ts`."] req ts : i64 => "ts", #[doc =
-        " Query parameter `dir`."] req dir : Dir => "dir", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Query parameter `ts`.
+        pub ts: i64,
+        /// Query parameter `dir`.
+        pub dir: Dir,
     }
+    crate::json_object!(Request { room_id req "roomId", ts req "ts", dir req "dir" });
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/server-server/events.yaml` at `/paths/~1timestamp_to_event~1{roomId}/get/parameters/2/schema`."]
-        Dir { F => "f", B => "b", }
+    /// Schema: `data/api/server-server/events.yaml` at `/paths/~1timestamp_to_event~1{roomId}/get/parameters/2/schema`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Dir {
+        /// `f`
+        F,
+        /// `b`
+        B,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/events.yaml` at `/paths/~1timestamp_to_event~1{roomId}/get/responses/200/content/application~1json/schema`."]
-        Response { req event_id : String => "event_id", req origin_server_ts : i64 =>
-        "origin_server_ts", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(Dir { F "f", B "b" });
+    /// Schema: `data/api/server-server/events.yaml` at `/paths/~1timestamp_to_event~1{roomId}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub event_id: String,
+        pub origin_server_ts: i64,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { event_id req "event_id", origin_server_ts req "origin_server_ts" }
+        rest extra
+    );
 }

@@ -51,38 +51,53 @@ pub mod send_invite_v2 {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2inviteroomideventid",
         spec_file: "api/server-server/invites-v2.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " Path parameter `eventId`."] req event_id : String => "eventId", #[doc =
-        " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Path parameter `eventId`.
+        pub event_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { room_id req "roomId", event_id req "eventId", body req "body" }
+    );
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/invites-v2.yaml` at `/paths/~1invite~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema`."]
-        RequestBody { req room_version : String => "room_version", req event : crate
-        ::server_server::definitions::invite_event::InviteEvent => "event", opt
-        invite_room_state : Vec < crate ::JsonObject > => "invite_room_state", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/server-server/invites-v2.yaml` at `/paths/~1invite~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub room_version: String,
+        pub event: crate::server_server::definitions::invite_event::InviteEvent,
+        pub invite_room_state: Option<Vec<crate::JsonObject>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/invites-v2.yaml` at `/paths/~1invite~1{roomId}~1{eventId}/put/responses/200/content/application~1json/schema`."]
-        Response { req event : crate
-        ::server_server::definitions::invite_event::InviteEvent => "event", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { room_version req "room_version", event req "event",
+        invite_room_state opt "invite_room_state" } rest extra
+    );
+    /// Schema: `data/api/server-server/invites-v2.yaml` at `/paths/~1invite~1{roomId}~1{eventId}/put/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub event: crate::server_server::definitions::invite_event::InviteEvent,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/invites-v2.yaml` at `/paths/~1invite~1{roomId}~1{eventId}/put/responses/400/content/application~1json/schema`."]
-        Response400 { req errcode : String => "errcode", opt error : String => "error",
-        opt room_version : String => "room_version", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Response { event req "event" } rest extra);
+    /// Schema: `data/api/server-server/invites-v2.yaml` at `/paths/~1invite~1{roomId}~1{eventId}/put/responses/400/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response400 {
+        pub errcode: String,
+        pub error: Option<String>,
+        pub room_version: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response400 { errcode req "errcode", error opt "error", room_version opt
+        "room_version" } rest extra
+    );
 }

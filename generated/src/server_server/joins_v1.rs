@@ -61,50 +61,77 @@ pub mod make_join {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1make_joinroomiduserid",
         spec_file: "api/server-server/joins-v1.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " Path parameter `userId`."] req user_id : String => "userId", #[doc =
-        " Query parameter `ver`."] opt ver : Vec < String > => "ver", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Path parameter `userId`.
+        pub user_id: String,
+        /// Query parameter `ver`.
+        pub ver: Option<Vec<String>>,
     }
+    crate::json_object!(
+        Request { room_id req "roomId", user_id req "userId", ver opt "ver" }
+    );
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/joins-v1.yaml` at `/paths/~1make_join~1{roomId}~1{userId}/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt room_version : String => "room_version", opt
-        event : EventTemplate => "event", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/server-server/joins-v1.yaml` at `/paths/~1make_join~1{roomId}~1{userId}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub room_version: Option<String>,
+        pub event: Option<EventTemplate>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/joins-v1.yaml` at `/paths/~1make_join~1{roomId}~1{userId}/get/responses/200/content/application~1json/schema/properties/event`."]
-        EventTemplate { req sender : String => "sender", req origin : String => "origin",
-        #[doc = " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req
-        type_ : String => "type", req state_key : String => "state_key", req content :
-        MembershipEventContent => "content", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Response { room_version opt "room_version", event opt "event" } rest extra
+    );
+    /// Schema: `data/api/server-server/joins-v1.yaml` at `/paths/~1make_join~1{roomId}~1{userId}/get/responses/200/content/application~1json/schema/properties/event`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct EventTemplate {
+        pub sender: String,
+        pub origin: String,
+        /// Format `int64`.
+        pub origin_server_ts: i64,
+        pub type_: String,
+        pub state_key: String,
+        pub content: MembershipEventContent,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/joins-v1.yaml` at `/paths/~1make_join~1{roomId}~1{userId}/get/responses/200/content/application~1json/schema/properties/event/properties/content`."]
-        MembershipEventContent { req membership : String => "membership", #[doc =
-        " Added in v1.2."] opt join_authorised_via_users_server : String =>
-        "join_authorised_via_users_server", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        EventTemplate { sender req "sender", origin req "origin", origin_server_ts req
+        "origin_server_ts", type_ req "type", state_key req "state_key", content req
+        "content" } rest extra
+    );
+    /// Schema: `data/api/server-server/joins-v1.yaml` at `/paths/~1make_join~1{roomId}~1{userId}/get/responses/200/content/application~1json/schema/properties/event/properties/content`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct MembershipEventContent {
+        pub membership: String,
+        /// Added in v1.2.
+        pub join_authorised_via_users_server: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/joins-v1.yaml` at `/paths/~1make_join~1{roomId}~1{userId}/get/responses/400/content/application~1json/schema`."]
-        Response400 { req errcode : String => "errcode", opt error : String => "error",
-        opt room_version : String => "room_version", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        MembershipEventContent { membership req "membership",
+        join_authorised_via_users_server opt "join_authorised_via_users_server" } rest
+        extra
+    );
+    /// Schema: `data/api/server-server/joins-v1.yaml` at `/paths/~1make_join~1{roomId}~1{userId}/get/responses/400/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response400 {
+        pub errcode: String,
+        pub error: Option<String>,
+        pub room_version: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response400 { errcode req "errcode", error opt "error", room_version opt
+        "room_version" } rest extra
+    );
 }

@@ -57,46 +57,75 @@ pub mod send_join_v2 {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2send_joinroomideventid",
         spec_file: "api/server-server/joins-v2.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " Path parameter `eventId`."] req event_id : String => "eventId", #[doc =
-        " Query parameter `omit_members`. Added in v1.6."] opt omit_members : bool =>
-        "omit_members", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Path parameter `eventId`.
+        pub event_id: String,
+        /// Query parameter `omit_members`. Added in v1.6.
+        pub omit_members: Option<bool>,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { room_id req "roomId", event_id req "eventId", omit_members opt
+        "omit_members", body req "body" }
+    );
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/joins-v2.yaml` at `/paths/~1send_join~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema`."]
-        RequestBody { req sender : String => "sender", req origin : String => "origin",
-        #[doc = " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req
-        type_ : String => "type", req state_key : String => "state_key", req content :
-        MembershipEventContent => "content", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/server-server/joins-v2.yaml` at `/paths/~1send_join~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub sender: String,
+        pub origin: String,
+        /// Format `int64`.
+        pub origin_server_ts: i64,
+        pub type_: String,
+        pub state_key: String,
+        pub content: MembershipEventContent,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/joins-v2.yaml` at `/paths/~1send_join~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema/properties/content`."]
-        MembershipEventContent { req membership : String => "membership", #[doc =
-        " Added in v1.2."] opt join_authorised_via_users_server : String =>
-        "join_authorised_via_users_server", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { sender req "sender", origin req "origin", origin_server_ts req
+        "origin_server_ts", type_ req "type", state_key req "state_key", content req
+        "content" } rest extra
+    );
+    /// Schema: `data/api/server-server/joins-v2.yaml` at `/paths/~1send_join~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema/properties/content`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct MembershipEventContent {
+        pub membership: String,
+        /// Added in v1.2.
+        pub join_authorised_via_users_server: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/joins-v2.yaml` at `/paths/~1send_join~1{roomId}~1{eventId}/put/responses/200/content/application~1json/schema`."]
-        Response { #[doc = " Added in v1.6."] opt members_omitted : bool =>
-        "members_omitted", req auth_chain : Vec < crate ::JsonObject > => "auth_chain",
-        req state : Vec < crate ::JsonObject > => "state", #[doc = " Added in v1.2."] opt
-        event : crate ::JsonObject => "event", #[doc = " Added in v1.6."] opt
-        servers_in_room : Vec < String > => "servers_in_room", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        MembershipEventContent { membership req "membership",
+        join_authorised_via_users_server opt "join_authorised_via_users_server" } rest
+        extra
+    );
+    /// Schema: `data/api/server-server/joins-v2.yaml` at `/paths/~1send_join~1{roomId}~1{eventId}/put/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        /// Added in v1.6.
+        pub members_omitted: Option<bool>,
+        pub auth_chain: Vec<crate::JsonObject>,
+        pub state: Vec<crate::JsonObject>,
+        /// Added in v1.2.
+        pub event: Option<crate::JsonObject>,
+        /// Added in v1.6.
+        pub servers_in_room: Option<Vec<String>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { members_omitted opt "members_omitted", auth_chain req "auth_chain",
+        state req "state", event opt "event", servers_in_room opt "servers_in_room" }
+        rest extra
+    );
 }

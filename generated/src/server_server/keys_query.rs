@@ -43,13 +43,18 @@ pub mod perspectives_key_query {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixkeyv2queryservername",
         spec_file: "api/server-server/keys_query.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `serverName`."] req server_name : String =>
-        "serverName", #[doc = " Query parameter `minimum_valid_until_ts`."] opt
-        minimum_valid_until_ts : i64 => "minimum_valid_until_ts", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `serverName`.
+        pub server_name: String,
+        /// Query parameter `minimum_valid_until_ts`.
+        pub minimum_valid_until_ts: Option<i64>,
     }
+    crate::json_object!(
+        Request { server_name req "serverName", minimum_valid_until_ts opt
+        "minimum_valid_until_ts" }
+    );
     /// The `200` response body.
     pub type Response = crate::server_server::definitions::keys_query_response::KeysQueryResponse;
 }
@@ -81,28 +86,35 @@ pub mod bulk_perspectives_key_query {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#post_matrixkeyv2query",
         spec_file: "api/server-server/keys_query.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " The JSON body."] opt body : RequestBody =>
-        "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: Option<RequestBody>,
     }
+    crate::json_object!(Request { body opt "body" });
     /// The `200` response body.
     pub type Response = crate::server_server::definitions::keys_query_response::KeysQueryResponse;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/keys_query.yaml` at `/paths/~1query/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req server_keys : std::collections::BTreeMap < String,
-        std::collections::BTreeMap < String, QueryCriteria > > => "server_keys", } #[doc
-        = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/server-server/keys_query.yaml` at `/paths/~1query/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub server_keys: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, QueryCriteria>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/keys_query.yaml` at `/paths/~1query/post/requestBody/content/application~1json/schema/properties/server_keys/additionalProperties/additionalProperties`."]
-        #[derive(Default)] QueryCriteria { #[doc = " Format `int64`."] opt
-        minimum_valid_until_ts : i64 => "minimum_valid_until_ts", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(RequestBody { server_keys req "server_keys" } rest extra);
+    /// Schema: `data/api/server-server/keys_query.yaml` at `/paths/~1query/post/requestBody/content/application~1json/schema/properties/server_keys/additionalProperties/additionalProperties`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct QueryCriteria {
+        /// Format `int64`.
+        pub minimum_valid_until_ts: Option<i64>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        QueryCriteria { minimum_valid_until_ts opt "minimum_valid_until_ts" } rest extra
+    );
 }

@@ -30,11 +30,10 @@ pub mod get_server_key {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixkeyv2server",
         spec_file: "api/server-server/keys_server.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
-    }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
     /// The `200` response body.
     pub type Response = crate::server_server::definitions::keys::Keys;
 }

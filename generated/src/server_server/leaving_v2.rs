@@ -47,32 +47,50 @@ pub mod send_leave_v2 {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2send_leaveroomideventid",
         spec_file: "api/server-server/leaving-v2.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " Path parameter `eventId`."] req event_id : String => "eventId", #[doc =
-        " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Path parameter `eventId`.
+        pub event_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(
+        Request { room_id req "roomId", event_id req "eventId", body req "body" }
+    );
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `400` response body.
     pub type Response400 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/leaving-v2.yaml` at `/paths/~1send_leave~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema`."]
-        RequestBody { req sender : String => "sender", req origin : String => "origin",
-        #[doc = " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req
-        type_ : String => "type", req state_key : String => "state_key", req content :
-        MembershipEventContent => "content", req depth : i64 => "depth", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/server-server/leaving-v2.yaml` at `/paths/~1send_leave~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub sender: String,
+        pub origin: String,
+        /// Format `int64`.
+        pub origin_server_ts: i64,
+        pub type_: String,
+        pub state_key: String,
+        pub content: MembershipEventContent,
+        pub depth: i64,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/leaving-v2.yaml` at `/paths/~1send_leave~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema/properties/content`."]
-        MembershipEventContent { req membership : String => "membership", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { sender req "sender", origin req "origin", origin_server_ts req
+        "origin_server_ts", type_ req "type", state_key req "state_key", content req
+        "content", depth req "depth" } rest extra
+    );
+    /// Schema: `data/api/server-server/leaving-v2.yaml` at `/paths/~1send_leave~1{roomId}~1{eventId}/put/requestBody/content/application~1json/schema/properties/content`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct MembershipEventContent {
+        pub membership: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        MembershipEventContent { membership req "membership" } rest extra
+    );
 }

@@ -41,19 +41,21 @@ pub mod exchange_open_id_token {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1openiduserinfo",
         spec_file: "api/server-server/openid.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `access_token`."] req access_token : String
-        => "access_token", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `access_token`.
+        pub access_token: String,
     }
+    crate::json_object!(Request { access_token req "access_token" });
     /// The `401` response body.
     pub type Response401 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/openid.yaml` at `/paths/~1openid~1userinfo/get/responses/200/content/application~1json/schema`."]
-        Response { req sub : String => "sub", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/server-server/openid.yaml` at `/paths/~1openid~1userinfo/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub sub: String,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(Response { sub req "sub" } rest extra);
 }

@@ -55,16 +55,22 @@ pub mod get_public_rooms {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1publicrooms",
         spec_file: "api/server-server/public_rooms.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request { #[doc = " Query parameter `limit`."] opt limit : i64
-        => "limit", #[doc = " Query parameter `since`."] opt since : String => "since",
-        #[doc = " Query parameter `include_all_networks`."] opt include_all_networks :
-        bool => "include_all_networks", #[doc =
-        " Query parameter `third_party_instance_id`."] opt third_party_instance_id :
-        String => "third_party_instance_id", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {
+        /// Query parameter `limit`.
+        pub limit: Option<i64>,
+        /// Query parameter `since`.
+        pub since: Option<String>,
+        /// Query parameter `include_all_networks`.
+        pub include_all_networks: Option<bool>,
+        /// Query parameter `third_party_instance_id`.
+        pub third_party_instance_id: Option<String>,
     }
+    crate::json_object!(
+        Request { limit opt "limit", since opt "since", include_all_networks opt
+        "include_all_networks", third_party_instance_id opt "third_party_instance_id" }
+    );
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::public_rooms_response::PublicRoomsResponse;
 }
@@ -96,30 +102,42 @@ pub mod query_public_rooms {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#post_matrixfederationv1publicrooms",
         spec_file: "api/server-server/public_rooms.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `200` response body.
     pub type Response = crate::client_server::definitions::public_rooms_response::PublicRoomsResponse;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/public_rooms.yaml` at `/paths/~1publicRooms/post/requestBody/content/application~1json/schema`."]
-        #[derive(Default)] RequestBody { opt limit : i64 => "limit", opt since : String
-        => "since", opt filter : Filter => "filter", opt include_all_networks : bool =>
-        "include_all_networks", opt third_party_instance_id : String =>
-        "third_party_instance_id", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/server-server/public_rooms.yaml` at `/paths/~1publicRooms/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct RequestBody {
+        pub limit: Option<i64>,
+        pub since: Option<String>,
+        pub filter: Option<Filter>,
+        pub include_all_networks: Option<bool>,
+        pub third_party_instance_id: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/public_rooms.yaml` at `/paths/~1publicRooms/post/requestBody/content/application~1json/schema/properties/filter`."]
-        #[derive(Default)] Filter { opt generic_search_term : String =>
-        "generic_search_term", #[doc = " Added in v1.4."] opt room_types : Vec < Option <
-        String > > => "room_types", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { limit opt "limit", since opt "since", filter opt "filter",
+        include_all_networks opt "include_all_networks", third_party_instance_id opt
+        "third_party_instance_id" } rest extra
+    );
+    /// Schema: `data/api/server-server/public_rooms.yaml` at `/paths/~1publicRooms/post/requestBody/content/application~1json/schema/properties/filter`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Filter {
+        pub generic_search_term: Option<String>,
+        /// Added in v1.4.
+        pub room_types: Option<Vec<Option<String>>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Filter { generic_search_term opt "generic_search_term", room_types opt
+        "room_types" } rest extra
+    );
 }

@@ -37,12 +37,13 @@ pub mod query_info {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1queryquerytype",
         spec_file: "api/server-server/query.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `queryType`."] req query_type : String =>
-        "queryType", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `queryType`.
+        pub query_type: String,
     }
+    crate::json_object!(Request { query_type req "queryType" });
 }
 /// `GET /_matrix/federation/v1/query/directory`: operation `queryRoomDirectory`.
 ///
@@ -83,22 +84,26 @@ pub mod query_room_directory {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1querydirectory",
         spec_file: "api/server-server/query.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `room_alias`."] req room_alias : String =>
-        "room_alias", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `room_alias`.
+        pub room_alias: String,
     }
+    crate::json_object!(Request { room_alias req "room_alias" });
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/query.yaml` at `/paths/~1query~1directory/get/responses/200/content/application~1json/schema`."]
-        Response { req room_id : String => "room_id", req servers : Vec < String > =>
-        "servers", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/server-server/query.yaml` at `/paths/~1query~1directory/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub room_id: String,
+        pub servers: Vec<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response { room_id req "room_id", servers req "servers" } rest extra
+    );
 }
 /// `GET /_matrix/federation/v1/query/profile`: operation `queryProfile`.
 ///
@@ -149,22 +154,31 @@ pub mod query_profile {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1queryprofile",
         spec_file: "api/server-server/query.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Query parameter `user_id`."] req user_id : String =>
-        "user_id", #[doc = " Query parameter `field`."] opt field : String => "field", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Query parameter `user_id`.
+        pub user_id: String,
+        /// Query parameter `field`.
+        pub field: Option<String>,
     }
+    crate::json_object!(Request { user_id req "user_id", field opt "field" });
     /// The `403` response body.
     pub type Response403 = crate::client_server::definitions::errors::error::Error;
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/query.yaml` at `/paths/~1query~1profile/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt displayname : String => "displayname", opt
-        avatar_url : String => "avatar_url", #[doc = " `m.tz`. Added in v1.16."] opt m_tz
-        : String => "m.tz", } #[doc = " Keys beyond the named ones."] rest additional :
-        std::collections::BTreeMap < String, crate ::JsonValue >
+    /// Schema: `data/api/server-server/query.yaml` at `/paths/~1query~1profile/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub displayname: Option<String>,
+        pub avatar_url: Option<String>,
+        /// `m.tz`. Added in v1.16.
+        pub m_tz: Option<String>,
+        /// Keys beyond the named ones.
+        pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
     }
+    crate::json_object!(
+        Response { displayname opt "displayname", avatar_url opt "avatar_url", m_tz opt
+        "m.tz" } rest additional
+    );
 }

@@ -47,11 +47,13 @@ pub mod ask_policy_server_to_sign {
         spec_file: "api/server-server/room_policy.yaml",
     };
     pub type RequestBody = crate::JsonObject;
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
     /// The `400` response body.
@@ -60,11 +62,15 @@ pub mod ask_policy_server_to_sign {
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
     /// The `429` response body.
     pub type Response429 = crate::client_server::definitions::errors::rate_limited::RateLimited;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/room_policy.yaml` at `/paths/~1sign/post/responses/403/content/application~1json/schema`."]
-        Response403 { req errcode : String => "errcode", opt error : String => "error", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    /// Schema: `data/api/server-server/room_policy.yaml` at `/paths/~1sign/post/responses/403/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response403 {
+        pub errcode: String,
+        pub error: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        Response403 { errcode req "errcode", error opt "error" } rest extra
+    );
 }

@@ -47,69 +47,115 @@ pub mod get_space_hierarchy {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1hierarchyroomid",
         spec_file: "api/server-server/space_hierarchy.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : String => "roomId",
-        #[doc = " Query parameter `suggested_only`."] opt suggested_only : bool =>
-        "suggested_only", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: String,
+        /// Query parameter `suggested_only`.
+        pub suggested_only: Option<bool>,
     }
+    crate::json_object!(
+        Request { room_id req "roomId", suggested_only opt "suggested_only" }
+    );
     /// The `404` response body.
     pub type Response404 = crate::client_server::definitions::errors::error::Error;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/space_hierarchy.yaml` at `/paths/~1hierarchy~1{roomId}/get/responses/200/content/application~1json/schema`."]
-        Response { req room : Room => "room", req children : Vec < ChildrenItem > =>
-        "children", req inaccessible_children : Vec < String > =>
-        "inaccessible_children", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/server-server/space_hierarchy.yaml` at `/paths/~1hierarchy~1{roomId}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub room: Room,
+        pub children: Vec<ChildrenItem>,
+        pub inaccessible_children: Vec<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/space_hierarchy.yaml` at `/paths/~1hierarchy~1{roomId}/get/responses/200/content/application~1json/schema/properties/room`."]
-        Room { #[doc = " Format `mx-room-alias`."] opt canonical_alias : crate
-        ::ids::RoomAliasId => "canonical_alias", opt name : String => "name", req
-        num_joined_members : i64 => "num_joined_members", #[doc =
-        " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", opt
-        topic : String => "topic", req world_readable : bool => "world_readable", req
-        guest_can_join : bool => "guest_can_join", #[doc = " Format `uri`."] opt
-        avatar_url : String => "avatar_url", opt join_rule : String => "join_rule", #[doc
-        = " Added in v1.4."] opt room_type : String => "room_type", opt allowed_room_ids
-        : Vec < crate ::ids::RoomId > => "allowed_room_ids", #[doc =
-        " Always `m.megolm.v1.aes-sha2`. Added in v1.15."] opt encryption : String =>
-        "encryption", #[doc = " Added in v1.15."] opt room_version : String =>
-        "room_version", req children_state : Vec < ChildrenStateItem > =>
-        "children_state", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Response { room req "room", children req "children", inaccessible_children req
+        "inaccessible_children" } rest extra
+    );
+    /// Schema: `data/api/server-server/space_hierarchy.yaml` at `/paths/~1hierarchy~1{roomId}/get/responses/200/content/application~1json/schema/properties/room`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Room {
+        /// Format `mx-room-alias`.
+        pub canonical_alias: Option<crate::ids::RoomAliasId>,
+        pub name: Option<String>,
+        pub num_joined_members: i64,
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        pub topic: Option<String>,
+        pub world_readable: bool,
+        pub guest_can_join: bool,
+        /// Format `uri`.
+        pub avatar_url: Option<String>,
+        pub join_rule: Option<String>,
+        /// Added in v1.4.
+        pub room_type: Option<String>,
+        pub allowed_room_ids: Option<Vec<crate::ids::RoomId>>,
+        /// Always `m.megolm.v1.aes-sha2`. Added in v1.15.
+        pub encryption: Option<String>,
+        /// Added in v1.15.
+        pub room_version: Option<String>,
+        pub children_state: Vec<ChildrenStateItem>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/space_hierarchy.yaml` at `/paths/~1hierarchy~1{roomId}/get/responses/200/content/application~1json/schema/properties/room/properties/children_state/items`."]
-        ChildrenStateItem { req content : crate ::JsonObject => "content", req state_key
-        : String => "state_key", req type_ : String => "type", #[doc =
-        " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender", #[doc =
-        " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Room { canonical_alias opt "canonical_alias", name opt "name", num_joined_members
+        req "num_joined_members", room_id req "room_id", topic opt "topic",
+        world_readable req "world_readable", guest_can_join req "guest_can_join",
+        avatar_url opt "avatar_url", join_rule opt "join_rule", room_type opt
+        "room_type", allowed_room_ids opt "allowed_room_ids", encryption opt
+        "encryption", room_version opt "room_version", children_state req
+        "children_state" } rest extra
+    );
+    /// Schema: `data/api/server-server/space_hierarchy.yaml` at `/paths/~1hierarchy~1{roomId}/get/responses/200/content/application~1json/schema/properties/room/properties/children_state/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct ChildrenStateItem {
+        pub content: crate::JsonObject,
+        pub state_key: String,
+        pub type_: String,
+        /// Format `mx-user-id`.
+        pub sender: crate::ids::UserId,
+        /// Format `int64`.
+        pub origin_server_ts: i64,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/space_hierarchy.yaml` at `/paths/~1hierarchy~1{roomId}/get/responses/200/content/application~1json/schema/properties/children/items`."]
-        ChildrenItem { #[doc = " Format `mx-room-alias`."] opt canonical_alias : crate
-        ::ids::RoomAliasId => "canonical_alias", opt name : String => "name", req
-        num_joined_members : i64 => "num_joined_members", #[doc =
-        " Format `mx-room-id`."] req room_id : crate ::ids::RoomId => "room_id", opt
-        topic : String => "topic", req world_readable : bool => "world_readable", req
-        guest_can_join : bool => "guest_can_join", #[doc = " Format `uri`."] opt
-        avatar_url : String => "avatar_url", opt join_rule : String => "join_rule", #[doc
-        = " Added in v1.4."] opt room_type : String => "room_type", opt allowed_room_ids
-        : Vec < crate ::ids::RoomId > => "allowed_room_ids", #[doc =
-        " Always `m.megolm.v1.aes-sha2`. Added in v1.15."] opt encryption : String =>
-        "encryption", #[doc = " Added in v1.15."] opt room_version : String =>
-        "room_version", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        ChildrenStateItem { content req "content", state_key req "state_key", type_ req
+        "type", sender req "sender", origin_server_ts req "origin_server_ts" } rest extra
+    );
+    /// Schema: `data/api/server-server/space_hierarchy.yaml` at `/paths/~1hierarchy~1{roomId}/get/responses/200/content/application~1json/schema/properties/children/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct ChildrenItem {
+        /// Format `mx-room-alias`.
+        pub canonical_alias: Option<crate::ids::RoomAliasId>,
+        pub name: Option<String>,
+        pub num_joined_members: i64,
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        pub topic: Option<String>,
+        pub world_readable: bool,
+        pub guest_can_join: bool,
+        /// Format `uri`.
+        pub avatar_url: Option<String>,
+        pub join_rule: Option<String>,
+        /// Added in v1.4.
+        pub room_type: Option<String>,
+        pub allowed_room_ids: Option<Vec<crate::ids::RoomId>>,
+        /// Always `m.megolm.v1.aes-sha2`. Added in v1.15.
+        pub encryption: Option<String>,
+        /// Added in v1.15.
+        pub room_version: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        ChildrenItem { canonical_alias opt "canonical_alias", name opt "name",
+        num_joined_members req "num_joined_members", room_id req "room_id", topic opt
+        "topic", world_readable req "world_readable", guest_can_join req
+        "guest_can_join", avatar_url opt "avatar_url", join_rule opt "join_rule",
+        room_type opt "room_type", allowed_room_ids opt "allowed_room_ids", encryption
+        opt "encryption", room_version opt "room_version" } rest extra
+    );
 }

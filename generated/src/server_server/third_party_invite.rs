@@ -37,41 +37,58 @@ pub mod exchange_third_party_invite {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv1exchange_third_party_inviteroomid",
         spec_file: "api/server-server/third_party_invite.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `roomId`."] req room_id : crate ::ids::RoomId
-        => "roomId", #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `roomId`.
+        pub room_id: crate::ids::RoomId,
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { room_id req "roomId", body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/third_party_invite.yaml` at `/paths/~1exchange_third_party_invite~1{roomId}/put/requestBody/content/application~1json/schema`."]
-        RequestBody { req type_ : String => "type", req room_id : String => "room_id",
-        #[doc = " Format `mx-user-id`."] req sender : crate ::ids::UserId => "sender",
-        #[doc = " Format `mx-user-id`."] req state_key : crate ::ids::UserId =>
-        "state_key", req content : EventContent => "content", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/server-server/third_party_invite.yaml` at `/paths/~1exchange_third_party_invite~1{roomId}/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub type_: String,
+        pub room_id: String,
+        /// Format `mx-user-id`.
+        pub sender: crate::ids::UserId,
+        /// Format `mx-user-id`.
+        pub state_key: crate::ids::UserId,
+        pub content: EventContent,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/third_party_invite.yaml` at `/paths/~1exchange_third_party_invite~1{roomId}/put/requestBody/content/application~1json/schema/properties/content`."]
-        EventContent { req membership : String => "membership", req third_party_invite :
-        ThirdPartyInvite => "third_party_invite", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { type_ req "type", room_id req "room_id", sender req "sender",
+        state_key req "state_key", content req "content" } rest extra
+    );
+    /// Schema: `data/api/server-server/third_party_invite.yaml` at `/paths/~1exchange_third_party_invite~1{roomId}/put/requestBody/content/application~1json/schema/properties/content`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct EventContent {
+        pub membership: String,
+        pub third_party_invite: ThirdPartyInvite,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/third_party_invite.yaml` at `/paths/~1exchange_third_party_invite~1{roomId}/put/requestBody/content/application~1json/schema/properties/content/properties/third_party_invite`."]
-        ThirdPartyInvite { req display_name : String => "display_name", req signed :
-        crate ::events::components::signed_third_party_invite::SignedThirdPartyInvite =>
-        "signed", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        EventContent { membership req "membership", third_party_invite req
+        "third_party_invite" } rest extra
+    );
+    /// Schema: `data/api/server-server/third_party_invite.yaml` at `/paths/~1exchange_third_party_invite~1{roomId}/put/requestBody/content/application~1json/schema/properties/content/properties/third_party_invite`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct ThirdPartyInvite {
+        pub display_name: String,
+        pub signed: crate::events::components::signed_third_party_invite::SignedThirdPartyInvite,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        ThirdPartyInvite { display_name req "display_name", signed req "signed" } rest
+        extra
+    );
 }
 /// `PUT /_matrix/federation/v1/3pid/onbind`: operation `onBindThirdPartyIdentifier`.
 ///
@@ -101,33 +118,47 @@ pub mod on_bind_third_party_identifier {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv13pidonbind",
         spec_file: "api/server-server/third_party_invite.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
+    crate::json_object!(Request { body req "body" });
     /// The `200` response body.
     pub type Response = crate::JsonObject;
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/third_party_invite.yaml` at `/paths/~13pid~1onbind/put/requestBody/content/application~1json/schema`."]
-        RequestBody { req medium : String => "medium", req address : String => "address",
-        #[doc = " Format `mx-user-id`."] req mxid : crate ::ids::UserId => "mxid", req
-        invites : Vec < ThirdPartyInvite > => "invites", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    /// Schema: `data/api/server-server/third_party_invite.yaml` at `/paths/~13pid~1onbind/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub medium: String,
+        pub address: String,
+        /// Format `mx-user-id`.
+        pub mxid: crate::ids::UserId,
+        pub invites: Vec<ThirdPartyInvite>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/third_party_invite.yaml` at `/paths/~13pid~1onbind/put/requestBody/content/application~1json/schema/properties/invites/items`."]
-        ThirdPartyInvite { req medium : String => "medium", req address : String =>
-        "address", #[doc = " Format `mx-user-id`."] req mxid : crate ::ids::UserId =>
-        "mxid", #[doc = " Format `mx-room-id`."] req room_id : crate ::ids::RoomId =>
-        "room_id", #[doc = " Format `mx-user-id`."] req sender : crate ::ids::UserId =>
-        "sender", req signed : crate
-        ::events::components::signed_third_party_invite::SignedThirdPartyInvite =>
-        "signed", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { medium req "medium", address req "address", mxid req "mxid",
+        invites req "invites" } rest extra
+    );
+    /// Schema: `data/api/server-server/third_party_invite.yaml` at `/paths/~13pid~1onbind/put/requestBody/content/application~1json/schema/properties/invites/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct ThirdPartyInvite {
+        pub medium: String,
+        pub address: String,
+        /// Format `mx-user-id`.
+        pub mxid: crate::ids::UserId,
+        /// Format `mx-room-id`.
+        pub room_id: crate::ids::RoomId,
+        /// Format `mx-user-id`.
+        pub sender: crate::ids::UserId,
+        pub signed: crate::events::components::signed_third_party_invite::SignedThirdPartyInvite,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        ThirdPartyInvite { medium req "medium", address req "address", mxid req "mxid",
+        room_id req "room_id", sender req "sender", signed req "signed" } rest extra
+    );
 }

@@ -37,35 +37,46 @@ pub mod send_transaction {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv1sendtxnid",
         spec_file: "api/server-server/transactions.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `txnId`."] req txn_id : String => "txnId",
-        #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `txnId`.
+        pub txn_id: String,
+        /// The JSON body.
+        pub body: RequestBody,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/transactions.yaml` at `/paths/~1send~1{txnId}/put/requestBody/content/application~1json/schema`."]
-        RequestBody { req origin : String => "origin", #[doc = " Format `int64`."] req
-        origin_server_ts : i64 => "origin_server_ts", req pdus : Vec < crate ::JsonObject
-        > => "pdus", opt edus : Vec < crate
-        ::server_server::definitions::edu_with_example::EduWithExample > => "edus", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::json_object!(Request { txn_id req "txnId", body req "body" });
+    /// Schema: `data/api/server-server/transactions.yaml` at `/paths/~1send~1{txnId}/put/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub origin: String,
+        /// Format `int64`.
+        pub origin_server_ts: i64,
+        pub pdus: Vec<crate::JsonObject>,
+        pub edus: Option<
+            Vec<crate::server_server::definitions::edu_with_example::EduWithExample>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/transactions.yaml` at `/paths/~1send~1{txnId}/put/responses/200/content/application~1json/schema`."]
-        Response { req pdus : std::collections::BTreeMap < String, PduProcessingResult >
-        => "pdus", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        RequestBody { origin req "origin", origin_server_ts req "origin_server_ts", pdus
+        req "pdus", edus opt "edus" } rest extra
+    );
+    /// Schema: `data/api/server-server/transactions.yaml` at `/paths/~1send~1{txnId}/put/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub pdus: std::collections::BTreeMap<String, PduProcessingResult>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/transactions.yaml` at `/paths/~1send~1{txnId}/put/responses/200/content/application~1json/schema/properties/pdus/patternProperties/^\\$`."]
-        #[derive(Default)] PduProcessingResult { opt error : String => "error", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Response { pdus req "pdus" } rest extra);
+    /// Schema: `data/api/server-server/transactions.yaml` at `/paths/~1send~1{txnId}/put/responses/200/content/application~1json/schema/properties/pdus/patternProperties/^\$`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct PduProcessingResult {
+        pub error: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(PduProcessingResult { error opt "error" } rest extra);
 }

@@ -37,68 +37,118 @@ pub mod get_user_devices {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1userdevicesuserid",
         spec_file: "api/server-server/user_devices.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " Path parameter `userId`."] req user_id : String => "userId",
-        }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// Path parameter `userId`.
+        pub user_id: String,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/user_devices.yaml` at `/paths/~1user~1devices~1{userId}/get/responses/200/content/application~1json/schema`."]
-        Response { req user_id : String => "user_id", req stream_id : i64 => "stream_id",
-        req devices : Vec < UserDevice > => "devices", opt master_key : MasterKey =>
-        "master_key", opt self_signing_key : SelfSigningKey => "self_signing_key", }
-        #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::json_object!(Request { user_id req "userId" });
+    /// Schema: `data/api/server-server/user_devices.yaml` at `/paths/~1user~1devices~1{userId}/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub user_id: String,
+        pub stream_id: i64,
+        pub devices: Vec<UserDevice>,
+        pub master_key: Option<MasterKey>,
+        pub self_signing_key: Option<SelfSigningKey>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/user_devices.yaml` at `/paths/~1user~1devices~1{userId}/get/responses/200/content/application~1json/schema/properties/devices/items`."]
-        UserDevice { req device_id : String => "device_id", req keys : Keys => "keys",
-        opt device_display_name : String => "device_display_name", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Response { user_id req "user_id", stream_id req "stream_id", devices req
+        "devices", master_key opt "master_key", self_signing_key opt "self_signing_key" }
+        rest extra
+    );
+    /// Schema: `data/api/server-server/user_devices.yaml` at `/paths/~1user~1devices~1{userId}/get/responses/200/content/application~1json/schema/properties/devices/items`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct UserDevice {
+        pub device_id: String,
+        pub keys: Keys,
+        pub device_display_name: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/user_devices.yaml` at `/paths/~1user~1devices~1{userId}/get/responses/200/content/application~1json/schema/properties/devices/items/properties/keys`."]
-        Keys { req user_id : String => "user_id", req device_id : String => "device_id",
-        req algorithms : Vec < String > => "algorithms", req keys :
-        std::collections::BTreeMap < String, String > => "keys", req signatures :
-        std::collections::BTreeMap < String, std::collections::BTreeMap < String, String
-        > > => "signatures", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        UserDevice { device_id req "device_id", keys req "keys", device_display_name opt
+        "device_display_name" } rest extra
+    );
+    /// Schema: `data/api/server-server/user_devices.yaml` at `/paths/~1user~1devices~1{userId}/get/responses/200/content/application~1json/schema/properties/devices/items/properties/keys`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Keys {
+        pub user_id: String,
+        pub device_id: String,
+        pub algorithms: Vec<String>,
+        pub keys: std::collections::BTreeMap<String, String>,
+        pub signatures: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, String>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/user_devices.yaml` at `/paths/~1user~1devices~1{userId}/get/responses/200/content/application~1json/schema/properties/master_key`."]
-        MasterKey { req user_id : String => "user_id", req usage : Vec < UsageItem > =>
-        "usage", req keys : std::collections::BTreeMap < String, String > => "keys", opt
-        signatures : crate ::JsonObject => "signatures", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Keys { user_id req "user_id", device_id req "device_id", algorithms req
+        "algorithms", keys req "keys", signatures req "signatures" } rest extra
+    );
+    /// Schema: `data/api/server-server/user_devices.yaml` at `/paths/~1user~1devices~1{userId}/get/responses/200/content/application~1json/schema/properties/master_key`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct MasterKey {
+        pub user_id: String,
+        pub usage: Vec<UsageItem>,
+        pub keys: std::collections::BTreeMap<String, String>,
+        pub signatures: Option<crate::JsonObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/server-server/user_devices.yaml` at `/paths/~1user~1devices~1{userId}/get/responses/200/content/application~1json/schema/properties/master_key/properties/usage/items`."]
-        UsageItem { Master => "master", SelfSigning => "self_signing", UserSigning =>
-        "user_signing", }
+    crate::json_object!(
+        MasterKey { user_id req "user_id", usage req "usage", keys req "keys", signatures
+        opt "signatures" } rest extra
+    );
+    /// Schema: `data/api/server-server/user_devices.yaml` at `/paths/~1user~1devices~1{userId}/get/responses/200/content/application~1json/schema/properties/master_key/properties/usage/items`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum UsageItem {
+        /// `master`
+        Master,
+        /// `self_signing`
+        SelfSigning,
+        /// `user_signing`
+        UserSigning,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/user_devices.yaml` at `/paths/~1user~1devices~1{userId}/get/responses/200/content/application~1json/schema/properties/self_signing_key`."]
-        SelfSigningKey { req user_id : String => "user_id", req usage : Vec <
-        SelfSigningKeyUsageItem > => "usage", req keys : std::collections::BTreeMap <
-        String, String > => "keys", opt signatures : crate ::JsonObject => "signatures",
-        } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest
-        extra : crate ::JsonObject
+    crate::string_enum!(
+        UsageItem { Master "master", SelfSigning "self_signing", UserSigning
+        "user_signing" }
+    );
+    /// Schema: `data/api/server-server/user_devices.yaml` at `/paths/~1user~1devices~1{userId}/get/responses/200/content/application~1json/schema/properties/self_signing_key`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct SelfSigningKey {
+        pub user_id: String,
+        pub usage: Vec<SelfSigningKeyUsageItem>,
+        pub keys: std::collections::BTreeMap<String, String>,
+        pub signatures: Option<crate::JsonObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/server-server/user_devices.yaml` at `/paths/~1user~1devices~1{userId}/get/responses/200/content/application~1json/schema/properties/self_signing_key/properties/usage/items`."]
-        SelfSigningKeyUsageItem { Master => "master", SelfSigning => "self_signing",
-        UserSigning => "user_signing", }
+    crate::json_object!(
+        SelfSigningKey { user_id req "user_id", usage req "usage", keys req "keys",
+        signatures opt "signatures" } rest extra
+    );
+    /// Schema: `data/api/server-server/user_devices.yaml` at `/paths/~1user~1devices~1{userId}/get/responses/200/content/application~1json/schema/properties/self_signing_key/properties/usage/items`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum SelfSigningKeyUsageItem {
+        /// `master`
+        Master,
+        /// `self_signing`
+        SelfSigning,
+        /// `user_signing`
+        UserSigning,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(
+        SelfSigningKeyUsageItem { Master "master", SelfSigning "self_signing",
+        UserSigning "user_signing" }
+    );
 }

@@ -30,42 +30,59 @@ pub mod claim_user_encryption_keys {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#post_matrixfederationv1userkeysclaim",
         spec_file: "api/server-server/user_keys.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1claim/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req one_time_keys : std::collections::BTreeMap < String,
-        std::collections::BTreeMap < String, String > > => "one_time_keys", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { body req "body" });
+    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1claim/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub one_time_keys: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, String>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1claim/post/responses/200/content/application~1json/schema`."]
-        Response { req one_time_keys : std::collections::BTreeMap < String,
-        std::collections::BTreeMap < String, std::collections::BTreeMap < String,
-        OneTimeKeyValueItemValueItemValue > > > => "one_time_keys", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(RequestBody { one_time_keys req "one_time_keys" } rest extra);
+    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1claim/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub one_time_keys: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<
+                String,
+                std::collections::BTreeMap<String, OneTimeKeyValueItemValueItemValue>,
+            >,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_untagged! {
-        #[doc =
-        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1claim/post/responses/200/content/application~1json/schema/properties/one_time_keys/patternProperties/^@/additionalProperties/additionalProperties`."]
-        OneTimeKeyValueItemValueItemValue { String(String), KeyObject(KeyObject), }
+    crate::json_object!(Response { one_time_keys req "one_time_keys" } rest extra);
+    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1claim/post/responses/200/content/application~1json/schema/properties/one_time_keys/patternProperties/^@/additionalProperties/additionalProperties`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum OneTimeKeyValueItemValueItemValue {
+        String(String),
+        KeyObject(KeyObject),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1claim/post/responses/200/content/application~1json/schema/properties/one_time_keys/patternProperties/^@/additionalProperties/additionalProperties/oneOf/1`."]
-        KeyObject { req key : String => "key", req signatures :
-        std::collections::BTreeMap < String, std::collections::BTreeMap < String, String
-        > > => "signatures", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_untagged!(OneTimeKeyValueItemValueItemValue { String, KeyObject });
+    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1claim/post/responses/200/content/application~1json/schema/properties/one_time_keys/patternProperties/^@/additionalProperties/additionalProperties/oneOf/1`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct KeyObject {
+        pub key: String,
+        pub signatures: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, String>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
+    crate::json_object!(
+        KeyObject { key req "key", signatures req "signatures" } rest extra
+    );
 }
 /// `POST /_matrix/federation/v1/user/keys/query`: operation `queryUserEncryptionKeys`.
 ///
@@ -95,79 +112,129 @@ pub mod query_user_encryption_keys {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#post_matrixfederationv1userkeysquery",
         spec_file: "api/server-server/user_keys.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        Request { #[doc = " The JSON body."] req body : RequestBody => "body", }
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Request {
+        /// The JSON body.
+        pub body: RequestBody,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/requestBody/content/application~1json/schema`."]
-        RequestBody { req device_keys : std::collections::BTreeMap < String, Vec < String
-        > > => "device_keys", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Request { body req "body" });
+    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/requestBody/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RequestBody {
+        pub device_keys: std::collections::BTreeMap<String, Vec<String>>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema`."]
-        Response { req device_keys : std::collections::BTreeMap < String,
-        std::collections::BTreeMap < String, DeviceKeyValueItemValue > > =>
-        "device_keys", #[doc = " Added in v1.1."] opt master_keys :
-        std::collections::BTreeMap < String, MasterKeyValue > => "master_keys", #[doc =
-        " Added in v1.1."] opt self_signing_keys : std::collections::BTreeMap < String,
-        SelfSigningKeyValue > => "self_signing_keys", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(RequestBody { device_keys req "device_keys" } rest extra);
+    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Response {
+        pub device_keys: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, DeviceKeyValueItemValue>,
+        >,
+        /// Added in v1.1.
+        pub master_keys: Option<std::collections::BTreeMap<String, MasterKeyValue>>,
+        /// Added in v1.1.
+        pub self_signing_keys: Option<
+            std::collections::BTreeMap<String, SelfSigningKeyValue>,
+        >,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/device_keys/patternProperties/^@/additionalProperties`."]
-        DeviceKeyValueItemValue { req user_id : String => "user_id", req device_id :
-        String => "device_id", req algorithms : Vec < String > => "algorithms", req keys
-        : std::collections::BTreeMap < String, String > => "keys", req signatures :
-        std::collections::BTreeMap < String, std::collections::BTreeMap < String, String
-        > > => "signatures", opt unsigned : UnsignedDeviceInfo => "unsigned", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        Response { device_keys req "device_keys", master_keys opt "master_keys",
+        self_signing_keys opt "self_signing_keys" } rest extra
+    );
+    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/device_keys/patternProperties/^@/additionalProperties`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct DeviceKeyValueItemValue {
+        pub user_id: String,
+        pub device_id: String,
+        pub algorithms: Vec<String>,
+        pub keys: std::collections::BTreeMap<String, String>,
+        pub signatures: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, String>,
+        >,
+        pub unsigned: Option<UnsignedDeviceInfo>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/device_keys/patternProperties/^@/additionalProperties/properties/unsigned`."]
-        #[derive(Default)] UnsignedDeviceInfo { opt device_display_name : String =>
-        "device_display_name", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        DeviceKeyValueItemValue { user_id req "user_id", device_id req "device_id",
+        algorithms req "algorithms", keys req "keys", signatures req "signatures",
+        unsigned opt "unsigned" } rest extra
+    );
+    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/device_keys/patternProperties/^@/additionalProperties/properties/unsigned`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct UnsignedDeviceInfo {
+        pub device_display_name: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/master_keys/patternProperties/^@`."]
-        MasterKeyValue { req user_id : String => "user_id", req usage : Vec < UsageItem >
-        => "usage", req keys : std::collections::BTreeMap < String, String > => "keys",
-        opt signatures : crate ::JsonObject => "signatures", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(
+        UnsignedDeviceInfo { device_display_name opt "device_display_name" } rest extra
+    );
+    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/master_keys/patternProperties/^@`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct MasterKeyValue {
+        pub user_id: String,
+        pub usage: Vec<UsageItem>,
+        pub keys: std::collections::BTreeMap<String, String>,
+        pub signatures: Option<crate::JsonObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/master_keys/patternProperties/^@/properties/usage/items`."]
-        UsageItem { Master => "master", SelfSigning => "self_signing", UserSigning =>
-        "user_signing", }
+    crate::json_object!(
+        MasterKeyValue { user_id req "user_id", usage req "usage", keys req "keys",
+        signatures opt "signatures" } rest extra
+    );
+    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/master_keys/patternProperties/^@/properties/usage/items`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum UsageItem {
+        /// `master`
+        Master,
+        /// `self_signing`
+        SelfSigning,
+        /// `user_signing`
+        UserSigning,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/self_signing_keys/patternProperties/^@`."]
-        SelfSigningKeyValue { req user_id : String => "user_id", req usage : Vec <
-        SelfSigningKeyValueUsageItem > => "usage", req keys : std::collections::BTreeMap
-        < String, String > => "keys", opt signatures : crate ::JsonObject =>
-        "signatures", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::string_enum!(
+        UsageItem { Master "master", SelfSigning "self_signing", UserSigning
+        "user_signing" }
+    );
+    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/self_signing_keys/patternProperties/^@`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct SelfSigningKeyValue {
+        pub user_id: String,
+        pub usage: Vec<SelfSigningKeyValueUsageItem>,
+        pub keys: std::collections::BTreeMap<String, String>,
+        pub signatures: Option<crate::JsonObject>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::string_enum! {
-        #[doc =
-        " Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/self_signing_keys/patternProperties/^@/properties/usage/items`."]
-        SelfSigningKeyValueUsageItem { Master => "master", SelfSigning => "self_signing",
-        UserSigning => "user_signing", }
+    crate::json_object!(
+        SelfSigningKeyValue { user_id req "user_id", usage req "usage", keys req "keys",
+        signatures opt "signatures" } rest extra
+    );
+    /// Schema: `data/api/server-server/user_keys.yaml` at `/paths/~1user~1keys~1query/post/responses/200/content/application~1json/schema/properties/self_signing_keys/patternProperties/^@/properties/usage/items`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum SelfSigningKeyValueUsageItem {
+        /// `master`
+        Master,
+        /// `self_signing`
+        SelfSigning,
+        /// `user_signing`
+        UserSigning,
+        /// A value this version of the spec does not name.
+        Other(String),
     }
+    crate::string_enum!(
+        SelfSigningKeyValueUsageItem { Master "master", SelfSigning "self_signing",
+        UserSigning "user_signing" }
+    );
 }

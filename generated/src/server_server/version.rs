@@ -30,24 +30,25 @@ pub mod get_version {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1version",
         spec_file: "api/server-server/version.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
+    /// Schema: `data/api/server-server/version.yaml` at `/paths/~1version/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        pub server: Option<Server>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/version.yaml` at `/paths/~1version/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { opt server : Server => "server", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
+    crate::json_object!(Response { server opt "server" } rest extra);
+    /// Schema: `data/api/server-server/version.yaml` at `/paths/~1version/get/responses/200/content/application~1json/schema/properties/server`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Server {
+        pub name: Option<String>,
+        pub version: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/version.yaml` at `/paths/~1version/get/responses/200/content/application~1json/schema/properties/server`."]
-        #[derive(Default)] Server { opt name : String => "name", opt version : String =>
-        "version", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
-    }
+    crate::json_object!(Server { name opt "name", version opt "version" } rest extra);
 }

@@ -30,17 +30,17 @@ pub mod get_well_known {
         spec_url: "https://spec.matrix.org/v1.19/server-server-api/#getwell-knownmatrixserver",
         spec_file: "api/server-server/wellknown.yaml",
     };
-    crate::json_object! {
-        #[doc =
-        " Path and query parameters and the JSON body (under `body`), by their wire names."]
-        #[derive(Default)] Request {}
+    /// Path and query parameters and the JSON body (under `body`), by their wire names.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Request {}
+    crate::json_object!(Request {});
+    /// Schema: `data/api/server-server/wellknown.yaml` at `/paths/~1matrix~1server/get/responses/200/content/application~1json/schema`.
+    #[derive(Clone, Debug, PartialEq, Default)]
+    pub struct Response {
+        /// `m.server`.
+        pub m_server: Option<String>,
+        /// Keys the schema does not name, kept so that nothing is lost.
+        pub extra: crate::JsonObject,
     }
-    crate::json_object! {
-        #[doc =
-        " Schema: `data/api/server-server/wellknown.yaml` at `/paths/~1matrix~1server/get/responses/200/content/application~1json/schema`."]
-        #[derive(Default)] Response { #[doc = " `m.server`."] opt m_server : String =>
-        "m.server", } #[doc =
-        " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-        crate ::JsonObject
-    }
+    crate::json_object!(Response { m_server opt "m.server" } rest extra);
 }

@@ -2,10 +2,16 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/application-service/definitions/location.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/application-service/definitions/location.yaml`."]
-    Location { req alias : String => "alias", req protocol : String => "protocol", req
-    fields : crate ::JsonObject => "fields", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/application-service/definitions/location.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Location {
+    pub alias: String,
+    pub protocol: String,
+    pub fields: crate::JsonObject,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    Location { alias req "alias", protocol req "protocol", fields req "fields" } rest
+    extra
+);

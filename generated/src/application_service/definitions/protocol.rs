@@ -2,21 +2,31 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/application-service/definitions/protocol.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/application-service/definitions/protocol.yaml`."]
-    Protocol { req user_fields : Vec < String > => "user_fields", req location_fields :
-    Vec < String > => "location_fields", req icon : String => "icon", req field_types :
-    std::collections::BTreeMap < String, FieldType > => "field_types", req instances :
-    Vec < crate ::application_service::definitions::protocol_instance::ProtocolInstance >
-    => "instances", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/application-service/definitions/protocol.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Protocol {
+    pub user_fields: Vec<String>,
+    pub location_fields: Vec<String>,
+    pub icon: String,
+    pub field_types: std::collections::BTreeMap<String, FieldType>,
+    pub instances: Vec<
+        crate::application_service::definitions::protocol_instance::ProtocolInstance,
+    >,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/api/application-service/definitions/protocol.yaml` at `/properties/field_types/additionalProperties`."]
-    FieldType { req regexp : String => "regexp", req placeholder : String =>
-    "placeholder", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    Protocol { user_fields req "user_fields", location_fields req "location_fields", icon
+    req "icon", field_types req "field_types", instances req "instances" } rest extra
+);
+/// Schema: `data/api/application-service/definitions/protocol.yaml` at `/properties/field_types/additionalProperties`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FieldType {
+    pub regexp: String,
+    pub placeholder: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    FieldType { regexp req "regexp", placeholder req "placeholder" } rest extra
+);

@@ -2,11 +2,17 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/application-service/definitions/protocol_instance.yaml`.
 
-crate::json_object! {
-    #[doc =
-    " Schema: `data/api/application-service/definitions/protocol_instance.yaml`."]
-    ProtocolInstance { req desc : String => "desc", opt icon : String => "icon", req
-    fields : crate ::JsonObject => "fields", req network_id : String => "network_id", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+/// Schema: `data/api/application-service/definitions/protocol_instance.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProtocolInstance {
+    pub desc: String,
+    pub icon: Option<String>,
+    pub fields: crate::JsonObject,
+    pub network_id: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    ProtocolInstance { desc req "desc", icon opt "icon", fields req "fields", network_id
+    req "network_id" } rest extra
+);

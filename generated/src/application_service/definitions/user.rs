@@ -2,10 +2,15 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/application-service/definitions/user.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/application-service/definitions/user.yaml`."] User { req
-    userid : String => "userid", req protocol : String => "protocol", req fields : crate
-    ::JsonObject => "fields", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/application-service/definitions/user.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct User {
+    pub userid: String,
+    pub protocol: String,
+    pub fields: crate::JsonObject,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    User { userid req "userid", protocol req "protocol", fields req "fields" } rest extra
+);

@@ -2,18 +2,25 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/auth_response.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/auth_response.yaml`."]
-    AuthResponse { req flows : Vec < FlowInformation > => "flows", opt params :
-    std::collections::BTreeMap < String, crate ::JsonObject > => "params", opt session :
-    String => "session", opt completed : Vec < String > => "completed", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/definitions/auth_response.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthResponse {
+    pub flows: Vec<FlowInformation>,
+    pub params: Option<std::collections::BTreeMap<String, crate::JsonObject>>,
+    pub session: Option<String>,
+    pub completed: Option<Vec<String>>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/api/client-server/definitions/auth_response.yaml` at `/properties/flows/items`."]
-    FlowInformation { req stages : Vec < String > => "stages", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    AuthResponse { flows req "flows", params opt "params", session opt "session",
+    completed opt "completed" } rest extra
+);
+/// Schema: `data/api/client-server/definitions/auth_response.yaml` at `/properties/flows/items`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowInformation {
+    pub stages: Vec<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(FlowInformation { stages req "stages" } rest extra);

@@ -2,11 +2,18 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/client_device.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/client_device.yaml`."]
-    ClientDevice { req device_id : String => "device_id", opt display_name : String =>
-    "display_name", opt last_seen_ip : String => "last_seen_ip", #[doc =
-    " Format `int64`."] opt last_seen_ts : i64 => "last_seen_ts", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/definitions/client_device.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientDevice {
+    pub device_id: String,
+    pub display_name: Option<String>,
+    pub last_seen_ip: Option<String>,
+    /// Format `int64`.
+    pub last_seen_ts: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    ClientDevice { device_id req "device_id", display_name opt "display_name",
+    last_seen_ip opt "last_seen_ip", last_seen_ts opt "last_seen_ts" } rest extra
+);

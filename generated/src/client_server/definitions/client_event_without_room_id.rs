@@ -2,27 +2,44 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/client_event_without_room_id.yaml`.
 
-crate::json_object! {
-    #[doc =
-    " Schema: `data/api/client-server/definitions/client_event_without_room_id.yaml`."]
-    ClientEventWithoutRoomId { #[doc = " Format `mx-event-id`."] req event_id : crate
-    ::ids::EventId => "event_id", req type_ : String => "type", opt state_key : String =>
-    "state_key", #[doc = " Format `mx-user-id`."] req sender : crate ::ids::UserId =>
-    "sender", #[doc = " Format `int64`."] req origin_server_ts : i64 =>
-    "origin_server_ts", req content : crate ::JsonObject => "content", opt unsigned :
-    UnsignedData => "unsigned", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/definitions/client_event_without_room_id.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientEventWithoutRoomId {
+    /// Format `mx-event-id`.
+    pub event_id: crate::ids::EventId,
+    pub type_: String,
+    pub state_key: Option<String>,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub content: crate::JsonObject,
+    pub unsigned: Option<UnsignedData>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/api/client-server/definitions/client_event_without_room_id.yaml` at `/properties/unsigned`."]
-    #[derive(Default)] UnsignedData { #[doc = " Format `int64`."] opt age : i64 => "age",
-    opt redacted_because : crate ::JsonObject => "redacted_because", opt transaction_id :
-    String => "transaction_id", opt prev_content : crate ::JsonObject => "prev_content",
-    #[doc = " Format `mx-event-id`. Added in v1.19."] opt replaces_state : crate
-    ::ids::EventId => "replaces_state", #[doc = " Added in v1.11."] opt membership :
-    String => "membership", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    ClientEventWithoutRoomId { event_id req "event_id", type_ req "type", state_key opt
+    "state_key", sender req "sender", origin_server_ts req "origin_server_ts", content
+    req "content", unsigned opt "unsigned" } rest extra
+);
+/// Schema: `data/api/client-server/definitions/client_event_without_room_id.yaml` at `/properties/unsigned`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct UnsignedData {
+    /// Format `int64`.
+    pub age: Option<i64>,
+    pub redacted_because: Option<crate::JsonObject>,
+    pub transaction_id: Option<String>,
+    pub prev_content: Option<crate::JsonObject>,
+    /// Format `mx-event-id`. Added in v1.19.
+    pub replaces_state: Option<crate::ids::EventId>,
+    /// Added in v1.11.
+    pub membership: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    UnsignedData { age opt "age", redacted_because opt "redacted_because", transaction_id
+    opt "transaction_id", prev_content opt "prev_content", replaces_state opt
+    "replaces_state", membership opt "membership" } rest extra
+);

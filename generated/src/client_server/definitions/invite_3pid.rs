@@ -2,10 +2,17 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/invite_3pid.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/invite_3pid.yaml`."] Invite3pid
-    { req id_server : String => "id_server", req id_access_token : String =>
-    "id_access_token", req medium : String => "medium", req address : String =>
-    "address", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
-    rest extra : crate ::JsonObject
+/// Schema: `data/api/client-server/definitions/invite_3pid.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Invite3pid {
+    pub id_server: String,
+    pub id_access_token: String,
+    pub medium: String,
+    pub address: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    Invite3pid { id_server req "id_server", id_access_token req "id_access_token", medium
+    req "medium", address req "address" } rest extra
+);

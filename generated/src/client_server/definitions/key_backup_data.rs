@@ -2,11 +2,18 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/key_backup_data.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/key_backup_data.yaml`."]
-    KeyBackupData { req first_message_index : i64 => "first_message_index", req
-    forwarded_count : i64 => "forwarded_count", req is_verified : bool => "is_verified",
-    req session_data : crate ::JsonObject => "session_data", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/definitions/key_backup_data.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyBackupData {
+    pub first_message_index: i64,
+    pub forwarded_count: i64,
+    pub is_verified: bool,
+    pub session_data: crate::JsonObject,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    KeyBackupData { first_message_index req "first_message_index", forwarded_count req
+    "forwarded_count", is_verified req "is_verified", session_data req "session_data" }
+    rest extra
+);

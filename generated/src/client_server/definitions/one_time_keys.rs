@@ -2,16 +2,19 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/one_time_keys.yaml`.
 
-crate::json_untagged! {
-    #[doc =
-    " Schema: `data/api/client-server/definitions/one_time_keys.yaml` at `/additionalProperties`."]
-    OneTimeKeyValue { String(String), KeyObject(KeyObject), }
+/// Schema: `data/api/client-server/definitions/one_time_keys.yaml` at `/additionalProperties`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OneTimeKeyValue {
+    String(String),
+    KeyObject(KeyObject),
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/api/client-server/definitions/one_time_keys.yaml` at `/additionalProperties/oneOf/1`."]
-    KeyObject { req key : String => "key", req signatures : std::collections::BTreeMap <
-    String, crate ::JsonObject > => "signatures", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_untagged!(OneTimeKeyValue { String, KeyObject });
+/// Schema: `data/api/client-server/definitions/one_time_keys.yaml` at `/additionalProperties/oneOf/1`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyObject {
+    pub key: String,
+    pub signatures: std::collections::BTreeMap<String, crate::JsonObject>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(KeyObject { key req "key", signatures req "signatures" } rest extra);

@@ -2,11 +2,17 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/openid_token.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/openid_token.yaml`."]
-    OpenidToken { req access_token : String => "access_token", req token_type : String =>
-    "token_type", req matrix_server_name : String => "matrix_server_name", req expires_in
-    : i64 => "expires_in", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/definitions/openid_token.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpenidToken {
+    pub access_token: String,
+    pub token_type: String,
+    pub matrix_server_name: String,
+    pub expires_in: i64,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    OpenidToken { access_token req "access_token", token_type req "token_type",
+    matrix_server_name req "matrix_server_name", expires_in req "expires_in" } rest extra
+);

@@ -2,29 +2,44 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/protocol.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/protocol.yaml`."] Protocol {
-    req user_fields : Vec < String > => "user_fields", req location_fields : Vec < String
-    > => "location_fields", req icon : String => "icon", req field_types :
-    std::collections::BTreeMap < String, FieldType > => "field_types", req instances :
-    Vec < Instance > => "instances", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/definitions/protocol.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Protocol {
+    pub user_fields: Vec<String>,
+    pub location_fields: Vec<String>,
+    pub icon: String,
+    pub field_types: std::collections::BTreeMap<String, FieldType>,
+    pub instances: Vec<Instance>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/api/client-server/definitions/protocol.yaml` at `/properties/field_types/additionalProperties`."]
-    FieldType { req regexp : String => "regexp", req placeholder : String =>
-    "placeholder", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    Protocol { user_fields req "user_fields", location_fields req "location_fields", icon
+    req "icon", field_types req "field_types", instances req "instances" } rest extra
+);
+/// Schema: `data/api/client-server/definitions/protocol.yaml` at `/properties/field_types/additionalProperties`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FieldType {
+    pub regexp: String,
+    pub placeholder: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/api/client-server/definitions/protocol.yaml` at `/properties/instances/items`."]
-    Instance { req desc : String => "desc", opt icon : String => "icon", req fields :
-    crate ::JsonObject => "fields", req network_id : String => "network_id", opt
-    instance_id : String => "instance_id", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    FieldType { regexp req "regexp", placeholder req "placeholder" } rest extra
+);
+/// Schema: `data/api/client-server/definitions/protocol.yaml` at `/properties/instances/items`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Instance {
+    pub desc: String,
+    pub icon: Option<String>,
+    pub fields: crate::JsonObject,
+    pub network_id: String,
+    pub instance_id: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    Instance { desc req "desc", icon opt "icon", fields req "fields", network_id req
+    "network_id", instance_id opt "instance_id" } rest extra
+);

@@ -2,15 +2,29 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/public_rooms_chunk.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/public_rooms_chunk.yaml`."]
-    PublicRoomsChunk { #[doc = " Format `mx-room-alias`."] opt canonical_alias : crate
-    ::ids::RoomAliasId => "canonical_alias", opt name : String => "name", req
-    num_joined_members : i64 => "num_joined_members", #[doc = " Format `mx-room-id`."]
-    req room_id : crate ::ids::RoomId => "room_id", opt topic : String => "topic", req
-    world_readable : bool => "world_readable", req guest_can_join : bool =>
-    "guest_can_join", #[doc = " Format `uri`."] opt avatar_url : String => "avatar_url",
-    opt join_rule : String => "join_rule", opt room_type : String => "room_type", } #[doc
-    = " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/definitions/public_rooms_chunk.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublicRoomsChunk {
+    /// Format `mx-room-alias`.
+    pub canonical_alias: Option<crate::ids::RoomAliasId>,
+    pub name: Option<String>,
+    pub num_joined_members: i64,
+    /// Format `mx-room-id`.
+    pub room_id: crate::ids::RoomId,
+    pub topic: Option<String>,
+    pub world_readable: bool,
+    pub guest_can_join: bool,
+    /// Format `uri`.
+    pub avatar_url: Option<String>,
+    pub join_rule: Option<String>,
+    pub room_type: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    PublicRoomsChunk { canonical_alias opt "canonical_alias", name opt "name",
+    num_joined_members req "num_joined_members", room_id req "room_id", topic opt
+    "topic", world_readable req "world_readable", guest_can_join req "guest_can_join",
+    avatar_url opt "avatar_url", join_rule opt "join_rule", room_type opt "room_type" }
+    rest extra
+);

@@ -2,12 +2,19 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/public_rooms_response.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/public_rooms_response.yaml`."]
-    PublicRoomsResponse { req chunk : Vec < crate
-    ::client_server::definitions::public_rooms_chunk::PublicRoomsChunk > => "chunk", opt
-    next_batch : String => "next_batch", opt prev_batch : String => "prev_batch", opt
-    total_room_count_estimate : i64 => "total_room_count_estimate", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/definitions/public_rooms_response.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublicRoomsResponse {
+    pub chunk: Vec<
+        crate::client_server::definitions::public_rooms_chunk::PublicRoomsChunk,
+    >,
+    pub next_batch: Option<String>,
+    pub prev_batch: Option<String>,
+    pub total_room_count_estimate: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    PublicRoomsResponse { chunk req "chunk", next_batch opt "next_batch", prev_batch opt
+    "prev_batch", total_room_count_estimate opt "total_room_count_estimate" } rest extra
+);

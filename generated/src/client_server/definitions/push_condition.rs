@@ -2,15 +2,26 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/push_condition.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/push_condition.yaml`."]
-    PushCondition { req kind : String => "kind", opt key : String => "key", opt pattern :
-    String => "pattern", opt is : String => "is", opt_null value : Value_ => "value", }
-    #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra :
-    crate ::JsonObject
+/// Schema: `data/api/client-server/definitions/push_condition.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PushCondition {
+    pub kind: String,
+    pub key: Option<String>,
+    pub pattern: Option<String>,
+    pub is: Option<String>,
+    pub value: Option<Option<Value_>>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_untagged! {
-    #[doc =
-    " Schema: `data/api/client-server/definitions/push_condition.yaml` at `/properties/value`."]
-    Value_ { String_(String), Integer(i64), Boolean(bool), }
+crate::json_object!(
+    PushCondition { kind req "kind", key opt "key", pattern opt "pattern", is opt "is",
+    value opt_null "value" } rest extra
+);
+/// Schema: `data/api/client-server/definitions/push_condition.yaml` at `/properties/value`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value_ {
+    String_(String),
+    Integer(i64),
+    Boolean(bool),
 }
+crate::json_untagged!(Value_ { String_, Integer, Boolean });

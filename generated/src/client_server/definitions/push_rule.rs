@@ -2,17 +2,29 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/push_rule.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/push_rule.yaml`."] PushRule {
-    req actions : Vec < Action > => "actions", req default : bool => "default", req
-    enabled : bool => "enabled", req rule_id : String => "rule_id", opt conditions : Vec
-    < crate ::client_server::definitions::push_condition::PushCondition > =>
-    "conditions", opt pattern : String => "pattern", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/definitions/push_rule.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PushRule {
+    pub actions: Vec<Action>,
+    pub default: bool,
+    pub enabled: bool,
+    pub rule_id: String,
+    pub conditions: Option<
+        Vec<crate::client_server::definitions::push_condition::PushCondition>,
+    >,
+    pub pattern: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_untagged! {
-    #[doc =
-    " Schema: `data/api/client-server/definitions/push_rule.yaml` at `/properties/actions/items`."]
-    Action { String_(String), Object(crate ::JsonObject), }
+crate::json_object!(
+    PushRule { actions req "actions", default req "default", enabled req "enabled",
+    rule_id req "rule_id", conditions opt "conditions", pattern opt "pattern" } rest
+    extra
+);
+/// Schema: `data/api/client-server/definitions/push_rule.yaml` at `/properties/actions/items`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    String_(String),
+    Object(crate::JsonObject),
 }
+crate::json_untagged!(Action { String_, Object });

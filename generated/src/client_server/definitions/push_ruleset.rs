@@ -2,15 +2,18 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/push_ruleset.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/push_ruleset.yaml`."]
-    #[derive(Default)] PushRuleset { opt content : Vec < crate
-    ::client_server::definitions::push_rule::PushRule > => "content", opt override_ : Vec
-    < crate ::client_server::definitions::push_rule::PushRule > => "override", opt room :
-    Vec < crate ::client_server::definitions::push_rule::PushRule > => "room", opt sender
-    : Vec < crate ::client_server::definitions::push_rule::PushRule > => "sender", opt
-    underride : Vec < crate ::client_server::definitions::push_rule::PushRule > =>
-    "underride", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/definitions/push_ruleset.yaml`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct PushRuleset {
+    pub content: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
+    pub override_: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
+    pub room: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
+    pub sender: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
+    pub underride: Option<Vec<crate::client_server::definitions::push_rule::PushRule>>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    PushRuleset { content opt "content", override_ opt "override", room opt "room",
+    sender opt "sender", underride opt "underride" } rest extra
+);

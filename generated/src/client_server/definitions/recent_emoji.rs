@@ -2,9 +2,12 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/recent_emoji.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/recent_emoji.yaml`."]
-    RecentEmoji { req emoji : String => "emoji", req total : f64 => "total", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/definitions/recent_emoji.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecentEmoji {
+    pub emoji: String,
+    pub total: f64,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(RecentEmoji { emoji req "emoji", total req "total" } rest extra);

@@ -2,13 +2,22 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/request_email_validation.yaml`.
 
-crate::json_object! {
-    #[doc =
-    " Schema: `data/api/client-server/definitions/request_email_validation.yaml`."]
-    RequestEmailValidation { req client_secret : String => "client_secret", #[doc =
-    " Format `email`."] req email : String => "email", req send_attempt : i64 =>
-    "send_attempt", #[doc = " Format `uri`."] opt next_link : String => "next_link", opt
-    id_server : String => "id_server", opt id_access_token : String => "id_access_token",
-    } #[doc = " Keys the schema does not name, kept so that nothing is lost."] rest extra
-    : crate ::JsonObject
+/// Schema: `data/api/client-server/definitions/request_email_validation.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestEmailValidation {
+    pub client_secret: String,
+    /// Format `email`.
+    pub email: String,
+    pub send_attempt: i64,
+    /// Format `uri`.
+    pub next_link: Option<String>,
+    pub id_server: Option<String>,
+    pub id_access_token: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    RequestEmailValidation { client_secret req "client_secret", email req "email",
+    send_attempt req "send_attempt", next_link opt "next_link", id_server opt
+    "id_server", id_access_token opt "id_access_token" } rest extra
+);

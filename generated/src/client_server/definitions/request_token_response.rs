@@ -2,10 +2,15 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/request_token_response.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/request_token_response.yaml`."]
-    RequestTokenResponse { req sid : String => "sid", #[doc = " Format `uri`."] opt
-    submit_url : String => "submit_url", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/definitions/request_token_response.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestTokenResponse {
+    pub sid: String,
+    /// Format `uri`.
+    pub submit_url: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    RequestTokenResponse { sid req "sid", submit_url opt "submit_url" } rest extra
+);

@@ -2,10 +2,14 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/room_key_backup.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/room_key_backup.yaml`."]
-    RoomKeyBackup { req sessions : std::collections::BTreeMap < String, crate
-    ::client_server::definitions::key_backup_data::KeyBackupData > => "sessions", } #[doc
-    = " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/definitions/room_key_backup.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomKeyBackup {
+    pub sessions: std::collections::BTreeMap<
+        String,
+        crate::client_server::definitions::key_backup_data::KeyBackupData,
+    >,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(RoomKeyBackup { sessions req "sessions" } rest extra);

@@ -2,9 +2,12 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/tag.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/tag.yaml`."] #[derive(Default)]
-    Tag { #[doc = " Format `float`."] opt order : f64 => "order", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/definitions/tag.yaml`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Tag {
+    /// Format `float`.
+    pub order: Option<f64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(Tag { order opt "order" } rest extra);

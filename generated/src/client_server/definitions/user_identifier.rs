@@ -2,9 +2,11 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/user_identifier.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/user_identifier.yaml`."]
-    UserIdentifier { req type_ : String => "type", } #[doc =
-    " Keys beyond the named ones."] rest additional : std::collections::BTreeMap <
-    String, crate ::JsonValue >
+/// Schema: `data/api/client-server/definitions/user_identifier.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserIdentifier {
+    pub type_: String,
+    /// Keys beyond the named ones.
+    pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
 }
+crate::json_object!(UserIdentifier { type_ req "type" } rest additional);

@@ -2,10 +2,14 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/components/m_text_content_block.yaml`.
 
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/components/m_text_content_block.yaml` at `/items`."]
-    TextualRepresentation { opt mimetype : String => "mimetype", req body : String =>
-    "body", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
-    rest extra : crate ::JsonObject
+/// Schema: `data/event-schemas/schema/components/m_text_content_block.yaml` at `/items`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextualRepresentation {
+    pub mimetype: Option<String>,
+    pub body: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    TextualRepresentation { mimetype opt "mimetype", body req "body" } rest extra
+);

@@ -2,17 +2,29 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/components/sdp_stream_metadata.yaml`.
 
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/components/sdp_stream_metadata.yaml` at `/additionalProperties`."]
-    StreamMetadata { req purpose : Purpose => "purpose", #[doc = " Added in v1.11."] opt
-    audio_muted : bool => "audio_muted", #[doc = " Added in v1.11."] opt video_muted :
-    bool => "video_muted", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/components/sdp_stream_metadata.yaml` at `/additionalProperties`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamMetadata {
+    pub purpose: Purpose,
+    /// Added in v1.11.
+    pub audio_muted: Option<bool>,
+    /// Added in v1.11.
+    pub video_muted: Option<bool>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::string_enum! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/components/sdp_stream_metadata.yaml` at `/additionalProperties/properties/purpose`."]
-    Purpose { MUsermedia => "m.usermedia", MScreenshare => "m.screenshare", }
+crate::json_object!(
+    StreamMetadata { purpose req "purpose", audio_muted opt "audio_muted", video_muted
+    opt "video_muted" } rest extra
+);
+/// Schema: `data/event-schemas/schema/components/sdp_stream_metadata.yaml` at `/additionalProperties/properties/purpose`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Purpose {
+    /// `m.usermedia`
+    MUsermedia,
+    /// `m.screenshare`
+    MScreenshare,
+    /// A value this version of the spec does not name.
+    Other(String),
 }
+crate::string_enum!(Purpose { MUsermedia "m.usermedia", MScreenshare "m.screenshare" });

@@ -2,13 +2,20 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/components/signed_third_party_invite.yaml`.
 
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/components/signed_third_party_invite.yaml`."]
-    SignedThirdPartyInvite { #[doc = " Format `mx-user-id`."] req mxid : crate
-    ::ids::UserId => "mxid", req signatures : std::collections::BTreeMap < String,
-    std::collections::BTreeMap < String, crate ::ids::Base64 > > => "signatures", req
-    token : String => "token", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/components/signed_third_party_invite.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SignedThirdPartyInvite {
+    /// Format `mx-user-id`.
+    pub mxid: crate::ids::UserId,
+    pub signatures: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, crate::ids::Base64>,
+    >,
+    pub token: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    SignedThirdPartyInvite { mxid req "mxid", signatures req "signatures", token req
+    "token" } rest extra
+);

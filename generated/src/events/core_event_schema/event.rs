@@ -2,9 +2,12 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/core-event-schema/event.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/core-event-schema/event.yaml`."] Event {
-    req content : crate ::JsonObject => "content", req type_ : String => "type", } #[doc
-    = " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/core-event-schema/event.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub content: crate::JsonObject,
+    pub type_: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(Event { content req "content", type_ req "type" } rest extra);

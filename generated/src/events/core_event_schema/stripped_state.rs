@@ -2,12 +2,18 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/core-event-schema/stripped_state.yaml`.
 
-crate::json_object! {
-    #[doc =
-    " Schema: `data/event-schemas/schema/core-event-schema/stripped_state.yaml`."]
-    StrippedState { req content : crate ::JsonObject => "content", req state_key : String
-    => "state_key", req type_ : String => "type", #[doc = " Format `mx-user-id`."] req
-    sender : crate ::ids::UserId => "sender", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/core-event-schema/stripped_state.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StrippedState {
+    pub content: crate::JsonObject,
+    pub state_key: String,
+    pub type_: String,
+    /// Format `mx-user-id`.
+    pub sender: crate::ids::UserId,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    StrippedState { content req "content", state_key req "state_key", type_ req "type",
+    sender req "sender" } rest extra
+);

@@ -2,9 +2,11 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/event-schemas/schema/core-event-schema/unsigned_prop.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/event-schemas/schema/core-event-schema/unsigned_prop.yaml`."]
-    #[derive(Default)] UnsignedProp { opt age : i64 => "age", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/event-schemas/schema/core-event-schema/unsigned_prop.yaml`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct UnsignedProp {
+    pub age: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(UnsignedProp { age opt "age" } rest extra);

@@ -2,12 +2,20 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/identity/definitions/request_msisdn_validation.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/identity/definitions/request_msisdn_validation.yaml`."]
-    RequestMsisdnValidation { req client_secret : String => "client_secret", req country
-    : String => "country", req phone_number : String => "phone_number", req send_attempt
-    : i64 => "send_attempt", #[doc = " Format `uri`."] opt next_link : String =>
-    "next_link", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/identity/definitions/request_msisdn_validation.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestMsisdnValidation {
+    pub client_secret: String,
+    pub country: String,
+    pub phone_number: String,
+    pub send_attempt: i64,
+    /// Format `uri`.
+    pub next_link: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    RequestMsisdnValidation { client_secret req "client_secret", country req "country",
+    phone_number req "phone_number", send_attempt req "send_attempt", next_link opt
+    "next_link" } rest extra
+);

@@ -2,8 +2,11 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/identity/definitions/sid.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/identity/definitions/sid.yaml`."] Sid { req sid : String
-    => "sid", } #[doc = " Keys the schema does not name, kept so that nothing is lost."]
-    rest extra : crate ::JsonObject
+/// Schema: `data/api/identity/definitions/sid.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sid {
+    pub sid: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(Sid { sid req "sid" } rest extra);

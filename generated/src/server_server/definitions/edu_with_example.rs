@@ -2,10 +2,14 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/server-server/definitions/edu_with_example.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/server-server/definitions/edu_with_example.yaml`."]
-    EduWithExample { req edu_type : String => "edu_type", req content : crate
-    ::JsonObject => "content", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/server-server/definitions/edu_with_example.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EduWithExample {
+    pub edu_type: String,
+    pub content: crate::JsonObject,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    EduWithExample { edu_type req "edu_type", content req "content" } rest extra
+);

@@ -2,19 +2,29 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/server-server/definitions/invite_event.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/server-server/definitions/invite_event.yaml`."]
-    InviteEvent { req sender : String => "sender", req origin : String => "origin", #[doc
-    = " Format `int64`."] req origin_server_ts : i64 => "origin_server_ts", req type_ :
-    String => "type", req state_key : String => "state_key", req content :
-    InviteEventContent => "content", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/server-server/definitions/invite_event.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InviteEvent {
+    pub sender: String,
+    pub origin: String,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub type_: String,
+    pub state_key: String,
+    pub content: InviteEventContent,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/api/server-server/definitions/invite_event.yaml` at `/properties/content`."]
-    InviteEventContent { req membership : String => "membership", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    InviteEvent { sender req "sender", origin req "origin", origin_server_ts req
+    "origin_server_ts", type_ req "type", state_key req "state_key", content req
+    "content" } rest extra
+);
+/// Schema: `data/api/server-server/definitions/invite_event.yaml` at `/properties/content`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InviteEventContent {
+    pub membership: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(InviteEventContent { membership req "membership" } rest extra);

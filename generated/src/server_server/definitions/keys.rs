@@ -2,29 +2,43 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/server-server/definitions/keys.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/server-server/definitions/keys.yaml`."] Keys { req
-    server_name : String => "server_name", req verify_keys : std::collections::BTreeMap <
-    String, VerifyKey > => "verify_keys", opt old_verify_keys :
-    std::collections::BTreeMap < String, OldVerifyKey > => "old_verify_keys", req
-    signatures : std::collections::BTreeMap < String, std::collections::BTreeMap <
-    String, String > > => "signatures", #[doc = " Format `int64`."] req valid_until_ts :
-    i64 => "valid_until_ts", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/server-server/definitions/keys.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Keys {
+    pub server_name: String,
+    pub verify_keys: std::collections::BTreeMap<String, VerifyKey>,
+    pub old_verify_keys: Option<std::collections::BTreeMap<String, OldVerifyKey>>,
+    pub signatures: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, String>,
+    >,
+    /// Format `int64`.
+    pub valid_until_ts: i64,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/api/server-server/definitions/keys.yaml` at `/properties/verify_keys/additionalProperties`."]
-    VerifyKey { req key : String => "key", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(
+    Keys { server_name req "server_name", verify_keys req "verify_keys", old_verify_keys
+    opt "old_verify_keys", signatures req "signatures", valid_until_ts req
+    "valid_until_ts" } rest extra
+);
+/// Schema: `data/api/server-server/definitions/keys.yaml` at `/properties/verify_keys/additionalProperties`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifyKey {
+    pub key: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
-crate::json_object! {
-    #[doc =
-    " Schema: `data/api/server-server/definitions/keys.yaml` at `/properties/old_verify_keys/additionalProperties`."]
-    OldVerifyKey { #[doc = " Format `int64`."] req expired_ts : i64 => "expired_ts", req
-    key : String => "key", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+crate::json_object!(VerifyKey { key req "key" } rest extra);
+/// Schema: `data/api/server-server/definitions/keys.yaml` at `/properties/old_verify_keys/additionalProperties`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OldVerifyKey {
+    /// Format `int64`.
+    pub expired_ts: i64,
+    pub key: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    OldVerifyKey { expired_ts req "expired_ts", key req "key" } rest extra
+);

@@ -2,10 +2,11 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/server-server/definitions/keys_query_response.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/server-server/definitions/keys_query_response.yaml`."]
-    #[derive(Default)] KeysQueryResponse { opt server_keys : Vec < crate
-    ::server_server::definitions::keys::Keys > => "server_keys", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/server-server/definitions/keys_query_response.yaml`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct KeysQueryResponse {
+    pub server_keys: Option<Vec<crate::server_server::definitions::keys::Keys>>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(KeysQueryResponse { server_keys opt "server_keys" } rest extra);

@@ -2,11 +2,17 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/server-server/definitions/single_pdu_transaction.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/server-server/definitions/single_pdu_transaction.yaml`."]
-    SinglePduTransaction { req origin : String => "origin", #[doc = " Format `int64`."]
-    req origin_server_ts : i64 => "origin_server_ts", req pdus : Vec < crate ::JsonObject
-    > => "pdus", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/server-server/definitions/single_pdu_transaction.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SinglePduTransaction {
+    pub origin: String,
+    /// Format `int64`.
+    pub origin_server_ts: i64,
+    pub pdus: Vec<crate::JsonObject>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    SinglePduTransaction { origin req "origin", origin_server_ts req "origin_server_ts",
+    pdus req "pdus" } rest extra
+);

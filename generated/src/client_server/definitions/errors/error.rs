@@ -2,9 +2,12 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/errors/error.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/errors/error.yaml`."] Error {
-    req errcode : String => "errcode", opt error : String => "error", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/definitions/errors/error.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Error {
+    pub errcode: String,
+    pub error: Option<String>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(Error { errcode req "errcode", error opt "error" } rest extra);

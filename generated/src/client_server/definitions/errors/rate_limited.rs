@@ -2,10 +2,16 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/errors/rate_limited.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/errors/rate_limited.yaml`."]
-    RateLimited { req errcode : String => "errcode", opt error : String => "error", opt
-    retry_after_ms : i64 => "retry_after_ms", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/definitions/errors/rate_limited.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimited {
+    pub errcode: String,
+    pub error: Option<String>,
+    pub retry_after_ms: Option<i64>,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(
+    RateLimited { errcode req "errcode", error opt "error", retry_after_ms opt
+    "retry_after_ms" } rest extra
+);

@@ -2,12 +2,19 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/wellknown/full.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/wellknown/full.yaml`."] Full {
-    #[doc = " `m.homeserver`."] req m_homeserver : crate
-    ::client_server::definitions::wellknown::homeserver::Homeserver => "m.homeserver",
-    #[doc = " `m.identity_server`."] opt m_identity_server : crate
-    ::client_server::definitions::wellknown::identity_server::IdentityServer =>
-    "m.identity_server", } #[doc = " Keys beyond the named ones."] rest additional :
-    std::collections::BTreeMap < String, crate ::JsonValue >
+/// Schema: `data/api/client-server/definitions/wellknown/full.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Full {
+    /// `m.homeserver`.
+    pub m_homeserver: crate::client_server::definitions::wellknown::homeserver::Homeserver,
+    /// `m.identity_server`.
+    pub m_identity_server: Option<
+        crate::client_server::definitions::wellknown::identity_server::IdentityServer,
+    >,
+    /// Keys beyond the named ones.
+    pub additional: std::collections::BTreeMap<String, crate::JsonValue>,
 }
+crate::json_object!(
+    Full { m_homeserver req "m.homeserver", m_identity_server opt "m.identity_server" }
+    rest additional
+);

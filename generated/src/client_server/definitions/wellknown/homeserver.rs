@@ -2,9 +2,12 @@
 // Do not edit: change codegen/ or the spec, then run `cargo run -p mxconform -- generate`.
 //! Types of `data/api/client-server/definitions/wellknown/homeserver.yaml`.
 
-crate::json_object! {
-    #[doc = " Schema: `data/api/client-server/definitions/wellknown/homeserver.yaml`."]
-    Homeserver { #[doc = " Format `uri`."] req base_url : String => "base_url", } #[doc =
-    " Keys the schema does not name, kept so that nothing is lost."] rest extra : crate
-    ::JsonObject
+/// Schema: `data/api/client-server/definitions/wellknown/homeserver.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Homeserver {
+    /// Format `uri`.
+    pub base_url: String,
+    /// Keys the schema does not name, kept so that nothing is lost.
+    pub extra: crate::JsonObject,
 }
+crate::json_object!(Homeserver { base_url req "base_url" } rest extra);
