@@ -1,0 +1,219 @@
+//! mxconform-harness: replays the scenario suites under `scenarios/` against a homeserver
+//! given by URL and profile, one libtest-mimic trial per scenario file, and reports per area,
+//! per operation and per scenario. To the harness a homeserver is a URL: it knows nothing of
+//! the reference server.
+
+pub mod client;
+pub mod error;
+pub mod expect;
+pub mod profile;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod snapshot;
+pub mod template;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use libtest_mimic::{Completion, Failed, Trial};
+use mxconform_generated::Route;
+use serde_json::Value;
+
+pub use error::{Error, Result};
+pub use profile::Profile;
+pub use report::Report;
+
+/// The client-server operations of the route table.
+pub fn routes() -> impl Iterator<Item = &'static Route> {
+    mxconform_generated::client_server::ROUTES.iter()
+}
+
+/// A client-server operation by its operation id.
+pub fn route(operation_id: &str) -> Option<&'static Route> {
+    static BY_ID: OnceLock<HashMap<&'static str, &'static Route>> = OnceLock::new();
+    BY_ID
+        .get_or_init(|| routes().map(|r| (r.operation_id, r)).collect())
+        .get(operation_id)
+        .copied()
+}
+
+/// Everything a run needs.
+#[derive(Debug)]
+pub struct RunConfig {
+    pub server_url: String,
+    pub profile: Profile,
+    /// `harness/scenarios`.
+    pub scenarios_dir: PathBuf,
+    /// `snapshots/`; this profile's snapshots go under `snapshots/<profile>/`.
+    pub snapshots_dir: PathBuf,
+    pub limits: client::Limits,
+    pub scenario_timeout: Duration,
+    pub args: libtest_mimic::Arguments,
+}
+
+/// Parses `v1.11` / `1.11` / `r0.6.1` into (major, minor); `r0.*` counts as (0, *).
+fn version_key(v: &str) -> Option<(u32, u32)> {
+    let v = v.trim_start_matches(['v', 'r']);
+    let mut it = v.split('.');
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Why a scenario cannot run on a server advertising `versions`, if it cannot.
+pub fn version_gate(s: &scenario::Scenario, versions: &[String]) -> Option<String> {
+    let newest = versions.iter().filter_map(|v| version_key(v)).max()?;
+    for op in s.operations() {
+        let added = route(op).and_then(|r| r.added_in);
+        if let Some(added) = added {
+            if version_key(added).is_some_and(|k| k > newest) {
+                return Some(format!(
+                    "`{op}` was added in v{added}; the server advertises up to v{}.{}",
+                    newest.0, newest.1
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// What the server says about itself before the run.
+pub async fn probe(client: &client::Client) -> Result<(Vec<String>, Option<String>)> {
+    let resp = client
+        .send("GET", "/_matrix/client/versions", &[], client::Body::None, None, Some(Duration::from_secs(10)), false)
+        .await
+        .map_err(|reason| Error::Unreachable {
+            url: client.base().to_string(),
+            reason,
+        })?;
+    if resp.status != 200 {
+        return Err(Error::Unreachable {
+            url: client.base().to_string(),
+            reason: format!("/_matrix/client/versions answered {}: {}", resp.status, resp.body),
+        });
+    }
+    let versions: Vec<String> = resp
+        .body
+        .get("versions")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .unwrap_or_default();
+    let software = client
+        .send("GET", "/_matrix/federation/v1/version", &[], client::Body::None, None, Some(Duration::from_secs(5)), false)
+        .await
+        .ok()
+        .filter(|r| r.status == 200)
+        .and_then(|r| {
+            let s = r.body.get("server")?;
+            Some(format!(
+                "{} {}",
+                s.get("name").and_then(Value::as_str).unwrap_or("?"),
+                s.get("version").and_then(Value::as_str).unwrap_or("?")
+            ))
+        });
+    Ok((versions, software))
+}
+
+/// The result of a run: libtest's conclusion and the report.
+pub struct RunOutput {
+    pub conclusion: libtest_mimic::Conclusion,
+    pub report: Report,
+}
+
+/// Runs the suites: one trial per scenario file, kind = its area.
+pub fn run(config: RunConfig) -> Result<RunOutput> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Other(format!("cannot start the async runtime: {e}")))?;
+    let client = client::Client::new(&config.server_url, config.limits).map_err(Error::Other)?;
+    let (versions, software) = rt.block_on(probe(&client))?;
+    let scenarios = scenario::load_dir(&config.scenarios_dir)?;
+    let names: Vec<&str> = scenarios.iter().map(|s| s.name.as_str()).collect();
+    let unknown = config.profile.unknown_deviations(&names);
+    if !unknown.is_empty() {
+        return Err(Error::Profile {
+            path: config.profile.path.clone(),
+            reason: format!("deviations name no scenario: {}", unknown.join(", ")),
+        });
+    }
+    let server = report::ServerInfo {
+        url: config.server_url.clone(),
+        profile: config.profile.name.clone(),
+        server_name: config.profile.server_name.clone(),
+        versions: versions.clone(),
+        software,
+    };
+    let env = Arc::new(runner::Env {
+        client,
+        snapshot_dir: config.snapshots_dir.join(&config.profile.name),
+        profile: config.profile,
+        scenario_timeout: config.scenario_timeout,
+    });
+    let rt = Arc::new(rt);
+    let results: Arc<Mutex<Vec<report::ScenarioResult>>> = Arc::default();
+    let mut trials = Vec::new();
+    for s in scenarios {
+        let gate = version_gate(&s, &versions);
+        let (env, rt, results) = (env.clone(), rt.clone(), results.clone());
+        let name = s.name.clone();
+        let area = s.area.clone();
+        trials.push(
+            Trial::ignorable_test(name, move || {
+                let record = |outcome, reason: Option<String>, ops: Vec<String>, ms: u64| {
+                    if let Ok(mut r) = results.lock() {
+                        r.push(report::ScenarioResult {
+                            name: s.name.clone(),
+                            area: s.area.clone(),
+                            outcome,
+                            duration_ms: ms,
+                            operations: ops,
+                            reason,
+                            spec: s.spec.clone(),
+                        });
+                    }
+                };
+                if let Some(why) = gate {
+                    record(report::Outcome::Skipped, Some(why.clone()), Vec::new(), 0);
+                    return Ok(Completion::ignored_with(why));
+                }
+                let outcome = rt.block_on(runner::run(&env, &s));
+                let ms = outcome.duration.as_millis() as u64;
+                let deviation = env.profile.deviations.get(&s.name);
+                match (outcome.result, deviation) {
+                    (Ok(()), None) => {
+                        record(report::Outcome::Passed, None, outcome.operations, ms);
+                        Ok(Completion::Completed)
+                    }
+                    (Err(e), None) => {
+                        record(report::Outcome::Failed, Some(e.clone()), outcome.operations, ms);
+                        Err(Failed::from(e))
+                    }
+                    (Err(e), Some(d)) => {
+                        record(report::Outcome::ExpectedFailure, Some(format!("{} ({}); failed with: {e}", d.reason, d.spec)), outcome.operations, ms);
+                        Ok(Completion::Completed)
+                    }
+                    (Ok(()), Some(d)) => {
+                        let why = format!(
+                            "passes, but {} lists it as a deviation ({}): remove it from the list",
+                            env.profile.path.display(),
+                            d.reason
+                        );
+                        record(report::Outcome::UnexpectedPass, Some(why.clone()), outcome.operations, ms);
+                        Err(Failed::from(why))
+                    }
+                }
+            })
+            .with_kind(area),
+        );
+    }
+    let conclusion = libtest_mimic::run(&config.args, trials);
+    let results = std::mem::take(&mut *results.lock().map_err(|_| Error::Other("results lock poisoned".into()))?);
+    Ok(RunOutput {
+        conclusion,
+        report: Report::build(server, results),
+    })
+}

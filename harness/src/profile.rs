@@ -1,0 +1,87 @@
+//! Server profiles (`profiles/<name>.toml`): where a homeserver is, how users are made on it,
+//! and which scenarios it is known to fail, each with a reason and a spec link.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    /// Used when the command line names no server.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The homeserver's server name (the part after `:` in its user ids).
+    pub server_name: String,
+    #[serde(default)]
+    pub registration: Registration,
+    /// Synapse's `registration_shared_secret`, for `registration = "shared-secret"`.
+    #[serde(default)]
+    pub shared_secret: Option<String>,
+    /// Scenario name -> why this server fails it.
+    #[serde(default)]
+    pub deviations: BTreeMap<String, Deviation>,
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Registration {
+    /// `POST /register` through the user-interactive `m.login.dummy` stage.
+    #[default]
+    Open,
+    /// Synapse's admin registration API with the shared secret (HMAC-SHA1).
+    SharedSecret,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deviation {
+    pub reason: String,
+    /// The spec text the server contradicts.
+    pub spec: String,
+}
+
+impl Profile {
+    pub fn load(path: &Path) -> Result<Profile> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let mut p: Profile = toml::from_str(&text).map_err(|e| Error::Profile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        p.path = path.to_path_buf();
+        if p.registration == Registration::SharedSecret && p.shared_secret.is_none() {
+            return Err(Error::Profile {
+                path: path.to_path_buf(),
+                reason: "registration = \"shared-secret\" needs `shared_secret`".into(),
+            });
+        }
+        for (name, d) in &p.deviations {
+            if d.reason.trim().is_empty() || !d.spec.starts_with("https://spec.matrix.org/") {
+                return Err(Error::Profile {
+                    path: path.to_path_buf(),
+                    reason: format!("deviation `{name}` needs a reason and a spec link (https://spec.matrix.org/...)"),
+                });
+            }
+        }
+        Ok(p)
+    }
+
+    /// Deviations that name no scenario (a renamed or deleted file): an error, so the list
+    /// stays true.
+    pub fn unknown_deviations<'a>(&'a self, names: &[&str]) -> Vec<&'a str> {
+        self.deviations
+            .keys()
+            .map(String::as_str)
+            .filter(|d| !names.contains(d))
+            .collect()
+    }
+}

@@ -1,0 +1,341 @@
+//! Reports of a run: JSON (the full record), markdown ("are we synapse yet" style: per area,
+//! then per-operation coverage), JUnit XML, and the comparison of two JSON reports.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Passed,
+    Failed,
+    /// Failed, as the profile's deviation list says it does.
+    ExpectedFailure,
+    /// Passed although the deviation list says it fails: an error, so the list stays true.
+    UnexpectedPass,
+    /// Not run: the server does not advertise the spec version its operations need.
+    Skipped,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScenarioResult {
+    pub name: String,
+    pub area: String,
+    pub outcome: Outcome,
+    pub duration_ms: u64,
+    pub operations: Vec<String>,
+    pub reason: Option<String>,
+    pub spec: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Totals {
+    pub scenarios: usize,
+    pub passed: usize,
+    pub failed: usize,
+    pub expected_failures: usize,
+    pub unexpected_passes: usize,
+    pub skipped: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Coverage {
+    pub operations_total: usize,
+    /// Operations called by a scenario that passed.
+    pub operations_exercised: usize,
+    pub uncovered: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AreaResult {
+    pub scenarios: usize,
+    pub passed: usize,
+    pub failed: usize,
+    pub expected_failures: usize,
+    pub unexpected_passes: usize,
+    pub skipped: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub url: String,
+    pub profile: String,
+    pub server_name: String,
+    /// `/_matrix/client/versions`.
+    pub versions: Vec<String>,
+    /// `/_matrix/federation/v1/version` when the server answers it: "Synapse 1.163.0".
+    pub software: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub server: ServerInfo,
+    pub spec_version: String,
+    pub totals: Totals,
+    pub coverage: Coverage,
+    pub areas: BTreeMap<String, AreaResult>,
+    pub scenarios: Vec<ScenarioResult>,
+}
+
+impl Report {
+    pub fn build(server: ServerInfo, mut scenarios: Vec<ScenarioResult>) -> Report {
+        scenarios.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut totals = Totals::default();
+        let mut areas: BTreeMap<String, AreaResult> = BTreeMap::new();
+        let mut exercised: BTreeSet<&str> = BTreeSet::new();
+        for s in &scenarios {
+            let a = areas.entry(s.area.clone()).or_default();
+            totals.scenarios += 1;
+            a.scenarios += 1;
+            match s.outcome {
+                Outcome::Passed => {
+                    totals.passed += 1;
+                    a.passed += 1;
+                    exercised.extend(s.operations.iter().map(String::as_str));
+                }
+                Outcome::Failed => {
+                    totals.failed += 1;
+                    a.failed += 1;
+                }
+                Outcome::ExpectedFailure => {
+                    totals.expected_failures += 1;
+                    a.expected_failures += 1;
+                }
+                Outcome::UnexpectedPass => {
+                    totals.unexpected_passes += 1;
+                    a.unexpected_passes += 1;
+                    exercised.extend(s.operations.iter().map(String::as_str));
+                }
+                Outcome::Skipped => {
+                    totals.skipped += 1;
+                    a.skipped += 1;
+                }
+            }
+        }
+        let all: Vec<&str> = crate::routes().map(|r| r.operation_id).collect();
+        let uncovered: Vec<String> = all.iter().filter(|o| !exercised.contains(*o)).map(|o| o.to_string()).collect();
+        let coverage = Coverage {
+            operations_total: all.len(),
+            operations_exercised: all.len() - uncovered.len(),
+            uncovered,
+        };
+        Report {
+            server,
+            spec_version: mxconform_generated::SPEC_VERSION.split_whitespace().next().unwrap_or("?").to_string(),
+            totals,
+            coverage,
+            areas,
+            scenarios,
+        }
+    }
+
+    /// Whether the run counts as a success: nothing failed that was not listed, nothing
+    /// listed passed.
+    pub fn success(&self) -> bool {
+        self.totals.failed == 0 && self.totals.unexpected_passes == 0
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        let t = &self.totals;
+        let _ = writeln!(s, "# Matrix compliance: {} ({})\n", self.server.profile, self.server.software.as_deref().unwrap_or("unknown software"));
+        let _ = writeln!(
+            s,
+            "Spec {}; server `{}` at {}, advertising {}.\n",
+            self.spec_version,
+            self.server.server_name,
+            self.server.url,
+            self.server.versions.join(", ")
+        );
+        let run = t.scenarios - t.skipped;
+        let _ = writeln!(
+            s,
+            "**{}** of {run} scenarios pass ({}); {} failed, {} known deviations, {} unexpected passes, {} skipped for version.\n",
+            t.passed,
+            percent(t.passed, run),
+            t.failed,
+            t.expected_failures,
+            t.unexpected_passes,
+            t.skipped
+        );
+        let _ = writeln!(s, "## Areas\n\n| Area | Passing | Failed | Known deviations | Skipped |\n|---|---|---|---|---|");
+        for (name, a) in &self.areas {
+            let ran = a.scenarios - a.skipped;
+            let _ = writeln!(
+                s,
+                "| {} | {} ({}/{ran}) | {} | {} | {} |",
+                title_case(name),
+                percent(a.passed, ran),
+                a.passed,
+                a.failed + a.unexpected_passes,
+                a.expected_failures,
+                a.skipped
+            );
+        }
+        let c = &self.coverage;
+        let _ = writeln!(
+            s,
+            "\n## Operation coverage\n\n{} of {} client-server operations exercised by a passing scenario ({}).\n",
+            c.operations_exercised,
+            c.operations_total,
+            percent(c.operations_exercised, c.operations_total)
+        );
+        let mut by_op: BTreeMap<&str, Vec<&ScenarioResult>> = BTreeMap::new();
+        for sc in &self.scenarios {
+            for op in &sc.operations {
+                by_op.entry(op.as_str()).or_default().push(sc);
+            }
+        }
+        let _ = writeln!(s, "| Operation | Route | Scenarios | Passing |\n|---|---|---|---|");
+        for r in crate::routes() {
+            let list = by_op.get(r.operation_id).map(Vec::as_slice).unwrap_or(&[]);
+            let passing = list.iter().filter(|sc| sc.outcome == Outcome::Passed).count();
+            let _ = writeln!(
+                s,
+                "| [`{}`]({}) | `{} {}` | {} | {} |",
+                r.operation_id,
+                r.spec_url,
+                r.method.as_str(),
+                r.path,
+                list.len(),
+                if list.is_empty() { "uncovered".to_string() } else { format!("{passing}/{}", list.len()) }
+            );
+        }
+        let failing: Vec<&ScenarioResult> = self
+            .scenarios
+            .iter()
+            .filter(|sc| matches!(sc.outcome, Outcome::Failed | Outcome::UnexpectedPass | Outcome::ExpectedFailure))
+            .collect();
+        if !failing.is_empty() {
+            let _ = writeln!(s, "\n## Failures and deviations\n\n| Scenario | Outcome | Reason |\n|---|---|---|");
+            for sc in failing {
+                let reason = sc.reason.as_deref().unwrap_or("").replace('|', "\\|").replace('\n', " ");
+                let _ = writeln!(s, "| [`{}`]({}) | {:?} | {} |", sc.name, sc.spec, sc.outcome, reason);
+            }
+        }
+        s
+    }
+
+    pub fn to_junit(&self) -> String {
+        let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let _ = writeln!(
+            s,
+            "<testsuites name=\"mxconform {}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">",
+            xml(&self.server.profile),
+            self.totals.scenarios,
+            self.totals.failed + self.totals.unexpected_passes,
+            self.totals.skipped
+        );
+        for (area, a) in &self.areas {
+            let _ = writeln!(
+                s,
+                "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">",
+                xml(area),
+                a.scenarios,
+                a.failed + a.unexpected_passes,
+                a.skipped
+            );
+            for sc in self.scenarios.iter().filter(|sc| &sc.area == area) {
+                let _ = write!(
+                    s,
+                    "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
+                    xml(area),
+                    xml(&sc.name),
+                    sc.duration_ms as f64 / 1000.0
+                );
+                let reason = xml(sc.reason.as_deref().unwrap_or(""));
+                match sc.outcome {
+                    Outcome::Passed => s.push_str("/>\n"),
+                    Outcome::Failed | Outcome::UnexpectedPass => {
+                        let _ = writeln!(s, ">\n      <failure message=\"{reason}\"/>\n    </testcase>");
+                    }
+                    Outcome::Skipped | Outcome::ExpectedFailure => {
+                        let _ = writeln!(s, ">\n      <skipped message=\"{:?}: {reason}\"/>\n    </testcase>", sc.outcome);
+                    }
+                }
+            }
+            s.push_str("  </testsuite>\n");
+        }
+        s.push_str("</testsuites>\n");
+        s
+    }
+}
+
+fn percent(n: usize, d: usize) -> String {
+    if d == 0 {
+        "-".into()
+    } else {
+        format!("{}%", (n * 100) / d)
+    }
+}
+
+fn title_case(s: &str) -> String {
+    s.split(['-', '_'])
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Scenario by scenario, where two servers' results differ.
+pub fn compare(a: &Report, b: &Report) -> String {
+    let mut s = String::new();
+    let name_a = format!("{} ({})", a.server.profile, a.server.software.as_deref().unwrap_or("?"));
+    let name_b = format!("{} ({})", b.server.profile, b.server.software.as_deref().unwrap_or("?"));
+    let _ = writeln!(s, "# {name_a} vs {name_b}\n");
+    let _ = writeln!(
+        s,
+        "| | {} | {} |\n|---|---|---|\n| passed | {} | {} |\n| failed | {} | {} |\n| known deviations | {} | {} |\n| operations exercised | {} | {} |\n",
+        a.server.profile,
+        b.server.profile,
+        a.totals.passed,
+        b.totals.passed,
+        a.totals.failed,
+        b.totals.failed,
+        a.totals.expected_failures,
+        b.totals.expected_failures,
+        a.coverage.operations_exercised,
+        b.coverage.operations_exercised
+    );
+    let ma: BTreeMap<&str, &ScenarioResult> = a.scenarios.iter().map(|x| (x.name.as_str(), x)).collect();
+    let mb: BTreeMap<&str, &ScenarioResult> = b.scenarios.iter().map(|x| (x.name.as_str(), x)).collect();
+    let names: BTreeSet<&str> = ma.keys().chain(mb.keys()).copied().collect();
+    let mut rows = Vec::new();
+    for n in names {
+        let oa = ma.get(n).map(|x| x.outcome);
+        let ob = mb.get(n).map(|x| x.outcome);
+        if oa != ob {
+            let show = |o: Option<Outcome>| o.map_or("not run".to_string(), |o| format!("{o:?}"));
+            let reason = mb
+                .get(n)
+                .and_then(|x| x.reason.as_deref())
+                .or_else(|| ma.get(n).and_then(|x| x.reason.as_deref()))
+                .unwrap_or("")
+                .replace('|', "\\|")
+                .replace('\n', " ");
+            rows.push(format!("| `{n}` | {} | {} | {reason} |", show(oa), show(ob)));
+        }
+    }
+    if rows.is_empty() {
+        s.push_str("Every scenario has the same outcome on both.\n");
+    } else {
+        let _ = writeln!(s, "{} scenarios differ:\n\n| Scenario | {} | {} | Reason |\n|---|---|---|---|", rows.len(), a.server.profile, b.server.profile);
+        for r in rows {
+            s.push_str(&r);
+            s.push('\n');
+        }
+    }
+    s
+}

@@ -1,0 +1,395 @@
+//! Running one scenario against a homeserver: fresh actors, then each step with the request
+//! checked, the response validated against the spec's schema before any scenario assertion,
+//! expectations, captures and snapshots. Every failure is a reason, never a panic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hmac::{KeyInit, Mac};
+use mxconform_generated::Route;
+use serde_json::{json, Value};
+
+use crate::client::{Body, Client, Response};
+use crate::profile::{Profile, Registration};
+use crate::scenario::{AuthMode, Scenario, Step, SyncUntil};
+use crate::template::Vars;
+use crate::validate::{self, Part};
+
+/// What a scenario runs against.
+#[derive(Debug)]
+pub struct Env {
+    pub client: Client,
+    pub profile: Profile,
+    /// Where this profile's snapshots live: `snapshots/<profile>/`.
+    pub snapshot_dir: PathBuf,
+    /// Bound on a scenario that sets none.
+    pub scenario_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub result: Result<(), String>,
+    /// Operations the scenario called, in the order first called.
+    pub operations: Vec<String>,
+    pub duration: Duration,
+}
+
+struct Run<'a> {
+    env: &'a Env,
+    scenario: &'a Scenario,
+    vars: Vars,
+    /// Access tokens by actor.
+    tokens: BTreeMap<String, String>,
+    /// The latest `next_batch` per actor, for `sync_until`.
+    since: BTreeMap<String, String>,
+    operations: Vec<String>,
+}
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+/// A value unique to this run of this scenario (and to this process and moment).
+fn unique_token() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+    format!("{}{}{}", base36(nanos % 36u128.pow(8)), base36(u128::from(std::process::id()) % 1296), base36(u128::from(n)))
+}
+
+fn base36(mut n: u128) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut s = Vec::new();
+    loop {
+        s.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    s.reverse();
+    String::from_utf8(s).expect("ASCII digits")
+}
+
+pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
+    let started = Instant::now();
+    let bound = scenario.timeout_ms.map(Duration::from_millis).unwrap_or(env.scenario_timeout);
+    let mut run = Run {
+        env,
+        scenario,
+        vars: Vars {
+            unique: unique_token(),
+            ..Vars::default()
+        },
+        tokens: BTreeMap::new(),
+        since: BTreeMap::new(),
+        operations: Vec::new(),
+    };
+    run.vars.set("server_name", Value::String(env.profile.server_name.clone()));
+    let result = match tokio::time::timeout(bound, run.all()).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("the scenario did not finish within {:.1} s", bound.as_secs_f64())),
+    };
+    Outcome {
+        result,
+        operations: run.operations,
+        duration: started.elapsed(),
+    }
+}
+
+impl Run<'_> {
+    async fn all(&mut self) -> Result<(), String> {
+        for actor in self.scenario.actors.clone() {
+            self.register(&actor).await.map_err(|e| format!("creating actor {actor}: {e}"))?;
+        }
+        for (i, step) in self.scenario.steps.iter().enumerate() {
+            let label = match (&step.call, &step.sync_until) {
+                (Some(op), _) => op.clone(),
+                _ => "sync_until".to_string(),
+            };
+            let r = match &step.sync_until {
+                Some(s) => self.sync_until(step, s).await,
+                None => self.call_step(step).await,
+            };
+            r.map_err(|e| format!("step {} ({label}): {e}", i + 1))?;
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, op: &str) {
+        if !self.operations.iter().any(|o| o == op) {
+            self.operations.push(op.to_string());
+        }
+    }
+
+    /// Calls an operation, validating the request (unless `invalid`) and the response.
+    #[allow(clippy::too_many_arguments)]
+    async fn call(
+        &mut self,
+        route: &'static Route,
+        path: &BTreeMap<String, String>,
+        query: &[(String, String)],
+        body: Body,
+        token: Option<&str>,
+        invalid: bool,
+        timeout: Option<Duration>,
+    ) -> Result<Response, String> {
+        if let (Body::Json(b), false) = (&body, invalid) {
+            if let Some(v) = validate::validate(route.operation_id, &Part::Request, b)? {
+                if let Some(first) = v.first() {
+                    return Err(format!("the request breaks the spec's schema (fix the scenario, or mark the step `invalid`): {first}"));
+                }
+            }
+        }
+        self.record(route.operation_id);
+        let resp = self.env.client.call(route, path, query, body, token, timeout).await?;
+        check_schema(route, &resp)?;
+        Ok(resp)
+    }
+
+    async fn register(&mut self, actor: &str) -> Result<(), String> {
+        let localpart = format!("{actor}-{}", self.vars.unique);
+        let password = format!("pw-{}-{}", self.vars.unique, actor);
+        let body = match self.env.profile.registration {
+            Registration::Open => self.register_open(&localpart, &password).await?,
+            Registration::SharedSecret => self.register_shared_secret(&localpart, &password).await?,
+        };
+        let get = |k: &str| {
+            body.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| format!("the registration response has no `{k}`: {body}"))
+        };
+        let user_id = get("user_id")?;
+        let token = get("access_token")?;
+        let device_id = get("device_id")?;
+        self.vars.set(&format!("{actor}.user_id"), json!(user_id));
+        self.vars.set(&format!("{actor}.token"), json!(token));
+        self.vars.set(&format!("{actor}.device_id"), json!(device_id));
+        self.vars.set(&format!("{actor}.localpart"), json!(localpart));
+        self.vars.set(&format!("{actor}.password"), json!(password));
+        self.tokens.insert(actor.to_string(), token);
+        Ok(())
+    }
+
+    /// `POST /register`, then the `m.login.dummy` stage when the server asks for one.
+    async fn register_open(&mut self, localpart: &str, password: &str) -> Result<Value, String> {
+        let route = crate::route("register").ok_or("no register operation")?;
+        let mut body = json!({"username": localpart, "password": password, "initial_device_display_name": "mxconform"});
+        let first = self.call(route, &BTreeMap::new(), &[], Body::Json(body.clone()), None, false, None).await?;
+        if first.status == 200 {
+            return Ok(first.body);
+        }
+        if first.status != 401 {
+            return Err(format!("status {} from register: {}", first.status, first.body));
+        }
+        let session = first.body.get("session").and_then(Value::as_str).map(str::to_string);
+        let offers_dummy = first
+            .body
+            .get("flows")
+            .and_then(Value::as_array)
+            .is_some_and(|flows| flows.iter().any(|f| f.get("stages").and_then(Value::as_array).is_some_and(|s| s == &[json!("m.login.dummy")])));
+        if !offers_dummy {
+            return Err(format!("the server offers no registration flow of just m.login.dummy: {}", first.body));
+        }
+        let mut auth = json!({"type": "m.login.dummy"});
+        if let Some(s) = session {
+            auth["session"] = json!(s);
+        }
+        body["auth"] = auth;
+        let second = self.call(route, &BTreeMap::new(), &[], Body::Json(body), None, false, None).await?;
+        if second.status != 200 {
+            return Err(format!("status {} from register with m.login.dummy: {}", second.status, second.body));
+        }
+        Ok(second.body)
+    }
+
+    /// Synapse's admin registration: a nonce, then an HMAC-SHA1 over it and the credentials.
+    async fn register_shared_secret(&mut self, localpart: &str, password: &str) -> Result<Value, String> {
+        let secret = self.env.profile.shared_secret.clone().unwrap_or_default();
+        let path = "/_synapse/admin/v1/register";
+        let nonce_resp = self.env.client.send("GET", path, &[], Body::None, None, None, false).await?;
+        let nonce = nonce_resp
+            .body
+            .get("nonce")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("no nonce from {path}: {}", nonce_resp.body))?
+            .to_string();
+        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(|e| e.to_string())?;
+        mac.update(nonce.as_bytes());
+        mac.update(b"\0");
+        mac.update(localpart.as_bytes());
+        mac.update(b"\0");
+        mac.update(password.as_bytes());
+        mac.update(b"\0notadmin");
+        let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let body = json!({"nonce": nonce, "username": localpart, "password": password, "mac": digest, "admin": false});
+        let resp = self.env.client.send("POST", path, &[], Body::Json(body), None, None, false).await?;
+        if resp.status != 200 {
+            return Err(format!("status {} from {path}: {}", resp.status, resp.body));
+        }
+        Ok(resp.body)
+    }
+
+    fn token_for(&self, step: &Step, actor: Option<&String>) -> Result<Option<String>, String> {
+        match step.auth {
+            Some(AuthMode::None) => return Ok(None),
+            Some(AuthMode::Bogus) => return Ok(Some(format!("mxconform_bogus_{}", self.vars.unique))),
+            None => {}
+        }
+        let actor = actor.or_else(|| self.scenario.actors.first());
+        Ok(actor.and_then(|a| self.tokens.get(a).cloned()))
+    }
+
+    fn render_params(&self, params: &BTreeMap<String, Value>) -> Result<Vec<(String, Value)>, String> {
+        params
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), self.vars.render(v)?)))
+            .collect()
+    }
+
+    async fn call_step(&mut self, step: &Step) -> Result<(), String> {
+        let op = step.call.as_deref().ok_or("no operation")?;
+        let route = crate::route(op).ok_or_else(|| format!("no operation {op}"))?;
+        let path: BTreeMap<String, String> = self
+            .render_params(&step.path)?
+            .into_iter()
+            .map(|(k, v)| (k, text_of(&v)))
+            .collect();
+        let mut query = Vec::new();
+        for (k, v) in self.render_params(&step.query)? {
+            match v {
+                Value::Array(items) => query.extend(items.iter().map(|i| (k.clone(), text_of(i)))),
+                Value::Null => {}
+                other => query.push((k, text_of(&other))),
+            }
+        }
+        let body = match (&step.body, &step.raw_body) {
+            (Some(b), _) => Body::Json(self.vars.render(b)?),
+            (None, Some(raw)) => Body::Raw {
+                bytes: self.vars.render_text(raw)?.into_bytes(),
+                content_type: step.content_type.clone().unwrap_or_else(|| "application/json".into()),
+            },
+            (None, None) if route.request_body == mxconform_generated::BodyKind::Json && !step.invalid => Body::Json(json!({})),
+            (None, None) => Body::None,
+        };
+        let token = self.token_for(step, step.as_actor.as_ref())?;
+        let resp = self.call(route, &path, &query, body, token.as_deref(), step.invalid, None).await?;
+        crate::expect::response(&step.expect, resp.status, &resp.body, &self.vars)?;
+        self.capture(step, &resp.body)?;
+        if let Some(name) = &step.snapshot {
+            let text = crate::snapshot::normalise(&resp.body, &self.env.profile.server_name);
+            let dir = self.env.snapshot_dir.join(&self.scenario.area);
+            let file = format!("{}__{name}", self.scenario.name.rsplit('/').next().unwrap_or(&self.scenario.name));
+            crate::snapshot::assert(&dir, &file, &text)?;
+        }
+        Ok(())
+    }
+
+    fn capture(&mut self, step: &Step, body: &Value) -> Result<(), String> {
+        for (name, pointer) in &step.capture {
+            let pointer = self.vars.render_text(pointer)?;
+            let v = body
+                .pointer(&pointer)
+                .ok_or_else(|| format!("cannot capture `{name}`: nothing at {pointer}"))?;
+            self.vars.set(name, v.clone());
+        }
+        Ok(())
+    }
+
+    async fn sync_until(&mut self, step: &Step, s: &SyncUntil) -> Result<(), String> {
+        let route = crate::route("sync").ok_or("no sync operation")?;
+        let actor = s
+            .as_actor
+            .clone()
+            .or_else(|| self.scenario.actors.first().cloned())
+            .ok_or("sync_until needs an actor")?;
+        let token = self.tokens.get(&actor).cloned().ok_or_else(|| format!("no token for {actor}"))?;
+        let bound = Duration::from_millis(s.timeout_ms.unwrap_or(10_000));
+        let deadline = Instant::now() + bound;
+        let filter = match &s.filter {
+            Some(f) => Some(self.vars.render(f)?.to_string()),
+            None => None,
+        };
+        let mut last = String::from("no /sync response yet");
+        let mut polls = 0u32;
+        loop {
+            let now = Instant::now();
+            if now >= deadline || polls >= 200 {
+                return Err(format!(
+                    "checks did not hold within {:.1} s ({polls} /sync calls); last: {last}",
+                    bound.as_secs_f64()
+                ));
+            }
+            polls += 1;
+            let wait_ms = (deadline - now).as_millis().min(5_000) as u64;
+            let mut query = vec![("timeout".to_string(), wait_ms.to_string())];
+            if let Some(since) = self.since.get(&actor) {
+                query.push(("since".into(), since.clone()));
+            }
+            if let Some(f) = &filter {
+                query.push(("filter".into(), f.clone()));
+            }
+            let timeout = Duration::from_millis(wait_ms) + self.env.client.limits.request_timeout;
+            let resp = self
+                .call(route, &BTreeMap::new(), &query, Body::None, Some(&token), false, Some(timeout))
+                .await?;
+            if resp.status != 200 {
+                return Err(format!("/sync answered {}: {}", resp.status, resp.body));
+            }
+            if let Some(next) = resp.body.get("next_batch").and_then(Value::as_str) {
+                self.since.insert(actor.clone(), next.to_string());
+            }
+            match s.checks.iter().try_for_each(|c| crate::expect::check(c, &resp.body, &self.vars)) {
+                Ok(()) => {
+                    self.capture(step, &resp.body)?;
+                    return Ok(());
+                }
+                Err(e) => last = e,
+            }
+        }
+    }
+}
+
+/// Validates a response against the spec's schema for its status; an undocumented error
+/// status must still have the standard error shape.
+fn check_schema(route: &Route, resp: &Response) -> Result<(), String> {
+    if resp.body.is_null() && route.responses.iter().any(|r| r.status == resp.status && r.body == mxconform_generated::BodyKind::Binary) {
+        return Ok(());
+    }
+    match validate::validate(route.operation_id, &Part::Response(resp.status), &resp.body)? {
+        Some(v) if !v.is_empty() => Err(format!(
+            "the {} response breaks the spec's schema for {}: {}",
+            resp.status,
+            route.operation_id,
+            v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        )),
+        Some(_) => Ok(()),
+        None if resp.status >= 400 => {
+            let v = validate::error_shape(&resp.body);
+            match v.first() {
+                Some(first) => Err(format!("the {} error response has no standard error shape: {first}", resp.status)),
+                None => Ok(()),
+            }
+        }
+        None => Ok(()),
+    }
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Operations the harness itself calls for a scenario (actor creation).
+pub fn implicit_operations(scenario: &Scenario, registration: Registration) -> BTreeSet<&'static str> {
+    let mut out = BTreeSet::new();
+    if !scenario.actors.is_empty() && registration == Registration::Open {
+        out.insert("register");
+    }
+    out
+}

@@ -1,0 +1,284 @@
+//! The scenario format: YAML files under `scenarios/<area>/`, read into these types and
+//! checked against the route table when loaded, so that a typo fails before any request.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// One scenario file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// What the scenario shows, in a sentence.
+    pub description: String,
+    /// The spec section it checks (a link).
+    pub spec: String,
+    /// Users created fresh for this scenario (unique names), by the name steps use.
+    #[serde(default)]
+    pub actors: Vec<String>,
+    /// Bound on the whole scenario, in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    pub steps: Vec<Step>,
+
+    /// Filled in by the loader: the path under `scenarios/` without `.yaml`.
+    #[serde(skip)]
+    pub name: String,
+    /// Filled in by the loader: the first folder under `scenarios/`.
+    #[serde(skip)]
+    pub area: String,
+}
+
+/// One step: an operation call or a bounded `/sync` long-poll.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// A spec operation id; the harness builds the URL from the route table.
+    #[serde(default)]
+    pub call: Option<String>,
+    /// Long-poll `/sync` as `as` until the checks hold.
+    #[serde(default)]
+    pub sync_until: Option<SyncUntil>,
+    /// The actor whose access token is sent (default: the first actor).
+    #[serde(default, rename = "as")]
+    pub as_actor: Option<String>,
+    /// `none`: send no token; `bogus`: send a token no server issued.
+    #[serde(default)]
+    pub auth: Option<AuthMode>,
+    #[serde(default)]
+    pub path: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub query: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub body: Option<Value>,
+    /// A body sent as it is (for deliberately broken requests).
+    #[serde(default)]
+    pub raw_body: Option<String>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// The request is wrong on purpose: do not validate it against the spec.
+    #[serde(default)]
+    pub invalid: bool,
+    #[serde(default)]
+    pub expect: Expect,
+    /// Values to keep for later steps: name -> JSON pointer into the response body.
+    #[serde(default)]
+    pub capture: BTreeMap<String, String>,
+    /// Keep the normalised response as an insta snapshot with this name.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    None,
+    Bogus,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncUntil {
+    #[serde(default, rename = "as")]
+    pub as_actor: Option<String>,
+    /// Bound on the whole wait (default 10 s).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// An inline filter (JSON), sent as the `filter` query parameter.
+    #[serde(default)]
+    pub filter: Option<Value>,
+    /// Checks that must all hold on one `/sync` response.
+    pub checks: Vec<Check>,
+}
+
+/// What a response must look like. With no `status`, any 2xx passes.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    #[serde(default)]
+    pub status: Option<StatusSpec>,
+    #[serde(default)]
+    pub errcode: Option<String>,
+    /// The body contains this (objects by key, arrays element by element in any order).
+    #[serde(default)]
+    pub body: Option<Value>,
+    #[serde(default)]
+    pub checks: Vec<Check>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StatusSpec {
+    One(u16),
+    Any(Vec<u16>),
+}
+
+impl StatusSpec {
+    pub fn allows(&self, status: u16) -> bool {
+        match self {
+            StatusSpec::One(s) => *s == status,
+            StatusSpec::Any(list) => list.contains(&status),
+        }
+    }
+}
+
+/// A check on the value at a JSON pointer (`at`, templated).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    pub at: String,
+    #[serde(default)]
+    pub exists: Option<bool>,
+    #[serde(default)]
+    pub absent: Option<bool>,
+    #[serde(default)]
+    pub equals: Option<Value>,
+    /// The value contains this (see [`Expect::body`]).
+    #[serde(default)]
+    pub subset: Option<Value>,
+    /// An array with an element that contains this.
+    #[serde(default)]
+    pub contains: Option<Value>,
+    /// No element of the array contains this.
+    #[serde(default)]
+    pub lacks: Option<Value>,
+    /// The length of an array, object or string.
+    #[serde(default)]
+    pub length: Option<usize>,
+    #[serde(default)]
+    pub min_length: Option<usize>,
+    /// A string matching this regular expression.
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// The JSON type: string, number, integer, boolean, object, array, null.
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+}
+
+/// Reads every `*.yaml` under `dir` (sorted), naming each by its path.
+pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
+    let mut files = Vec::new();
+    collect(dir, &mut files)?;
+    files.sort();
+    files.iter().map(|f| load_file(dir, f)).collect()
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+pub fn load_file(root: &Path, file: &Path) -> Result<Scenario> {
+    let rel = file.strip_prefix(root).unwrap_or(file);
+    let name = rel.with_extension("").to_string_lossy().replace('\\', "/");
+    let text = std::fs::read_to_string(file).map_err(|e| Error::Io {
+        path: file.to_path_buf(),
+        source: e,
+    })?;
+    let mut s: Scenario = serde_yaml::from_str(&text).map_err(|e| Error::Scenario {
+        name: name.clone(),
+        reason: e.to_string(),
+    })?;
+    s.area = name.split('/').next().unwrap_or("misc").to_string();
+    s.name = name;
+    s.check()?;
+    Ok(s)
+}
+
+impl Scenario {
+    /// Structural checks that need no server: each step is one kind, operations exist,
+    /// path parameters are given, actors are declared.
+    pub fn check(&self) -> Result<()> {
+        let fail = |reason: String| Err(Error::Scenario {
+            name: self.name.clone(),
+            reason,
+        });
+        if self.steps.is_empty() {
+            return fail("no steps".into());
+        }
+        if !self.spec.starts_with("https://spec.matrix.org/") {
+            return fail(format!("`spec` must link to the spec (https://spec.matrix.org/...), not {:?}", self.spec));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for a in &self.actors {
+            if !seen.insert(a) || a.is_empty() || !a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+                return fail(format!("actor names must be unique lowercase words: {a:?}"));
+            }
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            let n = i + 1;
+            let who = step.as_actor.as_ref().or(step.sync_until.as_ref().and_then(|s| s.as_actor.as_ref()));
+            if let Some(a) = who {
+                if !self.actors.contains(a) {
+                    return fail(format!("step {n}: actor `{a}` is not in `actors`"));
+                }
+            }
+            match (&step.call, &step.sync_until) {
+                (Some(op), None) => {
+                    let Some(route) = crate::route(op) else {
+                        return fail(format!("step {n}: no operation `{op}` in the client-server route table"));
+                    };
+                    for p in route.path_params() {
+                        if !step.path.contains_key(p) {
+                            return fail(format!("step {n}: `{op}` needs path parameter `{p}`"));
+                        }
+                    }
+                    for k in step.path.keys() {
+                        if !route.path_params().any(|p| p == k) {
+                            return fail(format!("step {n}: `{op}` has no path parameter `{k}`"));
+                        }
+                    }
+                    if step.body.is_some() && step.raw_body.is_some() {
+                        return fail(format!("step {n}: give `body` or `raw_body`, not both"));
+                    }
+                    if step.as_actor.is_none() && step.auth.is_none() && route.auth == mxconform_generated::Auth::Required && self.actors.is_empty() {
+                        return fail(format!("step {n}: `{op}` needs a token but the scenario has no actors"));
+                    }
+                }
+                (None, Some(s)) => {
+                    if self.actors.is_empty() {
+                        return fail(format!("step {n}: sync_until needs an actor"));
+                    }
+                    if s.checks.is_empty() {
+                        return fail(format!("step {n}: sync_until without checks would wait for nothing"));
+                    }
+                }
+                _ => return fail(format!("step {n}: a step has exactly one of `call` and `sync_until`")),
+            }
+            for check in step.expect.checks.iter().chain(step.sync_until.iter().flat_map(|s| &s.checks)) {
+                if let Some(r) = &check.regex {
+                    if regex::Regex::new(r).is_err() {
+                        return fail(format!("step {n}: invalid regex {r:?}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every operation the scenario calls (with the ones the harness calls for it).
+    pub fn operations(&self) -> Vec<&str> {
+        let mut ops: Vec<&str> = self.steps.iter().filter_map(|s| s.call.as_deref()).collect();
+        if self.steps.iter().any(|s| s.sync_until.is_some()) {
+            ops.push("sync");
+        }
+        ops.sort_unstable();
+        ops.dedup();
+        ops
+    }
+}
