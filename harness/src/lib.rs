@@ -52,7 +52,9 @@ pub struct RunConfig {
     pub snapshots_dir: PathBuf,
     pub limits: client::Limits,
     pub scenario_timeout: Duration,
-    pub args: libtest_mimic::Arguments,
+    /// libtest's arguments; `None` runs every scenario without libtest's console output
+    /// (for embedding, and for the harness's own tests).
+    pub args: Option<libtest_mimic::Arguments>,
 }
 
 /// Parses `v1.11` / `1.11` / `r0.6.1` into (major, minor); `r0.*` counts as (0, *).
@@ -116,9 +118,9 @@ pub async fn probe(client: &client::Client) -> Result<(Vec<String>, Option<Strin
     Ok((versions, software))
 }
 
-/// The result of a run: libtest's conclusion and the report.
+/// The result of a run: libtest's conclusion (when libtest ran it) and the report.
 pub struct RunOutput {
-    pub conclusion: libtest_mimic::Conclusion,
+    pub conclusion: Option<libtest_mimic::Conclusion>,
     pub report: Report,
 }
 
@@ -155,14 +157,17 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
     });
     let rt = Arc::new(rt);
     let results: Arc<Mutex<Vec<report::ScenarioResult>>> = Arc::default();
-    let mut trials = Vec::new();
+    type Job = Box<dyn FnOnce() -> std::result::Result<Completion, Failed> + Send>;
+    let mut jobs: Vec<(String, String, Job)> = Vec::new();
     for s in scenarios {
         let gate = version_gate(&s, &versions);
         let (env, rt, results) = (env.clone(), rt.clone(), results.clone());
         let name = s.name.clone();
         let area = s.area.clone();
-        trials.push(
-            Trial::ignorable_test(name, move || {
+        jobs.push((
+            name,
+            area,
+            Box::new(move || {
                 let record = |outcome, reason: Option<String>, ops: Vec<String>, ms: u64| {
                     if let Ok(mut r) = results.lock() {
                         r.push(report::ScenarioResult {
@@ -206,11 +211,24 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
                         Err(Failed::from(why))
                     }
                 }
-            })
-            .with_kind(area),
-        );
+            }),
+        ));
     }
-    let conclusion = libtest_mimic::run(&config.args, trials);
+    let conclusion = match &config.args {
+        Some(args) => {
+            let trials = jobs
+                .into_iter()
+                .map(|(name, area, job)| Trial::ignorable_test(name, job).with_kind(area))
+                .collect();
+            Some(libtest_mimic::run(args, trials))
+        }
+        None => {
+            for (_, _, job) in jobs {
+                let _ = job();
+            }
+            None
+        }
+    };
     let results = std::mem::take(&mut *results.lock().map_err(|_| Error::Other("results lock poisoned".into()))?);
     Ok(RunOutput {
         conclusion,

@@ -1,0 +1,397 @@
+//! The harness against small local servers: a fake homeserver that answers a few operations
+//! (right or wrong on purpose), and a hostile one that hangs, trickles, sends garbage, resets
+//! and announces enormous bodies. Every scenario ends within its bound with a reason; the
+//! harness never panics or hangs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mxconform_harness::client::{Body, Client, Limits};
+use mxconform_harness::profile::Registration;
+use mxconform_harness::report::Outcome;
+use mxconform_harness::{runner, scenario, Profile, RunConfig};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How the fake server answers one request.
+#[derive(Clone)]
+enum Answer {
+    Json(u16, Value),
+    Hang,
+    Trickle,
+    Garbage,
+    Reset,
+    HugeAnnounced,
+    HugeBody,
+}
+
+type Handler = Arc<dyn Fn(&str, &str, &Value) -> Answer + Send + Sync>;
+
+/// Reads one HTTP/1.1 request: method, path (with query) and JSON body (or null).
+async fn read_request(sock: &mut TcpStream) -> Option<(String, String, Value)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let n = sock.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 1 << 20 {
+            return None;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.lines();
+    let mut first = lines.next()?.split_whitespace();
+    let method = first.next()?.to_string();
+    let path = first.next()?.to_string();
+    let len: usize = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = sock.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or(Value::Null);
+    Some((method, path, body))
+}
+
+async fn answer(mut sock: TcpStream, handler: Handler) {
+    while let Some((method, path, body)) = read_request(&mut sock).await {
+        match handler(&method, &path, &body) {
+            Answer::Json(status, v) => {
+                let text = v.to_string();
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    text.len()
+                );
+                if sock.write_all(head.as_bytes()).await.is_err() || sock.write_all(text.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            Answer::Hang => {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                return;
+            }
+            Answer::Trickle => {
+                let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n").await;
+                for _ in 0..600 {
+                    if sock.write_all(b" ").await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                return;
+            }
+            Answer::Garbage => {
+                let _ = sock.write_all(b"\x00\x01garbage that is not HTTP\r\n\r\n").await;
+                return;
+            }
+            Answer::Reset => {
+                // A zero linger makes the close a TCP reset; it does not block with zero.
+                #[allow(deprecated)]
+                let _ = sock.set_linger(Some(Duration::ZERO));
+                drop(sock);
+                return;
+            }
+            Answer::HugeAnnounced => {
+                let _ = sock
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 99999999999\r\n\r\n{")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                return;
+            }
+            Answer::HugeBody => {
+                let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n").await;
+                let piece = vec![b' '; 64 * 1024];
+                for _ in 0..1024 {
+                    let frame = format!("{:x}\r\n", piece.len());
+                    if sock.write_all(frame.as_bytes()).await.is_err()
+                        || sock.write_all(&piece).await.is_err()
+                        || sock.write_all(b"\r\n").await.is_err()
+                    {
+                        return;
+                    }
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Starts a fake server on a free loopback port in its own runtime thread; returns its URL.
+fn serve(handler: Handler) -> String {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    std_listener.set_nonblocking(true).expect("nonblocking");
+    let addr = std_listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = TcpListener::from_std(std_listener).expect("listener");
+            while let Ok((sock, _)) = listener.accept().await {
+                tokio::spawn(answer(sock, handler.clone()));
+            }
+        });
+    });
+    format!("http://{addr}")
+}
+
+/// A fake homeserver: versions, open registration through the dummy stage, `createRoom`
+/// (right), `getRoomIdByAlias` (breaking its schema: `servers` is not a list) and
+/// `setRoomAlias` answering a 403 without `errcode`.
+fn fake_homeserver() -> Handler {
+    Arc::new(|method: &str, path: &str, body: &Value| {
+        let p = path.split('?').next().unwrap_or(path);
+        match (method, p) {
+            ("GET", "/_matrix/client/versions") => Answer::Json(200, json!({"versions": ["v1.11"]})),
+            ("POST", "/_matrix/client/v3/register") => {
+                if body.get("auth").is_none() {
+                    Answer::Json(401, json!({"session": "s1", "flows": [{"stages": ["m.login.dummy"]}], "params": {}}))
+                } else {
+                    let user = body["username"].as_str().unwrap_or("x");
+                    Answer::Json(200, json!({"user_id": format!("@{user}:fake.test"), "access_token": format!("tok-{user}"), "device_id": "DEV"}))
+                }
+            }
+            ("POST", "/_matrix/client/v3/createRoom") => Answer::Json(200, json!({"room_id": "!room:fake.test"})),
+            ("GET", p) if p.starts_with("/_matrix/client/v3/directory/room/") => {
+                Answer::Json(200, json!({"room_id": "!room:fake.test", "servers": "not-a-list"}))
+            }
+            ("PUT", p) if p.starts_with("/_matrix/client/v3/directory/room/") => Answer::Json(403, json!({"error": "no errcode here"})),
+            ("GET", "/_matrix/client/v3/sync") => Answer::Json(200, json!({"next_batch": "n1"})),
+            _ => Answer::Json(404, json!({"errcode": "M_UNRECOGNIZED", "error": "unknown"})),
+        }
+    })
+}
+
+fn profile(deviations: &[(&str, &str)]) -> Profile {
+    let mut text = String::from("name = \"fake\"\nserver_name = \"fake.test\"\n");
+    for (name, reason) in deviations {
+        text.push_str(&format!("[deviations.\"{name}\"]\nreason = \"{reason}\"\nspec = \"https://spec.matrix.org/v1.19/\"\n"));
+    }
+    let dir = temp_dir("profile");
+    let path = dir.join("fake.toml");
+    std::fs::write(&path, text).expect("write profile");
+    Profile::load(&path).expect("profile loads")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mxconform-harness-{}-{tag}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+fn write_scenarios(dir: &Path, files: &[(&str, &str)]) {
+    for (name, text) in files {
+        let p = dir.join(format!("{name}.yaml"));
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("dirs");
+        std::fs::write(p, text).expect("write scenario");
+    }
+}
+
+const SPEC: &str = "spec: https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3createroom\n";
+
+#[test]
+fn scenarios_against_a_fake_server() {
+    let url = serve(fake_homeserver());
+    let dir = temp_dir("suite");
+    write_scenarios(
+        &dir,
+        &[
+            ("rooms/create", &format!("description: create a room\n{SPEC}actors: [alice]\nsteps:\n  - call: createRoom\n    body: {{}}\n    capture: {{room: /room_id}}\n  - call: createRoom\n    body: {{name: \"{{{{room}}}}\"}}\n    expect:\n      body: {{room_id: \"{{{{room}}}}\"}}\n")),
+            ("rooms/wrong_expectation", &format!("description: expects a 404 it does not get\n{SPEC}actors: [alice]\nsteps:\n  - call: createRoom\n    expect: {{status: 404}}\n")),
+            ("directory/schema_violation", &format!("description: the fake answers a schema-breaking body\n{SPEC}steps:\n  - call: getRoomIdByAlias\n    path: {{roomAlias: \"#a:fake.test\"}}\n")),
+            ("directory/error_shape", &format!("description: a 403 without errcode\n{SPEC}actors: [alice]\nsteps:\n  - call: setRoomAlias\n    path: {{roomAlias: \"#a:fake.test\"}}\n    body: {{room_id: \"!r:fake.test\"}}\n    expect: {{status: 403}}\n")),
+            ("directory/listed_and_failing", &format!("description: listed as a deviation and failing\n{SPEC}steps:\n  - call: getRoomIdByAlias\n    path: {{roomAlias: \"#a:fake.test\"}}\n")),
+            ("rooms/listed_but_passing", &format!("description: listed as a deviation but passing\n{SPEC}actors: [alice]\nsteps:\n  - call: createRoom\n")),
+            ("rooms/newer_than_server", &format!("description: an operation from v1.19\n{SPEC}actors: [alice]\nsteps:\n  - call: getMutualRooms\n    query: {{user_id: \"{{{{alice.user_id}}}}\"}}\n")),
+            ("rooms/bad_request", &format!("description: a request breaking the spec, not marked invalid\n{SPEC}actors: [alice]\nsteps:\n  - call: createRoom\n    body: {{preset: 42}}\n")),
+        ],
+    );
+    let config = RunConfig {
+        server_url: url.clone(),
+        profile: profile(&[("directory/listed_and_failing", "known"), ("rooms/listed_but_passing", "stale entry")]),
+        scenarios_dir: dir.clone(),
+        snapshots_dir: temp_dir("snapshots"),
+        limits: Limits::default(),
+        scenario_timeout: Duration::from_secs(20),
+        args: None,
+    };
+    let out = mxconform_harness::run(config).expect("the run completes");
+    let by_name: BTreeMap<&str, (&Outcome, &str)> = out
+        .report
+        .scenarios
+        .iter()
+        .map(|s| (s.name.as_str(), (&s.outcome, s.reason.as_deref().unwrap_or(""))))
+        .collect();
+    let expect = |name: &str, outcome: Outcome, reason_has: &str| {
+        let (o, reason) = by_name.get(name).unwrap_or_else(|| panic!("{name} not in the report"));
+        assert_eq!(**o, outcome, "{name}: {reason}");
+        assert!(reason.contains(reason_has), "{name}: reason `{reason}` lacks `{reason_has}`");
+    };
+    expect("rooms/create", Outcome::Passed, "");
+    expect("rooms/wrong_expectation", Outcome::Failed, "expected status One(404), got 200");
+    expect("directory/schema_violation", Outcome::Failed, "breaks the spec's schema for getRoomIdByAlias: at /servers");
+    expect("directory/error_shape", Outcome::Failed, "no standard error shape");
+    expect("directory/listed_and_failing", Outcome::ExpectedFailure, "known");
+    expect("rooms/listed_but_passing", Outcome::UnexpectedPass, "remove it from the list");
+    expect("rooms/newer_than_server", Outcome::Skipped, "added in v1.19");
+    expect("rooms/bad_request", Outcome::Failed, "the request breaks the spec's schema");
+    let t = &out.report.totals;
+    assert_eq!((t.scenarios, t.passed, t.failed, t.expected_failures, t.unexpected_passes, t.skipped), (8, 1, 4, 1, 1, 1));
+    assert!(out.conclusion.is_none());
+    assert!(!out.report.success());
+    // Coverage counts operations of passing scenarios only.
+    assert!(out.report.coverage.operations_exercised >= 2);
+    assert!(!out.report.coverage.uncovered.contains(&"createRoom".to_string()));
+    assert!(out.report.coverage.uncovered.contains(&"getRoomIdByAlias".to_string()));
+    // Reports render.
+    let md = out.report.to_markdown();
+    assert!(md.contains("| Rooms | 25% (1/4) | 3 | 0 | 1 |"), "{md}");
+    let junit = out.report.to_junit();
+    assert!(junit.contains("<testcase classname=\"rooms\" name=\"rooms/create\""), "{junit}");
+    let json: Value = serde_json::from_str(&out.report.to_json()).expect("JSON report");
+    for key in ["server", "totals", "coverage", "areas", "scenarios"] {
+        assert!(json.get(key).is_some(), "report lacks {key}");
+    }
+    assert_eq!(json["scenarios"][0]["outcome"], "failed");
+}
+
+#[test]
+fn unreachable_server_is_a_clear_error() {
+    // A port that was just free: nothing listens.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let url = format!("http://127.0.0.1:{port}");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = Client::new(&url, Limits::default()).expect("client");
+    let err = rt.block_on(mxconform_harness::probe(&client)).expect_err("nothing listens");
+    let text = err.to_string();
+    assert!(text.starts_with(&format!("cannot reach homeserver at {url}: ")), "{text}");
+}
+
+/// Each hostile behaviour, for `getRoomIdByAlias`; the scenario must fail with the reason
+/// within its bound.
+#[test]
+fn hostile_server_fails_scenarios_with_reasons() {
+    let cases: Vec<(&str, Answer, &str)> = vec![
+        ("hang", Answer::Hang, "no complete response within"),
+        ("trickle", Answer::Trickle, "no complete response within"),
+        ("garbage", Answer::Garbage, "request failed"),
+        ("reset", Answer::Reset, "request failed"),
+        ("huge_announced", Answer::HugeAnnounced, "announces a 99999999999-byte body"),
+        ("huge_body", Answer::HugeBody, "exceeds the"),
+        ("not_json", Answer::Json(200, json!("x")), "breaks the spec's schema"),
+    ];
+    let limits = Limits {
+        request_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        max_body: 1024 * 1024,
+    };
+    for (name, behaviour, reason_has) in cases {
+        let b = behaviour.clone();
+        let url = serve(Arc::new(move |_: &str, _: &str, _: &Value| b.clone()));
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let env = runner::Env {
+            client: Client::new(&url, limits).expect("client"),
+            profile: {
+                let mut p = profile(&[]);
+                p.registration = Registration::Open;
+                p
+            },
+            snapshot_dir: temp_dir("snap"),
+            scenario_timeout: Duration::from_secs(10),
+        };
+        let dir = temp_dir(name);
+        write_scenarios(&dir, &[(&format!("hostile/{name}"), &format!("description: hostile {name}\n{SPEC}steps:\n  - call: getRoomIdByAlias\n    path: {{roomAlias: \"#a:x\"}}\n"))]);
+        let s = scenario::load_dir(&dir).expect("loads").remove(0);
+        let started = Instant::now();
+        let outcome = rt.block_on(runner::run(&env, &s));
+        let took = started.elapsed();
+        let reason = outcome.result.expect_err(name);
+        assert!(reason.contains(reason_has), "{name}: `{reason}` lacks `{reason_has}`");
+        assert!(took < Duration::from_secs(10), "{name} took {took:?}");
+        rt.shutdown_timeout(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_scenario_bound_stops_a_slow_scenario() {
+    let url = serve(Arc::new(|_: &str, _: &str, _: &Value| Answer::Hang));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let env = runner::Env {
+        client: Client::new(&url, Limits::default()).expect("client"),
+        profile: profile(&[]),
+        snapshot_dir: temp_dir("snap"),
+        scenario_timeout: Duration::from_secs(30),
+    };
+    let dir = temp_dir("bound");
+    write_scenarios(&dir, &[("x/slow", &format!("description: slow\n{SPEC}timeout_ms: 700\nsteps:\n  - call: getRoomIdByAlias\n    path: {{roomAlias: \"#a:x\"}}\n"))]);
+    let s = scenario::load_dir(&dir).expect("loads").remove(0);
+    let started = Instant::now();
+    let outcome = rt.block_on(runner::run(&env, &s));
+    let reason = outcome.result.expect_err("bounded");
+    assert!(reason.contains("did not finish within 0.7 s"), "{reason}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    rt.shutdown_timeout(Duration::from_millis(100));
+}
+
+#[test]
+fn broken_scenario_files_are_rejected_with_the_reason() {
+    let check = |text: &str, reason_has: &str| {
+        let dir = temp_dir("broken");
+        write_scenarios(&dir, &[("a/broken", text)]);
+        let err = scenario::load_dir(&dir).expect_err(text).to_string();
+        assert!(err.contains("scenario a/broken") && err.contains(reason_has), "`{err}` lacks `{reason_has}`");
+    };
+    check(&format!("description: d\n{SPEC}steps:\n  - call: noSuchOperation\n"), "no operation `noSuchOperation`");
+    check(&format!("description: d\n{SPEC}steps:\n  - call: getRoomIdByAlias\n"), "needs path parameter `roomAlias`");
+    check(&format!("description: d\n{SPEC}actors: [alice]\nsteps:\n  - call: createRoom\n    as: bob\n"), "actor `bob` is not in `actors`");
+    check(&format!("description: d\n{SPEC}steps:\n  - call: createRoom\n    frobnicate: 1\n"), "unknown field `frobnicate`");
+    check("description: d\nspec: not a link\nsteps:\n  - call: createRoom\n", "must link to the spec");
+    check(&format!("description: d\n{SPEC}actors: [alice]\nsteps:\n  - sync_until: {{checks: []}}\n"), "would wait for nothing");
+}
+
+#[test]
+fn requests_go_where_the_route_table_says() {
+    // The fake records what it receives.
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    let url = serve(Arc::new(move |m: &str, p: &str, _: &Value| {
+        log.lock().expect("log").push(format!("{m} {p}"));
+        Answer::Json(200, json!({}))
+    }));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = Client::new(&url, Limits::default()).expect("client");
+    let route = mxconform_harness::route("setRoomStateWithKey").expect("in the table");
+    let mut path = BTreeMap::new();
+    path.insert("roomId".to_string(), "!r:x".to_string());
+    path.insert("eventType".to_string(), "m.room.topic".to_string());
+    path.insert("stateKey".to_string(), String::new());
+    let r = rt
+        .block_on(client.call(route, &path, &[("a b".into(), "c&d".into())], Body::Json(json!({"topic": "t"})), Some("tok"), None))
+        .expect("answers");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        seen.lock().expect("log").as_slice(),
+        ["PUT /_matrix/client/v3/rooms/%21r%3Ax/state/m.room.topic/?a%20b=c%26d"]
+    );
+}
