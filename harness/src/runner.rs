@@ -45,6 +45,15 @@ struct Run<'a> {
     /// The latest `next_batch` per actor, for `sync_until`.
     since: BTreeMap<String, String>,
     operations: Vec<String>,
+    /// `sync_until` steps running in the background, by name.
+    background: BTreeMap<String, tokio::task::JoinHandle<Result<SyncDone, String>>>,
+}
+
+/// What a finished `sync_until` found.
+struct SyncDone {
+    actor: String,
+    next_batch: Option<String>,
+    body: Value,
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -86,6 +95,7 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
         tokens: BTreeMap::new(),
         since: BTreeMap::new(),
         operations: Vec::new(),
+        background: BTreeMap::new(),
     };
     run.vars.set("server_name", Value::String(env.profile.server_name.clone()));
     let result = match tokio::time::timeout(bound, run.all()).await {
@@ -105,13 +115,15 @@ impl Run<'_> {
             self.register(&actor).await.map_err(|e| format!("creating actor {actor}: {e}"))?;
         }
         for (i, step) in self.scenario.steps.iter().enumerate() {
-            let label = match (&step.call, &step.sync_until) {
-                (Some(op), _) => op.clone(),
-                _ => "sync_until".to_string(),
+            let label = match (&step.call, &step.sync_until, &step.await_) {
+                (Some(op), _, _) => op.clone(),
+                (_, Some(_), _) => "sync_until".to_string(),
+                _ => "await".to_string(),
             };
-            let r = match &step.sync_until {
-                Some(s) => self.sync_until(step, s).await,
-                None => self.call_step(step).await,
+            let r = match (&step.sync_until, &step.await_) {
+                (Some(s), _) => self.sync_until(step, s).await,
+                (_, Some(name)) => self.await_background(step, name).await,
+                _ => self.call_step(step).await,
             };
             r.map_err(|e| format!("step {} ({label}): {e}", i + 1))?;
         }
@@ -307,12 +319,82 @@ impl Run<'_> {
             .or_else(|| self.scenario.actors.first().cloned())
             .ok_or("sync_until needs an actor")?;
         let token = self.tokens.get(&actor).cloned().ok_or_else(|| format!("no token for {actor}"))?;
-        let bound = Duration::from_millis(s.timeout_ms.unwrap_or(10_000));
-        let deadline = Instant::now() + bound;
         let filter = match &s.filter {
             Some(f) => Some(self.vars.render(f)?.to_string()),
             None => None,
         };
+        self.record("sync");
+        if s.background.is_some() && !self.since.contains_key(&actor) {
+            // Take the position now, so that what later steps do arrives in the long-poll.
+            let mut query = vec![("timeout".to_string(), "0".to_string())];
+            if let Some(f) = &filter {
+                query.push(("filter".into(), f.clone()));
+            }
+            let resp = self.env.client.call(route, &BTreeMap::new(), &query, Body::None, Some(&token), None).await?;
+            check_schema(route, &resp)?;
+            if let Some(next) = resp.body.get("next_batch").and_then(Value::as_str) {
+                self.since.insert(actor.clone(), next.to_string());
+            }
+        }
+        let job = SyncJob {
+            client: self.env.client.clone(),
+            route,
+            actor: actor.clone(),
+            token,
+            since: self.since.get(&actor).cloned(),
+            filter,
+            checks: s.checks.clone(),
+            vars: self.vars.clone(),
+            bound: Duration::from_millis(s.timeout_ms.unwrap_or(10_000)),
+            within: s.within_ms.map(Duration::from_millis),
+        };
+        match &s.background {
+            Some(name) => {
+                self.background.insert(name.clone(), tokio::spawn(job.run()));
+                Ok(())
+            }
+            None => {
+                let done = job.run().await;
+                self.finish_sync(step, done)
+            }
+        }
+    }
+
+    async fn await_background(&mut self, step: &Step, name: &str) -> Result<(), String> {
+        let handle = self.background.remove(name).ok_or_else(|| format!("`{name}` is not running"))?;
+        let done = handle.await.map_err(|e| format!("the background sync `{name}` stopped: {e}"))?;
+        // Captures on the `await` step apply to the background sync's matching response.
+        self.finish_sync(step, done)
+    }
+
+    fn finish_sync(&mut self, step: &Step, done: Result<SyncDone, String>) -> Result<(), String> {
+        let done = done?;
+        if let Some(next) = done.next_batch {
+            self.since.insert(done.actor, next);
+        }
+        self.capture(step, &done.body)
+    }
+}
+
+/// One `sync_until`, self-contained so that it can run in the background.
+struct SyncJob {
+    client: Client,
+    route: &'static Route,
+    actor: String,
+    token: String,
+    since: Option<String>,
+    filter: Option<String>,
+    checks: Vec<crate::scenario::Check>,
+    vars: Vars,
+    bound: Duration,
+    within: Option<Duration>,
+}
+
+impl SyncJob {
+    async fn run(self) -> Result<SyncDone, String> {
+        let started = Instant::now();
+        let deadline = started + self.bound;
+        let mut since = self.since.clone();
         let mut last = String::from("no /sync response yet");
         let mut polls = 0u32;
         loop {
@@ -320,32 +402,48 @@ impl Run<'_> {
             if now >= deadline || polls >= 200 {
                 return Err(format!(
                     "checks did not hold within {:.1} s ({polls} /sync calls); last: {last}",
-                    bound.as_secs_f64()
+                    self.bound.as_secs_f64()
                 ));
             }
             polls += 1;
             let wait_ms = (deadline - now).as_millis().min(5_000) as u64;
             let mut query = vec![("timeout".to_string(), wait_ms.to_string())];
-            if let Some(since) = self.since.get(&actor) {
-                query.push(("since".into(), since.clone()));
+            if let Some(s) = &since {
+                query.push(("since".into(), s.clone()));
             }
-            if let Some(f) = &filter {
+            if let Some(f) = &self.filter {
                 query.push(("filter".into(), f.clone()));
             }
-            let timeout = Duration::from_millis(wait_ms) + self.env.client.limits.request_timeout;
+            let timeout = Duration::from_millis(wait_ms) + self.client.limits.request_timeout;
             let resp = self
-                .call(route, &BTreeMap::new(), &query, Body::None, Some(&token), false, Some(timeout))
+                .client
+                .call(self.route, &BTreeMap::new(), &query, Body::None, Some(&self.token), Some(timeout))
                 .await?;
+            check_schema(self.route, &resp)?;
             if resp.status != 200 {
                 return Err(format!("/sync answered {}: {}", resp.status, resp.body));
             }
-            if let Some(next) = resp.body.get("next_batch").and_then(Value::as_str) {
-                self.since.insert(actor.clone(), next.to_string());
+            let next = resp.body.get("next_batch").and_then(Value::as_str).map(str::to_string);
+            if next.is_some() {
+                since.clone_from(&next);
             }
-            match s.checks.iter().try_for_each(|c| crate::expect::check(c, &resp.body, &self.vars)) {
+            match self.checks.iter().try_for_each(|c| crate::expect::check(c, &resp.body, &self.vars)) {
                 Ok(()) => {
-                    self.capture(step, &resp.body)?;
-                    return Ok(());
+                    let took = started.elapsed();
+                    if let Some(w) = self.within {
+                        if took > w {
+                            return Err(format!(
+                                "the checks held only after {} ms, more than the {} ms allowed (the long-poll did not wake up)",
+                                took.as_millis(),
+                                w.as_millis()
+                            ));
+                        }
+                    }
+                    return Ok(SyncDone {
+                        actor: self.actor,
+                        next_batch: since,
+                        body: resp.body,
+                    });
                 }
                 Err(e) => last = e,
             }

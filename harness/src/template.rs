@@ -10,7 +10,7 @@ use serde_json::Value;
 static FRESH: AtomicU64 = AtomicU64::new(0);
 
 /// Names and their values for one scenario run.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Vars {
     pub values: BTreeMap<String, Value>,
     pub unique: String,

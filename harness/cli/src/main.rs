@@ -30,6 +30,18 @@ enum Command {
     Routes {
         #[arg(long, value_enum, default_value = "table")]
         format: RoutesFormat,
+        /// Only the client-server operations the reference server implements.
+        #[arg(long)]
+        implemented: bool,
+    },
+    /// Run the compliance suites against a homeserver (default: the embedded reference server).
+    Run(RunArgs),
+    /// Serve the reference homeserver.
+    Serve(ServeArgs),
+    /// Where two servers' JSON reports differ, scenario by scenario.
+    Compare {
+        a: PathBuf,
+        b: PathBuf,
     },
     /// The API change between two spec versions.
     Diff {
@@ -40,6 +52,53 @@ enum Command {
         #[arg(long, value_enum, default_value = "md")]
         format: DiffFormat,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The homeserver's base URL; without it, the embedded reference server is started.
+    #[arg(long)]
+    server: Option<String>,
+    /// The server profile (harness/profiles/NAME.toml): server name, registration, deviations.
+    #[arg(long)]
+    profile: Option<String>,
+    #[arg(long, value_name = "FILE")]
+    report_json: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    report_md: Option<PathBuf>,
+    /// Bound on one request, in seconds.
+    #[arg(long, default_value_t = 30)]
+    request_timeout: u64,
+    /// Bound on a scenario that sets none, in seconds.
+    #[arg(long, default_value_t = 60)]
+    scenario_timeout: u64,
+    #[command(flatten)]
+    libtest: libtest_mimic::Arguments,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:8008")]
+    addr: std::net::SocketAddr,
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// The database file (created if needed).
+    #[arg(long, default_value = "mxconform-data/homeserver.db", conflicts_with = "in_memory")]
+    db: PathBuf,
+    /// Keep everything in memory (gone when the server stops).
+    #[arg(long)]
+    in_memory: bool,
+    /// `process`: commits survive the server being killed; `power`: also a power cut (fsync per commit).
+    #[arg(long, value_enum, default_value = "process")]
+    durability: DurabilityArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    Process,
+    Power,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -76,8 +135,18 @@ fn repo_root() -> Result<PathBuf> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Generate { spec, check } => generate(spec, check),
-        Command::Routes { format } => {
-            routes(format);
+        Command::Routes { format, implemented } => {
+            routes(format, implemented);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => run_suites(args),
+        Command::Serve(args) => serve(args),
+        Command::Compare { a, b } => {
+            let read = |p: &Path| -> Result<mxconform_harness::Report> {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                serde_json::from_str(&text).with_context(|| format!("{} is not an mxconform JSON report", p.display()))
+            };
+            print!("{}", mxconform_harness::report::compare(&read(&a)?, &read(&b)?));
             Ok(ExitCode::SUCCESS)
         }
         Command::Diff { from, to, format } => diff(&from, &to, format),
@@ -138,8 +207,10 @@ fn generate(spec_dir: Option<PathBuf>, check: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn routes(format: RoutesFormat) {
-    let routes: Vec<_> = mxconform_generated::routes().collect();
+fn routes(format: RoutesFormat, implemented: bool) {
+    let routes: Vec<_> = mxconform_generated::routes()
+        .filter(|r| !implemented || (r.group == mxconform_generated::Group::ClientServer && mxconform_server::handlers::IMPLEMENTED.contains(&r.operation_id)))
+        .collect();
     match format {
         RoutesFormat::Json => {
             let list: Vec<serde_json::Value> = routes
@@ -198,5 +269,133 @@ fn diff(from: &Path, to: &Path, format: DiffFormat) -> Result<ExitCode> {
     if from == to {
         bail!("--from and --to name the same directory");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the reference server in memory on a free loopback port, on its own runtime thread.
+fn start_embedded() -> Result<(String, std::thread::JoinHandle<()>, tokio::sync::oneshot::Sender<()>)> {
+    let server = mxconform_server::Server::open(mxconform_server::Config::in_memory("localhost")).map_err(anyhow::Error::msg)?;
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = url_tx.send(Err(format!("cannot start a runtime for the embedded server: {e}")));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            match mxconform_server::serve(server, addr).await {
+                Ok(running) => {
+                    let _ = url_tx.send(Ok(running.url()));
+                    let _ = stop_rx.await;
+                    running.stop().await;
+                }
+                Err(e) => {
+                    let _ = url_tx.send(Err(e));
+                }
+            }
+        });
+    });
+    let url = url_rx
+        .recv()
+        .context("the embedded server thread ended early")?
+        .map_err(anyhow::Error::msg)?;
+    Ok((url, thread, stop_tx))
+}
+
+fn run_suites(args: RunArgs) -> Result<ExitCode> {
+    let repo = repo_root()?;
+    let harness_dir = repo.join("harness");
+    let (url, embedded, profile_name) = match &args.server {
+        Some(u) => (u.clone(), None, args.profile.clone().unwrap_or_else(|| "generic".into())),
+        None => {
+            let (url, thread, stop) = start_embedded()?;
+            (url, Some((thread, stop)), args.profile.clone().unwrap_or_else(|| "reference".into()))
+        }
+    };
+    let profile_path = harness_dir.join("profiles").join(format!("{profile_name}.toml"));
+    let profile = mxconform_harness::Profile::load(&profile_path)
+        .with_context(|| format!("loading the profile (profiles live in {})", harness_dir.join("profiles").display()))?;
+    let config = mxconform_harness::RunConfig {
+        server_url: url,
+        profile,
+        scenarios_dir: harness_dir.join("scenarios"),
+        snapshots_dir: repo.join("snapshots"),
+        limits: mxconform_harness::client::Limits {
+            request_timeout: std::time::Duration::from_secs(args.request_timeout),
+            ..Default::default()
+        },
+        scenario_timeout: std::time::Duration::from_secs(args.scenario_timeout),
+        args: Some(args.libtest.clone()),
+    };
+    let started = std::time::Instant::now();
+    let out = mxconform_harness::run(config)?;
+    let report = out.report;
+    let write = |path: &Option<PathBuf>, text: String| -> Result<()> {
+        if let Some(p) = path {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+        }
+        Ok(())
+    };
+    if !args.libtest.list {
+        write(&args.report_json, report.to_json())?;
+        write(&args.junit, report.to_junit())?;
+        write(&args.report_md, report.to_markdown())?;
+        let t = &report.totals;
+        eprintln!(
+            "mxconform: {} against {} in {:.1} s: {} passed, {} failed, {} known deviations, {} unexpected passes, {} skipped; {} of {} client-server operations exercised",
+            report.server.profile,
+            report.server.url,
+            started.elapsed().as_secs_f64(),
+            t.passed,
+            t.failed,
+            t.expected_failures,
+            t.unexpected_passes,
+            t.skipped,
+            report.coverage.operations_exercised,
+            report.coverage.operations_total
+        );
+    }
+    if let Some((thread, stop)) = embedded {
+        let _ = stop.send(());
+        let _ = thread.join();
+    }
+    let failed = out.conclusion.as_ref().is_some_and(|c| c.has_failed()) || !report.success();
+    Ok(if failed { ExitCode::from(101) } else { ExitCode::SUCCESS })
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let mut config = mxconform_server::Config::in_memory(&args.server_name);
+    config.password_cost = mxconform_server::PasswordCost::Standard;
+    config.durability = match args.durability {
+        DurabilityArg::Process => mxconform_server::store::Durability::Process,
+        DurabilityArg::Power => mxconform_server::store::Durability::Power,
+    };
+    if !args.in_memory {
+        config.db = Some(args.db.clone());
+    }
+    if !args.addr.ip().is_loopback() {
+        eprintln!("warning: listening on {}, which is not a loopback address", args.addr);
+    }
+    let server = mxconform_server::Server::open(config).map_err(anyhow::Error::msg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(async move {
+        let running = mxconform_server::serve(server, args.addr).await.map_err(anyhow::Error::msg)?;
+        eprintln!(
+            "mxconform reference server for {} on {} ({})",
+            args.server_name,
+            running.url(),
+            if args.in_memory { "in memory".to_string() } else { format!("database {}", args.db.display()) }
+        );
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        running.stop().await;
+        Ok::<_, anyhow::Error>(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,373 @@
+//! Accounts: registration (user-interactive, dummy stage), login, logout, whoami, password
+//! change and deactivation (user-interactive, password stage), and devices.
+
+use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::collections::HashMap;
+
+use argon2::password_hash::{phc::PasswordHash, PasswordHasher, PasswordVerifier};
+use mxconform_generated::client_server as cs;
+use serde_json::{json, Value};
+
+use super::{Ctx, Reply};
+use crate::error::{ApiError, ApiResult};
+use crate::state::{now_ms, random_token, Device, State, User};
+use crate::store::Batch;
+use crate::PasswordCost;
+
+fn argon(cost: PasswordCost) -> argon2::Argon2<'static> {
+    let params = match cost {
+        PasswordCost::Standard => argon2::Params::new(19 * 1024, 2, 1, None),
+        PasswordCost::Test => argon2::Params::new(argon2::Params::MIN_M_COST.max(8), 1, 1, None),
+    }
+    .expect("argon2 parameters are valid");
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+}
+
+pub fn hash_password(cost: PasswordCost, password: &str) -> ApiResult<String> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(ApiError::internal)?;
+    argon(cost)
+        .hash_password_with_salt(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(ApiError::internal)
+}
+
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash)
+        .ok()
+        .is_some_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// User-interactive auth sessions: session id -> completed stages. Kept in memory: a server
+/// restart in the middle of a flow starts it again.
+fn sessions() -> &'static Mutex<HashMap<String, Vec<String>>> {
+    static S: OnceLock<Mutex<HashMap<String, Vec<String>>>> = OnceLock::new();
+    S.get_or_init(Mutex::default)
+}
+
+/// The 401 that starts (or continues) a user-interactive flow.
+fn uia_challenge(stages: &[&str], session: &str, error: Option<ApiError>) -> ApiError {
+    let mut extra = json!({
+        "flows": [{"stages": stages}],
+        "params": {},
+        "session": session,
+        "completed": sessions().lock().ok().and_then(|s| s.get(session).cloned()).unwrap_or_default(),
+    });
+    let (errcode, message) = match error {
+        Some(e) => (e.errcode, e.message),
+        None => ("M_FORBIDDEN", "additional authentication is required".to_string()),
+    };
+    if errcode != "M_FORBIDDEN" || extra["completed"].as_array().is_some_and(|c| !c.is_empty()) {
+        extra["errcode"] = json!(errcode);
+        extra["error"] = json!(message);
+    }
+    ApiError {
+        status: 401,
+        errcode,
+        message,
+        extra: Some(extra),
+    }
+}
+
+/// Runs a one-stage user-interactive flow: `Ok(())` once `auth` completes `stage`.
+fn uia(auth: Option<&Value>, stage: &str, check: impl FnOnce(&Value) -> ApiResult<()>) -> ApiResult<()> {
+    let Some(auth) = auth else {
+        let session = random_token(16);
+        sessions().lock().map_err(ApiError::internal)?.insert(session.clone(), Vec::new());
+        return Err(uia_challenge(&[stage], &session, None));
+    };
+    let session = auth.get("session").and_then(Value::as_str).unwrap_or("").to_string();
+    let kind = auth.get("type").and_then(Value::as_str).unwrap_or("");
+    if kind != stage {
+        return Err(uia_challenge(&[stage], &session, Some(ApiError::unknown_400(format!("unsupported stage `{kind}`")))));
+    }
+    if let Err(e) = check(auth) {
+        return Err(uia_challenge(&[stage], &session, Some(e)));
+    }
+    if let Ok(mut s) = sessions().lock() {
+        s.remove(&session);
+    }
+    Ok(())
+}
+
+fn localpart_ok(l: &str) -> bool {
+    !l.is_empty() && l.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
+}
+
+/// Makes a device with a fresh access token and returns `(device_id, token)`.
+fn new_device(state: &mut State, batch: &mut Batch, user: &str, device_id: Option<&str>, name: Option<String>) -> (String, String) {
+    let device_id = device_id.map(str::to_string).unwrap_or_else(|| random_token(8).to_uppercase().replace(['-', '_'], "X"));
+    // Logging in again with an existing device id replaces its token.
+    if state.devices.get(user).is_some_and(|d| d.contains_key(&device_id)) {
+        state.remove_device(batch, user, &device_id);
+    }
+    let token = format!("mxc_{}", random_token(32));
+    state.put_device(
+        batch,
+        user,
+        &device_id,
+        Device {
+            display_name: name,
+            last_seen_ts: now_ms(),
+            token: token.clone(),
+        },
+    );
+    (device_id, token)
+}
+
+pub fn register(ctx: &Ctx, req: cs::registration::register::Request) -> ApiResult<Reply> {
+    use cs::registration::register::Kind;
+    if matches!(req.kind, Some(Kind::Guest)) {
+        return Err(ApiError::forbidden("guest access is not enabled"));
+    }
+    let b = req.body;
+    let localpart = match &b.username {
+        Some(u) => u.to_lowercase(),
+        None => random_token(9).to_lowercase().replace(['-', '_'], "x"),
+    };
+    if !localpart_ok(&localpart) {
+        return Err(ApiError::invalid_username("user names may hold only a-z, 0-9 and ._=-/+"));
+    }
+    let user_id = format!("@{localpart}:{}", ctx.server.config.server_name);
+    if user_id.len() > 255 {
+        return Err(ApiError::invalid_username("the user id would be longer than 255 bytes"));
+    }
+    if ctx.server.read(|s| s.users.contains_key(&user_id)) {
+        return Err(ApiError::user_in_use("that user name is taken"));
+    }
+    uia(b.auth.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default()).as_ref(), "m.login.dummy", |_| Ok(()))?;
+    let hash = match &b.password {
+        Some(p) => Some(hash_password(ctx.server.config.password_cost, p)?),
+        None => None,
+    };
+    let inhibit = b.inhibit_login.unwrap_or(false);
+    let out = ctx.server.write(|state, batch| {
+        if state.users.contains_key(&user_id) {
+            return Err(ApiError::user_in_use("that user name is taken"));
+        }
+        state.put_user(
+            batch,
+            User {
+                user_id: user_id.clone(),
+                password_hash: hash,
+                displayname: Some(localpart.clone()),
+                avatar_url: None,
+                deactivated: false,
+            },
+        );
+        if inhibit {
+            return Ok(json!({"user_id": user_id}));
+        }
+        let (device_id, token) = new_device(state, batch, &user_id, b.device_id.as_deref(), b.initial_device_display_name.clone());
+        Ok(json!({"user_id": user_id, "access_token": token, "device_id": device_id}))
+    })?;
+    Ok(Reply::Json(200, out))
+}
+
+pub fn check_username_availability(ctx: &Ctx, req: cs::registration::check_username_availability::Request) -> ApiResult<Value> {
+    let l = req.username.to_lowercase();
+    if !localpart_ok(&l) {
+        return Err(ApiError::invalid_username("user names may hold only a-z, 0-9 and ._=-/+"));
+    }
+    let user_id = format!("@{l}:{}", ctx.server.config.server_name);
+    if ctx.server.read(|s| s.users.contains_key(&user_id)) {
+        return Err(ApiError::user_in_use("that user name is taken"));
+    }
+    Ok(json!({"available": true}))
+}
+
+pub fn get_login_flows(_ctx: &Ctx, _req: cs::login::get_login_flows::Request) -> ApiResult<Value> {
+    Ok(json!({"flows": [{"type": "m.login.password"}]}))
+}
+
+/// The user id a login names, from `identifier` (`m.id.user`) or the deprecated `user`.
+fn login_user(ctx: &Ctx, identifier: Option<&Value>, user: Option<&str>) -> ApiResult<String> {
+    let name = match identifier {
+        Some(id) => {
+            if id.get("type").and_then(Value::as_str) != Some("m.id.user") {
+                return Err(ApiError::unknown_400("only m.id.user identifiers are supported"));
+            }
+            id.get("user").and_then(Value::as_str).ok_or_else(|| ApiError::bad_json("`identifier.user` is missing"))?
+        }
+        None => user.ok_or_else(|| ApiError::bad_json("no `identifier` in the login"))?,
+    };
+    Ok(if name.starts_with('@') {
+        name.to_lowercase()
+    } else {
+        format!("@{}:{}", name.to_lowercase(), ctx.server.config.server_name)
+    })
+}
+
+pub fn login(ctx: &Ctx, req: cs::login::login::Request) -> ApiResult<Value> {
+    let b = req.body;
+    if b.type_ != "m.login.password" {
+        return Err(ApiError::unknown_400(format!("login type `{}` is not supported", b.type_)));
+    }
+    let identifier = b.identifier.as_ref().map(|i| serde_json::to_value(i).unwrap_or_default());
+    let user_id = login_user(ctx, identifier.as_ref(), b.user.as_deref())?;
+    let password = b.password.as_deref().ok_or_else(|| ApiError::bad_json("`password` is missing"))?;
+    let (hash, deactivated) = ctx
+        .server
+        .read(|s| s.users.get(&user_id).map(|u| (u.password_hash.clone(), u.deactivated)))
+        .unwrap_or((None, false));
+    if deactivated {
+        return Err(ApiError::user_deactivated("this account is deactivated"));
+    }
+    if !hash.is_some_and(|h| verify_password(&h, password)) {
+        return Err(ApiError::forbidden("invalid user name or password"));
+    }
+    ctx.server.write(|state, batch| {
+        let (device_id, token) = new_device(state, batch, &user_id, b.device_id.as_deref(), b.initial_device_display_name.clone());
+        Ok(json!({
+            "user_id": user_id,
+            "access_token": token,
+            "device_id": device_id,
+            "well_known": {"m.homeserver": {"base_url": format!("https://{}", ctx.server.config.server_name)}},
+        }))
+    })
+}
+
+pub fn logout(ctx: &Ctx, _req: cs::logout::logout::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    ctx.server.write(|state, batch| {
+        state.remove_device(batch, &me.user_id, &me.device_id);
+        Ok(json!({}))
+    })
+}
+
+pub fn logout_all(ctx: &Ctx, _req: cs::logout::logout_all::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    ctx.server.write(|state, batch| {
+        let ids: Vec<String> = state.devices.get(&me.user_id).map(|d| d.keys().cloned().collect()).unwrap_or_default();
+        for d in ids {
+            state.remove_device(batch, &me.user_id, &d);
+        }
+        Ok(json!({}))
+    })
+}
+
+pub fn get_token_owner(ctx: &Ctx, _req: cs::whoami::get_token_owner::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    Ok(json!({"user_id": me.user_id, "device_id": me.device_id, "is_guest": false}))
+}
+
+/// The `m.login.password` stage: the caller's own password.
+fn check_own_password(ctx: &Ctx, auth: &Value) -> ApiResult<()> {
+    let me = ctx.me()?;
+    let named = login_user(ctx, auth.get("identifier"), auth.get("user").and_then(Value::as_str))?;
+    if named != me.user_id {
+        return Err(ApiError::forbidden("the password stage must name the caller"));
+    }
+    let password = auth.get("password").and_then(Value::as_str).unwrap_or("");
+    let hash = ctx.server.read(|s| s.users.get(&me.user_id).and_then(|u| u.password_hash.clone()));
+    if hash.is_some_and(|h| verify_password(&h, password)) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("invalid password"))
+    }
+}
+
+pub fn change_password(ctx: &Ctx, req: cs::password_management::change_password::Request) -> ApiResult<Value> {
+    let b = req.body;
+    let auth = b.auth.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default());
+    uia(auth.as_ref(), "m.login.password", |a| check_own_password(ctx, a))?;
+    let me = ctx.me()?.clone();
+    let hash = hash_password(ctx.server.config.password_cost, &b.new_password)?;
+    let logout_devices = b.logout_devices.unwrap_or(true);
+    ctx.server.write(|state, batch| {
+        let mut user = state.users.get(&me.user_id).cloned().ok_or_else(|| ApiError::not_found("no such user"))?;
+        user.password_hash = Some(hash);
+        state.put_user(batch, user);
+        if logout_devices {
+            let others: Vec<String> = state
+                .devices
+                .get(&me.user_id)
+                .map(|d| d.keys().filter(|k| **k != me.device_id).cloned().collect())
+                .unwrap_or_default();
+            for d in others {
+                state.remove_device(batch, &me.user_id, &d);
+            }
+        }
+        Ok(json!({}))
+    })
+}
+
+pub fn deactivate_account(ctx: &Ctx, req: cs::account_deactivation::deactivate_account::Request) -> ApiResult<Value> {
+    let b = req.body;
+    let auth = b.auth.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default());
+    uia(auth.as_ref(), "m.login.password", |a| check_own_password(ctx, a))?;
+    let me = ctx.me()?.clone();
+    ctx.server.write(|state, batch| {
+        let mut user = state.users.get(&me.user_id).cloned().ok_or_else(|| ApiError::not_found("no such user"))?;
+        user.deactivated = true;
+        user.password_hash = None;
+        state.put_user(batch, user);
+        let ids: Vec<String> = state.devices.get(&me.user_id).map(|d| d.keys().cloned().collect()).unwrap_or_default();
+        for d in ids {
+            state.remove_device(batch, &me.user_id, &d);
+        }
+        Ok(json!({"id_server_unbind_result": "no-support"}))
+    })
+}
+
+fn device_json(user: &str, id: &str, d: &Device) -> Value {
+    let _ = user;
+    let mut v = json!({"device_id": id, "last_seen_ts": d.last_seen_ts});
+    if let Some(n) = &d.display_name {
+        v["display_name"] = json!(n);
+    }
+    v
+}
+
+pub fn get_devices(ctx: &Ctx, _req: cs::device_management::get_devices::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    let list = ctx.server.read(|s| {
+        s.devices
+            .get(&me.user_id)
+            .map(|d| d.iter().map(|(id, dev)| device_json(&me.user_id, id, dev)).collect::<Vec<_>>())
+            .unwrap_or_default()
+    });
+    Ok(json!({"devices": list}))
+}
+
+pub fn get_device(ctx: &Ctx, req: cs::device_management::get_device::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    ctx.server.read(|s| {
+        s.devices
+            .get(&me.user_id)
+            .and_then(|d| d.get(&req.device_id))
+            .map(|dev| device_json(&me.user_id, &req.device_id, dev))
+            .ok_or_else(|| ApiError::not_found("no such device"))
+    })
+}
+
+pub fn update_device(ctx: &Ctx, req: cs::device_management::update_device::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    ctx.server.write(|state, batch| {
+        let mut dev = state
+            .devices
+            .get(&me.user_id)
+            .and_then(|d| d.get(&req.device_id))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("no such device"))?;
+        if let Some(name) = &req.body.display_name {
+            dev.display_name = Some(name.clone());
+        }
+        state.put_device(batch, &me.user_id, &req.device_id, dev);
+        Ok(json!({}))
+    })
+}
+
+pub fn delete_device(ctx: &Ctx, req: cs::device_management::delete_device::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    if !ctx.server.read(|s| s.devices.get(&me.user_id).is_some_and(|d| d.contains_key(&req.device_id))) {
+        return Err(ApiError::not_found("no such device"));
+    }
+    let auth = req.body.auth.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default());
+    uia(auth.as_ref(), "m.login.password", |a| check_own_password(ctx, a))?;
+    ctx.server.write(|state, batch| {
+        state.remove_device(batch, &me.user_id, &req.device_id);
+        Ok(json!({}))
+    })
+}

@@ -1,0 +1,37 @@
+//! Server discovery: versions, .well-known and capabilities.
+
+use mxconform_generated::client_server as cs;
+use serde_json::{json, Value};
+
+use super::Ctx;
+use crate::error::ApiResult;
+
+/// The spec versions this server speaks: every release up to the pinned one.
+pub const VERSIONS: &[&str] = &[
+    "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12", "v1.13",
+    "v1.14", "v1.15", "v1.16", "v1.17", "v1.18", "v1.19",
+];
+
+pub const ROOM_VERSIONS: &[&str] = &["10", "11", "12"];
+pub const DEFAULT_ROOM_VERSION: &str = "12";
+
+pub fn get_versions(_ctx: &Ctx, _req: cs::versions::get_versions::Request) -> ApiResult<Value> {
+    Ok(json!({"versions": VERSIONS, "unstable_features": {}}))
+}
+
+pub fn get_wellknown(ctx: &Ctx, _req: cs::wellknown::get_wellknown::Request) -> ApiResult<Value> {
+    Ok(json!({"m.homeserver": {"base_url": format!("https://{}", ctx.server.config.server_name)}}))
+}
+
+pub fn get_capabilities(_ctx: &Ctx, _req: cs::capabilities::get_capabilities::Request) -> ApiResult<Value> {
+    let available: serde_json::Map<String, Value> = ROOM_VERSIONS.iter().map(|v| (v.to_string(), json!("stable"))).collect();
+    Ok(json!({"capabilities": {
+        "m.change_password": {"enabled": true},
+        "m.room_versions": {"default": DEFAULT_ROOM_VERSION, "available": available},
+        "m.set_displayname": {"enabled": true},
+        "m.set_avatar_url": {"enabled": true},
+        "m.3pid_changes": {"enabled": false},
+        "m.get_login_token": {"enabled": false},
+        "m.profile_fields": {"enabled": true},
+    }}))
+}

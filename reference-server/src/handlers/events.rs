@@ -1,0 +1,452 @@
+//! Room events: sending (with transaction ids, idempotent per device), state by type and key,
+//! single events, redaction, history (`/messages` both ways, `/context`) and member lists, all
+//! under history visibility.
+
+use mxconform_generated::client_server as cs;
+use serde_json::{json, Value};
+
+use super::rooms::{check_send, send_state};
+use super::Ctx;
+use crate::error::{ApiError, ApiResult};
+use crate::state::{Event, Room, State};
+
+/// A room event filter (the parts that apply to a list of events).
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter {
+    pub limit: Option<usize>,
+    pub types: Option<Vec<String>>,
+    pub not_types: Vec<String>,
+    pub senders: Option<Vec<String>>,
+    pub not_senders: Vec<String>,
+    pub lazy_load_members: bool,
+    pub contains_url: Option<bool>,
+}
+
+fn glob(pattern: &str, s: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => s.starts_with(prefix),
+        None => pattern == s,
+    }
+}
+
+fn strings(v: Option<&Value>) -> Option<Vec<String>> {
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+}
+
+impl EventFilter {
+    pub fn from_json(v: &Value) -> EventFilter {
+        EventFilter {
+            limit: v.get("limit").and_then(Value::as_u64).map(|l| l as usize),
+            types: strings(v.get("types")),
+            not_types: strings(v.get("not_types")).unwrap_or_default(),
+            senders: strings(v.get("senders")),
+            not_senders: strings(v.get("not_senders")).unwrap_or_default(),
+            lazy_load_members: v.get("lazy_load_members").and_then(Value::as_bool).unwrap_or(false),
+            contains_url: v.get("contains_url").and_then(Value::as_bool),
+        }
+    }
+
+    /// Parses the `filter` query parameter: inline JSON.
+    pub fn from_param(text: Option<&str>) -> ApiResult<EventFilter> {
+        match text {
+            None => Ok(EventFilter::default()),
+            Some(t) => {
+                let v: Value = serde_json::from_str(t).map_err(|_| ApiError::invalid_param("`filter` must be a JSON room event filter"))?;
+                if !v.is_object() {
+                    return Err(ApiError::invalid_param("`filter` must be a JSON object"));
+                }
+                Ok(EventFilter::from_json(&v))
+            }
+        }
+    }
+
+    pub fn matches(&self, e: &Event) -> bool {
+        if self.not_types.iter().any(|p| glob(p, &e.kind)) {
+            return false;
+        }
+        if let Some(t) = &self.types {
+            if !t.iter().any(|p| glob(p, &e.kind)) {
+                return false;
+            }
+        }
+        if self.not_senders.contains(&e.sender) {
+            return false;
+        }
+        if let Some(s) = &self.senders {
+            if !s.contains(&e.sender) {
+                return false;
+            }
+        }
+        if let Some(want) = self.contains_url {
+            if e.content.get("url").is_some() != want {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Reads a pagination or sync token (`t17`, `s17`) as a stream position.
+pub fn parse_token(t: &str) -> ApiResult<u64> {
+    t.get(1..)
+        .and_then(|n| n.parse().ok())
+        .filter(|_| t.starts_with(['t', 's']))
+        .ok_or_else(|| ApiError::invalid_param(format!("`{t}` is not a token this server issued")))
+}
+
+/// The caller may read this room's history at all: member now or before, or world-readable.
+fn check_can_read(state: &State, room: &Room, user: &str) -> ApiResult<()> {
+    let member_ever = room.members.contains_key(user);
+    let world = room.visibility.last().is_some_and(|(_, v)| v == "world_readable");
+    if member_ever || world {
+        Ok(())
+    } else {
+        let _ = state;
+        Err(ApiError::forbidden("you are not, and were never, in this room"))
+    }
+}
+
+pub fn send_message(ctx: &Ctx, req: cs::room_send::send_message::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    let content = Value::Object(req.body);
+    ctx.server.write(|state, batch| {
+        let key = (me.user_id.clone(), me.device_id.clone(), req.txn_id.clone());
+        if let Some(id) = state.txns.get(&key) {
+            return Ok(json!({"event_id": id}));
+        }
+        if req.event_type == "m.room.redaction" {
+            return Err(ApiError::bad_json("send redactions through the redact endpoint"));
+        }
+        check_send(state, req.room_id.as_str(), &me.user_id, &req.event_type, None, &content)?;
+        let (_, id) = state.append(
+            batch,
+            req.room_id.as_str(),
+            &me.user_id,
+            &req.event_type,
+            None,
+            content,
+            Some((me.device_id.clone(), req.txn_id.clone())),
+            None,
+            None,
+        );
+        batch.put("txn", format!("{}\u{0}{}\u{0}{}", key.0, key.1, key.2), &json!(id));
+        state.txns.insert(key, id.clone());
+        Ok(json!({"event_id": id}))
+    })
+}
+
+pub fn set_room_state_with_key(ctx: &Ctx, req: cs::room_state::set_room_state_with_key::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    let content = Value::Object(req.body);
+    ctx.server.write(|state, batch| {
+        let id = send_state(state, batch, req.room_id.as_str(), &me.user_id, &req.event_type, &req.state_key, content)?;
+        Ok(json!({"event_id": id}))
+    })
+}
+
+/// The state a user may see: current state while joined; after leaving, the state as it was
+/// when they left; world-readable rooms for anyone.
+fn visible_state<'s>(state: &'s State, room: &'s Room, user: &str) -> ApiResult<Vec<&'s Event>> {
+    let current = || room.state.values().filter_map(|p| state.events.get(p)).collect::<Vec<_>>();
+    match room.membership(user) {
+        Some("join") => Ok(current()),
+        _ if room.visibility.last().is_some_and(|(_, v)| v == "world_readable") => Ok(current()),
+        Some("leave" | "ban") => {
+            let left_at = room.members.get(user).and_then(|l| l.last()).map_or(0, |(p, _)| *p);
+            let mut at: std::collections::BTreeMap<(String, String), &Event> = std::collections::BTreeMap::new();
+            for p in room.timeline.iter().take_while(|p| **p <= left_at) {
+                if let Some(e) = state.events.get(p) {
+                    if let Some(k) = &e.state_key {
+                        at.insert((e.kind.clone(), k.clone()), e);
+                    }
+                }
+            }
+            Ok(at.into_values().collect())
+        }
+        _ => Err(ApiError::forbidden("you are not in this room")),
+    }
+}
+
+pub fn get_room_state_with_key(ctx: &Ctx, req: cs::rooms::get_room_state_with_key::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    ctx.server.read(|state| {
+        let room = state.room(req.room_id.as_str())?;
+        let events = visible_state(state, room, &me.user_id)?;
+        let ev = events
+            .into_iter()
+            .find(|e| e.kind == req.event_type && e.state_key.as_deref() == Some(req.state_key.as_str()))
+            .ok_or_else(|| ApiError::not_found("no such state event"))?;
+        if matches!(req.format.as_ref().map(|f| f.as_str()), Some("event")) {
+            Ok(state.client_event(ev, Some((&me.user_id, &me.device_id)), true))
+        } else {
+            Ok(ev.content.clone())
+        }
+    })
+}
+
+pub fn get_room_state(ctx: &Ctx, req: cs::rooms::get_room_state::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    ctx.server.read(|state| {
+        let room = state.room(req.room_id.as_str())?;
+        let events = visible_state(state, room, &me.user_id)?;
+        Ok(Value::Array(
+            events
+                .into_iter()
+                .map(|e| state.client_event(e, Some((&me.user_id, &me.device_id)), true))
+                .collect(),
+        ))
+    })
+}
+
+pub fn get_one_room_event(ctx: &Ctx, req: cs::rooms::get_one_room_event::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    ctx.server.read(|state| {
+        let room = state.room(req.room_id.as_str())?;
+        let not_found = || ApiError::not_found("no such event, or you may not see it");
+        let pos = state.event_ids.get(req.event_id.as_str()).copied().ok_or_else(not_found)?;
+        let ev = state.events.get(&pos).filter(|e| e.room_id == room.room_id).ok_or_else(not_found)?;
+        if !state.can_see(room, &me.user_id, pos) {
+            return Err(not_found());
+        }
+        Ok(state.client_event(ev, Some((&me.user_id, &me.device_id)), true))
+    })
+}
+
+pub fn redact_event(ctx: &Ctx, req: cs::redaction::redact_event::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    ctx.server.write(|state, batch| {
+        let key = (me.user_id.clone(), me.device_id.clone(), format!("redact:{}", req.txn_id));
+        if let Some(id) = state.txns.get(&key) {
+            return Ok(json!({"event_id": id}));
+        }
+        let room = state.room(req.room_id.as_str())?;
+        if room.membership(&me.user_id) != Some("join") {
+            return Err(ApiError::forbidden("you are not in this room"));
+        }
+        let target = state
+            .event_ids
+            .get(req.event_id.as_str())
+            .and_then(|p| state.events.get(p))
+            .filter(|e| e.room_id == room.room_id)
+            .ok_or_else(|| ApiError::not_found("no such event in this room"))?;
+        let own = target.sender == me.user_id;
+        if !own && !State::meets(state.power_level(room, &me.user_id), state.required_level(room, "redact", false)) {
+            return Err(ApiError::forbidden("your power level is too low to redact others' events"));
+        }
+        let mut content = json!({"redacts": req.event_id.as_str()});
+        if let Some(r) = &req.body.reason {
+            content["reason"] = json!(r);
+        }
+        let (_, id) = state.append(
+            batch,
+            req.room_id.as_str(),
+            &me.user_id,
+            "m.room.redaction",
+            None,
+            content,
+            Some((me.device_id.clone(), req.txn_id.clone())),
+            Some(req.event_id.as_str().to_string()),
+            None,
+        );
+        batch.put("txn", format!("{}\u{0}{}\u{0}{}", key.0, key.1, key.2), &json!(id));
+        state.txns.insert(key, id.clone());
+        Ok(json!({"event_id": id}))
+    })
+}
+
+/// Member events for the senders of `events` (lazy-loading members).
+pub fn lazy_members(state: &State, room: &Room, events: &[&Event], viewer: (&str, &str)) -> Vec<Value> {
+    let mut senders: Vec<&str> = events.iter().map(|e| e.sender.as_str()).collect();
+    senders.sort_unstable();
+    senders.dedup();
+    senders
+        .into_iter()
+        .filter_map(|s| room.state_event("m.room.member", s))
+        .filter_map(|p| state.events.get(&p))
+        .map(|e| state.client_event(e, Some(viewer), true))
+        .collect()
+}
+
+pub fn get_room_events(ctx: &Ctx, req: cs::message_pagination::get_room_events::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    let filter = EventFilter::from_param(req.filter.as_deref())?;
+    let limit = req.limit.unwrap_or(10).clamp(1, 1000) as usize;
+    let limit = filter.limit.map_or(limit, |l| l.clamp(1, 1000));
+    let backwards = req.dir.as_str() == "b";
+    let from = req.from.as_deref().map(parse_token).transpose()?;
+    let to = req.to.as_deref().map(parse_token).transpose()?;
+    ctx.server.read(|state| {
+        let room = state.room(req.room_id.as_str())?;
+        check_can_read(state, room, &me.user_id)?;
+        let viewer = (me.user_id.as_str(), me.device_id.as_str());
+        let mut chunk: Vec<&Event> = Vec::new();
+        let mut last_pos = None;
+        let mut more = false;
+        if backwards {
+            let start = from.unwrap_or(u64::MAX);
+            for p in room.timeline.iter().rev().filter(|p| **p <= start) {
+                if to.is_some_and(|t| *p <= t) {
+                    break;
+                }
+                if chunk.len() == limit {
+                    more = true;
+                    break;
+                }
+                last_pos = Some(*p);
+                let Some(e) = state.events.get(p) else { continue };
+                if filter.matches(e) && state.can_see(room, &me.user_id, *p) {
+                    chunk.push(e);
+                }
+            }
+        } else {
+            let start = from.unwrap_or(0);
+            for p in room.timeline.iter().filter(|p| **p > start) {
+                if to.is_some_and(|t| *p > t) {
+                    break;
+                }
+                if chunk.len() == limit {
+                    more = true;
+                    break;
+                }
+                last_pos = Some(*p);
+                let Some(e) = state.events.get(p) else { continue };
+                if filter.matches(e) && state.can_see(room, &me.user_id, *p) {
+                    chunk.push(e);
+                }
+            }
+        }
+        let start_token = match from {
+            Some(f) => format!("t{f}"),
+            None if backwards => format!("t{}", room.timeline.last().copied().unwrap_or(0)),
+            None => "t0".to_string(),
+        };
+        let mut out = json!({
+            "chunk": chunk.iter().map(|e| state.client_event(e, Some(viewer), true)).collect::<Vec<_>>(),
+            "start": start_token,
+        });
+        if more {
+            if let Some(p) = last_pos {
+                out["end"] = json!(format!("t{}", if backwards { p.saturating_sub(1) } else { p }));
+            }
+        }
+        if filter.lazy_load_members {
+            out["state"] = json!(lazy_members(state, room, &chunk, viewer));
+        }
+        Ok(out)
+    })
+}
+
+pub fn get_event_context(ctx: &Ctx, req: cs::event_context::get_event_context::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    let filter = EventFilter::from_param(req.filter.as_deref())?;
+    let limit = req.limit.unwrap_or(10).clamp(0, 100) as usize;
+    ctx.server.read(|state| {
+        let room = state.room(&req.room_id)?;
+        let not_found = || ApiError::not_found("no such event, or you may not see it");
+        let pos = state.event_ids.get(&req.event_id).copied().ok_or_else(not_found)?;
+        let ev = state.events.get(&pos).filter(|e| e.room_id == room.room_id).ok_or_else(not_found)?;
+        if !state.can_see(room, &me.user_id, pos) {
+            return Err(not_found());
+        }
+        let viewer = (me.user_id.as_str(), me.device_id.as_str());
+        let idx = room.timeline.iter().position(|p| *p == pos).unwrap_or(0);
+        let visible = |p: &&u64| {
+            state
+                .events
+                .get(p)
+                .is_some_and(|e| filter.matches(e) && state.can_see(room, &me.user_id, **p))
+        };
+        let half = limit / 2;
+        let before: Vec<u64> = room.timeline[..idx].iter().rev().filter(visible).take(half).copied().collect();
+        let after: Vec<u64> = room.timeline[idx + 1..].iter().filter(visible).take(limit - half).copied().collect();
+        let to_json = |ps: &[u64]| -> Vec<Value> {
+            ps.iter().filter_map(|p| state.events.get(p)).map(|e| state.client_event(e, Some(viewer), true)).collect()
+        };
+        let start = before.last().map_or(pos, |p| *p).saturating_sub(1);
+        let end = after.last().copied().unwrap_or(pos);
+        let mut all: Vec<&Event> = before.iter().chain(after.iter()).filter_map(|p| state.events.get(p)).collect();
+        all.push(ev);
+        let st: Vec<Value> = if filter.lazy_load_members {
+            lazy_members(state, room, &all, viewer)
+        } else {
+            visible_state(state, room, &me.user_id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| state.client_event(e, Some(viewer), true))
+                .collect()
+        };
+        Ok(json!({
+            "event": state.client_event(ev, Some(viewer), true),
+            "events_before": to_json(&before),
+            "events_after": to_json(&after),
+            "start": format!("t{start}"),
+            "end": format!("t{end}"),
+            "state": st,
+        }))
+    })
+}
+
+pub fn get_members_by_room(ctx: &Ctx, req: cs::rooms::get_members_by_room::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    let at = req.at.as_deref().map(parse_token).transpose()?;
+    ctx.server.read(|state| {
+        let room = state.room(req.room_id.as_str())?;
+        let mine = room.membership(&me.user_id);
+        let world = room.visibility.last().is_some_and(|(_, v)| v == "world_readable");
+        // Former members see the list as it was when they left.
+        let limit_pos = match mine {
+            Some("join") => at.unwrap_or(u64::MAX),
+            Some("leave" | "ban") => {
+                let left = room.members.get(&me.user_id).and_then(|l| l.last()).map_or(0, |(p, _)| *p);
+                at.map_or(left, |a| a.min(left))
+            }
+            _ if world => at.unwrap_or(u64::MAX),
+            _ => return Err(ApiError::forbidden("you are not in this room")),
+        };
+        let viewer = (me.user_id.as_str(), me.device_id.as_str());
+        let mut chunk = Vec::new();
+        for (user, log) in &room.members {
+            let Some((p, m)) = log.iter().take_while(|(p, _)| *p <= limit_pos).last() else { continue };
+            if let Some(want) = &req.membership {
+                if want.as_str() != m {
+                    continue;
+                }
+            }
+            if let Some(not) = &req.not_membership {
+                if not.as_str() == m {
+                    continue;
+                }
+            }
+            if let Some(e) = state.events.get(p) {
+                chunk.push((user.clone(), state.client_event(e, Some(viewer), true)));
+            }
+        }
+        chunk.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(json!({"chunk": chunk.into_iter().map(|(_, e)| e).collect::<Vec<_>>()}))
+    })
+}
+
+pub fn get_joined_members_by_room(ctx: &Ctx, req: cs::rooms::get_joined_members_by_room::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    ctx.server.read(|state| {
+        let room = state.room(req.room_id.as_str())?;
+        let world = room.visibility.last().is_some_and(|(_, v)| v == "world_readable");
+        if room.membership(&me.user_id) != Some("join") && !world {
+            return Err(ApiError::forbidden("you are not in this room"));
+        }
+        let mut joined = serde_json::Map::new();
+        for u in room.joined() {
+            let content = state.state_content(&room.room_id, "m.room.member", u).cloned().unwrap_or(json!({}));
+            let mut m = json!({});
+            if let Some(d) = content.get("displayname").filter(|d| d.is_string()) {
+                m["display_name"] = d.clone();
+            }
+            if let Some(a) = content.get("avatar_url").filter(|a| a.is_string()) {
+                m["avatar_url"] = a.clone();
+            }
+            joined.insert(u.clone(), m);
+        }
+        Ok(json!({"joined": joined}))
+    })
+}

@@ -1,0 +1,173 @@
+//! Handlers, one per operation, named after it and kept in the file for its API area; and
+//! the one table that says which operations this server implements. An operation missing
+//! from [`dispatch`] answers the spec's `M_UNRECOGNIZED`.
+
+mod account;
+mod directory;
+mod discovery;
+mod events;
+mod profile;
+mod rooms;
+mod sync;
+mod user_data;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+use mxconform_generated::Route;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{ApiError, ApiResult};
+use crate::Server;
+
+/// The authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Authed {
+    pub user_id: String,
+    pub device_id: String,
+    pub token: String,
+}
+
+/// What a handler sees besides its decoded request.
+pub struct Ctx<'a> {
+    pub server: &'a Server,
+    pub user: Option<Authed>,
+    pub route: &'static Route,
+    pub raw_body: Bytes,
+    pub content_type: Option<String>,
+    pub query: Vec<(String, String)>,
+    pub path_params: BTreeMap<String, String>,
+    /// A long-poll's deadline has passed: answer with what there is.
+    pub last_chance: bool,
+    /// When the request arrived (long-poll timeouts count from here).
+    pub started: Instant,
+}
+
+impl Ctx<'_> {
+    /// The caller, for operations whose route requires a token (checked before dispatch).
+    pub fn me(&self) -> ApiResult<&Authed> {
+        self.user.as_ref().ok_or_else(|| ApiError::missing_token("this request needs an access token"))
+    }
+}
+
+/// A handler's answer.
+pub enum Reply {
+    Json(u16, Value),
+    Bytes {
+        status: u16,
+        content_type: String,
+        bytes: Vec<u8>,
+        disposition: Option<String>,
+    },
+    /// Nothing to say yet: call again at the next change, or once `until` has passed with
+    /// [`Ctx::last_chance`] set.
+    Wait { until: Instant },
+}
+
+impl From<Value> for Reply {
+    fn from(v: Value) -> Reply {
+        Reply::Json(200, v)
+    }
+}
+
+pub type Handler = fn(&Ctx, Value) -> ApiResult<Reply>;
+
+/// Decodes the input into the operation's generated request type and calls the handler.
+fn call<R: DeserializeOwned, O: Into<Reply>>(ctx: &Ctx, input: Value, f: fn(&Ctx, R) -> ApiResult<O>) -> ApiResult<Reply> {
+    let req: R = serde_json::from_value(input).map_err(|e| ApiError::bad_json(format!("the request does not fit the spec: {e}")))?;
+    f(ctx, req).map(Into::into)
+}
+
+macro_rules! table {
+    ($($op:literal => $f:path,)*) => {
+        /// The operations this server implements, by operation id.
+        pub fn dispatch(operation_id: &str) -> Option<Handler> {
+            match operation_id {
+                $( $op => Some(|ctx, input| call(ctx, input, $f)), )*
+                _ => None,
+            }
+        }
+
+        /// Operation ids of [`dispatch`], for `mxconform routes --implemented`.
+        pub const IMPLEMENTED: &[&str] = &[$($op),*];
+    };
+}
+
+table! {
+    "getVersions" => discovery::get_versions,
+    "getWellknown" => discovery::get_wellknown,
+    "getCapabilities" => discovery::get_capabilities,
+    "register" => account::register,
+    "checkUsernameAvailability" => account::check_username_availability,
+    "getLoginFlows" => account::get_login_flows,
+    "login" => account::login,
+    "logout" => account::logout,
+    "logout_all" => account::logout_all,
+    "getTokenOwner" => account::get_token_owner,
+    "changePassword" => account::change_password,
+    "deactivateAccount" => account::deactivate_account,
+    "getDevices" => account::get_devices,
+    "getDevice" => account::get_device,
+    "updateDevice" => account::update_device,
+    "deleteDevice" => account::delete_device,
+    "getUserProfile" => profile::get_user_profile,
+    "getProfileField" => profile::get_profile_field,
+    "setProfileField" => profile::set_profile_field,
+    "createRoom" => rooms::create_room,
+    "joinRoomById" => rooms::join_room_by_id,
+    "joinRoom" => rooms::join_room,
+    "inviteUser" => rooms::invite_user,
+    "leaveRoom" => rooms::leave_room,
+    "forgetRoom" => rooms::forget_room,
+    "kick" => rooms::kick,
+    "ban" => rooms::ban,
+    "unban" => rooms::unban,
+    "knockRoom" => rooms::knock_room,
+    "getJoinedRooms" => rooms::get_joined_rooms,
+    "sendMessage" => events::send_message,
+    "setRoomStateWithKey" => events::set_room_state_with_key,
+    "getRoomStateWithKey" => events::get_room_state_with_key,
+    "getRoomState" => events::get_room_state,
+    "getOneRoomEvent" => events::get_one_room_event,
+    "redactEvent" => events::redact_event,
+    "getRoomEvents" => events::get_room_events,
+    "getEventContext" => events::get_event_context,
+    "getMembersByRoom" => events::get_members_by_room,
+    "getJoinedMembersByRoom" => events::get_joined_members_by_room,
+    "sync" => sync::sync,
+    "defineFilter" => user_data::define_filter,
+    "getFilter" => user_data::get_filter,
+    "setAccountData" => user_data::set_account_data,
+    "getAccountData" => user_data::get_account_data,
+    "setAccountDataPerRoom" => user_data::set_account_data_per_room,
+    "getAccountDataPerRoom" => user_data::get_account_data_per_room,
+    "getRoomTags" => user_data::get_room_tags,
+    "setRoomTag" => user_data::set_room_tag,
+    "deleteRoomTag" => user_data::delete_room_tag,
+    "setTyping" => user_data::set_typing,
+    "postReceipt" => user_data::post_receipt,
+    "setReadMarker" => user_data::set_read_marker,
+    "setRoomAlias" => directory::set_room_alias,
+    "getRoomIdByAlias" => directory::get_room_id_by_alias,
+    "deleteRoomAlias" => directory::delete_room_alias,
+    "getLocalAliases" => directory::get_local_aliases,
+    "getRoomVisibilityOnDirectory" => directory::get_room_visibility_on_directory,
+    "setRoomVisibilityOnDirectory" => directory::set_room_visibility_on_directory,
+    "getPublicRooms" => directory::get_public_rooms,
+    "queryPublicRooms" => directory::query_public_rooms,
+}
+
+/// `Ok(v)` for a `Value` the handler built.
+pub fn ok(v: Value) -> ApiResult<Value> {
+    Ok(v)
+}
+
+/// The caller may only act for itself on `/user/{userId}/...` routes.
+pub fn require_self(ctx: &Ctx, user_id: &str) -> ApiResult<()> {
+    if ctx.me()?.user_id != user_id {
+        return Err(ApiError::forbidden("you cannot act for another user"));
+    }
+    Ok(())
+}

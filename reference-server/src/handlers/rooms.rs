@@ -1,0 +1,543 @@
+//! Rooms: creation (room versions 10, 11 and 12), and membership (join, invite, leave, kick,
+//! ban, unban, knock, forget) under the auth rules of those versions.
+
+use mxconform_generated::client_server as cs;
+use serde_json::{json, Map, Value};
+use sha2::Digest;
+
+use super::discovery::{DEFAULT_ROOM_VERSION, ROOM_VERSIONS};
+use super::Ctx;
+use crate::error::{ApiError, ApiResult};
+use crate::state::{now_ms, random_token, Room, State};
+use crate::store::Batch;
+
+/// Appends a state event after checking the auth rules for it.
+pub fn send_state(
+    state: &mut State,
+    batch: &mut Batch,
+    room_id: &str,
+    sender: &str,
+    kind: &str,
+    key: &str,
+    content: Value,
+) -> ApiResult<String> {
+    if kind == "m.room.member" {
+        let m = content.get("membership").and_then(Value::as_str).unwrap_or("").to_string();
+        return change_membership(state, batch, room_id, sender, key, &m, content);
+    }
+    check_send(state, room_id, sender, kind, Some(key), &content)?;
+    Ok(state.append(batch, room_id, sender, kind, Some(key), content, None, None, None).1)
+}
+
+/// The auth rules for a non-membership event from `sender`.
+pub fn check_send(state: &State, room_id: &str, sender: &str, kind: &str, key: Option<&str>, content: &Value) -> ApiResult<()> {
+    let room = state.room(room_id)?;
+    if room.membership(sender) != Some("join") {
+        return Err(ApiError::forbidden(format!("{sender} is not in room {room_id}")));
+    }
+    if kind == "m.room.create" {
+        return Err(ApiError::forbidden("a room has exactly one m.room.create event"));
+    }
+    let level = state.power_level(room, sender);
+    let needed = state.required_level(room, kind, key.is_some());
+    if !State::meets(level, needed) {
+        return Err(ApiError::forbidden(format!(
+            "sending {kind} needs power level {needed}; {sender} has {}",
+            level.map_or("infinite".into(), |l| l.to_string())
+        )));
+    }
+    if let Some(k) = key {
+        if k.starts_with('@') && k != sender {
+            return Err(ApiError::forbidden("a state key that is a user id must be the sender's"));
+        }
+    }
+    if kind == "m.room.power_levels" {
+        check_power_levels_change(state, room, sender, content)?;
+    }
+    Ok(())
+}
+
+/// A sender may not grant or change levels above its own.
+fn check_power_levels_change(state: &State, room: &Room, sender: &str, content: &Value) -> ApiResult<()> {
+    if !content.is_object() {
+        return Err(ApiError::bad_json("m.room.power_levels content must be an object"));
+    }
+    let Some(mine) = state.power_level(room, sender) else { return Ok(()) };
+    let old = room
+        .state_event("m.room.power_levels", "")
+        .and_then(|p| state.events.get(&p))
+        .map(|e| e.content.clone())
+        .unwrap_or(json!({}));
+    let mut levels: Vec<(Option<i64>, Option<i64>, bool)> = Vec::new();
+    for key in ["ban", "kick", "redact", "invite", "events_default", "state_default", "users_default"] {
+        levels.push((old.get(key).and_then(Value::as_i64), content.get(key).and_then(Value::as_i64), false));
+    }
+    for map in ["events", "users"] {
+        let o = old.get(map).and_then(Value::as_object).cloned().unwrap_or_default();
+        let n = content.get(map).and_then(Value::as_object).cloned().unwrap_or_default();
+        for k in o.keys().chain(n.keys()) {
+            let is_other_user = map == "users" && k != sender;
+            levels.push((o.get(k).and_then(Value::as_i64), n.get(k).and_then(Value::as_i64), is_other_user));
+        }
+        if map == "users" && room.creators_privileged() {
+            for c in &room.creators {
+                if n.contains_key(c) {
+                    return Err(ApiError::bad_json("room creators cannot be listed in `users` from room version 12"));
+                }
+            }
+        }
+    }
+    for (old_v, new_v, other_user) in levels {
+        if old_v == new_v {
+            continue;
+        }
+        if old_v.is_some_and(|v| v > mine) || new_v.is_some_and(|v| v > mine) {
+            return Err(ApiError::forbidden("cannot change a power level above your own"));
+        }
+        if other_user && old_v.is_some_and(|v| v >= mine) {
+            return Err(ApiError::forbidden("cannot change the level of a user at or above your own"));
+        }
+    }
+    Ok(())
+}
+
+fn join_rule(state: &State, room_id: &str) -> String {
+    state
+        .state_content(room_id, "m.room.join_rules", "")
+        .and_then(|c| c.get("join_rule"))
+        .and_then(Value::as_str)
+        .unwrap_or("invite")
+        .to_string()
+}
+
+/// Whether a restricted room's `allow` list lets `user` join.
+fn restricted_allows(state: &State, room_id: &str, user: &str) -> bool {
+    let Some(allow) = state
+        .state_content(room_id, "m.room.join_rules", "")
+        .and_then(|c| c.get("allow"))
+        .and_then(Value::as_array)
+    else {
+        return false;
+    };
+    allow.iter().any(|a| {
+        a.get("type").and_then(Value::as_str) == Some("m.room_membership")
+            && a.get("room_id")
+                .and_then(Value::as_str)
+                .and_then(|r| state.rooms.get(r))
+                .is_some_and(|r| r.membership(user) == Some("join"))
+    })
+}
+
+/// Changes `target`'s membership to `new` by `sender`, under the auth rules.
+pub fn change_membership(
+    state: &mut State,
+    batch: &mut Batch,
+    room_id: &str,
+    sender: &str,
+    target: &str,
+    new: &str,
+    mut content: Value,
+) -> ApiResult<String> {
+    let room = state.room(room_id)?;
+    let sender_m = room.membership(sender).map(str::to_string);
+    let target_m = room.membership(target).map(str::to_string);
+    let level = |u: &str| state.power_level(room, u);
+    let outranks = |a: &str, b: &str| match (level(a), level(b)) {
+        (None, Some(_)) => true,
+        (Some(x), Some(y)) => x > y,
+        _ => false,
+    };
+    let forbid = |m: &str| Err(ApiError::forbidden(m.to_string()));
+    match new {
+        "join" => {
+            if sender != target {
+                return forbid("you can only join a room yourself");
+            }
+            if target_m.as_deref() == Some("ban") {
+                return forbid("you are banned from this room");
+            }
+            let rule = join_rule(state, room_id);
+            // The creator's own join, right after the create event.
+            let first_join = room.timeline.len() == 1 && room.creators.first().is_some_and(|c| c == target);
+            let ok = first_join
+                || matches!(target_m.as_deref(), Some("join" | "invite"))
+                || rule == "public"
+                || (matches!(rule.as_str(), "restricted" | "knock_restricted") && restricted_allows(state, room_id, target));
+            if !ok {
+                return forbid("you are not invited to this room");
+            }
+        }
+        "invite" => {
+            if sender_m.as_deref() != Some("join") {
+                return forbid("you are not in this room");
+            }
+            match target_m.as_deref() {
+                Some("join") => return forbid("that user is already in the room"),
+                Some("ban") => return forbid("that user is banned from the room"),
+                _ => {}
+            }
+            if !State::meets(level(sender), state.required_level(room, "invite", false)) {
+                return forbid("your power level is too low to invite");
+            }
+        }
+        "leave" if sender == target => {
+            if !matches!(target_m.as_deref(), Some("join" | "invite" | "knock")) {
+                return forbid("you are not in this room");
+            }
+        }
+        "leave" => {
+            if sender_m.as_deref() != Some("join") {
+                return forbid("you are not in this room");
+            }
+            match target_m.as_deref() {
+                Some("ban") => {
+                    if !State::meets(level(sender), state.required_level(room, "ban", false)) {
+                        return forbid("your power level is too low to unban");
+                    }
+                }
+                Some("join" | "invite" | "knock") => {
+                    if !State::meets(level(sender), state.required_level(room, "kick", false)) || !outranks(sender, target) {
+                        return forbid("your power level is too low to kick that user");
+                    }
+                }
+                _ => return forbid("that user is not in the room"),
+            }
+        }
+        "ban" => {
+            if sender_m.as_deref() != Some("join") {
+                return forbid("you are not in this room");
+            }
+            if !State::meets(level(sender), state.required_level(room, "ban", false)) || !outranks(sender, target) {
+                return forbid("your power level is too low to ban that user");
+            }
+        }
+        "knock" => {
+            if sender != target {
+                return forbid("you can only knock yourself");
+            }
+            if !matches!(join_rule(state, room_id).as_str(), "knock" | "knock_restricted") {
+                return forbid("this room does not allow knocking");
+            }
+            match target_m.as_deref() {
+                Some("ban") => return forbid("you are banned from this room"),
+                Some("join") => return forbid("you are already in this room"),
+                Some("invite") => return forbid("you are already invited to this room"),
+                _ => {}
+            }
+        }
+        other => return Err(ApiError::bad_json(format!("unknown membership `{other}`"))),
+    }
+    if !content.is_object() {
+        content = json!({});
+    }
+    content["membership"] = json!(new);
+    if matches!(new, "join" | "invite" | "knock") {
+        if let Some(u) = state.users.get(target) {
+            if content.get("displayname").is_none() {
+                if let Some(d) = &u.displayname {
+                    content["displayname"] = json!(d);
+                }
+            }
+            if content.get("avatar_url").is_none() {
+                if let Some(a) = &u.avatar_url {
+                    content["avatar_url"] = json!(a);
+                }
+            }
+        }
+    }
+    Ok(state
+        .append(batch, room_id, sender, "m.room.member", Some(target), content, None, None, None)
+        .1)
+}
+
+fn membership_content(reason: Option<&String>) -> Value {
+    match reason {
+        Some(r) => json!({"reason": r}),
+        None => json!({}),
+    }
+}
+
+/// Room id or alias -> room id.
+pub fn resolve_room(state: &State, id_or_alias: &str) -> ApiResult<String> {
+    if id_or_alias.starts_with('#') {
+        return state
+            .aliases
+            .get(id_or_alias)
+            .map(|(r, _)| r.clone())
+            .ok_or_else(|| ApiError::not_found(format!("no room has the alias {id_or_alias}")));
+    }
+    if !id_or_alias.starts_with('!') {
+        return Err(ApiError::invalid_param("expected a room id (!...) or an alias (#...)"));
+    }
+    Ok(id_or_alias.to_string())
+}
+
+pub fn create_room(ctx: &Ctx, req: cs::create_room::create_room::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    let b = req.body;
+    let version = b.room_version.clone().unwrap_or_else(|| DEFAULT_ROOM_VERSION.to_string());
+    if !ROOM_VERSIONS.contains(&version.as_str()) {
+        return Err(ApiError::unsupported_room_version(format!("room version {version} is not supported")));
+    }
+    let server_name = ctx.server.config.server_name.clone();
+    let alias = match &b.room_alias_name {
+        Some(name) => {
+            if name.is_empty() || name.contains([':', '#', ' ']) {
+                return Err(ApiError::invalid_param("room_alias_name must be a bare local part"));
+            }
+            Some(format!("#{name}:{server_name}"))
+        }
+        None => None,
+    };
+    let v: u32 = version.parse().unwrap_or(12);
+    let public = matches!(b.visibility.as_ref().map(|v| v.as_str()), Some("public"));
+    let preset = b
+        .preset
+        .as_ref()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| if public { "public_chat".into() } else { "private_chat".into() });
+    let invites: Vec<String> = b.invite.clone().unwrap_or_default().into_iter().map(|u| u.into_string()).collect();
+    for u in &invites {
+        if u == &me.user_id {
+            return Err(ApiError::invalid_param("you cannot invite yourself"));
+        }
+    }
+    ctx.server.write(|state, batch| {
+        if let Some(a) = &alias {
+            if state.aliases.contains_key(a) {
+                return Err(ApiError::room_in_use(format!("the alias {a} is taken")));
+            }
+        }
+        // The create event's content.
+        let mut create: Map<String, Value> = b.creation_content.clone().unwrap_or_default();
+        create.insert("room_version".into(), json!(version));
+        if v < 11 {
+            create.insert("creator".into(), json!(me.user_id));
+        } else {
+            create.remove("creator");
+        }
+        if v >= 12 && preset == "trusted_private_chat" && !invites.is_empty() {
+            let mut extra: Vec<Value> = create.get("additional_creators").and_then(Value::as_array).cloned().unwrap_or_default();
+            for u in &invites {
+                if !extra.contains(&json!(u)) {
+                    extra.push(json!(u));
+                }
+            }
+            create.insert("additional_creators".into(), Value::Array(extra));
+        }
+        if let Some(extra) = create.get("additional_creators") {
+            let ok = extra.as_array().is_some_and(|a| a.iter().all(|u| u.as_str().is_some_and(|s| mxconform_generated::ids::UserId::parse(s).is_ok())));
+            if !ok || v < 12 {
+                return Err(ApiError::bad_json("additional_creators must be a list of user ids, from room version 12 on"));
+            }
+        }
+        let room_id = if v >= 12 {
+            // From room version 12 the room id is the create event's reference hash.
+            let mut h = sha2::Sha256::new();
+            h.update(me.user_id.as_bytes());
+            h.update(serde_json::to_vec(&create).unwrap_or_default());
+            h.update(now_ms().to_be_bytes());
+            h.update(random_token(16).as_bytes());
+            format!("!{}", crate::state::base64url(&h.finalize()))
+        } else {
+            format!("!{}:{server_name}", random_token(18))
+        };
+        let mut creators = vec![me.user_id.clone()];
+        if let Some(extra) = create.get("additional_creators").and_then(Value::as_array) {
+            creators.extend(extra.iter().filter_map(Value::as_str).map(str::to_string));
+        }
+        state.rooms.insert(
+            room_id.clone(),
+            Room {
+                room_id: room_id.clone(),
+                version: version.clone(),
+                creators,
+                public,
+                ..Room::default()
+            },
+        );
+        state.put_room_meta(batch, &room_id);
+        let create_id = v >= 12;
+        state.append(batch, &room_id, &me.user_id, "m.room.create", Some(""), Value::Object(create), None, None, None);
+        let _ = create_id;
+        change_membership(state, batch, &room_id, &me.user_id, &me.user_id, "join", json!({}))?;
+
+        // Power levels: defaults, then the preset's, then the override.
+        let mut pl = json!({
+            "users": {},
+            "users_default": 0,
+            "events": {
+                "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
+                "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": if v >= 12 { 150 } else { 100 },
+                "m.room.server_acl": 100, "m.room.encryption": 100,
+            },
+            "events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 0,
+            "notifications": {"room": 50},
+        });
+        if v < 12 {
+            pl["users"][&me.user_id] = json!(100);
+            if preset == "trusted_private_chat" {
+                for u in &invites {
+                    pl["users"][u] = json!(100);
+                }
+            }
+        }
+        if let Some(o) = &b.power_level_content_override {
+            for (k, val) in o {
+                pl[k] = val.clone();
+            }
+        }
+        send_state(state, batch, &room_id, &me.user_id, "m.room.power_levels", "", pl)?;
+        if let Some(a) = &alias {
+            send_state(state, batch, &room_id, &me.user_id, "m.room.canonical_alias", "", json!({"alias": a}))?;
+            state.aliases.insert(a.clone(), (room_id.clone(), me.user_id.clone()));
+            batch.put("alias", a.clone(), &json!({"room_id": room_id, "creator": me.user_id}));
+        }
+        let (join_rule, guest) = match preset.as_str() {
+            "public_chat" => ("public", "forbidden"),
+            _ => ("invite", "can_join"),
+        };
+        send_state(state, batch, &room_id, &me.user_id, "m.room.join_rules", "", json!({"join_rule": join_rule}))?;
+        send_state(state, batch, &room_id, &me.user_id, "m.room.history_visibility", "", json!({"history_visibility": "shared"}))?;
+        send_state(state, batch, &room_id, &me.user_id, "m.room.guest_access", "", json!({"guest_access": guest}))?;
+        for ev in b.initial_state.iter().flatten() {
+            let content = serde_json::to_value(&ev.content).unwrap_or(json!({}));
+            send_state(state, batch, &room_id, &me.user_id, &ev.type_, ev.state_key.as_deref().unwrap_or(""), content)?;
+        }
+        if let Some(n) = &b.name {
+            send_state(state, batch, &room_id, &me.user_id, "m.room.name", "", json!({"name": n}))?;
+        }
+        if let Some(t) = &b.topic {
+            let content = json!({"topic": t, "m.topic": [{"body": t, "mimetype": "text/plain"}]});
+            send_state(state, batch, &room_id, &me.user_id, "m.room.topic", "", content)?;
+        }
+        for u in &invites {
+            let mut content = json!({});
+            if b.is_direct == Some(true) {
+                content["is_direct"] = json!(true);
+            }
+            change_membership(state, batch, &room_id, &me.user_id, u, "invite", content)?;
+        }
+        Ok(json!({"room_id": room_id}))
+    })
+}
+
+fn join(ctx: &Ctx, id_or_alias: &str, reason: Option<&String>) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    ctx.server.write(|state, batch| {
+        let room_id = resolve_room(state, id_or_alias)?;
+        state.room(&room_id)?;
+        // Joining again when joined is allowed (a profile refresh); nothing changes then.
+        if state.rooms.get(&room_id).and_then(|r| r.membership(&me.user_id)) == Some("join") {
+            return Ok(json!({"room_id": room_id}));
+        }
+        change_membership(state, batch, &room_id, &me.user_id, &me.user_id, "join", membership_content(reason))?;
+        Ok(json!({"room_id": room_id}))
+    })
+}
+
+pub fn join_room_by_id(ctx: &Ctx, req: cs::joining::join_room_by_id::Request) -> ApiResult<Value> {
+    join(ctx, req.room_id.as_str(), req.body.reason.as_ref())
+}
+
+pub fn join_room(ctx: &Ctx, req: cs::joining::join_room::Request) -> ApiResult<Value> {
+    join(ctx, &req.room_id_or_alias, req.body.reason.as_ref())
+}
+
+pub fn invite_user(ctx: &Ctx, req: cs::inviting::invite_user::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    ctx.server.write(|state, batch| {
+        let target = req.body.user_id.as_str();
+        if !state.users.contains_key(target) && target.ends_with(&format!(":{}", state.server_name)) {
+            return Err(ApiError::not_found(format!("no user {target} on this server")));
+        }
+        if state.room(req.room_id.as_str())?.membership(target) == Some("invite") {
+            return Ok(json!({}));
+        }
+        change_membership(state, batch, req.room_id.as_str(), &me.user_id, target, "invite", membership_content(req.body.reason.as_ref()))?;
+        Ok(json!({}))
+    })
+}
+
+pub fn leave_room(ctx: &Ctx, req: cs::leaving::leave_room::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    let reason = req.body.reason.clone();
+    ctx.server.write(|state, batch| {
+        change_membership(state, batch, req.room_id.as_str(), &me.user_id, &me.user_id, "leave", membership_content(reason.as_ref()))?;
+        Ok(json!({}))
+    })
+}
+
+pub fn forget_room(ctx: &Ctx, req: cs::leaving::forget_room::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    ctx.server.write(|state, batch| {
+        let room = state.room(req.room_id.as_str())?;
+        match room.membership(&me.user_id) {
+            Some("join" | "invite" | "knock") => return Err(ApiError::bad_state("leave the room before forgetting it")),
+            None => return Err(ApiError::not_found("you were never in this room")),
+            _ => {}
+        }
+        if let Some(set) = state.user_rooms.get_mut(&me.user_id) {
+            set.remove(req.room_id.as_str());
+        }
+        batch.put("forgotten", format!("{}\u{0}{}", me.user_id, req.room_id), &json!(true));
+        Ok(json!({}))
+    })
+}
+
+pub fn kick(ctx: &Ctx, req: cs::kicking::kick::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    ctx.server.write(|state, batch| {
+        let target = req.body.user_id.as_str();
+        if state.room(req.room_id.as_str())?.membership(target) == Some("ban") {
+            return Err(ApiError::forbidden("that user is banned; unban them instead"));
+        }
+        change_membership(state, batch, req.room_id.as_str(), &me.user_id, target, "leave", membership_content(req.body.reason.as_ref()))?;
+        Ok(json!({}))
+    })
+}
+
+pub fn ban(ctx: &Ctx, req: cs::banning::ban::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    ctx.server.write(|state, batch| {
+        change_membership(state, batch, req.room_id.as_str(), &me.user_id, req.body.user_id.as_str(), "ban", membership_content(req.body.reason.as_ref()))?;
+        Ok(json!({}))
+    })
+}
+
+pub fn unban(ctx: &Ctx, req: cs::banning::unban::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    ctx.server.write(|state, batch| {
+        let target = req.body.user_id.as_str();
+        if state.room(req.room_id.as_str())?.membership(target) != Some("ban") {
+            return Err(ApiError::forbidden("that user is not banned"));
+        }
+        change_membership(state, batch, req.room_id.as_str(), &me.user_id, target, "leave", membership_content(req.body.reason.as_ref()))?;
+        Ok(json!({}))
+    })
+}
+
+pub fn knock_room(ctx: &Ctx, req: cs::knocking::knock_room::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    ctx.server.write(|state, batch| {
+        let room_id = resolve_room(state, &req.room_id_or_alias)?;
+        change_membership(state, batch, &room_id, &me.user_id, &me.user_id, "knock", membership_content(req.body.reason.as_ref()))?;
+        Ok(json!({"room_id": room_id}))
+    })
+}
+
+pub fn get_joined_rooms(ctx: &Ctx, _req: cs::list_joined_rooms::get_joined_rooms::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    let rooms: Vec<String> = ctx.server.read(|s| {
+        s.user_rooms
+            .get(&me.user_id)
+            .map(|set| {
+                set.iter()
+                    .filter(|r| s.rooms.get(*r).and_then(|room| room.membership(&me.user_id)) == Some("join"))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    Ok(json!({"joined_rooms": rooms}))
+}

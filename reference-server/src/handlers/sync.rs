@@ -1,0 +1,287 @@
+//! `/sync`: initial and incremental, long-polled until something for the caller arrives or
+//! the timeout passes, with filters (stored or inline, lazy-loading members), timelines with
+//! `limited` and `prev_batch`, state, ephemeral typing and receipts, account data, invites,
+//! leaves, knocks and to-device messages.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mxconform_generated::client_server as cs;
+use serde_json::{json, Map, Value};
+
+use super::events::{parse_token, EventFilter};
+use super::{Authed, Ctx, Reply};
+use crate::error::{ApiError, ApiResult};
+use crate::state::{now_ms, Event, Room, State};
+
+/// The parts of a sync filter this server applies.
+#[derive(Debug, Default, Clone)]
+struct SyncFilter {
+    timeline: EventFilter,
+    state_lazy: bool,
+    rooms: Option<Vec<String>>,
+    not_rooms: Vec<String>,
+    include_leave: bool,
+    account_data_types: Option<Vec<String>>,
+    ephemeral_off: bool,
+}
+
+impl SyncFilter {
+    fn from_json(v: &Value) -> SyncFilter {
+        let room = v.get("room").cloned().unwrap_or(json!({}));
+        let list = |x: Option<&Value>| x.and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect::<Vec<_>>());
+        let timeline = room.get("timeline").map(EventFilter::from_json).unwrap_or_default();
+        let state = room.get("state").cloned().unwrap_or(json!({}));
+        SyncFilter {
+            state_lazy: state.get("lazy_load_members").and_then(Value::as_bool).unwrap_or(false) || timeline.lazy_load_members,
+            timeline,
+            rooms: list(room.get("rooms")),
+            not_rooms: list(room.get("not_rooms")).unwrap_or_default(),
+            include_leave: room.get("include_leave").and_then(Value::as_bool).unwrap_or(false),
+            account_data_types: list(v.get("account_data").and_then(|a| a.get("types"))),
+            ephemeral_off: list(room.get("ephemeral").and_then(|e| e.get("types"))).is_some_and(|t| t.is_empty()),
+        }
+    }
+}
+
+fn stripped(e: &Event) -> Value {
+    json!({"type": e.kind, "state_key": e.state_key, "content": e.content, "sender": e.sender})
+}
+
+/// The stripped state an invitee or knocker sees.
+fn stripped_state(state: &State, room: &Room, own_member: Option<&Event>) -> Vec<Value> {
+    let mut out: Vec<Value> = ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.canonical_alias", "m.room.avatar", "m.room.encryption", "m.room.topic"]
+        .iter()
+        .filter_map(|k| room.state_event(k, ""))
+        .filter_map(|p| state.events.get(&p))
+        .map(stripped)
+        .collect();
+    if let Some(m) = own_member {
+        if let Some(p) = room.state_event("m.room.member", &m.sender) {
+            if let Some(inviter) = state.events.get(&p) {
+                out.push(stripped(inviter));
+            }
+        }
+        out.push(stripped(m));
+    }
+    out
+}
+
+fn account_data_events(state: &State, user: &str, room: &str, since: u64, types: Option<&Vec<String>>) -> Vec<Value> {
+    let mut list: Vec<(&String, &(Value, u64))> = state
+        .account_data
+        .iter()
+        .filter(|((u, r, _), (_, p))| u == user && r == room && *p > since)
+        .map(|((_, _, t), v)| (t, v))
+        .filter(|(t, _)| types.is_none_or(|ts| ts.iter().any(|x| x == *t)))
+        .collect();
+    list.sort_by_key(|(_, (_, p))| *p);
+    list.into_iter().map(|(t, (c, _))| json!({"type": t, "content": c})).collect()
+}
+
+/// One joined (or left) room's section, or `None` when nothing changed since `since`.
+#[allow(clippy::too_many_arguments)]
+fn room_section(state: &State, room: &Room, me: &Authed, since: Option<u64>, until: u64, filter: &SyncFilter, full_state: bool, joined: bool) -> Option<Value> {
+    let viewer = (me.user_id.as_str(), me.device_id.as_str());
+    let my_log = room.members.get(&me.user_id)?;
+    let mpos = my_log.last().map_or(0, |(p, _)| *p);
+    let fresh = since.is_none_or(|s| mpos > s && joined) || full_state;
+    let after = if fresh { 0 } else { since.unwrap_or(0) };
+    let timeline_limit = filter.timeline.limit.unwrap_or(10).clamp(1, 500);
+    // Timeline: the room's events after `after`, up to `until`, that the caller may see.
+    let mut positions: Vec<u64> = Vec::new();
+    let mut limited = false;
+    for p in room.timeline.iter().rev() {
+        if *p <= after {
+            break;
+        }
+        if *p > until {
+            continue;
+        }
+        let Some(e) = state.events.get(p) else { continue };
+        if !filter.timeline.matches(e) || !state.can_see(room, &me.user_id, *p) {
+            continue;
+        }
+        if positions.len() == timeline_limit {
+            limited = true;
+            break;
+        }
+        positions.push(*p);
+    }
+    positions.reverse();
+    let first = positions.first().copied().unwrap_or(until + 1);
+    let timeline_events: Vec<&Event> = positions.iter().filter_map(|p| state.events.get(p)).collect();
+
+    // State: as at the start of the timeline (fresh), or what changed in the gap (limited).
+    let state_from = if fresh { 0 } else if limited { after } else { u64::MAX };
+    let mut st: BTreeMap<(String, String), &Event> = BTreeMap::new();
+    if state_from != u64::MAX {
+        for p in room.timeline.iter().take_while(|p| **p < first) {
+            if *p <= state_from && !fresh {
+                continue;
+            }
+            if let Some(e) = state.events.get(p) {
+                if let Some(k) = &e.state_key {
+                    st.insert((e.kind.clone(), k.clone()), e);
+                }
+            }
+        }
+    }
+    if filter.state_lazy {
+        let mut senders: Vec<&str> = timeline_events.iter().map(|e| e.sender.as_str()).collect();
+        senders.push(&me.user_id);
+        st.retain(|(kind, key), _| kind != "m.room.member" || senders.contains(&key.as_str()));
+    }
+    let state_events: Vec<Value> = st.values().map(|e| state.client_event(e, Some(viewer), false)).collect();
+
+    let mut ephemeral = Vec::new();
+    if joined && !filter.ephemeral_off {
+        if let Some((typing, tpos)) = state.typing.get(&room.room_id) {
+            let now = now_ms();
+            let users: Vec<&String> = typing.iter().filter(|(_, exp)| **exp > now).map(|(u, _)| u).collect();
+            if fresh || *tpos > after {
+                ephemeral.push(json!({"type": "m.typing", "content": {"user_ids": users}}));
+            }
+        }
+        if let Some((receipts, rpos)) = state.receipts.get(&room.room_id) {
+            if fresh || *rpos > after {
+                let mut content: Map<String, Value> = Map::new();
+                for (rtype, by_user) in receipts {
+                    for (user, (event_id, ts, thread)) in by_user {
+                        if rtype == "m.read.private" && user != &me.user_id {
+                            continue;
+                        }
+                        let mut r = json!({"ts": ts});
+                        if let Some(t) = thread {
+                            r["thread_id"] = json!(t);
+                        }
+                        let entry = content.entry(event_id.clone()).or_insert_with(|| json!({}));
+                        entry[rtype][user] = r;
+                    }
+                }
+                if !content.is_empty() {
+                    ephemeral.push(json!({"type": "m.receipt", "content": content}));
+                }
+            }
+        }
+    }
+    let account_data = account_data_events(state, &me.user_id, &room.room_id, after, filter.account_data_types.as_ref());
+    if !fresh && timeline_events.is_empty() && state_events.is_empty() && ephemeral.is_empty() && account_data.is_empty() {
+        return None;
+    }
+    let prev = timeline_events.first().map_or(until, |e| e.pos.saturating_sub(1));
+    let mut section = json!({
+        "timeline": {
+            "events": timeline_events.iter().map(|e| state.client_event(e, Some(viewer), false)).collect::<Vec<_>>(),
+            "limited": limited,
+            "prev_batch": format!("t{prev}"),
+        },
+        "state": {"events": state_events},
+        "account_data": {"events": account_data},
+    });
+    if joined {
+        section["ephemeral"] = json!({"events": ephemeral});
+        let joined_count = room.joined().count();
+        let invited = room.members.values().filter(|l| l.last().is_some_and(|(_, m)| m == "invite")).count();
+        let heroes: Vec<&String> = room.joined().filter(|u| **u != me.user_id).take(5).collect();
+        section["summary"] = json!({"m.joined_member_count": joined_count, "m.invited_member_count": invited, "m.heroes": heroes});
+        section["unread_notifications"] = json!({"notification_count": unread(state, room, &me.user_id), "highlight_count": 0});
+    }
+    Some(section)
+}
+
+/// Messages from others after the caller's latest read receipt.
+fn unread(state: &State, room: &Room, user: &str) -> usize {
+    let read_pos = state
+        .receipts
+        .get(&room.room_id)
+        .and_then(|(r, _)| ["m.read", "m.read.private"].iter().filter_map(|t| r.get(*t)?.get(user)).map(|(e, _, _)| state.event_ids.get(e).copied().unwrap_or(0)).max())
+        .unwrap_or(0);
+    room.timeline
+        .iter()
+        .rev()
+        .take_while(|p| **p > read_pos)
+        .filter_map(|p| state.events.get(p))
+        .filter(|e| e.sender != user && e.state_key.is_none() && matches!(e.kind.as_str(), "m.room.message" | "m.room.encrypted"))
+        .count()
+}
+
+fn build(state: &State, me: &Authed, since: Option<u64>, filter: &SyncFilter, full_state: bool) -> (Value, bool) {
+    let until = state.pos;
+    let s = since.unwrap_or(0);
+    let mut join = Map::new();
+    let mut invite = Map::new();
+    let mut leave = Map::new();
+    let mut knock = Map::new();
+    let rooms: Vec<&String> = state.user_rooms.get(&me.user_id).map(|r| r.iter().collect()).unwrap_or_default();
+    for room_id in rooms {
+        if filter.not_rooms.contains(room_id) || filter.rooms.as_ref().is_some_and(|r| !r.contains(room_id)) {
+            continue;
+        }
+        let Some(room) = state.rooms.get(room_id) else { continue };
+        let Some((mpos, m)) = room.members.get(&me.user_id).and_then(|l| l.last()) else { continue };
+        match m.as_str() {
+            "join" => {
+                if let Some(sec) = room_section(state, room, me, since, until, filter, full_state, true) {
+                    join.insert(room_id.clone(), sec);
+                }
+            }
+            "invite" if *mpos > s || since.is_none() => {
+                let ev = state.events.get(mpos);
+                invite.insert(room_id.clone(), json!({"invite_state": {"events": stripped_state(state, room, ev)}}));
+            }
+            "knock" if *mpos > s || since.is_none() => {
+                let ev = state.events.get(mpos);
+                knock.insert(room_id.clone(), json!({"knock_state": {"events": stripped_state(state, room, ev)}}));
+            }
+            "leave" | "ban" if (since.is_some() && *mpos > s) || filter.include_leave => {
+                if let Some(sec) = room_section(state, room, me, since, until, filter, full_state, false) {
+                    leave.insert(room_id.clone(), sec);
+                }
+            }
+            _ => {}
+        }
+    }
+    let account_data = account_data_events(state, &me.user_id, "", s, filter.account_data_types.as_ref());
+    let to_device: Vec<Value> = state
+        .to_device
+        .get(&(me.user_id.clone(), me.device_id.clone()))
+        .map(|q| q.iter().filter(|(p, _)| *p > s).map(|(_, m)| m.clone()).collect())
+        .unwrap_or_default();
+    let empty = join.is_empty() && invite.is_empty() && leave.is_empty() && knock.is_empty() && account_data.is_empty() && to_device.is_empty();
+    let body = json!({
+        "next_batch": format!("s{until}"),
+        "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
+        "account_data": {"events": account_data},
+        "to_device": {"events": to_device},
+        "presence": {"events": []},
+        "device_lists": {"changed": [], "left": []},
+        "device_one_time_keys_count": {},
+    });
+    (body, empty)
+}
+
+pub fn sync(ctx: &Ctx, req: cs::sync::sync::Request) -> ApiResult<Reply> {
+    let me = ctx.me()?.clone();
+    let since = req.since.as_deref().map(parse_token).transpose()?;
+    let filter = match req.filter.as_deref() {
+        None => SyncFilter::default(),
+        Some(f) if f.trim_start().starts_with('{') => {
+            let v: Value = serde_json::from_str(f).map_err(|_| ApiError::invalid_param("`filter` is not valid JSON"))?;
+            SyncFilter::from_json(&v)
+        }
+        Some(id) => {
+            let stored = ctx.server.read(|s| s.filters.get(&(me.user_id.clone(), id.to_string())).cloned());
+            SyncFilter::from_json(&stored.ok_or_else(|| ApiError::invalid_param(format!("no filter {id}")))?)
+        }
+    };
+    let full_state = req.full_state.unwrap_or(false);
+    let timeout = req.timeout.unwrap_or(0).clamp(0, 300_000) as u64;
+    let (body, empty) = ctx.server.read(|s| build(s, &me, since, &filter, full_state));
+    if empty && since.is_some() && timeout > 0 && !ctx.last_chance {
+        return Ok(Reply::Wait {
+            until: ctx.started + Duration::from_millis(timeout),
+        });
+    }
+    Ok(Reply::Json(200, body))
+}

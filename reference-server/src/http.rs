@@ -1,0 +1,329 @@
+//! HTTP: one connection served by hyper, and [`handle`], which turns a request into a response
+//! with no socket: route lookup, authentication (before the body is looked at), body limits,
+//! decoding into the generated request type, the handler, and errors as Matrix error JSON.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use mxconform_generated::{Auth, BodyKind, ParamKind, ParamLocation, Route};
+use serde_json::{json, Map, Value};
+
+use crate::error::{ApiError, ApiResult};
+use crate::handlers::{self, Authed, Ctx, Reply};
+use crate::Server;
+
+pub async fn serve_connection(server: Arc<Server>, sock: tokio::net::TcpStream) {
+    let io = hyper_util::rt::TokioIo::new(sock);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let server = server.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle_incoming(&server, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(io, service)
+        .await;
+}
+
+async fn handle_incoming(server: &Server, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    // Reject a body announced larger than allowed before reading it.
+    let announced = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > server.config.max_body) {
+        return to_http(error_response(&ApiError::too_large(format!(
+            "request body larger than {} bytes",
+            server.config.max_body
+        ))));
+    }
+    let bytes = match Limited::new(body, server.config.max_body).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            let err = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                ApiError::too_large(format!("request body larger than {} bytes", server.config.max_body))
+            } else {
+                ApiError::unknown_400(format!("could not read the request body: {e}"))
+            };
+            return to_http(error_response(&err));
+        }
+    };
+    to_http(handle(server, Request::from_parts(parts, bytes)).await)
+}
+
+fn to_http(r: Response<Bytes>) -> Response<Full<Bytes>> {
+    let (parts, body) = r.into_parts();
+    Response::from_parts(parts, Full::new(body))
+}
+
+fn with_cors(mut r: Response<Bytes>) -> Response<Bytes> {
+    let h = r.headers_mut();
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert("access-control-allow-methods", HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"));
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("X-Requested-With, Content-Type, Authorization"),
+    );
+    r
+}
+
+pub fn json_response(status: u16, v: &Value) -> Response<Bytes> {
+    let mut r = Response::new(Bytes::from(serde_json::to_vec(v).unwrap_or_default()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    with_cors(r)
+}
+
+pub fn error_response(e: &ApiError) -> Response<Bytes> {
+    json_response(e.status, &e.body())
+}
+
+/// The access token: `Authorization: Bearer`, or the `access_token` query parameter.
+fn token_of(req: &Request<Bytes>, query: &[(String, String)]) -> Result<Option<String>, ApiError> {
+    if let Some(h) = req.headers().get(http::header::AUTHORIZATION) {
+        let text = h.to_str().map_err(|_| ApiError::unknown_token("unreadable Authorization header"))?;
+        return match text.strip_prefix("Bearer ") {
+            Some(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
+            _ => Err(ApiError::missing_token("the Authorization header is not `Bearer <token>`")),
+        };
+    }
+    Ok(query.iter().find(|(k, _)| k == "access_token").map(|(_, v)| v.clone()))
+}
+
+fn parse_query(q: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let Some(q) = q else { return Ok(Vec::new()) };
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let dec = |s: &str| {
+                crate::router::percent_decode(&s.replace('+', " "))
+                    .ok_or_else(|| ApiError::invalid_param("a query parameter is not valid percent-encoded UTF-8"))
+            };
+            Ok((dec(k)?, dec(v)?))
+        })
+        .collect()
+}
+
+/// Answers one request (no socket involved).
+pub async fn handle(server: &Server, req: Request<Bytes>) -> Response<Bytes> {
+    if req.method() == Method::OPTIONS {
+        return json_response(200, &json!({}));
+    }
+    match handle_inner(server, &req).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Response<Bytes>> {
+    let path = req.uri().path();
+    let matched = server.router.find(req.method().as_str(), path)?;
+    let query = parse_query(req.uri().query())?;
+
+    // Authentication before anything else is looked at.
+    let route0 = matched.routes[0];
+    let token = token_of(req, &query)?;
+    let user = match (&token, route0.auth) {
+        (None, Auth::Required) => return Err(ApiError::missing_token("this request needs an access token")),
+        (None, _) | (_, Auth::None) => None,
+        (Some(t), _) => Some(authenticate(server, t)?),
+    };
+
+    // Two operations on one route: the body says which (the spec's trailing-space keys).
+    let route = if matched.routes.len() > 1 { pick_route(&matched.routes, req.body()) } else { route0 };
+
+    let input = decode(server, route, &matched.params, &query, req)?;
+    let content_type = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let Some(handler) = handlers::dispatch(route.operation_id) else {
+        return Err(ApiError::unrecognized(format!(
+            "{} is not implemented by this server",
+            route.operation_id
+        )));
+    };
+    let ctx = Ctx {
+        server,
+        user,
+        route,
+        raw_body: req.body().clone(),
+        content_type,
+        query,
+        path_params: matched.params.clone(),
+        last_chance: false,
+        started: Instant::now(),
+    };
+    // Long-polls: the handler says "nothing yet, wait until"; look again at every change.
+    let mut changes = server.subscribe();
+    let mut ctx = ctx;
+    loop {
+        changes.borrow_and_update();
+        match handler(&ctx, input.clone())? {
+            Reply::Json(status, v) => return Ok(json_response(status, &v)),
+            Reply::Bytes { status, content_type, bytes, disposition } => {
+                let mut r = Response::new(Bytes::from(bytes));
+                *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                let ct = HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+                r.headers_mut().insert(http::header::CONTENT_TYPE, ct);
+                if let Some(d) = disposition.and_then(|d| HeaderValue::from_str(&d).ok()) {
+                    r.headers_mut().insert(http::header::CONTENT_DISPOSITION, d);
+                }
+                return Ok(with_cors(r));
+            }
+            Reply::Wait { until } => {
+                let now = Instant::now();
+                if ctx.last_chance || until <= now {
+                    ctx.last_chance = true;
+                    continue;
+                }
+                let wait = (until - now).min(Duration::from_secs(300));
+                if tokio::time::timeout(wait, changes.changed()).await.is_err() {
+                    ctx.last_chance = true;
+                }
+            }
+        }
+    }
+}
+
+fn authenticate(server: &Server, token: &str) -> ApiResult<Authed> {
+    server.read(|s| {
+        let (user, device) = s
+            .tokens
+            .get(token)
+            .ok_or_else(|| ApiError::unknown_token("unknown or expired access token"))?;
+        if s.users.get(user).is_some_and(|u| u.deactivated) {
+            return Err(ApiError::unknown_token("this account is deactivated"));
+        }
+        Ok(Authed {
+            user_id: user.clone(),
+            device_id: device.clone(),
+            token: token.to_string(),
+        })
+    })
+}
+
+fn pick_route(routes: &[&'static Route], body: &Bytes) -> &'static Route {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let third_party = v.get("medium").is_some() || v.get("id_server").is_some() || v.get("address").is_some();
+    let by_id = |id: &str| routes.iter().copied().find(|r| r.operation_id == id);
+    match routes[0].operation_id {
+        "inviteUser" | "inviteBy3PID" if third_party => by_id("inviteBy3PID"),
+        "inviteUser" | "inviteBy3PID" => by_id("inviteUser"),
+        _ => None,
+    }
+    .unwrap_or(routes[0])
+}
+
+/// Path parameters whose names say which identifier they hold.
+fn check_path_param(name: &str, value: &str) -> ApiResult<()> {
+    use mxconform_generated::ids;
+    let bad = |what: &str, e: ids::IdError| ApiError::invalid_param(format!("`{name}` is not a valid {what}: {e}"));
+    match name {
+        "roomId" => ids::RoomId::parse(value).map(drop).map_err(|e| bad("room id", e)),
+        "userId" => ids::UserId::parse(value).map(drop).map_err(|e| bad("user id", e)),
+        "eventId" => ids::EventId::parse(value).map(drop).map_err(|e| bad("event id", e)),
+        "roomAlias" => ids::RoomAliasId::parse(value).map(drop).map_err(|e| bad("room alias", e)),
+        _ => Ok(()),
+    }
+}
+
+/// Builds the input object the generated request type reads: path and query parameters by
+/// their wire names (typed as the route says) and the JSON body under `body`.
+fn decode(
+    server: &Server,
+    route: &Route,
+    path: &std::collections::BTreeMap<String, String>,
+    query: &[(String, String)],
+    req: &Request<Bytes>,
+) -> ApiResult<Value> {
+    let mut input = Map::new();
+    for (k, v) in path {
+        check_path_param(k, v)?;
+        input.insert(k.clone(), Value::String(v.clone()));
+    }
+    for p in route.params.iter().filter(|p| p.location == ParamLocation::Query) {
+        let values: Vec<&str> = query.iter().filter(|(k, _)| k == p.name).map(|(_, v)| v.as_str()).collect();
+        if values.is_empty() {
+            if p.required {
+                return Err(ApiError::missing_param(format!("missing query parameter `{}`", p.name)));
+            }
+            continue;
+        }
+        let bad = |what: &str| ApiError::invalid_param(format!("query parameter `{}` must be {what}", p.name));
+        let v = match p.kind {
+            ParamKind::List => Value::Array(values.iter().map(|v| Value::String(v.to_string())).collect()),
+            ParamKind::Integer => Value::from(values[0].parse::<i64>().map_err(|_| bad("an integer"))?),
+            ParamKind::Number => values[0]
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map(Value::Number)
+                .ok_or_else(|| bad("a number"))?,
+            ParamKind::Boolean => Value::Bool(match values[0] {
+                "true" => true,
+                "false" => false,
+                _ => return Err(bad("`true` or `false`")),
+            }),
+            ParamKind::String => Value::String(values[0].to_string()),
+        };
+        input.insert(p.name.to_string(), v);
+    }
+    if route.request_body == BodyKind::Json {
+        let body = req.body();
+        if body.len() > server.config.max_json_body {
+            return Err(ApiError::too_large(format!(
+                "JSON body larger than {} bytes",
+                server.config.max_json_body
+            )));
+        }
+        let v: Value = if body.iter().all(u8::is_ascii_whitespace) {
+            // An empty body reads as `{}`: clients send none for bodies with no required keys.
+            json!({})
+        } else {
+            parse_json(body)?
+        };
+        input.insert("body".into(), v);
+    }
+    Ok(Value::Object(input))
+}
+
+/// Parses a JSON body with a depth bound, so that hostile nesting cannot exhaust the stack.
+pub fn parse_json(body: &[u8]) -> ApiResult<Value> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::not_json("the body is not valid UTF-8"))?;
+    let mut depth = 0usize;
+    let mut max = 0usize;
+    let mut in_str = false;
+    let mut esc = false;
+    for c in text.bytes() {
+        if in_str {
+            match (esc, c) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if max > 100 {
+        return Err(ApiError::not_json("the body nests deeper than 100 levels"));
+    }
+    serde_json::from_str(text).map_err(|e| ApiError::not_json(format!("the body is not JSON: {e}")))
+}

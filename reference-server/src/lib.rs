@@ -1,0 +1,198 @@
+//! mxconform-server: a Matrix homeserver whose routes come from the generated route table.
+//! [`Server::handle`] answers one HTTP request with no socket (what the tests call);
+//! [`serve`] runs it on a TCP listener. State lives in memory and in an embedded SQLite
+//! database ([`store`]); every acknowledged write is committed before the answer is sent.
+
+pub mod error;
+pub mod handlers;
+pub mod http;
+pub mod router;
+pub mod state;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+pub use error::{ApiError, ApiResult};
+use state::State;
+use store::{Batch, Durability, Store};
+
+/// How costly password hashes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PasswordCost {
+    /// Argon2id with OWASP's recommended parameters (19 MiB, 2 passes).
+    Standard,
+    /// Argon2id at its minimum cost, for throw-away test servers only.
+    Test,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server_name: String,
+    /// The database file; `None` keeps everything in memory (gone when the server stops).
+    pub db: Option<PathBuf>,
+    pub durability: Durability,
+    pub password_cost: PasswordCost,
+    /// Largest request body accepted (media uploads included).
+    pub max_body: usize,
+    /// Largest JSON request body accepted.
+    pub max_json_body: usize,
+}
+
+impl Config {
+    pub fn in_memory(server_name: &str) -> Config {
+        Config {
+            server_name: server_name.to_string(),
+            db: None,
+            durability: Durability::Process,
+            password_cost: PasswordCost::Test,
+            max_body: 50 * 1024 * 1024,
+            max_json_body: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: State,
+    store: Store,
+}
+
+/// A running homeserver's shared state.
+#[derive(Debug)]
+pub struct Server {
+    inner: Mutex<Inner>,
+    /// The latest committed stream position, for long-polls to wait on.
+    changes: watch::Sender<u64>,
+    pub router: router::Router,
+    pub config: Config,
+}
+
+impl Server {
+    /// Opens the database (running migrations) and rebuilds the state from it.
+    pub fn open(config: Config) -> Result<Arc<Server>, String> {
+        if let Some(dir) = config.db.as_ref().and_then(|p| p.parent()) {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            }
+        }
+        let store = Store::open(config.db.as_deref(), config.durability)?;
+        let mut state = State::new(&config.server_name);
+        state.restore(store.load()?)?;
+        let pos = state.pos;
+        Ok(Arc::new(Server {
+            inner: Mutex::new(Inner { state, store }),
+            changes: watch::channel(pos).0,
+            router: router::Router::new(mxconform_generated::client_server::ROUTES.iter()),
+            config,
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves state that may not match the database; the
+        // handlers do not panic, but if one did, carrying on is still better than refusing
+        // every later request: the database, not memory, is the record.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the state.
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.lock().state)
+    }
+
+    /// Changes the state and commits what changed before returning. A failed commit stops
+    /// the process: memory must never run ahead of the database, and the next start rebuilds
+    /// from what was committed.
+    pub fn write<T>(&self, f: impl FnOnce(&mut State, &mut Batch) -> ApiResult<T>) -> ApiResult<T> {
+        let mut inner = self.lock();
+        let mut batch = Batch::default();
+        let before = inner.state.pos;
+        let out = f(&mut inner.state, &mut batch);
+        if batch.is_empty() {
+            return out;
+        }
+        if let Err(e) = inner.store.commit(batch) {
+            eprintln!("mxconform-server: commit failed ({}); stopping so that no unsaved change is served", e.message);
+            std::process::abort();
+        }
+        let after = inner.state.pos;
+        drop(inner);
+        if after != before {
+            self.changes.send_replace(after);
+        }
+        out
+    }
+
+    /// Media bytes by id.
+    pub fn media(&self, id: &str) -> ApiResult<Option<(Option<String>, Option<String>, Vec<u8>)>> {
+        self.lock().store.media(id)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Tells long-polls to look again (for changes outside the stream, such as typing expiry).
+    pub fn nudge(&self) {
+        self.changes.send_modify(|_| {});
+    }
+}
+
+/// A server listening on a socket.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub server: Arc<Server>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting connections and waits for the accept loop to end.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Binds `addr` and serves `server` on it until [`Running::stop`].
+pub async fn serve(server: Arc<Server>, addr: SocketAddr) -> Result<Running, String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let srv = server.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((sock, _)) => {
+                        let _ = sock.set_nodelay(true);
+                        tokio::spawn(http::serve_connection(srv.clone(), sock));
+                    }
+                    Err(e) => {
+                        eprintln!("mxconform-server: accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    });
+    Ok(Running {
+        addr,
+        server,
+        stop: Some(stop),
+        task,
+    })
+}

@@ -1,0 +1,607 @@
+//! The server's state in memory: users, tokens, devices, rooms with their timelines and
+//! current state, and the per-user streams that /sync reads. Every change is also written to
+//! a [`Batch`] that the caller commits before answering, and the state is rebuilt from the
+//! database at start-up by replaying the same records.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, ApiResult};
+use crate::store::{Batch, Loaded};
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Unpadded URL-safe base64 of random bytes.
+pub fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("the operating system's random source works");
+    base64url(&buf)
+}
+
+pub fn base64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(data.len() * 4 / 3 + 2);
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[derive(Clone, Debug)]
+pub struct User {
+    pub user_id: String,
+    pub password_hash: Option<String>,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+    pub deactivated: bool,
+}
+
+impl User {
+    fn to_record(&self) -> Value {
+        json!({
+            "password_hash": self.password_hash,
+            "displayname": self.displayname,
+            "avatar_url": self.avatar_url,
+            "deactivated": self.deactivated,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Device {
+    pub display_name: Option<String>,
+    pub last_seen_ts: u64,
+    pub token: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub pos: u64,
+    pub event_id: String,
+    pub room_id: String,
+    pub sender: String,
+    pub kind: String,
+    pub state_key: Option<String>,
+    pub content: Value,
+    pub ts: u64,
+    /// The sending device and transaction id, for `unsigned.transaction_id`.
+    pub txn: Option<(String, String)>,
+    /// The state event this one replaced, for `unsigned.prev_content`.
+    pub replaces: Option<u64>,
+    pub redacts: Option<String>,
+    /// The redaction that removed this event's content.
+    pub redacted_by: Option<u64>,
+}
+
+impl Event {
+    fn to_record(&self) -> Value {
+        json!({
+            "event_id": self.event_id, "room_id": self.room_id, "sender": self.sender,
+            "type": self.kind, "state_key": self.state_key, "content": self.content,
+            "ts": self.ts, "txn": self.txn, "replaces": self.replaces, "redacts": self.redacts,
+        })
+    }
+
+    fn from_record(pos: u64, v: &Value) -> Option<Event> {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        Some(Event {
+            pos,
+            event_id: s("event_id")?,
+            room_id: s("room_id")?,
+            sender: s("sender")?,
+            kind: s("type")?,
+            state_key: s("state_key"),
+            content: v.get("content").cloned().unwrap_or(json!({})),
+            ts: v.get("ts").and_then(Value::as_u64).unwrap_or(0),
+            txn: v.get("txn").and_then(|t| serde_json::from_value(t.clone()).ok()),
+            replaces: v.get("replaces").and_then(Value::as_u64),
+            redacts: s("redacts"),
+            redacted_by: None,
+        })
+    }
+
+    pub fn is_state(&self) -> bool {
+        self.state_key.is_some()
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Room {
+    pub room_id: String,
+    pub version: String,
+    /// The creator, and from room version 12 the `additional_creators`.
+    pub creators: Vec<String>,
+    /// Stream positions of the room's events, oldest first.
+    pub timeline: Vec<u64>,
+    /// Current state: (type, state key) -> event position.
+    pub state: BTreeMap<(String, String), u64>,
+    /// Membership changes per user: (position, membership), oldest first.
+    pub members: HashMap<String, Vec<(u64, String)>>,
+    /// History visibility changes: (position, visibility).
+    pub visibility: Vec<(u64, String)>,
+    pub public: bool,
+}
+
+impl Room {
+    pub fn membership(&self, user: &str) -> Option<&str> {
+        self.members.get(user).and_then(|l| l.last()).map(|(_, m)| m.as_str())
+    }
+
+    /// The membership a user had just after the event at `pos`.
+    pub fn membership_at(&self, user: &str, pos: u64) -> Option<&str> {
+        self.members
+            .get(user)?
+            .iter()
+            .take_while(|(p, _)| *p <= pos)
+            .last()
+            .map(|(_, m)| m.as_str())
+    }
+
+    pub fn visibility_at(&self, pos: u64) -> &str {
+        self.visibility
+            .iter()
+            .take_while(|(p, _)| *p <= pos)
+            .last()
+            .map_or("shared", |(_, v)| v.as_str())
+    }
+
+    pub fn state_event(&self, kind: &str, key: &str) -> Option<u64> {
+        self.state.get(&(kind.to_string(), key.to_string())).copied()
+    }
+
+    pub fn joined(&self) -> impl Iterator<Item = &String> {
+        self.members
+            .iter()
+            .filter(|(_, l)| l.last().is_some_and(|(_, m)| m == "join"))
+            .map(|(u, _)| u)
+    }
+
+    /// Room versions from 12 on give creators infinite power and take room ids from the
+    /// create event.
+    pub fn creators_privileged(&self) -> bool {
+        self.version.parse::<u32>().is_ok_and(|v| v >= 12)
+    }
+}
+
+/// A read receipt: (event id, timestamp, thread id).
+pub type Receipt = (String, u64, Option<String>);
+
+#[derive(Debug, Default)]
+pub struct State {
+    pub server_name: String,
+    /// The latest stream position handed out.
+    pub pos: u64,
+    pub users: HashMap<String, User>,
+    /// Access token -> (user, device).
+    pub tokens: HashMap<String, (String, String)>,
+    pub devices: HashMap<String, BTreeMap<String, Device>>,
+    pub rooms: HashMap<String, Room>,
+    pub events: HashMap<u64, Event>,
+    pub event_ids: HashMap<String, u64>,
+    /// (user, device, txn id) -> event id.
+    pub txns: HashMap<(String, String, String), String>,
+    /// (user, room or "", type) -> (content, position).
+    pub account_data: HashMap<(String, String, String), (Value, u64)>,
+    /// (user, filter id) -> filter.
+    pub filters: HashMap<(String, String), Value>,
+    /// alias -> (room, creator).
+    pub aliases: HashMap<String, (String, String)>,
+    /// room -> receipt type -> user -> receipt, and the position of the latest change.
+    pub receipts: HashMap<String, (BTreeMap<String, BTreeMap<String, Receipt>>, u64)>,
+    /// room -> (typing user -> expiry ms, position of the latest change).
+    pub typing: HashMap<String, (BTreeMap<String, u64>, u64)>,
+    /// (user, device) -> queued (position, message).
+    pub to_device: HashMap<(String, String), Vec<(u64, Value)>>,
+    /// Rooms a user has any membership in.
+    pub user_rooms: HashMap<String, BTreeSet<String>>,
+}
+
+impl State {
+    pub fn new(server_name: &str) -> State {
+        State {
+            server_name: server_name.to_string(),
+            ..State::default()
+        }
+    }
+
+    pub fn next_pos(&mut self, batch: &mut Batch) -> u64 {
+        self.pos += 1;
+        batch.put("meta", "pos", &json!(self.pos));
+        self.pos
+    }
+
+    /// Rebuilds the state from what the database holds.
+    pub fn restore(&mut self, loaded: Loaded) -> Result<(), String> {
+        // Records first (users, rooms' metadata), then events in stream order.
+        let mut rooms_meta: Vec<(String, Value)> = Vec::new();
+        let mut forgotten: Vec<(String, String)> = Vec::new();
+        for (kind, key, v) in loaded.records {
+            let parts: Vec<&str> = key.split('\u{0}').collect();
+            match kind.as_str() {
+                "meta" if key == "pos" => self.pos = self.pos.max(v.as_u64().unwrap_or(0)),
+                "user" => {
+                    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+                    self.users.insert(
+                        key.clone(),
+                        User {
+                            user_id: key.clone(),
+                            password_hash: s("password_hash"),
+                            displayname: s("displayname"),
+                            avatar_url: s("avatar_url"),
+                            deactivated: v.get("deactivated").and_then(Value::as_bool).unwrap_or(false),
+                        },
+                    );
+                }
+                "device" if parts.len() == 2 => {
+                    let token = v.get("token").and_then(Value::as_str).unwrap_or("").to_string();
+                    if !token.is_empty() {
+                        self.tokens.insert(token.clone(), (parts[0].to_string(), parts[1].to_string()));
+                    }
+                    self.devices.entry(parts[0].to_string()).or_default().insert(
+                        parts[1].to_string(),
+                        Device {
+                            display_name: v.get("display_name").and_then(Value::as_str).map(str::to_string),
+                            last_seen_ts: v.get("last_seen_ts").and_then(Value::as_u64).unwrap_or(0),
+                            token,
+                        },
+                    );
+                }
+                "txn" if parts.len() == 3 => {
+                    if let Some(e) = v.as_str() {
+                        self.txns.insert((parts[0].into(), parts[1].into(), parts[2].into()), e.to_string());
+                    }
+                }
+                "account_data" if parts.len() == 3 => {
+                    let content = v.get("content").cloned().unwrap_or(json!({}));
+                    let pos = v.get("pos").and_then(Value::as_u64).unwrap_or(0);
+                    self.account_data.insert((parts[0].into(), parts[1].into(), parts[2].into()), (content, pos));
+                }
+                "filter" if parts.len() == 2 => {
+                    self.filters.insert((parts[0].into(), parts[1].into()), v);
+                }
+                "alias" => {
+                    let room = v.get("room_id").and_then(Value::as_str).unwrap_or("").to_string();
+                    let creator = v.get("creator").and_then(Value::as_str).unwrap_or("").to_string();
+                    self.aliases.insert(key.clone(), (room, creator));
+                }
+                "room" => rooms_meta.push((key.clone(), v)),
+                "forgotten" if parts.len() == 2 => forgotten.push((parts[0].to_string(), parts[1].to_string())),
+                "receipt" if parts.len() == 3 => {
+                    let (room, rtype, user) = (parts[0], parts[1], parts[2]);
+                    let pos = v.get("pos").and_then(Value::as_u64).unwrap_or(0);
+                    let r: Receipt = (
+                        v.get("event_id").and_then(Value::as_str).unwrap_or("").to_string(),
+                        v.get("ts").and_then(Value::as_u64).unwrap_or(0),
+                        v.get("thread_id").and_then(Value::as_str).map(str::to_string),
+                    );
+                    let entry = self.receipts.entry(room.to_string()).or_default();
+                    entry.0.entry(rtype.to_string()).or_default().insert(user.to_string(), r);
+                    entry.1 = entry.1.max(pos);
+                }
+                "to_device" if parts.len() == 3 => {
+                    let pos: u64 = parts[2].parse().unwrap_or(0);
+                    self.to_device.entry((parts[0].into(), parts[1].into())).or_default().push((pos, v));
+                }
+                _ => {}
+            }
+        }
+        for (pos, v) in loaded.events {
+            let ev = Event::from_record(pos, &v).ok_or_else(|| format!("event at position {pos} is incomplete"))?;
+            self.pos = self.pos.max(pos);
+            if ev.kind == "m.room.create" && ev.state_key.as_deref() == Some("") {
+                let version = ev.content.get("room_version").and_then(Value::as_str).unwrap_or("1").to_string();
+                let mut room = Room {
+                    room_id: ev.room_id.clone(),
+                    version,
+                    ..Room::default()
+                };
+                room.creators = creators_of(&ev);
+                self.rooms.insert(ev.room_id.clone(), room);
+            }
+            self.apply(ev);
+        }
+        for (room_id, meta) in rooms_meta {
+            if let Some(r) = self.rooms.get_mut(&room_id) {
+                r.public = meta.get("public").and_then(Value::as_bool).unwrap_or(false);
+            }
+        }
+        for (user, room) in forgotten {
+            // Forgotten, unless the user came back to the room afterwards.
+            let back = self.rooms.get(&room).and_then(|r| r.membership(&user)).is_some_and(|m| matches!(m, "join" | "invite" | "knock"));
+            if !back {
+                if let Some(set) = self.user_rooms.get_mut(&user) {
+                    set.remove(&room);
+                }
+            }
+        }
+        for q in self.to_device.values_mut() {
+            q.sort_by_key(|(p, _)| *p);
+        }
+        Ok(())
+    }
+
+    /// Adds an event to its room (timeline, state, membership) and the indexes.
+    pub fn apply(&mut self, mut ev: Event) {
+        let pos = ev.pos;
+        if let Some(room) = self.rooms.get_mut(&ev.room_id) {
+            room.timeline.push(pos);
+            if let Some(key) = &ev.state_key {
+                let k = (ev.kind.clone(), key.clone());
+                ev.replaces = room.state.get(&k).copied().or(ev.replaces);
+                room.state.insert(k, pos);
+                match ev.kind.as_str() {
+                    "m.room.member" => {
+                        let m = ev.content.get("membership").and_then(Value::as_str).unwrap_or("leave").to_string();
+                        room.members.entry(key.clone()).or_default().push((pos, m));
+                        self.user_rooms.entry(key.clone()).or_default().insert(ev.room_id.clone());
+                    }
+                    "m.room.history_visibility" => {
+                        let v = ev.content.get("history_visibility").and_then(Value::as_str).unwrap_or("shared").to_string();
+                        room.visibility.push((pos, v));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(target) = ev.redacts.clone() {
+            if let Some(tpos) = self.event_ids.get(&target).copied() {
+                if let Some(t) = self.events.get_mut(&tpos) {
+                    t.redacted_by = Some(pos);
+                    let version = self.rooms.get(&t.room_id).map_or("11", |r| r.version.as_str());
+                    t.content = redact_content(&t.kind, &t.content, version);
+                }
+            }
+        }
+        self.event_ids.insert(ev.event_id.clone(), pos);
+        self.events.insert(pos, ev);
+    }
+
+    /// Records a new event: position, id, database row, then [`State::apply`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn append(
+        &mut self,
+        batch: &mut Batch,
+        room_id: &str,
+        sender: &str,
+        kind: &str,
+        state_key: Option<&str>,
+        content: Value,
+        txn: Option<(String, String)>,
+        redacts: Option<String>,
+        event_id: Option<String>,
+    ) -> (u64, String) {
+        let pos = self.next_pos(batch);
+        let event_id = event_id.unwrap_or_else(|| format!("${}", random_token(32)));
+        let ev = Event {
+            pos,
+            event_id: event_id.clone(),
+            room_id: room_id.to_string(),
+            sender: sender.to_string(),
+            kind: kind.to_string(),
+            state_key: state_key.map(str::to_string),
+            content,
+            ts: now_ms(),
+            txn,
+            replaces: None,
+            redacts,
+            redacted_by: None,
+        };
+        batch.events.push((pos, room_id.to_string(), ev.to_record().to_string()));
+        self.apply(ev);
+        (pos, event_id)
+    }
+
+    pub fn put_user(&mut self, batch: &mut Batch, user: User) {
+        batch.put("user", user.user_id.clone(), &user.to_record());
+        self.users.insert(user.user_id.clone(), user);
+    }
+
+    pub fn put_device(&mut self, batch: &mut Batch, user: &str, device_id: &str, device: Device) {
+        batch.put(
+            "device",
+            format!("{user}\u{0}{device_id}"),
+            &json!({"display_name": device.display_name, "last_seen_ts": device.last_seen_ts, "token": device.token}),
+        );
+        if !device.token.is_empty() {
+            self.tokens.insert(device.token.clone(), (user.to_string(), device_id.to_string()));
+        }
+        self.devices.entry(user.to_string()).or_default().insert(device_id.to_string(), device);
+    }
+
+    pub fn remove_device(&mut self, batch: &mut Batch, user: &str, device_id: &str) {
+        if let Some(d) = self.devices.get_mut(user).and_then(|m| m.remove(device_id)) {
+            self.tokens.remove(&d.token);
+        }
+        batch.delete("device", format!("{user}\u{0}{device_id}"));
+    }
+
+    pub fn put_account_data(&mut self, batch: &mut Batch, user: &str, room: &str, kind: &str, content: Value) {
+        let pos = self.next_pos(batch);
+        batch.put("account_data", format!("{user}\u{0}{room}\u{0}{kind}"), &json!({"content": content, "pos": pos}));
+        self.account_data.insert((user.into(), room.into(), kind.into()), (content, pos));
+    }
+
+    pub fn put_room_meta(&mut self, batch: &mut Batch, room_id: &str) {
+        if let Some(r) = self.rooms.get(room_id) {
+            batch.put("room", room_id, &json!({"public": r.public}));
+        }
+    }
+
+    pub fn room(&self, room_id: &str) -> ApiResult<&Room> {
+        self.rooms.get(room_id).ok_or_else(|| ApiError::not_found(format!("unknown room {room_id}")))
+    }
+
+    /// Current state content of a room, or `None`.
+    pub fn state_content(&self, room_id: &str, kind: &str, key: &str) -> Option<&Value> {
+        let pos = self.rooms.get(room_id)?.state_event(kind, key)?;
+        self.events.get(&pos).map(|e| &e.content)
+    }
+
+    /// An event as clients see it (the ClientEvent format).
+    pub fn client_event(&self, ev: &Event, viewer: Option<(&str, &str)>, with_room_id: bool) -> Value {
+        let mut v = json!({
+            "type": ev.kind,
+            "content": ev.content,
+            "sender": ev.sender,
+            "event_id": ev.event_id,
+            "origin_server_ts": ev.ts,
+        });
+        if with_room_id {
+            v["room_id"] = json!(ev.room_id);
+        }
+        if let Some(k) = &ev.state_key {
+            v["state_key"] = json!(k);
+        }
+        if let Some(r) = &ev.redacts {
+            v["redacts"] = json!(r);
+            if !v["content"].is_object() || v["content"].get("redacts").is_none() {
+                v["content"]["redacts"] = json!(r);
+            }
+        }
+        let mut unsigned = json!({"age": now_ms().saturating_sub(ev.ts)});
+        if let (Some((user, device)), Some((tdev, txn))) = (viewer, &ev.txn) {
+            if user == ev.sender && device == tdev {
+                unsigned["transaction_id"] = json!(txn);
+            }
+        }
+        if let Some(prev) = ev.replaces.and_then(|p| self.events.get(&p)) {
+            unsigned["prev_content"] = prev.content.clone();
+            unsigned["replaces_state"] = json!(prev.event_id);
+            unsigned["prev_sender"] = json!(prev.sender);
+        }
+        if let Some(r) = ev.redacted_by.and_then(|p| self.events.get(&p)) {
+            unsigned["redacted_because"] = self.client_event(r, None, with_room_id);
+        }
+        v["unsigned"] = unsigned;
+        v
+    }
+
+    /// Whether `user` may see the event at `pos` in `room` (history visibility).
+    pub fn can_see(&self, room: &Room, user: &str, pos: u64) -> bool {
+        let vis = room.visibility_at(pos);
+        if vis == "world_readable" {
+            return true;
+        }
+        let at = room.membership_at(user, pos);
+        if at == Some("join") {
+            return true;
+        }
+        if at == Some("invite") && matches!(vis, "invited" | "shared") {
+            return true;
+        }
+        if vis == "shared" {
+            // Members see shared history from before they joined, up to when they left.
+            let Some(log) = room.members.get(user) else { return false };
+            let joined_later = log.iter().any(|(p, m)| *p >= pos && m == "join");
+            let left_after = log.iter().filter(|(p, _)| *p > pos).find(|(_, m)| m != "join" && m != "invite");
+            let still_in = room.membership(user) == Some("join");
+            return joined_later && (still_in || left_after.is_some_and(|(p, _)| *p > pos));
+        }
+        false
+    }
+
+    /// The power level of a user in a room, `None` for infinite (room version 12 creators).
+    pub fn power_level(&self, room: &Room, user: &str) -> Option<i64> {
+        if room.creators_privileged() && room.creators.iter().any(|c| c == user) {
+            return None;
+        }
+        let pl = room.state_event("m.room.power_levels", "").and_then(|p| self.events.get(&p));
+        match pl {
+            Some(e) => Some(
+                e.content
+                    .get("users")
+                    .and_then(|u| u.get(user))
+                    .and_then(Value::as_i64)
+                    .unwrap_or_else(|| e.content.get("users_default").and_then(Value::as_i64).unwrap_or(0)),
+            ),
+            None => Some(if room.creators.first().is_some_and(|c| c == user) { 100 } else { 0 }),
+        }
+    }
+
+    /// The level an action needs: `ban`, `kick`, `redact`, `invite`, or an event type.
+    pub fn required_level(&self, room: &Room, action: &str, state: bool) -> i64 {
+        let pl = room.state_event("m.room.power_levels", "").and_then(|p| self.events.get(&p));
+        let Some(pl) = pl else {
+            return match action {
+                "invite" => 0,
+                _ if !state && !matches!(action, "ban" | "kick" | "redact") => 0,
+                _ => 50,
+            };
+        };
+        let get = |k: &str, d: i64| pl.content.get(k).and_then(Value::as_i64).unwrap_or(d);
+        match action {
+            "ban" => get("ban", 50),
+            "kick" => get("kick", 50),
+            "redact" => get("redact", 50),
+            "invite" => get("invite", 0),
+            kind => pl
+                .content
+                .get("events")
+                .and_then(|e| e.get(kind))
+                .and_then(Value::as_i64)
+                .unwrap_or_else(|| if state { get("state_default", 50) } else { get("events_default", 0) }),
+        }
+    }
+
+    /// `level` meets `needed` (infinite power meets everything).
+    pub fn meets(level: Option<i64>, needed: i64) -> bool {
+        level.is_none_or(|l| l >= needed)
+    }
+}
+
+/// The creators named by a create event: its sender, and `additional_creators` (v12+).
+pub fn creators_of(create: &Event) -> Vec<String> {
+    let mut c = vec![create.sender.clone()];
+    if let Some(extra) = create.content.get("additional_creators").and_then(Value::as_array) {
+        c.extend(extra.iter().filter_map(Value::as_str).map(str::to_string));
+    }
+    c
+}
+
+/// The content left after a redaction (room versions 11 and later).
+pub fn redact_content(kind: &str, content: &Value, _version: &str) -> Value {
+    let keep: &[&str] = match kind {
+        "m.room.member" => &["membership", "join_authorised_via_users_server", "third_party_invite"],
+        "m.room.create" => return content.clone(),
+        "m.room.join_rules" => &["join_rule", "allow"],
+        "m.room.power_levels" => &["ban", "events", "events_default", "invite", "kick", "redact", "state_default", "users", "users_default"],
+        "m.room.history_visibility" => &["history_visibility"],
+        "m.room.redaction" => &["redacts"],
+        _ => &[],
+    };
+    let mut out = serde_json::Map::new();
+    if let Value::Object(m) = content {
+        for k in keep {
+            if let Some(v) = m.get(*k) {
+                out.insert((*k).to_string(), v.clone());
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64() {
+        assert_eq!(base64url(b""), "");
+        assert_eq!(base64url(b"f"), "Zg");
+        assert_eq!(base64url(b"fo"), "Zm8");
+        assert_eq!(base64url(b"foo"), "Zm9v");
+        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
+        assert_eq!(random_token(32).len(), 43);
+    }
+}
