@@ -309,16 +309,18 @@ fn start_embedded() -> Result<(String, std::thread::JoinHandle<()>, tokio::sync:
 fn run_suites(args: RunArgs) -> Result<ExitCode> {
     let repo = repo_root()?;
     let harness_dir = repo.join("harness");
-    let (url, embedded, profile_name) = match &args.server {
-        Some(u) => (u.clone(), None, args.profile.clone().unwrap_or_else(|| "generic".into())),
-        None => {
-            let (url, thread, stop) = start_embedded()?;
-            (url, Some((thread, stop)), args.profile.clone().unwrap_or_else(|| "reference".into()))
-        }
-    };
+    let profile_name = args.profile.clone().unwrap_or_else(|| if args.server.is_some() { "generic".into() } else { "reference".into() });
     let profile_path = harness_dir.join("profiles").join(format!("{profile_name}.toml"));
     let profile = mxconform_harness::Profile::load(&profile_path)
         .with_context(|| format!("loading the profile (profiles live in {})", harness_dir.join("profiles").display()))?;
+    // The server: --server, else the profile's base_url, else the embedded reference server.
+    let (url, embedded) = match args.server.clone().or_else(|| profile.base_url.clone()) {
+        Some(u) => (u, None),
+        None => {
+            let (url, thread, stop) = start_embedded()?;
+            (url, Some((thread, stop)))
+        }
+    };
     let config = mxconform_harness::RunConfig {
         server_url: url,
         profile,

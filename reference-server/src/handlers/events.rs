@@ -111,7 +111,12 @@ pub fn send_message(ctx: &Ctx, req: cs::room_send::send_message::Request) -> Api
     let me = ctx.me()?.clone();
     let content = Value::Object(req.body);
     ctx.server.write(|state, batch| {
-        let key = (me.user_id.clone(), me.device_id.clone(), req.txn_id.clone());
+        // Transaction ids are scoped to the device and the request path.
+        let key = (
+            me.user_id.clone(),
+            me.device_id.clone(),
+            format!("send {} {} {}", req.room_id, req.event_type, req.txn_id),
+        );
         if let Some(id) = state.txns.get(&key) {
             return Ok(json!({"event_id": id}));
         }
@@ -216,7 +221,11 @@ pub fn get_one_room_event(ctx: &Ctx, req: cs::rooms::get_one_room_event::Request
 pub fn redact_event(ctx: &Ctx, req: cs::redaction::redact_event::Request) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     ctx.server.write(|state, batch| {
-        let key = (me.user_id.clone(), me.device_id.clone(), format!("redact:{}", req.txn_id));
+        let key = (
+            me.user_id.clone(),
+            me.device_id.clone(),
+            format!("redact {} {} {}", req.room_id, req.event_id, req.txn_id),
+        );
         if let Some(id) = state.txns.get(&key) {
             return Ok(json!({"event_id": id}));
         }

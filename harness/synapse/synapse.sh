@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# A test Synapse on loopback, from nothing: `start` installs matrix-synapse from PyPI into a
+# virtualenv (once), writes a config for testing, generates the signing key, starts it and
+# waits until /_matrix/client/versions answers; `stop` stops it by its own PID.
+#
+#   harness/synapse/synapse.sh start    # prints the base URL
+#   harness/synapse/synapse.sh stop
+#
+# Environment: SYNAPSE_DIR (default target/synapse under the repo), SYNAPSE_PORT (8448+ free:
+# default 18008), SYNAPSE_VERSION (default: the newest on PyPI), PYTHON (default python3).
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+dir="${SYNAPSE_DIR:-$repo/target/synapse}"
+port="${SYNAPSE_PORT:-18008}"
+python="${PYTHON:-python3}"
+venv="$dir/venv"
+data="$dir/data"
+pidfile="$data/synapse.pid"
+url="http://127.0.0.1:$port"
+# The harness's synapse profile holds the same secret.
+secret="mxconform-test-shared-secret"
+
+install() {
+  if [ ! -x "$venv/bin/synctl" ]; then
+    echo "installing matrix-synapse into $venv" >&2
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --upgrade pip >&2
+    "$venv/bin/pip" install --quiet "matrix-synapse${SYNAPSE_VERSION:+==$SYNAPSE_VERSION}" >&2
+  fi
+}
+
+write_config() {
+  mkdir -p "$data/media"
+  cat > "$data/homeserver.yaml" <<YAML
+server_name: "localhost"
+pid_file: "$pidfile"
+report_stats: false
+signing_key_path: "$data/localhost.signing.key"
+media_store_path: "$data/media"
+log_config: "$data/log.config"
+database:
+  name: sqlite3
+  args:
+    database: "$data/homeserver.db"
+listeners:
+  - port: $port
+    bind_addresses: ["127.0.0.1"]
+    type: http
+    tls: false
+    x_forwarded: false
+    resources:
+      - names: [client, federation]
+        compress: false
+enable_registration: true
+enable_registration_without_verification: true
+registration_shared_secret: "$secret"
+bcrypt_rounds: 4
+trusted_key_servers: []
+suppress_key_server_warning: true
+federation_domain_whitelist: []
+# The spec gives GET /publicRooms no auth requirement, and a room created with
+# visibility: public must be listed.
+allow_public_rooms_without_auth: true
+allow_public_rooms_over_federation: false
+room_list_publication_rules: [{action: allow}]
+alias_creation_rules: [{action: allow}]
+enable_search: true
+user_directory:
+  enabled: true
+  search_all_users: true
+url_preview_enabled: false
+presence:
+  enabled: true
+# Test-server rate limits: high enough that suites never meet them.
+rc_message: {per_second: 10000, burst_count: 100000}
+rc_registration: {per_second: 10000, burst_count: 100000}
+rc_registration_token_validity: {per_second: 10000, burst_count: 100000}
+rc_login:
+  address: {per_second: 10000, burst_count: 100000}
+  account: {per_second: 10000, burst_count: 100000}
+  failed_attempts: {per_second: 10000, burst_count: 100000}
+rc_admin_redaction: {per_second: 10000, burst_count: 100000}
+rc_joins:
+  local: {per_second: 10000, burst_count: 100000}
+  remote: {per_second: 10000, burst_count: 100000}
+rc_joins_per_room: {per_second: 10000, burst_count: 100000}
+rc_3pid_validation: {per_second: 10000, burst_count: 100000}
+rc_invites:
+  per_room: {per_second: 10000, burst_count: 100000}
+  per_user: {per_second: 10000, burst_count: 100000}
+  per_issuer: {per_second: 10000, burst_count: 100000}
+rc_third_party_invite: {per_second: 10000, burst_count: 100000}
+rc_media_create: {per_second: 10000, burst_count: 100000}
+rc_federation: {window_size: 1000, sleep_limit: 10000, sleep_delay: 0, reject_limit: 100000, concurrent: 1000}
+rc_presence:
+  per_user: {per_second: 10000, burst_count: 100000}
+rc_delayed_event_mgmt: {per_second: 10000, burst_count: 100000}
+rc_reports: {per_second: 10000, burst_count: 100000}
+rc_room_creation: {per_second: 10000, burst_count: 100000}
+rc_user_directory: {per_second: 10000, burst_count: 100000}
+rc_send_to_device: {per_second: 10000, burst_count: 100000}
+rc_key_requests: {per_second: 10000, burst_count: 100000}
+YAML
+  cat > "$data/log.config" <<YAML
+version: 1
+formatters:
+  precise:
+    format: '%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(message)s'
+handlers:
+  file:
+    class: logging.FileHandler
+    formatter: precise
+    filename: $data/homeserver.log
+root:
+  level: WARNING
+  handlers: [file]
+disable_existing_loggers: false
+YAML
+}
+
+running() {
+  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+start() {
+  install
+  if running; then
+    echo "$url"
+    return 0
+  fi
+  rm -rf "$data"
+  write_config
+  "$venv/bin/python" -m synapse.app.homeserver --config-path "$data/homeserver.yaml" --generate-keys >/dev/null 2>&1
+  "$venv/bin/python" -m synapse.app.homeserver --config-path "$data/homeserver.yaml" --daemonize >/dev/null 2>"$data/start.err" || {
+    echo "synapse failed to start:" >&2
+    cat "$data/start.err" >&2
+    tail -n 30 "$data/homeserver.log" >&2 2>/dev/null || true
+    exit 1
+  }
+  for _ in $(seq 1 120); do
+    if curl -fsS "$url/_matrix/client/versions" >/dev/null 2>&1; then
+      echo "$url"
+      return 0
+    fi
+    sleep 0.25
+  done
+  echo "synapse did not answer /_matrix/client/versions within 30 s" >&2
+  tail -n 30 "$data/homeserver.log" >&2 2>/dev/null || true
+  stop
+  exit 1
+}
+
+stop() {
+  if running; then
+    local pid
+    pid="$(cat "$pidfile")"
+    kill "$pid"
+    for _ in $(seq 1 40); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.25
+    done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
+
+version() {
+  "$venv/bin/python" -c 'import synapse; print(synapse.__version__)'
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  version) version ;;
+  *) echo "usage: $0 start|stop|version" >&2; exit 2 ;;
+esac

@@ -1,0 +1,203 @@
+//! The reference server through [`mxconform_server::http::handle`], with no socket: request
+//! decoding and errors, the main flows per area, and a restart on the same database.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Request;
+use mxconform_server::{http::handle, Config, Server};
+use serde_json::{json, Value};
+
+struct Client {
+    server: Arc<Server>,
+}
+
+impl Client {
+    fn new(config: Config) -> Client {
+        Client {
+            server: Server::open(config).expect("the server opens"),
+        }
+    }
+
+    async fn raw(&self, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> (u16, Value) {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        let req = b.body(Bytes::from(body.unwrap_or_default())).expect("request");
+        let resp = handle(&self.server, req).await;
+        let status = resp.status().as_u16();
+        let v = serde_json::from_slice(resp.body()).unwrap_or(Value::Null);
+        (status, v)
+    }
+
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        self.raw(method, path, token, body.map(|b| b.to_string().into_bytes())).await
+    }
+
+    async fn ok(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Value {
+        let (s, v) = self.call(method, path, token, body).await;
+        assert_eq!(s, 200, "{method} {path}: {v}");
+        v
+    }
+
+    /// Registers through the dummy stage; returns (user id, token).
+    async fn register(&self, name: &str) -> (String, String) {
+        let body = json!({"username": name, "password": format!("pw-{name}")});
+        let (s, first) = self.call("POST", "/_matrix/client/v3/register", None, Some(body.clone())).await;
+        assert_eq!(s, 401, "{first}");
+        let mut body = body;
+        body["auth"] = json!({"type": "m.login.dummy", "session": first["session"]});
+        let v = self.ok("POST", "/_matrix/client/v3/register", None, Some(body)).await;
+        (v["user_id"].as_str().unwrap().to_string(), v["access_token"].as_str().unwrap().to_string())
+    }
+}
+
+fn room_path(room: &str, rest: &str) -> String {
+    format!("/_matrix/client/v3/rooms/{}/{rest}", room.replace('!', "%21").replace(':', "%3A"))
+}
+
+#[tokio::test]
+async fn errors_are_matrix_errors() {
+    let c = Client::new(Config::in_memory("test.local"));
+    let (_, token) = c.register("alice").await;
+    let check = |got: (u16, Value), status: u16, code: &str| {
+        assert_eq!(got.0, status, "{}", got.1);
+        assert_eq!(got.1["errcode"], code, "{}", got.1);
+        assert!(got.1["error"].is_string(), "{}", got.1);
+    };
+    check(c.call("GET", "/_matrix/client/v3/nowhere", None, None).await, 404, "M_UNRECOGNIZED");
+    check(c.call("DELETE", "/_matrix/client/versions", None, None).await, 405, "M_UNRECOGNIZED");
+    check(c.call("GET", "/_matrix/client/v3/account/whoami", None, None).await, 401, "M_MISSING_TOKEN");
+    check(c.call("GET", "/_matrix/client/v3/account/whoami", Some("nope"), None).await, 401, "M_UNKNOWN_TOKEN");
+    // The token is checked before the body is looked at.
+    check(c.raw("POST", "/_matrix/client/v3/createRoom", None, Some(b"{not json".to_vec())).await, 401, "M_MISSING_TOKEN");
+    check(c.raw("POST", "/_matrix/client/v3/createRoom", Some(&token), Some(b"{not json".to_vec())).await, 400, "M_NOT_JSON");
+    check(c.raw("POST", "/_matrix/client/v3/createRoom", Some(&token), Some(vec![0xff, 0xfe])).await, 400, "M_NOT_JSON");
+    check(c.call("POST", "/_matrix/client/v3/createRoom", Some(&token), Some(json!({"preset": 42}))).await, 400, "M_BAD_JSON");
+    check(c.call("POST", "/_matrix/client/v3/createRoom", Some(&token), Some(json!({"room_version": "1"}))).await, 400, "M_UNSUPPORTED_ROOM_VERSION");
+    check(c.call("GET", "/_matrix/client/v3/register/available", None, None).await, 400, "M_MISSING_PARAM");
+    check(c.call("GET", "/_matrix/client/v3/rooms/not-a-room/state", Some(&token), None).await, 400, "M_INVALID_PARAM");
+    check(c.call("GET", "/_matrix/client/v3/rooms/!nope:test.local/state", Some(&token), None).await, 404, "M_NOT_FOUND");
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    check(c.raw("POST", "/_matrix/client/v3/createRoom", Some(&token), Some(deep.into_bytes())).await, 400, "M_NOT_JSON");
+    let huge = vec![b' '; 2 * 1024 * 1024];
+    check(c.raw("POST", "/_matrix/client/v3/createRoom", Some(&token), Some(huge)).await, 413, "M_TOO_LARGE");
+    // An operation of the table the server does not implement.
+    check(c.call("GET", "/_matrix/client/v3/thirdparty/protocols", Some(&token), None).await, 404, "M_UNRECOGNIZED");
+}
+
+#[tokio::test]
+async fn rooms_messages_and_sync() {
+    let c = Client::new(Config::in_memory("test.local"));
+    let (alice, at) = c.register("alice").await;
+    let (bob, bt) = c.register("bob").await;
+    for version in ["10", "11", "12"] {
+        let room = c.ok("POST", "/_matrix/client/v3/createRoom", Some(&at), Some(json!({"room_version": version, "preset": "public_chat", "name": "R"}))).await;
+        let room = room["room_id"].as_str().unwrap().to_string();
+        assert_eq!(room.contains(':'), version != "12", "room {room} of version {version}");
+        c.ok("POST", &room_path(&room, "join"), Some(&bt), Some(json!({}))).await;
+        let send = c.ok("PUT", &room_path(&room, "send/m.room.message/t1"), Some(&bt), Some(json!({"msgtype": "m.text", "body": "hi"}))).await;
+        let again = c.ok("PUT", &room_path(&room, "send/m.room.message/t1"), Some(&bt), Some(json!({"msgtype": "m.text", "body": "hi"}))).await;
+        assert_eq!(send["event_id"], again["event_id"]);
+        let msgs = c.ok("GET", &format!("{}?dir=b&limit=3", room_path(&room, "messages")), Some(&at), None).await;
+        assert_eq!(msgs["chunk"][0]["event_id"], send["event_id"], "{msgs}");
+        assert!(msgs["end"].is_string(), "more history is there: {msgs}");
+        // Power levels: bob (0) cannot set the room name (50); from v12 alice is a creator.
+        let (s, _) = c.call("PUT", &room_path(&room, "state/m.room.name/"), Some(&bt), Some(json!({"name": "x"}))).await;
+        assert_eq!(s, 403);
+        c.ok("PUT", &room_path(&room, "state/m.room.name/"), Some(&at), Some(json!({"name": "y"}))).await;
+        let pl = c.ok("GET", &room_path(&room, "state/m.room.power_levels/"), Some(&at), None).await;
+        assert_eq!(pl["users"].get(&alice).is_some(), version != "12", "{pl}");
+    }
+    let sync = c.ok("GET", "/_matrix/client/v3/sync", Some(&bt), None).await;
+    assert_eq!(sync["rooms"]["join"].as_object().unwrap().len(), 3, "{sync}");
+    let _ = bob;
+}
+
+#[tokio::test]
+async fn sync_long_poll_wakes_on_a_new_event() {
+    let c = Arc::new(Client::new(Config::in_memory("test.local")));
+    let (_, at) = c.register("alice").await;
+    let room = c.ok("POST", "/_matrix/client/v3/createRoom", Some(&at), Some(json!({}))).await["room_id"].as_str().unwrap().to_string();
+    let since = c.ok("GET", "/_matrix/client/v3/sync", Some(&at), None).await["next_batch"].as_str().unwrap().to_string();
+    let waiter = {
+        let c = c.clone();
+        let at = at.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let v = c.ok("GET", &format!("/_matrix/client/v3/sync?since={since}&timeout=20000"), Some(&at), None).await;
+            (v, started.elapsed())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    c.ok("PUT", &room_path(&room, "send/m.room.message/w1"), Some(&at), Some(json!({"msgtype": "m.text", "body": "wake"}))).await;
+    let (v, took) = waiter.await.unwrap();
+    let events = &v["rooms"]["join"][&room]["timeline"]["events"];
+    assert_eq!(events[0]["content"]["body"], "wake", "{v}");
+    // Woken by the send, not by the 20 s timeout.
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+}
+
+#[tokio::test]
+async fn everything_survives_a_restart() {
+    let dir = std::env::temp_dir().join(format!("mxconform-server-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = Config::in_memory("test.local");
+    config.db = Some(dir.join("hs.db"));
+    let (room, token, event_id) = {
+        let c = Client::new(config.clone());
+        let (_, token) = c.register("alice").await;
+        let room = c.ok("POST", "/_matrix/client/v3/createRoom", Some(&token), Some(json!({"name": "Kept", "room_alias_name": "kept"}))).await;
+        let room = room["room_id"].as_str().unwrap().to_string();
+        let ev = c.ok("PUT", &room_path(&room, "send/m.room.message/t1"), Some(&token), Some(json!({"msgtype": "m.text", "body": "kept"}))).await;
+        c.ok("PUT", "/_matrix/client/v3/user/@alice:test.local/account_data/org.example", Some(&token), Some(json!({"k": "v"}))).await;
+        (room, token, ev["event_id"].as_str().unwrap().to_string())
+    };
+    let c = Client::new(config);
+    // The token, the room's state and history, the alias, account data and the transaction.
+    let who = c.ok("GET", "/_matrix/client/v3/account/whoami", Some(&token), None).await;
+    assert_eq!(who["user_id"], "@alice:test.local");
+    let name = c.ok("GET", &room_path(&room, "state/m.room.name/"), Some(&token), None).await;
+    assert_eq!(name["name"], "Kept");
+    let alias = c.ok("GET", "/_matrix/client/v3/directory/room/%23kept:test.local", None, None).await;
+    assert_eq!(alias["room_id"], room.as_str());
+    let ad = c.ok("GET", "/_matrix/client/v3/user/@alice:test.local/account_data/org.example", Some(&token), None).await;
+    assert_eq!(ad["k"], "v");
+    let again = c.ok("PUT", &room_path(&room, "send/m.room.message/t1"), Some(&token), Some(json!({"msgtype": "m.text", "body": "kept"}))).await;
+    assert_eq!(again["event_id"], event_id.as_str());
+    let msgs = c.ok("GET", &format!("{}?dir=b&limit=1", room_path(&room, "messages")), Some(&token), None).await;
+    assert_eq!(msgs["chunk"][0]["content"]["body"], "kept");
+    // New writes continue the stream after the old ones.
+    let ev2 = c.ok("PUT", &room_path(&room, "send/m.room.message/t2"), Some(&token), Some(json!({"msgtype": "m.text", "body": "new"}))).await;
+    assert_ne!(ev2["event_id"], event_id.as_str());
+    let msgs = c.ok("GET", &format!("{}?dir=b&limit=2", room_path(&room, "messages")), Some(&token), None).await;
+    assert_eq!(msgs["chunk"][0]["content"]["body"], "new");
+    assert_eq!(msgs["chunk"][1]["content"]["body"], "kept");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn history_visibility_and_membership_rules() {
+    let c = Client::new(Config::in_memory("test.local"));
+    let (_, at) = c.register("alice").await;
+    let (_, bt) = c.register("bob").await;
+    let room = c.ok("POST", "/_matrix/client/v3/createRoom", Some(&at), Some(json!({"preset": "public_chat"}))).await["room_id"].as_str().unwrap().to_string();
+    c.ok("PUT", &room_path(&room, "state/m.room.history_visibility/"), Some(&at), Some(json!({"history_visibility": "joined"}))).await;
+    let before = c.ok("PUT", &room_path(&room, "send/m.room.message/a1"), Some(&at), Some(json!({"msgtype": "m.text", "body": "before"}))).await;
+    // A non-member cannot read the room.
+    let (s, _) = c.call("GET", &format!("{}?dir=b", room_path(&room, "messages")), Some(&bt), None).await;
+    assert_eq!(s, 403);
+    c.ok("POST", &room_path(&room, "join"), Some(&bt), Some(json!({}))).await;
+    let after = c.ok("PUT", &room_path(&room, "send/m.room.message/a2"), Some(&at), Some(json!({"msgtype": "m.text", "body": "after"}))).await;
+    let msgs = c.ok("GET", &format!("{}?dir=b&limit=50", room_path(&room, "messages")), Some(&bt), None).await;
+    let ids: Vec<&Value> = msgs["chunk"].as_array().unwrap().iter().map(|e| &e["event_id"]).collect();
+    assert!(ids.contains(&&after["event_id"]), "{msgs}");
+    assert!(!ids.contains(&&before["event_id"]), "joined visibility hides earlier events: {msgs}");
+    let (s, _) = c.call("GET", &room_path(&room, &format!("event/{}", before["event_id"].as_str().unwrap())), Some(&bt), None).await;
+    assert_eq!(s, 404);
+    // Banned users cannot rejoin.
+    c.ok("POST", &room_path(&room, "ban"), Some(&at), Some(json!({"user_id": "@bob:test.local"}))).await;
+    let (s, _) = c.call("POST", &room_path(&room, "join"), Some(&bt), Some(json!({}))).await;
+    assert_eq!(s, 403);
+}
