@@ -214,13 +214,17 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
             }),
         ));
     }
+    let total = jobs.len();
     let conclusion = match &config.args {
         Some(args) => {
+            let progress = Progress::start(args, total, results.clone());
             let trials = jobs
                 .into_iter()
                 .map(|(name, area, job)| Trial::ignorable_test(name, job).with_kind(area))
                 .collect();
-            Some(libtest_mimic::run(args, trials))
+            let c = libtest_mimic::run(args, trials);
+            progress.finish();
+            Some(c)
         }
         None => {
             for (_, _, job) in jobs {
@@ -234,4 +238,50 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
         conclusion,
         report: Report::build(server, results),
     })
+}
+
+/// A one-line progress bar on stderr for long runs, when libtest's own lines do not go to the
+/// same terminal (stdout redirected, or `--quiet`).
+struct Progress {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(args: &libtest_mimic::Arguments, total: usize, done: Arc<Mutex<Vec<report::ScenarioResult>>>) -> Progress {
+        use std::io::IsTerminal;
+        let wanted = total >= 30
+            && !args.list
+            && std::io::stderr().is_terminal()
+            && (args.quiet || !std::io::stdout().is_terminal());
+        if !wanted {
+            return Progress { stop: None, thread: None };
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let width = 40;
+            loop {
+                let n = done.lock().map(|d| d.len()).unwrap_or(0);
+                let filled = n * width / total.max(1);
+                eprint!("\r[{}{}] {n}/{total} scenarios", "=".repeat(filled), " ".repeat(width - filled));
+                if rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+                    eprintln!();
+                    return;
+                }
+            }
+        });
+        Progress {
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

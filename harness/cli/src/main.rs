@@ -8,6 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use mxconform_codegen::pin::{self, Pin};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "mxconform", version, about = "Stay true to the Matrix specification")]
 struct Cli {
@@ -42,6 +44,15 @@ enum Command {
     Compare {
         a: PathBuf,
         b: PathBuf,
+    },
+    /// Benchmarks with figures and ratios against peers (bounded, loopback only).
+    Bench {
+        /// Which: codegen, compile, or all.
+        #[arg(value_enum, default_value = "all")]
+        what: BenchWhat,
+        /// How many generation runs to time.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
     },
     /// The API change between two spec versions.
     Diff {
@@ -95,6 +106,13 @@ struct ServeArgs {
     durability: DurabilityArg,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchWhat {
+    All,
+    Codegen,
+    Compile,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum DurabilityArg {
     Process,
@@ -140,6 +158,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run_suites(args),
+        Command::Bench { what, runs } => {
+            let repo = repo_root()?;
+            let mut rows = Vec::new();
+            if matches!(what, BenchWhat::All | BenchWhat::Codegen) {
+                let dir = pin::find_spec_dir(&repo).map_err(anyhow::Error::msg)?;
+                rows.push(bench::codegen(&dir, runs)?);
+            }
+            if matches!(what, BenchWhat::All | BenchWhat::Compile) {
+                let work = repo.join("target").join("bench");
+                rows.push(bench::compile(&repo, &work)?);
+            }
+            bench::print_table(&rows);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve(args) => serve(args),
         Command::Compare { a, b } => {
             let read = |p: &Path| -> Result<mxconform_harness::Report> {
