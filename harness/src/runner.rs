@@ -301,12 +301,28 @@ impl Run<'_> {
     }
 
     fn capture(&mut self, step: &Step, body: &Value) -> Result<(), String> {
-        for (name, pointer) in &step.capture {
+        for (name, c) in &step.capture {
+            let (pointer, regex) = match c {
+                crate::scenario::Capture::Pointer(p) => (p, None),
+                crate::scenario::Capture::Match { at, regex } => (at, Some(regex)),
+            };
             let pointer = self.vars.render_text(pointer)?;
             let v = body
                 .pointer(&pointer)
                 .ok_or_else(|| format!("cannot capture `{name}`: nothing at {pointer}"))?;
-            self.vars.set(name, v.clone());
+            let v = match regex {
+                None => v.clone(),
+                Some(r) => {
+                    let re = regex::Regex::new(r).map_err(|e| format!("capture `{name}`: bad regex: {e}"))?;
+                    let text = v.as_str().ok_or_else(|| format!("cannot capture `{name}`: {v} is not a string"))?;
+                    let group = re
+                        .captures(text)
+                        .and_then(|c| c.get(1))
+                        .ok_or_else(|| format!("cannot capture `{name}`: {text:?} does not match /{r}/ with a group"))?;
+                    Value::String(group.as_str().to_string())
+                }
+            };
+            self.vars.set(name, v);
         }
         Ok(())
     }

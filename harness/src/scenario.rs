@@ -68,12 +68,20 @@ pub struct Step {
     pub invalid: bool,
     #[serde(default)]
     pub expect: Expect,
-    /// Values to keep for later steps: name -> JSON pointer into the response body.
+    /// Values to keep for later steps: name -> JSON pointer into the response body, or
+    /// `{at: pointer, regex: "...(group)..."}` to keep the first group of a match.
     #[serde(default)]
-    pub capture: BTreeMap<String, String>,
+    pub capture: BTreeMap<String, Capture>,
     /// Keep the normalised response as an insta snapshot with this name.
     #[serde(default)]
     pub snapshot: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Capture {
+    Pointer(String),
+    Match { at: String, regex: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

@@ -205,6 +205,16 @@ pub struct State {
     pub to_device: HashMap<(String, String), Vec<(u64, Value)>>,
     /// Rooms a user has any membership in.
     pub user_rooms: HashMap<String, BTreeSet<String>>,
+    /// (user, device) -> signed device keys.
+    pub device_keys: HashMap<(String, String), Value>,
+    /// (user, device) -> key id -> one-time key.
+    pub one_time_keys: HashMap<(String, String), BTreeMap<String, Value>>,
+    /// (user, device) -> key id -> fallback key.
+    pub fallback_keys: HashMap<(String, String), BTreeMap<String, Value>>,
+    /// user -> position of the latest change to their devices or keys.
+    pub key_changes: HashMap<String, u64>,
+    /// user -> (presence content, position).
+    pub presence: HashMap<String, (Value, u64)>,
 }
 
 impl State {
@@ -288,6 +298,28 @@ impl State {
                     let entry = self.receipts.entry(room.to_string()).or_default();
                     entry.0.entry(rtype.to_string()).or_default().insert(user.to_string(), r);
                     entry.1 = entry.1.max(pos);
+                }
+                "device_keys" if parts.len() == 2 => {
+                    let pos = v.get("pos").and_then(Value::as_u64).unwrap_or(0);
+                    if let Some(k) = v.get("keys") {
+                        self.device_keys.insert((parts[0].into(), parts[1].into()), k.clone());
+                    }
+                    let e = self.key_changes.entry(parts[0].to_string()).or_default();
+                    *e = (*e).max(pos);
+                }
+                "key_change" => {
+                    let e = self.key_changes.entry(key.clone()).or_default();
+                    *e = (*e).max(v.as_u64().unwrap_or(0));
+                }
+                "otk" if parts.len() == 3 => {
+                    self.one_time_keys.entry((parts[0].into(), parts[1].into())).or_default().insert(parts[2].to_string(), v);
+                }
+                "fallback" if parts.len() == 3 => {
+                    self.fallback_keys.entry((parts[0].into(), parts[1].into())).or_default().insert(parts[2].to_string(), v);
+                }
+                "presence" => {
+                    let pos = v.get("pos").and_then(Value::as_u64).unwrap_or(0);
+                    self.presence.insert(key.clone(), (v.get("content").cloned().unwrap_or(json!({})), pos));
                 }
                 "to_device" if parts.len() == 3 => {
                     let pos: u64 = parts[2].parse().unwrap_or(0);
@@ -424,6 +456,38 @@ impl State {
             self.tokens.remove(&d.token);
         }
         batch.delete("device", format!("{user}\u{0}{device_id}"));
+        let key = (user.to_string(), device_id.to_string());
+        if self.device_keys.remove(&key).is_some() {
+            batch.delete("device_keys", format!("{user}\u{0}{device_id}"));
+            self.note_key_change(batch, user);
+        }
+        for id in self.one_time_keys.remove(&key).map(|m| m.into_keys().collect::<Vec<_>>()).unwrap_or_default() {
+            batch.delete("otk", format!("{user}\u{0}{device_id}\u{0}{id}"));
+        }
+        for id in self.fallback_keys.remove(&key).map(|m| m.into_keys().collect::<Vec<_>>()).unwrap_or_default() {
+            batch.delete("fallback", format!("{user}\u{0}{device_id}\u{0}{id}"));
+        }
+    }
+
+    /// Marks a user's devices or keys as changed (for `/keys/changes` and sync's `device_lists`).
+    pub fn note_key_change(&mut self, batch: &mut Batch, user: &str) {
+        let pos = self.next_pos(batch);
+        batch.put("key_change", user, &json!(pos));
+        self.key_changes.insert(user.to_string(), pos);
+    }
+
+    /// Users who share a joined room with `user` (the user included).
+    pub fn room_peers(&self, user: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        out.insert(user.to_string());
+        for room_id in self.user_rooms.get(user).into_iter().flatten() {
+            if let Some(room) = self.rooms.get(room_id) {
+                if room.membership(user) == Some("join") {
+                    out.extend(room.joined().cloned());
+                }
+            }
+        }
+        out
     }
 
     pub fn put_account_data(&mut self, batch: &mut Batch, user: &str, room: &str, kind: &str, content: Value) {

@@ -6,8 +6,12 @@ mod account;
 mod directory;
 mod discovery;
 mod events;
+mod keys;
+mod media;
 mod profile;
+mod push;
 mod rooms;
+mod social;
 mod sync;
 mod user_data;
 
@@ -157,6 +161,36 @@ table! {
     "setRoomVisibilityOnDirectory" => directory::set_room_visibility_on_directory,
     "getPublicRooms" => directory::get_public_rooms,
     "queryPublicRooms" => directory::query_public_rooms,
+    "uploadKeys" => keys::upload_keys,
+    "queryKeys" => keys::query_keys,
+    "claimKeys" => keys::claim_keys,
+    "getKeysChanges" => keys::get_keys_changes,
+    "sendToDevice" => keys::send_to_device,
+    "uploadContent" => media::upload_content,
+    "getContentAuthed" => media::get_content_authed,
+    "getContentOverrideNameAuthed" => media::get_content_override_name_authed,
+    "getContentThumbnailAuthed" => media::get_content_thumbnail_authed,
+    "getConfigAuthed" => media::get_config_authed,
+    "getContent" => media::get_content,
+    "getContentOverrideName" => media::get_content_override_name,
+    "getConfig" => media::get_config,
+    "getPushRules" => push::get_push_rules,
+    "getPushRulesGlobal" => push::get_push_rules_global,
+    "getPushRule" => push::get_push_rule,
+    "deletePushRule" => push::delete_push_rule,
+    "setPushRule" => push::set_push_rule,
+    "isPushRuleEnabled" => push::is_push_rule_enabled,
+    "setPushRuleEnabled" => push::set_push_rule_enabled,
+    "getPushRuleActions" => push::get_push_rule_actions,
+    "setPushRuleActions" => push::set_push_rule_actions,
+    "setPresence" => social::set_presence,
+    "getPresence" => social::get_presence,
+    "searchUserDirectory" => social::search_user_directory,
+    "getMutualRooms" => social::get_mutual_rooms,
+    "getRelatingEvents" => social::get_relating_events,
+    "getRelatingEventsWithRelType" => social::get_relating_events_with_rel_type,
+    "getRelatingEventsWithRelTypeAndEventType" => social::get_relating_events_with_rel_type_and_event_type,
+    "getThreadRoots" => social::get_thread_roots,
 }
 
 /// `Ok(v)` for a `Value` the handler built.

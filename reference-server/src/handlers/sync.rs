@@ -248,15 +248,46 @@ fn build(state: &State, me: &Authed, since: Option<u64>, filter: &SyncFilter, fu
         .get(&(me.user_id.clone(), me.device_id.clone()))
         .map(|q| q.iter().filter(|(p, _)| *p > s).map(|(_, m)| m.clone()).collect())
         .unwrap_or_default();
-    let empty = join.is_empty() && invite.is_empty() && leave.is_empty() && knock.is_empty() && account_data.is_empty() && to_device.is_empty();
+    let presence = super::social::presence_events(state, &me.user_id, s);
+    // Users sharing a room whose devices or keys changed since the last sync.
+    let changed: Vec<String> = if since.is_some() {
+        state
+            .room_peers(&me.user_id)
+            .into_iter()
+            .filter(|u| state.key_changes.get(u).is_some_and(|p| *p > s))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let key = (me.user_id.clone(), me.device_id.clone());
+    let mut otk_counts = Map::new();
+    for id in state.one_time_keys.get(&key).into_iter().flat_map(|m| m.keys()) {
+        let alg = id.split(':').next().unwrap_or("").to_string();
+        let n = otk_counts.get(&alg).and_then(Value::as_u64).unwrap_or(0) + 1;
+        otk_counts.insert(alg, json!(n));
+    }
+    let fallback_types: Vec<String> = state
+        .fallback_keys
+        .get(&key)
+        .map(|m| m.keys().filter_map(|k| k.split(':').next()).map(str::to_string).collect())
+        .unwrap_or_default();
+    let empty = join.is_empty()
+        && invite.is_empty()
+        && leave.is_empty()
+        && knock.is_empty()
+        && account_data.is_empty()
+        && to_device.is_empty()
+        && presence.is_empty()
+        && changed.is_empty();
     let body = json!({
         "next_batch": format!("s{until}"),
         "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
         "account_data": {"events": account_data},
         "to_device": {"events": to_device},
-        "presence": {"events": []},
-        "device_lists": {"changed": [], "left": []},
-        "device_one_time_keys_count": {},
+        "presence": {"events": presence},
+        "device_lists": {"changed": changed, "left": []},
+        "device_one_time_keys_count": otk_counts,
+        "device_unused_fallback_key_types": fallback_types,
     });
     (body, empty)
 }
@@ -277,6 +308,22 @@ pub fn sync(ctx: &Ctx, req: cs::sync::sync::Request) -> ApiResult<Reply> {
     };
     let full_state = req.full_state.unwrap_or(false);
     let timeout = req.timeout.unwrap_or(0).clamp(0, 300_000) as u64;
+    // To-device messages up to `since` were received: delete them.
+    if let Some(s) = since {
+        let key = (me.user_id.clone(), me.device_id.clone());
+        let acknowledged = ctx.server.read(|st| st.to_device.get(&key).is_some_and(|q| q.iter().any(|(p, _)| *p <= s)));
+        if acknowledged {
+            ctx.server.write(|st, batch| {
+                if let Some(q) = st.to_device.get_mut(&key) {
+                    for (p, _) in q.iter().filter(|(p, _)| *p <= s) {
+                        batch.delete("to_device", format!("{}\u{0}{}\u{0}{p}", key.0, key.1));
+                    }
+                    q.retain(|(p, _)| *p > s);
+                }
+                Ok(())
+            })?;
+        }
+    }
     let (body, empty) = ctx.server.read(|s| build(s, &me, since, &filter, full_state));
     if empty && since.is_some() && timeout > 0 && !ctx.last_chance {
         return Ok(Reply::Wait {
