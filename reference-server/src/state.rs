@@ -558,7 +558,8 @@ impl State {
             return true;
         }
         let at = room.membership_at(user, pos);
-        if at == Some("join") {
+        // Joined at the event, or just before it (the user's own leave is visible to them).
+        if at == Some("join") || room.membership_at(user, pos.saturating_sub(1)) == Some("join") {
             return true;
         }
         if at == Some("invite") && matches!(vis, "invited" | "shared") {
