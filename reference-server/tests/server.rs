@@ -201,3 +201,100 @@ async fn history_visibility_and_membership_rules() {
     let (s, _) = c.call("POST", &room_path(&room, "join"), Some(&bt), Some(json!({}))).await;
     assert_eq!(s, 403);
 }
+
+#[tokio::test]
+async fn keys_to_device_media_and_push_rules() {
+    let c = Client::new(Config::in_memory("test.local"));
+    let (alice, at) = c.register("alice").await;
+    let (bob, bt) = c.register("bob").await;
+    let who = c.ok("GET", "/_matrix/client/v3/account/whoami", Some(&at), None).await;
+    let device = who["device_id"].as_str().unwrap().to_string();
+
+    // Keys: upload, query, claim (one-time, then the fallback key), changes.
+    let keys = json!({
+        "device_keys": {"user_id": alice, "device_id": device, "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+            "keys": {format!("curve25519:{device}"): "k"}, "signatures": {}},
+        "one_time_keys": {"signed_curve25519:A": {"key": "otk", "signatures": {}}},
+        "fallback_keys": {"signed_curve25519:F": {"key": "fb", "fallback": true, "signatures": {}}},
+    });
+    let up = c.ok("POST", "/_matrix/client/v3/keys/upload", Some(&at), Some(keys)).await;
+    assert_eq!(up["one_time_key_counts"]["signed_curve25519"], 1);
+    let q = c.ok("POST", "/_matrix/client/v3/keys/query", Some(&bt), Some(json!({"device_keys": {&alice: []}}))).await;
+    assert_eq!(q["device_keys"][&alice][&device]["keys"][format!("curve25519:{device}")], "k");
+    let claim = json!({"one_time_keys": {&alice: {&device: "signed_curve25519"}}});
+    let first = c.ok("POST", "/_matrix/client/v3/keys/claim", Some(&bt), Some(claim.clone())).await;
+    assert_eq!(first["one_time_keys"][&alice][&device]["signed_curve25519:A"]["key"], "otk");
+    let second = c.ok("POST", "/_matrix/client/v3/keys/claim", Some(&bt), Some(claim)).await;
+    assert_eq!(second["one_time_keys"][&alice][&device]["signed_curve25519:F"]["key"], "fb", "{second}");
+    let (s, _) = c.call("POST", "/_matrix/client/v3/keys/upload", Some(&bt), Some(json!({"device_keys": {"user_id": alice, "device_id": "X", "algorithms": [], "keys": {}, "signatures": {}}}))).await;
+    assert_eq!(s, 400, "device keys must be the caller's own");
+
+    // To-device: delivered once, gone after the next sync acknowledges it.
+    let bob_device = c.ok("GET", "/_matrix/client/v3/account/whoami", Some(&bt), None).await["device_id"].as_str().unwrap().to_string();
+    c.ok("PUT", "/_matrix/client/v3/sendToDevice/org.example/t1", Some(&at), Some(json!({"messages": {&bob: {&bob_device: {"n": 1}}}}))).await;
+    let s1 = c.ok("GET", "/_matrix/client/v3/sync", Some(&bt), None).await;
+    assert_eq!(s1["to_device"]["events"][0]["content"]["n"], 1, "{s1}");
+    let next = s1["next_batch"].as_str().unwrap();
+    let s2 = c.ok("GET", &format!("/_matrix/client/v3/sync?since={next}"), Some(&bt), None).await;
+    assert_eq!(s2["to_device"]["events"].as_array().unwrap().len(), 0);
+
+    // Media: upload bytes, download them back with their type.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/_matrix/media/v3/upload?filename=a.txt")
+        .header("authorization", format!("Bearer {at}"))
+        .header("content-type", "text/plain")
+        .body(Bytes::from_static(b"hello bytes"))
+        .unwrap();
+    let resp = handle(&c.server, req).await;
+    let v: Value = serde_json::from_slice(resp.body()).unwrap();
+    let uri = v["content_uri"].as_str().unwrap().to_string();
+    let media_path = uri.trim_start_matches("mxc://");
+    let req = Request::builder()
+        .uri(format!("/_matrix/client/v1/media/download/{media_path}"))
+        .header("authorization", format!("Bearer {bt}"))
+        .body(Bytes::new())
+        .unwrap();
+    let resp = handle(&c.server, req).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/plain");
+    assert_eq!(resp.body().as_ref(), b"hello bytes");
+
+    // Push rules: the predefined set, a user rule placed before the defaults.
+    let rules = c.ok("GET", "/_matrix/client/v3/pushrules/", Some(&at), None).await;
+    assert_eq!(rules["global"]["override"][0]["rule_id"], ".m.rule.master");
+    c.ok("PUT", "/_matrix/client/v3/pushrules/global/override/mine", Some(&at), Some(json!({"actions": ["notify"], "conditions": []}))).await;
+    let rules = c.ok("GET", "/_matrix/client/v3/pushrules/global/", Some(&at), None).await;
+    assert_eq!(rules["override"][0]["rule_id"], "mine");
+    let (s, _) = c.call("DELETE", "/_matrix/client/v3/pushrules/global/override/.m.rule.master", Some(&at), None).await;
+    assert_eq!(s, 400);
+    let (s, _) = c.call("PUT", "/_matrix/client/v3/pushrules/global/override/.mine", Some(&at), Some(json!({"actions": []}))).await;
+    assert_eq!(s, 400);
+}
+
+#[tokio::test]
+async fn account_data_directory_and_profile() {
+    let c = Client::new(Config::in_memory("test.local"));
+    let (alice, at) = c.register("alice").await;
+    let (_, bt) = c.register("bob").await;
+    let base = format!("/_matrix/client/v3/user/{alice}");
+    c.ok("PUT", &format!("{base}/account_data/org.x"), Some(&at), Some(json!({"a": 1}))).await;
+    let (s, _) = c.call("GET", &format!("{base}/account_data/org.x"), Some(&bt), None).await;
+    assert_eq!(s, 403, "another user's account data is private");
+    let (s, _) = c.call("PUT", &format!("{base}/account_data/m.fully_read"), Some(&at), Some(json!({}))).await;
+    assert_eq!(s, 400, "server-managed types are refused");
+    let room = c.ok("POST", "/_matrix/client/v3/createRoom", Some(&at), Some(json!({"visibility": "public", "preset": "public_chat", "name": "Dir"}))).await;
+    let room = room["room_id"].as_str().unwrap().to_string();
+    let public = c.ok("GET", "/_matrix/client/v3/publicRooms", None, None).await;
+    assert_eq!(public["chunk"][0]["room_id"], room.as_str());
+    c.ok("PUT", "/_matrix/client/v3/directory/room/%23a:test.local", Some(&at), Some(json!({"room_id": room}))).await;
+    let (s, _) = c.call("PUT", "/_matrix/client/v3/directory/room/%23a:test.local", Some(&at), Some(json!({"room_id": room}))).await;
+    assert_eq!(s, 409);
+    let (s, _) = c.call("DELETE", "/_matrix/client/v3/directory/room/%23a:test.local", Some(&bt), None).await;
+    assert_eq!(s, 403, "only the creator or a moderator deletes an alias");
+    c.ok("PUT", &format!("/_matrix/client/v3/profile/{alice}/displayname"), Some(&at), Some(json!({"displayname": "Al"}))).await;
+    let member = c.ok("GET", &room_path(&room, &format!("state/m.room.member/{alice}")), Some(&at), None).await;
+    assert_eq!(member["displayname"], "Al");
+    let (s, _) = c.call("PUT", &format!("/_matrix/client/v3/profile/{alice}/displayname"), Some(&bt), Some(json!({"displayname": "x"}))).await;
+    assert_eq!(s, 403);
+}
