@@ -11,6 +11,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod snapshot;
+pub mod sweeps;
 pub mod template;
 pub mod validate;
 
@@ -52,6 +53,10 @@ pub struct RunConfig {
     pub snapshots_dir: PathBuf,
     pub limits: client::Limits,
     pub scenario_timeout: Duration,
+    /// Add the negative sweeps derived from the route table (the `sweeps` area).
+    pub sweeps: bool,
+    /// What to report as the server's software when it does not say (the embedded server).
+    pub software_hint: Option<String>,
     /// libtest's arguments; `None` runs every scenario without libtest's console output
     /// (for embedding, and for the harness's own tests).
     pub args: Option<libtest_mimic::Arguments>,
@@ -133,7 +138,13 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
         .map_err(|e| Error::Other(format!("cannot start the async runtime: {e}")))?;
     let client = client::Client::new(&config.server_url, config.limits).map_err(Error::Other)?;
     let (versions, software) = rt.block_on(probe(&client))?;
-    let scenarios = scenario::load_dir(&config.scenarios_dir)?;
+    let mut scenarios = scenario::load_dir(&config.scenarios_dir)?;
+    if config.sweeps {
+        for s in sweeps::client_server() {
+            s.check()?;
+            scenarios.push(s);
+        }
+    }
     let names: Vec<&str> = scenarios.iter().map(|s| s.name.as_str()).collect();
     let unknown = config.profile.unknown_deviations(&names);
     if !unknown.is_empty() {
@@ -147,7 +158,7 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
         profile: config.profile.name.clone(),
         server_name: config.profile.server_name.clone(),
         versions: versions.clone(),
-        software,
+        software: software.or_else(|| config.software_hint.clone()),
     };
     let env = Arc::new(runner::Env {
         client,
@@ -187,6 +198,10 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
                 }
                 let outcome = rt.block_on(runner::run(&env, &s));
                 let ms = outcome.duration.as_millis() as u64;
+                if let Some(why) = outcome.skipped {
+                    record(report::Outcome::Skipped, Some(why.clone()), Vec::new(), ms);
+                    return Ok(Completion::ignored_with(why));
+                }
                 let deviation = env.profile.deviations.get(&s.name);
                 match (outcome.result, deviation) {
                     (Ok(()), None) => {

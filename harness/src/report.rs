@@ -43,7 +43,7 @@ pub struct Totals {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Coverage {
     pub operations_total: usize,
-    /// Operations called by a scenario that passed.
+    /// Operations called by a scenario that passed (the sweeps area aside).
     pub operations_exercised: usize,
     pub uncovered: Vec<String>,
 }
@@ -93,7 +93,10 @@ impl Report {
                 Outcome::Passed => {
                     totals.passed += 1;
                     a.passed += 1;
-                    exercised.extend(s.operations.iter().map(String::as_str));
+                    // The sweeps touch operations only through their error paths.
+                    if s.area != "sweeps" {
+                        exercised.extend(s.operations.iter().map(String::as_str));
+                    }
                 }
                 Outcome::Failed => {
                     totals.failed += 1;
@@ -106,7 +109,6 @@ impl Report {
                 Outcome::UnexpectedPass => {
                     totals.unexpected_passes += 1;
                     a.unexpected_passes += 1;
-                    exercised.extend(s.operations.iter().map(String::as_str));
                 }
                 Outcome::Skipped => {
                     totals.skipped += 1;
@@ -123,7 +125,7 @@ impl Report {
         };
         Report {
             server,
-            spec_version: mxconform_generated::SPEC_VERSION.split_whitespace().next().unwrap_or("?").to_string(),
+            spec_version: spec_version_tag().to_string(),
             totals,
             coverage,
             areas,
@@ -265,6 +267,11 @@ impl Report {
         s.push_str("</testsuites>\n");
         s
     }
+}
+
+/// The pinned spec version as the spec's URLs spell it: `v1.19`.
+pub fn spec_version_tag() -> &'static str {
+    mxconform_generated::SPEC_VERSION.split_whitespace().next().unwrap_or("latest")
 }
 
 fn percent(n: usize, d: usize) -> String {

@@ -31,6 +31,9 @@ pub struct Env {
 #[derive(Clone, Debug)]
 pub struct Outcome {
     pub result: Result<(), String>,
+    /// The scenario could not apply: a step marked `skip_if_unrecognized` found the server does
+    /// not know the operation.
+    pub skipped: Option<String>,
     /// Operations the scenario called, in the order first called.
     pub operations: Vec<String>,
     pub duration: Duration,
@@ -47,6 +50,7 @@ struct Run<'a> {
     operations: Vec<String>,
     /// `sync_until` steps running in the background, by name.
     background: BTreeMap<String, tokio::task::JoinHandle<Result<SyncDone, String>>>,
+    skipped: Option<String>,
 }
 
 /// What a finished `sync_until` found.
@@ -96,6 +100,7 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
         since: BTreeMap::new(),
         operations: Vec::new(),
         background: BTreeMap::new(),
+        skipped: None,
     };
     run.vars.set("server_name", Value::String(env.profile.server_name.clone()));
     let result = match tokio::time::timeout(bound, run.all()).await {
@@ -103,7 +108,8 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
         Err(_) => Err(format!("the scenario did not finish within {:.1} s", bound.as_secs_f64())),
     };
     Outcome {
-        result,
+        result: if run.skipped.is_some() { Ok(()) } else { result },
+        skipped: run.skipped,
         operations: run.operations,
         duration: started.elapsed(),
     }
@@ -115,14 +121,17 @@ impl Run<'_> {
             self.register(&actor).await.map_err(|e| format!("creating actor {actor}: {e}"))?;
         }
         for (i, step) in self.scenario.steps.iter().enumerate() {
-            let label = match (&step.call, &step.sync_until, &step.await_) {
-                (Some(op), _, _) => op.clone(),
-                (_, Some(_), _) => "sync_until".to_string(),
-                _ => "await".to_string(),
+            let label = match (&step.call, &step.sync_until, &step.await_, &step.http) {
+                (Some(op), ..) => op.clone(),
+                (_, Some(_), ..) => "sync_until".to_string(),
+                (_, _, Some(_), _) => "await".to_string(),
+                (.., Some(h)) => format!("{} {}", h.method, h.path),
+                _ => "?".to_string(),
             };
-            let r = match (&step.sync_until, &step.await_) {
-                (Some(s), _) => self.sync_until(step, s).await,
-                (_, Some(name)) => self.await_background(step, name).await,
+            let r = match (&step.sync_until, &step.await_, &step.http) {
+                (Some(s), ..) => self.sync_until(step, s).await,
+                (_, Some(name), _) => self.await_background(step, name).await,
+                (.., Some(h)) => self.http_step(step, h).await,
                 _ => self.call_step(step).await,
             };
             r.map_err(|e| format!("step {} ({label}): {e}", i + 1))?;
@@ -289,6 +298,11 @@ impl Run<'_> {
         };
         let token = self.token_for(step, step.as_actor.as_ref())?;
         let resp = self.call(route, &path, &query, body, token.as_deref(), step.invalid, None).await?;
+        let unrecognized = matches!(resp.status, 404 | 405) && resp.body.get("errcode").and_then(Value::as_str) == Some("M_UNRECOGNIZED");
+        if step.skip_if_unrecognized && unrecognized {
+            self.skipped = Some(format!("the server does not implement {op} ({} M_UNRECOGNIZED)", resp.status));
+            return Err("skipped".into());
+        }
         crate::expect::response(&step.expect, resp.status, &resp.body, &self.vars)?;
         self.capture(step, &resp.body)?;
         if let Some(name) = &step.snapshot {
@@ -298,6 +312,28 @@ impl Run<'_> {
             crate::snapshot::assert(&dir, &file, &text)?;
         }
         Ok(())
+    }
+
+    /// A request by method and path; error answers must still have the standard shape.
+    async fn http_step(&mut self, step: &Step, h: &crate::scenario::RawHttp) -> Result<(), String> {
+        let path = self.vars.render_text(&h.path)?;
+        let token = self.token_for(step, step.as_actor.as_ref())?;
+        let body = match (&step.body, &step.raw_body) {
+            (Some(b), _) => Body::Json(self.vars.render(b)?),
+            (None, Some(raw)) => Body::Raw {
+                bytes: self.vars.render_text(raw)?.into_bytes(),
+                content_type: step.content_type.clone().unwrap_or_else(|| "application/json".into()),
+            },
+            (None, None) => Body::None,
+        };
+        let resp = self.env.client.send(&h.method, &path, &[], body, token.as_deref(), None, false).await?;
+        if resp.status >= 400 {
+            if let Some(v) = validate::error_shape(&resp.body).first() {
+                return Err(format!("the {} error response has no standard error shape: {v}", resp.status));
+            }
+        }
+        crate::expect::response(&step.expect, resp.status, &resp.body, &self.vars)?;
+        self.capture(step, &resp.body)
     }
 
     fn capture(&mut self, step: &Step, body: &Value) -> Result<(), String> {
@@ -470,6 +506,16 @@ impl SyncJob {
 /// Validates a response against the spec's schema for its status; an undocumented error
 /// status must still have the standard error shape.
 fn check_schema(route: &Route, resp: &Response) -> Result<(), String> {
+    // Token errors answer any operation that takes a token, whatever the operation documents
+    // for 401 (user-interactive operations document only their auth flows there).
+    let token_error = resp.status == 401
+        && matches!(resp.body.get("errcode").and_then(Value::as_str), Some("M_MISSING_TOKEN" | "M_UNKNOWN_TOKEN"));
+    if token_error {
+        return match validate::error_shape(&resp.body).first() {
+            Some(v) => Err(format!("the 401 error response has no standard error shape: {v}")),
+            None => Ok(()),
+        };
+    }
     if resp.body.is_null() && route.responses.iter().any(|r| r.status == resp.status && r.body == mxconform_generated::BodyKind::Binary) {
         return Ok(());
     }

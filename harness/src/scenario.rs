@@ -46,6 +46,9 @@ pub struct Step {
     /// Wait for a `sync_until` started in the background, and fail with its reason.
     #[serde(default, rename = "await")]
     pub await_: Option<String>,
+    /// A request outside the route table (unknown paths, wrong methods), sent as given.
+    #[serde(default)]
+    pub http: Option<RawHttp>,
     /// The actor whose access token is sent (default: the first actor).
     #[serde(default, rename = "as")]
     pub as_actor: Option<String>,
@@ -75,6 +78,18 @@ pub struct Step {
     /// Keep the normalised response as an insta snapshot with this name.
     #[serde(default)]
     pub snapshot: Option<String>,
+    /// When the server answers `M_UNRECOGNIZED` (it lacks the operation), the scenario is
+    /// skipped, not failed (the negative sweeps use this).
+    #[serde(default)]
+    pub skip_if_unrecognized: bool,
+}
+
+/// A request by method and path (templated), not by operation.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub method: String,
+    pub path: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -247,9 +262,18 @@ impl Scenario {
                     return fail(format!("step {n}: actor `{a}` is not in `actors`"));
                 }
             }
-            let kinds = usize::from(step.call.is_some()) + usize::from(step.sync_until.is_some()) + usize::from(step.await_.is_some());
+            let kinds = usize::from(step.call.is_some())
+                + usize::from(step.sync_until.is_some())
+                + usize::from(step.await_.is_some())
+                + usize::from(step.http.is_some());
             if kinds != 1 {
-                return fail(format!("step {n}: a step has exactly one of `call`, `sync_until` and `await`"));
+                return fail(format!("step {n}: a step has exactly one of `call`, `sync_until`, `await` and `http`"));
+            }
+            if let Some(h) = &step.http {
+                if !h.path.starts_with('/') || !h.method.chars().all(|c| c.is_ascii_uppercase()) {
+                    return fail(format!("step {n}: `http` needs an upper-case method and a path starting with /"));
+                }
+                continue;
             }
             if let Some(name) = &step.await_ {
                 let started = self.steps[..i]

@@ -234,6 +234,8 @@ fn scenarios_against_a_fake_server() {
         snapshots_dir: temp_dir("snapshots"),
         limits: Limits::default(),
         scenario_timeout: Duration::from_secs(20),
+        sweeps: false,
+        software_hint: None,
         args: None,
     };
     let out = mxconform_harness::run(config).expect("the run completes");
@@ -394,4 +396,22 @@ fn requests_go_where_the_route_table_says() {
         seen.lock().expect("log").as_slice(),
         ["PUT /_matrix/client/v3/rooms/%21r%3Ax/state/m.room.topic/?a%20b=c%26d"]
     );
+}
+
+#[test]
+fn sweeps_are_derived_from_the_route_table() {
+    let sweeps = mxconform_harness::sweeps::client_server();
+    let count = |prefix: &str| sweeps.iter().filter(|s| s.name.starts_with(prefix)).count();
+    let required = mxconform_harness::routes().filter(|r| r.auth == mxconform_generated::Auth::Required).count();
+    assert_eq!(count("sweeps/no_token/"), required);
+    assert_eq!(count("sweeps/unknown_token/"), required);
+    assert!(count("sweeps/not_json/") > 50 && count("sweeps/not_json/") == count("sweeps/bad_json/"));
+    assert!(count("sweeps/unrecognized/unknown_path_") >= 3);
+    assert!(count("sweeps/unrecognized/wrong_method_") > 10);
+    for s in &sweeps {
+        s.check().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.area, "sweeps");
+    }
+    let names: std::collections::BTreeSet<&str> = sweeps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names.len(), sweeps.len(), "sweep names are unique");
 }

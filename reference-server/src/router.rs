@@ -76,7 +76,7 @@ impl Router {
         // A path one segment short matches a template ending in a parameter, as that
         // parameter empty (`/state/m.room.name` for the empty state key), or ending in `/`
         // (`/pushrules` for `/pushrules/`).
-        let short = parts.len() + 1 == entry.segs.len() && matches!(entry.segs.last(), Some(Seg::Param(_) | Seg::Lit("")));
+        let short = parts.len() + 1 == entry.segs.len() && matches!(entry.segs.last(), Some(Seg::Param("stateKey") | Seg::Lit("")));
         if parts.len() != entry.segs.len() && !short {
             return None;
         }
@@ -177,5 +177,8 @@ mod tests {
         let wrong = r.find("DELETE", "/_matrix/client/versions").unwrap_err();
         assert_eq!((wrong.status, wrong.errcode), (405, "M_UNRECOGNIZED"));
         assert_eq!(r.find("GET", "/_matrix/client/v3/rooms/%FF/state").unwrap_err().errcode, "M_INVALID_PARAM");
+        // Only the state key may be left off; other parameters may not be empty.
+        assert_eq!(r.find("DELETE", "/_matrix/client/v3/devices").unwrap_err().status, 405);
+        check("GET", "/_matrix/client/v3/pushrules", "getPushRules", &[]);
     }
 }

@@ -79,6 +79,9 @@ struct RunArgs {
     junit: Option<PathBuf>,
     #[arg(long, value_name = "FILE")]
     report_md: Option<PathBuf>,
+    /// Leave out the negative sweeps derived from the route table (the `sweeps` area).
+    #[arg(long)]
+    no_sweeps: bool,
     /// Bound on one request, in seconds.
     #[arg(long, default_value_t = 30)]
     request_timeout: u64,
@@ -363,6 +366,8 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
             ..Default::default()
         },
         scenario_timeout: std::time::Duration::from_secs(args.scenario_timeout),
+        sweeps: !args.no_sweeps,
+        software_hint: embedded.as_ref().map(|_| format!("mxconform-server {} (embedded, in memory)", env!("CARGO_PKG_VERSION"))),
         args: Some(args.libtest.clone()),
     };
     let started = std::time::Instant::now();

@@ -87,7 +87,9 @@ fn compliance_run_against_the_embedded_reference_server() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON report")).expect("JSON");
     let files = count_scenarios(&repo().join("harness/scenarios"));
-    assert_eq!(report["totals"]["scenarios"], files, "every scenario file is a trial");
+    let sweeps = report["areas"]["sweeps"]["scenarios"].as_u64().unwrap_or(0) as usize;
+    assert!(sweeps > 300, "the route-table sweeps run as their own area ({sweeps})");
+    assert_eq!(report["totals"]["scenarios"], files + sweeps, "every scenario file is a trial");
     assert_eq!(report["totals"]["failed"], 0);
     assert_eq!(report["totals"]["unexpected_passes"], 0);
     assert_eq!(report["server"]["profile"], "reference");
