@@ -146,7 +146,10 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
         }
     }
     let names: Vec<&str> = scenarios.iter().map(|s| s.name.as_str()).collect();
-    let unknown = config.profile.unknown_deviations(&names);
+    let mut unknown = config.profile.unknown_deviations(&names);
+    if !config.sweeps {
+        unknown.retain(|d| !d.starts_with("sweeps/"));
+    }
     if !unknown.is_empty() {
         return Err(Error::Profile {
             path: config.profile.path.clone(),
