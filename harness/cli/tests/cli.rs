@@ -128,3 +128,93 @@ fn count_scenarios(dir: &Path) -> usize {
         })
         .sum()
 }
+
+/// Starts `mxconform serve` on a free port with an on-disk database; returns the child and URL.
+fn serve(db: &Path) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = bin()
+        .args(["serve", "--addr", "127.0.0.1:0", "--server-name", "crash.test", "--db"])
+        .arg(db)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let line = lines.next().expect("a start-up line").expect("readable");
+    let url = line.split_whitespace().find(|w| w.starts_with("http://")).expect("the URL in the start-up line").to_string();
+    // Keep draining stderr so that the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}
+
+/// Acknowledged writes survive a SIGKILL in the middle of a send load: every event whose send
+/// was answered 200 is there after a restart on the same database.
+#[test]
+fn no_acknowledged_event_is_lost_to_a_kill() {
+    use mxconform_harness::client::{Body, Client, Limits};
+    use std::sync::{Arc, Mutex};
+    let dir = temp("crash");
+    let db = dir.join("hs.db");
+    let _ = std::fs::remove_file(&db);
+    let (mut child, url) = serve(&db);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let limits = Limits { request_timeout: std::time::Duration::from_secs(5), ..Limits::default() };
+    let client = Client::new(&url, limits).expect("client");
+    let (token, room) = rt.block_on(async {
+        let body = serde_json::json!({"username": "loader", "password": "pw", "auth": {"type": "m.login.dummy"}});
+        let r = client.send("POST", "/_matrix/client/v3/register", &[], Body::Json(body), None, None, false).await.expect("register");
+        let token = r.body["access_token"].as_str().expect("token").to_string();
+        let r = client
+            .send("POST", "/_matrix/client/v3/createRoom", &[], Body::Json(serde_json::json!({})), Some(&token), None, false)
+            .await
+            .expect("createRoom");
+        (token, r.body["room_id"].as_str().expect("room").to_string())
+    });
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let room_path = room.replace('!', "%21").replace(':', "%3A");
+    // Four concurrent senders, each bounded to 2,000 sends; the kill comes first.
+    let senders: Vec<_> = (0..4)
+        .map(|w| {
+            let (client, token, acked, room_path) = (client.clone(), token.clone(), acked.clone(), room_path.clone());
+            rt.spawn(async move {
+                for i in 0..2000 {
+                    let path = format!("/_matrix/client/v3/rooms/{room_path}/send/m.room.message/w{w}-{i}");
+                    let body = Body::Json(serde_json::json!({"msgtype": "m.text", "body": format!("{w}-{i}")}));
+                    match client.send("PUT", &path, &[], body, Some(&token), None, false).await {
+                        Ok(r) if r.status == 200 => acked.lock().expect("lock").push(r.body["event_id"].as_str().unwrap_or("").to_string()),
+                        _ => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    // Kill once a few hundred sends are acknowledged (or after 10 s at most).
+    let started = std::time::Instant::now();
+    while acked.lock().expect("lock").len() < 300 && started.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    for s in senders {
+        let _ = rt.block_on(s);
+    }
+    let acked = acked.lock().expect("lock").clone();
+    assert!(acked.len() >= 300, "the load ran: {} acknowledged", acked.len());
+    // Restart on the same database and look for every acknowledged event.
+    let (mut child, url) = serve(&db);
+    let client = Client::new(&url, limits).expect("client");
+    let missing: Vec<String> = rt.block_on(async {
+        let mut missing = Vec::new();
+        for id in &acked {
+            let path = format!("/_matrix/client/v3/rooms/{room_path}/event/{}", id.replace('$', "%24"));
+            match client.send("GET", &path, &[], Body::None, Some(&token), None, false).await {
+                Ok(r) if r.status == 200 => {}
+                other => missing.push(format!("{id}: {other:?}")),
+            }
+        }
+        missing
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(missing.is_empty(), "{} of {} acknowledged events lost: {:?}", missing.len(), acked.len(), &missing[..missing.len().min(5)]);
+}
