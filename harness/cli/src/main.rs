@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mxconform_codegen::pin::{self, Pin};
 
 mod bench;
+mod bench_server;
 
 #[derive(Parser)]
 #[command(name = "mxconform", version, about = "Stay true to the Matrix specification")]
@@ -53,6 +54,12 @@ enum Command {
         /// How many generation runs to time.
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// Also measure the test Synapse of harness/synapse/synapse.sh (started if needed).
+        #[arg(long)]
+        synapse: bool,
+        /// Time budget per server workload, in seconds.
+        #[arg(long, default_value_t = 5)]
+        budget: u64,
     },
     /// The API change between two spec versions.
     Diff {
@@ -114,6 +121,8 @@ enum BenchWhat {
     All,
     Codegen,
     Compile,
+    /// The reference server (and Synapse with --synapse), and the suite's wall time.
+    Server,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -161,7 +170,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run_suites(args),
-        Command::Bench { what, runs } => {
+        Command::Bench { what, runs, synapse, budget } => {
             let repo = repo_root()?;
             let mut rows = Vec::new();
             if matches!(what, BenchWhat::All | BenchWhat::Codegen) {
@@ -171,6 +180,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if matches!(what, BenchWhat::All | BenchWhat::Compile) {
                 let work = repo.join("target").join("bench");
                 rows.push(bench::compile(&repo, &work)?);
+            }
+            if matches!(what, BenchWhat::All | BenchWhat::Server) {
+                rows.extend(bench_servers(&repo, synapse, std::time::Duration::from_secs(budget.clamp(1, 60)))?);
             }
             bench::print_table(&rows);
             Ok(ExitCode::SUCCESS)
@@ -437,4 +449,83 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts `mxconform serve` (this binary) on a free port with a fresh on-disk database.
+fn spawn_reference(dir: &Path) -> Result<(std::process::Child, String)> {
+    use std::io::{BufRead, BufReader};
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut child = std::process::Command::new(std::env::current_exe().context("finding this binary")?)
+        .args(["serve", "--addr", "127.0.0.1:0", "--server-name", "localhost", "--db"])
+        .arg(dir.join("hs.db"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the reference server")?;
+    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+    let line = lines.next().context("the server said nothing")??;
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .context("no URL in the server's start-up line")?
+        .to_string();
+    std::thread::spawn(move || for _ in lines {});
+    Ok((child, url))
+}
+
+fn time_suite(args: &[&str]) -> Result<std::time::Duration> {
+    let t = std::time::Instant::now();
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .output()
+        .context("running the suites")?;
+    if !out.status.success() {
+        bail!("`mxconform {}` failed:\n{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(t.elapsed())
+}
+
+fn bench_servers(repo: &Path, with_synapse: bool, budget: std::time::Duration) -> Result<Vec<bench::Row>> {
+    let mut rows = Vec::new();
+    let ours_suite = time_suite(&["run", "--quiet"])?;
+    let peer_suite = if with_synapse {
+        let status = std::process::Command::new(repo.join("harness/synapse/synapse.sh")).arg("start").output()?;
+        if !status.status.success() {
+            bail!("could not start Synapse: {}", String::from_utf8_lossy(&status.stderr));
+        }
+        Some(time_suite(&["run", "--quiet", "--profile", "synapse"])?)
+    } else {
+        None
+    };
+    rows.push(bench::Row {
+        name: "harness: full suite wall time (scenarios and sweeps)".into(),
+        ours: format!("{:.1} s (reference server)", ours_suite.as_secs_f64()),
+        peer: peer_suite.map_or("-".into(), |p| format!("Synapse: {:.1} s", p.as_secs_f64())),
+        ratio: "-".into(),
+        target: "< 30 s (reference)".into(),
+    });
+    let (mut child, url) = spawn_reference(&repo.join("target").join("bench").join("server"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let result = rt.block_on(async {
+        let ours = bench_server::target("reference", &url, None, Some(child.id()))?;
+        let f_ours = bench_server::measure(&ours, "r", budget).await?;
+        let f_peer = if with_synapse {
+            let profile = mxconform_harness::Profile::load(&repo.join("harness/profiles/synapse.toml"))?;
+            let pid = std::fs::read_to_string(repo.join("target/synapse/data/synapse.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok());
+            let url = profile.base_url.clone().unwrap_or_else(|| "http://127.0.0.1:18008".into());
+            let peer = bench_server::target("synapse", &url, profile.shared_secret.clone(), pid)?;
+            let tag = format!("s{}", std::process::id());
+            Some(bench_server::measure(&peer, &tag, budget).await?)
+        } else {
+            None
+        };
+        let growth = bench_server::growth(&ours, &[1_000, 10_000, 100_000]).await?;
+        Ok::<_, anyhow::Error>(bench_server::rows(&f_ours, f_peer.as_ref(), &growth))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    rows.extend(result?);
+    Ok(rows)
 }
