@@ -48,14 +48,20 @@ pub struct Coverage {
     pub uncovered: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct AreaResult {
-    pub scenarios: usize,
-    pub passed: usize,
-    pub failed: usize,
-    pub expected_failures: usize,
-    pub unexpected_passes: usize,
-    pub skipped: usize,
+/// Counts for one area: the same as the run's totals.
+pub type AreaResult = Totals;
+
+impl Totals {
+    fn count(&mut self, outcome: Outcome) {
+        self.scenarios += 1;
+        match outcome {
+            Outcome::Passed => self.passed += 1,
+            Outcome::Failed => self.failed += 1,
+            Outcome::ExpectedFailure => self.expected_failures += 1,
+            Outcome::UnexpectedPass => self.unexpected_passes += 1,
+            Outcome::Skipped => self.skipped += 1,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -86,34 +92,11 @@ impl Report {
         let mut areas: BTreeMap<String, AreaResult> = BTreeMap::new();
         let mut exercised: BTreeSet<&str> = BTreeSet::new();
         for s in &scenarios {
-            let a = areas.entry(s.area.clone()).or_default();
-            totals.scenarios += 1;
-            a.scenarios += 1;
-            match s.outcome {
-                Outcome::Passed => {
-                    totals.passed += 1;
-                    a.passed += 1;
-                    // The sweeps touch operations only through their error paths.
-                    if s.area != "sweeps" {
-                        exercised.extend(s.operations.iter().map(String::as_str));
-                    }
-                }
-                Outcome::Failed => {
-                    totals.failed += 1;
-                    a.failed += 1;
-                }
-                Outcome::ExpectedFailure => {
-                    totals.expected_failures += 1;
-                    a.expected_failures += 1;
-                }
-                Outcome::UnexpectedPass => {
-                    totals.unexpected_passes += 1;
-                    a.unexpected_passes += 1;
-                }
-                Outcome::Skipped => {
-                    totals.skipped += 1;
-                    a.skipped += 1;
-                }
+            totals.count(s.outcome);
+            areas.entry(s.area.clone()).or_default().count(s.outcome);
+            // The sweeps touch operations only through their error paths.
+            if s.outcome == Outcome::Passed && s.area != "sweeps" {
+                exercised.extend(s.operations.iter().map(String::as_str));
             }
         }
         let all: Vec<&str> = crate::routes().map(|r| r.operation_id).collect();

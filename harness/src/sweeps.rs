@@ -31,11 +31,17 @@ fn placeholder(name: &str) -> Value {
     })
 }
 
-fn error_checks() -> Vec<Check> {
-    vec![
-        Check { at: "/errcode".into(), type_: Some("string".into()), ..Check::default() },
-        Check { at: "/error".into(), type_: Some("string".into()), ..Check::default() },
-    ]
+/// An error answer with this status and errcode, carrying string `errcode` and `error`.
+fn error(status: u16, errcode: &str) -> Expect {
+    Expect {
+        status: Some(StatusSpec::One(status)),
+        errcode: Some(errcode.into()),
+        checks: vec![
+            Check { at: "/errcode".into(), type_: Some("string".into()), ..Check::default() },
+            Check { at: "/error".into(), type_: Some("string".into()), ..Check::default() },
+        ],
+        ..Expect::default()
+    }
 }
 
 fn spec_link(route: &Route, section: &str) -> String {
@@ -123,12 +129,7 @@ pub fn client_server() -> Vec<Scenario> {
             if route.request_body == BodyKind::Json {
                 s.body = Some(json!({}));
             }
-            s.expect = Expect {
-                status: Some(StatusSpec::One(401)),
-                errcode: Some("M_MISSING_TOKEN".into()),
-                checks: error_checks(),
-                ..Expect::default()
-            };
+            s.expect = error(401, "M_MISSING_TOKEN");
             // Placeholders that name alice need her even when no token is sent.
             let names_alice = s.path.values().chain(s.query.values()).any(|v| v.as_str().is_some_and(|t| t.contains("alice.")));
             let actors: Vec<String> = if names_alice { vec!["alice".into()] } else { vec![] };
@@ -144,12 +145,7 @@ pub fn client_server() -> Vec<Scenario> {
             if route.request_body == BodyKind::Json {
                 s.body = Some(json!({}));
             }
-            s.expect = Expect {
-                status: Some(StatusSpec::One(401)),
-                errcode: Some("M_UNKNOWN_TOKEN".into()),
-                checks: error_checks(),
-                ..Expect::default()
-            };
+            s.expect = error(401, "M_UNKNOWN_TOKEN");
             out.push(sweep(
                 format!("sweeps/unknown_token/{op}"),
                 format!("{op} with an access token no server issued answers 401 M_UNKNOWN_TOKEN."),
@@ -165,12 +161,7 @@ pub fn client_server() -> Vec<Scenario> {
             let mut s = call_step(route);
             s.raw_body = Some("{\"this is\": not JSON".into());
             s.content_type = Some("application/json".into());
-            s.expect = Expect {
-                status: Some(StatusSpec::One(400)),
-                errcode: Some("M_NOT_JSON".into()),
-                checks: error_checks(),
-                ..Expect::default()
-            };
+            s.expect = error(400, "M_NOT_JSON");
             out.push(in_own_room(sweep(
                 format!("sweeps/not_json/{op}"),
                 format!("{op} with a body that is not JSON answers 400 M_NOT_JSON."),
@@ -180,12 +171,7 @@ pub fn client_server() -> Vec<Scenario> {
             )));
             let mut s = call_step(route);
             s.body = Some(json!(["mxconform", "an array where the spec wants an object"]));
-            s.expect = Expect {
-                status: Some(StatusSpec::One(400)),
-                errcode: Some("M_BAD_JSON".into()),
-                checks: error_checks(),
-                ..Expect::default()
-            };
+            s.expect = error(400, "M_BAD_JSON");
             out.push(in_own_room(sweep(
                 format!("sweeps/bad_json/{op}"),
                 format!("{op} with JSON of the wrong shape (an array for an object) answers 400 M_BAD_JSON."),
@@ -218,12 +204,7 @@ fn unrecognized() -> Vec<Scenario> {
                 method: "GET".into(),
                 path: format!("{p}/mxconform_no_such_endpoint"),
             }),
-            expect: Expect {
-                status: Some(StatusSpec::One(404)),
-                errcode: Some("M_UNRECOGNIZED".into()),
-                checks: error_checks(),
-                ..Expect::default()
-            },
+            expect: error(404, "M_UNRECOGNIZED"),
             ..Step::default()
         };
         out.push(sweep(
@@ -252,12 +233,7 @@ fn unrecognized() -> Vec<Scenario> {
                     path: path.to_string(),
                 }),
                 as_actor: Some("alice".into()),
-                expect: Expect {
-                    status: Some(StatusSpec::One(405)),
-                    errcode: Some("M_UNRECOGNIZED".into()),
-                    checks: error_checks(),
-                    ..Expect::default()
-                },
+                expect: error(405, "M_UNRECOGNIZED"),
                 ..Step::default()
             },
         ));

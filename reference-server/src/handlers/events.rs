@@ -292,37 +292,23 @@ pub fn get_room_events(ctx: &Ctx, req: cs::message_pagination::get_room_events::
         let mut chunk: Vec<&Event> = Vec::new();
         let mut last_pos = None;
         let mut more = false;
-        if backwards {
-            let start = from.unwrap_or(u64::MAX);
-            for p in room.timeline.iter().rev().filter(|p| **p <= start) {
-                if to.is_some_and(|t| *p <= t) {
-                    break;
-                }
-                if chunk.len() == limit {
-                    more = true;
-                    break;
-                }
-                last_pos = Some(*p);
-                let Some(e) = state.events.get(p) else { continue };
-                if filter.matches(e) && state.can_see(room, &me.user_id, *p) {
-                    chunk.push(e);
-                }
+        // Positions after `from` in the direction of travel, until `to`.
+        let in_range = |p: u64| if backwards { from.is_none_or(|f| p <= f) } else { p > from.unwrap_or(0) };
+        let past_end = |p: u64| to.is_some_and(|t| if backwards { p <= t } else { p > t });
+        let ordered: Box<dyn Iterator<Item = &u64>> =
+            if backwards { Box::new(room.timeline.iter().rev()) } else { Box::new(room.timeline.iter()) };
+        for p in ordered.filter(|p| in_range(**p)) {
+            if past_end(*p) {
+                break;
             }
-        } else {
-            let start = from.unwrap_or(0);
-            for p in room.timeline.iter().filter(|p| **p > start) {
-                if to.is_some_and(|t| *p > t) {
-                    break;
-                }
-                if chunk.len() == limit {
-                    more = true;
-                    break;
-                }
-                last_pos = Some(*p);
-                let Some(e) = state.events.get(p) else { continue };
-                if filter.matches(e) && state.can_see(room, &me.user_id, *p) {
-                    chunk.push(e);
-                }
+            if chunk.len() == limit {
+                more = true;
+                break;
+            }
+            last_pos = Some(*p);
+            let Some(e) = state.events.get(p) else { continue };
+            if filter.matches(e) && state.can_see(room, &me.user_id, *p) {
+                chunk.push(e);
             }
         }
         let start_token = match from {
