@@ -131,6 +131,10 @@ pub struct Room {
     /// History visibility changes: (position, visibility).
     pub visibility: Vec<(u64, String)>,
     pub public: bool,
+    /// Positions of the events that count as unread (messages, encrypted), oldest first.
+    pub notifiable: Vec<u64>,
+    /// Each user's latest event in the room: sending reads everything before it.
+    pub last_sent: HashMap<String, u64>,
 }
 
 impl Room {
@@ -368,6 +372,10 @@ impl State {
         let pos = ev.pos;
         if let Some(room) = self.rooms.get_mut(&ev.room_id) {
             room.timeline.push(pos);
+            room.last_sent.insert(ev.sender.clone(), pos);
+            if ev.state_key.is_none() && matches!(ev.kind.as_str(), "m.room.message" | "m.room.encrypted") {
+                room.notifiable.push(pos);
+            }
             if let Some(key) = &ev.state_key {
                 let k = (ev.kind.clone(), key.clone());
                 ev.replaces = room.state.get(&k).copied().or(ev.replaces);

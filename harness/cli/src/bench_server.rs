@@ -262,6 +262,41 @@ pub async fn growth(t: &Target, sizes: &[usize]) -> Result<Vec<(usize, Duration,
     Ok(out)
 }
 
+/// Initial /sync time of one user as the number of rooms they are in grows.
+pub async fn room_growth(t: &Target, sizes: &[usize]) -> Result<Vec<(usize, Duration)>> {
+    let (token, _) = t.user("bench-rooms").await?;
+    let mut have = 0;
+    let mut out = Vec::new();
+    for &n in sizes {
+        while have < n {
+            t.create_room(&token, json!({})).await?;
+            have += 1;
+        }
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t0 = Instant::now();
+            t.sync(&token, None, 0).await?;
+            times.push(t0.elapsed());
+        }
+        times.sort();
+        out.push((n, pct(&times, 0.5)));
+    }
+    Ok(out)
+}
+
+pub fn room_growth_rows(growth: &[(usize, Duration)]) -> Vec<Row> {
+    growth
+        .iter()
+        .map(|(n, d)| Row {
+            name: format!("initial /sync of a user in {n} rooms (p50)"),
+            ours: ms(*d),
+            peer: "-".into(),
+            ratio: "-".into(),
+            target: String::new(),
+        })
+        .collect()
+}
+
 pub fn rows(ours: &Figures, peer: Option<&Figures>, growth: &[(usize, Duration, Duration)]) -> Vec<Row> {
     let mut rows = Vec::new();
     let mut add = |name: &str, o: String, p: Option<String>, ratio: Option<f64>, target: &str| {

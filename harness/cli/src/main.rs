@@ -522,7 +522,10 @@ fn bench_servers(repo: &Path, with_synapse: bool, budget: std::time::Duration) -
             None
         };
         let growth = bench_server::growth(&ours, &[1_000, 10_000, 100_000]).await?;
-        Ok::<_, anyhow::Error>(bench_server::rows(&f_ours, f_peer.as_ref(), &growth))
+        let rooms = bench_server::room_growth(&ours, &[10, 100, 500]).await?;
+        let mut rows = bench_server::rows(&f_ours, f_peer.as_ref(), &growth);
+        rows.extend(bench_server::room_growth_rows(&rooms));
+        Ok::<_, anyhow::Error>(rows)
     });
     let _ = child.kill();
     let _ = child.wait();

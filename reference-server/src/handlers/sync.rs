@@ -190,20 +190,16 @@ fn room_section(state: &State, room: &Room, me: &Authed, since: Option<u64>, unt
     Some(section)
 }
 
-/// Messages from others after the caller's latest read receipt.
+/// Messages after what the caller has read: its latest read receipt, or its own latest event
+/// (sending reads what came before). A binary search, so the cost does not grow with history.
 fn unread(state: &State, room: &Room, user: &str) -> usize {
-    let read_pos = state
+    let receipt = state
         .receipts
         .get(&room.room_id)
         .and_then(|(r, _)| ["m.read", "m.read.private"].iter().filter_map(|t| r.get(*t)?.get(user)).map(|(e, _, _)| state.event_ids.get(e).copied().unwrap_or(0)).max())
         .unwrap_or(0);
-    room.timeline
-        .iter()
-        .rev()
-        .take_while(|p| **p > read_pos)
-        .filter_map(|p| state.events.get(p))
-        .filter(|e| e.sender != user && e.state_key.is_none() && matches!(e.kind.as_str(), "m.room.message" | "m.room.encrypted"))
-        .count()
+    let read = receipt.max(room.last_sent.get(user).copied().unwrap_or(0));
+    room.notifiable.len() - room.notifiable.partition_point(|p| *p <= read)
 }
 
 fn build(state: &State, me: &Authed, since: Option<u64>, filter: &SyncFilter, full_state: bool) -> (Value, bool) {
