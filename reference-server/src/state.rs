@@ -219,6 +219,29 @@ pub struct State {
     pub key_changes: HashMap<String, u64>,
     /// user -> (presence content, position).
     pub presence: HashMap<String, (Value, u64)>,
+    /// user -> pushers by (app id, push key).
+    pub pushers: HashMap<String, BTreeMap<(String, String), Value>>,
+    /// user -> key backup versions.
+    pub backups: HashMap<String, BTreeMap<u64, Backup>>,
+    /// Media ids reserved by `createContent` and not yet uploaded: id -> (owner, expiry ms).
+    pub pending_media: HashMap<String, (String, u64)>,
+}
+
+/// A server-side key backup version.
+#[derive(Clone, Debug, Default)]
+pub struct Backup {
+    pub algorithm: String,
+    pub auth_data: Value,
+    /// (room, session) -> key data.
+    pub keys: BTreeMap<(String, String), Value>,
+    pub etag: u64,
+    pub deleted: bool,
+}
+
+impl Backup {
+    pub fn to_record(&self) -> Value {
+        json!({"algorithm": self.algorithm, "auth_data": self.auth_data, "etag": self.etag, "deleted": self.deleted})
+    }
 }
 
 impl State {
@@ -324,6 +347,22 @@ impl State {
                 "presence" => {
                     let pos = v.get("pos").and_then(Value::as_u64).unwrap_or(0);
                     self.presence.insert(key.clone(), (v.get("content").cloned().unwrap_or(json!({})), pos));
+                }
+                "pusher" if parts.len() == 3 => {
+                    self.pushers.entry(parts[0].into()).or_default().insert((parts[1].into(), parts[2].into()), v);
+                }
+                "backup" if parts.len() == 2 => {
+                    let version: u64 = parts[1].parse().unwrap_or(0);
+                    let b = self.backups.entry(parts[0].into()).or_default().entry(version).or_default();
+                    b.algorithm = v.get("algorithm").and_then(Value::as_str).unwrap_or("").to_string();
+                    b.auth_data = v.get("auth_data").cloned().unwrap_or(json!({}));
+                    b.etag = v.get("etag").and_then(Value::as_u64).unwrap_or(0);
+                    b.deleted = v.get("deleted").and_then(Value::as_bool).unwrap_or(false);
+                }
+                "backup_key" if parts.len() == 4 => {
+                    let version: u64 = parts[1].parse().unwrap_or(0);
+                    let b = self.backups.entry(parts[0].into()).or_default().entry(version).or_default();
+                    b.keys.insert((parts[2].into(), parts[3].into()), v);
                 }
                 "to_device" if parts.len() == 3 => {
                     let pos: u64 = parts[2].parse().unwrap_or(0);

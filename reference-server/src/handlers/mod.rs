@@ -3,11 +3,13 @@
 //! from [`dispatch`] answers the spec's `M_UNRECOGNIZED`.
 
 mod account;
+mod backup;
 mod directory;
 mod discovery;
 mod events;
 mod keys;
 mod media;
+mod misc;
 mod profile;
 mod push;
 mod rooms;
@@ -191,6 +193,36 @@ table! {
     "getRelatingEventsWithRelType" => social::get_relating_events_with_rel_type,
     "getRelatingEventsWithRelTypeAndEventType" => social::get_relating_events_with_rel_type_and_event_type,
     "getThreadRoots" => social::get_thread_roots,
+    "postRoomKeysVersion" => backup::post_room_keys_version,
+    "getRoomKeysVersionCurrent" => backup::get_room_keys_version_current,
+    "getRoomKeysVersion" => backup::get_room_keys_version,
+    "putRoomKeysVersion" => backup::put_room_keys_version,
+    "deleteRoomKeysVersion" => backup::delete_room_keys_version,
+    "putRoomKeyBySessionId" => backup::put_room_key_by_session_id,
+    "getRoomKeyBySessionId" => backup::get_room_key_by_session_id,
+    "deleteRoomKeyBySessionId" => backup::delete_room_key_by_session_id,
+    "putRoomKeysByRoomId" => backup::put_room_keys_by_room_id,
+    "getRoomKeysByRoomId" => backup::get_room_keys_by_room_id,
+    "deleteRoomKeysByRoomId" => backup::delete_room_keys_by_room_id,
+    "putRoomKeys" => backup::put_room_keys,
+    "getRoomKeys" => backup::get_room_keys,
+    "deleteRoomKeys" => backup::delete_room_keys,
+    "getPushers" => misc::get_pushers,
+    "postPusher" => misc::post_pusher,
+    "getNotifications" => misc::get_notifications,
+    "requestOpenIdToken" => misc::request_open_id_token,
+    "reportRoom" => misc::report_room,
+    "reportEvent" => misc::report_event,
+    "reportUser" => misc::report_user,
+    "getWhoIs" => misc::get_who_is,
+    "getAccount3PIDs" => misc::get_account3_pi_ds,
+    "getProtocols" => misc::get_protocols,
+    "getEventByTimestamp" => misc::get_event_by_timestamp,
+    "getRoomSummary" => misc::get_room_summary,
+    "search" => misc::search,
+    "createContent" => misc::create_content,
+    "uploadContentToMXC" => misc::upload_content_to_mxc,
+    "deleteProfileField" => misc::delete_profile_field,
 }
 
 /// `Ok(v)` for a `Value` the handler built.

@@ -1,0 +1,248 @@
+//! Server-side key backups: versions (create, read, update, delete) and the keys in them, by
+//! session, by room and all at once. Key data is stored as given; nothing is decrypted.
+
+use mxconform_generated::client_server as cs;
+use serde_json::{json, Map, Value};
+
+use super::Ctx;
+use crate::error::{ApiError, ApiResult};
+use crate::state::{Backup, State};
+use crate::store::Batch;
+
+fn version_of(text: &str) -> ApiResult<u64> {
+    text.parse().map_err(|_| ApiError::not_found(format!("no backup version {text}")))
+}
+
+fn live<'s>(state: &'s State, user: &str, version: u64) -> ApiResult<&'s Backup> {
+    state
+        .backups
+        .get(user)
+        .and_then(|m| m.get(&version))
+        .filter(|b| !b.deleted)
+        .ok_or_else(|| ApiError::not_found(format!("no backup version {version}")))
+}
+
+fn current<'s>(state: &'s State, user: &str) -> Option<(u64, &'s Backup)> {
+    state.backups.get(user)?.iter().rev().find(|(_, b)| !b.deleted).map(|(v, b)| (*v, b))
+}
+
+fn describe(version: u64, b: &Backup) -> Value {
+    json!({"version": version.to_string(), "algorithm": b.algorithm, "auth_data": b.auth_data, "count": b.keys.len(), "etag": b.etag.to_string()})
+}
+
+fn save(batch: &mut Batch, user: &str, version: u64, b: &Backup) {
+    batch.put("backup", format!("{user}\u{0}{version}"), &b.to_record());
+}
+
+pub fn post_room_keys_version(ctx: &Ctx, req: cs::key_backup::post_room_keys_version::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    ctx.server.write(|state, batch| {
+        let versions = state.backups.entry(me.user_id.clone()).or_default();
+        let version = versions.keys().next_back().copied().unwrap_or(0) + 1;
+        let b = Backup {
+            algorithm: req.body.algorithm.clone(),
+            auth_data: Value::Object(req.body.auth_data.clone()),
+            ..Backup::default()
+        };
+        save(batch, &me.user_id, version, &b);
+        versions.insert(version, b);
+        Ok(json!({"version": version.to_string()}))
+    })
+}
+
+pub fn get_room_keys_version_current(ctx: &Ctx, _req: cs::key_backup::get_room_keys_version_current::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    ctx.server.read(|s| {
+        current(s, &me.user_id)
+            .map(|(v, b)| describe(v, b))
+            .ok_or_else(|| ApiError::not_found("no current backup version"))
+    })
+}
+
+pub fn get_room_keys_version(ctx: &Ctx, req: cs::key_backup::get_room_keys_version::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    let v = version_of(&req.version)?;
+    ctx.server.read(|s| live(s, &me.user_id, v).map(|b| describe(v, b)))
+}
+
+pub fn put_room_keys_version(ctx: &Ctx, req: cs::key_backup::put_room_keys_version::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    let v = version_of(&req.version)?;
+    ctx.server.write(|state, batch| {
+        let b = live(state, &me.user_id, v)?;
+        if b.algorithm != req.body.algorithm {
+            return Err(ApiError::invalid_param("the algorithm of a backup version cannot change"));
+        }
+        if let Some(given) = &req.body.version {
+            if given != &req.version {
+                return Err(ApiError::invalid_param("the body's version does not match the path's"));
+            }
+        }
+        let mut b = b.clone();
+        b.auth_data = Value::Object(req.body.auth_data.clone());
+        save(batch, &me.user_id, v, &b);
+        state.backups.entry(me.user_id.clone()).or_default().insert(v, b);
+        Ok(json!({}))
+    })
+}
+
+pub fn delete_room_keys_version(ctx: &Ctx, req: cs::key_backup::delete_room_keys_version::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    let v = version_of(&req.version)?;
+    ctx.server.write(|state, batch| {
+        let mut b = live(state, &me.user_id, v)?.clone();
+        for (room, session) in b.keys.keys() {
+            batch.delete("backup_key", format!("{}\u{0}{v}\u{0}{room}\u{0}{session}", me.user_id));
+        }
+        b.keys.clear();
+        b.deleted = true;
+        save(batch, &me.user_id, v, &b);
+        state.backups.entry(me.user_id.clone()).or_default().insert(v, b);
+        Ok(json!({}))
+    })
+}
+
+/// Stores keys into a version, keeping the better of an existing and a new key (the spec's
+/// rules: verified beats unverified, then fewer first_message_index, then forwarded count).
+fn put_keys(ctx: &Ctx, version: &str, keys: Vec<(String, String, Value)>) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    let v = version_of(version)?;
+    ctx.server.write(|state, batch| {
+        let (cur, _) = current(state, &me.user_id).ok_or_else(|| ApiError::not_found("no backup version"))?;
+        live(state, &me.user_id, v)?;
+        if cur != v {
+            return Err(ApiError {
+                status: 403,
+                errcode: "M_WRONG_ROOM_KEYS_VERSION",
+                message: "that is not the current backup version".into(),
+                extra: Some(json!({"current_version": cur.to_string()})),
+            });
+        }
+        let b = state.backups.entry(me.user_id.clone()).or_default().entry(v).or_default();
+        for (room, session, data) in keys {
+            let better = match b.keys.get(&(room.clone(), session.clone())) {
+                None => true,
+                Some(old) => {
+                    let rank = |k: &Value| {
+                        (
+                            k.get("is_verified").and_then(Value::as_bool).unwrap_or(false),
+                            -k.get("first_message_index").and_then(Value::as_i64).unwrap_or(i64::MAX),
+                            -k.get("forwarded_count").and_then(Value::as_i64).unwrap_or(i64::MAX),
+                        )
+                    };
+                    rank(&data) > rank(old)
+                }
+            };
+            if better {
+                batch.put("backup_key", format!("{}\u{0}{v}\u{0}{room}\u{0}{session}", me.user_id), &data);
+                b.keys.insert((room, session), data);
+            }
+        }
+        b.etag += 1;
+        let out = json!({"count": b.keys.len(), "etag": b.etag.to_string()});
+        let b = b.clone();
+        save(batch, &me.user_id, v, &b);
+        Ok(out)
+    })
+}
+
+pub fn put_room_key_by_session_id(ctx: &Ctx, req: cs::key_backup::put_room_key_by_session_id::Request) -> ApiResult<Value> {
+    let data = serde_json::to_value(&req.body).map_err(ApiError::internal)?;
+    put_keys(ctx, &req.version, vec![(req.room_id.clone(), req.session_id.clone(), data)])
+}
+
+pub fn put_room_keys_by_room_id(ctx: &Ctx, req: cs::key_backup::put_room_keys_by_room_id::Request) -> ApiResult<Value> {
+    let sessions = serde_json::to_value(&req.body.sessions).map_err(ApiError::internal)?;
+    let keys = sessions
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(s, d)| (req.room_id.clone(), s.clone(), d.clone()))
+        .collect();
+    put_keys(ctx, &req.version, keys)
+}
+
+pub fn put_room_keys(ctx: &Ctx, req: cs::key_backup::put_room_keys::Request) -> ApiResult<Value> {
+    let rooms = serde_json::to_value(&req.body.rooms).map_err(ApiError::internal)?;
+    let mut keys = Vec::new();
+    for (room, r) in rooms.as_object().into_iter().flatten() {
+        for (s, d) in r.get("sessions").and_then(Value::as_object).into_iter().flatten() {
+            keys.push((room.clone(), s.clone(), d.clone()));
+        }
+    }
+    put_keys(ctx, &req.version, keys)
+}
+
+/// The stored keys of a version, narrowed to a room and a session.
+fn get_keys(ctx: &Ctx, version: &str, room: Option<&str>, session: Option<&str>) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    let v = version_of(version)?;
+    ctx.server.read(|s| {
+        let b = live(s, &me.user_id, v)?;
+        let mut rooms: Map<String, Value> = Map::new();
+        for ((r, sid), data) in &b.keys {
+            if room.is_some_and(|x| x != r) || session.is_some_and(|x| x != sid) {
+                continue;
+            }
+            let entry = rooms.entry(r.clone()).or_insert_with(|| json!({"sessions": {}}));
+            entry["sessions"][sid] = data.clone();
+        }
+        Ok(match (room, session) {
+            (Some(r), Some(sid)) => rooms
+                .get(r)
+                .and_then(|x| x["sessions"].get(sid))
+                .cloned()
+                .ok_or_else(|| ApiError::not_found("no such session in the backup"))?,
+            (Some(r), None) => rooms.get(r).cloned().unwrap_or(json!({"sessions": {}})),
+            _ => json!({"rooms": rooms}),
+        })
+    })
+}
+
+pub fn get_room_key_by_session_id(ctx: &Ctx, req: cs::key_backup::get_room_key_by_session_id::Request) -> ApiResult<Value> {
+    get_keys(ctx, &req.version, Some(&req.room_id), Some(&req.session_id))
+}
+
+pub fn get_room_keys_by_room_id(ctx: &Ctx, req: cs::key_backup::get_room_keys_by_room_id::Request) -> ApiResult<Value> {
+    get_keys(ctx, &req.version, Some(&req.room_id), None)
+}
+
+pub fn get_room_keys(ctx: &Ctx, req: cs::key_backup::get_room_keys::Request) -> ApiResult<Value> {
+    get_keys(ctx, &req.version, None, None)
+}
+
+fn delete_keys(ctx: &Ctx, version: &str, room: Option<&str>, session: Option<&str>) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    let v = version_of(version)?;
+    ctx.server.write(|state, batch| {
+        live(state, &me.user_id, v)?;
+        let b = state.backups.entry(me.user_id.clone()).or_default().entry(v).or_default();
+        let gone: Vec<(String, String)> = b
+            .keys
+            .keys()
+            .filter(|(r, s)| room.is_none_or(|x| x == r) && session.is_none_or(|x| x == s))
+            .cloned()
+            .collect();
+        for k in &gone {
+            b.keys.remove(k);
+            batch.delete("backup_key", format!("{}\u{0}{v}\u{0}{}\u{0}{}", me.user_id, k.0, k.1));
+        }
+        b.etag += 1;
+        let out = json!({"count": b.keys.len(), "etag": b.etag.to_string()});
+        let b = b.clone();
+        save(batch, &me.user_id, v, &b);
+        Ok(out)
+    })
+}
+
+pub fn delete_room_key_by_session_id(ctx: &Ctx, req: cs::key_backup::delete_room_key_by_session_id::Request) -> ApiResult<Value> {
+    delete_keys(ctx, &req.version, Some(&req.room_id), Some(&req.session_id))
+}
+
+pub fn delete_room_keys_by_room_id(ctx: &Ctx, req: cs::key_backup::delete_room_keys_by_room_id::Request) -> ApiResult<Value> {
+    delete_keys(ctx, &req.version, Some(&req.room_id), None)
+}
+
+pub fn delete_room_keys(ctx: &Ctx, req: cs::key_backup::delete_room_keys::Request) -> ApiResult<Value> {
+    delete_keys(ctx, &req.version, None, None)
+}

@@ -1,0 +1,335 @@
+//! Smaller client-server areas: pushers and the notification list, OpenID tokens, content
+//! reports, whois, third-party identifiers and protocols, jumping to a timestamp, room
+//! summaries and server-side search.
+
+use mxconform_generated::client_server as cs;
+use serde_json::{json, Value};
+
+use super::events::parse_token;
+use super::rooms::resolve_room;
+use super::{require_self, Ctx};
+use crate::error::{ApiError, ApiResult};
+use crate::state::{now_ms, random_token};
+
+pub fn get_pushers(ctx: &Ctx, _req: cs::pusher::get_pushers::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    let list: Vec<Value> = ctx.server.read(|s| s.pushers.get(&me.user_id).map(|m| m.values().cloned().collect()).unwrap_or_default());
+    Ok(json!({"pushers": list}))
+}
+
+pub fn post_pusher(ctx: &Ctx, req: cs::pusher::post_pusher::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    let b = req.body;
+    let key = (b.app_id.clone(), b.pushkey.clone());
+    let record_key = |k: &(String, String)| format!("{}\u{0}{}\u{0}{}", me.user_id, k.0, k.1);
+    ctx.server.write(|state, batch| {
+        if b.kind.is_some() && !b.append.unwrap_or(false) {
+            // Without `append`, the same app id and push key leave any other user.
+            for (user, theirs) in state.pushers.iter_mut().filter(|(u, _)| **u != me.user_id) {
+                if theirs.remove(&key).is_some() {
+                    batch.delete("pusher", format!("{user}\u{0}{}\u{0}{}", key.0, key.1));
+                }
+            }
+        }
+        let pushers = state.pushers.entry(me.user_id.clone()).or_default();
+        if b.kind.is_none() {
+            // `kind: null` deletes the pusher.
+            pushers.remove(&key);
+            batch.delete("pusher", record_key(&key));
+            return Ok(json!({}));
+        }
+        if b.app_display_name.is_none() || b.device_display_name.is_none() || b.lang.is_none() || b.data.is_none() {
+            return Err(ApiError::missing_param("a new pusher needs app_display_name, device_display_name, lang and data"));
+        }
+        if b.kind.as_deref() == Some("http") {
+            let url = b.data.as_ref().and_then(|d| d.url.clone()).unwrap_or_default();
+            if !url.starts_with("http") || !url.ends_with("/_matrix/push/v1/notify") {
+                return Err(ApiError::invalid_param("an http pusher's data.url must end in /_matrix/push/v1/notify"));
+            }
+        }
+        let mut v = json!({
+            "pushkey": b.pushkey, "kind": b.kind, "app_id": b.app_id,
+            "app_display_name": b.app_display_name, "device_display_name": b.device_display_name,
+            "lang": b.lang, "data": serde_json::to_value(&b.data).unwrap_or(json!({})),
+        });
+        if let Some(t) = &b.profile_tag {
+            v["profile_tag"] = json!(t);
+        }
+        batch.put("pusher", record_key(&key), &v);
+        pushers.insert(key, v);
+        Ok(json!({}))
+    })
+}
+
+/// Messages from others in the caller's joined rooms, newest first: what the predefined
+/// `.m.rule.message` rule notifies for.
+pub fn get_notifications(ctx: &Ctx, req: cs::notifications::get_notifications::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    let limit = req.limit.unwrap_or(20).clamp(1, 100) as usize;
+    let before = req.from.as_deref().map(parse_token).transpose()?.unwrap_or(u64::MAX);
+    let only_highlight = req.only.as_deref() == Some("highlight");
+    ctx.server.read(|s| {
+        let mut found = Vec::new();
+        for room_id in s.user_rooms.get(&me.user_id).into_iter().flatten() {
+            let Some(room) = s.rooms.get(room_id) else { continue };
+            if room.membership(&me.user_id) != Some("join") {
+                continue;
+            }
+            for p in room.notifiable.iter().rev().filter(|p| **p < before) {
+                let Some(e) = s.events.get(p) else { continue };
+                if e.sender == me.user_id || !s.can_see(room, &me.user_id, *p) {
+                    continue;
+                }
+                if only_highlight {
+                    continue;
+                }
+                found.push(e);
+                if found.len() > limit * 4 {
+                    break;
+                }
+            }
+        }
+        found.sort_by(|a, b| b.pos.cmp(&a.pos));
+        let more = found.len() > limit;
+        found.truncate(limit);
+        let notifications: Vec<Value> = found
+            .iter()
+            .map(|e| {
+                json!({
+                    "actions": ["notify"],
+                    "event": s.client_event(e, Some((&me.user_id, &me.device_id)), true),
+                    "read": false,
+                    "room_id": e.room_id,
+                    "ts": e.ts,
+                })
+            })
+            .collect();
+        let mut out = json!({"notifications": notifications});
+        if more {
+            if let Some(last) = found.last() {
+                out["next_token"] = json!(format!("t{}", last.pos));
+            }
+        }
+        Ok(out)
+    })
+}
+
+pub fn request_open_id_token(ctx: &Ctx, req: cs::openid::request_open_id_token::Request) -> ApiResult<Value> {
+    require_self(ctx, &req.user_id)?;
+    Ok(json!({
+        "access_token": random_token(24),
+        "token_type": "Bearer",
+        "matrix_server_name": ctx.server.config.server_name,
+        "expires_in": 3600,
+    }))
+}
+
+pub fn report_room(ctx: &Ctx, req: cs::report_content::report_room::Request) -> ApiResult<Value> {
+    ctx.me()?;
+    ctx.server.read(|s| s.room(&req.room_id).map(drop))?;
+    Ok(json!({}))
+}
+
+pub fn report_event(ctx: &Ctx, req: cs::report_content::report_event::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    ctx.server.read(|s| {
+        let room = s.room(&req.room_id)?;
+        let visible = s
+            .event_ids
+            .get(&req.event_id)
+            .filter(|p| s.events.get(p).is_some_and(|e| e.room_id == req.room_id))
+            .is_some_and(|p| s.can_see(room, &me.user_id, *p));
+        if !visible {
+            return Err(ApiError::not_found("no such event, or you may not see it"));
+        }
+        Ok(json!({}))
+    })
+}
+
+pub fn report_user(ctx: &Ctx, req: cs::report_content::report_user::Request) -> ApiResult<Value> {
+    ctx.me()?;
+    if !ctx.server.read(|s| s.users.contains_key(req.user_id.as_str())) {
+        return Err(ApiError::not_found("no such user"));
+    }
+    Ok(json!({}))
+}
+
+pub fn get_who_is(ctx: &Ctx, req: cs::admin::get_who_is::Request) -> ApiResult<Value> {
+    // Only about oneself: this server has no admins.
+    require_self(ctx, &req.user_id)?;
+    ctx.server.read(|s| {
+        let mut devices = serde_json::Map::new();
+        for (id, d) in s.devices.get(&req.user_id).into_iter().flatten() {
+            devices.insert(id.clone(), json!({"sessions": [{"connections": [{"last_seen": d.last_seen_ts}]}]}));
+        }
+        Ok(json!({"user_id": req.user_id, "devices": devices}))
+    })
+}
+
+pub fn get_account3_pi_ds(ctx: &Ctx, _req: cs::administrative_contact::get_account3_pi_ds::Request) -> ApiResult<Value> {
+    ctx.me()?;
+    Ok(json!({"threepids": []}))
+}
+
+pub fn get_protocols(ctx: &Ctx, _req: cs::third_party_lookup::get_protocols::Request) -> ApiResult<Value> {
+    ctx.me()?;
+    Ok(json!({}))
+}
+
+pub fn get_event_by_timestamp(ctx: &Ctx, req: cs::room_event_by_timestamp::get_event_by_timestamp::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    let forwards = req.dir.as_str() == "f";
+    let ts = req.ts.max(0) as u64;
+    ctx.server.read(|s| {
+        let room = s.room(req.room_id.as_str())?;
+        let visible = |p: &&u64| s.can_see(room, &me.user_id, **p);
+        let found = if forwards {
+            room.timeline.iter().filter(visible).filter_map(|p| s.events.get(p)).find(|e| e.ts >= ts)
+        } else {
+            room.timeline.iter().rev().filter(visible).filter_map(|p| s.events.get(p)).find(|e| e.ts <= ts)
+        };
+        let e = found.ok_or_else(|| ApiError::not_found("no event in that direction from that time"))?;
+        Ok(json!({"event_id": e.event_id, "origin_server_ts": e.ts}))
+    })
+}
+
+pub fn get_room_summary(ctx: &Ctx, req: cs::room_summary::get_room_summary::Request) -> ApiResult<Value> {
+    let me = ctx.user.clone();
+    ctx.server.read(|s| {
+        let room_id = resolve_room(s, &req.room_id_or_alias)?;
+        let room = s.room(&room_id)?;
+        let content = |kind: &str, key: &str| s.state_content(&room_id, kind, "").and_then(|c| c.get(key)).cloned();
+        let join_rule = content("m.room.join_rules", "join_rule").unwrap_or(json!("invite"));
+        let world = content("m.room.history_visibility", "history_visibility") == Some(json!("world_readable"));
+        let membership = me.as_ref().and_then(|m| room.membership(&m.user_id));
+        let peekable = matches!(join_rule.as_str(), Some("public" | "knock" | "knock_restricted")) || world;
+        if membership.is_none() && !peekable {
+            return Err(ApiError::not_found("no such room, or you may not see it"));
+        }
+        let mut v = json!({
+            "room_id": room_id,
+            "num_joined_members": room.joined().count(),
+            "guest_can_join": content("m.room.guest_access", "guest_access") == Some(json!("can_join")),
+            "world_readable": world,
+            "join_rule": join_rule,
+            "room_version": room.version,
+        });
+        for (field, kind, key) in [("name", "m.room.name", "name"), ("topic", "m.room.topic", "topic"), ("canonical_alias", "m.room.canonical_alias", "alias"), ("avatar_url", "m.room.avatar", "url"), ("room_type", "m.room.create", "type")] {
+            if let Some(x) = content(kind, key).filter(Value::is_string) {
+                v[field] = x;
+            }
+        }
+        if let Some(m) = membership {
+            v["membership"] = json!(m);
+        }
+        Ok(v)
+    })
+}
+
+/// Room event search over message bodies, names and topics in the caller's joined rooms.
+pub fn search(ctx: &Ctx, req: cs::search::search::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    let criteria = serde_json::to_value(&req.body.search_categories).map_err(ApiError::internal)?;
+    let Some(c) = criteria.get("room_events") else {
+        return Ok(json!({"search_categories": {}}));
+    };
+    let term = c.get("search_term").and_then(Value::as_str).unwrap_or("").to_lowercase();
+    let words: Vec<&str> = term.split_whitespace().collect();
+    let keys: Vec<String> = c
+        .get("keys")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .unwrap_or_else(|| vec!["content.body".into(), "content.name".into(), "content.topic".into()]);
+    let before = req.next_batch.as_deref().map(parse_token).transpose()?.unwrap_or(u64::MAX);
+    let limit = c.get("filter").and_then(|f| f.get("limit")).and_then(Value::as_u64).unwrap_or(10).clamp(1, 100) as usize;
+    ctx.server.read(|s| {
+        let mut hits = Vec::new();
+        for room_id in s.user_rooms.get(&me.user_id).into_iter().flatten() {
+            let Some(room) = s.rooms.get(room_id) else { continue };
+            if room.membership(&me.user_id) != Some("join") {
+                continue;
+            }
+            for p in room.timeline.iter().filter(|p| **p < before) {
+                let Some(e) = s.events.get(p) else { continue };
+                let text: String = keys
+                    .iter()
+                    .filter_map(|k| e.content.get(k.trim_start_matches("content.")).and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_lowercase();
+                if !words.is_empty() && words.iter().all(|w| text.contains(w)) && s.can_see(room, &me.user_id, *p) {
+                    hits.push(e);
+                }
+            }
+        }
+        hits.sort_by(|a, b| b.pos.cmp(&a.pos));
+        let count = hits.len();
+        let more = hits.len() > limit;
+        hits.truncate(limit);
+        let results: Vec<Value> = hits
+            .iter()
+            .map(|e| json!({"rank": 1.0, "result": s.client_event(e, Some((&me.user_id, &me.device_id)), true)}))
+            .collect();
+        let mut room_events = json!({"results": results, "count": count, "highlights": words});
+        if more {
+            if let Some(last) = hits.last() {
+                room_events["next_batch"] = json!(format!("t{}", last.pos));
+            }
+        }
+        Ok(json!({"search_categories": {"room_events": room_events}}))
+    })
+}
+
+pub fn create_content(ctx: &Ctx, _req: cs::content_repo::create_content::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    let id = random_token(18);
+    let expires = now_ms() + 24 * 3600 * 1000;
+    ctx.server.write(|state, _| {
+        state.pending_media.retain(|_, (_, exp)| *exp > now_ms());
+        state.pending_media.insert(id.clone(), (me.user_id.clone(), expires));
+        Ok(())
+    })?;
+    Ok(json!({"content_uri": format!("mxc://{}/{id}", ctx.server.config.server_name), "unused_expires_at": expires}))
+}
+
+pub fn upload_content_to_mxc(ctx: &Ctx, req: cs::content_repo::upload_content_to_mxc::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    if req.server_name.as_str() != ctx.server.config.server_name {
+        return Err(ApiError::not_found("that media id is not this server's"));
+    }
+    let content_type = ctx.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
+    let bytes = ctx.raw_body.to_vec();
+    ctx.server.write(|state, batch| {
+        match state.pending_media.get(&req.media_id) {
+            None => {
+                return Err(ApiError {
+                    status: 409,
+                    errcode: "M_CANNOT_OVERWRITE_MEDIA",
+                    message: "that media id was not created or is already uploaded".into(),
+                    extra: None,
+                })
+            }
+            Some((owner, _)) if *owner != me.user_id => return Err(ApiError::forbidden("that media id was created by someone else")),
+            Some(_) => {}
+        }
+        state.pending_media.remove(&req.media_id);
+        batch.media.push((req.media_id.clone(), Some(content_type), req.filename.clone(), bytes, now_ms()));
+        Ok(json!({}))
+    })
+}
+
+pub fn delete_profile_field(ctx: &Ctx, req: cs::profile::delete_profile_field::Request) -> ApiResult<Value> {
+    require_self(ctx, req.user_id.as_str())?;
+    let me = req.user_id.as_str().to_string();
+    let key = req.key_name.clone();
+    ctx.server.write(|state, batch| {
+        let mut user = state.users.get(&me).cloned().ok_or_else(|| ApiError::not_found("no such user"))?;
+        match key.as_str() {
+            "displayname" => user.displayname = None,
+            "avatar_url" => user.avatar_url = None,
+            _ => return Err(ApiError::not_found(format!("no `{key}` in this profile"))),
+        }
+        state.put_user(batch, user);
+        Ok(json!({}))
+    })
+}
