@@ -84,7 +84,7 @@ async fn errors_are_matrix_errors() {
     let huge = vec![b' '; 2 * 1024 * 1024];
     check(c.raw("POST", "/_matrix/client/v3/createRoom", Some(&token), Some(huge)).await, 413, "M_TOO_LARGE");
     // An operation of the table the server does not implement.
-    check(c.call("GET", "/_matrix/client/v3/thirdparty/protocols", Some(&token), None).await, 404, "M_UNRECOGNIZED");
+    check(c.call("GET", "/_matrix/client/v3/voip/turnServer", Some(&token), None).await, 404, "M_UNRECOGNIZED");
 }
 
 #[tokio::test]
