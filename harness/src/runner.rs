@@ -297,13 +297,23 @@ impl Run<'_> {
             (None, None) => Body::None,
         };
         let token = self.token_for(step, step.as_actor.as_ref())?;
-        let resp = self.call(route, &path, &query, body, token.as_deref(), step.invalid, None).await?;
-        let unrecognized = matches!(resp.status, 404 | 405) && resp.body.get("errcode").and_then(Value::as_str) == Some("M_UNRECOGNIZED");
-        if step.skip_if_unrecognized && unrecognized {
-            self.skipped = Some(format!("the server does not implement {op} ({} M_UNRECOGNIZED)", resp.status));
-            return Err("skipped".into());
-        }
-        crate::expect::response(&step.expect, resp.status, &resp.body, &self.vars)?;
+        let deadline = step.eventually_ms.map(|ms| Instant::now() + Duration::from_millis(ms.min(60_000)));
+        let resp = loop {
+            let resp = self.call(route, &path, &query, body.clone(), token.as_deref(), step.invalid, None).await?;
+            let unrecognized = matches!(resp.status, 404 | 405) && resp.body.get("errcode").and_then(Value::as_str) == Some("M_UNRECOGNIZED");
+            if step.skip_if_unrecognized && unrecognized {
+                self.skipped = Some(format!("the server does not implement {op} ({} M_UNRECOGNIZED)", resp.status));
+                return Err("skipped".into());
+            }
+            match crate::expect::response(&step.expect, resp.status, &resp.body, &self.vars) {
+                Ok(()) => break resp,
+                Err(e) => match deadline {
+                    Some(d) if Instant::now() < d => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Some(_) => return Err(format!("{e} (still, after {} ms of retries)", step.eventually_ms.unwrap_or(0))),
+                    None => return Err(e),
+                },
+            }
+        };
         self.capture(step, &resp.body)?;
         if let Some(name) = &step.snapshot {
             let text = crate::snapshot::normalise(&resp.body, &self.env.profile.server_name);

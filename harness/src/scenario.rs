@@ -78,6 +78,10 @@ pub struct Step {
     /// Keep the normalised response as an insta snapshot with this name.
     #[serde(default)]
     pub snapshot: Option<String>,
+    /// For state a server may apply in the background (user directory, profile propagation):
+    /// repeat the call every 100 ms until the expectation holds, for at most this long.
+    #[serde(default)]
+    pub eventually_ms: Option<u64>,
     /// When the server answers `M_UNRECOGNIZED` (it lacks the operation), the scenario is
     /// skipped, not failed (the negative sweeps use this).
     #[serde(default)]
