@@ -223,6 +223,8 @@ pub struct State {
     pub pushers: HashMap<String, BTreeMap<(String, String), Value>>,
     /// user -> key backup versions.
     pub backups: HashMap<String, BTreeMap<u64, Backup>>,
+    /// user -> cross-signing keys (`master_key`, `self_signing_key`, `user_signing_key`).
+    pub cross_signing: HashMap<String, Value>,
     /// Media ids reserved by `createContent` and not yet uploaded: id -> (owner, expiry ms).
     pub pending_media: HashMap<String, (String, u64)>,
 }
@@ -347,6 +349,9 @@ impl State {
                 "presence" => {
                     let pos = v.get("pos").and_then(Value::as_u64).unwrap_or(0);
                     self.presence.insert(key.clone(), (v.get("content").cloned().unwrap_or(json!({})), pos));
+                }
+                "cross_signing" => {
+                    self.cross_signing.insert(key.clone(), v);
                 }
                 "pusher" if parts.len() == 3 => {
                     self.pushers.entry(parts[0].into()).or_default().insert((parts[1].into(), parts[2].into()), v);

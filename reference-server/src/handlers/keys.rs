@@ -72,8 +72,23 @@ pub fn upload_keys(ctx: &Ctx, req: cs::keys::upload_keys::Request) -> ApiResult<
 }
 
 pub fn query_keys(ctx: &Ctx, req: cs::keys::query_keys::Request) -> ApiResult<Value> {
-    ctx.me()?;
+    let me = ctx.me()?;
     ctx.server.read(|state| {
+        let (mut master, mut self_signing, mut user_signing) = (Map::new(), Map::new(), Map::new());
+        for user in req.body.device_keys.keys() {
+            if let Some(cs) = state.cross_signing.get(user.as_str()) {
+                for (map, name) in [(&mut master, "master_key"), (&mut self_signing, "self_signing_key")] {
+                    if let Some(k) = cs.get(name) {
+                        map.insert(user.to_string(), k.clone());
+                    }
+                }
+                if user.as_str() == me.user_id {
+                    if let Some(k) = cs.get("user_signing_key") {
+                        user_signing.insert(user.to_string(), k.clone());
+                    }
+                }
+            }
+        }
         let mut out: Map<String, Value> = Map::new();
         for (user, devices) in &req.body.device_keys {
             let mut per_user: Map<String, Value> = Map::new();
@@ -92,7 +107,13 @@ pub fn query_keys(ctx: &Ctx, req: cs::keys::query_keys::Request) -> ApiResult<Va
             }
             out.insert(user.to_string(), Value::Object(per_user));
         }
-        Ok(json!({"device_keys": out, "failures": {}}))
+        Ok(json!({
+            "device_keys": out,
+            "failures": {},
+            "master_keys": master,
+            "self_signing_keys": self_signing,
+            "user_signing_keys": user_signing,
+        }))
     })
 }
 

@@ -14,6 +14,7 @@ mod profile;
 mod push;
 mod rooms;
 mod social;
+mod spaces;
 mod sync;
 mod user_data;
 
@@ -223,6 +224,12 @@ table! {
     "createContent" => misc::create_content,
     "uploadContentToMXC" => misc::upload_content_to_mxc,
     "deleteProfileField" => misc::delete_profile_field,
+    "upgradeRoom" => spaces::upgrade_room,
+    "getSpaceHierarchy" => spaces::get_space_hierarchy,
+    "uploadCrossSigningKeys" => spaces::upload_cross_signing_keys,
+    "uploadCrossSigningSignatures" => spaces::upload_cross_signing_signatures,
+    "roomInitialSync" => spaces::room_initial_sync,
+    "getOneEvent" => spaces::get_one_event,
 }
 
 /// `Ok(v)` for a `Value` the handler built.
