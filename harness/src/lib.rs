@@ -252,10 +252,13 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
         }
     };
     let results = std::mem::take(&mut *results.lock().map_err(|_| Error::Other("results lock poisoned".into()))?);
-    Ok(RunOutput {
-        conclusion,
-        report: Report::build(server, results),
-    })
+    let mut report = Report::build(server, results);
+    let reasons_file = config.scenarios_dir.parent().map(|h| h.join("coverage.toml"));
+    if let Some(path) = reasons_file {
+        let reasons = report::coverage_reasons(&path)?;
+        report.coverage.reasons = reasons.into_iter().filter(|(op, _)| report.coverage.uncovered.contains(op)).collect();
+    }
+    Ok(RunOutput { conclusion, report })
 }
 
 /// A one-line progress bar on stderr for long runs, when libtest's own lines do not go to the

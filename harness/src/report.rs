@@ -46,6 +46,9 @@ pub struct Coverage {
     /// Operations called by a scenario that passed (the sweeps area aside).
     pub operations_exercised: usize,
     pub uncovered: Vec<String>,
+    /// Why an uncovered operation has no passing scenario, where `coverage.toml` says.
+    #[serde(default)]
+    pub reasons: std::collections::BTreeMap<String, String>,
 }
 
 /// Counts for one area: the same as the run's totals.
@@ -85,6 +88,27 @@ pub struct Report {
     pub scenarios: Vec<ScenarioResult>,
 }
 
+/// Reads the reasons file (`coverage.toml`: `[uncoverable] operationId = "reason"`).
+pub fn coverage_reasons(path: &std::path::Path) -> crate::Result<std::collections::BTreeMap<String, String>> {
+    #[derive(Deserialize)]
+    struct File {
+        #[serde(default)]
+        uncoverable: std::collections::BTreeMap<String, String>,
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(crate::Error::Io { path: path.to_path_buf(), source: e }),
+    };
+    let f: File = toml::from_str(&text).map_err(|e| crate::Error::Other(format!("{}: {e}", path.display())))?;
+    for op in f.uncoverable.keys() {
+        if crate::route(op).is_none() {
+            return Err(crate::Error::Other(format!("{}: `{op}` is not a client-server operation", path.display())));
+        }
+    }
+    Ok(f.uncoverable)
+}
+
 impl Report {
     pub fn build(server: ServerInfo, mut scenarios: Vec<ScenarioResult>) -> Report {
         scenarios.sort_by(|a, b| a.name.cmp(&b.name));
@@ -105,6 +129,7 @@ impl Report {
             operations_total: all.len(),
             operations_exercised: all.len() - uncovered.len(),
             uncovered,
+            reasons: std::collections::BTreeMap::new(),
         };
         Report {
             server,
@@ -191,6 +216,13 @@ impl Report {
                 list.len(),
                 if list.is_empty() { "uncovered".to_string() } else { format!("{passing}/{}", list.len()) }
             );
+        }
+        if !c.uncovered.is_empty() {
+            let _ = writeln!(s, "\n## Uncovered operations\n\n| Operation | Why |\n|---|---|");
+            for op in &c.uncovered {
+                let why = c.reasons.get(op).map_or("no passing scenario yet", String::as_str);
+                let _ = writeln!(s, "| `{op}` | {why} |");
+            }
         }
         let failing: Vec<&ScenarioResult> = self
             .scenarios
