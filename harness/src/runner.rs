@@ -293,6 +293,10 @@ impl Run<'_> {
                 bytes: self.vars.render_text(raw)?.into_bytes(),
                 content_type: step.content_type.clone().unwrap_or_else(|| "application/json".into()),
             },
+            (None, None) if step.raw_body_base64.is_some() => Body::Raw {
+                bytes: step.raw_body_base64.as_deref().and_then(crate::template::base64_decode).unwrap_or_default(),
+                content_type: step.content_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
+            },
             (None, None) if route.request_body == mxconform_generated::BodyKind::Json && !step.invalid => Body::Json(json!({})),
             (None, None) => Body::None,
         };

@@ -61,9 +61,12 @@ pub struct Step {
     pub query: BTreeMap<String, Value>,
     #[serde(default)]
     pub body: Option<Value>,
-    /// A body sent as it is (for deliberately broken requests).
+    /// A body sent as it is (for deliberately broken requests, and media).
     #[serde(default)]
     pub raw_body: Option<String>,
+    /// A binary body, as standard base64 (an image to upload).
+    #[serde(default)]
+    pub raw_body_base64: Option<String>,
     #[serde(default)]
     pub content_type: Option<String>,
     /// The request is wrong on purpose: do not validate it against the spec.
@@ -303,8 +306,14 @@ impl Scenario {
                             return fail(format!("step {n}: `{op}` has no path parameter `{k}`"));
                         }
                     }
-                    if step.body.is_some() && step.raw_body.is_some() {
-                        return fail(format!("step {n}: give `body` or `raw_body`, not both"));
+                    let bodies = usize::from(step.body.is_some()) + usize::from(step.raw_body.is_some()) + usize::from(step.raw_body_base64.is_some());
+                    if bodies > 1 {
+                        return fail(format!("step {n}: give one of `body`, `raw_body` and `raw_body_base64`"));
+                    }
+                    if let Some(b) = &step.raw_body_base64 {
+                        if crate::template::base64_decode(b).is_none() {
+                            return fail(format!("step {n}: `raw_body_base64` is not valid base64"));
+                        }
                     }
                     if step.as_actor.is_none() && step.auth.is_none() && route.auth == mxconform_generated::Auth::Required && self.actors.is_empty() {
                         return fail(format!("step {n}: `{op}` needs a token but the scenario has no actors"));

@@ -34,6 +34,8 @@ write_config() {
   mkdir -p "$data/media"
   cat > "$data/homeserver.yaml" <<YAML
 server_name: "localhost"
+public_baseurl: "$url/"
+serve_client_wellknown: true
 pid_file: "$pidfile"
 report_stats: false
 signing_key_path: "$data/localhost.signing.key"

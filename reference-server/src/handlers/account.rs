@@ -371,3 +371,18 @@ pub fn delete_device(ctx: &Ctx, req: cs::device_management::delete_device::Reque
         Ok(json!({}))
     })
 }
+
+pub fn delete_devices(ctx: &Ctx, req: cs::device_management::delete_devices::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    let auth = req.body.auth.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default());
+    uia(auth.as_ref(), "m.login.password", |a| check_own_password(ctx, a))?;
+    ctx.server.write(|state, batch| {
+        // Devices that do not exist are ignored, as the spec says.
+        for d in &req.body.devices {
+            if state.devices.get(&me.user_id).is_some_and(|m| m.contains_key(d)) {
+                state.remove_device(batch, &me.user_id, d);
+            }
+        }
+        Ok(json!({}))
+    })
+}

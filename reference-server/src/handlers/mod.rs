@@ -119,6 +119,7 @@ table! {
     "getDevice" => account::get_device,
     "updateDevice" => account::update_device,
     "deleteDevice" => account::delete_device,
+    "deleteDevices" => account::delete_devices,
     "getUserProfile" => profile::get_user_profile,
     "getProfileField" => profile::get_profile_field,
     "setProfileField" => profile::set_profile_field,

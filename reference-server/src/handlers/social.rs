@@ -123,7 +123,7 @@ pub fn get_mutual_rooms(ctx: &Ctx, req: cs::mutual_rooms::get_mutual_rooms::Requ
             })
             .collect();
         rooms.sort();
-        Ok(json!({"joined": rooms}))
+        Ok(json!({"joined": rooms, "count": rooms.len()}))
     })
 }
 
