@@ -136,7 +136,7 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
     };
 
     // Two operations on one route: the body says which (the spec's trailing-space keys).
-    let route = if matched.routes.len() > 1 { pick_route(&matched.routes, req.body()) } else { route0 };
+    let route = if matched.routes.len() > 1 { pick_route(&matched.routes, req.body(), &query) } else { route0 };
 
     let input = decode(server, route, &matched.params, &query, req)?;
     let content_type = req
@@ -210,13 +210,16 @@ fn authenticate(server: &Server, token: &str) -> ApiResult<Authed> {
     })
 }
 
-fn pick_route(routes: &[&'static Route], body: &Bytes) -> &'static Route {
+fn pick_route(routes: &[&'static Route], body: &Bytes, query: &[(String, String)]) -> &'static Route {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let third_party = v.get("medium").is_some() || v.get("id_server").is_some() || v.get("address").is_some();
+    let peek = query.iter().any(|(k, _)| k == "room_id");
     let by_id = |id: &str| routes.iter().copied().find(|r| r.operation_id == id);
     match routes[0].operation_id {
         "inviteUser" | "inviteBy3PID" if third_party => by_id("inviteBy3PID"),
         "inviteUser" | "inviteBy3PID" => by_id("inviteUser"),
+        "getEvents" | "peekEvents" if peek => by_id("peekEvents"),
+        "getEvents" | "peekEvents" => by_id("getEvents"),
         _ => None,
     }
     .unwrap_or(routes[0])

@@ -8,6 +8,7 @@ mod directory;
 mod discovery;
 mod events;
 mod keys;
+mod legacy;
 mod media;
 mod misc;
 mod profile;
@@ -231,6 +232,10 @@ table! {
     "uploadCrossSigningSignatures" => spaces::upload_cross_signing_signatures,
     "roomInitialSync" => spaces::room_initial_sync,
     "getOneEvent" => spaces::get_one_event,
+    "initialSync" => legacy::initial_sync,
+    "getEvents" => legacy::get_events,
+    "peekEvents" => legacy::peek_events,
+    "registrationTokenValidity" => account::registration_token_validity,
 }
 
 /// `Ok(v)` for a `Value` the handler built.
