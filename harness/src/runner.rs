@@ -255,6 +255,9 @@ impl Run<'_> {
     }
 
     fn token_for(&self, step: &Step, actor: Option<&String>) -> Result<Option<String>, String> {
+        if let Some(t) = &step.token {
+            return Ok(Some(self.vars.render_text(t)?));
+        }
         match step.auth {
             Some(AuthMode::None) => return Ok(None),
             Some(AuthMode::Bogus) => return Ok(Some(format!("mxconform_bogus_{}", self.vars.unique))),

@@ -55,6 +55,9 @@ pub struct Step {
     /// `none`: send no token; `bogus`: send a token no server issued.
     #[serde(default)]
     pub auth: Option<AuthMode>,
+    /// Send this access token (templated: a captured token), instead of the actor's.
+    #[serde(default)]
+    pub token: Option<String>,
     #[serde(default)]
     pub path: BTreeMap<String, Value>,
     #[serde(default)]
@@ -263,6 +266,11 @@ impl Scenario {
         }
         for (i, step) in self.steps.iter().enumerate() {
             let n = i + 1;
+            for name in step.capture.keys() {
+                if matches!(name.as_str(), "unique" | "fresh" | "server_name") || name.contains('.') {
+                    return fail(format!("step {n}: `{name}` cannot be a capture name (it is a template name of the harness's own)"));
+                }
+            }
             let who = step.as_actor.as_ref().or(step.sync_until.as_ref().and_then(|s| s.as_actor.as_ref()));
             if let Some(a) = who {
                 if !self.actors.contains(a) {

@@ -54,6 +54,11 @@ listeners:
     resources:
       - names: [client, federation]
         compress: false
+login_via_existing_session:
+  enabled: true
+  require_ui_auth: true
+  token_timeout: "5m"
+refreshable_access_token_lifetime: 1h
 enable_registration: true
 enable_registration_without_verification: true
 registration_shared_secret: "$secret"

@@ -63,6 +63,8 @@ pub struct Device {
     pub display_name: Option<String>,
     pub last_seen_ts: u64,
     pub token: String,
+    /// A refresh token, for clients that asked for one.
+    pub refresh: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -193,6 +195,10 @@ pub struct State {
     pub rooms: HashMap<String, Room>,
     pub events: HashMap<u64, Event>,
     pub event_ids: HashMap<String, u64>,
+    /// Refresh token -> (user, device).
+    pub refresh_tokens: HashMap<String, (String, String)>,
+    /// Single-use login tokens -> (user, expiry ms); memory only, they live two minutes.
+    pub login_tokens: HashMap<String, (String, u64)>,
     /// (user, device, txn id) -> event id.
     pub txns: HashMap<(String, String, String), String>,
     /// (user, room or "", type) -> (content, position).
@@ -287,12 +293,17 @@ impl State {
                     if !token.is_empty() {
                         self.tokens.insert(token.clone(), (parts[0].to_string(), parts[1].to_string()));
                     }
+                    let refresh = v.get("refresh").and_then(Value::as_str).map(str::to_string);
+                    if let Some(r) = &refresh {
+                        self.refresh_tokens.insert(r.clone(), (parts[0].to_string(), parts[1].to_string()));
+                    }
                     self.devices.entry(parts[0].to_string()).or_default().insert(
                         parts[1].to_string(),
                         Device {
                             display_name: v.get("display_name").and_then(Value::as_str).map(str::to_string),
                             last_seen_ts: v.get("last_seen_ts").and_then(Value::as_u64).unwrap_or(0),
                             token,
+                            refresh,
                         },
                     );
                 }
@@ -495,10 +506,13 @@ impl State {
         batch.put(
             "device",
             format!("{user}\u{0}{device_id}"),
-            &json!({"display_name": device.display_name, "last_seen_ts": device.last_seen_ts, "token": device.token}),
+            &json!({"display_name": device.display_name, "last_seen_ts": device.last_seen_ts, "token": device.token, "refresh": device.refresh}),
         );
         if !device.token.is_empty() {
             self.tokens.insert(device.token.clone(), (user.to_string(), device_id.to_string()));
+        }
+        if let Some(r) = &device.refresh {
+            self.refresh_tokens.insert(r.clone(), (user.to_string(), device_id.to_string()));
         }
         self.devices.entry(user.to_string()).or_default().insert(device_id.to_string(), device);
     }
@@ -506,6 +520,9 @@ impl State {
     pub fn remove_device(&mut self, batch: &mut Batch, user: &str, device_id: &str) {
         if let Some(d) = self.devices.get_mut(user).and_then(|m| m.remove(device_id)) {
             self.tokens.remove(&d.token);
+            if let Some(r) = &d.refresh {
+                self.refresh_tokens.remove(r);
+            }
         }
         batch.delete("device", format!("{user}\u{0}{device_id}"));
         let key = (user.to_string(), device_id.to_string());

@@ -95,14 +95,27 @@ fn localpart_ok(l: &str) -> bool {
     !l.is_empty() && l.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
 }
 
-/// Makes a device with a fresh access token and returns `(device_id, token)`.
-fn new_device(state: &mut State, batch: &mut Batch, user: &str, device_id: Option<&str>, name: Option<String>) -> (String, String) {
+/// How long access tokens issued with a refresh token are said to last (they are not
+/// expired early: a client refreshes when it likes).
+const REFRESHABLE_LIFETIME_MS: u64 = 3_600_000;
+
+/// Makes a device with a fresh access token (and a refresh token when asked for); returns
+/// `((device_id, token), refresh)`.
+fn new_device(
+    state: &mut State,
+    batch: &mut Batch,
+    user: &str,
+    device_id: Option<&str>,
+    name: Option<String>,
+    refreshable: bool,
+) -> ((String, String), Option<String>) {
     let device_id = device_id.map(str::to_string).unwrap_or_else(|| random_token(8).to_uppercase().replace(['-', '_'], "X"));
     // Logging in again with an existing device id replaces its token.
     if state.devices.get(user).is_some_and(|d| d.contains_key(&device_id)) {
         state.remove_device(batch, user, &device_id);
     }
     let token = format!("mxc_{}", random_token(32));
+    let refresh = refreshable.then(|| format!("mxr_{}", random_token(32)));
     state.put_device(
         batch,
         user,
@@ -111,9 +124,20 @@ fn new_device(state: &mut State, batch: &mut Batch, user: &str, device_id: Optio
             display_name: name,
             last_seen_ts: now_ms(),
             token: token.clone(),
+            refresh: refresh.clone(),
         },
     );
-    (device_id, token)
+    ((device_id, token), refresh)
+}
+
+/// The login or registration answer, with the refresh token when there is one.
+fn session_json(user_id: &str, device_id: &str, token: &str, refresh: Option<String>) -> Value {
+    let mut v = json!({"user_id": user_id, "access_token": token, "device_id": device_id});
+    if let Some(r) = refresh {
+        v["refresh_token"] = json!(r);
+        v["expires_in_ms"] = json!(REFRESHABLE_LIFETIME_MS);
+    }
+    v
 }
 
 pub fn register(ctx: &Ctx, req: cs::registration::register::Request) -> ApiResult<Reply> {
@@ -159,8 +183,15 @@ pub fn register(ctx: &Ctx, req: cs::registration::register::Request) -> ApiResul
         if inhibit {
             return Ok(json!({"user_id": user_id}));
         }
-        let (device_id, token) = new_device(state, batch, &user_id, b.device_id.as_deref(), b.initial_device_display_name.clone());
-        Ok(json!({"user_id": user_id, "access_token": token, "device_id": device_id}))
+        let ((device_id, token), refresh) = new_device(
+            state,
+            batch,
+            &user_id,
+            b.device_id.as_deref(),
+            b.initial_device_display_name.clone(),
+            b.refresh_token.unwrap_or(false),
+        );
+        Ok(session_json(&user_id, &device_id, &token, refresh))
     })?;
     Ok(Reply::Json(200, out))
 }
@@ -178,7 +209,7 @@ pub fn check_username_availability(ctx: &Ctx, req: cs::registration::check_usern
 }
 
 pub fn get_login_flows(_ctx: &Ctx, _req: cs::login::get_login_flows::Request) -> ApiResult<Value> {
-    Ok(json!({"flows": [{"type": "m.login.password"}]}))
+    Ok(json!({"flows": [{"type": "m.login.password"}, {"type": "m.login.token", "get_login_token": true}]}))
 }
 
 /// The user id a login names, from `identifier` (`m.id.user`) or the deprecated `user`.
@@ -201,30 +232,46 @@ fn login_user(ctx: &Ctx, identifier: Option<&Value>, user: Option<&str>) -> ApiR
 
 pub fn login(ctx: &Ctx, req: cs::login::login::Request) -> ApiResult<Value> {
     let b = req.body;
-    if b.type_ != "m.login.password" {
-        return Err(ApiError::unknown_400(format!("login type `{}` is not supported", b.type_)));
-    }
-    let identifier = b.identifier.as_ref().map(|i| serde_json::to_value(i).unwrap_or_default());
-    let user_id = login_user(ctx, identifier.as_ref(), b.user.as_deref())?;
-    let password = b.password.as_deref().ok_or_else(|| ApiError::bad_json("`password` is missing"))?;
-    let (hash, deactivated) = ctx
-        .server
-        .read(|s| s.users.get(&user_id).map(|u| (u.password_hash.clone(), u.deactivated)))
-        .unwrap_or((None, false));
-    if deactivated {
-        return Err(ApiError::user_deactivated("this account is deactivated"));
-    }
-    if !hash.is_some_and(|h| verify_password(&h, password)) {
-        return Err(ApiError::forbidden("invalid user name or password"));
-    }
+    let user_id = match b.type_.as_str() {
+        "m.login.password" => {
+            let identifier = b.identifier.as_ref().map(|i| serde_json::to_value(i).unwrap_or_default());
+            let user_id = login_user(ctx, identifier.as_ref(), b.user.as_deref())?;
+            let password = b.password.as_deref().ok_or_else(|| ApiError::bad_json("`password` is missing"))?;
+            let (hash, deactivated) = ctx
+                .server
+                .read(|s| s.users.get(&user_id).map(|u| (u.password_hash.clone(), u.deactivated)))
+                .unwrap_or((None, false));
+            if deactivated {
+                return Err(ApiError::user_deactivated("this account is deactivated"));
+            }
+            if !hash.is_some_and(|h| verify_password(&h, password)) {
+                return Err(ApiError::forbidden("invalid user name or password"));
+            }
+            user_id
+        }
+        "m.login.token" => {
+            let token = b.token.clone().ok_or_else(|| ApiError::bad_json("`token` is missing"))?;
+            // Single use: taken out whether or not it has expired.
+            let found = ctx.server.write(|state, _| Ok(state.login_tokens.remove(&token)))?;
+            match found {
+                Some((user, expiry)) if expiry > now_ms() => user,
+                _ => return Err(ApiError::forbidden("invalid or expired login token")),
+            }
+        }
+        other => return Err(ApiError::unknown_400(format!("login type `{other}` is not supported"))),
+    };
     ctx.server.write(|state, batch| {
-        let (device_id, token) = new_device(state, batch, &user_id, b.device_id.as_deref(), b.initial_device_display_name.clone());
-        Ok(json!({
-            "user_id": user_id,
-            "access_token": token,
-            "device_id": device_id,
-            "well_known": {"m.homeserver": {"base_url": format!("https://{}", ctx.server.config.server_name)}},
-        }))
+        let ((device_id, token), refresh) = new_device(
+            state,
+            batch,
+            &user_id,
+            b.device_id.as_deref(),
+            b.initial_device_display_name.clone(),
+            b.refresh_token.unwrap_or(false),
+        );
+        let mut v = session_json(&user_id, &device_id, &token, refresh);
+        v["well_known"] = json!({"m.homeserver": {"base_url": format!("https://{}", ctx.server.config.server_name)}});
+        Ok(v)
     })
 }
 
@@ -390,4 +437,45 @@ pub fn delete_devices(ctx: &Ctx, req: cs::device_management::delete_devices::Req
 /// Registration needs no token here, so no token is a valid one.
 pub fn registration_token_validity(_ctx: &Ctx, _req: cs::registration_tokens::registration_token_validity::Request) -> ApiResult<Value> {
     Ok(json!({"valid": false}))
+}
+
+/// Exchanges a refresh token for a new access token and a new refresh token; both old ones stop
+/// working.
+pub fn refresh(ctx: &Ctx, req: cs::refresh::refresh::Request) -> ApiResult<Value> {
+    let old = req.body.refresh_token.clone();
+    ctx.server.write(|state, batch| {
+        let (user, device_id) = state
+            .refresh_tokens
+            .remove(&old)
+            .ok_or_else(|| ApiError::unknown_token("unknown or already used refresh token"))?;
+        let mut device = state
+            .devices
+            .get(&user)
+            .and_then(|d| d.get(&device_id))
+            .cloned()
+            .ok_or_else(|| ApiError::unknown_token("that session has ended"))?;
+        state.tokens.remove(&device.token);
+        device.token = format!("mxc_{}", random_token(32));
+        let refresh = format!("mxr_{}", random_token(32));
+        device.refresh = Some(refresh.clone());
+        let token = device.token.clone();
+        state.put_device(batch, &user, &device_id, device);
+        Ok(json!({"access_token": token, "refresh_token": refresh, "expires_in_ms": REFRESHABLE_LIFETIME_MS}))
+    })
+}
+
+/// A single-use token to log another device in, after the caller's password.
+pub fn generate_login_token(ctx: &Ctx, req: cs::login_token::generate_login_token::Request) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    let auth = req.body.auth.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default());
+    uia(auth.as_ref(), "m.login.password", |a| check_own_password(ctx, a))?;
+    let token = random_token(24);
+    let lifetime = 120_000;
+    ctx.server.write(|state, _| {
+        let now = now_ms();
+        state.login_tokens.retain(|_, (_, exp)| *exp > now);
+        state.login_tokens.insert(token.clone(), (me.user_id.clone(), now + lifetime));
+        Ok(())
+    })?;
+    Ok(json!({"login_token": token, "expires_in_ms": lifetime}))
 }

@@ -31,7 +31,7 @@ pub fn get_capabilities(_ctx: &Ctx, _req: cs::capabilities::get_capabilities::Re
         "m.set_displayname": {"enabled": true},
         "m.set_avatar_url": {"enabled": true},
         "m.3pid_changes": {"enabled": false},
-        "m.get_login_token": {"enabled": false},
+        "m.get_login_token": {"enabled": true},
         "m.profile_fields": {"enabled": true},
     }}))
 }

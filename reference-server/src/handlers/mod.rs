@@ -236,6 +236,8 @@ table! {
     "getEvents" => legacy::get_events,
     "peekEvents" => legacy::peek_events,
     "registrationTokenValidity" => account::registration_token_validity,
+    "refresh" => account::refresh,
+    "generateLoginToken" => account::generate_login_token,
 }
 
 /// `Ok(v)` for a `Value` the handler built.
