@@ -173,6 +173,11 @@ impl Room {
             .map(|(u, _)| u)
     }
 
+    /// History is readable by anyone (the current history visibility is `world_readable`).
+    pub fn world_readable(&self) -> bool {
+        self.visibility.last().is_some_and(|(_, v)| v == "world_readable")
+    }
+
     /// Room versions from 12 on give creators infinite power and take room ids from the
     /// create event.
     pub fn creators_privileged(&self) -> bool {
@@ -579,6 +584,31 @@ impl State {
     pub fn state_content(&self, room_id: &str, kind: &str, key: &str) -> Option<&Value> {
         let pos = self.rooms.get(room_id)?.state_event(kind, key)?;
         self.events.get(&pos).map(|e| &e.content)
+    }
+
+    /// What the room directory, room summaries and space hierarchies say about a room: its
+    /// id, member count, readability, join rule, and name, topic, alias, avatar and type when set.
+    pub fn room_overview(&self, room: &Room) -> Value {
+        let content = |kind: &str, key: &str| self.state_content(&room.room_id, kind, "").and_then(|c| c.get(key)).cloned();
+        let mut v = json!({
+            "room_id": room.room_id,
+            "num_joined_members": room.joined().count(),
+            "world_readable": content("m.room.history_visibility", "history_visibility") == Some(json!("world_readable")),
+            "guest_can_join": content("m.room.guest_access", "guest_access") == Some(json!("can_join")),
+            "join_rule": content("m.room.join_rules", "join_rule").unwrap_or(json!("invite")),
+        });
+        for (field, kind, key) in [
+            ("name", "m.room.name", "name"),
+            ("topic", "m.room.topic", "topic"),
+            ("canonical_alias", "m.room.canonical_alias", "alias"),
+            ("avatar_url", "m.room.avatar", "url"),
+            ("room_type", "m.room.create", "type"),
+        ] {
+            if let Some(x) = content(kind, key).filter(Value::is_string) {
+                v[field] = x;
+            }
+        }
+        v
     }
 
     /// An event as clients see it (the ClientEvent format).

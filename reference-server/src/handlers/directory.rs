@@ -69,7 +69,7 @@ pub fn get_local_aliases(ctx: &Ctx, req: cs::directory::get_local_aliases::Reque
     let me = ctx.me()?;
     ctx.server.read(|s| {
         let room = s.room(req.room_id.as_str())?;
-        let world = room.visibility.last().is_some_and(|(_, v)| v == "world_readable");
+        let world = room.world_readable();
         if room.membership(&me.user_id) != Some("join") && !world {
             return Err(ApiError::forbidden("you are not in this room"));
         }
@@ -106,28 +106,6 @@ pub fn set_room_visibility_on_directory(ctx: &Ctx, req: cs::list_public_rooms::s
     })
 }
 
-/// A public room's entry in the directory.
-fn chunk(state: &State, room_id: &str) -> Value {
-    let s = |kind: &str, key: &str| state.state_content(room_id, kind, "").and_then(|c| c.get(key)).cloned();
-    let room = &state.rooms[room_id];
-    let mut c = json!({
-        "room_id": room_id,
-        "num_joined_members": room.joined().count(),
-        "world_readable": s("m.room.history_visibility", "history_visibility") == Some(json!("world_readable")),
-        "guest_can_join": s("m.room.guest_access", "guest_access") == Some(json!("can_join")),
-        "join_rule": s("m.room.join_rules", "join_rule").unwrap_or(json!("invite")),
-    });
-    for (field, kind, key) in [("name", "m.room.name", "name"), ("topic", "m.room.topic", "topic"), ("canonical_alias", "m.room.canonical_alias", "alias"), ("avatar_url", "m.room.avatar", "url")] {
-        if let Some(v) = s(kind, key).filter(Value::is_string) {
-            c[field] = v;
-        }
-    }
-    if let Some(t) = s("m.room.create", "type").filter(Value::is_string) {
-        c["room_type"] = t;
-    }
-    c
-}
-
 fn public_rooms(ctx: &Ctx, limit: Option<i64>, since: Option<&str>, term: Option<&str>) -> ApiResult<Value> {
     let offset: usize = match since {
         Some(t) => t.strip_prefix('p').and_then(|n| n.parse().ok()).ok_or_else(|| ApiError::invalid_param("bad `since` token"))?,
@@ -136,7 +114,7 @@ fn public_rooms(ctx: &Ctx, limit: Option<i64>, since: Option<&str>, term: Option
     let limit = limit.map(|l| l.clamp(1, 500) as usize);
     let term = term.map(str::to_lowercase);
     ctx.server.read(|s| {
-        let mut rooms: Vec<Value> = s.rooms.values().filter(|r| r.public).map(|r| chunk(s, &r.room_id)).collect();
+        let mut rooms: Vec<Value> = s.rooms.values().filter(|r| r.public).map(|r| s.room_overview(r)).collect();
         if let Some(t) = &term {
             rooms.retain(|c| {
                 ["name", "topic", "canonical_alias"]

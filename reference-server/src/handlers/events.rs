@@ -98,7 +98,7 @@ pub fn parse_token(t: &str) -> ApiResult<u64> {
 /// The caller may read this room's history at all: member now or before, or world-readable.
 fn check_can_read(state: &State, room: &Room, user: &str) -> ApiResult<()> {
     let member_ever = room.members.contains_key(user);
-    let world = room.visibility.last().is_some_and(|(_, v)| v == "world_readable");
+    let world = room.world_readable();
     if member_ever || world {
         Ok(())
     } else {
@@ -156,7 +156,7 @@ fn visible_state<'s>(state: &'s State, room: &'s Room, user: &str) -> ApiResult<
     let current = || room.state.values().filter_map(|p| state.events.get(p)).collect::<Vec<_>>();
     match room.membership(user) {
         Some("join") => Ok(current()),
-        _ if room.visibility.last().is_some_and(|(_, v)| v == "world_readable") => Ok(current()),
+        _ if room.world_readable() => Ok(current()),
         Some("leave" | "ban") => {
             let left_at = room.members.get(user).and_then(|l| l.last()).map_or(0, |(p, _)| *p);
             let mut at: std::collections::BTreeMap<(String, String), &Event> = std::collections::BTreeMap::new();
@@ -388,7 +388,7 @@ pub fn get_members_by_room(ctx: &Ctx, req: cs::rooms::get_members_by_room::Reque
     ctx.server.read(|state| {
         let room = state.room(req.room_id.as_str())?;
         let mine = room.membership(&me.user_id);
-        let world = room.visibility.last().is_some_and(|(_, v)| v == "world_readable");
+        let world = room.world_readable();
         // Former members see the list as it was when they left.
         let limit_pos = match mine {
             Some("join") => at.unwrap_or(u64::MAX),
@@ -426,7 +426,7 @@ pub fn get_joined_members_by_room(ctx: &Ctx, req: cs::rooms::get_joined_members_
     let me = ctx.me()?;
     ctx.server.read(|state| {
         let room = state.room(req.room_id.as_str())?;
-        let world = room.visibility.last().is_some_and(|(_, v)| v == "world_readable");
+        let world = room.world_readable();
         if room.membership(&me.user_id) != Some("join") && !world {
             return Err(ApiError::forbidden("you are not in this room"));
         }

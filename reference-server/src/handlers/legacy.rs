@@ -74,7 +74,7 @@ fn event_stream(ctx: &Ctx, from: Option<&str>, timeout: Option<i64>, only_room: 
         let rooms: Vec<&Room> = match only_room {
             Some(id) => {
                 let room = s.room(id)?;
-                let world = room.visibility.last().is_some_and(|(_, v)| v == "world_readable");
+                let world = room.world_readable();
                 if room.membership(&me.user_id) != Some("join") && !world {
                     return Err(ApiError::forbidden("you may not peek into this room"));
                 }

@@ -206,19 +206,8 @@ pub fn get_room_summary(ctx: &Ctx, req: cs::room_summary::get_room_summary::Requ
         if membership.is_none() && !peekable {
             return Err(ApiError::not_found("no such room, or you may not see it"));
         }
-        let mut v = json!({
-            "room_id": room_id,
-            "num_joined_members": room.joined().count(),
-            "guest_can_join": content("m.room.guest_access", "guest_access") == Some(json!("can_join")),
-            "world_readable": world,
-            "join_rule": join_rule,
-            "room_version": room.version,
-        });
-        for (field, kind, key) in [("name", "m.room.name", "name"), ("topic", "m.room.topic", "topic"), ("canonical_alias", "m.room.canonical_alias", "alias"), ("avatar_url", "m.room.avatar", "url"), ("room_type", "m.room.create", "type")] {
-            if let Some(x) = content(kind, key).filter(Value::is_string) {
-                v[field] = x;
-            }
-        }
+        let mut v = s.room_overview(room);
+        v["room_version"] = json!(room.version);
         if let Some(m) = membership {
             v["membership"] = json!(m);
         }

@@ -96,19 +96,7 @@ pub fn upgrade_room(ctx: &Ctx, req: cs::room_upgrades::upgrade_room::Request) ->
 
 /// A room's entry in the hierarchy: the public room fields, its type and its children.
 fn hierarchy_entry(state: &State, room: &Room) -> Value {
-    let content = |kind: &str, key: &str| state.state_content(&room.room_id, kind, "").and_then(|c| c.get(key)).cloned();
-    let mut v = json!({
-        "room_id": room.room_id,
-        "num_joined_members": room.joined().count(),
-        "world_readable": content("m.room.history_visibility", "history_visibility") == Some(json!("world_readable")),
-        "guest_can_join": content("m.room.guest_access", "guest_access") == Some(json!("can_join")),
-        "join_rule": content("m.room.join_rules", "join_rule").unwrap_or(json!("invite")),
-    });
-    for (field, kind, key) in [("name", "m.room.name", "name"), ("topic", "m.room.topic", "topic"), ("canonical_alias", "m.room.canonical_alias", "alias"), ("avatar_url", "m.room.avatar", "url"), ("room_type", "m.room.create", "type")] {
-        if let Some(x) = content(kind, key).filter(Value::is_string) {
-            v[field] = x;
-        }
-    }
+    let mut v = state.room_overview(room);
     v["children_state"] = json!(children(state, room)
         .into_iter()
         .filter_map(|(_, p)| state.events.get(&p))
@@ -219,7 +207,7 @@ pub fn room_initial_sync(ctx: &Ctx, req: cs::room_initial_sync::room_initial_syn
     ctx.server.read(|s| {
         let room = s.room(req.room_id.as_str())?;
         let membership = room.membership(&me.user_id);
-        let world = room.visibility.last().is_some_and(|(_, v)| v == "world_readable");
+        let world = room.world_readable();
         if membership.is_none() && !world {
             return Err(ApiError::forbidden("you are not in this room"));
         }
