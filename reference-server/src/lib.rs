@@ -69,6 +69,8 @@ pub struct Server {
     changes: watch::Sender<u64>,
     pub router: router::Router,
     pub config: Config,
+    /// This server, for work it schedules for later (typing timeouts).
+    me: std::sync::OnceLock<std::sync::Weak<Server>>,
 }
 
 impl Server {
@@ -83,12 +85,15 @@ impl Server {
         let mut state = State::new(&config.server_name);
         state.restore(store.load()?)?;
         let pos = state.pos;
-        Ok(Arc::new(Server {
+        let server = Arc::new(Server {
             inner: Mutex::new(Inner { state, store }),
             changes: watch::channel(pos).0,
             router: router::Router::new(mxconform_generated::client_server::ROUTES.iter()),
             config,
-        }))
+            me: std::sync::OnceLock::new(),
+        });
+        let _ = server.me.set(Arc::downgrade(&server));
+        Ok(server)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -129,6 +134,19 @@ impl Server {
     /// Media bytes by id.
     pub fn media(&self, id: &str) -> ApiResult<Option<(Option<String>, Option<String>, Vec<u8>)>> {
         self.lock().store.media(id)
+    }
+
+    /// Runs `f` on the state at `at` (on the current tokio runtime), committing what it changes.
+    pub fn later(&self, at: std::time::Instant, f: impl FnOnce(&mut State, &mut Batch) + Send + 'static) {
+        let Some(server) = self.me.get().and_then(std::sync::Weak::upgrade) else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        rt.spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let _ = server.write(|state, batch| {
+                f(state, batch);
+                Ok(())
+            });
+        });
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {

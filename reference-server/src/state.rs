@@ -212,7 +212,8 @@ pub struct State {
     pub filters: HashMap<(String, String), Value>,
     /// alias -> (room, creator).
     pub aliases: HashMap<String, (String, String)>,
-    /// room -> receipt type -> user -> receipt, and the position of the latest change.
+    /// room -> receipt type -> user (with `\0thread` for a threaded receipt) -> receipt, and
+    /// the position of the latest change: one receipt per user, type and thread.
     pub receipts: HashMap<String, (BTreeMap<String, BTreeMap<String, Receipt>>, u64)>,
     /// room -> (typing user -> expiry ms, position of the latest change).
     pub typing: HashMap<String, (BTreeMap<String, u64>, u64)>,
@@ -222,8 +223,10 @@ pub struct State {
     pub user_rooms: HashMap<String, BTreeSet<String>>,
     /// (user, device) -> signed device keys.
     pub device_keys: HashMap<(String, String), Value>,
-    /// (user, device) -> key id -> one-time key.
-    pub one_time_keys: HashMap<(String, String), BTreeMap<String, Value>>,
+    /// (user, device) -> key id -> (upload sequence, one-time key); claims take the oldest.
+    pub one_time_keys: HashMap<(String, String), BTreeMap<String, (u64, Value)>>,
+    /// Fallback keys handed out by a claim (kept, but no longer "unused"); memory only.
+    pub fallback_used: BTreeSet<(String, String, String)>,
     /// (user, device) -> key id -> fallback key.
     pub fallback_keys: HashMap<(String, String), BTreeMap<String, Value>>,
     /// user -> position of the latest change to their devices or keys.
@@ -238,6 +241,8 @@ pub struct State {
     pub cross_signing: HashMap<String, Value>,
     /// Media ids reserved by `createContent` and not yet uploaded: id -> (owner, expiry ms).
     pub pending_media: HashMap<String, (String, u64)>,
+    /// Media ids uploaded while this process runs (the database knows the older ones).
+    pub uploaded_media: BTreeSet<String>,
 }
 
 /// A server-side key backup version.
@@ -332,8 +337,10 @@ impl State {
                 }
                 "room" => rooms_meta.push((key.clone(), v)),
                 "forgotten" if parts.len() == 2 => forgotten.push((parts[0].to_string(), parts[1].to_string())),
-                "receipt" if parts.len() == 3 => {
-                    let (room, rtype, user) = (parts[0], parts[1], parts[2]);
+                "receipt" if parts.len() == 3 || parts.len() == 4 => {
+                    let (room, rtype) = (parts[0], parts[1]);
+                    // The inner key: the user, and the thread for a threaded receipt.
+                    let user = parts[2..].join("\u{0}");
                     let pos = v.get("pos").and_then(Value::as_u64).unwrap_or(0);
                     let r: Receipt = (
                         v.get("event_id").and_then(Value::as_str).unwrap_or("").to_string(),
@@ -341,7 +348,7 @@ impl State {
                         v.get("thread_id").and_then(Value::as_str).map(str::to_string),
                     );
                     let entry = self.receipts.entry(room.to_string()).or_default();
-                    entry.0.entry(rtype.to_string()).or_default().insert(user.to_string(), r);
+                    entry.0.entry(rtype.to_string()).or_default().insert(user, r);
                     entry.1 = entry.1.max(pos);
                 }
                 "device_keys" if parts.len() == 2 => {
@@ -357,7 +364,11 @@ impl State {
                     *e = (*e).max(v.as_u64().unwrap_or(0));
                 }
                 "otk" if parts.len() == 3 => {
-                    self.one_time_keys.entry((parts[0].into(), parts[1].into())).or_default().insert(parts[2].to_string(), v);
+                    let (seq, key) = match (v.get("seq").and_then(Value::as_u64), v.get("key")) {
+                        (Some(seq), Some(k)) => (seq, k.clone()),
+                        _ => (0, v),
+                    };
+                    self.one_time_keys.entry((parts[0].into(), parts[1].into())).or_default().insert(parts[2].to_string(), (seq, key));
                 }
                 "fallback" if parts.len() == 3 => {
                     self.fallback_keys.entry((parts[0].into(), parts[1].into())).or_default().insert(parts[2].to_string(), v);
@@ -733,15 +744,19 @@ pub fn creators_of(create: &Event) -> Vec<String> {
     c
 }
 
-/// The content left after a redaction (room versions 11 and later).
-pub fn redact_content(kind: &str, content: &Value, _version: &str) -> Value {
+/// The content left after a redaction, by the redaction algorithm of the room's version
+/// (the server supports versions 10 to 12).
+pub fn redact_content(kind: &str, content: &Value, version: &str) -> Value {
+    let v11 = version.parse::<u32>().map_or(true, |v| v >= 11);
     let keep: &[&str] = match kind {
-        "m.room.member" => &["membership", "join_authorised_via_users_server", "third_party_invite"],
-        "m.room.create" => return content.clone(),
+        "m.room.member" => &["membership", "join_authorised_via_users_server"],
+        "m.room.create" if v11 => return content.clone(),
+        "m.room.create" => &["creator"],
         "m.room.join_rules" => &["join_rule", "allow"],
-        "m.room.power_levels" => &["ban", "events", "events_default", "invite", "kick", "redact", "state_default", "users", "users_default"],
+        "m.room.power_levels" if v11 => &["ban", "events", "events_default", "invite", "kick", "redact", "state_default", "users", "users_default"],
+        "m.room.power_levels" => &["ban", "events", "events_default", "kick", "redact", "state_default", "users", "users_default"],
         "m.room.history_visibility" => &["history_visibility"],
-        "m.room.redaction" => &["redacts"],
+        "m.room.redaction" if v11 => &["redacts"],
         _ => &[],
     };
     let mut out = serde_json::Map::new();
@@ -751,6 +766,12 @@ pub fn redact_content(kind: &str, content: &Value, _version: &str) -> Value {
                 out.insert((*k).to_string(), v.clone());
             }
         }
+        // From version 11 a member event keeps `third_party_invite.signed`, and nothing else of it.
+        if v11 && kind == "m.room.member" {
+            if let Some(signed) = m.get("third_party_invite").and_then(|t| t.get("signed")) {
+                out.insert("third_party_invite".into(), json!({"signed": signed}));
+            }
+        }
     }
     Value::Object(out)
 }
@@ -758,6 +779,20 @@ pub fn redact_content(kind: &str, content: &Value, _version: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redaction_by_version() {
+        let pl = json!({"ban": 50, "invite": 30, "kick": 50, "notifications": {"room": 20}});
+        assert_eq!(redact_content("m.room.power_levels", &pl, "10"), json!({"ban": 50, "kick": 50}));
+        assert_eq!(redact_content("m.room.power_levels", &pl, "11"), json!({"ban": 50, "invite": 30, "kick": 50}));
+        let create = json!({"creator": "@a:b", "room_version": "10", "m.federate": true});
+        assert_eq!(redact_content("m.room.create", &create, "10"), json!({"creator": "@a:b"}));
+        assert_eq!(redact_content("m.room.create", &create, "11"), create);
+        let member = json!({"membership": "invite", "displayname": "x", "third_party_invite": {"display_name": "d", "signed": {"token": "t"}}});
+        assert_eq!(redact_content("m.room.member", &member, "11"), json!({"membership": "invite", "third_party_invite": {"signed": {"token": "t"}}}));
+        assert_eq!(redact_content("m.room.member", &member, "10"), json!({"membership": "invite"}));
+        assert_eq!(redact_content("m.room.message", &json!({"body": "x"}), "12"), json!({}));
+    }
 
     #[test]
     fn base64() {

@@ -106,7 +106,7 @@ pub fn set_room_visibility_on_directory(ctx: &Ctx, req: cs::list_public_rooms::s
     })
 }
 
-fn public_rooms(ctx: &Ctx, limit: Option<i64>, since: Option<&str>, term: Option<&str>) -> ApiResult<Value> {
+fn public_rooms(ctx: &Ctx, limit: Option<i64>, since: Option<&str>, term: Option<&str>, room_types: Option<Vec<Value>>) -> ApiResult<Value> {
     let offset: usize = match since {
         Some(t) => t.strip_prefix('p').and_then(|n| n.parse().ok()).ok_or_else(|| ApiError::invalid_param("bad `since` token"))?,
         None => 0,
@@ -115,6 +115,10 @@ fn public_rooms(ctx: &Ctx, limit: Option<i64>, since: Option<&str>, term: Option
     let term = term.map(str::to_lowercase);
     ctx.server.read(|s| {
         let mut rooms: Vec<Value> = s.rooms.values().filter(|r| r.public).map(|r| s.room_overview(r)).collect();
+        if let Some(types) = &room_types {
+            // `null` in the list stands for rooms without a type.
+            rooms.retain(|c| types.contains(c.get("room_type").unwrap_or(&Value::Null)));
+        }
         if let Some(t) = &term {
             rooms.retain(|c| {
                 ["name", "topic", "canonical_alias"]
@@ -140,11 +144,13 @@ fn public_rooms(ctx: &Ctx, limit: Option<i64>, since: Option<&str>, term: Option
 }
 
 pub fn get_public_rooms(ctx: &Ctx, req: cs::list_public_rooms::get_public_rooms::Request) -> ApiResult<Value> {
-    public_rooms(ctx, req.limit, req.since.as_deref(), None)
+    public_rooms(ctx, req.limit, req.since.as_deref(), None, None)
 }
 
 pub fn query_public_rooms(ctx: &Ctx, req: cs::list_public_rooms::query_public_rooms::Request) -> ApiResult<Value> {
     let b = req.body;
     let term = b.filter.as_ref().and_then(|f| f.generic_search_term.clone());
-    public_rooms(ctx, b.limit, b.since.as_deref(), term.as_deref())
+    let filter = serde_json::to_value(&b.filter).unwrap_or(Value::Null);
+    let room_types = filter.get("room_types").and_then(Value::as_array).cloned();
+    public_rooms(ctx, b.limit, b.since.as_deref(), term.as_deref(), room_types)
 }

@@ -61,22 +61,32 @@ impl EventFilter {
         }
     }
 
-    pub fn matches(&self, e: &Event) -> bool {
-        if self.not_types.iter().any(|p| glob(p, &e.kind)) {
+    /// Type and sender rules alone (for ephemeral events, account data and presence).
+    pub fn matches_parts(&self, kind: &str, sender: Option<&str>) -> bool {
+        if self.not_types.iter().any(|p| glob(p, kind)) {
             return false;
         }
         if let Some(t) = &self.types {
-            if !t.iter().any(|p| glob(p, &e.kind)) {
+            if !t.iter().any(|p| glob(p, kind)) {
                 return false;
             }
         }
-        if self.not_senders.contains(&e.sender) {
+        if let Some(sender) = sender {
+            if self.not_senders.iter().any(|s| s == sender) {
+                return false;
+            }
+            if let Some(s) = &self.senders {
+                if !s.iter().any(|x| x == sender) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    pub fn matches(&self, e: &Event) -> bool {
+        if !self.matches_parts(&e.kind, Some(&e.sender)) {
             return false;
-        }
-        if let Some(s) = &self.senders {
-            if !s.contains(&e.sender) {
-                return false;
-            }
         }
         if let Some(want) = self.contains_url {
             if e.content.get("url").is_some() != want {
@@ -190,10 +200,16 @@ pub fn get_room_state_with_key(ctx: &Ctx, req: cs::rooms::get_room_state_with_ke
     })
 }
 
+/// A room the caller asks about but the server does not know: the spec's 403 for these
+/// operations ("you aren't a member of the room").
+fn known_room<'s>(state: &'s State, room_id: &str) -> ApiResult<&'s Room> {
+    state.rooms.get(room_id).ok_or_else(|| ApiError::forbidden("you are not a member of that room"))
+}
+
 pub fn get_room_state(ctx: &Ctx, req: cs::rooms::get_room_state::Request) -> ApiResult<Value> {
     let me = ctx.me()?;
     ctx.server.read(|state| {
-        let room = state.room(req.room_id.as_str())?;
+        let room = known_room(state, req.room_id.as_str())?;
         let events = visible_state(state, room, &me.user_id)?;
         Ok(Value::Array(
             events
@@ -240,7 +256,12 @@ pub fn redact_event(ctx: &Ctx, req: cs::redaction::redact_event::Request) -> Api
             .filter(|e| e.room_id == room.room_id)
             .ok_or_else(|| ApiError::not_found("no such event in this room"))?;
         let own = target.sender == me.user_id;
-        if !own && !State::meets(state.power_level(room, &me.user_id), state.required_level(room, "redact", false)) {
+        let level = state.power_level(room, &me.user_id);
+        // Sending any redaction needs the m.room.redaction event level; others' events also `redact`.
+        if !State::meets(level, state.required_level(room, "m.room.redaction", false)) {
+            return Err(ApiError::forbidden("your power level is too low to send redactions"));
+        }
+        if !own && !State::meets(level, state.required_level(room, "redact", false)) {
             return Err(ApiError::forbidden("your power level is too low to redact others' events"));
         }
         let mut content = json!({"redacts": req.event_id.as_str()});
@@ -362,14 +383,20 @@ pub fn get_event_context(ctx: &Ctx, req: cs::event_context::get_event_context::R
         let end = after.last().copied().unwrap_or(pos);
         let mut all: Vec<&Event> = before.iter().chain(after.iter()).filter_map(|p| state.events.get(p)).collect();
         all.push(ev);
+        // The state at the last event returned.
+        let last = after.last().copied().unwrap_or(pos);
+        let mut at: std::collections::BTreeMap<(&str, &str), &Event> = std::collections::BTreeMap::new();
+        for p in room.timeline.iter().take_while(|p| **p <= last) {
+            if let Some(e) = state.events.get(p) {
+                if let Some(k) = &e.state_key {
+                    at.insert((e.kind.as_str(), k.as_str()), e);
+                }
+            }
+        }
         let st: Vec<Value> = if filter.lazy_load_members {
             lazy_members(state, room, &all, viewer)
         } else {
-            visible_state(state, room, &me.user_id)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|e| state.client_event(e, Some(viewer), true))
-                .collect()
+            at.into_values().map(|e| state.client_event(e, Some(viewer), true)).collect()
         };
         Ok(json!({
             "event": state.client_event(ev, Some(viewer), true),
@@ -386,7 +413,7 @@ pub fn get_members_by_room(ctx: &Ctx, req: cs::rooms::get_members_by_room::Reque
     let me = ctx.me()?;
     let at = req.at.as_deref().map(parse_token).transpose()?;
     ctx.server.read(|state| {
-        let room = state.room(req.room_id.as_str())?;
+        let room = known_room(state, req.room_id.as_str())?;
         let mine = room.membership(&me.user_id);
         let world = room.world_readable();
         // Former members see the list as it was when they left.

@@ -44,8 +44,10 @@ pub fn upload_keys(ctx: &Ctx, req: cs::keys::upload_keys::Request) -> ApiResult<
         }
         for (id, v) in b.one_time_keys.iter().flatten() {
             let v = serde_json::to_value(v).unwrap_or_default();
-            batch.put("otk", format!("{rec}\u{0}{id}"), &v);
-            state.one_time_keys.entry(key.clone()).or_default().insert(id.clone(), v);
+            // The stream position orders uploads, for claims in upload order.
+            let seq = state.next_pos(batch);
+            batch.put("otk", format!("{rec}\u{0}{id}"), &json!({"seq": seq, "key": v}));
+            state.one_time_keys.entry(key.clone()).or_default().insert(id.clone(), (seq, v));
         }
         if let Some(fallback) = &b.fallback_keys {
             // A new fallback key replaces the old one of its algorithm.
@@ -61,6 +63,7 @@ pub fn upload_keys(ctx: &Ctx, req: cs::keys::upload_keys::Request) -> ApiResult<
                     if let Some(m) = state.fallback_keys.get_mut(&key) {
                         m.remove(&o);
                     }
+                    state.fallback_used.remove(&(me.user_id.clone(), me.device_id.clone(), o));
                 }
                 let v = serde_json::to_value(v).unwrap_or_default();
                 batch.put("fallback", format!("{rec}\u{0}{id}"), &v);
@@ -128,21 +131,28 @@ pub fn claim_keys(ctx: &Ctx, req: cs::keys::claim_keys::Request) -> ApiResult<Va
                 let alg = alg.as_str().unwrap_or("");
                 let key = (user.clone(), device.clone());
                 let prefix = format!("{alg}:");
+                // The oldest upload first.
                 let otk = state
                     .one_time_keys
                     .get(&key)
-                    .and_then(|m| m.keys().find(|k| k.starts_with(&prefix)).cloned());
+                    .and_then(|m| m.iter().filter(|(k, _)| k.starts_with(&prefix)).min_by_key(|(_, (seq, _))| *seq).map(|(k, _)| k.clone()));
                 let claimed = match otk {
                     Some(id) => {
                         let v = state.one_time_keys.get_mut(&key).and_then(|m| m.remove(&id));
                         batch.delete("otk", format!("{user}\u{0}{device}\u{0}{id}"));
-                        v.map(|v| (id, v))
+                        v.map(|(_, v)| (id, v))
                     }
-                    // No one-time key left: the fallback key, which stays.
-                    None => state
-                        .fallback_keys
-                        .get(&key)
-                        .and_then(|m| m.iter().find(|(k, _)| k.starts_with(&prefix)).map(|(k, v)| (k.clone(), v.clone()))),
+                    // No one-time key left: the fallback key, which stays, now used.
+                    None => {
+                        let fb = state
+                            .fallback_keys
+                            .get(&key)
+                            .and_then(|m| m.iter().find(|(k, _)| k.starts_with(&prefix)).map(|(k, v)| (k.clone(), v.clone())));
+                        if let Some((id, _)) = &fb {
+                            state.fallback_used.insert((user.clone(), device.clone(), id.clone()));
+                        }
+                        fb
+                    }
                 };
                 if let Some((id, v)) = claimed {
                     per_user.insert(device.clone(), json!({ id: v }));

@@ -14,7 +14,8 @@ pub fn upload_content(ctx: &Ctx, req: cs::content_repo::upload_content::Request)
     let id = random_token(18);
     let content_type = ctx.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
     let bytes = ctx.raw_body.to_vec();
-    ctx.server.write(|_, batch| {
+    ctx.server.write(|state, batch| {
+        state.uploaded_media.insert(id.clone());
         batch.media.push((id.clone(), Some(content_type), req.filename.clone(), bytes, now_ms()));
         Ok(())
     })?;
@@ -25,7 +26,13 @@ fn download(ctx: &Ctx, server_name: &str, media_id: &str, file_name: Option<&str
     if server_name != ctx.server.config.server_name {
         return Err(ApiError::not_found("this server does not fetch remote media"));
     }
-    let (content_type, stored_name, bytes) = ctx.server.media(media_id)?.ok_or_else(|| ApiError::not_found("no such media"))?;
+    let Some((content_type, stored_name, bytes)) = ctx.server.media(media_id)? else {
+        // Created with /create but not uploaded yet.
+        if ctx.server.read(|s| s.pending_media.contains_key(media_id)) {
+            return Err(ApiError::not_yet_uploaded("that media has not been uploaded yet"));
+        }
+        return Err(ApiError::not_found("no such media"));
+    };
     let name = file_name.map(str::to_string).or(stored_name);
     let safe = |n: &str| n.chars().filter(|c| !c.is_control() && *c != '"').collect::<String>();
     let content_type = content_type.unwrap_or_else(|| "application/octet-stream".into());

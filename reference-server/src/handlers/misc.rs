@@ -231,11 +231,21 @@ pub fn search(ctx: &Ctx, req: cs::search::search::Request) -> ApiResult<Value> {
         .unwrap_or_else(|| vec!["content.body".into(), "content.name".into(), "content.topic".into()]);
     let before = req.next_batch.as_deref().map(parse_token).transpose()?.unwrap_or(u64::MAX);
     let limit = c.get("filter").and_then(|f| f.get("limit")).and_then(Value::as_u64).unwrap_or(10).clamp(1, 100) as usize;
+    let only_rooms: Option<Vec<String>> = c
+        .get("filter")
+        .and_then(|f| f.get("rooms"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect());
+    let group_by_room = c
+        .get("groupings")
+        .and_then(|g| g.get("group_by"))
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|g| g.get("key").and_then(Value::as_str) == Some("room_id")));
     ctx.server.read(|s| {
         let mut hits = Vec::new();
         for room_id in s.user_rooms.get(&me.user_id).into_iter().flatten() {
             let Some(room) = s.rooms.get(room_id) else { continue };
-            if room.membership(&me.user_id) != Some("join") {
+            if room.membership(&me.user_id) != Some("join") || only_rooms.as_ref().is_some_and(|r| !r.contains(room_id)) {
                 continue;
             }
             for p in room.timeline.iter().filter(|p| **p < before) {
@@ -260,6 +270,16 @@ pub fn search(ctx: &Ctx, req: cs::search::search::Request) -> ApiResult<Value> {
             .map(|e| json!({"rank": 1.0, "result": s.client_event(e, Some((&me.user_id, &me.device_id)), true)}))
             .collect();
         let mut room_events = json!({"results": results, "count": count, "highlights": words});
+        if group_by_room {
+            let mut groups = serde_json::Map::new();
+            for e in &hits {
+                let g = groups.entry(e.room_id.clone()).or_insert_with(|| json!({"results": [], "order": 0}));
+                if let Some(list) = g["results"].as_array_mut() {
+                    list.push(json!(e.event_id));
+                }
+            }
+            room_events["groups"] = json!({"room_id": groups});
+        }
         if more {
             if let Some(last) = hits.last() {
                 room_events["next_batch"] = json!(format!("t{}", last.pos));
@@ -290,18 +310,20 @@ pub fn upload_content_to_mxc(ctx: &Ctx, req: cs::content_repo::upload_content_to
     let bytes = ctx.raw_body.to_vec();
     ctx.server.write(|state, batch| {
         match state.pending_media.get(&req.media_id) {
-            None => {
+            None if state.uploaded_media.contains(&req.media_id) => {
                 return Err(ApiError {
                     status: 409,
                     errcode: "M_CANNOT_OVERWRITE_MEDIA",
-                    message: "that media id was not created or is already uploaded".into(),
+                    message: "that media id is already uploaded".into(),
                     extra: None,
                 })
             }
+            None => return Err(ApiError::not_found("no media id like that was created")),
             Some((owner, _)) if *owner != me.user_id => return Err(ApiError::forbidden("that media id was created by someone else")),
             Some(_) => {}
         }
         state.pending_media.remove(&req.media_id);
+        state.uploaded_media.insert(req.media_id.clone());
         batch.media.push((req.media_id.clone(), Some(content_type), req.filename.clone(), bytes, now_ms()));
         Ok(json!({}))
     })

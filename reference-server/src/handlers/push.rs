@@ -181,7 +181,7 @@ pub fn set_push_rule(ctx: &Ctx, req: cs::pushrules::set_push_rule::Request) -> A
             }
             list.iter()
                 .position(|r| r["rule_id"] == id.as_str())
-                .ok_or_else(|| ApiError::not_found(format!("no rule {id} to place this one by")))
+                .ok_or_else(|| ApiError::unknown_400(format!("before/after rule not found: {id}")))
         };
         // User rules of a kind go before the server-default rules of that kind.
         let first_default = list.iter().position(|r| r["default"] == true).unwrap_or(list.len());

@@ -62,6 +62,20 @@ fn check_power_levels_change(state: &State, room: &Room, sender: &str, content: 
     if !content.is_object() {
         return Err(ApiError::bad_json("m.room.power_levels content must be an object"));
     }
+    // From room version 10, every level must be an integer (not a string holding one).
+    for key in ["users_default", "events_default", "state_default", "ban", "redact", "kick", "invite"] {
+        if content.get(key).is_some_and(|v| !v.is_i64()) {
+            return Err(ApiError::bad_json(format!("power level `{key}` must be an integer")));
+        }
+    }
+    for map in ["events", "notifications", "users"] {
+        if let Some(m) = content.get(map) {
+            let ok = m.as_object().is_some_and(|o| o.values().all(Value::is_i64));
+            if !ok {
+                return Err(ApiError::bad_json(format!("the levels in `{map}` must be integers")));
+            }
+        }
+    }
     let Some(mine) = state.power_level(room, sender) else { return Ok(()) };
     let old = room
         .state_event("m.room.power_levels", "")

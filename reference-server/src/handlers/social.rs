@@ -73,9 +73,15 @@ pub fn search_user_directory(ctx: &Ctx, req: cs::users::search_user_directory::R
     let term = req.body.search_term.to_lowercase();
     let limit = req.body.limit.unwrap_or(10).clamp(1, 100) as usize;
     ctx.server.read(|s| {
-        // Users who share a room with the caller, or who are in a public room.
+        // Users who share a room with the caller, or who are in a room anyone may see: published,
+        // with a public join rule, or world-readable.
         let mut visible = s.room_peers(&me.user_id);
-        for r in s.rooms.values().filter(|r| r.public) {
+        let open = |r: &&crate::state::Room| {
+            r.public
+                || r.world_readable()
+                || s.state_content(&r.room_id, "m.room.join_rules", "").and_then(|c| c.get("join_rule")).and_then(Value::as_str) == Some("public")
+        };
+        for r in s.rooms.values().filter(open) {
             visible.extend(r.joined().cloned());
         }
         let mut hits: Vec<Value> = visible
@@ -136,6 +142,7 @@ fn relation(e: &Event) -> Option<(&str, &str)> {
 #[allow(clippy::too_many_arguments)]
 fn relating(
     ctx: &Ctx,
+    recurse: Option<bool>,
     room_id: &str,
     event_id: &str,
     rel_type: Option<&str>,
@@ -171,6 +178,10 @@ fn relating(
         };
         let page: Vec<&Event> = matches.iter().skip(start).take(limit).copied().collect();
         let mut out = json!({"chunk": page.iter().map(|e| s.client_event(e, Some((&me.user_id, &me.device_id)), true)).collect::<Vec<_>>()});
+        if recurse.is_some() {
+            // Only direct relations are followed.
+            out["recursion_depth"] = json!(1);
+        }
         if start + page.len() < matches.len() {
             if let Some(last) = page.last() {
                 out["next_batch"] = json!(format!("t{}", if forwards { last.pos } else { last.pos.saturating_sub(1) }));
@@ -182,12 +193,12 @@ fn relating(
 
 pub fn get_relating_events(ctx: &Ctx, req: cs::relations::get_relating_events::Request) -> ApiResult<Value> {
     let fwd = req.dir.as_ref().is_some_and(|d| d.as_str() == "f");
-    relating(ctx, req.room_id.as_str(), req.event_id.as_str(), None, None, req.from.as_deref(), req.limit, fwd)
+    relating(ctx, req.recurse, req.room_id.as_str(), req.event_id.as_str(), None, None, req.from.as_deref(), req.limit, fwd)
 }
 
 pub fn get_relating_events_with_rel_type(ctx: &Ctx, req: cs::relations::get_relating_events_with_rel_type::Request) -> ApiResult<Value> {
     let fwd = req.dir.as_ref().is_some_and(|d| d.as_str() == "f");
-    relating(ctx, req.room_id.as_str(), req.event_id.as_str(), Some(&req.rel_type), None, req.from.as_deref(), req.limit, fwd)
+    relating(ctx, req.recurse, req.room_id.as_str(), req.event_id.as_str(), Some(&req.rel_type), None, req.from.as_deref(), req.limit, fwd)
 }
 
 pub fn get_relating_events_with_rel_type_and_event_type(
@@ -195,7 +206,7 @@ pub fn get_relating_events_with_rel_type_and_event_type(
     req: cs::relations::get_relating_events_with_rel_type_and_event_type::Request,
 ) -> ApiResult<Value> {
     let fwd = req.dir.as_ref().is_some_and(|d| d.as_str() == "f");
-    relating(ctx, req.room_id.as_str(), req.event_id.as_str(), Some(&req.rel_type), Some(&req.event_type), req.from.as_deref(), req.limit, fwd)
+    relating(ctx, req.recurse, req.room_id.as_str(), req.event_id.as_str(), Some(&req.rel_type), Some(&req.event_type), req.from.as_deref(), req.limit, fwd)
 }
 
 pub fn get_thread_roots(ctx: &Ctx, req: cs::threads_list::get_thread_roots::Request) -> ApiResult<Value> {
@@ -204,7 +215,7 @@ pub fn get_thread_roots(ctx: &Ctx, req: cs::threads_list::get_thread_roots::Requ
     let participated_only = req.include.as_ref().is_some_and(|i| i.as_str() == "participated");
     let from = req.from.as_deref().map(parse_token).transpose()?;
     ctx.server.read(|s| {
-        let room = s.room(&req.room_id)?;
+        let room = s.rooms.get(&req.room_id).ok_or_else(|| ApiError::forbidden("no such room"))?;
         if !room.members.contains_key(&me.user_id) {
             return Err(ApiError::forbidden("you are not in this room"));
         }

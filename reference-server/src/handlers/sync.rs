@@ -18,28 +18,36 @@ use crate::state::{now_ms, Event, Room, State};
 #[derive(Debug, Default, Clone)]
 struct SyncFilter {
     timeline: EventFilter,
+    state: EventFilter,
     state_lazy: bool,
     rooms: Option<Vec<String>>,
     not_rooms: Vec<String>,
     include_leave: bool,
-    account_data_types: Option<Vec<String>>,
-    ephemeral_off: bool,
+    /// Global account data.
+    account_data: EventFilter,
+    room_account_data: EventFilter,
+    ephemeral: EventFilter,
+    presence: EventFilter,
 }
 
 impl SyncFilter {
     fn from_json(v: &Value) -> SyncFilter {
         let room = v.get("room").cloned().unwrap_or(json!({}));
         let list = |x: Option<&Value>| x.and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect::<Vec<_>>());
-        let timeline = room.get("timeline").map(EventFilter::from_json).unwrap_or_default();
-        let state = room.get("state").cloned().unwrap_or(json!({}));
+        let part = |x: Option<&Value>| x.map(EventFilter::from_json).unwrap_or_default();
+        let timeline = part(room.get("timeline"));
+        let state = part(room.get("state"));
         SyncFilter {
-            state_lazy: state.get("lazy_load_members").and_then(Value::as_bool).unwrap_or(false) || timeline.lazy_load_members,
+            state_lazy: state.lazy_load_members || timeline.lazy_load_members,
             timeline,
+            state,
             rooms: list(room.get("rooms")),
             not_rooms: list(room.get("not_rooms")).unwrap_or_default(),
             include_leave: room.get("include_leave").and_then(Value::as_bool).unwrap_or(false),
-            account_data_types: list(v.get("account_data").and_then(|a| a.get("types"))),
-            ephemeral_off: list(room.get("ephemeral").and_then(|e| e.get("types"))).is_some_and(|t| t.is_empty()),
+            account_data: part(v.get("account_data")),
+            room_account_data: part(room.get("account_data")),
+            ephemeral: part(room.get("ephemeral")),
+            presence: part(v.get("presence")),
         }
     }
 }
@@ -67,13 +75,13 @@ fn stripped_state(state: &State, room: &Room, own_member: Option<&Event>) -> Vec
     out
 }
 
-fn account_data_events(state: &State, user: &str, room: &str, since: u64, types: Option<&Vec<String>>) -> Vec<Value> {
+fn account_data_events(state: &State, user: &str, room: &str, since: u64, filter: &EventFilter) -> Vec<Value> {
     let mut list: Vec<(&String, &(Value, u64))> = state
         .account_data
         .iter()
         .filter(|((u, r, _), (_, p))| u == user && r == room && *p > since)
         .map(|((_, _, t), v)| (t, v))
-        .filter(|(t, _)| types.is_none_or(|ts| ts.iter().any(|x| x == *t)))
+        .filter(|(t, _)| filter.matches_parts(t, None))
         .collect();
     list.sort_by_key(|(_, (_, p))| *p);
     list.into_iter().map(|(t, (c, _))| json!({"type": t, "content": c})).collect()
@@ -85,7 +93,9 @@ fn room_section(state: &State, room: &Room, me: &Authed, since: Option<u64>, unt
     let viewer = (me.user_id.as_str(), me.device_id.as_str());
     let my_log = room.members.get(&me.user_id)?;
     let mpos = my_log.last().map_or(0, |(p, _)| *p);
-    let fresh = since.is_none_or(|s| mpos > s && joined) || full_state;
+    // A room new to the caller gets its whole state; `full_state` asks for that too, but the
+    // timeline still starts at `since`.
+    let fresh = since.is_none_or(|s| mpos > s && joined);
     let after = if fresh { 0 } else { since.unwrap_or(0) };
     let timeline_limit = filter.timeline.limit.unwrap_or(10).clamp(1, 500);
     // Timeline: the room's events after `after`, up to `until`, that the caller may see.
@@ -113,11 +123,12 @@ fn room_section(state: &State, room: &Room, me: &Authed, since: Option<u64>, unt
     let timeline_events: Vec<&Event> = positions.iter().filter_map(|p| state.events.get(p)).collect();
 
     // State: as at the start of the timeline (fresh), or what changed in the gap (limited).
-    let state_from = if fresh { 0 } else if limited { after } else { u64::MAX };
+    let whole = fresh || full_state;
+    let state_from = if whole { 0 } else if limited { after } else { u64::MAX };
     let mut st: BTreeMap<(String, String), &Event> = BTreeMap::new();
     if state_from != u64::MAX {
         for p in room.timeline.iter().take_while(|p| **p < first) {
-            if *p <= state_from && !fresh {
+            if *p <= state_from && !whole {
                 continue;
             }
             if let Some(e) = state.events.get(p) {
@@ -127,6 +138,7 @@ fn room_section(state: &State, room: &Room, me: &Authed, since: Option<u64>, unt
             }
         }
     }
+    st.retain(|_, e| filter.state.matches(e));
     if filter.state_lazy {
         let mut senders: Vec<&str> = timeline_events.iter().map(|e| e.sender.as_str()).collect();
         senders.push(&me.user_id);
@@ -135,20 +147,21 @@ fn room_section(state: &State, room: &Room, me: &Authed, since: Option<u64>, unt
     let state_events: Vec<Value> = st.values().map(|e| state.client_event(e, Some(viewer), false)).collect();
 
     let mut ephemeral = Vec::new();
-    if joined && !filter.ephemeral_off {
-        if let Some((typing, tpos)) = state.typing.get(&room.room_id) {
+    if joined {
+        if let Some((typing, tpos)) = state.typing.get(&room.room_id).filter(|_| filter.ephemeral.matches_parts("m.typing", None)) {
             let now = now_ms();
             let users: Vec<&String> = typing.iter().filter(|(_, exp)| **exp > now).map(|(u, _)| u).collect();
             if fresh || *tpos > after {
                 ephemeral.push(json!({"type": "m.typing", "content": {"user_ids": users}}));
             }
         }
-        if let Some((receipts, rpos)) = state.receipts.get(&room.room_id) {
+        if let Some((receipts, rpos)) = state.receipts.get(&room.room_id).filter(|_| filter.ephemeral.matches_parts("m.receipt", None)) {
             if fresh || *rpos > after {
                 let mut content: Map<String, Value> = Map::new();
                 for (rtype, by_user) in receipts {
-                    for (user, (event_id, ts, thread)) in by_user {
-                        if rtype == "m.read.private" && user != &me.user_id {
+                    for (who, (event_id, ts, thread)) in by_user {
+                        let user = who.split('\u{0}').next().unwrap_or(who);
+                        if rtype == "m.read.private" && user != me.user_id {
                             continue;
                         }
                         let mut r = json!({"ts": ts});
@@ -165,7 +178,7 @@ fn room_section(state: &State, room: &Room, me: &Authed, since: Option<u64>, unt
             }
         }
     }
-    let account_data = account_data_events(state, &me.user_id, &room.room_id, after, filter.account_data_types.as_ref());
+    let account_data = account_data_events(state, &me.user_id, &room.room_id, after, &filter.room_account_data);
     if !fresh && timeline_events.is_empty() && state_events.is_empty() && ephemeral.is_empty() && account_data.is_empty() {
         return None;
     }
@@ -183,7 +196,15 @@ fn room_section(state: &State, room: &Room, me: &Authed, since: Option<u64>, unt
         section["ephemeral"] = json!({"events": ephemeral});
         let joined_count = room.joined().count();
         let invited = room.members.values().filter(|l| l.last().is_some_and(|(_, m)| m == "invite")).count();
-        let heroes: Vec<&String> = room.joined().filter(|u| **u != me.user_id).take(5).collect();
+        // Heroes: the first five other members, joined or invited, in stream order.
+        let mut members: Vec<(u64, &String)> = room
+            .members
+            .iter()
+            .filter(|(u, l)| **u != me.user_id && l.last().is_some_and(|(_, m)| m == "join" || m == "invite"))
+            .map(|(u, l)| (l.first().map_or(0, |(p, _)| *p), u))
+            .collect();
+        members.sort();
+        let heroes: Vec<&String> = members.into_iter().take(5).map(|(_, u)| u).collect();
         section["summary"] = json!({"m.joined_member_count": joined_count, "m.invited_member_count": invited, "m.heroes": heroes});
         section["unread_notifications"] = json!({"notification_count": unread(state, room, &me.user_id), "highlight_count": 0});
     }
@@ -196,7 +217,14 @@ fn unread(state: &State, room: &Room, user: &str) -> usize {
     let receipt = state
         .receipts
         .get(&room.room_id)
-        .and_then(|(r, _)| ["m.read", "m.read.private"].iter().filter_map(|t| r.get(*t)?.get(user)).map(|(e, _, _)| state.event_ids.get(e).copied().unwrap_or(0)).max())
+        .and_then(|(r, _)| {
+            ["m.read", "m.read.private"]
+                .iter()
+                .filter_map(|t| r.get(*t))
+                .flat_map(|by| by.iter().filter(|(who, _)| who.split('\u{0}').next() == Some(user)))
+                .map(|(_, (e, _, _))| state.event_ids.get(e).copied().unwrap_or(0))
+                .max()
+        })
         .unwrap_or(0);
     let read = receipt.max(room.last_sent.get(user).copied().unwrap_or(0));
     room.notifiable.len() - room.notifiable.partition_point(|p| *p <= read)
@@ -238,13 +266,16 @@ fn build(state: &State, me: &Authed, since: Option<u64>, filter: &SyncFilter, fu
             _ => {}
         }
     }
-    let account_data = account_data_events(state, &me.user_id, "", s, filter.account_data_types.as_ref());
+    let account_data = account_data_events(state, &me.user_id, "", s, &filter.account_data);
     let to_device: Vec<Value> = state
         .to_device
         .get(&(me.user_id.clone(), me.device_id.clone()))
         .map(|q| q.iter().filter(|(p, _)| *p > s).map(|(_, m)| m.clone()).collect())
         .unwrap_or_default();
-    let presence = super::social::presence_events(state, &me.user_id, s);
+    let presence: Vec<Value> = super::social::presence_events(state, &me.user_id, s)
+        .into_iter()
+        .filter(|e| filter.presence.matches_parts("m.presence", e["sender"].as_str()))
+        .collect();
     // Users sharing a room whose devices or keys changed since the last sync.
     let changed: Vec<String> = if since.is_some() {
         state
@@ -265,7 +296,13 @@ fn build(state: &State, me: &Authed, since: Option<u64>, filter: &SyncFilter, fu
     let fallback_types: Vec<String> = state
         .fallback_keys
         .get(&key)
-        .map(|m| m.keys().filter_map(|k| k.split(':').next()).map(str::to_string).collect())
+        .map(|m| {
+            m.keys()
+                .filter(|k| !state.fallback_used.contains(&(key.0.clone(), key.1.clone(), (*k).clone())))
+                .filter_map(|k| k.split(':').next())
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
     let empty = join.is_empty()
         && invite.is_empty()

@@ -33,7 +33,10 @@ pub fn get_filter(ctx: &Ctx, req: cs::filter::get_filter::Request) -> ApiResult<
 /// Account data types the server manages itself.
 fn check_type(kind: &str) -> ApiResult<()> {
     if matches!(kind, "m.fully_read" | "m.push_rules") {
-        return Err(ApiError::bad_json(format!("{kind} is managed by the server and cannot be set this way")));
+        return Err(ApiError {
+            status: 405,
+            ..ApiError::bad_json(format!("{kind} is managed by the server and cannot be set this way"))
+        });
     }
     Ok(())
 }
@@ -50,10 +53,13 @@ pub fn set_account_data(ctx: &Ctx, req: cs::account_data::set_account_data::Requ
 pub fn get_account_data(ctx: &Ctx, req: cs::account_data::get_account_data::Request) -> ApiResult<Value> {
     require_self(ctx, &req.user_id)?;
     ctx.server.read(|s| {
-        s.account_data
-            .get(&(req.user_id.clone(), String::new(), req.type_.clone()))
-            .map(|(c, _)| c.clone())
-            .ok_or_else(|| ApiError::not_found("no account data of that type"))
+        let stored = s.account_data.get(&(req.user_id.clone(), String::new(), req.type_.clone())).map(|(c, _)| c.clone());
+        match stored {
+            Some(c) => Ok(c),
+            // Push rules are account data too, set or not.
+            None if req.type_ == "m.push_rules" => Ok(json!({"global": super::push::default_ruleset(&req.user_id)})),
+            None => Err(ApiError::not_found("no account data of that type")),
+        }
     })
 }
 
@@ -133,8 +139,24 @@ pub fn set_typing(ctx: &Ctx, req: cs::typing::set_typing::Request) -> ApiResult<
             entry.0.remove(&user);
         }
         entry.1 = pos;
-        Ok(json!({}))
-    })
+        Ok(())
+    })?;
+    if req.body.typing {
+        // When the timeout passes, the user stops typing and syncs hear of it.
+        let at = std::time::Instant::now() + std::time::Duration::from_millis(timeout);
+        ctx.server.later(at, move |state, batch| {
+            let now = now_ms();
+            let expired = state.typing.get(&room_id).is_some_and(|(t, _)| t.get(&user).is_some_and(|exp| *exp <= now));
+            if expired {
+                let pos = state.next_pos(batch);
+                if let Some(entry) = state.typing.get_mut(&room_id) {
+                    entry.0.remove(&user);
+                    entry.1 = pos;
+                }
+            }
+        });
+    }
+    Ok(json!({}))
 }
 
 /// Records a receipt (`m.read`, `m.read.private`) or the fully-read marker.
@@ -155,13 +177,18 @@ fn put_receipt(ctx: &Ctx, room_id: &str, rtype: &str, event_id: &str, thread: Op
         }
         let pos = state.next_pos(batch);
         let ts = now_ms();
+        // One receipt per user, type and thread (unthreaded is a thread of its own).
+        let who = match &thread {
+            Some(t) => format!("{}\u{0}{t}", me.user_id),
+            None => me.user_id.clone(),
+        };
         batch.put(
             "receipt",
-            format!("{room_id}\u{0}{rtype}\u{0}{}", me.user_id),
+            format!("{room_id}\u{0}{rtype}\u{0}{who}"),
             &json!({"event_id": event_id, "ts": ts, "thread_id": thread, "pos": pos}),
         );
         let entry = state.receipts.entry(room_id.to_string()).or_default();
-        entry.0.entry(rtype.to_string()).or_default().insert(me.user_id.clone(), (event_id.to_string(), ts, thread));
+        entry.0.entry(rtype.to_string()).or_default().insert(who, (event_id.to_string(), ts, thread));
         entry.1 = pos;
         Ok(())
     })
@@ -173,6 +200,9 @@ pub fn post_receipt(ctx: &Ctx, req: cs::receipts::post_receipt::Request) -> ApiR
         return Err(ApiError::invalid_param(format!("unknown receipt type {rtype}")));
     }
     let thread = req.body.thread_id.clone();
+    if thread.as_deref() == Some("") {
+        return Err(ApiError::invalid_param("thread_id must not be empty"));
+    }
     if rtype == "m.fully_read" && thread.is_some() {
         return Err(ApiError::invalid_param("m.fully_read takes no thread_id"));
     }
