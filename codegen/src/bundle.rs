@@ -65,11 +65,21 @@ fn to_text(v: &Value) -> String {
 /// fragment, `client-server.rooms:components.schemas.X`.
 pub fn def_key(loc: &Loc) -> String {
     let file = loc.file.strip_prefix("api/").unwrap_or(&loc.file);
-    let file = file.rsplit_once('.').map_or(file, |(a, _)| a).replace('/', ".");
+    let file = file
+        .rsplit_once('.')
+        .map_or(file, |(a, _)| a)
+        .replace('/', ".");
     if loc.pointer.is_empty() {
         file
     } else {
-        format!("{file}:{}", loc.pointer.trim_start_matches('/').replace('/', ".").replace("~1", "/").replace("~0", "~"))
+        format!(
+            "{file}:{}",
+            loc.pointer
+                .trim_start_matches('/')
+                .replace('/', ".")
+                .replace("~1", "/")
+                .replace("~0", "~")
+        )
     }
 }
 
@@ -110,7 +120,10 @@ impl<'s> Bundler<'s> {
         let key = def_key(&target);
         if let Some(existing) = self.keys.get(&key) {
             if existing != &target {
-                return Err(Error::schema(from, format!("two schemas share the bundle key `{key}`")));
+                return Err(Error::schema(
+                    from,
+                    format!("two schemas share the bundle key `{key}`"),
+                ));
             }
         }
         self.spec.get(&target, from)?;
@@ -123,15 +136,20 @@ impl<'s> Bundler<'s> {
 
     /// A schema with annotations dropped and `$ref`s pointing into `$defs`.
     fn structural(&mut self, node: &Value, loc: &Loc) -> Result<Value> {
-        let Some(obj) = node.as_object() else { return Ok(node.clone()) };
+        let Some(obj) = node.as_object() else {
+            return Ok(node.clone());
+        };
         let mut out = Map::new();
         for (k, v) in obj {
             let kl = loc.join(k);
             match k.as_str() {
-                "description" | "example" | "examples" | "title" | "$schema" | "deprecated" | "nullable" => {}
+                "description" | "example" | "examples" | "title" | "$schema" | "deprecated"
+                | "nullable" => {}
                 k if k.starts_with("x-") => {}
                 "$ref" => {
-                    let r = v.as_str().ok_or_else(|| Error::schema(&kl, "`$ref` must be a string"))?;
+                    let r = v
+                        .as_str()
+                        .ok_or_else(|| Error::schema(&kl, "`$ref` must be a string"))?;
                     if let Value::Object(m) = self.reference(Loc::parse_ref(r), loc)? {
                         out.extend(m);
                     }
@@ -146,7 +164,14 @@ impl<'s> Bundler<'s> {
                     }
                     out.insert(k.to_string(), Value::Object(props));
                 }
-                "items" | "additionalProperties" | "not" | "contains" | "propertyNames" | "if" | "then" | "else" => {
+                "items"
+                | "additionalProperties"
+                | "not"
+                | "contains"
+                | "propertyNames"
+                | "if"
+                | "then"
+                | "else" => {
                     out.insert(k.to_string(), self.structural(v, &kl)?);
                 }
                 "allOf" | "oneOf" | "anyOf" | "prefixItems" => {

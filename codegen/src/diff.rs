@@ -66,10 +66,21 @@ fn side(entries: Vec<Entry>) -> Side {
     };
     for e in entries {
         match e {
-            Entry::Operation { key, method, path, auth, flags } => {
+            Entry::Operation {
+                key,
+                method,
+                path,
+                auth,
+                flags,
+            } => {
                 s.ops.insert(key, (method, path, auth, flags));
             }
-            Entry::Field { op_key, path, ty, required } => {
+            Entry::Field {
+                op_key,
+                path,
+                ty,
+                required,
+            } => {
                 s.fields.insert((op_key, path), (ty, required));
             }
         }
@@ -120,7 +131,11 @@ pub fn diff(from_label: &str, from: &str, to_label: &str, to: &str) -> ApiDiff {
                 out.operations.push(OperationChange {
                     operation: key.clone(),
                     change: Change::Changed,
-                    impact: if breaking { Impact::Breaking } else { Impact::Additive },
+                    impact: if breaking {
+                        Impact::Breaking
+                    } else {
+                        Impact::Additive
+                    },
                     route: format!("{} {}", new.0, new.1),
                     detail: details.join("; "),
                 });
@@ -143,7 +158,11 @@ pub fn diff(from_label: &str, from: &str, to_label: &str, to: &str) -> ApiDiff {
         let (change, impact) = match (a.fields.get(fk), b.fields.get(fk)) {
             (None, Some((_, required))) => (
                 Change::Added,
-                if is_request && *required && parent_exists(&a, fk) { Impact::Breaking } else { Impact::Additive },
+                if is_request && *required && parent_exists(&a, fk) {
+                    Impact::Breaking
+                } else {
+                    Impact::Additive
+                },
             ),
             (Some(_), None) => (Change::Removed, Impact::Breaking),
             (Some((t1, r1)), Some((t2, r2))) if (t1, r1) != (t2, r2) => {
@@ -157,11 +176,20 @@ pub fn diff(from_label: &str, from: &str, to_label: &str, to: &str) -> ApiDiff {
                     // A response field that became optional breaks readers.
                     *r1 && !*r2
                 };
-                (Change::Changed, if breaking { Impact::Breaking } else { Impact::Additive })
+                (
+                    Change::Changed,
+                    if breaking {
+                        Impact::Breaking
+                    } else {
+                        Impact::Additive
+                    },
+                )
             }
             _ => continue,
         };
-        let render = |v: Option<&(String, bool)>| v.map(|(t, r)| format!("{t}{}", if *r { "" } else { " (optional)" }));
+        let render = |v: Option<&(String, bool)>| {
+            v.map(|(t, r)| format!("{t}{}", if *r { "" } else { " (optional)" }))
+        };
         out.fields.push(FieldChange {
             operation: fk.0.clone(),
             field: fk.1.clone(),
@@ -179,7 +207,8 @@ fn parent_exists(side: &Side, key: &(String, String)) -> bool {
     match key.1.rsplit_once('.') {
         Some((parent, _)) if parent.contains('.') => {
             let parent = parent.trim_end_matches("[]").trim_end_matches("{}");
-            side.fields.contains_key(&(key.0.clone(), parent.to_string()))
+            side.fields
+                .contains_key(&(key.0.clone(), parent.to_string()))
         }
         _ => true,
     }
@@ -221,8 +250,16 @@ fn enum_widened(old: &str, new: &str) -> bool {
 
 impl ApiDiff {
     pub fn breaking(&self) -> usize {
-        self.operations.iter().chain(&self.events).filter(|o| o.impact == Impact::Breaking).count()
-            + self.fields.iter().filter(|f| f.impact == Impact::Breaking).count()
+        self.operations
+            .iter()
+            .chain(&self.events)
+            .filter(|o| o.impact == Impact::Breaking)
+            .count()
+            + self
+                .fields
+                .iter()
+                .filter(|f| f.impact == Impact::Breaking)
+                .count()
     }
 
     pub fn to_markdown(&self) -> String {
@@ -251,16 +288,28 @@ impl ApiDiff {
             s.push('\n');
         }
         if !self.events.is_empty() {
-            let _ = writeln!(s, "## Event schemas\n\n| change | impact | event |\n|---|---|---|");
+            let _ = writeln!(
+                s,
+                "## Event schemas\n\n| change | impact | event |\n|---|---|---|"
+            );
             for o in &self.events {
-                let _ = writeln!(s, "| {:?} | {:?} | `{}` |", o.change, o.impact, o.operation.trim_start_matches("event "));
+                let _ = writeln!(
+                    s,
+                    "| {:?} | {:?} | `{}` |",
+                    o.change,
+                    o.impact,
+                    o.operation.trim_start_matches("event ")
+                );
             }
             s.push('\n');
         }
         if !self.fields.is_empty() {
             let _ = writeln!(s, "## Fields\n\n| change | impact | operation | field | from | to |\n|---|---|---|---|---|---|");
             for f in &self.fields {
-                let cell = |v: &Option<String>| v.as_deref().map_or("-".to_string(), |t| format!("`{}`", t.replace('|', "\\|")));
+                let cell = |v: &Option<String>| {
+                    v.as_deref()
+                        .map_or("-".to_string(), |t| format!("`{}`", t.replace('|', "\\|")))
+                };
                 let _ = writeln!(
                     s,
                     "| {:?} | {:?} | `{}` | `{}` | {} | {} |",

@@ -51,7 +51,10 @@ pub fn digest(model: &Model) -> String {
         if op.deprecated {
             flags.push("deprecated".to_string());
         }
-        flags.push(format!("added-in={}", op.added_in.as_deref().unwrap_or("-")));
+        flags.push(format!(
+            "added-in={}",
+            op.added_in.as_deref().unwrap_or("-")
+        ));
         let _ = writeln!(
             out,
             "op {key} | {} {} | auth={} | {}",
@@ -60,14 +63,24 @@ pub fn digest(model: &Model) -> String {
             op.auth.as_str(),
             flags.join(" ")
         );
-        let mut w = Walker { model, out: &mut out, key: &key };
+        let mut w = Walker {
+            model,
+            out: &mut out,
+            key: &key,
+        };
         for p in &op.params {
             let place = match p.location {
                 ParamLocation::Path => "path",
                 ParamLocation::Query => "query",
                 ParamLocation::Header => "header",
             };
-            w.field(&format!("{place}.{}", p.name), &p.ty, p.required, &mut Vec::new(), 0);
+            w.field(
+                &format!("{place}.{}", p.name),
+                &p.ty,
+                p.required,
+                &mut Vec::new(),
+                0,
+            );
         }
         if let Some(body) = &op.request {
             w.body("request", body);
@@ -83,7 +96,11 @@ pub fn digest(model: &Model) -> String {
     for ev in events {
         let key = format!("event {}", ev.name);
         let _ = writeln!(out, "op {key} | - - | auth=- | -");
-        let mut w = Walker { model, out: &mut out, key: &key };
+        let mut w = Walker {
+            model,
+            out: &mut out,
+            key: &key,
+        };
         w.expand("", &ev.ty, &mut Vec::new(), 0);
     }
     out
@@ -102,7 +119,12 @@ impl Walker<'_> {
                 self.field(&format!("{prefix}.body"), ty, *required, &mut Vec::new(), 0);
             }
             Body::Binary { content_types } => {
-                let _ = writeln!(self.out, "  {} {prefix}.body: bytes({})", self.key, content_types.join(","));
+                let _ = writeln!(
+                    self.out,
+                    "  {} {prefix}.body: bytes({})",
+                    self.key,
+                    content_types.join(",")
+                );
             }
         }
     }
@@ -120,7 +142,13 @@ impl Walker<'_> {
 
     /// Lines for the fields inside a type.
     fn expand(&mut self, path: &str, ty: &Ty, stack: &mut Vec<usize>, depth: usize) {
-        let join = |a: &str, b: &str| if a.is_empty() { b.to_string() } else { format!("{a}.{b}") };
+        let join = |a: &str, b: &str| {
+            if a.is_empty() {
+                b.to_string()
+            } else {
+                format!("{a}.{b}")
+            }
+        };
         match ty {
             Ty::Nullable(inner) => self.expand(path, inner, stack, depth),
             Ty::Vec(inner) => self.expand(&format!("{path}[]"), inner, stack, depth),
@@ -133,13 +161,24 @@ impl Walker<'_> {
                 match &self.model.types[*i].kind {
                     Kind::Struct { fields, rest } => {
                         for f in fields {
-                            let t = if f.nullable { Ty::Nullable(Box::new(f.ty.clone())) } else { f.ty.clone() };
+                            let t = if f.nullable {
+                                Ty::Nullable(Box::new(f.ty.clone()))
+                            } else {
+                                f.ty.clone()
+                            };
                             self.field(&join(path, &f.wire), &t, f.required, stack, depth + 1);
                         }
                         match rest {
-                            Rest::Typed(t) => self.field(&join(path, "*"), t, false, stack, depth + 1),
+                            Rest::Typed(t) => {
+                                self.field(&join(path, "*"), t, false, stack, depth + 1)
+                            }
                             Rest::Closed => {
-                                let _ = writeln!(self.out, "  {} {}: closed", self.key, join(path, "*"));
+                                let _ = writeln!(
+                                    self.out,
+                                    "  {} {}: closed",
+                                    self.key,
+                                    join(path, "*")
+                                );
                             }
                             Rest::Keep => {}
                         }
@@ -180,7 +219,11 @@ pub fn type_text(model: &Model, ty: &Ty) -> String {
             }
             Kind::Untagged { variants } => format!(
                 "oneOf({})",
-                variants.iter().map(|(_, t)| type_text(model, t)).collect::<Vec<_>>().join(", ")
+                variants
+                    .iter()
+                    .map(|(_, t)| type_text(model, t))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Kind::Pending => "?".into(),
         },
@@ -206,8 +249,12 @@ pub fn parse(text: &str) -> Vec<Entry> {
         } else if let Some(rest) = line.strip_prefix("  ") {
             // `<group> <opId> <path>: <type>` or `event <name> <path>: <type>`
             let mut it = rest.splitn(3, ' ');
-            let (Some(a), Some(b), Some(tail)) = (it.next(), it.next(), it.next()) else { continue };
-            let Some((path, ty)) = tail.split_once(": ") else { continue };
+            let (Some(a), Some(b), Some(tail)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
+            let Some((path, ty)) = tail.split_once(": ") else {
+                continue;
+            };
             let (path, required) = match path.strip_suffix('?') {
                 Some(p) => (p, false),
                 None => (path, true),

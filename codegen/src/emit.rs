@@ -7,7 +7,8 @@ use proc_macro2::{Ident, Literal, TokenStream};
 use quote::{format_ident, quote};
 
 use crate::model::{
-    AuthRequirement, AuthScheme, Body, Field, Group, Kind, ModPath, Model, Operation, ParamLocation, Rest, Ty,
+    AuthRequirement, AuthScheme, Body, Field, Group, Kind, ModPath, Model, Operation,
+    ParamLocation, Rest, Ty,
 };
 
 /// Generated files: path under `generated/` -> contents.
@@ -78,7 +79,11 @@ pub fn emit(model: &Model) -> crate::Result<Files> {
         let types = by_file.get(fm).cloned().unwrap_or_default();
         let ops = ops_by_file.get(fm).cloned().unwrap_or_default();
         let tokens = e.file_tokens(fm, &types, &ops);
-        let origin = model.file_modules.get(fm).map(String::as_str).unwrap_or("?");
+        let origin = model
+            .file_modules
+            .get(fm)
+            .map(String::as_str)
+            .unwrap_or("?");
         let text = format!(
             "{head}//! Types of `data/{origin}`.\n\n{}",
             pretty(tokens, &format!("{fm:?}"))?
@@ -116,7 +121,11 @@ fn ident(s: &str) -> Ident {
 /// Doc attributes, one per line, so that they print as `///` comments.
 fn doc(text: &str) -> TokenStream {
     let lines = text.lines().map(|l| {
-        let lit = Literal::string(&if l.is_empty() { String::new() } else { format!(" {l}") });
+        let lit = Literal::string(&if l.is_empty() {
+            String::new()
+        } else {
+            format!(" {l}")
+        });
         quote!(#[doc = #lit])
     });
     quote!(#(#lines)*)
@@ -181,7 +190,11 @@ pub fn operation_refs(op: &Operation) -> Vec<usize> {
     for p in &op.params {
         all_targets(&p.ty, &mut out);
     }
-    for body in op.request.iter().chain(op.responses.iter().filter_map(|r| r.body.as_ref())) {
+    for body in op
+        .request
+        .iter()
+        .chain(op.responses.iter().filter_map(|r| r.body.as_ref()))
+    {
         if let Body::Json { ty, .. } = body {
             all_targets(ty, &mut out);
         }
@@ -192,7 +205,12 @@ pub fn operation_refs(op: &Operation) -> Vec<usize> {
 impl<'m> Emitter<'m> {
     fn find_recursion(&mut self) {
         let n = self.model.types.len();
-        let edges: Vec<Vec<usize>> = self.model.types.iter().map(|t| type_refs(&t.kind, true)).collect();
+        let edges: Vec<Vec<usize>> = self
+            .model
+            .types
+            .iter()
+            .map(|t| type_refs(&t.kind, true))
+            .collect();
         // reach[i]: types reachable from i through direct containment.
         let reaches = |from: usize, to: usize| {
             let mut seen = vec![false; n];
@@ -333,23 +351,33 @@ impl<'m> Emitter<'m> {
     fn type_tokens(&self, i: usize) -> TokenStream {
         let td = &self.model.types[i];
         let name = ident(&td.name);
-        let origin = doc(&format!("Schema: `data/{}`{}.", td.origin.file, if td.origin.pointer.is_empty() {
-            String::new()
-        } else {
-            format!(" at `{}`", td.origin.pointer)
-        }));
+        let origin = doc(&format!(
+            "Schema: `data/{}`{}.",
+            td.origin.file,
+            if td.origin.pointer.is_empty() {
+                String::new()
+            } else {
+                format!(" at `{}`", td.origin.pointer)
+            }
+        ));
         match &td.kind {
             Kind::Struct { fields, rest } => {
                 let (decls, entries): (Vec<_>, Vec<_>) = fields
                     .iter()
                     .enumerate()
-                    .map(|(fi, f)| self.field_tokens(f, self.boxed.contains(&(i, fi)), &td.module, None))
+                    .map(|(fi, f)| {
+                        self.field_tokens(f, self.boxed.contains(&(i, fi)), &td.module, None)
+                    })
                     .unzip();
                 let taken: BTreeSet<&str> = fields.iter().map(|f| f.rust.as_str()).collect();
                 let rest = match rest {
                     Rest::Closed => None,
                     Rest::Keep => {
-                        let extra = ident(if taken.contains("extra") { "extra_fields" } else { "extra" });
+                        let extra = ident(if taken.contains("extra") {
+                            "extra_fields"
+                        } else {
+                            "extra"
+                        });
                         Some((
                             extra.clone(),
                             quote! {
@@ -359,7 +387,11 @@ impl<'m> Emitter<'m> {
                         ))
                     }
                     Rest::Typed(t) => {
-                        let extra = ident(if taken.contains("additional") { "additional_fields" } else { "additional" });
+                        let extra = ident(if taken.contains("additional") {
+                            "additional_fields"
+                        } else {
+                            "additional"
+                        });
                         let t = self.ty_tokens(t, &td.module);
                         Some((
                             extra.clone(),
@@ -414,7 +446,13 @@ impl<'m> Emitter<'m> {
 
     /// A struct field and its entry in the `json_object!` list; `param` names the parameter
     /// location for request fields.
-    fn field_tokens(&self, f: &Field, boxed: bool, module: &[String], param: Option<&str>) -> (TokenStream, TokenStream) {
+    fn field_tokens(
+        &self,
+        f: &Field,
+        boxed: bool,
+        module: &[String],
+        param: Option<&str>,
+    ) -> (TokenStream, TokenStream) {
         let name = ident(&f.rust);
         let mut t = self.ty_tokens(&f.ty, module);
         if boxed {
@@ -441,7 +479,11 @@ impl<'m> Emitter<'m> {
         if f.deprecated {
             notes.push("Deprecated.".into());
         }
-        let docs = if notes.is_empty() { quote!() } else { doc(&notes.join(" ")) };
+        let docs = if notes.is_empty() {
+            quote!()
+        } else {
+            doc(&notes.join(" "))
+        };
         let (kind, t) = match (f.required, f.nullable) {
             (true, false) => ("req", t),
             (true, true) => ("req_null", quote!(Option<#t>)),
@@ -485,14 +527,19 @@ impl<'m> Emitter<'m> {
                 format: None,
                 fixed: None,
             };
-            let place = if p.location == ParamLocation::Path { "Path" } else { "Query" };
+            let place = if p.location == ParamLocation::Path {
+                "Path"
+            } else {
+                "Query"
+            };
             let (decl, entry) = self.field_tokens(&f, false, &op.module, Some(place));
             fields.push(decl);
             entries.push(entry);
         }
         let mut items = Vec::new();
         if let Some(Body::Json { ty, required, .. }) = &op.request {
-            if !matches!(ty, Ty::Named(i) if self.model.types[*i].module == op.module && self.model.types[*i].name == "RequestBody") {
+            if !matches!(ty, Ty::Named(i) if self.model.types[*i].module == op.module && self.model.types[*i].name == "RequestBody")
+            {
                 let t = self.ty_tokens(ty, &op.module);
                 items.push(quote!(pub type RequestBody = #t;));
             }
@@ -504,7 +551,10 @@ impl<'m> Emitter<'m> {
                 entries.push(quote!(body opt "body"));
             }
         }
-        let all_optional = op.params.iter().all(|p| !p.required || p.location == ParamLocation::Header)
+        let all_optional = op
+            .params
+            .iter()
+            .all(|p| !p.required || p.location == ParamLocation::Header)
             && !matches!(&op.request, Some(Body::Json { required: true, .. }));
         items.push(object_tokens(
             doc("Path and query parameters and the JSON body (under `body`), by their wire names."),
@@ -614,7 +664,10 @@ impl<'m> Emitter<'m> {
             leaf: Option<ModPath>,
         }
         let mut root = Node::default();
-        for fm in all.iter().filter(|m| m.first().map(String::as_str) == Some(top)) {
+        for fm in all
+            .iter()
+            .filter(|m| m.first().map(String::as_str) == Some(top))
+        {
             let mut n = &mut root;
             for seg in &fm[1..] {
                 n = n.children.entry(seg.clone()).or_default();
@@ -622,7 +675,12 @@ impl<'m> Emitter<'m> {
             n.leaf = Some(fm.clone());
         }
         fn gates_of(e: &Emitter, n: &Node) -> BTreeSet<&'static str> {
-            let mut g = n.leaf.as_ref().and_then(|m| e.gates.get(m)).cloned().unwrap_or_default();
+            let mut g = n
+                .leaf
+                .as_ref()
+                .and_then(|m| e.gates.get(m))
+                .cloned()
+                .unwrap_or_default();
             for c in n.children.values() {
                 g.extend(gates_of(e, c));
             }
@@ -643,17 +701,25 @@ impl<'m> Emitter<'m> {
             out
         }
         let mut tokens = decls(self, &root);
-        let mut doc_line = format!("//! Modules of `data/{}`.\n\n", match top {
-            "events" => "event-schemas/schema".to_string(),
-            "schemas" => "schemas".to_string(),
-            other => format!("api/{}", other.replace('_', "-")),
-        });
+        let mut doc_line = format!(
+            "//! Modules of `data/{}`.\n\n",
+            match top {
+                "events" => "event-schemas/schema".to_string(),
+                "schemas" => "schemas".to_string(),
+                other => format!("api/{}", other.replace('_', "-")),
+            }
+        );
         if let Some(group) = Group::ALL.into_iter().find(|g| g.module() == top) {
             let feature = group.dir();
-            let entries = self.model.operations.iter().filter(|o| o.group == group).map(|o| {
-                let segs = o.module[1..].iter().map(|s| ident(s));
-                quote!(#(#segs::)* ROUTE,)
-            });
+            let entries = self
+                .model
+                .operations
+                .iter()
+                .filter(|o| o.group == group)
+                .map(|o| {
+                    let segs = o.module[1..].iter().map(|s| ident(s));
+                    quote!(#(#segs::)* ROUTE,)
+                });
             let bundle = format!("../../json-schema/{}.json", group.dir());
             tokens.extend(quote! {
                 #[doc = " Every operation of this group, in spec order."]
@@ -664,7 +730,10 @@ impl<'m> Emitter<'m> {
                 #[cfg(feature = #feature)]
                 pub const SCHEMA_BUNDLE: &str = include_str!(#bundle);
             });
-            doc_line = format!("//! The {} API: modules of `data/api/{}`, and its route table.\n\n", feature, feature);
+            doc_line = format!(
+                "//! The {} API: modules of `data/api/{}`, and its route table.\n\n",
+                feature, feature
+            );
         }
         Ok(format!("{doc_line}{}", pretty(tokens, top)?))
     }

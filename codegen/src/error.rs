@@ -31,7 +31,11 @@ pub enum Error {
     },
 
     #[error("{at}: dangling $ref `{target}`: {why}")]
-    DanglingRef { at: Loc, target: String, why: String },
+    DanglingRef {
+        at: Loc,
+        target: String,
+        why: String,
+    },
 
     #[error("{at}: {what}")]
     Schema { at: Loc, what: String },

@@ -39,12 +39,18 @@ pub fn targets(model: &Model) -> BTreeMap<String, TokenStream> {
         let segs: Vec<_> = op.module.iter().map(|s| format_ident!("{}", s)).collect();
         let base = format!("{}/{}", op.group.dir(), op.operation_id);
         if let Some(Body::Json { .. }) = &op.request {
-            out.insert(format!("{base}/request"), quote!(mxconform_generated:: #(#segs::)* RequestBody));
+            out.insert(
+                format!("{base}/request"),
+                quote!(mxconform_generated:: #(#segs::)* RequestBody),
+            );
         }
         for r in &op.responses {
             if let Some(Body::Json { .. }) = &r.body {
                 let name = format_ident!("{}", op.response_type_name(&r.status));
-                out.insert(format!("{base}/response/{}", r.status), quote!(mxconform_generated:: #(#segs::)* #name));
+                out.insert(
+                    format!("{base}/response/{}", r.status),
+                    quote!(mxconform_generated:: #(#segs::)* #name),
+                );
             }
         }
     }
@@ -53,7 +59,10 @@ pub fn targets(model: &Model) -> BTreeMap<String, TokenStream> {
             let t = &model.types[i];
             let segs: Vec<_> = t.module.iter().map(|s| format_ident!("{}", s)).collect();
             let name = format_ident!("{}", t.name);
-            out.insert(format!("event/{}", ev.name), quote!(mxconform_generated:: #(#segs::)* #name));
+            out.insert(
+                format!("event/{}", ev.name),
+                quote!(mxconform_generated:: #(#segs::)* #name),
+            );
         }
     }
     out
@@ -62,9 +71,9 @@ pub fn targets(model: &Model) -> BTreeMap<String, TokenStream> {
 /// The generated test support file: a function from target key to a round trip through
 /// the generated type.
 pub fn dispatch_file(model: &Model) -> Result<String> {
-    let arms = targets(model).into_iter().map(|(key, path)| {
-        quote!(#key => roundtrip_as::<#path>(value),)
-    });
+    let arms = targets(model)
+        .into_iter()
+        .map(|(key, path)| quote!(#key => roundtrip_as::<#path>(value),));
     let tokens = quote! {
         /// Deserialises `value` as the generated type for `target` and serialises it back;
         /// `None` when no type has that target key.
@@ -96,19 +105,30 @@ pub fn collect(spec: &Spec, model: &Model) -> Result<Vec<Example>> {
     let mut out = Vec::new();
     for op in &model.operations {
         let base = format!("{}/{}", op.group.dir(), op.operation_id);
-        let op_loc = Loc::new(&op.file, "/paths").join(&op.path_key).join(&op.method);
+        let op_loc = Loc::new(&op.file, "/paths")
+            .join(&op.path_key)
+            .join(&op.method);
         if op.request.is_some() {
-            let target = matches!(op.request, Some(Body::Json { .. })).then(|| format!("{base}/request"));
+            let target =
+                matches!(op.request, Some(Body::Json { .. })).then(|| format!("{base}/request"));
             body_examples(spec, &op_loc.join("requestBody"), target, &mut out)?;
         }
         for r in &op.responses {
-            let target = matches!(r.body, Some(Body::Json { .. })).then(|| format!("{base}/response/{}", r.status));
-            body_examples(spec, &op_loc.join("responses").join(&r.status), target, &mut out)?;
+            let target = matches!(r.body, Some(Body::Json { .. }))
+                .then(|| format!("{base}/response/{}", r.status));
+            body_examples(
+                spec,
+                &op_loc.join("responses").join(&r.status),
+                target,
+                &mut out,
+            )?;
         }
     }
     // data/event-schemas/examples/<type>[$<variant>].yaml: the schema of the longest matching name.
     for (file, value) in spec.files() {
-        let Some(name) = file.strip_prefix("event-schemas/examples/") else { continue };
+        let Some(name) = file.strip_prefix("event-schemas/examples/") else {
+            continue;
+        };
         let stem = name.rsplit_once('.').map_or(name, |(a, _)| a);
         let target = if name.contains('/') {
             None
@@ -116,7 +136,11 @@ pub fn collect(spec: &Spec, model: &Model) -> Result<Vec<Example>> {
             Some(format!("event/{stem}"))
         } else {
             let base = stem.split('$').next().unwrap_or(stem);
-            model.events.iter().any(|e| e.name == base).then(|| format!("event/{base}"))
+            model
+                .events
+                .iter()
+                .any(|e| e.name == base)
+                .then(|| format!("event/{base}"))
         };
         let loc = Loc::new(file, "");
         out.push(Example {
@@ -130,9 +154,16 @@ pub fn collect(spec: &Spec, model: &Model) -> Result<Vec<Example>> {
 
 /// Examples of a request body or a response: on the media type (`example`, `examples`), and
 /// on the schema itself.
-fn body_examples(spec: &Spec, at: &Loc, target: Option<String>, out: &mut Vec<Example>) -> Result<()> {
+fn body_examples(
+    spec: &Spec,
+    at: &Loc,
+    target: Option<String>,
+    out: &mut Vec<Example>,
+) -> Result<()> {
     let (node, loc) = spec.deref(spec.get(at, at)?, at.clone())?;
-    let Some(content) = node.get("content").and_then(Value::as_object) else { return Ok(()) };
+    let Some(content) = node.get("content").and_then(Value::as_object) else {
+        return Ok(());
+    };
     for (media_type, media) in content {
         let mloc = loc.join("content").join(media_type);
         let mut push = |value: &Value, vloc: Loc| -> Result<()> {

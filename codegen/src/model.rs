@@ -169,11 +169,18 @@ pub struct TypeDef {
 pub enum Kind {
     /// Filled in once the schema has been read (lets recursive refs point at it early).
     Pending,
-    Struct { fields: Vec<Field>, rest: Rest },
+    Struct {
+        fields: Vec<Field>,
+        rest: Rest,
+    },
     /// A string enum; unknown values are kept by a catch-all variant.
-    StringEnum { variants: Vec<(String, String)> },
+    StringEnum {
+        variants: Vec<(String, String)>,
+    },
     /// `oneOf`, `anyOf` or a `type` list: the first variant that fits.
-    Untagged { variants: Vec<(String, Ty)> },
+    Untagged {
+        variants: Vec<(String, Ty)>,
+    },
 }
 
 /// What a struct does with keys it does not name.
@@ -251,9 +258,15 @@ pub enum ParamLocation {
 
 #[derive(Clone, Debug)]
 pub enum Body {
-    Json { ty: Ty, schema: Loc, required: bool },
+    Json {
+        ty: Ty,
+        schema: Loc,
+        required: bool,
+    },
     /// A body that is not JSON (media uploads and downloads), with its content types.
-    Binary { content_types: Vec<String> },
+    Binary {
+        content_types: Vec<String>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -295,7 +308,12 @@ impl Operation {
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
             .collect::<String>()
             .to_ascii_lowercase();
-        format!("{}{}/#{}", spec_base(version), self.group.spec_page(), anchor)
+        format!(
+            "{}{}/#{}",
+            spec_base(version),
+            self.group.spec_page(),
+            anchor
+        )
     }
 
     /// The name of the operation's response type for a status.
@@ -308,7 +326,13 @@ impl Operation {
         if Some(status) == first_success {
             "Response".into()
         } else {
-            format!("Response{}", status.chars().filter(char::is_ascii_alphanumeric).collect::<String>())
+            format!(
+                "Response{}",
+                status
+                    .chars()
+                    .filter(char::is_ascii_alphanumeric)
+                    .collect::<String>()
+            )
         }
     }
 
@@ -375,7 +399,11 @@ impl Model {
             let files: Vec<&str> = spec
                 .files()
                 .map(|(f, _)| f)
-                .filter(|f| f.starts_with(&prefix) && !f[prefix.len()..].contains('/') && f.ends_with(".yaml"))
+                .filter(|f| {
+                    f.starts_with(&prefix)
+                        && !f[prefix.len()..].contains('/')
+                        && f.ends_with(".yaml")
+                })
                 .collect();
             for file in files {
                 crate::ops::read_file(&mut b, group, file, &mut operations)?;
@@ -383,7 +411,10 @@ impl Model {
         }
         for t in &b.types {
             if matches!(t.kind, Kind::Pending) {
-                return Err(Error::schema(&t.origin, "schema never resolved (internal error)"));
+                return Err(Error::schema(
+                    &t.origin,
+                    "schema never resolved (internal error)",
+                ));
             }
         }
         Ok(Model {
@@ -461,8 +492,12 @@ pub(crate) struct Builder<'s> {
 }
 
 fn as_obj<'a>(node: &'a Value, loc: &Loc) -> Result<&'a Map<String, Value>> {
-    node.as_object()
-        .ok_or_else(|| Error::schema(loc, format!("expected a schema object, found {}", kind_of(node))))
+    node.as_object().ok_or_else(|| {
+        Error::schema(
+            loc,
+            format!("expected a schema object, found {}", kind_of(node)),
+        )
+    })
 }
 
 fn kind_of(v: &Value) -> &'static str {
@@ -478,8 +513,10 @@ fn kind_of(v: &Value) -> &'static str {
 
 /// Keys that may stand beside `$ref` without changing the referenced schema.
 fn is_annotation(key: &str) -> bool {
-    matches!(key, "$ref" | "description" | "title" | "example" | "examples" | "$schema" | "deprecated")
-        || key.starts_with("x-")
+    matches!(
+        key,
+        "$ref" | "description" | "title" | "example" | "examples" | "$schema" | "deprecated"
+    ) || key.starts_with("x-")
 }
 
 fn version_of(node: &Map<String, Value>, key: &str) -> Option<String> {
@@ -524,7 +561,10 @@ impl<'s> Builder<'s> {
 
     /// Marks names as taken in a module, so inline types pick others.
     pub fn reserve_names(&mut self, module: &ModPath, names: &[String]) {
-        self.taken.entry(module.clone()).or_default().extend(names.iter().cloned());
+        self.taken
+            .entry(module.clone())
+            .or_default()
+            .extend(names.iter().cloned());
     }
 
     fn new_type(&mut self, hint: &Hint, origin: &Loc) -> usize {
@@ -566,7 +606,9 @@ impl<'s> Builder<'s> {
         }
         let node = self.spec.get(target, from)?;
         let module = file_module(&target.file);
-        self.file_modules.entry(module.clone()).or_insert_with(|| target.file.to_string());
+        self.file_modules
+            .entry(module.clone())
+            .or_insert_with(|| target.file.to_string());
         let obj = as_obj(node, target)?;
         if let Some(r) = obj.get("$ref").and_then(Value::as_str) {
             if obj.keys().all(|k| is_annotation(k)) {
@@ -576,14 +618,26 @@ impl<'s> Builder<'s> {
             }
         }
         let flat = self.flatten(node, target, 0)?;
-        let name = if let Some(stem) = event_schema_stem(&target.file).filter(|_| target.pointer.is_empty()) {
+        let name = if let Some(stem) =
+            event_schema_stem(&target.file).filter(|_| target.pointer.is_empty())
+        {
             names::event_type_name(stem)
         } else if target.pointer.is_empty() {
-            let stem = target.file.rsplit('/').next().unwrap_or("").split('.').next().unwrap_or("");
+            let stem = target
+                .file
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .split('.')
+                .next()
+                .unwrap_or("");
             pascal(stem)
         } else {
             let last = target.pointer.rsplit('/').next().unwrap_or("");
-            flat.get("title").and_then(Value::as_str).and_then(title_as_name).unwrap_or_else(|| pascal(last))
+            flat.get("title")
+                .and_then(Value::as_str)
+                .and_then(title_as_name)
+                .unwrap_or_else(|| pascal(last))
         };
         let hint = Hint {
             module,
@@ -606,7 +660,10 @@ impl<'s> Builder<'s> {
     /// Merges `allOf` branches (and a `$ref` with sibling keys) into one schema object.
     fn flatten(&self, node: &Value, loc: &Loc, depth: usize) -> Result<Value> {
         if depth > 16 {
-            return Err(Error::schema(loc, "`allOf` or `$ref` nests more than 16 deep"));
+            return Err(Error::schema(
+                loc,
+                "`allOf` or `$ref` nests more than 16 deep",
+            ));
         }
         let obj = as_obj(node, loc)?;
         if !obj.contains_key("allOf") && !obj.contains_key("$ref") {
@@ -641,7 +698,9 @@ impl<'s> Builder<'s> {
     /// Deep-merges schema `b` into `a`: properties given on both sides merge (after their own
     /// refs are followed), `required` lists join, and every other key of `b` wins.
     fn merge(&self, a: &mut Map<String, Value>, b: &Value, loc: &Loc, depth: usize) -> Result<()> {
-        let Some(b) = b.as_object() else { return Ok(()) };
+        let Some(b) = b.as_object() else {
+            return Ok(());
+        };
         for (k, v) in b {
             match (k.as_str(), a.get_mut(k), v) {
                 ("properties", Some(Value::Object(ap)), Value::Object(bp)) => {
@@ -679,9 +738,16 @@ impl<'s> Builder<'s> {
     }
 
     /// Builds the type of a schema that has no `$ref` or `allOf` left at its top.
-    fn inline(&mut self, node: &Value, loc: &Loc, hint: Hint, reserved: Option<usize>) -> Result<Ty> {
+    fn inline(
+        &mut self,
+        node: &Value,
+        loc: &Loc,
+        hint: Hint,
+        reserved: Option<usize>,
+    ) -> Result<Ty> {
         let obj = as_obj(node, loc)?;
-        let named = |b: &mut Builder, hint: &Hint| reserved.unwrap_or_else(|| b.new_type(hint, loc));
+        let named =
+            |b: &mut Builder, hint: &Hint| reserved.unwrap_or_else(|| b.new_type(hint, loc));
 
         // `type` may be one name or a list of names, `null` among them.
         let mut types: Vec<String> = match obj.get("type") {
@@ -690,31 +756,56 @@ impl<'s> Builder<'s> {
             Some(Value::Array(a)) => a
                 .iter()
                 .map(|t| {
-                    t.as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| Error::schema(&loc.join("type"), "`type` list holds a non-string"))
+                    t.as_str().map(str::to_string).ok_or_else(|| {
+                        Error::schema(&loc.join("type"), "`type` list holds a non-string")
+                    })
                 })
                 .collect::<Result<_>>()?,
             Some(other) => {
-                return Err(Error::schema(&loc.join("type"), format!("`type` must be a string or a list, found {}", kind_of(other))))
+                return Err(Error::schema(
+                    &loc.join("type"),
+                    format!(
+                        "`type` must be a string or a list, found {}",
+                        kind_of(other)
+                    ),
+                ))
             }
         };
         for t in &types {
-            if !matches!(t.as_str(), "string" | "integer" | "number" | "boolean" | "object" | "array" | "null") {
-                return Err(Error::schema(&loc.join("type"), format!("unknown type `{t}`")));
+            if !matches!(
+                t.as_str(),
+                "string" | "integer" | "number" | "boolean" | "object" | "array" | "null"
+            ) {
+                return Err(Error::schema(
+                    &loc.join("type"),
+                    format!("unknown type `{t}`"),
+                ));
             }
         }
-        let nullable = types.iter().any(|t| t == "null") || obj.get("nullable") == Some(&Value::Bool(true));
+        let nullable =
+            types.iter().any(|t| t == "null") || obj.get("nullable") == Some(&Value::Bool(true));
         types.retain(|t| t != "null");
-        let wrap = |t: Ty| if nullable { Ty::Nullable(Box::new(t)) } else { t };
+        let wrap = |t: Ty| {
+            if nullable {
+                Ty::Nullable(Box::new(t))
+            } else {
+                t
+            }
+        };
 
         if let Some(alts) = obj.get("oneOf").or_else(|| obj.get("anyOf")) {
-            let key = if obj.contains_key("oneOf") { "oneOf" } else { "anyOf" };
+            let key = if obj.contains_key("oneOf") {
+                "oneOf"
+            } else {
+                "anyOf"
+            };
             let items = alts
                 .as_array()
                 .ok_or_else(|| Error::schema(&loc.join(key), format!("`{key}` must be a list")))?;
             // Alternatives that are all strings (a room id or an alias) are a string.
-            let all_strings = items.iter().all(|i| i.get("type").and_then(Value::as_str) == Some("string") && i.get("enum").is_none());
+            let all_strings = items.iter().all(|i| {
+                i.get("type").and_then(Value::as_str) == Some("string") && i.get("enum").is_none()
+            });
             if all_strings {
                 return Ok(wrap(Ty::String));
             }
@@ -781,14 +872,20 @@ impl<'s> Builder<'s> {
 
         let ty = types.first().map(String::as_str);
         let is_object = ty == Some("object")
-            || (ty.is_none() && (obj.contains_key("properties") || obj.contains_key("additionalProperties") || obj.contains_key("patternProperties")));
+            || (ty.is_none()
+                && (obj.contains_key("properties")
+                    || obj.contains_key("additionalProperties")
+                    || obj.contains_key("patternProperties")));
         if is_object {
             let props = match obj.get("properties") {
                 None => None,
                 Some(Value::Object(p)) if p.is_empty() => None,
                 Some(Value::Object(p)) => Some(p),
                 Some(other) => {
-                    return Err(Error::schema(&loc.join("properties"), format!("`properties` must be an object, found {}", kind_of(other))))
+                    return Err(Error::schema(
+                        &loc.join("properties"),
+                        format!("`properties` must be an object, found {}", kind_of(other)),
+                    ))
                 }
             };
             let rest_schema = self.rest_schema(obj, loc)?;
@@ -822,10 +919,15 @@ impl<'s> Builder<'s> {
                 let field_name = pascal(wire);
                 let phint = Hint {
                     module: hint.module.clone(),
-                    name: if name.ends_with("Event") && matches!(wire.as_str(), "content" | "prev_content" | "unsigned") {
+                    name: if name.ends_with("Event")
+                        && matches!(wire.as_str(), "content" | "prev_content" | "unsigned")
+                    {
                         format!("{name}{field_name}")
                     } else {
-                        pobj.get("title").and_then(Value::as_str).and_then(title_as_name).unwrap_or(field_name)
+                        pobj.get("title")
+                            .and_then(Value::as_str)
+                            .and_then(title_as_name)
+                            .unwrap_or(field_name)
                     },
                     parent: Some(name.clone()),
                     exact: false,
@@ -851,7 +953,10 @@ impl<'s> Builder<'s> {
                     added_in: version_of(pobj, "x-addedInMatrixVersion"),
                     deprecated: pobj.get("deprecated") == Some(&Value::Bool(true)),
                     default: pobj.get("default").cloned(),
-                    format: pobj.get("format").and_then(Value::as_str).map(str::to_string),
+                    format: pobj
+                        .get("format")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                     fixed,
                 });
             }
@@ -889,7 +994,11 @@ impl<'s> Builder<'s> {
                 }
                 None => Ty::Vec(Box::new(Ty::Json)),
             },
-            Some("string") => match obj.get("format").and_then(Value::as_str).and_then(IdKind::from_format) {
+            Some("string") => match obj
+                .get("format")
+                .and_then(Value::as_str)
+                .and_then(IdKind::from_format)
+            {
                 Some(k) => Ty::Id(k),
                 None => Ty::String,
             },
@@ -902,10 +1011,17 @@ impl<'s> Builder<'s> {
 
     fn rest_schema<'a>(&self, obj: &'a Map<String, Value>, loc: &Loc) -> Result<RestSchema<'a>> {
         if let Some(pp) = obj.get("patternProperties") {
-            let pp = pp
-                .as_object()
-                .ok_or_else(|| Error::schema(&loc.join("patternProperties"), "`patternProperties` must be an object"))?;
-            let key = match obj.get("x-pattern-format").and_then(Value::as_str).and_then(IdKind::from_format) {
+            let pp = pp.as_object().ok_or_else(|| {
+                Error::schema(
+                    &loc.join("patternProperties"),
+                    "`patternProperties` must be an object",
+                )
+            })?;
+            let key = match obj
+                .get("x-pattern-format")
+                .and_then(Value::as_str)
+                .and_then(IdKind::from_format)
+            {
                 Some(k) if pp.len() == 1 => Ty::Id(k),
                 _ => Ty::String,
             };
@@ -942,7 +1058,10 @@ impl<'s> Builder<'s> {
             Some(other) => {
                 return Err(Error::schema(
                     &loc.join("additionalProperties"),
-                    format!("`additionalProperties` must be a boolean or a schema, found {}", kind_of(other)),
+                    format!(
+                        "`additionalProperties` must be a boolean or a schema, found {}",
+                        kind_of(other)
+                    ),
                 ))
             }
         })
@@ -969,14 +1088,26 @@ enum RestSchema<'a> {
     /// Nothing said: unknown keys are kept.
     None,
     Closed,
-    Map { key: Ty, value: &'a Value, vloc: Loc },
+    Map {
+        key: Ty,
+        value: &'a Value,
+        vloc: Loc,
+    },
 }
 
 /// Whether a (flattened) schema becomes a named Rust type.
 fn nameable(node: &Value) -> bool {
-    let Some(obj) = node.as_object() else { return false };
-    if let Some(alts) = obj.get("oneOf").or_else(|| obj.get("anyOf")).and_then(Value::as_array) {
-        let all_strings = alts.iter().all(|i| i.get("type").and_then(Value::as_str) == Some("string") && i.get("enum").is_none());
+    let Some(obj) = node.as_object() else {
+        return false;
+    };
+    if let Some(alts) = obj
+        .get("oneOf")
+        .or_else(|| obj.get("anyOf"))
+        .and_then(Value::as_array)
+    {
+        let all_strings = alts.iter().all(|i| {
+            i.get("type").and_then(Value::as_str) == Some("string") && i.get("enum").is_none()
+        });
         return !all_strings;
     }
     if let Some(values) = obj.get("enum").and_then(Value::as_array) {
@@ -994,7 +1125,11 @@ fn nameable(node: &Value) -> bool {
         Some(Value::Array(ts)) => ts.iter().any(|t| t.as_str() == Some("object")),
         _ => true,
     };
-    is_object && obj.get("properties").and_then(Value::as_object).is_some_and(|p| !p.is_empty())
+    is_object
+        && obj
+            .get("properties")
+            .and_then(Value::as_object)
+            .is_some_and(|p| !p.is_empty())
 }
 
 fn unique(used: &mut BTreeSet<String>, name: String) -> String {

@@ -17,7 +17,10 @@ pub fn words(name: &str) -> Vec<String> {
             let prev = chars[i - 1];
             let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
             // "roomId" splits before I; "URLPath" splits before P (an acronym ends).
-            if prev.is_ascii_lowercase() || prev.is_ascii_digit() || (prev.is_ascii_uppercase() && next_lower) {
+            if prev.is_ascii_lowercase()
+                || prev.is_ascii_digit()
+                || (prev.is_ascii_uppercase() && next_lower)
+            {
                 out.push(std::mem::take(&mut cur));
             }
         }
@@ -51,7 +54,9 @@ pub fn pascal(name: &str) -> String {
         format!("V{s}")
     } else {
         match s.as_str() {
-            "Self" | "Option" | "Result" | "Vec" | "String" | "Box" | "Value" | "Map" => format!("{s}_"),
+            "Self" | "Option" | "Result" | "Vec" | "String" | "Box" | "Value" | "Map" => {
+                format!("{s}_")
+            }
             _ => s,
         }
     }
@@ -81,7 +86,8 @@ pub fn title_as_name(title: &str) -> Option<String> {
     let t = title.trim();
     let ok = !t.is_empty()
         && t.split_whitespace().count() <= 4
-        && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '_' | '-'))
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '_' | '-'))
         && t.starts_with(|c: char| c.is_ascii_alphabetic());
     ok.then(|| pascal(t))
 }
@@ -106,7 +112,11 @@ mod tests {
             assert_eq!(snake(input), snake_expected, "snake({input})");
             assert_eq!(pascal(input), pascal_expected, "pascal({input})");
         };
-        check("getRoomIdByAlias", "get_room_id_by_alias", "GetRoomIdByAlias");
+        check(
+            "getRoomIdByAlias",
+            "get_room_id_by_alias",
+            "GetRoomIdByAlias",
+        );
         check("inviteBy3PID", "invite_by3_pid", "InviteBy3Pid");
         check("m.room.member", "m_room_member", "MRoomMember");
         check("type", "type_", "Type");
@@ -114,9 +124,21 @@ mod tests {
         check("1.2", "n1_2", "V12");
         check("getURLPreview", "get_url_preview", "GetUrlPreview");
         check("self", "self_", "Self_");
-        assert_eq!(event_type_name("m.room.message$m.text"), "RoomMessageTextEvent");
-        assert_eq!(event_type_name("m.key.verification.start$m.sas.v1"), "KeyVerificationStartSasV1Event");
-        assert_eq!(title_as_name("Event Container").as_deref(), Some("EventContainer"));
-        assert_eq!(title_as_name("The current membership state of a user in the room."), None);
+        assert_eq!(
+            event_type_name("m.room.message$m.text"),
+            "RoomMessageTextEvent"
+        );
+        assert_eq!(
+            event_type_name("m.key.verification.start$m.sas.v1"),
+            "KeyVerificationStartSasV1Event"
+        );
+        assert_eq!(
+            title_as_name("Event Container").as_deref(),
+            Some("EventContainer")
+        );
+        assert_eq!(
+            title_as_name("The current membership state of a user in the room."),
+            None
+        );
     }
 }

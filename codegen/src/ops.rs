@@ -12,17 +12,26 @@ use crate::spec::Loc;
 
 const METHODS: &[&str] = &["get", "put", "post", "delete", "patch", "head", "options"];
 
-pub(crate) fn read_file(b: &mut Builder, group: Group, file: &str, out: &mut Vec<Operation>) -> Result<()> {
+pub(crate) fn read_file(
+    b: &mut Builder,
+    group: Group,
+    file: &str,
+    out: &mut Vec<Operation>,
+) -> Result<()> {
     let spec = b.spec;
     let root_loc = Loc::new(file, "");
     let root = spec.get(&root_loc, &root_loc)?;
-    let Some(paths) = root.get("paths") else { return Ok(()) };
+    let Some(paths) = root.get("paths") else {
+        return Ok(());
+    };
     let paths = paths
         .as_object()
         .ok_or_else(|| Error::schema(&root_loc.join("paths"), "`paths` must be an object"))?;
     let prefix = base_path(root, &root_loc)?;
     let module = file_module(file);
-    b.file_modules.entry(module.clone()).or_insert_with(|| file.to_string());
+    b.file_modules
+        .entry(module.clone())
+        .or_insert_with(|| file.to_string());
 
     for (path_key, item) in paths {
         let item_loc = root_loc.join("paths").join(path_key);
@@ -45,10 +54,15 @@ pub(crate) fn read_file(b: &mut Builder, group: Group, file: &str, out: &mut Vec
             let mut op_module = module.clone();
             op_module.push(snake(&operation_id));
 
-            let responses_obj = op
-                .get("responses")
-                .and_then(Value::as_object)
-                .ok_or_else(|| Error::schema(&loc.join("responses"), "operation has no `responses` object"))?;
+            let responses_obj =
+                op.get("responses")
+                    .and_then(Value::as_object)
+                    .ok_or_else(|| {
+                        Error::schema(
+                            &loc.join("responses"),
+                            "operation has no `responses` object",
+                        )
+                    })?;
             let mut statuses: Vec<&String> = responses_obj.keys().collect();
             statuses.sort();
 
@@ -84,7 +98,11 @@ pub(crate) fn read_file(b: &mut Builder, group: Group, file: &str, out: &mut Vec
             crate::quirks::apply(&mut operation, &mut b.warnings);
 
             // Names of the operation's own items, so that inline types pick others.
-            let mut reserved = vec!["Request".to_string(), "RequestBody".to_string(), "ROUTE".to_string()];
+            let mut reserved = vec![
+                "Request".to_string(),
+                "RequestBody".to_string(),
+                "ROUTE".to_string(),
+            ];
             for s in &statuses {
                 reserved.push(operation.response_type_name(s));
             }
@@ -92,7 +110,10 @@ pub(crate) fn read_file(b: &mut Builder, group: Group, file: &str, out: &mut Vec
 
             // Parameters: those of the path item, then the operation's own.
             let mut raw_params: Vec<(Loc, &Value)> = Vec::new();
-            for (src, src_loc) in [(item.get("parameters"), item_loc.join("parameters")), (op.get("parameters"), loc.join("parameters"))] {
+            for (src, src_loc) in [
+                (item.get("parameters"), item_loc.join("parameters")),
+                (op.get("parameters"), loc.join("parameters")),
+            ] {
                 if let Some(list) = src {
                     let list = list
                         .as_array()
@@ -115,7 +136,10 @@ pub(crate) fn read_file(b: &mut Builder, group: Group, file: &str, out: &mut Vec
                     Some("query") => ParamLocation::Query,
                     Some("header") => ParamLocation::Header,
                     other => {
-                        return Err(Error::schema(&ploc.join("in"), format!("unsupported parameter location {other:?}")))
+                        return Err(Error::schema(
+                            &ploc.join("in"),
+                            format!("unsupported parameter location {other:?}"),
+                        ))
                     }
                 };
                 let schema = p
@@ -130,13 +154,21 @@ pub(crate) fn read_file(b: &mut Builder, group: Group, file: &str, out: &mut Vec
                 let ty = b.ty(schema, &ploc.join("schema"), hint)?;
                 let mut rust = snake(&name);
                 if rust == "body" || !used.insert(rust.clone()) {
-                    rust = format!("{rust}_{}", if location == ParamLocation::Path { "path" } else { "param" });
+                    rust = format!(
+                        "{rust}_{}",
+                        if location == ParamLocation::Path {
+                            "path"
+                        } else {
+                            "param"
+                        }
+                    );
                     used.insert(rust.clone());
                 }
                 operation.params.push(Param {
                     rust,
                     location,
-                    required: location == ParamLocation::Path || p.get("required") == Some(&Value::Bool(true)),
+                    required: location == ParamLocation::Path
+                        || p.get("required") == Some(&Value::Bool(true)),
                     ty,
                     deprecated: p.get("deprecated") == Some(&Value::Bool(true)),
                     added_in: version_text(p.get("x-addedInMatrixVersion")),
@@ -144,15 +176,21 @@ pub(crate) fn read_file(b: &mut Builder, group: Group, file: &str, out: &mut Vec
                 });
             }
             for p in &operation.params {
-                if p.location == ParamLocation::Path && !operation.path.contains(&format!("{{{}}}", p.name)) {
-                    return Err(Error::schema(&loc, format!("path parameter `{}` is not in the path", p.name)));
+                if p.location == ParamLocation::Path
+                    && !operation.path.contains(&format!("{{{}}}", p.name))
+                {
+                    return Err(Error::schema(
+                        &loc,
+                        format!("path parameter `{}` is not in the path", p.name),
+                    ));
                 }
             }
 
             if let Some(rb) = op.get("requestBody") {
                 let (rb, rb_loc) = spec.deref(rb, loc.join("requestBody"))?;
                 let required = rb.get("required") == Some(&Value::Bool(true));
-                operation.request = read_content(b, rb, &rb_loc, &op_module, "RequestBody", required)?;
+                operation.request =
+                    read_content(b, rb, &rb_loc, &op_module, "RequestBody", required)?;
             }
             for (i, status) in statuses.iter().enumerate() {
                 let r = &responses_obj[status.as_str()];
@@ -167,8 +205,17 @@ pub(crate) fn read_file(b: &mut Builder, group: Group, file: &str, out: &mut Vec
 }
 
 /// The body of a request or response: JSON with its type, or some other content type.
-fn read_content(b: &mut Builder, node: &Value, loc: &Loc, module: &[String], name: &str, required: bool) -> Result<Option<Body>> {
-    let Some(content) = node.get("content") else { return Ok(None) };
+fn read_content(
+    b: &mut Builder,
+    node: &Value,
+    loc: &Loc,
+    module: &[String],
+    name: &str,
+    required: bool,
+) -> Result<Option<Body>> {
+    let Some(content) = node.get("content") else {
+        return Ok(None);
+    };
     let content: &Map<String, Value> = content
         .as_object()
         .ok_or_else(|| Error::schema(&loc.join("content"), "`content` must be an object"))?;
@@ -185,7 +232,11 @@ fn read_content(b: &mut Builder, node: &Value, loc: &Loc, module: &[String], nam
             exact: true,
         };
         let ty: Ty = b.ty(schema, &sloc, hint)?;
-        return Ok(Some(Body::Json { ty, schema: sloc, required }));
+        return Ok(Some(Body::Json {
+            ty,
+            schema: sloc,
+            required,
+        }));
     }
     Ok(Some(Body::Binary {
         content_types: content.keys().cloned().collect(),
@@ -197,7 +248,12 @@ fn base_path(root: &Value, loc: &Loc) -> Result<String> {
     root.pointer("/servers/0/variables/basePath/default")
         .and_then(Value::as_str)
         .map(|s| s.trim_end_matches('/').to_string())
-        .ok_or_else(|| Error::schema(&loc.join("servers"), "no `servers[0].variables.basePath.default` (the URL prefix)"))
+        .ok_or_else(|| {
+            Error::schema(
+                &loc.join("servers"),
+                "no `servers[0].variables.basePath.default` (the URL prefix)",
+            )
+        })
 }
 
 fn read_security(
@@ -216,9 +272,12 @@ fn read_security(
         .ok_or_else(|| Error::schema(&loc.join("security"), "`security` must be a list"))?;
     let mut any_empty = false;
     for (i, req) in list.iter().enumerate() {
-        let req = req
-            .as_object()
-            .ok_or_else(|| Error::schema(&loc.join("security").join(&i.to_string()), "a security requirement must be an object"))?;
+        let req = req.as_object().ok_or_else(|| {
+            Error::schema(
+                &loc.join("security").join(&i.to_string()),
+                "a security requirement must be an object",
+            )
+        })?;
         if req.is_empty() {
             any_empty = true;
         }
@@ -226,15 +285,23 @@ fn read_security(
             let scheme_loc = Loc::new(loc.file.as_ref(), "/components/securitySchemes").join(name);
             // The scheme should be declared in the file; its name tells which credential it is.
             if spec.get(&scheme_loc, &loc.join("security")).is_err() {
-                warnings.push(format!("{}: security scheme `{name}` is not declared in components/securitySchemes", loc.join("security")));
+                warnings.push(format!(
+                    "{}: security scheme `{name}` is not declared in components/securitySchemes",
+                    loc.join("security")
+                ));
             }
             let scheme = match name.as_str() {
                 "accessTokenQuery" | "accessTokenBearer" | "accessToken" => AuthScheme::AccessToken,
-                "appserviceAccessTokenQuery" | "appserviceAccessTokenBearer" => AuthScheme::AppServiceToken,
+                "appserviceAccessTokenQuery" | "appserviceAccessTokenBearer" => {
+                    AuthScheme::AppServiceToken
+                }
                 "homeserverAccessToken" => AuthScheme::HomeserverToken,
                 "signedRequest" => AuthScheme::ServerSignature,
                 other => {
-                    return Err(Error::schema(&loc.join("security"), format!("unknown security scheme `{other}`")))
+                    return Err(Error::schema(
+                        &loc.join("security"),
+                        format!("unknown security scheme `{other}`"),
+                    ))
                 }
             };
             if !operation.auth_schemes.contains(&scheme) {

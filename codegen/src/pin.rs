@@ -22,7 +22,8 @@ impl Pin {
     /// Reads `spec/pin.toml` (two `key = "value"` lines).
     pub fn read(repo: &Path) -> Result<Pin, String> {
         let path = Pin::path(repo);
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let get = |key: &str| {
             text.lines()
                 .filter_map(|l| l.split_once('='))
@@ -92,5 +93,8 @@ pub fn find_spec_dir(repo: &Path) -> Result<PathBuf, String> {
 
 /// The repository root: the nearest ancestor of `start` that holds `spec/pin.toml`.
 pub fn find_repo(start: &Path) -> Option<PathBuf> {
-    start.ancestors().find(|p| Pin::path(p).is_file()).map(Path::to_path_buf)
+    start
+        .ancestors()
+        .find(|p| Pin::path(p).is_file())
+        .map(Path::to_path_buf)
 }

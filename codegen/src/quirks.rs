@@ -12,7 +12,10 @@ const MISSING_ADDED_IN: &[(Group, &str, &str)] = &[
 
 pub(crate) fn apply(op: &mut Operation, warnings: &mut Vec<String>) {
     if op.added_in.is_none() {
-        if let Some((_, _, v)) = MISSING_ADDED_IN.iter().find(|(g, id, _)| *g == op.group && *id == op.operation_id) {
+        if let Some((_, _, v)) = MISSING_ADDED_IN
+            .iter()
+            .find(|(g, id, _)| *g == op.group && *id == op.operation_id)
+        {
             op.added_in = Some(v.to_string());
             warnings.push(format!(
                 "{} {}: no x-addedInMatrixVersion; recorded as added in {v}",

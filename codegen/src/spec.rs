@@ -128,11 +128,14 @@ impl Spec {
 
     /// The node at a location, or a dangling-reference error naming `from`.
     pub fn get(&self, at: &Loc, from: &Loc) -> Result<&Value> {
-        let file = self.files.get(&*at.file).ok_or_else(|| Error::DanglingRef {
-            at: from.clone(),
-            target: at.as_ref_text(),
-            why: "no such file".into(),
-        })?;
+        let file = self
+            .files
+            .get(&*at.file)
+            .ok_or_else(|| Error::DanglingRef {
+                at: from.clone(),
+                target: at.as_ref_text(),
+                why: "no such file".into(),
+            })?;
         if at.pointer.is_empty() {
             return Ok(file);
         }
@@ -206,7 +209,9 @@ impl Spec {
                 items
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| self.resolve_example_depth(v, &loc.join(&i.to_string()), depth + 1))
+                    .map(|(i, v)| {
+                        self.resolve_example_depth(v, &loc.join(&i.to_string()), depth + 1)
+                    })
                     .collect::<Result<_>>()?,
             ),
             other => other.clone(),
@@ -434,9 +439,17 @@ mod tests {
         let check = |file: &str, r: &str, expected: Option<&str>| {
             assert_eq!(canonical_ref(file, r).as_deref(), expected, "{file} + {r}");
         };
-        check("api/cs/a.yaml", "definitions/b.yaml", Some("api/cs/definitions/b.yaml"));
+        check(
+            "api/cs/a.yaml",
+            "definitions/b.yaml",
+            Some("api/cs/definitions/b.yaml"),
+        );
         check("api/cs/a.yaml", "../../ev/x.yaml", Some("ev/x.yaml"));
-        check("api/cs/a.yaml", "#/components/x", Some("api/cs/a.yaml#/components/x"));
+        check(
+            "api/cs/a.yaml",
+            "#/components/x",
+            Some("api/cs/a.yaml#/components/x"),
+        );
         check("api/cs/a.yaml", "./b.yaml#/y", Some("api/cs/b.yaml#/y"));
         check("a.yaml", "../../x.yaml", None);
     }

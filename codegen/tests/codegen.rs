@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use mxconform_codegen::{diff, digest, generate, pin, Group, Model, Spec};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("codegen/ lies in the repo").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("codegen/ lies in the repo")
+        .to_path_buf()
 }
 
 fn pinned_spec() -> Spec {
@@ -18,7 +21,11 @@ fn pinned_spec() -> Spec {
 
 /// The shared copy of a spec version beside the repo (CI and these machines have it).
 fn shared_spec(version: &str) -> Spec {
-    let dir = repo().join("..").join("shared").join("matrix-spec").join(version);
+    let dir = repo()
+        .join("..")
+        .join("shared")
+        .join("matrix-spec")
+        .join(version);
     Spec::load(&dir).unwrap_or_else(|e| panic!("spec {version}: {e}"))
 }
 
@@ -93,7 +100,11 @@ fn path_keys_with_a_trailing_space_share_a_route() {
     assert_eq!(
         sharing,
         [
-            ("inviteUser", "post", "/_matrix/client/v3/rooms/{roomId}/invite"),
+            (
+                "inviteUser",
+                "post",
+                "/_matrix/client/v3/rooms/{roomId}/invite"
+            ),
             ("peekEvents", "get", "/_matrix/client/v3/events"),
         ]
     );
@@ -112,23 +123,85 @@ fn path_keys_with_a_trailing_space_share_a_route() {
 #[test]
 fn route_facts_of_known_operations() {
     let model = Model::build(&pinned_spec()).expect("models");
-    let find = |id: &str| model.operations.iter().find(|o| o.operation_id == id).unwrap_or_else(|| panic!("{id}"));
-    let check = |id: &str, method: &str, path: &str, auth: &str, rate_limited: bool, added_in: Option<&str>| {
+    let find = |id: &str| {
+        model
+            .operations
+            .iter()
+            .find(|o| o.operation_id == id)
+            .unwrap_or_else(|| panic!("{id}"))
+    };
+    let check = |id: &str,
+                 method: &str,
+                 path: &str,
+                 auth: &str,
+                 rate_limited: bool,
+                 added_in: Option<&str>| {
         let o = find(id);
         assert_eq!(
-            (o.method.as_str(), o.path.as_str(), o.auth.as_str(), o.rate_limited, o.added_in.as_deref()),
+            (
+                o.method.as_str(),
+                o.path.as_str(),
+                o.auth.as_str(),
+                o.rate_limited,
+                o.added_in.as_deref()
+            ),
             (method, path, auth, rate_limited, added_in),
             "{id}"
         );
     };
-    check("getRoomIdByAlias", "get", "/_matrix/client/v3/directory/room/{roomAlias}", "none", false, None);
-    check("sendMessage", "put", "/_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}", "required", false, None);
-    check("login", "post", "/_matrix/client/v3/login", "none", true, None);
-    check("getVersions", "get", "/_matrix/client/versions", "optional", false, None);
-    check("getMutualRooms", "get", "/_matrix/client/v1/mutual_rooms", "required", true, Some("1.19"));
-    check("getRoomSummary", "get", "/_matrix/client/v1/room_summary/{roomIdOrAlias}", "optional", false, Some("1.15"));
+    check(
+        "getRoomIdByAlias",
+        "get",
+        "/_matrix/client/v3/directory/room/{roomAlias}",
+        "none",
+        false,
+        None,
+    );
+    check(
+        "sendMessage",
+        "put",
+        "/_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}",
+        "required",
+        false,
+        None,
+    );
+    check(
+        "login",
+        "post",
+        "/_matrix/client/v3/login",
+        "none",
+        true,
+        None,
+    );
+    check(
+        "getVersions",
+        "get",
+        "/_matrix/client/versions",
+        "optional",
+        false,
+        None,
+    );
+    check(
+        "getMutualRooms",
+        "get",
+        "/_matrix/client/v1/mutual_rooms",
+        "required",
+        true,
+        Some("1.19"),
+    );
+    check(
+        "getRoomSummary",
+        "get",
+        "/_matrix/client/v1/room_summary/{roomIdOrAlias}",
+        "optional",
+        false,
+        Some("1.15"),
+    );
     let spec_url = find("sync").spec_url("v1.19");
-    assert_eq!(spec_url, "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3sync");
+    assert_eq!(
+        spec_url,
+        "https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3sync"
+    );
 }
 
 /// Generated output of a fixture spec, all files in one text.
@@ -180,7 +253,10 @@ fn fixture_examples_resolve_their_refs() {
         .find(|e| e.target.as_deref() == Some("client-server/sendThing/request"))
         .expect("the request example");
     // `$ref` inside an example: the referenced keys, then the example's own over them.
-    assert_eq!(request.value, serde_json::json!({"type": "m.thing", "content": {"body": "hi"}}));
+    assert_eq!(
+        request.value,
+        serde_json::json!({"type": "m.thing", "content": {"body": "hi"}})
+    );
 }
 
 /// Writes a throw-away spec with the given files under `data/` and loads and models it.
@@ -192,7 +268,9 @@ fn build_temp(name: &str, files: &[(&str, &str)]) -> Result<Model, String> {
         std::fs::create_dir_all(p.parent().expect("has a parent")).expect("temp dir");
         std::fs::write(&p, text).expect("temp file");
     }
-    let result = Spec::load(&dir).and_then(|s| Model::build(&s)).map_err(|e| e.to_string());
+    let result = Spec::load(&dir)
+        .and_then(|s| Model::build(&s))
+        .map_err(|e| e.to_string());
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -210,21 +288,40 @@ fn malformed_specs_name_the_file_and_pointer() {
     let schema_ptr = "#/paths/~1thing/get/responses/200/content/application~1json/schema";
     check(
         "bad-yaml",
-        &[("api/client-server/bad.yaml", "openapi: 3.1.0\npaths: [unclosed\n")],
+        &[(
+            "api/client-server/bad.yaml",
+            "openapi: 3.1.0\npaths: [unclosed\n",
+        )],
         &["data/api/client-server/bad.yaml:", "invalid YAML"],
     );
     check(
         "dangling-ref",
-        &[("api/client-server/a.yaml", &format!("{MINI_HEAD}                $ref: definitions/missing.yaml\n"))],
-        &["data/api/client-server/a.yaml", schema_ptr, "dangling $ref", "api/client-server/definitions/missing.yaml", "no such file"],
+        &[(
+            "api/client-server/a.yaml",
+            &format!("{MINI_HEAD}                $ref: definitions/missing.yaml\n"),
+        )],
+        &[
+            "data/api/client-server/a.yaml",
+            schema_ptr,
+            "dangling $ref",
+            "api/client-server/definitions/missing.yaml",
+            "no such file",
+        ],
     );
     check(
         "dangling-fragment",
         &[
-            ("api/client-server/a.yaml", &format!("{MINI_HEAD}                $ref: b.yaml#/nowhere\n")),
+            (
+                "api/client-server/a.yaml",
+                &format!("{MINI_HEAD}                $ref: b.yaml#/nowhere\n"),
+            ),
             ("api/client-server/b.yaml", "type: object\n"),
         ],
-        &[schema_ptr, "api/client-server/b.yaml#/nowhere", "no such node"],
+        &[
+            schema_ptr,
+            "api/client-server/b.yaml#/nowhere",
+            "no such node",
+        ],
     );
     check(
         "unknown-type",
@@ -236,8 +333,14 @@ fn malformed_specs_name_the_file_and_pointer() {
     );
     check(
         "no-operation-id",
-        &[("api/client-server/a.yaml", &MINI_HEAD.replace("      operationId: getThing\n", ""))],
-        &["data/api/client-server/a.yaml#/paths/~1thing/get", "no `operationId`"],
+        &[(
+            "api/client-server/a.yaml",
+            &MINI_HEAD.replace("      operationId: getThing\n", ""),
+        )],
+        &[
+            "data/api/client-server/a.yaml#/paths/~1thing/get",
+            "no `operationId`",
+        ],
     );
     check(
         "path-param-not-in-path",
@@ -250,8 +353,13 @@ fn malformed_specs_name_the_file_and_pointer() {
         )],
         &["path parameter `roomId` is not in the path"],
     );
-    let missing = Spec::load(Path::new("/nonexistent/spec")).expect_err("no spec there").to_string();
-    assert!(missing.contains("/nonexistent/spec") && missing.contains("data/api/"), "{missing}");
+    let missing = Spec::load(Path::new("/nonexistent/spec"))
+        .expect_err("no spec there")
+        .to_string();
+    assert!(
+        missing.contains("/nonexistent/spec") && missing.contains("data/api/"),
+        "{missing}"
+    );
 }
 
 #[test]
@@ -286,13 +394,27 @@ fn diff_v1_18_to_v1_19_adds_exactly_mutual_rooms() {
     let d = version_diff("v1.18", "v1.19");
     assert_eq!(
         ops_with(&d, diff::Change::Added),
-        [("client-server getMutualRooms".to_string(), "GET /_matrix/client/v1/mutual_rooms".to_string())]
+        [(
+            "client-server getMutualRooms".to_string(),
+            "GET /_matrix/client/v1/mutual_rooms".to_string()
+        )]
     );
     assert!(ops_with(&d, diff::Change::Removed).is_empty());
     let events: Vec<&str> = d.events.iter().map(|e| e.operation.as_str()).collect();
-    assert_eq!(events, ["event m.image_pack.rooms", "event m.key_backup", "event m.room.image_pack", "event m.room_key_bundle"]);
+    assert_eq!(
+        events,
+        [
+            "event m.image_pack.rooms",
+            "event m.key_backup",
+            "event m.room.image_pack",
+            "event m.room_key_bundle"
+        ]
+    );
     // Formats added to strings are documentation, not a break.
-    assert!(d.fields.iter().any(|f| f.from.as_deref() == Some("string") && f.impact == diff::Impact::Additive));
+    assert!(d
+        .fields
+        .iter()
+        .any(|f| f.from.as_deref() == Some("string") && f.impact == diff::Impact::Additive));
 }
 
 #[test]
@@ -314,9 +436,18 @@ fn diff_v1_17_to_v1_18_adds_five_client_server_operations() {
         ]
     );
     // Federation: the v1 send_join and send_leave went, the policy server's sign came.
-    let removed: Vec<String> = ops_with(&d, diff::Change::Removed).into_iter().map(|(op, _)| op).collect();
-    assert_eq!(removed, ["server-server sendJoinV1", "server-server sendLeaveV1"]);
-    assert!(d.operations.iter().all(|o| o.change != diff::Change::Removed || o.impact == diff::Impact::Breaking));
+    let removed: Vec<String> = ops_with(&d, diff::Change::Removed)
+        .into_iter()
+        .map(|(op, _)| op)
+        .collect();
+    assert_eq!(
+        removed,
+        ["server-server sendJoinV1", "server-server sendLeaveV1"]
+    );
+    assert!(d
+        .operations
+        .iter()
+        .all(|o| o.change != diff::Change::Removed || o.impact == diff::Impact::Breaking));
 }
 
 #[test]

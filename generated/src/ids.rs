@@ -23,7 +23,12 @@ impl std::error::Error for IdError {}
 /// and aliases).
 const MAX_LEN: usize = 255;
 
-fn check_sigil(s: &str, sigil: char, kind: &'static str, needs_server: bool) -> Result<(), IdError> {
+fn check_sigil(
+    s: &str,
+    sigil: char,
+    kind: &'static str,
+    needs_server: bool,
+) -> Result<(), IdError> {
     let err = |reason| Err(IdError { kind, reason });
     if s.len() > MAX_LEN {
         return err("longer than 255 bytes");
@@ -45,12 +50,20 @@ fn check_sigil(s: &str, sigil: char, kind: &'static str, needs_server: bool) -> 
 
 fn check_base64(s: &str, kind: &'static str, url_safe: bool) -> Result<(), IdError> {
     let ok = s.bytes().all(|b| {
-        b.is_ascii_alphanumeric() || if url_safe { b == b'-' || b == b'_' } else { b == b'+' || b == b'/' }
+        b.is_ascii_alphanumeric()
+            || if url_safe {
+                b == b'-' || b == b'_'
+            } else {
+                b == b'+' || b == b'/'
+            }
     });
     if ok {
         Ok(())
     } else {
-        Err(IdError { kind, reason: "a character outside its base64 alphabet (or padding)" })
+        Err(IdError {
+            kind,
+            reason: "a character outside its base64 alphabet (or padding)",
+        })
     }
 }
 
@@ -194,14 +207,19 @@ mod tests {
         assert!(!ok(UserId::parse("@alice").map(drop)));
         assert!(ok(RoomId::parse("!abc:example.org").map(drop)));
         // Room version 12: no server part.
-        assert!(ok(RoomId::parse("!31hneApxJ_1o-63DmFrpeqnkFfWppnzWso1JvH3ogLM").map(drop)));
+        assert!(ok(RoomId::parse(
+            "!31hneApxJ_1o-63DmFrpeqnkFfWppnzWso1JvH3ogLM"
+        )
+        .map(drop)));
         assert!(!ok(RoomId::parse("#abc:example.org").map(drop)));
         assert!(ok(EventId::parse("$abc").map(drop)));
         assert!(!ok(RoomAliasId::parse("#:example.org").map(drop)));
         assert!(ok(MxcUri::parse("mxc://example.org/abc").map(drop)));
         assert!(!ok(Base64::parse("abc=").map(drop)));
         assert!(ok(UrlSafeBase64::parse("ab-_").map(drop)));
-        assert!(!ok(UserId::parse(format!("@{}:x", "a".repeat(300))).map(drop)));
+        assert!(!ok(
+            UserId::parse(format!("@{}:x", "a".repeat(300))).map(drop)
+        ));
         let id: UserId = serde_json::from_str("\"@a:b\"").unwrap();
         assert_eq!(serde_json::to_string(&id).unwrap(), "\"@a:b\"");
         assert!(serde_json::from_str::<RoomId>("\"nope\"").is_err());

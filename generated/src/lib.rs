@@ -13,19 +13,29 @@ pub mod ids;
 pub mod macros;
 mod route;
 
-pub use route::{Auth, AuthScheme, BodyKind, Group, Method, Param, ParamKind, ParamLocation, ResponseSpec, Route};
+pub use route::{
+    Auth, AuthScheme, BodyKind, Group, Method, Param, ParamKind, ParamLocation, ResponseSpec, Route,
+};
 
 /// Any JSON value.
 pub type JsonValue = serde_json::Value;
 /// Any JSON object.
 pub type JsonObject = serde_json::Map<String, serde_json::Value>;
 
+// Written by codegen and formatted by prettyplease; rustfmt would only make them stale.
+#[rustfmt::skip]
 pub mod application_service;
+#[rustfmt::skip]
 pub mod client_server;
+#[rustfmt::skip]
 pub mod events;
+#[rustfmt::skip]
 pub mod identity;
+#[rustfmt::skip]
 pub mod push_gateway;
+#[rustfmt::skip]
 pub mod schemas;
+#[rustfmt::skip]
 pub mod server_server;
 
 /// The spec version and commit the generated modules came from.

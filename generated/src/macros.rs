@@ -38,13 +38,21 @@ impl<'de> Deserialize<'de> for Key<'de> {
 /// What a JSON object type does with keys it does not name.
 #[doc(hidden)]
 pub trait Rest: Default {
-    fn accept<'de, A: MapAccess<'de>>(&mut self, key: Cow<'de, str>, map: &mut A) -> Result<(), A::Error>;
+    fn accept<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: Cow<'de, str>,
+        map: &mut A,
+    ) -> Result<(), A::Error>;
     fn write<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error>;
 }
 
 /// Kept as JSON, so that a round trip loses nothing.
 impl Rest for crate::JsonObject {
-    fn accept<'de, A: MapAccess<'de>>(&mut self, key: Cow<'de, str>, map: &mut A) -> Result<(), A::Error> {
+    fn accept<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: Cow<'de, str>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
         let value: crate::JsonValue = map.next_value()?;
         self.insert(key.into_owned(), value);
         Ok(())
@@ -56,7 +64,11 @@ impl Rest for crate::JsonObject {
 
 /// Typed by the schema's `additionalProperties` or `patternProperties`.
 impl<T: for<'de> Deserialize<'de> + Serialize> Rest for BTreeMap<String, T> {
-    fn accept<'de, A: MapAccess<'de>>(&mut self, key: Cow<'de, str>, map: &mut A) -> Result<(), A::Error> {
+    fn accept<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: Cow<'de, str>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
         let value: T = map.next_value()?;
         self.insert(key.into_owned(), value);
         Ok(())
@@ -72,7 +84,11 @@ impl<T: for<'de> Deserialize<'de> + Serialize> Rest for BTreeMap<String, T> {
 pub struct Closed;
 
 impl Rest for Closed {
-    fn accept<'de, A: MapAccess<'de>>(&mut self, _key: Cow<'de, str>, map: &mut A) -> Result<(), A::Error> {
+    fn accept<'de, A: MapAccess<'de>>(
+        &mut self,
+        _key: Cow<'de, str>,
+        map: &mut A,
+    ) -> Result<(), A::Error> {
         map.next_value::<IgnoredAny>().map(drop)
     }
     fn write<M: SerializeMap>(&self, _map: &mut M) -> Result<(), M::Error> {

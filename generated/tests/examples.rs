@@ -3,6 +3,7 @@
 //! reason; an exclusion that no longer fails is an error, so the list cannot rot.
 
 #[path = "support/dispatch.rs"]
+#[rustfmt::skip]
 mod dispatch;
 
 use std::collections::BTreeMap;
@@ -14,7 +15,9 @@ use serde_json::Value;
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+        }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
         }
@@ -24,7 +27,9 @@ fn same(a: &Value, b: &Value) -> bool {
 
 #[test]
 fn every_spec_example_round_trips() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("generated/ lies in the repo");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("generated/ lies in the repo");
     let dir = mxconform_codegen::pin::find_spec_dir(repo).unwrap_or_else(|e| panic!("{e}"));
     let spec = mxconform_codegen::Spec::load(&dir).expect("the pinned spec loads");
     let model = mxconform_codegen::Model::build(&spec).expect("the pinned spec models");
@@ -33,9 +38,18 @@ fn every_spec_example_round_trips() {
     let list_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/example-exclusions.txt");
     let list = std::fs::read_to_string(&list_path).expect("the exclusion list exists");
     let mut excluded: BTreeMap<&str, &str> = BTreeMap::new();
-    for line in list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        let (id, reason) = line.split_once(" | ").unwrap_or_else(|| panic!("exclusion without ` | reason`: {line}"));
-        assert!(!reason.trim().is_empty(), "exclusion without a reason: {line}");
+    for line in list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (id, reason) = line
+            .split_once(" | ")
+            .unwrap_or_else(|| panic!("exclusion without ` | reason`: {line}"));
+        assert!(
+            !reason.trim().is_empty(),
+            "exclusion without a reason: {line}"
+        );
         excluded.insert(id.trim(), reason.trim());
     }
 
@@ -60,13 +74,17 @@ fn every_spec_example_round_trips() {
             (Ok(()), false) => passed += 1,
             (Err(e), false) => failures.push(format!("{id}\n    {e}")),
             (Err(_), true) => seen_excluded += 1,
-            (Ok(()), true) => failures.push(format!("{id}\n    passes now: remove it from tests/example-exclusions.txt")),
+            (Ok(()), true) => failures.push(format!(
+                "{id}\n    passes now: remove it from tests/example-exclusions.txt"
+            )),
         }
     }
     let known: std::collections::BTreeSet<String> = examples.iter().map(|e| e.id()).collect();
     for id in excluded.keys() {
         if !known.contains(*id) {
-            failures.push(format!("{id}\n    listed in tests/example-exclusions.txt but the spec has no such example"));
+            failures.push(format!(
+                "{id}\n    listed in tests/example-exclusions.txt but the spec has no such example"
+            ));
         }
     }
     // Written past the test harness's capture, so the count shows on every run.
@@ -75,7 +93,17 @@ fn every_spec_example_round_trips() {
         examples.len(),
         failures.len()
     );
-    std::io::Write::write_all(&mut std::io::stderr(), summary.as_bytes()).expect("stderr is writable");
-    assert!(examples.len() > 400, "suspiciously few examples: {}", examples.len());
-    assert!(failures.is_empty(), "{} examples fail:\n{}", failures.len(), failures.join("\n"));
+    std::io::Write::write_all(&mut std::io::stderr(), summary.as_bytes())
+        .expect("stderr is writable");
+    assert!(
+        examples.len() > 400,
+        "suspiciously few examples: {}",
+        examples.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} examples fail:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -37,7 +37,10 @@ pub struct Client {
 pub enum Body {
     None,
     Json(Value),
-    Raw { bytes: Vec<u8>, content_type: String },
+    Raw {
+        bytes: Vec<u8>,
+        content_type: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -71,9 +74,12 @@ pub fn fill_path(route: &Route, params: &BTreeMap<String, String>) -> Result<Str
         }
         match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
             Some(name) => {
-                let v = params
-                    .get(name)
-                    .ok_or_else(|| format!("{}: no value for path parameter `{name}`", route.operation_id))?;
+                let v = params.get(name).ok_or_else(|| {
+                    format!(
+                        "{}: no value for path parameter `{name}`",
+                        route.operation_id
+                    )
+                })?;
                 out.push_str(&encode_segment(v));
             }
             None => out.push_str(seg),
@@ -87,7 +93,11 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
         return format!("no complete response within {:.1} s", timeout.as_secs_f64());
     }
-    let mut s = if e.is_connect() { "cannot connect".to_string() } else { "request failed".to_string() };
+    let mut s = if e.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        "request failed".to_string()
+    };
     let mut source = std::error::Error::source(e);
     while let Some(inner) = source {
         s.push_str(": ");
@@ -136,7 +146,8 @@ impl Client {
             url.push('=');
             url.push_str(&encode_segment(v));
         }
-        let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| format!("bad method: {e}"))?;
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|e| format!("bad method: {e}"))?;
         let mut req = self.http.request(method, &url).timeout(timeout);
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -146,7 +157,10 @@ impl Client {
             Body::Json(v) => req
                 .header("content-type", "application/json")
                 .body(serde_json::to_vec(&v).map_err(|e| e.to_string())?),
-            Body::Raw { bytes, content_type } => req.header("content-type", content_type).body(bytes),
+            Body::Raw {
+                bytes,
+                content_type,
+            } => req.header("content-type", content_type).body(bytes),
         };
         let work = async {
             let mut resp = req.send().await.map_err(|e| describe(&e, timeout))?;
@@ -158,21 +172,33 @@ impl Client {
                 .map(str::to_string);
             if let Some(len) = resp.content_length() {
                 if len as usize > self.limits.max_body {
-                    return Err(format!("the server announces a {len}-byte body, over the {}-byte cap", self.limits.max_body));
+                    return Err(format!(
+                        "the server announces a {len}-byte body, over the {}-byte cap",
+                        self.limits.max_body
+                    ));
                 }
             }
             let mut buf = Vec::new();
-            while let Some(chunk) = resp.chunk().await.map_err(|e| format!("reading the body: {}", describe(&e, timeout)))? {
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| format!("reading the body: {}", describe(&e, timeout)))?
+            {
                 buf.extend_from_slice(&chunk);
                 if buf.len() > self.limits.max_body {
-                    return Err(format!("the response body exceeds the {}-byte cap", self.limits.max_body));
+                    return Err(format!(
+                        "the response body exceeds the {}-byte cap",
+                        self.limits.max_body
+                    ));
                 }
             }
             let bytes = buf.len();
             let body = if binary_answer && (200..300).contains(&status) {
                 Value::Null
             } else if buf.is_empty() {
-                return Err(format!("status {status} with an empty body where JSON was expected"));
+                return Err(format!(
+                    "status {status} with an empty body where JSON was expected"
+                ));
             } else {
                 serde_json::from_slice(&buf).map_err(|e| {
                     let head = String::from_utf8_lossy(&buf[..buf.len().min(120)]).into_owned();
@@ -189,7 +215,10 @@ impl Client {
         // The request timeout covers sending and the whole body; this is a second, outer bound.
         match tokio::time::timeout(timeout + Duration::from_secs(1), work).await {
             Ok(r) => r,
-            Err(_) => Err(format!("no complete response within {:.1} s", timeout.as_secs_f64())),
+            Err(_) => Err(format!(
+                "no complete response within {:.1} s",
+                timeout.as_secs_f64()
+            )),
         }
     }
 
@@ -205,8 +234,20 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<Response, String> {
         let p = fill_path(route, path)?;
-        let binary = route.responses.iter().any(|r| (200..300).contains(&r.status) && r.body == BodyKind::Binary);
-        self.send(route.method.as_str(), &p, query, body, token, timeout, binary).await
+        let binary = route
+            .responses
+            .iter()
+            .any(|r| (200..300).contains(&r.status) && r.body == BodyKind::Binary);
+        self.send(
+            route.method.as_str(),
+            &p,
+            query,
+            body,
+            token,
+            timeout,
+            binary,
+        )
+        .await
     }
 }
 
@@ -223,7 +264,10 @@ mod tests {
         p.insert("roomId".to_string(), "!r:x".to_string());
         p.insert("eventType".to_string(), "m.room.topic".to_string());
         p.insert("stateKey".to_string(), String::new());
-        assert_eq!(fill_path(route, &p).unwrap(), "/_matrix/client/v3/rooms/%21r%3Ax/state/m.room.topic/");
+        assert_eq!(
+            fill_path(route, &p).unwrap(),
+            "/_matrix/client/v3/rooms/%21r%3Ax/state/m.room.topic/"
+        );
         p.remove("roomId");
         assert!(fill_path(route, &p).unwrap_err().contains("roomId"));
     }

@@ -10,11 +10,16 @@ use crate::template::Vars;
 /// expected element contained by some actual element, each used at most once, in any order.
 pub fn subset(expected: &Value, actual: &Value) -> bool {
     match (expected, actual) {
-        (Value::Object(e), Value::Object(a)) => e.iter().all(|(k, ev)| a.get(k).is_some_and(|av| subset(ev, av))),
+        (Value::Object(e), Value::Object(a)) => e
+            .iter()
+            .all(|(k, ev)| a.get(k).is_some_and(|av| subset(ev, av))),
         (Value::Array(e), Value::Array(a)) => {
             let mut used = vec![false; a.len()];
             e.iter().all(|ev| {
-                let found = a.iter().enumerate().find(|(i, av)| !used[*i] && subset(ev, av));
+                let found = a
+                    .iter()
+                    .enumerate()
+                    .find(|(i, av)| !used[*i] && subset(ev, av));
                 match found {
                     Some((i, _)) => {
                         used[i] = true;
@@ -68,13 +73,21 @@ pub fn check(c: &Check, body: &Value, vars: &Vars) -> Result<(), String> {
     if let Some(e) = &c.equals {
         let e = vars.render(e)?;
         if !(subset(&e, v) && subset(v, &e)) {
-            return Err(format!("at {at}: expected {}, found {}", short(&e), short(v)));
+            return Err(format!(
+                "at {at}: expected {}, found {}",
+                short(&e),
+                short(v)
+            ));
         }
     }
     if let Some(e) = &c.subset {
         let e = vars.render(e)?;
         if !subset(&e, v) {
-            return Err(format!("at {at}: {} does not contain {}", short(v), short(&e)));
+            return Err(format!(
+                "at {at}: {} does not contain {}",
+                short(v),
+                short(&e)
+            ));
         }
     }
     for (wanted, which) in [(&c.contains, true), (&c.lacks, false)] {
@@ -86,9 +99,17 @@ pub fn check(c: &Check, body: &Value, vars: &Vars) -> Result<(), String> {
             let any = items.iter().any(|item| subset(&e, item));
             if any != which {
                 return Err(if which {
-                    format!("at {at}: no element contains {} (elements: {})", short(&e), short(v))
+                    format!(
+                        "at {at}: no element contains {} (elements: {})",
+                        short(&e),
+                        short(v)
+                    )
                 } else {
-                    format!("at {at}: an element contains {} (elements: {})", short(&e), short(v))
+                    format!(
+                        "at {at}: an element contains {} (elements: {})",
+                        short(&e),
+                        short(v)
+                    )
                 });
             }
         }
@@ -101,12 +122,19 @@ pub fn check(c: &Check, body: &Value, vars: &Vars) -> Result<(), String> {
     };
     if let Some(n) = c.length {
         if len != Some(n) {
-            return Err(format!("at {at}: expected length {n}, found {} ({})", len.map_or("none".into(), |l| l.to_string()), short(v)));
+            return Err(format!(
+                "at {at}: expected length {n}, found {} ({})",
+                len.map_or("none".into(), |l| l.to_string()),
+                short(v)
+            ));
         }
     }
     if let Some(n) = c.min_length {
         if len.is_none_or(|l| l < n) {
-            return Err(format!("at {at}: expected length at least {n}, found {}", short(v)));
+            return Err(format!(
+                "at {at}: expected length at least {n}, found {}",
+                short(v)
+            ));
         }
     }
     if let Some(r) = &c.regex {
@@ -120,7 +148,10 @@ pub fn check(c: &Check, body: &Value, vars: &Vars) -> Result<(), String> {
         let actual = json_type(v);
         let ok = actual == t || (t == "number" && actual == "integer");
         if !ok {
-            return Err(format!("at {at}: expected a {t}, found a {actual} ({})", short(v)));
+            return Err(format!(
+                "at {at}: expected a {t}, found a {actual} ({})",
+                short(v)
+            ));
         }
     }
     Ok(())
@@ -137,18 +168,28 @@ pub fn response(e: &Expect, status: u16, body: &Value, vars: &Vars) -> Result<()
             Some(s) => format!("{s:?}"),
             None => "2xx".into(),
         };
-        return Err(format!("expected status {want}, got {status}: {}", short(body)));
+        return Err(format!(
+            "expected status {want}, got {status}: {}",
+            short(body)
+        ));
     }
     if let Some(code) = &e.errcode {
         let got = body.get("errcode").and_then(Value::as_str);
         if got != Some(code.as_str()) {
-            return Err(format!("expected errcode {code}, got {}", got.unwrap_or("none")));
+            return Err(format!(
+                "expected errcode {code}, got {}",
+                got.unwrap_or("none")
+            ));
         }
     }
     if let Some(b) = &e.body {
         let b = vars.render(b)?;
         if !subset(&b, body) {
-            return Err(format!("body {} does not contain {}", short(body), short(&b)));
+            return Err(format!(
+                "body {} does not contain {}",
+                short(body),
+                short(&b)
+            ));
         }
     }
     for c in &e.checks {
@@ -168,10 +209,15 @@ mod tests {
 
     #[test]
     fn subsets() {
-        let t = |e: Value, a: Value, expected: bool| assert_eq!(subset(&e, &a), expected, "{e} in {a}");
+        let t =
+            |e: Value, a: Value, expected: bool| assert_eq!(subset(&e, &a), expected, "{e} in {a}");
         t(json!({"a": 1}), json!({"a": 1, "b": 2}), true);
         t(json!({"a": 1, "c": 3}), json!({"a": 1}), false);
-        t(json!([{"t": "x"}]), json!([{"t": "y"}, {"t": "x", "z": 1}]), true);
+        t(
+            json!([{"t": "x"}]),
+            json!([{"t": "y"}, {"t": "x", "z": 1}]),
+            true,
+        );
         t(json!([1, 1]), json!([1, 2]), false);
         t(json!(1.0), json!(1), true);
         t(json!({"a": [2]}), json!({"a": [1, 2, 3]}), true);
@@ -181,27 +227,138 @@ mod tests {
     #[test]
     fn checks() {
         let body = json!({"chunk": [{"type": "m.room.message"}], "s": "abc", "n": 5});
-        assert!(run(Check { at: "/chunk".into(), length: Some(1), ..Check::default() }, body.clone()).is_ok());
-        assert!(run(Check { at: "/chunk".into(), length: Some(2), ..Check::default() }, body.clone()).unwrap_err().contains("expected length 2"));
-        assert!(run(Check { at: "/missing".into(), absent: Some(true), ..Check::default() }, body.clone()).is_ok());
-        assert!(run(Check { at: "/s".into(), exists: Some(false), ..Check::default() }, body.clone()).is_err());
-        assert!(run(Check { at: "/s".into(), regex: Some("^a".into()), ..Check::default() }, body.clone()).is_ok());
-        assert!(run(Check { at: "/s".into(), regex: Some("^b".into()), ..Check::default() }, body.clone()).is_err());
-        assert!(run(Check { at: "/chunk".into(), contains: Some(json!({"type": "m.room.message"})), ..Check::default() }, body.clone()).is_ok());
-        assert!(run(Check { at: "/chunk".into(), lacks: Some(json!({"type": "m.room.message"})), ..Check::default() }, body.clone()).is_err());
-        assert!(run(Check { at: "/n".into(), type_: Some("integer".into()), ..Check::default() }, body.clone()).is_ok());
-        assert!(run(Check { at: "/n".into(), type_: Some("string".into()), ..Check::default() }, body.clone()).is_err());
-        assert!(run(Check { at: "/n".into(), equals: Some(json!(5)), ..Check::default() }, body.clone()).is_ok());
-        assert!(run(Check { at: "/nope".into(), ..Check::default() }, body).unwrap_err().contains("nothing at /nope"));
+        assert!(run(
+            Check {
+                at: "/chunk".into(),
+                length: Some(1),
+                ..Check::default()
+            },
+            body.clone()
+        )
+        .is_ok());
+        assert!(run(
+            Check {
+                at: "/chunk".into(),
+                length: Some(2),
+                ..Check::default()
+            },
+            body.clone()
+        )
+        .unwrap_err()
+        .contains("expected length 2"));
+        assert!(run(
+            Check {
+                at: "/missing".into(),
+                absent: Some(true),
+                ..Check::default()
+            },
+            body.clone()
+        )
+        .is_ok());
+        assert!(run(
+            Check {
+                at: "/s".into(),
+                exists: Some(false),
+                ..Check::default()
+            },
+            body.clone()
+        )
+        .is_err());
+        assert!(run(
+            Check {
+                at: "/s".into(),
+                regex: Some("^a".into()),
+                ..Check::default()
+            },
+            body.clone()
+        )
+        .is_ok());
+        assert!(run(
+            Check {
+                at: "/s".into(),
+                regex: Some("^b".into()),
+                ..Check::default()
+            },
+            body.clone()
+        )
+        .is_err());
+        assert!(run(
+            Check {
+                at: "/chunk".into(),
+                contains: Some(json!({"type": "m.room.message"})),
+                ..Check::default()
+            },
+            body.clone()
+        )
+        .is_ok());
+        assert!(run(
+            Check {
+                at: "/chunk".into(),
+                lacks: Some(json!({"type": "m.room.message"})),
+                ..Check::default()
+            },
+            body.clone()
+        )
+        .is_err());
+        assert!(run(
+            Check {
+                at: "/n".into(),
+                type_: Some("integer".into()),
+                ..Check::default()
+            },
+            body.clone()
+        )
+        .is_ok());
+        assert!(run(
+            Check {
+                at: "/n".into(),
+                type_: Some("string".into()),
+                ..Check::default()
+            },
+            body.clone()
+        )
+        .is_err());
+        assert!(run(
+            Check {
+                at: "/n".into(),
+                equals: Some(json!(5)),
+                ..Check::default()
+            },
+            body.clone()
+        )
+        .is_ok());
+        assert!(run(
+            Check {
+                at: "/nope".into(),
+                ..Check::default()
+            },
+            body
+        )
+        .unwrap_err()
+        .contains("nothing at /nope"));
     }
 
     #[test]
     fn responses() {
         let v = Vars::default();
-        let e = Expect { errcode: Some("M_FORBIDDEN".into()), status: Some(crate::scenario::StatusSpec::One(403)), ..Expect::default() };
-        assert!(response(&e, 403, &json!({"errcode": "M_FORBIDDEN", "error": "no"}), &v).is_ok());
-        assert!(response(&e, 200, &json!({}), &v).unwrap_err().contains("expected status"));
-        assert!(response(&e, 403, &json!({"errcode": "M_UNKNOWN"}), &v).unwrap_err().contains("expected errcode"));
+        let e = Expect {
+            errcode: Some("M_FORBIDDEN".into()),
+            status: Some(crate::scenario::StatusSpec::One(403)),
+            ..Expect::default()
+        };
+        assert!(response(
+            &e,
+            403,
+            &json!({"errcode": "M_FORBIDDEN", "error": "no"}),
+            &v
+        )
+        .is_ok());
+        assert!(response(&e, 200, &json!({}), &v)
+            .unwrap_err()
+            .contains("expected status"));
+        assert!(response(&e, 403, &json!({"errcode": "M_UNKNOWN"}), &v)
+            .unwrap_err()
+            .contains("expected errcode"));
         assert!(response(&Expect::default(), 204, &json!({}), &v).is_ok());
         assert!(response(&Expect::default(), 400, &json!({}), &v).is_err());
     }

@@ -89,7 +89,15 @@ pub fn version_gate(s: &scenario::Scenario, versions: &[String]) -> Option<Strin
 /// What the server says about itself before the run.
 pub async fn probe(client: &client::Client) -> Result<(Vec<String>, Option<String>)> {
     let resp = client
-        .send("GET", "/_matrix/client/versions", &[], client::Body::None, None, Some(Duration::from_secs(10)), false)
+        .send(
+            "GET",
+            "/_matrix/client/versions",
+            &[],
+            client::Body::None,
+            None,
+            Some(Duration::from_secs(10)),
+            false,
+        )
         .await
         .map_err(|reason| Error::Unreachable {
             url: client.base().to_string(),
@@ -98,17 +106,33 @@ pub async fn probe(client: &client::Client) -> Result<(Vec<String>, Option<Strin
     if resp.status != 200 {
         return Err(Error::Unreachable {
             url: client.base().to_string(),
-            reason: format!("/_matrix/client/versions answered {}: {}", resp.status, resp.body),
+            reason: format!(
+                "/_matrix/client/versions answered {}: {}",
+                resp.status, resp.body
+            ),
         });
     }
     let versions: Vec<String> = resp
         .body
         .get("versions")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
     let software = client
-        .send("GET", "/_matrix/federation/v1/version", &[], client::Body::None, None, Some(Duration::from_secs(5)), false)
+        .send(
+            "GET",
+            "/_matrix/federation/v1/version",
+            &[],
+            client::Body::None,
+            None,
+            Some(Duration::from_secs(5)),
+            false,
+        )
         .await
         .ok()
         .filter(|r| r.status == 200)
@@ -212,11 +236,21 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
                         Ok(Completion::Completed)
                     }
                     (Err(e), None) => {
-                        record(report::Outcome::Failed, Some(e.clone()), outcome.operations, ms);
+                        record(
+                            report::Outcome::Failed,
+                            Some(e.clone()),
+                            outcome.operations,
+                            ms,
+                        );
                         Err(Failed::from(e))
                     }
                     (Err(e), Some(d)) => {
-                        record(report::Outcome::ExpectedFailure, Some(format!("{} ({}); failed with: {e}", d.reason, d.spec)), outcome.operations, ms);
+                        record(
+                            report::Outcome::ExpectedFailure,
+                            Some(format!("{} ({}); failed with: {e}", d.reason, d.spec)),
+                            outcome.operations,
+                            ms,
+                        );
                         Ok(Completion::Completed)
                     }
                     (Ok(()), Some(d)) => {
@@ -225,7 +259,12 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
                             env.profile.path.display(),
                             d.reason
                         );
-                        record(report::Outcome::UnexpectedPass, Some(why.clone()), outcome.operations, ms);
+                        record(
+                            report::Outcome::UnexpectedPass,
+                            Some(why.clone()),
+                            outcome.operations,
+                            ms,
+                        );
                         Err(Failed::from(why))
                     }
                 }
@@ -251,12 +290,22 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
             None
         }
     };
-    let results = std::mem::take(&mut *results.lock().map_err(|_| Error::Other("results lock poisoned".into()))?);
+    let results = std::mem::take(
+        &mut *results
+            .lock()
+            .map_err(|_| Error::Other("results lock poisoned".into()))?,
+    );
     let mut report = Report::build(server, results);
-    let reasons_file = config.scenarios_dir.parent().map(|h| h.join("coverage.toml"));
+    let reasons_file = config
+        .scenarios_dir
+        .parent()
+        .map(|h| h.join("coverage.toml"));
     if let Some(path) = reasons_file {
         let reasons = report::coverage_reasons(&path)?;
-        report.coverage.reasons = reasons.into_iter().filter(|(op, _)| report.coverage.uncovered.contains(op)).collect();
+        report.coverage.reasons = reasons
+            .into_iter()
+            .filter(|(op, _)| report.coverage.uncovered.contains(op))
+            .collect();
     }
     Ok(RunOutput { conclusion, report })
 }
@@ -269,14 +318,21 @@ struct Progress {
 }
 
 impl Progress {
-    fn start(args: &libtest_mimic::Arguments, total: usize, done: Arc<Mutex<Vec<report::ScenarioResult>>>) -> Progress {
+    fn start(
+        args: &libtest_mimic::Arguments,
+        total: usize,
+        done: Arc<Mutex<Vec<report::ScenarioResult>>>,
+    ) -> Progress {
         use std::io::IsTerminal;
         let wanted = total >= 30
             && !args.list
             && std::io::stderr().is_terminal()
             && (args.quiet || !std::io::stdout().is_terminal());
         if !wanted {
-            return Progress { stop: None, thread: None };
+            return Progress {
+                stop: None,
+                thread: None,
+            };
         }
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -284,7 +340,11 @@ impl Progress {
             loop {
                 let n = done.lock().map(|d| d.len()).unwrap_or(0);
                 let filled = n * width / total.max(1);
-                eprint!("\r[{}{}] {n}/{total} scenarios", "=".repeat(filled), " ".repeat(width - filled));
+                eprint!(
+                    "\r[{}{}] {n}/{total} scenarios",
+                    "=".repeat(filled),
+                    " ".repeat(width - filled)
+                );
                 if rx.recv_timeout(Duration::from_millis(200)).is_ok() {
                     eprintln!();
                     return;

@@ -89,7 +89,9 @@ pub struct Report {
 }
 
 /// Reads the reasons file (`coverage.toml`: `[uncoverable] operationId = "reason"`).
-pub fn coverage_reasons(path: &std::path::Path) -> crate::Result<std::collections::BTreeMap<String, String>> {
+pub fn coverage_reasons(
+    path: &std::path::Path,
+) -> crate::Result<std::collections::BTreeMap<String, String>> {
     #[derive(Deserialize)]
     struct File {
         #[serde(default)]
@@ -98,12 +100,21 @@ pub fn coverage_reasons(path: &std::path::Path) -> crate::Result<std::collection
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
-        Err(e) => return Err(crate::Error::Io { path: path.to_path_buf(), source: e }),
+        Err(e) => {
+            return Err(crate::Error::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
     };
-    let f: File = toml::from_str(&text).map_err(|e| crate::Error::Other(format!("{}: {e}", path.display())))?;
+    let f: File = toml::from_str(&text)
+        .map_err(|e| crate::Error::Other(format!("{}: {e}", path.display())))?;
     for op in f.uncoverable.keys() {
         if crate::route(op).is_none() {
-            return Err(crate::Error::Other(format!("{}: `{op}` is not a client-server operation", path.display())));
+            return Err(crate::Error::Other(format!(
+                "{}: `{op}` is not a client-server operation",
+                path.display()
+            )));
         }
     }
     Ok(f.uncoverable)
@@ -124,7 +135,11 @@ impl Report {
             }
         }
         let all: Vec<&str> = crate::routes().map(|r| r.operation_id).collect();
-        let uncovered: Vec<String> = all.iter().filter(|o| !exercised.contains(*o)).map(|o| o.to_string()).collect();
+        let uncovered: Vec<String> = all
+            .iter()
+            .filter(|o| !exercised.contains(*o))
+            .map(|o| o.to_string())
+            .collect();
         let coverage = Coverage {
             operations_total: all.len(),
             operations_exercised: all.len() - uncovered.len(),
@@ -154,7 +169,15 @@ impl Report {
     pub fn to_markdown(&self) -> String {
         let mut s = String::new();
         let t = &self.totals;
-        let _ = writeln!(s, "# Matrix compliance: {} ({})\n", self.server.profile, self.server.software.as_deref().unwrap_or("unknown software"));
+        let _ = writeln!(
+            s,
+            "# Matrix compliance: {} ({})\n",
+            self.server.profile,
+            self.server
+                .software
+                .as_deref()
+                .unwrap_or("unknown software")
+        );
         let _ = writeln!(
             s,
             "Spec {}; server `{}` at {}, advertising {}.\n",
@@ -202,10 +225,16 @@ impl Report {
                 by_op.entry(op.as_str()).or_default().push(sc);
             }
         }
-        let _ = writeln!(s, "| Operation | Route | Scenarios | Passing |\n|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "| Operation | Route | Scenarios | Passing |\n|---|---|---|---|"
+        );
         for r in crate::routes() {
             let list = by_op.get(r.operation_id).map(Vec::as_slice).unwrap_or(&[]);
-            let passing = list.iter().filter(|sc| sc.outcome == Outcome::Passed).count();
+            let passing = list
+                .iter()
+                .filter(|sc| sc.outcome == Outcome::Passed)
+                .count();
             let _ = writeln!(
                 s,
                 "| [`{}`]({}) | `{} {}` | {} | {} |",
@@ -214,26 +243,53 @@ impl Report {
                 r.method.as_str(),
                 r.path,
                 list.len(),
-                if list.is_empty() { "uncovered".to_string() } else { format!("{passing}/{}", list.len()) }
+                if list.is_empty() {
+                    "uncovered".to_string()
+                } else {
+                    format!("{passing}/{}", list.len())
+                }
             );
         }
         if !c.uncovered.is_empty() {
-            let _ = writeln!(s, "\n## Uncovered operations\n\n| Operation | Why |\n|---|---|");
+            let _ = writeln!(
+                s,
+                "\n## Uncovered operations\n\n| Operation | Why |\n|---|---|"
+            );
             for op in &c.uncovered {
-                let why = c.reasons.get(op).map_or("no passing scenario yet", String::as_str);
+                let why = c
+                    .reasons
+                    .get(op)
+                    .map_or("no passing scenario yet", String::as_str);
                 let _ = writeln!(s, "| `{op}` | {why} |");
             }
         }
         let failing: Vec<&ScenarioResult> = self
             .scenarios
             .iter()
-            .filter(|sc| matches!(sc.outcome, Outcome::Failed | Outcome::UnexpectedPass | Outcome::ExpectedFailure))
+            .filter(|sc| {
+                matches!(
+                    sc.outcome,
+                    Outcome::Failed | Outcome::UnexpectedPass | Outcome::ExpectedFailure
+                )
+            })
             .collect();
         if !failing.is_empty() {
-            let _ = writeln!(s, "\n## Failures and deviations\n\n| Scenario | Outcome | Reason |\n|---|---|---|");
+            let _ = writeln!(
+                s,
+                "\n## Failures and deviations\n\n| Scenario | Outcome | Reason |\n|---|---|---|"
+            );
             for sc in failing {
-                let reason = sc.reason.as_deref().unwrap_or("").replace('|', "\\|").replace('\n', " ");
-                let _ = writeln!(s, "| [`{}`]({}) | {:?} | {} |", sc.name, sc.spec, sc.outcome, reason);
+                let reason = sc
+                    .reason
+                    .as_deref()
+                    .unwrap_or("")
+                    .replace('|', "\\|")
+                    .replace('\n', " ");
+                let _ = writeln!(
+                    s,
+                    "| [`{}`]({}) | {:?} | {} |",
+                    sc.name, sc.spec, sc.outcome, reason
+                );
             }
         }
         s
@@ -270,10 +326,17 @@ impl Report {
                 match sc.outcome {
                     Outcome::Passed => s.push_str("/>\n"),
                     Outcome::Failed | Outcome::UnexpectedPass => {
-                        let _ = writeln!(s, ">\n      <failure message=\"{reason}\"/>\n    </testcase>");
+                        let _ = writeln!(
+                            s,
+                            ">\n      <failure message=\"{reason}\"/>\n    </testcase>"
+                        );
                     }
                     Outcome::Skipped | Outcome::ExpectedFailure => {
-                        let _ = writeln!(s, ">\n      <skipped message=\"{:?}: {reason}\"/>\n    </testcase>", sc.outcome);
+                        let _ = writeln!(
+                            s,
+                            ">\n      <skipped message=\"{:?}: {reason}\"/>\n    </testcase>",
+                            sc.outcome
+                        );
                     }
                 }
             }
@@ -286,7 +349,10 @@ impl Report {
 
 /// The pinned spec version as the spec's URLs spell it: `v1.19`.
 pub fn spec_version_tag() -> &'static str {
-    mxconform_generated::SPEC_VERSION.split_whitespace().next().unwrap_or("latest")
+    mxconform_generated::SPEC_VERSION
+        .split_whitespace()
+        .next()
+        .unwrap_or("latest")
 }
 
 fn percent(n: usize, d: usize) -> String {
@@ -301,21 +367,34 @@ fn title_case(s: &str) -> String {
     s.split(['-', '_'])
         .map(|w| {
             let mut c = w.chars();
-            c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+            c.next()
+                .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+                .unwrap_or_default()
         })
         .collect::<Vec<_>>()
         .join(" ")
 }
 
 fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Scenario by scenario, where two servers' results differ.
 pub fn compare(a: &Report, b: &Report) -> String {
     let mut s = String::new();
-    let name_a = format!("{} ({})", a.server.profile, a.server.software.as_deref().unwrap_or("?"));
-    let name_b = format!("{} ({})", b.server.profile, b.server.software.as_deref().unwrap_or("?"));
+    let name_a = format!(
+        "{} ({})",
+        a.server.profile,
+        a.server.software.as_deref().unwrap_or("?")
+    );
+    let name_b = format!(
+        "{} ({})",
+        b.server.profile,
+        b.server.software.as_deref().unwrap_or("?")
+    );
     let _ = writeln!(s, "# {name_a} vs {name_b}\n");
     let _ = writeln!(
         s,
@@ -331,8 +410,10 @@ pub fn compare(a: &Report, b: &Report) -> String {
         a.coverage.operations_exercised,
         b.coverage.operations_exercised
     );
-    let ma: BTreeMap<&str, &ScenarioResult> = a.scenarios.iter().map(|x| (x.name.as_str(), x)).collect();
-    let mb: BTreeMap<&str, &ScenarioResult> = b.scenarios.iter().map(|x| (x.name.as_str(), x)).collect();
+    let ma: BTreeMap<&str, &ScenarioResult> =
+        a.scenarios.iter().map(|x| (x.name.as_str(), x)).collect();
+    let mb: BTreeMap<&str, &ScenarioResult> =
+        b.scenarios.iter().map(|x| (x.name.as_str(), x)).collect();
     let names: BTreeSet<&str> = ma.keys().chain(mb.keys()).copied().collect();
     let mut rows = Vec::new();
     for n in names {
@@ -347,13 +428,23 @@ pub fn compare(a: &Report, b: &Report) -> String {
                 .unwrap_or("")
                 .replace('|', "\\|")
                 .replace('\n', " ");
-            rows.push(format!("| `{n}` | {} | {} | {reason} |", show(oa), show(ob)));
+            rows.push(format!(
+                "| `{n}` | {} | {} | {reason} |",
+                show(oa),
+                show(ob)
+            ));
         }
     }
     if rows.is_empty() {
         s.push_str("Every scenario has the same outcome on both.\n");
     } else {
-        let _ = writeln!(s, "{} scenarios differ:\n\n| Scenario | {} | {} | Reason |\n|---|---|---|---|", rows.len(), a.server.profile, b.server.profile);
+        let _ = writeln!(
+            s,
+            "{} scenarios differ:\n\n| Scenario | {} | {} | Reason |\n|---|---|---|---|",
+            rows.len(),
+            a.server.profile,
+            b.server.profile
+        );
         for r in rows {
             s.push_str(&r);
             s.push('\n');

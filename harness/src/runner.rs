@@ -69,7 +69,12 @@ fn unique_token() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
-    format!("{}{}{}", base36(nanos % 36u128.pow(8)), base36(u128::from(std::process::id()) % 1296), base36(u128::from(n)))
+    format!(
+        "{}{}{}",
+        base36(nanos % 36u128.pow(8)),
+        base36(u128::from(std::process::id()) % 1296),
+        base36(u128::from(n))
+    )
 }
 
 fn base36(mut n: u128) -> String {
@@ -88,7 +93,10 @@ fn base36(mut n: u128) -> String {
 
 pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
     let started = Instant::now();
-    let bound = scenario.timeout_ms.map(Duration::from_millis).unwrap_or(env.scenario_timeout);
+    let bound = scenario
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(env.scenario_timeout);
     let mut run = Run {
         env,
         scenario,
@@ -102,13 +110,23 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
         background: BTreeMap::new(),
         skipped: None,
     };
-    run.vars.set("server_name", Value::String(env.profile.server_name.clone()));
+    run.vars.set(
+        "server_name",
+        Value::String(env.profile.server_name.clone()),
+    );
     let result = match tokio::time::timeout(bound, run.all()).await {
         Ok(r) => r,
-        Err(_) => Err(format!("the scenario did not finish within {:.1} s", bound.as_secs_f64())),
+        Err(_) => Err(format!(
+            "the scenario did not finish within {:.1} s",
+            bound.as_secs_f64()
+        )),
     };
     Outcome {
-        result: if run.skipped.is_some() { Ok(()) } else { result },
+        result: if run.skipped.is_some() {
+            Ok(())
+        } else {
+            result
+        },
         skipped: run.skipped,
         operations: run.operations,
         duration: started.elapsed(),
@@ -118,7 +136,9 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
 impl Run<'_> {
     async fn all(&mut self) -> Result<(), String> {
         for actor in self.scenario.actors.clone() {
-            self.register(&actor).await.map_err(|e| format!("creating actor {actor}: {e}"))?;
+            self.register(&actor)
+                .await
+                .map_err(|e| format!("creating actor {actor}: {e}"))?;
         }
         for (i, step) in self.scenario.steps.iter().enumerate() {
             let label = match (&step.call, &step.sync_until, &step.await_, &step.http) {
@@ -165,7 +185,11 @@ impl Run<'_> {
             }
         }
         self.record(route.operation_id);
-        let resp = self.env.client.call(route, path, query, body, token, timeout).await?;
+        let resp = self
+            .env
+            .client
+            .call(route, path, query, body, token, timeout)
+            .await?;
         check_schema(route, &resp)?;
         Ok(resp)
     }
@@ -175,7 +199,9 @@ impl Run<'_> {
         let password = format!("pw-{}-{}", self.vars.unique, actor);
         let body = match self.env.profile.registration {
             Registration::Open => self.register_open(&localpart, &password).await?,
-            Registration::SharedSecret => self.register_shared_secret(&localpart, &password).await?,
+            Registration::SharedSecret => {
+                self.register_shared_secret(&localpart, &password).await?
+            }
         };
         let get = |k: &str| {
             body.get(k)
@@ -188,8 +214,10 @@ impl Run<'_> {
         let device_id = get("device_id")?;
         self.vars.set(&format!("{actor}.user_id"), json!(user_id));
         self.vars.set(&format!("{actor}.token"), json!(token));
-        self.vars.set(&format!("{actor}.device_id"), json!(device_id));
-        self.vars.set(&format!("{actor}.localpart"), json!(localpart));
+        self.vars
+            .set(&format!("{actor}.device_id"), json!(device_id));
+        self.vars
+            .set(&format!("{actor}.localpart"), json!(localpart));
         self.vars.set(&format!("{actor}.password"), json!(password));
         self.tokens.insert(actor.to_string(), token);
         Ok(())
@@ -199,55 +227,112 @@ impl Run<'_> {
     async fn register_open(&mut self, localpart: &str, password: &str) -> Result<Value, String> {
         let route = crate::route("register").ok_or("no register operation")?;
         let mut body = json!({"username": localpart, "password": password, "initial_device_display_name": "mxconform"});
-        let first = self.call(route, &BTreeMap::new(), &[], Body::Json(body.clone()), None, false, None).await?;
+        let first = self
+            .call(
+                route,
+                &BTreeMap::new(),
+                &[],
+                Body::Json(body.clone()),
+                None,
+                false,
+                None,
+            )
+            .await?;
         if first.status == 200 {
             return Ok(first.body);
         }
         if first.status != 401 {
-            return Err(format!("status {} from register: {}", first.status, first.body));
+            return Err(format!(
+                "status {} from register: {}",
+                first.status, first.body
+            ));
         }
-        let session = first.body.get("session").and_then(Value::as_str).map(str::to_string);
+        let session = first
+            .body
+            .get("session")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let offers_dummy = first
             .body
             .get("flows")
             .and_then(Value::as_array)
-            .is_some_and(|flows| flows.iter().any(|f| f.get("stages").and_then(Value::as_array).is_some_and(|s| s == &[json!("m.login.dummy")])));
+            .is_some_and(|flows| {
+                flows.iter().any(|f| {
+                    f.get("stages")
+                        .and_then(Value::as_array)
+                        .is_some_and(|s| s == &[json!("m.login.dummy")])
+                })
+            });
         if !offers_dummy {
-            return Err(format!("the server offers no registration flow of just m.login.dummy: {}", first.body));
+            return Err(format!(
+                "the server offers no registration flow of just m.login.dummy: {}",
+                first.body
+            ));
         }
         let mut auth = json!({"type": "m.login.dummy"});
         if let Some(s) = session {
             auth["session"] = json!(s);
         }
         body["auth"] = auth;
-        let second = self.call(route, &BTreeMap::new(), &[], Body::Json(body), None, false, None).await?;
+        let second = self
+            .call(
+                route,
+                &BTreeMap::new(),
+                &[],
+                Body::Json(body),
+                None,
+                false,
+                None,
+            )
+            .await?;
         if second.status != 200 {
-            return Err(format!("status {} from register with m.login.dummy: {}", second.status, second.body));
+            return Err(format!(
+                "status {} from register with m.login.dummy: {}",
+                second.status, second.body
+            ));
         }
         Ok(second.body)
     }
 
     /// Synapse's admin registration: a nonce, then an HMAC-SHA1 over it and the credentials.
-    async fn register_shared_secret(&mut self, localpart: &str, password: &str) -> Result<Value, String> {
+    async fn register_shared_secret(
+        &mut self,
+        localpart: &str,
+        password: &str,
+    ) -> Result<Value, String> {
         let secret = self.env.profile.shared_secret.clone().unwrap_or_default();
         let path = "/_synapse/admin/v1/register";
-        let nonce_resp = self.env.client.send("GET", path, &[], Body::None, None, None, false).await?;
+        let nonce_resp = self
+            .env
+            .client
+            .send("GET", path, &[], Body::None, None, None, false)
+            .await?;
         let nonce = nonce_resp
             .body
             .get("nonce")
             .and_then(Value::as_str)
             .ok_or_else(|| format!("no nonce from {path}: {}", nonce_resp.body))?
             .to_string();
-        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(|e| e.to_string())?;
+        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())
+            .map_err(|e| e.to_string())?;
         mac.update(nonce.as_bytes());
         mac.update(b"\0");
         mac.update(localpart.as_bytes());
         mac.update(b"\0");
         mac.update(password.as_bytes());
         mac.update(b"\0notadmin");
-        let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let digest: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let body = json!({"nonce": nonce, "username": localpart, "password": password, "mac": digest, "admin": false});
-        let resp = self.env.client.send("POST", path, &[], Body::Json(body), None, None, false).await?;
+        let resp = self
+            .env
+            .client
+            .send("POST", path, &[], Body::Json(body), None, None, false)
+            .await?;
         if resp.status != 200 {
             return Err(format!("status {} from {path}: {}", resp.status, resp.body));
         }
@@ -260,14 +345,19 @@ impl Run<'_> {
         }
         match step.auth {
             Some(AuthMode::None) => return Ok(None),
-            Some(AuthMode::Bogus) => return Ok(Some(format!("mxconform_bogus_{}", self.vars.unique))),
+            Some(AuthMode::Bogus) => {
+                return Ok(Some(format!("mxconform_bogus_{}", self.vars.unique)))
+            }
             None => {}
         }
         let actor = actor.or_else(|| self.scenario.actors.first());
         Ok(actor.and_then(|a| self.tokens.get(a).cloned()))
     }
 
-    fn render_params(&self, params: &BTreeMap<String, Value>) -> Result<Vec<(String, Value)>, String> {
+    fn render_params(
+        &self,
+        params: &BTreeMap<String, Value>,
+    ) -> Result<Vec<(String, Value)>, String> {
         params
             .iter()
             .map(|(k, v)| Ok((k.clone(), self.vars.render(v)?)))
@@ -294,29 +384,66 @@ impl Run<'_> {
             (Some(b), _) => Body::Json(self.vars.render(b)?),
             (None, Some(raw)) => Body::Raw {
                 bytes: self.vars.render_text(raw)?.into_bytes(),
-                content_type: step.content_type.clone().unwrap_or_else(|| "application/json".into()),
+                content_type: step
+                    .content_type
+                    .clone()
+                    .unwrap_or_else(|| "application/json".into()),
             },
             (None, None) if step.raw_body_base64.is_some() => Body::Raw {
-                bytes: step.raw_body_base64.as_deref().and_then(crate::template::base64_decode).unwrap_or_default(),
-                content_type: step.content_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
+                bytes: step
+                    .raw_body_base64
+                    .as_deref()
+                    .and_then(crate::template::base64_decode)
+                    .unwrap_or_default(),
+                content_type: step
+                    .content_type
+                    .clone()
+                    .unwrap_or_else(|| "application/octet-stream".into()),
             },
-            (None, None) if route.request_body == mxconform_generated::BodyKind::Json && !step.invalid => Body::Json(json!({})),
+            (None, None)
+                if route.request_body == mxconform_generated::BodyKind::Json && !step.invalid =>
+            {
+                Body::Json(json!({}))
+            }
             (None, None) => Body::None,
         };
         let token = self.token_for(step, step.as_actor.as_ref())?;
-        let deadline = step.eventually_ms.map(|ms| Instant::now() + Duration::from_millis(ms.min(60_000)));
+        let deadline = step
+            .eventually_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms.min(60_000)));
         let resp = loop {
-            let resp = self.call(route, &path, &query, body.clone(), token.as_deref(), step.invalid, None).await?;
-            let unrecognized = matches!(resp.status, 404 | 405) && resp.body.get("errcode").and_then(Value::as_str) == Some("M_UNRECOGNIZED");
+            let resp = self
+                .call(
+                    route,
+                    &path,
+                    &query,
+                    body.clone(),
+                    token.as_deref(),
+                    step.invalid,
+                    None,
+                )
+                .await?;
+            let unrecognized = matches!(resp.status, 404 | 405)
+                && resp.body.get("errcode").and_then(Value::as_str) == Some("M_UNRECOGNIZED");
             if step.skip_if_unrecognized && unrecognized {
-                self.skipped = Some(format!("the server does not implement {op} ({} M_UNRECOGNIZED)", resp.status));
+                self.skipped = Some(format!(
+                    "the server does not implement {op} ({} M_UNRECOGNIZED)",
+                    resp.status
+                ));
                 return Err("skipped".into());
             }
             match crate::expect::response(&step.expect, resp.status, &resp.body, &self.vars) {
                 Ok(()) => break resp,
                 Err(e) => match deadline {
-                    Some(d) if Instant::now() < d => tokio::time::sleep(Duration::from_millis(100)).await,
-                    Some(_) => return Err(format!("{e} (still, after {} ms of retries)", step.eventually_ms.unwrap_or(0))),
+                    Some(d) if Instant::now() < d => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Some(_) => {
+                        return Err(format!(
+                            "{e} (still, after {} ms of retries)",
+                            step.eventually_ms.unwrap_or(0)
+                        ))
+                    }
                     None => return Err(e),
                 },
             }
@@ -325,7 +452,14 @@ impl Run<'_> {
         if let Some(name) = &step.snapshot {
             let text = crate::snapshot::normalise(&resp.body, &self.env.profile.server_name);
             let dir = self.env.snapshot_dir.join(&self.scenario.area);
-            let file = format!("{}__{name}", self.scenario.name.rsplit('/').next().unwrap_or(&self.scenario.name));
+            let file = format!(
+                "{}__{name}",
+                self.scenario
+                    .name
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(&self.scenario.name)
+            );
             crate::snapshot::assert(&dir, &file, &text)?;
         }
         Ok(())
@@ -339,14 +473,24 @@ impl Run<'_> {
             (Some(b), _) => Body::Json(self.vars.render(b)?),
             (None, Some(raw)) => Body::Raw {
                 bytes: self.vars.render_text(raw)?.into_bytes(),
-                content_type: step.content_type.clone().unwrap_or_else(|| "application/json".into()),
+                content_type: step
+                    .content_type
+                    .clone()
+                    .unwrap_or_else(|| "application/json".into()),
             },
             (None, None) => Body::None,
         };
-        let resp = self.env.client.send(&h.method, &path, &[], body, token.as_deref(), None, false).await?;
+        let resp = self
+            .env
+            .client
+            .send(&h.method, &path, &[], body, token.as_deref(), None, false)
+            .await?;
         if resp.status >= 400 {
             if let Some(v) = validate::error_shape(&resp.body).first() {
-                return Err(format!("the {} error response has no standard error shape: {v}", resp.status));
+                return Err(format!(
+                    "the {} error response has no standard error shape: {v}",
+                    resp.status
+                ));
             }
         }
         crate::expect::response(&step.expect, resp.status, &resp.body, &self.vars)?;
@@ -366,12 +510,16 @@ impl Run<'_> {
             let v = match regex {
                 None => v.clone(),
                 Some(r) => {
-                    let re = regex::Regex::new(r).map_err(|e| format!("capture `{name}`: bad regex: {e}"))?;
-                    let text = v.as_str().ok_or_else(|| format!("cannot capture `{name}`: {v} is not a string"))?;
-                    let group = re
-                        .captures(text)
-                        .and_then(|c| c.get(1))
-                        .ok_or_else(|| format!("cannot capture `{name}`: {text:?} does not match /{r}/ with a group"))?;
+                    let re = regex::Regex::new(r)
+                        .map_err(|e| format!("capture `{name}`: bad regex: {e}"))?;
+                    let text = v
+                        .as_str()
+                        .ok_or_else(|| format!("cannot capture `{name}`: {v} is not a string"))?;
+                    let group = re.captures(text).and_then(|c| c.get(1)).ok_or_else(|| {
+                        format!(
+                            "cannot capture `{name}`: {text:?} does not match /{r}/ with a group"
+                        )
+                    })?;
                     Value::String(group.as_str().to_string())
                 }
             };
@@ -387,7 +535,11 @@ impl Run<'_> {
             .clone()
             .or_else(|| self.scenario.actors.first().cloned())
             .ok_or("sync_until needs an actor")?;
-        let token = self.tokens.get(&actor).cloned().ok_or_else(|| format!("no token for {actor}"))?;
+        let token = self
+            .tokens
+            .get(&actor)
+            .cloned()
+            .ok_or_else(|| format!("no token for {actor}"))?;
         let filter = match &s.filter {
             Some(f) => Some(self.vars.render(f)?.to_string()),
             None => None,
@@ -399,7 +551,18 @@ impl Run<'_> {
             if let Some(f) = &filter {
                 query.push(("filter".into(), f.clone()));
             }
-            let resp = self.env.client.call(route, &BTreeMap::new(), &query, Body::None, Some(&token), None).await?;
+            let resp = self
+                .env
+                .client
+                .call(
+                    route,
+                    &BTreeMap::new(),
+                    &query,
+                    Body::None,
+                    Some(&token),
+                    None,
+                )
+                .await?;
             check_schema(route, &resp)?;
             if let Some(next) = resp.body.get("next_batch").and_then(Value::as_str) {
                 self.since.insert(actor.clone(), next.to_string());
@@ -419,7 +582,8 @@ impl Run<'_> {
         };
         match &s.background {
             Some(name) => {
-                self.background.insert(name.clone(), tokio::spawn(job.run()));
+                self.background
+                    .insert(name.clone(), tokio::spawn(job.run()));
                 Ok(())
             }
             None => {
@@ -430,8 +594,13 @@ impl Run<'_> {
     }
 
     async fn await_background(&mut self, step: &Step, name: &str) -> Result<(), String> {
-        let handle = self.background.remove(name).ok_or_else(|| format!("`{name}` is not running"))?;
-        let done = handle.await.map_err(|e| format!("the background sync `{name}` stopped: {e}"))?;
+        let handle = self
+            .background
+            .remove(name)
+            .ok_or_else(|| format!("`{name}` is not running"))?;
+        let done = handle
+            .await
+            .map_err(|e| format!("the background sync `{name}` stopped: {e}"))?;
         // Captures on the `await` step apply to the background sync's matching response.
         self.finish_sync(step, done)
     }
@@ -486,17 +655,32 @@ impl SyncJob {
             let timeout = Duration::from_millis(wait_ms) + self.client.limits.request_timeout;
             let resp = self
                 .client
-                .call(self.route, &BTreeMap::new(), &query, Body::None, Some(&self.token), Some(timeout))
+                .call(
+                    self.route,
+                    &BTreeMap::new(),
+                    &query,
+                    Body::None,
+                    Some(&self.token),
+                    Some(timeout),
+                )
                 .await?;
             check_schema(self.route, &resp)?;
             if resp.status != 200 {
                 return Err(format!("/sync answered {}: {}", resp.status, resp.body));
             }
-            let next = resp.body.get("next_batch").and_then(Value::as_str).map(str::to_string);
+            let next = resp
+                .body
+                .get("next_batch")
+                .and_then(Value::as_str)
+                .map(str::to_string);
             if next.is_some() {
                 since.clone_from(&next);
             }
-            match self.checks.iter().try_for_each(|c| crate::expect::check(c, &resp.body, &self.vars)) {
+            match self
+                .checks
+                .iter()
+                .try_for_each(|c| crate::expect::check(c, &resp.body, &self.vars))
+            {
                 Ok(()) => {
                     let took = started.elapsed();
                     if let Some(w) = self.within {
@@ -526,14 +710,24 @@ fn check_schema(route: &Route, resp: &Response) -> Result<(), String> {
     // Token errors answer any operation that takes a token, whatever the operation documents
     // for 401 (user-interactive operations document only their auth flows there).
     let token_error = resp.status == 401
-        && matches!(resp.body.get("errcode").and_then(Value::as_str), Some("M_MISSING_TOKEN" | "M_UNKNOWN_TOKEN"));
+        && matches!(
+            resp.body.get("errcode").and_then(Value::as_str),
+            Some("M_MISSING_TOKEN" | "M_UNKNOWN_TOKEN")
+        );
     if token_error {
         return match validate::error_shape(&resp.body).first() {
-            Some(v) => Err(format!("the 401 error response has no standard error shape: {v}")),
+            Some(v) => Err(format!(
+                "the 401 error response has no standard error shape: {v}"
+            )),
             None => Ok(()),
         };
     }
-    if resp.body.is_null() && route.responses.iter().any(|r| r.status == resp.status && r.body == mxconform_generated::BodyKind::Binary) {
+    if resp.body.is_null()
+        && route
+            .responses
+            .iter()
+            .any(|r| r.status == resp.status && r.body == mxconform_generated::BodyKind::Binary)
+    {
         return Ok(());
     }
     match validate::validate(route.operation_id, &Part::Response(resp.status), &resp.body)? {
@@ -541,13 +735,19 @@ fn check_schema(route: &Route, resp: &Response) -> Result<(), String> {
             "the {} response breaks the spec's schema for {}: {}",
             resp.status,
             route.operation_id,
-            v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
         )),
         Some(_) => Ok(()),
         None if resp.status >= 400 => {
             let v = validate::error_shape(&resp.body);
             match v.first() {
-                Some(first) => Err(format!("the {} error response has no standard error shape: {first}", resp.status)),
+                Some(first) => Err(format!(
+                    "the {} error response has no standard error shape: {first}",
+                    resp.status
+                )),
                 None => Ok(()),
             }
         }
@@ -563,7 +763,10 @@ fn text_of(v: &Value) -> String {
 }
 
 /// Operations the harness itself calls for a scenario (actor creation).
-pub fn implicit_operations(scenario: &Scenario, registration: Registration) -> BTreeSet<&'static str> {
+pub fn implicit_operations(
+    scenario: &Scenario,
+    registration: Registration,
+) -> BTreeSet<&'static str> {
     let mut out = BTreeSet::new();
     if !scenario.actors.is_empty() && registration == Registration::Open {
         out.insert("register");

@@ -248,30 +248,44 @@ impl Scenario {
     /// Structural checks that need no server: each step is one kind, operations exist,
     /// path parameters are given, actors are declared.
     pub fn check(&self) -> Result<()> {
-        let fail = |reason: String| Err(Error::Scenario {
-            name: self.name.clone(),
-            reason,
-        });
+        let fail = |reason: String| {
+            Err(Error::Scenario {
+                name: self.name.clone(),
+                reason,
+            })
+        };
         if self.steps.is_empty() {
             return fail("no steps".into());
         }
         if !self.spec.starts_with("https://spec.matrix.org/") {
-            return fail(format!("`spec` must link to the spec (https://spec.matrix.org/...), not {:?}", self.spec));
+            return fail(format!(
+                "`spec` must link to the spec (https://spec.matrix.org/...), not {:?}",
+                self.spec
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for a in &self.actors {
-            if !seen.insert(a) || a.is_empty() || !a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+            if !seen.insert(a)
+                || a.is_empty()
+                || !a
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            {
                 return fail(format!("actor names must be unique lowercase words: {a:?}"));
             }
         }
         for (i, step) in self.steps.iter().enumerate() {
             let n = i + 1;
             for name in step.capture.keys() {
-                if matches!(name.as_str(), "unique" | "fresh" | "server_name") || name.contains('.') {
+                if matches!(name.as_str(), "unique" | "fresh" | "server_name") || name.contains('.')
+                {
                     return fail(format!("step {n}: `{name}` cannot be a capture name (it is a template name of the harness's own)"));
                 }
             }
-            let who = step.as_actor.as_ref().or(step.sync_until.as_ref().and_then(|s| s.as_actor.as_ref()));
+            let who = step
+                .as_actor
+                .as_ref()
+                .or(step.sync_until.as_ref().and_then(|s| s.as_actor.as_ref()));
             if let Some(a) = who {
                 if !self.actors.contains(a) {
                     return fail(format!("step {n}: actor `{a}` is not in `actors`"));
@@ -282,27 +296,35 @@ impl Scenario {
                 + usize::from(step.await_.is_some())
                 + usize::from(step.http.is_some());
             if kinds != 1 {
-                return fail(format!("step {n}: a step has exactly one of `call`, `sync_until`, `await` and `http`"));
+                return fail(format!(
+                    "step {n}: a step has exactly one of `call`, `sync_until`, `await` and `http`"
+                ));
             }
             if let Some(h) = &step.http {
                 if !h.path.starts_with('/') || !h.method.chars().all(|c| c.is_ascii_uppercase()) {
-                    return fail(format!("step {n}: `http` needs an upper-case method and a path starting with /"));
+                    return fail(format!(
+                        "step {n}: `http` needs an upper-case method and a path starting with /"
+                    ));
                 }
                 continue;
             }
             if let Some(name) = &step.await_ {
-                let started = self.steps[..i]
-                    .iter()
-                    .any(|s| s.sync_until.as_ref().and_then(|x| x.background.as_ref()) == Some(name));
+                let started = self.steps[..i].iter().any(|s| {
+                    s.sync_until.as_ref().and_then(|x| x.background.as_ref()) == Some(name)
+                });
                 if !started {
-                    return fail(format!("step {n}: nothing named `{name}` was started in the background before"));
+                    return fail(format!(
+                        "step {n}: nothing named `{name}` was started in the background before"
+                    ));
                 }
                 continue;
             }
             match (&step.call, &step.sync_until) {
                 (Some(op), None) => {
                     let Some(route) = crate::route(op) else {
-                        return fail(format!("step {n}: no operation `{op}` in the client-server route table"));
+                        return fail(format!(
+                            "step {n}: no operation `{op}` in the client-server route table"
+                        ));
                     };
                     for p in route.path_params() {
                         if !step.path.contains_key(p) {
@@ -314,17 +336,29 @@ impl Scenario {
                             return fail(format!("step {n}: `{op}` has no path parameter `{k}`"));
                         }
                     }
-                    let bodies = usize::from(step.body.is_some()) + usize::from(step.raw_body.is_some()) + usize::from(step.raw_body_base64.is_some());
+                    let bodies = usize::from(step.body.is_some())
+                        + usize::from(step.raw_body.is_some())
+                        + usize::from(step.raw_body_base64.is_some());
                     if bodies > 1 {
-                        return fail(format!("step {n}: give one of `body`, `raw_body` and `raw_body_base64`"));
+                        return fail(format!(
+                            "step {n}: give one of `body`, `raw_body` and `raw_body_base64`"
+                        ));
                     }
                     if let Some(b) = &step.raw_body_base64 {
                         if crate::template::base64_decode(b).is_none() {
-                            return fail(format!("step {n}: `raw_body_base64` is not valid base64"));
+                            return fail(format!(
+                                "step {n}: `raw_body_base64` is not valid base64"
+                            ));
                         }
                     }
-                    if step.as_actor.is_none() && step.auth.is_none() && route.auth == mxconform_generated::Auth::Required && self.actors.is_empty() {
-                        return fail(format!("step {n}: `{op}` needs a token but the scenario has no actors"));
+                    if step.as_actor.is_none()
+                        && step.auth.is_none()
+                        && route.auth == mxconform_generated::Auth::Required
+                        && self.actors.is_empty()
+                    {
+                        return fail(format!(
+                            "step {n}: `{op}` needs a token but the scenario has no actors"
+                        ));
                     }
                 }
                 (None, Some(s)) => {
@@ -332,12 +366,23 @@ impl Scenario {
                         return fail(format!("step {n}: sync_until needs an actor"));
                     }
                     if s.checks.is_empty() {
-                        return fail(format!("step {n}: sync_until without checks would wait for nothing"));
+                        return fail(format!(
+                            "step {n}: sync_until without checks would wait for nothing"
+                        ));
                     }
                 }
-                _ => return fail(format!("step {n}: a step has exactly one of `call` and `sync_until`")),
+                _ => {
+                    return fail(format!(
+                        "step {n}: a step has exactly one of `call` and `sync_until`"
+                    ))
+                }
             }
-            for check in step.expect.checks.iter().chain(step.sync_until.iter().flat_map(|s| &s.checks)) {
+            for check in step
+                .expect
+                .checks
+                .iter()
+                .chain(step.sync_until.iter().flat_map(|s| &s.checks))
+            {
                 if let Some(r) = check.regex.as_ref().filter(|r| !r.contains("{{")) {
                     if regex::Regex::new(r).is_err() {
                         return fail(format!("step {n}: invalid regex {r:?}"));
@@ -350,7 +395,11 @@ impl Scenario {
 
     /// Every operation the scenario calls (with the ones the harness calls for it).
     pub fn operations(&self) -> Vec<&str> {
-        let mut ops: Vec<&str> = self.steps.iter().filter_map(|s| s.call.as_deref()).collect();
+        let mut ops: Vec<&str> = self
+            .steps
+            .iter()
+            .filter_map(|s| s.call.as_deref())
+            .collect();
         if self.steps.iter().any(|s| s.sync_until.is_some()) {
             ops.push("sync");
         }

@@ -9,14 +9,34 @@ use serde_json::Value;
 
 /// Keys whose values differ on every run.
 const REDACT_KEYS: &[&str] = &[
-    "access_token", "refresh_token", "device_id", "next_batch", "prev_batch", "start", "end", "session",
-    "txn_id", "transaction_id", "since", "next_token", "org.matrix.msc2409.next_batch", "content_uri",
-    "home_server", "well_known",
+    "access_token",
+    "refresh_token",
+    "device_id",
+    "next_batch",
+    "prev_batch",
+    "start",
+    "end",
+    "session",
+    "txn_id",
+    "transaction_id",
+    "since",
+    "next_token",
+    "org.matrix.msc2409.next_batch",
+    "content_uri",
+    "home_server",
+    "well_known",
 ];
 /// Keys that hold times.
 const TIME_KEYS: &[&str] = &[
-    "origin_server_ts", "ts", "age", "last_active_ago", "expires_in_ms", "expires_in", "last_seen_ts",
-    "retry_after_ms", "timeout",
+    "origin_server_ts",
+    "ts",
+    "age",
+    "last_active_ago",
+    "expires_in_ms",
+    "expires_in",
+    "last_seen_ts",
+    "retry_after_ms",
+    "timeout",
 ];
 
 #[derive(Default)]
@@ -68,7 +88,9 @@ impl Normaliser {
         }
         match v {
             Value::String(s) => Value::String(self.string(s)),
-            Value::Array(items) => Value::Array(items.iter().map(|i| self.value(None, i)).collect()),
+            Value::Array(items) => {
+                Value::Array(items.iter().map(|i| self.value(None, i)).collect())
+            }
             Value::Object(map) => {
                 let mut sorted: BTreeMap<String, Value> = BTreeMap::new();
                 for (k, v) in map {

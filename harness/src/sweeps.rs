@@ -37,8 +37,16 @@ fn error(status: u16, errcode: &str) -> Expect {
         status: Some(StatusSpec::One(status)),
         errcode: Some(errcode.into()),
         checks: vec![
-            Check { at: "/errcode".into(), type_: Some("string".into()), ..Check::default() },
-            Check { at: "/error".into(), type_: Some("string".into()), ..Check::default() },
+            Check {
+                at: "/errcode".into(),
+                type_: Some("string".into()),
+                ..Check::default()
+            },
+            Check {
+                at: "/error".into(),
+                type_: Some("string".into()),
+                ..Check::default()
+            },
         ],
         ..Expect::default()
     }
@@ -49,11 +57,20 @@ fn spec_link(route: &Route, section: &str) -> String {
     if section.is_empty() {
         route.spec_url.to_string()
     } else {
-        format!("https://spec.matrix.org/{}/client-server-api/#{section}", crate::report::spec_version_tag())
+        format!(
+            "https://spec.matrix.org/{}/client-server-api/#{section}",
+            crate::report::spec_version_tag()
+        )
     }
 }
 
-fn sweep(name: String, description: String, spec: String, actors: Vec<String>, step: Step) -> Scenario {
+fn sweep(
+    name: String,
+    description: String,
+    spec: String,
+    actors: Vec<String>,
+    step: Step,
+) -> Scenario {
     Scenario {
         description,
         spec,
@@ -68,7 +85,10 @@ fn sweep(name: String, description: String, spec: String, actors: Vec<String>, s
 /// A body sweep on a room-scoped operation runs in a room the caller created, so that the
 /// body is the only thing wrong (servers may check membership before they parse the body).
 fn in_own_room(mut s: Scenario) -> Scenario {
-    let uses_room = s.steps[0].path.values().any(|v| v.as_str().is_some_and(|t| t.starts_with("!mxconformsweep")));
+    let uses_room = s.steps[0]
+        .path
+        .values()
+        .any(|v| v.as_str().is_some_and(|t| t.starts_with("!mxconformsweep")));
     if !uses_room {
         return s;
     }
@@ -80,7 +100,12 @@ fn in_own_room(mut s: Scenario) -> Scenario {
     let create = Step {
         call: Some("createRoom".into()),
         body: Some(json!({})),
-        capture: [("room".to_string(), crate::scenario::Capture::Pointer("/room_id".into()))].into_iter().collect(),
+        capture: [(
+            "room".to_string(),
+            crate::scenario::Capture::Pointer("/room_id".into()),
+        )]
+        .into_iter()
+        .collect(),
         ..Step::default()
     };
     s.steps.insert(0, create);
@@ -96,7 +121,8 @@ fn call_step(route: &Route) -> Step {
         .filter(|p| p.required && p.location == mxconform_generated::ParamLocation::Query)
         .map(|p| {
             let v = match p.kind {
-                mxconform_generated::ParamKind::Integer | mxconform_generated::ParamKind::Number => json!(1),
+                mxconform_generated::ParamKind::Integer
+                | mxconform_generated::ParamKind::Number => json!(1),
                 mxconform_generated::ParamKind::Boolean => json!(true),
                 _ => match p.name {
                     "user_id" => json!("{{alice.user_id}}"),
@@ -109,7 +135,10 @@ fn call_step(route: &Route) -> Step {
         .collect();
     Step {
         call: Some(route.operation_id.to_string()),
-        path: route.path_params().map(|p| (p.to_string(), placeholder(p))).collect(),
+        path: route
+            .path_params()
+            .map(|p| (p.to_string(), placeholder(p)))
+            .collect(),
         query,
         invalid: true,
         skip_if_unrecognized: true,
@@ -131,8 +160,16 @@ pub fn client_server() -> Vec<Scenario> {
             }
             s.expect = error(401, "M_MISSING_TOKEN");
             // Placeholders that name alice need her even when no token is sent.
-            let names_alice = s.path.values().chain(s.query.values()).any(|v| v.as_str().is_some_and(|t| t.contains("alice.")));
-            let actors: Vec<String> = if names_alice { vec!["alice".into()] } else { vec![] };
+            let names_alice = s
+                .path
+                .values()
+                .chain(s.query.values())
+                .any(|v| v.as_str().is_some_and(|t| t.contains("alice.")));
+            let actors: Vec<String> = if names_alice {
+                vec!["alice".into()]
+            } else {
+                vec![]
+            };
             out.push(sweep(
                 format!("sweeps/no_token/{op}"),
                 format!("{op} without an access token answers 401 M_MISSING_TOKEN."),
@@ -155,7 +192,10 @@ pub fn client_server() -> Vec<Scenario> {
             ));
         }
         // Application-service operations refuse a user's token before anything else.
-        let user_token = route.auth_schemes.contains(&mxconform_generated::AuthScheme::AccessToken) || route.auth != Auth::Required;
+        let user_token = route
+            .auth_schemes
+            .contains(&mxconform_generated::AuthScheme::AccessToken)
+            || route.auth != Auth::Required;
         if route.request_body == BodyKind::Json && user_token {
             let actors = vec!["alice".to_string()];
             let mut s = call_step(route);
@@ -170,7 +210,10 @@ pub fn client_server() -> Vec<Scenario> {
                 s,
             )));
             let mut s = call_step(route);
-            s.body = Some(json!(["mxconform", "an array where the spec wants an object"]));
+            s.body = Some(json!([
+                "mxconform",
+                "an array where the spec wants an object"
+            ]));
             s.expect = error(400, "M_BAD_JSON");
             out.push(in_own_room(sweep(
                 format!("sweeps/bad_json/{op}"),
@@ -210,9 +253,15 @@ fn unrecognized() -> Vec<Scenario> {
         out.push(sweep(
             format!("sweeps/unrecognized/unknown_path_{tag}"),
             format!("An unknown endpoint under {p} answers 404 M_UNRECOGNIZED."),
-            format!("https://spec.matrix.org/{}/client-server-api/#common-error-codes", crate::report::spec_version_tag()),
+            format!(
+                "https://spec.matrix.org/{}/client-server-api/#common-error-codes",
+                crate::report::spec_version_tag()
+            ),
             vec!["alice".into()],
-            Step { as_actor: Some("alice".into()), ..step },
+            Step {
+                as_actor: Some("alice".into()),
+                ..step
+            },
         ));
     }
     // Paths without parameters whose route lacks DELETE (or, failing that, PATCH).
@@ -220,12 +269,21 @@ fn unrecognized() -> Vec<Scenario> {
         if path.contains('{') || !path.starts_with("/_matrix/client/") {
             continue;
         }
-        let Some(wrong) = ["DELETE", "PATCH"].into_iter().find(|m| !ms.contains(m)) else { continue };
-        let tag = path.trim_start_matches("/_matrix/client/").replace('/', "_");
+        let Some(wrong) = ["DELETE", "PATCH"].into_iter().find(|m| !ms.contains(m)) else {
+            continue;
+        };
+        let tag = path
+            .trim_start_matches("/_matrix/client/")
+            .replace('/', "_");
         out.push(sweep(
             format!("sweeps/unrecognized/wrong_method_{tag}"),
-            format!("{wrong} on {path}, which the spec does not define, answers 405 M_UNRECOGNIZED."),
-            format!("https://spec.matrix.org/{}/client-server-api/#common-error-codes", crate::report::spec_version_tag()),
+            format!(
+                "{wrong} on {path}, which the spec does not define, answers 405 M_UNRECOGNIZED."
+            ),
+            format!(
+                "https://spec.matrix.org/{}/client-server-api/#common-error-codes",
+                crate::report::spec_version_tag()
+            ),
             vec!["alice".into()],
             Step {
                 http: Some(RawHttp {

@@ -24,10 +24,17 @@ impl Vars {
     fn lookup(&self, name: &str) -> Result<Value, String> {
         match name {
             "unique" => Ok(Value::String(self.unique.clone())),
-            "fresh" => Ok(Value::String(format!("{}-{}", self.unique, FRESH.fetch_add(1, Ordering::Relaxed)))),
+            "fresh" => Ok(Value::String(format!(
+                "{}-{}",
+                self.unique,
+                FRESH.fetch_add(1, Ordering::Relaxed)
+            ))),
             _ => self.values.get(name).cloned().ok_or_else(|| {
                 let known: Vec<&str> = self.values.keys().map(String::as_str).collect();
-                format!("unknown template name `{{{{{name}}}}}` (known: {})", known.join(", "))
+                format!(
+                    "unknown template name `{{{{{name}}}}}` (known: {})",
+                    known.join(", ")
+                )
             }),
         }
     }
@@ -36,7 +43,10 @@ impl Vars {
     /// with its JSON type; otherwise values are spliced in as text.
     pub fn render_str(&self, s: &str) -> Result<Value, String> {
         let trimmed = s.trim();
-        if let Some(inner) = trimmed.strip_prefix("{{").and_then(|r| r.strip_suffix("}}")) {
+        if let Some(inner) = trimmed
+            .strip_prefix("{{")
+            .and_then(|r| r.strip_suffix("}}"))
+        {
             if !inner.contains("{{") && !inner.contains("}}") {
                 return self.lookup(inner.trim());
             }
@@ -46,7 +56,9 @@ impl Vars {
         while let Some(start) = rest.find("{{") {
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
-            let end = after.find("}}").ok_or_else(|| format!("unclosed `{{{{` in {s:?}"))?;
+            let end = after
+                .find("}}")
+                .ok_or_else(|| format!("unclosed `{{{{` in {s:?}"))?;
             match self.lookup(after[..end].trim())? {
                 Value::String(v) => out.push_str(&v),
                 other => out.push_str(&other.to_string()),
@@ -68,7 +80,12 @@ impl Vars {
     pub fn render(&self, v: &Value) -> Result<Value, String> {
         Ok(match v {
             Value::String(s) => self.render_str(s)?,
-            Value::Array(items) => Value::Array(items.iter().map(|i| self.render(i)).collect::<Result<_, _>>()?),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|i| self.render(i))
+                    .collect::<Result<_, _>>()?,
+            ),
             Value::Object(map) => {
                 let mut out = serde_json::Map::new();
                 for (k, v) in map {
@@ -113,17 +130,28 @@ mod tests {
 
     #[test]
     fn rendering() {
-        let mut v = Vars { unique: "u1".into(), ..Vars::default() };
+        let mut v = Vars {
+            unique: "u1".into(),
+            ..Vars::default()
+        };
         v.set("room", json!("!r:x"));
         v.set("n", json!(3));
-        let check = |input: Value, expected: Value| assert_eq!(v.render(&input).unwrap(), expected, "{input}");
+        let check = |input: Value, expected: Value| {
+            assert_eq!(v.render(&input).unwrap(), expected, "{input}")
+        };
         check(json!("{{room}}"), json!("!r:x"));
         check(json!("{{ n }}"), json!(3));
         check(json!("a {{n}} b {{room}}"), json!("a 3 b !r:x"));
         check(json!({"{{room}}": ["{{unique}}"]}), json!({"!r:x": ["u1"]}));
-        assert!(v.render(&json!("{{nope}}")).unwrap_err().contains("unknown template name"));
+        assert!(v
+            .render(&json!("{{nope}}"))
+            .unwrap_err()
+            .contains("unknown template name"));
         assert!(v.render(&json!("{{room")).unwrap_err().contains("unclosed"));
-        assert_ne!(v.render(&json!("{{fresh}}")).unwrap(), v.render(&json!("{{fresh}}")).unwrap());
+        assert_ne!(
+            v.render(&json!("{{fresh}}")).unwrap(),
+            v.render(&json!("{{fresh}}")).unwrap()
+        );
         assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
         assert_eq!(base64_decode("aGk").unwrap(), b"hi");
         assert!(base64_decode("a*b").is_none());

@@ -42,7 +42,11 @@ pub fn schema_for(operation_id: &str, part: &Part) -> Option<Value> {
 
 fn validator(operation_id: &str, part: &Part) -> Result<Compiled, String> {
     let key = (operation_id.to_string(), part.clone());
-    if let Some(v) = cache().lock().map_err(|_| "validator cache poisoned".to_string())?.get(&key) {
+    if let Some(v) = cache()
+        .lock()
+        .map_err(|_| "validator cache poisoned".to_string())?
+        .get(&key)
+    {
         return Ok(v.clone());
     }
     let compiled = match schema_for(operation_id, part) {
@@ -57,12 +61,20 @@ fn validator(operation_id: &str, part: &Part) -> Result<Compiled, String> {
                     m
                 }
             };
-            root.insert("$defs".into(), bundle().get("$defs").cloned().unwrap_or(json!({})));
-            root.insert("$schema".into(), json!("https://json-schema.org/draft/2020-12/schema"));
+            root.insert(
+                "$defs".into(),
+                bundle().get("$defs").cloned().unwrap_or(json!({})),
+            );
+            root.insert(
+                "$schema".into(),
+                json!("https://json-schema.org/draft/2020-12/schema"),
+            );
             let v = jsonschema::options()
                 .with_draft(jsonschema::Draft::Draft202012)
                 .build(&Value::Object(root))
-                .map_err(|e| format!("the spec's schema for {operation_id} {part:?} does not compile: {e}"))?;
+                .map_err(|e| {
+                    format!("the spec's schema for {operation_id} {part:?} does not compile: {e}")
+                })?;
             Some(Arc::new(v))
         }
     };
@@ -89,20 +101,34 @@ impl std::fmt::Display for Violation {
             v.truncate(v.floor_char_boundary(200));
             v.push('…');
         }
-        let at = if self.pointer.is_empty() { "/" } else { &self.pointer };
+        let at = if self.pointer.is_empty() {
+            "/"
+        } else {
+            &self.pointer
+        };
         write!(f, "at {at}: {} (value: {v})", self.message)
     }
 }
 
 /// What validation found: `Ok(None)` when the spec has no schema for this part.
-pub fn validate(operation_id: &str, part: &Part, value: &Value) -> Result<Option<Vec<Violation>>, String> {
-    let Some(v) = validator(operation_id, part)? else { return Ok(None) };
+pub fn validate(
+    operation_id: &str,
+    part: &Part,
+    value: &Value,
+) -> Result<Option<Vec<Violation>>, String> {
+    let Some(v) = validator(operation_id, part)? else {
+        return Ok(None);
+    };
     let violations = v
         .iter_errors(value)
         .take(10)
         .map(|e| {
             let pointer = e.instance_path().to_string();
-            let at = if pointer.is_empty() { value.clone() } else { value.pointer(&pointer).cloned().unwrap_or(Value::Null) };
+            let at = if pointer.is_empty() {
+                value.clone()
+            } else {
+                value.pointer(&pointer).cloned().unwrap_or(Value::Null)
+            };
             Violation {
                 pointer,
                 value: at,

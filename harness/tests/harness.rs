@@ -77,7 +77,9 @@ async fn answer(mut sock: TcpStream, handler: Handler) {
                     "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
                     text.len()
                 );
-                if sock.write_all(head.as_bytes()).await.is_err() || sock.write_all(text.as_bytes()).await.is_err() {
+                if sock.write_all(head.as_bytes()).await.is_err()
+                    || sock.write_all(text.as_bytes()).await.is_err()
+                {
                     return;
                 }
             }
@@ -96,7 +98,9 @@ async fn answer(mut sock: TcpStream, handler: Handler) {
                 return;
             }
             Answer::Garbage => {
-                let _ = sock.write_all(b"\x00\x01garbage that is not HTTP\r\n\r\n").await;
+                let _ = sock
+                    .write_all(b"\x00\x01garbage that is not HTTP\r\n\r\n")
+                    .await;
                 return;
             }
             Answer::Reset => {
@@ -159,22 +163,38 @@ fn fake_homeserver() -> Handler {
     Arc::new(|method: &str, path: &str, body: &Value| {
         let p = path.split('?').next().unwrap_or(path);
         match (method, p) {
-            ("GET", "/_matrix/client/versions") => Answer::Json(200, json!({"versions": ["v1.11"]})),
+            ("GET", "/_matrix/client/versions") => {
+                Answer::Json(200, json!({"versions": ["v1.11"]}))
+            }
             ("POST", "/_matrix/client/v3/register") => {
                 if body.get("auth").is_none() {
-                    Answer::Json(401, json!({"session": "s1", "flows": [{"stages": ["m.login.dummy"]}], "params": {}}))
+                    Answer::Json(
+                        401,
+                        json!({"session": "s1", "flows": [{"stages": ["m.login.dummy"]}], "params": {}}),
+                    )
                 } else {
                     let user = body["username"].as_str().unwrap_or("x");
-                    Answer::Json(200, json!({"user_id": format!("@{user}:fake.test"), "access_token": format!("tok-{user}"), "device_id": "DEV"}))
+                    Answer::Json(
+                        200,
+                        json!({"user_id": format!("@{user}:fake.test"), "access_token": format!("tok-{user}"), "device_id": "DEV"}),
+                    )
                 }
             }
-            ("POST", "/_matrix/client/v3/createRoom") => Answer::Json(200, json!({"room_id": "!room:fake.test"})),
-            ("GET", p) if p.starts_with("/_matrix/client/v3/directory/room/") => {
-                Answer::Json(200, json!({"room_id": "!room:fake.test", "servers": "not-a-list"}))
+            ("POST", "/_matrix/client/v3/createRoom") => {
+                Answer::Json(200, json!({"room_id": "!room:fake.test"}))
             }
-            ("PUT", p) if p.starts_with("/_matrix/client/v3/directory/room/") => Answer::Json(403, json!({"error": "no errcode here"})),
+            ("GET", p) if p.starts_with("/_matrix/client/v3/directory/room/") => Answer::Json(
+                200,
+                json!({"room_id": "!room:fake.test", "servers": "not-a-list"}),
+            ),
+            ("PUT", p) if p.starts_with("/_matrix/client/v3/directory/room/") => {
+                Answer::Json(403, json!({"error": "no errcode here"}))
+            }
             ("GET", "/_matrix/client/v3/sync") => Answer::Json(200, json!({"next_batch": "n1"})),
-            _ => Answer::Json(404, json!({"errcode": "M_UNRECOGNIZED", "error": "unknown"})),
+            _ => Answer::Json(
+                404,
+                json!({"errcode": "M_UNRECOGNIZED", "error": "unknown"}),
+            ),
         }
     })
 }
@@ -191,13 +211,20 @@ fn profile(deviations: &[(&str, &str)]) -> Profile {
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mxconform-harness-{}-{tag}-{}", std::process::id(), rand_suffix()));
+    let d = std::env::temp_dir().join(format!(
+        "mxconform-harness-{}-{tag}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     std::fs::create_dir_all(&d).expect("temp dir");
     d
 }
 
 fn rand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 fn write_scenarios(dir: &Path, files: &[(&str, &str)]) {
@@ -208,7 +235,8 @@ fn write_scenarios(dir: &Path, files: &[(&str, &str)]) {
     }
 }
 
-const SPEC: &str = "spec: https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3createroom\n";
+const SPEC: &str =
+    "spec: https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3createroom\n";
 
 #[test]
 fn scenarios_against_a_fake_server() {
@@ -229,7 +257,10 @@ fn scenarios_against_a_fake_server() {
     );
     let config = RunConfig {
         server_url: url.clone(),
-        profile: profile(&[("directory/listed_and_failing", "known"), ("rooms/listed_but_passing", "stale entry")]),
+        profile: profile(&[
+            ("directory/listed_and_failing", "known"),
+            ("rooms/listed_but_passing", "stale entry"),
+        ]),
         scenarios_dir: dir.clone(),
         snapshots_dir: temp_dir("snapshots"),
         limits: Limits::default(),
@@ -243,34 +274,93 @@ fn scenarios_against_a_fake_server() {
         .report
         .scenarios
         .iter()
-        .map(|s| (s.name.as_str(), (&s.outcome, s.reason.as_deref().unwrap_or(""))))
+        .map(|s| {
+            (
+                s.name.as_str(),
+                (&s.outcome, s.reason.as_deref().unwrap_or("")),
+            )
+        })
         .collect();
     let expect = |name: &str, outcome: Outcome, reason_has: &str| {
-        let (o, reason) = by_name.get(name).unwrap_or_else(|| panic!("{name} not in the report"));
+        let (o, reason) = by_name
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} not in the report"));
         assert_eq!(**o, outcome, "{name}: {reason}");
-        assert!(reason.contains(reason_has), "{name}: reason `{reason}` lacks `{reason_has}`");
+        assert!(
+            reason.contains(reason_has),
+            "{name}: reason `{reason}` lacks `{reason_has}`"
+        );
     };
     expect("rooms/create", Outcome::Passed, "");
-    expect("rooms/wrong_expectation", Outcome::Failed, "expected status One(404), got 200");
-    expect("directory/schema_violation", Outcome::Failed, "breaks the spec's schema for getRoomIdByAlias: at /servers");
-    expect("directory/error_shape", Outcome::Failed, "no standard error shape");
-    expect("directory/listed_and_failing", Outcome::ExpectedFailure, "known");
-    expect("rooms/listed_but_passing", Outcome::UnexpectedPass, "remove it from the list");
-    expect("rooms/newer_than_server", Outcome::Skipped, "added in v1.19");
-    expect("rooms/bad_request", Outcome::Failed, "the request breaks the spec's schema");
+    expect(
+        "rooms/wrong_expectation",
+        Outcome::Failed,
+        "expected status One(404), got 200",
+    );
+    expect(
+        "directory/schema_violation",
+        Outcome::Failed,
+        "breaks the spec's schema for getRoomIdByAlias: at /servers",
+    );
+    expect(
+        "directory/error_shape",
+        Outcome::Failed,
+        "no standard error shape",
+    );
+    expect(
+        "directory/listed_and_failing",
+        Outcome::ExpectedFailure,
+        "known",
+    );
+    expect(
+        "rooms/listed_but_passing",
+        Outcome::UnexpectedPass,
+        "remove it from the list",
+    );
+    expect(
+        "rooms/newer_than_server",
+        Outcome::Skipped,
+        "added in v1.19",
+    );
+    expect(
+        "rooms/bad_request",
+        Outcome::Failed,
+        "the request breaks the spec's schema",
+    );
     let t = &out.report.totals;
-    assert_eq!((t.scenarios, t.passed, t.failed, t.expected_failures, t.unexpected_passes, t.skipped), (8, 1, 4, 1, 1, 1));
+    assert_eq!(
+        (
+            t.scenarios,
+            t.passed,
+            t.failed,
+            t.expected_failures,
+            t.unexpected_passes,
+            t.skipped
+        ),
+        (8, 1, 4, 1, 1, 1)
+    );
     assert!(out.conclusion.is_none());
     assert!(!out.report.success());
     // Coverage counts operations of passing scenarios only.
     assert!(out.report.coverage.operations_exercised >= 2);
-    assert!(!out.report.coverage.uncovered.contains(&"createRoom".to_string()));
-    assert!(out.report.coverage.uncovered.contains(&"getRoomIdByAlias".to_string()));
+    assert!(!out
+        .report
+        .coverage
+        .uncovered
+        .contains(&"createRoom".to_string()));
+    assert!(out
+        .report
+        .coverage
+        .uncovered
+        .contains(&"getRoomIdByAlias".to_string()));
     // Reports render.
     let md = out.report.to_markdown();
     assert!(md.contains("| Rooms | 25% (1/4) | 3 | 0 | 1 |"), "{md}");
     let junit = out.report.to_junit();
-    assert!(junit.contains("<testcase classname=\"rooms\" name=\"rooms/create\""), "{junit}");
+    assert!(
+        junit.contains("<testcase classname=\"rooms\" name=\"rooms/create\""),
+        "{junit}"
+    );
     let json: Value = serde_json::from_str(&out.report.to_json()).expect("JSON report");
     for key in ["server", "totals", "coverage", "areas", "scenarios"] {
         assert!(json.get(key).is_some(), "report lacks {key}");
@@ -281,13 +371,21 @@ fn scenarios_against_a_fake_server() {
 #[test]
 fn unreachable_server_is_a_clear_error() {
     // A port that was just free: nothing listens.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
     let url = format!("http://127.0.0.1:{port}");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let client = Client::new(&url, Limits::default()).expect("client");
-    let err = rt.block_on(mxconform_harness::probe(&client)).expect_err("nothing listens");
+    let err = rt
+        .block_on(mxconform_harness::probe(&client))
+        .expect_err("nothing listens");
     let text = err.to_string();
-    assert!(text.starts_with(&format!("cannot reach homeserver at {url}: ")), "{text}");
+    assert!(
+        text.starts_with(&format!("cannot reach homeserver at {url}: ")),
+        "{text}"
+    );
 }
 
 /// Each hostile behaviour, for `getRoomIdByAlias`; the scenario must fail with the reason
@@ -299,9 +397,17 @@ fn hostile_server_fails_scenarios_with_reasons() {
         ("trickle", Answer::Trickle, "no complete response within"),
         ("garbage", Answer::Garbage, "request failed"),
         ("reset", Answer::Reset, "request failed"),
-        ("huge_announced", Answer::HugeAnnounced, "announces a 99999999999-byte body"),
+        (
+            "huge_announced",
+            Answer::HugeAnnounced,
+            "announces a 99999999999-byte body",
+        ),
         ("huge_body", Answer::HugeBody, "exceeds the"),
-        ("not_json", Answer::Json(200, json!("x")), "breaks the spec's schema"),
+        (
+            "not_json",
+            Answer::Json(200, json!("x")),
+            "breaks the spec's schema",
+        ),
     ];
     let limits = Limits {
         request_timeout: Duration::from_secs(2),
@@ -329,7 +435,10 @@ fn hostile_server_fails_scenarios_with_reasons() {
         let outcome = rt.block_on(runner::run(&env, &s));
         let took = started.elapsed();
         let reason = outcome.result.expect_err(name);
-        assert!(reason.contains(reason_has), "{name}: `{reason}` lacks `{reason_has}`");
+        assert!(
+            reason.contains(reason_has),
+            "{name}: `{reason}` lacks `{reason_has}`"
+        );
         assert!(took < Duration::from_secs(10), "{name} took {took:?}");
         rt.shutdown_timeout(Duration::from_millis(100));
     }
@@ -362,14 +471,37 @@ fn broken_scenario_files_are_rejected_with_the_reason() {
         let dir = temp_dir("broken");
         write_scenarios(&dir, &[("a/broken", text)]);
         let err = scenario::load_dir(&dir).expect_err(text).to_string();
-        assert!(err.contains("scenario a/broken") && err.contains(reason_has), "`{err}` lacks `{reason_has}`");
+        assert!(
+            err.contains("scenario a/broken") && err.contains(reason_has),
+            "`{err}` lacks `{reason_has}`"
+        );
     };
-    check(&format!("description: d\n{SPEC}steps:\n  - call: noSuchOperation\n"), "no operation `noSuchOperation`");
-    check(&format!("description: d\n{SPEC}steps:\n  - call: getRoomIdByAlias\n"), "needs path parameter `roomAlias`");
-    check(&format!("description: d\n{SPEC}actors: [alice]\nsteps:\n  - call: createRoom\n    as: bob\n"), "actor `bob` is not in `actors`");
-    check(&format!("description: d\n{SPEC}steps:\n  - call: createRoom\n    frobnicate: 1\n"), "unknown field `frobnicate`");
-    check("description: d\nspec: not a link\nsteps:\n  - call: createRoom\n", "must link to the spec");
-    check(&format!("description: d\n{SPEC}actors: [alice]\nsteps:\n  - sync_until: {{checks: []}}\n"), "would wait for nothing");
+    check(
+        &format!("description: d\n{SPEC}steps:\n  - call: noSuchOperation\n"),
+        "no operation `noSuchOperation`",
+    );
+    check(
+        &format!("description: d\n{SPEC}steps:\n  - call: getRoomIdByAlias\n"),
+        "needs path parameter `roomAlias`",
+    );
+    check(
+        &format!(
+            "description: d\n{SPEC}actors: [alice]\nsteps:\n  - call: createRoom\n    as: bob\n"
+        ),
+        "actor `bob` is not in `actors`",
+    );
+    check(
+        &format!("description: d\n{SPEC}steps:\n  - call: createRoom\n    frobnicate: 1\n"),
+        "unknown field `frobnicate`",
+    );
+    check(
+        "description: d\nspec: not a link\nsteps:\n  - call: createRoom\n",
+        "must link to the spec",
+    );
+    check(
+        &format!("description: d\n{SPEC}actors: [alice]\nsteps:\n  - sync_until: {{checks: []}}\n"),
+        "would wait for nothing",
+    );
 }
 
 #[test]
@@ -389,7 +521,14 @@ fn requests_go_where_the_route_table_says() {
     path.insert("eventType".to_string(), "m.room.topic".to_string());
     path.insert("stateKey".to_string(), String::new());
     let r = rt
-        .block_on(client.call(route, &path, &[("a b".into(), "c&d".into())], Body::Json(json!({"topic": "t"})), Some("tok"), None))
+        .block_on(client.call(
+            route,
+            &path,
+            &[("a b".into(), "c&d".into())],
+            Body::Json(json!({"topic": "t"})),
+            Some("tok"),
+            None,
+        ))
         .expect("answers");
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -402,10 +541,14 @@ fn requests_go_where_the_route_table_says() {
 fn sweeps_are_derived_from_the_route_table() {
     let sweeps = mxconform_harness::sweeps::client_server();
     let count = |prefix: &str| sweeps.iter().filter(|s| s.name.starts_with(prefix)).count();
-    let required = mxconform_harness::routes().filter(|r| r.auth == mxconform_generated::Auth::Required).count();
+    let required = mxconform_harness::routes()
+        .filter(|r| r.auth == mxconform_generated::Auth::Required)
+        .count();
     assert_eq!(count("sweeps/no_token/"), required);
     assert_eq!(count("sweeps/unknown_token/"), required);
-    assert!(count("sweeps/not_json/") > 50 && count("sweeps/not_json/") == count("sweeps/bad_json/"));
+    assert!(
+        count("sweeps/not_json/") > 50 && count("sweeps/not_json/") == count("sweeps/bad_json/")
+    );
     assert!(count("sweeps/unrecognized/unknown_path_") >= 3);
     assert!(count("sweeps/unrecognized/wrong_method_") > 10);
     for s in &sweeps {

@@ -45,8 +45,14 @@ async fn handle_incoming(server: &Server, req: Request<Incoming>) -> Response<Fu
     let bytes = match Limited::new(body, server.config.max_body).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
-            let err = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                ApiError::too_large(format!("request body larger than {} bytes", server.config.max_body))
+            let err = if e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ApiError::too_large(format!(
+                    "request body larger than {} bytes",
+                    server.config.max_body
+                ))
             } else {
                 ApiError::unknown_400(format!("could not read the request body: {e}"))
             };
@@ -64,7 +70,10 @@ fn to_http(r: Response<Bytes>) -> Response<Full<Bytes>> {
 fn with_cors(mut r: Response<Bytes>) -> Response<Bytes> {
     let h = r.headers_mut();
     h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
-    h.insert("access-control-allow-methods", HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"));
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
+    );
     h.insert(
         "access-control-allow-headers",
         HeaderValue::from_static("X-Requested-With, Content-Type, Authorization"),
@@ -75,7 +84,10 @@ fn with_cors(mut r: Response<Bytes>) -> Response<Bytes> {
 pub fn json_response(status: u16, v: &Value) -> Response<Bytes> {
     let mut r = Response::new(Bytes::from(serde_json::to_vec(v).unwrap_or_default()));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     with_cors(r)
 }
 
@@ -86,13 +98,20 @@ pub fn error_response(e: &ApiError) -> Response<Bytes> {
 /// The access token: `Authorization: Bearer`, or the `access_token` query parameter.
 fn token_of(req: &Request<Bytes>, query: &[(String, String)]) -> Result<Option<String>, ApiError> {
     if let Some(h) = req.headers().get(http::header::AUTHORIZATION) {
-        let text = h.to_str().map_err(|_| ApiError::unknown_token("unreadable Authorization header"))?;
+        let text = h
+            .to_str()
+            .map_err(|_| ApiError::unknown_token("unreadable Authorization header"))?;
         return match text.strip_prefix("Bearer ") {
             Some(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
-            _ => Err(ApiError::missing_token("the Authorization header is not `Bearer <token>`")),
+            _ => Err(ApiError::missing_token(
+                "the Authorization header is not `Bearer <token>`",
+            )),
         };
     }
-    Ok(query.iter().find(|(k, _)| k == "access_token").map(|(_, v)| v.clone()))
+    Ok(query
+        .iter()
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.clone()))
 }
 
 fn parse_query(q: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
@@ -102,8 +121,9 @@ fn parse_query(q: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let dec = |s: &str| {
-                crate::router::percent_decode(&s.replace('+', " "))
-                    .ok_or_else(|| ApiError::invalid_param("a query parameter is not valid percent-encoded UTF-8"))
+                crate::router::percent_decode(&s.replace('+', " ")).ok_or_else(|| {
+                    ApiError::invalid_param("a query parameter is not valid percent-encoded UTF-8")
+                })
             };
             Ok((dec(k)?, dec(v)?))
         })
@@ -130,13 +150,21 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
     let route0 = matched.routes[0];
     let token = token_of(req, &query)?;
     let user = match (&token, route0.auth) {
-        (None, Auth::Required) => return Err(ApiError::missing_token("this request needs an access token")),
+        (None, Auth::Required) => {
+            return Err(ApiError::missing_token(
+                "this request needs an access token",
+            ))
+        }
         (None, _) | (_, Auth::None) => None,
         (Some(t), _) => Some(authenticate(server, t)?),
     };
 
     // Two operations on one route: the body says which (the spec's trailing-space keys).
-    let route = if matched.routes.len() > 1 { pick_route(&matched.routes, req.body(), &query) } else { route0 };
+    let route = if matched.routes.len() > 1 {
+        pick_route(&matched.routes, req.body(), &query)
+    } else {
+        route0
+    };
 
     let input = decode(server, route, &matched.params, &query, req)?;
     let content_type = req
@@ -168,10 +196,16 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
         changes.borrow_and_update();
         match handler(&ctx, input.clone())? {
             Reply::Json(status, v) => return Ok(json_response(status, &v)),
-            Reply::Bytes { status, content_type, bytes, disposition } => {
+            Reply::Bytes {
+                status,
+                content_type,
+                bytes,
+                disposition,
+            } => {
                 let mut r = Response::new(Bytes::from(bytes));
                 *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-                let ct = HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+                let ct = HeaderValue::from_str(&content_type)
+                    .unwrap_or(HeaderValue::from_static("application/octet-stream"));
                 r.headers_mut().insert(http::header::CONTENT_TYPE, ct);
                 if let Some(d) = disposition.and_then(|d| HeaderValue::from_str(&d).ok()) {
                     r.headers_mut().insert(http::header::CONTENT_DISPOSITION, d);
@@ -210,9 +244,14 @@ fn authenticate(server: &Server, token: &str) -> ApiResult<Authed> {
     })
 }
 
-fn pick_route(routes: &[&'static Route], body: &Bytes, query: &[(String, String)]) -> &'static Route {
+fn pick_route(
+    routes: &[&'static Route],
+    body: &Bytes,
+    query: &[(String, String)],
+) -> &'static Route {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let third_party = v.get("medium").is_some() || v.get("id_server").is_some() || v.get("address").is_some();
+    let third_party =
+        v.get("medium").is_some() || v.get("id_server").is_some() || v.get("address").is_some();
     let peek = query.iter().any(|(k, _)| k == "room_id");
     let by_id = |id: &str| routes.iter().copied().find(|r| r.operation_id == id);
     match routes[0].operation_id {
@@ -228,12 +267,22 @@ fn pick_route(routes: &[&'static Route], body: &Bytes, query: &[(String, String)
 /// Path parameters whose names say which identifier they hold.
 fn check_path_param(name: &str, value: &str) -> ApiResult<()> {
     use mxconform_generated::ids;
-    let bad = |what: &str, e: ids::IdError| ApiError::invalid_param(format!("`{name}` is not a valid {what}: {e}"));
+    let bad = |what: &str, e: ids::IdError| {
+        ApiError::invalid_param(format!("`{name}` is not a valid {what}: {e}"))
+    };
     match name {
-        "roomId" => ids::RoomId::parse(value).map(drop).map_err(|e| bad("room id", e)),
-        "userId" => ids::UserId::parse(value).map(drop).map_err(|e| bad("user id", e)),
-        "eventId" => ids::EventId::parse(value).map(drop).map_err(|e| bad("event id", e)),
-        "roomAlias" => ids::RoomAliasId::parse(value).map(drop).map_err(|e| bad("room alias", e)),
+        "roomId" => ids::RoomId::parse(value)
+            .map(drop)
+            .map_err(|e| bad("room id", e)),
+        "userId" => ids::UserId::parse(value)
+            .map(drop)
+            .map_err(|e| bad("user id", e)),
+        "eventId" => ids::EventId::parse(value)
+            .map(drop)
+            .map_err(|e| bad("event id", e)),
+        "roomAlias" => ids::RoomAliasId::parse(value)
+            .map(drop)
+            .map_err(|e| bad("room alias", e)),
         _ => Ok(()),
     }
 }
@@ -252,18 +301,38 @@ fn decode(
         check_path_param(k, v)?;
         input.insert(k.clone(), Value::String(v.clone()));
     }
-    for p in route.params.iter().filter(|p| p.location == ParamLocation::Query) {
-        let values: Vec<&str> = query.iter().filter(|(k, _)| k == p.name).map(|(_, v)| v.as_str()).collect();
+    for p in route
+        .params
+        .iter()
+        .filter(|p| p.location == ParamLocation::Query)
+    {
+        let values: Vec<&str> = query
+            .iter()
+            .filter(|(k, _)| k == p.name)
+            .map(|(_, v)| v.as_str())
+            .collect();
         if values.is_empty() {
             if p.required {
-                return Err(ApiError::missing_param(format!("missing query parameter `{}`", p.name)));
+                return Err(ApiError::missing_param(format!(
+                    "missing query parameter `{}`",
+                    p.name
+                )));
             }
             continue;
         }
-        let bad = |what: &str| ApiError::invalid_param(format!("query parameter `{}` must be {what}", p.name));
+        let bad = |what: &str| {
+            ApiError::invalid_param(format!("query parameter `{}` must be {what}", p.name))
+        };
         let v = match p.kind {
-            ParamKind::List => Value::Array(values.iter().map(|v| Value::String(v.to_string())).collect()),
-            ParamKind::Integer => Value::from(values[0].parse::<i64>().map_err(|_| bad("an integer"))?),
+            ParamKind::List => Value::Array(
+                values
+                    .iter()
+                    .map(|v| Value::String(v.to_string()))
+                    .collect(),
+            ),
+            ParamKind::Integer => {
+                Value::from(values[0].parse::<i64>().map_err(|_| bad("an integer"))?)
+            }
             ParamKind::Number => values[0]
                 .parse::<f64>()
                 .ok()
@@ -300,7 +369,8 @@ fn decode(
 
 /// Parses a JSON body with a depth bound, so that hostile nesting cannot exhaust the stack.
 pub fn parse_json(body: &[u8]) -> ApiResult<Value> {
-    let text = std::str::from_utf8(body).map_err(|_| ApiError::not_json("the body is not valid UTF-8"))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| ApiError::not_json("the body is not valid UTF-8"))?;
     let mut depth = 0usize;
     let mut max = 0usize;
     let mut in_str = false;

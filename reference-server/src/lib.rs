@@ -78,7 +78,8 @@ impl Server {
     pub fn open(config: Config) -> Result<Arc<Server>, String> {
         if let Some(dir) = config.db.as_ref().and_then(|p| p.parent()) {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("creating {}: {e}", dir.display()))?;
             }
         }
         let store = Store::open(config.db.as_deref(), config.durability)?;
@@ -137,9 +138,17 @@ impl Server {
     }
 
     /// Runs `f` on the state at `at` (on the current tokio runtime), committing what it changes.
-    pub fn later(&self, at: std::time::Instant, f: impl FnOnce(&mut State, &mut Batch) + Send + 'static) {
-        let Some(server) = self.me.get().and_then(std::sync::Weak::upgrade) else { return };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+    pub fn later(
+        &self,
+        at: std::time::Instant,
+        f: impl FnOnce(&mut State, &mut Batch) + Send + 'static,
+    ) {
+        let Some(server) = self.me.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         rt.spawn(async move {
             tokio::time::sleep_until(at.into()).await;
             let _ = server.write(|state, batch| {

@@ -62,21 +62,30 @@ impl Router {
                     .path
                     .split('/')
                     .skip(1)
-                    .map(|s| match s.strip_prefix('{').and_then(|x| x.strip_suffix('}')) {
-                        Some(p) => Seg::Param(p),
-                        None => Seg::Lit(s),
-                    })
+                    .map(
+                        |s| match s.strip_prefix('{').and_then(|x| x.strip_suffix('}')) {
+                            Some(p) => Seg::Param(p),
+                            None => Seg::Lit(s),
+                        },
+                    )
                     .collect(),
             })
             .collect();
         Router { entries }
     }
 
-    fn match_path(entry: &Entry, parts: &[&str]) -> Option<Result<BTreeMap<String, String>, ApiError>> {
+    fn match_path(
+        entry: &Entry,
+        parts: &[&str],
+    ) -> Option<Result<BTreeMap<String, String>, ApiError>> {
         // A path one segment short matches a template ending in a parameter, as that
         // parameter empty (`/state/m.room.name` for the empty state key), or ending in `/`
         // (`/pushrules` for `/pushrules/`).
-        let short = parts.len() + 1 == entry.segs.len() && matches!(entry.segs.last(), Some(Seg::Param("stateKey") | Seg::Lit("")));
+        let short = parts.len() + 1 == entry.segs.len()
+            && matches!(
+                entry.segs.last(),
+                Some(Seg::Param("stateKey") | Seg::Lit(""))
+            );
         if parts.len() != entry.segs.len() && !short {
             return None;
         }
@@ -118,7 +127,9 @@ impl Router {
                 if (pass == 0) != exact {
                     continue;
                 }
-                let Some(m) = Router::match_path(e, &parts) else { continue };
+                let Some(m) = Router::match_path(e, &parts) else {
+                    continue;
+                };
                 let params = m?;
                 any_path = true;
                 if e.route.method.as_str() != method {
@@ -141,8 +152,12 @@ impl Router {
         }
         match found {
             Some(m) => Ok(m),
-            None if any_path => Err(ApiError::method_not_allowed(format!("{method} is not allowed on {path}"))),
-            None => Err(ApiError::unrecognized(format!("unrecognized request: {method} {path}"))),
+            None if any_path => Err(ApiError::method_not_allowed(format!(
+                "{method} is not allowed on {path}"
+            ))),
+            None => Err(ApiError::unrecognized(format!(
+                "unrecognized request: {method} {path}"
+            ))),
         }
     }
 }
@@ -159,26 +174,78 @@ mod tests {
     fn matching() {
         let r = router();
         let check = |method: &str, path: &str, op: &str, params: &[(&str, &str)]| {
-            let m = r.find(method, path).unwrap_or_else(|e| panic!("{method} {path}: {e:?}"));
+            let m = r
+                .find(method, path)
+                .unwrap_or_else(|e| panic!("{method} {path}: {e:?}"));
             assert_eq!(m.routes[0].operation_id, op, "{method} {path}");
-            let expected: BTreeMap<String, String> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let expected: BTreeMap<String, String> = params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
             assert_eq!(m.params, expected, "{method} {path}");
         };
         check("GET", "/_matrix/client/versions", "getVersions", &[]);
-        check("PUT", "/_matrix/client/v3/rooms/%21a%3Ab/send/m.room.message/t1", "sendMessage", &[("roomId", "!a:b"), ("eventType", "m.room.message"), ("txnId", "t1")]);
-        check("PUT", "/_matrix/client/v3/rooms/!a:b/state/m.room.name/", "setRoomStateWithKey", &[("roomId", "!a:b"), ("eventType", "m.room.name"), ("stateKey", "")]);
-        check("GET", "/_matrix/client/v3/rooms/!a:b/state/m.room.name", "getRoomStateWithKey", &[("roomId", "!a:b"), ("eventType", "m.room.name"), ("stateKey", "")]);
-        check("GET", "/_matrix/client/v3/rooms/!a:b/state", "getRoomState", &[("roomId", "!a:b")]);
+        check(
+            "PUT",
+            "/_matrix/client/v3/rooms/%21a%3Ab/send/m.room.message/t1",
+            "sendMessage",
+            &[
+                ("roomId", "!a:b"),
+                ("eventType", "m.room.message"),
+                ("txnId", "t1"),
+            ],
+        );
+        check(
+            "PUT",
+            "/_matrix/client/v3/rooms/!a:b/state/m.room.name/",
+            "setRoomStateWithKey",
+            &[
+                ("roomId", "!a:b"),
+                ("eventType", "m.room.name"),
+                ("stateKey", ""),
+            ],
+        );
+        check(
+            "GET",
+            "/_matrix/client/v3/rooms/!a:b/state/m.room.name",
+            "getRoomStateWithKey",
+            &[
+                ("roomId", "!a:b"),
+                ("eventType", "m.room.name"),
+                ("stateKey", ""),
+            ],
+        );
+        check(
+            "GET",
+            "/_matrix/client/v3/rooms/!a:b/state",
+            "getRoomState",
+            &[("roomId", "!a:b")],
+        );
         // Two operations on one route: both come back, the body decides.
-        let m = r.find("POST", "/_matrix/client/v3/rooms/!a:b/invite").unwrap();
+        let m = r
+            .find("POST", "/_matrix/client/v3/rooms/!a:b/invite")
+            .unwrap();
         let ids: Vec<&str> = m.routes.iter().map(|r| r.operation_id).collect();
         assert_eq!(ids, ["inviteUser", "inviteBy3PID"]);
-        assert_eq!(r.find("GET", "/_matrix/client/v3/nope").unwrap_err().status, 404);
+        assert_eq!(
+            r.find("GET", "/_matrix/client/v3/nope").unwrap_err().status,
+            404
+        );
         let wrong = r.find("DELETE", "/_matrix/client/versions").unwrap_err();
         assert_eq!((wrong.status, wrong.errcode), (405, "M_UNRECOGNIZED"));
-        assert_eq!(r.find("GET", "/_matrix/client/v3/rooms/%FF/state").unwrap_err().errcode, "M_INVALID_PARAM");
+        assert_eq!(
+            r.find("GET", "/_matrix/client/v3/rooms/%FF/state")
+                .unwrap_err()
+                .errcode,
+            "M_INVALID_PARAM"
+        );
         // Only the state key may be left off; other parameters may not be empty.
-        assert_eq!(r.find("DELETE", "/_matrix/client/v3/devices").unwrap_err().status, 405);
+        assert_eq!(
+            r.find("DELETE", "/_matrix/client/v3/devices")
+                .unwrap_err()
+                .status,
+            405
+        );
         check("GET", "/_matrix/client/v3/pushrules", "getPushRules", &[]);
     }
 }

@@ -28,7 +28,11 @@ pub fn base64url(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(data.len() * 4 / 3 + 2);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         let chars = chunk.len() + 1;
         for i in 0..chars {
@@ -106,7 +110,9 @@ impl Event {
             state_key: s("state_key"),
             content: v.get("content").cloned().unwrap_or(json!({})),
             ts: v.get("ts").and_then(Value::as_u64).unwrap_or(0),
-            txn: v.get("txn").and_then(|t| serde_json::from_value(t.clone()).ok()),
+            txn: v
+                .get("txn")
+                .and_then(|t| serde_json::from_value(t.clone()).ok()),
             replaces: v.get("replaces").and_then(Value::as_u64),
             redacts: s("redacts"),
             redacted_by: None,
@@ -141,7 +147,10 @@ pub struct Room {
 
 impl Room {
     pub fn membership(&self, user: &str) -> Option<&str> {
-        self.members.get(user).and_then(|l| l.last()).map(|(_, m)| m.as_str())
+        self.members
+            .get(user)
+            .and_then(|l| l.last())
+            .map(|(_, m)| m.as_str())
     }
 
     /// The membership a user had just after the event at `pos`.
@@ -163,7 +172,9 @@ impl Room {
     }
 
     pub fn state_event(&self, kind: &str, key: &str) -> Option<u64> {
-        self.state.get(&(kind.to_string(), key.to_string())).copied()
+        self.state
+            .get(&(kind.to_string(), key.to_string()))
+            .copied()
     }
 
     pub fn joined(&self) -> impl Iterator<Item = &String> {
@@ -175,7 +186,9 @@ impl Room {
 
     /// History is readable by anyone (the current history visibility is `world_readable`).
     pub fn world_readable(&self) -> bool {
-        self.visibility.last().is_some_and(|(_, v)| v == "world_readable")
+        self.visibility
+            .last()
+            .is_some_and(|(_, v)| v == "world_readable")
     }
 
     /// Room versions from 12 on give creators infinite power and take room ids from the
@@ -294,67 +307,111 @@ impl State {
                             password_hash: s("password_hash"),
                             displayname: s("displayname"),
                             avatar_url: s("avatar_url"),
-                            deactivated: v.get("deactivated").and_then(Value::as_bool).unwrap_or(false),
+                            deactivated: v
+                                .get("deactivated")
+                                .and_then(Value::as_bool)
+                                .unwrap_or(false),
                         },
                     );
                 }
                 "device" if parts.len() == 2 => {
-                    let token = v.get("token").and_then(Value::as_str).unwrap_or("").to_string();
+                    let token = v
+                        .get("token")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
                     if !token.is_empty() {
-                        self.tokens.insert(token.clone(), (parts[0].to_string(), parts[1].to_string()));
+                        self.tokens
+                            .insert(token.clone(), (parts[0].to_string(), parts[1].to_string()));
                     }
                     let refresh = v.get("refresh").and_then(Value::as_str).map(str::to_string);
                     if let Some(r) = &refresh {
-                        self.refresh_tokens.insert(r.clone(), (parts[0].to_string(), parts[1].to_string()));
+                        self.refresh_tokens
+                            .insert(r.clone(), (parts[0].to_string(), parts[1].to_string()));
                     }
-                    self.devices.entry(parts[0].to_string()).or_default().insert(
-                        parts[1].to_string(),
-                        Device {
-                            display_name: v.get("display_name").and_then(Value::as_str).map(str::to_string),
-                            last_seen_ts: v.get("last_seen_ts").and_then(Value::as_u64).unwrap_or(0),
-                            token,
-                            refresh,
-                        },
-                    );
+                    self.devices
+                        .entry(parts[0].to_string())
+                        .or_default()
+                        .insert(
+                            parts[1].to_string(),
+                            Device {
+                                display_name: v
+                                    .get("display_name")
+                                    .and_then(Value::as_str)
+                                    .map(str::to_string),
+                                last_seen_ts: v
+                                    .get("last_seen_ts")
+                                    .and_then(Value::as_u64)
+                                    .unwrap_or(0),
+                                token,
+                                refresh,
+                            },
+                        );
                 }
                 "txn" if parts.len() == 3 => {
                     if let Some(e) = v.as_str() {
-                        self.txns.insert((parts[0].into(), parts[1].into(), parts[2].into()), e.to_string());
+                        self.txns.insert(
+                            (parts[0].into(), parts[1].into(), parts[2].into()),
+                            e.to_string(),
+                        );
                     }
                 }
                 "account_data" if parts.len() == 3 => {
                     let content = v.get("content").cloned().unwrap_or(json!({}));
                     let pos = v.get("pos").and_then(Value::as_u64).unwrap_or(0);
-                    self.account_data.insert((parts[0].into(), parts[1].into(), parts[2].into()), (content, pos));
+                    self.account_data.insert(
+                        (parts[0].into(), parts[1].into(), parts[2].into()),
+                        (content, pos),
+                    );
                 }
                 "filter" if parts.len() == 2 => {
                     self.filters.insert((parts[0].into(), parts[1].into()), v);
                 }
                 "alias" => {
-                    let room = v.get("room_id").and_then(Value::as_str).unwrap_or("").to_string();
-                    let creator = v.get("creator").and_then(Value::as_str).unwrap_or("").to_string();
+                    let room = v
+                        .get("room_id")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    let creator = v
+                        .get("creator")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
                     self.aliases.insert(key.clone(), (room, creator));
                 }
                 "room" => rooms_meta.push((key.clone(), v)),
-                "forgotten" if parts.len() == 2 => forgotten.push((parts[0].to_string(), parts[1].to_string())),
+                "forgotten" if parts.len() == 2 => {
+                    forgotten.push((parts[0].to_string(), parts[1].to_string()))
+                }
                 "receipt" if parts.len() == 3 || parts.len() == 4 => {
                     let (room, rtype) = (parts[0], parts[1]);
                     // The inner key: the user, and the thread for a threaded receipt.
                     let user = parts[2..].join("\u{0}");
                     let pos = v.get("pos").and_then(Value::as_u64).unwrap_or(0);
                     let r: Receipt = (
-                        v.get("event_id").and_then(Value::as_str).unwrap_or("").to_string(),
+                        v.get("event_id")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
                         v.get("ts").and_then(Value::as_u64).unwrap_or(0),
-                        v.get("thread_id").and_then(Value::as_str).map(str::to_string),
+                        v.get("thread_id")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
                     );
                     let entry = self.receipts.entry(room.to_string()).or_default();
-                    entry.0.entry(rtype.to_string()).or_default().insert(user, r);
+                    entry
+                        .0
+                        .entry(rtype.to_string())
+                        .or_default()
+                        .insert(user, r);
                     entry.1 = entry.1.max(pos);
                 }
                 "device_keys" if parts.len() == 2 => {
                     let pos = v.get("pos").and_then(Value::as_u64).unwrap_or(0);
                     if let Some(k) = v.get("keys") {
-                        self.device_keys.insert((parts[0].into(), parts[1].into()), k.clone());
+                        self.device_keys
+                            .insert((parts[0].into(), parts[1].into()), k.clone());
                     }
                     let e = self.key_changes.entry(parts[0].to_string()).or_default();
                     *e = (*e).max(pos);
@@ -368,46 +425,81 @@ impl State {
                         (Some(seq), Some(k)) => (seq, k.clone()),
                         _ => (0, v),
                     };
-                    self.one_time_keys.entry((parts[0].into(), parts[1].into())).or_default().insert(parts[2].to_string(), (seq, key));
+                    self.one_time_keys
+                        .entry((parts[0].into(), parts[1].into()))
+                        .or_default()
+                        .insert(parts[2].to_string(), (seq, key));
                 }
                 "fallback" if parts.len() == 3 => {
-                    self.fallback_keys.entry((parts[0].into(), parts[1].into())).or_default().insert(parts[2].to_string(), v);
+                    self.fallback_keys
+                        .entry((parts[0].into(), parts[1].into()))
+                        .or_default()
+                        .insert(parts[2].to_string(), v);
                 }
                 "presence" => {
                     let pos = v.get("pos").and_then(Value::as_u64).unwrap_or(0);
-                    self.presence.insert(key.clone(), (v.get("content").cloned().unwrap_or(json!({})), pos));
+                    self.presence.insert(
+                        key.clone(),
+                        (v.get("content").cloned().unwrap_or(json!({})), pos),
+                    );
                 }
                 "cross_signing" => {
                     self.cross_signing.insert(key.clone(), v);
                 }
                 "pusher" if parts.len() == 3 => {
-                    self.pushers.entry(parts[0].into()).or_default().insert((parts[1].into(), parts[2].into()), v);
+                    self.pushers
+                        .entry(parts[0].into())
+                        .or_default()
+                        .insert((parts[1].into(), parts[2].into()), v);
                 }
                 "backup" if parts.len() == 2 => {
                     let version: u64 = parts[1].parse().unwrap_or(0);
-                    let b = self.backups.entry(parts[0].into()).or_default().entry(version).or_default();
-                    b.algorithm = v.get("algorithm").and_then(Value::as_str).unwrap_or("").to_string();
+                    let b = self
+                        .backups
+                        .entry(parts[0].into())
+                        .or_default()
+                        .entry(version)
+                        .or_default();
+                    b.algorithm = v
+                        .get("algorithm")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
                     b.auth_data = v.get("auth_data").cloned().unwrap_or(json!({}));
                     b.etag = v.get("etag").and_then(Value::as_u64).unwrap_or(0);
                     b.deleted = v.get("deleted").and_then(Value::as_bool).unwrap_or(false);
                 }
                 "backup_key" if parts.len() == 4 => {
                     let version: u64 = parts[1].parse().unwrap_or(0);
-                    let b = self.backups.entry(parts[0].into()).or_default().entry(version).or_default();
+                    let b = self
+                        .backups
+                        .entry(parts[0].into())
+                        .or_default()
+                        .entry(version)
+                        .or_default();
                     b.keys.insert((parts[2].into(), parts[3].into()), v);
                 }
                 "to_device" if parts.len() == 3 => {
                     let pos: u64 = parts[2].parse().unwrap_or(0);
-                    self.to_device.entry((parts[0].into(), parts[1].into())).or_default().push((pos, v));
+                    self.to_device
+                        .entry((parts[0].into(), parts[1].into()))
+                        .or_default()
+                        .push((pos, v));
                 }
                 _ => {}
             }
         }
         for (pos, v) in loaded.events {
-            let ev = Event::from_record(pos, &v).ok_or_else(|| format!("event at position {pos} is incomplete"))?;
+            let ev = Event::from_record(pos, &v)
+                .ok_or_else(|| format!("event at position {pos} is incomplete"))?;
             self.pos = self.pos.max(pos);
             if ev.kind == "m.room.create" && ev.state_key.as_deref() == Some("") {
-                let version = ev.content.get("room_version").and_then(Value::as_str).unwrap_or("1").to_string();
+                let version = ev
+                    .content
+                    .get("room_version")
+                    .and_then(Value::as_str)
+                    .unwrap_or("1")
+                    .to_string();
                 let mut room = Room {
                     room_id: ev.room_id.clone(),
                     version,
@@ -425,7 +517,11 @@ impl State {
         }
         for (user, room) in forgotten {
             // Forgotten, unless the user came back to the room afterwards.
-            let back = self.rooms.get(&room).and_then(|r| r.membership(&user)).is_some_and(|m| matches!(m, "join" | "invite" | "knock"));
+            let back = self
+                .rooms
+                .get(&room)
+                .and_then(|r| r.membership(&user))
+                .is_some_and(|m| matches!(m, "join" | "invite" | "knock"));
             if !back {
                 if let Some(set) = self.user_rooms.get_mut(&user) {
                     set.remove(&room);
@@ -444,7 +540,9 @@ impl State {
         if let Some(room) = self.rooms.get_mut(&ev.room_id) {
             room.timeline.push(pos);
             room.last_sent.insert(ev.sender.clone(), pos);
-            if ev.state_key.is_none() && matches!(ev.kind.as_str(), "m.room.message" | "m.room.encrypted") {
+            if ev.state_key.is_none()
+                && matches!(ev.kind.as_str(), "m.room.message" | "m.room.encrypted")
+            {
                 room.notifiable.push(pos);
             }
             if let Some(key) = &ev.state_key {
@@ -453,12 +551,25 @@ impl State {
                 room.state.insert(k, pos);
                 match ev.kind.as_str() {
                     "m.room.member" => {
-                        let m = ev.content.get("membership").and_then(Value::as_str).unwrap_or("leave").to_string();
+                        let m = ev
+                            .content
+                            .get("membership")
+                            .and_then(Value::as_str)
+                            .unwrap_or("leave")
+                            .to_string();
                         room.members.entry(key.clone()).or_default().push((pos, m));
-                        self.user_rooms.entry(key.clone()).or_default().insert(ev.room_id.clone());
+                        self.user_rooms
+                            .entry(key.clone())
+                            .or_default()
+                            .insert(ev.room_id.clone());
                     }
                     "m.room.history_visibility" => {
-                        let v = ev.content.get("history_visibility").and_then(Value::as_str).unwrap_or("shared").to_string();
+                        let v = ev
+                            .content
+                            .get("history_visibility")
+                            .and_then(Value::as_str)
+                            .unwrap_or("shared")
+                            .to_string();
                         room.visibility.push((pos, v));
                     }
                     _ => {}
@@ -469,7 +580,10 @@ impl State {
             if let Some(tpos) = self.event_ids.get(&target).copied() {
                 if let Some(t) = self.events.get_mut(&tpos) {
                     t.redacted_by = Some(pos);
-                    let version = self.rooms.get(&t.room_id).map_or("11", |r| r.version.as_str());
+                    let version = self
+                        .rooms
+                        .get(&t.room_id)
+                        .map_or("11", |r| r.version.as_str());
                     t.content = redact_content(&t.kind, &t.content, version);
                 }
             }
@@ -508,7 +622,9 @@ impl State {
             redacts,
             redacted_by: None,
         };
-        batch.events.push((pos, room_id.to_string(), ev.to_record().to_string()));
+        batch
+            .events
+            .push((pos, room_id.to_string(), ev.to_record().to_string()));
         self.apply(ev);
         (pos, event_id)
     }
@@ -525,12 +641,19 @@ impl State {
             &json!({"display_name": device.display_name, "last_seen_ts": device.last_seen_ts, "token": device.token, "refresh": device.refresh}),
         );
         if !device.token.is_empty() {
-            self.tokens.insert(device.token.clone(), (user.to_string(), device_id.to_string()));
+            self.tokens.insert(
+                device.token.clone(),
+                (user.to_string(), device_id.to_string()),
+            );
         }
         if let Some(r) = &device.refresh {
-            self.refresh_tokens.insert(r.clone(), (user.to_string(), device_id.to_string()));
+            self.refresh_tokens
+                .insert(r.clone(), (user.to_string(), device_id.to_string()));
         }
-        self.devices.entry(user.to_string()).or_default().insert(device_id.to_string(), device);
+        self.devices
+            .entry(user.to_string())
+            .or_default()
+            .insert(device_id.to_string(), device);
     }
 
     pub fn remove_device(&mut self, batch: &mut Batch, user: &str, device_id: &str) {
@@ -546,10 +669,20 @@ impl State {
             batch.delete("device_keys", format!("{user}\u{0}{device_id}"));
             self.note_key_change(batch, user);
         }
-        for id in self.one_time_keys.remove(&key).map(|m| m.into_keys().collect::<Vec<_>>()).unwrap_or_default() {
+        for id in self
+            .one_time_keys
+            .remove(&key)
+            .map(|m| m.into_keys().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
             batch.delete("otk", format!("{user}\u{0}{device_id}\u{0}{id}"));
         }
-        for id in self.fallback_keys.remove(&key).map(|m| m.into_keys().collect::<Vec<_>>()).unwrap_or_default() {
+        for id in self
+            .fallback_keys
+            .remove(&key)
+            .map(|m| m.into_keys().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
             batch.delete("fallback", format!("{user}\u{0}{device_id}\u{0}{id}"));
         }
     }
@@ -575,10 +708,22 @@ impl State {
         out
     }
 
-    pub fn put_account_data(&mut self, batch: &mut Batch, user: &str, room: &str, kind: &str, content: Value) {
+    pub fn put_account_data(
+        &mut self,
+        batch: &mut Batch,
+        user: &str,
+        room: &str,
+        kind: &str,
+        content: Value,
+    ) {
         let pos = self.next_pos(batch);
-        batch.put("account_data", format!("{user}\u{0}{room}\u{0}{kind}"), &json!({"content": content, "pos": pos}));
-        self.account_data.insert((user.into(), room.into(), kind.into()), (content, pos));
+        batch.put(
+            "account_data",
+            format!("{user}\u{0}{room}\u{0}{kind}"),
+            &json!({"content": content, "pos": pos}),
+        );
+        self.account_data
+            .insert((user.into(), room.into(), kind.into()), (content, pos));
     }
 
     pub fn put_room_meta(&mut self, batch: &mut Batch, room_id: &str) {
@@ -588,7 +733,9 @@ impl State {
     }
 
     pub fn room(&self, room_id: &str) -> ApiResult<&Room> {
-        self.rooms.get(room_id).ok_or_else(|| ApiError::not_found(format!("unknown room {room_id}")))
+        self.rooms
+            .get(room_id)
+            .ok_or_else(|| ApiError::not_found(format!("unknown room {room_id}")))
     }
 
     /// Current state content of a room, or `None`.
@@ -600,7 +747,11 @@ impl State {
     /// What the room directory, room summaries and space hierarchies say about a room: its
     /// id, member count, readability, join rule, and name, topic, alias, avatar and type when set.
     pub fn room_overview(&self, room: &Room) -> Value {
-        let content = |kind: &str, key: &str| self.state_content(&room.room_id, kind, "").and_then(|c| c.get(key)).cloned();
+        let content = |kind: &str, key: &str| {
+            self.state_content(&room.room_id, kind, "")
+                .and_then(|c| c.get(key))
+                .cloned()
+        };
         let mut v = json!({
             "room_id": room.room_id,
             "num_joined_members": room.joined().count(),
@@ -623,7 +774,12 @@ impl State {
     }
 
     /// An event as clients see it (the ClientEvent format).
-    pub fn client_event(&self, ev: &Event, viewer: Option<(&str, &str)>, with_room_id: bool) -> Value {
+    pub fn client_event(
+        &self,
+        ev: &Event,
+        viewer: Option<(&str, &str)>,
+        with_room_id: bool,
+    ) -> Value {
         let mut v = json!({
             "type": ev.kind,
             "content": ev.content,
@@ -677,9 +833,14 @@ impl State {
         }
         if vis == "shared" {
             // Members see shared history from before they joined, up to when they left.
-            let Some(log) = room.members.get(user) else { return false };
+            let Some(log) = room.members.get(user) else {
+                return false;
+            };
             let joined_later = log.iter().any(|(p, m)| *p >= pos && m == "join");
-            let left_after = log.iter().filter(|(p, _)| *p > pos).find(|(_, m)| m != "join" && m != "invite");
+            let left_after = log
+                .iter()
+                .filter(|(p, _)| *p > pos)
+                .find(|(_, m)| m != "join" && m != "invite");
             let still_in = room.membership(user) == Some("join");
             return joined_later && (still_in || left_after.is_some_and(|(p, _)| *p > pos));
         }
@@ -691,22 +852,35 @@ impl State {
         if room.creators_privileged() && room.creators.iter().any(|c| c == user) {
             return None;
         }
-        let pl = room.state_event("m.room.power_levels", "").and_then(|p| self.events.get(&p));
+        let pl = room
+            .state_event("m.room.power_levels", "")
+            .and_then(|p| self.events.get(&p));
         match pl {
             Some(e) => Some(
                 e.content
                     .get("users")
                     .and_then(|u| u.get(user))
                     .and_then(Value::as_i64)
-                    .unwrap_or_else(|| e.content.get("users_default").and_then(Value::as_i64).unwrap_or(0)),
+                    .unwrap_or_else(|| {
+                        e.content
+                            .get("users_default")
+                            .and_then(Value::as_i64)
+                            .unwrap_or(0)
+                    }),
             ),
-            None => Some(if room.creators.first().is_some_and(|c| c == user) { 100 } else { 0 }),
+            None => Some(if room.creators.first().is_some_and(|c| c == user) {
+                100
+            } else {
+                0
+            }),
         }
     }
 
     /// The level an action needs: `ban`, `kick`, `redact`, `invite`, or an event type.
     pub fn required_level(&self, room: &Room, action: &str, state: bool) -> i64 {
-        let pl = room.state_event("m.room.power_levels", "").and_then(|p| self.events.get(&p));
+        let pl = room
+            .state_event("m.room.power_levels", "")
+            .and_then(|p| self.events.get(&p));
         let Some(pl) = pl else {
             return match action {
                 "invite" => 0,
@@ -725,7 +899,13 @@ impl State {
                 .get("events")
                 .and_then(|e| e.get(kind))
                 .and_then(Value::as_i64)
-                .unwrap_or_else(|| if state { get("state_default", 50) } else { get("events_default", 0) }),
+                .unwrap_or_else(|| {
+                    if state {
+                        get("state_default", 50)
+                    } else {
+                        get("events_default", 0)
+                    }
+                }),
         }
     }
 
@@ -738,7 +918,11 @@ impl State {
 /// The creators named by a create event: its sender, and `additional_creators` (v12+).
 pub fn creators_of(create: &Event) -> Vec<String> {
     let mut c = vec![create.sender.clone()];
-    if let Some(extra) = create.content.get("additional_creators").and_then(Value::as_array) {
+    if let Some(extra) = create
+        .content
+        .get("additional_creators")
+        .and_then(Value::as_array)
+    {
         c.extend(extra.iter().filter_map(Value::as_str).map(str::to_string));
     }
     c
@@ -753,8 +937,27 @@ pub fn redact_content(kind: &str, content: &Value, version: &str) -> Value {
         "m.room.create" if v11 => return content.clone(),
         "m.room.create" => &["creator"],
         "m.room.join_rules" => &["join_rule", "allow"],
-        "m.room.power_levels" if v11 => &["ban", "events", "events_default", "invite", "kick", "redact", "state_default", "users", "users_default"],
-        "m.room.power_levels" => &["ban", "events", "events_default", "kick", "redact", "state_default", "users", "users_default"],
+        "m.room.power_levels" if v11 => &[
+            "ban",
+            "events",
+            "events_default",
+            "invite",
+            "kick",
+            "redact",
+            "state_default",
+            "users",
+            "users_default",
+        ],
+        "m.room.power_levels" => &[
+            "ban",
+            "events",
+            "events_default",
+            "kick",
+            "redact",
+            "state_default",
+            "users",
+            "users_default",
+        ],
         "m.room.history_visibility" => &["history_visibility"],
         "m.room.redaction" if v11 => &["redacts"],
         _ => &[],
@@ -783,15 +986,33 @@ mod tests {
     #[test]
     fn redaction_by_version() {
         let pl = json!({"ban": 50, "invite": 30, "kick": 50, "notifications": {"room": 20}});
-        assert_eq!(redact_content("m.room.power_levels", &pl, "10"), json!({"ban": 50, "kick": 50}));
-        assert_eq!(redact_content("m.room.power_levels", &pl, "11"), json!({"ban": 50, "invite": 30, "kick": 50}));
+        assert_eq!(
+            redact_content("m.room.power_levels", &pl, "10"),
+            json!({"ban": 50, "kick": 50})
+        );
+        assert_eq!(
+            redact_content("m.room.power_levels", &pl, "11"),
+            json!({"ban": 50, "invite": 30, "kick": 50})
+        );
         let create = json!({"creator": "@a:b", "room_version": "10", "m.federate": true});
-        assert_eq!(redact_content("m.room.create", &create, "10"), json!({"creator": "@a:b"}));
+        assert_eq!(
+            redact_content("m.room.create", &create, "10"),
+            json!({"creator": "@a:b"})
+        );
         assert_eq!(redact_content("m.room.create", &create, "11"), create);
         let member = json!({"membership": "invite", "displayname": "x", "third_party_invite": {"display_name": "d", "signed": {"token": "t"}}});
-        assert_eq!(redact_content("m.room.member", &member, "11"), json!({"membership": "invite", "third_party_invite": {"signed": {"token": "t"}}}));
-        assert_eq!(redact_content("m.room.member", &member, "10"), json!({"membership": "invite"}));
-        assert_eq!(redact_content("m.room.message", &json!({"body": "x"}), "12"), json!({}));
+        assert_eq!(
+            redact_content("m.room.member", &member, "11"),
+            json!({"membership": "invite", "third_party_invite": {"signed": {"token": "t"}}})
+        );
+        assert_eq!(
+            redact_content("m.room.member", &member, "10"),
+            json!({"membership": "invite"})
+        );
+        assert_eq!(
+            redact_content("m.room.message", &json!({"body": "x"}), "12"),
+            json!({})
+        );
     }
 
     #[test]

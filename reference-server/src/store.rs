@@ -38,7 +38,10 @@ pub struct Batch {
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.puts.is_empty() && self.deletes.is_empty() && self.media.is_empty()
+        self.events.is_empty()
+            && self.puts.is_empty()
+            && self.deletes.is_empty()
+            && self.media.is_empty()
     }
 
     pub fn put(&mut self, kind: &'static str, key: impl Into<String>, value: &Value) {
@@ -67,7 +70,8 @@ impl Store {
     pub fn open(path: Option<&Path>, durability: Durability) -> Result<Store, String> {
         let conn = match path {
             Some(p) => Connection::open(p).map_err(|e| format!("opening {}: {e}", p.display()))?,
-            None => Connection::open_in_memory().map_err(|e| format!("opening an in-memory database: {e}"))?,
+            None => Connection::open_in_memory()
+                .map_err(|e| format!("opening an in-memory database: {e}"))?,
         };
         let sync = match durability {
             Durability::Process => "NORMAL",
@@ -83,10 +87,10 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<(), String> {
-        let version: usize = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
-            .map_err(|e| format!("reading the schema version: {e}"))? as usize;
+        let version: usize =
+            self.conn
+                .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+                .map_err(|e| format!("reading the schema version: {e}"))? as usize;
         if version > MIGRATIONS.len() {
             return Err(format!(
                 "the database has schema version {version}, newer than this server knows ({})",
@@ -95,31 +99,48 @@ impl Store {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             let tx = self.conn.transaction().map_err(|e| e.to_string())?;
-            tx.execute_batch(sql).map_err(|e| format!("migration {}: {e}", i + 1))?;
-            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(|e| e.to_string())?;
-            tx.commit().map_err(|e| format!("migration {}: {e}", i + 1))?;
+            tx.execute_batch(sql)
+                .map_err(|e| format!("migration {}: {e}", i + 1))?;
+            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+                .map_err(|e| e.to_string())?;
+            tx.commit()
+                .map_err(|e| format!("migration {}: {e}", i + 1))?;
         }
         Ok(())
     }
 
     pub fn load(&self) -> Result<Loaded, String> {
         let mut out = Loaded::default();
-        let mut stmt = self.conn.prepare("SELECT pos, json FROM events ORDER BY pos").map_err(|e| e.to_string())?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT pos, json FROM events ORDER BY pos")
+            .map_err(|e| e.to_string())?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
             .map_err(|e| e.to_string())?;
         for row in rows {
             let (pos, json) = row.map_err(|e| e.to_string())?;
-            let v = serde_json::from_str(&json).map_err(|e| format!("event {pos} in the database is not JSON: {e}"))?;
+            let v = serde_json::from_str(&json)
+                .map_err(|e| format!("event {pos} in the database is not JSON: {e}"))?;
             out.events.push((pos as u64, v));
         }
-        let mut stmt = self.conn.prepare("SELECT kind, key, value FROM records").map_err(|e| e.to_string())?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kind, key, value FROM records")
+            .map_err(|e| e.to_string())?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
             .map_err(|e| e.to_string())?;
         for row in rows {
             let (kind, key, value) = row.map_err(|e| e.to_string())?;
-            let v = serde_json::from_str(&value).map_err(|e| format!("record {kind}/{key} in the database is not JSON: {e}"))?;
+            let v = serde_json::from_str(&value)
+                .map_err(|e| format!("record {kind}/{key} in the database is not JSON: {e}"))?;
             out.records.push((kind, key, v));
         }
         Ok(out)
@@ -132,11 +153,14 @@ impl Store {
         }
         let tx = self.conn.transaction()?;
         {
-            let mut ev = tx.prepare_cached("INSERT INTO events (pos, room_id, json) VALUES (?1, ?2, ?3)")?;
+            let mut ev =
+                tx.prepare_cached("INSERT INTO events (pos, room_id, json) VALUES (?1, ?2, ?3)")?;
             for (pos, room, json) in &batch.events {
                 ev.execute(params![*pos as i64, room, json])?;
             }
-            let mut put = tx.prepare_cached("INSERT OR REPLACE INTO records (kind, key, value) VALUES (?1, ?2, ?3)")?;
+            let mut put = tx.prepare_cached(
+                "INSERT OR REPLACE INTO records (kind, key, value) VALUES (?1, ?2, ?3)",
+            )?;
             for (kind, key, value) in &batch.puts {
                 put.execute(params![kind, key, value])?;
             }
@@ -156,8 +180,13 @@ impl Store {
     }
 
     /// Media bytes by id: (content type, file name, bytes).
-    pub fn media(&self, id: &str) -> Result<Option<(Option<String>, Option<String>, Vec<u8>)>, ApiError> {
-        let mut stmt = self.conn.prepare_cached("SELECT content_type, filename, data FROM media WHERE media_id = ?1")?;
+    pub fn media(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Option<String>, Option<String>, Vec<u8>)>, ApiError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT content_type, filename, data FROM media WHERE media_id = ?1")?;
         let mut rows = stmt.query(params![id])?;
         match rows.next()? {
             Some(r) => Ok(Some((r.get(0)?, r.get(1)?, r.get(2)?))),

@@ -19,23 +19,49 @@ impl Client {
         }
     }
 
-    async fn raw(&self, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> (u16, Value) {
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (u16, Value) {
         let mut b = Request::builder().method(method).uri(path);
         if let Some(t) = token {
             b = b.header("authorization", format!("Bearer {t}"));
         }
-        let req = b.body(Bytes::from(body.unwrap_or_default())).expect("request");
+        let req = b
+            .body(Bytes::from(body.unwrap_or_default()))
+            .expect("request");
         let resp = handle(&self.server, req).await;
         let status = resp.status().as_u16();
         let v = serde_json::from_slice(resp.body()).unwrap_or(Value::Null);
         (status, v)
     }
 
-    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
-        self.raw(method, path, token, body.map(|b| b.to_string().into_bytes())).await
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.raw(
+            method,
+            path,
+            token,
+            body.map(|b| b.to_string().into_bytes()),
+        )
+        .await
     }
 
-    async fn ok(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Value {
+    async fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Value {
         let (s, v) = self.call(method, path, token, body).await;
         assert_eq!(s, 200, "{method} {path}: {v}");
         v
@@ -44,17 +70,32 @@ impl Client {
     /// Registers through the dummy stage; returns (user id, token).
     async fn register(&self, name: &str) -> (String, String) {
         let body = json!({"username": name, "password": format!("pw-{name}")});
-        let (s, first) = self.call("POST", "/_matrix/client/v3/register", None, Some(body.clone())).await;
+        let (s, first) = self
+            .call(
+                "POST",
+                "/_matrix/client/v3/register",
+                None,
+                Some(body.clone()),
+            )
+            .await;
         assert_eq!(s, 401, "{first}");
         let mut body = body;
         body["auth"] = json!({"type": "m.login.dummy", "session": first["session"]});
-        let v = self.ok("POST", "/_matrix/client/v3/register", None, Some(body)).await;
-        (v["user_id"].as_str().unwrap().to_string(), v["access_token"].as_str().unwrap().to_string())
+        let v = self
+            .ok("POST", "/_matrix/client/v3/register", None, Some(body))
+            .await;
+        (
+            v["user_id"].as_str().unwrap().to_string(),
+            v["access_token"].as_str().unwrap().to_string(),
+        )
     }
 }
 
 fn room_path(room: &str, rest: &str) -> String {
-    format!("/_matrix/client/v3/rooms/{}/{rest}", room.replace('!', "%21").replace(':', "%3A"))
+    format!(
+        "/_matrix/client/v3/rooms/{}/{rest}",
+        room.replace('!', "%21").replace(':', "%3A")
+    )
 }
 
 #[tokio::test]
@@ -66,27 +107,167 @@ async fn errors_are_matrix_errors() {
         assert_eq!(got.1["errcode"], code, "{}", got.1);
         assert!(got.1["error"].is_string(), "{}", got.1);
     };
-    check(c.call("GET", "/_matrix/client/v3/nowhere", None, None).await, 404, "M_UNRECOGNIZED");
-    check(c.call("DELETE", "/_matrix/client/versions", None, None).await, 405, "M_UNRECOGNIZED");
-    check(c.call("GET", "/_matrix/client/v3/account/whoami", None, None).await, 401, "M_MISSING_TOKEN");
-    check(c.call("GET", "/_matrix/client/v3/account/whoami", Some("nope"), None).await, 401, "M_UNKNOWN_TOKEN");
+    check(
+        c.call("GET", "/_matrix/client/v3/nowhere", None, None)
+            .await,
+        404,
+        "M_UNRECOGNIZED",
+    );
+    check(
+        c.call("DELETE", "/_matrix/client/versions", None, None)
+            .await,
+        405,
+        "M_UNRECOGNIZED",
+    );
+    check(
+        c.call("GET", "/_matrix/client/v3/account/whoami", None, None)
+            .await,
+        401,
+        "M_MISSING_TOKEN",
+    );
+    check(
+        c.call(
+            "GET",
+            "/_matrix/client/v3/account/whoami",
+            Some("nope"),
+            None,
+        )
+        .await,
+        401,
+        "M_UNKNOWN_TOKEN",
+    );
     // The token is checked before the body is looked at.
-    check(c.raw("POST", "/_matrix/client/v3/createRoom", None, Some(b"{not json".to_vec())).await, 401, "M_MISSING_TOKEN");
-    check(c.raw("POST", "/_matrix/client/v3/createRoom", Some(&token), Some(b"{not json".to_vec())).await, 400, "M_NOT_JSON");
-    check(c.raw("POST", "/_matrix/client/v3/createRoom", Some(&token), Some(vec![0xff, 0xfe])).await, 400, "M_NOT_JSON");
-    check(c.call("POST", "/_matrix/client/v3/createRoom", Some(&token), Some(json!({"preset": 42}))).await, 400, "M_BAD_JSON");
-    check(c.call("POST", "/_matrix/client/v3/createRoom", Some(&token), Some(json!({"room_version": "1"}))).await, 400, "M_UNSUPPORTED_ROOM_VERSION");
-    check(c.call("GET", "/_matrix/client/v3/register/available", None, None).await, 400, "M_MISSING_PARAM");
-    check(c.call("GET", "/_matrix/client/v3/rooms/not-a-room/state", Some(&token), None).await, 400, "M_INVALID_PARAM");
+    check(
+        c.raw(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            None,
+            Some(b"{not json".to_vec()),
+        )
+        .await,
+        401,
+        "M_MISSING_TOKEN",
+    );
+    check(
+        c.raw(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&token),
+            Some(b"{not json".to_vec()),
+        )
+        .await,
+        400,
+        "M_NOT_JSON",
+    );
+    check(
+        c.raw(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&token),
+            Some(vec![0xff, 0xfe]),
+        )
+        .await,
+        400,
+        "M_NOT_JSON",
+    );
+    check(
+        c.call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&token),
+            Some(json!({"preset": 42})),
+        )
+        .await,
+        400,
+        "M_BAD_JSON",
+    );
+    check(
+        c.call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&token),
+            Some(json!({"room_version": "1"})),
+        )
+        .await,
+        400,
+        "M_UNSUPPORTED_ROOM_VERSION",
+    );
+    check(
+        c.call("GET", "/_matrix/client/v3/register/available", None, None)
+            .await,
+        400,
+        "M_MISSING_PARAM",
+    );
+    check(
+        c.call(
+            "GET",
+            "/_matrix/client/v3/rooms/not-a-room/state",
+            Some(&token),
+            None,
+        )
+        .await,
+        400,
+        "M_INVALID_PARAM",
+    );
     // The spec documents only 403 for a room one is not in, known or not.
-    check(c.call("GET", "/_matrix/client/v3/rooms/!nope:test.local/state", Some(&token), None).await, 403, "M_FORBIDDEN");
-    check(c.call("GET", "/_matrix/client/v3/rooms/!nope:test.local/event/$x", Some(&token), None).await, 404, "M_NOT_FOUND");
+    check(
+        c.call(
+            "GET",
+            "/_matrix/client/v3/rooms/!nope:test.local/state",
+            Some(&token),
+            None,
+        )
+        .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    check(
+        c.call(
+            "GET",
+            "/_matrix/client/v3/rooms/!nope:test.local/event/$x",
+            Some(&token),
+            None,
+        )
+        .await,
+        404,
+        "M_NOT_FOUND",
+    );
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-    check(c.raw("POST", "/_matrix/client/v3/createRoom", Some(&token), Some(deep.into_bytes())).await, 400, "M_NOT_JSON");
+    check(
+        c.raw(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&token),
+            Some(deep.into_bytes()),
+        )
+        .await,
+        400,
+        "M_NOT_JSON",
+    );
     let huge = vec![b' '; 2 * 1024 * 1024];
-    check(c.raw("POST", "/_matrix/client/v3/createRoom", Some(&token), Some(huge)).await, 413, "M_TOO_LARGE");
+    check(
+        c.raw(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&token),
+            Some(huge),
+        )
+        .await,
+        413,
+        "M_TOO_LARGE",
+    );
     // An operation of the table the server does not implement.
-    check(c.call("GET", "/_matrix/client/v3/voip/turnServer", Some(&token), None).await, 404, "M_UNRECOGNIZED");
+    check(
+        c.call(
+            "GET",
+            "/_matrix/client/v3/voip/turnServer",
+            Some(&token),
+            None,
+        )
+        .await,
+        404,
+        "M_UNRECOGNIZED",
+    );
 }
 
 #[tokio::test]
@@ -95,25 +276,89 @@ async fn rooms_messages_and_sync() {
     let (alice, at) = c.register("alice").await;
     let (bob, bt) = c.register("bob").await;
     for version in ["10", "11", "12"] {
-        let room = c.ok("POST", "/_matrix/client/v3/createRoom", Some(&at), Some(json!({"room_version": version, "preset": "public_chat", "name": "R"}))).await;
+        let room = c
+            .ok(
+                "POST",
+                "/_matrix/client/v3/createRoom",
+                Some(&at),
+                Some(json!({"room_version": version, "preset": "public_chat", "name": "R"})),
+            )
+            .await;
         let room = room["room_id"].as_str().unwrap().to_string();
-        assert_eq!(room.contains(':'), version != "12", "room {room} of version {version}");
-        c.ok("POST", &room_path(&room, "join"), Some(&bt), Some(json!({}))).await;
-        let send = c.ok("PUT", &room_path(&room, "send/m.room.message/t1"), Some(&bt), Some(json!({"msgtype": "m.text", "body": "hi"}))).await;
-        let again = c.ok("PUT", &room_path(&room, "send/m.room.message/t1"), Some(&bt), Some(json!({"msgtype": "m.text", "body": "hi"}))).await;
+        assert_eq!(
+            room.contains(':'),
+            version != "12",
+            "room {room} of version {version}"
+        );
+        c.ok(
+            "POST",
+            &room_path(&room, "join"),
+            Some(&bt),
+            Some(json!({})),
+        )
+        .await;
+        let send = c
+            .ok(
+                "PUT",
+                &room_path(&room, "send/m.room.message/t1"),
+                Some(&bt),
+                Some(json!({"msgtype": "m.text", "body": "hi"})),
+            )
+            .await;
+        let again = c
+            .ok(
+                "PUT",
+                &room_path(&room, "send/m.room.message/t1"),
+                Some(&bt),
+                Some(json!({"msgtype": "m.text", "body": "hi"})),
+            )
+            .await;
         assert_eq!(send["event_id"], again["event_id"]);
-        let msgs = c.ok("GET", &format!("{}?dir=b&limit=3", room_path(&room, "messages")), Some(&at), None).await;
+        let msgs = c
+            .ok(
+                "GET",
+                &format!("{}?dir=b&limit=3", room_path(&room, "messages")),
+                Some(&at),
+                None,
+            )
+            .await;
         assert_eq!(msgs["chunk"][0]["event_id"], send["event_id"], "{msgs}");
         assert!(msgs["end"].is_string(), "more history is there: {msgs}");
         // Power levels: bob (0) cannot set the room name (50); from v12 alice is a creator.
-        let (s, _) = c.call("PUT", &room_path(&room, "state/m.room.name/"), Some(&bt), Some(json!({"name": "x"}))).await;
+        let (s, _) = c
+            .call(
+                "PUT",
+                &room_path(&room, "state/m.room.name/"),
+                Some(&bt),
+                Some(json!({"name": "x"})),
+            )
+            .await;
         assert_eq!(s, 403);
-        c.ok("PUT", &room_path(&room, "state/m.room.name/"), Some(&at), Some(json!({"name": "y"}))).await;
-        let pl = c.ok("GET", &room_path(&room, "state/m.room.power_levels/"), Some(&at), None).await;
+        c.ok(
+            "PUT",
+            &room_path(&room, "state/m.room.name/"),
+            Some(&at),
+            Some(json!({"name": "y"})),
+        )
+        .await;
+        let pl = c
+            .ok(
+                "GET",
+                &room_path(&room, "state/m.room.power_levels/"),
+                Some(&at),
+                None,
+            )
+            .await;
         assert_eq!(pl["users"].get(&alice).is_some(), version != "12", "{pl}");
     }
-    let sync = c.ok("GET", "/_matrix/client/v3/sync", Some(&bt), None).await;
-    assert_eq!(sync["rooms"]["join"].as_object().unwrap().len(), 3, "{sync}");
+    let sync = c
+        .ok("GET", "/_matrix/client/v3/sync", Some(&bt), None)
+        .await;
+    assert_eq!(
+        sync["rooms"]["join"].as_object().unwrap().len(),
+        3,
+        "{sync}"
+    );
     let _ = bob;
 }
 
@@ -121,19 +366,47 @@ async fn rooms_messages_and_sync() {
 async fn sync_long_poll_wakes_on_a_new_event() {
     let c = Arc::new(Client::new(Config::in_memory("test.local")));
     let (_, at) = c.register("alice").await;
-    let room = c.ok("POST", "/_matrix/client/v3/createRoom", Some(&at), Some(json!({}))).await["room_id"].as_str().unwrap().to_string();
-    let since = c.ok("GET", "/_matrix/client/v3/sync", Some(&at), None).await["next_batch"].as_str().unwrap().to_string();
+    let room = c
+        .ok(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&at),
+            Some(json!({})),
+        )
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let since = c
+        .ok("GET", "/_matrix/client/v3/sync", Some(&at), None)
+        .await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let waiter = {
         let c = c.clone();
         let at = at.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let v = c.ok("GET", &format!("/_matrix/client/v3/sync?since={since}&timeout=20000"), Some(&at), None).await;
+            let v = c
+                .ok(
+                    "GET",
+                    &format!("/_matrix/client/v3/sync?since={since}&timeout=20000"),
+                    Some(&at),
+                    None,
+                )
+                .await;
             (v, started.elapsed())
         })
     };
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    c.ok("PUT", &room_path(&room, "send/m.room.message/w1"), Some(&at), Some(json!({"msgtype": "m.text", "body": "wake"}))).await;
+    c.ok(
+        "PUT",
+        &room_path(&room, "send/m.room.message/w1"),
+        Some(&at),
+        Some(json!({"msgtype": "m.text", "body": "wake"})),
+    )
+    .await;
     let (v, took) = waiter.await.unwrap();
     let events = &v["rooms"]["join"][&room]["timeline"]["events"];
     assert_eq!(events[0]["content"]["body"], "wake", "{v}");
@@ -150,30 +423,106 @@ async fn everything_survives_a_restart() {
     let (room, token, event_id) = {
         let c = Client::new(config.clone());
         let (_, token) = c.register("alice").await;
-        let room = c.ok("POST", "/_matrix/client/v3/createRoom", Some(&token), Some(json!({"name": "Kept", "room_alias_name": "kept"}))).await;
+        let room = c
+            .ok(
+                "POST",
+                "/_matrix/client/v3/createRoom",
+                Some(&token),
+                Some(json!({"name": "Kept", "room_alias_name": "kept"})),
+            )
+            .await;
         let room = room["room_id"].as_str().unwrap().to_string();
-        let ev = c.ok("PUT", &room_path(&room, "send/m.room.message/t1"), Some(&token), Some(json!({"msgtype": "m.text", "body": "kept"}))).await;
-        c.ok("PUT", "/_matrix/client/v3/user/@alice:test.local/account_data/org.example", Some(&token), Some(json!({"k": "v"}))).await;
+        let ev = c
+            .ok(
+                "PUT",
+                &room_path(&room, "send/m.room.message/t1"),
+                Some(&token),
+                Some(json!({"msgtype": "m.text", "body": "kept"})),
+            )
+            .await;
+        c.ok(
+            "PUT",
+            "/_matrix/client/v3/user/@alice:test.local/account_data/org.example",
+            Some(&token),
+            Some(json!({"k": "v"})),
+        )
+        .await;
         (room, token, ev["event_id"].as_str().unwrap().to_string())
     };
     let c = Client::new(config);
     // The token, the room's state and history, the alias, account data and the transaction.
-    let who = c.ok("GET", "/_matrix/client/v3/account/whoami", Some(&token), None).await;
+    let who = c
+        .ok(
+            "GET",
+            "/_matrix/client/v3/account/whoami",
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(who["user_id"], "@alice:test.local");
-    let name = c.ok("GET", &room_path(&room, "state/m.room.name/"), Some(&token), None).await;
+    let name = c
+        .ok(
+            "GET",
+            &room_path(&room, "state/m.room.name/"),
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(name["name"], "Kept");
-    let alias = c.ok("GET", "/_matrix/client/v3/directory/room/%23kept:test.local", None, None).await;
+    let alias = c
+        .ok(
+            "GET",
+            "/_matrix/client/v3/directory/room/%23kept:test.local",
+            None,
+            None,
+        )
+        .await;
     assert_eq!(alias["room_id"], room.as_str());
-    let ad = c.ok("GET", "/_matrix/client/v3/user/@alice:test.local/account_data/org.example", Some(&token), None).await;
+    let ad = c
+        .ok(
+            "GET",
+            "/_matrix/client/v3/user/@alice:test.local/account_data/org.example",
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(ad["k"], "v");
-    let again = c.ok("PUT", &room_path(&room, "send/m.room.message/t1"), Some(&token), Some(json!({"msgtype": "m.text", "body": "kept"}))).await;
+    let again = c
+        .ok(
+            "PUT",
+            &room_path(&room, "send/m.room.message/t1"),
+            Some(&token),
+            Some(json!({"msgtype": "m.text", "body": "kept"})),
+        )
+        .await;
     assert_eq!(again["event_id"], event_id.as_str());
-    let msgs = c.ok("GET", &format!("{}?dir=b&limit=1", room_path(&room, "messages")), Some(&token), None).await;
+    let msgs = c
+        .ok(
+            "GET",
+            &format!("{}?dir=b&limit=1", room_path(&room, "messages")),
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(msgs["chunk"][0]["content"]["body"], "kept");
     // New writes continue the stream after the old ones.
-    let ev2 = c.ok("PUT", &room_path(&room, "send/m.room.message/t2"), Some(&token), Some(json!({"msgtype": "m.text", "body": "new"}))).await;
+    let ev2 = c
+        .ok(
+            "PUT",
+            &room_path(&room, "send/m.room.message/t2"),
+            Some(&token),
+            Some(json!({"msgtype": "m.text", "body": "new"})),
+        )
+        .await;
     assert_ne!(ev2["event_id"], event_id.as_str());
-    let msgs = c.ok("GET", &format!("{}?dir=b&limit=2", room_path(&room, "messages")), Some(&token), None).await;
+    let msgs = c
+        .ok(
+            "GET",
+            &format!("{}?dir=b&limit=2", room_path(&room, "messages")),
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(msgs["chunk"][0]["content"]["body"], "new");
     assert_eq!(msgs["chunk"][1]["content"]["body"], "kept");
     let _ = std::fs::remove_dir_all(&dir);
@@ -184,23 +533,104 @@ async fn history_visibility_and_membership_rules() {
     let c = Client::new(Config::in_memory("test.local"));
     let (_, at) = c.register("alice").await;
     let (_, bt) = c.register("bob").await;
-    let room = c.ok("POST", "/_matrix/client/v3/createRoom", Some(&at), Some(json!({"preset": "public_chat"}))).await["room_id"].as_str().unwrap().to_string();
-    c.ok("PUT", &room_path(&room, "state/m.room.history_visibility/"), Some(&at), Some(json!({"history_visibility": "joined"}))).await;
-    let before = c.ok("PUT", &room_path(&room, "send/m.room.message/a1"), Some(&at), Some(json!({"msgtype": "m.text", "body": "before"}))).await;
+    let room = c
+        .ok(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&at),
+            Some(json!({"preset": "public_chat"})),
+        )
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.ok(
+        "PUT",
+        &room_path(&room, "state/m.room.history_visibility/"),
+        Some(&at),
+        Some(json!({"history_visibility": "joined"})),
+    )
+    .await;
+    let before = c
+        .ok(
+            "PUT",
+            &room_path(&room, "send/m.room.message/a1"),
+            Some(&at),
+            Some(json!({"msgtype": "m.text", "body": "before"})),
+        )
+        .await;
     // A non-member cannot read the room.
-    let (s, _) = c.call("GET", &format!("{}?dir=b", room_path(&room, "messages")), Some(&bt), None).await;
+    let (s, _) = c
+        .call(
+            "GET",
+            &format!("{}?dir=b", room_path(&room, "messages")),
+            Some(&bt),
+            None,
+        )
+        .await;
     assert_eq!(s, 403);
-    c.ok("POST", &room_path(&room, "join"), Some(&bt), Some(json!({}))).await;
-    let after = c.ok("PUT", &room_path(&room, "send/m.room.message/a2"), Some(&at), Some(json!({"msgtype": "m.text", "body": "after"}))).await;
-    let msgs = c.ok("GET", &format!("{}?dir=b&limit=50", room_path(&room, "messages")), Some(&bt), None).await;
-    let ids: Vec<&Value> = msgs["chunk"].as_array().unwrap().iter().map(|e| &e["event_id"]).collect();
+    c.ok(
+        "POST",
+        &room_path(&room, "join"),
+        Some(&bt),
+        Some(json!({})),
+    )
+    .await;
+    let after = c
+        .ok(
+            "PUT",
+            &room_path(&room, "send/m.room.message/a2"),
+            Some(&at),
+            Some(json!({"msgtype": "m.text", "body": "after"})),
+        )
+        .await;
+    let msgs = c
+        .ok(
+            "GET",
+            &format!("{}?dir=b&limit=50", room_path(&room, "messages")),
+            Some(&bt),
+            None,
+        )
+        .await;
+    let ids: Vec<&Value> = msgs["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["event_id"])
+        .collect();
     assert!(ids.contains(&&after["event_id"]), "{msgs}");
-    assert!(!ids.contains(&&before["event_id"]), "joined visibility hides earlier events: {msgs}");
-    let (s, _) = c.call("GET", &room_path(&room, &format!("event/{}", before["event_id"].as_str().unwrap())), Some(&bt), None).await;
+    assert!(
+        !ids.contains(&&before["event_id"]),
+        "joined visibility hides earlier events: {msgs}"
+    );
+    let (s, _) = c
+        .call(
+            "GET",
+            &room_path(
+                &room,
+                &format!("event/{}", before["event_id"].as_str().unwrap()),
+            ),
+            Some(&bt),
+            None,
+        )
+        .await;
     assert_eq!(s, 404);
     // Banned users cannot rejoin.
-    c.ok("POST", &room_path(&room, "ban"), Some(&at), Some(json!({"user_id": "@bob:test.local"}))).await;
-    let (s, _) = c.call("POST", &room_path(&room, "join"), Some(&bt), Some(json!({}))).await;
+    c.ok(
+        "POST",
+        &room_path(&room, "ban"),
+        Some(&at),
+        Some(json!({"user_id": "@bob:test.local"})),
+    )
+    .await;
+    let (s, _) = c
+        .call(
+            "POST",
+            &room_path(&room, "join"),
+            Some(&bt),
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(s, 403);
 }
 
@@ -209,7 +639,9 @@ async fn keys_to_device_media_and_push_rules() {
     let c = Client::new(Config::in_memory("test.local"));
     let (alice, at) = c.register("alice").await;
     let (bob, bt) = c.register("bob").await;
-    let who = c.ok("GET", "/_matrix/client/v3/account/whoami", Some(&at), None).await;
+    let who = c
+        .ok("GET", "/_matrix/client/v3/account/whoami", Some(&at), None)
+        .await;
     let device = who["device_id"].as_str().unwrap().to_string();
 
     // Keys: upload, query, claim (one-time, then the fallback key), changes.
@@ -219,25 +651,82 @@ async fn keys_to_device_media_and_push_rules() {
         "one_time_keys": {"signed_curve25519:A": {"key": "otk", "signatures": {}}},
         "fallback_keys": {"signed_curve25519:F": {"key": "fb", "fallback": true, "signatures": {}}},
     });
-    let up = c.ok("POST", "/_matrix/client/v3/keys/upload", Some(&at), Some(keys)).await;
+    let up = c
+        .ok(
+            "POST",
+            "/_matrix/client/v3/keys/upload",
+            Some(&at),
+            Some(keys),
+        )
+        .await;
     assert_eq!(up["one_time_key_counts"]["signed_curve25519"], 1);
-    let q = c.ok("POST", "/_matrix/client/v3/keys/query", Some(&bt), Some(json!({"device_keys": {&alice: []}}))).await;
-    assert_eq!(q["device_keys"][&alice][&device]["keys"][format!("curve25519:{device}")], "k");
+    let q = c
+        .ok(
+            "POST",
+            "/_matrix/client/v3/keys/query",
+            Some(&bt),
+            Some(json!({"device_keys": {&alice: []}})),
+        )
+        .await;
+    assert_eq!(
+        q["device_keys"][&alice][&device]["keys"][format!("curve25519:{device}")],
+        "k"
+    );
     let claim = json!({"one_time_keys": {&alice: {&device: "signed_curve25519"}}});
-    let first = c.ok("POST", "/_matrix/client/v3/keys/claim", Some(&bt), Some(claim.clone())).await;
-    assert_eq!(first["one_time_keys"][&alice][&device]["signed_curve25519:A"]["key"], "otk");
-    let second = c.ok("POST", "/_matrix/client/v3/keys/claim", Some(&bt), Some(claim)).await;
-    assert_eq!(second["one_time_keys"][&alice][&device]["signed_curve25519:F"]["key"], "fb", "{second}");
+    let first = c
+        .ok(
+            "POST",
+            "/_matrix/client/v3/keys/claim",
+            Some(&bt),
+            Some(claim.clone()),
+        )
+        .await;
+    assert_eq!(
+        first["one_time_keys"][&alice][&device]["signed_curve25519:A"]["key"],
+        "otk"
+    );
+    let second = c
+        .ok(
+            "POST",
+            "/_matrix/client/v3/keys/claim",
+            Some(&bt),
+            Some(claim),
+        )
+        .await;
+    assert_eq!(
+        second["one_time_keys"][&alice][&device]["signed_curve25519:F"]["key"], "fb",
+        "{second}"
+    );
     let (s, _) = c.call("POST", "/_matrix/client/v3/keys/upload", Some(&bt), Some(json!({"device_keys": {"user_id": alice, "device_id": "X", "algorithms": [], "keys": {}, "signatures": {}}}))).await;
     assert_eq!(s, 400, "device keys must be the caller's own");
 
     // To-device: delivered once, gone after the next sync acknowledges it.
-    let bob_device = c.ok("GET", "/_matrix/client/v3/account/whoami", Some(&bt), None).await["device_id"].as_str().unwrap().to_string();
-    c.ok("PUT", "/_matrix/client/v3/sendToDevice/org.example/t1", Some(&at), Some(json!({"messages": {&bob: {&bob_device: {"n": 1}}}}))).await;
-    let s1 = c.ok("GET", "/_matrix/client/v3/sync", Some(&bt), None).await;
+    let bob_device = c
+        .ok("GET", "/_matrix/client/v3/account/whoami", Some(&bt), None)
+        .await["device_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.ok(
+        "PUT",
+        "/_matrix/client/v3/sendToDevice/org.example/t1",
+        Some(&at),
+        Some(json!({"messages": {&bob: {&bob_device: {"n": 1}}}})),
+    )
+    .await;
+    let s1 = c
+        .ok("GET", "/_matrix/client/v3/sync", Some(&bt), None)
+        .await;
     assert_eq!(s1["to_device"]["events"][0]["content"]["n"], 1, "{s1}");
     let next = s1["next_batch"].as_str().unwrap();
-    let s2 = c.ok("GET", &format!("/_matrix/client/v3/sync?since={next}"), Some(&bt), None).await;
+    let s2 = c
+        .ok(
+            "GET",
+            &format!("/_matrix/client/v3/sync?since={next}"),
+            Some(&bt),
+            None,
+        )
+        .await;
     assert_eq!(s2["to_device"]["events"].as_array().unwrap().len(), 0);
 
     // Media: upload bytes, download them back with their type.
@@ -263,14 +752,43 @@ async fn keys_to_device_media_and_push_rules() {
     assert_eq!(resp.body().as_ref(), b"hello bytes");
 
     // Push rules: the predefined set, a user rule placed before the defaults.
-    let rules = c.ok("GET", "/_matrix/client/v3/pushrules/", Some(&at), None).await;
+    let rules = c
+        .ok("GET", "/_matrix/client/v3/pushrules/", Some(&at), None)
+        .await;
     assert_eq!(rules["global"]["override"][0]["rule_id"], ".m.rule.master");
-    c.ok("PUT", "/_matrix/client/v3/pushrules/global/override/mine", Some(&at), Some(json!({"actions": ["notify"], "conditions": []}))).await;
-    let rules = c.ok("GET", "/_matrix/client/v3/pushrules/global/", Some(&at), None).await;
+    c.ok(
+        "PUT",
+        "/_matrix/client/v3/pushrules/global/override/mine",
+        Some(&at),
+        Some(json!({"actions": ["notify"], "conditions": []})),
+    )
+    .await;
+    let rules = c
+        .ok(
+            "GET",
+            "/_matrix/client/v3/pushrules/global/",
+            Some(&at),
+            None,
+        )
+        .await;
     assert_eq!(rules["override"][0]["rule_id"], "mine");
-    let (s, _) = c.call("DELETE", "/_matrix/client/v3/pushrules/global/override/.m.rule.master", Some(&at), None).await;
+    let (s, _) = c
+        .call(
+            "DELETE",
+            "/_matrix/client/v3/pushrules/global/override/.m.rule.master",
+            Some(&at),
+            None,
+        )
+        .await;
     assert_eq!(s, 400);
-    let (s, _) = c.call("PUT", "/_matrix/client/v3/pushrules/global/override/.mine", Some(&at), Some(json!({"actions": []}))).await;
+    let (s, _) = c
+        .call(
+            "PUT",
+            "/_matrix/client/v3/pushrules/global/override/.mine",
+            Some(&at),
+            Some(json!({"actions": []})),
+        )
+        .await;
     assert_eq!(s, 400);
 }
 
@@ -280,24 +798,97 @@ async fn account_data_directory_and_profile() {
     let (alice, at) = c.register("alice").await;
     let (_, bt) = c.register("bob").await;
     let base = format!("/_matrix/client/v3/user/{alice}");
-    c.ok("PUT", &format!("{base}/account_data/org.x"), Some(&at), Some(json!({"a": 1}))).await;
-    let (s, _) = c.call("GET", &format!("{base}/account_data/org.x"), Some(&bt), None).await;
+    c.ok(
+        "PUT",
+        &format!("{base}/account_data/org.x"),
+        Some(&at),
+        Some(json!({"a": 1})),
+    )
+    .await;
+    let (s, _) = c
+        .call(
+            "GET",
+            &format!("{base}/account_data/org.x"),
+            Some(&bt),
+            None,
+        )
+        .await;
     assert_eq!(s, 403, "another user's account data is private");
-    let (s, v) = c.call("PUT", &format!("{base}/account_data/m.fully_read"), Some(&at), Some(json!({}))).await;
-    assert_eq!((s, v["errcode"].as_str()), (405, Some("M_BAD_JSON")), "server-managed types are refused");
-    let room = c.ok("POST", "/_matrix/client/v3/createRoom", Some(&at), Some(json!({"visibility": "public", "preset": "public_chat", "name": "Dir"}))).await;
+    let (s, v) = c
+        .call(
+            "PUT",
+            &format!("{base}/account_data/m.fully_read"),
+            Some(&at),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["errcode"].as_str()),
+        (405, Some("M_BAD_JSON")),
+        "server-managed types are refused"
+    );
+    let room = c
+        .ok(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&at),
+            Some(json!({"visibility": "public", "preset": "public_chat", "name": "Dir"})),
+        )
+        .await;
     let room = room["room_id"].as_str().unwrap().to_string();
-    let public = c.ok("GET", "/_matrix/client/v3/publicRooms", None, None).await;
+    let public = c
+        .ok("GET", "/_matrix/client/v3/publicRooms", None, None)
+        .await;
     assert_eq!(public["chunk"][0]["room_id"], room.as_str());
-    c.ok("PUT", "/_matrix/client/v3/directory/room/%23a:test.local", Some(&at), Some(json!({"room_id": room}))).await;
-    let (s, _) = c.call("PUT", "/_matrix/client/v3/directory/room/%23a:test.local", Some(&at), Some(json!({"room_id": room}))).await;
+    c.ok(
+        "PUT",
+        "/_matrix/client/v3/directory/room/%23a:test.local",
+        Some(&at),
+        Some(json!({"room_id": room})),
+    )
+    .await;
+    let (s, _) = c
+        .call(
+            "PUT",
+            "/_matrix/client/v3/directory/room/%23a:test.local",
+            Some(&at),
+            Some(json!({"room_id": room})),
+        )
+        .await;
     assert_eq!(s, 409);
-    let (s, _) = c.call("DELETE", "/_matrix/client/v3/directory/room/%23a:test.local", Some(&bt), None).await;
+    let (s, _) = c
+        .call(
+            "DELETE",
+            "/_matrix/client/v3/directory/room/%23a:test.local",
+            Some(&bt),
+            None,
+        )
+        .await;
     assert_eq!(s, 403, "only the creator or a moderator deletes an alias");
-    c.ok("PUT", &format!("/_matrix/client/v3/profile/{alice}/displayname"), Some(&at), Some(json!({"displayname": "Al"}))).await;
-    let member = c.ok("GET", &room_path(&room, &format!("state/m.room.member/{alice}")), Some(&at), None).await;
+    c.ok(
+        "PUT",
+        &format!("/_matrix/client/v3/profile/{alice}/displayname"),
+        Some(&at),
+        Some(json!({"displayname": "Al"})),
+    )
+    .await;
+    let member = c
+        .ok(
+            "GET",
+            &room_path(&room, &format!("state/m.room.member/{alice}")),
+            Some(&at),
+            None,
+        )
+        .await;
     assert_eq!(member["displayname"], "Al");
-    let (s, _) = c.call("PUT", &format!("/_matrix/client/v3/profile/{alice}/displayname"), Some(&bt), Some(json!({"displayname": "x"}))).await;
+    let (s, _) = c
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/profile/{alice}/displayname"),
+            Some(&bt),
+            Some(json!({"displayname": "x"})),
+        )
+        .await;
     assert_eq!(s, 403);
 }
 
@@ -305,12 +896,28 @@ async fn account_data_directory_and_profile() {
 async fn concurrent_retries_of_one_transaction_make_one_event() {
     let c = Arc::new(Client::new(Config::in_memory("test.local")));
     let (_, at) = c.register("alice").await;
-    let room = c.ok("POST", "/_matrix/client/v3/createRoom", Some(&at), Some(json!({}))).await["room_id"].as_str().unwrap().to_string();
+    let room = c
+        .ok(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&at),
+            Some(json!({})),
+        )
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut tasks = Vec::new();
     for _ in 0..32 {
         let (c, at, room) = (c.clone(), at.clone(), room.clone());
         tasks.push(tokio::spawn(async move {
-            c.ok("PUT", &room_path(&room, "send/m.room.message/same-txn"), Some(&at), Some(json!({"msgtype": "m.text", "body": "once"}))).await["event_id"]
+            c.ok(
+                "PUT",
+                &room_path(&room, "send/m.room.message/same-txn"),
+                Some(&at),
+                Some(json!({"msgtype": "m.text", "body": "once"})),
+            )
+            .await["event_id"]
                 .as_str()
                 .unwrap()
                 .to_string()
@@ -321,8 +928,20 @@ async fn concurrent_retries_of_one_transaction_make_one_event() {
         ids.insert(t.await.unwrap());
     }
     assert_eq!(ids.len(), 1, "one event id for every retry: {ids:?}");
-    let msgs = c.ok("GET", &format!("{}?dir=b&limit=100", room_path(&room, "messages")), Some(&at), None).await;
-    let sent = msgs["chunk"].as_array().unwrap().iter().filter(|e| e["type"] == "m.room.message").count();
+    let msgs = c
+        .ok(
+            "GET",
+            &format!("{}?dir=b&limit=100", room_path(&room, "messages")),
+            Some(&at),
+            None,
+        )
+        .await;
+    let sent = msgs["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .count();
     assert_eq!(sent, 1, "exactly one event in the room: {msgs}");
 }
 
@@ -334,7 +953,10 @@ mod fuzz {
     use proptest::prelude::*;
 
     fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
     }
 
     fn segment() -> impl Strategy<Value = String> {
@@ -361,7 +983,10 @@ mod fuzz {
             Just(format!("{}{}", "{\"a\":".repeat(150), "}".repeat(150)).into_bytes()),
             proptest::collection::vec(any::<u8>(), 0..200),
             "\\PC{0,200}".prop_map(String::into_bytes),
-            (any::<u32>(), "[a-z_]{1,12}", any::<i64>()).prop_map(|(n, k, v)| format!("{{\"{k}\": {v}, \"n{n}\": [{{}}, \"x\", null]}}").into_bytes()),
+            (any::<u32>(), "[a-z_]{1,12}", any::<i64>()).prop_map(|(n, k, v)| format!(
+                "{{\"{k}\": {v}, \"n{n}\": [{{}}, \"x\", null]}}"
+            )
+            .into_bytes()),
         ]
     }
 

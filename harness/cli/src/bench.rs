@@ -20,7 +20,10 @@ pub fn print_table(rows: &[Row]) {
     println!("| benchmark | mxconform | peer | ratio | target |");
     println!("|---|---|---|---|---|");
     for r in rows {
-        println!("| {} | {} | {} | {} | {} |", r.name, r.ours, r.peer, r.ratio, r.target);
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.name, r.ours, r.peer, r.ratio, r.target
+        );
     }
 }
 
@@ -39,13 +42,22 @@ pub fn codegen(spec_dir: &Path, runs: usize) -> Result<Row> {
     let mut files = 0;
     for _ in 0..runs.clamp(1, 100) {
         let t = Instant::now();
-        let spec = mxconform_codegen::Spec::load(spec_dir).with_context(|| format!("loading {}", spec_dir.display()))?;
+        let spec = mxconform_codegen::Spec::load(spec_dir)
+            .with_context(|| format!("loading {}", spec_dir.display()))?;
         files = mxconform_codegen::generate(&spec)?.len();
         times.push(t.elapsed());
     }
-    let build = if cfg!(debug_assertions) { " (debug build: use --release)" } else { "" };
+    let build = if cfg!(debug_assertions) {
+        " (debug build: use --release)"
+    } else {
+        ""
+    };
     Ok(Row {
-        name: format!("codegen: full generation of {} ({files} files), median of {}{build}", spec_dir.display(), times.len()),
+        name: format!(
+            "codegen: full generation of {} ({files} files), median of {}{build}",
+            spec_dir.display(),
+            times.len()
+        ),
         ours: secs(median(times)),
         peer: "-".into(),
         ratio: "-".into(),
@@ -56,12 +68,16 @@ pub fn codegen(spec_dir: &Path, runs: usize) -> Result<Row> {
 /// Writes a throw-away crate that depends on `dep` (a Cargo.toml dependency line).
 fn consumer(dir: &Path, name: &str, dep: &str) -> Result<PathBuf> {
     let root = dir.join(name);
-    std::fs::create_dir_all(root.join("src")).with_context(|| format!("creating {}", root.display()))?;
+    std::fs::create_dir_all(root.join("src"))
+        .with_context(|| format!("creating {}", root.display()))?;
     std::fs::write(
         root.join("Cargo.toml"),
         format!("[package]\nname = \"{name}\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[dependencies]\n{dep}\n\n[workspace]\n"),
     )?;
-    std::fs::write(root.join("src/lib.rs"), "//! A crate that only depends, to time the dependency's build.\n")?;
+    std::fs::write(
+        root.join("src/lib.rs"),
+        "//! A crate that only depends, to time the dependency's build.\n",
+    )?;
     Ok(root)
 }
 
@@ -74,7 +90,12 @@ fn cargo(root: &Path, args: &[&str], target: &Path) -> Result<Duration> {
         .output()
         .with_context(|| format!("running cargo {} in {}", args.join(" "), root.display()))?;
     if !out.status.success() {
-        bail!("cargo {} in {} failed:\n{}", args.join(" "), root.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "cargo {} in {} failed:\n{}",
+            args.join(" "),
+            root.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(t.elapsed())
 }
@@ -87,9 +108,16 @@ pub fn compile(repo: &Path, work: &Path) -> Result<Row> {
     let ours = consumer(
         work,
         "uses_mxconform",
-        &format!("mxconform-generated = {{ path = {:?} }}", generated.display().to_string()),
+        &format!(
+            "mxconform-generated = {{ path = {:?} }}",
+            generated.display().to_string()
+        ),
     )?;
-    let peer = consumer(work, "uses_ruma", "ruma = { version = \"0.17\", features = [\"client-api-c\", \"events\"] }")?;
+    let peer = consumer(
+        work,
+        "uses_ruma",
+        "ruma = { version = \"0.17\", features = [\"client-api-c\", \"events\"] }",
+    )?;
     let mut times = Vec::new();
     for root in [&ours, &peer] {
         let target = root.join("target");

@@ -48,15 +48,35 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 impl Target {
-    async fn req(&self, method: &str, path: &str, body: Option<Value>, token: Option<&str>, query: &[(String, String)]) -> Result<Value> {
+    async fn req(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+        query: &[(String, String)],
+    ) -> Result<Value> {
         let b = body.map_or(Body::None, Body::Json);
         let r = self
             .client
-            .send(method, path, query, b, token, Some(Duration::from_secs(60)), false)
+            .send(
+                method,
+                path,
+                query,
+                b,
+                token,
+                Some(Duration::from_secs(60)),
+                false,
+            )
             .await
             .map_err(anyhow::Error::msg)?;
         if r.status != 200 {
-            bail!("{} {method} {path}: status {}: {}", self.name, r.status, r.body);
+            bail!(
+                "{} {method} {path}: status {}: {}",
+                self.name,
+                r.status,
+                r.body
+            );
         }
         Ok(r.body)
     }
@@ -66,19 +86,36 @@ impl Target {
         let body = match &self.shared_secret {
             None => {
                 let b = json!({"username": name, "password": "bench-pw", "auth": {"type": "m.login.dummy"}});
-                self.req("POST", "/_matrix/client/v3/register", Some(b), None, &[]).await?
+                self.req("POST", "/_matrix/client/v3/register", Some(b), None, &[])
+                    .await?
             }
             Some(secret) => {
                 use hmac::{KeyInit, Mac};
-                let n = self.req("GET", "/_synapse/admin/v1/register", None, None, &[]).await?;
+                let n = self
+                    .req("GET", "/_synapse/admin/v1/register", None, None, &[])
+                    .await?;
                 let nonce = n["nonce"].as_str().context("nonce")?.to_string();
-                let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
-                for part in [nonce.as_bytes(), b"\0", name.as_bytes(), b"\0", b"bench-pw", b"\0notadmin"] {
+                let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                for part in [
+                    nonce.as_bytes(),
+                    b"\0",
+                    name.as_bytes(),
+                    b"\0",
+                    b"bench-pw",
+                    b"\0notadmin",
+                ] {
                     mac.update(part);
                 }
-                let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+                let digest: String = mac
+                    .finalize()
+                    .into_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
                 let b = json!({"nonce": nonce, "username": name, "password": "bench-pw", "mac": digest, "admin": false});
-                self.req("POST", "/_synapse/admin/v1/register", Some(b), None, &[]).await?
+                self.req("POST", "/_synapse/admin/v1/register", Some(b), None, &[])
+                    .await?
             }
         };
         Ok((
@@ -88,13 +125,32 @@ impl Target {
     }
 
     async fn create_room(&self, token: &str, body: Value) -> Result<String> {
-        let r = self.req("POST", "/_matrix/client/v3/createRoom", Some(body), Some(token), &[]).await?;
+        let r = self
+            .req(
+                "POST",
+                "/_matrix/client/v3/createRoom",
+                Some(body),
+                Some(token),
+                &[],
+            )
+            .await?;
         Ok(r["room_id"].as_str().context("room id")?.to_string())
     }
 
     async fn send(&self, token: &str, room: &str, txn: &str) -> Result<()> {
-        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{}", enc(room), enc(txn));
-        self.req("PUT", &path, Some(json!({"msgtype": "m.text", "body": txn})), Some(token), &[]).await?;
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+            enc(room),
+            enc(txn)
+        );
+        self.req(
+            "PUT",
+            &path,
+            Some(json!({"msgtype": "m.text", "body": txn})),
+            Some(token),
+            &[],
+        )
+        .await?;
         Ok(())
     }
 
@@ -103,7 +159,8 @@ impl Target {
         if let Some(s) = since {
             q.push(("since".into(), s.to_string()));
         }
-        self.req("GET", "/_matrix/client/v3/sync", None, Some(token), &q).await
+        self.req("GET", "/_matrix/client/v3/sync", None, Some(token), &q)
+            .await
     }
 }
 
@@ -124,8 +181,20 @@ pub async fn measure(t: &Target, tag: &str, budget: Duration) -> Result<Figures>
     let mut f = Figures::default();
     let (token, _) = t.user(&format!("bench-{tag}-a")).await?;
     let (token_b, user_b) = t.user(&format!("bench-{tag}-b")).await?;
-    let room = t.create_room(&token, json!({"preset": "private_chat", "invite": [user_b]})).await?;
-    t.req("POST", &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), Some(json!({})), Some(&token_b), &[]).await?;
+    let room = t
+        .create_room(
+            &token,
+            json!({"preset": "private_chat", "invite": [user_b]}),
+        )
+        .await?;
+    t.req(
+        "POST",
+        &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+        Some(json!({})),
+        Some(&token_b),
+        &[],
+    )
+    .await?;
 
     // Sequential sends: up to 2,000, within the budget.
     let mut lat = Vec::new();
@@ -153,7 +222,10 @@ pub async fn measure(t: &Target, tag: &str, budget: Duration) -> Result<Figures>
                 if start.elapsed() > budget {
                     break;
                 }
-                if t.send(&token, &room, &format!("conc-{w}-{i}")).await.is_err() {
+                if t.send(&token, &room, &format!("conc-{w}-{i}"))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -163,10 +235,14 @@ pub async fn measure(t: &Target, tag: &str, budget: Duration) -> Result<Figures>
     for task in tasks {
         let _ = task.await;
     }
-    f.conc_sends_per_s = done.load(std::sync::atomic::Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    f.conc_sends_per_s =
+        done.load(std::sync::atomic::Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
 
     // /sync wake-up: B long-polls, A sends; time from the send's start to B's answer.
-    let mut since = t.sync(&token_b, None, 0).await?["next_batch"].as_str().unwrap_or("").to_string();
+    let mut since = t.sync(&token_b, None, 0).await?["next_batch"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     let mut wakes = Vec::new();
     let start = Instant::now();
     for i in 0..60 {
@@ -208,7 +284,11 @@ pub async fn measure(t: &Target, tag: &str, budget: Duration) -> Result<Figures>
         syncs.push(t0.elapsed());
         let n = body["rooms"]["join"].as_object().map_or(0, |o| o.len());
         if n < creates.len() {
-            bail!("{}: initial sync shows {n} of {} rooms", t.name, creates.len());
+            bail!(
+                "{}: initial sync shows {n} of {} rooms",
+                t.name,
+                creates.len()
+            );
         }
     }
     syncs.sort();
@@ -243,7 +323,10 @@ pub async fn growth(t: &Target, sizes: &[usize]) -> Result<Vec<(usize, Duration,
         have = n;
         let mut inc = Vec::new();
         let mut msgs = Vec::new();
-        let mut since = t.sync(&token, None, 0).await?["next_batch"].as_str().unwrap_or("").to_string();
+        let mut since = t.sync(&token, None, 0).await?["next_batch"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         for i in 0..20 {
             t.send(&token, &room, &format!("probe-{n}-{i}")).await?;
             let t0 = Instant::now();
@@ -251,8 +334,18 @@ pub async fn growth(t: &Target, sizes: &[usize]) -> Result<Vec<(usize, Duration,
             inc.push(t0.elapsed());
             since = body["next_batch"].as_str().unwrap_or("").to_string();
             let t0 = Instant::now();
-            let q = vec![("dir".to_string(), "b".to_string()), ("limit".to_string(), "20".to_string())];
-            t.req("GET", &format!("/_matrix/client/v3/rooms/{}/messages", enc(&room)), None, Some(&token), &q).await?;
+            let q = vec![
+                ("dir".to_string(), "b".to_string()),
+                ("limit".to_string(), "20".to_string()),
+            ];
+            t.req(
+                "GET",
+                &format!("/_matrix/client/v3/rooms/{}/messages", enc(&room)),
+                None,
+                Some(&token),
+                &q,
+            )
+            .await?;
             msgs.push(t0.elapsed());
         }
         inc.sort();
@@ -297,14 +390,22 @@ pub fn room_growth_rows(growth: &[(usize, Duration)]) -> Vec<Row> {
         .collect()
 }
 
-pub fn rows(ours: &Figures, peer: Option<&Figures>, growth: &[(usize, Duration, Duration)]) -> Vec<Row> {
+pub fn rows(
+    ours: &Figures,
+    peer: Option<&Figures>,
+    growth: &[(usize, Duration, Duration)],
+) -> Vec<Row> {
     let mut rows = Vec::new();
     let mut add = |name: &str, o: String, p: Option<String>, ratio: Option<f64>, target: &str| {
         rows.push(Row {
             name: name.into(),
             ours: o,
-            peer: p.map(|p| format!("Synapse: {p}")).unwrap_or_else(|| "-".into()),
-            ratio: ratio.map(|r| format!("{r:.1}x")).unwrap_or_else(|| "-".into()),
+            peer: p
+                .map(|p| format!("Synapse: {p}"))
+                .unwrap_or_else(|| "-".into()),
+            ratio: ratio
+                .map(|r| format!("{r:.1}x"))
+                .unwrap_or_else(|| "-".into()),
             target: target.into(),
         });
     };
@@ -333,17 +434,23 @@ pub fn rows(ours: &Figures, peer: Option<&Figures>, growth: &[(usize, Duration, 
         "createRoom latency p50",
         ms(ours.create_room_p50),
         peer.map(|p| ms(p.create_room_p50)),
-        peer.map(|p| p.create_room_p50.as_secs_f64() / ours.create_room_p50.as_secs_f64().max(1e-9)),
+        peer.map(|p| {
+            p.create_room_p50.as_secs_f64() / ours.create_room_p50.as_secs_f64().max(1e-9)
+        }),
         "-",
     );
     add(
         "initial /sync of a user in 100 rooms",
         ms(ours.initial_sync_100_rooms),
         peer.map(|p| ms(p.initial_sync_100_rooms)),
-        peer.map(|p| p.initial_sync_100_rooms.as_secs_f64() / ours.initial_sync_100_rooms.as_secs_f64().max(1e-9)),
+        peer.map(|p| {
+            p.initial_sync_100_rooms.as_secs_f64()
+                / ours.initial_sync_100_rooms.as_secs_f64().max(1e-9)
+        }),
         "-",
     );
-    let mib = |k: Option<u64>| k.map_or("?".to_string(), |k| format!("{:.0} MiB", k as f64 / 1024.0));
+    let mib =
+        |k: Option<u64>| k.map_or("?".to_string(), |k| format!("{:.0} MiB", k as f64 / 1024.0));
     add(
         "resident memory after the above",
         mib(ours.rss_kib),
@@ -362,8 +469,14 @@ pub fn rows(ours: &Figures, peer: Option<&Figures>, growth: &[(usize, Duration, 
             );
         }
         rows.push(Row {
-            name: format!("incremental /sync growth from {} to {} events", first.0, last.0),
-            ours: format!("{:.2}x", last.1.as_secs_f64() / first.1.as_secs_f64().max(1e-9)),
+            name: format!(
+                "incremental /sync growth from {} to {} events",
+                first.0, last.0
+            ),
+            ours: format!(
+                "{:.2}x",
+                last.1.as_secs_f64() / first.1.as_secs_f64().max(1e-9)
+            ),
             peer: "-".into(),
             ratio: "-".into(),
             target: "<= 2x".into(),
@@ -373,8 +486,20 @@ pub fn rows(ours: &Figures, peer: Option<&Figures>, growth: &[(usize, Duration, 
 }
 
 /// Builds a target for a URL (with Synapse's shared secret when given).
-pub fn target(name: &str, url: &str, shared_secret: Option<String>, pid: Option<u32>) -> Result<Target> {
-    let client = Client::new(url, Limits { request_timeout: Duration::from_secs(60), ..Limits::default() }).map_err(anyhow::Error::msg)?;
+pub fn target(
+    name: &str,
+    url: &str,
+    shared_secret: Option<String>,
+    pid: Option<u32>,
+) -> Result<Target> {
+    let client = Client::new(
+        url,
+        Limits {
+            request_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
     Ok(Target {
         name: name.into(),
         client,

@@ -12,7 +12,11 @@ mod bench;
 mod bench_server;
 
 #[derive(Parser)]
-#[command(name = "mxconform", version, about = "Stay true to the Matrix specification")]
+#[command(
+    name = "mxconform",
+    version,
+    about = "Stay true to the Matrix specification"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,10 +46,7 @@ enum Command {
     /// Serve the reference homeserver.
     Serve(ServeArgs),
     /// Where two servers' JSON reports differ, scenario by scenario.
-    Compare {
-        a: PathBuf,
-        b: PathBuf,
-    },
+    Compare { a: PathBuf, b: PathBuf },
     /// Benchmarks with figures and ratios against peers (bounded, loopback only).
     Bench {
         /// Which: codegen, compile, or all.
@@ -106,7 +107,11 @@ struct ServeArgs {
     #[arg(long, default_value = "localhost")]
     server_name: String,
     /// The database file (created if needed).
-    #[arg(long, default_value = "mxconform-data/homeserver.db", conflicts_with = "in_memory")]
+    #[arg(
+        long,
+        default_value = "mxconform-data/homeserver.db",
+        conflicts_with = "in_memory"
+    )]
     db: PathBuf,
     /// Keep everything in memory (gone when the server stops).
     #[arg(long)]
@@ -165,12 +170,20 @@ fn repo_root() -> Result<PathBuf> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Generate { spec, check } => generate(spec, check),
-        Command::Routes { format, implemented } => {
+        Command::Routes {
+            format,
+            implemented,
+        } => {
             routes(format, implemented);
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run_suites(args),
-        Command::Bench { what, runs, synapse, budget } => {
+        Command::Bench {
+            what,
+            runs,
+            synapse,
+            budget,
+        } => {
             let repo = repo_root()?;
             let mut rows = Vec::new();
             if matches!(what, BenchWhat::All | BenchWhat::Codegen) {
@@ -182,7 +195,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 rows.push(bench::compile(&repo, &work)?);
             }
             if matches!(what, BenchWhat::All | BenchWhat::Server) {
-                rows.extend(bench_servers(&repo, synapse, std::time::Duration::from_secs(budget.clamp(1, 60)))?);
+                rows.extend(bench_servers(
+                    &repo,
+                    synapse,
+                    std::time::Duration::from_secs(budget.clamp(1, 60)),
+                )?);
             }
             bench::print_table(&rows);
             Ok(ExitCode::SUCCESS)
@@ -190,10 +207,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve(args),
         Command::Compare { a, b } => {
             let read = |p: &Path| -> Result<mxconform_harness::Report> {
-                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-                serde_json::from_str(&text).with_context(|| format!("{} is not an mxconform JSON report", p.display()))
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not an mxconform JSON report", p.display()))
             };
-            print!("{}", mxconform_harness::report::compare(&read(&a)?, &read(&b)?));
+            print!(
+                "{}",
+                mxconform_harness::report::compare(&read(&a)?, &read(&b)?)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Diff { from, to, format } => diff(&from, &to, format),
@@ -201,7 +223,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn load(dir: &Path) -> Result<mxconform_codegen::Spec> {
-    mxconform_codegen::Spec::load(dir).with_context(|| format!("loading the spec at {}", dir.display()))
+    mxconform_codegen::Spec::load(dir)
+        .with_context(|| format!("loading the spec at {}", dir.display()))
 }
 
 fn generate(spec_dir: Option<PathBuf>, check: bool) -> Result<ExitCode> {
@@ -221,7 +244,11 @@ fn generate(spec_dir: Option<PathBuf>, check: bool) -> Result<ExitCode> {
     if check {
         let stale = mxconform_codegen::stale_files(&out, &files);
         if stale.is_empty() {
-            println!("generated/ is up to date with {} ({} files)", spec.version.version, files.len());
+            println!(
+                "generated/ is up to date with {} ({} files)",
+                spec.version.version,
+                files.len()
+            );
             return Ok(ExitCode::SUCCESS);
         }
         eprintln!("generated/ is stale; these files differ from what the spec gives:");
@@ -235,7 +262,10 @@ fn generate(spec_dir: Option<PathBuf>, check: bool) -> Result<ExitCode> {
     if let Some(new_pin) = Pin::from_version(&spec.version) {
         if Pin::read(&repo).ok().as_ref() != Some(&new_pin) {
             new_pin.write(&repo).context("writing spec/pin.toml")?;
-            println!("spec/pin.toml now pins {} ({})", new_pin.version, new_pin.commit);
+            println!(
+                "spec/pin.toml now pins {} ({})",
+                new_pin.version, new_pin.commit
+            );
         }
     }
     println!(
@@ -256,7 +286,11 @@ fn generate(spec_dir: Option<PathBuf>, check: bool) -> Result<ExitCode> {
 
 fn routes(format: RoutesFormat, implemented: bool) {
     let routes: Vec<_> = mxconform_generated::routes()
-        .filter(|r| !implemented || (r.group == mxconform_generated::Group::ClientServer && mxconform_server::handlers::IMPLEMENTED.contains(&r.operation_id)))
+        .filter(|r| {
+            !implemented
+                || (r.group == mxconform_generated::Group::ClientServer
+                    && mxconform_server::handlers::IMPLEMENTED.contains(&r.operation_id))
+        })
         .collect();
     match format {
         RoutesFormat::Json => {
@@ -276,7 +310,10 @@ fn routes(format: RoutesFormat, implemented: bool) {
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&list).expect("JSON values serialise"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&list).expect("JSON values serialise")
+            );
         }
         RoutesFormat::Table => {
             for r in routes {
@@ -311,7 +348,10 @@ fn diff(from: &Path, to: &Path, format: DiffFormat) -> Result<ExitCode> {
     let d = mxconform_codegen::diff::diff(&from_label, &a, &to_label, &b);
     match format {
         DiffFormat::Md => print!("{}", d.to_markdown()),
-        DiffFormat::Json => println!("{}", serde_json::to_string_pretty(&d).context("serialising the diff")?),
+        DiffFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&d).context("serialising the diff")?
+        ),
     }
     if from == to {
         bail!("--from and --to name the same directory");
@@ -320,15 +360,26 @@ fn diff(from: &Path, to: &Path, format: DiffFormat) -> Result<ExitCode> {
 }
 
 /// Starts the reference server in memory on a free loopback port, on its own runtime thread.
-fn start_embedded() -> Result<(String, std::thread::JoinHandle<()>, tokio::sync::oneshot::Sender<()>)> {
-    let server = mxconform_server::Server::open(mxconform_server::Config::in_memory("localhost")).map_err(anyhow::Error::msg)?;
+fn start_embedded() -> Result<(
+    String,
+    std::thread::JoinHandle<()>,
+    tokio::sync::oneshot::Sender<()>,
+)> {
+    let server = mxconform_server::Server::open(mxconform_server::Config::in_memory("localhost"))
+        .map_err(anyhow::Error::msg)?;
     let (url_tx, url_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
-        let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
-                let _ = url_tx.send(Err(format!("cannot start a runtime for the embedded server: {e}")));
+                let _ = url_tx.send(Err(format!(
+                    "cannot start a runtime for the embedded server: {e}"
+                )));
                 return;
             }
         };
@@ -356,10 +407,22 @@ fn start_embedded() -> Result<(String, std::thread::JoinHandle<()>, tokio::sync:
 fn run_suites(args: RunArgs) -> Result<ExitCode> {
     let repo = repo_root()?;
     let harness_dir = repo.join("harness");
-    let profile_name = args.profile.clone().unwrap_or_else(|| if args.server.is_some() { "generic".into() } else { "reference".into() });
-    let profile_path = harness_dir.join("profiles").join(format!("{profile_name}.toml"));
-    let profile = mxconform_harness::Profile::load(&profile_path)
-        .with_context(|| format!("loading the profile (profiles live in {})", harness_dir.join("profiles").display()))?;
+    let profile_name = args.profile.clone().unwrap_or_else(|| {
+        if args.server.is_some() {
+            "generic".into()
+        } else {
+            "reference".into()
+        }
+    });
+    let profile_path = harness_dir
+        .join("profiles")
+        .join(format!("{profile_name}.toml"));
+    let profile = mxconform_harness::Profile::load(&profile_path).with_context(|| {
+        format!(
+            "loading the profile (profiles live in {})",
+            harness_dir.join("profiles").display()
+        )
+    })?;
     // The server: --server, else the profile's base_url, else the embedded reference server.
     let (url, embedded) = match args.server.clone().or_else(|| profile.base_url.clone()) {
         Some(u) => (u, None),
@@ -379,7 +442,12 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
         },
         scenario_timeout: std::time::Duration::from_secs(args.scenario_timeout),
         sweeps: !args.no_sweeps,
-        software_hint: embedded.as_ref().map(|_| format!("mxconform-server {} (embedded, in memory)", env!("CARGO_PKG_VERSION"))),
+        software_hint: embedded.as_ref().map(|_| {
+            format!(
+                "mxconform-server {} (embedded, in memory)",
+                env!("CARGO_PKG_VERSION")
+            )
+        }),
         args: Some(args.libtest.clone()),
     };
     let started = std::time::Instant::now();
@@ -388,7 +456,8 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
     let write = |path: &Option<PathBuf>, text: String| -> Result<()> {
         if let Some(p) = path {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
             }
             std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
         }
@@ -418,7 +487,11 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
         let _ = thread.join();
     }
     let failed = out.conclusion.as_ref().is_some_and(|c| c.has_failed()) || !report.success();
-    Ok(if failed { ExitCode::from(101) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(101)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn serve(args: ServeArgs) -> Result<ExitCode> {
@@ -432,19 +505,33 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         config.db = Some(args.db.clone());
     }
     if !args.addr.ip().is_loopback() {
-        eprintln!("warning: listening on {}, which is not a loopback address", args.addr);
+        eprintln!(
+            "warning: listening on {}, which is not a loopback address",
+            args.addr
+        );
     }
     let server = mxconform_server::Server::open(config).map_err(anyhow::Error::msg)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(async move {
-        let running = mxconform_server::serve(server, args.addr).await.map_err(anyhow::Error::msg)?;
+        let running = mxconform_server::serve(server, args.addr)
+            .await
+            .map_err(anyhow::Error::msg)?;
         eprintln!(
             "mxconform reference server for {} on {} ({})",
             args.server_name,
             running.url(),
-            if args.in_memory { "in memory".to_string() } else { format!("database {}", args.db.display()) }
+            if args.in_memory {
+                "in memory".to_string()
+            } else {
+                format!("database {}", args.db.display())
+            }
         );
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
         running.stop().await;
         Ok::<_, anyhow::Error>(())
     })?;
@@ -456,12 +543,20 @@ fn spawn_reference(dir: &Path) -> Result<(std::process::Child, String)> {
     use std::io::{BufRead, BufReader};
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut child = std::process::Command::new(std::env::current_exe().context("finding this binary")?)
-        .args(["serve", "--addr", "127.0.0.1:0", "--server-name", "localhost", "--db"])
-        .arg(dir.join("hs.db"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("starting the reference server")?;
+    let mut child =
+        std::process::Command::new(std::env::current_exe().context("finding this binary")?)
+            .args([
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--server-name",
+                "localhost",
+                "--db",
+            ])
+            .arg(dir.join("hs.db"))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the reference server")?;
     let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
     let line = lines.next().context("the server said nothing")??;
     let url = line
@@ -480,18 +575,31 @@ fn time_suite(args: &[&str]) -> Result<std::time::Duration> {
         .output()
         .context("running the suites")?;
     if !out.status.success() {
-        bail!("`mxconform {}` failed:\n{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "`mxconform {}` failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(t.elapsed())
 }
 
-fn bench_servers(repo: &Path, with_synapse: bool, budget: std::time::Duration) -> Result<Vec<bench::Row>> {
+fn bench_servers(
+    repo: &Path,
+    with_synapse: bool,
+    budget: std::time::Duration,
+) -> Result<Vec<bench::Row>> {
     let mut rows = Vec::new();
     let ours_suite = time_suite(&["run", "--quiet"])?;
     let peer_suite = if with_synapse {
-        let status = std::process::Command::new(repo.join("harness/synapse/synapse.sh")).arg("start").output()?;
+        let status = std::process::Command::new(repo.join("harness/synapse/synapse.sh"))
+            .arg("start")
+            .output()?;
         if !status.status.success() {
-            bail!("could not start Synapse: {}", String::from_utf8_lossy(&status.stderr));
+            bail!(
+                "could not start Synapse: {}",
+                String::from_utf8_lossy(&status.stderr)
+            );
         }
         Some(time_suite(&["run", "--quiet", "--profile", "synapse"])?)
     } else {
@@ -505,16 +613,23 @@ fn bench_servers(repo: &Path, with_synapse: bool, budget: std::time::Duration) -
         target: "< 30 s (reference)".into(),
     });
     let (mut child, url) = spawn_reference(&repo.join("target").join("bench").join("server"))?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let result = rt.block_on(async {
         let ours = bench_server::target("reference", &url, None, Some(child.id()))?;
         let f_ours = bench_server::measure(&ours, "r", budget).await?;
         let f_peer = if with_synapse {
-            let profile = mxconform_harness::Profile::load(&repo.join("harness/profiles/synapse.toml"))?;
+            let profile =
+                mxconform_harness::Profile::load(&repo.join("harness/profiles/synapse.toml"))?;
             let pid = std::fs::read_to_string(repo.join("target/synapse/data/synapse.pid"))
                 .ok()
                 .and_then(|p| p.trim().parse().ok());
-            let url = profile.base_url.clone().unwrap_or_else(|| "http://127.0.0.1:18008".into());
+            let url = profile
+                .base_url
+                .clone()
+                .unwrap_or_else(|| "http://127.0.0.1:18008".into());
             let peer = bench_server::target("synapse", &url, profile.shared_secret.clone(), pid)?;
             let tag = format!("s{}", std::process::id());
             Some(bench_server::measure(&peer, &tag, budget).await?)

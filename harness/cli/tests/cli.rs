@@ -13,7 +13,10 @@ fn bin() -> Command {
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 fn temp(name: &str) -> PathBuf {
@@ -25,24 +28,45 @@ fn temp(name: &str) -> PathBuf {
 #[test]
 fn generate_check_passes_on_a_fresh_tree() {
     let out = bin().args(["generate", "--check"]).output().expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
 }
 
 #[test]
 fn routes_as_json() {
-    let out = bin().args(["routes", "--format", "json"]).output().expect("runs");
+    let out = bin()
+        .args(["routes", "--format", "json"])
+        .output()
+        .expect("runs");
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let list = v.as_array().expect("a list");
     assert_eq!(list.len(), 166 + 36 + 9 + 23 + 1);
-    let sync = list.iter().find(|r| r["operation_id"] == "sync").expect("sync");
-    for key in ["group", "operation_id", "method", "path", "auth", "rate_limited", "added_in"] {
+    let sync = list
+        .iter()
+        .find(|r| r["operation_id"] == "sync")
+        .expect("sync");
+    for key in [
+        "group",
+        "operation_id",
+        "method",
+        "path",
+        "auth",
+        "rate_limited",
+        "added_in",
+    ] {
         assert!(sync.get(key).is_some(), "route lacks {key}");
     }
     assert_eq!(sync["path"], "/_matrix/client/v3/sync");
     assert_eq!(sync["auth"], "required");
-    let implemented = bin().args(["routes", "--format", "json", "--implemented"]).output().expect("runs");
+    let implemented = bin()
+        .args(["routes", "--format", "json", "--implemented"])
+        .output()
+        .expect("runs");
     let implemented: Value = serde_json::from_slice(&implemented.stdout).expect("JSON");
     let n = implemented.as_array().expect("a list").len();
     assert!(n > 40 && n <= 166, "{n} implemented operations");
@@ -58,7 +82,11 @@ fn diff_between_two_releases() {
         .arg(shared.join("v1.19"))
         .output()
         .expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let added: Vec<&str> = v["operations"]
         .as_array()
@@ -84,22 +112,45 @@ fn compliance_run_against_the_embedded_reference_server() {
         .output()
         .expect("runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON report")).expect("JSON");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON report")).expect("JSON");
     let files = count_scenarios(&repo().join("harness/scenarios"));
     let sweeps = report["areas"]["sweeps"]["scenarios"].as_u64().unwrap_or(0) as usize;
-    assert!(sweeps > 300, "the route-table sweeps run as their own area ({sweeps})");
-    assert_eq!(report["totals"]["scenarios"], files + sweeps, "every scenario file is a trial");
+    assert!(
+        sweeps > 300,
+        "the route-table sweeps run as their own area ({sweeps})"
+    );
+    assert_eq!(
+        report["totals"]["scenarios"],
+        files + sweeps,
+        "every scenario file is a trial"
+    );
     assert_eq!(report["totals"]["failed"], 0);
     assert_eq!(report["totals"]["unexpected_passes"], 0);
     assert_eq!(report["server"]["profile"], "reference");
-    assert!(report["coverage"]["operations_exercised"].as_u64().unwrap_or(0) >= 20);
+    assert!(
+        report["coverage"]["operations_exercised"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 20
+    );
     let md = std::fs::read_to_string(&md).expect("markdown report");
-    assert!(md.contains("## Areas") && md.contains("| Membership |"), "{md}");
+    assert!(
+        md.contains("## Areas") && md.contains("| Membership |"),
+        "{md}"
+    );
     let junit = std::fs::read_to_string(&junit).expect("junit");
     assert!(junit.starts_with("<?xml"));
     // A name filter narrows the run like cargo test's.
-    let out = bin().args(["run", "--quiet", "membership/kick"]).output().expect("runs");
+    let out = bin()
+        .args(["run", "--quiet", "membership/kick"])
+        .output()
+        .expect("runs");
     assert!(out.status.success());
     let list = bin().args(["run", "--list"]).output().expect("runs");
     assert!(String::from_utf8_lossy(&list.stdout).contains("membership/kick_and_ban: test"));
@@ -107,11 +158,22 @@ fn compliance_run_against_the_embedded_reference_server() {
 
 #[test]
 fn unreachable_server_fails_clearly() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-    let out = bin().args(["run", "--server", &format!("http://127.0.0.1:{port}")]).output().expect("runs");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let out = bin()
+        .args(["run", "--server", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .expect("runs");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("cannot reach homeserver at http://127.0.0.1:{port}")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot reach homeserver at http://127.0.0.1:{port}"
+        )),
+        "{err}"
+    );
 }
 
 fn count_scenarios(dir: &Path) -> usize {
@@ -133,7 +195,14 @@ fn count_scenarios(dir: &Path) -> usize {
 fn serve(db: &Path) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     let mut child = bin()
-        .args(["serve", "--addr", "127.0.0.1:0", "--server-name", "crash.test", "--db"])
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--server-name",
+            "crash.test",
+            "--db",
+        ])
         .arg(db)
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -141,7 +210,11 @@ fn serve(db: &Path) -> (std::process::Child, String) {
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     let line = lines.next().expect("a start-up line").expect("readable");
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).expect("the URL in the start-up line").to_string();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("the URL in the start-up line")
+        .to_string();
     // Keep draining stderr so that the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (child, url)
@@ -158,7 +231,10 @@ fn no_acknowledged_event_is_lost_to_a_kill() {
     let _ = std::fs::remove_file(&db);
     let (mut child, url) = serve(&db);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let limits = Limits { request_timeout: std::time::Duration::from_secs(5), ..Limits::default() };
+    let limits = Limits {
+        request_timeout: std::time::Duration::from_secs(5),
+        ..Limits::default()
+    };
     let client = Client::new(&url, limits).expect("client");
     let (token, room) = rt.block_on(async {
         let body = serde_json::json!({"username": "loader", "password": "pw", "auth": {"type": "m.login.dummy"}});
@@ -175,13 +251,28 @@ fn no_acknowledged_event_is_lost_to_a_kill() {
     // Four concurrent senders, each bounded to 2,000 sends; the kill comes first.
     let senders: Vec<_> = (0..4)
         .map(|w| {
-            let (client, token, acked, room_path) = (client.clone(), token.clone(), acked.clone(), room_path.clone());
+            let (client, token, acked, room_path) = (
+                client.clone(),
+                token.clone(),
+                acked.clone(),
+                room_path.clone(),
+            );
             rt.spawn(async move {
                 for i in 0..2000 {
-                    let path = format!("/_matrix/client/v3/rooms/{room_path}/send/m.room.message/w{w}-{i}");
-                    let body = Body::Json(serde_json::json!({"msgtype": "m.text", "body": format!("{w}-{i}")}));
-                    match client.send("PUT", &path, &[], body, Some(&token), None, false).await {
-                        Ok(r) if r.status == 200 => acked.lock().expect("lock").push(r.body["event_id"].as_str().unwrap_or("").to_string()),
+                    let path = format!(
+                        "/_matrix/client/v3/rooms/{room_path}/send/m.room.message/w{w}-{i}"
+                    );
+                    let body = Body::Json(
+                        serde_json::json!({"msgtype": "m.text", "body": format!("{w}-{i}")}),
+                    );
+                    match client
+                        .send("PUT", &path, &[], body, Some(&token), None, false)
+                        .await
+                    {
+                        Ok(r) if r.status == 200 => acked
+                            .lock()
+                            .expect("lock")
+                            .push(r.body["event_id"].as_str().unwrap_or("").to_string()),
                         _ => break,
                     }
                 }
@@ -190,7 +281,9 @@ fn no_acknowledged_event_is_lost_to_a_kill() {
         .collect();
     // Kill once a few hundred sends are acknowledged (or after 10 s at most).
     let started = std::time::Instant::now();
-    while acked.lock().expect("lock").len() < 300 && started.elapsed() < std::time::Duration::from_secs(10) {
+    while acked.lock().expect("lock").len() < 300
+        && started.elapsed() < std::time::Duration::from_secs(10)
+    {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     child.kill().expect("SIGKILL");
@@ -199,15 +292,25 @@ fn no_acknowledged_event_is_lost_to_a_kill() {
         let _ = rt.block_on(s);
     }
     let acked = acked.lock().expect("lock").clone();
-    assert!(acked.len() >= 300, "the load ran: {} acknowledged", acked.len());
+    assert!(
+        acked.len() >= 300,
+        "the load ran: {} acknowledged",
+        acked.len()
+    );
     // Restart on the same database and look for every acknowledged event.
     let (mut child, url) = serve(&db);
     let client = Client::new(&url, limits).expect("client");
     let missing: Vec<String> = rt.block_on(async {
         let mut missing = Vec::new();
         for id in &acked {
-            let path = format!("/_matrix/client/v3/rooms/{room_path}/event/{}", id.replace('$', "%24"));
-            match client.send("GET", &path, &[], Body::None, Some(&token), None, false).await {
+            let path = format!(
+                "/_matrix/client/v3/rooms/{room_path}/event/{}",
+                id.replace('$', "%24")
+            );
+            match client
+                .send("GET", &path, &[], Body::None, Some(&token), None, false)
+                .await
+            {
                 Ok(r) if r.status == 200 => {}
                 other => missing.push(format!("{id}: {other:?}")),
             }
@@ -216,5 +319,11 @@ fn no_acknowledged_event_is_lost_to_a_kill() {
     });
     let _ = child.kill();
     let _ = child.wait();
-    assert!(missing.is_empty(), "{} of {} acknowledged events lost: {:?}", missing.len(), acked.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged events lost: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
 }

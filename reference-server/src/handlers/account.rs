@@ -1,9 +1,9 @@
 //! Accounts: registration (user-interactive, dummy stage), login, logout, whoami, password
 //! change and deactivation (user-interactive, password stage), and devices.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::OnceLock;
-use std::collections::HashMap;
 
 use argon2::password_hash::{phc::PasswordHash, PasswordHasher, PasswordVerifier};
 use mxconform_generated::client_server as cs;
@@ -34,9 +34,11 @@ pub fn hash_password(cost: PasswordCost, password: &str) -> ApiResult<String> {
 }
 
 pub fn verify_password(hash: &str, password: &str) -> bool {
-    PasswordHash::new(hash)
-        .ok()
-        .is_some_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    PasswordHash::new(hash).ok().is_some_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 /// User-interactive auth sessions: session id -> completed stages. Kept in memory: a server
@@ -56,7 +58,10 @@ fn uia_challenge(stages: &[&str], session: &str, error: Option<ApiError>) -> Api
     });
     let (errcode, message) = match error {
         Some(e) => (e.errcode, e.message),
-        None => ("M_FORBIDDEN", "additional authentication is required".to_string()),
+        None => (
+            "M_FORBIDDEN",
+            "additional authentication is required".to_string(),
+        ),
     };
     if errcode != "M_FORBIDDEN" || extra["completed"].as_array().is_some_and(|c| !c.is_empty()) {
         extra["errcode"] = json!(errcode);
@@ -71,16 +76,31 @@ fn uia_challenge(stages: &[&str], session: &str, error: Option<ApiError>) -> Api
 }
 
 /// Runs a one-stage user-interactive flow: `Ok(())` once `auth` completes `stage`.
-fn uia(auth: Option<&Value>, stage: &str, check: impl FnOnce(&Value) -> ApiResult<()>) -> ApiResult<()> {
+fn uia(
+    auth: Option<&Value>,
+    stage: &str,
+    check: impl FnOnce(&Value) -> ApiResult<()>,
+) -> ApiResult<()> {
     let Some(auth) = auth else {
         let session = random_token(16);
-        sessions().lock().map_err(ApiError::internal)?.insert(session.clone(), Vec::new());
+        sessions()
+            .lock()
+            .map_err(ApiError::internal)?
+            .insert(session.clone(), Vec::new());
         return Err(uia_challenge(&[stage], &session, None));
     };
-    let session = auth.get("session").and_then(Value::as_str).unwrap_or("").to_string();
+    let session = auth
+        .get("session")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let kind = auth.get("type").and_then(Value::as_str).unwrap_or("");
     if kind != stage {
-        return Err(uia_challenge(&[stage], &session, Some(ApiError::unknown_400(format!("unsupported stage `{kind}`")))));
+        return Err(uia_challenge(
+            &[stage],
+            &session,
+            Some(ApiError::unknown_400(format!("unsupported stage `{kind}`"))),
+        ));
     }
     if let Err(e) = check(auth) {
         return Err(uia_challenge(&[stage], &session, Some(e)));
@@ -92,7 +112,10 @@ fn uia(auth: Option<&Value>, stage: &str, check: impl FnOnce(&Value) -> ApiResul
 }
 
 fn localpart_ok(l: &str) -> bool {
-    !l.is_empty() && l.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
+    !l.is_empty()
+        && l.bytes().all(
+            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
+        )
 }
 
 /// How long access tokens issued with a refresh token are said to last (they are not
@@ -109,9 +132,15 @@ fn new_device(
     name: Option<String>,
     refreshable: bool,
 ) -> ((String, String), Option<String>) {
-    let device_id = device_id.map(str::to_string).unwrap_or_else(|| random_token(8).to_uppercase().replace(['-', '_'], "X"));
+    let device_id = device_id
+        .map(str::to_string)
+        .unwrap_or_else(|| random_token(8).to_uppercase().replace(['-', '_'], "X"));
     // Logging in again with an existing device id replaces its token.
-    if state.devices.get(user).is_some_and(|d| d.contains_key(&device_id)) {
+    if state
+        .devices
+        .get(user)
+        .is_some_and(|d| d.contains_key(&device_id))
+    {
         state.remove_device(batch, user, &device_id);
     }
     let token = format!("mxc_{}", random_token(32));
@@ -151,16 +180,27 @@ pub fn register(ctx: &Ctx, req: cs::registration::register::Request) -> ApiResul
         None => random_token(9).to_lowercase().replace(['-', '_'], "x"),
     };
     if !localpart_ok(&localpart) {
-        return Err(ApiError::invalid_username("user names may hold only a-z, 0-9 and ._=-/+"));
+        return Err(ApiError::invalid_username(
+            "user names may hold only a-z, 0-9 and ._=-/+",
+        ));
     }
     let user_id = format!("@{localpart}:{}", ctx.server.config.server_name);
     if user_id.len() > 255 {
-        return Err(ApiError::invalid_username("the user id would be longer than 255 bytes"));
+        return Err(ApiError::invalid_username(
+            "the user id would be longer than 255 bytes",
+        ));
     }
     if ctx.server.read(|s| s.users.contains_key(&user_id)) {
         return Err(ApiError::user_in_use("that user name is taken"));
     }
-    uia(b.auth.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default()).as_ref(), "m.login.dummy", |_| Ok(()))?;
+    uia(
+        b.auth
+            .as_ref()
+            .map(|a| serde_json::to_value(a).unwrap_or_default())
+            .as_ref(),
+        "m.login.dummy",
+        |_| Ok(()),
+    )?;
     let hash = match &b.password {
         Some(p) => Some(hash_password(ctx.server.config.password_cost, p)?),
         None => None,
@@ -196,10 +236,15 @@ pub fn register(ctx: &Ctx, req: cs::registration::register::Request) -> ApiResul
     Ok(Reply::Json(200, out))
 }
 
-pub fn check_username_availability(ctx: &Ctx, req: cs::registration::check_username_availability::Request) -> ApiResult<Value> {
+pub fn check_username_availability(
+    ctx: &Ctx,
+    req: cs::registration::check_username_availability::Request,
+) -> ApiResult<Value> {
     let l = req.username.to_lowercase();
     if !localpart_ok(&l) {
-        return Err(ApiError::invalid_username("user names may hold only a-z, 0-9 and ._=-/+"));
+        return Err(ApiError::invalid_username(
+            "user names may hold only a-z, 0-9 and ._=-/+",
+        ));
     }
     let user_id = format!("@{l}:{}", ctx.server.config.server_name);
     if ctx.server.read(|s| s.users.contains_key(&user_id)) {
@@ -209,7 +254,9 @@ pub fn check_username_availability(ctx: &Ctx, req: cs::registration::check_usern
 }
 
 pub fn get_login_flows(_ctx: &Ctx, _req: cs::login::get_login_flows::Request) -> ApiResult<Value> {
-    Ok(json!({"flows": [{"type": "m.login.password"}, {"type": "m.login.token", "get_login_token": true}]}))
+    Ok(
+        json!({"flows": [{"type": "m.login.password"}, {"type": "m.login.token", "get_login_token": true}]}),
+    )
 }
 
 /// The user id a login names, from `identifier` (`m.id.user`) or the deprecated `user`.
@@ -217,9 +264,13 @@ fn login_user(ctx: &Ctx, identifier: Option<&Value>, user: Option<&str>) -> ApiR
     let name = match identifier {
         Some(id) => {
             if id.get("type").and_then(Value::as_str) != Some("m.id.user") {
-                return Err(ApiError::unknown_400("only m.id.user identifiers are supported"));
+                return Err(ApiError::unknown_400(
+                    "only m.id.user identifiers are supported",
+                ));
             }
-            id.get("user").and_then(Value::as_str).ok_or_else(|| ApiError::bad_json("`identifier.user` is missing"))?
+            id.get("user")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::bad_json("`identifier.user` is missing"))?
         }
         None => user.ok_or_else(|| ApiError::bad_json("no `identifier` in the login"))?,
     };
@@ -234,12 +285,22 @@ pub fn login(ctx: &Ctx, req: cs::login::login::Request) -> ApiResult<Value> {
     let b = req.body;
     let user_id = match b.type_.as_str() {
         "m.login.password" => {
-            let identifier = b.identifier.as_ref().map(|i| serde_json::to_value(i).unwrap_or_default());
+            let identifier = b
+                .identifier
+                .as_ref()
+                .map(|i| serde_json::to_value(i).unwrap_or_default());
             let user_id = login_user(ctx, identifier.as_ref(), b.user.as_deref())?;
-            let password = b.password.as_deref().ok_or_else(|| ApiError::bad_json("`password` is missing"))?;
+            let password = b
+                .password
+                .as_deref()
+                .ok_or_else(|| ApiError::bad_json("`password` is missing"))?;
             let (hash, deactivated) = ctx
                 .server
-                .read(|s| s.users.get(&user_id).map(|u| (u.password_hash.clone(), u.deactivated)))
+                .read(|s| {
+                    s.users
+                        .get(&user_id)
+                        .map(|u| (u.password_hash.clone(), u.deactivated))
+                })
                 .unwrap_or((None, false));
             if deactivated {
                 return Err(ApiError::user_deactivated("this account is deactivated"));
@@ -250,15 +311,24 @@ pub fn login(ctx: &Ctx, req: cs::login::login::Request) -> ApiResult<Value> {
             user_id
         }
         "m.login.token" => {
-            let token = b.token.clone().ok_or_else(|| ApiError::bad_json("`token` is missing"))?;
+            let token = b
+                .token
+                .clone()
+                .ok_or_else(|| ApiError::bad_json("`token` is missing"))?;
             // Single use: taken out whether or not it has expired.
-            let found = ctx.server.write(|state, _| Ok(state.login_tokens.remove(&token)))?;
+            let found = ctx
+                .server
+                .write(|state, _| Ok(state.login_tokens.remove(&token)))?;
             match found {
                 Some((user, expiry)) if expiry > now_ms() => user,
                 _ => return Err(ApiError::forbidden("invalid or expired login token")),
             }
         }
-        other => return Err(ApiError::unknown_400(format!("login type `{other}` is not supported"))),
+        other => {
+            return Err(ApiError::unknown_400(format!(
+                "login type `{other}` is not supported"
+            )))
+        }
     };
     ctx.server.write(|state, batch| {
         let ((device_id, token), refresh) = new_device(
@@ -286,7 +356,11 @@ pub fn logout(ctx: &Ctx, _req: cs::logout::logout::Request) -> ApiResult<Value> 
 pub fn logout_all(ctx: &Ctx, _req: cs::logout::logout_all::Request) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     ctx.server.write(|state, batch| {
-        let ids: Vec<String> = state.devices.get(&me.user_id).map(|d| d.keys().cloned().collect()).unwrap_or_default();
+        let ids: Vec<String> = state
+            .devices
+            .get(&me.user_id)
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default();
         for d in ids {
             state.remove_device(batch, &me.user_id, &d);
         }
@@ -302,12 +376,22 @@ pub fn get_token_owner(ctx: &Ctx, _req: cs::whoami::get_token_owner::Request) ->
 /// The `m.login.password` stage: the caller's own password.
 fn check_own_password(ctx: &Ctx, auth: &Value) -> ApiResult<()> {
     let me = ctx.me()?;
-    let named = login_user(ctx, auth.get("identifier"), auth.get("user").and_then(Value::as_str))?;
+    let named = login_user(
+        ctx,
+        auth.get("identifier"),
+        auth.get("user").and_then(Value::as_str),
+    )?;
     if named != me.user_id {
-        return Err(ApiError::forbidden("the password stage must name the caller"));
+        return Err(ApiError::forbidden(
+            "the password stage must name the caller",
+        ));
     }
     let password = auth.get("password").and_then(Value::as_str).unwrap_or("");
-    let hash = ctx.server.read(|s| s.users.get(&me.user_id).and_then(|u| u.password_hash.clone()));
+    let hash = ctx.server.read(|s| {
+        s.users
+            .get(&me.user_id)
+            .and_then(|u| u.password_hash.clone())
+    });
     if hash.is_some_and(|h| verify_password(&h, password)) {
         Ok(())
     } else {
@@ -315,15 +399,27 @@ fn check_own_password(ctx: &Ctx, auth: &Value) -> ApiResult<()> {
     }
 }
 
-pub fn change_password(ctx: &Ctx, req: cs::password_management::change_password::Request) -> ApiResult<Value> {
+pub fn change_password(
+    ctx: &Ctx,
+    req: cs::password_management::change_password::Request,
+) -> ApiResult<Value> {
     let b = req.body;
-    let auth = b.auth.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default());
-    uia(auth.as_ref(), "m.login.password", |a| check_own_password(ctx, a))?;
+    let auth = b
+        .auth
+        .as_ref()
+        .map(|a| serde_json::to_value(a).unwrap_or_default());
+    uia(auth.as_ref(), "m.login.password", |a| {
+        check_own_password(ctx, a)
+    })?;
     let me = ctx.me()?.clone();
     let hash = hash_password(ctx.server.config.password_cost, &b.new_password)?;
     let logout_devices = b.logout_devices.unwrap_or(true);
     ctx.server.write(|state, batch| {
-        let mut user = state.users.get(&me.user_id).cloned().ok_or_else(|| ApiError::not_found("no such user"))?;
+        let mut user = state
+            .users
+            .get(&me.user_id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("no such user"))?;
         user.password_hash = Some(hash);
         state.put_user(batch, user);
         if logout_devices {
@@ -340,17 +436,33 @@ pub fn change_password(ctx: &Ctx, req: cs::password_management::change_password:
     })
 }
 
-pub fn deactivate_account(ctx: &Ctx, req: cs::account_deactivation::deactivate_account::Request) -> ApiResult<Value> {
+pub fn deactivate_account(
+    ctx: &Ctx,
+    req: cs::account_deactivation::deactivate_account::Request,
+) -> ApiResult<Value> {
     let b = req.body;
-    let auth = b.auth.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default());
-    uia(auth.as_ref(), "m.login.password", |a| check_own_password(ctx, a))?;
+    let auth = b
+        .auth
+        .as_ref()
+        .map(|a| serde_json::to_value(a).unwrap_or_default());
+    uia(auth.as_ref(), "m.login.password", |a| {
+        check_own_password(ctx, a)
+    })?;
     let me = ctx.me()?.clone();
     ctx.server.write(|state, batch| {
-        let mut user = state.users.get(&me.user_id).cloned().ok_or_else(|| ApiError::not_found("no such user"))?;
+        let mut user = state
+            .users
+            .get(&me.user_id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("no such user"))?;
         user.deactivated = true;
         user.password_hash = None;
         state.put_user(batch, user);
-        let ids: Vec<String> = state.devices.get(&me.user_id).map(|d| d.keys().cloned().collect()).unwrap_or_default();
+        let ids: Vec<String> = state
+            .devices
+            .get(&me.user_id)
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default();
         for d in ids {
             state.remove_device(batch, &me.user_id, &d);
         }
@@ -367,12 +479,19 @@ fn device_json(user: &str, id: &str, d: &Device) -> Value {
     v
 }
 
-pub fn get_devices(ctx: &Ctx, _req: cs::device_management::get_devices::Request) -> ApiResult<Value> {
+pub fn get_devices(
+    ctx: &Ctx,
+    _req: cs::device_management::get_devices::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     let list = ctx.server.read(|s| {
         s.devices
             .get(&me.user_id)
-            .map(|d| d.iter().map(|(id, dev)| device_json(&me.user_id, id, dev)).collect::<Vec<_>>())
+            .map(|d| {
+                d.iter()
+                    .map(|(id, dev)| device_json(&me.user_id, id, dev))
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default()
     });
     Ok(json!({"devices": list}))
@@ -389,7 +508,10 @@ pub fn get_device(ctx: &Ctx, req: cs::device_management::get_device::Request) ->
     })
 }
 
-pub fn update_device(ctx: &Ctx, req: cs::device_management::update_device::Request) -> ApiResult<Value> {
+pub fn update_device(
+    ctx: &Ctx,
+    req: cs::device_management::update_device::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     ctx.server.write(|state, batch| {
         let mut dev = state
@@ -406,27 +528,53 @@ pub fn update_device(ctx: &Ctx, req: cs::device_management::update_device::Reque
     })
 }
 
-pub fn delete_device(ctx: &Ctx, req: cs::device_management::delete_device::Request) -> ApiResult<Value> {
+pub fn delete_device(
+    ctx: &Ctx,
+    req: cs::device_management::delete_device::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
-    if !ctx.server.read(|s| s.devices.get(&me.user_id).is_some_and(|d| d.contains_key(&req.device_id))) {
+    if !ctx.server.read(|s| {
+        s.devices
+            .get(&me.user_id)
+            .is_some_and(|d| d.contains_key(&req.device_id))
+    }) {
         return Err(ApiError::not_found("no such device"));
     }
-    let auth = req.body.auth.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default());
-    uia(auth.as_ref(), "m.login.password", |a| check_own_password(ctx, a))?;
+    let auth = req
+        .body
+        .auth
+        .as_ref()
+        .map(|a| serde_json::to_value(a).unwrap_or_default());
+    uia(auth.as_ref(), "m.login.password", |a| {
+        check_own_password(ctx, a)
+    })?;
     ctx.server.write(|state, batch| {
         state.remove_device(batch, &me.user_id, &req.device_id);
         Ok(json!({}))
     })
 }
 
-pub fn delete_devices(ctx: &Ctx, req: cs::device_management::delete_devices::Request) -> ApiResult<Value> {
+pub fn delete_devices(
+    ctx: &Ctx,
+    req: cs::device_management::delete_devices::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
-    let auth = req.body.auth.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default());
-    uia(auth.as_ref(), "m.login.password", |a| check_own_password(ctx, a))?;
+    let auth = req
+        .body
+        .auth
+        .as_ref()
+        .map(|a| serde_json::to_value(a).unwrap_or_default());
+    uia(auth.as_ref(), "m.login.password", |a| {
+        check_own_password(ctx, a)
+    })?;
     ctx.server.write(|state, batch| {
         // Devices that do not exist are ignored, as the spec says.
         for d in &req.body.devices {
-            if state.devices.get(&me.user_id).is_some_and(|m| m.contains_key(d)) {
+            if state
+                .devices
+                .get(&me.user_id)
+                .is_some_and(|m| m.contains_key(d))
+            {
                 state.remove_device(batch, &me.user_id, d);
             }
         }
@@ -435,7 +583,10 @@ pub fn delete_devices(ctx: &Ctx, req: cs::device_management::delete_devices::Req
 }
 
 /// Registration needs no token here, so no token is a valid one.
-pub fn registration_token_validity(_ctx: &Ctx, _req: cs::registration_tokens::registration_token_validity::Request) -> ApiResult<Value> {
+pub fn registration_token_validity(
+    _ctx: &Ctx,
+    _req: cs::registration_tokens::registration_token_validity::Request,
+) -> ApiResult<Value> {
     Ok(json!({"valid": false}))
 }
 
@@ -465,16 +616,27 @@ pub fn refresh(ctx: &Ctx, req: cs::refresh::refresh::Request) -> ApiResult<Value
 }
 
 /// A single-use token to log another device in, after the caller's password.
-pub fn generate_login_token(ctx: &Ctx, req: cs::login_token::generate_login_token::Request) -> ApiResult<Value> {
+pub fn generate_login_token(
+    ctx: &Ctx,
+    req: cs::login_token::generate_login_token::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
-    let auth = req.body.auth.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default());
-    uia(auth.as_ref(), "m.login.password", |a| check_own_password(ctx, a))?;
+    let auth = req
+        .body
+        .auth
+        .as_ref()
+        .map(|a| serde_json::to_value(a).unwrap_or_default());
+    uia(auth.as_ref(), "m.login.password", |a| {
+        check_own_password(ctx, a)
+    })?;
     let token = random_token(24);
     let lifetime = 120_000;
     ctx.server.write(|state, _| {
         let now = now_ms();
         state.login_tokens.retain(|_, (_, exp)| *exp > now);
-        state.login_tokens.insert(token.clone(), (me.user_id.clone(), now + lifetime));
+        state
+            .login_tokens
+            .insert(token.clone(), (me.user_id.clone(), now + lifetime));
         Ok(())
     })?;
     Ok(json!({"login_token": token, "expires_in_ms": lifetime}))

@@ -10,7 +10,8 @@ use crate::state::{Backup, State};
 use crate::store::Batch;
 
 fn version_of(text: &str) -> ApiResult<u64> {
-    text.parse().map_err(|_| ApiError::not_found(format!("no backup version {text}")))
+    text.parse()
+        .map_err(|_| ApiError::not_found(format!("no backup version {text}")))
 }
 
 fn live<'s>(state: &'s State, user: &str, version: u64) -> ApiResult<&'s Backup> {
@@ -23,7 +24,13 @@ fn live<'s>(state: &'s State, user: &str, version: u64) -> ApiResult<&'s Backup>
 }
 
 fn current<'s>(state: &'s State, user: &str) -> Option<(u64, &'s Backup)> {
-    state.backups.get(user)?.iter().rev().find(|(_, b)| !b.deleted).map(|(v, b)| (*v, b))
+    state
+        .backups
+        .get(user)?
+        .iter()
+        .rev()
+        .find(|(_, b)| !b.deleted)
+        .map(|(v, b)| (*v, b))
 }
 
 fn describe(version: u64, b: &Backup) -> Value {
@@ -34,7 +41,10 @@ fn save(batch: &mut Batch, user: &str, version: u64, b: &Backup) {
     batch.put("backup", format!("{user}\u{0}{version}"), &b.to_record());
 }
 
-pub fn post_room_keys_version(ctx: &Ctx, req: cs::key_backup::post_room_keys_version::Request) -> ApiResult<Value> {
+pub fn post_room_keys_version(
+    ctx: &Ctx,
+    req: cs::key_backup::post_room_keys_version::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     ctx.server.write(|state, batch| {
         let versions = state.backups.entry(me.user_id.clone()).or_default();
@@ -50,7 +60,10 @@ pub fn post_room_keys_version(ctx: &Ctx, req: cs::key_backup::post_room_keys_ver
     })
 }
 
-pub fn get_room_keys_version_current(ctx: &Ctx, _req: cs::key_backup::get_room_keys_version_current::Request) -> ApiResult<Value> {
+pub fn get_room_keys_version_current(
+    ctx: &Ctx,
+    _req: cs::key_backup::get_room_keys_version_current::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     ctx.server.read(|s| {
         current(s, &me.user_id)
@@ -59,45 +72,70 @@ pub fn get_room_keys_version_current(ctx: &Ctx, _req: cs::key_backup::get_room_k
     })
 }
 
-pub fn get_room_keys_version(ctx: &Ctx, req: cs::key_backup::get_room_keys_version::Request) -> ApiResult<Value> {
+pub fn get_room_keys_version(
+    ctx: &Ctx,
+    req: cs::key_backup::get_room_keys_version::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     let v = version_of(&req.version)?;
-    ctx.server.read(|s| live(s, &me.user_id, v).map(|b| describe(v, b)))
+    ctx.server
+        .read(|s| live(s, &me.user_id, v).map(|b| describe(v, b)))
 }
 
-pub fn put_room_keys_version(ctx: &Ctx, req: cs::key_backup::put_room_keys_version::Request) -> ApiResult<Value> {
+pub fn put_room_keys_version(
+    ctx: &Ctx,
+    req: cs::key_backup::put_room_keys_version::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     let v = version_of(&req.version)?;
     ctx.server.write(|state, batch| {
         let b = live(state, &me.user_id, v)?;
         if b.algorithm != req.body.algorithm {
-            return Err(ApiError::invalid_param("the algorithm of a backup version cannot change"));
+            return Err(ApiError::invalid_param(
+                "the algorithm of a backup version cannot change",
+            ));
         }
         if let Some(given) = &req.body.version {
             if given != &req.version {
-                return Err(ApiError::invalid_param("the body's version does not match the path's"));
+                return Err(ApiError::invalid_param(
+                    "the body's version does not match the path's",
+                ));
             }
         }
         let mut b = b.clone();
         b.auth_data = Value::Object(req.body.auth_data.clone());
         save(batch, &me.user_id, v, &b);
-        state.backups.entry(me.user_id.clone()).or_default().insert(v, b);
+        state
+            .backups
+            .entry(me.user_id.clone())
+            .or_default()
+            .insert(v, b);
         Ok(json!({}))
     })
 }
 
-pub fn delete_room_keys_version(ctx: &Ctx, req: cs::key_backup::delete_room_keys_version::Request) -> ApiResult<Value> {
+pub fn delete_room_keys_version(
+    ctx: &Ctx,
+    req: cs::key_backup::delete_room_keys_version::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     let v = version_of(&req.version)?;
     ctx.server.write(|state, batch| {
         let mut b = live(state, &me.user_id, v)?.clone();
         for (room, session) in b.keys.keys() {
-            batch.delete("backup_key", format!("{}\u{0}{v}\u{0}{room}\u{0}{session}", me.user_id));
+            batch.delete(
+                "backup_key",
+                format!("{}\u{0}{v}\u{0}{room}\u{0}{session}", me.user_id),
+            );
         }
         b.keys.clear();
         b.deleted = true;
         save(batch, &me.user_id, v, &b);
-        state.backups.entry(me.user_id.clone()).or_default().insert(v, b);
+        state
+            .backups
+            .entry(me.user_id.clone())
+            .or_default()
+            .insert(v, b);
         Ok(json!({}))
     })
 }
@@ -108,7 +146,8 @@ fn put_keys(ctx: &Ctx, version: &str, keys: Vec<(String, String, Value)>) -> Api
     let me = ctx.me()?.clone();
     let v = version_of(version)?;
     ctx.server.write(|state, batch| {
-        let (cur, _) = current(state, &me.user_id).ok_or_else(|| ApiError::not_found("no backup version"))?;
+        let (cur, _) =
+            current(state, &me.user_id).ok_or_else(|| ApiError::not_found("no backup version"))?;
         live(state, &me.user_id, v)?;
         if cur != v {
             return Err(ApiError {
@@ -118,23 +157,38 @@ fn put_keys(ctx: &Ctx, version: &str, keys: Vec<(String, String, Value)>) -> Api
                 extra: Some(json!({"current_version": cur.to_string()})),
             });
         }
-        let b = state.backups.entry(me.user_id.clone()).or_default().entry(v).or_default();
+        let b = state
+            .backups
+            .entry(me.user_id.clone())
+            .or_default()
+            .entry(v)
+            .or_default();
         for (room, session, data) in keys {
             let better = match b.keys.get(&(room.clone(), session.clone())) {
                 None => true,
                 Some(old) => {
                     let rank = |k: &Value| {
                         (
-                            k.get("is_verified").and_then(Value::as_bool).unwrap_or(false),
-                            -k.get("first_message_index").and_then(Value::as_i64).unwrap_or(i64::MAX),
-                            -k.get("forwarded_count").and_then(Value::as_i64).unwrap_or(i64::MAX),
+                            k.get("is_verified")
+                                .and_then(Value::as_bool)
+                                .unwrap_or(false),
+                            -k.get("first_message_index")
+                                .and_then(Value::as_i64)
+                                .unwrap_or(i64::MAX),
+                            -k.get("forwarded_count")
+                                .and_then(Value::as_i64)
+                                .unwrap_or(i64::MAX),
                         )
                     };
                     rank(&data) > rank(old)
                 }
             };
             if better {
-                batch.put("backup_key", format!("{}\u{0}{v}\u{0}{room}\u{0}{session}", me.user_id), &data);
+                batch.put(
+                    "backup_key",
+                    format!("{}\u{0}{v}\u{0}{room}\u{0}{session}", me.user_id),
+                    &data,
+                );
                 b.keys.insert((room, session), data);
             }
         }
@@ -146,12 +200,22 @@ fn put_keys(ctx: &Ctx, version: &str, keys: Vec<(String, String, Value)>) -> Api
     })
 }
 
-pub fn put_room_key_by_session_id(ctx: &Ctx, req: cs::key_backup::put_room_key_by_session_id::Request) -> ApiResult<Value> {
+pub fn put_room_key_by_session_id(
+    ctx: &Ctx,
+    req: cs::key_backup::put_room_key_by_session_id::Request,
+) -> ApiResult<Value> {
     let data = serde_json::to_value(&req.body).map_err(ApiError::internal)?;
-    put_keys(ctx, &req.version, vec![(req.room_id.clone(), req.session_id.clone(), data)])
+    put_keys(
+        ctx,
+        &req.version,
+        vec![(req.room_id.clone(), req.session_id.clone(), data)],
+    )
 }
 
-pub fn put_room_keys_by_room_id(ctx: &Ctx, req: cs::key_backup::put_room_keys_by_room_id::Request) -> ApiResult<Value> {
+pub fn put_room_keys_by_room_id(
+    ctx: &Ctx,
+    req: cs::key_backup::put_room_keys_by_room_id::Request,
+) -> ApiResult<Value> {
     let sessions = serde_json::to_value(&req.body.sessions).map_err(ApiError::internal)?;
     let keys = sessions
         .as_object()
@@ -166,7 +230,12 @@ pub fn put_room_keys(ctx: &Ctx, req: cs::key_backup::put_room_keys::Request) -> 
     let rooms = serde_json::to_value(&req.body.rooms).map_err(ApiError::internal)?;
     let mut keys = Vec::new();
     for (room, r) in rooms.as_object().into_iter().flatten() {
-        for (s, d) in r.get("sessions").and_then(Value::as_object).into_iter().flatten() {
+        for (s, d) in r
+            .get("sessions")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
             keys.push((room.clone(), s.clone(), d.clone()));
         }
     }
@@ -174,7 +243,12 @@ pub fn put_room_keys(ctx: &Ctx, req: cs::key_backup::put_room_keys::Request) -> 
 }
 
 /// The stored keys of a version, narrowed to a room and a session.
-fn get_keys(ctx: &Ctx, version: &str, room: Option<&str>, session: Option<&str>) -> ApiResult<Value> {
+fn get_keys(
+    ctx: &Ctx,
+    version: &str,
+    room: Option<&str>,
+    session: Option<&str>,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     let v = version_of(version)?;
     ctx.server.read(|s| {
@@ -184,7 +258,9 @@ fn get_keys(ctx: &Ctx, version: &str, room: Option<&str>, session: Option<&str>)
             if room.is_some_and(|x| x != r) || session.is_some_and(|x| x != sid) {
                 continue;
             }
-            let entry = rooms.entry(r.clone()).or_insert_with(|| json!({"sessions": {}}));
+            let entry = rooms
+                .entry(r.clone())
+                .or_insert_with(|| json!({"sessions": {}}));
             entry["sessions"][sid] = data.clone();
         }
         Ok(match (room, session) {
@@ -199,11 +275,17 @@ fn get_keys(ctx: &Ctx, version: &str, room: Option<&str>, session: Option<&str>)
     })
 }
 
-pub fn get_room_key_by_session_id(ctx: &Ctx, req: cs::key_backup::get_room_key_by_session_id::Request) -> ApiResult<Value> {
+pub fn get_room_key_by_session_id(
+    ctx: &Ctx,
+    req: cs::key_backup::get_room_key_by_session_id::Request,
+) -> ApiResult<Value> {
     get_keys(ctx, &req.version, Some(&req.room_id), Some(&req.session_id))
 }
 
-pub fn get_room_keys_by_room_id(ctx: &Ctx, req: cs::key_backup::get_room_keys_by_room_id::Request) -> ApiResult<Value> {
+pub fn get_room_keys_by_room_id(
+    ctx: &Ctx,
+    req: cs::key_backup::get_room_keys_by_room_id::Request,
+) -> ApiResult<Value> {
     get_keys(ctx, &req.version, Some(&req.room_id), None)
 }
 
@@ -211,12 +293,22 @@ pub fn get_room_keys(ctx: &Ctx, req: cs::key_backup::get_room_keys::Request) -> 
     get_keys(ctx, &req.version, None, None)
 }
 
-fn delete_keys(ctx: &Ctx, version: &str, room: Option<&str>, session: Option<&str>) -> ApiResult<Value> {
+fn delete_keys(
+    ctx: &Ctx,
+    version: &str,
+    room: Option<&str>,
+    session: Option<&str>,
+) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     let v = version_of(version)?;
     ctx.server.write(|state, batch| {
         live(state, &me.user_id, v)?;
-        let b = state.backups.entry(me.user_id.clone()).or_default().entry(v).or_default();
+        let b = state
+            .backups
+            .entry(me.user_id.clone())
+            .or_default()
+            .entry(v)
+            .or_default();
         let gone: Vec<(String, String)> = b
             .keys
             .keys()
@@ -225,7 +317,10 @@ fn delete_keys(ctx: &Ctx, version: &str, room: Option<&str>, session: Option<&st
             .collect();
         for k in &gone {
             b.keys.remove(k);
-            batch.delete("backup_key", format!("{}\u{0}{v}\u{0}{}\u{0}{}", me.user_id, k.0, k.1));
+            batch.delete(
+                "backup_key",
+                format!("{}\u{0}{v}\u{0}{}\u{0}{}", me.user_id, k.0, k.1),
+            );
         }
         b.etag += 1;
         let out = json!({"count": b.keys.len(), "etag": b.etag.to_string()});
@@ -235,14 +330,23 @@ fn delete_keys(ctx: &Ctx, version: &str, room: Option<&str>, session: Option<&st
     })
 }
 
-pub fn delete_room_key_by_session_id(ctx: &Ctx, req: cs::key_backup::delete_room_key_by_session_id::Request) -> ApiResult<Value> {
+pub fn delete_room_key_by_session_id(
+    ctx: &Ctx,
+    req: cs::key_backup::delete_room_key_by_session_id::Request,
+) -> ApiResult<Value> {
     delete_keys(ctx, &req.version, Some(&req.room_id), Some(&req.session_id))
 }
 
-pub fn delete_room_keys_by_room_id(ctx: &Ctx, req: cs::key_backup::delete_room_keys_by_room_id::Request) -> ApiResult<Value> {
+pub fn delete_room_keys_by_room_id(
+    ctx: &Ctx,
+    req: cs::key_backup::delete_room_keys_by_room_id::Request,
+) -> ApiResult<Value> {
     delete_keys(ctx, &req.version, Some(&req.room_id), None)
 }
 
-pub fn delete_room_keys(ctx: &Ctx, req: cs::key_backup::delete_room_keys::Request) -> ApiResult<Value> {
+pub fn delete_room_keys(
+    ctx: &Ctx,
+    req: cs::key_backup::delete_room_keys::Request,
+) -> ApiResult<Value> {
     delete_keys(ctx, &req.version, None, None)
 }

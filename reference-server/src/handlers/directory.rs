@@ -11,7 +11,9 @@ use crate::state::State;
 fn own_server(ctx: &Ctx, alias: &str) -> ApiResult<()> {
     let server = alias.split_once(':').map(|(_, s)| s).unwrap_or("");
     if server != ctx.server.config.server_name {
-        return Err(ApiError::invalid_param(format!("{alias} is not an alias on this server")));
+        return Err(ApiError::invalid_param(format!(
+            "{alias} is not an alias on this server"
+        )));
     }
     Ok(())
 }
@@ -31,33 +33,57 @@ pub fn set_room_alias(ctx: &Ctx, req: cs::directory::set_room_alias::Request) ->
                 ..ApiError::unknown(format!("the alias {alias} already exists"))
             });
         }
-        state.aliases.insert(alias.clone(), (room.room_id.clone(), me.user_id.clone()));
-        batch.put("alias", alias.clone(), &json!({"room_id": req.body.room_id.as_str(), "creator": me.user_id}));
+        state
+            .aliases
+            .insert(alias.clone(), (room.room_id.clone(), me.user_id.clone()));
+        batch.put(
+            "alias",
+            alias.clone(),
+            &json!({"room_id": req.body.room_id.as_str(), "creator": me.user_id}),
+        );
         Ok(json!({}))
     })
 }
 
-pub fn get_room_id_by_alias(ctx: &Ctx, req: cs::directory::get_room_id_by_alias::Request) -> ApiResult<Value> {
+pub fn get_room_id_by_alias(
+    ctx: &Ctx,
+    req: cs::directory::get_room_id_by_alias::Request,
+) -> ApiResult<Value> {
     let alias = req.room_alias.as_str();
     let server = ctx.server.config.server_name.clone();
     ctx.server.read(|s| {
-        let (room, _) = s.aliases.get(alias).ok_or_else(|| ApiError::not_found(format!("no room has the alias {alias}")))?;
+        let (room, _) = s
+            .aliases
+            .get(alias)
+            .ok_or_else(|| ApiError::not_found(format!("no room has the alias {alias}")))?;
         Ok(json!({"room_id": room, "servers": [server]}))
     })
 }
 
-pub fn delete_room_alias(ctx: &Ctx, req: cs::directory::delete_room_alias::Request) -> ApiResult<Value> {
+pub fn delete_room_alias(
+    ctx: &Ctx,
+    req: cs::directory::delete_room_alias::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     let alias = req.room_alias.as_str().to_string();
     ctx.server.write(|state, batch| {
-        let (room_id, creator) = state.aliases.get(&alias).cloned().ok_or_else(|| ApiError::not_found("no such alias"))?;
+        let (room_id, creator) = state
+            .aliases
+            .get(&alias)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("no such alias"))?;
         let allowed = creator == me.user_id
             || state.rooms.get(&room_id).is_some_and(|r| {
                 r.membership(&me.user_id) == Some("join")
-                    && State::meets(state.power_level(r, &me.user_id), state.required_level(r, "m.room.canonical_alias", true))
+                    && State::meets(
+                        state.power_level(r, &me.user_id),
+                        state.required_level(r, "m.room.canonical_alias", true),
+                    )
             });
         if !allowed {
-            return Err(ApiError::forbidden("only the alias's creator or a room moderator may delete it"));
+            return Err(ApiError::forbidden(
+                "only the alias's creator or a room moderator may delete it",
+            ));
         }
         state.aliases.remove(&alias);
         batch.delete("alias", alias.clone());
@@ -65,7 +91,10 @@ pub fn delete_room_alias(ctx: &Ctx, req: cs::directory::delete_room_alias::Reque
     })
 }
 
-pub fn get_local_aliases(ctx: &Ctx, req: cs::directory::get_local_aliases::Request) -> ApiResult<Value> {
+pub fn get_local_aliases(
+    ctx: &Ctx,
+    req: cs::directory::get_local_aliases::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     ctx.server.read(|s| {
         let room = s.room(req.room_id.as_str())?;
@@ -73,28 +102,44 @@ pub fn get_local_aliases(ctx: &Ctx, req: cs::directory::get_local_aliases::Reque
         if room.membership(&me.user_id) != Some("join") && !world {
             return Err(ApiError::forbidden("you are not in this room"));
         }
-        let mut aliases: Vec<&String> = s.aliases.iter().filter(|(_, (r, _))| *r == room.room_id).map(|(a, _)| a).collect();
+        let mut aliases: Vec<&String> = s
+            .aliases
+            .iter()
+            .filter(|(_, (r, _))| *r == room.room_id)
+            .map(|(a, _)| a)
+            .collect();
         aliases.sort();
         Ok(json!({"aliases": aliases}))
     })
 }
 
-pub fn get_room_visibility_on_directory(ctx: &Ctx, req: cs::list_public_rooms::get_room_visibility_on_directory::Request) -> ApiResult<Value> {
+pub fn get_room_visibility_on_directory(
+    ctx: &Ctx,
+    req: cs::list_public_rooms::get_room_visibility_on_directory::Request,
+) -> ApiResult<Value> {
     ctx.server.read(|s| {
         let room = s.room(req.room_id.as_str())?;
         Ok(json!({"visibility": if room.public { "public" } else { "private" }}))
     })
 }
 
-pub fn set_room_visibility_on_directory(ctx: &Ctx, req: cs::list_public_rooms::set_room_visibility_on_directory::Request) -> ApiResult<Value> {
+pub fn set_room_visibility_on_directory(
+    ctx: &Ctx,
+    req: cs::list_public_rooms::set_room_visibility_on_directory::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     let public = req.body.visibility.as_ref().map(|v| v.as_str() == "public");
     ctx.server.write(|state, batch| {
         let room = state.room(req.room_id.as_str())?;
         if room.membership(&me.user_id) != Some("join")
-            || !State::meets(state.power_level(room, &me.user_id), state.required_level(room, "m.room.canonical_alias", true))
+            || !State::meets(
+                state.power_level(room, &me.user_id),
+                state.required_level(room, "m.room.canonical_alias", true),
+            )
         {
-            return Err(ApiError::forbidden("only a room moderator may change its directory visibility"));
+            return Err(ApiError::forbidden(
+                "only a room moderator may change its directory visibility",
+            ));
         }
         if let Some(p) = public {
             if let Some(r) = state.rooms.get_mut(req.room_id.as_str()) {
@@ -106,51 +151,92 @@ pub fn set_room_visibility_on_directory(ctx: &Ctx, req: cs::list_public_rooms::s
     })
 }
 
-fn public_rooms(ctx: &Ctx, limit: Option<i64>, since: Option<&str>, term: Option<&str>, room_types: Option<Vec<Value>>) -> ApiResult<Value> {
+fn public_rooms(
+    ctx: &Ctx,
+    limit: Option<i64>,
+    since: Option<&str>,
+    term: Option<&str>,
+    room_types: Option<Vec<Value>>,
+) -> ApiResult<Value> {
     let offset: usize = match since {
-        Some(t) => t.strip_prefix('p').and_then(|n| n.parse().ok()).ok_or_else(|| ApiError::invalid_param("bad `since` token"))?,
+        Some(t) => t
+            .strip_prefix('p')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| ApiError::invalid_param("bad `since` token"))?,
         None => 0,
     };
     let limit = limit.map(|l| l.clamp(1, 500) as usize);
     let term = term.map(str::to_lowercase);
     ctx.server.read(|s| {
-        let mut rooms: Vec<Value> = s.rooms.values().filter(|r| r.public).map(|r| s.room_overview(r)).collect();
+        let mut rooms: Vec<Value> = s
+            .rooms
+            .values()
+            .filter(|r| r.public)
+            .map(|r| s.room_overview(r))
+            .collect();
         if let Some(types) = &room_types {
             // `null` in the list stands for rooms without a type.
             rooms.retain(|c| types.contains(c.get("room_type").unwrap_or(&Value::Null)));
         }
         if let Some(t) = &term {
             rooms.retain(|c| {
-                ["name", "topic", "canonical_alias"]
-                    .iter()
-                    .any(|f| c.get(*f).and_then(Value::as_str).is_some_and(|v| v.to_lowercase().contains(t.as_str())))
+                ["name", "topic", "canonical_alias"].iter().any(|f| {
+                    c.get(*f)
+                        .and_then(Value::as_str)
+                        .is_some_and(|v| v.to_lowercase().contains(t.as_str()))
+                })
             });
         }
         rooms.sort_by(|a, b| {
-            b["num_joined_members"].as_u64().cmp(&a["num_joined_members"].as_u64()).then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
+            b["num_joined_members"]
+                .as_u64()
+                .cmp(&a["num_joined_members"].as_u64())
+                .then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
         });
         let total = rooms.len();
         let end = limit.map_or(total, |l| (offset + l).min(total));
-        let page: Vec<Value> = rooms.into_iter().skip(offset).take(end.saturating_sub(offset)).collect();
+        let page: Vec<Value> = rooms
+            .into_iter()
+            .skip(offset)
+            .take(end.saturating_sub(offset))
+            .collect();
         let mut out = json!({"chunk": page, "total_room_count_estimate": total});
         if end < total {
             out["next_batch"] = json!(format!("p{end}"));
         }
         if offset > 0 {
-            out["prev_batch"] = json!(format!("p{}", offset.saturating_sub(limit.unwrap_or(offset))));
+            out["prev_batch"] = json!(format!(
+                "p{}",
+                offset.saturating_sub(limit.unwrap_or(offset))
+            ));
         }
         Ok(out)
     })
 }
 
-pub fn get_public_rooms(ctx: &Ctx, req: cs::list_public_rooms::get_public_rooms::Request) -> ApiResult<Value> {
+pub fn get_public_rooms(
+    ctx: &Ctx,
+    req: cs::list_public_rooms::get_public_rooms::Request,
+) -> ApiResult<Value> {
     public_rooms(ctx, req.limit, req.since.as_deref(), None, None)
 }
 
-pub fn query_public_rooms(ctx: &Ctx, req: cs::list_public_rooms::query_public_rooms::Request) -> ApiResult<Value> {
+pub fn query_public_rooms(
+    ctx: &Ctx,
+    req: cs::list_public_rooms::query_public_rooms::Request,
+) -> ApiResult<Value> {
     let b = req.body;
-    let term = b.filter.as_ref().and_then(|f| f.generic_search_term.clone());
+    let term = b
+        .filter
+        .as_ref()
+        .and_then(|f| f.generic_search_term.clone());
     let filter = serde_json::to_value(&b.filter).unwrap_or(Value::Null);
     let room_types = filter.get("room_types").and_then(Value::as_array).cloned();
-    public_rooms(ctx, b.limit, b.since.as_deref(), term.as_deref(), room_types)
+    public_rooms(
+        ctx,
+        b.limit,
+        b.since.as_deref(),
+        term.as_deref(),
+        room_types,
+    )
 }

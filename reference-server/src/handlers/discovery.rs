@@ -8,8 +8,8 @@ use crate::error::ApiResult;
 
 /// The spec versions this server speaks: every release up to the pinned one.
 pub const VERSIONS: &[&str] = &[
-    "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12", "v1.13",
-    "v1.14", "v1.15", "v1.16", "v1.17", "v1.18", "v1.19",
+    "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11",
+    "v1.12", "v1.13", "v1.14", "v1.15", "v1.16", "v1.17", "v1.18", "v1.19",
 ];
 
 pub const ROOM_VERSIONS: &[&str] = &["10", "11", "12"];
@@ -23,8 +23,14 @@ pub fn get_wellknown(ctx: &Ctx, _req: cs::wellknown::get_wellknown::Request) -> 
     Ok(json!({"m.homeserver": {"base_url": format!("https://{}", ctx.server.config.server_name)}}))
 }
 
-pub fn get_capabilities(_ctx: &Ctx, _req: cs::capabilities::get_capabilities::Request) -> ApiResult<Value> {
-    let available: serde_json::Map<String, Value> = ROOM_VERSIONS.iter().map(|v| (v.to_string(), json!("stable"))).collect();
+pub fn get_capabilities(
+    _ctx: &Ctx,
+    _req: cs::capabilities::get_capabilities::Request,
+) -> ApiResult<Value> {
+    let available: serde_json::Map<String, Value> = ROOM_VERSIONS
+        .iter()
+        .map(|v| (v.to_string(), json!("stable")))
+        .collect();
     Ok(json!({"capabilities": {
         "m.change_password": {"enabled": true},
         "m.room_versions": {"default": DEFAULT_ROOM_VERSION, "available": available},

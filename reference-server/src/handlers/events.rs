@@ -30,8 +30,12 @@ fn glob(pattern: &str, s: &str) -> bool {
 }
 
 fn strings(v: Option<&Value>) -> Option<Vec<String>> {
-    v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+    v.and_then(Value::as_array).map(|a| {
+        a.iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect()
+    })
 }
 
 impl EventFilter {
@@ -42,7 +46,10 @@ impl EventFilter {
             not_types: strings(v.get("not_types")).unwrap_or_default(),
             senders: strings(v.get("senders")),
             not_senders: strings(v.get("not_senders")).unwrap_or_default(),
-            lazy_load_members: v.get("lazy_load_members").and_then(Value::as_bool).unwrap_or(false),
+            lazy_load_members: v
+                .get("lazy_load_members")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             contains_url: v.get("contains_url").and_then(Value::as_bool),
         }
     }
@@ -52,7 +59,9 @@ impl EventFilter {
         match text {
             None => Ok(EventFilter::default()),
             Some(t) => {
-                let v: Value = serde_json::from_str(t).map_err(|_| ApiError::invalid_param("`filter` must be a JSON room event filter"))?;
+                let v: Value = serde_json::from_str(t).map_err(|_| {
+                    ApiError::invalid_param("`filter` must be a JSON room event filter")
+                })?;
                 if !v.is_object() {
                     return Err(ApiError::invalid_param("`filter` must be a JSON object"));
                 }
@@ -113,7 +122,9 @@ fn check_can_read(state: &State, room: &Room, user: &str) -> ApiResult<()> {
         Ok(())
     } else {
         let _ = state;
-        Err(ApiError::forbidden("you are not, and were never, in this room"))
+        Err(ApiError::forbidden(
+            "you are not, and were never, in this room",
+        ))
     }
 }
 
@@ -131,9 +142,18 @@ pub fn send_message(ctx: &Ctx, req: cs::room_send::send_message::Request) -> Api
             return Ok(json!({"event_id": id}));
         }
         if req.event_type == "m.room.redaction" {
-            return Err(ApiError::bad_json("send redactions through the redact endpoint"));
+            return Err(ApiError::bad_json(
+                "send redactions through the redact endpoint",
+            ));
         }
-        check_send(state, req.room_id.as_str(), &me.user_id, &req.event_type, None, &content)?;
+        check_send(
+            state,
+            req.room_id.as_str(),
+            &me.user_id,
+            &req.event_type,
+            None,
+            &content,
+        )?;
         let (_, id) = state.append(
             batch,
             req.room_id.as_str(),
@@ -145,17 +165,32 @@ pub fn send_message(ctx: &Ctx, req: cs::room_send::send_message::Request) -> Api
             None,
             None,
         );
-        batch.put("txn", format!("{}\u{0}{}\u{0}{}", key.0, key.1, key.2), &json!(id));
+        batch.put(
+            "txn",
+            format!("{}\u{0}{}\u{0}{}", key.0, key.1, key.2),
+            &json!(id),
+        );
         state.txns.insert(key, id.clone());
         Ok(json!({"event_id": id}))
     })
 }
 
-pub fn set_room_state_with_key(ctx: &Ctx, req: cs::room_state::set_room_state_with_key::Request) -> ApiResult<Value> {
+pub fn set_room_state_with_key(
+    ctx: &Ctx,
+    req: cs::room_state::set_room_state_with_key::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     let content = Value::Object(req.body);
     ctx.server.write(|state, batch| {
-        let id = send_state(state, batch, req.room_id.as_str(), &me.user_id, &req.event_type, &req.state_key, content)?;
+        let id = send_state(
+            state,
+            batch,
+            req.room_id.as_str(),
+            &me.user_id,
+            &req.event_type,
+            &req.state_key,
+            content,
+        )?;
         Ok(json!({"event_id": id}))
     })
 }
@@ -163,13 +198,23 @@ pub fn set_room_state_with_key(ctx: &Ctx, req: cs::room_state::set_room_state_wi
 /// The state a user may see: current state while joined; after leaving, the state as it was
 /// when they left; world-readable rooms for anyone.
 fn visible_state<'s>(state: &'s State, room: &'s Room, user: &str) -> ApiResult<Vec<&'s Event>> {
-    let current = || room.state.values().filter_map(|p| state.events.get(p)).collect::<Vec<_>>();
+    let current = || {
+        room.state
+            .values()
+            .filter_map(|p| state.events.get(p))
+            .collect::<Vec<_>>()
+    };
     match room.membership(user) {
         Some("join") => Ok(current()),
         _ if room.world_readable() => Ok(current()),
         Some("leave" | "ban") => {
-            let left_at = room.members.get(user).and_then(|l| l.last()).map_or(0, |(p, _)| *p);
-            let mut at: std::collections::BTreeMap<(String, String), &Event> = std::collections::BTreeMap::new();
+            let left_at = room
+                .members
+                .get(user)
+                .and_then(|l| l.last())
+                .map_or(0, |(p, _)| *p);
+            let mut at: std::collections::BTreeMap<(String, String), &Event> =
+                std::collections::BTreeMap::new();
             for p in room.timeline.iter().take_while(|p| **p <= left_at) {
                 if let Some(e) = state.events.get(p) {
                     if let Some(k) = &e.state_key {
@@ -183,14 +228,19 @@ fn visible_state<'s>(state: &'s State, room: &'s Room, user: &str) -> ApiResult<
     }
 }
 
-pub fn get_room_state_with_key(ctx: &Ctx, req: cs::rooms::get_room_state_with_key::Request) -> ApiResult<Value> {
+pub fn get_room_state_with_key(
+    ctx: &Ctx,
+    req: cs::rooms::get_room_state_with_key::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     ctx.server.read(|state| {
         let room = state.room(req.room_id.as_str())?;
         let events = visible_state(state, room, &me.user_id)?;
         let ev = events
             .into_iter()
-            .find(|e| e.kind == req.event_type && e.state_key.as_deref() == Some(req.state_key.as_str()))
+            .find(|e| {
+                e.kind == req.event_type && e.state_key.as_deref() == Some(req.state_key.as_str())
+            })
             .ok_or_else(|| ApiError::not_found("no such state event"))?;
         if matches!(req.format.as_ref().map(|f| f.as_str()), Some("event")) {
             Ok(state.client_event(ev, Some((&me.user_id, &me.device_id)), true))
@@ -203,7 +253,10 @@ pub fn get_room_state_with_key(ctx: &Ctx, req: cs::rooms::get_room_state_with_ke
 /// A room the caller asks about but the server does not know: the spec's 403 for these
 /// operations ("you aren't a member of the room").
 fn known_room<'s>(state: &'s State, room_id: &str) -> ApiResult<&'s Room> {
-    state.rooms.get(room_id).ok_or_else(|| ApiError::forbidden("you are not a member of that room"))
+    state
+        .rooms
+        .get(room_id)
+        .ok_or_else(|| ApiError::forbidden("you are not a member of that room"))
 }
 
 pub fn get_room_state(ctx: &Ctx, req: cs::rooms::get_room_state::Request) -> ApiResult<Value> {
@@ -220,13 +273,24 @@ pub fn get_room_state(ctx: &Ctx, req: cs::rooms::get_room_state::Request) -> Api
     })
 }
 
-pub fn get_one_room_event(ctx: &Ctx, req: cs::rooms::get_one_room_event::Request) -> ApiResult<Value> {
+pub fn get_one_room_event(
+    ctx: &Ctx,
+    req: cs::rooms::get_one_room_event::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     ctx.server.read(|state| {
         let room = state.room(req.room_id.as_str())?;
         let not_found = || ApiError::not_found("no such event, or you may not see it");
-        let pos = state.event_ids.get(req.event_id.as_str()).copied().ok_or_else(not_found)?;
-        let ev = state.events.get(&pos).filter(|e| e.room_id == room.room_id).ok_or_else(not_found)?;
+        let pos = state
+            .event_ids
+            .get(req.event_id.as_str())
+            .copied()
+            .ok_or_else(not_found)?;
+        let ev = state
+            .events
+            .get(&pos)
+            .filter(|e| e.room_id == room.room_id)
+            .ok_or_else(not_found)?;
         if !state.can_see(room, &me.user_id, pos) {
             return Err(not_found());
         }
@@ -259,10 +323,14 @@ pub fn redact_event(ctx: &Ctx, req: cs::redaction::redact_event::Request) -> Api
         let level = state.power_level(room, &me.user_id);
         // Sending any redaction needs the m.room.redaction event level; others' events also `redact`.
         if !State::meets(level, state.required_level(room, "m.room.redaction", false)) {
-            return Err(ApiError::forbidden("your power level is too low to send redactions"));
+            return Err(ApiError::forbidden(
+                "your power level is too low to send redactions",
+            ));
         }
         if !own && !State::meets(level, state.required_level(room, "redact", false)) {
-            return Err(ApiError::forbidden("your power level is too low to redact others' events"));
+            return Err(ApiError::forbidden(
+                "your power level is too low to redact others' events",
+            ));
         }
         let mut content = json!({"redacts": req.event_id.as_str()});
         if let Some(r) = &req.body.reason {
@@ -279,14 +347,23 @@ pub fn redact_event(ctx: &Ctx, req: cs::redaction::redact_event::Request) -> Api
             Some(req.event_id.as_str().to_string()),
             None,
         );
-        batch.put("txn", format!("{}\u{0}{}\u{0}{}", key.0, key.1, key.2), &json!(id));
+        batch.put(
+            "txn",
+            format!("{}\u{0}{}\u{0}{}", key.0, key.1, key.2),
+            &json!(id),
+        );
         state.txns.insert(key, id.clone());
         Ok(json!({"event_id": id}))
     })
 }
 
 /// Member events for the senders of `events` (lazy-loading members).
-pub fn lazy_members(state: &State, room: &Room, events: &[&Event], viewer: (&str, &str)) -> Vec<Value> {
+pub fn lazy_members(
+    state: &State,
+    room: &Room,
+    events: &[&Event],
+    viewer: (&str, &str),
+) -> Vec<Value> {
     let mut senders: Vec<&str> = events.iter().map(|e| e.sender.as_str()).collect();
     senders.sort_unstable();
     senders.dedup();
@@ -298,7 +375,10 @@ pub fn lazy_members(state: &State, room: &Room, events: &[&Event], viewer: (&str
         .collect()
 }
 
-pub fn get_room_events(ctx: &Ctx, req: cs::message_pagination::get_room_events::Request) -> ApiResult<Value> {
+pub fn get_room_events(
+    ctx: &Ctx,
+    req: cs::message_pagination::get_room_events::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     let filter = EventFilter::from_param(req.filter.as_deref())?;
     let limit = req.limit.unwrap_or(10).clamp(1, 1000) as usize;
@@ -353,15 +433,26 @@ pub fn get_room_events(ctx: &Ctx, req: cs::message_pagination::get_room_events::
     })
 }
 
-pub fn get_event_context(ctx: &Ctx, req: cs::event_context::get_event_context::Request) -> ApiResult<Value> {
+pub fn get_event_context(
+    ctx: &Ctx,
+    req: cs::event_context::get_event_context::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     let filter = EventFilter::from_param(req.filter.as_deref())?;
     let limit = req.limit.unwrap_or(10).clamp(0, 100) as usize;
     ctx.server.read(|state| {
         let room = state.room(&req.room_id)?;
         let not_found = || ApiError::not_found("no such event, or you may not see it");
-        let pos = state.event_ids.get(&req.event_id).copied().ok_or_else(not_found)?;
-        let ev = state.events.get(&pos).filter(|e| e.room_id == room.room_id).ok_or_else(not_found)?;
+        let pos = state
+            .event_ids
+            .get(&req.event_id)
+            .copied()
+            .ok_or_else(not_found)?;
+        let ev = state
+            .events
+            .get(&pos)
+            .filter(|e| e.room_id == room.room_id)
+            .ok_or_else(not_found)?;
         if !state.can_see(room, &me.user_id, pos) {
             return Err(not_found());
         }
@@ -374,18 +465,37 @@ pub fn get_event_context(ctx: &Ctx, req: cs::event_context::get_event_context::R
                 .is_some_and(|e| filter.matches(e) && state.can_see(room, &me.user_id, **p))
         };
         let half = limit / 2;
-        let before: Vec<u64> = room.timeline[..idx].iter().rev().filter(visible).take(half).copied().collect();
-        let after: Vec<u64> = room.timeline[idx + 1..].iter().filter(visible).take(limit - half).copied().collect();
+        let before: Vec<u64> = room.timeline[..idx]
+            .iter()
+            .rev()
+            .filter(visible)
+            .take(half)
+            .copied()
+            .collect();
+        let after: Vec<u64> = room.timeline[idx + 1..]
+            .iter()
+            .filter(visible)
+            .take(limit - half)
+            .copied()
+            .collect();
         let to_json = |ps: &[u64]| -> Vec<Value> {
-            ps.iter().filter_map(|p| state.events.get(p)).map(|e| state.client_event(e, Some(viewer), true)).collect()
+            ps.iter()
+                .filter_map(|p| state.events.get(p))
+                .map(|e| state.client_event(e, Some(viewer), true))
+                .collect()
         };
         let start = before.last().map_or(pos, |p| *p).saturating_sub(1);
         let end = after.last().copied().unwrap_or(pos);
-        let mut all: Vec<&Event> = before.iter().chain(after.iter()).filter_map(|p| state.events.get(p)).collect();
+        let mut all: Vec<&Event> = before
+            .iter()
+            .chain(after.iter())
+            .filter_map(|p| state.events.get(p))
+            .collect();
         all.push(ev);
         // The state at the last event returned.
         let last = after.last().copied().unwrap_or(pos);
-        let mut at: std::collections::BTreeMap<(&str, &str), &Event> = std::collections::BTreeMap::new();
+        let mut at: std::collections::BTreeMap<(&str, &str), &Event> =
+            std::collections::BTreeMap::new();
         for p in room.timeline.iter().take_while(|p| **p <= last) {
             if let Some(e) = state.events.get(p) {
                 if let Some(k) = &e.state_key {
@@ -396,7 +506,9 @@ pub fn get_event_context(ctx: &Ctx, req: cs::event_context::get_event_context::R
         let st: Vec<Value> = if filter.lazy_load_members {
             lazy_members(state, room, &all, viewer)
         } else {
-            at.into_values().map(|e| state.client_event(e, Some(viewer), true)).collect()
+            at.into_values()
+                .map(|e| state.client_event(e, Some(viewer), true))
+                .collect()
         };
         Ok(json!({
             "event": state.client_event(ev, Some(viewer), true),
@@ -409,7 +521,10 @@ pub fn get_event_context(ctx: &Ctx, req: cs::event_context::get_event_context::R
     })
 }
 
-pub fn get_members_by_room(ctx: &Ctx, req: cs::rooms::get_members_by_room::Request) -> ApiResult<Value> {
+pub fn get_members_by_room(
+    ctx: &Ctx,
+    req: cs::rooms::get_members_by_room::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     let at = req.at.as_deref().map(parse_token).transpose()?;
     ctx.server.read(|state| {
@@ -420,7 +535,11 @@ pub fn get_members_by_room(ctx: &Ctx, req: cs::rooms::get_members_by_room::Reque
         let limit_pos = match mine {
             Some("join") => at.unwrap_or(u64::MAX),
             Some("leave" | "ban") => {
-                let left = room.members.get(&me.user_id).and_then(|l| l.last()).map_or(0, |(p, _)| *p);
+                let left = room
+                    .members
+                    .get(&me.user_id)
+                    .and_then(|l| l.last())
+                    .map_or(0, |(p, _)| *p);
                 at.map_or(left, |a| a.min(left))
             }
             _ if world => at.unwrap_or(u64::MAX),
@@ -429,7 +548,9 @@ pub fn get_members_by_room(ctx: &Ctx, req: cs::rooms::get_members_by_room::Reque
         let viewer = (me.user_id.as_str(), me.device_id.as_str());
         let mut chunk = Vec::new();
         for (user, log) in &room.members {
-            let Some((p, m)) = log.iter().take_while(|(p, _)| *p <= limit_pos).last() else { continue };
+            let Some((p, m)) = log.iter().take_while(|(p, _)| *p <= limit_pos).last() else {
+                continue;
+            };
             if let Some(want) = &req.membership {
                 if want.as_str() != m {
                     continue;
@@ -449,7 +570,10 @@ pub fn get_members_by_room(ctx: &Ctx, req: cs::rooms::get_members_by_room::Reque
     })
 }
 
-pub fn get_joined_members_by_room(ctx: &Ctx, req: cs::rooms::get_joined_members_by_room::Request) -> ApiResult<Value> {
+pub fn get_joined_members_by_room(
+    ctx: &Ctx,
+    req: cs::rooms::get_joined_members_by_room::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     ctx.server.read(|state| {
         let room = state.room(req.room_id.as_str())?;
@@ -459,7 +583,10 @@ pub fn get_joined_members_by_room(ctx: &Ctx, req: cs::rooms::get_joined_members_
         }
         let mut joined = serde_json::Map::new();
         for u in room.joined() {
-            let content = state.state_content(&room.room_id, "m.room.member", u).cloned().unwrap_or(json!({}));
+            let content = state
+                .state_content(&room.room_id, "m.room.member", u)
+                .cloned()
+                .unwrap_or(json!({}));
             let mut m = json!({});
             if let Some(d) = content.get("displayname").filter(|d| d.is_string()) {
                 m["display_name"] = d.clone();

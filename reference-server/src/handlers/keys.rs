@@ -11,7 +11,10 @@ use crate::error::{ApiError, ApiResult};
 
 fn otk_counts(state: &crate::state::State, user: &str, device: &str) -> Value {
     let mut counts: Map<String, Value> = Map::new();
-    if let Some(keys) = state.one_time_keys.get(&(user.to_string(), device.to_string())) {
+    if let Some(keys) = state
+        .one_time_keys
+        .get(&(user.to_string(), device.to_string()))
+    {
         for id in keys.keys() {
             let alg = id.split(':').next().unwrap_or("").to_string();
             let n = counts.get(&alg).and_then(Value::as_u64).unwrap_or(0) + 1;
@@ -24,12 +27,17 @@ fn otk_counts(state: &crate::state::State, user: &str, device: &str) -> Value {
 pub fn upload_keys(ctx: &Ctx, req: cs::keys::upload_keys::Request) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     let b = req.body;
-    let device_keys = b.device_keys.as_ref().map(|k| serde_json::to_value(k).unwrap_or_default());
+    let device_keys = b
+        .device_keys
+        .as_ref()
+        .map(|k| serde_json::to_value(k).unwrap_or_default());
     if let Some(k) = &device_keys {
         if k.get("user_id").and_then(Value::as_str) != Some(me.user_id.as_str())
             || k.get("device_id").and_then(Value::as_str) != Some(me.device_id.as_str())
         {
-            return Err(ApiError::bad_json("device_keys must name the caller's user and device"));
+            return Err(ApiError::bad_json(
+                "device_keys must name the caller's user and device",
+            ));
         }
     }
     ctx.server.write(|state, batch| {
@@ -39,15 +47,27 @@ pub fn upload_keys(ctx: &Ctx, req: cs::keys::upload_keys::Request) -> ApiResult<
             if state.device_keys.get(&key) != Some(&k) {
                 state.device_keys.insert(key.clone(), k.clone());
                 state.note_key_change(batch, &me.user_id);
-                batch.put("device_keys", rec.clone(), &json!({"keys": k, "pos": state.pos}));
+                batch.put(
+                    "device_keys",
+                    rec.clone(),
+                    &json!({"keys": k, "pos": state.pos}),
+                );
             }
         }
         for (id, v) in b.one_time_keys.iter().flatten() {
             let v = serde_json::to_value(v).unwrap_or_default();
             // The stream position orders uploads, for claims in upload order.
             let seq = state.next_pos(batch);
-            batch.put("otk", format!("{rec}\u{0}{id}"), &json!({"seq": seq, "key": v}));
-            state.one_time_keys.entry(key.clone()).or_default().insert(id.clone(), (seq, v));
+            batch.put(
+                "otk",
+                format!("{rec}\u{0}{id}"),
+                &json!({"seq": seq, "key": v}),
+            );
+            state
+                .one_time_keys
+                .entry(key.clone())
+                .or_default()
+                .insert(id.clone(), (seq, v));
         }
         if let Some(fallback) = &b.fallback_keys {
             // A new fallback key replaces the old one of its algorithm.
@@ -56,18 +76,29 @@ pub fn upload_keys(ctx: &Ctx, req: cs::keys::upload_keys::Request) -> ApiResult<
                 let old: Vec<String> = state
                     .fallback_keys
                     .get(&key)
-                    .map(|m| m.keys().filter(|k| k.split(':').next() == Some(alg.as_str())).cloned().collect())
+                    .map(|m| {
+                        m.keys()
+                            .filter(|k| k.split(':').next() == Some(alg.as_str()))
+                            .cloned()
+                            .collect()
+                    })
                     .unwrap_or_default();
                 for o in old {
                     batch.delete("fallback", format!("{rec}\u{0}{o}"));
                     if let Some(m) = state.fallback_keys.get_mut(&key) {
                         m.remove(&o);
                     }
-                    state.fallback_used.remove(&(me.user_id.clone(), me.device_id.clone(), o));
+                    state
+                        .fallback_used
+                        .remove(&(me.user_id.clone(), me.device_id.clone(), o));
                 }
                 let v = serde_json::to_value(v).unwrap_or_default();
                 batch.put("fallback", format!("{rec}\u{0}{id}"), &v);
-                state.fallback_keys.entry(key.clone()).or_default().insert(id.clone(), v);
+                state
+                    .fallback_keys
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(id.clone(), v);
             }
         }
         Ok(json!({"one_time_key_counts": otk_counts(state, &me.user_id, &me.device_id)}))
@@ -80,7 +111,10 @@ pub fn query_keys(ctx: &Ctx, req: cs::keys::query_keys::Request) -> ApiResult<Va
         let (mut master, mut self_signing, mut user_signing) = (Map::new(), Map::new(), Map::new());
         for user in req.body.device_keys.keys() {
             if let Some(cs) = state.cross_signing.get(user.as_str()) {
-                for (map, name) in [(&mut master, "master_key"), (&mut self_signing, "self_signing_key")] {
+                for (map, name) in [
+                    (&mut master, "master_key"),
+                    (&mut self_signing, "self_signing_key"),
+                ] {
                     if let Some(k) = cs.get(name) {
                         map.insert(user.to_string(), k.clone());
                     }
@@ -102,7 +136,10 @@ pub fn query_keys(ctx: &Ctx, req: cs::keys::query_keys::Request) -> ApiResult<Va
                 }
                 if let Some(k) = state.device_keys.get(&(user.to_string(), device.clone())) {
                     let mut k = k.clone();
-                    if let Some(name) = known.and_then(|d| d.get(device)).and_then(|d| d.display_name.clone()) {
+                    if let Some(name) = known
+                        .and_then(|d| d.get(device))
+                        .and_then(|d| d.display_name.clone())
+                    {
                         k["unsigned"] = json!({"device_display_name": name});
                     }
                     per_user.insert(device.clone(), k);
@@ -132,24 +169,32 @@ pub fn claim_keys(ctx: &Ctx, req: cs::keys::claim_keys::Request) -> ApiResult<Va
                 let key = (user.clone(), device.clone());
                 let prefix = format!("{alg}:");
                 // The oldest upload first.
-                let otk = state
-                    .one_time_keys
-                    .get(&key)
-                    .and_then(|m| m.iter().filter(|(k, _)| k.starts_with(&prefix)).min_by_key(|(_, (seq, _))| *seq).map(|(k, _)| k.clone()));
+                let otk = state.one_time_keys.get(&key).and_then(|m| {
+                    m.iter()
+                        .filter(|(k, _)| k.starts_with(&prefix))
+                        .min_by_key(|(_, (seq, _))| *seq)
+                        .map(|(k, _)| k.clone())
+                });
                 let claimed = match otk {
                     Some(id) => {
-                        let v = state.one_time_keys.get_mut(&key).and_then(|m| m.remove(&id));
+                        let v = state
+                            .one_time_keys
+                            .get_mut(&key)
+                            .and_then(|m| m.remove(&id));
                         batch.delete("otk", format!("{user}\u{0}{device}\u{0}{id}"));
                         v.map(|(_, v)| (id, v))
                     }
                     // No one-time key left: the fallback key, which stays, now used.
                     None => {
-                        let fb = state
-                            .fallback_keys
-                            .get(&key)
-                            .and_then(|m| m.iter().find(|(k, _)| k.starts_with(&prefix)).map(|(k, v)| (k.clone(), v.clone())));
+                        let fb = state.fallback_keys.get(&key).and_then(|m| {
+                            m.iter()
+                                .find(|(k, _)| k.starts_with(&prefix))
+                                .map(|(k, v)| (k.clone(), v.clone()))
+                        });
                         if let Some((id, _)) = &fb {
-                            state.fallback_used.insert((user.clone(), device.clone(), id.clone()));
+                            state
+                                .fallback_used
+                                .insert((user.clone(), device.clone(), id.clone()));
                         }
                         fb
                     }
@@ -172,7 +217,12 @@ pub fn get_keys_changes(ctx: &Ctx, req: cs::keys::get_keys_changes::Request) -> 
         let peers = state.room_peers(&me.user_id);
         let changed: Vec<&String> = peers
             .iter()
-            .filter(|u| state.key_changes.get(*u).is_some_and(|p| *p > from && *p <= to))
+            .filter(|u| {
+                state
+                    .key_changes
+                    .get(*u)
+                    .is_some_and(|p| *p > from && *p <= to)
+            })
             .collect();
         Ok(json!({"changed": changed, "left": []}))
     })
@@ -182,7 +232,11 @@ pub fn send_to_device(ctx: &Ctx, req: cs::to_device::send_to_device::Request) ->
     let me = ctx.me()?.clone();
     let messages = serde_json::to_value(&req.body.messages).map_err(ApiError::internal)?;
     ctx.server.write(|state, batch| {
-        let key = (me.user_id.clone(), me.device_id.clone(), format!("to_device {} {}", req.event_type, req.txn_id));
+        let key = (
+            me.user_id.clone(),
+            me.device_id.clone(),
+            format!("to_device {} {}", req.event_type, req.txn_id),
+        );
         if state.txns.contains_key(&key) {
             return Ok(json!({}));
         }
@@ -193,18 +247,36 @@ pub fn send_to_device(ctx: &Ctx, req: cs::to_device::send_to_device::Request) ->
                     .as_object()
                     .into_iter()
                     .flatten()
-                    .flat_map(|(d, _)| if d == "*" { all.keys().cloned().collect::<Vec<_>>() } else { vec![d.clone()] })
+                    .flat_map(|(d, _)| {
+                        if d == "*" {
+                            all.keys().cloned().collect::<Vec<_>>()
+                        } else {
+                            vec![d.clone()]
+                        }
+                    })
                     .collect(),
             };
             for device in targets {
-                let content = devices.get(&device).or_else(|| devices.get("*")).cloned().unwrap_or(json!({}));
+                let content = devices
+                    .get(&device)
+                    .or_else(|| devices.get("*"))
+                    .cloned()
+                    .unwrap_or(json!({}));
                 let pos = state.next_pos(batch);
                 let msg = json!({"sender": me.user_id, "type": req.event_type, "content": content});
                 batch.put("to_device", format!("{user}\u{0}{device}\u{0}{pos}"), &msg);
-                state.to_device.entry((user.clone(), device)).or_default().push((pos, msg));
+                state
+                    .to_device
+                    .entry((user.clone(), device))
+                    .or_default()
+                    .push((pos, msg));
             }
         }
-        batch.put("txn", format!("{}\u{0}{}\u{0}{}", key.0, key.1, key.2), &json!(""));
+        batch.put(
+            "txn",
+            format!("{}\u{0}{}\u{0}{}", key.0, key.1, key.2),
+            &json!(""),
+        );
         state.txns.insert(key, String::new());
         Ok(json!({}))
     })

@@ -62,10 +62,18 @@ fn stream(s: &State, rooms: &[&Room], user: &str, device: &str, from: u64) -> Ve
         }
     }
     events.sort_by_key(|e| e.pos);
-    events.into_iter().map(|e| s.client_event(e, Some((user, device)), true)).collect()
+    events
+        .into_iter()
+        .map(|e| s.client_event(e, Some((user, device)), true))
+        .collect()
 }
 
-fn event_stream(ctx: &Ctx, from: Option<&str>, timeout: Option<i64>, only_room: Option<&str>) -> ApiResult<Reply> {
+fn event_stream(
+    ctx: &Ctx,
+    from: Option<&str>,
+    timeout: Option<i64>,
+    only_room: Option<&str>,
+) -> ApiResult<Reply> {
     let me = ctx.me()?;
     let from = from.map(parse_token).transpose()?;
     let timeout = timeout.unwrap_or(30_000).clamp(0, 300_000) as u64;
@@ -91,7 +99,10 @@ fn event_stream(ctx: &Ctx, from: Option<&str>, timeout: Option<i64>, only_room: 
         };
         let chunk = stream(s, &rooms, &me.user_id, &me.device_id, start);
         let empty = chunk.is_empty();
-        Ok((json!({"start": format!("s{start}"), "end": format!("s{}", s.pos), "chunk": chunk}), empty))
+        Ok((
+            json!({"start": format!("s{start}"), "end": format!("s{}", s.pos), "chunk": chunk}),
+            empty,
+        ))
     })?;
     if empty && timeout > 0 && !ctx.last_chance {
         return Ok(Reply::Wait {

@@ -9,35 +9,63 @@ use super::{Ctx, Reply};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{now_ms, random_token};
 
-pub fn upload_content(ctx: &Ctx, req: cs::content_repo::upload_content::Request) -> ApiResult<Value> {
+pub fn upload_content(
+    ctx: &Ctx,
+    req: cs::content_repo::upload_content::Request,
+) -> ApiResult<Value> {
     ctx.me()?;
     let id = random_token(18);
-    let content_type = ctx.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
+    let content_type = ctx
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "application/octet-stream".into());
     let bytes = ctx.raw_body.to_vec();
     ctx.server.write(|state, batch| {
         state.uploaded_media.insert(id.clone());
-        batch.media.push((id.clone(), Some(content_type), req.filename.clone(), bytes, now_ms()));
+        batch.media.push((
+            id.clone(),
+            Some(content_type),
+            req.filename.clone(),
+            bytes,
+            now_ms(),
+        ));
         Ok(())
     })?;
     Ok(json!({"content_uri": format!("mxc://{}/{id}", ctx.server.config.server_name)}))
 }
 
-fn download(ctx: &Ctx, server_name: &str, media_id: &str, file_name: Option<&str>) -> ApiResult<Reply> {
+fn download(
+    ctx: &Ctx,
+    server_name: &str,
+    media_id: &str,
+    file_name: Option<&str>,
+) -> ApiResult<Reply> {
     if server_name != ctx.server.config.server_name {
-        return Err(ApiError::not_found("this server does not fetch remote media"));
+        return Err(ApiError::not_found(
+            "this server does not fetch remote media",
+        ));
     }
     let Some((content_type, stored_name, bytes)) = ctx.server.media(media_id)? else {
         // Created with /create but not uploaded yet.
         if ctx.server.read(|s| s.pending_media.contains_key(media_id)) {
-            return Err(ApiError::not_yet_uploaded("that media has not been uploaded yet"));
+            return Err(ApiError::not_yet_uploaded(
+                "that media has not been uploaded yet",
+            ));
         }
         return Err(ApiError::not_found("no such media"));
     };
     let name = file_name.map(str::to_string).or(stored_name);
-    let safe = |n: &str| n.chars().filter(|c| !c.is_control() && *c != '"').collect::<String>();
+    let safe = |n: &str| {
+        n.chars()
+            .filter(|c| !c.is_control() && *c != '"')
+            .collect::<String>()
+    };
     let content_type = content_type.unwrap_or_else(|| "application/octet-stream".into());
     // Inline only for types a browser cannot run as a page.
-    let inline = ["image/", "video/", "audio/", "text/plain"].iter().any(|p| content_type.starts_with(p)) && content_type != "image/svg+xml";
+    let inline = ["image/", "video/", "audio/", "text/plain"]
+        .iter()
+        .any(|p| content_type.starts_with(p))
+        && content_type != "image/svg+xml";
     let kind = if inline { "inline" } else { "attachment" };
     Ok(Reply::Bytes {
         status: 200,
@@ -50,15 +78,29 @@ fn download(ctx: &Ctx, server_name: &str, media_id: &str, file_name: Option<&str
     })
 }
 
-pub fn get_content_authed(ctx: &Ctx, req: cs::authed_content_repo::get_content_authed::Request) -> ApiResult<Reply> {
+pub fn get_content_authed(
+    ctx: &Ctx,
+    req: cs::authed_content_repo::get_content_authed::Request,
+) -> ApiResult<Reply> {
     download(ctx, req.server_name.as_str(), &req.media_id, None)
 }
 
-pub fn get_content_override_name_authed(ctx: &Ctx, req: cs::authed_content_repo::get_content_override_name_authed::Request) -> ApiResult<Reply> {
-    download(ctx, req.server_name.as_str(), &req.media_id, Some(&req.file_name))
+pub fn get_content_override_name_authed(
+    ctx: &Ctx,
+    req: cs::authed_content_repo::get_content_override_name_authed::Request,
+) -> ApiResult<Reply> {
+    download(
+        ctx,
+        req.server_name.as_str(),
+        &req.media_id,
+        Some(&req.file_name),
+    )
 }
 
-pub fn get_content_thumbnail_authed(ctx: &Ctx, req: cs::authed_content_repo::get_content_thumbnail_authed::Request) -> ApiResult<Reply> {
+pub fn get_content_thumbnail_authed(
+    ctx: &Ctx,
+    req: cs::authed_content_repo::get_content_thumbnail_authed::Request,
+) -> ApiResult<Reply> {
     if req.width <= 0 || req.height <= 0 {
         return Err(ApiError::invalid_param("width and height must be positive"));
     }
@@ -69,11 +111,22 @@ pub fn get_content(ctx: &Ctx, req: cs::content_repo::get_content::Request) -> Ap
     download(ctx, req.server_name.as_str(), &req.media_id, None)
 }
 
-pub fn get_content_override_name(ctx: &Ctx, req: cs::content_repo::get_content_override_name::Request) -> ApiResult<Reply> {
-    download(ctx, req.server_name.as_str(), &req.media_id, Some(&req.file_name))
+pub fn get_content_override_name(
+    ctx: &Ctx,
+    req: cs::content_repo::get_content_override_name::Request,
+) -> ApiResult<Reply> {
+    download(
+        ctx,
+        req.server_name.as_str(),
+        &req.media_id,
+        Some(&req.file_name),
+    )
 }
 
-pub fn get_config_authed(ctx: &Ctx, _req: cs::authed_content_repo::get_config_authed::Request) -> ApiResult<Value> {
+pub fn get_config_authed(
+    ctx: &Ctx,
+    _req: cs::authed_content_repo::get_config_authed::Request,
+) -> ApiResult<Value> {
     Ok(json!({"m.upload.size": ctx.server.config.max_body}))
 }
 

@@ -13,7 +13,12 @@ use crate::state::{now_ms, random_token};
 
 pub fn get_pushers(ctx: &Ctx, _req: cs::pusher::get_pushers::Request) -> ApiResult<Value> {
     let me = ctx.me()?;
-    let list: Vec<Value> = ctx.server.read(|s| s.pushers.get(&me.user_id).map(|m| m.values().cloned().collect()).unwrap_or_default());
+    let list: Vec<Value> = ctx.server.read(|s| {
+        s.pushers
+            .get(&me.user_id)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    });
     Ok(json!({"pushers": list}))
 }
 
@@ -38,13 +43,25 @@ pub fn post_pusher(ctx: &Ctx, req: cs::pusher::post_pusher::Request) -> ApiResul
             batch.delete("pusher", record_key(&key));
             return Ok(json!({}));
         }
-        if b.app_display_name.is_none() || b.device_display_name.is_none() || b.lang.is_none() || b.data.is_none() {
-            return Err(ApiError::missing_param("a new pusher needs app_display_name, device_display_name, lang and data"));
+        if b.app_display_name.is_none()
+            || b.device_display_name.is_none()
+            || b.lang.is_none()
+            || b.data.is_none()
+        {
+            return Err(ApiError::missing_param(
+                "a new pusher needs app_display_name, device_display_name, lang and data",
+            ));
         }
         if b.kind.as_deref() == Some("http") {
-            let url = b.data.as_ref().and_then(|d| d.url.clone()).unwrap_or_default();
+            let url = b
+                .data
+                .as_ref()
+                .and_then(|d| d.url.clone())
+                .unwrap_or_default();
             if !url.starts_with("http") || !url.ends_with("/_matrix/push/v1/notify") {
-                return Err(ApiError::invalid_param("an http pusher's data.url must end in /_matrix/push/v1/notify"));
+                return Err(ApiError::invalid_param(
+                    "an http pusher's data.url must end in /_matrix/push/v1/notify",
+                ));
             }
         }
         let mut v = json!({
@@ -63,15 +80,25 @@ pub fn post_pusher(ctx: &Ctx, req: cs::pusher::post_pusher::Request) -> ApiResul
 
 /// Messages from others in the caller's joined rooms, newest first: what the predefined
 /// `.m.rule.message` rule notifies for.
-pub fn get_notifications(ctx: &Ctx, req: cs::notifications::get_notifications::Request) -> ApiResult<Value> {
+pub fn get_notifications(
+    ctx: &Ctx,
+    req: cs::notifications::get_notifications::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     let limit = req.limit.unwrap_or(20).clamp(1, 100) as usize;
-    let before = req.from.as_deref().map(parse_token).transpose()?.unwrap_or(u64::MAX);
+    let before = req
+        .from
+        .as_deref()
+        .map(parse_token)
+        .transpose()?
+        .unwrap_or(u64::MAX);
     let only_highlight = req.only.as_deref() == Some("highlight");
     ctx.server.read(|s| {
         let mut found = Vec::new();
         for room_id in s.user_rooms.get(&me.user_id).into_iter().flatten() {
-            let Some(room) = s.rooms.get(room_id) else { continue };
+            let Some(room) = s.rooms.get(room_id) else {
+                continue;
+            };
             if room.membership(&me.user_id) != Some("join") {
                 continue;
             }
@@ -114,7 +141,10 @@ pub fn get_notifications(ctx: &Ctx, req: cs::notifications::get_notifications::R
     })
 }
 
-pub fn request_open_id_token(ctx: &Ctx, req: cs::openid::request_open_id_token::Request) -> ApiResult<Value> {
+pub fn request_open_id_token(
+    ctx: &Ctx,
+    req: cs::openid::request_open_id_token::Request,
+) -> ApiResult<Value> {
     require_self(ctx, &req.user_id)?;
     Ok(json!({
         "access_token": random_token(24),
@@ -148,7 +178,10 @@ pub fn report_event(ctx: &Ctx, req: cs::report_content::report_event::Request) -
 
 pub fn report_user(ctx: &Ctx, req: cs::report_content::report_user::Request) -> ApiResult<Value> {
     ctx.me()?;
-    if !ctx.server.read(|s| s.users.contains_key(req.user_id.as_str())) {
+    if !ctx
+        .server
+        .read(|s| s.users.contains_key(req.user_id.as_str()))
+    {
         return Err(ApiError::not_found("no such user"));
     }
     Ok(json!({}))
@@ -160,23 +193,35 @@ pub fn get_who_is(ctx: &Ctx, req: cs::admin::get_who_is::Request) -> ApiResult<V
     ctx.server.read(|s| {
         let mut devices = serde_json::Map::new();
         for (id, d) in s.devices.get(&req.user_id).into_iter().flatten() {
-            devices.insert(id.clone(), json!({"sessions": [{"connections": [{"last_seen": d.last_seen_ts}]}]}));
+            devices.insert(
+                id.clone(),
+                json!({"sessions": [{"connections": [{"last_seen": d.last_seen_ts}]}]}),
+            );
         }
         Ok(json!({"user_id": req.user_id, "devices": devices}))
     })
 }
 
-pub fn get_account3_pi_ds(ctx: &Ctx, _req: cs::administrative_contact::get_account3_pi_ds::Request) -> ApiResult<Value> {
+pub fn get_account3_pi_ds(
+    ctx: &Ctx,
+    _req: cs::administrative_contact::get_account3_pi_ds::Request,
+) -> ApiResult<Value> {
     ctx.me()?;
     Ok(json!({"threepids": []}))
 }
 
-pub fn get_protocols(ctx: &Ctx, _req: cs::third_party_lookup::get_protocols::Request) -> ApiResult<Value> {
+pub fn get_protocols(
+    ctx: &Ctx,
+    _req: cs::third_party_lookup::get_protocols::Request,
+) -> ApiResult<Value> {
     ctx.me()?;
     Ok(json!({}))
 }
 
-pub fn get_event_by_timestamp(ctx: &Ctx, req: cs::room_event_by_timestamp::get_event_by_timestamp::Request) -> ApiResult<Value> {
+pub fn get_event_by_timestamp(
+    ctx: &Ctx,
+    req: cs::room_event_by_timestamp::get_event_by_timestamp::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     let forwards = req.dir.as_str() == "f";
     let ts = req.ts.max(0) as u64;
@@ -184,25 +229,46 @@ pub fn get_event_by_timestamp(ctx: &Ctx, req: cs::room_event_by_timestamp::get_e
         let room = s.room(req.room_id.as_str())?;
         let visible = |p: &&u64| s.can_see(room, &me.user_id, **p);
         let found = if forwards {
-            room.timeline.iter().filter(visible).filter_map(|p| s.events.get(p)).find(|e| e.ts >= ts)
+            room.timeline
+                .iter()
+                .filter(visible)
+                .filter_map(|p| s.events.get(p))
+                .find(|e| e.ts >= ts)
         } else {
-            room.timeline.iter().rev().filter(visible).filter_map(|p| s.events.get(p)).find(|e| e.ts <= ts)
+            room.timeline
+                .iter()
+                .rev()
+                .filter(visible)
+                .filter_map(|p| s.events.get(p))
+                .find(|e| e.ts <= ts)
         };
-        let e = found.ok_or_else(|| ApiError::not_found("no event in that direction from that time"))?;
+        let e = found
+            .ok_or_else(|| ApiError::not_found("no event in that direction from that time"))?;
         Ok(json!({"event_id": e.event_id, "origin_server_ts": e.ts}))
     })
 }
 
-pub fn get_room_summary(ctx: &Ctx, req: cs::room_summary::get_room_summary::Request) -> ApiResult<Value> {
+pub fn get_room_summary(
+    ctx: &Ctx,
+    req: cs::room_summary::get_room_summary::Request,
+) -> ApiResult<Value> {
     let me = ctx.user.clone();
     ctx.server.read(|s| {
         let room_id = resolve_room(s, &req.room_id_or_alias)?;
         let room = s.room(&room_id)?;
-        let content = |kind: &str, key: &str| s.state_content(&room_id, kind, "").and_then(|c| c.get(key)).cloned();
+        let content = |kind: &str, key: &str| {
+            s.state_content(&room_id, kind, "")
+                .and_then(|c| c.get(key))
+                .cloned()
+        };
         let join_rule = content("m.room.join_rules", "join_rule").unwrap_or(json!("invite"));
-        let world = content("m.room.history_visibility", "history_visibility") == Some(json!("world_readable"));
+        let world = content("m.room.history_visibility", "history_visibility")
+            == Some(json!("world_readable"));
         let membership = me.as_ref().and_then(|m| room.membership(&m.user_id));
-        let peekable = matches!(join_rule.as_str(), Some("public" | "knock" | "knock_restricted")) || world;
+        let peekable = matches!(
+            join_rule.as_str(),
+            Some("public" | "knock" | "knock_restricted")
+        ) || world;
         if membership.is_none() && !peekable {
             return Err(ApiError::not_found("no such room, or you may not see it"));
         }
@@ -222,25 +288,58 @@ pub fn search(ctx: &Ctx, req: cs::search::search::Request) -> ApiResult<Value> {
     let Some(c) = criteria.get("room_events") else {
         return Ok(json!({"search_categories": {}}));
     };
-    let term = c.get("search_term").and_then(Value::as_str).unwrap_or("").to_lowercase();
+    let term = c
+        .get("search_term")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_lowercase();
     let words: Vec<&str> = term.split_whitespace().collect();
     let keys: Vec<String> = c
         .get("keys")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
-        .unwrap_or_else(|| vec!["content.body".into(), "content.name".into(), "content.topic".into()]);
-    let before = req.next_batch.as_deref().map(parse_token).transpose()?.unwrap_or(u64::MAX);
-    let limit = c.get("filter").and_then(|f| f.get("limit")).and_then(Value::as_u64).unwrap_or(10).clamp(1, 100) as usize;
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_else(|| {
+            vec![
+                "content.body".into(),
+                "content.name".into(),
+                "content.topic".into(),
+            ]
+        });
+    let before = req
+        .next_batch
+        .as_deref()
+        .map(parse_token)
+        .transpose()?
+        .unwrap_or(u64::MAX);
+    let limit = c
+        .get("filter")
+        .and_then(|f| f.get("limit"))
+        .and_then(Value::as_u64)
+        .unwrap_or(10)
+        .clamp(1, 100) as usize;
     let only_rooms: Option<Vec<String>> = c
         .get("filter")
         .and_then(|f| f.get("rooms"))
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect());
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        });
     let group_by_room = c
         .get("groupings")
         .and_then(|g| g.get("group_by"))
         .and_then(Value::as_array)
-        .is_some_and(|a| a.iter().any(|g| g.get("key").and_then(Value::as_str) == Some("room_id")));
+        .is_some_and(|a| {
+            a.iter()
+                .any(|g| g.get("key").and_then(Value::as_str) == Some("room_id"))
+        });
     ctx.server.read(|s| {
         let mut hits = Vec::new();
         for room_id in s.user_rooms.get(&me.user_id).into_iter().flatten() {
@@ -289,24 +388,37 @@ pub fn search(ctx: &Ctx, req: cs::search::search::Request) -> ApiResult<Value> {
     })
 }
 
-pub fn create_content(ctx: &Ctx, _req: cs::content_repo::create_content::Request) -> ApiResult<Value> {
+pub fn create_content(
+    ctx: &Ctx,
+    _req: cs::content_repo::create_content::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     let id = random_token(18);
     let expires = now_ms() + 24 * 3600 * 1000;
     ctx.server.write(|state, _| {
         state.pending_media.retain(|_, (_, exp)| *exp > now_ms());
-        state.pending_media.insert(id.clone(), (me.user_id.clone(), expires));
+        state
+            .pending_media
+            .insert(id.clone(), (me.user_id.clone(), expires));
         Ok(())
     })?;
-    Ok(json!({"content_uri": format!("mxc://{}/{id}", ctx.server.config.server_name), "unused_expires_at": expires}))
+    Ok(
+        json!({"content_uri": format!("mxc://{}/{id}", ctx.server.config.server_name), "unused_expires_at": expires}),
+    )
 }
 
-pub fn upload_content_to_mxc(ctx: &Ctx, req: cs::content_repo::upload_content_to_mxc::Request) -> ApiResult<Value> {
+pub fn upload_content_to_mxc(
+    ctx: &Ctx,
+    req: cs::content_repo::upload_content_to_mxc::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     if req.server_name.as_str() != ctx.server.config.server_name {
         return Err(ApiError::not_found("that media id is not this server's"));
     }
-    let content_type = ctx.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
+    let content_type = ctx
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "application/octet-stream".into());
     let bytes = ctx.raw_body.to_vec();
     ctx.server.write(|state, batch| {
         match state.pending_media.get(&req.media_id) {
@@ -319,22 +431,39 @@ pub fn upload_content_to_mxc(ctx: &Ctx, req: cs::content_repo::upload_content_to
                 })
             }
             None => return Err(ApiError::not_found("no media id like that was created")),
-            Some((owner, _)) if *owner != me.user_id => return Err(ApiError::forbidden("that media id was created by someone else")),
+            Some((owner, _)) if *owner != me.user_id => {
+                return Err(ApiError::forbidden(
+                    "that media id was created by someone else",
+                ))
+            }
             Some(_) => {}
         }
         state.pending_media.remove(&req.media_id);
         state.uploaded_media.insert(req.media_id.clone());
-        batch.media.push((req.media_id.clone(), Some(content_type), req.filename.clone(), bytes, now_ms()));
+        batch.media.push((
+            req.media_id.clone(),
+            Some(content_type),
+            req.filename.clone(),
+            bytes,
+            now_ms(),
+        ));
         Ok(json!({}))
     })
 }
 
-pub fn delete_profile_field(ctx: &Ctx, req: cs::profile::delete_profile_field::Request) -> ApiResult<Value> {
+pub fn delete_profile_field(
+    ctx: &Ctx,
+    req: cs::profile::delete_profile_field::Request,
+) -> ApiResult<Value> {
     require_self(ctx, req.user_id.as_str())?;
     let me = req.user_id.as_str().to_string();
     let key = req.key_name.clone();
     ctx.server.write(|state, batch| {
-        let mut user = state.users.get(&me).cloned().ok_or_else(|| ApiError::not_found("no such user"))?;
+        let mut user = state
+            .users
+            .get(&me)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("no such user"))?;
         match key.as_str() {
             "displayname" => user.displayname = None,
             "avatar_url" => user.avatar_url = None,

@@ -56,7 +56,9 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     /// The caller, for operations whose route requires a token (checked before dispatch).
     pub fn me(&self) -> ApiResult<&Authed> {
-        self.user.as_ref().ok_or_else(|| ApiError::missing_token("this request needs an access token"))
+        self.user
+            .as_ref()
+            .ok_or_else(|| ApiError::missing_token("this request needs an access token"))
     }
 }
 
@@ -71,7 +73,9 @@ pub enum Reply {
     },
     /// Nothing to say yet: call again at the next change, or once `until` has passed with
     /// [`Ctx::last_chance`] set.
-    Wait { until: Instant },
+    Wait {
+        until: Instant,
+    },
 }
 
 impl From<Value> for Reply {
@@ -83,8 +87,13 @@ impl From<Value> for Reply {
 pub type Handler = fn(&Ctx, Value) -> ApiResult<Reply>;
 
 /// Decodes the input into the operation's generated request type and calls the handler.
-fn call<R: DeserializeOwned, O: Into<Reply>>(ctx: &Ctx, input: Value, f: fn(&Ctx, R) -> ApiResult<O>) -> ApiResult<Reply> {
-    let req: R = serde_json::from_value(input).map_err(|e| ApiError::bad_json(format!("the request does not fit the spec: {e}")))?;
+fn call<R: DeserializeOwned, O: Into<Reply>>(
+    ctx: &Ctx,
+    input: Value,
+    f: fn(&Ctx, R) -> ApiResult<O>,
+) -> ApiResult<Reply> {
+    let req: R = serde_json::from_value(input)
+        .map_err(|e| ApiError::bad_json(format!("the request does not fit the spec: {e}")))?;
     f(ctx, req).map(Into::into)
 }
 

@@ -20,7 +20,11 @@ fn rule(id: &str, conditions: Vec<Value>, actions: Value) -> Value {
 
 /// The predefined rules, in the order the spec lists them.
 pub fn default_ruleset(user_id: &str) -> Value {
-    let localpart = user_id.trim_start_matches('@').split(':').next().unwrap_or("");
+    let localpart = user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap_or("");
     let sound = json!({"set_tweak": "sound", "value": "default"});
     let highlight = json!({"set_tweak": "highlight"});
     let mut master = rule(".m.rule.master", vec![], json!([]));
@@ -102,7 +106,9 @@ fn check_kind(kind: &str) -> ApiResult<()> {
     if KINDS.contains(&kind) {
         Ok(())
     } else {
-        Err(ApiError::invalid_param(format!("unknown push rule kind `{kind}`")))
+        Err(ApiError::invalid_param(format!(
+            "unknown push rule kind `{kind}`"
+        )))
     }
 }
 
@@ -119,7 +125,10 @@ pub fn get_push_rules(ctx: &Ctx, _req: cs::pushrules::get_push_rules::Request) -
     Ok(json!({"global": ctx.server.read(|s| ruleset(s, &me.user_id))}))
 }
 
-pub fn get_push_rules_global(ctx: &Ctx, _req: cs::pushrules::get_push_rules_global::Request) -> ApiResult<Value> {
+pub fn get_push_rules_global(
+    ctx: &Ctx,
+    _req: cs::pushrules::get_push_rules_global::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     Ok(ctx.server.read(|s| ruleset(s, &me.user_id)))
 }
@@ -127,10 +136,14 @@ pub fn get_push_rules_global(ctx: &Ctx, _req: cs::pushrules::get_push_rules_glob
 pub fn get_push_rule(ctx: &Ctx, req: cs::pushrules::get_push_rule::Request) -> ApiResult<Value> {
     let me = ctx.me()?;
     check_kind(req.kind.as_str())?;
-    ctx.server.read(|s| find(&ruleset(s, &me.user_id), req.kind.as_str(), &req.rule_id).cloned())
+    ctx.server
+        .read(|s| find(&ruleset(s, &me.user_id), req.kind.as_str(), &req.rule_id).cloned())
 }
 
-pub fn delete_push_rule(ctx: &Ctx, req: cs::pushrules::delete_push_rule::Request) -> ApiResult<Value> {
+pub fn delete_push_rule(
+    ctx: &Ctx,
+    req: cs::pushrules::delete_push_rule::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     let kind = req.kind.as_str().to_string();
     check_kind(&kind)?;
@@ -138,7 +151,9 @@ pub fn delete_push_rule(ctx: &Ctx, req: cs::pushrules::delete_push_rule::Request
         let mut rules = ruleset(state, &me.user_id);
         find(&rules, &kind, &req.rule_id)?;
         if req.rule_id.starts_with('.') {
-            return Err(ApiError::invalid_param("server-default rules cannot be deleted"));
+            return Err(ApiError::invalid_param(
+                "server-default rules cannot be deleted",
+            ));
         }
         if let Some(a) = rules[&kind].as_array_mut() {
             a.retain(|r| r["rule_id"] != req.rule_id.as_str());
@@ -153,38 +168,54 @@ pub fn set_push_rule(ctx: &Ctx, req: cs::pushrules::set_push_rule::Request) -> A
     let kind = req.kind.as_str().to_string();
     check_kind(&kind)?;
     if req.rule_id.starts_with('.') {
-        return Err(ApiError::invalid_param("rule ids starting with `.` are reserved for server-default rules"));
+        return Err(ApiError::invalid_param(
+            "rule ids starting with `.` are reserved for server-default rules",
+        ));
     }
     let b = req.body;
-    let mut rule = json!({"rule_id": req.rule_id, "default": false, "enabled": true, "actions": b.actions});
+    let mut rule =
+        json!({"rule_id": req.rule_id, "default": false, "enabled": true, "actions": b.actions});
     match kind.as_str() {
         "content" => {
-            let p = b.pattern.clone().ok_or_else(|| ApiError::missing_param("content rules need a `pattern`"))?;
+            let p = b
+                .pattern
+                .clone()
+                .ok_or_else(|| ApiError::missing_param("content rules need a `pattern`"))?;
             rule["pattern"] = json!(p);
         }
         "override" | "underride" => {
-            rule["conditions"] = serde_json::to_value(b.conditions.clone().unwrap_or_default()).map_err(ApiError::internal)?;
+            rule["conditions"] = serde_json::to_value(b.conditions.clone().unwrap_or_default())
+                .map_err(ApiError::internal)?;
         }
         _ => {}
     }
     ctx.server.write(|state, batch| {
         let mut rules = ruleset(state, &me.user_id);
-        let list = rules[&kind].as_array_mut().ok_or_else(|| ApiError::internal("push rules lost a kind"))?;
-        let old = list.iter().position(|r| r["rule_id"] == req.rule_id.as_str());
+        let list = rules[&kind]
+            .as_array_mut()
+            .ok_or_else(|| ApiError::internal("push rules lost a kind"))?;
+        let old = list
+            .iter()
+            .position(|r| r["rule_id"] == req.rule_id.as_str());
         if let Some(i) = old {
             rule["enabled"] = list[i]["enabled"].clone();
             list.remove(i);
         }
         let anchor = |id: &String, list: &Vec<Value>| -> ApiResult<usize> {
             if id.starts_with('.') {
-                return Err(ApiError::bad_json("`before` and `after` cannot name a server-default rule"));
+                return Err(ApiError::bad_json(
+                    "`before` and `after` cannot name a server-default rule",
+                ));
             }
             list.iter()
                 .position(|r| r["rule_id"] == id.as_str())
                 .ok_or_else(|| ApiError::unknown_400(format!("before/after rule not found: {id}")))
         };
         // User rules of a kind go before the server-default rules of that kind.
-        let first_default = list.iter().position(|r| r["default"] == true).unwrap_or(list.len());
+        let first_default = list
+            .iter()
+            .position(|r| r["default"] == true)
+            .unwrap_or(list.len());
         let at = match (&req.before, &req.after) {
             (Some(id), _) => anchor(id, list)?,
             (None, Some(id)) => anchor(id, list)? + 1,
@@ -196,7 +227,10 @@ pub fn set_push_rule(ctx: &Ctx, req: cs::pushrules::set_push_rule::Request) -> A
     })
 }
 
-pub fn is_push_rule_enabled(ctx: &Ctx, req: cs::pushrules::is_push_rule_enabled::Request) -> ApiResult<Value> {
+pub fn is_push_rule_enabled(
+    ctx: &Ctx,
+    req: cs::pushrules::is_push_rule_enabled::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     check_kind(req.kind.as_str())?;
     ctx.server.read(|s| {
@@ -212,7 +246,10 @@ fn update_rule(ctx: &Ctx, kind: &str, id: &str, field: &str, value: Value) -> Ap
     ctx.server.write(|state, batch| {
         let mut rules = ruleset(state, &me.user_id);
         find(&rules, kind, id)?;
-        if let Some(r) = rules[kind].as_array_mut().and_then(|a| a.iter_mut().find(|r| r["rule_id"] == id)) {
+        if let Some(r) = rules[kind]
+            .as_array_mut()
+            .and_then(|a| a.iter_mut().find(|r| r["rule_id"] == id))
+        {
             r[field] = value;
         }
         save(state, batch, &me.user_id, rules);
@@ -220,11 +257,23 @@ fn update_rule(ctx: &Ctx, kind: &str, id: &str, field: &str, value: Value) -> Ap
     })
 }
 
-pub fn set_push_rule_enabled(ctx: &Ctx, req: cs::pushrules::set_push_rule_enabled::Request) -> ApiResult<Value> {
-    update_rule(ctx, req.kind.as_str(), &req.rule_id, "enabled", json!(req.body.enabled))
+pub fn set_push_rule_enabled(
+    ctx: &Ctx,
+    req: cs::pushrules::set_push_rule_enabled::Request,
+) -> ApiResult<Value> {
+    update_rule(
+        ctx,
+        req.kind.as_str(),
+        &req.rule_id,
+        "enabled",
+        json!(req.body.enabled),
+    )
 }
 
-pub fn get_push_rule_actions(ctx: &Ctx, req: cs::pushrules::get_push_rule_actions::Request) -> ApiResult<Value> {
+pub fn get_push_rule_actions(
+    ctx: &Ctx,
+    req: cs::pushrules::get_push_rule_actions::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     check_kind(req.kind.as_str())?;
     ctx.server.read(|s| {
@@ -234,7 +283,10 @@ pub fn get_push_rule_actions(ctx: &Ctx, req: cs::pushrules::get_push_rule_action
     })
 }
 
-pub fn set_push_rule_actions(ctx: &Ctx, req: cs::pushrules::set_push_rule_actions::Request) -> ApiResult<Value> {
+pub fn set_push_rule_actions(
+    ctx: &Ctx,
+    req: cs::pushrules::set_push_rule_actions::Request,
+) -> ApiResult<Value> {
     let actions = serde_json::to_value(&req.body.actions).map_err(ApiError::internal)?;
     update_rule(ctx, req.kind.as_str(), &req.rule_id, "actions", actions)
 }

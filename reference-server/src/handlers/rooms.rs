@@ -22,21 +22,48 @@ pub fn send_state(
     content: Value,
 ) -> ApiResult<String> {
     if kind == "m.room.member" {
-        let m = content.get("membership").and_then(Value::as_str).unwrap_or("").to_string();
+        let m = content
+            .get("membership")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         return change_membership(state, batch, room_id, sender, key, &m, content);
     }
     check_send(state, room_id, sender, kind, Some(key), &content)?;
-    Ok(state.append(batch, room_id, sender, kind, Some(key), content, None, None, None).1)
+    Ok(state
+        .append(
+            batch,
+            room_id,
+            sender,
+            kind,
+            Some(key),
+            content,
+            None,
+            None,
+            None,
+        )
+        .1)
 }
 
 /// The auth rules for a non-membership event from `sender`.
-pub fn check_send(state: &State, room_id: &str, sender: &str, kind: &str, key: Option<&str>, content: &Value) -> ApiResult<()> {
+pub fn check_send(
+    state: &State,
+    room_id: &str,
+    sender: &str,
+    kind: &str,
+    key: Option<&str>,
+    content: &Value,
+) -> ApiResult<()> {
     let room = state.room(room_id)?;
     if room.membership(sender) != Some("join") {
-        return Err(ApiError::forbidden(format!("{sender} is not in room {room_id}")));
+        return Err(ApiError::forbidden(format!(
+            "{sender} is not in room {room_id}"
+        )));
     }
     if kind == "m.room.create" {
-        return Err(ApiError::forbidden("a room has exactly one m.room.create event"));
+        return Err(ApiError::forbidden(
+            "a room has exactly one m.room.create event",
+        ));
     }
     let level = state.power_level(room, sender);
     let needed = state.required_level(room, kind, key.is_some());
@@ -48,7 +75,9 @@ pub fn check_send(state: &State, room_id: &str, sender: &str, kind: &str, key: O
     }
     if let Some(k) = key {
         if k.starts_with('@') && k != sender {
-            return Err(ApiError::forbidden("a state key that is a user id must be the sender's"));
+            return Err(ApiError::forbidden(
+                "a state key that is a user id must be the sender's",
+            ));
         }
     }
     if kind == "m.room.power_levels" {
@@ -58,45 +87,92 @@ pub fn check_send(state: &State, room_id: &str, sender: &str, kind: &str, key: O
 }
 
 /// A sender may not grant or change levels above its own.
-fn check_power_levels_change(state: &State, room: &Room, sender: &str, content: &Value) -> ApiResult<()> {
+fn check_power_levels_change(
+    state: &State,
+    room: &Room,
+    sender: &str,
+    content: &Value,
+) -> ApiResult<()> {
     if !content.is_object() {
-        return Err(ApiError::bad_json("m.room.power_levels content must be an object"));
+        return Err(ApiError::bad_json(
+            "m.room.power_levels content must be an object",
+        ));
     }
     // From room version 10, every level must be an integer (not a string holding one).
-    for key in ["users_default", "events_default", "state_default", "ban", "redact", "kick", "invite"] {
+    for key in [
+        "users_default",
+        "events_default",
+        "state_default",
+        "ban",
+        "redact",
+        "kick",
+        "invite",
+    ] {
         if content.get(key).is_some_and(|v| !v.is_i64()) {
-            return Err(ApiError::bad_json(format!("power level `{key}` must be an integer")));
+            return Err(ApiError::bad_json(format!(
+                "power level `{key}` must be an integer"
+            )));
         }
     }
     for map in ["events", "notifications", "users"] {
         if let Some(m) = content.get(map) {
             let ok = m.as_object().is_some_and(|o| o.values().all(Value::is_i64));
             if !ok {
-                return Err(ApiError::bad_json(format!("the levels in `{map}` must be integers")));
+                return Err(ApiError::bad_json(format!(
+                    "the levels in `{map}` must be integers"
+                )));
             }
         }
     }
-    let Some(mine) = state.power_level(room, sender) else { return Ok(()) };
+    let Some(mine) = state.power_level(room, sender) else {
+        return Ok(());
+    };
     let old = room
         .state_event("m.room.power_levels", "")
         .and_then(|p| state.events.get(&p))
         .map(|e| e.content.clone())
         .unwrap_or(json!({}));
     let mut levels: Vec<(Option<i64>, Option<i64>, bool)> = Vec::new();
-    for key in ["ban", "kick", "redact", "invite", "events_default", "state_default", "users_default"] {
-        levels.push((old.get(key).and_then(Value::as_i64), content.get(key).and_then(Value::as_i64), false));
+    for key in [
+        "ban",
+        "kick",
+        "redact",
+        "invite",
+        "events_default",
+        "state_default",
+        "users_default",
+    ] {
+        levels.push((
+            old.get(key).and_then(Value::as_i64),
+            content.get(key).and_then(Value::as_i64),
+            false,
+        ));
     }
     for map in ["events", "users"] {
-        let o = old.get(map).and_then(Value::as_object).cloned().unwrap_or_default();
-        let n = content.get(map).and_then(Value::as_object).cloned().unwrap_or_default();
+        let o = old
+            .get(map)
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let n = content
+            .get(map)
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
         for k in o.keys().chain(n.keys()) {
             let is_other_user = map == "users" && k != sender;
-            levels.push((o.get(k).and_then(Value::as_i64), n.get(k).and_then(Value::as_i64), is_other_user));
+            levels.push((
+                o.get(k).and_then(Value::as_i64),
+                n.get(k).and_then(Value::as_i64),
+                is_other_user,
+            ));
         }
         if map == "users" && room.creators_privileged() {
             for c in &room.creators {
                 if n.contains_key(c) {
-                    return Err(ApiError::bad_json("room creators cannot be listed in `users` from room version 12"));
+                    return Err(ApiError::bad_json(
+                        "room creators cannot be listed in `users` from room version 12",
+                    ));
                 }
             }
         }
@@ -106,10 +182,14 @@ fn check_power_levels_change(state: &State, room: &Room, sender: &str, content: 
             continue;
         }
         if old_v.is_some_and(|v| v > mine) || new_v.is_some_and(|v| v > mine) {
-            return Err(ApiError::forbidden("cannot change a power level above your own"));
+            return Err(ApiError::forbidden(
+                "cannot change a power level above your own",
+            ));
         }
         if other_user && old_v.is_some_and(|v| v >= mine) {
-            return Err(ApiError::forbidden("cannot change the level of a user at or above your own"));
+            return Err(ApiError::forbidden(
+                "cannot change the level of a user at or above your own",
+            ));
         }
     }
     Ok(())
@@ -172,11 +252,13 @@ pub fn change_membership(
             }
             let rule = join_rule(state, room_id);
             // The creator's own join, right after the create event.
-            let first_join = room.timeline.len() == 1 && room.creators.first().is_some_and(|c| c == target);
+            let first_join =
+                room.timeline.len() == 1 && room.creators.first().is_some_and(|c| c == target);
             let ok = first_join
                 || matches!(target_m.as_deref(), Some("join" | "invite"))
                 || rule == "public"
-                || (matches!(rule.as_str(), "restricted" | "knock_restricted") && restricted_allows(state, room_id, target));
+                || (matches!(rule.as_str(), "restricted" | "knock_restricted")
+                    && restricted_allows(state, room_id, target));
             if !ok {
                 return forbid("you are not invited to this room");
             }
@@ -210,7 +292,9 @@ pub fn change_membership(
                     }
                 }
                 Some("join" | "invite" | "knock") => {
-                    if !State::meets(level(sender), state.required_level(room, "kick", false)) || !outranks(sender, target) {
+                    if !State::meets(level(sender), state.required_level(room, "kick", false))
+                        || !outranks(sender, target)
+                    {
                         return forbid("your power level is too low to kick that user");
                     }
                 }
@@ -221,7 +305,9 @@ pub fn change_membership(
             if sender_m.as_deref() != Some("join") {
                 return forbid("you are not in this room");
             }
-            if !State::meets(level(sender), state.required_level(room, "ban", false)) || !outranks(sender, target) {
+            if !State::meets(level(sender), state.required_level(room, "ban", false))
+                || !outranks(sender, target)
+            {
                 return forbid("your power level is too low to ban that user");
             }
         }
@@ -229,7 +315,10 @@ pub fn change_membership(
             if sender != target {
                 return forbid("you can only knock yourself");
             }
-            if !matches!(join_rule(state, room_id).as_str(), "knock" | "knock_restricted") {
+            if !matches!(
+                join_rule(state, room_id).as_str(),
+                "knock" | "knock_restricted"
+            ) {
                 return forbid("this room does not allow knocking");
             }
             match target_m.as_deref() {
@@ -260,7 +349,17 @@ pub fn change_membership(
         }
     }
     Ok(state
-        .append(batch, room_id, sender, "m.room.member", Some(target), content, None, None, None)
+        .append(
+            batch,
+            room_id,
+            sender,
+            "m.room.member",
+            Some(target),
+            content,
+            None,
+            None,
+            None,
+        )
         .1)
 }
 
@@ -281,7 +380,9 @@ pub fn resolve_room(state: &State, id_or_alias: &str) -> ApiResult<String> {
             .ok_or_else(|| ApiError::not_found(format!("no room has the alias {id_or_alias}")));
     }
     if !id_or_alias.starts_with('!') {
-        return Err(ApiError::invalid_param("expected a room id (!...) or an alias (#...)"));
+        return Err(ApiError::invalid_param(
+            "expected a room id (!...) or an alias (#...)",
+        ));
     }
     Ok(id_or_alias.to_string())
 }
@@ -289,15 +390,22 @@ pub fn resolve_room(state: &State, id_or_alias: &str) -> ApiResult<String> {
 pub fn create_room(ctx: &Ctx, req: cs::create_room::create_room::Request) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     let b = req.body;
-    let version = b.room_version.clone().unwrap_or_else(|| DEFAULT_ROOM_VERSION.to_string());
+    let version = b
+        .room_version
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ROOM_VERSION.to_string());
     if !ROOM_VERSIONS.contains(&version.as_str()) {
-        return Err(ApiError::unsupported_room_version(format!("room version {version} is not supported")));
+        return Err(ApiError::unsupported_room_version(format!(
+            "room version {version} is not supported"
+        )));
     }
     let server_name = ctx.server.config.server_name.clone();
     let alias = match &b.room_alias_name {
         Some(name) => {
             if name.is_empty() || name.contains([':', '#', ' ']) {
-                return Err(ApiError::invalid_param("room_alias_name must be a bare local part"));
+                return Err(ApiError::invalid_param(
+                    "room_alias_name must be a bare local part",
+                ));
             }
             Some(format!("#{name}:{server_name}"))
         }
@@ -309,8 +417,20 @@ pub fn create_room(ctx: &Ctx, req: cs::create_room::create_room::Request) -> Api
         .preset
         .as_ref()
         .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| if public { "public_chat".into() } else { "private_chat".into() });
-    let invites: Vec<String> = b.invite.clone().unwrap_or_default().into_iter().map(|u| u.into_string()).collect();
+        .unwrap_or_else(|| {
+            if public {
+                "public_chat".into()
+            } else {
+                "private_chat".into()
+            }
+        });
+    let invites: Vec<String> = b
+        .invite
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|u| u.into_string())
+        .collect();
     for u in &invites {
         if u == &me.user_id {
             return Err(ApiError::invalid_param("you cannot invite yourself"));
@@ -442,10 +562,23 @@ fn join(ctx: &Ctx, id_or_alias: &str, reason: Option<&String>) -> ApiResult<Valu
         let room_id = resolve_room(state, id_or_alias)?;
         state.room(&room_id)?;
         // Joining again when joined is allowed (a profile refresh); nothing changes then.
-        if state.rooms.get(&room_id).and_then(|r| r.membership(&me.user_id)) == Some("join") {
+        if state
+            .rooms
+            .get(&room_id)
+            .and_then(|r| r.membership(&me.user_id))
+            == Some("join")
+        {
             return Ok(json!({"room_id": room_id}));
         }
-        change_membership(state, batch, &room_id, &me.user_id, &me.user_id, "join", membership_content(reason))?;
+        change_membership(
+            state,
+            batch,
+            &room_id,
+            &me.user_id,
+            &me.user_id,
+            "join",
+            membership_content(reason),
+        )?;
         Ok(json!({"room_id": room_id}))
     })
 }
@@ -462,13 +595,24 @@ pub fn invite_user(ctx: &Ctx, req: cs::inviting::invite_user::Request) -> ApiRes
     let me = ctx.me()?.clone();
     ctx.server.write(|state, batch| {
         let target = req.body.user_id.as_str();
-        if !state.users.contains_key(target) && target.ends_with(&format!(":{}", state.server_name)) {
-            return Err(ApiError::not_found(format!("no user {target} on this server")));
+        if !state.users.contains_key(target) && target.ends_with(&format!(":{}", state.server_name))
+        {
+            return Err(ApiError::not_found(format!(
+                "no user {target} on this server"
+            )));
         }
         if state.room(req.room_id.as_str())?.membership(target) == Some("invite") {
             return Ok(json!({}));
         }
-        change_membership(state, batch, req.room_id.as_str(), &me.user_id, target, "invite", membership_content(req.body.reason.as_ref()))?;
+        change_membership(
+            state,
+            batch,
+            req.room_id.as_str(),
+            &me.user_id,
+            target,
+            "invite",
+            membership_content(req.body.reason.as_ref()),
+        )?;
         Ok(json!({}))
     })
 }
@@ -477,7 +621,15 @@ pub fn leave_room(ctx: &Ctx, req: cs::leaving::leave_room::Request) -> ApiResult
     let me = ctx.me()?.clone();
     let reason = req.body.reason.clone();
     ctx.server.write(|state, batch| {
-        change_membership(state, batch, req.room_id.as_str(), &me.user_id, &me.user_id, "leave", membership_content(reason.as_ref()))?;
+        change_membership(
+            state,
+            batch,
+            req.room_id.as_str(),
+            &me.user_id,
+            &me.user_id,
+            "leave",
+            membership_content(reason.as_ref()),
+        )?;
         Ok(json!({}))
     })
 }
@@ -487,14 +639,20 @@ pub fn forget_room(ctx: &Ctx, req: cs::leaving::forget_room::Request) -> ApiResu
     ctx.server.write(|state, batch| {
         let room = state.room(req.room_id.as_str())?;
         match room.membership(&me.user_id) {
-            Some("join" | "invite" | "knock") => return Err(ApiError::bad_state("leave the room before forgetting it")),
+            Some("join" | "invite" | "knock") => {
+                return Err(ApiError::bad_state("leave the room before forgetting it"))
+            }
             None => return Err(ApiError::not_found("you were never in this room")),
             _ => {}
         }
         if let Some(set) = state.user_rooms.get_mut(&me.user_id) {
             set.remove(req.room_id.as_str());
         }
-        batch.put("forgotten", format!("{}\u{0}{}", me.user_id, req.room_id), &json!(true));
+        batch.put(
+            "forgotten",
+            format!("{}\u{0}{}", me.user_id, req.room_id),
+            &json!(true),
+        );
         Ok(json!({}))
     })
 }
@@ -504,9 +662,19 @@ pub fn kick(ctx: &Ctx, req: cs::kicking::kick::Request) -> ApiResult<Value> {
     ctx.server.write(|state, batch| {
         let target = req.body.user_id.as_str();
         if state.room(req.room_id.as_str())?.membership(target) == Some("ban") {
-            return Err(ApiError::forbidden("that user is banned; unban them instead"));
+            return Err(ApiError::forbidden(
+                "that user is banned; unban them instead",
+            ));
         }
-        change_membership(state, batch, req.room_id.as_str(), &me.user_id, target, "leave", membership_content(req.body.reason.as_ref()))?;
+        change_membership(
+            state,
+            batch,
+            req.room_id.as_str(),
+            &me.user_id,
+            target,
+            "leave",
+            membership_content(req.body.reason.as_ref()),
+        )?;
         Ok(json!({}))
     })
 }
@@ -514,7 +682,15 @@ pub fn kick(ctx: &Ctx, req: cs::kicking::kick::Request) -> ApiResult<Value> {
 pub fn ban(ctx: &Ctx, req: cs::banning::ban::Request) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     ctx.server.write(|state, batch| {
-        change_membership(state, batch, req.room_id.as_str(), &me.user_id, req.body.user_id.as_str(), "ban", membership_content(req.body.reason.as_ref()))?;
+        change_membership(
+            state,
+            batch,
+            req.room_id.as_str(),
+            &me.user_id,
+            req.body.user_id.as_str(),
+            "ban",
+            membership_content(req.body.reason.as_ref()),
+        )?;
         Ok(json!({}))
     })
 }
@@ -526,7 +702,15 @@ pub fn unban(ctx: &Ctx, req: cs::banning::unban::Request) -> ApiResult<Value> {
         if state.room(req.room_id.as_str())?.membership(target) != Some("ban") {
             return Err(ApiError::forbidden("that user is not banned"));
         }
-        change_membership(state, batch, req.room_id.as_str(), &me.user_id, target, "leave", membership_content(req.body.reason.as_ref()))?;
+        change_membership(
+            state,
+            batch,
+            req.room_id.as_str(),
+            &me.user_id,
+            target,
+            "leave",
+            membership_content(req.body.reason.as_ref()),
+        )?;
         Ok(json!({}))
     })
 }
@@ -535,19 +719,35 @@ pub fn knock_room(ctx: &Ctx, req: cs::knocking::knock_room::Request) -> ApiResul
     let me = ctx.me()?.clone();
     ctx.server.write(|state, batch| {
         let room_id = resolve_room(state, &req.room_id_or_alias)?;
-        change_membership(state, batch, &room_id, &me.user_id, &me.user_id, "knock", membership_content(req.body.reason.as_ref()))?;
+        change_membership(
+            state,
+            batch,
+            &room_id,
+            &me.user_id,
+            &me.user_id,
+            "knock",
+            membership_content(req.body.reason.as_ref()),
+        )?;
         Ok(json!({"room_id": room_id}))
     })
 }
 
-pub fn get_joined_rooms(ctx: &Ctx, _req: cs::list_joined_rooms::get_joined_rooms::Request) -> ApiResult<Value> {
+pub fn get_joined_rooms(
+    ctx: &Ctx,
+    _req: cs::list_joined_rooms::get_joined_rooms::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     let rooms: Vec<String> = ctx.server.read(|s| {
         s.user_rooms
             .get(&me.user_id)
             .map(|set| {
                 set.iter()
-                    .filter(|r| s.rooms.get(*r).and_then(|room| room.membership(&me.user_id)) == Some("join"))
+                    .filter(|r| {
+                        s.rooms
+                            .get(*r)
+                            .and_then(|room| room.membership(&me.user_id))
+                            == Some("join")
+                    })
                     .cloned()
                     .collect()
             })

@@ -18,7 +18,11 @@ pub fn set_presence(ctx: &Ctx, req: cs::presence::set_presence::Request) -> ApiR
         if let Some(s) = status {
             content["status_msg"] = json!(s);
         }
-        batch.put("presence", req.user_id.clone(), &json!({"content": content, "pos": pos}));
+        batch.put(
+            "presence",
+            req.user_id.clone(),
+            &json!({"content": content, "pos": pos}),
+        );
         state.presence.insert(req.user_id.clone(), (content, pos));
         Ok(json!({}))
     })
@@ -33,7 +37,11 @@ pub fn get_presence(ctx: &Ctx, req: cs::presence::get_presence::Request) -> ApiR
         if !s.room_peers(&me.user_id).contains(&req.user_id) {
             return Err(ApiError::forbidden("you share no room with that user"));
         }
-        let (content, _) = s.presence.get(&req.user_id).cloned().unwrap_or((json!({"presence": "offline"}), 0));
+        let (content, _) = s
+            .presence
+            .get(&req.user_id)
+            .cloned()
+            .unwrap_or((json!({"presence": "offline"}), 0));
         let mut out = json!({"presence": content["presence"]});
         if let Some(ts) = content.get("last_active_ts").and_then(Value::as_u64) {
             out["last_active_ago"] = json!(now_ms().saturating_sub(ts));
@@ -68,7 +76,10 @@ pub fn presence_events(state: &State, user: &str, since: u64) -> Vec<Value> {
     out
 }
 
-pub fn search_user_directory(ctx: &Ctx, req: cs::users::search_user_directory::Request) -> ApiResult<Value> {
+pub fn search_user_directory(
+    ctx: &Ctx,
+    req: cs::users::search_user_directory::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     let term = req.body.search_term.to_lowercase();
     let limit = req.body.limit.unwrap_or(10).clamp(1, 100) as usize;
@@ -79,7 +90,10 @@ pub fn search_user_directory(ctx: &Ctx, req: cs::users::search_user_directory::R
         let open = |r: &&crate::state::Room| {
             r.public
                 || r.world_readable()
-                || s.state_content(&r.room_id, "m.room.join_rules", "").and_then(|c| c.get("join_rule")).and_then(Value::as_str) == Some("public")
+                || s.state_content(&r.room_id, "m.room.join_rules", "")
+                    .and_then(|c| c.get("join_rule"))
+                    .and_then(Value::as_str)
+                    == Some("public")
         };
         for r in s.rooms.values().filter(open) {
             visible.extend(r.joined().cloned());
@@ -89,7 +103,10 @@ pub fn search_user_directory(ctx: &Ctx, req: cs::users::search_user_directory::R
             .filter_map(|u| s.users.get(u))
             .filter(|u| !u.deactivated)
             .filter(|u| {
-                u.user_id.to_lowercase().contains(&term) || u.displayname.as_deref().is_some_and(|d| d.to_lowercase().contains(&term))
+                u.user_id.to_lowercase().contains(&term)
+                    || u.displayname
+                        .as_deref()
+                        .is_some_and(|d| d.to_lowercase().contains(&term))
             })
             .map(|u| {
                 let mut v = json!({"user_id": u.user_id});
@@ -108,10 +125,15 @@ pub fn search_user_directory(ctx: &Ctx, req: cs::users::search_user_directory::R
     })
 }
 
-pub fn get_mutual_rooms(ctx: &Ctx, req: cs::mutual_rooms::get_mutual_rooms::Request) -> ApiResult<Value> {
+pub fn get_mutual_rooms(
+    ctx: &Ctx,
+    req: cs::mutual_rooms::get_mutual_rooms::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     if req.user_id.as_str() == me.user_id {
-        return Err(ApiError::invalid_param("ask about another user, not yourself"));
+        return Err(ApiError::invalid_param(
+            "ask about another user, not yourself",
+        ));
     }
     ctx.server.read(|s| {
         if !s.users.contains_key(req.user_id.as_str()) {
@@ -124,7 +146,8 @@ pub fn get_mutual_rooms(ctx: &Ctx, req: cs::mutual_rooms::get_mutual_rooms::Requ
             .flatten()
             .filter(|r| {
                 s.rooms.get(*r).is_some_and(|room| {
-                    room.membership(&me.user_id) == Some("join") && room.membership(req.user_id.as_str()) == Some("join")
+                    room.membership(&me.user_id) == Some("join")
+                        && room.membership(req.user_id.as_str()) == Some("join")
                 })
             })
             .collect();
@@ -191,14 +214,40 @@ fn relating(
     })
 }
 
-pub fn get_relating_events(ctx: &Ctx, req: cs::relations::get_relating_events::Request) -> ApiResult<Value> {
+pub fn get_relating_events(
+    ctx: &Ctx,
+    req: cs::relations::get_relating_events::Request,
+) -> ApiResult<Value> {
     let fwd = req.dir.as_ref().is_some_and(|d| d.as_str() == "f");
-    relating(ctx, req.recurse, req.room_id.as_str(), req.event_id.as_str(), None, None, req.from.as_deref(), req.limit, fwd)
+    relating(
+        ctx,
+        req.recurse,
+        req.room_id.as_str(),
+        req.event_id.as_str(),
+        None,
+        None,
+        req.from.as_deref(),
+        req.limit,
+        fwd,
+    )
 }
 
-pub fn get_relating_events_with_rel_type(ctx: &Ctx, req: cs::relations::get_relating_events_with_rel_type::Request) -> ApiResult<Value> {
+pub fn get_relating_events_with_rel_type(
+    ctx: &Ctx,
+    req: cs::relations::get_relating_events_with_rel_type::Request,
+) -> ApiResult<Value> {
     let fwd = req.dir.as_ref().is_some_and(|d| d.as_str() == "f");
-    relating(ctx, req.recurse, req.room_id.as_str(), req.event_id.as_str(), Some(&req.rel_type), None, req.from.as_deref(), req.limit, fwd)
+    relating(
+        ctx,
+        req.recurse,
+        req.room_id.as_str(),
+        req.event_id.as_str(),
+        Some(&req.rel_type),
+        None,
+        req.from.as_deref(),
+        req.limit,
+        fwd,
+    )
 }
 
 pub fn get_relating_events_with_rel_type_and_event_type(
@@ -206,13 +255,29 @@ pub fn get_relating_events_with_rel_type_and_event_type(
     req: cs::relations::get_relating_events_with_rel_type_and_event_type::Request,
 ) -> ApiResult<Value> {
     let fwd = req.dir.as_ref().is_some_and(|d| d.as_str() == "f");
-    relating(ctx, req.recurse, req.room_id.as_str(), req.event_id.as_str(), Some(&req.rel_type), Some(&req.event_type), req.from.as_deref(), req.limit, fwd)
+    relating(
+        ctx,
+        req.recurse,
+        req.room_id.as_str(),
+        req.event_id.as_str(),
+        Some(&req.rel_type),
+        Some(&req.event_type),
+        req.from.as_deref(),
+        req.limit,
+        fwd,
+    )
 }
 
-pub fn get_thread_roots(ctx: &Ctx, req: cs::threads_list::get_thread_roots::Request) -> ApiResult<Value> {
+pub fn get_thread_roots(
+    ctx: &Ctx,
+    req: cs::threads_list::get_thread_roots::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     let limit = req.limit.unwrap_or(50).clamp(1, 100) as usize;
-    let participated_only = req.include.as_ref().is_some_and(|i| i.as_str() == "participated");
+    let participated_only = req
+        .include
+        .as_ref()
+        .is_some_and(|i| i.as_str() == "participated");
     let from = req.from.as_deref().map(parse_token).transpose()?;
     ctx.server.read(|s| {
         let room = s.rooms.get(&req.room_id).ok_or_else(|| ApiError::forbidden("no such room"))?;

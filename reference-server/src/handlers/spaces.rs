@@ -14,15 +14,24 @@ use crate::state::{random_token, Room, State};
 
 /// State carried over to an upgraded room.
 const CARRIED: &[&str] = &[
-    "m.room.name", "m.room.topic", "m.room.avatar", "m.room.join_rules", "m.room.history_visibility",
-    "m.room.guest_access", "m.room.encryption", "m.room.server_acl", "m.room.power_levels",
+    "m.room.name",
+    "m.room.topic",
+    "m.room.avatar",
+    "m.room.join_rules",
+    "m.room.history_visibility",
+    "m.room.guest_access",
+    "m.room.encryption",
+    "m.room.server_acl",
+    "m.room.power_levels",
 ];
 
 pub fn upgrade_room(ctx: &Ctx, req: cs::room_upgrades::upgrade_room::Request) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     let version = req.body.new_version.clone();
     if !ROOM_VERSIONS.contains(&version.as_str()) {
-        return Err(ApiError::unsupported_room_version(format!("room version {version} is not supported")));
+        return Err(ApiError::unsupported_room_version(format!(
+            "room version {version} is not supported"
+        )));
     }
     let server_name = ctx.server.config.server_name.clone();
     ctx.server.write(|state, batch| {
@@ -30,8 +39,13 @@ pub fn upgrade_room(ctx: &Ctx, req: cs::room_upgrades::upgrade_room::Request) ->
         if old.membership(&me.user_id) != Some("join") {
             return Err(ApiError::forbidden("you are not in this room"));
         }
-        if !State::meets(state.power_level(&old, &me.user_id), state.required_level(&old, "m.room.tombstone", true)) {
-            return Err(ApiError::forbidden("your power level is too low to upgrade this room"));
+        if !State::meets(
+            state.power_level(&old, &me.user_id),
+            state.required_level(&old, "m.room.tombstone", true),
+        ) {
+            return Err(ApiError::forbidden(
+                "your power level is too low to upgrade this room",
+            ));
         }
         let v: u32 = version.parse().unwrap_or(12);
         let room_id = if v >= 12 {
@@ -46,7 +60,9 @@ pub fn upgrade_room(ctx: &Ctx, req: cs::room_upgrades::upgrade_room::Request) ->
         }
         if let Some(extra) = &req.body.additional_creators {
             if v < 12 {
-                return Err(ApiError::bad_json("additional_creators needs room version 12 or later"));
+                return Err(ApiError::bad_json(
+                    "additional_creators needs room version 12 or later",
+                ));
             }
             create["additional_creators"] = json!(extra);
             creators.extend(extra.iter().cloned());
@@ -61,8 +77,26 @@ pub fn upgrade_room(ctx: &Ctx, req: cs::room_upgrades::upgrade_room::Request) ->
             },
         );
         state.put_room_meta(batch, &room_id);
-        state.append(batch, &room_id, &me.user_id, "m.room.create", Some(""), create, None, None, None);
-        change_membership(state, batch, &room_id, &me.user_id, &me.user_id, "join", json!({}))?;
+        state.append(
+            batch,
+            &room_id,
+            &me.user_id,
+            "m.room.create",
+            Some(""),
+            create,
+            None,
+            None,
+            None,
+        );
+        change_membership(
+            state,
+            batch,
+            &room_id,
+            &me.user_id,
+            &me.user_id,
+            "join",
+            json!({}),
+        )?;
         for kind in CARRIED {
             if let Some(mut content) = state.state_content(&old.room_id, kind, "").cloned() {
                 if *kind == "m.room.power_levels" && v >= 12 {
@@ -75,19 +109,55 @@ pub fn upgrade_room(ctx: &Ctx, req: cs::room_upgrades::upgrade_room::Request) ->
             }
         }
         // The old room points at the new one, and stops taking ordinary messages.
-        send_state(state, batch, &old.room_id, &me.user_id, "m.room.tombstone", "", json!({"body": "This room has been replaced", "replacement_room": room_id}))?;
-        if let Some(mut pl) = state.state_content(&old.room_id, "m.room.power_levels", "").cloned() {
-            let needed = pl.get("events_default").and_then(Value::as_i64).unwrap_or(0).max(50);
+        send_state(
+            state,
+            batch,
+            &old.room_id,
+            &me.user_id,
+            "m.room.tombstone",
+            "",
+            json!({"body": "This room has been replaced", "replacement_room": room_id}),
+        )?;
+        if let Some(mut pl) = state
+            .state_content(&old.room_id, "m.room.power_levels", "")
+            .cloned()
+        {
+            let needed = pl
+                .get("events_default")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                .max(50);
             pl["events_default"] = json!(needed);
-            pl["invite"] = json!(pl.get("invite").and_then(Value::as_i64).unwrap_or(0).max(50));
-            send_state(state, batch, &old.room_id, &me.user_id, "m.room.power_levels", "", pl)?;
+            pl["invite"] = json!(pl
+                .get("invite")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                .max(50));
+            send_state(
+                state,
+                batch,
+                &old.room_id,
+                &me.user_id,
+                "m.room.power_levels",
+                "",
+                pl,
+            )?;
         }
         // Aliases follow the room.
-        let aliases: Vec<String> = state.aliases.iter().filter(|(_, (r, _))| *r == old.room_id).map(|(a, _)| a.clone()).collect();
+        let aliases: Vec<String> = state
+            .aliases
+            .iter()
+            .filter(|(_, (r, _))| *r == old.room_id)
+            .map(|(a, _)| a.clone())
+            .collect();
         for a in aliases {
             if let Some(entry) = state.aliases.get_mut(&a) {
                 entry.0 = room_id.clone();
-                batch.put("alias", a.clone(), &json!({"room_id": room_id, "creator": entry.1}));
+                batch.put(
+                    "alias",
+                    a.clone(),
+                    &json!({"room_id": room_id, "creator": entry.1}),
+                );
             }
         }
         Ok(json!({"replacement_room": room_id}))
@@ -110,24 +180,51 @@ fn children(state: &State, room: &Room) -> Vec<(String, u64)> {
     room.state
         .iter()
         .filter(|((kind, _), _)| kind == "m.space.child")
-        .filter(|(_, p)| state.events.get(p).is_some_and(|e| e.content.get("via").and_then(Value::as_array).is_some_and(|v| !v.is_empty())))
+        .filter(|(_, p)| {
+            state.events.get(p).is_some_and(|e| {
+                e.content
+                    .get("via")
+                    .and_then(Value::as_array)
+                    .is_some_and(|v| !v.is_empty())
+            })
+        })
         .map(|((_, key), p)| (key.clone(), *p))
         .collect()
 }
 
 fn can_preview(room: &Room, state: &State, user: &str) -> bool {
-    let content = |kind: &str, key: &str| state.state_content(&room.room_id, kind, "").and_then(|c| c.get(key)).cloned();
+    let content = |kind: &str, key: &str| {
+        state
+            .state_content(&room.room_id, kind, "")
+            .and_then(|c| c.get(key))
+            .cloned()
+    };
     room.membership(user) == Some("join")
-        || content("m.room.history_visibility", "history_visibility") == Some(json!("world_readable"))
-        || matches!(content("m.room.join_rules", "join_rule").as_ref().and_then(Value::as_str), Some("public" | "knock"))
+        || content("m.room.history_visibility", "history_visibility")
+            == Some(json!("world_readable"))
+        || matches!(
+            content("m.room.join_rules", "join_rule")
+                .as_ref()
+                .and_then(Value::as_str),
+            Some("public" | "knock")
+        )
 }
 
-pub fn get_space_hierarchy(ctx: &Ctx, req: cs::space_hierarchy::get_space_hierarchy::Request) -> ApiResult<Value> {
+pub fn get_space_hierarchy(
+    ctx: &Ctx,
+    req: cs::space_hierarchy::get_space_hierarchy::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     let limit = req.limit.unwrap_or(50).clamp(1, 200) as usize;
-    let max_depth = req.max_depth.map(|d| d.max(0) as usize).unwrap_or(usize::MAX);
+    let max_depth = req
+        .max_depth
+        .map(|d| d.max(0) as usize)
+        .unwrap_or(usize::MAX);
     let skip: usize = match &req.from {
-        Some(t) => t.strip_prefix('h').and_then(|n| n.parse().ok()).ok_or_else(|| ApiError::invalid_param("bad `from` token"))?,
+        Some(t) => t
+            .strip_prefix('h')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| ApiError::invalid_param("bad `from` token"))?,
         None => 0,
     };
     let suggested_only = req.suggested_only.unwrap_or(false);
@@ -143,14 +240,21 @@ pub fn get_space_hierarchy(ctx: &Ctx, req: cs::space_hierarchy::get_space_hierar
             if !seen.insert(id.clone()) {
                 continue;
             }
-            let Some(room) = s.rooms.get(&id) else { continue };
+            let Some(room) = s.rooms.get(&id) else {
+                continue;
+            };
             if !can_preview(room, s, &me.user_id) {
                 continue;
             }
             out.push(hierarchy_entry(s, room));
             if depth < max_depth {
                 for (child, p) in children(s, room) {
-                    let suggested = s.events.get(&p).and_then(|e| e.content.get("suggested")).and_then(Value::as_bool).unwrap_or(false);
+                    let suggested = s
+                        .events
+                        .get(&p)
+                        .and_then(|e| e.content.get("suggested"))
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
                     if !suggested_only || suggested {
                         queue.push_back((child, depth + 1));
                     }
@@ -167,25 +271,43 @@ pub fn get_space_hierarchy(ctx: &Ctx, req: cs::space_hierarchy::get_space_hierar
     })
 }
 
-pub fn upload_cross_signing_keys(ctx: &Ctx, req: cs::cross_signing::upload_cross_signing_keys::Request) -> ApiResult<Value> {
+pub fn upload_cross_signing_keys(
+    ctx: &Ctx,
+    req: cs::cross_signing::upload_cross_signing_keys::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     let b = req.body;
     let mut keys = Map::new();
     for (name, k) in [
-        ("master_key", b.master_key.as_ref().map(serde_json::to_value)),
-        ("self_signing_key", b.self_signing_key.as_ref().map(serde_json::to_value)),
-        ("user_signing_key", b.user_signing_key.as_ref().map(serde_json::to_value)),
+        (
+            "master_key",
+            b.master_key.as_ref().map(serde_json::to_value),
+        ),
+        (
+            "self_signing_key",
+            b.self_signing_key.as_ref().map(serde_json::to_value),
+        ),
+        (
+            "user_signing_key",
+            b.user_signing_key.as_ref().map(serde_json::to_value),
+        ),
     ] {
         if let Some(k) = k {
             let k = k.map_err(ApiError::internal)?;
             if k.get("user_id").and_then(Value::as_str) != Some(me.user_id.as_str()) {
-                return Err(ApiError::invalid_param(format!("{name} must be the caller's")));
+                return Err(ApiError::invalid_param(format!(
+                    "{name} must be the caller's"
+                )));
             }
             keys.insert(name.to_string(), k);
         }
     }
     ctx.server.write(|state, batch| {
-        let mut all = state.cross_signing.get(&me.user_id).cloned().unwrap_or(json!({}));
+        let mut all = state
+            .cross_signing
+            .get(&me.user_id)
+            .cloned()
+            .unwrap_or(json!({}));
         for (k, v) in keys {
             all[k] = v;
         }
@@ -196,13 +318,19 @@ pub fn upload_cross_signing_keys(ctx: &Ctx, req: cs::cross_signing::upload_cross
     })
 }
 
-pub fn upload_cross_signing_signatures(ctx: &Ctx, _req: cs::cross_signing::upload_cross_signing_signatures::Request) -> ApiResult<Value> {
+pub fn upload_cross_signing_signatures(
+    ctx: &Ctx,
+    _req: cs::cross_signing::upload_cross_signing_signatures::Request,
+) -> ApiResult<Value> {
     ctx.me()?;
     // Signatures are accepted and not verified (this server verifies no cryptography).
     Ok(json!({"failures": {}}))
 }
 
-pub fn room_initial_sync(ctx: &Ctx, req: cs::room_initial_sync::room_initial_sync::Request) -> ApiResult<Value> {
+pub fn room_initial_sync(
+    ctx: &Ctx,
+    req: cs::room_initial_sync::room_initial_sync::Request,
+) -> ApiResult<Value> {
     let me = ctx.me()?;
     ctx.server.read(|s| {
         let room = s.room(req.room_id.as_str())?;
@@ -249,7 +377,11 @@ pub fn get_one_event(ctx: &Ctx, req: cs::old_sync::get_one_event::Request) -> Ap
     let me = ctx.me()?;
     ctx.server.read(|s| {
         let not_found = || ApiError::not_found("no such event, or you may not see it");
-        let p = s.event_ids.get(req.event_id.as_str()).copied().ok_or_else(not_found)?;
+        let p = s
+            .event_ids
+            .get(req.event_id.as_str())
+            .copied()
+            .ok_or_else(not_found)?;
         let e = s.events.get(&p).ok_or_else(not_found)?;
         let room = s.room(&e.room_id)?;
         if !s.can_see(room, &me.user_id, p) {

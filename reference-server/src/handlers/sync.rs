@@ -33,7 +33,14 @@ struct SyncFilter {
 impl SyncFilter {
     fn from_json(v: &Value) -> SyncFilter {
         let room = v.get("room").cloned().unwrap_or(json!({}));
-        let list = |x: Option<&Value>| x.and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect::<Vec<_>>());
+        let list = |x: Option<&Value>| {
+            x.and_then(Value::as_array).map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+        };
         let part = |x: Option<&Value>| x.map(EventFilter::from_json).unwrap_or_default();
         let timeline = part(room.get("timeline"));
         let state = part(room.get("state"));
@@ -43,7 +50,10 @@ impl SyncFilter {
             state,
             rooms: list(room.get("rooms")),
             not_rooms: list(room.get("not_rooms")).unwrap_or_default(),
-            include_leave: room.get("include_leave").and_then(Value::as_bool).unwrap_or(false),
+            include_leave: room
+                .get("include_leave")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             account_data: part(v.get("account_data")),
             room_account_data: part(room.get("account_data")),
             ephemeral: part(room.get("ephemeral")),
@@ -58,12 +68,20 @@ fn stripped(e: &Event) -> Value {
 
 /// The stripped state an invitee or knocker sees.
 fn stripped_state(state: &State, room: &Room, own_member: Option<&Event>) -> Vec<Value> {
-    let mut out: Vec<Value> = ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.canonical_alias", "m.room.avatar", "m.room.encryption", "m.room.topic"]
-        .iter()
-        .filter_map(|k| room.state_event(k, ""))
-        .filter_map(|p| state.events.get(&p))
-        .map(stripped)
-        .collect();
+    let mut out: Vec<Value> = [
+        "m.room.create",
+        "m.room.join_rules",
+        "m.room.name",
+        "m.room.canonical_alias",
+        "m.room.avatar",
+        "m.room.encryption",
+        "m.room.topic",
+    ]
+    .iter()
+    .filter_map(|k| room.state_event(k, ""))
+    .filter_map(|p| state.events.get(&p))
+    .map(stripped)
+    .collect();
     if let Some(m) = own_member {
         if let Some(p) = room.state_event("m.room.member", &m.sender) {
             if let Some(inviter) = state.events.get(&p) {
@@ -75,7 +93,13 @@ fn stripped_state(state: &State, room: &Room, own_member: Option<&Event>) -> Vec
     out
 }
 
-fn account_data_events(state: &State, user: &str, room: &str, since: u64, filter: &EventFilter) -> Vec<Value> {
+fn account_data_events(
+    state: &State,
+    user: &str,
+    room: &str,
+    since: u64,
+    filter: &EventFilter,
+) -> Vec<Value> {
     let mut list: Vec<(&String, &(Value, u64))> = state
         .account_data
         .iter()
@@ -84,12 +108,23 @@ fn account_data_events(state: &State, user: &str, room: &str, since: u64, filter
         .filter(|(t, _)| filter.matches_parts(t, None))
         .collect();
     list.sort_by_key(|(_, (_, p))| *p);
-    list.into_iter().map(|(t, (c, _))| json!({"type": t, "content": c})).collect()
+    list.into_iter()
+        .map(|(t, (c, _))| json!({"type": t, "content": c}))
+        .collect()
 }
 
 /// One joined (or left) room's section, or `None` when nothing changed since `since`.
 #[allow(clippy::too_many_arguments)]
-fn room_section(state: &State, room: &Room, me: &Authed, since: Option<u64>, until: u64, filter: &SyncFilter, full_state: bool, joined: bool) -> Option<Value> {
+fn room_section(
+    state: &State,
+    room: &Room,
+    me: &Authed,
+    since: Option<u64>,
+    until: u64,
+    filter: &SyncFilter,
+    full_state: bool,
+    joined: bool,
+) -> Option<Value> {
     let viewer = (me.user_id.as_str(), me.device_id.as_str());
     let my_log = room.members.get(&me.user_id)?;
     let mpos = my_log.last().map_or(0, |(p, _)| *p);
@@ -108,7 +143,9 @@ fn room_section(state: &State, room: &Room, me: &Authed, since: Option<u64>, unt
         if *p > until {
             continue;
         }
-        let Some(e) = state.events.get(p) else { continue };
+        let Some(e) = state.events.get(p) else {
+            continue;
+        };
         if !filter.timeline.matches(e) || !state.can_see(room, &me.user_id, *p) {
             continue;
         }
@@ -120,11 +157,20 @@ fn room_section(state: &State, room: &Room, me: &Authed, since: Option<u64>, unt
     }
     positions.reverse();
     let first = positions.first().copied().unwrap_or(until + 1);
-    let timeline_events: Vec<&Event> = positions.iter().filter_map(|p| state.events.get(p)).collect();
+    let timeline_events: Vec<&Event> = positions
+        .iter()
+        .filter_map(|p| state.events.get(p))
+        .collect();
 
     // State: as at the start of the timeline (fresh), or what changed in the gap (limited).
     let whole = fresh || full_state;
-    let state_from = if whole { 0 } else if limited { after } else { u64::MAX };
+    let state_from = if whole {
+        0
+    } else if limited {
+        after
+    } else {
+        u64::MAX
+    };
     let mut st: BTreeMap<(String, String), &Event> = BTreeMap::new();
     if state_from != u64::MAX {
         for p in room.timeline.iter().take_while(|p| **p < first) {
@@ -144,18 +190,33 @@ fn room_section(state: &State, room: &Room, me: &Authed, since: Option<u64>, unt
         senders.push(&me.user_id);
         st.retain(|(kind, key), _| kind != "m.room.member" || senders.contains(&key.as_str()));
     }
-    let state_events: Vec<Value> = st.values().map(|e| state.client_event(e, Some(viewer), false)).collect();
+    let state_events: Vec<Value> = st
+        .values()
+        .map(|e| state.client_event(e, Some(viewer), false))
+        .collect();
 
     let mut ephemeral = Vec::new();
     if joined {
-        if let Some((typing, tpos)) = state.typing.get(&room.room_id).filter(|_| filter.ephemeral.matches_parts("m.typing", None)) {
+        if let Some((typing, tpos)) = state
+            .typing
+            .get(&room.room_id)
+            .filter(|_| filter.ephemeral.matches_parts("m.typing", None))
+        {
             let now = now_ms();
-            let users: Vec<&String> = typing.iter().filter(|(_, exp)| **exp > now).map(|(u, _)| u).collect();
+            let users: Vec<&String> = typing
+                .iter()
+                .filter(|(_, exp)| **exp > now)
+                .map(|(u, _)| u)
+                .collect();
             if fresh || *tpos > after {
                 ephemeral.push(json!({"type": "m.typing", "content": {"user_ids": users}}));
             }
         }
-        if let Some((receipts, rpos)) = state.receipts.get(&room.room_id).filter(|_| filter.ephemeral.matches_parts("m.receipt", None)) {
+        if let Some((receipts, rpos)) = state
+            .receipts
+            .get(&room.room_id)
+            .filter(|_| filter.ephemeral.matches_parts("m.receipt", None))
+        {
             if fresh || *rpos > after {
                 let mut content: Map<String, Value> = Map::new();
                 for (rtype, by_user) in receipts {
@@ -178,11 +239,24 @@ fn room_section(state: &State, room: &Room, me: &Authed, since: Option<u64>, unt
             }
         }
     }
-    let account_data = account_data_events(state, &me.user_id, &room.room_id, after, &filter.room_account_data);
-    if !fresh && timeline_events.is_empty() && state_events.is_empty() && ephemeral.is_empty() && account_data.is_empty() {
+    let account_data = account_data_events(
+        state,
+        &me.user_id,
+        &room.room_id,
+        after,
+        &filter.room_account_data,
+    );
+    if !fresh
+        && timeline_events.is_empty()
+        && state_events.is_empty()
+        && ephemeral.is_empty()
+        && account_data.is_empty()
+    {
         return None;
     }
-    let prev = timeline_events.first().map_or(until, |e| e.pos.saturating_sub(1));
+    let prev = timeline_events
+        .first()
+        .map_or(until, |e| e.pos.saturating_sub(1));
     let mut section = json!({
         "timeline": {
             "events": timeline_events.iter().map(|e| state.client_event(e, Some(viewer), false)).collect::<Vec<_>>(),
@@ -195,18 +269,25 @@ fn room_section(state: &State, room: &Room, me: &Authed, since: Option<u64>, unt
     if joined {
         section["ephemeral"] = json!({"events": ephemeral});
         let joined_count = room.joined().count();
-        let invited = room.members.values().filter(|l| l.last().is_some_and(|(_, m)| m == "invite")).count();
+        let invited = room
+            .members
+            .values()
+            .filter(|l| l.last().is_some_and(|(_, m)| m == "invite"))
+            .count();
         // Heroes: the first five other members, joined or invited, in stream order.
         let mut members: Vec<(u64, &String)> = room
             .members
             .iter()
-            .filter(|(u, l)| **u != me.user_id && l.last().is_some_and(|(_, m)| m == "join" || m == "invite"))
+            .filter(|(u, l)| {
+                **u != me.user_id && l.last().is_some_and(|(_, m)| m == "join" || m == "invite")
+            })
             .map(|(u, l)| (l.first().map_or(0, |(p, _)| *p), u))
             .collect();
         members.sort();
         let heroes: Vec<&String> = members.into_iter().take(5).map(|(_, u)| u).collect();
         section["summary"] = json!({"m.joined_member_count": joined_count, "m.invited_member_count": invited, "m.heroes": heroes});
-        section["unread_notifications"] = json!({"notification_count": unread(state, room, &me.user_id), "highlight_count": 0});
+        section["unread_notifications"] =
+            json!({"notification_count": unread(state, room, &me.user_id), "highlight_count": 0});
     }
     Some(section)
 }
@@ -221,7 +302,10 @@ fn unread(state: &State, room: &Room, user: &str) -> usize {
             ["m.read", "m.read.private"]
                 .iter()
                 .filter_map(|t| r.get(*t))
-                .flat_map(|by| by.iter().filter(|(who, _)| who.split('\u{0}').next() == Some(user)))
+                .flat_map(|by| {
+                    by.iter()
+                        .filter(|(who, _)| who.split('\u{0}').next() == Some(user))
+                })
                 .map(|(_, (e, _, _))| state.event_ids.get(e).copied().unwrap_or(0))
                 .max()
         })
@@ -230,36 +314,62 @@ fn unread(state: &State, room: &Room, user: &str) -> usize {
     room.notifiable.len() - room.notifiable.partition_point(|p| *p <= read)
 }
 
-fn build(state: &State, me: &Authed, since: Option<u64>, filter: &SyncFilter, full_state: bool) -> (Value, bool) {
+fn build(
+    state: &State,
+    me: &Authed,
+    since: Option<u64>,
+    filter: &SyncFilter,
+    full_state: bool,
+) -> (Value, bool) {
     let until = state.pos;
     let s = since.unwrap_or(0);
     let mut join = Map::new();
     let mut invite = Map::new();
     let mut leave = Map::new();
     let mut knock = Map::new();
-    let rooms: Vec<&String> = state.user_rooms.get(&me.user_id).map(|r| r.iter().collect()).unwrap_or_default();
+    let rooms: Vec<&String> = state
+        .user_rooms
+        .get(&me.user_id)
+        .map(|r| r.iter().collect())
+        .unwrap_or_default();
     for room_id in rooms {
-        if filter.not_rooms.contains(room_id) || filter.rooms.as_ref().is_some_and(|r| !r.contains(room_id)) {
+        if filter.not_rooms.contains(room_id)
+            || filter.rooms.as_ref().is_some_and(|r| !r.contains(room_id))
+        {
             continue;
         }
-        let Some(room) = state.rooms.get(room_id) else { continue };
-        let Some((mpos, m)) = room.members.get(&me.user_id).and_then(|l| l.last()) else { continue };
+        let Some(room) = state.rooms.get(room_id) else {
+            continue;
+        };
+        let Some((mpos, m)) = room.members.get(&me.user_id).and_then(|l| l.last()) else {
+            continue;
+        };
         match m.as_str() {
             "join" => {
-                if let Some(sec) = room_section(state, room, me, since, until, filter, full_state, true) {
+                if let Some(sec) =
+                    room_section(state, room, me, since, until, filter, full_state, true)
+                {
                     join.insert(room_id.clone(), sec);
                 }
             }
             "invite" if *mpos > s || since.is_none() => {
                 let ev = state.events.get(mpos);
-                invite.insert(room_id.clone(), json!({"invite_state": {"events": stripped_state(state, room, ev)}}));
+                invite.insert(
+                    room_id.clone(),
+                    json!({"invite_state": {"events": stripped_state(state, room, ev)}}),
+                );
             }
             "knock" if *mpos > s || since.is_none() => {
                 let ev = state.events.get(mpos);
-                knock.insert(room_id.clone(), json!({"knock_state": {"events": stripped_state(state, room, ev)}}));
+                knock.insert(
+                    room_id.clone(),
+                    json!({"knock_state": {"events": stripped_state(state, room, ev)}}),
+                );
             }
             "leave" | "ban" if (since.is_some() && *mpos > s) || filter.include_leave => {
-                if let Some(sec) = room_section(state, room, me, since, until, filter, full_state, false) {
+                if let Some(sec) =
+                    room_section(state, room, me, since, until, filter, full_state, false)
+                {
                     leave.insert(room_id.clone(), sec);
                 }
             }
@@ -270,11 +380,20 @@ fn build(state: &State, me: &Authed, since: Option<u64>, filter: &SyncFilter, fu
     let to_device: Vec<Value> = state
         .to_device
         .get(&(me.user_id.clone(), me.device_id.clone()))
-        .map(|q| q.iter().filter(|(p, _)| *p > s).map(|(_, m)| m.clone()).collect())
+        .map(|q| {
+            q.iter()
+                .filter(|(p, _)| *p > s)
+                .map(|(_, m)| m.clone())
+                .collect()
+        })
         .unwrap_or_default();
     let presence: Vec<Value> = super::social::presence_events(state, &me.user_id, s)
         .into_iter()
-        .filter(|e| filter.presence.matches_parts("m.presence", e["sender"].as_str()))
+        .filter(|e| {
+            filter
+                .presence
+                .matches_parts("m.presence", e["sender"].as_str())
+        })
         .collect();
     // Users sharing a room whose devices or keys changed since the last sync.
     let changed: Vec<String> = if since.is_some() {
@@ -288,7 +407,12 @@ fn build(state: &State, me: &Authed, since: Option<u64>, filter: &SyncFilter, fu
     };
     let key = (me.user_id.clone(), me.device_id.clone());
     let mut otk_counts = Map::new();
-    for id in state.one_time_keys.get(&key).into_iter().flat_map(|m| m.keys()) {
+    for id in state
+        .one_time_keys
+        .get(&key)
+        .into_iter()
+        .flat_map(|m| m.keys())
+    {
         let alg = id.split(':').next().unwrap_or("").to_string();
         let n = otk_counts.get(&alg).and_then(Value::as_u64).unwrap_or(0) + 1;
         otk_counts.insert(alg, json!(n));
@@ -298,7 +422,11 @@ fn build(state: &State, me: &Authed, since: Option<u64>, filter: &SyncFilter, fu
         .get(&key)
         .map(|m| {
             m.keys()
-                .filter(|k| !state.fallback_used.contains(&(key.0.clone(), key.1.clone(), (*k).clone())))
+                .filter(|k| {
+                    !state
+                        .fallback_used
+                        .contains(&(key.0.clone(), key.1.clone(), (*k).clone()))
+                })
                 .filter_map(|k| k.split(':').next())
                 .map(str::to_string)
                 .collect()
@@ -331,12 +459,19 @@ pub fn sync(ctx: &Ctx, req: cs::sync::sync::Request) -> ApiResult<Reply> {
     let filter = match req.filter.as_deref() {
         None => SyncFilter::default(),
         Some(f) if f.trim_start().starts_with('{') => {
-            let v: Value = serde_json::from_str(f).map_err(|_| ApiError::invalid_param("`filter` is not valid JSON"))?;
+            let v: Value = serde_json::from_str(f)
+                .map_err(|_| ApiError::invalid_param("`filter` is not valid JSON"))?;
             SyncFilter::from_json(&v)
         }
         Some(id) => {
-            let stored = ctx.server.read(|s| s.filters.get(&(me.user_id.clone(), id.to_string())).cloned());
-            SyncFilter::from_json(&stored.ok_or_else(|| ApiError::invalid_param(format!("no filter {id}")))?)
+            let stored = ctx.server.read(|s| {
+                s.filters
+                    .get(&(me.user_id.clone(), id.to_string()))
+                    .cloned()
+            });
+            SyncFilter::from_json(
+                &stored.ok_or_else(|| ApiError::invalid_param(format!("no filter {id}")))?,
+            )
         }
     };
     let full_state = req.full_state.unwrap_or(false);
@@ -344,7 +479,11 @@ pub fn sync(ctx: &Ctx, req: cs::sync::sync::Request) -> ApiResult<Reply> {
     // To-device messages up to `since` were received: delete them.
     if let Some(s) = since {
         let key = (me.user_id.clone(), me.device_id.clone());
-        let acknowledged = ctx.server.read(|st| st.to_device.get(&key).is_some_and(|q| q.iter().any(|(p, _)| *p <= s)));
+        let acknowledged = ctx.server.read(|st| {
+            st.to_device
+                .get(&key)
+                .is_some_and(|q| q.iter().any(|(p, _)| *p <= s))
+        });
         if acknowledged {
             ctx.server.write(|st, batch| {
                 if let Some(q) = st.to_device.get_mut(&key) {
@@ -357,7 +496,9 @@ pub fn sync(ctx: &Ctx, req: cs::sync::sync::Request) -> ApiResult<Reply> {
             })?;
         }
     }
-    let (body, empty) = ctx.server.read(|s| build(s, &me, since, &filter, full_state));
+    let (body, empty) = ctx
+        .server
+        .read(|s| build(s, &me, since, &filter, full_state));
     if empty && since.is_some() && timeout > 0 && !ctx.last_chance {
         return Ok(Reply::Wait {
             until: ctx.started + Duration::from_millis(timeout),

@@ -13,7 +13,12 @@ pub fn define_filter(ctx: &Ctx, req: cs::filter::define_filter::Request) -> ApiR
     let filter = serde_json::to_value(&req.body).map_err(ApiError::internal)?;
     let user = req.user_id.as_str().to_string();
     ctx.server.write(|state, batch| {
-        let id = state.filters.keys().filter(|(u, _)| *u == user).count().to_string();
+        let id = state
+            .filters
+            .keys()
+            .filter(|(u, _)| *u == user)
+            .count()
+            .to_string();
         batch.put("filter", format!("{user}\u{0}{id}"), &filter);
         state.filters.insert((user.clone(), id.clone()), filter);
         Ok(json!({"filter_id": id}))
@@ -35,13 +40,18 @@ fn check_type(kind: &str) -> ApiResult<()> {
     if matches!(kind, "m.fully_read" | "m.push_rules") {
         return Err(ApiError {
             status: 405,
-            ..ApiError::bad_json(format!("{kind} is managed by the server and cannot be set this way"))
+            ..ApiError::bad_json(format!(
+                "{kind} is managed by the server and cannot be set this way"
+            ))
         });
     }
     Ok(())
 }
 
-pub fn set_account_data(ctx: &Ctx, req: cs::account_data::set_account_data::Request) -> ApiResult<Value> {
+pub fn set_account_data(
+    ctx: &Ctx,
+    req: cs::account_data::set_account_data::Request,
+) -> ApiResult<Value> {
     require_self(ctx, &req.user_id)?;
     check_type(&req.type_)?;
     ctx.server.write(|state, batch| {
@@ -50,30 +60,50 @@ pub fn set_account_data(ctx: &Ctx, req: cs::account_data::set_account_data::Requ
     })
 }
 
-pub fn get_account_data(ctx: &Ctx, req: cs::account_data::get_account_data::Request) -> ApiResult<Value> {
+pub fn get_account_data(
+    ctx: &Ctx,
+    req: cs::account_data::get_account_data::Request,
+) -> ApiResult<Value> {
     require_self(ctx, &req.user_id)?;
     ctx.server.read(|s| {
-        let stored = s.account_data.get(&(req.user_id.clone(), String::new(), req.type_.clone())).map(|(c, _)| c.clone());
+        let stored = s
+            .account_data
+            .get(&(req.user_id.clone(), String::new(), req.type_.clone()))
+            .map(|(c, _)| c.clone());
         match stored {
             Some(c) => Ok(c),
             // Push rules are account data too, set or not.
-            None if req.type_ == "m.push_rules" => Ok(json!({"global": super::push::default_ruleset(&req.user_id)})),
+            None if req.type_ == "m.push_rules" => {
+                Ok(json!({"global": super::push::default_ruleset(&req.user_id)}))
+            }
             None => Err(ApiError::not_found("no account data of that type")),
         }
     })
 }
 
-pub fn set_account_data_per_room(ctx: &Ctx, req: cs::account_data::set_account_data_per_room::Request) -> ApiResult<Value> {
+pub fn set_account_data_per_room(
+    ctx: &Ctx,
+    req: cs::account_data::set_account_data_per_room::Request,
+) -> ApiResult<Value> {
     require_self(ctx, &req.user_id)?;
     check_type(&req.type_)?;
     ctx.server.write(|state, batch| {
         state.room(&req.room_id)?;
-        state.put_account_data(batch, &req.user_id, &req.room_id, &req.type_, Value::Object(req.body));
+        state.put_account_data(
+            batch,
+            &req.user_id,
+            &req.room_id,
+            &req.type_,
+            Value::Object(req.body),
+        );
         Ok(json!({}))
     })
 }
 
-pub fn get_account_data_per_room(ctx: &Ctx, req: cs::account_data::get_account_data_per_room::Request) -> ApiResult<Value> {
+pub fn get_account_data_per_room(
+    ctx: &Ctx,
+    req: cs::account_data::get_account_data_per_room::Request,
+) -> ApiResult<Value> {
     require_self(ctx, &req.user_id)?;
     ctx.server.read(|s| {
         s.account_data
@@ -146,7 +176,10 @@ pub fn set_typing(ctx: &Ctx, req: cs::typing::set_typing::Request) -> ApiResult<
         let at = std::time::Instant::now() + std::time::Duration::from_millis(timeout);
         ctx.server.later(at, move |state, batch| {
             let now = now_ms();
-            let expired = state.typing.get(&room_id).is_some_and(|(t, _)| t.get(&user).is_some_and(|exp| *exp <= now));
+            let expired = state
+                .typing
+                .get(&room_id)
+                .is_some_and(|(t, _)| t.get(&user).is_some_and(|exp| *exp <= now));
             if expired {
                 let pos = state.next_pos(batch);
                 if let Some(entry) = state.typing.get_mut(&room_id) {
@@ -160,19 +193,35 @@ pub fn set_typing(ctx: &Ctx, req: cs::typing::set_typing::Request) -> ApiResult<
 }
 
 /// Records a receipt (`m.read`, `m.read.private`) or the fully-read marker.
-fn put_receipt(ctx: &Ctx, room_id: &str, rtype: &str, event_id: &str, thread: Option<String>) -> ApiResult<()> {
+fn put_receipt(
+    ctx: &Ctx,
+    room_id: &str,
+    rtype: &str,
+    event_id: &str,
+    thread: Option<String>,
+) -> ApiResult<()> {
     let me = ctx.me()?.clone();
     ctx.server.write(|state, batch| {
         let room = state.room(room_id)?;
         if room.membership(&me.user_id) != Some("join") {
             return Err(ApiError::forbidden("you are not in this room"));
         }
-        let known = state.event_ids.get(event_id).and_then(|p| state.events.get(p)).is_some_and(|e| e.room_id == room_id);
+        let known = state
+            .event_ids
+            .get(event_id)
+            .and_then(|p| state.events.get(p))
+            .is_some_and(|e| e.room_id == room_id);
         if !known {
             return Err(ApiError::not_found("no such event in this room"));
         }
         if rtype == "m.fully_read" {
-            state.put_account_data(batch, &me.user_id, room_id, "m.fully_read", json!({"event_id": event_id}));
+            state.put_account_data(
+                batch,
+                &me.user_id,
+                room_id,
+                "m.fully_read",
+                json!({"event_id": event_id}),
+            );
             return Ok(());
         }
         let pos = state.next_pos(batch);
@@ -188,7 +237,11 @@ fn put_receipt(ctx: &Ctx, room_id: &str, rtype: &str, event_id: &str, thread: Op
             &json!({"event_id": event_id, "ts": ts, "thread_id": thread, "pos": pos}),
         );
         let entry = state.receipts.entry(room_id.to_string()).or_default();
-        entry.0.entry(rtype.to_string()).or_default().insert(who, (event_id.to_string(), ts, thread));
+        entry
+            .0
+            .entry(rtype.to_string())
+            .or_default()
+            .insert(who, (event_id.to_string(), ts, thread));
         entry.1 = pos;
         Ok(())
     })
@@ -197,7 +250,9 @@ fn put_receipt(ctx: &Ctx, room_id: &str, rtype: &str, event_id: &str, thread: Op
 pub fn post_receipt(ctx: &Ctx, req: cs::receipts::post_receipt::Request) -> ApiResult<Value> {
     let rtype = req.receipt_type.as_str().to_string();
     if !matches!(rtype.as_str(), "m.read" | "m.read.private" | "m.fully_read") {
-        return Err(ApiError::invalid_param(format!("unknown receipt type {rtype}")));
+        return Err(ApiError::invalid_param(format!(
+            "unknown receipt type {rtype}"
+        )));
     }
     let thread = req.body.thread_id.clone();
     if thread.as_deref() == Some("") {
@@ -206,13 +261,26 @@ pub fn post_receipt(ctx: &Ctx, req: cs::receipts::post_receipt::Request) -> ApiR
     if rtype == "m.fully_read" && thread.is_some() {
         return Err(ApiError::invalid_param("m.fully_read takes no thread_id"));
     }
-    put_receipt(ctx, req.room_id.as_str(), &rtype, req.event_id.as_str(), thread)?;
+    put_receipt(
+        ctx,
+        req.room_id.as_str(),
+        &rtype,
+        req.event_id.as_str(),
+        thread,
+    )?;
     Ok(json!({}))
 }
 
-pub fn set_read_marker(ctx: &Ctx, req: cs::read_markers::set_read_marker::Request) -> ApiResult<Value> {
+pub fn set_read_marker(
+    ctx: &Ctx,
+    req: cs::read_markers::set_read_marker::Request,
+) -> ApiResult<Value> {
     let b = req.body;
-    for (t, e) in [("m.fully_read", &b.m_fully_read), ("m.read", &b.m_read), ("m.read.private", &b.m_read_private)] {
+    for (t, e) in [
+        ("m.fully_read", &b.m_fully_read),
+        ("m.read", &b.m_read),
+        ("m.read.private", &b.m_read_private),
+    ] {
         if let Some(e) = e {
             put_receipt(ctx, &req.room_id, t, e.as_str(), None)?;
         }
