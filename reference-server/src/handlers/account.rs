@@ -470,8 +470,7 @@ pub fn deactivate_account(
     })
 }
 
-fn device_json(user: &str, id: &str, d: &Device) -> Value {
-    let _ = user;
+fn device_json(id: &str, d: &Device) -> Value {
     let mut v = json!({"device_id": id, "last_seen_ts": d.last_seen_ts});
     if let Some(n) = &d.display_name {
         v["display_name"] = json!(n);
@@ -489,7 +488,7 @@ pub fn get_devices(
             .get(&me.user_id)
             .map(|d| {
                 d.iter()
-                    .map(|(id, dev)| device_json(&me.user_id, id, dev))
+                    .map(|(id, dev)| device_json(id, dev))
                     .collect::<Vec<_>>()
             })
             .unwrap_or_default()
@@ -503,7 +502,7 @@ pub fn get_device(ctx: &Ctx, req: cs::device_management::get_device::Request) ->
         s.devices
             .get(&me.user_id)
             .and_then(|d| d.get(&req.device_id))
-            .map(|dev| device_json(&me.user_id, &req.device_id, dev))
+            .map(|dev| device_json(&req.device_id, dev))
             .ok_or_else(|| ApiError::not_found("no such device"))
     })
 }

@@ -115,13 +115,12 @@ pub fn parse_token(t: &str) -> ApiResult<u64> {
 }
 
 /// The caller may read this room's history at all: member now or before, or world-readable.
-fn check_can_read(state: &State, room: &Room, user: &str) -> ApiResult<()> {
+fn check_can_read(room: &Room, user: &str) -> ApiResult<()> {
     let member_ever = room.members.contains_key(user);
     let world = room.world_readable();
     if member_ever || world {
         Ok(())
     } else {
-        let _ = state;
         Err(ApiError::forbidden(
             "you are not, and were never, in this room",
         ))
@@ -388,7 +387,7 @@ pub fn get_room_events(
     let to = req.to.as_deref().map(parse_token).transpose()?;
     ctx.server.read(|state| {
         let room = state.room(req.room_id.as_str())?;
-        check_can_read(state, room, &me.user_id)?;
+        check_can_read(room, &me.user_id)?;
         let viewer = (me.user_id.as_str(), me.device_id.as_str());
         let mut chunk: Vec<&Event> = Vec::new();
         let mut last_pos = None;

@@ -491,9 +491,7 @@ pub fn create_room(ctx: &Ctx, req: cs::create_room::create_room::Request) -> Api
             },
         );
         state.put_room_meta(batch, &room_id);
-        let create_id = v >= 12;
         state.append(batch, &room_id, &me.user_id, "m.room.create", Some(""), Value::Object(create), None, None, None);
-        let _ = create_id;
         change_membership(state, batch, &room_id, &me.user_id, &me.user_id, "join", json!({}))?;
 
         // Power levels: defaults, then the preset's, then the override.

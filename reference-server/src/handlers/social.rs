@@ -180,10 +180,9 @@ fn relating(
     ctx.server.read(|s| {
         let room = s.room(room_id)?;
         let target = s.event_ids.get(event_id).copied().filter(|p| s.events.get(p).is_some_and(|e| e.room_id == room_id));
-        let Some(target) = target.filter(|p| s.can_see(room, &me.user_id, *p)) else {
+        if !target.is_some_and(|p| s.can_see(room, &me.user_id, p)) {
             return Err(ApiError::not_found("no such event, or you may not see it"));
-        };
-        let _ = target;
+        }
         let mut matches: Vec<&Event> = room
             .timeline
             .iter()
