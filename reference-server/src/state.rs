@@ -819,6 +819,14 @@ impl State {
 
     /// Whether `user` may see the event at `pos` in `room` (history visibility).
     pub fn can_see(&self, room: &Room, user: &str, pos: u64) -> bool {
+        // A user always sees the events that change their own membership.
+        let own_membership = self
+            .events
+            .get(&pos)
+            .is_some_and(|e| e.kind == "m.room.member" && e.state_key.as_deref() == Some(user));
+        if own_membership {
+            return true;
+        }
         let vis = room.visibility_at(pos);
         if vis == "world_readable" {
             return true;

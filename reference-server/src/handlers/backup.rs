@@ -121,6 +121,11 @@ pub fn delete_room_keys_version(
     let me = ctx.me()?.clone();
     let v = version_of(&req.version)?;
     ctx.server.write(|state, batch| {
+        // Deleting a version deleted before succeeds, as the spec asks.
+        let existing = state.backups.get(&me.user_id).and_then(|m| m.get(&v));
+        if existing.is_some_and(|b| b.deleted) {
+            return Ok(json!({}));
+        }
         let mut b = live(state, &me.user_id, v)?.clone();
         for (room, session) in b.keys.keys() {
             batch.delete(

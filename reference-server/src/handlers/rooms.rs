@@ -45,6 +45,32 @@ pub fn send_state(
         .1)
 }
 
+/// The aliases an `m.room.canonical_alias` event lists must exist and point to the room.
+fn check_canonical_alias(state: &State, room_id: &str, content: &Value) -> ApiResult<()> {
+    let mut aliases: Vec<&Value> = content
+        .get("alt_aliases")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    if let Some(a) = content.get("alias").filter(|a| !a.is_null()) {
+        aliases.push(a);
+    }
+    for a in aliases {
+        let a = a
+            .as_str()
+            .ok_or_else(|| ApiError::invalid_param("aliases must be strings"))?;
+        if mxconform_generated::ids::RoomAliasId::parse(a).is_err() {
+            return Err(ApiError::invalid_param(format!("{a} is not a room alias")));
+        }
+        if state.aliases.get(a).map(|(r, _)| r.as_str()) != Some(room_id) {
+            return Err(ApiError::bad_alias(format!(
+                "{a} does not point to this room"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The auth rules for a non-membership event from `sender`.
 pub fn check_send(
     state: &State,
@@ -82,6 +108,9 @@ pub fn check_send(
     }
     if kind == "m.room.power_levels" {
         check_power_levels_change(state, room, sender, content)?;
+    }
+    if kind == "m.room.canonical_alias" && key == Some("") {
+        check_canonical_alias(state, room_id, content)?;
     }
     Ok(())
 }
@@ -521,9 +550,9 @@ pub fn create_room(ctx: &Ctx, req: cs::create_room::create_room::Request) -> Api
         }
         send_state(state, batch, &room_id, &me.user_id, "m.room.power_levels", "", pl)?;
         if let Some(a) = &alias {
-            send_state(state, batch, &room_id, &me.user_id, "m.room.canonical_alias", "", json!({"alias": a}))?;
             state.aliases.insert(a.clone(), (room_id.clone(), me.user_id.clone()));
             batch.put("alias", a.clone(), &json!({"room_id": room_id, "creator": me.user_id}));
+            send_state(state, batch, &room_id, &me.user_id, "m.room.canonical_alias", "", json!({"alias": a}))?;
         }
         let (join_rule, guest) = match preset.as_str() {
             "public_chat" => ("public", "forbidden"),

@@ -199,7 +199,7 @@ fn can_preview(room: &Room, state: &State, user: &str) -> bool {
             .and_then(|c| c.get(key))
             .cloned()
     };
-    room.membership(user) == Some("join")
+    matches!(room.membership(user), Some("join" | "invite"))
         || content("m.room.history_visibility", "history_visibility")
             == Some(json!("world_readable"))
         || matches!(
