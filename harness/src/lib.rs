@@ -96,7 +96,7 @@ pub async fn probe(client: &client::Client) -> Result<(Vec<String>, Option<Strin
             client::Body::None,
             None,
             Some(Duration::from_secs(10)),
-            false,
+            Default::default(),
         )
         .await
         .map_err(|reason| Error::Unreachable {
@@ -131,7 +131,7 @@ pub async fn probe(client: &client::Client) -> Result<(Vec<String>, Option<Strin
             client::Body::None,
             None,
             Some(Duration::from_secs(5)),
-            false,
+            Default::default(),
         )
         .await
         .ok()

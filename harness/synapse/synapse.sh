@@ -52,7 +52,7 @@ listeners:
     tls: false
     x_forwarded: false
     resources:
-      - names: [client, federation]
+      - names: [client, federation, media]
         compress: false
 login_via_existing_session:
   enabled: true
@@ -72,6 +72,9 @@ allow_public_rooms_without_auth: true
 allow_public_rooms_over_federation: false
 room_list_publication_rules: [{action: allow}]
 alias_creation_rules: [{action: allow}]
+# The deprecated unauthenticated media endpoints (/_matrix/media/v3/download, thumbnail) are
+# frozen for new uploads by default; serving them lets the suites exercise those operations.
+enable_authenticated_media: false
 enable_search: true
 user_directory:
   enabled: true
@@ -135,6 +138,10 @@ start() {
   if running; then
     echo "$url"
     return 0
+  fi
+  if curl -fsS "$url/_matrix/client/versions" >/dev/null 2>&1; then
+    echo "something not started by this script already answers on $url; stop it or set SYNAPSE_PORT" >&2
+    exit 1
   fi
   rm -rf "$data"
   write_config

@@ -20,6 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 #[derive(Clone)]
 enum Answer {
     Json(u16, Value),
+    /// An HTML page, as a web server in front of a homeserver answers for a path it lacks.
+    Html(u16),
     Hang,
     Trickle,
     Garbage,
@@ -75,6 +77,18 @@ async fn answer(mut sock: TcpStream, handler: Handler) {
                 let text = v.to_string();
                 let head = format!(
                     "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    text.len()
+                );
+                if sock.write_all(head.as_bytes()).await.is_err()
+                    || sock.write_all(text.as_bytes()).await.is_err()
+                {
+                    return;
+                }
+            }
+            Answer::Html(status) => {
+                let text = "<html><body>No such resource</body></html>";
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\r\n",
                     text.len()
                 );
                 if sock.write_all(head.as_bytes()).await.is_err()
@@ -191,6 +205,9 @@ fn fake_homeserver() -> Handler {
                 Answer::Json(403, json!({"error": "no errcode here"}))
             }
             ("GET", "/_matrix/client/v3/sync") => Answer::Json(200, json!({"next_batch": "n1"})),
+            // The spec documents this 404 without a body; joined_rooms documents no 404 at all.
+            ("GET", "/.well-known/matrix/support") => Answer::Html(404),
+            ("GET", "/_matrix/client/v3/joined_rooms") => Answer::Html(404),
             _ => Answer::Json(
                 404,
                 json!({"errcode": "M_UNRECOGNIZED", "error": "unknown"}),
@@ -252,6 +269,8 @@ fn scenarios_against_a_fake_server() {
             ("directory/listed_and_failing", &format!("description: listed as a deviation and failing\n{SPEC}steps:\n  - call: getRoomIdByAlias\n    path: {{roomAlias: \"#a:fake.test\"}}\n")),
             ("rooms/listed_but_passing", &format!("description: listed as a deviation but passing\n{SPEC}actors: [alice]\nsteps:\n  - call: createRoom\n")),
             ("rooms/newer_than_server", &format!("description: an operation from v1.19\n{SPEC}actors: [alice]\nsteps:\n  - call: getMutualRooms\n    query: {{user_id: \"{{{{alice.user_id}}}}\"}}\n")),
+            ("discovery/support_absent", &format!("description: a documented 404 without a body\n{SPEC}steps:\n  - call: getWellknownSupport\n    auth: none\n    expect: {{status: 404}}\n")),
+            ("rooms/html_error", &format!("description: an undocumented 404 that is not JSON\n{SPEC}actors: [alice]\nsteps:\n  - call: getJoinedRooms\n    expect: {{status: 404}}\n")),
             ("rooms/bad_request", &format!("description: a request breaking the spec, not marked invalid\n{SPEC}actors: [alice]\nsteps:\n  - call: createRoom\n    body: {{preset: 42}}\n")),
         ],
     );
@@ -322,6 +341,12 @@ fn scenarios_against_a_fake_server() {
         Outcome::Skipped,
         "added in v1.19",
     );
+    expect("discovery/support_absent", Outcome::Passed, "");
+    expect(
+        "rooms/html_error",
+        Outcome::Failed,
+        "a body that is not JSON",
+    );
     expect(
         "rooms/bad_request",
         Outcome::Failed,
@@ -337,7 +362,7 @@ fn scenarios_against_a_fake_server() {
             t.unexpected_passes,
             t.skipped
         ),
-        (8, 1, 4, 1, 1, 1)
+        (10, 2, 5, 1, 1, 1)
     );
     assert!(out.conclusion.is_none());
     assert!(!out.report.success());
@@ -355,7 +380,7 @@ fn scenarios_against_a_fake_server() {
         .contains(&"getRoomIdByAlias".to_string()));
     // Reports render.
     let md = out.report.to_markdown();
-    assert!(md.contains("| Rooms | 25% (1/4) | 3 | 0 | 1 |"), "{md}");
+    assert!(md.contains("| Rooms | 20% (1/5) | 4 | 0 | 1 |"), "{md}");
     let junit = out.report.to_junit();
     assert!(
         junit.contains("<testcase classname=\"rooms\" name=\"rooms/create\""),

@@ -66,7 +66,7 @@ impl Target {
                 b,
                 token,
                 Some(Duration::from_secs(60)),
-                false,
+                Default::default(),
             )
             .await
             .map_err(anyhow::Error::msg)?;

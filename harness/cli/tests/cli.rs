@@ -238,10 +238,10 @@ fn no_acknowledged_event_is_lost_to_a_kill() {
     let client = Client::new(&url, limits).expect("client");
     let (token, room) = rt.block_on(async {
         let body = serde_json::json!({"username": "loader", "password": "pw", "auth": {"type": "m.login.dummy"}});
-        let r = client.send("POST", "/_matrix/client/v3/register", &[], Body::Json(body), None, None, false).await.expect("register");
+        let r = client.send("POST", "/_matrix/client/v3/register", &[], Body::Json(body), None, None, Default::default()).await.expect("register");
         let token = r.body["access_token"].as_str().expect("token").to_string();
         let r = client
-            .send("POST", "/_matrix/client/v3/createRoom", &[], Body::Json(serde_json::json!({})), Some(&token), None, false)
+            .send("POST", "/_matrix/client/v3/createRoom", &[], Body::Json(serde_json::json!({})), Some(&token), None, Default::default())
             .await
             .expect("createRoom");
         (token, r.body["room_id"].as_str().expect("room").to_string())
@@ -266,7 +266,15 @@ fn no_acknowledged_event_is_lost_to_a_kill() {
                         serde_json::json!({"msgtype": "m.text", "body": format!("{w}-{i}")}),
                     );
                     match client
-                        .send("PUT", &path, &[], body, Some(&token), None, false)
+                        .send(
+                            "PUT",
+                            &path,
+                            &[],
+                            body,
+                            Some(&token),
+                            None,
+                            Default::default(),
+                        )
                         .await
                     {
                         Ok(r) if r.status == 200 => acked
@@ -308,7 +316,15 @@ fn no_acknowledged_event_is_lost_to_a_kill() {
                 id.replace('$', "%24")
             );
             match client
-                .send("GET", &path, &[], Body::None, Some(&token), None, false)
+                .send(
+                    "GET",
+                    &path,
+                    &[],
+                    Body::None,
+                    Some(&token),
+                    None,
+                    Default::default(),
+                )
                 .await
             {
                 Ok(r) if r.status == 200 => {}

@@ -41,3 +41,24 @@ pub fn get_capabilities(
         "m.profile_fields": {"enabled": true},
     }}))
 }
+
+/// This server has no administrator contacts or support page configured, which the spec
+/// answers with 404.
+pub fn get_wellknown_support(
+    _ctx: &Ctx,
+    _req: cs::support::get_wellknown_support::Request,
+) -> ApiResult<Value> {
+    Err(crate::error::ApiError::not_found(
+        "no support information is configured on this server",
+    ))
+}
+
+/// This server names no policy server for its rooms, which the spec answers with 404.
+pub fn get_wellknown_policy(
+    _ctx: &Ctx,
+    _req: cs::policy_server::get_wellknown_policy::Request,
+) -> ApiResult<Value> {
+    Err(crate::error::ApiError::not_found(
+        "no policy server is configured on this server",
+    ))
+}

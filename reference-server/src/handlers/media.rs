@@ -107,6 +107,16 @@ pub fn get_content_thumbnail_authed(
     download(ctx, req.server_name.as_str(), &req.media_id, None)
 }
 
+pub fn get_content_thumbnail(
+    ctx: &Ctx,
+    req: cs::content_repo::get_content_thumbnail::Request,
+) -> ApiResult<Reply> {
+    if req.width <= 0 || req.height <= 0 {
+        return Err(ApiError::invalid_param("width and height must be positive"));
+    }
+    download(ctx, req.server_name.as_str(), &req.media_id, None)
+}
+
 pub fn get_content(ctx: &Ctx, req: cs::content_repo::get_content::Request) -> ApiResult<Reply> {
     download(ctx, req.server_name.as_str(), &req.media_id, None)
 }

@@ -115,6 +115,8 @@ macro_rules! table {
 table! {
     "getVersions" => discovery::get_versions,
     "getWellknown" => discovery::get_wellknown,
+    "getWellknownSupport" => discovery::get_wellknown_support,
+    "getWellknownPolicy" => discovery::get_wellknown_policy,
     "getCapabilities" => discovery::get_capabilities,
     "register" => account::register,
     "checkUsernameAvailability" => account::check_username_availability,
@@ -187,6 +189,7 @@ table! {
     "getConfigAuthed" => media::get_config_authed,
     "getContent" => media::get_content,
     "getContentOverrideName" => media::get_content_override_name,
+    "getContentThumbnail" => media::get_content_thumbnail,
     "getConfig" => media::get_config,
     "getPushRules" => push::get_push_rules,
     "getPushRulesGlobal" => push::get_push_rules_global,
