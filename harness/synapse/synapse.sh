@@ -75,6 +75,10 @@ alias_creation_rules: [{action: allow}]
 # The deprecated unauthenticated media endpoints (/_matrix/media/v3/download, thumbnail) are
 # frozen for new uploads by default; serving them lets the suites exercise those operations.
 enable_authenticated_media: false
+# A made-up TURN server (nothing listens there) so that getTurnServer hands out credentials.
+turn_uris: ["turn:127.0.0.1:3478?transport=udp"]
+turn_username: "mxconform"
+turn_password: "mxconform-test-turn"
 enable_search: true
 user_directory:
   enabled: true

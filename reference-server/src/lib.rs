@@ -40,6 +40,18 @@ pub struct Config {
     pub max_body: usize,
     /// Largest JSON request body accepted.
     pub max_json_body: usize,
+    /// The TURN server handed to clients for VoIP; `None` answers getTurnServer with 404.
+    pub turn: Option<Turn>,
+}
+
+/// A TURN server with static credentials.
+#[derive(Clone, Debug)]
+pub struct Turn {
+    pub uris: Vec<String>,
+    pub username: String,
+    pub password: String,
+    /// Seconds the credentials stay valid.
+    pub ttl: u64,
 }
 
 impl Config {
@@ -51,6 +63,7 @@ impl Config {
             password_cost: PasswordCost::Test,
             max_body: 50 * 1024 * 1024,
             max_json_body: 1024 * 1024,
+            turn: None,
         }
     }
 }

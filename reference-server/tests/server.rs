@@ -125,6 +125,24 @@ async fn errors_are_matrix_errors() {
         401,
         "M_MISSING_TOKEN",
     );
+    // Optional features that are not configured answer 404 with a reason.
+    check(
+        c.call(
+            "GET",
+            "/_matrix/client/v3/voip/turnServer",
+            Some(&token),
+            None,
+        )
+        .await,
+        404,
+        "M_NOT_FOUND",
+    );
+    check(
+        c.call("GET", "/.well-known/matrix/support", None, None)
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
     check(
         c.call(
             "GET",
@@ -260,7 +278,7 @@ async fn errors_are_matrix_errors() {
     check(
         c.call(
             "GET",
-            "/_matrix/client/v3/voip/turnServer",
+            "/_matrix/client/v1/media/preview_url?url=https%3A%2F%2Fexample.org",
             Some(&token),
             None,
         )

@@ -119,6 +119,18 @@ struct ServeArgs {
     /// `process`: commits survive the server being killed; `power`: also a power cut (fsync per commit).
     #[arg(long, value_enum, default_value = "process")]
     durability: DurabilityArg,
+    /// A TURN server URI handed to clients (repeatable); without one, getTurnServer answers 404.
+    #[arg(long = "turn-uri")]
+    turn_uris: Vec<String>,
+    /// The TURN server's static username.
+    #[arg(long, default_value = "")]
+    turn_username: String,
+    /// The TURN server's static password.
+    #[arg(long, default_value = "")]
+    turn_password: String,
+    /// Seconds the TURN credentials stay valid.
+    #[arg(long, default_value_t = 86400)]
+    turn_ttl: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -365,8 +377,16 @@ fn start_embedded() -> Result<(
     std::thread::JoinHandle<()>,
     tokio::sync::oneshot::Sender<()>,
 )> {
-    let server = mxconform_server::Server::open(mxconform_server::Config::in_memory("localhost"))
-        .map_err(anyhow::Error::msg)?;
+    let mut config = mxconform_server::Config::in_memory("localhost");
+    // A made-up TURN server (nothing listens there), as the test Synapse has, so that the
+    // suites can exercise getTurnServer.
+    config.turn = Some(mxconform_server::Turn {
+        uris: vec!["turn:127.0.0.1:3478?transport=udp".into()],
+        username: "mxconform".into(),
+        password: "mxconform-test-turn".into(),
+        ttl: 86400,
+    });
+    let server = mxconform_server::Server::open(config).map_err(anyhow::Error::msg)?;
     let (url_tx, url_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
@@ -503,6 +523,14 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     };
     if !args.in_memory {
         config.db = Some(args.db.clone());
+    }
+    if !args.turn_uris.is_empty() {
+        config.turn = Some(mxconform_server::Turn {
+            uris: args.turn_uris.clone(),
+            username: args.turn_username.clone(),
+            password: args.turn_password.clone(),
+            ttl: args.turn_ttl,
+        });
     }
     if !args.addr.ip().is_loopback() {
         eprintln!(

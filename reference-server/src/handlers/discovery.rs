@@ -62,3 +62,17 @@ pub fn get_wellknown_policy(
         "no policy server is configured on this server",
     ))
 }
+
+/// The configured TURN server; without one there is nothing to hand out.
+pub fn get_turn_server(ctx: &Ctx, _req: cs::voip::get_turn_server::Request) -> ApiResult<Value> {
+    ctx.me()?;
+    let turn = ctx.server.config.turn.as_ref().ok_or_else(|| {
+        crate::error::ApiError::not_found("no TURN server is configured on this server")
+    })?;
+    Ok(json!({
+        "uris": turn.uris,
+        "username": turn.username,
+        "password": turn.password,
+        "ttl": turn.ttl,
+    }))
+}

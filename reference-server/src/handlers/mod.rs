@@ -117,6 +117,7 @@ table! {
     "getWellknown" => discovery::get_wellknown,
     "getWellknownSupport" => discovery::get_wellknown_support,
     "getWellknownPolicy" => discovery::get_wellknown_policy,
+    "getTurnServer" => discovery::get_turn_server,
     "getCapabilities" => discovery::get_capabilities,
     "register" => account::register,
     "checkUsernameAvailability" => account::check_username_availability,
