@@ -70,30 +70,26 @@ async fn read_request(sock: &mut TcpStream) -> Option<(String, String, Value)> {
     Some((method, path, body))
 }
 
+/// Writes one complete answer; false when the connection is gone.
+async fn reply(sock: &mut TcpStream, status: u16, content_type: &str, text: &str) -> bool {
+    let head = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+        text.len()
+    );
+    sock.write_all(head.as_bytes()).await.is_ok() && sock.write_all(text.as_bytes()).await.is_ok()
+}
+
 async fn answer(mut sock: TcpStream, handler: Handler) {
     while let Some((method, path, body)) = read_request(&mut sock).await {
         match handler(&method, &path, &body) {
             Answer::Json(status, v) => {
-                let text = v.to_string();
-                let head = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                    text.len()
-                );
-                if sock.write_all(head.as_bytes()).await.is_err()
-                    || sock.write_all(text.as_bytes()).await.is_err()
-                {
+                if !reply(&mut sock, status, "application/json", &v.to_string()).await {
                     return;
                 }
             }
             Answer::Html(status) => {
-                let text = "<html><body>No such resource</body></html>";
-                let head = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\r\n",
-                    text.len()
-                );
-                if sock.write_all(head.as_bytes()).await.is_err()
-                    || sock.write_all(text.as_bytes()).await.is_err()
-                {
+                let page = "<html><body>No such resource</body></html>";
+                if !reply(&mut sock, status, "text/html", page).await {
                     return;
                 }
             }

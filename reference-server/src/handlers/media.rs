@@ -97,24 +97,38 @@ pub fn get_content_override_name_authed(
     )
 }
 
+/// Thumbnails are the original bytes: clients scale what they get.
+fn thumbnail(ctx: &Ctx, server: &str, media_id: &str, width: i64, height: i64) -> ApiResult<Reply> {
+    if width <= 0 || height <= 0 {
+        return Err(ApiError::invalid_param("width and height must be positive"));
+    }
+    download(ctx, server, media_id, None)
+}
+
 pub fn get_content_thumbnail_authed(
     ctx: &Ctx,
     req: cs::authed_content_repo::get_content_thumbnail_authed::Request,
 ) -> ApiResult<Reply> {
-    if req.width <= 0 || req.height <= 0 {
-        return Err(ApiError::invalid_param("width and height must be positive"));
-    }
-    download(ctx, req.server_name.as_str(), &req.media_id, None)
+    thumbnail(
+        ctx,
+        req.server_name.as_str(),
+        &req.media_id,
+        req.width,
+        req.height,
+    )
 }
 
 pub fn get_content_thumbnail(
     ctx: &Ctx,
     req: cs::content_repo::get_content_thumbnail::Request,
 ) -> ApiResult<Reply> {
-    if req.width <= 0 || req.height <= 0 {
-        return Err(ApiError::invalid_param("width and height must be positive"));
-    }
-    download(ctx, req.server_name.as_str(), &req.media_id, None)
+    thumbnail(
+        ctx,
+        req.server_name.as_str(),
+        &req.media_id,
+        req.width,
+        req.height,
+    )
 }
 
 pub fn get_content(ctx: &Ctx, req: cs::content_repo::get_content::Request) -> ApiResult<Reply> {
