@@ -656,6 +656,39 @@ impl State {
             .insert(device_id.to_string(), device);
     }
 
+    /// Remembers what a transaction id produced (an event id, or "" for to-device sends), so a
+    /// retry answers the same; persisted in the key format the replay reads back.
+    pub fn remember_txn(
+        &mut self,
+        batch: &mut Batch,
+        key: (String, String, String),
+        result: String,
+    ) {
+        batch.put(
+            "txn",
+            format!("{}\u{0}{}\u{0}{}", key.0, key.1, key.2),
+            &json!(result),
+        );
+        self.txns.insert(key, result);
+    }
+
+    /// Logs out every device of `user`, but `keep` when given.
+    pub fn remove_devices(&mut self, batch: &mut Batch, user: &str, keep: Option<&str>) {
+        let ids: Vec<String> = self
+            .devices
+            .get(user)
+            .map(|d| {
+                d.keys()
+                    .filter(|k| Some(k.as_str()) != keep)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for d in ids {
+            self.remove_device(batch, user, &d);
+        }
+    }
+
     pub fn remove_device(&mut self, batch: &mut Batch, user: &str, device_id: &str) {
         if let Some(d) = self.devices.get_mut(user).and_then(|m| m.remove(device_id)) {
             self.tokens.remove(&d.token);

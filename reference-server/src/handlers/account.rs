@@ -356,14 +356,7 @@ pub fn logout(ctx: &Ctx, _req: cs::logout::logout::Request) -> ApiResult<Value> 
 pub fn logout_all(ctx: &Ctx, _req: cs::logout::logout_all::Request) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     ctx.server.write(|state, batch| {
-        let ids: Vec<String> = state
-            .devices
-            .get(&me.user_id)
-            .map(|d| d.keys().cloned().collect())
-            .unwrap_or_default();
-        for d in ids {
-            state.remove_device(batch, &me.user_id, &d);
-        }
+        state.remove_devices(batch, &me.user_id, None);
         Ok(json!({}))
     })
 }
@@ -371,6 +364,14 @@ pub fn logout_all(ctx: &Ctx, _req: cs::logout::logout_all::Request) -> ApiResult
 pub fn get_token_owner(ctx: &Ctx, _req: cs::whoami::get_token_owner::Request) -> ApiResult<Value> {
     let me = ctx.me()?;
     Ok(json!({"user_id": me.user_id, "device_id": me.device_id, "is_guest": false}))
+}
+
+/// The one-stage `m.login.password` flow that guards the caller's own account and devices.
+fn password_uia<A: serde::Serialize>(ctx: &Ctx, auth: Option<&A>) -> ApiResult<()> {
+    let auth = auth.map(|a| serde_json::to_value(a).unwrap_or_default());
+    uia(auth.as_ref(), "m.login.password", |a| {
+        check_own_password(ctx, a)
+    })
 }
 
 /// The `m.login.password` stage: the caller's own password.
@@ -404,13 +405,7 @@ pub fn change_password(
     req: cs::password_management::change_password::Request,
 ) -> ApiResult<Value> {
     let b = req.body;
-    let auth = b
-        .auth
-        .as_ref()
-        .map(|a| serde_json::to_value(a).unwrap_or_default());
-    uia(auth.as_ref(), "m.login.password", |a| {
-        check_own_password(ctx, a)
-    })?;
+    password_uia(ctx, b.auth.as_ref())?;
     let me = ctx.me()?.clone();
     let hash = hash_password(ctx.server.config.password_cost, &b.new_password)?;
     let logout_devices = b.logout_devices.unwrap_or(true);
@@ -423,14 +418,7 @@ pub fn change_password(
         user.password_hash = Some(hash);
         state.put_user(batch, user);
         if logout_devices {
-            let others: Vec<String> = state
-                .devices
-                .get(&me.user_id)
-                .map(|d| d.keys().filter(|k| **k != me.device_id).cloned().collect())
-                .unwrap_or_default();
-            for d in others {
-                state.remove_device(batch, &me.user_id, &d);
-            }
+            state.remove_devices(batch, &me.user_id, Some(&me.device_id));
         }
         Ok(json!({}))
     })
@@ -441,13 +429,7 @@ pub fn deactivate_account(
     req: cs::account_deactivation::deactivate_account::Request,
 ) -> ApiResult<Value> {
     let b = req.body;
-    let auth = b
-        .auth
-        .as_ref()
-        .map(|a| serde_json::to_value(a).unwrap_or_default());
-    uia(auth.as_ref(), "m.login.password", |a| {
-        check_own_password(ctx, a)
-    })?;
+    password_uia(ctx, b.auth.as_ref())?;
     let me = ctx.me()?.clone();
     ctx.server.write(|state, batch| {
         let mut user = state
@@ -458,14 +440,7 @@ pub fn deactivate_account(
         user.deactivated = true;
         user.password_hash = None;
         state.put_user(batch, user);
-        let ids: Vec<String> = state
-            .devices
-            .get(&me.user_id)
-            .map(|d| d.keys().cloned().collect())
-            .unwrap_or_default();
-        for d in ids {
-            state.remove_device(batch, &me.user_id, &d);
-        }
+        state.remove_devices(batch, &me.user_id, None);
         Ok(json!({"id_server_unbind_result": "no-support"}))
     })
 }
@@ -539,14 +514,7 @@ pub fn delete_device(
     }) {
         return Err(ApiError::not_found("no such device"));
     }
-    let auth = req
-        .body
-        .auth
-        .as_ref()
-        .map(|a| serde_json::to_value(a).unwrap_or_default());
-    uia(auth.as_ref(), "m.login.password", |a| {
-        check_own_password(ctx, a)
-    })?;
+    password_uia(ctx, req.body.auth.as_ref())?;
     ctx.server.write(|state, batch| {
         state.remove_device(batch, &me.user_id, &req.device_id);
         Ok(json!({}))
@@ -558,14 +526,7 @@ pub fn delete_devices(
     req: cs::device_management::delete_devices::Request,
 ) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
-    let auth = req
-        .body
-        .auth
-        .as_ref()
-        .map(|a| serde_json::to_value(a).unwrap_or_default());
-    uia(auth.as_ref(), "m.login.password", |a| {
-        check_own_password(ctx, a)
-    })?;
+    password_uia(ctx, req.body.auth.as_ref())?;
     ctx.server.write(|state, batch| {
         // Devices that do not exist are ignored, as the spec says.
         for d in &req.body.devices {
@@ -620,14 +581,7 @@ pub fn generate_login_token(
     req: cs::login_token::generate_login_token::Request,
 ) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
-    let auth = req
-        .body
-        .auth
-        .as_ref()
-        .map(|a| serde_json::to_value(a).unwrap_or_default());
-    uia(auth.as_ref(), "m.login.password", |a| {
-        check_own_password(ctx, a)
-    })?;
+    password_uia(ctx, req.body.auth.as_ref())?;
     let token = random_token(24);
     let lifetime = 120_000;
     ctx.server.write(|state, _| {

@@ -164,12 +164,7 @@ pub fn send_message(ctx: &Ctx, req: cs::room_send::send_message::Request) -> Api
             None,
             None,
         );
-        batch.put(
-            "txn",
-            format!("{}\u{0}{}\u{0}{}", key.0, key.1, key.2),
-            &json!(id),
-        );
-        state.txns.insert(key, id.clone());
+        state.remember_txn(batch, key, id.clone());
         Ok(json!({"event_id": id}))
     })
 }
@@ -346,12 +341,7 @@ pub fn redact_event(ctx: &Ctx, req: cs::redaction::redact_event::Request) -> Api
             Some(req.event_id.as_str().to_string()),
             None,
         );
-        batch.put(
-            "txn",
-            format!("{}\u{0}{}\u{0}{}", key.0, key.1, key.2),
-            &json!(id),
-        );
-        state.txns.insert(key, id.clone());
+        state.remember_txn(batch, key, id.clone());
         Ok(json!({"event_id": id}))
     })
 }

@@ -272,12 +272,7 @@ pub fn send_to_device(ctx: &Ctx, req: cs::to_device::send_to_device::Request) ->
                     .push((pos, msg));
             }
         }
-        batch.put(
-            "txn",
-            format!("{}\u{0}{}\u{0}{}", key.0, key.1, key.2),
-            &json!(""),
-        );
-        state.txns.insert(key, String::new());
+        state.remember_txn(batch, key, String::new());
         Ok(json!({}))
     })
 }
