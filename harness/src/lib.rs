@@ -69,10 +69,19 @@ fn version_key(v: &str) -> Option<(u32, u32)> {
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
-/// Why a scenario cannot run on a server advertising `versions`, if it cannot.
-pub fn version_gate(s: &scenario::Scenario, versions: &[String]) -> Option<String> {
+/// Why a scenario cannot run on a server advertising `versions`, if it cannot. Operations in
+/// `serves` (the profile's list of operations the server is known to serve ahead of the
+/// versions it advertises) never gate.
+pub fn version_gate(
+    s: &scenario::Scenario,
+    versions: &[String],
+    serves: &std::collections::BTreeMap<String, String>,
+) -> Option<String> {
     let newest = versions.iter().filter_map(|v| version_key(v)).max()?;
     for op in s.operations() {
+        if serves.contains_key(op) {
+            continue;
+        }
         let added = route(op).and_then(|r| r.added_in);
         if let Some(added) = added {
             if version_key(added).is_some_and(|k| k > newest) {
@@ -186,6 +195,7 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
         server_name: config.profile.server_name.clone(),
         versions: versions.clone(),
         software: software.or_else(|| config.software_hint.clone()),
+        serves: config.profile.serves.clone(),
     };
     let env = Arc::new(runner::Env {
         client,
@@ -198,7 +208,7 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
     type Job = Box<dyn FnOnce() -> std::result::Result<Completion, Failed> + Send>;
     let mut jobs: Vec<(String, String, Job)> = Vec::new();
     for s in scenarios {
-        let gate = version_gate(&s, &versions);
+        let gate = version_gate(&s, &versions, &env.profile.serves);
         let (env, rt, results) = (env.clone(), rt.clone(), results.clone());
         let name = s.name.clone();
         let area = s.area.clone();
@@ -364,5 +374,32 @@ impl Progress {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn scenario(yaml: &str) -> scenario::Scenario {
+        serde_yaml::from_str(yaml).expect("scenario parses")
+    }
+
+    #[test]
+    fn version_gate_skips_newer_operations_unless_the_profile_says_they_are_served() {
+        let s = scenario(
+            "description: d\nspec: https://spec.matrix.org/v1.19/\nactors: [alice]\nsteps:\n  - call: getMutualRooms\n    query: {user_id: x}\n",
+        );
+        let versions = vec!["r0.6.1".to_string(), "v1.15".to_string()];
+        let why = version_gate(&s, &versions, &BTreeMap::new()).expect("gated");
+        assert!(
+            why.contains("getMutualRooms") && why.contains("v1.15"),
+            "{why}"
+        );
+        let serves = BTreeMap::from([("getMutualRooms".to_string(), "known".to_string())]);
+        assert_eq!(version_gate(&s, &versions, &serves), None);
+        let newer = vec!["v1.19".to_string()];
+        assert_eq!(version_gate(&s, &newer, &BTreeMap::new()), None);
     }
 }

@@ -25,6 +25,10 @@ pub struct Profile {
     /// Scenario name -> why this server fails it.
     #[serde(default)]
     pub deviations: BTreeMap<String, Deviation>,
+    /// Operation id -> why the server is known to serve it although it does not advertise the
+    /// spec version that added it (scenarios using it are then not skipped for version).
+    #[serde(default)]
+    pub serves: BTreeMap<String, String>,
     #[serde(skip)]
     pub path: PathBuf,
 }
@@ -69,6 +73,16 @@ impl Profile {
                 return Err(Error::Profile {
                     path: path.to_path_buf(),
                     reason: format!("deviation `{name}` needs a reason and a spec link (https://spec.matrix.org/...)"),
+                });
+            }
+        }
+        for (op, why) in &p.serves {
+            if crate::route(op).is_none() || why.trim().is_empty() {
+                return Err(Error::Profile {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "[serves] `{op}` must be a client-server operation id, with a reason"
+                    ),
                 });
             }
         }

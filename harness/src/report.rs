@@ -76,6 +76,9 @@ pub struct ServerInfo {
     pub versions: Vec<String>,
     /// `/_matrix/federation/v1/version` when the server answers it: "Synapse 1.163.0".
     pub software: Option<String>,
+    /// The profile's operations the server serves ahead of the versions it advertises, with why.
+    #[serde(default)]
+    pub serves: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -186,6 +189,16 @@ impl Report {
             self.server.url,
             self.server.versions.join(", ")
         );
+        if !self.server.serves.is_empty() {
+            let _ = writeln!(
+                s,
+                "Run although added after the newest version advertised (the profile's `[serves]`):\n"
+            );
+            for (op, why) in &self.server.serves {
+                let _ = writeln!(s, "- `{op}`: {why}");
+            }
+            let _ = writeln!(s);
+        }
         let run = t.scenarios - t.skipped;
         let _ = writeln!(
             s,
