@@ -50,6 +50,8 @@ pub struct Answers<'a> {
     pub binary: bool,
     /// Statuses the spec documents with no body; any body they come with is not checked.
     pub no_body: &'a [u16],
+    /// A page for a browser (HTML): no status carries JSON to check.
+    pub page: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -59,6 +61,8 @@ pub struct Response {
     pub body: Value,
     pub bytes: usize,
     pub content_type: Option<String>,
+    /// Every response header, names in lower case.
+    pub headers: Vec<(String, String)>,
 }
 
 /// Percent-encodes a path segment or query component (everything but unreserved characters).
@@ -179,6 +183,16 @@ impl Client {
                 .get("content-type")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+            let headers: Vec<(String, String)> = resp
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
             if let Some(len) = resp.content_length() {
                 if len as usize > self.limits.max_body {
                     return Err(format!(
@@ -204,7 +218,7 @@ impl Client {
             let bytes = buf.len();
             let body = if answers.binary && (200..300).contains(&status) {
                 Value::Null
-            } else if answers.no_body.contains(&status) {
+            } else if answers.page || answers.no_body.contains(&status) {
                 // The spec documents this status without a body: whatever comes is not checked.
                 serde_json::from_slice(&buf).unwrap_or(Value::Null)
             } else if buf.is_empty() {
@@ -222,6 +236,7 @@ impl Client {
                 body,
                 bytes,
                 content_type,
+                headers,
             })
         };
         // The request timeout covers sending and the whole body; this is a second, outer bound.
@@ -266,6 +281,7 @@ impl Client {
             Answers {
                 binary,
                 no_body: &no_body,
+                page: false,
             },
         )
         .await

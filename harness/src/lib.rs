@@ -6,6 +6,7 @@
 pub mod client;
 pub mod error;
 pub mod expect;
+pub mod peers;
 pub mod profile;
 pub mod report;
 pub mod runner;
@@ -57,6 +58,8 @@ pub struct RunConfig {
     pub sweeps: bool,
     /// What to report as the server's software when it does not say (the embedded server).
     pub software_hint: Option<String>,
+    /// The peers the profile configures, already running (see [`peers::Peers::start`]).
+    pub peers: Option<Arc<peers::Peers>>,
     /// libtest's arguments; `None` runs every scenario without libtest's console output
     /// (for embedding, and for the harness's own tests).
     pub args: Option<libtest_mimic::Arguments>,
@@ -202,6 +205,7 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
         snapshot_dir: config.snapshots_dir.join(&config.profile.name),
         profile: config.profile,
         scenario_timeout: config.scenario_timeout,
+        peers: config.peers.clone(),
     });
     let rt = Arc::new(rt);
     let results: Arc<Mutex<Vec<report::ScenarioResult>>> = Arc::default();

@@ -29,6 +29,9 @@ pub struct Profile {
     /// spec version that added it (scenarios using it are then not skipped for version).
     #[serde(default)]
     pub serves: BTreeMap<String, String>,
+    /// The peers the server is configured to talk to (see [`crate::peers`]).
+    #[serde(default)]
+    pub peers: crate::peers::PeersConfig,
     #[serde(skip)]
     pub path: PathBuf,
 }

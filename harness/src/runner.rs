@@ -26,6 +26,8 @@ pub struct Env {
     pub snapshot_dir: PathBuf,
     /// Bound on a scenario that sets none.
     pub scenario_timeout: Duration,
+    /// The outside world the server talks to, when the profile configures it.
+    pub peers: Option<std::sync::Arc<crate::peers::Peers>>,
 }
 
 #[derive(Clone, Debug)]
@@ -114,6 +116,22 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
         "server_name",
         Value::String(env.profile.server_name.clone()),
     );
+    if let Some(missing) = crate::peers::Peers::missing(env.peers.as_deref(), &scenario.needs) {
+        return Outcome {
+            result: Ok(()),
+            skipped: Some(format!(
+                "needs the {missing} peer, which profile `{}` does not configure",
+                env.profile.name
+            )),
+            operations: Vec::new(),
+            duration: started.elapsed(),
+        };
+    }
+    if let Some(p) = &env.peers {
+        for (k, v) in p.vars(&env.profile.server_name) {
+            run.vars.set(&k, v);
+        }
+    }
     let result = match tokio::time::timeout(bound, run.all()).await {
         Ok(r) => r,
         Err(_) => Err(format!(
@@ -141,17 +159,25 @@ impl Run<'_> {
                 .map_err(|e| format!("creating actor {actor}: {e}"))?;
         }
         for (i, step) in self.scenario.steps.iter().enumerate() {
-            let label = match (&step.call, &step.sync_until, &step.await_, &step.http) {
+            let label = match (
+                &step.call,
+                &step.sync_until,
+                &step.await_,
+                &step.http,
+                &step.mail,
+            ) {
                 (Some(op), ..) => op.clone(),
                 (_, Some(_), ..) => "sync_until".to_string(),
-                (_, _, Some(_), _) => "await".to_string(),
-                (.., Some(h)) => format!("{} {}", h.method, h.path),
+                (_, _, Some(_), ..) => "await".to_string(),
+                (_, _, _, Some(h), _) => format!("{} {}", h.method, h.path),
+                (.., Some(m)) => format!("mail to {}", m.to),
                 _ => "?".to_string(),
             };
-            let r = match (&step.sync_until, &step.await_, &step.http) {
+            let r = match (&step.sync_until, &step.await_, &step.http, &step.mail) {
                 (Some(s), ..) => self.sync_until(step, s).await,
-                (_, Some(name), _) => self.await_background(step, name).await,
-                (.., Some(h)) => self.http_step(step, h).await,
+                (_, Some(name), ..) => self.await_background(step, name).await,
+                (_, _, Some(h), _) => self.http_step(step, h).await,
+                (.., Some(m)) => self.mail_step(m).await,
                 _ => self.call_step(step).await,
             };
             r.map_err(|e| format!("step {} ({label}): {e}", i + 1))?;
@@ -456,6 +482,7 @@ impl Run<'_> {
                 },
             }
         };
+        check_headers(&step.expect, &resp)?;
         self.capture(step, &resp.body)?;
         if let Some(name) = &step.snapshot {
             let text = crate::snapshot::normalise(&resp.body, &self.env.profile.server_name);
@@ -498,10 +525,13 @@ impl Run<'_> {
                 body,
                 token.as_deref(),
                 None,
-                Default::default(),
+                crate::client::Answers {
+                    page: h.page,
+                    ..Default::default()
+                },
             )
             .await?;
-        if resp.status >= 400 {
+        if resp.status >= 400 && !h.page {
             if let Some(v) = validate::error_shape(&resp.body).first() {
                 return Err(format!(
                     "the {} error response has no standard error shape: {v}",
@@ -510,7 +540,27 @@ impl Run<'_> {
             }
         }
         crate::expect::response(&step.expect, resp.status, &resp.body, &self.vars)?;
+        check_headers(&step.expect, &resp)?;
         self.capture(step, &resp.body)
+    }
+
+    /// Waits for a mail at the mail peer and captures from its text.
+    async fn mail_step(&mut self, m: &crate::scenario::MailStep) -> Result<(), String> {
+        let peers = self.env.peers.clone().ok_or("no mail peer is running")?;
+        let to = self.vars.render_text(&m.to)?;
+        let within = Duration::from_millis(m.within_ms.unwrap_or(10_000).min(60_000));
+        let mail = peers.mailbox.take(&to, within).await?;
+        for (name, r) in &m.capture {
+            let re =
+                regex::Regex::new(r).map_err(|e| format!("capture `{name}`: bad regex: {e}"))?;
+            let group = re.captures(&mail.text).and_then(|c| c.get(1)).ok_or_else(|| {
+                let head: String = mail.text.chars().take(400).collect();
+                format!("cannot capture `{name}`: the mail to {to} (from {}) does not match /{r}/: {head:?}", mail.from)
+            })?;
+            self.vars
+                .set(name, Value::String(group.as_str().to_string()));
+        }
+        Ok(())
     }
 
     fn capture(&mut self, step: &Step, body: &Value) -> Result<(), String> {
@@ -722,6 +772,19 @@ impl SyncJob {
 
 /// Validates a response against the spec's schema for its status; an undocumented error
 /// status must still have the standard error shape.
+/// The response headers `expect.headers` names match their regular expressions.
+fn check_headers(expect: &crate::scenario::Expect, resp: &Response) -> Result<(), String> {
+    for (name, r) in &expect.headers {
+        let re = regex::Regex::new(r).map_err(|e| format!("header `{name}`: bad regex: {e}"))?;
+        match resp.headers.iter().find(|(k, _)| k == name) {
+            Some((_, v)) if re.is_match(v) => {}
+            Some((_, v)) => return Err(format!("header `{name}: {v}` does not match /{r}/")),
+            None => return Err(format!("no `{name}` header (status {})", resp.status)),
+        }
+    }
+    Ok(())
+}
+
 fn check_schema(route: &Route, resp: &Response) -> Result<(), String> {
     // Token errors answer any operation that takes a token, whatever the operation documents
     // for 401 (user-interactive operations document only their auth flows there).

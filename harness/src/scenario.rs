@@ -20,6 +20,9 @@ pub struct Scenario {
     /// Users created fresh for this scenario (unique names), by the name steps use.
     #[serde(default)]
     pub actors: Vec<String>,
+    /// Peers the scenario needs (`appservice`, `mail`, `web`); without them it is skipped.
+    #[serde(default)]
+    pub needs: Vec<String>,
     /// Bound on the whole scenario, in milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
@@ -49,6 +52,9 @@ pub struct Step {
     /// A request outside the route table (unknown paths, wrong methods), sent as given.
     #[serde(default)]
     pub http: Option<RawHttp>,
+    /// Wait for a mail to the mail peer and capture from its text.
+    #[serde(default)]
+    pub mail: Option<MailStep>,
     /// The actor whose access token is sent (default: the first actor).
     #[serde(default, rename = "as")]
     pub as_actor: Option<String>,
@@ -100,6 +106,21 @@ pub struct Step {
 pub struct RawHttp {
     pub method: String,
     pub path: String,
+    /// The answer is a page for a browser (HTML), not Matrix JSON: its body is not checked.
+    #[serde(default)]
+    pub page: bool,
+}
+
+/// Waits for a mail to `to` (templated) at the mail peer; `capture` keeps the first group of
+/// each regular expression matched against the mail's decoded text.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailStep {
+    pub to: String,
+    #[serde(default)]
+    pub within_ms: Option<u64>,
+    #[serde(default)]
+    pub capture: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -152,6 +173,10 @@ pub struct Expect {
     pub body: Option<Value>,
     #[serde(default)]
     pub checks: Vec<Check>,
+    /// Response headers (lower-case names) and a regular expression each must match
+    /// (a redirect's `location`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -263,6 +288,13 @@ impl Scenario {
                 self.spec
             ));
         }
+        for n in &self.needs {
+            if !matches!(n.as_str(), "appservice" | "mail" | "web") {
+                return fail(format!(
+                    "`needs` names peers: appservice, mail, web; not {n:?}"
+                ));
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
         for a in &self.actors {
             if !seen.insert(a)
@@ -294,11 +326,36 @@ impl Scenario {
             let kinds = usize::from(step.call.is_some())
                 + usize::from(step.sync_until.is_some())
                 + usize::from(step.await_.is_some())
-                + usize::from(step.http.is_some());
+                + usize::from(step.http.is_some())
+                + usize::from(step.mail.is_some());
             if kinds != 1 {
                 return fail(format!(
-                    "step {n}: a step has exactly one of `call`, `sync_until`, `await` and `http`"
+                    "step {n}: a step has exactly one of `call`, `sync_until`, `await`, `http` and `mail`"
                 ));
+            }
+            if let Some(m) = &step.mail {
+                if !self.needs.iter().any(|x| x == "mail") {
+                    return fail(format!("step {n}: a `mail` step needs `needs: [mail]`"));
+                }
+                for (name, r) in &m.capture {
+                    if matches!(name.as_str(), "unique" | "fresh" | "server_name")
+                        || name.contains('.')
+                    {
+                        return fail(format!("step {n}: `{name}` cannot be a capture name"));
+                    }
+                    match regex::Regex::new(r) {
+                        Ok(re) if re.captures_len() >= 2 => {}
+                        _ => return fail(format!(
+                            "step {n}: capture `{name}` needs a valid regex with a group: {r:?}"
+                        )),
+                    }
+                }
+                continue;
+            }
+            for (name, r) in &step.expect.headers {
+                if name.to_ascii_lowercase() != *name || regex::Regex::new(r).is_err() {
+                    return fail(format!("step {n}: header checks need lower-case names and valid regexes ({name}: {r:?})"));
+                }
             }
             if let Some(h) = &step.http {
                 if !h.path.starts_with('/') || !h.method.chars().all(|c| c.is_ascii_uppercase()) {
@@ -353,6 +410,7 @@ impl Scenario {
                     }
                     if step.as_actor.is_none()
                         && step.auth.is_none()
+                        && step.token.is_none()
                         && route.auth == mxconform_generated::Auth::Required
                         && self.actors.is_empty()
                     {

@@ -75,6 +75,7 @@ fn sweep(
         description,
         spec,
         actors,
+        needs: Vec::new(),
         timeout_ms: None,
         steps: vec![step],
         area: "sweeps".into(),
@@ -246,6 +247,7 @@ fn unrecognized() -> Vec<Scenario> {
             http: Some(RawHttp {
                 method: "GET".into(),
                 path: format!("{p}/mxconform_no_such_endpoint"),
+                page: false,
             }),
             expect: error(404, "M_UNRECOGNIZED"),
             ..Step::default()
@@ -289,6 +291,7 @@ fn unrecognized() -> Vec<Scenario> {
                 http: Some(RawHttp {
                     method: wrong.into(),
                     path: path.to_string(),
+                    page: false,
                 }),
                 as_actor: Some("alice".into()),
                 expect: error(405, "M_UNRECOGNIZED"),

@@ -80,6 +80,8 @@ turn_uris: ["turn:127.0.0.1:3478?transport=udp"]
 turn_username: "mxconform"
 turn_password: "mxconform-test-turn"
 enable_search: true
+# The harness plays this application service (a bridge) on loopback.
+app_service_config_files: ["$repo/harness/peers/appservice.yaml"]
 user_directory:
   enabled: true
   search_all_users: true

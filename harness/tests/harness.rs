@@ -264,6 +264,7 @@ fn scenarios_against_a_fake_server() {
             ("directory/error_shape", &format!("description: a 403 without errcode\n{SPEC}actors: [alice]\nsteps:\n  - call: setRoomAlias\n    path: {{roomAlias: \"#a:fake.test\"}}\n    body: {{room_id: \"!r:fake.test\"}}\n    expect: {{status: 403}}\n")),
             ("directory/listed_and_failing", &format!("description: listed as a deviation and failing\n{SPEC}steps:\n  - call: getRoomIdByAlias\n    path: {{roomAlias: \"#a:fake.test\"}}\n")),
             ("rooms/listed_but_passing", &format!("description: listed as a deviation but passing\n{SPEC}actors: [alice]\nsteps:\n  - call: createRoom\n")),
+            ("account/needs_mail", &format!("description: needs the mail peer\n{SPEC}needs: [mail]\nactors: [alice]\nsteps:\n  - mail: {{to: \"a@b.test\"}}\n")),
             ("rooms/newer_than_server", &format!("description: an operation from v1.19\n{SPEC}actors: [alice]\nsteps:\n  - call: getMutualRooms\n    query: {{user_id: \"{{{{alice.user_id}}}}\"}}\n")),
             ("discovery/support_absent", &format!("description: a documented 404 without a body\n{SPEC}steps:\n  - call: getWellknownSupport\n    auth: none\n    expect: {{status: 404}}\n")),
             ("rooms/html_error", &format!("description: an undocumented 404 that is not JSON\n{SPEC}actors: [alice]\nsteps:\n  - call: getJoinedRooms\n    expect: {{status: 404}}\n")),
@@ -282,6 +283,7 @@ fn scenarios_against_a_fake_server() {
         scenario_timeout: Duration::from_secs(20),
         sweeps: false,
         software_hint: None,
+        peers: None,
         args: None,
     };
     let out = mxconform_harness::run(config).expect("the run completes");
@@ -337,6 +339,11 @@ fn scenarios_against_a_fake_server() {
         Outcome::Skipped,
         "added in v1.19",
     );
+    expect(
+        "account/needs_mail",
+        Outcome::Skipped,
+        "needs the mail peer, which profile `fake` does not configure",
+    );
     expect("discovery/support_absent", Outcome::Passed, "");
     expect(
         "rooms/html_error",
@@ -358,7 +365,7 @@ fn scenarios_against_a_fake_server() {
             t.unexpected_passes,
             t.skipped
         ),
-        (10, 2, 5, 1, 1, 1)
+        (11, 2, 5, 1, 1, 2)
     );
     assert!(out.conclusion.is_none());
     assert!(!out.report.success());
@@ -386,7 +393,11 @@ fn scenarios_against_a_fake_server() {
     for key in ["server", "totals", "coverage", "areas", "scenarios"] {
         assert!(json.get(key).is_some(), "report lacks {key}");
     }
-    assert_eq!(json["scenarios"][0]["outcome"], "failed");
+    let html_error = json["scenarios"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "rooms/html_error"))
+        .expect("the scenario is in the JSON report");
+    assert_eq!(html_error["outcome"], "failed");
 }
 
 #[test]
@@ -447,6 +458,7 @@ fn hostile_server_fails_scenarios_with_reasons() {
                 p
             },
             snapshot_dir: temp_dir("snap"),
+            peers: None,
             scenario_timeout: Duration::from_secs(10),
         };
         let dir = temp_dir(name);
@@ -473,6 +485,7 @@ fn a_scenario_bound_stops_a_slow_scenario() {
         client: Client::new(&url, Limits::default()).expect("client"),
         profile: profile(&[]),
         snapshot_dir: temp_dir("snap"),
+        peers: None,
         scenario_timeout: Duration::from_secs(30),
     };
     let dir = temp_dir("bound");

@@ -53,6 +53,14 @@ codes! {
     cannot_leave_server_notice_room => 403 "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM",
     threepid_not_found => 400 "M_THREEPID_NOT_FOUND",
     weak_password => 400 "M_WEAK_PASSWORD",
+    url_not_set => 400 "M_URL_NOT_SET",
+    bad_status => 502 "M_BAD_STATUS",
+    connection_failed => 502 "M_CONNECTION_FAILED",
+    connection_timeout => 504 "M_CONNECTION_TIMEOUT",
+    threepid_in_use => 400 "M_THREEPID_IN_USE",
+    threepid_auth_failed => 400 "M_THREEPID_AUTH_FAILED",
+    threepid_medium_not_supported => 400 "M_THREEPID_MEDIUM_NOT_SUPPORTED",
+    invalid_email => 400 "M_INVALID_PARAM",
 }
 
 impl ApiError {

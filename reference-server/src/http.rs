@@ -156,7 +156,7 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
             ))
         }
         (None, _) | (_, Auth::None) => None,
-        (Some(t), _) => Some(authenticate(server, t)?),
+        (Some(t), _) => Some(authenticate(server, t, &query)?),
     };
 
     // Two operations on one route: the body says which (the spec's trailing-space keys).
@@ -194,7 +194,14 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
     let mut ctx = ctx;
     loop {
         changes.borrow_and_update();
-        match handler(&ctx, input.clone())? {
+        let mut reply = handler(&ctx, input.clone())?;
+        if let Reply::Outbound(work) = reply {
+            reply = work.await?;
+        }
+        match reply {
+            Reply::Outbound(_) => {
+                return Err(ApiError::internal("an outbound answer gave another"));
+            }
             Reply::Json(status, v) => return Ok(json_response(status, &v)),
             Reply::Bytes {
                 status,
@@ -227,7 +234,33 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
     }
 }
 
-fn authenticate(server: &Server, token: &str) -> ApiResult<Authed> {
+fn authenticate(server: &Server, token: &str, query: &[(String, String)]) -> ApiResult<Authed> {
+    if let Some(asv) = server
+        .config
+        .appservices
+        .iter()
+        .find(|a| a.as_token == token)
+    {
+        // An application service acts as its sender, or as a user of its namespace it names.
+        let user_id = query
+            .iter()
+            .find(|(k, _)| k == "user_id")
+            .map_or_else(|| asv.sender.clone(), |(_, v)| v.clone());
+        if !asv.may_act_as(&user_id) {
+            return Err(ApiError::forbidden(
+                "the application service's namespaces do not include that user",
+            ));
+        }
+        if user_id != asv.sender && !server.read(|s| s.users.contains_key(&user_id)) {
+            return Err(ApiError::forbidden("that user is not registered"));
+        }
+        return Ok(Authed {
+            user_id,
+            device_id: String::new(),
+            token: token.to_string(),
+            appservice: Some(asv.id.clone()),
+        });
+    }
     server.read(|s| {
         let (user, device) = s
             .tokens
@@ -240,6 +273,7 @@ fn authenticate(server: &Server, token: &str) -> ApiResult<Authed> {
             user_id: user.clone(),
             device_id: device.clone(),
             token: token.to_string(),
+            appservice: None,
         })
     })
 }

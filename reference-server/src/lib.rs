@@ -3,9 +3,11 @@
 //! [`serve`] runs it on a TCP listener. State lives in memory and in an embedded SQLite
 //! database ([`store`]); every acknowledged write is committed before the answer is sent.
 
+pub mod appservice;
 pub mod error;
 pub mod handlers;
 pub mod http;
+pub mod outbound;
 pub mod router;
 pub mod state;
 pub mod store;
@@ -42,6 +44,8 @@ pub struct Config {
     pub max_json_body: usize,
     /// The TURN server handed to clients for VoIP; `None` answers getTurnServer with 404.
     pub turn: Option<Turn>,
+    /// Registered application services.
+    pub appservices: Vec<appservice::AppService>,
 }
 
 /// A TURN server with static credentials.
@@ -64,6 +68,7 @@ impl Config {
             max_body: 50 * 1024 * 1024,
             max_json_body: 1024 * 1024,
             turn: None,
+            appservices: Vec::new(),
         }
     }
 }
@@ -107,6 +112,33 @@ impl Server {
             me: std::sync::OnceLock::new(),
         });
         let _ = server.me.set(Arc::downgrade(&server));
+        // Each application service's own user exists from the start.
+        for asv in &server.config.appservices {
+            let sender = asv.sender.clone();
+            server
+                .write(|state, batch| {
+                    if !state.users.contains_key(&sender) {
+                        let localpart = sender
+                            .trim_start_matches('@')
+                            .split(':')
+                            .next()
+                            .unwrap_or_default()
+                            .to_string();
+                        state.put_user(
+                            batch,
+                            state::User {
+                                user_id: sender.clone(),
+                                password_hash: None,
+                                displayname: Some(localpart),
+                                avatar_url: None,
+                                deactivated: false,
+                            },
+                        );
+                    }
+                    Ok(())
+                })
+                .map_err(|e| e.message)?;
+        }
         Ok(server)
     }
 

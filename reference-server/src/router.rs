@@ -35,6 +35,19 @@ pub struct Matched {
     pub params: BTreeMap<String, String>,
 }
 
+/// Percent-encodes everything but unreserved characters (for a path segment or query part).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Decodes `%XX` escapes; `None` when the result is not UTF-8 or an escape is broken.
 pub fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();

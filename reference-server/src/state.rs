@@ -256,6 +256,9 @@ pub struct State {
     pub pending_media: HashMap<String, (String, u64)>,
     /// Media ids uploaded while this process runs (the database knows the older ones).
     pub uploaded_media: BTreeSet<String>,
+    /// Rooms application services publish in their networks' directories:
+    /// instance id (`<appservice id>|<network id>`) -> room ids.
+    pub appservice_rooms: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// A server-side key backup version.
@@ -415,6 +418,12 @@ impl State {
                     }
                     let e = self.key_changes.entry(parts[0].to_string()).or_default();
                     *e = (*e).max(pos);
+                }
+                "as_room" if parts.len() == 2 => {
+                    self.appservice_rooms
+                        .entry(parts[0].to_string())
+                        .or_default()
+                        .insert(parts[1].to_string());
                 }
                 "key_change" => {
                     let e = self.key_changes.entry(key.clone()).or_default();

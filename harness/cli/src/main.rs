@@ -131,6 +131,9 @@ struct ServeArgs {
     /// Seconds the TURN credentials stay valid.
     #[arg(long, default_value_t = 86400)]
     turn_ttl: u64,
+    /// An application-service registration file (YAML, as other homeservers read; repeatable).
+    #[arg(long = "appservice")]
+    appservices: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -371,8 +374,35 @@ fn diff(from: &Path, to: &Path, format: DiffFormat) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts the reference server in memory on a free loopback port, on its own runtime thread.
-fn start_embedded() -> Result<(
+/// Reads application-service registration files for the server.
+fn load_appservices(
+    files: &[(PathBuf, Option<String>)],
+    server_name: &str,
+) -> Result<Vec<mxconform_server::appservice::AppService>> {
+    files
+        .iter()
+        .map(|(path, url)| {
+            let text = match url {
+                // The registration, pointed at where the harness's peer really listens.
+                Some(u) => mxconform_harness::peers::Registration::yaml_with_url(path, u)?,
+                None => std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            };
+            mxconform_server::appservice::AppService::from_yaml(
+                &text,
+                &path.display().to_string(),
+                server_name,
+            )
+            .map_err(anyhow::Error::msg)
+        })
+        .collect()
+}
+
+/// Starts the reference server in memory on a free loopback port, on its own runtime thread,
+/// talking to the harness's peers when there are any.
+fn start_embedded(
+    peers: Option<&mxconform_harness::peers::Peers>,
+) -> Result<(
     String,
     std::thread::JoinHandle<()>,
     tokio::sync::oneshot::Sender<()>,
@@ -386,6 +416,12 @@ fn start_embedded() -> Result<(
         password: "mxconform-test-turn".into(),
         ttl: 86400,
     });
+    if let Some(p) = peers {
+        if let Some(file) = &p.registration_file {
+            config.appservices =
+                load_appservices(&[(file.clone(), p.appservice_url())], "localhost")?;
+        }
+    }
     let server = mxconform_server::Server::open(config).map_err(anyhow::Error::msg)?;
     let (url_tx, url_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -444,10 +480,27 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
         )
     })?;
     // The server: --server, else the profile's base_url, else the embedded reference server.
-    let (url, embedded) = match args.server.clone().or_else(|| profile.base_url.clone()) {
+    let external = args.server.clone().or_else(|| profile.base_url.clone());
+    // The peers first: the embedded server is configured with where they listen (free ports);
+    // an external server was configured with the profile's fixed addresses.
+    let peers = if profile.peers.is_empty() {
+        None
+    } else {
+        let base = profile_path.parent().unwrap_or(&harness_dir).to_path_buf();
+        Some(std::sync::Arc::new(
+            mxconform_harness::peers::Peers::start(
+                &profile.peers,
+                &base,
+                &profile.server_name,
+                external.is_none(),
+            )
+            .context("starting the peers the profile configures")?,
+        ))
+    };
+    let (url, embedded) = match external {
         Some(u) => (u, None),
         None => {
-            let (url, thread, stop) = start_embedded()?;
+            let (url, thread, stop) = start_embedded(peers.as_deref())?;
             (url, Some((thread, stop)))
         }
     };
@@ -468,6 +521,7 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
                 env!("CARGO_PKG_VERSION")
             )
         }),
+        peers,
         args: Some(args.libtest.clone()),
     };
     let started = std::time::Instant::now();
@@ -532,6 +586,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             ttl: args.turn_ttl,
         });
     }
+    let files: Vec<(PathBuf, Option<String>)> =
+        args.appservices.iter().map(|p| (p.clone(), None)).collect();
+    config.appservices = load_appservices(&files, &args.server_name)?;
     if !args.addr.ip().is_loopback() {
         eprintln!(
             "warning: listening on {}, which is not a loopback address",

@@ -151,12 +151,21 @@ pub fn set_room_visibility_on_directory(
     })
 }
 
+/// Which directory to list: this server's, an application service network's
+/// (`third_party_instance_id`), or all of them (`include_all_networks`).
+enum Network {
+    Local,
+    Instance(String),
+    All,
+}
+
 fn public_rooms(
     ctx: &Ctx,
     limit: Option<i64>,
     since: Option<&str>,
     term: Option<&str>,
     room_types: Option<Vec<Value>>,
+    network: Network,
 ) -> ApiResult<Value> {
     let offset: usize = match since {
         Some(t) => t
@@ -168,10 +177,23 @@ fn public_rooms(
     let limit = limit.map(|l| l.clamp(1, 500) as usize);
     let term = term.map(str::to_lowercase);
     ctx.server.read(|s| {
+        let listed = |r: &crate::state::Room| match &network {
+            Network::Local => r.public,
+            Network::Instance(i) => s
+                .appservice_rooms
+                .get(i)
+                .is_some_and(|set| set.contains(&r.room_id)),
+            Network::All => {
+                r.public
+                    || s.appservice_rooms
+                        .values()
+                        .any(|set| set.contains(&r.room_id))
+            }
+        };
         let mut rooms: Vec<Value> = s
             .rooms
             .values()
-            .filter(|r| r.public)
+            .filter(|r| listed(r))
             .map(|r| s.room_overview(r))
             .collect();
         if let Some(types) = &room_types {
@@ -218,7 +240,14 @@ pub fn get_public_rooms(
     ctx: &Ctx,
     req: cs::list_public_rooms::get_public_rooms::Request,
 ) -> ApiResult<Value> {
-    public_rooms(ctx, req.limit, req.since.as_deref(), None, None)
+    public_rooms(
+        ctx,
+        req.limit,
+        req.since.as_deref(),
+        None,
+        None,
+        Network::Local,
+    )
 }
 
 pub fn query_public_rooms(
@@ -232,11 +261,17 @@ pub fn query_public_rooms(
         .and_then(|f| f.generic_search_term.clone());
     let filter = serde_json::to_value(&b.filter).unwrap_or(Value::Null);
     let room_types = filter.get("room_types").and_then(Value::as_array).cloned();
+    let network = match (&b.third_party_instance_id, b.include_all_networks) {
+        (_, Some(true)) => Network::All,
+        (Some(i), _) => Network::Instance(i.clone()),
+        _ => Network::Local,
+    };
     public_rooms(
         ctx,
         b.limit,
         b.since.as_deref(),
         term.as_deref(),
         room_types,
+        network,
     )
 }

@@ -210,14 +210,6 @@ pub fn get_account3_pi_ds(
     Ok(json!({"threepids": []}))
 }
 
-pub fn get_protocols(
-    ctx: &Ctx,
-    _req: cs::third_party_lookup::get_protocols::Request,
-) -> ApiResult<Value> {
-    ctx.me()?;
-    Ok(json!({}))
-}
-
 pub fn get_event_by_timestamp(
     ctx: &Ctx,
     req: cs::room_event_by_timestamp::get_event_by_timestamp::Request,

@@ -4,6 +4,7 @@
 
 mod account;
 mod backup;
+mod bridges;
 mod directory;
 mod discovery;
 mod events;
@@ -34,8 +35,11 @@ use crate::Server;
 #[derive(Clone, Debug)]
 pub struct Authed {
     pub user_id: String,
+    /// Empty for an application service (it has no device).
     pub device_id: String,
     pub token: String,
+    /// The application service's id, when the token is its `as_token`.
+    pub appservice: Option<String>,
 }
 
 /// What a handler sees besides its decoded request.
@@ -76,6 +80,19 @@ pub enum Reply {
     Wait {
         until: Instant,
     },
+    /// The answer needs a request to another server (an application service, a web page):
+    /// this future makes it, outside the state lock, and gives the real reply.
+    Outbound(std::pin::Pin<Box<dyn std::future::Future<Output = ApiResult<Reply>> + Send>>),
+}
+
+impl Reply {
+    /// An answer that waits on `f`.
+    pub fn outbound<F>(f: F) -> Reply
+    where
+        F: std::future::Future<Output = ApiResult<Value>> + Send + 'static,
+    {
+        Reply::Outbound(Box::pin(async move { f.await.map(Reply::from) }))
+    }
 }
 
 impl From<Value> for Reply {
@@ -232,7 +249,14 @@ table! {
     "reportUser" => misc::report_user,
     "getWhoIs" => misc::get_who_is,
     "getAccount3PIDs" => misc::get_account3_pi_ds,
-    "getProtocols" => misc::get_protocols,
+    "getProtocols" => bridges::get_protocols,
+    "getProtocolMetadata" => bridges::get_protocol_metadata,
+    "queryLocationByProtocol" => bridges::query_location_by_protocol,
+    "queryUserByProtocol" => bridges::query_user_by_protocol,
+    "queryLocationByAlias" => bridges::query_location_by_alias,
+    "queryUserByID" => bridges::query_user_by_id,
+    "pingAppservice" => bridges::ping_appservice,
+    "updateAppserviceRoomDirectoryVisibility" => bridges::update_appservice_room_directory_visibility,
     "getEventByTimestamp" => misc::get_event_by_timestamp,
     "getRoomSummary" => misc::get_room_summary,
     "search" => misc::search,

@@ -1,0 +1,838 @@
+//! Peers: the outside world a homeserver talks to, played on loopback so that the suites can
+//! exercise operations that need it. An application service (a bridge with one third-party
+//! protocol), a mail sink that speaks SMTP (for e-mail validation), and a web server (pages to
+//! preview, and the login page an SSO redirect points at).
+//!
+//! The homeserver is configured to use them (the registration file and addresses are in the
+//! profile's `[peers]`); scenarios say which they need with `needs:` and are skipped, with a
+//! reason, on a profile that configures none.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::error::{Error, Result};
+
+/// The profile's `[peers]`: which peers to run, and where.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeersConfig {
+    /// An application-service registration file (the format homeservers read), relative to
+    /// the profile; its `url` says where the harness's application service listens.
+    #[serde(default)]
+    pub appservice: Option<PathBuf>,
+    /// Where the mail sink listens for SMTP (`127.0.0.1:18025`).
+    #[serde(default)]
+    pub smtp: Option<String>,
+    /// Where the web server listens (`127.0.0.1:18080`).
+    #[serde(default)]
+    pub web: Option<String>,
+}
+
+impl PeersConfig {
+    pub fn is_empty(&self) -> bool {
+        self.appservice.is_none() && self.smtp.is_none() && self.web.is_none()
+    }
+}
+
+/// The parts of an application-service registration the harness's service needs.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Registration {
+    pub id: String,
+    pub url: String,
+    pub as_token: String,
+    pub hs_token: String,
+    pub sender_localpart: String,
+    #[serde(default)]
+    pub protocols: Vec<String>,
+}
+
+impl Registration {
+    pub fn load(path: &Path) -> Result<Registration> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let r: Registration = serde_yaml::from_str(&text).map_err(|e| Error::Profile {
+            path: path.to_path_buf(),
+            reason: format!("not an application-service registration: {e}"),
+        })?;
+        if r.protocols.is_empty() {
+            return Err(Error::Profile {
+                path: path.to_path_buf(),
+                reason: "the registration declares no protocol for the bridge's lookups".into(),
+            });
+        }
+        Ok(r)
+    }
+
+    /// `host:port` of `url` (`http://` only: the peer does not speak TLS).
+    pub fn listen_addr(&self) -> std::result::Result<String, String> {
+        self.url
+            .strip_prefix("http://")
+            .map(|rest| rest.trim_end_matches('/').to_string())
+            .filter(|a| !a.contains('/'))
+            .ok_or_else(|| {
+                format!(
+                    "the registration's url {:?} is not http://host:port",
+                    self.url
+                )
+            })
+    }
+
+    /// The registration with another `url`, in the YAML homeservers read.
+    pub fn yaml_with_url(path: &Path, url: &str) -> Result<String> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let mut v: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| Error::Profile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        if let Some(m) = v.as_mapping_mut() {
+            m.insert("url".into(), url.into());
+        }
+        serde_yaml::to_string(&v).map_err(|e| Error::Other(e.to_string()))
+    }
+}
+
+/// One mail the sink received.
+#[derive(Clone, Debug)]
+pub struct Mail {
+    pub from: String,
+    pub to: Vec<String>,
+    /// The text of every text part, decoded (base64, quoted-printable, HTML entities).
+    pub text: String,
+}
+
+/// Mails received and not yet taken by a scenario.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    mails: Mutex<Vec<Mail>>,
+    arrived: Notify,
+}
+
+impl Mailbox {
+    fn put(&self, mail: Mail) {
+        if let Ok(mut m) = self.mails.lock() {
+            // Bounded: a misbehaving server cannot fill memory.
+            if m.len() >= 1000 {
+                m.remove(0);
+            }
+            m.push(mail);
+        }
+        self.arrived.notify_waiters();
+    }
+
+    /// Takes the first mail to `to`, waiting for one until `within`.
+    pub async fn take(&self, to: &str, within: Duration) -> std::result::Result<Mail, String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            {
+                let mut mails = self.mails.lock().map_err(|_| "mailbox lock poisoned")?;
+                if let Some(i) = mails
+                    .iter()
+                    .position(|m| m.to.iter().any(|t| t.eq_ignore_ascii_case(to)))
+                {
+                    return Ok(mails.remove(i));
+                }
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return Err(format!(
+                    "no mail to {to} arrived within {:.1} s",
+                    within.as_secs_f64()
+                ));
+            }
+        }
+    }
+}
+
+/// The running peers. Dropping it stops them.
+pub struct Peers {
+    pub appservice: Option<(Registration, SocketAddr)>,
+    pub smtp: Option<SocketAddr>,
+    pub web: Option<SocketAddr>,
+    pub mailbox: Arc<Mailbox>,
+    /// The application service's registration file as given.
+    pub registration_file: Option<PathBuf>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers")
+            .field(
+                "appservice",
+                &self.appservice.as_ref().map(|(r, a)| (&r.id, a)),
+            )
+            .field("smtp", &self.smtp)
+            .field("web", &self.web)
+            .finish()
+    }
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Peers {
+    /// Starts the configured peers on their own runtime thread. `base` is the directory the
+    /// registration path is relative to; `ephemeral` binds free ports instead of the
+    /// configured ones (for a server the caller configures after, like the embedded one).
+    pub fn start(
+        config: &PeersConfig,
+        base: &Path,
+        server_name: &str,
+        ephemeral: bool,
+    ) -> Result<Peers> {
+        let registration_file = config.appservice.as_ref().map(|p| base.join(p));
+        let registration = registration_file
+            .as_deref()
+            .map(Registration::load)
+            .transpose()?;
+        let want = |configured: Option<String>| -> Option<String> {
+            configured.map(|a| {
+                if ephemeral {
+                    "127.0.0.1:0".to_string()
+                } else {
+                    a
+                }
+            })
+        };
+        let as_addr = match &registration {
+            Some(r) => Some(want(Some(r.listen_addr().map_err(Error::Other)?)).unwrap_or_default()),
+            None => None,
+        };
+        let smtp_addr = want(config.smtp.clone());
+        let web_addr = want(config.web.clone());
+        let mailbox = Arc::new(Mailbox::default());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let mb = mailbox.clone();
+        let reg = registration.clone();
+        let server_name = server_name.to_string();
+        let thread = std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("cannot start the peers' runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let bind = |addr: Option<String>, what: &'static str| async move {
+                    match addr {
+                        None => Ok(None),
+                        Some(a) => TcpListener::bind(&a).await.map(Some).map_err(|e| {
+                            format!("cannot listen on {a} for the {what}: {e} (is another run using it?)")
+                        }),
+                    }
+                };
+                let listeners = async {
+                    Ok::<_, String>((
+                        bind(as_addr, "application service").await?,
+                        bind(smtp_addr, "mail sink").await?,
+                        bind(web_addr, "web server").await?,
+                    ))
+                }
+                .await;
+                let (as_l, smtp_l, web_l) = match listeners {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+                let _ = ready_tx.send(Ok((addr(&as_l), addr(&smtp_l), addr(&web_l))));
+                if let (Some(l), Some(r)) = (as_l, reg) {
+                    let svc = Arc::new(AppService {
+                        reg: r,
+                        server_name: server_name.clone(),
+                    });
+                    tokio::spawn(accept_http(l, move |req| {
+                        let svc = svc.clone();
+                        async move { svc.answer(req).await }
+                    }));
+                }
+                if let Some(l) = smtp_l {
+                    tokio::spawn(accept_smtp(l, mb));
+                }
+                if let Some(l) = web_l {
+                    tokio::spawn(accept_http(l, |req| async move { web_answer(req) }));
+                }
+                let _ = stop_rx.await;
+            });
+        });
+        let (as_bound, smtp, web) = ready_rx
+            .recv()
+            .map_err(|_| Error::Other("the peers' thread ended early".into()))?
+            .map_err(Error::Other)?;
+        Ok(Peers {
+            appservice: registration.zip(as_bound),
+            smtp,
+            web,
+            mailbox,
+            registration_file,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The application service's URL as it listens (differs from the registration's when
+    /// started with free ports).
+    pub fn appservice_url(&self) -> Option<String> {
+        self.appservice.as_ref().map(|(_, a)| format!("http://{a}"))
+    }
+
+    pub fn web_url(&self) -> Option<String> {
+        self.web.map(|a| format!("http://{a}"))
+    }
+
+    /// Which of `needs` (`appservice`, `mail`, `web`) is not running, if any.
+    pub fn missing<'a>(peers: Option<&Peers>, needs: &'a [String]) -> Option<&'a str> {
+        needs
+            .iter()
+            .find(|n| match (n.as_str(), peers) {
+                (_, None) => true,
+                ("appservice", Some(p)) => p.appservice.is_none(),
+                ("mail", Some(p)) => p.smtp.is_none(),
+                ("web", Some(p)) => p.web.is_none(),
+                _ => true,
+            })
+            .map(String::as_str)
+    }
+
+    /// Template values scenarios use: `appservice.*`, `web.url`.
+    pub fn vars(&self, server_name: &str) -> BTreeMap<String, Value> {
+        let mut v = BTreeMap::new();
+        if let Some((r, _)) = &self.appservice {
+            v.insert("appservice.id".into(), json!(r.id));
+            v.insert("appservice.as_token".into(), json!(r.as_token));
+            v.insert(
+                "appservice.sender".into(),
+                json!(format!("@{}:{server_name}", r.sender_localpart)),
+            );
+            v.insert("appservice.protocol".into(), json!(r.protocols[0]));
+        }
+        if let Some(u) = self.web_url() {
+            v.insert("web.url".into(), json!(u));
+        }
+        v
+    }
+}
+
+type Answer = Response<Full<Bytes>>;
+
+async fn accept_http<F, Fut>(listener: TcpListener, answer: F)
+where
+    F: Fn(Request<Bytes>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Answer> + Send + 'static,
+{
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(sock);
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let answer = answer.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let bytes = match Limited::new(body, 1 << 20).collect().await {
+                        Ok(c) => c.to_bytes(),
+                        Err(_) => {
+                            return Ok::<_, std::convert::Infallible>(json_answer(
+                                413,
+                                json!({"errcode": "M_TOO_LARGE"}),
+                            ))
+                        }
+                    };
+                    Ok(answer(Request::from_parts(parts, bytes)).await)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+fn json_answer(status: u16, v: Value) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
+    q.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let dec = |s: &str| percent_decode(&s.replace('+', " "));
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 3 <= b.len() {
+            if let Some(n) = hex_byte(b[i + 1], b[i + 2]) {
+                out.push(n);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The bridge: answers the homeserver's pings, transactions and third-party lookups for its
+/// protocol. Users are `@<protocol>_<nick>:<server>`, portal rooms `#<protocol>_<channel>:<server>`.
+struct AppService {
+    reg: Registration,
+    server_name: String,
+}
+
+impl AppService {
+    async fn answer(&self, req: Request<Bytes>) -> Answer {
+        let query = query_pairs(req.uri().query());
+        let token = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string)
+            .or_else(|| {
+                query
+                    .iter()
+                    .find(|(k, _)| k == "access_token")
+                    .map(|(_, v)| v.clone())
+            });
+        match token {
+            None => {
+                return json_answer(
+                    401,
+                    json!({"errcode": "M_UNAUTHORIZED", "error": "no hs_token"}),
+                )
+            }
+            Some(t) if t != self.reg.hs_token => {
+                return json_answer(
+                    403,
+                    json!({"errcode": "M_FORBIDDEN", "error": "wrong hs_token"}),
+                )
+            }
+            Some(_) => {}
+        }
+        let path = req.uri().path().to_string();
+        let Some(rest) = path.strip_prefix("/_matrix/app/v1/") else {
+            return json_answer(404, json!({"errcode": "M_UNRECOGNIZED"}));
+        };
+        let segs: Vec<String> = rest.split('/').map(percent_decode).collect();
+        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        let field = |name: &str| {
+            query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let method = req.method().as_str();
+        let not_found = || {
+            json_answer(
+                404,
+                json!({"errcode": "M_NOT_FOUND", "error": "no such mapping"}),
+            )
+        };
+        match (method, segs.as_slice()) {
+            ("POST", ["ping"]) | ("PUT", ["transactions", _]) => json_answer(200, json!({})),
+            ("GET", ["users", _]) | ("GET", ["rooms", _]) => not_found(),
+            ("GET", ["thirdparty", "protocol", p]) if self.knows(p) => {
+                json_answer(200, self.protocol_metadata())
+            }
+            ("GET", ["thirdparty", "location", p]) if self.knows(p) => {
+                match field("channel").filter(|c| valid_name(c)) {
+                    Some(c) => json_answer(200, json!([self.location(p, &c)])),
+                    None => not_found(),
+                }
+            }
+            ("GET", ["thirdparty", "user", p]) if self.knows(p) => {
+                match field("nick").filter(|n| valid_name(n)) {
+                    Some(n) => json_answer(200, json!([self.user(p, &n)])),
+                    None => not_found(),
+                }
+            }
+            ("GET", ["thirdparty", "location"]) => {
+                let found = field("alias").and_then(|a| {
+                    self.reg.protocols.iter().find_map(|p| {
+                        let c = a
+                            .strip_prefix(&format!("#{p}_"))?
+                            .strip_suffix(&format!(":{}", self.server_name))?;
+                        valid_name(c).then(|| self.location(p, c))
+                    })
+                });
+                found.map_or_else(not_found, |l| json_answer(200, json!([l])))
+            }
+            ("GET", ["thirdparty", "user"]) => {
+                let found = field("userid").and_then(|u| {
+                    self.reg.protocols.iter().find_map(|p| {
+                        let n = u
+                            .strip_prefix(&format!("@{p}_"))?
+                            .strip_suffix(&format!(":{}", self.server_name))?;
+                        valid_name(n).then(|| self.user(p, n))
+                    })
+                });
+                found.map_or_else(not_found, |u| json_answer(200, json!([u])))
+            }
+            ("GET", ["thirdparty", ..]) => not_found(),
+            _ => json_answer(404, json!({"errcode": "M_UNRECOGNIZED"})),
+        }
+    }
+
+    fn knows(&self, protocol: &str) -> bool {
+        self.reg.protocols.iter().any(|p| p == protocol)
+    }
+
+    fn protocol_metadata(&self) -> Value {
+        json!({
+            "user_fields": ["nick"],
+            "location_fields": ["channel"],
+            "icon": format!("mxc://{}/bridge-icon", self.server_name),
+            "field_types": {
+                "nick": {"regexp": "[a-z0-9]+", "placeholder": "alice"},
+                "channel": {"regexp": "[a-z0-9]+", "placeholder": "lobby"}
+            },
+            "instances": [{
+                "desc": "Test network",
+                "icon": format!("mxc://{}/network-icon", self.server_name),
+                "fields": {"network": "testnet"},
+                "network_id": "testnet"
+            }]
+        })
+    }
+
+    fn location(&self, protocol: &str, channel: &str) -> Value {
+        json!({
+            "alias": format!("#{protocol}_{channel}:{}", self.server_name),
+            "protocol": protocol,
+            "fields": {"channel": channel}
+        })
+    }
+
+    fn user(&self, protocol: &str, nick: &str) -> Value {
+        json!({
+            "userid": format!("@{protocol}_{nick}:{}", self.server_name),
+            "protocol": protocol,
+            "fields": {"nick": nick}
+        })
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// The web server: `/page/<name>` is an HTML page with Open Graph tags (for URL previews);
+/// `/cas/login` is the login page an SSO redirect sends the browser to.
+fn web_answer(req: Request<Bytes>) -> Answer {
+    let path = req.uri().path();
+    let html = |status: u16, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        r
+    };
+    if let Some(name) = path.strip_prefix("/page/").filter(|n| valid_name(n)) {
+        return html(
+            200,
+            format!(
+                "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">\n<title>Page {name}</title>\n\
+                 <meta property=\"og:title\" content=\"Page {name}\">\n\
+                 <meta property=\"og:description\" content=\"A page served to test URL previews ({name}).\">\n\
+                 </head><body><p>Page {name}</p></body></html>\n"
+            ),
+        );
+    }
+    if path == "/cas/login" {
+        return html(200, "<!DOCTYPE html>\n<html><head><title>Log in</title></head><body><form method=\"post\"><input name=\"username\"><input name=\"password\" type=\"password\"></form></body></html>\n".into());
+    }
+    html(
+        404,
+        "<!DOCTYPE html>\n<html><body>not found</body></html>\n".into(),
+    )
+}
+
+/// A mail sink: accepts every mail over plain SMTP and keeps it in the mailbox.
+async fn accept_smtp(listener: TcpListener, mailbox: Arc<Mailbox>) {
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let mb = mailbox.clone();
+        tokio::spawn(async move {
+            // A session that stalls is dropped: the sink never waits forever.
+            let _ = tokio::time::timeout(Duration::from_secs(60), smtp_session(sock, mb)).await;
+        });
+    }
+}
+
+async fn smtp_session(sock: tokio::net::TcpStream, mailbox: Arc<Mailbox>) -> std::io::Result<()> {
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    w.write_all(b"220 mxconform mail sink ESMTP\r\n").await?;
+    let (mut from, mut to) = (String::new(), Vec::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await? == 0 || line.len() > 4096 {
+            return Ok(());
+        }
+        let cmd = line.trim_end().to_string();
+        let upper = cmd.to_ascii_uppercase();
+        let reply: &[u8] = if upper.starts_with("EHLO") {
+            b"250-mxconform\r\n250-8BITMIME\r\n250 SIZE 1048576\r\n"
+        } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
+            b"250 OK\r\n"
+        } else if upper.starts_with("RSET") {
+            from.clear();
+            to.clear();
+            b"250 OK\r\n"
+        } else if upper.starts_with("MAIL FROM:") {
+            from = angle(&cmd["MAIL FROM:".len()..]);
+            to.clear();
+            b"250 OK\r\n"
+        } else if upper.starts_with("RCPT TO:") {
+            to.push(angle(&cmd["RCPT TO:".len()..]));
+            b"250 OK\r\n"
+        } else if upper == "DATA" {
+            if to.is_empty() {
+                b"503 RCPT first\r\n"
+            } else {
+                w.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                    .await?;
+                let mut data = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await? == 0 {
+                        return Ok(());
+                    }
+                    if line.trim_end_matches(['\r', '\n']) == "." {
+                        break;
+                    }
+                    let l = line.strip_prefix('.').unwrap_or(&line);
+                    data.push_str(l);
+                    if data.len() > 1 << 20 {
+                        return Ok(());
+                    }
+                }
+                mailbox.put(Mail {
+                    from: std::mem::take(&mut from),
+                    to: std::mem::take(&mut to),
+                    text: mime_text(&data),
+                });
+                b"250 OK queued\r\n"
+            }
+        } else if upper.starts_with("QUIT") {
+            w.write_all(b"221 Bye\r\n").await?;
+            return Ok(());
+        } else {
+            b"502 Command not implemented\r\n"
+        };
+        w.write_all(reply).await?;
+    }
+}
+
+fn angle(s: &str) -> String {
+    let s = s.trim();
+    let inner = s
+        .strip_prefix('<')
+        .and_then(|x| x.split_once('>'))
+        .map(|(a, _)| a)
+        .unwrap_or(s);
+    inner.to_string()
+}
+
+/// The readable text of a MIME message: every `text/*` part, transfer-decoded, with HTML
+/// entities for `&` undone (links in HTML parts carry `&amp;`).
+pub fn mime_text(message: &str) -> String {
+    let message = message.replace("\r\n", "\n");
+    let (headers, body) = message.split_once("\n\n").unwrap_or((&message, ""));
+    let headers = unfold(headers);
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find_map(|(k, v)| k.eq_ignore_ascii_case(name).then(|| v.clone()))
+    };
+    let ctype = header("content-type").unwrap_or_else(|| "text/plain".into());
+    let lower = ctype.to_ascii_lowercase();
+    if lower.starts_with("multipart/") {
+        let Some(boundary) = param(&ctype, "boundary") else {
+            return body.to_string();
+        };
+        let delim = format!("--{boundary}");
+        let mut out = String::new();
+        for part in body.split(&delim).skip(1) {
+            if part.starts_with("--") {
+                break;
+            }
+            let part = part.strip_prefix('\n').unwrap_or(part);
+            let text = mime_text(part);
+            if !text.is_empty() {
+                out.push_str(&text);
+                out.push('\n');
+            }
+        }
+        return out;
+    }
+    if !lower.starts_with("text/") {
+        return String::new();
+    }
+    let encoding = header("content-transfer-encoding")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let decoded = match encoding.trim() {
+        "base64" => {
+            let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+            crate::template::base64_decode(&compact)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        }
+        "quoted-printable" => quoted_printable(body),
+        _ => body.to_string(),
+    };
+    if lower.starts_with("text/html") {
+        decoded.replace("&amp;", "&")
+    } else {
+        decoded
+    }
+}
+
+fn unfold(headers: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in headers.lines() {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = out.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(line.trim());
+            }
+        } else if let Some((k, v)) = line.split_once(':') {
+            out.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    out
+}
+
+fn param(header: &str, name: &str) -> Option<String> {
+    header.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+fn hex_byte(hi: u8, lo: u8) -> Option<u8> {
+    let d = |c: u8| (c as char).to_digit(16);
+    Some((d(hi)? * 16 + d(lo)?) as u8)
+}
+
+fn quoted_printable(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'=' if b.get(i + 1) == Some(&b'\n') => i += 2,
+            b'=' if i + 3 <= b.len() => match hex_byte(b[i + 1], b[i + 2]) {
+                Some(n) => {
+                    out.push(n);
+                    i += 3;
+                }
+                None => {
+                    out.push(b'=');
+                    i += 1;
+                }
+            },
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mime_text_decodes_base64_and_quoted_printable_parts() {
+        let msg = "From: a@b\r\nContent-Type: multipart/alternative; boundary=\"XX\"\r\n\r\n--XX\r\nContent-Type: text/plain; charset=\"utf-8\"\r\nContent-Transfer-Encoding: base64\r\n\r\naHR0cDovL2gvc3VibWl0P3Rva2VuPWFi\r\nYyZzaWQ9MQ==\r\n--XX\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<a href=3D\"http://h/x?a=3D1&amp;b=3D2\">li=\r\nnk</a>\r\n--XX--\r\n";
+        let text = mime_text(msg);
+        assert!(text.contains("http://h/submit?token=abc&sid=1"), "{text}");
+        assert!(
+            text.contains("<a href=\"http://h/x?a=1&b=2\">link</a>"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn mime_text_of_a_plain_message_is_its_body() {
+        assert_eq!(mime_text("Subject: x\n\nhello\n"), "hello\n");
+        assert_eq!(mime_text("Content-Type: image/png\n\nxx"), "");
+    }
+
+    #[test]
+    fn percent_decoding_keeps_malformed_escapes() {
+        assert_eq!(percent_decode("%23a%3Ab"), "#a:b");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

@@ -1,0 +1,143 @@
+//! The peers the harness plays for a homeserver: the application service checks the
+//! homeserver's token and answers the bridge's lookups; the mail sink takes mail over SMTP and
+//! hands it to the scenario that waits for it; the web server serves pages to preview.
+
+use std::path::Path;
+use std::time::Duration;
+
+use mxconform_harness::peers::{Peers, PeersConfig};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+fn start() -> Peers {
+    let config = PeersConfig {
+        appservice: Some("peers/appservice.yaml".into()),
+        smtp: Some("127.0.0.1:18025".into()),
+        web: Some("127.0.0.1:18080".into()),
+    };
+    // Free ports: tests may run beside a compliance run using the fixed ones.
+    Peers::start(
+        &config,
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        "hs.test",
+        true,
+    )
+    .expect("the peers start")
+}
+
+async fn get(url: &str, token: Option<&str>) -> (u16, String) {
+    let client = reqwest::Client::new();
+    let mut req = client.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("the peer answers");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_application_service_checks_the_homeservers_token_and_answers_lookups() {
+    let peers = start();
+    let (reg, _) = peers.appservice.clone().expect("an application service");
+    let base = peers.appservice_url().expect("its url");
+    let proto = format!("{base}/_matrix/app/v1/thirdparty/protocol/mxtest");
+    assert_eq!(get(&proto, None).await.0, 401);
+    let (status, body) = get(&proto, Some("wrong")).await;
+    assert_eq!(status, 403);
+    assert!(body.contains("M_FORBIDDEN"), "{body}");
+    let (status, body) = get(&proto, Some(&reg.hs_token)).await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["location_fields"][0], "channel");
+
+    let loc = format!("{base}/_matrix/app/v1/thirdparty/location/mxtest?channel=lobby");
+    let (status, body) = get(&loc, Some(&reg.hs_token)).await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v[0]["alias"], "#mxtest_lobby:hs.test");
+    let back = format!("{base}/_matrix/app/v1/thirdparty/location?alias=%23mxtest_lobby%3Ahs.test");
+    let (status, body) = get(&back, Some(&reg.hs_token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"channel\":\"lobby\""), "{body}");
+    let none = format!("{base}/_matrix/app/v1/thirdparty/user?userid=%40alice%3Ahs.test");
+    assert_eq!(get(&none, Some(&reg.hs_token)).await.0, 404);
+    let vars = peers.vars("hs.test");
+    assert_eq!(vars["appservice.sender"], "@mxbridge:hs.test");
+}
+
+/// Sends one mail the way a homeserver's SMTP client does.
+async fn smtp_send(addr: std::net::SocketAddr, to: &str, data: &str) -> Vec<String> {
+    let sock = TcpStream::connect(addr).await.expect("connect");
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    let mut replies = Vec::new();
+    let mut line = String::new();
+    r.read_line(&mut line).await.expect("greeting");
+    replies.push(line.clone());
+    for cmd in [
+        "EHLO hs.test\r\n".to_string(),
+        "MAIL FROM:<noreply@hs.test>\r\n".to_string(),
+        format!("RCPT TO:<{to}>\r\n"),
+        "DATA\r\n".to_string(),
+        format!("{data}\r\n.\r\n"),
+        "QUIT\r\n".to_string(),
+    ] {
+        w.write_all(cmd.as_bytes()).await.expect("write");
+        loop {
+            line.clear();
+            r.read_line(&mut line).await.expect("reply");
+            replies.push(line.trim_end().to_string());
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                break;
+            }
+        }
+    }
+    replies
+}
+
+#[tokio::test]
+async fn the_mail_sink_hands_each_mail_to_the_scenario_waiting_for_its_recipient() {
+    let peers = start();
+    let smtp = peers.smtp.expect("a mail sink");
+    let mailbox = peers.mailbox.clone();
+    // Waiting before the mail arrives: the wait ends when it does.
+    let waiting =
+        tokio::spawn(async move { mailbox.take("bob@hs.test", Duration::from_secs(10)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let replies = smtp_send(
+        smtp,
+        "bob@hs.test",
+        "Subject: hi\r\nContent-Type: text/plain\r\n\r\nyour token is abc123\r\n..dot-stuffed line",
+    )
+    .await;
+    assert!(replies[0].starts_with("220"), "{replies:?}");
+    assert!(replies.iter().any(|l| l.starts_with("354")), "{replies:?}");
+    assert_eq!(replies.last().map(|l| &l[..3]), Some("221"), "{replies:?}");
+    let mail = waiting.await.expect("joined").expect("the mail arrives");
+    assert_eq!(mail.to, ["bob@hs.test"]);
+    assert!(mail.text.contains("your token is abc123"), "{}", mail.text);
+    assert!(mail.text.contains("\n.dot-stuffed line"), "{}", mail.text);
+    // Taken means gone; a mail to someone else is not handed out.
+    smtp_send(smtp, "carol@hs.test", "Subject: x\r\n\r\nfor carol").await;
+    let err = peers
+        .mailbox
+        .take("bob@hs.test", Duration::from_millis(200))
+        .await
+        .expect_err("no second mail to bob");
+    assert!(err.contains("no mail to bob@hs.test"), "{err}");
+}
+
+#[tokio::test]
+async fn the_web_server_serves_pages_with_open_graph_tags() {
+    let peers = start();
+    let web = peers.web_url().expect("a web server");
+    let (status, body) = get(&format!("{web}/page/news"), None).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("<meta property=\"og:title\" content=\"Page news\">"),
+        "{body}"
+    );
+    assert_eq!(get(&format!("{web}/page/../etc"), None).await.0, 404);
+}
