@@ -503,6 +503,9 @@ impl Run<'_> {
     /// A request by method and path; error answers must still have the standard shape.
     async fn http_step(&mut self, step: &Step, h: &crate::scenario::RawHttp) -> Result<(), String> {
         let path = self.vars.render_text(&h.path)?;
+        if !path.starts_with('/') {
+            return Err(format!("the path {path:?} does not start with /"));
+        }
         let token = self.token_for(step, step.as_actor.as_ref())?;
         let body = match (&step.body, &step.raw_body) {
             (Some(b), _) => Body::Json(self.vars.render(b)?),

@@ -358,9 +358,10 @@ impl Scenario {
                 }
             }
             if let Some(h) = &step.http {
-                if !h.path.starts_with('/') || !h.method.chars().all(|c| c.is_ascii_uppercase()) {
+                let path_ok = h.path.starts_with('/') || h.path.starts_with("{{");
+                if !path_ok || !h.method.chars().all(|c| c.is_ascii_uppercase()) {
                     return fail(format!(
-                        "step {n}: `http` needs an upper-case method and a path starting with /"
+                        "step {n}: `http` needs an upper-case method and a path starting with / (or a captured path)"
                     ));
                 }
                 continue;

@@ -80,6 +80,16 @@ turn_uris: ["turn:127.0.0.1:3478?transport=udp"]
 turn_username: "mxconform"
 turn_password: "mxconform-test-turn"
 enable_search: true
+# The harness's mail sink (harness/src/peers.rs) takes the validation mail.
+email:
+  smtp_host: "127.0.0.1"
+  smtp_port: 18025
+  force_tls: false
+  require_transport_security: false
+  enable_tls: false
+  notif_from: "mxconform test <noreply@localhost>"
+  app_name: "mxconform"
+  enable_notifs: false
 # The harness plays this application service (a bridge) on loopback.
 app_service_config_files: ["$repo/harness/peers/appservice.yaml"]
 user_directory:

@@ -143,6 +143,9 @@ pub async fn handle(server: &Server, req: Request<Bytes>) -> Response<Bytes> {
 
 async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Response<Bytes>> {
     let path = req.uri().path();
+    if path == handlers::threepid::SUBMIT_PATH {
+        return submit_threepid_token(server, req);
+    }
     let matched = server.router.find(req.method().as_str(), path)?;
     let query = parse_query(req.uri().query())?;
 
@@ -231,6 +234,57 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
                 }
             }
         }
+    }
+}
+
+/// The validation link of a mail (GET, answered with a page) or its `submit_url` (POST of
+/// `{sid, client_secret, token}`, answered with `{"success": ...}`).
+fn submit_threepid_token(server: &Server, req: &Request<Bytes>) -> ApiResult<Response<Bytes>> {
+    let page = |status: u16, text: &str| {
+        let mut r = Response::new(Bytes::from(format!(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>E-mail validation</title></head><body><p>{text}</p></body></html>\n"
+        )));
+        *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        r
+    };
+    match *req.method() {
+        Method::GET => {
+            let q = parse_query(req.uri().query())?;
+            let get = |k: &str| {
+                q.iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or("")
+            };
+            Ok(
+                match handlers::threepid::submit_token(server, get("sid"), get("client_secret"), get("token")) {
+                    Ok(()) => page(200, "Your e-mail address is confirmed. You can go back to your client."),
+                    Err(e) => page(400, &format!("This link does not work: {}.", e.message)),
+                },
+            )
+        }
+        Method::POST => {
+            let v: Value = serde_json::from_slice(req.body())
+                .map_err(|_| ApiError::not_json("the body is not JSON"))?;
+            let get = |k: &str| {
+                v.get(k)
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| ApiError::missing_param(format!("`{k}` is required")))
+            };
+            let ok = handlers::threepid::submit_token(
+                server,
+                get("sid")?,
+                get("client_secret")?,
+                get("token")?,
+            )
+            .is_ok();
+            Ok(json_response(200, &json!({"success": ok})))
+        }
+        _ => Err(ApiError::method_not_allowed("GET or POST")),
     }
 }
 

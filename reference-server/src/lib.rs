@@ -46,6 +46,15 @@ pub struct Config {
     pub turn: Option<Turn>,
     /// Registered application services.
     pub appservices: Vec<appservice::AppService>,
+    /// Where to send mail (e-mail validation); `None` refuses e-mail validation.
+    pub mail: Option<Mail>,
+}
+
+/// An SMTP relay (plain, no authentication: one on the local network) and the sender address.
+#[derive(Clone, Debug)]
+pub struct Mail {
+    pub relay: String,
+    pub from: String,
 }
 
 /// A TURN server with static credentials.
@@ -69,6 +78,7 @@ impl Config {
             max_json_body: 1024 * 1024,
             turn: None,
             appservices: Vec::new(),
+            mail: None,
         }
     }
 }
@@ -89,6 +99,8 @@ pub struct Server {
     pub config: Config,
     /// This server, for work it schedules for later (typing timeouts).
     me: std::sync::OnceLock<std::sync::Weak<Server>>,
+    /// The URL clients reach this server at (for links in mail), once it listens.
+    pub base_url: std::sync::OnceLock<String>,
 }
 
 impl Server {
@@ -110,6 +122,7 @@ impl Server {
             router: router::Router::new(mxconform_generated::client_server::ROUTES.iter()),
             config,
             me: std::sync::OnceLock::new(),
+            base_url: std::sync::OnceLock::new(),
         });
         let _ = server.me.set(Arc::downgrade(&server));
         // Each application service's own user exists from the start.
@@ -242,6 +255,7 @@ pub async fn serve(server: Arc<Server>, addr: SocketAddr) -> Result<Running, Str
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let _ = server.base_url.set(format!("http://{addr}"));
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
     let srv = server.clone();
     let task = tokio::spawn(async move {

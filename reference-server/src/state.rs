@@ -259,6 +259,57 @@ pub struct State {
     /// Rooms application services publish in their networks' directories:
     /// instance id (`<appservice id>|<network id>`) -> room ids.
     pub appservice_rooms: BTreeMap<String, BTreeSet<String>>,
+    /// Third-party identifier validation sessions, by sid.
+    pub threepid_sessions: HashMap<String, ThreepidSession>,
+    /// Third-party identifiers bound to accounts: (medium, address) -> binding.
+    pub threepids: BTreeMap<(String, String), Threepid>,
+}
+
+/// A validation session: a token sent to an address, for one purpose.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThreepidSession {
+    pub client_secret: String,
+    pub medium: String,
+    pub address: String,
+    pub token: String,
+    /// `register`, `add` or `reset`.
+    pub purpose: String,
+    pub send_attempt: i64,
+    /// When the token was submitted (ms), if it was.
+    pub validated_at: Option<u64>,
+    pub created_at: u64,
+}
+
+impl ThreepidSession {
+    pub fn to_record(&self) -> Value {
+        json!({
+            "client_secret": self.client_secret, "medium": self.medium, "address": self.address,
+            "token": self.token, "purpose": self.purpose, "send_attempt": self.send_attempt,
+            "validated_at": self.validated_at, "created_at": self.created_at,
+        })
+    }
+
+    fn from_record(v: &Value) -> Option<ThreepidSession> {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        Some(ThreepidSession {
+            client_secret: s("client_secret")?,
+            medium: s("medium")?,
+            address: s("address")?,
+            token: s("token")?,
+            purpose: s("purpose")?,
+            send_attempt: v.get("send_attempt").and_then(Value::as_i64).unwrap_or(0),
+            validated_at: v.get("validated_at").and_then(Value::as_u64),
+            created_at: v.get("created_at").and_then(Value::as_u64).unwrap_or(0),
+        })
+    }
+}
+
+/// A third-party identifier bound to an account.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Threepid {
+    pub user_id: String,
+    pub added_at: u64,
+    pub validated_at: u64,
 }
 
 /// A server-side key backup version.
@@ -418,6 +469,24 @@ impl State {
                     }
                     let e = self.key_changes.entry(parts[0].to_string()).or_default();
                     *e = (*e).max(pos);
+                }
+                "3pid_session" => {
+                    if let Some(sess) = ThreepidSession::from_record(&v) {
+                        self.threepid_sessions.insert(key.clone(), sess);
+                    }
+                }
+                "threepid" if parts.len() == 2 => {
+                    let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+                    if let Some(user) = v.get("user_id").and_then(Value::as_str) {
+                        self.threepids.insert(
+                            (parts[0].to_string(), parts[1].to_string()),
+                            Threepid {
+                                user_id: user.to_string(),
+                                added_at: n("added_at"),
+                                validated_at: n("validated_at"),
+                            },
+                        );
+                    }
                 }
                 "as_room" if parts.len() == 2 => {
                     self.appservice_rooms
@@ -636,6 +705,37 @@ impl State {
             .push((pos, room_id.to_string(), ev.to_record().to_string()));
         self.apply(ev);
         (pos, event_id)
+    }
+
+    pub fn put_threepid_session(&mut self, batch: &mut Batch, sid: &str, s: ThreepidSession) {
+        batch.put("3pid_session", sid, &s.to_record());
+        self.threepid_sessions.insert(sid.to_string(), s);
+    }
+
+    /// Binds (`Some`) or unbinds (`None`) a third-party identifier.
+    pub fn put_threepid(
+        &mut self,
+        batch: &mut Batch,
+        medium: &str,
+        address: &str,
+        binding: Option<Threepid>,
+    ) {
+        let key = (medium.to_string(), address.to_string());
+        let rec_key = format!("{medium}\u{0}{address}");
+        match binding {
+            Some(b) => {
+                batch.put(
+                    "threepid",
+                    rec_key,
+                    &json!({"user_id": b.user_id, "added_at": b.added_at, "validated_at": b.validated_at}),
+                );
+                self.threepids.insert(key, b);
+            }
+            None => {
+                batch.delete("threepid", rec_key);
+                self.threepids.remove(&key);
+            }
+        }
     }
 
     pub fn put_user(&mut self, batch: &mut Batch, user: User) {

@@ -134,6 +134,13 @@ struct ServeArgs {
     /// An application-service registration file (YAML, as other homeservers read; repeatable).
     #[arg(long = "appservice")]
     appservices: Vec<PathBuf>,
+    /// An SMTP relay (host:port, plain, no authentication) for e-mail validation; without one,
+    /// e-mail requestToken answers M_THREEPID_MEDIUM_NOT_SUPPORTED.
+    #[arg(long)]
+    smtp_relay: Option<String>,
+    /// The sender address of the mail this server sends.
+    #[arg(long, default_value = "noreply@localhost")]
+    mail_from: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -421,6 +428,12 @@ fn start_embedded(
             config.appservices =
                 load_appservices(&[(file.clone(), p.appservice_url())], "localhost")?;
         }
+        if let Some(smtp) = p.smtp {
+            config.mail = Some(mxconform_server::Mail {
+                relay: smtp.to_string(),
+                from: "noreply@localhost".into(),
+            });
+        }
     }
     let server = mxconform_server::Server::open(config).map_err(anyhow::Error::msg)?;
     let (url_tx, url_rx) = std::sync::mpsc::channel();
@@ -589,6 +602,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     let files: Vec<(PathBuf, Option<String>)> =
         args.appservices.iter().map(|p| (p.clone(), None)).collect();
     config.appservices = load_appservices(&files, &args.server_name)?;
+    config.mail = args.smtp_relay.clone().map(|relay| mxconform_server::Mail {
+        relay,
+        from: args.mail_from.clone(),
+    });
     if !args.addr.ip().is_loopback() {
         eprintln!(
             "warning: listening on {}, which is not a loopback address",

@@ -367,7 +367,7 @@ pub fn get_token_owner(ctx: &Ctx, _req: cs::whoami::get_token_owner::Request) ->
 }
 
 /// The one-stage `m.login.password` flow that guards the caller's own account and devices.
-fn password_uia<A: serde::Serialize>(ctx: &Ctx, auth: Option<&A>) -> ApiResult<()> {
+pub(super) fn password_uia<A: serde::Serialize>(ctx: &Ctx, auth: Option<&A>) -> ApiResult<()> {
     let auth = auth.map(|a| serde_json::to_value(a).unwrap_or_default());
     uia(auth.as_ref(), "m.login.password", |a| {
         check_own_password(ctx, a)
@@ -441,6 +441,7 @@ pub fn deactivate_account(
         user.password_hash = None;
         state.put_user(batch, user);
         state.remove_devices(batch, &me.user_id, None);
+        super::threepid::forget_user(state, batch, &me.user_id);
         Ok(json!({"id_server_unbind_result": "no-support"}))
     })
 }

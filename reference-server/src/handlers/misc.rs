@@ -202,14 +202,6 @@ pub fn get_who_is(ctx: &Ctx, req: cs::admin::get_who_is::Request) -> ApiResult<V
     })
 }
 
-pub fn get_account3_pi_ds(
-    ctx: &Ctx,
-    _req: cs::administrative_contact::get_account3_pi_ds::Request,
-) -> ApiResult<Value> {
-    ctx.me()?;
-    Ok(json!({"threepids": []}))
-}
-
 pub fn get_event_by_timestamp(
     ctx: &Ctx,
     req: cs::room_event_by_timestamp::get_event_by_timestamp::Request,

@@ -18,6 +18,7 @@ mod rooms;
 mod social;
 mod spaces;
 mod sync;
+pub mod threepid;
 mod user_data;
 
 use std::collections::BTreeMap;
@@ -248,7 +249,13 @@ table! {
     "reportEvent" => misc::report_event,
     "reportUser" => misc::report_user,
     "getWhoIs" => misc::get_who_is,
-    "getAccount3PIDs" => misc::get_account3_pi_ds,
+    "getAccount3PIDs" => threepid::get_account3_pi_ds,
+    "requestTokenToRegisterEmail" => threepid::request_token_to_register_email,
+    "requestTokenTo3PIDEmail" => threepid::request_token_to3_pid_email,
+    "requestTokenToResetPasswordEmail" => threepid::request_token_to_reset_password_email,
+    "add3PID" => threepid::add3_pid,
+    "post3PIDs" => threepid::post3_pi_ds,
+    "delete3pidFromAccount" => threepid::delete3pid_from_account,
     "getProtocols" => bridges::get_protocols,
     "getProtocolMetadata" => bridges::get_protocol_metadata,
     "queryLocationByProtocol" => bridges::query_location_by_protocol,

@@ -1,0 +1,285 @@
+//! Third-party identifiers (e-mail): validation sessions whose token this server mails through
+//! its relay, and the addresses bound to accounts. There is no identity server here: binding
+//! to one is not offered, and unbinding answers `no-support`.
+
+use std::time::Duration;
+
+use mxconform_generated::client_server as cs;
+use mxconform_generated::client_server::definitions::request_email_validation::RequestEmailValidation;
+use serde_json::{json, Value};
+
+use super::{Ctx, Reply};
+use crate::error::{ApiError, ApiResult};
+use crate::router::percent_encode;
+use crate::state::{now_ms, random_token, Threepid, ThreepidSession};
+use crate::Server;
+
+const MAIL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The path of the link in validation mail (and the `submit_url` clients may POST to).
+pub const SUBMIT_PATH: &str = "/_mxconform/3pid/email/submit_token";
+
+/// The spec's client secret grammar: `[0-9a-zA-Z.=_-]{1,255}`.
+fn valid_client_secret(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'=' | b'_' | b'-'))
+}
+
+/// An address of the form `local@domain`, lower-cased (addresses compare without case).
+fn canonical_email(s: &str) -> Option<String> {
+    let (local, domain) = s.split_once('@')?;
+    let ok = !local.is_empty()
+        && !domain.is_empty()
+        && !domain.contains('@')
+        && s.len() <= 254
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
+    ok.then(|| s.to_lowercase())
+}
+
+/// Starts (or continues) a validation session and mails its token, for `purpose`:
+/// `register` and `add` need an address no account has, `reset` one that an account has.
+fn request_email_token(ctx: &Ctx, b: RequestEmailValidation, purpose: &'static str) -> ApiResult<Reply> {
+    let mail = ctx.server.config.mail.clone().ok_or_else(|| {
+        ApiError::threepid_medium_not_supported("this server does not send e-mail")
+    })?;
+    if !valid_client_secret(&b.client_secret) {
+        return Err(ApiError::invalid_param(
+            "client_secret must be 1-255 characters of [0-9a-zA-Z.=_-]",
+        ));
+    }
+    let address = canonical_email(&b.email)
+        .ok_or_else(|| ApiError::invalid_param("that is not an e-mail address"))?;
+    let (sid, to_send) = ctx.server.write(|state, batch| {
+        let bound = state
+            .threepids
+            .contains_key(&("email".to_string(), address.clone()));
+        match purpose {
+            "reset" if !bound => {
+                return Err(ApiError::threepid_not_found(
+                    "no account has that e-mail address",
+                ))
+            }
+            "register" | "add" if bound => {
+                return Err(ApiError::threepid_in_use(
+                    "an account already has that e-mail address",
+                ))
+            }
+            _ => {}
+        }
+        let existing = state.threepid_sessions.iter().find(|(_, s)| {
+            s.client_secret == b.client_secret && s.address == address && s.purpose == purpose
+        });
+        if let Some((sid, s)) = existing {
+            // The same attempt again: the same session, no second mail.
+            if b.send_attempt <= s.send_attempt {
+                return Ok((sid.clone(), None));
+            }
+        }
+        let sid = existing.map_or_else(|| random_token(12), |(sid, _)| sid.clone());
+        let session = ThreepidSession {
+            client_secret: b.client_secret.clone(),
+            medium: "email".into(),
+            address: address.clone(),
+            token: random_token(16),
+            purpose: purpose.into(),
+            send_attempt: b.send_attempt,
+            validated_at: None,
+            created_at: now_ms(),
+        };
+        let token = session.token.clone();
+        state.put_threepid_session(batch, &sid, session);
+        Ok((sid, Some(token)))
+    })?;
+    let base = ctx.server.base_url.get().cloned().unwrap_or_default();
+    let submit_url = format!("{base}{SUBMIT_PATH}");
+    let Some(token) = to_send else {
+        return Ok(Reply::from(json!({"sid": sid, "submit_url": submit_url})));
+    };
+    let link = format!(
+        "{submit_url}?sid={}&client_secret={}&token={}",
+        percent_encode(&sid),
+        percent_encode(&b.client_secret),
+        percent_encode(&token)
+    );
+    let what = match purpose {
+        "register" => "register an account with",
+        "reset" => "reset the password of the account with",
+        _ => "add to your account",
+    };
+    let text = format!(
+        "Someone asked to {what} this address on {server}.\n\nTo confirm, open this link:\n{link}\n\nOr give this code to your client: {token}\n\nIf it was not you, ignore this mail.\n",
+        server = ctx.server.config.server_name
+    );
+    let subject = format!("Confirm your e-mail address on {}", ctx.server.config.server_name);
+    Ok(Reply::outbound(async move {
+        crate::outbound::send_mail(&mail.relay, &mail.from, &address, &subject, &text, MAIL_TIMEOUT)
+            .await
+            .map_err(|e| ApiError::unknown(format!("could not send the mail: {e}")))?;
+        Ok(json!({"sid": sid, "submit_url": submit_url}))
+    }))
+}
+
+pub fn request_token_to_register_email(
+    ctx: &Ctx,
+    req: cs::registration::request_token_to_register_email::Request,
+) -> ApiResult<Reply> {
+    request_email_token(ctx, req.body, "register")
+}
+
+pub fn request_token_to3_pid_email(
+    ctx: &Ctx,
+    req: cs::administrative_contact::request_token_to3_pid_email::Request,
+) -> ApiResult<Reply> {
+    // The spec asks no access token here: the session is tied to the account at add3PID.
+    request_email_token(ctx, req.body, "add")
+}
+
+pub fn request_token_to_reset_password_email(
+    ctx: &Ctx,
+    req: cs::password_management::request_token_to_reset_password_email::Request,
+) -> ApiResult<Reply> {
+    request_email_token(ctx, req.body, "reset")
+}
+
+/// The token from the mail, submitted by its link or to `submit_url`.
+pub fn submit_token(server: &Server, sid: &str, client_secret: &str, token: &str) -> ApiResult<()> {
+    server.write(|state, batch| {
+        let mut s = state
+            .threepid_sessions
+            .get(sid)
+            .filter(|s| s.client_secret == client_secret)
+            .cloned()
+            .ok_or_else(|| ApiError::threepid_auth_failed("unknown validation session"))?;
+        if s.token != token {
+            return Err(ApiError::threepid_auth_failed("wrong token"));
+        }
+        if s.validated_at.is_none() {
+            s.validated_at = Some(now_ms());
+            state.put_threepid_session(batch, sid, s);
+        }
+        Ok(())
+    })
+}
+
+/// Binds the address of a validated `add` session to the caller.
+fn bind_session(ctx: &Ctx, sid: &str, client_secret: &str) -> ApiResult<Value> {
+    let me = ctx.me()?.user_id.clone();
+    ctx.server.write(|state, batch| {
+        let s = state
+            .threepid_sessions
+            .get(sid)
+            .filter(|s| s.client_secret == client_secret && s.purpose == "add")
+            .cloned()
+            .ok_or_else(|| ApiError::threepid_auth_failed("unknown validation session"))?;
+        let validated_at = s.validated_at.ok_or_else(|| {
+            ApiError::threepid_auth_failed("the address has not been validated yet")
+        })?;
+        let key = (s.medium.clone(), s.address.clone());
+        match state.threepids.get(&key) {
+            Some(b) if b.user_id == me => return Ok(json!({})),
+            Some(_) => {
+                return Err(ApiError::threepid_in_use(
+                    "another account has that address",
+                ))
+            }
+            None => {}
+        }
+        state.put_threepid(
+            batch,
+            &s.medium,
+            &s.address,
+            Some(Threepid {
+                user_id: me.clone(),
+                added_at: now_ms(),
+                validated_at,
+            }),
+        );
+        Ok(json!({}))
+    })
+}
+
+pub fn add3_pid(ctx: &Ctx, req: cs::administrative_contact::add3_pid::Request) -> ApiResult<Value> {
+    let b = req.body;
+    super::account::password_uia(ctx, b.auth.as_ref())?;
+    bind_session(ctx, &b.sid, &b.client_secret)
+}
+
+pub fn post3_pi_ds(ctx: &Ctx, req: cs::administrative_contact::post3_pi_ds::Request) -> ApiResult<Value> {
+    let c = req.body.three_pid_creds;
+    bind_session(ctx, &c.sid, &c.client_secret)
+}
+
+pub fn delete3pid_from_account(
+    ctx: &Ctx,
+    req: cs::administrative_contact::delete3pid_from_account::Request,
+) -> ApiResult<Value> {
+    use cs::administrative_contact::delete3pid_from_account::Medium;
+    let me = ctx.me()?.user_id.clone();
+    let b = req.body;
+    let medium = match b.medium {
+        Medium::Email => "email".to_string(),
+        Medium::Msisdn => "msisdn".to_string(),
+        Medium::Other(m) => m,
+    };
+    let address = if medium == "email" {
+        b.address.to_lowercase()
+    } else {
+        b.address
+    };
+    ctx.server.write(|state, batch| {
+        let key = (medium.clone(), address.clone());
+        if state.threepids.get(&key).is_some_and(|t| t.user_id == me) {
+            state.put_threepid(batch, &medium, &address, None);
+        }
+        Ok(json!({"id_server_unbind_result": "no-support"}))
+    })
+}
+
+pub fn get_account3_pi_ds(
+    ctx: &Ctx,
+    _req: cs::administrative_contact::get_account3_pi_ds::Request,
+) -> ApiResult<Value> {
+    let me = ctx.me()?.user_id.clone();
+    Ok(ctx.server.read(|s| {
+        let list: Vec<Value> = s
+            .threepids
+            .iter()
+            .filter(|(_, t)| t.user_id == me)
+            .map(|((medium, address), t)| {
+                json!({"medium": medium, "address": address, "added_at": t.added_at, "validated_at": t.validated_at})
+            })
+            .collect();
+        json!({"threepids": list})
+    }))
+}
+
+/// Unbinds every address of a deactivated account.
+pub fn forget_user(state: &mut crate::state::State, batch: &mut crate::store::Batch, user: &str) {
+    let keys: Vec<(String, String)> = state
+        .threepids
+        .iter()
+        .filter(|(_, t)| t.user_id == user)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for (m, a) in keys {
+        state.put_threepid(batch, &m, &a, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_secrets_follow_their_grammars() {
+        assert_eq!(canonical_email("Alice@Example.ORG").as_deref(), Some("alice@example.org"));
+        for bad in ["alice", "@x", "a@", "a@b@c", "a b@c", "<a@b>"] {
+            assert_eq!(canonical_email(bad), None, "{bad}");
+        }
+        assert!(valid_client_secret("abc.DEF=_-123"));
+        assert!(!valid_client_secret(""));
+        assert!(!valid_client_secret("no spaces"));
+        assert!(!valid_client_secret(&"x".repeat(256)));
+    }
+}
