@@ -152,7 +152,13 @@ impl Client {
         answers: Answers<'_>,
     ) -> Result<Response, String> {
         let timeout = timeout.unwrap_or(self.limits.request_timeout);
-        let mut url = format!("{}{}", self.base, path);
+        // An absolute URL (a page a scenario follows off the server, such as a login page) is
+        // used as it is; anything else is a path on the server.
+        let mut url = if path.starts_with("http://") {
+            path.to_string()
+        } else {
+            format!("{}{}", self.base, path)
+        };
         for (i, (k, v)) in query.iter().enumerate() {
             url.push(if i == 0 { '?' } else { '&' });
             url.push_str(&encode_segment(k));

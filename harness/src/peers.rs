@@ -286,7 +286,11 @@ impl Peers {
                     tokio::spawn(accept_smtp(l, mb));
                 }
                 if let Some(l) = web_l {
-                    tokio::spawn(accept_http(l, |req| async move { web_answer(req) }));
+                    let web = Arc::new(Web::default());
+                    tokio::spawn(accept_http(l, move |req| {
+                        let web = web.clone();
+                        async move { web.answer(req) }
+                    }));
                 }
                 let _ = stop_rx.await;
             });
@@ -575,36 +579,78 @@ fn valid_name(s: &str) -> bool {
 }
 
 /// The web server: `/page/<name>` is an HTML page with Open Graph tags (for URL previews);
-/// `/cas/login` is the login page an SSO redirect sends the browser to.
-fn web_answer(req: Request<Bytes>) -> Answer {
-    let path = req.uri().path();
-    let html = |status: u16, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
-        r.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        r
-    };
-    if let Some(name) = path.strip_prefix("/page/").filter(|n| valid_name(n)) {
-        return html(
-            200,
-            format!(
-                "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">\n<title>Page {name}</title>\n\
-                 <meta property=\"og:title\" content=\"Page {name}\">\n\
-                 <meta property=\"og:description\" content=\"A page served to test URL previews ({name}).\">\n\
-                 </head><body><p>Page {name}</p></body></html>\n"
-            ),
-        );
+/// `/cas/...` is a CAS server for single sign-on that logs in whoever it is told to:
+/// `/cas/login?service=S&user=U` sends the browser back to `S` with a one-use ticket, which
+/// `/cas/proxyValidate?ticket=T&service=S` confirms for user `U`.
+#[derive(Default)]
+struct Web {
+    /// Ticket -> (user, service).
+    tickets: Mutex<BTreeMap<String, (String, String)>>,
+    issued: std::sync::atomic::AtomicU64,
+}
+
+impl Web {
+    fn answer(&self, req: Request<Bytes>) -> Answer {
+        let path = req.uri().path();
+        let query = query_pairs(req.uri().query());
+        let field = |name: &str| {
+            query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let page = |status: u16, ctype: &'static str, body: String| {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(ctype),
+            );
+            r
+        };
+        let html = |status: u16, body: String| page(status, "text/html; charset=utf-8", body);
+        if let Some(name) = path.strip_prefix("/page/").filter(|n| valid_name(n)) {
+            return html(
+                200,
+                format!(
+                    "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">\n<title>Page {name}</title>\n\
+                     <meta property=\"og:title\" content=\"Page {name}\">\n\
+                     <meta property=\"og:description\" content=\"A page served to test URL previews ({name}).\">\n\
+                     </head><body><p>Page {name}</p></body></html>\n"
+                ),
+            );
+        }
+        match (path, field("service"), field("user")) {
+            ("/cas/login", Some(service), Some(user)) if valid_name(&user) => {
+                let n = self.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let ticket = format!("ST-{user}-{n}");
+                if let Ok(mut t) = self.tickets.lock() {
+                    if t.len() >= 1000 {
+                        t.clear();
+                    }
+                    t.insert(ticket.clone(), (user, service.clone()));
+                }
+                let sep = if service.contains('?') { '&' } else { '?' };
+                let mut r = html(302, String::new());
+                if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("{service}{sep}ticket={ticket}")) {
+                    r.headers_mut().insert(hyper::header::LOCATION, v);
+                }
+                r
+            }
+            ("/cas/login", _, _) => html(200, "<!DOCTYPE html>\n<html><head><title>Log in</title></head><body><form><input name=\"user\"></form></body></html>\n".into()),
+            ("/cas/proxyValidate" | "/cas/serviceValidate", Some(service), _) => {
+                let found = field("ticket")
+                    .and_then(|t| self.tickets.lock().ok()?.remove(&t))
+                    .filter(|(_, s)| *s == service);
+                let body = match found {
+                    Some((user, _)) => format!("<cas:serviceResponse xmlns:cas=\"http://www.yale.edu/tp/cas\">\n<cas:authenticationSuccess>\n<cas:user>{user}</cas:user>\n</cas:authenticationSuccess>\n</cas:serviceResponse>\n"),
+                    None => "<cas:serviceResponse xmlns:cas=\"http://www.yale.edu/tp/cas\">\n<cas:authenticationFailure code=\"INVALID_TICKET\">unknown ticket</cas:authenticationFailure>\n</cas:serviceResponse>\n".into(),
+                };
+                page(200, "text/xml; charset=utf-8", body)
+            }
+            _ => html(404, "<!DOCTYPE html>\n<html><body>not found</body></html>\n".into()),
+        }
     }
-    if path == "/cas/login" {
-        return html(200, "<!DOCTYPE html>\n<html><head><title>Log in</title></head><body><form method=\"post\"><input name=\"username\"><input name=\"password\" type=\"password\"></form></body></html>\n".into());
-    }
-    html(
-        404,
-        "<!DOCTYPE html>\n<html><body>not found</body></html>\n".into(),
-    )
 }
 
 /// A mail sink: accepts every mail over plain SMTP and keeps it in the mailbox.

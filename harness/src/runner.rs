@@ -482,8 +482,8 @@ impl Run<'_> {
                 },
             }
         };
-        check_headers(&step.expect, &resp)?;
-        self.capture(step, &resp.body)?;
+        check_headers(&step.expect, &resp, &self.vars)?;
+        self.capture(step, &resp.body, &resp.headers)?;
         if let Some(name) = &step.snapshot {
             let text = crate::snapshot::normalise(&resp.body, &self.env.profile.server_name);
             let dir = self.env.snapshot_dir.join(&self.scenario.area);
@@ -503,8 +503,10 @@ impl Run<'_> {
     /// A request by method and path; error answers must still have the standard shape.
     async fn http_step(&mut self, step: &Step, h: &crate::scenario::RawHttp) -> Result<(), String> {
         let path = self.vars.render_text(&h.path)?;
-        if !path.starts_with('/') {
-            return Err(format!("the path {path:?} does not start with /"));
+        if !path.starts_with('/') && !path.starts_with("http://") {
+            return Err(format!(
+                "the path {path:?} is neither a path nor an http:// URL"
+            ));
         }
         let token = self.token_for(step, step.as_actor.as_ref())?;
         let body = match (&step.body, &step.raw_body) {
@@ -543,8 +545,8 @@ impl Run<'_> {
             }
         }
         crate::expect::response(&step.expect, resp.status, &resp.body, &self.vars)?;
-        check_headers(&step.expect, &resp)?;
-        self.capture(step, &resp.body)
+        check_headers(&step.expect, &resp, &self.vars)?;
+        self.capture(step, &resp.body, &resp.headers)
     }
 
     /// Waits for a mail at the mail peer and captures from its text.
@@ -566,11 +568,31 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn capture(&mut self, step: &Step, body: &Value) -> Result<(), String> {
+    fn capture(
+        &mut self,
+        step: &Step,
+        body: &Value,
+        headers: &[(String, String)],
+    ) -> Result<(), String> {
         for (name, c) in &step.capture {
             let (pointer, regex) = match c {
                 crate::scenario::Capture::Pointer(p) => (p, None),
                 crate::scenario::Capture::Match { at, regex } => (at, Some(regex)),
+                crate::scenario::Capture::Header { header, regex } => {
+                    let re = regex::Regex::new(regex)
+                        .map_err(|e| format!("capture `{name}`: bad regex: {e}"))?;
+                    let value = headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(header))
+                        .map(|(_, v)| v.as_str())
+                        .ok_or_else(|| format!("cannot capture `{name}`: no `{header}` header"))?;
+                    let group = re.captures(value).and_then(|c| c.get(1)).ok_or_else(|| {
+                        format!("cannot capture `{name}`: header `{header}: {value}` does not match /{regex}/ with a group")
+                    })?;
+                    self.vars
+                        .set(name, Value::String(group.as_str().to_string()));
+                    continue;
+                }
             };
             let pointer = self.vars.render_text(pointer)?;
             let v = body
@@ -679,7 +701,7 @@ impl Run<'_> {
         if let Some(next) = done.next_batch {
             self.since.insert(done.actor, next);
         }
-        self.capture(step, &done.body)
+        self.capture(step, &done.body, &[])
     }
 }
 
@@ -775,10 +797,15 @@ impl SyncJob {
 
 /// Validates a response against the spec's schema for its status; an undocumented error
 /// status must still have the standard error shape.
-/// The response headers `expect.headers` names match their regular expressions.
-fn check_headers(expect: &crate::scenario::Expect, resp: &Response) -> Result<(), String> {
+/// The response headers `expect.headers` names match their regular expressions (templated).
+fn check_headers(
+    expect: &crate::scenario::Expect,
+    resp: &Response,
+    vars: &crate::template::Vars,
+) -> Result<(), String> {
     for (name, r) in &expect.headers {
-        let re = regex::Regex::new(r).map_err(|e| format!("header `{name}`: bad regex: {e}"))?;
+        let r = vars.render_text(r)?;
+        let re = regex::Regex::new(&r).map_err(|e| format!("header `{name}`: bad regex: {e}"))?;
         match resp.headers.iter().find(|(k, _)| k == name) {
             Some((_, v)) if re.is_match(v) => {}
             Some((_, v)) => return Err(format!("header `{name}: {v}` does not match /{r}/")),

@@ -127,7 +127,15 @@ pub struct MailStep {
 #[serde(untagged)]
 pub enum Capture {
     Pointer(String),
-    Match { at: String, regex: String },
+    Match {
+        at: String,
+        regex: String,
+    },
+    /// The first group of `regex` in a response header (a redirect's `location`).
+    Header {
+        header: String,
+        regex: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -345,20 +353,27 @@ impl Scenario {
                     }
                     match regex::Regex::new(r) {
                         Ok(re) if re.captures_len() >= 2 => {}
-                        _ => return fail(format!(
+                        _ => {
+                            return fail(format!(
                             "step {n}: capture `{name}` needs a valid regex with a group: {r:?}"
-                        )),
+                        ))
+                        }
                     }
                 }
                 continue;
             }
             for (name, r) in &step.expect.headers {
-                if name.to_ascii_lowercase() != *name || regex::Regex::new(r).is_err() {
+                let templated = r.contains("{{");
+                if name.to_ascii_lowercase() != *name
+                    || (!templated && regex::Regex::new(r).is_err())
+                {
                     return fail(format!("step {n}: header checks need lower-case names and valid regexes ({name}: {r:?})"));
                 }
             }
             if let Some(h) = &step.http {
-                let path_ok = h.path.starts_with('/') || h.path.starts_with("{{");
+                let path_ok = h.path.starts_with('/')
+                    || h.path.starts_with("{{")
+                    || h.path.starts_with("http://");
                 if !path_ok || !h.method.chars().all(|c| c.is_ascii_uppercase()) {
                     return fail(format!(
                         "step {n}: `http` needs an upper-case method and a path starting with / (or a captured path)"

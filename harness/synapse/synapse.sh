@@ -90,6 +90,14 @@ email:
   notif_from: "mxconform test <noreply@localhost>"
   app_name: "mxconform"
   enable_notifs: false
+# Single sign-on through the CAS server the harness's web peer plays.
+cas_config:
+  enabled: true
+  server_url: "http://127.0.0.1:18080/cas"
+# The suites' made-up client: redirect to it straight away (no confirmation page), as the
+# spec's SSO flow describes.
+sso:
+  client_whitelist: ["http://client.mxconform.test/"]
 # The harness plays this application service (a bridge) on loopback.
 app_service_config_files: ["$repo/harness/peers/appservice.yaml"]
 user_directory:

@@ -141,3 +141,91 @@ async fn the_web_server_serves_pages_with_open_graph_tags() {
     );
     assert_eq!(get(&format!("{web}/page/../etc"), None).await.0, 404);
 }
+
+fn enc(s: &str) -> String {
+    mxconform_harness::client::encode_segment(s)
+}
+
+#[tokio::test]
+async fn the_cas_server_issues_one_use_tickets_for_the_service_that_asked() {
+    let peers = start();
+    let web = peers.web_url().expect("a web server");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let service = "http://hs.test/ticket?redirectUrl=x";
+    let resp = client
+        .get(format!(
+            "{web}/cas/login?service={}&user=carol",
+            enc(service)
+        ))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status().as_u16(), 302);
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("text")
+        .to_string();
+    let ticket = location
+        .strip_prefix(&format!("{service}&ticket="))
+        .expect("back to the service with a ticket")
+        .to_string();
+    let validate = |service: &'static str| {
+        let (client, web, ticket) = (client.clone(), web.clone(), ticket.clone());
+        async move {
+            client
+                .get(format!(
+                    "{web}/cas/proxyValidate?ticket={}&service={}",
+                    enc(&ticket),
+                    enc(service)
+                ))
+                .send()
+                .await
+                .expect("answer")
+                .text()
+                .await
+                .expect("body")
+        }
+    };
+    // Another service cannot use the ticket, and using it spends it.
+    assert!(validate("http://other.test/")
+        .await
+        .contains("authenticationFailure"));
+    let lost = validate(service).await;
+    assert!(
+        lost.contains("authenticationFailure"),
+        "a ticket shown to the wrong service is gone: {lost}"
+    );
+    let resp = client
+        .get(format!(
+            "{web}/cas/login?service={}&user=carol",
+            enc(service)
+        ))
+        .send()
+        .await
+        .expect("answer");
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("text")
+        .to_string();
+    let ticket = location
+        .rsplit("ticket=")
+        .next()
+        .expect("ticket")
+        .to_string();
+    let ok = client
+        .get(format!(
+            "{web}/cas/proxyValidate?ticket={}&service={}",
+            enc(&ticket),
+            enc(service)
+        ))
+        .send()
+        .await
+        .expect("answer")
+        .text()
+        .await
+        .expect("body");
+    assert!(ok.contains("<cas:user>carol</cas:user>"), "{ok}");
+}

@@ -146,6 +146,18 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
     if path == handlers::threepid::SUBMIT_PATH {
         return submit_threepid_token(server, req);
     }
+    if path == handlers::sso::TICKET_PATH && req.method() == Method::GET {
+        let q = parse_query(req.uri().query())?;
+        let get = |k: &str| {
+            q.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("")
+        };
+        let location =
+            handlers::sso::complete_cas_login(server, get("redirectUrl"), get("ticket")).await?;
+        return Ok(redirect_response(&location));
+    }
     let matched = server.router.find(req.method().as_str(), path)?;
     let query = parse_query(req.uri().query())?;
 
@@ -202,6 +214,7 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
             reply = work.await?;
         }
         match reply {
+            Reply::Redirect { location } => return Ok(redirect_response(&location)),
             Reply::Outbound(_) => {
                 return Err(ApiError::internal("an outbound answer gave another"));
             }
@@ -237,6 +250,15 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
     }
 }
 
+fn redirect_response(location: &str) -> Response<Bytes> {
+    let mut r = Response::new(Bytes::new());
+    *r.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(http::header::LOCATION, v);
+    }
+    with_cors(r)
+}
+
 /// The validation link of a mail (GET, answered with a page) or its `submit_url` (POST of
 /// `{sid, client_secret, token}`, answered with `{"success": ...}`).
 fn submit_threepid_token(server: &Server, req: &Request<Bytes>) -> ApiResult<Response<Bytes>> {
@@ -261,8 +283,16 @@ fn submit_threepid_token(server: &Server, req: &Request<Bytes>) -> ApiResult<Res
                     .unwrap_or("")
             };
             Ok(
-                match handlers::threepid::submit_token(server, get("sid"), get("client_secret"), get("token")) {
-                    Ok(()) => page(200, "Your e-mail address is confirmed. You can go back to your client."),
+                match handlers::threepid::submit_token(
+                    server,
+                    get("sid"),
+                    get("client_secret"),
+                    get("token"),
+                ) {
+                    Ok(()) => page(
+                        200,
+                        "Your e-mail address is confirmed. You can go back to your client.",
+                    ),
                     Err(e) => page(400, &format!("This link does not work: {}.", e.message)),
                 },
             )

@@ -48,6 +48,17 @@ pub struct Config {
     pub appservices: Vec<appservice::AppService>,
     /// Where to send mail (e-mail validation); `None` refuses e-mail validation.
     pub mail: Option<Mail>,
+    /// A CAS server for single sign-on (identity provider `cas`); `None` offers no SSO.
+    pub cas: Option<Cas>,
+}
+
+/// A CAS server: `<server_url>/login` is where browsers log in, `<server_url>/proxyValidate`
+/// where this server checks the tickets it hands back.
+#[derive(Clone, Debug)]
+pub struct Cas {
+    pub server_url: String,
+    /// The name clients show for it.
+    pub display_name: String,
 }
 
 /// An SMTP relay (plain, no authentication: one on the local network) and the sender address.
@@ -79,6 +90,7 @@ impl Config {
             turn: None,
             appservices: Vec::new(),
             mail: None,
+            cas: None,
         }
     }
 }

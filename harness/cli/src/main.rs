@@ -141,6 +141,10 @@ struct ServeArgs {
     /// The sender address of the mail this server sends.
     #[arg(long, default_value = "noreply@localhost")]
     mail_from: String,
+    /// A CAS server's URL (`<url>/login`, `<url>/proxyValidate`) for single sign-on, offered as
+    /// identity provider `cas`.
+    #[arg(long)]
+    cas_url: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -428,6 +432,12 @@ fn start_embedded(
             config.appservices =
                 load_appservices(&[(file.clone(), p.appservice_url())], "localhost")?;
         }
+        if let Some(web) = p.web_url() {
+            config.cas = Some(mxconform_server::Cas {
+                server_url: format!("{web}/cas"),
+                display_name: "CAS".into(),
+            });
+        }
         if let Some(smtp) = p.smtp {
             config.mail = Some(mxconform_server::Mail {
                 relay: smtp.to_string(),
@@ -602,6 +612,13 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     let files: Vec<(PathBuf, Option<String>)> =
         args.appservices.iter().map(|p| (p.clone(), None)).collect();
     config.appservices = load_appservices(&files, &args.server_name)?;
+    config.cas = args
+        .cas_url
+        .clone()
+        .map(|server_url| mxconform_server::Cas {
+            server_url,
+            display_name: "CAS".into(),
+        });
     config.mail = args.smtp_relay.clone().map(|relay| mxconform_server::Mail {
         relay,
         from: args.mail_from.clone(),

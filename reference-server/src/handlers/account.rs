@@ -253,10 +253,30 @@ pub fn check_username_availability(
     Ok(json!({"available": true}))
 }
 
-pub fn get_login_flows(_ctx: &Ctx, _req: cs::login::get_login_flows::Request) -> ApiResult<Value> {
-    Ok(
-        json!({"flows": [{"type": "m.login.password"}, {"type": "m.login.token", "get_login_token": true}]}),
-    )
+pub fn get_login_flows(ctx: &Ctx, _req: cs::login::get_login_flows::Request) -> ApiResult<Value> {
+    let mut flows = vec![
+        json!({"type": "m.login.password"}),
+        json!({"type": "m.login.token", "get_login_token": true}),
+    ];
+    if let Some(cas) = &ctx.server.config.cas {
+        flows.push(json!({
+            "type": "m.login.sso",
+            "identity_providers": [{"id": super::sso::CAS_IDP, "name": cas.display_name}],
+        }));
+    }
+    Ok(json!({ "flows": flows }))
+}
+
+/// A short-lived token for `m.login.token` (also what single sign-on hands the client).
+pub fn issue_login_token(state: &mut crate::state::State, user_id: &str) -> (String, u64) {
+    let token = random_token(24);
+    let lifetime = 120_000;
+    let now = now_ms();
+    state.login_tokens.retain(|_, (_, exp)| *exp > now);
+    state
+        .login_tokens
+        .insert(token.clone(), (user_id.to_string(), now + lifetime));
+    (token, lifetime)
 }
 
 /// The user id a login names, from `identifier` (`m.id.user`) or the deprecated `user`.
@@ -583,15 +603,8 @@ pub fn generate_login_token(
 ) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     password_uia(ctx, req.body.auth.as_ref())?;
-    let token = random_token(24);
-    let lifetime = 120_000;
-    ctx.server.write(|state, _| {
-        let now = now_ms();
-        state.login_tokens.retain(|_, (_, exp)| *exp > now);
-        state
-            .login_tokens
-            .insert(token.clone(), (me.user_id.clone(), now + lifetime));
-        Ok(())
-    })?;
+    let (token, lifetime) = ctx
+        .server
+        .write(|state, _| Ok(issue_login_token(state, &me.user_id)))?;
     Ok(json!({"login_token": token, "expires_in_ms": lifetime}))
 }

@@ -17,6 +17,7 @@ mod push;
 mod rooms;
 mod social;
 mod spaces;
+pub mod sso;
 mod sync;
 pub mod threepid;
 mod user_data;
@@ -81,6 +82,10 @@ pub enum Reply {
     Wait {
         until: Instant,
     },
+    /// `302 Found` to `location` (single sign-on redirects).
+    Redirect {
+        location: String,
+    },
     /// The answer needs a request to another server (an application service, a web page):
     /// this future makes it, outside the state lock, and gives the real reply.
     Outbound(std::pin::Pin<Box<dyn std::future::Future<Output = ApiResult<Reply>> + Send>>),
@@ -140,6 +145,8 @@ table! {
     "register" => account::register,
     "checkUsernameAvailability" => account::check_username_availability,
     "getLoginFlows" => account::get_login_flows,
+    "redirectToSSO" => sso::redirect_to_sso,
+    "redirectToIdP" => sso::redirect_to_id_p,
     "login" => account::login,
     "logout" => account::logout,
     "logout_all" => account::logout_all,

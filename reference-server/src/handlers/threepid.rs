@@ -33,13 +33,19 @@ fn canonical_email(s: &str) -> Option<String> {
         && !domain.is_empty()
         && !domain.contains('@')
         && s.len() <= 254
-        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
     ok.then(|| s.to_lowercase())
 }
 
 /// Starts (or continues) a validation session and mails its token, for `purpose`:
 /// `register` and `add` need an address no account has, `reset` one that an account has.
-fn request_email_token(ctx: &Ctx, b: RequestEmailValidation, purpose: &'static str) -> ApiResult<Reply> {
+fn request_email_token(
+    ctx: &Ctx,
+    b: RequestEmailValidation,
+    purpose: &'static str,
+) -> ApiResult<Reply> {
     let mail = ctx.server.config.mail.clone().ok_or_else(|| {
         ApiError::threepid_medium_not_supported("this server does not send e-mail")
     })?;
@@ -111,11 +117,21 @@ fn request_email_token(ctx: &Ctx, b: RequestEmailValidation, purpose: &'static s
         "Someone asked to {what} this address on {server}.\n\nTo confirm, open this link:\n{link}\n\nOr give this code to your client: {token}\n\nIf it was not you, ignore this mail.\n",
         server = ctx.server.config.server_name
     );
-    let subject = format!("Confirm your e-mail address on {}", ctx.server.config.server_name);
+    let subject = format!(
+        "Confirm your e-mail address on {}",
+        ctx.server.config.server_name
+    );
     Ok(Reply::outbound(async move {
-        crate::outbound::send_mail(&mail.relay, &mail.from, &address, &subject, &text, MAIL_TIMEOUT)
-            .await
-            .map_err(|e| ApiError::unknown(format!("could not send the mail: {e}")))?;
+        crate::outbound::send_mail(
+            &mail.relay,
+            &mail.from,
+            &address,
+            &subject,
+            &text,
+            MAIL_TIMEOUT,
+        )
+        .await
+        .map_err(|e| ApiError::unknown(format!("could not send the mail: {e}")))?;
         Ok(json!({"sid": sid, "submit_url": submit_url}))
     }))
 }
@@ -205,7 +221,10 @@ pub fn add3_pid(ctx: &Ctx, req: cs::administrative_contact::add3_pid::Request) -
     bind_session(ctx, &b.sid, &b.client_secret)
 }
 
-pub fn post3_pi_ds(ctx: &Ctx, req: cs::administrative_contact::post3_pi_ds::Request) -> ApiResult<Value> {
+pub fn post3_pi_ds(
+    ctx: &Ctx,
+    req: cs::administrative_contact::post3_pi_ds::Request,
+) -> ApiResult<Value> {
     let c = req.body.three_pid_creds;
     bind_session(ctx, &c.sid, &c.client_secret)
 }
@@ -273,7 +292,10 @@ mod tests {
 
     #[test]
     fn addresses_and_secrets_follow_their_grammars() {
-        assert_eq!(canonical_email("Alice@Example.ORG").as_deref(), Some("alice@example.org"));
+        assert_eq!(
+            canonical_email("Alice@Example.ORG").as_deref(),
+            Some("alice@example.org")
+        );
         for bad in ["alice", "@x", "a@", "a@b@c", "a b@c", "<a@b>"] {
             assert_eq!(canonical_email(bad), None, "{bad}");
         }
