@@ -22,11 +22,12 @@ url="http://127.0.0.1:$port"
 secret="mxconform-test-shared-secret"
 
 install() {
-  if [ ! -x "$venv/bin/synctl" ]; then
+  # The url-preview extra (lxml) lets the suites exercise URL previews.
+  if [ ! -x "$venv/bin/synctl" ] || ! "$venv/bin/python" -c "import lxml" 2>/dev/null; then
     echo "installing matrix-synapse into $venv" >&2
-    "$python" -m venv "$venv"
+    [ -x "$venv/bin/pip" ] || "$python" -m venv "$venv"
     "$venv/bin/pip" install --quiet --upgrade pip >&2
-    "$venv/bin/pip" install --quiet "matrix-synapse${SYNAPSE_VERSION:+==$SYNAPSE_VERSION}" >&2
+    "$venv/bin/pip" install --quiet "matrix-synapse[url-preview]${SYNAPSE_VERSION:+==$SYNAPSE_VERSION}" >&2
   fi
 }
 
@@ -103,7 +104,11 @@ app_service_config_files: ["$repo/harness/peers/appservice.yaml"]
 user_directory:
   enabled: true
   search_all_users: true
-url_preview_enabled: false
+# Previews of the pages the harness's web peer serves on loopback: everything else private
+# stays blocked.
+url_preview_enabled: true
+url_preview_ip_range_blacklist: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8", "::1/128", "fe80::/10", "fc00::/7"]
+url_preview_ip_range_whitelist: ["127.0.0.1"]
 presence:
   enabled: true
 # Test-server rate limits: high enough that suites never meet them.

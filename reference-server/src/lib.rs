@@ -50,6 +50,9 @@ pub struct Config {
     pub mail: Option<Mail>,
     /// A CAS server for single sign-on (identity provider `cas`); `None` offers no SSO.
     pub cas: Option<Cas>,
+    /// URL previews: `None` offers none; `Some(allowed)` previews public addresses and these
+    /// otherwise private ones.
+    pub url_preview: Option<Vec<std::net::IpAddr>>,
 }
 
 /// A CAS server: `<server_url>/login` is where browsers log in, `<server_url>/proxyValidate`
@@ -91,6 +94,7 @@ impl Config {
             appservices: Vec::new(),
             mail: None,
             cas: None,
+            url_preview: None,
         }
     }
 }

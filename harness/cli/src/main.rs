@@ -141,6 +141,12 @@ struct ServeArgs {
     /// The sender address of the mail this server sends.
     #[arg(long, default_value = "noreply@localhost")]
     mail_from: String,
+    /// Offer URL previews (of public addresses, and of these otherwise private ones: repeat
+    /// `--url-preview-allow 127.0.0.1` to allow one).
+    #[arg(long)]
+    url_preview: bool,
+    #[arg(long = "url-preview-allow")]
+    url_preview_allow: Vec<std::net::IpAddr>,
     /// A CAS server's URL (`<url>/login`, `<url>/proxyValidate`) for single sign-on, offered as
     /// identity provider `cas`.
     #[arg(long)]
@@ -431,6 +437,10 @@ fn start_embedded(
         if let Some(file) = &p.registration_file {
             config.appservices =
                 load_appservices(&[(file.clone(), p.appservice_url())], "localhost")?;
+        }
+        if let Some(web) = p.web {
+            // The web peer's pages may be previewed although they are on loopback.
+            config.url_preview = Some(vec![web.ip()]);
         }
         if let Some(web) = p.web_url() {
             config.cas = Some(mxconform_server::Cas {

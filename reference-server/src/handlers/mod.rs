@@ -12,6 +12,7 @@ mod keys;
 mod legacy;
 mod media;
 mod misc;
+mod preview;
 mod profile;
 mod push;
 mod rooms;
@@ -217,6 +218,8 @@ table! {
     "getContentOverrideName" => media::get_content_override_name,
     "getContentThumbnail" => media::get_content_thumbnail,
     "getConfig" => media::get_config,
+    "getUrlPreview" => preview::get_url_preview,
+    "getUrlPreviewAuthed" => preview::get_url_preview_authed,
     "getPushRules" => push::get_push_rules,
     "getPushRulesGlobal" => push::get_push_rules_global,
     "getPushRule" => push::get_push_rule,
