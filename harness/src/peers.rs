@@ -155,7 +155,7 @@ impl Mailbox {
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
                 return Err(format!(
-                    "no mail to {to} arrived within {:.1} s",
+                    "no message to {to} arrived within {:.1} s",
                     within.as_secs_f64()
                 ));
             }
@@ -283,10 +283,13 @@ impl Peers {
                     }));
                 }
                 if let Some(l) = smtp_l {
-                    tokio::spawn(accept_smtp(l, mb));
+                    tokio::spawn(accept_smtp(l, mb.clone()));
                 }
                 if let Some(l) = web_l {
-                    let web = Arc::new(Web::default());
+                    let web = Arc::new(Web {
+                        mailbox: mb.clone(),
+                        ..Web::default()
+                    });
                     tokio::spawn(accept_http(l, move |req| {
                         let web = web.clone();
                         async move { web.answer(req) }
@@ -320,7 +323,8 @@ impl Peers {
         self.web.map(|a| format!("http://{a}"))
     }
 
-    /// Which of `needs` (`appservice`, `mail`, `web`) is not running, if any.
+    /// Which of `needs` (`appservice`, `mail`, `web`, `sms`: the web peer's SMS gateway) is not
+    /// running, if any.
     pub fn missing<'a>(peers: Option<&Peers>, needs: &'a [String]) -> Option<&'a str> {
         needs
             .iter()
@@ -328,7 +332,7 @@ impl Peers {
                 (_, None) => true,
                 ("appservice", Some(p)) => p.appservice.is_none(),
                 ("mail", Some(p)) => p.smtp.is_none(),
-                ("web", Some(p)) => p.web.is_none(),
+                ("web" | "sms", Some(p)) => p.web.is_none(),
                 _ => true,
             })
             .map(String::as_str)
@@ -581,17 +585,56 @@ fn valid_name(s: &str) -> bool {
 /// The web server: `/page/<name>` is an HTML page with Open Graph tags (for URL previews);
 /// `/cas/...` is a CAS server for single sign-on that logs in whoever it is told to:
 /// `/cas/login?service=S&user=U` sends the browser back to `S` with a one-use ticket, which
-/// `/cas/proxyValidate?ticket=T&service=S` confirms for user `U`.
+/// `/cas/proxyValidate?ticket=T&service=S` confirms for user `U`. `/_matrix/identity/api/v1/`
+/// is an SMS gateway for phone-number validation as homeservers delegate it
+/// (`validate/msisdn/requestToken`, `validate/msisdn/submitToken`, `3pid/getValidated3pid`); the
+/// text messages go to the mailbox, addressed to the number (`447700900123`).
 #[derive(Default)]
 struct Web {
     /// Ticket -> (user, service).
     tickets: Mutex<BTreeMap<String, (String, String)>>,
     issued: std::sync::atomic::AtomicU64,
+    mailbox: Arc<Mailbox>,
+    /// Phone-number validation sessions by sid.
+    sms: Mutex<BTreeMap<String, SmsSession>>,
+}
+
+#[derive(Clone, Debug)]
+struct SmsSession {
+    client_secret: String,
+    msisdn: String,
+    token: String,
+    send_attempt: i64,
+    validated_at: Option<u64>,
+}
+
+/// The calling code of the countries the gateway knows (ISO 3166 alpha-2).
+fn calling_code(country: &str) -> Option<&'static str> {
+    Some(match country.to_ascii_uppercase().as_str() {
+        "GB" => "44",
+        "US" | "CA" => "1",
+        "DE" => "49",
+        "FR" => "33",
+        "NL" => "31",
+        "IE" => "353",
+        _ => return None,
+    })
+}
+
+/// `country` + national `number` as digits in international form, without `+`.
+pub fn msisdn(country: &str, number: &str) -> Option<String> {
+    let code = calling_code(country)?;
+    let digits: String = number.chars().filter(char::is_ascii_digit).collect();
+    let national = digits.trim_start_matches('0');
+    (national.len() >= 4 && national.len() <= 14).then(|| format!("{code}{national}"))
 }
 
 impl Web {
     fn answer(&self, req: Request<Bytes>) -> Answer {
         let path = req.uri().path();
+        if let Some(rest) = path.strip_prefix("/_matrix/identity/api/v1/") {
+            return self.sms_gateway(rest, &req);
+        }
         let query = query_pairs(req.uri().query());
         let field = |name: &str| {
             query
@@ -649,6 +692,124 @@ impl Web {
                 page(200, "text/xml; charset=utf-8", body)
             }
             _ => html(404, "<!DOCTYPE html>\n<html><body>not found</body></html>\n".into()),
+        }
+    }
+}
+
+impl Web {
+    fn sms_gateway(&self, rest: &str, req: &Request<Bytes>) -> Answer {
+        let body: Value = serde_json::from_slice(req.body()).unwrap_or(Value::Null);
+        let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+        let bad = |errcode: &str, error: &str| {
+            json_answer(400, json!({"errcode": errcode, "error": error}))
+        };
+        let Ok(mut sessions) = self.sms.lock() else {
+            return json_answer(
+                500,
+                json!({"errcode": "M_UNKNOWN", "error": "lock poisoned"}),
+            );
+        };
+        match (req.method().as_str(), rest) {
+            ("POST", "validate/msisdn/requestToken") => {
+                let (Some(secret), Some(country), Some(number)) =
+                    (text("client_secret"), text("country"), text("phone_number"))
+                else {
+                    return bad(
+                        "M_MISSING_PARAMS",
+                        "client_secret, country and phone_number are required",
+                    );
+                };
+                let Some(msisdn) = msisdn(&country, &number) else {
+                    return bad("M_INVALID_PARAM", "not a phone number of a known country");
+                };
+                let attempt = body
+                    .get("send_attempt")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                let existing = sessions
+                    .iter()
+                    .find(|(_, s)| s.client_secret == secret && s.msisdn == msisdn)
+                    .map(|(sid, s)| (sid.clone(), s.send_attempt));
+                if let Some((sid, last)) = &existing {
+                    if attempt <= *last {
+                        return json_answer(
+                            200,
+                            json!({"sid": sid, "msisdn": msisdn, "intl_fmt": format!("+{msisdn}")}),
+                        );
+                    }
+                }
+                let n = self
+                    .issued
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let sid = existing.map_or_else(|| format!("sms{n}"), |(sid, _)| sid);
+                let token = format!("{:06}", (n * 7919 + 104_729) % 1_000_000);
+                if sessions.len() >= 1000 {
+                    sessions.clear();
+                }
+                sessions.insert(
+                    sid.clone(),
+                    SmsSession {
+                        client_secret: secret,
+                        msisdn: msisdn.clone(),
+                        token: token.clone(),
+                        send_attempt: attempt,
+                        validated_at: None,
+                    },
+                );
+                self.mailbox.put(Mail {
+                    from: "sms".into(),
+                    to: vec![msisdn.clone()],
+                    text: format!("Your validation code is {token}\n"),
+                });
+                json_answer(
+                    200,
+                    json!({"sid": sid, "msisdn": msisdn, "intl_fmt": format!("+{msisdn}")}),
+                )
+            }
+            ("POST", "validate/msisdn/submitToken") => {
+                let found = text("sid")
+                    .and_then(|sid| sessions.get_mut(&sid))
+                    .filter(|s| {
+                        Some(&s.client_secret) == text("client_secret").as_ref()
+                            && Some(&s.token) == text("token").as_ref()
+                    });
+                let success = match found {
+                    Some(s) => {
+                        s.validated_at.get_or_insert_with(|| {
+                            std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_millis() as u64)
+                                .unwrap_or(0)
+                        });
+                        true
+                    }
+                    None => false,
+                };
+                json_answer(200, json!({"success": success}))
+            }
+            ("GET", "3pid/getValidated3pid") => {
+                let q = query_pairs(req.uri().query());
+                let field = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+                match field("sid").and_then(|sid| sessions.get(&sid)) {
+                    Some(s) if Some(&s.client_secret) == field("client_secret").as_ref() => match s
+                        .validated_at
+                    {
+                        Some(at) => json_answer(
+                            200,
+                            json!({"medium": "msisdn", "address": s.msisdn, "validated_at": at}),
+                        ),
+                        None => bad("M_SESSION_NOT_VALIDATED", "the code has not been submitted"),
+                    },
+                    _ => json_answer(
+                        404,
+                        json!({"errcode": "M_NO_VALID_SESSION", "error": "no such session"}),
+                    ),
+                }
+            }
+            _ => json_answer(
+                404,
+                json!({"errcode": "M_UNRECOGNIZED", "error": "not here"}),
+            ),
         }
     }
 }

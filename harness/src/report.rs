@@ -269,10 +269,25 @@ impl Report {
                 "\n## Uncovered operations\n\n| Operation | Why |\n|---|---|"
             );
             for op in &c.uncovered {
-                let why = c
-                    .reasons
-                    .get(op)
-                    .map_or("no passing scenario yet", String::as_str);
+                // A listed reason; else the known deviations that call it; else none yet.
+                let deviations: Vec<String> = self
+                    .scenarios
+                    .iter()
+                    .filter(|sc| {
+                        sc.outcome == Outcome::ExpectedFailure
+                            && sc.area != "sweeps"
+                            && sc.operations.iter().any(|o| o == op)
+                    })
+                    .map(|sc| format!("`{}`", sc.name))
+                    .collect();
+                let why = match c.reasons.get(op) {
+                    Some(r) => r.clone(),
+                    None if !deviations.is_empty() => format!(
+                        "only in scenarios this server fails (known deviations: {})",
+                        deviations.join(", ")
+                    ),
+                    None => "no passing scenario yet".to_string(),
+                };
                 let _ = writeln!(s, "| `{op}` | {why} |");
             }
         }

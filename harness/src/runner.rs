@@ -159,21 +159,22 @@ impl Run<'_> {
                 .map_err(|e| format!("creating actor {actor}: {e}"))?;
         }
         for (i, step) in self.scenario.steps.iter().enumerate() {
+            let message = step.mail.as_ref().or(step.sms.as_ref());
             let label = match (
                 &step.call,
                 &step.sync_until,
                 &step.await_,
                 &step.http,
-                &step.mail,
+                message,
             ) {
                 (Some(op), ..) => op.clone(),
                 (_, Some(_), ..) => "sync_until".to_string(),
                 (_, _, Some(_), ..) => "await".to_string(),
                 (_, _, _, Some(h), _) => format!("{} {}", h.method, h.path),
-                (.., Some(m)) => format!("mail to {}", m.to),
+                (.., Some(m)) => format!("message to {}", m.to),
                 _ => "?".to_string(),
             };
-            let r = match (&step.sync_until, &step.await_, &step.http, &step.mail) {
+            let r = match (&step.sync_until, &step.await_, &step.http, message) {
                 (Some(s), ..) => self.sync_until(step, s).await,
                 (_, Some(name), ..) => self.await_background(step, name).await,
                 (_, _, Some(h), _) => self.http_step(step, h).await,
@@ -551,7 +552,7 @@ impl Run<'_> {
 
     /// Waits for a mail at the mail peer and captures from its text.
     async fn mail_step(&mut self, m: &crate::scenario::MailStep) -> Result<(), String> {
-        let peers = self.env.peers.clone().ok_or("no mail peer is running")?;
+        let peers = self.env.peers.clone().ok_or("no peer is running")?;
         let to = self.vars.render_text(&m.to)?;
         let within = Duration::from_millis(m.within_ms.unwrap_or(10_000).min(60_000));
         let mail = peers.mailbox.take(&to, within).await?;

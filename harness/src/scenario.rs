@@ -55,6 +55,9 @@ pub struct Step {
     /// Wait for a mail to the mail peer and capture from its text.
     #[serde(default)]
     pub mail: Option<MailStep>,
+    /// Wait for a text message to a phone number (`447700900123`) at the SMS gateway peer.
+    #[serde(default)]
+    pub sms: Option<MailStep>,
     /// The actor whose access token is sent (default: the first actor).
     #[serde(default, rename = "as")]
     pub as_actor: Option<String>,
@@ -297,9 +300,9 @@ impl Scenario {
             ));
         }
         for n in &self.needs {
-            if !matches!(n.as_str(), "appservice" | "mail" | "web") {
+            if !matches!(n.as_str(), "appservice" | "mail" | "web" | "sms") {
                 return fail(format!(
-                    "`needs` names peers: appservice, mail, web; not {n:?}"
+                    "`needs` names peers: appservice, mail, web, sms; not {n:?}"
                 ));
             }
         }
@@ -317,7 +320,10 @@ impl Scenario {
         for (i, step) in self.steps.iter().enumerate() {
             let n = i + 1;
             for name in step.capture.keys() {
-                if matches!(name.as_str(), "unique" | "fresh" | "server_name") || name.contains('.')
+                if matches!(
+                    name.as_str(),
+                    "unique" | "unique_digits" | "fresh" | "server_name"
+                ) || name.contains('.')
                 {
                     return fail(format!("step {n}: `{name}` cannot be a capture name (it is a template name of the harness's own)"));
                 }
@@ -335,19 +341,27 @@ impl Scenario {
                 + usize::from(step.sync_until.is_some())
                 + usize::from(step.await_.is_some())
                 + usize::from(step.http.is_some())
-                + usize::from(step.mail.is_some());
+                + usize::from(step.mail.is_some())
+                + usize::from(step.sms.is_some());
             if kinds != 1 {
                 return fail(format!(
-                    "step {n}: a step has exactly one of `call`, `sync_until`, `await`, `http` and `mail`"
+                    "step {n}: a step has exactly one of `call`, `sync_until`, `await`, `http`, `mail` and `sms`"
                 ));
             }
-            if let Some(m) = &step.mail {
-                if !self.needs.iter().any(|x| x == "mail") {
-                    return fail(format!("step {n}: a `mail` step needs `needs: [mail]`"));
+            let message = match (&step.mail, &step.sms) {
+                (Some(m), _) => Some((m, "mail")),
+                (_, Some(m)) => Some((m, "sms")),
+                _ => None,
+            };
+            if let Some((m, need)) = message {
+                if !self.needs.iter().any(|x| x == need) {
+                    return fail(format!("step {n}: a `{need}` step needs `needs: [{need}]`"));
                 }
                 for (name, r) in &m.capture {
-                    if matches!(name.as_str(), "unique" | "fresh" | "server_name")
-                        || name.contains('.')
+                    if matches!(
+                        name.as_str(),
+                        "unique" | "unique_digits" | "fresh" | "server_name"
+                    ) || name.contains('.')
                     {
                         return fail(format!("step {n}: `{name}` cannot be a capture name"));
                     }

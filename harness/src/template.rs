@@ -1,6 +1,7 @@
 //! `{{name}}` substitution in scenario values: captures, actor fields (`alice.user_id`,
 //! `alice.token`, `alice.device_id`, `alice.localpart`, `alice.password`), `server_name`,
-//! `unique` (one value per scenario run) and `fresh` (a new value at each use).
+//! `unique` (one value per scenario run), `unique_digits` (the same as nine digits, for phone
+//! numbers) and `fresh` (a new value at each use).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,13 @@ impl Vars {
     fn lookup(&self, name: &str) -> Result<Value, String> {
         match name {
             "unique" => Ok(Value::String(self.unique.clone())),
+            "unique_digits" => {
+                // FNV-1a of `unique`: collisions within one run are vanishingly rare.
+                let h = self.unique.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                });
+                Ok(Value::String(format!("{:09}", h % 1_000_000_000)))
+            }
             "fresh" => Ok(Value::String(format!(
                 "{}-{}",
                 self.unique,

@@ -99,6 +99,9 @@ cas_config:
 # spec's SSO flow describes.
 sso:
   client_whitelist: ["http://client.mxconform.test/"]
+# Phone-number validation goes through the SMS gateway the harness's web peer plays.
+account_threepid_delegates:
+  msisdn: "http://127.0.0.1:18080"
 # The harness plays this application service (a bridge) on loopback.
 app_service_config_files: ["$repo/harness/peers/appservice.yaml"]
 user_directory:

@@ -126,7 +126,7 @@ async fn the_mail_sink_hands_each_mail_to_the_scenario_waiting_for_its_recipient
         .take("bob@hs.test", Duration::from_millis(200))
         .await
         .expect_err("no second mail to bob");
-    assert!(err.contains("no mail to bob@hs.test"), "{err}");
+    assert!(err.contains("no message to bob@hs.test"), "{err}");
 }
 
 #[tokio::test]
@@ -228,4 +228,76 @@ async fn the_cas_server_issues_one_use_tickets_for_the_service_that_asked() {
         .await
         .expect("body");
     assert!(ok.contains("<cas:user>carol</cas:user>"), "{ok}");
+}
+
+#[tokio::test]
+async fn the_sms_gateway_texts_a_code_and_confirms_the_number_once_it_is_submitted() {
+    let peers = start();
+    let web = peers.web_url().expect("a web server");
+    let api = format!("{web}/_matrix/identity/api/v1");
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let (client, url) = (client.clone(), format!("{api}/{path}"));
+        async move {
+            let resp = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("answer");
+            (
+                resp.status().as_u16(),
+                resp.json::<Value>().await.expect("JSON"),
+            )
+        }
+    };
+    let request = serde_json::json!({"client_secret": "s1", "country": "GB", "phone_number": "07700 900123", "send_attempt": 1});
+    let (status, v) = post("validate/msisdn/requestToken", request.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["msisdn"], "447700900123");
+    let sid = v["sid"].as_str().expect("sid").to_string();
+    // The same attempt again is the same session, and texts nothing more.
+    let (_, again) = post("validate/msisdn/requestToken", request).await;
+    assert_eq!(again["sid"], sid.as_str());
+    let sms = peers
+        .mailbox
+        .take("447700900123", Duration::from_secs(5))
+        .await
+        .expect("a text message");
+    let code = sms
+        .text
+        .trim()
+        .rsplit(' ')
+        .next()
+        .expect("code")
+        .to_string();
+    assert!(peers
+        .mailbox
+        .take("447700900123", Duration::from_millis(100))
+        .await
+        .is_err());
+    let validated = format!("{api}/3pid/getValidated3pid?sid={sid}&client_secret=s1");
+    assert_eq!(
+        get(&validated, None).await.0,
+        400,
+        "not validated before the code is submitted"
+    );
+    let (_, wrong) = post(
+        "validate/msisdn/submitToken",
+        serde_json::json!({"sid": sid, "client_secret": "s1", "token": "000000x"}),
+    )
+    .await;
+    assert_eq!(wrong["success"], false);
+    let (_, right) = post(
+        "validate/msisdn/submitToken",
+        serde_json::json!({"sid": sid, "client_secret": "s1", "token": code}),
+    )
+    .await;
+    assert_eq!(right["success"], true);
+    let (status, body) = get(&validated, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"address\":\"447700900123\""), "{body}");
+    let (status, _) = post("validate/msisdn/requestToken", serde_json::json!({"client_secret": "s", "country": "ZZ", "phone_number": "1234", "send_attempt": 1})).await;
+    assert_eq!(status, 400);
 }

@@ -146,6 +146,15 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
     if path == handlers::threepid::SUBMIT_PATH {
         return submit_threepid_token(server, req);
     }
+    if path == handlers::threepid::MSISDN_SUBMIT_PATH {
+        if req.method() != Method::POST {
+            return Err(ApiError::method_not_allowed("POST the code as JSON"));
+        }
+        let v: Value = serde_json::from_slice(req.body())
+            .map_err(|_| ApiError::not_json("the body is not JSON"))?;
+        let ok = handlers::threepid::submit_msisdn_token(server, &v).await?;
+        return Ok(json_response(200, &json!({"success": ok})));
+    }
     if path == handlers::sso::TICKET_PATH && req.method() == Method::GET {
         let q = parse_query(req.uri().query())?;
         let get = |k: &str| {

@@ -50,6 +50,9 @@ pub struct Config {
     pub mail: Option<Mail>,
     /// A CAS server for single sign-on (identity provider `cas`); `None` offers no SSO.
     pub cas: Option<Cas>,
+    /// Where phone-number validation is delegated (an identity-service style SMS gateway:
+    /// `<url>/_matrix/identity/api/v1/validate/msisdn/...`); `None` refuses phone numbers.
+    pub msisdn_delegate: Option<String>,
     /// URL previews: `None` offers none; `Some(allowed)` previews public addresses and these
     /// otherwise private ones.
     pub url_preview: Option<Vec<std::net::IpAddr>>,
@@ -95,6 +98,7 @@ impl Config {
             mail: None,
             cas: None,
             url_preview: None,
+            msisdn_delegate: None,
         }
     }
 }
@@ -209,6 +213,11 @@ impl Server {
     /// Media bytes by id.
     pub fn media(&self, id: &str) -> ApiResult<Option<(Option<String>, Option<String>, Vec<u8>)>> {
         self.lock().store.media(id)
+    }
+
+    /// This server as shared, for work that outlives a handler's borrow (outbound requests).
+    pub fn shared(&self) -> Option<Arc<Server>> {
+        self.me.get().and_then(std::sync::Weak::upgrade)
     }
 
     /// Runs `f` on the state at `at` (on the current tokio runtime), committing what it changes.

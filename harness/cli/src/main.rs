@@ -147,6 +147,10 @@ struct ServeArgs {
     url_preview: bool,
     #[arg(long = "url-preview-allow")]
     url_preview_allow: Vec<std::net::IpAddr>,
+    /// An SMS gateway for phone-number validation (identity-service API
+    /// `/_matrix/identity/api/v1/validate/msisdn/...`, plain HTTP).
+    #[arg(long)]
+    msisdn_delegate: Option<String>,
     /// A CAS server's URL (`<url>/login`, `<url>/proxyValidate`) for single sign-on, offered as
     /// identity provider `cas`.
     #[arg(long)]
@@ -443,6 +447,7 @@ fn start_embedded(
             config.url_preview = Some(vec![web.ip()]);
         }
         if let Some(web) = p.web_url() {
+            config.msisdn_delegate = Some(web.clone());
             config.cas = Some(mxconform_server::Cas {
                 server_url: format!("{web}/cas"),
                 display_name: "CAS".into(),

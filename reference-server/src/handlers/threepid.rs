@@ -17,6 +17,11 @@ use crate::Server;
 const MAIL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The path of the link in validation mail (and the `submit_url` clients may POST to).
 pub const SUBMIT_PATH: &str = "/_mxconform/3pid/email/submit_token";
+/// Where clients submit the code of a text message (proxied to the SMS gateway).
+pub const MSISDN_SUBMIT_PATH: &str = "/_mxconform/3pid/msisdn/submit_token";
+/// Sessions delegated to the SMS gateway carry its sid behind this prefix.
+const MSISDN_SID: &str = "msisdn-";
+const GATEWAY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The spec's client secret grammar: `[0-9a-zA-Z.=_-]{1,255}`.
 fn valid_client_secret(s: &str) -> bool {
@@ -178,6 +183,195 @@ pub fn submit_token(server: &Server, sid: &str, client_secret: &str, token: &str
     })
 }
 
+/// The calling code of the countries this server knows (ISO 3166 alpha-2).
+fn calling_code(country: &str) -> Option<&'static str> {
+    Some(match country.to_ascii_uppercase().as_str() {
+        "GB" => "44",
+        "US" | "CA" => "1",
+        "DE" => "49",
+        "FR" => "33",
+        "NL" => "31",
+        "IE" => "353",
+        _ => return None,
+    })
+}
+
+/// The international form of a national number, digits only (`447700900123`).
+fn canonical_msisdn(country: &str, number: &str) -> Option<String> {
+    let code = calling_code(country)?;
+    if number
+        .chars()
+        .any(|c| !(c.is_ascii_digit() || " -().".contains(c)))
+    {
+        return None;
+    }
+    let digits: String = number.chars().filter(char::is_ascii_digit).collect();
+    let national = digits.trim_start_matches('0');
+    (4..=14)
+        .contains(&national.len())
+        .then(|| format!("{code}{national}"))
+}
+
+/// Starts a phone-number validation through the SMS gateway, for `purpose` (as for e-mail).
+fn request_msisdn_token(
+    ctx: &Ctx,
+    b: mxconform_generated::client_server::definitions::request_msisdn_validation::RequestMsisdnValidation,
+    purpose: &'static str,
+) -> ApiResult<Reply> {
+    let gateway = ctx.server.config.msisdn_delegate.clone().ok_or_else(|| {
+        ApiError::threepid_medium_not_supported("this server does not validate phone numbers")
+    })?;
+    if !valid_client_secret(&b.client_secret) {
+        return Err(ApiError::invalid_param(
+            "client_secret must be 1-255 characters of [0-9a-zA-Z.=_-]",
+        ));
+    }
+    let msisdn = canonical_msisdn(&b.country, &b.phone_number).ok_or_else(|| {
+        ApiError::invalid_param("not a phone number of a country this server knows")
+    })?;
+    let bound = ctx.server.read(|s| {
+        s.threepids
+            .contains_key(&("msisdn".to_string(), msisdn.clone()))
+    });
+    match purpose {
+        "reset" if !bound => {
+            return Err(ApiError::threepid_not_found(
+                "no account has that phone number",
+            ))
+        }
+        "register" | "add" if bound => {
+            return Err(ApiError::threepid_in_use(
+                "an account already has that phone number",
+            ))
+        }
+        _ => {}
+    }
+    let server = ctx
+        .server
+        .shared()
+        .ok_or_else(|| ApiError::internal("the server is stopping"))?;
+    let body = json!({
+        "client_secret": b.client_secret, "country": b.country,
+        "phone_number": b.phone_number, "send_attempt": b.send_attempt,
+    });
+    Ok(Reply::outbound(async move {
+        let url = format!(
+            "{}/_matrix/identity/api/v1/validate/msisdn/requestToken",
+            gateway.trim_end_matches('/')
+        );
+        let answer =
+            crate::outbound::http("POST", &url, &[], Some(&body), GATEWAY_TIMEOUT, 1 << 16)
+                .await
+                .map_err(|e| ApiError::unknown(format!("cannot reach the SMS gateway: {e}")))?;
+        let reply: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        let their_sid = reply.get("sid").and_then(Value::as_str);
+        let (true, Some(their_sid)) = ((200..300).contains(&answer.status), their_sid) else {
+            return Err(ApiError::unknown_400(format!(
+                "the SMS gateway refused: {}",
+                reply
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no reason given")
+            )));
+        };
+        let sid = format!("{MSISDN_SID}{their_sid}");
+        server.write(|state, batch| {
+            let session = ThreepidSession {
+                client_secret: b.client_secret.clone(),
+                medium: "msisdn".into(),
+                address: msisdn.clone(),
+                token: String::new(),
+                purpose: purpose.into(),
+                send_attempt: b.send_attempt,
+                validated_at: state
+                    .threepid_sessions
+                    .get(&sid)
+                    .and_then(|s| s.validated_at),
+                created_at: now_ms(),
+            };
+            state.put_threepid_session(batch, &sid, session);
+            Ok(())
+        })?;
+        let base = server.base_url.get().cloned().unwrap_or_default();
+        Ok(json!({
+            "sid": sid,
+            "submit_url": format!("{base}{MSISDN_SUBMIT_PATH}"),
+            "msisdn": msisdn,
+            "intl_fmt": format!("+{msisdn}"),
+        }))
+    }))
+}
+
+pub fn request_token_to_register_msisdn(
+    ctx: &Ctx,
+    req: cs::registration::request_token_to_register_msisdn::Request,
+) -> ApiResult<Reply> {
+    request_msisdn_token(ctx, req.body, "register")
+}
+
+pub fn request_token_to3_pid_msisdn(
+    ctx: &Ctx,
+    req: cs::administrative_contact::request_token_to3_pidmsisdn::Request,
+) -> ApiResult<Reply> {
+    request_msisdn_token(ctx, req.body, "add")
+}
+
+pub fn request_token_to_reset_password_msisdn(
+    ctx: &Ctx,
+    req: cs::password_management::request_token_to_reset_password_msisdn::Request,
+) -> ApiResult<Reply> {
+    request_msisdn_token(ctx, req.body, "reset")
+}
+
+/// A text message's code, posted to this server's `submit_url`: passed on to the gateway,
+/// and the session marked validated when the gateway accepts it.
+pub async fn submit_msisdn_token(server: &Server, body: &Value) -> ApiResult<bool> {
+    let get = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::missing_param(format!("`{k}` is required")))
+    };
+    let (sid, client_secret, token) = (get("sid")?, get("client_secret")?, get("token")?);
+    let gateway = server.config.msisdn_delegate.clone().ok_or_else(|| {
+        ApiError::threepid_medium_not_supported("this server does not validate phone numbers")
+    })?;
+    let Some(their_sid) = sid.strip_prefix(MSISDN_SID) else {
+        return Ok(false);
+    };
+    let known = server.read(|s| {
+        s.threepid_sessions
+            .get(sid)
+            .is_some_and(|x| x.client_secret == client_secret)
+    });
+    if !known {
+        return Ok(false);
+    }
+    let url = format!(
+        "{}/_matrix/identity/api/v1/validate/msisdn/submitToken",
+        gateway.trim_end_matches('/')
+    );
+    let sent = json!({"sid": their_sid, "client_secret": client_secret, "token": token});
+    let answer = crate::outbound::http("POST", &url, &[], Some(&sent), GATEWAY_TIMEOUT, 1 << 16)
+        .await
+        .map_err(|e| ApiError::unknown(format!("cannot reach the SMS gateway: {e}")))?;
+    let ok = serde_json::from_slice::<Value>(&answer.body)
+        .ok()
+        .and_then(|v| v.get("success").and_then(Value::as_bool))
+        .unwrap_or(false);
+    if ok {
+        server.write(|state, batch| {
+            if let Some(mut s) = state.threepid_sessions.get(sid).cloned() {
+                if s.validated_at.is_none() {
+                    s.validated_at = Some(now_ms());
+                    state.put_threepid_session(batch, sid, s);
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(ok)
+}
+
 /// Binds the address of a validated `add` session to the caller.
 fn bind_session(ctx: &Ctx, sid: &str, client_secret: &str) -> ApiResult<Value> {
     let me = ctx.me()?.user_id.clone();
@@ -303,5 +497,16 @@ mod tests {
         assert!(!valid_client_secret(""));
         assert!(!valid_client_secret("no spaces"));
         assert!(!valid_client_secret(&"x".repeat(256)));
+        assert_eq!(
+            canonical_msisdn("GB", "07700 900123").as_deref(),
+            Some("447700900123")
+        );
+        assert_eq!(
+            canonical_msisdn("us", "(555) 010-1234").as_deref(),
+            Some("15550101234")
+        );
+        assert_eq!(canonical_msisdn("ZZ", "123456"), None);
+        assert_eq!(canonical_msisdn("GB", "12"), None);
+        assert_eq!(canonical_msisdn("GB", "0770090012x"), None);
     }
 }
