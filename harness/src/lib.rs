@@ -66,7 +66,7 @@ pub struct RunConfig {
 }
 
 /// Parses `v1.11` / `1.11` / `r0.6.1` into (major, minor); `r0.*` counts as (0, *).
-fn version_key(v: &str) -> Option<(u32, u32)> {
+pub(crate) fn version_key(v: &str) -> Option<(u32, u32)> {
     let v = v.trim_start_matches(['v', 'r']);
     let mut it = v.split('.');
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))

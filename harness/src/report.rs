@@ -280,8 +280,27 @@ impl Report {
                     })
                     .map(|sc| format!("`{}`", sc.name))
                     .collect();
+                let newest = self
+                    .server
+                    .versions
+                    .iter()
+                    .filter_map(|v| crate::version_key(v))
+                    .max();
+                let added = crate::route(op).and_then(|r| r.added_in);
+                let newer = match (added.and_then(crate::version_key), newest) {
+                    (Some(a), Some(n)) if a > n && !self.server.serves.contains_key(op) => {
+                        Some(format!(
+                            "added in v{}; the server advertises up to v{}.{}, so its scenarios are skipped",
+                            added.unwrap_or_default(),
+                            n.0,
+                            n.1
+                        ))
+                    }
+                    _ => None,
+                };
                 let why = match c.reasons.get(op) {
                     Some(r) => r.clone(),
+                    None if newer.is_some() => newer.unwrap_or_default(),
                     None if !deviations.is_empty() => format!(
                         "only in scenarios this server fails (known deviations: {})",
                         deviations.join(", ")
