@@ -193,14 +193,51 @@ pub fn register(ctx: &Ctx, req: cs::registration::register::Request) -> ApiResul
     if ctx.server.read(|s| s.users.contains_key(&user_id)) {
         return Err(ApiError::user_in_use("that user name is taken"));
     }
-    uia(
-        b.auth
-            .as_ref()
-            .map(|a| serde_json::to_value(a).unwrap_or_default())
-            .as_ref(),
-        "m.login.dummy",
-        |_| Ok(()),
-    )?;
+    let as_registration =
+        b.extra.get("type").and_then(Value::as_str) == Some("m.login.application_service");
+    let service = ctx.user.as_ref().and_then(|u| u.appservice.as_deref());
+    match (as_registration, service) {
+        // An application service registers users of its namespace, without auth stages.
+        (true, Some(id)) => {
+            let allowed = ctx
+                .server
+                .config
+                .appservices
+                .iter()
+                .any(|a| a.id == id && a.may_act_as(&user_id));
+            if !allowed {
+                return Err(ApiError::exclusive(
+                    "that user id is outside the application service's namespaces",
+                ));
+            }
+        }
+        (true, None) => {
+            return Err(ApiError::missing_token(
+                "m.login.application_service needs the application service's token",
+            ))
+        }
+        (false, _) => {
+            if ctx
+                .server
+                .config
+                .appservices
+                .iter()
+                .any(|a| a.claims_user(&user_id))
+            {
+                return Err(ApiError::exclusive(
+                    "that user id belongs to an application service",
+                ));
+            }
+            uia(
+                b.auth
+                    .as_ref()
+                    .map(|a| serde_json::to_value(a).unwrap_or_default())
+                    .as_ref(),
+                "m.login.dummy",
+                |_| Ok(()),
+            )?;
+        }
+    }
     let hash = match &b.password {
         Some(p) => Some(hash_password(ctx.server.config.password_cost, p)?),
         None => None,

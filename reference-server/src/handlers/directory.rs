@@ -18,10 +18,28 @@ fn own_server(ctx: &Ctx, alias: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// An alias in an application service's exclusive namespace is that service's alone.
+pub fn check_alias_namespace(ctx: &Ctx, alias: &str) -> ApiResult<()> {
+    let caller = ctx.user.as_ref().and_then(|u| u.appservice.as_deref());
+    let owner = ctx
+        .server
+        .config
+        .appservices
+        .iter()
+        .find(|a| a.claims_alias(alias));
+    match owner {
+        Some(a) if caller != Some(a.id.as_str()) => Err(ApiError::exclusive(
+            "that alias is reserved by an application service",
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn set_room_alias(ctx: &Ctx, req: cs::directory::set_room_alias::Request) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     let alias = req.room_alias.as_str().to_string();
     own_server(ctx, &alias)?;
+    check_alias_namespace(ctx, &alias)?;
     ctx.server.write(|state, batch| {
         let room = state.room(req.body.room_id.as_str())?;
         if room.membership(&me.user_id) != Some("join") {

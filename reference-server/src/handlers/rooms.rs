@@ -440,6 +440,9 @@ pub fn create_room(ctx: &Ctx, req: cs::create_room::create_room::Request) -> Api
         }
         None => None,
     };
+    if let Some(a) = &alias {
+        super::directory::check_alias_namespace(ctx, a)?;
+    }
     let v: u32 = version.parse().unwrap_or(12);
     let public = matches!(b.visibility.as_ref().map(|v| v.as_str()), Some("public"));
     let preset = b
