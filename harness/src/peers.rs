@@ -163,12 +163,63 @@ impl Mailbox {
     }
 }
 
+/// Events the application service was sent in transactions (each transaction counted once).
+#[derive(Debug, Default)]
+pub struct EventLog {
+    events: Mutex<(Vec<Value>, std::collections::BTreeSet<String>)>,
+    arrived: Notify,
+}
+
+impl EventLog {
+    fn put(&self, txn: &str, events: Vec<Value>) {
+        if let Ok(mut g) = self.events.lock() {
+            if !g.1.insert(txn.to_string()) {
+                return;
+            }
+            g.0.extend(events);
+            // Bounded: a flood cannot fill memory.
+            let over = g.0.len().saturating_sub(10_000);
+            g.0.drain(..over);
+        }
+        self.arrived.notify_waiters();
+    }
+
+    /// Waits until an event the service was sent satisfies `matches`.
+    pub async fn wait_for(
+        &self,
+        matches: impl Fn(&Value) -> bool,
+        within: Duration,
+    ) -> std::result::Result<Value, String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            let seen = {
+                let g = self.events.lock().map_err(|_| "event log lock poisoned")?;
+                if let Some(e) = g.0.iter().find(|e| matches(e)) {
+                    return Ok(e.clone());
+                }
+                g.0.len()
+            };
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return Err(format!(
+                    "the application service was sent no such event within {:.1} s ({seen} events received)",
+                    within.as_secs_f64()
+                ));
+            }
+        }
+    }
+}
+
 /// The running peers. Dropping it stops them.
 pub struct Peers {
     pub appservice: Option<(Registration, SocketAddr)>,
     pub smtp: Option<SocketAddr>,
     pub web: Option<SocketAddr>,
     pub mailbox: Arc<Mailbox>,
+    /// What the application service was sent.
+    pub appservice_events: Arc<EventLog>,
     /// The application service's registration file as given.
     pub registration_file: Option<PathBuf>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -230,6 +281,8 @@ impl Peers {
         let smtp_addr = want(config.smtp.clone());
         let web_addr = want(config.web.clone());
         let mailbox = Arc::new(Mailbox::default());
+        let as_events = Arc::new(EventLog::default());
+        let as_log = as_events.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let mb = mailbox.clone();
@@ -276,6 +329,7 @@ impl Peers {
                     let svc = Arc::new(AppService {
                         reg: r,
                         server_name: server_name.clone(),
+                        log: as_log,
                     });
                     tokio::spawn(accept_http(l, move |req| {
                         let svc = svc.clone();
@@ -307,6 +361,7 @@ impl Peers {
             smtp,
             web,
             mailbox,
+            appservice_events: as_events,
             registration_file,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -440,6 +495,7 @@ fn percent_decode(s: &str) -> String {
 struct AppService {
     reg: Registration,
     server_name: String,
+    log: Arc<EventLog>,
 }
 
 impl AppService {
@@ -492,7 +548,18 @@ impl AppService {
             )
         };
         match (method, segs.as_slice()) {
-            ("POST", ["ping"]) | ("PUT", ["transactions", _]) => json_answer(200, json!({})),
+            ("POST", ["ping"]) => json_answer(200, json!({})),
+            ("PUT", ["transactions", txn]) => {
+                let body: Value = serde_json::from_slice(req.body()).unwrap_or(Value::Null);
+                let Some(events) = body.get("events").and_then(Value::as_array) else {
+                    return json_answer(
+                        400,
+                        json!({"errcode": "M_BAD_JSON", "error": "no events list"}),
+                    );
+                };
+                self.log.put(txn, events.clone());
+                json_answer(200, json!({}))
+            }
             ("GET", ["users", _]) | ("GET", ["rooms", _]) => not_found(),
             ("GET", ["thirdparty", "protocol", p]) if self.knows(p) => {
                 json_answer(200, self.protocol_metadata())

@@ -174,6 +174,12 @@ impl Run<'_> {
                 (.., Some(m)) => format!("message to {}", m.to),
                 _ => "?".to_string(),
             };
+            if let Some(w) = &step.appservice_receives {
+                self.appservice_receives(w)
+                    .await
+                    .map_err(|e| format!("step {} (appservice_receives): {e}", i + 1))?;
+                continue;
+            }
             let r = match (&step.sync_until, &step.await_, &step.http, message) {
                 (Some(s), ..) => self.sync_until(step, s).await,
                 (_, Some(name), ..) => self.await_background(step, name).await,
@@ -548,6 +554,22 @@ impl Run<'_> {
         crate::expect::response(&step.expect, resp.status, &resp.body, &self.vars)?;
         check_headers(&step.expect, &resp, &self.vars)?;
         self.capture(step, &resp.body, &resp.headers)
+    }
+
+    /// Waits until the application service peer was sent a matching event.
+    async fn appservice_receives(
+        &mut self,
+        w: &crate::scenario::AppserviceReceives,
+    ) -> Result<(), String> {
+        let peers = self.env.peers.clone().ok_or("no peer is running")?;
+        let want = self.vars.render(&w.event)?;
+        let within = Duration::from_millis(w.within_ms.unwrap_or(10_000).min(60_000));
+        peers
+            .appservice_events
+            .wait_for(|e| crate::expect::subset(&want, e), within)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{e}; wanted {want}"))
     }
 
     /// Waits for a mail at the mail peer and captures from its text.

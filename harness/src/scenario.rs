@@ -55,6 +55,9 @@ pub struct Step {
     /// Wait for a mail to the mail peer and capture from its text.
     #[serde(default)]
     pub mail: Option<MailStep>,
+    /// Wait until the application service peer has been sent an event containing `event`.
+    #[serde(default)]
+    pub appservice_receives: Option<AppserviceReceives>,
     /// Wait for a text message to a phone number (`447700900123`) at the SMS gateway peer.
     #[serde(default)]
     pub sms: Option<MailStep>,
@@ -112,6 +115,16 @@ pub struct RawHttp {
     /// The answer is a page for a browser (HTML), not Matrix JSON: its body is not checked.
     #[serde(default)]
     pub page: bool,
+}
+
+/// Waits (default 10 s) until the application service has been sent, in a transaction, an
+/// event that contains `event` (templated; subset match).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppserviceReceives {
+    pub event: Value,
+    #[serde(default)]
+    pub within_ms: Option<u64>,
 }
 
 /// Waits for a mail to `to` (templated) at the mail peer; `capture` keeps the first group of
@@ -342,11 +355,20 @@ impl Scenario {
                 + usize::from(step.await_.is_some())
                 + usize::from(step.http.is_some())
                 + usize::from(step.mail.is_some())
-                + usize::from(step.sms.is_some());
+                + usize::from(step.sms.is_some())
+                + usize::from(step.appservice_receives.is_some());
             if kinds != 1 {
                 return fail(format!(
-                    "step {n}: a step has exactly one of `call`, `sync_until`, `await`, `http`, `mail` and `sms`"
+                    "step {n}: a step has exactly one of `call`, `sync_until`, `await`, `http`, `mail`, `sms` and `appservice_receives`"
                 ));
+            }
+            if step.appservice_receives.is_some() {
+                if !self.needs.iter().any(|x| x == "appservice") {
+                    return fail(format!(
+                        "step {n}: an `appservice_receives` step needs `needs: [appservice]`"
+                    ));
+                }
+                continue;
             }
             let message = match (&step.mail, &step.sms) {
                 (Some(m), _) => Some((m, "mail")),

@@ -119,9 +119,128 @@ impl AppService {
             .any(|n| n.exclusive && n.regex.is_match(alias))
     }
 
+    /// The service wants events of this room: a room id or alias of its namespaces, or a
+    /// joined member (or the sender or subject of the event) it may act as.
+    pub fn interested_in(&self, state: &crate::state::State, ev: &crate::state::Event) -> bool {
+        if self.may_act_as(&ev.sender)
+            || ev.state_key.as_deref().is_some_and(|k| self.may_act_as(k))
+            || self.rooms.iter().any(|n| n.regex.is_match(&ev.room_id))
+        {
+            return true;
+        }
+        let aliased = state.aliases.iter().any(|(alias, (room, _))| {
+            *room == ev.room_id && self.aliases.iter().any(|n| n.regex.is_match(alias))
+        });
+        aliased
+            || state
+                .rooms
+                .get(&ev.room_id)
+                .is_some_and(|r| r.joined().any(|m| self.may_act_as(m)))
+    }
+
     /// The `Authorization` header the service expects from this server.
     pub fn authorization(&self) -> String {
         format!("Bearer {}", self.hs_token)
+    }
+}
+
+/// Most events in one transaction.
+const TXN_MAX_EVENTS: usize = 100;
+/// Most stream positions looked at in one pass (the rest wait for the next).
+const SCAN_WINDOW: u64 = 10_000;
+
+/// Sends `asv` the events it is interested in, in order, as transactions
+/// (`PUT <url>/_matrix/app/v1/transactions/<txnId>`), from where it last acknowledged; retries
+/// with growing pauses while the service is down. Runs until the server is dropped.
+pub async fn push_transactions(server: std::sync::Weak<crate::Server>, asv: AppService) {
+    let Some(url) = asv.url.clone() else { return };
+    let mut changes = match server.upgrade() {
+        Some(s) => {
+            // A service sees what happens from its registration on, not the history before.
+            let id = asv.id.clone();
+            let started = s.write(|state, batch| {
+                if !state.appservice_pos.contains_key(&id) {
+                    let head = state.pos;
+                    batch.put("as_pos", id.clone(), &serde_json::json!(head));
+                    state.appservice_pos.insert(id, head);
+                }
+                Ok(())
+            });
+            if started.is_err() {
+                return;
+            }
+            s.subscribe()
+        }
+        None => return,
+    };
+    let mut backoff = std::time::Duration::from_millis(250);
+    loop {
+        let Some(srv) = server.upgrade() else { return };
+        changes.borrow_and_update();
+        let (from, head, events) = srv.read(|s| {
+            let from = s.appservice_pos.get(&asv.id).copied().unwrap_or(0);
+            let head = s.pos.min(from + SCAN_WINDOW);
+            let mut events = Vec::new();
+            let mut last = from;
+            for p in from + 1..=head {
+                last = p;
+                if let Some(ev) = s.events.get(&p) {
+                    if asv.interested_in(s, ev) {
+                        events.push(s.client_event(ev, None, true));
+                        if events.len() >= TXN_MAX_EVENTS {
+                            break;
+                        }
+                    }
+                }
+            }
+            (from, last, events)
+        });
+        if head == from {
+            drop(srv);
+            // Nothing new: wait for the next change (or look again now and then).
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(30), changes.changed()).await;
+            continue;
+        }
+        let delivered = events.is_empty() || {
+            let target = format!(
+                "{}/_matrix/app/v1/transactions/{}",
+                url.trim_end_matches('/'),
+                head
+            );
+            let body = serde_json::json!({"events": events});
+            matches!(
+                crate::outbound::http(
+                    "PUT",
+                    &target,
+                    &[("authorization", asv.authorization())],
+                    Some(&body),
+                    std::time::Duration::from_secs(30),
+                    1 << 16,
+                )
+                .await,
+                Ok(a) if (200..300).contains(&a.status)
+            )
+        };
+        if delivered {
+            backoff = std::time::Duration::from_millis(250);
+            let id = asv.id.clone();
+            let persisted = srv.write(|state, batch| {
+                // Empty stretches move the position in memory only; sent ones are recorded.
+                if !events.is_empty() {
+                    batch.put("as_pos", id.clone(), &serde_json::json!(head));
+                }
+                state.appservice_pos.insert(id, head);
+                Ok(())
+            });
+            if persisted.is_err() {
+                return;
+            }
+        } else {
+            drop(srv);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(60));
+        }
     }
 }
 

@@ -281,6 +281,12 @@ pub async fn serve(server: Arc<Server>, addr: SocketAddr) -> Result<Running, Str
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let _ = server.base_url.set(format!("http://{addr}"));
+    for asv in server.config.appservices.iter().filter(|a| a.url.is_some()) {
+        tokio::spawn(appservice::push_transactions(
+            Arc::downgrade(&server),
+            asv.clone(),
+        ));
+    }
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
     let srv = server.clone();
     let task = tokio::spawn(async move {

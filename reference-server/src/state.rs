@@ -259,6 +259,9 @@ pub struct State {
     /// Rooms application services publish in their networks' directories:
     /// instance id (`<appservice id>|<network id>`) -> room ids.
     pub appservice_rooms: BTreeMap<String, BTreeSet<String>>,
+    /// How far each application service has been sent the event stream (its last
+    /// acknowledged position), by service id.
+    pub appservice_pos: HashMap<String, u64>,
     /// Third-party identifier validation sessions, by sid.
     pub threepid_sessions: HashMap<String, ThreepidSession>,
     /// Third-party identifiers bound to accounts: (medium, address) -> binding.
@@ -469,6 +472,10 @@ impl State {
                     }
                     let e = self.key_changes.entry(parts[0].to_string()).or_default();
                     *e = (*e).max(pos);
+                }
+                "as_pos" => {
+                    self.appservice_pos
+                        .insert(key.clone(), v.as_u64().unwrap_or(0));
                 }
                 "3pid_session" => {
                     if let Some(sess) = ThreepidSession::from_record(&v) {
