@@ -8,6 +8,7 @@ pub mod error;
 pub mod handlers;
 pub mod http;
 pub mod outbound;
+pub mod push_rules;
 pub mod router;
 pub mod state;
 pub mod store;

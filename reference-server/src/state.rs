@@ -139,8 +139,9 @@ pub struct Room {
     /// History visibility changes: (position, visibility).
     pub visibility: Vec<(u64, String)>,
     pub public: bool,
-    /// Positions of the events that count as unread (messages, encrypted), oldest first.
-    pub notifiable: Vec<u64>,
+    /// Each user's notifications in the room (events their push rules say notify), oldest
+    /// first.
+    pub notifications: HashMap<String, Vec<crate::push_rules::Notification>>,
     /// Each user's latest event in the room: sending reads everything before it.
     pub last_sent: HashMap<String, u64>,
 }
@@ -619,16 +620,68 @@ impl State {
         Ok(())
     }
 
+    /// Where the user has read the room up to: their latest read receipt (public or private),
+    /// or their own latest event, whichever is later.
+    pub fn read_up_to(&self, room: &Room, user: &str) -> u64 {
+        let receipt = self
+            .receipts
+            .get(&room.room_id)
+            .and_then(|(r, _)| {
+                ["m.read", "m.read.private"]
+                    .iter()
+                    .filter_map(|t| r.get(*t))
+                    .flat_map(|by| {
+                        by.iter()
+                            .filter(|(who, _)| who.split('\u{0}').next() == Some(user))
+                    })
+                    .map(|(_, (e, _, _))| self.event_ids.get(e).copied().unwrap_or(0))
+                    .max()
+            })
+            .unwrap_or(0);
+        receipt.max(room.last_sent.get(user).copied().unwrap_or(0))
+    }
+
+    /// Whom `ev` notifies, with the actions of their matching push rule: the room's joined
+    /// members (and the invitee of an invite) other than the sender.
+    fn push_actions(&self, ev: &Event) -> Vec<(String, Value)> {
+        let Some(room) = self.rooms.get(&ev.room_id) else {
+            return Vec::new();
+        };
+        let mut users: Vec<&String> = room.joined().filter(|u| **u != ev.sender).collect();
+        let invitee = (ev.kind == "m.room.member"
+            && ev.content.get("membership").and_then(Value::as_str) == Some("invite"))
+        .then_some(ev.state_key.as_ref())
+        .flatten();
+        if let Some(i) = invitee.filter(|i| **i != ev.sender && !users.contains(i)) {
+            users.push(i);
+        }
+        users
+            .into_iter()
+            .filter_map(|u| {
+                let rules = crate::push_rules::ruleset(self, u);
+                let actions = crate::push_rules::evaluate(self, room, &rules, ev, u)?;
+                crate::push_rules::Notification::notifies(&actions).then(|| (u.clone(), actions))
+            })
+            .collect()
+    }
+
     /// Adds an event to its room (timeline, state, membership) and the indexes.
     pub fn apply(&mut self, mut ev: Event) {
         let pos = ev.pos;
+        let notify = self.push_actions(&ev);
         if let Some(room) = self.rooms.get_mut(&ev.room_id) {
             room.timeline.push(pos);
             room.last_sent.insert(ev.sender.clone(), pos);
-            if ev.state_key.is_none()
-                && matches!(ev.kind.as_str(), "m.room.message" | "m.room.encrypted")
-            {
-                room.notifiable.push(pos);
+            for (user, actions) in notify {
+                let list = room.notifications.entry(user).or_default();
+                let before = list.last().map_or(0, |n| n.highlights);
+                let highlights =
+                    before + u32::from(crate::push_rules::Notification::highlight(&actions));
+                list.push(crate::push_rules::Notification {
+                    pos,
+                    actions,
+                    highlights,
+                });
             }
             if let Some(key) = &ev.state_key {
                 let k = (ev.kind.clone(), key.clone());

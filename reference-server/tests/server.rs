@@ -1053,3 +1053,60 @@ mod fuzz {
         }
     }
 }
+
+#[tokio::test]
+async fn public_room_pages_hold_still_while_rooms_come_and_go() {
+    let c = Client::new(Config::in_memory("test.local"));
+    let (_, token) = c.register("pager").await;
+    let mut rooms = Vec::new();
+    for i in 0..3 {
+        let r = c
+            .ok(
+                "POST",
+                "/_matrix/client/v3/createRoom",
+                Some(&token),
+                Some(json!({"visibility": "public", "name": format!("r{i}")})),
+            )
+            .await;
+        rooms.push(r["room_id"].as_str().unwrap().to_string());
+    }
+    let page = |since: Option<String>| {
+        let c = &c;
+        async move {
+            let q = since.map_or(String::new(), |s| format!("&since={s}"));
+            c.ok(
+                "GET",
+                &format!("/_matrix/client/v3/publicRooms?limit=1{q}"),
+                None,
+                None,
+            )
+            .await
+        }
+    };
+    let p1 = page(None).await;
+    assert!(p1.get("prev_batch").is_none(), "{p1}");
+    // A room published between two pages moves nothing already seen onto the next page.
+    c.ok(
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        Some(&token),
+        Some(json!({"visibility": "public", "name": "late"})),
+    )
+    .await;
+    let p2 = page(p1["next_batch"].as_str().map(str::to_string)).await;
+    assert_ne!(p2["chunk"][0]["room_id"], p1["chunk"][0]["room_id"]);
+    let back = page(p2["prev_batch"].as_str().map(str::to_string)).await;
+    assert_eq!(
+        back["chunk"][0]["room_id"], p1["chunk"][0]["room_id"],
+        "{back}"
+    );
+    let (s, v) = c
+        .call(
+            "GET",
+            "/_matrix/client/v3/publicRooms?since=bogus",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!((s, v["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+}

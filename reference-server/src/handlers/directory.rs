@@ -185,12 +185,24 @@ fn public_rooms(
     room_types: Option<Vec<Value>>,
     network: Network,
 ) -> ApiResult<Value> {
-    let offset: usize = match since {
-        Some(t) => t
-            .strip_prefix('p')
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| ApiError::invalid_param("bad `since` token"))?,
-        None => 0,
+    // Tokens name the room a page ends (`n`) or starts (`p`) at by its place in the order
+    // (most members first, then room id), so pages stay put while rooms come and go.
+    let cursor: Option<(bool, u64, String)> = match since {
+        Some(t) => {
+            let bad = || ApiError::invalid_param("bad `since` token");
+            let forward = match t.chars().next() {
+                Some('n') => true,
+                Some('p') => false,
+                _ => return Err(bad()),
+            };
+            let (members, room) = t[1..].split_once('|').ok_or_else(bad)?;
+            Some((
+                forward,
+                members.parse().map_err(|_| bad())?,
+                room.to_string(),
+            ))
+        }
+        None => None,
     };
     let limit = limit.map(|l| l.clamp(1, 500) as usize);
     let term = term.map(str::to_lowercase);
@@ -227,29 +239,43 @@ fn public_rooms(
                 })
             });
         }
-        rooms.sort_by(|a, b| {
-            b["num_joined_members"]
-                .as_u64()
-                .cmp(&a["num_joined_members"].as_u64())
-                .then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
-        });
+        let key = |c: &Value| {
+            (
+                std::cmp::Reverse(c["num_joined_members"].as_u64().unwrap_or(0)),
+                c["room_id"].as_str().unwrap_or("").to_string(),
+            )
+        };
+        rooms.sort_by_key(|c| key(c));
         let total = rooms.len();
-        let end = limit.map_or(total, |l| (offset + l).min(total));
-        let page: Vec<Value> = rooms
-            .into_iter()
-            .skip(offset)
-            .take(end.saturating_sub(offset))
-            .collect();
-        let mut out = json!({"chunk": page, "total_room_count_estimate": total});
-        if end < total {
-            out["next_batch"] = json!(format!("p{end}"));
+        let (start, end) = match &cursor {
+            None => (0, limit.map_or(total, |l| l.min(total))),
+            Some((forward, members, room)) => {
+                let at = (std::cmp::Reverse(*members), room.clone());
+                if *forward {
+                    let start = rooms.partition_point(|c| key(c) <= at);
+                    (start, limit.map_or(total, |l| (start + l).min(total)))
+                } else {
+                    let end = rooms.partition_point(|c| key(c) < at);
+                    (limit.map_or(0, |l| end.saturating_sub(l)), end)
+                }
+            }
+        };
+        let token = |c: &Value, dir: char| {
+            format!(
+                "{dir}{}|{}",
+                c["num_joined_members"].as_u64().unwrap_or(0),
+                c["room_id"].as_str().unwrap_or("")
+            )
+        };
+        let mut out = json!({"total_room_count_estimate": total});
+        if end < total && end > start {
+            out["next_batch"] = json!(token(&rooms[end - 1], 'n'));
         }
-        if offset > 0 {
-            out["prev_batch"] = json!(format!(
-                "p{}",
-                offset.saturating_sub(limit.unwrap_or(offset))
-            ));
+        if start > 0 && start < total {
+            out["prev_batch"] = json!(token(&rooms[start], 'p'));
         }
+        let page: Vec<Value> = rooms.drain(start..end).collect();
+        out["chunk"] = json!(page);
         Ok(out)
     })
 }

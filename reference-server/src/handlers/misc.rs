@@ -94,6 +94,7 @@ pub fn get_notifications(
         .unwrap_or(u64::MAX);
     let only_highlight = req.only.as_deref() == Some("highlight");
     ctx.server.read(|s| {
+        // (notification, room, read up to): the newest first, across the joined rooms.
         let mut found = Vec::new();
         for room_id in s.user_rooms.get(&me.user_id).into_iter().flatten() {
             let Some(room) = s.rooms.get(room_id) else {
@@ -102,39 +103,43 @@ pub fn get_notifications(
             if room.membership(&me.user_id) != Some("join") {
                 continue;
             }
-            for p in room.notifiable.iter().rev().filter(|p| **p < before) {
-                let Some(e) = s.events.get(p) else { continue };
-                if e.sender == me.user_id || !s.can_see(room, &me.user_id, *p) {
+            let read = s.read_up_to(room, &me.user_id);
+            let list = room.notifications.get(&me.user_id);
+            let mut taken = 0;
+            for n in list.into_iter().flatten().rev().filter(|n| n.pos < before) {
+                if only_highlight && !crate::push_rules::Notification::highlight(&n.actions) {
                     continue;
                 }
-                if only_highlight {
+                if !s.can_see(room, &me.user_id, n.pos) {
                     continue;
                 }
-                found.push(e);
-                if found.len() > limit * 4 {
+                found.push((n, read));
+                taken += 1;
+                if taken > limit {
                     break;
                 }
             }
         }
-        found.sort_by(|a, b| b.pos.cmp(&a.pos));
+        found.sort_by(|a, b| b.0.pos.cmp(&a.0.pos));
         let more = found.len() > limit;
         found.truncate(limit);
         let notifications: Vec<Value> = found
             .iter()
-            .map(|e| {
-                json!({
-                    "actions": ["notify"],
+            .filter_map(|(n, read)| {
+                let e = s.events.get(&n.pos)?;
+                Some(json!({
+                    "actions": n.actions,
                     "event": s.client_event(e, Some((&me.user_id, &me.device_id)), true),
-                    "read": false,
+                    "read": n.pos <= *read,
                     "room_id": e.room_id,
                     "ts": e.ts,
-                })
+                }))
             })
             .collect();
         let mut out = json!({"notifications": notifications});
         if more {
             if let Some(last) = found.last() {
-                out["next_token"] = json!(format!("t{}", last.pos));
+                out["next_token"] = json!(format!("t{}", last.0.pos));
             }
         }
         Ok(out)

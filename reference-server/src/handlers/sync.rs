@@ -286,32 +286,27 @@ fn room_section(
         members.sort();
         let heroes: Vec<&String> = members.into_iter().take(5).map(|(_, u)| u).collect();
         section["summary"] = json!({"m.joined_member_count": joined_count, "m.invited_member_count": invited, "m.heroes": heroes});
-        section["unread_notifications"] =
-            json!({"notification_count": unread(state, room, &me.user_id), "highlight_count": 0});
+        section["unread_notifications"] = {
+            let (notes, highlights) = unread(state, room, &me.user_id);
+            json!({"notification_count": notes, "highlight_count": highlights})
+        };
     }
     Some(section)
 }
 
 /// Messages after what the caller has read: its latest read receipt, or its own latest event
 /// (sending reads what came before). A binary search, so the cost does not grow with history.
-fn unread(state: &State, room: &Room, user: &str) -> usize {
-    let receipt = state
-        .receipts
-        .get(&room.room_id)
-        .and_then(|(r, _)| {
-            ["m.read", "m.read.private"]
-                .iter()
-                .filter_map(|t| r.get(*t))
-                .flat_map(|by| {
-                    by.iter()
-                        .filter(|(who, _)| who.split('\u{0}').next() == Some(user))
-                })
-                .map(|(_, (e, _, _))| state.event_ids.get(e).copied().unwrap_or(0))
-                .max()
-        })
-        .unwrap_or(0);
-    let read = receipt.max(room.last_sent.get(user).copied().unwrap_or(0));
-    room.notifiable.len() - room.notifiable.partition_point(|p| *p <= read)
+/// The user's notifications in the room after what they have read, and how many of those
+/// highlight.
+fn unread(state: &State, room: &Room, user: &str) -> (usize, u32) {
+    let read = state.read_up_to(room, user);
+    let Some(list) = room.notifications.get(user) else {
+        return (0, 0);
+    };
+    let i = list.partition_point(|n| n.pos <= read);
+    let before = if i == 0 { 0 } else { list[i - 1].highlights };
+    let total = list.last().map_or(0, |n| n.highlights);
+    (list.len() - i, total - before)
 }
 
 fn build(

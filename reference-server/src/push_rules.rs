@@ -1,0 +1,416 @@
+//! Push rule evaluation: which of a user's rules an event matches first, and so whether it
+//! notifies them and whether it highlights. The notification counts of /sync and the list of
+//! /notifications come from what this decides when an event arrives.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use regex::Regex;
+use serde_json::Value;
+
+use crate::state::{Event, Room, State};
+
+/// One notification: the event's position, the actions of the rule that matched, and how
+/// many of the user's notifications in the room highlight, up to and including this one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notification {
+    pub pos: u64,
+    pub actions: Value,
+    pub highlights: u32,
+}
+
+impl Notification {
+    pub fn highlight(actions: &Value) -> bool {
+        actions.as_array().is_some_and(|a| {
+            a.iter().any(|x| {
+                x.get("set_tweak").and_then(Value::as_str) == Some("highlight")
+                    && x.get("value").is_none_or(|v| v.as_bool() != Some(false))
+            })
+        })
+    }
+
+    pub fn notifies(actions: &Value) -> bool {
+        actions
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x.as_str() == Some("notify")))
+    }
+}
+
+fn em(key: &str, pattern: &str) -> Value {
+    serde_json::json!({"kind": "event_match", "key": key, "pattern": pattern})
+}
+
+fn rule(id: &str, conditions: Vec<Value>, actions: Value) -> Value {
+    serde_json::json!({"rule_id": id, "default": true, "enabled": true, "conditions": conditions, "actions": actions})
+}
+
+/// The predefined rules, in the order the spec lists them.
+pub fn default_ruleset(user_id: &str) -> Value {
+    let localpart = user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap_or("");
+    let sound = serde_json::json!({"set_tweak": "sound", "value": "default"});
+    let highlight = serde_json::json!({"set_tweak": "highlight"});
+    let mut master = rule(".m.rule.master", vec![], serde_json::json!([]));
+    master["enabled"] = serde_json::json!(false);
+    serde_json::json!({
+        "override": [
+            master,
+            rule(".m.rule.suppress_notices", vec![em("content.msgtype", "m.notice")], serde_json::json!([])),
+            rule(
+                ".m.rule.invite_for_me",
+                vec![em("type", "m.room.member"), em("content.membership", "invite"), em("state_key", user_id)],
+                serde_json::json!(["notify", sound]),
+            ),
+            rule(".m.rule.member_event", vec![em("type", "m.room.member")], serde_json::json!([])),
+            rule(
+                ".m.rule.is_user_mention",
+                vec![serde_json::json!({"kind": "event_property_contains", "key": "content.m\\.mentions.user_ids", "value": user_id})],
+                serde_json::json!(["notify", sound, highlight]),
+            ),
+            rule(".m.rule.contains_display_name", vec![serde_json::json!({"kind": "contains_display_name"})], serde_json::json!(["notify", sound, highlight])),
+            rule(
+                ".m.rule.is_room_mention",
+                vec![
+                    serde_json::json!({"kind": "event_property_is", "key": "content.m\\.mentions.room", "value": true}),
+                    serde_json::json!({"kind": "sender_notification_permission", "key": "room"}),
+                ],
+                serde_json::json!(["notify", highlight]),
+            ),
+            rule(
+                ".m.rule.roomnotif",
+                vec![serde_json::json!({"kind": "sender_notification_permission", "key": "room"}), em("content.body", "@room")],
+                serde_json::json!(["notify", highlight]),
+            ),
+            rule(".m.rule.tombstone", vec![em("type", "m.room.tombstone"), em("state_key", "")], serde_json::json!(["notify", highlight])),
+            rule(".m.rule.reaction", vec![em("type", "m.reaction")], serde_json::json!([])),
+            rule(".m.rule.room.server_acl", vec![em("type", "m.room.server_acl"), em("state_key", "")], serde_json::json!([])),
+            rule(
+                ".m.rule.suppress_edits",
+                vec![serde_json::json!({"kind": "event_property_is", "key": "content.m\\.relates_to.rel_type", "value": "m.replace"})],
+                serde_json::json!([]),
+            ),
+        ],
+        "content": [
+            {"rule_id": ".m.rule.contains_user_name", "default": true, "enabled": true, "pattern": localpart, "actions": ["notify", sound, highlight]},
+        ],
+        "room": [],
+        "sender": [],
+        "underride": [
+            rule(".m.rule.call", vec![em("type", "m.call.invite")], serde_json::json!(["notify", {"set_tweak": "sound", "value": "ring"}])),
+            rule(
+                ".m.rule.encrypted_room_one_to_one",
+                vec![serde_json::json!({"kind": "room_member_count", "is": "2"}), em("type", "m.room.encrypted")],
+                serde_json::json!(["notify", sound]),
+            ),
+            rule(
+                ".m.rule.room_one_to_one",
+                vec![serde_json::json!({"kind": "room_member_count", "is": "2"}), em("type", "m.room.message")],
+                serde_json::json!(["notify", sound]),
+            ),
+            rule(".m.rule.message", vec![em("type", "m.room.message")], serde_json::json!(["notify"])),
+            rule(".m.rule.encrypted", vec![em("type", "m.room.encrypted")], serde_json::json!(["notify"])),
+        ],
+    })
+}
+
+/// A user's push rules: their `m.push_rules` account data, else the predefined ones.
+pub fn ruleset(state: &State, user: &str) -> Value {
+    state
+        .account_data
+        .get(&(user.to_string(), String::new(), "m.push_rules".to_string()))
+        .and_then(|(c, _)| c.get("global").cloned())
+        .unwrap_or_else(|| default_ruleset(user))
+}
+
+const KINDS: [&str; 5] = ["override", "content", "room", "sender", "underride"];
+
+/// The actions of the first enabled rule of `rules` (a ruleset: `{override: [...], ...}`)
+/// that `ev` matches for `user`, or `None` when none does.
+pub fn evaluate(
+    state: &State,
+    room: &Room,
+    rules: &Value,
+    ev: &Event,
+    user: &str,
+) -> Option<Value> {
+    for kind in KINDS {
+        for rule in rules
+            .get(kind)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if rule.get("enabled").and_then(Value::as_bool) == Some(false) {
+                continue;
+            }
+            let id = rule.get("rule_id").and_then(Value::as_str).unwrap_or("");
+            let matched = match kind {
+                "content" => rule
+                    .get("pattern")
+                    .and_then(Value::as_str)
+                    .is_some_and(|p| body_matches(ev, p)),
+                "room" => id == ev.room_id,
+                "sender" => id == ev.sender,
+                _ => rule
+                    .get("conditions")
+                    .and_then(Value::as_array)
+                    .is_none_or(|cs| cs.iter().all(|c| condition(state, room, c, ev, user))),
+            };
+            if matched {
+                return Some(
+                    rule.get("actions")
+                        .cloned()
+                        .unwrap_or(Value::Array(Vec::new())),
+                );
+            }
+        }
+    }
+    None
+}
+
+/// The value at a dotted key (`content.m\.relates_to.rel_type`; `\.` is a literal dot).
+fn property<'a>(ev: &'a Event, key: &str) -> Option<std::borrow::Cow<'a, Value>> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut chars = key.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            '.' => parts.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    parts.push(cur);
+    let owned = |s: &str| Some(std::borrow::Cow::Owned(Value::String(s.to_string())));
+    match parts[0].as_str() {
+        "type" if parts.len() == 1 => owned(&ev.kind),
+        "sender" if parts.len() == 1 => owned(&ev.sender),
+        "room_id" if parts.len() == 1 => owned(&ev.room_id),
+        "state_key" if parts.len() == 1 => ev.state_key.as_deref().and_then(owned),
+        "content" => {
+            let mut v = &ev.content;
+            for p in &parts[1..] {
+                v = v.get(p.as_str())?;
+            }
+            Some(std::borrow::Cow::Borrowed(v))
+        }
+        _ => None,
+    }
+}
+
+thread_local! {
+    static GLOBS: RefCell<HashMap<(String, bool), Option<Regex>>> = RefCell::new(HashMap::new());
+}
+
+/// A glob (`*`, `?`) as a case-insensitive regex: the whole value, or (for a message body)
+/// whole words anywhere in it.
+fn glob_matches(pattern: &str, value: &str, words: bool) -> bool {
+    GLOBS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        let re = cache
+            .entry((pattern.to_string(), words))
+            .or_insert_with(|| {
+                let mut body = String::new();
+                for c in pattern.chars() {
+                    match c {
+                        '*' => body.push_str(".*?"),
+                        '?' => body.push('.'),
+                        c => body.push_str(&regex::escape(&c.to_string())),
+                    }
+                }
+                let re = if words {
+                    format!(r"(?is)(?:^|\W){body}(?:\W|$)")
+                } else {
+                    format!(r"(?is)^{body}$")
+                };
+                Regex::new(&re).ok()
+            });
+        re.as_ref().is_some_and(|r| r.is_match(value))
+    })
+}
+
+fn body_matches(ev: &Event, pattern: &str) -> bool {
+    ev.content
+        .get("body")
+        .and_then(Value::as_str)
+        .is_some_and(|b| glob_matches(pattern, b, true))
+}
+
+fn condition(state: &State, room: &Room, c: &Value, ev: &Event, user: &str) -> bool {
+    let key = c.get("key").and_then(Value::as_str).unwrap_or("");
+    match c.get("kind").and_then(Value::as_str).unwrap_or("") {
+        "event_match" => {
+            let Some(pattern) = c.get("pattern").and_then(Value::as_str) else {
+                return false;
+            };
+            match property(ev, key).as_deref() {
+                Some(Value::String(s)) => glob_matches(pattern, s, key == "content.body"),
+                _ => false,
+            }
+        }
+        "event_property_is" => {
+            let want = c.get("value").unwrap_or(&Value::Null);
+            property(ev, key).is_some_and(|v| scalar_eq(&v, want))
+        }
+        "event_property_contains" => {
+            let want = c.get("value").unwrap_or(&Value::Null);
+            matches!(property(ev, key).as_deref(), Some(Value::Array(a)) if a.iter().any(|v| scalar_eq(v, want)))
+        }
+        "contains_display_name" => {
+            let name = state
+                .state_content(&room.room_id, "m.room.member", user)
+                .and_then(|m| m.get("displayname"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .or_else(|| state.users.get(user).and_then(|u| u.displayname.clone()))
+                .unwrap_or_default();
+            !name.is_empty()
+                && ev
+                    .content
+                    .get("body")
+                    .and_then(Value::as_str)
+                    .is_some_and(|b| glob_matches(&glob_escape(&name), b, true))
+        }
+        "room_member_count" => {
+            let count = room.joined().count() as u64;
+            let is = c.get("is").and_then(Value::as_str).unwrap_or("");
+            let (op, n) = match is.find(|ch: char| ch.is_ascii_digit()) {
+                Some(i) => (&is[..i], is[i..].parse::<u64>().ok()),
+                None => ("", None),
+            };
+            let Some(n) = n else { return false };
+            match op {
+                "" | "==" => count == n,
+                "<" => count < n,
+                ">" => count > n,
+                "<=" => count <= n,
+                ">=" => count >= n,
+                _ => false,
+            }
+        }
+        "sender_notification_permission" => {
+            let needed = room
+                .state_event("m.room.power_levels", "")
+                .and_then(|p| state.events.get(&p))
+                .and_then(|e| e.content.get("notifications"))
+                .and_then(|n| n.get(key))
+                .and_then(Value::as_i64)
+                .unwrap_or(50);
+            state
+                .power_level(room, &ev.sender)
+                .is_none_or(|level| level >= needed)
+        }
+        _ => false,
+    }
+}
+
+/// Only strings, integers, booleans and null compare (the spec's `event_property_*` values).
+fn scalar_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => x == y,
+        (Value::Bool(x), Value::Bool(y)) => x == y,
+        (Value::Null, Value::Null) => true,
+        (Value::Number(x), Value::Number(y)) => x.as_i64().is_some() && x.as_i64() == y.as_i64(),
+        _ => false,
+    }
+}
+
+/// A display name as a glob that matches only itself.
+fn glob_escape(s: &str) -> String {
+    // `*` and `?` in a name are taken literally: replace them by `?`, which matches them.
+    s.replace(['*', '?'], "?")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ev(kind: &str, content: Value) -> Event {
+        Event {
+            pos: 1,
+            event_id: "$e".into(),
+            room_id: "!r:hs".into(),
+            sender: "@bob:hs".into(),
+            kind: kind.into(),
+            state_key: None,
+            content,
+            ts: 0,
+            txn: None,
+            replaces: None,
+            redacts: None,
+            redacted_by: None,
+        }
+    }
+
+    #[test]
+    fn globs_match_whole_values_or_whole_words_of_a_body() {
+        assert!(glob_matches("m.room.*", "m.room.message", false));
+        assert!(!glob_matches("m.room", "m.room.message", false));
+        assert!(glob_matches("ALICE", "hi alice!", true));
+        assert!(!glob_matches("alice", "hi malice", true));
+        assert!(glob_matches("a?ice", "alice", false));
+    }
+
+    #[test]
+    fn properties_follow_escaped_dots() {
+        let e = ev(
+            "m.room.message",
+            json!({"m.mentions": {"user_ids": ["@a:hs"]}, "body": "x"}),
+        );
+        assert_eq!(
+            property(&e, "content.m\\.mentions.user_ids").as_deref(),
+            Some(&json!(["@a:hs"]))
+        );
+        assert_eq!(
+            property(&e, "type").as_deref(),
+            Some(&json!("m.room.message"))
+        );
+        assert!(property(&e, "content.m.mentions").is_none());
+    }
+
+    #[test]
+    fn the_first_enabled_matching_rule_decides() {
+        let state = State::new("hs");
+        let room = Room::default();
+        let rules = json!({
+            "override": [
+                {"rule_id": "off", "enabled": false, "conditions": [], "actions": ["notify", {"set_tweak": "highlight"}]},
+                {"rule_id": "notice", "enabled": true, "conditions": [{"kind": "event_match", "key": "content.msgtype", "pattern": "m.notice"}], "actions": []}
+            ],
+            "content": [{"rule_id": "name", "enabled": true, "pattern": "alice", "actions": ["notify", {"set_tweak": "highlight"}]}],
+            "sender": [{"rule_id": "@bob:hs", "enabled": true, "actions": ["notify", {"set_tweak": "sound", "value": "x"}]}],
+            "underride": []
+        });
+        let notice = ev(
+            "m.room.message",
+            json!({"msgtype": "m.notice", "body": "alice"}),
+        );
+        assert_eq!(
+            evaluate(&state, &room, &rules, &notice, "@alice:hs"),
+            Some(json!([]))
+        );
+        let named = ev(
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "hey Alice"}),
+        );
+        let a = evaluate(&state, &room, &rules, &named, "@alice:hs").expect("matches");
+        assert!(Notification::highlight(&a) && Notification::notifies(&a));
+        let other = ev(
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "hello"}),
+        );
+        let a = evaluate(&state, &room, &rules, &other, "@alice:hs").expect("sender rule");
+        assert!(!Notification::highlight(&a));
+    }
+}
