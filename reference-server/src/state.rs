@@ -896,6 +896,65 @@ impl State {
         self.key_changes.insert(user.to_string(), pos);
     }
 
+    /// Whose device lists `user` should look at again after `from` (up to `to`): users whose
+    /// keys changed and who share a room with them, users who came into a room with them (or
+    /// into whose room they came); and who they no longer share any room with.
+    pub fn device_list_changes(
+        &self,
+        user: &str,
+        from: u64,
+        to: u64,
+    ) -> (Vec<String>, Vec<String>) {
+        let present = |m: Option<&str>| matches!(m, Some("join" | "invite" | "knock"));
+        let peers = self.room_peers(user);
+        let mut changed: BTreeSet<String> = peers
+            .iter()
+            .filter(|u| {
+                self.key_changes
+                    .get(*u)
+                    .is_some_and(|p| *p > from && *p <= to)
+            })
+            .cloned()
+            .collect();
+        let mut gone = BTreeSet::new();
+        for room_id in self.user_rooms.get(user).into_iter().flatten() {
+            let Some(room) = self.rooms.get(room_id) else {
+                continue;
+            };
+            let was_in = room.membership_at(user, from) == Some("join");
+            let is_in = room.membership_at(user, to) == Some("join");
+            for (other, _) in room.members.iter() {
+                if other == user {
+                    continue;
+                }
+                let then = room.membership_at(other, from);
+                let now = room.membership_at(other, to);
+                match (was_in, is_in) {
+                    // Newly in the room: everyone there is new to us.
+                    (false, true) if present(now) => {
+                        changed.insert(other.clone());
+                    }
+                    (true, false) if then == Some("join") => {
+                        gone.insert(other.clone());
+                    }
+                    (true, true) if present(now) && !present(then) => {
+                        changed.insert(other.clone());
+                    }
+                    (true, true) if present(then) && !present(now) => {
+                        gone.insert(other.clone());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let left: Vec<String> = gone.into_iter().filter(|u| !peers.contains(u)).collect();
+        let changed = changed
+            .into_iter()
+            .filter(|u| u != user && !left.contains(u))
+            .collect();
+        (changed, left)
+    }
+
     /// Users who share a joined room with `user` (the user included).
     pub fn room_peers(&self, user: &str) -> BTreeSet<String> {
         let mut out = BTreeSet::new();

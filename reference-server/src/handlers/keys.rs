@@ -214,17 +214,8 @@ pub fn get_keys_changes(ctx: &Ctx, req: cs::keys::get_keys_changes::Request) -> 
     let from = parse_token(&req.from)?;
     let to = parse_token(&req.to)?;
     ctx.server.read(|state| {
-        let peers = state.room_peers(&me.user_id);
-        let changed: Vec<&String> = peers
-            .iter()
-            .filter(|u| {
-                state
-                    .key_changes
-                    .get(*u)
-                    .is_some_and(|p| *p > from && *p <= to)
-            })
-            .collect();
-        Ok(json!({"changed": changed, "left": []}))
+        let (changed, left) = state.device_list_changes(&me.user_id, from, to);
+        Ok(json!({"changed": changed, "left": left}))
     })
 }
 

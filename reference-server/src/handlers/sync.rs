@@ -391,14 +391,10 @@ fn build(
         })
         .collect();
     // Users sharing a room whose devices or keys changed since the last sync.
-    let changed: Vec<String> = if since.is_some() {
-        state
-            .room_peers(&me.user_id)
-            .into_iter()
-            .filter(|u| state.key_changes.get(u).is_some_and(|p| *p > s))
-            .collect()
+    let (changed, left) = if since.is_some() {
+        state.device_list_changes(&me.user_id, s, until)
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     let key = (me.user_id.clone(), me.device_id.clone());
     let mut otk_counts = Map::new();
@@ -434,14 +430,15 @@ fn build(
         && account_data.is_empty()
         && to_device.is_empty()
         && presence.is_empty()
-        && changed.is_empty();
+        && changed.is_empty()
+        && left.is_empty();
     let body = json!({
         "next_batch": format!("s{until}"),
         "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
         "account_data": {"events": account_data},
         "to_device": {"events": to_device},
         "presence": {"events": presence},
-        "device_lists": {"changed": changed, "left": []},
+        "device_lists": {"changed": changed, "left": left},
         "device_one_time_keys_count": otk_counts,
         "device_unused_fallback_key_types": fallback_types,
     });
