@@ -125,6 +125,36 @@ pub fn ruleset(state: &State, user: &str) -> Value {
         .unwrap_or_else(|| default_ruleset(user))
 }
 
+thread_local! {
+    /// The predefined rules per user, built once (they depend only on the user id).
+    static DEFAULTS: RefCell<HashMap<String, std::rc::Rc<Value>>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `f` on a user's push rules without copying them (evaluation runs for every member
+/// on every event, inside the state lock).
+pub fn with_ruleset<T>(state: &State, user: &str, f: impl FnOnce(&Value) -> T) -> T {
+    let own = state
+        .account_data
+        .get(&(user.to_string(), String::new(), "m.push_rules".to_string()))
+        .and_then(|(c, _)| c.get("global"));
+    if let Some(rules) = own {
+        return f(rules);
+    }
+    let rules = DEFAULTS.with(|d| {
+        let mut d = d.borrow_mut();
+        if let Some(r) = d.get(user) {
+            return r.clone();
+        }
+        if d.len() > 4096 {
+            d.clear();
+        }
+        let r = std::rc::Rc::new(default_ruleset(user));
+        d.insert(user.to_string(), r.clone());
+        r
+    });
+    f(&rules)
+}
+
 const KINDS: [&str; 5] = ["override", "content", "room", "sender", "underride"];
 
 /// The actions of the first enabled rule of `rules` (a ruleset: `{override: [...], ...}`)
@@ -206,7 +236,8 @@ fn property<'a>(ev: &'a Event, key: &str) -> Option<std::borrow::Cow<'a, Value>>
 }
 
 thread_local! {
-    static GLOBS: RefCell<HashMap<(String, bool), Option<Regex>>> = RefCell::new(HashMap::new());
+    /// Compiled globs: [whole value, words of a body], by pattern.
+    static GLOBS: RefCell<[HashMap<String, Option<Regex>>; 2]> = RefCell::new([HashMap::new(), HashMap::new()]);
 }
 
 /// A glob (`*`, `?`) as a case-insensitive regex: the whole value, or (for a message body)
@@ -214,28 +245,30 @@ thread_local! {
 fn glob_matches(pattern: &str, value: &str, words: bool) -> bool {
     GLOBS.with(|cache| {
         let mut cache = cache.borrow_mut();
-        if cache.len() > 4096 {
-            cache.clear();
+        let map = &mut cache[usize::from(words)];
+        if let Some(re) = map.get(pattern) {
+            return re.as_ref().is_some_and(|r| r.is_match(value));
         }
-        let re = cache
-            .entry((pattern.to_string(), words))
-            .or_insert_with(|| {
-                let mut body = String::new();
-                for c in pattern.chars() {
-                    match c {
-                        '*' => body.push_str(".*?"),
-                        '?' => body.push('.'),
-                        c => body.push_str(&regex::escape(&c.to_string())),
-                    }
-                }
-                let re = if words {
-                    format!(r"(?is)(?:^|\W){body}(?:\W|$)")
-                } else {
-                    format!(r"(?is)^{body}$")
-                };
-                Regex::new(&re).ok()
-            });
-        re.as_ref().is_some_and(|r| r.is_match(value))
+        if map.len() > 4096 {
+            map.clear();
+        }
+        let mut body = String::new();
+        for c in pattern.chars() {
+            match c {
+                '*' => body.push_str(".*?"),
+                '?' => body.push('.'),
+                c => body.push_str(&regex::escape(&c.to_string())),
+            }
+        }
+        let re = if words {
+            format!(r"(?is)(?:^|\W){body}(?:\W|$)")
+        } else {
+            format!(r"(?is)^{body}$")
+        };
+        let re = Regex::new(&re).ok();
+        let hit = re.as_ref().is_some_and(|r| r.is_match(value));
+        map.insert(pattern.to_string(), re);
+        hit
     })
 }
 

@@ -658,8 +658,9 @@ impl State {
         users
             .into_iter()
             .filter_map(|u| {
-                let rules = crate::push_rules::ruleset(self, u);
-                let actions = crate::push_rules::evaluate(self, room, &rules, ev, u)?;
+                let actions = crate::push_rules::with_ruleset(self, u, |rules| {
+                    crate::push_rules::evaluate(self, room, rules, ev, u)
+                })?;
                 crate::push_rules::Notification::notifies(&actions).then(|| (u.clone(), actions))
             })
             .collect()
