@@ -22,8 +22,8 @@ url="http://127.0.0.1:$port"
 secret="mxconform-test-shared-secret"
 
 install() {
-  # The url-preview extra (lxml) lets the suites exercise URL previews.
-  if [ ! -x "$venv/bin/synctl" ] || ! "$venv/bin/python" -c "import lxml" 2>/dev/null; then
+  # The url-preview extra (beautifulsoup4) lets the suites exercise URL previews.
+  if [ ! -x "$venv/bin/synctl" ] || ! "$venv/bin/python" -c "import bs4" 2>/dev/null; then
     echo "installing matrix-synapse into $venv" >&2
     [ -x "$venv/bin/pip" ] || "$python" -m venv "$venv"
     "$venv/bin/pip" install --quiet --upgrade pip >&2

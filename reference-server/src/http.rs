@@ -291,30 +291,33 @@ fn submit_threepid_token(server: &Server, req: &Request<Bytes>) -> ApiResult<Res
         );
         r
     };
+    // The link itself (GET), or a confirmation form posting the link's own query.
+    let by_link = req.method() == Method::GET
+        || (req.method() == Method::POST && req.body().is_empty() && req.uri().query().is_some());
+    if by_link {
+        let q = parse_query(req.uri().query())?;
+        let get = |k: &str| {
+            q.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("")
+        };
+        return Ok(
+            match handlers::threepid::submit_token(
+                server,
+                get("sid"),
+                get("client_secret"),
+                get("token"),
+            ) {
+                Ok(()) => page(
+                    200,
+                    "Your e-mail address is confirmed. You can go back to your client.",
+                ),
+                Err(e) => page(400, &format!("This link does not work: {}.", e.message)),
+            },
+        );
+    }
     match *req.method() {
-        Method::GET => {
-            let q = parse_query(req.uri().query())?;
-            let get = |k: &str| {
-                q.iter()
-                    .find(|(n, _)| n == k)
-                    .map(|(_, v)| v.as_str())
-                    .unwrap_or("")
-            };
-            Ok(
-                match handlers::threepid::submit_token(
-                    server,
-                    get("sid"),
-                    get("client_secret"),
-                    get("token"),
-                ) {
-                    Ok(()) => page(
-                        200,
-                        "Your e-mail address is confirmed. You can go back to your client.",
-                    ),
-                    Err(e) => page(400, &format!("This link does not work: {}.", e.message)),
-                },
-            )
-        }
         Method::POST => {
             let v: Value = serde_json::from_slice(req.body())
                 .map_err(|_| ApiError::not_json("the body is not JSON"))?;

@@ -462,20 +462,52 @@ pub fn change_password(
     req: cs::password_management::change_password::Request,
 ) -> ApiResult<Value> {
     let b = req.body;
-    password_uia(ctx, b.auth.as_ref())?;
-    let me = ctx.me()?.clone();
+    // Signed in: the caller's own password. Not signed in (a forgotten password): a
+    // validated reset session of an address the account has.
+    let (user_id, keep, spent_session) = match &ctx.user {
+        Some(me) => {
+            password_uia(ctx, b.auth.as_ref())?;
+            (me.user_id.clone(), Some(me.device_id.clone()), None)
+        }
+        None => {
+            let auth = b
+                .auth
+                .as_ref()
+                .map(|a| serde_json::to_value(a).unwrap_or_default());
+            let stage = match auth
+                .as_ref()
+                .and_then(|a| a.get("type"))
+                .and_then(Value::as_str)
+            {
+                Some("m.login.msisdn") => "m.login.msisdn",
+                _ => "m.login.email.identity",
+            };
+            let mut found = None;
+            uia(auth.as_ref(), stage, |a| {
+                found = Some(super::threepid::reset_owner(ctx, a)?);
+                Ok(())
+            })?;
+            let (owner, sid) = found.ok_or_else(|| ApiError::internal("no reset session"))?;
+            (owner, None, Some(sid))
+        }
+    };
     let hash = hash_password(ctx.server.config.password_cost, &b.new_password)?;
     let logout_devices = b.logout_devices.unwrap_or(true);
     ctx.server.write(|state, batch| {
         let mut user = state
             .users
-            .get(&me.user_id)
+            .get(&user_id)
             .cloned()
             .ok_or_else(|| ApiError::not_found("no such user"))?;
         user.password_hash = Some(hash);
         state.put_user(batch, user);
         if logout_devices {
-            state.remove_devices(batch, &me.user_id, Some(&me.device_id));
+            state.remove_devices(batch, &user_id, keep.as_deref());
+        }
+        if let Some(sid) = &spent_session {
+            // A reset session works once.
+            state.threepid_sessions.remove(sid);
+            batch.delete("3pid_session", sid.clone());
         }
         Ok(json!({}))
     })

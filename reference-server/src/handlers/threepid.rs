@@ -372,6 +372,35 @@ pub async fn submit_msisdn_token(server: &Server, body: &Value) -> ApiResult<boo
     Ok(ok)
 }
 
+/// The account a password-reset stage (`m.login.email.identity` / `m.login.msisdn` with
+/// `threepid_creds`) proves, and the session it used: a validated `reset` session of an
+/// address the account has.
+pub fn reset_owner(ctx: &Ctx, auth: &Value) -> ApiResult<(String, String)> {
+    let creds = auth
+        .get("threepid_creds")
+        .or_else(|| auth.get("threepidCreds"))
+        .ok_or_else(|| ApiError::missing_param("threepid_creds is required"))?;
+    let get = |k: &str| creds.get(k).and_then(Value::as_str).unwrap_or("");
+    let (sid, secret) = (get("sid"), get("client_secret"));
+    ctx.server.read(|s| {
+        let session = s
+            .threepid_sessions
+            .get(sid)
+            .filter(|x| x.client_secret == secret && x.purpose == "reset")
+            .ok_or_else(|| ApiError::threepid_auth_failed("unknown reset session"))?;
+        if session.validated_at.is_none() {
+            return Err(ApiError::threepid_auth_failed(
+                "the address has not been validated yet",
+            ));
+        }
+        let owner = s
+            .threepids
+            .get(&(session.medium.clone(), session.address.clone()))
+            .ok_or_else(|| ApiError::threepid_not_found("no account has that address"))?;
+        Ok((owner.user_id.clone(), sid.to_string()))
+    })
+}
+
 /// Binds the address of a validated `add` session to the caller.
 fn bind_session(ctx: &Ctx, sid: &str, client_secret: &str) -> ApiResult<Value> {
     let me = ctx.me()?.user_id.clone();
