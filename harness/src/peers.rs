@@ -548,7 +548,23 @@ impl AppService {
             )
         };
         match (method, segs.as_slice()) {
-            ("POST", ["ping"]) => json_answer(200, json!({})),
+            // A ping whose transaction id starts with `fail` is answered with an error, so that
+            // scenarios can see how the homeserver reports a service in trouble.
+            ("POST", ["ping"]) => {
+                let body: Value = serde_json::from_slice(req.body()).unwrap_or(Value::Null);
+                let txn = body
+                    .get("transaction_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                if txn.starts_with("fail") {
+                    json_answer(
+                        500,
+                        json!({"errcode": "M_UNKNOWN", "error": "the bridge is unwell"}),
+                    )
+                } else {
+                    json_answer(200, json!({}))
+                }
+            }
             ("PUT", ["transactions", txn]) => {
                 let body: Value = serde_json::from_slice(req.body()).unwrap_or(Value::Null);
                 let Some(events) = body.get("events").and_then(Value::as_array) else {
