@@ -265,6 +265,9 @@ pub struct State {
     pub appservice_pos: HashMap<String, u64>,
     /// Third-party identifier validation sessions, by sid.
     pub threepid_sessions: HashMap<String, ThreepidSession>,
+    /// When validation messages went to each address lately (ms), for the rate limit; not
+    /// persisted.
+    pub messages_sent: HashMap<String, Vec<u64>>,
     /// Third-party identifiers bound to accounts: (medium, address) -> binding.
     pub threepids: BTreeMap<(String, String), Threepid>,
 }

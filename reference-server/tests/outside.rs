@@ -292,3 +292,37 @@ async fn appservices_and_email_validation_survive_a_restart() {
     assert_eq!((s, v["errcode"].as_str()), (400, Some("M_THREEPID_IN_USE")));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn validation_messages_to_one_address_are_rate_limited() {
+    let (relay, mails) = smtp_sink().await;
+    let mut config = Config::in_memory("test.local");
+    config.mail = Some(Mail {
+        relay,
+        from: "hs@test.local".into(),
+    });
+    let server = Server::open(config).expect("opens");
+    let path = "/_matrix/client/v3/register/email/requestToken";
+    for i in 0..5 {
+        let req = json!({"client_secret": format!("cs{i}"), "email": "flood@example.org", "send_attempt": 1});
+        let (s, v) = call(&server, "POST", path, None, Some(req)).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let req = json!({"client_secret": "cs9", "email": "flood@example.org", "send_attempt": 1});
+    let (s, v) = call(&server, "POST", path, None, Some(req)).await;
+    assert_eq!(
+        (s, v["errcode"].as_str()),
+        (429, Some("M_LIMIT_EXCEEDED")),
+        "{v}"
+    );
+    assert!(v["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{v}");
+    assert_eq!(
+        mails.lock().unwrap().len(),
+        5,
+        "the refused request sent nothing"
+    );
+    // Another address is not held back by the first.
+    let req = json!({"client_secret": "cs1", "email": "calm@example.org", "send_attempt": 1});
+    let (s, _) = call(&server, "POST", path, None, Some(req)).await;
+    assert_eq!(s, 200);
+}

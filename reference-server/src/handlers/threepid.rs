@@ -22,6 +22,48 @@ pub const MSISDN_SUBMIT_PATH: &str = "/_mxconform/3pid/msisdn/submit_token";
 /// Sessions delegated to the SMS gateway carry its sid behind this prefix.
 const MSISDN_SID: &str = "msisdn-";
 const GATEWAY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A validation session's token works this long.
+const SESSION_LIFETIME_MS: u64 = 24 * 3600 * 1000;
+/// At most this many validation messages to one address per window.
+const MESSAGES_PER_WINDOW: usize = 5;
+const MESSAGE_WINDOW_MS: u64 = 10 * 60 * 1000;
+
+/// Before a validation message goes out: forgets expired sessions (unauthenticated callers
+/// must not be able to grow the database for ever), and refuses with 429 when the address
+/// had too many messages lately (nor to flood someone's inbox).
+fn admit_message(
+    state: &mut crate::state::State,
+    batch: &mut crate::store::Batch,
+    address: &str,
+) -> ApiResult<()> {
+    let now = now_ms();
+    let expired: Vec<String> = state
+        .threepid_sessions
+        .iter()
+        .filter(|(_, s)| s.created_at + SESSION_LIFETIME_MS < now)
+        .map(|(sid, _)| sid.clone())
+        .collect();
+    for sid in expired {
+        state.threepid_sessions.remove(&sid);
+        batch.delete("3pid_session", sid);
+    }
+    state
+        .messages_sent
+        .retain(|_, times| times.last().is_some_and(|t| t + MESSAGE_WINDOW_MS > now));
+    let times = state.messages_sent.entry(address.to_string()).or_default();
+    times.retain(|t| t + MESSAGE_WINDOW_MS > now);
+    if times.len() >= MESSAGES_PER_WINDOW {
+        let wait = times[0] + MESSAGE_WINDOW_MS - now;
+        return Err(ApiError {
+            status: 429,
+            errcode: "M_LIMIT_EXCEEDED",
+            message: "too many validation messages to that address; try again later".into(),
+            extra: Some(json!({"retry_after_ms": wait})),
+        });
+    }
+    times.push(now);
+    Ok(())
+}
 
 /// The spec's client secret grammar: `[0-9a-zA-Z.=_-]{1,255}`.
 fn valid_client_secret(s: &str) -> bool {
@@ -88,6 +130,7 @@ fn request_email_token(
             }
         }
         let sid = existing.map_or_else(|| random_token(12), |(sid, _)| sid.clone());
+        admit_message(state, batch, &address)?;
         let session = ThreepidSession {
             client_secret: b.client_secret.clone(),
             medium: "email".into(),
@@ -175,6 +218,9 @@ pub fn submit_token(server: &Server, sid: &str, client_secret: &str, token: &str
         if s.token != token {
             return Err(ApiError::threepid_auth_failed("wrong token"));
         }
+        if s.created_at + SESSION_LIFETIME_MS < now_ms() {
+            return Err(ApiError::threepid_auth_failed("the token has expired"));
+        }
         if s.validated_at.is_none() {
             s.validated_at = Some(now_ms());
             state.put_threepid_session(batch, sid, s);
@@ -246,6 +292,8 @@ fn request_msisdn_token(
         }
         _ => {}
     }
+    ctx.server
+        .write(|state, batch| admit_message(state, batch, &msisdn))?;
     let server = ctx
         .server
         .shared()
