@@ -206,6 +206,7 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
         profile: config.profile,
         scenario_timeout: config.scenario_timeout,
         peers: config.peers.clone(),
+        admin: tokio::sync::OnceCell::new(),
     });
     let rt = Arc::new(rt);
     let results: Arc<Mutex<Vec<report::ScenarioResult>>> = Arc::default();

@@ -29,6 +29,11 @@ pub struct Profile {
     /// spec version that added it (scenarios using it are then not skipped for version).
     #[serde(default)]
     pub serves: BTreeMap<String, String>,
+    /// The localpart of an account the server treats as an administrator (the reference
+    /// server's `--admin`; made with the admin flag through Synapse's shared-secret
+    /// registration). Scenarios with `needs: [admin]` use it; without it they are skipped.
+    #[serde(default)]
+    pub admin: Option<String>,
     /// The peers the server is configured to talk to (see [`crate::peers`]).
     #[serde(default)]
     pub peers: crate::peers::PeersConfig,

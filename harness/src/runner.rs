@@ -28,6 +28,9 @@ pub struct Env {
     pub scenario_timeout: Duration,
     /// The outside world the server talks to, when the profile configures it.
     pub peers: Option<std::sync::Arc<crate::peers::Peers>>,
+    /// The administrator account (user id, access token), made by the first scenario that
+    /// needs it and shared by the rest of the run.
+    pub admin: tokio::sync::OnceCell<Result<(String, String), String>>,
 }
 
 #[derive(Clone, Debug)]
@@ -116,7 +119,24 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
         "server_name",
         Value::String(env.profile.server_name.clone()),
     );
-    if let Some(missing) = crate::peers::Peers::missing(env.peers.as_deref(), &scenario.needs) {
+    let peer_needs: Vec<String> = scenario
+        .needs
+        .iter()
+        .filter(|n| *n != "admin")
+        .cloned()
+        .collect();
+    if scenario.needs.iter().any(|n| n == "admin") && env.profile.admin.is_none() {
+        return Outcome {
+            result: Ok(()),
+            skipped: Some(format!(
+                "needs an administrator account, which profile `{}` does not name",
+                env.profile.name
+            )),
+            operations: Vec::new(),
+            duration: started.elapsed(),
+        };
+    }
+    if let Some(missing) = crate::peers::Peers::missing(env.peers.as_deref(), &peer_needs) {
         return Outcome {
             result: Ok(()),
             skipped: Some(format!(
@@ -153,6 +173,11 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
 
 impl Run<'_> {
     async fn all(&mut self) -> Result<(), String> {
+        if self.scenario.needs.iter().any(|n| n == "admin") {
+            self.admin()
+                .await
+                .map_err(|e| format!("the administrator account: {e}"))?;
+        }
         for actor in self.scenario.actors.clone() {
             self.register(&actor)
                 .await
@@ -233,7 +258,8 @@ impl Run<'_> {
         let body = match self.env.profile.registration {
             Registration::Open => self.register_open(&localpart, &password).await?,
             Registration::SharedSecret => {
-                self.register_shared_secret(&localpart, &password).await?
+                self.register_shared_secret(&localpart, &password, false)
+                    .await?
             }
         };
         let get = |k: &str| {
@@ -328,10 +354,87 @@ impl Run<'_> {
     }
 
     /// Synapse's admin registration: a nonce, then an HMAC-SHA1 over it and the credentials.
+    /// Sets `admin.user_id`, `admin.token` and `admin.localpart`, making the account (or
+    /// logging in to it) once per run.
+    async fn admin(&mut self) -> Result<(), String> {
+        let env = self.env;
+        let localpart = env
+            .profile
+            .admin
+            .clone()
+            .ok_or("the profile names no admin")?;
+        let (user_id, token) = env
+            .admin
+            .get_or_init(|| self.make_admin(&localpart))
+            .await
+            .clone()?;
+        self.vars.set("admin.user_id", json!(user_id));
+        self.vars.set("admin.token", json!(token));
+        self.vars.set("admin.localpart", json!(localpart));
+        Ok(())
+    }
+
+    async fn make_admin(&mut self, localpart: &str) -> Result<(String, String), String> {
+        // The password is the same on every run (derived from the shared secret, if any), so
+        // a later run against the same server logs in to the account an earlier one made.
+        let secret = self.env.profile.shared_secret.clone().unwrap_or_default();
+        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())
+            .map_err(|e| e.to_string())?;
+        mac.update(b"mxconform admin password\0");
+        mac.update(localpart.as_bytes());
+        let password: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let made = match self.env.profile.registration {
+            Registration::Open => self.register_open(localpart, &password).await,
+            Registration::SharedSecret => {
+                self.register_shared_secret(localpart, &password, true)
+                    .await
+            }
+        };
+        let body = match made {
+            Ok(b) => b,
+            Err(e) if e.contains("M_USER_IN_USE") || e.contains("already taken") => {
+                let route = crate::route("login").ok_or("no login operation")?;
+                let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart}, "password": password});
+                let resp = self
+                    .call(
+                        route,
+                        &BTreeMap::new(),
+                        &[],
+                        Body::Json(body),
+                        None,
+                        false,
+                        None,
+                    )
+                    .await?;
+                if resp.status != 200 {
+                    return Err(format!(
+                        "{localpart} exists but the login answered {}: {}",
+                        resp.status, resp.body
+                    ));
+                }
+                resp.body
+            }
+            Err(e) => return Err(e),
+        };
+        let get = |k: &str| {
+            body.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| format!("no `{k}` in {body}"))
+        };
+        Ok((get("user_id")?, get("access_token")?))
+    }
+
     async fn register_shared_secret(
         &mut self,
         localpart: &str,
         password: &str,
+        admin: bool,
     ) -> Result<Value, String> {
         let secret = self.env.profile.shared_secret.clone().unwrap_or_default();
         let path = "/_synapse/admin/v1/register";
@@ -353,14 +456,18 @@ impl Run<'_> {
         mac.update(localpart.as_bytes());
         mac.update(b"\0");
         mac.update(password.as_bytes());
-        mac.update(b"\0notadmin");
+        mac.update(if admin {
+            &b"\0admin"[..]
+        } else {
+            &b"\0notadmin"[..]
+        });
         let digest: String = mac
             .finalize()
             .into_bytes()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let body = json!({"nonce": nonce, "username": localpart, "password": password, "mac": digest, "admin": false});
+        let body = json!({"nonce": nonce, "username": localpart, "password": password, "mac": digest, "admin": admin});
         let resp = self
             .env
             .client

@@ -313,9 +313,9 @@ impl Scenario {
             ));
         }
         for n in &self.needs {
-            if !matches!(n.as_str(), "appservice" | "mail" | "web" | "sms") {
+            if !matches!(n.as_str(), "appservice" | "mail" | "web" | "sms" | "admin") {
                 return fail(format!(
-                    "`needs` names peers: appservice, mail, web, sms; not {n:?}"
+                    "`needs` names peers (appservice, mail, web, sms) or admin; not {n:?}"
                 ));
             }
         }

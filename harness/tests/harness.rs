@@ -264,6 +264,7 @@ fn scenarios_against_a_fake_server() {
             ("directory/error_shape", &format!("description: a 403 without errcode\n{SPEC}actors: [alice]\nsteps:\n  - call: setRoomAlias\n    path: {{roomAlias: \"#a:fake.test\"}}\n    body: {{room_id: \"!r:fake.test\"}}\n    expect: {{status: 403}}\n")),
             ("directory/listed_and_failing", &format!("description: listed as a deviation and failing\n{SPEC}steps:\n  - call: getRoomIdByAlias\n    path: {{roomAlias: \"#a:fake.test\"}}\n")),
             ("rooms/listed_but_passing", &format!("description: listed as a deviation but passing\n{SPEC}actors: [alice]\nsteps:\n  - call: createRoom\n")),
+            ("account/needs_admin", &format!("description: needs an administrator\n{SPEC}needs: [admin]\nsteps:\n  - call: getWhoIs\n    token: \"{{{{admin.token}}}}\"\n    path: {{userId: \"@a:fake.test\"}}\n")),
             ("account/needs_mail", &format!("description: needs the mail peer\n{SPEC}needs: [mail]\nactors: [alice]\nsteps:\n  - mail: {{to: \"a@b.test\"}}\n")),
             ("rooms/newer_than_server", &format!("description: an operation from v1.19\n{SPEC}actors: [alice]\nsteps:\n  - call: getMutualRooms\n    query: {{user_id: \"{{{{alice.user_id}}}}\"}}\n")),
             ("discovery/support_absent", &format!("description: a documented 404 without a body\n{SPEC}steps:\n  - call: getWellknownSupport\n    auth: none\n    expect: {{status: 404}}\n")),
@@ -340,6 +341,11 @@ fn scenarios_against_a_fake_server() {
         "added in v1.19",
     );
     expect(
+        "account/needs_admin",
+        Outcome::Skipped,
+        "needs an administrator account, which profile `fake` does not name",
+    );
+    expect(
         "account/needs_mail",
         Outcome::Skipped,
         "needs the mail peer, which profile `fake` does not configure",
@@ -365,7 +371,7 @@ fn scenarios_against_a_fake_server() {
             t.unexpected_passes,
             t.skipped
         ),
-        (11, 2, 5, 1, 1, 2)
+        (12, 2, 5, 1, 1, 3)
     );
     assert!(out.conclusion.is_none());
     assert!(!out.report.success());
@@ -459,6 +465,7 @@ fn hostile_server_fails_scenarios_with_reasons() {
             },
             snapshot_dir: temp_dir("snap"),
             peers: None,
+            admin: Default::default(),
             scenario_timeout: Duration::from_secs(10),
         };
         let dir = temp_dir(name);
@@ -486,6 +493,7 @@ fn a_scenario_bound_stops_a_slow_scenario() {
         profile: profile(&[]),
         snapshot_dir: temp_dir("snap"),
         peers: None,
+        admin: Default::default(),
         scenario_timeout: Duration::from_secs(30),
     };
     let dir = temp_dir("bound");

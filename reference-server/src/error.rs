@@ -61,9 +61,20 @@ codes! {
     threepid_auth_failed => 400 "M_THREEPID_AUTH_FAILED",
     threepid_medium_not_supported => 400 "M_THREEPID_MEDIUM_NOT_SUPPORTED",
     invalid_email => 400 "M_INVALID_PARAM",
+    user_suspended => 403 "M_USER_SUSPENDED",
 }
 
 impl ApiError {
+    /// 401 `M_USER_LOCKED`, with `soft_logout: true` (the session may resume once unlocked).
+    pub fn user_locked(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 401,
+            errcode: "M_USER_LOCKED",
+            message: message.into(),
+            extra: Some(serde_json::json!({"soft_logout": true})),
+        }
+    }
+
     /// 401 `M_UNKNOWN_TOKEN`, with `soft_logout: false` (the token is gone for good).
     pub fn unknown_token(message: impl Into<String>) -> ApiError {
         ApiError {

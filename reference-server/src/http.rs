@@ -199,6 +199,19 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
         route0
     };
 
+    if let Some(u) = &user {
+        let (locked, suspended) = server.read(|s| {
+            s.users
+                .get(&u.user_id)
+                .map_or((false, false), |x| (x.locked, x.suspended))
+        });
+        if locked && !handlers::admin::OPEN_WHEN_LOCKED.contains(&route.operation_id) {
+            return Err(ApiError::user_locked("this account is locked"));
+        }
+        if suspended && handlers::admin::BARRED_WHEN_SUSPENDED.contains(&route.operation_id) {
+            return Err(ApiError::user_suspended("this account is suspended"));
+        }
+    }
     let input = decode(server, route, &matched.params, &query, req)?;
     let content_type = req
         .headers()

@@ -47,6 +47,8 @@ pub struct Config {
     pub turn: Option<Turn>,
     /// Registered application services.
     pub appservices: Vec<appservice::AppService>,
+    /// Server administrators (user ids): they may look up, lock and suspend accounts.
+    pub admins: Vec<String>,
     /// Where to send mail (e-mail validation); `None` refuses e-mail validation.
     pub mail: Option<Mail>,
     /// A CAS server for single sign-on (identity provider `cas`); `None` offers no SSO.
@@ -96,6 +98,7 @@ impl Config {
             max_json_body: 1024 * 1024,
             turn: None,
             appservices: Vec::new(),
+            admins: Vec::new(),
             mail: None,
             cas: None,
             url_preview: None,
@@ -166,6 +169,8 @@ impl Server {
                                 displayname: Some(localpart),
                                 avatar_url: None,
                                 deactivated: false,
+                                locked: false,
+                                suspended: false,
                             },
                         );
                     }

@@ -49,6 +49,10 @@ pub struct User {
     pub displayname: Option<String>,
     pub avatar_url: Option<String>,
     pub deactivated: bool,
+    /// Locked by an administrator: every request answers 401 `M_USER_LOCKED`.
+    pub locked: bool,
+    /// Suspended by an administrator: reading works, acting does not (403 `M_USER_SUSPENDED`).
+    pub suspended: bool,
 }
 
 impl User {
@@ -58,6 +62,8 @@ impl User {
             "displayname": self.displayname,
             "avatar_url": self.avatar_url,
             "deactivated": self.deactivated,
+            "locked": self.locked,
+            "suspended": self.suspended,
         })
     }
 }
@@ -372,6 +378,8 @@ impl State {
                                 .get("deactivated")
                                 .and_then(Value::as_bool)
                                 .unwrap_or(false),
+                            locked: v.get("locked").and_then(Value::as_bool).unwrap_or(false),
+                            suspended: v.get("suspended").and_then(Value::as_bool).unwrap_or(false),
                         },
                     );
                 }

@@ -134,6 +134,9 @@ struct ServeArgs {
     /// An application-service registration file (YAML, as other homeservers read; repeatable).
     #[arg(long = "appservice")]
     appservices: Vec<PathBuf>,
+    /// A server administrator's user id (repeatable): may look up, lock and suspend accounts.
+    #[arg(long = "admin")]
+    admins: Vec<String>,
     /// An SMTP relay (host:port, plain, no authentication) for e-mail validation; without one,
     /// e-mail requestToken answers M_THREEPID_MEDIUM_NOT_SUPPORTED.
     #[arg(long)]
@@ -423,6 +426,7 @@ fn load_appservices(
 /// talking to the harness's peers when there are any.
 fn start_embedded(
     peers: Option<&mxconform_harness::peers::Peers>,
+    admin: Option<&str>,
 ) -> Result<(
     String,
     std::thread::JoinHandle<()>,
@@ -437,6 +441,11 @@ fn start_embedded(
         password: "mxconform-test-turn".into(),
         ttl: 86400,
     });
+    // The profile's administrator account, once it is registered.
+    config.admins = admin
+        .map(|a| format!("@{a}:localhost"))
+        .into_iter()
+        .collect();
     if let Some(p) = peers {
         if let Some(file) = &p.registration_file {
             config.appservices =
@@ -538,7 +547,7 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
     let (url, embedded) = match external {
         Some(u) => (u, None),
         None => {
-            let (url, thread, stop) = start_embedded(peers.as_deref())?;
+            let (url, thread, stop) = start_embedded(peers.as_deref(), profile.admin.as_deref())?;
             (url, Some((thread, stop)))
         }
     };
@@ -627,6 +636,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     let files: Vec<(PathBuf, Option<String>)> =
         args.appservices.iter().map(|p| (p.clone(), None)).collect();
     config.appservices = load_appservices(&files, &args.server_name)?;
+    config.admins = args.admins.clone();
     config.cas = args
         .cas_url
         .clone()

@@ -255,6 +255,8 @@ pub fn register(ctx: &Ctx, req: cs::registration::register::Request) -> ApiResul
                 displayname: Some(localpart.clone()),
                 avatar_url: None,
                 deactivated: false,
+                locked: false,
+                suspended: false,
             },
         );
         if inhibit {

@@ -3,6 +3,7 @@
 //! from [`dispatch`] answers the spec's `M_UNRECOGNIZED`.
 
 mod account;
+pub mod admin;
 mod backup;
 mod bridges;
 mod directory;
@@ -259,6 +260,10 @@ table! {
     "reportEvent" => misc::report_event,
     "reportUser" => misc::report_user,
     "getWhoIs" => misc::get_who_is,
+    "getAdminLockUser" => admin::get_admin_lock_user,
+    "setAdminLockUser" => admin::set_admin_lock_user,
+    "getAdminSuspendUser" => admin::get_admin_suspend_user,
+    "setAdminSuspendUser" => admin::set_admin_suspend_user,
     "getAccount3PIDs" => threepid::get_account3_pi_ds,
     "requestTokenToRegisterEmail" => threepid::request_token_to_register_email,
     "requestTokenTo3PIDEmail" => threepid::request_token_to3_pid_email,

@@ -130,6 +130,8 @@ pub async fn complete_cas_login(
                     displayname: Some(localpart.clone()),
                     avatar_url: None,
                     deactivated: false,
+                    locked: false,
+                    suspended: false,
                 },
             ),
         }
