@@ -201,38 +201,84 @@ pub fn evaluate(
     None
 }
 
-/// The value at a dotted key (`content.m\.relates_to.rel_type`; `\.` is a literal dot).
-fn property<'a>(ev: &'a Event, key: &str) -> Option<std::borrow::Cow<'a, Value>> {
-    let mut parts = Vec::new();
-    let mut cur = String::new();
-    let mut chars = key.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some(n) = chars.next() {
-                    cur.push(n);
-                }
-            }
-            '.' => parts.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
+/// A property of an event: a top-level string, or a value inside `content`.
+#[derive(Debug, PartialEq)]
+enum Prop<'a> {
+    Str(&'a str),
+    Json(&'a Value),
+}
+
+impl Prop<'_> {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Prop::Str(s) => Some(s),
+            Prop::Json(v) => v.as_str(),
         }
     }
-    parts.push(cur);
-    let owned = |s: &str| Some(std::borrow::Cow::Owned(Value::String(s.to_string())));
-    match parts[0].as_str() {
-        "type" if parts.len() == 1 => owned(&ev.kind),
-        "sender" if parts.len() == 1 => owned(&ev.sender),
-        "room_id" if parts.len() == 1 => owned(&ev.room_id),
-        "state_key" if parts.len() == 1 => ev.state_key.as_deref().and_then(owned),
-        "content" => {
+
+    fn is(&self, want: &Value) -> bool {
+        match self {
+            Prop::Str(s) => want.as_str() == Some(*s),
+            Prop::Json(v) => scalar_eq(v, want),
+        }
+    }
+}
+
+/// The value at a dotted key (`content.m\.relates_to.rel_type`; `\.` is a literal dot),
+/// without copying: this runs for every rule, member and event.
+fn property<'a>(ev: &'a Event, key: &str) -> Option<Prop<'a>> {
+    let (head, rest) = split_key(key);
+    match (head.as_ref(), rest) {
+        ("type", None) => Some(Prop::Str(&ev.kind)),
+        ("sender", None) => Some(Prop::Str(&ev.sender)),
+        ("room_id", None) => Some(Prop::Str(&ev.room_id)),
+        ("state_key", None) => ev.state_key.as_deref().map(Prop::Str),
+        ("content", mut rest) => {
             let mut v = &ev.content;
-            for p in &parts[1..] {
-                v = v.get(p.as_str())?;
+            while let Some(r) = rest {
+                let (part, next) = split_key(r);
+                v = v.get(part.as_ref())?;
+                rest = next;
             }
-            Some(std::borrow::Cow::Borrowed(v))
+            Some(Prop::Json(v))
         }
         _ => None,
     }
+}
+
+/// The first part of a dotted key (unescaped) and the rest after its dot.
+fn split_key(key: &str) -> (std::borrow::Cow<'_, str>, Option<&str>) {
+    let bytes = key.as_bytes();
+    let mut i = 0;
+    let mut escaped = false;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => {
+                escaped = true;
+                i += 2;
+            }
+            b'.' => break,
+            _ => i += 1,
+        }
+    }
+    let i = i.min(bytes.len());
+    let head = &key[..i];
+    let rest = (i < bytes.len()).then(|| &key[i + 1..]);
+    if !escaped {
+        return (std::borrow::Cow::Borrowed(head), rest);
+    }
+    let mut out = String::with_capacity(head.len());
+    let mut chars = head.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    (std::borrow::Cow::Owned(out), rest)
 }
 
 thread_local! {
@@ -286,18 +332,20 @@ fn condition(state: &State, room: &Room, c: &Value, ev: &Event, user: &str) -> b
             let Some(pattern) = c.get("pattern").and_then(Value::as_str) else {
                 return false;
             };
-            match property(ev, key).as_deref() {
-                Some(Value::String(s)) => glob_matches(pattern, s, key == "content.body"),
-                _ => false,
-            }
+            property(ev, key)
+                .and_then(|p| {
+                    p.as_str()
+                        .map(|s| glob_matches(pattern, s, key == "content.body"))
+                })
+                .unwrap_or(false)
         }
         "event_property_is" => {
             let want = c.get("value").unwrap_or(&Value::Null);
-            property(ev, key).is_some_and(|v| scalar_eq(&v, want))
+            property(ev, key).is_some_and(|v| v.is(want))
         }
         "event_property_contains" => {
             let want = c.get("value").unwrap_or(&Value::Null);
-            matches!(property(ev, key).as_deref(), Some(Value::Array(a)) if a.iter().any(|v| scalar_eq(v, want)))
+            matches!(property(ev, key), Some(Prop::Json(Value::Array(a))) if a.iter().any(|v| scalar_eq(v, want)))
         }
         "contains_display_name" => {
             let name = state
@@ -402,13 +450,10 @@ mod tests {
             json!({"m.mentions": {"user_ids": ["@a:hs"]}, "body": "x"}),
         );
         assert_eq!(
-            property(&e, "content.m\\.mentions.user_ids").as_deref(),
-            Some(&json!(["@a:hs"]))
+            property(&e, "content.m\\.mentions.user_ids"),
+            Some(Prop::Json(&json!(["@a:hs"])))
         );
-        assert_eq!(
-            property(&e, "type").as_deref(),
-            Some(&json!("m.room.message"))
-        );
+        assert_eq!(property(&e, "type"), Some(Prop::Str("m.room.message")));
         assert!(property(&e, "content.m.mentions").is_none());
     }
 
