@@ -118,70 +118,124 @@ pub struct Mail {
     pub text: String,
 }
 
-/// Mails received and not yet taken by a scenario.
-#[derive(Debug, Default)]
-pub struct Mailbox {
-    mails: Mutex<Vec<Mail>>,
+/// What a peer received, for scenarios to wait on: bounded (a misbehaving server cannot
+/// fill memory), and each waiter woken when something arrives.
+#[derive(Debug)]
+struct Inbox<T> {
+    items: Mutex<Vec<T>>,
     arrived: Notify,
+    cap: usize,
 }
 
-impl Mailbox {
-    fn put(&self, mail: Mail) {
-        if let Ok(mut m) = self.mails.lock() {
-            // Bounded: a misbehaving server cannot fill memory.
-            if m.len() >= 1000 {
-                m.remove(0);
-            }
-            m.push(mail);
+impl<T> Inbox<T> {
+    fn new(cap: usize) -> Inbox<T> {
+        Inbox {
+            items: Mutex::new(Vec::new()),
+            arrived: Notify::new(),
+            cap,
+        }
+    }
+
+    fn put(&self, new: impl IntoIterator<Item = T>) {
+        if let Ok(mut items) = self.items.lock() {
+            items.extend(new);
+            let over = items.len().saturating_sub(self.cap);
+            items.drain(..over);
         }
         self.arrived.notify_waiters();
     }
 
-    /// Takes the first mail to `to`, waiting for one until `within`.
-    pub async fn take(&self, to: &str, within: Duration) -> std::result::Result<Mail, String> {
+    /// Waits until `pick` finds something among what arrived (it may take it out), for at most
+    /// `within`; `Err` names how many items did arrive.
+    async fn wait<R>(
+        &self,
+        within: Duration,
+        mut pick: impl FnMut(&mut Vec<T>) -> Option<R>,
+    ) -> std::result::Result<R, usize> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let arrived = self.arrived.notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
-            {
-                let mut mails = self.mails.lock().map_err(|_| "mailbox lock poisoned")?;
-                if let Some(i) = mails
-                    .iter()
-                    .position(|m| m.to.iter().any(|t| t.eq_ignore_ascii_case(to)))
-                {
-                    return Ok(mails.remove(i));
+            let seen = {
+                let Ok(mut items) = self.items.lock() else {
+                    return Err(0);
+                };
+                if let Some(r) = pick(&mut items) {
+                    return Ok(r);
                 }
-            }
+                items.len()
+            };
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return Err(format!(
-                    "no message to {to} arrived within {:.1} s",
-                    within.as_secs_f64()
-                ));
+                return Err(seen);
             }
         }
     }
 }
 
+/// Mails (and text messages) received and not yet taken by a scenario.
+#[derive(Debug)]
+pub struct Mailbox(Inbox<Mail>);
+
+impl Default for Mailbox {
+    fn default() -> Mailbox {
+        Mailbox(Inbox::new(1000))
+    }
+}
+
+impl Mailbox {
+    fn put(&self, mail: Mail) {
+        self.0.put([mail]);
+    }
+
+    /// Takes the first message to `to`, waiting for one until `within`.
+    pub async fn take(&self, to: &str, within: Duration) -> std::result::Result<Mail, String> {
+        self.0
+            .wait(within, |mails| {
+                let i = mails
+                    .iter()
+                    .position(|m| m.to.iter().any(|t| t.eq_ignore_ascii_case(to)))?;
+                Some(mails.remove(i))
+            })
+            .await
+            .map_err(|_| {
+                format!(
+                    "no message to {to} arrived within {:.1} s",
+                    within.as_secs_f64()
+                )
+            })
+    }
+}
+
 /// Events the application service was sent in transactions (each transaction counted once).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EventLog {
-    events: Mutex<(Vec<Value>, std::collections::BTreeSet<String>)>,
-    arrived: Notify,
+    events: Inbox<Value>,
+    /// Transaction ids seen (a homeserver retries a transaction with the same id).
+    txns: Mutex<std::collections::VecDeque<String>>,
+}
+
+impl Default for EventLog {
+    fn default() -> EventLog {
+        EventLog {
+            events: Inbox::new(10_000),
+            txns: Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
 }
 
 impl EventLog {
     fn put(&self, txn: &str, events: Vec<Value>) {
-        if let Ok(mut g) = self.events.lock() {
-            if !g.1.insert(txn.to_string()) {
+        if let Ok(mut seen) = self.txns.lock() {
+            if seen.iter().any(|t| t == txn) {
                 return;
             }
-            g.0.extend(events);
-            // Bounded: a flood cannot fill memory.
-            let over = g.0.len().saturating_sub(10_000);
-            g.0.drain(..over);
+            if seen.len() >= 10_000 {
+                seen.pop_front();
+            }
+            seen.push_back(txn.to_string());
         }
-        self.arrived.notify_waiters();
+        self.events.put(events);
     }
 
     /// Waits until an event the service was sent satisfies `matches`.
@@ -190,25 +244,15 @@ impl EventLog {
         matches: impl Fn(&Value) -> bool,
         within: Duration,
     ) -> std::result::Result<Value, String> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let arrived = self.arrived.notified();
-            tokio::pin!(arrived);
-            arrived.as_mut().enable();
-            let seen = {
-                let g = self.events.lock().map_err(|_| "event log lock poisoned")?;
-                if let Some(e) = g.0.iter().find(|e| matches(e)) {
-                    return Ok(e.clone());
-                }
-                g.0.len()
-            };
-            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return Err(format!(
+        self.events
+            .wait(within, |events| events.iter().find(|e| matches(e)).cloned())
+            .await
+            .map_err(|seen| {
+                format!(
                     "the application service was sent no such event within {:.1} s ({seen} events received)",
                     within.as_secs_f64()
-                ));
-            }
-        }
+                )
+            })
     }
 }
 
