@@ -143,29 +143,8 @@ pub async fn handle(server: &Server, req: Request<Bytes>) -> Response<Bytes> {
 
 async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Response<Bytes>> {
     let path = req.uri().path();
-    if path == handlers::threepid::SUBMIT_PATH {
-        return submit_threepid_token(server, req);
-    }
-    if path == handlers::threepid::MSISDN_SUBMIT_PATH {
-        if req.method() != Method::POST {
-            return Err(ApiError::method_not_allowed("POST the code as JSON"));
-        }
-        let v: Value = serde_json::from_slice(req.body())
-            .map_err(|_| ApiError::not_json("the body is not JSON"))?;
-        let ok = handlers::threepid::submit_msisdn_token(server, &v).await?;
-        return Ok(json_response(200, &json!({"success": ok})));
-    }
-    if path == handlers::sso::TICKET_PATH && req.method() == Method::GET {
-        let q = parse_query(req.uri().query())?;
-        let get = |k: &str| {
-            q.iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.as_str())
-                .unwrap_or("")
-        };
-        let location =
-            handlers::sso::complete_cas_login(server, get("redirectUrl"), get("ticket")).await?;
-        return Ok(redirect_response(&location));
+    if let Some(answer) = outside_the_table(server, req).await {
+        return answer;
     }
     let matched = server.router.find(req.method().as_str(), path)?;
     let query = parse_query(req.uri().query())?;
@@ -279,6 +258,58 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
             }
         }
     }
+}
+
+/// The server's own pages, which are not client-server operations: the links and
+/// `submit_url`s of third-party validation, and where the CAS server sends browsers back.
+async fn outside_the_table(
+    server: &Server,
+    req: &Request<Bytes>,
+) -> Option<ApiResult<Response<Bytes>>> {
+    let path = req.uri().path();
+    let query = || parse_query(req.uri().query());
+    let field = |q: &[(String, String)], k: &str| {
+        q.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    if path == handlers::threepid::SUBMIT_PATH {
+        return Some(submit_threepid_token(server, req));
+    }
+    if path == handlers::threepid::MSISDN_SUBMIT_PATH {
+        return Some(
+            async {
+                if req.method() != Method::POST {
+                    return Err(ApiError::method_not_allowed("POST the code as JSON"));
+                }
+                let v: Value = serde_json::from_slice(req.body())
+                    .map_err(|_| ApiError::not_json("the body is not JSON"))?;
+                let ok = handlers::threepid::submit_msisdn_token(server, &v).await?;
+                Ok(json_response(200, &json!({"success": ok})))
+            }
+            .await,
+        );
+    }
+    if path == handlers::sso::TICKET_PATH {
+        return Some(
+            async {
+                if req.method() != Method::GET {
+                    return Err(ApiError::method_not_allowed("GET"));
+                }
+                let q = query()?;
+                let location = handlers::sso::complete_cas_login(
+                    server,
+                    &field(&q, "redirectUrl"),
+                    &field(&q, "ticket"),
+                )
+                .await?;
+                Ok(redirect_response(&location))
+            }
+            .await,
+        );
+    }
+    None
 }
 
 fn redirect_response(location: &str) -> Response<Bytes> {
