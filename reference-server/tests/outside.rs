@@ -326,3 +326,50 @@ async fn validation_messages_to_one_address_are_rate_limited() {
     let (s, _) = call(&server, "POST", path, None, Some(req)).await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test]
+async fn url_previews_refuse_private_addresses_unless_allowed() {
+    let mut config = Config::in_memory("test.local");
+    config.url_preview = Some(Vec::new());
+    let server = Server::open(config).expect("opens");
+    let token = register(&server, "viewer").await;
+    for url in [
+        "http%3A%2F%2F127.0.0.1%3A9%2F",
+        "http%3A%2F%2F10.0.0.1%2F",
+        "http%3A%2F%2F%5B%3A%3A1%5D%3A9%2F",
+    ] {
+        let path = format!("/_matrix/client/v1/media/preview_url?url={url}");
+        let (s, v) = call(&server, "GET", &path, Some(&token), None).await;
+        assert_eq!(
+            (s, v["errcode"].as_str()),
+            (403, Some("M_FORBIDDEN")),
+            "{url}: {v}"
+        );
+    }
+    // Allowed explicitly, the address is fetched (nothing listens on port 9: not found).
+    let mut config = Config::in_memory("test.local");
+    config.url_preview = Some(vec!["127.0.0.1".parse().expect("ip")]);
+    let server = Server::open(config).expect("opens");
+    let token = register(&server, "viewer").await;
+    let (s, _) = call(
+        &server,
+        "GET",
+        "/_matrix/client/v1/media/preview_url?url=http%3A%2F%2F127.0.0.1%3A9%2F",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    // Without previews configured, the operation is not offered.
+    let server = Server::open(Config::in_memory("test.local")).expect("opens");
+    let token = register(&server, "viewer").await;
+    let (s, v) = call(
+        &server,
+        "GET",
+        "/_matrix/client/v1/media/preview_url?url=http%3A%2F%2Fexample.org%2F",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!((s, v["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")));
+}
