@@ -153,6 +153,19 @@ fn check_power_levels_change(
             }
         }
     }
+    // From room version 12 creators hold infinite power and are never listed, whoever sends.
+    if room.creators_privileged() {
+        let listed = content.get("users").and_then(Value::as_object);
+        if let Some(c) = room
+            .creators
+            .iter()
+            .find(|c| listed.is_some_and(|u| u.contains_key(*c)))
+        {
+            return Err(ApiError::bad_json(format!(
+                "room creators cannot be listed in `users` from room version 12 ({c} is one)"
+            )));
+        }
+    }
     let Some(mine) = state.power_level(room, sender) else {
         return Ok(());
     };
@@ -177,7 +190,7 @@ fn check_power_levels_change(
             false,
         ));
     }
-    for map in ["events", "users"] {
+    for map in ["events", "notifications", "users"] {
         let o = old
             .get(map)
             .and_then(Value::as_object)
@@ -195,15 +208,6 @@ fn check_power_levels_change(
                 n.get(k).and_then(Value::as_i64),
                 is_other_user,
             ));
-        }
-        if map == "users" && room.creators_privileged() {
-            for c in &room.creators {
-                if n.contains_key(c) {
-                    return Err(ApiError::bad_json(
-                        "room creators cannot be listed in `users` from room version 12",
-                    ));
-                }
-            }
         }
     }
     for (old_v, new_v, other_user) in levels {

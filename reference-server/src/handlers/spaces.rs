@@ -103,6 +103,9 @@ pub fn upgrade_room(ctx: &Ctx, req: cs::room_upgrades::upgrade_room::Request) ->
                     // Creators are not listed from room version 12 on.
                     if let Some(users) = content.get_mut("users").and_then(Value::as_object_mut) {
                         users.remove(&me.user_id);
+                        for extra in req.body.additional_creators.iter().flatten() {
+                            users.remove(extra.as_str());
+                        }
                     }
                 }
                 send_state(state, batch, &room_id, &me.user_id, kind, "", content)?;
