@@ -266,6 +266,8 @@ pub struct State {
     /// Rooms application services publish in their networks' directories:
     /// instance id (`<appservice id>|<network id>`) -> room ids.
     pub appservice_rooms: BTreeMap<String, BTreeSet<String>>,
+    /// Events relating to an event (`m.relates_to`), by the target's event id, oldest first.
+    pub children: HashMap<String, Vec<u64>>,
     /// How far each application service has been sent the event stream (its last
     /// acknowledged position), by service id.
     pub appservice_pos: HashMap<String, u64>,
@@ -681,6 +683,17 @@ impl State {
     pub fn apply(&mut self, mut ev: Event) {
         let pos = ev.pos;
         let notify = self.push_actions(&ev);
+        if let Some(target) = ev
+            .content
+            .get("m.relates_to")
+            .and_then(|r| r.get("event_id"))
+            .and_then(Value::as_str)
+        {
+            self.children
+                .entry(target.to_string())
+                .or_default()
+                .push(pos);
+        }
         if let Some(room) = self.rooms.get_mut(&ev.room_id) {
             room.timeline.push(pos);
             room.last_sent.insert(ev.sender.clone(), pos);
@@ -1086,8 +1099,73 @@ impl State {
         if let Some(r) = ev.redacted_by.and_then(|p| self.events.get(&p)) {
             unsigned["redacted_because"] = self.client_event(r, None, with_room_id);
         }
+        // Aggregations of the events relating to this one, for a reader (not inside another
+        // aggregation: `viewer` is `None` there).
+        if let Some((user, _)) = viewer {
+            if let Some(a) = self.aggregations(ev, user, with_room_id) {
+                unsigned["m.relations"] = a;
+            }
+        }
         v["unsigned"] = unsigned;
         v
+    }
+
+    /// The bundled aggregations of `ev`: its latest valid edit (`m.replace`, the whole event),
+    /// its thread (`m.thread`: latest reply, count, whether `user` took part) and references.
+    pub fn aggregations(&self, ev: &Event, user: &str, with_room_id: bool) -> Option<Value> {
+        if ev.redacted_by.is_some() {
+            return None;
+        }
+        let children = self.children.get(&ev.event_id)?;
+        let mut edit: Option<&Event> = None;
+        let mut thread: Vec<&Event> = Vec::new();
+        let mut references: Vec<&Event> = Vec::new();
+        for c in children.iter().filter_map(|p| self.events.get(p)) {
+            // A redacted child has lost its relation.
+            if c.redacted_by.is_some() || c.room_id != ev.room_id {
+                continue;
+            }
+            let rel = c.content.get("m.relates_to");
+            let rel_type = rel.and_then(|r| r.get("rel_type")).and_then(Value::as_str);
+            match rel_type {
+                // Valid edits: same sender and type, neither a state event.
+                Some("m.replace")
+                    if c.sender == ev.sender
+                        && c.kind == ev.kind
+                        && c.state_key.is_none()
+                        && ev.state_key.is_none()
+                        && c.content.get("m.new_content").is_some() =>
+                {
+                    edit = Some(c);
+                }
+                Some("m.thread") => thread.push(c),
+                Some("m.reference") => references.push(c),
+                _ => {}
+            }
+        }
+        let mut out = serde_json::Map::new();
+        if let Some(e) = edit {
+            out.insert("m.replace".into(), self.client_event(e, None, with_room_id));
+        }
+        if let Some(latest) = thread.last() {
+            let participated = ev.sender == user || thread.iter().any(|r| r.sender == user);
+            out.insert(
+                "m.thread".into(),
+                json!({
+                    "latest_event": self.client_event(latest, None, with_room_id),
+                    "count": thread.len(),
+                    "current_user_participated": participated,
+                }),
+            );
+        }
+        if !references.is_empty() {
+            let chunk: Vec<Value> = references
+                .iter()
+                .map(|r| json!({"event_id": r.event_id}))
+                .collect();
+            out.insert("m.reference".into(), json!({ "chunk": chunk }));
+        }
+        (!out.is_empty()).then_some(Value::Object(out))
     }
 
     /// Whether `user` may see the event at `pos` in `room` (history visibility).

@@ -261,6 +261,26 @@ pub fn post_receipt(ctx: &Ctx, req: cs::receipts::post_receipt::Request) -> ApiR
     if rtype == "m.fully_read" && thread.is_some() {
         return Err(ApiError::invalid_param("m.fully_read takes no thread_id"));
     }
+    // A thread's receipt is for its root or one of its replies.
+    if let Some(t) = thread.as_deref().filter(|t| *t != "main") {
+        let event_id = req.event_id.as_str();
+        let related = event_id == t
+            || ctx.server.read(|s| {
+                s.event_ids
+                    .get(event_id)
+                    .and_then(|p| s.events.get(p))
+                    .and_then(|e| e.content.get("m.relates_to"))
+                    .is_some_and(|r| {
+                        r.get("rel_type").and_then(Value::as_str) == Some("m.thread")
+                            && r.get("event_id").and_then(Value::as_str) == Some(t)
+                    })
+            });
+        if !related {
+            return Err(ApiError::invalid_param(
+                "the event is not part of that thread",
+            ));
+        }
+    }
     put_receipt(
         ctx,
         req.room_id.as_str(),
