@@ -150,6 +150,8 @@ pub struct Room {
     pub notifications: HashMap<String, Vec<crate::push_rules::Notification>>,
     /// Each user's latest event in the room: sending reads everything before it.
     pub last_sent: HashMap<String, u64>,
+    /// The position of the room's latest membership change.
+    pub last_membership: u64,
 }
 
 impl Room {
@@ -721,6 +723,7 @@ impl State {
                             .unwrap_or("leave")
                             .to_string();
                         room.members.entry(key.clone()).or_default().push((pos, m));
+                        room.last_membership = pos;
                         self.user_rooms
                             .entry(key.clone())
                             .or_default()
@@ -946,6 +949,10 @@ impl State {
             let Some(room) = self.rooms.get(room_id) else {
                 continue;
             };
+            // No membership changed here in the span: nobody came or went.
+            if room.last_membership <= from {
+                continue;
+            }
             let was_in = room.membership_at(user, from) == Some("join");
             let is_in = room.membership_at(user, to) == Some("join");
             for (other, _) in room.members.iter() {
