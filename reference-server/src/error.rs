@@ -62,6 +62,8 @@ codes! {
     threepid_medium_not_supported => 400 "M_THREEPID_MEDIUM_NOT_SUPPORTED",
     invalid_email => 400 "M_INVALID_PARAM",
     user_suspended => 403 "M_USER_SUSPENDED",
+    key_too_large => 400 "M_KEY_TOO_LARGE",
+    profile_too_large => 400 "M_PROFILE_TOO_LARGE",
 }
 
 impl ApiError {

@@ -171,6 +171,7 @@ impl Server {
                                 deactivated: false,
                                 locked: false,
                                 suspended: false,
+                                fields: Default::default(),
                             },
                         );
                     }

@@ -53,6 +53,8 @@ pub struct User {
     pub locked: bool,
     /// Suspended by an administrator: reading works, acting does not (403 `M_USER_SUSPENDED`).
     pub suspended: bool,
+    /// Custom profile fields (any JSON), by key.
+    pub fields: BTreeMap<String, Value>,
 }
 
 impl User {
@@ -64,6 +66,7 @@ impl User {
             "deactivated": self.deactivated,
             "locked": self.locked,
             "suspended": self.suspended,
+            "fields": self.fields,
         })
     }
 }
@@ -384,6 +387,11 @@ impl State {
                                 .unwrap_or(false),
                             locked: v.get("locked").and_then(Value::as_bool).unwrap_or(false),
                             suspended: v.get("suspended").and_then(Value::as_bool).unwrap_or(false),
+                            fields: v
+                                .get("fields")
+                                .and_then(Value::as_object)
+                                .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                                .unwrap_or_default(),
                         },
                     );
                 }

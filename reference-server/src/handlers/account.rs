@@ -257,6 +257,7 @@ pub fn register(ctx: &Ctx, req: cs::registration::register::Request) -> ApiResul
                 deactivated: false,
                 locked: false,
                 suspended: false,
+                fields: Default::default(),
             },
         );
         if inhibit {

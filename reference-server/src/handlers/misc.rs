@@ -444,26 +444,3 @@ pub fn upload_content_to_mxc(
         Ok(json!({}))
     })
 }
-
-pub fn delete_profile_field(
-    ctx: &Ctx,
-    req: cs::profile::delete_profile_field::Request,
-) -> ApiResult<Value> {
-    require_self(ctx, req.user_id.as_str())?;
-    let me = req.user_id.as_str().to_string();
-    let key = req.key_name.clone();
-    ctx.server.write(|state, batch| {
-        let mut user = state
-            .users
-            .get(&me)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found("no such user"))?;
-        match key.as_str() {
-            "displayname" => user.displayname = None,
-            "avatar_url" => user.avatar_url = None,
-            _ => return Err(ApiError::not_found(format!("no `{key}` in this profile"))),
-        }
-        state.put_user(batch, user);
-        Ok(json!({}))
-    })
-}

@@ -287,7 +287,7 @@ table! {
     "search" => misc::search,
     "createContent" => misc::create_content,
     "uploadContentToMXC" => misc::upload_content_to_mxc,
-    "deleteProfileField" => misc::delete_profile_field,
+    "deleteProfileField" => profile::delete_profile_field,
     "upgradeRoom" => spaces::upgrade_room,
     "getSpaceHierarchy" => spaces::get_space_hierarchy,
     "uploadCrossSigningKeys" => spaces::upload_cross_signing_keys,

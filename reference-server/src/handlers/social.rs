@@ -69,6 +69,14 @@ pub fn presence_events(state: &State, user: &str, since: u64) -> Vec<Value> {
                 if let Some(m) = c.get("status_msg") {
                     content["status_msg"] = m.clone();
                 }
+                if let Some(u) = state.users.get(&p) {
+                    if let Some(d) = &u.displayname {
+                        content["displayname"] = json!(d);
+                    }
+                    if let Some(a) = &u.avatar_url {
+                        content["avatar_url"] = json!(a);
+                    }
+                }
                 out.push(json!({"type": "m.presence", "sender": p, "content": content}));
             }
         }

@@ -132,6 +132,7 @@ pub async fn complete_cas_login(
                     deactivated: false,
                     locked: false,
                     suspended: false,
+                    fields: Default::default(),
                 },
             ),
         }
