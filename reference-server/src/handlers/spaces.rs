@@ -305,6 +305,26 @@ pub fn upload_cross_signing_keys(
             keys.insert(name.to_string(), k);
         }
     }
+    let stored = ctx
+        .server
+        .read(|s| s.cross_signing.get(&me.user_id).cloned())
+        .unwrap_or(json!({}));
+    // Signing keys hang off a master key: the one uploaded with them, or the stored one.
+    let has_master = keys.contains_key("master_key") || stored.get("master_key").is_some();
+    if !has_master
+        && (keys.contains_key("self_signing_key") || keys.contains_key("user_signing_key"))
+    {
+        return Err(ApiError::missing_param(
+            "no master signing key: upload one with the signing keys",
+        ));
+    }
+    // The first master key needs no authentication, and neither does uploading exactly the
+    // keys already stored (a retry); anything else replaces keys, and must be authenticated.
+    let first = stored.get("master_key").is_none();
+    let same = keys.iter().all(|(k, v)| stored.get(k) == Some(v));
+    if !first && !same {
+        super::account::password_uia(ctx, b.auth.as_ref())?;
+    }
     ctx.server.write(|state, batch| {
         let mut all = state
             .cross_signing
