@@ -115,11 +115,18 @@ pub fn parse_token(t: &str) -> ApiResult<u64> {
 }
 
 /// The caller may read this room's history at all: member now or before, or world-readable.
-fn check_can_read(room: &Room, user: &str) -> ApiResult<()> {
-    let member_ever = room.members.contains_key(user);
+fn check_can_read(state: &State, room: &Room, user: &str) -> ApiResult<()> {
+    // A room the user forgot is no longer theirs to read (unless anyone may).
+    let forgotten = !state
+        .user_rooms
+        .get(user)
+        .is_some_and(|r| r.contains(&room.room_id));
+    let member_ever = room.members.contains_key(user) && !forgotten;
     let world = room.world_readable();
     if member_ever || world {
         Ok(())
+    } else if room.members.contains_key(user) {
+        Err(ApiError::forbidden("you forgot this room"))
     } else {
         Err(ApiError::forbidden(
             "you are not, and were never, in this room",
@@ -377,7 +384,7 @@ pub fn get_room_events(
     let to = req.to.as_deref().map(parse_token).transpose()?;
     ctx.server.read(|state| {
         let room = state.room(req.room_id.as_str())?;
-        check_can_read(room, &me.user_id)?;
+        check_can_read(state, room, &me.user_id)?;
         let viewer = (me.user_id.as_str(), me.device_id.as_str());
         let mut chunk: Vec<&Event> = Vec::new();
         let mut last_pos = None;

@@ -45,8 +45,18 @@ pub fn send_state(
         .1)
 }
 
-/// The aliases an `m.room.canonical_alias` event lists must exist and point to the room.
+/// The aliases an `m.room.canonical_alias` event adds must exist and point to the room
+/// (aliases already in the current event are not checked again, nor removed ones).
 fn check_canonical_alias(state: &State, room_id: &str, content: &Value) -> ApiResult<()> {
+    let current = state.state_content(room_id, "m.room.canonical_alias", "");
+    let already = |a: &str| {
+        current.is_some_and(|c| {
+            c.get("alias").and_then(Value::as_str) == Some(a)
+                || c.get("alt_aliases")
+                    .and_then(Value::as_array)
+                    .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(a)))
+        })
+    };
     let mut aliases: Vec<&Value> = content
         .get("alt_aliases")
         .and_then(Value::as_array)
@@ -62,7 +72,7 @@ fn check_canonical_alias(state: &State, room_id: &str, content: &Value) -> ApiRe
         if mxconform_generated::ids::RoomAliasId::parse(a).is_err() {
             return Err(ApiError::invalid_param(format!("{a} is not a room alias")));
         }
-        if state.aliases.get(a).map(|(r, _)| r.as_str()) != Some(room_id) {
+        if !already(a) && state.aliases.get(a).map(|(r, _)| r.as_str()) != Some(room_id) {
             return Err(ApiError::bad_alias(format!(
                 "{a} does not point to this room"
             )));
@@ -238,7 +248,7 @@ fn join_rule(state: &State, room_id: &str) -> String {
 }
 
 /// Whether a restricted room's `allow` list lets `user` join.
-fn restricted_allows(state: &State, room_id: &str, user: &str) -> bool {
+pub(super) fn restricted_allows(state: &State, room_id: &str, user: &str) -> bool {
     let Some(allow) = state
         .state_content(room_id, "m.room.join_rules", "")
         .and_then(|c| c.get("allow"))
@@ -275,6 +285,9 @@ pub fn change_membership(
         _ => false,
     };
     let forbid = |m: &str| Err(ApiError::forbidden(m.to_string()));
+    // A join allowed only by a restricted rule names who authorised it (a member who may
+    // invite), as the auth rules from room version 8 require.
+    let mut authorised_via: Option<String> = None;
     match new {
         "join" => {
             if sender != target {
@@ -287,13 +300,26 @@ pub fn change_membership(
             // The creator's own join, right after the create event.
             let first_join =
                 room.timeline.len() == 1 && room.creators.first().is_some_and(|c| c == target);
-            let ok = first_join
+            let plain = first_join
                 || matches!(target_m.as_deref(), Some("join" | "invite"))
-                || rule == "public"
-                || (matches!(rule.as_str(), "restricted" | "knock_restricted")
-                    && restricted_allows(state, room_id, target));
-            if !ok {
+                || rule == "public";
+            let restricted = !plain
+                && matches!(rule.as_str(), "restricted" | "knock_restricted")
+                && restricted_allows(state, room_id, target);
+            if !plain && !restricted {
                 return forbid("you are not invited to this room");
+            }
+            if restricted {
+                let needed = state.required_level(room, "invite", false);
+                let mut members: Vec<&String> = room.joined().collect();
+                members.sort();
+                authorised_via = members
+                    .into_iter()
+                    .find(|m| State::meets(level(m), needed))
+                    .cloned();
+                if authorised_via.is_none() {
+                    return forbid("no member of the room may authorise your join");
+                }
             }
         }
         "invite" => {
@@ -367,6 +393,9 @@ pub fn change_membership(
         content = json!({});
     }
     content["membership"] = json!(new);
+    if let Some(via) = authorised_via {
+        content["join_authorised_via_users_server"] = json!(via);
+    }
     if matches!(new, "join" | "invite" | "knock") {
         if let Some(u) = state.users.get(target) {
             if content.get("displayname").is_none() {

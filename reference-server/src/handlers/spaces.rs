@@ -1,7 +1,7 @@
 //! Room upgrades, the space hierarchy, cross-signing keys, and the legacy room initial sync
 //! and single-event endpoints.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 use mxconform_generated::client_server as cs;
 use serde_json::{json, Map, Value};
@@ -205,12 +205,15 @@ fn can_preview(room: &Room, state: &State, user: &str) -> bool {
     matches!(room.membership(user), Some("join" | "invite"))
         || content("m.room.history_visibility", "history_visibility")
             == Some(json!("world_readable"))
-        || matches!(
-            content("m.room.join_rules", "join_rule")
-                .as_ref()
-                .and_then(Value::as_str),
-            Some("public" | "knock")
-        )
+        || match content("m.room.join_rules", "join_rule")
+            .as_ref()
+            .and_then(Value::as_str)
+        {
+            Some("public" | "knock" | "knock_restricted") => true,
+            // Restricted rooms show to those who meet one of their conditions.
+            Some("restricted") => super::rooms::restricted_allows(state, &room.room_id, user),
+            _ => false,
+        }
 }
 
 pub fn get_space_hierarchy(
@@ -223,14 +226,29 @@ pub fn get_space_hierarchy(
         .max_depth
         .map(|d| d.max(0) as usize)
         .unwrap_or(usize::MAX);
+    let suggested_only = req.suggested_only.unwrap_or(false);
+    // The token keeps the parameters of the first request, which later pages may not change.
+    let params = format!(
+        "{}.{}",
+        u8::from(suggested_only),
+        req.max_depth.map_or("-".to_string(), |d| d.to_string())
+    );
     let skip: usize = match &req.from {
-        Some(t) => t
-            .strip_prefix('h')
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| ApiError::invalid_param("bad `from` token"))?,
+        Some(t) => {
+            let (n, p) = t
+                .strip_prefix('h')
+                .and_then(|r| r.split_once('_'))
+                .ok_or_else(|| ApiError::invalid_param("bad `from` token"))?;
+            if p != params {
+                return Err(ApiError::invalid_param(
+                    "suggested_only and max_depth cannot change between pages",
+                ));
+            }
+            n.parse()
+                .map_err(|_| ApiError::invalid_param("bad `from` token"))?
+        }
         None => 0,
     };
-    let suggested_only = req.suggested_only.unwrap_or(false);
     ctx.server.read(|s| {
         let root = s.room(&req.room_id)?;
         if !can_preview(root, s, &me.user_id) {
@@ -238,8 +256,9 @@ pub fn get_space_hierarchy(
         }
         let mut out = Vec::new();
         let mut seen = BTreeSet::new();
-        let mut queue = VecDeque::from([(req.room_id.clone(), 0usize)]);
-        while let Some((id, depth)) = queue.pop_front() {
+        // Depth first: each room is followed by its children's subtrees, in order.
+        let mut stack = vec![(req.room_id.clone(), 0usize)];
+        while let Some((id, depth)) = stack.pop() {
             if !seen.insert(id.clone()) {
                 continue;
             }
@@ -251,24 +270,26 @@ pub fn get_space_hierarchy(
             }
             out.push(hierarchy_entry(s, room));
             if depth < max_depth {
-                for (child, p) in children(s, room) {
-                    let suggested = s
-                        .events
-                        .get(&p)
-                        .and_then(|e| e.content.get("suggested"))
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false);
-                    if !suggested_only || suggested {
-                        queue.push_back((child, depth + 1));
-                    }
-                }
+                let kids: Vec<String> = children(s, room)
+                    .into_iter()
+                    .filter(|(_, p)| {
+                        !suggested_only
+                            || s.events
+                                .get(p)
+                                .and_then(|e| e.content.get("suggested"))
+                                .and_then(Value::as_bool)
+                                .unwrap_or(false)
+                    })
+                    .map(|(child, _)| child)
+                    .collect();
+                stack.extend(kids.into_iter().rev().map(|c| (c, depth + 1)));
             }
         }
         let total = out.len();
         let page: Vec<Value> = out.into_iter().skip(skip).take(limit).collect();
         let mut v = json!({"rooms": page});
         if skip + limit < total {
-            v["next_batch"] = json!(format!("h{}", skip + limit));
+            v["next_batch"] = json!(format!("h{}_{params}", skip + limit));
         }
         Ok(v)
     })
