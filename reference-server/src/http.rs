@@ -410,7 +410,7 @@ fn authenticate(server: &Server, token: &str, query: &[(String, String)]) -> Api
             appservice: Some(asv.id.clone()),
         });
     }
-    server.read(|s| {
+    let (authed, refresh_pending) = server.read(|s| {
         let (user, device) = s
             .tokens
             .get(token)
@@ -418,13 +418,29 @@ fn authenticate(server: &Server, token: &str, query: &[(String, String)]) -> Api
         if s.users.get(user).is_some_and(|u| u.deactivated) {
             return Err(ApiError::unknown_token("this account is deactivated"));
         }
-        Ok(Authed {
-            user_id: user.clone(),
-            device_id: device.clone(),
-            token: token.to_string(),
-            appservice: None,
-        })
-    })
+        let pending = s
+            .devices
+            .get(user)
+            .and_then(|d| d.get(device))
+            .is_some_and(|d| d.prev_refresh.is_some());
+        Ok((
+            Authed {
+                user_id: user.clone(),
+                device_id: device.clone(),
+                token: token.to_string(),
+                appservice: None,
+            },
+            pending,
+        ))
+    })?;
+    // The first use of a refreshed access token retires the refresh token it replaced.
+    if refresh_pending {
+        server.write(|s, batch| {
+            s.settle_refresh(batch, &authed.user_id, &authed.device_id);
+            Ok(())
+        })?;
+    }
+    Ok(authed)
 }
 
 fn pick_route(

@@ -78,6 +78,9 @@ pub struct Device {
     pub token: String,
     /// A refresh token, for clients that asked for one.
     pub refresh: Option<String>,
+    /// The refresh token this one replaced: still valid until the new access or refresh
+    /// token is used (a client that lost the refresh answer can retry).
+    pub prev_refresh: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -406,6 +409,14 @@ impl State {
                             .insert(token.clone(), (parts[0].to_string(), parts[1].to_string()));
                     }
                     let refresh = v.get("refresh").and_then(Value::as_str).map(str::to_string);
+                    let prev_refresh = v
+                        .get("prev_refresh")
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
+                    if let Some(r) = &prev_refresh {
+                        self.refresh_tokens
+                            .insert(r.clone(), (parts[0].to_string(), parts[1].to_string()));
+                    }
                     if let Some(r) = &refresh {
                         self.refresh_tokens
                             .insert(r.clone(), (parts[0].to_string(), parts[1].to_string()));
@@ -426,6 +437,7 @@ impl State {
                                     .unwrap_or(0),
                                 token,
                                 refresh,
+                                prev_refresh,
                             },
                         );
                 }
@@ -843,7 +855,7 @@ impl State {
         batch.put(
             "device",
             format!("{user}\u{0}{device_id}"),
-            &json!({"display_name": device.display_name, "last_seen_ts": device.last_seen_ts, "token": device.token, "refresh": device.refresh}),
+            &json!({"display_name": device.display_name, "last_seen_ts": device.last_seen_ts, "token": device.token, "refresh": device.refresh, "prev_refresh": device.prev_refresh}),
         );
         if !device.token.is_empty() {
             self.tokens.insert(
@@ -851,7 +863,7 @@ impl State {
                 (user.to_string(), device_id.to_string()),
             );
         }
-        if let Some(r) = &device.refresh {
+        for r in device.refresh.iter().chain(device.prev_refresh.iter()) {
             self.refresh_tokens
                 .insert(r.clone(), (user.to_string(), device_id.to_string()));
         }
@@ -894,10 +906,27 @@ impl State {
         }
     }
 
+    /// The new access or refresh token of a device was used: its previous refresh token is
+    /// revoked.
+    pub fn settle_refresh(&mut self, batch: &mut Batch, user: &str, device_id: &str) {
+        let Some(mut d) = self
+            .devices
+            .get(user)
+            .and_then(|m| m.get(device_id))
+            .cloned()
+        else {
+            return;
+        };
+        if let Some(old) = d.prev_refresh.take() {
+            self.refresh_tokens.remove(&old);
+            self.put_device(batch, user, device_id, d);
+        }
+    }
+
     pub fn remove_device(&mut self, batch: &mut Batch, user: &str, device_id: &str) {
         if let Some(d) = self.devices.get_mut(user).and_then(|m| m.remove(device_id)) {
             self.tokens.remove(&d.token);
-            if let Some(r) = &d.refresh {
+            for r in d.refresh.iter().chain(d.prev_refresh.iter()) {
                 self.refresh_tokens.remove(r);
             }
         }

@@ -135,25 +135,35 @@ fn new_device(
     let device_id = device_id
         .map(str::to_string)
         .unwrap_or_else(|| random_token(8).to_uppercase().replace(['-', '_'], "X"));
-    // Logging in again with an existing device id replaces its token.
-    if state
-        .devices
-        .get(user)
-        .is_some_and(|d| d.contains_key(&device_id))
-    {
-        state.remove_device(batch, user, &device_id);
-    }
     let token = format!("mxc_{}", random_token(32));
     let refresh = refreshable.then(|| format!("mxr_{}", random_token(32)));
+    // Logging in again with a known device id keeps the device (its name and keys) and gives
+    // it new tokens; the old ones end.
+    let existing = state
+        .devices
+        .get(user)
+        .and_then(|d| d.get(&device_id))
+        .cloned();
+    let display_name = match &existing {
+        Some(old) => {
+            state.tokens.remove(&old.token);
+            for r in old.refresh.iter().chain(old.prev_refresh.iter()) {
+                state.refresh_tokens.remove(r);
+            }
+            old.display_name.clone()
+        }
+        None => name,
+    };
     state.put_device(
         batch,
         user,
         &device_id,
         Device {
-            display_name: name,
+            display_name,
             last_seen_ts: now_ms(),
             token: token.clone(),
             refresh: refresh.clone(),
+            prev_refresh: None,
         },
     );
     ((device_id, token), refresh)
@@ -391,6 +401,21 @@ pub fn login(ctx: &Ctx, req: cs::login::login::Request) -> ApiResult<Value> {
         }
     };
     ctx.server.write(|state, batch| {
+        // A device id may not be one of the user's cross-signing key ids.
+        if let Some(wanted) = b.device_id.as_deref() {
+            let clashes = state.cross_signing.get(&user_id).is_some_and(|keys| {
+                keys.as_object().into_iter().flatten().any(|(_, k)| {
+                    k.get("keys")
+                        .and_then(Value::as_object)
+                        .is_some_and(|ks| ks.keys().any(|id| id.split_once(':').is_some_and(|(_, i)| i == wanted)))
+                })
+            });
+            if clashes {
+                return Err(ApiError::forbidden(
+                    "that device id is one of your cross-signing keys",
+                ));
+            }
+        }
         let ((device_id, token), refresh) = new_device(
             state,
             batch,
@@ -650,7 +675,8 @@ pub fn refresh(ctx: &Ctx, req: cs::refresh::refresh::Request) -> ApiResult<Value
     ctx.server.write(|state, batch| {
         let (user, device_id) = state
             .refresh_tokens
-            .remove(&old)
+            .get(&old)
+            .cloned()
             .ok_or_else(|| ApiError::unknown_token("unknown or already used refresh token"))?;
         let mut device = state
             .devices
@@ -659,6 +685,16 @@ pub fn refresh(ctx: &Ctx, req: cs::refresh::refresh::Request) -> ApiResult<Value
             .cloned()
             .ok_or_else(|| ApiError::unknown_token("that session has ended"))?;
         state.tokens.remove(&device.token);
+        if device.refresh.as_deref() == Some(old.as_str()) {
+            // The current refresh token: it stays valid until the new tokens are used, and
+            // any earlier one ends now.
+            if let Some(earlier) = device.prev_refresh.replace(old.clone()) {
+                state.refresh_tokens.remove(&earlier);
+            }
+        } else if let Some(unused) = device.refresh.take() {
+            // A retry with the previous token: the pair it got before was never used.
+            state.refresh_tokens.remove(&unused);
+        }
         device.token = format!("mxc_{}", random_token(32));
         let refresh = format!("mxr_{}", random_token(32));
         device.refresh = Some(refresh.clone());

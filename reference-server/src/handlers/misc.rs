@@ -276,6 +276,70 @@ pub fn get_room_summary(
 }
 
 /// Room event search over message bodies, names and topics in the caller's joined rooms.
+/// The events around a search result the reader may see (newest first before it, oldest
+/// first after it), pagination tokens around them, and the senders' profiles if asked.
+fn search_context(
+    s: &crate::state::State,
+    room: &crate::state::Room,
+    e: &crate::state::Event,
+    viewer: (&str, &str),
+    before_n: usize,
+    after_n: usize,
+    profiles: bool,
+) -> Value {
+    let idx = room.timeline.iter().position(|p| *p == e.pos).unwrap_or(0);
+    let visible = |p: &&u64| s.events.contains_key(p) && s.can_see(room, viewer.0, **p);
+    let before: Vec<u64> = room.timeline[..idx]
+        .iter()
+        .rev()
+        .filter(visible)
+        .take(before_n)
+        .copied()
+        .collect();
+    let after: Vec<u64> = room.timeline[idx + 1..]
+        .iter()
+        .filter(visible)
+        .take(after_n)
+        .copied()
+        .collect();
+    let events = |ps: &[u64]| -> Vec<Value> {
+        ps.iter()
+            .filter_map(|p| s.events.get(p))
+            .map(|ev| s.client_event(ev, Some(viewer), true))
+            .collect()
+    };
+    let start = before.last().map_or(e.pos, |p| *p).saturating_sub(1);
+    let end = after.last().copied().unwrap_or(e.pos);
+    let mut out = json!({
+        "events_before": events(&before),
+        "events_after": events(&after),
+        "start": format!("t{start}"),
+        "end": format!("t{end}"),
+    });
+    if profiles {
+        let mut info = serde_json::Map::new();
+        for p in before
+            .iter()
+            .chain(after.iter())
+            .chain(std::iter::once(&e.pos))
+        {
+            let Some(sender) = s.events.get(p).map(|ev| ev.sender.clone()) else {
+                continue;
+            };
+            let member = s.state_content(&room.room_id, "m.room.member", &sender);
+            let mut profile = json!({});
+            for k in ["displayname", "avatar_url"] {
+                if let Some(v) = member.and_then(|m| m.get(k)).filter(|v| v.is_string()) {
+                    profile[k] = v.clone();
+                }
+            }
+            info.insert(sender, profile);
+        }
+        out["profile_info"] = Value::Object(info);
+    }
+    out
+}
+
 pub fn search(ctx: &Ctx, req: cs::search::search::Request) -> ApiResult<Value> {
     let me = ctx.me()?;
     let criteria = serde_json::to_value(&req.body.search_categories).map_err(ApiError::internal)?;
@@ -326,6 +390,28 @@ pub fn search(ctx: &Ctx, req: cs::search::search::Request) -> ApiResult<Value> {
                 .map(str::to_string)
                 .collect()
         });
+    let not_rooms: Vec<String> = c
+        .get("filter")
+        .and_then(|f| f.get("not_rooms"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    // Events around each result, when asked for (`before_limit`/`after_limit`, default 5).
+    let context = c.get("event_context").map(|e| {
+        let n = |k: &str| e.get(k).and_then(Value::as_u64).unwrap_or(5).min(100) as usize;
+        (
+            n("before_limit"),
+            n("after_limit"),
+            e.get("include_profile")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        )
+    });
     let group_by_room = c
         .get("groupings")
         .and_then(|g| g.get("group_by"))
@@ -337,19 +423,31 @@ pub fn search(ctx: &Ctx, req: cs::search::search::Request) -> ApiResult<Value> {
     ctx.server.read(|s| {
         let mut hits = Vec::new();
         for room_id in s.user_rooms.get(&me.user_id).into_iter().flatten() {
-            let Some(room) = s.rooms.get(room_id) else { continue };
-            if room.membership(&me.user_id) != Some("join") || only_rooms.as_ref().is_some_and(|r| !r.contains(room_id)) {
+            let Some(room) = s.rooms.get(room_id) else {
+                continue;
+            };
+            if room.membership(&me.user_id) != Some("join")
+                || only_rooms.as_ref().is_some_and(|r| !r.contains(room_id))
+                || not_rooms.contains(room_id)
+            {
                 continue;
             }
             for p in room.timeline.iter().filter(|p| **p < before) {
                 let Some(e) = s.events.get(p) else { continue };
                 let text: String = keys
                     .iter()
-                    .filter_map(|k| e.content.get(k.trim_start_matches("content.")).and_then(Value::as_str))
+                    .filter_map(|k| {
+                        e.content
+                            .get(k.trim_start_matches("content."))
+                            .and_then(Value::as_str)
+                    })
                     .collect::<Vec<_>>()
                     .join(" ")
                     .to_lowercase();
-                if !words.is_empty() && words.iter().all(|w| text.contains(w)) && s.can_see(room, &me.user_id, *p) {
+                if !words.is_empty()
+                    && words.iter().all(|w| text.contains(w))
+                    && s.can_see(room, &me.user_id, *p)
+                {
                     hits.push(e);
                 }
             }
@@ -358,15 +456,26 @@ pub fn search(ctx: &Ctx, req: cs::search::search::Request) -> ApiResult<Value> {
         let count = hits.len();
         let more = hits.len() > limit;
         hits.truncate(limit);
+        let viewer = (me.user_id.as_str(), me.device_id.as_str());
         let results: Vec<Value> = hits
             .iter()
-            .map(|e| json!({"rank": 1.0, "result": s.client_event(e, Some((&me.user_id, &me.device_id)), true)}))
+            .map(|e| {
+                let mut r = json!({"rank": 1.0, "result": s.client_event(e, Some(viewer), true)});
+                if let (Some((before_n, after_n, profiles)), Some(room)) =
+                    (context, s.rooms.get(&e.room_id))
+                {
+                    r["context"] = search_context(s, room, e, viewer, before_n, after_n, profiles);
+                }
+                r
+            })
             .collect();
         let mut room_events = json!({"results": results, "count": count, "highlights": words});
         if group_by_room {
             let mut groups = serde_json::Map::new();
             for e in &hits {
-                let g = groups.entry(e.room_id.clone()).or_insert_with(|| json!({"results": [], "order": 0}));
+                let g = groups
+                    .entry(e.room_id.clone())
+                    .or_insert_with(|| json!({"results": [], "order": 0}));
                 if let Some(list) = g["results"].as_array_mut() {
                     list.push(json!(e.event_id));
                 }

@@ -135,7 +135,12 @@ pub fn set_push_rule(ctx: &Ctx, req: cs::pushrules::set_push_rule::Request) -> A
             (None, Some(id)) => anchor(id, list)? + 1,
             (None, None) => old.unwrap_or(first_default).min(first_default),
         };
-        list.insert(at, rule);
+        // `.m.rule.master` stays above every other rule, user rules included.
+        let floor = usize::from(
+            list.first()
+                .is_some_and(|r| r["rule_id"] == ".m.rule.master"),
+        );
+        list.insert(at.max(floor), rule);
         save(state, batch, &me.user_id, rules);
         Ok(json!({}))
     })
