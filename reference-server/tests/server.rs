@@ -769,7 +769,7 @@ async fn keys_to_device_media_and_push_rules() {
     assert_eq!(resp.headers()["content-type"], "text/plain");
     assert_eq!(resp.body().as_ref(), b"hello bytes");
 
-    // Push rules: the predefined set, a user rule placed before the defaults.
+    // Push rules: the predefined set, a user rule placed before the defaults but after master.
     let rules = c
         .ok("GET", "/_matrix/client/v3/pushrules/", Some(&at), None)
         .await;
@@ -789,7 +789,9 @@ async fn keys_to_device_media_and_push_rules() {
             None,
         )
         .await;
-    assert_eq!(rules["override"][0]["rule_id"], "mine");
+    // User rules go before the server defaults, except .m.rule.master, which stays first.
+    assert_eq!(rules["override"][0]["rule_id"], ".m.rule.master");
+    assert_eq!(rules["override"][1]["rule_id"], "mine");
     let (s, _) = c
         .call(
             "DELETE",
