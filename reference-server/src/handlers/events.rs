@@ -499,8 +499,15 @@ pub fn get_event_context(
                 }
             }
         }
+        // Lazy loading thins out only the membership events: the other state stays.
         let st: Vec<Value> = if filter.lazy_load_members {
-            lazy_members(state, room, &all, viewer)
+            let mut st: Vec<Value> = at
+                .into_values()
+                .filter(|e| e.kind != "m.room.member")
+                .map(|e| state.client_event(e, Some(viewer), true))
+                .collect();
+            st.extend(lazy_members(state, room, &all, viewer));
+            st
         } else {
             at.into_values()
                 .map(|e| state.client_event(e, Some(viewer), true))

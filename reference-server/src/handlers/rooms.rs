@@ -81,6 +81,40 @@ fn check_canonical_alias(state: &State, room_id: &str, content: &Value) -> ApiRe
     Ok(())
 }
 
+/// What the spec's size limits allow: type and state key at most 255 bytes, and the whole
+/// event at most 65536 bytes as federation would carry it (estimated as the fields plus room
+/// for the hashes, signatures and references federation adds).
+pub fn check_event_size(
+    room_id: &str,
+    sender: &str,
+    kind: &str,
+    key: Option<&str>,
+    content: &Value,
+) -> ApiResult<()> {
+    const FIELD_MAX: usize = 255;
+    const EVENT_MAX: usize = 65536;
+    /// Hashes, signatures, prev/auth event ids, depth, timestamps and keys.
+    const FEDERATION_OVERHEAD: usize = 1024;
+    if kind.len() > FIELD_MAX {
+        return Err(ApiError::too_large("the event type is over 255 bytes"));
+    }
+    if key.is_some_and(|k| k.len() > FIELD_MAX) {
+        return Err(ApiError::too_large("the state key is over 255 bytes"));
+    }
+    let size = content.to_string().len()
+        + kind.len()
+        + key.map_or(0, str::len)
+        + room_id.len()
+        + sender.len()
+        + FEDERATION_OVERHEAD;
+    if size > EVENT_MAX {
+        return Err(ApiError::too_large(format!(
+            "the event would be about {size} bytes; events are at most 65536"
+        )));
+    }
+    Ok(())
+}
+
 /// The auth rules for a non-membership event from `sender`.
 pub fn check_send(
     state: &State,
@@ -90,6 +124,7 @@ pub fn check_send(
     key: Option<&str>,
     content: &Value,
 ) -> ApiResult<()> {
+    check_event_size(room_id, sender, kind, key, content)?;
     let room = state.room(room_id)?;
     if room.membership(sender) != Some("join") {
         return Err(ApiError::forbidden(format!(
