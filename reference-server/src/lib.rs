@@ -45,6 +45,9 @@ pub struct Config {
     pub max_json_body: usize,
     /// The TURN server handed to clients for VoIP; `None` answers getTurnServer with 404.
     pub turn: Option<Turn>,
+    /// The URL clients reach this server at (well-known, links in mail); `None` uses the
+    /// address it listens on.
+    pub public_base_url: Option<String>,
     /// Registered application services.
     pub appservices: Vec<appservice::AppService>,
     /// Server administrators (user ids): they may look up, lock and suspend accounts.
@@ -97,6 +100,7 @@ impl Config {
             max_body: 50 * 1024 * 1024,
             max_json_body: 1024 * 1024,
             turn: None,
+            public_base_url: None,
             appservices: Vec::new(),
             admins: Vec::new(),
             mail: None,
@@ -123,11 +127,20 @@ pub struct Server {
     pub config: Config,
     /// This server, for work it schedules for later (typing timeouts).
     me: std::sync::OnceLock<std::sync::Weak<Server>>,
-    /// The URL clients reach this server at (for links in mail), once it listens.
+    /// The URL clients reach this server at (well-known, links in mail), once it listens.
     pub base_url: std::sync::OnceLock<String>,
 }
 
 impl Server {
+    /// The URL clients reach this server at: configured, else where it listens, else (not
+    /// listening: tests) `https://<server_name>`.
+    pub fn public_url(&self) -> String {
+        self.base_url
+            .get()
+            .cloned()
+            .unwrap_or_else(|| format!("https://{}", self.config.server_name))
+    }
+
     /// Opens the database (running migrations) and rebuilds the state from it.
     pub fn open(config: Config) -> Result<Arc<Server>, String> {
         if let Some(dir) = config.db.as_ref().and_then(|p| p.parent()) {
@@ -287,7 +300,14 @@ pub async fn serve(server: Arc<Server>, addr: SocketAddr) -> Result<Running, Str
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let _ = server.base_url.set(format!("http://{addr}"));
+    let _ = server.base_url.set(
+        server
+            .config
+            .public_base_url
+            .clone()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| format!("http://{addr}")),
+    );
     for asv in server.config.appservices.iter().filter(|a| a.url.is_some()) {
         tokio::spawn(appservice::push_transactions(
             Arc::downgrade(&server),

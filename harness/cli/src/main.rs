@@ -134,6 +134,10 @@ struct ServeArgs {
     /// An application-service registration file (YAML, as other homeservers read; repeatable).
     #[arg(long = "appservice")]
     appservices: Vec<PathBuf>,
+    /// The URL clients reach this server at, for the well-known and links in mail (default:
+    /// the address it listens on).
+    #[arg(long)]
+    public_baseurl: Option<String>,
     /// A server administrator's user id (repeatable): may look up, lock and suspend accounts.
     #[arg(long = "admin")]
     admins: Vec<String>,
@@ -637,6 +641,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         args.appservices.iter().map(|p| (p.clone(), None)).collect();
     config.appservices = load_appservices(&files, &args.server_name)?;
     config.admins = args.admins.clone();
+    config.public_base_url = args.public_baseurl.clone();
     config.cas = args
         .cas_url
         .clone()

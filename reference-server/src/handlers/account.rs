@@ -405,9 +405,10 @@ pub fn login(ctx: &Ctx, req: cs::login::login::Request) -> ApiResult<Value> {
         if let Some(wanted) = b.device_id.as_deref() {
             let clashes = state.cross_signing.get(&user_id).is_some_and(|keys| {
                 keys.as_object().into_iter().flatten().any(|(_, k)| {
-                    k.get("keys")
-                        .and_then(Value::as_object)
-                        .is_some_and(|ks| ks.keys().any(|id| id.split_once(':').is_some_and(|(_, i)| i == wanted)))
+                    k.get("keys").and_then(Value::as_object).is_some_and(|ks| {
+                        ks.keys()
+                            .any(|id| id.split_once(':').is_some_and(|(_, i)| i == wanted))
+                    })
                 })
             });
             if clashes {
@@ -425,7 +426,7 @@ pub fn login(ctx: &Ctx, req: cs::login::login::Request) -> ApiResult<Value> {
             b.refresh_token.unwrap_or(false),
         );
         let mut v = session_json(&user_id, &device_id, &token, refresh);
-        v["well_known"] = json!({"m.homeserver": {"base_url": format!("https://{}", ctx.server.config.server_name)}});
+        v["well_known"] = json!({"m.homeserver": {"base_url": ctx.server.public_url()}});
         Ok(v)
     })
 }

@@ -20,11 +20,11 @@ pub fn get_versions(_ctx: &Ctx, _req: cs::versions::get_versions::Request) -> Ap
 }
 
 pub fn get_wellknown(ctx: &Ctx, _req: cs::wellknown::get_wellknown::Request) -> ApiResult<Value> {
-    Ok(json!({"m.homeserver": {"base_url": format!("https://{}", ctx.server.config.server_name)}}))
+    Ok(json!({"m.homeserver": {"base_url": ctx.server.public_url()}}))
 }
 
 pub fn get_capabilities(
-    _ctx: &Ctx,
+    ctx: &Ctx,
     _req: cs::capabilities::get_capabilities::Request,
 ) -> ApiResult<Value> {
     let available: serde_json::Map<String, Value> = ROOM_VERSIONS
@@ -36,7 +36,8 @@ pub fn get_capabilities(
         "m.room_versions": {"default": DEFAULT_ROOM_VERSION, "available": available},
         "m.set_displayname": {"enabled": true},
         "m.set_avatar_url": {"enabled": true},
-        "m.3pid_changes": {"enabled": false},
+        // Addresses can be added when there is a way to validate them.
+        "m.3pid_changes": {"enabled": ctx.server.config.mail.is_some() || ctx.server.config.msisdn_delegate.is_some()},
         "m.get_login_token": {"enabled": true},
         "m.profile_fields": {"enabled": true},
     }}))

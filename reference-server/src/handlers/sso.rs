@@ -20,7 +20,7 @@ pub const TICKET_PATH: &str = "/_mxconform/sso/cas/ticket";
 
 /// This server's ticket endpoint for a client's `redirectUrl` (the CAS `service`).
 fn service_url(server: &Server, redirect_url: &str) -> String {
-    let base = server.base_url.get().cloned().unwrap_or_default();
+    let base = server.public_url();
     format!(
         "{base}{TICKET_PATH}?redirectUrl={}",
         percent_encode(redirect_url)

@@ -145,7 +145,7 @@ fn request_email_token(
         state.put_threepid_session(batch, &sid, session);
         Ok((sid, Some(token)))
     })?;
-    let base = ctx.server.base_url.get().cloned().unwrap_or_default();
+    let base = ctx.server.public_url();
     let submit_url = format!("{base}{SUBMIT_PATH}");
     let Some(token) = to_send else {
         return Ok(Reply::from(json!({"sid": sid, "submit_url": submit_url})));
@@ -340,7 +340,7 @@ fn request_msisdn_token(
             state.put_threepid_session(batch, &sid, session);
             Ok(())
         })?;
-        let base = server.base_url.get().cloned().unwrap_or_default();
+        let base = server.public_url();
         Ok(json!({
             "sid": sid,
             "submit_url": format!("{base}{MSISDN_SUBMIT_PATH}"),
