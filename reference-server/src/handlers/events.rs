@@ -554,15 +554,17 @@ pub fn get_members_by_room(
             let Some((p, m)) = log.iter().take_while(|(p, _)| *p <= limit_pos).last() else {
                 continue;
             };
-            if let Some(want) = &req.membership {
-                if want.as_str() != m {
-                    continue;
-                }
-            }
-            if let Some(not) = &req.not_membership {
-                if not.as_str() == m {
-                    continue;
-                }
+            // Given together, the two make an "or": the membership is `membership`, or it is
+            // not `not_membership` (v1.19's wording).
+            let is = req.membership.as_ref().map(|w| w.as_str() == m);
+            let is_not = req.not_membership.as_ref().map(|n| n.as_str() != m);
+            let keep = match (is, is_not) {
+                (Some(a), Some(b)) => a || b,
+                (Some(a), None) | (None, Some(a)) => a,
+                (None, None) => true,
+            };
+            if !keep {
+                continue;
             }
             if let Some(e) = state.events.get(p) {
                 chunk.push((user.clone(), state.client_event(e, Some(viewer), true)));

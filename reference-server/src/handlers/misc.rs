@@ -169,6 +169,10 @@ pub fn report_event(ctx: &Ctx, req: cs::report_content::report_event::Request) -
     let me = ctx.me()?;
     ctx.server.read(|s| {
         let room = s.room(&req.room_id)?;
+        // Only members report: the caller must be joined to the room.
+        if room.membership(&me.user_id) != Some("join") {
+            return Err(ApiError::not_found("you are not joined to that room"));
+        }
         let visible = s
             .event_ids
             .get(&req.event_id)
