@@ -28,6 +28,8 @@ struct SyncFilter {
     room_account_data: EventFilter,
     ephemeral: EventFilter,
     presence: EventFilter,
+    /// Notification counts per thread (`unread_thread_notifications` in the timeline filter).
+    thread_counts: bool,
 }
 
 impl SyncFilter {
@@ -58,6 +60,11 @@ impl SyncFilter {
             room_account_data: part(room.get("account_data")),
             ephemeral: part(room.get("ephemeral")),
             presence: part(v.get("presence")),
+            thread_counts: room
+                .get("timeline")
+                .and_then(|t| t.get("unread_thread_notifications"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         }
     }
 }
@@ -186,9 +193,31 @@ fn room_section(
     }
     st.retain(|_, e| filter.state.matches(e));
     if filter.state_lazy {
-        let mut senders: Vec<&str> = timeline_events.iter().map(|e| e.sender.as_str()).collect();
-        senders.push(&me.user_id);
-        st.retain(|(kind, key), _| kind != "m.room.member" || senders.contains(&key.as_str()));
+        // Lazy loading: the memberships of the timeline's senders (and the heroes) as at the
+        // start of the timeline, whether or not an earlier response carried them (sending
+        // them again is allowed, and is what include_redundant_members asks).
+        let mut wanted: Vec<&str> = timeline_events.iter().map(|e| e.sender.as_str()).collect();
+        wanted.push(&me.user_id);
+        if joined {
+            wanted.extend(heroes(room, &me.user_id).into_iter().map(String::as_str));
+        }
+        st.retain(|(kind, key), _| kind != "m.room.member" || wanted.contains(&key.as_str()));
+        // Only alongside something to show: an unchanged room stays out of the response.
+        let showing = whole || !timeline_events.is_empty();
+        for user in wanted.into_iter().filter(|_| showing) {
+            let key = ("m.room.member".to_string(), user.to_string());
+            if st.contains_key(&key) {
+                continue;
+            }
+            let before_timeline = room
+                .members
+                .get(user)
+                .and_then(|log| log.iter().take_while(|(p, _)| *p < first).last())
+                .and_then(|(p, _)| state.events.get(p));
+            if let Some(e) = before_timeline.filter(|e| filter.state.matches(e)) {
+                st.insert(key, e);
+            }
+        }
     }
     let state_events: Vec<Value> = st
         .values()
@@ -274,24 +303,129 @@ fn room_section(
             .values()
             .filter(|l| l.last().is_some_and(|(_, m)| m == "invite"))
             .count();
-        // Heroes: the first five other members, joined or invited, in stream order.
-        let mut members: Vec<(u64, &String)> = room
-            .members
-            .iter()
-            .filter(|(u, l)| {
-                **u != me.user_id && l.last().is_some_and(|(_, m)| m == "join" || m == "invite")
-            })
-            .map(|(u, l)| (l.first().map_or(0, |(p, _)| *p), u))
-            .collect();
-        members.sort();
-        let heroes: Vec<&String> = members.into_iter().take(5).map(|(_, u)| u).collect();
+        let heroes = heroes(room, &me.user_id);
         section["summary"] = json!({"m.joined_member_count": joined_count, "m.invited_member_count": invited, "m.heroes": heroes});
-        section["unread_notifications"] = {
+        if filter.thread_counts {
+            let (main, threads) = unread_by_thread(state, room, &me.user_id);
+            section["unread_notifications"] =
+                json!({"notification_count": main.0, "highlight_count": main.1});
+            let per: Map<String, Value> = threads
+                .into_iter()
+                .map(|(root, (n, h))| {
+                    (root, json!({"notification_count": n, "highlight_count": h}))
+                })
+                .collect();
+            if !per.is_empty() {
+                section["unread_thread_notifications"] = Value::Object(per);
+            }
+        } else {
             let (notes, highlights) = unread(state, room, &me.user_id);
-            json!({"notification_count": notes, "highlight_count": highlights})
-        };
+            section["unread_notifications"] =
+                json!({"notification_count": notes, "highlight_count": highlights});
+        }
     }
     Some(section)
+}
+
+/// Records that `user` is active with `presence`: written only when it changes, or when the
+/// last activity is over a minute old, so that long-polls do not write on every call.
+fn mark_active(ctx: &Ctx, user: &str, presence: &str) -> ApiResult<()> {
+    let now = now_ms();
+    let fresh = ctx.server.read(|s| {
+        s.presence.get(user).is_some_and(|(c, _)| {
+            c.get("presence").and_then(Value::as_str) == Some(presence)
+                && c.get("last_active_ts")
+                    .and_then(Value::as_u64)
+                    .is_some_and(|t| t + 60_000 > now)
+        })
+    });
+    if fresh {
+        return Ok(());
+    }
+    ctx.server.write(|state, batch| {
+        let pos = state.next_pos(batch);
+        let mut content = state
+            .presence
+            .get(user)
+            .map(|(c, _)| c.clone())
+            .unwrap_or_else(|| json!({}));
+        content["presence"] = json!(presence);
+        content["last_active_ts"] = json!(now);
+        batch.put("presence", user, &json!({"content": content, "pos": pos}));
+        state.presence.insert(user.to_string(), (content, pos));
+        Ok(())
+    })
+}
+
+/// Unread notifications counted apart for the main timeline and each thread: an unthreaded
+/// receipt reads everything before it, a threaded one (`main` or a thread root) only its own
+/// timeline. Returns (main counts, thread root -> counts).
+#[allow(clippy::type_complexity)]
+fn unread_by_thread(
+    state: &State,
+    room: &Room,
+    user: &str,
+) -> ((usize, u32), BTreeMap<String, (usize, u32)>) {
+    let mut unthreaded = room.last_sent.get(user).copied().unwrap_or(0);
+    let mut threaded: BTreeMap<&str, u64> = BTreeMap::new();
+    if let Some((receipts, _)) = state.receipts.get(&room.room_id) {
+        for rtype in ["m.read", "m.read.private"] {
+            for (who, (event_id, _, thread)) in receipts.get(rtype).into_iter().flatten() {
+                if who.split('\u{0}').next() != Some(user) {
+                    continue;
+                }
+                let pos = state.event_ids.get(event_id).copied().unwrap_or(0);
+                match thread.as_deref() {
+                    None => unthreaded = unthreaded.max(pos),
+                    Some(t) => {
+                        let e = threaded.entry(t).or_default();
+                        *e = (*e).max(pos);
+                    }
+                }
+            }
+        }
+    }
+    let mut main = (0, 0);
+    let mut threads: BTreeMap<String, (usize, u32)> = BTreeMap::new();
+    let list = room
+        .notifications
+        .get(user)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let start = list.partition_point(|n| n.pos <= unthreaded);
+    for n in &list[start..] {
+        let root = state
+            .events
+            .get(&n.pos)
+            .and_then(|e| e.content.get("m.relates_to"))
+            .filter(|r| r.get("rel_type").and_then(Value::as_str) == Some("m.thread"))
+            .and_then(|r| r.get("event_id"))
+            .and_then(Value::as_str);
+        let read = threaded.get(root.unwrap_or("main")).copied().unwrap_or(0);
+        if n.pos <= read {
+            continue;
+        }
+        let highlight = u32::from(crate::push_rules::Notification::highlight(&n.actions));
+        let bucket = match root {
+            Some(r) => threads.entry(r.to_string()).or_default(),
+            None => &mut main,
+        };
+        bucket.0 += 1;
+        bucket.1 += highlight;
+    }
+    (main, threads)
+}
+
+/// Heroes: the first five other members, joined or invited, in stream order.
+fn heroes<'a>(room: &'a Room, me: &str) -> Vec<&'a String> {
+    let mut members: Vec<(u64, &String)> = room
+        .members
+        .iter()
+        .filter(|(u, l)| *u != me && l.last().is_some_and(|(_, m)| m == "join" || m == "invite"))
+        .map(|(u, l)| (l.first().map_or(0, |(p, _)| *p), u))
+        .collect();
+    members.sort();
+    members.into_iter().take(5).map(|(_, u)| u).collect()
 }
 
 /// Messages after what the caller has read: its latest read receipt, or its own latest event
@@ -468,6 +602,15 @@ pub fn sync(ctx: &Ctx, req: cs::sync::sync::Request) -> ApiResult<Reply> {
     };
     let full_state = req.full_state.unwrap_or(false);
     let timeout = req.timeout.unwrap_or(0).clamp(0, 300_000) as u64;
+    // Syncing marks the user online (or unavailable), unless they ask to stay offline.
+    let wanted = req
+        .set_presence
+        .as_ref()
+        .map_or("online", |p| p.as_str())
+        .to_string();
+    if wanted != "offline" {
+        mark_active(ctx, &me.user_id, &wanted)?;
+    }
     // To-device messages up to `since` were received: delete them.
     if let Some(s) = since {
         let key = (me.user_id.clone(), me.device_id.clone());
