@@ -183,6 +183,14 @@ impl Run<'_> {
                 .await
                 .map_err(|e| format!("creating actor {actor}: {e}"))?;
         }
+        if !self.scenario.room_versions.is_empty() {
+            if let Some(missing) = self.missing_room_version().await? {
+                self.skipped = Some(format!(
+                    "needs room version {missing}, which the server does not offer"
+                ));
+                return Err("skipped".into());
+            }
+        }
         for (i, step) in self.scenario.steps.iter().enumerate() {
             let message = step.mail.as_ref().or(step.sms.as_ref());
             let label = match (
@@ -354,6 +362,42 @@ impl Run<'_> {
     }
 
     /// Synapse's admin registration: a nonce, then an HMAC-SHA1 over it and the credentials.
+    /// The first of the scenario's room versions the server's capabilities do not list as
+    /// available, asked as the first actor.
+    async fn missing_room_version(&mut self) -> Result<Option<String>, String> {
+        let route = crate::route("getCapabilities").ok_or("no getCapabilities operation")?;
+        let actor = self
+            .scenario
+            .actors
+            .first()
+            .ok_or("room_versions needs an actor to ask /capabilities")?;
+        let token = self.tokens.get(actor).cloned();
+        let resp = self
+            .call(
+                route,
+                &BTreeMap::new(),
+                &[],
+                Body::None,
+                token.as_deref(),
+                false,
+                None,
+            )
+            .await?;
+        if resp.status != 200 {
+            return Err(format!(
+                "/capabilities answered {}: {}",
+                resp.status, resp.body
+            ));
+        }
+        let available = resp.body.pointer("/capabilities/m.room_versions/available");
+        Ok(self
+            .scenario
+            .room_versions
+            .iter()
+            .find(|v| available.and_then(|a| a.get(v.as_str())).is_none())
+            .cloned())
+    }
+
     /// Sets `admin.user_id`, `admin.token` and `admin.localpart`, making the account (or
     /// logging in to it) once per run.
     async fn admin(&mut self) -> Result<(), String> {

@@ -23,6 +23,11 @@ pub struct Scenario {
     /// Peers the scenario needs (`appservice`, `mail`, `web`); without them it is skipped.
     #[serde(default)]
     pub needs: Vec<String>,
+    /// Room versions the scenario creates rooms of: skipped (with the reason) when the
+    /// server's capabilities do not list one of them as available. Servers need not offer
+    /// every version.
+    #[serde(default)]
+    pub room_versions: Vec<String>,
     /// Bound on the whole scenario, in milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,

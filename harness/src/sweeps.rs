@@ -76,6 +76,7 @@ fn sweep(
         spec,
         actors,
         needs: Vec::new(),
+        room_versions: Vec::new(),
         timeout_ms: None,
         steps: vec![step],
         area: "sweeps".into(),

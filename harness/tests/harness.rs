@@ -201,6 +201,10 @@ fn fake_homeserver() -> Handler {
                 Answer::Json(403, json!({"error": "no errcode here"}))
             }
             ("GET", "/_matrix/client/v3/sync") => Answer::Json(200, json!({"next_batch": "n1"})),
+            ("GET", "/_matrix/client/v3/capabilities") => Answer::Json(
+                200,
+                json!({"capabilities": {"m.room_versions": {"default": "11", "available": {"11": "stable"}}}}),
+            ),
             // The spec documents this 404 without a body; joined_rooms documents no 404 at all.
             ("GET", "/.well-known/matrix/support") => Answer::Html(404),
             ("GET", "/_matrix/client/v3/joined_rooms") => Answer::Html(404),
@@ -264,6 +268,8 @@ fn scenarios_against_a_fake_server() {
             ("directory/error_shape", &format!("description: a 403 without errcode\n{SPEC}actors: [alice]\nsteps:\n  - call: setRoomAlias\n    path: {{roomAlias: \"#a:fake.test\"}}\n    body: {{room_id: \"!r:fake.test\"}}\n    expect: {{status: 403}}\n")),
             ("directory/listed_and_failing", &format!("description: listed as a deviation and failing\n{SPEC}steps:\n  - call: getRoomIdByAlias\n    path: {{roomAlias: \"#a:fake.test\"}}\n")),
             ("rooms/listed_but_passing", &format!("description: listed as a deviation but passing\n{SPEC}actors: [alice]\nsteps:\n  - call: createRoom\n")),
+            ("rooms/needs_old_version", &format!("description: needs room version 6\n{SPEC}actors: [alice]\nroom_versions: [\"6\"]\nsteps:\n  - call: createRoom\n    body: {{room_version: \"6\"}}\n")),
+            ("rooms/offered_version", &format!("description: needs room version 11\n{SPEC}actors: [alice]\nroom_versions: [\"11\"]\nsteps:\n  - call: createRoom\n    body: {{room_version: \"11\"}}\n")),
             ("account/needs_admin", &format!("description: needs an administrator\n{SPEC}needs: [admin]\nsteps:\n  - call: getWhoIs\n    token: \"{{{{admin.token}}}}\"\n    path: {{userId: \"@a:fake.test\"}}\n")),
             ("account/needs_mail", &format!("description: needs the mail peer\n{SPEC}needs: [mail]\nactors: [alice]\nsteps:\n  - mail: {{to: \"a@b.test\"}}\n")),
             ("rooms/newer_than_server", &format!("description: an operation from v1.19\n{SPEC}actors: [alice]\nsteps:\n  - call: getMutualRooms\n    query: {{user_id: \"{{{{alice.user_id}}}}\"}}\n")),
@@ -341,6 +347,12 @@ fn scenarios_against_a_fake_server() {
         "added in v1.19",
     );
     expect(
+        "rooms/needs_old_version",
+        Outcome::Skipped,
+        "needs room version 6, which the server does not offer",
+    );
+    expect("rooms/offered_version", Outcome::Passed, "");
+    expect(
         "account/needs_admin",
         Outcome::Skipped,
         "needs an administrator account, which profile `fake` does not name",
@@ -371,7 +383,7 @@ fn scenarios_against_a_fake_server() {
             t.unexpected_passes,
             t.skipped
         ),
-        (12, 2, 5, 1, 1, 3)
+        (14, 3, 5, 1, 1, 4)
     );
     assert!(out.conclusion.is_none());
     assert!(!out.report.success());
@@ -389,7 +401,7 @@ fn scenarios_against_a_fake_server() {
         .contains(&"getRoomIdByAlias".to_string()));
     // Reports render.
     let md = out.report.to_markdown();
-    assert!(md.contains("| Rooms | 20% (1/5) | 4 | 0 | 1 |"), "{md}");
+    assert!(md.contains("| Rooms | 33% (2/6) | 4 | 0 | 2 |"), "{md}");
     let junit = out.report.to_junit();
     assert!(
         junit.contains("<testcase classname=\"rooms\" name=\"rooms/create\""),

@@ -261,6 +261,22 @@ pub fn post_receipt(ctx: &Ctx, req: cs::receipts::post_receipt::Request) -> ApiR
     if rtype == "m.fully_read" && thread.is_some() {
         return Err(ApiError::invalid_param("m.fully_read takes no thread_id"));
     }
+    // The main timeline's receipt is for an event outside every thread.
+    if thread.as_deref() == Some("main") {
+        let event_id = req.event_id.as_str();
+        let in_thread = ctx.server.read(|s| {
+            s.event_ids
+                .get(event_id)
+                .and_then(|p| s.events.get(p))
+                .and_then(|e| e.content.get("m.relates_to"))
+                .is_some_and(|r| r.get("rel_type").and_then(Value::as_str) == Some("m.thread"))
+        });
+        if in_thread {
+            return Err(ApiError::invalid_param(
+                "that event is in a thread, not the main timeline",
+            ));
+        }
+    }
     // A thread's receipt is for its root or one of its replies.
     if let Some(t) = thread.as_deref().filter(|t| *t != "main") {
         let event_id = req.event_id.as_str();
