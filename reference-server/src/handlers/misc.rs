@@ -350,6 +350,11 @@ pub fn search(ctx: &Ctx, req: cs::search::search::Request) -> ApiResult<Value> {
     let Some(c) = criteria.get("room_events") else {
         return Ok(json!({"search_categories": {}}));
     };
+    if let Some(order) = c.get("order_by") {
+        if !matches!(order.as_str(), Some("recent" | "rank")) {
+            return Err(ApiError::invalid_param("order_by is `recent` or `rank`"));
+        }
+    }
     let term = c
         .get("search_term")
         .and_then(Value::as_str)
