@@ -179,15 +179,10 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
     };
 
     if let Some(u) = &user {
-        let (locked, suspended) = server.read(|s| {
-            s.users
-                .get(&u.user_id)
-                .map_or((false, false), |x| (x.locked, x.suspended))
-        });
-        if locked && !handlers::admin::OPEN_WHEN_LOCKED.contains(&route.operation_id) {
+        if u.locked && !handlers::admin::OPEN_WHEN_LOCKED.contains(&route.operation_id) {
             return Err(ApiError::user_locked("this account is locked"));
         }
-        if suspended && handlers::admin::BARRED_WHEN_SUSPENDED.contains(&route.operation_id) {
+        if u.suspended && handlers::admin::BARRED_WHEN_SUSPENDED.contains(&route.operation_id) {
             return Err(ApiError::user_suspended("this account is suspended"));
         }
     }
@@ -400,14 +395,18 @@ fn authenticate(server: &Server, token: &str, query: &[(String, String)]) -> Api
                 "the application service's namespaces do not include that user",
             ));
         }
-        if user_id != asv.sender && !server.read(|s| s.users.contains_key(&user_id)) {
+        let account = server.read(|s| s.users.get(&user_id).map(|u| (u.locked, u.suspended)));
+        if user_id != asv.sender && account.is_none() {
             return Err(ApiError::forbidden("that user is not registered"));
         }
+        let (locked, suspended) = account.unwrap_or_default();
         return Ok(Authed {
             user_id,
             device_id: String::new(),
             token: token.to_string(),
             appservice: Some(asv.id.clone()),
+            locked,
+            suspended,
         });
     }
     let (authed, refresh_pending) = server.read(|s| {
@@ -415,7 +414,8 @@ fn authenticate(server: &Server, token: &str, query: &[(String, String)]) -> Api
             .tokens
             .get(token)
             .ok_or_else(|| ApiError::unknown_token("unknown or expired access token"))?;
-        if s.users.get(user).is_some_and(|u| u.deactivated) {
+        let account = s.users.get(user);
+        if account.is_some_and(|u| u.deactivated) {
             return Err(ApiError::unknown_token("this account is deactivated"));
         }
         let pending = s
@@ -429,6 +429,8 @@ fn authenticate(server: &Server, token: &str, query: &[(String, String)]) -> Api
                 device_id: device.clone(),
                 token: token.to_string(),
                 appservice: None,
+                locked: account.is_some_and(|u| u.locked),
+                suspended: account.is_some_and(|u| u.suspended),
             },
             pending,
         ))

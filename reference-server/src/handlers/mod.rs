@@ -44,6 +44,9 @@ pub struct Authed {
     pub token: String,
     /// The application service's id, when the token is its `as_token`.
     pub appservice: Option<String>,
+    /// The account is locked / suspended by an administrator (read with the token).
+    pub locked: bool,
+    pub suspended: bool,
 }
 
 /// What a handler sees besides its decoded request.
