@@ -175,46 +175,38 @@ fn lookup(
     })
 }
 
-pub fn query_location_by_protocol(
+/// A lookup by a protocol's fields (`kind`: `location` or `user`), asked of the bridges that
+/// declare the protocol.
+fn lookup_by_protocol(
     ctx: &Ctx,
-    req: cs::third_party_lookup::query_location_by_protocol::Request,
+    protocol: &str,
+    kind: &str,
+    none: &'static str,
 ) -> ApiResult<Reply> {
     ctx.me()?;
-    let services = services_for(ctx, Some(&req.protocol));
+    let services = services_for(ctx, Some(protocol));
     if services.is_empty() {
         return Err(ApiError::not_found("no bridge declares that protocol"));
     }
     let path = format!(
-        "thirdparty/location/{}",
-        crate::router::percent_encode(&req.protocol)
+        "thirdparty/{kind}/{}",
+        crate::router::percent_encode(protocol)
     );
-    Ok(lookup(
-        services,
-        path,
-        forwarded_query(ctx),
-        "no portal rooms were found",
-    ))
+    Ok(lookup(services, path, forwarded_query(ctx), none))
+}
+
+pub fn query_location_by_protocol(
+    ctx: &Ctx,
+    req: cs::third_party_lookup::query_location_by_protocol::Request,
+) -> ApiResult<Reply> {
+    lookup_by_protocol(ctx, &req.protocol, "location", "no portal rooms were found")
 }
 
 pub fn query_user_by_protocol(
     ctx: &Ctx,
     req: cs::third_party_lookup::query_user_by_protocol::Request,
 ) -> ApiResult<Reply> {
-    ctx.me()?;
-    let services = services_for(ctx, Some(&req.protocol));
-    if services.is_empty() {
-        return Err(ApiError::not_found("no bridge declares that protocol"));
-    }
-    let path = format!(
-        "thirdparty/user/{}",
-        crate::router::percent_encode(&req.protocol)
-    );
-    Ok(lookup(
-        services,
-        path,
-        forwarded_query(ctx),
-        "no users were found",
-    ))
+    lookup_by_protocol(ctx, &req.protocol, "user", "no users were found")
 }
 
 pub fn query_location_by_alias(
