@@ -168,25 +168,7 @@ impl Server {
             server
                 .write(|state, batch| {
                     if !state.users.contains_key(&sender) {
-                        let localpart = sender
-                            .trim_start_matches('@')
-                            .split(':')
-                            .next()
-                            .unwrap_or_default()
-                            .to_string();
-                        state.put_user(
-                            batch,
-                            state::User {
-                                user_id: sender.clone(),
-                                password_hash: None,
-                                displayname: Some(localpart),
-                                avatar_url: None,
-                                deactivated: false,
-                                locked: false,
-                                suspended: false,
-                                fields: Default::default(),
-                            },
-                        );
+                        state.put_user(batch, state::User::new(&sender, None));
                     }
                     Ok(())
                 })

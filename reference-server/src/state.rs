@@ -58,6 +58,25 @@ pub struct User {
 }
 
 impl User {
+    /// A new, active account, its display name its localpart.
+    pub fn new(user_id: &str, password_hash: Option<String>) -> User {
+        let localpart = user_id
+            .trim_start_matches('@')
+            .split(':')
+            .next()
+            .unwrap_or_default();
+        User {
+            user_id: user_id.to_string(),
+            password_hash,
+            displayname: Some(localpart.to_string()),
+            avatar_url: None,
+            deactivated: false,
+            locked: false,
+            suspended: false,
+            fields: Default::default(),
+        }
+    }
+
     fn to_record(&self) -> Value {
         json!({
             "password_hash": self.password_hash,

@@ -257,19 +257,7 @@ pub fn register(ctx: &Ctx, req: cs::registration::register::Request) -> ApiResul
         if state.users.contains_key(&user_id) {
             return Err(ApiError::user_in_use("that user name is taken"));
         }
-        state.put_user(
-            batch,
-            User {
-                user_id: user_id.clone(),
-                password_hash: hash,
-                displayname: Some(localpart.clone()),
-                avatar_url: None,
-                deactivated: false,
-                locked: false,
-                suspended: false,
-                fields: Default::default(),
-            },
-        );
+        state.put_user(batch, User::new(&user_id, hash));
         if inhibit {
             return Ok(json!({"user_id": user_id}));
         }

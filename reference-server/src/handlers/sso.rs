@@ -122,19 +122,7 @@ pub async fn complete_cas_login(
                 return Err(ApiError::user_deactivated("this account is deactivated"))
             }
             Some(_) => {}
-            None => state.put_user(
-                batch,
-                User {
-                    user_id: user_id.clone(),
-                    password_hash: None,
-                    displayname: Some(localpart.clone()),
-                    avatar_url: None,
-                    deactivated: false,
-                    locked: false,
-                    suspended: false,
-                    fields: Default::default(),
-                },
-            ),
+            None => state.put_user(batch, User::new(&user_id, None)),
         }
         Ok(super::account::issue_login_token(state, &user_id).0)
     })?;
