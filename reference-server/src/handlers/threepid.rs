@@ -86,6 +86,26 @@ fn canonical_email(s: &str) -> Option<String> {
     ok.then(|| s.to_lowercase())
 }
 
+/// Whether a validation for `purpose` may start: `register` and `add` need an address no
+/// account has, `reset` one that an account has.
+fn check_purpose(
+    state: &crate::state::State,
+    medium: &str,
+    address: &str,
+    purpose: &str,
+) -> ApiResult<()> {
+    let bound = state
+        .threepids
+        .contains_key(&(medium.to_string(), address.to_string()));
+    match purpose {
+        "reset" if !bound => Err(ApiError::threepid_not_found("no account has that address")),
+        "register" | "add" if bound => Err(ApiError::threepid_in_use(
+            "an account already has that address",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Starts (or continues) a validation session and mails its token, for `purpose`:
 /// `register` and `add` need an address no account has, `reset` one that an account has.
 fn request_email_token(
@@ -104,22 +124,7 @@ fn request_email_token(
     let address = canonical_email(&b.email)
         .ok_or_else(|| ApiError::invalid_param("that is not an e-mail address"))?;
     let (sid, to_send) = ctx.server.write(|state, batch| {
-        let bound = state
-            .threepids
-            .contains_key(&("email".to_string(), address.clone()));
-        match purpose {
-            "reset" if !bound => {
-                return Err(ApiError::threepid_not_found(
-                    "no account has that e-mail address",
-                ))
-            }
-            "register" | "add" if bound => {
-                return Err(ApiError::threepid_in_use(
-                    "an account already has that e-mail address",
-                ))
-            }
-            _ => {}
-        }
+        check_purpose(state, "email", &address, purpose)?;
         let existing = state.threepid_sessions.iter().find(|(_, s)| {
             s.client_secret == b.client_secret && s.address == address && s.purpose == purpose
         });
@@ -275,23 +280,8 @@ fn request_msisdn_token(
     let msisdn = canonical_msisdn(&b.country, &b.phone_number).ok_or_else(|| {
         ApiError::invalid_param("not a phone number of a country this server knows")
     })?;
-    let bound = ctx.server.read(|s| {
-        s.threepids
-            .contains_key(&("msisdn".to_string(), msisdn.clone()))
-    });
-    match purpose {
-        "reset" if !bound => {
-            return Err(ApiError::threepid_not_found(
-                "no account has that phone number",
-            ))
-        }
-        "register" | "add" if bound => {
-            return Err(ApiError::threepid_in_use(
-                "an account already has that phone number",
-            ))
-        }
-        _ => {}
-    }
+    ctx.server
+        .read(|s| check_purpose(s, "msisdn", &msisdn, purpose))?;
     ctx.server
         .write(|state, batch| admit_message(state, batch, &msisdn))?;
     let server = ctx
