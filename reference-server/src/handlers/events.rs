@@ -429,6 +429,50 @@ pub fn get_room_events(
     })
 }
 
+/// The events around one at `pos` that `keep` accepts: up to `before_n` before it (newest
+/// first) and `after_n` after it (oldest first), with the pagination tokens around them
+/// (/context and search results).
+pub(super) struct Around {
+    pub before: Vec<u64>,
+    pub after: Vec<u64>,
+    pub start: String,
+    pub end: String,
+}
+
+pub(super) fn around(
+    room: &Room,
+    pos: u64,
+    before_n: usize,
+    after_n: usize,
+    keep: impl Fn(u64) -> bool,
+) -> Around {
+    let idx = room.timeline.iter().position(|p| *p == pos).unwrap_or(0);
+    let before: Vec<u64> = room.timeline[..idx]
+        .iter()
+        .rev()
+        .copied()
+        .filter(|p| keep(*p))
+        .take(before_n)
+        .collect();
+    let after: Vec<u64> = room
+        .timeline
+        .get(idx + 1..)
+        .unwrap_or_default()
+        .iter()
+        .copied()
+        .filter(|p| keep(*p))
+        .take(after_n)
+        .collect();
+    let start = before.last().map_or(pos, |p| *p).saturating_sub(1);
+    let end = after.last().copied().unwrap_or(pos);
+    Around {
+        before,
+        after,
+        start: format!("t{start}"),
+        end: format!("t{end}"),
+    }
+}
+
 pub fn get_event_context(
     ctx: &Ctx,
     req: cs::event_context::get_event_context::Request,
@@ -453,35 +497,24 @@ pub fn get_event_context(
             return Err(not_found());
         }
         let viewer = (me.user_id.as_str(), me.device_id.as_str());
-        let idx = room.timeline.iter().position(|p| *p == pos).unwrap_or(0);
-        let visible = |p: &&u64| {
+        let half = limit / 2;
+        let Around {
+            before,
+            after,
+            start,
+            end,
+        } = around(room, pos, half, limit - half, |p| {
             state
                 .events
-                .get(p)
-                .is_some_and(|e| filter.matches(e) && state.can_see(room, &me.user_id, **p))
-        };
-        let half = limit / 2;
-        let before: Vec<u64> = room.timeline[..idx]
-            .iter()
-            .rev()
-            .filter(visible)
-            .take(half)
-            .copied()
-            .collect();
-        let after: Vec<u64> = room.timeline[idx + 1..]
-            .iter()
-            .filter(visible)
-            .take(limit - half)
-            .copied()
-            .collect();
+                .get(&p)
+                .is_some_and(|e| filter.matches(e) && state.can_see(room, &me.user_id, p))
+        });
         let to_json = |ps: &[u64]| -> Vec<Value> {
             ps.iter()
                 .filter_map(|p| state.events.get(p))
                 .map(|e| state.client_event(e, Some(viewer), true))
                 .collect()
         };
-        let start = before.last().map_or(pos, |p| *p).saturating_sub(1);
-        let end = after.last().copied().unwrap_or(pos);
         let mut all: Vec<&Event> = before
             .iter()
             .chain(after.iter())
@@ -517,8 +550,8 @@ pub fn get_event_context(
             "event": state.client_event(ev, Some(viewer), true),
             "events_before": to_json(&before),
             "events_after": to_json(&after),
-            "start": format!("t{start}"),
-            "end": format!("t{end}"),
+            "start": start,
+            "end": end,
             "state": st,
         }))
     })

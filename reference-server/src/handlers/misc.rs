@@ -291,34 +291,25 @@ fn search_context(
     after_n: usize,
     profiles: bool,
 ) -> Value {
-    let idx = room.timeline.iter().position(|p| *p == e.pos).unwrap_or(0);
-    let visible = |p: &&u64| s.events.contains_key(p) && s.can_see(room, viewer.0, **p);
-    let before: Vec<u64> = room.timeline[..idx]
-        .iter()
-        .rev()
-        .filter(visible)
-        .take(before_n)
-        .copied()
-        .collect();
-    let after: Vec<u64> = room.timeline[idx + 1..]
-        .iter()
-        .filter(visible)
-        .take(after_n)
-        .copied()
-        .collect();
+    let super::events::Around {
+        before,
+        after,
+        start,
+        end,
+    } = super::events::around(room, e.pos, before_n, after_n, |p| {
+        s.events.contains_key(&p) && s.can_see(room, viewer.0, p)
+    });
     let events = |ps: &[u64]| -> Vec<Value> {
         ps.iter()
             .filter_map(|p| s.events.get(p))
             .map(|ev| s.client_event(ev, Some(viewer), true))
             .collect()
     };
-    let start = before.last().map_or(e.pos, |p| *p).saturating_sub(1);
-    let end = after.last().copied().unwrap_or(e.pos);
     let mut out = json!({
         "events_before": events(&before),
         "events_after": events(&after),
-        "start": format!("t{start}"),
-        "end": format!("t{end}"),
+        "start": start,
+        "end": end,
     });
     if profiles {
         let mut info = serde_json::Map::new();
