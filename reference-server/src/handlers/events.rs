@@ -29,7 +29,7 @@ fn glob(pattern: &str, s: &str) -> bool {
     }
 }
 
-fn strings(v: Option<&Value>) -> Option<Vec<String>> {
+pub(super) fn strings(v: Option<&Value>) -> Option<Vec<String>> {
     v.and_then(Value::as_array).map(|a| {
         a.iter()
             .filter_map(Value::as_str)

@@ -352,55 +352,28 @@ pub fn search(ctx: &Ctx, req: cs::search::search::Request) -> ApiResult<Value> {
         .unwrap_or("")
         .to_lowercase();
     let words: Vec<&str> = term.split_whitespace().collect();
-    let keys: Vec<String> = c
-        .get("keys")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_else(|| {
-            vec![
-                "content.body".into(),
-                "content.name".into(),
-                "content.topic".into(),
-            ]
-        });
+    let keys: Vec<String> = super::events::strings(c.get("keys")).unwrap_or_else(|| {
+        vec![
+            "content.body".into(),
+            "content.name".into(),
+            "content.topic".into(),
+        ]
+    });
     let before = req
         .next_batch
         .as_deref()
         .map(parse_token)
         .transpose()?
         .unwrap_or(u64::MAX);
-    let limit = c
-        .get("filter")
+    let filter = c.get("filter");
+    let limit = filter
         .and_then(|f| f.get("limit"))
         .and_then(Value::as_u64)
         .unwrap_or(10)
         .clamp(1, 100) as usize;
-    let only_rooms: Option<Vec<String>> = c
-        .get("filter")
-        .and_then(|f| f.get("rooms"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        });
-    let not_rooms: Vec<String> = c
-        .get("filter")
-        .and_then(|f| f.get("not_rooms"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
+    let only_rooms = super::events::strings(filter.and_then(|f| f.get("rooms")));
+    let not_rooms =
+        super::events::strings(filter.and_then(|f| f.get("not_rooms"))).unwrap_or_default();
     // Events around each result, when asked for (`before_limit`/`after_limit`, default 5).
     let context = c.get("event_context").map(|e| {
         let n = |k: &str| e.get(k).and_then(Value::as_u64).unwrap_or(5).min(100) as usize;
