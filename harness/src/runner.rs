@@ -422,16 +422,10 @@ impl Run<'_> {
         // The password is the same on every run (derived from the shared secret, if any), so
         // a later run against the same server logs in to the account an earlier one made.
         let secret = self.env.profile.shared_secret.clone().unwrap_or_default();
-        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())
-            .map_err(|e| e.to_string())?;
-        mac.update(b"mxconform admin password\0");
-        mac.update(localpart.as_bytes());
-        let password: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let password = hmac_sha1_hex(
+            &secret,
+            &[b"mxconform admin password\0", localpart.as_bytes()],
+        )?;
         let made = match self.env.profile.registration {
             Registration::Open => self.register_open(localpart, &password).await,
             Registration::SharedSecret => {
@@ -493,24 +487,17 @@ impl Run<'_> {
             .and_then(Value::as_str)
             .ok_or_else(|| format!("no nonce from {path}: {}", nonce_resp.body))?
             .to_string();
-        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())
-            .map_err(|e| e.to_string())?;
-        mac.update(nonce.as_bytes());
-        mac.update(b"\0");
-        mac.update(localpart.as_bytes());
-        mac.update(b"\0");
-        mac.update(password.as_bytes());
-        mac.update(if admin {
-            &b"\0admin"[..]
-        } else {
-            &b"\0notadmin"[..]
-        });
-        let digest: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = hmac_sha1_hex(
+            &secret,
+            &[
+                nonce.as_bytes(),
+                b"\0",
+                localpart.as_bytes(),
+                b"\0",
+                password.as_bytes(),
+                if admin { b"\0admin" } else { b"\0notadmin" },
+            ],
+        )?;
         let body = json!({"nonce": nonce, "username": localpart, "password": password, "mac": digest, "admin": admin});
         let resp = self
             .env
@@ -971,6 +958,22 @@ impl SyncJob {
 
 /// Validates a response against the spec's schema for its status; an undocumented error
 /// status must still have the standard error shape.
+/// The hex HMAC-SHA1 of `parts` under `key` (Synapse's shared-secret registration, and the
+/// admin account's password derived from that secret).
+fn hmac_sha1_hex(key: &str, parts: &[&[u8]]) -> Result<String, String> {
+    let mut mac =
+        hmac::Hmac::<sha1::Sha1>::new_from_slice(key.as_bytes()).map_err(|e| e.to_string())?;
+    for p in parts {
+        mac.update(p);
+    }
+    Ok(mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// The response headers `expect.headers` names match their regular expressions (templated).
 fn check_headers(
     expect: &crate::scenario::Expect,
