@@ -255,6 +255,14 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
     }
 }
 
+/// A query parameter's value, empty when absent.
+fn query_value<'a>(query: &'a [(String, String)], name: &str) -> &'a str {
+    query
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
 /// The server's own pages, which are not client-server operations: the links and
 /// `submit_url`s of third-party validation, and where the CAS server sends browsers back.
 async fn outside_the_table(
@@ -263,12 +271,6 @@ async fn outside_the_table(
 ) -> Option<ApiResult<Response<Bytes>>> {
     let path = req.uri().path();
     let query = || parse_query(req.uri().query());
-    let field = |q: &[(String, String)], k: &str| {
-        q.iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
     if path == handlers::threepid::SUBMIT_PATH {
         return Some(submit_threepid_token(server, req));
     }
@@ -295,8 +297,8 @@ async fn outside_the_table(
                 let q = query()?;
                 let location = handlers::sso::complete_cas_login(
                     server,
-                    &field(&q, "redirectUrl"),
-                    &field(&q, "ticket"),
+                    query_value(&q, "redirectUrl"),
+                    query_value(&q, "ticket"),
                 )
                 .await?;
                 Ok(redirect_response(&location))
@@ -335,18 +337,12 @@ fn submit_threepid_token(server: &Server, req: &Request<Bytes>) -> ApiResult<Res
         || (req.method() == Method::POST && req.body().is_empty() && req.uri().query().is_some());
     if by_link {
         let q = parse_query(req.uri().query())?;
-        let get = |k: &str| {
-            q.iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.as_str())
-                .unwrap_or("")
-        };
         return Ok(
             match handlers::threepid::submit_token(
                 server,
-                get("sid"),
-                get("client_secret"),
-                get("token"),
+                query_value(&q, "sid"),
+                query_value(&q, "client_secret"),
+                query_value(&q, "token"),
             ) {
                 Ok(()) => page(
                     200,
