@@ -103,7 +103,7 @@ pub fn flatten<T>(v: Option<Option<T>>) -> Option<T> {
 }
 
 /// Serde impls for a struct that stands for a JSON object. Each field is listed with its kind
-/// and wire name. Kinds: `req` (required), `opt` (optional: absent is `None`), `req_null`
+/// and wire name. Kinds: `req` (required), `opt` (optional: absent or `null` is `None`), `req_null`
 /// (required, may be `null`), `opt_null` (optional and may be `null`: absent is `None`,
 /// `null` is `Some(None)`). The `rest` field takes keys the schema does not name (see
 /// [`Rest`]); without one they are dropped.
@@ -136,7 +136,7 @@ macro_rules! json_object {
                         $( let mut $rest = Default::default(); )?
                         while let Some(key) = map.next_key::<$crate::macros::Key<'de>>()? {
                             match &*key.0 {
-                                $( $wire => $field = Some(map.next_value()?), )*
+                                $( $wire => $crate::json_object!(@read $kind map, $field), )*
                                 _ => $crate::json_object!(@rest map, key, $($rest)?),
                             }
                         }
@@ -157,6 +157,11 @@ macro_rules! json_object {
     (@rest $map:ident, $key:ident, ) => {
         $crate::macros::Rest::accept(&mut $crate::macros::Closed, $key.0, &mut $map)?
     };
+
+    // An optional field's `null` reads as absent: the spec gives it no meaning of its own
+    // there, and clients built on ruma send `null` for unset options (`auth.session`).
+    (@read opt $map:ident, $f:ident) => { $f = $map.next_value::<Option<_>>()? };
+    (@read $kind:ident $map:ident, $f:ident) => { $f = Some($map.next_value()?) };
 
     (@ser req $m:ident, $v:expr, $wire:literal) => { $m.serialize_entry($wire, &$v)? };
     (@ser req_null $m:ident, $v:expr, $wire:literal) => { $m.serialize_entry($wire, &$v)? };

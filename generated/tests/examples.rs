@@ -107,3 +107,27 @@ fn every_spec_example_round_trips() {
         failures.join("\n")
     );
 }
+
+/// An optional field that is `null` reads as absent, as ruma-based clients send it
+/// (`auth.session`); a nullable one keeps `null` apart from absent; a required one still
+/// refuses `null`.
+#[cfg(feature = "client-server")]
+#[test]
+fn null_in_an_optional_field_is_absent() {
+    use mxconform_generated::client_server::registration::register::RequestBody;
+    let body: RequestBody = serde_json::from_value(serde_json::json!({
+        "username": "a", "password": "b",
+        "auth": {"type": "m.login.dummy", "session": null},
+        "device_id": null,
+    }))
+    .expect("null optional fields are accepted");
+    let auth = body.auth.expect("auth is present");
+    assert_eq!(auth.type_.as_deref(), Some("m.login.dummy"));
+    assert_eq!(auth.session, None);
+    assert_eq!(body.device_id, None);
+    // Written back, the absent field stays absent.
+    let again = serde_json::to_value(&auth).unwrap();
+    assert_eq!(again, serde_json::json!({"type": "m.login.dummy"}));
+    use mxconform_generated::client_server::admin::set_admin_suspend_user::RequestBody as Suspend;
+    assert!(serde_json::from_value::<Suspend>(serde_json::json!({"suspended": null})).is_err());
+}

@@ -56,6 +56,8 @@ struct Run<'a> {
     /// `sync_until` steps running in the background, by name.
     background: BTreeMap<String, tokio::task::JoinHandle<Result<SyncDone, String>>>,
     skipped: Option<String>,
+    /// The scenario's `keys`, made for this run.
+    keys: BTreeMap<String, mxconform_pdu::SigningKey>,
 }
 
 /// What a finished `sync_until` found.
@@ -114,11 +116,36 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
         operations: Vec::new(),
         background: BTreeMap::new(),
         skipped: None,
+        keys: BTreeMap::new(),
     };
     run.vars.set(
         "server_name",
         Value::String(env.profile.server_name.clone()),
     );
+    for name in &scenario.keys {
+        match mxconform_pdu::SigningKey::generate(None) {
+            Ok(key) => {
+                let public = key.public_base64();
+                run.vars.set(&format!("keys.{name}.public"), json!(public));
+                run.vars.set(
+                    &format!("keys.{name}.id"),
+                    json!(format!("ed25519:{public}")),
+                );
+                // The public key as a JSON pointer segment: base64 may hold `/`.
+                let ptr = public.replace('~', "~0").replace('/', "~1");
+                run.vars.set(&format!("keys.{name}.ptr"), json!(ptr));
+                run.keys.insert(name.clone(), key);
+            }
+            Err(e) => {
+                return Outcome {
+                    result: Err(format!("could not make key {name}: {e}")),
+                    skipped: None,
+                    operations: Vec::new(),
+                    duration: started.elapsed(),
+                }
+            }
+        }
+    }
     let peer_needs: Vec<String> = scenario
         .needs
         .iter()
@@ -543,6 +570,34 @@ impl Run<'_> {
             .collect()
     }
 
+    /// `body` with the step's `sign` signatures added, in order.
+    fn signed(&self, step: &Step, mut body: Value) -> Result<Value, String> {
+        for sign in &step.sign {
+            let at = self.vars.render_text(&sign.at)?;
+            let signer = self.vars.render_text(&sign.signer)?;
+            let key = self
+                .keys
+                .get(&sign.key)
+                .ok_or_else(|| format!("no key {}", sign.key))?;
+            let key_id = match &sign.key_id {
+                Some(id) => self.vars.render_text(id)?,
+                None => format!("ed25519:{}", key.public_base64()),
+            };
+            let version = key_id
+                .strip_prefix("ed25519:")
+                .ok_or_else(|| format!("sign: key id {key_id:?} is not ed25519:<version>"))?;
+            let key = key.with_version(version);
+            let target = body
+                .pointer_mut(&at)
+                .ok_or_else(|| format!("sign: nothing at {at:?} in the body"))?;
+            if !target.is_object() {
+                return Err(format!("sign: {at:?} is not an object"));
+            }
+            mxconform_pdu::sign::sign_json(target, &signer, &key);
+        }
+        Ok(body)
+    }
+
     async fn call_step(&mut self, step: &Step) -> Result<(), String> {
         let op = step.call.as_deref().ok_or("no operation")?;
         let route = crate::route(op).ok_or_else(|| format!("no operation {op}"))?;
@@ -560,7 +615,7 @@ impl Run<'_> {
             }
         }
         let body = match (&step.body, &step.raw_body) {
-            (Some(b), _) => Body::Json(self.vars.render(b)?),
+            (Some(b), _) => Body::Json(self.signed(step, self.vars.render(b)?)?),
             (None, Some(raw)) => Body::Raw {
                 bytes: self.vars.render_text(raw)?.into_bytes(),
                 content_type: step
@@ -655,7 +710,7 @@ impl Run<'_> {
         }
         let token = self.token_for(step, step.as_actor.as_ref())?;
         let body = match (&step.body, &step.raw_body) {
-            (Some(b), _) => Body::Json(self.vars.render(b)?),
+            (Some(b), _) => Body::Json(self.signed(step, self.vars.render(b)?)?),
             (None, Some(raw)) => Body::Raw {
                 bytes: self.vars.render_text(raw)?.into_bytes(),
                 content_type: step

@@ -31,6 +31,12 @@ pub struct Scenario {
     /// Bound on the whole scenario, in milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// ed25519 keys made fresh for each run, by name: `{{keys.<name>.public}}` is the public
+    /// key (unpadded base64), `{{keys.<name>.id}}` is `ed25519:<public key>` (and
+    /// `{{keys.<name>.ptr}}` the public key escaped for a JSON pointer: base64 may hold `/`), and steps sign parts
+    /// of their bodies with them (`sign`).
+    #[serde(default)]
+    pub keys: Vec<String>,
     pub steps: Vec<Step>,
 
     /// Filled in by the loader: the path under `scenarios/` without `.yaml`.
@@ -101,6 +107,10 @@ pub struct Step {
     /// Keep the normalised response as an insta snapshot with this name.
     #[serde(default)]
     pub snapshot: Option<String>,
+    /// Objects in the body to sign before sending, in order (after templating): each is
+    /// signed as the JSON signing appendix says, by one of the scenario's `keys`.
+    #[serde(default)]
+    pub sign: Vec<SignSpec>,
     /// For state a server may apply in the background (user directory, profile propagation):
     /// repeat the call every 100 ms until the expectation holds, for at most this long.
     #[serde(default)]
@@ -109,6 +119,22 @@ pub struct Step {
     /// skipped, not failed (the negative sweeps use this).
     #[serde(default)]
     pub skip_if_unrecognized: bool,
+}
+
+/// A signature to add to an object of a step's body.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignSpec {
+    /// JSON pointer (templated) of the object in the body.
+    pub at: String,
+    /// One of the scenario's `keys`.
+    pub key: String,
+    /// The entity signing (templated): a user id, or a server name.
+    #[serde(rename = "as")]
+    pub signer: String,
+    /// The signing key id (templated); default `ed25519:<public key>`.
+    #[serde(default)]
+    pub key_id: Option<String>,
 }
 
 /// A request by method and path (templated), not by operation.
@@ -322,6 +348,29 @@ impl Scenario {
                 return fail(format!(
                     "`needs` names peers (appservice, mail, web, sms) or admin; not {n:?}"
                 ));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for k in &self.keys {
+            if !names.insert(k)
+                || k.is_empty()
+                || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return fail(format!("`keys` names must be distinct words, not {k:?}"));
+            }
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            for sign in &step.sign {
+                if !self.keys.contains(&sign.key) {
+                    return fail(format!(
+                        "step {}: `sign` uses key {:?}, which `keys` does not declare",
+                        i + 1,
+                        sign.key
+                    ));
+                }
+                if step.body.is_none() {
+                    return fail(format!("step {}: `sign` needs a JSON `body`", i + 1));
+                }
             }
         }
         let mut seen = std::collections::BTreeSet::new();

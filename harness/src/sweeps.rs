@@ -78,6 +78,7 @@ fn sweep(
         needs: Vec::new(),
         room_versions: Vec::new(),
         timeout_ms: None,
+        keys: Vec::new(),
         steps: vec![step],
         area: "sweeps".into(),
         name,

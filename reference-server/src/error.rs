@@ -64,6 +64,7 @@ codes! {
     user_suspended => 403 "M_USER_SUSPENDED",
     key_too_large => 400 "M_KEY_TOO_LARGE",
     profile_too_large => 400 "M_PROFILE_TOO_LARGE",
+    invalid_signature => 400 "M_INVALID_SIGNATURE",
 }
 
 impl ApiError {

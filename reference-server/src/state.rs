@@ -981,7 +981,7 @@ impl State {
     }
 
     /// Whose device lists `user` should look at again after `from` (up to `to`): users whose
-    /// keys changed and who share a room with them, users who came into a room with them (or
+    /// keys changed and who share a room with them (the user included), users who came into a room with them (or
     /// into whose room they came); and who they no longer share any room with.
     pub fn device_list_changes(
         &self,
@@ -1036,10 +1036,9 @@ impl State {
             }
         }
         let left: Vec<String> = gone.into_iter().filter(|u| !peers.contains(u)).collect();
-        let changed = changed
-            .into_iter()
-            .filter(|u| u != user && !left.contains(u))
-            .collect();
+        // The user's own changes are listed too: their other devices must learn of a new
+        // device or new cross-signing keys.
+        let changed = changed.into_iter().filter(|u| !left.contains(u)).collect();
         (changed, left)
     }
 
@@ -1161,6 +1160,15 @@ impl State {
         }
         if let Some(r) = ev.redacted_by.and_then(|p| self.events.get(&p)) {
             unsigned["redacted_because"] = self.client_event(r, None, with_room_id);
+        }
+        // The reader's membership at the event, the event's own change included ("leave"
+        // before they ever had one), so that clients can tell what was sent before they came.
+        if let Some((user, _)) = viewer {
+            let at = self
+                .rooms
+                .get(&ev.room_id)
+                .and_then(|room| room.membership_at(user, ev.pos));
+            unsigned["membership"] = json!(at.unwrap_or("leave"));
         }
         // Aggregations of the events relating to this one, for a reader (not inside another
         // aggregation: `viewer` is `None` there).

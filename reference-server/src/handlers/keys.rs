@@ -1,9 +1,13 @@
 //! End-to-end encryption plumbing: device keys, one-time and fallback keys (upload, query,
-//! claim, changes), and to-device messages. Keys are stored and handed out as given; no
-//! cryptography is verified.
+//! claim, changes), cross-signing keys and signatures, and to-device messages. Device and
+//! one-time keys are stored as given; cross-signing keys and the signatures uploaded for them
+//! are verified (ed25519 over canonical JSON, by the room-version core) before they are kept.
 
 use mxconform_generated::client_server as cs;
 use serde_json::{json, Map, Value};
+
+use mxconform_pdu::sign::verify_signature;
+use mxconform_pdu::VerifyKey;
 
 use super::events::parse_token;
 use super::Ctx;
@@ -116,7 +120,7 @@ pub fn query_keys(ctx: &Ctx, req: cs::keys::query_keys::Request) -> ApiResult<Va
                     (&mut self_signing, "self_signing_key"),
                 ] {
                     if let Some(k) = cs.get(name) {
-                        map.insert(user.to_string(), k.clone());
+                        map.insert(user.to_string(), visible_signatures(k, user, &me.user_id));
                     }
                 }
                 if user.as_str() == me.user_id {
@@ -135,7 +139,7 @@ pub fn query_keys(ctx: &Ctx, req: cs::keys::query_keys::Request) -> ApiResult<Va
                     continue;
                 }
                 if let Some(k) = state.device_keys.get(&(user.to_string(), device.clone())) {
-                    let mut k = k.clone();
+                    let mut k = visible_signatures(k, user, &me.user_id);
                     if let Some(name) = known
                         .and_then(|d| d.get(device))
                         .and_then(|d| d.display_name.clone())
@@ -155,6 +159,16 @@ pub fn query_keys(ctx: &Ctx, req: cs::keys::query_keys::Request) -> ApiResult<Va
             "user_signing_keys": user_signing,
         }))
     })
+}
+
+/// `key` as `viewer` may see it: signatures by its owner, and by the viewer (a signature of
+/// another user's master key by one's user-signing key is for the signer alone).
+fn visible_signatures(key: &Value, owner: &str, viewer: &str) -> Value {
+    let mut key = key.clone();
+    if let Some(sigs) = key.get_mut("signatures").and_then(Value::as_object_mut) {
+        sigs.retain(|signer, _| signer == owner || signer == viewer);
+    }
+    key
 }
 
 pub fn claim_keys(ctx: &Ctx, req: cs::keys::claim_keys::Request) -> ApiResult<Value> {
@@ -266,4 +280,312 @@ pub fn send_to_device(ctx: &Ctx, req: cs::to_device::send_to_device::Request) ->
         state.remember_txn(batch, key, String::new());
         Ok(json!({}))
     })
+}
+
+/// The single ed25519 public key (unpadded base64) of a cross-signing key object, whose key
+/// id is `ed25519:<that key>`.
+fn cross_signing_public(key: &Value) -> Option<&str> {
+    let keys = key.get("keys")?.as_object()?;
+    if keys.len() != 1 {
+        return None;
+    }
+    let (id, public) = keys.iter().next()?;
+    let public = public.as_str()?;
+    let bytes = mxconform_pdu::base64::decode(public)?;
+    (id.strip_prefix("ed25519:") == Some(public) && bytes.len() == 32).then_some(public)
+}
+
+/// The key that checks signatures made with a cross-signing key (`None` when its bytes are
+/// not a public key).
+fn cross_signing_verify_key(key: &Value) -> Option<VerifyKey> {
+    let public = cross_signing_public(key)?;
+    VerifyKey::from_base64(&format!("ed25519:{public}"), public).ok()
+}
+
+/// `object` without `signatures` and `unsigned`: what a signature covers.
+fn signed_part(object: &Value) -> Value {
+    let mut v = object.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("signatures");
+        m.remove("unsigned");
+    }
+    v
+}
+
+pub fn upload_cross_signing_keys(
+    ctx: &Ctx,
+    req: cs::cross_signing::upload_cross_signing_keys::Request,
+) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    let b = req.body;
+    let mut keys = Map::new();
+    for (name, usage, k) in [
+        (
+            "master_key",
+            "master",
+            b.master_key.as_ref().map(serde_json::to_value),
+        ),
+        (
+            "self_signing_key",
+            "self_signing",
+            b.self_signing_key.as_ref().map(serde_json::to_value),
+        ),
+        (
+            "user_signing_key",
+            "user_signing",
+            b.user_signing_key.as_ref().map(serde_json::to_value),
+        ),
+    ] {
+        if let Some(k) = k {
+            let k = k.map_err(ApiError::internal)?;
+            if k.get("user_id").and_then(Value::as_str) != Some(me.user_id.as_str()) {
+                return Err(ApiError::invalid_param(format!(
+                    "{name} must be the caller's"
+                )));
+            }
+            let usages = k.get("usage").and_then(Value::as_array);
+            if !usages.is_some_and(|u| u.iter().any(|x| x == usage)) {
+                return Err(ApiError::invalid_param(format!(
+                    "{name} must have the usage {usage:?}"
+                )));
+            }
+            if cross_signing_public(&k).is_none() {
+                return Err(ApiError::invalid_param(format!(
+                    "{name} must hold one ed25519 key, under the key id ed25519:<that key>"
+                )));
+            }
+            keys.insert(name.to_string(), k);
+        }
+    }
+    let stored = ctx
+        .server
+        .read(|s| s.cross_signing.get(&me.user_id).cloned())
+        .unwrap_or(json!({}));
+    // Signing keys hang off a master key: the one uploaded with them, or the stored one.
+    let master = keys.get("master_key").or_else(|| stored.get("master_key"));
+    if master.is_none()
+        && (keys.contains_key("self_signing_key") || keys.contains_key("user_signing_key"))
+    {
+        return Err(ApiError::missing_param(
+            "no master signing key: upload one with the signing keys",
+        ));
+    }
+    // ... and must be signed by it.
+    for name in ["self_signing_key", "user_signing_key"] {
+        if let (Some(k), Some(master)) = (keys.get(name), master) {
+            let verified = cross_signing_verify_key(master)
+                .ok_or_else(|| "the master key is not an ed25519 public key".to_string())
+                .and_then(|m| verify_signature(k, &me.user_id, &m).map_err(|e| e.to_string()));
+            if let Err(e) = verified {
+                return Err(ApiError::invalid_signature(format!(
+                    "{name} is not signed by the master key: {e}"
+                )));
+            }
+        }
+    }
+    // The first master key needs no authentication, and neither does uploading exactly the
+    // keys already stored (a retry); anything else replaces keys, and must be authenticated.
+    let first = stored.get("master_key").is_none();
+    let same = keys.iter().all(|(k, v)| stored.get(k) == Some(v));
+    if !first && !same {
+        super::account::password_uia(ctx, b.auth.as_ref())?;
+    }
+    ctx.server.write(|state, batch| {
+        let mut all = state
+            .cross_signing
+            .get(&me.user_id)
+            .cloned()
+            .unwrap_or(json!({}));
+        // A new master key voids the signing keys the old one signed.
+        if keys
+            .get("master_key")
+            .is_some_and(|m| all.get("master_key").map(signed_part) != Some(signed_part(m)))
+        {
+            for name in ["self_signing_key", "user_signing_key"] {
+                if !keys.contains_key(name) {
+                    if let Some(m) = all.as_object_mut() {
+                        m.remove(name);
+                    }
+                }
+            }
+        }
+        for (k, v) in keys {
+            all[k] = v;
+        }
+        batch.put("cross_signing", me.user_id.clone(), &all);
+        state.cross_signing.insert(me.user_id.clone(), all);
+        state.note_key_change(batch, &me.user_id);
+        Ok(json!({}))
+    })
+}
+
+/// Where an uploaded signature goes once verified.
+enum Target {
+    /// One of the uploader's devices, signed by their self-signing key.
+    Device(String),
+    /// A master key (the uploader's, signed by a device; or another user's, signed by the
+    /// uploader's user-signing key).
+    Master,
+}
+
+pub fn upload_cross_signing_signatures(
+    ctx: &Ctx,
+    req: cs::cross_signing::upload_cross_signing_signatures::Request,
+) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    let body = serde_json::to_value(&req.body).map_err(ApiError::internal)?;
+    ctx.server.write(|state, batch| {
+        let mut failures: Map<String, Value> = Map::new();
+        let mine = state
+            .cross_signing
+            .get(&me.user_id)
+            .cloned()
+            .unwrap_or(json!({}));
+        for (user, objects) in body.as_object().into_iter().flatten() {
+            for (key_id, object) in objects.as_object().into_iter().flatten() {
+                let outcome = check_upload(state, &me.user_id, &mine, user, key_id, object);
+                let (target, signatures) = match outcome {
+                    Ok(found) => found,
+                    Err((errcode, error)) => {
+                        failures.entry(user.clone()).or_insert_with(|| json!({}))[key_id] =
+                            json!({"errcode": errcode, "error": error});
+                        continue;
+                    }
+                };
+                // Keep the verified signatures on the stored object.
+                let stored: Option<&mut Value> = match &target {
+                    Target::Device(device) => {
+                        state.device_keys.get_mut(&(user.clone(), device.clone()))
+                    }
+                    Target::Master => state
+                        .cross_signing
+                        .get_mut(user)
+                        .and_then(|c| c.get_mut("master_key")),
+                };
+                let Some(stored) = stored else { continue };
+                let sigs = stored
+                    .as_object_mut()
+                    .map(|m| m.entry("signatures").or_insert_with(|| json!({})));
+                if let Some(Value::Object(sigs)) = sigs {
+                    let per = sigs.entry(me.user_id.clone()).or_insert_with(|| json!({}));
+                    for (id, sig) in signatures {
+                        per[id] = sig;
+                    }
+                }
+                match &target {
+                    Target::Device(device) => {
+                        let keys = state.device_keys[&(user.clone(), device.clone())].clone();
+                        let pos = state.pos;
+                        batch.put(
+                            "device_keys",
+                            format!("{user}\u{0}{device}"),
+                            &json!({"keys": keys, "pos": pos}),
+                        );
+                    }
+                    Target::Master => {
+                        let all = state.cross_signing[user].clone();
+                        batch.put("cross_signing", user.clone(), &all);
+                    }
+                }
+                state.note_key_change(batch, user);
+            }
+        }
+        Ok(json!({"failures": failures}))
+    })
+}
+
+/// Checks one uploaded signed object: it must be a key the server holds, unchanged but for
+/// its signatures, and carry at least one new signature by the uploader that verifies with
+/// the key that may make it. Returns where it goes and the new signatures (key id ->
+/// signature), or an error code and message for `failures`.
+fn check_upload(
+    state: &crate::state::State,
+    me: &str,
+    mine: &Value,
+    user: &str,
+    key_id: &str,
+    object: &Value,
+) -> Result<(Target, Vec<(String, Value)>), (&'static str, String)> {
+    let not_found = |what: &str| ("M_NOT_FOUND", format!("no {what} {key_id} of {user}"));
+    let (target, stored, signer): (Target, &Value, Option<VerifyKey>) = if user == me {
+        if let Some(k) = state
+            .device_keys
+            .get(&(user.to_string(), key_id.to_string()))
+        {
+            // A device of mine, signed by my self-signing key.
+            let ssk = mine
+                .get("self_signing_key")
+                .and_then(cross_signing_verify_key);
+            (Target::Device(key_id.to_string()), k, ssk)
+        } else {
+            let master = mine
+                .get("master_key")
+                .filter(|m| cross_signing_public(m) == Some(key_id))
+                .ok_or_else(|| not_found("device or master key"))?;
+            // My master key, signed by one of my devices: which one is in the signature.
+            (Target::Master, master, None)
+        }
+    } else {
+        let theirs = state
+            .cross_signing
+            .get(user)
+            .and_then(|c| c.get("master_key"))
+            .filter(|m| cross_signing_public(m) == Some(key_id))
+            .ok_or_else(|| not_found("master key"))?;
+        let usk = mine
+            .get("user_signing_key")
+            .and_then(cross_signing_verify_key);
+        (Target::Master, theirs, usk)
+    };
+    if signed_part(stored) != signed_part(object) {
+        return Err((
+            "M_INVALID_PARAM",
+            format!("the signed object differs from the stored key {key_id} of {user}"),
+        ));
+    }
+    let uploaded = object
+        .get("signatures")
+        .and_then(|s| s.get(me))
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let known = stored.get("signatures").and_then(|s| s.get(me));
+    let mut new = Vec::new();
+    for (id, sig) in uploaded {
+        if known.and_then(|k| k.get(&id)) == Some(&sig) {
+            continue;
+        }
+        let key = match (&target, &signer) {
+            (Target::Master, None) => {
+                // A device of mine signing my master key.
+                let device = id.strip_prefix("ed25519:").unwrap_or("");
+                state
+                    .device_keys
+                    .get(&(me.to_string(), device.to_string()))
+                    .and_then(|d| d.get("keys")?.get(&id)?.as_str().map(str::to_string))
+                    .and_then(|public| VerifyKey::from_base64(&id, &public).ok())
+            }
+            (_, Some(k)) if k.key_id == id => Some(k.clone()),
+            _ => None,
+        };
+        let Some(key) = key else {
+            return Err((
+                "M_INVALID_SIGNATURE",
+                format!("{id} is not a key that may sign {key_id} of {user}"),
+            ));
+        };
+        let mut one = object.clone();
+        one["signatures"] = json!({ me: { id.clone(): sig.clone() } });
+        if let Err(e) = verify_signature(&one, me, &key) {
+            return Err(("M_INVALID_SIGNATURE", format!("{id}: {e}")));
+        }
+        new.push((id, sig));
+    }
+    if new.is_empty() {
+        return Err((
+            "M_INVALID_SIGNATURE",
+            format!("no new signature by {me} on {key_id} of {user}"),
+        ));
+    }
+    Ok((target, new))
 }

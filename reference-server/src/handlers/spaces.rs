@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use mxconform_generated::client_server as cs;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::discovery::ROOM_VERSIONS;
 use super::rooms::{change_membership, send_state};
@@ -293,82 +293,6 @@ pub fn get_space_hierarchy(
         }
         Ok(v)
     })
-}
-
-pub fn upload_cross_signing_keys(
-    ctx: &Ctx,
-    req: cs::cross_signing::upload_cross_signing_keys::Request,
-) -> ApiResult<Value> {
-    let me = ctx.me()?.clone();
-    let b = req.body;
-    let mut keys = Map::new();
-    for (name, k) in [
-        (
-            "master_key",
-            b.master_key.as_ref().map(serde_json::to_value),
-        ),
-        (
-            "self_signing_key",
-            b.self_signing_key.as_ref().map(serde_json::to_value),
-        ),
-        (
-            "user_signing_key",
-            b.user_signing_key.as_ref().map(serde_json::to_value),
-        ),
-    ] {
-        if let Some(k) = k {
-            let k = k.map_err(ApiError::internal)?;
-            if k.get("user_id").and_then(Value::as_str) != Some(me.user_id.as_str()) {
-                return Err(ApiError::invalid_param(format!(
-                    "{name} must be the caller's"
-                )));
-            }
-            keys.insert(name.to_string(), k);
-        }
-    }
-    let stored = ctx
-        .server
-        .read(|s| s.cross_signing.get(&me.user_id).cloned())
-        .unwrap_or(json!({}));
-    // Signing keys hang off a master key: the one uploaded with them, or the stored one.
-    let has_master = keys.contains_key("master_key") || stored.get("master_key").is_some();
-    if !has_master
-        && (keys.contains_key("self_signing_key") || keys.contains_key("user_signing_key"))
-    {
-        return Err(ApiError::missing_param(
-            "no master signing key: upload one with the signing keys",
-        ));
-    }
-    // The first master key needs no authentication, and neither does uploading exactly the
-    // keys already stored (a retry); anything else replaces keys, and must be authenticated.
-    let first = stored.get("master_key").is_none();
-    let same = keys.iter().all(|(k, v)| stored.get(k) == Some(v));
-    if !first && !same {
-        super::account::password_uia(ctx, b.auth.as_ref())?;
-    }
-    ctx.server.write(|state, batch| {
-        let mut all = state
-            .cross_signing
-            .get(&me.user_id)
-            .cloned()
-            .unwrap_or(json!({}));
-        for (k, v) in keys {
-            all[k] = v;
-        }
-        batch.put("cross_signing", me.user_id.clone(), &all);
-        state.cross_signing.insert(me.user_id.clone(), all);
-        state.note_key_change(batch, &me.user_id);
-        Ok(json!({}))
-    })
-}
-
-pub fn upload_cross_signing_signatures(
-    ctx: &Ctx,
-    _req: cs::cross_signing::upload_cross_signing_signatures::Request,
-) -> ApiResult<Value> {
-    ctx.me()?;
-    // Signatures are accepted and not verified (this server verifies no cryptography).
-    Ok(json!({"failures": {}}))
 }
 
 pub fn room_initial_sync(
