@@ -10,6 +10,7 @@ use mxconform_codegen::pin::{self, Pin};
 
 mod bench;
 mod bench_server;
+mod pdu_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +62,12 @@ enum Command {
         /// Time budget per server workload, in seconds.
         #[arg(long, default_value_t = 5)]
         budget: u64,
+    },
+    /// The room-version core: canonical JSON, event ids, redaction, signatures, authorization
+    /// and state resolution of PDUs (JSON Lines on standard input).
+    Pdu {
+        #[command(subcommand)]
+        command: pdu_cmd::PduCommand,
     },
     /// The API change between two spec versions.
     Diff {
@@ -262,6 +269,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Diff { from, to, format } => diff(&from, &to, format),
+        Command::Pdu { command } => pdu_cmd::run(command),
     }
 }
 
