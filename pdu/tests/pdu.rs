@@ -640,3 +640,146 @@ fn v12_room_id_is_the_create_event_id() {
         assert!(room.rejected.is_empty(), "{:?}", room.rejected);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Real PDUs made by Synapse in rooms of every version (tests/data/, harness/synapse/pdus.py).
+
+fn corpus(name: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir("data").join(name))
+        .unwrap_or_else(|e| panic!("tests/data/{name}: {e}"));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn synapse_keys() -> mxconform_pdu::keys::ServerKeys {
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir("data").join("synapse-key.json")).unwrap(),
+    )
+    .unwrap();
+    // Synapse's key document is signed by its own key, as the spec requires.
+    mxconform_pdu::keys::verify_server_key_document(&doc, "localhost")
+        .expect("Synapse's key document verifies")
+}
+
+#[test]
+fn synapse_pdus_of_every_room_version() {
+    let keys = synapse_keys();
+    let lookup = |server: &str, key_id: &str| {
+        (server == keys.server_name)
+            .then(|| keys.key(key_id).map(|(k, until)| (k.clone(), until)))
+            .flatten()
+    };
+    let records = corpus("synapse-pdus.jsonl");
+    let mut failures = Vec::new();
+    let mut per_version: BTreeMap<String, usize> = BTreeMap::new();
+    let mut by_id: HashMap<String, (Pdu, &'static RoomVersion)> = HashMap::new();
+    for r in &records {
+        let v = RoomVersion::get(r["room_version"].as_str().unwrap()).unwrap();
+        let pdu = match Pdu::from_json(v, r["pdu"].clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                failures.push(format!("v{} {}: format: {e}", v.id, r["event_id"]));
+                continue;
+            }
+        };
+        *per_version.entry(v.id.to_string()).or_default() += 1;
+        if pdu.event_id != r["event_id"].as_str().unwrap() {
+            failures.push(format!(
+                "v{}: our id {} is not Synapse's {}",
+                v.id, pdu.event_id, r["event_id"]
+            ));
+        }
+        if canonical::encode(&r["pdu"]) != r["canonical"].as_str().unwrap() {
+            failures.push(format!(
+                "v{} {}: canonical JSON differs",
+                v.id, pdu.event_id
+            ));
+        }
+        if canonical::encode(&redact::redact(v, &r["pdu"])) != canonical::encode(&r["redacted"]) {
+            failures.push(format!(
+                "v{} {}: redaction differs:\n ours {}\n syn. {}",
+                v.id,
+                pdu.event_id,
+                canonical::encode(&redact::redact(v, &r["pdu"])),
+                canonical::encode(&r["redacted"])
+            ));
+        }
+        let reference = base64::encode(&hash::reference_hash(v, &r["pdu"]));
+        if reference != r["reference_hash"].as_str().unwrap() {
+            failures.push(format!(
+                "v{} {}: reference hash differs",
+                v.id, pdu.event_id
+            ));
+        }
+        if let Err(e) = mxconform_pdu::pdu::verify(v, &pdu, &lookup) {
+            failures.push(format!("v{} {}: {e}", v.id, pdu.event_id));
+        }
+        if v.room_id_is_create && pdu.is("m.room.create", "") {
+            assert_eq!(
+                pdu.room_id,
+                format!("!{}", &pdu.event_id[1..]),
+                "v12 room id"
+            );
+        }
+        by_id.insert(pdu.event_id.clone(), (pdu, v));
+    }
+    // Our authorization accepts every event against its own auth events.
+    let mut authorized = 0;
+    for (id, (pdu, v)) in &by_id {
+        let auth: Vec<Option<&Pdu>> = pdu
+            .auth_events
+            .iter()
+            .map(|a| by_id.get(a).map(|(p, _)| p))
+            .collect();
+        let create = by_id
+            .get(&hash::create_id_of_room(&pdu.room_id))
+            .map(|(p, _)| p);
+        let signed_by = |server: &str| {
+            let redacted = pdu.redacted(v);
+            let l = |key_id: &str| lookup(server, key_id).map(|(k, _)| k);
+            mxconform_pdu::sign::verify_signed_by(&redacted, server, &l).is_ok()
+        };
+        match auth::authorize_by_auth_events(v, pdu, &auth, &|_| false, create, &signed_by) {
+            Ok(()) => authorized += 1,
+            Err(r) => failures.push(format!("v{} {id} ({}): {r}", v.id, pdu.kind)),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mismatches with Synapse:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(per_version.len(), 12, "every room version: {per_version:?}");
+    assert_eq!(authorized, records.len());
+}
+
+#[test]
+fn tampered_synapse_pdus_are_refused() {
+    let keys = synapse_keys();
+    let lookup = |server: &str, key_id: &str| {
+        (server == keys.server_name)
+            .then(|| keys.key(key_id).map(|(k, until)| (k.clone(), until)))
+            .flatten()
+    };
+    let records = corpus("tampered.jsonl");
+    assert!(!records.is_empty());
+    for r in &records {
+        let v = RoomVersion::get(r["room_version"].as_str().unwrap()).unwrap();
+        let pdu = Pdu::from_json(v, r["pdu"].clone()).expect("well formed");
+        let outcome = mxconform_pdu::pdu::verify(v, &pdu, &lookup);
+        let want = r["expect"].as_str().unwrap();
+        let ok = match (&outcome, want) {
+            (Err(mxconform_pdu::pdu::VerifyError::ContentHash), "hash") => true,
+            (Err(mxconform_pdu::pdu::VerifyError::Signature { .. }), "signature") => true,
+            _ => false,
+        };
+        assert!(
+            ok,
+            "v{} {} ({}): expected a {want} failure, got {outcome:?}",
+            v.id, r["event_id"], r["tamper"]
+        );
+    }
+}
