@@ -186,7 +186,7 @@ impl Rule {
             Federate => format!("{federate}"),
             AliasesNoStateKey => format!("{aliases}.1"),
             AliasesDomain => format!("{aliases}.2"),
-            MemberMalformed => m(1),
+            MemberMalformed => format!("{member}.1"),
             MemberAuthorisedViaSignature => format!("{member}.2.1"),
             JoinSenderNotTarget => join_sub("2"),
             JoinBanned => join_sub("3"),
@@ -296,7 +296,8 @@ pub fn auth_types(
     sender: &str,
     content: &Value,
 ) -> Vec<(String, String)> {
-    if kind == "m.room.create" && state_key == Some("") {
+    // Rule 1 goes by type alone: any m.room.create event cites nothing.
+    if kind == "m.room.create" {
         return Vec::new();
     }
     let mut out: Vec<(String, String)> = Vec::with_capacity(6);
@@ -443,7 +444,7 @@ pub fn authorize_by_auth_events(
     create: Option<&Pdu>,
     signed_by: &SignedBy<'_>,
 ) -> Result<(), Rejection> {
-    if event.is("m.room.create", "") {
+    if event.kind == "m.room.create" {
         return authorize(v, event, &EventList(Vec::new()), signed_by);
     }
     check_auth_events(v, event, auth_events, rejected, create)?;
@@ -557,8 +558,9 @@ impl Room<'_> {
     }
 
     fn event_level(&self, kind: &str, is_state: bool) -> Power {
+        // state_default is 50 with or without a power levels event (m.room.power_levels).
         let default = if is_state {
-            self.field("state_default", if self.power.is_some() { 50 } else { 0 })
+            self.field("state_default", 50)
         } else {
             self.field("events_default", 0)
         };
@@ -584,8 +586,8 @@ pub fn authorize(
     signed_by: &SignedBy<'_>,
 ) -> Result<(), Rejection> {
     let no = |rule: Rule, reason: String| Err(reject(v, rule, reason));
-    // Rule 1: m.room.create.
-    if event.is("m.room.create", "") {
+    // Rule 1: m.room.create (by type, whatever the state key).
+    if event.kind == "m.room.create" {
         return authorize_create(v, event);
     }
     let Some(create) = state.get("m.room.create", "") else {
@@ -674,7 +676,8 @@ pub fn authorize(
             );
         }
     }
-    if event.is("m.room.power_levels", "") {
+    // Rule 10 (9 in v6-11) goes by type, whatever the state key.
+    if event.kind == "m.room.power_levels" {
         return authorize_power_levels(&room, event, sender_level);
     }
     if v.redaction_rule && event.kind == "m.room.redaction" {
@@ -1087,6 +1090,7 @@ fn authorize_power_levels(
         let Some(users) = users.as_object() else {
             return no(Rule::PowerLevelsUsers, "users is not an object".into());
         };
+        // Every key and value first (10.3), then the creators (10.4 of v12).
         for (user, level) in users {
             if !ids::is_user_id(user) {
                 return no(
@@ -1105,7 +1109,9 @@ fn authorize_power_levels(
                     format!("users value for {user} is not an integer"),
                 );
             }
-            if v.room_id_is_create && room.is_v12_creator(user) {
+        }
+        if v.room_id_is_create {
+            if let Some(user) = users.keys().find(|u| room.is_v12_creator(u)) {
                 return no(
                     Rule::PowerLevelsCreatorInUsers,
                     format!("{user} is a creator, whose power cannot be set"),
@@ -1116,17 +1122,25 @@ fn authorize_power_levels(
     let Some(old) = room.power else {
         return Ok(());
     };
+    // The changes are judged by value: in v1-9 "50" and 50 are the same level. Each rejection
+    // names its sub-rule: .1 for the current value, .2 for the new one (the field rule).
+    let sub = |rule: Rule, n: u32, reason: String| {
+        let mut r = reject(v, rule, reason);
+        r.number = format!("{}.{n}", r.number);
+        Err(r)
+    };
     let read = |c: &Value, f: &str| c.get(f).map(|x| parse_power(v, x));
     for f in PL_FIELDS {
         let (was, now) = (read(&old.content, f), read(content, f));
         if was == now {
             continue;
         }
-        for (which, value) in [("current", was), ("new", now)] {
+        for (n, which, value) in [(1, "current", was), (2, "new", now)] {
             if let Some(Some(value)) = value {
                 if value > sender_level {
-                    return no(
+                    return sub(
                         Rule::PowerLevelsField,
+                        n,
                         format!(
                             "changing {f}: the {which} value {value} is above the sender's power {}",
                             show(sender_level)
@@ -1136,6 +1150,8 @@ fn authorize_power_levels(
             }
         }
     }
+    let same =
+        |a: Option<&Value>, b: &Value| a.is_some_and(|a| parse_power(v, a) == parse_power(v, b));
     let maps: &[&str] = if v.notifications_power {
         &["events", "notifications"]
     } else {
@@ -1150,12 +1166,13 @@ fn authorize_power_levels(
             .unwrap_or(&empty);
         let now = content.get(*m).and_then(Value::as_object).unwrap_or(&empty);
         for (k, old_v) in was {
-            if now.get(k) == Some(old_v) {
+            if same(now.get(k), old_v) {
                 continue;
             }
             if parse_power(v, old_v).is_some_and(|x| x > sender_level) {
-                return no(
+                return sub(
                     Rule::PowerLevelsEvents,
+                    1,
                     format!(
                         "{m}.{k}: the current value is above the sender's power {}",
                         show(sender_level)
@@ -1164,12 +1181,13 @@ fn authorize_power_levels(
             }
         }
         for (k, new_v) in now {
-            if was.get(k) == Some(new_v) {
+            if same(was.get(k), new_v) {
                 continue;
             }
             if parse_power(v, new_v).is_some_and(|x| x > sender_level) {
-                return no(
+                return sub(
                     Rule::PowerLevelsEventsNew,
+                    1,
                     format!(
                         "{m}.{k}: the new value is above the sender's power {}",
                         show(sender_level)
@@ -1189,12 +1207,13 @@ fn authorize_power_levels(
         .and_then(Value::as_object)
         .unwrap_or(&empty);
     for (user, old_v) in was {
-        if now.get(user) == Some(old_v) || *user == event.sender {
+        if same(now.get(user), old_v) || *user == event.sender {
             continue;
         }
         if parse_power(v, old_v).is_some_and(|x| x >= sender_level) {
-            return no(
+            return sub(
                 Rule::PowerLevelsUsersChange,
+                1,
                 format!(
                     "{user} has power at least the sender's ({}), and cannot be changed by them",
                     show(sender_level)
@@ -1203,12 +1222,13 @@ fn authorize_power_levels(
         }
     }
     for (user, new_v) in now {
-        if was.get(user) == Some(new_v) {
+        if same(was.get(user), new_v) {
             continue;
         }
         if parse_power(v, new_v).is_some_and(|x| x > sender_level) {
-            return no(
+            return sub(
                 Rule::PowerLevelsUsersNew,
+                1,
                 format!(
                     "{user}: the new value is above the sender's power {}",
                     show(sender_level)

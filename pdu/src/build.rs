@@ -9,7 +9,9 @@ use crate::auth::{self, AuthState};
 use crate::keys::SigningKey;
 use crate::pdu::{FormatError, Pdu};
 use crate::version::{EventIdFormat, RoomVersion};
-use crate::{base64, canonical, hash, redact, sign};
+use sha2::Digest as _;
+
+use crate::{base64, canonical, hash, redact};
 
 /// What a new event says; the builder adds the graph, hashes and signature.
 #[derive(Clone, Debug)]
@@ -134,33 +136,34 @@ pub fn build(
 }
 
 /// Adds the content hash and the origin's signature of the redacted event to `event`
-/// (server-server-api "Adding hashes and signatures to outgoing events").
-pub fn hash_and_sign(v: &RoomVersion, event: &mut Value, origin: Origin<'_>) {
+/// (server-server-api "Adding hashes and signatures to outgoing events"), and returns the
+/// event's reference hash, which the signed bytes give at no extra cost.
+pub fn hash_and_sign(v: &RoomVersion, event: &mut Value, origin: Origin<'_>) -> [u8; 32] {
     let Some(map) = event.as_object_mut() else {
-        return;
+        return [0; 32];
     };
     let h = hash::content_hash(map);
     map.insert("hashes".into(), json!({"sha256": base64::encode(&h)}));
-    let mut redacted = redact::redact(v, event);
-    sign::sign_json(&mut redacted, origin.server_name, origin.key);
-    let sig = redacted
-        .get("signatures")
-        .and_then(|s| s.get(origin.server_name))
-        .cloned()
-        .unwrap_or_else(|| json!({}));
-    let map = event.as_object_mut().expect("an object");
+    // The signature covers the redacted event without `signatures` and `unsigned`: the same
+    // bytes whose sha256 is the reference hash.
+    let mut bytes = String::with_capacity(512);
+    redact::write_signed_part(v, map, &mut bytes);
+    let signature = origin.key.sign_bytes(bytes.as_bytes());
+    let reference: [u8; 32] = sha2::Sha256::digest(bytes.as_bytes()).into();
     let sigs = map.entry("signatures").or_insert_with(|| json!({}));
     if !sigs.is_object() {
         *sigs = json!({});
     }
-    if let (Some(sigs), Some(new)) = (sigs.as_object_mut(), sig.as_object()) {
+    if let Some(sigs) = sigs.as_object_mut() {
         let mine = sigs
             .entry(origin.server_name.to_string())
             .or_insert_with(|| json!({}));
+        if !mine.is_object() {
+            *mine = json!({});
+        }
         if let Some(mine) = mine.as_object_mut() {
-            for (k, s) in new {
-                mine.insert(k.clone(), s.clone());
-            }
+            mine.insert(origin.key.key_id().to_string(), Value::String(signature));
         }
     }
+    reference
 }

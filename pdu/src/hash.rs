@@ -38,9 +38,13 @@ pub fn content_hash(event: &Map<String, Value>) -> [u8; 32] {
 /// The reference hash: sha256 of the canonical JSON of the redacted event without
 /// `signatures` and `unsigned`.
 pub fn reference_hash(version: &RoomVersion, event: &Value) -> [u8; 32] {
-    match redact::redact(version, event) {
-        Value::Object(redacted) => hash_without(&redacted, &["signatures", "unsigned"]),
-        other => Sha256::digest(canonical::encode(&other).as_bytes()).into(),
+    match event {
+        Value::Object(map) => {
+            let mut out = String::with_capacity(512);
+            redact::write_signed_part(version, map, &mut out);
+            Sha256::digest(out.as_bytes()).into()
+        }
+        other => Sha256::digest(canonical::encode(other).as_bytes()).into(),
     }
 }
 

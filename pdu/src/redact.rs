@@ -45,17 +45,88 @@ pub fn redact(version: &RoomVersion, event: &Value) -> Value {
     Value::Object(out)
 }
 
-/// The content an event of type `kind` keeps.
-pub fn redact_content(rules: Redaction, kind: &str, content: &Value) -> Value {
+/// Appends the canonical JSON of `event` redacted as `version` says, without `signatures`
+/// and `unsigned`, to `out`: the bytes a server signs, and whose sha256 is the reference hash.
+/// Written straight from the event, with no redacted copy.
+pub fn write_signed_part(version: &RoomVersion, event: &Map<String, Value>, out: &mut String) {
+    let rules = version.redaction;
+    let mut top: Vec<(&String, &Value)> = event
+        .iter()
+        .filter(|(k, _)| {
+            let k = k.as_str();
+            k != "signatures"
+                && (KEPT.contains(&k) || (rules < Redaction::V11 && KEPT_BEFORE_V11.contains(&k)))
+        })
+        .collect();
+    top.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let kind = event.get("type").and_then(Value::as_str).unwrap_or("");
+    out.push('{');
+    for (i, (k, v)) in top.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        crate::canonical::write_string(out, k);
+        out.push(':');
+        if k == "content" {
+            write_content(rules, kind, v, out);
+        } else {
+            crate::canonical::write_value(out, v);
+        }
+    }
+    out.push('}');
+}
+
+fn write_content(rules: Redaction, kind: &str, content: &Value, out: &mut String) {
     let Value::Object(content) = content else {
-        return Value::Object(Map::new());
+        out.push_str("{}");
+        return;
     };
-    let keep: &[&str] = match kind {
+    if kind == "m.room.create" && rules >= Redaction::V11 {
+        crate::canonical::write_object(out, content);
+        return;
+    }
+    let keep = kept_content_keys(rules, kind);
+    let tpi_signed = (kind == "m.room.member" && rules >= Redaction::V11)
+        .then(|| content.get("third_party_invite")?.get("signed"))
+        .flatten();
+    let mut entries: Vec<(&String, &Value)> = content
+        .iter()
+        .filter(|(k, _)| keep.contains(&k.as_str()))
+        .collect();
+    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let tpi_key = "third_party_invite".to_string();
+    if tpi_signed.is_some() {
+        let at = entries
+            .binary_search_by(|e| e.0.as_bytes().cmp(tpi_key.as_bytes()))
+            .unwrap_or_else(|i| i);
+        entries.insert(at, (&tpi_key, &Value::Null));
+    }
+    out.push('{');
+    for (i, (k, v)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        crate::canonical::write_string(out, k);
+        out.push(':');
+        match (k.as_str(), tpi_signed) {
+            ("third_party_invite", Some(signed)) => {
+                out.push_str("{\"signed\":");
+                crate::canonical::write_value(out, signed);
+                out.push('}');
+            }
+            _ => crate::canonical::write_value(out, v),
+        }
+    }
+    out.push('}');
+}
+
+/// The content keys an event of type `kind` keeps (v11 create events keep all).
+fn kept_content_keys(rules: Redaction, kind: &str) -> &'static [&'static str] {
+    match kind {
         "m.room.member" if rules >= Redaction::V9 => {
             &["membership", "join_authorised_via_users_server"]
         }
         "m.room.member" => &["membership"],
-        "m.room.create" if rules >= Redaction::V11 => return Value::Object(content.clone()),
         "m.room.create" => &["creator"],
         "m.room.join_rules" if rules >= Redaction::V8 => &["join_rule", "allow"],
         "m.room.join_rules" => &["join_rule"],
@@ -84,7 +155,18 @@ pub fn redact_content(rules: Redaction, kind: &str, content: &Value) -> Value {
         "m.room.history_visibility" => &["history_visibility"],
         "m.room.redaction" if rules >= Redaction::V11 => &["redacts"],
         _ => &[],
+    }
+}
+
+/// The content an event of type `kind` keeps.
+pub fn redact_content(rules: Redaction, kind: &str, content: &Value) -> Value {
+    let Value::Object(content) = content else {
+        return Value::Object(Map::new());
     };
+    if kind == "m.room.create" && rules >= Redaction::V11 {
+        return Value::Object(content.clone());
+    }
+    let keep = kept_content_keys(rules, kind);
     let mut out: Map<String, Value> = content
         .iter()
         .filter(|(k, _)| keep.contains(&k.as_str()))

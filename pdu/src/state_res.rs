@@ -50,7 +50,9 @@ pub fn resolve(
     state_sets: &[StateMap],
     events: &dyn EventSource,
 ) -> Result<StateMap, ResolveError> {
-    let (unconflicted, conflicted) = split(state_sets);
+    // v1 calls two states conflicting only where both hold the key, with different events;
+    // v2 also where some state lacks the key.
+    let (unconflicted, conflicted) = split(state_sets, v.state_res == StateResolution::V1);
     if conflicted.is_empty() {
         return Ok(unconflicted);
     }
@@ -63,7 +65,10 @@ pub fn resolve(
 }
 
 /// The unconflicted state map, and the conflicted keys with their distinct events.
-fn split(state_sets: &[StateMap]) -> (StateMap, BTreeMap<(String, String), Vec<String>>) {
+fn split(
+    state_sets: &[StateMap],
+    missing_is_no_conflict: bool,
+) -> (StateMap, BTreeMap<(String, String), Vec<String>>) {
     let mut unconflicted = StateMap::new();
     let mut conflicted: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     let mut keys: Vec<&(String, String)> = state_sets.iter().flat_map(|s| s.keys()).collect();
@@ -82,7 +87,7 @@ fn split(state_sets: &[StateMap]) -> (StateMap, BTreeMap<(String, String), Vec<S
                 None => everywhere = false,
             }
         }
-        if everywhere && ids.len() == 1 {
+        if ids.len() == 1 && (everywhere || missing_is_no_conflict) {
             unconflicted.insert(key.clone(), ids[0].clone());
         } else {
             conflicted.insert(key.clone(), ids.into_iter().cloned().collect());
@@ -140,6 +145,27 @@ fn authorized_in(
 // ---------------------------------------------------------------------------------------
 // Room version 1.
 
+/// Authorizes `e` against the state resolved so far and nothing else (rooms/v1: "allowed by
+/// the authorisation rules for a room in state R"; no auth events stand in for what R lacks).
+fn authorized_in_r(
+    v: &RoomVersion,
+    e: &Pdu,
+    state: &StateMap,
+    events: &dyn EventSource,
+) -> Result<bool, ResolveError> {
+    let mut found: Vec<&Pdu> = Vec::with_capacity(6);
+    for (kind, key) in auth::auth_types(v, &e.kind, e.state_key.as_deref(), &e.sender, &e.content) {
+        if let Some(id) = state.get(&(kind, key)) {
+            found.push(
+                events
+                    .event(id)
+                    .ok_or_else(|| ResolveError::Missing(id.clone()))?,
+            );
+        }
+    }
+    Ok(auth::authorize(v, e, &auth::EventList(found), &|_| true).is_ok())
+}
+
 fn sha1_hex(id: &str) -> [u8; 20] {
     Sha1::digest(id.as_bytes()).into()
 }
@@ -178,7 +204,7 @@ fn resolve_v1(
             });
             resolved.insert(key.clone(), list[0].event_id.clone());
             for e in &list[1..] {
-                if authorized_in(v, e, &resolved, events)? {
+                if authorized_in_r(v, e, &resolved, events)? {
                     resolved.insert(key.clone(), e.event_id.clone());
                 } else {
                     break;
@@ -197,7 +223,7 @@ fn resolve_v1(
         });
         let mut pick = list[list.len() - 1];
         for e in &list {
-            if authorized_in(v, e, &resolved, events)? {
+            if authorized_in_r(v, e, &resolved, events)? {
                 pick = e;
                 break;
             }

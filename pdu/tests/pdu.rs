@@ -365,7 +365,14 @@ fn authorization_table() {
                 let mut last = if case.get("room").and_then(Value::as_str) == Some("none") {
                     None
                 } else {
-                    Some(standard_room(&mut room, case))
+                    let head = standard_room(&mut room, case);
+                    if !room.rejected.is_empty() {
+                        failures.push(format!(
+                            "{file}: {name} (v{}): the standard room's own events were rejected: {:?}",
+                            v.id, room.rejected
+                        ));
+                    }
+                    Some(head)
                 };
                 for e in case
                     .get("state")
@@ -374,13 +381,26 @@ fn authorization_table() {
                     .flatten()
                 {
                     let built = room.add(e, last.as_deref());
-                    if let Some(why) = room.rejected.get(&built.event_id) {
-                        if e.get("may_be_rejected").is_none() {
+                    let why = room.rejected.get(&built.event_id);
+                    // `rejected: <rule>`: the event must be rejected, by that rule.
+                    match (why, e.get("rejected").and_then(Value::as_str)) {
+                        (Some(why), Some(rule)) if !why.contains(&format!("({rule})")) => {
                             failures.push(format!(
-                                "{file}: {name} (v{}): state event {} was rejected: {why}",
-                                v.id, e
-                            ));
+                                "{file}: {name} (v{}): state event {e} was rejected, not by {rule}: {why}",
+                                v.id
+                            ))
                         }
+                        (None, Some(rule)) => failures.push(format!(
+                            "{file}: {name} (v{}): state event {e} was allowed; expected {rule}",
+                            v.id
+                        )),
+                        (Some(why), None) if e.get("may_be_rejected").is_none() => {
+                            failures.push(format!(
+                                "{file}: {name} (v{}): state event {e} was rejected: {why}",
+                                v.id
+                            ))
+                        }
+                        _ => {}
                     }
                     last = Some(built.event_id);
                 }
@@ -440,6 +460,18 @@ fn authorization_table() {
                             .err()
                             .map_or("allow".into(), |r| r.to_string())
                     ));
+                } else if let Some(want_auth) = case.get("expect_auth") {
+                    let want_auth = expected_for(want_auth, v);
+                    if got_auth != want_auth {
+                        failures.push(format!(
+                            "{file}: {name} (v{}): by its auth events expected {want_auth}, got {}",
+                            v.id,
+                            by_auth
+                                .clone()
+                                .err()
+                                .map_or("allow".into(), |r| r.to_string())
+                        ));
+                    }
                 } else if case.get("auth_events_differ").is_none() && got_auth != want {
                     failures.push(format!(
                         "{file}: {name} (v{}): by its auth events expected {want}, got {}",
