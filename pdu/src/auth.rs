@@ -296,28 +296,72 @@ pub fn auth_types(
     sender: &str,
     content: &Value,
 ) -> Vec<(String, String)> {
+    auth_keys(v, kind, state_key, sender, content)
+        .iter()
+        .map(|(k, s)| (k.to_string(), s.to_string()))
+        .collect()
+}
+
+/// [`auth_types`] for `event`, borrowing from it: no string is copied.
+pub fn auth_keys_of<'a>(v: &RoomVersion, event: &'a Pdu) -> AuthKeys<'a> {
+    auth_keys(
+        v,
+        &event.kind,
+        event.state_key.as_deref(),
+        &event.sender,
+        &event.content(),
+    )
+}
+
+/// At most seven `(type, state_key)` pairs, kept inline.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AuthKeys<'a> {
+    keys: [(&'static str, &'a str); 7],
+    len: usize,
+}
+
+impl<'a> AuthKeys<'a> {
+    fn add(&mut self, kind: &'static str, key: &'a str) {
+        if !self.iter().any(|(k, s)| k == kind && s == key) && self.len < 7 {
+            self.keys[self.len] = (kind, key);
+            self.len += 1;
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &'a str)> + '_ {
+        self.keys[..self.len].iter().copied()
+    }
+
+    pub fn contains(&self, kind: &str, key: &str) -> bool {
+        self.iter().any(|(k, s)| k == kind && s == key)
+    }
+}
+
+/// The selection, borrowing the state keys from the event.
+pub fn auth_keys<'a>(
+    v: &RoomVersion,
+    kind: &str,
+    state_key: Option<&'a str>,
+    sender: &'a str,
+    content: &'a Value,
+) -> AuthKeys<'a> {
+    let mut out = AuthKeys::default();
     // Rule 1 goes by type alone: any m.room.create event cites nothing.
     if kind == "m.room.create" {
-        return Vec::new();
+        return out;
     }
-    let mut out: Vec<(String, String)> = Vec::with_capacity(6);
-    let mut add = |k: &str, s: &str| {
-        if !out.iter().any(|(a, b)| a == k && b == s) {
-            out.push((k.to_string(), s.to_string()));
-        }
-    };
     if !v.room_id_is_create {
-        add("m.room.create", "");
+        out.add("m.room.create", "");
     }
-    add("m.room.power_levels", "");
-    add("m.room.member", sender);
+    out.add("m.room.power_levels", "");
+    out.add("m.room.member", sender);
     if kind == "m.room.member" {
         if let Some(target) = state_key {
-            add("m.room.member", target);
+            out.add("m.room.member", target);
         }
         let membership = content.get("membership").and_then(Value::as_str);
         if matches!(membership, Some("join" | "invite" | "knock")) {
-            add("m.room.join_rules", "");
+            out.add("m.room.join_rules", "");
         }
         if membership == Some("invite") {
             if let Some(token) = content
@@ -326,7 +370,7 @@ pub fn auth_types(
                 .and_then(|s| s.get("token"))
                 .and_then(Value::as_str)
             {
-                add("m.room.third_party_invite", token);
+                out.add("m.room.third_party_invite", token);
             }
         }
         if membership == Some("join") && v.restricted {
@@ -334,7 +378,7 @@ pub fn auth_types(
                 .get("join_authorised_via_users_server")
                 .and_then(Value::as_str)
             {
-                add("m.room.member", via);
+                out.add("m.room.member", via);
             }
         }
     }
@@ -368,13 +412,7 @@ pub fn check_auth_events(
             ));
         }
     }
-    let wanted = auth_types(
-        v,
-        &event.kind,
-        event.state_key.as_deref(),
-        &event.sender,
-        &event.content,
-    );
+    let wanted = auth_keys_of(v, event);
     let mut seen: Vec<(&str, &str)> = Vec::with_capacity(auth_events.len());
     let mut has_create = false;
     for (i, found) in auth_events.iter().enumerate() {
@@ -397,7 +435,7 @@ pub fn check_auth_events(
             ));
         }
         seen.push(key);
-        if !a.is_state() || !wanted.iter().any(|(k, s)| k == key.0 && s == key.1) {
+        if !a.is_state() || !wanted.contains(key.0, key.1) {
             return Err(reject(
                 v,
                 Rule::AuthEventsUnexpected,
@@ -514,7 +552,7 @@ impl Room<'_> {
             && (self.create.sender == user
                 || self
                     .create
-                    .content
+                    .content()
                     .get("additional_creators")
                     .and_then(Value::as_array)
                     .is_some_and(|a| a.iter().any(|c| c.as_str() == Some(user))))
@@ -531,7 +569,7 @@ impl Room<'_> {
 
     fn field(&self, name: &str, default: Power) -> Power {
         self.power
-            .and_then(|p| p.content.get(name))
+            .and_then(|p| p.content().get(name))
             .and_then(|x| parse_power(self.v, x))
             .unwrap_or(default)
     }
@@ -542,7 +580,7 @@ impl Room<'_> {
         }
         match self.power {
             Some(p) => p
-                .content
+                .content()
                 .get("users")
                 .and_then(|u| u.get(user))
                 .and_then(|x| parse_power(self.v, x))
@@ -565,7 +603,7 @@ impl Room<'_> {
             self.field("events_default", 0)
         };
         self.power
-            .and_then(|p| p.content.get("events"))
+            .and_then(|p| p.content().get("events"))
             .and_then(|e| e.get(kind))
             .and_then(|x| parse_power(self.v, x))
             .unwrap_or(default)
@@ -602,7 +640,7 @@ pub fn authorize(
         power: state.get("m.room.power_levels", ""),
     };
     // Rule 3 (4 in v12): m.federate.
-    if create.content.get("m.federate") == Some(&Value::Bool(false))
+    if create.content().get("m.federate") == Some(&Value::Bool(false))
         && event.sender_server() != create.sender_server()
     {
         return no(
@@ -730,7 +768,7 @@ fn authorize_create(v: &RoomVersion, event: &Pdu) -> Result<(), Rejection> {
             ),
         );
     }
-    if let Some(rv) = event.content.get("room_version") {
+    if let Some(rv) = event.content().get("room_version") {
         if rv.as_str().and_then(version::RoomVersion::get).is_none() {
             return no(
                 Rule::CreateRoomVersion,
@@ -738,11 +776,11 @@ fn authorize_create(v: &RoomVersion, event: &Pdu) -> Result<(), Rejection> {
             );
         }
     }
-    if v.create_has_creator && event.content.get("creator").is_none() {
+    if v.create_has_creator && event.content().get("creator").is_none() {
         return no(Rule::CreateNoCreator, "content has no creator".into());
     }
     if v.room_id_is_create {
-        if let Some(extra) = event.content.get("additional_creators") {
+        if let Some(extra) = event.content().get("additional_creators") {
             let ok = extra
                 .as_array()
                 .is_some_and(|a| a.iter().all(|u| u.as_str().is_some_and(ids::is_user_id)));
@@ -772,7 +810,7 @@ fn authorize_member(
         );
     };
     if v.restricted {
-        if let Some(via) = event.content.get("join_authorised_via_users_server") {
+        if let Some(via) = event.content().get("join_authorised_via_users_server") {
             let server = via.as_str().and_then(ids::server_of);
             if !server.is_some_and(signed_by) {
                 return no(
@@ -820,7 +858,7 @@ fn authorize_member(
                     return Ok(());
                 }
                 let via = event
-                    .content
+                    .content()
                     .get("join_authorised_via_users_server")
                     .and_then(Value::as_str);
                 let Some(via) = via else {
@@ -849,7 +887,7 @@ fn authorize_member(
             )
         }
         "invite" => {
-            if let Some(tpi) = event.content.get("third_party_invite") {
+            if let Some(tpi) = event.content().get("third_party_invite") {
                 return authorize_3pid_invite(room, event, state, target, target_membership, tpi);
             }
             if sender_membership != Some("join") {
@@ -1020,7 +1058,11 @@ fn authorize_3pid_invite(
     }
     let mut publics: Vec<&str> = Vec::new();
     publics.extend(invite.content_str("public_key"));
-    if let Some(list) = invite.content.get("public_keys").and_then(Value::as_array) {
+    if let Some(list) = invite
+        .content()
+        .get("public_keys")
+        .and_then(Value::as_array)
+    {
         publics.extend(list.iter().filter_map(|k| k.get("public_key")?.as_str()));
     }
     let signatures = signed.get("signatures").and_then(Value::as_object);
@@ -1062,7 +1104,7 @@ fn authorize_power_levels(
 ) -> Result<(), Rejection> {
     let v = room.v;
     let no = |rule: Rule, reason: String| Err(reject(v, rule, reason));
-    let content = &event.content;
+    let content = &event.content();
     if v.integer_power_levels {
         for f in PL_FIELDS {
             if content.get(f).is_some_and(|x| x.as_i64().is_none()) {
@@ -1131,7 +1173,7 @@ fn authorize_power_levels(
     };
     let read = |c: &Value, f: &str| c.get(f).map(|x| parse_power(v, x));
     for f in PL_FIELDS {
-        let (was, now) = (read(&old.content, f), read(content, f));
+        let (was, now) = (read(&old.content(), f), read(content, f));
         if was == now {
             continue;
         }
@@ -1160,7 +1202,7 @@ fn authorize_power_levels(
     for m in maps {
         let empty = serde_json::Map::new();
         let was = old
-            .content
+            .content()
             .get(*m)
             .and_then(Value::as_object)
             .unwrap_or(&empty);
@@ -1198,7 +1240,7 @@ fn authorize_power_levels(
     }
     let empty = serde_json::Map::new();
     let was = old
-        .content
+        .content()
         .get("users")
         .and_then(Value::as_object)
         .unwrap_or(&empty);

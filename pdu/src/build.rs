@@ -143,11 +143,12 @@ pub fn hash_and_sign(v: &RoomVersion, event: &mut Value, origin: Origin<'_>) -> 
         return [0; 32];
     };
     let h = hash::content_hash(map);
-    map.insert("hashes".into(), json!({"sha256": base64::encode(&h)}));
+    let hashes = json!({"sha256": base64::encode(&h)});
     // The signature covers the redacted event without `signatures` and `unsigned`: the same
-    // bytes whose sha256 is the reference hash.
+    // bytes whose sha256 is the reference hash. `hashes` is written in place, not looked up.
     let mut bytes = String::with_capacity(512);
-    redact::write_signed_part(v, map, &mut bytes);
+    redact::write_signed_part_with(v, map, Some(&hashes), &mut bytes);
+    map.insert("hashes".into(), hashes);
     let signature = origin.key.sign_bytes(bytes.as_bytes());
     let reference: [u8; 32] = sha2::Sha256::digest(bytes.as_bytes()).into();
     let sigs = map.entry("signatures").or_insert_with(|| json!({}));

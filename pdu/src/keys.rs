@@ -3,17 +3,24 @@
 //! `ed25519 <version> <unpadded base64 seed>`), and server key documents
 //! (server-server-api "Publishing Keys": `/_matrix/key/v2/server`).
 
-use ed25519_dalek::{Signer as _, Verifier as _};
+use ed25519_dalek::Verifier as _;
 use serde_json::{json, Map, Value};
 
 use crate::base64;
 use crate::sign::{self, SignatureError};
 
-/// A key that signs: its id (`ed25519:<version>`) and the key itself.
-#[derive(Clone)]
+/// A key that signs: its id (`ed25519:<version>`) and the key itself, with its expanded
+/// secret kept so that each signature skips re-deriving it.
 pub struct SigningKey {
     key_id: String,
     key: ed25519_dalek::SigningKey,
+    expanded: ed25519_dalek::hazmat::ExpandedSecretKey,
+}
+
+impl Clone for SigningKey {
+    fn clone(&self) -> SigningKey {
+        SigningKey::new(self.key_id.clone(), self.key.clone())
+    }
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -45,14 +52,23 @@ pub enum KeyError {
 }
 
 impl SigningKey {
+    fn new(key_id: String, key: ed25519_dalek::SigningKey) -> SigningKey {
+        let expanded = ed25519_dalek::hazmat::ExpandedSecretKey::from(key.as_bytes());
+        SigningKey {
+            key_id,
+            key,
+            expanded,
+        }
+    }
+
     /// A key from its 32-byte seed.
     pub fn from_seed(seed: &[u8], version: &str) -> Result<SigningKey, KeyError> {
         check_version(version)?;
         let seed: [u8; 32] = seed.try_into().map_err(|_| KeyError::Bytes)?;
-        Ok(SigningKey {
-            key_id: format!("ed25519:{version}"),
-            key: ed25519_dalek::SigningKey::from_bytes(&seed),
-        })
+        Ok(SigningKey::new(
+            format!("ed25519:{version}"),
+            ed25519_dalek::SigningKey::from_bytes(&seed),
+        ))
     }
 
     /// A new random key; its version is `a_` and four random characters unless given.
@@ -97,10 +113,7 @@ impl SigningKey {
     /// The same key under another version, unchecked: cross-signing and device keys are
     /// named by a public key or a device id, which need not fit a server key's version.
     pub fn with_version(&self, version: &str) -> SigningKey {
-        SigningKey {
-            key_id: format!("ed25519:{version}"),
-            key: self.key.clone(),
-        }
+        SigningKey::new(format!("ed25519:{version}"), self.key.clone())
     }
 
     /// `ed25519:<version>`.
@@ -127,7 +140,12 @@ impl SigningKey {
 
     /// The signature of `message`, in unpadded base64.
     pub fn sign_bytes(&self, message: &[u8]) -> String {
-        base64::encode(&self.key.sign(message).to_bytes())
+        let sig = ed25519_dalek::hazmat::raw_sign::<sha2::Sha512>(
+            &self.expanded,
+            message,
+            &self.key.verifying_key(),
+        );
+        base64::encode(&sig.to_bytes())
     }
 }
 

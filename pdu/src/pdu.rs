@@ -29,7 +29,6 @@ pub struct Pdu {
     pub sender: String,
     pub kind: String,
     pub state_key: Option<String>,
-    pub content: Value,
     pub prev_events: Vec<String>,
     pub auth_events: Vec<String>,
     pub depth: i64,
@@ -38,6 +37,9 @@ pub struct Pdu {
     pub redacts: Option<String>,
     /// The event as received (v3 on: without `event_id`).
     pub json: Value,
+    /// `content.membership` when it is one of the spec's values (kept beside the content: the
+    /// rules read it for every member event they look at).
+    known_membership: Option<&'static str>,
 }
 
 /// An event that does not fit its room version's format, and where.
@@ -192,13 +194,21 @@ impl Pdu {
         if size > MAX_EVENT_BYTES {
             return Err(bad("", format!("{size} bytes is larger than 65536")));
         }
+        let known_membership = match content.get("membership").and_then(Value::as_str) {
+            Some("join") => Some("join"),
+            Some("invite") => Some("invite"),
+            Some("leave") => Some("leave"),
+            Some("ban") => Some("ban"),
+            Some("knock") => Some("knock"),
+            _ => None,
+        };
         Ok(Pdu {
+            known_membership,
             event_id,
             room_id,
             sender: sender.to_string(),
             kind: kind.to_string(),
             state_key: state_key.map(str::to_string),
-            content: content.clone(),
             prev_events,
             auth_events,
             depth,
@@ -217,14 +227,20 @@ impl Pdu {
         self.kind == kind && self.state_key.as_deref() == Some(state_key)
     }
 
+    /// The event's `content` (an object: the format check saw to it).
+    pub fn content(&self) -> &Value {
+        &self.json["content"]
+    }
+
     /// A string field of `content`.
     pub fn content_str(&self, key: &str) -> Option<&str> {
-        self.content.get(key).and_then(Value::as_str)
+        self.content().get(key).and_then(Value::as_str)
     }
 
     /// `content.membership` of a member event.
     pub fn membership(&self) -> Option<&str> {
-        self.content_str("membership")
+        self.known_membership
+            .or_else(|| self.content_str("membership"))
     }
 
     /// The server of the sender.
@@ -239,7 +255,7 @@ impl Pdu {
         let mut out = Vec::new();
         let tpi_mxid = (self.kind == "m.room.member" && self.membership() == Some("invite"))
             .then(|| {
-                self.content
+                self.content()
                     .get("third_party_invite")?
                     .get("signed")?
                     .get("mxid")?

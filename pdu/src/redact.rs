@@ -49,15 +49,30 @@ pub fn redact(version: &RoomVersion, event: &Value) -> Value {
 /// and `unsigned`, to `out`: the bytes a server signs, and whose sha256 is the reference hash.
 /// Written straight from the event, with no redacted copy.
 pub fn write_signed_part(version: &RoomVersion, event: &Map<String, Value>, out: &mut String) {
+    write_signed_part_with(version, event, None, out)
+}
+
+/// [`write_signed_part`], with `hashes` standing for the event's own `hashes` when given.
+pub fn write_signed_part_with(
+    version: &RoomVersion,
+    event: &Map<String, Value>,
+    hashes: Option<&Value>,
+    out: &mut String,
+) {
     let rules = version.redaction;
+    let hashes_key = "hashes".to_string();
     let mut top: Vec<(&String, &Value)> = event
         .iter()
         .filter(|(k, _)| {
             let k = k.as_str();
             k != "signatures"
+                && !(hashes.is_some() && k == "hashes")
                 && (KEPT.contains(&k) || (rules < Redaction::V11 && KEPT_BEFORE_V11.contains(&k)))
         })
         .collect();
+    if let Some(h) = hashes {
+        top.push((&hashes_key, h));
+    }
     top.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let kind = event.get("type").and_then(Value::as_str).unwrap_or("");
     out.push('{');

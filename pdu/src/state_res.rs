@@ -69,77 +69,30 @@ fn split(
     state_sets: &[StateMap],
     missing_is_no_conflict: bool,
 ) -> (StateMap, BTreeMap<(String, String), Vec<String>>) {
-    let mut unconflicted = StateMap::new();
-    let mut conflicted: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    let mut keys: Vec<&(String, String)> = state_sets.iter().flat_map(|s| s.keys()).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    for key in keys {
-        let mut ids: Vec<&String> = Vec::with_capacity(state_sets.len());
-        let mut everywhere = true;
-        for s in state_sets {
-            match s.get(key) {
-                Some(id) => {
-                    if !ids.contains(&id) {
-                        ids.push(id);
-                    }
-                }
-                None => everywhere = false,
+    // Key -> (how many sets hold it, the first event, the other distinct events).
+    type Seen<'s> = (usize, &'s String, Vec<&'s String>);
+    let mut seen: FxMap<&(String, String), Seen<'_>> = FxMap::default();
+    for s in state_sets {
+        for (k, id) in s {
+            let entry = seen.entry(k).or_insert_with(|| (0, id, Vec::new()));
+            entry.0 += 1;
+            if entry.1 != id && !entry.2.contains(&id) {
+                entry.2.push(id);
             }
         }
-        if ids.len() == 1 && (everywhere || missing_is_no_conflict) {
-            unconflicted.insert(key.clone(), ids[0].clone());
+    }
+    let mut unconflicted = StateMap::new();
+    let mut conflicted: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for (key, (count, first, others)) in seen {
+        if others.is_empty() && (count == state_sets.len() || missing_is_no_conflict) {
+            unconflicted.insert(key.clone(), first.clone());
         } else {
-            conflicted.insert(key.clone(), ids.into_iter().cloned().collect());
+            let mut ids = vec![first.clone()];
+            ids.extend(others.into_iter().cloned());
+            conflicted.insert(key.clone(), ids);
         }
     }
     (unconflicted, conflicted)
-}
-
-fn state_key_of(e: &Pdu) -> (String, String) {
-    (e.kind.clone(), e.state_key.clone().unwrap_or_default())
-}
-
-/// Authorizes `e` against `state` (a map of ids), taking what the state lacks from the
-/// event's own auth events (unless rejected), as the iterative auth checks say; room version
-/// 12's create event comes from the room id.
-fn authorized_in(
-    v: &RoomVersion,
-    e: &Pdu,
-    state: &StateMap,
-    events: &dyn EventSource,
-) -> Result<bool, ResolveError> {
-    let mut found: Vec<&Pdu> = Vec::with_capacity(6);
-    let wanted = auth::auth_types(v, &e.kind, e.state_key.as_deref(), &e.sender, &e.content);
-    let auth_events: Vec<&Pdu> = e
-        .auth_events
-        .iter()
-        .filter(|id| !events.rejected(id))
-        .filter_map(|id| events.event(id))
-        .collect();
-    for (kind, key) in &wanted {
-        let from_state = state
-            .get(&(kind.clone(), key.clone()))
-            .map(|id| {
-                events
-                    .event(id)
-                    .ok_or_else(|| ResolveError::Missing(id.clone()))
-            })
-            .transpose()?;
-        let chosen = from_state.or_else(|| auth_events.iter().copied().find(|a| a.is(kind, key)));
-        found.extend(chosen);
-    }
-    if v.room_id_is_create {
-        let create_id = hash::create_id_of_room(&e.room_id);
-        if let Some(c) = events.event(&create_id) {
-            found.push(c);
-        }
-    }
-    if e.is("m.room.create", "") {
-        found.clear();
-    }
-    // Signatures were checked when the events arrived.
-    Ok(auth::authorize(v, e, &auth::EventList(found), &|_| true).is_ok())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -154,7 +107,8 @@ fn authorized_in_r(
     events: &dyn EventSource,
 ) -> Result<bool, ResolveError> {
     let mut found: Vec<&Pdu> = Vec::with_capacity(6);
-    for (kind, key) in auth::auth_types(v, &e.kind, e.state_key.as_deref(), &e.sender, &e.content) {
+    for (kind, key) in auth::auth_types(v, &e.kind, e.state_key.as_deref(), &e.sender, &e.content())
+    {
         if let Some(id) = state.get(&(kind, key)) {
             found.push(
                 events
@@ -236,50 +190,99 @@ fn resolve_v1(
 // ---------------------------------------------------------------------------------------
 // Versions 2 and 2.1.
 
+/// A fast hasher for the resolution's own maps (keys are event ids and state keys, not
+/// attacker-chosen inputs to a long-lived table): eight bytes at a time.
+#[derive(Default, Clone, Copy)]
+struct Fx(u64);
+
+impl std::hash::Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+    fn write_u8(&mut self, b: u8) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0.rotate_left(5) ^ n as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fx>>;
+
 /// The auth graph below the state sets, with events as dense indices.
 struct Graph<'a> {
     events: Vec<&'a Pdu>,
-    index: HashMap<&'a str, usize>,
-    /// Auth events of each event, as indices (unknown ones left out).
-    auth: Vec<Vec<usize>>,
+    index: FxMap<&'a str, usize>,
+    /// Auth events of each event, as indices (unknown ones left out): those of event `i` are
+    /// `auth_targets[auth_start[i]..auth_start[i + 1]]`.
+    auth_start: Vec<u32>,
+    auth_targets: Vec<u32>,
+    /// Whether each event was rejected.
+    rejected: Vec<bool>,
 }
 
 impl<'a> Graph<'a> {
     /// Interns `roots` and everything reachable from them by `auth_events`.
     fn build(roots: &[&'a str], src: &'a dyn EventSource) -> Result<Graph<'a>, ResolveError> {
         let mut g = Graph {
-            events: Vec::new(),
-            index: HashMap::new(),
-            auth: Vec::new(),
+            events: Vec::with_capacity(roots.len() * 2),
+            index: FxMap::default(),
+            auth_start: Vec::new(),
+            auth_targets: Vec::new(),
+            rejected: Vec::new(),
         };
-        let mut stack: Vec<&'a str> = roots.to_vec();
-        while let Some(id) = stack.pop() {
+        // (id, whether it must be known): the state sets' events must be; an auth event
+        // nobody knows only weakens the chain.
+        let mut stack: Vec<(&'a str, bool)> = roots.iter().map(|r| (*r, true)).collect();
+        while let Some((id, required)) = stack.pop() {
             if g.index.contains_key(id) {
                 continue;
             }
-            let e = src
-                .event(id)
-                .ok_or_else(|| ResolveError::Missing(id.to_string()))?;
+            let Some(e) = src.event(id) else {
+                if required {
+                    return Err(ResolveError::Missing(id.to_string()));
+                }
+                continue;
+            };
             g.index.insert(&e.event_id, g.events.len());
             g.events.push(e);
-            g.auth.push(Vec::new());
+            g.rejected.push(src.rejected(id));
             for a in &e.auth_events {
-                // An auth event nobody knows only weakens the chain; the events in the
-                // state sets themselves must be known.
-                if !g.index.contains_key(a.as_str()) && src.event(a).is_some() {
-                    stack.push(a);
+                if !g.index.contains_key(a.as_str()) {
+                    stack.push((a, false));
                 }
             }
         }
-        for i in 0..g.events.len() {
-            let list = g.events[i]
-                .auth_events
-                .iter()
-                .filter_map(|a| g.index.get(a.as_str()).copied())
-                .collect();
-            g.auth[i] = list;
+        g.auth_start.reserve(g.events.len() + 1);
+        g.auth_targets.reserve(g.events.len() * 4);
+        for e in &g.events {
+            g.auth_start.push(g.auth_targets.len() as u32);
+            for a in &e.auth_events {
+                if let Some(&j) = g.index.get(a.as_str()) {
+                    g.auth_targets.push(j as u32);
+                }
+            }
         }
+        g.auth_start.push(g.auth_targets.len() as u32);
         Ok(g)
+    }
+
+    /// The auth events of `i`, as indices.
+    fn auth(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        self.auth_targets[self.auth_start[i] as usize..self.auth_start[i + 1] as usize]
+            .iter()
+            .map(|&j| j as usize)
     }
 
     fn len(&self) -> usize {
@@ -291,20 +294,26 @@ impl<'a> Graph<'a> {
         let mut seen = Bits::new(self.len());
         let mut stack: Vec<usize> = Vec::new();
         for s in starts {
-            for &a in &self.auth[s] {
+            for a in self.auth(s) {
                 if seen.insert(a) {
                     stack.push(a);
                 }
             }
         }
         while let Some(i) = stack.pop() {
-            for &a in &self.auth[i] {
+            for a in self.auth(i) {
                 if seen.insert(a) {
                     stack.push(a);
                 }
             }
         }
         seen
+    }
+
+    /// The power-levels event among `i`'s auth events.
+    fn auth_power_levels(&self, i: usize) -> Option<usize> {
+        self.auth(i)
+            .find(|&a| self.events[a].is("m.room.power_levels", ""))
     }
 }
 
@@ -351,18 +360,20 @@ fn is_power_event(e: &Pdu) -> bool {
         && e.state_key.as_deref() != Some(e.sender.as_str())
 }
 
-/// The sender's power level as the event's own auth events give it.
-fn sender_power(v: &RoomVersion, e: &Pdu, src: &dyn EventSource) -> Power {
-    let auth: Vec<&Pdu> = e.auth_events.iter().filter_map(|a| src.event(a)).collect();
+/// The sender's power level as the event's own auth events give it (v12: with the creators
+/// of the create event the room id names).
+fn sender_power(v: &RoomVersion, g: &Graph<'_>, i: usize, create12: Option<&Pdu>) -> Power {
+    let e = g.events[i];
+    let auth = || g.auth(i).map(|a| g.events[a]);
     let create = if v.room_id_is_create {
-        src.event(&hash::create_id_of_room(&e.room_id))
+        create12
     } else {
-        auth.iter().copied().find(|a| a.is("m.room.create", ""))
+        auth().find(|a| a.is("m.room.create", ""))
     };
     if let Some(c) = create {
         let creators = v.room_id_is_create
             && (c.sender == e.sender
-                || c.content
+                || c.content()
                     .get("additional_creators")
                     .and_then(Value::as_array)
                     .is_some_and(|a| a.iter().any(|u| u.as_str() == Some(e.sender.as_str()))));
@@ -370,14 +381,14 @@ fn sender_power(v: &RoomVersion, e: &Pdu, src: &dyn EventSource) -> Power {
             return UNLIMITED;
         }
     }
-    match auth.iter().find(|a| a.is("m.room.power_levels", "")) {
+    match auth().find(|a| a.is("m.room.power_levels", "")) {
         Some(pl) => pl
-            .content
+            .content()
             .get("users")
             .and_then(|u| u.get(&e.sender))
             .and_then(|x| auth::parse_power(v, x))
             .or_else(|| {
-                pl.content
+                pl.content()
                     .get("users_default")
                     .and_then(|x| auth::parse_power(v, x))
             })
@@ -399,21 +410,76 @@ fn sender_power(v: &RoomVersion, e: &Pdu, src: &dyn EventSource) -> Power {
     }
 }
 
-fn resolve_v2(
+/// The working state of the iterative auth checks: `(type, state_key)` -> event index.
+type Working<'s> = FxMap<(&'s str, &'s str), usize>;
+
+/// Iterative auth checks for one event ("Iterative auth checks"): the state so far, and the
+/// event's own (not rejected) auth events for what the state lacks.
+fn passes(
     v: &RoomVersion,
-    state_sets: &[StateMap],
+    g: &Graph<'_>,
+    i: usize,
+    state: &Working<'_>,
+    create12: Option<&Pdu>,
+) -> bool {
+    let e = g.events[i];
+    let mut found: Vec<&Pdu> = Vec::with_capacity(8);
+    for (kind, key) in auth::auth_keys_of(v, e).iter() {
+        if let Some(&j) = state.get(&(kind, key)) {
+            found.push(g.events[j]);
+        } else if let Some(j) = g
+            .auth(i)
+            .find(|&j| !g.rejected[j] && g.events[j].is(kind, key))
+        {
+            found.push(g.events[j]);
+        }
+    }
+    if v.room_id_is_create {
+        found.extend(create12);
+    }
+    if e.kind == "m.room.create" {
+        found.clear();
+    }
+    // Signatures were checked when the events arrived.
+    auth::authorize(v, e, &auth::EventList(found), &|_| true).is_ok()
+}
+
+/// Applies the iterative auth checks to `list`, in order.
+fn apply<'s>(
+    v: &RoomVersion,
+    g: &Graph<'s>,
+    state: &mut Working<'s>,
+    list: &[usize],
+    create12: Option<&Pdu>,
+) {
+    for &i in list {
+        if passes(v, g, i, state, create12) {
+            let e = g.events[i];
+            state.insert((e.kind.as_str(), e.state_key.as_deref().unwrap_or("")), i);
+        }
+    }
+}
+
+fn resolve_v2<'a>(
+    v: &RoomVersion,
+    state_sets: &'a [StateMap],
     unconflicted: StateMap,
     conflicted: BTreeMap<(String, String), Vec<String>>,
-    src: &dyn EventSource,
+    src: &'a dyn EventSource,
 ) -> Result<StateMap, ResolveError> {
-    let mut roots: Vec<&str> = state_sets
+    let roots: Vec<&str> = state_sets
         .iter()
         .flat_map(|s| s.values().map(String::as_str))
         .collect();
-    roots.sort_unstable();
-    roots.dedup();
     let g = Graph::build(&roots, src)?;
     let n = g.len();
+    let create12 = if v.room_id_is_create {
+        g.events
+            .first()
+            .and_then(|e| src.event(&hash::create_id_of_room(&e.room_id)))
+    } else {
+        None
+    };
     // Auth difference: in some but not all of the state sets' full auth chains.
     let chains: Vec<Bits> = state_sets
         .iter()
@@ -453,38 +519,47 @@ fn resolve_v2(
             picked.insert(i);
         }
     }
-    let levels: HashMap<usize, Power> = picked
-        .iter()
-        .map(|i| (i, sender_power(v, g.events[i], src)))
-        .collect();
+    let mut levels = vec![0; n];
+    for i in picked.iter() {
+        levels[i] = sender_power(v, &g, i, create12);
+    }
     let ordered = power_order(&g, &picked, &levels);
     // Step 2: iterative auth checks from the unconflicted state (v2.1: the empty state).
-    let mut state = if v.state_res == StateResolution::V2_1 {
-        StateMap::new()
-    } else {
-        unconflicted.clone()
-    };
-    for &i in &ordered {
-        let e = g.events[i];
-        if authorized_in(v, e, &state, src)? {
-            state.insert(state_key_of(e), e.event_id.clone());
+    let unconflicted_keys: std::collections::HashSet<
+        (&str, &str),
+        std::hash::BuildHasherDefault<Fx>,
+    > = unconflicted
+        .keys()
+        .map(|(k, s)| (k.as_str(), s.as_str()))
+        .collect();
+    let mut state: Working<'_> = FxMap::default();
+    if v.state_res != StateResolution::V2_1 {
+        state.reserve(unconflicted.len());
+        for ((kind, key), id) in &unconflicted {
+            state.insert((kind.as_str(), key.as_str()), g.index[id.as_str()]);
         }
     }
+    apply(v, &g, &mut state, &ordered, create12);
     // Step 3: the rest by mainline order of the resolved power levels.
     let rest: Vec<usize> = full.iter().filter(|&i| !picked.has(i)).collect();
-    let rest = mainline_order(&g, &state, rest, src);
+    let rest = mainline_order(&g, state.get(&("m.room.power_levels", "")).copied(), rest);
     // Step 4.
-    for &i in &rest {
-        let e = g.events[i];
-        if authorized_in(v, e, &state, src)? {
-            state.insert(state_key_of(e), e.event_id.clone());
-        }
-    }
+    apply(v, &g, &mut state, &rest, create12);
     // Step 5: the unconflicted state wins.
-    for (k, id) in unconflicted {
-        state.insert(k, id);
-    }
-    Ok(state)
+    let resolved: Vec<((String, String), String)> = state
+        .into_iter()
+        .filter(|((kind, key), _)| !unconflicted_keys.contains(&(*kind, *key)))
+        .map(|((kind, key), i)| {
+            (
+                (kind.to_string(), key.to_string()),
+                g.events[i].event_id.clone(),
+            )
+        })
+        .collect();
+    drop(unconflicted_keys);
+    let mut out = unconflicted;
+    out.extend(resolved);
+    Ok(out)
 }
 
 /// rooms/v12 "Conflicted state subgraph": the events on auth paths between conflicted events,
@@ -510,19 +585,19 @@ fn conflicted_subgraph(g: &Graph<'_>, conflicted: &Bits) -> Bits {
             continue;
         }
         // Iterative post-order walk.
-        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+        let mut stack: Vec<(usize, usize)> = vec![(start, g.auth_start[start] as usize)];
         while let Some(&mut (node, ref mut next)) = stack.last_mut() {
-            if *next < g.auth[node].len() {
-                let child = g.auth[node][*next];
+            if *next < g.auth_start[node + 1] as usize {
+                let child = g.auth_targets[*next] as usize;
                 *next += 1;
                 if mark[child] == Mark::Unknown {
-                    stack.push((child, 0));
+                    stack.push((child, g.auth_start[child] as usize));
                 }
                 continue;
             }
-            let reaches = g.auth[node]
-                .iter()
-                .any(|&c| conflicted.has(c) || mark[c] == Mark::Yes);
+            let reaches = g
+                .auth(node)
+                .any(|c| conflicted.has(c) || mark[c] == Mark::Yes);
             mark[node] = if reaches { Mark::Yes } else { Mark::No };
             stack.pop();
         }
@@ -539,19 +614,33 @@ fn conflicted_subgraph(g: &Graph<'_>, conflicted: &Bits) -> Bits {
 /// ready events the greatest sender power, then the smallest `origin_server_ts`, then the
 /// smallest id ("Reverse topological power ordering"). Events outside `picked` pass through
 /// without a place in the output, so an event waits for all its picked ancestors.
-fn power_order(g: &Graph<'_>, picked: &Bits, levels: &HashMap<usize, Power>) -> Vec<usize> {
+fn power_order(g: &Graph<'_>, picked: &Bits, levels: &[Power]) -> Vec<usize> {
     let mut nodes = g.chain(picked.iter());
     for i in picked.iter() {
         nodes.insert(i);
     }
-    let members: Vec<usize> = nodes.iter().collect();
-    let mut pending = vec![0usize; g.len()];
-    let mut parents: HashMap<usize, Vec<usize>> = HashMap::new();
-    for &i in &members {
-        for &a in &g.auth[i] {
+    let n = g.len();
+    let mut pending = vec![0u32; n];
+    // Children (events that cite it) of each node, as a flat adjacency list.
+    let mut child_count = vec![0u32; n + 1];
+    for i in nodes.iter() {
+        for a in g.auth(i) {
             if nodes.has(a) {
                 pending[i] += 1;
-                parents.entry(a).or_default().push(i);
+                child_count[a + 1] += 1;
+            }
+        }
+    }
+    for i in 0..n {
+        child_count[i + 1] += child_count[i];
+    }
+    let mut fill = child_count.clone();
+    let mut children = vec![0usize; child_count[n] as usize];
+    for i in nodes.iter() {
+        for a in g.auth(i) {
+            if nodes.has(a) {
+                children[fill[a] as usize] = i;
+                fill[a] += 1;
             }
         }
     }
@@ -571,16 +660,11 @@ fn power_order(g: &Graph<'_>, picked: &Bits, levels: &HashMap<usize, Power>) -> 
     }
     let key = |i: usize| {
         let e = g.events[i];
-        Reverse(Key(
-            levels.get(&i).copied().unwrap_or(0),
-            e.origin_server_ts,
-            &e.event_id,
-            i,
-        ))
+        Reverse(Key(levels[i], e.origin_server_ts, &e.event_id, i))
     };
     let mut free: Vec<usize> = Vec::new();
     let mut heap = BinaryHeap::new();
-    for &i in &members {
+    for i in nodes.iter() {
         if pending[i] == 0 {
             if picked.has(i) {
                 heap.push(key(i));
@@ -589,7 +673,7 @@ fn power_order(g: &Graph<'_>, picked: &Bits, levels: &HashMap<usize, Power>) -> 
             }
         }
     }
-    let mut out = Vec::with_capacity(levels.len());
+    let mut out = Vec::new();
     loop {
         let next = if let Some(i) = free.pop() {
             i
@@ -599,7 +683,7 @@ fn power_order(g: &Graph<'_>, picked: &Bits, levels: &HashMap<usize, Power>) -> 
         } else {
             break;
         };
-        for &p in parents.get(&next).map(Vec::as_slice).unwrap_or(&[]) {
+        for &p in &children[child_count[next] as usize..child_count[next + 1] as usize] {
             pending[p] -= 1;
             if pending[p] == 0 {
                 if picked.has(p) {
@@ -613,61 +697,61 @@ fn power_order(g: &Graph<'_>, picked: &Bits, levels: &HashMap<usize, Power>) -> 
     out
 }
 
-/// The power-levels event among an event's auth events.
-fn auth_power_levels<'a>(e: &Pdu, src: &'a dyn EventSource) -> Option<&'a Pdu> {
-    e.auth_events
-        .iter()
-        .filter_map(|a| src.event(a))
-        .find(|a| a.is("m.room.power_levels", ""))
-}
-
-/// `events` in mainline order of the power levels in `state` ("Mainline ordering"): a greater
-/// mainline position first, then the smaller `origin_server_ts`, then the smaller id.
+/// `events` in mainline order of the power levels event `resolved_power` ("Mainline
+/// ordering"): a greater mainline position first, then the smaller `origin_server_ts`, then
+/// the smaller id.
 fn mainline_order(
     g: &Graph<'_>,
-    state: &StateMap,
+    resolved_power: Option<usize>,
     mut events: Vec<usize>,
-    src: &dyn EventSource,
 ) -> Vec<usize> {
-    let mut mainline: HashMap<String, usize> = HashMap::new();
-    let key = ("m.room.power_levels".to_string(), String::new());
-    let mut p = state.get(&key).and_then(|id| src.event(id));
+    const NONE: usize = usize::MAX;
+    let n = g.len();
+    // Position of each power-levels event on the mainline (NONE when it is not on it).
+    let mut mainline = vec![NONE; n];
+    let mut p = resolved_power;
     let mut depth = 0;
     while let Some(pl) = p {
-        mainline.insert(pl.event_id.clone(), depth);
+        if mainline[pl] != NONE {
+            break;
+        }
+        mainline[pl] = depth;
         depth += 1;
-        p = auth_power_levels(pl, src);
+        p = g.auth_power_levels(pl);
     }
-    let mut memo: HashMap<String, usize> = HashMap::new();
-    let position = |e: &Pdu, memo: &mut HashMap<String, usize>| -> usize {
-        let mut walked: Vec<String> = Vec::new();
-        let mut cur = auth_power_levels(e, src);
+    // The mainline position reached from a power-levels event (memoised).
+    let mut memo: Vec<Option<usize>> = vec![None; n];
+    let mut position = |i: usize| -> usize {
+        let mut walked: Vec<usize> = Vec::new();
+        let mut cur = g.auth_power_levels(i);
         let found = loop {
-            let Some(pl) = cur else { break usize::MAX };
-            if let Some(&i) = mainline.get(&pl.event_id) {
-                break i;
+            let Some(pl) = cur else { break NONE };
+            if mainline[pl] != NONE {
+                break mainline[pl];
             }
-            if let Some(&i) = memo.get(&pl.event_id) {
-                break i;
+            if let Some(m) = memo[pl] {
+                break m;
             }
-            walked.push(pl.event_id.clone());
-            cur = auth_power_levels(pl, src);
+            walked.push(pl);
+            cur = g.auth_power_levels(pl);
         };
         for w in walked {
-            memo.insert(w, found);
+            memo[w] = Some(found);
         }
         found
     };
-    let positions: HashMap<usize, usize> = events
-        .iter()
-        .map(|&i| (i, position(g.events[i], &mut memo)))
+    let mut keyed: Vec<(Reverse<usize>, i64, &str, usize)> = events
+        .drain(..)
+        .map(|i| {
+            let e = g.events[i];
+            (
+                Reverse(position(i)),
+                e.origin_server_ts,
+                e.event_id.as_str(),
+                i,
+            )
+        })
         .collect();
-    events.sort_by(|&a, &b| {
-        let (ea, eb) = (g.events[a], g.events[b]);
-        positions[&b]
-            .cmp(&positions[&a])
-            .then(ea.origin_server_ts.cmp(&eb.origin_server_ts))
-            .then(ea.event_id.cmp(&eb.event_id))
-    });
-    events
+    keyed.sort_unstable();
+    keyed.into_iter().map(|k| k.3).collect()
 }

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mxconform_codegen::pin::{self, Pin};
 
 mod bench;
+mod bench_pdu;
 mod bench_server;
 mod pdu_cmd;
 
@@ -50,7 +51,7 @@ enum Command {
     Compare { a: PathBuf, b: PathBuf },
     /// Benchmarks with figures and ratios against peers (bounded, loopback only).
     Bench {
-        /// Which: codegen, compile, or all.
+        /// Which: codegen, compile, server, pdu, or all.
         #[arg(value_enum, default_value = "all")]
         what: BenchWhat,
         /// How many generation runs to time.
@@ -62,12 +63,23 @@ enum Command {
         /// Time budget per server workload, in seconds.
         #[arg(long, default_value_t = 5)]
         budget: u64,
+        /// The room version of the PDU benchmarks (2-12).
+        #[arg(long, default_value = "12")]
+        room_version: String,
     },
     /// The room-version core: canonical JSON, event ids, redaction, signatures, authorization
     /// and state resolution of PDUs (JSON Lines on standard input).
     Pdu {
         #[command(subcommand)]
         command: pdu_cmd::PduCommand,
+    },
+    /// For `bench pdu`: resolves one workload case RUNS times (run under callgrind to count
+    /// instructions).
+    #[command(hide = true)]
+    BenchResolveOnce {
+        file: PathBuf,
+        index: usize,
+        runs: usize,
     },
     /// The API change between two spec versions.
     Diff {
@@ -178,6 +190,9 @@ enum BenchWhat {
     Compile,
     /// The reference server (and Synapse with --synapse), and the suite's wall time.
     Server,
+    /// The room-version core (hashing, signing, authorization, state resolution) against
+    /// ruma's crates, built in target/bench.
+    Pdu,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -233,6 +248,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runs,
             synapse,
             budget,
+            room_version,
         } => {
             let repo = repo_root()?;
             let mut rows = Vec::new();
@@ -243,6 +259,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if matches!(what, BenchWhat::All | BenchWhat::Compile) {
                 let work = repo.join("target").join("bench");
                 rows.push(bench::compile(&repo, &work)?);
+            }
+            if matches!(what, BenchWhat::All | BenchWhat::Pdu) {
+                let work = repo.join("target").join("bench");
+                rows.extend(bench_pdu::pdu(&work, &room_version)?);
             }
             if matches!(what, BenchWhat::All | BenchWhat::Server) {
                 rows.extend(bench_servers(
@@ -270,6 +290,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Diff { from, to, format } => diff(&from, &to, format),
         Command::Pdu { command } => pdu_cmd::run(command),
+        Command::BenchResolveOnce { file, index, runs } => {
+            bench_pdu::resolve_once(&file, index, runs)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
