@@ -235,9 +235,22 @@ impl Room {
         };
         let mut pdu = build::build(self.v, &self.room_id, new, &prev_pdus, &state, origin)
             .unwrap_or_else(|e| panic!("cannot build {spec}: {e}"));
-        // Auth events named explicitly replace the selection.
-        if let Some(Value::Array(names)) = get("auth") {
+        // Auth events named explicitly replace the selection; `event_id` (v1-2) fixes the id,
+        // for cases decided by the ids' order or sha1.
+        let fixed_id = get("event_id").and_then(Value::as_str);
+        if get("auth").is_some() || fixed_id.is_some() {
             let mut json = pdu.json.clone();
+            if let Some(id) = fixed_id {
+                assert_eq!(
+                    self.v.event_ids,
+                    mxconform_pdu::version::EventIdFormat::Opaque,
+                    "event_id can be chosen in v1-2 only"
+                );
+                json["event_id"] = json!(id);
+            }
+            let names: &[Value] = get("auth")
+                .and_then(Value::as_array)
+                .map_or(&[], Vec::as_slice);
             let refs: Vec<Value> = names
                 .iter()
                 .map(|n| {
@@ -250,7 +263,9 @@ impl Room {
                     }
                 })
                 .collect();
-            json["auth_events"] = Value::Array(refs);
+            if get("auth").is_some() {
+                json["auth_events"] = Value::Array(refs);
+            }
             if let Some(m) = json.as_object_mut() {
                 m.remove("hashes");
                 m.remove("signatures");
@@ -285,7 +300,13 @@ impl Room {
             &|_| true,
         );
         let mut after = before;
-        match by_auth.and(by_state) {
+        // `accepted: true`: this server took the event although the rules refuse it here (as
+        // a server with another view of the room would have), so it enters the state.
+        let forced = get("accepted").and_then(Value::as_bool) == Some(true);
+        match by_auth
+            .and(by_state)
+            .or_else(|e| if forced { Ok(()) } else { Err(e) })
+        {
             Ok(()) => {
                 if let Some(k) = &pdu.state_key {
                     after.insert((pdu.kind.clone(), k.clone()), pdu.event_id.clone());
