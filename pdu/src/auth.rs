@@ -610,6 +610,7 @@ impl Room<'_> {
     }
 }
 
+/// "current membership state": `content.membership` of the user's member event in `state`.
 fn membership_of<'a>(state: &'a dyn AuthState, user: &str) -> Option<&'a str> {
     state.get("m.room.member", user)?.membership()
 }
@@ -743,6 +744,7 @@ fn show(p: Power) -> String {
     }
 }
 
+/// Rule 1, "If type is `m.room.create`" (v12: no `room_id`, `additional_creators`).
 fn authorize_create(v: &RoomVersion, event: &Pdu) -> Result<(), Rejection> {
     let no = |rule: Rule, reason: String| Err(reject(v, rule, reason));
     if !event.prev_events.is_empty() {
@@ -795,6 +797,8 @@ fn authorize_create(v: &RoomVersion, event: &Pdu) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// Rule 5 of v1-5 and v12, 4 of v6-11: "If type is `m.room.member`" (knocks from v7, restricted
+/// joins from v8, `knock_restricted` from v10).
 fn authorize_member(
     room: &Room<'_>,
     event: &Pdu,
@@ -1007,6 +1011,7 @@ fn authorize_member(
     }
 }
 
+/// The member rule's invite case "If `content` has a `third_party_invite` property".
 fn authorize_3pid_invite(
     room: &Room<'_>,
     event: &Pdu,
@@ -1097,6 +1102,8 @@ const PL_FIELDS: [&str; 7] = [
     "invite",
 ];
 
+/// Rule 10 of v1-5 and v12, 9 of v6-11: "If type is `m.room.power_levels`" (integer checks
+/// from v10, creators from v12).
 fn authorize_power_levels(
     room: &Room<'_>,
     event: &Pdu,
