@@ -6,6 +6,7 @@
 pub mod client;
 pub mod error;
 pub mod expect;
+pub mod federation;
 pub mod peers;
 pub mod profile;
 pub mod report;
@@ -58,6 +59,8 @@ pub struct RunConfig {
     pub sweeps: bool,
     /// What to report as the server's software when it does not say (the embedded server).
     pub software_hint: Option<String>,
+    /// Federation with fake homeservers, when the profile has `[federation]`.
+    pub federation: Option<Arc<federation::Federation>>,
     /// The peers the profile configures, already running (see [`peers::Peers::start`]).
     pub peers: Option<Arc<peers::Peers>>,
     /// libtest's arguments; `None` runs every scenario without libtest's console output
@@ -207,6 +210,7 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
         scenario_timeout: config.scenario_timeout,
         peers: config.peers.clone(),
         admin: tokio::sync::OnceCell::new(),
+        federation: config.federation.clone(),
     });
     let rt = Arc::new(rt);
     let results: Arc<Mutex<Vec<report::ScenarioResult>>> = Arc::default();

@@ -37,6 +37,9 @@ pub struct Profile {
     /// The peers the server is configured to talk to (see [`crate::peers`]).
     #[serde(default)]
     pub peers: crate::peers::PeersConfig,
+    /// Where the harness reaches the server's federation API, and the authority it trusts.
+    #[serde(default)]
+    pub federation: Option<crate::federation::FederationConfig>,
     #[serde(skip)]
     pub path: PathBuf,
 }

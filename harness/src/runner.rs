@@ -31,6 +31,8 @@ pub struct Env {
     /// The administrator account (user id, access token), made by the first scenario that
     /// needs it and shared by the rest of the run.
     pub admin: tokio::sync::OnceCell<Result<(String, String), String>>,
+    /// Federation (fake homeservers), when the profile has `[federation]`.
+    pub federation: Option<std::sync::Arc<crate::federation::Federation>>,
 }
 
 #[derive(Clone, Debug)]
@@ -58,6 +60,8 @@ struct Run<'a> {
     skipped: Option<String>,
     /// The scenario's `keys`, made for this run.
     keys: BTreeMap<String, mxconform_pdu::SigningKey>,
+    /// The scenario's fake homeservers, by name.
+    fakes: BTreeMap<String, crate::federation::fake::Fake>,
 }
 
 /// What a finished `sync_until` found.
@@ -117,6 +121,7 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
         background: BTreeMap::new(),
         skipped: None,
         keys: BTreeMap::new(),
+        fakes: BTreeMap::new(),
     };
     run.vars.set(
         "server_name",
@@ -179,13 +184,55 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
             run.vars.set(&k, v);
         }
     }
-    let result = match tokio::time::timeout(bound, run.all()).await {
+    if !scenario.servers.is_empty() {
+        let Some(federation) = env.federation.clone() else {
+            return Outcome {
+                result: Ok(()),
+                skipped: Some(format!(
+                    "needs federation, which profile `{}` does not configure ([federation])",
+                    env.profile.name
+                )),
+                operations: Vec::new(),
+                duration: started.elapsed(),
+            };
+        };
+        if let Err(e) = run.start_fakes(&federation).await {
+            return Outcome {
+                result: Err(format!("starting the fake servers: {e}")),
+                skipped: None,
+                operations: Vec::new(),
+                duration: started.elapsed(),
+            };
+        }
+    }
+    let mut result = match tokio::time::timeout(bound, run.all()).await {
         Ok(r) => r,
         Err(_) => Err(format!(
             "the scenario did not finish within {:.1} s",
             bound.as_secs_f64()
         )),
     };
+    // What the server under test did wrong towards the fake servers fails the scenario.
+    let violations: Vec<String> = run
+        .fakes
+        .iter()
+        .flat_map(|(name, f)| {
+            f.shared
+                .inbox
+                .violations()
+                .into_iter()
+                .map(move |v| format!("to fake server {name}: {v}"))
+        })
+        .collect();
+    if !violations.is_empty() && run.skipped.is_none() {
+        let listed = violations.join("\n  ");
+        result = match result {
+            Ok(()) => Err(format!("the server under test misbehaved:\n  {listed}")),
+            Err(e) => Err(format!(
+                "{e}\nand the server under test misbehaved:\n  {listed}"
+            )),
+        };
+    }
     Outcome {
         result: if run.skipped.is_some() {
             Ok(())
@@ -234,6 +281,21 @@ impl Run<'_> {
                 (.., Some(m)) => format!("message to {}", m.to),
                 _ => "?".to_string(),
             };
+            let fed = if let Some(j) = &step.fed_join {
+                Some(("fed_join", self.fed_join(step, j).await))
+            } else if let Some(f) = &step.fed_send {
+                Some(("fed_send", self.fed_send(step, f).await))
+            } else if let Some(c) = &step.fed_call {
+                Some(("fed_call", self.fed_call(step, c).await))
+            } else if let Some(a) = &step.fed_await {
+                Some(("fed_await", self.fed_await(step, a).await))
+            } else {
+                None
+            };
+            if let Some((kind, r)) = fed {
+                r.map_err(|e| format!("step {} ({kind}): {e}", i + 1))?;
+                continue;
+            }
             if let Some(w) = &step.appservice_receives {
                 self.appservice_receives(w)
                     .await
@@ -250,6 +312,219 @@ impl Run<'_> {
             r.map_err(|e| format!("step {} ({label}): {e}", i + 1))?;
         }
         Ok(())
+    }
+
+    /// Starts the scenario's fake servers, each with a fresh port, key and certificate.
+    async fn start_fakes(
+        &mut self,
+        federation: &crate::federation::Federation,
+    ) -> Result<(), String> {
+        for name in &self.scenario.servers {
+            let fake = crate::federation::fake::Fake::start(
+                &federation.authority,
+                federation.client.clone(),
+            )
+            .await?;
+            if let Ok(mut allowed) = fake.shared.allowed.lock() {
+                allowed.extend(self.scenario.allow_requests.iter().cloned());
+            }
+            self.vars
+                .set(&format!("{name}.server_name"), json!(fake.shared.name));
+            self.fakes.insert(name.clone(), fake);
+        }
+        // Each fake server knows the others' keys, for the events they make.
+        let keys: Vec<(String, mxconform_pdu::VerifyKey)> = self
+            .fakes
+            .values()
+            .map(|f| (f.shared.name.clone(), f.shared.key.verify_key()))
+            .collect();
+        for f in self.fakes.values() {
+            if let Ok(mut peers) = f.shared.peers.lock() {
+                peers.extend(keys.iter().cloned());
+            }
+        }
+        Ok(())
+    }
+
+    fn fake(&self, name: &str) -> Result<std::sync::Arc<crate::federation::fake::Shared>, String> {
+        self.fakes
+            .get(name)
+            .map(|f| f.shared.clone())
+            .ok_or_else(|| format!("no fake server {name}"))
+    }
+
+    /// The result of a federation step: expectations and captures read `body`.
+    fn fed_result(&mut self, step: &Step, status: u16, body: &Value) -> Result<(), String> {
+        crate::expect::response(&step.expect, status, body, &self.vars)?;
+        self.capture(step, body, &[])
+    }
+
+    async fn fed_join(&mut self, step: &Step, j: &crate::scenario::FedJoin) -> Result<(), String> {
+        let shared = self.fake(&j.server)?;
+        let room = self.vars.render_text(&j.room)?;
+        let user = format!("@{}:{}", self.vars.render_text(&j.user)?, shared.name);
+        self.record("makeJoin");
+        self.record("sendJoinV2");
+        let (event_id, version) = crate::federation::join(&shared, &user, &room).await?;
+        self.fed_result(
+            step,
+            200,
+            &json!({"event_id": event_id, "room_version": version, "user_id": user}),
+        )
+    }
+
+    async fn fed_send(&mut self, step: &Step, f: &crate::scenario::FedSend) -> Result<(), String> {
+        let shared = self.fake(&f.server)?;
+        let room = self.vars.render_text(&f.room)?;
+        let sender = format!("@{}:{}", self.vars.render_text(&f.sender)?, shared.name);
+        let state_key = f
+            .state_key
+            .as_deref()
+            .map(|k| self.vars.render_text(k))
+            .transpose()?;
+        let content = self.vars.render(&f.content)?;
+        let tamper = f.tamper.as_ref().map(|t| self.vars.render(t)).transpose()?;
+        let new = mxconform_pdu::build::NewEvent::new(
+            &f.kind,
+            state_key.as_deref(),
+            &sender,
+            content,
+            crate::federation::fake::now_ms(),
+        );
+        self.record("sendTransaction");
+        let (event_id, result) =
+            crate::federation::send_event(&shared, &room, new, tamper.as_ref()).await?;
+        self.fed_result(step, 200, &json!({"event_id": event_id, "result": result}))
+    }
+
+    async fn fed_call(&mut self, step: &Step, c: &crate::scenario::FedCall) -> Result<(), String> {
+        let shared = self.fake(&c.server)?;
+        let route = crate::federation::client::route(&c.call)
+            .ok_or_else(|| format!("no server-server operation {}", c.call))?;
+        let path: BTreeMap<String, String> = self
+            .render_params(&c.path)?
+            .into_iter()
+            .map(|(k, v)| (k, text_of(&v)))
+            .collect();
+        let mut url = crate::client::fill_path(route, &path)?;
+        let mut query = Vec::new();
+        for (k, v) in self.render_params(&c.query)? {
+            match v {
+                Value::Array(items) => query.extend(items.iter().map(|i| (k.clone(), text_of(i)))),
+                Value::Null => {}
+                other => query.push((k, text_of(&other))),
+            }
+        }
+        if !query.is_empty() {
+            let q: Vec<String> = query
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{}={}",
+                        crate::client::encode_segment(k),
+                        crate::client::encode_segment(v)
+                    )
+                })
+                .collect();
+            url = format!("{url}?{}", q.join("&"));
+        }
+        let body = c.body.as_ref().map(|b| self.vars.render(b)).transpose()?;
+        if let Some(b) = &body {
+            if let Ok(Some(v)) = crate::validate::validate_in(
+                mxconform_generated::Group::ServerServer,
+                route.operation_id,
+                &crate::validate::Part::Request,
+                b,
+            ) {
+                if !v.is_empty() && !step.invalid {
+                    return Err(format!(
+                        "the request breaks {}'s schema: {}",
+                        route.operation_id,
+                        v.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ));
+                }
+            }
+        }
+        self.record(route.operation_id);
+        let answer = shared
+            .client
+            .request(
+                &shared.name,
+                &shared.key,
+                Some(route),
+                route.method.as_str(),
+                &url,
+                body.as_ref(),
+            )
+            .await?;
+        self.fed_result(step, answer.status, &answer.body)
+    }
+
+    async fn fed_await(
+        &mut self,
+        step: &Step,
+        a: &crate::scenario::FedAwait,
+    ) -> Result<(), String> {
+        use crate::federation::fake::Received;
+        let shared = self.fake(&a.server)?;
+        let within = Duration::from_millis(a.within_ms.unwrap_or(10_000).min(60_000));
+        let pdu = a.pdu.as_ref().map(|p| self.vars.render(p)).transpose()?;
+        let edu = a.edu.as_ref().map(|p| self.vars.render(p)).transpose()?;
+        let request = a.request.clone();
+        let found = shared
+            .inbox
+            .wait_for(0, within, |r| match (r, &pdu, &edu, &request) {
+                (Received::Pdu { pdu: got, .. }, Some(want), _, _) => {
+                    crate::expect::subset(want, got)
+                }
+                (Received::Edu { edu: got }, _, Some(want), _) => crate::expect::subset(want, got),
+                (Received::Request { operation, .. }, _, _, Some(op)) => operation == op,
+                _ => false,
+            })
+            .await;
+        let Some((_, item)) = found else {
+            let what = pdu
+                .map(|p| format!("a PDU containing {p}"))
+                .or(edu.map(|e| format!("an EDU containing {e}")))
+                .or(request.map(|r| format!("a {r} request")))
+                .unwrap_or_default();
+            let seen: Vec<String> = shared
+                .inbox
+                .items()
+                .iter()
+                .map(|r| match r {
+                    Received::Pdu { pdu, .. } => format!(
+                        "PDU {} {}",
+                        pdu.get("type").and_then(Value::as_str).unwrap_or("?"),
+                        pdu.get("event_id").and_then(Value::as_str).unwrap_or("")
+                    ),
+                    Received::Edu { edu } => format!(
+                        "EDU {}",
+                        edu.get("edu_type").and_then(Value::as_str).unwrap_or("?")
+                    ),
+                    Received::Request { operation, .. } => format!("request {operation}"),
+                })
+                .collect();
+            return Err(format!(
+                "{} was not sent {what} within {} ms (it was sent: {})",
+                shared.name,
+                within.as_millis(),
+                if seen.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    seen.join(", ")
+                }
+            ));
+        };
+        let body = match item {
+            Received::Pdu { pdu, .. } => pdu,
+            Received::Edu { edu } => edu,
+            Received::Request { body, .. } => json!({"body": body}),
+        };
+        self.capture(step, &body, &[])
     }
 
     fn record(&mut self, op: &str) {

@@ -37,6 +37,15 @@ pub struct Scenario {
     /// of their bodies with them (`sign`).
     #[serde(default)]
     pub keys: Vec<String>,
+    /// Fake remote homeservers started for this scenario (fresh port, key and certificate
+    /// each), by name: `{{<name>.server_name}}`. Scenarios with servers need the profile's
+    /// `[federation]`; without it they are skipped.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Server-server operations the server under test may call on the fake servers beyond
+    /// those they model (a request nobody expected fails the scenario).
+    #[serde(default)]
+    pub allow_requests: Vec<String>,
     pub steps: Vec<Step>,
 
     /// Filled in by the loader: the path under `scenarios/` without `.yaml`.
@@ -72,6 +81,23 @@ pub struct Step {
     /// Wait for a text message to a phone number (`447700900123`) at the SMS gateway peer.
     #[serde(default)]
     pub sms: Option<MailStep>,
+    /// A fake server joins one of its users to a room of the server under test (make_join,
+    /// send_join v2; every event of the answer checked). Captures read `{event_id,
+    /// room_version}`.
+    #[serde(default)]
+    pub fed_join: Option<FedJoin>,
+    /// A fake server makes an event in a room it joined and sends it in a transaction.
+    /// Captures and `expect` read `{event_id, result}` (`result` is the server's answer for
+    /// the PDU: `{}` when accepted).
+    #[serde(default)]
+    pub fed_send: Option<FedSend>,
+    /// A fake server calls a server-server operation of the server under test, signed.
+    #[serde(default)]
+    pub fed_call: Option<FedCall>,
+    /// Waits until a fake server is sent a PDU, an EDU or a request matching the given
+    /// subset. Captures read the PDU (with its `event_id`), the EDU, or `{body}`.
+    #[serde(default)]
+    pub fed_await: Option<FedAwait>,
     /// The actor whose access token is sent (default: the first actor).
     #[serde(default, rename = "as")]
     pub as_actor: Option<String>,
@@ -119,6 +145,72 @@ pub struct Step {
     /// skipped, not failed (the negative sweeps use this).
     #[serde(default)]
     pub skip_if_unrecognized: bool,
+}
+
+/// `fed_join`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FedJoin {
+    /// One of the scenario's `servers`.
+    pub server: String,
+    /// The joining user's localpart, on that server.
+    pub user: String,
+    /// The room id (templated).
+    pub room: String,
+}
+
+/// `fed_send`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FedSend {
+    pub server: String,
+    pub room: String,
+    /// The sender's localpart on the fake server.
+    pub sender: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub state_key: Option<String>,
+    #[serde(default)]
+    pub content: Value,
+    /// Changes to the signed event before it is sent (top-level keys, or JSON pointers),
+    /// for events the server must refuse.
+    #[serde(default)]
+    pub tamper: Option<Value>,
+}
+
+/// `fed_call`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FedCall {
+    pub server: String,
+    /// A server-server operation id.
+    pub call: String,
+    #[serde(default)]
+    pub path: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub query: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub body: Option<Value>,
+}
+
+/// `fed_await`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FedAwait {
+    pub server: String,
+    /// A PDU containing this (subset match).
+    #[serde(default)]
+    pub pdu: Option<Value>,
+    /// An EDU containing this.
+    #[serde(default)]
+    pub edu: Option<Value>,
+    /// A request for this operation.
+    #[serde(default)]
+    pub request: Option<String>,
+    /// How long to wait (default 10 s).
+    #[serde(default)]
+    pub within_ms: Option<u64>,
 }
 
 /// A signature to add to an object of a step's body.
@@ -373,6 +465,44 @@ impl Scenario {
                 }
             }
         }
+        for (i, step) in self.steps.iter().enumerate() {
+            let named = [
+                step.fed_join.as_ref().map(|j| &j.server),
+                step.fed_send.as_ref().map(|j| &j.server),
+                step.fed_call.as_ref().map(|j| &j.server),
+                step.fed_await.as_ref().map(|j| &j.server),
+            ];
+            for server in named.into_iter().flatten() {
+                if !self.servers.contains(server) {
+                    return fail(format!(
+                        "step {}: server {server:?} is not one of the scenario's `servers`",
+                        i + 1
+                    ));
+                }
+            }
+            if let Some(c) = &step.fed_call {
+                if crate::federation::client::route(&c.call).is_none() {
+                    return fail(format!(
+                        "step {}: `{}` is not a server-server operation",
+                        i + 1,
+                        c.call
+                    ));
+                }
+            }
+            if let Some(a) = &step.fed_await {
+                if [a.pdu.is_some(), a.edu.is_some(), a.request.is_some()]
+                    .iter()
+                    .filter(|x| **x)
+                    .count()
+                    != 1
+                {
+                    return fail(format!(
+                        "step {}: fed_await waits for one of pdu, edu or request",
+                        i + 1
+                    ));
+                }
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
         for a in &self.actors {
             if !seen.insert(a)
@@ -410,11 +540,22 @@ impl Scenario {
                 + usize::from(step.http.is_some())
                 + usize::from(step.mail.is_some())
                 + usize::from(step.sms.is_some())
-                + usize::from(step.appservice_receives.is_some());
+                + usize::from(step.appservice_receives.is_some())
+                + usize::from(step.fed_join.is_some())
+                + usize::from(step.fed_send.is_some())
+                + usize::from(step.fed_call.is_some())
+                + usize::from(step.fed_await.is_some());
             if kinds != 1 {
                 return fail(format!(
-                    "step {n}: a step has exactly one of `call`, `sync_until`, `await`, `http`, `mail`, `sms` and `appservice_receives`"
+                    "step {n}: a step has exactly one of `call`, `sync_until`, `await`, `http`, `mail`, `sms`, `appservice_receives`, `fed_join`, `fed_send`, `fed_call` and `fed_await`"
                 ));
+            }
+            if step.fed_join.is_some()
+                || step.fed_send.is_some()
+                || step.fed_call.is_some()
+                || step.fed_await.is_some()
+            {
+                continue;
             }
             if step.appservice_receives.is_some() {
                 if !self.needs.iter().any(|x| x == "appservice") {

@@ -79,6 +79,8 @@ fn sweep(
         room_versions: Vec::new(),
         timeout_ms: None,
         keys: Vec::new(),
+        servers: Vec::new(),
+        allow_requests: Vec::new(),
         steps: vec![step],
         area: "sweeps".into(),
         name,

@@ -6,12 +6,21 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{json, Value};
 
-/// The parsed client-server bundle.
-fn bundle() -> &'static Value {
-    static BUNDLE: OnceLock<Value> = OnceLock::new();
-    BUNDLE.get_or_init(|| {
-        let text = mxconform_generated::schema_bundle(mxconform_generated::Group::ClientServer)
-            .expect("the harness enables the client-server feature");
+use mxconform_generated::Group;
+
+/// The parsed bundle of an API group (client-server and server-server are compiled in).
+fn bundle(group: Group) -> &'static Value {
+    static CS: OnceLock<Value> = OnceLock::new();
+    static SS: OnceLock<Value> = OnceLock::new();
+    static NONE: Value = Value::Null;
+    let cell = match group {
+        Group::ClientServer => &CS,
+        Group::ServerServer => &SS,
+        _ => return &NONE,
+    };
+    cell.get_or_init(|| {
+        let text = mxconform_generated::schema_bundle(group)
+            .expect("the harness enables the client-server and server-server features");
         serde_json::from_str(text).expect("the generated bundle is JSON")
     })
 }
@@ -25,14 +34,22 @@ pub enum Part {
 
 type Compiled = Option<Arc<jsonschema::Validator>>;
 
-fn cache() -> &'static Mutex<HashMap<(String, Part), Compiled>> {
-    static CACHE: OnceLock<Mutex<HashMap<(String, Part), Compiled>>> = OnceLock::new();
+type CacheKey = (Group, String, Part);
+
+fn cache() -> &'static Mutex<HashMap<CacheKey, Compiled>> {
+    static CACHE: OnceLock<Mutex<HashMap<CacheKey, Compiled>>> = OnceLock::new();
     CACHE.get_or_init(Mutex::default)
 }
 
-/// The schema the spec gives for this part of an operation; `None` when it documents none.
+/// The schema the spec gives for this part of a client-server operation; `None` when it
+/// documents none.
 pub fn schema_for(operation_id: &str, part: &Part) -> Option<Value> {
-    let op = bundle().get("operations")?.get(operation_id)?;
+    schema_in(Group::ClientServer, operation_id, part)
+}
+
+/// The schema the spec gives for this part of an operation of `group`.
+pub fn schema_in(group: Group, operation_id: &str, part: &Part) -> Option<Value> {
+    let op = bundle(group).get("operations")?.get(operation_id)?;
     let s = match part {
         Part::Request => op.get("request")?,
         Part::Response(status) => op.get("responses")?.get(status.to_string())?,
@@ -40,8 +57,8 @@ pub fn schema_for(operation_id: &str, part: &Part) -> Option<Value> {
     (!s.is_null()).then(|| s.clone())
 }
 
-fn validator(operation_id: &str, part: &Part) -> Result<Compiled, String> {
-    let key = (operation_id.to_string(), part.clone());
+fn validator(group: Group, operation_id: &str, part: &Part) -> Result<Compiled, String> {
+    let key = (group, operation_id.to_string(), part.clone());
     if let Some(v) = cache()
         .lock()
         .map_err(|_| "validator cache poisoned".to_string())?
@@ -49,7 +66,7 @@ fn validator(operation_id: &str, part: &Part) -> Result<Compiled, String> {
     {
         return Ok(v.clone());
     }
-    let compiled = match schema_for(operation_id, part) {
+    let compiled = match schema_in(group, operation_id, part) {
         None => None,
         Some(schema) => {
             // The operation's schema, with the bundle's `$defs` beside it for its `$ref`s.
@@ -63,7 +80,7 @@ fn validator(operation_id: &str, part: &Part) -> Result<Compiled, String> {
             };
             root.insert(
                 "$defs".into(),
-                bundle().get("$defs").cloned().unwrap_or(json!({})),
+                bundle(group).get("$defs").cloned().unwrap_or(json!({})),
             );
             root.insert(
                 "$schema".into(),
@@ -110,13 +127,24 @@ impl std::fmt::Display for Violation {
     }
 }
 
-/// What validation found: `Ok(None)` when the spec has no schema for this part.
+/// What validation of a client-server request or response found: `Ok(None)` when the spec has
+/// no schema for this part.
 pub fn validate(
     operation_id: &str,
     part: &Part,
     value: &Value,
 ) -> Result<Option<Vec<Violation>>, String> {
-    let Some(v) = validator(operation_id, part)? else {
+    validate_in(Group::ClientServer, operation_id, part, value)
+}
+
+/// [`validate`] for an operation of `group`.
+pub fn validate_in(
+    group: Group,
+    operation_id: &str,
+    part: &Part,
+    value: &Value,
+) -> Result<Option<Vec<Violation>>, String> {
+    let Some(v) = validator(group, operation_id, part)? else {
         return Ok(None);
     };
     let violations = v

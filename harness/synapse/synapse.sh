@@ -66,7 +66,11 @@ registration_shared_secret: "$secret"
 bcrypt_rounds: 4
 trusted_key_servers: []
 suppress_key_server_warning: true
-federation_domain_whitelist: []
+# Federation with the harness's fake homeservers on loopback: their certificates chain to the
+# harness's authority, and 127.0.0.1 is allowed (the default blocklist covers it).
+federation_custom_ca_list: ["$dir/federation-ca/ca.pem"]
+ip_range_whitelist: ["127.0.0.1"]
+federation_ip_range_blacklist: []
 # The spec gives GET /publicRooms no auth requirement, and a room created with
 # visibility: public must be listed.
 allow_public_rooms_without_auth: true
@@ -176,6 +180,10 @@ start() {
     exit 1
   fi
   rm -rf "$data"
+  # The authority the fake homeservers' certificates chain to (kept across runs).
+  if [ ! -f "$dir/federation-ca/ca.pem" ]; then
+    (cd "$repo" && cargo run -q -p mxconform -- federation-ca --out "$dir/federation-ca" >/dev/null)
+  fi
   write_config
   "$venv/bin/python" -m synapse.app.homeserver --config-path "$data/homeserver.yaml" --generate-keys >/dev/null 2>&1
   "$venv/bin/python" -m synapse.app.homeserver --config-path "$data/homeserver.yaml" --daemonize >/dev/null 2>"$data/start.err" || {

@@ -73,6 +73,12 @@ enum Command {
         #[command(subcommand)]
         command: pdu_cmd::PduCommand,
     },
+    /// Makes (once) the certificate authority the fake homeservers' certificates chain to:
+    /// `ca.pem` (for the server under test to trust) and `ca.key` in DIR.
+    FederationCa {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// For `bench pdu`: resolves one workload case RUNS times (run under callgrind to count
     /// instructions).
     #[command(hide = true)]
@@ -290,6 +296,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Diff { from, to, format } => diff(&from, &to, format),
         Command::Pdu { command } => pdu_cmd::run(command),
+        Command::FederationCa { out } => {
+            mxconform_harness::federation::tls::Authority::load_or_create(&out)
+                .map_err(anyhow::Error::msg)?;
+            println!("{}", out.join("ca.pem").display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::BenchResolveOnce { file, index, runs } => {
             bench_pdu::resolve_once(&file, index, runs)?;
             Ok(ExitCode::SUCCESS)
@@ -587,8 +599,21 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
             (url, Some((thread, stop)))
         }
     };
+    // Federation: fake homeservers, when the profile says where the server's federation API is.
+    let federation = match &profile.federation {
+        Some(f) => {
+            let dir = profile.path.parent().unwrap_or(Path::new("."));
+            Some(std::sync::Arc::new(
+                mxconform_harness::federation::Federation::new(f, dir)
+                    .map_err(anyhow::Error::msg)
+                    .context("setting up federation")?,
+            ))
+        }
+        None => None,
+    };
     let config = mxconform_harness::RunConfig {
         server_url: url,
+        federation,
         profile,
         scenarios_dir: harness_dir.join("scenarios"),
         snapshots_dir: repo.join("snapshots"),

@@ -1,0 +1,240 @@
+//! The requests a fake homeserver sends to the server under test: signed with X-Matrix by the
+//! fake server's key, bounded in time and size, and their answers validated against the
+//! server-server schemas. Also the server under test's published keys, fetched once, checked
+//! (self-signed, for its own name) and kept for verifying what it sends.
+
+use std::time::Duration;
+
+use mxconform_generated::{Group, Route};
+use mxconform_pdu::keys::{verify_server_key_document, ServerKeys};
+use mxconform_pdu::{xmatrix, SigningKey};
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use crate::validate::{self, Part};
+
+/// Where the server under test serves federation, and its name.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// `http://127.0.0.1:18008`: the harness reaches the federation API here directly (no
+    /// discovery).
+    pub base_url: String,
+    pub server_name: String,
+}
+
+/// An answer of the server under test.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// The largest answer read (a send_join of a big room is large).
+const MAX_BODY: usize = 32 << 20;
+
+/// Federation requests to the server under test.
+#[derive(Debug)]
+pub struct FedClient {
+    http: reqwest::Client,
+    pub target: Target,
+    keys: OnceCell<ServerKeys>,
+    /// The profile's known schema violations, not held against the server's answers.
+    tolerated: Vec<super::SchemaDeviation>,
+}
+
+/// The server-server operations.
+pub fn routes() -> impl Iterator<Item = &'static Route> {
+    mxconform_generated::server_server::ROUTES.iter()
+}
+
+/// A server-server operation by its id.
+pub fn route(operation_id: &str) -> Option<&'static Route> {
+    routes().find(|r| r.operation_id == operation_id)
+}
+
+/// The server-server operation a request is for, and its path parameters (decoded).
+pub fn match_route(method: &str, path: &str) -> Option<(&'static Route, Vec<(String, String)>)> {
+    let segments: Vec<&str> = path.split('/').collect();
+    'routes: for r in routes() {
+        if r.method.as_str() != method {
+            continue;
+        }
+        let template: Vec<&str> = r.path.split('/').collect();
+        if template.len() != segments.len() {
+            continue;
+        }
+        let mut params = Vec::new();
+        for (t, s) in template.iter().zip(&segments) {
+            match t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+                Some(name) => params.push((name.to_string(), crate::peers::percent_decode(s))),
+                None if t == s => {}
+                None => continue 'routes,
+            }
+        }
+        return Some((r, params));
+    }
+    None
+}
+
+impl FedClient {
+    pub fn new(
+        target: Target,
+        tolerated: Vec<super::SchemaDeviation>,
+    ) -> Result<FedClient, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("making the federation client: {e}"))?;
+        Ok(FedClient {
+            http,
+            target,
+            keys: OnceCell::new(),
+            tolerated,
+        })
+    }
+
+    /// The server under test's keys, from `/_matrix/key/v2/server`, checked.
+    pub async fn server_keys(&self) -> Result<&ServerKeys, String> {
+        self.keys
+            .get_or_try_init(|| async {
+                let url = format!("{}/_matrix/key/v2/server", self.target.base_url);
+                let answer = self.fetch(reqwest::Method::GET, &url, None, None).await?;
+                if answer.status != 200 {
+                    return Err(format!(
+                        "GET /_matrix/key/v2/server answered {}: {}",
+                        answer.status, answer.body
+                    ));
+                }
+                check(route("getServerKey"), &answer, &self.tolerated)?;
+                verify_server_key_document(&answer.body, &self.target.server_name)
+                    .map_err(|e| format!("the server's key document: {e}"))
+            })
+            .await
+    }
+
+    /// Sends `method path_and_query` with `body` as `origin`, signed with `key`, and returns
+    /// the answer; the answer is validated against `operation`'s schema when it has one.
+    pub async fn request(
+        &self,
+        origin: &str,
+        key: &SigningKey,
+        operation: Option<&'static Route>,
+        method: &str,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, String> {
+        let auth = xmatrix::authorization(
+            origin,
+            &self.target.server_name,
+            key,
+            method,
+            path_and_query,
+            body,
+        );
+        let m = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|_| format!("{method} is not a method"))?;
+        let url = format!("{}{path_and_query}", self.target.base_url);
+        let answer = self.fetch(m, &url, body, Some(&auth)).await?;
+        check(operation, &answer, &self.tolerated)?;
+        Ok(answer)
+    }
+
+    async fn fetch(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+        auth: Option<&str>,
+    ) -> Result<Answer, String> {
+        let mut req = self.http.request(method.clone(), url);
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(b.to_string());
+        }
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| format!("{method} {url}: {e}"))?;
+        let status = resp.status().as_u16();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| format!("{method} {url}: reading the answer: {e}"))?
+        {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() > MAX_BODY {
+                return Err(format!(
+                    "{method} {url}: the answer is over {MAX_BODY} bytes"
+                ));
+            }
+        }
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "{method} {url} answered {status} with something not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+                )
+            })?
+        };
+        Ok(Answer { status, body })
+    }
+}
+
+/// Validates an answer against its operation's schema for its status; an undocumented error
+/// status must still be a standard error.
+pub fn check(
+    operation: Option<&'static Route>,
+    answer: &Answer,
+    tolerated: &[super::SchemaDeviation],
+) -> Result<(), String> {
+    let Some(op) = operation else { return Ok(()) };
+    let found = validate::validate_in(
+        Group::ServerServer,
+        op.operation_id,
+        &Part::Response(answer.status),
+        &answer.body,
+    )?
+    .map(|v| {
+        v.into_iter()
+            .filter(|x| {
+                !tolerated.iter().any(|t| {
+                    t.operation == op.operation_id
+                        && t.at == x.pointer
+                        && x.message.contains(&t.message)
+                })
+            })
+            .collect::<Vec<_>>()
+    });
+    match found {
+        Some(v) if !v.is_empty() => Err(format!(
+            "{} answered {} against its schema: {}",
+            op.operation_id,
+            answer.status,
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
+        Some(_) => Ok(()),
+        None if answer.status >= 400 => {
+            if answer.body.get("errcode").and_then(Value::as_str).is_some() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} answered {} without a standard error body: {}",
+                    op.operation_id, answer.status, answer.body
+                ))
+            }
+        }
+        None => Ok(()),
+    }
+}

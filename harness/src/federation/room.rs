@@ -1,0 +1,196 @@
+//! A fake homeserver's view of a room it takes part in: every event it knows, the state after
+//! each, its forward extremities and what it rejected; events it makes are built on them with
+//! the room-version core, and events it receives are checked before they count.
+
+use std::collections::HashMap;
+
+use mxconform_pdu::auth::{self, AuthState};
+use mxconform_pdu::build::{self, NewEvent, Origin};
+use mxconform_pdu::state_res::{self, EventSource, StateMap};
+use mxconform_pdu::{hash, Pdu, RoomVersion};
+
+/// One room as a fake server sees it.
+#[derive(Debug)]
+pub struct RoomView {
+    pub version: &'static RoomVersion,
+    pub room_id: String,
+    pub events: HashMap<String, Pdu>,
+    /// The state after each accepted event.
+    after: HashMap<String, StateMap>,
+    /// Events that head the room's history (no known child).
+    pub extremities: Vec<String>,
+    /// Rejected events, with the rule that rejected them.
+    pub rejected: HashMap<String, String>,
+}
+
+impl EventSource for RoomView {
+    fn event(&self, id: &str) -> Option<&Pdu> {
+        self.events.get(id)
+    }
+    fn rejected(&self, id: &str) -> bool {
+        self.rejected.contains_key(id)
+    }
+}
+
+/// A state map read as the state the rules check against.
+pub struct StateOf<'a> {
+    pub room: &'a RoomView,
+    pub state: &'a StateMap,
+}
+
+impl AuthState for StateOf<'_> {
+    fn get(&self, kind: &str, state_key: &str) -> Option<&Pdu> {
+        let id = self.state.get(&(kind.to_string(), state_key.to_string()))?;
+        self.room.events.get(id)
+    }
+}
+
+impl RoomView {
+    /// The room after a join: the state before the join (from the join response), the auth
+    /// chain, and the join itself.
+    pub fn from_join(
+        version: &'static RoomVersion,
+        room_id: &str,
+        state: Vec<Pdu>,
+        auth_chain: Vec<Pdu>,
+        join: Pdu,
+    ) -> RoomView {
+        let mut room = RoomView {
+            version,
+            room_id: room_id.to_string(),
+            events: HashMap::new(),
+            after: HashMap::new(),
+            extremities: Vec::new(),
+            rejected: HashMap::new(),
+        };
+        let mut before = StateMap::new();
+        for e in auth_chain.into_iter().chain(state.iter().cloned()) {
+            room.events.insert(e.event_id.clone(), e);
+        }
+        for e in &state {
+            if let Some(k) = &e.state_key {
+                before.insert((e.kind.clone(), k.clone()), e.event_id.clone());
+            }
+        }
+        // The answer's state is the state before the join: the resolved state after its prev
+        // events, which is all a joining server knows of them.
+        for prev in &join.prev_events {
+            room.after.insert(prev.clone(), before.clone());
+        }
+        let mut after = before;
+        if let Some(k) = &join.state_key {
+            after.insert((join.kind.clone(), k.clone()), join.event_id.clone());
+        }
+        room.after.insert(join.event_id.clone(), after);
+        room.extremities = vec![join.event_id.clone()];
+        room.events.insert(join.event_id.clone(), join);
+        room
+    }
+
+    /// The state before an event with these prev events: the resolution of their states.
+    pub fn state_before(&self, prev: &[String]) -> Result<StateMap, String> {
+        let sets: Vec<StateMap> = prev
+            .iter()
+            .filter_map(|p| self.after.get(p).cloned())
+            .collect();
+        match sets.len() {
+            0 => Err(format!(
+                "none of the prev events {prev:?} has a state known to this server"
+            )),
+            1 => Ok(sets.into_iter().next().unwrap_or_default()),
+            _ => state_res::resolve(self.version, &sets, self).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The room's current state: the resolution of its extremities' states.
+    pub fn current_state(&self) -> Result<StateMap, String> {
+        self.state_before(&self.extremities)
+    }
+
+    /// A new event on the extremities, as `origin` makes it.
+    pub fn build(&self, new: NewEvent, origin: Origin<'_>) -> Result<Pdu, String> {
+        let state = self.current_state()?;
+        let prev: Vec<&Pdu> = self
+            .extremities
+            .iter()
+            .filter_map(|id| self.events.get(id))
+            .collect();
+        build::build(
+            self.version,
+            &self.room_id,
+            new,
+            &prev,
+            &StateOf {
+                room: self,
+                state: &state,
+            },
+            origin,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// Takes an event into the room: authorized by its auth events and by the state before
+    /// it (the rule that refuses it, otherwise). A rejected event is kept, marked rejected.
+    pub fn add(&mut self, pdu: Pdu) -> Result<(), String> {
+        let id = pdu.event_id.clone();
+        let outcome = self.authorize(&pdu);
+        let before = self.state_before(&pdu.prev_events).unwrap_or_default();
+        let mut after = before;
+        if outcome.is_ok() {
+            if let Some(k) = &pdu.state_key {
+                after.insert((pdu.kind.clone(), k.clone()), id.clone());
+            }
+        } else if let Err(why) = &outcome {
+            self.rejected.insert(id.clone(), why.clone());
+        }
+        self.extremities.retain(|e| !pdu.prev_events.contains(e));
+        if outcome.is_ok() {
+            self.extremities.push(id.clone());
+        }
+        self.after.insert(id.clone(), after);
+        self.events.insert(id, pdu);
+        outcome
+    }
+
+    /// Step 4 of the checks on receipt: by the event's auth events.
+    pub fn authorize_by_auth_events(&self, pdu: &Pdu) -> Result<(), String> {
+        let auth: Vec<Option<&Pdu>> = pdu.auth_events.iter().map(|a| self.events.get(a)).collect();
+        let create = self.events.get(&hash::create_id_of_room(&pdu.room_id));
+        auth::authorize_by_auth_events(
+            self.version,
+            pdu,
+            &auth,
+            &|e| self.rejected.contains_key(&e.event_id),
+            create,
+            &|_| true,
+        )
+        .map_err(|r| format!("{} ({}) by its auth events: {r}", pdu.event_id, pdu.kind))
+    }
+
+    /// The checks of steps 4 and 5 on receipt: by the event's auth events, then by the state
+    /// before it.
+    pub fn authorize(&self, pdu: &Pdu) -> Result<(), String> {
+        let auth: Vec<Option<&Pdu>> = pdu.auth_events.iter().map(|a| self.events.get(a)).collect();
+        let create = self.events.get(&hash::create_id_of_room(&pdu.room_id));
+        auth::authorize_by_auth_events(
+            self.version,
+            pdu,
+            &auth,
+            &|e| self.rejected.contains_key(&e.event_id),
+            create,
+            &|_| true,
+        )
+        .map_err(|r| format!("{} by its auth events: {r}", pdu.event_id))?;
+        let before = self.state_before(&pdu.prev_events)?;
+        auth::authorize(
+            self.version,
+            pdu,
+            &StateOf {
+                room: self,
+                state: &before,
+            },
+            &|_| true,
+        )
+        .map_err(|r| format!("{} by the state before it: {r}", pdu.event_id))
+    }
+}

@@ -1,0 +1,130 @@
+//! TLS for the harness's fake homeservers (server-server-api "TLS"): a certificate authority,
+//! kept as PEM files so that the server under test can be told to trust it before it starts
+//! (Synapse: `federation_custom_ca_list`), and a fresh leaf certificate for each fake server,
+//! with the server's IP or DNS name as subject alternative name and the serverAuth usage.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// The certificate authority of a test setup.
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    /// The authority's certificate, PEM (what the server under test trusts).
+    pub cert_pem: String,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authority")
+    }
+}
+
+/// The authority's certificate parameters: the same every time, so that a stored key and these
+/// parameters issue certificates that chain to the stored certificate.
+fn authority_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "mxconform federation test authority");
+    dn.push(DnType::OrganizationName, "mxconform");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p
+}
+
+impl Authority {
+    /// The authority stored in `dir` (`ca.pem`, `ca.key`), made there first if it is not.
+    pub fn load_or_create(dir: &Path) -> Result<Authority, String> {
+        let cert_path = dir.join("ca.pem");
+        let key_path = dir.join("ca.key");
+        if cert_path.exists() && key_path.exists() {
+            let read = |p: &Path| {
+                std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))
+            };
+            let key = KeyPair::from_pem(&read(&key_path)?)
+                .map_err(|e| format!("{} is not a key: {e}", key_path.display()))?;
+            return Ok(Authority {
+                issuer: Issuer::new(authority_params(), key),
+                cert_pem: read(&cert_path)?,
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let key = KeyPair::generate().map_err(|e| format!("making the authority's key: {e}"))?;
+        let params = authority_params();
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| format!("making the authority's certificate: {e}"))?;
+        let write = |p: &Path, text: &str| {
+            std::fs::write(p, text).map_err(|e| format!("writing {}: {e}", p.display()))
+        };
+        write(&key_path, &key.serialize_pem())?;
+        write(&cert_path, &cert.pem())?;
+        Ok(Authority {
+            issuer: Issuer::new(params, key),
+            cert_pem: cert.pem(),
+        })
+    }
+
+    /// A TLS server configuration for `host` (an IP address or a DNS name), with a new leaf
+    /// certificate issued by this authority.
+    pub fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+        let key = KeyPair::generate().map_err(|e| format!("making a leaf key: {e}"))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, host);
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![match host.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(
+                host.to_string()
+                    .try_into()
+                    .map_err(|e| format!("{host:?} is not a DNS name: {e}"))?,
+            ),
+        }];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| format!("issuing a certificate for {host}: {e}"))?;
+        let chain = vec![cert.der().clone()];
+        let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| format!("TLS certificate: {e}"))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_authority_is_kept_and_reloaded() {
+        let dir = std::env::temp_dir().join(format!("mxconform-ca-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = Authority::load_or_create(&dir).unwrap();
+        assert!(a.cert_pem.contains("BEGIN CERTIFICATE"));
+        let b = Authority::load_or_create(&dir).unwrap();
+        assert_eq!(a.cert_pem, b.cert_pem);
+        b.server_config("127.0.0.1").unwrap();
+        b.server_config("fake.example").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
