@@ -290,6 +290,7 @@ fn scenarios_against_a_fake_server() {
         scenario_timeout: Duration::from_secs(20),
         sweeps: false,
         software_hint: None,
+        federation: None,
         peers: None,
         args: None,
     };
@@ -478,6 +479,7 @@ fn hostile_server_fails_scenarios_with_reasons() {
             snapshot_dir: temp_dir("snap"),
             peers: None,
             admin: Default::default(),
+            federation: None,
             scenario_timeout: Duration::from_secs(10),
         };
         let dir = temp_dir(name);
@@ -506,6 +508,7 @@ fn a_scenario_bound_stops_a_slow_scenario() {
         snapshot_dir: temp_dir("snap"),
         peers: None,
         admin: Default::default(),
+        federation: None,
         scenario_timeout: Duration::from_secs(30),
     };
     let dir = temp_dir("bound");
