@@ -615,3 +615,198 @@ fn sweeps_are_derived_from_the_route_table() {
     let names: std::collections::BTreeSet<&str> = sweeps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names.len(), sweeps.len(), "sweep names are unique");
 }
+
+// ---------------------------------------------------------------------------------------
+// A fake homeserver of the federation suites against a deliberately wrong server under test.
+
+/// Sends one HTTPS request to a fake server (trusting the run's authority), Connection: close;
+/// returns the status.
+async fn tls_request(
+    port: u16,
+    ca_pem: &str,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    body: Option<&Value>,
+) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM"))
+        .expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("the fake's certificate chains to the authority");
+    let body_text = body.map(Value::to_string).unwrap_or_default();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n", body_text.len());
+    if let Some(a) = authorization {
+        head.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    if body.is_some() {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    head.push_str("\r\n");
+    tls.write_all(head.as_bytes()).await.expect("write");
+    tls.write_all(body_text.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn fake_servers_catch_a_misbehaving_homeserver() {
+    use mxconform_harness::federation::{client, fake, room, tls};
+    use mxconform_pdu::build::{NewEvent, Origin};
+    use mxconform_pdu::{keys, xmatrix, SigningKey};
+
+    // The "server under test": it publishes a key document at /_matrix/key/v2/server.
+    let hs_key = SigningKey::generate(Some("hs")).unwrap();
+    let doc = keys::server_key_document("hs.test", &[&hs_key], &[], i64::MAX / 2);
+    let url = serve(Arc::new(
+        move |method: &str, path: &str, _: &Value| match (method, path) {
+            ("GET", "/_matrix/key/v2/server") => Answer::Json(200, doc.clone()),
+            _ => Answer::Json(404, json!({"errcode": "M_UNRECOGNIZED", "error": "no"})),
+        },
+    ));
+    let dir = temp_dir("ca");
+    let authority = tls::Authority::load_or_create(&dir).unwrap();
+    let ca_pem = authority.cert_pem.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let fed = Arc::new(
+            client::FedClient::new(
+                client::Target { base_url: url, server_name: "hs.test".into() },
+                Vec::new(),
+            )
+            .unwrap(),
+        );
+        let f = fake::Fake::start(&authority, fed).await.unwrap();
+        let name = f.shared.name.clone();
+        let port: u16 = name.rsplit(':').next().unwrap().parse().unwrap();
+        let signed = |method: &str, path: &str, body: Option<&Value>, dest: &str, key: &SigningKey| {
+            xmatrix::authorization("hs.test", dest, key, method, path, body)
+        };
+        let count = || f.shared.inbox.violations().len();
+
+        // The key document is served without authorization, and checks nothing.
+        assert_eq!(tls_request(port, &ca_pem, "GET", "/_matrix/key/v2/server", None, None).await, 200);
+        assert_eq!(count(), 0);
+        // A correct request to a modelled operation: no violation.
+        let devices = "/_matrix/federation/v1/user/devices/%40u%3A127.0.0.1";
+        let auth = signed("GET", devices, None, &name, &hs_key);
+        assert_eq!(tls_request(port, &ca_pem, "GET", devices, Some(&auth), None).await, 200);
+        assert_eq!(count(), 0, "{:?}", f.shared.inbox.violations());
+        // No Authorization; another destination; a signature by a key it does not publish.
+        assert_eq!(tls_request(port, &ca_pem, "GET", devices, None, None).await, 401);
+        assert_eq!(count(), 1);
+        let wrong_dest = signed("GET", devices, None, "elsewhere.test", &hs_key);
+        assert_eq!(tls_request(port, &ca_pem, "GET", devices, Some(&wrong_dest), None).await, 401);
+        assert_eq!(count(), 2);
+        let impostor = SigningKey::generate(Some("hs")).unwrap();
+        let forged = signed("GET", devices, None, &name, &impostor);
+        assert_eq!(tls_request(port, &ca_pem, "GET", devices, Some(&forged), None).await, 401);
+        assert_eq!(count(), 3);
+        // A request nobody expected.
+        let dir_path = "/_matrix/federation/v1/query/directory?room_alias=%23a%3Ahs.test";
+        let auth = signed("GET", dir_path, None, &name, &hs_key);
+        tls_request(port, &ca_pem, "GET", dir_path, Some(&auth), None).await;
+        assert_eq!(count(), 4);
+        assert!(f.shared.inbox.violations()[3].contains("did not expect"));
+
+        // A room the fake server is in, made by the server under test.
+        let v = mxconform_pdu::RoomVersion::get("12").unwrap();
+        let origin = Origin { server_name: "hs.test", key: &hs_key };
+        let alice = "@alice:hs.test";
+        let mut made: Vec<mxconform_pdu::Pdu> = Vec::new();
+        let mut state: std::collections::HashMap<(String, String), mxconform_pdu::Pdu> = Default::default();
+        struct St<'a>(&'a std::collections::HashMap<(String, String), mxconform_pdu::Pdu>);
+        impl mxconform_pdu::auth::AuthState for St<'_> {
+            fn get(&self, k: &str, s: &str) -> Option<&mxconform_pdu::Pdu> {
+                self.0.get(&(k.to_string(), s.to_string()))
+            }
+        }
+        let mut room_id = String::new();
+        for (kind, key, content) in [
+            ("m.room.create", Some(""), json!({"room_version": "12"})),
+            ("m.room.member", Some(alice), json!({"membership": "join"})),
+            ("m.room.join_rules", Some(""), json!({"join_rule": "public"})),
+        ] {
+            let prev: Vec<&mxconform_pdu::Pdu> = made.last().into_iter().collect();
+            let p = mxconform_pdu::build::build(v, &room_id, NewEvent::new(kind, key, alice, content, 5), &prev, &St(&state), origin).unwrap();
+            if kind == "m.room.create" {
+                room_id = p.room_id.clone();
+            }
+            state.insert((p.kind.clone(), p.state_key.clone().unwrap()), p.clone());
+            made.push(p);
+        }
+        let bob = format!("@bob:{name}");
+        let join = mxconform_pdu::build::build(v, &room_id, NewEvent::new("m.room.member", Some(&bob), &bob, json!({"membership": "join"}), 6), &[made.last().unwrap()], &St(&state), Origin { server_name: &name, key: &f.shared.key }).unwrap();
+        state.insert(("m.room.member".into(), bob.clone()), join.clone());
+        let view = room::RoomView::from_join(v, &room_id, made.clone(), Vec::new(), join.clone());
+        f.shared.rooms.lock().unwrap().insert(room_id.clone(), view);
+
+        let send = |pdu: Value| json!({"origin": "hs.test", "origin_server_ts": 7, "pdus": [pdu], "edus": []});
+        let message = mxconform_pdu::build::build(v, &room_id, NewEvent::new("m.room.message", None, alice, json!({"body": "hi"}), 8), &[&join], &St(&state), origin).unwrap();
+        // A good PDU: accepted, no violation.
+        let path = "/_matrix/federation/v1/send/t1";
+        let body = send(message.json.clone());
+        let auth = signed("PUT", path, Some(&body), &name, &hs_key);
+        assert_eq!(tls_request(port, &ca_pem, "PUT", path, Some(&auth), Some(&body)).await, 200);
+        assert_eq!(count(), 4, "{:?}", f.shared.inbox.violations());
+        // A PDU whose signature does not verify (the sender changed after signing).
+        let mut forged_pdu = message.json.clone();
+        forged_pdu["origin_server_ts"] = json!(9);
+        let body = send(forged_pdu);
+        let path = "/_matrix/federation/v1/send/t2";
+        let auth = signed("PUT", path, Some(&body), &name, &hs_key);
+        tls_request(port, &ca_pem, "PUT", path, Some(&auth), Some(&body)).await;
+        assert_eq!(count(), 5);
+        assert!(f.shared.inbox.violations()[4].contains("signature"), "{:?}", f.shared.inbox.violations());
+        // A PDU the rules reject: a message by someone not in the room, validly signed.
+        let carol = "@carol:hs.test";
+        let mut outsider = mxconform_pdu::build::build(v, &room_id, NewEvent::new("m.room.message", None, alice, json!({"body": "x"}), 10), &[&join], &St(&state), origin).unwrap().json;
+        outsider["sender"] = json!(carol);
+        if let Some(m) = outsider.as_object_mut() {
+            m.remove("hashes");
+            m.remove("signatures");
+        }
+        mxconform_pdu::build::hash_and_sign(v, &mut outsider, origin);
+        let body = send(outsider);
+        let path = "/_matrix/federation/v1/send/t3";
+        let auth = signed("PUT", path, Some(&body), &name, &hs_key);
+        tls_request(port, &ca_pem, "PUT", path, Some(&auth), Some(&body)).await;
+        assert_eq!(count(), 6);
+        assert!(f.shared.inbox.violations()[5].contains("rejected"), "{:?}", f.shared.inbox.violations());
+        // A PDU for a room the fake server is not in.
+        let mut elsewhere = message.json.clone();
+        elsewhere["room_id"] = json!("!Nhcu5BS-UMnFX7hBVfVSoXiD7OgH6iRT-xyIuqDnpYQ");
+        let body = send(elsewhere);
+        let path = "/_matrix/federation/v1/send/t4";
+        let auth = signed("PUT", path, Some(&body), &name, &hs_key);
+        tls_request(port, &ca_pem, "PUT", path, Some(&auth), Some(&body)).await;
+        assert_eq!(count(), 7);
+        // A transaction that breaks its schema (pdus is not a list).
+        let body = json!({"origin": "hs.test", "origin_server_ts": 7, "pdus": {}});
+        let path = "/_matrix/federation/v1/send/t5";
+        let auth = signed("PUT", path, Some(&body), &name, &hs_key);
+        tls_request(port, &ca_pem, "PUT", path, Some(&auth), Some(&body)).await;
+        assert!(f.shared.inbox.violations().iter().any(|v| v.contains("schema")), "{:?}", f.shared.inbox.violations());
+    });
+}
