@@ -283,6 +283,8 @@ impl Run<'_> {
             };
             let fed = if let Some(j) = &step.fed_join {
                 Some(("fed_join", self.fed_join(step, j).await))
+            } else if let Some(f) = &step.fed_invite {
+                Some(("fed_invite", self.fed_invite(step, f).await))
             } else if let Some(f) = &step.fed_send {
                 Some(("fed_send", self.fed_send(step, f).await))
             } else if let Some(c) = &step.fed_call {
@@ -330,6 +332,8 @@ impl Run<'_> {
             }
             self.vars
                 .set(&format!("{name}.server_name"), json!(fake.shared.name));
+            self.vars
+                .set(&format!("{name}.key_id"), json!(fake.shared.key.key_id()));
             self.fakes.insert(name.clone(), fake);
         }
         // Each fake server knows the others' keys, for the events they make.
@@ -363,14 +367,41 @@ impl Run<'_> {
         let shared = self.fake(&j.server)?;
         let room = self.vars.render_text(&j.room)?;
         let user = format!("@{}:{}", self.vars.render_text(&j.user)?, shared.name);
-        self.record("makeJoin");
-        self.record("sendJoinV2");
-        let (event_id, version) = crate::federation::join(&shared, &user, &room).await?;
+        use crate::federation::Handshake;
+        let kind = match j.membership.as_deref() {
+            Some("leave") => Handshake::Leave,
+            Some("knock") => Handshake::Knock,
+            _ => Handshake::Join,
+        };
+        let (make, send) = match kind {
+            Handshake::Join => ("makeJoin", "sendJoinV2"),
+            Handshake::Leave => ("makeLeave", "sendLeaveV2"),
+            Handshake::Knock => ("makeKnock", "sendKnock"),
+        };
+        self.record(make);
+        self.record(send);
+        let (event_id, version, answer) =
+            crate::federation::handshake(&shared, kind, &user, &room).await?;
         self.fed_result(
             step,
             200,
-            &json!({"event_id": event_id, "room_version": version, "user_id": user}),
+            &json!({"event_id": event_id, "room_version": version, "user_id": user, "answer": answer}),
         )
+    }
+
+    async fn fed_invite(
+        &mut self,
+        step: &Step,
+        f: &crate::scenario::FedInvite,
+    ) -> Result<(), String> {
+        let shared = self.fake(&f.server)?;
+        let room = self.vars.render_text(&f.room)?;
+        let sender = format!("@{}:{}", self.vars.render_text(&f.sender)?, shared.name);
+        let target = self.vars.render_text(&f.target)?;
+        self.record("sendInviteV2");
+        self.record("sendTransaction");
+        let event_id = crate::federation::invite(&shared, &sender, &room, &target).await?;
+        self.fed_result(step, 200, &json!({"event_id": event_id}))
     }
 
     async fn fed_send(&mut self, step: &Step, f: &crate::scenario::FedSend) -> Result<(), String> {
@@ -393,7 +424,7 @@ impl Run<'_> {
         );
         self.record("sendTransaction");
         let (event_id, result) =
-            crate::federation::send_event(&shared, &room, new, tamper.as_ref()).await?;
+            crate::federation::send_event(&shared, &room, new, tamper.as_ref(), f.retries).await?;
         self.fed_result(step, 200, &json!({"event_id": event_id, "result": result}))
     }
 
@@ -460,6 +491,10 @@ impl Run<'_> {
                 body.as_ref(),
             )
             .await?;
+        if answer.status == 200 {
+            let room = path.get("roomId").map(String::as_str);
+            crate::federation::check_answer(&shared, route.operation_id, room, &answer.body).await;
+        }
         self.fed_result(step, answer.status, &answer.body)
     }
 

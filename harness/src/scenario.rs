@@ -86,6 +86,9 @@ pub struct Step {
     /// room_version}`.
     #[serde(default)]
     pub fed_join: Option<FedJoin>,
+    /// A fake server invites a user of the server under test. Captures read `{event_id}`.
+    #[serde(default)]
+    pub fed_invite: Option<FedInvite>,
     /// A fake server makes an event in a room it joined and sends it in a transaction.
     /// Captures and `expect` read `{event_id, result}` (`result` is the server's answer for
     /// the PDU: `{}` when accepted).
@@ -157,6 +160,23 @@ pub struct FedJoin {
     pub user: String,
     /// The room id (templated).
     pub room: String,
+    /// `join` (default: make_join, send_join v2), `leave` (make_leave, send_leave v2) or
+    /// `knock` (make_knock, send_knock).
+    #[serde(default)]
+    pub membership: Option<String>,
+}
+
+/// `fed_invite`: the fake server invites a user of the server under test to a room it is in
+/// (invite v2 for the invited server's signature, then the event sent into the room).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FedInvite {
+    pub server: String,
+    /// The inviting user's localpart, on the fake server.
+    pub sender: String,
+    pub room: String,
+    /// The invited user (templated).
+    pub target: String,
 }
 
 /// `fed_send`.
@@ -177,6 +197,10 @@ pub struct FedSend {
     /// for events the server must refuse.
     #[serde(default)]
     pub tamper: Option<Value>,
+    /// Sends the same transaction (same id, same body) this many more times; each answer
+    /// must equal the first.
+    #[serde(default)]
+    pub retries: u32,
 }
 
 /// `fed_call`.
@@ -471,11 +495,23 @@ impl Scenario {
                 step.fed_send.as_ref().map(|j| &j.server),
                 step.fed_call.as_ref().map(|j| &j.server),
                 step.fed_await.as_ref().map(|j| &j.server),
+                step.fed_invite.as_ref().map(|j| &j.server),
             ];
             for server in named.into_iter().flatten() {
                 if !self.servers.contains(server) {
                     return fail(format!(
                         "step {}: server {server:?} is not one of the scenario's `servers`",
+                        i + 1
+                    ));
+                }
+            }
+            if let Some(j) = &step.fed_join {
+                if !matches!(
+                    j.membership.as_deref(),
+                    None | Some("join" | "leave" | "knock")
+                ) {
+                    return fail(format!(
+                        "step {}: fed_join's membership is join, leave or knock",
                         i + 1
                     ));
                 }
@@ -544,16 +580,18 @@ impl Scenario {
                 + usize::from(step.fed_join.is_some())
                 + usize::from(step.fed_send.is_some())
                 + usize::from(step.fed_call.is_some())
-                + usize::from(step.fed_await.is_some());
+                + usize::from(step.fed_await.is_some())
+                + usize::from(step.fed_invite.is_some());
             if kinds != 1 {
                 return fail(format!(
-                    "step {n}: a step has exactly one of `call`, `sync_until`, `await`, `http`, `mail`, `sms`, `appservice_receives`, `fed_join`, `fed_send`, `fed_call` and `fed_await`"
+                    "step {n}: a step has exactly one of `call`, `sync_until`, `await`, `http`, `mail`, `sms`, `appservice_receives`, `fed_join`, `fed_invite`, `fed_send`, `fed_call` and `fed_await`"
                 ));
             }
             if step.fed_join.is_some()
                 || step.fed_send.is_some()
                 || step.fed_call.is_some()
                 || step.fed_await.is_some()
+                || step.fed_invite.is_some()
             {
                 continue;
             }

@@ -74,7 +74,7 @@ federation_ip_range_blacklist: []
 # The spec gives GET /publicRooms no auth requirement, and a room created with
 # visibility: public must be listed.
 allow_public_rooms_without_auth: true
-allow_public_rooms_over_federation: false
+allow_public_rooms_over_federation: true
 room_list_publication_rules: [{action: allow}]
 alias_creation_rules: [{action: allow}]
 # The deprecated unauthenticated media endpoints (/_matrix/media/v3/download, thumbnail) are

@@ -39,7 +39,9 @@ pub struct FedClient {
     pub target: Target,
     keys: OnceCell<ServerKeys>,
     /// The profile's known schema violations, not held against the server's answers.
-    tolerated: Vec<super::SchemaDeviation>,
+    /// The profile's known schema violations, not held against the server's answers (nor
+    /// its requests to the fake servers).
+    pub tolerated: Vec<super::SchemaDeviation>,
 }
 
 /// The server-server operations.
@@ -55,7 +57,10 @@ pub fn route(operation_id: &str) -> Option<&'static Route> {
 /// The server-server operation a request is for, and its path parameters (decoded).
 pub fn match_route(method: &str, path: &str) -> Option<(&'static Route, Vec<(String, String)>)> {
     let segments: Vec<&str> = path.split('/').collect();
-    'routes: for r in routes() {
+    // The most literal template wins: `/query/directory` before `/query/{queryType}`.
+    let mut candidates: Vec<&'static Route> = routes().collect();
+    candidates.sort_by_key(|r| r.path.matches('{').count());
+    'routes: for r in candidates {
         if r.method.as_str() != method {
             continue;
         }
@@ -203,17 +208,7 @@ pub fn check(
         &Part::Response(answer.status),
         &answer.body,
     )?
-    .map(|v| {
-        v.into_iter()
-            .filter(|x| {
-                !tolerated.iter().any(|t| {
-                    t.operation == op.operation_id
-                        && t.at == x.pointer
-                        && x.message.contains(&t.message)
-                })
-            })
-            .collect::<Vec<_>>()
-    });
+    .map(|v| untolerated(op.operation_id, "answer", v, tolerated));
     match found {
         Some(v) if !v.is_empty() => Err(format!(
             "{} answered {} against its schema: {}",
@@ -237,4 +232,27 @@ pub fn check(
         }
         None => Ok(()),
     }
+}
+
+/// The violations a profile does not list as known. `part` is `answer` or `request`; a listed
+/// deviation names its operation as `<operationId>` (answers) or `<operationId> request`.
+pub fn untolerated(
+    operation: &str,
+    part: &str,
+    found: Vec<validate::Violation>,
+    tolerated: &[super::SchemaDeviation],
+) -> Vec<validate::Violation> {
+    let name = if part == "request" {
+        format!("{operation} request")
+    } else {
+        operation.to_string()
+    };
+    found
+        .into_iter()
+        .filter(|x| {
+            !tolerated
+                .iter()
+                .any(|t| t.operation == name && t.at == x.pointer && x.message.contains(&t.message))
+        })
+        .collect()
 }

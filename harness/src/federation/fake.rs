@@ -52,6 +52,11 @@ impl Inbox {
     }
 
     fn violation(&self, v: String) {
+        self.note_violation(v)
+    }
+
+    /// Records something the server under test did wrong; it fails the scenario.
+    pub fn note_violation(&self, v: String) {
         if let Ok(mut list) = self.violations.lock() {
             list.push(v);
         }
@@ -269,6 +274,7 @@ async fn handle(shared: &Shared, parts: hyper::http::request::Parts, bytes: Byte
     }
     if let (Some(op), Some(b)) = (operation, body.as_ref()) {
         if let Ok(Some(v)) = validate::validate_in(Group::ServerServer, op, &Part::Request, b) {
+            let v = client::untolerated(op, "request", v, &shared.client.tolerated);
             if !v.is_empty() {
                 shared.inbox.violation(format!(
                     "{op}: the request breaks its schema: {}",

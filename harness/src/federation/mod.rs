@@ -96,78 +96,133 @@ fn txn_id() -> String {
     )
 }
 
+/// Which handshake a membership change through the resident server takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handshake {
+    Join,
+    Leave,
+    Knock,
+}
+
+impl Handshake {
+    fn names(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            Handshake::Join => ("makeJoin", "sendJoinV2", "make_join", "v2/send_join"),
+            Handshake::Leave => ("makeLeave", "sendLeaveV2", "make_leave", "v2/send_leave"),
+            Handshake::Knock => ("makeKnock", "sendKnock", "make_knock", "v1/send_knock"),
+        }
+    }
+}
+
 /// Joins `user` (of the fake server) to `room_id` of the server under test: make_join, the
 /// template signed by the fake server, send_join v2; every event of the answer is checked.
 /// Returns the join event's id and the room's version.
 pub async fn join(shared: &Shared, user: &str, room_id: &str) -> Result<(String, String), String> {
+    let (id, version, _) = handshake(shared, Handshake::Join, user, room_id).await?;
+    Ok((id, version))
+}
+
+/// A membership change through the resident server (make_*, the template signed by the fake
+/// server, send_*), every event of the answer checked. Returns the event's id, the room
+/// version and the answer of send_*.
+pub async fn handshake(
+    shared: &Shared,
+    kind: Handshake,
+    user: &str,
+    room_id: &str,
+) -> Result<(String, String, Value), String> {
+    let (make_op, send_op, make_path, send_path) = kind.names();
     let versions: Vec<String> = mxconform_pdu::version::ALL
         .iter()
         .map(|v| format!("ver={}", v.id))
         .collect();
+    let query = if kind == Handshake::Leave {
+        String::new()
+    } else {
+        format!("?{}", versions.join("&"))
+    };
     let path = format!(
-        "/_matrix/federation/v1/make_join/{}/{}?{}",
+        "/_matrix/federation/v1/{make_path}/{}/{}{query}",
         crate::client::encode_segment(room_id),
         crate::client::encode_segment(user),
-        versions.join("&")
     );
     let made = shared
         .client
         .request(
             &shared.name,
             &shared.key,
-            client::route("makeJoin"),
+            client::route(make_op),
             "GET",
             &path,
             None,
         )
         .await?;
     if made.status != 200 {
-        return Err(format!("make_join answered {}: {}", made.status, made.body));
+        return Err(format!(
+            "{make_path} answered {}: {}",
+            made.status, made.body
+        ));
     }
-    let version_id = made
-        .body
-        .get("room_version")
-        .and_then(Value::as_str)
-        .unwrap_or("1")
-        .to_string();
+    // make_leave's answer may omit the version of a room the fake server is in.
+    let known_version = shared
+        .rooms
+        .lock()
+        .ok()
+        .and_then(|r| r.get(room_id).map(|v| v.version.id.to_string()));
+    let version_id = match made.body.get("room_version").and_then(Value::as_str) {
+        Some(v) => v.to_string(),
+        None => known_version.unwrap_or_else(|| "1".into()),
+    };
     let v = RoomVersion::get(&version_id)
-        .ok_or_else(|| format!("make_join gave room version {version_id:?}, not one of 1-12"))?;
+        .ok_or_else(|| format!("{make_path} gave room version {version_id:?}, not one of 1-12"))?;
     let mut event = made
         .body
         .get("event")
         .cloned()
-        .ok_or("make_join gave no event")?;
+        .ok_or_else(|| format!("{make_path} gave no event"))?;
     if !event.is_object() {
-        return Err("make_join's event is not an object".into());
+        return Err(format!("{make_path}'s event is not an object"));
     }
     event["origin_server_ts"] = json!(now_ms());
     if v.event_ids == mxconform_pdu::version::EventIdFormat::Opaque {
-        event["event_id"] = json!(format!("$join{}:{}", now_ms(), shared.name));
+        event["event_id"] = json!(format!("$m{}:{}", now_ms(), shared.name));
     }
     let origin = Origin {
         server_name: &shared.name,
         key: &shared.key,
     };
     mxconform_pdu::build::hash_and_sign(v, &mut event, origin);
-    let join = Pdu::from_json(v, event.clone()).map_err(|e| format!("our join event: {e}"))?;
+    let ours = Pdu::from_json(v, event.clone()).map_err(|e| format!("our event: {e}"))?;
     let path = format!(
-        "/_matrix/federation/v2/send_join/{}/{}",
+        "/_matrix/federation/{send_path}/{}/{}",
         crate::client::encode_segment(room_id),
-        crate::client::encode_segment(&join.event_id)
+        crate::client::encode_segment(&ours.event_id)
     );
     let sent = shared
         .client
         .request(
             &shared.name,
             &shared.key,
-            client::route("sendJoinV2"),
+            client::route(send_op),
             "PUT",
             &path,
             Some(&event),
         )
         .await?;
     if sent.status != 200 {
-        return Err(format!("send_join answered {}: {}", sent.status, sent.body));
+        return Err(format!(
+            "{send_path} answered {}: {}",
+            sent.status, sent.body
+        ));
+    }
+    if kind != Handshake::Join {
+        // A leave goes into the room the fake server is in; a knock leaves it outside.
+        if let Ok(mut rooms) = shared.rooms.lock() {
+            if let Some(room) = rooms.get_mut(room_id) {
+                room.add(ours.clone())?;
+            }
+        }
+        return Ok((ours.event_id, version_id, sent.body));
     }
     // Every event of the answer passes the checks on receipt.
     let mut state = Vec::new();
@@ -187,13 +242,13 @@ pub async fn join(shared: &Shared, user: &str, room_id: &str) -> Result<(String,
             );
         }
     }
-    let mut room = RoomView::from_join(v, room_id, state, chain, join.clone());
+    let mut room = RoomView::from_join(v, room_id, state, chain, ours.clone());
     // The state and auth chain are checked by their own auth events (the state before them
     // is not known to a joining server); our join by the state the server gave.
     let problems: Vec<String> = room
         .events
         .values()
-        .filter(|e| e.event_id != join.event_id)
+        .filter(|e| e.event_id != ours.event_id)
         .filter_map(|e| room.authorize_by_auth_events(e).err())
         .collect();
     if !problems.is_empty() {
@@ -202,13 +257,13 @@ pub async fn join(shared: &Shared, user: &str, room_id: &str) -> Result<(String,
             problems.join("; ")
         ));
     }
-    room.authorize(&join)
+    room.authorize(&ours)
         .map_err(|e| format!("our join, by the state the server gave: {e}"))?;
     room.rejected.clear();
     if let Ok(mut rooms) = shared.rooms.lock() {
         rooms.insert(room_id.to_string(), room);
     }
-    Ok((join.event_id, version_id))
+    Ok((ours.event_id, version_id, sent.body))
 }
 
 /// Builds an event as the fake server and sends it to the server under test in a
@@ -219,6 +274,7 @@ pub async fn send_event(
     room_id: &str,
     new: NewEvent,
     tamper: Option<&Value>,
+    retries: u32,
 ) -> Result<(String, Value), String> {
     let origin = Origin {
         server_name: &shared.name,
@@ -277,6 +333,30 @@ pub async fn send_event(
     if sent.status != 200 {
         return Err(format!("/send answered {}: {}", sent.status, sent.body));
     }
+    // A retried transaction (same id, same body) is answered as the first.
+    for n in 0..retries {
+        let again = shared
+            .client
+            .request(
+                &shared.name,
+                &shared.key,
+                client::route("sendTransaction"),
+                "PUT",
+                &path,
+                Some(&body),
+            )
+            .await?;
+        if again.status != sent.status || again.body != sent.body {
+            return Err(format!(
+                "retry {} of transaction {path} answered {} {}, not {} {} as the first time",
+                n + 1,
+                again.status,
+                again.body,
+                sent.status,
+                sent.body
+            ));
+        }
+    }
     let result = sent
         .body
         .get("pdus")
@@ -284,4 +364,173 @@ pub async fn send_event(
         .cloned()
         .unwrap_or(Value::Null);
     Ok((event_id, result))
+}
+
+/// Where the PDUs are in an operation's answer.
+fn pdu_fields(operation: &str) -> &'static [&'static str] {
+    match operation {
+        "getEvent" | "backfillRoom" => &["pdus"],
+        "getRoomState" => &["pdus", "auth_chain"],
+        "getEventAuth" => &["auth_chain"],
+        "getMissingPreviousEvents" => &["events"],
+        _ => &[],
+    }
+}
+
+/// Checks the PDUs of an answer as a receiving server would (format, signatures, hash, and
+/// authorization by their auth events where the fake server knows them); each problem is a
+/// violation. Events that pass become known to the fake server's view of their room.
+pub async fn check_answer(shared: &Shared, operation: &str, room_hint: Option<&str>, body: &Value) {
+    let mut checked: Vec<(String, String)> = Vec::new();
+    for field in pdu_fields(operation) {
+        for json in body
+            .get(*field)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            // A room version 12 create event has no room_id: the room asked about is its room.
+            let room_id = json
+                .get("room_id")
+                .and_then(Value::as_str)
+                .or(room_hint)
+                .unwrap_or("");
+            let version = shared
+                .rooms
+                .lock()
+                .ok()
+                .and_then(|r| r.get(room_id).map(|v| v.version));
+            let Some(version) = version else {
+                shared.inbox.note_violation(format!(
+                    "{operation} gave a PDU of room {room_id:?}, which the fake server did not ask about"
+                ));
+                continue;
+            };
+            match check_pdu(shared, version, json).await {
+                Err(why) => shared
+                    .inbox
+                    .note_violation(format!("{operation} gave a PDU that fails: {why}")),
+                Ok(p) => {
+                    checked.push((room_id.to_string(), p.event_id.clone()));
+                    if let Ok(mut rooms) = shared.rooms.lock() {
+                        if let Some(room) = rooms.get_mut(room_id) {
+                            room.learn(p);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Authorization once every event of the answer is known (they cite each other).
+    if let Ok(rooms) = shared.rooms.lock() {
+        for (room, id) in checked {
+            let Some(view) = rooms.get(&room) else {
+                continue;
+            };
+            let Some(p) = view.events.get(&id) else {
+                continue;
+            };
+            if p.auth_events.iter().all(|a| view.events.contains_key(a)) {
+                if let Err(why) = view.authorize_by_auth_events(p) {
+                    shared
+                        .inbox
+                        .note_violation(format!("{operation} gave a PDU the rules reject: {why}"));
+                }
+            }
+        }
+    }
+}
+
+/// The fake server invites `target` (a user of the server under test) to a room it is in:
+/// the invite event is made by the fake server, sent with invite v2 for the invited server's
+/// signature, checked, and then sent into the room. Returns the invite's id.
+pub async fn invite(
+    shared: &Shared,
+    sender: &str,
+    room_id: &str,
+    target: &str,
+) -> Result<String, String> {
+    let origin = Origin {
+        server_name: &shared.name,
+        key: &shared.key,
+    };
+    let (pdu, version) = {
+        let rooms = shared.rooms.lock().map_err(|_| "room lock")?;
+        let room = rooms
+            .get(room_id)
+            .ok_or_else(|| format!("the fake server is not in {room_id}"))?;
+        let new = NewEvent::new(
+            "m.room.member",
+            Some(target),
+            sender,
+            json!({"membership": "invite"}),
+            now_ms(),
+        );
+        (room.build(new, origin)?, room.version)
+    };
+    let path = format!(
+        "/_matrix/federation/v2/invite/{}/{}",
+        crate::client::encode_segment(room_id),
+        crate::client::encode_segment(&pdu.event_id)
+    );
+    let body = json!({"event": pdu.json, "room_version": version.id, "invite_room_state": []});
+    let sent = shared
+        .client
+        .request(
+            &shared.name,
+            &shared.key,
+            client::route("sendInviteV2"),
+            "PUT",
+            &path,
+            Some(&body),
+        )
+        .await?;
+    if sent.status != 200 {
+        return Err(format!("invite answered {}: {}", sent.status, sent.body));
+    }
+    let signed = sent.body.get("event").cloned().unwrap_or(Value::Null);
+    let server = mxconform_pdu::ids::server_of(target)
+        .unwrap_or("")
+        .to_string();
+    let returned = check_pdu(shared, version, &signed)
+        .await
+        .map_err(|why| format!("the invite it signed fails: {why}"))?;
+    if returned.event_id != pdu.event_id {
+        return Err(format!(
+            "the signed invite has another id ({} for {}): it changed the event",
+            returned.event_id, pdu.event_id
+        ));
+    }
+    if mxconform_pdu::sign::signatures_of(&signed, &server).is_none() {
+        return Err(format!(
+            "the invite came back without a signature of {server}"
+        ));
+    }
+    {
+        let mut rooms = shared.rooms.lock().map_err(|_| "room lock")?;
+        if let Some(room) = rooms.get_mut(room_id) {
+            room.add(returned)?;
+        }
+    }
+    let body =
+        json!({"origin": shared.name, "origin_server_ts": now_ms(), "pdus": [signed], "edus": []});
+    let path = format!("/_matrix/federation/v1/send/{}", txn_id());
+    let sent = shared
+        .client
+        .request(
+            &shared.name,
+            &shared.key,
+            client::route("sendTransaction"),
+            "PUT",
+            &path,
+            Some(&body),
+        )
+        .await?;
+    if sent.status != 200 {
+        return Err(format!(
+            "/send of the invite answered {}: {}",
+            sent.status, sent.body
+        ));
+    }
+    Ok(pdu.event_id)
 }

@@ -107,6 +107,12 @@ impl RoomView {
         self.state_before(&self.extremities)
     }
 
+    /// Keeps an event the fake server fetched (state, history): known, without changing the
+    /// room's extremities or state.
+    pub fn learn(&mut self, pdu: Pdu) {
+        self.events.entry(pdu.event_id.clone()).or_insert(pdu);
+    }
+
     /// A new event on the extremities, as `origin` makes it.
     pub fn build(&self, new: NewEvent, origin: Origin<'_>) -> Result<Pdu, String> {
         let state = self.current_state()?;
