@@ -49,6 +49,20 @@ pub struct Coverage {
     /// Why an uncovered operation has no passing scenario, where `coverage.toml` says.
     #[serde(default)]
     pub reasons: std::collections::BTreeMap<String, String>,
+    /// Per API group: operations exercised by a passing scenario, of all. Operations of groups
+    /// other than client-server are recorded as `<group>/<operationId>` (the server-server
+    /// operations a fake server called on the server under test).
+    #[serde(default)]
+    pub groups: BTreeMap<String, GroupCoverage>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct GroupCoverage {
+    pub exercised: usize,
+    pub total: usize,
+    /// The group's operations no passing scenario exercised.
+    #[serde(default)]
+    pub uncovered: Vec<String>,
 }
 
 /// Counts for one area: the same as the run's totals.
@@ -113,9 +127,14 @@ pub fn coverage_reasons(
     let f: File = toml::from_str(&text)
         .map_err(|e| crate::Error::Other(format!("{}: {e}", path.display())))?;
     for op in f.uncoverable.keys() {
-        if crate::route(op).is_none() {
+        let known = match op.split_once('/') {
+            Some((group, id)) => mxconform_generated::routes()
+                .any(|r| r.group.as_str() == group && r.operation_id == id),
+            None => crate::route(op).is_some(),
+        };
+        if !known {
             return Err(crate::Error::Other(format!(
-                "{}: `{op}` is not a client-server operation",
+                "{}: `{op}` is neither a client-server operation nor `<group>/<operationId>`",
                 path.display()
             )));
         }
@@ -143,11 +162,46 @@ impl Report {
             .filter(|o| !exercised.contains(*o))
             .map(|o| o.to_string())
             .collect();
+        let mut groups = BTreeMap::new();
+        groups.insert(
+            "client-server".to_string(),
+            GroupCoverage {
+                exercised: all.len() - uncovered.len(),
+                total: all.len(),
+                uncovered: uncovered.clone(),
+            },
+        );
+        for group in [
+            mxconform_generated::Group::ServerServer,
+            mxconform_generated::Group::ApplicationService,
+            mxconform_generated::Group::Identity,
+            mxconform_generated::Group::PushGateway,
+        ] {
+            let ops: Vec<&str> = mxconform_generated::routes()
+                .filter(|r| r.group == group)
+                .map(|r| r.operation_id)
+                .collect();
+            let name = group.as_str();
+            let missing: Vec<String> = ops
+                .iter()
+                .filter(|o| !exercised.contains(format!("{name}/{o}").as_str()))
+                .map(|o| o.to_string())
+                .collect();
+            groups.insert(
+                name.to_string(),
+                GroupCoverage {
+                    exercised: ops.len() - missing.len(),
+                    total: ops.len(),
+                    uncovered: missing,
+                },
+            );
+        }
         let coverage = Coverage {
             operations_total: all.len(),
             operations_exercised: all.len() - uncovered.len(),
             uncovered,
             reasons: std::collections::BTreeMap::new(),
+            groups,
         };
         Report {
             server,
@@ -237,6 +291,34 @@ impl Report {
                     / 10.0
             )
         );
+        if !c.groups.is_empty() {
+            let _ = writeln!(
+                s,
+                "Per API group (operations of the server under test exercised by a passing scenario):\n\n| Group | Exercised | Of |\n|---|---|---|"
+            );
+            for (g, cov) in &c.groups {
+                let _ = writeln!(s, "| {g} | {} | {} |", cov.exercised, cov.total);
+            }
+            if let Some(ss) = c.groups.get("server-server").filter(|g| g.exercised > 0) {
+                let _ = writeln!(
+                    s,
+                    "\nServer-server operations not exercised: {}.\n",
+                    if ss.uncovered.is_empty() {
+                        "none".to_string()
+                    } else {
+                        ss.uncovered
+                            .iter()
+                            .map(|o| match c.reasons.get(&format!("server-server/{o}")) {
+                                Some(r) => format!("`{o}` ({r})"),
+                                None => format!("`{o}`"),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                );
+            }
+            let _ = writeln!(s);
+        }
         let mut by_op: BTreeMap<&str, Vec<&ScenarioResult>> = BTreeMap::new();
         for sc in &self.scenarios {
             for op in &sc.operations {

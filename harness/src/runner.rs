@@ -378,8 +378,8 @@ impl Run<'_> {
             Handshake::Leave => ("makeLeave", "sendLeaveV2"),
             Handshake::Knock => ("makeKnock", "sendKnock"),
         };
-        self.record(make);
-        self.record(send);
+        self.record(&format!("server-server/{make}"));
+        self.record(&format!("server-server/{send}"));
         let (event_id, version, answer) =
             crate::federation::handshake(&shared, kind, &user, &room).await?;
         self.fed_result(
@@ -398,9 +398,13 @@ impl Run<'_> {
         let room = self.vars.render_text(&f.room)?;
         let sender = format!("@{}:{}", self.vars.render_text(&f.sender)?, shared.name);
         let target = self.vars.render_text(&f.target)?;
-        self.record("sendInviteV2");
-        self.record("sendTransaction");
-        let event_id = crate::federation::invite(&shared, &sender, &room, &target).await?;
+        self.record(if f.v1 {
+            "server-server/sendInviteV1"
+        } else {
+            "server-server/sendInviteV2"
+        });
+        self.record("server-server/sendTransaction");
+        let event_id = crate::federation::invite(&shared, &sender, &room, &target, f.v1).await?;
         self.fed_result(step, 200, &json!({"event_id": event_id}))
     }
 
@@ -422,7 +426,7 @@ impl Run<'_> {
             content,
             crate::federation::fake::now_ms(),
         );
-        self.record("sendTransaction");
+        self.record("server-server/sendTransaction");
         let (event_id, result) =
             crate::federation::send_event(&shared, &room, new, tamper.as_ref(), f.retries).await?;
         self.fed_result(step, 200, &json!({"event_id": event_id, "result": result}))
@@ -479,7 +483,7 @@ impl Run<'_> {
                 }
             }
         }
-        self.record(route.operation_id);
+        self.record(&format!("server-server/{}", route.operation_id));
         let answer = shared
             .client
             .request(

@@ -177,6 +177,9 @@ pub struct FedInvite {
     pub room: String,
     /// The invited user (templated).
     pub target: String,
+    /// Use invite v1 (`PUT /_matrix/federation/v1/invite`) instead of v2.
+    #[serde(default)]
+    pub v1: bool,
 }
 
 /// `fed_send`.

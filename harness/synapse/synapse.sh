@@ -37,6 +37,7 @@ write_config() {
 server_name: "localhost"
 public_baseurl: "$url/"
 serve_client_wellknown: true
+serve_server_wellknown: true
 pid_file: "$pidfile"
 report_stats: false
 signing_key_path: "$data/localhost.signing.key"

@@ -167,6 +167,12 @@ impl FedClient {
             .await
             .map_err(|e| format!("{method} {url}: {e}"))?;
         let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let mut bytes = Vec::new();
         while let Some(chunk) = resp
             .chunk()
@@ -179,6 +185,19 @@ impl FedClient {
                     "{method} {url}: the answer is over {MAX_BODY} bytes"
                 ));
             }
+        }
+        // Federation media answers are multipart/mixed: metadata (JSON), then the content.
+        if let Some(boundary) = content_type
+            .strip_prefix("multipart/mixed")
+            .and_then(|rest| {
+                rest.split(';')
+                    .find_map(|p| p.trim().strip_prefix("boundary="))
+            })
+        {
+            let body = multipart(&bytes, boundary.trim_matches('"')).map_err(|e| {
+                format!("{method} {url} answered {status} with a broken multipart/mixed body: {e}")
+            })?;
+            return Ok(Answer { status, body });
         }
         let body = if bytes.is_empty() {
             Value::Null
@@ -255,4 +274,60 @@ pub fn untolerated(
                 .any(|t| t.operation == name && t.at == x.pointer && x.message.contains(&t.message))
         })
         .collect()
+}
+
+/// Reads a `multipart/mixed` federation media answer (server-server-api "Content
+/// Repository"): the first part is JSON metadata, the second the content or a `Location` to
+/// fetch it from. Summarised as `{metadata, content_type, size}` or `{metadata, location}`.
+pub fn multipart(bytes: &[u8], boundary: &str) -> Result<Value, String> {
+    let delimiter = format!("--{boundary}");
+    let text_pos = |hay: &[u8], needle: &[u8], from: usize| {
+        hay[from..]
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .map(|p| p + from)
+    };
+    let mut parts: Vec<(String, &[u8])> = Vec::new();
+    let mut at = text_pos(bytes, delimiter.as_bytes(), 0).ok_or("no first boundary")?;
+    loop {
+        let start = at + delimiter.len();
+        if bytes[start..].starts_with(b"--") {
+            break;
+        }
+        let head_end = text_pos(bytes, b"\r\n\r\n", start)
+            .ok_or("a part without a blank line after its headers")?;
+        let headers = String::from_utf8_lossy(&bytes[start..head_end]).to_string();
+        let next = text_pos(bytes, format!("\r\n{delimiter}").as_bytes(), head_end + 4)
+            .ok_or("a part without a closing boundary")?;
+        parts.push((headers, &bytes[head_end + 4..next]));
+        at = next + 2;
+        if parts.len() > 8 {
+            return Err("more than 8 parts".into());
+        }
+    }
+    let header = |h: &str, name: &str| {
+        h.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    let [(meta_headers, meta), (content_headers, content)] = &parts[..] else {
+        return Err(format!("{} parts, not 2", parts.len()));
+    };
+    if !header(meta_headers, "content-type").is_some_and(|t| t.starts_with("application/json")) {
+        return Err("the first part is not application/json".into());
+    }
+    let metadata: Value =
+        serde_json::from_slice(meta).map_err(|e| format!("the metadata is not JSON: {e}"))?;
+    let mut out = serde_json::json!({"metadata": metadata});
+    if let Some(location) = header(content_headers, "location") {
+        out["location"] = Value::String(location);
+    } else {
+        out["content_type"] =
+            Value::String(header(content_headers, "content-type").unwrap_or_default());
+        out["size"] = Value::from(content.len());
+    }
+    Ok(out)
 }

@@ -449,6 +449,7 @@ pub async fn invite(
     sender: &str,
     room_id: &str,
     target: &str,
+    v1: bool,
 ) -> Result<String, String> {
     let origin = Origin {
         server_name: &shared.name,
@@ -468,18 +469,30 @@ pub async fn invite(
         );
         (room.build(new, origin)?, room.version)
     };
+    let (op, endpoint) = if v1 {
+        ("sendInviteV1", "v1")
+    } else {
+        ("sendInviteV2", "v2")
+    };
     let path = format!(
-        "/_matrix/federation/v2/invite/{}/{}",
+        "/_matrix/federation/{endpoint}/invite/{}/{}",
         crate::client::encode_segment(room_id),
         crate::client::encode_segment(&pdu.event_id)
     );
-    let body = json!({"event": pdu.json, "room_version": version.id, "invite_room_state": []});
+    // v1 sends the event itself (the stripped state in `unsigned`); v2 wraps it.
+    let body = if v1 {
+        let mut e = pdu.json.clone();
+        e["unsigned"] = json!({"invite_room_state": []});
+        e
+    } else {
+        json!({"event": pdu.json, "room_version": version.id, "invite_room_state": []})
+    };
     let sent = shared
         .client
         .request(
             &shared.name,
             &shared.key,
-            client::route("sendInviteV2"),
+            client::route(op),
             "PUT",
             &path,
             Some(&body),
@@ -488,7 +501,16 @@ pub async fn invite(
     if sent.status != 200 {
         return Err(format!("invite answered {}: {}", sent.status, sent.body));
     }
-    let signed = sent.body.get("event").cloned().unwrap_or(Value::Null);
+    // v1 answers `[200, {"event": ...}]`.
+    let answer = if v1 {
+        sent.body.get(1).cloned().unwrap_or(Value::Null)
+    } else {
+        sent.body.clone()
+    };
+    let mut signed = answer.get("event").cloned().unwrap_or(Value::Null);
+    if let Some(m) = signed.as_object_mut() {
+        m.remove("unsigned");
+    }
     let server = mxconform_pdu::ids::server_of(target)
         .unwrap_or("")
         .to_string();
