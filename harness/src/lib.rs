@@ -321,10 +321,15 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
         .map(|h| h.join("coverage.toml"));
     if let Some(path) = reasons_file {
         let reasons = report::coverage_reasons(&path)?;
-        report.coverage.reasons = reasons
-            .into_iter()
-            .filter(|(op, _)| report.coverage.uncovered.contains(op))
-            .collect();
+        let groups = &report.coverage.groups;
+        let uncovered = |op: &str| match op.split_once('/') {
+            Some((group, id)) => groups
+                .get(group)
+                .is_some_and(|g| g.uncovered.iter().any(|u| u == id)),
+            None => report.coverage.uncovered.iter().any(|u| u == op),
+        };
+        let kept = reasons.into_iter().filter(|(op, _)| uncovered(op)).collect();
+        report.coverage.reasons = kept;
     }
     Ok(RunOutput { conclusion, report })
 }
