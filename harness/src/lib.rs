@@ -328,7 +328,10 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
                 .is_some_and(|g| g.uncovered.iter().any(|u| u == id)),
             None => report.coverage.uncovered.iter().any(|u| u == op),
         };
-        let kept = reasons.into_iter().filter(|(op, _)| uncovered(op)).collect();
+        let kept = reasons
+            .into_iter()
+            .filter(|(op, _)| uncovered(op))
+            .collect();
         report.coverage.reasons = kept;
     }
     Ok(RunOutput { conclusion, report })

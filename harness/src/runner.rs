@@ -285,6 +285,8 @@ impl Run<'_> {
                 Some(("fed_join", self.fed_join(step, j).await))
             } else if let Some(f) = &step.fed_invite {
                 Some(("fed_invite", self.fed_invite(step, f).await))
+            } else if let Some(e) = &step.fed_edu {
+                Some(("fed_edu", self.fed_edu(step, e).await))
             } else if let Some(f) = &step.fed_send {
                 Some(("fed_send", self.fed_send(step, f).await))
             } else if let Some(c) = &step.fed_call {
@@ -419,6 +421,18 @@ impl Run<'_> {
             .transpose()?;
         let content = self.vars.render(&f.content)?;
         let tamper = f.tamper.as_ref().map(|t| self.vars.render(t)).transpose()?;
+        let ids = |list: &Option<Vec<String>>| -> Result<Option<Vec<String>>, String> {
+            list.as_ref()
+                .map(|l| l.iter().map(|i| self.vars.render_text(i)).collect())
+                .transpose()
+        };
+        let overrides = crate::federation::Overrides {
+            tamper,
+            resign: f.resign,
+            prev: ids(&f.prev)?,
+            auth: ids(&f.auth)?,
+            hold: f.hold,
+        };
         let new = mxconform_pdu::build::NewEvent::new(
             &f.kind,
             state_key.as_deref(),
@@ -426,10 +440,24 @@ impl Run<'_> {
             content,
             crate::federation::fake::now_ms(),
         );
-        self.record("server-server/sendTransaction");
+        if !f.hold {
+            self.record("server-server/sendTransaction");
+        }
         let (event_id, result) =
-            crate::federation::send_event(&shared, &room, new, tamper.as_ref(), f.retries).await?;
+            crate::federation::send_event(&shared, &room, new, &overrides, f.retries).await?;
         self.fed_result(step, 200, &json!({"event_id": event_id, "result": result}))
+    }
+
+    async fn fed_edu(&mut self, step: &Step, e: &crate::scenario::FedEdu) -> Result<(), String> {
+        let shared = self.fake(&e.server)?;
+        let content = self.vars.render(&e.content)?;
+        self.record("server-server/sendTransaction");
+        let answer = crate::federation::send_edus(
+            &shared,
+            vec![json!({"edu_type": e.edu_type, "content": content})],
+        )
+        .await?;
+        self.fed_result(step, 200, &answer)
     }
 
     async fn fed_call(&mut self, step: &Step, c: &crate::scenario::FedCall) -> Result<(), String> {
@@ -524,6 +552,21 @@ impl Run<'_> {
                 _ => false,
             })
             .await;
+        if let (Some(without), Some((at, _))) = (&a.without, &found) {
+            let without = self.vars.render(without)?;
+            let seen = shared.inbox.items();
+            let early = seen.iter().take(at + 1).find(|r| match r {
+                Received::Pdu { pdu, .. } => crate::expect::subset(&without, pdu),
+                Received::Edu { edu } => crate::expect::subset(&without, edu),
+                Received::Request { .. } => false,
+            });
+            if let Some(early) = early {
+                return Err(format!(
+                    "{} was sent what it must not have been before the sentinel: {early:?}",
+                    shared.name
+                ));
+            }
+        }
         let Some((_, item)) = found else {
             let what = pdu
                 .map(|p| format!("a PDU containing {p}"))

@@ -86,6 +86,9 @@ pub struct Step {
     /// room_version}`.
     #[serde(default)]
     pub fed_join: Option<FedJoin>,
+    /// A fake server sends EDUs. Captures read the transaction's answer.
+    #[serde(default)]
+    pub fed_edu: Option<FedEdu>,
     /// A fake server invites a user of the server under test. Captures read `{event_id}`.
     #[serde(default)]
     pub fed_invite: Option<FedInvite>,
@@ -204,6 +207,30 @@ pub struct FedSend {
     /// must equal the first.
     #[serde(default)]
     pub retries: u32,
+    /// Hash and sign again after `tamper` (a validly signed event with changed fields).
+    #[serde(default)]
+    pub resign: bool,
+    /// The event's prev events (templated ids): a fork of the room's history.
+    #[serde(default)]
+    pub prev: Option<Vec<String>>,
+    /// The event's auth events (templated ids), instead of the selection.
+    #[serde(default)]
+    pub auth: Option<Vec<String>>,
+    /// Make the event and keep it in the fake server's room without sending it: a gap the
+    /// server under test must fetch when a later event cites it.
+    #[serde(default)]
+    pub hold: bool,
+}
+
+/// `fed_edu`: a fake server sends EDUs in a transaction.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FedEdu {
+    pub server: String,
+    /// The EDU's type (`m.typing`, `m.receipt`, `m.presence`, `m.direct_to_device`, ...).
+    pub edu_type: String,
+    /// Its content (templated).
+    pub content: Value,
 }
 
 /// `fed_call`.
@@ -235,6 +262,10 @@ pub struct FedAwait {
     /// A request for this operation.
     #[serde(default)]
     pub request: Option<String>,
+    /// What must not have arrived before (or with) what the step waits for: the sentinel
+    /// pattern (send X, then Y; require Y without X).
+    #[serde(default)]
+    pub without: Option<Value>,
     /// How long to wait (default 10 s).
     #[serde(default)]
     pub within_ms: Option<u64>,
@@ -499,6 +530,7 @@ impl Scenario {
                 step.fed_call.as_ref().map(|j| &j.server),
                 step.fed_await.as_ref().map(|j| &j.server),
                 step.fed_invite.as_ref().map(|j| &j.server),
+                step.fed_edu.as_ref().map(|j| &j.server),
             ];
             for server in named.into_iter().flatten() {
                 if !self.servers.contains(server) {
@@ -584,10 +616,11 @@ impl Scenario {
                 + usize::from(step.fed_send.is_some())
                 + usize::from(step.fed_call.is_some())
                 + usize::from(step.fed_await.is_some())
-                + usize::from(step.fed_invite.is_some());
+                + usize::from(step.fed_invite.is_some())
+                + usize::from(step.fed_edu.is_some());
             if kinds != 1 {
                 return fail(format!(
-                    "step {n}: a step has exactly one of `call`, `sync_until`, `await`, `http`, `mail`, `sms`, `appservice_receives`, `fed_join`, `fed_invite`, `fed_send`, `fed_call` and `fed_await`"
+                    "step {n}: a step has exactly one of `call`, `sync_until`, `await`, `http`, `mail`, `sms`, `appservice_receives`, `fed_join`, `fed_invite`, `fed_send`, `fed_edu`, `fed_call` and `fed_await`"
                 ));
             }
             if step.fed_join.is_some()
@@ -595,6 +628,7 @@ impl Scenario {
                 || step.fed_call.is_some()
                 || step.fed_await.is_some()
                 || step.fed_invite.is_some()
+                || step.fed_edu.is_some()
             {
                 continue;
             }

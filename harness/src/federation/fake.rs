@@ -121,6 +121,12 @@ const MODELLED: &[&str] = &[
     "getUserDevices",
     "queryUserEncryptionKeys",
     "queryProfile",
+    "getEvent",
+    "getRoomState",
+    "getRoomStateIds",
+    "getEventAuth",
+    "backfillRoom",
+    "getMissingPreviousEvents",
 ];
 
 /// The shared state of one fake server.
@@ -309,6 +315,30 @@ async fn handle(shared: &Shared, parts: hyper::http::request::Parts, bytes: Byte
         }
         Some("queryUserEncryptionKeys") => answer(200, json!({"device_keys": {}})),
         Some("queryProfile") => answer(200, json!({})),
+        Some(
+            op @ ("getEvent"
+            | "getRoomState"
+            | "getRoomStateIds"
+            | "getEventAuth"
+            | "backfillRoom"
+            | "getMissingPreviousEvents"),
+        ) => {
+            let query: Vec<(String, String)> = parts
+                .uri
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (
+                        crate::peers::percent_decode(k),
+                        crate::peers::percent_decode(v),
+                    )
+                })
+                .collect();
+            room_data(shared, op, &params, &query, body.as_ref())
+        }
         _ if allowed => answer(
             404,
             json!({"errcode": "M_NOT_FOUND", "error": "the fake server has nothing for this"}),
@@ -543,5 +573,113 @@ fn on_invite(
         answer(200, json!({"event": event}))
     } else {
         answer(200, json!([200, {"event": event}]))
+    }
+}
+
+/// What a fake server serves of the rooms it is in: an event, the state or state ids at an
+/// event, an auth chain, history back from some events, or what lies between events.
+fn room_data(
+    shared: &Shared,
+    op: &str,
+    params: &HashMap<String, String>,
+    query: &[(String, String)],
+    body: Option<&Value>,
+) -> Answer {
+    let Ok(rooms) = shared.rooms.lock() else {
+        return answer(500, json!({"errcode": "M_UNKNOWN", "error": "lock"}));
+    };
+    let q = |k: &str| {
+        query
+            .iter()
+            .filter(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
+    let not_found = |what: &str| {
+        answer(
+            404,
+            json!({"errcode": "M_NOT_FOUND", "error": format!("the fake server has no {what}")}),
+        )
+    };
+    let wrap =
+        |pdus: Vec<&Pdu>| -> Vec<Value> { pdus.into_iter().map(|p| p.json.clone()).collect() };
+    if op == "getEvent" {
+        let id = params.get("eventId").cloned().unwrap_or_default();
+        return match rooms.values().find_map(|r| r.events.get(&id)) {
+            Some(e) => answer(
+                200,
+                json!({"origin": shared.name, "origin_server_ts": now_ms(), "pdus": [e.json]}),
+            ),
+            None => not_found(&format!("event {id}")),
+        };
+    }
+    let room_id = params.get("roomId").cloned().unwrap_or_default();
+    let Some(room) = rooms.get(&room_id) else {
+        return not_found(&format!("room {room_id}"));
+    };
+    match op {
+        "getRoomState" | "getRoomStateIds" => {
+            let at = q("event_id").into_iter().next().unwrap_or_default();
+            let Some(ids) = room.state_ids_at(&at) else {
+                return not_found(&format!("event {at}"));
+            };
+            let chain = room.auth_chain(&ids);
+            if op == "getRoomStateIds" {
+                answer(
+                    200,
+                    json!({
+                        "pdu_ids": ids,
+                        "auth_chain_ids": chain.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>(),
+                    }),
+                )
+            } else {
+                let pdus: Vec<&Pdu> = ids.iter().filter_map(|i| room.events.get(i)).collect();
+                answer(200, json!({"pdus": wrap(pdus), "auth_chain": wrap(chain)}))
+            }
+        }
+        "getEventAuth" => {
+            let id = params.get("eventId").cloned().unwrap_or_default();
+            if !room.events.contains_key(&id) {
+                return not_found(&format!("event {id}"));
+            }
+            answer(200, json!({"auth_chain": wrap(room.auth_chain(&[id]))}))
+        }
+        "backfillRoom" => {
+            let limit: usize = q("limit")
+                .first()
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(10)
+                .min(100);
+            let pdus = room.walk_back(&q("v"), &[], limit);
+            answer(
+                200,
+                json!({"origin": shared.name, "origin_server_ts": now_ms(), "pdus": wrap(pdus)}),
+            )
+        }
+        _ => {
+            let list = |k: &str| -> Vec<String> {
+                body.and_then(|b| b.get(k))
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let limit = body
+                .and_then(|b| b.get("limit"))
+                .and_then(Value::as_u64)
+                .unwrap_or(10)
+                .min(100) as usize;
+            let latest = list("latest_events");
+            let starts: Vec<String> = latest
+                .iter()
+                .filter_map(|id| room.events.get(id))
+                .flat_map(|e| e.prev_events.clone())
+                .collect();
+            let events = room.walk_back(&starts, &list("earliest_events"), limit);
+            answer(200, json!({"events": wrap(events)}))
+        }
     }
 }

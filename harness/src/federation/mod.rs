@@ -269,25 +269,58 @@ pub async fn handshake(
 /// Builds an event as the fake server and sends it to the server under test in a
 /// transaction. `tamper` changes the signed event before it is sent (for negative tests).
 /// Returns the event id and the server's result for it (`{}` when accepted).
+/// How an event a fake server sends departs from the ordinary.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// Changes to the signed event (keys or JSON pointers).
+    pub tamper: Option<Value>,
+    /// Hash and sign again after the changes (a well-signed event with, say, wrong auth
+    /// events), instead of sending it as changed.
+    pub resign: bool,
+    /// The event's prev events (a fork), instead of the room's extremities.
+    pub prev: Option<Vec<String>>,
+    /// The event's auth events, instead of the selection (then hashed and signed again).
+    pub auth: Option<Vec<String>>,
+    /// Keep the event in the fake server's room, unsent.
+    pub hold: bool,
+}
+
 pub async fn send_event(
     shared: &Shared,
     room_id: &str,
     new: NewEvent,
-    tamper: Option<&Value>,
+    overrides: &Overrides,
     retries: u32,
 ) -> Result<(String, Value), String> {
     let origin = Origin {
         server_name: &shared.name,
         key: &shared.key,
     };
-    let (pdu, version) = {
+    let (pdu, version, auth_refs) = {
         let rooms = shared.rooms.lock().map_err(|_| "room lock")?;
         let room = rooms
             .get(room_id)
             .ok_or_else(|| format!("the fake server is not in {room_id}"))?;
-        (room.build(new, origin)?, room.version)
+        let pdu = room.build_on(new, origin, overrides.prev.as_deref())?;
+        // v1-2 cite events as [id, {sha256}] pairs.
+        let auth_refs: Option<Vec<Value>> = overrides.auth.as_ref().map(|ids| {
+            ids.iter()
+                .map(|id| match (room.version.event_ids, room.events.get(id)) {
+                    (mxconform_pdu::version::EventIdFormat::Opaque, Some(e)) => json!([
+                        id,
+                        {"sha256": mxconform_pdu::base64::encode(&mxconform_pdu::hash::reference_hash(room.version, &e.json))}
+                    ]),
+                    _ => json!(id),
+                })
+                .collect()
+        });
+        (pdu, room.version, auth_refs)
     };
+    let tamper = overrides.tamper.as_ref();
     let mut json = pdu.json.clone();
+    if let Some(refs) = auth_refs {
+        json["auth_events"] = Value::Array(refs);
+    }
     if let Some(Value::Object(changes)) = tamper {
         for (k, v) in changes {
             let target = if k.starts_with('/') {
@@ -305,12 +338,32 @@ pub async fn send_event(
             }
         }
     }
+    let resigned = overrides.resign || overrides.auth.is_some();
+    if resigned {
+        if let Some(m) = json.as_object_mut() {
+            m.remove("hashes");
+            m.remove("signatures");
+        }
+        mxconform_pdu::build::hash_and_sign(version, &mut json, origin);
+    }
     let event_id = mxconform_pdu::hash::event_id(version, &json).unwrap_or(pdu.event_id.clone());
-    if tamper.is_none() {
+    if tamper.is_none() && !resigned {
         let mut rooms = shared.rooms.lock().map_err(|_| "room lock")?;
         if let Some(room) = rooms.get_mut(room_id) {
             room.add(pdu)?;
         }
+    } else if resigned {
+        // A well-signed event the fake server made on purpose: it is part of the room's graph
+        // (the rules may reject it, as the server under test should).
+        if let Ok(p) = Pdu::from_json(version, json.clone()) {
+            let mut rooms = shared.rooms.lock().map_err(|_| "room lock")?;
+            if let Some(room) = rooms.get_mut(room_id) {
+                let _ = room.add(p);
+            }
+        }
+    }
+    if overrides.hold {
+        return Ok((event_id, json!("held")));
     }
     let body = json!({
         "origin": shared.name,
@@ -555,4 +608,26 @@ pub async fn invite(
         ));
     }
     Ok(pdu.event_id)
+}
+
+/// Sends EDUs from the fake server in one transaction.
+pub async fn send_edus(shared: &Shared, edus: Vec<Value>) -> Result<Value, String> {
+    let body =
+        json!({"origin": shared.name, "origin_server_ts": now_ms(), "pdus": [], "edus": edus});
+    let path = format!("/_matrix/federation/v1/send/{}", txn_id());
+    let sent = shared
+        .client
+        .request(
+            &shared.name,
+            &shared.key,
+            client::route("sendTransaction"),
+            "PUT",
+            &path,
+            Some(&body),
+        )
+        .await?;
+    if sent.status != 200 {
+        return Err(format!("/send answered {}: {}", sent.status, sent.body));
+    }
+    Ok(sent.body)
 }

@@ -115,12 +115,28 @@ impl RoomView {
 
     /// A new event on the extremities, as `origin` makes it.
     pub fn build(&self, new: NewEvent, origin: Origin<'_>) -> Result<Pdu, String> {
-        let state = self.current_state()?;
-        let prev: Vec<&Pdu> = self
-            .extremities
+        self.build_on(new, origin, None)
+    }
+
+    /// A new event on `prev` (default: the extremities), with the state before it as its auth
+    /// events: how a fake server forks the room's history.
+    pub fn build_on(
+        &self,
+        new: NewEvent,
+        origin: Origin<'_>,
+        prev: Option<&[String]>,
+    ) -> Result<Pdu, String> {
+        let prev_ids: Vec<String> =
+            prev.map_or_else(|| self.extremities.clone(), <[String]>::to_vec);
+        let state = self.state_before(&prev_ids)?;
+        let prev: Vec<&Pdu> = prev_ids
             .iter()
-            .filter_map(|id| self.events.get(id))
-            .collect();
+            .map(|id| {
+                self.events
+                    .get(id)
+                    .ok_or_else(|| format!("prev event {id} is not known to the fake server"))
+            })
+            .collect::<Result<_, _>>()?;
         build::build(
             self.version,
             &self.room_id,
@@ -198,5 +214,54 @@ impl RoomView {
             &|_| true,
         )
         .map_err(|r| format!("{} by the state before it: {r}", pdu.event_id))
+    }
+}
+
+impl RoomView {
+    /// The auth chain of `ids` (their auth events, recursively), oldest first by depth.
+    pub fn auth_chain(&self, ids: &[String]) -> Vec<&Pdu> {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack: Vec<&str> = ids
+            .iter()
+            .filter_map(|id| self.events.get(id))
+            .flat_map(|e| e.auth_events.iter().map(String::as_str))
+            .collect();
+        let mut out = Vec::new();
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            if let Some(e) = self.events.get(id) {
+                stack.extend(e.auth_events.iter().map(String::as_str));
+                out.push(e);
+            }
+        }
+        out.sort_by_key(|e| e.depth);
+        out
+    }
+
+    /// The state before `event_id`, as event ids.
+    pub fn state_ids_at(&self, event_id: &str) -> Option<Vec<String>> {
+        let e = self.events.get(event_id)?;
+        let before = self.state_before(&e.prev_events).ok()?;
+        Some(before.into_values().collect())
+    }
+
+    /// Walks `prev_events` back from `from` (included), breadth first, stopping at `stop`
+    /// (excluded) and after `limit` events.
+    pub fn walk_back(&self, from: &[String], stop: &[String], limit: usize) -> Vec<&Pdu> {
+        let mut out = Vec::new();
+        let mut seen: std::collections::HashSet<&str> = stop.iter().map(String::as_str).collect();
+        let mut queue: std::collections::VecDeque<&str> = from.iter().map(String::as_str).collect();
+        while let Some(id) = queue.pop_front() {
+            if out.len() >= limit || !seen.insert(id) {
+                continue;
+            }
+            if let Some(e) = self.events.get(id) {
+                out.push(e);
+                queue.extend(e.prev_events.iter().map(String::as_str));
+            }
+        }
+        out
     }
 }
