@@ -958,11 +958,16 @@ impl Run<'_> {
     async fn call_step(&mut self, step: &Step) -> Result<(), String> {
         let op = step.call.as_deref().ok_or("no operation")?;
         let route = crate::route(op).ok_or_else(|| format!("no operation {op}"))?;
-        let path: BTreeMap<String, String> = self
+        let mut path: BTreeMap<String, String> = self
             .render_params(&step.path)?
             .into_iter()
             .map(|(k, v)| (k, text_of(&v)))
             .collect();
+        // A transaction id the step does not give is a fresh one.
+        if route.path_params().any(|p| p == "txnId") && !path.contains_key("txnId") {
+            let fresh = self.vars.render_text("{{fresh}}")?;
+            path.insert("txnId".into(), fresh);
+        }
         let mut query = Vec::new();
         for (k, v) in self.render_params(&step.query)? {
             match v {
@@ -1149,6 +1154,27 @@ impl Run<'_> {
     ) -> Result<(), String> {
         for (name, c) in &step.capture {
             let (pointer, regex) = match c {
+                crate::scenario::Capture::Mxc { mxc } => {
+                    let pointer = self.vars.render_text(mxc)?;
+                    let uri = body
+                        .pointer(&pointer)
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| format!("cannot capture `{name}`: no string at {pointer}"))?
+                        .to_string();
+                    let (server, media) = uri
+                        .strip_prefix("mxc://")
+                        .and_then(|r| r.split_once('/'))
+                        .filter(|(s, m)| !s.is_empty() && !m.is_empty())
+                        .ok_or_else(|| {
+                            format!(
+                                "cannot capture `{name}`: {uri:?} is not mxc://<server>/<media>"
+                            )
+                        })?;
+                    self.vars.set(&format!("{name}.server"), json!(server));
+                    self.vars.set(&format!("{name}.media_id"), json!(media));
+                    self.vars.set(name, json!(uri));
+                    continue;
+                }
                 crate::scenario::Capture::Pointer(p) => (p, None),
                 crate::scenario::Capture::Match { at, regex } => (at, Some(regex)),
                 crate::scenario::Capture::Header { header, regex } => {

@@ -333,6 +333,11 @@ pub enum Capture {
         header: String,
         regex: String,
     },
+    /// An `mxc://server/media` URI at a pointer: the capture holds the URI, and
+    /// `<name>.server` and `<name>.media_id` its parts.
+    Mxc {
+        mxc: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -471,7 +476,43 @@ pub fn load_file(root: &Path, file: &Path) -> Result<Scenario> {
     s.area = name.split('/').next().unwrap_or("misc").to_string();
     s.name = name;
     s.check()?;
+    s.lint(&text)?;
     Ok(s)
+}
+
+impl Scenario {
+    /// What a scenario writer gets wrong without noticing: a capture nobody uses, and an access
+    /// token written out by hand (a made-up token belongs in `auth: bogus`; a real one comes
+    /// from an actor or a capture).
+    fn lint(&self, text: &str) -> Result<()> {
+        let fail = |reason: String| {
+            Err(Error::Scenario {
+                name: self.name.clone(),
+                reason,
+            })
+        };
+        for step in &self.steps {
+            // A mail or SMS capture is also the check that the text matches its pattern: only
+            // response captures must be used.
+            for name in step.capture.keys() {
+                let used = text.contains(&format!("{{{{{name}}}}}"))
+                    || text.contains(&format!("{{{{{name}."));
+                if !used {
+                    return fail(format!(
+                        "capture `{name}` is never used: drop it, or check what it holds"
+                    ));
+                }
+            }
+            if let Some(t) = &step.token {
+                if !t.contains("{{") {
+                    return fail(format!(
+                        "an access token written by hand ({t:?}): use an actor's, a captured one, or `auth: bogus`"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Scenario {
@@ -706,7 +747,8 @@ impl Scenario {
                         ));
                     };
                     for p in route.path_params() {
-                        if !step.path.contains_key(p) {
+                        // A transaction id not given is a fresh one.
+                        if !step.path.contains_key(p) && p != "txnId" {
                             return fail(format!("step {n}: `{op}` needs path parameter `{p}`"));
                         }
                     }

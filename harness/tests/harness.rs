@@ -559,6 +559,18 @@ fn broken_scenario_files_are_rejected_with_the_reason() {
         &format!("description: d\n{SPEC}actors: [alice]\nsteps:\n  - sync_until: {{checks: []}}\n"),
         "would wait for nothing",
     );
+    check(
+        &format!(
+            "description: d\n{SPEC}actors: [alice]\nsteps:\n  - call: createRoom\n    capture: {{room: /room_id}}\n"
+        ),
+        "capture `room` is never used",
+    );
+    check(
+        &format!(
+            "description: d\n{SPEC}actors: [alice]\nsteps:\n  - call: getTokenOwner\n    token: syt_made_up\n"
+        ),
+        "an access token written by hand",
+    );
 }
 
 #[test]
