@@ -266,52 +266,28 @@ impl Run<'_> {
             }
         }
         for (i, step) in self.scenario.steps.iter().enumerate() {
-            let message = step.mail.as_ref().or(step.sms.as_ref());
-            let label = match (
-                &step.call,
-                &step.sync_until,
-                &step.await_,
-                &step.http,
-                message,
-            ) {
-                (Some(op), ..) => op.clone(),
-                (_, Some(_), ..) => "sync_until".to_string(),
-                (_, _, Some(_), ..) => "await".to_string(),
-                (_, _, _, Some(h), _) => format!("{} {}", h.method, h.path),
-                (.., Some(m)) => format!("message to {}", m.to),
-                _ => "?".to_string(),
+            use crate::scenario::StepKind as K;
+            let label = match &step.kind {
+                K::Call(op) => op.clone(),
+                K::Http(h) => format!("{} {}", h.method, h.path),
+                K::Mail(m) | K::Sms(m) => format!("message to {}", m.to),
+                other => other.key().to_string(),
             };
-            let fed = if let Some(j) = &step.fed_join {
-                Some(("fed_join", self.fed_join(step, j).await))
-            } else if let Some(f) = &step.fed_invite {
-                Some(("fed_invite", self.fed_invite(step, f).await))
-            } else if let Some(e) = &step.fed_edu {
-                Some(("fed_edu", self.fed_edu(step, e).await))
-            } else if let Some(f) = &step.fed_send {
-                Some(("fed_send", self.fed_send(step, f).await))
-            } else if let Some(c) = &step.fed_call {
-                Some(("fed_call", self.fed_call(step, c).await))
-            } else if let Some(a) = &step.fed_await {
-                Some(("fed_await", self.fed_await(step, a).await))
-            } else {
-                None
-            };
-            if let Some((kind, r)) = fed {
-                r.map_err(|e| format!("step {} ({kind}): {e}", i + 1))?;
-                continue;
-            }
-            if let Some(w) = &step.appservice_receives {
-                self.appservice_receives(w)
-                    .await
-                    .map_err(|e| format!("step {} (appservice_receives): {e}", i + 1))?;
-                continue;
-            }
-            let r = match (&step.sync_until, &step.await_, &step.http, message) {
-                (Some(s), ..) => self.sync_until(step, s).await,
-                (_, Some(name), ..) => self.await_background(step, name).await,
-                (_, _, Some(h), _) => self.http_step(step, h).await,
-                (.., Some(m)) => self.mail_step(m).await,
-                _ => self.call_step(step).await,
+            let r = match &step.kind {
+                K::Call(_) => self.call_step(step).await,
+                K::SyncUntil(s) => self.sync_until(step, s).await,
+                K::Await(name) => self.await_background(step, name).await,
+                K::Http(h) => self.http_step(step, h).await,
+                K::Mail(m) | K::Sms(m) => self.mail_step(m).await,
+                K::AppserviceReceives(w) => self.appservice_receives(w).await,
+                K::FedJoin(j) => self.fed_join(step, j).await,
+                K::FedInvite(f) => self.fed_invite(step, f).await,
+                K::FedEdu(e) => self.fed_edu(step, e).await,
+                K::FedSend(f) => self.fed_send(step, f).await,
+                K::FedCall(c) => self.fed_call(step, c).await,
+                K::FedAwait(a) => self.fed_await(step, a).await,
+                K::FedCreateRoom(c) => self.fed_create_room(step, c).await,
+                K::FedAnswer(a) => self.fed_answer(step, a).await,
             };
             r.map_err(|e| format!("step {} ({label}): {e}", i + 1))?;
         }
@@ -389,6 +365,122 @@ impl Run<'_> {
             200,
             &json!({"event_id": event_id, "room_version": version, "user_id": user, "answer": answer}),
         )
+    }
+
+    async fn fed_create_room(
+        &mut self,
+        step: &Step,
+        c: &crate::scenario::FedCreateRoom,
+    ) -> Result<(), String> {
+        use mxconform_pdu::build::{NewEvent, Origin};
+        let shared = self.fake(&c.server)?;
+        let user = |localpart: &str| format!("@{localpart}:{}", shared.name);
+        let creator = user(&self.vars.render_text(&c.creator)?);
+        let version_id = self.vars.render_text(&c.version)?;
+        let version = mxconform_pdu::RoomVersion::get(&version_id)
+            .ok_or_else(|| format!("room version {version_id:?} is not one of 1-12"))?;
+        let ts = crate::federation::fake::now_ms();
+        let mut rules = json!({"join_rule": c.join_rule.as_deref().unwrap_or("public")});
+        if !c.allow.is_empty() {
+            let allow: Vec<Value> = c
+                .allow
+                .iter()
+                .map(|r| {
+                    self.vars
+                        .render_text(r)
+                        .map(|id| json!({"type": "m.room_membership", "room_id": id}))
+                })
+                .collect::<Result<_, _>>()?;
+            rules["allow"] = Value::Array(allow);
+        }
+        let mut state = vec![NewEvent::new(
+            "m.room.join_rules",
+            Some(""),
+            &creator,
+            rules,
+            ts,
+        )];
+        for e in &c.state {
+            let sender = match &e.sender {
+                Some(s) => user(&self.vars.render_text(s)?),
+                None => creator.clone(),
+            };
+            let key = self.vars.render_text(&e.state_key)?;
+            state.push(NewEvent::new(
+                &e.kind,
+                Some(&key),
+                &sender,
+                self.vars.render(&e.content)?,
+                ts,
+            ));
+        }
+        let origin = Origin {
+            server_name: &shared.name,
+            key: &shared.key,
+        };
+        let room = crate::federation::room::RoomView::create(version, origin, &creator, state, ts)?;
+        let room_id = room.room_id.clone();
+        shared
+            .rooms
+            .lock()
+            .map_err(|_| "room lock")?
+            .insert(room_id.clone(), room);
+        self.fed_result(
+            step,
+            200,
+            &json!({"room_id": room_id, "room_version": version.id, "creator": creator}),
+        )
+    }
+
+    async fn fed_answer(
+        &mut self,
+        step: &Step,
+        a: &crate::scenario::FedAnswer,
+    ) -> Result<(), String> {
+        let shared = self.fake(&a.server)?;
+        let status = a.status.unwrap_or(200);
+        let body = a.body.as_ref().map(|b| self.vars.render(b)).transpose()?;
+        let raw = match &a.media {
+            Some(m) => {
+                let bytes = crate::template::base64_decode(&m.base64)
+                    .ok_or("media.base64 is not valid base64")?;
+                Some(crate::federation::fake::multipart_media(
+                    &m.content_type,
+                    &bytes,
+                ))
+            }
+            None => None,
+        };
+        let body = body.unwrap_or(Value::Null);
+        // What the scenario makes the fake server say must itself follow the spec, unless
+        // the step says it is wrong on purpose.
+        if raw.is_none() && (200..300).contains(&status) && !step.invalid {
+            let part = crate::validate::Part::Response(status);
+            if let Ok(Some(v)) = crate::validate::validate_in(
+                mxconform_generated::Group::ServerServer,
+                &a.operation,
+                &part,
+                &body,
+            ) {
+                if !v.is_empty() {
+                    return Err(format!(
+                        "the answer given for {} breaks its schema (say `invalid: true` if meant): {}",
+                        a.operation,
+                        v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+                    ));
+                }
+            }
+        }
+        shared.canned.lock().map_err(|_| "lock")?.insert(
+            a.operation.clone(),
+            crate::federation::fake::Canned {
+                status,
+                body,
+                raw,
+                times: a.times,
+            },
+        );
+        Ok(())
     }
 
     async fn fed_invite(
@@ -956,7 +1048,7 @@ impl Run<'_> {
     }
 
     async fn call_step(&mut self, step: &Step) -> Result<(), String> {
-        let op = step.call.as_deref().ok_or("no operation")?;
+        let op = step.call().ok_or("no operation")?;
         let route = crate::route(op).ok_or_else(|| format!("no operation {op}"))?;
         let mut path: BTreeMap<String, String> = self
             .render_params(&step.path)?

@@ -56,10 +56,185 @@ pub struct Scenario {
     pub area: String,
 }
 
-/// One step: an operation call or a bounded `/sync` long-poll.
+/// One step: one kind (an operation call, a `/sync` long-poll, a federation action ...) and
+/// what goes with it.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawStep")]
 pub struct Step {
+    pub kind: StepKind,
+    /// The actor whose access token is sent (default: the first actor).
+    pub as_actor: Option<String>,
+    /// `none`: send no token; `bogus`: send a token no server issued.
+    pub auth: Option<AuthMode>,
+    /// Send this access token (templated: a captured token), instead of the actor's.
+    pub token: Option<String>,
+    pub path: BTreeMap<String, Value>,
+    pub query: BTreeMap<String, Value>,
+    pub body: Option<Value>,
+    /// A body sent as it is (for deliberately broken requests, and media).
+    pub raw_body: Option<String>,
+    /// A binary body, as standard base64 (an image to upload).
+    pub raw_body_base64: Option<String>,
+    pub content_type: Option<String>,
+    /// The request is wrong on purpose: do not validate it against the spec.
+    pub invalid: bool,
+    pub expect: Expect,
+    /// Values to keep for later steps: name -> JSON pointer into the response body, or
+    /// `{at: pointer, regex: "...(group)..."}` to keep the first group of a match.
+    pub capture: BTreeMap<String, Capture>,
+    /// Keep the normalised response as an insta snapshot with this name.
+    pub snapshot: Option<String>,
+    /// Objects in the body to sign before sending, in order (after templating): each is
+    /// signed as the JSON signing appendix says, by one of the scenario's `keys`.
+    pub sign: Vec<SignSpec>,
+    /// For state a server may apply in the background (user directory, profile propagation):
+    /// repeat the call every 100 ms until the expectation holds, for at most this long.
+    pub eventually_ms: Option<u64>,
+    /// When the server answers `M_UNRECOGNIZED` (it lacks the operation), the scenario is
+    /// skipped, not failed (the negative sweeps use this).
+    pub skip_if_unrecognized: bool,
+}
+
+/// What a step does.
+#[derive(Clone, Debug)]
+pub enum StepKind {
+    /// A client-server operation, by operation id.
+    Call(String),
+    SyncUntil(SyncUntil),
+    /// Waits for a background `sync_until` by name.
+    Await(String),
+    Http(RawHttp),
+    Mail(MailStep),
+    Sms(MailStep),
+    AppserviceReceives(AppserviceReceives),
+    FedJoin(FedJoin),
+    FedInvite(FedInvite),
+    FedSend(FedSend),
+    FedEdu(FedEdu),
+    FedCall(FedCall),
+    FedAwait(FedAwait),
+    FedCreateRoom(FedCreateRoom),
+    FedAnswer(FedAnswer),
+}
+
+impl Default for StepKind {
+    /// An empty call, which the checks refuse: a base for building steps in code.
+    fn default() -> StepKind {
+        StepKind::Call(String::new())
+    }
+}
+
+impl StepKind {
+    /// The key that names the kind in a scenario file.
+    pub fn key(&self) -> &'static str {
+        match self {
+            StepKind::Call(_) => "call",
+            StepKind::SyncUntil(_) => "sync_until",
+            StepKind::Await(_) => "await",
+            StepKind::Http(_) => "http",
+            StepKind::Mail(_) => "mail",
+            StepKind::Sms(_) => "sms",
+            StepKind::AppserviceReceives(_) => "appservice_receives",
+            StepKind::FedJoin(_) => "fed_join",
+            StepKind::FedInvite(_) => "fed_invite",
+            StepKind::FedSend(_) => "fed_send",
+            StepKind::FedEdu(_) => "fed_edu",
+            StepKind::FedCall(_) => "fed_call",
+            StepKind::FedAwait(_) => "fed_await",
+            StepKind::FedCreateRoom(_) => "fed_create_room",
+            StepKind::FedAnswer(_) => "fed_answer",
+        }
+    }
+
+    /// The fake server a federation step acts as, or waits on.
+    pub fn server(&self) -> Option<&str> {
+        match self {
+            StepKind::FedJoin(x) => Some(&x.server),
+            StepKind::FedInvite(x) => Some(&x.server),
+            StepKind::FedSend(x) => Some(&x.server),
+            StepKind::FedEdu(x) => Some(&x.server),
+            StepKind::FedCall(x) => Some(&x.server),
+            StepKind::FedAwait(x) => Some(&x.server),
+            StepKind::FedCreateRoom(x) => Some(&x.server),
+            StepKind::FedAnswer(x) => Some(&x.server),
+            _ => None,
+        }
+    }
+}
+
+impl Step {
+    /// The operation of a `call` step.
+    pub fn call(&self) -> Option<&str> {
+        match &self.kind {
+            StepKind::Call(op) => Some(op),
+            _ => None,
+        }
+    }
+
+    /// The long-poll of a `sync_until` step.
+    pub fn sync_until(&self) -> Option<&SyncUntil> {
+        match &self.kind {
+            StepKind::SyncUntil(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl TryFrom<RawStep> for Step {
+    type Error = String;
+
+    fn try_from(r: RawStep) -> std::result::Result<Step, String> {
+        let mut kinds: Vec<StepKind> = Vec::new();
+        kinds.extend(r.call.map(StepKind::Call));
+        kinds.extend(r.sync_until.map(StepKind::SyncUntil));
+        kinds.extend(r.await_.map(StepKind::Await));
+        kinds.extend(r.http.map(StepKind::Http));
+        kinds.extend(r.mail.map(StepKind::Mail));
+        kinds.extend(r.sms.map(StepKind::Sms));
+        kinds.extend(r.appservice_receives.map(StepKind::AppserviceReceives));
+        kinds.extend(r.fed_join.map(StepKind::FedJoin));
+        kinds.extend(r.fed_invite.map(StepKind::FedInvite));
+        kinds.extend(r.fed_send.map(StepKind::FedSend));
+        kinds.extend(r.fed_edu.map(StepKind::FedEdu));
+        kinds.extend(r.fed_call.map(StepKind::FedCall));
+        kinds.extend(r.fed_await.map(StepKind::FedAwait));
+        kinds.extend(r.fed_create_room.map(StepKind::FedCreateRoom));
+        kinds.extend(r.fed_answer.map(StepKind::FedAnswer));
+        if kinds.len() != 1 {
+            let given: Vec<&str> = kinds.iter().map(StepKind::key).collect();
+            return Err(format!(
+                "a step has exactly one of `call`, `sync_until`, `await`, `http`, `mail`, `sms`, `appservice_receives`, `fed_join`, `fed_invite`, `fed_send`, `fed_edu`, `fed_call`, `fed_await`, `fed_create_room` and `fed_answer`; this one has {}",
+                if given.is_empty() { "none".to_string() } else { given.join(", ") }
+            ));
+        }
+        let kind = kinds.remove(0);
+        Ok(Step {
+            kind,
+            as_actor: r.as_actor,
+            auth: r.auth,
+            token: r.token,
+            path: r.path,
+            query: r.query,
+            body: r.body,
+            raw_body: r.raw_body,
+            raw_body_base64: r.raw_body_base64,
+            content_type: r.content_type,
+            invalid: r.invalid,
+            expect: r.expect,
+            capture: r.capture,
+            snapshot: r.snapshot,
+            sign: r.sign,
+            eventually_ms: r.eventually_ms,
+            skip_if_unrecognized: r.skip_if_unrecognized,
+        })
+    }
+}
+
+/// A step as written: every kind is a field, and exactly one must be given ([`Step`] holds
+/// it as a [`StepKind`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
     /// A spec operation id; the harness builds the URL from the route table.
     #[serde(default)]
     pub call: Option<String>,
@@ -104,6 +279,13 @@ pub struct Step {
     /// subset. Captures read the PDU (with its `event_id`), the EDU, or `{body}`.
     #[serde(default)]
     pub fed_await: Option<FedAwait>,
+    /// A fake server creates a room it is resident in (the server under test may then join
+    /// it through make_join and send_join). Captures read `{room_id, room_version}`.
+    #[serde(default)]
+    pub fed_create_room: Option<FedCreateRoom>,
+    /// Sets a fake server's answer to an operation the server under test calls on it.
+    #[serde(default)]
+    pub fed_answer: Option<FedAnswer>,
     /// The actor whose access token is sent (default: the first actor).
     #[serde(default, rename = "as")]
     pub as_actor: Option<String>,
@@ -269,6 +451,75 @@ pub struct FedAwait {
     /// How long to wait (default 10 s).
     #[serde(default)]
     pub within_ms: Option<u64>,
+}
+
+/// `fed_create_room`: a fake server creates a room it is resident in.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FedCreateRoom {
+    pub server: String,
+    /// The creator's localpart, on the fake server.
+    pub creator: String,
+    /// The room version (templated): `1` ... `12`.
+    pub version: String,
+    /// The join rule (default `public`): `public`, `invite`, `knock`, `restricted`,
+    /// `knock_restricted`.
+    #[serde(default)]
+    pub join_rule: Option<String>,
+    /// For restricted rules: the rooms (templated ids) whose members may join.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Further state, in order, after the create event, the creator's join, the power levels
+    /// and the join rules.
+    #[serde(default)]
+    pub state: Vec<FedState>,
+}
+
+/// A state event of a room a fake server creates.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FedState {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub state_key: String,
+    /// The sender's localpart on the fake server (default: the creator).
+    #[serde(default)]
+    pub sender: Option<String>,
+    pub content: Value,
+}
+
+/// `fed_answer`: what a fake server answers when the server under test calls `operation`
+/// on it (instead of what it models, or where it models nothing). A JSON answer of a
+/// success status must follow the operation's response schema (unless the step says
+/// `invalid: true`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FedAnswer {
+    pub server: String,
+    /// A server-server operation id.
+    pub operation: String,
+    /// Default 200.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// The JSON answer (templated).
+    #[serde(default)]
+    pub body: Option<Value>,
+    /// For media downloads and thumbnails: the file (standard base64) and its type, sent as
+    /// the multipart answer federation media has (metadata, then the file).
+    #[serde(default)]
+    pub media: Option<FedMedia>,
+    /// Answer this many times, then fall back (default: every time).
+    #[serde(default)]
+    pub times: Option<u32>,
+}
+
+/// A file a fake server serves.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FedMedia {
+    pub content_type: String,
+    pub base64: String,
 }
 
 /// A signature to add to an object of a step's body.
@@ -565,54 +816,90 @@ impl Scenario {
             }
         }
         for (i, step) in self.steps.iter().enumerate() {
-            let named = [
-                step.fed_join.as_ref().map(|j| &j.server),
-                step.fed_send.as_ref().map(|j| &j.server),
-                step.fed_call.as_ref().map(|j| &j.server),
-                step.fed_await.as_ref().map(|j| &j.server),
-                step.fed_invite.as_ref().map(|j| &j.server),
-                step.fed_edu.as_ref().map(|j| &j.server),
-            ];
-            for server in named.into_iter().flatten() {
-                if !self.servers.contains(server) {
+            if let Some(server) = step.kind.server() {
+                if !self.servers.iter().any(|s| s == server) {
                     return fail(format!(
                         "step {}: server {server:?} is not one of the scenario's `servers`",
                         i + 1
                     ));
                 }
             }
-            if let Some(j) = &step.fed_join {
-                if !matches!(
-                    j.membership.as_deref(),
-                    None | Some("join" | "leave" | "knock")
-                ) {
-                    return fail(format!(
-                        "step {}: fed_join's membership is join, leave or knock",
-                        i + 1
-                    ));
+            match &step.kind {
+                StepKind::FedJoin(j) => {
+                    if !matches!(
+                        j.membership.as_deref(),
+                        None | Some("join" | "leave" | "knock")
+                    ) {
+                        return fail(format!(
+                            "step {}: fed_join's membership is join, leave or knock",
+                            i + 1
+                        ));
+                    }
                 }
-            }
-            if let Some(c) = &step.fed_call {
-                if crate::federation::client::route(&c.call).is_none() {
-                    return fail(format!(
-                        "step {}: `{}` is not a server-server operation",
-                        i + 1,
-                        c.call
-                    ));
+                StepKind::FedCall(c) => {
+                    if crate::federation::client::route(&c.call).is_none() {
+                        return fail(format!(
+                            "step {}: `{}` is not a server-server operation",
+                            i + 1,
+                            c.call
+                        ));
+                    }
                 }
-            }
-            if let Some(a) = &step.fed_await {
-                if [a.pdu.is_some(), a.edu.is_some(), a.request.is_some()]
-                    .iter()
-                    .filter(|x| **x)
-                    .count()
-                    != 1
-                {
-                    return fail(format!(
-                        "step {}: fed_await waits for one of pdu, edu or request",
-                        i + 1
-                    ));
+                StepKind::FedAnswer(a) => {
+                    if crate::federation::client::route(&a.operation).is_none() {
+                        return fail(format!(
+                            "step {}: `{}` is not a server-server operation",
+                            i + 1,
+                            a.operation
+                        ));
+                    }
+                    if a.body.is_some() && a.media.is_some() {
+                        return fail(format!(
+                            "step {}: fed_answer gives a `body` or `media`, not both",
+                            i + 1
+                        ));
+                    }
+                    if let Some(m) = &a.media {
+                        if crate::template::base64_decode(&m.base64).is_none() {
+                            return fail(format!(
+                                "step {}: `media.base64` is not valid base64",
+                                i + 1
+                            ));
+                        }
+                    }
                 }
+                StepKind::FedCreateRoom(c) => {
+                    let rules = [
+                        "public",
+                        "invite",
+                        "knock",
+                        "restricted",
+                        "knock_restricted",
+                    ];
+                    if let Some(r) = &c.join_rule {
+                        if !rules.contains(&r.as_str()) {
+                            return fail(format!(
+                                "step {}: join_rule {r:?} is not one of {}",
+                                i + 1,
+                                rules.join(", ")
+                            ));
+                        }
+                    }
+                }
+                StepKind::FedAwait(a) => {
+                    if [a.pdu.is_some(), a.edu.is_some(), a.request.is_some()]
+                        .iter()
+                        .filter(|x| **x)
+                        .count()
+                        != 1
+                    {
+                        return fail(format!(
+                            "step {}: fed_await waits for one of pdu, edu or request",
+                            i + 1
+                        ));
+                    }
+                }
+                _ => {}
             }
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -640,40 +927,16 @@ impl Scenario {
             let who = step
                 .as_actor
                 .as_ref()
-                .or(step.sync_until.as_ref().and_then(|s| s.as_actor.as_ref()));
+                .or(step.sync_until().and_then(|s| s.as_actor.as_ref()));
             if let Some(a) = who {
                 if !self.actors.contains(a) {
                     return fail(format!("step {n}: actor `{a}` is not in `actors`"));
                 }
             }
-            let kinds = usize::from(step.call.is_some())
-                + usize::from(step.sync_until.is_some())
-                + usize::from(step.await_.is_some())
-                + usize::from(step.http.is_some())
-                + usize::from(step.mail.is_some())
-                + usize::from(step.sms.is_some())
-                + usize::from(step.appservice_receives.is_some())
-                + usize::from(step.fed_join.is_some())
-                + usize::from(step.fed_send.is_some())
-                + usize::from(step.fed_call.is_some())
-                + usize::from(step.fed_await.is_some())
-                + usize::from(step.fed_invite.is_some())
-                + usize::from(step.fed_edu.is_some());
-            if kinds != 1 {
-                return fail(format!(
-                    "step {n}: a step has exactly one of `call`, `sync_until`, `await`, `http`, `mail`, `sms`, `appservice_receives`, `fed_join`, `fed_invite`, `fed_send`, `fed_edu`, `fed_call` and `fed_await`"
-                ));
-            }
-            if step.fed_join.is_some()
-                || step.fed_send.is_some()
-                || step.fed_call.is_some()
-                || step.fed_await.is_some()
-                || step.fed_invite.is_some()
-                || step.fed_edu.is_some()
-            {
+            if step.kind.server().is_some() {
                 continue;
             }
-            if step.appservice_receives.is_some() {
+            if let StepKind::AppserviceReceives(_) = &step.kind {
                 if !self.needs.iter().any(|x| x == "appservice") {
                     return fail(format!(
                         "step {n}: an `appservice_receives` step needs `needs: [appservice]`"
@@ -681,9 +944,9 @@ impl Scenario {
                 }
                 continue;
             }
-            let message = match (&step.mail, &step.sms) {
-                (Some(m), _) => Some((m, "mail")),
-                (_, Some(m)) => Some((m, "sms")),
+            let message = match &step.kind {
+                StepKind::Mail(m) => Some((m, "mail")),
+                StepKind::Sms(m) => Some((m, "sms")),
                 _ => None,
             };
             if let Some((m, need)) = message {
@@ -717,7 +980,7 @@ impl Scenario {
                     return fail(format!("step {n}: header checks need lower-case names and valid regexes ({name}: {r:?})"));
                 }
             }
-            if let Some(h) = &step.http {
+            if let StepKind::Http(h) = &step.kind {
                 let path_ok = h.path.starts_with('/')
                     || h.path.starts_with("{{")
                     || h.path.starts_with("http://");
@@ -728,10 +991,10 @@ impl Scenario {
                 }
                 continue;
             }
-            if let Some(name) = &step.await_ {
-                let started = self.steps[..i].iter().any(|s| {
-                    s.sync_until.as_ref().and_then(|x| x.background.as_ref()) == Some(name)
-                });
+            if let StepKind::Await(name) = &step.kind {
+                let started = self.steps[..i]
+                    .iter()
+                    .any(|s| s.sync_until().and_then(|x| x.background.as_ref()) == Some(name));
                 if !started {
                     return fail(format!(
                         "step {n}: nothing named `{name}` was started in the background before"
@@ -739,8 +1002,8 @@ impl Scenario {
                 }
                 continue;
             }
-            match (&step.call, &step.sync_until) {
-                (Some(op), None) => {
+            match &step.kind {
+                StepKind::Call(op) => {
                     let Some(route) = crate::route(op) else {
                         return fail(format!(
                             "step {n}: no operation `{op}` in the client-server route table"
@@ -783,7 +1046,7 @@ impl Scenario {
                         ));
                     }
                 }
-                (None, Some(s)) => {
+                StepKind::SyncUntil(s) => {
                     if self.actors.is_empty() {
                         return fail(format!("step {n}: sync_until needs an actor"));
                     }
@@ -793,17 +1056,13 @@ impl Scenario {
                         ));
                     }
                 }
-                _ => {
-                    return fail(format!(
-                        "step {n}: a step has exactly one of `call` and `sync_until`"
-                    ))
-                }
+                _ => {}
             }
             for check in step
                 .expect
                 .checks
                 .iter()
-                .chain(step.sync_until.iter().flat_map(|s| &s.checks))
+                .chain(step.sync_until().into_iter().flat_map(|s| &s.checks))
             {
                 if let Some(r) = check.regex.as_ref().filter(|r| !r.contains("{{")) {
                     if regex::Regex::new(r).is_err() {
@@ -817,12 +1076,8 @@ impl Scenario {
 
     /// Every operation the scenario calls (with the ones the harness calls for it).
     pub fn operations(&self) -> Vec<&str> {
-        let mut ops: Vec<&str> = self
-            .steps
-            .iter()
-            .filter_map(|s| s.call.as_deref())
-            .collect();
-        if self.steps.iter().any(|s| s.sync_until.is_some()) {
+        let mut ops: Vec<&str> = self.steps.iter().filter_map(Step::call).collect();
+        if self.steps.iter().any(|s| s.sync_until().is_some()) {
             ops.push("sync");
         }
         ops.sort_unstable();

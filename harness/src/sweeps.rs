@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use mxconform_generated::{Auth, BodyKind, Route};
 use serde_json::{json, Value};
 
-use crate::scenario::{AuthMode, Check, Expect, RawHttp, Scenario, StatusSpec, Step};
+use crate::scenario::{AuthMode, Check, Expect, RawHttp, Scenario, StatusSpec, Step, StepKind};
 
 /// A value for a path parameter that has the right form for its name, so that the request
 /// fails for the reason under test and not for a malformed identifier.
@@ -103,7 +103,7 @@ fn in_own_room(mut s: Scenario) -> Scenario {
         }
     }
     let create = Step {
-        call: Some("createRoom".into()),
+        kind: StepKind::Call("createRoom".into()),
         body: Some(json!({})),
         capture: [(
             "room".to_string(),
@@ -139,7 +139,7 @@ fn call_step(route: &Route) -> Step {
         })
         .collect();
     Step {
-        call: Some(route.operation_id.to_string()),
+        kind: StepKind::Call(route.operation_id.to_string()),
         path: route
             .path_params()
             .map(|p| (p.to_string(), placeholder(p)))
@@ -248,7 +248,7 @@ fn unrecognized() -> Vec<Scenario> {
     for p in prefixes {
         let tag = p.trim_start_matches("/_matrix/").replace('/', "_");
         let step = Step {
-            http: Some(RawHttp {
+            kind: StepKind::Http(RawHttp {
                 method: "GET".into(),
                 path: format!("{p}/mxconform_no_such_endpoint"),
                 page: false,
@@ -292,7 +292,7 @@ fn unrecognized() -> Vec<Scenario> {
             ),
             vec!["alice".into()],
             Step {
-                http: Some(RawHttp {
+                kind: StepKind::Http(RawHttp {
                     method: wrong.into(),
                     path: path.to_string(),
                     page: false,

@@ -127,7 +127,27 @@ const MODELLED: &[&str] = &[
     "getEventAuth",
     "backfillRoom",
     "getMissingPreviousEvents",
+    "makeJoin",
+    "sendJoinV1",
+    "sendJoinV2",
+    "makeLeave",
+    "sendLeaveV1",
+    "sendLeaveV2",
+    "makeKnock",
+    "sendKnock",
 ];
+
+/// An answer a scenario gave a fake server for an operation (`fed_answer`), in place of what
+/// it would answer: a failing resident for fail-over, a profile, a directory entry, media.
+#[derive(Clone, Debug)]
+pub struct Canned {
+    pub status: u16,
+    pub body: Value,
+    /// Raw bytes with a content type, instead of JSON (media).
+    pub raw: Option<(String, Vec<u8>)>,
+    /// How many more times (None: always).
+    pub times: Option<u32>,
+}
 
 /// The shared state of one fake server.
 #[derive(Debug)]
@@ -141,6 +161,8 @@ pub struct Shared {
     pub allowed: Mutex<BTreeSet<String>>,
     /// Keys of the other fake servers of the scenario, by server name.
     pub peers: Mutex<HashMap<String, VerifyKey>>,
+    /// Answers a scenario set, by operation.
+    pub canned: Mutex<HashMap<String, Canned>>,
 }
 
 /// A running fake server; dropping it stops it.
@@ -180,6 +202,7 @@ impl Fake {
             client,
             allowed: Mutex::new(BTreeSet::new()),
             peers: Mutex::new(HashMap::new()),
+            canned: Mutex::new(HashMap::new()),
         });
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let task = tokio::spawn(serve(listener, acceptor, shared.clone()));
@@ -187,9 +210,9 @@ impl Fake {
     }
 }
 
-type Answer = Response<Full<Bytes>>;
+pub type Answer = Response<Full<Bytes>>;
 
-fn answer(status: u16, v: Value) -> Answer {
+pub fn answer(status: u16, v: Value) -> Answer {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
     r.headers_mut().insert(
@@ -299,6 +322,42 @@ async fn handle(shared: &Shared, parts: hyper::http::request::Parts, bytes: Byte
     let params: HashMap<String, String> = matched
         .map(|(_, p)| p.into_iter().collect())
         .unwrap_or_default();
+    let query: Vec<(String, String)> = parts
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (
+                crate::peers::percent_decode(k),
+                crate::peers::percent_decode(v),
+            )
+        })
+        .collect();
+    let canned = shared.canned.lock().ok().and_then(|mut c| {
+        let entry = c.get_mut(&label)?;
+        let out = entry.clone();
+        match &mut entry.times {
+            Some(0) => return None,
+            Some(n) => *n -= 1,
+            None => {}
+        }
+        Some(out)
+    });
+    if let Some(c) = canned {
+        if let Some((content_type, bytes)) = c.raw {
+            let mut r = Response::new(Full::new(Bytes::from(bytes)));
+            *r.status_mut() =
+                hyper::StatusCode::from_u16(c.status).unwrap_or(hyper::StatusCode::OK);
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&content_type) {
+                r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+            }
+            return r;
+        }
+        return answer(c.status, c.body);
+    }
     let allowed = shared
         .allowed
         .lock()
@@ -322,22 +381,12 @@ async fn handle(shared: &Shared, parts: hyper::http::request::Parts, bytes: Byte
             | "getEventAuth"
             | "backfillRoom"
             | "getMissingPreviousEvents"),
-        ) => {
-            let query: Vec<(String, String)> = parts
-                .uri
-                .query()
-                .unwrap_or("")
-                .split('&')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                    (
-                        crate::peers::percent_decode(k),
-                        crate::peers::percent_decode(v),
-                    )
-                })
-                .collect();
-            room_data(shared, op, &params, &query, body.as_ref())
+        ) => room_data(shared, op, &params, &query, body.as_ref()),
+        Some(op @ ("makeJoin" | "makeLeave" | "makeKnock")) => {
+            super::resident::on_make(shared, op, &params, &query)
+        }
+        Some(op @ ("sendJoinV1" | "sendJoinV2" | "sendLeaveV1" | "sendLeaveV2" | "sendKnock")) => {
+            super::resident::on_send(shared, op, &params, body).await
         }
         _ if allowed => answer(
             404,
@@ -354,6 +403,19 @@ async fn handle(shared: &Shared, parts: hyper::http::request::Parts, bytes: Byte
             )
         }
     }
+}
+
+/// The multipart/mixed answer of federation media download and thumbnail: the metadata
+/// (JSON, empty), then the file. Returns the content type (with its boundary) and the bytes.
+pub fn multipart_media(content_type: &str, file: &[u8]) -> (String, Vec<u8>) {
+    let boundary = format!("mxconform{}", now_ms());
+    let mut out = Vec::with_capacity(file.len() + 256);
+    out.extend_from_slice(
+        format!("--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n").as_bytes(),
+    );
+    out.extend_from_slice(file);
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/mixed; boundary={boundary}"), out)
 }
 
 pub fn now_ms() -> i64 {

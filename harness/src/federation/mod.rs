@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod fake;
+pub mod resident;
 pub mod room;
 pub mod tls;
 
@@ -363,6 +364,16 @@ pub async fn send_event(
         }
     }
     if overrides.hold {
+        // Kept in the fake server's room as it is, tampered or not: the room then serves it
+        // (state, auth chains, send_join answers, backfill), as a server that forged it would.
+        if tamper.is_some() && !resigned {
+            if let Ok(p) = Pdu::from_json(version, json.clone()) {
+                let mut rooms = shared.rooms.lock().map_err(|_| "room lock")?;
+                if let Some(room) = rooms.get_mut(room_id) {
+                    let _ = room.add(p);
+                }
+            }
+        }
         return Ok((event_id, json!("held")));
     }
     let body = json!({

@@ -87,12 +87,79 @@ impl RoomView {
         room
     }
 
+    /// A room the fake server creates, in `version`: `creator` (a user of `origin`) makes the
+    /// create event, joins, and sends the power levels (the creator at 100; from version 12
+    /// creators need no entry), then each of `state` in order (join rules, history visibility,
+    /// names, further members ...). A room id before version 12 is `!<random>:<server>`; from
+    /// 12 it is the create event's reference hash.
+    pub fn create(
+        version: &'static RoomVersion,
+        origin: Origin<'_>,
+        creator: &str,
+        state: Vec<NewEvent>,
+        ts: i64,
+    ) -> Result<RoomView, String> {
+        static ROOMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = ROOMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let room_id = format!("!r{ts}x{n}:{}", origin.server_name);
+        let mut room = RoomView {
+            version,
+            room_id,
+            events: HashMap::new(),
+            after: HashMap::new(),
+            extremities: Vec::new(),
+            rejected: HashMap::new(),
+        };
+        let mut create_content = serde_json::json!({"room_version": version.id});
+        if !version.room_id_is_create {
+            create_content["creator"] = serde_json::json!(creator);
+        }
+        let mut users = serde_json::Map::new();
+        if !version.room_id_is_create {
+            users.insert(creator.to_string(), serde_json::json!(100));
+        }
+        let first = [
+            NewEvent::new("m.room.create", Some(""), creator, create_content, ts),
+            NewEvent::new(
+                "m.room.member",
+                Some(creator),
+                creator,
+                serde_json::json!({"membership": "join"}),
+                ts + 1,
+            ),
+            NewEvent::new(
+                "m.room.power_levels",
+                Some(""),
+                creator,
+                serde_json::json!({"users": users, "users_default": 0, "events_default": 0,
+                    "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 0}),
+                ts + 2,
+            ),
+        ];
+        for (n, new) in first.into_iter().chain(state).enumerate() {
+            let what = format!("{} ({:?})", new.kind, new.state_key);
+            let mut new = new;
+            new.origin_server_ts = ts + n as i64;
+            let pdu = room.build(new, origin)?;
+            if n == 0 {
+                room.room_id = pdu.room_id.clone();
+            }
+            room.add(pdu)
+                .map_err(|e| format!("creating the room, event {n} {what}: {e}"))?;
+        }
+        Ok(room)
+    }
+
     /// The state before an event with these prev events: the resolution of their states.
     pub fn state_before(&self, prev: &[String]) -> Result<StateMap, String> {
         let sets: Vec<StateMap> = prev
             .iter()
             .filter_map(|p| self.after.get(p).cloned())
             .collect();
+        if prev.is_empty() {
+            // The create event: nothing before it.
+            return Ok(StateMap::new());
+        }
         match sets.len() {
             0 => Err(format!(
                 "none of the prev events {prev:?} has a state known to this server"
