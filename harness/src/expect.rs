@@ -144,6 +144,32 @@ pub fn check(c: &Check, body: &Value, vars: &Vars) -> Result<(), String> {
             _ => return Err(format!("at {at}: {} does not match /{r}/", short(v))),
         }
     }
+    if let Some(e) = &c.not_equals {
+        let e = vars.render(e)?;
+        if subset(&e, v) && subset(v, &e) {
+            return Err(format!("at {at}: expected anything but {}", short(&e)));
+        }
+    }
+    for (bound, least) in [(&c.at_least, true), (&c.at_most, false)] {
+        if let Some(b) = bound {
+            let b = vars.render(b)?;
+            let (Some(want), Some(have)) = (b.as_f64(), v.as_f64()) else {
+                return Err(format!(
+                    "at {at}: expected a number to compare with {}, found {}",
+                    short(&b),
+                    short(v)
+                ));
+            };
+            if (least && have < want) || (!least && have > want) {
+                return Err(format!(
+                    "at {at}: expected {} {}, found {}",
+                    if least { "at least" } else { "at most" },
+                    short(&b),
+                    short(v)
+                ));
+            }
+        }
+    }
     if let Some(t) = &c.type_ {
         let actual = json_type(v);
         let ok = actual == t || (t == "number" && actual == "integer");
@@ -222,6 +248,40 @@ mod tests {
         t(json!(1.0), json!(1), true);
         t(json!({"a": [2]}), json!({"a": [1, 2, 3]}), true);
         t(json!("x"), json!({"x": 1}), false);
+    }
+
+    #[test]
+    fn comparisons() {
+        let body = json!({"n": 5, "s": "abc"});
+        let c = |f: fn(&mut Check)| {
+            let mut c = Check {
+                at: "/n".into(),
+                ..Check::default()
+            };
+            f(&mut c);
+            run(c, body.clone())
+        };
+        assert!(c(|c| c.at_least = Some(json!(5))).is_ok());
+        assert!(c(|c| c.at_least = Some(json!(6)))
+            .unwrap_err()
+            .contains("expected at least 6"));
+        assert!(c(|c| c.at_most = Some(json!(5))).is_ok());
+        assert!(c(|c| c.at_most = Some(json!(4.5))).is_err());
+        assert!(c(|c| c.not_equals = Some(json!(4))).is_ok());
+        assert!(c(|c| c.not_equals = Some(json!(5)))
+            .unwrap_err()
+            .contains("anything but 5"));
+        let mut s = Check {
+            at: "/s".into(),
+            at_least: Some(json!(1)),
+            ..Check::default()
+        };
+        assert!(run(s.clone(), body.clone())
+            .unwrap_err()
+            .contains("expected a number"));
+        s.at_least = None;
+        s.at_most = Some(json!("{{now_ms}}"));
+        assert!(run(s, body.clone()).is_err());
     }
 
     #[test]

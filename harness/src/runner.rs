@@ -604,22 +604,34 @@ impl Run<'_> {
             }
         }
         self.record(&format!("server-server/{}", route.operation_id));
-        let answer = shared
-            .client
-            .request(
-                &shared.name,
-                &shared.key,
-                Some(route),
-                route.method.as_str(),
-                &url,
-                body.as_ref(),
-            )
-            .await?;
-        if answer.status == 200 {
-            let room = path.get("roomId").map(String::as_str);
-            crate::federation::check_answer(&shared, route.operation_id, room, &answer.body).await;
+        // `eventually_ms`: for what a server applies in the background (its room directory's
+        // search index), the call repeats every 100 ms until the expectation holds.
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_millis(step.eventually_ms.unwrap_or(0));
+        loop {
+            let answer = shared
+                .client
+                .request(
+                    &shared.name,
+                    &shared.key,
+                    Some(route),
+                    route.method.as_str(),
+                    &url,
+                    body.as_ref(),
+                )
+                .await?;
+            if answer.status == 200 {
+                let room = path.get("roomId").map(String::as_str);
+                crate::federation::check_answer(&shared, route.operation_id, room, &answer.body)
+                    .await;
+            }
+            match self.fed_result(step, answer.status, &answer.body) {
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
         }
-        self.fed_result(step, answer.status, &answer.body)
     }
 
     async fn fed_await(

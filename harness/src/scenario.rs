@@ -687,6 +687,15 @@ pub struct Check {
     /// The JSON type: string, number, integer, boolean, object, array, null.
     #[serde(default, rename = "type")]
     pub type_: Option<String>,
+    /// A value other than this.
+    #[serde(default)]
+    pub not_equals: Option<Value>,
+    /// A number at least this (templated: a captured number, `{{now_ms}}`).
+    #[serde(default)]
+    pub at_least: Option<Value>,
+    /// A number at most this.
+    #[serde(default)]
+    pub at_most: Option<Value>,
 }
 
 /// Reads every `*.yaml` under `dir` (sorted), naming each by its path.
@@ -918,7 +927,7 @@ impl Scenario {
             for name in step.capture.keys() {
                 if matches!(
                     name.as_str(),
-                    "unique" | "unique_digits" | "fresh" | "server_name"
+                    "unique" | "unique_digits" | "fresh" | "now_ms" | "server_name"
                 ) || name.contains('.')
                 {
                     return fail(format!("step {n}: `{name}` cannot be a capture name (it is a template name of the harness's own)"));
@@ -932,6 +941,14 @@ impl Scenario {
                 if !self.actors.contains(a) {
                     return fail(format!("step {n}: actor `{a}` is not in `actors`"));
                 }
+            }
+            if step.eventually_ms.is_some()
+                && !matches!(step.kind, StepKind::Call(_) | StepKind::FedCall(_))
+            {
+                return fail(format!(
+                    "step {n}: `eventually_ms` repeats a `call` or a `fed_call`, not a `{}` step",
+                    step.kind.key()
+                ));
             }
             if step.kind.server().is_some() {
                 continue;

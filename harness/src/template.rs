@@ -32,6 +32,11 @@ impl Vars {
                 });
                 Ok(Value::String(format!("{:09}", h % 1_000_000_000)))
             }
+            "now_ms" => Ok(Value::from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            )),
             "fresh" => Ok(Value::String(format!(
                 "{}-{}",
                 self.unique,

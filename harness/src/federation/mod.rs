@@ -454,10 +454,23 @@ pub async fn check_answer(shared: &Shared, operation: &str, room_hint: Option<&s
             .flatten()
         {
             // A room version 12 create event has no room_id: the room asked about is its room.
+            // Without a room asked about (getEvent), it is the room its id makes.
+            let derived = json
+                .get("room_id")
+                .is_none()
+                .then(|| {
+                    mxconform_pdu::version::ALL
+                        .iter()
+                        .filter(|v| v.room_id_is_create)
+                        .find_map(|v| mxconform_pdu::hash::event_id(v, json))
+                        .map(|id| mxconform_pdu::hash::room_id_of_create(&id))
+                })
+                .flatten();
             let room_id = json
                 .get("room_id")
                 .and_then(Value::as_str)
                 .or(room_hint)
+                .or(derived.as_deref())
                 .unwrap_or("");
             let version = shared
                 .rooms
