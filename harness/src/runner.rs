@@ -418,7 +418,14 @@ impl Run<'_> {
             server_name: &shared.name,
             key: &shared.key,
         };
-        let room = crate::federation::room::RoomView::create(version, origin, &creator, state, ts)?;
+        let room = crate::federation::room::RoomView::create(
+            version,
+            origin,
+            &creator,
+            c.room_type.as_deref(),
+            state,
+            ts,
+        )?;
         let room_id = room.room_id.clone();
         shared
             .rooms

@@ -466,6 +466,9 @@ pub struct FedCreateRoom {
     /// `knock_restricted`.
     #[serde(default)]
     pub join_rule: Option<String>,
+    /// The create event's `type` (`m.space` for a space).
+    #[serde(default)]
+    pub room_type: Option<String>,
     /// For restricted rules: the rooms (templated ids) whose members may join.
     #[serde(default)]
     pub allow: Vec<String>,

@@ -96,6 +96,7 @@ impl RoomView {
         version: &'static RoomVersion,
         origin: Origin<'_>,
         creator: &str,
+        room_type: Option<&str>,
         state: Vec<NewEvent>,
         ts: i64,
     ) -> Result<RoomView, String> {
@@ -113,6 +114,9 @@ impl RoomView {
         let mut create_content = serde_json::json!({"room_version": version.id});
         if !version.room_id_is_create {
             create_content["creator"] = serde_json::json!(creator);
+        }
+        if let Some(t) = room_type {
+            create_content["type"] = serde_json::json!(t);
         }
         let mut users = serde_json::Map::new();
         if !version.room_id_is_create {
