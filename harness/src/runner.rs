@@ -127,6 +127,9 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
         "server_name",
         Value::String(env.profile.server_name.clone()),
     );
+    for (k, v) in &scenario.bindings {
+        run.vars.set(k, v.clone());
+    }
     for name in &scenario.keys {
         match mxconform_pdu::SigningKey::generate(None) {
             Ok(key) => {
@@ -288,6 +291,8 @@ impl Run<'_> {
                 K::FedAwait(a) => self.fed_await(step, a).await,
                 K::FedCreateRoom(c) => self.fed_create_room(step, c).await,
                 K::FedAnswer(a) => self.fed_answer(step, a).await,
+                K::Set(vars) => self.set_vars(vars),
+                K::Use(u) => Err(format!("fixture {} was not expanded", u.fixture)),
             };
             r.map_err(|e| format!("step {} ({label}): {e}", i + 1))?;
         }
@@ -365,6 +370,14 @@ impl Run<'_> {
             200,
             &json!({"event_id": event_id, "room_version": version, "user_id": user, "answer": answer}),
         )
+    }
+
+    fn set_vars(&mut self, vars: &BTreeMap<String, Value>) -> Result<(), String> {
+        for (k, v) in vars {
+            let v = self.vars.render(v)?;
+            self.vars.set(k, v);
+        }
+        Ok(())
     }
 
     async fn fed_create_room(
@@ -1594,7 +1607,7 @@ fn check_schema(route: &Route, resp: &Response) -> Result<(), String> {
     }
 }
 
-fn text_of(v: &Value) -> String {
+pub(crate) fn text_of(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),

@@ -46,7 +46,15 @@ pub struct Scenario {
     /// those they model (a request nobody expected fails the scenario).
     #[serde(default)]
     pub allow_requests: Vec<String>,
+    /// One scenario per value (per combination, with several names): `{{<name>}}` is the
+    /// value in that scenario, which is named `<file>[<value>,...]`.
+    #[serde(default)]
+    pub for_each: BTreeMap<String, Vec<Value>>,
     pub steps: Vec<Step>,
+
+    /// Filled in by the loader: the values of `for_each` for this scenario.
+    #[serde(skip)]
+    pub bindings: BTreeMap<String, Value>,
 
     /// Filled in by the loader: the path under `scenarios/` without `.yaml`.
     #[serde(skip)]
@@ -115,6 +123,18 @@ pub enum StepKind {
     FedAwait(FedAwait),
     FedCreateRoom(FedCreateRoom),
     FedAnswer(FedAnswer),
+    /// Sets template variables (values templated) for later steps.
+    Set(BTreeMap<String, Value>),
+    /// A fixture's steps, in place of this one (expanded when the file loads; never run).
+    Use(UseFixture),
+}
+
+/// `use: <fixture>`, with `with: {param: value}`: the steps of
+/// `scenarios/_fixtures/<fixture>.yaml`, its parameters set first.
+#[derive(Clone, Debug)]
+pub struct UseFixture {
+    pub fixture: String,
+    pub with: BTreeMap<String, Value>,
 }
 
 impl Default for StepKind {
@@ -143,6 +163,8 @@ impl StepKind {
             StepKind::FedAwait(_) => "fed_await",
             StepKind::FedCreateRoom(_) => "fed_create_room",
             StepKind::FedAnswer(_) => "fed_answer",
+            StepKind::Set(_) => "set",
+            StepKind::Use(_) => "use",
         }
     }
 
@@ -200,10 +222,20 @@ impl TryFrom<RawStep> for Step {
         kinds.extend(r.fed_await.map(StepKind::FedAwait));
         kinds.extend(r.fed_create_room.map(StepKind::FedCreateRoom));
         kinds.extend(r.fed_answer.map(StepKind::FedAnswer));
+        kinds.extend(r.set.map(StepKind::Set));
+        kinds.extend(r.use_.map(|fixture| {
+            StepKind::Use(UseFixture {
+                fixture,
+                with: r.with.clone().unwrap_or_default(),
+            })
+        }));
+        if r.with.is_some() && !matches!(kinds.last(), Some(StepKind::Use(_))) {
+            return Err("`with` gives a fixture's parameters: it goes with `use`".into());
+        }
         if kinds.len() != 1 {
             let given: Vec<&str> = kinds.iter().map(StepKind::key).collect();
             return Err(format!(
-                "a step has exactly one of `call`, `sync_until`, `await`, `http`, `mail`, `sms`, `appservice_receives`, `fed_join`, `fed_invite`, `fed_send`, `fed_edu`, `fed_call`, `fed_await`, `fed_create_room` and `fed_answer`; this one has {}",
+                "a step has exactly one of `call`, `sync_until`, `await`, `http`, `mail`, `sms`, `appservice_receives`, `fed_join`, `fed_invite`, `fed_send`, `fed_edu`, `fed_call`, `fed_await`, `fed_create_room`, `fed_answer`, `set` and `use`; this one has {}",
                 if given.is_empty() { "none".to_string() } else { given.join(", ") }
             ));
         }
@@ -286,6 +318,15 @@ struct RawStep {
     /// Sets a fake server's answer to an operation the server under test calls on it.
     #[serde(default)]
     pub fed_answer: Option<FedAnswer>,
+    /// Sets template variables for later steps.
+    #[serde(default)]
+    pub set: Option<BTreeMap<String, Value>>,
+    /// A fixture of `scenarios/_fixtures/`, whose steps take this step's place.
+    #[serde(default, rename = "use")]
+    pub use_: Option<String>,
+    /// The fixture's parameters.
+    #[serde(default)]
+    pub with: Option<BTreeMap<String, Value>>,
     /// The actor whose access token is sent (default: the first actor).
     #[serde(default, rename = "as")]
     pub as_actor: Option<String>,
@@ -701,12 +742,172 @@ pub struct Check {
     pub at_most: Option<Value>,
 }
 
-/// Reads every `*.yaml` under `dir` (sorted), naming each by its path.
+/// Reads every `*.yaml` under `dir` (sorted), naming each by its path; folders whose name
+/// starts with `_` hold fixtures, not scenarios. A file with `for_each` gives one scenario per
+/// value.
 pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>> {
     let mut files = Vec::new();
     collect(dir, &mut files)?;
     files.sort();
-    files.iter().map(|f| load_file(dir, f)).collect()
+    let mut out = Vec::new();
+    for f in &files {
+        out.extend(load_file(dir, f)?.expand_for_each()?);
+    }
+    Ok(out)
+}
+
+/// A fixture: steps many scenarios share (`use: <name>` in a scenario), with the actors,
+/// servers and keys they need and default values for their parameters.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fixture {
+    pub description: String,
+    #[serde(default)]
+    pub actors: Vec<String>,
+    #[serde(default)]
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Parameters and their defaults (`~`: the scenario must give it).
+    #[serde(default)]
+    pub params: BTreeMap<String, Value>,
+    pub steps: Vec<Step>,
+}
+
+impl Scenario {
+    /// Puts each `use` step's fixture steps in its place, after a `set` of its parameters,
+    /// and adds the actors, servers and keys the fixture needs.
+    fn expand_fixtures(&mut self, root: &Path) -> Result<()> {
+        if !self
+            .steps
+            .iter()
+            .any(|s| matches!(s.kind, StepKind::Use(_)))
+        {
+            return Ok(());
+        }
+        let fail = |reason: String| Error::Scenario {
+            name: self.name.clone(),
+            reason,
+        };
+        let mut steps = Vec::new();
+        for (i, step) in std::mem::take(&mut self.steps).into_iter().enumerate() {
+            let StepKind::Use(u) = &step.kind else {
+                steps.push(step);
+                continue;
+            };
+            let ok_name = !u.fixture.is_empty()
+                && u.fixture
+                    .split('/')
+                    .all(|p| !p.is_empty() && p != ".." && p != ".");
+            if !ok_name {
+                return Err(fail(format!(
+                    "step {}: fixture name {:?}",
+                    i + 1,
+                    u.fixture
+                )));
+            }
+            let file = root.join("_fixtures").join(format!("{}.yaml", u.fixture));
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| fail(format!("step {}: fixture {}: {e}", i + 1, file.display())))?;
+            let fixture: Fixture = serde_yaml::from_str(&text)
+                .map_err(|e| fail(format!("step {}: fixture {}: {e}", i + 1, u.fixture)))?;
+            if fixture
+                .steps
+                .iter()
+                .any(|s| matches!(s.kind, StepKind::Use(_)))
+            {
+                return Err(fail(format!(
+                    "fixture {} uses another fixture (one level only)",
+                    u.fixture
+                )));
+            }
+            let mut params = BTreeMap::new();
+            for (k, default) in &fixture.params {
+                match u.with.get(k).or((!default.is_null()).then_some(default)) {
+                    Some(v) => {
+                        params.insert(k.clone(), v.clone());
+                    }
+                    None => {
+                        return Err(fail(format!(
+                            "step {}: fixture {} needs `with: {{{k}: ...}}`",
+                            i + 1,
+                            u.fixture
+                        )))
+                    }
+                }
+            }
+            if let Some(k) = u.with.keys().find(|k| !fixture.params.contains_key(*k)) {
+                return Err(fail(format!(
+                    "step {}: fixture {} has no parameter `{k}`",
+                    i + 1,
+                    u.fixture
+                )));
+            }
+            for (list, add) in [
+                (&mut self.actors, &fixture.actors),
+                (&mut self.servers, &fixture.servers),
+                (&mut self.keys, &fixture.keys),
+            ] {
+                for a in add {
+                    if !list.contains(a) {
+                        list.push(a.clone());
+                    }
+                }
+            }
+            if !params.is_empty() {
+                steps.push(Step {
+                    kind: StepKind::Set(params),
+                    ..Step::default()
+                });
+            }
+            steps.extend(fixture.steps);
+        }
+        self.steps = steps;
+        Ok(())
+    }
+
+    /// One scenario per combination of the `for_each` values.
+    fn expand_for_each(self) -> Result<Vec<Scenario>> {
+        if self.for_each.is_empty() {
+            return Ok(vec![self]);
+        }
+        let mut combos: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new()];
+        for (name, values) in &self.for_each {
+            if values.is_empty() {
+                return Err(Error::Scenario {
+                    name: self.name.clone(),
+                    reason: format!("for_each `{name}` has no values"),
+                });
+            }
+            combos = combos
+                .into_iter()
+                .flat_map(|c| {
+                    values.iter().map(move |v| {
+                        let mut c = c.clone();
+                        c.insert(name.clone(), v.clone());
+                        c
+                    })
+                })
+                .collect();
+        }
+        Ok(combos
+            .into_iter()
+            .map(|bindings| {
+                let mut s = self.clone();
+                let label: Vec<String> = bindings.values().map(crate::runner::text_of).collect();
+                s.name = format!("{}[{}]", self.name, label.join(","));
+                // `room_versions` may name the value: the skip-if-unavailable check sees it.
+                for v in &mut s.room_versions {
+                    for (k, val) in &bindings {
+                        *v = v.replace(&format!("{{{{{k}}}}}"), &crate::runner::text_of(val));
+                    }
+                }
+                s.bindings = bindings;
+                s.for_each.clear();
+                s
+            })
+            .collect())
+    }
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -717,6 +918,12 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('_'))
+            {
+                continue;
+            }
             collect(&path, out)?;
         } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
             out.push(path);
@@ -738,8 +945,9 @@ pub fn load_file(root: &Path, file: &Path) -> Result<Scenario> {
     })?;
     s.area = name.split('/').next().unwrap_or("misc").to_string();
     s.name = name;
-    s.check()?;
     s.lint(&text)?;
+    s.expand_fixtures(root)?;
+    s.check()?;
     Ok(s)
 }
 
@@ -925,8 +1133,31 @@ impl Scenario {
                 return fail(format!("actor names must be unique lowercase words: {a:?}"));
             }
         }
+        let reserved = |name: &str| {
+            matches!(
+                name,
+                "unique" | "unique_digits" | "fresh" | "now_ms" | "server_name"
+            ) || name.contains('.')
+                || name.is_empty()
+        };
+        for name in self.for_each.keys().chain(self.bindings.keys()) {
+            if reserved(name) {
+                return fail(format!(
+                    "`for_each` cannot name `{name}` (a template name of the harness's own)"
+                ));
+            }
+        }
         for (i, step) in self.steps.iter().enumerate() {
             let n = i + 1;
+            if let StepKind::Set(vars) = &step.kind {
+                if let Some(name) = vars.keys().find(|k| reserved(k)) {
+                    return fail(format!("step {n}: `set` cannot set `{name}` (a template name of the harness's own)"));
+                }
+                continue;
+            }
+            if let StepKind::Use(u) = &step.kind {
+                return fail(format!("step {n}: fixture {} was not expanded", u.fixture));
+            }
             for name in step.capture.keys() {
                 if matches!(
                     name.as_str(),

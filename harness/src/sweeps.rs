@@ -81,6 +81,8 @@ fn sweep(
         keys: Vec::new(),
         servers: Vec::new(),
         allow_requests: Vec::new(),
+        for_each: Default::default(),
+        bindings: Default::default(),
         steps: vec![step],
         area: "sweeps".into(),
         name,

@@ -276,6 +276,9 @@ fn scenarios_against_a_fake_server() {
             ("discovery/support_absent", &format!("description: a documented 404 without a body\n{SPEC}steps:\n  - call: getWellknownSupport\n    auth: none\n    expect: {{status: 404}}\n")),
             ("rooms/html_error", &format!("description: an undocumented 404 that is not JSON\n{SPEC}actors: [alice]\nsteps:\n  - call: getJoinedRooms\n    expect: {{status: 404}}\n")),
             ("rooms/bad_request", &format!("description: a request breaking the spec, not marked invalid\n{SPEC}actors: [alice]\nsteps:\n  - call: createRoom\n    body: {{preset: 42}}\n")),
+            ("_fixtures/room", "description: a room of the first actor\nactors: [alice]\nparams: {want: ~}\nsteps:\n  - call: createRoom\n    body: {}\n    expect: {body: {room_id: \"{{want}}\"}}\n    capture: {room: /room_id}\n"),
+            ("rooms/each_version", &format!("description: one scenario per version\n{SPEC}for_each: {{v: [\"11\", \"6\"]}}\nroom_versions: [\"{{{{v}}}}\"]\nsteps:\n  - use: room\n    with: {{want: \"!room:fake.test\"}}\n  - set: {{again: \"{{{{room}}}}\", label: \"v{{{{v}}}}\"}}\n  - call: createRoom\n    body: {{name: \"{{{{label}}}}\"}}\n    expect: {{body: {{room_id: \"{{{{again}}}}\"}}}}\n")),
+            ("rooms/fixture_wrong_value", &format!("description: a fixture's expectation fails with the value given\n{SPEC}steps:\n  - use: room\n    with: {{want: \"!other:fake.test\"}}\n")),
         ],
     );
     let config = RunConfig {
@@ -317,6 +320,21 @@ fn scenarios_against_a_fake_server() {
         );
     };
     expect("rooms/create", Outcome::Passed, "");
+    // for_each: one scenario per value, `room_versions` naming it; a fixture's steps with its
+    // parameter, its actors added; `set` variables.
+    expect("rooms/each_version[11]", Outcome::Passed, "");
+    expect(
+        "rooms/each_version[6]",
+        Outcome::Skipped,
+        "needs room version 6",
+    );
+    assert!(!by_name.contains_key("rooms/each_version"));
+    assert!(!by_name.keys().any(|n| n.starts_with("_fixtures")));
+    expect(
+        "rooms/fixture_wrong_value",
+        Outcome::Failed,
+        "!other:fake.test",
+    );
     expect(
         "rooms/wrong_expectation",
         Outcome::Failed,
@@ -384,7 +402,7 @@ fn scenarios_against_a_fake_server() {
             t.unexpected_passes,
             t.skipped
         ),
-        (14, 3, 5, 1, 1, 4)
+        (17, 4, 6, 1, 1, 5)
     );
     assert!(out.conclusion.is_none());
     assert!(!out.report.success());
@@ -402,7 +420,7 @@ fn scenarios_against_a_fake_server() {
         .contains(&"getRoomIdByAlias".to_string()));
     // Reports render.
     let md = out.report.to_markdown();
-    assert!(md.contains("| Rooms | 33% (2/6) | 4 | 0 | 2 |"), "{md}");
+    assert!(md.contains("| Rooms | 37% (3/8) | 5 | 0 | 3 |"), "{md}");
     let junit = out.report.to_junit();
     assert!(
         junit.contains("<testcase classname=\"rooms\" name=\"rooms/create\""),
@@ -558,6 +576,22 @@ fn broken_scenario_files_are_rejected_with_the_reason() {
     check(
         &format!("description: d\n{SPEC}actors: [alice]\nsteps:\n  - sync_until: {{checks: []}}\n"),
         "would wait for nothing",
+    );
+    check(
+        &format!("description: d\n{SPEC}steps:\n  - use: no_such_fixture\n"),
+        "fixture",
+    );
+    check(
+        &format!("description: d\n{SPEC}steps:\n  - call: createRoom\n    with: {{a: 1}}\n"),
+        "`with` gives a fixture's parameters",
+    );
+    check(
+        &format!("description: d\n{SPEC}steps:\n  - call: createRoom\n    fed_answer: {{server: x, operation: getVersion}}\n"),
+        "this one has call, fed_answer",
+    );
+    check(
+        &format!("description: d\n{SPEC}actors: [alice]\nfor_each: {{v: []}}\nsteps:\n  - call: createRoom\n"),
+        "for_each `v` has no values",
     );
     check(
         &format!(
