@@ -11,6 +11,7 @@ status=0
 "$bin" run --quiet --report-md "$out/reference.md" --report-json "$out/reference.json" || status=1
 harness/synapse/synapse.sh start >/dev/null
 trap 'harness/synapse/synapse.sh stop' EXIT
+harness/synapse/synapse.sh start-partners >/dev/null
 "$bin" run --quiet --profile synapse --report-md "$out/synapse.md" --report-json "$out/synapse.json" || status=1
 "$bin" compare "$out/reference.json" "$out/synapse.json" > "$out/comparison.md"
 # The real-client check (harness/clients/): matrix-js-sdk and matrix-nio on both servers.

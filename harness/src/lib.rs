@@ -17,7 +17,7 @@ pub mod sweeps;
 pub mod template;
 pub mod validate;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -203,6 +203,22 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
         software: software.or_else(|| config.software_hint.clone()),
         serves: config.profile.serves.clone(),
     };
+    let mut partners = BTreeMap::new();
+    for (name, p) in config
+        .profile
+        .federation
+        .iter()
+        .flat_map(|f| f.partners.iter())
+    {
+        let client = client::Client::new(&p.base_url, config.limits).map_err(Error::Other)?;
+        partners.insert(
+            name.clone(),
+            runner::Partner {
+                client,
+                config: p.clone(),
+            },
+        );
+    }
     let env = Arc::new(runner::Env {
         client,
         snapshot_dir: config.snapshots_dir.join(&config.profile.name),
@@ -211,6 +227,7 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
         peers: config.peers.clone(),
         admin: tokio::sync::OnceCell::new(),
         federation: config.federation.clone(),
+        partners,
     });
     let rt = Arc::new(rt);
     let results: Arc<Mutex<Vec<report::ScenarioResult>>> = Arc::default();

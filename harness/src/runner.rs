@@ -33,6 +33,15 @@ pub struct Env {
     pub admin: tokio::sync::OnceCell<Result<(String, String), String>>,
     /// Federation (fake homeservers), when the profile has `[federation]`.
     pub federation: Option<std::sync::Arc<crate::federation::Federation>>,
+    /// Real homeservers federating with the server under test, by name.
+    pub partners: BTreeMap<String, Partner>,
+}
+
+/// A partner homeserver: its client, and how users are made there.
+#[derive(Debug)]
+pub struct Partner {
+    pub client: Client,
+    pub config: crate::federation::PartnerConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -62,6 +71,9 @@ struct Run<'a> {
     keys: BTreeMap<String, mxconform_pdu::SigningKey>,
     /// The scenario's fake homeservers, by name.
     fakes: BTreeMap<String, crate::federation::fake::Fake>,
+    /// The partner homeserver the current step's requests go to (None: the server under
+    /// test), by the step's actor.
+    on_partner: Option<String>,
 }
 
 /// What a finished `sync_until` found.
@@ -122,6 +134,7 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
         skipped: None,
         keys: BTreeMap::new(),
         fakes: BTreeMap::new(),
+        on_partner: None,
     };
     run.vars.set(
         "server_name",
@@ -248,7 +261,7 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
     }
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
     async fn all(&mut self) -> Result<(), String> {
         if self.scenario.needs.iter().any(|n| n == "admin") {
             self.admin()
@@ -260,6 +273,24 @@ impl Run<'_> {
                 .await
                 .map_err(|e| format!("creating actor {actor}: {e}"))?;
         }
+        for (partner, actors) in &self.scenario.partners {
+            let Some(p) = self.env.partners.get(partner) else {
+                self.skipped = Some(format!(
+                    "needs the partner homeserver `{partner}`, which the profile does not name ([federation.partners.{partner}])"
+                ));
+                return Err("skipped".into());
+            };
+            self.vars.set(
+                &format!("{partner}.server_name"),
+                json!(p.config.server_name),
+            );
+            self.on_partner = Some(partner.clone());
+            for actor in actors {
+                let r = self.register(actor).await;
+                r.map_err(|e| format!("creating actor {actor} on {partner}: {e}"))?;
+            }
+            self.on_partner = None;
+        }
         if !self.scenario.room_versions.is_empty() {
             if let Some(missing) = self.missing_room_version().await? {
                 self.skipped = Some(format!(
@@ -270,6 +301,14 @@ impl Run<'_> {
         }
         for (i, step) in self.scenario.steps.iter().enumerate() {
             use crate::scenario::StepKind as K;
+            let actor = match &step.kind {
+                K::Call(_) | K::Http(_) => step.as_actor.as_deref(),
+                K::SyncUntil(s) => s.as_actor.as_deref(),
+                _ => None,
+            };
+            self.on_partner = actor
+                .and_then(|a| self.scenario.partner_of(a))
+                .map(str::to_string);
             let label = match &step.kind {
                 K::Call(op) => op.clone(),
                 K::Http(h) => format!("{} {}", h.method, h.path),
@@ -733,7 +772,21 @@ impl Run<'_> {
         self.capture(step, &body, &[])
     }
 
+    /// The client of the server the current step talks to.
+    fn client(&self) -> &'a Client {
+        let env: &'a Env = self.env;
+        self.on_partner
+            .as_ref()
+            .and_then(|p| env.partners.get(p))
+            .map_or(&env.client, |p| &p.client)
+    }
+
+    /// Counts an operation towards the server under test's coverage (not when a partner
+    /// server was called).
     fn record(&mut self, op: &str) {
+        if self.on_partner.is_some() {
+            return;
+        }
         if !self.operations.iter().any(|o| o == op) {
             self.operations.push(op.to_string());
         }
@@ -760,8 +813,7 @@ impl Run<'_> {
         }
         self.record(route.operation_id);
         let resp = self
-            .env
-            .client
+            .client()
             .call(route, path, query, body, token, timeout)
             .await?;
         check_schema(route, &resp)?;
@@ -771,7 +823,12 @@ impl Run<'_> {
     async fn register(&mut self, actor: &str) -> Result<(), String> {
         let localpart = format!("{actor}-{}", self.vars.unique);
         let password = format!("pw-{}-{}", self.vars.unique, actor);
-        let body = match self.env.profile.registration {
+        let partner = self
+            .on_partner
+            .as_ref()
+            .and_then(|p| self.env.partners.get(p));
+        let registration = partner.map_or(self.env.profile.registration, |p| p.config.registration);
+        let body = match registration {
             Registration::Open => self.register_open(&localpart, &password).await?,
             Registration::SharedSecret => {
                 self.register_shared_secret(&localpart, &password, false)
@@ -982,11 +1039,18 @@ impl Run<'_> {
         password: &str,
         admin: bool,
     ) -> Result<Value, String> {
-        let secret = self.env.profile.shared_secret.clone().unwrap_or_default();
+        let secret = match self
+            .on_partner
+            .as_ref()
+            .and_then(|p| self.env.partners.get(p))
+        {
+            Some(p) => p.config.shared_secret.clone(),
+            None => self.env.profile.shared_secret.clone(),
+        }
+        .unwrap_or_default();
         let path = "/_synapse/admin/v1/register";
         let nonce_resp = self
-            .env
-            .client
+            .client()
             .send("GET", path, &[], Body::None, None, None, Default::default())
             .await?;
         let nonce = nonce_resp
@@ -1008,8 +1072,7 @@ impl Run<'_> {
         )?;
         let body = json!({"nonce": nonce, "username": localpart, "password": password, "mac": digest, "admin": admin});
         let resp = self
-            .env
-            .client
+            .client()
             .send(
                 "POST",
                 path,
@@ -1207,8 +1270,7 @@ impl Run<'_> {
             (None, None) => Body::None,
         };
         let resp = self
-            .env
-            .client
+            .client()
             .send(
                 &h.method,
                 &path,
@@ -1366,8 +1428,7 @@ impl Run<'_> {
                 query.push(("filter".into(), f.clone()));
             }
             let resp = self
-                .env
-                .client
+                .client()
                 .call(
                     route,
                     &BTreeMap::new(),
@@ -1383,7 +1444,7 @@ impl Run<'_> {
             }
         }
         let job = SyncJob {
-            client: self.env.client.clone(),
+            client: self.client().clone(),
             route,
             actor: actor.clone(),
             token,

@@ -42,6 +42,11 @@ pub struct Scenario {
     /// `[federation]`; without it they are skipped.
     #[serde(default)]
     pub servers: Vec<String>,
+    /// Actors on real partner homeservers of the profile (`[federation.partners]`), by
+    /// partner: `{second: [bob]}`. Their steps go to that server; `{{second.server_name}}` is
+    /// its name. Without the partner in the profile, the scenario is skipped.
+    #[serde(default)]
+    pub partners: BTreeMap<String, Vec<String>>,
     /// Server-server operations the server under test may call on the fake servers beyond
     /// those they model (a request nobody expected fails the scenario).
     #[serde(default)]
@@ -1123,7 +1128,14 @@ impl Scenario {
             }
         }
         let mut seen = std::collections::BTreeSet::new();
-        for a in &self.actors {
+        for p in self.partners.keys() {
+            if self.servers.contains(p) || self.actors.contains(p) {
+                return fail(format!(
+                    "partner `{p}` is also named as a fake server or an actor"
+                ));
+            }
+        }
+        for a in self.actors.iter().chain(self.partners.values().flatten()) {
             if !seen.insert(a)
                 || a.is_empty()
                 || !a
@@ -1172,7 +1184,7 @@ impl Scenario {
                 .as_ref()
                 .or(step.sync_until().and_then(|s| s.as_actor.as_ref()));
             if let Some(a) = who {
-                if !self.actors.contains(a) {
+                if !self.actors.contains(a) && self.partner_of(a).is_none() {
                     return fail(format!("step {n}: actor `{a}` is not in `actors`"));
                 }
             }
@@ -1323,6 +1335,14 @@ impl Scenario {
             }
         }
         Ok(())
+    }
+
+    /// The partner server an actor lives on (None: the server under test).
+    pub fn partner_of(&self, actor: &str) -> Option<&str> {
+        self.partners
+            .iter()
+            .find(|(_, actors)| actors.iter().any(|a| a == actor))
+            .map(|(p, _)| p.as_str())
     }
 
     /// Every operation the scenario calls (with the ones the harness calls for it).

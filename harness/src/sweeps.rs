@@ -82,6 +82,7 @@ fn sweep(
         servers: Vec::new(),
         allow_requests: Vec::new(),
         for_each: Default::default(),
+        partners: Default::default(),
         bindings: Default::default(),
         steps: vec![step],
         area: "sweeps".into(),

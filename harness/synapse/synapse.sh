@@ -3,8 +3,17 @@
 # virtualenv (once), writes a config for testing, generates the signing key, starts it and
 # waits until /_matrix/client/versions answers; `stop` stops it by its own PID.
 #
-#   harness/synapse/synapse.sh start    # prints the base URL
-#   harness/synapse/synapse.sh stop
+#   harness/synapse/synapse.sh start            # prints the base URL
+#   harness/synapse/synapse.sh start-partners   # two more Synapses federating with it
+#   harness/synapse/synapse.sh stop             # stops all of them
+#
+# The first Synapse (server name `localhost`, the one the suites test) serves the client and
+# federation APIs over HTTP on SYNAPSE_PORT for the harness, and federation over TLS on
+# 127.0.0.1:8448 (the port its name implies) for other homeservers. `start-partners` starts
+# Synapses named `localhost:18449` and `localhost:18450` (client APIs on 18018 and 18028),
+# each federating with the first and with each other over TLS; their certificates, like the
+# fake servers', chain to the harness's authority, which every one of them trusts. The
+# synapse profile names them as partners `second` and `third`.
 #
 # Environment: SYNAPSE_DIR (default target/synapse under the repo), SYNAPSE_PORT (8448+ free:
 # default 18008), SYNAPSE_VERSION (default: the newest on PyPI), PYTHON (default python3).
@@ -41,6 +50,8 @@ serve_server_wellknown: true
 pid_file: "$pidfile"
 report_stats: false
 signing_key_path: "$data/localhost.signing.key"
+tls_certificate_path: "$dir/federation-ca/localhost.crt"
+tls_private_key_path: "$dir/federation-ca/localhost.key"
 media_store_path: "$data/media"
 log_config: "$data/log.config"
 database:
@@ -55,6 +66,14 @@ listeners:
     x_forwarded: false
     resources:
       - names: [client, federation, media]
+        compress: false
+  # Federation over TLS on the port the name localhost implies, for the partner Synapses.
+  - port: 8448
+    bind_addresses: ["127.0.0.1"]
+    type: http
+    tls: true
+    resources:
+      - names: [federation]
         compress: false
 login_via_existing_session:
   enabled: true
@@ -170,6 +189,143 @@ running() {
   [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
 }
 
+# The authority the fake homeservers' and the Synapses' certificates chain to (kept across
+# runs), with a leaf certificate for `localhost`.
+authority() {
+  if [ ! -f "$dir/federation-ca/ca.pem" ] || [ ! -f "$dir/federation-ca/localhost.crt" ]; then
+    (cd "$repo" && cargo run -q -p mxconform -- federation-ca --out "$dir/federation-ca" --leaf localhost >/dev/null)
+  fi
+}
+
+# A partner Synapse: `localhost:<fed port>`, federation over TLS there, the client API on
+# <client port>; open registration with the same shared secret; federating with anything on
+# 127.0.0.1 whose certificate chains to the harness's authority.
+write_partner_config() {
+  local pdata="$1" fedport="$2" cport="$3"
+  mkdir -p "$pdata/media"
+  cat > "$pdata/homeserver.yaml" <<YAML
+server_name: "localhost:$fedport"
+public_baseurl: "http://127.0.0.1:$cport/"
+pid_file: "$pdata/synapse.pid"
+report_stats: false
+signing_key_path: "$pdata/partner.signing.key"
+tls_certificate_path: "$dir/federation-ca/localhost.crt"
+tls_private_key_path: "$dir/federation-ca/localhost.key"
+media_store_path: "$pdata/media"
+log_config: "$pdata/log.config"
+database:
+  name: sqlite3
+  args:
+    database: "$pdata/homeserver.db"
+listeners:
+  - port: $fedport
+    bind_addresses: ["127.0.0.1"]
+    type: http
+    tls: true
+    resources:
+      - names: [federation]
+        compress: false
+  - port: $cport
+    bind_addresses: ["127.0.0.1"]
+    type: http
+    tls: false
+    resources:
+      - names: [client, media]
+        compress: false
+enable_registration: true
+enable_registration_without_verification: true
+registration_shared_secret: "$secret"
+bcrypt_rounds: 4
+trusted_key_servers: []
+suppress_key_server_warning: true
+federation_custom_ca_list: ["$dir/federation-ca/ca.pem"]
+ip_range_whitelist: ["127.0.0.1"]
+federation_ip_range_blacklist: []
+allow_public_rooms_without_auth: true
+allow_public_rooms_over_federation: true
+room_list_publication_rules: [{action: allow}]
+alias_creation_rules: [{action: allow}]
+presence:
+  enabled: true
+rc_message: {per_second: 10000, burst_count: 100000}
+rc_registration: {per_second: 10000, burst_count: 100000}
+rc_login:
+  address: {per_second: 10000, burst_count: 100000}
+  account: {per_second: 10000, burst_count: 100000}
+  failed_attempts: {per_second: 10000, burst_count: 100000}
+rc_joins:
+  local: {per_second: 10000, burst_count: 100000}
+  remote: {per_second: 10000, burst_count: 100000}
+rc_joins_per_room: {per_second: 10000, burst_count: 100000}
+rc_invites:
+  per_room: {per_second: 10000, burst_count: 100000}
+  per_user: {per_second: 10000, burst_count: 100000}
+  per_issuer: {per_second: 10000, burst_count: 100000}
+rc_federation: {window_size: 1000, sleep_limit: 10000, sleep_delay: 0, reject_limit: 100000, concurrent: 1000}
+rc_presence:
+  per_user: {per_second: 10000, burst_count: 100000}
+rc_room_creation: {per_second: 10000, burst_count: 100000}
+rc_send_to_device: {per_second: 10000, burst_count: 100000}
+rc_key_requests: {per_second: 10000, burst_count: 100000}
+rc_media_create: {per_second: 10000, burst_count: 100000}
+YAML
+  cat > "$pdata/log.config" <<YAML
+version: 1
+formatters:
+  precise:
+    format: '%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(message)s'
+handlers:
+  file:
+    class: logging.FileHandler
+    formatter: precise
+    filename: $pdata/homeserver.log
+root:
+  level: WARNING
+  handlers: [file]
+disable_existing_loggers: false
+YAML
+}
+
+# Starts the Synapse whose config is in $1 and waits until $2/_matrix/client/versions answers.
+launch() {
+  local cdata="$1" curl_url="$2"
+  "$venv/bin/python" -m synapse.app.homeserver --config-path "$cdata/homeserver.yaml" --generate-keys >/dev/null 2>&1
+  "$venv/bin/python" -m synapse.app.homeserver --config-path "$cdata/homeserver.yaml" --daemonize >/dev/null 2>"$cdata/start.err" || {
+    echo "synapse ($cdata) failed to start:" >&2
+    cat "$cdata/start.err" >&2
+    tail -n 30 "$cdata/homeserver.log" >&2 2>/dev/null || true
+    return 1
+  }
+  for _ in $(seq 1 120); do
+    if curl -fsS "$curl_url/_matrix/client/versions" >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.25
+  done
+  echo "synapse ($cdata) did not answer /_matrix/client/versions within 30 s" >&2
+  tail -n 30 "$cdata/homeserver.log" >&2 2>/dev/null || true
+  return 1
+}
+
+partner_ports=("18449:18018" "18450:18028")
+
+start_partners() {
+  install
+  authority
+  for pair in "${partner_ports[@]}"; do
+    local fedport="${pair%%:*}" cport="${pair##*:}"
+    local pdata="$dir/partner-$fedport"
+    if [ -f "$pdata/synapse.pid" ] && kill -0 "$(cat "$pdata/synapse.pid")" 2>/dev/null; then
+      echo "http://127.0.0.1:$cport"
+      continue
+    fi
+    rm -rf "$pdata"
+    write_partner_config "$pdata" "$fedport" "$cport"
+    launch "$pdata" "http://127.0.0.1:$cport" || { stop; exit 1; }
+    echo "http://127.0.0.1:$cport"
+  done
+}
+
 start() {
   install
   if running; then
@@ -181,35 +337,17 @@ start() {
     exit 1
   fi
   rm -rf "$data"
-  # The authority the fake homeservers' certificates chain to (kept across runs).
-  if [ ! -f "$dir/federation-ca/ca.pem" ]; then
-    (cd "$repo" && cargo run -q -p mxconform -- federation-ca --out "$dir/federation-ca" >/dev/null)
-  fi
+  authority
   write_config
-  "$venv/bin/python" -m synapse.app.homeserver --config-path "$data/homeserver.yaml" --generate-keys >/dev/null 2>&1
-  "$venv/bin/python" -m synapse.app.homeserver --config-path "$data/homeserver.yaml" --daemonize >/dev/null 2>"$data/start.err" || {
-    echo "synapse failed to start:" >&2
-    cat "$data/start.err" >&2
-    tail -n 30 "$data/homeserver.log" >&2 2>/dev/null || true
-    exit 1
-  }
-  for _ in $(seq 1 120); do
-    if curl -fsS "$url/_matrix/client/versions" >/dev/null 2>&1; then
-      echo "$url"
-      return 0
-    fi
-    sleep 0.25
-  done
-  echo "synapse did not answer /_matrix/client/versions within 30 s" >&2
-  tail -n 30 "$data/homeserver.log" >&2 2>/dev/null || true
-  stop
-  exit 1
+  launch "$data" "$url" || { stop; exit 1; }
+  echo "$url"
 }
 
-stop() {
-  if running; then
+stop_pid() {
+  local pf="$1"
+  if [ -f "$pf" ] && kill -0 "$(cat "$pf")" 2>/dev/null; then
     local pid
-    pid="$(cat "$pidfile")"
+    pid="$(cat "$pf")"
     kill "$pid"
     for _ in $(seq 1 40); do
       kill -0 "$pid" 2>/dev/null || break
@@ -217,7 +355,14 @@ stop() {
     done
     kill -9 "$pid" 2>/dev/null || true
   fi
-  rm -f "$pidfile"
+  rm -f "$pf"
+}
+
+stop() {
+  stop_pid "$pidfile"
+  for pair in "${partner_ports[@]}"; do
+    stop_pid "$dir/partner-${pair%%:*}/synapse.pid"
+  done
 }
 
 version() {
@@ -226,7 +371,8 @@ version() {
 
 case "${1:-}" in
   start) start ;;
+  start-partners) start_partners ;;
   stop) stop ;;
   version) version ;;
-  *) echo "usage: $0 start|stop|version" >&2; exit 2 ;;
+  *) echo "usage: $0 start|start-partners|stop|version" >&2; exit 2 ;;
 esac

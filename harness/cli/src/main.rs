@@ -78,6 +78,10 @@ enum Command {
     FederationCa {
         #[arg(long)]
         out: PathBuf,
+        /// Also issue a leaf certificate for this host and 127.0.0.1 (`<out>/<host>.crt` and
+        /// `<out>/<host>.key`), for a real homeserver's TLS federation listener.
+        #[arg(long)]
+        leaf: Option<String>,
     },
     /// For `bench pdu`: resolves one workload case RUNS times (run under callgrind to count
     /// instructions).
@@ -296,10 +300,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Diff { from, to, format } => diff(&from, &to, format),
         Command::Pdu { command } => pdu_cmd::run(command),
-        Command::FederationCa { out } => {
-            mxconform_harness::federation::tls::Authority::load_or_create(&out)
+        Command::FederationCa { out, leaf } => {
+            let ca = mxconform_harness::federation::tls::Authority::load_or_create(&out)
                 .map_err(anyhow::Error::msg)?;
             println!("{}", out.join("ca.pem").display());
+            if let Some(host) = leaf {
+                let (cert, key) = ca
+                    .issue_pem(&[&host, "127.0.0.1"])
+                    .map_err(anyhow::Error::msg)?;
+                let (c, k) = (
+                    out.join(format!("{host}.crt")),
+                    out.join(format!("{host}.key")),
+                );
+                std::fs::write(&c, cert).with_context(|| format!("writing {}", c.display()))?;
+                std::fs::write(&k, key).with_context(|| format!("writing {}", k.display()))?;
+                println!("{}", c.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchResolveOnce { file, index, runs } => {

@@ -41,6 +41,23 @@ pub struct FederationConfig {
     /// Each still fails the scenario that checks that field itself (listed as a deviation).
     #[serde(default)]
     pub schema_deviations: Vec<SchemaDeviation>,
+    /// Real homeservers that federate with the server under test, by the name scenarios give
+    /// them (`partners: {second: [bob]}` puts actor `bob` on the partner `second`).
+    #[serde(default)]
+    pub partners: std::collections::BTreeMap<String, PartnerConfig>,
+}
+
+/// A second (or third) real homeserver, federating with the server under test.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerConfig {
+    /// Its client-server API.
+    pub base_url: String,
+    pub server_name: String,
+    #[serde(default)]
+    pub registration: crate::profile::Registration,
+    #[serde(default)]
+    pub shared_secret: Option<String>,
 }
 
 /// A known schema violation: in `operation`'s answers, at `at`, a message containing

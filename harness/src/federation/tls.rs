@@ -75,6 +75,39 @@ impl Authority {
         })
     }
 
+    /// A leaf certificate for `hosts` (IP addresses or DNS names), and its private key, as PEM
+    /// files a real homeserver can serve (its TLS federation listener).
+    pub fn issue_pem(&self, hosts: &[&str]) -> Result<(String, String), String> {
+        let key = KeyPair::generate().map_err(|e| format!("making a leaf key: {e}"))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            hosts.first().copied().unwrap_or("localhost"),
+        );
+        params.distinguished_name = dn;
+        params.subject_alt_names = hosts
+            .iter()
+            .map(|host| match host.parse::<IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName(
+                    host.to_string()
+                        .try_into()
+                        .map_err(|e| format!("{host:?} is not a DNS name: {e}"))?,
+                )),
+            })
+            .collect::<Result<_, String>>()?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| format!("issuing a certificate for {hosts:?}: {e}"))?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
     /// A TLS server configuration for `host` (an IP address or a DNS name), with a new leaf
     /// certificate issued by this authority.
     pub fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, String> {
@@ -125,6 +158,9 @@ mod tests {
         assert_eq!(a.cert_pem, b.cert_pem);
         b.server_config("127.0.0.1").unwrap();
         b.server_config("fake.example").unwrap();
+        let (cert, key) = b.issue_pem(&["localhost", "127.0.0.1"]).unwrap();
+        assert!(cert.contains("BEGIN CERTIFICATE") && key.contains("PRIVATE KEY"));
+        assert!(b.issue_pem(&["not a name"]).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
