@@ -330,6 +330,7 @@ impl<'a> Run<'a> {
                 K::FedAwait(a) => self.fed_await(step, a).await,
                 K::FedCreateRoom(c) => self.fed_create_room(step, c).await,
                 K::FedAnswer(a) => self.fed_answer(step, a).await,
+                K::FedTransaction(t) => self.fed_transaction(step, t).await,
                 K::Set(vars) => self.set_vars(vars),
                 K::Use(u) => Err(format!("fixture {} was not expanded", u.fixture)),
             };
@@ -611,6 +612,30 @@ impl<'a> Run<'a> {
         self.fed_result(step, 200, &answer)
     }
 
+    async fn fed_transaction(
+        &mut self,
+        step: &Step,
+        t: &crate::scenario::FedTransaction,
+    ) -> Result<(), String> {
+        let shared = self.fake(&t.server)?;
+        let ids: Vec<String> = t
+            .pdus
+            .iter()
+            .map(|i| self.vars.render_text(i))
+            .collect::<Result<_, _>>()?;
+        let edus: Vec<Value> = t
+            .edus
+            .iter()
+            .map(|e| self.vars.render(e))
+            .collect::<Result<_, _>>()?;
+        if ids.is_empty() && edus.is_empty() {
+            return Err("fed_transaction names no PDU and no EDU".into());
+        }
+        self.record("server-server/sendTransaction");
+        let (status, body) = crate::federation::send_transaction(&shared, &ids, edus).await?;
+        self.fed_result(step, status, &body)
+    }
+
     async fn fed_call(&mut self, step: &Step, c: &crate::scenario::FedCall) -> Result<(), String> {
         let shared = self.fake(&c.server)?;
         let route = crate::federation::client::route(&c.call)
@@ -769,7 +794,8 @@ impl<'a> Run<'a> {
             Received::Edu { edu } => edu,
             Received::Request { body, .. } => json!({"body": body}),
         };
-        self.capture(step, &body, &[])
+        // What was sent is the "response": checks and captures read it.
+        self.fed_result(step, 200, &body)
     }
 
     /// The client of the server the current step talks to.

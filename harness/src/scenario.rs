@@ -128,6 +128,7 @@ pub enum StepKind {
     FedAwait(FedAwait),
     FedCreateRoom(FedCreateRoom),
     FedAnswer(FedAnswer),
+    FedTransaction(FedTransaction),
     /// Sets template variables (values templated) for later steps.
     Set(BTreeMap<String, Value>),
     /// A fixture's steps, in place of this one (expanded when the file loads; never run).
@@ -168,6 +169,7 @@ impl StepKind {
             StepKind::FedAwait(_) => "fed_await",
             StepKind::FedCreateRoom(_) => "fed_create_room",
             StepKind::FedAnswer(_) => "fed_answer",
+            StepKind::FedTransaction(_) => "fed_transaction",
             StepKind::Set(_) => "set",
             StepKind::Use(_) => "use",
         }
@@ -184,6 +186,7 @@ impl StepKind {
             StepKind::FedAwait(x) => Some(&x.server),
             StepKind::FedCreateRoom(x) => Some(&x.server),
             StepKind::FedAnswer(x) => Some(&x.server),
+            StepKind::FedTransaction(x) => Some(&x.server),
             _ => None,
         }
     }
@@ -227,6 +230,7 @@ impl TryFrom<RawStep> for Step {
         kinds.extend(r.fed_await.map(StepKind::FedAwait));
         kinds.extend(r.fed_create_room.map(StepKind::FedCreateRoom));
         kinds.extend(r.fed_answer.map(StepKind::FedAnswer));
+        kinds.extend(r.fed_transaction.map(StepKind::FedTransaction));
         kinds.extend(r.set.map(StepKind::Set));
         kinds.extend(r.use_.map(|fixture| {
             StepKind::Use(UseFixture {
@@ -240,7 +244,7 @@ impl TryFrom<RawStep> for Step {
         if kinds.len() != 1 {
             let given: Vec<&str> = kinds.iter().map(StepKind::key).collect();
             return Err(format!(
-                "a step has exactly one of `call`, `sync_until`, `await`, `http`, `mail`, `sms`, `appservice_receives`, `fed_join`, `fed_invite`, `fed_send`, `fed_edu`, `fed_call`, `fed_await`, `fed_create_room`, `fed_answer`, `set` and `use`; this one has {}",
+                "a step has exactly one of `call`, `sync_until`, `await`, `http`, `mail`, `sms`, `appservice_receives`, `fed_join`, `fed_invite`, `fed_send`, `fed_edu`, `fed_call`, `fed_await`, `fed_create_room`, `fed_answer`, `fed_transaction`, `set` and `use`; this one has {}",
                 if given.is_empty() { "none".to_string() } else { given.join(", ") }
             ));
         }
@@ -323,6 +327,10 @@ struct RawStep {
     /// Sets a fake server's answer to an operation the server under test calls on it.
     #[serde(default)]
     pub fed_answer: Option<FedAnswer>,
+    /// A fake server sends one transaction of several PDUs (made with `fed_send: {hold:
+    /// true}`) and EDUs. `expect` and captures read the answer.
+    #[serde(default)]
+    pub fed_transaction: Option<FedTransaction>,
     /// Sets template variables for later steps.
     #[serde(default)]
     pub set: Option<BTreeMap<String, Value>>,
@@ -448,6 +456,19 @@ pub struct FedSend {
     /// server under test must fetch when a later event cites it.
     #[serde(default)]
     pub hold: bool,
+}
+
+/// `fed_transaction`: one transaction of held PDUs, by event id, and EDUs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FedTransaction {
+    pub server: String,
+    /// Event ids (templated) of events the fake server holds, in the order sent.
+    #[serde(default)]
+    pub pdus: Vec<String>,
+    /// EDUs, each `{edu_type, content}` (templated).
+    #[serde(default)]
+    pub edus: Vec<Value>,
 }
 
 /// `fed_edu`: a fake server sends EDUs in a transaction.
@@ -1068,6 +1089,25 @@ impl Scenario {
                             i + 1,
                             c.call
                         ));
+                    }
+                }
+                StepKind::FedTransaction(t) => {
+                    if t.pdus.is_empty() && t.edus.is_empty() {
+                        return fail(format!(
+                            "step {}: fed_transaction sends `pdus` (held event ids), `edus`, or both",
+                            i + 1
+                        ));
+                    }
+                    for e in &t.edus {
+                        let ok = e.get("edu_type").is_some_and(Value::is_string)
+                            && e.get("content").is_some()
+                            && e.as_object().is_some_and(|o| o.len() == 2);
+                        if !ok {
+                            return fail(format!(
+                                "step {}: each of fed_transaction's `edus` is {{edu_type, content}}, not {e}",
+                                i + 1
+                            ));
+                        }
                     }
                 }
                 StepKind::FedAnswer(a) => {

@@ -159,6 +159,12 @@ rc_invites:
 rc_third_party_invite: {per_second: 10000, burst_count: 100000}
 rc_media_create: {per_second: 10000, burst_count: 100000}
 rc_federation: {window_size: 1000, sleep_limit: 10000, sleep_delay: 0, reject_limit: 100000, concurrent: 1000}
+# Fake servers come and go on ephemeral ports, and a new one may get the port of one that has
+# stopped: a short, flat back-off keeps Synapse from refusing to send to it for ten minutes.
+federation:
+  destination_min_retry_interval: 1s
+  destination_retry_multiplier: 1
+  destination_max_retry_interval: 2s
 rc_presence:
   per_user: {per_second: 10000, burst_count: 100000}
 rc_delayed_event_mgmt: {per_second: 10000, burst_count: 100000}
@@ -262,6 +268,12 @@ rc_invites:
   per_user: {per_second: 10000, burst_count: 100000}
   per_issuer: {per_second: 10000, burst_count: 100000}
 rc_federation: {window_size: 1000, sleep_limit: 10000, sleep_delay: 0, reject_limit: 100000, concurrent: 1000}
+# Fake servers come and go on ephemeral ports, and a new one may get the port of one that has
+# stopped: a short, flat back-off keeps Synapse from refusing to send to it for ten minutes.
+federation:
+  destination_min_retry_interval: 1s
+  destination_retry_multiplier: 1
+  destination_max_retry_interval: 2s
 rc_presence:
   per_user: {per_second: 10000, burst_count: 100000}
 rc_room_creation: {per_second: 10000, burst_count: 100000}

@@ -498,6 +498,7 @@ fn hostile_server_fails_scenarios_with_reasons() {
             peers: None,
             admin: Default::default(),
             federation: None,
+            partners: Default::default(),
             scenario_timeout: Duration::from_secs(10),
         };
         let dir = temp_dir(name);
@@ -527,6 +528,7 @@ fn a_scenario_bound_stops_a_slow_scenario() {
         peers: None,
         admin: Default::default(),
         federation: None,
+        partners: Default::default(),
         scenario_timeout: Duration::from_secs(30),
     };
     let dir = temp_dir("bound");
@@ -604,6 +606,20 @@ fn broken_scenario_files_are_rejected_with_the_reason() {
             "description: d\n{SPEC}actors: [alice]\nsteps:\n  - call: getTokenOwner\n    token: syt_made_up\n"
         ),
         "an access token written by hand",
+    );
+    check(
+        &format!(
+            "description: d\n{SPEC}servers: [r]\nsteps:\n  - fed_transaction: {{server: r}}\n"
+        ),
+        "fed_transaction sends `pdus`",
+    );
+    check(
+        &format!("description: d\n{SPEC}servers: [r]\nsteps:\n  - fed_transaction: {{server: r, edus: [{{type: m.typing}}]}}\n"),
+        "is {edu_type, content}",
+    );
+    check(
+        &format!("description: d\n{SPEC}servers: [r]\nsteps:\n  - fed_transaction: {{server: s, edus: [{{edu_type: m.typing, content: {{}}}}]}}\n"),
+        "server \"s\" is not one of the scenario's `servers`",
     );
 }
 

@@ -176,6 +176,8 @@ fn unreachable_server_fails_clearly() {
     );
 }
 
+/// The trials the scenario files make: one per file, or one per combination of a file's
+/// `for_each` values; folders starting with `_` hold fixtures, not scenarios.
 fn count_scenarios(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .expect("scenarios")
@@ -183,9 +185,27 @@ fn count_scenarios(dir: &Path) -> usize {
         .map(|e| {
             let p = e.path();
             if p.is_dir() {
-                count_scenarios(&p)
+                let hidden = p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('_'));
+                if hidden {
+                    0
+                } else {
+                    count_scenarios(&p)
+                }
+            } else if p.extension().is_some_and(|x| x == "yaml") {
+                let text = std::fs::read_to_string(&p).expect("scenario file");
+                let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
+                match doc.get("for_each").and_then(|f| f.as_mapping()) {
+                    Some(lists) => lists
+                        .values()
+                        .map(|v| v.as_sequence().map_or(1, Vec::len))
+                        .product(),
+                    None => 1,
+                }
             } else {
-                usize::from(p.extension().is_some_and(|x| x == "yaml"))
+                0
             }
         })
         .sum()

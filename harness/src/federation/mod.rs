@@ -348,11 +348,7 @@ pub async fn send_event(
             };
             match target {
                 Some(t) => *t = v.clone(),
-                None => {
-                    if let Some(m) = json.as_object_mut() {
-                        m.insert(k.trim_start_matches('/').to_string(), v.clone());
-                    }
-                }
+                None => set_pointer(&mut json, k, v.clone())?,
             }
         }
     }
@@ -366,9 +362,12 @@ pub async fn send_event(
     }
     let event_id = mxconform_pdu::hash::event_id(version, &json).unwrap_or(pdu.event_id.clone());
     if tamper.is_none() && !resigned {
+        // An event the fake server's own view of the rules rejects is still sent (the
+        // scenario may mean the server under test to reject it too); the room keeps it
+        // marked rejected, so that later events do not build on it.
         let mut rooms = shared.rooms.lock().map_err(|_| "room lock")?;
         if let Some(room) = rooms.get_mut(room_id) {
-            room.add(pdu)?;
+            let _ = room.add(pdu);
         }
     } else if resigned {
         // A well-signed event the fake server made on purpose: it is part of the room's graph
@@ -549,7 +548,7 @@ pub async fn invite(
         server_name: &shared.name,
         key: &shared.key,
     };
-    let (pdu, version) = {
+    let (pdu, version, stripped) = {
         let rooms = shared.rooms.lock().map_err(|_| "room lock")?;
         let room = rooms
             .get(room_id)
@@ -561,7 +560,11 @@ pub async fn invite(
             json!({"membership": "invite"}),
             now_ms(),
         );
-        (room.build(new, origin)?, room.version)
+        (
+            room.build(new, origin)?,
+            room.version,
+            room.stripped_state(),
+        )
     };
     let (op, endpoint) = if v1 {
         ("sendInviteV1", "v1")
@@ -576,10 +579,10 @@ pub async fn invite(
     // v1 sends the event itself (the stripped state in `unsigned`); v2 wraps it.
     let body = if v1 {
         let mut e = pdu.json.clone();
-        e["unsigned"] = json!({"invite_room_state": []});
+        e["unsigned"] = json!({"invite_room_state": stripped});
         e
     } else {
-        json!({"event": pdu.json, "room_version": version.id, "invite_room_state": []})
+        json!({"event": pdu.json, "room_version": version.id, "invite_room_state": stripped})
     };
     let sent = shared
         .client
@@ -652,6 +655,72 @@ pub async fn invite(
 }
 
 /// Sends EDUs from the fake server in one transaction.
+/// Sets `value` at a JSON pointer (or top-level key), making the objects on the way: a
+/// tamper may add a field the event did not have, nested or not.
+fn set_pointer(json: &mut Value, key: &str, value: Value) -> Result<(), String> {
+    let parts: Vec<String> = if let Some(p) = key.strip_prefix('/') {
+        p.split('/')
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect()
+    } else {
+        vec![key.to_string()]
+    };
+    let mut at = json;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let Value::Object(m) = at else {
+            return Err(format!(
+                "tamper {key}: {part} is under a value that is not an object"
+            ));
+        };
+        if last {
+            m.insert(part.clone(), value);
+            return Ok(());
+        }
+        at = m
+            .entry(part.clone())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
+    Ok(())
+}
+
+/// The JSON of an event the fake server holds in one of its rooms (made, held or learnt).
+pub fn held_event(shared: &Shared, event_id: &str) -> Result<Value, String> {
+    let rooms = shared.rooms.lock().map_err(|_| "room lock")?;
+    rooms
+        .values()
+        .find_map(|r| r.events.get(event_id).map(|p| p.json.clone()))
+        .ok_or_else(|| format!("{} holds no event {event_id}", shared.name))
+}
+
+/// Sends one transaction of the given PDUs (by id, from the fake server's rooms) and EDUs;
+/// answers the status and body.
+pub async fn send_transaction(
+    shared: &Shared,
+    pdu_ids: &[String],
+    edus: Vec<Value>,
+) -> Result<(u16, Value), String> {
+    let pdus: Vec<Value> = pdu_ids
+        .iter()
+        .map(|id| held_event(shared, id))
+        .collect::<Result<_, _>>()?;
+    let body =
+        json!({"origin": shared.name, "origin_server_ts": now_ms(), "pdus": pdus, "edus": edus});
+    let path = format!("/_matrix/federation/v1/send/{}", txn_id());
+    let sent = shared
+        .client
+        .request(
+            &shared.name,
+            &shared.key,
+            client::route("sendTransaction"),
+            "PUT",
+            &path,
+            Some(&body),
+        )
+        .await?;
+    Ok((sent.status, sent.body))
+}
+
 pub async fn send_edus(shared: &Shared, edus: Vec<Value>) -> Result<Value, String> {
     let body =
         json!({"origin": shared.name, "origin_server_ts": now_ms(), "pdus": [], "edus": edus});
@@ -671,4 +740,25 @@ pub async fn send_edus(shared: &Shared, edus: Vec<Value>) -> Result<Value, Strin
         return Err(format!("/send answered {}: {}", sent.status, sent.body));
     }
     Ok(sent.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_pointer;
+    use serde_json::json;
+
+    #[test]
+    fn tamper_paths_make_the_objects_on_the_way() {
+        let mut e = json!({"type": "m.room.message", "content": {"body": "x"}});
+        set_pointer(&mut e, "/content/m.relates_to/rel_type", json!("m.thread")).unwrap();
+        set_pointer(&mut e, "/unsigned~1x", json!(1)).unwrap();
+        set_pointer(&mut e, "depth", json!(7)).unwrap();
+        assert_eq!(
+            e,
+            json!({"type": "m.room.message", "depth": 7, "unsigned/x": 1,
+                "content": {"body": "x", "m.relates_to": {"rel_type": "m.thread"}}})
+        );
+        let err = set_pointer(&mut e, "/type/x", json!(1)).unwrap_err();
+        assert!(err.contains("not an object"), "{err}");
+    }
 }

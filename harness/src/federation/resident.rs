@@ -372,21 +372,7 @@ pub async fn on_send(
         }
         "sendKnock" => {
             // Since v1.16: full PDUs of the room's version, the create event among them.
-            let state = room.current_state().unwrap_or_default();
-            let stripped: Vec<Value> = [
-                "m.room.create",
-                "m.room.join_rules",
-                "m.room.name",
-                "m.room.avatar",
-                "m.room.canonical_alias",
-                "m.room.encryption",
-                "m.room.topic",
-            ]
-            .iter()
-            .filter_map(|k| state.get(&((*k).to_string(), String::new())))
-            .filter_map(|id| room.events.get(id))
-            .map(|e| e.json.clone())
-            .collect();
+            let stripped = room.stripped_state();
             super::fake::answer(200, json!({"knock_room_state": stripped}))
         }
         "sendLeaveV1" => super::fake::answer(200, json!([200, {}])),

@@ -178,6 +178,28 @@ impl RoomView {
         self.state_before(&self.extremities)
     }
 
+    /// The state an invite or knock carries to identify the room: the current create, join
+    /// rules, name, avatar, topic, canonical alias and encryption events, as full PDUs
+    /// (the spec requires the create event, formatted as the room version says, from v1.16).
+    pub fn stripped_state(&self) -> Vec<serde_json::Value> {
+        const TYPES: [&str; 7] = [
+            "m.room.create",
+            "m.room.join_rules",
+            "m.room.name",
+            "m.room.avatar",
+            "m.room.topic",
+            "m.room.canonical_alias",
+            "m.room.encryption",
+        ];
+        let state = self.current_state().unwrap_or_default();
+        TYPES
+            .iter()
+            .filter_map(|t| state.get(&(t.to_string(), String::new())))
+            .filter_map(|id| self.events.get(id))
+            .map(|p| p.json.clone())
+            .collect()
+    }
+
     /// Keeps an event the fake server fetched (state, history): known, without changing the
     /// room's extremities or state.
     pub fn learn(&mut self, pdu: Pdu) {
@@ -236,8 +258,10 @@ impl RoomView {
         } else if let Err(why) = &outcome {
             self.rejected.insert(id.clone(), why.clone());
         }
-        self.extremities.retain(|e| !pdu.prev_events.contains(e));
+        // A rejected event leaves the extremities as they were: new events build on what
+        // the room accepted.
         if outcome.is_ok() {
+            self.extremities.retain(|e| !pdu.prev_events.contains(e));
             self.extremities.push(id.clone());
         }
         self.after.insert(id.clone(), after);
@@ -334,5 +358,77 @@ impl RoomView {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mxconform_pdu::SigningKey;
+
+    #[test]
+    fn a_rejected_event_leaves_the_extremities_and_state_as_they_were() {
+        let key = SigningKey::generate(Some("k")).unwrap();
+        let origin = Origin {
+            server_name: "fake.test",
+            key: &key,
+        };
+        let v = RoomVersion::get("10").unwrap();
+        let mut room = RoomView::create(v, origin, "@a:fake.test", None, Vec::new(), 1000).unwrap();
+        let before = room.extremities.clone();
+        let state = room.current_state().unwrap();
+        assert_eq!(before.len(), 1);
+        // A user who never joined cannot send: the rules reject it.
+        let stranger = NewEvent::new(
+            "m.room.topic",
+            Some(""),
+            "@stranger:fake.test",
+            serde_json::json!({"topic": "x"}),
+            2000,
+        );
+        let pdu = room.build(stranger, origin).unwrap();
+        let id = pdu.event_id.clone();
+        assert!(room.add(pdu).is_err());
+        assert!(room.rejected.contains_key(&id));
+        assert_eq!(room.extremities, before, "built on what the room accepted");
+        assert_eq!(room.current_state().unwrap(), state);
+        // The next event builds on the accepted extremity, not on the rejected one.
+        let next = NewEvent::new(
+            "m.room.topic",
+            Some(""),
+            "@a:fake.test",
+            serde_json::json!({"topic": "y"}),
+            3000,
+        );
+        let pdu = room.build(next, origin).unwrap();
+        assert_eq!(pdu.prev_events, before);
+        room.add(pdu).unwrap();
+        assert_eq!(room.extremities.len(), 1);
+    }
+
+    #[test]
+    fn stripped_state_carries_the_create_event_as_a_full_pdu() {
+        let key = SigningKey::generate(Some("k")).unwrap();
+        let origin = Origin {
+            server_name: "fake.test",
+            key: &key,
+        };
+        let v = RoomVersion::get("12").unwrap();
+        let join_rules = NewEvent::new(
+            "m.room.join_rules",
+            Some(""),
+            "@a:fake.test",
+            serde_json::json!({"join_rule": "public"}),
+            0,
+        );
+        let room =
+            RoomView::create(v, origin, "@a:fake.test", None, vec![join_rules], 1000).unwrap();
+        let stripped = room.stripped_state();
+        let kinds: Vec<&str> = stripped
+            .iter()
+            .filter_map(|e| e.get("type").and_then(serde_json::Value::as_str))
+            .collect();
+        assert_eq!(kinds, ["m.room.create", "m.room.join_rules"]);
+        assert!(stripped[0].get("signatures").is_some() && stripped[0].get("hashes").is_some());
     }
 }

@@ -90,6 +90,7 @@ impl Authority {
             .iter()
             .map(|host| match host.parse::<IpAddr>() {
                 Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) if !is_dns_name(host) => Err(format!("{host:?} is not a DNS name")),
                 Err(_) => Ok(SanType::DnsName(
                     host.to_string()
                         .try_into()
@@ -144,6 +145,22 @@ impl Authority {
     }
 }
 
+/// A host name a certificate can name: dot-separated labels of letters, digits and inner
+/// hyphens, 1-63 bytes each, 253 in all.
+fn is_dns_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +178,9 @@ mod tests {
         let (cert, key) = b.issue_pem(&["localhost", "127.0.0.1"]).unwrap();
         assert!(cert.contains("BEGIN CERTIFICATE") && key.contains("PRIVATE KEY"));
         assert!(b.issue_pem(&["not a name"]).is_err());
+        assert!(b.issue_pem(&["-bad.example"]).is_err());
+        assert!(b.issue_pem(&["a..b"]).is_err());
+        assert!(b.issue_pem(&["fake-1.example"]).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
