@@ -62,6 +62,9 @@ pub struct Config {
     /// URL previews: `None` offers none; `Some(allowed)` previews public addresses and these
     /// otherwise private ones.
     pub url_preview: Option<Vec<std::net::IpAddr>>,
+    /// The key the server signs with (`--signing-key FILE`); `None` uses the one kept in the
+    /// database, made at the first start.
+    pub signing_key: Option<mxconform_pdu::SigningKey>,
 }
 
 /// A CAS server: `<server_url>/login` is where browsers log in, `<server_url>/proxyValidate`
@@ -107,6 +110,7 @@ impl Config {
             cas: None,
             url_preview: None,
             msisdn_delegate: None,
+            signing_key: None,
         }
     }
 }
@@ -150,8 +154,24 @@ impl Server {
             }
         }
         let store = Store::open(config.db.as_deref(), config.durability)?;
-        let mut state = State::new(&config.server_name);
-        state.restore(store.load()?)?;
+        let loaded = store.load()?;
+        let stored_key = loaded
+            .records
+            .iter()
+            .find(|(kind, key, _)| kind == "meta" && key == "signing_key")
+            .map(|(_, _, v)| {
+                let line = v.as_str().unwrap_or_default();
+                mxconform_pdu::SigningKey::parse_file(line)
+                    .map_err(|e| format!("the signing key kept in the database is unreadable: {e}"))
+            })
+            .transpose()?;
+        let new_key = match (&config.signing_key, &stored_key) {
+            (Some(k), _) | (None, Some(k)) => k.clone(),
+            (None, None) => mxconform_pdu::SigningKey::generate(None)
+                .map_err(|e| format!("making a signing key: {e}"))?,
+        };
+        let mut state = State::new(&config.server_name, new_key.clone());
+        state.restore(loaded)?;
         let pos = state.pos;
         let server = Arc::new(Server {
             inner: Mutex::new(Inner { state, store }),
@@ -162,6 +182,20 @@ impl Server {
             base_url: std::sync::OnceLock::new(),
         });
         let _ = server.me.set(Arc::downgrade(&server));
+        // A key made now is kept with the data, so that events stay verifiable across
+        // restarts.
+        if stored_key.is_none() && server.config.signing_key.is_none() {
+            server
+                .write(|_, batch| {
+                    batch.put(
+                        "meta",
+                        "signing_key",
+                        &serde_json::json!(new_key.to_file_line()),
+                    );
+                    Ok(())
+                })
+                .map_err(|e| e.message)?;
+        }
         // Each application service's own user exists from the start.
         for asv in &server.config.appservices {
             let sender = asv.sender.clone();

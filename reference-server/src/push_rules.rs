@@ -431,6 +431,7 @@ mod tests {
             replaces: None,
             redacts: None,
             redacted_by: None,
+            rest: Box::default(),
         }
     }
 
@@ -459,7 +460,7 @@ mod tests {
 
     #[test]
     fn the_first_enabled_matching_rule_decides() {
-        let state = State::new("hs");
+        let state = State::new("hs", mxconform_pdu::SigningKey::generate(None).unwrap());
         let room = Room::default();
         let rules = json!({
             "override": [

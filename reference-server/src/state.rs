@@ -4,8 +4,11 @@
 //! database at start-up by replaying the same records.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
-use serde_json::{json, Value};
+use mxconform_pdu::build::{NewEvent, Origin};
+use mxconform_pdu::{Pdu, RoomVersion, SigningKey};
+use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, ApiResult};
 use crate::store::{Batch, Loaded};
@@ -119,35 +122,116 @@ pub struct Event {
     pub redacts: Option<String>,
     /// The redaction that removed this event's content.
     pub redacted_by: Option<u64>,
+    /// The rest of the signed PDU: `depth`, `prev_events`, `auth_events`, `hashes`,
+    /// `signatures` (and `event_id` in room versions 1 and 2). With the fields above it is the
+    /// event as signed ([`Event::pdu_json`]).
+    pub rest: Box<Map<String, Value>>,
 }
 
+/// The PDU keys an [`Event`] holds as fields of its own, not in `rest`.
+const PDU_FIELDS: [&str; 7] = [
+    "type",
+    "state_key",
+    "sender",
+    "content",
+    "room_id",
+    "origin_server_ts",
+    "redacts",
+];
+
 impl Event {
-    fn to_record(&self) -> Value {
-        json!({
-            "event_id": self.event_id, "room_id": self.room_id, "sender": self.sender,
-            "type": self.kind, "state_key": self.state_key, "content": self.content,
-            "ts": self.ts, "txn": self.txn, "replaces": self.replaces, "redacts": self.redacts,
-        })
+    /// An event of the room at `pos` from its PDU.
+    pub fn from_pdu(pos: u64, pdu: &Pdu, txn: Option<(String, String)>) -> Event {
+        let rest: Map<String, Value> = pdu
+            .json
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| !PDU_FIELDS.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Event {
+            pos,
+            event_id: pdu.event_id.clone(),
+            room_id: pdu.room_id.clone(),
+            sender: pdu.sender.clone(),
+            kind: pdu.kind.clone(),
+            state_key: pdu.state_key.clone(),
+            content: pdu.content().clone(),
+            ts: u64::try_from(pdu.origin_server_ts).unwrap_or(0),
+            txn,
+            replaces: None,
+            redacts: pdu.redacts.clone(),
+            redacted_by: None,
+            rest: Box::new(rest),
+        }
     }
 
-    fn from_record(pos: u64, v: &Value) -> Option<Event> {
-        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-        Some(Event {
-            pos,
-            event_id: s("event_id")?,
-            room_id: s("room_id")?,
-            sender: s("sender")?,
-            kind: s("type")?,
-            state_key: s("state_key"),
-            content: v.get("content").cloned().unwrap_or(json!({})),
-            ts: v.get("ts").and_then(Value::as_u64).unwrap_or(0),
-            txn: v
-                .get("txn")
-                .and_then(|t| serde_json::from_value(t.clone()).ok()),
-            replaces: v.get("replaces").and_then(Value::as_u64),
-            redacts: s("redacts"),
-            redacted_by: None,
-        })
+    /// The event as a PDU of room version `v` (redacted, if it was: the hashes and signatures
+    /// still verify).
+    pub fn pdu_json(&self, v: &RoomVersion) -> Value {
+        let mut m = (*self.rest).clone();
+        m.insert("type".into(), json!(self.kind));
+        if let Some(k) = &self.state_key {
+            m.insert("state_key".into(), json!(k));
+        }
+        m.insert("sender".into(), json!(self.sender));
+        m.insert("content".into(), self.content.clone());
+        m.insert("origin_server_ts".into(), json!(self.ts));
+        let v12_create = v.room_id_is_create && self.kind == "m.room.create" && self.is_state();
+        if !v12_create {
+            m.insert("room_id".into(), json!(self.room_id));
+        }
+        if let (Some(r), false) = (&self.redacts, v.redacts_in_content) {
+            m.insert("redacts".into(), json!(r));
+        }
+        Value::Object(m)
+    }
+
+    /// The event as the core reads it.
+    pub fn to_pdu(&self, v: &RoomVersion) -> Result<Pdu, String> {
+        Pdu::from_json(v, self.pdu_json(v)).map_err(|e| format!("{}: {e}", self.event_id))
+    }
+
+    fn to_record(&self, v: &RoomVersion) -> Value {
+        json!({"pdu": self.pdu_json(v), "txn": self.txn})
+    }
+
+    /// An event from its database record: the PDU as signed, and the sending device's
+    /// transaction.
+    fn from_record(
+        pos: u64,
+        v: &Value,
+        version_of: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Event, Pdu), String> {
+        let Some(json) = v.get("pdu") else {
+            return Err(format!(
+                "the event at position {pos} was stored before events were PDUs (it has no signed form); this server cannot sign it after the fact: start it with a new database"
+            ));
+        };
+        // The room version: the create event names it; other events' rooms are known by now.
+        let version = if json.get("type").and_then(Value::as_str) == Some("m.room.create") {
+            json.pointer("/content/room_version")
+                .and_then(Value::as_str)
+                .unwrap_or("1")
+                .to_string()
+        } else {
+            let room = json.get("room_id").and_then(Value::as_str).unwrap_or("");
+            version_of(room).ok_or_else(|| {
+                format!("the event at position {pos} is in an unknown room {room}")
+            })?
+        };
+        let rv = RoomVersion::get(&version).ok_or_else(|| {
+            format!("the event at position {pos} is of unknown room version {version}")
+        })?;
+        let pdu = Pdu::from_json(rv, json.clone())
+            .map_err(|e| format!("the event at position {pos}: {e}"))?;
+        let txn = v
+            .get("txn")
+            .and_then(|t| serde_json::from_value(t.clone()).ok());
+        Ok((Event::from_pdu(pos, &pdu, txn), pdu))
     }
 
     pub fn is_state(&self) -> bool {
@@ -177,9 +261,64 @@ pub struct Room {
     pub last_sent: HashMap<String, u64>,
     /// The position of the room's latest membership change.
     pub last_membership: u64,
+    /// The room's forward extremities: what the next event cites as `prev_events`.
+    pub extremities: Vec<Arc<Pdu>>,
+    /// The current state as PDUs, which the authorization rules read.
+    pub auth_state: HashMap<(String, String), Arc<Pdu>>,
+}
+
+/// A room's current state as the core's authorization rules read it.
+pub struct AuthView<'a>(pub &'a HashMap<(String, String), Arc<Pdu>>);
+
+impl mxconform_pdu::auth::AuthState for AuthView<'_> {
+    fn get(&self, kind: &str, state_key: &str) -> Option<&Pdu> {
+        self.0
+            .get(&(kind.to_string(), state_key.to_string()))
+            .map(|p| p.as_ref())
+    }
+}
+
+/// What a new event of the server's own says; [`State::append`] makes the PDU.
+#[derive(Debug)]
+pub struct Append<'a> {
+    pub room_id: &'a str,
+    pub sender: &'a str,
+    pub kind: &'a str,
+    pub state_key: Option<&'a str>,
+    pub content: Value,
+    /// The sending device and its transaction id.
+    pub txn: Option<(String, String)>,
+    /// The event a redaction redacts.
+    pub redacts: Option<String>,
+}
+
+impl<'a> Append<'a> {
+    pub fn new(
+        room_id: &'a str,
+        sender: &'a str,
+        kind: &'a str,
+        state_key: Option<&'a str>,
+        content: Value,
+    ) -> Append<'a> {
+        Append {
+            room_id,
+            sender,
+            kind,
+            state_key,
+            content,
+            txn: None,
+            redacts: None,
+        }
+    }
 }
 
 impl Room {
+    /// The room's version, as the core knows it.
+    pub fn room_version(&self) -> &'static RoomVersion {
+        RoomVersion::get(&self.version)
+            .unwrap_or_else(|| RoomVersion::get("12").expect("room version 12 is known"))
+    }
+
     pub fn membership(&self, user: &str) -> Option<&str> {
         self.members
             .get(user)
@@ -238,6 +377,8 @@ pub type Receipt = (String, u64, Option<String>);
 #[derive(Debug, Default)]
 pub struct State {
     pub server_name: String,
+    /// The key this server signs its events (and later its requests) with.
+    pub signing_key: Option<SigningKey>,
     /// The latest stream position handed out.
     pub pos: u64,
     pub users: HashMap<String, User>,
@@ -372,11 +513,24 @@ impl Backup {
 }
 
 impl State {
-    pub fn new(server_name: &str) -> State {
+    /// A state for `server_name` signing with `key`.
+    pub fn new(server_name: &str, key: SigningKey) -> State {
         State {
             server_name: server_name.to_string(),
+            signing_key: Some(key),
             ..State::default()
         }
+    }
+
+    fn origin(&self) -> ApiResult<Origin<'_>> {
+        let key = self
+            .signing_key
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
+        Ok(Origin {
+            server_name: &self.server_name,
+            key,
+        })
     }
 
     pub fn next_pos(&mut self, batch: &mut Batch) -> u64 {
@@ -630,8 +784,9 @@ impl State {
             }
         }
         for (pos, v) in loaded.events {
-            let ev = Event::from_record(pos, &v)
-                .ok_or_else(|| format!("event at position {pos} is incomplete"))?;
+            let (ev, pdu) = Event::from_record(pos, &v, |room| {
+                self.rooms.get(room).map(|r| r.version.clone())
+            })?;
             self.pos = self.pos.max(pos);
             if ev.kind == "m.room.create" && ev.state_key.as_deref() == Some("") {
                 let version = ev
@@ -648,7 +803,7 @@ impl State {
                 room.creators = creators_of(&ev);
                 self.rooms.insert(ev.room_id.clone(), room);
             }
-            self.apply(ev);
+            self.apply(ev, pdu);
         }
         for (room_id, meta) in rooms_meta {
             if let Some(r) = self.rooms.get_mut(&room_id) {
@@ -720,9 +875,10 @@ impl State {
             .collect()
     }
 
-    /// Adds an event to its room (timeline, state, membership) and the indexes.
-    pub fn apply(&mut self, mut ev: Event) {
+    /// Adds an event to its room (timeline, state, membership, extremities) and the indexes.
+    pub fn apply(&mut self, mut ev: Event, pdu: Pdu) {
         let pos = ev.pos;
+        let pdu = Arc::new(pdu);
         let notify = self.push_actions(&ev);
         if let Some(target) = ev
             .content
@@ -737,6 +893,8 @@ impl State {
         }
         if let Some(room) = self.rooms.get_mut(&ev.room_id) {
             room.timeline.push(pos);
+            // The server's own history is linear: each event extends the latest.
+            room.extremities = vec![pdu.clone()];
             room.last_sent.insert(ev.sender.clone(), pos);
             for (user, actions) in notify {
                 let list = room.notifications.entry(user).or_default();
@@ -752,7 +910,8 @@ impl State {
             if let Some(key) = &ev.state_key {
                 let k = (ev.kind.clone(), key.clone());
                 ev.replaces = room.state.get(&k).copied().or(ev.replaces);
-                room.state.insert(k, pos);
+                room.state.insert(k.clone(), pos);
+                room.auth_state.insert(k, pdu.clone());
                 match ev.kind.as_str() {
                     "m.room.member" => {
                         let m = ev
@@ -783,13 +942,26 @@ impl State {
         }
         if let Some(target) = ev.redacts.clone() {
             if let Some(tpos) = self.event_ids.get(&target).copied() {
-                if let Some(t) = self.events.get_mut(&tpos) {
-                    t.redacted_by = Some(pos);
-                    let version = self
-                        .rooms
-                        .get(&t.room_id)
-                        .map_or("11", |r| r.version.as_str());
-                    t.content = redact_content(&t.kind, &t.content, version);
+                if let (Some(t), Some(room)) =
+                    (self.events.get_mut(&tpos), self.rooms.get_mut(&ev.room_id))
+                {
+                    if t.room_id == room.room_id {
+                        t.redacted_by = Some(pos);
+                        // The version's redaction algorithm, over the whole event.
+                        let v = room.room_version();
+                        let redacted = mxconform_pdu::redact::redact(v, &t.pdu_json(v));
+                        t.content = redacted.get("content").cloned().unwrap_or(json!({}));
+                        // A redacted state event in the current state: the rules read it
+                        // redacted from now on.
+                        if let Some(k) = &t.state_key {
+                            let key = (t.kind.clone(), k.clone());
+                            if room.state.get(&key) == Some(&tpos) {
+                                if let Ok(p) = Pdu::from_json(v, redacted) {
+                                    room.auth_state.insert(key, Arc::new(p));
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -797,41 +969,86 @@ impl State {
         self.events.insert(pos, ev);
     }
 
-    /// Records a new event: position, id, database row, then [`State::apply`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn append(
+    /// Makes a new event of this server: a PDU built by the core on the room's extremities
+    /// (auth events selected from the current state, depth, content hash, signature, the
+    /// version's event id), authorized by the core's rules against the current state, then
+    /// recorded and applied. An event the rules reject is refused with the rule.
+    pub fn append(&mut self, batch: &mut Batch, a: Append<'_>) -> ApiResult<(u64, String)> {
+        let room = self
+            .rooms
+            .get(a.room_id)
+            .ok_or_else(|| ApiError::not_found(format!("no room {}", a.room_id)))?;
+        let v = room.room_version();
+        let mut new = NewEvent::new(a.kind, a.state_key, a.sender, a.content, now_ms() as i64);
+        new.redacts = a.redacts;
+        let pdu = {
+            let prev: Vec<&Pdu> = room.extremities.iter().map(|p| p.as_ref()).collect();
+            let auth = AuthView(&room.auth_state);
+            let pdu = mxconform_pdu::build::build(v, a.room_id, new, &prev, &auth, self.origin()?)
+                .map_err(|e| ApiError::bad_json(format!("the event cannot be made: {e}")))?;
+            let server = self.server_name.as_str();
+            mxconform_pdu::authorize(v, &pdu, &auth, &|s| s == server).map_err(|r| {
+                ApiError::forbidden(format!("the authorization rules refuse the event: {r}"))
+            })?;
+            pdu
+        };
+        Ok(self.record_event(batch, pdu, a.txn))
+    }
+
+    /// Creates a room: the create event made by `creator` (for room version 12 and later the
+    /// room id is the create event's reference hash; before, `!<random>:<server>`).
+    pub fn create_room(
         &mut self,
         batch: &mut Batch,
-        room_id: &str,
-        sender: &str,
-        kind: &str,
-        state_key: Option<&str>,
+        version: &str,
+        creator: &str,
         content: Value,
+        public: bool,
+    ) -> ApiResult<String> {
+        let v = RoomVersion::get(version).ok_or_else(|| {
+            ApiError::unsupported_room_version(format!("room version {version} is not supported"))
+        })?;
+        let room_id = format!("!{}:{}", random_token(18), self.server_name);
+        let new = NewEvent::new("m.room.create", Some(""), creator, content, now_ms() as i64);
+        let empty = HashMap::new();
+        let pdu =
+            mxconform_pdu::build::build(v, &room_id, new, &[], &AuthView(&empty), self.origin()?)
+                .map_err(|e| ApiError::bad_json(format!("the create event cannot be made: {e}")))?;
+        mxconform_pdu::authorize(v, &pdu, &AuthView(&empty), &|_| true)
+            .map_err(|r| ApiError::bad_json(format!("the create event is not valid: {r}")))?;
+        let room_id = pdu.room_id.clone();
+        let mut room = Room {
+            room_id: room_id.clone(),
+            version: version.to_string(),
+            public,
+            ..Room::default()
+        };
+        room.creators = creators_of(&Event::from_pdu(0, &pdu, None));
+        self.rooms.insert(room_id.clone(), room);
+        self.put_room_meta(batch, &room_id);
+        self.record_event(batch, pdu, None);
+        Ok(room_id)
+    }
+
+    /// Records a PDU at the next position: database row, then [`State::apply`].
+    fn record_event(
+        &mut self,
+        batch: &mut Batch,
+        pdu: Pdu,
         txn: Option<(String, String)>,
-        redacts: Option<String>,
-        event_id: Option<String>,
     ) -> (u64, String) {
         let pos = self.next_pos(batch);
-        let event_id = event_id.unwrap_or_else(|| format!("${}", random_token(32)));
-        let ev = Event {
-            pos,
-            event_id: event_id.clone(),
-            room_id: room_id.to_string(),
-            sender: sender.to_string(),
-            kind: kind.to_string(),
-            state_key: state_key.map(str::to_string),
-            content,
-            ts: now_ms(),
-            txn,
-            replaces: None,
-            redacts,
-            redacted_by: None,
-        };
+        let ev = Event::from_pdu(pos, &pdu, txn);
+        let v = self.rooms.get(&ev.room_id).map_or_else(
+            || RoomVersion::get("12").expect("known"),
+            Room::room_version,
+        );
         batch
             .events
-            .push((pos, room_id.to_string(), ev.to_record().to_string()));
-        self.apply(ev);
-        (pos, event_id)
+            .push((pos, ev.room_id.clone(), ev.to_record(v).to_string()));
+        let id = ev.event_id.clone();
+        self.apply(ev, pdu);
+        (pos, id)
     }
 
     pub fn put_threepid_session(&mut self, batch: &mut Batch, sid: &str, s: ThreepidSession) {
@@ -1358,91 +1575,172 @@ pub fn creators_of(create: &Event) -> Vec<String> {
     c
 }
 
-/// The content left after a redaction, by the redaction algorithm of the room's version
-/// (the server supports versions 10 to 12).
-pub fn redact_content(kind: &str, content: &Value, version: &str) -> Value {
-    let v11 = version.parse::<u32>().map_or(true, |v| v >= 11);
-    let keep: &[&str] = match kind {
-        "m.room.member" => &["membership", "join_authorised_via_users_server"],
-        "m.room.create" if v11 => return content.clone(),
-        "m.room.create" => &["creator"],
-        "m.room.join_rules" => &["join_rule", "allow"],
-        "m.room.power_levels" if v11 => &[
-            "ban",
-            "events",
-            "events_default",
-            "invite",
-            "kick",
-            "redact",
-            "state_default",
-            "users",
-            "users_default",
-        ],
-        "m.room.power_levels" => &[
-            "ban",
-            "events",
-            "events_default",
-            "kick",
-            "redact",
-            "state_default",
-            "users",
-            "users_default",
-        ],
-        "m.room.history_visibility" => &["history_visibility"],
-        "m.room.redaction" if v11 => &["redacts"],
-        _ => &[],
-    };
-    let mut out = serde_json::Map::new();
-    if let Value::Object(m) = content {
-        for k in keep {
-            if let Some(v) = m.get(*k) {
-                out.insert((*k).to_string(), v.clone());
-            }
-        }
-        // From version 11 a member event keeps `third_party_invite.signed`, and nothing else of it.
-        if v11 && kind == "m.room.member" {
-            if let Some(signed) = m.get("third_party_invite").and_then(|t| t.get("signed")) {
-                out.insert("third_party_invite".into(), json!({"signed": signed}));
-            }
-        }
-    }
-    Value::Object(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Every event the server makes, in every room version, is a PDU a remote server
+    /// accepts: signed by the server's key, its content hash and id right, its auth events
+    /// authorizing it; a v12 room's id is its create event's; a redacted event still
+    /// verifies; an event the rules refuse is not made.
     #[test]
-    fn redaction_by_version() {
-        let pl = json!({"ban": 50, "invite": 30, "kick": 50, "notifications": {"room": 20}});
-        assert_eq!(
-            redact_content("m.room.power_levels", &pl, "10"),
-            json!({"ban": 50, "kick": 50})
-        );
-        assert_eq!(
-            redact_content("m.room.power_levels", &pl, "11"),
-            json!({"ban": 50, "invite": 30, "kick": 50})
-        );
-        let create = json!({"creator": "@a:b", "room_version": "10", "m.federate": true});
-        assert_eq!(
-            redact_content("m.room.create", &create, "10"),
-            json!({"creator": "@a:b"})
-        );
-        assert_eq!(redact_content("m.room.create", &create, "11"), create);
-        let member = json!({"membership": "invite", "displayname": "x", "third_party_invite": {"display_name": "d", "signed": {"token": "t"}}});
-        assert_eq!(
-            redact_content("m.room.member", &member, "11"),
-            json!({"membership": "invite", "third_party_invite": {"signed": {"token": "t"}}})
-        );
-        assert_eq!(
-            redact_content("m.room.member", &member, "10"),
-            json!({"membership": "invite"})
-        );
-        assert_eq!(
-            redact_content("m.room.message", &json!({"body": "x"}), "12"),
-            json!({})
-        );
+    fn events_are_signed_authorized_pdus_in_every_room_version() {
+        let key = SigningKey::generate(Some("t1")).unwrap();
+        let verify = key.verify_key();
+        let mut state = State::new("hs.test", key);
+        let mut batch = Batch::default();
+        let alice = "@alice:hs.test";
+        for n in 1..=12 {
+            let version = n.to_string();
+            let v = RoomVersion::get(&version).unwrap();
+            let mut create = json!({"room_version": version});
+            if n < 11 {
+                create["creator"] = json!(alice);
+            }
+            let room_id = state
+                .create_room(&mut batch, &version, alice, create, false)
+                .unwrap();
+            let mut add = |kind: &str, key: Option<&str>, content: Value| {
+                state
+                    .append(&mut batch, Append::new(&room_id, alice, kind, key, content))
+                    .map(|(_, id)| id)
+            };
+            add("m.room.member", Some(alice), json!({"membership": "join"})).unwrap();
+            let mut pl = json!({"users": {}, "state_default": 50, "events_default": 0});
+            if n < 12 {
+                pl["users"][alice] = json!(100);
+            }
+            add("m.room.power_levels", Some(""), pl).unwrap();
+            add(
+                "m.room.join_rules",
+                Some(""),
+                json!({"join_rule": "invite"}),
+            )
+            .unwrap();
+            let message = add(
+                "m.room.message",
+                None,
+                json!({"msgtype": "m.text", "body": "hi"}),
+            )
+            .unwrap();
+            // Someone who is not in the room cannot send to it: the core's rules say so.
+            let refused = state
+                .append(
+                    &mut batch,
+                    Append::new(
+                        &room_id,
+                        "@mallory:hs.test",
+                        "m.room.message",
+                        None,
+                        json!({"body": "x"}),
+                    ),
+                )
+                .unwrap_err();
+            assert!(
+                refused.message.contains("rejected by rule"),
+                "v{n}: {}",
+                refused.message
+            );
+            let mut redaction = Append::new(
+                &room_id,
+                alice,
+                "m.room.redaction",
+                None,
+                json!({"redacts": message}),
+            );
+            redaction.redacts = Some(message.clone());
+            state.append(&mut batch, redaction).unwrap();
+
+            let room = state.rooms.get(&room_id).unwrap();
+            assert_eq!(room.extremities.len(), 1);
+            let events: Vec<&Event> = room.timeline.iter().map(|p| &state.events[p]).collect();
+            let create = events[0].to_pdu(v).unwrap();
+            if n >= 12 {
+                assert_eq!(
+                    room_id,
+                    mxconform_pdu::hash::room_id_of_create(&create.event_id),
+                    "v{n}"
+                );
+            } else {
+                assert!(room_id.ends_with(":hs.test"), "v{n}: {room_id}");
+            }
+            let mut known: HashMap<String, Pdu> = HashMap::new();
+            let mut depth = 0;
+            for ev in &events {
+                let pdu = ev.to_pdu(v).unwrap();
+                let keys = |server: &str, key_id: &str| {
+                    (server == "hs.test" && key_id == "ed25519:t1")
+                        .then(|| (verify.clone(), i64::MAX))
+                };
+                let checked = mxconform_pdu::pdu::verify(v, &pdu, &keys);
+                if ev.event_id == message {
+                    // Redacted: the signature holds, the content (and so its hash) is gone.
+                    assert_eq!(ev.content, json!({}), "v{n}");
+                    assert_eq!(
+                        checked,
+                        Err(mxconform_pdu::pdu::VerifyError::ContentHash),
+                        "v{n}"
+                    );
+                } else {
+                    checked.unwrap_or_else(|e| panic!("v{n} {}: {e}", ev.kind));
+                }
+                if let Some(id) = mxconform_pdu::hash::event_id(v, &pdu.json) {
+                    assert_eq!(id, ev.event_id, "v{n}: the id is the reference hash");
+                }
+                assert!(pdu.depth > depth, "v{n}: depth grows");
+                depth = pdu.depth;
+                let auth: Vec<Option<&Pdu>> =
+                    pdu.auth_events.iter().map(|a| known.get(a)).collect();
+                assert!(
+                    auth.iter().all(Option::is_some),
+                    "v{n}: auth events are earlier events"
+                );
+                mxconform_pdu::auth::authorize_by_auth_events(
+                    v,
+                    &pdu,
+                    &auth,
+                    &|_| false,
+                    Some(&create),
+                    &|_| true,
+                )
+                .unwrap_or_else(|e| panic!("v{n} {}: {e}", ev.kind));
+                known.insert(ev.event_id.clone(), pdu);
+            }
+        }
+        // The records replay to the same rooms, extremities and ids.
+        let mut again = State::new("hs.test", SigningKey::generate(Some("t1")).unwrap());
+        let loaded = Loaded {
+            events: batch
+                .events
+                .iter()
+                .map(|(pos, _, json)| (*pos, serde_json::from_str(json).unwrap()))
+                .collect(),
+            records: Vec::new(),
+        };
+        again.restore(loaded).unwrap();
+        assert_eq!(again.rooms.len(), 12);
+        for (id, room) in &state.rooms {
+            let r = &again.rooms[id];
+            assert_eq!(r.extremities[0].event_id, room.extremities[0].event_id);
+            assert_eq!(r.auth_state.len(), room.auth_state.len());
+        }
+        for (pos, ev) in &state.events {
+            assert_eq!(again.events[pos].event_id, ev.event_id);
+            assert_eq!(again.events[pos].content, ev.content);
+        }
+    }
+
+    #[test]
+    fn a_database_from_before_pdus_is_refused_with_the_reason() {
+        let mut state = State::new("hs.test", SigningKey::generate(None).unwrap());
+        let old = json!({"event_id": "$x", "room_id": "!r:hs.test", "sender": "@a:hs.test", "type": "m.room.create", "state_key": "", "content": {}});
+        let err = state
+            .restore(Loaded {
+                events: vec![(1, old)],
+                records: Vec::new(),
+            })
+            .unwrap_err();
+        assert!(err.contains("before events were PDUs"), "{err}");
     }
 
     #[test]

@@ -204,7 +204,7 @@ async fn errors_are_matrix_errors() {
             "POST",
             "/_matrix/client/v3/createRoom",
             Some(&token),
-            Some(json!({"room_version": "1"})),
+            Some(json!({"room_version": "13"})),
         )
         .await,
         400,
@@ -293,7 +293,7 @@ async fn rooms_messages_and_sync() {
     let c = Client::new(Config::in_memory("test.local"));
     let (alice, at) = c.register("alice").await;
     let (bob, bt) = c.register("bob").await;
-    for version in ["10", "11", "12"] {
+    for version in ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"] {
         let room = c
             .ok(
                 "POST",
@@ -374,7 +374,7 @@ async fn rooms_messages_and_sync() {
         .await;
     assert_eq!(
         sync["rooms"]["join"].as_object().unwrap().len(),
-        3,
+        12,
         "{sync}"
     );
     let _ = bob;
@@ -438,7 +438,7 @@ async fn everything_survives_a_restart() {
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = Config::in_memory("test.local");
     config.db = Some(dir.join("hs.db"));
-    let (room, token, event_id) = {
+    let (room, token, event_id, key_id) = {
         let c = Client::new(config.clone());
         let (_, token) = c.register("alice").await;
         let room = c
@@ -465,9 +465,24 @@ async fn everything_survives_a_restart() {
             Some(json!({"k": "v"})),
         )
         .await;
-        (room, token, ev["event_id"].as_str().unwrap().to_string())
+        let key_id = c
+            .server
+            .read(|s| s.signing_key.as_ref().map(|k| k.key_id().to_string()));
+        (
+            room,
+            token,
+            ev["event_id"].as_str().unwrap().to_string(),
+            key_id,
+        )
     };
     let c = Client::new(config);
+    // The signing key made at the first start is kept with the data.
+    assert!(key_id.is_some());
+    assert_eq!(
+        c.server
+            .read(|s| s.signing_key.as_ref().map(|k| k.key_id().to_string())),
+        key_id
+    );
     // The token, the room's state and history, the alias, account data and the transaction.
     let who = c
         .ok(
@@ -543,6 +558,18 @@ async fn everything_survives_a_restart() {
         .await;
     assert_eq!(msgs["chunk"][0]["content"]["body"], "new");
     assert_eq!(msgs["chunk"][1]["content"]["body"], "kept");
+    // The new event extends the history from before the restart, signed with the same key.
+    c.server.read(|s| {
+        let new = &s.events[&s.event_ids[ev2["event_id"].as_str().unwrap()]];
+        let v = s.rooms[&room].room_version();
+        let pdu = new.to_pdu(v).unwrap();
+        assert_eq!(pdu.prev_events, vec![event_id.clone()]);
+        let key = s.signing_key.as_ref().unwrap();
+        let keys = |server: &str, id: &str| {
+            (server == "test.local" && id == key.key_id()).then(|| (key.verify_key(), i64::MAX))
+        };
+        mxconform_pdu::pdu::verify(v, &pdu, &keys).unwrap();
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -187,6 +187,11 @@ struct ServeArgs {
     /// `/_matrix/identity/api/v1/validate/msisdn/...`, plain HTTP).
     #[arg(long)]
     msisdn_delegate: Option<String>,
+    /// The server's signing key, a key file (`ed25519 <version> <base64 seed>`, as Synapse's
+    /// signing.key). Without it the server makes one at its first start and keeps it in the
+    /// database.
+    #[arg(long)]
+    signing_key: Option<PathBuf>,
     /// A CAS server's URL (`<url>/login`, `<url>/proxyValidate`) for single sign-on, offered as
     /// identity provider `cas`.
     #[arg(long)]
@@ -715,6 +720,14 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     config.appservices = load_appservices(&files, &args.server_name)?;
     config.admins = args.admins.clone();
     config.public_base_url = args.public_baseurl.clone();
+    if let Some(path) = &args.signing_key {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the signing key {}", path.display()))?;
+        config.signing_key =
+            Some(mxconform_pdu::SigningKey::parse_file(&text).map_err(|e| {
+                anyhow::anyhow!("{} is not a signing key file: {e}", path.display())
+            })?);
+    }
     config.cas = args
         .cas_url
         .clone()

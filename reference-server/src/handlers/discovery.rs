@@ -12,7 +12,10 @@ pub const VERSIONS: &[&str] = &[
     "v1.12", "v1.13", "v1.14", "v1.15", "v1.16", "v1.17", "v1.18", "v1.19",
 ];
 
-pub const ROOM_VERSIONS: &[&str] = &["10", "11", "12"];
+/// Every room version of the spec: the core (mxconform-pdu) implements each one's rules.
+pub const ROOM_VERSIONS: &[&str] = &[
+    "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
+];
 pub const DEFAULT_ROOM_VERSION: &str = "12";
 
 pub fn get_versions(_ctx: &Ctx, _req: cs::versions::get_versions::Request) -> ApiResult<Value> {

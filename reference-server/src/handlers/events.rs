@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::rooms::{check_send, send_state};
 use super::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::state::{Event, Room, State};
+use crate::state::{Append, Event, Room, State};
 
 /// A room event filter (the parts that apply to a list of events).
 #[derive(Debug, Default, Clone)]
@@ -160,17 +160,15 @@ pub fn send_message(ctx: &Ctx, req: cs::room_send::send_message::Request) -> Api
             None,
             &content,
         )?;
-        let (_, id) = state.append(
-            batch,
+        let mut new = Append::new(
             req.room_id.as_str(),
             &me.user_id,
             &req.event_type,
             None,
             content,
-            Some((me.device_id.clone(), req.txn_id.clone())),
-            None,
-            None,
         );
+        new.txn = Some((me.device_id.clone(), req.txn_id.clone()));
+        let (_, id) = state.append(batch, new)?;
         state.remember_txn(batch, key, id.clone());
         Ok(json!({"event_id": id}))
     })
@@ -337,17 +335,16 @@ pub fn redact_event(ctx: &Ctx, req: cs::redaction::redact_event::Request) -> Api
         if let Some(r) = &req.body.reason {
             content["reason"] = json!(r);
         }
-        let (_, id) = state.append(
-            batch,
+        let mut new = Append::new(
             req.room_id.as_str(),
             &me.user_id,
             "m.room.redaction",
             None,
             content,
-            Some((me.device_id.clone(), req.txn_id.clone())),
-            Some(req.event_id.as_str().to_string()),
-            None,
         );
+        new.txn = Some((me.device_id.clone(), req.txn_id.clone()));
+        new.redacts = Some(req.event_id.as_str().to_string());
+        let (_, id) = state.append(batch, new)?;
         state.remember_txn(batch, key, id.clone());
         Ok(json!({"event_id": id}))
     })

@@ -164,16 +164,11 @@ pub fn set_public_field(
             }
         }
         content["membership"] = json!("join");
-        state.append(
+        // A room whose rules refuse the change (a member who may not change their own
+        // member event) keeps the old profile; the others get the new one.
+        let _ = state.append(
             batch,
-            &room_id,
-            me,
-            "m.room.member",
-            Some(me),
-            content,
-            None,
-            None,
-            None,
+            crate::state::Append::new(&room_id, me, "m.room.member", Some(me), content),
         );
     }
     // The presence update of a profile change (presence events carry the display name and

@@ -3,12 +3,11 @@
 
 use mxconform_generated::client_server as cs;
 use serde_json::{json, Map, Value};
-use sha2::Digest;
 
 use super::discovery::{DEFAULT_ROOM_VERSION, ROOM_VERSIONS};
 use super::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::state::{now_ms, random_token, Room, State};
+use crate::state::{Append, Room, State};
 use crate::store::Batch;
 
 /// Appends a state event after checking the auth rules for it.
@@ -30,19 +29,11 @@ pub fn send_state(
         return change_membership(state, batch, room_id, sender, key, &m, content);
     }
     check_send(state, room_id, sender, kind, Some(key), &content)?;
-    Ok(state
-        .append(
-            batch,
-            room_id,
-            sender,
-            kind,
-            Some(key),
-            content,
-            None,
-            None,
-            None,
-        )
-        .1)
+    let (_, id) = state.append(
+        batch,
+        Append::new(room_id, sender, kind, Some(key), content),
+    )?;
+    Ok(id)
 }
 
 /// The aliases an `m.room.canonical_alias` event adds must exist and point to the room
@@ -445,19 +436,11 @@ pub fn change_membership(
             }
         }
     }
-    Ok(state
-        .append(
-            batch,
-            room_id,
-            sender,
-            "m.room.member",
-            Some(target),
-            content,
-            None,
-            None,
-            None,
-        )
-        .1)
+    let (_, id) = state.append(
+        batch,
+        Append::new(room_id, sender, "m.room.member", Some(target), content),
+    )?;
+    Ok(id)
 }
 
 fn membership_content(reason: Option<&String>) -> Value {
@@ -565,33 +548,8 @@ pub fn create_room(ctx: &Ctx, req: cs::create_room::create_room::Request) -> Api
                 return Err(ApiError::bad_json("additional_creators must be a list of user ids, from room version 12 on"));
             }
         }
-        let room_id = if v >= 12 {
-            // From room version 12 the room id is the create event's reference hash.
-            let mut h = sha2::Sha256::new();
-            h.update(me.user_id.as_bytes());
-            h.update(serde_json::to_vec(&create).unwrap_or_default());
-            h.update(now_ms().to_be_bytes());
-            h.update(random_token(16).as_bytes());
-            format!("!{}", crate::state::base64url(&h.finalize()))
-        } else {
-            format!("!{}:{server_name}", random_token(18))
-        };
-        let mut creators = vec![me.user_id.clone()];
-        if let Some(extra) = create.get("additional_creators").and_then(Value::as_array) {
-            creators.extend(extra.iter().filter_map(Value::as_str).map(str::to_string));
-        }
-        state.rooms.insert(
-            room_id.clone(),
-            Room {
-                room_id: room_id.clone(),
-                version: version.clone(),
-                creators,
-                public,
-                ..Room::default()
-            },
-        );
-        state.put_room_meta(batch, &room_id);
-        state.append(batch, &room_id, &me.user_id, "m.room.create", Some(""), Value::Object(create), None, None, None);
+        // The create event makes the room (from version 12 its hash is the room id).
+        let room_id = state.create_room(batch, &version, &me.user_id, Value::Object(create), public)?;
         change_membership(state, batch, &room_id, &me.user_id, &me.user_id, "join", json!({}))?;
 
         // Power levels: defaults, then the preset's, then the override.

@@ -10,7 +10,7 @@ use super::discovery::ROOM_VERSIONS;
 use super::rooms::{change_membership, send_state};
 use super::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::state::{random_token, Room, State};
+use crate::state::{Room, State};
 
 /// State carried over to an upgraded room.
 const CARRIED: &[&str] = &[
@@ -33,7 +33,6 @@ pub fn upgrade_room(ctx: &Ctx, req: cs::room_upgrades::upgrade_room::Request) ->
             "room version {version} is not supported"
         )));
     }
-    let server_name = ctx.server.config.server_name.clone();
     ctx.server.write(|state, batch| {
         let old = state.room(&req.room_id)?.clone();
         if old.membership(&me.user_id) != Some("join") {
@@ -48,12 +47,6 @@ pub fn upgrade_room(ctx: &Ctx, req: cs::room_upgrades::upgrade_room::Request) ->
             ));
         }
         let v: u32 = version.parse().unwrap_or(12);
-        let room_id = if v >= 12 {
-            format!("!{}", random_token(32))
-        } else {
-            format!("!{}:{server_name}", random_token(18))
-        };
-        let mut creators = vec![me.user_id.clone()];
         let mut create = json!({"room_version": version, "predecessor": {"room_id": old.room_id}});
         if v < 11 {
             create["creator"] = json!(me.user_id);
@@ -65,29 +58,8 @@ pub fn upgrade_room(ctx: &Ctx, req: cs::room_upgrades::upgrade_room::Request) ->
                 ));
             }
             create["additional_creators"] = json!(extra);
-            creators.extend(extra.iter().cloned());
         }
-        state.rooms.insert(
-            room_id.clone(),
-            Room {
-                room_id: room_id.clone(),
-                version: version.clone(),
-                creators,
-                ..Room::default()
-            },
-        );
-        state.put_room_meta(batch, &room_id);
-        state.append(
-            batch,
-            &room_id,
-            &me.user_id,
-            "m.room.create",
-            Some(""),
-            create,
-            None,
-            None,
-            None,
-        );
+        let room_id = state.create_room(batch, &version, &me.user_id, create, false)?;
         change_membership(
             state,
             batch,
