@@ -973,7 +973,21 @@ impl State {
     /// (auth events selected from the current state, depth, content hash, signature, the
     /// version's event id), authorized by the core's rules against the current state, then
     /// recorded and applied. An event the rules reject is refused with the rule.
-    pub fn append(&mut self, batch: &mut Batch, a: Append<'_>) -> ApiResult<(u64, String)> {
+    pub fn append(&mut self, batch: &mut Batch, mut a: Append<'_>) -> ApiResult<(u64, String)> {
+        let txn = a.txn.take();
+        let pdu = self.make_pdu(a)?;
+        Ok(self.record_event(batch, pdu, txn))
+    }
+
+    /// Whether the authorization rules would let this event be sent now (nothing is kept):
+    /// what a request that would send it checks before doing anything else.
+    pub fn check_allowed(&self, a: Append<'_>) -> ApiResult<()> {
+        self.make_pdu(a).map(|_| ())
+    }
+
+    /// The PDU of a new event of this server, built on the room's extremities and authorized
+    /// against its current state.
+    fn make_pdu(&self, a: Append<'_>) -> ApiResult<Pdu> {
         let room = self
             .rooms
             .get(a.room_id)
@@ -981,18 +995,15 @@ impl State {
         let v = room.room_version();
         let mut new = NewEvent::new(a.kind, a.state_key, a.sender, a.content, now_ms() as i64);
         new.redacts = a.redacts;
-        let pdu = {
-            let prev: Vec<&Pdu> = room.extremities.iter().map(|p| p.as_ref()).collect();
-            let auth = AuthView(&room.auth_state);
-            let pdu = mxconform_pdu::build::build(v, a.room_id, new, &prev, &auth, self.origin()?)
-                .map_err(|e| ApiError::bad_json(format!("the event cannot be made: {e}")))?;
-            let server = self.server_name.as_str();
-            mxconform_pdu::authorize(v, &pdu, &auth, &|s| s == server).map_err(|r| {
-                ApiError::forbidden(format!("the authorization rules refuse the event: {r}"))
-            })?;
-            pdu
-        };
-        Ok(self.record_event(batch, pdu, a.txn))
+        let prev: Vec<&Pdu> = room.extremities.iter().map(|p| p.as_ref()).collect();
+        let auth = AuthView(&room.auth_state);
+        let pdu = mxconform_pdu::build::build(v, a.room_id, new, &prev, &auth, self.origin()?)
+            .map_err(|e| ApiError::bad_json(format!("the event cannot be made: {e}")))?;
+        let server = self.server_name.as_str();
+        mxconform_pdu::authorize(v, &pdu, &auth, &|s| s == server).map_err(|r| {
+            ApiError::forbidden(format!("the authorization rules refuse the event: {r}"))
+        })?;
+        Ok(pdu)
     }
 
     /// Creates a room: the create event made by `creator` (for room version 12 and later the

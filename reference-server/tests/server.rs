@@ -293,7 +293,9 @@ async fn rooms_messages_and_sync() {
     let c = Client::new(Config::in_memory("test.local"));
     let (alice, at) = c.register("alice").await;
     let (bob, bt) = c.register("bob").await;
-    for version in ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"] {
+    for version in [
+        "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
+    ] {
         let room = c
             .ok(
                 "POST",

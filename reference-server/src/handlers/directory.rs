@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::state::State;
+use crate::state::{Append, State};
 
 fn own_server(ctx: &Ctx, alias: &str) -> ApiResult<()> {
     let server = alias.split_once(':').map(|(_, s)| s).unwrap_or("");
@@ -33,6 +33,24 @@ pub fn check_alias_namespace(ctx: &Ctx, alias: &str) -> ApiResult<()> {
         )),
         _ => Ok(()),
     }
+}
+
+/// Whether `user` may change how the room is named (its aliases, its place in the directory):
+/// whether the authorization rules would let them send its `m.room.canonical_alias` event.
+fn may_name_room(state: &State, room_id: &str, user: &str) -> bool {
+    let current = state
+        .state_content(room_id, "m.room.canonical_alias", "")
+        .cloned()
+        .unwrap_or(json!({}));
+    state
+        .check_allowed(Append::new(
+            room_id,
+            user,
+            "m.room.canonical_alias",
+            Some(""),
+            current,
+        ))
+        .is_ok()
 }
 
 pub fn set_room_alias(ctx: &Ctx, req: cs::directory::set_room_alias::Request) -> ApiResult<Value> {
@@ -90,14 +108,7 @@ pub fn delete_room_alias(
             .get(&alias)
             .cloned()
             .ok_or_else(|| ApiError::not_found("no such alias"))?;
-        let allowed = creator == me.user_id
-            || state.rooms.get(&room_id).is_some_and(|r| {
-                r.membership(&me.user_id) == Some("join")
-                    && State::meets(
-                        state.power_level(r, &me.user_id),
-                        state.required_level(r, "m.room.canonical_alias", true),
-                    )
-            });
+        let allowed = creator == me.user_id || may_name_room(state, &room_id, &me.user_id);
         if !allowed {
             return Err(ApiError::forbidden(
                 "only the alias's creator or a room moderator may delete it",
@@ -148,13 +159,8 @@ pub fn set_room_visibility_on_directory(
     let me = ctx.me()?.clone();
     let public = req.body.visibility.as_ref().map(|v| v.as_str() == "public");
     ctx.server.write(|state, batch| {
-        let room = state.room(req.room_id.as_str())?;
-        if room.membership(&me.user_id) != Some("join")
-            || !State::meets(
-                state.power_level(room, &me.user_id),
-                state.required_level(room, "m.room.canonical_alias", true),
-            )
-        {
+        state.room(req.room_id.as_str())?;
+        if !may_name_room(state, req.room_id.as_str(), &me.user_id) {
             return Err(ApiError::forbidden(
                 "only a room moderator may change its directory visibility",
             ));

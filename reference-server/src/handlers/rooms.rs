@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 use super::discovery::{DEFAULT_ROOM_VERSION, ROOM_VERSIONS};
 use super::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::state::{Append, Room, State};
+use crate::state::{Append, State};
 use crate::store::Batch;
 
 /// Appends a state event after checking the auth rules for it.
@@ -106,7 +106,8 @@ pub fn check_event_size(
     Ok(())
 }
 
-/// The auth rules for a non-membership event from `sender`.
+/// What a non-membership event from `sender` must satisfy beyond the authorization rules
+/// (which [`State::append`] applies with the core): its size, and aliases that exist.
 pub fn check_send(
     state: &State,
     room_id: &str,
@@ -116,150 +117,9 @@ pub fn check_send(
     content: &Value,
 ) -> ApiResult<()> {
     check_event_size(room_id, sender, kind, key, content)?;
-    let room = state.room(room_id)?;
-    if room.membership(sender) != Some("join") {
-        return Err(ApiError::forbidden(format!(
-            "{sender} is not in room {room_id}"
-        )));
-    }
-    if kind == "m.room.create" {
-        return Err(ApiError::forbidden(
-            "a room has exactly one m.room.create event",
-        ));
-    }
-    let level = state.power_level(room, sender);
-    let needed = state.required_level(room, kind, key.is_some());
-    if !State::meets(level, needed) {
-        return Err(ApiError::forbidden(format!(
-            "sending {kind} needs power level {needed}; {sender} has {}",
-            level.map_or("infinite".into(), |l| l.to_string())
-        )));
-    }
-    if let Some(k) = key {
-        if k.starts_with('@') && k != sender {
-            return Err(ApiError::forbidden(
-                "a state key that is a user id must be the sender's",
-            ));
-        }
-    }
-    if kind == "m.room.power_levels" {
-        check_power_levels_change(state, room, sender, content)?;
-    }
+    state.room(room_id)?;
     if kind == "m.room.canonical_alias" && key == Some("") {
         check_canonical_alias(state, room_id, content)?;
-    }
-    Ok(())
-}
-
-/// A sender may not grant or change levels above its own.
-fn check_power_levels_change(
-    state: &State,
-    room: &Room,
-    sender: &str,
-    content: &Value,
-) -> ApiResult<()> {
-    if !content.is_object() {
-        return Err(ApiError::bad_json(
-            "m.room.power_levels content must be an object",
-        ));
-    }
-    // From room version 10, every level must be an integer (not a string holding one).
-    for key in [
-        "users_default",
-        "events_default",
-        "state_default",
-        "ban",
-        "redact",
-        "kick",
-        "invite",
-    ] {
-        if content.get(key).is_some_and(|v| !v.is_i64()) {
-            return Err(ApiError::bad_json(format!(
-                "power level `{key}` must be an integer"
-            )));
-        }
-    }
-    for map in ["events", "notifications", "users"] {
-        if let Some(m) = content.get(map) {
-            let ok = m.as_object().is_some_and(|o| o.values().all(Value::is_i64));
-            if !ok {
-                return Err(ApiError::bad_json(format!(
-                    "the levels in `{map}` must be integers"
-                )));
-            }
-        }
-    }
-    // From room version 12 creators hold infinite power and are never listed, whoever sends.
-    if room.creators_privileged() {
-        let listed = content.get("users").and_then(Value::as_object);
-        if let Some(c) = room
-            .creators
-            .iter()
-            .find(|c| listed.is_some_and(|u| u.contains_key(*c)))
-        {
-            return Err(ApiError::bad_json(format!(
-                "room creators cannot be listed in `users` from room version 12 ({c} is one)"
-            )));
-        }
-    }
-    let Some(mine) = state.power_level(room, sender) else {
-        return Ok(());
-    };
-    let old = room
-        .state_event("m.room.power_levels", "")
-        .and_then(|p| state.events.get(&p))
-        .map(|e| e.content.clone())
-        .unwrap_or(json!({}));
-    let mut levels: Vec<(Option<i64>, Option<i64>, bool)> = Vec::new();
-    for key in [
-        "ban",
-        "kick",
-        "redact",
-        "invite",
-        "events_default",
-        "state_default",
-        "users_default",
-    ] {
-        levels.push((
-            old.get(key).and_then(Value::as_i64),
-            content.get(key).and_then(Value::as_i64),
-            false,
-        ));
-    }
-    for map in ["events", "notifications", "users"] {
-        let o = old
-            .get(map)
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        let n = content
-            .get(map)
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        for k in o.keys().chain(n.keys()) {
-            let is_other_user = map == "users" && k != sender;
-            levels.push((
-                o.get(k).and_then(Value::as_i64),
-                n.get(k).and_then(Value::as_i64),
-                is_other_user,
-            ));
-        }
-    }
-    for (old_v, new_v, other_user) in levels {
-        if old_v == new_v {
-            continue;
-        }
-        if old_v.is_some_and(|v| v > mine) || new_v.is_some_and(|v| v > mine) {
-            return Err(ApiError::forbidden(
-                "cannot change a power level above your own",
-            ));
-        }
-        if other_user && old_v.is_some_and(|v| v >= mine) {
-            return Err(ApiError::forbidden(
-                "cannot change the level of a user at or above your own",
-            ));
-        }
     }
     Ok(())
 }
@@ -302,117 +162,39 @@ pub fn change_membership(
     mut content: Value,
 ) -> ApiResult<String> {
     let room = state.room(room_id)?;
-    let sender_m = room.membership(sender).map(str::to_string);
     let target_m = room.membership(target).map(str::to_string);
-    let level = |u: &str| state.power_level(room, u);
-    let outranks = |a: &str, b: &str| match (level(a), level(b)) {
-        (None, Some(_)) => true,
-        (Some(x), Some(y)) => x > y,
-        _ => false,
-    };
-    let forbid = |m: &str| Err(ApiError::forbidden(m.to_string()));
-    // A join allowed only by a restricted rule names who authorised it (a member who may
-    // invite), as the auth rules from room version 8 require.
+    // Who may join or change whose membership is the authorization rules' to say (the core
+    // applies them in `State::append`). Here: what is not an event at all, and the member
+    // who vouches for a join that only a restricted rule allows.
     let mut authorised_via: Option<String> = None;
     match new {
-        "join" => {
-            if sender != target {
-                return forbid("you can only join a room yourself");
-            }
-            if target_m.as_deref() == Some("ban") {
-                return forbid("you are banned from this room");
-            }
+        "join" if sender == target => {
             let rule = join_rule(state, room_id);
-            // The creator's own join, right after the create event.
-            let first_join =
-                room.timeline.len() == 1 && room.creators.first().is_some_and(|c| c == target);
-            let plain = first_join
-                || matches!(target_m.as_deref(), Some("join" | "invite"))
-                || rule == "public";
-            let restricted = !plain
+            let plain = matches!(target_m.as_deref(), Some("join" | "invite")) || rule == "public";
+            if !plain
                 && matches!(rule.as_str(), "restricted" | "knock_restricted")
-                && restricted_allows(state, room_id, target);
-            if !plain && !restricted {
-                return forbid("you are not invited to this room");
-            }
-            if restricted {
+                && restricted_allows(state, room_id, target)
+            {
+                // A joined member who may invite, as the rules from room version 8 require.
                 let needed = state.required_level(room, "invite", false);
                 let mut members: Vec<&String> = room.joined().collect();
                 members.sort();
                 authorised_via = members
                     .into_iter()
-                    .find(|m| State::meets(level(m), needed))
+                    .find(|m| State::meets(state.power_level(room, m), needed))
                     .cloned();
-                if authorised_via.is_none() {
-                    return forbid("no member of the room may authorise your join");
-                }
             }
         }
-        "invite" => {
-            if sender_m.as_deref() != Some("join") {
-                return forbid("you are not in this room");
-            }
-            match target_m.as_deref() {
-                Some("join") => return forbid("that user is already in the room"),
-                Some("ban") => return forbid("that user is banned from the room"),
-                _ => {}
-            }
-            if !State::meets(level(sender), state.required_level(room, "invite", false)) {
-                return forbid("your power level is too low to invite");
-            }
-        }
-        "leave" if sender == target => {
-            if !matches!(target_m.as_deref(), Some("join" | "invite" | "knock")) {
-                return forbid("you are not in this room");
-            }
-        }
-        "leave" => {
-            if sender_m.as_deref() != Some("join") {
-                return forbid("you are not in this room");
-            }
-            match target_m.as_deref() {
-                Some("ban") => {
-                    if !State::meets(level(sender), state.required_level(room, "ban", false)) {
-                        return forbid("your power level is too low to unban");
-                    }
-                }
-                Some("join" | "invite" | "knock") => {
-                    if !State::meets(level(sender), state.required_level(room, "kick", false))
-                        || !outranks(sender, target)
-                    {
-                        return forbid("your power level is too low to kick that user");
-                    }
-                }
-                _ => return forbid("that user is not in the room"),
-            }
-        }
-        "ban" => {
-            if sender_m.as_deref() != Some("join") {
-                return forbid("you are not in this room");
-            }
-            if !State::meets(level(sender), state.required_level(room, "ban", false))
-                || !outranks(sender, target)
-            {
-                return forbid("your power level is too low to ban that user");
-            }
-        }
-        "knock" => {
-            if sender != target {
-                return forbid("you can only knock yourself");
-            }
+        "leave" if sender != target => {
+            // Kicking or unbanning someone who has no membership changes nothing.
             if !matches!(
-                join_rule(state, room_id).as_str(),
-                "knock" | "knock_restricted"
+                target_m.as_deref(),
+                Some("ban" | "join" | "invite" | "knock")
             ) {
-                return forbid("this room does not allow knocking");
-            }
-            match target_m.as_deref() {
-                Some("ban") => return forbid("you are banned from this room"),
-                Some("join") => return forbid("you are already in this room"),
-                Some("invite") => return forbid("you are already invited to this room"),
-                _ => {}
+                return Err(ApiError::forbidden("that user is not in the room"));
             }
         }
+        "join" | "invite" | "leave" | "ban" | "knock" => {}
         other => return Err(ApiError::bad_json(format!("unknown membership `{other}`"))),
     }
     if !content.is_object() {
