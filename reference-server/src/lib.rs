@@ -65,7 +65,13 @@ pub struct Config {
     /// The key the server signs with (`--signing-key FILE`); `None` uses the one kept in the
     /// database, made at the first start.
     pub signing_key: Option<mxconform_pdu::SigningKey>,
+    /// How long the original content of a redacted event stays in the database (for
+    /// moderators' review) before it is purged.
+    pub redaction_retention: std::time::Duration,
 }
+
+/// The default [`Config::redaction_retention`]: seven days.
+pub const REDACTION_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// A CAS server: `<server_url>/login` is where browsers log in, `<server_url>/proxyValidate`
 /// where this server checks the tickets it hands back.
@@ -111,6 +117,7 @@ impl Config {
             url_preview: None,
             msisdn_delegate: None,
             signing_key: None,
+            redaction_retention: REDACTION_RETENTION,
         }
     }
 }
@@ -182,6 +189,7 @@ impl Server {
             base_url: std::sync::OnceLock::new(),
         });
         let _ = server.me.set(Arc::downgrade(&server));
+        server.purge_redacted()?;
         // A key made now is kept with the data, so that events stay verifiable across
         // restarts.
         if stored_key.is_none() && server.config.signing_key.is_none() {
@@ -277,6 +285,15 @@ impl Server {
         });
     }
 
+    /// Purges the original content of events redacted longer ago than the retention.
+    pub fn purge_redacted(&self) -> Result<usize, String> {
+        let retention =
+            u64::try_from(self.config.redaction_retention.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = state::now_ms().saturating_sub(retention);
+        self.write(|state, batch| Ok(state.purge_redacted(batch, cutoff)))
+            .map_err(|e| e.message)
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
@@ -330,6 +347,26 @@ pub async fn serve(server: Arc<Server>, addr: SocketAddr) -> Result<Running, Str
             asv.clone(),
         ));
     }
+    // Redacted content is purged as its retention ends: checked at a tenth of the retention,
+    // between once a second and once an hour.
+    let every = (server.config.redaction_retention / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(3600),
+    );
+    let purger = Arc::downgrade(&server);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(server) = purger.upgrade() else {
+                break;
+            };
+            if let Err(e) = server.purge_redacted() {
+                eprintln!("mxconform-server: purging redacted content failed: {e}");
+            }
+        }
+    });
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
     let srv = server.clone();
     let task = tokio::spawn(async move {

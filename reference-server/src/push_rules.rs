@@ -431,6 +431,7 @@ mod tests {
             replaces: None,
             redacts: None,
             redacted_by: None,
+            purged: false,
             rest: Box::default(),
         }
     }

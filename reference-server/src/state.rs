@@ -122,6 +122,8 @@ pub struct Event {
     pub redacts: Option<String>,
     /// The redaction that removed this event's content.
     pub redacted_by: Option<u64>,
+    /// The database no longer holds the original content (redacted, and its retention over).
+    pub purged: bool,
     /// The rest of the signed PDU: `depth`, `prev_events`, `auth_events`, `hashes`,
     /// `signatures` (and `event_id` in room versions 1 and 2). With the fields above it is the
     /// event as signed ([`Event::pdu_json`]).
@@ -165,6 +167,7 @@ impl Event {
             replaces: None,
             redacts: pdu.redacts.clone(),
             redacted_by: None,
+            purged: false,
             rest: Box::new(rest),
         }
     }
@@ -196,7 +199,11 @@ impl Event {
     }
 
     fn to_record(&self, v: &RoomVersion) -> Value {
-        json!({"pdu": self.pdu_json(v), "txn": self.txn})
+        let mut r = json!({"pdu": self.pdu_json(v), "txn": self.txn});
+        if self.purged {
+            r["purged"] = json!(true);
+        }
+        r
     }
 
     /// An event from its database record: the PDU as signed, and the sending device's
@@ -231,7 +238,9 @@ impl Event {
         let txn = v
             .get("txn")
             .and_then(|t| serde_json::from_value(t.clone()).ok());
-        Ok((Event::from_pdu(pos, &pdu, txn), pdu))
+        let mut ev = Event::from_pdu(pos, &pdu, txn);
+        ev.purged = v.get("purged").and_then(Value::as_bool).unwrap_or(false);
+        Ok((ev, pdu))
     }
 
     pub fn is_state(&self) -> bool {
@@ -446,6 +455,9 @@ pub struct State {
     pub messages_sent: HashMap<String, Vec<u64>>,
     /// Third-party identifiers bound to accounts: (medium, address) -> binding.
     pub threepids: BTreeMap<(String, String), Threepid>,
+    /// Redacted events whose original content the database still holds: (redaction time
+    /// ms, position), oldest first; [`State::purge_redacted`] removes it after the retention.
+    pub unpurged: BTreeSet<(u64, u64)>,
 }
 
 /// A validation session: a token sent to an address, for one purpose.
@@ -947,6 +959,9 @@ impl State {
                 {
                     if t.room_id == room.room_id {
                         t.redacted_by = Some(pos);
+                        if !t.purged {
+                            self.unpurged.insert((ev.ts, tpos));
+                        }
                         // The version's redaction algorithm, over the whole event.
                         let v = room.room_version();
                         let redacted = mxconform_pdu::redact::redact(v, &t.pdu_json(v));
@@ -1039,6 +1054,32 @@ impl State {
         self.put_room_meta(batch, &room_id);
         self.record_event(batch, pdu, None);
         Ok(room_id)
+    }
+
+    /// Rewrites the database records of events redacted at or before `cutoff_ms` without their
+    /// original content (the redacted PDU, whose hashes and signatures still verify). Returns
+    /// how many.
+    pub fn purge_redacted(&mut self, batch: &mut Batch, cutoff_ms: u64) -> usize {
+        let due: Vec<(u64, u64)> = self
+            .unpurged
+            .range(..=(cutoff_ms, u64::MAX))
+            .copied()
+            .collect();
+        for key in &due {
+            self.unpurged.remove(key);
+            let Some(t) = self.events.get_mut(&key.1) else {
+                continue;
+            };
+            t.purged = true;
+            let v = self.rooms.get(&t.room_id).map_or_else(
+                || RoomVersion::get("12").expect("known"),
+                Room::room_version,
+            );
+            batch
+                .event_updates
+                .push((key.1, t.to_record(v).to_string()));
+        }
+        due.len()
     }
 
     /// Records a PDU at the next position: database row, then [`State::apply`].

@@ -31,6 +31,8 @@ const MIGRATIONS: &[&str] = &[
 #[derive(Debug, Default)]
 pub struct Batch {
     pub events: Vec<(u64, String, String)>,
+    /// Event records rewritten in place (a redacted event's original content purged).
+    pub event_updates: Vec<(u64, String)>,
     pub puts: Vec<(&'static str, String, String)>,
     pub deletes: Vec<(&'static str, String)>,
     pub media: Vec<(String, Option<String>, Option<String>, Vec<u8>, u64)>,
@@ -39,6 +41,7 @@ pub struct Batch {
 impl Batch {
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
+            && self.event_updates.is_empty()
             && self.puts.is_empty()
             && self.deletes.is_empty()
             && self.media.is_empty()
@@ -78,7 +81,7 @@ impl Store {
             Durability::Power => "FULL",
         };
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;"
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA secure_delete = ON;"
         ))
         .map_err(|e| format!("configuring the database: {e}"))?;
         let mut store = Store { conn };
@@ -157,6 +160,10 @@ impl Store {
                 tx.prepare_cached("INSERT INTO events (pos, room_id, json) VALUES (?1, ?2, ?3)")?;
             for (pos, room, json) in &batch.events {
                 ev.execute(params![*pos as i64, room, json])?;
+            }
+            let mut upd = tx.prepare_cached("UPDATE events SET json = ?2 WHERE pos = ?1")?;
+            for (pos, json) in &batch.event_updates {
+                upd.execute(params![*pos as i64, json])?;
             }
             let mut put = tx.prepare_cached(
                 "INSERT OR REPLACE INTO records (kind, key, value) VALUES (?1, ?2, ?3)",

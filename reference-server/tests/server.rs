@@ -1141,3 +1141,89 @@ async fn public_room_pages_hold_still_while_rooms_come_and_go() {
         .await;
     assert_eq!((s, v["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
 }
+
+#[tokio::test]
+async fn redacted_content_is_purged_from_the_database_after_the_retention() {
+    let dir = std::env::temp_dir().join(format!("mxconform-server-purge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let db = dir.join("hs.db");
+    let mut config = Config::in_memory("test.local");
+    config.db = Some(db.clone());
+    let stored = |needle: &str| -> usize {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row(
+            "SELECT count(*) FROM events WHERE json LIKE ?1",
+            [format!("%{needle}%")],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap() as usize
+    };
+    let (room, token, event_id) = {
+        let c = Client::new(config.clone());
+        let (_, token) = c.register("alice").await;
+        let room = c
+            .ok(
+                "POST",
+                "/_matrix/client/v3/createRoom",
+                Some(&token),
+                Some(json!({})),
+            )
+            .await;
+        let room = room["room_id"].as_str().unwrap().to_string();
+        let ev = c
+            .ok(
+                "PUT",
+                &room_path(&room, "send/m.room.message/t1"),
+                Some(&token),
+                Some(json!({"msgtype": "m.text", "body": "secret-purge-me"})),
+            )
+            .await;
+        let id = ev["event_id"].as_str().unwrap().to_string();
+        c.ok(
+            "PUT",
+            &room_path(&room, &format!("redact/{id}/r1")),
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+        (room, token, id)
+    };
+    // Within the retention (seven days by default) the original stays for review.
+    drop(Client::new(config.clone()));
+    assert_eq!(stored("secret-purge-me"), 1);
+    // After it, the record holds the redacted event only; the event still verifies and is
+    // still served redacted.
+    config.redaction_retention = std::time::Duration::ZERO;
+    let c = Client::new(config);
+    assert_eq!(stored("secret-purge-me"), 0);
+    assert_eq!(
+        stored("\"purged\":true"),
+        1,
+        "the redacted event's record, rewritten"
+    );
+    assert_eq!(stored("m.room.redaction"), 1, "the redaction remains");
+    let ev = c
+        .ok(
+            "GET",
+            &room_path(&room, &format!("event/{event_id}")),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(ev["content"], json!({}));
+    c.server.read(|s| {
+        let e = &s.events[&s.event_ids[&event_id]];
+        assert!(e.purged);
+        let v = s.rooms[&room].room_version();
+        let key = s.signing_key.as_ref().unwrap();
+        let keys = |server: &str, id: &str| {
+            (server == "test.local" && id == key.key_id()).then(|| (key.verify_key(), i64::MAX))
+        };
+        // Signatures hold; the content hash no longer matches, as for any redacted event.
+        assert_eq!(
+            mxconform_pdu::pdu::verify(v, &e.to_pdu(v).unwrap(), &keys),
+            Err(mxconform_pdu::pdu::VerifyError::ContentHash)
+        );
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -192,6 +192,10 @@ struct ServeArgs {
     /// database.
     #[arg(long)]
     signing_key: Option<PathBuf>,
+    /// How long a redacted event's original content stays in the database before it is
+    /// purged: a number with s, m, h or d (`0s` purges at once).
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    redaction_retention: std::time::Duration,
     /// A CAS server's URL (`<url>/login`, `<url>/proxyValidate`) for single sign-on, offered as
     /// identity provider `cas`.
     #[arg(long)]
@@ -697,6 +701,23 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
     })
 }
 
+/// `90s`, `15m`, `12h`, `7d`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number followed by s, m, h or d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("{text:?}: the unit is s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 fn serve(args: ServeArgs) -> Result<ExitCode> {
     let mut config = mxconform_server::Config::in_memory(&args.server_name);
     config.password_cost = mxconform_server::PasswordCost::Standard;
@@ -720,6 +741,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     config.appservices = load_appservices(&files, &args.server_name)?;
     config.admins = args.admins.clone();
     config.public_base_url = args.public_baseurl.clone();
+    config.redaction_retention = args.redaction_retention;
     if let Some(path) = &args.signing_key {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the signing key {}", path.display()))?;
