@@ -628,9 +628,6 @@ impl<'a> Run<'a> {
             .iter()
             .map(|e| self.vars.render(e))
             .collect::<Result<_, _>>()?;
-        if ids.is_empty() && edus.is_empty() {
-            return Err("fed_transaction names no PDU and no EDU".into());
-        }
         self.record("server-server/sendTransaction");
         let (status, body) = crate::federation::send_transaction(&shared, &ids, edus).await?;
         self.fed_result(step, status, &body)

@@ -210,10 +210,10 @@ impl Event {
     /// transaction.
     fn from_record(
         pos: u64,
-        v: &Value,
+        mut v: Value,
         version_of: impl Fn(&str) -> Option<String>,
     ) -> Result<(Event, Pdu), String> {
-        let Some(json) = v.get("pdu") else {
+        let Some(json) = v.get_mut("pdu").map(Value::take) else {
             return Err(format!(
                 "the event at position {pos} was stored before events were PDUs (it has no signed form); this server cannot sign it after the fact: start it with a new database"
             ));
@@ -233,11 +233,11 @@ impl Event {
         let rv = RoomVersion::get(&version).ok_or_else(|| {
             format!("the event at position {pos} is of unknown room version {version}")
         })?;
-        let pdu = Pdu::from_json(rv, json.clone())
-            .map_err(|e| format!("the event at position {pos}: {e}"))?;
+        let pdu =
+            Pdu::from_json(rv, json).map_err(|e| format!("the event at position {pos}: {e}"))?;
         let txn = v
-            .get("txn")
-            .and_then(|t| serde_json::from_value(t.clone()).ok());
+            .get_mut("txn")
+            .and_then(|t| serde_json::from_value(t.take()).ok());
         let mut ev = Event::from_pdu(pos, &pdu, txn);
         ev.purged = v.get("purged").and_then(Value::as_bool).unwrap_or(false);
         Ok((ev, pdu))
@@ -796,7 +796,7 @@ impl State {
             }
         }
         for (pos, v) in loaded.events {
-            let (ev, pdu) = Event::from_record(pos, &v, |room| {
+            let (ev, pdu) = Event::from_record(pos, v, |room| {
                 self.rooms.get(room).map(|r| r.version.clone())
             })?;
             self.pos = self.pos.max(pos);

@@ -654,7 +654,6 @@ pub async fn invite(
     Ok(pdu.event_id)
 }
 
-/// Sends EDUs from the fake server in one transaction.
 /// Sets `value` at a JSON pointer (or top-level key), making the objects on the way: a
 /// tamper may add a field the event did not have, nested or not.
 fn set_pointer(json: &mut Value, key: &str, value: Value) -> Result<(), String> {
@@ -721,25 +720,13 @@ pub async fn send_transaction(
     Ok((sent.status, sent.body))
 }
 
+/// Sends EDUs from the fake server in one transaction; an answer other than 200 is an error.
 pub async fn send_edus(shared: &Shared, edus: Vec<Value>) -> Result<Value, String> {
-    let body =
-        json!({"origin": shared.name, "origin_server_ts": now_ms(), "pdus": [], "edus": edus});
-    let path = format!("/_matrix/federation/v1/send/{}", txn_id());
-    let sent = shared
-        .client
-        .request(
-            &shared.name,
-            &shared.key,
-            client::route("sendTransaction"),
-            "PUT",
-            &path,
-            Some(&body),
-        )
-        .await?;
-    if sent.status != 200 {
-        return Err(format!("/send answered {}: {}", sent.status, sent.body));
+    let (status, body) = send_transaction(shared, &[], edus).await?;
+    if status != 200 {
+        return Err(format!("/send answered {status}: {body}"));
     }
-    Ok(sent.body)
+    Ok(body)
 }
 
 #[cfg(test)]

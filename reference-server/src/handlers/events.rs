@@ -308,17 +308,23 @@ pub fn redact_event(ctx: &Ctx, req: cs::redaction::redact_event::Request) -> Api
         if let Some(id) = state.txns.get(&key) {
             return Ok(json!({"event_id": id}));
         }
+        let mut content = json!({"redacts": req.event_id.as_str()});
+        if let Some(r) = &req.body.reason {
+            content["reason"] = json!(r);
+        }
+        let redaction = |content: Value| {
+            let mut new = Append::new(
+                req.room_id.as_str(),
+                &me.user_id,
+                "m.room.redaction",
+                None,
+                content,
+            );
+            new.redacts = Some(req.event_id.as_str().to_string());
+            new
+        };
         // May the user send a redaction at all (member, m.room.redaction level): the rules say.
-        let probe = json!({"redacts": req.event_id.as_str()});
-        let mut check = Append::new(
-            req.room_id.as_str(),
-            &me.user_id,
-            "m.room.redaction",
-            None,
-            probe,
-        );
-        check.redacts = Some(req.event_id.as_str().to_string());
-        state.check_allowed(check)?;
+        state.check_allowed(redaction(content.clone()))?;
         let room = state.room(req.room_id.as_str())?;
         let target = state
             .event_ids
@@ -340,19 +346,8 @@ pub fn redact_event(ctx: &Ctx, req: cs::redaction::redact_event::Request) -> Api
                 "your power level is too low to redact others' events",
             ));
         }
-        let mut content = json!({"redacts": req.event_id.as_str()});
-        if let Some(r) = &req.body.reason {
-            content["reason"] = json!(r);
-        }
-        let mut new = Append::new(
-            req.room_id.as_str(),
-            &me.user_id,
-            "m.room.redaction",
-            None,
-            content,
-        );
+        let mut new = redaction(content);
         new.txn = Some((me.device_id.clone(), req.txn_id.clone()));
-        new.redacts = Some(req.event_id.as_str().to_string());
         let (_, id) = state.append(batch, new)?;
         state.remember_txn(batch, key, id.clone());
         Ok(json!({"event_id": id}))
