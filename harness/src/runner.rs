@@ -212,6 +212,23 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
                 duration: started.elapsed(),
             };
         };
+        if !scenario.certificates.is_empty()
+            && env
+                .profile
+                .federation
+                .as_ref()
+                .is_some_and(|f| f.certificates == crate::federation::Verification::Unverified)
+        {
+            return Outcome {
+                result: Ok(()),
+                skipped: Some(format!(
+                    "needs a server that verifies certificates; profile `{}` says it does not ([federation] certificates = \"unverified\")",
+                    env.profile.name
+                )),
+                operations: Vec::new(),
+                duration: started.elapsed(),
+            };
+        }
         if let Err(e) = run.start_fakes(&federation).await {
             return Outcome {
                 result: Err(format!("starting the fake servers: {e}")),
@@ -348,6 +365,7 @@ impl<'a> Run<'a> {
             let fake = crate::federation::fake::Fake::start(
                 &federation.authority,
                 federation.client.clone(),
+                self.scenario.certificates.get(name).copied(),
             )
             .await?;
             if let Ok(mut allowed) = fake.shared.allowed.lock() {
@@ -726,6 +744,7 @@ impl<'a> Run<'a> {
         let pdu = a.pdu.as_ref().map(|p| self.vars.render(p)).transpose()?;
         let edu = a.edu.as_ref().map(|p| self.vars.render(p)).transpose()?;
         let request = a.request.clone();
+        let handshake = a.handshake.is_some();
         let found = shared
             .inbox
             .wait_for(0, within, |r| match (r, &pdu, &edu, &request) {
@@ -734,6 +753,7 @@ impl<'a> Run<'a> {
                 }
                 (Received::Edu { edu: got }, _, Some(want), _) => crate::expect::subset(want, got),
                 (Received::Request { operation, .. }, _, _, Some(op)) => operation == op,
+                (Received::Handshake { .. }, _, _, _) => handshake,
                 _ => false,
             })
             .await;
@@ -743,7 +763,7 @@ impl<'a> Run<'a> {
             let early = seen.iter().take(at + 1).find(|r| match r {
                 Received::Pdu { pdu, .. } => crate::expect::subset(&without, pdu),
                 Received::Edu { edu } => crate::expect::subset(&without, edu),
-                Received::Request { .. } => false,
+                Received::Request { .. } | Received::Handshake { .. } => false,
             });
             if let Some(early) = early {
                 return Err(format!(
@@ -757,7 +777,7 @@ impl<'a> Run<'a> {
                 .map(|p| format!("a PDU containing {p}"))
                 .or(edu.map(|e| format!("an EDU containing {e}")))
                 .or(request.map(|r| format!("a {r} request")))
-                .unwrap_or_default();
+                .unwrap_or_else(|| "a refused TLS handshake".to_string());
             let seen: Vec<String> = shared
                 .inbox
                 .items()
@@ -773,6 +793,7 @@ impl<'a> Run<'a> {
                         edu.get("edu_type").and_then(Value::as_str).unwrap_or("?")
                     ),
                     Received::Request { operation, .. } => format!("request {operation}"),
+                    Received::Handshake { error } => format!("a failed handshake ({error})"),
                 })
                 .collect();
             return Err(format!(
@@ -790,6 +811,7 @@ impl<'a> Run<'a> {
             Received::Pdu { pdu, .. } => pdu,
             Received::Edu { edu } => edu,
             Received::Request { body, .. } => json!({"body": body}),
+            Received::Handshake { error } => json!({"error": error}),
         };
         // What was sent is the "response": checks and captures read it.
         self.fed_result(step, 200, &body)

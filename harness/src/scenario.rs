@@ -42,6 +42,12 @@ pub struct Scenario {
     /// `[federation]`; without it they are skipped.
     #[serde(default)]
     pub servers: Vec<String>,
+    /// Fake servers that present a faulty certificate, by name: `other_authority`, `expired`,
+    /// `wrong_name`. The server under test must refuse to talk to them (any request that
+    /// reaches one fails the scenario); with a profile whose server does not verify
+    /// certificates (`[federation] certificates = "unverified"`) the scenario is skipped.
+    #[serde(default)]
+    pub certificates: BTreeMap<String, crate::federation::tls::CertificateFault>,
     /// Actors on real partner homeservers of the profile (`[federation.partners]`), by
     /// partner: `{second: [bob]}`. Their steps go to that server; `{{second.server_name}}` is
     /// its name. Without the partner in the profile, the scenario is skipped.
@@ -511,6 +517,10 @@ pub struct FedAwait {
     /// A request for this operation.
     #[serde(default)]
     pub request: Option<String>,
+    /// `refused`: a TLS handshake the server under test abandoned (what it says of a
+    /// certificate it does not accept).
+    #[serde(default)]
+    pub handshake: Option<String>,
     /// What must not have arrived before (or with) what the step waits for: the sentinel
     /// pattern (send X, then Y; require Y without X).
     #[serde(default)]
@@ -1071,25 +1081,23 @@ impl Scenario {
                 }
             }
             match &step.kind {
-                StepKind::FedJoin(j) => {
+                StepKind::FedJoin(j)
                     if !matches!(
                         j.membership.as_deref(),
                         None | Some("join" | "leave" | "knock")
-                    ) {
-                        return fail(format!(
-                            "step {}: fed_join's membership is join, leave or knock",
-                            i + 1
-                        ));
-                    }
+                    ) =>
+                {
+                    return fail(format!(
+                        "step {}: fed_join's membership is join, leave or knock",
+                        i + 1
+                    ));
                 }
-                StepKind::FedCall(c) => {
-                    if crate::federation::client::route(&c.call).is_none() {
-                        return fail(format!(
-                            "step {}: `{}` is not a server-server operation",
-                            i + 1,
-                            c.call
-                        ));
-                    }
+                StepKind::FedCall(c) if crate::federation::client::route(&c.call).is_none() => {
+                    return fail(format!(
+                        "step {}: `{}` is not a server-server operation",
+                        i + 1,
+                        c.call
+                    ));
                 }
                 StepKind::FedTransaction(t) => {
                     if t.pdus.is_empty() && t.edus.is_empty() {
@@ -1152,20 +1160,36 @@ impl Scenario {
                     }
                 }
                 StepKind::FedAwait(a) => {
-                    if [a.pdu.is_some(), a.edu.is_some(), a.request.is_some()]
-                        .iter()
-                        .filter(|x| **x)
-                        .count()
+                    if [
+                        a.pdu.is_some(),
+                        a.edu.is_some(),
+                        a.request.is_some(),
+                        a.handshake.is_some(),
+                    ]
+                    .iter()
+                    .filter(|x| **x)
+                    .count()
                         != 1
                     {
                         return fail(format!(
-                            "step {}: fed_await waits for one of pdu, edu or request",
+                            "step {}: fed_await waits for one of pdu, edu, request or handshake",
+                            i + 1
+                        ));
+                    }
+                    if a.handshake.as_deref().is_some_and(|h| h != "refused") {
+                        return fail(format!(
+                            "step {}: fed_await's handshake can only be `refused`",
                             i + 1
                         ));
                     }
                 }
                 _ => {}
             }
+        }
+        if let Some(name) = self.certificates.keys().find(|n| !self.servers.contains(n)) {
+            return fail(format!(
+                "`certificates` names {name:?}, which is not one of the scenario's `servers`"
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for p in self.partners.keys() {

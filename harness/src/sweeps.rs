@@ -80,6 +80,7 @@ fn sweep(
         timeout_ms: None,
         keys: Vec::new(),
         servers: Vec::new(),
+        certificates: Default::default(),
         allow_requests: Vec::new(),
         for_each: Default::default(),
         partners: Default::default(),

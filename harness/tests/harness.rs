@@ -759,7 +759,7 @@ fn fake_servers_catch_a_misbehaving_homeserver() {
             )
             .unwrap(),
         );
-        let f = fake::Fake::start(&authority, fed).await.unwrap();
+        let f = fake::Fake::start(&authority, fed, None).await.unwrap();
         let name = f.shared.name.clone();
         let port: u16 = name.rsplit(':').next().unwrap().parse().unwrap();
         let signed = |method: &str, path: &str, body: Option<&Value>, dest: &str, key: &SigningKey| {
@@ -871,4 +871,218 @@ fn fake_servers_catch_a_misbehaving_homeserver() {
         tls_request(port, &ca_pem, "PUT", path, Some(&auth), Some(&body)).await;
         assert!(f.shared.inbox.violations().iter().any(|v| v.contains("schema")), "{:?}", f.shared.inbox.violations());
     });
+}
+
+/// A client that accepts any certificate: what a homeserver that skips verification does.
+#[derive(Debug)]
+struct AcceptsAnything(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptsAnything {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A fake server with a faulty certificate: a homeserver that verifies certificates abandons
+/// the handshake (recorded, no violation); one that accepts anything reaches it, and that
+/// request is a violation.
+#[test]
+fn a_fake_with_a_faulty_certificate_catches_a_server_that_accepts_it() {
+    use mxconform_harness::federation::fake::{Fake, Received};
+    use mxconform_harness::federation::{client, tls};
+    let dir = temp_dir("ca-faults");
+    let authority = tls::Authority::load_or_create(&dir).unwrap();
+    let ca_pem = authority.cert_pem.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        for fault in [
+            tls::CertificateFault::OtherAuthority,
+            tls::CertificateFault::Expired,
+            tls::CertificateFault::WrongName,
+        ] {
+            let fed = Arc::new(
+                client::FedClient::new(
+                    client::Target {
+                        base_url: "http://127.0.0.1:9".into(),
+                        server_name: "hs.test".into(),
+                    },
+                    Vec::new(),
+                )
+                .unwrap(),
+            );
+            let f = Fake::start(&authority, fed, Some(fault)).await.unwrap();
+            let port: u16 = f.shared.name.rsplit(':').next().unwrap().parse().unwrap();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+
+            // A verifying client: the handshake fails, the fake records it, nothing is wrong.
+            use rustls::pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+                .unwrap();
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let verifying = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let refused = tokio_rustls::TlsConnector::from(Arc::new(verifying))
+                .connect(name.clone(), tcp)
+                .await;
+            assert!(
+                refused.is_err(),
+                "{fault:?}: a verifying client accepted it"
+            );
+            let got = f
+                .shared
+                .inbox
+                .wait_for(0, Duration::from_secs(5), |r| {
+                    matches!(r, Received::Handshake { .. })
+                })
+                .await;
+            assert!(
+                got.is_some(),
+                "{fault:?}: the refused handshake was not recorded"
+            );
+            assert!(
+                f.shared.inbox.violations().is_empty(),
+                "{:?}",
+                f.shared.inbox.violations()
+            );
+
+            // A client that accepts anything: its request is a violation naming the fault.
+            let careless = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptsAnything(provider)))
+                .with_no_client_auth();
+            let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(Arc::new(careless))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            tls.write_all(
+                b"GET /_matrix/key/v2/server HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+            let violations = f.shared.inbox.violations();
+            assert_eq!(violations.len(), 1, "{fault:?}: {violations:?}");
+            assert!(violations[0].contains(&fault.to_string()), "{violations:?}");
+        }
+    });
+}
+
+/// The profile says whether the server verifies certificates: with `authority` a scenario with
+/// a faulty certificate runs (and here, the server under test never calling the fake, fails on
+/// its awaited handshake); with `unverified` it is skipped with that reason.
+#[test]
+fn certificate_scenarios_follow_the_profiles_verification() {
+    let url = serve(fake_homeserver());
+    let dir = temp_dir("cert-suite");
+    write_scenarios(
+        &dir,
+        &[(
+            "federation/tls/refused",
+            "description: the server refuses a faulty certificate\nspec: https://spec.matrix.org/v1.19/server-server-api/#tls\nservers: [rogue]\ncertificates: {rogue: expired}\nsteps:\n  - fed_await: {server: rogue, handshake: refused, within_ms: 200}\n",
+        )],
+    );
+    for (verification, outcome, reason) in [
+        (
+            "authority",
+            Outcome::Failed,
+            "was not sent a refused TLS handshake",
+        ),
+        (
+            "unverified",
+            Outcome::Skipped,
+            "certificates = \"unverified\"",
+        ),
+    ] {
+        let pdir = temp_dir("cert-profile");
+        let text = format!(
+            "name = \"fake\"\nserver_name = \"fake.test\"\n[federation]\nbase_url = \"{url}\"\nserver_name = \"fake.test\"\nauthority = \"ca\"\ncertificates = \"{verification}\"\n"
+        );
+        std::fs::write(pdir.join("fake.toml"), text).unwrap();
+        let profile = Profile::load(&pdir.join("fake.toml")).expect("profile loads");
+        let federation = mxconform_harness::federation::Federation::new(
+            profile.federation.as_ref().unwrap(),
+            &pdir,
+        )
+        .unwrap();
+        let config = RunConfig {
+            server_url: url.clone(),
+            profile,
+            scenarios_dir: dir.clone(),
+            snapshots_dir: temp_dir("snapshots"),
+            limits: Limits::default(),
+            scenario_timeout: Duration::from_secs(20),
+            sweeps: false,
+            software_hint: None,
+            federation: Some(Arc::new(federation)),
+            peers: None,
+            args: None,
+        };
+        let out = mxconform_harness::run(config).expect("the run completes");
+        let s = out
+            .report
+            .scenarios
+            .iter()
+            .find(|s| s.name == "federation/tls/refused")
+            .expect("in the report");
+        assert_eq!(s.outcome, outcome, "{verification}: {:?}", s.reason);
+        assert!(
+            s.reason.as_deref().unwrap_or("").contains(reason),
+            "{verification}: {:?}",
+            s.reason
+        );
+    }
+    // A profile that names another value is refused when it loads.
+    let pdir = temp_dir("cert-profile-bad");
+    std::fs::write(
+        pdir.join("fake.toml"),
+        "name = \"fake\"\nserver_name = \"fake.test\"\n[federation]\nbase_url = \"http://127.0.0.1:9\"\nserver_name = \"fake.test\"\nauthority = \"ca\"\ncertificates = \"sometimes\"\n",
+    )
+    .unwrap();
+    assert!(Profile::load(&pdir.join("fake.toml")).is_err());
 }

@@ -309,7 +309,7 @@ pub fn auth_keys_of<'a>(v: &RoomVersion, event: &'a Pdu) -> AuthKeys<'a> {
         &event.kind,
         event.state_key.as_deref(),
         &event.sender,
-        &event.content(),
+        event.content(),
     )
 }
 
@@ -1180,7 +1180,7 @@ fn authorize_power_levels(
     };
     let read = |c: &Value, f: &str| c.get(f).map(|x| parse_power(v, x));
     for f in PL_FIELDS {
-        let (was, now) = (read(&old.content(), f), read(content, f));
+        let (was, now) = (read(old.content(), f), read(content, f));
         if was == now {
             continue;
         }

@@ -87,18 +87,18 @@ impl SigningKey {
 
     /// The first key of a key file (`ed25519 <version> <seed>` per line).
     pub fn parse_file(text: &str) -> Result<SigningKey, KeyError> {
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let parts: Vec<&str> = line.split_whitespace().collect();
-            let [alg, version, seed] = parts[..] else {
-                return Err(KeyError::Line(line.to_string()));
-            };
-            if alg != "ed25519" {
-                return Err(KeyError::Algorithm(alg.to_string()));
-            }
-            let seed = base64::decode(seed).ok_or(KeyError::Bytes)?;
-            return SigningKey::from_seed(&seed, version);
+        let Some(line) = text.lines().map(str::trim).find(|l| !l.is_empty()) else {
+            return Err(KeyError::Empty);
+        };
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let [alg, version, seed] = parts[..] else {
+            return Err(KeyError::Line(line.to_string()));
+        };
+        if alg != "ed25519" {
+            return Err(KeyError::Algorithm(alg.to_string()));
         }
-        Err(KeyError::Empty)
+        let seed = base64::decode(seed).ok_or(KeyError::Bytes)?;
+        SigningKey::from_seed(&seed, version)
     }
 
     /// The key as one line of a key file.

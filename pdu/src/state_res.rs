@@ -107,7 +107,7 @@ fn authorized_in_r(
     events: &dyn EventSource,
 ) -> Result<bool, ResolveError> {
     let mut found: Vec<&Pdu> = Vec::with_capacity(6);
-    for (kind, key) in auth::auth_types(v, &e.kind, e.state_key.as_deref(), &e.sender, &e.content())
+    for (kind, key) in auth::auth_types(v, &e.kind, e.state_key.as_deref(), &e.sender, e.content())
     {
         if let Some(id) = state.get(&(kind, key)) {
             found.push(

@@ -33,6 +33,9 @@ pub enum Received {
     Pdu { pdu: Value, problem: Option<String> },
     /// An EDU of a transaction.
     Edu { edu: Value },
+    /// A TLS handshake the server under test did not complete (it refused the certificate, or
+    /// the connection failed), with rustls's reason.
+    Handshake { error: String },
 }
 
 /// What a fake server has been sent, for steps to wait on.
@@ -163,6 +166,9 @@ pub struct Shared {
     pub peers: Mutex<HashMap<String, VerifyKey>>,
     /// Answers a scenario set, by operation.
     pub canned: Mutex<HashMap<String, Canned>>,
+    /// The fault this server's certificate has, when a scenario gave it one: any request that
+    /// reaches it means the server under test accepted that certificate.
+    pub certificate_fault: Option<super::tls::CertificateFault>,
 }
 
 /// A running fake server; dropping it stops it.
@@ -179,10 +185,12 @@ impl Drop for Fake {
 }
 
 impl Fake {
-    /// Starts a fake server on a fresh port of 127.0.0.1.
+    /// Starts a fake server on a fresh port of 127.0.0.1, with a good certificate from
+    /// `authority` or one with the given fault.
     pub async fn start(
         authority: &super::tls::Authority,
         client: Arc<FedClient>,
+        certificate_fault: Option<super::tls::CertificateFault>,
     ) -> Result<Fake, String> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -192,7 +200,7 @@ impl Fake {
             .map_err(|e| format!("a fake server's address: {e}"))?
             .port();
         let name = format!("127.0.0.1:{port}");
-        let tls = authority.server_config("127.0.0.1")?;
+        let tls = authority.server_config_with("127.0.0.1", certificate_fault)?;
         let key = SigningKey::generate(None).map_err(|e| e.to_string())?;
         let shared = Arc::new(Shared {
             name,
@@ -203,6 +211,7 @@ impl Fake {
             allowed: Mutex::new(BTreeSet::new()),
             peers: Mutex::new(HashMap::new()),
             canned: Mutex::new(HashMap::new()),
+            certificate_fault,
         });
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let task = tokio::spawn(serve(listener, acceptor, shared.clone()));
@@ -231,11 +240,22 @@ async fn serve(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, share
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await
-            else {
-                return;
-            };
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        shared.inbox.push(Received::Handshake {
+                            error: e.to_string(),
+                        });
+                        return;
+                    }
+                    Err(_) => {
+                        shared.inbox.push(Received::Handshake {
+                            error: "no handshake within 10 s".to_string(),
+                        });
+                        return;
+                    }
+                };
             let io = hyper_util::rt::TokioIo::new(tls);
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let shared = shared.clone();
@@ -282,6 +302,11 @@ async fn handle(shared: &Shared, parts: hyper::http::request::Parts, bytes: Byte
             }
         }
     };
+    if let Some(fault) = shared.certificate_fault {
+        shared.inbox.violation(format!(
+            "{method} {path}: sent over a connection it accepted although this server presented {fault}"
+        ));
+    }
     let matched = client::match_route(&method, &path);
     let operation = matched.as_ref().map(|(r, _)| r.operation_id);
     if operation == Some("getServerKey") {

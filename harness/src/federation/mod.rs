@@ -36,6 +36,13 @@ pub struct FederationConfig {
     /// the profile's folder. The server under test must trust `ca.pem` for outbound federation
     /// (Synapse: `federation_custom_ca_list`), or not verify certificates.
     pub authority: PathBuf,
+    /// Whether the server under test verifies the certificates of the servers it calls
+    /// against that authority (`authority`, the default; Synapse: `federation_custom_ca_list`)
+    /// or skips verification (`unverified`; Synapse: `federation_verify_certificates: false`).
+    /// With `unverified`, the scenarios that require it to refuse a faulty certificate are
+    /// skipped, with that reason.
+    #[serde(default)]
+    pub certificates: Verification,
     /// Schema violations of this server's federation answers that are known and listed, so
     /// that one wrong field does not stop every scenario that goes through the operation.
     /// Each still fails the scenario that checks that field itself (listed as a deviation).
@@ -45,6 +52,17 @@ pub struct FederationConfig {
     /// them (`partners: {second: [bob]}` puts actor `bob` on the partner `second`).
     #[serde(default)]
     pub partners: std::collections::BTreeMap<String, PartnerConfig>,
+}
+
+/// How the server under test treats the certificates of the servers it calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verification {
+    /// It trusts the harness's authority and verifies against it.
+    #[default]
+    Authority,
+    /// It accepts any certificate.
+    Unverified,
 }
 
 /// A second (or third) real homeserver, federating with the server under test.

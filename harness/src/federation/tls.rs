@@ -112,24 +112,56 @@ impl Authority {
     /// A TLS server configuration for `host` (an IP address or a DNS name), with a new leaf
     /// certificate issued by this authority.
     pub fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+        self.server_config_with(host, None)
+    }
+
+    /// A TLS server configuration for `host` with a certificate of the given fault (`None`: a
+    /// good one from this authority). A server that verifies certificates must refuse each
+    /// fault: another authority's certificate, an expired one, or one for another name.
+    pub fn server_config_with(
+        &self,
+        host: &str,
+        fault: Option<CertificateFault>,
+    ) -> Result<Arc<rustls::ServerConfig>, String> {
         let key = KeyPair::generate().map_err(|e| format!("making a leaf key: {e}"))?;
+        let named = match fault {
+            Some(CertificateFault::WrongName) => WRONG_NAME,
+            _ => host,
+        };
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, host);
+        dn.push(DnType::CommonName, named);
         params.distinguished_name = dn;
-        params.subject_alt_names = vec![match host.parse::<IpAddr>() {
+        params.subject_alt_names = vec![match named.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
             Err(_) => SanType::DnsName(
-                host.to_string()
+                named
+                    .to_string()
                     .try_into()
-                    .map_err(|e| format!("{host:?} is not a DNS name: {e}"))?,
+                    .map_err(|e| format!("{named:?} is not a DNS name: {e}"))?,
             ),
         }];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(|e| format!("issuing a certificate for {host}: {e}"))?;
+        if fault == Some(CertificateFault::Expired) {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
+        let cert = match fault {
+            Some(CertificateFault::OtherAuthority) => {
+                // An authority made for this certificate alone, which nobody trusts.
+                let other_key = KeyPair::generate()
+                    .map_err(|e| format!("making another authority's key: {e}"))?;
+                let mut other_params = authority_params();
+                let mut dn = DistinguishedName::new();
+                dn.push(DnType::CommonName, "mxconform untrusted authority");
+                other_params.distinguished_name = dn;
+                let other = Issuer::new(other_params, other_key);
+                params.signed_by(&key, &other)
+            }
+            _ => params.signed_by(&key, &self.issuer),
+        }
+        .map_err(|e| format!("issuing a certificate for {host}: {e}"))?;
         let chain = vec![cert.der().clone()];
         let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -142,6 +174,32 @@ impl Authority {
         .map_err(|e| format!("TLS certificate: {e}"))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
+    }
+}
+
+/// The name a `wrong_name` certificate is issued for (never a fake server's name).
+const WRONG_NAME: &str = "not-this-server.invalid";
+
+/// A fault in a fake server's certificate (scenario `certificates: {<server>: <fault>}`): a
+/// server under test that verifies certificates must refuse to talk to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateFault {
+    /// Issued by an authority the server under test was never told to trust.
+    OtherAuthority,
+    /// From the trusted authority, but valid only in 2000.
+    Expired,
+    /// From the trusted authority, but for another host name.
+    WrongName,
+}
+
+impl std::fmt::Display for CertificateFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CertificateFault::OtherAuthority => "a certificate from an authority it does not trust",
+            CertificateFault::Expired => "an expired certificate",
+            CertificateFault::WrongName => "a certificate for another host name",
+        })
     }
 }
 
@@ -175,12 +233,71 @@ mod tests {
         assert_eq!(a.cert_pem, b.cert_pem);
         b.server_config("127.0.0.1").unwrap();
         b.server_config("fake.example").unwrap();
+        for fault in [
+            CertificateFault::OtherAuthority,
+            CertificateFault::Expired,
+            CertificateFault::WrongName,
+        ] {
+            b.server_config_with("127.0.0.1", Some(fault)).unwrap();
+        }
         let (cert, key) = b.issue_pem(&["localhost", "127.0.0.1"]).unwrap();
         assert!(cert.contains("BEGIN CERTIFICATE") && key.contains("PRIVATE KEY"));
         assert!(b.issue_pem(&["not a name"]).is_err());
         assert!(b.issue_pem(&["-bad.example"]).is_err());
         assert!(b.issue_pem(&["a..b"]).is_err());
         assert!(b.issue_pem(&["fake-1.example"]).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A client that trusts the authority completes a handshake with a good certificate and
+    /// refuses each fault, so a server under test that verifies certificates can tell them.
+    #[tokio::test]
+    async fn a_verifying_client_refuses_each_fault() {
+        use rustls::pki_types::pem::PemObject;
+        let dir = std::env::temp_dir().join(format!("mxconform-ca-faults-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = Authority::load_or_create(&dir).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_slice(a.cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let client = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        );
+        for (fault, want) in [
+            (None, None),
+            (
+                Some(CertificateFault::OtherAuthority),
+                Some("UnknownIssuer"),
+            ),
+            (Some(CertificateFault::Expired), Some("Expired")),
+            (Some(CertificateFault::WrongName), Some("NotValidForName")),
+        ] {
+            let server = a.server_config_with("127.0.0.1", fault).unwrap();
+            let (c, s) = tokio::io::duplex(64 * 1024);
+            let accept = tokio::spawn(async move {
+                tokio_rustls::TlsAcceptor::from(server)
+                    .accept(s)
+                    .await
+                    .map(|_| ())
+            });
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let got = tokio_rustls::TlsConnector::from(client.clone())
+                .connect(name, c)
+                .await;
+            match (want, got) {
+                // The stream is kept until the server side has finished its handshake too.
+                (None, Ok(_stream)) => assert!(accept.await.unwrap().is_ok()),
+                (Some(w), Err(e)) => assert!(format!("{e:?}").contains(w), "{fault:?}: {e:?}"),
+                (w, got) => panic!("{fault:?}: wanted {w:?}, got {:?}", got.map(|_| ())),
+            }
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
