@@ -184,9 +184,9 @@ pub async fn push_transactions(server: std::sync::Weak<crate::Server>, asv: AppS
             let mut last = from;
             for p in from + 1..=head {
                 last = p;
-                if let Some(ev) = s.events.get(&p) {
-                    if asv.interested_in(s, ev) {
-                        events.push(s.client_event(ev, None, true));
+                if let Some(ev) = s.event(p) {
+                    if asv.interested_in(s, &ev) {
+                        events.push(s.client_event(&ev, None, true));
                         if events.len() >= TXN_MAX_EVENTS {
                             break;
                         }

@@ -5,6 +5,7 @@
 
 pub mod appservice;
 pub mod error;
+pub mod events;
 pub mod handlers;
 pub mod http;
 pub mod outbound;
@@ -124,8 +125,8 @@ impl Config {
 
 #[derive(Debug)]
 struct Inner {
+    /// The state, which owns the database.
     state: State,
-    store: Store,
 }
 
 /// A running homeserver's shared state.
@@ -177,11 +178,11 @@ impl Server {
             (None, None) => mxconform_pdu::SigningKey::generate(None)
                 .map_err(|e| format!("making a signing key: {e}"))?,
         };
-        let mut state = State::new(&config.server_name, new_key.clone());
+        let mut state = State::with_store(&config.server_name, new_key.clone(), store);
         state.restore(loaded)?;
         let pos = state.pos;
         let server = Arc::new(Server {
-            inner: Mutex::new(Inner { state, store }),
+            inner: Mutex::new(Inner { state }),
             changes: watch::channel(pos).0,
             router: router::Router::new(mxconform_generated::client_server::ROUTES.iter()),
             config,
@@ -242,10 +243,11 @@ impl Server {
         if batch.is_empty() {
             return out;
         }
-        if let Err(e) = inner.store.commit(batch) {
+        if let Err(e) = inner.state.store.commit(batch) {
             eprintln!("mxconform-server: commit failed ({}); stopping so that no unsaved change is served", e.message);
             std::process::abort();
         }
+        inner.state.committed();
         let after = inner.state.pos;
         drop(inner);
         if after != before {
@@ -256,7 +258,7 @@ impl Server {
 
     /// Media bytes by id.
     pub fn media(&self, id: &str) -> ApiResult<Option<(Option<String>, Option<String>, Vec<u8>)>> {
-        self.lock().store.media(id)
+        self.lock().state.store.media(id)
     }
 
     /// This server as shared, for work that outlives a handler's borrow (outbound requests).

@@ -10,16 +10,22 @@ use serde_json::Value;
 
 use crate::state::{Event, Room, State};
 
-/// One notification: the event's position, the actions of the rule that matched, and how
-/// many of the user's notifications in the room highlight, up to and including this one.
-#[derive(Clone, Debug, PartialEq)]
+/// One notification: the event's position, and how many of the user's notifications in the
+/// room highlight, up to and including this one (the actions of the rule that matched are in
+/// the database).
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Notification {
     pub pos: u64,
-    pub actions: Value,
     pub highlights: u32,
 }
 
 impl Notification {
+    /// Whether the `i`-th notification of a user's list in a room highlights.
+    pub fn highlights_at(list: &[Notification], i: usize) -> bool {
+        let before = if i == 0 { 0 } else { list[i - 1].highlights };
+        list[i].highlights > before
+    }
+
     pub fn highlight(actions: &Value) -> bool {
         actions.as_array().is_some_and(|a| {
             a.iter().any(|x| {
@@ -381,9 +387,8 @@ fn condition(state: &State, room: &Room, c: &Value, ev: &Event, user: &str) -> b
         }
         "sender_notification_permission" => {
             let needed = room
-                .state_event("m.room.power_levels", "")
-                .and_then(|p| state.events.get(&p))
-                .and_then(|e| e.content.get("notifications"))
+                .state_content("m.room.power_levels", "")
+                .and_then(|c| c.get("notifications"))
                 .and_then(|n| n.get(key))
                 .and_then(Value::as_i64)
                 .unwrap_or(50);

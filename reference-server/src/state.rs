@@ -1,7 +1,9 @@
-//! The server's state in memory: users, tokens, devices, rooms with their timelines and
-//! current state, and the per-user streams that /sync reads. Every change is also written to
-//! a [`Batch`] that the caller commits before answering, and the state is rebuilt from the
-//! database at start-up by replaying the same records.
+//! The server's state: users, tokens, devices, rooms with their timelines and current state,
+//! and the per-user streams that /sync reads. Every change is also written to a [`Batch`] that
+//! the caller commits before answering. Events themselves live in the database and are read
+//! through a bounded cache ([`crate::events`]); what stays in memory per event is its position
+//! in its room's timeline (and a notification's position and highlight count). At start-up
+//! the rooms are rebuilt from their state events alone, not by replaying history.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -11,7 +13,8 @@ use mxconform_pdu::{Pdu, RoomVersion, SigningKey};
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, ApiResult};
-use crate::store::{Batch, Loaded};
+use crate::events::EventCache;
+use crate::store::{Batch, EventRow, Loaded, NotificationRow, StoredEvent, Store};
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -208,7 +211,7 @@ impl Event {
 
     /// An event from its database record: the PDU as signed, and the sending device's
     /// transaction.
-    fn from_record(
+    pub fn from_record(
         pos: u64,
         mut v: Value,
         version_of: impl Fn(&str) -> Option<String>,
@@ -243,9 +246,40 @@ impl Event {
         Ok((ev, pdu))
     }
 
+    /// An event read back from the database: its record, with the state event it replaced and
+    /// the redaction that redacted it (whose algorithm then applies, unless the record is
+    /// already the redacted PDU). The PDU is the event as the rules read it (redacted if it was).
+    pub fn from_stored(
+        stored: StoredEvent,
+        version_of: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Event, Pdu), String> {
+        let pos = stored.pos;
+        let (mut ev, mut pdu) = Event::from_record(pos, stored.record, &version_of)?;
+        ev.replaces = stored.replaces;
+        ev.redacted_by = stored.redacted_by;
+        if ev.redacted_by.is_some() && !ev.purged {
+            let version = version_of(&ev.room_id).unwrap_or_else(|| "1".into());
+            if let Some(v) = RoomVersion::get(&version) {
+                let redacted = mxconform_pdu::redact::redact(v, &ev.pdu_json(v));
+                ev.content = redacted.get("content").cloned().unwrap_or(json!({}));
+                pdu = Pdu::from_json(v, redacted)
+                    .map_err(|e| format!("the event at position {pos}, redacted: {e}"))?;
+            }
+        }
+        Ok((ev, pdu))
+    }
+
     pub fn is_state(&self) -> bool {
         self.state_key.is_some()
     }
+}
+
+/// The event an event's `m.relates_to` names.
+pub fn relation_target(content: &Value) -> Option<&str> {
+    content
+        .get("m.relates_to")
+        .and_then(|r| r.get("event_id"))
+        .and_then(Value::as_str)
 }
 
 #[derive(Clone, Debug, Default)]
@@ -258,13 +292,16 @@ pub struct Room {
     pub timeline: Vec<u64>,
     /// Current state: (type, state key) -> event position.
     pub state: BTreeMap<(String, String), u64>,
+    /// Every state event of the room, oldest first: (position, type, state key). The state at
+    /// any event is what this says up to it (state events are few beside the history).
+    pub state_log: Vec<(u64, String, String)>,
     /// Membership changes per user: (position, membership), oldest first.
     pub members: HashMap<String, Vec<(u64, String)>>,
     /// History visibility changes: (position, visibility).
     pub visibility: Vec<(u64, String)>,
     pub public: bool,
     /// Each user's notifications in the room (events their push rules say notify), oldest
-    /// first.
+    /// first; their actions are in the database.
     pub notifications: HashMap<String, Vec<crate::push_rules::Notification>>,
     /// Each user's latest event in the room: sending reads everything before it.
     pub last_sent: HashMap<String, u64>,
@@ -353,6 +390,13 @@ impl Room {
             .map_or("shared", |(_, v)| v.as_str())
     }
 
+    /// The content of a current state event (redacted, if it was).
+    pub fn state_content(&self, kind: &str, key: &str) -> Option<&Value> {
+        self.auth_state
+            .get(&(kind.to_string(), key.to_string()))
+            .map(|p| p.content())
+    }
+
     pub fn state_event(&self, kind: &str, key: &str) -> Option<u64> {
         self.state
             .get(&(kind.to_string(), key.to_string()))
@@ -364,6 +408,50 @@ impl Room {
             .iter()
             .filter(|(_, l)| l.last().is_some_and(|(_, m)| m == "join"))
             .map(|(u, _)| u)
+    }
+
+    /// The state just after the event at `pos`: (type, state key) -> event position.
+    pub fn state_at(&self, pos: u64) -> BTreeMap<(&str, &str), u64> {
+        let end = self.state_log.partition_point(|(p, _, _)| *p <= pos);
+        self.state_log[..end]
+            .iter()
+            .map(|(p, kind, key)| ((kind.as_str(), key.as_str()), *p))
+            .collect()
+    }
+
+    /// Puts a state event in the room's current state (and its membership and visibility
+    /// logs); returns the user whose membership it changes.
+    fn apply_state(&mut self, ev: &Event, pdu: Arc<Pdu>) -> Option<String> {
+        let key = ev.state_key.as_ref()?;
+        let pos = ev.pos;
+        let k = (ev.kind.clone(), key.clone());
+        self.state.insert(k.clone(), pos);
+        self.auth_state.insert(k, pdu);
+        self.state_log.push((pos, ev.kind.clone(), key.clone()));
+        match ev.kind.as_str() {
+            "m.room.member" => {
+                let m = ev
+                    .content
+                    .get("membership")
+                    .and_then(Value::as_str)
+                    .unwrap_or("leave")
+                    .to_string();
+                self.members.entry(key.clone()).or_default().push((pos, m));
+                self.last_membership = pos;
+                Some(key.clone())
+            }
+            "m.room.history_visibility" => {
+                let v = ev
+                    .content
+                    .get("history_visibility")
+                    .and_then(Value::as_str)
+                    .unwrap_or("shared")
+                    .to_string();
+                self.visibility.push((pos, v));
+                None
+            }
+            _ => None,
+        }
     }
 
     /// History is readable by anyone (the current history visibility is `world_readable`).
@@ -395,14 +483,14 @@ pub struct State {
     pub tokens: HashMap<String, (String, String)>,
     pub devices: HashMap<String, BTreeMap<String, Device>>,
     pub rooms: HashMap<String, Room>,
-    pub events: HashMap<u64, Event>,
-    pub event_ids: HashMap<String, u64>,
+    /// The database: every event, and the records read at start-up.
+    pub store: Store,
+    /// Recently used events, and those of the request under way.
+    pub cache: EventCache,
     /// Refresh token -> (user, device).
     pub refresh_tokens: HashMap<String, (String, String)>,
     /// Single-use login tokens -> (user, expiry ms); memory only, they live two minutes.
     pub login_tokens: HashMap<String, (String, u64)>,
-    /// (user, device, txn id) -> event id.
-    pub txns: HashMap<(String, String, String), String>,
     /// (user, room or "", type) -> (content, position).
     pub account_data: HashMap<(String, String, String), (Value, u64)>,
     /// (user, filter id) -> filter.
@@ -443,8 +531,6 @@ pub struct State {
     /// Rooms application services publish in their networks' directories:
     /// instance id (`<appservice id>|<network id>`) -> room ids.
     pub appservice_rooms: BTreeMap<String, BTreeSet<String>>,
-    /// Events relating to an event (`m.relates_to`), by the target's event id, oldest first.
-    pub children: HashMap<String, Vec<u64>>,
     /// How far each application service has been sent the event stream (its last
     /// acknowledged position), by service id.
     pub appservice_pos: HashMap<String, u64>,
@@ -525,13 +611,97 @@ impl Backup {
 }
 
 impl State {
-    /// A state for `server_name` signing with `key`.
+    /// A state for `server_name` signing with `key`, on an in-memory database.
     pub fn new(server_name: &str, key: SigningKey) -> State {
+        State::with_store(server_name, key, Store::default())
+    }
+
+    /// A state for `server_name` signing with `key`, on `store`.
+    pub fn with_store(server_name: &str, key: SigningKey, store: Store) -> State {
         State {
             server_name: server_name.to_string(),
             signing_key: Some(key),
+            store,
             ..State::default()
         }
+    }
+
+    /// The event at a stream position: from the cache, else from the database.
+    pub fn event(&self, pos: u64) -> Option<Arc<Event>> {
+        if let Some(e) = self.cache.get(pos) {
+            return Some(e);
+        }
+        let stored = match self.store.event(pos) {
+            Ok(Some(s)) => s,
+            Ok(None) => return None,
+            Err(e) => {
+                eprintln!("mxconform-server: reading event {pos}: {e}");
+                return None;
+            }
+        };
+        let (ev, _) = match Event::from_stored(stored, |room| {
+            self.rooms.get(room).map(|r| r.version.clone())
+        }) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("mxconform-server: reading event {pos}: {e}");
+                return None;
+            }
+        };
+        let ev = Arc::new(ev);
+        self.cache.put(ev.clone());
+        Some(ev)
+    }
+
+    /// The stream position of an event, by id.
+    pub fn event_pos(&self, event_id: &str) -> Option<u64> {
+        if let Some(p) = self.cache.pending_position(event_id) {
+            return Some(p);
+        }
+        self.store.position_of(event_id).ok().flatten()
+    }
+
+    /// The event with this id.
+    pub fn event_by_id(&self, event_id: &str) -> Option<Arc<Event>> {
+        self.event_pos(event_id).and_then(|p| self.event(p))
+    }
+
+    /// The positions of the events relating to `event_id` (`m.relates_to`), oldest first.
+    pub fn relations(&self, event_id: &str) -> Vec<u64> {
+        let mut out = self.store.relations(event_id).unwrap_or_default();
+        for e in self.cache.pending() {
+            if relation_target(&e.content) == Some(event_id) {
+                out.push(e.pos);
+            }
+        }
+        out
+    }
+
+    /// The positions of the room's events that relate to another (`m.relates_to`), oldest
+    /// first.
+    pub fn related_in_room(&self, room_id: &str) -> Vec<u64> {
+        let mut out = self.store.related_in_room(room_id).unwrap_or_default();
+        for e in self.cache.pending() {
+            if e.room_id == room_id && relation_target(&e.content).is_some() {
+                out.push(e.pos);
+            }
+        }
+        out
+    }
+
+    /// What a transaction id produced before (an event id, or "" for to-device sends).
+    pub fn txn(&self, key: &(String, String, String)) -> Option<String> {
+        let rec = format!("{}\u{0}{}\u{0}{}", key.0, key.1, key.2);
+        self.store
+            .record("txn", &rec)
+            .ok()
+            .flatten()
+            .and_then(|v| v.as_str().map(str::to_string))
+    }
+
+    /// Everything written so far is in the database (called after each commit).
+    pub fn committed(&self) {
+        self.cache.committed(self.pos);
     }
 
     fn origin(&self) -> ApiResult<Origin<'_>> {
@@ -625,14 +795,6 @@ impl State {
                                 prev_refresh,
                             },
                         );
-                }
-                "txn" if parts.len() == 3 => {
-                    if let Some(e) = v.as_str() {
-                        self.txns.insert(
-                            (parts[0].into(), parts[1].into(), parts[2].into()),
-                            e.to_string(),
-                        );
-                    }
                 }
                 "account_data" if parts.len() == 3 => {
                     let content = v.get("content").cloned().unwrap_or(json!({}));
@@ -795,11 +957,12 @@ impl State {
                 _ => {}
             }
         }
-        for (pos, v) in loaded.events {
-            let (ev, pdu) = Event::from_record(pos, v, |room| {
-                self.rooms.get(room).map(|r| r.version.clone())
-            })?;
-            self.pos = self.pos.max(pos);
+        // The rooms from their state events alone (history is not replayed).
+        let mut rooms: HashMap<String, Room> = HashMap::new();
+        let mut user_rooms: HashMap<String, BTreeSet<String>> = HashMap::new();
+        self.store.state_events(|stored| {
+            let (ev, pdu) =
+                Event::from_stored(stored, |room| rooms.get(room).map(|r| r.version.clone()))?;
             if ev.kind == "m.room.create" && ev.state_key.as_deref() == Some("") {
                 let version = ev
                     .content
@@ -813,9 +976,69 @@ impl State {
                     ..Room::default()
                 };
                 room.creators = creators_of(&ev);
-                self.rooms.insert(ev.room_id.clone(), room);
+                rooms.insert(ev.room_id.clone(), room);
             }
-            self.apply(ev, pdu);
+            if let Some(room) = rooms.get_mut(&ev.room_id) {
+                if let Some(user) = room.apply_state(&ev, Arc::new(pdu)) {
+                    user_rooms.entry(user).or_default().insert(ev.room_id.clone());
+                }
+            }
+            Ok(())
+        })?;
+        // Timelines, and each member's latest event, from one pass over the events' rows.
+        let mut last = 0;
+        self.store.timeline(|room_id, sender, pos| {
+            last = pos;
+            if let Some(room) = rooms.get_mut(room_id) {
+                room.timeline.push(pos);
+                match room.last_sent.get_mut(sender) {
+                    Some(p) => *p = pos,
+                    None => {
+                        room.last_sent.insert(sender.to_string(), pos);
+                    }
+                }
+            }
+        })?;
+        self.store.notifications(|user, room_id, pos, highlight| {
+            if let Some(room) = rooms.get_mut(room_id) {
+                let list = match room.notifications.get_mut(user) {
+                    Some(l) => l,
+                    None => room.notifications.entry(user.to_string()).or_default(),
+                };
+                let before = list.last().map_or(0, |n| n.highlights);
+                list.push(crate::push_rules::Notification {
+                    pos,
+                    highlights: before + u32::from(highlight),
+                });
+            }
+        })?;
+        self.pos = self.pos.max(last);
+        self.rooms = rooms;
+        self.user_rooms = user_rooms;
+        self.cache.committed(self.pos);
+        // Each room's forward extremity: its latest event (the server's own history is linear).
+        let ends: Vec<(String, u64)> = self
+            .rooms
+            .values()
+            .filter_map(|r| r.timeline.last().map(|p| (r.room_id.clone(), *p)))
+            .collect();
+        for (room_id, pos) in ends {
+            let ev = self
+                .event(pos)
+                .ok_or_else(|| format!("the latest event of {room_id} (at {pos}) cannot be read"))?;
+            let v = self.rooms[&room_id].room_version();
+            let pdu = ev.to_pdu(v)?;
+            if let Some(room) = self.rooms.get_mut(&room_id) {
+                room.extremities = vec![Arc::new(pdu)];
+            }
+        }
+        // Redacted events whose original content is still kept.
+        for (pos, by) in self.store.redacted()? {
+            let purged = self.event(pos).is_none_or(|e| e.purged);
+            if !purged {
+                let ts = self.event(by).map_or(0, |e| e.ts);
+                self.unpurged.insert((ts, pos));
+            }
         }
         for (room_id, meta) in rooms_meta {
             if let Some(r) = self.rooms.get_mut(&room_id) {
@@ -855,7 +1078,7 @@ impl State {
                         by.iter()
                             .filter(|(who, _)| who.split('\u{0}').next() == Some(user))
                     })
-                    .map(|(_, (e, _, _))| self.event_ids.get(e).copied().unwrap_or(0))
+                    .map(|(_, (e, _, _))| self.event_pos(e).unwrap_or(0))
                     .max()
             })
             .unwrap_or(0);
@@ -887,101 +1110,93 @@ impl State {
             .collect()
     }
 
-    /// Adds an event to its room (timeline, state, membership, extremities) and the indexes.
-    pub fn apply(&mut self, mut ev: Event, pdu: Pdu) {
+    /// Adds a new event to its room (timeline, state, membership, extremities, notifications)
+    /// and to the batch (its row, its notifications, the redaction it makes).
+    fn apply(&mut self, batch: &mut Batch, mut ev: Event, pdu: Pdu) {
         let pos = ev.pos;
         let pdu = Arc::new(pdu);
         let notify = self.push_actions(&ev);
-        if let Some(target) = ev
-            .content
-            .get("m.relates_to")
-            .and_then(|r| r.get("event_id"))
-            .and_then(Value::as_str)
-        {
-            self.children
-                .entry(target.to_string())
-                .or_default()
-                .push(pos);
-        }
         if let Some(room) = self.rooms.get_mut(&ev.room_id) {
             room.timeline.push(pos);
             // The server's own history is linear: each event extends the latest.
             room.extremities = vec![pdu.clone()];
             room.last_sent.insert(ev.sender.clone(), pos);
             for (user, actions) in notify {
-                let list = room.notifications.entry(user).or_default();
+                let highlight = crate::push_rules::Notification::highlight(&actions);
+                let list = room.notifications.entry(user.clone()).or_default();
                 let before = list.last().map_or(0, |n| n.highlights);
-                let highlights =
-                    before + u32::from(crate::push_rules::Notification::highlight(&actions));
                 list.push(crate::push_rules::Notification {
                     pos,
-                    actions,
-                    highlights,
+                    highlights: before + u32::from(highlight),
+                });
+                batch.notifications.push(NotificationRow {
+                    user_id: user,
+                    room_id: ev.room_id.clone(),
+                    pos,
+                    highlight,
+                    actions: actions.to_string(),
                 });
             }
             if let Some(key) = &ev.state_key {
-                let k = (ev.kind.clone(), key.clone());
-                ev.replaces = room.state.get(&k).copied().or(ev.replaces);
-                room.state.insert(k.clone(), pos);
-                room.auth_state.insert(k, pdu.clone());
-                match ev.kind.as_str() {
-                    "m.room.member" => {
-                        let m = ev
-                            .content
-                            .get("membership")
-                            .and_then(Value::as_str)
-                            .unwrap_or("leave")
-                            .to_string();
-                        room.members.entry(key.clone()).or_default().push((pos, m));
-                        room.last_membership = pos;
-                        self.user_rooms
-                            .entry(key.clone())
-                            .or_default()
-                            .insert(ev.room_id.clone());
-                    }
-                    "m.room.history_visibility" => {
-                        let v = ev
-                            .content
-                            .get("history_visibility")
-                            .and_then(Value::as_str)
-                            .unwrap_or("shared")
-                            .to_string();
-                        room.visibility.push((pos, v));
-                    }
-                    _ => {}
+                ev.replaces = room.state_event(&ev.kind, key).or(ev.replaces);
+                if let Some(user) = room.apply_state(&ev, pdu.clone()) {
+                    self.user_rooms
+                        .entry(user)
+                        .or_default()
+                        .insert(ev.room_id.clone());
                 }
             }
         }
         if let Some(target) = ev.redacts.clone() {
-            if let Some(tpos) = self.event_ids.get(&target).copied() {
-                if let (Some(t), Some(room)) =
-                    (self.events.get_mut(&tpos), self.rooms.get_mut(&ev.room_id))
-                {
-                    if t.room_id == room.room_id {
-                        t.redacted_by = Some(pos);
-                        if !t.purged {
-                            self.unpurged.insert((ev.ts, tpos));
-                        }
-                        // The version's redaction algorithm, over the whole event.
-                        let v = room.room_version();
-                        let redacted = mxconform_pdu::redact::redact(v, &t.pdu_json(v));
-                        t.content = redacted.get("content").cloned().unwrap_or(json!({}));
-                        // A redacted state event in the current state: the rules read it
-                        // redacted from now on.
-                        if let Some(k) = &t.state_key {
-                            let key = (t.kind.clone(), k.clone());
-                            if room.state.get(&key) == Some(&tpos) {
-                                if let Ok(p) = Pdu::from_json(v, redacted) {
-                                    room.auth_state.insert(key, Arc::new(p));
-                                }
-                            }
-                        }
-                    }
+            self.redact(batch, &target, &ev);
+        }
+        let v = self.rooms.get(&ev.room_id).map_or_else(
+            || RoomVersion::get("12").expect("known"),
+            Room::room_version,
+        );
+        batch.events.push(EventRow {
+            pos,
+            room_id: ev.room_id.clone(),
+            event_id: ev.event_id.clone(),
+            sender: ev.sender.clone(),
+            state_key: ev.state_key.clone(),
+            relates_to: relation_target(&ev.content).map(str::to_string),
+            replaces: ev.replaces,
+            json: ev.to_record(v).to_string(),
+        });
+        self.cache.put(Arc::new(ev));
+    }
+
+    /// Applies a redaction to the event it names, when that event is in the same room: the
+    /// version's redaction algorithm over the whole event, and a redacted state event in the
+    /// current state is read redacted by the rules from now on.
+    fn redact(&mut self, batch: &mut Batch, target: &str, redaction: &Event) {
+        let Some(t) = self.event_by_id(target) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(&redaction.room_id) else {
+            return;
+        };
+        if t.room_id != room.room_id {
+            return;
+        }
+        let mut t = (*t).clone();
+        t.redacted_by = Some(redaction.pos);
+        if !t.purged {
+            self.unpurged.insert((redaction.ts, t.pos));
+        }
+        let v = room.room_version();
+        let redacted = mxconform_pdu::redact::redact(v, &t.pdu_json(v));
+        t.content = redacted.get("content").cloned().unwrap_or(json!({}));
+        if let Some(k) = &t.state_key {
+            if room.state_event(&t.kind, k) == Some(t.pos) {
+                if let Ok(p) = Pdu::from_json(v, redacted) {
+                    room.auth_state.insert((t.kind.clone(), k.clone()), Arc::new(p));
                 }
             }
         }
-        self.event_ids.insert(ev.event_id.clone(), pos);
-        self.events.insert(pos, ev);
+        batch.redactions.push((t.pos, redaction.pos));
+        self.cache.put(Arc::new(t));
     }
 
     /// Makes a new event of this server: a PDU built by the core on the room's extremities
@@ -1067,9 +1282,10 @@ impl State {
             .collect();
         for key in &due {
             self.unpurged.remove(key);
-            let Some(t) = self.events.get_mut(&key.1) else {
+            let Some(t) = self.event(key.1) else {
                 continue;
             };
+            let mut t = (*t).clone();
             t.purged = true;
             let v = self.rooms.get(&t.room_id).map_or_else(
                 || RoomVersion::get("12").expect("known"),
@@ -1078,11 +1294,12 @@ impl State {
             batch
                 .event_updates
                 .push((key.1, t.to_record(v).to_string()));
+            self.cache.put(Arc::new(t));
         }
         due.len()
     }
 
-    /// Records a PDU at the next position: database row, then [`State::apply`].
+    /// Records a PDU at the next position ([`State::apply`]).
     fn record_event(
         &mut self,
         batch: &mut Batch,
@@ -1091,15 +1308,8 @@ impl State {
     ) -> (u64, String) {
         let pos = self.next_pos(batch);
         let ev = Event::from_pdu(pos, &pdu, txn);
-        let v = self.rooms.get(&ev.room_id).map_or_else(
-            || RoomVersion::get("12").expect("known"),
-            Room::room_version,
-        );
-        batch
-            .events
-            .push((pos, ev.room_id.clone(), ev.to_record(v).to_string()));
         let id = ev.event_id.clone();
-        self.apply(ev, pdu);
+        self.apply(batch, ev, pdu);
         (pos, id)
     }
 
@@ -1174,7 +1384,6 @@ impl State {
             format!("{}\u{0}{}\u{0}{}", key.0, key.1, key.2),
             &json!(result),
         );
-        self.txns.insert(key, result);
     }
 
     /// Logs out every device of `user`, but `keep` when given.
@@ -1355,10 +1564,9 @@ impl State {
             .ok_or_else(|| ApiError::not_found(format!("unknown room {room_id}")))
     }
 
-    /// Current state content of a room, or `None`.
+    /// Current state content of a room (redacted, if it was), or `None`.
     pub fn state_content(&self, room_id: &str, kind: &str, key: &str) -> Option<&Value> {
-        let pos = self.rooms.get(room_id)?.state_event(kind, key)?;
-        self.events.get(&pos).map(|e| &e.content)
+        self.rooms.get(room_id)?.state_content(kind, key)
     }
 
     /// What the room directory, room summaries and space hierarchies say about a room: its
@@ -1422,13 +1630,13 @@ impl State {
                 unsigned["transaction_id"] = json!(txn);
             }
         }
-        if let Some(prev) = ev.replaces.and_then(|p| self.events.get(&p)) {
+        if let Some(prev) = ev.replaces.and_then(|p| self.event(p)) {
             unsigned["prev_content"] = prev.content.clone();
             unsigned["replaces_state"] = json!(prev.event_id);
             unsigned["prev_sender"] = json!(prev.sender);
         }
-        if let Some(r) = ev.redacted_by.and_then(|p| self.events.get(&p)) {
-            unsigned["redacted_because"] = self.client_event(r, None, with_room_id);
+        if let Some(r) = ev.redacted_by.and_then(|p| self.event(p)) {
+            unsigned["redacted_because"] = self.client_event(&r, None, with_room_id);
         }
         // The reader's membership at the event, the event's own change included ("leave"
         // before they ever had one), so that clients can tell what was sent before they came.
@@ -1456,11 +1664,14 @@ impl State {
         if ev.redacted_by.is_some() {
             return None;
         }
-        let children = self.children.get(&ev.event_id)?;
-        let mut edit: Option<&Event> = None;
-        let mut thread: Vec<&Event> = Vec::new();
-        let mut references: Vec<&Event> = Vec::new();
-        for c in children.iter().filter_map(|p| self.events.get(p)) {
+        let children = self.relations(&ev.event_id);
+        if children.is_empty() {
+            return None;
+        }
+        let mut edit: Option<Arc<Event>> = None;
+        let mut thread: Vec<Arc<Event>> = Vec::new();
+        let mut references: Vec<Arc<Event>> = Vec::new();
+        for c in children.iter().filter_map(|p| self.event(*p)) {
             // A redacted child has lost its relation.
             if c.redacted_by.is_some() || c.room_id != ev.room_id {
                 continue;
@@ -1485,7 +1696,7 @@ impl State {
         }
         let mut out = serde_json::Map::new();
         if let Some(e) = edit {
-            out.insert("m.replace".into(), self.client_event(e, None, with_room_id));
+            out.insert("m.replace".into(), self.client_event(&e, None, with_room_id));
         }
         if let Some(latest) = thread.last() {
             let participated = ev.sender == user || thread.iter().any(|r| r.sender == user);
@@ -1512,8 +1723,7 @@ impl State {
     pub fn can_see(&self, room: &Room, user: &str, pos: u64) -> bool {
         // A user always sees the events that change their own membership.
         let own_membership = self
-            .events
-            .get(&pos)
+            .event(pos)
             .is_some_and(|e| e.kind == "m.room.member" && e.state_key.as_deref() == Some(user));
         if own_membership {
             return true;
@@ -1551,17 +1761,15 @@ impl State {
         if room.creators_privileged() && room.creators.iter().any(|c| c == user) {
             return None;
         }
-        let pl = room
-            .state_event("m.room.power_levels", "")
-            .and_then(|p| self.events.get(&p));
+        let pl = room.state_content("m.room.power_levels", "");
         match pl {
-            Some(e) => Some(
-                e.content
+            Some(content) => Some(
+                content
                     .get("users")
                     .and_then(|u| u.get(user))
                     .and_then(Value::as_i64)
                     .unwrap_or_else(|| {
-                        e.content
+                        content
                             .get("users_default")
                             .and_then(Value::as_i64)
                             .unwrap_or(0)
@@ -1577,24 +1785,20 @@ impl State {
 
     /// The level an action needs: `ban`, `kick`, `redact`, `invite`, or an event type.
     pub fn required_level(&self, room: &Room, action: &str, state: bool) -> i64 {
-        let pl = room
-            .state_event("m.room.power_levels", "")
-            .and_then(|p| self.events.get(&p));
-        let Some(pl) = pl else {
+        let Some(pl) = room.state_content("m.room.power_levels", "") else {
             return match action {
                 "invite" => 0,
                 _ if !state && !matches!(action, "ban" | "kick" | "redact") => 0,
                 _ => 50,
             };
         };
-        let get = |k: &str, d: i64| pl.content.get(k).and_then(Value::as_i64).unwrap_or(d);
+        let get = |k: &str, d: i64| pl.get(k).and_then(Value::as_i64).unwrap_or(d);
         match action {
             "ban" => get("ban", 50),
             "kick" => get("kick", 50),
             "redact" => get("redact", 50),
             "invite" => get("invite", 0),
             kind => pl
-                .content
                 .get("events")
                 .and_then(|e| e.get(kind))
                 .and_then(Value::as_i64)
@@ -1639,7 +1843,15 @@ mod tests {
     fn events_are_signed_authorized_pdus_in_every_room_version() {
         let key = SigningKey::generate(Some("t1")).unwrap();
         let verify = key.verify_key();
-        let mut state = State::new("hs.test", key);
+        let dir = std::env::temp_dir().join(format!(
+            "mxconform-state-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("db.sqlite");
+        let open = || Store::open(Some(&db), crate::store::Durability::Process).unwrap();
+        let mut state = State::with_store("hs.test", key, open());
         let mut batch = Batch::default();
         let alice = "@alice:hs.test";
         for n in 1..=12 {
@@ -1705,7 +1917,11 @@ mod tests {
 
             let room = state.rooms.get(&room_id).unwrap();
             assert_eq!(room.extremities.len(), 1);
-            let events: Vec<&Event> = room.timeline.iter().map(|p| &state.events[p]).collect();
+            let events: Vec<Arc<Event>> = room
+                .timeline
+                .iter()
+                .map(|p| state.event(*p).unwrap())
+                .collect();
             let create = events[0].to_pdu(v).unwrap();
             if n >= 12 {
                 assert_eq!(
@@ -1759,39 +1975,80 @@ mod tests {
                 known.insert(ev.event_id.clone(), pdu);
             }
         }
-        // The records replay to the same rooms, extremities and ids.
-        let mut again = State::new("hs.test", SigningKey::generate(Some("t1")).unwrap());
-        let loaded = Loaded {
-            events: batch
-                .events
-                .iter()
-                .map(|(pos, _, json)| (*pos, serde_json::from_str(json).unwrap()))
-                .collect(),
-            records: Vec::new(),
-        };
+        // Committed, then read back by a new state on the same database: the same rooms,
+        // extremities, state and events (redactions applied), without replaying history.
+        state.store.commit(batch).unwrap();
+        state.committed();
+        let store = open();
+        let loaded = store.load().unwrap();
+        let mut again = State::with_store("hs.test", SigningKey::generate(Some("t1")).unwrap(), store);
         again.restore(loaded).unwrap();
         assert_eq!(again.rooms.len(), 12);
         for (id, room) in &state.rooms {
             let r = &again.rooms[id];
             assert_eq!(r.extremities[0].event_id, room.extremities[0].event_id);
             assert_eq!(r.auth_state.len(), room.auth_state.len());
+            assert_eq!(r.state, room.state);
+            assert_eq!(r.timeline, room.timeline);
+            assert_eq!(r.state_log, room.state_log);
+            for p in &room.timeline {
+                let (a, b) = (state.event(*p).unwrap(), again.event(*p).unwrap());
+                assert_eq!(a.event_id, b.event_id);
+                assert_eq!(a.content, b.content);
+                assert_eq!(a.redacted_by, b.redacted_by);
+                assert_eq!(a.replaces, b.replaces);
+                assert_eq!(again.event_pos(&a.event_id), Some(*p));
+            }
         }
-        for (pos, ev) in &state.events {
-            assert_eq!(again.events[pos].event_id, ev.event_id);
-            assert_eq!(again.events[pos].content, ev.content);
+        assert_eq!(again.pos, state.pos);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The cache stays within its bound: events evicted from it are read back from the
+    /// database, the same as written; uncommitted events are never evicted.
+    #[test]
+    fn events_are_read_back_through_a_bounded_cache() {
+        let mut state = State::new("hs.test", SigningKey::generate(None).unwrap());
+        state.cache = EventCache::new(16);
+        let alice = "@alice:hs.test";
+        let mut batch = Batch::default();
+        let room_id = state
+            .create_room(&mut batch, "12", alice, json!({"room_version": "12"}), false)
+            .unwrap();
+        state
+            .append(
+                &mut batch,
+                Append::new(&room_id, alice, "m.room.member", Some(alice), json!({"membership": "join"})),
+            )
+            .unwrap();
+        let mut ids = Vec::new();
+        for i in 0..100 {
+            let (pos, id) = state
+                .append(
+                    &mut batch,
+                    Append::new(&room_id, alice, "m.room.message", None, json!({"body": i.to_string()})),
+                )
+                .unwrap();
+            ids.push((pos, id));
+        }
+        // Nothing is committed yet: every event is still there.
+        assert!(state.cache.len() >= 102, "{}", state.cache.len());
+        assert_eq!(state.event_pos(&ids[0].1), Some(ids[0].0));
+        state.store.commit(std::mem::take(&mut batch)).unwrap();
+        state.committed();
+        for (i, (pos, id)) in ids.iter().enumerate() {
+            let e = state.event(*pos).unwrap();
+            assert_eq!(&e.event_id, id);
+            assert_eq!(e.content["body"], json!(i.to_string()));
+            assert_eq!(state.event_pos(id), Some(*pos));
+            assert!(state.cache.len() <= 32, "{}", state.cache.len());
         }
     }
 
     #[test]
     fn a_database_from_before_pdus_is_refused_with_the_reason() {
-        let mut state = State::new("hs.test", SigningKey::generate(None).unwrap());
         let old = json!({"event_id": "$x", "room_id": "!r:hs.test", "sender": "@a:hs.test", "type": "m.room.create", "state_key": "", "content": {}});
-        let err = state
-            .restore(Loaded {
-                events: vec![(1, old)],
-                records: Vec::new(),
-            })
-            .unwrap_err();
+        let err = Event::from_record(1, old, |_| None).unwrap_err();
         assert!(err.contains("before events were PDUs"), "{err}");
     }
 

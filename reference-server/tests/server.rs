@@ -562,7 +562,7 @@ async fn everything_survives_a_restart() {
     assert_eq!(msgs["chunk"][1]["content"]["body"], "kept");
     // The new event extends the history from before the restart, signed with the same key.
     c.server.read(|s| {
-        let new = &s.events[&s.event_ids[ev2["event_id"].as_str().unwrap()]];
+        let new = s.event_by_id(ev2["event_id"].as_str().unwrap()).unwrap();
         let v = s.rooms[&room].room_version();
         let pdu = new.to_pdu(v).unwrap();
         assert_eq!(pdu.prev_events, vec![event_id.clone()]);
@@ -1212,7 +1212,7 @@ async fn redacted_content_is_purged_from_the_database_after_the_retention() {
         .await;
     assert_eq!(ev["content"], json!({}));
     c.server.read(|s| {
-        let e = &s.events[&s.event_ids[&event_id]];
+        let e = s.event_by_id(&event_id).unwrap();
         assert!(e.purged);
         let v = s.rooms[&room].room_version();
         let key = s.signing_key.as_ref().unwrap();

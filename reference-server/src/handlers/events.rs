@@ -2,6 +2,7 @@
 //! single events, redaction, history (`/messages` both ways, `/context`) and member lists, all
 //! under history visibility.
 
+use std::sync::Arc;
 use mxconform_generated::client_server as cs;
 use serde_json::{json, Value};
 
@@ -144,7 +145,7 @@ pub fn send_message(ctx: &Ctx, req: cs::room_send::send_message::Request) -> Api
             me.device_id.clone(),
             format!("send {} {} {}", req.room_id, req.event_type, req.txn_id),
         );
-        if let Some(id) = state.txns.get(&key) {
+        if let Some(id) = state.txn(&key) {
             return Ok(json!({"event_id": id}));
         }
         if req.event_type == "m.room.redaction" {
@@ -196,11 +197,11 @@ pub fn set_room_state_with_key(
 
 /// The state a user may see: current state while joined; after leaving, the state as it was
 /// when they left; world-readable rooms for anyone.
-fn visible_state<'s>(state: &'s State, room: &'s Room, user: &str) -> ApiResult<Vec<&'s Event>> {
+fn visible_state<'s>(state: &'s State, room: &'s Room, user: &str) -> ApiResult<Vec<Arc<Event>>> {
     let current = || {
         room.state
             .values()
-            .filter_map(|p| state.events.get(p))
+            .filter_map(|p| state.event(*p))
             .collect::<Vec<_>>()
     };
     match room.membership(user) {
@@ -212,16 +213,11 @@ fn visible_state<'s>(state: &'s State, room: &'s Room, user: &str) -> ApiResult<
                 .get(user)
                 .and_then(|l| l.last())
                 .map_or(0, |(p, _)| *p);
-            let mut at: std::collections::BTreeMap<(String, String), &Event> =
-                std::collections::BTreeMap::new();
-            for p in room.timeline.iter().take_while(|p| **p <= left_at) {
-                if let Some(e) = state.events.get(p) {
-                    if let Some(k) = &e.state_key {
-                        at.insert((e.kind.clone(), k.clone()), e);
-                    }
-                }
-            }
-            Ok(at.into_values().collect())
+            Ok(room
+                .state_at(left_at)
+                .into_values()
+                .filter_map(|p| state.event(p))
+                .collect())
         }
         _ => Err(ApiError::forbidden("you are not in this room")),
     }
@@ -242,7 +238,7 @@ pub fn get_room_state_with_key(
             })
             .ok_or_else(|| ApiError::not_found("no such state event"))?;
         if matches!(req.format.as_ref().map(|f| f.as_str()), Some("event")) {
-            Ok(state.client_event(ev, Some((&me.user_id, &me.device_id)), true))
+            Ok(state.client_event(&ev, Some((&me.user_id, &me.device_id)), true))
         } else {
             Ok(ev.content.clone())
         }
@@ -266,7 +262,7 @@ pub fn get_room_state(ctx: &Ctx, req: cs::rooms::get_room_state::Request) -> Api
         Ok(Value::Array(
             events
                 .into_iter()
-                .map(|e| state.client_event(e, Some((&me.user_id, &me.device_id)), true))
+                .map(|e| state.client_event(&e, Some((&me.user_id, &me.device_id)), true))
                 .collect(),
         ))
     })
@@ -281,19 +277,16 @@ pub fn get_one_room_event(
         let room = state.room(req.room_id.as_str())?;
         let not_found = || ApiError::not_found("no such event, or you may not see it");
         let pos = state
-            .event_ids
-            .get(req.event_id.as_str())
-            .copied()
+            .event_pos(req.event_id.as_str())
             .ok_or_else(not_found)?;
         let ev = state
-            .events
-            .get(&pos)
+            .event(pos)
             .filter(|e| e.room_id == room.room_id)
             .ok_or_else(not_found)?;
         if !state.can_see(room, &me.user_id, pos) {
             return Err(not_found());
         }
-        Ok(state.client_event(ev, Some((&me.user_id, &me.device_id)), true))
+        Ok(state.client_event(&ev, Some((&me.user_id, &me.device_id)), true))
     })
 }
 
@@ -305,7 +298,7 @@ pub fn redact_event(ctx: &Ctx, req: cs::redaction::redact_event::Request) -> Api
             me.device_id.clone(),
             format!("redact {} {} {}", req.room_id, req.event_id, req.txn_id),
         );
-        if let Some(id) = state.txns.get(&key) {
+        if let Some(id) = state.txn(&key) {
             return Ok(json!({"event_id": id}));
         }
         let mut content = json!({"redacts": req.event_id.as_str()});
@@ -327,9 +320,7 @@ pub fn redact_event(ctx: &Ctx, req: cs::redaction::redact_event::Request) -> Api
         state.check_allowed(redaction(content.clone()))?;
         let room = state.room(req.room_id.as_str())?;
         let target = state
-            .event_ids
-            .get(req.event_id.as_str())
-            .and_then(|p| state.events.get(p))
+            .event_by_id(req.event_id.as_str())
             .filter(|e| e.room_id == room.room_id)
             .ok_or_else(|| ApiError::not_found("no such event in this room"))?;
         // Others' events need the `redact` level too: a redaction that does not meet it is
@@ -358,7 +349,7 @@ pub fn redact_event(ctx: &Ctx, req: cs::redaction::redact_event::Request) -> Api
 pub fn lazy_members(
     state: &State,
     room: &Room,
-    events: &[&Event],
+    events: &[Arc<Event>],
     viewer: (&str, &str),
 ) -> Vec<Value> {
     let mut senders: Vec<&str> = events.iter().map(|e| e.sender.as_str()).collect();
@@ -367,8 +358,8 @@ pub fn lazy_members(
     senders
         .into_iter()
         .filter_map(|s| room.state_event("m.room.member", s))
-        .filter_map(|p| state.events.get(&p))
-        .map(|e| state.client_event(e, Some(viewer), true))
+        .filter_map(|p| state.event(p))
+        .map(|e| state.client_event(&e, Some(viewer), true))
         .collect()
 }
 
@@ -387,7 +378,7 @@ pub fn get_room_events(
         let room = state.room(req.room_id.as_str())?;
         check_can_read(state, room, &me.user_id)?;
         let viewer = (me.user_id.as_str(), me.device_id.as_str());
-        let mut chunk: Vec<&Event> = Vec::new();
+        let mut chunk: Vec<Arc<Event>> = Vec::new();
         let mut last_pos = None;
         let mut more = false;
         // Positions after `from` in the direction of travel, until `to`.
@@ -404,8 +395,8 @@ pub fn get_room_events(
                 break;
             }
             last_pos = Some(*p);
-            let Some(e) = state.events.get(p) else { continue };
-            if filter.matches(e) && state.can_see(room, &me.user_id, *p) {
+            let Some(e) = state.event(*p) else { continue };
+            if filter.matches(&e) && state.can_see(room, &me.user_id, *p) {
                 chunk.push(e);
             }
         }
@@ -415,7 +406,7 @@ pub fn get_room_events(
             None => "t0".to_string(),
         };
         let mut out = json!({
-            "chunk": chunk.iter().map(|e| state.client_event(e, Some(viewer), true)).collect::<Vec<_>>(),
+            "chunk": chunk.iter().map(|e| state.client_event(&e, Some(viewer), true)).collect::<Vec<_>>(),
             "start": start_token,
         });
         if more {
@@ -485,13 +476,10 @@ pub fn get_event_context(
         let room = state.room(&req.room_id)?;
         let not_found = || ApiError::not_found("no such event, or you may not see it");
         let pos = state
-            .event_ids
-            .get(&req.event_id)
-            .copied()
+            .event_pos(&req.event_id)
             .ok_or_else(not_found)?;
         let ev = state
-            .events
-            .get(&pos)
+            .event(pos)
             .filter(|e| e.room_id == room.room_id)
             .ok_or_else(not_found)?;
         if !state.can_see(room, &me.user_id, pos) {
@@ -506,49 +494,44 @@ pub fn get_event_context(
             end,
         } = around(room, pos, half, limit - half, |p| {
             state
-                .events
-                .get(&p)
-                .is_some_and(|e| filter.matches(e) && state.can_see(room, &me.user_id, p))
+                .event(p)
+                .is_some_and(|e| filter.matches(&e) && state.can_see(room, &me.user_id, p))
         });
         let to_json = |ps: &[u64]| -> Vec<Value> {
             ps.iter()
-                .filter_map(|p| state.events.get(p))
-                .map(|e| state.client_event(e, Some(viewer), true))
+                .filter_map(|p| state.event(*p))
+                .map(|e| state.client_event(&e, Some(viewer), true))
                 .collect()
         };
-        let mut all: Vec<&Event> = before
+        let mut all: Vec<Arc<Event>> = before
             .iter()
             .chain(after.iter())
-            .filter_map(|p| state.events.get(p))
+            .filter_map(|p| state.event(*p))
             .collect();
-        all.push(ev);
+        all.push(ev.clone());
         // The state at the last event returned.
         let last = after.last().copied().unwrap_or(pos);
-        let mut at: std::collections::BTreeMap<(&str, &str), &Event> =
-            std::collections::BTreeMap::new();
-        for p in room.timeline.iter().take_while(|p| **p <= last) {
-            if let Some(e) = state.events.get(p) {
-                if let Some(k) = &e.state_key {
-                    at.insert((e.kind.as_str(), k.as_str()), e);
-                }
-            }
-        }
+        let at: Vec<Arc<Event>> = room
+            .state_at(last)
+            .into_values()
+            .filter_map(|p| state.event(p))
+            .collect();
         // Lazy loading thins out only the membership events: the other state stays.
         let st: Vec<Value> = if filter.lazy_load_members {
             let mut st: Vec<Value> = at
-                .into_values()
+                .iter()
                 .filter(|e| e.kind != "m.room.member")
-                .map(|e| state.client_event(e, Some(viewer), true))
+                .map(|e| state.client_event(&e, Some(viewer), true))
                 .collect();
             st.extend(lazy_members(state, room, &all, viewer));
             st
         } else {
-            at.into_values()
+            at.iter()
                 .map(|e| state.client_event(e, Some(viewer), true))
                 .collect()
         };
         Ok(json!({
-            "event": state.client_event(ev, Some(viewer), true),
+            "event": state.client_event(&ev, Some(viewer), true),
             "events_before": to_json(&before),
             "events_after": to_json(&after),
             "start": start,
@@ -600,8 +583,8 @@ pub fn get_members_by_room(
             if !keep {
                 continue;
             }
-            if let Some(e) = state.events.get(p) {
-                chunk.push((user.clone(), state.client_event(e, Some(viewer), true)));
+            if let Some(e) = state.event(*p) {
+                chunk.push((user.clone(), state.client_event(&e, Some(viewer), true)));
             }
         }
         chunk.sort_by(|a, b| a.0.cmp(&b.0));

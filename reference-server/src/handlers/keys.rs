@@ -242,7 +242,7 @@ pub fn send_to_device(ctx: &Ctx, req: cs::to_device::send_to_device::Request) ->
             me.device_id.clone(),
             format!("to_device {} {}", req.event_type, req.txn_id),
         );
-        if state.txns.contains_key(&key) {
+        if state.txn(&key).is_some() {
             return Ok(json!({}));
         }
         for (user, devices) in messages.as_object().into_iter().flatten() {

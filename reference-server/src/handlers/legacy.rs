@@ -25,7 +25,7 @@ pub fn initial_sync(ctx: &Ctx, req: cs::old_sync::initial_sync::Request) -> ApiR
                 continue;
             }
             let recent: Vec<u64> = room.timeline.iter().rev().filter(|p| s.can_see(room, &me.user_id, **p)).take(limit).copied().collect();
-            let chunk: Vec<Value> = recent.iter().rev().filter_map(|p| s.events.get(p)).map(|e| s.client_event(e, Some(viewer), true)).collect();
+            let chunk: Vec<Value> = recent.iter().rev().filter_map(|p| s.event(*p)).map(|e| s.client_event(&e, Some(viewer), true)).collect();
             let start = recent.last().map_or(0, |p| p.saturating_sub(1));
             let mut r = json!({
                 "room_id": room_id,
@@ -35,7 +35,7 @@ pub fn initial_sync(ctx: &Ctx, req: cs::old_sync::initial_sync::Request) -> ApiR
                 "account_data": [],
             });
             if m == "join" {
-                r["state"] = json!(room.state.values().filter_map(|p| s.events.get(p)).map(|e| s.client_event(e, Some(viewer), true)).collect::<Vec<_>>());
+                r["state"] = json!(room.state.values().filter_map(|p| s.event(*p)).map(|e| s.client_event(&e, Some(viewer), true)).collect::<Vec<_>>());
             }
             rooms.push(r);
         }
@@ -51,11 +51,11 @@ pub fn initial_sync(ctx: &Ctx, req: cs::old_sync::initial_sync::Request) -> ApiR
 
 /// Events after `from` in the given rooms, for the event stream.
 fn stream(s: &State, rooms: &[&Room], user: &str, device: &str, from: u64) -> Vec<Value> {
-    let mut events: Vec<&crate::state::Event> = Vec::new();
+    let mut events: Vec<std::sync::Arc<crate::state::Event>> = Vec::new();
     for room in rooms {
         for p in room.timeline.iter().rev().take_while(|p| **p > from) {
             if s.can_see(room, user, *p) {
-                if let Some(e) = s.events.get(p) {
+                if let Some(e) = s.event(*p) {
                     events.push(e);
                 }
             }
@@ -64,7 +64,7 @@ fn stream(s: &State, rooms: &[&Room], user: &str, device: &str, from: u64) -> Ve
     events.sort_by_key(|e| e.pos);
     events
         .into_iter()
-        .map(|e| s.client_event(e, Some((user, device)), true))
+        .map(|e| s.client_event(&e, Some((user, device)), true))
         .collect()
 }
 

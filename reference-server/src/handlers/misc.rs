@@ -104,10 +104,14 @@ pub fn get_notifications(
                 continue;
             }
             let read = s.read_up_to(room, &me.user_id);
-            let list = room.notifications.get(&me.user_id);
+            let list = room
+                .notifications
+                .get(&me.user_id)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
             let mut taken = 0;
-            for n in list.into_iter().flatten().rev().filter(|n| n.pos < before) {
-                if only_highlight && !crate::push_rules::Notification::highlight(&n.actions) {
+            for (i, n) in list.iter().enumerate().rev().filter(|(_, n)| n.pos < before) {
+                if only_highlight && !crate::push_rules::Notification::highlights_at(list, i) {
                     continue;
                 }
                 if !s.can_see(room, &me.user_id, n.pos) {
@@ -126,10 +130,15 @@ pub fn get_notifications(
         let notifications: Vec<Value> = found
             .iter()
             .filter_map(|(n, read)| {
-                let e = s.events.get(&n.pos)?;
+                let e = s.event(n.pos)?;
+                let actions = s
+                    .store
+                    .notification_actions(&me.user_id, &e.room_id, n.pos)
+                    .ok()
+                    .flatten()?;
                 Some(json!({
-                    "actions": n.actions,
-                    "event": s.client_event(e, Some((&me.user_id, &me.device_id)), true),
+                    "actions": actions,
+                    "event": s.client_event(&e, Some((&me.user_id, &me.device_id)), true),
                     "read": n.pos <= *read,
                     "room_id": e.room_id,
                     "ts": e.ts,
@@ -174,10 +183,9 @@ pub fn report_event(ctx: &Ctx, req: cs::report_content::report_event::Request) -
             return Err(ApiError::not_found("you are not joined to that room"));
         }
         let visible = s
-            .event_ids
-            .get(&req.event_id)
-            .filter(|p| s.events.get(p).is_some_and(|e| e.room_id == req.room_id))
-            .is_some_and(|p| s.can_see(room, &me.user_id, *p));
+            .event_pos(&req.event_id)
+            .filter(|p| s.event(*p).is_some_and(|e| e.room_id == req.room_id))
+            .is_some_and(|p| s.can_see(room, &me.user_id, p));
         if !visible {
             return Err(ApiError::not_found("no such event, or you may not see it"));
         }
@@ -230,14 +238,14 @@ pub fn get_event_by_timestamp(
             room.timeline
                 .iter()
                 .filter(visible)
-                .filter_map(|p| s.events.get(p))
+                .filter_map(|p| s.event(*p))
                 .find(|e| e.ts >= ts)
         } else {
             room.timeline
                 .iter()
                 .rev()
                 .filter(visible)
-                .filter_map(|p| s.events.get(p))
+                .filter_map(|p| s.event(*p))
                 .find(|e| e.ts <= ts)
         };
         let e = found
@@ -297,12 +305,12 @@ fn search_context(
         start,
         end,
     } = super::events::around(room, e.pos, before_n, after_n, |p| {
-        s.events.contains_key(&p) && s.can_see(room, viewer.0, p)
+        s.event(p).is_some() && s.can_see(room, viewer.0, p)
     });
     let events = |ps: &[u64]| -> Vec<Value> {
         ps.iter()
-            .filter_map(|p| s.events.get(p))
-            .map(|ev| s.client_event(ev, Some(viewer), true))
+            .filter_map(|p| s.event(*p))
+            .map(|ev| s.client_event(&ev, Some(viewer), true))
             .collect()
     };
     let mut out = json!({
@@ -318,7 +326,7 @@ fn search_context(
             .chain(after.iter())
             .chain(std::iter::once(&e.pos))
         {
-            let Some(sender) = s.events.get(p).map(|ev| ev.sender.clone()) else {
+            let Some(sender) = s.event(*p).map(|ev| ev.sender.clone()) else {
                 continue;
             };
             let member = s.state_content(&room.room_id, "m.room.member", &sender);
@@ -406,7 +414,7 @@ pub fn search(ctx: &Ctx, req: cs::search::search::Request) -> ApiResult<Value> {
                 continue;
             }
             for p in room.timeline.iter().filter(|p| **p < before) {
-                let Some(e) = s.events.get(p) else { continue };
+                let Some(e) = s.event(*p) else { continue };
                 let text: String = keys
                     .iter()
                     .filter_map(|k| {
@@ -433,7 +441,7 @@ pub fn search(ctx: &Ctx, req: cs::search::search::Request) -> ApiResult<Value> {
         let results: Vec<Value> = hits
             .iter()
             .map(|e| {
-                let mut r = json!({"rank": 1.0, "result": s.client_event(e, Some(viewer), true)});
+                let mut r = json!({"rank": 1.0, "result": s.client_event(&e, Some(viewer), true)});
                 if let (Some((before_n, after_n, profiles)), Some(room)) =
                     (context, s.rooms.get(&e.room_id))
                 {

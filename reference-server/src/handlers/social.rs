@@ -1,5 +1,6 @@
 //! Presence, the user directory, mutual rooms, and relations and threads.
 
+use std::sync::Arc;
 use mxconform_generated::client_server as cs;
 use serde_json::{json, Value};
 
@@ -187,14 +188,15 @@ fn relating(
     let from = from.map(parse_token).transpose()?;
     ctx.server.read(|s| {
         let room = s.room(room_id)?;
-        let target = s.event_ids.get(event_id).copied().filter(|p| s.events.get(p).is_some_and(|e| e.room_id == room_id));
+        let target = s.event_pos(event_id).filter(|p| s.event(*p).is_some_and(|e| e.room_id == room_id));
         if !target.is_some_and(|p| s.can_see(room, &me.user_id, p)) {
             return Err(ApiError::not_found("no such event, or you may not see it"));
         }
-        let mut matches: Vec<&Event> = room
-            .timeline
-            .iter()
-            .filter_map(|p| s.events.get(p))
+        let mut matches: Vec<Arc<Event>> = s
+            .relations(event_id)
+            .into_iter()
+            .filter_map(|p| s.event(p))
+            .filter(|e| e.room_id == room.room_id)
             .filter(|e| relation(e).is_some_and(|(t, id)| id == event_id && rel_type.is_none_or(|r| r == t)))
             .filter(|e| event_type.is_none_or(|t| t == e.kind))
             .filter(|e| s.can_see(room, &me.user_id, e.pos))
@@ -206,8 +208,8 @@ fn relating(
             Some(f) => matches.iter().position(|e| if forwards { e.pos > f } else { e.pos <= f }).unwrap_or(matches.len()),
             None => 0,
         };
-        let page: Vec<&Event> = matches.iter().skip(start).take(limit).copied().collect();
-        let mut out = json!({"chunk": page.iter().map(|e| s.client_event(e, Some((&me.user_id, &me.device_id)), true)).collect::<Vec<_>>()});
+        let page: Vec<Arc<Event>> = matches.iter().skip(start).take(limit).cloned().collect();
+        let mut out = json!({"chunk": page.iter().map(|e| s.client_event(&e, Some((&me.user_id, &me.device_id)), true)).collect::<Vec<_>>()});
         if recurse.is_some() {
             // Only direct relations are followed.
             out["recursion_depth"] = json!(1);
@@ -292,13 +294,13 @@ pub fn get_thread_roots(
             return Err(ApiError::forbidden("you are not in this room"));
         }
         // Thread roots with their replies, newest activity first.
-        let mut threads: Vec<(u64, &Event, Vec<&Event>)> = Vec::new();
-        for e in room.timeline.iter().filter_map(|p| s.events.get(p)) {
-            if let Some(("m.thread", root)) = relation(e) {
+        let mut threads: Vec<(u64, Arc<Event>, Vec<Arc<Event>>)> = Vec::new();
+        for e in s.related_in_room(&room.room_id).into_iter().filter_map(|p| s.event(p)) {
+            if let Some(("m.thread", root)) = relation(&e) {
                 if let Some(t) = threads.iter_mut().find(|t| t.1.event_id == root) {
                     t.0 = e.pos;
                     t.2.push(e);
-                } else if let Some(r) = s.event_ids.get(root).and_then(|p| s.events.get(p)) {
+                } else if let Some(r) = s.event_by_id(root) {
                     threads.push((e.pos, r, vec![e]));
                 }
             }
@@ -318,7 +320,7 @@ pub fn get_thread_roots(
             .iter()
             .map(|(_, root, replies)| {
                 let mut v = s.client_event(root, Some(viewer), true);
-                let latest = replies.last().map(|r| s.client_event(r, Some(viewer), true));
+                let latest = replies.last().map(|r| s.client_event(&r, Some(viewer), true));
                 v["unsigned"]["m.relations"] = json!({"m.thread": {
                     "latest_event": latest,
                     "count": replies.len(),

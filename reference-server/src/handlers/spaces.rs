@@ -142,7 +142,7 @@ fn hierarchy_entry(state: &State, room: &Room) -> Value {
     let mut v = state.room_overview(room);
     v["children_state"] = json!(children(state, room)
         .into_iter()
-        .filter_map(|(_, p)| state.events.get(&p))
+        .filter_map(|(_, p)| state.event(p))
         .map(|e| json!({"type": e.kind, "state_key": e.state_key, "content": e.content, "sender": e.sender, "origin_server_ts": e.ts}))
         .collect::<Vec<_>>());
     v
@@ -154,7 +154,7 @@ fn children(state: &State, room: &Room) -> Vec<(String, u64)> {
         .iter()
         .filter(|((kind, _), _)| kind == "m.space.child")
         .filter(|(_, p)| {
-            state.events.get(p).is_some_and(|e| {
+            state.event(**p).is_some_and(|e| {
                 e.content
                     .get("via")
                     .and_then(Value::as_array)
@@ -244,10 +244,9 @@ pub fn get_space_hierarchy(
                     .into_iter()
                     .filter(|(_, p)| {
                         !suggested_only
-                            || s.events
-                                .get(p)
-                                .and_then(|e| e.content.get("suggested"))
-                                .and_then(Value::as_bool)
+                            || s
+                                .event(*p)
+                                .and_then(|e| e.content.get("suggested").and_then(Value::as_bool))
                                 .unwrap_or(false)
                     })
                     .map(|(child, _)| child)
@@ -278,24 +277,24 @@ pub fn room_initial_sync(
             return Err(ApiError::forbidden("you are not in this room"));
         }
         let viewer = (me.user_id.as_str(), me.device_id.as_str());
-        let recent: Vec<&crate::state::Event> = room
+        let recent: Vec<std::sync::Arc<crate::state::Event>> = room
             .timeline
             .iter()
             .rev()
             .filter(|p| s.can_see(room, &me.user_id, **p))
             .take(20)
-            .filter_map(|p| s.events.get(p))
+            .filter_map(|p| s.event(*p))
             .collect::<Vec<_>>()
             .into_iter()
             .rev()
             .collect();
-        let state: Vec<Value> = room.state.values().filter_map(|p| s.events.get(p)).map(|e| s.client_event(e, Some(viewer), true)).collect();
+        let state: Vec<Value> = room.state.values().filter_map(|p| s.event(*p)).map(|e| s.client_event(&e, Some(viewer), true)).collect();
         let start = recent.first().map_or(0, |e| e.pos.saturating_sub(1));
         let end = room.timeline.last().copied().unwrap_or(0);
         let mut v = json!({
             "room_id": room.room_id,
             "messages": {
-                "chunk": recent.iter().map(|e| s.client_event(e, Some(viewer), true)).collect::<Vec<_>>(),
+                "chunk": recent.iter().map(|e| s.client_event(&e, Some(viewer), true)).collect::<Vec<_>>(),
                 "start": format!("t{start}"),
                 "end": format!("t{end}"),
             },
@@ -315,16 +314,12 @@ pub fn get_one_event(ctx: &Ctx, req: cs::old_sync::get_one_event::Request) -> Ap
     let me = ctx.me()?;
     ctx.server.read(|s| {
         let not_found = || ApiError::not_found("no such event, or you may not see it");
-        let p = s
-            .event_ids
-            .get(req.event_id.as_str())
-            .copied()
-            .ok_or_else(not_found)?;
-        let e = s.events.get(&p).ok_or_else(not_found)?;
+        let p = s.event_pos(req.event_id.as_str()).ok_or_else(not_found)?;
+        let e = s.event(p).ok_or_else(not_found)?;
         let room = s.room(&e.room_id)?;
         if !s.can_see(room, &me.user_id, p) {
             return Err(not_found());
         }
-        Ok(s.client_event(e, Some((&me.user_id, &me.device_id)), true))
+        Ok(s.client_event(&e, Some((&me.user_id, &me.device_id)), true))
     })
 }

@@ -3,6 +3,7 @@
 //! `limited` and `prev_batch`, state, ephemeral typing and receipts, account data, invites,
 //! leaves, knocks and to-device messages.
 
+use std::sync::Arc;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -86,13 +87,13 @@ fn stripped_state(state: &State, room: &Room, own_member: Option<&Event>) -> Vec
     ]
     .iter()
     .filter_map(|k| room.state_event(k, ""))
-    .filter_map(|p| state.events.get(&p))
-    .map(stripped)
+    .filter_map(|p| state.event(p))
+    .map(|e| stripped(&e))
     .collect();
     if let Some(m) = own_member {
         if let Some(p) = room.state_event("m.room.member", &m.sender) {
-            if let Some(inviter) = state.events.get(&p) {
-                out.push(stripped(inviter));
+            if let Some(inviter) = state.event(p) {
+                out.push(stripped(&inviter));
             }
         }
         out.push(stripped(m));
@@ -150,10 +151,10 @@ fn room_section(
         if *p > until {
             continue;
         }
-        let Some(e) = state.events.get(p) else {
+        let Some(e) = state.event(*p) else {
             continue;
         };
-        if !filter.timeline.matches(e) || !state.can_see(room, &me.user_id, *p) {
+        if !filter.timeline.matches(&e) || !state.can_see(room, &me.user_id, *p) {
             continue;
         }
         if positions.len() == timeline_limit {
@@ -164,9 +165,9 @@ fn room_section(
     }
     positions.reverse();
     let first = positions.first().copied().unwrap_or(until + 1);
-    let timeline_events: Vec<&Event> = positions
+    let timeline_events: Vec<Arc<Event>> = positions
         .iter()
-        .filter_map(|p| state.events.get(p))
+        .filter_map(|p| state.event(*p))
         .collect();
 
     // State: as at the start of the timeline (fresh), or what changed in the gap (limited).
@@ -178,16 +179,15 @@ fn room_section(
     } else {
         u64::MAX
     };
-    let mut st: BTreeMap<(String, String), &Event> = BTreeMap::new();
+    let mut st: BTreeMap<(String, String), Arc<Event>> = BTreeMap::new();
     if state_from != u64::MAX {
-        for p in room.timeline.iter().take_while(|p| **p < first) {
-            if *p <= state_from && !whole {
+        // The state just before the timeline; in a gap, only what changed after `state_from`.
+        for ((kind, key), p) in room.state_at(first.saturating_sub(1)) {
+            if p <= state_from && !whole {
                 continue;
             }
-            if let Some(e) = state.events.get(p) {
-                if let Some(k) = &e.state_key {
-                    st.insert((e.kind.clone(), k.clone()), e);
-                }
+            if let Some(e) = state.event(p) {
+                st.insert((kind.to_string(), key.to_string()), e);
             }
         }
     }
@@ -213,7 +213,7 @@ fn room_section(
                 .members
                 .get(user)
                 .and_then(|log| log.iter().take_while(|(p, _)| *p < first).last())
-                .and_then(|(p, _)| state.events.get(p));
+                .and_then(|(p, _)| state.event(*p));
             if let Some(e) = before_timeline.filter(|e| filter.state.matches(e)) {
                 st.insert(key, e);
             }
@@ -288,7 +288,7 @@ fn room_section(
         .map_or(until, |e| e.pos.saturating_sub(1));
     let mut section = json!({
         "timeline": {
-            "events": timeline_events.iter().map(|e| state.client_event(e, Some(viewer), false)).collect::<Vec<_>>(),
+            "events": timeline_events.iter().map(|e| state.client_event(&e, Some(viewer), false)).collect::<Vec<_>>(),
             "limited": limited,
             "prev_batch": format!("t{prev}"),
         },
@@ -374,7 +374,7 @@ fn unread_by_thread(
                 if who.split('\u{0}').next() != Some(user) {
                     continue;
                 }
-                let pos = state.event_ids.get(event_id).copied().unwrap_or(0);
+                let pos = state.event_pos(event_id).unwrap_or(0);
                 match thread.as_deref() {
                     None => unthreaded = unthreaded.max(pos),
                     Some(t) => {
@@ -393,21 +393,25 @@ fn unread_by_thread(
         .map(Vec::as_slice)
         .unwrap_or(&[]);
     let start = list.partition_point(|n| n.pos <= unthreaded);
-    for n in &list[start..] {
-        let root = state
-            .events
-            .get(&n.pos)
-            .and_then(|e| e.content.get("m.relates_to"))
-            .filter(|r| r.get("rel_type").and_then(Value::as_str) == Some("m.thread"))
-            .and_then(|r| r.get("event_id"))
-            .and_then(Value::as_str);
-        let read = threaded.get(root.unwrap_or("main")).copied().unwrap_or(0);
+    for (i, n) in list.iter().enumerate().skip(start) {
+        let root: Option<String> = state.event(n.pos).and_then(|e| {
+            e.content
+                .get("m.relates_to")
+                .filter(|r| r.get("rel_type").and_then(Value::as_str) == Some("m.thread"))
+                .and_then(|r| r.get("event_id"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        let read = threaded
+            .get(root.as_deref().unwrap_or("main"))
+            .copied()
+            .unwrap_or(0);
         if n.pos <= read {
             continue;
         }
-        let highlight = u32::from(crate::push_rules::Notification::highlight(&n.actions));
+        let highlight = u32::from(crate::push_rules::Notification::highlights_at(list, i));
         let bucket = match root {
-            Some(r) => threads.entry(r.to_string()).or_default(),
+            Some(r) => threads.entry(r).or_default(),
             None => &mut main,
         };
         bucket.0 += 1;
@@ -482,17 +486,17 @@ fn build(
                 }
             }
             "invite" if *mpos > s || since.is_none() => {
-                let ev = state.events.get(mpos);
+                let ev = state.event(*mpos);
                 invite.insert(
                     room_id.clone(),
-                    json!({"invite_state": {"events": stripped_state(state, room, ev)}}),
+                    json!({"invite_state": {"events": stripped_state(state, room, ev.as_deref())}}),
                 );
             }
             "knock" if *mpos > s || since.is_none() => {
-                let ev = state.events.get(mpos);
+                let ev = state.event(*mpos);
                 knock.insert(
                     room_id.clone(),
-                    json!({"knock_state": {"events": stripped_state(state, room, ev)}}),
+                    json!({"knock_state": {"events": stripped_state(state, room, ev.as_deref())}}),
                 );
             }
             "leave" | "ban" if (since.is_some() && *mpos > s) || filter.include_leave => {

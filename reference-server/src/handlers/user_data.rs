@@ -207,9 +207,7 @@ fn put_receipt(
             return Err(ApiError::forbidden("you are not in this room"));
         }
         let known = state
-            .event_ids
-            .get(event_id)
-            .and_then(|p| state.events.get(p))
+            .event_by_id(event_id)
             .is_some_and(|e| e.room_id == room_id);
         if !known {
             return Err(ApiError::not_found("no such event in this room"));
@@ -265,11 +263,11 @@ pub fn post_receipt(ctx: &Ctx, req: cs::receipts::post_receipt::Request) -> ApiR
     if thread.as_deref() == Some("main") {
         let event_id = req.event_id.as_str();
         let in_thread = ctx.server.read(|s| {
-            s.event_ids
-                .get(event_id)
-                .and_then(|p| s.events.get(p))
-                .and_then(|e| e.content.get("m.relates_to"))
-                .is_some_and(|r| r.get("rel_type").and_then(Value::as_str) == Some("m.thread"))
+            s.event_by_id(event_id).is_some_and(|e| {
+                e.content
+                    .get("m.relates_to")
+                    .is_some_and(|r| r.get("rel_type").and_then(Value::as_str) == Some("m.thread"))
+            })
         });
         if in_thread {
             return Err(ApiError::invalid_param(
@@ -282,14 +280,12 @@ pub fn post_receipt(ctx: &Ctx, req: cs::receipts::post_receipt::Request) -> ApiR
         let event_id = req.event_id.as_str();
         let related = event_id == t
             || ctx.server.read(|s| {
-                s.event_ids
-                    .get(event_id)
-                    .and_then(|p| s.events.get(p))
-                    .and_then(|e| e.content.get("m.relates_to"))
-                    .is_some_and(|r| {
+                s.event_by_id(event_id).is_some_and(|e| {
+                    e.content.get("m.relates_to").is_some_and(|r| {
                         r.get("rel_type").and_then(Value::as_str) == Some("m.thread")
                             && r.get("event_id").and_then(Value::as_str) == Some(t)
                     })
+                })
             });
         if !related {
             return Err(ApiError::invalid_param(
