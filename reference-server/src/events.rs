@@ -75,14 +75,16 @@ impl EventCache {
         self.pending_ids.borrow().get(event_id).copied()
     }
 
-    /// The uncommitted events (the database does not know them yet).
+    /// The uncommitted events (the database does not know them yet), oldest first.
     pub fn pending(&self) -> Vec<Arc<Event>> {
-        let committed = self.committed.get();
+        let ids = self.pending_ids.borrow();
+        if ids.is_empty() {
+            return Vec::new();
+        }
         let map = self.map.borrow();
-        let mut out: Vec<Arc<Event>> = map
-            .iter()
-            .filter(|(p, _)| **p > committed)
-            .map(|(_, (e, _))| e.clone())
+        let mut out: Vec<Arc<Event>> = ids
+            .values()
+            .filter_map(|p| map.get(p).map(|(e, _)| e.clone()))
             .collect();
         out.sort_by_key(|e| e.pos);
         out

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, ApiResult};
 use crate::events::EventCache;
-use crate::store::{Batch, EventRow, Loaded, NotificationRow, StoredEvent, Store};
+use crate::store::{Batch, EventRow, Loaded, NotificationRow, Store, StoredEvent};
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -487,6 +487,9 @@ pub struct State {
     pub store: Store,
     /// Recently used events, and those of the request under way.
     pub cache: EventCache,
+    /// Positions of the events that other events relate to (`m.relates_to`): only these have
+    /// aggregations to look up.
+    pub related: std::collections::HashSet<u64>,
     /// Refresh token -> (user, device).
     pub refresh_tokens: HashMap<String, (String, String)>,
     /// Single-use login tokens -> (user, expiry ms); memory only, they live two minutes.
@@ -980,7 +983,10 @@ impl State {
             }
             if let Some(room) = rooms.get_mut(&ev.room_id) {
                 if let Some(user) = room.apply_state(&ev, Arc::new(pdu)) {
-                    user_rooms.entry(user).or_default().insert(ev.room_id.clone());
+                    user_rooms
+                        .entry(user)
+                        .or_default()
+                        .insert(ev.room_id.clone());
                 }
             }
             Ok(())
@@ -1023,15 +1029,16 @@ impl State {
             .filter_map(|r| r.timeline.last().map(|p| (r.room_id.clone(), *p)))
             .collect();
         for (room_id, pos) in ends {
-            let ev = self
-                .event(pos)
-                .ok_or_else(|| format!("the latest event of {room_id} (at {pos}) cannot be read"))?;
+            let ev = self.event(pos).ok_or_else(|| {
+                format!("the latest event of {room_id} (at {pos}) cannot be read")
+            })?;
             let v = self.rooms[&room_id].room_version();
             let pdu = ev.to_pdu(v)?;
             if let Some(room) = self.rooms.get_mut(&room_id) {
                 room.extremities = vec![Arc::new(pdu)];
             }
         }
+        self.related = self.store.related()?.into_iter().collect();
         // Redacted events whose original content is still kept.
         for (pos, by) in self.store.redacted()? {
             let purged = self.event(pos).is_none_or(|e| e.purged);
@@ -1150,10 +1157,11 @@ impl State {
         if let Some(target) = ev.redacts.clone() {
             self.redact(batch, &target, &ev);
         }
-        let v = self.rooms.get(&ev.room_id).map_or_else(
-            || RoomVersion::get("12").expect("known"),
-            Room::room_version,
-        );
+        if let Some(target) = relation_target(&ev.content).and_then(|t| self.event_pos(t)) {
+            self.related.insert(target);
+        }
+        // The record of a new event: the PDU as built (what `to_record` would rebuild).
+        let txn = serde_json::to_string(&ev.txn).unwrap_or_else(|_| "null".into());
         batch.events.push(EventRow {
             pos,
             room_id: ev.room_id.clone(),
@@ -1162,7 +1170,7 @@ impl State {
             state_key: ev.state_key.clone(),
             relates_to: relation_target(&ev.content).map(str::to_string),
             replaces: ev.replaces,
-            json: ev.to_record(v).to_string(),
+            json: format!("{{\"pdu\":{},\"txn\":{txn}}}", pdu.json),
         });
         self.cache.put(Arc::new(ev));
     }
@@ -1191,7 +1199,8 @@ impl State {
         if let Some(k) = &t.state_key {
             if room.state_event(&t.kind, k) == Some(t.pos) {
                 if let Ok(p) = Pdu::from_json(v, redacted) {
-                    room.auth_state.insert((t.kind.clone(), k.clone()), Arc::new(p));
+                    room.auth_state
+                        .insert((t.kind.clone(), k.clone()), Arc::new(p));
                 }
             }
         }
@@ -1250,11 +1259,26 @@ impl State {
             ApiError::unsupported_room_version(format!("room version {version} is not supported"))
         })?;
         let room_id = format!("!{}:{}", random_token(18), self.server_name);
-        let new = NewEvent::new("m.room.create", Some(""), creator, content, now_ms() as i64);
         let empty = HashMap::new();
-        let pdu =
-            mxconform_pdu::build::build(v, &room_id, new, &[], &AuthView(&empty), self.origin()?)
-                .map_err(|e| ApiError::bad_json(format!("the create event cannot be made: {e}")))?;
+        // Two identical create events made in the same millisecond would be one event (and,
+        // from room version 12, one room id): the later one is dated a millisecond on.
+        let mut ts = now_ms() as i64;
+        let pdu = loop {
+            let new = NewEvent::new("m.room.create", Some(""), creator, content.clone(), ts);
+            let pdu = mxconform_pdu::build::build(
+                v,
+                &room_id,
+                new,
+                &[],
+                &AuthView(&empty),
+                self.origin()?,
+            )
+            .map_err(|e| ApiError::bad_json(format!("the create event cannot be made: {e}")))?;
+            if !self.rooms.contains_key(&pdu.room_id) && self.event_pos(&pdu.event_id).is_none() {
+                break pdu;
+            }
+            ts += 1;
+        };
         mxconform_pdu::authorize(v, &pdu, &AuthView(&empty), &|_| true)
             .map_err(|r| ApiError::bad_json(format!("the create event is not valid: {r}")))?;
         let room_id = pdu.room_id.clone();
@@ -1306,7 +1330,10 @@ impl State {
         pdu: Pdu,
         txn: Option<(String, String)>,
     ) -> (u64, String) {
-        let pos = self.next_pos(batch);
+        // The event's own row records its position (start-up takes the greatest), so the
+        // `meta/pos` record is not rewritten for it.
+        self.pos += 1;
+        let pos = self.pos;
         let ev = Event::from_pdu(pos, &pdu, txn);
         let id = ev.event_id.clone();
         self.apply(batch, ev, pdu);
@@ -1664,6 +1691,9 @@ impl State {
         if ev.redacted_by.is_some() {
             return None;
         }
+        if !self.related.contains(&ev.pos) {
+            return None;
+        }
         let children = self.relations(&ev.event_id);
         if children.is_empty() {
             return None;
@@ -1696,7 +1726,10 @@ impl State {
         }
         let mut out = serde_json::Map::new();
         if let Some(e) = edit {
-            out.insert("m.replace".into(), self.client_event(&e, None, with_room_id));
+            out.insert(
+                "m.replace".into(),
+                self.client_event(&e, None, with_room_id),
+            );
         }
         if let Some(latest) = thread.last() {
             let participated = ev.sender == user || thread.iter().any(|r| r.sender == user);
@@ -1981,7 +2014,8 @@ mod tests {
         state.committed();
         let store = open();
         let loaded = store.load().unwrap();
-        let mut again = State::with_store("hs.test", SigningKey::generate(Some("t1")).unwrap(), store);
+        let mut again =
+            State::with_store("hs.test", SigningKey::generate(Some("t1")).unwrap(), store);
         again.restore(loaded).unwrap();
         assert_eq!(again.rooms.len(), 12);
         for (id, room) in &state.rooms {
@@ -2013,12 +2047,24 @@ mod tests {
         let alice = "@alice:hs.test";
         let mut batch = Batch::default();
         let room_id = state
-            .create_room(&mut batch, "12", alice, json!({"room_version": "12"}), false)
+            .create_room(
+                &mut batch,
+                "12",
+                alice,
+                json!({"room_version": "12"}),
+                false,
+            )
             .unwrap();
         state
             .append(
                 &mut batch,
-                Append::new(&room_id, alice, "m.room.member", Some(alice), json!({"membership": "join"})),
+                Append::new(
+                    &room_id,
+                    alice,
+                    "m.room.member",
+                    Some(alice),
+                    json!({"membership": "join"}),
+                ),
             )
             .unwrap();
         let mut ids = Vec::new();
@@ -2026,7 +2072,13 @@ mod tests {
             let (pos, id) = state
                 .append(
                     &mut batch,
-                    Append::new(&room_id, alice, "m.room.message", None, json!({"body": i.to_string()})),
+                    Append::new(
+                        &room_id,
+                        alice,
+                        "m.room.message",
+                        None,
+                        json!({"body": i.to_string()}),
+                    ),
                 )
                 .unwrap();
             ids.push((pos, id));
@@ -2043,6 +2095,28 @@ mod tests {
             assert_eq!(state.event_pos(id), Some(*pos));
             assert!(state.cache.len() <= 32, "{}", state.cache.len());
         }
+    }
+
+    /// Identical create events in the same millisecond would be one room in version 12
+    /// (its id is the event's hash): each room is its own all the same.
+    #[test]
+    fn identical_rooms_made_at_once_are_distinct() {
+        let mut state = State::new("hs.test", SigningKey::generate(None).unwrap());
+        let mut batch = Batch::default();
+        let mut ids = BTreeSet::new();
+        for _ in 0..50 {
+            let id = state
+                .create_room(
+                    &mut batch,
+                    "12",
+                    "@a:hs.test",
+                    json!({"room_version": "12"}),
+                    false,
+                )
+                .unwrap();
+            assert!(ids.insert(id));
+        }
+        state.store.commit(batch).unwrap();
     }
 
     #[test]

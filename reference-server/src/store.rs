@@ -147,9 +147,15 @@ impl Store {
             Durability::Power => "FULL",
         };
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA secure_delete = ON;"
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 8192; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA secure_delete = ON;"
         ))
-        .map_err(|e| format!("configuring the database: {e}"))?;
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                "the database is in use by another process (is a server already running on it?)"
+                    .to_string()
+            }
+            _ => format!("configuring the database: {e}"),
+        })?;
         let mut store = Store { conn };
         store.migrate()?;
         Ok(store)
@@ -221,9 +227,10 @@ impl Store {
                     .unwrap_or("1");
                 versions.insert(ev.room_id.clone(), version.to_string());
             }
-            let replaces = ev.state_key.as_ref().and_then(|k| {
-                state.insert((ev.room_id.clone(), ev.kind.clone(), k.clone()), pos)
-            });
+            let replaces = ev
+                .state_key
+                .as_ref()
+                .and_then(|k| state.insert((ev.room_id.clone(), ev.kind.clone(), k.clone()), pos));
             update
                 .execute(params![
                     pos,
@@ -304,9 +311,7 @@ impl Store {
     pub fn event(&self, pos: u64) -> Result<Option<StoredEvent>, String> {
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT pos, json, redacted_by, replaces FROM events WHERE pos = ?1",
-            )
+            .prepare_cached("SELECT pos, json, redacted_by, replaces FROM events WHERE pos = ?1")
             .map_err(|e| e.to_string())?;
         let mut rows = stmt.query(params![pos as i64]).map_err(|e| e.to_string())?;
         match rows.next().map_err(|e| e.to_string())? {
@@ -374,14 +379,19 @@ impl Store {
     }
 
     /// Every state event, in stream order (what rebuilds the rooms at start-up).
-    pub fn state_events(&self, mut f: impl FnMut(StoredEvent) -> Result<(), String>) -> Result<(), String> {
+    pub fn state_events(
+        &self,
+        mut f: impl FnMut(StoredEvent) -> Result<(), String>,
+    ) -> Result<(), String> {
         let mut stmt = self
             .conn
             .prepare("SELECT pos, json, redacted_by, replaces FROM events WHERE state_key IS NOT NULL ORDER BY pos")
             .map_err(|e| e.to_string())?;
         let mut rows = stmt.query([]).map_err(|e| e.to_string())?;
         while let Some(r) = rows.next().map_err(|e| e.to_string())? {
-            f(Self::to_stored(Self::stored(r).map_err(|e| e.to_string())?)?)?;
+            f(Self::to_stored(
+                Self::stored(r).map_err(|e| e.to_string())?,
+            )?)?;
         }
         Ok(())
     }
@@ -394,8 +404,16 @@ impl Store {
             .map_err(|e| e.to_string())?;
         let mut rows = stmt.query([]).map_err(|e| e.to_string())?;
         while let Some(r) = rows.next().map_err(|e| e.to_string())? {
-            let room = r.get_ref(0).map_err(|e| e.to_string())?.as_str().unwrap_or("");
-            let sender = r.get_ref(1).map_err(|e| e.to_string())?.as_str().unwrap_or("");
+            let room = r
+                .get_ref(0)
+                .map_err(|e| e.to_string())?
+                .as_str()
+                .unwrap_or("");
+            let sender = r
+                .get_ref(1)
+                .map_err(|e| e.to_string())?
+                .as_str()
+                .unwrap_or("");
             let pos: i64 = r.get(2).map_err(|e| e.to_string())?;
             f(room, sender, pos as u64);
         }
@@ -411,13 +429,33 @@ impl Store {
             .map_err(|e| e.to_string())?;
         let mut rows = stmt.query([]).map_err(|e| e.to_string())?;
         while let Some(r) = rows.next().map_err(|e| e.to_string())? {
-            let user = r.get_ref(0).map_err(|e| e.to_string())?.as_str().unwrap_or("");
-            let room = r.get_ref(1).map_err(|e| e.to_string())?.as_str().unwrap_or("");
+            let user = r
+                .get_ref(0)
+                .map_err(|e| e.to_string())?
+                .as_str()
+                .unwrap_or("");
+            let room = r
+                .get_ref(1)
+                .map_err(|e| e.to_string())?
+                .as_str()
+                .unwrap_or("");
             let pos: i64 = r.get(2).map_err(|e| e.to_string())?;
             let highlight: i64 = r.get(3).map_err(|e| e.to_string())?;
             f(user, room, pos as u64, highlight != 0);
         }
         Ok(())
+    }
+
+    /// The positions of the events other events relate to.
+    pub fn related(&self) -> Result<Vec<u64>, String> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT t.pos FROM events e JOIN events t ON t.event_id = e.relates_to WHERE e.relates_to IS NOT NULL")
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([], |r| Ok(r.get::<_, i64>(0)? as u64))
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
     }
 
     /// Redacted events: (position, redaction position).
@@ -427,7 +465,9 @@ impl Store {
             .prepare("SELECT pos, redacted_by FROM events WHERE redacted_by IS NOT NULL")
             .map_err(|e| e.to_string())?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })
             .map_err(|e| e.to_string())?;
         rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
     }
@@ -466,7 +506,13 @@ impl Store {
                 "INSERT OR REPLACE INTO notifications (user_id, room_id, pos, highlight, actions) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for n in &batch.notifications {
-                note.execute(params![n.user_id, n.room_id, n.pos as i64, n.highlight, n.actions])?;
+                note.execute(params![
+                    n.user_id,
+                    n.room_id,
+                    n.pos as i64,
+                    n.highlight,
+                    n.actions
+                ])?;
             }
             let mut put = tx.prepare_cached(
                 "INSERT OR REPLACE INTO records (kind, key, value) VALUES (?1, ?2, ?3)",

@@ -507,3 +507,191 @@ pub fn target(
         pid,
     })
 }
+
+/// What `bench storage` measured at one size.
+pub struct StorageFigures {
+    pub events: usize,
+    /// Events sent per second while filling (8 concurrent senders over 100 rooms).
+    pub fill_rate: f64,
+    pub rss_kib: Option<u64>,
+    pub inc_sync_p50: Duration,
+    pub messages_p50: Duration,
+}
+
+/// Two users (the second notified by each of the first's messages) in `rooms` rooms.
+pub struct StorageWorld {
+    pub alice: String,
+    pub bob: String,
+    pub rooms: Vec<String>,
+    pub sent: usize,
+}
+
+/// Makes the rooms of the storage benchmark.
+pub async fn storage_world(t: &Target, rooms: usize) -> Result<StorageWorld> {
+    let (alice, _) = t.user("bench-store-a").await?;
+    let (bob, _) = t.user("bench-store-b").await?;
+    let mut ids = Vec::new();
+    for _ in 0..rooms {
+        let room = t
+            .create_room(&alice, json!({"preset": "public_chat"}))
+            .await?;
+        t.req(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+            Some(json!({})),
+            Some(&bob),
+            &[],
+        )
+        .await?;
+        ids.push(room);
+    }
+    Ok(StorageWorld {
+        alice,
+        bob,
+        rooms: ids,
+        sent: 0,
+    })
+}
+
+/// Fills the world up to `events` messages, then measures memory, incremental /sync and
+/// /messages.
+pub async fn storage_fill(
+    t: &Target,
+    w: &mut StorageWorld,
+    events: usize,
+) -> Result<StorageFigures> {
+    let todo = events.saturating_sub(w.sent);
+    let per = todo.div_ceil(8);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let (t, token, rooms, base) = (t.clone(), w.alice.clone(), w.rooms.clone(), w.sent);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per {
+                let room = &rooms[(worker + i * 8) % rooms.len()];
+                t.send(&token, room, &format!("s{base}-{worker}-{i}"))
+                    .await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await.context("filler")??;
+    }
+    let fill_rate = (per * 8) as f64 / t0.elapsed().as_secs_f64();
+    w.sent += per * 8;
+    let rss_kib = t.pid.and_then(rss_kib);
+    let (inc, msgs) = storage_probe(t, w).await?;
+    Ok(StorageFigures {
+        events: w.sent,
+        fill_rate,
+        rss_kib,
+        inc_sync_p50: inc,
+        messages_p50: msgs,
+    })
+}
+
+/// Incremental /sync of the notified user after one new message, and a page of /messages,
+/// p50 of 20 each.
+pub async fn storage_probe(t: &Target, w: &StorageWorld) -> Result<(Duration, Duration)> {
+    let room = &w.rooms[0];
+    let mut since = t.sync(&w.bob, None, 0).await?["next_batch"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let mut inc = Vec::new();
+    let mut msgs = Vec::new();
+    for i in 0..20 {
+        t.send(
+            &w.alice,
+            room,
+            &format!("probe-{}-{i}-{}", w.sent, std::process::id()),
+        )
+        .await?;
+        let t0 = Instant::now();
+        let body = t.sync(&w.bob, Some(&since), 0).await?;
+        inc.push(t0.elapsed());
+        since = body["next_batch"].as_str().unwrap_or("").to_string();
+        let t0 = Instant::now();
+        let q = vec![
+            ("dir".to_string(), "b".to_string()),
+            ("limit".to_string(), "20".to_string()),
+        ];
+        let page = t
+            .req(
+                "GET",
+                &format!("/_matrix/client/v3/rooms/{}/messages", enc(room)),
+                None,
+                Some(&w.bob),
+                &q,
+            )
+            .await?;
+        msgs.push(t0.elapsed());
+        if page["chunk"].as_array().map_or(0, Vec::len) != 20 {
+            bail!(
+                "/messages answered {} events, not 20",
+                page["chunk"].as_array().map_or(0, Vec::len)
+            );
+        }
+    }
+    inc.sort();
+    msgs.sort();
+    Ok((pct(&inc, 0.5), pct(&msgs, 0.5)))
+}
+
+/// The storage rows: per size, memory, restart, and the request costs; and memory growth per
+/// million events between the first and the last size.
+pub fn storage_rows(figs: &[(StorageFigures, Duration, Option<u64>)]) -> Vec<Row> {
+    let mib =
+        |k: Option<u64>| k.map_or("-".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    let mut rows = Vec::new();
+    for (f, restart, rss_after) in figs {
+        let n = f.events;
+        rows.push(Row {
+            name: format!("storage, {n} events in 100 rooms: resident memory (after restart)"),
+            ours: format!("{} ({})", mib(f.rss_kib), mib(*rss_after)),
+            peer: "-".into(),
+            ratio: "-".into(),
+            target: String::new(),
+        });
+        rows.push(Row {
+            name: format!("storage, {n} events: restart to ready"),
+            ours: format!("{:.2} s", restart.as_secs_f64()),
+            peer: "-".into(),
+            ratio: "-".into(),
+            target: "<= 2 s at 1,000,000".into(),
+        });
+        rows.push(Row {
+            name: format!("storage, {n} events: sends/s while filling (8 senders)"),
+            ours: format!("{:.0}", f.fill_rate),
+            peer: "-".into(),
+            ratio: "-".into(),
+            target: String::new(),
+        });
+        rows.push(Row {
+            name: format!("storage, {n} events: incremental /sync p50, /messages p50"),
+            ours: format!("{}, {}", ms(f.inc_sync_p50), ms(f.messages_p50)),
+            peer: "-".into(),
+            ratio: "-".into(),
+            target: "flat".into(),
+        });
+    }
+    if let (Some(first), Some(last)) = (figs.first(), figs.last()) {
+        if let (Some(a), Some(b)) = (first.0.rss_kib, last.0.rss_kib) {
+            let millions = (last.0.events - first.0.events) as f64 / 1e6;
+            if millions > 0.0 {
+                rows.push(Row {
+                    name: format!(
+                        "storage: memory growth per million events ({} to {})",
+                        first.0.events, last.0.events
+                    ),
+                    ours: format!("{:.1} MiB", (b as f64 - a as f64) / 1024.0 / millions),
+                    peer: "-".into(),
+                    ratio: "-".into(),
+                    target: "<= 100 MiB".into(),
+                });
+            }
+        }
+    }
+    rows
+}

@@ -66,6 +66,9 @@ enum Command {
         /// The room version of the PDU benchmarks (2-12).
         #[arg(long, default_value = "12")]
         room_version: String,
+        /// The history sizes of the storage benchmark (events, in total over 100 rooms).
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        events: Vec<usize>,
     },
     /// The room-version core: canonical JSON, event ids, redaction, signatures, authorization
     /// and state resolution of PDUs (JSON Lines on standard input).
@@ -212,6 +215,9 @@ enum BenchWhat {
     /// The room-version core (hashing, signing, authorization, state resolution) against
     /// ruma's crates, built in target/bench.
     Pdu,
+    /// The reference server's storage: memory, restart time and request costs as history grows
+    /// to `--events` (in 100 rooms, through the client-server API). Not part of `all`.
+    Storage,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -268,6 +274,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             synapse,
             budget,
             room_version,
+            events,
         } => {
             let repo = repo_root()?;
             let mut rows = Vec::new();
@@ -289,6 +296,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     synapse,
                     std::time::Duration::from_secs(budget.clamp(1, 60)),
                 )?);
+            }
+            if what == BenchWhat::Storage {
+                rows.extend(bench_storage(&repo, &events)?);
             }
             bench::print_table(&rows);
             Ok(ExitCode::SUCCESS)
@@ -795,11 +805,89 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The storage benchmark: the reference server on disk, filled to each size in turn, measured,
+/// then restarted (time to ready, memory after).
+fn bench_storage(repo: &Path, sizes: &[usize]) -> Result<Vec<bench::Row>> {
+    let dir = repo.join("target").join("bench").join("storage");
+    let (mut child, url) = spawn_reference(&dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut figs = Vec::new();
+    let result = rt.block_on(async {
+        let mut target = bench_server::target("reference", &url, None, Some(child.id()))?;
+        let mut world = bench_server::storage_world(&target, 100).await?;
+        for &n in sizes {
+            let f = bench_server::storage_fill(&target, &mut world, n).await?;
+            eprintln!(
+                "storage: {} events, {:.0} sends/s, {} KiB",
+                f.events,
+                f.fill_rate,
+                f.rss_kib.unwrap_or(0)
+            );
+            let _ = child.kill();
+            let _ = child.wait();
+            let t0 = std::time::Instant::now();
+            let (c, url) = start_reference(&dir)?;
+            child = c;
+            target = bench_server::target("reference", &url, None, Some(child.id()))?;
+            target_ready(&target).await?;
+            let restart = t0.elapsed();
+            // The history is all there after the restart.
+            bench_server::storage_probe(&target, &world).await?;
+            let rss = child_rss(child.id());
+            eprintln!("storage: restart {:.2} s", restart.as_secs_f64());
+            figs.push((f, restart, rss));
+        }
+        Ok::<_, anyhow::Error>(())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    result?;
+    Ok(bench_server::storage_rows(&figs))
+}
+
+fn child_rss(pid: u32) -> Option<u64> {
+    bench_server::rss_kib(pid)
+}
+
+/// Waits (at most 60 s) until the server answers /versions.
+async fn target_ready(t: &bench_server::Target) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = t
+            .client
+            .send(
+                "GET",
+                "/_matrix/client/versions",
+                &[],
+                mxconform_harness::client::Body::None,
+                None,
+                Some(std::time::Duration::from_secs(5)),
+                Default::default(),
+            )
+            .await;
+        if r.is_ok_and(|r| r.status == 200) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the reference server did not answer within 60 s of its restart");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// Starts `mxconform serve` (this binary) on a free port with a fresh on-disk database.
 fn spawn_reference(dir: &Path) -> Result<(std::process::Child, String)> {
-    use std::io::{BufRead, BufReader};
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    start_reference(dir)
+}
+
+/// Starts `mxconform serve` (this binary) on a free port with the database in `dir`.
+fn start_reference(dir: &Path) -> Result<(std::process::Child, String)> {
+    use std::io::{BufRead, BufReader};
     let mut child =
         std::process::Command::new(std::env::current_exe().context("finding this binary")?)
             .args([

@@ -2,9 +2,9 @@
 //! single events, redaction, history (`/messages` both ways, `/context`) and member lists, all
 //! under history visibility.
 
-use std::sync::Arc;
 use mxconform_generated::client_server as cs;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 use super::rooms::{check_send, send_state};
 use super::Ctx;
@@ -475,9 +475,7 @@ pub fn get_event_context(
     ctx.server.read(|state| {
         let room = state.room(&req.room_id)?;
         let not_found = || ApiError::not_found("no such event, or you may not see it");
-        let pos = state
-            .event_pos(&req.event_id)
-            .ok_or_else(not_found)?;
+        let pos = state.event_pos(&req.event_id).ok_or_else(not_found)?;
         let ev = state
             .event(pos)
             .filter(|e| e.room_id == room.room_id)

@@ -110,7 +110,12 @@ pub fn get_notifications(
                 .map(Vec::as_slice)
                 .unwrap_or(&[]);
             let mut taken = 0;
-            for (i, n) in list.iter().enumerate().rev().filter(|(_, n)| n.pos < before) {
+            for (i, n) in list
+                .iter()
+                .enumerate()
+                .rev()
+                .filter(|(_, n)| n.pos < before)
+            {
                 if only_highlight && !crate::push_rules::Notification::highlights_at(list, i) {
                     continue;
                 }

@@ -1,8 +1,8 @@
 //! Presence, the user directory, mutual rooms, and relations and threads.
 
-use std::sync::Arc;
 use mxconform_generated::client_server as cs;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 use super::events::parse_token;
 use super::{require_self, Ctx};

@@ -244,8 +244,7 @@ pub fn get_space_hierarchy(
                     .into_iter()
                     .filter(|(_, p)| {
                         !suggested_only
-                            || s
-                                .event(*p)
+                            || s.event(*p)
                                 .and_then(|e| e.content.get("suggested").and_then(Value::as_bool))
                                 .unwrap_or(false)
                     })

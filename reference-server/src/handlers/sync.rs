@@ -3,8 +3,8 @@
 //! `limited` and `prev_batch`, state, ephemeral typing and receipts, account data, invites,
 //! leaves, knocks and to-device messages.
 
-use std::sync::Arc;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mxconform_generated::client_server as cs;
@@ -165,10 +165,8 @@ fn room_section(
     }
     positions.reverse();
     let first = positions.first().copied().unwrap_or(until + 1);
-    let timeline_events: Vec<Arc<Event>> = positions
-        .iter()
-        .filter_map(|p| state.event(*p))
-        .collect();
+    let timeline_events: Vec<Arc<Event>> =
+        positions.iter().filter_map(|p| state.event(*p)).collect();
 
     // State: as at the start of the timeline (fresh), or what changed in the gap (limited).
     let whole = fresh || full_state;
