@@ -1,0 +1,301 @@
+//! Accounts: users, devices and their tokens, transaction ids, third-party identifiers and
+//! account data.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::State;
+use crate::store::Batch;
+
+#[derive(Clone, Debug)]
+pub struct User {
+    pub user_id: String,
+    pub password_hash: Option<String>,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+    pub deactivated: bool,
+    /// Locked by an administrator: every request answers 401 `M_USER_LOCKED`.
+    pub locked: bool,
+    /// Suspended by an administrator: reading works, acting does not (403 `M_USER_SUSPENDED`).
+    pub suspended: bool,
+    /// Custom profile fields (any JSON), by key.
+    pub fields: BTreeMap<String, Value>,
+}
+
+impl User {
+    /// A new, active account, its display name its localpart.
+    pub fn new(user_id: &str, password_hash: Option<String>) -> User {
+        let localpart = user_id
+            .trim_start_matches('@')
+            .split(':')
+            .next()
+            .unwrap_or_default();
+        User {
+            user_id: user_id.to_string(),
+            password_hash,
+            displayname: Some(localpart.to_string()),
+            avatar_url: None,
+            deactivated: false,
+            locked: false,
+            suspended: false,
+            fields: Default::default(),
+        }
+    }
+
+    fn to_record(&self) -> Value {
+        json!({
+            "password_hash": self.password_hash,
+            "displayname": self.displayname,
+            "avatar_url": self.avatar_url,
+            "deactivated": self.deactivated,
+            "locked": self.locked,
+            "suspended": self.suspended,
+            "fields": self.fields,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Device {
+    pub display_name: Option<String>,
+    pub last_seen_ts: u64,
+    pub token: String,
+    /// A refresh token, for clients that asked for one.
+    pub refresh: Option<String>,
+    /// The refresh token this one replaced: still valid until the new access or refresh
+    /// token is used (a client that lost the refresh answer can retry).
+    pub prev_refresh: Option<String>,
+}
+
+/// A validation session: a token sent to an address, for one purpose.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThreepidSession {
+    pub client_secret: String,
+    pub medium: String,
+    pub address: String,
+    pub token: String,
+    /// `register`, `add` or `reset`.
+    pub purpose: String,
+    pub send_attempt: i64,
+    /// When the token was submitted (ms), if it was.
+    pub validated_at: Option<u64>,
+    pub created_at: u64,
+}
+
+impl ThreepidSession {
+    pub fn to_record(&self) -> Value {
+        json!({
+            "client_secret": self.client_secret, "medium": self.medium, "address": self.address,
+            "token": self.token, "purpose": self.purpose, "send_attempt": self.send_attempt,
+            "validated_at": self.validated_at, "created_at": self.created_at,
+        })
+    }
+
+    pub(super) fn from_record(v: &Value) -> Option<ThreepidSession> {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        Some(ThreepidSession {
+            client_secret: s("client_secret")?,
+            medium: s("medium")?,
+            address: s("address")?,
+            token: s("token")?,
+            purpose: s("purpose")?,
+            send_attempt: v.get("send_attempt").and_then(Value::as_i64).unwrap_or(0),
+            validated_at: v.get("validated_at").and_then(Value::as_u64),
+            created_at: v.get("created_at").and_then(Value::as_u64).unwrap_or(0),
+        })
+    }
+}
+
+/// A third-party identifier bound to an account.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Threepid {
+    pub user_id: String,
+    pub added_at: u64,
+    pub validated_at: u64,
+}
+
+/// A server-side key backup version.
+#[derive(Clone, Debug, Default)]
+pub struct Backup {
+    pub algorithm: String,
+    pub auth_data: Value,
+    /// (room, session) -> key data.
+    pub keys: BTreeMap<(String, String), Value>,
+    pub etag: u64,
+    pub deleted: bool,
+}
+
+impl Backup {
+    pub fn to_record(&self) -> Value {
+        json!({"algorithm": self.algorithm, "auth_data": self.auth_data, "etag": self.etag, "deleted": self.deleted})
+    }
+}
+
+impl State {
+    /// What a transaction id produced before (an event id, or "" for to-device sends).
+    pub fn txn(&self, key: &(String, String, String)) -> Option<String> {
+        let rec = format!("{}\u{0}{}\u{0}{}", key.0, key.1, key.2);
+        self.store
+            .record("txn", &rec)
+            .ok()
+            .flatten()
+            .and_then(|v| v.as_str().map(str::to_string))
+    }
+
+    /// Remembers what a transaction id produced (an event id, or "" for to-device sends), so a
+    /// retry answers the same; persisted in the key format the replay reads back.
+    pub fn remember_txn(
+        &mut self,
+        batch: &mut Batch,
+        key: (String, String, String),
+        result: String,
+    ) {
+        batch.put(
+            "txn",
+            format!("{}\u{0}{}\u{0}{}", key.0, key.1, key.2),
+            &json!(result),
+        );
+    }
+
+    pub fn put_threepid_session(&mut self, batch: &mut Batch, sid: &str, s: ThreepidSession) {
+        batch.put("3pid_session", sid, &s.to_record());
+        self.threepid_sessions.insert(sid.to_string(), s);
+    }
+
+    /// Binds (`Some`) or unbinds (`None`) a third-party identifier.
+    pub fn put_threepid(
+        &mut self,
+        batch: &mut Batch,
+        medium: &str,
+        address: &str,
+        binding: Option<Threepid>,
+    ) {
+        let key = (medium.to_string(), address.to_string());
+        let rec_key = format!("{medium}\u{0}{address}");
+        match binding {
+            Some(b) => {
+                batch.put(
+                    "threepid",
+                    rec_key,
+                    &json!({"user_id": b.user_id, "added_at": b.added_at, "validated_at": b.validated_at}),
+                );
+                self.threepids.insert(key, b);
+            }
+            None => {
+                batch.delete("threepid", rec_key);
+                self.threepids.remove(&key);
+            }
+        }
+    }
+
+    pub fn put_user(&mut self, batch: &mut Batch, user: User) {
+        batch.put("user", user.user_id.clone(), &user.to_record());
+        self.users.insert(user.user_id.clone(), user);
+    }
+
+    pub fn put_device(&mut self, batch: &mut Batch, user: &str, device_id: &str, device: Device) {
+        batch.put(
+            "device",
+            format!("{user}\u{0}{device_id}"),
+            &json!({"display_name": device.display_name, "last_seen_ts": device.last_seen_ts, "token": device.token, "refresh": device.refresh, "prev_refresh": device.prev_refresh}),
+        );
+        if !device.token.is_empty() {
+            self.tokens.insert(
+                device.token.clone(),
+                (user.to_string(), device_id.to_string()),
+            );
+        }
+        for r in device.refresh.iter().chain(device.prev_refresh.iter()) {
+            self.refresh_tokens
+                .insert(r.clone(), (user.to_string(), device_id.to_string()));
+        }
+        self.devices
+            .entry(user.to_string())
+            .or_default()
+            .insert(device_id.to_string(), device);
+    }
+
+    /// Logs out every device of `user`, but `keep` when given.
+    pub fn remove_devices(&mut self, batch: &mut Batch, user: &str, keep: Option<&str>) {
+        let ids: Vec<String> = self
+            .devices
+            .get(user)
+            .map(|d| {
+                d.keys()
+                    .filter(|k| Some(k.as_str()) != keep)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for d in ids {
+            self.remove_device(batch, user, &d);
+        }
+    }
+
+    /// The new access or refresh token of a device was used: its previous refresh token is
+    /// revoked.
+    pub fn settle_refresh(&mut self, batch: &mut Batch, user: &str, device_id: &str) {
+        let Some(mut d) = self
+            .devices
+            .get(user)
+            .and_then(|m| m.get(device_id))
+            .cloned()
+        else {
+            return;
+        };
+        if let Some(old) = d.prev_refresh.take() {
+            self.refresh_tokens.remove(&old);
+            self.put_device(batch, user, device_id, d);
+        }
+    }
+
+    pub fn remove_device(&mut self, batch: &mut Batch, user: &str, device_id: &str) {
+        if let Some(d) = self.devices.get_mut(user).and_then(|m| m.remove(device_id)) {
+            self.tokens.remove(&d.token);
+            for r in d.refresh.iter().chain(d.prev_refresh.iter()) {
+                self.refresh_tokens.remove(r);
+            }
+        }
+        batch.delete("device", format!("{user}\u{0}{device_id}"));
+        let key = (user.to_string(), device_id.to_string());
+        if self.device_keys.remove(&key).is_some() {
+            batch.delete("device_keys", format!("{user}\u{0}{device_id}"));
+            self.note_key_change(batch, user);
+        }
+        for id in self
+            .one_time_keys
+            .remove(&key)
+            .map(|m| m.into_keys().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            batch.delete("otk", format!("{user}\u{0}{device_id}\u{0}{id}"));
+        }
+        for id in self
+            .fallback_keys
+            .remove(&key)
+            .map(|m| m.into_keys().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            batch.delete("fallback", format!("{user}\u{0}{device_id}\u{0}{id}"));
+        }
+    }
+
+    pub fn put_account_data(
+        &mut self,
+        batch: &mut Batch,
+        user: &str,
+        room: &str,
+        kind: &str,
+        content: Value,
+    ) {
+        let pos = self.next_pos(batch);
+        batch.put(
+            "account_data",
+            format!("{user}\u{0}{room}\u{0}{kind}"),
+            &json!({"content": content, "pos": pos}),
+        );
+        self.account_data
+            .insert((user.into(), room.into(), kind.into()), (content, pos));
+    }
+}

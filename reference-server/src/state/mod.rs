@@ -1,0 +1,188 @@
+//! The server's state: users, tokens, devices, rooms with their timelines and current state,
+//! and the per-user streams that /sync reads. Every change is also written to a [`Batch`] that
+//! the caller commits before answering. Events themselves live in the database and are read
+//! through a bounded cache ([`crate::events`]); what stays in memory per event is its position
+//! in its room's timeline (and a notification's position and highlight count). At start-up
+//! the rooms are rebuilt from their state events alone, not by replaying history.
+//!
+//! By concern: `timeline` (events: reading them, making new ones, redaction), `room` (a room's
+//! state, membership and what the directory says of it), `view` (events as a given user sees
+//! them: client format, aggregations, visibility, power), `accounts` (users, devices, tokens,
+//! third-party identifiers, account data), `devices` (key changes and device lists), `restore`
+//! (start-up from the database).
+
+mod accounts;
+mod devices;
+mod restore;
+mod room;
+mod timeline;
+mod view;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use mxconform_pdu::build::Origin;
+use mxconform_pdu::SigningKey;
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, ApiResult};
+use crate::events::EventCache;
+use crate::store::{Batch, Store};
+
+pub use accounts::{Backup, Device, Threepid, ThreepidSession, User};
+pub use room::{creators_of, Append, AuthView, Room};
+pub use timeline::{relation_target, Event};
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Unpadded URL-safe base64 of random bytes.
+pub fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("the operating system's random source works");
+    base64url(&buf)
+}
+
+pub fn base64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(data.len() * 4 / 3 + 2);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A read receipt: (event id, timestamp, thread id).
+pub type Receipt = (String, u64, Option<String>);
+
+#[derive(Debug, Default)]
+pub struct State {
+    pub server_name: String,
+    /// The key this server signs its events (and later its requests) with.
+    pub signing_key: Option<SigningKey>,
+    /// The latest stream position handed out.
+    pub pos: u64,
+    pub users: HashMap<String, User>,
+    /// Access token -> (user, device).
+    pub tokens: HashMap<String, (String, String)>,
+    pub devices: HashMap<String, BTreeMap<String, Device>>,
+    pub rooms: HashMap<String, Room>,
+    /// The database: every event, and the records read at start-up.
+    pub store: Store,
+    /// Recently used events, and those of the request under way.
+    pub cache: EventCache,
+    /// Positions of the events that other events relate to (`m.relates_to`): only these have
+    /// aggregations to look up.
+    pub related: std::collections::HashSet<u64>,
+    /// Refresh token -> (user, device).
+    pub refresh_tokens: HashMap<String, (String, String)>,
+    /// Single-use login tokens -> (user, expiry ms); memory only, they live two minutes.
+    pub login_tokens: HashMap<String, (String, u64)>,
+    /// (user, room or "", type) -> (content, position).
+    pub account_data: HashMap<(String, String, String), (Value, u64)>,
+    /// (user, filter id) -> filter.
+    pub filters: HashMap<(String, String), Value>,
+    /// alias -> (room, creator).
+    pub aliases: HashMap<String, (String, String)>,
+    /// room -> receipt type -> user (with `\0thread` for a threaded receipt) -> receipt, and
+    /// the position of the latest change: one receipt per user, type and thread.
+    pub receipts: HashMap<String, (BTreeMap<String, BTreeMap<String, Receipt>>, u64)>,
+    /// room -> (typing user -> expiry ms, position of the latest change).
+    pub typing: HashMap<String, (BTreeMap<String, u64>, u64)>,
+    /// (user, device) -> queued (position, message).
+    pub to_device: HashMap<(String, String), Vec<(u64, Value)>>,
+    /// Rooms a user has any membership in.
+    pub user_rooms: HashMap<String, BTreeSet<String>>,
+    /// (user, device) -> signed device keys.
+    pub device_keys: HashMap<(String, String), Value>,
+    /// (user, device) -> key id -> (upload sequence, one-time key); claims take the oldest.
+    pub one_time_keys: HashMap<(String, String), BTreeMap<String, (u64, Value)>>,
+    /// Fallback keys handed out by a claim (kept, but no longer "unused"); memory only.
+    pub fallback_used: BTreeSet<(String, String, String)>,
+    /// (user, device) -> key id -> fallback key.
+    pub fallback_keys: HashMap<(String, String), BTreeMap<String, Value>>,
+    /// user -> position of the latest change to their devices or keys.
+    pub key_changes: HashMap<String, u64>,
+    /// user -> (presence content, position).
+    pub presence: HashMap<String, (Value, u64)>,
+    /// user -> pushers by (app id, push key).
+    pub pushers: HashMap<String, BTreeMap<(String, String), Value>>,
+    /// user -> key backup versions.
+    pub backups: HashMap<String, BTreeMap<u64, Backup>>,
+    /// user -> cross-signing keys (`master_key`, `self_signing_key`, `user_signing_key`).
+    pub cross_signing: HashMap<String, Value>,
+    /// Media ids reserved by `createContent` and not yet uploaded: id -> (owner, expiry ms).
+    pub pending_media: HashMap<String, (String, u64)>,
+    /// Media ids uploaded while this process runs (the database knows the older ones).
+    pub uploaded_media: BTreeSet<String>,
+    /// Rooms application services publish in their networks' directories:
+    /// instance id (`<appservice id>|<network id>`) -> room ids.
+    pub appservice_rooms: BTreeMap<String, BTreeSet<String>>,
+    /// How far each application service has been sent the event stream (its last
+    /// acknowledged position), by service id.
+    pub appservice_pos: HashMap<String, u64>,
+    /// Third-party identifier validation sessions, by sid.
+    pub threepid_sessions: HashMap<String, ThreepidSession>,
+    /// When validation messages went to each address lately (ms), for the rate limit; not
+    /// persisted.
+    pub messages_sent: HashMap<String, Vec<u64>>,
+    /// Third-party identifiers bound to accounts: (medium, address) -> binding.
+    pub threepids: BTreeMap<(String, String), Threepid>,
+    /// Redacted events whose original content the database still holds: (redaction time
+    /// ms, position), oldest first; [`State::purge_redacted`] removes it after the retention.
+    pub unpurged: BTreeSet<(u64, u64)>,
+}
+
+impl State {
+    /// A state for `server_name` signing with `key`, on an in-memory database.
+    pub fn new(server_name: &str, key: SigningKey) -> State {
+        State::with_store(server_name, key, Store::default())
+    }
+
+    /// A state for `server_name` signing with `key`, on `store`.
+    pub fn with_store(server_name: &str, key: SigningKey, store: Store) -> State {
+        State {
+            server_name: server_name.to_string(),
+            signing_key: Some(key),
+            store,
+            ..State::default()
+        }
+    }
+
+    /// Everything written so far is in the database (called after each commit).
+    pub fn committed(&self) {
+        self.cache.committed(self.pos);
+    }
+
+    fn origin(&self) -> ApiResult<Origin<'_>> {
+        let key = self
+            .signing_key
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
+        Ok(Origin {
+            server_name: &self.server_name,
+            key,
+        })
+    }
+
+    pub fn next_pos(&mut self, batch: &mut Batch) -> u64 {
+        self.pos += 1;
+        batch.put("meta", "pos", &json!(self.pos));
+        self.pos
+    }
+}
+
+#[cfg(test)]
+mod tests;

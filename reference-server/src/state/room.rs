@@ -1,0 +1,280 @@
+//! A room: its current state and the state log, memberships, history visibility, and what
+//! the room directory says of it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use mxconform_pdu::{Pdu, RoomVersion};
+use serde_json::{json, Value};
+
+use super::{Event, State};
+use crate::error::{ApiError, ApiResult};
+use crate::store::Batch;
+
+#[derive(Clone, Debug, Default)]
+pub struct Room {
+    pub room_id: String,
+    pub version: String,
+    /// The creator, and from room version 12 the `additional_creators`.
+    pub creators: Vec<String>,
+    /// Stream positions of the room's events, oldest first.
+    pub timeline: Vec<u64>,
+    /// Current state: (type, state key) -> event position.
+    pub state: BTreeMap<(String, String), u64>,
+    /// Every state event of the room, oldest first: (position, type, state key). The state at
+    /// any event is what this says up to it (state events are few beside the history).
+    pub state_log: Vec<(u64, String, String)>,
+    /// Membership changes per user: (position, membership), oldest first.
+    pub members: HashMap<String, Vec<(u64, String)>>,
+    /// History visibility changes: (position, visibility).
+    pub visibility: Vec<(u64, String)>,
+    pub public: bool,
+    /// Each user's notifications in the room (events their push rules say notify), oldest
+    /// first; their actions are in the database.
+    pub notifications: HashMap<String, Vec<crate::push_rules::Notification>>,
+    /// Each user's latest event in the room: sending reads everything before it.
+    pub last_sent: HashMap<String, u64>,
+    /// The position of the room's latest membership change.
+    pub last_membership: u64,
+    /// The room's forward extremities: what the next event cites as `prev_events`.
+    pub extremities: Vec<Arc<Pdu>>,
+    /// The current state as PDUs, which the authorization rules read.
+    pub auth_state: HashMap<(String, String), Arc<Pdu>>,
+}
+
+/// A room's current state as the core's authorization rules read it.
+pub struct AuthView<'a>(pub &'a HashMap<(String, String), Arc<Pdu>>);
+
+impl mxconform_pdu::auth::AuthState for AuthView<'_> {
+    fn get(&self, kind: &str, state_key: &str) -> Option<&Pdu> {
+        self.0
+            .get(&(kind.to_string(), state_key.to_string()))
+            .map(|p| p.as_ref())
+    }
+}
+
+/// What a new event of the server's own says; [`State::append`] makes the PDU.
+#[derive(Debug)]
+pub struct Append<'a> {
+    pub room_id: &'a str,
+    pub sender: &'a str,
+    pub kind: &'a str,
+    pub state_key: Option<&'a str>,
+    pub content: Value,
+    /// The sending device and its transaction id.
+    pub txn: Option<(String, String)>,
+    /// The event a redaction redacts.
+    pub redacts: Option<String>,
+}
+
+impl<'a> Append<'a> {
+    pub fn new(
+        room_id: &'a str,
+        sender: &'a str,
+        kind: &'a str,
+        state_key: Option<&'a str>,
+        content: Value,
+    ) -> Append<'a> {
+        Append {
+            room_id,
+            sender,
+            kind,
+            state_key,
+            content,
+            txn: None,
+            redacts: None,
+        }
+    }
+}
+
+impl Room {
+    /// The room's version, as the core knows it.
+    pub fn room_version(&self) -> &'static RoomVersion {
+        RoomVersion::get(&self.version)
+            .unwrap_or_else(|| RoomVersion::get("12").expect("room version 12 is known"))
+    }
+
+    pub fn membership(&self, user: &str) -> Option<&str> {
+        self.members
+            .get(user)
+            .and_then(|l| l.last())
+            .map(|(_, m)| m.as_str())
+    }
+
+    /// The membership a user had just after the event at `pos`.
+    pub fn membership_at(&self, user: &str, pos: u64) -> Option<&str> {
+        self.members
+            .get(user)?
+            .iter()
+            .take_while(|(p, _)| *p <= pos)
+            .last()
+            .map(|(_, m)| m.as_str())
+    }
+
+    pub fn visibility_at(&self, pos: u64) -> &str {
+        self.visibility
+            .iter()
+            .take_while(|(p, _)| *p <= pos)
+            .last()
+            .map_or("shared", |(_, v)| v.as_str())
+    }
+
+    /// The content of a current state event (redacted, if it was).
+    pub fn state_content(&self, kind: &str, key: &str) -> Option<&Value> {
+        self.auth_state
+            .get(&(kind.to_string(), key.to_string()))
+            .map(|p| p.content())
+    }
+
+    pub fn state_event(&self, kind: &str, key: &str) -> Option<u64> {
+        self.state
+            .get(&(kind.to_string(), key.to_string()))
+            .copied()
+    }
+
+    pub fn joined(&self) -> impl Iterator<Item = &String> {
+        self.members
+            .iter()
+            .filter(|(_, l)| l.last().is_some_and(|(_, m)| m == "join"))
+            .map(|(u, _)| u)
+    }
+
+    /// The state just after the event at `pos`: (type, state key) -> event position.
+    pub fn state_at(&self, pos: u64) -> BTreeMap<(&str, &str), u64> {
+        let end = self.state_log.partition_point(|(p, _, _)| *p <= pos);
+        self.state_log[..end]
+            .iter()
+            .map(|(p, kind, key)| ((kind.as_str(), key.as_str()), *p))
+            .collect()
+    }
+
+    /// Puts a state event in the room's current state (and its membership and visibility
+    /// logs); returns the user whose membership it changes.
+    pub(super) fn apply_state(&mut self, ev: &Event, pdu: Arc<Pdu>) -> Option<String> {
+        let key = ev.state_key.as_ref()?;
+        let pos = ev.pos;
+        let k = (ev.kind.clone(), key.clone());
+        self.state.insert(k.clone(), pos);
+        self.auth_state.insert(k, pdu);
+        self.state_log.push((pos, ev.kind.clone(), key.clone()));
+        match ev.kind.as_str() {
+            "m.room.member" => {
+                let m = ev
+                    .content
+                    .get("membership")
+                    .and_then(Value::as_str)
+                    .unwrap_or("leave")
+                    .to_string();
+                self.members.entry(key.clone()).or_default().push((pos, m));
+                self.last_membership = pos;
+                Some(key.clone())
+            }
+            "m.room.history_visibility" => {
+                let v = ev
+                    .content
+                    .get("history_visibility")
+                    .and_then(Value::as_str)
+                    .unwrap_or("shared")
+                    .to_string();
+                self.visibility.push((pos, v));
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// History is readable by anyone (the current history visibility is `world_readable`).
+    pub fn world_readable(&self) -> bool {
+        self.visibility
+            .last()
+            .is_some_and(|(_, v)| v == "world_readable")
+    }
+
+    /// Room versions from 12 on give creators infinite power and take room ids from the
+    /// create event.
+    pub fn creators_privileged(&self) -> bool {
+        self.version.parse::<u32>().is_ok_and(|v| v >= 12)
+    }
+}
+
+/// The creators named by a create event: its sender, and `additional_creators` (v12+).
+pub fn creators_of(create: &Event) -> Vec<String> {
+    let mut c = vec![create.sender.clone()];
+    if let Some(extra) = create
+        .content
+        .get("additional_creators")
+        .and_then(Value::as_array)
+    {
+        c.extend(extra.iter().filter_map(Value::as_str).map(str::to_string));
+    }
+    c
+}
+
+impl State {
+    pub fn room(&self, room_id: &str) -> ApiResult<&Room> {
+        self.rooms
+            .get(room_id)
+            .ok_or_else(|| ApiError::not_found(format!("unknown room {room_id}")))
+    }
+
+    /// Current state content of a room (redacted, if it was), or `None`.
+    pub fn state_content(&self, room_id: &str, kind: &str, key: &str) -> Option<&Value> {
+        self.rooms.get(room_id)?.state_content(kind, key)
+    }
+
+    /// What the room directory, room summaries and space hierarchies say about a room: its
+    /// id, member count, readability, join rule, and name, topic, alias, avatar and type when set.
+    pub fn room_overview(&self, room: &Room) -> Value {
+        let content = |kind: &str, key: &str| {
+            self.state_content(&room.room_id, kind, "")
+                .and_then(|c| c.get(key))
+                .cloned()
+        };
+        let mut v = json!({
+            "room_id": room.room_id,
+            "num_joined_members": room.joined().count(),
+            "world_readable": content("m.room.history_visibility", "history_visibility") == Some(json!("world_readable")),
+            "guest_can_join": content("m.room.guest_access", "guest_access") == Some(json!("can_join")),
+            "join_rule": content("m.room.join_rules", "join_rule").unwrap_or(json!("invite")),
+        });
+        for (field, kind, key) in [
+            ("name", "m.room.name", "name"),
+            ("topic", "m.room.topic", "topic"),
+            ("canonical_alias", "m.room.canonical_alias", "alias"),
+            ("avatar_url", "m.room.avatar", "url"),
+            ("room_type", "m.room.create", "type"),
+        ] {
+            if let Some(x) = content(kind, key).filter(Value::is_string) {
+                v[field] = x;
+            }
+        }
+        v
+    }
+
+    pub fn put_room_meta(&mut self, batch: &mut Batch, room_id: &str) {
+        if let Some(r) = self.rooms.get(room_id) {
+            batch.put("room", room_id, &json!({"public": r.public}));
+        }
+    }
+
+    /// Where the user has read the room up to: their latest read receipt (public or private),
+    /// or their own latest event, whichever is later.
+    pub fn read_up_to(&self, room: &Room, user: &str) -> u64 {
+        let receipt = self
+            .receipts
+            .get(&room.room_id)
+            .and_then(|(r, _)| {
+                ["m.read", "m.read.private"]
+                    .iter()
+                    .filter_map(|t| r.get(*t))
+                    .flat_map(|by| {
+                        by.iter()
+                            .filter(|(who, _)| who.split('\u{0}').next() == Some(user))
+                    })
+                    .map(|(_, (e, _, _))| self.event_pos(e).unwrap_or(0))
+                    .max()
+            })
+            .unwrap_or(0);
+        receipt.max(room.last_sent.get(user).copied().unwrap_or(0))
+    }
+}

@@ -1,0 +1,274 @@
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use mxconform_pdu::{Pdu, RoomVersion, SigningKey};
+use serde_json::{json, Value};
+
+use super::*;
+use crate::events::EventCache;
+use crate::store::{Batch, Store};
+
+/// Every event the server makes, in every room version, is a PDU a remote server
+/// accepts: signed by the server's key, its content hash and id right, its auth events
+/// authorizing it; a v12 room's id is its create event's; a redacted event still
+/// verifies; an event the rules refuse is not made.
+#[test]
+fn events_are_signed_authorized_pdus_in_every_room_version() {
+    let key = SigningKey::generate(Some("t1")).unwrap();
+    let verify = key.verify_key();
+    let dir = std::env::temp_dir().join(format!(
+        "mxconform-state-{}-{}",
+        std::process::id(),
+        now_ms()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("db.sqlite");
+    let open = || Store::open(Some(&db), crate::store::Durability::Process).unwrap();
+    let mut state = State::with_store("hs.test", key, open());
+    let mut batch = Batch::default();
+    let alice = "@alice:hs.test";
+    for n in 1..=12 {
+        let version = n.to_string();
+        let v = RoomVersion::get(&version).unwrap();
+        let mut create = json!({"room_version": version});
+        if n < 11 {
+            create["creator"] = json!(alice);
+        }
+        let room_id = state
+            .create_room(&mut batch, &version, alice, create, false)
+            .unwrap();
+        let mut add = |kind: &str, key: Option<&str>, content: Value| {
+            state
+                .append(&mut batch, Append::new(&room_id, alice, kind, key, content))
+                .map(|(_, id)| id)
+        };
+        add("m.room.member", Some(alice), json!({"membership": "join"})).unwrap();
+        let mut pl = json!({"users": {}, "state_default": 50, "events_default": 0});
+        if n < 12 {
+            pl["users"][alice] = json!(100);
+        }
+        add("m.room.power_levels", Some(""), pl).unwrap();
+        add(
+            "m.room.join_rules",
+            Some(""),
+            json!({"join_rule": "invite"}),
+        )
+        .unwrap();
+        let message = add(
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": "hi"}),
+        )
+        .unwrap();
+        // Someone who is not in the room cannot send to it: the core's rules say so.
+        let refused = state
+            .append(
+                &mut batch,
+                Append::new(
+                    &room_id,
+                    "@mallory:hs.test",
+                    "m.room.message",
+                    None,
+                    json!({"body": "x"}),
+                ),
+            )
+            .unwrap_err();
+        assert!(
+            refused.message.contains("rejected by rule"),
+            "v{n}: {}",
+            refused.message
+        );
+        let mut redaction = Append::new(
+            &room_id,
+            alice,
+            "m.room.redaction",
+            None,
+            json!({"redacts": message}),
+        );
+        redaction.redacts = Some(message.clone());
+        state.append(&mut batch, redaction).unwrap();
+
+        let room = state.rooms.get(&room_id).unwrap();
+        assert_eq!(room.extremities.len(), 1);
+        let events: Vec<Arc<Event>> = room
+            .timeline
+            .iter()
+            .map(|p| state.event(*p).unwrap())
+            .collect();
+        let create = events[0].to_pdu(v).unwrap();
+        if n >= 12 {
+            assert_eq!(
+                room_id,
+                mxconform_pdu::hash::room_id_of_create(&create.event_id),
+                "v{n}"
+            );
+        } else {
+            assert!(room_id.ends_with(":hs.test"), "v{n}: {room_id}");
+        }
+        let mut known: HashMap<String, Pdu> = HashMap::new();
+        let mut depth = 0;
+        for ev in &events {
+            let pdu = ev.to_pdu(v).unwrap();
+            let keys = |server: &str, key_id: &str| {
+                (server == "hs.test" && key_id == "ed25519:t1").then(|| (verify.clone(), i64::MAX))
+            };
+            let checked = mxconform_pdu::pdu::verify(v, &pdu, &keys);
+            if ev.event_id == message {
+                // Redacted: the signature holds, the content (and so its hash) is gone.
+                assert_eq!(ev.content, json!({}), "v{n}");
+                assert_eq!(
+                    checked,
+                    Err(mxconform_pdu::pdu::VerifyError::ContentHash),
+                    "v{n}"
+                );
+            } else {
+                checked.unwrap_or_else(|e| panic!("v{n} {}: {e}", ev.kind));
+            }
+            if let Some(id) = mxconform_pdu::hash::event_id(v, &pdu.json) {
+                assert_eq!(id, ev.event_id, "v{n}: the id is the reference hash");
+            }
+            assert!(pdu.depth > depth, "v{n}: depth grows");
+            depth = pdu.depth;
+            let auth: Vec<Option<&Pdu>> = pdu.auth_events.iter().map(|a| known.get(a)).collect();
+            assert!(
+                auth.iter().all(Option::is_some),
+                "v{n}: auth events are earlier events"
+            );
+            mxconform_pdu::auth::authorize_by_auth_events(
+                v,
+                &pdu,
+                &auth,
+                &|_| false,
+                Some(&create),
+                &|_| true,
+            )
+            .unwrap_or_else(|e| panic!("v{n} {}: {e}", ev.kind));
+            known.insert(ev.event_id.clone(), pdu);
+        }
+    }
+    // Committed, then read back by a new state on the same database: the same rooms,
+    // extremities, state and events (redactions applied), without replaying history.
+    state.store.commit(batch).unwrap();
+    state.committed();
+    let store = open();
+    let loaded = store.load().unwrap();
+    let mut again = State::with_store("hs.test", SigningKey::generate(Some("t1")).unwrap(), store);
+    again.restore(loaded).unwrap();
+    assert_eq!(again.rooms.len(), 12);
+    for (id, room) in &state.rooms {
+        let r = &again.rooms[id];
+        assert_eq!(r.extremities[0].event_id, room.extremities[0].event_id);
+        assert_eq!(r.auth_state.len(), room.auth_state.len());
+        assert_eq!(r.state, room.state);
+        assert_eq!(r.timeline, room.timeline);
+        assert_eq!(r.state_log, room.state_log);
+        for p in &room.timeline {
+            let (a, b) = (state.event(*p).unwrap(), again.event(*p).unwrap());
+            assert_eq!(a.event_id, b.event_id);
+            assert_eq!(a.content, b.content);
+            assert_eq!(a.redacted_by, b.redacted_by);
+            assert_eq!(a.replaces, b.replaces);
+            assert_eq!(again.event_pos(&a.event_id), Some(*p));
+        }
+    }
+    assert_eq!(again.pos, state.pos);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The cache stays within its bound: events evicted from it are read back from the
+/// database, the same as written; uncommitted events are never evicted.
+#[test]
+fn events_are_read_back_through_a_bounded_cache() {
+    let mut state = State::new("hs.test", SigningKey::generate(None).unwrap());
+    state.cache = EventCache::new(16);
+    let alice = "@alice:hs.test";
+    let mut batch = Batch::default();
+    let room_id = state
+        .create_room(
+            &mut batch,
+            "12",
+            alice,
+            json!({"room_version": "12"}),
+            false,
+        )
+        .unwrap();
+    state
+        .append(
+            &mut batch,
+            Append::new(
+                &room_id,
+                alice,
+                "m.room.member",
+                Some(alice),
+                json!({"membership": "join"}),
+            ),
+        )
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let (pos, id) = state
+            .append(
+                &mut batch,
+                Append::new(
+                    &room_id,
+                    alice,
+                    "m.room.message",
+                    None,
+                    json!({"body": i.to_string()}),
+                ),
+            )
+            .unwrap();
+        ids.push((pos, id));
+    }
+    // Nothing is committed yet: every event is still there.
+    assert!(state.cache.len() >= 102, "{}", state.cache.len());
+    assert_eq!(state.event_pos(&ids[0].1), Some(ids[0].0));
+    state.store.commit(std::mem::take(&mut batch)).unwrap();
+    state.committed();
+    for (i, (pos, id)) in ids.iter().enumerate() {
+        let e = state.event(*pos).unwrap();
+        assert_eq!(&e.event_id, id);
+        assert_eq!(e.content["body"], json!(i.to_string()));
+        assert_eq!(state.event_pos(id), Some(*pos));
+        assert!(state.cache.len() <= 32, "{}", state.cache.len());
+    }
+}
+
+/// Identical create events in the same millisecond would be one room in version 12
+/// (its id is the event's hash): each room is its own all the same.
+#[test]
+fn identical_rooms_made_at_once_are_distinct() {
+    let mut state = State::new("hs.test", SigningKey::generate(None).unwrap());
+    let mut batch = Batch::default();
+    let mut ids = BTreeSet::new();
+    for _ in 0..50 {
+        let id = state
+            .create_room(
+                &mut batch,
+                "12",
+                "@a:hs.test",
+                json!({"room_version": "12"}),
+                false,
+            )
+            .unwrap();
+        assert!(ids.insert(id));
+    }
+    state.store.commit(batch).unwrap();
+}
+
+#[test]
+fn a_database_from_before_pdus_is_refused_with_the_reason() {
+    let old = json!({"event_id": "$x", "room_id": "!r:hs.test", "sender": "@a:hs.test", "type": "m.room.create", "state_key": "", "content": {}});
+    let err = Event::from_record(1, old, |_| None).unwrap_err();
+    assert!(err.contains("before events were PDUs"), "{err}");
+}
+
+#[test]
+fn base64() {
+    assert_eq!(base64url(b""), "");
+    assert_eq!(base64url(b"f"), "Zg");
+    assert_eq!(base64url(b"fo"), "Zm8");
+    assert_eq!(base64url(b"foo"), "Zm9v");
+    assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
+    assert_eq!(random_token(32).len(), 43);
+}
