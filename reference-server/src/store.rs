@@ -43,7 +43,8 @@ const MIGRATIONS: &[&str] = &[
 const EVENT_INDEXES: &str = "CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (event_id);
      CREATE INDEX IF NOT EXISTS events_by_relation ON events (relates_to) WHERE relates_to IS NOT NULL;
      CREATE INDEX IF NOT EXISTS events_state ON events (pos) WHERE state_key IS NOT NULL;
-     CREATE INDEX IF NOT EXISTS events_redacted ON events (redacted_by) WHERE redacted_by IS NOT NULL;";
+     CREATE INDEX IF NOT EXISTS events_redacted ON events (redacted_by) WHERE redacted_by IS NOT NULL;
+     CREATE INDEX IF NOT EXISTS events_timeline ON events (room_id, pos, sender);";
 
 /// A new event's row: its record (the signed PDU and the sending device's transaction) and the
 /// columns the server looks events up by.
@@ -396,11 +397,12 @@ impl Store {
         Ok(())
     }
 
-    /// Every event's room, sender and position, in stream order (the rooms' timelines).
+    /// Every event's room, sender and position, room by room in stream order (the rooms'
+    /// timelines; read from the covering index, not the events' records).
     pub fn timeline(&self, mut f: impl FnMut(&str, &str, u64)) -> Result<(), String> {
         let mut stmt = self
             .conn
-            .prepare("SELECT room_id, sender, pos FROM events ORDER BY pos")
+            .prepare("SELECT room_id, sender, pos FROM events INDEXED BY events_timeline ORDER BY room_id, pos")
             .map_err(|e| e.to_string())?;
         let mut rows = stmt.query([]).map_err(|e| e.to_string())?;
         while let Some(r) = rows.next().map_err(|e| e.to_string())? {

@@ -280,7 +280,7 @@ impl State {
         // Timelines, and each member's latest event, from one pass over the events' rows.
         let mut last = 0;
         self.store.timeline(|room_id, sender, pos| {
-            last = pos;
+            last = last.max(pos);
             if let Some(room) = rooms.get_mut(room_id) {
                 room.timeline.push(pos);
                 match room.last_sent.get_mut(sender) {
