@@ -82,6 +82,11 @@ pub struct StoredEvent {
     pub replaces: Option<u64>,
 }
 
+/// A structured record kind: one type writes and reads it (`crate::state::records`).
+pub trait Record: serde::Serialize + serde::de::DeserializeOwned {
+    const KIND: &'static str;
+}
+
 /// Writes gathered while a request is handled, committed together.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -109,6 +114,12 @@ impl Batch {
 
     pub fn put(&mut self, kind: &'static str, key: impl Into<String>, value: &Value) {
         self.puts.push((kind, key.into(), value.to_string()));
+    }
+
+    /// Writes a structured record under its kind.
+    pub fn put_record<R: Record>(&mut self, key: impl Into<String>, record: &R) {
+        let text = serde_json::to_string(record).unwrap_or_else(|_| "null".into());
+        self.puts.push((R::KIND, key.into(), text));
     }
 
     pub fn delete(&mut self, kind: &'static str, key: impl Into<String>) {

@@ -467,6 +467,43 @@ async fn everything_survives_a_restart() {
             Some(json!({"k": "v"})),
         )
         .await;
+        // Records of every structured kind: presence, a receipt, device and one-time keys,
+        // a key backup version.
+        c.ok(
+            "PUT",
+            "/_matrix/client/v3/presence/@alice:test.local/status",
+            Some(&token),
+            Some(json!({"presence": "unavailable", "status_msg": "away"})),
+        )
+        .await;
+        c.ok(
+            "POST",
+            &room_path(
+                &room,
+                &format!("receipt/m.read/{}", ev["event_id"].as_str().unwrap()),
+            ),
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+        let device = c.server.read(|s| s.tokens[&token].1.clone());
+        c.ok(
+            "POST",
+            "/_matrix/client/v3/keys/upload",
+            Some(&token),
+            Some(json!({
+                "device_keys": {"user_id": "@alice:test.local", "device_id": device, "algorithms": ["m.olm.v1.curve25519-aes-sha2"], "keys": {format!("curve25519:{device}"): "Y3VydmU", format!("ed25519:{device}"): "ZWQ"}, "signatures": {}},
+                "one_time_keys": {"curve25519:AAAA": "b3Rr"},
+            })),
+        )
+        .await;
+        c.ok(
+            "POST",
+            "/_matrix/client/v3/room_keys/version",
+            Some(&token),
+            Some(json!({"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": {"public_key": "cHVi"}})),
+        )
+        .await;
         let key_id = c
             .server
             .read(|s| s.signing_key.as_ref().map(|k| k.key_id().to_string()));
@@ -560,6 +597,60 @@ async fn everything_survives_a_restart() {
         .await;
     assert_eq!(msgs["chunk"][0]["content"]["body"], "new");
     assert_eq!(msgs["chunk"][1]["content"]["body"], "kept");
+    let presence = c
+        .ok(
+            "GET",
+            "/_matrix/client/v3/presence/@alice:test.local/status",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            presence["presence"].as_str(),
+            presence["status_msg"].as_str()
+        ),
+        (Some("unavailable"), Some("away"))
+    );
+    let keys = c
+        .ok(
+            "POST",
+            "/_matrix/client/v3/keys/query",
+            Some(&token),
+            Some(json!({"device_keys": {"@alice:test.local": []}})),
+        )
+        .await;
+    assert_eq!(
+        keys["device_keys"]["@alice:test.local"]
+            .as_object()
+            .map(|m| m.len()),
+        Some(1)
+    );
+    let counts = c
+        .ok(
+            "POST",
+            "/_matrix/client/v3/keys/upload",
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(counts["one_time_key_counts"]["curve25519"], 1);
+    let backup = c
+        .ok(
+            "GET",
+            "/_matrix/client/v3/room_keys/version",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(backup["auth_data"]["public_key"], "cHVi");
+    c.server.read(|s| {
+        let read = &s.receipts[&room].0["m.read"];
+        assert_eq!(
+            read.values().next().map(|r| r.0.as_str()),
+            Some(event_id.as_str())
+        );
+    });
     // The new event extends the history from before the restart, signed with the same key.
     c.server.read(|s| {
         let new = s.event_by_id(ev2["event_id"].as_str().unwrap()).unwrap();

@@ -38,7 +38,7 @@ fn describe(version: u64, b: &Backup) -> Value {
 }
 
 fn save(batch: &mut Batch, user: &str, version: u64, b: &Backup) {
-    batch.put("backup", format!("{user}\u{0}{version}"), &b.to_record());
+    batch.put_record(format!("{user}\u{0}{version}"), &b.to_record());
 }
 
 pub fn post_room_keys_version(

@@ -72,10 +72,12 @@ pub fn set_room_alias(ctx: &Ctx, req: cs::directory::set_room_alias::Request) ->
         state
             .aliases
             .insert(alias.clone(), (room.room_id.clone(), me.user_id.clone()));
-        batch.put(
-            "alias",
+        batch.put_record(
             alias.clone(),
-            &json!({"room_id": req.body.room_id.as_str(), "creator": me.user_id}),
+            &crate::state::records::AliasRecord {
+                room_id: req.body.room_id.as_str().to_string(),
+                creator: me.user_id.clone(),
+            },
         );
         Ok(json!({}))
     })

@@ -406,7 +406,7 @@ pub fn get_room_events(
             None => "t0".to_string(),
         };
         let mut out = json!({
-            "chunk": chunk.iter().map(|e| state.client_event(&e, Some(viewer), true)).collect::<Vec<_>>(),
+            "chunk": chunk.iter().map(|e| state.client_event(e, Some(viewer), true)).collect::<Vec<_>>(),
             "start": start_token,
         });
         if more {
@@ -519,7 +519,7 @@ pub fn get_event_context(
             let mut st: Vec<Value> = at
                 .iter()
                 .filter(|e| e.kind != "m.room.member")
-                .map(|e| state.client_event(&e, Some(viewer), true))
+                .map(|e| state.client_event(e, Some(viewer), true))
                 .collect();
             st.extend(lazy_members(state, room, &all, viewer));
             st

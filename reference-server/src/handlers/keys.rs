@@ -51,10 +51,12 @@ pub fn upload_keys(ctx: &Ctx, req: cs::keys::upload_keys::Request) -> ApiResult<
             if state.device_keys.get(&key) != Some(&k) {
                 state.device_keys.insert(key.clone(), k.clone());
                 state.note_key_change(batch, &me.user_id);
-                batch.put(
-                    "device_keys",
+                batch.put_record(
                     rec.clone(),
-                    &json!({"keys": k, "pos": state.pos}),
+                    &crate::state::records::DeviceKeysRecord {
+                        keys: k.clone(),
+                        pos: state.pos,
+                    },
                 );
             }
         }
@@ -62,10 +64,12 @@ pub fn upload_keys(ctx: &Ctx, req: cs::keys::upload_keys::Request) -> ApiResult<
             let v = serde_json::to_value(v).unwrap_or_default();
             // The stream position orders uploads, for claims in upload order.
             let seq = state.next_pos(batch);
-            batch.put(
-                "otk",
+            batch.put_record(
                 format!("{rec}\u{0}{id}"),
-                &json!({"seq": seq, "key": v}),
+                &crate::state::records::OneTimeKeyRecord {
+                    seq,
+                    key: v.clone(),
+                },
             );
             state
                 .one_time_keys
@@ -476,10 +480,9 @@ pub fn upload_cross_signing_signatures(
                     Target::Device(device) => {
                         let keys = state.device_keys[&(user.clone(), device.clone())].clone();
                         let pos = state.pos;
-                        batch.put(
-                            "device_keys",
+                        batch.put_record(
                             format!("{user}\u{0}{device}"),
-                            &json!({"keys": keys, "pos": pos}),
+                            &crate::state::records::DeviceKeysRecord { keys, pos },
                         );
                     }
                     Target::Master => {

@@ -446,7 +446,7 @@ pub fn search(ctx: &Ctx, req: cs::search::search::Request) -> ApiResult<Value> {
         let results: Vec<Value> = hits
             .iter()
             .map(|e| {
-                let mut r = json!({"rank": 1.0, "result": s.client_event(&e, Some(viewer), true)});
+                let mut r = json!({"rank": 1.0, "result": s.client_event(e, Some(viewer), true)});
                 if let (Some((before_n, after_n, profiles)), Some(room)) =
                     (context, s.rooms.get(&e.room_id))
                 {

@@ -180,7 +180,13 @@ pub fn set_public_field(
         .map(|(c, _)| c.clone())
         .unwrap_or_else(|| json!({"presence": "online"}));
     presence["last_active_ts"] = json!(crate::state::now_ms());
-    batch.put("presence", me, &json!({"content": presence, "pos": pos}));
+    batch.put_record(
+        me,
+        &crate::state::records::PresenceRecord {
+            content: presence.clone(),
+            pos,
+        },
+    );
     state.presence.insert(me.to_string(), (presence, pos));
     Ok(json!({}))
 }

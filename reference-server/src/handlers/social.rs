@@ -19,10 +19,12 @@ pub fn set_presence(ctx: &Ctx, req: cs::presence::set_presence::Request) -> ApiR
         if let Some(s) = status {
             content["status_msg"] = json!(s);
         }
-        batch.put(
-            "presence",
+        batch.put_record(
             req.user_id.clone(),
-            &json!({"content": content, "pos": pos}),
+            &crate::state::records::PresenceRecord {
+                content: content.clone(),
+                pos,
+            },
         );
         state.presence.insert(req.user_id.clone(), (content, pos));
         Ok(json!({}))
@@ -209,7 +211,7 @@ fn relating(
             None => 0,
         };
         let page: Vec<Arc<Event>> = matches.iter().skip(start).take(limit).cloned().collect();
-        let mut out = json!({"chunk": page.iter().map(|e| s.client_event(&e, Some((&me.user_id, &me.device_id)), true)).collect::<Vec<_>>()});
+        let mut out = json!({"chunk": page.iter().map(|e| s.client_event(e, Some((&me.user_id, &me.device_id)), true)).collect::<Vec<_>>()});
         if recurse.is_some() {
             // Only direct relations are followed.
             out["recursion_depth"] = json!(1);
@@ -320,7 +322,7 @@ pub fn get_thread_roots(
             .iter()
             .map(|(_, root, replies)| {
                 let mut v = s.client_event(root, Some(viewer), true);
-                let latest = replies.last().map(|r| s.client_event(&r, Some(viewer), true));
+                let latest = replies.last().map(|r| s.client_event(r, Some(viewer), true));
                 v["unsigned"]["m.relations"] = json!({"m.thread": {
                     "latest_event": latest,
                     "count": replies.len(),

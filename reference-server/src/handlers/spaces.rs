@@ -126,10 +126,12 @@ pub fn upgrade_room(ctx: &Ctx, req: cs::room_upgrades::upgrade_room::Request) ->
         for a in aliases {
             if let Some(entry) = state.aliases.get_mut(&a) {
                 entry.0 = room_id.clone();
-                batch.put(
-                    "alias",
+                batch.put_record(
                     a.clone(),
-                    &json!({"room_id": room_id, "creator": entry.1}),
+                    &crate::state::records::AliasRecord {
+                        room_id: room_id.clone(),
+                        creator: entry.1.clone(),
+                    },
                 );
             }
         }
@@ -293,7 +295,7 @@ pub fn room_initial_sync(
         let mut v = json!({
             "room_id": room.room_id,
             "messages": {
-                "chunk": recent.iter().map(|e| s.client_event(&e, Some(viewer), true)).collect::<Vec<_>>(),
+                "chunk": recent.iter().map(|e| s.client_event(e, Some(viewer), true)).collect::<Vec<_>>(),
                 "start": format!("t{start}"),
                 "end": format!("t{end}"),
             },

@@ -286,7 +286,7 @@ fn room_section(
         .map_or(until, |e| e.pos.saturating_sub(1));
     let mut section = json!({
         "timeline": {
-            "events": timeline_events.iter().map(|e| state.client_event(&e, Some(viewer), false)).collect::<Vec<_>>(),
+            "events": timeline_events.iter().map(|e| state.client_event(e, Some(viewer), false)).collect::<Vec<_>>(),
             "limited": limited,
             "prev_batch": format!("t{prev}"),
         },
@@ -349,7 +349,13 @@ fn mark_active(ctx: &Ctx, user: &str, presence: &str) -> ApiResult<()> {
             .unwrap_or_else(|| json!({}));
         content["presence"] = json!(presence);
         content["last_active_ts"] = json!(now);
-        batch.put("presence", user, &json!({"content": content, "pos": pos}));
+        batch.put_record(
+            user,
+            &crate::state::records::PresenceRecord {
+                content: content.clone(),
+                pos,
+            },
+        );
         state.presence.insert(user.to_string(), (content, pos));
         Ok(())
     })

@@ -229,10 +229,14 @@ fn put_receipt(
             Some(t) => format!("{}\u{0}{t}", me.user_id),
             None => me.user_id.clone(),
         };
-        batch.put(
-            "receipt",
+        batch.put_record(
             format!("{room_id}\u{0}{rtype}\u{0}{who}"),
-            &json!({"event_id": event_id, "ts": ts, "thread_id": thread, "pos": pos}),
+            &crate::state::records::ReceiptRecord {
+                event_id: event_id.to_string(),
+                ts,
+                thread_id: thread.clone(),
+                pos,
+            },
         );
         let entry = state.receipts.entry(room_id.to_string()).or_default();
         entry

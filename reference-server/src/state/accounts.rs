@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
+use super::records::{AccountDataRecord, BackupRecord, DeviceRecord, ThreepidRecord, UserRecord};
 use super::State;
 use crate::store::Batch;
 
@@ -43,16 +44,30 @@ impl User {
         }
     }
 
-    fn to_record(&self) -> Value {
-        json!({
-            "password_hash": self.password_hash,
-            "displayname": self.displayname,
-            "avatar_url": self.avatar_url,
-            "deactivated": self.deactivated,
-            "locked": self.locked,
-            "suspended": self.suspended,
-            "fields": self.fields,
-        })
+    fn to_record(&self) -> UserRecord {
+        UserRecord {
+            password_hash: self.password_hash.clone(),
+            displayname: self.displayname.clone(),
+            avatar_url: self.avatar_url.clone(),
+            deactivated: self.deactivated,
+            locked: self.locked,
+            suspended: self.suspended,
+            fields: self.fields.clone(),
+        }
+    }
+
+    /// The account a `user` record describes.
+    pub(super) fn from_record(user_id: &str, r: UserRecord) -> User {
+        User {
+            user_id: user_id.to_string(),
+            password_hash: r.password_hash,
+            displayname: r.displayname,
+            avatar_url: r.avatar_url,
+            deactivated: r.deactivated,
+            locked: r.locked,
+            suspended: r.suspended,
+            fields: r.fields,
+        }
     }
 }
 
@@ -68,8 +83,9 @@ pub struct Device {
     pub prev_refresh: Option<String>,
 }
 
-/// A validation session: a token sent to an address, for one purpose.
-#[derive(Clone, Debug, PartialEq)]
+/// A validation session: a token sent to an address, for one purpose (also its record,
+/// `3pid_session`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ThreepidSession {
     pub client_secret: String,
     pub medium: String,
@@ -77,34 +93,13 @@ pub struct ThreepidSession {
     pub token: String,
     /// `register`, `add` or `reset`.
     pub purpose: String,
+    #[serde(default)]
     pub send_attempt: i64,
     /// When the token was submitted (ms), if it was.
+    #[serde(default)]
     pub validated_at: Option<u64>,
+    #[serde(default)]
     pub created_at: u64,
-}
-
-impl ThreepidSession {
-    pub fn to_record(&self) -> Value {
-        json!({
-            "client_secret": self.client_secret, "medium": self.medium, "address": self.address,
-            "token": self.token, "purpose": self.purpose, "send_attempt": self.send_attempt,
-            "validated_at": self.validated_at, "created_at": self.created_at,
-        })
-    }
-
-    pub(super) fn from_record(v: &Value) -> Option<ThreepidSession> {
-        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-        Some(ThreepidSession {
-            client_secret: s("client_secret")?,
-            medium: s("medium")?,
-            address: s("address")?,
-            token: s("token")?,
-            purpose: s("purpose")?,
-            send_attempt: v.get("send_attempt").and_then(Value::as_i64).unwrap_or(0),
-            validated_at: v.get("validated_at").and_then(Value::as_u64),
-            created_at: v.get("created_at").and_then(Value::as_u64).unwrap_or(0),
-        })
-    }
 }
 
 /// A third-party identifier bound to an account.
@@ -127,8 +122,13 @@ pub struct Backup {
 }
 
 impl Backup {
-    pub fn to_record(&self) -> Value {
-        json!({"algorithm": self.algorithm, "auth_data": self.auth_data, "etag": self.etag, "deleted": self.deleted})
+    pub fn to_record(&self) -> BackupRecord {
+        BackupRecord {
+            algorithm: self.algorithm.clone(),
+            auth_data: self.auth_data.clone(),
+            etag: self.etag,
+            deleted: self.deleted,
+        }
     }
 }
 
@@ -159,7 +159,7 @@ impl State {
     }
 
     pub fn put_threepid_session(&mut self, batch: &mut Batch, sid: &str, s: ThreepidSession) {
-        batch.put("3pid_session", sid, &s.to_record());
+        batch.put_record(sid, &s);
         self.threepid_sessions.insert(sid.to_string(), s);
     }
 
@@ -175,10 +175,13 @@ impl State {
         let rec_key = format!("{medium}\u{0}{address}");
         match binding {
             Some(b) => {
-                batch.put(
-                    "threepid",
+                batch.put_record(
                     rec_key,
-                    &json!({"user_id": b.user_id, "added_at": b.added_at, "validated_at": b.validated_at}),
+                    &ThreepidRecord {
+                        user_id: b.user_id.clone(),
+                        added_at: b.added_at,
+                        validated_at: b.validated_at,
+                    },
                 );
                 self.threepids.insert(key, b);
             }
@@ -190,15 +193,20 @@ impl State {
     }
 
     pub fn put_user(&mut self, batch: &mut Batch, user: User) {
-        batch.put("user", user.user_id.clone(), &user.to_record());
+        batch.put_record(user.user_id.clone(), &user.to_record());
         self.users.insert(user.user_id.clone(), user);
     }
 
     pub fn put_device(&mut self, batch: &mut Batch, user: &str, device_id: &str, device: Device) {
-        batch.put(
-            "device",
+        batch.put_record(
             format!("{user}\u{0}{device_id}"),
-            &json!({"display_name": device.display_name, "last_seen_ts": device.last_seen_ts, "token": device.token, "refresh": device.refresh, "prev_refresh": device.prev_refresh}),
+            &DeviceRecord {
+                display_name: device.display_name.clone(),
+                last_seen_ts: device.last_seen_ts,
+                token: device.token.clone(),
+                refresh: device.refresh.clone(),
+                prev_refresh: device.prev_refresh.clone(),
+            },
         );
         if !device.token.is_empty() {
             self.tokens.insert(
@@ -290,10 +298,12 @@ impl State {
         content: Value,
     ) {
         let pos = self.next_pos(batch);
-        batch.put(
-            "account_data",
+        batch.put_record(
             format!("{user}\u{0}{room}\u{0}{kind}"),
-            &json!({"content": content, "pos": pos}),
+            &AccountDataRecord {
+                content: content.clone(),
+                pos,
+            },
         );
         self.account_data
             .insert((user.into(), room.into(), kind.into()), (content, pos));

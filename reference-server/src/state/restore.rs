@@ -4,8 +4,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use super::records::{
+    read, AccountDataRecord, AliasRecord, BackupRecord, DeviceKeysRecord, DeviceRecord,
+    OneTimeKeyRecord, PresenceRecord, ReceiptRecord, RoomRecord, ThreepidRecord, UserRecord,
+};
 use super::{creators_of, Device, Event, Receipt, Room, State, Threepid, ThreepidSession, User};
 use crate::store::Loaded;
 
@@ -13,159 +17,92 @@ impl State {
     /// Rebuilds the state from what the database holds.
     pub fn restore(&mut self, loaded: Loaded) -> Result<(), String> {
         // Records first (users, rooms' metadata), then events in stream order.
-        let mut rooms_meta: Vec<(String, Value)> = Vec::new();
+        let mut rooms_meta: Vec<(String, RoomRecord)> = Vec::new();
         let mut forgotten: Vec<(String, String)> = Vec::new();
         for (kind, key, v) in loaded.records {
             let parts: Vec<&str> = key.split('\u{0}').collect();
+            let pair = |i: usize, j: usize| (parts[i].to_string(), parts[j].to_string());
             match kind.as_str() {
                 "meta" if key == "pos" => self.pos = self.pos.max(v.as_u64().unwrap_or(0)),
                 "user" => {
-                    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-                    self.users.insert(
-                        key.clone(),
-                        User {
-                            user_id: key.clone(),
-                            password_hash: s("password_hash"),
-                            displayname: s("displayname"),
-                            avatar_url: s("avatar_url"),
-                            deactivated: v
-                                .get("deactivated")
-                                .and_then(Value::as_bool)
-                                .unwrap_or(false),
-                            locked: v.get("locked").and_then(Value::as_bool).unwrap_or(false),
-                            suspended: v.get("suspended").and_then(Value::as_bool).unwrap_or(false),
-                            fields: v
-                                .get("fields")
-                                .and_then(Value::as_object)
-                                .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                                .unwrap_or_default(),
-                        },
-                    );
+                    let r: UserRecord = read(&key, v)?;
+                    self.users.insert(key.clone(), User::from_record(&key, r));
                 }
                 "device" if parts.len() == 2 => {
-                    let token = v
-                        .get("token")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string();
-                    if !token.is_empty() {
-                        self.tokens
-                            .insert(token.clone(), (parts[0].to_string(), parts[1].to_string()));
+                    let r: DeviceRecord = read(&key, v)?;
+                    let who = pair(0, 1);
+                    if !r.token.is_empty() {
+                        self.tokens.insert(r.token.clone(), who.clone());
                     }
-                    let refresh = v.get("refresh").and_then(Value::as_str).map(str::to_string);
-                    let prev_refresh = v
-                        .get("prev_refresh")
-                        .and_then(Value::as_str)
-                        .map(str::to_string);
-                    if let Some(r) = &prev_refresh {
-                        self.refresh_tokens
-                            .insert(r.clone(), (parts[0].to_string(), parts[1].to_string()));
+                    for t in r.refresh.iter().chain(r.prev_refresh.iter()) {
+                        self.refresh_tokens.insert(t.clone(), who.clone());
                     }
-                    if let Some(r) = &refresh {
-                        self.refresh_tokens
-                            .insert(r.clone(), (parts[0].to_string(), parts[1].to_string()));
-                    }
-                    self.devices
-                        .entry(parts[0].to_string())
-                        .or_default()
-                        .insert(
-                            parts[1].to_string(),
-                            Device {
-                                display_name: v
-                                    .get("display_name")
-                                    .and_then(Value::as_str)
-                                    .map(str::to_string),
-                                last_seen_ts: v
-                                    .get("last_seen_ts")
-                                    .and_then(Value::as_u64)
-                                    .unwrap_or(0),
-                                token,
-                                refresh,
-                                prev_refresh,
-                            },
-                        );
+                    let device = Device {
+                        display_name: r.display_name,
+                        last_seen_ts: r.last_seen_ts,
+                        token: r.token,
+                        refresh: r.refresh,
+                        prev_refresh: r.prev_refresh,
+                    };
+                    self.devices.entry(who.0).or_default().insert(who.1, device);
                 }
                 "account_data" if parts.len() == 3 => {
-                    let content = v.get("content").cloned().unwrap_or(json!({}));
-                    let pos = v.get("pos").and_then(Value::as_u64).unwrap_or(0);
+                    let r: AccountDataRecord = read(&key, v)?;
                     self.account_data.insert(
                         (parts[0].into(), parts[1].into(), parts[2].into()),
-                        (content, pos),
+                        (r.content, r.pos),
                     );
                 }
                 "filter" if parts.len() == 2 => {
-                    self.filters.insert((parts[0].into(), parts[1].into()), v);
+                    self.filters.insert(pair(0, 1), v);
                 }
                 "alias" => {
-                    let room = v
-                        .get("room_id")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string();
-                    let creator = v
-                        .get("creator")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string();
-                    self.aliases.insert(key.clone(), (room, creator));
+                    let r: AliasRecord = read(&key, v)?;
+                    self.aliases.insert(key.clone(), (r.room_id, r.creator));
                 }
-                "room" => rooms_meta.push((key.clone(), v)),
-                "forgotten" if parts.len() == 2 => {
-                    forgotten.push((parts[0].to_string(), parts[1].to_string()))
+                "room" => {
+                    let r: RoomRecord = read(&key, v)?;
+                    rooms_meta.push((key.clone(), r));
                 }
+                "forgotten" if parts.len() == 2 => forgotten.push(pair(0, 1)),
                 "receipt" if parts.len() == 3 || parts.len() == 4 => {
+                    let r: ReceiptRecord = read(&key, v)?;
                     let (room, rtype) = (parts[0], parts[1]);
                     // The inner key: the user, and the thread for a threaded receipt.
                     let user = parts[2..].join("\u{0}");
-                    let pos = v.get("pos").and_then(Value::as_u64).unwrap_or(0);
-                    let r: Receipt = (
-                        v.get("event_id")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_string(),
-                        v.get("ts").and_then(Value::as_u64).unwrap_or(0),
-                        v.get("thread_id")
-                            .and_then(Value::as_str)
-                            .map(str::to_string),
-                    );
+                    let receipt: Receipt = (r.event_id, r.ts, r.thread_id);
                     let entry = self.receipts.entry(room.to_string()).or_default();
                     entry
                         .0
                         .entry(rtype.to_string())
                         .or_default()
-                        .insert(user, r);
-                    entry.1 = entry.1.max(pos);
+                        .insert(user, receipt);
+                    entry.1 = entry.1.max(r.pos);
                 }
                 "device_keys" if parts.len() == 2 => {
-                    let pos = v.get("pos").and_then(Value::as_u64).unwrap_or(0);
-                    if let Some(k) = v.get("keys") {
-                        self.device_keys
-                            .insert((parts[0].into(), parts[1].into()), k.clone());
-                    }
+                    let r: DeviceKeysRecord = read(&key, v)?;
+                    self.device_keys.insert(pair(0, 1), r.keys);
                     let e = self.key_changes.entry(parts[0].to_string()).or_default();
-                    *e = (*e).max(pos);
+                    *e = (*e).max(r.pos);
                 }
                 "as_pos" => {
                     self.appservice_pos
                         .insert(key.clone(), v.as_u64().unwrap_or(0));
                 }
                 "3pid_session" => {
-                    if let Some(sess) = ThreepidSession::from_record(&v) {
-                        self.threepid_sessions.insert(key.clone(), sess);
-                    }
+                    let sess: ThreepidSession = read(&key, v)?;
+                    self.threepid_sessions.insert(key.clone(), sess);
                 }
                 "threepid" if parts.len() == 2 => {
-                    let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
-                    if let Some(user) = v.get("user_id").and_then(Value::as_str) {
-                        self.threepids.insert(
-                            (parts[0].to_string(), parts[1].to_string()),
-                            Threepid {
-                                user_id: user.to_string(),
-                                added_at: n("added_at"),
-                                validated_at: n("validated_at"),
-                            },
-                        );
-                    }
+                    let r: ThreepidRecord = read(&key, v)?;
+                    self.threepids.insert(
+                        pair(0, 1),
+                        Threepid {
+                            user_id: r.user_id,
+                            added_at: r.added_at,
+                            validated_at: r.validated_at,
+                        },
+                    );
                 }
                 "as_room" if parts.len() == 2 => {
                     self.appservice_rooms
@@ -178,27 +115,25 @@ impl State {
                     *e = (*e).max(v.as_u64().unwrap_or(0));
                 }
                 "otk" if parts.len() == 3 => {
-                    let (seq, key) = match (v.get("seq").and_then(Value::as_u64), v.get("key")) {
-                        (Some(seq), Some(k)) => (seq, k.clone()),
-                        _ => (0, v),
+                    // Early versions kept the bare key, without its upload sequence.
+                    let (seq, k) = match read::<OneTimeKeyRecord>(&key, v.clone()) {
+                        Ok(r) => (r.seq, r.key),
+                        Err(_) => (0, v),
                     };
                     self.one_time_keys
-                        .entry((parts[0].into(), parts[1].into()))
+                        .entry(pair(0, 1))
                         .or_default()
-                        .insert(parts[2].to_string(), (seq, key));
+                        .insert(parts[2].to_string(), (seq, k));
                 }
                 "fallback" if parts.len() == 3 => {
                     self.fallback_keys
-                        .entry((parts[0].into(), parts[1].into()))
+                        .entry(pair(0, 1))
                         .or_default()
                         .insert(parts[2].to_string(), v);
                 }
                 "presence" => {
-                    let pos = v.get("pos").and_then(Value::as_u64).unwrap_or(0);
-                    self.presence.insert(
-                        key.clone(),
-                        (v.get("content").cloned().unwrap_or(json!({})), pos),
-                    );
+                    let r: PresenceRecord = read(&key, v)?;
+                    self.presence.insert(key.clone(), (r.content, r.pos));
                 }
                 "cross_signing" => {
                     self.cross_signing.insert(key.clone(), v);
@@ -207,9 +142,10 @@ impl State {
                     self.pushers
                         .entry(parts[0].into())
                         .or_default()
-                        .insert((parts[1].into(), parts[2].into()), v);
+                        .insert(pair(1, 2), v);
                 }
                 "backup" if parts.len() == 2 => {
+                    let r: BackupRecord = read(&key, v)?;
                     let version: u64 = parts[1].parse().unwrap_or(0);
                     let b = self
                         .backups
@@ -217,14 +153,10 @@ impl State {
                         .or_default()
                         .entry(version)
                         .or_default();
-                    b.algorithm = v
-                        .get("algorithm")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string();
-                    b.auth_data = v.get("auth_data").cloned().unwrap_or(json!({}));
-                    b.etag = v.get("etag").and_then(Value::as_u64).unwrap_or(0);
-                    b.deleted = v.get("deleted").and_then(Value::as_bool).unwrap_or(false);
+                    b.algorithm = r.algorithm;
+                    b.auth_data = r.auth_data;
+                    b.etag = r.etag;
+                    b.deleted = r.deleted;
                 }
                 "backup_key" if parts.len() == 4 => {
                     let version: u64 = parts[1].parse().unwrap_or(0);
@@ -234,14 +166,11 @@ impl State {
                         .or_default()
                         .entry(version)
                         .or_default();
-                    b.keys.insert((parts[2].into(), parts[3].into()), v);
+                    b.keys.insert(pair(2, 3), v);
                 }
                 "to_device" if parts.len() == 3 => {
                     let pos: u64 = parts[2].parse().unwrap_or(0);
-                    self.to_device
-                        .entry((parts[0].into(), parts[1].into()))
-                        .or_default()
-                        .push((pos, v));
+                    self.to_device.entry(pair(0, 1)).or_default().push((pos, v));
                 }
                 _ => {}
             }
@@ -335,7 +264,7 @@ impl State {
         }
         for (room_id, meta) in rooms_meta {
             if let Some(r) = self.rooms.get_mut(&room_id) {
-                r.public = meta.get("public").and_then(Value::as_bool).unwrap_or(false);
+                r.public = meta.public;
             }
         }
         for (user, room) in forgotten {

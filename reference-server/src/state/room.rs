@@ -253,7 +253,7 @@ impl State {
 
     pub fn put_room_meta(&mut self, batch: &mut Batch, room_id: &str) {
         if let Some(r) = self.rooms.get(room_id) {
-            batch.put("room", room_id, &json!({"public": r.public}));
+            batch.put_record(room_id, &super::records::RoomRecord { public: r.public });
         }
     }
 
