@@ -199,9 +199,8 @@ pub fn set_room_state_with_key(
 /// when they left; world-readable rooms for anyone.
 fn visible_state<'s>(state: &'s State, room: &'s Room, user: &str) -> ApiResult<Vec<Arc<Event>>> {
     let current = || {
-        room.state
-            .values()
-            .filter_map(|p| state.event(*p))
+        room.state_positions()
+            .filter_map(|p| state.event(p))
             .collect::<Vec<_>>()
     };
     match room.membership(user) {

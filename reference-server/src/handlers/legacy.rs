@@ -35,7 +35,7 @@ pub fn initial_sync(ctx: &Ctx, req: cs::old_sync::initial_sync::Request) -> ApiR
                 "account_data": [],
             });
             if m == "join" {
-                r["state"] = json!(room.state.values().filter_map(|p| s.event(*p)).map(|e| s.client_event(&e, Some(viewer), true)).collect::<Vec<_>>());
+                r["state"] = json!(room.state_positions().filter_map(|p| s.event(p)).map(|e| s.client_event(&e, Some(viewer), true)).collect::<Vec<_>>());
             }
             rooms.push(r);
         }

@@ -155,15 +155,15 @@ fn children(state: &State, room: &Room) -> Vec<(String, u64)> {
     room.state
         .iter()
         .filter(|((kind, _), _)| kind == "m.space.child")
-        .filter(|(_, p)| {
-            state.event(**p).is_some_and(|e| {
+        .filter(|(_, c)| {
+            state.event(c.pos).is_some_and(|e| {
                 e.content
                     .get("via")
                     .and_then(Value::as_array)
                     .is_some_and(|v| !v.is_empty())
             })
         })
-        .map(|((_, key), p)| (key.clone(), *p))
+        .map(|((_, key), c)| (key.clone(), c.pos))
         .collect()
 }
 
@@ -289,7 +289,7 @@ pub fn room_initial_sync(
             .into_iter()
             .rev()
             .collect();
-        let state: Vec<Value> = room.state.values().filter_map(|p| s.event(*p)).map(|e| s.client_event(&e, Some(viewer), true)).collect();
+        let state: Vec<Value> = room.state_positions().filter_map(|p| s.event(p)).map(|e| s.client_event(&e, Some(viewer), true)).collect();
         let start = recent.first().map_or(0, |e| e.pos.saturating_sub(1));
         let end = room.timeline.last().copied().unwrap_or(0);
         let mut v = json!({

@@ -30,7 +30,7 @@ use crate::events::EventCache;
 use crate::store::{Batch, Store};
 
 pub use accounts::{Backup, Device, Threepid, ThreepidSession, User};
-pub use room::{creators_of, Append, AuthView, Room};
+pub use room::{creators_of, Append, AuthView, Current, Room};
 pub use timeline::{relation_target, Event};
 
 pub fn now_ms() -> u64 {

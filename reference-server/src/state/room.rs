@@ -19,8 +19,9 @@ pub struct Room {
     pub creators: Vec<String>,
     /// Stream positions of the room's events, oldest first.
     pub timeline: Vec<u64>,
-    /// Current state: (type, state key) -> event position.
-    pub state: BTreeMap<(String, String), u64>,
+    /// Current state: (type, state key) -> the event's position and its PDU (redacted, if it
+    /// was), which the authorization rules read.
+    pub state: BTreeMap<(String, String), Current>,
     /// Every state event of the room, oldest first: (position, type, state key). The state at
     /// any event is what this says up to it (state events are few beside the history).
     pub state_log: Vec<(u64, String, String)>,
@@ -38,18 +39,32 @@ pub struct Room {
     pub last_membership: u64,
     /// The room's forward extremities: what the next event cites as `prev_events`.
     pub extremities: Vec<Arc<Pdu>>,
-    /// The current state as PDUs, which the authorization rules read.
-    pub auth_state: HashMap<(String, String), Arc<Pdu>>,
+}
+
+/// One entry of a room's current state.
+#[derive(Clone, Debug)]
+pub struct Current {
+    pub pos: u64,
+    pub pdu: Arc<Pdu>,
+}
+
+/// The same event, read the same (redacted or not).
+impl PartialEq for Current {
+    fn eq(&self, other: &Current) -> bool {
+        self.pos == other.pos
+            && self.pdu.event_id == other.pdu.event_id
+            && self.pdu.content() == other.pdu.content()
+    }
 }
 
 /// A room's current state as the core's authorization rules read it.
-pub struct AuthView<'a>(pub &'a HashMap<(String, String), Arc<Pdu>>);
+pub struct AuthView<'a>(pub &'a BTreeMap<(String, String), Current>);
 
 impl mxconform_pdu::auth::AuthState for AuthView<'_> {
     fn get(&self, kind: &str, state_key: &str) -> Option<&Pdu> {
         self.0
             .get(&(kind.to_string(), state_key.to_string()))
-            .map(|p| p.as_ref())
+            .map(|c| c.pdu.as_ref())
     }
 }
 
@@ -121,15 +136,20 @@ impl Room {
 
     /// The content of a current state event (redacted, if it was).
     pub fn state_content(&self, kind: &str, key: &str) -> Option<&Value> {
-        self.auth_state
+        self.state
             .get(&(kind.to_string(), key.to_string()))
-            .map(|p| p.content())
+            .map(|c| c.pdu.content())
+    }
+
+    /// The positions of the current state events.
+    pub fn state_positions(&self) -> impl Iterator<Item = u64> + '_ {
+        self.state.values().map(|c| c.pos)
     }
 
     pub fn state_event(&self, kind: &str, key: &str) -> Option<u64> {
         self.state
             .get(&(kind.to_string(), key.to_string()))
-            .copied()
+            .map(|c| c.pos)
     }
 
     pub fn joined(&self) -> impl Iterator<Item = &String> {
@@ -154,8 +174,7 @@ impl Room {
         let key = ev.state_key.as_ref()?;
         let pos = ev.pos;
         let k = (ev.kind.clone(), key.clone());
-        self.state.insert(k.clone(), pos);
-        self.auth_state.insert(k, pdu);
+        self.state.insert(k, Current { pos, pdu });
         self.state_log.push((pos, ev.kind.clone(), key.clone()));
         match ev.kind.as_str() {
             "m.room.member" => {

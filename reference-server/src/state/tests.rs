@@ -158,8 +158,7 @@ fn events_are_signed_authorized_pdus_in_every_room_version() {
     for (id, room) in &state.rooms {
         let r = &again.rooms[id];
         assert_eq!(r.extremities[0].event_id, room.extremities[0].event_id);
-        assert_eq!(r.auth_state.len(), room.auth_state.len());
-        assert_eq!(r.state, room.state);
+        assert!(r.state == room.state);
         assert_eq!(r.timeline, room.timeline);
         assert_eq!(r.state_log, room.state_log);
         for p in &room.timeline {

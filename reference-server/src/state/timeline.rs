@@ -1,7 +1,6 @@
 //! Events: read back through the cache, made by the core as signed PDUs, authorized, recorded,
 //! redacted and purged.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use mxconform_pdu::build::NewEvent;
@@ -356,9 +355,11 @@ impl State {
         t.content = redacted.get("content").cloned().unwrap_or(json!({}));
         if let Some(k) = &t.state_key {
             if room.state_event(&t.kind, k) == Some(t.pos) {
-                if let Ok(p) = Pdu::from_json(v, redacted) {
-                    room.auth_state
-                        .insert((t.kind.clone(), k.clone()), Arc::new(p));
+                if let (Ok(p), Some(c)) = (
+                    Pdu::from_json(v, redacted),
+                    room.state.get_mut(&(t.kind.clone(), k.clone())),
+                ) {
+                    c.pdu = Arc::new(p);
                 }
             }
         }
@@ -393,7 +394,7 @@ impl State {
         let mut new = NewEvent::new(a.kind, a.state_key, a.sender, a.content, now_ms() as i64);
         new.redacts = a.redacts;
         let prev: Vec<&Pdu> = room.extremities.iter().map(|p| p.as_ref()).collect();
-        let auth = AuthView(&room.auth_state);
+        let auth = AuthView(&room.state);
         let pdu = mxconform_pdu::build::build(v, a.room_id, new, &prev, &auth, self.origin()?)
             .map_err(|e| ApiError::bad_json(format!("the event cannot be made: {e}")))?;
         let server = self.server_name.as_str();
@@ -417,7 +418,7 @@ impl State {
             ApiError::unsupported_room_version(format!("room version {version} is not supported"))
         })?;
         let room_id = format!("!{}:{}", random_token(18), self.server_name);
-        let empty = HashMap::new();
+        let empty = std::collections::BTreeMap::new();
         // Two identical create events made in the same millisecond would be one event (and,
         // from room version 12, one room id): the later one is dated a millisecond on.
         let mut ts = now_ms() as i64;
