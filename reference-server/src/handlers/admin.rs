@@ -135,3 +135,23 @@ pub const BARRED_WHEN_SUSPENDED: &[&str] = &[
 
 /// Operations a locked account may still use: ending its sessions.
 pub const OPEN_WHEN_LOCKED: &[&str] = &["logout", "logout_all"];
+
+pub fn get_who_is(ctx: &Ctx, req: cs::admin::get_who_is::Request) -> ApiResult<Value> {
+    // About oneself, or anyone for an administrator.
+    let me = ctx.me()?;
+    if me.user_id != req.user_id && !super::admin::is_admin(ctx, &me.user_id) {
+        return Err(ApiError::forbidden(
+            "only an administrator may look up another user",
+        ));
+    }
+    ctx.server.read(|s| {
+        let mut devices = serde_json::Map::new();
+        for (id, d) in s.devices.get(&req.user_id).into_iter().flatten() {
+            devices.insert(
+                id.clone(),
+                json!({"sessions": [{"connections": [{"last_seen": d.last_seen_ts}]}]}),
+            );
+        }
+        Ok(json!({"user_id": req.user_id, "devices": devices}))
+    })
+}

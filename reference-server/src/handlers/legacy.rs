@@ -119,3 +119,63 @@ pub fn get_events(ctx: &Ctx, req: cs::old_sync::get_events::Request) -> ApiResul
 pub fn peek_events(ctx: &Ctx, req: cs::peeking_events::peek_events::Request) -> ApiResult<Reply> {
     event_stream(ctx, req.from.as_deref(), req.timeout, Some(&req.room_id))
 }
+
+pub fn room_initial_sync(
+    ctx: &Ctx,
+    req: cs::room_initial_sync::room_initial_sync::Request,
+) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    ctx.server.read(|s| {
+        let room = s.room(req.room_id.as_str())?;
+        let membership = room.membership(&me.user_id);
+        let world = room.world_readable();
+        if membership.is_none() && !world {
+            return Err(ApiError::forbidden("you are not in this room"));
+        }
+        let viewer = (me.user_id.as_str(), me.device_id.as_str());
+        let recent: Vec<std::sync::Arc<crate::state::Event>> = room
+            .timeline
+            .iter()
+            .rev()
+            .filter(|p| s.can_see(room, &me.user_id, **p))
+            .take(20)
+            .filter_map(|p| s.event(*p))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let state: Vec<Value> = room.state_positions().filter_map(|p| s.event(p)).map(|e| s.client_event(&e, Some(viewer), true)).collect();
+        let start = recent.first().map_or(0, |e| e.pos.saturating_sub(1));
+        let end = room.timeline.last().copied().unwrap_or(0);
+        let mut v = json!({
+            "room_id": room.room_id,
+            "messages": {
+                "chunk": recent.iter().map(|e| s.client_event(e, Some(viewer), true)).collect::<Vec<_>>(),
+                "start": format!("t{start}"),
+                "end": format!("t{end}"),
+            },
+            "state": state,
+            "presence": [],
+            "account_data": [],
+            "visibility": if room.public { "public" } else { "private" },
+        });
+        if let Some(m) = membership {
+            v["membership"] = json!(m);
+        }
+        Ok(v)
+    })
+}
+
+pub fn get_one_event(ctx: &Ctx, req: cs::old_sync::get_one_event::Request) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    ctx.server.read(|s| {
+        let not_found = || ApiError::not_found("no such event, or you may not see it");
+        let p = s.event_pos(req.event_id.as_str()).ok_or_else(not_found)?;
+        let e = s.event(p).ok_or_else(not_found)?;
+        let room = s.room(&e.room_id)?;
+        if !s.can_see(room, &me.user_id, p) {
+            return Err(not_found());
+        }
+        Ok(s.client_event(&e, Some((&me.user_id, &me.device_id)), true))
+    })
+}

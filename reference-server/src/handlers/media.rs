@@ -157,3 +157,66 @@ pub fn get_config_authed(
 pub fn get_config(ctx: &Ctx, _req: cs::content_repo::get_config::Request) -> ApiResult<Value> {
     Ok(json!({"m.upload.size": ctx.server.config.max_body}))
 }
+
+pub fn create_content(
+    ctx: &Ctx,
+    _req: cs::content_repo::create_content::Request,
+) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    let id = random_token(18);
+    let expires = now_ms() + 24 * 3600 * 1000;
+    ctx.server.write(|state, _| {
+        state.pending_media.retain(|_, (_, exp)| *exp > now_ms());
+        state
+            .pending_media
+            .insert(id.clone(), (me.user_id.clone(), expires));
+        Ok(())
+    })?;
+    Ok(
+        json!({"content_uri": format!("mxc://{}/{id}", ctx.server.config.server_name), "unused_expires_at": expires}),
+    )
+}
+
+pub fn upload_content_to_mxc(
+    ctx: &Ctx,
+    req: cs::content_repo::upload_content_to_mxc::Request,
+) -> ApiResult<Value> {
+    let me = ctx.me()?.clone();
+    if req.server_name.as_str() != ctx.server.config.server_name {
+        return Err(ApiError::not_found("that media id is not this server's"));
+    }
+    let content_type = ctx
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let bytes = ctx.raw_body.to_vec();
+    ctx.server.write(|state, batch| {
+        match state.pending_media.get(&req.media_id) {
+            None if state.uploaded_media.contains(&req.media_id) => {
+                return Err(ApiError {
+                    status: 409,
+                    errcode: "M_CANNOT_OVERWRITE_MEDIA",
+                    message: "that media id is already uploaded".into(),
+                    extra: None,
+                })
+            }
+            None => return Err(ApiError::not_found("no media id like that was created")),
+            Some((owner, _)) if *owner != me.user_id => {
+                return Err(ApiError::forbidden(
+                    "that media id was created by someone else",
+                ))
+            }
+            Some(_) => {}
+        }
+        state.pending_media.remove(&req.media_id);
+        state.uploaded_media.insert(req.media_id.clone());
+        batch.media.push((
+            req.media_id.clone(),
+            Some(content_type),
+            req.filename.clone(),
+            bytes,
+            now_ms(),
+        ));
+        Ok(json!({}))
+    })
+}

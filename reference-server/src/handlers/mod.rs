@@ -1,6 +1,13 @@
-//! Handlers, one per operation, named after it and kept in the file for its API area; and
-//! the one table that says which operations this server implements. An operation missing
-//! from [`dispatch`] answers the spec's `M_UNRECOGNIZED`.
+//! Handlers, one per operation, named after it; and the one table that says which operations
+//! this server implements. An operation missing from [`dispatch`] answers the spec's
+//! `M_UNRECOGNIZED`. Each file is named after the generated module (the spec's API area) its
+//! operations come from, or holds a few closely related ones: `rooms` (create_room, joining,
+//! leaving, inviting, kicking, banning, knocking, list_joined_rooms), `events` (room_send,
+//! room_state, redaction, message_pagination, event_context, the member lists), `user_data`
+//! (account_data, filter, tags, typing, receipts, read_markers), `keys` (keys, cross_signing,
+//! to_device), `bridges` (third_party_lookup and the application-service operations),
+//! `legacy` (old_sync, peeking_events), `account` (registration, login, logout, passwords,
+//! devices, whoami), `media` (content_repo, authed_content_repo).
 
 mod account;
 pub mod admin;
@@ -12,17 +19,27 @@ mod events;
 mod keys;
 mod legacy;
 mod media;
-mod misc;
+mod mutual_rooms;
+mod notifications;
+mod openid;
+mod presence;
 mod preview;
 mod profile;
-mod push;
+mod pusher;
+mod pushrules;
+mod relations;
+mod report_content;
+mod room_event_by_timestamp;
+mod room_summary;
+mod room_upgrades;
 mod rooms;
-mod social;
-mod spaces;
+mod search;
+mod space_hierarchy;
 pub mod sso;
 mod sync;
 pub mod threepid;
 mod user_data;
+mod users;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -224,23 +241,23 @@ table! {
     "getConfig" => media::get_config,
     "getUrlPreview" => preview::get_url_preview,
     "getUrlPreviewAuthed" => preview::get_url_preview_authed,
-    "getPushRules" => push::get_push_rules,
-    "getPushRulesGlobal" => push::get_push_rules_global,
-    "getPushRule" => push::get_push_rule,
-    "deletePushRule" => push::delete_push_rule,
-    "setPushRule" => push::set_push_rule,
-    "isPushRuleEnabled" => push::is_push_rule_enabled,
-    "setPushRuleEnabled" => push::set_push_rule_enabled,
-    "getPushRuleActions" => push::get_push_rule_actions,
-    "setPushRuleActions" => push::set_push_rule_actions,
-    "setPresence" => social::set_presence,
-    "getPresence" => social::get_presence,
-    "searchUserDirectory" => social::search_user_directory,
-    "getMutualRooms" => social::get_mutual_rooms,
-    "getRelatingEvents" => social::get_relating_events,
-    "getRelatingEventsWithRelType" => social::get_relating_events_with_rel_type,
-    "getRelatingEventsWithRelTypeAndEventType" => social::get_relating_events_with_rel_type_and_event_type,
-    "getThreadRoots" => social::get_thread_roots,
+    "getPushRules" => pushrules::get_push_rules,
+    "getPushRulesGlobal" => pushrules::get_push_rules_global,
+    "getPushRule" => pushrules::get_push_rule,
+    "deletePushRule" => pushrules::delete_push_rule,
+    "setPushRule" => pushrules::set_push_rule,
+    "isPushRuleEnabled" => pushrules::is_push_rule_enabled,
+    "setPushRuleEnabled" => pushrules::set_push_rule_enabled,
+    "getPushRuleActions" => pushrules::get_push_rule_actions,
+    "setPushRuleActions" => pushrules::set_push_rule_actions,
+    "setPresence" => presence::set_presence,
+    "getPresence" => presence::get_presence,
+    "searchUserDirectory" => users::search_user_directory,
+    "getMutualRooms" => mutual_rooms::get_mutual_rooms,
+    "getRelatingEvents" => relations::get_relating_events,
+    "getRelatingEventsWithRelType" => relations::get_relating_events_with_rel_type,
+    "getRelatingEventsWithRelTypeAndEventType" => relations::get_relating_events_with_rel_type_and_event_type,
+    "getThreadRoots" => relations::get_thread_roots,
     "postRoomKeysVersion" => backup::post_room_keys_version,
     "getRoomKeysVersionCurrent" => backup::get_room_keys_version_current,
     "getRoomKeysVersion" => backup::get_room_keys_version,
@@ -255,14 +272,14 @@ table! {
     "putRoomKeys" => backup::put_room_keys,
     "getRoomKeys" => backup::get_room_keys,
     "deleteRoomKeys" => backup::delete_room_keys,
-    "getPushers" => misc::get_pushers,
-    "postPusher" => misc::post_pusher,
-    "getNotifications" => misc::get_notifications,
-    "requestOpenIdToken" => misc::request_open_id_token,
-    "reportRoom" => misc::report_room,
-    "reportEvent" => misc::report_event,
-    "reportUser" => misc::report_user,
-    "getWhoIs" => misc::get_who_is,
+    "getPushers" => pusher::get_pushers,
+    "postPusher" => pusher::post_pusher,
+    "getNotifications" => notifications::get_notifications,
+    "requestOpenIdToken" => openid::request_open_id_token,
+    "reportRoom" => report_content::report_room,
+    "reportEvent" => report_content::report_event,
+    "reportUser" => report_content::report_user,
+    "getWhoIs" => admin::get_who_is,
     "getAdminLockUser" => admin::get_admin_lock_user,
     "setAdminLockUser" => admin::set_admin_lock_user,
     "getAdminSuspendUser" => admin::get_admin_suspend_user,
@@ -285,18 +302,18 @@ table! {
     "queryUserByID" => bridges::query_user_by_id,
     "pingAppservice" => bridges::ping_appservice,
     "updateAppserviceRoomDirectoryVisibility" => bridges::update_appservice_room_directory_visibility,
-    "getEventByTimestamp" => misc::get_event_by_timestamp,
-    "getRoomSummary" => misc::get_room_summary,
-    "search" => misc::search,
-    "createContent" => misc::create_content,
-    "uploadContentToMXC" => misc::upload_content_to_mxc,
+    "getEventByTimestamp" => room_event_by_timestamp::get_event_by_timestamp,
+    "getRoomSummary" => room_summary::get_room_summary,
+    "search" => search::search,
+    "createContent" => media::create_content,
+    "uploadContentToMXC" => media::upload_content_to_mxc,
     "deleteProfileField" => profile::delete_profile_field,
-    "upgradeRoom" => spaces::upgrade_room,
-    "getSpaceHierarchy" => spaces::get_space_hierarchy,
+    "upgradeRoom" => room_upgrades::upgrade_room,
+    "getSpaceHierarchy" => space_hierarchy::get_space_hierarchy,
     "uploadCrossSigningKeys" => keys::upload_cross_signing_keys,
     "uploadCrossSigningSignatures" => keys::upload_cross_signing_signatures,
-    "roomInitialSync" => spaces::room_initial_sync,
-    "getOneEvent" => spaces::get_one_event,
+    "roomInitialSync" => legacy::room_initial_sync,
+    "getOneEvent" => legacy::get_one_event,
     "initialSync" => legacy::initial_sync,
     "getEvents" => legacy::get_events,
     "peekEvents" => legacy::peek_events,

@@ -524,7 +524,7 @@ fn build(
                 .collect()
         })
         .unwrap_or_default();
-    let presence: Vec<Value> = super::social::presence_events(state, &me.user_id, s)
+    let presence: Vec<Value> = super::presence::presence_events(state, &me.user_id, s)
         .into_iter()
         .filter(|e| {
             filter

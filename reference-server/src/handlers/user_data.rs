@@ -74,7 +74,7 @@ pub fn get_account_data(
             Some(c) => Ok(c),
             // Push rules are account data too, set or not.
             None if req.type_ == "m.push_rules" => {
-                Ok(json!({"global": super::push::default_ruleset(&req.user_id)}))
+                Ok(json!({"global": super::pushrules::default_ruleset(&req.user_id)}))
             }
             None => Err(ApiError::not_found("no account data of that type")),
         }

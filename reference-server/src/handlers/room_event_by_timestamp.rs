@@ -1,0 +1,37 @@
+//! The event closest to a point in time.
+
+use mxconform_generated::client_server as cs;
+use serde_json::{json, Value};
+
+use super::Ctx;
+use crate::error::{ApiError, ApiResult};
+
+pub fn get_event_by_timestamp(
+    ctx: &Ctx,
+    req: cs::room_event_by_timestamp::get_event_by_timestamp::Request,
+) -> ApiResult<Value> {
+    let me = ctx.me()?;
+    let forwards = req.dir.as_str() == "f";
+    let ts = req.ts.max(0) as u64;
+    ctx.server.read(|s| {
+        let room = s.room(req.room_id.as_str())?;
+        let visible = |p: &&u64| s.can_see(room, &me.user_id, **p);
+        let found = if forwards {
+            room.timeline
+                .iter()
+                .filter(visible)
+                .filter_map(|p| s.event(*p))
+                .find(|e| e.ts >= ts)
+        } else {
+            room.timeline
+                .iter()
+                .rev()
+                .filter(visible)
+                .filter_map(|p| s.event(*p))
+                .find(|e| e.ts <= ts)
+        };
+        let e = found
+            .ok_or_else(|| ApiError::not_found("no event in that direction from that time"))?;
+        Ok(json!({"event_id": e.event_id, "origin_server_ts": e.ts}))
+    })
+}
