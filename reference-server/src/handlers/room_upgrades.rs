@@ -4,7 +4,7 @@ use mxconform_generated::client_server as cs;
 use serde_json::{json, Value};
 
 use super::discovery::ROOM_VERSIONS;
-use super::rooms::{change_membership, send_state};
+use super::rooms::{change_membership, create_content, send_state};
 use super::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::state::Append;
@@ -42,18 +42,21 @@ pub fn upgrade_room(ctx: &Ctx, req: cs::room_upgrades::upgrade_room::Request) ->
             probe,
         ))?;
         let v: u32 = version.parse().unwrap_or(12);
-        let mut create = json!({"room_version": version, "predecessor": {"room_id": old.room_id}});
-        if v < 11 {
-            create["creator"] = json!(me.user_id);
+        let mut base = serde_json::Map::new();
+        base.insert("predecessor".into(), json!({"room_id": old.room_id}));
+        let extra: Vec<String> = req
+            .body
+            .additional_creators
+            .iter()
+            .flatten()
+            .map(|u| u.to_string())
+            .collect();
+        if req.body.additional_creators.is_some() && v < 12 {
+            return Err(ApiError::bad_json(
+                "additional_creators needs room version 12 or later",
+            ));
         }
-        if let Some(extra) = &req.body.additional_creators {
-            if v < 12 {
-                return Err(ApiError::bad_json(
-                    "additional_creators needs room version 12 or later",
-                ));
-            }
-            create["additional_creators"] = json!(extra);
-        }
+        let create = create_content(&version, &me.user_id, base, &extra)?;
         let room_id = state.create_room(batch, &version, &me.user_id, create, false)?;
         change_membership(
             state,

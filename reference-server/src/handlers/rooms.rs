@@ -249,6 +249,52 @@ pub fn resolve_room(state: &State, id_or_alias: &str) -> ApiResult<String> {
     Ok(id_or_alias.to_string())
 }
 
+/// A create event's content, for createRoom and upgrades alike: `base` (the client's
+/// `creation_content`) with the room version, the creator before version 11, and from version
+/// 12 `more_creators` added to its `additional_creators` (which must be user ids, and only
+/// from version 12).
+pub fn create_content(
+    version: &str,
+    creator: &str,
+    mut base: Map<String, Value>,
+    more_creators: &[String],
+) -> ApiResult<Value> {
+    let v: u32 = version.parse().unwrap_or(12);
+    base.insert("room_version".into(), json!(version));
+    if v < 11 {
+        base.insert("creator".into(), json!(creator));
+    } else {
+        base.remove("creator");
+    }
+    if !more_creators.is_empty() {
+        let mut extra: Vec<Value> = base
+            .get("additional_creators")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for u in more_creators {
+            if !extra.contains(&json!(u)) {
+                extra.push(json!(u));
+            }
+        }
+        base.insert("additional_creators".into(), Value::Array(extra));
+    }
+    if let Some(extra) = base.get("additional_creators") {
+        let ok = extra.as_array().is_some_and(|a| {
+            a.iter().all(|u| {
+                u.as_str()
+                    .is_some_and(|s| mxconform_generated::ids::UserId::parse(s).is_ok())
+            })
+        });
+        if !ok || v < 12 {
+            return Err(ApiError::bad_json(
+                "additional_creators must be a list of user ids, from room version 12 on",
+            ));
+        }
+    }
+    Ok(Value::Object(base))
+}
+
 pub fn create_room(ctx: &Ctx, req: cs::create_room::create_room::Request) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     let b = req.body;
@@ -307,31 +353,10 @@ pub fn create_room(ctx: &Ctx, req: cs::create_room::create_room::Request) -> Api
                 return Err(ApiError::room_in_use(format!("the alias {a} is taken")));
             }
         }
-        // The create event's content.
-        let mut create: Map<String, Value> = b.creation_content.clone().unwrap_or_default();
-        create.insert("room_version".into(), json!(version));
-        if v < 11 {
-            create.insert("creator".into(), json!(me.user_id));
-        } else {
-            create.remove("creator");
-        }
-        if v >= 12 && preset == "trusted_private_chat" && !invites.is_empty() {
-            let mut extra: Vec<Value> = create.get("additional_creators").and_then(Value::as_array).cloned().unwrap_or_default();
-            for u in &invites {
-                if !extra.contains(&json!(u)) {
-                    extra.push(json!(u));
-                }
-            }
-            create.insert("additional_creators".into(), Value::Array(extra));
-        }
-        if let Some(extra) = create.get("additional_creators") {
-            let ok = extra.as_array().is_some_and(|a| a.iter().all(|u| u.as_str().is_some_and(|s| mxconform_generated::ids::UserId::parse(s).is_ok())));
-            if !ok || v < 12 {
-                return Err(ApiError::bad_json("additional_creators must be a list of user ids, from room version 12 on"));
-            }
-        }
         // The create event makes the room (from version 12 its hash is the room id).
-        let room_id = state.create_room(batch, &version, &me.user_id, Value::Object(create), public)?;
+        let trusted = if v >= 12 && preset == "trusted_private_chat" { invites.as_slice() } else { &[] };
+        let create = create_content(&version, &me.user_id, b.creation_content.clone().unwrap_or_default(), trusted)?;
+        let room_id = state.create_room(batch, &version, &me.user_id, create, public)?;
         change_membership(state, batch, &room_id, &me.user_id, &me.user_id, "join", json!({}))?;
 
         // Power levels: defaults, then the preset's, then the override.
