@@ -1,7 +1,9 @@
 //! mxconform-server: a Matrix homeserver whose routes come from the generated route table.
 //! [`Server::handle`] answers one HTTP request with no socket (what the tests call);
-//! [`serve`] runs it on a TCP listener. State lives in memory and in an embedded SQLite
-//! database ([`store`]); every acknowledged write is committed before the answer is sent.
+//! [`serve`] runs it on a TCP listener. Events live in an embedded SQLite database
+//! ([`store`]) behind a bounded cache ([`events`]); the rest of the state is in memory
+//! ([`state`]) and in the same database; every acknowledged write is committed before the
+//! answer is sent.
 
 pub mod appservice;
 pub mod error;
@@ -9,7 +11,6 @@ pub mod events;
 pub mod handlers;
 pub mod http;
 pub mod outbound;
-pub mod push_rules;
 pub mod router;
 pub mod state;
 pub mod store;

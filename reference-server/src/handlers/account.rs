@@ -1,115 +1,15 @@
 //! Accounts: registration (user-interactive, dummy stage), login, logout, whoami, password
 //! change and deactivation (user-interactive, password stage), and devices.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::OnceLock;
-
-use argon2::password_hash::{phc::PasswordHash, PasswordHasher, PasswordVerifier};
 use mxconform_generated::client_server as cs;
 use serde_json::{json, Value};
 
+use super::credentials::{hash_password, login_user, verify_password};
+use super::uia::{password_uia, uia};
 use super::{Ctx, Reply};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{now_ms, random_token, Device, State, User};
 use crate::store::Batch;
-use crate::PasswordCost;
-
-fn argon(cost: PasswordCost) -> argon2::Argon2<'static> {
-    let params = match cost {
-        PasswordCost::Standard => argon2::Params::new(19 * 1024, 2, 1, None),
-        PasswordCost::Test => argon2::Params::new(argon2::Params::MIN_M_COST.max(8), 1, 1, None),
-    }
-    .expect("argon2 parameters are valid");
-    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-}
-
-pub fn hash_password(cost: PasswordCost, password: &str) -> ApiResult<String> {
-    let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).map_err(ApiError::internal)?;
-    argon(cost)
-        .hash_password_with_salt(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(ApiError::internal)
-}
-
-pub fn verify_password(hash: &str, password: &str) -> bool {
-    PasswordHash::new(hash).ok().is_some_and(|h| {
-        argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &h)
-            .is_ok()
-    })
-}
-
-/// User-interactive auth sessions: session id -> completed stages. Kept in memory: a server
-/// restart in the middle of a flow starts it again.
-fn sessions() -> &'static Mutex<HashMap<String, Vec<String>>> {
-    static S: OnceLock<Mutex<HashMap<String, Vec<String>>>> = OnceLock::new();
-    S.get_or_init(Mutex::default)
-}
-
-/// The 401 that starts (or continues) a user-interactive flow.
-fn uia_challenge(stages: &[&str], session: &str, error: Option<ApiError>) -> ApiError {
-    let mut extra = json!({
-        "flows": [{"stages": stages}],
-        "params": {},
-        "session": session,
-        "completed": sessions().lock().ok().and_then(|s| s.get(session).cloned()).unwrap_or_default(),
-    });
-    let (errcode, message) = match error {
-        Some(e) => (e.errcode, e.message),
-        None => (
-            "M_FORBIDDEN",
-            "additional authentication is required".to_string(),
-        ),
-    };
-    if errcode != "M_FORBIDDEN" || extra["completed"].as_array().is_some_and(|c| !c.is_empty()) {
-        extra["errcode"] = json!(errcode);
-        extra["error"] = json!(message);
-    }
-    ApiError {
-        status: 401,
-        errcode,
-        message,
-        extra: Some(extra),
-    }
-}
-
-/// Runs a one-stage user-interactive flow: `Ok(())` once `auth` completes `stage`.
-fn uia(
-    auth: Option<&Value>,
-    stage: &str,
-    check: impl FnOnce(&Value) -> ApiResult<()>,
-) -> ApiResult<()> {
-    let Some(auth) = auth else {
-        let session = random_token(16);
-        sessions()
-            .lock()
-            .map_err(ApiError::internal)?
-            .insert(session.clone(), Vec::new());
-        return Err(uia_challenge(&[stage], &session, None));
-    };
-    let session = auth
-        .get("session")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let kind = auth.get("type").and_then(Value::as_str).unwrap_or("");
-    if kind != stage {
-        return Err(uia_challenge(
-            &[stage],
-            &session,
-            Some(ApiError::unknown_400(format!("unsupported stage `{kind}`"))),
-        ));
-    }
-    if let Err(e) = check(auth) {
-        return Err(uia_challenge(&[stage], &session, Some(e)));
-    }
-    if let Ok(mut s) = sessions().lock() {
-        s.remove(&session);
-    }
-    Ok(())
-}
 
 fn localpart_ok(l: &str) -> bool {
     !l.is_empty()
@@ -305,40 +205,6 @@ pub fn get_login_flows(ctx: &Ctx, _req: cs::login::get_login_flows::Request) -> 
     Ok(json!({ "flows": flows }))
 }
 
-/// A short-lived token for `m.login.token` (also what single sign-on hands the client).
-pub fn issue_login_token(state: &mut crate::state::State, user_id: &str) -> (String, u64) {
-    let token = random_token(24);
-    let lifetime = 120_000;
-    let now = now_ms();
-    state.login_tokens.retain(|_, (_, exp)| *exp > now);
-    state
-        .login_tokens
-        .insert(token.clone(), (user_id.to_string(), now + lifetime));
-    (token, lifetime)
-}
-
-/// The user id a login names, from `identifier` (`m.id.user`) or the deprecated `user`.
-fn login_user(ctx: &Ctx, identifier: Option<&Value>, user: Option<&str>) -> ApiResult<String> {
-    let name = match identifier {
-        Some(id) => {
-            if id.get("type").and_then(Value::as_str) != Some("m.id.user") {
-                return Err(ApiError::unknown_400(
-                    "only m.id.user identifiers are supported",
-                ));
-            }
-            id.get("user")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::bad_json("`identifier.user` is missing"))?
-        }
-        None => user.ok_or_else(|| ApiError::bad_json("no `identifier` in the login"))?,
-    };
-    Ok(if name.starts_with('@') {
-        name.to_lowercase()
-    } else {
-        format!("@{}:{}", name.to_lowercase(), ctx.server.config.server_name)
-    })
-}
-
 pub fn login(ctx: &Ctx, req: cs::login::login::Request) -> ApiResult<Value> {
     let b = req.body;
     let user_id = match b.type_.as_str() {
@@ -438,40 +304,6 @@ pub fn logout_all(ctx: &Ctx, _req: cs::logout::logout_all::Request) -> ApiResult
 pub fn get_token_owner(ctx: &Ctx, _req: cs::whoami::get_token_owner::Request) -> ApiResult<Value> {
     let me = ctx.me()?;
     Ok(json!({"user_id": me.user_id, "device_id": me.device_id, "is_guest": false}))
-}
-
-/// The one-stage `m.login.password` flow that guards the caller's own account and devices.
-pub(super) fn password_uia<A: serde::Serialize>(ctx: &Ctx, auth: Option<&A>) -> ApiResult<()> {
-    let auth = auth.map(|a| serde_json::to_value(a).unwrap_or_default());
-    uia(auth.as_ref(), "m.login.password", |a| {
-        check_own_password(ctx, a)
-    })
-}
-
-/// The `m.login.password` stage: the caller's own password.
-fn check_own_password(ctx: &Ctx, auth: &Value) -> ApiResult<()> {
-    let me = ctx.me()?;
-    let named = login_user(
-        ctx,
-        auth.get("identifier"),
-        auth.get("user").and_then(Value::as_str),
-    )?;
-    if named != me.user_id {
-        return Err(ApiError::forbidden(
-            "the password stage must name the caller",
-        ));
-    }
-    let password = auth.get("password").and_then(Value::as_str).unwrap_or("");
-    let hash = ctx.server.read(|s| {
-        s.users
-            .get(&me.user_id)
-            .and_then(|u| u.password_hash.clone())
-    });
-    if hash.is_some_and(|h| verify_password(&h, password)) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("invalid password"))
-    }
 }
 
 pub fn change_password(
@@ -702,6 +534,6 @@ pub fn generate_login_token(
     password_uia(ctx, req.body.auth.as_ref())?;
     let (token, lifetime) = ctx
         .server
-        .write(|state, _| Ok(issue_login_token(state, &me.user_id)))?;
+        .write(|state, _| Ok(state.issue_login_token(&me.user_id)))?;
     Ok(json!({"login_token": token, "expires_in_ms": lifetime}))
 }

@@ -392,7 +392,7 @@ pub fn upload_cross_signing_keys(
     let first = stored.get("master_key").is_none();
     let same = keys.iter().all(|(k, v)| stored.get(k) == Some(v));
     if !first && !same {
-        super::account::password_uia(ctx, b.auth.as_ref())?;
+        super::uia::password_uia(ctx, b.auth.as_ref())?;
     }
     ctx.server.write(|state, batch| {
         let mut all = state

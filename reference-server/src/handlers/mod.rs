@@ -13,6 +13,7 @@ mod account;
 pub mod admin;
 mod backup;
 mod bridges;
+mod credentials;
 mod directory;
 mod discovery;
 mod events;
@@ -38,6 +39,7 @@ mod space_hierarchy;
 pub mod sso;
 mod sync;
 pub mod threepid;
+mod uia;
 mod user_data;
 mod users;
 

@@ -45,7 +45,7 @@ pub fn get_notifications(
                 .rev()
                 .filter(|(_, n)| n.pos < before)
             {
-                if only_highlight && !crate::push_rules::Notification::highlights_at(list, i) {
+                if only_highlight && !crate::state::push::Notification::highlights_at(list, i) {
                     continue;
                 }
                 if !s.can_see(room, &me.user_id, n.pos) {

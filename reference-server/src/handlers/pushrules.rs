@@ -10,7 +10,7 @@ use crate::state::State;
 
 const KINDS: [&str; 5] = ["override", "content", "room", "sender", "underride"];
 
-pub use crate::push_rules::{default_ruleset, ruleset};
+pub use crate::state::push::{default_ruleset, ruleset};
 
 fn save(state: &mut State, batch: &mut crate::store::Batch, user: &str, rules: Value) {
     state.put_account_data(batch, user, "", "m.push_rules", json!({"global": rules}));

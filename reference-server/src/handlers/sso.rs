@@ -124,7 +124,7 @@ pub async fn complete_cas_login(
             Some(_) => {}
             None => state.put_user(batch, User::new(&user_id, None)),
         }
-        Ok(super::account::issue_login_token(state, &user_id).0)
+        Ok(state.issue_login_token(&user_id).0)
     })?;
     let sep = if redirect_url.contains('?') { '&' } else { '?' };
     Ok(format!(

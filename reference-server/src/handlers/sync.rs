@@ -413,7 +413,7 @@ fn unread_by_thread(
         if n.pos <= read {
             continue;
         }
-        let highlight = u32::from(crate::push_rules::Notification::highlights_at(list, i));
+        let highlight = u32::from(crate::state::push::Notification::highlights_at(list, i));
         let bucket = match root {
             Some(r) => threads.entry(r).or_default(),
             None => &mut main,

@@ -478,7 +478,7 @@ fn bind_session(ctx: &Ctx, sid: &str, client_secret: &str) -> ApiResult<Value> {
 
 pub fn add3_pid(ctx: &Ctx, req: cs::administrative_contact::add3_pid::Request) -> ApiResult<Value> {
     let b = req.body;
-    super::account::password_uia(ctx, b.auth.as_ref())?;
+    super::uia::password_uia(ctx, b.auth.as_ref())?;
     bind_session(ctx, &b.sid, &b.client_secret)
 }
 

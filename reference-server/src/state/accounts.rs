@@ -308,4 +308,16 @@ impl State {
         self.account_data
             .insert((user.into(), room.into(), kind.into()), (content, pos));
     }
+
+    /// A short-lived token for `m.login.token` (also what single sign-on hands the client):
+    /// the token and its lifetime in ms. Expired tokens are dropped here.
+    pub fn issue_login_token(&mut self, user_id: &str) -> (String, u64) {
+        let token = super::random_token(24);
+        let lifetime = 120_000;
+        let now = super::now_ms();
+        self.login_tokens.retain(|_, (_, exp)| *exp > now);
+        self.login_tokens
+            .insert(token.clone(), (user_id.to_string(), now + lifetime));
+        (token, lifetime)
+    }
 }

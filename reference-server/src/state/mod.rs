@@ -13,6 +13,7 @@
 
 mod accounts;
 mod devices;
+pub mod push;
 pub mod records;
 mod restore;
 mod room;

@@ -227,7 +227,7 @@ impl State {
                     None => room.notifications.entry(user.to_string()).or_default(),
                 };
                 let before = list.last().map_or(0, |n| n.highlights);
-                list.push(crate::push_rules::Notification {
+                list.push(crate::state::push::Notification {
                     pos,
                     highlights: before + u32::from(highlight),
                 });

@@ -32,7 +32,7 @@ pub struct Room {
     pub public: bool,
     /// Each user's notifications in the room (events their push rules say notify), oldest
     /// first; their actions are in the database.
-    pub notifications: HashMap<String, Vec<crate::push_rules::Notification>>,
+    pub notifications: HashMap<String, Vec<crate::state::push::Notification>>,
     /// Each user's latest event in the room: sending reads everything before it.
     pub last_sent: HashMap<String, u64>,
     /// The position of the room's latest membership change.

@@ -266,10 +266,10 @@ impl State {
         users
             .into_iter()
             .filter_map(|u| {
-                let actions = crate::push_rules::with_ruleset(self, u, |rules| {
-                    crate::push_rules::evaluate(self, room, rules, ev, u)
+                let actions = crate::state::push::with_ruleset(self, u, |rules| {
+                    crate::state::push::evaluate(self, room, rules, ev, u)
                 })?;
-                crate::push_rules::Notification::notifies(&actions).then(|| (u.clone(), actions))
+                crate::state::push::Notification::notifies(&actions).then(|| (u.clone(), actions))
             })
             .collect()
     }
@@ -286,10 +286,10 @@ impl State {
             room.extremities = vec![pdu.clone()];
             room.last_sent.insert(ev.sender.clone(), pos);
             for (user, actions) in notify {
-                let highlight = crate::push_rules::Notification::highlight(&actions);
+                let highlight = crate::state::push::Notification::highlight(&actions);
                 let list = room.notifications.entry(user.clone()).or_default();
                 let before = list.last().map_or(0, |n| n.highlights);
-                list.push(crate::push_rules::Notification {
+                list.push(crate::state::push::Notification {
                     pos,
                     highlights: before + u32::from(highlight),
                 });

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use regex::Regex;
 use serde_json::Value;
 
-use crate::state::{Event, Room, State};
+use super::{Event, Room, State};
 
 /// One notification: the event's position, and how many of the user's notifications in the
 /// room highlight, up to and including this one (the actions of the rule that matched are in
