@@ -304,19 +304,17 @@ pub fn redact_event(ctx: &Ctx, req: cs::redaction::redact_event::Request) -> Api
         if let Some(r) = &req.body.reason {
             content["reason"] = json!(r);
         }
-        let redaction = |content: Value| {
-            let mut new = Append::new(
-                req.room_id.as_str(),
-                &me.user_id,
-                "m.room.redaction",
-                None,
-                content,
-            );
-            new.redacts = Some(req.event_id.as_str().to_string());
-            new
-        };
+        let mut redaction = Append::new(
+            req.room_id.as_str(),
+            &me.user_id,
+            "m.room.redaction",
+            None,
+            content,
+        );
+        redaction.redacts = Some(req.event_id.as_str().to_string());
+        redaction.txn = Some((me.device_id.clone(), req.txn_id.clone()));
         // May the user send a redaction at all (member, m.room.redaction level): the rules say.
-        state.check_allowed(redaction(content.clone()))?;
+        let prepared = state.prepare(redaction)?;
         let room = state.room(req.room_id.as_str())?;
         let target = state
             .event_by_id(req.event_id.as_str())
@@ -336,9 +334,7 @@ pub fn redact_event(ctx: &Ctx, req: cs::redaction::redact_event::Request) -> Api
                 "your power level is too low to redact others' events",
             ));
         }
-        let mut new = redaction(content);
-        new.txn = Some((me.device_id.clone(), req.txn_id.clone()));
-        let (_, id) = state.append(batch, new)?;
+        let (_, id) = state.append_prepared(batch, prepared)?;
         state.remember_txn(batch, key, id.clone());
         Ok(json!({"event_id": id}))
     })

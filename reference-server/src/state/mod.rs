@@ -32,7 +32,7 @@ use crate::store::{Batch, Store};
 
 pub use accounts::{Backup, Device, Threepid, ThreepidSession, User};
 pub use room::{creators_of, Append, AuthView, Current, Room};
-pub use timeline::{relation_target, Event};
+pub use timeline::{relation_target, Event, Prepared};
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

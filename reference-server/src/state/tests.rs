@@ -361,3 +361,50 @@ fn a_version_1_database_is_migrated() {
     assert_eq!(m.content, json!({}));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A prepared event is recorded as prepared (same id: built and signed once); one prepared
+/// before the room moved on is refused instead of forking the history.
+#[test]
+fn prepared_events_are_recorded_once_and_never_fork() {
+    let mut state = State::new("hs.test", SigningKey::generate(None).unwrap());
+    let mut batch = Batch::default();
+    let alice = "@alice:hs.test";
+    let room_id = state
+        .create_room(
+            &mut batch,
+            "12",
+            alice,
+            json!({"room_version": "12"}),
+            false,
+        )
+        .unwrap();
+    state
+        .append(
+            &mut batch,
+            Append::new(
+                &room_id,
+                alice,
+                "m.room.member",
+                Some(alice),
+                json!({"membership": "join"}),
+            ),
+        )
+        .unwrap();
+    let msg = |body: &str| {
+        Append::new(
+            &room_id,
+            alice,
+            "m.room.message",
+            None,
+            json!({"body": body}),
+        )
+    };
+    let p = state.prepare(msg("one")).unwrap();
+    let (pos, id) = state.append_prepared(&mut batch, p).unwrap();
+    assert_eq!(state.event(pos).unwrap().event_id, id);
+    let stale = state.prepare(msg("two")).unwrap();
+    state.append(&mut batch, msg("three")).unwrap();
+    let err = state.append_prepared(&mut batch, stale).unwrap_err();
+    assert_eq!(err.status, 500, "{err:?}");
+    assert_eq!(state.rooms[&room_id].extremities.len(), 1);
+}

@@ -177,6 +177,13 @@ impl Event {
     }
 }
 
+/// A new event made and authorized, not yet recorded ([`State::prepare`]).
+#[derive(Debug)]
+pub struct Prepared {
+    pdu: Pdu,
+    txn: Option<(String, String)>,
+}
+
 /// The event an event's `m.relates_to` names.
 pub fn relation_target(content: &Value) -> Option<&str> {
     content
@@ -381,6 +388,34 @@ impl State {
     /// what a request that would send it checks before doing anything else.
     pub fn check_allowed(&self, a: Append<'_>) -> ApiResult<()> {
         self.make_pdu(a).map(|_| ())
+    }
+
+    /// The event, made and authorized now, to be recorded later in the same request by
+    /// [`State::append_prepared`] (a request that checks the rules first and sends the same
+    /// event after its own checks builds and signs it once).
+    pub fn prepare(&self, mut a: Append<'_>) -> ApiResult<Prepared> {
+        let txn = a.txn.take();
+        Ok(Prepared {
+            pdu: self.make_pdu(a)?,
+            txn,
+        })
+    }
+
+    /// Records a prepared event; if the room moved on since it was prepared (its prev events
+    /// are no longer the room's extremities), it is refused rather than forking the history.
+    pub fn append_prepared(&mut self, batch: &mut Batch, p: Prepared) -> ApiResult<(u64, String)> {
+        let current: Vec<&str> = self
+            .room(&p.pdu.room_id)?
+            .extremities
+            .iter()
+            .map(|e| e.event_id.as_str())
+            .collect();
+        if p.pdu.prev_events != current {
+            return Err(ApiError::internal(
+                "the room changed between preparing an event and sending it",
+            ));
+        }
+        Ok(self.record_event(batch, p.pdu, p.txn))
     }
 
     /// The PDU of a new event of this server, built on the room's extremities and authorized
