@@ -355,8 +355,7 @@ pub fn change_password(
         }
         if let Some(sid) = &spent_session {
             // A reset session works once.
-            state.threepid_sessions.remove(sid);
-            batch.delete("3pid_session", sid.clone());
+            state.remove_threepid_session(batch, sid);
         }
         Ok(json!({}))
     })

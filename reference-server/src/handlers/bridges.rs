@@ -318,20 +318,7 @@ pub fn update_appservice_room_directory_visibility(
     );
     ctx.server.write(|state, batch| {
         state.room(&room_id)?;
-        let key = format!("{instance}\u{0}{room_id}");
-        if public {
-            batch.put("as_room", key, &json!(true));
-            state
-                .appservice_rooms
-                .entry(instance.clone())
-                .or_default()
-                .insert(room_id.clone());
-        } else {
-            batch.delete("as_room", key);
-            if let Some(set) = state.appservice_rooms.get_mut(&instance) {
-                set.remove(&room_id);
-            }
-        }
+        state.put_appservice_room(batch, &instance, &room_id, public);
         Ok(json!({}))
     })
 }

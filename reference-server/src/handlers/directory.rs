@@ -69,16 +69,8 @@ pub fn set_room_alias(ctx: &Ctx, req: cs::directory::set_room_alias::Request) ->
                 ..ApiError::unknown(format!("the alias {alias} already exists"))
             });
         }
-        state
-            .aliases
-            .insert(alias.clone(), (room.room_id.clone(), me.user_id.clone()));
-        batch.put_record(
-            alias.clone(),
-            &crate::state::records::AliasRecord {
-                room_id: req.body.room_id.as_str().to_string(),
-                creator: me.user_id.clone(),
-            },
-        );
+        let target = (room.room_id.clone(), me.user_id.clone());
+        state.put_alias(batch, &alias, Some(target));
         Ok(json!({}))
     })
 }
@@ -116,8 +108,7 @@ pub fn delete_room_alias(
                 "only the alias's creator or a room moderator may delete it",
             ));
         }
-        state.aliases.remove(&alias);
-        batch.delete("alias", alias.clone());
+        state.put_alias(batch, &alias, None);
         Ok(json!({}))
     })
 }

@@ -12,19 +12,11 @@ pub fn set_presence(ctx: &Ctx, req: cs::presence::set_presence::Request) -> ApiR
     let presence = req.body.presence.as_str().to_string();
     let status = req.body.status_msg.clone();
     ctx.server.write(|state, batch| {
-        let pos = state.next_pos(batch);
         let mut content = json!({"presence": presence, "last_active_ts": now_ms()});
         if let Some(s) = status {
             content["status_msg"] = json!(s);
         }
-        batch.put_record(
-            req.user_id.clone(),
-            &crate::state::records::PresenceRecord {
-                content: content.clone(),
-                pos,
-            },
-        );
-        state.presence.insert(req.user_id.clone(), (content, pos));
+        state.put_presence(batch, &req.user_id, content);
         Ok(json!({}))
     })
 }

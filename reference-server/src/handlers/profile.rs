@@ -173,21 +173,13 @@ pub fn set_public_field(
     }
     // The presence update of a profile change (presence events carry the display name and
     // avatar): the current presence, or online (the user is active) if none was set.
-    let pos = state.next_pos(batch);
     let mut presence = state
         .presence
         .get(me)
         .map(|(c, _)| c.clone())
         .unwrap_or_else(|| json!({"presence": "online"}));
     presence["last_active_ts"] = json!(crate::state::now_ms());
-    batch.put_record(
-        me,
-        &crate::state::records::PresenceRecord {
-            content: presence.clone(),
-            pos,
-        },
-    );
-    state.presence.insert(me.to_string(), (presence, pos));
+    state.put_presence(batch, me, presence);
     Ok(json!({}))
 }
 

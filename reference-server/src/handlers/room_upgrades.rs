@@ -124,15 +124,8 @@ pub fn upgrade_room(ctx: &Ctx, req: cs::room_upgrades::upgrade_room::Request) ->
             .map(|(a, _)| a.clone())
             .collect();
         for a in aliases {
-            if let Some(entry) = state.aliases.get_mut(&a) {
-                entry.0 = room_id.clone();
-                batch.put_record(
-                    a.clone(),
-                    &crate::state::records::AliasRecord {
-                        room_id: room_id.clone(),
-                        creator: entry.1.clone(),
-                    },
-                );
+            if let Some((_, creator)) = state.aliases.get(&a).cloned() {
+                state.put_alias(batch, &a, Some((room_id.clone(), creator)));
             }
         }
         Ok(json!({"replacement_room": room_id}))

@@ -386,8 +386,7 @@ pub fn create_room(ctx: &Ctx, req: cs::create_room::create_room::Request) -> Api
         }
         send_state(state, batch, &room_id, &me.user_id, "m.room.power_levels", "", pl)?;
         if let Some(a) = &alias {
-            state.aliases.insert(a.clone(), (room_id.clone(), me.user_id.clone()));
-            batch.put_record(a.clone(), &crate::state::records::AliasRecord { room_id: room_id.clone(), creator: me.user_id.clone() });
+            state.put_alias(batch, a, Some((room_id.clone(), me.user_id.clone())));
             send_state(state, batch, &room_id, &me.user_id, "m.room.canonical_alias", "", json!({"alias": a}))?;
         }
         let (join_rule, guest) = match preset.as_str() {

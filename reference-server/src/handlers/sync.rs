@@ -341,7 +341,6 @@ fn mark_active(ctx: &Ctx, user: &str, presence: &str) -> ApiResult<()> {
         return Ok(());
     }
     ctx.server.write(|state, batch| {
-        let pos = state.next_pos(batch);
         let mut content = state
             .presence
             .get(user)
@@ -349,14 +348,7 @@ fn mark_active(ctx: &Ctx, user: &str, presence: &str) -> ApiResult<()> {
             .unwrap_or_else(|| json!({}));
         content["presence"] = json!(presence);
         content["last_active_ts"] = json!(now);
-        batch.put_record(
-            user,
-            &crate::state::records::PresenceRecord {
-                content: content.clone(),
-                pos,
-            },
-        );
-        state.presence.insert(user.to_string(), (content, pos));
+        state.put_presence(batch, user, content);
         Ok(())
     })
 }

@@ -44,8 +44,7 @@ fn admit_message(
         .map(|(sid, _)| sid.clone())
         .collect();
     for sid in expired {
-        state.threepid_sessions.remove(&sid);
-        batch.delete("3pid_session", sid);
+        state.remove_threepid_session(batch, &sid);
     }
     state
         .messages_sent

@@ -19,8 +19,7 @@ pub fn define_filter(ctx: &Ctx, req: cs::filter::define_filter::Request) -> ApiR
             .filter(|(u, _)| *u == user)
             .count()
             .to_string();
-        batch.put("filter", format!("{user}\u{0}{id}"), &filter);
-        state.filters.insert((user.clone(), id.clone()), filter);
+        state.put_filter(batch, &user, &id, filter);
         Ok(json!({"filter_id": id}))
     })
 }
@@ -222,29 +221,8 @@ fn put_receipt(
             );
             return Ok(());
         }
-        let pos = state.next_pos(batch);
-        let ts = now_ms();
         // One receipt per user, type and thread (unthreaded is a thread of its own).
-        let who = match &thread {
-            Some(t) => format!("{}\u{0}{t}", me.user_id),
-            None => me.user_id.clone(),
-        };
-        batch.put_record(
-            format!("{room_id}\u{0}{rtype}\u{0}{who}"),
-            &crate::state::records::ReceiptRecord {
-                event_id: event_id.to_string(),
-                ts,
-                thread_id: thread.clone(),
-                pos,
-            },
-        );
-        let entry = state.receipts.entry(room_id.to_string()).or_default();
-        entry
-            .0
-            .entry(rtype.to_string())
-            .or_default()
-            .insert(who, (event_id.to_string(), ts, thread));
-        entry.1 = pos;
+        state.put_receipt(batch, room_id, rtype, &me.user_id, event_id, thread);
         Ok(())
     })
 }

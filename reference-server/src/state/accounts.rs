@@ -320,4 +320,30 @@ impl State {
             .insert(token.clone(), (user_id.to_string(), now + lifetime));
         (token, lifetime)
     }
+
+    /// Sets a user's presence content, at the next stream position.
+    pub fn put_presence(&mut self, batch: &mut Batch, user: &str, content: Value) {
+        let pos = self.next_pos(batch);
+        batch.put_record(
+            user,
+            &super::records::PresenceRecord {
+                content: content.clone(),
+                pos,
+            },
+        );
+        self.presence.insert(user.to_string(), (content, pos));
+    }
+
+    /// Ends a third-party validation session.
+    pub fn remove_threepid_session(&mut self, batch: &mut Batch, sid: &str) {
+        self.threepid_sessions.remove(sid);
+        batch.delete("3pid_session", sid);
+    }
+
+    /// Keeps a filter.
+    pub fn put_filter(&mut self, batch: &mut Batch, user: &str, id: &str, filter: Value) {
+        batch.put("filter", format!("{user}\u{0}{id}"), &filter);
+        self.filters
+            .insert((user.to_string(), id.to_string()), filter);
+    }
 }

@@ -296,4 +296,83 @@ impl State {
             .unwrap_or(0);
         receipt.max(room.last_sent.get(user).copied().unwrap_or(0))
     }
+
+    /// Points an alias at a room (`Some`: room and creator) or removes it (`None`).
+    pub fn put_alias(&mut self, batch: &mut Batch, alias: &str, target: Option<(String, String)>) {
+        match target {
+            Some((room_id, creator)) => {
+                batch.put_record(
+                    alias,
+                    &super::records::AliasRecord {
+                        room_id: room_id.clone(),
+                        creator: creator.clone(),
+                    },
+                );
+                self.aliases.insert(alias.to_string(), (room_id, creator));
+            }
+            None => {
+                batch.delete("alias", alias);
+                self.aliases.remove(alias);
+            }
+        }
+    }
+
+    /// A user's receipt of a type in a room (for a thread, or unthreaded), at the next stream
+    /// position: one per user, type and thread.
+    pub fn put_receipt(
+        &mut self,
+        batch: &mut Batch,
+        room_id: &str,
+        rtype: &str,
+        user: &str,
+        event_id: &str,
+        thread: Option<String>,
+    ) {
+        let pos = self.next_pos(batch);
+        let ts = super::now_ms();
+        let who = match &thread {
+            Some(t) => format!("{user}\u{0}{t}"),
+            None => user.to_string(),
+        };
+        batch.put_record(
+            format!("{room_id}\u{0}{rtype}\u{0}{who}"),
+            &super::records::ReceiptRecord {
+                event_id: event_id.to_string(),
+                ts,
+                thread_id: thread.clone(),
+                pos,
+            },
+        );
+        let entry = self.receipts.entry(room_id.to_string()).or_default();
+        entry
+            .0
+            .entry(rtype.to_string())
+            .or_default()
+            .insert(who, (event_id.to_string(), ts, thread));
+        entry.1 = pos;
+    }
+
+    /// Lists a room in (`true`) or removes it from an application service network's
+    /// directory.
+    pub fn put_appservice_room(
+        &mut self,
+        batch: &mut Batch,
+        instance: &str,
+        room_id: &str,
+        listed: bool,
+    ) {
+        let key = format!("{instance}\u{0}{room_id}");
+        if listed {
+            batch.put("as_room", key, &json!(true));
+            self.appservice_rooms
+                .entry(instance.to_string())
+                .or_default()
+                .insert(room_id.to_string());
+        } else {
+            batch.delete("as_room", key);
+            if let Some(set) = self.appservice_rooms.get_mut(instance) {
+                set.remove(room_id);
+            }
+        }
+    }
 }
