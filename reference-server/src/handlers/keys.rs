@@ -46,67 +46,20 @@ pub fn upload_keys(ctx: &Ctx, req: cs::keys::upload_keys::Request) -> ApiResult<
     }
     ctx.server.write(|state, batch| {
         let key = (me.user_id.clone(), me.device_id.clone());
-        let rec = format!("{}\u{0}{}", me.user_id, me.device_id);
         if let Some(k) = device_keys {
             if state.device_keys.get(&key) != Some(&k) {
-                state.device_keys.insert(key.clone(), k.clone());
-                state.note_key_change(batch, &me.user_id);
-                batch.put_record(
-                    rec.clone(),
-                    &crate::state::records::DeviceKeysRecord {
-                        keys: k.clone(),
-                        pos: state.pos,
-                    },
-                );
+                state.put_device_keys(batch, &me.user_id, &me.device_id, k);
             }
         }
         for (id, v) in b.one_time_keys.iter().flatten() {
             let v = serde_json::to_value(v).unwrap_or_default();
-            // The stream position orders uploads, for claims in upload order.
-            let seq = state.next_pos(batch);
-            batch.put_record(
-                format!("{rec}\u{0}{id}"),
-                &crate::state::records::OneTimeKeyRecord {
-                    seq,
-                    key: v.clone(),
-                },
-            );
-            state
-                .one_time_keys
-                .entry(key.clone())
-                .or_default()
-                .insert(id.clone(), (seq, v));
+            state.add_one_time_key(batch, &me.user_id, &me.device_id, id, v);
         }
         if let Some(fallback) = &b.fallback_keys {
             // A new fallback key replaces the old one of its algorithm.
             for (id, v) in fallback {
-                let alg = id.split(':').next().unwrap_or("").to_string();
-                let old: Vec<String> = state
-                    .fallback_keys
-                    .get(&key)
-                    .map(|m| {
-                        m.keys()
-                            .filter(|k| k.split(':').next() == Some(alg.as_str()))
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for o in old {
-                    batch.delete("fallback", format!("{rec}\u{0}{o}"));
-                    if let Some(m) = state.fallback_keys.get_mut(&key) {
-                        m.remove(&o);
-                    }
-                    state
-                        .fallback_used
-                        .remove(&(me.user_id.clone(), me.device_id.clone(), o));
-                }
                 let v = serde_json::to_value(v).unwrap_or_default();
-                batch.put("fallback", format!("{rec}\u{0}{id}"), &v);
-                state
-                    .fallback_keys
-                    .entry(key.clone())
-                    .or_default()
-                    .insert(id.clone(), v);
+                state.put_fallback_key(batch, &me.user_id, &me.device_id, id, v);
             }
         }
         Ok(json!({"one_time_key_counts": otk_counts(state, &me.user_id, &me.device_id)}))
@@ -195,12 +148,8 @@ pub fn claim_keys(ctx: &Ctx, req: cs::keys::claim_keys::Request) -> ApiResult<Va
                 });
                 let claimed = match otk {
                     Some(id) => {
-                        let v = state
-                            .one_time_keys
-                            .get_mut(&key)
-                            .and_then(|m| m.remove(&id));
-                        batch.delete("otk", format!("{user}\u{0}{device}\u{0}{id}"));
-                        v.map(|(_, v)| (id, v))
+                        let v = state.take_one_time_key(batch, user, device, &id);
+                        v.map(|v| (id, v))
                     }
                     // No one-time key left: the fallback key, which stays, now used.
                     None => {
@@ -271,14 +220,8 @@ pub fn send_to_device(ctx: &Ctx, req: cs::to_device::send_to_device::Request) ->
                     .or_else(|| devices.get("*"))
                     .cloned()
                     .unwrap_or(json!({}));
-                let pos = state.next_pos(batch);
                 let msg = json!({"sender": me.user_id, "type": req.event_type, "content": content});
-                batch.put("to_device", format!("{user}\u{0}{device}\u{0}{pos}"), &msg);
-                state
-                    .to_device
-                    .entry((user.clone(), device))
-                    .or_default()
-                    .push((pos, msg));
+                state.queue_to_device(batch, user, &device, msg);
             }
         }
         state.remember_txn(batch, key, String::new());
@@ -416,9 +359,7 @@ pub fn upload_cross_signing_keys(
         for (k, v) in keys {
             all[k] = v;
         }
-        batch.put("cross_signing", me.user_id.clone(), &all);
-        state.cross_signing.insert(me.user_id.clone(), all);
-        state.note_key_change(batch, &me.user_id);
+        state.put_cross_signing(batch, &me.user_id, all);
         Ok(json!({}))
     })
 }
@@ -476,21 +417,17 @@ pub fn upload_cross_signing_signatures(
                         per[id] = sig;
                     }
                 }
+                // Kept again through the state, which marks the user's keys changed.
                 match &target {
                     Target::Device(device) => {
                         let keys = state.device_keys[&(user.clone(), device.clone())].clone();
-                        let pos = state.pos;
-                        batch.put_record(
-                            format!("{user}\u{0}{device}"),
-                            &crate::state::records::DeviceKeysRecord { keys, pos },
-                        );
+                        state.put_device_keys(batch, user, device, keys);
                     }
                     Target::Master => {
                         let all = state.cross_signing[user].clone();
-                        batch.put("cross_signing", user.clone(), &all);
+                        state.put_cross_signing(batch, user, all);
                     }
                 }
-                state.note_key_change(batch, user);
             }
         }
         Ok(json!({"failures": failures}))

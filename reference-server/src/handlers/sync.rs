@@ -621,12 +621,7 @@ pub fn sync(ctx: &Ctx, req: cs::sync::sync::Request) -> ApiResult<Reply> {
         });
         if acknowledged {
             ctx.server.write(|st, batch| {
-                if let Some(q) = st.to_device.get_mut(&key) {
-                    for (p, _) in q.iter().filter(|(p, _)| *p <= s) {
-                        batch.delete("to_device", format!("{}\u{0}{}\u{0}{p}", key.0, key.1));
-                    }
-                    q.retain(|(p, _)| *p > s);
-                }
+                st.ack_to_device(batch, &key.0, &key.1, s);
                 Ok(())
             })?;
         }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::State;
 use crate::store::Batch;
@@ -89,5 +89,125 @@ impl State {
             }
         }
         out
+    }
+
+    /// Keeps a device's signed keys and marks the user's keys changed.
+    pub fn put_device_keys(&mut self, batch: &mut Batch, user: &str, device: &str, keys: Value) {
+        self.device_keys
+            .insert((user.to_string(), device.to_string()), keys.clone());
+        self.note_key_change(batch, user);
+        batch.put_record(
+            format!("{user}\u{0}{device}"),
+            &super::records::DeviceKeysRecord {
+                keys,
+                pos: self.pos,
+            },
+        );
+    }
+
+    /// Keeps a user's cross-signing keys (`master_key`, `self_signing_key`,
+    /// `user_signing_key`) and marks the user's keys changed.
+    pub fn put_cross_signing(&mut self, batch: &mut Batch, user: &str, all: Value) {
+        batch.put("cross_signing", user, &all);
+        self.cross_signing.insert(user.to_string(), all);
+        self.note_key_change(batch, user);
+    }
+
+    /// Adds a one-time key, in upload order (claims take the oldest).
+    pub fn add_one_time_key(
+        &mut self,
+        batch: &mut Batch,
+        user: &str,
+        device: &str,
+        id: &str,
+        key: Value,
+    ) {
+        let seq = self.next_pos(batch);
+        batch.put_record(
+            format!("{user}\u{0}{device}\u{0}{id}"),
+            &super::records::OneTimeKeyRecord {
+                seq,
+                key: key.clone(),
+            },
+        );
+        self.one_time_keys
+            .entry((user.to_string(), device.to_string()))
+            .or_default()
+            .insert(id.to_string(), (seq, key));
+    }
+
+    /// Takes a one-time key out (a claim).
+    pub fn take_one_time_key(
+        &mut self,
+        batch: &mut Batch,
+        user: &str,
+        device: &str,
+        id: &str,
+    ) -> Option<Value> {
+        let v = self
+            .one_time_keys
+            .get_mut(&(user.to_string(), device.to_string()))
+            .and_then(|m| m.remove(id));
+        batch.delete("otk", format!("{user}\u{0}{device}\u{0}{id}"));
+        v.map(|(_, k)| k)
+    }
+
+    /// Sets a fallback key, replacing the device's fallback key of the same algorithm.
+    pub fn put_fallback_key(
+        &mut self,
+        batch: &mut Batch,
+        user: &str,
+        device: &str,
+        id: &str,
+        key: Value,
+    ) {
+        let dev = (user.to_string(), device.to_string());
+        let alg = id.split(':').next().unwrap_or("");
+        let old: Vec<String> = self
+            .fallback_keys
+            .get(&dev)
+            .map(|m| {
+                m.keys()
+                    .filter(|k| k.split(':').next() == Some(alg))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for o in old {
+            batch.delete("fallback", format!("{user}\u{0}{device}\u{0}{o}"));
+            if let Some(m) = self.fallback_keys.get_mut(&dev) {
+                m.remove(&o);
+            }
+            self.fallback_used
+                .remove(&(user.to_string(), device.to_string(), o));
+        }
+        batch.put("fallback", format!("{user}\u{0}{device}\u{0}{id}"), &key);
+        self.fallback_keys
+            .entry(dev)
+            .or_default()
+            .insert(id.to_string(), key);
+    }
+
+    /// Queues a to-device message for a device, at the next stream position.
+    pub fn queue_to_device(&mut self, batch: &mut Batch, user: &str, device: &str, msg: Value) {
+        let pos = self.next_pos(batch);
+        batch.put("to_device", format!("{user}\u{0}{device}\u{0}{pos}"), &msg);
+        self.to_device
+            .entry((user.to_string(), device.to_string()))
+            .or_default()
+            .push((pos, msg));
+    }
+
+    /// Drops a device's to-device messages up to `upto` (the device has received them).
+    pub fn ack_to_device(&mut self, batch: &mut Batch, user: &str, device: &str, upto: u64) {
+        if let Some(q) = self
+            .to_device
+            .get_mut(&(user.to_string(), device.to_string()))
+        {
+            for (p, _) in q.iter().filter(|(p, _)| *p <= upto) {
+                batch.delete("to_device", format!("{user}\u{0}{device}\u{0}{p}"));
+            }
+            q.retain(|(p, _)| *p > upto);
+        }
     }
 }
