@@ -21,21 +21,22 @@ pub fn post_pusher(ctx: &Ctx, req: cs::pusher::post_pusher::Request) -> ApiResul
     let me = ctx.me()?.clone();
     let b = req.body;
     let key = (b.app_id.clone(), b.pushkey.clone());
-    let record_key = |k: &(String, String)| format!("{}\u{0}{}\u{0}{}", me.user_id, k.0, k.1);
     ctx.server.write(|state, batch| {
         if b.kind.is_some() && !b.append.unwrap_or(false) {
             // Without `append`, the same app id and push key leave any other user.
-            for (user, theirs) in state.pushers.iter_mut().filter(|(u, _)| **u != me.user_id) {
-                if theirs.remove(&key).is_some() {
-                    batch.delete("pusher", format!("{user}\u{0}{}\u{0}{}", key.0, key.1));
-                }
+            let others: Vec<String> = state
+                .pushers
+                .iter()
+                .filter(|(u, theirs)| **u != me.user_id && theirs.contains_key(&key))
+                .map(|(u, _)| u.clone())
+                .collect();
+            for user in others {
+                state.put_pusher(batch, &user, &key, None);
             }
         }
-        let pushers = state.pushers.entry(me.user_id.clone()).or_default();
         if b.kind.is_none() {
             // `kind: null` deletes the pusher.
-            pushers.remove(&key);
-            batch.delete("pusher", record_key(&key));
+            state.put_pusher(batch, &me.user_id, &key, None);
             return Ok(json!({}));
         }
         if b.app_display_name.is_none()
@@ -67,8 +68,7 @@ pub fn post_pusher(ctx: &Ctx, req: cs::pusher::post_pusher::Request) -> ApiResul
         if let Some(t) = &b.profile_tag {
             v["profile_tag"] = json!(t);
         }
-        batch.put("pusher", record_key(&key), &v);
-        pushers.insert(key, v);
+        state.put_pusher(batch, &me.user_id, &key, Some(v));
         Ok(json!({}))
     })
 }

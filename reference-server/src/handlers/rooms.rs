@@ -507,14 +507,7 @@ pub fn forget_room(ctx: &Ctx, req: cs::leaving::forget_room::Request) -> ApiResu
             None => return Err(ApiError::not_found("you were never in this room")),
             _ => {}
         }
-        if let Some(set) = state.user_rooms.get_mut(&me.user_id) {
-            set.remove(req.room_id.as_str());
-        }
-        batch.put(
-            "forgotten",
-            format!("{}\u{0}{}", me.user_id, req.room_id),
-            &json!(true),
-        );
+        state.forget_room(batch, &me.user_id, req.room_id.as_str());
         Ok(json!({}))
     })
 }

@@ -346,4 +346,35 @@ impl State {
         self.filters
             .insert((user.to_string(), id.to_string()), filter);
     }
+
+    /// Sets (`Some`) or removes a user's pusher, by app id and push key.
+    pub fn put_pusher(
+        &mut self,
+        batch: &mut Batch,
+        user: &str,
+        key: &(String, String),
+        pusher: Option<Value>,
+    ) {
+        let rec = format!("{user}\u{0}{}\u{0}{}", key.0, key.1);
+        let pushers = self.pushers.entry(user.to_string()).or_default();
+        match pusher {
+            Some(p) => {
+                batch.put("pusher", rec, &p);
+                pushers.insert(key.clone(), p);
+            }
+            None => {
+                if pushers.remove(key).is_some() {
+                    batch.delete("pusher", rec);
+                }
+            }
+        }
+    }
+
+    /// A user forgets a room they left: it is no longer theirs to list.
+    pub fn forget_room(&mut self, batch: &mut Batch, user: &str, room_id: &str) {
+        if let Some(set) = self.user_rooms.get_mut(user) {
+            set.remove(room_id);
+        }
+        batch.put("forgotten", format!("{user}\u{0}{room_id}"), &json!(true));
+    }
 }
