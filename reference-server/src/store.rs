@@ -433,30 +433,19 @@ impl Store {
         Ok(())
     }
 
-    /// Every notification's user, room, position and highlight, in stream order per user and
-    /// room.
-    pub fn notifications(&self, mut f: impl FnMut(&str, &str, u64, bool)) -> Result<(), String> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT user_id, room_id, pos, highlight FROM notifications ORDER BY user_id, room_id, pos")
-            .map_err(|e| e.to_string())?;
-        let mut rows = stmt.query([]).map_err(|e| e.to_string())?;
-        while let Some(r) = rows.next().map_err(|e| e.to_string())? {
-            let user = r
-                .get_ref(0)
-                .map_err(|e| e.to_string())?
-                .as_str()
-                .unwrap_or("");
-            let room = r
-                .get_ref(1)
-                .map_err(|e| e.to_string())?
-                .as_str()
-                .unwrap_or("");
-            let pos: i64 = r.get(2).map_err(|e| e.to_string())?;
-            let highlight: i64 = r.get(3).map_err(|e| e.to_string())?;
-            f(user, room, pos as u64, highlight != 0);
+    /// A user's notifications in a room: (position, highlight), oldest first.
+    pub fn notification_list(&self, user: &str, room: &str) -> Result<Vec<(u64, bool)>, ApiError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT pos, highlight FROM notifications WHERE user_id = ?1 AND room_id = ?2 ORDER BY pos",
+        )?;
+        let rows = stmt.query_map(params![user, room], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? != 0))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r?);
         }
-        Ok(())
+        Ok(out)
     }
 
     /// The positions of the events other events relate to.

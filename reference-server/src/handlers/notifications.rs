@@ -33,11 +33,8 @@ pub fn get_notifications(
                 continue;
             }
             let read = s.read_up_to(room, &me.user_id);
-            let list = room
-                .notifications
-                .get(&me.user_id)
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
+            let list = s.notifications(room, &me.user_id);
+            let list = &*list;
             let mut taken = 0;
             for (i, n) in list
                 .iter()
@@ -51,7 +48,7 @@ pub fn get_notifications(
                 if !s.can_see(room, &me.user_id, n.pos) {
                     continue;
                 }
-                found.push((n, read));
+                found.push((*n, read));
                 taken += 1;
                 if taken > limit {
                     break;

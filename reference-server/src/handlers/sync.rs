@@ -383,11 +383,8 @@ fn unread_by_thread(
     }
     let mut main = (0, 0);
     let mut threads: BTreeMap<String, (usize, u32)> = BTreeMap::new();
-    let list = room
-        .notifications
-        .get(user)
-        .map(Vec::as_slice)
-        .unwrap_or(&[]);
+    let list = state.notifications(room, user);
+    let list = &*list;
     let start = list.partition_point(|n| n.pos <= unthreaded);
     for (i, n) in list.iter().enumerate().skip(start) {
         let root: Option<String> = state.event(n.pos).and_then(|e| {
@@ -434,9 +431,7 @@ fn heroes<'a>(room: &'a Room, me: &str) -> Vec<&'a String> {
 /// highlight.
 fn unread(state: &State, room: &Room, user: &str) -> (usize, u32) {
     let read = state.read_up_to(room, user);
-    let Some(list) = room.notifications.get(user) else {
-        return (0, 0);
-    };
+    let list = state.notifications(room, user);
     let i = list.partition_point(|n| n.pos <= read);
     let before = if i == 0 { 0 } else { list[i - 1].highlights };
     let total = list.last().map_or(0, |n| n.highlights);

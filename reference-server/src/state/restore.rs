@@ -220,19 +220,6 @@ impl State {
                 }
             }
         })?;
-        self.store.notifications(|user, room_id, pos, highlight| {
-            if let Some(room) = rooms.get_mut(room_id) {
-                let list = match room.notifications.get_mut(user) {
-                    Some(l) => l,
-                    None => room.notifications.entry(user.to_string()).or_default(),
-                };
-                let before = list.last().map_or(0, |n| n.highlights);
-                list.push(crate::state::push::Notification {
-                    pos,
-                    highlights: before + u32::from(highlight),
-                });
-            }
-        })?;
         self.pos = self.pos.max(last);
         self.rooms = rooms;
         self.user_rooms = user_rooms;

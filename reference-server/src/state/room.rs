@@ -1,6 +1,7 @@
 //! A room: its current state and the state log, memberships, history visibility, and what
 //! the room directory says of it.
 
+use std::cell::{Ref, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -31,8 +32,9 @@ pub struct Room {
     pub visibility: Vec<(u64, String)>,
     pub public: bool,
     /// Each user's notifications in the room (events their push rules say notify), oldest
-    /// first; their actions are in the database.
-    pub notifications: HashMap<String, Vec<crate::state::push::Notification>>,
+    /// first, for the users whose lists were read since the start ([`State::notifications`]
+    /// reads a list from the database on first use); their actions stay in the database.
+    pub notifications: RefCell<HashMap<String, Vec<crate::state::push::Notification>>>,
     /// Each user's latest event in the room: sending reads everything before it.
     pub last_sent: HashMap<String, u64>,
     /// The position of the room's latest membership change.
@@ -375,4 +377,35 @@ impl State {
             }
         }
     }
+
+    /// A user's notifications in a room, oldest first (read from the database the first time).
+    pub fn notifications<'a>(
+        &self,
+        room: &'a Room,
+        user: &str,
+    ) -> Ref<'a, [crate::state::push::Notification]> {
+        load_notifications(&self.store, room, user);
+        Ref::map(room.notifications.borrow(), |m| {
+            m.get(user).map(Vec::as_slice).unwrap_or(&[])
+        })
+    }
+}
+
+/// Reads a user's notifications in a room from the database, unless they were read already.
+pub(super) fn load_notifications(store: &crate::store::Store, room: &Room, user: &str) {
+    if room.notifications.borrow().contains_key(user) {
+        return;
+    }
+    let mut list = Vec::new();
+    let mut highlights = 0;
+    for (pos, highlight) in store
+        .notification_list(user, &room.room_id)
+        .unwrap_or_default()
+    {
+        highlights += u32::from(highlight);
+        list.push(crate::state::push::Notification { pos, highlights });
+    }
+    room.notifications
+        .borrow_mut()
+        .insert(user.to_string(), list);
 }

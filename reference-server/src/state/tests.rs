@@ -408,3 +408,83 @@ fn prepared_events_are_recorded_once_and_never_fork() {
     assert_eq!(err.status, 500, "{err:?}");
     assert_eq!(state.rooms[&room_id].extremities.len(), 1);
 }
+
+/// Notifications are rows: after a restart a user's list is read from the database on first
+/// use, the same as before.
+#[test]
+fn notifications_are_read_back_after_a_restart() {
+    let dir = std::env::temp_dir().join(format!(
+        "mxconform-notes-{}-{}",
+        std::process::id(),
+        now_ms()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("db.sqlite");
+    let open = || Store::open(Some(&db), crate::store::Durability::Process).unwrap();
+    let key = SigningKey::generate(None).unwrap();
+    let mut state = State::with_store("hs.test", key.clone(), open());
+    let mut batch = Batch::default();
+    let (alice, bob) = ("@alice:hs.test", "@bob:hs.test");
+    let room_id = state
+        .create_room(
+            &mut batch,
+            "12",
+            alice,
+            json!({"room_version": "12"}),
+            false,
+        )
+        .unwrap();
+    let mut add =
+        |state: &mut State, sender: &str, kind: &str, key: Option<&str>, content: Value| {
+            state
+                .append(
+                    &mut batch,
+                    Append::new(&room_id, sender, kind, key, content),
+                )
+                .unwrap()
+        };
+    add(
+        &mut state,
+        alice,
+        "m.room.member",
+        Some(alice),
+        json!({"membership": "join"}),
+    );
+    add(
+        &mut state,
+        alice,
+        "m.room.join_rules",
+        Some(""),
+        json!({"join_rule": "public"}),
+    );
+    add(
+        &mut state,
+        bob,
+        "m.room.member",
+        Some(bob),
+        json!({"membership": "join"}),
+    );
+    for i in 0..5 {
+        add(
+            &mut state,
+            alice,
+            "m.room.message",
+            None,
+            json!({"msgtype": "m.text", "body": format!("m{i}")}),
+        );
+    }
+    let before: Vec<_> = state.notifications(&state.rooms[&room_id], bob).to_vec();
+    assert_eq!(before.len(), 5, "each message notifies bob");
+    state.store.commit(batch).unwrap();
+    let store = open();
+    let loaded = store.load().unwrap();
+    let mut again = State::with_store("hs.test", key, store);
+    again.restore(loaded).unwrap();
+    let room = &again.rooms[&room_id];
+    assert!(
+        room.notifications.borrow().is_empty(),
+        "nothing read at start"
+    );
+    assert_eq!(again.notifications(room, bob).to_vec(), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -294,7 +294,9 @@ impl State {
             room.last_sent.insert(ev.sender.clone(), pos);
             for (user, actions) in notify {
                 let highlight = crate::state::push::Notification::highlight(&actions);
-                let list = room.notifications.entry(user.clone()).or_default();
+                super::room::load_notifications(&self.store, room, &user);
+                let mut lists = room.notifications.borrow_mut();
+                let list = lists.entry(user.clone()).or_default();
                 let before = list.last().map_or(0, |n| n.highlights);
                 list.push(crate::state::push::Notification {
                     pos,
