@@ -946,6 +946,16 @@ fn bench_servers(
                 String::from_utf8_lossy(&status.stderr)
             );
         }
+        // The federation suites need the partner Synapses too.
+        let status = std::process::Command::new(repo.join("harness/synapse/synapse.sh"))
+            .arg("start-partners")
+            .output()?;
+        if !status.status.success() {
+            bail!(
+                "could not start the partner Synapses: {}",
+                String::from_utf8_lossy(&status.stderr)
+            );
+        }
         Some(time_suite(&["run", "--quiet", "--profile", "synapse"])?)
     } else {
         None

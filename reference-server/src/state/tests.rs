@@ -8,6 +8,42 @@ use super::*;
 use crate::events::EventCache;
 use crate::store::{Batch, Store};
 
+/// A v12 room made by `creator`, who has joined it.
+fn joined_room(state: &mut State, batch: &mut Batch, creator: &str) -> String {
+    let room_id = state
+        .create_room(batch, "12", creator, json!({"room_version": "12"}), false)
+        .unwrap();
+    state
+        .append(
+            batch,
+            Append::new(
+                &room_id,
+                creator,
+                "m.room.member",
+                Some(creator),
+                json!({"membership": "join"}),
+            ),
+        )
+        .unwrap();
+    room_id
+}
+
+/// A database file in a fresh folder (removed by the caller), and how to open it.
+fn temp_db(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "mxconform-{tag}-{}-{}",
+        std::process::id(),
+        now_ms()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("db.sqlite");
+    (dir, db)
+}
+
+fn open_db(db: &std::path::Path) -> Store {
+    Store::open(Some(db), crate::store::Durability::Process).unwrap()
+}
+
 /// Every event the server makes, in every room version, is a PDU a remote server
 /// accepts: signed by the server's key, its content hash and id right, its auth events
 /// authorizing it; a v12 room's id is its create event's; a redacted event still
@@ -16,14 +52,8 @@ use crate::store::{Batch, Store};
 fn events_are_signed_authorized_pdus_in_every_room_version() {
     let key = SigningKey::generate(Some("t1")).unwrap();
     let verify = key.verify_key();
-    let dir = std::env::temp_dir().join(format!(
-        "mxconform-state-{}-{}",
-        std::process::id(),
-        now_ms()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("db.sqlite");
-    let open = || Store::open(Some(&db), crate::store::Durability::Process).unwrap();
+    let (dir, db) = temp_db("state");
+    let open = || open_db(&db);
     let mut state = State::with_store("hs.test", key, open());
     let mut batch = Batch::default();
     let alice = "@alice:hs.test";
@@ -182,27 +212,7 @@ fn events_are_read_back_through_a_bounded_cache() {
     state.cache = EventCache::new(16);
     let alice = "@alice:hs.test";
     let mut batch = Batch::default();
-    let room_id = state
-        .create_room(
-            &mut batch,
-            "12",
-            alice,
-            json!({"room_version": "12"}),
-            false,
-        )
-        .unwrap();
-    state
-        .append(
-            &mut batch,
-            Append::new(
-                &room_id,
-                alice,
-                "m.room.member",
-                Some(alice),
-                json!({"membership": "join"}),
-            ),
-        )
-        .unwrap();
+    let room_id = joined_room(&mut state, &mut batch, alice);
     let mut ids = Vec::new();
     for i in 0..100 {
         let (pos, id) = state
@@ -369,27 +379,7 @@ fn prepared_events_are_recorded_once_and_never_fork() {
     let mut state = State::new("hs.test", SigningKey::generate(None).unwrap());
     let mut batch = Batch::default();
     let alice = "@alice:hs.test";
-    let room_id = state
-        .create_room(
-            &mut batch,
-            "12",
-            alice,
-            json!({"room_version": "12"}),
-            false,
-        )
-        .unwrap();
-    state
-        .append(
-            &mut batch,
-            Append::new(
-                &room_id,
-                alice,
-                "m.room.member",
-                Some(alice),
-                json!({"membership": "join"}),
-            ),
-        )
-        .unwrap();
+    let room_id = joined_room(&mut state, &mut batch, alice);
     let msg = |body: &str| {
         Append::new(
             &room_id,
@@ -413,14 +403,8 @@ fn prepared_events_are_recorded_once_and_never_fork() {
 /// use, the same as before.
 #[test]
 fn notifications_are_read_back_after_a_restart() {
-    let dir = std::env::temp_dir().join(format!(
-        "mxconform-notes-{}-{}",
-        std::process::id(),
-        now_ms()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("db.sqlite");
-    let open = || Store::open(Some(&db), crate::store::Durability::Process).unwrap();
+    let (dir, db) = temp_db("notes");
+    let open = || open_db(&db);
     let key = SigningKey::generate(None).unwrap();
     let mut state = State::with_store("hs.test", key.clone(), open());
     let mut batch = Batch::default();
