@@ -120,6 +120,13 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
         .timeout_ms
         .map(Duration::from_millis)
         .unwrap_or(env.scenario_timeout);
+    // An outcome decided before the steps ran.
+    let ended = |result: Result<(), String>, skipped: Option<String>| Outcome {
+        result,
+        skipped,
+        operations: Vec::new(),
+        duration: started.elapsed(),
+    };
     let mut run = Run {
         env,
         scenario,
@@ -157,14 +164,7 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
                 run.vars.set(&format!("keys.{name}.ptr"), json!(ptr));
                 run.keys.insert(name.clone(), key);
             }
-            Err(e) => {
-                return Outcome {
-                    result: Err(format!("could not make key {name}: {e}")),
-                    skipped: None,
-                    operations: Vec::new(),
-                    duration: started.elapsed(),
-                }
-            }
+            Err(e) => return ended(Err(format!("could not make key {name}: {e}")), None),
         }
     }
     let peer_needs: Vec<String> = scenario
@@ -174,26 +174,22 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
         .cloned()
         .collect();
     if scenario.needs.iter().any(|n| n == "admin") && env.profile.admin.is_none() {
-        return Outcome {
-            result: Ok(()),
-            skipped: Some(format!(
+        return ended(
+            Ok(()),
+            Some(format!(
                 "needs an administrator account, which profile `{}` does not name",
                 env.profile.name
             )),
-            operations: Vec::new(),
-            duration: started.elapsed(),
-        };
+        );
     }
     if let Some(missing) = crate::peers::Peers::missing(env.peers.as_deref(), &peer_needs) {
-        return Outcome {
-            result: Ok(()),
-            skipped: Some(format!(
+        return ended(
+            Ok(()),
+            Some(format!(
                 "needs the {missing} peer, which profile `{}` does not configure",
                 env.profile.name
             )),
-            operations: Vec::new(),
-            duration: started.elapsed(),
-        };
+        );
     }
     if let Some(p) = &env.peers {
         for (k, v) in p.vars(&env.profile.server_name) {
@@ -202,15 +198,13 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
     }
     if !scenario.servers.is_empty() {
         let Some(federation) = env.federation.clone() else {
-            return Outcome {
-                result: Ok(()),
-                skipped: Some(format!(
+            return ended(
+                Ok(()),
+                Some(format!(
                     "needs federation, which profile `{}` does not configure ([federation])",
                     env.profile.name
                 )),
-                operations: Vec::new(),
-                duration: started.elapsed(),
-            };
+            );
         };
         if !scenario.certificates.is_empty()
             && env
@@ -219,23 +213,13 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
                 .as_ref()
                 .is_some_and(|f| f.certificates == crate::federation::Verification::Unverified)
         {
-            return Outcome {
-                result: Ok(()),
-                skipped: Some(format!(
+            return ended(Ok(()), Some(format!(
                     "needs a server that verifies certificates; profile `{}` says it does not ([federation] certificates = \"unverified\")",
                     env.profile.name
-                )),
-                operations: Vec::new(),
-                duration: started.elapsed(),
-            };
+                )));
         }
         if let Err(e) = run.start_fakes(&federation).await {
-            return Outcome {
-                result: Err(format!("starting the fake servers: {e}")),
-                skipped: None,
-                operations: Vec::new(),
-                duration: started.elapsed(),
-            };
+            return ended(Err(format!("starting the fake servers: {e}")), None);
         }
     }
     let mut result = match tokio::time::timeout(bound, run.all()).await {

@@ -681,6 +681,20 @@ fn sweeps_are_derived_from_the_route_table() {
 // ---------------------------------------------------------------------------------------
 // A fake homeserver of the federation suites against a deliberately wrong server under test.
 
+/// A TLS client that trusts the run's authority and verifies certificates against it.
+fn verifying_client(ca_pem: &str) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM"))
+        .expect("root");
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 /// Sends one HTTPS request to a fake server (trusting the run's authority), Connection: close;
 /// returns the status.
 async fn tls_request(
@@ -691,19 +705,7 @@ async fn tls_request(
     authorization: Option<&str>,
     body: Option<&Value>,
 ) -> u16 {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM"))
-        .expect("root");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(verifying_client(ca_pem)));
     let tcp = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
@@ -951,17 +953,8 @@ fn a_fake_with_a_faulty_certificate_catches_a_server_that_accepts_it() {
             let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
 
             // A verifying client: the handshake fails, the fake records it, nothing is wrong.
-            use rustls::pki_types::pem::PemObject;
-            let mut roots = rustls::RootCertStore::empty();
-            roots
-                .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-                .unwrap();
             let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let verifying = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+            let verifying = verifying_client(&ca_pem);
             let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
             let refused = tokio_rustls::TlsConnector::from(Arc::new(verifying))
                 .connect(name.clone(), tcp)

@@ -346,10 +346,16 @@ impl Store {
 
     /// The positions of the events relating to an event (`m.relates_to`), oldest first.
     pub fn relations(&self, event_id: &str) -> Result<Vec<u64>, ApiError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT pos FROM events WHERE relates_to = ?1 ORDER BY pos")?;
-        let rows = stmt.query_map(params![event_id], |r| r.get::<_, i64>(0))?;
+        self.positions(
+            "SELECT pos FROM events WHERE relates_to = ?1 ORDER BY pos",
+            event_id,
+        )
+    }
+
+    /// The positions a one-parameter query selects, in its order.
+    fn positions(&self, sql: &str, param: &str) -> Result<Vec<u64>, ApiError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params![param], |r| r.get::<_, i64>(0))?;
         let mut out = Vec::new();
         for r in rows {
             out.push(r? as u64);
@@ -359,15 +365,10 @@ impl Store {
 
     /// The positions of a room's events that relate to another, oldest first.
     pub fn related_in_room(&self, room_id: &str) -> Result<Vec<u64>, ApiError> {
-        let mut stmt = self.conn.prepare_cached(
+        self.positions(
             "SELECT pos FROM events WHERE relates_to IS NOT NULL AND room_id = ?1 ORDER BY pos",
-        )?;
-        let rows = stmt.query_map(params![room_id], |r| r.get::<_, i64>(0))?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(r? as u64);
-        }
-        Ok(out)
+            room_id,
+        )
     }
 
     /// The actions of a notification.

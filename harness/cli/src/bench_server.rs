@@ -137,6 +137,18 @@ impl Target {
         Ok(r["room_id"].as_str().context("room id")?.to_string())
     }
 
+    async fn join(&self, token: &str, room: &str) -> Result<()> {
+        self.req(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(room)),
+            Some(json!({})),
+            Some(token),
+            &[],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn send(&self, token: &str, room: &str, txn: &str) -> Result<()> {
         let path = format!(
             "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
@@ -187,14 +199,7 @@ pub async fn measure(t: &Target, tag: &str, budget: Duration) -> Result<Figures>
             json!({"preset": "private_chat", "invite": [user_b]}),
         )
         .await?;
-    t.req(
-        "POST",
-        &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
-        Some(json!({})),
-        Some(&token_b),
-        &[],
-    )
-    .await?;
+    t.join(&token_b, &room).await?;
 
     // Sequential sends: up to 2,000, within the budget.
     let mut lat = Vec::new();
@@ -535,14 +540,7 @@ pub async fn storage_world(t: &Target, rooms: usize) -> Result<StorageWorld> {
         let room = t
             .create_room(&alice, json!({"preset": "public_chat"}))
             .await?;
-        t.req(
-            "POST",
-            &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
-            Some(json!({})),
-            Some(&bob),
-            &[],
-        )
-        .await?;
+        t.join(&bob, &room).await?;
         ids.push(room);
     }
     Ok(StorageWorld {

@@ -836,7 +836,7 @@ fn bench_storage(repo: &Path, sizes: &[usize]) -> Result<Vec<bench::Row>> {
             let restart = t0.elapsed();
             // The history is all there after the restart.
             bench_server::storage_probe(&target, &world).await?;
-            let rss = child_rss(child.id());
+            let rss = bench_server::rss_kib(child.id());
             eprintln!("storage: restart {:.2} s", restart.as_secs_f64());
             figs.push((f, restart, rss));
         }
@@ -846,10 +846,6 @@ fn bench_storage(repo: &Path, sizes: &[usize]) -> Result<Vec<bench::Row>> {
     let _ = child.wait();
     result?;
     Ok(bench_server::storage_rows(&figs))
-}
-
-fn child_rss(pid: u32) -> Option<u64> {
-    bench_server::rss_kib(pid)
 }
 
 /// Waits (at most 60 s) until the server answers /versions.

@@ -88,15 +88,7 @@ impl Authority {
         params.distinguished_name = dn;
         params.subject_alt_names = hosts
             .iter()
-            .map(|host| match host.parse::<IpAddr>() {
-                Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) if !is_dns_name(host) => Err(format!("{host:?} is not a DNS name")),
-                Err(_) => Ok(SanType::DnsName(
-                    host.to_string()
-                        .try_into()
-                        .map_err(|e| format!("{host:?} is not a DNS name: {e}"))?,
-                )),
-            })
+            .map(|host| subject_alt_name(host))
             .collect::<Result<_, String>>()?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![
@@ -132,15 +124,7 @@ impl Authority {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, named);
         params.distinguished_name = dn;
-        params.subject_alt_names = vec![match named.parse::<IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(
-                named
-                    .to_string()
-                    .try_into()
-                    .map_err(|e| format!("{named:?} is not a DNS name: {e}"))?,
-            ),
-        }];
+        params.subject_alt_names = vec![subject_alt_name(named)?];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if fault == Some(CertificateFault::Expired) {
@@ -200,6 +184,19 @@ impl std::fmt::Display for CertificateFault {
             CertificateFault::Expired => "an expired certificate",
             CertificateFault::WrongName => "a certificate for another host name",
         })
+    }
+}
+
+/// A certificate's subject alternative name for a host: its IP address, or a DNS name.
+fn subject_alt_name(host: &str) -> Result<SanType, String> {
+    match host.parse::<IpAddr>() {
+        Ok(ip) => Ok(SanType::IpAddress(ip)),
+        Err(_) if !is_dns_name(host) => Err(format!("{host:?} is not a DNS name")),
+        Err(_) => Ok(SanType::DnsName(
+            host.to_string()
+                .try_into()
+                .map_err(|e| format!("{host:?} is not a DNS name: {e}"))?,
+        )),
     }
 }
 

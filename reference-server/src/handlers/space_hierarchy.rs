@@ -12,7 +12,7 @@ use crate::state::{Room, State};
 /// A room's entry in the hierarchy: the public room fields, its type and its children.
 fn hierarchy_entry(state: &State, room: &Room) -> Value {
     let mut v = state.room_overview(room);
-    v["children_state"] = json!(children(state, room)
+    v["children_state"] = json!(children(room)
         .into_iter()
         .filter_map(|(_, p)| state.event(p))
         .map(|e| json!({"type": e.kind, "state_key": e.state_key, "content": e.content, "sender": e.sender, "origin_server_ts": e.ts}))
@@ -21,17 +21,16 @@ fn hierarchy_entry(state: &State, room: &Room) -> Value {
 }
 
 /// The room's `m.space.child` events with a `via` list: (child room id, event position).
-fn children(state: &State, room: &Room) -> Vec<(String, u64)> {
+fn children(room: &Room) -> Vec<(String, u64)> {
     room.state
         .iter()
         .filter(|((kind, _), _)| kind == "m.space.child")
         .filter(|(_, c)| {
-            state.event(c.pos).is_some_and(|e| {
-                e.content
-                    .get("via")
-                    .and_then(Value::as_array)
-                    .is_some_and(|v| !v.is_empty())
-            })
+            c.pdu
+                .content()
+                .get("via")
+                .and_then(Value::as_array)
+                .is_some_and(|v| !v.is_empty())
         })
         .map(|((_, key), c)| (key.clone(), c.pos))
         .collect()
@@ -112,12 +111,13 @@ pub fn get_space_hierarchy(
             }
             out.push(hierarchy_entry(s, room));
             if depth < max_depth {
-                let kids: Vec<String> = children(s, room)
+                let kids: Vec<String> = children(room)
                     .into_iter()
-                    .filter(|(_, p)| {
+                    .filter(|(child, _)| {
                         !suggested_only
-                            || s.event(*p)
-                                .and_then(|e| e.content.get("suggested").and_then(Value::as_bool))
+                            || room
+                                .state_content("m.space.child", child)
+                                .and_then(|c| c.get("suggested").and_then(Value::as_bool))
                                 .unwrap_or(false)
                     })
                     .map(|(child, _)| child)

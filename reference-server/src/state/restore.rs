@@ -146,27 +146,16 @@ impl State {
                 }
                 "backup" if parts.len() == 2 => {
                     let r: BackupRecord = read(&key, v)?;
-                    let version: u64 = parts[1].parse().unwrap_or(0);
-                    let b = self
-                        .backups
-                        .entry(parts[0].into())
-                        .or_default()
-                        .entry(version)
-                        .or_default();
+                    let b = self.backup_entry(parts[0], parts[1]);
                     b.algorithm = r.algorithm;
                     b.auth_data = r.auth_data;
                     b.etag = r.etag;
                     b.deleted = r.deleted;
                 }
                 "backup_key" if parts.len() == 4 => {
-                    let version: u64 = parts[1].parse().unwrap_or(0);
-                    let b = self
-                        .backups
-                        .entry(parts[0].into())
-                        .or_default()
-                        .entry(version)
-                        .or_default();
-                    b.keys.insert(pair(2, 3), v);
+                    self.backup_entry(parts[0], parts[1])
+                        .keys
+                        .insert(pair(2, 3), v);
                 }
                 "to_device" if parts.len() == 3 => {
                     let pos: u64 = parts[2].parse().unwrap_or(0);
@@ -271,5 +260,16 @@ impl State {
             q.sort_by_key(|(p, _)| *p);
         }
         Ok(())
+    }
+
+    /// The key backup version a `backup` or `backup_key` record belongs to (by user and the
+    /// version as the key spells it), made empty if it is not known yet.
+    fn backup_entry(&mut self, user: &str, version: &str) -> &mut super::Backup {
+        let version: u64 = version.parse().unwrap_or(0);
+        self.backups
+            .entry(user.into())
+            .or_default()
+            .entry(version)
+            .or_default()
     }
 }

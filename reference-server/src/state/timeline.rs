@@ -104,12 +104,8 @@ impl Event {
         Pdu::from_json(v, self.pdu_json(v)).map_err(|e| format!("{}: {e}", self.event_id))
     }
 
-    fn to_record(&self, v: &RoomVersion) -> Value {
-        let mut r = json!({"pdu": self.pdu_json(v), "txn": self.txn});
-        if self.purged {
-            r["purged"] = json!(true);
-        }
-        r
+    fn to_record(&self, v: &RoomVersion) -> String {
+        record_text(&self.pdu_json(v), &self.txn, self.purged)
     }
 
     /// An event from its database record: the PDU as signed, and the sending device's
@@ -182,6 +178,18 @@ impl Event {
 pub struct Prepared {
     pdu: Pdu,
     txn: Option<(String, String)>,
+}
+
+/// An event's database record: `{"pdu", "txn", "purged"?}` (`purged` only when true).
+fn record_text(pdu: &Value, txn: &Option<(String, String)>, purged: bool) -> String {
+    #[derive(serde::Serialize)]
+    struct Record<'a> {
+        pdu: &'a Value,
+        txn: &'a Option<(String, String)>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        purged: bool,
+    }
+    serde_json::to_string(&Record { pdu, txn, purged }).unwrap_or_default()
 }
 
 /// The event an event's `m.relates_to` names.
@@ -327,7 +335,7 @@ impl State {
             self.related.insert(target);
         }
         // The record of a new event: the PDU as built (what `to_record` would rebuild).
-        let txn = serde_json::to_string(&ev.txn).unwrap_or_else(|_| "null".into());
+        let json = record_text(&pdu.json, &ev.txn, false);
         batch.events.push(EventRow {
             pos,
             room_id: ev.room_id.clone(),
@@ -336,7 +344,7 @@ impl State {
             state_key: ev.state_key.clone(),
             relates_to: relation_target(&ev.content).map(str::to_string),
             replaces: ev.replaces,
-            json: format!("{{\"pdu\":{},\"txn\":{txn}}}", pdu.json),
+            json,
         });
         self.cache.put(Arc::new(ev));
     }
@@ -511,9 +519,7 @@ impl State {
                 || RoomVersion::get("12").expect("known"),
                 Room::room_version,
             );
-            batch
-                .event_updates
-                .push((key.1, t.to_record(v).to_string()));
+            batch.event_updates.push((key.1, t.to_record(v)));
             self.cache.put(Arc::new(t));
         }
         due.len()
