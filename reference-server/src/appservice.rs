@@ -161,8 +161,7 @@ pub async fn push_transactions(server: std::sync::Weak<crate::Server>, asv: AppS
             let started = s.write(|state, batch| {
                 if !state.appservice_pos.contains_key(&id) {
                     let head = state.pos;
-                    batch.put("as_pos", id.clone(), &serde_json::json!(head));
-                    state.appservice_pos.insert(id, head);
+                    state.put_appservice_pos(batch, &id, head, true);
                 }
                 Ok(())
             });
@@ -227,10 +226,7 @@ pub async fn push_transactions(server: std::sync::Weak<crate::Server>, asv: AppS
             let id = asv.id.clone();
             let persisted = srv.write(|state, batch| {
                 // Empty stretches move the position in memory only; sent ones are recorded.
-                if !events.is_empty() {
-                    batch.put("as_pos", id.clone(), &serde_json::json!(head));
-                }
-                state.appservice_pos.insert(id, head);
+                state.put_appservice_pos(batch, &id, head, !events.is_empty());
                 Ok(())
             });
             if persisted.is_err() {

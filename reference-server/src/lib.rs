@@ -196,14 +196,7 @@ impl Server {
         // restarts.
         if stored_key.is_none() && server.config.signing_key.is_none() {
             server
-                .write(|_, batch| {
-                    batch.put(
-                        "meta",
-                        "signing_key",
-                        &serde_json::json!(new_key.to_file_line()),
-                    );
-                    Ok(())
-                })
+                .write(|state, batch| state.keep_signing_key(batch))
                 .map_err(|e| e.message)?;
         }
         // Each application service's own user exists from the start.

@@ -184,6 +184,9 @@ pub struct Figures {
     pub conc_sends_per_s: f64,
     pub wake_p50: Duration,
     pub wake_p99: Duration,
+    /// A send after the same pause as the wake-ups', with nobody polling: the part of a
+    /// wake-up that is the send itself from idle (thread and CPU wake-ups on both sides).
+    pub idle_send_p50: Duration,
     pub create_room_p50: Duration,
     pub initial_sync_100_rooms: Duration,
     pub rss_kib: Option<u64>,
@@ -248,7 +251,7 @@ pub async fn measure(t: &Target, tag: &str, budget: Duration) -> Result<Figures>
         .as_str()
         .unwrap_or("")
         .to_string();
-    let mut wakes = Vec::new();
+    let (mut wakes, mut idle_sends) = (Vec::new(), Vec::new());
     let start = Instant::now();
     for i in 0..60 {
         if start.elapsed() > budget {
@@ -263,7 +266,17 @@ pub async fn measure(t: &Target, tag: &str, budget: Duration) -> Result<Figures>
         let body = poll.await.context("poll task")??;
         wakes.push(sent_at.elapsed());
         since = body["next_batch"].as_str().unwrap_or("").to_string();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let sent_at = Instant::now();
+        t.send(&token, &room, &format!("idle-{tag}-{i}")).await?;
+        idle_sends.push(sent_at.elapsed());
+        since = t.sync(&token_b, Some(&since), 0).await?["next_batch"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
     }
+    idle_sends.sort();
+    f.idle_send_p50 = pct(&idle_sends, 0.5);
     wakes.sort();
     f.wake_p50 = pct(&wakes, 0.5);
     f.wake_p99 = pct(&wakes, 0.99);
@@ -434,6 +447,13 @@ pub fn rows(
         peer.map(|p| format!("{} / {}", ms(p.wake_p50), ms(p.wake_p99))),
         peer.map(|p| p.wake_p50.as_secs_f64() / ours.wake_p50.as_secs_f64().max(1e-9)),
         "p50 < 1 ms",
+    );
+    add(
+        "the same send after the same pause, nobody polling, p50",
+        ms(ours.idle_send_p50),
+        peer.map(|p| ms(p.idle_send_p50)),
+        peer.map(|p| p.idle_send_p50.as_secs_f64() / ours.idle_send_p50.as_secs_f64().max(1e-9)),
+        "-",
     );
     add(
         "createRoom latency p50",

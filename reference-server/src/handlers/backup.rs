@@ -7,7 +7,6 @@ use serde_json::{json, Map, Value};
 use super::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{Backup, State};
-use crate::store::Batch;
 
 fn version_of(text: &str) -> ApiResult<u64> {
     text.parse()
@@ -37,25 +36,26 @@ fn describe(version: u64, b: &Backup) -> Value {
     json!({"version": version.to_string(), "algorithm": b.algorithm, "auth_data": b.auth_data, "count": b.keys.len(), "etag": b.etag.to_string()})
 }
 
-fn save(batch: &mut Batch, user: &str, version: u64, b: &Backup) {
-    batch.put_record(format!("{user}\u{0}{version}"), &b.to_record());
-}
-
 pub fn post_room_keys_version(
     ctx: &Ctx,
     req: cs::key_backup::post_room_keys_version::Request,
 ) -> ApiResult<Value> {
     let me = ctx.me()?.clone();
     ctx.server.write(|state, batch| {
-        let versions = state.backups.entry(me.user_id.clone()).or_default();
-        let version = versions.keys().next_back().copied().unwrap_or(0) + 1;
-        let b = Backup {
-            algorithm: req.body.algorithm.clone(),
-            auth_data: Value::Object(req.body.auth_data.clone()),
-            ..Backup::default()
-        };
-        save(batch, &me.user_id, version, &b);
-        versions.insert(version, b);
+        let version = state
+            .backups
+            .get(&me.user_id)
+            .and_then(|m| m.keys().next_back().copied())
+            .unwrap_or(0)
+            + 1;
+        state.put_backup(
+            batch,
+            &me.user_id,
+            version,
+            req.body.algorithm.clone(),
+            Value::Object(req.body.auth_data.clone()),
+            false,
+        );
         Ok(json!({"version": version.to_string()}))
     })
 }
@@ -102,14 +102,15 @@ pub fn put_room_keys_version(
                 ));
             }
         }
-        let mut b = b.clone();
-        b.auth_data = Value::Object(req.body.auth_data.clone());
-        save(batch, &me.user_id, v, &b);
-        state
-            .backups
-            .entry(me.user_id.clone())
-            .or_default()
-            .insert(v, b);
+        let algorithm = b.algorithm.clone();
+        state.put_backup(
+            batch,
+            &me.user_id,
+            v,
+            algorithm,
+            Value::Object(req.body.auth_data.clone()),
+            false,
+        );
         Ok(json!({}))
     })
 }
@@ -126,21 +127,9 @@ pub fn delete_room_keys_version(
         if existing.is_some_and(|b| b.deleted) {
             return Ok(json!({}));
         }
-        let mut b = live(state, &me.user_id, v)?.clone();
-        for (room, session) in b.keys.keys() {
-            batch.delete(
-                "backup_key",
-                format!("{}\u{0}{v}\u{0}{room}\u{0}{session}", me.user_id),
-            );
-        }
-        b.keys.clear();
-        b.deleted = true;
-        save(batch, &me.user_id, v, &b);
-        state
-            .backups
-            .entry(me.user_id.clone())
-            .or_default()
-            .insert(v, b);
+        let b = live(state, &me.user_id, v)?;
+        let (algorithm, auth_data) = (b.algorithm.clone(), b.auth_data.clone());
+        state.put_backup(batch, &me.user_id, v, algorithm, auth_data, true);
         Ok(json!({}))
     })
 }
@@ -162,12 +151,8 @@ fn put_keys(ctx: &Ctx, version: &str, keys: Vec<(String, String, Value)>) -> Api
                 extra: Some(json!({"current_version": cur.to_string()})),
             });
         }
-        let b = state
-            .backups
-            .entry(me.user_id.clone())
-            .or_default()
-            .entry(v)
-            .or_default();
+        let b = live(state, &me.user_id, v)?;
+        let mut changes = Vec::new();
         for (room, session, data) in keys {
             let better = match b.keys.get(&(room.clone(), session.clone())) {
                 None => true,
@@ -189,19 +174,11 @@ fn put_keys(ctx: &Ctx, version: &str, keys: Vec<(String, String, Value)>) -> Api
                 }
             };
             if better {
-                batch.put(
-                    "backup_key",
-                    format!("{}\u{0}{v}\u{0}{room}\u{0}{session}", me.user_id),
-                    &data,
-                );
-                b.keys.insert((room, session), data);
+                changes.push((room, session, Some(data)));
             }
         }
-        b.etag += 1;
-        let out = json!({"count": b.keys.len(), "etag": b.etag.to_string()});
-        let b = b.clone();
-        save(batch, &me.user_id, v, &b);
-        Ok(out)
+        let b = state.put_backup_keys(batch, &me.user_id, v, changes);
+        Ok(json!({"count": b.keys.len(), "etag": b.etag.to_string()}))
     })
 }
 
@@ -307,31 +284,14 @@ fn delete_keys(
     let me = ctx.me()?.clone();
     let v = version_of(version)?;
     ctx.server.write(|state, batch| {
-        live(state, &me.user_id, v)?;
-        let b = state
-            .backups
-            .entry(me.user_id.clone())
-            .or_default()
-            .entry(v)
-            .or_default();
-        let gone: Vec<(String, String)> = b
+        let gone: Vec<(String, String, Option<Value>)> = live(state, &me.user_id, v)?
             .keys
             .keys()
             .filter(|(r, s)| room.is_none_or(|x| x == r) && session.is_none_or(|x| x == s))
-            .cloned()
+            .map(|(r, s)| (r.clone(), s.clone(), None))
             .collect();
-        for k in &gone {
-            b.keys.remove(k);
-            batch.delete(
-                "backup_key",
-                format!("{}\u{0}{v}\u{0}{}\u{0}{}", me.user_id, k.0, k.1),
-            );
-        }
-        b.etag += 1;
-        let out = json!({"count": b.keys.len(), "etag": b.etag.to_string()});
-        let b = b.clone();
-        save(batch, &me.user_id, v, &b);
-        Ok(out)
+        let b = state.put_backup_keys(batch, &me.user_id, v, gone);
+        Ok(json!({"count": b.keys.len(), "etag": b.etag.to_string()}))
     })
 }
 

@@ -121,6 +121,11 @@ pub struct Backup {
     pub deleted: bool,
 }
 
+/// The record key of one session's key in a backup version.
+fn backup_key_record(user: &str, version: u64, room: &str, session: &str) -> String {
+    format!("{user}\u{0}{version}\u{0}{room}\u{0}{session}")
+}
+
 impl Backup {
     pub fn to_record(&self) -> BackupRecord {
         BackupRecord {
@@ -156,6 +161,70 @@ impl State {
             format!("{}\u{0}{}\u{0}{}", key.0, key.1, key.2),
             &json!(result),
         );
+    }
+
+    /// Creates or changes a key backup version's description (algorithm, auth data, deleted);
+    /// the keys it holds stay, except that a deleted version holds none.
+    pub fn put_backup(
+        &mut self,
+        batch: &mut Batch,
+        user: &str,
+        version: u64,
+        algorithm: String,
+        auth_data: Value,
+        deleted: bool,
+    ) {
+        let b = self
+            .backups
+            .entry(user.to_string())
+            .or_default()
+            .entry(version)
+            .or_default();
+        b.algorithm = algorithm;
+        b.auth_data = auth_data;
+        b.deleted = deleted;
+        if deleted {
+            for (room, session) in std::mem::take(&mut b.keys).keys() {
+                batch.delete(
+                    "backup_key",
+                    backup_key_record(user, version, room, session),
+                );
+            }
+        }
+        batch.put_record(format!("{user}\u{0}{version}"), &b.to_record());
+    }
+
+    /// Changes the keys of a backup version: `Some` stores a session's key, `None` deletes it.
+    /// The version's etag moves on once per call. Returns the version as it now is.
+    pub fn put_backup_keys(
+        &mut self,
+        batch: &mut Batch,
+        user: &str,
+        version: u64,
+        changes: Vec<(String, String, Option<Value>)>,
+    ) -> &Backup {
+        let b = self
+            .backups
+            .entry(user.to_string())
+            .or_default()
+            .entry(version)
+            .or_default();
+        for (room, session, data) in changes {
+            let rec = backup_key_record(user, version, &room, &session);
+            match data {
+                Some(data) => {
+                    batch.put("backup_key", rec, &data);
+                    b.keys.insert((room, session), data);
+                }
+                None => {
+                    batch.delete("backup_key", rec);
+                    b.keys.remove(&(room, session));
+                }
+            }
+        }
+        b.etag += 1;
+        batch.put_record(format!("{user}\u{0}{version}"), &b.to_record());
+        b
     }
 
     pub fn put_threepid_session(&mut self, batch: &mut Batch, sid: &str, s: ThreepidSession) {

@@ -179,6 +179,23 @@ impl State {
         })
     }
 
+    /// Keeps the server's signing key with the data, so that its events stay verifiable
+    /// across restarts.
+    pub fn keep_signing_key(&mut self, batch: &mut Batch) -> ApiResult<()> {
+        let line = self.origin()?.key.to_file_line();
+        batch.put("meta", "signing_key", &json!(line));
+        Ok(())
+    }
+
+    /// Records how far an application service has been sent events; `persist` false moves it
+    /// in memory only (a stretch with nothing for the service, found again after a restart).
+    pub fn put_appservice_pos(&mut self, batch: &mut Batch, id: &str, pos: u64, persist: bool) {
+        if persist {
+            batch.put("as_pos", id, &json!(pos));
+        }
+        self.appservice_pos.insert(id.to_string(), pos);
+    }
+
     pub fn next_pos(&mut self, batch: &mut Batch) -> u64 {
         self.pos += 1;
         batch.put("meta", "pos", &json!(self.pos));
