@@ -122,7 +122,7 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> String {
 
 impl Client {
     pub fn new(base: &str, limits: Limits) -> Result<Client, String> {
-        let http = reqwest::Client::builder()
+        let http = crate::http_client_builder()
             .connect_timeout(limits.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(30))

@@ -437,3 +437,11 @@ mod tests {
         assert_eq!(version_gate(&s, &newer, &BTreeMap::new()), None);
     }
 }
+
+/// A reqwest client builder. When another crate of the build (the reference server) turns on
+/// reqwest's rustls without a crypto provider, reqwest needs a process-wide default one: the
+/// ring provider the harness already uses is installed first (a no-op when one is).
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}

@@ -206,6 +206,23 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
                 )),
             );
         };
+        let suite = scenario.name.split('/').nth(1).unwrap_or("");
+        if let Some(suites) = env
+            .profile
+            .federation
+            .as_ref()
+            .and_then(|f| f.suites.as_ref())
+            .filter(|s| scenario.name.starts_with("federation/") && !s.iter().any(|x| x == suite))
+        {
+            return ended(
+                Ok(()),
+                Some(format!(
+                    "federation suite `{suite}` is not among those profile `{}` runs ({})",
+                    env.profile.name,
+                    suites.join(", ")
+                )),
+            );
+        }
         if !scenario.certificates.is_empty()
             && env
                 .profile

@@ -1041,6 +1041,7 @@ fn certificate_scenarios_follow_the_profiles_verification() {
         let federation = mxconform_harness::federation::Federation::new(
             profile.federation.as_ref().unwrap(),
             &pdir,
+            &url,
         )
         .unwrap();
         let config = RunConfig {

@@ -27,7 +27,7 @@ fn start() -> Peers {
 }
 
 async fn get(url: &str, token: Option<&str>) -> (u16, String) {
-    let client = reqwest::Client::new();
+    let client = mxconform_harness::http_client_builder().build().unwrap();
     let mut req = client.get(url);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -150,7 +150,7 @@ fn enc(s: &str) -> String {
 async fn the_cas_server_issues_one_use_tickets_for_the_service_that_asked() {
     let peers = start();
     let web = peers.web_url().expect("a web server");
-    let client = reqwest::Client::builder()
+    let client = mxconform_harness::http_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
@@ -235,7 +235,7 @@ async fn the_sms_gateway_texts_a_code_and_confirms_the_number_once_it_is_submitt
     let peers = start();
     let web = peers.web_url().expect("a web server");
     let api = format!("{web}/_matrix/identity/api/v1");
-    let client = reqwest::Client::new();
+    let client = mxconform_harness::http_client_builder().build().unwrap();
     let post = |path: &str, body: Value| {
         let (client, url) = (client.clone(), format!("{api}/{path}"));
         async move {

@@ -65,6 +65,8 @@ codes! {
     key_too_large => 400 "M_KEY_TOO_LARGE",
     profile_too_large => 400 "M_PROFILE_TOO_LARGE",
     invalid_signature => 400 "M_INVALID_SIGNATURE",
+    unauthorized => 401 "M_UNAUTHORIZED",
+    incompatible_room_version => 400 "M_INCOMPATIBLE_ROOM_VERSION",
 }
 
 impl ApiError {

@@ -114,7 +114,7 @@ fn token_of(req: &Request<Bytes>, query: &[(String, String)]) -> Result<Option<S
         .map(|(_, v)| v.clone()))
 }
 
-fn parse_query(q: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+pub(crate) fn parse_query(q: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
     let Some(q) = q else { return Ok(Vec::new()) };
     q.split('&')
         .filter(|p| !p.is_empty())
@@ -145,6 +145,9 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
     let path = req.uri().path();
     if let Some(answer) = outside_the_table(server, req).await {
         return answer;
+    }
+    if path.starts_with("/_matrix/federation/") || path.starts_with("/_matrix/key/") {
+        return crate::federation::inbound::handle(server, req).await;
     }
     let matched = server.router.find(req.method().as_str(), path)?;
     let query = parse_query(req.uri().query())?;

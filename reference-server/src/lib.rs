@@ -8,6 +8,7 @@
 pub mod appservice;
 pub mod error;
 pub mod events;
+pub mod federation;
 pub mod handlers;
 pub mod http;
 pub mod outbound;
@@ -70,6 +71,9 @@ pub struct Config {
     /// How long the original content of a redacted event stays in the database (for
     /// moderators' review) before it is purged.
     pub redaction_retention: std::time::Duration,
+    /// Federation: `None` answers the server-server API with 404 `M_UNRECOGNIZED` and sends
+    /// nothing to other servers.
+    pub federation: Option<federation::FederationConfig>,
 }
 
 /// The default [`Config::redaction_retention`]: seven days.
@@ -120,6 +124,7 @@ impl Config {
             msisdn_delegate: None,
             signing_key: None,
             redaction_retention: REDACTION_RETENTION,
+            federation: None,
         }
     }
 }
@@ -137,6 +142,9 @@ pub struct Server {
     /// The latest committed stream position, for long-polls to wait on.
     changes: watch::Sender<u64>,
     pub router: router::Router,
+    /// The server-server operations of the route table.
+    pub fed_router: router::Router,
+    pub federation: Option<federation::Federation>,
     pub config: Config,
     /// This server, for work it schedules for later (typing timeouts).
     me: std::sync::OnceLock<std::sync::Weak<Server>>,
@@ -179,6 +187,11 @@ impl Server {
             (None, None) => mxconform_pdu::SigningKey::generate(None)
                 .map_err(|e| format!("making a signing key: {e}"))?,
         };
+        let federation = config
+            .federation
+            .as_ref()
+            .map(federation::Federation::new)
+            .transpose()?;
         let mut state = State::with_store(&config.server_name, new_key.clone(), store);
         state.restore(loaded)?;
         let pos = state.pos;
@@ -186,6 +199,8 @@ impl Server {
             inner: Mutex::new(Inner { state }),
             changes: watch::channel(pos).0,
             router: router::Router::new(mxconform_generated::client_server::ROUTES.iter()),
+            fed_router: router::Router::new(mxconform_generated::server_server::ROUTES.iter()),
+            federation,
             config,
             me: std::sync::OnceLock::new(),
             base_url: std::sync::OnceLock::new(),
@@ -246,6 +261,9 @@ impl Server {
         drop(inner);
         if after != before {
             self.changes.send_replace(after);
+            if let Some(f) = &self.federation {
+                f.sender.wake(self);
+            }
         }
         out
     }

@@ -510,12 +510,16 @@ fn load_appservices(
 fn start_embedded(
     peers: Option<&mxconform_harness::peers::Peers>,
     admin: Option<&str>,
+    federation_ca: Option<String>,
 ) -> Result<(
     String,
     std::thread::JoinHandle<()>,
     tokio::sync::oneshot::Sender<()>,
 )> {
     let mut config = mxconform_server::Config::in_memory("localhost");
+    config.federation = federation_ca.map(|pem| mxconform_server::federation::FederationConfig {
+        trust: mxconform_server::federation::Trust::Authorities(vec![pem]),
+    });
     // A made-up TURN server (nothing listens there), as the test Synapse has, so that the
     // suites can exercise getTurnServer.
     config.turn = Some(mxconform_server::Turn {
@@ -630,7 +634,25 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
     let (url, embedded) = match external {
         Some(u) => (u, None),
         None => {
-            let (url, thread, stop) = start_embedded(peers.as_deref(), profile.admin.as_deref())?;
+            // The embedded server federates when the profile says so, trusting the
+            // authority of the fake servers' certificates.
+            let trust = match &profile.federation {
+                Some(f) => {
+                    let dir = profile.path.parent().unwrap_or(Path::new("."));
+                    let ca_dir = if f.authority.is_absolute() {
+                        f.authority.clone()
+                    } else {
+                        dir.join(&f.authority)
+                    };
+                    let ca = mxconform_harness::federation::tls::Authority::load_or_create(&ca_dir)
+                        .map_err(anyhow::Error::msg)
+                        .context("the federation authority")?;
+                    Some(ca.cert_pem)
+                }
+                None => None,
+            };
+            let (url, thread, stop) =
+                start_embedded(peers.as_deref(), profile.admin.as_deref(), trust)?;
             (url, Some((thread, stop)))
         }
     };
@@ -639,7 +661,7 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
         Some(f) => {
             let dir = profile.path.parent().unwrap_or(Path::new("."));
             Some(std::sync::Arc::new(
-                mxconform_harness::federation::Federation::new(f, dir)
+                mxconform_harness::federation::Federation::new(f, dir, &url)
                     .map_err(anyhow::Error::msg)
                     .context("setting up federation")?,
             ))

@@ -86,7 +86,7 @@ impl FedClient {
         target: Target,
         tolerated: Vec<super::SchemaDeviation>,
     ) -> Result<FedClient, String> {
-        let http = reqwest::Client::builder()
+        let http = crate::http_client_builder()
             .timeout(Duration::from_secs(20))
             .connect_timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())

@@ -29,8 +29,14 @@ use room::RoomView;
 #[serde(deny_unknown_fields)]
 pub struct FederationConfig {
     /// `http://127.0.0.1:18008`: the server's federation listener (the harness needs no
-    /// discovery to reach it).
-    pub base_url: String,
+    /// discovery to reach it). Absent: the server's client-server URL (one listener for
+    /// both, as the embedded reference server has).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The federation suites to run (`joins` runs `federation/joins/`); absent: all. The
+    /// others are skipped with a reason (a server that implements part of the API so far).
+    #[serde(default)]
+    pub suites: Option<Vec<String>>,
     pub server_name: String,
     /// The folder with the authority (`ca.pem`, `ca.key`; made there if absent), relative to
     /// the profile's folder. The server under test must trust `ca.pem` for outbound federation
@@ -98,9 +104,12 @@ pub struct Federation {
 }
 
 impl Federation {
+    /// The federation of a run: `server_url` is the server's client-server URL (its
+    /// federation API's too when the profile names no other).
     pub fn new(
         config: &FederationConfig,
         profile_dir: &std::path::Path,
+        server_url: &str,
     ) -> Result<Federation, String> {
         let dir = if config.authority.is_absolute() {
             config.authority.clone()
@@ -110,7 +119,12 @@ impl Federation {
         Ok(Federation {
             client: Arc::new(FedClient::new(
                 client::Target {
-                    base_url: config.base_url.trim_end_matches('/').to_string(),
+                    base_url: config
+                        .base_url
+                        .as_deref()
+                        .unwrap_or(server_url)
+                        .trim_end_matches('/')
+                        .to_string(),
                     server_name: config.server_name.clone(),
                 },
                 config.schema_deviations.clone(),

@@ -160,14 +160,12 @@ pub fn set_typing(ctx: &Ctx, req: cs::typing::set_typing::Request) -> ApiResult<
         if state.room(&room_id)?.membership(&user) != Some("join") {
             return Err(ApiError::forbidden("you are not in this room"));
         }
-        let pos = state.next_pos(batch);
-        let entry = state.typing.entry(room_id.clone()).or_default();
-        if req.body.typing {
-            entry.0.insert(user.clone(), now_ms() + timeout);
-        } else {
-            entry.0.remove(&user);
-        }
-        entry.1 = pos;
+        state.put_typing(
+            batch,
+            &room_id,
+            &user,
+            req.body.typing.then(|| now_ms() + timeout),
+        );
         Ok(())
     })?;
     if req.body.typing {

@@ -15,6 +15,7 @@ mod accounts;
 mod devices;
 pub mod push;
 pub mod records;
+mod remote;
 mod restore;
 mod room;
 mod timeline;
@@ -32,6 +33,7 @@ use crate::store::{Batch, Store};
 
 pub use accounts::{Backup, Device, Threepid, ThreepidSession, User};
 pub use room::{creators_of, Append, AuthView, Current, Room};
+pub use remote::Received;
 pub use timeline::{relation_target, Event, Prepared};
 
 pub fn now_ms() -> u64 {

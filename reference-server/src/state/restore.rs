@@ -19,6 +19,7 @@ impl State {
         // Records first (users, rooms' metadata), then events in stream order.
         let mut rooms_meta: Vec<(String, RoomRecord)> = Vec::new();
         let mut forgotten: Vec<(String, String)> = Vec::new();
+        let mut forked: HashMap<String, Vec<String>> = HashMap::new();
         for (kind, key, v) in loaded.records {
             let parts: Vec<&str> = key.split('\u{0}').collect();
             let pair = |i: usize, j: usize| (parts[i].to_string(), parts[j].to_string());
@@ -84,6 +85,12 @@ impl State {
                     self.device_keys.insert(pair(0, 1), r.keys);
                     let e = self.key_changes.entry(parts[0].to_string()).or_default();
                     *e = (*e).max(r.pos);
+                }
+                "extremities" => {
+                    let ids: Vec<String> = serde_json::from_value(v).map_err(|e| {
+                        format!("the extremities record of {key} is malformed: {e}")
+                    })?;
+                    forked.insert(key.clone(), ids);
                 }
                 "as_pos" => {
                     self.appservice_pos
@@ -220,13 +227,25 @@ impl State {
             .filter_map(|r| r.timeline.last().map(|p| (r.room_id.clone(), *p)))
             .collect();
         for (room_id, pos) in ends {
-            let ev = self.event(pos).ok_or_else(|| {
-                format!("the latest event of {room_id} (at {pos}) cannot be read")
-            })?;
             let v = self.rooms[&room_id].room_version();
-            let pdu = ev.to_pdu(v)?;
+            // A room that forked (events from other servers) has its extremities recorded.
+            let recorded: Vec<String> = forked.remove(&room_id).unwrap_or_default();
+            let mut pdus = Vec::new();
+            if recorded.len() > 1 {
+                for id in &recorded {
+                    let ev = self.event_by_id(id).ok_or_else(|| {
+                        format!("the extremity {id} of {room_id} cannot be read")
+                    })?;
+                    pdus.push(Arc::new(ev.to_pdu(v)?));
+                }
+            } else {
+                let ev = self.event(pos).ok_or_else(|| {
+                    format!("the latest event of {room_id} (at {pos}) cannot be read")
+                })?;
+                pdus.push(Arc::new(ev.to_pdu(v)?));
+            }
             if let Some(room) = self.rooms.get_mut(&room_id) {
-                room.extremities = vec![Arc::new(pdu)];
+                room.extremities = pdus;
             }
         }
         self.related = self.store.related()?.into_iter().collect();

@@ -319,6 +319,21 @@ impl State {
         }
     }
 
+    /// Starts (`until`: when it stops by itself, in ms) or stops a user's typing in a room.
+    pub fn put_typing(&mut self, batch: &mut Batch, room_id: &str, user: &str, until: Option<u64>) {
+        let pos = self.next_pos(batch);
+        let entry = self.typing.entry(room_id.to_string()).or_default();
+        match until {
+            Some(t) => {
+                entry.0.insert(user.to_string(), t);
+            }
+            None => {
+                entry.0.remove(user);
+            }
+        }
+        entry.1 = pos;
+    }
+
     /// A user's receipt of a type in a room (for a thread, or unthreaded), at the next stream
     /// position: one per user, type and thread.
     pub fn put_receipt(

@@ -297,8 +297,16 @@ impl State {
         let notify = self.push_actions(&ev);
         if let Some(room) = self.rooms.get_mut(&ev.room_id) {
             room.timeline.push(pos);
-            // The server's own history is linear: each event extends the latest.
-            room.extremities = vec![pdu.clone()];
+            // The event extends what it cites (this server's own events cite every
+            // extremity); a room that forked keeps its extremities recorded.
+            let forked = room.extremities.len() > 1;
+            room.extremities
+                .retain(|e| !pdu.prev_events.contains(&e.event_id));
+            room.extremities.push(pdu.clone());
+            if forked || room.extremities.len() > 1 {
+                let ids: Vec<&str> = room.extremities.iter().map(|e| e.event_id.as_str()).collect();
+                batch.put("extremities", ev.room_id.clone(), &json!(ids));
+            }
             room.last_sent.insert(ev.sender.clone(), pos);
             for (user, actions) in notify {
                 let highlight = crate::state::push::Notification::highlight(&actions);
@@ -526,7 +534,7 @@ impl State {
     }
 
     /// Records a PDU at the next position ([`State::apply`]).
-    fn record_event(
+    pub(super) fn record_event(
         &mut self,
         batch: &mut Batch,
         pdu: Pdu,

@@ -1,0 +1,247 @@
+//! This server's requests to other servers: where a server name is reached (an explicit port
+//! or an IP literal as given; otherwise its `/.well-known/matrix/server` delegation, else port
+//! 8448), HTTPS with the configured trust, X-Matrix signed, bounded in time and size.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mxconform_pdu::{xmatrix, SigningKey};
+use serde_json::Value;
+
+use super::Trust;
+
+/// The largest answer read from another server (a send_join of a big room is large).
+const MAX_ANSWER: usize = 64 << 20;
+
+/// HTTPS to other servers.
+pub struct Client {
+    http: reqwest::Client,
+}
+
+/// An answer of another server.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Client {
+    pub fn new(trust: &Trust) -> Result<Client, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS set-up: {e}"))?;
+        let tls = match trust {
+            Trust::Authorities(pems) => {
+                use rustls::pki_types::pem::PemObject;
+                let mut roots = rustls::RootCertStore::empty();
+                for pem in pems {
+                    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                        let cert = cert.map_err(|e| format!("a trusted authority's PEM: {e}"))?;
+                        roots
+                            .add(cert)
+                            .map_err(|e| format!("a trusted authority's certificate: {e}"))?;
+                    }
+                }
+                if roots.is_empty() {
+                    return Err("no certificate among the trusted authorities given".into());
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            Trust::Insecure => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+                .with_no_client_auth(),
+        };
+        // reqwest wants a process-wide provider even with a configured one (other clients of
+        // the process, built without TLS settings, use it).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(Duration::from_secs(20))
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("making the federation client: {e}"))?;
+        Ok(Client { http })
+    }
+
+    /// Where `server_name`'s federation API is: `https://host:port`.
+    pub async fn base_url(&self, server_name: &str) -> Result<String, String> {
+        if let Some(direct) = direct_address(server_name) {
+            return Ok(direct);
+        }
+        // A bare host name: its delegation, if it publishes one, else port 8448.
+        let url = format!("https://{server_name}/.well-known/matrix/server");
+        if let Ok(a) = self.fetch(reqwest::Method::GET, &url, None, None).await {
+            if a.status == 200 {
+                if let Some(delegated) = a.body.get("m.server").and_then(Value::as_str) {
+                    return Ok(direct_address(delegated)
+                        .unwrap_or_else(|| format!("https://{delegated}:8448")));
+                }
+            }
+        }
+        Ok(format!("https://{server_name}:8448"))
+    }
+
+    /// A request without authorization (key documents).
+    pub async fn get(&self, destination: &str, path: &str) -> Result<Answer, String> {
+        let url = format!("{}{path}", self.base_url(destination).await?);
+        self.fetch(reqwest::Method::GET, &url, None, None).await
+    }
+
+    /// A request to `destination`, signed with X-Matrix as `origin` with `key`.
+    pub async fn request(
+        &self,
+        origin: &str,
+        key: &SigningKey,
+        destination: &str,
+        method: &str,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, String> {
+        let auth =
+            xmatrix::authorization(origin, destination, key, method, path_and_query, body);
+        let m = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|_| format!("{method} is not a method"))?;
+        let url = format!("{}{path_and_query}", self.base_url(destination).await?);
+        self.fetch(m, &url, body, Some(&auth)).await
+    }
+
+    async fn fetch(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+        auth: Option<&str>,
+    ) -> Result<Answer, String> {
+        let mut req = self.http.request(method.clone(), url);
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("{method} {url}: {}", error_chain(&e)))?;
+        let status = resp.status().as_u16();
+        if resp.content_length().is_some_and(|n| n as usize > MAX_ANSWER) {
+            return Err(format!("{method} {url}: the answer is larger than {MAX_ANSWER} bytes"));
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("{method} {url}: reading the answer: {}", error_chain(&e)))?;
+        if bytes.len() > MAX_ANSWER {
+            return Err(format!("{method} {url}: the answer is larger than {MAX_ANSWER} bytes"));
+        }
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{method} {url}: the answer ({status}) is not JSON: {e}"))?
+        };
+        Ok(Answer { status, body })
+    }
+}
+
+/// The URL of a server name that says where it is: an IP literal (port 8448 unless given) or
+/// a host with an explicit port.
+fn direct_address(name: &str) -> Option<String> {
+    let (host, port) = split_port(name);
+    let is_ip = host.parse::<std::net::Ipv4Addr>().is_ok()
+        || (host.starts_with('[') && host.ends_with(']'));
+    match (is_ip, port) {
+        (_, Some(p)) => Some(format!("https://{host}:{p}")),
+        (true, None) => Some(format!("https://{host}:8448")),
+        (false, None) => None,
+    }
+}
+
+/// `host` and the port of `host:port` (IPv6 literals in brackets).
+fn split_port(name: &str) -> (&str, Option<&str>) {
+    match name.rfind(':') {
+        Some(i) if !name[i..].contains(']') && name[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            (&name[..i], Some(&name[i + 1..]))
+        }
+        _ => (name, None),
+    }
+}
+
+/// The causes of an error, joined (reqwest hides the TLS reason a level down).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
+/// Accepts any certificate (`Trust::Insecure`); the handshake's signatures are still checked.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names_that_say_where_they_are() {
+        assert_eq!(direct_address("127.0.0.1:8001").as_deref(), Some("https://127.0.0.1:8001"));
+        assert_eq!(direct_address("127.0.0.1").as_deref(), Some("https://127.0.0.1:8448"));
+        assert_eq!(direct_address("[::1]:80").as_deref(), Some("https://[::1]:80"));
+        assert_eq!(direct_address("[::1]").as_deref(), Some("https://[::1]:8448"));
+        assert_eq!(direct_address("example.org:443").as_deref(), Some("https://example.org:443"));
+        assert_eq!(direct_address("example.org"), None);
+    }
+}

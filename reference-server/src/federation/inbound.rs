@@ -1,0 +1,832 @@
+//! Answers to other servers: the route from the generated server-server table, the X-Matrix
+//! signature checked (the origin's key fetched if not kept) before anything else, then the
+//! operation. Received PDUs go through every check on receipt: format, signatures, content
+//! hash (a mismatch keeps the redacted event), the auth events, the state before the event,
+//! and the current state (soft failure).
+
+use std::collections::{BTreeSet, HashMap};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use mxconform_generated::Auth;
+use mxconform_pdu::keys::{ServerKeys, VerifyKey};
+use mxconform_pdu::pdu::VerifyError;
+use mxconform_pdu::{xmatrix, Pdu, RoomVersion};
+use serde_json::{json, Map, Value};
+
+use super::Federation;
+use crate::error::{ApiError, ApiResult};
+use crate::http::{json_response, parse_query};
+use crate::state::{now_ms, Received};
+use crate::Server;
+
+/// The most PDUs and EDUs one transaction may hold.
+const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
+
+/// How long this server's key document says its keys are valid.
+const KEY_VALIDITY_MS: u64 = 24 * 3600 * 1000;
+
+/// One request from another server, authenticated.
+struct Call<'a> {
+    server: &'a Server,
+    fed: &'a Federation,
+    /// The server that signed the request (operations that need no signature: empty).
+    origin: String,
+    params: std::collections::BTreeMap<String, String>,
+    query: Vec<(String, String)>,
+    body: Option<Value>,
+}
+
+impl Call<'_> {
+    fn param(&self, name: &str) -> &str {
+        self.params.get(name).map_or("", String::as_str)
+    }
+
+    fn query_all<'q>(&'q self, name: &'q str) -> impl Iterator<Item = &'q str> + 'q {
+        self.query
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn query_one(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn body(&self) -> ApiResult<&Value> {
+        self.body
+            .as_ref()
+            .filter(|b| b.is_object())
+            .ok_or_else(|| ApiError::not_json("the body must be a JSON object"))
+    }
+
+    /// The room version of a room this server is in; 404 otherwise.
+    fn room_version(&self, room_id: &str) -> ApiResult<&'static RoomVersion> {
+        self.server
+            .read(|s| s.room_version_of(room_id))
+            .ok_or_else(|| ApiError::not_found(format!("this server is not in room {room_id}")))
+    }
+
+    /// The origin has a joined member in the room (what most room reads require).
+    fn origin_in_room(&self, room_id: &str) -> ApiResult<()> {
+        let inside = self
+            .server
+            .read(|s| s.servers_in_room(room_id).contains(&self.origin));
+        if inside {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "{} has no member in room {room_id}",
+                self.origin
+            )))
+        }
+    }
+}
+
+/// Answers a request under `/_matrix/federation/` or `/_matrix/key/`.
+pub async fn handle(server: &Server, req: &Request<Bytes>) -> ApiResult<Response<Bytes>> {
+    let Some(fed) = server.federation.as_ref() else {
+        return Err(ApiError::unrecognized("this server does not federate"));
+    };
+    let matched = server
+        .fed_router
+        .find(req.method().as_str(), req.uri().path())?;
+    let route = matched.routes[0];
+    let query = parse_query(req.uri().query())?;
+    let body = if req.body().is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::from_slice::<Value>(req.body())
+                .map_err(|_| ApiError::not_json("the body is not JSON"))?,
+        )
+    };
+    let origin = if route.auth == Auth::Required {
+        authenticate(server, fed, req, body.as_ref()).await?
+    } else {
+        String::new()
+    };
+    let call = Call {
+        server,
+        fed,
+        origin,
+        params: matched.params,
+        query,
+        body,
+    };
+    let answer = match route.operation_id {
+        "getServerKey" => server_key(&call),
+        "getVersion" => Ok(json!({"server": {"name": "mxconform", "version": env!("CARGO_PKG_VERSION")}})),
+        "makeJoin" => make_membership(&call, "join"),
+        "makeLeave" => make_membership(&call, "leave"),
+        "makeKnock" => make_membership(&call, "knock"),
+        "sendJoinV2" => send_join(&call).await,
+        "sendLeaveV2" => send_membership(&call, "leave").await.map(|_| json!({})),
+        "sendKnock" => send_knock(&call).await,
+        "sendTransaction" => send_transaction(&call).await,
+        "getEvent" => get_event(&call),
+        "getRoomState" => room_state(&call, false),
+        "getRoomStateIds" => room_state(&call, true),
+        "getEventAuth" => event_auth(&call),
+        "backfillRoom" => backfill(&call),
+        "getMissingPreviousEvents" => missing_events(&call),
+        "queryProfile" => query_profile(&call),
+        "queryRoomDirectory" => query_directory(&call),
+        other => Err(ApiError::unrecognized(format!(
+            "{other} is not implemented by this server yet"
+        ))),
+    }?;
+    Ok(json_response(200, &answer))
+}
+
+/// Checks the request's X-Matrix signature with the origin's key; returns the origin.
+async fn authenticate(
+    server: &Server,
+    fed: &Federation,
+    req: &Request<Bytes>,
+    body: Option<&Value>,
+) -> ApiResult<String> {
+    let header = req
+        .headers()
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .find(|h| h.trim_start().starts_with("X-Matrix"))
+        .ok_or_else(|| ApiError::unauthorized("the request carries no X-Matrix authorization"))?;
+    let x = xmatrix::parse(header).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    if x.origin == server.config.server_name {
+        return Err(ApiError::unauthorized("the request claims to come from this server"));
+    }
+    let keys = fed
+        .keys_of(server, &x.origin)
+        .await
+        .map_err(|e| ApiError::unauthorized(format!("the keys of {}: {e}", x.origin)))?;
+    let (key, _) = keys.key(&x.key).ok_or_else(|| {
+        ApiError::unauthorized(format!("{} publishes no key {}", x.origin, x.key))
+    })?;
+    let uri = req
+        .uri()
+        .path_and_query()
+        .map_or(req.uri().path(), |p| p.as_str());
+    x.verify(
+        &server.config.server_name,
+        req.method().as_str(),
+        uri,
+        body,
+        key,
+    )
+    .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    Ok(x.origin)
+}
+
+impl Federation {
+    /// `server_name`'s keys: those kept while valid, else fetched from it and checked (signed
+    /// by themselves, for that name). This server's own from its signing key.
+    pub async fn keys_of(&self, server: &Server, server_name: &str) -> Result<ServerKeys, String> {
+        if server_name == server.config.server_name {
+            let key = server
+                .read(|s| s.signing_key.clone())
+                .ok_or("this server has no signing key")?;
+            return Ok(ServerKeys {
+                server_name: server_name.to_string(),
+                verify_keys: vec![key.verify_key()],
+                valid_until_ts: i64::MAX,
+                old_verify_keys: Vec::new(),
+            });
+        }
+        let now = now_ms() as i64;
+        if let Some(k) = self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(server_name)
+            .filter(|k| k.valid_until_ts > now)
+        {
+            return Ok(k.clone());
+        }
+        let a = self.client.get(server_name, "/_matrix/key/v2/server").await?;
+        if a.status != 200 {
+            return Err(format!(
+                "GET /_matrix/key/v2/server answered {}: {}",
+                a.status, a.body
+            ));
+        }
+        let keys = mxconform_pdu::keys::verify_server_key_document(&a.body, server_name)
+            .map_err(|e| e.to_string())?;
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(server_name.to_string(), keys.clone());
+        Ok(keys)
+    }
+
+    /// Checks a PDU's signatures (step 2) and content hash (step 3), fetching the keys of
+    /// the servers that must have signed it. `Ok(false)`: the signatures verify but the hash
+    /// does not match (the redacted event is kept).
+    pub async fn verify_pdu(
+        &self,
+        server: &Server,
+        v: &RoomVersion,
+        pdu: &Pdu,
+    ) -> Result<bool, String> {
+        let mut keys: HashMap<String, ServerKeys> = HashMap::new();
+        for s in pdu.required_signers(v) {
+            let k = self
+                .keys_of(server, &s)
+                .await
+                .map_err(|e| format!("the keys of {s}, which must sign it: {e}"))?;
+            keys.insert(s, k);
+        }
+        let lookup = |s: &str, key_id: &str| -> Option<(VerifyKey, i64)> {
+            keys.get(s)?.key(key_id).map(|(k, ts)| (k.clone(), ts))
+        };
+        match mxconform_pdu::pdu::verify(v, pdu, &lookup) {
+            Ok(()) => Ok(true),
+            Err(VerifyError::ContentHash) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+fn server_key(c: &Call<'_>) -> ApiResult<Value> {
+    let key = c
+        .server
+        .read(|s| s.signing_key.clone())
+        .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
+    Ok(mxconform_pdu::keys::server_key_document(
+        &c.server.config.server_name,
+        &[&key],
+        &[],
+        (now_ms() + KEY_VALIDITY_MS) as i64,
+    ))
+}
+
+/// make_join, make_leave, make_knock: the template, for a user of the origin.
+fn make_membership(c: &Call<'_>, membership: &str) -> ApiResult<Value> {
+    let (room_id, user) = (c.param("roomId"), c.param("userId"));
+    if user.split_once(':').map(|(_, s)| s) != Some(c.origin.as_str()) {
+        return Err(ApiError::forbidden(format!(
+            "{user} is not a user of {}",
+            c.origin
+        )));
+    }
+    let v = c.room_version(room_id)?;
+    if membership != "leave" {
+        // Without `ver`, the asking server supports room version 1 only.
+        let mut supported: Vec<&str> = c.query_all("ver").collect();
+        if supported.is_empty() {
+            supported.push("1");
+        }
+        if !supported.contains(&v.id) {
+            return Err(ApiError::incompatible_room_version(format!(
+                "the room is of version {}, which the asking server does not support",
+                v.id
+            ))
+            .with_extra(json!({"room_version": v.id})));
+        }
+    }
+    let event = c
+        .server
+        .read(|s| s.membership_template(room_id, user, membership, &c.origin))?;
+    Ok(json!({"room_version": v.id, "event": event}))
+}
+
+/// The membership event of send_join, send_leave or send_knock, checked: the event the path
+/// names, of the origin's user, with the membership the operation is for, passing every
+/// check on receipt; then kept. Returns the event as kept (with this server's signature
+/// added for a restricted join it vouches for) and the room version.
+async fn send_membership(c: &Call<'_>, membership: &str) -> ApiResult<(Pdu, &'static RoomVersion)> {
+    let (room_id, event_id) = (c.param("roomId"), c.param("eventId"));
+    let v = c.room_version(room_id)?;
+    let mut json = c.body()?.clone();
+    let pdu = Pdu::from_json(v, json.clone())
+        .map_err(|e| ApiError::bad_json(format!("the event is not a valid PDU: {e}")))?;
+    if pdu.event_id != event_id || pdu.room_id != room_id {
+        return Err(ApiError::bad_json(
+            "the event is not the one the path names (its id or room differs)",
+        ));
+    }
+    if pdu.kind != "m.room.member"
+        || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
+        || pdu.membership() != Some(membership)
+    {
+        return Err(ApiError::bad_json(format!(
+            "the event must be the sender's own m.room.member event with membership {membership}"
+        )));
+    }
+    if pdu.sender_server() != c.origin {
+        return Err(ApiError::forbidden(format!(
+            "{} is not a user of {}",
+            pdu.sender, c.origin
+        )));
+    }
+    // A restricted join this server vouches for carries its signature too.
+    let via = pdu
+        .content()
+        .get("join_authorised_via_users_server")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let pdu = match via {
+        Some(u) if u.ends_with(&format!(":{}", c.server.config.server_name)) => {
+            let key = c
+                .server
+                .read(|s| s.signing_key.clone())
+                .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
+            let name = c.server.config.server_name.as_str();
+            let mut redacted = pdu.redacted(v);
+            mxconform_pdu::sign::sign_json(&mut redacted, name, &key);
+            let sig = redacted["signatures"][name][key.key_id()].clone();
+            json["signatures"][name] = json!({ key.key_id(): sig });
+            Pdu::from_json(v, json)
+                .map_err(|e| ApiError::bad_json(format!("the event is not a valid PDU: {e}")))?
+        }
+        _ => pdu,
+    };
+    let hash_ok = c
+        .fed
+        .verify_pdu(c.server, v, &pdu)
+        .await
+        .map_err(|e| ApiError::forbidden(format!("the event's signatures: {e}")))?;
+    if !hash_ok {
+        return Err(ApiError::bad_json("the event's content hash does not match"));
+    }
+    let kept = pdu.clone();
+    let outcome = c
+        .server
+        .write(|state, batch| Ok(state.receive_pdu(batch, pdu, true)))?;
+    match outcome {
+        Received::Accepted(_) | Received::Duplicate => {}
+        Received::Rejected(r) | Received::SoftFailed(r) => {
+            return Err(ApiError::forbidden(format!("the event is refused: {r}")))
+        }
+        Received::MissingPrev(ids) => {
+            return Err(ApiError::bad_json(format!(
+                "the event cites prev events this server does not know: {}",
+                ids.join(", ")
+            )))
+        }
+    }
+    Ok((kept, v))
+}
+
+async fn send_join(c: &Call<'_>) -> ApiResult<Value> {
+    let (pdu, _v) = send_membership(c, "join").await?;
+    let omit = c.query_one("omit_members") == Some("true");
+    let room_id = pdu.room_id.clone();
+    c.server.read(|s| {
+        let state: Vec<Pdu> = s.state_before(&room_id, &pdu.event_id).unwrap_or_default();
+        let ids: Vec<String> = state.iter().map(|p| p.event_id.clone()).collect();
+        let chain = s.auth_chain(&room_id, &ids);
+        let keep = |p: &&Pdu| {
+            !omit || p.kind != "m.room.member" || p.state_key.as_deref() == Some(&pdu.sender)
+        };
+        let mut answer = json!({
+            "origin": s.server_name,
+            "state": state.iter().filter(keep).map(|p| p.json.clone()).collect::<Vec<_>>(),
+            "auth_chain": chain.iter().map(|p| p.json.clone()).collect::<Vec<_>>(),
+            "event": pdu.json,
+            "members_omitted": omit,
+        });
+        if omit {
+            let mut servers: Vec<String> = s.servers_in_room(&room_id).into_iter().collect();
+            servers.sort();
+            answer["servers_in_room"] = json!(servers);
+        }
+        Ok(answer)
+    })
+}
+
+async fn send_knock(c: &Call<'_>) -> ApiResult<Value> {
+    let (pdu, _) = send_membership(c, "knock").await?;
+    Ok(c.server.read(|s| {
+        json!({"knock_room_state": s.stripped_state_pdus(&pdu.room_id)})
+    }))
+}
+
+/// A transaction: its PDUs, each through the checks on receipt, and its EDUs. A retried
+/// transaction gets the first answer.
+async fn send_transaction(c: &Call<'_>) -> ApiResult<Value> {
+    let txn = c.param("txnId").to_string();
+    if let Some(a) = c.fed.transaction_answer(&c.origin, &txn) {
+        return Ok(a);
+    }
+    let body = c.body()?;
+    let pdus = body
+        .get("pdus")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::bad_json("a transaction needs `pdus`"))?;
+    let edus: &[Value] = body
+        .get("edus")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice);
+    if pdus.len() > MAX_PDUS || edus.len() > MAX_EDUS {
+        return Err(ApiError::bad_json(format!(
+            "a transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
+        )));
+    }
+    let mut results = Map::new();
+    for raw in pdus {
+        if let Some((id, outcome)) = receive(c, raw).await {
+            results.insert(id, outcome);
+        }
+    }
+    for edu in edus {
+        receive_edu(c, edu);
+    }
+    let answer = json!({"pdus": results});
+    c.fed.remember_transaction(&c.origin, &txn, answer.clone());
+    Ok(answer)
+}
+
+/// One PDU of a transaction: its id and the result (`{}`, or `{"error"}`); `None` for a PDU
+/// of a room this server is not in (ignored: its id cannot even be computed without the
+/// room's version).
+async fn receive(c: &Call<'_>, raw: &Value) -> Option<(String, Value)> {
+    let room_id = raw.get("room_id").and_then(Value::as_str)?;
+    let v = c.server.read(|s| s.room_version_of(room_id))?;
+    let pdu = match Pdu::from_json(v, raw.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            let id = raw
+                .get("event_id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| {
+                    format!(
+                        "${}",
+                        mxconform_pdu::base64::encode_url_safe(
+                            &mxconform_pdu::hash::reference_hash(v, raw)
+                        )
+                    )
+                });
+            return Some((id, json!({"error": format!("not a valid PDU: {e}")})));
+        }
+    };
+    let id = pdu.event_id.clone();
+    let outcome = receive_checked(c, v, pdu, true).await;
+    Some((id, outcome.map_or_else(|e| json!({"error": e}), |()| json!({}))))
+}
+
+/// Steps 2-6 of the checks on receipt for one PDU; a gap before it is filled from the origin
+/// (get_missing_events) once.
+async fn receive_checked(
+    c: &Call<'_>,
+    v: &'static RoomVersion,
+    pdu: Pdu,
+    fill_gap: bool,
+) -> Result<(), String> {
+    let hash_ok = c
+        .fed
+        .verify_pdu(c.server, v, &pdu)
+        .await
+        .map_err(|e| format!("signature check failed: {e}"))?;
+    let (room_id, event_id) = (pdu.room_id.clone(), pdu.event_id.clone());
+    let outcome = c
+        .server
+        .write(|state, batch| Ok(state.receive_pdu(batch, pdu.clone(), hash_ok)))
+        .map_err(|e| e.message)?;
+    match outcome {
+        Received::Accepted(_) => Ok(()),
+        // A soft-failed event is not an error of the transaction: it is simply not shown.
+        Received::Duplicate | Received::SoftFailed(_) => Ok(()),
+        Received::Rejected(r) => Err(r),
+        Received::MissingPrev(_) if fill_gap => {
+            fetch_missing(c, v, &room_id, &event_id).await?;
+            Box::pin(receive_checked(c, v, pdu, false)).await
+        }
+        Received::MissingPrev(ids) => Err(format!(
+            "its prev events are unknown here: {}",
+            ids.join(", ")
+        )),
+    }
+}
+
+/// Asks the origin for the events between the room's extremities and `latest`, and receives
+/// them oldest first.
+async fn fetch_missing(
+    c: &Call<'_>,
+    v: &'static RoomVersion,
+    room_id: &str,
+    latest: &str,
+) -> Result<(), String> {
+    let (earliest, key) = c.server.read(|s| {
+        (
+            s.rooms
+                .get(room_id)
+                .map(|r| {
+                    r.extremities
+                        .iter()
+                        .map(|e| e.event_id.clone())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+            s.signing_key.clone(),
+        )
+    });
+    let key = key.ok_or("this server has no signing key")?;
+    let path = format!(
+        "/_matrix/federation/v1/get_missing_events/{}",
+        crate::router::percent_encode(room_id)
+    );
+    let body = json!({"earliest_events": earliest, "latest_events": [latest], "limit": 20});
+    let a = c
+        .fed
+        .client
+        .request(
+            &c.server.config.server_name,
+            &key,
+            &c.origin,
+            "POST",
+            &path,
+            Some(&body),
+        )
+        .await?;
+    if a.status != 200 {
+        return Err(format!("get_missing_events answered {}", a.status));
+    }
+    let mut events: Vec<Pdu> = a
+        .body
+        .get("events")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Pdu::from_json(v, e.clone()).ok())
+        .filter(|p| p.room_id == room_id)
+        .collect();
+    events.sort_by_key(|p| (p.depth, p.origin_server_ts));
+    for p in events {
+        // Each in turn; one that fails is skipped (the event that needed it then fails).
+        let _ = Box::pin(receive_checked(c, v, p, false)).await;
+    }
+    Ok(())
+}
+
+/// An EDU: typing, receipts, presence and to-device messages of the origin's users; others
+/// are ignored.
+fn receive_edu(c: &Call<'_>, edu: &Value) {
+    let kind = edu.get("edu_type").and_then(Value::as_str).unwrap_or("");
+    let content = edu.get("content").cloned().unwrap_or(Value::Null);
+    let ours = |user: &str| user.split_once(':').map(|(_, s)| s) == Some(c.origin.as_str());
+    let _ = c.server.write(|state, batch| {
+        match kind {
+            "m.typing" => {
+                let (Some(room), Some(user)) = (
+                    content.get("room_id").and_then(Value::as_str),
+                    content.get("user_id").and_then(Value::as_str),
+                ) else {
+                    return Ok(());
+                };
+                let joined = state
+                    .rooms
+                    .get(room)
+                    .is_some_and(|r| r.membership(user) == Some("join"));
+                if ours(user) && joined {
+                    let typing = content.get("typing").and_then(Value::as_bool) == Some(true);
+                    state.put_typing(batch, room, user, typing.then(|| now_ms() + 30_000));
+                }
+            }
+            "m.receipt" => {
+                for (room, types) in content.as_object().into_iter().flatten() {
+                    let Some(reads) = types.get("m.read").and_then(Value::as_object) else {
+                        continue;
+                    };
+                    for (user, r) in reads {
+                        let joined = state
+                            .rooms
+                            .get(room)
+                            .is_some_and(|x| x.membership(user) == Some("join"));
+                        let Some(event) = r
+                            .get("event_ids")
+                            .and_then(Value::as_array)
+                            .and_then(|a| a.first())
+                            .and_then(Value::as_str)
+                        else {
+                            continue;
+                        };
+                        if ours(user) && joined {
+                            let thread = r
+                                .pointer("/data/thread_id")
+                                .and_then(Value::as_str)
+                                .map(str::to_string);
+                            state.put_receipt(batch, room, "m.read", user, event, thread);
+                        }
+                    }
+                }
+            }
+            "m.presence" => {
+                for p in content
+                    .get("push")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let Some(user) = p.get("user_id").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    if ours(user) {
+                        let mut c = json!({
+                            "presence": p.get("presence").cloned().unwrap_or(json!("offline")),
+                        });
+                        if let Some(m) = p.get("status_msg") {
+                            c["status_msg"] = m.clone();
+                        }
+                        state.put_presence(batch, user, c);
+                    }
+                }
+            }
+            "m.direct_to_device" => {
+                let sender = content.get("sender").and_then(Value::as_str).unwrap_or("");
+                let kind = content.get("type").and_then(Value::as_str).unwrap_or("");
+                if !ours(sender) || kind.is_empty() {
+                    return Ok(());
+                }
+                for (user, devices) in content
+                    .get("messages")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                {
+                    if !state.users.contains_key(user) {
+                        continue;
+                    }
+                    for (device, body) in devices.as_object().into_iter().flatten() {
+                        let msg = json!({"sender": sender, "type": kind, "content": body});
+                        let targets: Vec<String> = if device == "*" {
+                            state
+                                .devices
+                                .get(user)
+                                .map(|d| d.keys().cloned().collect())
+                                .unwrap_or_default()
+                        } else {
+                            vec![device.clone()]
+                        };
+                        for d in targets {
+                            state.queue_to_device(batch, user, &d, msg.clone());
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    });
+}
+
+fn get_event(c: &Call<'_>) -> ApiResult<Value> {
+    let event_id = c.param("eventId");
+    let (room_id, pdu) = c
+        .server
+        .read(|s| {
+            let ev = s.event_by_id(event_id)?;
+            let pdu = s.pdu_in(&ev.room_id, event_id)?;
+            Some((ev.room_id.clone(), pdu))
+        })
+        .ok_or_else(|| ApiError::not_found(format!("no event {event_id}")))?;
+    c.origin_in_room(&room_id)?;
+    Ok(json!({
+        "origin": c.server.config.server_name,
+        "origin_server_ts": now_ms(),
+        "pdus": [pdu.json],
+    }))
+}
+
+/// The state of a room at an event (the state before it) and the auth chain of that state.
+fn room_state(c: &Call<'_>, ids_only: bool) -> ApiResult<Value> {
+    let room_id = c.param("roomId");
+    let event_id = c
+        .query_one("event_id")
+        .ok_or_else(|| ApiError::missing_param("event_id is required"))?;
+    c.room_version(room_id)?;
+    c.origin_in_room(room_id)?;
+    c.server.read(|s| {
+        let state = s
+            .state_before(room_id, event_id)
+            .ok_or_else(|| ApiError::not_found(format!("no event {event_id} in {room_id}")))?;
+        let ids: Vec<String> = state.iter().map(|p| p.event_id.clone()).collect();
+        let chain = s.auth_chain(room_id, &ids);
+        Ok(if ids_only {
+            json!({
+                "pdu_ids": ids,
+                "auth_chain_ids": chain.iter().map(|p| p.event_id.clone()).collect::<Vec<_>>(),
+            })
+        } else {
+            json!({
+                "pdus": state.iter().map(|p| p.json.clone()).collect::<Vec<_>>(),
+                "auth_chain": chain.iter().map(|p| p.json.clone()).collect::<Vec<_>>(),
+            })
+        })
+    })
+}
+
+fn event_auth(c: &Call<'_>) -> ApiResult<Value> {
+    let (room_id, event_id) = (c.param("roomId"), c.param("eventId"));
+    c.room_version(room_id)?;
+    c.origin_in_room(room_id)?;
+    c.server.read(|s| {
+        s.pdu_in(room_id, event_id)
+            .ok_or_else(|| ApiError::not_found(format!("no event {event_id} in {room_id}")))?;
+        let chain = s.auth_chain(room_id, &[event_id.to_string()]);
+        Ok(json!({"auth_chain": chain.iter().map(|p| p.json.clone()).collect::<Vec<_>>()}))
+    })
+}
+
+fn backfill(c: &Call<'_>) -> ApiResult<Value> {
+    let room_id = c.param("roomId");
+    let from: Vec<String> = c.query_all("v").map(str::to_string).collect();
+    if from.is_empty() {
+        return Err(ApiError::missing_param("v (the events to backfill from) is required"));
+    }
+    let limit: usize = c
+        .query_one("limit")
+        .ok_or_else(|| ApiError::missing_param("limit is required"))?
+        .parse()
+        .map_err(|_| ApiError::invalid_param("limit must be an integer"))?;
+    c.room_version(room_id)?;
+    c.origin_in_room(room_id)?;
+    let pdus = c.server.read(|s| {
+        s.events_before(room_id, &from, limit.min(100), &BTreeSet::new(), true)
+    });
+    Ok(json!({
+        "origin": c.server.config.server_name,
+        "origin_server_ts": now_ms(),
+        "pdus": pdus.into_iter().map(|p| p.json).collect::<Vec<_>>(),
+    }))
+}
+
+fn missing_events(c: &Call<'_>) -> ApiResult<Value> {
+    let room_id = c.param("roomId");
+    let body = c.body()?;
+    let ids = |k: &str| -> ApiResult<Vec<String>> {
+        body.get(k)
+            .and_then(Value::as_array)
+            .ok_or_else(|| ApiError::bad_json(format!("`{k}` is required")))?
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ApiError::bad_json(format!("`{k}` holds event ids")))
+            })
+            .collect()
+    };
+    let (earliest, latest) = (ids("earliest_events")?, ids("latest_events")?);
+    let limit = body.get("limit").and_then(Value::as_u64).unwrap_or(10).min(100) as usize;
+    let min_depth = body.get("min_depth").and_then(Value::as_i64).unwrap_or(0);
+    c.room_version(room_id)?;
+    c.origin_in_room(room_id)?;
+    let stop: BTreeSet<String> = earliest.into_iter().collect();
+    let mut pdus = c
+        .server
+        .read(|s| s.events_before(room_id, &latest, limit, &stop, false));
+    pdus.retain(|p| p.depth >= min_depth);
+    pdus.sort_by_key(|p| (p.depth, p.origin_server_ts));
+    Ok(json!({"events": pdus.into_iter().map(|p| p.json).collect::<Vec<_>>()}))
+}
+
+fn query_profile(c: &Call<'_>) -> ApiResult<Value> {
+    let user = c
+        .query_one("user_id")
+        .ok_or_else(|| ApiError::missing_param("user_id is required"))?;
+    let field = c.query_one("field");
+    c.server.read(|s| {
+        let u = s
+            .users
+            .get(user)
+            .filter(|u| !u.deactivated)
+            .ok_or_else(|| ApiError::not_found(format!("no user {user}")))?;
+        let mut out = Map::new();
+        if field.is_none_or(|f| f == "displayname") {
+            if let Some(d) = &u.displayname {
+                out.insert("displayname".into(), json!(d));
+            }
+        }
+        if field.is_none_or(|f| f == "avatar_url") {
+            if let Some(a) = &u.avatar_url {
+                out.insert("avatar_url".into(), json!(a));
+            }
+        }
+        Ok(Value::Object(out))
+    })
+}
+
+fn query_directory(c: &Call<'_>) -> ApiResult<Value> {
+    let alias = c
+        .query_one("room_alias")
+        .ok_or_else(|| ApiError::missing_param("room_alias is required"))?;
+    c.server.read(|s| {
+        let room_id = s
+            .aliases
+            .get(alias)
+            .map(|(room, _)| room.clone())
+            .ok_or_else(|| ApiError::not_found(format!("no room alias {alias}")))?;
+        let mut servers: Vec<String> = s.servers_in_room(&room_id).into_iter().collect();
+        servers.sort_by_key(|x| x != &s.server_name);
+        if servers.is_empty() {
+            servers.push(s.server_name.clone());
+        }
+        Ok(json!({"room_id": room_id, "servers": servers}))
+    })
+}

@@ -1,0 +1,159 @@
+//! This server's events to the other servers of each room: one queue per destination,
+//! delivered in order as transactions of at most 50 PDUs, one transaction in flight per
+//! destination, retried with growing pauses (up to a minute) while a destination is down.
+//! Queues are in memory: events made while the server was stopped are not sent after a
+//! restart (the other servers fetch them when the next event cites them).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::state::now_ms;
+use crate::Server;
+
+/// The most PDUs a transaction holds.
+const TXN_PDUS: usize = 50;
+/// The most PDUs waiting for one destination; beyond, the oldest are dropped (the
+/// destination fetches what it misses through the prev events of later ones).
+const QUEUE_LIMIT: usize = 10_000;
+
+/// The queues of outgoing PDUs, by destination.
+#[derive(Default)]
+pub struct Sender {
+    queues: Mutex<Queues>,
+}
+
+#[derive(Default)]
+struct Queues {
+    /// The stream position up to which events were queued.
+    cursor: Option<u64>,
+    dests: HashMap<String, Dest>,
+}
+
+#[derive(Default)]
+struct Dest {
+    pending: VecDeque<Value>,
+    /// A delivery task is running for this destination.
+    busy: bool,
+}
+
+impl Sender {
+    /// Queues this server's events committed since the last look, for the servers of their
+    /// rooms, and starts delivery where none runs.
+    pub fn wake(&self, server: &Server) {
+        let Some(shared) = server.shared() else {
+            return;
+        };
+        let ours = server.config.server_name.clone();
+        let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let (head, work) = server.read(|s| {
+            let from = q.cursor.unwrap_or(s.pos);
+            let mut work: Vec<(String, Value)> = Vec::new();
+            for pos in from + 1..=s.pos {
+                let Some(ev) = s.event(pos) else { continue };
+                if ev.sender.split_once(':').map(|(_, h)| h) != Some(ours.as_str()) {
+                    continue;
+                }
+                let Some(v) = s.room_version_of(&ev.room_id) else {
+                    continue;
+                };
+                let mut dests = s.servers_in_room(&ev.room_id);
+                // The user a membership event is about hears of it (invites, kicks, bans).
+                if ev.kind == "m.room.member" {
+                    if let Some(h) = ev.state_key.as_deref().and_then(|k| k.split_once(':')) {
+                        dests.insert(h.1.to_string());
+                    }
+                }
+                dests.remove(&ours);
+                let pdu = ev.pdu_json(v);
+                for d in dests {
+                    work.push((d, pdu.clone()));
+                }
+            }
+            (s.pos, work)
+        });
+        q.cursor = Some(head);
+        let mut start = Vec::new();
+        for (dest, pdu) in work {
+            let d = q.dests.entry(dest.clone()).or_default();
+            d.pending.push_back(pdu);
+            while d.pending.len() > QUEUE_LIMIT {
+                d.pending.pop_front();
+            }
+            if !d.busy {
+                d.busy = true;
+                start.push(dest);
+            }
+        }
+        drop(q);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            for dest in start {
+                rt.spawn(deliver(Arc::downgrade(&shared), dest));
+            }
+        }
+    }
+
+    /// The next transaction's PDUs for `dest` (taken off its queue), or `None` when it has
+    /// none (the delivery task then ends).
+    fn take(&self, dest: &str) -> Option<Vec<Value>> {
+        let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let d = q.dests.get_mut(dest)?;
+        if d.pending.is_empty() {
+            d.busy = false;
+            return None;
+        }
+        let n = d.pending.len().min(TXN_PDUS);
+        Some(d.pending.drain(..n).collect())
+    }
+
+    /// Puts back PDUs whose delivery failed, ahead of the rest.
+    fn put_back(&self, dest: &str, pdus: Vec<Value>) {
+        let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let d = q.dests.entry(dest.to_string()).or_default();
+        for p in pdus.into_iter().rev() {
+            d.pending.push_front(p);
+        }
+    }
+}
+
+/// Sends `dest` its queue, a transaction at a time, until it is empty.
+async fn deliver(server: Weak<Server>, dest: String) {
+    let mut pause = Duration::from_millis(500);
+    let mut serial = 0u64;
+    loop {
+        let Some(s) = server.upgrade() else { return };
+        let Some(fed) = s.federation.as_ref() else {
+            return;
+        };
+        let Some(pdus) = fed.sender.take(&dest) else {
+            return;
+        };
+        let Some(key) = s.read(|st| st.signing_key.clone()) else {
+            return;
+        };
+        serial += 1;
+        let txn = format!("{}.{serial}", now_ms());
+        let body = json!({
+            "origin": s.config.server_name,
+            "origin_server_ts": now_ms(),
+            "pdus": pdus,
+            "edus": [],
+        });
+        let path = format!("/_matrix/federation/v1/send/{txn}");
+        let sent = fed
+            .client
+            .request(&s.config.server_name, &key, &dest, "PUT", &path, Some(&body))
+            .await;
+        match sent {
+            Ok(a) if a.status == 200 => pause = Duration::from_millis(500),
+            _ => {
+                fed.sender.put_back(&dest, pdus);
+                drop(s);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Events from other servers: the checks on receipt that need the room (the PDU's format,
+//! signatures and content hash are checked before, without the state lock), where an accepted
+//! PDU goes, and what other servers are told of a room: its state at an event, auth chains,
+//! the events before others, membership templates.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use mxconform_pdu::auth::{authorize_by_auth_events, EventList};
+use mxconform_pdu::build::NewEvent;
+use mxconform_pdu::state_res::{self, StateMap};
+use mxconform_pdu::{Pdu, RoomVersion};
+use serde_json::{json, Value};
+
+use super::{now_ms, AuthView, State};
+use crate::error::{ApiError, ApiResult};
+use crate::store::Batch;
+
+/// What became of a PDU received from another server.
+#[derive(Debug, PartialEq)]
+pub enum Received {
+    /// Kept, in the room's timeline at this position.
+    Accepted(u64),
+    /// Already known: nothing changed.
+    Duplicate,
+    /// Allowed by the state before it but not by the current state: not kept, not shown.
+    SoftFailed(String),
+    /// Refused by the authorization rules (the reason names the rule).
+    Rejected(String),
+    /// Some of its prev events are unknown here (their ids).
+    MissingPrev(Vec<String>),
+}
+
+/// Whether `pdu` carries a signature of `server` (signatures were verified before).
+fn signed_by(pdu: &Pdu, server: &str) -> bool {
+    pdu.json
+        .get("signatures")
+        .and_then(|s| s.get(server))
+        .is_some_and(Value::is_object)
+}
+
+impl State {
+    /// The version of a room this server is in.
+    pub fn room_version_of(&self, room_id: &str) -> Option<&'static RoomVersion> {
+        self.rooms.get(room_id).map(super::Room::room_version)
+    }
+
+    /// An event of `room_id` as the rules read it (redacted, if it was), by id.
+    pub fn pdu_in(&self, room_id: &str, event_id: &str) -> Option<Pdu> {
+        let v = self.room_version_of(room_id)?;
+        let ev = self.event_by_id(event_id)?;
+        if ev.room_id != room_id {
+            return None;
+        }
+        ev.to_pdu(v).ok()
+    }
+
+    /// The auth chain of `ids`: their auth events, theirs, and so on (not `ids` themselves),
+    /// oldest first.
+    pub fn auth_chain(&self, room_id: &str, ids: &[String]) -> Vec<Pdu> {
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut out: Vec<Pdu> = Vec::new();
+        let mut todo: Vec<String> = ids
+            .iter()
+            .filter_map(|id| self.pdu_in(room_id, id))
+            .flat_map(|p| p.auth_events)
+            .collect();
+        while let Some(id) = todo.pop() {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            if let Some(p) = self.pdu_in(room_id, &id) {
+                todo.extend(p.auth_events.iter().cloned());
+                out.push(p);
+            }
+        }
+        out.sort_by_key(|p| (p.depth, p.origin_server_ts));
+        out
+    }
+
+    /// The state of the room just before the event `event_id`, as PDUs, or `None` when the
+    /// event is not one of the room's. (The stream's state at its position: exact while the
+    /// room's history is linear.)
+    pub fn state_before(&self, room_id: &str, event_id: &str) -> Option<Vec<Pdu>> {
+        let room = self.rooms.get(room_id)?;
+        let pos = self.event_pos(event_id)?;
+        self.event(pos).filter(|e| e.room_id == room_id)?;
+        let v = room.room_version();
+        Some(
+            room.state_at(pos.saturating_sub(1))
+                .values()
+                .filter_map(|p| self.event(*p).and_then(|e| e.to_pdu(v).ok()))
+                .collect(),
+        )
+    }
+
+    /// The room's current state, as PDUs.
+    pub fn current_state(&self, room_id: &str) -> Vec<Arc<Pdu>> {
+        self.rooms
+            .get(room_id)
+            .map(|r| r.state.values().map(|c| c.pdu.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The room's state as a knocking or invited user's server sees it: the create event
+    /// whole (a PDU), and the others stripped to type, state key, sender and content.
+    pub fn stripped_state_pdus(&self, room_id: &str) -> Vec<Value> {
+        let Some(room) = self.rooms.get(room_id) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for kind in [
+            "m.room.create",
+            "m.room.join_rules",
+            "m.room.name",
+            "m.room.canonical_alias",
+            "m.room.avatar",
+            "m.room.encryption",
+            "m.room.topic",
+        ] {
+            let Some(c) = room.state.get(&(kind.to_string(), String::new())) else {
+                continue;
+            };
+            let p = &c.pdu;
+            out.push(if kind == "m.room.create" {
+                p.json.clone()
+            } else {
+                json!({"type": p.kind, "state_key": "", "sender": p.sender, "content": p.content()})
+            });
+        }
+        out
+    }
+
+    /// The servers with a joined member in the room.
+    pub fn servers_in_room(&self, room_id: &str) -> BTreeSet<String> {
+        self.rooms
+            .get(room_id)
+            .map(|r| {
+                r.joined()
+                    .filter_map(|u| u.split_once(':').map(|(_, s)| s.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The events of the room before `from` (walking prev events breadth first, `from`
+    /// included), at most `limit`: backfill's answer. With `stop`, the walk does not go past
+    /// those events (get_missing_events).
+    pub fn events_before(
+        &self,
+        room_id: &str,
+        from: &[String],
+        limit: usize,
+        stop: &BTreeSet<String>,
+        include_from: bool,
+    ) -> Vec<Pdu> {
+        let mut seen: BTreeSet<String> = stop.clone();
+        let mut out = Vec::new();
+        let mut queue: std::collections::VecDeque<(String, bool)> =
+            from.iter().map(|id| (id.clone(), include_from)).collect();
+        while let Some((id, keep)) = queue.pop_front() {
+            if out.len() >= limit {
+                break;
+            }
+            if !seen.insert(id.clone()) && keep {
+                continue;
+            }
+            let Some(p) = self.pdu_in(room_id, &id) else {
+                continue;
+            };
+            for prev in &p.prev_events {
+                if !seen.contains(prev) {
+                    queue.push_back((prev.clone(), true));
+                }
+            }
+            if keep {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// The template of a membership event `user` of another server asks to make
+    /// (make_join, make_leave, make_knock): the PDU as this server would build it on the
+    /// room's extremities, without hashes, signatures or (room versions 1 and 2) event id, and
+    /// only if the rules would allow it now.
+    pub fn membership_template(
+        &self,
+        room_id: &str,
+        user: &str,
+        membership: &str,
+        origin: &str,
+    ) -> ApiResult<Value> {
+        let room = self.room(room_id)?;
+        let v = room.room_version();
+        let mut content = json!({"membership": membership});
+        if membership == "join" {
+            let rule = room
+                .state_content("m.room.join_rules", "")
+                .and_then(|c| c.get("join_rule"))
+                .and_then(Value::as_str)
+                .unwrap_or("invite");
+            let invited = matches!(room.membership(user), Some("join" | "invite"));
+            if !invited && matches!(rule, "restricted" | "knock_restricted") {
+                // A resident member who may invite vouches for the join (room version 8 on);
+                // the joining user must be in one of the allowed rooms.
+                let allowed = room
+                    .state_content("m.room.join_rules", "")
+                    .and_then(|c| c.get("allow"))
+                    .and_then(Value::as_array)
+                    .is_some_and(|allow| {
+                        allow.iter().any(|a| {
+                            a.get("room_id")
+                                .and_then(Value::as_str)
+                                .and_then(|r| self.rooms.get(r))
+                                .is_some_and(|r| r.membership(user) == Some("join"))
+                        })
+                    });
+                if !allowed {
+                    return Err(ApiError {
+                        status: 400,
+                        errcode: "M_UNABLE_TO_AUTHORISE_JOIN",
+                        message: "the room is restricted and the user is in none of its allowed rooms here".into(),
+                        extra: None,
+                    });
+                }
+                let needed = self.required_level(room, "invite", false);
+                let mut members: Vec<&String> = room
+                    .joined()
+                    .filter(|m| m.ends_with(&format!(":{}", self.server_name)))
+                    .collect();
+                members.sort();
+                let via = members
+                    .into_iter()
+                    .find(|m| State::meets(self.power_level(room, m), needed))
+                    .ok_or_else(|| ApiError {
+                        status: 400,
+                        errcode: "M_UNABLE_TO_GRANT_JOIN",
+                        message: "no member here may vouch for the join".into(),
+                        extra: None,
+                    })?;
+                content["join_authorised_via_users_server"] = json!(via);
+            }
+        }
+        let new = NewEvent::new("m.room.member", Some(user), user, content, now_ms() as i64);
+        let prev: Vec<&Pdu> = room.extremities.iter().map(|p| p.as_ref()).collect();
+        let auth = AuthView(&room.state);
+        let pdu = mxconform_pdu::build::build(v, room_id, new, &prev, &auth, self.origin()?)
+            .map_err(|e| ApiError::bad_json(format!("the event cannot be made: {e}")))?;
+        mxconform_pdu::authorize(v, &pdu, &auth, &|s| s == origin || s == self.server_name)
+            .map_err(|r| {
+                ApiError::forbidden(format!("the authorization rules refuse the event: {r}"))
+            })?;
+        let mut json = pdu.json;
+        if let Some(m) = json.as_object_mut() {
+            m.remove("hashes");
+            m.remove("signatures");
+            if v.event_ids == mxconform_pdu::version::EventIdFormat::Opaque {
+                m.remove("event_id");
+            }
+            m.insert("origin".into(), json!(origin));
+        }
+        Ok(json)
+    }
+
+    /// The checks on receipt that need the room (the auth events, the state before the event,
+    /// the current state), then the PDU's place in the room. `hash_ok` false: the content hash
+    /// did not match, and the redacted event is what is kept.
+    pub fn receive_pdu(&mut self, batch: &mut Batch, pdu: Pdu, hash_ok: bool) -> Received {
+        let Some(room) = self.rooms.get(&pdu.room_id) else {
+            return Received::Rejected(format!("this server is not in room {}", pdu.room_id));
+        };
+        let v = room.room_version();
+        if self.event_pos(&pdu.event_id).is_some() {
+            return Received::Duplicate;
+        }
+        let pdu = if hash_ok {
+            pdu
+        } else {
+            match Pdu::from_json(v, pdu.redacted(v)) {
+                Ok(p) => p,
+                Err(e) => return Received::Rejected(format!("its redacted form: {e}")),
+            }
+        };
+        let room_id = pdu.room_id.clone();
+        let signed = |s: &str| signed_by(&pdu, s);
+        // Step 4: the auth events, and the rules with them as the state.
+        let auth: Vec<Option<Pdu>> = pdu
+            .auth_events
+            .iter()
+            .map(|id| self.pdu_in(&room_id, id))
+            .collect();
+        let create = room
+            .state
+            .get(&("m.room.create".to_string(), String::new()))
+            .map(|c| c.pdu.clone());
+        let auth_refs: Vec<Option<&Pdu>> = auth.iter().map(Option::as_ref).collect();
+        if let Err(r) =
+            authorize_by_auth_events(v, &pdu, &auth_refs, &|_| false, create.as_deref(), &signed)
+        {
+            return Received::Rejected(format!("by its auth events: {r}"));
+        }
+        // Step 5: the state before the event.
+        let missing: Vec<String> = pdu
+            .prev_events
+            .iter()
+            .filter(|id| self.event_pos(id).is_none())
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Received::MissingPrev(missing);
+        }
+        let extremities: BTreeSet<&str> =
+            room.extremities.iter().map(|e| e.event_id.as_str()).collect();
+        let prevs: BTreeSet<&str> = pdu.prev_events.iter().map(String::as_str).collect();
+        let on_current = prevs == extremities;
+        if !on_current {
+            let before = match self.state_after_events(&room_id, &pdu.prev_events) {
+                Ok(s) => s,
+                Err(e) => return Received::Rejected(format!("the state before it: {e}")),
+            };
+            let mut state: Vec<&Pdu> = before.values().collect();
+            if v.room_id_is_create {
+                state.extend(create.as_deref());
+            }
+            if let Err(r) = mxconform_pdu::authorize(v, &pdu, &EventList(state), &signed) {
+                return Received::Rejected(format!("by the state before it: {r}"));
+            }
+        }
+        // Step 6: the current state (soft failure).
+        let room = &self.rooms[&room_id];
+        if let Err(r) = mxconform_pdu::authorize(v, &pdu, &AuthView(&room.state), &signed) {
+            return if on_current {
+                Received::Rejected(format!("by the state before it: {r}"))
+            } else {
+                Received::SoftFailed(format!("by the current state: {r}"))
+            };
+        }
+        let (pos, _) = self.record_event(batch, pdu, None);
+        Received::Accepted(pos)
+    }
+
+    /// The state after each of `events` (their stream states, each with the event itself),
+    /// resolved by the room version's algorithm when they differ.
+    fn state_after_events(
+        &self,
+        room_id: &str,
+        events: &[String],
+    ) -> Result<BTreeMap<(String, String), Pdu>, String> {
+        let room = self.room(room_id).map_err(|e| e.message)?;
+        let v = room.room_version();
+        let mut pdus: HashMap<String, Pdu> = HashMap::new();
+        let mut sets: Vec<StateMap> = Vec::new();
+        for id in events {
+            let pos = self
+                .event_pos(id)
+                .ok_or_else(|| format!("event {id} is unknown"))?;
+            let mut set = StateMap::new();
+            for ((kind, key), p) in room.state_at(pos) {
+                let ev = self
+                    .event(p)
+                    .ok_or_else(|| format!("the state event at {p} cannot be read"))?;
+                set.insert((kind.to_string(), key.to_string()), ev.event_id.clone());
+                if !pdus.contains_key(&ev.event_id) {
+                    pdus.insert(ev.event_id.clone(), ev.to_pdu(v)?);
+                }
+            }
+            sets.push(set);
+        }
+        let resolved = if sets.windows(2).all(|w| w[0] == w[1]) {
+            sets.pop().unwrap_or_default()
+        } else {
+            // Resolution reads the conflicted events' auth chains.
+            let ids: Vec<String> = pdus.keys().cloned().collect();
+            for p in self.auth_chain(room_id, &ids) {
+                pdus.entry(p.event_id.clone()).or_insert(p);
+            }
+            state_res::resolve(v, &sets, &pdus).map_err(|e| e.to_string())?
+        };
+        Ok(resolved
+            .into_iter()
+            .filter_map(|(k, id)| pdus.remove(&id).map(|p| (k, p)))
+            .collect())
+    }
+}
