@@ -134,8 +134,17 @@ pub async fn handle(server: &Server, req: &Request<Bytes>) -> ApiResult<Response
         "getEventAuth" => event_auth(&call),
         "backfillRoom" => backfill(&call),
         "getMissingPreviousEvents" => missing_events(&call),
+        "bulkPerspectivesKeyQuery" => notary_bulk(&call).await,
+        "perspectivesKeyQuery" => notary_one(&call).await,
+        "getEventByTimestamp" => event_by_timestamp(&call),
         "queryProfile" => query_profile(&call),
         "queryRoomDirectory" => query_directory(&call),
+        // `/query/{queryType}` matches the named queries' paths too.
+        "queryInfo" => match call.param("queryType") {
+            "profile" => query_profile(&call),
+            "directory" => query_directory(&call),
+            other => Err(ApiError::unrecognized(format!("no query type {other}"))),
+        },
         other => Err(ApiError::unrecognized(format!(
             "{other} is not implemented by this server yet"
         ))),
@@ -187,16 +196,34 @@ impl Federation {
     /// `server_name`'s keys: those kept while valid, else fetched from it and checked (signed
     /// by themselves, for that name). This server's own from its signing key.
     pub async fn keys_of(&self, server: &Server, server_name: &str) -> Result<ServerKeys, String> {
+        self.key_document(server, server_name, 0).await.map(|(k, _)| k)
+    }
+
+    /// `server_name`'s keys and the document that published them: kept while valid (and
+    /// valid until at least `minimum_valid_until_ts`), else fetched and checked.
+    pub async fn key_document(
+        &self,
+        server: &Server,
+        server_name: &str,
+        minimum_valid_until_ts: i64,
+    ) -> Result<(ServerKeys, Value), String> {
         if server_name == server.config.server_name {
             let key = server
                 .read(|s| s.signing_key.clone())
                 .ok_or("this server has no signing key")?;
-            return Ok(ServerKeys {
+            let doc = mxconform_pdu::keys::server_key_document(
+                server_name,
+                &[&key],
+                &[],
+                (now_ms() + KEY_VALIDITY_MS) as i64,
+            );
+            let keys = ServerKeys {
                 server_name: server_name.to_string(),
                 verify_keys: vec![key.verify_key()],
                 valid_until_ts: i64::MAX,
                 old_verify_keys: Vec::new(),
-            });
+            };
+            return Ok((keys, doc));
         }
         let now = now_ms() as i64;
         if let Some(k) = self
@@ -204,7 +231,7 @@ impl Federation {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(server_name)
-            .filter(|k| k.valid_until_ts > now)
+            .filter(|(k, _)| k.valid_until_ts > now.max(minimum_valid_until_ts - 1))
         {
             return Ok(k.clone());
         }
@@ -220,8 +247,8 @@ impl Federation {
         self.keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(server_name.to_string(), keys.clone());
-        Ok(keys)
+            .insert(server_name.to_string(), (keys.clone(), a.body.clone()));
+        Ok((keys, a.body))
     }
 
     /// Checks a PDU's signatures (step 2) and content hash (step 3), fetching the keys of
@@ -808,6 +835,11 @@ fn query_profile(c: &Call<'_>) -> ApiResult<Value> {
                 out.insert("avatar_url".into(), json!(a));
             }
         }
+        for (k, v) in &u.fields {
+            if field.is_none_or(|f| f == k) {
+                out.insert(k.clone(), v.clone());
+            }
+        }
         Ok(Value::Object(out))
     })
 }
@@ -828,5 +860,89 @@ fn query_directory(c: &Call<'_>) -> ApiResult<Value> {
             servers.push(s.server_name.clone());
         }
         Ok(json!({"room_id": room_id, "servers": servers}))
+    })
+}
+
+/// The notary: the key documents of the servers asked for, as they published them, with this
+/// server's signature added. A server whose keys cannot be fetched is left out.
+async fn notary(c: &Call<'_>, wanted: Vec<(String, i64)>) -> ApiResult<Value> {
+    let key = c
+        .server
+        .read(|s| s.signing_key.clone())
+        .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
+    let mut out = Vec::new();
+    for (name, min_valid) in wanted {
+        if let Ok((_, mut doc)) = c.fed.key_document(c.server, &name, min_valid).await {
+            mxconform_pdu::sign::sign_json(&mut doc, &c.server.config.server_name, &key);
+            out.push(doc);
+        }
+    }
+    Ok(json!({"server_keys": out}))
+}
+
+async fn notary_bulk(c: &Call<'_>) -> ApiResult<Value> {
+    let servers = c
+        .body()?
+        .get("server_keys")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::bad_json("`server_keys` must be an object"))?;
+    let mut wanted = Vec::new();
+    for (name, keys) in servers {
+        let keys = keys
+            .as_object()
+            .ok_or_else(|| ApiError::bad_json(format!("`server_keys.{name}` must be an object")))?;
+        let min = keys
+            .values()
+            .filter_map(|k| k.get("minimum_valid_until_ts").and_then(Value::as_i64))
+            .max()
+            .unwrap_or(0);
+        wanted.push((name.clone(), min));
+    }
+    notary(c, wanted).await
+}
+
+async fn notary_one(c: &Call<'_>) -> ApiResult<Value> {
+    let min = match c.query_one("minimum_valid_until_ts") {
+        Some(t) => t
+            .parse()
+            .map_err(|_| ApiError::invalid_param("minimum_valid_until_ts must be an integer"))?,
+        None => 0,
+    };
+    notary(c, vec![(c.param("serverName").to_string(), min)]).await
+}
+
+/// The event of a room closest to a time, in a direction (`f`: at or after, `b`: at or
+/// before), among those shown.
+fn event_by_timestamp(c: &Call<'_>) -> ApiResult<Value> {
+    let room_id = c.param("roomId");
+    let ts: u64 = c
+        .query_one("ts")
+        .ok_or_else(|| ApiError::missing_param("ts is required"))?
+        .parse()
+        .map_err(|_| ApiError::invalid_param("ts must be an integer"))?;
+    let forwards = match c.query_one("dir") {
+        Some("f") => true,
+        Some("b") => false,
+        _ => return Err(ApiError::invalid_param("dir must be f or b")),
+    };
+    c.room_version(room_id)?;
+    c.origin_in_room(room_id)?;
+    c.server.read(|s| {
+        let room = s.room(room_id)?;
+        let found = if forwards {
+            room.timeline
+                .iter()
+                .filter_map(|p| s.event(*p))
+                .find(|e| e.ts >= ts)
+        } else {
+            room.timeline
+                .iter()
+                .rev()
+                .filter_map(|p| s.event(*p))
+                .find(|e| e.ts <= ts)
+        };
+        let e = found
+            .ok_or_else(|| ApiError::not_found("no event in that direction from that time"))?;
+        Ok(json!({"event_id": e.event_id, "origin_server_ts": e.ts}))
     })
 }

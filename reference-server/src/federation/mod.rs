@@ -33,8 +33,9 @@ pub enum Trust {
 /// A server's federation machinery, beside its state.
 pub struct Federation {
     pub client: client::Client,
-    /// Other servers' keys, by server name, as last fetched (until `valid_until_ts`).
-    keys: Mutex<HashMap<String, ServerKeys>>,
+    /// Other servers' keys, by server name, as last fetched (until `valid_until_ts`), with
+    /// the document as published (the notary passes it on).
+    keys: Mutex<HashMap<String, (ServerKeys, serde_json::Value)>>,
     /// The answers to transactions received, by (origin, transaction id): a retried
     /// transaction gets the same answer and changes nothing (the latest 10,000 kept).
     transactions: Mutex<TransactionLog>,

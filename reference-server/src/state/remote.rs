@@ -74,6 +74,15 @@ impl State {
                 out.push(p);
             }
         }
+        // From room version 12 the create event is every event's auth event without being
+        // cited: a chain still holds it.
+        if let Some(room) = self.rooms.get(room_id).filter(|r| r.room_version().room_id_is_create) {
+            if let Some(c) = room.state.get(&("m.room.create".to_string(), String::new())) {
+                if !seen.contains(&c.pdu.event_id) && ids != [c.pdu.event_id.clone()] {
+                    out.push((*c.pdu).clone());
+                }
+            }
+        }
         out.sort_by_key(|p| (p.depth, p.origin_server_ts));
         out
     }
@@ -330,14 +339,56 @@ impl State {
         // Step 6: the current state (soft failure).
         let room = &self.rooms[&room_id];
         if let Err(r) = mxconform_pdu::authorize(v, &pdu, &AuthView(&room.state), &signed) {
-            return if on_current {
-                Received::Rejected(format!("by the state before it: {r}"))
-            } else {
-                Received::SoftFailed(format!("by the current state: {r}"))
+            if on_current {
+                return Received::Rejected(format!("by the state before it: {r}"));
+            }
+            let why = format!("by the current state: {r}");
+            self.record_hidden(batch, pdu, &why);
+            return Received::SoftFailed(why);
+        }
+        // A redaction by someone of another server than the redacted event's sender, without
+        // the power to redact, is kept but neither applied nor shown (room versions 3 on).
+        if let Some(target) = pdu.redacts.clone().filter(|_| pdu.kind == "m.room.redaction") {
+            let room = &self.rooms[&room_id];
+            let allowed = match self.event_by_id(&target) {
+                Some(t) if t.room_id == room_id => {
+                    t.sender.split_once(':').map(|x| x.1) == Some(pdu.sender_server())
+                        || State::meets(
+                            self.power_level(room, &pdu.sender),
+                            self.required_level(room, "redact", false),
+                        )
+                }
+                // Unknown here: nothing to apply it to.
+                _ => true,
             };
+            if !allowed {
+                self.record_hidden(batch, pdu, "a redaction its sender may not apply");
+                return Received::SoftFailed("a redaction its sender may not apply".into());
+            }
         }
         let (pos, _) = self.record_event(batch, pdu, None);
         Received::Accepted(pos)
+    }
+
+    /// Keeps an event that is part of the room's graph but not shown to clients nor part of
+    /// its state or extremities (soft-failed, or a redaction withheld): other servers may
+    /// still fetch it, and later events may cite it.
+    fn record_hidden(&mut self, batch: &mut Batch, pdu: Pdu, why: &str) {
+        self.pos += 1;
+        let pos = self.pos;
+        let ev = super::Event::from_pdu(pos, &pdu, None);
+        batch.events.push(crate::store::EventRow {
+            pos,
+            room_id: ev.room_id.clone(),
+            event_id: ev.event_id.clone(),
+            sender: ev.sender.clone(),
+            state_key: None,
+            relates_to: None,
+            replaces: None,
+            json: super::timeline::record_text(&pdu.json, &None, false),
+        });
+        batch.put("hidden", pos.to_string(), &json!(why));
+        self.cache.put(Arc::new(ev));
     }
 
     /// The state after each of `events` (their stream states, each with the event itself),

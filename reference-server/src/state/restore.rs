@@ -20,6 +20,7 @@ impl State {
         let mut rooms_meta: Vec<(String, RoomRecord)> = Vec::new();
         let mut forgotten: Vec<(String, String)> = Vec::new();
         let mut forked: HashMap<String, Vec<String>> = HashMap::new();
+        let mut hidden: BTreeSet<u64> = BTreeSet::new();
         for (kind, key, v) in loaded.records {
             let parts: Vec<&str> = key.split('\u{0}').collect();
             let pair = |i: usize, j: usize| (parts[i].to_string(), parts[j].to_string());
@@ -85,6 +86,11 @@ impl State {
                     self.device_keys.insert(pair(0, 1), r.keys);
                     let e = self.key_changes.entry(parts[0].to_string()).or_default();
                     *e = (*e).max(r.pos);
+                }
+                "hidden" => {
+                    hidden.insert(key.parse().map_err(|_| {
+                        format!("the hidden-event record {key:?} is not a position")
+                    })?);
                 }
                 "extremities" => {
                     let ids: Vec<String> = serde_json::from_value(v).map_err(|e| {
@@ -175,6 +181,9 @@ impl State {
         let mut rooms: HashMap<String, Room> = HashMap::new();
         let mut user_rooms: HashMap<String, BTreeSet<String>> = HashMap::new();
         self.store.state_events(|stored| {
+            if hidden.contains(&stored.pos) {
+                return Ok(());
+            }
             let (ev, pdu) =
                 Event::from_stored(stored, |room| rooms.get(room).map(|r| r.version.clone()))?;
             if ev.kind == "m.room.create" && ev.state_key.as_deref() == Some("") {
@@ -206,6 +215,9 @@ impl State {
         let mut last = 0;
         self.store.timeline(|room_id, sender, pos| {
             last = last.max(pos);
+            if hidden.contains(&pos) {
+                return;
+            }
             if let Some(room) = rooms.get_mut(room_id) {
                 room.timeline.push(pos);
                 match room.last_sent.get_mut(sender) {

@@ -181,7 +181,7 @@ pub struct Prepared {
 }
 
 /// An event's database record: `{"pdu", "txn", "purged"?}` (`purged` only when true).
-fn record_text(pdu: &Value, txn: &Option<(String, String)>, purged: bool) -> String {
+pub(super) fn record_text(pdu: &Value, txn: &Option<(String, String)>, purged: bool) -> String {
     #[derive(serde::Serialize)]
     struct Record<'a> {
         pdu: &'a Value,
