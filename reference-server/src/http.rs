@@ -146,7 +146,10 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
     if let Some(answer) = outside_the_table(server, req).await {
         return answer;
     }
-    if path.starts_with("/_matrix/federation/") || path.starts_with("/_matrix/key/") {
+    if path.starts_with("/_matrix/federation/")
+        || path.starts_with("/_matrix/key/")
+        || path == "/.well-known/matrix/server"
+    {
         return crate::federation::inbound::handle(server, req).await;
     }
     let matched = server.router.find(req.method().as_str(), path)?;

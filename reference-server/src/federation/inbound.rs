@@ -137,6 +137,13 @@ pub async fn handle(server: &Server, req: &Request<Bytes>) -> ApiResult<Response
         "bulkPerspectivesKeyQuery" => notary_bulk(&call).await,
         "perspectivesKeyQuery" => notary_one(&call).await,
         "getEventByTimestamp" => event_by_timestamp(&call),
+        "getUserDevices" => user_devices(&call),
+        "queryUserEncryptionKeys" => user_keys_query(&call),
+        "claimUserEncryptionKeys" => user_keys_claim(&call),
+        "getPublicRooms" => public_rooms_get(&call),
+        "queryPublicRooms" => public_rooms_query(&call),
+        "exchangeOpenIdToken" => openid_userinfo(&call),
+        "getWellKnown" => Ok(json!({"m.server": well_known_server(server)})),
         "queryProfile" => query_profile(&call),
         "queryRoomDirectory" => query_directory(&call),
         // `/query/{queryType}` matches the named queries' paths too.
@@ -945,4 +952,151 @@ fn event_by_timestamp(c: &Call<'_>) -> ApiResult<Value> {
             .ok_or_else(|| ApiError::not_found("no event in that direction from that time"))?;
         Ok(json!({"event_id": e.event_id, "origin_server_ts": e.ts}))
     })
+}
+
+/// Where this server's federation API is, for `/.well-known/matrix/server`: the host and port
+/// it is reached at.
+fn well_known_server(server: &Server) -> String {
+    let url = server.public_url();
+    let host = url
+        .split_once("://")
+        .map_or(url.as_str(), |(_, rest)| rest)
+        .trim_end_matches('/');
+    host.to_string()
+}
+
+/// A user of this server, named by another server's request.
+fn local_user<'c>(c: &'c Call<'_>, user: &'c str) -> ApiResult<&'c str> {
+    if user.split_once(':').map(|(_, s)| s) != Some(c.server.config.server_name.as_str()) {
+        return Err(ApiError::invalid_param(format!("{user} is not a user of this server")));
+    }
+    Ok(user)
+}
+
+fn user_devices(c: &Call<'_>) -> ApiResult<Value> {
+    let user = local_user(c, c.param("userId"))?;
+    Ok(c.server.read(|s| {
+        let keys = crate::handlers::keys::device_keys_of(s, &[(user.to_string(), Vec::new())], None);
+        let devices: Vec<Value> = s
+            .devices
+            .get(user)
+            .into_iter()
+            .flatten()
+            .map(|(id, d)| {
+                let mut e = json!({"device_id": id});
+                if let Some(k) = keys.pointer(&format!("/device_keys/{}/{}", pointer_escape(user), pointer_escape(id))) {
+                    let mut k = k.clone();
+                    if let Some(m) = k.as_object_mut() {
+                        m.remove("unsigned");
+                    }
+                    e["keys"] = k;
+                }
+                if let Some(n) = &d.display_name {
+                    e["device_display_name"] = json!(n);
+                }
+                e
+            })
+            .collect();
+        let mut out = json!({
+            "user_id": user,
+            "stream_id": s.key_changes.get(user).copied().unwrap_or(0),
+            "devices": devices,
+        });
+        for (field, from) in [("master_key", "master_keys"), ("self_signing_key", "self_signing_keys")] {
+            if let Some(k) = keys.get(from).and_then(|m| m.get(user)) {
+                out[field] = k.clone();
+            }
+        }
+        out
+    }))
+}
+
+/// A JSON pointer segment for a key.
+fn pointer_escape(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
+}
+
+fn user_keys_query(c: &Call<'_>) -> ApiResult<Value> {
+    let asked = c
+        .body()?
+        .get("device_keys")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::bad_json("`device_keys` must be an object"))?;
+    let mut wanted = Vec::new();
+    for (user, devices) in asked {
+        let user = local_user(c, user)?;
+        let devices: Vec<String> = devices
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str().map(str::to_string))
+            .collect();
+        wanted.push((user.to_string(), devices));
+    }
+    Ok(c
+        .server
+        .read(|s| crate::handlers::keys::device_keys_of(s, &wanted, None)))
+}
+
+fn user_keys_claim(c: &Call<'_>) -> ApiResult<Value> {
+    let wanted = c
+        .body()?
+        .get("one_time_keys")
+        .filter(|w| w.is_object())
+        .cloned()
+        .ok_or_else(|| ApiError::bad_json("`one_time_keys` must be an object"))?;
+    for user in wanted.as_object().into_iter().flatten().map(|(u, _)| u) {
+        local_user(c, user)?;
+    }
+    c.server.write(|state, batch| {
+        Ok(json!({"one_time_keys": crate::handlers::keys::claim_one_time_keys(state, batch, &wanted)}))
+    })
+}
+
+fn public_rooms_get(c: &Call<'_>) -> ApiResult<Value> {
+    use crate::handlers::directory::Network;
+    let limit = c
+        .query_one("limit")
+        .map(|l| l.parse::<i64>().map_err(|_| ApiError::invalid_param("limit must be an integer")))
+        .transpose()?;
+    let network = match (c.query_one("third_party_instance_id"), c.query_one("include_all_networks")) {
+        (_, Some("true")) => Network::All,
+        (Some(i), _) => Network::Instance(i.to_string()),
+        _ => Network::Local,
+    };
+    crate::handlers::directory::public_rooms(c.server, limit, c.query_one("since"), None, None, network)
+}
+
+fn public_rooms_query(c: &Call<'_>) -> ApiResult<Value> {
+    use crate::handlers::directory::Network;
+    let b = c.body()?;
+    let filter = b.get("filter").cloned().unwrap_or(Value::Null);
+    let term = filter.get("generic_search_term").and_then(Value::as_str);
+    let room_types = filter.get("room_types").and_then(Value::as_array).cloned();
+    let network = match (
+        b.get("third_party_instance_id").and_then(Value::as_str),
+        b.get("include_all_networks").and_then(Value::as_bool),
+    ) {
+        (_, Some(true)) => Network::All,
+        (Some(i), _) => Network::Instance(i.to_string()),
+        _ => Network::Local,
+    };
+    crate::handlers::directory::public_rooms(
+        c.server,
+        b.get("limit").and_then(Value::as_i64),
+        b.get("since").and_then(Value::as_str),
+        term,
+        room_types,
+        network,
+    )
+}
+
+fn openid_userinfo(c: &Call<'_>) -> ApiResult<Value> {
+    let token = c
+        .query_one("access_token")
+        .ok_or_else(|| ApiError::unknown_token("access_token is required"))?;
+    c.server
+        .read(|s| s.openid_user(token).map(str::to_string))
+        .map(|sub| json!({"sub": sub}))
+        .ok_or_else(|| ApiError::unknown_token("the token is unknown or expired"))
 }

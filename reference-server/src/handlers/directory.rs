@@ -170,14 +170,15 @@ pub fn set_room_visibility_on_directory(
 
 /// Which directory to list: this server's, an application service network's
 /// (`third_party_instance_id`), or all of them (`include_all_networks`).
-enum Network {
+pub(crate) enum Network {
     Local,
     Instance(String),
     All,
 }
 
-fn public_rooms(
-    ctx: &Ctx,
+/// A page of the room directory (client-server and server-server alike).
+pub(crate) fn public_rooms(
+    server: &crate::Server,
     limit: Option<i64>,
     since: Option<&str>,
     term: Option<&str>,
@@ -205,7 +206,7 @@ fn public_rooms(
     };
     let limit = limit.map(|l| l.clamp(1, 500) as usize);
     let term = term.map(str::to_lowercase);
-    ctx.server.read(|s| {
+    server.read(|s| {
         let listed = |r: &crate::state::Room| match &network {
             Network::Local => r.public,
             Network::Instance(i) => s
@@ -284,7 +285,7 @@ pub fn get_public_rooms(
     req: cs::list_public_rooms::get_public_rooms::Request,
 ) -> ApiResult<Value> {
     public_rooms(
-        ctx,
+        ctx.server,
         req.limit,
         req.since.as_deref(),
         None,
@@ -310,7 +311,7 @@ pub fn query_public_rooms(
         _ => Network::Local,
     };
     public_rooms(
-        ctx,
+        ctx.server,
         b.limit,
         b.since.as_deref(),
         term.as_deref(),

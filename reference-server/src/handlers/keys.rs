@@ -68,54 +68,75 @@ pub fn upload_keys(ctx: &Ctx, req: cs::keys::upload_keys::Request) -> ApiResult<
 
 pub fn query_keys(ctx: &Ctx, req: cs::keys::query_keys::Request) -> ApiResult<Value> {
     let me = ctx.me()?;
-    ctx.server.read(|state| {
-        let (mut master, mut self_signing, mut user_signing) = (Map::new(), Map::new(), Map::new());
-        for user in req.body.device_keys.keys() {
-            if let Some(cs) = state.cross_signing.get(user.as_str()) {
-                for (map, name) in [
-                    (&mut master, "master_key"),
-                    (&mut self_signing, "self_signing_key"),
-                ] {
-                    if let Some(k) = cs.get(name) {
-                        map.insert(user.to_string(), visible_signatures(k, user, &me.user_id));
-                    }
+    let wanted: Vec<(String, Vec<String>)> = req
+        .body
+        .device_keys
+        .iter()
+        .map(|(u, d)| (u.to_string(), d.iter().map(|x| x.to_string()).collect()))
+        .collect();
+    Ok(ctx
+        .server
+        .read(|state| device_keys_of(state, &wanted, Some(&me.user_id))))
+}
+
+/// The device and cross-signing keys of users (all their devices when the list is empty), as
+/// `viewer` may see them (`None`: another server, which is shown no user-signing keys and
+/// only the owners' signatures).
+pub(crate) fn device_keys_of(
+    state: &crate::state::State,
+    wanted: &[(String, Vec<String>)],
+    viewer: Option<&str>,
+) -> Value {
+    let viewer_name = viewer.unwrap_or("");
+    let (mut master, mut self_signing, mut user_signing) = (Map::new(), Map::new(), Map::new());
+    for (user, _) in wanted {
+        if let Some(cs) = state.cross_signing.get(user.as_str()) {
+            for (map, name) in [
+                (&mut master, "master_key"),
+                (&mut self_signing, "self_signing_key"),
+            ] {
+                if let Some(k) = cs.get(name) {
+                    map.insert(user.to_string(), visible_signatures(k, user, viewer_name));
                 }
-                if user.as_str() == me.user_id {
-                    if let Some(k) = cs.get("user_signing_key") {
-                        user_signing.insert(user.to_string(), k.clone());
-                    }
+            }
+            if Some(user.as_str()) == viewer {
+                if let Some(k) = cs.get("user_signing_key") {
+                    user_signing.insert(user.to_string(), k.clone());
                 }
             }
         }
-        let mut out: Map<String, Value> = Map::new();
-        for (user, devices) in &req.body.device_keys {
-            let mut per_user: Map<String, Value> = Map::new();
-            let known = state.devices.get(user.as_str());
-            for device in known.into_iter().flat_map(|d| d.keys()) {
-                if !devices.is_empty() && !devices.contains(device) {
-                    continue;
-                }
-                if let Some(k) = state.device_keys.get(&(user.to_string(), device.clone())) {
-                    let mut k = visible_signatures(k, user, &me.user_id);
-                    if let Some(name) = known
-                        .and_then(|d| d.get(device))
-                        .and_then(|d| d.display_name.clone())
-                    {
-                        k["unsigned"] = json!({"device_display_name": name});
-                    }
-                    per_user.insert(device.clone(), k);
-                }
+    }
+    let mut out: Map<String, Value> = Map::new();
+    for (user, devices) in wanted {
+        let mut per_user: Map<String, Value> = Map::new();
+        let known = state.devices.get(user.as_str());
+        for device in known.into_iter().flat_map(|d| d.keys()) {
+            if !devices.is_empty() && !devices.contains(device) {
+                continue;
             }
-            out.insert(user.to_string(), Value::Object(per_user));
+            if let Some(k) = state.device_keys.get(&(user.to_string(), device.clone())) {
+                let mut k = visible_signatures(k, user, viewer_name);
+                if let Some(name) = known
+                    .and_then(|d| d.get(device))
+                    .and_then(|d| d.display_name.clone())
+                {
+                    k["unsigned"] = json!({"device_display_name": name});
+                }
+                per_user.insert(device.clone(), k);
+            }
         }
-        Ok(json!({
-            "device_keys": out,
-            "failures": {},
-            "master_keys": master,
-            "self_signing_keys": self_signing,
-            "user_signing_keys": user_signing,
-        }))
-    })
+        out.insert(user.to_string(), Value::Object(per_user));
+    }
+    let mut answer = json!({
+        "device_keys": out,
+        "master_keys": master,
+        "self_signing_keys": self_signing,
+    });
+    if viewer.is_some() {
+        answer["failures"] = json!({});
+        answer["user_signing_keys"] = Value::Object(user_signing);
+    }
+    answer
 }
 
 /// `key` as `viewer` may see it: signatures by its owner, and by the viewer (a signature of
@@ -132,48 +153,58 @@ pub fn claim_keys(ctx: &Ctx, req: cs::keys::claim_keys::Request) -> ApiResult<Va
     ctx.me()?;
     let wanted = serde_json::to_value(&req.body.one_time_keys).map_err(ApiError::internal)?;
     ctx.server.write(|state, batch| {
-        let mut out: Map<String, Value> = Map::new();
-        for (user, devices) in wanted.as_object().into_iter().flatten() {
-            let mut per_user: Map<String, Value> = Map::new();
-            for (device, alg) in devices.as_object().into_iter().flatten() {
-                let alg = alg.as_str().unwrap_or("");
-                let key = (user.clone(), device.clone());
-                let prefix = format!("{alg}:");
-                // The oldest upload first.
-                let otk = state.one_time_keys.get(&key).and_then(|m| {
-                    m.iter()
-                        .filter(|(k, _)| k.starts_with(&prefix))
-                        .min_by_key(|(_, (seq, _))| *seq)
-                        .map(|(k, _)| k.clone())
-                });
-                let claimed = match otk {
-                    Some(id) => {
-                        let v = state.take_one_time_key(batch, user, device, &id);
-                        v.map(|v| (id, v))
-                    }
-                    // No one-time key left: the fallback key, which stays, now used.
-                    None => {
-                        let fb = state.fallback_keys.get(&key).and_then(|m| {
-                            m.iter()
-                                .find(|(k, _)| k.starts_with(&prefix))
-                                .map(|(k, v)| (k.clone(), v.clone()))
-                        });
-                        if let Some((id, _)) = &fb {
-                            state
-                                .fallback_used
-                                .insert((user.clone(), device.clone(), id.clone()));
-                        }
-                        fb
-                    }
-                };
-                if let Some((id, v)) = claimed {
-                    per_user.insert(device.clone(), json!({ id: v }));
-                }
-            }
-            out.insert(user.clone(), Value::Object(per_user));
-        }
-        Ok(json!({"one_time_keys": out, "failures": {}}))
+        Ok(json!({"one_time_keys": claim_one_time_keys(state, batch, &wanted), "failures": {}}))
     })
+}
+
+/// Claims a one-time key (else the fallback key) per device asked for in `wanted` (user ->
+/// device -> algorithm): user -> device -> {key id: key}.
+pub(crate) fn claim_one_time_keys(
+    state: &mut crate::state::State,
+    batch: &mut crate::store::Batch,
+    wanted: &Value,
+) -> Value {
+    let mut out: Map<String, Value> = Map::new();
+    for (user, devices) in wanted.as_object().into_iter().flatten() {
+        let mut per_user: Map<String, Value> = Map::new();
+        for (device, alg) in devices.as_object().into_iter().flatten() {
+            let alg = alg.as_str().unwrap_or("");
+            let key = (user.clone(), device.clone());
+            let prefix = format!("{alg}:");
+            // The oldest upload first.
+            let otk = state.one_time_keys.get(&key).and_then(|m| {
+                m.iter()
+                    .filter(|(k, _)| k.starts_with(&prefix))
+                    .min_by_key(|(_, (seq, _))| *seq)
+                    .map(|(k, _)| k.clone())
+            });
+            let claimed = match otk {
+                Some(id) => {
+                    let v = state.take_one_time_key(batch, user, device, &id);
+                    v.map(|v| (id, v))
+                }
+                // No one-time key left: the fallback key, which stays, now used.
+                None => {
+                    let fb = state.fallback_keys.get(&key).and_then(|m| {
+                        m.iter()
+                            .find(|(k, _)| k.starts_with(&prefix))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                    });
+                    if let Some((id, _)) = &fb {
+                        state
+                            .fallback_used
+                            .insert((user.clone(), device.clone(), id.clone()));
+                    }
+                    fb
+                }
+            };
+            if let Some((id, v)) = claimed {
+                per_user.insert(device.clone(), json!({ id: v }));
+            }
+        }
+        out.insert(user.clone(), Value::Object(per_user));
+    }
+    Value::Object(out)
 }
 
 pub fn get_keys_changes(ctx: &Ctx, req: cs::keys::get_keys_changes::Request) -> ApiResult<Value> {

@@ -5,17 +5,19 @@ use serde_json::{json, Value};
 
 use super::{require_self, Ctx};
 use crate::error::ApiResult;
-use crate::state::random_token;
 
 pub fn request_open_id_token(
     ctx: &Ctx,
     req: cs::openid::request_open_id_token::Request,
 ) -> ApiResult<Value> {
     require_self(ctx, &req.user_id)?;
+    let (token, lifetime) = ctx
+        .server
+        .write(|state, _| Ok(state.issue_openid_token(&req.user_id)))?;
     Ok(json!({
-        "access_token": random_token(24),
+        "access_token": token,
         "token_type": "Bearer",
         "matrix_server_name": ctx.server.config.server_name,
-        "expires_in": 3600,
+        "expires_in": lifetime / 1000,
     }))
 }

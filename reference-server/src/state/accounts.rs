@@ -390,6 +390,26 @@ impl State {
         (token, lifetime)
     }
 
+    /// An OpenID token for `user_id`, which other servers exchange for the user's id; returns
+    /// it and its lifetime in ms.
+    pub fn issue_openid_token(&mut self, user_id: &str) -> (String, u64) {
+        let token = super::random_token(24);
+        let lifetime = 3_600_000;
+        let now = super::now_ms();
+        self.openid_tokens.retain(|_, (_, exp)| *exp > now);
+        self.openid_tokens
+            .insert(token.clone(), (user_id.to_string(), now + lifetime));
+        (token, lifetime)
+    }
+
+    /// The user an unexpired OpenID token was issued to.
+    pub fn openid_user(&self, token: &str) -> Option<&str> {
+        self.openid_tokens
+            .get(token)
+            .filter(|(_, exp)| *exp > super::now_ms())
+            .map(|(u, _)| u.as_str())
+    }
+
     /// Sets a user's presence content, at the next stream position.
     pub fn put_presence(&mut self, batch: &mut Batch, user: &str, content: Value) {
         let pos = self.next_pos(batch);

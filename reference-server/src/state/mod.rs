@@ -94,6 +94,8 @@ pub struct State {
     pub refresh_tokens: HashMap<String, (String, String)>,
     /// Single-use login tokens -> (user, expiry ms); memory only, they live two minutes.
     pub login_tokens: HashMap<String, (String, u64)>,
+    /// OpenID tokens: token -> (user, expiry ms). In memory: they last an hour.
+    pub openid_tokens: HashMap<String, (String, u64)>,
     /// (user, room or "", type) -> (content, position).
     pub account_data: HashMap<(String, String, String), (Value, u64)>,
     /// (user, filter id) -> filter.

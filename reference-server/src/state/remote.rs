@@ -226,11 +226,30 @@ impl State {
                         })
                     });
                 if !allowed {
-                    return Err(ApiError {
-                        status: 400,
-                        errcode: "M_UNABLE_TO_AUTHORISE_JOIN",
-                        message: "the room is restricted and the user is in none of its allowed rooms here".into(),
-                        extra: None,
+                    // Where this server is in every allowed room it knows the user is in none;
+                    // otherwise another server might vouch.
+                    let knows_all = room
+                        .state_content("m.room.join_rules", "")
+                        .and_then(|c| c.get("allow"))
+                        .and_then(Value::as_array)
+                        .is_some_and(|allow| {
+                            allow.iter().all(|a| {
+                                a.get("room_id")
+                                    .and_then(Value::as_str)
+                                    .is_some_and(|r| self.rooms.contains_key(r))
+                            })
+                        });
+                    return Err(if knows_all {
+                        ApiError::forbidden(
+                            "the room is restricted and the user is in none of its allowed rooms",
+                        )
+                    } else {
+                        ApiError {
+                            status: 400,
+                            errcode: "M_UNABLE_TO_AUTHORISE_JOIN",
+                            message: "the room is restricted to rooms this server is not in".into(),
+                            extra: None,
+                        }
                     });
                 }
                 let needed = self.required_level(room, "invite", false);
