@@ -71,8 +71,22 @@ impl Call<'_> {
             .ok_or_else(|| ApiError::not_found(format!("this server is not in room {room_id}")))
     }
 
-    /// The origin has a joined member in the room (what most room reads require).
+    /// The room's server ACL lets the origin in.
+    fn acl(&self, room_id: &str) -> ApiResult<()> {
+        if self.server.read(|s| s.server_allowed(room_id, &self.origin)) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "the server ACL of {room_id} does not allow {}",
+                self.origin
+            )))
+        }
+    }
+
+    /// The origin has a joined member in the room (what most room reads require), and the
+    /// room's server ACL lets it in.
     fn origin_in_room(&self, room_id: &str) -> ApiResult<()> {
+        self.acl(room_id)?;
         let inside = self
             .server
             .read(|s| s.servers_in_room(room_id).contains(&self.origin));
@@ -309,6 +323,7 @@ fn make_membership(c: &Call<'_>, membership: &str) -> ApiResult<Value> {
         )));
     }
     let v = c.room_version(room_id)?;
+    c.acl(room_id)?;
     if membership != "leave" {
         // Without `ver`, the asking server supports room version 1 only.
         let mut supported: Vec<&str> = c.query_all("ver").collect();
@@ -336,6 +351,7 @@ fn make_membership(c: &Call<'_>, membership: &str) -> ApiResult<Value> {
 async fn send_membership(c: &Call<'_>, membership: &str) -> ApiResult<(Pdu, &'static RoomVersion)> {
     let (room_id, event_id) = (c.param("roomId"), c.param("eventId"));
     let v = c.room_version(room_id)?;
+    c.acl(room_id)?;
     let mut json = c.body()?.clone();
     let pdu = Pdu::from_json(v, json.clone())
         .map_err(|e| ApiError::bad_json(format!("the event is not a valid PDU: {e}")))?;
@@ -481,7 +497,13 @@ async fn send_transaction(c: &Call<'_>) -> ApiResult<Value> {
 /// room's version).
 async fn receive(c: &Call<'_>, raw: &Value) -> Option<(String, Value)> {
     let room_id = raw.get("room_id").and_then(Value::as_str)?;
-    let v = c.server.read(|s| s.room_version_of(room_id))?;
+    let (v, allowed) = c.server.read(|s| {
+        (
+            s.room_version_of(room_id),
+            s.server_allowed(room_id, &c.origin),
+        )
+    });
+    let v = v?;
     let pdu = match Pdu::from_json(v, raw.clone()) {
         Ok(p) => p,
         Err(e) => {
@@ -501,6 +523,12 @@ async fn receive(c: &Call<'_>, raw: &Value) -> Option<(String, Value)> {
         }
     };
     let id = pdu.event_id.clone();
+    if !allowed {
+        return Some((
+            id,
+            json!({"error": format!("the server ACL of {room_id} does not allow {}", c.origin)}),
+        ));
+    }
     let outcome = receive_checked(c, v, pdu, true).await;
     Some((id, outcome.map_or_else(|e| json!({"error": e}), |()| json!({}))))
 }
@@ -618,7 +646,7 @@ fn receive_edu(c: &Call<'_>, edu: &Value) {
                     .rooms
                     .get(room)
                     .is_some_and(|r| r.membership(user) == Some("join"));
-                if ours(user) && joined {
+                if ours(user) && joined && state.server_allowed(room, &c.origin) {
                     let typing = content.get("typing").and_then(Value::as_bool) == Some(true);
                     state.put_typing(batch, room, user, typing.then(|| now_ms() + 30_000));
                 }
@@ -641,7 +669,7 @@ fn receive_edu(c: &Call<'_>, edu: &Value) {
                         else {
                             continue;
                         };
-                        if ours(user) && joined {
+                        if ours(user) && joined && state.server_allowed(room, &c.origin) {
                             let thread = r
                                 .pointer("/data/thread_id")
                                 .and_then(Value::as_str)
@@ -936,17 +964,14 @@ fn event_by_timestamp(c: &Call<'_>) -> ApiResult<Value> {
     c.origin_in_room(room_id)?;
     c.server.read(|s| {
         let room = s.room(room_id)?;
+        // The closest in time in that direction (the earliest such in the stream on a tie).
+        let events = room.timeline.iter().filter_map(|p| s.event(*p));
         let found = if forwards {
-            room.timeline
-                .iter()
-                .filter_map(|p| s.event(*p))
-                .find(|e| e.ts >= ts)
+            events.filter(|e| e.ts >= ts).min_by_key(|e| (e.ts, e.pos))
         } else {
-            room.timeline
-                .iter()
-                .rev()
-                .filter_map(|p| s.event(*p))
-                .find(|e| e.ts <= ts)
+            events
+                .filter(|e| e.ts <= ts)
+                .min_by_key(|e| (std::cmp::Reverse(e.ts), e.pos))
         };
         let e = found
             .ok_or_else(|| ApiError::not_found("no event in that direction from that time"))?;
@@ -982,19 +1007,18 @@ fn user_devices(c: &Call<'_>) -> ApiResult<Value> {
             .get(user)
             .into_iter()
             .flatten()
-            .map(|(id, d)| {
-                let mut e = json!({"device_id": id});
-                if let Some(k) = keys.pointer(&format!("/device_keys/{}/{}", pointer_escape(user), pointer_escape(id))) {
-                    let mut k = k.clone();
-                    if let Some(m) = k.as_object_mut() {
-                        m.remove("unsigned");
-                    }
-                    e["keys"] = k;
+            // A device is listed with its keys: one that has uploaded none is not.
+            .filter_map(|(id, d)| {
+                let path = format!("/device_keys/{}/{}", pointer_escape(user), pointer_escape(id));
+                let mut k = keys.pointer(&path)?.clone();
+                if let Some(m) = k.as_object_mut() {
+                    m.remove("unsigned");
                 }
+                let mut e = json!({"device_id": id, "keys": k});
                 if let Some(n) = &d.display_name {
                     e["device_display_name"] = json!(n);
                 }
-                e
+                Some(e)
             })
             .collect();
         let mut out = json!({

@@ -16,19 +16,15 @@ pub fn get_event_by_timestamp(
     ctx.server.read(|s| {
         let room = s.room(req.room_id.as_str())?;
         let visible = |p: &&u64| s.can_see(room, &me.user_id, **p);
+        // The closest in time in that direction (events from other servers need not be in
+        // time order; the earliest in the stream on a tie).
+        let events = room.timeline.iter().filter(visible).filter_map(|p| s.event(*p));
         let found = if forwards {
-            room.timeline
-                .iter()
-                .filter(visible)
-                .filter_map(|p| s.event(*p))
-                .find(|e| e.ts >= ts)
+            events.filter(|e| e.ts >= ts).min_by_key(|e| (e.ts, e.pos))
         } else {
-            room.timeline
-                .iter()
-                .rev()
-                .filter(visible)
-                .filter_map(|p| s.event(*p))
-                .find(|e| e.ts <= ts)
+            events
+                .filter(|e| e.ts <= ts)
+                .min_by_key(|e| (std::cmp::Reverse(e.ts), e.pos))
         };
         let e = found
             .ok_or_else(|| ApiError::not_found("no event in that direction from that time"))?;

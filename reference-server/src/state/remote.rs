@@ -140,6 +140,40 @@ impl State {
         out
     }
 
+    /// Whether the room's server ACL (`m.room.server_acl`) lets `server` take part: not an IP
+    /// literal unless allowed, matching no `deny` glob and some `allow` glob (the port is not
+    /// part of what is matched). No ACL: every server.
+    pub fn server_allowed(&self, room_id: &str, server: &str) -> bool {
+        let Some(acl) = self
+            .rooms
+            .get(room_id)
+            .and_then(|r| r.state_content("m.room.server_acl", ""))
+        else {
+            return true;
+        };
+        let host = match server.rfind(':') {
+            Some(i) if !server[i..].contains(']') => &server[..i],
+            _ => server,
+        };
+        let globs = |k: &str| -> Vec<&str> {
+            acl.get(k)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect()
+        };
+        let ip_literal = host.parse::<std::net::Ipv4Addr>().is_ok()
+            || (host.starts_with('[') && host.ends_with(']'));
+        if ip_literal && acl.get("allow_ip_literals").and_then(Value::as_bool) == Some(false) {
+            return false;
+        }
+        if globs("deny").iter().any(|g| glob_matches(g, host)) {
+            return false;
+        }
+        globs("allow").iter().any(|g| glob_matches(g, host))
+    }
+
     /// The servers with a joined member in the room.
     pub fn servers_in_room(&self, room_id: &str) -> BTreeSet<String> {
         self.rooms
@@ -451,5 +485,49 @@ impl State {
             .into_iter()
             .filter_map(|(k, id)| pdus.remove(&id).map(|p| (k, p)))
             .collect())
+    }
+}
+
+/// A server ACL glob: `*` any run of characters, `?` one; ASCII case ignored.
+fn glob_matches(glob: &str, name: &str) -> bool {
+    let (g, n): (Vec<char>, Vec<char>) = (
+        glob.to_ascii_lowercase().chars().collect(),
+        name.to_ascii_lowercase().chars().collect(),
+    );
+    // Iterative matching with one backtrack point for the latest `*`.
+    let (mut gi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if gi < g.len() && (g[gi] == '?' || g[gi] == n[ni]) {
+            gi += 1;
+            ni += 1;
+        } else if gi < g.len() && g[gi] == '*' {
+            star = Some((gi, ni));
+            gi += 1;
+        } else if let Some((sg, sn)) = star {
+            gi = sg + 1;
+            ni = sn + 1;
+            star = Some((sg, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    g[gi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod acl_tests {
+    use super::glob_matches;
+
+    #[test]
+    fn server_acl_globs() {
+        assert!(glob_matches("*", "example.org"));
+        assert!(glob_matches("*.example.org", "a.example.org"));
+        assert!(!glob_matches("*.example.org", "example.org"));
+        assert!(glob_matches("ex?mple.org", "EXAMPLE.org"));
+        assert!(!glob_matches("ex?mple.org", "exmple.org"));
+        assert!(glob_matches("a*b*c", "axxbyyc"));
+        assert!(!glob_matches("a*b*c", "axxbyy"));
+        assert!(glob_matches("", "") && !glob_matches("", "a"));
     }
 }
