@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod inbound;
+pub mod joins;
 pub mod sender;
 
 use std::collections::HashMap;

@@ -5,7 +5,7 @@ use mxconform_generated::client_server as cs;
 use serde_json::{json, Map, Value};
 
 use super::discovery::{DEFAULT_ROOM_VERSION, ROOM_VERSIONS};
-use super::Ctx;
+use super::{Ctx, Reply};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{Append, State};
 use crate::store::Batch;
@@ -418,9 +418,56 @@ pub fn create_room(ctx: &Ctx, req: cs::create_room::create_room::Request) -> Api
     })
 }
 
-fn join(ctx: &Ctx, id_or_alias: &str, reason: Option<&String>) -> ApiResult<Value> {
+fn join(
+    ctx: &Ctx,
+    id_or_alias: &str,
+    reason: Option<&String>,
+    via: Vec<String>,
+) -> ApiResult<Reply> {
     let me = ctx.me()?.clone();
-    ctx.server.write(|state, batch| {
+    // A room this server is not in (or an alias of another server): joined over federation.
+    let ours = ctx.server.config.server_name.clone();
+    let local = ctx.server.read(|s| {
+        resolve_room(s, id_or_alias)
+            .ok()
+            .filter(|r| s.rooms.contains_key(r))
+    });
+    let foreign_alias = id_or_alias.starts_with('#')
+        && id_or_alias.split_once(':').map(|(_, h)| h) != Some(ours.as_str());
+    let remote = local.is_none()
+        && ctx.server.federation.is_some()
+        && (foreign_alias || id_or_alias.starts_with('!'));
+    if remote {
+        let server = ctx
+            .server
+            .shared()
+            .ok_or_else(|| ApiError::internal("the server is shutting down"))?;
+        let mut content = membership_content(reason);
+        ctx.server.read(|s| {
+            if let Some(u) = s.users.get(&me.user_id) {
+                if let Some(d) = &u.displayname {
+                    content["displayname"] = json!(d);
+                }
+                if let Some(a) = &u.avatar_url {
+                    content["avatar_url"] = json!(a);
+                }
+            }
+        });
+        let target = id_or_alias.to_string();
+        return Ok(Reply::outbound(async move {
+            let (room_id, mut servers) = if target.starts_with('#') {
+                crate::federation::joins::resolve_alias(&server, &target).await?
+            } else {
+                (target, Vec::new())
+            };
+            let mut named = via;
+            named.append(&mut servers);
+            let servers = crate::federation::joins::candidates(&room_id, &named, &ours);
+            crate::federation::joins::join(server, me.user_id.clone(), room_id, servers, content)
+                .await
+        }));
+    }
+    let out = ctx.server.write(|state, batch| {
         let room_id = resolve_room(state, id_or_alias)?;
         state.room(&room_id)?;
         // Joining again when joined is allowed (a profile refresh); nothing changes then.
@@ -442,15 +489,22 @@ fn join(ctx: &Ctx, id_or_alias: &str, reason: Option<&String>) -> ApiResult<Valu
             membership_content(reason),
         )?;
         Ok(json!({"room_id": room_id}))
-    })
+    })?;
+    Ok(Reply::from(out))
 }
 
-pub fn join_room_by_id(ctx: &Ctx, req: cs::joining::join_room_by_id::Request) -> ApiResult<Value> {
-    join(ctx, req.room_id.as_str(), req.body.reason.as_ref())
+pub fn join_room_by_id(ctx: &Ctx, req: cs::joining::join_room_by_id::Request) -> ApiResult<Reply> {
+    join(ctx, req.room_id.as_str(), req.body.reason.as_ref(), Vec::new())
 }
 
-pub fn join_room(ctx: &Ctx, req: cs::joining::join_room::Request) -> ApiResult<Value> {
-    join(ctx, &req.room_id_or_alias, req.body.reason.as_ref())
+pub fn join_room(ctx: &Ctx, req: cs::joining::join_room::Request) -> ApiResult<Reply> {
+    let via = req
+        .via
+        .iter()
+        .flatten()
+        .map(|s| s.as_str().to_string())
+        .collect();
+    join(ctx, &req.room_id_or_alias, req.body.reason.as_ref(), via)
 }
 
 pub fn invite_user(ctx: &Ctx, req: cs::inviting::invite_user::Request) -> ApiResult<Value> {

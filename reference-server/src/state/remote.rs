@@ -423,6 +423,90 @@ impl State {
         Received::Accepted(pos)
     }
 
+    /// Keeps a room of another server this server's user just joined: the state the resident
+    /// server gave (checked by the caller) as the room's state before the join, the rest of the
+    /// auth chain as graph-only events, then the join itself in the timeline. Returns the
+    /// join's position.
+    pub fn join_remote_room(
+        &mut self,
+        batch: &mut Batch,
+        v: &'static RoomVersion,
+        room_id: &str,
+        mut state: Vec<Pdu>,
+        chain: Vec<Pdu>,
+        join: Pdu,
+    ) -> ApiResult<u64> {
+        if let Some(room) = self.rooms.get(room_id) {
+            // Known already (a user of this server is in it): the join is an ordinary event.
+            let _ = room;
+            return match self.receive_pdu(batch, join, true) {
+                Received::Accepted(p) => Ok(p),
+                Received::Duplicate => Ok(self.pos),
+                Received::Rejected(r) | Received::SoftFailed(r) => {
+                    Err(ApiError::forbidden(format!("the join is refused: {r}")))
+                }
+                Received::MissingPrev(ids) => Err(ApiError::bad_status(format!(
+                    "the join cites events this server does not have: {}",
+                    ids.join(", ")
+                ))),
+            };
+        }
+        state.sort_by_key(|p| (!p.is("m.room.create", ""), p.depth, p.origin_server_ts));
+        let create = state
+            .first()
+            .filter(|p| p.is("m.room.create", ""))
+            .ok_or_else(|| ApiError::bad_status("the room's state has no create event"))?;
+        let mut room = super::Room {
+            room_id: room_id.to_string(),
+            version: v.id.to_string(),
+            ..super::Room::default()
+        };
+        room.creators = super::creators_of(&super::Event::from_pdu(0, create, None));
+        self.rooms.insert(room_id.to_string(), room);
+        self.put_room_meta(batch, room_id);
+        let in_state: BTreeSet<String> = state.iter().map(|p| p.event_id.clone()).collect();
+        for p in chain {
+            if !in_state.contains(&p.event_id) && self.event_pos(&p.event_id).is_none() {
+                self.record_hidden(batch, p, "auth chain");
+            }
+        }
+        for p in state {
+            if self.event_pos(&p.event_id).is_none() {
+                self.record_outlier(batch, p);
+            }
+        }
+        let (pos, _) = self.record_event(batch, join, None);
+        Ok(pos)
+    }
+
+    /// Keeps a state event received outside the timeline (the state of a room joined over
+    /// federation): part of the room's state at its position, not shown as a timeline event.
+    fn record_outlier(&mut self, batch: &mut Batch, pdu: Pdu) {
+        self.pos += 1;
+        let pos = self.pos;
+        let ev = super::Event::from_pdu(pos, &pdu, None);
+        batch.events.push(crate::store::EventRow {
+            pos,
+            room_id: ev.room_id.clone(),
+            event_id: ev.event_id.clone(),
+            sender: ev.sender.clone(),
+            state_key: ev.state_key.clone(),
+            relates_to: None,
+            replaces: None,
+            json: super::timeline::record_text(&pdu.json, &None, false),
+        });
+        batch.put("outlier", pos.to_string(), &json!(true));
+        if let Some(room) = self.rooms.get_mut(&ev.room_id) {
+            if let Some(user) = room.apply_state(&ev, Arc::new(pdu)) {
+                self.user_rooms
+                    .entry(user)
+                    .or_default()
+                    .insert(ev.room_id.clone());
+            }
+        }
+        self.cache.put(Arc::new(ev));
+    }
+
     /// Keeps an event that is part of the room's graph but not shown to clients nor part of
     /// its state or extremities (soft-failed, or a redaction withheld): other servers may
     /// still fetch it, and later events may cite it.

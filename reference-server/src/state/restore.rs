@@ -21,6 +21,8 @@ impl State {
         let mut forgotten: Vec<(String, String)> = Vec::new();
         let mut forked: HashMap<String, Vec<String>> = HashMap::new();
         let mut hidden: BTreeSet<u64> = BTreeSet::new();
+        // State events received outside the timeline: state, but not timeline events.
+        let mut outliers: BTreeSet<u64> = BTreeSet::new();
         for (kind, key, v) in loaded.records {
             let parts: Vec<&str> = key.split('\u{0}').collect();
             let pair = |i: usize, j: usize| (parts[i].to_string(), parts[j].to_string());
@@ -90,6 +92,11 @@ impl State {
                 "hidden" => {
                     hidden.insert(key.parse().map_err(|_| {
                         format!("the hidden-event record {key:?} is not a position")
+                    })?);
+                }
+                "outlier" => {
+                    outliers.insert(key.parse().map_err(|_| {
+                        format!("the outlier record {key:?} is not a position")
                     })?);
                 }
                 "extremities" => {
@@ -215,7 +222,7 @@ impl State {
         let mut last = 0;
         self.store.timeline(|room_id, sender, pos| {
             last = last.max(pos);
-            if hidden.contains(&pos) {
+            if hidden.contains(&pos) || outliers.contains(&pos) {
                 return;
             }
             if let Some(room) = rooms.get_mut(room_id) {

@@ -1,0 +1,326 @@
+//! This server's users joining rooms other servers host: make_join through each server the
+//! client named (or the room id's, or an alias's directory answer) until one answers, the
+//! template signed, send_join, and the answer checked before the room is kept: every state
+//! and auth-chain event's signatures and hash (an event that fails is dropped; a hash
+//! mismatch keeps the redacted event), each authorized by its own auth events, and the join
+//! by the state given.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use mxconform_pdu::auth::authorize_by_auth_events;
+use mxconform_pdu::build::{hash_and_sign, Origin};
+use mxconform_pdu::version::EventIdFormat;
+use mxconform_pdu::{Pdu, RoomVersion};
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, ApiResult};
+use crate::router::percent_encode;
+use crate::state::now_ms;
+use crate::Server;
+
+/// Where a room of another server can be joined through: the servers the client named, then
+/// the room id's server (room versions before 12 name it).
+pub fn candidates(room_id: &str, via: &[String], ours: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let from_id = room_id.split_once(':').map(|(_, s)| s.to_string());
+    for s in via.iter().cloned().chain(from_id) {
+        if s != ours && !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// The room an alias of another server names, and the servers to join it through, from that
+/// server's directory.
+pub async fn resolve_alias(server: &Server, alias: &str) -> ApiResult<(String, Vec<String>)> {
+    let fed = server
+        .federation
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found(format!("no room has the alias {alias}")))?;
+    let host = alias
+        .split_once(':')
+        .map(|(_, s)| s)
+        .ok_or_else(|| ApiError::invalid_param("a room alias has a server name"))?;
+    let key = server
+        .read(|s| s.signing_key.clone())
+        .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
+    let path = format!(
+        "/_matrix/federation/v1/query/directory?room_alias={}",
+        percent_encode(alias)
+    );
+    let a = fed
+        .client
+        .request(&server.config.server_name, &key, host, "GET", &path, None)
+        .await
+        .map_err(ApiError::connection_failed)?;
+    if a.status != 200 {
+        return Err(ApiError::not_found(format!(
+            "no room has the alias {alias} ({host} answered {})",
+            a.status
+        )));
+    }
+    let room_id = a
+        .body
+        .get("room_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_status(format!("{host}'s directory answer has no room_id")))?
+        .to_string();
+    let servers = a
+        .body
+        .get("servers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect();
+    Ok((room_id, servers))
+}
+
+/// Joins `user` to `room_id` through the first of `servers` that lets it; the error of the
+/// last one tried otherwise (a refusal keeps its status and errcode).
+pub async fn join(
+    server: Arc<Server>,
+    user: String,
+    room_id: String,
+    servers: Vec<String>,
+    content: Value,
+) -> ApiResult<Value> {
+    if servers.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "room {room_id} is not known here, and no server to join it through was given"
+        )));
+    }
+    let mut last = None;
+    for dest in &servers {
+        match join_through(&server, &user, &room_id, dest, &content).await {
+            Ok(()) => return Ok(json!({"room_id": room_id})),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| ApiError::not_found("no server let the user join")))
+}
+
+/// A refusal from another server as this server's answer: its status and errcode when it gave
+/// a Matrix error, else 502.
+fn refused(dest: &str, op: &str, status: u16, body: &Value) -> ApiError {
+    let message = format!(
+        "{dest} refused {op} ({status}): {}",
+        body.get("error").and_then(Value::as_str).unwrap_or("")
+    );
+    match (status, body.get("errcode").and_then(Value::as_str)) {
+        (403, _) => ApiError::forbidden(message),
+        (404, _) => ApiError::not_found(message),
+        (400, Some("M_INCOMPATIBLE_ROOM_VERSION")) => ApiError::incompatible_room_version(message),
+        (400, Some("M_UNABLE_TO_AUTHORISE_JOIN")) => ApiError {
+            status: 400,
+            errcode: "M_UNABLE_TO_AUTHORISE_JOIN",
+            message,
+            extra: None,
+        },
+        (400, Some("M_UNABLE_TO_GRANT_JOIN")) => ApiError {
+            status: 400,
+            errcode: "M_UNABLE_TO_GRANT_JOIN",
+            message,
+            extra: None,
+        },
+        _ => ApiError::bad_status(message),
+    }
+}
+
+async fn join_through(
+    server: &Arc<Server>,
+    user: &str,
+    room_id: &str,
+    dest: &str,
+    content: &Value,
+) -> ApiResult<()> {
+    let fed = server
+        .federation
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("this server does not federate"))?;
+    let ours = server.config.server_name.clone();
+    let key = server
+        .read(|s| s.signing_key.clone())
+        .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
+    let versions: Vec<String> = mxconform_pdu::version::ALL
+        .iter()
+        .map(|v| format!("ver={}", v.id))
+        .collect();
+    let path = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?{}",
+        percent_encode(room_id),
+        percent_encode(user),
+        versions.join("&")
+    );
+    let made = fed
+        .client
+        .request(&ours, &key, dest, "GET", &path, None)
+        .await
+        .map_err(ApiError::connection_failed)?;
+    if made.status != 200 {
+        return Err(refused(dest, "make_join", made.status, &made.body));
+    }
+    let version = made
+        .body
+        .get("room_version")
+        .and_then(Value::as_str)
+        .unwrap_or("1")
+        .to_string();
+    let v = RoomVersion::get(&version).ok_or_else(|| {
+        ApiError::unsupported_room_version(format!("{dest} offers room version {version}"))
+    })?;
+    let mut event = made
+        .body
+        .get("event")
+        .filter(|e| e.is_object())
+        .cloned()
+        .ok_or_else(|| ApiError::bad_status(format!("{dest}'s make_join has no event")))?;
+    // The template must be the join the user asked for.
+    let fits = event.get("type").and_then(Value::as_str) == Some("m.room.member")
+        && event.get("state_key").and_then(Value::as_str) == Some(user)
+        && event.get("sender").and_then(Value::as_str) == Some(user)
+        && event.pointer("/content/membership").and_then(Value::as_str) == Some("join");
+    if !fits {
+        return Err(ApiError::bad_status(format!(
+            "{dest}'s make_join template is not {user}'s join"
+        )));
+    }
+    if let (Some(c), Some(extra)) = (
+        event.get_mut("content").and_then(Value::as_object_mut),
+        content.as_object(),
+    ) {
+        for (k, val) in extra {
+            if k != "membership" && !c.contains_key(k) {
+                c.insert(k.clone(), val.clone());
+            }
+        }
+    }
+    event["origin"] = json!(ours);
+    event["origin_server_ts"] = json!(now_ms());
+    if v.event_ids == EventIdFormat::Opaque {
+        event["event_id"] = json!(format!("${}:{ours}", crate::state::random_token(12)));
+    }
+    if let Some(m) = event.as_object_mut() {
+        m.remove("signatures");
+        m.remove("hashes");
+    }
+    hash_and_sign(
+        v,
+        &mut event,
+        Origin {
+            server_name: &ours,
+            key: &key,
+        },
+    );
+    let join = Pdu::from_json(v, event.clone())
+        .map_err(|e| ApiError::bad_status(format!("the join made from {dest}'s template: {e}")))?;
+    let path = format!(
+        "/_matrix/federation/v2/send_join/{}/{}",
+        percent_encode(room_id),
+        percent_encode(&join.event_id)
+    );
+    let sent = fed
+        .client
+        .request(&ours, &key, dest, "PUT", &path, Some(&event))
+        .await
+        .map_err(ApiError::connection_failed)?;
+    if sent.status != 200 {
+        return Err(refused(dest, "send_join", sent.status, &sent.body));
+    }
+    // A resident that vouched for a restricted join gives the event back with its signature.
+    let join = match sent.body.get("event") {
+        Some(e) if e.is_object() => match Pdu::from_json(v, e.clone()) {
+            Ok(p) if p.event_id == join.event_id => p,
+            _ => join,
+        },
+        _ => join,
+    };
+    let mut checked: BTreeMap<String, Pdu> = BTreeMap::new();
+    let mut state_ids: BTreeSet<String> = BTreeSet::new();
+    for (field, is_state) in [("auth_chain", false), ("state", true)] {
+        for e in sent
+            .body
+            .get(field)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Ok(p) = Pdu::from_json(v, e.clone()) else {
+                continue;
+            };
+            if p.room_id != room_id {
+                continue;
+            }
+            // An event whose signatures fail is dropped; one whose hash fails kept redacted.
+            let p = match fed.verify_pdu(server, v, &p).await {
+                Ok(true) => p,
+                Ok(false) => match Pdu::from_json(v, p.redacted(v)) {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                },
+                Err(_) => continue,
+            };
+            if is_state {
+                state_ids.insert(p.event_id.clone());
+            }
+            checked.insert(p.event_id.clone(), p);
+        }
+    }
+    // Each event by its own auth events (those that fail, and those citing them, dropped).
+    let mut order: Vec<&Pdu> = checked.values().collect();
+    order.sort_by_key(|p| (p.depth, p.origin_server_ts));
+    let create = order
+        .iter()
+        .find(|p| p.is("m.room.create", ""))
+        .map(|p| (*p).clone())
+        .ok_or_else(|| ApiError::bad_status(format!("{dest}'s send_join answer has no create event")))?;
+    let mut accepted: BTreeMap<String, Pdu> = BTreeMap::new();
+    for p in order {
+        let auth: Vec<Option<&Pdu>> = p.auth_events.iter().map(|id| accepted.get(id)).collect();
+        let signed = |s: &str| {
+            p.json
+                .get("signatures")
+                .and_then(|x| x.get(s))
+                .is_some()
+        };
+        if authorize_by_auth_events(v, p, &auth, &|_| false, Some(&create), &signed).is_ok() {
+            accepted.insert(p.event_id.clone(), p.clone());
+        }
+    }
+    let state: Vec<Pdu> = accepted
+        .values()
+        .filter(|p| state_ids.contains(&p.event_id))
+        .cloned()
+        .collect();
+    let chain: Vec<Pdu> = accepted
+        .values()
+        .filter(|p| !state_ids.contains(&p.event_id))
+        .cloned()
+        .collect();
+    {
+        let by_key: std::collections::HashMap<(String, String), &Pdu> = state
+            .iter()
+            .filter_map(|p| {
+                p.state_key
+                    .as_ref()
+                    .map(|k| ((p.kind.clone(), k.clone()), p))
+            })
+            .collect();
+        let signed = |s: &str| {
+            join.json
+                .get("signatures")
+                .and_then(|x| x.get(s))
+                .is_some()
+        };
+        mxconform_pdu::authorize(v, &join, &by_key, &signed).map_err(|r| {
+            ApiError::forbidden(format!("the join is not allowed by the state {dest} gave: {r}"))
+        })?;
+    }
+    server.write(|s, batch| {
+        s.join_remote_room(batch, v, room_id, state, chain, join)
+            .map(|_| ())
+    })
+}
