@@ -106,6 +106,9 @@ pub fn build(
     event.insert("sender".into(), json!(new.sender));
     event.insert("content".into(), new.content);
     event.insert("origin_server_ts".into(), json!(new.origin_server_ts));
+    // `origin` is no longer part of the PDU formats, but the schemas of the invite requests
+    // and templates still require it; it is the signing server's name.
+    event.insert("origin".into(), json!(origin.server_name));
     event.insert("depth".into(), json!(depth));
     event.insert("prev_events".into(), Value::Array(prev_events));
     event.insert("auth_events".into(), Value::Array(auth_events));

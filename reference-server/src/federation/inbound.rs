@@ -141,6 +141,8 @@ pub async fn handle(server: &Server, req: &Request<Bytes>) -> ApiResult<Response
         "sendJoinV2" => send_join(&call).await,
         "sendLeaveV2" => send_membership(&call, "leave").await.map(|_| json!({})),
         "sendKnock" => send_knock(&call).await,
+        "sendInviteV2" => send_invite(&call, true).await,
+        "sendInviteV1" => send_invite(&call, false).await,
         "sendTransaction" => send_transaction(&call).await,
         "getEvent" => get_event(&call),
         "getRoomState" => room_state(&call, false),
@@ -1123,4 +1125,123 @@ fn openid_userinfo(c: &Call<'_>) -> ApiResult<Value> {
         .read(|s| s.openid_user(token).map(str::to_string))
         .map(|sub| json!({"sub": sub}))
         .ok_or_else(|| ApiError::unknown_token("the token is unknown or expired"))
+}
+
+/// An invite of a user of this server by a user of the origin: checked (the event the path
+/// names, an invite of an existing local user by the origin's user, signed by the origin),
+/// signed by this server and returned. In a room this server is in, the invite joins the
+/// room like any event; otherwise the user sees it with the stripped state given.
+async fn send_invite(c: &Call<'_>, v2: bool) -> ApiResult<Value> {
+    let (room_id, event_id) = (c.param("roomId"), c.param("eventId"));
+    let body = c.body()?;
+    let local_version = c.server.read(|s| s.room_version_of(room_id));
+    let (version, event, stripped) = if v2 {
+        let version = body
+            .get("room_version")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::bad_json("`room_version` is required"))?;
+        (
+            version.to_string(),
+            body.get("event").cloned().unwrap_or(Value::Null),
+            body.get("invite_room_state").cloned(),
+        )
+    } else {
+        (
+            local_version.map_or("1", |v| v.id).to_string(),
+            body.clone(),
+            body.pointer("/unsigned/invite_room_state").cloned(),
+        )
+    };
+    let v = RoomVersion::get(&version).ok_or_else(|| {
+        ApiError::incompatible_room_version(format!("room version {version} is not supported"))
+            .with_extra(json!({"room_version": version}))
+    })?;
+    let mut json = event;
+    if let Some(m) = json.as_object_mut() {
+        m.remove("unsigned");
+    }
+    let pdu = Pdu::from_json(v, json.clone())
+        .map_err(|e| ApiError::bad_json(format!("the event is not a valid PDU: {e}")))?;
+    if pdu.event_id != event_id || pdu.room_id != room_id {
+        return Err(ApiError::bad_json(
+            "the event is not the one the path names (its id or room differs)",
+        ));
+    }
+    let invitee = pdu.state_key.clone().unwrap_or_default();
+    if pdu.kind != "m.room.member" || pdu.membership() != Some("invite") {
+        return Err(ApiError::bad_json("the event must be an m.room.member invite"));
+    }
+    if pdu.sender_server() != c.origin {
+        return Err(ApiError::forbidden(format!(
+            "{} is not a user of {}",
+            pdu.sender, c.origin
+        )));
+    }
+    local_user(c, &invitee)?;
+    let exists = c.server.read(|s| {
+        s.users
+            .get(&invitee)
+            .is_some_and(|u| !u.deactivated)
+    });
+    if !exists {
+        return Err(ApiError::not_found(format!("no user {invitee}")));
+    }
+    c.acl(room_id)?;
+    let hash_ok = c
+        .fed
+        .verify_pdu(c.server, v, &pdu)
+        .await
+        .map_err(|e| ApiError::forbidden(format!("the event's signatures: {e}")))?;
+    if !hash_ok {
+        return Err(ApiError::bad_json("the event's content hash does not match"));
+    }
+    let key = c
+        .server
+        .read(|s| s.signing_key.clone())
+        .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
+    let name = c.server.config.server_name.clone();
+    let mut redacted = pdu.redacted(v);
+    mxconform_pdu::sign::sign_json(&mut redacted, &name, &key);
+    let sig = redacted["signatures"][&name][key.key_id()].clone();
+    json["signatures"][&name] = json!({ key.key_id(): sig });
+    let signed = Pdu::from_json(v, json.clone())
+        .map_err(|e| ApiError::bad_json(format!("the signed event: {e}")))?;
+    let stripped: Vec<Value> = stripped
+        .and_then(|s| s.as_array().cloned())
+        .unwrap_or_default();
+    let origin = c.origin.clone();
+    c.server.write(|state, batch| {
+        if state.rooms.contains_key(room_id) {
+            match state.receive_pdu(batch, signed, true) {
+                Received::Accepted(_) | Received::Duplicate => Ok(()),
+                Received::Rejected(r) | Received::SoftFailed(r) => {
+                    Err(ApiError::forbidden(format!("the invite is refused: {r}")))
+                }
+                Received::MissingPrev(ids) => Err(ApiError::bad_json(format!(
+                    "the invite cites events this server does not know: {}",
+                    ids.join(", ")
+                ))),
+            }
+        } else {
+            state.put_remote_membership(
+                batch,
+                &invitee,
+                room_id,
+                Some(crate::state::RemoteMembership {
+                    pos: 0,
+                    membership: "invite".into(),
+                    event: json.clone(),
+                    event_id: event_id.to_string(),
+                    stripped,
+                    via: origin,
+                }),
+            );
+            Ok(())
+        }
+    })?;
+    Ok(if v2 {
+        json!({"event": json})
+    } else {
+        json!([200, {"event": json}])
+    })
 }

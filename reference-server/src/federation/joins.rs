@@ -324,3 +324,236 @@ async fn join_through(
             .map(|_| ())
     })
 }
+
+/// A leave or knock of `user` through `dest` for a room this server is not in: make_leave or
+/// make_knock, the template signed, send_leave (v2) or send_knock. Returns the event and the
+/// answer of send_*.
+pub async fn handshake(
+    server: &Arc<Server>,
+    user: &str,
+    room_id: &str,
+    dest: &str,
+    membership: &str,
+) -> ApiResult<(Value, String, Value)> {
+    let fed = server
+        .federation
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("this server does not federate"))?;
+    let ours = server.config.server_name.clone();
+    let key = server
+        .read(|s| s.signing_key.clone())
+        .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
+    let (make, send) = match membership {
+        "leave" => ("v1/make_leave", "v2/send_leave"),
+        "knock" => ("v1/make_knock", "v1/send_knock"),
+        other => return Err(ApiError::internal(format!("no handshake for {other}"))),
+    };
+    let query = if membership == "knock" {
+        let versions: Vec<String> = mxconform_pdu::version::ALL
+            .iter()
+            .map(|v| format!("ver={}", v.id))
+            .collect();
+        format!("?{}", versions.join("&"))
+    } else {
+        String::new()
+    };
+    let path = format!(
+        "/_matrix/federation/{make}/{}/{}{query}",
+        percent_encode(room_id),
+        percent_encode(user)
+    );
+    let made = fed
+        .client
+        .request(&ours, &key, dest, "GET", &path, None)
+        .await
+        .map_err(ApiError::connection_failed)?;
+    if made.status != 200 {
+        return Err(refused(dest, make, made.status, &made.body));
+    }
+    let version = made
+        .body
+        .get("room_version")
+        .and_then(Value::as_str)
+        .unwrap_or("1")
+        .to_string();
+    let v = RoomVersion::get(&version).ok_or_else(|| {
+        ApiError::unsupported_room_version(format!("{dest} offers room version {version}"))
+    })?;
+    let mut event = made
+        .body
+        .get("event")
+        .filter(|e| e.is_object())
+        .cloned()
+        .ok_or_else(|| ApiError::bad_status(format!("{dest}'s {make} has no event")))?;
+    let fits = event.get("type").and_then(Value::as_str) == Some("m.room.member")
+        && event.get("state_key").and_then(Value::as_str) == Some(user)
+        && event.get("sender").and_then(Value::as_str) == Some(user)
+        && event.pointer("/content/membership").and_then(Value::as_str) == Some(membership);
+    if !fits {
+        return Err(ApiError::bad_status(format!(
+            "{dest}'s {make} template is not {user}'s {membership}"
+        )));
+    }
+    event["origin"] = json!(ours);
+    event["origin_server_ts"] = json!(now_ms());
+    if v.event_ids == EventIdFormat::Opaque {
+        event["event_id"] = json!(format!("${}:{ours}", crate::state::random_token(12)));
+    }
+    if let Some(m) = event.as_object_mut() {
+        m.remove("signatures");
+        m.remove("hashes");
+    }
+    hash_and_sign(
+        v,
+        &mut event,
+        Origin {
+            server_name: &ours,
+            key: &key,
+        },
+    );
+    let pdu = Pdu::from_json(v, event.clone())
+        .map_err(|e| ApiError::bad_status(format!("the event made from {dest}'s template: {e}")))?;
+    let path = format!(
+        "/_matrix/federation/{send}/{}/{}",
+        percent_encode(room_id),
+        percent_encode(&pdu.event_id)
+    );
+    let sent = fed
+        .client
+        .request(&ours, &key, dest, "PUT", &path, Some(&event))
+        .await
+        .map_err(ApiError::connection_failed)?;
+    if sent.status != 200 {
+        return Err(refused(dest, send, sent.status, &sent.body));
+    }
+    Ok((event, pdu.event_id, sent.body))
+}
+
+/// Leaves (rejects the invite to, or withdraws the knock on) a room this server is not in,
+/// through the server that invited or the one knocked through.
+pub async fn leave_remote(server: Arc<Server>, user: String, room_id: String) -> ApiResult<Value> {
+    let via = server
+        .read(|s| {
+            s.remote_memberships
+                .get(&user)
+                .and_then(|r| r.get(&room_id))
+                .map(|m| m.via.clone())
+        })
+        .ok_or_else(|| ApiError::not_found(format!("unknown room {room_id}")))?;
+    let (event, event_id, _) = handshake(&server, &user, &room_id, &via, "leave").await?;
+    server.write(|s, batch| {
+        s.put_remote_membership(
+            batch,
+            &user,
+            &room_id,
+            Some(crate::state::RemoteMembership {
+                pos: 0,
+                membership: "leave".into(),
+                event,
+                event_id,
+                stripped: Vec::new(),
+                via,
+            }),
+        );
+        Ok(json!({}))
+    })
+}
+
+/// Knocks on a room this server is not in, through the first of `servers` that takes it.
+pub async fn knock_remote(
+    server: Arc<Server>,
+    user: String,
+    room_id: String,
+    servers: Vec<String>,
+) -> ApiResult<Value> {
+    let mut last = None;
+    for dest in &servers {
+        match handshake(&server, &user, &room_id, dest, "knock").await {
+            Ok((event, event_id, answer)) => {
+                let stripped = answer
+                    .get("knock_room_state")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let dest = dest.clone();
+                return server.write(|s, batch| {
+                    s.put_remote_membership(
+                        batch,
+                        &user,
+                        &room_id,
+                        Some(crate::state::RemoteMembership {
+                            pos: 0,
+                            membership: "knock".into(),
+                            event,
+                            event_id,
+                            stripped,
+                            via: dest,
+                        }),
+                    );
+                    Ok(json!({"room_id": room_id}))
+                });
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        ApiError::not_found(format!(
+            "room {room_id} is not known here, and no server to knock through was given"
+        ))
+    }))
+}
+
+/// Asks `dest` to sign the invite of one of its users (invite v2, with the room's stripped
+/// state); returns the event it gives back, once its signature checks.
+pub async fn invite_remote(
+    server: &Arc<Server>,
+    room_id: &str,
+    dest: &str,
+    invite: &Pdu,
+) -> ApiResult<Value> {
+    let fed = server
+        .federation
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("this server does not federate"))?;
+    let ours = server.config.server_name.clone();
+    let (key, v, stripped) = server.read(|s| {
+        (
+            s.signing_key.clone(),
+            s.room_version_of(room_id),
+            s.stripped_state_pdus(room_id),
+        )
+    });
+    let key = key.ok_or_else(|| ApiError::internal("the server has no signing key"))?;
+    let v = v.ok_or_else(|| ApiError::not_found(format!("unknown room {room_id}")))?;
+    let path = format!(
+        "/_matrix/federation/v2/invite/{}/{}",
+        percent_encode(room_id),
+        percent_encode(&invite.event_id)
+    );
+    let body = json!({"room_version": v.id, "event": invite.json, "invite_room_state": stripped});
+    let a = fed
+        .client
+        .request(&ours, &key, dest, "PUT", &path, Some(&body))
+        .await
+        .map_err(ApiError::connection_failed)?;
+    if a.status != 200 {
+        return Err(refused(dest, "invite", a.status, &a.body));
+    }
+    let event = a
+        .body
+        .get("event")
+        .filter(|e| e.is_object())
+        .cloned()
+        .ok_or_else(|| ApiError::bad_status(format!("{dest}'s invite answer has no event")))?;
+    // The invitee's server must have signed it.
+    let keys = fed
+        .keys_of(server, dest)
+        .await
+        .map_err(|e| ApiError::bad_status(format!("the keys of {dest}: {e}")))?;
+    let redacted = mxconform_pdu::redact::redact(v, &event);
+    mxconform_pdu::sign::verify_signed_by(&redacted, dest, &|key_id: &str| {
+        keys.key(key_id).map(|(k, _)| k.clone())
+    })
+    .map_err(|e| ApiError::bad_status(format!("{dest}'s signature on the invite: {e}")))?;
+    Ok(event)
+}

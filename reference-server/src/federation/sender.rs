@@ -60,8 +60,11 @@ impl Sender {
                     continue;
                 };
                 let mut dests = s.servers_in_room(&ev.room_id);
-                // The user a membership event is about hears of it (invites, kicks, bans).
-                if ev.kind == "m.room.member" {
+                // The server of a user who is kicked or banned hears of it even when that user
+                // was its last in the room (an invite reaches the invitee's server through
+                // the invite request instead).
+                let membership = ev.content.get("membership").and_then(serde_json::Value::as_str);
+                if ev.kind == "m.room.member" && matches!(membership, Some("leave" | "ban")) {
                     if let Some(h) = ev.state_key.as_deref().and_then(|k| k.split_once(':')) {
                         dests.insert(h.1.to_string());
                     }

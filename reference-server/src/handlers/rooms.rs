@@ -462,6 +462,14 @@ fn join(
             };
             let mut named = via;
             named.append(&mut servers);
+            if let Some(inviter) = server.read(|s| {
+                s.remote_memberships
+                    .get(&me.user_id)
+                    .and_then(|r| r.get(&room_id))
+                    .map(|m| m.via.clone())
+            }) {
+                named.push(inviter);
+            }
             let servers = crate::federation::joins::candidates(&room_id, &named, &ours);
             crate::federation::joins::join(server, me.user_id.clone(), room_id, servers, content)
                 .await
@@ -507,9 +515,51 @@ pub fn join_room(ctx: &Ctx, req: cs::joining::join_room::Request) -> ApiResult<R
     join(ctx, &req.room_id_or_alias, req.body.reason.as_ref(), via)
 }
 
-pub fn invite_user(ctx: &Ctx, req: cs::inviting::invite_user::Request) -> ApiResult<Value> {
+pub fn invite_user(ctx: &Ctx, req: cs::inviting::invite_user::Request) -> ApiResult<Reply> {
     let me = ctx.me()?.clone();
-    ctx.server.write(|state, batch| {
+    let ours = ctx.server.config.server_name.clone();
+    let target = req.body.user_id.as_str().to_string();
+    let target_server = target.split_once(':').map(|(_, s)| s.to_string());
+    if ctx.server.federation.is_some() && target_server.as_deref().is_some_and(|s| s != ours) {
+        // A user of another server: that server signs the invite first.
+        let room_id = req.room_id.as_str().to_string();
+        let prepared = ctx.server.read(|state| {
+            if state.room(&room_id)?.membership(&target) == Some("invite") {
+                return Ok(None);
+            }
+            let mut content = membership_content(req.body.reason.as_ref());
+            content["membership"] = json!("invite");
+            state
+                .prepare(Append::new(
+                    &room_id,
+                    &me.user_id,
+                    "m.room.member",
+                    Some(&target),
+                    content,
+                ))
+                .map(Some)
+        })?;
+        let Some(prepared) = prepared else {
+            return Ok(Reply::from(json!({})));
+        };
+        let server = ctx
+            .server
+            .shared()
+            .ok_or_else(|| ApiError::internal("the server is shutting down"))?;
+        let dest = target_server.unwrap_or_default();
+        return Ok(Reply::outbound(async move {
+            let signed = crate::federation::joins::invite_remote(&server, &room_id, &dest, prepared.pdu()).await?;
+            server.write(|state, batch| {
+                let v = state.room(&room_id)?.room_version();
+                let p = prepared
+                    .countersigned(v, signed)
+                    .map_err(|e| ApiError::bad_status(format!("{dest}'s invite answer: {e}")))?;
+                state.append_prepared(batch, p)?;
+                Ok(json!({}))
+            })
+        }));
+    }
+    let out = ctx.server.write(|state, batch| {
         let target = req.body.user_id.as_str();
         if !state.users.contains_key(target) && target.ends_with(&format!(":{}", state.server_name))
         {
@@ -530,12 +580,32 @@ pub fn invite_user(ctx: &Ctx, req: cs::inviting::invite_user::Request) -> ApiRes
             membership_content(req.body.reason.as_ref()),
         )?;
         Ok(json!({}))
-    })
+    })?;
+    Ok(Reply::from(out))
 }
 
-pub fn leave_room(ctx: &Ctx, req: cs::leaving::leave_room::Request) -> ApiResult<Value> {
+pub fn leave_room(ctx: &Ctx, req: cs::leaving::leave_room::Request) -> ApiResult<Reply> {
     let me = ctx.me()?.clone();
     let reason = req.body.reason.clone();
+    // An invite from (or a knock through) another server, to a room this server is not in:
+    // the leave goes through that server.
+    let room_id = req.room_id.as_str().to_string();
+    let remote = ctx.server.read(|s| {
+        !s.rooms.contains_key(&room_id)
+            && s.remote_memberships
+                .get(&me.user_id)
+                .and_then(|r| r.get(&room_id))
+                .is_some_and(|m| m.membership != "leave")
+    });
+    if remote {
+        let server = ctx
+            .server
+            .shared()
+            .ok_or_else(|| ApiError::internal("the server is shutting down"))?;
+        return Ok(Reply::outbound(crate::federation::joins::leave_remote(
+            server, me.user_id, room_id,
+        )));
+    }
     ctx.server.write(|state, batch| {
         change_membership(
             state,
@@ -546,7 +616,7 @@ pub fn leave_room(ctx: &Ctx, req: cs::leaving::leave_room::Request) -> ApiResult
             "leave",
             membership_content(reason.as_ref()),
         )?;
-        Ok(json!({}))
+        Ok(Reply::from(json!({})))
     })
 }
 
@@ -624,8 +694,29 @@ pub fn unban(ctx: &Ctx, req: cs::banning::unban::Request) -> ApiResult<Value> {
     })
 }
 
-pub fn knock_room(ctx: &Ctx, req: cs::knocking::knock_room::Request) -> ApiResult<Value> {
+pub fn knock_room(ctx: &Ctx, req: cs::knocking::knock_room::Request) -> ApiResult<Reply> {
     let me = ctx.me()?.clone();
+    let ours = ctx.server.config.server_name.clone();
+    let target = req.room_id_or_alias.clone();
+    let local = ctx
+        .server
+        .read(|s| resolve_room(s, &target).ok().filter(|r| s.rooms.contains_key(r)));
+    if local.is_none() && ctx.server.federation.is_some() && target.starts_with('!') {
+        let server = ctx
+            .server
+            .shared()
+            .ok_or_else(|| ApiError::internal("the server is shutting down"))?;
+        let via: Vec<String> = req
+            .via
+            .iter()
+            .flatten()
+            .map(|s| s.as_str().to_string())
+            .collect();
+        let servers = crate::federation::joins::candidates(&target, &via, &ours);
+        return Ok(Reply::outbound(crate::federation::joins::knock_remote(
+            server, me.user_id, target, servers,
+        )));
+    }
     ctx.server.write(|state, batch| {
         let room_id = resolve_room(state, &req.room_id_or_alias)?;
         change_membership(
@@ -637,7 +728,7 @@ pub fn knock_room(ctx: &Ctx, req: cs::knocking::knock_room::Request) -> ApiResul
             "knock",
             membership_content(req.body.reason.as_ref()),
         )?;
-        Ok(json!({"room_id": room_id}))
+        Ok(Reply::from(json!({"room_id": room_id})))
     })
 }
 

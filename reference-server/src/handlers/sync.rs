@@ -500,6 +500,51 @@ fn build(
             _ => {}
         }
     }
+    // Memberships in rooms this server is not in (invites from other servers, knocks and
+    // rejections through them).
+    for (room_id, m) in state
+        .remote_memberships
+        .get(&me.user_id)
+        .into_iter()
+        .flatten()
+    {
+        if filter.not_rooms.contains(room_id)
+            || filter.rooms.as_ref().is_some_and(|r| !r.contains(room_id))
+            || state.rooms.contains_key(room_id)
+        {
+            continue;
+        }
+        let new = m.pos > s || since.is_none();
+        let mut events = m.stripped.clone();
+        events.push(json!({
+            "type": "m.room.member",
+            "state_key": me.user_id,
+            "sender": m.event.get("sender").cloned().unwrap_or(Value::Null),
+            "content": m.event.get("content").cloned().unwrap_or(json!({})),
+        }));
+        match m.membership.as_str() {
+            "invite" if new => {
+                invite.insert(room_id.clone(), json!({"invite_state": {"events": events}}));
+            }
+            "knock" if new => {
+                knock.insert(room_id.clone(), json!({"knock_state": {"events": events}}));
+            }
+            "leave" if (since.is_some() && m.pos > s) || filter.include_leave => {
+                let mut ev = m.event.clone();
+                if let Some(o) = ev.as_object_mut() {
+                    for k in ["auth_events", "prev_events", "hashes", "signatures", "depth", "origin"] {
+                        o.remove(k);
+                    }
+                    o.insert("event_id".into(), json!(m.event_id));
+                }
+                leave.insert(
+                    room_id.clone(),
+                    json!({"timeline": {"events": [ev], "limited": false}, "state": {"events": []}}),
+                );
+            }
+            _ => {}
+        }
+    }
     let account_data = account_data_events(state, &me.user_id, "", s, &filter.account_data);
     let to_device: Vec<Value> = state
         .to_device

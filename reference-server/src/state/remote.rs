@@ -31,6 +31,22 @@ pub enum Received {
     MissingPrev(Vec<String>),
 }
 
+/// A user's membership in a room this server is not in: an invite from another server, or a
+/// knock or rejected invite through one. Sync shows it; `via` is the server to go through.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RemoteMembership {
+    /// The stream position of the change.
+    pub pos: u64,
+    pub membership: String,
+    /// The member event, signed, and its id.
+    pub event: Value,
+    #[serde(default)]
+    pub event_id: String,
+    /// The room's stripped state as the other server gave it.
+    pub stripped: Vec<Value>,
+    pub via: String,
+}
+
 /// Whether `pdu` carries a signature of `server` (signatures were verified before).
 fn signed_by(pdu: &Pdu, server: &str) -> bool {
     pdu.json
@@ -423,6 +439,37 @@ impl State {
         Received::Accepted(pos)
     }
 
+    /// Records (`Some`) or forgets a user's membership in a room this server is not in.
+    pub fn put_remote_membership(
+        &mut self,
+        batch: &mut Batch,
+        user: &str,
+        room_id: &str,
+        m: Option<RemoteMembership>,
+    ) {
+        let key = format!("{user}\u{0}{room_id}");
+        match m {
+            Some(mut m) => {
+                m.pos = self.next_pos(batch);
+                batch.put(
+                    "remote_membership",
+                    key,
+                    &serde_json::to_value(&m).unwrap_or(Value::Null),
+                );
+                self.remote_memberships
+                    .entry(user.to_string())
+                    .or_default()
+                    .insert(room_id.to_string(), m);
+            }
+            None => {
+                batch.delete("remote_membership", key);
+                if let Some(rooms) = self.remote_memberships.get_mut(user) {
+                    rooms.remove(room_id);
+                }
+            }
+        }
+    }
+
     /// Keeps a room of another server this server's user just joined: the state the resident
     /// server gave (checked by the caller) as the room's state before the join, the rest of the
     /// auth chain as graph-only events, then the join itself in the timeline. Returns the
@@ -475,7 +522,15 @@ impl State {
                 self.record_outlier(batch, p);
             }
         }
+        let joiner = join.sender.clone();
         let (pos, _) = self.record_event(batch, join, None);
+        if self
+            .remote_memberships
+            .get(&joiner)
+            .is_some_and(|r| r.contains_key(room_id))
+        {
+            self.put_remote_membership(batch, &joiner, room_id, None);
+        }
         Ok(pos)
     }
 

@@ -94,6 +94,15 @@ impl State {
                         format!("the hidden-event record {key:?} is not a position")
                     })?);
                 }
+                "remote_membership" if parts.len() == 2 => {
+                    let m: super::RemoteMembership = serde_json::from_value(v).map_err(|e| {
+                        format!("the remote membership record {key:?} is malformed: {e}")
+                    })?;
+                    self.remote_memberships
+                        .entry(parts[0].to_string())
+                        .or_default()
+                        .insert(parts[1].to_string(), m);
+                }
                 "outlier" => {
                     outliers.insert(key.parse().map_err(|_| {
                         format!("the outlier record {key:?} is not a position")

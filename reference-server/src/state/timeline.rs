@@ -180,6 +180,31 @@ pub struct Prepared {
     txn: Option<(String, String)>,
 }
 
+impl Prepared {
+    /// The event as made.
+    pub fn pdu(&self) -> &Pdu {
+        &self.pdu
+    }
+
+    /// The same event with signatures another server added (an invitee's server): refused if
+    /// it is not the same event.
+    pub fn countersigned(self, v: &RoomVersion, json: Value) -> Result<Prepared, String> {
+        let pdu = Pdu::from_json(v, json).map_err(|e| e.to_string())?;
+        let unsigned = |j: &Value| {
+            let mut j = j.clone();
+            if let Some(m) = j.as_object_mut() {
+                m.remove("signatures");
+                m.remove("unsigned");
+            }
+            j
+        };
+        if pdu.event_id != self.pdu.event_id || unsigned(&pdu.json) != unsigned(&self.pdu.json) {
+            return Err("the event given back is not the event sent".into());
+        }
+        Ok(Prepared { pdu, txn: self.txn })
+    }
+}
+
 /// An event's database record: `{"pdu", "txn", "purged"?}` (`purged` only when true).
 pub(super) fn record_text(pdu: &Value, txn: &Option<(String, String)>, purged: bool) -> String {
     #[derive(serde::Serialize)]
