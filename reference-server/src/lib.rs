@@ -249,6 +249,7 @@ impl Server {
         let mut batch = Batch::default();
         let before = inner.state.pos;
         let out = f(&mut inner.state, &mut batch);
+        let edus = std::mem::take(&mut inner.state.outbox);
         if batch.is_empty() {
             return out;
         }
@@ -258,10 +259,26 @@ impl Server {
         }
         inner.state.committed();
         let after = inner.state.pos;
+        // The EDUs the write made, to each server they go to.
+        let routed: Vec<(String, serde_json::Value)> = if self.federation.is_some() {
+            edus.into_iter()
+                .flat_map(|(to, edu)| {
+                    let dests = inner.state.edu_destinations(&to);
+                    dests.into_iter().map(move |d| (d, edu.clone()))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         drop(inner);
         if after != before {
             self.changes.send_replace(after);
-            if let Some(f) = &self.federation {
+        }
+        if let Some(f) = &self.federation {
+            if !routed.is_empty() {
+                f.sender.queue_edus(routed);
+            }
+            if after != before || !f.sender.idle() {
                 f.sender.wake(self);
             }
         }

@@ -702,6 +702,14 @@ fn receive_edu(c: &Call<'_>, edu: &Value) {
                     }
                 }
             }
+            "m.device_list_update" | "m.signing_key_update" => {
+                let Some(user) = content.get("user_id").and_then(Value::as_str) else {
+                    return Ok(());
+                };
+                if ours(user) {
+                    state.note_key_change(batch, user);
+                }
+            }
             "m.direct_to_device" => {
                 let sender = content.get("sender").and_then(Value::as_str).unwrap_or("");
                 let kind = content.get("type").and_then(Value::as_str).unwrap_or("");

@@ -13,8 +13,9 @@ use serde_json::{json, Value};
 use crate::state::now_ms;
 use crate::Server;
 
-/// The most PDUs a transaction holds.
+/// The most PDUs and EDUs a transaction holds.
 const TXN_PDUS: usize = 50;
+const TXN_EDUS: usize = 100;
 /// The most PDUs waiting for one destination; beyond, the oldest are dropped (the
 /// destination fetches what it misses through the prev events of later ones).
 const QUEUE_LIMIT: usize = 10_000;
@@ -35,6 +36,7 @@ struct Queues {
 #[derive(Default)]
 struct Dest {
     pending: VecDeque<Value>,
+    edus: VecDeque<Value>,
     /// A delivery task is running for this destination.
     busy: bool,
 }
@@ -78,16 +80,19 @@ impl Sender {
             (s.pos, work)
         });
         q.cursor = Some(head);
-        let mut start = Vec::new();
         for (dest, pdu) in work {
             let d = q.dests.entry(dest.clone()).or_default();
             d.pending.push_back(pdu);
             while d.pending.len() > QUEUE_LIMIT {
                 d.pending.pop_front();
             }
-            if !d.busy {
+        }
+        // Every destination with something waiting and no delivery running gets one.
+        let mut start = Vec::new();
+        for (dest, d) in q.dests.iter_mut() {
+            if !d.busy && (!d.pending.is_empty() || !d.edus.is_empty()) {
                 d.busy = true;
-                start.push(dest);
+                start.push(dest.clone());
             }
         }
         drop(q);
@@ -98,25 +103,49 @@ impl Sender {
         }
     }
 
-    /// The next transaction's PDUs for `dest` (taken off its queue), or `None` when it has
-    /// none (the delivery task then ends).
-    fn take(&self, dest: &str) -> Option<Vec<Value>> {
+    /// Queues EDUs, each for its destination (delivered at the next [`Sender::wake`]).
+    pub fn queue_edus(&self, edus: Vec<(String, Value)>) {
+        let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        for (dest, edu) in edus {
+            let d = q.dests.entry(dest).or_default();
+            d.edus.push_back(edu);
+            while d.edus.len() > QUEUE_LIMIT {
+                d.edus.pop_front();
+            }
+        }
+    }
+
+    /// No destination has anything waiting without a delivery running.
+    pub fn idle(&self) -> bool {
+        let q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        q.dests
+            .values()
+            .all(|d| d.busy || (d.pending.is_empty() && d.edus.is_empty()))
+    }
+
+    /// The next transaction's PDUs and EDUs for `dest` (taken off its queues), or `None` when
+    /// it has none (the delivery task then ends).
+    fn take(&self, dest: &str) -> Option<(Vec<Value>, Vec<Value>)> {
         let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let d = q.dests.get_mut(dest)?;
-        if d.pending.is_empty() {
+        if d.pending.is_empty() && d.edus.is_empty() {
             d.busy = false;
             return None;
         }
         let n = d.pending.len().min(TXN_PDUS);
-        Some(d.pending.drain(..n).collect())
+        let m = d.edus.len().min(TXN_EDUS);
+        Some((d.pending.drain(..n).collect(), d.edus.drain(..m).collect()))
     }
 
-    /// Puts back PDUs whose delivery failed, ahead of the rest.
-    fn put_back(&self, dest: &str, pdus: Vec<Value>) {
+    /// Puts back what a failed delivery held, ahead of the rest.
+    fn put_back(&self, dest: &str, pdus: Vec<Value>, edus: Vec<Value>) {
         let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let d = q.dests.entry(dest.to_string()).or_default();
         for p in pdus.into_iter().rev() {
             d.pending.push_front(p);
+        }
+        for e in edus.into_iter().rev() {
+            d.edus.push_front(e);
         }
     }
 }
@@ -130,7 +159,7 @@ async fn deliver(server: Weak<Server>, dest: String) {
         let Some(fed) = s.federation.as_ref() else {
             return;
         };
-        let Some(pdus) = fed.sender.take(&dest) else {
+        let Some((pdus, edus)) = fed.sender.take(&dest) else {
             return;
         };
         let Some(key) = s.read(|st| st.signing_key.clone()) else {
@@ -142,7 +171,7 @@ async fn deliver(server: Weak<Server>, dest: String) {
             "origin": s.config.server_name,
             "origin_server_ts": now_ms(),
             "pdus": pdus,
-            "edus": [],
+            "edus": edus,
         });
         let path = format!("/_matrix/federation/v1/send/{txn}");
         let sent = fed
@@ -152,7 +181,7 @@ async fn deliver(server: Weak<Server>, dest: String) {
         match sent {
             Ok(a) if a.status == 200 => pause = Duration::from_millis(500),
             _ => {
-                fed.sender.put_back(&dest, pdus);
+                fed.sender.put_back(&dest, pdus, edus);
                 drop(s);
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(60));

@@ -432,10 +432,14 @@ pub fn update_device(
             .and_then(|d| d.get(&req.device_id))
             .cloned()
             .ok_or_else(|| ApiError::not_found("no such device"))?;
+        let renamed = req.body.display_name.is_some();
         if let Some(name) = &req.body.display_name {
             dev.display_name = Some(name.clone());
         }
         state.put_device(batch, &me.user_id, &req.device_id, dev);
+        if renamed {
+            state.emit_device_update(&me.user_id, &req.device_id, false);
+        }
         Ok(json!({}))
     })
 }

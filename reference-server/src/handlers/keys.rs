@@ -229,6 +229,29 @@ pub fn send_to_device(ctx: &Ctx, req: cs::to_device::send_to_device::Request) ->
         if state.txn(&key).is_some() {
             return Ok(json!({}));
         }
+        // Users of other servers: one EDU per server.
+        let mut remote: std::collections::BTreeMap<String, Map<String, Value>> =
+            std::collections::BTreeMap::new();
+        for (user, devices) in messages.as_object().into_iter().flatten() {
+            if let Some((_, host)) = user.split_once(':').filter(|_| !state.is_local(user)) {
+                remote
+                    .entry(host.to_string())
+                    .or_default()
+                    .insert(user.clone(), devices.clone());
+            }
+        }
+        for (host, msgs) in remote {
+            state.emit_edu(
+                crate::state::EduTarget::Server(host),
+                "m.direct_to_device",
+                json!({
+                    "sender": me.user_id,
+                    "type": req.event_type,
+                    "message_id": crate::state::random_token(12),
+                    "messages": msgs,
+                }),
+            );
+        }
         for (user, devices) in messages.as_object().into_iter().flatten() {
             let targets: Vec<String> = match state.devices.get(user) {
                 None => continue,

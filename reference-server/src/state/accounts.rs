@@ -340,6 +340,7 @@ impl State {
             batch.delete("device_keys", format!("{user}\u{0}{device_id}"));
             self.note_key_change(batch, user);
         }
+        self.emit_device_update(user, device_id, true);
         for id in self
             .one_time_keys
             .remove(&key)
@@ -420,6 +421,23 @@ impl State {
                 pos,
             },
         );
+        if self.is_local(user) {
+            let mut push = json!({
+                "user_id": user,
+                "presence": content.get("presence").cloned().unwrap_or(json!("offline")),
+                "last_active_ago": 0,
+            });
+            for k in ["status_msg", "currently_active"] {
+                if let Some(v) = content.get(k) {
+                    push[k] = v.clone();
+                }
+            }
+            self.emit_edu(
+                super::EduTarget::UserRooms(user.to_string()),
+                "m.presence",
+                json!({"push": [push]}),
+            );
+        }
         self.presence.insert(user.to_string(), (content, pos));
     }
 

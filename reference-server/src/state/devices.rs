@@ -96,6 +96,7 @@ impl State {
         self.device_keys
             .insert((user.to_string(), device.to_string()), keys.clone());
         self.note_key_change(batch, user);
+        self.emit_device_update(user, device, false);
         batch.put_record(
             format!("{user}\u{0}{device}"),
             &super::records::DeviceKeysRecord {
@@ -109,6 +110,21 @@ impl State {
     /// `user_signing_key`) and marks the user's keys changed.
     pub fn put_cross_signing(&mut self, batch: &mut Batch, user: &str, all: Value) {
         batch.put("cross_signing", user, &all);
+        if self.is_local(user) {
+            // Other servers are told of the master and self-signing keys (never the
+            // user-signing key, which is the user's own business).
+            let mut content = json!({"user_id": user});
+            for k in ["master_key", "self_signing_key"] {
+                if let Some(v) = all.get(k) {
+                    content[k] = v.clone();
+                }
+            }
+            self.emit_edu(
+                super::EduTarget::UserRooms(user.to_string()),
+                "m.signing_key_update",
+                content,
+            );
+        }
         self.cross_signing.insert(user.to_string(), all);
         self.note_key_change(batch, user);
     }

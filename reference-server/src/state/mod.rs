@@ -33,7 +33,7 @@ use crate::store::{Batch, Store};
 
 pub use accounts::{Backup, Device, Threepid, ThreepidSession, User};
 pub use room::{creators_of, Append, AuthView, Current, Room};
-pub use remote::{Received, RemoteMembership};
+pub use remote::{EduTarget, Received, RemoteMembership};
 pub use timeline::{relation_target, Event, Prepared};
 
 pub fn now_ms() -> u64 {
@@ -96,6 +96,10 @@ pub struct State {
     pub login_tokens: HashMap<String, (String, u64)>,
     /// OpenID tokens: token -> (user, expiry ms). In memory: they last an hour.
     pub openid_tokens: HashMap<String, (String, u64)>,
+    /// EDUs for other servers, made by the current write and sent once it is committed.
+    pub outbox: Vec<(EduTarget, Value)>,
+    /// Each local user's latest device-list stream id sent to other servers (`prev_id`).
+    pub device_stream_sent: HashMap<String, u64>,
     /// user -> room -> membership in a room this server is not in (remote invites, knocks).
     pub remote_memberships: HashMap<String, BTreeMap<String, RemoteMembership>>,
     /// (user, room or "", type) -> (content, position).

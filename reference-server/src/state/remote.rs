@@ -47,6 +47,17 @@ pub struct RemoteMembership {
     pub via: String,
 }
 
+/// Whom an EDU of this server goes to.
+#[derive(Clone, Debug)]
+pub enum EduTarget {
+    /// The other servers of a room.
+    Room(String),
+    /// The other servers sharing any room with a user.
+    UserRooms(String),
+    /// One server.
+    Server(String),
+}
+
 /// Whether `pdu` carries a signature of `server` (signatures were verified before).
 fn signed_by(pdu: &Pdu, server: &str) -> bool {
     pdu.json
@@ -437,6 +448,75 @@ impl State {
         }
         let (pos, _) = self.record_event(batch, pdu, None);
         Received::Accepted(pos)
+    }
+
+    /// Whether a user is one of this server's.
+    pub fn is_local(&self, user: &str) -> bool {
+        user.split_once(':').map(|(_, s)| s) == Some(self.server_name.as_str())
+    }
+
+    /// Queues an EDU for other servers, sent after this write commits.
+    pub fn emit_edu(&mut self, to: EduTarget, edu_type: &str, content: Value) {
+        self.outbox
+            .push((to, json!({"edu_type": edu_type, "content": content})));
+    }
+
+    /// The servers an EDU goes to (this one left out).
+    pub fn edu_destinations(&self, to: &EduTarget) -> BTreeSet<String> {
+        let mut out = match to {
+            EduTarget::Room(r) => self.servers_in_room(r),
+            EduTarget::UserRooms(u) => self
+                .user_rooms
+                .get(u)
+                .into_iter()
+                .flatten()
+                .filter(|r| {
+                    self.rooms
+                        .get(*r)
+                        .is_some_and(|room| room.membership(u) == Some("join"))
+                })
+                .flat_map(|r| self.servers_in_room(r))
+                .collect(),
+            EduTarget::Server(s) => BTreeSet::from([s.clone()]),
+        };
+        out.remove(&self.server_name);
+        out
+    }
+
+    /// Tells the servers sharing a room with a local user that one of their devices changed
+    /// (`m.device_list_update`): `deleted`, or its current name and keys.
+    pub fn emit_device_update(&mut self, user: &str, device: &str, deleted: bool) {
+        if !self.is_local(user) {
+            return;
+        }
+        let stream_id = self.pos;
+        let prev = self.device_stream_sent.insert(user.to_string(), stream_id);
+        let mut content = json!({
+            "user_id": user,
+            "device_id": device,
+            "stream_id": stream_id,
+            "prev_id": prev.into_iter().collect::<Vec<_>>(),
+        });
+        if deleted {
+            content["deleted"] = json!(true);
+        } else {
+            if let Some(n) = self
+                .devices
+                .get(user)
+                .and_then(|d| d.get(device))
+                .and_then(|d| d.display_name.clone())
+            {
+                content["device_display_name"] = json!(n);
+            }
+            if let Some(k) = self.device_keys.get(&(user.to_string(), device.to_string())) {
+                content["keys"] = k.clone();
+            }
+        }
+        self.emit_edu(
+            EduTarget::UserRooms(user.to_string()),
+            "m.device_list_update",
+            content,
+        );
     }
 
     /// Records (`Some`) or forgets a user's membership in a room this server is not in.

@@ -332,6 +332,13 @@ impl State {
             }
         }
         entry.1 = pos;
+        if self.is_local(user) {
+            self.emit_edu(
+                super::EduTarget::Room(room_id.to_string()),
+                "m.typing",
+                json!({"room_id": room_id, "user_id": user, "typing": until.is_some()}),
+            );
+        }
     }
 
     /// A user's receipt of a type in a room (for a thread, or unthreaded), at the next stream
@@ -365,8 +372,20 @@ impl State {
             .0
             .entry(rtype.to_string())
             .or_default()
-            .insert(who, (event_id.to_string(), ts, thread));
+            .insert(who, (event_id.to_string(), ts, thread.clone()));
         entry.1 = pos;
+        // Public read receipts of this server's users go to the room's other servers.
+        if rtype == "m.read" && self.is_local(user) {
+            let mut data = json!({"ts": ts});
+            if let Some(t) = thread {
+                data["thread_id"] = json!(t);
+            }
+            self.emit_edu(
+                super::EduTarget::Room(room_id.to_string()),
+                "m.receipt",
+                json!({ room_id: {"m.read": { user: {"event_ids": [event_id], "data": data}}}}),
+            );
+        }
     }
 
     /// Lists a room in (`true`) or removes it from an application service network's
