@@ -676,7 +676,11 @@ fn receive_edu(c: &Call<'_>, edu: &Value) {
                                 .pointer("/data/thread_id")
                                 .and_then(Value::as_str)
                                 .map(str::to_string);
-                            state.put_receipt(batch, room, "m.read", user, event, thread);
+                            let ts = r
+                                .pointer("/data/ts")
+                                .and_then(Value::as_u64)
+                                .unwrap_or_else(now_ms);
+                            state.put_receipt_at(batch, room, "m.read", user, event, thread, ts);
                         }
                     }
                 }

@@ -557,3 +557,37 @@ pub async fn invite_remote(
     .map_err(|e| ApiError::bad_status(format!("{dest}'s signature on the invite: {e}")))?;
     Ok(event)
 }
+
+/// A signed request to another server on behalf of a client (profile, directory, keys,
+/// public rooms): its JSON answer, or its refusal as this server's error.
+pub async fn ask(
+    server: &Arc<Server>,
+    dest: &str,
+    method: &str,
+    path_and_query: &str,
+    body: Option<&Value>,
+) -> ApiResult<Value> {
+    let fed = server
+        .federation
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("this server does not federate"))?;
+    let key = server
+        .read(|s| s.signing_key.clone())
+        .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
+    let a = fed
+        .client
+        .request(
+            &server.config.server_name,
+            &key,
+            dest,
+            method,
+            path_and_query,
+            body,
+        )
+        .await
+        .map_err(ApiError::connection_failed)?;
+    if a.status != 200 {
+        return Err(refused(dest, path_and_query, a.status, &a.body));
+    }
+    Ok(a.body)
+}

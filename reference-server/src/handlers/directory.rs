@@ -4,7 +4,7 @@
 use mxconform_generated::client_server as cs;
 use serde_json::{json, Value};
 
-use super::Ctx;
+use super::{Ctx, Reply};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{Append, State};
 
@@ -78,15 +78,29 @@ pub fn set_room_alias(ctx: &Ctx, req: cs::directory::set_room_alias::Request) ->
 pub fn get_room_id_by_alias(
     ctx: &Ctx,
     req: cs::directory::get_room_id_by_alias::Request,
-) -> ApiResult<Value> {
+) -> ApiResult<Reply> {
     let alias = req.room_alias.as_str();
     let server = ctx.server.config.server_name.clone();
+    // An alias of another server: that server's directory says.
+    let host = alias.split_once(':').map(|(_, h)| h).unwrap_or("");
+    if host != server && ctx.server.federation.is_some() {
+        let shared = ctx
+            .server
+            .shared()
+            .ok_or_else(|| ApiError::internal("the server is shutting down"))?;
+        let alias = alias.to_string();
+        return Ok(Reply::outbound(async move {
+            let (room_id, servers) =
+                crate::federation::joins::resolve_alias(&shared, &alias).await?;
+            Ok(json!({"room_id": room_id, "servers": servers}))
+        }));
+    }
     ctx.server.read(|s| {
         let (room, _) = s
             .aliases
             .get(alias)
             .ok_or_else(|| ApiError::not_found(format!("no room has the alias {alias}")))?;
-        Ok(json!({"room_id": room, "servers": [server]}))
+        Ok(Reply::from(json!({"room_id": room, "servers": [server]})))
     })
 }
 
@@ -280,10 +294,30 @@ pub(crate) fn public_rooms(
     })
 }
 
+/// Whether a room-directory request names another server (`server`), and that server.
+fn other_directory(ctx: &Ctx, server: Option<&str>) -> Option<(std::sync::Arc<crate::Server>, String)> {
+    let s = server.filter(|s| *s != ctx.server.config.server_name)?;
+    ctx.server.federation.as_ref()?;
+    Some((ctx.server.shared()?, s.to_string()))
+}
+
 pub fn get_public_rooms(
     ctx: &Ctx,
     req: cs::list_public_rooms::get_public_rooms::Request,
-) -> ApiResult<Value> {
+) -> ApiResult<Reply> {
+    if let Some((shared, dest)) = other_directory(ctx, req.server.as_ref().map(|s| s.as_str())) {
+        let mut q = Vec::new();
+        if let Some(l) = req.limit {
+            q.push(format!("limit={l}"));
+        }
+        if let Some(s) = &req.since {
+            q.push(format!("since={}", crate::router::percent_encode(s)));
+        }
+        let path = format!("/_matrix/federation/v1/publicRooms?{}", q.join("&"));
+        return Ok(Reply::outbound(async move {
+            crate::federation::joins::ask(&shared, &dest, "GET", &path, None).await
+        }));
+    }
     public_rooms(
         ctx.server,
         req.limit,
@@ -292,12 +326,26 @@ pub fn get_public_rooms(
         None,
         Network::Local,
     )
+    .map(Reply::from)
 }
 
 pub fn query_public_rooms(
     ctx: &Ctx,
     req: cs::list_public_rooms::query_public_rooms::Request,
-) -> ApiResult<Value> {
+) -> ApiResult<Reply> {
+    if let Some((shared, dest)) = other_directory(ctx, req.server.as_ref().map(|s| s.as_str())) {
+        let body = serde_json::to_value(&req.body).map_err(ApiError::internal)?;
+        return Ok(Reply::outbound(async move {
+            crate::federation::joins::ask(
+                &shared,
+                &dest,
+                "POST",
+                "/_matrix/federation/v1/publicRooms",
+                Some(&body),
+            )
+            .await
+        }));
+    }
     let b = req.body;
     let term = b
         .filter
@@ -318,4 +366,5 @@ pub fn query_public_rooms(
         room_types,
         network,
     )
+    .map(Reply::from)
 }

@@ -10,7 +10,7 @@ use mxconform_pdu::sign::verify_signature;
 use mxconform_pdu::VerifyKey;
 
 use super::events::parse_token;
-use super::Ctx;
+use super::{Ctx, Reply};
 use crate::error::{ApiError, ApiResult};
 
 fn otk_counts(state: &crate::state::State, user: &str, device: &str) -> Value {
@@ -66,7 +66,72 @@ pub fn upload_keys(ctx: &Ctx, req: cs::keys::upload_keys::Request) -> ApiResult<
     })
 }
 
-pub fn query_keys(ctx: &Ctx, req: cs::keys::query_keys::Request) -> ApiResult<Value> {
+/// The users of `wanted` that belong to other servers, grouped by server (empty when this
+/// server does not federate: they are then simply unknown).
+fn by_other_server<'a, T>(
+    ctx: &Ctx,
+    wanted: impl Iterator<Item = (&'a String, T)>,
+) -> std::collections::BTreeMap<String, Map<String, Value>>
+where
+    T: serde::Serialize,
+{
+    let mut out: std::collections::BTreeMap<String, Map<String, Value>> = Default::default();
+    if ctx.server.federation.is_none() {
+        return out;
+    }
+    for (user, v) in wanted {
+        if let Some((_, host)) = user.split_once(':') {
+            if host != ctx.server.config.server_name {
+                out.entry(host.to_string()).or_default().insert(
+                    user.clone(),
+                    serde_json::to_value(v).unwrap_or(Value::Null),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Merges the maps under `fields` of `from` into `into`'s, and lists the servers that failed.
+fn ask_servers(
+    ctx: &Ctx<'_>,
+    local: Value,
+    remote: std::collections::BTreeMap<String, Map<String, Value>>,
+    path: &'static str,
+    wrap: &'static str,
+    fields: &'static [&'static str],
+) -> ApiResult<Reply> {
+    let server = ctx
+        .server
+        .shared()
+        .ok_or_else(|| ApiError::internal("the server is shutting down"))?;
+    Ok(Reply::outbound(async move {
+        let mut out = local;
+        for (host, users) in remote {
+            let body = json!({ wrap: users });
+            match crate::federation::joins::ask(&server, &host, "POST", path, Some(&body)).await {
+                Ok(answer) => {
+                    for f in fields {
+                        if let (Some(dst), Some(src)) = (
+                            out.get_mut(*f).and_then(Value::as_object_mut),
+                            answer.get(*f).and_then(Value::as_object),
+                        ) {
+                            for (k, v) in src {
+                                dst.insert(k.clone(), v.clone());
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    out["failures"][host] = json!({"errcode": e.errcode, "error": e.message});
+                }
+            }
+        }
+        Ok(out)
+    }))
+}
+
+pub fn query_keys(ctx: &Ctx, req: cs::keys::query_keys::Request) -> ApiResult<Reply> {
     let me = ctx.me()?;
     let wanted: Vec<(String, Vec<String>)> = req
         .body
@@ -74,9 +139,21 @@ pub fn query_keys(ctx: &Ctx, req: cs::keys::query_keys::Request) -> ApiResult<Va
         .iter()
         .map(|(u, d)| (u.to_string(), d.iter().map(|x| x.to_string()).collect()))
         .collect();
-    Ok(ctx
+    let remote = by_other_server(ctx, wanted.iter().map(|(u, d)| (u, d)));
+    let local = ctx
         .server
-        .read(|state| device_keys_of(state, &wanted, Some(&me.user_id))))
+        .read(|state| device_keys_of(state, &wanted, Some(&me.user_id)));
+    if remote.is_empty() {
+        return Ok(Reply::from(local));
+    }
+    ask_servers(
+        ctx,
+        local,
+        remote,
+        "/_matrix/federation/v1/user/keys/query",
+        "device_keys",
+        &["device_keys", "master_keys", "self_signing_keys"],
+    )
 }
 
 /// The device and cross-signing keys of users (all their devices when the list is empty), as
@@ -149,12 +226,24 @@ fn visible_signatures(key: &Value, owner: &str, viewer: &str) -> Value {
     key
 }
 
-pub fn claim_keys(ctx: &Ctx, req: cs::keys::claim_keys::Request) -> ApiResult<Value> {
+pub fn claim_keys(ctx: &Ctx, req: cs::keys::claim_keys::Request) -> ApiResult<Reply> {
     ctx.me()?;
     let wanted = serde_json::to_value(&req.body.one_time_keys).map_err(ApiError::internal)?;
-    ctx.server.write(|state, batch| {
+    let remote = by_other_server(ctx, wanted.as_object().into_iter().flatten());
+    let local = ctx.server.write(|state, batch| {
         Ok(json!({"one_time_keys": claim_one_time_keys(state, batch, &wanted), "failures": {}}))
-    })
+    })?;
+    if remote.is_empty() {
+        return Ok(Reply::from(local));
+    }
+    ask_servers(
+        ctx,
+        local,
+        remote,
+        "/_matrix/federation/v1/user/keys/claim",
+        "one_time_keys",
+        &["one_time_keys"],
+    )
 }
 
 /// Claims a one-time key (else the fallback key) per device asked for in `wanted` (user ->

@@ -4,7 +4,7 @@
 use mxconform_generated::client_server as cs;
 use serde_json::{json, Value};
 
-use super::{require_self, Ctx};
+use super::{require_self, Ctx, Reply};
 use crate::error::{ApiError, ApiResult};
 
 /// A profile as JSON: display name, avatar and the custom fields.
@@ -27,24 +27,57 @@ const MAX_PROFILE_BYTES: usize = 64 * 1024;
 /// Longest custom field name.
 const MAX_KEY_BYTES: usize = 255;
 
+/// A profile of another server's user, through a federation profile query (`field`: one).
+fn remote_profile(ctx: &Ctx, user: &str, field: Option<&str>) -> Option<ApiResult<Reply>> {
+    let host = user.split_once(':').map(|(_, h)| h)?;
+    if host == ctx.server.config.server_name || ctx.server.federation.is_none() {
+        return None;
+    }
+    let server = ctx.server.shared()?;
+    let mut path = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        crate::router::percent_encode(user)
+    );
+    if let Some(f) = field {
+        path.push_str(&format!("&field={}", crate::router::percent_encode(f)));
+    }
+    let (host, field) = (host.to_string(), field.map(str::to_string));
+    Some(Ok(Reply::outbound(async move {
+        let v = crate::federation::joins::ask(&server, &host, "GET", &path, None).await?;
+        match field {
+            Some(f) => v
+                .get(&f)
+                .map(|x| json!({ f.clone(): x }))
+                .ok_or_else(|| ApiError::not_found(format!("no `{f}` in this profile"))),
+            None => Ok(v),
+        }
+    })))
+}
+
 pub fn get_user_profile(
     ctx: &Ctx,
     req: cs::profile::get_user_profile::Request,
-) -> ApiResult<Value> {
+) -> ApiResult<Reply> {
+    if let Some(r) = remote_profile(ctx, req.user_id.as_str(), None) {
+        return r;
+    }
     ctx.server.read(|s| {
         let u = s
             .users
             .get(req.user_id.as_str())
             .filter(|u| !u.deactivated)
             .ok_or_else(|| ApiError::not_found("no such user"))?;
-        Ok(profile_json(u))
+        Ok(Reply::from(profile_json(u)))
     })
 }
 
 pub fn get_profile_field(
     ctx: &Ctx,
     req: cs::profile::get_profile_field::Request,
-) -> ApiResult<Value> {
+) -> ApiResult<Reply> {
+    if let Some(r) = remote_profile(ctx, req.user_id.as_str(), Some(req.key_name.as_str())) {
+        return r;
+    }
     ctx.server.read(|s| {
         let u = s
             .users
@@ -52,7 +85,7 @@ pub fn get_profile_field(
             .filter(|u| !u.deactivated)
             .ok_or_else(|| ApiError::not_found("no such user"))?;
         match profile_json(u).get(req.key_name.as_str()) {
-            Some(v) => Ok(json!({ req.key_name.clone(): v })),
+            Some(v) => Ok(Reply::from(json!({ req.key_name.clone(): v }))),
             None => Err(ApiError::not_found(format!(
                 "no `{}` in this profile",
                 req.key_name

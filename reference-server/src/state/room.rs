@@ -352,8 +352,24 @@ impl State {
         event_id: &str,
         thread: Option<String>,
     ) {
-        let pos = self.next_pos(batch);
         let ts = super::now_ms();
+        self.put_receipt_at(batch, room_id, rtype, user, event_id, thread, ts);
+    }
+
+    /// A receipt as [`State::put_receipt`], made at `ts` (another server's receipt keeps its
+    /// time).
+    #[allow(clippy::too_many_arguments)]
+    pub fn put_receipt_at(
+        &mut self,
+        batch: &mut Batch,
+        room_id: &str,
+        rtype: &str,
+        user: &str,
+        event_id: &str,
+        thread: Option<String>,
+        ts: u64,
+    ) {
+        let pos = self.next_pos(batch);
         let who = match &thread {
             Some(t) => format!("{user}\u{0}{t}"),
             None => user.to_string(),
