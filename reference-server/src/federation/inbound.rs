@@ -132,6 +132,9 @@ pub async fn handle(server: &Server, req: &Request<Bytes>) -> ApiResult<Response
         query,
         body,
     };
+    if matches!(route.operation_id, "getContent" | "getContentThumbnail") {
+        return media(&call, route.operation_id == "getContentThumbnail");
+    }
     let answer = match route.operation_id {
         "getServerKey" => server_key(&call),
         "getVersion" => Ok(json!({"server": {"name": "mxconform", "version": env!("CARGO_PKG_VERSION")}})),
@@ -160,6 +163,7 @@ pub async fn handle(server: &Server, req: &Request<Bytes>) -> ApiResult<Response
         "queryPublicRooms" => public_rooms_query(&call),
         "exchangeOpenIdToken" => openid_userinfo(&call),
         "getWellKnown" => Ok(json!({"m.server": well_known_server(server)})),
+        "onBindThirdPartyIdentifier" => on_bind(&call),
         "queryProfile" => query_profile(&call),
         "queryRoomDirectory" => query_directory(&call),
         // `/query/{queryType}` matches the named queries' paths too.
@@ -710,9 +714,29 @@ fn receive_edu(c: &Call<'_>, edu: &Value) {
                 let Some(user) = content.get("user_id").and_then(Value::as_str) else {
                     return Ok(());
                 };
-                if ours(user) {
-                    state.note_key_change(batch, user);
+                if !ours(user) {
+                    return Ok(());
                 }
+                if kind == "m.signing_key_update" {
+                    let keys = state.remote_cross_signing.entry(user.to_string()).or_default();
+                    for k in ["master_key", "self_signing_key"] {
+                        if let Some(v) = content.get(k).filter(|v| v.is_object()) {
+                            keys.insert(k.to_string(), v.clone());
+                        }
+                    }
+                } else if let Some(device) = content.get("device_id").and_then(Value::as_str) {
+                    let devices = state.remote_devices.entry(user.to_string()).or_default();
+                    if content.get("deleted").and_then(Value::as_bool) == Some(true) {
+                        devices.remove(device);
+                    } else if let Some(keys) = content.get("keys").filter(|k| k.is_object()) {
+                        let mut keys = keys.clone();
+                        if let Some(n) = content.get("device_display_name") {
+                            keys["unsigned"] = json!({"device_display_name": n});
+                        }
+                        devices.insert(device.to_string(), keys);
+                    }
+                }
+                state.note_key_change(batch, user);
             }
             "m.direct_to_device" => {
                 let sender = content.get("sender").and_then(Value::as_str).unwrap_or("");
@@ -1256,4 +1280,64 @@ async fn send_invite(c: &Call<'_>, v2: bool) -> ApiResult<Value> {
     } else {
         json!([200, {"event": json}])
     })
+}
+
+/// Media of this server for another server: `multipart/mixed`, a JSON metadata part (`{}`)
+/// and the bytes. A thumbnail is of an image only (the original bytes: clients scale them).
+fn media(c: &Call<'_>, thumbnail: bool) -> ApiResult<Response<Bytes>> {
+    let id = c.param("mediaId");
+    if thumbnail {
+        for dim in ["width", "height"] {
+            let v: i64 = c
+                .query_one(dim)
+                .ok_or_else(|| ApiError::missing_param(format!("{dim} is required")))?
+                .parse()
+                .map_err(|_| ApiError::invalid_param(format!("{dim} must be an integer")))?;
+            if v <= 0 {
+                return Err(ApiError::invalid_param(format!("{dim} must be positive")));
+            }
+        }
+    }
+    let Some((content_type, _, bytes)) = c.server.media(id)? else {
+        if c.server.read(|s| s.pending_media.contains_key(id)) {
+            return Err(ApiError::not_yet_uploaded("that media has not been uploaded yet"));
+        }
+        return Err(ApiError::not_found("no such media"));
+    };
+    let content_type = content_type.unwrap_or_else(|| "application/octet-stream".into());
+    if thumbnail && !content_type.starts_with("image/") {
+        return Err(ApiError::unknown_400("that media is not an image: it has no thumbnail"));
+    }
+    let boundary = crate::state::random_token(18);
+    let mut body = format!(
+        "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let mut r = Response::new(Bytes::from(body));
+    if let Ok(v) = http::HeaderValue::from_str(&format!("multipart/mixed; boundary={boundary}")) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    Ok(r)
+}
+
+/// An identity server's notice that a third-party identifier is now bound to a user of this
+/// server. Pending third-party invites it carries would each become an invite through the
+/// room's server (exchange_third_party_invite), which this server does not do yet: such a
+/// notice is refused rather than acknowledged and dropped.
+fn on_bind(c: &Call<'_>) -> ApiResult<Value> {
+    let b = c.body()?;
+    for k in ["address", "medium", "mxid"] {
+        if b.get(k).and_then(Value::as_str).is_none() {
+            return Err(ApiError::bad_json(format!("`{k}` is required")));
+        }
+    }
+    let invites = b.get("invites").and_then(Value::as_array).map_or(0, Vec::len);
+    if invites > 0 {
+        return Err(ApiError::unrecognized(
+            "third-party invites are not converted by this server yet",
+        ));
+    }
+    Ok(json!({}))
 }

@@ -100,6 +100,7 @@ fn ask_servers(
     path: &'static str,
     wrap: &'static str,
     fields: &'static [&'static str],
+    known: Value,
 ) -> ApiResult<Reply> {
     let server = ctx
         .server
@@ -127,6 +128,21 @@ fn ask_servers(
                 }
             }
         }
+        // What updates told since, over what the servers answered (a user's devices one by
+        // one, cross-signing keys whole).
+        for f in fields {
+            for (user, v) in known.get(*f).and_then(Value::as_object).into_iter().flatten() {
+                let slot = &mut out[*f][user];
+                match (slot.as_object_mut(), v.as_object(), *f == "device_keys") {
+                    (Some(dst), Some(src), true) => {
+                        for (d, k) in src {
+                            dst.insert(d.clone(), k.clone());
+                        }
+                    }
+                    _ => *slot = v.clone(),
+                }
+            }
+        }
         Ok(out)
     }))
 }
@@ -140,9 +156,29 @@ pub fn query_keys(ctx: &Ctx, req: cs::keys::query_keys::Request) -> ApiResult<Re
         .map(|(u, d)| (u.to_string(), d.iter().map(|x| x.to_string()).collect()))
         .collect();
     let remote = by_other_server(ctx, wanted.iter().map(|(u, d)| (u, d)));
-    let local = ctx
-        .server
-        .read(|state| device_keys_of(state, &wanted, Some(&me.user_id)));
+    let (local, known) = ctx.server.read(|state| {
+        // What other servers' device-list and signing-key updates told, newer than what
+        // their key query answers.
+        let mut known = json!({"device_keys": {}, "master_keys": {}, "self_signing_keys": {}});
+        for (user, devices) in &wanted {
+            if let Some(d) = state.remote_devices.get(user) {
+                let picked: Map<String, Value> = d
+                    .iter()
+                    .filter(|(id, _)| devices.is_empty() || devices.contains(id))
+                    .map(|(id, k)| (id.clone(), k.clone()))
+                    .collect();
+                known["device_keys"][user] = Value::Object(picked);
+            }
+            if let Some(cs) = state.remote_cross_signing.get(user) {
+                for (field, k) in [("master_keys", "master_key"), ("self_signing_keys", "self_signing_key")] {
+                    if let Some(v) = cs.get(k) {
+                        known[field][user] = v.clone();
+                    }
+                }
+            }
+        }
+        (device_keys_of(state, &wanted, Some(&me.user_id)), known)
+    });
     if remote.is_empty() {
         return Ok(Reply::from(local));
     }
@@ -153,6 +189,7 @@ pub fn query_keys(ctx: &Ctx, req: cs::keys::query_keys::Request) -> ApiResult<Re
         "/_matrix/federation/v1/user/keys/query",
         "device_keys",
         &["device_keys", "master_keys", "self_signing_keys"],
+        known,
     )
 }
 
@@ -243,6 +280,7 @@ pub fn claim_keys(ctx: &Ctx, req: cs::keys::claim_keys::Request) -> ApiResult<Re
         "/_matrix/federation/v1/user/keys/claim",
         "one_time_keys",
         &["one_time_keys"],
+        json!({}),
     )
 }
 

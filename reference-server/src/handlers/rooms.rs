@@ -506,11 +506,18 @@ pub fn join_room_by_id(ctx: &Ctx, req: cs::joining::join_room_by_id::Request) ->
 }
 
 pub fn join_room(ctx: &Ctx, req: cs::joining::join_room::Request) -> ApiResult<Reply> {
+    // `server_name`, the parameter's name before v1.12, is still honoured.
     let via = req
         .via
         .iter()
         .flatten()
         .map(|s| s.as_str().to_string())
+        .chain(
+            ctx.query
+                .iter()
+                .filter(|(k, _)| k == "server_name")
+                .map(|(_, v)| v.clone()),
+        )
         .collect();
     join(ctx, &req.room_id_or_alias, req.body.reason.as_ref(), via)
 }

@@ -96,6 +96,12 @@ pub struct State {
     pub login_tokens: HashMap<String, (String, u64)>,
     /// OpenID tokens: token -> (user, expiry ms). In memory: they last an hour.
     pub openid_tokens: HashMap<String, (String, u64)>,
+    /// Device keys of other servers' users as their device-list updates told (user -> device
+    /// -> keys, with `unsigned.device_display_name`), newer than what a key query answered.
+    /// In memory: a cache, refilled by the next updates.
+    pub remote_devices: HashMap<String, BTreeMap<String, Value>>,
+    /// Cross-signing keys of other servers' users as their signing-key updates told.
+    pub remote_cross_signing: HashMap<String, BTreeMap<String, Value>>,
     /// EDUs for other servers, made by the current write and sent once it is committed.
     pub outbox: Vec<(EduTarget, Value)>,
     /// Each local user's latest device-list stream id sent to other servers (`prev_id`).
