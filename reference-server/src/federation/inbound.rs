@@ -636,6 +636,60 @@ async fn fetch_missing(
 /// An EDU: typing, receipts, presence and to-device messages of the origin's users; others
 /// are ignored.
 fn receive_edu(c: &Call<'_>, edu: &Value) {
+    let mut resync: Vec<String> = Vec::new();
+    receive_edu_into(c, edu, &mut resync);
+    if let Some(server) = c.server.shared() {
+        for user in resync {
+            let server = server.clone();
+            let origin = c.origin.clone();
+            tokio::spawn(async move { resync_devices(server, origin, user).await });
+        }
+    }
+}
+
+/// Fetches a user's device list from their server (`/user/devices`) and keeps it as their
+/// known devices, replacing what was known.
+async fn resync_devices(server: std::sync::Arc<Server>, origin: String, user: String) {
+    let path = format!(
+        "/_matrix/federation/v1/user/devices/{}",
+        crate::router::percent_encode(&user)
+    );
+    let Ok(answer) = super::joins::ask(&server, &origin, "GET", &path, None).await else {
+        return;
+    };
+    let _ = server.write(|state, batch| {
+        let mut devices = std::collections::BTreeMap::new();
+        for d in answer
+            .get("devices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let (Some(id), Some(keys)) = (
+                d.get("device_id").and_then(Value::as_str),
+                d.get("keys").filter(|k| k.is_object()),
+            ) else {
+                continue;
+            };
+            let mut keys = keys.clone();
+            if let Some(n) = d.get("device_display_name") {
+                keys["unsigned"] = json!({"device_display_name": n});
+            }
+            devices.insert(id.to_string(), keys);
+        }
+        state.remote_devices.insert(user.clone(), devices);
+        let cs = state.remote_cross_signing.entry(user.clone()).or_default();
+        for k in ["master_key", "self_signing_key"] {
+            if let Some(v) = answer.get(k).filter(|v| v.is_object()) {
+                cs.insert(k.to_string(), v.clone());
+            }
+        }
+        state.note_key_change(batch, &user);
+        Ok(())
+    });
+}
+
+fn receive_edu_into(c: &Call<'_>, edu: &Value, resync: &mut Vec<String>) {
     let kind = edu.get("edu_type").and_then(Value::as_str).unwrap_or("");
     let content = edu.get("content").cloned().unwrap_or(Value::Null);
     let ours = |user: &str| user.split_once(':').map(|(_, s)| s) == Some(c.origin.as_str());
@@ -734,6 +788,10 @@ fn receive_edu(c: &Call<'_>, edu: &Value) {
                             keys["unsigned"] = json!({"device_display_name": n});
                         }
                         devices.insert(device.to_string(), keys);
+                    } else {
+                        // An update that does not carry the device's keys: the whole list
+                        // is fetched again from the user's server.
+                        resync.push(user.to_string());
                     }
                 }
                 state.note_key_change(batch, user);
