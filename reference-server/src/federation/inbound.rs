@@ -164,6 +164,7 @@ pub async fn handle(server: &Server, req: &Request<Bytes>) -> ApiResult<Response
         "exchangeOpenIdToken" => openid_userinfo(&call),
         "getWellKnown" => Ok(json!({"m.server": well_known_server(server)})),
         "onBindThirdPartyIdentifier" => on_bind(&call),
+        "getSpaceHierarchy" => hierarchy(&call),
         "queryProfile" => query_profile(&call),
         "queryRoomDirectory" => query_directory(&call),
         // `/query/{queryType}` matches the named queries' paths too.
@@ -1398,4 +1399,57 @@ fn on_bind(c: &Call<'_>) -> ApiResult<Value> {
         ));
     }
     Ok(json!({}))
+}
+
+/// A space and its children for another server: rooms anyone may join or peek into (public,
+/// knockable, restricted, world-readable) are summarised; children the origin could not join
+/// are listed as inaccessible; children this server does not know are left out.
+fn hierarchy(c: &Call<'_>) -> ApiResult<Value> {
+    use crate::handlers::space_hierarchy::{children, hierarchy_entry};
+    let room_id = c.param("roomId");
+    let suggested_only = c.query_one("suggested_only") == Some("true");
+    c.server.read(|s| {
+        let open = |r: &crate::state::Room| {
+            matches!(
+                r.state_content("m.room.join_rules", "")
+                    .and_then(|x| x.get("join_rule"))
+                    .and_then(Value::as_str),
+                Some("public" | "knock" | "knock_restricted" | "restricted")
+            ) || r
+                .state_content("m.room.history_visibility", "")
+                .and_then(|x| x.get("history_visibility"))
+                .and_then(Value::as_str)
+                == Some("world_readable")
+        };
+        let root = s
+            .rooms
+            .get(room_id)
+            .filter(|r| open(r) && s.server_allowed(room_id, &c.origin))
+            .ok_or_else(|| ApiError::not_found(format!("no space {room_id} visible to {}", c.origin)))?;
+        let mut kids = Vec::new();
+        let mut inaccessible = Vec::new();
+        for (child, _) in children(root) {
+            if suggested_only
+                && root
+                    .state_content("m.space.child", &child)
+                    .and_then(|x| x.get("suggested"))
+                    .and_then(Value::as_bool)
+                    != Some(true)
+            {
+                continue;
+            }
+            match s.rooms.get(&child) {
+                Some(r) if open(r) && s.server_allowed(&child, &c.origin) => {
+                    kids.push(hierarchy_entry(s, r))
+                }
+                Some(_) => inaccessible.push(child),
+                None => {}
+            }
+        }
+        Ok(json!({
+            "room": hierarchy_entry(s, root),
+            "children": kids,
+            "inaccessible_children": inaccessible,
+        }))
+    })
 }

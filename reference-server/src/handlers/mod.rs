@@ -35,7 +35,7 @@ mod room_summary;
 mod room_upgrades;
 mod rooms;
 mod search;
-mod space_hierarchy;
+pub(crate) mod space_hierarchy;
 pub mod sso;
 mod sync;
 pub mod threepid;

@@ -10,7 +10,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::{Room, State};
 
 /// A room's entry in the hierarchy: the public room fields, its type and its children.
-fn hierarchy_entry(state: &State, room: &Room) -> Value {
+pub(crate) fn hierarchy_entry(state: &State, room: &Room) -> Value {
     let mut v = state.room_overview(room);
     v["children_state"] = json!(children(room)
         .into_iter()
@@ -21,7 +21,7 @@ fn hierarchy_entry(state: &State, room: &Room) -> Value {
 }
 
 /// The room's `m.space.child` events with a `via` list: (child room id, event position).
-fn children(room: &Room) -> Vec<(String, u64)> {
+pub(crate) fn children(room: &Room) -> Vec<(String, u64)> {
     room.state
         .iter()
         .filter(|((kind, _), _)| kind == "m.space.child")
