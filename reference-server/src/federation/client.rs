@@ -100,8 +100,7 @@ impl Client {
         path_and_query: &str,
         body: Option<&Value>,
     ) -> Result<Answer, String> {
-        let auth =
-            xmatrix::authorization(origin, destination, key, method, path_and_query, body);
+        let auth = xmatrix::authorization(origin, destination, key, method, path_and_query, body);
         let m = reqwest::Method::from_bytes(method.as_bytes())
             .map_err(|_| format!("{method} is not a method"))?;
         let url = format!("{}{path_and_query}", self.base_url(destination).await?);
@@ -127,15 +126,22 @@ impl Client {
             .await
             .map_err(|e| format!("{method} {url}: {}", error_chain(&e)))?;
         let status = resp.status().as_u16();
-        if resp.content_length().is_some_and(|n| n as usize > MAX_ANSWER) {
-            return Err(format!("{method} {url}: the answer is larger than {MAX_ANSWER} bytes"));
+        if resp
+            .content_length()
+            .is_some_and(|n| n as usize > MAX_ANSWER)
+        {
+            return Err(format!(
+                "{method} {url}: the answer is larger than {MAX_ANSWER} bytes"
+            ));
         }
         let bytes = resp
             .bytes()
             .await
             .map_err(|e| format!("{method} {url}: reading the answer: {}", error_chain(&e)))?;
         if bytes.len() > MAX_ANSWER {
-            return Err(format!("{method} {url}: the answer is larger than {MAX_ANSWER} bytes"));
+            return Err(format!(
+                "{method} {url}: the answer is larger than {MAX_ANSWER} bytes"
+            ));
         }
         let body = if bytes.is_empty() {
             Value::Null
@@ -163,7 +169,9 @@ fn direct_address(name: &str) -> Option<String> {
 /// `host` and the port of `host:port` (IPv6 literals in brackets).
 fn split_port(name: &str) -> (&str, Option<&str>) {
     match name.rfind(':') {
-        Some(i) if !name[i..].contains(']') && name[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+        Some(i)
+            if !name[i..].contains(']') && name[i + 1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
             (&name[..i], Some(&name[i + 1..]))
         }
         _ => (name, None),
@@ -237,11 +245,26 @@ mod tests {
 
     #[test]
     fn server_names_that_say_where_they_are() {
-        assert_eq!(direct_address("127.0.0.1:8001").as_deref(), Some("https://127.0.0.1:8001"));
-        assert_eq!(direct_address("127.0.0.1").as_deref(), Some("https://127.0.0.1:8448"));
-        assert_eq!(direct_address("[::1]:80").as_deref(), Some("https://[::1]:80"));
-        assert_eq!(direct_address("[::1]").as_deref(), Some("https://[::1]:8448"));
-        assert_eq!(direct_address("example.org:443").as_deref(), Some("https://example.org:443"));
+        assert_eq!(
+            direct_address("127.0.0.1:8001").as_deref(),
+            Some("https://127.0.0.1:8001")
+        );
+        assert_eq!(
+            direct_address("127.0.0.1").as_deref(),
+            Some("https://127.0.0.1:8448")
+        );
+        assert_eq!(
+            direct_address("[::1]:80").as_deref(),
+            Some("https://[::1]:80")
+        );
+        assert_eq!(
+            direct_address("[::1]").as_deref(),
+            Some("https://[::1]:8448")
+        );
+        assert_eq!(
+            direct_address("example.org:443").as_deref(),
+            Some("https://example.org:443")
+        );
         assert_eq!(direct_address("example.org"), None);
     }
 }

@@ -73,7 +73,10 @@ impl Call<'_> {
 
     /// The room's server ACL lets the origin in.
     fn acl(&self, room_id: &str) -> ApiResult<()> {
-        if self.server.read(|s| s.server_allowed(room_id, &self.origin)) {
+        if self
+            .server
+            .read(|s| s.server_allowed(room_id, &self.origin))
+        {
             Ok(())
         } else {
             Err(ApiError::forbidden(format!(
@@ -137,7 +140,9 @@ pub async fn handle(server: &Server, req: &Request<Bytes>) -> ApiResult<Response
     }
     let answer = match route.operation_id {
         "getServerKey" => server_key(&call),
-        "getVersion" => Ok(json!({"server": {"name": "mxconform", "version": env!("CARGO_PKG_VERSION")}})),
+        "getVersion" => {
+            Ok(json!({"server": {"name": "mxconform", "version": env!("CARGO_PKG_VERSION")}}))
+        }
         "makeJoin" => make_membership(&call, "join"),
         "makeLeave" => make_membership(&call, "leave"),
         "makeKnock" => make_membership(&call, "knock"),
@@ -196,7 +201,9 @@ async fn authenticate(
         .ok_or_else(|| ApiError::unauthorized("the request carries no X-Matrix authorization"))?;
     let x = xmatrix::parse(header).map_err(|e| ApiError::unauthorized(e.to_string()))?;
     if x.origin == server.config.server_name {
-        return Err(ApiError::unauthorized("the request claims to come from this server"));
+        return Err(ApiError::unauthorized(
+            "the request claims to come from this server",
+        ));
     }
     let keys = fed
         .keys_of(server, &x.origin)
@@ -224,7 +231,9 @@ impl Federation {
     /// `server_name`'s keys: those kept while valid, else fetched from it and checked (signed
     /// by themselves, for that name). This server's own from its signing key.
     pub async fn keys_of(&self, server: &Server, server_name: &str) -> Result<ServerKeys, String> {
-        self.key_document(server, server_name, 0).await.map(|(k, _)| k)
+        self.key_document(server, server_name, 0)
+            .await
+            .map(|(k, _)| k)
     }
 
     /// `server_name`'s keys and the document that published them: kept while valid (and
@@ -263,7 +272,10 @@ impl Federation {
         {
             return Ok(k.clone());
         }
-        let a = self.client.get(server_name, "/_matrix/key/v2/server").await?;
+        let a = self
+            .client
+            .get(server_name, "/_matrix/key/v2/server")
+            .await?;
         if a.status != 200 {
             return Err(format!(
                 "GET /_matrix/key/v2/server answered {}: {}",
@@ -409,7 +421,9 @@ async fn send_membership(c: &Call<'_>, membership: &str) -> ApiResult<(Pdu, &'st
         .await
         .map_err(|e| ApiError::forbidden(format!("the event's signatures: {e}")))?;
     if !hash_ok {
-        return Err(ApiError::bad_json("the event's content hash does not match"));
+        return Err(ApiError::bad_json(
+            "the event's content hash does not match",
+        ));
     }
     let kept = pdu.clone();
     let outcome = c
@@ -459,9 +473,8 @@ async fn send_join(c: &Call<'_>) -> ApiResult<Value> {
 
 async fn send_knock(c: &Call<'_>) -> ApiResult<Value> {
     let (pdu, _) = send_membership(c, "knock").await?;
-    Ok(c.server.read(|s| {
-        json!({"knock_room_state": s.stripped_state_pdus(&pdu.room_id)})
-    }))
+    Ok(c.server
+        .read(|s| json!({"knock_room_state": s.stripped_state_pdus(&pdu.room_id)})))
 }
 
 /// A transaction: its PDUs, each through the checks on receipt, and its EDUs. A retried
@@ -537,7 +550,10 @@ async fn receive(c: &Call<'_>, raw: &Value) -> Option<(String, Value)> {
         ));
     }
     let outcome = receive_checked(c, v, pdu, true).await;
-    Some((id, outcome.map_or_else(|e| json!({"error": e}), |()| json!({}))))
+    Some((
+        id,
+        outcome.map_or_else(|e| json!({"error": e}), |()| json!({})),
+    ))
 }
 
 /// Steps 2-6 of the checks on receipt for one PDU; a gap before it is filled from the origin
@@ -773,7 +789,10 @@ fn receive_edu_into(c: &Call<'_>, edu: &Value, resync: &mut Vec<String>) {
                     return Ok(());
                 }
                 if kind == "m.signing_key_update" {
-                    let keys = state.remote_cross_signing.entry(user.to_string()).or_default();
+                    let keys = state
+                        .remote_cross_signing
+                        .entry(user.to_string())
+                        .or_default();
                     for k in ["master_key", "self_signing_key"] {
                         if let Some(v) = content.get(k).filter(|v| v.is_object()) {
                             keys.insert(k.to_string(), v.clone());
@@ -897,7 +916,9 @@ fn backfill(c: &Call<'_>) -> ApiResult<Value> {
     let room_id = c.param("roomId");
     let from: Vec<String> = c.query_all("v").map(str::to_string).collect();
     if from.is_empty() {
-        return Err(ApiError::missing_param("v (the events to backfill from) is required"));
+        return Err(ApiError::missing_param(
+            "v (the events to backfill from) is required",
+        ));
     }
     let limit: usize = c
         .query_one("limit")
@@ -906,9 +927,9 @@ fn backfill(c: &Call<'_>) -> ApiResult<Value> {
         .map_err(|_| ApiError::invalid_param("limit must be an integer"))?;
     c.room_version(room_id)?;
     c.origin_in_room(room_id)?;
-    let pdus = c.server.read(|s| {
-        s.events_before(room_id, &from, limit.min(100), &BTreeSet::new(), true)
-    });
+    let pdus = c
+        .server
+        .read(|s| s.events_before(room_id, &from, limit.min(100), &BTreeSet::new(), true));
     Ok(json!({
         "origin": c.server.config.server_name,
         "origin_server_ts": now_ms(),
@@ -932,7 +953,11 @@ fn missing_events(c: &Call<'_>) -> ApiResult<Value> {
             .collect()
     };
     let (earliest, latest) = (ids("earliest_events")?, ids("latest_events")?);
-    let limit = body.get("limit").and_then(Value::as_u64).unwrap_or(10).min(100) as usize;
+    let limit = body
+        .get("limit")
+        .and_then(Value::as_u64)
+        .unwrap_or(10)
+        .min(100) as usize;
     let min_depth = body.get("min_depth").and_then(Value::as_i64).unwrap_or(0);
     c.room_version(room_id)?;
     c.origin_in_room(room_id)?;
@@ -1090,7 +1115,9 @@ fn well_known_server(server: &Server) -> String {
 /// A user of this server, named by another server's request.
 fn local_user<'c>(c: &'c Call<'_>, user: &'c str) -> ApiResult<&'c str> {
     if user.split_once(':').map(|(_, s)| s) != Some(c.server.config.server_name.as_str()) {
-        return Err(ApiError::invalid_param(format!("{user} is not a user of this server")));
+        return Err(ApiError::invalid_param(format!(
+            "{user} is not a user of this server"
+        )));
     }
     Ok(user)
 }
@@ -1098,7 +1125,8 @@ fn local_user<'c>(c: &'c Call<'_>, user: &'c str) -> ApiResult<&'c str> {
 fn user_devices(c: &Call<'_>) -> ApiResult<Value> {
     let user = local_user(c, c.param("userId"))?;
     Ok(c.server.read(|s| {
-        let keys = crate::handlers::keys::device_keys_of(s, &[(user.to_string(), Vec::new())], None);
+        let keys =
+            crate::handlers::keys::device_keys_of(s, &[(user.to_string(), Vec::new())], None);
         let devices: Vec<Value> = s
             .devices
             .get(user)
@@ -1106,7 +1134,11 @@ fn user_devices(c: &Call<'_>) -> ApiResult<Value> {
             .flatten()
             // A device is listed with its keys: one that has uploaded none is not.
             .filter_map(|(id, d)| {
-                let path = format!("/device_keys/{}/{}", pointer_escape(user), pointer_escape(id));
+                let path = format!(
+                    "/device_keys/{}/{}",
+                    pointer_escape(user),
+                    pointer_escape(id)
+                );
                 let mut k = keys.pointer(&path)?.clone();
                 if let Some(m) = k.as_object_mut() {
                     m.remove("unsigned");
@@ -1123,7 +1155,10 @@ fn user_devices(c: &Call<'_>) -> ApiResult<Value> {
             "stream_id": s.key_changes.get(user).copied().unwrap_or(0),
             "devices": devices,
         });
-        for (field, from) in [("master_key", "master_keys"), ("self_signing_key", "self_signing_keys")] {
+        for (field, from) in [
+            ("master_key", "master_keys"),
+            ("self_signing_key", "self_signing_keys"),
+        ] {
             if let Some(k) = keys.get(from).and_then(|m| m.get(user)) {
                 out[field] = k.clone();
             }
@@ -1154,8 +1189,7 @@ fn user_keys_query(c: &Call<'_>) -> ApiResult<Value> {
             .collect();
         wanted.push((user.to_string(), devices));
     }
-    Ok(c
-        .server
+    Ok(c.server
         .read(|s| crate::handlers::keys::device_keys_of(s, &wanted, None)))
 }
 
@@ -1178,14 +1212,27 @@ fn public_rooms_get(c: &Call<'_>) -> ApiResult<Value> {
     use crate::handlers::directory::Network;
     let limit = c
         .query_one("limit")
-        .map(|l| l.parse::<i64>().map_err(|_| ApiError::invalid_param("limit must be an integer")))
+        .map(|l| {
+            l.parse::<i64>()
+                .map_err(|_| ApiError::invalid_param("limit must be an integer"))
+        })
         .transpose()?;
-    let network = match (c.query_one("third_party_instance_id"), c.query_one("include_all_networks")) {
+    let network = match (
+        c.query_one("third_party_instance_id"),
+        c.query_one("include_all_networks"),
+    ) {
         (_, Some("true")) => Network::All,
         (Some(i), _) => Network::Instance(i.to_string()),
         _ => Network::Local,
     };
-    crate::handlers::directory::public_rooms(c.server, limit, c.query_one("since"), None, None, network)
+    crate::handlers::directory::public_rooms(
+        c.server,
+        limit,
+        c.query_one("since"),
+        None,
+        None,
+        network,
+    )
 }
 
 fn public_rooms_query(c: &Call<'_>) -> ApiResult<Value> {
@@ -1264,7 +1311,9 @@ async fn send_invite(c: &Call<'_>, v2: bool) -> ApiResult<Value> {
     }
     let invitee = pdu.state_key.clone().unwrap_or_default();
     if pdu.kind != "m.room.member" || pdu.membership() != Some("invite") {
-        return Err(ApiError::bad_json("the event must be an m.room.member invite"));
+        return Err(ApiError::bad_json(
+            "the event must be an m.room.member invite",
+        ));
     }
     if pdu.sender_server() != c.origin {
         return Err(ApiError::forbidden(format!(
@@ -1273,11 +1322,9 @@ async fn send_invite(c: &Call<'_>, v2: bool) -> ApiResult<Value> {
         )));
     }
     local_user(c, &invitee)?;
-    let exists = c.server.read(|s| {
-        s.users
-            .get(&invitee)
-            .is_some_and(|u| !u.deactivated)
-    });
+    let exists = c
+        .server
+        .read(|s| s.users.get(&invitee).is_some_and(|u| !u.deactivated));
     if !exists {
         return Err(ApiError::not_found(format!("no user {invitee}")));
     }
@@ -1288,7 +1335,9 @@ async fn send_invite(c: &Call<'_>, v2: bool) -> ApiResult<Value> {
         .await
         .map_err(|e| ApiError::forbidden(format!("the event's signatures: {e}")))?;
     if !hash_ok {
-        return Err(ApiError::bad_json("the event's content hash does not match"));
+        return Err(ApiError::bad_json(
+            "the event's content hash does not match",
+        ));
     }
     let key = c
         .server
@@ -1359,13 +1408,17 @@ fn media(c: &Call<'_>, thumbnail: bool) -> ApiResult<Response<Bytes>> {
     }
     let Some((content_type, _, bytes)) = c.server.media(id)? else {
         if c.server.read(|s| s.pending_media.contains_key(id)) {
-            return Err(ApiError::not_yet_uploaded("that media has not been uploaded yet"));
+            return Err(ApiError::not_yet_uploaded(
+                "that media has not been uploaded yet",
+            ));
         }
         return Err(ApiError::not_found("no such media"));
     };
     let content_type = content_type.unwrap_or_else(|| "application/octet-stream".into());
     if thumbnail && !content_type.starts_with("image/") {
-        return Err(ApiError::unknown_400("that media is not an image: it has no thumbnail"));
+        return Err(ApiError::unknown_400(
+            "that media is not an image: it has no thumbnail",
+        ));
     }
     let boundary = crate::state::random_token(18);
     let mut body = format!(
@@ -1392,7 +1445,10 @@ fn on_bind(c: &Call<'_>) -> ApiResult<Value> {
             return Err(ApiError::bad_json(format!("`{k}` is required")));
         }
     }
-    let invites = b.get("invites").and_then(Value::as_array).map_or(0, Vec::len);
+    let invites = b
+        .get("invites")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
     if invites > 0 {
         return Err(ApiError::unrecognized(
             "third-party invites are not converted by this server yet",
@@ -1425,7 +1481,9 @@ fn hierarchy(c: &Call<'_>) -> ApiResult<Value> {
             .rooms
             .get(room_id)
             .filter(|r| open(r) && s.server_allowed(room_id, &c.origin))
-            .ok_or_else(|| ApiError::not_found(format!("no space {room_id} visible to {}", c.origin)))?;
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no space {room_id} visible to {}", c.origin))
+            })?;
         let mut kids = Vec::new();
         let mut inaccessible = Vec::new();
         for (child, _) in children(root) {

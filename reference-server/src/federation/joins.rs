@@ -276,16 +276,13 @@ async fn join_through(
         .iter()
         .find(|p| p.is("m.room.create", ""))
         .map(|p| (*p).clone())
-        .ok_or_else(|| ApiError::bad_status(format!("{dest}'s send_join answer has no create event")))?;
+        .ok_or_else(|| {
+            ApiError::bad_status(format!("{dest}'s send_join answer has no create event"))
+        })?;
     let mut accepted: BTreeMap<String, Pdu> = BTreeMap::new();
     for p in order {
         let auth: Vec<Option<&Pdu>> = p.auth_events.iter().map(|id| accepted.get(id)).collect();
-        let signed = |s: &str| {
-            p.json
-                .get("signatures")
-                .and_then(|x| x.get(s))
-                .is_some()
-        };
+        let signed = |s: &str| p.json.get("signatures").and_then(|x| x.get(s)).is_some();
         if authorize_by_auth_events(v, p, &auth, &|_| false, Some(&create), &signed).is_ok() {
             accepted.insert(p.event_id.clone(), p.clone());
         }
@@ -309,14 +306,11 @@ async fn join_through(
                     .map(|k| ((p.kind.clone(), k.clone()), p))
             })
             .collect();
-        let signed = |s: &str| {
-            join.json
-                .get("signatures")
-                .and_then(|x| x.get(s))
-                .is_some()
-        };
+        let signed = |s: &str| join.json.get("signatures").and_then(|x| x.get(s)).is_some();
         mxconform_pdu::authorize(v, &join, &by_key, &signed).map_err(|r| {
-            ApiError::forbidden(format!("the join is not allowed by the state {dest} gave: {r}"))
+            ApiError::forbidden(format!(
+                "the join is not allowed by the state {dest} gave: {r}"
+            ))
         })?;
     }
     server.write(|s, batch| {

@@ -65,7 +65,10 @@ impl Sender {
                 // The server of a user who is kicked or banned hears of it even when that user
                 // was its last in the room (an invite reaches the invitee's server through
                 // the invite request instead).
-                let membership = ev.content.get("membership").and_then(serde_json::Value::as_str);
+                let membership = ev
+                    .content
+                    .get("membership")
+                    .and_then(serde_json::Value::as_str);
                 if ev.kind == "m.room.member" && matches!(membership, Some("leave" | "ban")) {
                     if let Some(h) = ev.state_key.as_deref().and_then(|k| k.split_once(':')) {
                         dests.insert(h.1.to_string());
@@ -176,7 +179,14 @@ async fn deliver(server: Weak<Server>, dest: String) {
         let path = format!("/_matrix/federation/v1/send/{txn}");
         let sent = fed
             .client
-            .request(&s.config.server_name, &key, &dest, "PUT", &path, Some(&body))
+            .request(
+                &s.config.server_name,
+                &key,
+                &dest,
+                "PUT",
+                &path,
+                Some(&body),
+            )
             .await;
         match sent {
             Ok(a) if a.status == 200 => pause = Duration::from_millis(500),

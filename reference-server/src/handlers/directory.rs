@@ -295,7 +295,10 @@ pub(crate) fn public_rooms(
 }
 
 /// Whether a room-directory request names another server (`server`), and that server.
-fn other_directory(ctx: &Ctx, server: Option<&str>) -> Option<(std::sync::Arc<crate::Server>, String)> {
+fn other_directory(
+    ctx: &Ctx,
+    server: Option<&str>,
+) -> Option<(std::sync::Arc<crate::Server>, String)> {
     let s = server.filter(|s| *s != ctx.server.config.server_name)?;
     ctx.server.federation.as_ref()?;
     Some((ctx.server.shared()?, s.to_string()))

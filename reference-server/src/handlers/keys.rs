@@ -82,10 +82,9 @@ where
     for (user, v) in wanted {
         if let Some((_, host)) = user.split_once(':') {
             if host != ctx.server.config.server_name {
-                out.entry(host.to_string()).or_default().insert(
-                    user.clone(),
-                    serde_json::to_value(v).unwrap_or(Value::Null),
-                );
+                out.entry(host.to_string())
+                    .or_default()
+                    .insert(user.clone(), serde_json::to_value(v).unwrap_or(Value::Null));
             }
         }
     }
@@ -131,7 +130,12 @@ fn ask_servers(
         // What updates told since, over what the servers answered (a user's devices one by
         // one, cross-signing keys whole).
         for f in fields {
-            for (user, v) in known.get(*f).and_then(Value::as_object).into_iter().flatten() {
+            for (user, v) in known
+                .get(*f)
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
                 let slot = &mut out[*f][user];
                 match (slot.as_object_mut(), v.as_object(), *f == "device_keys") {
                     (Some(dst), Some(src), true) => {
@@ -170,7 +174,10 @@ pub fn query_keys(ctx: &Ctx, req: cs::keys::query_keys::Request) -> ApiResult<Re
                 known["device_keys"][user] = Value::Object(picked);
             }
             if let Some(cs) = state.remote_cross_signing.get(user) {
-                for (field, k) in [("master_keys", "master_key"), ("self_signing_keys", "self_signing_key")] {
+                for (field, k) in [
+                    ("master_keys", "master_key"),
+                    ("self_signing_keys", "self_signing_key"),
+                ] {
                     if let Some(v) = cs.get(k) {
                         known[field][user] = v.clone();
                     }

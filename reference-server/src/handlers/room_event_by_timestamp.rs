@@ -18,7 +18,11 @@ pub fn get_event_by_timestamp(
         let visible = |p: &&u64| s.can_see(room, &me.user_id, **p);
         // The closest in time in that direction (events from other servers need not be in
         // time order; the earliest in the stream on a tie).
-        let events = room.timeline.iter().filter(visible).filter_map(|p| s.event(*p));
+        let events = room
+            .timeline
+            .iter()
+            .filter(visible)
+            .filter_map(|p| s.event(*p));
         let found = if forwards {
             events.filter(|e| e.ts >= ts).min_by_key(|e| (e.ts, e.pos))
         } else {

@@ -502,7 +502,12 @@ fn join(
 }
 
 pub fn join_room_by_id(ctx: &Ctx, req: cs::joining::join_room_by_id::Request) -> ApiResult<Reply> {
-    join(ctx, req.room_id.as_str(), req.body.reason.as_ref(), Vec::new())
+    join(
+        ctx,
+        req.room_id.as_str(),
+        req.body.reason.as_ref(),
+        Vec::new(),
+    )
 }
 
 pub fn join_room(ctx: &Ctx, req: cs::joining::join_room::Request) -> ApiResult<Reply> {
@@ -555,7 +560,9 @@ pub fn invite_user(ctx: &Ctx, req: cs::inviting::invite_user::Request) -> ApiRes
             .ok_or_else(|| ApiError::internal("the server is shutting down"))?;
         let dest = target_server.unwrap_or_default();
         return Ok(Reply::outbound(async move {
-            let signed = crate::federation::joins::invite_remote(&server, &room_id, &dest, prepared.pdu()).await?;
+            let signed =
+                crate::federation::joins::invite_remote(&server, &room_id, &dest, prepared.pdu())
+                    .await?;
             server.write(|state, batch| {
                 let v = state.room(&room_id)?.room_version();
                 let p = prepared
@@ -705,9 +712,11 @@ pub fn knock_room(ctx: &Ctx, req: cs::knocking::knock_room::Request) -> ApiResul
     let me = ctx.me()?.clone();
     let ours = ctx.server.config.server_name.clone();
     let target = req.room_id_or_alias.clone();
-    let local = ctx
-        .server
-        .read(|s| resolve_room(s, &target).ok().filter(|r| s.rooms.contains_key(r)));
+    let local = ctx.server.read(|s| {
+        resolve_room(s, &target)
+            .ok()
+            .filter(|r| s.rooms.contains_key(r))
+    });
     if local.is_none() && ctx.server.federation.is_some() && target.starts_with('!') {
         let server = ctx
             .server

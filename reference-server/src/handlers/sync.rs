@@ -532,7 +532,14 @@ fn build(
             "leave" if (since.is_some() && m.pos > s) || filter.include_leave => {
                 let mut ev = m.event.clone();
                 if let Some(o) = ev.as_object_mut() {
-                    for k in ["auth_events", "prev_events", "hashes", "signatures", "depth", "origin"] {
+                    for k in [
+                        "auth_events",
+                        "prev_events",
+                        "hashes",
+                        "signatures",
+                        "depth",
+                        "origin",
+                    ] {
                         o.remove(k);
                     }
                     o.insert("event_id".into(), json!(m.event_id));

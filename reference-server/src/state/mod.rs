@@ -32,8 +32,8 @@ use crate::events::EventCache;
 use crate::store::{Batch, Store};
 
 pub use accounts::{Backup, Device, Threepid, ThreepidSession, User};
-pub use room::{creators_of, Append, AuthView, Current, Room};
 pub use remote::{EduTarget, Received, RemoteMembership};
+pub use room::{creators_of, Append, AuthView, Current, Room};
 pub use timeline::{relation_target, Event, Prepared};
 
 pub fn now_ms() -> u64 {

@@ -103,8 +103,15 @@ impl State {
         }
         // From room version 12 the create event is every event's auth event without being
         // cited: a chain still holds it.
-        if let Some(room) = self.rooms.get(room_id).filter(|r| r.room_version().room_id_is_create) {
-            if let Some(c) = room.state.get(&("m.room.create".to_string(), String::new())) {
+        if let Some(room) = self
+            .rooms
+            .get(room_id)
+            .filter(|r| r.room_version().room_id_is_create)
+        {
+            if let Some(c) = room
+                .state
+                .get(&("m.room.create".to_string(), String::new()))
+            {
                 if !seen.contains(&c.pdu.event_id) && ids != [c.pdu.event_id.clone()] {
                     out.push((*c.pdu).clone());
                 }
@@ -399,8 +406,11 @@ impl State {
         if !missing.is_empty() {
             return Received::MissingPrev(missing);
         }
-        let extremities: BTreeSet<&str> =
-            room.extremities.iter().map(|e| e.event_id.as_str()).collect();
+        let extremities: BTreeSet<&str> = room
+            .extremities
+            .iter()
+            .map(|e| e.event_id.as_str())
+            .collect();
         let prevs: BTreeSet<&str> = pdu.prev_events.iter().map(String::as_str).collect();
         let on_current = prevs == extremities;
         if !on_current {
@@ -428,7 +438,11 @@ impl State {
         }
         // A redaction by someone of another server than the redacted event's sender, without
         // the power to redact, is kept but neither applied nor shown (room versions 3 on).
-        if let Some(target) = pdu.redacts.clone().filter(|_| pdu.kind == "m.room.redaction") {
+        if let Some(target) = pdu
+            .redacts
+            .clone()
+            .filter(|_| pdu.kind == "m.room.redaction")
+        {
             let room = &self.rooms[&room_id];
             let allowed = match self.event_by_id(&target) {
                 Some(t) if t.room_id == room_id => {
@@ -508,7 +522,10 @@ impl State {
             {
                 content["device_display_name"] = json!(n);
             }
-            if let Some(k) = self.device_keys.get(&(user.to_string(), device.to_string())) {
+            if let Some(k) = self
+                .device_keys
+                .get(&(user.to_string(), device.to_string()))
+            {
                 content["keys"] = k.clone();
             }
         }

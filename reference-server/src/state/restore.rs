@@ -104,9 +104,10 @@ impl State {
                         .insert(parts[1].to_string(), m);
                 }
                 "outlier" => {
-                    outliers.insert(key.parse().map_err(|_| {
-                        format!("the outlier record {key:?} is not a position")
-                    })?);
+                    outliers
+                        .insert(key.parse().map_err(|_| {
+                            format!("the outlier record {key:?} is not a position")
+                        })?);
                 }
                 "extremities" => {
                     let ids: Vec<String> = serde_json::from_value(v).map_err(|e| {
@@ -261,9 +262,9 @@ impl State {
             let mut pdus = Vec::new();
             if recorded.len() > 1 {
                 for id in &recorded {
-                    let ev = self.event_by_id(id).ok_or_else(|| {
-                        format!("the extremity {id} of {room_id} cannot be read")
-                    })?;
+                    let ev = self
+                        .event_by_id(id)
+                        .ok_or_else(|| format!("the extremity {id} of {room_id} cannot be read"))?;
                     pdus.push(Arc::new(ev.to_pdu(v)?));
                 }
             } else {

@@ -329,7 +329,11 @@ impl State {
                 .retain(|e| !pdu.prev_events.contains(&e.event_id));
             room.extremities.push(pdu.clone());
             if forked || room.extremities.len() > 1 {
-                let ids: Vec<&str> = room.extremities.iter().map(|e| e.event_id.as_str()).collect();
+                let ids: Vec<&str> = room
+                    .extremities
+                    .iter()
+                    .map(|e| e.event_id.as_str())
+                    .collect();
                 batch.put("extremities", ev.room_id.clone(), &json!(ids));
             }
             room.last_sent.insert(ev.sender.clone(), pos);
