@@ -472,3 +472,253 @@ fn notifications_are_read_back_after_a_restart() {
     assert_eq!(again.notifications(room, bob).to_vec(), before);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Events of another server: a room joined with the state its resident server gave, events
+/// it sends later checked against the auth rules (a forged one rejected with the rule it
+/// breaks, one forked from before a ban soft-failed: kept out of the timeline and the state),
+/// and all of it read back the same after a restart (the given state is state, not timeline).
+#[test]
+fn events_from_another_server_are_checked_and_kept_across_a_restart() {
+    use mxconform_pdu::build::{build, NewEvent, Origin};
+    let (dir, db) = temp_db("remote");
+    let key = SigningKey::generate(None).unwrap();
+    let remote_key = SigningKey::generate(None).unwrap();
+    let remote = Origin {
+        server_name: "remote.test",
+        key: &remote_key,
+    };
+    let v = RoomVersion::get("10").unwrap();
+    let room_id = "!far:remote.test";
+    let (rita, bob, alice) = ("@rita:remote.test", "@bob:remote.test", "@alice:hs.test");
+    // The resident server's history, as it would build it.
+    let mut made: Vec<Pdu> = Vec::new();
+    let mut current: HashMap<(String, String), Pdu> = HashMap::new();
+    let mut make = |kind: &str,
+                    sk: Option<&str>,
+                    sender: &str,
+                    content: Value,
+                    prev: Option<&Pdu>,
+                    origin: Origin<'_>,
+                    current: &mut HashMap<(String, String), Pdu>| {
+        let auth: HashMap<(String, String), &Pdu> =
+            current.iter().map(|(k, p)| (k.clone(), p)).collect();
+        let prev: Vec<&Pdu> = prev.into_iter().collect();
+        let ts = 1_700_000_000_000 + made.len() as i64;
+        let p = build(
+            v,
+            room_id,
+            NewEvent::new(kind, sk, sender, content, ts),
+            &prev,
+            &auth,
+            origin,
+        )
+        .unwrap();
+        if let Some(k) = &p.state_key {
+            current.insert((p.kind.clone(), k.clone()), p.clone());
+        }
+        made.push(p.clone());
+        p
+    };
+    let create = make(
+        "m.room.create",
+        Some(""),
+        rita,
+        json!({"room_version": "10", "creator": rita}),
+        None,
+        remote,
+        &mut current,
+    );
+    let rjoin = make(
+        "m.room.member",
+        Some(rita),
+        rita,
+        json!({"membership": "join"}),
+        Some(&create),
+        remote,
+        &mut current,
+    );
+    let power = make(
+        "m.room.power_levels",
+        Some(""),
+        rita,
+        json!({"users": {rita: 100}}),
+        Some(&rjoin),
+        remote,
+        &mut current,
+    );
+    let rules = make(
+        "m.room.join_rules",
+        Some(""),
+        rita,
+        json!({"join_rule": "public"}),
+        Some(&power),
+        remote,
+        &mut current,
+    );
+    let topic = make(
+        "m.room.topic",
+        Some(""),
+        rita,
+        json!({"topic": "far away"}),
+        Some(&rules),
+        remote,
+        &mut current,
+    );
+    let local = Origin {
+        server_name: "hs.test",
+        key: &key,
+    };
+    let join = make(
+        "m.room.member",
+        Some(alice),
+        alice,
+        json!({"membership": "join"}),
+        Some(&topic),
+        local,
+        &mut current,
+    );
+    let given: Vec<Pdu> = vec![
+        create.clone(),
+        rjoin.clone(),
+        power.clone(),
+        rules.clone(),
+        topic.clone(),
+    ];
+
+    let mut state = State::with_store("hs.test", key.clone(), open_db(&db));
+    let mut batch = Batch::default();
+    let join_pos = state
+        .join_remote_room(&mut batch, v, room_id, given, Vec::new(), join.clone())
+        .unwrap();
+    {
+        let room = &state.rooms[room_id];
+        assert_eq!(
+            room.timeline,
+            vec![join_pos],
+            "the given state is not timeline"
+        );
+        assert_eq!(room.membership(alice), Some("join"));
+        assert_eq!(
+            room.state_content("m.room.topic", "").unwrap()["topic"],
+            "far away"
+        );
+    }
+    // Later events of the resident server.
+    let hello = make(
+        "m.room.message",
+        None,
+        rita,
+        json!({"msgtype": "m.text", "body": "hello"}),
+        Some(&join),
+        remote,
+        &mut current,
+    );
+    assert!(matches!(
+        state.receive_pdu(&mut batch, hello.clone(), true),
+        Received::Accepted(_)
+    ));
+    assert_eq!(
+        state.receive_pdu(&mut batch, hello.clone(), true),
+        Received::Duplicate
+    );
+    // A message from someone who never joined: the rules refuse it, and say which.
+    let forged = {
+        let auth: HashMap<(String, String), &Pdu> =
+            current.iter().map(|(k, p)| (k.clone(), p)).collect();
+        build(
+            v,
+            room_id,
+            NewEvent::new(
+                "m.room.message",
+                None,
+                "@mallory:remote.test",
+                json!({"body": "x"}),
+                1_800_000_000_000,
+            ),
+            &[&hello],
+            &auth,
+            remote,
+        )
+        .unwrap()
+    };
+    match state.receive_pdu(&mut batch, forged.clone(), true) {
+        Received::Rejected(why) => assert!(why.contains("rule"), "{why}"),
+        other => panic!("a forged event was {other:?}"),
+    }
+    assert!(state.event_pos(&forged.event_id).is_none());
+    // Bob joins, is banned; then a message of his forked from before the ban arrives.
+    let bjoin = make(
+        "m.room.member",
+        Some(bob),
+        bob,
+        json!({"membership": "join"}),
+        Some(&hello),
+        remote,
+        &mut current,
+    );
+    let before_ban = current.clone();
+    let ban = make(
+        "m.room.member",
+        Some(bob),
+        rita,
+        json!({"membership": "ban"}),
+        Some(&bjoin),
+        remote,
+        &mut current,
+    );
+    for p in [&bjoin, &ban] {
+        assert!(matches!(
+            state.receive_pdu(&mut batch, p.clone(), true),
+            Received::Accepted(_)
+        ));
+    }
+    let mut forked_state = before_ban;
+    let late = make(
+        "m.room.message",
+        None,
+        bob,
+        json!({"msgtype": "m.text", "body": "still here"}),
+        Some(&bjoin),
+        remote,
+        &mut forked_state,
+    );
+    assert!(matches!(
+        state.receive_pdu(&mut batch, late.clone(), true),
+        Received::SoftFailed(_)
+    ));
+    let late_pos = state
+        .event_pos(&late.event_id)
+        .expect("a soft-failed event is kept");
+    assert!(
+        !state.rooms[room_id].timeline.contains(&late_pos),
+        "but not shown"
+    );
+    assert_eq!(state.rooms[room_id].membership(bob), Some("ban"));
+    assert_eq!(
+        state.rooms[room_id].extremities.len(),
+        1,
+        "nor an extremity"
+    );
+
+    state.store.commit(batch).unwrap();
+    state.committed();
+    let store = open_db(&db);
+    let loaded = store.load().unwrap();
+    let mut again = State::with_store("hs.test", key, store);
+    again.restore(loaded).unwrap();
+    let (a, b) = (&state.rooms[room_id], &again.rooms[room_id]);
+    assert_eq!(a.timeline, b.timeline);
+    assert!(a.state == b.state);
+    assert_eq!(a.state_log, b.state_log);
+    assert_eq!(a.extremities[0].event_id, b.extremities[0].event_id);
+    assert!(!b.timeline.contains(&late_pos));
+    assert_eq!(
+        again.event_by_id(&late.event_id).unwrap().content["body"],
+        "still here"
+    );
+    assert_eq!(
+        b.state_content("m.room.topic", "").unwrap()["topic"],
+        "far away"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
