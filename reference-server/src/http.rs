@@ -16,7 +16,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::handlers::{self, Authed, Ctx, Reply};
 use crate::Server;
 
-pub async fn serve_connection(server: Arc<Server>, sock: tokio::net::TcpStream) {
+pub async fn serve_connection<S>(server: Arc<Server>, sock: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let io = hyper_util::rt::TokioIo::new(sock);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let server = server.clone();

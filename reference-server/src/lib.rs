@@ -424,3 +424,63 @@ pub async fn serve(server: Arc<Server>, addr: SocketAddr) -> Result<Running, Str
         task,
     })
 }
+
+/// Serves the federation API (and the rest, as on the client listener) over TLS on `addr`,
+/// for other servers; stops with the returned handle's task when the server is dropped.
+pub async fn serve_federation(
+    server: Arc<Server>,
+    addr: std::net::SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("listening on {addr} (federation): {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("the federation listener's address: {e}"))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
+            let _ = sock.set_nodelay(true);
+            let (acceptor, server) = (acceptor.clone(), server.clone());
+            tokio::spawn(async move {
+                // A handshake that does not finish in 10 s is dropped.
+                let tls =
+                    tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(sock))
+                        .await;
+                if let Ok(Ok(stream)) = tls {
+                    http::serve_connection(server, stream).await;
+                }
+            });
+        }
+    });
+    Ok((bound, task))
+}
+
+/// A TLS server configuration from a certificate chain and its private key (PEM files' text).
+pub fn tls_config(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+        rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("the certificate PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err("the certificate PEM holds no certificate".into());
+    }
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("the private key PEM: {e}"))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS versions: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| format!("the TLS certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

@@ -203,6 +203,29 @@ struct ServeArgs {
     /// identity provider `cas`.
     #[arg(long)]
     cas_url: Option<String>,
+    /// Federate: serve the server-server API over TLS on this address (other servers reach
+    /// this one at its server name, so make the name say where: `127.0.0.1:8448`, or a host
+    /// whose port 8448 or well-known leads here).
+    #[arg(long)]
+    federation_addr: Option<std::net::SocketAddr>,
+    /// The federation listener's certificate chain (PEM); with --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The federation listener's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Instead of --tls-cert/--tls-key: issue the listener a certificate for the server name's
+    /// host from the authority in DIR (made there if absent; `mxconform federation-ca`), for
+    /// test federations whose servers all trust that authority.
+    #[arg(long, conflicts_with = "tls_cert")]
+    tls_authority: Option<PathBuf>,
+    /// Trust the certificates this authority issued (PEM) when calling other servers
+    /// (repeatable); without one (nor --federation-insecure), only --tls-authority's.
+    #[arg(long = "federation-ca")]
+    federation_ca: Vec<PathBuf>,
+    /// Accept any certificate from other servers (tests only).
+    #[arg(long, conflicts_with = "federation_ca")]
+    federation_insecure: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -799,15 +822,74 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             args.addr
         );
     }
+    // Federation: the listener's certificate, and whom this server trusts when it calls.
+    let mut federation_tls = None;
+    if let Some(addr) = args.federation_addr {
+        let host = args
+            .server_name
+            .rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(args.server_name.as_str(), |(h, _)| h)
+            .to_string();
+        let mut trusted: Vec<String> = Vec::new();
+        for ca in &args.federation_ca {
+            trusted.push(
+                std::fs::read_to_string(ca)
+                    .with_context(|| format!("reading the authority {}", ca.display()))?,
+            );
+        }
+        let tls = match (&args.tls_cert, &args.tls_key, &args.tls_authority) {
+            (Some(c), Some(k), _) => {
+                let read = |p: &PathBuf| {
+                    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+                };
+                mxconform_server::tls_config(&read(c)?, &read(k)?).map_err(anyhow::Error::msg)?
+            }
+            (_, _, Some(dir)) => {
+                let ca = mxconform_harness::federation::tls::Authority::load_or_create(dir)
+                    .map_err(anyhow::Error::msg)?;
+                if trusted.is_empty() {
+                    trusted.push(ca.cert_pem.clone());
+                }
+                let (cert, key) = ca.issue_pem(&[&host]).map_err(anyhow::Error::msg)?;
+                mxconform_server::tls_config(&cert, &key).map_err(anyhow::Error::msg)?
+            }
+            _ => anyhow::bail!(
+                "--federation-addr needs the listener's certificate: --tls-cert and --tls-key, or --tls-authority DIR"
+            ),
+        };
+        let trust = if args.federation_insecure {
+            mxconform_server::federation::Trust::Insecure
+        } else if trusted.is_empty() {
+            anyhow::bail!("federating needs --federation-ca PEM (or --tls-authority, or --federation-insecure)")
+        } else {
+            mxconform_server::federation::Trust::Authorities(trusted)
+        };
+        config.federation = Some(mxconform_server::federation::FederationConfig { trust });
+        if !addr.ip().is_loopback() {
+            eprintln!("warning: federation listens on {addr}, which is not a loopback address");
+        }
+        federation_tls = Some((addr, tls));
+    }
     let server = mxconform_server::Server::open(config).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     rt.block_on(async move {
+        let fed_server = server.clone();
         let running = mxconform_server::serve(server, args.addr)
             .await
             .map_err(anyhow::Error::msg)?;
+        let federation = match federation_tls {
+            Some((addr, tls)) => {
+                let (bound, task) = mxconform_server::serve_federation(fed_server, addr, tls)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                Some((bound, task))
+            }
+            None => None,
+        };
         eprintln!(
             "mxconform reference server for {} on {} ({})",
             args.server_name,
@@ -818,9 +900,15 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
                 format!("database {}", args.db.display())
             }
         );
+        if let Some((bound, _)) = &federation {
+            eprintln!("federation on https://{bound}");
+        }
         tokio::signal::ctrl_c()
             .await
             .context("waiting for Ctrl-C")?;
+        if let Some((_, t)) = federation {
+            t.abort();
+        }
         running.stop().await;
         Ok::<_, anyhow::Error>(())
     })?;

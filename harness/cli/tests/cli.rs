@@ -363,3 +363,116 @@ fn no_acknowledged_event_is_lost_to_a_kill() {
         &missing[..missing.len().min(5)]
     );
 }
+
+/// A free loopback port (bound, then released for the server to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Two reference servers federate over TLS (certificates from one test authority both trust):
+/// a user of the second joins a room of the first through it, and messages go both ways.
+#[test]
+fn two_reference_servers_federate() {
+    use mxconform_harness::client::{Body, Client, Limits};
+    use std::io::{BufRead, BufReader};
+    let dir = temp("federation");
+    let ca = dir.join("ca");
+    let out = bin()
+        .arg("federation-ca")
+        .arg("--out")
+        .arg(&ca)
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let start = |name: &str| {
+        let (client_port, fed_port) = (free_port(), free_port());
+        let server_name = format!("127.0.0.1:{fed_port}");
+        let mut child = bin()
+            .args(["serve", "--in-memory", "--addr"])
+            .arg(format!("127.0.0.1:{client_port}"))
+            .args([
+                "--server-name",
+                &server_name,
+                "--federation-addr",
+                &server_name,
+            ])
+            .arg("--tls-authority")
+            .arg(&ca)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let first = lines.next().expect("a start-up line").expect("readable");
+        assert!(first.contains(&server_name), "{first}");
+        let fed = lines.next().expect("a federation line").expect("readable");
+        assert!(fed.contains(&format!("https://{server_name}")), "{fed}");
+        std::thread::spawn(move || for _ in lines {});
+        (
+            child,
+            format!("http://127.0.0.1:{client_port}"),
+            server_name,
+        )
+    };
+    let (mut a, url_a, name_a) = start("a");
+    let (mut b, url_b, _) = start("b");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let limits = Limits {
+        request_timeout: std::time::Duration::from_secs(20),
+        ..Limits::default()
+    };
+    let result = rt.block_on(async {
+        let (ca_client, cb) = (Client::new(&url_a, limits.clone())?, Client::new(&url_b, limits.clone())?);
+        let call = |c: &Client, method: &'static str, path: String, body: serde_json::Value, token: Option<String>| {
+            let c = c.clone();
+            async move {
+                let r = c
+                    .send(method, &path, &[], Body::Json(body), token.as_deref(), None, Default::default())
+                    .await
+                    .map_err(|e| format!("{method} {path}: {e}"))?;
+                if r.status != 200 {
+                    return Err(format!("{method} {path}: {} {}", r.status, r.body));
+                }
+                Ok::<_, String>(r.body)
+            }
+        };
+        let register = |c: &Client, user: &'static str| {
+            let body = serde_json::json!({"username": user, "password": "pw", "auth": {"type": "m.login.dummy"}});
+            call(c, "POST", "/_matrix/client/v3/register".into(), body, None)
+        };
+        let ta = register(&ca_client, "alice").await?["access_token"].as_str().unwrap_or("").to_string();
+        let tb = register(&cb, "bob").await?["access_token"].as_str().unwrap_or("").to_string();
+        let room = call(&ca_client, "POST", "/_matrix/client/v3/createRoom".into(), serde_json::json!({"preset": "public_chat", "name": "across"}), Some(ta.clone()))
+            .await?["room_id"].as_str().unwrap_or("").to_string();
+        let enc = room.replace('!', "%21").replace(':', "%3A");
+        call(&cb, "POST", format!("/_matrix/client/v3/join/{enc}?via={name_a}"), serde_json::json!({}), Some(tb.clone())).await?;
+        let name = call(&cb, "GET", format!("/_matrix/client/v3/rooms/{enc}/state/m.room.name/"), serde_json::Value::Null, Some(tb.clone())).await?;
+        if name["name"] != "across" {
+            return Err(format!("the joined room's state: {name}"));
+        }
+        call(&ca_client, "PUT", format!("/_matrix/client/v3/rooms/{enc}/send/m.room.message/t1"), serde_json::json!({"msgtype": "m.text", "body": "from a"}), Some(ta.clone())).await?;
+        call(&cb, "PUT", format!("/_matrix/client/v3/rooms/{enc}/send/m.room.message/t1"), serde_json::json!({"msgtype": "m.text", "body": "from b"}), Some(tb.clone())).await?;
+        // Each side sees both messages (delivery is asynchronous: look for up to 10 s).
+        for (c, t) in [(&ca_client, &ta), (&cb, &tb)] {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let msgs = call(c, "GET", format!("/_matrix/client/v3/rooms/{enc}/messages?dir=b&limit=50"), serde_json::Value::Null, Some(t.clone())).await?;
+                let bodies: Vec<&str> = msgs["chunk"].as_array().into_iter().flatten().filter_map(|e| e["content"]["body"].as_str()).collect();
+                if bodies.contains(&"from a") && bodies.contains(&"from b") {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("messages never arrived: {bodies:?}"));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    });
+    let _ = a.kill();
+    let _ = b.kill();
+    let _ = (a.wait(), b.wait());
+    result.expect("the two servers federate");
+}
