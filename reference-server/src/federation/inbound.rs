@@ -401,15 +401,7 @@ async fn send_membership(c: &Call<'_>, membership: &str) -> ApiResult<(Pdu, &'st
         .map(str::to_string);
     let pdu = match via {
         Some(u) if u.ends_with(&format!(":{}", c.server.config.server_name)) => {
-            let key = c
-                .server
-                .read(|s| s.signing_key.clone())
-                .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
-            let name = c.server.config.server_name.as_str();
-            let mut redacted = pdu.redacted(v);
-            mxconform_pdu::sign::sign_json(&mut redacted, name, &key);
-            let sig = redacted["signatures"][name][key.key_id()].clone();
-            json["signatures"][name] = json!({ key.key_id(): sig });
+            countersign(c, v, &pdu, &mut json)?;
             Pdu::from_json(v, json)
                 .map_err(|e| ApiError::bad_json(format!("the event is not a valid PDU: {e}")))?
         }
@@ -442,6 +434,22 @@ async fn send_membership(c: &Call<'_>, membership: &str) -> ApiResult<(Pdu, &'st
         }
     }
     Ok((kept, v))
+}
+
+/// Adds this server's signature (of the redacted event, as every event signature is) to
+/// `json`, another server's event `pdu` as received: a restricted join it vouches for, or an
+/// invite of one of its users.
+fn countersign(c: &Call<'_>, v: &RoomVersion, pdu: &Pdu, json: &mut Value) -> ApiResult<()> {
+    let key = c
+        .server
+        .read(|s| s.signing_key.clone())
+        .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
+    let name = c.server.config.server_name.as_str();
+    let mut redacted = pdu.redacted(v);
+    mxconform_pdu::sign::sign_json(&mut redacted, name, &key);
+    let sig = redacted["signatures"][name][key.key_id()].clone();
+    json["signatures"][name] = json!({ key.key_id(): sig });
+    Ok(())
 }
 
 async fn send_join(c: &Call<'_>) -> ApiResult<Value> {
@@ -1086,18 +1094,7 @@ fn event_by_timestamp(c: &Call<'_>) -> ApiResult<Value> {
     c.origin_in_room(room_id)?;
     c.server.read(|s| {
         let room = s.room(room_id)?;
-        // The closest in time in that direction (the earliest such in the stream on a tie).
-        let events = room.timeline.iter().filter_map(|p| s.event(*p));
-        let found = if forwards {
-            events.filter(|e| e.ts >= ts).min_by_key(|e| (e.ts, e.pos))
-        } else {
-            events
-                .filter(|e| e.ts <= ts)
-                .min_by_key(|e| (std::cmp::Reverse(e.ts), e.pos))
-        };
-        let e = found
-            .ok_or_else(|| ApiError::not_found("no event in that direction from that time"))?;
-        Ok(json!({"event_id": e.event_id, "origin_server_ts": e.ts}))
+        crate::handlers::room_event_by_timestamp::closest_event(s, room, ts, forwards, |_| true)
     })
 }
 
@@ -1339,15 +1336,7 @@ async fn send_invite(c: &Call<'_>, v2: bool) -> ApiResult<Value> {
             "the event's content hash does not match",
         ));
     }
-    let key = c
-        .server
-        .read(|s| s.signing_key.clone())
-        .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
-    let name = c.server.config.server_name.clone();
-    let mut redacted = pdu.redacted(v);
-    mxconform_pdu::sign::sign_json(&mut redacted, &name, &key);
-    let sig = redacted["signatures"][&name][key.key_id()].clone();
-    json["signatures"][&name] = json!({ key.key_id(): sig });
+    countersign(c, v, &pdu, &mut json)?;
     let signed = Pdu::from_json(v, json.clone())
         .map_err(|e| ApiError::bad_json(format!("the signed event: {e}")))?;
     let stripped: Vec<Value> = stripped

@@ -141,97 +141,14 @@ async fn join_through(
         .federation
         .as_ref()
         .ok_or_else(|| ApiError::not_found("this server does not federate"))?;
-    let ours = server.config.server_name.clone();
-    let key = server
-        .read(|s| s.signing_key.clone())
-        .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
-    let versions: Vec<String> = mxconform_pdu::version::ALL
-        .iter()
-        .map(|v| format!("ver={}", v.id))
-        .collect();
-    let path = format!(
-        "/_matrix/federation/v1/make_join/{}/{}?{}",
-        percent_encode(room_id),
-        percent_encode(user),
-        versions.join("&")
-    );
-    let made = fed
-        .client
-        .request(&ours, &key, dest, "GET", &path, None)
-        .await
-        .map_err(ApiError::connection_failed)?;
-    if made.status != 200 {
-        return Err(refused(dest, "make_join", made.status, &made.body));
-    }
-    let version = made
-        .body
-        .get("room_version")
-        .and_then(Value::as_str)
-        .unwrap_or("1")
-        .to_string();
-    let v = RoomVersion::get(&version).ok_or_else(|| {
-        ApiError::unsupported_room_version(format!("{dest} offers room version {version}"))
-    })?;
-    let mut event = made
-        .body
-        .get("event")
-        .filter(|e| e.is_object())
-        .cloned()
-        .ok_or_else(|| ApiError::bad_status(format!("{dest}'s make_join has no event")))?;
-    // The template must be the join the user asked for.
-    let fits = event.get("type").and_then(Value::as_str) == Some("m.room.member")
-        && event.get("state_key").and_then(Value::as_str) == Some(user)
-        && event.get("sender").and_then(Value::as_str) == Some(user)
-        && event.pointer("/content/membership").and_then(Value::as_str) == Some("join");
-    if !fits {
-        return Err(ApiError::bad_status(format!(
-            "{dest}'s make_join template is not {user}'s join"
-        )));
-    }
-    if let (Some(c), Some(extra)) = (
-        event.get_mut("content").and_then(Value::as_object_mut),
-        content.as_object(),
-    ) {
-        for (k, val) in extra {
-            if k != "membership" && !c.contains_key(k) {
-                c.insert(k.clone(), val.clone());
-            }
-        }
-    }
-    event["origin"] = json!(ours);
-    event["origin_server_ts"] = json!(now_ms());
-    if v.event_ids == EventIdFormat::Opaque {
-        event["event_id"] = json!(format!("${}:{ours}", crate::state::random_token(12)));
-    }
-    if let Some(m) = event.as_object_mut() {
-        m.remove("signatures");
-        m.remove("hashes");
-    }
-    hash_and_sign(
+    let Handshake {
         v,
-        &mut event,
-        Origin {
-            server_name: &ours,
-            key: &key,
-        },
-    );
-    let join = Pdu::from_json(v, event.clone())
-        .map_err(|e| ApiError::bad_status(format!("the join made from {dest}'s template: {e}")))?;
-    let path = format!(
-        "/_matrix/federation/v2/send_join/{}/{}",
-        percent_encode(room_id),
-        percent_encode(&join.event_id)
-    );
-    let sent = fed
-        .client
-        .request(&ours, &key, dest, "PUT", &path, Some(&event))
-        .await
-        .map_err(ApiError::connection_failed)?;
-    if sent.status != 200 {
-        return Err(refused(dest, "send_join", sent.status, &sent.body));
-    }
+        pdu: join,
+        answer: sent,
+        ..
+    } = handshake(server, user, room_id, dest, "join", content).await?;
     // A resident that vouched for a restricted join gives the event back with its signature.
-    let join = match sent.body.get("event") {
+    let join = match sent.get("event") {
         Some(e) if e.is_object() => match Pdu::from_json(v, e.clone()) {
             Ok(p) if p.event_id == join.event_id => p,
             _ => join,
@@ -242,7 +159,6 @@ async fn join_through(
     let mut state_ids: BTreeSet<String> = BTreeSet::new();
     for (field, is_state) in [("auth_chain", false), ("state", true)] {
         for e in sent
-            .body
             .get(field)
             .and_then(Value::as_array)
             .into_iter()
@@ -319,16 +235,27 @@ async fn join_through(
     })
 }
 
-/// A leave or knock of `user` through `dest` for a room this server is not in: make_leave or
-/// make_knock, the template signed, send_leave (v2) or send_knock. Returns the event and the
-/// answer of send_*.
+/// A membership change of `user` through the resident server `dest`: the event it signs.
+pub struct Handshake {
+    pub v: &'static RoomVersion,
+    /// The event as sent (signed by this server).
+    pub event: Value,
+    pub pdu: Pdu,
+    /// The answer of send_join, send_leave or send_knock.
+    pub answer: Value,
+}
+
+/// A join, leave or knock of `user` through `dest`: make_join / make_leave / make_knock, the
+/// template checked to be that change, `extra` content added (a join's display name), signed,
+/// then send_join (v2) / send_leave (v2) / send_knock.
 pub async fn handshake(
     server: &Arc<Server>,
     user: &str,
     room_id: &str,
     dest: &str,
     membership: &str,
-) -> ApiResult<(Value, String, Value)> {
+    extra: &Value,
+) -> ApiResult<Handshake> {
     let fed = server
         .federation
         .as_ref()
@@ -337,12 +264,14 @@ pub async fn handshake(
     let key = server
         .read(|s| s.signing_key.clone())
         .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
-    let (make, send) = match membership {
-        "leave" => ("v1/make_leave", "v2/send_leave"),
-        "knock" => ("v1/make_knock", "v1/send_knock"),
+    // make_leave takes no room versions: the leaving server is in the room already.
+    let (make, send, versions) = match membership {
+        "join" => ("make_join", "v2/send_join", true),
+        "leave" => ("make_leave", "v2/send_leave", false),
+        "knock" => ("make_knock", "v1/send_knock", true),
         other => return Err(ApiError::internal(format!("no handshake for {other}"))),
     };
-    let query = if membership == "knock" {
+    let query = if versions {
         let versions: Vec<String> = mxconform_pdu::version::ALL
             .iter()
             .map(|v| format!("ver={}", v.id))
@@ -352,7 +281,7 @@ pub async fn handshake(
         String::new()
     };
     let path = format!(
-        "/_matrix/federation/{make}/{}/{}{query}",
+        "/_matrix/federation/v1/{make}/{}/{}{query}",
         percent_encode(room_id),
         percent_encode(user)
     );
@@ -379,6 +308,7 @@ pub async fn handshake(
         .filter(|e| e.is_object())
         .cloned()
         .ok_or_else(|| ApiError::bad_status(format!("{dest}'s {make} has no event")))?;
+    // The template must be the change the user asked for.
     let fits = event.get("type").and_then(Value::as_str) == Some("m.room.member")
         && event.get("state_key").and_then(Value::as_str) == Some(user)
         && event.get("sender").and_then(Value::as_str) == Some(user)
@@ -387,6 +317,16 @@ pub async fn handshake(
         return Err(ApiError::bad_status(format!(
             "{dest}'s {make} template is not {user}'s {membership}"
         )));
+    }
+    if let (Some(c), Some(extra)) = (
+        event.get_mut("content").and_then(Value::as_object_mut),
+        extra.as_object(),
+    ) {
+        for (k, val) in extra {
+            if k != "membership" && !c.contains_key(k) {
+                c.insert(k.clone(), val.clone());
+            }
+        }
     }
     event["origin"] = json!(ours);
     event["origin_server_ts"] = json!(now_ms());
@@ -420,7 +360,12 @@ pub async fn handshake(
     if sent.status != 200 {
         return Err(refused(dest, send, sent.status, &sent.body));
     }
-    Ok((event, pdu.event_id, sent.body))
+    Ok(Handshake {
+        v,
+        event,
+        pdu,
+        answer: sent.body,
+    })
 }
 
 /// Leaves (rejects the invite to, or withdraws the knock on) a room this server is not in,
@@ -434,7 +379,9 @@ pub async fn leave_remote(server: Arc<Server>, user: String, room_id: String) ->
                 .map(|m| m.via.clone())
         })
         .ok_or_else(|| ApiError::not_found(format!("unknown room {room_id}")))?;
-    let (event, event_id, _) = handshake(&server, &user, &room_id, &via, "leave").await?;
+    let Handshake { event, pdu, .. } =
+        handshake(&server, &user, &room_id, &via, "leave", &json!({})).await?;
+    let event_id = pdu.event_id;
     server.write(|s, batch| {
         s.put_remote_membership(
             batch,
@@ -462,8 +409,11 @@ pub async fn knock_remote(
 ) -> ApiResult<Value> {
     let mut last = None;
     for dest in &servers {
-        match handshake(&server, &user, &room_id, dest, "knock").await {
-            Ok((event, event_id, answer)) => {
+        match handshake(&server, &user, &room_id, dest, "knock", &json!({})).await {
+            Ok(Handshake {
+                event, pdu, answer, ..
+            }) => {
+                let event_id = pdu.event_id;
                 let stripped = answer
                     .get("knock_room_state")
                     .and_then(Value::as_array)

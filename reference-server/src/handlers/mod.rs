@@ -30,7 +30,7 @@ mod pusher;
 mod pushrules;
 mod relations;
 mod report_content;
-mod room_event_by_timestamp;
+pub(crate) mod room_event_by_timestamp;
 mod room_summary;
 mod room_upgrades;
 mod rooms;

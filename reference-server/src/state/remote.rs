@@ -281,32 +281,25 @@ impl State {
             if !invited && matches!(rule, "restricted" | "knock_restricted") {
                 // A resident member who may invite vouches for the join (room version 8 on);
                 // the joining user must be in one of the allowed rooms.
-                let allowed = room
+                let allow_list = room
                     .state_content("m.room.join_rules", "")
                     .and_then(|c| c.get("allow"))
-                    .and_then(Value::as_array)
-                    .is_some_and(|allow| {
-                        allow.iter().any(|a| {
-                            a.get("room_id")
-                                .and_then(Value::as_str)
-                                .and_then(|r| self.rooms.get(r))
-                                .is_some_and(|r| r.membership(user) == Some("join"))
-                        })
-                    });
+                    .and_then(Value::as_array);
+                let allow: &[Value] = allow_list.map_or(&[], Vec::as_slice);
+                let allowed_rooms = allow
+                    .iter()
+                    .map(|a| a.get("room_id").and_then(Value::as_str));
+                let allowed = allowed_rooms.clone().any(|r| {
+                    r.and_then(|r| self.rooms.get(r))
+                        .is_some_and(|r| r.membership(user) == Some("join"))
+                });
                 if !allowed {
                     // Where this server is in every allowed room it knows the user is in none;
                     // otherwise another server might vouch.
-                    let knows_all = room
-                        .state_content("m.room.join_rules", "")
-                        .and_then(|c| c.get("allow"))
-                        .and_then(Value::as_array)
-                        .is_some_and(|allow| {
-                            allow.iter().all(|a| {
-                                a.get("room_id")
-                                    .and_then(Value::as_str)
-                                    .is_some_and(|r| self.rooms.contains_key(r))
-                            })
-                        });
+                    let knows_all = allow_list.is_some()
+                        && allowed_rooms
+                            .clone()
+                            .all(|r| r.is_some_and(|r| self.rooms.contains_key(r)));
                     return Err(if knows_all {
                         ApiError::forbidden(
                             "the room is restricted and the user is in none of its allowed rooms",
