@@ -210,6 +210,11 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
         .iter()
         .flat_map(|f| f.partners.iter())
     {
+        if p.base_url.is_empty() || p.server_name.is_empty() {
+            return Err(Error::Other(format!(
+                "the partner `{name}` needs base_url and server_name (or `embedded = true`, which `mxconform run` starts)"
+            )));
+        }
         let client = client::Client::new(&p.base_url, config.limits).map_err(Error::Other)?;
         partners.insert(
             name.clone(),

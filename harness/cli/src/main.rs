@@ -11,6 +11,7 @@ use mxconform_codegen::pin::{self, Pin};
 mod bench;
 mod bench_pdu;
 mod bench_server;
+mod embedded;
 mod pdu_cmd;
 
 #[derive(Parser)]
@@ -128,6 +129,12 @@ struct RunArgs {
     /// Bound on a scenario that sets none, in seconds.
     #[arg(long, default_value_t = 60)]
     scenario_timeout: u64,
+    /// The partner homeservers of the scenarios that need real ones: `reference` (reference
+    /// servers started in memory, federating over TLS by name), or a profile whose
+    /// [federation.partners] and authority to use (`synapse`: the partner Synapses of
+    /// `harness/synapse/synapse.sh start-partners`). Default: the profile's own.
+    #[arg(long, value_name = "reference|PROFILE")]
+    partners: Option<String>,
     #[command(flatten)]
     libtest: libtest_mimic::Arguments,
 }
@@ -528,93 +535,51 @@ fn load_appservices(
         .collect()
 }
 
-/// Starts the reference server in memory on a free loopback port, on its own runtime thread,
-/// talking to the harness's peers when there are any.
-fn start_embedded(
-    peers: Option<&mxconform_harness::peers::Peers>,
-    admin: Option<&str>,
-    federation_ca: Option<String>,
-) -> Result<(
-    String,
-    std::thread::JoinHandle<()>,
-    tokio::sync::oneshot::Sender<()>,
-)> {
-    let mut config = mxconform_server::Config::in_memory("localhost");
-    config.federation = federation_ca.map(|pem| mxconform_server::federation::FederationConfig {
-        trust: mxconform_server::federation::Trust::Authorities(vec![pem]),
-    });
-    // A made-up TURN server (nothing listens there), as the test Synapse has, so that the
-    // suites can exercise getTurnServer.
-    config.turn = Some(mxconform_server::Turn {
-        uris: vec!["turn:127.0.0.1:3478?transport=udp".into()],
-        username: "mxconform".into(),
-        password: "mxconform-test-turn".into(),
-        ttl: 86400,
-    });
-    // The profile's administrator account, once it is registered.
-    config.admins = admin
-        .map(|a| format!("@{a}:localhost"))
-        .into_iter()
-        .collect();
-    if let Some(p) = peers {
-        if let Some(file) = &p.registration_file {
-            config.appservices =
-                load_appservices(&[(file.clone(), p.appservice_url())], "localhost")?;
+/// `--partners`: embedded reference servers in place of the profile's partners (the same
+/// names; `second` and `third` when it names none), or another profile's partners with the
+/// authority their certificates come from.
+fn use_partners(
+    profile: &mut mxconform_harness::Profile,
+    which: &str,
+    profiles_dir: &Path,
+) -> Result<()> {
+    let Some(f) = profile.federation.as_mut() else {
+        bail!(
+            "--partners: the profile `{}` has no [federation]",
+            profile.name
+        );
+    };
+    if which == "reference" {
+        let mut names: Vec<String> = f.partners.keys().cloned().collect();
+        if names.is_empty() {
+            names = vec!["second".into(), "third".into()];
         }
-        if let Some(web) = p.web {
-            // The web peer's pages may be previewed although they are on loopback.
-            config.url_preview = Some(vec![web.ip()]);
-        }
-        if let Some(web) = p.web_url() {
-            config.msisdn_delegate = Some(web.clone());
-            config.cas = Some(mxconform_server::Cas {
-                server_url: format!("{web}/cas"),
-                display_name: "CAS".into(),
-            });
-        }
-        if let Some(smtp) = p.smtp {
-            config.mail = Some(mxconform_server::Mail {
-                relay: smtp.to_string(),
-                from: "noreply@localhost".into(),
-            });
-        }
+        f.partners = names
+            .into_iter()
+            .map(|n| (n, mxconform_harness::federation::PartnerConfig::embedded()))
+            .collect();
+        return Ok(());
     }
-    let server = mxconform_server::Server::open(config).map_err(anyhow::Error::msg)?;
-    let (url_tx, url_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let rt = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                let _ = url_tx.send(Err(format!(
-                    "cannot start a runtime for the embedded server: {e}"
-                )));
-                return;
-            }
-        };
-        rt.block_on(async move {
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-            match mxconform_server::serve(server, addr).await {
-                Ok(running) => {
-                    let _ = url_tx.send(Ok(running.url()));
-                    let _ = stop_rx.await;
-                    running.stop().await;
-                }
-                Err(e) => {
-                    let _ = url_tx.send(Err(e));
-                }
-            }
-        });
-    });
-    let url = url_rx
-        .recv()
-        .context("the embedded server thread ended early")?
-        .map_err(anyhow::Error::msg)?;
-    Ok((url, thread, stop_tx))
+    let path = profiles_dir.join(format!("{which}.toml"));
+    let other = mxconform_harness::Profile::load(&path)
+        .with_context(|| format!("--partners {which}: loading {}", path.display()))?;
+    let Some(theirs) = other.federation else {
+        bail!("--partners {which}: that profile has no [federation]");
+    };
+    if theirs.partners.is_empty() {
+        bail!("--partners {which}: that profile names no [federation.partners]");
+    }
+    f.partners = theirs.partners;
+    f.authority = if theirs.authority.is_absolute() {
+        theirs.authority
+    } else {
+        other
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(theirs.authority)
+    };
+    Ok(())
 }
 
 fn run_suites(args: RunArgs) -> Result<ExitCode> {
@@ -630,14 +595,63 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
     let profile_path = harness_dir
         .join("profiles")
         .join(format!("{profile_name}.toml"));
-    let profile = mxconform_harness::Profile::load(&profile_path).with_context(|| {
+    let mut profile = mxconform_harness::Profile::load(&profile_path).with_context(|| {
         format!(
             "loading the profile (profiles live in {})",
             harness_dir.join("profiles").display()
         )
     })?;
+    if let Some(which) = &args.partners {
+        use_partners(&mut profile, which, &harness_dir.join("profiles"))?;
+    }
     // The server: --server, else the profile's base_url, else the embedded reference server.
     let external = args.server.clone().or_else(|| profile.base_url.clone());
+    // The federation authority: it issues the fake servers' certificates and the embedded
+    // servers', and the embedded servers trust it.
+    let authority = match &profile.federation {
+        Some(f) => {
+            let dir = profile.path.parent().unwrap_or(Path::new("."));
+            let ca_dir = if f.authority.is_absolute() {
+                f.authority.clone()
+            } else {
+                dir.join(&f.authority)
+            };
+            Some(
+                mxconform_harness::federation::tls::Authority::load_or_create(&ca_dir)
+                    .map_err(anyhow::Error::msg)
+                    .context("the federation authority")?,
+            )
+        }
+        None => None,
+    };
+    // Embedded partners: reference servers named `localhost:<port>`, federating over TLS there.
+    let mut embedded_servers = Vec::new();
+    let mut has_partners = false;
+    if let Some(f) = profile.federation.as_mut() {
+        has_partners = !f.partners.is_empty();
+        for (name, p) in f.partners.iter_mut().filter(|(_, p)| p.embedded) {
+            let server_name = format!("localhost:{}", embedded::free_port()?);
+            let server = embedded::start(embedded::Spec {
+                server_name: server_name.clone(),
+                authority: authority.as_ref(),
+                peers: None,
+                admin: None,
+            })
+            .with_context(|| format!("starting the embedded partner `{name}`"))?;
+            p.base_url = server.url.clone();
+            p.server_name = server_name;
+            p.registration = mxconform_harness::profile::Registration::Open;
+            embedded_servers.push(server);
+        }
+    }
+    // An embedded server under test with partners is reached by name too, so it gets a port.
+    if external.is_none() && has_partners {
+        let name = format!("localhost:{}", embedded::free_port()?);
+        profile.server_name = name.clone();
+        if let Some(f) = profile.federation.as_mut() {
+            f.server_name = name;
+        }
+    }
     // The peers first: the embedded server is configured with where they listen (free ports);
     // an external server was configured with the profile's fixed addresses.
     let peers = if profile.peers.is_empty() {
@@ -657,26 +671,13 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
     let (url, embedded) = match external {
         Some(u) => (u, None),
         None => {
-            // The embedded server federates when the profile says so, trusting the
-            // authority of the fake servers' certificates.
-            let trust = match &profile.federation {
-                Some(f) => {
-                    let dir = profile.path.parent().unwrap_or(Path::new("."));
-                    let ca_dir = if f.authority.is_absolute() {
-                        f.authority.clone()
-                    } else {
-                        dir.join(&f.authority)
-                    };
-                    let ca = mxconform_harness::federation::tls::Authority::load_or_create(&ca_dir)
-                        .map_err(anyhow::Error::msg)
-                        .context("the federation authority")?;
-                    Some(ca.cert_pem)
-                }
-                None => None,
-            };
-            let (url, thread, stop) =
-                start_embedded(peers.as_deref(), profile.admin.as_deref(), trust)?;
-            (url, Some((thread, stop)))
+            let server = embedded::start(embedded::Spec {
+                server_name: profile.server_name.clone(),
+                authority: authority.as_ref(),
+                peers: peers.as_deref(),
+                admin: profile.admin.as_deref(),
+            })?;
+            (server.url.clone(), Some(server))
         }
     };
     // Federation: fake homeservers, when the profile says where the server's federation API is.
@@ -744,9 +745,8 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
             report.coverage.operations_total
         );
     }
-    if let Some((thread, stop)) = embedded {
-        let _ = stop.send(());
-        let _ = thread.join();
+    for server in embedded.into_iter().chain(embedded_servers) {
+        server.stop();
     }
     let failed = out.conclusion.as_ref().is_some_and(|c| c.has_failed()) || !report.success();
     Ok(if failed {

@@ -75,13 +75,33 @@ pub enum Verification {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PartnerConfig {
-    /// Its client-server API.
+    /// Its client-server API (filled in by the run for an embedded partner).
+    #[serde(default)]
     pub base_url: String,
+    /// Its name, by which the server under test reaches it (filled in for an embedded one).
+    #[serde(default)]
     pub server_name: String,
+    /// A reference server that `mxconform run` starts in memory, named `localhost:<port>`
+    /// and federating over TLS on that port with a certificate from the profile's authority.
+    #[serde(default)]
+    pub embedded: bool,
     #[serde(default)]
     pub registration: crate::profile::Registration,
     #[serde(default)]
     pub shared_secret: Option<String>,
+}
+
+impl PartnerConfig {
+    /// An embedded reference server (its URL and name come when it is started).
+    pub fn embedded() -> PartnerConfig {
+        PartnerConfig {
+            base_url: String::new(),
+            server_name: String::new(),
+            embedded: true,
+            registration: crate::profile::Registration::Open,
+            shared_secret: None,
+        }
+    }
 }
 
 /// A known schema violation: in `operation`'s answers, at `at`, a message containing

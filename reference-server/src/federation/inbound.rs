@@ -785,6 +785,9 @@ fn receive_edu_into(c: &Call<'_>, edu: &Value, resync: &mut Vec<String>) {
                         if let Some(m) = p.get("status_msg") {
                             c["status_msg"] = m.clone();
                         }
+                        if let Some(ago) = p.get("last_active_ago").and_then(Value::as_u64) {
+                            c["last_active_ts"] = json!(now_ms().saturating_sub(ago));
+                        }
                         state.put_presence(batch, user, c);
                     }
                 }

@@ -370,7 +370,12 @@ pub async fn handshake(
 
 /// Leaves (rejects the invite to, or withdraws the knock on) a room this server is not in,
 /// through the server that invited or the one knocked through.
-pub async fn leave_remote(server: Arc<Server>, user: String, room_id: String) -> ApiResult<Value> {
+pub async fn leave_remote(
+    server: Arc<Server>,
+    user: String,
+    room_id: String,
+    content: Value,
+) -> ApiResult<Value> {
     let via = server
         .read(|s| {
             s.remote_memberships
@@ -380,7 +385,7 @@ pub async fn leave_remote(server: Arc<Server>, user: String, room_id: String) ->
         })
         .ok_or_else(|| ApiError::not_found(format!("unknown room {room_id}")))?;
     let Handshake { event, pdu, .. } =
-        handshake(&server, &user, &room_id, &via, "leave", &json!({})).await?;
+        handshake(&server, &user, &room_id, &via, "leave", &content).await?;
     let event_id = pdu.event_id;
     server.write(|s, batch| {
         s.put_remote_membership(
@@ -406,10 +411,11 @@ pub async fn knock_remote(
     user: String,
     room_id: String,
     servers: Vec<String>,
+    content: Value,
 ) -> ApiResult<Value> {
     let mut last = None;
     for dest in &servers {
-        match handshake(&server, &user, &room_id, dest, "knock", &json!({})).await {
+        match handshake(&server, &user, &room_id, dest, "knock", &content).await {
             Ok(Handshake {
                 event, pdu, answer, ..
             }) => {

@@ -20,6 +20,9 @@ const TXN_EDUS: usize = 100;
 /// destination fetches what it misses through the prev events of later ones).
 const QUEUE_LIMIT: usize = 10_000;
 
+/// The serial part of transaction ids.
+static TXN_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// The queues of outgoing PDUs, by destination.
 #[derive(Default)]
 pub struct Sender {
@@ -156,7 +159,6 @@ impl Sender {
 /// Sends `dest` its queue, a transaction at a time, until it is empty.
 async fn deliver(server: Weak<Server>, dest: String) {
     let mut pause = Duration::from_millis(500);
-    let mut serial = 0u64;
     loop {
         let Some(s) = server.upgrade() else { return };
         let Some(fed) = s.federation.as_ref() else {
@@ -168,7 +170,8 @@ async fn deliver(server: Weak<Server>, dest: String) {
         let Some(key) = s.read(|st| st.signing_key.clone()) else {
             return;
         };
-        serial += 1;
+        // Unique for this server's life (a retry reuses it), and across restarts by the time.
+        let serial = TXN_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let txn = format!("{}.{serial}", now_ms());
         let body = json!({
             "origin": s.config.server_name,

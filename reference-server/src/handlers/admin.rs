@@ -26,7 +26,7 @@ fn require_admin(ctx: &Ctx) -> ApiResult<()> {
 /// The target of an administrative action: a local, existing, active account.
 fn target(ctx: &Ctx, user_id: &str) -> ApiResult<()> {
     let local = user_id
-        .rsplit_once(':')
+        .split_once(':')
         .is_some_and(|(_, server)| server == ctx.server.config.server_name);
     if !local {
         return Err(ApiError::invalid_param("that user is not on this server"));

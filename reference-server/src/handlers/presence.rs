@@ -24,7 +24,8 @@ pub fn set_presence(ctx: &Ctx, req: cs::presence::set_presence::Request) -> ApiR
 pub fn get_presence(ctx: &Ctx, req: cs::presence::get_presence::Request) -> ApiResult<Value> {
     let me = ctx.me()?;
     ctx.server.read(|s| {
-        if !s.users.contains_key(&req.user_id) {
+        // Another server's user is known by the rooms shared with them.
+        if s.is_local(&req.user_id) && !s.users.contains_key(&req.user_id) {
             return Err(ApiError::not_found("no such user"));
         }
         if !s.room_peers(&me.user_id).contains(&req.user_id) {

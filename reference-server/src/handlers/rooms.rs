@@ -617,7 +617,10 @@ pub fn leave_room(ctx: &Ctx, req: cs::leaving::leave_room::Request) -> ApiResult
             .shared()
             .ok_or_else(|| ApiError::internal("the server is shutting down"))?;
         return Ok(Reply::outbound(crate::federation::joins::leave_remote(
-            server, me.user_id, room_id,
+            server,
+            me.user_id,
+            room_id,
+            membership_content(reason.as_ref()),
         )));
     }
     ctx.server.write(|state, batch| {
@@ -730,7 +733,11 @@ pub fn knock_room(ctx: &Ctx, req: cs::knocking::knock_room::Request) -> ApiResul
             .collect();
         let servers = crate::federation::joins::candidates(&target, &via, &ours);
         return Ok(Reply::outbound(crate::federation::joins::knock_remote(
-            server, me.user_id, target, servers,
+            server,
+            me.user_id,
+            target,
+            servers,
+            membership_content(req.body.reason.as_ref()),
         )));
     }
     ctx.server.write(|state, batch| {
