@@ -114,6 +114,52 @@ impl Client {
         body: Option<&Value>,
         auth: Option<&str>,
     ) -> Result<Answer, String> {
+        let raw = self.fetch_raw(method.clone(), url, body, auth).await?;
+        let body = if raw.bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&raw.bytes).map_err(|e| {
+                format!(
+                    "{method} {url}: the answer ({}) is not JSON: {e}",
+                    raw.status
+                )
+            })?
+        };
+        Ok(Answer {
+            status: raw.status,
+            body,
+        })
+    }
+
+    /// A signed request whose answer is not JSON (media).
+    pub async fn request_raw(
+        &self,
+        origin: &str,
+        key: &SigningKey,
+        destination: &str,
+        path_and_query: &str,
+    ) -> Result<RawAnswer, String> {
+        let auth = xmatrix::authorization(origin, destination, key, "GET", path_and_query, None);
+        let url = format!("{}{path_and_query}", self.base_url(destination).await?);
+        self.fetch_raw(reqwest::Method::GET, &url, None, Some(&auth))
+            .await
+    }
+
+    /// A plain GET of a URL another server named (where its media is).
+    pub async fn get_url(&self, url: &str) -> Result<RawAnswer, String> {
+        if !url.starts_with("https://") {
+            return Err(format!("{url} is not an https URL"));
+        }
+        self.fetch_raw(reqwest::Method::GET, url, None, None).await
+    }
+
+    async fn fetch_raw(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+        auth: Option<&str>,
+    ) -> Result<RawAnswer, String> {
         let mut req = self.http.request(method.clone(), url);
         if let Some(a) = auth {
             req = req.header("Authorization", a);
@@ -134,6 +180,15 @@ impl Client {
                 "{method} {url}: the answer is larger than {MAX_ANSWER} bytes"
             ));
         }
+        let header = |name: reqwest::header::HeaderName| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = header(reqwest::header::CONTENT_TYPE);
+        let location = header(reqwest::header::LOCATION);
+        let disposition = header(reqwest::header::CONTENT_DISPOSITION);
         let bytes = resp
             .bytes()
             .await
@@ -143,14 +198,24 @@ impl Client {
                 "{method} {url}: the answer is larger than {MAX_ANSWER} bytes"
             ));
         }
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{method} {url}: the answer ({status}) is not JSON: {e}"))?
-        };
-        Ok(Answer { status, body })
+        Ok(RawAnswer {
+            status,
+            content_type,
+            location,
+            disposition,
+            bytes: bytes.to_vec(),
+        })
     }
+}
+
+/// An answer as bytes, with the headers media needs.
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub location: Option<String>,
+    pub disposition: Option<String>,
+    pub bytes: Vec<u8>,
 }
 
 /// The URL of a server name that says where it is: an IP literal (port 8448 unless given) or

@@ -422,7 +422,18 @@ async fn send_membership(c: &Call<'_>, membership: &str) -> ApiResult<(Pdu, &'st
         .server
         .write(|state, batch| Ok(state.receive_pdu(batch, pdu, true)))?;
     match outcome {
-        Received::Accepted(_) | Received::Duplicate => {}
+        Received::Accepted(_) => {
+            // The joining (leaving, knocking) server may not know who else is in the room:
+            // the resident server passes its event on to the others.
+            let dests: Vec<String> = c.server.read(|s| {
+                s.servers_in_room(room_id)
+                    .into_iter()
+                    .filter(|d| *d != c.origin && *d != s.server_name)
+                    .collect()
+            });
+            c.fed.sender.forward(c.server, dests, &kept.json);
+        }
+        Received::Duplicate => {}
         Received::Rejected(r) | Received::SoftFailed(r) => {
             return Err(ApiError::forbidden(format!("the event is refused: {r}")))
         }
@@ -1398,7 +1409,12 @@ fn media(c: &Call<'_>, thumbnail: bool) -> ApiResult<Response<Bytes>> {
             }
         }
     }
-    let Some((content_type, _, bytes)) = c.server.media(id)? else {
+    let stored = if id.contains('/') {
+        None
+    } else {
+        c.server.media(id)?
+    };
+    let Some((content_type, name, bytes)) = stored else {
         if c.server.read(|s| s.pending_media.contains_key(id)) {
             return Err(ApiError::not_yet_uploaded(
                 "that media has not been uploaded yet",
@@ -1413,8 +1429,9 @@ fn media(c: &Call<'_>, thumbnail: bool) -> ApiResult<Response<Bytes>> {
         ));
     }
     let boundary = crate::state::random_token(18);
+    let disposition = crate::handlers::media::disposition(&content_type, name.as_deref());
     let mut body = format!(
-        "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n"
+        "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--{boundary}\r\nContent-Type: {content_type}\r\nContent-Disposition: {disposition}\r\n\r\n"
     )
     .into_bytes();
     body.extend_from_slice(&bytes);

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod inbound;
 pub mod joins;
+pub mod media;
 pub mod sender;
 
 use std::collections::HashMap;

@@ -109,6 +109,22 @@ impl Sender {
         }
     }
 
+    /// Queues another server's PDU for `dests` (a membership event this server took in
+    /// through a handshake), and starts their deliveries.
+    pub fn forward(&self, server: &Server, dests: Vec<String>, pdu: &Value) {
+        {
+            let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+            for dest in dests {
+                let d = q.dests.entry(dest).or_default();
+                d.pending.push_back(pdu.clone());
+                while d.pending.len() > QUEUE_LIMIT {
+                    d.pending.pop_front();
+                }
+            }
+        }
+        self.wake(server);
+    }
+
     /// Queues EDUs, each for its destination (delivered at the next [`Sender::wake`]).
     pub fn queue_edus(&self, edus: Vec<(String, Value)>) {
         let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());

@@ -40,12 +40,16 @@ fn download(
     media_id: &str,
     file_name: Option<&str>,
 ) -> ApiResult<Reply> {
+    let name_override = file_name.map(str::to_string);
     if server_name != ctx.server.config.server_name {
-        return Err(ApiError::not_found(
-            "this server does not fetch remote media",
-        ));
+        return remote(ctx, server_name, media_id, name_override, None);
     }
-    let Some((content_type, stored_name, bytes)) = ctx.server.media(media_id)? else {
+    let stored = if media_id.contains('/') {
+        None
+    } else {
+        ctx.server.media(media_id)?
+    };
+    let Some((content_type, stored_name, bytes)) = stored else {
         // Created with /create but not uploaded yet.
         if ctx.server.read(|s| s.pending_media.contains_key(media_id)) {
             return Err(ApiError::not_yet_uploaded(
@@ -54,28 +58,57 @@ fn download(
         }
         return Err(ApiError::not_found("no such media"));
     };
-    let name = file_name.map(str::to_string).or(stored_name);
-    let safe = |n: &str| {
-        n.chars()
-            .filter(|c| !c.is_control() && *c != '"')
-            .collect::<String>()
-    };
     let content_type = content_type.unwrap_or_else(|| "application/octet-stream".into());
-    // Inline only for types a browser cannot run as a page.
+    let name = name_override.or(stored_name);
+    Ok(Reply::Bytes {
+        disposition: Some(disposition(&content_type, name.as_deref())),
+        status: 200,
+        content_type,
+        bytes,
+    })
+}
+
+/// Another server's media, fetched over federation (kept once downloaded).
+fn remote(
+    ctx: &Ctx,
+    origin: &str,
+    media_id: &str,
+    name_override: Option<String>,
+    thumbnail: Option<(i64, i64, Option<String>)>,
+) -> ApiResult<Reply> {
+    let server = ctx
+        .server
+        .shared()
+        .ok_or_else(|| ApiError::internal("the server is shutting down"))?;
+    let (origin, media_id) = (origin.to_string(), media_id.to_string());
+    Ok(Reply::Outbound(Box::pin(async move {
+        let (content_type, name, bytes) =
+            crate::federation::media::fetch(server, origin, media_id, thumbnail).await?;
+        let name = name_override.or(name);
+        Ok(Reply::Bytes {
+            disposition: Some(disposition(&content_type, name.as_deref())),
+            status: 200,
+            content_type,
+            bytes,
+        })
+    })))
+}
+
+/// `Content-Disposition` of media: inline only for types a browser cannot run as a page,
+/// with the file name when there is one.
+pub fn disposition(content_type: &str, name: Option<&str>) -> String {
     let inline = ["image/", "video/", "audio/", "text/plain"]
         .iter()
         .any(|p| content_type.starts_with(p))
         && content_type != "image/svg+xml";
     let kind = if inline { "inline" } else { "attachment" };
-    Ok(Reply::Bytes {
-        status: 200,
-        content_type,
-        bytes,
-        disposition: Some(match name {
-            Some(n) => format!("{kind}; filename=\"{}\"", safe(&n)),
-            None => kind.to_string(),
-        }),
-    })
+    match name {
+        Some(n) => {
+            let safe: String = n.chars().filter(|c| !c.is_control() && *c != '"').collect();
+            format!("{kind}; filename=\"{safe}\"")
+        }
+        None => kind.to_string(),
+    }
 }
 
 pub fn get_content_authed(
@@ -97,10 +130,19 @@ pub fn get_content_override_name_authed(
     )
 }
 
-/// Thumbnails are the original bytes: clients scale what they get.
+/// Thumbnails of this server's media are the original bytes (clients scale what they get);
+/// another server's are asked of it.
 fn thumbnail(ctx: &Ctx, server: &str, media_id: &str, width: i64, height: i64) -> ApiResult<Reply> {
     if width <= 0 || height <= 0 {
         return Err(ApiError::invalid_param("width and height must be positive"));
+    }
+    if server != ctx.server.config.server_name {
+        let method = ctx
+            .query
+            .iter()
+            .find(|(k, _)| k == "method")
+            .map(|(_, v)| v.clone());
+        return remote(ctx, server, media_id, None, Some((width, height, method)));
     }
     download(ctx, server, media_id, None)
 }

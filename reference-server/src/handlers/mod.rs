@@ -19,7 +19,7 @@ mod discovery;
 mod events;
 pub(crate) mod keys;
 mod legacy;
-mod media;
+pub(crate) mod media;
 mod mutual_rooms;
 mod notifications;
 mod openid;

@@ -427,10 +427,21 @@ fn join(
     let me = ctx.me()?.clone();
     // A room this server is not in (or an alias of another server): joined over federation.
     let ours = ctx.server.config.server_name.clone();
-    let local = ctx.server.read(|s| {
-        resolve_room(s, id_or_alias)
+    // A room this server knows but has left while other servers stayed is joined through
+    // them too: what happened since is theirs to tell.
+    let (local, others) = ctx.server.read(|s| {
+        let room = resolve_room(s, id_or_alias)
             .ok()
-            .filter(|r| s.rooms.contains_key(r))
+            .filter(|r| s.rooms.contains_key(r));
+        let servers = room
+            .as_deref()
+            .map(|r| s.servers_in_room(r))
+            .unwrap_or_default();
+        if servers.contains(&ours) || servers.is_empty() {
+            (room, Vec::new())
+        } else {
+            (None, servers.into_iter().collect::<Vec<_>>())
+        }
     });
     let foreign_alias = id_or_alias.starts_with('#')
         && id_or_alias.split_once(':').map(|(_, h)| h) != Some(ours.as_str());
@@ -462,6 +473,7 @@ fn join(
             };
             let mut named = via;
             named.append(&mut servers);
+            named.extend(others);
             if let Some(inviter) = server.read(|s| {
                 s.remote_memberships
                     .get(&me.user_id)

@@ -573,9 +573,13 @@ impl State {
         chain: Vec<Pdu>,
         join: Pdu,
     ) -> ApiResult<u64> {
-        if let Some(room) = self.rooms.get(room_id) {
+        let known = self.rooms.contains_key(room_id);
+        let gap = join
+            .prev_events
+            .iter()
+            .any(|id| self.event_pos(id).is_none());
+        if known && !gap {
             // Known already (a user of this server is in it): the join is an ordinary event.
-            let _ = room;
             return match self.receive_pdu(batch, join, true) {
                 Received::Accepted(p) => Ok(p),
                 Received::Duplicate => Ok(self.pos),
@@ -589,18 +593,28 @@ impl State {
             };
         }
         state.sort_by_key(|p| (!p.is("m.room.create", ""), p.depth, p.origin_server_ts));
-        let create = state
-            .first()
-            .filter(|p| p.is("m.room.create", ""))
-            .ok_or_else(|| ApiError::bad_status("the room's state has no create event"))?;
-        let mut room = super::Room {
-            room_id: room_id.to_string(),
-            version: v.id.to_string(),
-            ..super::Room::default()
-        };
-        room.creators = super::creators_of(&super::Event::from_pdu(0, create, None));
-        self.rooms.insert(room_id.to_string(), room);
-        self.put_room_meta(batch, room_id);
+        if known {
+            // Joined again after this server had left: the events since are not here, and the
+            // state the resident gave (checked by the caller) replaces what this server last
+            // saw; the join starts the room's one forward extremity. (A state event known
+            // here but no longer current is not put back; only unknown ones are applied.)
+            if let Some(room) = self.rooms.get_mut(room_id) {
+                room.extremities.clear();
+            }
+        } else {
+            let create = state
+                .first()
+                .filter(|p| p.is("m.room.create", ""))
+                .ok_or_else(|| ApiError::bad_status("the room's state has no create event"))?;
+            let mut room = super::Room {
+                room_id: room_id.to_string(),
+                version: v.id.to_string(),
+                ..super::Room::default()
+            };
+            room.creators = super::creators_of(&super::Event::from_pdu(0, create, None));
+            self.rooms.insert(room_id.to_string(), room);
+            self.put_room_meta(batch, room_id);
+        }
         let in_state: BTreeSet<String> = state.iter().map(|p| p.event_id.clone()).collect();
         for p in chain {
             if !in_state.contains(&p.event_id) && self.event_pos(&p.event_id).is_none() {
@@ -613,7 +627,12 @@ impl State {
             }
         }
         let joiner = join.sender.clone();
+        let join_id = join.event_id.clone();
         let (pos, _) = self.record_event(batch, join, None);
+        if known {
+            // An extremities record of before would outlive the clearing above.
+            batch.put("extremities", room_id.to_string(), &json!([join_id]));
+        }
         if self
             .remote_memberships
             .get(&joiner)
