@@ -60,6 +60,11 @@ pub struct Deviation {
     pub reason: String,
     /// The spec text the server contradicts.
     pub spec: String,
+    /// Listed only when the partner homeservers are of this kind: `reference` (embedded
+    /// reference servers) or the name of the profile whose partners they are (`synapse`), for
+    /// a failure that is the partners' and not the server under test's.
+    #[serde(default)]
+    pub partners: Option<String>,
 }
 
 impl Profile {
@@ -100,6 +105,13 @@ impl Profile {
         Ok(p)
     }
 
+    /// Keeps the deviations that hold with partners of `kind` (those without a `partners`
+    /// qualifier, and those naming it).
+    pub fn keep_deviations_for_partners(&mut self, kind: &str) {
+        self.deviations
+            .retain(|_, d| d.partners.as_deref().is_none_or(|k| k == kind));
+    }
+
     /// Deviations that name no scenario (a renamed or deleted file): an error, so the list
     /// stays true.
     pub fn unknown_deviations<'a>(&'a self, names: &[&str]) -> Vec<&'a str> {
@@ -108,5 +120,34 @@ impl Profile {
             .map(String::as_str)
             .filter(|d| !names.contains(d))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partner_qualified_deviations_hold_only_with_those_partners() {
+        let text = r#"
+            name = "x"
+            server_name = "x"
+            [deviations]
+            "a/own" = { reason = "r", spec = "s" }
+            "a/theirs" = { partners = "reference", reason = "r", spec = "s" }
+        "#;
+        let profile: Profile = toml::from_str(text).unwrap();
+        let mut with_synapse = profile.clone();
+        with_synapse.keep_deviations_for_partners("synapse");
+        assert_eq!(
+            with_synapse.deviations.keys().collect::<Vec<_>>(),
+            ["a/own"]
+        );
+        let mut with_reference = profile;
+        with_reference.keep_deviations_for_partners("reference");
+        assert_eq!(
+            with_reference.deviations.keys().collect::<Vec<_>>(),
+            ["a/own", "a/theirs"]
+        );
     }
 }

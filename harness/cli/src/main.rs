@@ -604,6 +604,19 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
     if let Some(which) = &args.partners {
         use_partners(&mut profile, which, &harness_dir.join("profiles"))?;
     }
+    // Deviations that are the partners' hold only with those partners.
+    let partner_kind = match &args.partners {
+        Some(p) => p.clone(),
+        None if profile
+            .federation
+            .as_ref()
+            .is_some_and(|f| !f.partners.is_empty() && f.partners.values().all(|p| p.embedded)) =>
+        {
+            "reference".to_string()
+        }
+        None => profile.name.clone(),
+    };
+    profile.keep_deviations_for_partners(&partner_kind);
     // The server: --server, else the profile's base_url, else the embedded reference server.
     let external = args.server.clone().or_else(|| profile.base_url.clone());
     // The federation authority: it issues the fake servers' certificates and the embedded
