@@ -48,7 +48,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 impl Target {
-    async fn req(
+    pub(crate) async fn req(
         &self,
         method: &str,
         path: &str,
@@ -82,7 +82,7 @@ impl Target {
     }
 
     /// Registers a user; returns its access token.
-    async fn user(&self, name: &str) -> Result<(String, String)> {
+    pub(crate) async fn user(&self, name: &str) -> Result<(String, String)> {
         let body = match &self.shared_secret {
             None => {
                 let b = json!({"username": name, "password": "bench-pw", "auth": {"type": "m.login.dummy"}});
@@ -124,7 +124,7 @@ impl Target {
         ))
     }
 
-    async fn create_room(&self, token: &str, body: Value) -> Result<String> {
+    pub(crate) async fn create_room(&self, token: &str, body: Value) -> Result<String> {
         let r = self
             .req(
                 "POST",
@@ -149,7 +149,7 @@ impl Target {
         Ok(())
     }
 
-    async fn send(&self, token: &str, room: &str, txn: &str) -> Result<()> {
+    pub(crate) async fn send(&self, token: &str, room: &str, txn: &str) -> Result<()> {
         let path = format!(
             "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
             enc(room),

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mxconform_codegen::pin::{self, Pin};
 
 mod bench;
+mod bench_federation;
 mod bench_pdu;
 mod bench_server;
 mod embedded;
@@ -248,6 +249,9 @@ enum BenchWhat {
     /// The reference server's storage: memory, restart time and request costs as history grows
     /// to `--events` (in 100 rooms, through the client-server API). Not part of `all`.
     Storage,
+    /// The reference server (and Synapse with --synapse) as other homeservers see it: inbound
+    /// /send, a remote join of a room of 1,000 members, delivery to 10 servers.
+    Federation,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -322,6 +326,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if matches!(what, BenchWhat::All | BenchWhat::Server) {
                 rows.extend(bench_servers(
+                    &repo,
+                    synapse,
+                    std::time::Duration::from_secs(budget.clamp(1, 60)),
+                )?);
+            }
+            if matches!(what, BenchWhat::All | BenchWhat::Federation) {
+                rows.extend(bench_federation_servers(
                     &repo,
                     synapse,
                     std::time::Duration::from_secs(budget.clamp(1, 60)),
@@ -1006,17 +1017,18 @@ fn spawn_reference(dir: &Path) -> Result<(std::process::Child, String)> {
 
 /// Starts `mxconform serve` (this binary) on a free port with the database in `dir`.
 fn start_reference(dir: &Path) -> Result<(std::process::Child, String)> {
+    start_reference_with(dir, &["--server-name", "localhost"])
+}
+
+/// Starts `mxconform serve` with `args` (which name the server) on a free port with the
+/// database in `dir`; answers the process and its client-server URL.
+fn start_reference_with(dir: &Path, args: &[&str]) -> Result<(std::process::Child, String)> {
     use std::io::{BufRead, BufReader};
     let mut child =
         std::process::Command::new(std::env::current_exe().context("finding this binary")?)
-            .args([
-                "serve",
-                "--addr",
-                "127.0.0.1:0",
-                "--server-name",
-                "localhost",
-                "--db",
-            ])
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(args)
+            .arg("--db")
             .arg(dir.join("hs.db"))
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -1030,6 +1042,96 @@ fn start_reference(dir: &Path) -> Result<(std::process::Child, String)> {
         .to_string();
     std::thread::spawn(move || for _ in lines {});
     Ok((child, url))
+}
+
+/// `bench federation`: the reference server (federating over TLS, named `localhost:<port>`)
+/// and, with `with_synapse`, the test Synapse, each against the harness's fake servers.
+fn bench_federation_servers(
+    repo: &Path,
+    with_synapse: bool,
+    budget: std::time::Duration,
+) -> Result<Vec<bench::Row>> {
+    use mxconform_harness::federation::tls::Authority;
+    let dir = repo.join("target").join("bench").join("federation");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca_dir = dir.join("ca");
+    let authority = Authority::load_or_create(&ca_dir).map_err(anyhow::Error::msg)?;
+    let port = embedded::free_port()?;
+    let name = format!("localhost:{port}");
+    let addr = format!("127.0.0.1:{port}");
+    let ca_arg = ca_dir.display().to_string();
+    let (mut child, url) = start_reference_with(
+        &dir,
+        &[
+            "--server-name",
+            &name,
+            "--federation-addr",
+            &addr,
+            "--tls-authority",
+            &ca_arg,
+        ],
+    )?;
+    let synapse = if with_synapse {
+        let status = std::process::Command::new(repo.join("harness/synapse/synapse.sh"))
+            .arg("start")
+            .output()?;
+        if !status.status.success() {
+            bail!(
+                "could not start Synapse: {}",
+                String::from_utf8_lossy(&status.stderr)
+            );
+        }
+        let profile =
+            mxconform_harness::Profile::load(&repo.join("harness/profiles/synapse.toml"))?;
+        let f = profile
+            .federation
+            .as_ref()
+            .context("the synapse profile has no [federation]")?;
+        let url = profile
+            .base_url
+            .clone()
+            .unwrap_or_else(|| "http://127.0.0.1:18008".into());
+        let ca = repo.join("harness/profiles").join(&f.authority);
+        Some(bench_federation::Server {
+            cs: bench_server::target("synapse", &url, profile.shared_secret.clone(), None)?,
+            federation_url: f.base_url.clone().unwrap_or(url),
+            server_name: f.server_name.clone(),
+            authority: Authority::load_or_create(&ca).map_err(anyhow::Error::msg)?,
+            tolerated: f.schema_deviations.clone(),
+        })
+    } else {
+        None
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let ours = bench_federation::Server {
+            cs: bench_server::target("reference", &url, None, Some(child.id()))?,
+            federation_url: url.clone(),
+            server_name: name.clone(),
+            authority,
+            tolerated: Vec::new(),
+        };
+        let f_ours = bench_federation::measure(&ours, "r", budget).await?;
+        let f_peer = match &synapse {
+            Some(s) => Some(
+                bench_federation::measure(s, &format!("s{}", std::process::id()), budget).await?,
+            ),
+            None => None,
+        };
+        for (who, f) in [("reference", Some(&f_ours)), ("Synapse", f_peer.as_ref())] {
+            for v in f.map(|f| f.violations.as_slice()).unwrap_or_default() {
+                eprintln!("note: {who} did wrong towards a fake server: {v}");
+            }
+        }
+        Ok::<_, anyhow::Error>(bench_federation::rows(&f_ours, f_peer.as_ref()))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
 
 fn time_suite(args: &[&str]) -> Result<std::time::Duration> {
