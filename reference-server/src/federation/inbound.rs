@@ -291,6 +291,58 @@ impl Federation {
         Ok((keys, a.body))
     }
 
+    /// Checks many PDUs at once (the state and auth chain of a send_join answer): each parsed,
+    /// the keys of every server that must sign one fetched once, then signatures (step 2) and
+    /// content hashes (step 3) checked on all cores. Each result is the PDU (redacted when its
+    /// hash does not match) or why it fails, in the order given.
+    pub async fn verify_many(
+        &self,
+        server: &Server,
+        v: &'static RoomVersion,
+        raw: Vec<Value>,
+    ) -> Vec<Result<Pdu, String>> {
+        let parsed = par_map(raw, move |j| {
+            Pdu::from_json(v, j).map_err(|e| format!("not a valid PDU: {e}"))
+        })
+        .await;
+        let signers: BTreeSet<String> = parsed
+            .iter()
+            .flatten()
+            .flat_map(|p| p.required_signers(v))
+            .collect();
+        let mut keys: HashMap<String, Result<ServerKeys, String>> = HashMap::new();
+        for s in signers {
+            let k = self.keys_of(server, &s).await;
+            keys.insert(s, k);
+        }
+        par_map(parsed, move |p| {
+            let p = p?;
+            let mut missing = None;
+            let lookup = |s: &str, key_id: &str| -> Option<(VerifyKey, i64)> {
+                match keys.get(s) {
+                    Some(Ok(k)) => k.key(key_id).map(|(k, ts)| (k.clone(), ts)),
+                    _ => None,
+                }
+            };
+            for s in p.required_signers(v) {
+                if let Some(Err(e)) = keys.get(&s) {
+                    missing = Some(format!("the keys of {s}, which must sign it: {e}"));
+                }
+            }
+            if let Some(why) = missing {
+                return Err(why);
+            }
+            match mxconform_pdu::pdu::verify(v, &p, &lookup) {
+                Ok(()) => Ok(p),
+                Err(VerifyError::ContentHash) => {
+                    Pdu::from_json(v, p.redacted(v)).map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+    }
+
     /// Checks a PDU's signatures (step 2) and content hash (step 3), fetching the keys of
     /// the servers that must have signed it. `Ok(false)`: the signatures verify but the hash
     /// does not match (the redacted event is kept).
@@ -316,6 +368,55 @@ impl Federation {
             Err(VerifyError::ContentHash) => Ok(false),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+/// `f` over `items` on every core (in a blocking task, off the runtime's threads), the
+/// results in order; a few items are done in place.
+async fn par_map<T, R, F>(items: Vec<T>, f: F) -> Vec<R>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> R + Send + Sync + 'static,
+{
+    const IN_PLACE: usize = 32;
+    if items.len() <= IN_PLACE {
+        return items.into_iter().map(f).collect();
+    }
+    let work = move || {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = items.len().div_ceil(threads);
+        let mut chunks: Vec<Vec<T>> = Vec::new();
+        let mut items = items.into_iter();
+        loop {
+            let chunk: Vec<T> = items.by_ref().take(per).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            chunks.push(chunk);
+        }
+        let f = &f;
+        std::thread::scope(|scope| {
+            let mut chunks = chunks.into_iter();
+            let first = chunks.next();
+            let others: Vec<_> = chunks
+                .map(|c| scope.spawn(move || c.into_iter().map(f).collect::<Vec<R>>()))
+                .collect();
+            let mut out: Vec<R> = first
+                .map(|c| c.into_iter().map(f).collect())
+                .unwrap_or_default();
+            for h in others {
+                match h.join() {
+                    Ok(part) => out.extend(part),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            out
+        })
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(out) => out,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 

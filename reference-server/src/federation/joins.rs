@@ -144,7 +144,7 @@ async fn join_through(
     let Handshake {
         v,
         pdu: join,
-        answer: sent,
+        answer: mut sent,
         ..
     } = handshake(server, user, room_id, dest, "join", content).await?;
     // A resident that vouched for a restricted join gives the event back with its signature.
@@ -157,33 +157,31 @@ async fn join_through(
     };
     let mut checked: BTreeMap<String, Pdu> = BTreeMap::new();
     let mut state_ids: BTreeSet<String> = BTreeSet::new();
-    for (field, is_state) in [("auth_chain", false), ("state", true)] {
-        for e in sent
-            .get(field)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let Ok(p) = Pdu::from_json(v, e.clone()) else {
-                continue;
-            };
-            if p.room_id != room_id {
-                continue;
-            }
-            // An event whose signatures fail is dropped; one whose hash fails kept redacted.
-            let p = match fed.verify_pdu(server, v, &p).await {
-                Ok(true) => p,
-                Ok(false) => match Pdu::from_json(v, p.redacted(v)) {
-                    Ok(r) => r,
-                    Err(_) => continue,
-                },
-                Err(_) => continue,
-            };
-            if is_state {
-                state_ids.insert(p.event_id.clone());
-            }
-            checked.insert(p.event_id.clone(), p);
+    let mut raw = Vec::new();
+    let mut is_state = Vec::new();
+    for (field, state) in [("auth_chain", false), ("state", true)] {
+        if let Some(Value::Array(events)) = sent.get_mut(field).map(Value::take) {
+            is_state.extend(std::iter::repeat_n(state, events.len()));
+            raw.extend(events);
         }
+    }
+    // An event whose signatures fail is dropped; one whose hash fails kept redacted.
+    for (p, state) in fed
+        .verify_many(server, v, raw)
+        .await
+        .into_iter()
+        .zip(is_state)
+    {
+        let Ok(p) = p else {
+            continue;
+        };
+        if p.room_id != room_id {
+            continue;
+        }
+        if state {
+            state_ids.insert(p.event_id.clone());
+        }
+        checked.insert(p.event_id.clone(), p);
     }
     // Each event by its own auth events (those that fail, and those citing them, dropped).
     let mut order: Vec<&Pdu> = checked.values().collect();
@@ -195,24 +193,23 @@ async fn join_through(
         .ok_or_else(|| {
             ApiError::bad_status(format!("{dest}'s send_join answer has no create event"))
         })?;
-    let mut accepted: BTreeMap<String, Pdu> = BTreeMap::new();
+    let mut accepted: std::collections::HashMap<&str, &Pdu> = std::collections::HashMap::new();
     for p in order {
-        let auth: Vec<Option<&Pdu>> = p.auth_events.iter().map(|id| accepted.get(id)).collect();
+        let auth: Vec<Option<&Pdu>> = p
+            .auth_events
+            .iter()
+            .map(|id| accepted.get(id.as_str()).copied())
+            .collect();
         let signed = |s: &str| p.json.get("signatures").and_then(|x| x.get(s)).is_some();
         if authorize_by_auth_events(v, p, &auth, &|_| false, Some(&create), &signed).is_ok() {
-            accepted.insert(p.event_id.clone(), p.clone());
+            accepted.insert(p.event_id.as_str(), p);
         }
     }
-    let state: Vec<Pdu> = accepted
-        .values()
-        .filter(|p| state_ids.contains(&p.event_id))
-        .cloned()
-        .collect();
-    let chain: Vec<Pdu> = accepted
-        .values()
-        .filter(|p| !state_ids.contains(&p.event_id))
-        .cloned()
-        .collect();
+    let accepted: BTreeSet<String> = accepted.into_keys().map(str::to_string).collect();
+    let (state, chain): (Vec<Pdu>, Vec<Pdu>) = checked
+        .into_values()
+        .filter(|p| accepted.contains(&p.event_id))
+        .partition(|p| state_ids.contains(&p.event_id));
     {
         let by_key: std::collections::HashMap<(String, String), &Pdu> = state
             .iter()

@@ -295,12 +295,18 @@ impl State {
         let Some(room) = self.rooms.get(&ev.room_id) else {
             return Vec::new();
         };
-        let mut users: Vec<&String> = room.joined().filter(|u| **u != ev.sender).collect();
+        // Push rules are this server's users' (other servers notify their own).
+        let mut users: Vec<&String> = room
+            .joined()
+            .filter(|u| **u != ev.sender && self.is_local(u))
+            .collect();
         let invitee = (ev.kind == "m.room.member"
             && ev.content.get("membership").and_then(Value::as_str) == Some("invite"))
         .then_some(ev.state_key.as_ref())
         .flatten();
-        if let Some(i) = invitee.filter(|i| **i != ev.sender && !users.contains(i)) {
+        if let Some(i) =
+            invitee.filter(|i| **i != ev.sender && !users.contains(i) && self.is_local(i))
+        {
             users.push(i);
         }
         users
