@@ -43,6 +43,24 @@ records! {
     OneTimeKeyRecord => "otk",
     BackupRecord => "backup",
     ThreepidSession => "3pid_session",
+    BranchStateRecord => "branch_state",
+    StateFixRecord => "state_fix",
+}
+
+/// The state just after an event that did not extend the room's current state (`branch_state`,
+/// by the event's position): (type, state key, position) of each entry.
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
+pub struct BranchStateRecord {
+    pub room: String,
+    pub state: Vec<(String, String, u64)>,
+}
+
+/// The keys resolution set where forks met (`state_fix`, by the merging event's position):
+/// (type, state key, position; 0 when the key left the state).
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
+pub struct StateFixRecord {
+    pub room: String,
+    pub set: Vec<(String, String, u64)>,
 }
 
 /// An account (`user`, by user id).

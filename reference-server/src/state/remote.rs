@@ -122,13 +122,22 @@ impl State {
     }
 
     /// The state of the room just before the event `event_id`, as PDUs, or `None` when the
-    /// event is not one of the room's. (The stream's state at its position: exact while the
-    /// room's history is linear.)
+    /// event is not one of the room's: the states after its prev events (resolved), else
+    /// (prev events not here: the first event of a join) the stream's state before it.
     pub fn state_before(&self, room_id: &str, event_id: &str) -> Option<Vec<Pdu>> {
         let room = self.rooms.get(room_id)?;
         let pos = self.event_pos(event_id)?;
-        self.event(pos).filter(|e| e.room_id == room_id)?;
+        let ev = self.event(pos).filter(|e| e.room_id == room_id)?;
         let v = room.room_version();
+        if let Ok(p) = ev.to_pdu(v) {
+            if !p.prev_events.is_empty()
+                && p.prev_events.iter().all(|id| self.event_pos(id).is_some())
+            {
+                if let Ok(s) = self.state_after_events(room_id, &p.prev_events) {
+                    return Some(s.into_values().map(|(_, p)| p).collect());
+                }
+            }
+        }
         Some(
             room.state_at(pos.saturating_sub(1))
                 .values()
@@ -406,12 +415,16 @@ impl State {
             .collect();
         let prevs: BTreeSet<&str> = pdu.prev_events.iter().map(String::as_str).collect();
         let on_current = prevs == extremities;
+        // The state after an event off the current state, as it sees it (its own key added
+        // once it has a position).
+        let mut branch: Option<BTreeMap<(String, String), u64>> = None;
         if !on_current {
             let before = match self.state_after_events(&room_id, &pdu.prev_events) {
                 Ok(s) => s,
                 Err(e) => return Received::Rejected(format!("the state before it: {e}")),
             };
-            let mut state: Vec<&Pdu> = before.values().collect();
+            branch = Some(before.iter().map(|(k, (p, _))| (k.clone(), *p)).collect());
+            let mut state: Vec<&Pdu> = before.values().map(|(_, p)| p).collect();
             if v.room_id_is_create {
                 state.extend(create.as_deref());
             }
@@ -426,7 +439,16 @@ impl State {
                 return Received::Rejected(format!("by the state before it: {r}"));
             }
             let why = format!("by the current state: {r}");
+            let key = pdu.state_key.clone().map(|k| (pdu.kind.clone(), k));
             self.record_hidden(batch, pdu, &why);
+            // Later events may build on it: the state after it is its branch's.
+            if let Some(mut after) = branch {
+                let at = self.pos;
+                if let Some(k) = key {
+                    after.insert(k, at);
+                }
+                self.keep_branch_state(batch, &room_id, at, after);
+            }
             return Received::SoftFailed(why);
         }
         // A redaction by someone of another server than the redacted event's sender, without
@@ -453,7 +475,17 @@ impl State {
                 return Received::SoftFailed("a redaction its sender may not apply".into());
             }
         }
+        let key = pdu.state_key.clone().map(|k| (pdu.kind.clone(), k));
         let (pos, _) = self.record_event(batch, pdu, None);
+        if let Some(mut after) = branch {
+            if let Some(k) = key {
+                after.insert(k, pos);
+            }
+            if let Err(e) = self.resolve_after_fork(batch, &room_id, pos, after) {
+                // The event is the room's now; its state stays the stream's.
+                eprintln!("mxconform-server: resolving the state of {room_id} at {pos}: {e}");
+            }
+        }
         Received::Accepted(pos)
     }
 
@@ -692,28 +724,30 @@ impl State {
         self.cache.put(Arc::new(ev));
     }
 
-    /// The state after each of `events` (their stream states, each with the event itself),
-    /// resolved by the room version's algorithm when they differ.
+    /// The state after each of `events` (each as it saw it: [`Room::state_after`]), resolved
+    /// by the room version's algorithm when they differ: (type, state key) -> position and PDU.
     fn state_after_events(
         &self,
         room_id: &str,
         events: &[String],
-    ) -> Result<BTreeMap<(String, String), Pdu>, String> {
+    ) -> Result<BTreeMap<(String, String), (u64, Pdu)>, String> {
         let room = self.room(room_id).map_err(|e| e.message)?;
         let v = room.room_version();
         let mut pdus: HashMap<String, Pdu> = HashMap::new();
+        let mut positions: HashMap<String, u64> = HashMap::new();
         let mut sets: Vec<StateMap> = Vec::new();
         for id in events {
             let pos = self
                 .event_pos(id)
                 .ok_or_else(|| format!("event {id} is unknown"))?;
             let mut set = StateMap::new();
-            for ((kind, key), p) in room.state_at(pos) {
+            for (k, p) in room.state_after(pos) {
                 let ev = self
                     .event(p)
                     .ok_or_else(|| format!("the state event at {p} cannot be read"))?;
-                set.insert((kind.to_string(), key.to_string()), ev.event_id.clone());
+                set.insert(k, ev.event_id.clone());
                 if !pdus.contains_key(&ev.event_id) {
+                    positions.insert(ev.event_id.clone(), p);
                     pdus.insert(ev.event_id.clone(), ev.to_pdu(v)?);
                 }
             }
@@ -731,8 +765,105 @@ impl State {
         };
         Ok(resolved
             .into_iter()
-            .filter_map(|(k, id)| pdus.remove(&id).map(|p| (k, p)))
+            .filter_map(|(k, id)| {
+                let pos = match positions.get(&id) {
+                    Some(p) => *p,
+                    None => self.event_pos(&id)?,
+                };
+                pdus.remove(&id).map(|p| (k, (pos, p)))
+            })
             .collect())
+    }
+
+    /// Keeps the state just after the event at `at`, which did not extend the current state.
+    fn keep_branch_state(
+        &mut self,
+        batch: &mut Batch,
+        room_id: &str,
+        at: u64,
+        after: BTreeMap<(String, String), u64>,
+    ) {
+        let record = super::records::BranchStateRecord {
+            room: room_id.to_string(),
+            state: after
+                .iter()
+                .map(|((k, s), p)| (k.clone(), s.clone(), *p))
+                .collect(),
+        };
+        batch.put_record(at.to_string(), &record);
+        if let Some(room) = self.rooms.get_mut(room_id) {
+            room.branch_state.insert(at, Arc::new(after));
+        }
+    }
+
+    /// After an event that did not extend the current state (`at`, with the state just after
+    /// it as it saw it): that state kept as its branch's, and the room's current state made
+    /// the resolution of the states after its forward extremities, each key that differs from
+    /// what the stream gave logged at `at`.
+    fn resolve_after_fork(
+        &mut self,
+        batch: &mut Batch,
+        room_id: &str,
+        at: u64,
+        after: BTreeMap<(String, String), u64>,
+    ) -> Result<(), String> {
+        self.keep_branch_state(batch, room_id, at, after);
+        let (extremities, v) = {
+            let room = self.room(room_id).map_err(|e| e.message)?;
+            let ids: Vec<String> = room
+                .extremities
+                .iter()
+                .map(|e| e.event_id.clone())
+                .collect();
+            (ids, room.room_version())
+        };
+        let target: BTreeMap<(String, String), (u64, Pdu)> =
+            self.state_after_events(room_id, &extremities)?;
+        let room = self.room(room_id).map_err(|e| e.message)?;
+        let mut changes: Vec<((String, String), Option<super::Current>)> = Vec::new();
+        for (k, (pos, pdu)) in &target {
+            if room.state.get(k).map(|c| c.pos) != Some(*pos) {
+                let pdu = match self.event(*pos) {
+                    Some(e) => e.to_pdu(v).unwrap_or_else(|_| pdu.clone()),
+                    None => pdu.clone(),
+                };
+                changes.push((
+                    k.clone(),
+                    Some(super::Current {
+                        pos: *pos,
+                        pdu: Arc::new(pdu),
+                    }),
+                ));
+            }
+        }
+        for k in room.state.keys() {
+            if !target.contains_key(k) {
+                changes.push((k.clone(), None));
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let record = super::records::StateFixRecord {
+            room: room_id.to_string(),
+            set: changes
+                .iter()
+                .map(|((k, s), c)| (k.clone(), s.clone(), c.as_ref().map_or(0, |c| c.pos)))
+                .collect(),
+        };
+        batch.put_record(at.to_string(), &record);
+        let users = self
+            .rooms
+            .get_mut(room_id)
+            .map(|r| r.set_state(at, changes))
+            .unwrap_or_default();
+        for u in users {
+            self.user_rooms
+                .entry(u)
+                .or_default()
+                .insert(room_id.to_string());
+        }
+        Ok(())
     }
 }
 

@@ -1,14 +1,15 @@
 //! Start-up: the state rebuilt from the database's records and the rooms' state events (the
 //! history itself is not replayed).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::records::{
-    read, AccountDataRecord, AliasRecord, BackupRecord, DeviceKeysRecord, DeviceRecord,
-    OneTimeKeyRecord, PresenceRecord, ReceiptRecord, RoomRecord, ThreepidRecord, UserRecord,
+    read, AccountDataRecord, AliasRecord, BackupRecord, BranchStateRecord, DeviceKeysRecord,
+    DeviceRecord, OneTimeKeyRecord, PresenceRecord, ReceiptRecord, RoomRecord, StateFixRecord,
+    ThreepidRecord, UserRecord,
 };
 use super::{creators_of, Device, Event, Receipt, Room, State, Threepid, ThreepidSession, User};
 use crate::store::Loaded;
@@ -23,6 +24,9 @@ impl State {
         let mut hidden: BTreeSet<u64> = BTreeSet::new();
         // State events received outside the timeline: state, but not timeline events.
         let mut outliers: BTreeSet<u64> = BTreeSet::new();
+        // Where forks met: the branches' states, and the keys resolution set, by position.
+        let mut branches: Vec<(String, u64, BTreeMap<(String, String), u64>)> = Vec::new();
+        let mut fixes: BTreeMap<u64, (String, Vec<(String, String, u64)>)> = BTreeMap::new();
         for (kind, key, v) in loaded.records {
             let parts: Vec<&str> = key.split('\u{0}').collect();
             let pair = |i: usize, j: usize| (parts[i].to_string(), parts[j].to_string());
@@ -102,6 +106,19 @@ impl State {
                         .entry(parts[0].to_string())
                         .or_default()
                         .insert(parts[1].to_string(), m);
+                }
+                "branch_state" | "state_fix" => {
+                    let at: u64 = key
+                        .parse()
+                        .map_err(|_| format!("the {kind} record {key:?} is not a position"))?;
+                    if kind == "state_fix" {
+                        let r: StateFixRecord = read(&key, v)?;
+                        fixes.insert(at, (r.room, r.set));
+                    } else {
+                        let r: BranchStateRecord = read(&key, v)?;
+                        let state = r.state.into_iter().map(|(k, s, p)| ((k, s), p)).collect();
+                        branches.push((r.room, at, state));
+                    }
                 }
                 "outlier" => {
                     outliers
@@ -197,12 +214,55 @@ impl State {
         // The rooms from their state events alone (history is not replayed).
         let mut rooms: HashMap<String, Room> = HashMap::new();
         let mut user_rooms: HashMap<String, BTreeSet<String>> = HashMap::new();
+        // Every state event by position, while fixes remain to apply (they may name events
+        // that are not current, or soft-failed ones).
+        let mut by_pos: HashMap<u64, Arc<mxconform_pdu::Pdu>> = HashMap::new();
+        let apply_fixes = |rooms: &mut HashMap<String, Room>,
+                           user_rooms: &mut HashMap<String, BTreeSet<String>>,
+                           by_pos: &HashMap<u64, Arc<mxconform_pdu::Pdu>>,
+                           at: u64,
+                           (room_id, set): (String, Vec<(String, String, u64)>)|
+         -> Result<(), String> {
+            let Some(room) = rooms.get_mut(&room_id) else {
+                return Ok(());
+            };
+            let mut changes = Vec::new();
+            for (kind, key, pos) in set {
+                let current = if pos == 0 {
+                    None
+                } else {
+                    let pdu = by_pos.get(&pos).cloned().ok_or_else(|| {
+                        format!("the state fix at {at} names {pos}, which is not a state event")
+                    })?;
+                    Some(super::Current { pos, pdu })
+                };
+                changes.push(((kind, key), current));
+            }
+            for u in room.set_state(at, changes) {
+                user_rooms.entry(u).or_default().insert(room_id.clone());
+            }
+            Ok(())
+        };
         self.store.state_events(|stored| {
-            if hidden.contains(&stored.pos) {
+            while let Some(entry) = fixes.first_entry() {
+                if *entry.key() >= stored.pos {
+                    break;
+                }
+                let (at, fix) = entry.remove_entry();
+                apply_fixes(&mut rooms, &mut user_rooms, &by_pos, at, fix)?;
+            }
+            let keep = !fixes.is_empty();
+            if hidden.contains(&stored.pos) && !keep {
                 return Ok(());
             }
             let (ev, pdu) =
                 Event::from_stored(stored, |room| rooms.get(room).map(|r| r.version.clone()))?;
+            if keep {
+                by_pos.insert(ev.pos, Arc::new(pdu.clone()));
+            }
+            if hidden.contains(&ev.pos) {
+                return Ok(());
+            }
             if ev.kind == "m.room.create" && ev.state_key.as_deref() == Some("") {
                 let version = ev
                     .content
@@ -228,6 +288,15 @@ impl State {
             }
             Ok(())
         })?;
+        for (at, fix) in std::mem::take(&mut fixes) {
+            apply_fixes(&mut rooms, &mut user_rooms, &by_pos, at, fix)?;
+        }
+        drop(by_pos);
+        for (room_id, at, state) in branches {
+            if let Some(room) = rooms.get_mut(&room_id) {
+                room.branch_state.insert(at, Arc::new(state));
+            }
+        }
         // Timelines, and each member's latest event, from one pass over the events' rows.
         let mut last = 0;
         self.store.timeline(|room_id, sender, pos| {

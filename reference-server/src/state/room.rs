@@ -23,9 +23,17 @@ pub struct Room {
     /// Current state: (type, state key) -> the event's position and its PDU (redacted, if it
     /// was), which the authorization rules read.
     pub state: BTreeMap<(String, String), Current>,
-    /// Every state event of the room, oldest first: (position, type, state key). The state at
-    /// any event is what this says up to it (state events are few beside the history).
-    pub state_log: Vec<(u64, String, String)>,
+    /// How the room's current state changed, oldest first: (from position, type, state key,
+    /// the event's position; 0: the key left the state). A state event logs itself; where
+    /// forks meet, resolution logs each key it sets otherwise than the stream did, at the
+    /// merging event. The state at any point of the stream is what this says up to it (state
+    /// events are few beside the history).
+    pub state_log: Vec<(u64, String, String, u64)>,
+    /// The state just after each event that did not extend the current state (an event of
+    /// another server on a fork, or a soft-failed one): (type, state key) -> position. Other
+    /// events' state is the stream's at them ([`Room::state_at`]). Forks are rare: this holds
+    /// one map per forking event, not per event.
+    pub branch_state: HashMap<u64, Arc<BTreeMap<(String, String), u64>>>,
     /// Membership changes per user: (position, membership), oldest first.
     pub members: HashMap<String, Vec<(u64, String)>>,
     /// History visibility changes: (position, visibility).
@@ -163,11 +171,74 @@ impl Room {
 
     /// The state just after the event at `pos`: (type, state key) -> event position.
     pub fn state_at(&self, pos: u64) -> BTreeMap<(&str, &str), u64> {
-        let end = self.state_log.partition_point(|(p, _, _)| *p <= pos);
-        self.state_log[..end]
+        let end = self.state_log.partition_point(|(p, _, _, _)| *p <= pos);
+        let mut out: BTreeMap<(&str, &str), u64> = self.state_log[..end]
             .iter()
-            .map(|(p, kind, key)| ((kind.as_str(), key.as_str()), *p))
-            .collect()
+            .map(|(_, kind, key, e)| ((kind.as_str(), key.as_str()), *e))
+            .collect();
+        out.retain(|_, e| *e != 0);
+        out
+    }
+
+    /// The state just after the event at `pos` as the event saw it: its branch's, when it
+    /// forked, else the stream's.
+    pub fn state_after(&self, pos: u64) -> BTreeMap<(String, String), u64> {
+        match self.branch_state.get(&pos) {
+            Some(s) => (**s).clone(),
+            None => self
+                .state_at(pos)
+                .into_iter()
+                .map(|((k, s), e)| ((k.to_string(), s.to_string()), e))
+                .collect(),
+        }
+    }
+
+    /// Sets keys of the current state from `at` on, as resolution decided where forks met
+    /// (`None`: the key leaves the state); memberships and visibility follow. Returns the
+    /// users whose membership it changes.
+    pub(super) fn set_state(
+        &mut self,
+        at: u64,
+        changes: Vec<((String, String), Option<Current>)>,
+    ) -> Vec<String> {
+        let mut users = Vec::new();
+        for ((kind, key), current) in changes {
+            let pos = current.as_ref().map_or(0, |c| c.pos);
+            let content = current.as_ref().map(|c| c.pdu.content().clone());
+            match kind.as_str() {
+                "m.room.member" => {
+                    let m = content
+                        .as_ref()
+                        .and_then(|c| c.get("membership"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("leave")
+                        .to_string();
+                    self.members.entry(key.clone()).or_default().push((at, m));
+                    self.last_membership = at;
+                    users.push(key.clone());
+                }
+                "m.room.history_visibility" => {
+                    let v = content
+                        .as_ref()
+                        .and_then(|c| c.get("history_visibility"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("shared")
+                        .to_string();
+                    self.visibility.push((at, v));
+                }
+                _ => {}
+            }
+            self.state_log.push((at, kind.clone(), key.clone(), pos));
+            match current {
+                Some(c) => {
+                    self.state.insert((kind, key), c);
+                }
+                None => {
+                    self.state.remove(&(kind, key));
+                }
+            }
+        }
+        users
     }
 
     /// Puts a state event in the room's current state (and its membership and visibility
@@ -177,7 +248,8 @@ impl Room {
         let pos = ev.pos;
         let k = (ev.kind.clone(), key.clone());
         self.state.insert(k, Current { pos, pdu });
-        self.state_log.push((pos, ev.kind.clone(), key.clone()));
+        self.state_log
+            .push((pos, ev.kind.clone(), key.clone(), pos));
         match ev.kind.as_str() {
             "m.room.member" => {
                 let m = ev

@@ -700,6 +700,57 @@ fn events_from_another_server_are_checked_and_kept_across_a_restart() {
         "nor an extremity"
     );
 
+    // Two topics on two branches from the ban: the later clock's arrives first, the earlier
+    // one on a fork after it. The stream would keep the last to arrive; resolution (same
+    // mainline place, then the later timestamp applied last) keeps the later clock's.
+    let mut branch_a = current.clone();
+    let early = make(
+        "m.room.topic",
+        Some(""),
+        rita,
+        json!({"topic": "early clock"}),
+        Some(&ban),
+        remote,
+        &mut branch_a,
+    );
+    let later = make(
+        "m.room.topic",
+        Some(""),
+        rita,
+        json!({"topic": "later clock"}),
+        Some(&ban),
+        remote,
+        &mut current,
+    );
+    for p in [&later, &early] {
+        assert!(matches!(
+            state.receive_pdu(&mut batch, p.clone(), true),
+            Received::Accepted(_)
+        ));
+    }
+    {
+        let room = &state.rooms[room_id];
+        assert_eq!(room.extremities.len(), 2, "a fork");
+        assert_eq!(
+            room.state_content("m.room.topic", "").unwrap()["topic"],
+            "later clock",
+            "the resolved state, not the stream's last writer"
+        );
+        let early_pos = state.event_pos(&early.event_id).unwrap();
+        let now = room.state_at(early_pos);
+        assert_eq!(
+            now.get(&("m.room.topic", "")),
+            Some(&state.event_pos(&later.event_id).unwrap()),
+            "the state log says so from the merge on"
+        );
+        assert_eq!(
+            room.state_after(early_pos)
+                .get(&("m.room.topic".to_string(), String::new())),
+            Some(&early_pos),
+            "the forking event's own state is its branch's"
+        );
+    }
+
     state.store.commit(batch).unwrap();
     state.committed();
     let store = open_db(&db);
@@ -710,7 +761,12 @@ fn events_from_another_server_are_checked_and_kept_across_a_restart() {
     assert_eq!(a.timeline, b.timeline);
     assert!(a.state == b.state);
     assert_eq!(a.state_log, b.state_log);
-    assert_eq!(a.extremities[0].event_id, b.extremities[0].event_id);
+    assert_eq!(a.branch_state, b.branch_state);
+    assert_eq!(a.members, b.members);
+    let ids = |r: &crate::state::Room| -> Vec<String> {
+        r.extremities.iter().map(|e| e.event_id.clone()).collect()
+    };
+    assert_eq!(ids(a), ids(b));
     assert!(!b.timeline.contains(&late_pos));
     assert_eq!(
         again.event_by_id(&late.event_id).unwrap().content["body"],
@@ -718,7 +774,7 @@ fn events_from_another_server_are_checked_and_kept_across_a_restart() {
     );
     assert_eq!(
         b.state_content("m.room.topic", "").unwrap()["topic"],
-        "far away"
+        "later clock"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
