@@ -1073,15 +1073,7 @@ fn bench_federation_servers(
         ],
     )?;
     let synapse = if with_synapse {
-        let status = std::process::Command::new(repo.join("harness/synapse/synapse.sh"))
-            .arg("start")
-            .output()?;
-        if !status.status.success() {
-            bail!(
-                "could not start Synapse: {}",
-                String::from_utf8_lossy(&status.stderr)
-            );
-        }
+        synapse_sh(repo, "start", "Synapse")?;
         let profile =
             mxconform_harness::Profile::load(&repo.join("harness/profiles/synapse.toml"))?;
         let f = profile
@@ -1134,6 +1126,20 @@ fn bench_federation_servers(
     result
 }
 
+/// Starts the test Synapse (`start`) or its partners (`start-partners`) with synapse.sh.
+fn synapse_sh(repo: &Path, command: &str, what: &str) -> Result<()> {
+    let status = std::process::Command::new(repo.join("harness/synapse/synapse.sh"))
+        .arg(command)
+        .output()?;
+    if !status.status.success() {
+        bail!(
+            "could not start {what}: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+    }
+    Ok(())
+}
+
 fn time_suite(args: &[&str]) -> Result<std::time::Duration> {
     let t = std::time::Instant::now();
     let out = std::process::Command::new(std::env::current_exe()?)
@@ -1158,25 +1164,9 @@ fn bench_servers(
     let mut rows = Vec::new();
     let ours_suite = time_suite(&["run", "--quiet"])?;
     let peer_suite = if with_synapse {
-        let status = std::process::Command::new(repo.join("harness/synapse/synapse.sh"))
-            .arg("start")
-            .output()?;
-        if !status.status.success() {
-            bail!(
-                "could not start Synapse: {}",
-                String::from_utf8_lossy(&status.stderr)
-            );
-        }
+        synapse_sh(repo, "start", "Synapse")?;
         // The federation suites need the partner Synapses too.
-        let status = std::process::Command::new(repo.join("harness/synapse/synapse.sh"))
-            .arg("start-partners")
-            .output()?;
-        if !status.status.success() {
-            bail!(
-                "could not start the partner Synapses: {}",
-                String::from_utf8_lossy(&status.stderr)
-            );
-        }
+        synapse_sh(repo, "start-partners", "the partner Synapses")?;
         Some(time_suite(&["run", "--quiet", "--profile", "synapse"])?)
     } else {
         None

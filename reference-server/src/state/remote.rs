@@ -16,6 +16,9 @@ use super::{now_ms, AuthView, State};
 use crate::error::{ApiError, ApiResult};
 use crate::store::Batch;
 
+/// A resolved state: (type, state key) -> the event's position and PDU.
+type Resolved = BTreeMap<(String, String), (u64, Pdu)>;
+
 /// What became of a PDU received from another server.
 #[derive(Debug, PartialEq)]
 pub enum Received {
@@ -417,7 +420,7 @@ impl State {
         let on_current = prevs == extremities;
         // The state after an event off the current state, as it sees it (its own key added
         // once it has a position).
-        let mut branch: Option<BTreeMap<(String, String), u64>> = None;
+        let mut branch: Option<super::room::StatePositions> = None;
         if !on_current {
             let before = match self.state_after_events(&room_id, &pdu.prev_events) {
                 Ok(s) => s,
@@ -726,11 +729,7 @@ impl State {
 
     /// The state after each of `events` (each as it saw it: [`Room::state_after`]), resolved
     /// by the room version's algorithm when they differ: (type, state key) -> position and PDU.
-    fn state_after_events(
-        &self,
-        room_id: &str,
-        events: &[String],
-    ) -> Result<BTreeMap<(String, String), (u64, Pdu)>, String> {
+    fn state_after_events(&self, room_id: &str, events: &[String]) -> Result<Resolved, String> {
         let room = self.room(room_id).map_err(|e| e.message)?;
         let v = room.room_version();
         let mut pdus: HashMap<String, Pdu> = HashMap::new();
@@ -781,7 +780,7 @@ impl State {
         batch: &mut Batch,
         room_id: &str,
         at: u64,
-        after: BTreeMap<(String, String), u64>,
+        after: super::room::StatePositions,
     ) {
         let record = super::records::BranchStateRecord {
             room: room_id.to_string(),
@@ -805,40 +804,29 @@ impl State {
         batch: &mut Batch,
         room_id: &str,
         at: u64,
-        after: BTreeMap<(String, String), u64>,
+        after: super::room::StatePositions,
     ) -> Result<(), String> {
         self.keep_branch_state(batch, room_id, at, after);
-        let (extremities, v) = {
-            let room = self.room(room_id).map_err(|e| e.message)?;
-            let ids: Vec<String> = room
-                .extremities
-                .iter()
-                .map(|e| e.event_id.clone())
-                .collect();
-            (ids, room.room_version())
-        };
-        let target: BTreeMap<(String, String), (u64, Pdu)> =
-            self.state_after_events(room_id, &extremities)?;
+        let extremities: Vec<String> = self
+            .room(room_id)
+            .map_err(|e| e.message)?
+            .extremities
+            .iter()
+            .map(|e| e.event_id.clone())
+            .collect();
+        let target = self.state_after_events(room_id, &extremities)?;
         let room = self.room(room_id).map_err(|e| e.message)?;
         let mut changes: Vec<((String, String), Option<super::Current>)> = Vec::new();
-        for (k, (pos, pdu)) in &target {
-            if room.state.get(k).map(|c| c.pos) != Some(*pos) {
-                let pdu = match self.event(*pos) {
-                    Some(e) => e.to_pdu(v).unwrap_or_else(|_| pdu.clone()),
-                    None => pdu.clone(),
-                };
-                changes.push((
-                    k.clone(),
-                    Some(super::Current {
-                        pos: *pos,
-                        pdu: Arc::new(pdu),
-                    }),
-                ));
-            }
-        }
         for k in room.state.keys() {
             if !target.contains_key(k) {
                 changes.push((k.clone(), None));
+            }
+        }
+        // The PDUs are as the server reads them (redacted, if they were).
+        for (k, (pos, pdu)) in target {
+            if room.state.get(&k).map(|c| c.pos) != Some(pos) {
+                let pdu = Arc::new(pdu);
+                changes.push((k, Some(super::Current { pos, pdu })));
             }
         }
         if changes.is_empty() {

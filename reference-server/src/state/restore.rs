@@ -25,8 +25,8 @@ impl State {
         // State events received outside the timeline: state, but not timeline events.
         let mut outliers: BTreeSet<u64> = BTreeSet::new();
         // Where forks met: the branches' states, and the keys resolution set, by position.
-        let mut branches: Vec<(String, u64, BTreeMap<(String, String), u64>)> = Vec::new();
-        let mut fixes: BTreeMap<u64, (String, Vec<(String, String, u64)>)> = BTreeMap::new();
+        let mut branches: Vec<(u64, BranchStateRecord)> = Vec::new();
+        let mut fixes: BTreeMap<u64, StateFixRecord> = BTreeMap::new();
         for (kind, key, v) in loaded.records {
             let parts: Vec<&str> = key.split('\u{0}').collect();
             let pair = |i: usize, j: usize| (parts[i].to_string(), parts[j].to_string());
@@ -113,11 +113,10 @@ impl State {
                         .map_err(|_| format!("the {kind} record {key:?} is not a position"))?;
                     if kind == "state_fix" {
                         let r: StateFixRecord = read(&key, v)?;
-                        fixes.insert(at, (r.room, r.set));
+                        fixes.insert(at, r);
                     } else {
                         let r: BranchStateRecord = read(&key, v)?;
-                        let state = r.state.into_iter().map(|(k, s, p)| ((k, s), p)).collect();
-                        branches.push((r.room, at, state));
+                        branches.push((at, r));
                     }
                 }
                 "outlier" => {
@@ -221,7 +220,7 @@ impl State {
                            user_rooms: &mut HashMap<String, BTreeSet<String>>,
                            by_pos: &HashMap<u64, Arc<mxconform_pdu::Pdu>>,
                            at: u64,
-                           (room_id, set): (String, Vec<(String, String, u64)>)|
+                           StateFixRecord { room: room_id, set }: StateFixRecord|
          -> Result<(), String> {
             let Some(room) = rooms.get_mut(&room_id) else {
                 return Ok(());
@@ -257,8 +256,9 @@ impl State {
             }
             let (ev, pdu) =
                 Event::from_stored(stored, |room| rooms.get(room).map(|r| r.version.clone()))?;
+            let pdu = Arc::new(pdu);
             if keep {
-                by_pos.insert(ev.pos, Arc::new(pdu.clone()));
+                by_pos.insert(ev.pos, pdu.clone());
             }
             if hidden.contains(&ev.pos) {
                 return Ok(());
@@ -279,7 +279,7 @@ impl State {
                 rooms.insert(ev.room_id.clone(), room);
             }
             if let Some(room) = rooms.get_mut(&ev.room_id) {
-                if let Some(user) = room.apply_state(&ev, Arc::new(pdu)) {
+                if let Some(user) = room.apply_state(&ev, pdu) {
                     user_rooms
                         .entry(user)
                         .or_default()
@@ -292,8 +292,9 @@ impl State {
             apply_fixes(&mut rooms, &mut user_rooms, &by_pos, at, fix)?;
         }
         drop(by_pos);
-        for (room_id, at, state) in branches {
-            if let Some(room) = rooms.get_mut(&room_id) {
+        for (at, r) in branches {
+            if let Some(room) = rooms.get_mut(&r.room) {
+                let state = r.state.into_iter().map(|(k, s, p)| ((k, s), p)).collect();
                 room.branch_state.insert(at, Arc::new(state));
             }
         }

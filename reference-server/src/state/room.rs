@@ -33,7 +33,7 @@ pub struct Room {
     /// another server on a fork, or a soft-failed one): (type, state key) -> position. Other
     /// events' state is the stream's at them ([`Room::state_at`]). Forks are rare: this holds
     /// one map per forking event, not per event.
-    pub branch_state: HashMap<u64, Arc<BTreeMap<(String, String), u64>>>,
+    pub branch_state: HashMap<u64, Arc<StatePositions>>,
     /// Membership changes per user: (position, membership), oldest first.
     pub members: HashMap<String, Vec<(u64, String)>>,
     /// History visibility changes: (position, visibility).
@@ -50,6 +50,9 @@ pub struct Room {
     /// The room's forward extremities: what the next event cites as `prev_events`.
     pub extremities: Vec<Arc<Pdu>>,
 }
+
+/// A state as positions: (type, state key) -> the event's position.
+pub type StatePositions = BTreeMap<(String, String), u64>;
 
 /// One entry of a room's current state.
 #[derive(Clone, Debug)]
@@ -182,7 +185,7 @@ impl Room {
 
     /// The state just after the event at `pos` as the event saw it: its branch's, when it
     /// forked, else the stream's.
-    pub fn state_after(&self, pos: u64) -> BTreeMap<(String, String), u64> {
+    pub fn state_after(&self, pos: u64) -> StatePositions {
         match self.branch_state.get(&pos) {
             Some(s) => (**s).clone(),
             None => self
@@ -205,29 +208,7 @@ impl Room {
         for ((kind, key), current) in changes {
             let pos = current.as_ref().map_or(0, |c| c.pos);
             let content = current.as_ref().map(|c| c.pdu.content().clone());
-            match kind.as_str() {
-                "m.room.member" => {
-                    let m = content
-                        .as_ref()
-                        .and_then(|c| c.get("membership"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("leave")
-                        .to_string();
-                    self.members.entry(key.clone()).or_default().push((at, m));
-                    self.last_membership = at;
-                    users.push(key.clone());
-                }
-                "m.room.history_visibility" => {
-                    let v = content
-                        .as_ref()
-                        .and_then(|c| c.get("history_visibility"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("shared")
-                        .to_string();
-                    self.visibility.push((at, v));
-                }
-                _ => {}
-            }
+            users.extend(self.log_change(at, &kind, &key, content.as_ref()));
             self.state_log.push((at, kind.clone(), key.clone(), pos));
             match current {
                 Some(c) => {
@@ -241,6 +222,41 @@ impl Room {
         users
     }
 
+    /// Logs what a change of the state at `at` means for memberships and history visibility
+    /// (`content` `None`: the key left the state); returns the user whose membership it sets.
+    fn log_change(
+        &mut self,
+        at: u64,
+        kind: &str,
+        key: &str,
+        content: Option<&Value>,
+    ) -> Option<String> {
+        let field = |name: &str, default: &str| {
+            content
+                .and_then(|c| c.get(name))
+                .and_then(Value::as_str)
+                .unwrap_or(default)
+                .to_string()
+        };
+        match kind {
+            "m.room.member" => {
+                let m = field("membership", "leave");
+                self.members
+                    .entry(key.to_string())
+                    .or_default()
+                    .push((at, m));
+                self.last_membership = at;
+                Some(key.to_string())
+            }
+            "m.room.history_visibility" => {
+                let v = field("history_visibility", "shared");
+                self.visibility.push((at, v));
+                None
+            }
+            _ => None,
+        }
+    }
+
     /// Puts a state event in the room's current state (and its membership and visibility
     /// logs); returns the user whose membership it changes.
     pub(super) fn apply_state(&mut self, ev: &Event, pdu: Arc<Pdu>) -> Option<String> {
@@ -250,30 +266,7 @@ impl Room {
         self.state.insert(k, Current { pos, pdu });
         self.state_log
             .push((pos, ev.kind.clone(), key.clone(), pos));
-        match ev.kind.as_str() {
-            "m.room.member" => {
-                let m = ev
-                    .content
-                    .get("membership")
-                    .and_then(Value::as_str)
-                    .unwrap_or("leave")
-                    .to_string();
-                self.members.entry(key.clone()).or_default().push((pos, m));
-                self.last_membership = pos;
-                Some(key.clone())
-            }
-            "m.room.history_visibility" => {
-                let v = ev
-                    .content
-                    .get("history_visibility")
-                    .and_then(Value::as_str)
-                    .unwrap_or("shared")
-                    .to_string();
-                self.visibility.push((pos, v));
-                None
-            }
-            _ => None,
-        }
+        self.log_change(pos, &ev.kind, key, Some(&ev.content))
     }
 
     /// History is readable by anyone (the current history visibility is `world_readable`).
