@@ -3,7 +3,7 @@
 //! `limited` and `prev_batch`, state, ephemeral typing and receipts, account data, invites,
 //! leaves, knocks and to-device messages.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -179,13 +179,36 @@ fn room_section(
     };
     let mut st: BTreeMap<(String, String), Arc<Event>> = BTreeMap::new();
     if state_from != u64::MAX {
-        // The state just before the timeline; in a gap, only what changed after `state_from`.
-        for ((kind, key), p) in room.state_at(first.saturating_sub(1)) {
-            if p <= state_from && !whole {
+        // The state just before the timeline; in a gap, only the keys that changed after
+        // `state_from` (a change logged in the gap may set an older event, where forks met).
+        let before = first.saturating_sub(1);
+        let changed: HashSet<(&str, &str)> = room
+            .state_changes(state_from, before)
+            .map(|(_, kind, key, _)| (kind.as_str(), key.as_str()))
+            .collect();
+        for ((kind, key), p) in room.state_at(before) {
+            if !whole && !changed.contains(&(kind, key)) {
                 continue;
             }
             if let Some(e) = state.event(p) {
                 st.insert((kind.to_string(), key.to_string()), e);
+            }
+        }
+    }
+    // Where forks met during the timeline, resolution may have set a key to an event the
+    // timeline does not show (a soft-failed one, or one from before): clients learn of it
+    // only here, as Synapse also tells them.
+    let from = if whole || limited {
+        first.saturating_sub(1)
+    } else {
+        after
+    };
+    let now = room.state_at(until);
+    for (at, kind, key, p) in room.state_changes(from, until) {
+        let unseen = *p != *at && *p != 0 && !positions.contains(p);
+        if unseen && now.get(&(kind.as_str(), key.as_str())) == Some(p) {
+            if let Some(e) = state.event(*p) {
+                st.insert((kind.clone(), key.clone()), e);
             }
         }
     }

@@ -183,6 +183,17 @@ impl Room {
         out
     }
 
+    /// The changes of the state logged after `from`, up to and including `until`.
+    pub fn state_changes(
+        &self,
+        from: u64,
+        until: u64,
+    ) -> impl Iterator<Item = &(u64, String, String, u64)> {
+        let lo = self.state_log.partition_point(|(p, _, _, _)| *p <= from);
+        let hi = self.state_log.partition_point(|(p, _, _, _)| *p <= until);
+        self.state_log[lo..hi.max(lo)].iter()
+    }
+
     /// The state just after the event at `pos` as the event saw it: its branch's, when it
     /// forked, else the stream's.
     pub fn state_after(&self, pos: u64) -> StatePositions {
