@@ -703,10 +703,75 @@ async fn receive_checked(
             fetch_missing(c, v, &room_id, &event_id).await?;
             Box::pin(receive_checked(c, v, pdu, false)).await
         }
-        Received::MissingPrev(ids) => Err(format!(
-            "its prev events are unknown here: {}",
-            ids.join(", ")
-        )),
+        Received::MissingPrev(ids) => {
+            // A gap get_missing_events did not close: the event is received on the state its
+            // server gives for it, and the rest of the gap is backfilled when a client pages
+            // back to it.
+            receive_on_state(c, v, pdu, hash_ok)
+                .await
+                .map_err(|e| format!("its prev events are unknown here ({}): {e}", ids.join(", ")))
+        }
+    }
+}
+
+/// Receives `pdu`, whose prev events could not be fetched, on the state before it that the
+/// origin gives (`/state`): every event of that state and its auth chain checked (signatures,
+/// hashes, their own auth events).
+async fn receive_on_state(
+    c: &Call<'_>,
+    v: &'static RoomVersion,
+    pdu: Pdu,
+    hash_ok: bool,
+) -> Result<(), String> {
+    let key = c
+        .server
+        .read(|s| s.signing_key.clone())
+        .ok_or("this server has no signing key")?;
+    let path = format!(
+        "/_matrix/federation/v1/state/{}?event_id={}",
+        crate::router::percent_encode(&pdu.room_id),
+        crate::router::percent_encode(&pdu.event_id)
+    );
+    let mut a = c
+        .fed
+        .client
+        .request(
+            &c.server.config.server_name,
+            &key,
+            &c.origin,
+            "GET",
+            &path,
+            None,
+        )
+        .await?;
+    if a.status != 200 {
+        return Err(format!("/state answered {}", a.status));
+    }
+    let mut lists = Vec::new();
+    for field in ["pdus", "auth_chain"] {
+        let raw = match a.body.get_mut(field).map(Value::take) {
+            Some(Value::Array(events)) => events,
+            _ => return Err(format!("/state answered without `{field}`")),
+        };
+        let checked: Vec<Pdu> = c
+            .fed
+            .verify_many(c.server, v, raw)
+            .await
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect();
+        lists.push(checked);
+    }
+    let chain = lists.pop().unwrap_or_default();
+    let state = lists.pop().unwrap_or_default();
+    let outcome = c
+        .server
+        .write(|s, batch| Ok(s.receive_pdu_on_state(batch, pdu, hash_ok, state, chain)))
+        .map_err(|e| e.message)?;
+    match outcome {
+        Received::Accepted(_) | Received::Duplicate | Received::SoftFailed(_) => Ok(()),
+        Received::Rejected(r) => Err(r),
+        Received::MissingPrev(ids) => Err(format!("still missing {}", ids.join(", "))),
     }
 }
 
@@ -737,7 +802,9 @@ async fn fetch_missing(
         "/_matrix/federation/v1/get_missing_events/{}",
         crate::router::percent_encode(room_id)
     );
-    let body = json!({"earliest_events": earliest, "latest_events": [latest], "limit": 20});
+    // The spec's default: a longer gap is received on the state its server gives, and the
+    // rest of it backfilled when a client pages back to it.
+    let body = json!({"earliest_events": earliest, "latest_events": [latest], "limit": 10});
     let a = c
         .fed
         .client

@@ -5,6 +5,7 @@
 //! destination. What the rules say of a PDU is the core's (`mxconform-pdu`); where a received
 //! PDU goes in a room is the state's (`state::remote`).
 
+pub mod backfill;
 pub mod client;
 pub mod inbound;
 pub mod joins;

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 use super::rooms::{check_send, send_state};
-use super::Ctx;
+use super::{Ctx, Reply};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{Append, Event, Room, State};
 
@@ -361,58 +361,235 @@ pub fn lazy_members(
 pub fn get_room_events(
     ctx: &Ctx,
     req: cs::message_pagination::get_room_events::Request,
-) -> ApiResult<Value> {
+) -> ApiResult<Reply> {
+    let page = room_events_page(ctx, &req, true)?;
+    let Page::Backfill { anchor, want } = page else {
+        return page.into_reply();
+    };
+    // The page reached a hole in the history: fetch it from other servers, then page again
+    // (past the hole, if nothing came).
+    let server = ctx
+        .server
+        .shared()
+        .ok_or_else(|| ApiError::internal("the server is shutting down"))?;
+    let again = Ctx {
+        server: ctx.server,
+        user: ctx.user.clone(),
+        route: ctx.route,
+        raw_body: ctx.raw_body.clone(),
+        content_type: ctx.content_type.clone(),
+        query: ctx.query.clone(),
+        path_params: ctx.path_params.clone(),
+        last_chance: true,
+        started: ctx.started,
+    };
+    let user = again.me()?.clone();
+    let room_id = req.room_id.to_string();
+    Ok(Reply::outbound(async move {
+        crate::federation::backfill::backfill(server.clone(), room_id, anchor, want).await?;
+        let ctx = Ctx {
+            server: &server,
+            user: Some(user),
+            ..again
+        };
+        match room_events_page(&ctx, &req, false)? {
+            Page::Done(v) => Ok(v),
+            Page::Backfill { .. } => Err(ApiError::internal("a page asked to backfill twice")),
+        }
+    }))
+}
+
+/// A page of /messages, or where it must first backfill.
+enum Page {
+    Done(Value),
+    /// The page reached a hole before the timeline event at `anchor` with room for `want`
+    /// more events.
+    Backfill {
+        anchor: u64,
+        want: usize,
+    },
+}
+
+impl Page {
+    fn into_reply(self) -> ApiResult<Reply> {
+        match self {
+            Page::Done(v) => Ok(Reply::from(v)),
+            Page::Backfill { .. } => Err(ApiError::internal("a page needs backfilling")),
+        }
+    }
+}
+
+/// A point in a room's history as /messages walks it (a token): between the timeline events
+/// at or before a position and those after it (`t<pos>`), or among the events backfilled
+/// before the timeline event at `anchor`, the newest `k` of them on the later side
+/// (`b<anchor>_<k>`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Point {
+    Live(u64),
+    Backfilled { anchor: u64, k: usize },
+}
+
+impl Point {
+    fn parse(t: &str) -> ApiResult<Point> {
+        if let Some(rest) = t.strip_prefix('b') {
+            let parsed = rest
+                .split_once('_')
+                .and_then(|(a, k)| Some((a.parse().ok()?, k.parse().ok()?)));
+            return parsed
+                .map(|(anchor, k)| Point::Backfilled { anchor, k })
+                .ok_or_else(|| {
+                    ApiError::invalid_param(format!("`{t}` is not a token this server issued"))
+                });
+        }
+        parse_token(t).map(Point::Live)
+    }
+
+    fn token(self) -> String {
+        match self {
+            Point::Live(p) => format!("t{p}"),
+            Point::Backfilled { anchor, k } => format!("b{anchor}_{k}"),
+        }
+    }
+}
+
+/// One step of a walk through a room's history from `at`: the event passed over (if any) and
+/// the point after it; `None` at the end of what is here. Backwards, a hole still to fetch is
+/// `Err(anchor)` (passed over when `past_holes`).
+fn step(
+    room: &Room,
+    at: Point,
+    backwards: bool,
+    past_holes: bool,
+) -> Option<Result<(u64, Point), u64>> {
+    let batch = |anchor: u64| room.backfilled.get(&anchor).map_or(&[][..], Vec::as_slice);
+    let has_history = |p: u64| room.backfilled.contains_key(&p) || room.backward.contains_key(&p);
+    if backwards {
+        match at {
+            Point::Live(f) => {
+                let idx = room.timeline.partition_point(|p| *p <= f);
+                let p = *room.timeline.get(idx.checked_sub(1)?)?;
+                let next = if has_history(p) {
+                    Point::Backfilled { anchor: p, k: 0 }
+                } else {
+                    Point::Live(p - 1)
+                };
+                Some(Ok((p, next)))
+            }
+            Point::Backfilled { anchor, k } => {
+                let list = batch(anchor);
+                if k < list.len() {
+                    let p = list[list.len() - 1 - k];
+                    return Some(Ok((p, Point::Backfilled { anchor, k: k + 1 })));
+                }
+                if room.backward.contains_key(&anchor) && !past_holes {
+                    return Some(Err(anchor));
+                }
+                step(
+                    room,
+                    Point::Live(anchor.saturating_sub(1)),
+                    true,
+                    past_holes,
+                )
+            }
+        }
+    } else {
+        match at {
+            Point::Live(f) => {
+                let idx = room.timeline.partition_point(|p| *p <= f);
+                let p = *room.timeline.get(idx)?;
+                let n = batch(p).len();
+                if n > 0 {
+                    step(
+                        room,
+                        Point::Backfilled { anchor: p, k: n },
+                        false,
+                        past_holes,
+                    )
+                } else {
+                    Some(Ok((p, Point::Live(p))))
+                }
+            }
+            Point::Backfilled { anchor, k } => {
+                let list = batch(anchor);
+                if k > 0 && k <= list.len() {
+                    let p = list[list.len() - k];
+                    Some(Ok((p, Point::Backfilled { anchor, k: k - 1 })))
+                } else {
+                    Some(Ok((anchor, Point::Live(anchor))))
+                }
+            }
+        }
+    }
+}
+
+fn room_events_page(
+    ctx: &Ctx,
+    req: &cs::message_pagination::get_room_events::Request,
+    may_backfill: bool,
+) -> ApiResult<Page> {
     let me = ctx.me()?;
     let filter = EventFilter::from_param(req.filter.as_deref())?;
     let limit = req.limit.unwrap_or(10).clamp(1, 1000) as usize;
     let limit = filter.limit.map_or(limit, |l| l.clamp(1, 1000));
     let backwards = req.dir.as_str() == "b";
-    let from = req.from.as_deref().map(parse_token).transpose()?;
-    let to = req.to.as_deref().map(parse_token).transpose()?;
+    let from = req.from.as_deref().map(Point::parse).transpose()?;
+    let to = req.to.as_deref().map(Point::parse).transpose()?;
+    let may_backfill = may_backfill && ctx.server.federation.is_some();
     ctx.server.read(|state| {
         let room = state.room(req.room_id.as_str())?;
         check_can_read(state, room, &me.user_id)?;
         let viewer = (me.user_id.as_str(), me.device_id.as_str());
         let mut chunk: Vec<Arc<Event>> = Vec::new();
-        let mut last_pos = None;
+        let start = match from {
+            Some(f) => f,
+            None if backwards => Point::Live(room.timeline.last().copied().unwrap_or(0)),
+            None => Point::Live(0),
+        };
+        let mut at = start;
         let mut more = false;
-        // Positions after `from` in the direction of travel, until `to`.
-        let in_range = |p: u64| if backwards { from.is_none_or(|f| p <= f) } else { p > from.unwrap_or(0) };
-        let past_end = |p: u64| to.is_some_and(|t| if backwards { p <= t } else { p > t });
-        let ordered: Box<dyn Iterator<Item = &u64>> =
-            if backwards { Box::new(room.timeline.iter().rev()) } else { Box::new(room.timeline.iter()) };
-        for p in ordered.filter(|p| in_range(**p)) {
-            if past_end(*p) {
+        loop {
+            if to == Some(at) {
                 break;
+            }
+            let Some(next) = step(room, at, backwards, !may_backfill) else {
+                break;
+            };
+            let (p, after) = match next {
+                Ok(x) => x,
+                Err(anchor) => {
+                    return Ok(Page::Backfill {
+                        anchor,
+                        want: limit - chunk.len(),
+                    })
+                }
+            };
+            // A timeline event past `to` ends the page (tokens are positions).
+            if let (Some(Point::Live(t)), false) = (to, room.backfilled_anchor.contains_key(&p)) {
+                if if backwards { p <= t } else { p > t } {
+                    break;
+                }
             }
             if chunk.len() == limit {
                 more = true;
                 break;
             }
-            last_pos = Some(*p);
-            let Some(e) = state.event(*p) else { continue };
-            if filter.matches(&e) && state.can_see(room, &me.user_id, *p) {
+            at = after;
+            let Some(e) = state.event(p) else { continue };
+            if filter.matches(&e) && state.can_see(room, &me.user_id, p) {
                 chunk.push(e);
             }
         }
-        let start_token = match from {
-            Some(f) => format!("t{f}"),
-            None if backwards => format!("t{}", room.timeline.last().copied().unwrap_or(0)),
-            None => "t0".to_string(),
-        };
         let mut out = json!({
             "chunk": chunk.iter().map(|e| state.client_event(e, Some(viewer), true)).collect::<Vec<_>>(),
-            "start": start_token,
+            "start": start.token(),
         });
         if more {
-            if let Some(p) = last_pos {
-                out["end"] = json!(format!("t{}", if backwards { p.saturating_sub(1) } else { p }));
-            }
+            out["end"] = json!(at.token());
         }
         if filter.lazy_load_members {
             out["state"] = json!(lazy_members(state, room, &chunk, viewer));
         }
-        Ok(out)
+        Ok(Page::Done(out))
     })
 }
 

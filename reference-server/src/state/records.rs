@@ -45,6 +45,7 @@ records! {
     ThreepidSession => "3pid_session",
     BranchStateRecord => "branch_state",
     StateFixRecord => "state_fix",
+    BackfillRecord => "backfill",
 }
 
 /// The state just after an event that did not extend the room's current state (`branch_state`,
@@ -61,6 +62,16 @@ pub struct BranchStateRecord {
 pub struct StateFixRecord {
     pub room: String,
     pub set: Vec<(String, String, u64)>,
+}
+
+/// History missing before a timeline event, and what was fetched of it (`backfill`, by the
+/// anchor's position): the fetched events' positions, oldest first, and the prev events still
+/// missing before them (empty once the history reaches the room's start).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Serialize)]
+pub struct BackfillRecord {
+    pub room: String,
+    pub events: Vec<u64>,
+    pub missing: Vec<String>,
 }
 
 /// An account (`user`, by user id).

@@ -368,6 +368,209 @@ impl State {
     /// the current state), then the PDU's place in the room. `hash_ok` false: the content hash
     /// did not match, and the redacted event is what is kept.
     pub fn receive_pdu(&mut self, batch: &mut Batch, pdu: Pdu, hash_ok: bool) -> Received {
+        self.receive(batch, pdu, hash_ok, None)
+    }
+
+    /// A PDU whose prev events could not all be fetched (a gap get_missing_events did not
+    /// close), received on the state before it that its server gave (`state`, with its auth
+    /// chain `chain`): those events are checked by their own auth events and kept as the
+    /// graph's (not shown, not the current state), then the PDU is received as one off the
+    /// current state, and the missing history waits for backfill before it.
+    pub fn receive_pdu_on_state(
+        &mut self,
+        batch: &mut Batch,
+        pdu: Pdu,
+        hash_ok: bool,
+        state: Vec<Pdu>,
+        chain: Vec<Pdu>,
+    ) -> Received {
+        let Some(room) = self.rooms.get(&pdu.room_id) else {
+            return Received::Rejected(format!("this server is not in room {}", pdu.room_id));
+        };
+        let v = room.room_version();
+        let room_id = pdu.room_id.clone();
+        let state_ids: BTreeSet<String> = state.iter().map(|p| p.event_id.clone()).collect();
+        let accepted = self.by_own_auth_events(&room_id, v, state.into_iter().chain(chain));
+        let mut before: Resolved = BTreeMap::new();
+        for p in accepted {
+            let pos = match self.event_pos(&p.event_id) {
+                Some(pos) => pos,
+                None => {
+                    self.record_hidden(batch, p.clone(), "the state of a gap");
+                    self.pos
+                }
+            };
+            if let (Some(k), true) = (&p.state_key, state_ids.contains(&p.event_id)) {
+                before.insert((p.kind.clone(), k.clone()), (pos, p));
+            }
+        }
+        if !before.contains_key(&("m.room.create".to_string(), String::new()))
+            && !v.room_id_is_create
+        {
+            return Received::Rejected("the state its server gave has no create event".into());
+        }
+        let missing: Vec<String> = pdu
+            .prev_events
+            .iter()
+            .filter(|id| self.event_pos(id).is_none())
+            .cloned()
+            .collect();
+        let outcome = self.receive(batch, pdu, hash_ok, Some(before));
+        if let Received::Accepted(pos) = outcome {
+            self.keep_backfill(batch, &room_id, pos, Vec::new(), missing);
+        }
+        outcome
+    }
+
+    /// The events of `pdus` (another server's, of `room_id`) that the rules allow by their own
+    /// auth events, each found among those allowed before it or known here; oldest first.
+    fn by_own_auth_events(
+        &self,
+        room_id: &str,
+        v: &'static RoomVersion,
+        pdus: impl Iterator<Item = Pdu>,
+    ) -> Vec<Pdu> {
+        let mut order: Vec<Pdu> = pdus.filter(|p| p.room_id == room_id).collect();
+        order.sort_by_key(|p| (p.depth, p.origin_server_ts));
+        order.dedup_by(|a, b| a.event_id == b.event_id);
+        let create = self.rooms.get(room_id).and_then(|r| {
+            r.state
+                .get(&("m.room.create".to_string(), String::new()))
+                .map(|c| c.pdu.clone())
+        });
+        let mut allowed: HashMap<String, Pdu> = HashMap::new();
+        let mut out = Vec::new();
+        for p in order {
+            let known: Vec<Option<Pdu>> = p
+                .auth_events
+                .iter()
+                .map(|id| {
+                    allowed
+                        .get(id)
+                        .cloned()
+                        .or_else(|| self.pdu_in(room_id, id))
+                })
+                .collect();
+            let auth: Vec<Option<&Pdu>> = known.iter().map(Option::as_ref).collect();
+            let signed = |s: &str| signed_by(&p, s);
+            if authorize_by_auth_events(v, &p, &auth, &|_| false, create.as_deref(), &signed)
+                .is_ok()
+            {
+                allowed.insert(p.event_id.clone(), p.clone());
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// Keeps history another server gave (`/backfill`) before the timeline event at `anchor`:
+    /// each event checked by its own auth events, those new here stored outside the timeline
+    /// (not the current state, never in /sync), state events this server had from a join
+    /// shown in that history too; the prev events still missing before it noted. Returns how
+    /// many events the history gained.
+    pub fn keep_backfilled(
+        &mut self,
+        batch: &mut Batch,
+        room_id: &str,
+        anchor: u64,
+        pdus: Vec<Pdu>,
+    ) -> usize {
+        let Some(room) = self.rooms.get(room_id) else {
+            return 0;
+        };
+        let v = room.room_version();
+        let mut items: Vec<(i64, u64, u64)> = Vec::new();
+        let mut ids: Vec<Pdu> = Vec::new();
+        for p in self.by_own_auth_events(room_id, v, pdus.into_iter()) {
+            let (depth, ts) = (p.depth as i64, p.origin_server_ts as u64);
+            match self.event_pos(&p.event_id) {
+                None => {
+                    self.record_backfilled(batch, p.clone());
+                    items.push((depth, ts, self.pos));
+                    ids.push(p);
+                }
+                Some(pos) => {
+                    // A state event kept from a join (in the state log at its own position,
+                    // not in the timeline) is history too; timeline events are shown already.
+                    let room = &self.rooms[room_id];
+                    let outlier = room.timeline.binary_search(&pos).is_err()
+                        && !room.backfilled_anchor.contains_key(&pos)
+                        && room
+                            .state_log
+                            .iter()
+                            .any(|(at, _, _, e)| *at == pos && *e == pos);
+                    if outlier {
+                        items.push((depth, ts, pos));
+                        ids.push(p);
+                    }
+                }
+            }
+        }
+        let room = &self.rooms[room_id];
+        let gained = items.len();
+        items.sort();
+        let mut events: Vec<u64> = items.into_iter().map(|(_, _, p)| p).collect();
+        events.extend(room.backfilled.get(&anchor).into_iter().flatten().copied());
+        let mut missing: Vec<String> = ids
+            .iter()
+            .flat_map(|p| p.prev_events.iter())
+            .filter(|id| self.event_pos(id).is_none())
+            .cloned()
+            .collect();
+        missing.sort();
+        missing.dedup();
+        self.keep_backfill(batch, room_id, anchor, events, missing);
+        gained
+    }
+
+    /// Records the history before `anchor` and what is missing before it.
+    fn keep_backfill(
+        &mut self,
+        batch: &mut Batch,
+        room_id: &str,
+        anchor: u64,
+        events: Vec<u64>,
+        missing: Vec<String>,
+    ) {
+        let record = super::records::BackfillRecord {
+            room: room_id.to_string(),
+            events: events.clone(),
+            missing: missing.clone(),
+        };
+        batch.put_record(anchor.to_string(), &record);
+        if let Some(room) = self.rooms.get_mut(room_id) {
+            room.keep_backfill(anchor, events, missing);
+        }
+    }
+
+    /// Stores an event of a room's history fetched from another server: found by id and
+    /// position, but neither in the timeline nor the state (its row has no state key).
+    fn record_backfilled(&mut self, batch: &mut Batch, pdu: Pdu) {
+        self.pos += 1;
+        let pos = self.pos;
+        let ev = super::Event::from_pdu(pos, &pdu, None);
+        batch.events.push(crate::store::EventRow {
+            pos,
+            room_id: ev.room_id.clone(),
+            event_id: ev.event_id.clone(),
+            sender: ev.sender.clone(),
+            state_key: None,
+            relates_to: None,
+            replaces: None,
+            json: super::timeline::record_text(&pdu.json, &None, false),
+        });
+        self.cache.put(Arc::new(ev));
+    }
+
+    /// Steps 4-6 of the checks on receipt; `given`: the state before the event, when its
+    /// server gave it because its prev events could not be fetched.
+    fn receive(
+        &mut self,
+        batch: &mut Batch,
+        pdu: Pdu,
+        hash_ok: bool,
+        given: Option<Resolved>,
+    ) -> Received {
         let Some(room) = self.rooms.get(&pdu.room_id) else {
             return Received::Rejected(format!("this server is not in room {}", pdu.room_id));
         };
@@ -408,7 +611,7 @@ impl State {
             .filter(|id| self.event_pos(id).is_none())
             .cloned()
             .collect();
-        if !missing.is_empty() {
+        if !missing.is_empty() && given.is_none() {
             return Received::MissingPrev(missing);
         }
         let extremities: BTreeSet<&str> = room
@@ -422,9 +625,12 @@ impl State {
         // once it has a position).
         let mut branch: Option<super::room::StatePositions> = None;
         if !on_current {
-            let before = match self.state_after_events(&room_id, &pdu.prev_events) {
-                Ok(s) => s,
-                Err(e) => return Received::Rejected(format!("the state before it: {e}")),
+            let before = match given {
+                Some(s) => s,
+                None => match self.state_after_events(&room_id, &pdu.prev_events) {
+                    Ok(s) => s,
+                    Err(e) => return Received::Rejected(format!("the state before it: {e}")),
+                },
             };
             branch = Some(before.iter().map(|(k, (p, _))| (k.clone(), *p)).collect());
             let mut state: Vec<&Pdu> = before.values().map(|(_, p)| p).collect();
@@ -663,7 +869,17 @@ impl State {
         }
         let joiner = join.sender.clone();
         let join_id = join.event_id.clone();
+        let missing: Vec<String> = join
+            .prev_events
+            .iter()
+            .filter(|id| self.event_pos(id).is_none())
+            .cloned()
+            .collect();
         let (pos, _) = self.record_event(batch, join, None);
+        if !missing.is_empty() {
+            // The history before the join is fetched when a client pages back to it.
+            self.keep_backfill(batch, room_id, pos, Vec::new(), missing);
+        }
         if known {
             // An extremities record of before would outlive the clearing above.
             batch.put("extremities", room_id.to_string(), &json!([join_id]));

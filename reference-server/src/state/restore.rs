@@ -7,9 +7,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::records::{
-    read, AccountDataRecord, AliasRecord, BackupRecord, BranchStateRecord, DeviceKeysRecord,
-    DeviceRecord, OneTimeKeyRecord, PresenceRecord, ReceiptRecord, RoomRecord, StateFixRecord,
-    ThreepidRecord, UserRecord,
+    read, AccountDataRecord, AliasRecord, BackfillRecord, BackupRecord, BranchStateRecord,
+    DeviceKeysRecord, DeviceRecord, OneTimeKeyRecord, PresenceRecord, ReceiptRecord, RoomRecord,
+    StateFixRecord, ThreepidRecord, UserRecord,
 };
 use super::{creators_of, Device, Event, Receipt, Room, State, Threepid, ThreepidSession, User};
 use crate::store::Loaded;
@@ -27,6 +27,9 @@ impl State {
         // Where forks met: the branches' states, and the keys resolution set, by position.
         let mut branches: Vec<(u64, BranchStateRecord)> = Vec::new();
         let mut fixes: BTreeMap<u64, StateFixRecord> = BTreeMap::new();
+        // History fetched from other servers, by anchor: shown by /messages, not the timeline.
+        let mut backfills: Vec<(u64, BackfillRecord)> = Vec::new();
+        let mut backfilled: BTreeSet<u64> = BTreeSet::new();
         for (kind, key, v) in loaded.records {
             let parts: Vec<&str> = key.split('\u{0}').collect();
             let pair = |i: usize, j: usize| (parts[i].to_string(), parts[j].to_string());
@@ -118,6 +121,14 @@ impl State {
                         let r: BranchStateRecord = read(&key, v)?;
                         branches.push((at, r));
                     }
+                }
+                "backfill" => {
+                    let at: u64 = key
+                        .parse()
+                        .map_err(|_| format!("the backfill record {key:?} is not a position"))?;
+                    let r: BackfillRecord = read(&key, v)?;
+                    backfilled.extend(r.events.iter().copied());
+                    backfills.push((at, r));
                 }
                 "outlier" => {
                     outliers
@@ -298,11 +309,16 @@ impl State {
                 room.branch_state.insert(at, Arc::new(state));
             }
         }
+        for (anchor, r) in backfills {
+            if let Some(room) = rooms.get_mut(&r.room) {
+                room.keep_backfill(anchor, r.events, r.missing);
+            }
+        }
         // Timelines, and each member's latest event, from one pass over the events' rows.
         let mut last = 0;
         self.store.timeline(|room_id, sender, pos| {
             last = last.max(pos);
-            if hidden.contains(&pos) || outliers.contains(&pos) {
+            if hidden.contains(&pos) || outliers.contains(&pos) || backfilled.contains(&pos) {
                 return;
             }
             if let Some(room) = rooms.get_mut(room_id) {

@@ -49,6 +49,16 @@ pub struct Room {
     pub last_membership: u64,
     /// The room's forward extremities: what the next event cites as `prev_events`.
     pub extremities: Vec<Arc<Pdu>>,
+    /// History fetched from other servers (`/backfill`): each timeline event before which
+    /// history was missing (the anchor: a remote join, or the earliest event of a gap) -> the
+    /// fetched events' positions, oldest first. They are not in `timeline`, so /sync never
+    /// shows them; /messages shows them just before their anchor.
+    pub backfilled: BTreeMap<u64, Vec<u64>>,
+    /// Each backfilled event's anchor, by position.
+    pub backfilled_anchor: HashMap<u64, u64>,
+    /// Where history still has a hole: anchor -> the prev events not here, of the anchor or
+    /// of the oldest events backfilled before it. /messages backfills when it reaches one.
+    pub backward: BTreeMap<u64, Vec<String>>,
 }
 
 /// A state as positions: (type, state key) -> the event's position.
@@ -181,6 +191,24 @@ impl Room {
             .collect();
         out.retain(|_, e| *e != 0);
         out
+    }
+
+    /// Sets the history backfilled before `anchor` (positions, oldest first) and the prev
+    /// events still missing before it (none: the history is whole).
+    pub fn keep_backfill(&mut self, anchor: u64, events: Vec<u64>, missing: Vec<String>) {
+        for p in &events {
+            self.backfilled_anchor.insert(*p, anchor);
+        }
+        if events.is_empty() {
+            self.backfilled.remove(&anchor);
+        } else {
+            self.backfilled.insert(anchor, events);
+        }
+        if missing.is_empty() {
+            self.backward.remove(&anchor);
+        } else {
+            self.backward.insert(anchor, missing);
+        }
     }
 
     /// The changes of the state logged after `from`, up to and including `until`.

@@ -778,3 +778,178 @@ fn events_from_another_server_are_checked_and_kept_across_a_restart() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn history_before_a_remote_join_is_backfilled_in_order_and_kept_across_a_restart() {
+    use mxconform_pdu::build::{build, NewEvent, Origin};
+    let (dir, db) = temp_db("backfill");
+    let key = SigningKey::generate(None).unwrap();
+    let remote_key = SigningKey::generate(None).unwrap();
+    let remote = Origin {
+        server_name: "remote.test",
+        key: &remote_key,
+    };
+    let local = Origin {
+        server_name: "hs.test",
+        key: &key,
+    };
+    let v = RoomVersion::get("10").unwrap();
+    let room_id = "!old:remote.test";
+    let (rita, alice) = ("@rita:remote.test", "@alice:hs.test");
+    // The resident server's room: its state, then two messages, then alice's join.
+    let mut current: HashMap<(String, String), Pdu> = HashMap::new();
+    let mut made: Vec<Pdu> = Vec::new();
+    let mut make = |kind: &str, sk: Option<&str>, sender: &str, content: Value, origin| {
+        let auth: HashMap<(String, String), &Pdu> =
+            current.iter().map(|(k, p)| (k.clone(), p)).collect();
+        let prev: Vec<&Pdu> = made.last().into_iter().collect();
+        let ts = 1_700_000_000_000 + made.len() as i64;
+        let p = build(
+            v,
+            room_id,
+            NewEvent::new(kind, sk, sender, content, ts),
+            &prev,
+            &auth,
+            origin,
+        )
+        .unwrap();
+        if let Some(k) = &p.state_key {
+            current.insert((p.kind.clone(), k.clone()), p.clone());
+        }
+        made.push(p.clone());
+        p
+    };
+    let create = make(
+        "m.room.create",
+        Some(""),
+        rita,
+        json!({"room_version": "10", "creator": rita}),
+        remote,
+    );
+    let rjoin = make(
+        "m.room.member",
+        Some(rita),
+        rita,
+        json!({"membership": "join"}),
+        remote,
+    );
+    let power = make(
+        "m.room.power_levels",
+        Some(""),
+        rita,
+        json!({"users": {rita: 100}}),
+        remote,
+    );
+    let rules = make(
+        "m.room.join_rules",
+        Some(""),
+        rita,
+        json!({"join_rule": "public"}),
+        remote,
+    );
+    let one = make(
+        "m.room.message",
+        None,
+        rita,
+        json!({"msgtype": "m.text", "body": "one"}),
+        remote,
+    );
+    let two = make(
+        "m.room.message",
+        None,
+        rita,
+        json!({"msgtype": "m.text", "body": "two"}),
+        remote,
+    );
+    let join = make(
+        "m.room.member",
+        Some(alice),
+        alice,
+        json!({"membership": "join"}),
+        local,
+    );
+    let given = vec![create.clone(), rjoin.clone(), power.clone(), rules.clone()];
+
+    let mut state = State::with_store("hs.test", key.clone(), open_db(&db));
+    let mut batch = Batch::default();
+    let anchor = state
+        .join_remote_room(&mut batch, v, room_id, given, Vec::new(), join.clone())
+        .unwrap();
+    assert_eq!(
+        state.rooms[room_id].backward.get(&anchor),
+        Some(&vec![two.event_id.clone()]),
+        "the join's prev event is the hole to fill"
+    );
+    // The resident server's answer to /backfill: newest first, with an event nobody could
+    // have authorized (a message of someone never joined), which is dropped.
+    let forged = build(
+        v,
+        room_id,
+        NewEvent::new(
+            "m.room.message",
+            None,
+            "@mallory:remote.test",
+            json!({"body": "x"}),
+            1,
+        ),
+        &[&one],
+        &HashMap::from([(("m.room.create".to_string(), String::new()), &create)]),
+        remote,
+    )
+    .unwrap();
+    let answer = vec![
+        two.clone(),
+        one.clone(),
+        forged.clone(),
+        rules,
+        power,
+        rjoin,
+        create.clone(),
+    ];
+    let gained = state.keep_backfilled(&mut batch, room_id, anchor, answer);
+    assert_eq!(
+        gained, 6,
+        "two messages and the four state events from the join"
+    );
+    let pos = |id: &str| state.event_pos(id).unwrap();
+    {
+        let room = &state.rooms[room_id];
+        let order: Vec<u64> = made[..6].iter().map(|p| pos(&p.event_id)).collect();
+        assert_eq!(
+            room.backfilled[&anchor], order,
+            "in the room's order, before the join"
+        );
+        assert!(
+            room.backward.is_empty(),
+            "the history reaches the create event: no hole"
+        );
+        assert_eq!(
+            room.timeline,
+            vec![anchor],
+            "history is not the timeline (/sync)"
+        );
+        assert!(state.event_pos(&forged.event_id).is_none());
+        assert_eq!(
+            room.state_content("m.room.join_rules", "").unwrap()["join_rule"],
+            "public",
+            "the current state is unchanged"
+        );
+    }
+    state.store.commit(batch).unwrap();
+    state.committed();
+    let store = open_db(&db);
+    let loaded = store.load().unwrap();
+    let mut again = State::with_store("hs.test", key, store);
+    again.restore(loaded).unwrap();
+    let (a, b) = (&state.rooms[room_id], &again.rooms[room_id]);
+    assert_eq!(a.timeline, b.timeline);
+    assert_eq!(a.backfilled, b.backfilled);
+    assert_eq!(a.backfilled_anchor, b.backfilled_anchor);
+    assert_eq!(a.backward, b.backward);
+    assert!(a.state == b.state);
+    assert_eq!(
+        again.event_by_id(&one.event_id).unwrap().content["body"],
+        "one"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

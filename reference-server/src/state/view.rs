@@ -144,6 +144,12 @@ impl State {
         if own_membership {
             return true;
         }
+        // History backfilled from other servers is older than its anchor: it is seen as at
+        // just before the anchor (the state of the events themselves is not kept).
+        let pos = room
+            .backfilled_anchor
+            .get(&pos)
+            .map_or(pos, |anchor| anchor.saturating_sub(1));
         let vis = room.visibility_at(pos);
         if vis == "world_readable" {
             return true;
