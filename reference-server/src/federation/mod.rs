@@ -7,6 +7,7 @@
 
 pub mod backfill;
 pub mod client;
+pub mod hierarchy;
 pub mod inbound;
 pub mod joins;
 pub mod media;
