@@ -372,6 +372,10 @@ pub async fn serve(server: Arc<Server>, addr: SocketAddr) -> Result<Running, Str
             .map(|u| u.trim_end_matches('/').to_string())
             .unwrap_or_else(|| format!("http://{addr}")),
     );
+    // Other servers that had not taken all of this server's events are sent the rest.
+    if let Some(f) = &server.federation {
+        f.sender.wake(&server);
+    }
     for asv in server.config.appservices.iter().filter(|a| a.url.is_some()) {
         tokio::spawn(appservice::push_transactions(
             Arc::downgrade(&server),

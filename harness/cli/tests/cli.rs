@@ -476,3 +476,162 @@ fn two_reference_servers_federate() {
     let _ = (a.wait(), b.wait());
     result.expect("the two servers federate");
 }
+
+/// A reference server federating on disk (`serve --db DIR/hs.db`) on the given ports, trusting
+/// the test authority `ca`: the process, its client-server URL, its server name.
+fn start_on_disk(
+    ca: &Path,
+    dir: &Path,
+    client_port: u16,
+    fed_port: u16,
+) -> (std::process::Child, String, String) {
+    use std::io::{BufRead, BufReader};
+    let server_name = format!("127.0.0.1:{fed_port}");
+    let mut child = bin()
+        .args(["serve", "--addr"])
+        .arg(format!("127.0.0.1:{client_port}"))
+        .args([
+            "--server-name",
+            &server_name,
+            "--federation-addr",
+            &server_name,
+        ])
+        .arg("--db")
+        .arg(dir.join("hs.db"))
+        .arg("--tls-authority")
+        .arg(ca)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the server starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    for _ in 0..2 {
+        let line = lines.next().expect("start-up lines").expect("readable");
+        assert!(line.contains(&server_name), "{line}");
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (
+        child,
+        format!("http://127.0.0.1:{client_port}"),
+        server_name,
+    )
+}
+
+/// A message sent while the other server is down, and the sender itself restarted before the
+/// other comes back, still reaches it: the delivery queue survives the restart (without it,
+/// nothing would bring the message, since no later event cites it).
+#[test]
+fn deliveries_survive_a_restart_of_both_servers() {
+    use mxconform_harness::client::{Body, Client, Limits};
+    let dir = temp("fed-restart");
+    let ca = dir.join("ca");
+    let out = bin()
+        .arg("federation-ca")
+        .arg("--out")
+        .arg(&ca)
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let (dir_a, dir_b) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&dir_a).expect("dir");
+    std::fs::create_dir_all(&dir_b).expect("dir");
+    let ports_a = (free_port(), free_port());
+    let ports_b = (free_port(), free_port());
+    let (mut a, url_a, name_a) = start_on_disk(&ca, &dir_a, ports_a.0, ports_a.1);
+    let (mut b, url_b, _) = start_on_disk(&ca, &dir_b, ports_b.0, ports_b.1);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let limits = Limits {
+        request_timeout: std::time::Duration::from_secs(20),
+        ..Limits::default()
+    };
+    let call = |url: String,
+                method: &'static str,
+                path: String,
+                body: serde_json::Value,
+                token: Option<String>| {
+        let limits = limits.clone();
+        async move {
+            let c = Client::new(&url, limits).map_err(|e| e.to_string())?;
+            let r = c
+                .send(
+                    method,
+                    &path,
+                    &[],
+                    Body::Json(body),
+                    token.as_deref(),
+                    None,
+                    Default::default(),
+                )
+                .await
+                .map_err(|e| format!("{method} {path}: {e}"))?;
+            if r.status != 200 {
+                return Err(format!("{method} {path}: {} {}", r.status, r.body));
+            }
+            Ok::<_, String>(r.body)
+        }
+    };
+    let result = rt.block_on(async {
+        let register = |url: String, user: &'static str| {
+            let body = serde_json::json!({"username": user, "password": "pw", "auth": {"type": "m.login.dummy"}});
+            call(url, "POST", "/_matrix/client/v3/register".into(), body, None)
+        };
+        let ta = register(url_a.clone(), "alice").await?["access_token"].as_str().unwrap_or("").to_string();
+        let tb = register(url_b.clone(), "bob").await?["access_token"].as_str().unwrap_or("").to_string();
+        let room = call(url_a.clone(), "POST", "/_matrix/client/v3/createRoom".into(), serde_json::json!({"preset": "public_chat"}), Some(ta.clone()))
+            .await?["room_id"].as_str().unwrap_or("").to_string();
+        let enc = room.replace('!', "%21").replace(':', "%3A");
+        call(url_b.clone(), "POST", format!("/_matrix/client/v3/join/{enc}?via={name_a}"), serde_json::json!({}), Some(tb.clone())).await?;
+        Ok::<_, String>((ta, tb, enc))
+    });
+    let (ta, tb, enc) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = (a.kill(), b.kill());
+            panic!("set-up: {e}");
+        }
+    };
+    // b goes down; a's message cannot be delivered; then a restarts, and b comes back.
+    let _ = b.kill();
+    let _ = b.wait();
+    let sent = rt.block_on(call(
+        url_a.clone(),
+        "PUT",
+        format!("/_matrix/client/v3/rooms/{enc}/send/m.room.message/t1"),
+        serde_json::json!({"msgtype": "m.text", "body": "while b was down"}),
+        Some(ta.clone()),
+    ));
+    let _ = a.kill();
+    let _ = a.wait();
+    let (mut b, url_b, _) = start_on_disk(&ca, &dir_b, ports_b.0, ports_b.1);
+    let (mut a, _, _) = start_on_disk(&ca, &dir_a, ports_a.0, ports_a.1);
+    let arrived = rt.block_on(async {
+        sent?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let msgs = call(
+                url_b.clone(),
+                "GET",
+                format!("/_matrix/client/v3/rooms/{enc}/messages?dir=b&limit=50"),
+                serde_json::Value::Null,
+                Some(tb.clone()),
+            )
+            .await?;
+            let bodies: Vec<String> = msgs["chunk"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["content"]["body"].as_str().map(str::to_string))
+                .collect();
+            if bodies.iter().any(|b| b == "while b was down") {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("the message never arrived: {bodies:?}"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    let _ = (a.kill(), b.kill());
+    let _ = (a.wait(), b.wait());
+    let _ = std::fs::remove_dir_all(&dir);
+    arrived.expect("the queued message is delivered after the restarts");
+}

@@ -1,8 +1,10 @@
 //! This server's events to the other servers of each room: one queue per destination,
 //! delivered in order as transactions of at most 50 PDUs, one transaction in flight per
 //! destination, retried with growing pauses (up to a minute) while a destination is down.
-//! Queues are in memory: events made while the server was stopped are not sent after a
-//! restart (the other servers fetch them when the next event cites them).
+//! Each destination's progress is kept (`fed_acked`: the greatest position of this server's
+//! events it accepted): after a restart, or a destination's outage across one, its queue is
+//! rebuilt from the events since (the last `CATCH_UP` positions at most; older ones the
+//! destination fetches when later events cite them). EDUs are queued in memory only.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
@@ -19,6 +21,9 @@ const TXN_EDUS: usize = 100;
 /// The most PDUs waiting for one destination; beyond, the oldest are dropped (the
 /// destination fetches what it misses through the prev events of later ones).
 const QUEUE_LIMIT: usize = 10_000;
+/// How far back the stream is read at start-up for destinations that had not taken
+/// everything.
+const CATCH_UP: u64 = 10_000;
 
 /// The serial part of transaction ids.
 static TXN_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -34,11 +39,17 @@ struct Queues {
     /// The stream position up to which events were queued.
     cursor: Option<u64>,
     dests: HashMap<String, Dest>,
+    /// Each destination's progress as kept (read at the first look).
+    acked: HashMap<String, u64>,
+    /// The stream position at the first look: destinations with no progress kept are sent
+    /// only what comes after it.
+    floor: u64,
 }
 
 #[derive(Default)]
 struct Dest {
-    pending: VecDeque<Value>,
+    /// PDUs with their positions (0: another server's PDU passed on).
+    pending: VecDeque<(u64, Value)>,
     edus: VecDeque<Value>,
     /// A delivery task is running for this destination.
     busy: bool,
@@ -54,8 +65,17 @@ impl Sender {
         let ours = server.config.server_name.clone();
         let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let (head, work) = server.read(|s| {
-            let from = q.cursor.unwrap_or(s.pos);
-            let mut work: Vec<(String, Value)> = Vec::new();
+            let from = match q.cursor {
+                Some(c) => c,
+                None => {
+                    // The first look: destinations behind catch up on the recent stream.
+                    q.acked = s.federation_acked.clone();
+                    q.floor = s.pos;
+                    let behind = q.acked.values().copied().min().unwrap_or(s.pos);
+                    behind.max(s.pos.saturating_sub(CATCH_UP)).min(s.pos)
+                }
+            };
+            let mut work: Vec<(String, u64, Value)> = Vec::new();
             for pos in from + 1..=s.pos {
                 let Some(ev) = s.event(pos) else { continue };
                 if ev.sender.split_once(':').map(|(_, h)| h) != Some(ours.as_str()) {
@@ -78,17 +98,30 @@ impl Sender {
                     }
                 }
                 dests.remove(&ours);
+                dests.retain(|d| pos > q.acked.get(d).copied().unwrap_or(q.floor));
+                if dests.is_empty() {
+                    continue;
+                }
                 let pdu = ev.pdu_json(v);
                 for d in dests {
-                    work.push((d, pdu.clone()));
+                    work.push((d, pos, pdu.clone()));
                 }
             }
             (s.pos, work)
         });
         q.cursor = Some(head);
-        for (dest, pdu) in work {
+        // A destination sent something for the first time is kept as having taken what came
+        // before it, so that a restart knows it is behind.
+        let mut first_seen: Vec<(String, u64)> = Vec::new();
+        for (dest, pos, _) in &work {
+            if !q.acked.contains_key(dest) {
+                q.acked.insert(dest.clone(), pos - 1);
+                first_seen.push((dest.clone(), pos - 1));
+            }
+        }
+        for (dest, pos, pdu) in work {
             let d = q.dests.entry(dest.clone()).or_default();
-            d.pending.push_back(pdu);
+            d.pending.push_back((pos, pdu));
             while d.pending.len() > QUEUE_LIMIT {
                 d.pending.pop_front();
             }
@@ -102,6 +135,14 @@ impl Sender {
             }
         }
         drop(q);
+        if !first_seen.is_empty() {
+            let _ = server.write(|st, batch| {
+                for (dest, pos) in &first_seen {
+                    st.put_federation_acked(batch, dest, *pos);
+                }
+                Ok(())
+            });
+        }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             for dest in start {
                 rt.spawn(deliver(Arc::downgrade(&shared), dest));
@@ -116,7 +157,7 @@ impl Sender {
             let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
             for dest in dests {
                 let d = q.dests.entry(dest).or_default();
-                d.pending.push_back(pdu.clone());
+                d.pending.push_back((0, pdu.clone()));
                 while d.pending.len() > QUEUE_LIMIT {
                     d.pending.pop_front();
                 }
@@ -147,7 +188,7 @@ impl Sender {
 
     /// The next transaction's PDUs and EDUs for `dest` (taken off its queues), or `None` when
     /// it has none (the delivery task then ends).
-    fn take(&self, dest: &str) -> Option<(Vec<Value>, Vec<Value>)> {
+    fn take(&self, dest: &str) -> Option<(Vec<(u64, Value)>, Vec<Value>)> {
         let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let d = q.dests.get_mut(dest)?;
         if d.pending.is_empty() && d.edus.is_empty() {
@@ -160,7 +201,7 @@ impl Sender {
     }
 
     /// Puts back what a failed delivery held, ahead of the rest.
-    fn put_back(&self, dest: &str, pdus: Vec<Value>, edus: Vec<Value>) {
+    fn put_back(&self, dest: &str, pdus: Vec<(u64, Value)>, edus: Vec<Value>) {
         let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let d = q.dests.entry(dest.to_string()).or_default();
         for p in pdus.into_iter().rev() {
@@ -169,6 +210,13 @@ impl Sender {
         for e in edus.into_iter().rev() {
             d.edus.push_front(e);
         }
+    }
+
+    /// `dest` accepted this server's events up to `pos`.
+    fn acked(&self, dest: &str, pos: u64) {
+        let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let a = q.acked.entry(dest.to_string()).or_default();
+        *a = (*a).max(pos);
     }
 }
 
@@ -192,9 +240,10 @@ async fn deliver(server: Weak<Server>, dest: String) {
         let body = json!({
             "origin": s.config.server_name,
             "origin_server_ts": now_ms(),
-            "pdus": pdus,
+            "pdus": pdus.iter().map(|(_, p)| p).collect::<Vec<_>>(),
             "edus": edus,
         });
+        let last = pdus.iter().map(|(p, _)| *p).max().unwrap_or(0);
         let path = format!("/_matrix/federation/v1/send/{txn}");
         let sent = fed
             .client
@@ -208,7 +257,18 @@ async fn deliver(server: Weak<Server>, dest: String) {
             )
             .await;
         match sent {
-            Ok(a) if a.status == 200 => pause = Duration::from_millis(500),
+            Ok(a) if a.status == 200 => {
+                pause = Duration::from_millis(500);
+                if last > 0 {
+                    fed.sender.acked(&dest, last);
+                    // Kept, so that a restart resumes after it (lost only with a crash in
+                    // between: the events are then sent again, and the duplicates ignored).
+                    let _ = s.write(|st, batch| {
+                        st.put_federation_acked(batch, &dest, last);
+                        Ok(())
+                    });
+                }
+            }
             _ => {
                 fed.sender.put_back(&dest, pdus, edus);
                 drop(s);

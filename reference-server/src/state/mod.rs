@@ -151,6 +151,10 @@ pub struct State {
     /// How far each application service has been sent the event stream (its last
     /// acknowledged position), by service id.
     pub appservice_pos: HashMap<String, u64>,
+    /// How far each other server has taken this server's events (the greatest position of
+    /// a transaction it accepted), by server name: deliveries resume from there after a
+    /// restart.
+    pub federation_acked: HashMap<String, u64>,
     /// Third-party identifier validation sessions, by sid.
     pub threepid_sessions: HashMap<String, ThreepidSession>,
     /// When validation messages went to each address lately (ms), for the rate limit; not
@@ -210,6 +214,12 @@ impl State {
             batch.put("as_pos", id, &json!(pos));
         }
         self.appservice_pos.insert(id.to_string(), pos);
+    }
+
+    /// Records that `dest` took this server's events up to `pos`.
+    pub fn put_federation_acked(&mut self, batch: &mut Batch, dest: &str, pos: u64) {
+        batch.put("fed_acked", dest, &json!(pos));
+        self.federation_acked.insert(dest.to_string(), pos);
     }
 
     pub fn next_pos(&mut self, batch: &mut Batch) -> u64 {

@@ -142,6 +142,10 @@ impl State {
                     })?;
                     forked.insert(key.clone(), ids);
                 }
+                "fed_acked" => {
+                    self.federation_acked
+                        .insert(key.clone(), v.as_u64().unwrap_or(0));
+                }
                 "as_pos" => {
                     self.appservice_pos
                         .insert(key.clone(), v.as_u64().unwrap_or(0));
