@@ -234,6 +234,10 @@ struct ServeArgs {
     /// Accept any certificate from other servers (tests only).
     #[arg(long, conflicts_with = "federation_ca")]
     federation_insecure: bool,
+    /// The DNS server (IP:port) to ask where other servers are (SRV records and host
+    /// addresses); default the system's
+    #[arg(long, value_name = "ADDR")]
+    dns_server: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -889,7 +893,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         } else {
             mxconform_server::federation::Trust::Authorities(trusted)
         };
-        config.federation = Some(mxconform_server::federation::FederationConfig { trust });
+        config.federation = Some(mxconform_server::federation::FederationConfig {
+            trust,
+            dns: args.dns_server,
+        });
         if !addr.ip().is_loopback() {
             eprintln!("warning: federation listens on {addr}, which is not a loopback address");
         }

@@ -635,3 +635,166 @@ fn deliveries_survive_a_restart_of_both_servers() {
     let _ = std::fs::remove_dir_all(&dir);
     arrived.expect("the queued message is delivered after the restarts");
 }
+
+/// A name server on loopback for the discovery test: `records` SRV answers (name -> target,
+/// port) and A answers (name -> 127.0.0.1), nothing for other names. Answers until the test
+/// ends; returns its address.
+fn dns_server(srv: Vec<(String, String, u16)>, a: Vec<String>) -> std::net::SocketAddr {
+    use simple_dns::rdata::{RData, A, SRV};
+    use simple_dns::{Name, Packet, ResourceRecord, CLASS};
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP port");
+    let addr = sock.local_addr().expect("its address");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let Ok(query) = Packet::parse(&buf[..n]) else {
+                continue;
+            };
+            let mut reply = Packet::new_reply(query.id());
+            for q in &query.questions {
+                let qname = q.qname.to_string();
+                let qname = qname.trim_end_matches('.');
+                reply.questions.push(q.clone());
+                for (name, target, port) in srv.iter().filter(|(n, _, _)| n == qname) {
+                    reply.answers.push(ResourceRecord::new(
+                        Name::new_unchecked(name),
+                        CLASS::IN,
+                        60,
+                        RData::SRV(SRV {
+                            priority: 10,
+                            weight: 5,
+                            port: *port,
+                            target: Name::new_unchecked(target),
+                        }),
+                    ));
+                }
+                let wants_a = q.qtype == simple_dns::QTYPE::TYPE(simple_dns::TYPE::A);
+                for name in a.iter().filter(|n| *n == qname && wants_a) {
+                    reply.answers.push(ResourceRecord::new(
+                        Name::new_unchecked(name),
+                        CLASS::IN,
+                        60,
+                        RData::A(A {
+                            address: u32::from(std::net::Ipv4Addr::LOCALHOST),
+                        }),
+                    ));
+                }
+            }
+            if let Ok(bytes) = reply.build_bytes_vec() {
+                let _ = sock.send_to(&bytes, from);
+            }
+        }
+    });
+    addr
+}
+
+/// Server discovery through SRV: a server whose name is a bare host (no port, no delegation)
+/// is found through its `_matrix-fed._tcp` record, which names another host and port; the
+/// certificate is checked for the server's name, not the target's. A user of the first server
+/// joins a room of the second through it, and a message comes back.
+#[test]
+fn a_bare_server_name_is_found_through_its_srv_record() {
+    use mxconform_harness::client::{Body, Client, Limits};
+    use std::io::{BufRead, BufReader};
+    let dir = temp("fed-srv");
+    let ca = dir.join("ca");
+    let out = bin()
+        .arg("federation-ca")
+        .arg("--out")
+        .arg(&ca)
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let b_fed = free_port();
+    let dns = dns_server(
+        vec![(
+            "_matrix-fed._tcp.far-away.test".into(),
+            "srv-target.test".into(),
+            b_fed,
+        )],
+        vec!["srv-target.test".into()],
+    );
+    let spawn = |args: Vec<String>| {
+        let mut child = bin()
+            .args(["serve", "--in-memory", "--tls-authority"])
+            .arg(&ca)
+            .args(&args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the server starts");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        for _ in 0..2 {
+            lines.next().expect("start-up lines").expect("readable");
+        }
+        std::thread::spawn(move || for _ in lines {});
+        child
+    };
+    let (a_port, a_fed, b_port) = (free_port(), free_port(), free_port());
+    let name_a = format!("127.0.0.1:{a_fed}");
+    let mut a = spawn(vec![
+        "--addr".into(),
+        format!("127.0.0.1:{a_port}"),
+        "--server-name".into(),
+        name_a.clone(),
+        "--federation-addr".into(),
+        name_a.clone(),
+        "--dns-server".into(),
+        dns.to_string(),
+    ]);
+    let mut b = spawn(vec![
+        "--addr".into(),
+        format!("127.0.0.1:{b_port}"),
+        "--server-name".into(),
+        "far-away.test".into(),
+        "--federation-addr".into(),
+        format!("127.0.0.1:{b_fed}"),
+    ]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let limits = Limits {
+        request_timeout: std::time::Duration::from_secs(20),
+        ..Limits::default()
+    };
+    let result = rt.block_on(async {
+        let call = |port: u16, method: &'static str, path: String, body: serde_json::Value, token: Option<String>| {
+            let limits = limits.clone();
+            async move {
+                let c = Client::new(&format!("http://127.0.0.1:{port}"), limits).map_err(|e| e.to_string())?;
+                let r = c
+                    .send(method, &path, &[], Body::Json(body), token.as_deref(), None, Default::default())
+                    .await
+                    .map_err(|e| format!("{method} {path}: {e}"))?;
+                if r.status != 200 {
+                    return Err(format!("{method} {path}: {} {}", r.status, r.body));
+                }
+                Ok::<_, String>(r.body)
+            }
+        };
+        let register = |port: u16, user: &'static str| {
+            let body = serde_json::json!({"username": user, "password": "pw", "auth": {"type": "m.login.dummy"}});
+            call(port, "POST", "/_matrix/client/v3/register".into(), body, None)
+        };
+        let ta = register(a_port, "alice").await?["access_token"].as_str().unwrap_or("").to_string();
+        let tb = register(b_port, "bob").await?["access_token"].as_str().unwrap_or("").to_string();
+        let room = call(b_port, "POST", "/_matrix/client/v3/createRoom".into(), serde_json::json!({"preset": "public_chat", "name": "far"}), Some(tb.clone()))
+            .await?["room_id"].as_str().unwrap_or("").to_string();
+        let enc = room.replace('!', "%21").replace(':', "%3A");
+        call(a_port, "POST", format!("/_matrix/client/v3/join/{enc}?via=far-away.test"), serde_json::json!({}), Some(ta.clone())).await?;
+        call(b_port, "PUT", format!("/_matrix/client/v3/rooms/{enc}/send/m.room.message/t1"), serde_json::json!({"msgtype": "m.text", "body": "from far away"}), Some(tb.clone())).await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let msgs = call(a_port, "GET", format!("/_matrix/client/v3/rooms/{enc}/messages?dir=b&limit=50"), serde_json::Value::Null, Some(ta.clone())).await?;
+            let bodies: Vec<String> = msgs["chunk"].as_array().into_iter().flatten().filter_map(|e| e["content"]["body"].as_str().map(str::to_string)).collect();
+            if bodies.iter().any(|b| b == "from far away") {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("the message never arrived: {bodies:?}"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    let _ = (a.kill(), b.kill());
+    let _ = (a.wait(), b.wait());
+    let _ = std::fs::remove_dir_all(&dir);
+    result.expect("the server found through SRV federates");
+}

@@ -1,6 +1,6 @@
-//! This server's requests to other servers: where a server name is reached (an explicit port
-//! or an IP literal as given; otherwise its `/.well-known/matrix/server` delegation, else port
-//! 8448), HTTPS with the configured trust, X-Matrix signed, bounded in time and size.
+//! This server's requests to other servers: where a server name is reached
+//! ([`super::discovery`]), HTTPS with the configured trust, X-Matrix signed, bounded in time
+//! and size.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +13,13 @@ use super::Trust;
 /// The largest answer read from another server (a send_join of a big room is large).
 const MAX_ANSWER: usize = 64 << 20;
 
+use super::discovery::{self, Dns, Resolver, Route, Routes};
+
 /// HTTPS to other servers.
 pub struct Client {
     http: reqwest::Client,
+    routes: Routes,
+    resolver: Resolver,
 }
 
 /// An answer of another server.
@@ -26,7 +30,8 @@ pub struct Answer {
 }
 
 impl Client {
-    pub fn new(trust: &Trust) -> Result<Client, String> {
+    /// `dns`: the name server to ask (SRV records, and host addresses), else the system's.
+    pub fn new(trust: &Trust, dns: Option<std::net::SocketAddr>) -> Result<Client, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -56,38 +61,81 @@ impl Client {
         // reqwest wants a process-wide provider even with a configured one (other clients of
         // the process, built without TLS settings, use it).
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let resolver = Resolver {
+            connect_to: Arc::default(),
+            dns: Dns::new(dns),
+        };
         let http = reqwest::Client::builder()
+            .dns_resolver(Arc::new(resolver.clone()))
             .tls_backend_preconfigured(tls)
             .timeout(Duration::from_secs(20))
             .connect_timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("making the federation client: {e}"))?;
-        Ok(Client { http })
+        Ok(Client {
+            http,
+            routes: Routes::default(),
+            resolver,
+        })
     }
 
-    /// Where `server_name`'s federation API is: `https://host:port`.
-    pub async fn base_url(&self, server_name: &str) -> Result<String, String> {
-        if let Some(direct) = direct_address(server_name) {
-            return Ok(direct);
+    /// Where `server_name`'s federation API is, and how it is reached.
+    pub async fn route(&self, server_name: &str) -> Route {
+        if let Some(direct) = discovery::direct(server_name) {
+            return direct;
         }
-        // A bare host name: its delegation, if it publishes one, else port 8448.
+        if let Some(known) = self.routes.get(server_name) {
+            return known;
+        }
+        // A bare host name: its delegation, if it publishes one, then SRV, else port 8448.
         let url = format!("https://{server_name}/.well-known/matrix/server");
-        if let Ok(a) = self.fetch(reqwest::Method::GET, &url, None, None).await {
-            if a.status == 200 {
-                if let Some(delegated) = a.body.get("m.server").and_then(Value::as_str) {
-                    return Ok(direct_address(delegated)
-                        .unwrap_or_else(|| format!("https://{delegated}:8448")));
+        let well_known = match self
+            .fetch(reqwest::Method::GET, &url, None, None, None)
+            .await
+        {
+            Ok(a) if a.status == 200 => a
+                .body
+                .get("m.server")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            _ => None,
+        };
+        let dns = self.resolver.dns.clone();
+        let route = discovery::resolve_host(server_name, well_known, |q| {
+            let dns = dns.clone();
+            async move {
+                match dns {
+                    Some(d) => d.srv(&q).await,
+                    None => None,
                 }
             }
+        })
+        .await;
+        if let Some(target) = &route.connect_to {
+            let host = discovery::split_port(route.base.trim_start_matches("https://")).0;
+            self.resolver
+                .connect_to
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(host.to_string(), target.clone());
         }
-        Ok(format!("https://{server_name}:8448"))
+        self.routes.put(server_name, route.clone());
+        route
     }
 
     /// A request without authorization (key documents).
     pub async fn get(&self, destination: &str, path: &str) -> Result<Answer, String> {
-        let url = format!("{}{path}", self.base_url(destination).await?);
-        self.fetch(reqwest::Method::GET, &url, None, None).await
+        let route = self.route(destination).await;
+        let url = format!("{}{path}", route.base);
+        self.fetch(
+            reqwest::Method::GET,
+            &url,
+            None,
+            None,
+            Some(&route.host_header),
+        )
+        .await
     }
 
     /// A request to `destination`, signed with X-Matrix as `origin` with `key`.
@@ -103,8 +151,10 @@ impl Client {
         let auth = xmatrix::authorization(origin, destination, key, method, path_and_query, body);
         let m = reqwest::Method::from_bytes(method.as_bytes())
             .map_err(|_| format!("{method} is not a method"))?;
-        let url = format!("{}{path_and_query}", self.base_url(destination).await?);
-        self.fetch(m, &url, body, Some(&auth)).await
+        let route = self.route(destination).await;
+        let url = format!("{}{path_and_query}", route.base);
+        self.fetch(m, &url, body, Some(&auth), Some(&route.host_header))
+            .await
     }
 
     async fn fetch(
@@ -113,8 +163,11 @@ impl Client {
         url: &str,
         body: Option<&Value>,
         auth: Option<&str>,
+        host: Option<&str>,
     ) -> Result<Answer, String> {
-        let raw = self.fetch_raw(method.clone(), url, body, auth).await?;
+        let raw = self
+            .fetch_raw(method.clone(), url, body, auth, host)
+            .await?;
         let body = if raw.bytes.is_empty() {
             Value::Null
         } else {
@@ -140,9 +193,16 @@ impl Client {
         path_and_query: &str,
     ) -> Result<RawAnswer, String> {
         let auth = xmatrix::authorization(origin, destination, key, "GET", path_and_query, None);
-        let url = format!("{}{path_and_query}", self.base_url(destination).await?);
-        self.fetch_raw(reqwest::Method::GET, &url, None, Some(&auth))
-            .await
+        let route = self.route(destination).await;
+        let url = format!("{}{path_and_query}", route.base);
+        self.fetch_raw(
+            reqwest::Method::GET,
+            &url,
+            None,
+            Some(&auth),
+            Some(&route.host_header),
+        )
+        .await
     }
 
     /// A plain GET of a URL another server named (where its media is).
@@ -150,17 +210,23 @@ impl Client {
         if !url.starts_with("https://") {
             return Err(format!("{url} is not an https URL"));
         }
-        self.fetch_raw(reqwest::Method::GET, url, None, None).await
+        self.fetch_raw(reqwest::Method::GET, url, None, None, None)
+            .await
     }
 
+    /// `host`: the `Host` header, where it is not the URL's host and port (through SRV).
     async fn fetch_raw(
         &self,
         method: reqwest::Method,
         url: &str,
         body: Option<&Value>,
         auth: Option<&str>,
+        host: Option<&str>,
     ) -> Result<RawAnswer, String> {
         let mut req = self.http.request(method.clone(), url);
+        if let Some(h) = host {
+            req = req.header(reqwest::header::HOST, h);
+        }
         if let Some(a) = auth {
             req = req.header("Authorization", a);
         }
@@ -216,31 +282,6 @@ pub struct RawAnswer {
     pub location: Option<String>,
     pub disposition: Option<String>,
     pub bytes: Vec<u8>,
-}
-
-/// The URL of a server name that says where it is: an IP literal (port 8448 unless given) or
-/// a host with an explicit port.
-fn direct_address(name: &str) -> Option<String> {
-    let (host, port) = split_port(name);
-    let is_ip = host.parse::<std::net::Ipv4Addr>().is_ok()
-        || (host.starts_with('[') && host.ends_with(']'));
-    match (is_ip, port) {
-        (_, Some(p)) => Some(format!("https://{host}:{p}")),
-        (true, None) => Some(format!("https://{host}:8448")),
-        (false, None) => None,
-    }
-}
-
-/// `host` and the port of `host:port` (IPv6 literals in brackets).
-fn split_port(name: &str) -> (&str, Option<&str>) {
-    match name.rfind(':') {
-        Some(i)
-            if !name[i..].contains(']') && name[i + 1..].bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            (&name[..i], Some(&name[i + 1..]))
-        }
-        _ => (name, None),
-    }
 }
 
 /// The causes of an error, joined (reqwest hides the TLS reason a level down).
@@ -301,35 +342,5 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn server_names_that_say_where_they_are() {
-        assert_eq!(
-            direct_address("127.0.0.1:8001").as_deref(),
-            Some("https://127.0.0.1:8001")
-        );
-        assert_eq!(
-            direct_address("127.0.0.1").as_deref(),
-            Some("https://127.0.0.1:8448")
-        );
-        assert_eq!(
-            direct_address("[::1]:80").as_deref(),
-            Some("https://[::1]:80")
-        );
-        assert_eq!(
-            direct_address("[::1]").as_deref(),
-            Some("https://[::1]:8448")
-        );
-        assert_eq!(
-            direct_address("example.org:443").as_deref(),
-            Some("https://example.org:443")
-        );
-        assert_eq!(direct_address("example.org"), None);
     }
 }

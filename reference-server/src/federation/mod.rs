@@ -7,6 +7,7 @@
 
 pub mod backfill;
 pub mod client;
+pub mod discovery;
 pub mod hierarchy;
 pub mod inbound;
 pub mod joins;
@@ -23,6 +24,9 @@ use mxconform_pdu::keys::ServerKeys;
 pub struct FederationConfig {
     /// Which certificates of the servers it calls it accepts.
     pub trust: Trust,
+    /// The DNS server to ask where other servers are (SRV records, and host addresses);
+    /// `None`: the system's.
+    pub dns: Option<std::net::SocketAddr>,
 }
 
 /// The certificates this server accepts from the servers it calls.
@@ -58,7 +62,7 @@ const TRANSACTIONS_KEPT: usize = 10_000;
 impl Federation {
     pub fn new(config: &FederationConfig) -> Result<Federation, String> {
         Ok(Federation {
-            client: client::Client::new(&config.trust)?,
+            client: client::Client::new(&config.trust, config.dns)?,
             keys: Mutex::new(HashMap::new()),
             transactions: Mutex::new(TransactionLog::default()),
             sender: sender::Sender::default(),
