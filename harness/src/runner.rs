@@ -376,6 +376,10 @@ impl<'a> Run<'a> {
                 .set(&format!("{name}.server_name"), json!(fake.shared.name));
             self.vars
                 .set(&format!("{name}.key_id"), json!(fake.shared.key.key_id()));
+            self.vars.set(
+                &format!("{name}.policy_key"),
+                json!(fake.shared.policy_key.public_base64()),
+            );
             self.fakes.insert(name.clone(), fake);
         }
         // Each fake server knows the others' keys, for the events they make.
@@ -616,7 +620,13 @@ impl<'a> Run<'a> {
         }
         let (event_id, result) =
             crate::federation::send_event(&shared, &room, new, &overrides, f.retries).await?;
-        self.fed_result(step, 200, &json!({"event_id": event_id, "result": result}))
+        // The event itself too (a held one can be handed to the server under test otherwise).
+        let pdu = crate::federation::held_event(&shared, &event_id).unwrap_or(Value::Null);
+        self.fed_result(
+            step,
+            200,
+            &json!({"event_id": event_id, "result": result, "pdu": pdu}),
+        )
     }
 
     async fn fed_edu(&mut self, step: &Step, e: &crate::scenario::FedEdu) -> Result<(), String> {
@@ -725,6 +735,35 @@ impl<'a> Run<'a> {
                 crate::federation::check_answer(&shared, route.operation_id, room, &answer.body)
                     .await;
             }
+            // A Policy Server's signature must verify with the key the room names for it.
+            if answer.status == 200 && route.operation_id == "askPolicyServerToSign" {
+                let mut signed = body.clone().unwrap_or_default();
+                if let Some(sigs) = answer.body.as_object() {
+                    for (server, by) in sigs {
+                        for (key_id, sig) in by.as_object().into_iter().flatten() {
+                            signed["signatures"][server][key_id] = sig.clone();
+                        }
+                    }
+                }
+                match crate::federation::fake::policy_signature_problem(&shared, &signed) {
+                    Some(why) => return Err(format!("the Policy Server's answer: {why}")),
+                    None if shared
+                        .rooms
+                        .lock()
+                        .ok()
+                        .and_then(|r| {
+                            let id = signed.get("room_id")?.as_str()?;
+                            r.get(id)?.policy_server()
+                        })
+                        .is_none() =>
+                    {
+                        return Err(
+                            "the Policy Server signed an event of a room that names none".into(),
+                        )
+                    }
+                    None => {}
+                }
+            }
             match self.fed_result(step, answer.status, &answer.body) {
                 Err(_) if std::time::Instant::now() < deadline => {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -808,6 +847,18 @@ impl<'a> Run<'a> {
                 }
             ));
         };
+        if let (Some(true), Received::Pdu { pdu: got, .. }) = (a.policy_signed, &item) {
+            let problem =
+                crate::federation::fake::policy_signature_problem(&shared, got).or_else(|| {
+                    let room = got.get("room_id")?.as_str()?;
+                    let uses = shared.rooms.lock().ok()?.get(room)?.policy_server();
+                    uses.is_none()
+                        .then(|| format!("room {room} names no Policy Server"))
+                });
+            if let Some(why) = problem {
+                return Err(format!("the awaited PDU: {why}"));
+            }
+        }
         let body = match item {
             Received::Pdu { pdu, .. } => pdu,
             Received::Edu { edu } => edu,

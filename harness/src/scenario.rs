@@ -528,6 +528,10 @@ pub struct FedAwait {
     /// How long to wait (default 10 s).
     #[serde(default)]
     pub within_ms: Option<u64>,
+    /// The awaited PDU must carry a valid signature of its room's Policy Server (the key its
+    /// `m.room.policy` names, as the fake server sees the room).
+    #[serde(default)]
+    pub policy_signed: Option<bool>,
 }
 
 /// `fed_create_room`: a fake server creates a room it is resident in.

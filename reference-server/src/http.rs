@@ -151,6 +151,7 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
     }
     if path.starts_with("/_matrix/federation/")
         || path.starts_with("/_matrix/key/")
+        || path.starts_with("/_matrix/policy/")
         || path == "/.well-known/matrix/server"
     {
         return crate::federation::inbound::handle(server, req).await;

@@ -150,6 +150,9 @@ pub struct Server {
     me: std::sync::OnceLock<std::sync::Weak<Server>>,
     /// The URL clients reach this server at (well-known, links in mail), once it listens.
     pub base_url: std::sync::OnceLock<String>,
+    /// The key this server signs with as a rooms' Policy Server (`ed25519:policy_server`),
+    /// not its federation key: made at first start and kept with the data.
+    pub policy_key: mxconform_pdu::SigningKey,
 }
 
 impl Server {
@@ -182,6 +185,21 @@ impl Server {
                     .map_err(|e| format!("the signing key kept in the database is unreadable: {e}"))
             })
             .transpose()?;
+        let stored_policy_key = loaded
+            .records
+            .iter()
+            .find(|(kind, key, _)| kind == "meta" && key == "policy_key")
+            .map(|(_, _, v)| {
+                mxconform_pdu::SigningKey::parse_file(v.as_str().unwrap_or_default()).map_err(|e| {
+                    format!("the policy server key kept in the database is unreadable: {e}")
+                })
+            })
+            .transpose()?;
+        let policy_key = match &stored_policy_key {
+            Some(k) => k.clone(),
+            None => mxconform_pdu::SigningKey::generate(Some("policy_server"))
+                .map_err(|e| format!("making a policy server key: {e}"))?,
+        };
         let new_key = match (&config.signing_key, &stored_key) {
             (Some(k), _) | (None, Some(k)) => k.clone(),
             (None, None) => mxconform_pdu::SigningKey::generate(None)
@@ -193,6 +211,7 @@ impl Server {
             .map(federation::Federation::new)
             .transpose()?;
         let mut state = State::with_store(&config.server_name, new_key.clone(), store);
+        state.policy_key = Some(policy_key.clone());
         state.restore(loaded)?;
         let pos = state.pos;
         let server = Arc::new(Server {
@@ -204,6 +223,7 @@ impl Server {
             config,
             me: std::sync::OnceLock::new(),
             base_url: std::sync::OnceLock::new(),
+            policy_key,
         });
         let _ = server.me.set(Arc::downgrade(&server));
         server.purge_redacted()?;
@@ -212,6 +232,15 @@ impl Server {
         if stored_key.is_none() && server.config.signing_key.is_none() {
             server
                 .write(|state, batch| state.keep_signing_key(batch))
+                .map_err(|e| e.message)?;
+        }
+        if stored_policy_key.is_none() {
+            let line = server.policy_key.to_file_line();
+            server
+                .write(|_, batch| {
+                    batch.put("meta", "policy_key", &serde_json::json!(line));
+                    Ok(())
+                })
                 .map_err(|e| e.message)?;
         }
         // Each application service's own user exists from the start.

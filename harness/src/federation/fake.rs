@@ -119,6 +119,7 @@ impl Inbox {
 const MODELLED: &[&str] = &[
     "getServerKey",
     "sendTransaction",
+    "askPolicyServerToSign",
     "sendInviteV2",
     "sendInviteV1",
     "getUserDevices",
@@ -157,6 +158,8 @@ pub struct Canned {
 pub struct Shared {
     pub name: String,
     pub key: SigningKey,
+    /// The key it signs with as a rooms' Policy Server (`ed25519:policy_server`).
+    pub policy_key: SigningKey,
     pub inbox: Inbox,
     pub rooms: Mutex<HashMap<String, RoomView>>,
     pub client: Arc<FedClient>,
@@ -202,9 +205,11 @@ impl Fake {
         let name = format!("127.0.0.1:{port}");
         let tls = authority.server_config_with("127.0.0.1", certificate_fault)?;
         let key = SigningKey::generate(None).map_err(|e| e.to_string())?;
+        let policy_key = SigningKey::generate(Some("policy_server")).map_err(|e| e.to_string())?;
         let shared = Arc::new(Shared {
             name,
             key,
+            policy_key,
             inbox: Inbox::default(),
             rooms: Mutex::new(HashMap::new()),
             client,
@@ -390,6 +395,7 @@ async fn handle(shared: &Shared, parts: hyper::http::request::Parts, bytes: Byte
         .unwrap_or(false);
     match operation {
         Some("sendTransaction") => on_transaction(shared, body.unwrap_or(Value::Null)).await,
+        Some("askPolicyServerToSign") => on_policy_sign(shared, body).await,
         Some("sendInviteV2") | Some("sendInviteV1") => {
             on_invite(shared, operation == Some("sendInviteV2"), &params, body)
         }
@@ -530,6 +536,78 @@ pub async fn check_pdu(
         Err(pdu::VerifyError::ContentHash) => Ok(p),
         Err(e) => Err(format!("{} ({}): {e}", p.event_id, p.kind)),
     }
+}
+
+/// The fake server as a room's Policy Server: it signs the server under test's event (a PDU
+/// of a room it is in, checked as every PDU it is sent) with its policy key when the room
+/// names it (and that key) as its Policy Server; asking it for what the spec forbids (a room
+/// that does not use it, the room's `m.room.policy` state event itself) is a violation.
+async fn on_policy_sign(shared: &Shared, body: Option<Value>) -> Answer {
+    let refuse = |why: String| {
+        shared.inbox.violation(why.clone());
+        answer(400, json!({"errcode": "M_FORBIDDEN", "error": why}))
+    };
+    let Some(json) = body.filter(Value::is_object) else {
+        return answer(400, json!({"errcode": "M_NOT_JSON", "error": "no event"}));
+    };
+    let room_id = json.get("room_id").and_then(Value::as_str).unwrap_or("");
+    let known = shared
+        .rooms
+        .lock()
+        .ok()
+        .and_then(|r| r.get(room_id).map(|v| (v.version, v.policy_server())));
+    let Some((version, policy)) = known else {
+        return refuse(format!(
+            "asked to sign an event of room {room_id}, which this fake server is not in"
+        ));
+    };
+    let pdu = match check_pdu(shared, version, &json).await {
+        Ok(p) => p,
+        Err(why) => return refuse(format!("asked to sign an event that fails: {why}")),
+    };
+    if policy != Some((shared.name.clone(), shared.policy_key.public_base64())) {
+        return refuse(format!(
+            "asked to sign an event of room {room_id}, whose m.room.policy does not name this server and its key"
+        ));
+    }
+    if pdu.is("m.room.policy", "") {
+        return refuse(
+            "asked to sign the room's m.room.policy state event, which the spec forbids".into(),
+        );
+    }
+    let mut redacted = mxconform_pdu::redact::redact(version, &json);
+    mxconform_pdu::sign::sign_json(&mut redacted, &shared.name, &shared.policy_key);
+    let sig = redacted["signatures"][&shared.name][shared.policy_key.key_id()].clone();
+    answer(
+        200,
+        json!({ shared.name.clone(): { shared.policy_key.key_id(): sig } }),
+    )
+}
+
+/// Whether `json` (an event of a room the fake server is in) carries a valid signature of the
+/// room's Policy Server; `None` when the room uses none.
+pub fn policy_signature_problem(shared: &Shared, json: &Value) -> Option<String> {
+    let room_id = json.get("room_id").and_then(Value::as_str)?;
+    let (version, (via, key)) = shared.rooms.lock().ok().and_then(|r| {
+        r.get(room_id)
+            .and_then(|v| Some((v.version, v.policy_server()?)))
+    })?;
+    let verify = mxconform_pdu::VerifyKey::from_base64("ed25519:policy_server", &key)
+        .map_err(|e| format!("the room's Policy Server key is unusable: {e}"))
+        .and_then(|k| {
+            // As the event was sent: from room version 3 an event carries no id of its own
+            // (what the inbox shows has it added).
+            let mut json = json.clone();
+            if version.event_ids != mxconform_pdu::version::EventIdFormat::Opaque {
+                if let Some(m) = json.as_object_mut() {
+                    m.remove("event_id");
+                }
+            }
+            let redacted = mxconform_pdu::redact::redact(version, &json);
+            mxconform_pdu::sign::verify_signature(&redacted, &via, &k)
+                .map_err(|e| format!("no valid signature of the room's Policy Server {via}: {e}"))
+        });
+    verify.err()
 }
 
 async fn on_transaction(shared: &Shared, body: Value) -> Answer {

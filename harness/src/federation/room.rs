@@ -181,6 +181,20 @@ impl RoomView {
     /// The state an invite or knock carries to identify the room: the current create, join
     /// rules, name, avatar, topic, canonical alias and encryption events, as full PDUs
     /// (the spec requires the create event, formatted as the room version says, from v1.16).
+    /// The room's Policy Server as its current state names it: (server name, public key).
+    pub fn policy_server(&self) -> Option<(String, String)> {
+        let state = self.current_state().ok()?;
+        let id = state.get(&("m.room.policy".to_string(), String::new()))?;
+        let content = self.events.get(id)?.content();
+        let via = content.get("via")?.as_str()?.to_string();
+        let key = content
+            .get("public_keys")?
+            .get("ed25519")?
+            .as_str()?
+            .to_string();
+        Some((via, key))
+    }
+
     pub fn stripped_state(&self) -> Vec<serde_json::Value> {
         const TYPES: [&str; 7] = [
             "m.room.create",

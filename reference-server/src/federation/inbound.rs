@@ -170,6 +170,7 @@ pub async fn handle(server: &Server, req: &Request<Bytes>) -> ApiResult<Response
         "getWellKnown" => Ok(json!({"m.server": well_known_server(server)})),
         "onBindThirdPartyIdentifier" => on_bind(&call),
         "getSpaceHierarchy" => hierarchy(&call),
+        "askPolicyServerToSign" => super::policy::sign_for(server, call.body()?).await,
         "queryProfile" => query_profile(&call),
         "queryRoomDirectory" => query_directory(&call),
         // `/query/{queryType}` matches the named queries' paths too.
@@ -518,6 +519,13 @@ async fn send_membership(c: &Call<'_>, membership: &str) -> ApiResult<(Pdu, &'st
             "the event's content hash does not match",
         ));
     }
+    // A room with a Policy Server: the membership is taken to it, as any event without its
+    // signature is (a joining server may not know the room has one).
+    let lacking = c.server.read(|s| s.lacks_policy_signature(&pdu));
+    let pdu = match lacking {
+        Some((via, _)) => super::policy::ask(c.server, &via, v, &pdu).await?,
+        None => pdu,
+    };
     let kept = pdu.clone();
     let outcome = c
         .server
@@ -690,6 +698,15 @@ async fn receive_checked(
         .await
         .map_err(|e| format!("signature check failed: {e}"))?;
     let (room_id, event_id) = (pdu.room_id.clone(), pdu.event_id.clone());
+    // In a room with a Policy Server, an event without its signature is taken to it first
+    // (it may have rotated its key); without one still, the event soft fails.
+    let lacking = c.server.read(|s| s.lacks_policy_signature(&pdu));
+    let pdu = match lacking {
+        Some((via, _)) => super::policy::ask(c.server, &via, v, &pdu)
+            .await
+            .unwrap_or(pdu),
+        None => pdu,
+    };
     let outcome = c
         .server
         .write(|state, batch| Ok(state.receive_pdu(batch, pdu.clone(), hash_ok)))

@@ -12,6 +12,7 @@ pub mod hierarchy;
 pub mod inbound;
 pub mod joins;
 pub mod media;
+pub mod policy;
 pub mod sender;
 
 use std::collections::HashMap;

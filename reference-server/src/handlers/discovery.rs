@@ -57,14 +57,13 @@ pub fn get_wellknown_support(
     ))
 }
 
-/// This server names no policy server for its rooms, which the spec answers with 404.
+/// This server is a Policy Server for the rooms that name it (and its key) and that one of
+/// its users is in: the public key to put in their `m.room.policy`.
 pub fn get_wellknown_policy(
-    _ctx: &Ctx,
+    ctx: &Ctx,
     _req: cs::policy_server::get_wellknown_policy::Request,
 ) -> ApiResult<Value> {
-    Err(crate::error::ApiError::not_found(
-        "no policy server is configured on this server",
-    ))
+    Ok(json!({"public_keys": {"ed25519": ctx.server.policy_key.public_base64()}}))
 }
 
 /// The configured TURN server; without one there is nothing to hand out.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::rooms::{check_send, send_state};
 use super::{Ctx, Reply};
 use crate::error::{ApiError, ApiResult};
-use crate::state::{Append, Event, Room, State};
+use crate::state::{Append, Event, Prepared, Room, State};
 
 /// A room event filter (the parts that apply to a list of events).
 #[derive(Debug, Default, Clone)]
@@ -135,10 +135,92 @@ fn check_can_read(state: &State, room: &Room, user: &str) -> ApiResult<()> {
     }
 }
 
-pub fn send_message(ctx: &Ctx, req: cs::room_send::send_message::Request) -> ApiResult<Value> {
+/// The room's Policy Server when it is another server (this server's own signs as events
+/// are made).
+fn remote_policy_server(ctx: &Ctx, room_id: &str) -> Option<String> {
+    let ours = ctx.server.config.server_name.as_str();
+    ctx.server
+        .read(|s| s.policy_server_of(room_id))
+        .map(|(via, _)| via)
+        .filter(|via| via != ours)
+}
+
+/// Sends an event through the room's Policy Server (another server): `make` checks and makes
+/// it (or answers at once, `Err(answer)`: a repeated transaction), the Policy Server signs it,
+/// then it is recorded and `done` keeps what goes with it. Made again if the room moved on
+/// meanwhile (three tries); the Policy Server's refusal is the client's answer.
+fn through_policy_server<M, D>(ctx: &Ctx, via: String, make: M, done: D) -> ApiResult<Reply>
+where
+    M: Fn(&State) -> ApiResult<Result<Prepared, Value>> + Send + 'static,
+    D: Fn(&mut State, &mut crate::store::Batch, &str) + Send + 'static,
+{
+    let server = ctx
+        .server
+        .shared()
+        .ok_or_else(|| ApiError::internal("the server is shutting down"))?;
+    Ok(Reply::outbound(async move {
+        let mut last = None;
+        for _ in 0..3 {
+            let prepared = match server.read(&make)? {
+                Ok(p) => p,
+                Err(answer) => return Ok(answer),
+            };
+            let room_id = prepared.pdu().room_id.clone();
+            let v = server.read(|s| s.room(&room_id).map(Room::room_version))?;
+            let signed = crate::federation::policy::ask(&server, &via, v, prepared.pdu()).await?;
+            let prepared = prepared
+                .countersigned(v, signed.json)
+                .map_err(ApiError::internal)?;
+            let recorded = server.write(|s, batch| {
+                let (_, id) = s.append_prepared(batch, prepared)?;
+                done(s, batch, &id);
+                Ok(id)
+            });
+            match recorded {
+                Ok(id) => return Ok(json!({"event_id": id})),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ApiError::internal("the event could not be sent")))
+    }))
+}
+
+pub fn send_message(ctx: &Ctx, req: cs::room_send::send_message::Request) -> ApiResult<Reply> {
     let me = ctx.me()?.clone();
     let content = Value::Object(req.body);
-    ctx.server.write(|state, batch| {
+    if let Some(via) = remote_policy_server(ctx, req.room_id.as_str()) {
+        let key = (
+            me.user_id.clone(),
+            me.device_id.clone(),
+            format!("send {} {} {}", req.room_id, req.event_type, req.txn_id),
+        );
+        let key2 = key.clone();
+        let (room_id, kind, txn) = (
+            req.room_id.to_string(),
+            req.event_type.clone(),
+            req.txn_id.clone(),
+        );
+        return through_policy_server(
+            ctx,
+            via,
+            move |state| {
+                if let Some(id) = state.txn(&key) {
+                    return Ok(Err(json!({"event_id": id})));
+                }
+                if kind == "m.room.redaction" {
+                    return Err(ApiError::bad_json(
+                        "send redactions through the redact endpoint",
+                    ));
+                }
+                check_send(state, &room_id, &me.user_id, &kind, None, &content)?;
+                let mut new = Append::new(&room_id, &me.user_id, &kind, None, content.clone());
+                new.txn = Some((me.device_id.clone(), txn.clone()));
+                state.prepare(new).map(Ok)
+            },
+            move |state, batch, id| state.remember_txn(batch, key2.clone(), id.to_string()),
+        );
+    }
+    let out = ctx.server.write(|state, batch| {
         // Transaction ids are scoped to the device and the request path.
         let key = (
             me.user_id.clone(),
@@ -172,16 +254,44 @@ pub fn send_message(ctx: &Ctx, req: cs::room_send::send_message::Request) -> Api
         let (_, id) = state.append(batch, new)?;
         state.remember_txn(batch, key, id.clone());
         Ok(json!({"event_id": id}))
-    })
+    })?;
+    Ok(Reply::from(out))
 }
 
 pub fn set_room_state_with_key(
     ctx: &Ctx,
     req: cs::room_state::set_room_state_with_key::Request,
-) -> ApiResult<Value> {
+) -> ApiResult<Reply> {
     let me = ctx.me()?.clone();
     let content = Value::Object(req.body);
-    ctx.server.write(|state, batch| {
+    // Memberships go their own ways (joins, invites and leaves through other servers).
+    let policed = req.event_type != "m.room.member"
+        && !(req.event_type == "m.room.policy" && req.state_key.is_empty());
+    if let Some(via) = remote_policy_server(ctx, req.room_id.as_str()).filter(|_| policed) {
+        let (room_id, kind, key) = (
+            req.room_id.to_string(),
+            req.event_type.clone(),
+            req.state_key.clone(),
+        );
+        return through_policy_server(
+            ctx,
+            via,
+            move |state| {
+                check_send(state, &room_id, &me.user_id, &kind, Some(&key), &content)?;
+                state
+                    .prepare(Append::new(
+                        &room_id,
+                        &me.user_id,
+                        &kind,
+                        Some(&key),
+                        content.clone(),
+                    ))
+                    .map(Ok)
+            },
+            |_, _, _| {},
+        );
+    }
+    let out = ctx.server.write(|state, batch| {
         let id = send_state(
             state,
             batch,
@@ -192,7 +302,8 @@ pub fn set_room_state_with_key(
             content,
         )?;
         Ok(json!({"event_id": id}))
-    })
+    })?;
+    Ok(Reply::from(out))
 }
 
 /// The state a user may see: current state while joined; after leaving, the state as it was

@@ -76,6 +76,8 @@ pub struct State {
     pub server_name: String,
     /// The key this server signs its events (and later its requests) with.
     pub signing_key: Option<SigningKey>,
+    /// The key this server signs with as a rooms' Policy Server (set at start-up).
+    pub policy_key: Option<SigningKey>,
     /// The latest stream position handed out.
     pub pos: u64,
     pub users: HashMap<String, User>,
@@ -178,6 +180,7 @@ impl State {
         State {
             server_name: server_name.to_string(),
             signing_key: Some(key),
+            policy_key: None,
             store,
             ..State::default()
         }

@@ -641,6 +641,21 @@ impl State {
                 return Received::Rejected(format!("by the state before it: {r}"));
             }
         }
+        // A room with a Policy Server: an event it did not sign is not recommended, and soft
+        // fails (the caller asked the Policy Server before, where it could).
+        if self.lacks_policy_signature(&pdu).is_some() {
+            let why = "no valid signature of the room's Policy Server".to_string();
+            let key = pdu.state_key.clone().map(|k| (pdu.kind.clone(), k));
+            self.record_hidden(batch, pdu, &why);
+            if let Some(mut after) = branch {
+                let at = self.pos;
+                if let Some(k) = key {
+                    after.insert(k, at);
+                }
+                self.keep_branch_state(batch, &room_id, at, after);
+            }
+            return Received::SoftFailed(why);
+        }
         // Step 6: the current state (soft failure).
         let room = &self.rooms[&room_id];
         if let Err(r) = mxconform_pdu::authorize(v, &pdu, &AuthView(&room.state), &signed) {
@@ -696,6 +711,96 @@ impl State {
             }
         }
         Received::Accepted(pos)
+    }
+
+    /// The room's Policy Server, when it uses one: a valid `m.room.policy` in the current
+    /// state (`via` a server name, `public_keys.ed25519` a key) whose server has a joined
+    /// member. Answers the server name and its public key.
+    pub fn policy_server_of(&self, room_id: &str) -> Option<(String, String)> {
+        let room = self.rooms.get(room_id)?;
+        let content = room.state_content("m.room.policy", "")?;
+        let via = content.get("via")?.as_str()?.to_string();
+        let key = content
+            .get("public_keys")?
+            .get("ed25519")?
+            .as_str()?
+            .to_string();
+        let joined = room
+            .joined()
+            .any(|u| u.split_once(':').map(|(_, h)| h) == Some(via.as_str()));
+        joined.then_some((via, key))
+    }
+
+    /// Whether the event needs, and lacks, a valid signature of its room's Policy Server
+    /// (every event but the `m.room.policy` state event itself, when the room uses one).
+    pub fn lacks_policy_signature(&self, pdu: &Pdu) -> Option<(String, String)> {
+        let (via, key) = self.policy_server_of(&pdu.room_id)?;
+        if pdu.is("m.room.policy", "") {
+            return None;
+        }
+        let v = self.room_version_of(&pdu.room_id)?;
+        let valid = mxconform_pdu::VerifyKey::from_base64("ed25519:policy_server", &key)
+            .ok()
+            .is_some_and(|k| {
+                mxconform_pdu::sign::verify_signature(&pdu.redacted(v), &via, &k).is_ok()
+            });
+        (!valid).then_some((via, key))
+    }
+
+    /// This server's Policy Server signature on `pdu` (`{server name: {ed25519:policy_server:
+    /// signature}}`, of the redacted event as every event signature is), when the room names
+    /// this server and its key as its Policy Server, the event is not the room's
+    /// `m.room.policy` state event, and the room's current state allows it; refused otherwise
+    /// (400 `M_FORBIDDEN`) with the reason. The event's own signatures are the caller's to
+    /// check.
+    pub fn policy_sign(&self, v: &RoomVersion, pdu: &Pdu) -> ApiResult<Value> {
+        let refused = |message: String| ApiError {
+            status: 400,
+            errcode: "M_FORBIDDEN",
+            message,
+            extra: None,
+        };
+        let key = self
+            .policy_key
+            .as_ref()
+            .ok_or_else(|| refused("this server is not a Policy Server".into()))?;
+        let name = self.server_name.as_str();
+        match self.policy_server_of(&pdu.room_id) {
+            Some((via, k)) if via == name && k == key.public_base64() => {}
+            Some((via, _)) if via == name => {
+                return Err(refused(format!(
+                    "room {} names another key for this Policy Server",
+                    pdu.room_id
+                )))
+            }
+            _ => {
+                return Err(refused(format!(
+                    "room {} does not use this server as its Policy Server",
+                    pdu.room_id
+                )))
+            }
+        }
+        if pdu.is("m.room.policy", "") {
+            return Err(refused(
+                "a room's m.room.policy state event is not the Policy Server's to sign".into(),
+            ));
+        }
+        let room = self.room(&pdu.room_id)?;
+        let signed = |server: &str| {
+            pdu.json
+                .get("signatures")
+                .and_then(|x| x.get(server))
+                .is_some()
+        };
+        mxconform_pdu::authorize(v, pdu, &AuthView(&room.state), &signed).map_err(|r| {
+            refused(format!(
+                "the room's current state does not allow the event: {r}"
+            ))
+        })?;
+        let mut redacted = pdu.redacted(v);
+        mxconform_pdu::sign::sign_json(&mut redacted, name, key);
+        let sig = redacted["signatures"][name][key.key_id()].clone();
+        Ok(json!({ name: { key.key_id(): sig } }))
     }
 
     /// Whether a user is one of this server's.

@@ -489,7 +489,27 @@ impl State {
         mxconform_pdu::authorize(v, &pdu, &auth, &|s| s == server).map_err(|r| {
             ApiError::forbidden(format!("the authorization rules refuse the event: {r}"))
         })?;
-        Ok(pdu)
+        // A room whose Policy Server is this server: it signs here (another server's is
+        // asked by the handlers that send through it).
+        let ours = self
+            .policy_key
+            .as_ref()
+            .map(mxconform_pdu::SigningKey::public_base64);
+        match self.policy_server_of(a.room_id) {
+            Some((via, key))
+                if via == server
+                    && ours.as_deref() == Some(key.as_str())
+                    && !pdu.is("m.room.policy", "") =>
+            {
+                let sig = self.policy_sign(v, &pdu)?;
+                let mut json = pdu.json.clone();
+                json["signatures"][server]["ed25519:policy_server"] =
+                    sig[server]["ed25519:policy_server"].clone();
+                Pdu::from_json(v, json)
+                    .map_err(|e| ApiError::internal(format!("the signed event: {e}")))
+            }
+            _ => Ok(pdu),
+        }
     }
 
     /// Creates a room: the create event made by `creator` (for room version 12 and later the
