@@ -694,6 +694,7 @@ impl<'a> Run<'a> {
             url = format!("{url}?{}", q.join("&"));
         }
         let body = c.body.as_ref().map(|b| self.vars.render(b)).transpose()?;
+        let body = body.map(|b| self.signed(step, b)).transpose()?;
         if let Some(b) = &body {
             if let Ok(Some(v)) = crate::validate::validate_in(
                 mxconform_generated::Group::ServerServer,

@@ -1070,7 +1070,8 @@ impl Scenario {
                         sign.key
                     ));
                 }
-                if step.body.is_none() {
+                let fed_body = matches!(&step.kind, StepKind::FedCall(c) if c.body.is_some());
+                if step.body.is_none() && !fed_body {
                     return fail(format!("step {}: `sign` needs a JSON `body`", i + 1));
                 }
             }

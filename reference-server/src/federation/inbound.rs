@@ -168,9 +168,10 @@ pub async fn handle(server: &Server, req: &Request<Bytes>) -> ApiResult<Response
         "queryPublicRooms" => public_rooms_query(&call),
         "exchangeOpenIdToken" => openid_userinfo(&call),
         "getWellKnown" => Ok(json!({"m.server": well_known_server(server)})),
-        "onBindThirdPartyIdentifier" => on_bind(&call),
+        "onBindThirdPartyIdentifier" => on_bind(&call).await,
         "getSpaceHierarchy" => hierarchy(&call),
         "askPolicyServerToSign" => super::policy::sign_for(server, call.body()?).await,
+        "exchangeThirdPartyInvite" => exchange_third_party_invite(&call).await,
         "queryProfile" => query_profile(&call),
         "queryRoomDirectory" => query_directory(&call),
         // `/query/{queryType}` matches the named queries' paths too.
@@ -1632,23 +1633,155 @@ fn media(c: &Call<'_>, thumbnail: bool) -> ApiResult<Response<Bytes>> {
 /// server. Pending third-party invites it carries would each become an invite through the
 /// room's server (exchange_third_party_invite), which this server does not do yet: such a
 /// notice is refused rather than acknowledged and dropped.
-fn on_bind(c: &Call<'_>) -> ApiResult<Value> {
-    let b = c.body()?;
+async fn on_bind(c: &Call<'_>) -> ApiResult<Value> {
+    let b = c.body()?.clone();
     for k in ["address", "medium", "mxid"] {
         if b.get(k).and_then(Value::as_str).is_none() {
             return Err(ApiError::bad_json(format!("`{k}` is required")));
         }
     }
+    let mxid = b["mxid"].as_str().unwrap_or_default().to_string();
+    if !c.server.read(|s| s.users.contains_key(&mxid)) {
+        return Err(ApiError::not_found(format!(
+            "no user {mxid} on this server"
+        )));
+    }
+    // Each invite the identifier had waiting becomes a real one: the inviter's server is
+    // asked to make it (exchange_third_party_invite), with what the identity server signed.
     let invites = b
         .get("invites")
         .and_then(Value::as_array)
-        .map_or(0, Vec::len);
-    if invites > 0 {
-        return Err(ApiError::unrecognized(
-            "third-party invites are not converted by this server yet",
-        ));
+        .cloned()
+        .unwrap_or_default();
+    let Some(server) = c.server.shared() else {
+        return Ok(json!({}));
+    };
+    for invite in invites {
+        let (Some(room_id), Some(sender), Some(signed)) = (
+            invite.get("room_id").and_then(Value::as_str),
+            invite.get("sender").and_then(Value::as_str),
+            invite.get("signed").filter(|s| s.is_object()),
+        ) else {
+            continue;
+        };
+        if invite.get("mxid").and_then(Value::as_str) != Some(mxid.as_str()) {
+            continue;
+        }
+        let Some(dest) = sender.split_once(':').map(|(_, h)| h.to_string()) else {
+            continue;
+        };
+        let address = invite
+            .get("address")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let event = json!({
+            "type": "m.room.member",
+            "room_id": room_id,
+            "sender": sender,
+            "state_key": mxid,
+            "content": {
+                "membership": "invite",
+                "third_party_invite": {"display_name": address, "signed": signed},
+            },
+        });
+        let path = format!(
+            "/_matrix/federation/v1/exchange_third_party_invite/{}",
+            crate::router::percent_encode(room_id)
+        );
+        // The identity server cannot act on a failure: it is the inviter's server's to report.
+        if let Err(e) = super::joins::ask(&server, &dest, "PUT", &path, Some(&event)).await {
+            eprintln!(
+                "mxconform-server: exchanging a third-party invite to {room_id} with {dest}: {}",
+                e.message
+            );
+        }
     }
     Ok(json!({}))
+}
+
+/// `PUT /exchange_third_party_invite/{roomId}`: the invitee's server passes on an invite by
+/// third-party identifier that an identity server vouched for (`third_party_invite.signed`).
+/// This server, the inviter's, makes the invite as the inviter, with the display name of the
+/// room's `m.room.third_party_invite` for that token; the authorization rules check the token
+/// and the identity server's signature against that event's public keys. The invite goes to
+/// the invitee's server (which signs it) and into the room.
+async fn exchange_third_party_invite(c: &Call<'_>) -> ApiResult<Value> {
+    let room_id = c.param("roomId").to_string();
+    let b = c.body()?.clone();
+    let field = |k: &str| {
+        b.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (sender, target) = (field("sender"), field("state_key"));
+    if field("type") != "m.room.member" || field("room_id") != room_id {
+        return Err(ApiError::bad_json(
+            "the event must be an m.room.member event of the room in the path",
+        ));
+    }
+    let content = b.get("content").cloned().unwrap_or_default();
+    if content.get("membership").and_then(Value::as_str) != Some("invite") {
+        return Err(ApiError::bad_json("the event must be an invite"));
+    }
+    let signed = content
+        .get("third_party_invite")
+        .and_then(|t| t.get("signed"))
+        .filter(|s| s.is_object())
+        .cloned()
+        .ok_or_else(|| ApiError::bad_json("the invite has no third_party_invite.signed"))?;
+    if target.split_once(':').map(|(_, h)| h) != Some(c.origin.as_str()) {
+        return Err(ApiError::forbidden(format!(
+            "{} may pass on invites of its own users only",
+            c.origin
+        )));
+    }
+    if sender.split_once(':').map(|(_, h)| h) != Some(c.server.config.server_name.as_str()) {
+        return Err(ApiError::forbidden(format!(
+            "the inviter {sender} is not a user of this server"
+        )));
+    }
+    c.acl(&room_id)?;
+    let token = signed
+        .get("token")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let prepared = c.server.read(|s| {
+        let display_name = s
+            .state_content(&room_id, "m.room.third_party_invite", &token)
+            .and_then(|c| c.get("display_name").cloned())
+            .ok_or_else(|| {
+                ApiError::forbidden(format!(
+                    "room {room_id} has no third-party invite with token {token:?}"
+                ))
+            })?;
+        let content = json!({
+            "membership": "invite",
+            "third_party_invite": {"display_name": display_name, "signed": signed},
+        });
+        s.prepare(crate::state::Append::new(
+            &room_id,
+            &sender,
+            "m.room.member",
+            Some(&target),
+            content,
+        ))
+    })?;
+    let server = c
+        .server
+        .shared()
+        .ok_or_else(|| ApiError::internal("the server is shutting down"))?;
+    let signed_invite =
+        super::joins::invite_remote(&server, &room_id, &c.origin, prepared.pdu()).await?;
+    c.server.write(|s, batch| {
+        let v = s.room(&room_id)?.room_version();
+        let p = prepared
+            .countersigned(v, signed_invite)
+            .map_err(|e| ApiError::bad_status(format!("{}'s invite answer: {e}", c.origin)))?;
+        s.append_prepared(batch, p)?;
+        Ok(json!({}))
+    })
 }
 
 /// A space and its children for another server: rooms anyone may join or peek into (public,
