@@ -227,6 +227,10 @@ struct ServeArgs {
     /// test federations whose servers all trust that authority.
     #[arg(long, conflicts_with = "tls_cert")]
     tls_authority: Option<PathBuf>,
+    /// Instead of a certificate: make a self-signed one for the server name's host at start
+    /// (tests; the other servers then need --federation-insecure)
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_authority"])]
+    tls_self_signed: bool,
     /// Trust the certificates this authority issued (PEM) when calling other servers
     /// (repeatable); without one (nor --federation-insecure), only --tls-authority's.
     #[arg(long = "federation-ca")]
@@ -882,8 +886,13 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
                 let (cert, key) = ca.issue_pem(&[&host]).map_err(anyhow::Error::msg)?;
                 mxconform_server::tls_config(&cert, &key).map_err(anyhow::Error::msg)?
             }
+            _ if args.tls_self_signed => {
+                let (cert, key) = mxconform_harness::federation::tls::self_signed_pem(&host)
+                    .map_err(anyhow::Error::msg)?;
+                mxconform_server::tls_config(&cert, &key).map_err(anyhow::Error::msg)?
+            }
             _ => anyhow::bail!(
-                "--federation-addr needs the listener's certificate: --tls-cert and --tls-key, or --tls-authority DIR"
+                "--federation-addr needs the listener's certificate: --tls-cert and --tls-key, --tls-authority DIR, or --tls-self-signed"
             ),
         };
         let trust = if args.federation_insecure {

@@ -695,7 +695,6 @@ fn dns_server(srv: Vec<(String, String, u16)>, a: Vec<String>) -> std::net::Sock
 #[test]
 fn a_bare_server_name_is_found_through_its_srv_record() {
     use mxconform_harness::client::{Body, Client, Limits};
-    use std::io::{BufRead, BufReader};
     let dir = temp("fed-srv");
     let ca = dir.join("ca");
     let out = bin()
@@ -714,20 +713,9 @@ fn a_bare_server_name_is_found_through_its_srv_record() {
         )],
         vec!["srv-target.test".into()],
     );
-    let spawn = |args: Vec<String>| {
-        let mut child = bin()
-            .args(["serve", "--in-memory", "--tls-authority"])
-            .arg(&ca)
-            .args(&args)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("the server starts");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        for _ in 0..2 {
-            lines.next().expect("start-up lines").expect("readable");
-        }
-        std::thread::spawn(move || for _ in lines {});
-        child
+    let spawn = |mut args: Vec<String>| {
+        args.extend(["--tls-authority".to_string(), ca.display().to_string()]);
+        spawn_serve(args)
     };
     let (a_port, a_fed, b_port) = (free_port(), free_port(), free_port());
     let name_a = format!("127.0.0.1:{a_fed}");
@@ -797,4 +785,94 @@ fn a_bare_server_name_is_found_through_its_srv_record() {
     let _ = (a.wait(), b.wait());
     let _ = std::fs::remove_dir_all(&dir);
     result.expect("the server found through SRV federates");
+}
+
+/// `mxconform serve --in-memory` with `args`, once it has said where it listens (both lines).
+fn spawn_serve(args: Vec<String>) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = bin()
+        .args(["serve", "--in-memory"])
+        .args(&args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the server starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    for _ in 0..2 {
+        lines.next().expect("start-up lines").expect("readable");
+    }
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+/// Two servers with self-made certificates (`--tls-self-signed`) federate when each accepts
+/// any certificate (`--federation-insecure`): a join through the other and a message back.
+#[test]
+fn servers_with_self_signed_certificates_federate_insecurely() {
+    use mxconform_harness::client::{Body, Client, Limits};
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let name = |i: usize| format!("127.0.0.1:{}", ports[i]);
+    let mut children: Vec<std::process::Child> = [(0, 1), (2, 3)]
+        .iter()
+        .map(|&(c, f)| {
+            spawn_serve(vec![
+                "--addr".into(),
+                format!("127.0.0.1:{}", ports[c]),
+                "--server-name".into(),
+                name(f),
+                "--federation-addr".into(),
+                name(f),
+                "--tls-self-signed".into(),
+                "--federation-insecure".into(),
+            ])
+        })
+        .collect();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let limits = Limits {
+        request_timeout: std::time::Duration::from_secs(20),
+        ..Limits::default()
+    };
+    let result = rt.block_on(async {
+        let call = |port: u16, method: &'static str, path: String, body: serde_json::Value, token: Option<String>| {
+            let limits = limits.clone();
+            async move {
+                let c = Client::new(&format!("http://127.0.0.1:{port}"), limits).map_err(|e| e.to_string())?;
+                let r = c
+                    .send(method, &path, &[], Body::Json(body), token.as_deref(), None, Default::default())
+                    .await
+                    .map_err(|e| format!("{method} {path}: {e}"))?;
+                if r.status != 200 {
+                    return Err(format!("{method} {path}: {} {}", r.status, r.body));
+                }
+                Ok::<_, String>(r.body)
+            }
+        };
+        let register = |port: u16, user: &'static str| {
+            let body = serde_json::json!({"username": user, "password": "pw", "auth": {"type": "m.login.dummy"}});
+            call(port, "POST", "/_matrix/client/v3/register".into(), body, None)
+        };
+        let ta = register(ports[0], "alice").await?["access_token"].as_str().unwrap_or("").to_string();
+        let tb = register(ports[2], "bob").await?["access_token"].as_str().unwrap_or("").to_string();
+        let room = call(ports[0], "POST", "/_matrix/client/v3/createRoom".into(), serde_json::json!({"preset": "public_chat"}), Some(ta.clone()))
+            .await?["room_id"].as_str().unwrap_or("").to_string();
+        let enc = room.replace('!', "%21").replace(':', "%3A");
+        call(ports[2], "POST", format!("/_matrix/client/v3/join/{enc}?via={}", name(1)), serde_json::json!({}), Some(tb.clone())).await?;
+        call(ports[2], "PUT", format!("/_matrix/client/v3/rooms/{enc}/send/m.room.message/t1"), serde_json::json!({"msgtype": "m.text", "body": "self-signed"}), Some(tb.clone())).await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let msgs = call(ports[0], "GET", format!("/_matrix/client/v3/rooms/{enc}/messages?dir=b&limit=50"), serde_json::Value::Null, Some(ta.clone())).await?;
+            let bodies: Vec<String> = msgs["chunk"].as_array().into_iter().flatten().filter_map(|e| e["content"]["body"].as_str().map(str::to_string)).collect();
+            if bodies.iter().any(|b| b == "self-signed") {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("the message never arrived: {bodies:?}"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    result.expect("servers with self-signed certificates federate");
 }

@@ -298,3 +298,20 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// A self-signed certificate for `host` (an IP address or a DNS name) and its private key, as
+/// PEM: for a test server that others reach without verifying certificates
+/// (`serve --tls-self-signed`; they run with `--federation-insecure`).
+pub fn self_signed_pem(host: &str) -> Result<(String, String), String> {
+    let key = KeyPair::generate().map_err(|e| format!("making a key: {e}"))?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, host);
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![subject_alt_name(host)?];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| format!("a self-signed certificate for {host}: {e}"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
