@@ -57,6 +57,7 @@ pub fn start(spec: Spec<'_>) -> Result<Embedded> {
         .map(|ca| mxconform_server::federation::FederationConfig {
             trust: mxconform_server::federation::Trust::Authorities(vec![ca.cert_pem.clone()]),
             dns: None,
+            notaries: Vec::new(),
         });
     // The federation listener other homeservers reach by the server's name.
     let federation_tls = match (named_port(&spec.server_name), spec.authority) {

@@ -242,6 +242,10 @@ struct ServeArgs {
     /// addresses); default the system's
     #[arg(long, value_name = "ADDR")]
     dns_server: Option<std::net::SocketAddr>,
+    /// A notary (server name) to ask for another server's keys when that server does not
+    /// give them itself (repeatable)
+    #[arg(long = "key-notary", value_name = "SERVER")]
+    key_notary: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -905,6 +909,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         config.federation = Some(mxconform_server::federation::FederationConfig {
             trust,
             dns: args.dns_server,
+            notaries: args.key_notary.clone(),
         });
         if !addr.ip().is_loopback() {
             eprintln!("warning: federation listens on {addr}, which is not a loopback address");

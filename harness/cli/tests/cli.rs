@@ -876,3 +876,108 @@ fn servers_with_self_signed_certificates_federate_insecurely() {
     }
     result.expect("servers with self-signed certificates federate");
 }
+
+/// Keys through a notary: a server that cannot reach another one (its name resolves nowhere
+/// for it) gets that server's keys from the notary it trusts (`--key-notary`), which can reach
+/// it; the document must carry both the server's and the notary's signatures. Here the other
+/// server's user joins a room through the first, which must check the signed requests (without
+/// the notary, the first answers 401: it cannot fetch the keys).
+#[test]
+fn keys_come_through_a_notary_when_the_server_cannot_be_reached() {
+    use mxconform_harness::client::{Body, Client, Limits};
+    let dir = temp("fed-notary");
+    let ca = dir.join("ca");
+    let out = bin()
+        .arg("federation-ca")
+        .arg("--out")
+        .arg(&ca)
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let [a_port, a_fed, n_port, n_fed, b_port, b_fed] = [0; 6].map(|_| free_port());
+    // The notary finds b.test through SRV; the first server's name server knows nothing.
+    let good = dns_server(
+        vec![("_matrix-fed._tcp.b.test".into(), "srv-b.test".into(), b_fed)],
+        vec!["srv-b.test".into()],
+    );
+    let empty = dns_server(Vec::new(), Vec::new());
+    let ca_arg = ca.display().to_string();
+    let serve = |port: u16, name: String, fed: u16, extra: Vec<String>| {
+        let mut args = vec![
+            "--addr".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--server-name".into(),
+            name,
+            "--federation-addr".into(),
+            format!("127.0.0.1:{fed}"),
+            "--tls-authority".into(),
+            ca_arg.clone(),
+        ];
+        args.extend(extra);
+        spawn_serve(args)
+    };
+    let name_a = format!("127.0.0.1:{a_fed}");
+    let name_n = format!("127.0.0.1:{n_fed}");
+    let mut children = vec![
+        serve(
+            a_port,
+            name_a.clone(),
+            a_fed,
+            vec![
+                "--dns-server".into(),
+                empty.to_string(),
+                "--key-notary".into(),
+                name_n.clone(),
+            ],
+        ),
+        serve(
+            n_port,
+            name_n.clone(),
+            n_fed,
+            vec!["--dns-server".into(), good.to_string()],
+        ),
+        serve(b_port, "b.test".into(), b_fed, Vec::new()),
+    ];
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let limits = Limits {
+        request_timeout: std::time::Duration::from_secs(30),
+        ..Limits::default()
+    };
+    let result = rt.block_on(async {
+        let call = |port: u16, method: &'static str, path: String, body: serde_json::Value, token: Option<String>| {
+            let limits = limits.clone();
+            async move {
+                let c = Client::new(&format!("http://127.0.0.1:{port}"), limits).map_err(|e| e.to_string())?;
+                let r = c
+                    .send(method, &path, &[], Body::Json(body), token.as_deref(), None, Default::default())
+                    .await
+                    .map_err(|e| format!("{method} {path}: {e}"))?;
+                if r.status != 200 {
+                    return Err(format!("{method} {path}: {} {}", r.status, r.body));
+                }
+                Ok::<_, String>(r.body)
+            }
+        };
+        let register = |port: u16, user: &'static str| {
+            let body = serde_json::json!({"username": user, "password": "pw", "auth": {"type": "m.login.dummy"}});
+            call(port, "POST", "/_matrix/client/v3/register".into(), body, None)
+        };
+        let ta = register(a_port, "alice").await?["access_token"].as_str().unwrap_or("").to_string();
+        let tb = register(b_port, "bob").await?["access_token"].as_str().unwrap_or("").to_string();
+        let room = call(a_port, "POST", "/_matrix/client/v3/createRoom".into(), serde_json::json!({"preset": "public_chat", "name": "notarised"}), Some(ta.clone()))
+            .await?["room_id"].as_str().unwrap_or("").to_string();
+        let enc = room.replace('!', "%21").replace(':', "%3A");
+        call(b_port, "POST", format!("/_matrix/client/v3/join/{enc}?via={name_a}"), serde_json::json!({}), Some(tb.clone())).await?;
+        let members = call(a_port, "GET", format!("/_matrix/client/v3/rooms/{enc}/joined_members"), serde_json::Value::Null, Some(ta.clone())).await?;
+        if members["joined"].get("@bob:b.test").is_none() {
+            return Err(format!("bob is not joined on the first server: {members}"));
+        }
+        Ok(())
+    });
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    result.expect("the keys came through the notary");
+}

@@ -274,6 +274,40 @@ impl Federation {
         {
             return Ok(k.clone());
         }
+        let found = match self.direct_keys(server_name).await {
+            Ok(found) => found,
+            Err(direct) => {
+                // Not from the server itself: through the notaries this server trusts.
+                let mut why = vec![direct];
+                let mut found = None;
+                for notary in self.notaries.iter().filter(|n| *n != server_name) {
+                    match Box::pin(self.notary_keys(
+                        server,
+                        notary,
+                        server_name,
+                        minimum_valid_until_ts,
+                    ))
+                    .await
+                    {
+                        Ok(f) => {
+                            found = Some(f);
+                            break;
+                        }
+                        Err(e) => why.push(format!("notary {notary}: {e}")),
+                    }
+                }
+                found.ok_or_else(|| why.join("; "))?
+            }
+        };
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(server_name.to_string(), found.clone());
+        Ok(found)
+    }
+
+    /// `server_name`'s keys from the server itself (`/_matrix/key/v2/server`), self-signed.
+    async fn direct_keys(&self, server_name: &str) -> Result<(ServerKeys, Value), String> {
         let a = self
             .client
             .get(server_name, "/_matrix/key/v2/server")
@@ -286,11 +320,67 @@ impl Federation {
         }
         let keys = mxconform_pdu::keys::verify_server_key_document(&a.body, server_name)
             .map_err(|e| e.to_string())?;
-        self.keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(server_name.to_string(), (keys.clone(), a.body.clone()));
         Ok((keys, a.body))
+    }
+
+    /// `server_name`'s keys through `notary` (`POST /_matrix/key/v2/query`): a document the
+    /// server signed, which the notary signed too (with its own keys, fetched from it).
+    async fn notary_keys(
+        &self,
+        server: &Server,
+        notary: &str,
+        server_name: &str,
+        minimum_valid_until_ts: i64,
+    ) -> Result<(ServerKeys, Value), String> {
+        let signing = server
+            .read(|s| s.signing_key.clone())
+            .ok_or("this server has no signing key")?;
+        let body = json!({"server_keys": {server_name: {}}});
+        let a = self
+            .client
+            .request(
+                &server.config.server_name,
+                &signing,
+                notary,
+                "POST",
+                "/_matrix/key/v2/query",
+                Some(&body),
+            )
+            .await?;
+        if a.status != 200 {
+            return Err(format!("/_matrix/key/v2/query answered {}", a.status));
+        }
+        let notary_keys = self.keys_of(server, notary).await?;
+        let now = now_ms() as i64;
+        let mut why = format!("no document of {server_name}");
+        for doc in a
+            .body
+            .get("server_keys")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if doc.get("server_name").and_then(Value::as_str) != Some(server_name) {
+                continue;
+            }
+            let checked = mxconform_pdu::keys::verify_server_key_document(doc, server_name)
+                .map_err(|e| e.to_string())
+                .and_then(|keys| {
+                    mxconform_pdu::sign::verify_signed_by(doc, notary, &|id: &str| {
+                        notary_keys.key(id).map(|(k, _)| k.clone())
+                    })
+                    .map_err(|e| format!("the notary's signature: {e}"))?;
+                    Ok(keys)
+                });
+            match checked {
+                Ok(keys) if keys.valid_until_ts > now.max(minimum_valid_until_ts - 1) => {
+                    return Ok((keys, doc.clone()))
+                }
+                Ok(_) => why = format!("{server_name}'s document has expired"),
+                Err(e) => why = e,
+            }
+        }
+        Err(why)
     }
 
     /// Checks many PDUs at once (the state and auth chain of a send_join answer): each parsed,

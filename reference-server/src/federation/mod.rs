@@ -28,6 +28,8 @@ pub struct FederationConfig {
     /// The DNS server to ask where other servers are (SRV records, and host addresses);
     /// `None`: the system's.
     pub dns: Option<std::net::SocketAddr>,
+    /// Notaries asked for a server's keys when the server itself does not give them.
+    pub notaries: Vec<String>,
 }
 
 /// The certificates this server accepts from the servers it calls.
@@ -49,6 +51,8 @@ pub struct Federation {
     /// transaction gets the same answer and changes nothing (the latest 10,000 kept).
     transactions: Mutex<TransactionLog>,
     pub sender: sender::Sender,
+    /// Notaries trusted for other servers' keys ([`FederationConfig::notaries`]).
+    pub notaries: Vec<String>,
 }
 
 /// Answers to received transactions, oldest dropped first.
@@ -67,6 +71,7 @@ impl Federation {
             keys: Mutex::new(HashMap::new()),
             transactions: Mutex::new(TransactionLog::default()),
             sender: sender::Sender::default(),
+            notaries: config.notaries.clone(),
         })
     }
 
