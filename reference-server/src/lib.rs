@@ -282,23 +282,32 @@ impl Server {
         if batch.is_empty() {
             return out;
         }
+        // The EDUs the write made, to each server they go to; those that must arrive
+        // (to-device messages, device-list and signing-key updates) are kept with the write
+        // until delivered.
+        let routed: Vec<(String, Option<u64>, serde_json::Value)> = if self.federation.is_some() {
+            let state = &mut inner.state;
+            let mut routed = Vec::new();
+            for (to, edu) in edus {
+                for d in state.edu_destinations(&to) {
+                    let seq = federation::sender::durable(&edu).then(|| {
+                        state.edu_seq += 1;
+                        batch.put("fed_edu", format!("{d}\u{0}{}", state.edu_seq), &edu);
+                        state.edu_seq
+                    });
+                    routed.push((d, seq, edu.clone()));
+                }
+            }
+            routed
+        } else {
+            Vec::new()
+        };
         if let Err(e) = inner.state.store.commit(batch) {
             eprintln!("mxconform-server: commit failed ({}); stopping so that no unsaved change is served", e.message);
             std::process::abort();
         }
         inner.state.committed();
         let after = inner.state.pos;
-        // The EDUs the write made, to each server they go to.
-        let routed: Vec<(String, serde_json::Value)> = if self.federation.is_some() {
-            edus.into_iter()
-                .flat_map(|(to, edu)| {
-                    let dests = inner.state.edu_destinations(&to);
-                    dests.into_iter().map(move |d| (d, edu.clone()))
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
         drop(inner);
         if after != before {
             self.changes.send_replace(after);

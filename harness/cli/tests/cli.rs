@@ -516,9 +516,10 @@ fn start_on_disk(
     )
 }
 
-/// A message sent while the other server is down, and the sender itself restarted before the
-/// other comes back, still reaches it: the delivery queue survives the restart (without it,
-/// nothing would bring the message, since no later event cites it).
+/// A message and a to-device message sent while the other server is down, the sender itself
+/// restarted before the other comes back, still reach it: the delivery queue survives the
+/// restart (without it, nothing would bring the message, since no later event cites it, nor
+/// the to-device message, which is not in any room).
 #[test]
 fn deliveries_survive_a_restart_of_both_servers() {
     use mxconform_harness::client::{Body, Client, Limits};
@@ -537,7 +538,7 @@ fn deliveries_survive_a_restart_of_both_servers() {
     let ports_a = (free_port(), free_port());
     let ports_b = (free_port(), free_port());
     let (mut a, url_a, name_a) = start_on_disk(&ca, &dir_a, ports_a.0, ports_a.1);
-    let (mut b, url_b, _) = start_on_disk(&ca, &dir_b, ports_b.0, ports_b.1);
+    let (mut b, url_b, name_b) = start_on_disk(&ca, &dir_b, ports_b.0, ports_b.1);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let limits = Limits {
         request_timeout: std::time::Duration::from_secs(20),
@@ -599,14 +600,37 @@ fn deliveries_survive_a_restart_of_both_servers() {
         serde_json::json!({"msgtype": "m.text", "body": "while b was down"}),
         Some(ta.clone()),
     ));
+    // A to-device message too: it must arrive (EDUs of that kind are kept until delivered).
+    let to_device = rt.block_on(call(
+        url_a.clone(),
+        "PUT",
+        "/_matrix/client/v3/sendToDevice/org.mxconform.restart/td1".into(),
+        serde_json::json!({"messages": {format!("@bob:{name_b}"): {"*": {"note": "kept"}}}}),
+        Some(ta.clone()),
+    ));
     let _ = a.kill();
     let _ = a.wait();
     let (mut b, url_b, _) = start_on_disk(&ca, &dir_b, ports_b.0, ports_b.1);
     let (mut a, _, _) = start_on_disk(&ca, &dir_a, ports_a.0, ports_a.1);
     let arrived = rt.block_on(async {
         sent?;
+        to_device?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let mut device_message = false;
         loop {
+            let sync = call(
+                url_b.clone(),
+                "GET",
+                "/_matrix/client/v3/sync?timeout=0".into(),
+                serde_json::Value::Null,
+                Some(tb.clone()),
+            )
+            .await?;
+            device_message |= sync["to_device"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["type"] == "org.mxconform.restart" && e["content"]["note"] == "kept");
             let msgs = call(
                 url_b.clone(),
                 "GET",
@@ -621,11 +645,13 @@ fn deliveries_survive_a_restart_of_both_servers() {
                 .flatten()
                 .filter_map(|e| e["content"]["body"].as_str().map(str::to_string))
                 .collect();
-            if bodies.iter().any(|b| b == "while b was down") {
+            if bodies.iter().any(|b| b == "while b was down") && device_message {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
-                return Err(format!("the message never arrived: {bodies:?}"));
+                return Err(format!(
+                    "not everything arrived: messages {bodies:?}, the to-device message: {device_message}"
+                ));
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }

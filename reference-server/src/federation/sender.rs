@@ -4,7 +4,9 @@
 //! Each destination's progress is kept (`fed_acked`: the greatest position of this server's
 //! events it accepted): after a restart, or a destination's outage across one, its queue is
 //! rebuilt from the events since (the last `CATCH_UP` positions at most; older ones the
-//! destination fetches when later events cite them). EDUs are queued in memory only.
+//! destination fetches when later events cite them). EDUs that must arrive (to-device
+//! messages, device-list and signing-key updates) are kept (`fed_edu`) until a destination
+//! accepts them; the others (typing, receipts, presence) live in memory only.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
@@ -24,6 +26,14 @@ const QUEUE_LIMIT: usize = 10_000;
 /// How far back the stream is read at start-up for destinations that had not taken
 /// everything.
 const CATCH_UP: u64 = 10_000;
+
+/// Whether an EDU must survive a restart until delivered.
+pub fn durable(edu: &Value) -> bool {
+    matches!(
+        edu.get("edu_type").and_then(Value::as_str),
+        Some("m.direct_to_device" | "m.device_list_update" | "m.signing_key_update")
+    )
+}
 
 /// The serial part of transaction ids.
 static TXN_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -50,7 +60,8 @@ struct Queues {
 struct Dest {
     /// PDUs with their positions (0: another server's PDU passed on).
     pending: VecDeque<(u64, Value)>,
-    edus: VecDeque<Value>,
+    /// EDUs with their sequence numbers when kept until delivered.
+    edus: VecDeque<(Option<u64>, Value)>,
     /// A delivery task is running for this destination.
     busy: bool,
 }
@@ -68,7 +79,17 @@ impl Sender {
             let from = match q.cursor {
                 Some(c) => c,
                 None => {
-                    // The first look: destinations behind catch up on the recent stream.
+                    // The first look: destinations behind catch up on the recent stream, and
+                    // the EDUs kept undelivered go first.
+                    let mut kept = s.undelivered_edus.clone();
+                    kept.sort_by_key(|(_, seq, _)| *seq);
+                    for (dest, seq, edu) in kept {
+                        q.dests
+                            .entry(dest)
+                            .or_default()
+                            .edus
+                            .push_back((Some(seq), edu));
+                    }
                     q.acked = s.federation_acked.clone();
                     q.floor = s.pos;
                     let behind = q.acked.values().copied().min().unwrap_or(s.pos);
@@ -166,12 +187,13 @@ impl Sender {
         self.wake(server);
     }
 
-    /// Queues EDUs, each for its destination (delivered at the next [`Sender::wake`]).
-    pub fn queue_edus(&self, edus: Vec<(String, Value)>) {
+    /// Queues EDUs, each for its destination with its sequence number when kept (delivered
+    /// at the next [`Sender::wake`]).
+    pub fn queue_edus(&self, edus: Vec<(String, Option<u64>, Value)>) {
         let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        for (dest, edu) in edus {
+        for (dest, seq, edu) in edus {
             let d = q.dests.entry(dest).or_default();
-            d.edus.push_back(edu);
+            d.edus.push_back((seq, edu));
             while d.edus.len() > QUEUE_LIMIT {
                 d.edus.pop_front();
             }
@@ -188,7 +210,8 @@ impl Sender {
 
     /// The next transaction's PDUs and EDUs for `dest` (taken off its queues), or `None` when
     /// it has none (the delivery task then ends).
-    fn take(&self, dest: &str) -> Option<(Vec<(u64, Value)>, Vec<Value>)> {
+    #[allow(clippy::type_complexity)]
+    fn take(&self, dest: &str) -> Option<(Vec<(u64, Value)>, Vec<(Option<u64>, Value)>)> {
         let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let d = q.dests.get_mut(dest)?;
         if d.pending.is_empty() && d.edus.is_empty() {
@@ -201,7 +224,7 @@ impl Sender {
     }
 
     /// Puts back what a failed delivery held, ahead of the rest.
-    fn put_back(&self, dest: &str, pdus: Vec<(u64, Value)>, edus: Vec<Value>) {
+    fn put_back(&self, dest: &str, pdus: Vec<(u64, Value)>, edus: Vec<(Option<u64>, Value)>) {
         let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let d = q.dests.entry(dest.to_string()).or_default();
         for p in pdus.into_iter().rev() {
@@ -241,8 +264,9 @@ async fn deliver(server: Weak<Server>, dest: String) {
             "origin": s.config.server_name,
             "origin_server_ts": now_ms(),
             "pdus": pdus.iter().map(|(_, p)| p).collect::<Vec<_>>(),
-            "edus": edus,
+            "edus": edus.iter().map(|(_, e)| e).collect::<Vec<_>>(),
         });
+        let delivered: Vec<u64> = edus.iter().filter_map(|(seq, _)| *seq).collect();
         let last = pdus.iter().map(|(p, _)| *p).max().unwrap_or(0);
         let path = format!("/_matrix/federation/v1/send/{txn}");
         let sent = fed
@@ -261,10 +285,17 @@ async fn deliver(server: Weak<Server>, dest: String) {
                 pause = Duration::from_millis(500);
                 if last > 0 {
                     fed.sender.acked(&dest, last);
+                }
+                if last > 0 || !delivered.is_empty() {
                     // Kept, so that a restart resumes after it (lost only with a crash in
                     // between: the events are then sent again, and the duplicates ignored).
                     let _ = s.write(|st, batch| {
-                        st.put_federation_acked(batch, &dest, last);
+                        if last > 0 {
+                            st.put_federation_acked(batch, &dest, last);
+                        }
+                        for seq in &delivered {
+                            batch.delete("fed_edu", format!("{dest}\u{0}{seq}"));
+                        }
                         Ok(())
                     });
                 }

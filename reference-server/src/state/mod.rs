@@ -157,6 +157,11 @@ pub struct State {
     /// a transaction it accepted), by server name: deliveries resume from there after a
     /// restart.
     pub federation_acked: HashMap<String, u64>,
+    /// The last sequence number of an EDU kept until delivered (`fed_edu` records).
+    pub edu_seq: u64,
+    /// The EDUs kept undelivered at start-up: (destination, sequence, EDU), taken by the
+    /// federation sender at its first look.
+    pub undelivered_edus: Vec<(String, u64, Value)>,
     /// Third-party identifier validation sessions, by sid.
     pub threepid_sessions: HashMap<String, ThreepidSession>,
     /// When validation messages went to each address lately (ms), for the rate limit; not

@@ -142,6 +142,13 @@ impl State {
                     })?;
                     forked.insert(key.clone(), ids);
                 }
+                "fed_edu" if parts.len() == 2 => {
+                    let seq: u64 = parts[1].parse().map_err(|_| {
+                        format!("the kept EDU record {key:?} has no sequence number")
+                    })?;
+                    self.edu_seq = self.edu_seq.max(seq);
+                    self.undelivered_edus.push((parts[0].to_string(), seq, v));
+                }
                 "fed_acked" => {
                     self.federation_acked
                         .insert(key.clone(), v.as_u64().unwrap_or(0));
