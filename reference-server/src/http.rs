@@ -21,11 +21,16 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let io = hyper_util::rt::TokioIo::new(sock);
+    let header_timeout = server.config.limits.header_timeout;
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let server = server.clone();
         async move { Ok::<_, std::convert::Infallible>(handle_incoming(&server, req).await) }
     });
+    // A client that does not finish its headers in time (or leaves a kept-alive connection
+    // idle that long) is disconnected.
     let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
         .keep_alive(true)
         .serve_connection(io, service)
         .await;
@@ -45,7 +50,23 @@ async fn handle_incoming(server: &Server, req: Request<Incoming>) -> Response<Fu
             server.config.max_body
         ))));
     }
-    let bytes = match Limited::new(body, server.config.max_body).collect().await {
+    let read = tokio::time::timeout(
+        server.config.limits.body_timeout,
+        Limited::new(body, server.config.max_body).collect(),
+    )
+    .await;
+    let Ok(read) = read else {
+        return to_http(error_response(&ApiError {
+            status: 408,
+            errcode: "M_UNKNOWN",
+            message: format!(
+                "the request body did not arrive within {} s",
+                server.config.limits.body_timeout.as_secs()
+            ),
+            extra: None,
+        }));
+    };
+    let bytes = match read {
         Ok(c) => c.to_bytes(),
         Err(e) => {
             let err = if e

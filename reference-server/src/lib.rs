@@ -74,6 +74,29 @@ pub struct Config {
     /// Federation: `None` answers the server-server API with 404 `M_UNRECOGNIZED` and sends
     /// nothing to other servers.
     pub federation: Option<federation::FederationConfig>,
+    /// Every connection's limits (header and body read timeouts, how many at once).
+    pub limits: ConnectionLimits,
+}
+
+/// What one client may hold of the server: a request's headers must arrive within
+/// `header_timeout` (also how long an idle kept-alive connection waits for the next request),
+/// its body within `body_timeout`; at most `max_connections` connections at once (more are
+/// closed at accept, with a log line).
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    pub header_timeout: std::time::Duration,
+    pub body_timeout: std::time::Duration,
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_timeout: std::time::Duration::from_secs(30),
+            body_timeout: std::time::Duration::from_secs(60),
+            max_connections: 4096,
+        }
+    }
 }
 
 /// The default [`Config::redaction_retention`]: seven days.
@@ -125,6 +148,7 @@ impl Config {
             signing_key: None,
             redaction_retention: REDACTION_RETENTION,
             federation: None,
+            limits: ConnectionLimits::default(),
         }
     }
 }
@@ -153,6 +177,8 @@ pub struct Server {
     /// The key this server signs with as a rooms' Policy Server (`ed25519:policy_server`),
     /// not its federation key: made at first start and kept with the data.
     pub policy_key: mxconform_pdu::SigningKey,
+    /// User-interactive auth sessions (bounded, expiring).
+    pub uia: Mutex<handlers::uia::UiaSessions>,
 }
 
 impl Server {
@@ -224,6 +250,7 @@ impl Server {
             me: std::sync::OnceLock::new(),
             base_url: std::sync::OnceLock::new(),
             policy_key,
+            uia: Mutex::default(),
         });
         let _ = server.me.set(Arc::downgrade(&server));
         server.purge_redacted()?;
@@ -442,14 +469,29 @@ pub async fn serve(server: Arc<Server>, addr: SocketAddr) -> Result<Running, Str
     });
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
     let srv = server.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        server.config.limits.max_connections,
+    ));
     let task = tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = &mut stopped => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((sock, _)) => {
+                    Ok((sock, peer)) => {
+                        let Ok(slot) = slots.clone().try_acquire_owned() else {
+                            eprintln!(
+                                "mxconform-server: {} connections open, the limit: closing the one from {peer}",
+                                srv.config.limits.max_connections
+                            );
+                            drop(sock);
+                            continue;
+                        };
                         let _ = sock.set_nodelay(true);
-                        tokio::spawn(http::serve_connection(srv.clone(), sock));
+                        let srv = srv.clone();
+                        tokio::spawn(async move {
+                            http::serve_connection(srv, sock).await;
+                            drop(slot);
+                        });
                     }
                     Err(e) => {
                         eprintln!("mxconform-server: accept failed: {e}");
@@ -481,15 +523,26 @@ pub async fn serve_federation(
         .local_addr()
         .map_err(|e| format!("the federation listener's address: {e}"))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        server.config.limits.max_connections,
+    ));
     let task = tokio::spawn(async move {
         loop {
-            let Ok((sock, _)) = listener.accept().await else {
+            let Ok((sock, peer)) = listener.accept().await else {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                eprintln!(
+                    "mxconform-server: {} federation connections open, the limit: closing the one from {peer}",
+                    server.config.limits.max_connections
+                );
                 continue;
             };
             let _ = sock.set_nodelay(true);
             let (acceptor, server) = (acceptor.clone(), server.clone());
             tokio::spawn(async move {
+                let _slot = slot;
                 // A handshake that does not finish in 10 s is dropped.
                 let tls =
                     tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(sock))

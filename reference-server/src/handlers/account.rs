@@ -139,6 +139,7 @@ pub fn register(ctx: &Ctx, req: cs::registration::register::Request) -> ApiResul
                 ));
             }
             uia(
+                ctx,
                 b.auth
                     .as_ref()
                     .map(|a| serde_json::to_value(a).unwrap_or_default())
@@ -332,7 +333,7 @@ pub fn change_password(
                 _ => "m.login.email.identity",
             };
             let mut found = None;
-            uia(auth.as_ref(), stage, |a| {
+            uia(ctx, auth.as_ref(), stage, |a| {
                 found = Some(super::threepid::reset_owner(ctx, a)?);
                 Ok(())
             })?;

@@ -39,7 +39,7 @@ pub(crate) mod space_hierarchy;
 pub mod sso;
 mod sync;
 pub mod threepid;
-mod uia;
+pub mod uia;
 mod user_data;
 mod users;
 
