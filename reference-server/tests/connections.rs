@@ -55,6 +55,18 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
         "{:?}",
         started.elapsed()
     );
+    // A kept-alive connection left idle after an answer is closed after the same time.
+    let mut idle = TcpStream::connect(addr).await.expect("connects");
+    idle.write_all(b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("writes");
+    let mut head = [0u8; 12];
+    idle.read_exact(&mut head).await.expect("answered");
+    let closed = until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(
+        closed.is_some(),
+        "an idle kept-alive connection was still open after 5 s"
+    );
     // A client that finishes in time is answered on a connection of its own.
     let mut quick = TcpStream::connect(addr).await.expect("connects");
     quick
