@@ -234,6 +234,12 @@ pub async fn push_transactions(server: std::sync::Weak<crate::Server>, asv: AppS
             }
         } else {
             drop(srv);
+            tracing::warn!(
+                appservice = %asv.id,
+                events = events.len(),
+                retry_in_ms = backoff.as_millis() as u64,
+                "an application service transaction was not accepted; retrying"
+            );
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(std::time::Duration::from_secs(60));
         }

@@ -92,7 +92,7 @@ impl ApiError {
 
     /// An internal failure: logged in full, shown as a generic `M_UNKNOWN`.
     pub fn internal(detail: impl std::fmt::Display) -> ApiError {
-        eprintln!("mxconform-server: internal error: {detail}");
+        tracing::error!("internal error: {detail}");
         ApiError::unknown("internal server error")
     }
 

@@ -154,18 +154,48 @@ pub(crate) fn parse_query(q: Option<&str>) -> Result<Vec<(String, String)>, ApiE
         .collect()
 }
 
-/// Answers one request (no socket involved).
+/// What the request log says of a request besides its method, status and duration.
+#[derive(Default)]
+struct Seen {
+    operation: Option<&'static str>,
+    user: Option<String>,
+}
+
+/// Answers one request (no socket involved), and logs it: a line per request at `info`
+/// (target `mxconform_server::request`), a 5xx at `warn`.
 pub async fn handle(server: &Server, req: Request<Bytes>) -> Response<Bytes> {
     if req.method() == Method::OPTIONS {
         return json_response(200, &json!({}));
     }
-    match handle_inner(server, &req).await {
+    let started = Instant::now();
+    let mut seen = Seen::default();
+    let response = match handle_inner(server, &req, &mut seen).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
+    };
+    let status = response.status().as_u16();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let operation = seen.operation.unwrap_or_else(|| {
+        if req.uri().path().starts_with("/_matrix/client/") {
+            "-"
+        } else {
+            "other"
+        }
+    });
+    let user = seen.user.as_deref().unwrap_or("-");
+    if status >= 500 {
+        tracing::warn!(target: "mxconform_server::request", method = %req.method(), operation, user, status, ms, "{}", req.uri().path());
+    } else {
+        tracing::info!(target: "mxconform_server::request", method = %req.method(), operation, user, status, ms, "{}", req.uri().path());
     }
+    response
 }
 
-async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Response<Bytes>> {
+async fn handle_inner(
+    server: &Server,
+    req: &Request<Bytes>,
+    seen: &mut Seen,
+) -> ApiResult<Response<Bytes>> {
     let path = req.uri().path();
     if let Some(answer) = outside_the_table(server, req).await {
         return answer;
@@ -175,6 +205,7 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
         || path.starts_with("/_matrix/policy/")
         || path == "/.well-known/matrix/server"
     {
+        seen.operation = Some("federation");
         return crate::federation::inbound::handle(server, req).await;
     }
     let matched = server.router.find(req.method().as_str(), path)?;
@@ -203,11 +234,13 @@ async fn handle_inner(server: &Server, req: &Request<Bytes>) -> ApiResult<Respon
     };
 
     // Two operations on one route: the body says which (the spec's trailing-space keys).
+    seen.user = user.as_ref().map(|u| u.user_id.clone());
     let route = if matched.routes.len() > 1 {
         pick_route(&matched.routes, req.body(), &query)
     } else {
         route0
     };
+    seen.operation = Some(route.operation_id);
 
     if let Some(u) = &user {
         if u.locked && !handlers::admin::OPEN_WHEN_LOCKED.contains(&route.operation_id) {

@@ -463,7 +463,7 @@ pub async fn serve(server: Arc<Server>, addr: SocketAddr) -> Result<Running, Str
                 break;
             };
             if let Err(e) = server.purge_redacted() {
-                eprintln!("mxconform-server: purging redacted content failed: {e}");
+                tracing::error!("purging redacted content failed: {e}");
             }
         }
     });
@@ -479,8 +479,8 @@ pub async fn serve(server: Arc<Server>, addr: SocketAddr) -> Result<Running, Str
                 accepted = listener.accept() => match accepted {
                     Ok((sock, peer)) => {
                         let Ok(slot) = slots.clone().try_acquire_owned() else {
-                            eprintln!(
-                                "mxconform-server: {} connections open, the limit: closing the one from {peer}",
+                            tracing::warn!(
+                                "{} connections open, the limit: closing the one from {peer}",
                                 srv.config.limits.max_connections
                             );
                             drop(sock);
@@ -494,7 +494,7 @@ pub async fn serve(server: Arc<Server>, addr: SocketAddr) -> Result<Running, Str
                         });
                     }
                     Err(e) => {
-                        eprintln!("mxconform-server: accept failed: {e}");
+                        tracing::warn!("accept failed: {e}");
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
                 },
@@ -533,8 +533,8 @@ pub async fn serve_federation(
                 continue;
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                eprintln!(
-                    "mxconform-server: {} federation connections open, the limit: closing the one from {peer}",
+                tracing::warn!(
+                    "{} federation connections open, the limit: closing the one from {peer}",
                     server.config.limits.max_connections
                 );
                 continue;

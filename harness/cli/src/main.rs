@@ -246,6 +246,13 @@ struct ServeArgs {
     /// give them itself (repeatable)
     #[arg(long = "key-notary", value_name = "SERVER")]
     key_notary: Vec<String>,
+    /// What to log (a tracing filter: `info`, `warn`, `mxconform_server::request=off,info`);
+    /// default RUST_LOG, else `info` (a line per request, warnings for failed deliveries)
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// How log lines look
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -313,7 +320,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             routes(format, implemented);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => run_suites(args),
+        Command::Run(args) => {
+            // The embedded server stays quiet unless RUST_LOG asks.
+            init_logs(None, None, LogFormat::Text)?;
+            run_suites(args)
+        }
         Command::Bench {
             what,
             runs,
@@ -809,7 +820,36 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to standard error: `filter` (else RUST_LOG, else `default`); `None` when neither a
+/// filter nor RUST_LOG is given and `default` is `None` (quiet).
+fn init_logs(filter: Option<&str>, default: Option<&str>, format: LogFormat) -> Result<()> {
+    let chosen = filter
+        .map(str::to_string)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .or(default.map(str::to_string));
+    let Some(chosen) = chosen else {
+        return Ok(());
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&chosen)
+        .map_err(|e| anyhow::anyhow!("the log filter {chosen:?}: {e}"))?;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let done = match format {
+        LogFormat::Text => logs.try_init(),
+        LogFormat::Json => logs.json().try_init(),
+    };
+    done.map_err(|e| anyhow::anyhow!("starting the logs: {e}"))
+}
+
 fn serve(args: ServeArgs) -> Result<ExitCode> {
+    init_logs(args.log_level.as_deref(), Some("info"), args.log_format)?;
     let mut config = mxconform_server::Config::in_memory(&args.server_name);
     config.password_cost = mxconform_server::PasswordCost::Standard;
     config.durability = match args.durability {
@@ -1055,12 +1095,19 @@ fn start_reference_with(dir: &Path, args: &[&str]) -> Result<(std::process::Chil
             .spawn()
             .context("starting the reference server")?;
     let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
-    let line = lines.next().context("the server said nothing")??;
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .context("no URL in the server's start-up line")?
-        .to_string();
+    // The start-up line names the URL (log lines may come before it).
+    let url = loop {
+        let line = lines
+            .next()
+            .context("the server ended without saying where it listens")??;
+        if line.starts_with("mxconform reference server") {
+            break line
+                .split_whitespace()
+                .find(|w| w.starts_with("http://"))
+                .context("no URL in the server's start-up line")?
+                .to_string();
+        }
+    };
     std::thread::spawn(move || for _ in lines {});
     Ok((child, url))
 }

@@ -229,7 +229,11 @@ fn serve(db: &Path) -> (std::process::Child, String) {
         .expect("serve starts");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
-    let line = lines.next().expect("a start-up line").expect("readable");
+    let line = lines
+        .by_ref()
+        .map(|l| l.expect("readable"))
+        .find(|l| l.starts_with("mxconform reference server"))
+        .expect("a start-up line");
     let url = line
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
@@ -405,9 +409,9 @@ fn two_reference_servers_federate() {
             .spawn()
             .unwrap_or_else(|e| panic!("{name} starts: {e}"));
         let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let first = lines.next().expect("a start-up line").expect("readable");
+        let found = start_up_lines(&mut lines);
+        let (first, fed) = (&found[0], &found[1]);
         assert!(first.contains(&server_name), "{first}");
-        let fed = lines.next().expect("a federation line").expect("readable");
         assert!(fed.contains(&format!("https://{server_name}")), "{fed}");
         std::thread::spawn(move || for _ in lines {});
         (
@@ -504,8 +508,7 @@ fn start_on_disk(
         .spawn()
         .expect("the server starts");
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    for _ in 0..2 {
-        let line = lines.next().expect("start-up lines").expect("readable");
+    for line in start_up_lines(&mut lines) {
         assert!(line.contains(&server_name), "{line}");
     }
     std::thread::spawn(move || for _ in lines {});
@@ -823,9 +826,7 @@ fn spawn_serve(args: Vec<String>) -> std::process::Child {
         .spawn()
         .expect("the server starts");
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    for _ in 0..2 {
-        lines.next().expect("start-up lines").expect("readable");
-    }
+    start_up_lines(&mut lines);
     std::thread::spawn(move || for _ in lines {});
     child
 }
@@ -1006,4 +1007,62 @@ fn keys_come_through_a_notary_when_the_server_cannot_be_reached() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     result.expect("the keys came through the notary");
+}
+
+/// The two start-up lines of `serve` (where it listens, where it federates), skipping the log
+/// lines that may come before them.
+fn start_up_lines(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> Vec<String> {
+    let mut found = Vec::new();
+    while found.len() < 2 {
+        let line = lines.next().expect("start-up lines").expect("readable");
+        if line.starts_with("mxconform reference server") || line.starts_with("federation on") {
+            found.push(line);
+        }
+    }
+    found
+}
+
+/// `serve` logs a line per request (method, operation, user, status, duration), here as JSON.
+#[test]
+fn serve_logs_each_request_as_json() {
+    use std::io::{BufRead, BufReader};
+    let port = free_port();
+    let mut child = bin()
+        .args([
+            "serve",
+            "--in-memory",
+            "--server-name",
+            "logs.test",
+            "--log-format",
+            "json",
+            "--addr",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    lines
+        .by_ref()
+        .map(|l| l.expect("readable"))
+        .find(|l| l.starts_with("mxconform reference server"))
+        .expect("a start-up line");
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    use std::io::{Read, Write};
+    sock.write_all(
+        b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .expect("writes");
+    let mut answer = Vec::new();
+    let _ = sock.read_to_end(&mut answer);
+    let line = lines.next().expect("a log line").expect("readable");
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["level"], "INFO", "{line}");
+    assert_eq!(v["fields"]["operation"], "getVersions", "{line}");
+    assert_eq!(v["fields"]["method"], "GET", "{line}");
+    assert_eq!(v["fields"]["status"], 200, "{line}");
+    assert!(v["fields"]["ms"].as_f64().is_some(), "{line}");
 }

@@ -1780,8 +1780,8 @@ async fn on_bind(c: &Call<'_>) -> ApiResult<Value> {
         );
         // The identity server cannot act on a failure: it is the inviter's server's to report.
         if let Err(e) = super::joins::ask(&server, &dest, "PUT", &path, Some(&event)).await {
-            eprintln!(
-                "mxconform-server: exchanging a third-party invite to {room_id} with {dest}: {}",
+            tracing::warn!(
+                "exchanging a third-party invite to {room_id} with {dest}: {}",
                 e.message
             );
         }

@@ -300,7 +300,18 @@ async fn deliver(server: Weak<Server>, dest: String) {
                     });
                 }
             }
-            _ => {
+            failed => {
+                let why = match &failed {
+                    Ok(a) => format!("answered {}", a.status),
+                    Err(e) => e.clone(),
+                };
+                tracing::warn!(
+                    destination = %dest,
+                    pdus = pdus.len(),
+                    edus = edus.len(),
+                    retry_in_ms = pause.as_millis() as u64,
+                    "a federation transaction was not delivered ({why}); retrying"
+                );
                 fed.sender.put_back(&dest, pdus, edus);
                 drop(s);
                 tokio::time::sleep(pause).await;

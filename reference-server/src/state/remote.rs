@@ -707,7 +707,7 @@ impl State {
             }
             if let Err(e) = self.resolve_after_fork(batch, &room_id, pos, after) {
                 // The event is the room's now; its state stays the stream's.
-                eprintln!("mxconform-server: resolving the state of {room_id} at {pos}: {e}");
+                tracing::error!("resolving the state of {room_id} at {pos}: {e}");
             }
         }
         Received::Accepted(pos)

@@ -235,7 +235,7 @@ impl State {
             Ok(Some(s)) => s,
             Ok(None) => return None,
             Err(e) => {
-                eprintln!("mxconform-server: reading event {pos}: {e}");
+                tracing::error!("reading event {pos}: {e}");
                 return None;
             }
         };
@@ -244,7 +244,7 @@ impl State {
         }) {
             Ok(x) => x,
             Err(e) => {
-                eprintln!("mxconform-server: reading event {pos}: {e}");
+                tracing::error!("reading event {pos}: {e}");
                 return None;
             }
         };
