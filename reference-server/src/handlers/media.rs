@@ -102,13 +102,33 @@ pub fn disposition(content_type: &str, name: Option<&str>) -> String {
         .any(|p| content_type.starts_with(p))
         && content_type != "image/svg+xml";
     let kind = if inline { "inline" } else { "attachment" };
-    match name {
-        Some(n) => {
-            let safe: String = n.chars().filter(|c| !c.is_control() && *c != '"').collect();
-            format!("{kind}; filename=\"{safe}\"")
-        }
-        None => kind.to_string(),
+    let Some(n) = name else {
+        return kind.to_string();
+    };
+    let clean: String = n.chars().filter(|c| !c.is_control()).collect();
+    // A quoted ASCII name for every client, and for a name beyond ASCII the exact one as
+    // RFC 6266 / RFC 8187 say (`filename*=UTF-8''` and percent-encoded bytes).
+    let ascii: String = clean
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => '_',
+            c if c.is_ascii() => c,
+            _ => '_',
+        })
+        .collect();
+    if clean.is_ascii() && !clean.contains(['"', '\\']) {
+        return format!("{kind}; filename=\"{clean}\"");
     }
+    let mut encoded = String::new();
+    for b in clean.bytes() {
+        let c = b as char;
+        if c.is_ascii_alphanumeric() || "!#$&+-.^_`|~".contains(c) {
+            encoded.push(c);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
 pub fn get_content_authed(
@@ -261,4 +281,32 @@ pub fn upload_content_to_mxc(
         ));
         Ok(json!({}))
     })
+}
+
+#[cfg(test)]
+mod disposition_tests {
+    use super::disposition;
+
+    #[test]
+    fn file_names_beyond_ascii_survive_as_rfc_6266_says() {
+        let d = disposition("application/pdf", Some("résumé 📄.pdf"));
+        assert_eq!(
+            d,
+            "attachment; filename=\"r_sum_ _.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%F0%9F%93%84.pdf"
+        );
+        assert!(
+            http::HeaderValue::from_str(&d).is_ok(),
+            "a valid header value"
+        );
+        assert_eq!(
+            disposition("image/png", Some("cat.png")),
+            "inline; filename=\"cat.png\""
+        );
+        let quoted = disposition("text/plain", Some("a \"b\".txt"));
+        assert!(quoted.contains("filename=\"a _b_.txt\""), "{quoted}");
+        assert!(
+            quoted.contains("filename*=UTF-8''a%20%22b%22.txt"),
+            "{quoted}"
+        );
+    }
 }
