@@ -141,7 +141,13 @@ struct RunArgs {
 }
 
 #[derive(clap::Args)]
+#[command(args_override_self = true)]
 struct ServeArgs {
+    /// A TOML file of these options (`server_name = "example.org"`, `turn_uri = ["turn:..."]`,
+    /// `in_memory = true`); flags given too override it (repeatable ones add to it). Secrets
+    /// belong here or in the environment, not on the command line.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:8008")]
     addr: std::net::SocketAddr,
     #[arg(long, default_value = "localhost")]
@@ -165,8 +171,14 @@ struct ServeArgs {
     /// The TURN server's static username.
     #[arg(long, default_value = "")]
     turn_username: String,
-    /// The TURN server's static password.
-    #[arg(long, default_value = "")]
+    /// The TURN server's static password (better in the config file or MXCONFORM_TURN_PASSWORD:
+    /// a command line is visible to every user of the machine).
+    #[arg(
+        long,
+        default_value = "",
+        env = "MXCONFORM_TURN_PASSWORD",
+        hide_env_values = true
+    )]
     turn_password: String,
     /// Seconds the TURN credentials stay valid.
     #[arg(long, default_value_t = 86400)]
@@ -292,13 +304,80 @@ enum DiffFormat {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let argv = match with_config_file(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(Cli::parse_from(argv)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+/// `serve --config FILE`: the file's options as flags placed before those of the command
+/// line (which then override them). Keys are the flags' names (`server_name` or
+/// `server-name`); a string or number is the value, `true` the bare flag, an array one flag per
+/// item.
+fn with_config_file(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>> {
+    if argv.get(1).is_none_or(|a| a != "serve") {
+        return Ok(argv);
+    }
+    let mut file = None;
+    let mut rest = Vec::new();
+    let mut it = argv.into_iter();
+    let (program, serve) = (it.next(), it.next());
+    while let Some(a) = it.next() {
+        let text = a.to_string_lossy().to_string();
+        if text == "--config" {
+            file = Some(it.next().context("--config needs a file")?);
+        } else if let Some(f) = text.strip_prefix("--config=") {
+            file = Some(f.into());
+        } else {
+            rest.push(a);
+        }
+    }
+    let mut out: Vec<std::ffi::OsString> = program.into_iter().chain(serve).collect();
+    if let Some(file) = file {
+        let path = PathBuf::from(&file);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        let table: toml::Table = text
+            .parse()
+            .with_context(|| format!("the config file {} is not TOML", path.display()))?;
+        for (key, value) in table {
+            let flag = format!("--{}", key.replace('_', "-"));
+            let items = match value {
+                toml::Value::Array(items) => items,
+                other => vec![other],
+            };
+            for item in items {
+                match item {
+                    toml::Value::Boolean(true) => out.push(flag.clone().into()),
+                    toml::Value::Boolean(false) => {}
+                    toml::Value::String(v) => out.extend([flag.clone().into(), v.into()]),
+                    toml::Value::Integer(n) => {
+                        out.extend([flag.clone().into(), n.to_string().into()])
+                    }
+                    toml::Value::Float(n) => {
+                        out.extend([flag.clone().into(), n.to_string().into()])
+                    }
+                    other => anyhow::bail!(
+                        "the config file {}: `{key}` is a {}, not a flag's value",
+                        path.display(),
+                        other.type_str()
+                    ),
+                }
+            }
+        }
+    }
+    out.extend(rest);
+    Ok(out)
 }
 
 /// The repository this binary works on: found from the current directory, else the one it

@@ -1066,3 +1066,64 @@ fn serve_logs_each_request_as_json() {
     assert_eq!(v["fields"]["status"], 200, "{line}");
     assert!(v["fields"]["ms"].as_f64().is_some(), "{line}");
 }
+
+/// `serve --config FILE`: the file's options apply, a flag given too overrides the file, and
+/// the TURN password comes from the environment (never the command line).
+#[test]
+fn serve_reads_a_config_file_flags_override_it_and_secrets_come_from_the_environment() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = temp("config");
+    let port = free_port();
+    let file = dir.join("homeserver.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "server_name = \"conf.test\"\naddr = \"127.0.0.1:{port}\"\nin_memory = true\nturn_uri = [\"turn:turn.conf.test:3478\"]\nturn_username = \"turnuser\"\nturn_ttl = 100\n"
+        ),
+    )
+    .expect("writes");
+    let mut child = bin()
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .args(["--turn-ttl", "60"])
+        .env("MXCONFORM_TURN_PASSWORD", "from-the-environment")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let start = lines
+        .by_ref()
+        .map(|l| l.expect("readable"))
+        .find(|l| l.starts_with("mxconform reference server"))
+        .expect("a start-up line");
+    std::thread::spawn(move || for _ in lines {});
+    let request = |req: String| {
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+        sock.write_all(req.as_bytes()).expect("writes");
+        let mut answer = String::new();
+        let _ = sock.read_to_string(&mut answer);
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap_or(serde_json::Value::Null)
+    };
+    let body = r#"{"username":"u1","password":"pw-12345678","auth":{"type":"m.login.dummy"}}"#;
+    let reg = request(format!(
+        "POST /_matrix/client/v3/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    let token = reg["access_token"].as_str().unwrap_or("").to_string();
+    let turn = request(format!(
+        "GET /_matrix/client/v3/voip/turnServer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    ));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        start.contains("conf.test") && start.contains("in memory"),
+        "{start}"
+    );
+    assert_eq!(turn["uris"][0], "turn:turn.conf.test:3478", "{turn}");
+    assert_eq!(turn["username"], "turnuser", "{turn}");
+    assert_eq!(turn["password"], "from-the-environment", "{turn}");
+    assert_eq!(turn["ttl"], 60, "the flag overrides the file: {turn}");
+}
