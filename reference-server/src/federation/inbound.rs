@@ -332,20 +332,9 @@ impl Federation {
         server_name: &str,
         minimum_valid_until_ts: i64,
     ) -> Result<(ServerKeys, Value), String> {
-        let signing = server
-            .read(|s| s.signing_key.clone())
-            .ok_or("this server has no signing key")?;
         let body = json!({"server_keys": {server_name: {}}});
         let a = self
-            .client
-            .request(
-                &server.config.server_name,
-                &signing,
-                notary,
-                "POST",
-                "/_matrix/key/v2/query",
-                Some(&body),
-            )
+            .request(server, notary, "POST", "/_matrix/key/v2/query", Some(&body))
             .await?;
         if a.status != 200 {
             return Err(format!("/_matrix/key/v2/query answered {}", a.status));
@@ -831,10 +820,6 @@ async fn receive_on_state(
     pdu: Pdu,
     hash_ok: bool,
 ) -> Result<(), String> {
-    let key = c
-        .server
-        .read(|s| s.signing_key.clone())
-        .ok_or("this server has no signing key")?;
     let path = format!(
         "/_matrix/federation/v1/state/{}?event_id={}",
         crate::router::percent_encode(&pdu.room_id),
@@ -842,15 +827,7 @@ async fn receive_on_state(
     );
     let mut a = c
         .fed
-        .client
-        .request(
-            &c.server.config.server_name,
-            &key,
-            &c.origin,
-            "GET",
-            &path,
-            None,
-        )
+        .request(c.server, &c.origin, "GET", &path, None)
         .await?;
     if a.status != 200 {
         return Err(format!("/state answered {}", a.status));
@@ -891,21 +868,12 @@ async fn fetch_missing(
     room_id: &str,
     latest: &str,
 ) -> Result<(), String> {
-    let (earliest, key) = c.server.read(|s| {
-        (
-            s.rooms
-                .get(room_id)
-                .map(|r| {
-                    r.extremities
-                        .iter()
-                        .map(|e| e.event_id.clone())
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default(),
-            s.signing_key.clone(),
-        )
+    let earliest: Vec<String> = c.server.read(|s| {
+        s.rooms
+            .get(room_id)
+            .map(|r| r.extremities.iter().map(|e| e.event_id.clone()).collect())
+            .unwrap_or_default()
     });
-    let key = key.ok_or("this server has no signing key")?;
     let path = format!(
         "/_matrix/federation/v1/get_missing_events/{}",
         crate::router::percent_encode(room_id)
@@ -915,15 +883,7 @@ async fn fetch_missing(
     let body = json!({"earliest_events": earliest, "latest_events": [latest], "limit": 10});
     let a = c
         .fed
-        .client
-        .request(
-            &c.server.config.server_name,
-            &key,
-            &c.origin,
-            "POST",
-            &path,
-            Some(&body),
-        )
+        .request(c.server, &c.origin, "POST", &path, Some(&body))
         .await?;
     if a.status != 200 {
         return Err(format!("get_missing_events answered {}", a.status));

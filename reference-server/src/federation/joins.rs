@@ -43,16 +43,12 @@ pub async fn resolve_alias(server: &Server, alias: &str) -> ApiResult<(String, V
         .split_once(':')
         .map(|(_, s)| s)
         .ok_or_else(|| ApiError::invalid_param("a room alias has a server name"))?;
-    let key = server
-        .read(|s| s.signing_key.clone())
-        .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
     let path = format!(
         "/_matrix/federation/v1/query/directory?room_alias={}",
         percent_encode(alias)
     );
     let a = fed
-        .client
-        .request(&server.config.server_name, &key, host, "GET", &path, None)
+        .request(server, host, "GET", &path, None)
         .await
         .map_err(ApiError::connection_failed)?;
     if a.status != 200 {
@@ -508,7 +504,7 @@ pub async fn invite_remote(
 /// A signed request to another server on behalf of a client (profile, directory, keys,
 /// public rooms): its JSON answer, or its refusal as this server's error.
 pub async fn ask(
-    server: &Arc<Server>,
+    server: &Server,
     dest: &str,
     method: &str,
     path_and_query: &str,
@@ -518,19 +514,8 @@ pub async fn ask(
         .federation
         .as_ref()
         .ok_or_else(|| ApiError::not_found("this server does not federate"))?;
-    let key = server
-        .read(|s| s.signing_key.clone())
-        .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
     let a = fed
-        .client
-        .request(
-            &server.config.server_name,
-            &key,
-            dest,
-            method,
-            path_and_query,
-            body,
-        )
+        .request(server, dest, method, path_and_query, body)
         .await
         .map_err(ApiError::connection_failed)?;
     if a.status != 200 {

@@ -75,6 +75,30 @@ impl Federation {
         })
     }
 
+    /// A request to `dest`, signed (X-Matrix) as this server with its signing key.
+    pub async fn request(
+        &self,
+        server: &crate::Server,
+        dest: &str,
+        method: &str,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<client::Answer, String> {
+        let key = server
+            .read(|s| s.signing_key.clone())
+            .ok_or("this server has no signing key")?;
+        self.client
+            .request(
+                &server.config.server_name,
+                &key,
+                dest,
+                method,
+                path_and_query,
+                body,
+            )
+            .await
+    }
+
     fn transaction_answer(&self, origin: &str, txn: &str) -> Option<serde_json::Value> {
         let log = self.transactions.lock().unwrap_or_else(|p| p.into_inner());
         log.answers

@@ -56,14 +56,9 @@ pub async fn ask(server: &Server, via: &str, v: &RoomVersion, pdu: &Pdu) -> ApiR
             .federation
             .as_ref()
             .ok_or_else(|| ApiError::unrecognized("this server does not federate"))?;
-        let key = server
-            .read(|s| s.signing_key.clone())
-            .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
         let a = fed
-            .client
             .request(
-                &server.config.server_name,
-                &key,
+                server,
                 via,
                 "POST",
                 "/_matrix/policy/v1/sign",

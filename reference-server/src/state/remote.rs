@@ -546,20 +546,27 @@ impl State {
     /// Stores an event of a room's history fetched from another server: found by id and
     /// position, but neither in the timeline nor the state (its row has no state key).
     fn record_backfilled(&mut self, batch: &mut Batch, pdu: Pdu) {
+        let ev = self.record_row(batch, &pdu, false);
+        self.cache.put(Arc::new(ev));
+    }
+
+    /// The row of another server's event that is not a timeline event (outlier, hidden,
+    /// backfilled), at a new position; `state`: its state key is kept, so that start-up applies
+    /// it to the room's state. Answers the event, for the caller to apply and cache.
+    fn record_row(&mut self, batch: &mut Batch, pdu: &Pdu, state: bool) -> super::Event {
         self.pos += 1;
-        let pos = self.pos;
-        let ev = super::Event::from_pdu(pos, &pdu, None);
+        let ev = super::Event::from_pdu(self.pos, pdu, None);
         batch.events.push(crate::store::EventRow {
-            pos,
+            pos: ev.pos,
             room_id: ev.room_id.clone(),
             event_id: ev.event_id.clone(),
             sender: ev.sender.clone(),
-            state_key: None,
+            state_key: if state { ev.state_key.clone() } else { None },
             relates_to: None,
             replaces: None,
             json: super::timeline::record_text(&pdu.json, &None, false),
         });
-        self.cache.put(Arc::new(ev));
+        ev
     }
 
     /// Steps 4-6 of the checks on receipt; `given`: the state before the event, when its
@@ -1002,20 +1009,8 @@ impl State {
     /// Keeps a state event received outside the timeline (the state of a room joined over
     /// federation): part of the room's state at its position, not shown as a timeline event.
     fn record_outlier(&mut self, batch: &mut Batch, pdu: Pdu) {
-        self.pos += 1;
-        let pos = self.pos;
-        let ev = super::Event::from_pdu(pos, &pdu, None);
-        batch.events.push(crate::store::EventRow {
-            pos,
-            room_id: ev.room_id.clone(),
-            event_id: ev.event_id.clone(),
-            sender: ev.sender.clone(),
-            state_key: ev.state_key.clone(),
-            relates_to: None,
-            replaces: None,
-            json: super::timeline::record_text(&pdu.json, &None, false),
-        });
-        batch.put("outlier", pos.to_string(), &json!(true));
+        let ev = self.record_row(batch, &pdu, true);
+        batch.put("outlier", ev.pos.to_string(), &json!(true));
         if let Some(room) = self.rooms.get_mut(&ev.room_id) {
             if let Some(user) = room.apply_state(&ev, Arc::new(pdu)) {
                 self.user_rooms
@@ -1031,20 +1026,8 @@ impl State {
     /// its state or extremities (soft-failed, or a redaction withheld): other servers may
     /// still fetch it, and later events may cite it.
     fn record_hidden(&mut self, batch: &mut Batch, pdu: Pdu, why: &str) {
-        self.pos += 1;
-        let pos = self.pos;
-        let ev = super::Event::from_pdu(pos, &pdu, None);
-        batch.events.push(crate::store::EventRow {
-            pos,
-            room_id: ev.room_id.clone(),
-            event_id: ev.event_id.clone(),
-            sender: ev.sender.clone(),
-            state_key: None,
-            relates_to: None,
-            replaces: None,
-            json: super::timeline::record_text(&pdu.json, &None, false),
-        });
-        batch.put("hidden", pos.to_string(), &json!(why));
+        let ev = self.record_row(batch, &pdu, false);
+        batch.put("hidden", ev.pos.to_string(), &json!(why));
         self.cache.put(Arc::new(ev));
     }
 
