@@ -482,13 +482,13 @@ fn two_reference_servers_federate() {
 }
 
 /// A reference server federating on disk (`serve --db DIR/hs.db`) on the given ports, trusting
-/// the test authority `ca`: the process, its client-server URL, its server name.
+/// the test authority `ca` (clients reach it on `client_port`): the process, its server name.
 fn start_on_disk(
     ca: &Path,
     dir: &Path,
     client_port: u16,
     fed_port: u16,
-) -> (std::process::Child, String, String) {
+) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     let server_name = format!("127.0.0.1:{fed_port}");
     let mut child = bin()
@@ -512,11 +512,7 @@ fn start_on_disk(
         assert!(line.contains(&server_name), "{line}");
     }
     std::thread::spawn(move || for _ in lines {});
-    (
-        child,
-        format!("http://127.0.0.1:{client_port}"),
-        server_name,
-    )
+    (child, server_name)
 }
 
 /// A message and a to-device message sent while the other server is down, the sender itself
@@ -525,7 +521,6 @@ fn start_on_disk(
 /// the to-device message, which is not in any room).
 #[test]
 fn deliveries_survive_a_restart_of_both_servers() {
-    use mxconform_harness::client::{Body, Client, Limits};
     let dir = temp("fed-restart");
     let ca = dir.join("ca");
     let out = bin()
@@ -540,50 +535,32 @@ fn deliveries_survive_a_restart_of_both_servers() {
     std::fs::create_dir_all(&dir_b).expect("dir");
     let ports_a = (free_port(), free_port());
     let ports_b = (free_port(), free_port());
-    let (mut a, url_a, name_a) = start_on_disk(&ca, &dir_a, ports_a.0, ports_a.1);
-    let (mut b, url_b, name_b) = start_on_disk(&ca, &dir_b, ports_b.0, ports_b.1);
+    let (mut a, name_a) = start_on_disk(&ca, &dir_a, ports_a.0, ports_a.1);
+    let (mut b, name_b) = start_on_disk(&ca, &dir_b, ports_b.0, ports_b.1);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let limits = Limits {
-        request_timeout: std::time::Duration::from_secs(20),
-        ..Limits::default()
-    };
-    let call = |url: String,
-                method: &'static str,
-                path: String,
-                body: serde_json::Value,
-                token: Option<String>| {
-        let limits = limits.clone();
-        async move {
-            let c = Client::new(&url, limits).map_err(|e| e.to_string())?;
-            let r = c
-                .send(
-                    method,
-                    &path,
-                    &[],
-                    Body::Json(body),
-                    token.as_deref(),
-                    None,
-                    Default::default(),
-                )
-                .await
-                .map_err(|e| format!("{method} {path}: {e}"))?;
-            if r.status != 200 {
-                return Err(format!("{method} {path}: {} {}", r.status, r.body));
-            }
-            Ok::<_, String>(r.body)
-        }
-    };
     let result = rt.block_on(async {
-        let register = |url: String, user: &'static str| {
-            let body = serde_json::json!({"username": user, "password": "pw", "auth": {"type": "m.login.dummy"}});
-            call(url, "POST", "/_matrix/client/v3/register".into(), body, None)
-        };
-        let ta = register(url_a.clone(), "alice").await?["access_token"].as_str().unwrap_or("").to_string();
-        let tb = register(url_b.clone(), "bob").await?["access_token"].as_str().unwrap_or("").to_string();
-        let room = call(url_a.clone(), "POST", "/_matrix/client/v3/createRoom".into(), serde_json::json!({"preset": "public_chat"}), Some(ta.clone()))
-            .await?["room_id"].as_str().unwrap_or("").to_string();
+        let ta = cs_register(ports_a.0, "alice").await?;
+        let tb = cs_register(ports_b.0, "bob").await?;
+        let room = cs_call(
+            ports_a.0,
+            "POST",
+            "/_matrix/client/v3/createRoom".into(),
+            serde_json::json!({"preset": "public_chat"}),
+            Some(ta.clone()),
+        )
+        .await?["room_id"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         let enc = room.replace('!', "%21").replace(':', "%3A");
-        call(url_b.clone(), "POST", format!("/_matrix/client/v3/join/{enc}?via={name_a}"), serde_json::json!({}), Some(tb.clone())).await?;
+        cs_call(
+            ports_b.0,
+            "POST",
+            format!("/_matrix/client/v3/join/{enc}?via={name_a}"),
+            serde_json::json!({}),
+            Some(tb.clone()),
+        )
+        .await?;
         Ok::<_, String>((ta, tb, enc))
     });
     let (ta, tb, enc) = match result {
@@ -596,16 +573,16 @@ fn deliveries_survive_a_restart_of_both_servers() {
     // b goes down; a's message cannot be delivered; then a restarts, and b comes back.
     let _ = b.kill();
     let _ = b.wait();
-    let sent = rt.block_on(call(
-        url_a.clone(),
+    let sent = rt.block_on(cs_call(
+        ports_a.0,
         "PUT",
         format!("/_matrix/client/v3/rooms/{enc}/send/m.room.message/t1"),
         serde_json::json!({"msgtype": "m.text", "body": "while b was down"}),
         Some(ta.clone()),
     ));
     // A to-device message too: it must arrive (EDUs of that kind are kept until delivered).
-    let to_device = rt.block_on(call(
-        url_a.clone(),
+    let to_device = rt.block_on(cs_call(
+        ports_a.0,
         "PUT",
         "/_matrix/client/v3/sendToDevice/org.mxconform.restart/td1".into(),
         serde_json::json!({"messages": {format!("@bob:{name_b}"): {"*": {"note": "kept"}}}}),
@@ -613,16 +590,15 @@ fn deliveries_survive_a_restart_of_both_servers() {
     ));
     let _ = a.kill();
     let _ = a.wait();
-    let (mut b, url_b, _) = start_on_disk(&ca, &dir_b, ports_b.0, ports_b.1);
-    let (mut a, _, _) = start_on_disk(&ca, &dir_a, ports_a.0, ports_a.1);
+    let (mut b, _) = start_on_disk(&ca, &dir_b, ports_b.0, ports_b.1);
+    let (mut a, _) = start_on_disk(&ca, &dir_a, ports_a.0, ports_a.1);
     let arrived = rt.block_on(async {
         sent?;
         to_device?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         let mut device_message = false;
         loop {
-            let sync = call(
-                url_b.clone(),
+            let sync = cs_call(ports_b.0,
                 "GET",
                 "/_matrix/client/v3/sync?timeout=0".into(),
                 serde_json::Value::Null,
@@ -634,8 +610,7 @@ fn deliveries_survive_a_restart_of_both_servers() {
                 .into_iter()
                 .flatten()
                 .any(|e| e["type"] == "org.mxconform.restart" && e["content"]["note"] == "kept");
-            let msgs = call(
-                url_b.clone(),
+            let msgs = cs_call(ports_b.0,
                 "GET",
                 format!("/_matrix/client/v3/rooms/{enc}/messages?dir=b&limit=50"),
                 serde_json::Value::Null,
@@ -723,7 +698,6 @@ fn dns_server(srv: Vec<(String, String, u16)>, a: Vec<String>) -> std::net::Sock
 /// joins a room of the second through it, and a message comes back.
 #[test]
 fn a_bare_server_name_is_found_through_its_srv_record() {
-    use mxconform_harness::client::{Body, Client, Limits};
     let dir = temp("fed-srv");
     let ca = dir.join("ca");
     let out = bin()
@@ -767,48 +741,38 @@ fn a_bare_server_name_is_found_through_its_srv_record() {
         format!("127.0.0.1:{b_fed}"),
     ]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let limits = Limits {
-        request_timeout: std::time::Duration::from_secs(20),
-        ..Limits::default()
-    };
     let result = rt.block_on(async {
-        let call = |port: u16, method: &'static str, path: String, body: serde_json::Value, token: Option<String>| {
-            let limits = limits.clone();
-            async move {
-                let c = Client::new(&format!("http://127.0.0.1:{port}"), limits).map_err(|e| e.to_string())?;
-                let r = c
-                    .send(method, &path, &[], Body::Json(body), token.as_deref(), None, Default::default())
-                    .await
-                    .map_err(|e| format!("{method} {path}: {e}"))?;
-                if r.status != 200 {
-                    return Err(format!("{method} {path}: {} {}", r.status, r.body));
-                }
-                Ok::<_, String>(r.body)
-            }
-        };
-        let register = |port: u16, user: &'static str| {
-            let body = serde_json::json!({"username": user, "password": "pw", "auth": {"type": "m.login.dummy"}});
-            call(port, "POST", "/_matrix/client/v3/register".into(), body, None)
-        };
-        let ta = register(a_port, "alice").await?["access_token"].as_str().unwrap_or("").to_string();
-        let tb = register(b_port, "bob").await?["access_token"].as_str().unwrap_or("").to_string();
-        let room = call(b_port, "POST", "/_matrix/client/v3/createRoom".into(), serde_json::json!({"preset": "public_chat", "name": "far"}), Some(tb.clone()))
-            .await?["room_id"].as_str().unwrap_or("").to_string();
+        let ta = cs_register(a_port, "alice").await?;
+        let tb = cs_register(b_port, "bob").await?;
+        let room = cs_call(
+            b_port,
+            "POST",
+            "/_matrix/client/v3/createRoom".into(),
+            serde_json::json!({"preset": "public_chat", "name": "far"}),
+            Some(tb.clone()),
+        )
+        .await?["room_id"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         let enc = room.replace('!', "%21").replace(':', "%3A");
-        call(a_port, "POST", format!("/_matrix/client/v3/join/{enc}?via=far-away.test"), serde_json::json!({}), Some(ta.clone())).await?;
-        call(b_port, "PUT", format!("/_matrix/client/v3/rooms/{enc}/send/m.room.message/t1"), serde_json::json!({"msgtype": "m.text", "body": "from far away"}), Some(tb.clone())).await?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let msgs = call(a_port, "GET", format!("/_matrix/client/v3/rooms/{enc}/messages?dir=b&limit=50"), serde_json::Value::Null, Some(ta.clone())).await?;
-            let bodies: Vec<String> = msgs["chunk"].as_array().into_iter().flatten().filter_map(|e| e["content"]["body"].as_str().map(str::to_string)).collect();
-            if bodies.iter().any(|b| b == "from far away") {
-                return Ok(());
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(format!("the message never arrived: {bodies:?}"));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        cs_call(
+            a_port,
+            "POST",
+            format!("/_matrix/client/v3/join/{enc}?via=far-away.test"),
+            serde_json::json!({}),
+            Some(ta.clone()),
+        )
+        .await?;
+        cs_call(
+            b_port,
+            "PUT",
+            format!("/_matrix/client/v3/rooms/{enc}/send/m.room.message/t1"),
+            serde_json::json!({"msgtype": "m.text", "body": "from far away"}),
+            Some(tb.clone()),
+        )
+        .await?;
+        wait_for_message(a_port, &enc, &ta, "from far away").await
     });
     let _ = (a.kill(), b.kill());
     let _ = (a.wait(), b.wait());
@@ -835,7 +799,6 @@ fn spawn_serve(args: Vec<String>) -> std::process::Child {
 /// any certificate (`--federation-insecure`): a join through the other and a message back.
 #[test]
 fn servers_with_self_signed_certificates_federate_insecurely() {
-    use mxconform_harness::client::{Body, Client, Limits};
     let ports = [free_port(), free_port(), free_port(), free_port()];
     let name = |i: usize| format!("127.0.0.1:{}", ports[i]);
     let mut children: Vec<std::process::Child> = [(0, 1), (2, 3)]
@@ -854,48 +817,38 @@ fn servers_with_self_signed_certificates_federate_insecurely() {
         })
         .collect();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let limits = Limits {
-        request_timeout: std::time::Duration::from_secs(20),
-        ..Limits::default()
-    };
     let result = rt.block_on(async {
-        let call = |port: u16, method: &'static str, path: String, body: serde_json::Value, token: Option<String>| {
-            let limits = limits.clone();
-            async move {
-                let c = Client::new(&format!("http://127.0.0.1:{port}"), limits).map_err(|e| e.to_string())?;
-                let r = c
-                    .send(method, &path, &[], Body::Json(body), token.as_deref(), None, Default::default())
-                    .await
-                    .map_err(|e| format!("{method} {path}: {e}"))?;
-                if r.status != 200 {
-                    return Err(format!("{method} {path}: {} {}", r.status, r.body));
-                }
-                Ok::<_, String>(r.body)
-            }
-        };
-        let register = |port: u16, user: &'static str| {
-            let body = serde_json::json!({"username": user, "password": "pw", "auth": {"type": "m.login.dummy"}});
-            call(port, "POST", "/_matrix/client/v3/register".into(), body, None)
-        };
-        let ta = register(ports[0], "alice").await?["access_token"].as_str().unwrap_or("").to_string();
-        let tb = register(ports[2], "bob").await?["access_token"].as_str().unwrap_or("").to_string();
-        let room = call(ports[0], "POST", "/_matrix/client/v3/createRoom".into(), serde_json::json!({"preset": "public_chat"}), Some(ta.clone()))
-            .await?["room_id"].as_str().unwrap_or("").to_string();
+        let ta = cs_register(ports[0], "alice").await?;
+        let tb = cs_register(ports[2], "bob").await?;
+        let room = cs_call(
+            ports[0],
+            "POST",
+            "/_matrix/client/v3/createRoom".into(),
+            serde_json::json!({"preset": "public_chat"}),
+            Some(ta.clone()),
+        )
+        .await?["room_id"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         let enc = room.replace('!', "%21").replace(':', "%3A");
-        call(ports[2], "POST", format!("/_matrix/client/v3/join/{enc}?via={}", name(1)), serde_json::json!({}), Some(tb.clone())).await?;
-        call(ports[2], "PUT", format!("/_matrix/client/v3/rooms/{enc}/send/m.room.message/t1"), serde_json::json!({"msgtype": "m.text", "body": "self-signed"}), Some(tb.clone())).await?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let msgs = call(ports[0], "GET", format!("/_matrix/client/v3/rooms/{enc}/messages?dir=b&limit=50"), serde_json::Value::Null, Some(ta.clone())).await?;
-            let bodies: Vec<String> = msgs["chunk"].as_array().into_iter().flatten().filter_map(|e| e["content"]["body"].as_str().map(str::to_string)).collect();
-            if bodies.iter().any(|b| b == "self-signed") {
-                return Ok(());
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(format!("the message never arrived: {bodies:?}"));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        cs_call(
+            ports[2],
+            "POST",
+            format!("/_matrix/client/v3/join/{enc}?via={}", name(1)),
+            serde_json::json!({}),
+            Some(tb.clone()),
+        )
+        .await?;
+        cs_call(
+            ports[2],
+            "PUT",
+            format!("/_matrix/client/v3/rooms/{enc}/send/m.room.message/t1"),
+            serde_json::json!({"msgtype": "m.text", "body": "self-signed"}),
+            Some(tb.clone()),
+        )
+        .await?;
+        wait_for_message(ports[0], &enc, &ta, "self-signed").await
     });
     for c in &mut children {
         let _ = c.kill();
@@ -911,7 +864,6 @@ fn servers_with_self_signed_certificates_federate_insecurely() {
 /// the notary, the first answers 401: it cannot fetch the keys).
 #[test]
 fn keys_come_through_a_notary_when_the_server_cannot_be_reached() {
-    use mxconform_harness::client::{Body, Client, Limits};
     let dir = temp("fed-notary");
     let ca = dir.join("ca");
     let out = bin()
@@ -966,36 +918,37 @@ fn keys_come_through_a_notary_when_the_server_cannot_be_reached() {
         serve(b_port, "b.test".into(), b_fed, Vec::new()),
     ];
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let limits = Limits {
-        request_timeout: std::time::Duration::from_secs(30),
-        ..Limits::default()
-    };
     let result = rt.block_on(async {
-        let call = |port: u16, method: &'static str, path: String, body: serde_json::Value, token: Option<String>| {
-            let limits = limits.clone();
-            async move {
-                let c = Client::new(&format!("http://127.0.0.1:{port}"), limits).map_err(|e| e.to_string())?;
-                let r = c
-                    .send(method, &path, &[], Body::Json(body), token.as_deref(), None, Default::default())
-                    .await
-                    .map_err(|e| format!("{method} {path}: {e}"))?;
-                if r.status != 200 {
-                    return Err(format!("{method} {path}: {} {}", r.status, r.body));
-                }
-                Ok::<_, String>(r.body)
-            }
-        };
-        let register = |port: u16, user: &'static str| {
-            let body = serde_json::json!({"username": user, "password": "pw", "auth": {"type": "m.login.dummy"}});
-            call(port, "POST", "/_matrix/client/v3/register".into(), body, None)
-        };
-        let ta = register(a_port, "alice").await?["access_token"].as_str().unwrap_or("").to_string();
-        let tb = register(b_port, "bob").await?["access_token"].as_str().unwrap_or("").to_string();
-        let room = call(a_port, "POST", "/_matrix/client/v3/createRoom".into(), serde_json::json!({"preset": "public_chat", "name": "notarised"}), Some(ta.clone()))
-            .await?["room_id"].as_str().unwrap_or("").to_string();
+        let ta = cs_register(a_port, "alice").await?;
+        let tb = cs_register(b_port, "bob").await?;
+        let room = cs_call(
+            a_port,
+            "POST",
+            "/_matrix/client/v3/createRoom".into(),
+            serde_json::json!({"preset": "public_chat", "name": "notarised"}),
+            Some(ta.clone()),
+        )
+        .await?["room_id"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         let enc = room.replace('!', "%21").replace(':', "%3A");
-        call(b_port, "POST", format!("/_matrix/client/v3/join/{enc}?via={name_a}"), serde_json::json!({}), Some(tb.clone())).await?;
-        let members = call(a_port, "GET", format!("/_matrix/client/v3/rooms/{enc}/joined_members"), serde_json::Value::Null, Some(ta.clone())).await?;
+        cs_call(
+            b_port,
+            "POST",
+            format!("/_matrix/client/v3/join/{enc}?via={name_a}"),
+            serde_json::json!({}),
+            Some(tb.clone()),
+        )
+        .await?;
+        let members = cs_call(
+            a_port,
+            "GET",
+            format!("/_matrix/client/v3/rooms/{enc}/joined_members"),
+            serde_json::Value::Null,
+            Some(ta.clone()),
+        )
+        .await?;
         if members["joined"].get("@bob:b.test").is_none() {
             return Err(format!("bob is not joined on the first server: {members}"));
         }
@@ -1126,4 +1079,82 @@ fn serve_reads_a_config_file_flags_override_it_and_secrets_come_from_the_environ
     assert_eq!(turn["username"], "turnuser", "{turn}");
     assert_eq!(turn["password"], "from-the-environment", "{turn}");
     assert_eq!(turn["ttl"], 60, "the flag overrides the file: {turn}");
+}
+
+/// A client-server request to the server listening on `port` of 127.0.0.1: the answer of a
+/// 200, else what went wrong.
+async fn cs_call(
+    port: u16,
+    method: &'static str,
+    path: String,
+    body: serde_json::Value,
+    token: Option<String>,
+) -> Result<serde_json::Value, String> {
+    use mxconform_harness::client::{Body, Client, Limits};
+    let limits = Limits {
+        request_timeout: std::time::Duration::from_secs(30),
+        ..Limits::default()
+    };
+    let c = Client::new(&format!("http://127.0.0.1:{port}"), limits).map_err(|e| e.to_string())?;
+    let r = c
+        .send(
+            method,
+            &path,
+            &[],
+            Body::Json(body),
+            token.as_deref(),
+            None,
+            Default::default(),
+        )
+        .await
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    if r.status != 200 {
+        return Err(format!("{method} {path}: {} {}", r.status, r.body));
+    }
+    Ok(r.body)
+}
+
+/// Registers `user` on the server on `port`: its access token.
+async fn cs_register(port: u16, user: &str) -> Result<String, String> {
+    let body =
+        serde_json::json!({"username": user, "password": "pw", "auth": {"type": "m.login.dummy"}});
+    let answer = cs_call(
+        port,
+        "POST",
+        "/_matrix/client/v3/register".into(),
+        body,
+        None,
+    )
+    .await?;
+    Ok(answer["access_token"].as_str().unwrap_or("").to_string())
+}
+
+/// Waits (10 s at most) until `token`'s /messages of `room` (percent-encoded) on the server on
+/// `port` shows a message whose body is `text`.
+async fn wait_for_message(port: u16, room: &str, token: &str, text: &str) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50");
+        let msgs = cs_call(
+            port,
+            "GET",
+            path,
+            serde_json::Value::Null,
+            Some(token.to_string()),
+        )
+        .await?;
+        let bodies: Vec<&str> = msgs["chunk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["content"]["body"].as_str())
+            .collect();
+        if bodies.contains(&text) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("the message never arrived: {bodies:?}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
