@@ -7,6 +7,7 @@ pub mod client;
 pub mod error;
 pub mod expect;
 pub mod federation;
+pub mod mail_sink;
 pub mod peers;
 pub mod profile;
 pub mod report;

@@ -19,7 +19,6 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -80,16 +79,22 @@ impl Registration {
 
     /// `host:port` of `url` (`http://` only: the peer does not speak TLS).
     pub fn listen_addr(&self) -> std::result::Result<String, String> {
-        self.url
-            .strip_prefix("http://")
-            .map(|rest| rest.trim_end_matches('/').to_string())
-            .filter(|a| !a.contains('/'))
-            .ok_or_else(|| {
-                format!(
-                    "the registration's url {:?} is not http://host:port",
-                    self.url
-                )
-            })
+        let bad = || {
+            format!(
+                "the registration's url {:?} is not http://host:port",
+                self.url
+            )
+        };
+        let url = url::Url::parse(&self.url).map_err(|_| bad())?;
+        let plain = url.scheme() == "http"
+            && matches!(url.path(), "" | "/")
+            && url.query().is_none()
+            && url.fragment().is_none()
+            && url.username().is_empty();
+        match (plain, url.host_str(), url.port_or_known_default()) {
+            (true, Some(host), Some(port)) => Ok(format!("{host}:{port}")),
+            _ => Err(bad()),
+        }
     }
 
     /// The registration with another `url`, in the YAML homeservers read.
@@ -114,8 +119,10 @@ impl Registration {
 pub struct Mail {
     pub from: String,
     pub to: Vec<String>,
-    /// The text of every text part, decoded (base64, quoted-printable, HTML entities).
+    /// The text of every text part, decoded (transfer encodings, charsets, HTML entities).
     pub text: String,
+    /// The message's headers the harness checks (`None` for a text message, which has none).
+    pub headers: Option<crate::mail_sink::Headers>,
 }
 
 /// What a peer received, for scenarios to wait on: bounded (a misbehaving server cannot
@@ -184,7 +191,7 @@ impl Default for Mailbox {
 }
 
 impl Mailbox {
-    fn put(&self, mail: Mail) {
+    pub(crate) fn put(&self, mail: Mail) {
         self.0.put([mail]);
     }
 
@@ -381,7 +388,7 @@ impl Peers {
                     }));
                 }
                 if let Some(l) = smtp_l {
-                    tokio::spawn(accept_smtp(l, mb.clone()));
+                    tokio::spawn(crate::mail_sink::accept(l, mb.clone(), None));
                 }
                 if let Some(l) = web_l {
                     let web = Arc::new(Web {
@@ -505,33 +512,16 @@ fn json_answer(status: u16, v: Value) -> Answer {
 }
 
 fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
-    q.unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let dec = |s: &str| percent_decode(&s.replace('+', " "));
-            (dec(k), dec(v))
-        })
+    url::form_urlencoded::parse(q.unwrap_or("").as_bytes())
+        .into_owned()
         .collect()
 }
 
+/// `%XX` escapes decoded (malformed ones kept as written), as UTF-8 (lossily).
 pub(crate) fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 3 <= b.len() {
-            if let Some(n) = hex_byte(b[i + 1], b[i + 2]) {
-                out.push(n);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The bridge: answers the homeserver's pings, transactions and third-party lookups for its
@@ -887,6 +877,7 @@ impl Web {
                     from: "sms".into(),
                     to: vec![msisdn.clone()],
                     text: format!("Your validation code is {token}\n"),
+                    headers: None,
                 });
                 json_answer(
                     200,
@@ -941,227 +932,9 @@ impl Web {
     }
 }
 
-/// A mail sink: accepts every mail over plain SMTP and keeps it in the mailbox.
-async fn accept_smtp(listener: TcpListener, mailbox: Arc<Mailbox>) {
-    loop {
-        let Ok((sock, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let mb = mailbox.clone();
-        tokio::spawn(async move {
-            // A session that stalls is dropped: the sink never waits forever.
-            let _ = tokio::time::timeout(Duration::from_secs(60), smtp_session(sock, mb)).await;
-        });
-    }
-}
-
-async fn smtp_session(sock: tokio::net::TcpStream, mailbox: Arc<Mailbox>) -> std::io::Result<()> {
-    let (r, mut w) = sock.into_split();
-    let mut r = BufReader::new(r);
-    w.write_all(b"220 mxconform mail sink ESMTP\r\n").await?;
-    let (mut from, mut to) = (String::new(), Vec::new());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).await? == 0 || line.len() > 4096 {
-            return Ok(());
-        }
-        let cmd = line.trim_end().to_string();
-        let upper = cmd.to_ascii_uppercase();
-        let reply: &[u8] = if upper.starts_with("EHLO") {
-            b"250-mxconform\r\n250-8BITMIME\r\n250 SIZE 1048576\r\n"
-        } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
-            b"250 OK\r\n"
-        } else if upper.starts_with("RSET") {
-            from.clear();
-            to.clear();
-            b"250 OK\r\n"
-        } else if upper.starts_with("MAIL FROM:") {
-            from = angle(&cmd["MAIL FROM:".len()..]);
-            to.clear();
-            b"250 OK\r\n"
-        } else if upper.starts_with("RCPT TO:") {
-            to.push(angle(&cmd["RCPT TO:".len()..]));
-            b"250 OK\r\n"
-        } else if upper == "DATA" {
-            if to.is_empty() {
-                b"503 RCPT first\r\n"
-            } else {
-                w.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
-                    .await?;
-                let mut data = String::new();
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line).await? == 0 {
-                        return Ok(());
-                    }
-                    if line.trim_end_matches(['\r', '\n']) == "." {
-                        break;
-                    }
-                    let l = line.strip_prefix('.').unwrap_or(&line);
-                    data.push_str(l);
-                    if data.len() > 1 << 20 {
-                        return Ok(());
-                    }
-                }
-                mailbox.put(Mail {
-                    from: std::mem::take(&mut from),
-                    to: std::mem::take(&mut to),
-                    text: mime_text(&data),
-                });
-                b"250 OK queued\r\n"
-            }
-        } else if upper.starts_with("QUIT") {
-            w.write_all(b"221 Bye\r\n").await?;
-            return Ok(());
-        } else {
-            b"502 Command not implemented\r\n"
-        };
-        w.write_all(reply).await?;
-    }
-}
-
-fn angle(s: &str) -> String {
-    let s = s.trim();
-    let inner = s
-        .strip_prefix('<')
-        .and_then(|x| x.split_once('>'))
-        .map(|(a, _)| a)
-        .unwrap_or(s);
-    inner.to_string()
-}
-
-/// The readable text of a MIME message: every `text/*` part, transfer-decoded, with HTML
-/// entities for `&` undone (links in HTML parts carry `&amp;`).
-pub fn mime_text(message: &str) -> String {
-    let message = message.replace("\r\n", "\n");
-    let (headers, body) = message.split_once("\n\n").unwrap_or((&message, ""));
-    let headers = unfold(headers);
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find_map(|(k, v)| k.eq_ignore_ascii_case(name).then(|| v.clone()))
-    };
-    let ctype = header("content-type").unwrap_or_else(|| "text/plain".into());
-    let lower = ctype.to_ascii_lowercase();
-    if lower.starts_with("multipart/") {
-        let Some(boundary) = param(&ctype, "boundary") else {
-            return body.to_string();
-        };
-        let delim = format!("--{boundary}");
-        let mut out = String::new();
-        for part in body.split(&delim).skip(1) {
-            if part.starts_with("--") {
-                break;
-            }
-            let part = part.strip_prefix('\n').unwrap_or(part);
-            let text = mime_text(part);
-            if !text.is_empty() {
-                out.push_str(&text);
-                out.push('\n');
-            }
-        }
-        return out;
-    }
-    if !lower.starts_with("text/") {
-        return String::new();
-    }
-    let encoding = header("content-transfer-encoding")
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let decoded = match encoding.trim() {
-        "base64" => {
-            let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
-            crate::template::base64_decode(&compact)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
-        }
-        "quoted-printable" => quoted_printable(body),
-        _ => body.to_string(),
-    };
-    if lower.starts_with("text/html") {
-        decoded.replace("&amp;", "&")
-    } else {
-        decoded
-    }
-}
-
-fn unfold(headers: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in headers.lines() {
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = out.last_mut() {
-                last.1.push(' ');
-                last.1.push_str(line.trim());
-            }
-        } else if let Some((k, v)) = line.split_once(':') {
-            out.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    out
-}
-
-fn param(header: &str, name: &str) -> Option<String> {
-    header.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().trim_matches('"').to_string())
-    })
-}
-
-fn hex_byte(hi: u8, lo: u8) -> Option<u8> {
-    let d = |c: u8| (c as char).to_digit(16);
-    Some((d(hi)? * 16 + d(lo)?) as u8)
-}
-
-fn quoted_printable(s: &str) -> String {
-    let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'=' if b.get(i + 1) == Some(&b'\n') => i += 2,
-            b'=' if i + 3 <= b.len() => match hex_byte(b[i + 1], b[i + 2]) {
-                Some(n) => {
-                    out.push(n);
-                    i += 3;
-                }
-                None => {
-                    out.push(b'=');
-                    i += 1;
-                }
-            },
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mime_text_decodes_base64_and_quoted_printable_parts() {
-        let msg = "From: a@b\r\nContent-Type: multipart/alternative; boundary=\"XX\"\r\n\r\n--XX\r\nContent-Type: text/plain; charset=\"utf-8\"\r\nContent-Transfer-Encoding: base64\r\n\r\naHR0cDovL2gvc3VibWl0P3Rva2VuPWFi\r\nYyZzaWQ9MQ==\r\n--XX\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<a href=3D\"http://h/x?a=3D1&amp;b=3D2\">li=\r\nnk</a>\r\n--XX--\r\n";
-        let text = mime_text(msg);
-        assert!(text.contains("http://h/submit?token=abc&sid=1"), "{text}");
-        assert!(
-            text.contains("<a href=\"http://h/x?a=1&b=2\">link</a>"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn mime_text_of_a_plain_message_is_its_body() {
-        assert_eq!(mime_text("Subject: x\n\nhello\n"), "hello\n");
-        assert_eq!(mime_text("Content-Type: image/png\n\nxx"), "");
-    }
 
     #[test]
     fn percent_decoding_keeps_malformed_escapes() {

@@ -1417,6 +1417,15 @@ impl<'a> Run<'a> {
         let to = self.vars.render_text(&m.to)?;
         let within = Duration::from_millis(m.within_ms.unwrap_or(10_000).min(60_000));
         let mail = peers.mailbox.take(&to, within).await?;
+        if let Some(headers) = &mail.headers {
+            let missing = headers.missing();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "the mail to {to} lacks {} (RFC 5322 requires Date and From; every mail should carry a Message-ID)",
+                    missing.join(", ")
+                ));
+            }
+        }
         for (name, r) in &m.capture {
             let re =
                 regex::Regex::new(r).map_err(|e| format!("capture `{name}`: bad regex: {e}"))?;

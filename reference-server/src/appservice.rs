@@ -83,7 +83,7 @@ impl AppService {
         }
         let url = raw.url.filter(|u| !u.is_empty());
         if let Some(u) = &url {
-            crate::outbound::split_http_url(u).map_err(|e| format!("{origin}: url: {e}"))?;
+            crate::outbound::check_configured_url(u).map_err(|e| format!("{origin}: url: {e}"))?;
         }
         Ok(AppService {
             sender: format!("@{}:{server_name}", raw.sender_localpart),
@@ -209,7 +209,7 @@ pub async fn push_transactions(server: std::sync::Weak<crate::Server>, asv: AppS
             );
             let body = serde_json::json!({"events": events});
             matches!(
-                crate::outbound::http(
+                srv.outbound.configured.request(
                     "PUT",
                     &target,
                     &[("authorization", asv.authorization())],

@@ -76,6 +76,9 @@ pub struct Config {
     pub federation: Option<federation::FederationConfig>,
     /// Every connection's limits (header and body read timeouts, how many at once).
     pub limits: ConnectionLimits,
+    /// Authorities (PEM) trusted for outbound HTTPS and SMTP beside the system's: application
+    /// services, CAS, SMS gateways, pages to preview, the mail relay.
+    pub outbound_ca: Vec<String>,
 }
 
 /// What one client may hold of the server: a request's headers must arrive within
@@ -111,11 +114,14 @@ pub struct Cas {
     pub display_name: String,
 }
 
-/// An SMTP relay (plain, no authentication: one on the local network) and the sender address.
+/// An SMTP relay (`host:port`), how it is reached, and the sender address.
 #[derive(Clone, Debug)]
 pub struct Mail {
     pub relay: String,
     pub from: String,
+    pub tls: outbound::SmtpTls,
+    /// User name and password, when the relay wants them.
+    pub credentials: Option<(String, String)>,
 }
 
 /// A TURN server with static credentials.
@@ -149,6 +155,7 @@ impl Config {
             redaction_retention: REDACTION_RETENTION,
             federation: None,
             limits: ConnectionLimits::default(),
+            outbound_ca: Vec::new(),
         }
     }
 }
@@ -179,6 +186,8 @@ pub struct Server {
     pub policy_key: mxconform_pdu::SigningKey,
     /// User-interactive auth sessions (bounded, expiring).
     pub uia: Mutex<handlers::uia::UiaSessions>,
+    /// HTTP(S) clients for requests to other services (not other homeservers).
+    pub outbound: outbound::Clients,
 }
 
 impl Server {
@@ -236,6 +245,10 @@ impl Server {
             .as_ref()
             .map(federation::Federation::new)
             .transpose()?;
+        let outbound = outbound::Clients::new(
+            &config.outbound_ca,
+            config.url_preview.clone().unwrap_or_default(),
+        )?;
         let mut state = State::with_store(&config.server_name, new_key.clone(), store);
         state.policy_key = Some(policy_key.clone());
         state.restore(loaded)?;
@@ -251,6 +264,7 @@ impl Server {
             base_url: std::sync::OnceLock::new(),
             policy_key,
             uia: Mutex::default(),
+            outbound,
         });
         let _ = server.me.set(Arc::downgrade(&server));
         server.purge_redacted()?;

@@ -102,6 +102,8 @@ pub fn start(spec: Spec<'_>) -> Result<Embedded> {
             config.mail = Some(mxconform_server::Mail {
                 relay: smtp.to_string(),
                 from: "noreply@localhost".into(),
+                tls: mxconform_server::outbound::SmtpTls::Opportunistic,
+                credentials: None,
             });
         }
     }

@@ -193,10 +193,26 @@ struct ServeArgs {
     /// A server administrator's user id (repeatable): may look up, lock and suspend accounts.
     #[arg(long = "admin")]
     admins: Vec<String>,
-    /// An SMTP relay (host:port, plain, no authentication) for e-mail validation; without one,
-    /// e-mail requestToken answers M_THREEPID_MEDIUM_NOT_SUPPORTED.
+    /// An SMTP relay (host:port) for e-mail validation; without one, e-mail requestToken
+    /// answers M_THREEPID_MEDIUM_NOT_SUPPORTED.
     #[arg(long)]
     smtp_relay: Option<String>,
+    /// How the relay is reached: STARTTLS when offered (`opportunistic`), STARTTLS or nothing
+    /// (`required`), TLS from the start (`wrapper`, port 465), or plain text (`none`).
+    #[arg(long, value_enum, default_value = "opportunistic")]
+    smtp_tls: SmtpTlsArg,
+    /// The relay's user name, when it wants one (with MXCONFORM_SMTP_PASSWORD or the config
+    /// file's smtp_password).
+    #[arg(long, requires = "smtp_password")]
+    smtp_user: Option<String>,
+    /// The relay's password (better in the config file or MXCONFORM_SMTP_PASSWORD).
+    #[arg(long, env = "MXCONFORM_SMTP_PASSWORD", hide_env_values = true)]
+    smtp_password: Option<String>,
+    /// An authority (PEM) trusted beside the system's for this server's HTTPS and SMTP
+    /// requests to other services: application services, CAS, SMS gateways, previewed pages,
+    /// the mail relay (repeatable).
+    #[arg(long = "outbound-ca", value_name = "PEM")]
+    outbound_ca: Vec<PathBuf>,
     /// The sender address of the mail this server sends.
     #[arg(long, default_value = "noreply@localhost")]
     mail_from: String,
@@ -265,6 +281,14 @@ struct ServeArgs {
     /// How log lines look
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SmtpTlsArg {
+    None,
+    Opportunistic,
+    Required,
+    Wrapper,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -970,7 +994,20 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     config.mail = args.smtp_relay.clone().map(|relay| mxconform_server::Mail {
         relay,
         from: args.mail_from.clone(),
+        tls: match args.smtp_tls {
+            SmtpTlsArg::None => mxconform_server::outbound::SmtpTls::None,
+            SmtpTlsArg::Opportunistic => mxconform_server::outbound::SmtpTls::Opportunistic,
+            SmtpTlsArg::Required => mxconform_server::outbound::SmtpTls::Required,
+            SmtpTlsArg::Wrapper => mxconform_server::outbound::SmtpTls::Wrapper,
+        },
+        credentials: args.smtp_user.clone().zip(args.smtp_password.clone()),
     });
+    for ca in &args.outbound_ca {
+        config.outbound_ca.push(
+            std::fs::read_to_string(ca)
+                .with_context(|| format!("reading the authority {}", ca.display()))?,
+        );
+    }
     if !args.addr.ip().is_loopback() {
         eprintln!(
             "warning: listening on {}, which is not a loopback address",

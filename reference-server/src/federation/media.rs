@@ -221,7 +221,7 @@ pub fn file_name(disposition: &str) -> Option<String> {
             let (charset, rest) = v.split_once('\'')?;
             let (_, encoded) = rest.split_once('\'')?;
             if charset.eq_ignore_ascii_case("utf-8") {
-                if let Some(n) = percent_decode(encoded) {
+                if let Some(n) = crate::router::percent_decode(encoded) {
                     return Some(n);
                 }
             }
@@ -230,23 +230,6 @@ pub fn file_name(disposition: &str) -> Option<String> {
         }
     }
     plain.filter(|n| !n.is_empty())
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Application services: pings, their rooms in the directory, and the third-party lookups
 //! this server forwards to the bridges that declare a protocol.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mxconform_generated::client_server as cs;
@@ -9,7 +10,8 @@ use serde_json::{json, Value};
 use super::{Ctx, Reply};
 use crate::appservice::AppService;
 use crate::error::{ApiError, ApiResult};
-use crate::outbound::{self, Failure};
+use crate::outbound::Failure;
+use crate::Server;
 
 /// How long a bridge may take to answer.
 const BRIDGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -18,7 +20,12 @@ const BRIDGE_MAX_BODY: usize = 1 << 20;
 
 /// `GET <service>/_matrix/app/v1/<path>` with the service's `hs_token`; the JSON answer for a
 /// 2xx, `None` for anything else (a bridge that knows nothing, or is down, adds nothing).
-async fn ask(asv: &AppService, path: &str, query: &[(String, String)]) -> Option<Value> {
+async fn ask(
+    server: &Server,
+    asv: &AppService,
+    path: &str,
+    query: &[(String, String)],
+) -> Option<Value> {
     let base = asv.url.as_deref()?.trim_end_matches('/');
     let mut url = format!("{base}/_matrix/app/v1/{path}");
     for (i, (k, v)) in query.iter().enumerate() {
@@ -27,20 +34,30 @@ async fn ask(asv: &AppService, path: &str, query: &[(String, String)]) -> Option
         url.push('=');
         url.push_str(&crate::router::percent_encode(v));
     }
-    let answer = outbound::http(
-        "GET",
-        &url,
-        &[("authorization", asv.authorization())],
-        None,
-        BRIDGE_TIMEOUT,
-        BRIDGE_MAX_BODY,
-    )
-    .await
-    .ok()?;
+    let answer = server
+        .outbound
+        .configured
+        .request(
+            "GET",
+            &url,
+            &[("authorization", asv.authorization())],
+            None,
+            BRIDGE_TIMEOUT,
+            BRIDGE_MAX_BODY,
+        )
+        .await
+        .ok()?;
     if !(200..300).contains(&answer.status) {
         return None;
     }
     serde_json::from_slice(&answer.body).ok()
+}
+
+/// The server, for work done after the handler returns.
+fn shared(ctx: &Ctx) -> ApiResult<Arc<Server>> {
+    ctx.server
+        .shared()
+        .ok_or_else(|| ApiError::internal("the server is stopping"))
 }
 
 fn services_for(ctx: &Ctx, protocol: Option<&str>) -> Vec<AppService> {
@@ -55,10 +72,15 @@ fn services_for(ctx: &Ctx, protocol: Option<&str>) -> Vec<AppService> {
 
 /// A protocol's metadata, merged over the services that declare it (their instances
 /// concatenated, each given its `instance_id`).
-async fn protocol_metadata(services: &[AppService], protocol: &str) -> Option<Value> {
+async fn protocol_metadata(
+    server: &Server,
+    services: &[AppService],
+    protocol: &str,
+) -> Option<Value> {
     let mut merged: Option<Value> = None;
     for asv in services {
         let Some(mut info) = ask(
+            server,
             asv,
             &format!(
                 "thirdparty/protocol/{}",
@@ -108,6 +130,7 @@ pub fn get_protocols(
 ) -> ApiResult<Reply> {
     ctx.me()?;
     let services = services_for(ctx, None);
+    let server = shared(ctx)?;
     Ok(Reply::outbound(async move {
         let mut protocols: Vec<String> =
             services.iter().flat_map(|a| a.protocols.clone()).collect();
@@ -120,7 +143,7 @@ pub fn get_protocols(
                 .filter(|a| a.protocols.contains(&p))
                 .cloned()
                 .collect();
-            if let Some(info) = protocol_metadata(&declaring, &p).await {
+            if let Some(info) = protocol_metadata(&server, &declaring, &p).await {
                 out.insert(p, info);
             }
         }
@@ -137,8 +160,9 @@ pub fn get_protocol_metadata(
     if services.is_empty() {
         return Err(ApiError::not_found("no bridge declares that protocol"));
     }
+    let server = shared(ctx)?;
     Ok(Reply::outbound(async move {
-        protocol_metadata(&services, &req.protocol)
+        protocol_metadata(&server, &services, &req.protocol)
             .await
             .ok_or_else(|| ApiError::not_found("no bridge answered for that protocol"))
     }))
@@ -156,6 +180,7 @@ fn forwarded_query(ctx: &Ctx) -> Vec<(String, String)> {
 /// Asks every service in `services` and concatenates the lists they answer; 404 when none
 /// has a result.
 fn lookup(
+    server: Arc<Server>,
     services: Vec<AppService>,
     path: String,
     query: Vec<(String, String)>,
@@ -164,7 +189,7 @@ fn lookup(
     Reply::outbound(async move {
         let mut all = Vec::new();
         for asv in &services {
-            if let Some(Value::Array(items)) = ask(asv, &path, &query).await {
+            if let Some(Value::Array(items)) = ask(&server, asv, &path, &query).await {
                 all.extend(items.into_iter().filter(Value::is_object));
             }
         }
@@ -192,7 +217,13 @@ fn lookup_by_protocol(
         "thirdparty/{kind}/{}",
         crate::router::percent_encode(protocol)
     );
-    Ok(lookup(services, path, forwarded_query(ctx), none))
+    Ok(lookup(
+        shared(ctx)?,
+        services,
+        path,
+        forwarded_query(ctx),
+        none,
+    ))
 }
 
 pub fn query_location_by_protocol(
@@ -216,6 +247,7 @@ pub fn query_location_by_alias(
     ctx.me()?;
     let query = vec![("alias".to_string(), req.alias.to_string())];
     Ok(lookup(
+        shared(ctx)?,
         services_for(ctx, None),
         "thirdparty/location".into(),
         query,
@@ -230,6 +262,7 @@ pub fn query_user_by_id(
     ctx.me()?;
     let query = vec![("userid".to_string(), req.userid.to_string())];
     Ok(lookup(
+        shared(ctx)?,
         services_for(ctx, None),
         "thirdparty/user".into(),
         query,
@@ -271,18 +304,22 @@ pub fn ping_appservice(
         Some(t) => json!({"transaction_id": t}),
         None => json!({}),
     };
+    let server = shared(ctx)?;
     Ok(Reply::outbound(async move {
         let started = Instant::now();
         let target = format!("{}/_matrix/app/v1/ping", url.trim_end_matches('/'));
-        match outbound::http(
-            "POST",
-            &target,
-            &[("authorization", auth)],
-            Some(&body),
-            BRIDGE_TIMEOUT,
-            BRIDGE_MAX_BODY,
-        )
-        .await
+        match server
+            .outbound
+            .configured
+            .request(
+                "POST",
+                &target,
+                &[("authorization", auth)],
+                Some(&body),
+                BRIDGE_TIMEOUT,
+                BRIDGE_MAX_BODY,
+            )
+            .await
         {
             Ok(a) if (200..300).contains(&a.status) => {
                 Ok(json!({"duration_ms": started.elapsed().as_millis() as u64}))

@@ -98,7 +98,10 @@ pub async fn complete_cas_login(
         percent_encode(ticket),
         percent_encode(&service_url(server, redirect_url))
     );
-    let answer = crate::outbound::http("GET", &check, &[], None, Duration::from_secs(10), 1 << 16)
+    let answer = server
+        .outbound
+        .configured
+        .request("GET", &check, &[], None, Duration::from_secs(10), 1 << 16)
         .await
         .map_err(|e| {
             ApiError::forbidden(format!("cannot check the ticket with the CAS server: {e}"))

@@ -173,10 +173,13 @@ fn request_email_token(
         "Confirm your e-mail address on {}",
         ctx.server.config.server_name
     );
+    let roots = ctx.server.config.outbound_ca.clone();
+    let domain = ctx.server.config.server_name.clone();
     Ok(Reply::outbound(async move {
         crate::outbound::send_mail(
-            &mail.relay,
-            &mail.from,
+            &mail,
+            &roots,
+            &domain,
             &address,
             &subject,
             &text,
@@ -296,10 +299,12 @@ fn request_msisdn_token(
             "{}/_matrix/identity/api/v1/validate/msisdn/requestToken",
             gateway.trim_end_matches('/')
         );
-        let answer =
-            crate::outbound::http("POST", &url, &[], Some(&body), GATEWAY_TIMEOUT, 1 << 16)
-                .await
-                .map_err(|e| ApiError::unknown(format!("cannot reach the SMS gateway: {e}")))?;
+        let answer = server
+            .outbound
+            .configured
+            .request("POST", &url, &[], Some(&body), GATEWAY_TIMEOUT, 1 << 16)
+            .await
+            .map_err(|e| ApiError::unknown(format!("cannot reach the SMS gateway: {e}")))?;
         let reply: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
         let their_sid = reply.get("sid").and_then(Value::as_str);
         let (true, Some(their_sid)) = ((200..300).contains(&answer.status), their_sid) else {
@@ -388,7 +393,10 @@ pub async fn submit_msisdn_token(server: &Server, body: &Value) -> ApiResult<boo
         gateway.trim_end_matches('/')
     );
     let sent = json!({"sid": their_sid, "client_secret": client_secret, "token": token});
-    let answer = crate::outbound::http("POST", &url, &[], Some(&sent), GATEWAY_TIMEOUT, 1 << 16)
+    let answer = server
+        .outbound
+        .configured
+        .request("POST", &url, &[], Some(&sent), GATEWAY_TIMEOUT, 1 << 16)
         .await
         .map_err(|e| ApiError::unknown(format!("cannot reach the SMS gateway: {e}")))?;
     let ok = serde_json::from_slice::<Value>(&answer.body)
