@@ -119,15 +119,21 @@ pub fn disposition(content_type: &str, name: Option<&str>) -> String {
     if clean.is_ascii() && !clean.contains(['"', '\\']) {
         return format!("{kind}; filename=\"{clean}\"");
     }
-    let mut encoded = String::new();
-    for b in clean.bytes() {
-        let c = b as char;
-        if c.is_ascii_alphanumeric() || "!#$&+-.^_`|~".contains(c) {
-            encoded.push(c);
-        } else {
-            encoded.push_str(&format!("%{b:02X}"));
-        }
-    }
+    // RFC 8187's attr-char are left as they are; every other byte is percent-encoded.
+    const NOT_ATTR_CHAR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'!')
+        .remove(b'#')
+        .remove(b'$')
+        .remove(b'&')
+        .remove(b'+')
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'^')
+        .remove(b'_')
+        .remove(b'`')
+        .remove(b'|')
+        .remove(b'~');
+    let encoded = percent_encoding::utf8_percent_encode(&clean, NOT_ATTR_CHAR);
     format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
