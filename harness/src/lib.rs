@@ -8,6 +8,8 @@ pub mod error;
 pub mod expect;
 pub mod federation;
 pub mod mail_sink;
+pub mod merge;
+pub mod partition;
 pub mod peers;
 pub mod profile;
 pub mod report;
@@ -171,6 +173,15 @@ pub struct RunOutput {
 
 /// Runs the suites: one trial per scenario file, kind = its area.
 pub fn run(config: RunConfig) -> Result<RunOutput> {
+    run_partition(config, None)
+}
+
+/// Runs the tests of one partition of the suites (all of them with `None`); the report says
+/// which partition it covers.
+pub fn run_partition(
+    config: RunConfig,
+    partition: Option<partition::Partition>,
+) -> Result<RunOutput> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -196,6 +207,10 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
             reason: format!("deviations name no scenario: {}", unknown.join(", ")),
         });
     }
+    // After the deviations are checked against every name: a partition lists only its own.
+    if let Some(p) = partition {
+        scenarios.retain(|s| p.contains(&s.name));
+    }
     let server = report::ServerInfo {
         url: config.server_url.clone(),
         profile: config.profile.name.clone(),
@@ -203,6 +218,8 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
         versions: versions.clone(),
         software: software.or_else(|| config.software_hint.clone()),
         serves: config.profile.serves.clone(),
+        // The binary says when it started the server itself.
+        embedded: false,
     };
     let mut partners = BTreeMap::new();
     for (name, p) in config
@@ -338,6 +355,7 @@ pub fn run(config: RunConfig) -> Result<RunOutput> {
             .map_err(|_| Error::Other("results lock poisoned".into()))?,
     );
     let mut report = Report::build(server, results);
+    report.partition = partition;
     let reasons_file = config
         .scenarios_dir
         .parent()

@@ -30,7 +30,7 @@ pub struct ScenarioResult {
     pub spec: String,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     pub scenarios: usize,
     pub passed: usize,
@@ -45,6 +45,11 @@ pub struct Coverage {
     pub operations_total: usize,
     /// Operations called by a scenario that passed (the sweeps area aside).
     pub operations_exercised: usize,
+    /// The operations of the route table a passing scenario called (the sweeps area aside),
+    /// sorted: client-server ones by id, others as `<group>/<operationId>`. What `merge`
+    /// unites.
+    #[serde(default)]
+    pub exercised: Vec<String>,
     pub uncovered: Vec<String>,
     /// Why an uncovered operation has no passing scenario, where `coverage.toml` says.
     #[serde(default)]
@@ -69,7 +74,7 @@ pub struct GroupCoverage {
 pub type AreaResult = Totals;
 
 impl Totals {
-    fn count(&mut self, outcome: Outcome) {
+    pub(crate) fn count(&mut self, outcome: Outcome) {
         self.scenarios += 1;
         match outcome {
             Outcome::Passed => self.passed += 1,
@@ -93,6 +98,9 @@ pub struct ServerInfo {
     /// The profile's operations the server serves ahead of the versions it advertises, with why.
     #[serde(default)]
     pub serves: std::collections::BTreeMap<String, String>,
+    /// Started by `mxconform run` itself, so `url` and `server_name` change from run to run.
+    #[serde(default)]
+    pub embedded: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,6 +111,9 @@ pub struct Report {
     pub coverage: Coverage,
     pub areas: BTreeMap<String, AreaResult>,
     pub scenarios: Vec<ScenarioResult>,
+    /// `run --partition K/N`: the report covers only the tests of that partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<crate::partition::Partition>,
 }
 
 /// Reads the reasons file (`coverage.toml`: `[uncoverable] operationId = "reason"`).
@@ -157,6 +168,11 @@ impl Report {
             }
         }
         let all: Vec<&str> = crate::routes().map(|r| r.operation_id).collect();
+        let mut exercised_ops: BTreeSet<String> = all
+            .iter()
+            .filter(|o| exercised.contains(*o))
+            .map(|o| o.to_string())
+            .collect();
         let uncovered: Vec<String> = all
             .iter()
             .filter(|o| !exercised.contains(*o))
@@ -187,6 +203,11 @@ impl Report {
                 .filter(|o| !exercised.contains(format!("{name}/{o}").as_str()))
                 .map(|o| o.to_string())
                 .collect();
+            exercised_ops.extend(
+                ops.iter()
+                    .map(|o| format!("{name}/{o}"))
+                    .filter(|o| exercised.contains(o.as_str())),
+            );
             groups.insert(
                 name.to_string(),
                 GroupCoverage {
@@ -199,6 +220,7 @@ impl Report {
         let coverage = Coverage {
             operations_total: all.len(),
             operations_exercised: all.len() - uncovered.len(),
+            exercised: exercised_ops.into_iter().collect(),
             uncovered,
             reasons: std::collections::BTreeMap::new(),
             groups,
@@ -210,7 +232,24 @@ impl Report {
             coverage,
             areas,
             scenarios,
+            partition: None,
         }
+    }
+
+    /// The figures of the run's summary line: `1453 passed, 0 failed, ..., 163 of 166
+    /// client-server operations exercised`.
+    pub fn summary(&self) -> String {
+        let t = &self.totals;
+        format!(
+            "{} passed, {} failed, {} known deviations, {} unexpected passes, {} skipped; {} of {} client-server operations exercised",
+            t.passed,
+            t.failed,
+            t.expected_failures,
+            t.unexpected_passes,
+            t.skipped,
+            self.coverage.operations_exercised,
+            self.coverage.operations_total
+        )
     }
 
     /// Whether the run counts as a success: nothing failed that was not listed, nothing
@@ -243,6 +282,13 @@ impl Report {
             self.server.url,
             self.server.versions.join(", ")
         );
+        if let Some(p) = self.partition {
+            let _ = writeln!(
+                s,
+                "Partition {p} of the run: only the tests whose names hash to it (`mxconform run --partition`); `mxconform merge` makes the whole run's report from all {}.\n",
+                p.count()
+            );
+        }
         if !self.server.serves.is_empty() {
             let _ = writeln!(
                 s,
@@ -433,8 +479,11 @@ impl Report {
         let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let _ = writeln!(
             s,
-            "<testsuites name=\"mxconform {}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">",
+            "<testsuites name=\"mxconform {}{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">",
             xml(&self.server.profile),
+            self.partition
+                .map(|p| format!(" (partition {p})"))
+                .unwrap_or_default(),
             self.totals.scenarios,
             self.totals.failed + self.totals.unexpected_passes,
             self.totals.skipped

@@ -13,6 +13,7 @@ mod bench_federation;
 mod bench_pdu;
 mod bench_server;
 mod embedded;
+mod merge_cmd;
 mod pdu_cmd;
 
 #[derive(Parser)]
@@ -51,6 +52,9 @@ enum Command {
     Serve(ServeArgs),
     /// Where two servers' JSON reports differ, scenario by scenario.
     Compare { a: PathBuf, b: PathBuf },
+    /// One report from the JSON reports of a run's partitions (`run --partition K/N` on
+    /// several machines): the totals and coverage of the whole run.
+    Merge(merge_cmd::MergeArgs),
     /// Benchmarks with figures and ratios against peers (bounded, loopback only).
     Bench {
         /// Which: codegen, compile, server, pdu, or all.
@@ -136,6 +140,12 @@ struct RunArgs {
     /// `harness/synapse/synapse.sh start-partners`). Default: the profile's own.
     #[arg(long, value_name = "reference|PROFILE")]
     partners: Option<String>,
+    /// Run only partition K of N (1 <= K <= N) of the tests, for splitting a run over N
+    /// machines; `mxconform merge` makes one report of the N JSON reports. A test's partition
+    /// is FNV-1a 64 of its name, then MurmurHash3's fmix64, modulo N, plus 1: fixed, so every
+    /// machine makes the same split.
+    #[arg(long, value_name = "K/N")]
+    partition: Option<mxconform_harness::partition::Partition>,
     #[command(flatten)]
     libtest: libtest_mimic::Arguments,
 }
@@ -484,6 +494,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Merge(args) => merge_cmd::run(args),
         Command::Diff { from, to, format } => diff(&from, &to, format),
         Command::Pdu { command } => pdu_cmd::run(command),
         Command::FederationCa { out, leaf } => {
@@ -864,8 +875,9 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
         args: Some(args.libtest.clone()),
     };
     let started = std::time::Instant::now();
-    let out = mxconform_harness::run(config)?;
-    let report = out.report;
+    let out = mxconform_harness::run_partition(config, args.partition)?;
+    let mut report = out.report;
+    report.server.embedded = embedded.is_some();
     let write = |path: &Option<PathBuf>, text: String| -> Result<()> {
         if let Some(p) = path {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -880,19 +892,15 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
         write(&args.report_json, report.to_json())?;
         write(&args.junit, report.to_junit())?;
         write(&args.report_md, report.to_markdown())?;
-        let t = &report.totals;
         eprintln!(
-            "mxconform: {} against {} in {:.1} s: {} passed, {} failed, {} known deviations, {} unexpected passes, {} skipped; {} of {} client-server operations exercised",
+            "mxconform: {} against {}{} in {:.1} s: {}",
             report.server.profile,
             report.server.url,
+            args.partition
+                .map(|p| format!(" (partition {p})"))
+                .unwrap_or_default(),
             started.elapsed().as_secs_f64(),
-            t.passed,
-            t.failed,
-            t.expected_failures,
-            t.unexpected_passes,
-            t.skipped,
-            report.coverage.operations_exercised,
-            report.coverage.operations_total
+            report.summary()
         );
     }
     for server in embedded.into_iter().chain(embedded_servers) {

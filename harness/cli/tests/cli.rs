@@ -156,6 +156,104 @@ fn compliance_run_against_the_embedded_reference_server() {
     assert!(String::from_utf8_lossy(&list.stdout).contains("membership/kick_and_ban: test"));
 }
 
+/// `run --partition 1/2` and `2/2` each run a part of the tests, the parts do not overlap, and
+/// `merge` of their reports has the totals and coverage of one full run (sweeps left out of
+/// all three, to keep the cost down).
+#[test]
+fn partitions_merge_into_the_full_run() {
+    let dir = temp("partition");
+    let run = |extra: &[&str], json: &Path| -> (Value, String) {
+        let out = bin()
+            .args(["run", "--quiet", "--no-sweeps", "--report-json"])
+            .arg(json)
+            .args(extra)
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "run {extra:?}:\n{stderr}");
+        let text = std::fs::read_to_string(json).expect("JSON report");
+        (serde_json::from_str(&text).expect("JSON"), stderr)
+    };
+    let names = |report: &Value| -> std::collections::BTreeSet<String> {
+        report["scenarios"]
+            .as_array()
+            .expect("scenarios")
+            .iter()
+            .map(|s| s["name"].as_str().expect("a name").to_string())
+            .collect()
+    };
+    let (p1, p2, full) = (
+        dir.join("p1.json"),
+        dir.join("p2.json"),
+        dir.join("full.json"),
+    );
+    let (one, _) = run(&["--partition", "1/2"], &p1);
+    let (two, _) = run(&["--partition", "2/2"], &p2);
+    let (whole, whole_err) = run(&[], &full);
+    assert_eq!(one["partition"], "1/2");
+    assert_eq!(two["partition"], "2/2");
+    assert!(whole.get("partition").is_none());
+    let (a, b) = (names(&one), names(&two));
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "{} and {}",
+        a.len(),
+        b.len()
+    );
+    assert!(a.is_disjoint(&b), "{:?}", a.intersection(&b).next());
+    assert_eq!(
+        a.union(&b)
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        names(&whole)
+    );
+
+    let (md, junit, merged_json) = (dir.join("m.md"), dir.join("m.xml"), dir.join("m.json"));
+    let out = bin()
+        .arg("merge")
+        .args([&p1, &p2])
+        .arg("--report-json")
+        .arg(&merged_json)
+        .arg("--report-md")
+        .arg(&md)
+        .arg("--junit")
+        .arg(&junit)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let merged: Value =
+        serde_json::from_str(&std::fs::read_to_string(&merged_json).expect("merged report"))
+            .expect("JSON");
+    assert_eq!(merged["totals"], whole["totals"]);
+    assert_eq!(merged["areas"], whole["areas"]);
+    assert_eq!(merged["coverage"], whole["coverage"]);
+    assert_eq!(names(&merged), names(&whole));
+    assert!(whole["totals"]["passed"].as_u64().unwrap_or(0) > 0);
+    // The same figures as the full run's summary line.
+    let figures = whole_err
+        .lines()
+        .find_map(|l| l.strip_prefix("mxconform: ")?.split_once(" s: "))
+        .map(|(_, f)| f.to_string())
+        .expect("the run's summary line");
+    assert!(stderr.contains(&figures), "{figures}\n{stderr}");
+    let md = std::fs::read_to_string(&md).expect("markdown");
+    assert!(
+        md.contains("## Areas") && !md.contains("Partition "),
+        "{md}"
+    );
+    assert!(std::fs::read_to_string(&junit)
+        .expect("junit")
+        .starts_with("<?xml"));
+
+    // Half a split is refused, naming what is missing.
+    let out = bin().arg("merge").arg(&p1).output().expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("partition 2/2 is missing"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn unreachable_server_fails_clearly() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
