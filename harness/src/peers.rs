@@ -214,6 +214,90 @@ impl Mailbox {
     }
 }
 
+/// A notification the push gateway was sent: the request body, and what checking it against
+/// the push-gateway API's schema found (empty when it conforms).
+#[derive(Clone, Debug)]
+pub struct Pushed {
+    pub body: Value,
+    pub violations: Vec<String>,
+}
+
+impl Pushed {
+    /// The push keys of the devices the notification is for.
+    pub fn pushkeys(&self) -> Vec<&str> {
+        self.body
+            .pointer("/notification/devices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.get("pushkey").and_then(Value::as_str))
+            .collect()
+    }
+}
+
+/// Notifications the push gateway received and no scenario has taken yet.
+#[derive(Debug)]
+pub struct PushLog(Inbox<Pushed>);
+
+impl Default for PushLog {
+    fn default() -> PushLog {
+        PushLog(Inbox::new(10_000))
+    }
+}
+
+impl PushLog {
+    fn put(&self, pushed: Pushed) {
+        self.0.put([pushed]);
+    }
+
+    /// Takes the first notification for `pushkey` that `matches`, waiting until `within`; a
+    /// notification for `pushkey` that broke the schema is taken and is an error at once.
+    pub async fn take(
+        &self,
+        pushkey: &str,
+        matches: impl Fn(&Value) -> bool,
+        within: Duration,
+    ) -> std::result::Result<Value, String> {
+        let found = self
+            .0
+            .wait(within, |pushed| {
+                let mine = |p: &Pushed| p.pushkeys().contains(&pushkey);
+                if let Some(i) = pushed
+                    .iter()
+                    .position(|p| mine(p) && !p.violations.is_empty())
+                {
+                    return Some(Err(pushed.remove(i)));
+                }
+                let i = pushed.iter().position(|p| mine(p) && matches(&p.body))?;
+                Some(Ok(pushed.remove(i).body))
+            })
+            .await
+            .map_err(|_| {
+                format!(
+                    "the push gateway was sent no such notification for {pushkey} within {:.1} s",
+                    within.as_secs_f64()
+                )
+            })?;
+        found.map_err(|bad| {
+            format!(
+                "the notification for {pushkey} breaks the push-gateway schema: {}; it was {}",
+                bad.violations.join("; "),
+                bad.body
+            )
+        })
+    }
+
+    /// The notifications for `pushkey` that arrived and were not taken (for a step that
+    /// expects none).
+    pub fn count_for(&self, pushkey: &str) -> usize {
+        self.0
+            .items
+            .lock()
+            .map(|p| p.iter().filter(|p| p.pushkeys().contains(&pushkey)).count())
+            .unwrap_or(0)
+    }
+}
+
 /// Events the application service was sent in transactions (each transaction counted once).
 #[derive(Debug)]
 pub struct EventLog {
@@ -269,6 +353,8 @@ pub struct Peers {
     pub smtp: Option<SocketAddr>,
     pub web: Option<SocketAddr>,
     pub mailbox: Arc<Mailbox>,
+    /// What the push gateway (on the web peer) was sent.
+    pub pushes: Arc<PushLog>,
     /// What the application service was sent.
     pub appservice_events: Arc<EventLog>,
     /// The application service's registration file as given.
@@ -332,6 +418,8 @@ impl Peers {
         let smtp_addr = want(config.smtp.clone());
         let web_addr = want(config.web.clone());
         let mailbox = Arc::new(Mailbox::default());
+        let pushes = Arc::new(PushLog::default());
+        let push_log = pushes.clone();
         let as_events = Arc::new(EventLog::default());
         let as_log = as_events.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -393,6 +481,7 @@ impl Peers {
                 if let Some(l) = web_l {
                     let web = Arc::new(Web {
                         mailbox: mb.clone(),
+                        pushes: push_log,
                         ..Web::default()
                     });
                     tokio::spawn(accept_http(l, move |req| {
@@ -412,6 +501,7 @@ impl Peers {
             smtp,
             web,
             mailbox,
+            pushes,
             appservice_events: as_events,
             registration_file,
             stop: Some(stop_tx),
@@ -438,7 +528,7 @@ impl Peers {
                 (_, None) => true,
                 ("appservice", Some(p)) => p.appservice.is_none(),
                 ("mail", Some(p)) => p.smtp.is_none(),
-                ("web" | "sms", Some(p)) => p.web.is_none(),
+                ("web" | "sms" | "push", Some(p)) => p.web.is_none(),
                 _ => true,
             })
             .map(String::as_str)
@@ -457,6 +547,7 @@ impl Peers {
             v.insert("appservice.protocol".into(), json!(r.protocols[0]));
         }
         if let Some(u) = self.web_url() {
+            v.insert("push.url".into(), json!(format!("{u}{NOTIFY_PATH}")));
             v.insert("web.url".into(), json!(u));
         }
         v
@@ -714,7 +805,14 @@ struct Web {
     mailbox: Arc<Mailbox>,
     /// Phone-number validation sessions by sid.
     sms: Mutex<BTreeMap<String, SmsSession>>,
+    /// Notifications the push gateway was sent.
+    pushes: Arc<PushLog>,
+    /// Push keys starting with `flaky` that were already failed once.
+    flaky_failed: Mutex<std::collections::BTreeSet<String>>,
 }
+
+/// Where the web peer's push gateway takes notifications (the push-gateway API's `notify`).
+pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 
 #[derive(Clone, Debug)]
 struct SmsSession {
@@ -751,6 +849,9 @@ impl Web {
         let path = req.uri().path();
         if let Some(rest) = path.strip_prefix("/_matrix/identity/api/v1/") {
             return self.sms_gateway(rest, &req);
+        }
+        if path == NOTIFY_PATH {
+            return self.push_gateway(&req);
         }
         let query = query_pairs(req.uri().query());
         let field = |name: &str| {
@@ -814,6 +915,68 @@ impl Web {
 }
 
 impl Web {
+    /// The push gateway: keeps each notification with what the schema check found, and
+    /// rejects the push keys that start with `rejected` (the homeserver must then drop those
+    /// pushers). The first notification for a push key starting with `flaky` is answered 500
+    /// and not kept (the homeserver must retry it).
+    fn push_gateway(&self, req: &Request<Bytes>) -> Answer {
+        if req.method() != hyper::Method::POST {
+            return json_answer(
+                405,
+                json!({"errcode": "M_UNRECOGNIZED", "error": "POST only"}),
+            );
+        }
+        let body: Value = match serde_json::from_slice(req.body()) {
+            Ok(v) => v,
+            Err(e) => {
+                return json_answer(
+                    400,
+                    json!({"errcode": "M_NOT_JSON", "error": format!("not JSON: {e}")}),
+                )
+            }
+        };
+        let violations = match crate::validate::validate_in(
+            mxconform_generated::Group::PushGateway,
+            "notify",
+            &crate::validate::Part::Request,
+            &body,
+        ) {
+            Ok(Some(v)) => v.iter().map(ToString::to_string).collect(),
+            Ok(None) => vec!["the spec gives no schema for notify".into()],
+            Err(e) => vec![e],
+        };
+        let pushed = Pushed { body, violations };
+        let first_of_flaky = pushed
+            .pushkeys()
+            .into_iter()
+            .filter(|k| k.starts_with("flaky"))
+            .any(|k| {
+                self.flaky_failed
+                    .lock()
+                    .map(|mut seen| {
+                        if seen.len() >= 10_000 {
+                            seen.clear();
+                        }
+                        seen.insert(k.to_string())
+                    })
+                    .unwrap_or(false)
+            });
+        if first_of_flaky {
+            return json_answer(
+                500,
+                json!({"errcode": "M_UNKNOWN", "error": "a passing failure (the first for this push key)"}),
+            );
+        }
+        let rejected: Vec<String> = pushed
+            .pushkeys()
+            .into_iter()
+            .filter(|k| k.starts_with("rejected"))
+            .map(str::to_string)
+            .collect();
+        self.pushes.put(pushed);
+        json_answer(200, json!({"rejected": rejected}))
+    }
+
     fn sms_gateway(&self, rest: &str, req: &Request<Bytes>) -> Answer {
         let body: Value = serde_json::from_slice(req.body()).unwrap_or(Value::Null);
         let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);

@@ -340,6 +340,7 @@ impl<'a> Run<'a> {
                 K::Http(h) => self.http_step(step, h).await,
                 K::Mail(m) | K::Sms(m) => self.mail_step(m).await,
                 K::AppserviceReceives(w) => self.appservice_receives(w).await,
+                K::Push(p) => self.push_step(p).await,
                 K::FedJoin(j) => self.fed_join(step, j).await,
                 K::FedInvite(f) => self.fed_invite(step, f).await,
                 K::FedEdu(e) => self.fed_edu(step, e).await,
@@ -1409,6 +1410,37 @@ impl<'a> Run<'a> {
             .await
             .map(|_| ())
             .map_err(|e| format!("{e}; wanted {want}"))
+    }
+
+    /// Waits for a notification at the push gateway peer, checks it and captures from it.
+    async fn push_step(&mut self, p: &crate::scenario::PushStep) -> Result<(), String> {
+        let peers = self.env.peers.clone().ok_or("no peer is running")?;
+        let pushkey = self.vars.render_text(&p.pushkey)?;
+        let want = match &p.expect {
+            Some(e) => self.vars.render(e)?,
+            None => Value::Object(Default::default()),
+        };
+        let within = Duration::from_millis(p.within_ms.unwrap_or(10_000).min(60_000));
+        let body = peers
+            .pushes
+            .take(&pushkey, |b| crate::expect::subset(&want, b), within)
+            .await
+            .map_err(|e| format!("{e}; wanted {want}"))?;
+        self.record("push-gateway/notify");
+        for pointer in &p.absent {
+            if let Some(v) = body.pointer(pointer) {
+                return Err(format!(
+                    "the notification for {pushkey} has {v} at {pointer}, where nothing should be: {body}"
+                ));
+            }
+        }
+        for (name, pointer) in &p.capture {
+            let v = body.pointer(pointer).cloned().ok_or_else(|| {
+                format!("cannot capture `{name}`: nothing at {pointer} of {body}")
+            })?;
+            self.vars.set(name, v);
+        }
+        Ok(())
     }
 
     /// Waits for a mail at the mail peer and captures from its text.

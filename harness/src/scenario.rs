@@ -126,6 +126,7 @@ pub enum StepKind {
     Mail(MailStep),
     Sms(MailStep),
     AppserviceReceives(AppserviceReceives),
+    Push(PushStep),
     FedJoin(FedJoin),
     FedInvite(FedInvite),
     FedSend(FedSend),
@@ -167,6 +168,7 @@ impl StepKind {
             StepKind::Mail(_) => "mail",
             StepKind::Sms(_) => "sms",
             StepKind::AppserviceReceives(_) => "appservice_receives",
+            StepKind::Push(_) => "push",
             StepKind::FedJoin(_) => "fed_join",
             StepKind::FedInvite(_) => "fed_invite",
             StepKind::FedSend(_) => "fed_send",
@@ -228,6 +230,7 @@ impl TryFrom<RawStep> for Step {
         kinds.extend(r.mail.map(StepKind::Mail));
         kinds.extend(r.sms.map(StepKind::Sms));
         kinds.extend(r.appservice_receives.map(StepKind::AppserviceReceives));
+        kinds.extend(r.push.map(StepKind::Push));
         kinds.extend(r.fed_join.map(StepKind::FedJoin));
         kinds.extend(r.fed_invite.map(StepKind::FedInvite));
         kinds.extend(r.fed_send.map(StepKind::FedSend));
@@ -300,6 +303,10 @@ struct RawStep {
     /// Wait until the application service peer has been sent an event containing `event`.
     #[serde(default)]
     pub appservice_receives: Option<AppserviceReceives>,
+    /// Wait until the push gateway peer has been sent a notification for `pushkey` whose body
+    /// contains `expect` (each request checked against the push-gateway schema).
+    #[serde(default)]
+    pub push: Option<PushStep>,
     /// Wait for a text message to a phone number (`447700900123`) at the SMS gateway peer.
     #[serde(default)]
     pub sms: Option<MailStep>,
@@ -641,6 +648,24 @@ pub struct AppserviceReceives {
     pub event: Value,
     #[serde(default)]
     pub within_ms: Option<u64>,
+}
+
+/// Waits for a notification for `pushkey` (templated) at the push gateway peer whose request
+/// body contains `expect` (templated; a subset, as responses are matched) and has nothing at
+/// the `absent` JSON pointers; `capture` keeps values of the body by JSON pointer. The
+/// notification is taken, so the next step waits for the next one.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushStep {
+    pub pushkey: String,
+    #[serde(default)]
+    pub expect: Option<Value>,
+    #[serde(default)]
+    pub absent: Vec<String>,
+    #[serde(default)]
+    pub within_ms: Option<u64>,
+    #[serde(default)]
+    pub capture: BTreeMap<String, String>,
 }
 
 /// Waits for a mail to `to` (templated) at the mail peer; `capture` keeps the first group of
@@ -1046,9 +1071,12 @@ impl Scenario {
             ));
         }
         for n in &self.needs {
-            if !matches!(n.as_str(), "appservice" | "mail" | "web" | "sms" | "admin") {
+            if !matches!(
+                n.as_str(),
+                "appservice" | "mail" | "web" | "sms" | "push" | "admin"
+            ) {
                 return fail(format!(
-                    "`needs` names peers (appservice, mail, web, sms) or admin; not {n:?}"
+                    "`needs` names peers (appservice, mail, web, sms, push) or admin; not {n:?}"
                 ));
             }
         }
@@ -1266,6 +1294,26 @@ impl Scenario {
                 ));
             }
             if step.kind.server().is_some() {
+                continue;
+            }
+            if let StepKind::Push(p) = &step.kind {
+                if !self.needs.iter().any(|x| x == "push") {
+                    return fail(format!("step {n}: a `push` step needs `needs: [push]`"));
+                }
+                for pointer in &p.absent {
+                    if !pointer.starts_with('/') {
+                        return fail(format!(
+                            "step {n}: `absent` of a push step holds JSON pointers: {pointer:?}"
+                        ));
+                    }
+                }
+                for (name, pointer) in &p.capture {
+                    if !pointer.starts_with('/') {
+                        return fail(format!(
+                            "step {n}: capture `{name}` of a push step is a JSON pointer: {pointer:?}"
+                        ));
+                    }
+                }
                 continue;
             }
             if let StepKind::AppserviceReceives(_) = &step.kind {

@@ -8,19 +8,26 @@ use serde_json::{json, Value};
 
 use mxconform_generated::Group;
 
-/// The parsed bundle of an API group (client-server and server-server are compiled in).
+/// The parsed bundle of an API group (every group is compiled in).
 fn bundle(group: Group) -> &'static Value {
     static CS: OnceLock<Value> = OnceLock::new();
     static SS: OnceLock<Value> = OnceLock::new();
+    static AS: OnceLock<Value> = OnceLock::new();
+    static IS: OnceLock<Value> = OnceLock::new();
+    static PG: OnceLock<Value> = OnceLock::new();
     static NONE: Value = Value::Null;
     let cell = match group {
         Group::ClientServer => &CS,
         Group::ServerServer => &SS,
+        Group::ApplicationService => &AS,
+        Group::Identity => &IS,
+        Group::PushGateway => &PG,
+        #[allow(unreachable_patterns)]
         _ => return &NONE,
     };
     cell.get_or_init(|| {
         let text = mxconform_generated::schema_bundle(group)
-            .expect("the harness enables the client-server and server-server features");
+            .expect("the harness enables every API group's feature");
         serde_json::from_str(text).expect("the generated bundle is JSON")
     })
 }

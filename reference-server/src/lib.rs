@@ -12,6 +12,7 @@ pub mod federation;
 pub mod handlers;
 pub mod http;
 pub mod outbound;
+mod push_delivery;
 pub mod router;
 pub mod state;
 pub mod store;
@@ -62,9 +63,12 @@ pub struct Config {
     /// Where phone-number validation is delegated (an identity-service style SMS gateway:
     /// `<url>/_matrix/identity/api/v1/validate/msisdn/...`); `None` refuses phone numbers.
     pub msisdn_delegate: Option<String>,
-    /// URL previews: `None` offers none; `Some(allowed)` previews public addresses and these
-    /// otherwise private ones.
-    pub url_preview: Option<Vec<std::net::IpAddr>>,
+    /// Whether URL previews are offered (of public addresses, and of [`Config::outbound_allow`]).
+    pub url_preview: bool,
+    /// Internal addresses (loopback, private, ...) that requests made on users' behalf may
+    /// reach all the same: pages to preview, push gateways. Every other internal address is
+    /// refused where the connection is made.
+    pub outbound_allow: Vec<std::net::IpAddr>,
     /// The key the server signs with (`--signing-key FILE`); `None` uses the one kept in the
     /// database, made at the first start.
     pub signing_key: Option<mxconform_pdu::SigningKey>,
@@ -149,7 +153,8 @@ impl Config {
             admins: Vec::new(),
             mail: None,
             cas: None,
-            url_preview: None,
+            url_preview: false,
+            outbound_allow: Vec::new(),
             msisdn_delegate: None,
             signing_key: None,
             redaction_retention: REDACTION_RETENTION,
@@ -247,7 +252,7 @@ impl Server {
             .transpose()?;
         let outbound = outbound::Clients::new(
             &config.outbound_ca,
-            config.url_preview.clone().unwrap_or_default(),
+            config.outbound_allow.clone(),
         )?;
         let mut state = State::with_store(&config.server_name, new_key.clone(), store);
         state.policy_key = Some(policy_key.clone());
@@ -455,6 +460,8 @@ pub async fn serve(server: Arc<Server>, addr: SocketAddr) -> Result<Running, Str
     if let Some(f) = &server.federation {
         f.sender.wake(&server);
     }
+    // Notifications go to the users' push gateways.
+    tokio::spawn(push_delivery::deliver(Arc::downgrade(&server)));
     for asv in server.config.appservices.iter().filter(|a| a.url.is_some()) {
         tokio::spawn(appservice::push_transactions(
             Arc::downgrade(&server),

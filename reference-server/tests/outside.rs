@@ -330,7 +330,7 @@ async fn validation_messages_to_one_address_are_rate_limited() {
 #[tokio::test]
 async fn url_previews_refuse_private_addresses_unless_allowed() {
     let mut config = Config::in_memory("test.local");
-    config.url_preview = Some(Vec::new());
+    config.url_preview = true;
     let server = Server::open(config).expect("opens");
     let token = register(&server, "viewer").await;
     for url in [
@@ -348,7 +348,8 @@ async fn url_previews_refuse_private_addresses_unless_allowed() {
     }
     // Allowed explicitly, the address is fetched (nothing listens on port 9: not found).
     let mut config = Config::in_memory("test.local");
-    config.url_preview = Some(vec!["127.0.0.1".parse().expect("ip")]);
+    config.url_preview = true;
+    config.outbound_allow = vec!["127.0.0.1".parse().expect("ip")];
     let server = Server::open(config).expect("opens");
     let token = register(&server, "viewer").await;
     let (s, _) = call(

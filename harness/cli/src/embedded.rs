@@ -89,7 +89,8 @@ pub fn start(spec: Spec<'_>) -> Result<Embedded> {
         }
         if let Some(web) = p.web {
             // The web peer's pages may be previewed although they are on loopback.
-            config.url_preview = Some(vec![web.ip()]);
+            config.url_preview = true;
+            config.outbound_allow = vec![web.ip()];
         }
         if let Some(web) = p.web_url() {
             config.msisdn_delegate = Some(web.clone());

@@ -226,12 +226,14 @@ struct ServeArgs {
     /// The sender address of the mail this server sends.
     #[arg(long, default_value = "noreply@localhost")]
     mail_from: String,
-    /// Offer URL previews (of public addresses, and of these otherwise private ones: repeat
-    /// `--url-preview-allow 127.0.0.1` to allow one).
+    /// Offer URL previews (of public addresses, and of those --outbound-allow names).
     #[arg(long)]
     url_preview: bool,
-    #[arg(long = "url-preview-allow")]
-    url_preview_allow: Vec<std::net::IpAddr>,
+    /// An internal address (loopback, private, link-local...) that requests made on users'
+    /// behalf may reach all the same: pages to preview, push gateways (repeatable; every
+    /// other internal address is refused where the connection is made).
+    #[arg(long = "outbound-allow", alias = "url-preview-allow", value_name = "IP")]
+    outbound_allow: Vec<std::net::IpAddr>,
     /// An SMS gateway for phone-number validation (identity-service API
     /// `/_matrix/identity/api/v1/validate/msisdn/...`, plain HTTP).
     #[arg(long)]
@@ -992,6 +994,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
                 anyhow::anyhow!("{} is not a signing key file: {e}", path.display())
             })?);
     }
+    config.url_preview = args.url_preview;
+    config.outbound_allow = args.outbound_allow.clone();
     config.cas = args
         .cas_url
         .clone()

@@ -17,7 +17,7 @@ const PREVIEW_MAX_BODY: usize = 1 << 20;
 
 fn preview(ctx: &Ctx, url: String) -> ApiResult<Reply> {
     ctx.me()?;
-    if ctx.server.config.url_preview.is_none() {
+    if !ctx.server.config.url_preview {
         return Err(ApiError::unrecognized("this server does not preview URLs"));
     }
     let parsed = reqwest::Url::parse(&url)

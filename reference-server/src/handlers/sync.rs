@@ -340,7 +340,7 @@ fn room_section(
                 section["unread_thread_notifications"] = Value::Object(per);
             }
         } else {
-            let (notes, highlights) = unread(state, room, &me.user_id);
+            let (notes, highlights) = state.unread(room, &me.user_id);
             section["unread_notifications"] =
                 json!({"notification_count": notes, "highlight_count": highlights});
         }
@@ -452,15 +452,6 @@ fn heroes<'a>(room: &'a Room, me: &str) -> Vec<&'a String> {
 /// (sending reads what came before). A binary search, so the cost does not grow with history.
 /// The user's notifications in the room after what they have read, and how many of those
 /// highlight.
-fn unread(state: &State, room: &Room, user: &str) -> (usize, u32) {
-    let read = state.read_up_to(room, user);
-    let list = state.notifications(room, user);
-    let i = list.partition_point(|n| n.pos <= read);
-    let before = if i == 0 { 0 } else { list[i - 1].highlights };
-    let total = list.last().map_or(0, |n| n.highlights);
-    (list.len() - i, total - before)
-}
-
 fn build(
     state: &State,
     me: &Authed,

@@ -140,6 +140,9 @@ pub struct State {
     /// How far each application service has been sent the event stream (its last
     /// acknowledged position), by service id.
     pub appservice_pos: HashMap<String, u64>,
+    /// Where delivery to push gateways has reached in the stream (`None` before the first
+    /// start that delivers).
+    pub push_pos: Option<u64>,
     /// How far each other server has taken this server's events (the greatest position of
     /// a transaction it accepted), by server name: deliveries resume from there after a
     /// restart.
@@ -209,6 +212,12 @@ impl State {
             batch.put("as_pos", id, &json!(pos));
         }
         self.appservice_pos.insert(id.to_string(), pos);
+    }
+
+    /// Records that notifications up to `pos` were handed to the pushers.
+    pub fn put_push_pos(&mut self, batch: &mut Batch, pos: u64) {
+        batch.put("push_pos", "", &json!(pos));
+        self.push_pos = Some(pos);
     }
 
     /// Records that `dest` took this server's events up to `pos`.

@@ -153,6 +153,7 @@ impl State {
                     self.federation_acked
                         .insert(key.clone(), v.as_u64().unwrap_or(0));
                 }
+                "push_pos" => self.push_pos = v.as_u64(),
                 "as_pos" => {
                     self.appservice_pos
                         .insert(key.clone(), v.as_u64().unwrap_or(0));

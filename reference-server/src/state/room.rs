@@ -382,6 +382,17 @@ impl State {
         }
     }
 
+    /// A user's unread notifications in a room, and how many of them highlight: those after
+    /// where they have read up to.
+    pub fn unread(&self, room: &Room, user: &str) -> (usize, u32) {
+        let read = self.read_up_to(room, user);
+        let list = self.notifications(room, user);
+        let i = list.partition_point(|n| n.pos <= read);
+        let before = if i == 0 { 0 } else { list[i - 1].highlights };
+        let total = list.last().map_or(0, |n| n.highlights);
+        (list.len() - i, total - before)
+    }
+
     /// Where the user has read the room up to: their latest read receipt (public or private),
     /// or their own latest event, whichever is later.
     pub fn read_up_to(&self, room: &Room, user: &str) -> u64 {
