@@ -298,6 +298,53 @@ impl PushLog {
     }
 }
 
+/// The requests the application service peer received: which application-service operation,
+/// in arrival order, and what checking the request against that API's schema found.
+#[derive(Debug, Default)]
+pub struct AsRequests {
+    next: std::sync::atomic::AtomicU64,
+    /// (sequence number, operation id, violations), the latest 10,000.
+    seen: Mutex<std::collections::VecDeque<(u64, &'static str, Vec<String>)>>,
+}
+
+impl AsRequests {
+    fn put(&self, op: &'static str, violations: Vec<String>) {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut seen) = self.seen.lock() {
+            if seen.len() >= 10_000 {
+                seen.pop_front();
+            }
+            seen.push_back((n, op, violations));
+        }
+    }
+
+    /// The sequence number the next request will have (a mark to look from).
+    pub fn mark(&self) -> u64 {
+        self.next.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether a request for `op` that conformed arrived since `mark`.
+    pub fn received_since(&self, mark: u64, op: &str) -> bool {
+        self.seen.lock().is_ok_and(|seen| {
+            seen.iter()
+                .any(|(n, o, v)| *n >= mark && *o == op && v.is_empty())
+        })
+    }
+
+    /// The schema violations of requests received since `mark`, as sentences.
+    pub fn violations_since(&self, mark: u64) -> Vec<String> {
+        self.seen
+            .lock()
+            .map(|seen| {
+                seen.iter()
+                    .filter(|(n, _, v)| *n >= mark && !v.is_empty())
+                    .map(|(_, op, v)| format!("{op}: {}", v.join("; ")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// Events the application service was sent in transactions (each transaction counted once).
 #[derive(Debug)]
 pub struct EventLog {
@@ -357,6 +404,8 @@ pub struct Peers {
     pub pushes: Arc<PushLog>,
     /// What the application service was sent.
     pub appservice_events: Arc<EventLog>,
+    /// Which application-service operations the homeserver called, and how well.
+    pub appservice_requests: Arc<AsRequests>,
     /// The application service's registration file as given.
     pub registration_file: Option<PathBuf>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -422,6 +471,8 @@ impl Peers {
         let push_log = pushes.clone();
         let as_events = Arc::new(EventLog::default());
         let as_log = as_events.clone();
+        let as_requests = Arc::new(AsRequests::default());
+        let as_requests_log = as_requests.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let mb = mailbox.clone();
@@ -469,6 +520,7 @@ impl Peers {
                         reg: r,
                         server_name: server_name.clone(),
                         log: as_log,
+                        requests: as_requests_log,
                     });
                     tokio::spawn(accept_http(l, move |req| {
                         let svc = svc.clone();
@@ -503,6 +555,7 @@ impl Peers {
             mailbox,
             pushes,
             appservice_events: as_events,
+            appservice_requests: as_requests,
             registration_file,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -621,6 +674,24 @@ struct AppService {
     reg: Registration,
     server_name: String,
     log: Arc<EventLog>,
+    requests: Arc<AsRequests>,
+}
+
+/// The application-service operation a request to the peer is (method and path segments after
+/// `/_matrix/app/v1/`).
+fn as_operation(method: &str, segs: &[&str]) -> Option<&'static str> {
+    Some(match (method, segs) {
+        ("POST", ["ping"]) => "ping",
+        ("PUT", ["transactions", _]) => "sendTransaction",
+        ("GET", ["users", _]) => "queryUserById",
+        ("GET", ["rooms", _]) => "queryRoomByAlias",
+        ("GET", ["thirdparty", "protocol", _]) => "getProtocolMetadata",
+        ("GET", ["thirdparty", "location", _]) => "queryLocationByProtocol",
+        ("GET", ["thirdparty", "user", _]) => "queryUserByProtocol",
+        ("GET", ["thirdparty", "location"]) => "queryLocationByAlias",
+        ("GET", ["thirdparty", "user"]) => "queryUserByID",
+        _ => return None,
+    })
 }
 
 impl AppService {
@@ -666,6 +737,39 @@ impl AppService {
                 .map(|(_, v)| v.clone())
         };
         let method = req.method().as_str();
+        // Every request is checked against the application-service API's schema; one that
+        // breaks it is refused (and logged for the scenario that waits on it).
+        if let Some(op) = as_operation(method, &segs) {
+            let violations = if req.body().is_empty() {
+                Vec::new()
+            } else {
+                match serde_json::from_slice::<Value>(req.body()) {
+                    Err(e) => vec![format!("the body is not JSON: {e}")],
+                    Ok(body) => match crate::validate::validate_in(
+                        mxconform_generated::Group::ApplicationService,
+                        op,
+                        &crate::validate::Part::Request,
+                        &body,
+                    ) {
+                        Ok(found) => found
+                            .unwrap_or_default()
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect(),
+                        Err(e) => vec![e],
+                    },
+                }
+            };
+            let refused = !violations.is_empty();
+            let text = violations.join("; ");
+            self.requests.put(op, violations);
+            if refused {
+                return json_answer(
+                    400,
+                    json!({"errcode": "M_BAD_JSON", "error": format!("the request breaks the application-service schema: {text}")}),
+                );
+            }
+        }
         let not_found = || {
             json_answer(
                 404,

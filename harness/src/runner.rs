@@ -1290,6 +1290,11 @@ impl<'a> Run<'a> {
             (None, None) => Body::None,
         };
         let token = self.token_for(step, step.as_actor.as_ref())?;
+        let as_mark = self
+            .env
+            .peers
+            .as_ref()
+            .map(|p| p.appservice_requests.mark());
         let deadline = step
             .eventually_ms
             .map(|ms| Instant::now() + Duration::from_millis(ms.min(60_000)));
@@ -1332,6 +1337,15 @@ impl<'a> Run<'a> {
         };
         check_headers(&step.expect, &resp, &self.vars)?;
         self.capture(step, &resp.body, &resp.headers)?;
+        // A client-server operation answered by asking the application service exercised that
+        // application-service operation, if the peer received (a conforming) one meanwhile.
+        if let (Some(mark), Some(peers)) = (as_mark, self.env.peers.clone()) {
+            for as_op in appservice_operations_behind(op) {
+                if peers.appservice_requests.received_since(mark, as_op) {
+                    self.record(&format!("application-service/{as_op}"));
+                }
+            }
+        }
         if let Some(name) = &step.snapshot {
             let text = crate::snapshot::normalise(&resp.body, &self.env.profile.server_name);
             let dir = self.env.snapshot_dir.join(&self.scenario.area);
@@ -1396,7 +1410,8 @@ impl<'a> Run<'a> {
         self.capture(step, &resp.body, &resp.headers)
     }
 
-    /// Waits until the application service peer was sent a matching event.
+    /// Waits until the application service peer was sent a matching event (in a transaction
+    /// that conformed to the application-service schema).
     async fn appservice_receives(
         &mut self,
         w: &crate::scenario::AppserviceReceives,
@@ -1404,12 +1419,28 @@ impl<'a> Run<'a> {
         let peers = self.env.peers.clone().ok_or("no peer is running")?;
         let want = self.vars.render(&w.event)?;
         let within = Duration::from_millis(w.within_ms.unwrap_or(10_000).min(60_000));
-        peers
+        let mark = peers.appservice_requests.mark();
+        match peers
             .appservice_events
             .wait_for(|e| crate::expect::subset(&want, e), within)
             .await
-            .map(|_| ())
-            .map_err(|e| format!("{e}; wanted {want}"))
+        {
+            Ok(_) => {
+                self.record("application-service/sendTransaction");
+                Ok(())
+            }
+            Err(e) => {
+                let broken = peers.appservice_requests.violations_since(mark);
+                if broken.is_empty() {
+                    Err(format!("{e}; wanted {want}"))
+                } else {
+                    Err(format!(
+                        "{e}; wanted {want}; requests the peer refused as breaking the application-service schema: {}",
+                        broken.join(" | ")
+                    ))
+                }
+            }
+        }
     }
 
     /// Waits for a notification at the push gateway peer, checks it and captures from it.
@@ -1824,4 +1855,20 @@ pub fn implicit_operations(
         out.insert("register");
     }
     out
+}
+
+/// The application-service operations a homeserver makes to answer a client-server operation
+/// (the third-party lookups it forwards, the ping, the alias it does not know).
+fn appservice_operations_behind(op: &str) -> &'static [&'static str] {
+    match op {
+        "pingAppservice" => &["ping"],
+        "getProtocols" | "getProtocolMetadata" => &["getProtocolMetadata"],
+        "queryLocationByProtocol" => &["queryLocationByProtocol"],
+        "queryUserByProtocol" => &["queryUserByProtocol"],
+        "queryLocationByAlias" => &["queryLocationByAlias"],
+        "queryUserByID" => &["queryUserByID"],
+        "getRoomIdByAlias" | "joinRoom" => &["queryRoomByAlias"],
+        "getProfile" | "getDisplayName" | "inviteUser" | "createRoom" => &["queryUserById"],
+        _ => &[],
+    }
 }
