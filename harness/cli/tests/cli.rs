@@ -1256,3 +1256,201 @@ async fn wait_for_message(port: u16, room: &str, token: &str, text: &str) -> Res
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// `mxconform serve` on 127.0.0.1:`port` with `args` (no federation), once it says it listens.
+fn serve_plain(port: u16, args: &[String]) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = bin()
+        .args(["serve", "--in-memory", "--addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    lines
+        .by_ref()
+        .map(|l| l.expect("readable"))
+        .find(|l| l.starts_with("mxconform reference server"))
+        .expect("a start-up line");
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+/// A server on 127.0.0.1 (TLS with `tls`, else plain) answering every request with `answer`;
+/// its port and how many connections it accepted.
+async fn answering(
+    tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+    answer: String,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let port = listener.local_addr().expect("its address").port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = hits.clone();
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (acceptor, answer) = (acceptor.clone(), answer.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                match acceptor {
+                    Some(a) => {
+                        let Ok(mut s) = a.accept(sock).await else {
+                            return;
+                        };
+                        let _ = s.read(&mut buf).await;
+                        let _ = s.write_all(answer.as_bytes()).await;
+                        let _ = s.shutdown().await;
+                    }
+                    None => {
+                        let mut s = sock;
+                        let _ = s.read(&mut buf).await;
+                        let _ = s.write_all(answer.as_bytes()).await;
+                    }
+                }
+            });
+        }
+    });
+    (port, hits)
+}
+
+/// `serve`'s requests to other services (issue 15): an application service on HTTPS with a
+/// certificate of a test authority (`--outbound-ca`) is reached; e-mail goes over STARTTLS
+/// (`--smtp-tls required`) with Date and Message-ID headers; a preview of a name that resolves
+/// to loopback is refused where the connection is made (the page is never connected to), and
+/// reached once `--outbound-allow` names the address.
+#[test]
+fn serve_reaches_https_services_mails_over_starttls_and_refuses_loopback_previews() {
+    use std::sync::atomic::Ordering;
+    let dir = temp("outbound");
+    let ca = mxconform_harness::federation::tls::Authority::load_or_create(&dir.join("ca"))
+        .expect("an authority");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca.cert_pem).expect("writes");
+    let (cert, key) = ca.issue_pem(&["localhost"]).expect("a certificate");
+    let tls = mxconform_server::tls_config(&cert, &key).expect("TLS");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let page = "<html><head><title>Inside</title></head></html>";
+    let (as_port, as_hits, web_port, web_hits, smtp, mailbox) = rt.block_on(async {
+        let (as_port, as_hits) = answering(
+            Some(tls.clone()),
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".into(),
+        )
+        .await;
+        let (web_port, web_hits) = answering(
+            None,
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            ),
+        )
+        .await;
+        let mailbox = std::sync::Arc::new(mxconform_harness::peers::Mailbox::default());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let smtp = l.local_addr().expect("its address");
+        tokio::spawn(mxconform_harness::mail_sink::accept(
+            l,
+            mailbox.clone(),
+            Some(tls.clone()),
+        ));
+        (as_port, as_hits, web_port, web_hits, smtp, mailbox)
+    });
+    let registration = dir.join("bridge.yaml");
+    std::fs::write(
+        &registration,
+        format!(
+            "id: tls-bridge\nurl: \"https://localhost:{as_port}\"\nas_token: \"tls-as-token\"\nhs_token: \"tls-hs-token\"\nsender_localpart: \"tlsbridge\"\nnamespaces:\n  users: []\n  aliases: []\n  rooms: []\n"
+        ),
+    )
+    .expect("writes");
+    let port = free_port();
+    let s = |x: &str| x.to_string();
+    let mut child = serve_plain(
+        port,
+        &[
+            s("--server-name"),
+            s("out.test"),
+            s("--appservice"),
+            registration.display().to_string(),
+            s("--outbound-ca"),
+            ca_file.display().to_string(),
+            s("--smtp-relay"),
+            format!("localhost:{}", smtp.port()),
+            s("--smtp-tls"),
+            s("required"),
+            s("--url-preview"),
+        ],
+    );
+    let allowed_port = free_port();
+    let mut allowed = serve_plain(
+        allowed_port,
+        &[
+            s("--url-preview"),
+            s("--outbound-allow"),
+            s("127.0.0.1"),
+            s("--outbound-allow"),
+            s("::1"),
+        ],
+    );
+    let preview =
+        format!("/_matrix/client/v1/media/preview_url?url=http%3A%2F%2Flocalhost%3A{web_port}%2F");
+    let result: Result<(), String> = rt.block_on(async {
+        let ping = cs_call(
+            port,
+            "POST",
+            "/_matrix/client/v1/appservice/tls-bridge/ping".into(),
+            serde_json::json!({"transaction_id": "t1"}),
+            Some("tls-as-token".into()),
+        )
+        .await?;
+        if !ping["duration_ms"].is_u64() || as_hits.load(Ordering::SeqCst) == 0 {
+            return Err(format!("the HTTPS service was not reached: {ping}"));
+        }
+        let token = cs_register(port, "mailer").await?;
+        cs_call(
+            port,
+            "POST",
+            "/_matrix/client/v3/account/3pid/email/requestToken".into(),
+            serde_json::json!({"client_secret": "cs-1", "email": "who@example.org", "send_attempt": 1}),
+            Some(token.clone()),
+        )
+        .await?;
+        let mail = mailbox
+            .take("who@example.org", std::time::Duration::from_secs(10))
+            .await?;
+        let headers = mail.headers.ok_or("the mail has no headers")?;
+        if !headers.tls || headers.date.is_none() || !headers.missing().is_empty() {
+            return Err(format!("the mail was not as expected: {headers:?}"));
+        }
+        if !headers
+            .message_id
+            .as_deref()
+            .is_some_and(|m| m.ends_with("@out.test"))
+        {
+            return Err(format!("the Message-ID is not the server's: {headers:?}"));
+        }
+        match cs_call(port, "GET", preview.clone(), serde_json::Value::Null, Some(token)).await {
+            Err(e) if e.contains("403") && e.contains("M_FORBIDDEN") && e.contains("127.0.0.1") => {}
+            other => return Err(format!("the loopback preview was not refused: {other:?}")),
+        }
+        if web_hits.load(Ordering::SeqCst) != 0 {
+            return Err("the refused preview connected to the page".into());
+        }
+        let token = cs_register(allowed_port, "viewer").await?;
+        let og = cs_call(allowed_port, "GET", preview.clone(), serde_json::Value::Null, Some(token)).await?;
+        if og["og:title"] != "Inside" || web_hits.load(Ordering::SeqCst) == 0 {
+            return Err(format!("the allowed preview did not reach the page: {og}"));
+        }
+        Ok(())
+    });
+    let _ = (child.kill(), allowed.kill());
+    let _ = (child.wait(), allowed.wait());
+    let _ = std::fs::remove_dir_all(&dir);
+    result.expect("outbound requests as configured");
+}
