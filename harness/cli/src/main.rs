@@ -1409,3 +1409,43 @@ fn bench_servers(
     rows.extend(result?);
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's example `homeserver.toml` holds only options `serve` has, with values
+    /// they take.
+    #[test]
+    fn the_readme_config_example_parses() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+                .expect("the README");
+        let example: String = readme
+            .lines()
+            .skip_while(|l| l.trim() != "# homeserver.toml")
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| format!("{}\n", &l[4..]))
+            .collect();
+        assert!(
+            example.contains("server_name"),
+            "no example found: {example:?}"
+        );
+        let file =
+            std::env::temp_dir().join(format!("mxconform-readme-{}.toml", std::process::id()));
+        std::fs::write(&file, &example).expect("writes");
+        let argv = with_config_file(vec![
+            "mxconform".into(),
+            "serve".into(),
+            "--config".into(),
+            file.clone().into(),
+        ]);
+        let _ = std::fs::remove_file(&file);
+        let argv = argv.expect("the example is read");
+        assert!(argv.len() > 20, "{argv:?}");
+        if let Err(e) = Cli::try_parse_from(argv) {
+            panic!("the README's example does not parse: {e}");
+        }
+    }
+}
