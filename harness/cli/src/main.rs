@@ -232,7 +232,11 @@ struct ServeArgs {
     /// An internal address (loopback, private, link-local...) that requests made on users'
     /// behalf may reach all the same: pages to preview, push gateways (repeatable; every
     /// other internal address is refused where the connection is made).
-    #[arg(long = "outbound-allow", alias = "url-preview-allow", value_name = "IP")]
+    #[arg(
+        long = "outbound-allow",
+        alias = "url-preview-allow",
+        value_name = "IP"
+    )]
     outbound_allow: Vec<std::net::IpAddr>,
     /// An SMS gateway for phone-number validation (identity-service API
     /// `/_matrix/identity/api/v1/validate/msisdn/...`, plain HTTP).
