@@ -250,10 +250,7 @@ impl Server {
             .as_ref()
             .map(federation::Federation::new)
             .transpose()?;
-        let outbound = outbound::Clients::new(
-            &config.outbound_ca,
-            config.outbound_allow.clone(),
-        )?;
+        let outbound = outbound::Clients::new(&config.outbound_ca, config.outbound_allow.clone())?;
         let mut state = State::with_store(&config.server_name, new_key.clone(), store);
         state.policy_key = Some(policy_key.clone());
         state.restore(loaded)?;
