@@ -117,6 +117,8 @@ async fn appservices_and_email_validation_survive_a_restart() {
     config.mail = Some(Mail {
         relay,
         from: "hs@test.local".into(),
+        tls: mxconform_server::outbound::SmtpTls::None,
+        credentials: None,
     });
 
     let (room, token) = {
@@ -300,6 +302,8 @@ async fn validation_messages_to_one_address_are_rate_limited() {
     config.mail = Some(Mail {
         relay,
         from: "hs@test.local".into(),
+        tls: mxconform_server::outbound::SmtpTls::None,
+        credentials: None,
     });
     let server = Server::open(config).expect("opens");
     let path = "/_matrix/client/v3/register/email/requestToken";
@@ -373,4 +377,34 @@ async fn url_previews_refuse_private_addresses_unless_allowed() {
     )
     .await;
     assert_eq!((s, v["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")));
+}
+
+/// A flood of unauthenticated registrations (each opens a user-interactive auth session)
+/// leaves the server holding at most the bound of sessions, the oldest dropped first: memory
+/// stays flat however many arrive.
+#[tokio::test]
+async fn a_flood_of_unauthenticated_registrations_holds_a_bounded_number_of_sessions() {
+    use mxconform_server::handlers::uia::UiaSessions;
+    let server = Server::open(Config::in_memory("test.local")).expect("opens");
+    let body = json!({"username": "flood", "password": "pw-12345678"});
+    let mut sessions = std::collections::HashSet::new();
+    for _ in 0..UiaSessions::MAX + 200 {
+        let (s, v) = call(
+            &server,
+            "POST",
+            "/_matrix/client/v3/register",
+            None,
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(s, 401, "{v}");
+        sessions.insert(v["session"].as_str().expect("a session").to_string());
+    }
+    assert_eq!(
+        sessions.len(),
+        UiaSessions::MAX + 200,
+        "each flood request got a session"
+    );
+    let held = server.uia.lock().expect("lock").len();
+    assert_eq!(held, UiaSessions::MAX);
 }
