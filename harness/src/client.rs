@@ -293,6 +293,24 @@ impl Client {
     }
 }
 
+/// The hex HMAC-SHA1 of `parts` under `key`: Synapse's shared-secret registration (`nonce \0
+/// user \0 password \0 admin|notadmin`), and the admin account's password the harness derives
+/// from that secret.
+pub fn hmac_sha1_hex(key: &str, parts: &[&[u8]]) -> Result<String, String> {
+    use hmac::{KeyInit, Mac};
+    let mut mac =
+        hmac::Hmac::<sha1::Sha1>::new_from_slice(key.as_bytes()).map_err(|e| e.to_string())?;
+    for p in parts {
+        mac.update(p);
+    }
+    Ok(mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

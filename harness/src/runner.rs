@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hmac::{KeyInit, Mac};
+use crate::client::hmac_sha1_hex;
 use mxconform_generated::Route;
 use serde_json::{json, Value};
 
@@ -1747,24 +1747,6 @@ impl SyncJob {
             }
         }
     }
-}
-
-/// Validates a response against the spec's schema for its status; an undocumented error
-/// status must still have the standard error shape.
-/// The hex HMAC-SHA1 of `parts` under `key` (Synapse's shared-secret registration, and the
-/// admin account's password derived from that secret).
-fn hmac_sha1_hex(key: &str, parts: &[&[u8]]) -> Result<String, String> {
-    let mut mac =
-        hmac::Hmac::<sha1::Sha1>::new_from_slice(key.as_bytes()).map_err(|e| e.to_string())?;
-    for p in parts {
-        mac.update(p);
-    }
-    Ok(mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }
 
 /// The response headers `expect.headers` names match their regular expressions (templated).

@@ -90,29 +90,22 @@ impl Target {
                     .await?
             }
             Some(secret) => {
-                use hmac::{KeyInit, Mac};
                 let n = self
                     .req("GET", "/_synapse/admin/v1/register", None, None, &[])
                     .await?;
                 let nonce = n["nonce"].as_str().context("nonce")?.to_string();
-                let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                for part in [
-                    nonce.as_bytes(),
-                    b"\0",
-                    name.as_bytes(),
-                    b"\0",
-                    b"bench-pw",
-                    b"\0notadmin",
-                ] {
-                    mac.update(part);
-                }
-                let digest: String = mac
-                    .finalize()
-                    .into_bytes()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                let digest = mxconform_harness::client::hmac_sha1_hex(
+                    secret,
+                    &[
+                        nonce.as_bytes(),
+                        b"\0",
+                        name.as_bytes(),
+                        b"\0",
+                        b"bench-pw",
+                        b"\0notadmin",
+                    ],
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
                 let b = json!({"nonce": nonce, "username": name, "password": "bench-pw", "mac": digest, "admin": false});
                 self.req("POST", "/_synapse/admin/v1/register", Some(b), None, &[])
                     .await?
