@@ -119,6 +119,12 @@ impl AppService {
             .any(|n| n.exclusive && n.regex.is_match(alias))
     }
 
+    /// The alias is in one of the service's alias namespaces (exclusive or not): the service
+    /// is asked about it when nobody has it.
+    pub fn alias_in_namespace(&self, alias: &str) -> bool {
+        self.aliases.iter().any(|n| n.regex.is_match(alias))
+    }
+
     /// The service wants events of this room: a room id or alias of its namespaces, or a
     /// joined member (or the sender or subject of the event) it may act as.
     pub fn interested_in(&self, state: &crate::state::State, ev: &crate::state::Event) -> bool {

@@ -95,13 +95,56 @@ pub fn get_room_id_by_alias(
             Ok(json!({"room_id": room_id, "servers": servers}))
         }));
     }
-    ctx.server.read(|s| {
-        let (room, _) = s
-            .aliases
-            .get(alias)
-            .ok_or_else(|| ApiError::not_found(format!("no room has the alias {alias}")))?;
-        Ok(Reply::from(json!({"room_id": room, "servers": [server]})))
-    })
+    let known = ctx
+        .server
+        .read(|s| s.aliases.get(alias).map(|(room, _)| room.clone()));
+    if let Some(room) = known {
+        return Ok(Reply::from(json!({"room_id": room, "servers": [server]})));
+    }
+    let none = move |alias: &str| ApiError::not_found(format!("no room has the alias {alias}"));
+    // An alias in an application service's namespace: the service is asked whether it exists
+    // (it may make the room now), then the directory is read again.
+    let Some(asv) = ctx
+        .server
+        .config
+        .appservices
+        .iter()
+        .find(|a| a.url.is_some() && a.alias_in_namespace(alias))
+        .cloned()
+    else {
+        return Err(none(alias));
+    };
+    let shared = ctx
+        .server
+        .shared()
+        .ok_or_else(|| ApiError::internal("the server is shutting down"))?;
+    let alias = alias.to_string();
+    Ok(Reply::outbound(async move {
+        let url = format!(
+            "{}/_matrix/app/v1/rooms/{}",
+            asv.url.as_deref().unwrap_or_default().trim_end_matches('/'),
+            crate::router::percent_encode(&alias)
+        );
+        let answer = shared
+            .outbound
+            .configured
+            .request(
+                "GET",
+                &url,
+                &[("authorization", asv.authorization())],
+                None,
+                std::time::Duration::from_secs(10),
+                1 << 16,
+            )
+            .await;
+        if !matches!(answer, Ok(ref a) if (200..300).contains(&a.status)) {
+            return Err(none(&alias));
+        }
+        let room = shared
+            .read(|s| s.aliases.get(&alias).map(|(room, _)| room.clone()))
+            .ok_or_else(|| none(&alias))?;
+        Ok(json!({"room_id": room, "servers": [server]}))
+    }))
 }
 
 pub fn delete_room_alias(
