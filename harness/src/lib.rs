@@ -242,6 +242,10 @@ pub fn run_partition(
             },
         );
     }
+    // The identity server checks tokens and signatures with the server under test.
+    if let (Some(p), Some(f)) = (&config.peers, &config.federation) {
+        p.connect_homeserver(&f.client);
+    }
     let env = Arc::new(runner::Env {
         client,
         snapshot_dir: config.snapshots_dir.join(&config.profile.name),

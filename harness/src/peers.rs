@@ -1,7 +1,8 @@
 //! Peers: the outside world a homeserver talks to, played on loopback so that the suites can
 //! exercise operations that need it. An application service (a bridge with one third-party
 //! protocol), a mail sink that speaks SMTP (for e-mail validation), and a web server (pages to
-//! preview, and the login page an SSO redirect points at).
+//! preview, and the login page an SSO redirect points at), and an identity server over HTTPS
+//! ([`identity`]).
 //!
 //! The homeserver is configured to use them (the registration file and addresses are in the
 //! profile's `[peers]`); scenarios say which they need with `needs:` and are skipped, with a
@@ -24,6 +25,8 @@ use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 
+pub mod identity;
+
 /// The profile's `[peers]`: which peers to run, and where.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,11 +41,23 @@ pub struct PeersConfig {
     /// Where the web server listens (`127.0.0.1:18080`).
     #[serde(default)]
     pub web: Option<String>,
+    /// Where the identity server listens for HTTPS (`127.0.0.1:18090`; its certificate from
+    /// the profile's `[federation]` authority): see [`identity`].
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// Known schema violations of what the homeserver sends the identity server (`operation`
+    /// as `<operationId> request`), so that one wrong field does not stop every scenario that
+    /// goes through the operation; the scenario that checks the field is listed as a deviation.
+    #[serde(default)]
+    pub schema_deviations: Vec<crate::federation::SchemaDeviation>,
 }
 
 impl PeersConfig {
     pub fn is_empty(&self) -> bool {
-        self.appservice.is_none() && self.smtp.is_none() && self.web.is_none()
+        self.appservice.is_none()
+            && self.smtp.is_none()
+            && self.web.is_none()
+            && self.identity.is_none()
     }
 }
 
@@ -408,6 +423,8 @@ pub struct Peers {
     pub appservice_requests: Arc<AsRequests>,
     /// The application service's registration file as given.
     pub registration_file: Option<PathBuf>,
+    /// The identity server (HTTPS), when the profile configures one.
+    pub identity: Option<Arc<identity::Identity>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -446,6 +463,18 @@ impl Peers {
         server_name: &str,
         ephemeral: bool,
     ) -> Result<Peers> {
+        Peers::start_with_authority(config, base, server_name, ephemeral, None)
+    }
+
+    /// [`Peers::start`], with the certificate authority that issues the identity server's
+    /// certificate (the profile's `[federation]` one, which the homeserver trusts).
+    pub fn start_with_authority(
+        config: &PeersConfig,
+        base: &Path,
+        server_name: &str,
+        ephemeral: bool,
+        authority: Option<&crate::federation::tls::Authority>,
+    ) -> Result<Peers> {
         let registration_file = config.appservice.as_ref().map(|p| base.join(p));
         let registration = registration_file
             .as_deref()
@@ -476,6 +505,17 @@ impl Peers {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let mb = mailbox.clone();
+        let identity = match (want(config.identity.clone()), authority) {
+            (None, _) => None,
+            (Some(a), Some(ca)) => Some(
+                identity::listen(&a, ca, mailbox.clone(), config.schema_deviations.clone())
+                    .map_err(Error::Other)?,
+            ),
+            // Without an authority for its certificate there is no identity server: its
+            // scenarios are skipped.
+            (Some(_), None) => None,
+        };
+        let identity_peer = identity.as_ref().map(|l| l.identity.clone());
         let reg = registration.clone();
         let server_name = server_name.to_string();
         let thread = std::thread::spawn(move || {
@@ -541,6 +581,9 @@ impl Peers {
                         async move { web.answer(req) }
                     }));
                 }
+                if let Some(l) = identity {
+                    tokio::spawn(l.serve());
+                }
                 let _ = stop_rx.await;
             });
         });
@@ -557,6 +600,7 @@ impl Peers {
             appservice_events: as_events,
             appservice_requests: as_requests,
             registration_file,
+            identity: identity_peer,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -572,6 +616,13 @@ impl Peers {
         self.web.map(|a| format!("http://{a}"))
     }
 
+    /// Tells the identity server where the server under test's federation API is.
+    pub fn connect_homeserver(&self, homeserver: &Arc<crate::federation::client::FedClient>) {
+        if let Some(i) = &self.identity {
+            i.connect(homeserver.clone());
+        }
+    }
+
     /// Which of `needs` (`appservice`, `mail`, `web`, `sms`: the web peer's SMS gateway) is not
     /// running, if any.
     pub fn missing<'a>(peers: Option<&Peers>, needs: &'a [String]) -> Option<&'a str> {
@@ -582,6 +633,7 @@ impl Peers {
                 ("appservice", Some(p)) => p.appservice.is_none(),
                 ("mail", Some(p)) => p.smtp.is_none(),
                 ("web" | "sms" | "push", Some(p)) => p.web.is_none(),
+                ("identity", Some(p)) => p.identity.is_none(),
                 _ => true,
             })
             .map(String::as_str)
@@ -598,6 +650,9 @@ impl Peers {
                 json!(format!("@{}:{server_name}", r.sender_localpart)),
             );
             v.insert("appservice.protocol".into(), json!(r.protocols[0]));
+        }
+        if let Some(i) = &self.identity {
+            v.insert("identity.server".into(), json!(i.name));
         }
         if let Some(u) = self.web_url() {
             v.insert("push.url".into(), json!(format!("{u}{NOTIFY_PATH}")));

@@ -17,6 +17,8 @@ use crate::scenario::{AuthMode, Scenario, Step, SyncUntil};
 use crate::template::Vars;
 use crate::validate::{self, Part};
 
+pub(crate) mod identity;
+
 /// What a scenario runs against.
 #[derive(Debug)]
 pub struct Env {
@@ -267,6 +269,9 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
             )),
         };
     }
+    if run.skipped.is_none() {
+        result = run.identity_outcome(started, result);
+    }
     Outcome {
         result: if run.skipped.is_some() {
             Ok(())
@@ -341,6 +346,8 @@ impl<'a> Run<'a> {
                 K::Mail(m) | K::Sms(m) => self.mail_step(m).await,
                 K::AppserviceReceives(w) => self.appservice_receives(w).await,
                 K::Push(p) => self.push_step(p).await,
+                K::IdentityCall(_) => self.identity_call(step).await,
+                K::IdentityReceives(w) => self.identity_receives(step, w).await,
                 K::FedJoin(j) => self.fed_join(step, j).await,
                 K::FedInvite(f) => self.fed_invite(step, f).await,
                 K::FedEdu(e) => self.fed_edu(step, e).await,

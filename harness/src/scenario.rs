@@ -127,6 +127,9 @@ pub enum StepKind {
     Sms(MailStep),
     AppserviceReceives(AppserviceReceives),
     Push(PushStep),
+    /// An identity-service operation the scenario calls on the identity peer, as a client.
+    IdentityCall(String),
+    IdentityReceives(IdentityReceives),
     FedJoin(FedJoin),
     FedInvite(FedInvite),
     FedSend(FedSend),
@@ -169,6 +172,8 @@ impl StepKind {
             StepKind::Sms(_) => "sms",
             StepKind::AppserviceReceives(_) => "appservice_receives",
             StepKind::Push(_) => "push",
+            StepKind::IdentityCall(_) => "identity_call",
+            StepKind::IdentityReceives(_) => "identity_receives",
             StepKind::FedJoin(_) => "fed_join",
             StepKind::FedInvite(_) => "fed_invite",
             StepKind::FedSend(_) => "fed_send",
@@ -231,6 +236,8 @@ impl TryFrom<RawStep> for Step {
         kinds.extend(r.sms.map(StepKind::Sms));
         kinds.extend(r.appservice_receives.map(StepKind::AppserviceReceives));
         kinds.extend(r.push.map(StepKind::Push));
+        kinds.extend(r.identity_call.map(StepKind::IdentityCall));
+        kinds.extend(r.identity_receives.map(StepKind::IdentityReceives));
         kinds.extend(r.fed_join.map(StepKind::FedJoin));
         kinds.extend(r.fed_invite.map(StepKind::FedInvite));
         kinds.extend(r.fed_send.map(StepKind::FedSend));
@@ -307,6 +314,15 @@ struct RawStep {
     /// contains `expect` (each request checked against the push-gateway schema).
     #[serde(default)]
     pub push: Option<PushStep>,
+    /// Call an identity-service operation (by operation id) on the identity peer, as the
+    /// user's client: `path`, `query`, `body`, `token` (the identity server's), `expect` and
+    /// `capture` as for `call`.
+    #[serde(default)]
+    pub identity_call: Option<String>,
+    /// Wait until the identity peer was sent (or sent the homeserver) an operation whose
+    /// exchange contains `match`.
+    #[serde(default)]
+    pub identity_receives: Option<IdentityReceives>,
     /// Wait for a text message to a phone number (`447700900123`) at the SMS gateway peer.
     #[serde(default)]
     pub sms: Option<MailStep>,
@@ -646,6 +662,21 @@ pub struct RawHttp {
 #[serde(deny_unknown_fields)]
 pub struct AppserviceReceives {
     pub event: Value,
+    #[serde(default)]
+    pub within_ms: Option<u64>,
+}
+
+/// Waits until the identity peer has an exchange of `operation` (an identity-service operation
+/// id, or `server-server/<operationId>` for what it sent the homeserver) whose record
+/// (`{caller, method, path, query, body, origin, signed_as, status, answer}`) contains `match`
+/// (templated); the step's `expect.checks` and `capture` read the record. Exchanges stay for
+/// later steps.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityReceives {
+    pub operation: String,
+    #[serde(default, rename = "match")]
+    pub matches: Option<Value>,
     #[serde(default)]
     pub within_ms: Option<u64>,
 }
@@ -1073,10 +1104,10 @@ impl Scenario {
         for n in &self.needs {
             if !matches!(
                 n.as_str(),
-                "appservice" | "mail" | "web" | "sms" | "push" | "admin"
+                "appservice" | "mail" | "web" | "sms" | "push" | "identity" | "admin"
             ) {
                 return fail(format!(
-                    "`needs` names peers (appservice, mail, web, sms, push) or admin; not {n:?}"
+                    "`needs` names peers (appservice, mail, web, sms, push, identity) or admin; not {n:?}"
                 ));
             }
         }
@@ -1294,6 +1325,15 @@ impl Scenario {
                 ));
             }
             if step.kind.server().is_some() {
+                continue;
+            }
+            if let Some(why) = crate::runner::identity::lint(self, step) {
+                return fail(format!("step {n}: {why}"));
+            }
+            if matches!(
+                step.kind,
+                StepKind::IdentityCall(_) | StepKind::IdentityReceives(_)
+            ) {
                 continue;
             }
             if let StepKind::Push(p) = &step.kind {

@@ -9,7 +9,8 @@
 #
 # The first Synapse (server name `localhost`, the one the suites test) serves the client and
 # federation APIs over HTTP on SYNAPSE_PORT for the harness, and federation over TLS on
-# 127.0.0.1:8448 (the port its name implies) for other homeservers. `start-partners` starts
+# 127.0.0.1:8448 (the port its name implies) for other homeservers; it trusts the harness's
+# authority for identity servers too (the identity peer on 127.0.0.1:18090). `start-partners` starts
 # Synapses named `localhost:18449` and `localhost:18450` (client APIs on 18018 and 18028),
 # each federating with the first and with each other over TLS; their certificates, like the
 # fake servers', chain to the harness's authority, which every one of them trusts. The
@@ -191,6 +192,19 @@ disable_existing_loggers: false
 YAML
 }
 
+# The harness's identity server (harness/src/peers/identity.rs) serves HTTPS with a certificate
+# from that authority. Synapse calls identity servers through its plain HTTP client, which
+# verifies certificates against OpenSSL's default trust (twisted's platformTrust): SSL_CERT_FILE,
+# set for this Synapse only, replaces that with the system's authorities and the harness's.
+identity_trust() {
+  local system
+  system="$("$venv/bin/python" -c 'import ssl; print(ssl.get_default_verify_paths().openssl_cafile or "")')"
+  {
+    if [ -n "$system" ] && [ -f "$system" ]; then cat "$system"; fi
+    cat "$dir/federation-ca/ca.pem"
+  } > "$dir/trust.pem"
+}
+
 running() {
   [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
 }
@@ -350,8 +364,9 @@ start() {
   fi
   rm -rf "$data"
   authority
+  identity_trust
   write_config
-  launch "$data" "$url" || { stop; exit 1; }
+  SSL_CERT_FILE="$dir/trust.pem" launch "$data" "$url" || { stop; exit 1; }
   echo "$url"
 }
 

@@ -15,6 +15,7 @@ fn start() -> Peers {
         appservice: Some("peers/appservice.yaml".into()),
         smtp: Some("127.0.0.1:18025".into()),
         web: Some("127.0.0.1:18080".into()),
+        ..PeersConfig::default()
     };
     // Free ports: tests may run beside a compliance run using the fixed ones.
     Peers::start(

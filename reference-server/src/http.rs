@@ -262,6 +262,14 @@ async fn handle_inner(
             route.operation_id
         )));
     };
+    // The no-op mutant (tests only): the request is checked as the handler would decode it,
+    // then answered with a made-up success, and nothing is done.
+    if server.config.noop_mutant.as_deref() == Some(route.operation_id) {
+        handlers::check_request(route.operation_id, &input)?;
+        let (status, v) =
+            crate::mutant::answer(route, &server.config.server_name, input.get("body"));
+        return Ok(json_response(status, &v));
+    }
     let ctx = Ctx {
         server,
         user,

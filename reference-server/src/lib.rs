@@ -11,6 +11,7 @@ pub mod events;
 pub mod federation;
 pub mod handlers;
 pub mod http;
+pub mod mutant;
 pub mod outbound;
 mod push_delivery;
 pub mod router;
@@ -83,6 +84,10 @@ pub struct Config {
     /// Authorities (PEM) trusted for outbound HTTPS and SMTP beside the system's: application
     /// services, CAS, SMS gateways, pages to preview, the mail relay.
     pub outbound_ca: Vec<String>,
+    /// Tests only (`mxconform mutants`): the client-server operation, by operation id, whose
+    /// requests are answered with a schema-valid success while nothing is done (see
+    /// [`mutant`]). `None` (always, outside those tests) costs one comparison per request.
+    pub noop_mutant: Option<String>,
 }
 
 /// What one client may hold of the server: a request's headers must arrive within
@@ -161,6 +166,7 @@ impl Config {
             federation: None,
             limits: ConnectionLimits::default(),
             outbound_ca: Vec::new(),
+            noop_mutant: None,
         }
     }
 }

@@ -408,3 +408,77 @@ async fn a_flood_of_unauthenticated_registrations_holds_a_bounded_number_of_sess
     let held = server.uia.lock().expect("lock").len();
     assert_eq!(held, UiaSessions::MAX);
 }
+
+/// Identity servers are named by clients: one on an internal address is refused unless the
+/// address is allowed (then it is asked, and an identity server that cannot be reached is 502
+/// `M_CONNECTION_FAILED`), and one that is no host name at all is refused before anything.
+#[tokio::test]
+async fn identity_servers_on_internal_addresses_are_refused_unless_allowed() {
+    let bind = |id_server: &str| json!({"client_secret": "cs", "sid": "sid", "id_access_token": "t", "id_server": id_server});
+    let server = Server::open(Config::in_memory("test.local")).expect("opens");
+    let token = register(&server, "binder").await;
+    for id_server in [
+        "127.0.0.1:9",
+        "10.0.0.1",
+        "[::1]:9",
+        "https://example.org",
+        "a/b",
+    ] {
+        let (s, v) = call(
+            &server,
+            "POST",
+            "/_matrix/client/v3/account/3pid/bind",
+            Some(&token),
+            Some(bind(id_server)),
+        )
+        .await;
+        assert_eq!(
+            (s, v["errcode"].as_str()),
+            (400, Some("M_INVALID_PARAM")),
+            "{id_server}: {v}"
+        );
+    }
+    let (s, v) = call(
+        &server,
+        "POST",
+        "/_matrix/client/v3/account/3pid/unbind",
+        Some(&token),
+        Some(json!({"medium": "email", "address": "a@example.org", "id_server": "127.0.0.1:9"})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{v}"
+    );
+    // Without an identity server named or known, nothing is asked.
+    let (s, v) = call(
+        &server,
+        "POST",
+        "/_matrix/client/v3/account/3pid/unbind",
+        Some(&token),
+        Some(json!({"medium": "email", "address": "a@example.org"})),
+    )
+    .await;
+    assert_eq!(
+        (s, v),
+        (200, json!({"id_server_unbind_result": "no-support"}))
+    );
+    let mut config = Config::in_memory("test.local");
+    config.outbound_allow = vec!["127.0.0.1".parse().expect("ip")];
+    let server = Server::open(config).expect("opens");
+    let token = register(&server, "binder").await;
+    let (s, v) = call(
+        &server,
+        "POST",
+        "/_matrix/client/v3/account/3pid/bind",
+        Some(&token),
+        Some(bind("127.0.0.1:9")),
+    )
+    .await;
+    assert_eq!(
+        (s, v["errcode"].as_str()),
+        (502, Some("M_CONNECTION_FAILED")),
+        "{v}"
+    );
+}

@@ -51,7 +51,14 @@ fn named_port(server_name: &str) -> Option<u16> {
 }
 
 pub fn start(spec: Spec<'_>) -> Result<Embedded> {
+    start_mutant(spec, None)
+}
+
+/// [`start`], with the no-op mutant of `mxconform mutants` when it names an operation (that
+/// operation answers a made-up success and does nothing).
+pub fn start_mutant(spec: Spec<'_>, noop_mutant: Option<&str>) -> Result<Embedded> {
     let mut config = mxconform_server::Config::in_memory(&spec.server_name);
+    config.noop_mutant = noop_mutant.map(str::to_string);
     config.federation = spec
         .authority
         .map(|ca| mxconform_server::federation::FederationConfig {
@@ -91,6 +98,14 @@ pub fn start(spec: Spec<'_>) -> Result<Embedded> {
             // The web peer's pages may be previewed although they are on loopback.
             config.url_preview = true;
             config.outbound_allow = vec![web.ip()];
+        }
+        // The identity server clients name is on loopback too, with a certificate from the
+        // same authority.
+        if let (Some(id), Some(ca)) = (&p.identity, spec.authority) {
+            config.outbound_ca.push(ca.cert_pem.clone());
+            if let Ok(a) = id.name.parse::<std::net::SocketAddr>() {
+                config.outbound_allow.push(a.ip());
+            }
         }
         if let Some(web) = p.web_url() {
             config.msisdn_delegate = Some(web.clone());

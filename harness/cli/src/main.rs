@@ -14,6 +14,7 @@ mod bench_pdu;
 mod bench_server;
 mod embedded;
 mod merge_cmd;
+mod mutants;
 mod pdu_cmd;
 
 #[derive(Parser)]
@@ -55,6 +56,10 @@ enum Command {
     /// One report from the JSON reports of a run's partitions (`run --partition K/N` on
     /// several machines): the totals and coverage of the whole run.
     Merge(merge_cmd::MergeArgs),
+    /// How much misbehaviour the suites catch: each state-changing client-server operation of
+    /// the embedded reference server in turn made a no-op answering a schema-valid success,
+    /// killed when a scenario exercising it fails.
+    Mutants(mutants::MutantsArgs),
     /// Benchmarks with figures and ratios against peers (bounded, loopback only).
     Bench {
         /// Which: codegen, compile, server, pdu, or all.
@@ -501,6 +506,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Merge(args) => merge_cmd::run(args),
+        Command::Mutants(args) => mutants::run(args),
         Command::Diff { from, to, format } => diff(&from, &to, format),
         Command::Pdu { command } => pdu_cmd::run(command),
         Command::FederationCa { out, leaf } => {
@@ -826,11 +832,12 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
     } else {
         let base = profile_path.parent().unwrap_or(&harness_dir).to_path_buf();
         Some(std::sync::Arc::new(
-            mxconform_harness::peers::Peers::start(
+            mxconform_harness::peers::Peers::start_with_authority(
                 &profile.peers,
                 &base,
                 &profile.server_name,
                 external.is_none(),
+                authority.as_ref(),
             )
             .context("starting the peers the profile configures")?,
         ))

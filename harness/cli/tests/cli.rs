@@ -1454,3 +1454,89 @@ fn serve_reaches_https_services_mails_over_starttls_and_refuses_loopback_preview
     let _ = std::fs::remove_dir_all(&dir);
     result.expect("outbound requests as configured");
 }
+
+/// The client-server operations that `mxconform mutants` makes no-ops: PUT, POST and DELETE
+/// operations the reference server implements.
+fn mutated_operations() -> Vec<&'static mxconform_generated::Route> {
+    use mxconform_generated::Method;
+    mxconform_generated::client_server::ROUTES
+        .iter()
+        .filter(|r| matches!(r.method, Method::PUT | Method::POST | Method::DELETE))
+        .filter(|r| mxconform_server::handlers::IMPLEMENTED.contains(&r.operation_id))
+        .collect()
+}
+
+#[test]
+fn every_mutant_answer_fits_its_schema() {
+    use mxconform_harness::validate::{validate, Part};
+    let ops = mutated_operations();
+    assert!(ops.len() > 60, "{} state-changing operations", ops.len());
+    let mut wrong = Vec::new();
+    let mut with_schema = 0;
+    for r in &ops {
+        let (status, body) = mxconform_server::mutant::answer(r, "localhost:8448", None);
+        assert!((200..300).contains(&status), "{}: {status}", r.operation_id);
+        match validate(r.operation_id, &Part::Response(status), &body) {
+            Ok(Some(v)) if !v.is_empty() => wrong.push(format!("{}: {body} {v:?}", r.operation_id)),
+            Ok(Some(_)) => with_schema += 1,
+            Ok(None) => {}
+            Err(e) => wrong.push(format!("{}: {e}", r.operation_id)),
+        }
+        // Identifiers are well-formed where the schema or the name asks for one.
+        for (key, v) in body.as_object().into_iter().flatten() {
+            if let (true, Some(id)) = (key.ends_with("room_id"), v.as_str()) {
+                assert!(
+                    mxconform_generated::ids::RoomId::parse(id).is_ok(),
+                    "{}: {key} = {id}",
+                    r.operation_id
+                );
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "answers that break their schema:\n{}",
+        wrong.join("\n")
+    );
+    assert_eq!(
+        with_schema,
+        ops.len(),
+        "every success answer has a schema to fit"
+    );
+}
+
+#[test]
+fn a_mutant_a_scenario_catches_is_killed() {
+    // setRoomTag's mutant stores no tag; tags/user_defined_tag reads the tags back.
+    let out = bin()
+        .args(["mutants", "--only", "setRoomTag"])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("killed    setRoomTag: by ") && !l.contains("only by a refusal")),
+        "{stdout}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[lines.len() - 2..],
+        [
+            "mutants: 1 killed, 0 survived",
+            "untested: 0 (no scenario exercises the operation)"
+        ],
+        "{stdout}"
+    );
+    let unknown = bin()
+        .args(["mutants", "--only", "getRoomTags"])
+        .output()
+        .expect("runs");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("not a state-changing"));
+}

@@ -1680,9 +1680,9 @@ fn media(c: &Call<'_>, thumbnail: bool) -> ApiResult<Response<Bytes>> {
 }
 
 /// An identity server's notice that a third-party identifier is now bound to a user of this
-/// server. Pending third-party invites it carries would each become an invite through the
-/// room's server (exchange_third_party_invite), which this server does not do yet: such a
-/// notice is refused rather than acknowledged and dropped.
+/// server. Each pending third-party invite it carries becomes an invite: made here when the
+/// inviter is a user of this server, else through the inviter's server
+/// (exchange_third_party_invite).
 async fn on_bind(c: &Call<'_>) -> ApiResult<Value> {
     let b = c.body()?.clone();
     for k in ["address", "medium", "mxid"] {
@@ -1720,6 +1720,46 @@ async fn on_bind(c: &Call<'_>) -> ApiResult<Value> {
         let Some(dest) = sender.split_once(':').map(|(_, h)| h.to_string()) else {
             continue;
         };
+        if dest == c.server.config.server_name {
+            // The inviter is ours: the invite is made here, as the inviter, with the display
+            // name of the room's m.room.third_party_invite for the token; the rules check the
+            // identity server's signature against that event's keys.
+            let made = server.write(|s, batch| {
+                let token = signed
+                    .get("token")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let display_name = s
+                    .state_content(room_id, "m.room.third_party_invite", token)
+                    .and_then(|c| c.get("display_name").cloned())
+                    .ok_or_else(|| {
+                        ApiError::forbidden(format!(
+                            "room {room_id} has no third-party invite with token {token:?}"
+                        ))
+                    })?;
+                let content = json!({
+                    "membership": "invite",
+                    "third_party_invite": {"display_name": display_name, "signed": signed},
+                });
+                s.append(
+                    batch,
+                    crate::state::Append::new(
+                        room_id,
+                        sender,
+                        "m.room.member",
+                        Some(&mxid),
+                        content,
+                    ),
+                )
+            });
+            if let Err(e) = made {
+                tracing::warn!(
+                    "a third-party invite to {room_id} for {mxid}: {}",
+                    e.message
+                );
+            }
+            continue;
+        }
         let address = invite
             .get("address")
             .and_then(Value::as_str)

@@ -365,10 +365,18 @@ pub fn change_password(
 pub fn deactivate_account(
     ctx: &Ctx,
     req: cs::account_deactivation::deactivate_account::Request,
-) -> ApiResult<Value> {
+) -> ApiResult<Reply> {
     let b = req.body;
     password_uia(ctx, b.auth.as_ref())?;
     let me = ctx.me()?.clone();
+    // The account's identifiers, to unbind at identity servers once it is gone.
+    let identifiers: Vec<(String, String)> = ctx.server.read(|s| {
+        s.threepids
+            .iter()
+            .filter(|(_, t)| t.user_id == me.user_id)
+            .map(|(k, _)| k.clone())
+            .collect()
+    });
     ctx.server.write(|state, batch| {
         let mut user = state
             .users
@@ -380,8 +388,17 @@ pub fn deactivate_account(
         state.put_user(batch, user);
         state.remove_devices(batch, &me.user_id, None);
         super::threepid::forget_user(state, batch, &me.user_id);
-        Ok(json!({"id_server_unbind_result": "no-support"}))
-    })
+        Ok(())
+    })?;
+    let server = ctx
+        .server
+        .shared()
+        .ok_or_else(|| ApiError::internal("the server is stopping"))?;
+    Ok(Reply::outbound(async move {
+        let result =
+            super::identity::unbind_all(server, me.user_id, b.id_server, identifiers).await;
+        Ok(json!({"id_server_unbind_result": result}))
+    }))
 }
 
 fn device_json(id: &str, d: &Device) -> Value {

@@ -17,6 +17,7 @@ mod credentials;
 pub(crate) mod directory;
 mod discovery;
 mod events;
+mod identity;
 pub(crate) mod keys;
 mod legacy;
 pub(crate) mod media;
@@ -144,6 +145,16 @@ fn call<R: DeserializeOwned, O: Into<Reply>>(
     f(ctx, req).map(Into::into)
 }
 
+/// [`call`]'s decoding alone: the handler `_f` only names the request type.
+fn decodes<R: DeserializeOwned, O>(
+    input: &Value,
+    _f: fn(&Ctx, R) -> ApiResult<O>,
+) -> ApiResult<()> {
+    R::deserialize(input)
+        .map(drop)
+        .map_err(|e| ApiError::bad_json(format!("the request does not fit the spec: {e}")))
+}
+
 macro_rules! table {
     ($($op:literal => $f:path,)*) => {
         /// The operations this server implements, by operation id.
@@ -156,6 +167,15 @@ macro_rules! table {
 
         /// Operation ids of [`dispatch`], for `mxconform routes --implemented`.
         pub const IMPLEMENTED: &[&str] = &[$($op),*];
+
+        /// Whether the input decodes into the operation's request type, as it does before its
+        /// handler runs (the no-op mutant, [`crate::mutant`], checks this much).
+        pub fn check_request(operation_id: &str, input: &Value) -> ApiResult<()> {
+            match operation_id {
+                $( $op => decodes(input, $f), )*
+                _ => Ok(()),
+            }
+        }
     };
 }
 
@@ -296,6 +316,9 @@ table! {
     "add3PID" => threepid::add3_pid,
     "post3PIDs" => threepid::post3_pi_ds,
     "delete3pidFromAccount" => threepid::delete3pid_from_account,
+    "bind3PID" => identity::bind3_pid,
+    "unbind3pidFromAccount" => identity::unbind3pid_from_account,
+    "inviteBy3PID" => identity::invite_by3_pid,
     "getProtocols" => bridges::get_protocols,
     "getProtocolMetadata" => bridges::get_protocol_metadata,
     "queryLocationByProtocol" => bridges::query_location_by_protocol,

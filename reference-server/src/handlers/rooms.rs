@@ -545,45 +545,17 @@ pub fn invite_user(ctx: &Ctx, req: cs::inviting::invite_user::Request) -> ApiRes
     let target = req.body.user_id.as_str().to_string();
     let target_server = target.split_once(':').map(|(_, s)| s.to_string());
     if ctx.server.federation.is_some() && target_server.as_deref().is_some_and(|s| s != ours) {
-        // A user of another server: that server signs the invite first.
-        let room_id = req.room_id.as_str().to_string();
-        let prepared = ctx.server.read(|state| {
-            if state.room(&room_id)?.membership(&target) == Some("invite") {
-                return Ok(None);
-            }
-            let mut content = membership_content(req.body.reason.as_ref());
-            content["membership"] = json!("invite");
-            state
-                .prepare(Append::new(
-                    &room_id,
-                    &me.user_id,
-                    "m.room.member",
-                    Some(&target),
-                    content,
-                ))
-                .map(Some)
-        })?;
-        let Some(prepared) = prepared else {
-            return Ok(Reply::from(json!({})));
-        };
         let server = ctx
             .server
             .shared()
             .ok_or_else(|| ApiError::internal("the server is shutting down"))?;
-        let dest = target_server.unwrap_or_default();
-        return Ok(Reply::outbound(async move {
-            let signed =
-                crate::federation::joins::invite_remote(&server, &room_id, &dest, prepared.pdu())
-                    .await?;
-            server.write(|state, batch| {
-                let v = state.room(&room_id)?.room_version();
-                let p = prepared
-                    .countersigned(v, signed)
-                    .map_err(|e| ApiError::bad_status(format!("{dest}'s invite answer: {e}")))?;
-                state.append_prepared(batch, p)?;
-                Ok(json!({}))
-            })
-        }));
+        return Ok(Reply::outbound(invite_remote_user(
+            server,
+            req.room_id.as_str().to_string(),
+            me.user_id,
+            target,
+            membership_content(req.body.reason.as_ref()),
+        )));
     }
     let out = ctx.server.write(|state, batch| {
         let target = req.body.user_id.as_str();
@@ -608,6 +580,49 @@ pub fn invite_user(ctx: &Ctx, req: cs::inviting::invite_user::Request) -> ApiRes
         Ok(json!({}))
     })?;
     Ok(Reply::from(out))
+}
+
+/// Invites a user of another server: that server signs the invite first (`content` is the
+/// member event's, without `membership`).
+pub(crate) async fn invite_remote_user(
+    server: std::sync::Arc<crate::Server>,
+    room_id: String,
+    sender: String,
+    target: String,
+    mut content: Value,
+) -> ApiResult<Value> {
+    let dest = target
+        .split_once(':')
+        .map(|(_, s)| s.to_string())
+        .unwrap_or_default();
+    let prepared = server.read(|state| {
+        if state.room(&room_id)?.membership(&target) == Some("invite") {
+            return Ok(None);
+        }
+        content["membership"] = json!("invite");
+        state
+            .prepare(Append::new(
+                &room_id,
+                &sender,
+                "m.room.member",
+                Some(&target),
+                content,
+            ))
+            .map(Some)
+    })?;
+    let Some(prepared) = prepared else {
+        return Ok(json!({}));
+    };
+    let signed =
+        crate::federation::joins::invite_remote(&server, &room_id, &dest, prepared.pdu()).await?;
+    server.write(|state, batch| {
+        let v = state.room(&room_id)?.room_version();
+        let p = prepared
+            .countersigned(v, signed)
+            .map_err(|e| ApiError::bad_status(format!("{dest}'s invite answer: {e}")))?;
+        state.append_prepared(batch, p)?;
+        Ok(json!({}))
+    })
 }
 
 pub fn leave_room(ctx: &Ctx, req: cs::leaving::leave_room::Request) -> ApiResult<Reply> {

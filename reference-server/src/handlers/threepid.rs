@@ -1,6 +1,6 @@
 //! Third-party identifiers (e-mail): validation sessions whose token this server mails through
-//! its relay, and the addresses bound to accounts. There is no identity server here: binding
-//! to one is not offered, and unbinding answers `no-support`.
+//! its relay, and the addresses bound to accounts. Binding them at identity servers, and
+//! unbinding them there, is in [`super::identity`].
 
 use std::time::Duration;
 
@@ -500,7 +500,7 @@ pub fn post3_pi_ds(
 pub fn delete3pid_from_account(
     ctx: &Ctx,
     req: cs::administrative_contact::delete3pid_from_account::Request,
-) -> ApiResult<Value> {
+) -> ApiResult<Reply> {
     use cs::administrative_contact::delete3pid_from_account::Medium;
     let me = ctx.me()?.user_id.clone();
     let b = req.body;
@@ -519,8 +519,19 @@ pub fn delete3pid_from_account(
         if state.threepids.get(&key).is_some_and(|t| t.user_id == me) {
             state.put_threepid(batch, &medium, &address, None);
         }
-        Ok(json!({"id_server_unbind_result": "no-support"}))
-    })
+        Ok(())
+    })?;
+    // Unbound too at the identity server named, else at those it was bound at through us.
+    let server = ctx
+        .server
+        .shared()
+        .ok_or_else(|| ApiError::internal("the server is stopping"))?;
+    Ok(Reply::outbound(async move {
+        let result = super::identity::unbind(server, me, medium, address, b.id_server)
+            .await
+            .unwrap_or("no-support");
+        Ok(json!({"id_server_unbind_result": result}))
+    }))
 }
 
 pub fn get_account3_pi_ds(

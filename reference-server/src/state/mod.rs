@@ -159,6 +159,10 @@ pub struct State {
     pub messages_sent: HashMap<String, Vec<u64>>,
     /// Third-party identifiers bound to accounts: (medium, address) -> binding.
     pub threepids: BTreeMap<(String, String), Threepid>,
+    /// The identity servers a user bound an identifier at through this server (bind3PID):
+    /// (user, medium, address) -> identity servers, unbound there when the identifier or the
+    /// account goes (record `id_server`).
+    pub id_servers: BTreeMap<(String, String, String), BTreeSet<String>>,
     /// Redacted events whose original content the database still holds: (redaction time
     /// ms, position), oldest first; [`State::purge_redacted`] removes it after the retention.
     pub unpurged: BTreeSet<(u64, u64)>,

@@ -162,6 +162,12 @@ impl State {
                     let sess: ThreepidSession = read(&key, v)?;
                     self.threepid_sessions.insert(key.clone(), sess);
                 }
+                "id_server" if parts.len() == 3 => {
+                    let servers: BTreeSet<String> = serde_json::from_value(v)
+                        .map_err(|e| format!("the id_server record {key:?} is malformed: {e}"))?;
+                    self.id_servers
+                        .insert((parts[0].into(), parts[1].into(), parts[2].into()), servers);
+                }
                 "threepid" if parts.len() == 2 => {
                     let r: ThreepidRecord = read(&key, v)?;
                     self.threepids.insert(
