@@ -17,6 +17,8 @@ use crate::scenario::{AuthMode, Scenario, Step, SyncUntil};
 use crate::template::Vars;
 use crate::validate::{self, Part};
 
+mod accounts;
+mod federation;
 pub(crate) mod identity;
 
 /// What a scenario runs against.
@@ -242,7 +244,12 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
         }
     }
     let mut result = match tokio::time::timeout(bound, run.all()).await {
-        Ok(r) => r,
+        Ok(Err(StepError::Skipped(why))) => {
+            run.skipped = Some(why);
+            Ok(())
+        }
+        Ok(Err(StepError::Failed(e))) => Err(e),
+        Ok(Ok(())) => Ok(()),
         Err(_) => Err(format!(
             "the scenario did not finish within {:.1} s",
             bound.as_secs_f64()
@@ -285,7 +292,7 @@ pub async fn run(env: &Env, scenario: &Scenario) -> Outcome {
 }
 
 impl<'a> Run<'a> {
-    async fn all(&mut self) -> Result<(), String> {
+    async fn all(&mut self) -> Result<(), StepError> {
         if self.scenario.needs.iter().any(|n| n == "admin") {
             self.admin()
                 .await
@@ -298,10 +305,9 @@ impl<'a> Run<'a> {
         }
         for (partner, actors) in &self.scenario.partners {
             let Some(p) = self.env.partners.get(partner) else {
-                self.skipped = Some(format!(
+                return Err(StepError::Skipped(format!(
                     "needs the partner homeserver `{partner}`, which the profile does not name ([federation.partners.{partner}])"
-                ));
-                return Err("skipped".into());
+                )));
             };
             self.vars.set(
                 &format!("{partner}.server_name"),
@@ -316,10 +322,9 @@ impl<'a> Run<'a> {
         }
         if !self.scenario.room_versions.is_empty() {
             if let Some(missing) = self.missing_room_version().await? {
-                self.skipped = Some(format!(
+                return Err(StepError::Skipped(format!(
                     "needs room version {missing}, which the server does not offer"
-                ));
-                return Err("skipped".into());
+                )));
             }
         }
         for (i, step) in self.scenario.steps.iter().enumerate() {
@@ -339,7 +344,11 @@ impl<'a> Run<'a> {
                 other => other.key().to_string(),
             };
             let r = match &step.kind {
-                K::Call(_) => self.call_step(step).await,
+                K::Call(_) => match self.call_step(step).await {
+                    Err(StepError::Skipped(why)) => return Err(StepError::Skipped(why)),
+                    Err(StepError::Failed(e)) => Err(e),
+                    Ok(()) => Ok(()),
+                },
                 K::SyncUntil(s) => self.sync_until(step, s).await,
                 K::Await(name) => self.await_background(step, name).await,
                 K::Http(h) => self.http_step(step, h).await,
@@ -360,87 +369,9 @@ impl<'a> Run<'a> {
                 K::Set(vars) => self.set_vars(vars),
                 K::Use(u) => Err(format!("fixture {} was not expanded", u.fixture)),
             };
-            r.map_err(|e| format!("step {} ({label}): {e}", i + 1))?;
+            r.map_err(|e| StepError::from(e).in_step(i + 1, &label))?;
         }
         Ok(())
-    }
-
-    /// Starts the scenario's fake servers, each with a fresh port, key and certificate.
-    async fn start_fakes(
-        &mut self,
-        federation: &crate::federation::Federation,
-    ) -> Result<(), String> {
-        for name in &self.scenario.servers {
-            let fake = crate::federation::fake::Fake::start(
-                &federation.authority,
-                federation.client.clone(),
-                self.scenario.certificates.get(name).copied(),
-            )
-            .await?;
-            if let Ok(mut allowed) = fake.shared.allowed.lock() {
-                allowed.extend(self.scenario.allow_requests.iter().cloned());
-            }
-            self.vars
-                .set(&format!("{name}.server_name"), json!(fake.shared.name));
-            self.vars
-                .set(&format!("{name}.key_id"), json!(fake.shared.key.key_id()));
-            self.vars.set(
-                &format!("{name}.policy_key"),
-                json!(fake.shared.policy_key.public_base64()),
-            );
-            self.fakes.insert(name.clone(), fake);
-        }
-        // Each fake server knows the others' keys, for the events they make.
-        let keys: Vec<(String, mxconform_pdu::VerifyKey)> = self
-            .fakes
-            .values()
-            .map(|f| (f.shared.name.clone(), f.shared.key.verify_key()))
-            .collect();
-        for f in self.fakes.values() {
-            if let Ok(mut peers) = f.shared.peers.lock() {
-                peers.extend(keys.iter().cloned());
-            }
-        }
-        Ok(())
-    }
-
-    fn fake(&self, name: &str) -> Result<std::sync::Arc<crate::federation::fake::Shared>, String> {
-        self.fakes
-            .get(name)
-            .map(|f| f.shared.clone())
-            .ok_or_else(|| format!("no fake server {name}"))
-    }
-
-    /// The result of a federation step: expectations and captures read `body`.
-    fn fed_result(&mut self, step: &Step, status: u16, body: &Value) -> Result<(), String> {
-        crate::expect::response(&step.expect, status, body, &self.vars)?;
-        self.capture(step, body, &[])
-    }
-
-    async fn fed_join(&mut self, step: &Step, j: &crate::scenario::FedJoin) -> Result<(), String> {
-        let shared = self.fake(&j.server)?;
-        let room = self.vars.render_text(&j.room)?;
-        let user = format!("@{}:{}", self.vars.render_text(&j.user)?, shared.name);
-        use crate::federation::Handshake;
-        let kind = match j.membership.as_deref() {
-            Some("leave") => Handshake::Leave,
-            Some("knock") => Handshake::Knock,
-            _ => Handshake::Join,
-        };
-        let (make, send) = match kind {
-            Handshake::Join => ("makeJoin", "sendJoinV2"),
-            Handshake::Leave => ("makeLeave", "sendLeaveV2"),
-            Handshake::Knock => ("makeKnock", "sendKnock"),
-        };
-        self.record(&format!("server-server/{make}"));
-        self.record(&format!("server-server/{send}"));
-        let (event_id, version, answer) =
-            crate::federation::handshake(&shared, kind, &user, &room).await?;
-        self.fed_result(
-            step,
-            200,
-            &json!({"event_id": event_id, "room_version": version, "user_id": user, "answer": answer}),
-        )
     }
 
     fn set_vars(&mut self, vars: &BTreeMap<String, Value>) -> Result<(), String> {
@@ -449,433 +380,6 @@ impl<'a> Run<'a> {
             self.vars.set(k, v);
         }
         Ok(())
-    }
-
-    async fn fed_create_room(
-        &mut self,
-        step: &Step,
-        c: &crate::scenario::FedCreateRoom,
-    ) -> Result<(), String> {
-        use mxconform_pdu::build::{NewEvent, Origin};
-        let shared = self.fake(&c.server)?;
-        let user = |localpart: &str| format!("@{localpart}:{}", shared.name);
-        let creator = user(&self.vars.render_text(&c.creator)?);
-        let version_id = self.vars.render_text(&c.version)?;
-        let version = mxconform_pdu::RoomVersion::get(&version_id)
-            .ok_or_else(|| format!("room version {version_id:?} is not one of 1-12"))?;
-        let ts = crate::federation::fake::now_ms();
-        let mut rules = json!({"join_rule": c.join_rule.as_deref().unwrap_or("public")});
-        if !c.allow.is_empty() {
-            let allow: Vec<Value> = c
-                .allow
-                .iter()
-                .map(|r| {
-                    self.vars
-                        .render_text(r)
-                        .map(|id| json!({"type": "m.room_membership", "room_id": id}))
-                })
-                .collect::<Result<_, _>>()?;
-            rules["allow"] = Value::Array(allow);
-        }
-        let mut state = vec![NewEvent::new(
-            "m.room.join_rules",
-            Some(""),
-            &creator,
-            rules,
-            ts,
-        )];
-        for e in &c.state {
-            let sender = match &e.sender {
-                Some(s) => user(&self.vars.render_text(s)?),
-                None => creator.clone(),
-            };
-            let key = self.vars.render_text(&e.state_key)?;
-            state.push(NewEvent::new(
-                &e.kind,
-                Some(&key),
-                &sender,
-                self.vars.render(&e.content)?,
-                ts,
-            ));
-        }
-        let origin = Origin {
-            server_name: &shared.name,
-            key: &shared.key,
-        };
-        let room = crate::federation::room::RoomView::create(
-            version,
-            origin,
-            &creator,
-            c.room_type.as_deref(),
-            state,
-            ts,
-        )?;
-        let room_id = room.room_id.clone();
-        shared
-            .rooms
-            .lock()
-            .map_err(|_| "room lock")?
-            .insert(room_id.clone(), room);
-        self.fed_result(
-            step,
-            200,
-            &json!({"room_id": room_id, "room_version": version.id, "creator": creator}),
-        )
-    }
-
-    async fn fed_answer(
-        &mut self,
-        step: &Step,
-        a: &crate::scenario::FedAnswer,
-    ) -> Result<(), String> {
-        let shared = self.fake(&a.server)?;
-        let status = a.status.unwrap_or(200);
-        let body = a.body.as_ref().map(|b| self.vars.render(b)).transpose()?;
-        let raw = match &a.media {
-            Some(m) => {
-                let bytes = crate::template::base64_decode(&m.base64)
-                    .ok_or("media.base64 is not valid base64")?;
-                Some(crate::federation::fake::multipart_media(
-                    &m.content_type,
-                    &bytes,
-                ))
-            }
-            None => None,
-        };
-        let body = body.unwrap_or(Value::Null);
-        // What the scenario makes the fake server say must itself follow the spec, unless
-        // the step says it is wrong on purpose.
-        if raw.is_none() && (200..300).contains(&status) && !step.invalid {
-            let part = crate::validate::Part::Response(status);
-            if let Ok(Some(v)) = crate::validate::validate_in(
-                mxconform_generated::Group::ServerServer,
-                &a.operation,
-                &part,
-                &body,
-            ) {
-                if !v.is_empty() {
-                    return Err(format!(
-                        "the answer given for {} breaks its schema (say `invalid: true` if meant): {}",
-                        a.operation,
-                        v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
-                    ));
-                }
-            }
-        }
-        shared.canned.lock().map_err(|_| "lock")?.insert(
-            a.operation.clone(),
-            crate::federation::fake::Canned {
-                status,
-                body,
-                raw,
-                times: a.times,
-            },
-        );
-        Ok(())
-    }
-
-    async fn fed_invite(
-        &mut self,
-        step: &Step,
-        f: &crate::scenario::FedInvite,
-    ) -> Result<(), String> {
-        let shared = self.fake(&f.server)?;
-        let room = self.vars.render_text(&f.room)?;
-        let sender = format!("@{}:{}", self.vars.render_text(&f.sender)?, shared.name);
-        let target = self.vars.render_text(&f.target)?;
-        self.record(if f.v1 {
-            "server-server/sendInviteV1"
-        } else {
-            "server-server/sendInviteV2"
-        });
-        self.record("server-server/sendTransaction");
-        let event_id = crate::federation::invite(&shared, &sender, &room, &target, f.v1).await?;
-        self.fed_result(step, 200, &json!({"event_id": event_id}))
-    }
-
-    async fn fed_send(&mut self, step: &Step, f: &crate::scenario::FedSend) -> Result<(), String> {
-        let shared = self.fake(&f.server)?;
-        let room = self.vars.render_text(&f.room)?;
-        let sender = format!("@{}:{}", self.vars.render_text(&f.sender)?, shared.name);
-        let state_key = f
-            .state_key
-            .as_deref()
-            .map(|k| self.vars.render_text(k))
-            .transpose()?;
-        let content = self.vars.render(&f.content)?;
-        let tamper = f.tamper.as_ref().map(|t| self.vars.render(t)).transpose()?;
-        let ids = |list: &Option<Vec<String>>| -> Result<Option<Vec<String>>, String> {
-            list.as_ref()
-                .map(|l| l.iter().map(|i| self.vars.render_text(i)).collect())
-                .transpose()
-        };
-        let overrides = crate::federation::Overrides {
-            tamper,
-            resign: f.resign,
-            prev: ids(&f.prev)?,
-            auth: ids(&f.auth)?,
-            hold: f.hold,
-        };
-        let new = mxconform_pdu::build::NewEvent::new(
-            &f.kind,
-            state_key.as_deref(),
-            &sender,
-            content,
-            crate::federation::fake::now_ms(),
-        );
-        if !f.hold {
-            self.record("server-server/sendTransaction");
-        }
-        let (event_id, result) =
-            crate::federation::send_event(&shared, &room, new, &overrides, f.retries).await?;
-        // The event itself too (a held one can be handed to the server under test otherwise).
-        let pdu = crate::federation::held_event(&shared, &event_id).unwrap_or(Value::Null);
-        self.fed_result(
-            step,
-            200,
-            &json!({"event_id": event_id, "result": result, "pdu": pdu}),
-        )
-    }
-
-    async fn fed_edu(&mut self, step: &Step, e: &crate::scenario::FedEdu) -> Result<(), String> {
-        let shared = self.fake(&e.server)?;
-        let content = self.vars.render(&e.content)?;
-        self.record("server-server/sendTransaction");
-        let answer = crate::federation::send_edus(
-            &shared,
-            vec![json!({"edu_type": e.edu_type, "content": content})],
-        )
-        .await?;
-        self.fed_result(step, 200, &answer)
-    }
-
-    async fn fed_transaction(
-        &mut self,
-        step: &Step,
-        t: &crate::scenario::FedTransaction,
-    ) -> Result<(), String> {
-        let shared = self.fake(&t.server)?;
-        let ids: Vec<String> = t
-            .pdus
-            .iter()
-            .map(|i| self.vars.render_text(i))
-            .collect::<Result<_, _>>()?;
-        let edus: Vec<Value> = t
-            .edus
-            .iter()
-            .map(|e| self.vars.render(e))
-            .collect::<Result<_, _>>()?;
-        self.record("server-server/sendTransaction");
-        let (status, body) = crate::federation::send_transaction(&shared, &ids, edus).await?;
-        self.fed_result(step, status, &body)
-    }
-
-    async fn fed_call(&mut self, step: &Step, c: &crate::scenario::FedCall) -> Result<(), String> {
-        let shared = self.fake(&c.server)?;
-        let route = crate::federation::client::route(&c.call)
-            .ok_or_else(|| format!("no server-server operation {}", c.call))?;
-        let path: BTreeMap<String, String> = self
-            .render_params(&c.path)?
-            .into_iter()
-            .map(|(k, v)| (k, text_of(&v)))
-            .collect();
-        let mut url = crate::client::fill_path(route, &path)?;
-        let mut query = Vec::new();
-        for (k, v) in self.render_params(&c.query)? {
-            match v {
-                Value::Array(items) => query.extend(items.iter().map(|i| (k.clone(), text_of(i)))),
-                Value::Null => {}
-                other => query.push((k, text_of(&other))),
-            }
-        }
-        if !query.is_empty() {
-            let q: Vec<String> = query
-                .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "{}={}",
-                        crate::client::encode_segment(k),
-                        crate::client::encode_segment(v)
-                    )
-                })
-                .collect();
-            url = format!("{url}?{}", q.join("&"));
-        }
-        let body = c.body.as_ref().map(|b| self.vars.render(b)).transpose()?;
-        let body = body.map(|b| self.signed(step, b)).transpose()?;
-        if let Some(b) = &body {
-            if let Ok(Some(v)) = crate::validate::validate_in(
-                mxconform_generated::Group::ServerServer,
-                route.operation_id,
-                &crate::validate::Part::Request,
-                b,
-            ) {
-                if !v.is_empty() && !step.invalid {
-                    return Err(format!(
-                        "the request breaks {}'s schema: {}",
-                        route.operation_id,
-                        v.iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    ));
-                }
-            }
-        }
-        self.record(&format!("server-server/{}", route.operation_id));
-        // `eventually_ms`: for what a server applies in the background (its room directory's
-        // search index), the call repeats every 100 ms until the expectation holds.
-        let deadline = std::time::Instant::now()
-            + std::time::Duration::from_millis(step.eventually_ms.unwrap_or(0));
-        loop {
-            let answer = shared
-                .client
-                .request(
-                    &shared.name,
-                    &shared.key,
-                    Some(route),
-                    route.method.as_str(),
-                    &url,
-                    body.as_ref(),
-                )
-                .await?;
-            if answer.status == 200 {
-                let room = path.get("roomId").map(String::as_str);
-                crate::federation::check_answer(&shared, route.operation_id, room, &answer.body)
-                    .await;
-            }
-            // A Policy Server's signature must verify with the key the room names for it.
-            if answer.status == 200 && route.operation_id == "askPolicyServerToSign" {
-                let mut signed = body.clone().unwrap_or_default();
-                if let Some(sigs) = answer.body.as_object() {
-                    for (server, by) in sigs {
-                        for (key_id, sig) in by.as_object().into_iter().flatten() {
-                            signed["signatures"][server][key_id] = sig.clone();
-                        }
-                    }
-                }
-                match crate::federation::fake::policy_signature_problem(&shared, &signed) {
-                    Some(why) => return Err(format!("the Policy Server's answer: {why}")),
-                    None if shared
-                        .rooms
-                        .lock()
-                        .ok()
-                        .and_then(|r| {
-                            let id = signed.get("room_id")?.as_str()?;
-                            r.get(id)?.policy_server()
-                        })
-                        .is_none() =>
-                    {
-                        return Err(
-                            "the Policy Server signed an event of a room that names none".into(),
-                        )
-                    }
-                    None => {}
-                }
-            }
-            match self.fed_result(step, answer.status, &answer.body) {
-                Err(_) if std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn fed_await(
-        &mut self,
-        step: &Step,
-        a: &crate::scenario::FedAwait,
-    ) -> Result<(), String> {
-        use crate::federation::fake::Received;
-        let shared = self.fake(&a.server)?;
-        let within = Duration::from_millis(a.within_ms.unwrap_or(10_000).min(60_000));
-        let pdu = a.pdu.as_ref().map(|p| self.vars.render(p)).transpose()?;
-        let edu = a.edu.as_ref().map(|p| self.vars.render(p)).transpose()?;
-        let request = a.request.clone();
-        let handshake = a.handshake.is_some();
-        let found = shared
-            .inbox
-            .wait_for(0, within, |r| match (r, &pdu, &edu, &request) {
-                (Received::Pdu { pdu: got, .. }, Some(want), _, _) => {
-                    crate::expect::subset(want, got)
-                }
-                (Received::Edu { edu: got }, _, Some(want), _) => crate::expect::subset(want, got),
-                (Received::Request { operation, .. }, _, _, Some(op)) => operation == op,
-                (Received::Handshake { .. }, _, _, _) => handshake,
-                _ => false,
-            })
-            .await;
-        if let (Some(without), Some((at, _))) = (&a.without, &found) {
-            let without = self.vars.render(without)?;
-            let seen = shared.inbox.items();
-            let early = seen.iter().take(at + 1).find(|r| match r {
-                Received::Pdu { pdu, .. } => crate::expect::subset(&without, pdu),
-                Received::Edu { edu } => crate::expect::subset(&without, edu),
-                Received::Request { .. } | Received::Handshake { .. } => false,
-            });
-            if let Some(early) = early {
-                return Err(format!(
-                    "{} was sent what it must not have been before the sentinel: {early:?}",
-                    shared.name
-                ));
-            }
-        }
-        let Some((_, item)) = found else {
-            let what = pdu
-                .map(|p| format!("a PDU containing {p}"))
-                .or(edu.map(|e| format!("an EDU containing {e}")))
-                .or(request.map(|r| format!("a {r} request")))
-                .unwrap_or_else(|| "a refused TLS handshake".to_string());
-            let seen: Vec<String> = shared
-                .inbox
-                .items()
-                .iter()
-                .map(|r| match r {
-                    Received::Pdu { pdu, .. } => format!(
-                        "PDU {} {}",
-                        pdu.get("type").and_then(Value::as_str).unwrap_or("?"),
-                        pdu.get("event_id").and_then(Value::as_str).unwrap_or("")
-                    ),
-                    Received::Edu { edu } => format!(
-                        "EDU {}",
-                        edu.get("edu_type").and_then(Value::as_str).unwrap_or("?")
-                    ),
-                    Received::Request { operation, .. } => format!("request {operation}"),
-                    Received::Handshake { error } => format!("a failed handshake ({error})"),
-                })
-                .collect();
-            return Err(format!(
-                "{} was not sent {what} within {} ms (it was sent: {})",
-                shared.name,
-                within.as_millis(),
-                if seen.is_empty() {
-                    "nothing".to_string()
-                } else {
-                    seen.join(", ")
-                }
-            ));
-        };
-        if let (Some(true), Received::Pdu { pdu: got, .. }) = (a.policy_signed, &item) {
-            let problem =
-                crate::federation::fake::policy_signature_problem(&shared, got).or_else(|| {
-                    let room = got.get("room_id")?.as_str()?;
-                    let uses = shared.rooms.lock().ok()?.get(room)?.policy_server();
-                    uses.is_none()
-                        .then(|| format!("room {room} names no Policy Server"))
-                });
-            if let Some(why) = problem {
-                return Err(format!("the awaited PDU: {why}"));
-            }
-        }
-        let body = match item {
-            Received::Pdu { pdu, .. } => pdu,
-            Received::Edu { edu } => edu,
-            Received::Request { body, .. } => json!({"body": body}),
-            Received::Handshake { error } => json!({"error": error}),
-        };
-        // What was sent is the "response": checks and captures read it.
-        self.fed_result(step, 200, &body)
     }
 
     /// The client of the server the current step talks to.
@@ -924,275 +428,6 @@ impl<'a> Run<'a> {
             .await?;
         check_schema(route, &resp)?;
         Ok(resp)
-    }
-
-    async fn register(&mut self, actor: &str) -> Result<(), String> {
-        let localpart = format!("{actor}-{}", self.vars.unique);
-        let password = format!("pw-{}-{}", self.vars.unique, actor);
-        let partner = self
-            .on_partner
-            .as_ref()
-            .and_then(|p| self.env.partners.get(p));
-        let registration = partner.map_or(self.env.profile.registration, |p| p.config.registration);
-        let body = match registration {
-            Registration::Open => self.register_open(&localpart, &password).await?,
-            Registration::SharedSecret => {
-                self.register_shared_secret(&localpart, &password, false)
-                    .await?
-            }
-        };
-        let get = |k: &str| {
-            body.get(k)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| format!("the registration response has no `{k}`: {body}"))
-        };
-        let user_id = get("user_id")?;
-        let token = get("access_token")?;
-        let device_id = get("device_id")?;
-        self.vars.set(&format!("{actor}.user_id"), json!(user_id));
-        self.vars.set(&format!("{actor}.token"), json!(token));
-        self.vars
-            .set(&format!("{actor}.device_id"), json!(device_id));
-        self.vars
-            .set(&format!("{actor}.localpart"), json!(localpart));
-        self.vars.set(&format!("{actor}.password"), json!(password));
-        self.tokens.insert(actor.to_string(), token);
-        Ok(())
-    }
-
-    /// `POST /register`, then the `m.login.dummy` stage when the server asks for one.
-    async fn register_open(&mut self, localpart: &str, password: &str) -> Result<Value, String> {
-        let route = crate::route("register").ok_or("no register operation")?;
-        let mut body = json!({"username": localpart, "password": password, "initial_device_display_name": "mxconform"});
-        let first = self
-            .call(
-                route,
-                &BTreeMap::new(),
-                &[],
-                Body::Json(body.clone()),
-                None,
-                false,
-                None,
-            )
-            .await?;
-        if first.status == 200 {
-            return Ok(first.body);
-        }
-        if first.status != 401 {
-            return Err(format!(
-                "status {} from register: {}",
-                first.status, first.body
-            ));
-        }
-        let session = first
-            .body
-            .get("session")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let offers_dummy = first
-            .body
-            .get("flows")
-            .and_then(Value::as_array)
-            .is_some_and(|flows| {
-                flows.iter().any(|f| {
-                    f.get("stages")
-                        .and_then(Value::as_array)
-                        .is_some_and(|s| s == &[json!("m.login.dummy")])
-                })
-            });
-        if !offers_dummy {
-            return Err(format!(
-                "the server offers no registration flow of just m.login.dummy: {}",
-                first.body
-            ));
-        }
-        let mut auth = json!({"type": "m.login.dummy"});
-        if let Some(s) = session {
-            auth["session"] = json!(s);
-        }
-        body["auth"] = auth;
-        let second = self
-            .call(
-                route,
-                &BTreeMap::new(),
-                &[],
-                Body::Json(body),
-                None,
-                false,
-                None,
-            )
-            .await?;
-        if second.status != 200 {
-            return Err(format!(
-                "status {} from register with m.login.dummy: {}",
-                second.status, second.body
-            ));
-        }
-        Ok(second.body)
-    }
-
-    /// Synapse's admin registration: a nonce, then an HMAC-SHA1 over it and the credentials.
-    /// The first of the scenario's room versions the server's capabilities do not list as
-    /// available, asked as the first actor.
-    async fn missing_room_version(&mut self) -> Result<Option<String>, String> {
-        let route = crate::route("getCapabilities").ok_or("no getCapabilities operation")?;
-        let actor = self
-            .scenario
-            .actors
-            .first()
-            .ok_or("room_versions needs an actor to ask /capabilities")?;
-        let token = self.tokens.get(actor).cloned();
-        let resp = self
-            .call(
-                route,
-                &BTreeMap::new(),
-                &[],
-                Body::None,
-                token.as_deref(),
-                false,
-                None,
-            )
-            .await?;
-        if resp.status != 200 {
-            return Err(format!(
-                "/capabilities answered {}: {}",
-                resp.status, resp.body
-            ));
-        }
-        let available = resp.body.pointer("/capabilities/m.room_versions/available");
-        Ok(self
-            .scenario
-            .room_versions
-            .iter()
-            .find(|v| available.and_then(|a| a.get(v.as_str())).is_none())
-            .cloned())
-    }
-
-    /// Sets `admin.user_id`, `admin.token` and `admin.localpart`, making the account (or
-    /// logging in to it) once per run.
-    async fn admin(&mut self) -> Result<(), String> {
-        let env = self.env;
-        let localpart = env
-            .profile
-            .admin
-            .clone()
-            .ok_or("the profile names no admin")?;
-        let (user_id, token) = env
-            .admin
-            .get_or_init(|| self.make_admin(&localpart))
-            .await
-            .clone()?;
-        self.vars.set("admin.user_id", json!(user_id));
-        self.vars.set("admin.token", json!(token));
-        self.vars.set("admin.localpart", json!(localpart));
-        Ok(())
-    }
-
-    async fn make_admin(&mut self, localpart: &str) -> Result<(String, String), String> {
-        // The password is the same on every run (derived from the shared secret, if any), so
-        // a later run against the same server logs in to the account an earlier one made.
-        let secret = self.env.profile.shared_secret.clone().unwrap_or_default();
-        let password = hmac_sha1_hex(
-            &secret,
-            &[b"mxconform admin password\0", localpart.as_bytes()],
-        )?;
-        let made = match self.env.profile.registration {
-            Registration::Open => self.register_open(localpart, &password).await,
-            Registration::SharedSecret => {
-                self.register_shared_secret(localpart, &password, true)
-                    .await
-            }
-        };
-        let body = match made {
-            Ok(b) => b,
-            Err(e) if e.contains("M_USER_IN_USE") || e.contains("already taken") => {
-                let route = crate::route("login").ok_or("no login operation")?;
-                let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart}, "password": password});
-                let resp = self
-                    .call(
-                        route,
-                        &BTreeMap::new(),
-                        &[],
-                        Body::Json(body),
-                        None,
-                        false,
-                        None,
-                    )
-                    .await?;
-                if resp.status != 200 {
-                    return Err(format!(
-                        "{localpart} exists but the login answered {}: {}",
-                        resp.status, resp.body
-                    ));
-                }
-                resp.body
-            }
-            Err(e) => return Err(e),
-        };
-        let get = |k: &str| {
-            body.get(k)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| format!("no `{k}` in {body}"))
-        };
-        Ok((get("user_id")?, get("access_token")?))
-    }
-
-    async fn register_shared_secret(
-        &mut self,
-        localpart: &str,
-        password: &str,
-        admin: bool,
-    ) -> Result<Value, String> {
-        let secret = match self
-            .on_partner
-            .as_ref()
-            .and_then(|p| self.env.partners.get(p))
-        {
-            Some(p) => p.config.shared_secret.clone(),
-            None => self.env.profile.shared_secret.clone(),
-        }
-        .unwrap_or_default();
-        let path = "/_synapse/admin/v1/register";
-        let nonce_resp = self
-            .client()
-            .send("GET", path, &[], Body::None, None, None, Default::default())
-            .await?;
-        let nonce = nonce_resp
-            .body
-            .get("nonce")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("no nonce from {path}: {}", nonce_resp.body))?
-            .to_string();
-        let digest = hmac_sha1_hex(
-            &secret,
-            &[
-                nonce.as_bytes(),
-                b"\0",
-                localpart.as_bytes(),
-                b"\0",
-                password.as_bytes(),
-                if admin { b"\0admin" } else { b"\0notadmin" },
-            ],
-        )?;
-        let body = json!({"nonce": nonce, "username": localpart, "password": password, "mac": digest, "admin": admin});
-        let resp = self
-            .client()
-            .send(
-                "POST",
-                path,
-                &[],
-                Body::Json(body),
-                None,
-                None,
-                Default::default(),
-            )
-            .await?;
-        if resp.status != 200 {
-            return Err(format!("status {} from {path}: {}", resp.status, resp.body));
-        }
-        Ok(resp.body)
     }
 
     fn token_for(&self, step: &Step, actor: Option<&String>) -> Result<Option<String>, String> {
@@ -1248,7 +483,7 @@ impl<'a> Run<'a> {
         Ok(body)
     }
 
-    async fn call_step(&mut self, step: &Step) -> Result<(), String> {
+    async fn call_step(&mut self, step: &Step) -> Result<(), StepError> {
         let op = step.call().ok_or("no operation")?;
         let route = crate::route(op).ok_or_else(|| format!("no operation {op}"))?;
         let mut path: BTreeMap<String, String> = self
@@ -1320,11 +555,10 @@ impl<'a> Run<'a> {
             let unrecognized = matches!(resp.status, 404 | 405)
                 && resp.body.get("errcode").and_then(Value::as_str) == Some("M_UNRECOGNIZED");
             if step.skip_if_unrecognized && unrecognized {
-                self.skipped = Some(format!(
+                return Err(StepError::Skipped(format!(
                     "the server does not implement {op} ({} M_UNRECOGNIZED)",
                     resp.status
-                ));
-                return Err("skipped".into());
+                )));
             }
             match crate::expect::response(&step.expect, resp.status, &resp.body, &self.vars) {
                 Ok(()) => break resp,
@@ -1333,12 +567,12 @@ impl<'a> Run<'a> {
                         tokio::time::sleep(Duration::from_millis(100)).await
                     }
                     Some(_) => {
-                        return Err(format!(
+                        return Err(StepError::Failed(format!(
                             "{e} (still, after {} ms of retries)",
                             step.eventually_ms.unwrap_or(0)
-                        ))
+                        )))
                     }
-                    None => return Err(e),
+                    None => return Err(e.into()),
                 },
             }
         };
@@ -1859,5 +1093,37 @@ fn appservice_operations_behind(op: &str) -> &'static [&'static str] {
         "getRoomIdByAlias" | "joinRoom" => &["queryRoomByAlias"],
         "getProfile" | "getDisplayName" | "inviteUser" | "createRoom" => &["queryUserById"],
         _ => &[],
+    }
+}
+
+/// Why a scenario stopped before its end.
+#[derive(Debug)]
+pub enum StepError {
+    /// The server lacks what the scenario needs (a partner, a room version, an operation it
+    /// answers `M_UNRECOGNIZED`): the scenario is skipped with this reason, not failed.
+    Skipped(String),
+    /// A check failed or the server misbehaved: the reason.
+    Failed(String),
+}
+
+impl StepError {
+    /// A failure, said as the failure of step `n` (`label`); a skip stays as it is.
+    fn in_step(self, n: usize, label: &str) -> StepError {
+        match self {
+            StepError::Failed(e) => StepError::Failed(format!("step {n} ({label}): {e}")),
+            skipped => skipped,
+        }
+    }
+}
+
+impl From<String> for StepError {
+    fn from(e: String) -> StepError {
+        StepError::Failed(e)
+    }
+}
+
+impl From<&str> for StepError {
+    fn from(e: &str) -> StepError {
+        StepError::Failed(e.to_string())
     }
 }
