@@ -9,6 +9,8 @@ cargo build -q -p mxconform
 bin="target/debug/mxconform"
 status=0
 "$bin" run --quiet --report-md "$out/reference.md" --report-json "$out/reference.json" || status=1
+# Suite strength: each state-changing operation of the reference server made a no-op in turn.
+"$bin" mutants --report-md "$out/mutants.md" > "$out/.mutants.txt" || status=1
 harness/synapse/synapse.sh start >/dev/null
 trap 'harness/synapse/synapse.sh stop' EXIT
 harness/synapse/synapse.sh start-partners >/dev/null
@@ -25,5 +27,7 @@ harness/clients/run.sh http://127.0.0.1:18008 --server-kind synapse --report "$o
 for kind in reference synapse; do
   { echo; cat "$out/.clients-$kind.md"; } >> "$out/$kind.md"
 done
-rm -f "$out/.clients-reference.md" "$out/.clients-synapse.md"
+# The reference report names its suite strength (details in mutants.md).
+{ echo; echo "## Suite strength"; echo; echo "No-op mutants of the reference server's state-changing operations ([mutants.md](mutants.md)): \`$(grep '^mutants:' "$out/.mutants.txt")\`."; } >> "$out/reference.md"
+rm -f "$out/.clients-reference.md" "$out/.clients-synapse.md" "$out/.mutants.txt"
 exit $status
