@@ -38,6 +38,37 @@ pub fn routes() -> impl Iterator<Item = &'static Route> {
     mxconform_generated::client_server::ROUTES.iter()
 }
 
+/// Which of `routes` a request is for, and its path parameters (decoded): the most literal
+/// template wins (`/query/directory` before `/query/{queryType}`).
+pub fn match_route_among(
+    routes: impl Iterator<Item = &'static mxconform_generated::Route>,
+    method: &str,
+    path: &str,
+) -> Option<(&'static mxconform_generated::Route, Vec<(String, String)>)> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let mut candidates: Vec<&'static mxconform_generated::Route> = routes.collect();
+    candidates.sort_by_key(|r| r.path.matches('{').count());
+    'routes: for r in candidates {
+        if r.method.as_str() != method {
+            continue;
+        }
+        let template: Vec<&str> = r.path.split('/').collect();
+        if template.len() != segments.len() {
+            continue;
+        }
+        let mut params = Vec::new();
+        for (t, s) in template.iter().zip(&segments) {
+            match t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+                Some(name) => params.push((name.to_string(), crate::peers::percent_decode(s))),
+                None if t == s => {}
+                None => continue 'routes,
+            }
+        }
+        return Some((r, params));
+    }
+    None
+}
+
 /// A client-server operation by its operation id.
 pub fn route(operation_id: &str) -> Option<&'static Route> {
     static BY_ID: OnceLock<HashMap<&'static str, &'static Route>> = OnceLock::new();

@@ -509,16 +509,8 @@ fn use_partners(
     if theirs.partners.is_empty() {
         bail!("--partners {which}: that profile names no [federation.partners]");
     }
+    f.authority = theirs.authority_dir(other.path.parent().unwrap_or(Path::new(".")));
     f.partners = theirs.partners;
-    f.authority = if theirs.authority.is_absolute() {
-        theirs.authority
-    } else {
-        other
-            .path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(theirs.authority)
-    };
     Ok(())
 }
 
@@ -562,19 +554,11 @@ fn run_suites(args: RunArgs) -> Result<ExitCode> {
     // The federation authority: it issues the fake servers' certificates and the embedded
     // servers', and the embedded servers trust it.
     let authority = match &profile.federation {
-        Some(f) => {
-            let dir = profile.path.parent().unwrap_or(Path::new("."));
-            let ca_dir = if f.authority.is_absolute() {
-                f.authority.clone()
-            } else {
-                dir.join(&f.authority)
-            };
-            Some(
-                mxconform_harness::federation::tls::Authority::load_or_create(&ca_dir)
-                    .map_err(anyhow::Error::msg)
-                    .context("the federation authority")?,
-            )
-        }
+        Some(f) => Some(
+            f.load_authority(profile.path.parent().unwrap_or(Path::new(".")))
+                .map_err(anyhow::Error::msg)
+                .context("the federation authority")?,
+        ),
         None => None,
     };
     // Embedded partners: reference servers named `localhost:<port>`, federating over TLS there.

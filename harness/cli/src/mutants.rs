@@ -101,19 +101,11 @@ impl Setup {
             .with_context(|| format!("loading {}", profile_path.display()))?;
         profile.keep_deviations_for_partners("reference");
         let authority = match &profile.federation {
-            Some(f) => {
-                let dir = profile.path.parent().unwrap_or(Path::new("."));
-                let ca_dir = if f.authority.is_absolute() {
-                    f.authority.clone()
-                } else {
-                    dir.join(&f.authority)
-                };
-                Some(
-                    Authority::load_or_create(&ca_dir)
-                        .map_err(anyhow::Error::msg)
-                        .context("the federation authority")?,
-                )
-            }
+            Some(f) => Some(
+                f.load_authority(profile.path.parent().unwrap_or(Path::new(".")))
+                    .map_err(anyhow::Error::msg)
+                    .context("the federation authority")?,
+            ),
             None => None,
         };
         let snapshots = repo

@@ -56,29 +56,7 @@ pub fn route(operation_id: &str) -> Option<&'static Route> {
 
 /// The server-server operation a request is for, and its path parameters (decoded).
 pub fn match_route(method: &str, path: &str) -> Option<(&'static Route, Vec<(String, String)>)> {
-    let segments: Vec<&str> = path.split('/').collect();
-    // The most literal template wins: `/query/directory` before `/query/{queryType}`.
-    let mut candidates: Vec<&'static Route> = routes().collect();
-    candidates.sort_by_key(|r| r.path.matches('{').count());
-    'routes: for r in candidates {
-        if r.method.as_str() != method {
-            continue;
-        }
-        let template: Vec<&str> = r.path.split('/').collect();
-        if template.len() != segments.len() {
-            continue;
-        }
-        let mut params = Vec::new();
-        for (t, s) in template.iter().zip(&segments) {
-            match t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
-                Some(name) => params.push((name.to_string(), crate::peers::percent_decode(s))),
-                None if t == s => {}
-                None => continue 'routes,
-            }
-        }
-        return Some((r, params));
-    }
-    None
+    crate::match_route_among(routes(), method, path)
 }
 
 impl FedClient {

@@ -60,6 +60,23 @@ pub struct FederationConfig {
     pub partners: std::collections::BTreeMap<String, PartnerConfig>,
 }
 
+impl FederationConfig {
+    /// The authority's folder: [`FederationConfig::authority`] as written, or relative to
+    /// `profile_dir`, the folder of the profile that names it.
+    pub fn authority_dir(&self, profile_dir: &std::path::Path) -> PathBuf {
+        if self.authority.is_absolute() {
+            self.authority.clone()
+        } else {
+            profile_dir.join(&self.authority)
+        }
+    }
+
+    /// The authority, loaded from its folder (made there if absent).
+    pub fn load_authority(&self, profile_dir: &std::path::Path) -> Result<tls::Authority, String> {
+        tls::Authority::load_or_create(&self.authority_dir(profile_dir))
+    }
+}
+
 /// How the server under test treats the certificates of the servers it calls.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -131,11 +148,7 @@ impl Federation {
         profile_dir: &std::path::Path,
         server_url: &str,
     ) -> Result<Federation, String> {
-        let dir = if config.authority.is_absolute() {
-            config.authority.clone()
-        } else {
-            profile_dir.join(&config.authority)
-        };
+        let dir = config.authority_dir(profile_dir);
         Ok(Federation {
             client: Arc::new(FedClient::new(
                 client::Target {

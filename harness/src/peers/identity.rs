@@ -237,30 +237,11 @@ fn redacted(address: &str) -> String {
 /// The identity-service operation a request is for: the literal paths before templated ones
 /// (`/pubkey/isvalid` before `/pubkey/{keyId}`), and its decoded path parameters.
 pub fn match_route(method: &str, path: &str) -> Option<(&'static Route, Vec<(String, String)>)> {
-    let segments: Vec<&str> = path.split('/').collect();
-    let mut candidates: Vec<&'static Route> = mxconform_generated::routes()
-        .filter(|r| r.group == Group::Identity)
-        .collect();
-    candidates.sort_by_key(|r| r.path.matches('{').count());
-    'routes: for r in candidates {
-        if r.method.as_str() != method {
-            continue;
-        }
-        let template: Vec<&str> = r.path.split('/').collect();
-        if template.len() != segments.len() {
-            continue;
-        }
-        let mut params = Vec::new();
-        for (t, s) in template.iter().zip(&segments) {
-            match t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
-                Some(name) => params.push((name.to_string(), super::percent_decode(s))),
-                None if t == s => {}
-                None => continue 'routes,
-            }
-        }
-        return Some((r, params));
-    }
-    None
+    crate::match_route_among(
+        mxconform_generated::routes().filter(|r| r.group == Group::Identity),
+        method,
+        path,
+    )
 }
 
 /// An identity-service operation by its id.

@@ -363,31 +363,16 @@ fn invitation_details(state: &State, room_id: &str, sender: &str) -> ApiResult<V
             d[k] = v.clone();
         }
     };
-    put(
-        "room_alias",
-        room.state_content("m.room.canonical_alias", "")
-            .and_then(|c| c.get("alias")),
-    );
-    put(
-        "room_avatar_url",
-        room.state_content("m.room.avatar", "")
-            .and_then(|c| c.get("url")),
-    );
-    put(
-        "room_join_rules",
-        room.state_content("m.room.join_rules", "")
-            .and_then(|c| c.get("join_rule")),
-    );
-    put(
-        "room_name",
-        room.state_content("m.room.name", "")
-            .and_then(|c| c.get("name")),
-    );
-    put(
-        "room_type",
-        room.state_content("m.room.create", "")
-            .and_then(|c| c.get("type")),
-    );
+    // (parameter, state event type, content field); the state key is empty for each.
+    for (key, kind, field) in [
+        ("room_alias", "m.room.canonical_alias", "alias"),
+        ("room_avatar_url", "m.room.avatar", "url"),
+        ("room_join_rules", "m.room.join_rules", "join_rule"),
+        ("room_name", "m.room.name", "name"),
+        ("room_type", "m.room.create", "type"),
+    ] {
+        put(key, room.state_content(kind, "").and_then(|c| c.get(field)));
+    }
     let me = state.users.get(sender);
     let name = me.and_then(|u| u.displayname.clone()).map(Value::String);
     let avatar = me.and_then(|u| u.avatar_url.clone()).map(Value::String);
