@@ -44,6 +44,13 @@ fn open_db(db: &std::path::Path) -> Store {
     Store::open(Some(db), crate::store::Durability::Process).unwrap()
 }
 
+/// Closes a state's database, as a stopping server does: the server holds its database
+/// exclusively, so the next start can open it only then. What the state holds in memory
+/// stays, to compare with what the next start reads back.
+fn close_db(state: &mut State) {
+    drop(std::mem::take(&mut state.store));
+}
+
 /// Every event the server makes, in every room version, is a PDU a remote server
 /// accepts: signed by the server's key, its content hash and id right, its auth events
 /// authorizing it; a v12 room's id is its create event's; a redacted event still
@@ -180,6 +187,7 @@ fn events_are_signed_authorized_pdus_in_every_room_version() {
     // extremities, state and events (redactions applied), without replaying history.
     state.store.commit(batch).unwrap();
     state.committed();
+    close_db(&mut state);
     let store = open();
     let loaded = store.load().unwrap();
     let mut again = State::with_store("hs.test", SigningKey::generate(Some("t1")).unwrap(), store);
@@ -460,6 +468,7 @@ fn notifications_are_read_back_after_a_restart() {
     let before: Vec<_> = state.notifications(&state.rooms[&room_id], bob).to_vec();
     assert_eq!(before.len(), 5, "each message notifies bob");
     state.store.commit(batch).unwrap();
+    close_db(&mut state);
     let store = open();
     let loaded = store.load().unwrap();
     let mut again = State::with_store("hs.test", key, store);
@@ -753,6 +762,7 @@ fn events_from_another_server_are_checked_and_kept_across_a_restart() {
 
     state.store.commit(batch).unwrap();
     state.committed();
+    close_db(&mut state);
     let store = open_db(&db);
     let loaded = store.load().unwrap();
     let mut again = State::with_store("hs.test", key, store);
@@ -937,6 +947,7 @@ fn history_before_a_remote_join_is_backfilled_in_order_and_kept_across_a_restart
     }
     state.store.commit(batch).unwrap();
     state.committed();
+    close_db(&mut state);
     let store = open_db(&db);
     let loaded = store.load().unwrap();
     let mut again = State::with_store("hs.test", key, store);
@@ -952,4 +963,24 @@ fn history_before_a_remote_join_is_backfilled_in_order_and_kept_across_a_restart
         "one"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The server holds its database exclusively: a second server started on the same file is
+/// refused with the reason, instead of running beside the first with memory that no longer
+/// matches the database; once the first has closed it, it opens.
+#[test]
+fn a_second_server_on_the_same_database_is_refused() {
+    let (dir, db) = temp_db("exclusive");
+    let first = open_db(&db);
+    let second = Store::open(Some(&db), crate::store::Durability::Process);
+    assert!(
+        second
+            .as_ref()
+            .is_err_and(|e| e.contains("in use by another process")),
+        "{:?}",
+        second.err()
+    );
+    drop(first);
+    assert!(Store::open(Some(&db), crate::store::Durability::Process).is_ok());
+    let _ = std::fs::remove_dir_all(dir);
 }
