@@ -68,7 +68,7 @@ pub async fn deliver(server: Weak<Server>) {
         let (from, head, at_end, jobs) = srv.read(|s| {
             let from = s.push_pos.unwrap_or(s.pos);
             let head = s.pos.min(from + SCAN_WINDOW);
-            let jobs = if s.pushers.values().any(|p| p.values().any(is_http)) {
+            let jobs = if has_http(s) {
                 (from + 1..=head)
                     .flat_map(|p| notifications_at(s, p))
                     .collect()
@@ -81,8 +81,15 @@ pub async fn deliver(server: Weak<Server>) {
             hand_over(&srv, &mut workers, key, job);
         }
         if head > from {
+            // Without HTTP pushers the position only moves in memory (no commit per event);
+            // adding a pusher writes it down first (`State::put_pusher`), so a restart never
+            // sends a new pusher what happened before it.
             let moved = srv.write(|state, batch| {
-                state.put_push_pos(batch, head);
+                if has_http(state) {
+                    state.put_push_pos(batch, head);
+                } else {
+                    state.push_pos = Some(head);
+                }
                 Ok(())
             });
             if moved.is_err() {
@@ -96,6 +103,11 @@ pub async fn deliver(server: Weak<Server>) {
             let _ = tokio::time::timeout(Duration::from_secs(30), changes.changed()).await;
         }
     }
+}
+
+/// Whether any user has an HTTP pusher.
+fn has_http(state: &State) -> bool {
+    state.pushers.values().any(|p| p.values().any(is_http))
 }
 
 fn is_http(pusher: &Value) -> bool {

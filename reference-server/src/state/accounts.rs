@@ -466,6 +466,11 @@ impl State {
         let pushers = self.pushers.entry(user.to_string()).or_default();
         match pusher {
             Some(p) => {
+                // The push position moves in memory only while no pusher exists
+                // (`push_delivery`); it is written down before the first one arrives.
+                if let Some(at) = self.push_pos {
+                    batch.put("push_pos", "", &json!(at));
+                }
                 batch.put("pusher", rec, &p);
                 pushers.insert(key.clone(), p);
             }
