@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use regex::Regex;
 use serde_json::Value;
@@ -131,80 +132,274 @@ pub fn ruleset(state: &State, user: &str) -> Value {
         .unwrap_or_else(|| default_ruleset(user))
 }
 
-thread_local! {
-    /// The predefined rules per user, built once (they depend only on the user id).
-    static DEFAULTS: RefCell<HashMap<String, std::rc::Rc<Value>>> = RefCell::new(HashMap::new());
+/// A ruleset made ready for evaluation: the JSON read once and every glob compiled, so that
+/// evaluating it (for every local member on every event, inside the state lock) looks nothing
+/// up by name.
+#[derive(Debug)]
+pub struct Ruleset {
+    rules: Vec<Rule>,
 }
 
-/// Runs `f` on a user's push rules without copying them (evaluation runs for every member
-/// on every event, inside the state lock).
-pub fn with_ruleset<T>(state: &State, user: &str, f: impl FnOnce(&Value) -> T) -> T {
+#[derive(Debug)]
+struct Rule {
+    test: Test,
+    actions: Value,
+}
+
+#[derive(Debug)]
+enum Test {
+    /// `override` and `underride` rules (and unknown kinds' conditions): all must hold.
+    Conditions(Vec<Condition>),
+    /// A `content` rule: its pattern against whole words of the body (`None`: no pattern, or
+    /// one that cannot be compiled: never matches).
+    Body(Option<Regex>),
+    /// A `room` rule: the event is in the room named by its id.
+    Room(String),
+    /// A `sender` rule: the event is from the user named by its id.
+    Sender(String),
+}
+
+#[derive(Debug)]
+enum Condition {
+    EventMatch {
+        key: String,
+        glob: Option<Regex>,
+    },
+    PropertyIs {
+        key: String,
+        value: Value,
+    },
+    PropertyContains {
+        key: String,
+        value: Value,
+    },
+    ContainsDisplayName,
+    /// `None`: an `is` that does not parse, which never holds.
+    MemberCount(Option<(Cmp, u64)>),
+    SenderPermission {
+        key: String,
+    },
+    /// An unknown kind or a malformed condition: never holds.
+    Never,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Cmp {
+    Eq,
+    Lt,
+    Gt,
+    Le,
+    Ge,
+}
+
+impl Ruleset {
+    /// Reads a ruleset (`{override: [...], content: [...], ...}`), in the order evaluation
+    /// takes: kinds in priority order, rules in their order, disabled rules left out.
+    pub fn compile(rules: &Value) -> Ruleset {
+        let mut out = Vec::new();
+        for kind in KINDS {
+            for rule in rules
+                .get(kind)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if rule.get("enabled").and_then(Value::as_bool) == Some(false) {
+                    continue;
+                }
+                let id = rule.get("rule_id").and_then(Value::as_str).unwrap_or("");
+                let test = match kind {
+                    "content" => Test::Body(
+                        rule.get("pattern")
+                            .and_then(Value::as_str)
+                            .and_then(|p| compile_glob(p, true)),
+                    ),
+                    "room" => Test::Room(id.to_string()),
+                    "sender" => Test::Sender(id.to_string()),
+                    _ => Test::Conditions(
+                        rule.get("conditions")
+                            .and_then(Value::as_array)
+                            .map_or_else(Vec::new, |cs| cs.iter().map(Condition::read).collect()),
+                    ),
+                };
+                out.push(Rule {
+                    test,
+                    actions: rule
+                        .get("actions")
+                        .cloned()
+                        .unwrap_or(Value::Array(Vec::new())),
+                });
+            }
+        }
+        Ruleset { rules: out }
+    }
+}
+
+impl Condition {
+    fn read(c: &Value) -> Condition {
+        let key = c
+            .get("key")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        match c.get("kind").and_then(Value::as_str).unwrap_or("") {
+            "event_match" => match c.get("pattern").and_then(Value::as_str) {
+                Some(pattern) => Condition::EventMatch {
+                    glob: compile_glob(pattern, key == "content.body"),
+                    key,
+                },
+                None => Condition::Never,
+            },
+            "event_property_is" => Condition::PropertyIs {
+                key,
+                value: c.get("value").cloned().unwrap_or(Value::Null),
+            },
+            "event_property_contains" => Condition::PropertyContains {
+                key,
+                value: c.get("value").cloned().unwrap_or(Value::Null),
+            },
+            "contains_display_name" => Condition::ContainsDisplayName,
+            "room_member_count" => {
+                let is = c.get("is").and_then(Value::as_str).unwrap_or("");
+                let (op, n) = match is.find(|ch: char| ch.is_ascii_digit()) {
+                    Some(i) => (&is[..i], is[i..].parse::<u64>().ok()),
+                    None => ("", None),
+                };
+                let op = match op {
+                    "" | "==" => Some(Cmp::Eq),
+                    "<" => Some(Cmp::Lt),
+                    ">" => Some(Cmp::Gt),
+                    "<=" => Some(Cmp::Le),
+                    ">=" => Some(Cmp::Ge),
+                    _ => None,
+                };
+                Condition::MemberCount(op.zip(n))
+            }
+            "sender_notification_permission" => Condition::SenderPermission { key },
+            _ => Condition::Never,
+        }
+    }
+
+    fn holds(&self, state: &State, room: &Room, ev: &Event, user: &str) -> bool {
+        match self {
+            Condition::EventMatch { key, glob } => glob.as_ref().is_some_and(|re| {
+                property(ev, key)
+                    .and_then(|p| p.as_str().map(|s| re.is_match(s)))
+                    .unwrap_or(false)
+            }),
+            Condition::PropertyIs { key, value } => property(ev, key).is_some_and(|v| v.is(value)),
+            Condition::PropertyContains { key, value } => {
+                matches!(property(ev, key), Some(Prop::Json(Value::Array(a))) if a.iter().any(|v| scalar_eq(v, value)))
+            }
+            Condition::ContainsDisplayName => {
+                let name = state
+                    .state_content(&room.room_id, "m.room.member", user)
+                    .and_then(|m| m.get("displayname"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .or_else(|| state.users.get(user).and_then(|u| u.displayname.clone()))
+                    .unwrap_or_default();
+                !name.is_empty()
+                    && ev
+                        .content
+                        .get("body")
+                        .and_then(Value::as_str)
+                        .is_some_and(|b| glob_matches(&glob_escape(&name), b, true))
+            }
+            Condition::MemberCount(None) => false,
+            Condition::MemberCount(Some((op, n))) => {
+                let count = room.joined().count() as u64;
+                match op {
+                    Cmp::Eq => count == *n,
+                    Cmp::Lt => count < *n,
+                    Cmp::Gt => count > *n,
+                    Cmp::Le => count <= *n,
+                    Cmp::Ge => count >= *n,
+                }
+            }
+            Condition::SenderPermission { key } => {
+                let needed = room
+                    .state_content("m.room.power_levels", "")
+                    .and_then(|c| c.get("notifications"))
+                    .and_then(|n| n.get(key.as_str()))
+                    .and_then(Value::as_i64)
+                    .unwrap_or(50);
+                state
+                    .power_level(room, &ev.sender)
+                    .is_none_or(|level| level >= needed)
+            }
+            Condition::Never => false,
+        }
+    }
+}
+
+/// How many users' compiled rulesets a thread keeps before it starts again.
+const COMPILED_CACHE: usize = 4096;
+
+thread_local! {
+    /// Compiled rulesets by user, with the position at which the user's own rules were set
+    /// (`None`: the predefined rules, which depend only on the user id). A user whose rules
+    /// changed since has theirs compiled again.
+    static COMPILED: RefCell<HashMap<String, (Option<u64>, Rc<Ruleset>)>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `f` on a user's push rules, compiled (their `m.push_rules` account data, else the
+/// predefined rules).
+pub fn with_ruleset<T>(state: &State, user: &str, f: impl FnOnce(&Ruleset) -> T) -> T {
     let own = state
         .account_data
         .get(&(user.to_string(), String::new(), "m.push_rules".to_string()))
-        .and_then(|(c, _)| c.get("global"));
-    if let Some(rules) = own {
-        return f(rules);
-    }
-    let rules = DEFAULTS.with(|d| {
-        let mut d = d.borrow_mut();
-        if let Some(r) = d.get(user) {
-            return r.clone();
-        }
-        if d.len() > 4096 {
-            d.clear();
-        }
-        let r = std::rc::Rc::new(default_ruleset(user));
-        d.insert(user.to_string(), r.clone());
-        r
+        .and_then(|(c, at)| c.get("global").map(|g| (g, *at)));
+    let set_at = own.map(|(_, at)| at);
+    let cached = COMPILED.with(|c| {
+        c.borrow()
+            .get(user)
+            .filter(|(at, _)| *at == set_at)
+            .map(|(_, r)| r.clone())
+    });
+    let rules = cached.unwrap_or_else(|| {
+        let compiled = Rc::new(match own {
+            Some((rules, _)) => Ruleset::compile(rules),
+            None => Ruleset::compile(&default_ruleset(user)),
+        });
+        COMPILED.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= COMPILED_CACHE {
+                c.clear();
+            }
+            c.insert(user.to_string(), (set_at, compiled.clone()));
+        });
+        compiled
     });
     f(&rules)
 }
 
 const KINDS: [&str; 5] = ["override", "content", "room", "sender", "underride"];
 
-/// The actions of the first enabled rule of `rules` (a ruleset: `{override: [...], ...}`)
-/// that `ev` matches for `user`, or `None` when none does.
+/// The actions of the first rule of `rules` that `ev` matches for `user`, or `None` when none
+/// does.
 pub fn evaluate(
     state: &State,
     room: &Room,
-    rules: &Value,
+    rules: &Ruleset,
     ev: &Event,
     user: &str,
 ) -> Option<Value> {
-    for kind in KINDS {
-        for rule in rules
-            .get(kind)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if rule.get("enabled").and_then(Value::as_bool) == Some(false) {
-                continue;
-            }
-            let id = rule.get("rule_id").and_then(Value::as_str).unwrap_or("");
-            let matched = match kind {
-                "content" => rule
-                    .get("pattern")
+    rules
+        .rules
+        .iter()
+        .find(|rule| match &rule.test {
+            Test::Body(glob) => glob.as_ref().is_some_and(|re| {
+                ev.content
+                    .get("body")
                     .and_then(Value::as_str)
-                    .is_some_and(|p| body_matches(ev, p)),
-                "room" => id == ev.room_id,
-                "sender" => id == ev.sender,
-                _ => rule
-                    .get("conditions")
-                    .and_then(Value::as_array)
-                    .is_none_or(|cs| cs.iter().all(|c| condition(state, room, c, ev, user))),
-            };
-            if matched {
-                return Some(
-                    rule.get("actions")
-                        .cloned()
-                        .unwrap_or(Value::Array(Vec::new())),
-                );
-            }
-        }
-    }
-    None
+                    .is_some_and(|b| re.is_match(b))
+            }),
+            Test::Room(id) => *id == ev.room_id,
+            Test::Sender(id) => *id == ev.sender,
+            Test::Conditions(cs) => cs.iter().all(|c| c.holds(state, room, ev, user)),
+        })
+        .map(|rule| rule.actions.clone())
 }
 
 /// A property of an event: a top-level string, or a value inside `content`.
@@ -288,12 +483,31 @@ fn split_key(key: &str) -> (std::borrow::Cow<'_, str>, Option<&str>) {
 }
 
 thread_local! {
-    /// Compiled globs: [whole value, words of a body], by pattern.
+    /// Compiled globs: [whole value, words of a body], by pattern (for display names, which
+    /// are not part of a ruleset).
     static GLOBS: RefCell<[HashMap<String, Option<Regex>>; 2]> = RefCell::new([HashMap::new(), HashMap::new()]);
 }
 
 /// A glob (`*`, `?`) as a case-insensitive regex: the whole value, or (for a message body)
-/// whole words anywhere in it.
+/// whole words anywhere in it. `None` for one that cannot be compiled (it matches nothing).
+fn compile_glob(pattern: &str, words: bool) -> Option<Regex> {
+    let mut body = String::new();
+    for c in pattern.chars() {
+        match c {
+            '*' => body.push_str(".*?"),
+            '?' => body.push('.'),
+            c => body.push_str(&regex::escape(&c.to_string())),
+        }
+    }
+    let re = if words {
+        format!(r"(?is)(?:^|\W){body}(?:\W|$)")
+    } else {
+        format!(r"(?is)^{body}$")
+    };
+    Regex::new(&re).ok()
+}
+
+/// Whether `value` matches the glob `pattern` ([`compile_glob`]), compiled once per thread.
 fn glob_matches(pattern: &str, value: &str, words: bool) -> bool {
     GLOBS.with(|cache| {
         let mut cache = cache.borrow_mut();
@@ -304,100 +518,11 @@ fn glob_matches(pattern: &str, value: &str, words: bool) -> bool {
         if map.len() > 4096 {
             map.clear();
         }
-        let mut body = String::new();
-        for c in pattern.chars() {
-            match c {
-                '*' => body.push_str(".*?"),
-                '?' => body.push('.'),
-                c => body.push_str(&regex::escape(&c.to_string())),
-            }
-        }
-        let re = if words {
-            format!(r"(?is)(?:^|\W){body}(?:\W|$)")
-        } else {
-            format!(r"(?is)^{body}$")
-        };
-        let re = Regex::new(&re).ok();
+        let re = compile_glob(pattern, words);
         let hit = re.as_ref().is_some_and(|r| r.is_match(value));
         map.insert(pattern.to_string(), re);
         hit
     })
-}
-
-fn body_matches(ev: &Event, pattern: &str) -> bool {
-    ev.content
-        .get("body")
-        .and_then(Value::as_str)
-        .is_some_and(|b| glob_matches(pattern, b, true))
-}
-
-fn condition(state: &State, room: &Room, c: &Value, ev: &Event, user: &str) -> bool {
-    let key = c.get("key").and_then(Value::as_str).unwrap_or("");
-    match c.get("kind").and_then(Value::as_str).unwrap_or("") {
-        "event_match" => {
-            let Some(pattern) = c.get("pattern").and_then(Value::as_str) else {
-                return false;
-            };
-            property(ev, key)
-                .and_then(|p| {
-                    p.as_str()
-                        .map(|s| glob_matches(pattern, s, key == "content.body"))
-                })
-                .unwrap_or(false)
-        }
-        "event_property_is" => {
-            let want = c.get("value").unwrap_or(&Value::Null);
-            property(ev, key).is_some_and(|v| v.is(want))
-        }
-        "event_property_contains" => {
-            let want = c.get("value").unwrap_or(&Value::Null);
-            matches!(property(ev, key), Some(Prop::Json(Value::Array(a))) if a.iter().any(|v| scalar_eq(v, want)))
-        }
-        "contains_display_name" => {
-            let name = state
-                .state_content(&room.room_id, "m.room.member", user)
-                .and_then(|m| m.get("displayname"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .or_else(|| state.users.get(user).and_then(|u| u.displayname.clone()))
-                .unwrap_or_default();
-            !name.is_empty()
-                && ev
-                    .content
-                    .get("body")
-                    .and_then(Value::as_str)
-                    .is_some_and(|b| glob_matches(&glob_escape(&name), b, true))
-        }
-        "room_member_count" => {
-            let count = room.joined().count() as u64;
-            let is = c.get("is").and_then(Value::as_str).unwrap_or("");
-            let (op, n) = match is.find(|ch: char| ch.is_ascii_digit()) {
-                Some(i) => (&is[..i], is[i..].parse::<u64>().ok()),
-                None => ("", None),
-            };
-            let Some(n) = n else { return false };
-            match op {
-                "" | "==" => count == n,
-                "<" => count < n,
-                ">" => count > n,
-                "<=" => count <= n,
-                ">=" => count >= n,
-                _ => false,
-            }
-        }
-        "sender_notification_permission" => {
-            let needed = room
-                .state_content("m.room.power_levels", "")
-                .and_then(|c| c.get("notifications"))
-                .and_then(|n| n.get(key))
-                .and_then(Value::as_i64)
-                .unwrap_or(50);
-            state
-                .power_level(room, &ev.sender)
-                .is_none_or(|level| level >= needed)
-        }
-        _ => false,
-    }
 }
 
 /// Only strings, integers, booleans and null compare (the spec's `event_property_*` values).
@@ -482,20 +607,40 @@ mod tests {
             json!({"msgtype": "m.notice", "body": "alice"}),
         );
         assert_eq!(
-            evaluate(&state, &room, &rules, &notice, "@alice:hs"),
+            evaluate(
+                &state,
+                &room,
+                &Ruleset::compile(&rules),
+                &notice,
+                "@alice:hs"
+            ),
             Some(json!([]))
         );
         let named = ev(
             "m.room.message",
             json!({"msgtype": "m.text", "body": "hey Alice"}),
         );
-        let a = evaluate(&state, &room, &rules, &named, "@alice:hs").expect("matches");
+        let a = evaluate(
+            &state,
+            &room,
+            &Ruleset::compile(&rules),
+            &named,
+            "@alice:hs",
+        )
+        .expect("matches");
         assert!(Notification::highlight(&a) && Notification::notifies(&a));
         let other = ev(
             "m.room.message",
             json!({"msgtype": "m.text", "body": "hello"}),
         );
-        let a = evaluate(&state, &room, &rules, &other, "@alice:hs").expect("sender rule");
+        let a = evaluate(
+            &state,
+            &room,
+            &Ruleset::compile(&rules),
+            &other,
+            "@alice:hs",
+        )
+        .expect("sender rule");
         assert!(!Notification::highlight(&a));
     }
 }
