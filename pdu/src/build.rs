@@ -134,8 +134,8 @@ pub fn build(
             reason: e.reason,
         })?;
     }
-    hash_and_sign(v, &mut event, origin);
-    Ok(Pdu::from_json(v, event)?)
+    let reference = hash_and_sign(v, &mut event, origin);
+    Ok(Pdu::from_built(v, event, reference)?)
 }
 
 /// Adds the content hash and the origin's signature of the redacted event to `event`

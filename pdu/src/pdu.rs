@@ -62,10 +62,29 @@ impl Pdu {
     /// Reads `json` as a PDU of `version`, checking its format; the event id is computed
     /// (v3 on) or read (v1-2).
     pub fn from_json(version: &RoomVersion, json: Value) -> Result<Pdu, FormatError> {
+        Pdu::read(version, json, None)
+    }
+
+    /// A PDU this process has just built and signed ([`crate::build::build`]): its values
+    /// were checked for canonical JSON before signing, and signing gave its reference hash,
+    /// so neither is worked out again.
+    pub(crate) fn from_built(
+        version: &RoomVersion,
+        json: Value,
+        reference: [u8; 32],
+    ) -> Result<Pdu, FormatError> {
+        Pdu::read(version, json, Some(reference))
+    }
+
+    fn read(
+        version: &RoomVersion,
+        json: Value,
+        reference: Option<[u8; 32]>,
+    ) -> Result<Pdu, FormatError> {
         let map = json
             .as_object()
             .ok_or_else(|| bad("", "an event is a JSON object"))?;
-        if version.strict_canonical_json {
+        if version.strict_canonical_json && reference.is_none() {
             canonical::validate(&json).map_err(|e| bad(&e.path, e.reason))?;
         }
         let text = |key: &str| -> Result<Option<&str>, FormatError> {
@@ -143,6 +162,15 @@ impl Pdu {
                     return Err(bad("/event_id", format!("{id:?} is not `$opaque:server`")));
                 }
                 id.to_string()
+            }
+            EventIdFormat::Base64 if reference.is_some() => {
+                format!("${}", base64::encode(&reference.unwrap_or_default()))
+            }
+            EventIdFormat::UrlSafe if reference.is_some() => {
+                format!(
+                    "${}",
+                    base64::encode_url_safe(&reference.unwrap_or_default())
+                )
             }
             _ => hash::event_id(version, &json).unwrap_or_default(),
         };

@@ -235,6 +235,14 @@ impl Room {
         };
         let mut pdu = build::build(self.v, &self.room_id, new, &prev_pdus, &state, origin)
             .unwrap_or_else(|e| panic!("cannot build {spec}: {e}"));
+        // The builder takes the id from the hash it signed; read back, the JSON gives the same.
+        let read = Pdu::from_json(self.v, pdu.json.clone()).expect("a built event reads back");
+        assert_eq!(
+            (&read.event_id, &read.room_id),
+            (&pdu.event_id, &pdu.room_id),
+            "room version {}",
+            self.v.id
+        );
         // Auth events named explicitly replace the selection; `event_id` (v1-2) fixes the id,
         // for cases decided by the ids' order or sha1.
         let fixed_id = get("event_id").and_then(Value::as_str);

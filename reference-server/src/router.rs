@@ -24,6 +24,9 @@ struct Entry {
 #[derive(Debug)]
 pub struct Router {
     entries: Vec<Entry>,
+    /// Indexes into `entries` by number of segments, in table order: a path is compared only
+    /// with the templates of its length and of one more (the empty-trailing-parameter form).
+    by_len: Vec<Vec<usize>>,
 }
 
 /// A matched route and its decoded path parameters.
@@ -82,8 +85,15 @@ impl Router {
                     )
                     .collect(),
             })
-            .collect();
-        Router { entries }
+            .collect::<Vec<Entry>>();
+        let mut by_len: Vec<Vec<usize>> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            if by_len.len() <= e.segs.len() {
+                by_len.resize_with(e.segs.len() + 1, Vec::new);
+            }
+            by_len[e.segs.len()].push(i);
+        }
+        Router { entries, by_len }
     }
 
     fn match_path(
@@ -101,15 +111,19 @@ impl Router {
         if parts.len() != entry.segs.len() && !short {
             return None;
         }
+        // Literal segments first: parameters are decoded only for a template that matches.
+        let literals_match = entry.segs.iter().enumerate().all(|(i, seg)| match seg {
+            Seg::Lit(l) => *l == parts.get(i).copied().unwrap_or(""),
+            Seg::Param(_) => true,
+        });
+        if !literals_match {
+            return None;
+        }
         let mut params = BTreeMap::new();
         for (i, seg) in entry.segs.iter().enumerate() {
             let part = parts.get(i).copied().unwrap_or("");
             match seg {
-                Seg::Lit(l) => {
-                    if *l != part {
-                        return None;
-                    }
-                }
+                Seg::Lit(_) => {}
                 Seg::Param(name) => match percent_decode(part) {
                     Some(v) => {
                         params.insert(name.to_string(), v);
@@ -133,12 +147,14 @@ impl Router {
         let mut found: Option<Matched> = None;
         // Exact-length matches first, then the empty-trailing-parameter form, and literal
         // segments before parameters (the table order already lists specific routes).
-        for pass in 0..2 {
-            for e in &self.entries {
-                let exact = parts.len() == e.segs.len();
-                if (pass == 0) != exact {
-                    continue;
-                }
+        for len in [parts.len(), parts.len() + 1] {
+            for e in self
+                .by_len
+                .get(len)
+                .into_iter()
+                .flatten()
+                .map(|&i| &self.entries[i])
+            {
                 let Some(m) = Router::match_path(e, &parts) else {
                     continue;
                 };
