@@ -180,6 +180,9 @@ pub struct Figures {
     /// A send after the same pause as the wake-ups', with nobody polling: the part of a
     /// wake-up that is the send itself from idle (thread and CPU wake-ups on both sides).
     pub idle_send_p50: Duration,
+    /// A request that does nothing (`GET /versions`) after the same pause: the floor that the
+    /// connection and the wake-ups of both sides set under the two figures above.
+    pub idle_noop_p50: Duration,
     pub create_room_p50: Duration,
     pub initial_sync_100_rooms: Duration,
     pub rss_kib: Option<u64>,
@@ -239,12 +242,13 @@ pub async fn measure(t: &Target, tag: &str, budget: Duration) -> Result<Figures>
     f.conc_sends_per_s =
         done.load(std::sync::atomic::Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
 
-    // /sync wake-up: B long-polls, A sends; time from the send's start to B's answer.
+    // /sync wake-up: B long-polls, A sends; time from the send's start to B's answer (taken
+    // when B's answer arrives, whether or not A's has), which must hold the message sent.
     let mut since = t.sync(&token_b, None, 0).await?["next_batch"]
         .as_str()
         .unwrap_or("")
         .to_string();
-    let (mut wakes, mut idle_sends) = (Vec::new(), Vec::new());
+    let (mut wakes, mut idle_sends, mut idle_noops) = (Vec::new(), Vec::new(), Vec::new());
     let start = Instant::now();
     for i in 0..60 {
         if start.elapsed() > budget {
@@ -252,12 +256,28 @@ pub async fn measure(t: &Target, tag: &str, budget: Duration) -> Result<Figures>
         }
         let (tb, s) = (t.clone(), since.clone());
         let tok = token_b.clone();
-        let poll = tokio::spawn(async move { tb.sync(&tok, Some(&s), 10_000).await });
+        let poll = tokio::spawn(async move {
+            let body = tb.sync(&tok, Some(&s), 10_000).await;
+            (body, Instant::now())
+        });
         tokio::time::sleep(Duration::from_millis(30)).await;
         let sent_at = Instant::now();
-        t.send(&token, &room, &format!("wake-{tag}-{i}")).await?;
-        let body = poll.await.context("poll task")??;
-        wakes.push(sent_at.elapsed());
+        let message = format!("wake-{tag}-{i}");
+        t.send(&token, &room, &message).await?;
+        let (body, answered_at) = poll.await.context("poll task")?;
+        let body = body?;
+        let timeline = &body["rooms"]["join"][room.as_str()]["timeline"]["events"];
+        let holds = timeline.as_array().is_some_and(|evs| {
+            evs.iter()
+                .any(|e| e["content"]["body"].as_str() == Some(message.as_str()))
+        });
+        if !holds {
+            bail!(
+                "{}: the long-poll woken by {message:?} answered without it: {timeline}",
+                t.name
+            );
+        }
+        wakes.push(answered_at.saturating_duration_since(sent_at));
         since = body["next_batch"].as_str().unwrap_or("").to_string();
         tokio::time::sleep(Duration::from_millis(30)).await;
         let sent_at = Instant::now();
@@ -267,9 +287,16 @@ pub async fn measure(t: &Target, tag: &str, budget: Duration) -> Result<Figures>
             .as_str()
             .unwrap_or("")
             .to_string();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let asked_at = Instant::now();
+        t.req("GET", "/_matrix/client/versions", None, None, &[])
+            .await?;
+        idle_noops.push(asked_at.elapsed());
     }
     idle_sends.sort();
     f.idle_send_p50 = pct(&idle_sends, 0.5);
+    idle_noops.sort();
+    f.idle_noop_p50 = pct(&idle_noops, 0.5);
     wakes.sort();
     f.wake_p50 = pct(&wakes, 0.5);
     f.wake_p99 = pct(&wakes, 0.99);
@@ -446,6 +473,13 @@ pub fn rows(
         ms(ours.idle_send_p50),
         peer.map(|p| ms(p.idle_send_p50)),
         peer.map(|p| p.idle_send_p50.as_secs_f64() / ours.idle_send_p50.as_secs_f64().max(1e-9)),
+        "-",
+    );
+    add(
+        "a request that does nothing (GET /versions) after the same pause, p50",
+        ms(ours.idle_noop_p50),
+        peer.map(|p| ms(p.idle_noop_p50)),
+        peer.map(|p| p.idle_noop_p50.as_secs_f64() / ours.idle_noop_p50.as_secs_f64().max(1e-9)),
         "-",
     );
     add(

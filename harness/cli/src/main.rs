@@ -801,34 +801,63 @@ fn start_reference(dir: &Path) -> Result<(std::process::Child, String)> {
 }
 
 /// Starts `mxconform serve` with `args` (which name the server) on a free port with the
-/// database in `dir`; answers the process and its client-server URL.
+/// database in `dir`; answers the process and its client-server URL. The server logs to
+/// `dir/serve.log`, as a deployment logs to a file: a pipe drained by a thread of this
+/// process would wake that thread for every request line, inside the latencies measured.
 fn start_reference_with(dir: &Path, args: &[&str]) -> Result<(std::process::Child, String)> {
-    use std::io::{BufRead, BufReader};
+    let log_path = dir.join("serve.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let from = log.metadata().map_or(0, |m| m.len()) as usize;
     let mut child =
         std::process::Command::new(std::env::current_exe().context("finding this binary")?)
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(args)
             .arg("--db")
             .arg(dir.join("hs.db"))
-            .stderr(std::process::Stdio::piped())
+            .stderr(log)
             .spawn()
             .context("starting the reference server")?;
-    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
-    // The start-up line names the URL (log lines may come before it).
-    let url = loop {
-        let line = lines
-            .next()
-            .context("the server ended without saying where it listens")??;
-        if line.starts_with("mxconform reference server") {
-            break line
+    // The start-up line names the URL (log lines may come before it); only whole lines count.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = std::fs::read(&log_path).unwrap_or_default();
+        let new = String::from_utf8_lossy(text.get(from..).unwrap_or_default());
+        let whole = new.rfind('\n').map_or("", |end| &new[..end]);
+        if let Some(line) = whole
+            .lines()
+            .find(|l| l.starts_with("mxconform reference server"))
+        {
+            let url = line
                 .split_whitespace()
                 .find(|w| w.starts_with("http://"))
                 .context("no URL in the server's start-up line")?
                 .to_string();
+            return Ok((child, url));
         }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Ok((child, url))
+        let tail = || {
+            let lines: Vec<&str> = new.lines().collect();
+            lines[lines.len().saturating_sub(5)..].join("\n")
+        };
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the server ended ({status}) without saying where it listens; its log ends:\n{}",
+                tail()
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "the server did not say where it listens within 60 s; its log ends:\n{}",
+                tail()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// `bench federation`: the reference server (federating over TLS, named `localhost:<port>`)
