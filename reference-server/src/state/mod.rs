@@ -143,6 +143,8 @@ pub struct State {
     /// Where delivery to push gateways has reached in the stream (`None` before the first
     /// start that delivers).
     pub push_pos: Option<u64>,
+    /// This state among the states of the process, for the compiled push rules it caches.
+    pub push_instance: push::Instance,
     /// How far each other server has taken this server's events (the greatest position of
     /// a transaction it accepted), by server name: deliveries resume from there after a
     /// restart.

@@ -333,14 +333,26 @@ impl Condition {
     }
 }
 
+/// Which state compiled rulesets belong to: a process may run several servers, side by side
+/// or one after another, whose user ids and positions coincide.
+#[derive(Debug)]
+pub struct Instance(u64);
+
+impl Default for Instance {
+    fn default() -> Instance {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Instance(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 /// How many users' compiled rulesets a thread keeps before it starts again.
 const COMPILED_CACHE: usize = 4096;
 
 thread_local! {
-    /// Compiled rulesets by user, with the position at which the user's own rules were set
-    /// (`None`: the predefined rules, which depend only on the user id). A user whose rules
-    /// changed since has theirs compiled again.
-    static COMPILED: RefCell<HashMap<String, (Option<u64>, Rc<Ruleset>)>> = RefCell::new(HashMap::new());
+    /// Compiled rulesets by state and user, with the position at which the user's own rules
+    /// were set (`None`: the predefined rules). A user whose rules changed since has theirs
+    /// compiled again.
+    static COMPILED: RefCell<HashMap<(u64, String), (Option<u64>, Rc<Ruleset>)>> = RefCell::new(HashMap::new());
 }
 
 /// Runs `f` on a user's push rules, compiled (their `m.push_rules` account data, else the
@@ -351,9 +363,10 @@ pub fn with_ruleset<T>(state: &State, user: &str, f: impl FnOnce(&Ruleset) -> T)
         .get(&(user.to_string(), String::new(), "m.push_rules".to_string()))
         .and_then(|(c, at)| c.get("global").map(|g| (g, *at)));
     let set_at = own.map(|(_, at)| at);
+    let key = (state.push_instance.0, user.to_string());
     let cached = COMPILED.with(|c| {
         c.borrow()
-            .get(user)
+            .get(&key)
             .filter(|(at, _)| *at == set_at)
             .map(|(_, r)| r.clone())
     });
@@ -367,7 +380,7 @@ pub fn with_ruleset<T>(state: &State, user: &str, f: impl FnOnce(&Ruleset) -> T)
             if c.len() >= COMPILED_CACHE {
                 c.clear();
             }
-            c.insert(user.to_string(), (set_at, compiled.clone()));
+            c.insert(key, (set_at, compiled.clone()));
         });
         compiled
     });
@@ -642,5 +655,27 @@ mod tests {
         )
         .expect("sender rule");
         assert!(!Notification::highlight(&a));
+    }
+
+    #[test]
+    fn compiled_rules_are_the_users_own_per_state_and_follow_changes() {
+        let key = || mxconform_pdu::SigningKey::generate(None).unwrap();
+        let (mut a, mut b) = (State::new("hs", key()), State::new("hs", key()));
+        let room = Room::default();
+        let alice = "@alice:hs";
+        let rules = |actions: Value| json!({"global": {"underride": [{"rule_id": "all", "enabled": true, "conditions": [], "actions": actions}]}});
+        let slot = (alice.to_string(), String::new(), "m.push_rules".to_string());
+        // Two servers in one process, the same user, rules set at the same position.
+        a.account_data
+            .insert(slot.clone(), (rules(json!(["notify"])), 7));
+        b.account_data.insert(slot.clone(), (rules(json!([])), 7));
+        let e = ev("m.room.message", json!({"body": "x"}));
+        let on = |s: &State| with_ruleset(s, alice, |r| evaluate(s, &room, r, &e, alice));
+        assert_eq!(on(&a), Some(json!(["notify"])));
+        assert_eq!(on(&b), Some(json!([])));
+        // Rules changed later are compiled again.
+        a.account_data
+            .insert(slot, (rules(json!(["dont_notify"])), 8));
+        assert_eq!(on(&a), Some(json!(["dont_notify"])));
     }
 }
