@@ -811,7 +811,7 @@ fn start_reference_with(dir: &Path, args: &[&str]) -> Result<(std::process::Chil
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    let from = log.metadata().map_or(0, |m| m.len()) as usize;
+    let from = log.metadata().map_or(0, |m| m.len());
     let mut child =
         std::process::Command::new(std::env::current_exe().context("finding this binary")?)
             .args(["serve", "--addr", "127.0.0.1:0"])
@@ -822,10 +822,16 @@ fn start_reference_with(dir: &Path, args: &[&str]) -> Result<(std::process::Chil
             .spawn()
             .context("starting the reference server")?;
     // The start-up line names the URL (log lines may come before it); only whole lines count.
+    // The log is read from where this start began, and only what was added since the last look.
+    let mut reader = std::fs::File::open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(from))?;
+    let mut text = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let text = std::fs::read(&log_path).unwrap_or_default();
-        let new = String::from_utf8_lossy(text.get(from..).unwrap_or_default());
+        std::io::Read::read_to_end(&mut reader, &mut text)
+            .with_context(|| format!("reading {}", log_path.display()))?;
+        let new = String::from_utf8_lossy(&text);
         let whole = new.rfind('\n').map_or("", |end| &new[..end]);
         if let Some(line) = whole
             .lines()
