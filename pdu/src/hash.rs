@@ -53,14 +53,16 @@ pub fn reference_hash(version: &RoomVersion, event: &Value) -> [u8; 32] {
 pub fn event_id(version: &RoomVersion, event: &Value) -> Option<String> {
     match version.event_ids {
         EventIdFormat::Opaque => event.get("event_id")?.as_str().map(str::to_string),
-        EventIdFormat::Base64 => Some(format!(
-            "${}",
-            base64::encode(&reference_hash(version, event))
-        )),
-        EventIdFormat::UrlSafe => Some(format!(
-            "${}",
-            base64::encode_url_safe(&reference_hash(version, event))
-        )),
+        _ => event_id_of_reference(version, &reference_hash(version, event)),
+    }
+}
+
+/// The event id a reference hash gives (v3 on); `None` in versions whose ids are opaque.
+pub fn event_id_of_reference(version: &RoomVersion, reference: &[u8; 32]) -> Option<String> {
+    match version.event_ids {
+        EventIdFormat::Opaque => None,
+        EventIdFormat::Base64 => Some(format!("${}", base64::encode(reference))),
+        EventIdFormat::UrlSafe => Some(format!("${}", base64::encode_url_safe(reference))),
     }
 }
 

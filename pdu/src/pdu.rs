@@ -163,16 +163,11 @@ impl Pdu {
                 }
                 id.to_string()
             }
-            EventIdFormat::Base64 if reference.is_some() => {
-                format!("${}", base64::encode(&reference.unwrap_or_default()))
+            _ => match &reference {
+                Some(r) => hash::event_id_of_reference(version, r),
+                None => hash::event_id(version, &json),
             }
-            EventIdFormat::UrlSafe if reference.is_some() => {
-                format!(
-                    "${}",
-                    base64::encode_url_safe(&reference.unwrap_or_default())
-                )
-            }
-            _ => hash::event_id(version, &json).unwrap_or_default(),
+            .unwrap_or_default(),
         };
         let room_id = if version.room_id_is_create {
             if is_create {

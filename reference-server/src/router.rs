@@ -121,19 +121,16 @@ impl Router {
         }
         let mut params = BTreeMap::new();
         for (i, seg) in entry.segs.iter().enumerate() {
-            let part = parts.get(i).copied().unwrap_or("");
-            match seg {
-                Seg::Lit(_) => {}
-                Seg::Param(name) => match percent_decode(part) {
-                    Some(v) => {
-                        params.insert(name.to_string(), v);
-                    }
-                    None => {
-                        return Some(Err(ApiError::invalid_param(format!(
-                            "path parameter `{name}` is not valid percent-encoded UTF-8"
-                        ))))
-                    }
-                },
+            let Seg::Param(name) = seg else { continue };
+            match percent_decode(parts.get(i).copied().unwrap_or("")) {
+                Some(v) => {
+                    params.insert(name.to_string(), v);
+                }
+                None => {
+                    return Some(Err(ApiError::invalid_param(format!(
+                        "path parameter `{name}` is not valid percent-encoded UTF-8"
+                    ))))
+                }
             }
         }
         Some(Ok(params))

@@ -461,46 +461,40 @@ pub fn rows(
         peer.map(|p| ours.conc_sends_per_s / p.conc_sends_per_s),
         "-",
     );
+    // How many times longer the peer takes.
+    let slower = |f: fn(&Figures) -> Duration| {
+        peer.map(|p| f(p).as_secs_f64() / f(ours).as_secs_f64().max(1e-9))
+    };
     add(
         "/sync wake-up after a send starts, p50 / p99",
         format!("{} / {}", ms(ours.wake_p50), ms(ours.wake_p99)),
         peer.map(|p| format!("{} / {}", ms(p.wake_p50), ms(p.wake_p99))),
-        peer.map(|p| p.wake_p50.as_secs_f64() / ours.wake_p50.as_secs_f64().max(1e-9)),
+        slower(|f| f.wake_p50),
         "p50 < 1 ms",
     );
-    add(
-        "the same send after the same pause, nobody polling, p50",
-        ms(ours.idle_send_p50),
-        peer.map(|p| ms(p.idle_send_p50)),
-        peer.map(|p| p.idle_send_p50.as_secs_f64() / ours.idle_send_p50.as_secs_f64().max(1e-9)),
-        "-",
-    );
-    add(
-        "a request that does nothing (GET /versions) after the same pause, p50",
-        ms(ours.idle_noop_p50),
-        peer.map(|p| ms(p.idle_noop_p50)),
-        peer.map(|p| p.idle_noop_p50.as_secs_f64() / ours.idle_noop_p50.as_secs_f64().max(1e-9)),
-        "-",
-    );
-    add(
-        "createRoom latency p50",
-        ms(ours.create_room_p50),
-        peer.map(|p| ms(p.create_room_p50)),
-        peer.map(|p| {
-            p.create_room_p50.as_secs_f64() / ours.create_room_p50.as_secs_f64().max(1e-9)
+    let latencies: [(&str, fn(&Figures) -> Duration); 4] = [
+        (
+            "the same send after the same pause, nobody polling, p50",
+            |f| f.idle_send_p50,
+        ),
+        (
+            "a request that does nothing (GET /versions) after the same pause, p50",
+            |f| f.idle_noop_p50,
+        ),
+        ("createRoom latency p50", |f| f.create_room_p50),
+        ("initial /sync of a user in 100 rooms", |f| {
+            f.initial_sync_100_rooms
         }),
-        "-",
-    );
-    add(
-        "initial /sync of a user in 100 rooms",
-        ms(ours.initial_sync_100_rooms),
-        peer.map(|p| ms(p.initial_sync_100_rooms)),
-        peer.map(|p| {
-            p.initial_sync_100_rooms.as_secs_f64()
-                / ours.initial_sync_100_rooms.as_secs_f64().max(1e-9)
-        }),
-        "-",
-    );
+    ];
+    for (name, field) in latencies {
+        add(
+            name,
+            ms(field(ours)),
+            peer.map(|p| ms(field(p))),
+            slower(field),
+            "-",
+        );
+    }
     let mib =
         |k: Option<u64>| k.map_or("?".to_string(), |k| format!("{:.0} MiB", k as f64 / 1024.0));
     add(

@@ -463,14 +463,14 @@ impl State {
         pusher: Option<Value>,
     ) {
         let rec = format!("{user}\u{0}{}\u{0}{}", key.0, key.1);
+        // The push position moves in memory only while no pusher exists (`push_delivery`);
+        // it is written down before the first one arrives.
+        if let (Some(at), true) = (self.push_pos, pusher.is_some()) {
+            self.put_push_pos(batch, at);
+        }
         let pushers = self.pushers.entry(user.to_string()).or_default();
         match pusher {
             Some(p) => {
-                // The push position moves in memory only while no pusher exists
-                // (`push_delivery`); it is written down before the first one arrives.
-                if let Some(at) = self.push_pos {
-                    batch.put("push_pos", "", &json!(at));
-                }
                 batch.put("pusher", rec, &p);
                 pushers.insert(key.clone(), p);
             }

@@ -615,45 +615,26 @@ mod tests {
             "sender": [{"rule_id": "@bob:hs", "enabled": true, "actions": ["notify", {"set_tweak": "sound", "value": "x"}]}],
             "underride": []
         });
+        let compiled = Ruleset::compile(&rules);
         let notice = ev(
             "m.room.message",
             json!({"msgtype": "m.notice", "body": "alice"}),
         );
         assert_eq!(
-            evaluate(
-                &state,
-                &room,
-                &Ruleset::compile(&rules),
-                &notice,
-                "@alice:hs"
-            ),
+            evaluate(&state, &room, &compiled, &notice, "@alice:hs"),
             Some(json!([]))
         );
         let named = ev(
             "m.room.message",
             json!({"msgtype": "m.text", "body": "hey Alice"}),
         );
-        let a = evaluate(
-            &state,
-            &room,
-            &Ruleset::compile(&rules),
-            &named,
-            "@alice:hs",
-        )
-        .expect("matches");
+        let a = evaluate(&state, &room, &compiled, &named, "@alice:hs").expect("matches");
         assert!(Notification::highlight(&a) && Notification::notifies(&a));
         let other = ev(
             "m.room.message",
             json!({"msgtype": "m.text", "body": "hello"}),
         );
-        let a = evaluate(
-            &state,
-            &room,
-            &Ruleset::compile(&rules),
-            &other,
-            "@alice:hs",
-        )
-        .expect("sender rule");
+        let a = evaluate(&state, &room, &compiled, &other, "@alice:hs").expect("sender rule");
         assert!(!Notification::highlight(&a));
     }
 
