@@ -168,6 +168,8 @@ impl Store {
             }
             _ => format!("configuring the database: {e}"),
         })?;
+        // Every statement of the request path is cached (more than rusqlite's default 16).
+        conn.set_prepared_statement_cache_capacity(64);
         let mut store = Store { conn };
         store.migrate()?;
         Ok(store)
@@ -480,7 +482,22 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
-        let tx = self.conn.transaction()?;
+        // BEGIN and COMMIT are cached statements like the writes between them: a transaction
+        // per request would otherwise parse both again every time.
+        self.conn.prepare_cached("BEGIN")?.execute([])?;
+        let written = self.write_batch(&batch).and_then(|()| {
+            self.conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(())
+        });
+        if written.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        written
+    }
+
+    /// The statements of one commit, inside its transaction.
+    fn write_batch(&self, batch: &Batch) -> Result<(), ApiError> {
+        let tx = &self.conn;
         {
             let mut ev = tx.prepare_cached(
                 "INSERT INTO events (pos, room_id, json, event_id, sender, state_key, relates_to, replaces) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -534,7 +551,6 @@ impl Store {
                 media.execute(params![id, ct, name, data, *ms as i64])?;
             }
         }
-        tx.commit()?;
         Ok(())
     }
 

@@ -152,7 +152,7 @@ enum Test {
     Conditions(Vec<Condition>),
     /// A `content` rule: its pattern against whole words of the body (`None`: no pattern, or
     /// one that cannot be compiled: never matches).
-    Body(Option<Regex>),
+    Body(Option<Glob>),
     /// A `room` rule: the event is in the room named by its id.
     Room(String),
     /// A `sender` rule: the event is from the user named by its id.
@@ -163,7 +163,7 @@ enum Test {
 enum Condition {
     EventMatch {
         key: String,
-        glob: Option<Regex>,
+        glob: Option<Glob>,
     },
     PropertyIs {
         key: String,
@@ -282,9 +282,9 @@ impl Condition {
 
     fn holds(&self, state: &State, room: &Room, ev: &Event, user: &str) -> bool {
         match self {
-            Condition::EventMatch { key, glob } => glob.as_ref().is_some_and(|re| {
+            Condition::EventMatch { key, glob } => glob.as_ref().is_some_and(|g| {
                 property(ev, key)
-                    .and_then(|p| p.as_str().map(|s| re.is_match(s)))
+                    .and_then(|p| p.as_str().map(|s| g.is_match(s)))
                     .unwrap_or(false)
             }),
             Condition::PropertyIs { key, value } => property(ev, key).is_some_and(|v| v.is(value)),
@@ -402,11 +402,11 @@ pub fn evaluate(
         .rules
         .iter()
         .find(|rule| match &rule.test {
-            Test::Body(glob) => glob.as_ref().is_some_and(|re| {
+            Test::Body(glob) => glob.as_ref().is_some_and(|g| {
                 ev.content
                     .get("body")
                     .and_then(Value::as_str)
-                    .is_some_and(|b| re.is_match(b))
+                    .is_some_and(|b| g.is_match(b))
             }),
             Test::Room(id) => *id == ev.room_id,
             Test::Sender(id) => *id == ev.sender,
@@ -498,12 +498,51 @@ fn split_key(key: &str) -> (std::borrow::Cow<'_, str>, Option<&str>) {
 thread_local! {
     /// Compiled globs: [whole value, words of a body], by pattern (for display names, which
     /// are not part of a ruleset).
-    static GLOBS: RefCell<[HashMap<String, Option<Regex>>; 2]> = RefCell::new([HashMap::new(), HashMap::new()]);
+    static GLOBS: RefCell<[HashMap<String, Option<Glob>>; 2]> = RefCell::new([HashMap::new(), HashMap::new()]);
 }
 
-/// A glob (`*`, `?`) as a case-insensitive regex: the whole value, or (for a message body)
-/// whole words anywhere in it. `None` for one that cannot be compiled (it matches nothing).
-fn compile_glob(pattern: &str, words: bool) -> Option<Regex> {
+/// A glob (`*`, `?`) matched case-insensitively against the whole value, or (for a message
+/// body) against whole words anywhere in it.
+#[derive(Debug)]
+struct Glob {
+    /// The pattern, when it has no wildcards and is ASCII: matched without the regex in ASCII
+    /// values (most bodies), where ASCII case folding and word characters are the whole story.
+    literal: Option<String>,
+    words: bool,
+    re: Regex,
+}
+
+impl Glob {
+    fn is_match(&self, value: &str) -> bool {
+        match &self.literal {
+            Some(lit) if value.is_ascii() => {
+                literal_match(lit.as_bytes(), value.as_bytes(), self.words)
+            }
+            _ => self.re.is_match(value),
+        }
+    }
+}
+
+/// What the regex of [`compile_glob`] answers for a non-empty ASCII pattern without wildcards
+/// and an ASCII value: equal ignoring ASCII case, or (`words`) found with no word character
+/// (`[A-Za-z0-9_]`, all of `\w` in ASCII) right before or after it.
+fn literal_match(pattern: &[u8], value: &[u8], words: bool) -> bool {
+    if !words {
+        return value.eq_ignore_ascii_case(pattern);
+    }
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let n = pattern.len();
+    (0..=value.len().saturating_sub(n)).any(|i| {
+        value.len() >= i + n
+            && value[i..i + n].eq_ignore_ascii_case(pattern)
+            && (i == 0 || !word(value[i - 1]))
+            && (i + n == value.len() || !word(value[i + n]))
+    })
+}
+
+/// A glob (`*`, `?`) as a case-insensitive matcher ([`Glob`]). `None` for one that cannot be
+/// compiled (it matches nothing).
+fn compile_glob(pattern: &str, words: bool) -> Option<Glob> {
     let mut body = String::new();
     for c in pattern.chars() {
         match c {
@@ -517,7 +556,13 @@ fn compile_glob(pattern: &str, words: bool) -> Option<Regex> {
     } else {
         format!(r"(?is)^{body}$")
     };
-    Regex::new(&re).ok()
+    let literal = (!pattern.is_empty() && pattern.is_ascii() && !pattern.contains(['*', '?']))
+        .then(|| pattern.to_string());
+    Some(Glob {
+        literal,
+        words,
+        re: Regex::new(&re).ok()?,
+    })
 }
 
 /// Whether `value` matches the glob `pattern` ([`compile_glob`]), compiled once per thread.
@@ -525,15 +570,15 @@ fn glob_matches(pattern: &str, value: &str, words: bool) -> bool {
     GLOBS.with(|cache| {
         let mut cache = cache.borrow_mut();
         let map = &mut cache[usize::from(words)];
-        if let Some(re) = map.get(pattern) {
-            return re.as_ref().is_some_and(|r| r.is_match(value));
+        if let Some(g) = map.get(pattern) {
+            return g.as_ref().is_some_and(|g| g.is_match(value));
         }
         if map.len() > 4096 {
             map.clear();
         }
-        let re = compile_glob(pattern, words);
-        let hit = re.as_ref().is_some_and(|r| r.is_match(value));
-        map.insert(pattern.to_string(), re);
+        let g = compile_glob(pattern, words);
+        let hit = g.as_ref().is_some_and(|g| g.is_match(value));
+        map.insert(pattern.to_string(), g);
         hit
     })
 }
@@ -586,6 +631,21 @@ mod tests {
         assert!(glob_matches("ALICE", "hi alice!", true));
         assert!(!glob_matches("alice", "hi malice", true));
         assert!(glob_matches("a?ice", "alice", false));
+    }
+
+    proptest::proptest! {
+        /// The literal path answers what the regex answers, on ASCII text built from letters
+        /// of both cases, digits, `_` and separators (where word boundaries matter).
+        #[test]
+        fn literal_globs_agree_with_their_regex(
+            pattern in "[aAbB0_@.]{1,4}",
+            value in "[aAbB0_@. -]{0,16}",
+            words: bool,
+        ) {
+            let g = compile_glob(&pattern, words).expect("compiles");
+            proptest::prop_assert!(g.literal.is_some());
+            proptest::prop_assert_eq!(g.is_match(&value), g.re.is_match(&value));
+        }
     }
 
     #[test]
