@@ -20,11 +20,23 @@ pub async fn serve_connection<S>(server: Arc<Server>, sock: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let io = hyper_util::rt::TokioIo::new(sock);
+    // A request's log line is written once its answer has been handed to the socket, so that
+    // the answer does not wait for the log.
+    let pending = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let io = hyper_util::rt::TokioIo::new(LoggedIo {
+        inner: sock,
+        pending: pending.clone(),
+    });
     let header_timeout = server.config.limits.header_timeout;
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let server = server.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle_incoming(&server, req).await) }
+        let (server, pending) = (server.clone(), pending.clone());
+        async move {
+            let (response, log) = handle_incoming(&server, req).await;
+            if let Some(log) = log {
+                lock_pending(&pending).push(log);
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     // A client that does not finish its headers in time (or leaves a kept-alive connection
     // idle that long) is disconnected.
@@ -36,7 +48,93 @@ where
         .await;
 }
 
-async fn handle_incoming(server: &Server, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// The log lines of answers not yet written to a connection.
+type Pending = Arc<std::sync::Mutex<Vec<RequestLog>>>;
+
+fn lock_pending(p: &Pending) -> std::sync::MutexGuard<'_, Vec<RequestLog>> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A connection's socket that writes the request log lines of the answers it sends, after
+/// sending them (and, when it closes, any left).
+struct LoggedIo<S> {
+    inner: S,
+    pending: Pending,
+}
+
+impl<S> LoggedIo<S> {
+    fn emit_pending(&self) {
+        let lines = std::mem::take(&mut *lock_pending(&self.pending));
+        for line in lines {
+            line.emit();
+        }
+    }
+}
+
+impl<S> Drop for LoggedIo<S> {
+    fn drop(&mut self) {
+        self.emit_pending();
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LoggedIo<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for LoggedIo<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if r.is_ready() {
+            self.emit_pending();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if r.is_ready() {
+            self.emit_pending();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+async fn handle_incoming(
+    server: &Server,
+    req: Request<Incoming>,
+) -> (Response<Full<Bytes>>, Option<RequestLog>) {
     let (parts, body) = req.into_parts();
     // Reject a body announced larger than allowed before reading it.
     let announced = parts
@@ -45,10 +143,13 @@ async fn handle_incoming(server: &Server, req: Request<Incoming>) -> Response<Fu
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if announced.is_some_and(|n| n > server.config.max_body) {
-        return to_http(error_response(&ApiError::too_large(format!(
-            "request body larger than {} bytes",
-            server.config.max_body
-        ))));
+        return (
+            to_http(error_response(&ApiError::too_large(format!(
+                "request body larger than {} bytes",
+                server.config.max_body
+            )))),
+            None,
+        );
     }
     let read = tokio::time::timeout(
         server.config.limits.body_timeout,
@@ -56,15 +157,18 @@ async fn handle_incoming(server: &Server, req: Request<Incoming>) -> Response<Fu
     )
     .await;
     let Ok(read) = read else {
-        return to_http(error_response(&ApiError {
-            status: 408,
-            errcode: "M_UNKNOWN",
-            message: format!(
-                "the request body did not arrive within {} s",
-                server.config.limits.body_timeout.as_secs()
-            ),
-            extra: None,
-        }));
+        return (
+            to_http(error_response(&ApiError {
+                status: 408,
+                errcode: "M_UNKNOWN",
+                message: format!(
+                    "the request body did not arrive within {} s",
+                    server.config.limits.body_timeout.as_secs()
+                ),
+                extra: None,
+            })),
+            None,
+        );
     };
     let bytes = match read {
         Ok(c) => c.to_bytes(),
@@ -80,10 +184,11 @@ async fn handle_incoming(server: &Server, req: Request<Incoming>) -> Response<Fu
             } else {
                 ApiError::unknown_400(format!("could not read the request body: {e}"))
             };
-            return to_http(error_response(&err));
+            return (to_http(error_response(&err)), None);
         }
     };
-    to_http(handle(server, Request::from_parts(parts, bytes)).await)
+    let (response, log) = answer(server, Request::from_parts(parts, bytes)).await;
+    (to_http(response), log)
 }
 
 fn to_http(r: Response<Bytes>) -> Response<Full<Bytes>> {
@@ -164,8 +269,39 @@ struct Seen {
 /// Answers one request (no socket involved), and logs it: a line per request at `info`
 /// (target `mxconform_server::request`), a 5xx at `warn`.
 pub async fn handle(server: &Server, req: Request<Bytes>) -> Response<Bytes> {
+    let (response, log) = answer(server, req).await;
+    if let Some(log) = log {
+        log.emit();
+    }
+    response
+}
+
+/// What the request log says of one answered request.
+struct RequestLog {
+    method: Method,
+    path: String,
+    operation: &'static str,
+    user: Option<String>,
+    status: u16,
+    ms: f64,
+}
+
+impl RequestLog {
+    fn emit(&self) {
+        let (method, operation, status, ms) = (&self.method, self.operation, self.status, self.ms);
+        let user = self.user.as_deref().unwrap_or("-");
+        if status >= 500 {
+            tracing::warn!(target: "mxconform_server::request", method = %method, operation, user, status, ms, "{}", self.path);
+        } else {
+            tracing::info!(target: "mxconform_server::request", method = %method, operation, user, status, ms, "{}", self.path);
+        }
+    }
+}
+
+/// Answers one request, with what its log line says (none for a CORS preflight).
+async fn answer(server: &Server, req: Request<Bytes>) -> (Response<Bytes>, Option<RequestLog>) {
     if req.method() == Method::OPTIONS {
-        return json_response(200, &json!({}));
+        return (json_response(200, &json!({})), None);
     }
     let started = Instant::now();
     let mut seen = Seen::default();
@@ -173,8 +309,6 @@ pub async fn handle(server: &Server, req: Request<Bytes>) -> Response<Bytes> {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
-    let status = response.status().as_u16();
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
     let operation = seen.operation.unwrap_or_else(|| {
         if req.uri().path().starts_with("/_matrix/client/") {
             "-"
@@ -182,13 +316,15 @@ pub async fn handle(server: &Server, req: Request<Bytes>) -> Response<Bytes> {
             "other"
         }
     });
-    let user = seen.user.as_deref().unwrap_or("-");
-    if status >= 500 {
-        tracing::warn!(target: "mxconform_server::request", method = %req.method(), operation, user, status, ms, "{}", req.uri().path());
-    } else {
-        tracing::info!(target: "mxconform_server::request", method = %req.method(), operation, user, status, ms, "{}", req.uri().path());
-    }
-    response
+    let log = RequestLog {
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+        operation,
+        user: seen.user,
+        status: response.status().as_u16(),
+        ms: started.elapsed().as_secs_f64() * 1000.0,
+    };
+    (response, Some(log))
 }
 
 async fn handle_inner(
