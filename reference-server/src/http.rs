@@ -431,7 +431,15 @@ async fn handle_inner(
             Reply::Outbound(_) => {
                 return Err(ApiError::internal("an outbound answer gave another"));
             }
-            Reply::Json(status, v) => return Ok(json_response(status, &v)),
+            Reply::Json(status, v) => {
+                // A write that woke long-polls lets them answer first: they wait for what it
+                // wrote, its own answer only confirms it (a thread that answers both answers
+                // the receivers without first sending, and logging, the sender's answer).
+                if changes.has_changed().unwrap_or(false) {
+                    tokio::task::yield_now().await;
+                }
+                return Ok(json_response(status, &v));
+            }
             Reply::Bytes {
                 status,
                 content_type,

@@ -150,6 +150,13 @@ pub(crate) struct ServeArgs {
     /// How log lines look
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Threads that answer requests (default: half the machine's cores, at least one). Writes
+    /// take the state's one lock in turn, so on a small machine a second thread adds cross-core
+    /// wake-ups on every request sooner than parallel work (measured on 2 cores: one thread
+    /// gives more concurrent sends and a quicker /sync wake-up); password hashing runs on
+    /// threads of its own either way.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -367,7 +374,12 @@ pub(crate) fn serve(args: ServeArgs) -> Result<ExitCode> {
         federation_tls = Some((addr, tls));
     }
     let server = mxconform_server::Server::open(config).map_err(anyhow::Error::msg)?;
+    let workers = args.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+        usize::from,
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .context("starting the runtime")?;
