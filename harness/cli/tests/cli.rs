@@ -1073,6 +1073,42 @@ fn start_up_lines(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> 
     found
 }
 
+/// `serve --workers N`: the request threads are chosen (any number from one, whatever the
+/// machine has); none is refused with the flag's range.
+#[test]
+fn serve_takes_a_number_of_workers_from_one() {
+    let out = bin()
+        .args(["serve", "--in-memory", "--workers", "0"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--workers") && err.contains("1..="), "{err}");
+    use std::io::{BufRead, BufReader, Read, Write};
+    let port = free_port();
+    let mut child = bin()
+        .args(["serve", "--in-memory", "--workers", "3", "--addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let started = BufReader::new(child.stderr.take().expect("stderr"))
+        .lines()
+        .map(|l| l.expect("readable"))
+        .find(|l| l.starts_with("mxconform reference server"));
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    sock.write_all(
+        b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .expect("writes");
+    let mut answer = String::new();
+    let _ = sock.read_to_string(&mut answer);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(started.is_some(), "no start-up line");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 /// `serve` logs a line per request (method, operation, user, status, duration), here as JSON.
 #[test]
 fn serve_logs_each_request_as_json() {
