@@ -349,6 +349,8 @@ async fn handle_inner(
 
     // Authentication before anything else is looked at.
     let route0 = matched.routes[0];
+    // The log names the operation even when authentication refuses the request.
+    seen.operation = Some(route0.operation_id);
     let token = token_of(req, &query)?;
     let user = match (&token, route0.auth) {
         (None, Auth::Required) => {

@@ -1154,6 +1154,59 @@ fn serve_logs_each_request_as_json() {
     assert!(v["fields"]["ms"].as_f64().is_some(), "{line}");
 }
 
+/// The request log line is written after the answer (`http::LoggedIo`): every answered
+/// request of a kept-alive connection still gets its line, in order, the last one when the
+/// connection closes.
+#[test]
+fn serve_logs_every_request_of_a_kept_alive_connection_in_order() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let port = free_port();
+    let mut child = bin()
+        .args(["serve", "--in-memory", "--log-format", "json", "--addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    lines
+        .by_ref()
+        .map(|l| l.expect("readable"))
+        .find(|l| l.starts_with("mxconform reference server"))
+        .expect("a start-up line");
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    sock.write_all(
+        b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n\r\nGET /_matrix/client/v3/nothing-here HTTP/1.1\r\nHost: x\r\n\r\nGET /_matrix/client/v3/capabilities HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .expect("writes");
+    let mut answer = String::new();
+    let _ = sock.read_to_string(&mut answer);
+    let got: Vec<serde_json::Value> = lines
+        .by_ref()
+        .take(3)
+        .map(|l| serde_json::from_str(&l.expect("readable")).expect("a JSON line"))
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 3, "{answer}");
+    let seen: Vec<(String, u64)> = got
+        .iter()
+        .map(|v| {
+            (
+                v["fields"]["operation"].as_str().unwrap_or("").to_string(),
+                v["fields"]["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("getVersions".to_string(), 200),
+            ("-".to_string(), 404),
+            ("getCapabilities".to_string(), 401),
+        ]
+    );
+}
+
 /// `serve --config FILE`: the file's options apply, a flag given too overrides the file, and
 /// the TURN password comes from the environment (never the command line).
 #[test]
