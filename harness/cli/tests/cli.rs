@@ -1084,64 +1084,27 @@ fn serve_takes_a_number_of_workers_from_one() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--workers") && err.contains("1..="), "{err}");
-    use std::io::{BufRead, BufReader, Read, Write};
     let port = free_port();
-    let mut child = bin()
-        .args(["serve", "--in-memory", "--workers", "3", "--addr"])
-        .arg(format!("127.0.0.1:{port}"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let started = BufReader::new(child.stderr.take().expect("stderr"))
-        .lines()
-        .map(|l| l.expect("readable"))
-        .find(|l| l.starts_with("mxconform reference server"));
-    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
-    sock.write_all(
+    let mut child = serve_plain(port, &["--workers".into(), "3".into()]);
+    let answer = raw_http(
+        port,
         b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .expect("writes");
-    let mut answer = String::new();
-    let _ = sock.read_to_string(&mut answer);
+    );
     let _ = child.kill();
     let _ = child.wait();
-    assert!(started.is_some(), "no start-up line");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
 /// `serve` logs a line per request (method, operation, user, status, duration), here as JSON.
 #[test]
 fn serve_logs_each_request_as_json() {
-    use std::io::{BufRead, BufReader};
     let port = free_port();
-    let mut child = bin()
-        .args([
-            "serve",
-            "--in-memory",
-            "--server-name",
-            "logs.test",
-            "--log-format",
-            "json",
-            "--addr",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    lines
-        .by_ref()
-        .map(|l| l.expect("readable"))
-        .find(|l| l.starts_with("mxconform reference server"))
-        .expect("a start-up line");
-    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
-    use std::io::{Read, Write};
-    sock.write_all(
+    let args = ["--server-name", "logs.test", "--log-format", "json"].map(String::from);
+    let (mut child, mut lines) = serve_logging(port, &args);
+    raw_http(
+        port,
         b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .expect("writes");
-    let mut answer = Vec::new();
-    let _ = sock.read_to_end(&mut answer);
+    );
     let line = lines.next().expect("a log line").expect("readable");
     let _ = child.kill();
     let _ = child.wait();
@@ -1159,29 +1122,13 @@ fn serve_logs_each_request_as_json() {
 /// connection closes.
 #[test]
 fn serve_logs_every_request_of_a_kept_alive_connection_in_order() {
-    use std::io::{BufRead, BufReader, Read, Write};
     let port = free_port();
-    let mut child = bin()
-        .args(["serve", "--in-memory", "--log-format", "json", "--addr"])
-        .arg(format!("127.0.0.1:{port}"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    lines
-        .by_ref()
-        .map(|l| l.expect("readable"))
-        .find(|l| l.starts_with("mxconform reference server"))
-        .expect("a start-up line");
-    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
-    sock.write_all(
+    let (mut child, lines) = serve_logging(port, &["--log-format".into(), "json".into()]);
+    let answer = raw_http(
+        port,
         b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n\r\nGET /_matrix/client/v3/nothing-here HTTP/1.1\r\nHost: x\r\n\r\nGET /_matrix/client/v3/capabilities HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .expect("writes");
-    let mut answer = String::new();
-    let _ = sock.read_to_string(&mut answer);
+    );
     let got: Vec<serde_json::Value> = lines
-        .by_ref()
         .take(3)
         .map(|l| serde_json::from_str(&l.expect("readable")).expect("a JSON line"))
         .collect();
@@ -1211,7 +1158,7 @@ fn serve_logs_every_request_of_a_kept_alive_connection_in_order() {
 /// the TURN password comes from the environment (never the command line).
 #[test]
 fn serve_reads_a_config_file_flags_override_it_and_secrets_come_from_the_environment() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufRead, BufReader};
     let dir = temp("config");
     let port = free_port();
     let file = dir.join("homeserver.toml");
@@ -1239,10 +1186,7 @@ fn serve_reads_a_config_file_flags_override_it_and_secrets_come_from_the_environ
         .expect("a start-up line");
     std::thread::spawn(move || for _ in lines {});
     let request = |req: String| {
-        let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
-        sock.write_all(req.as_bytes()).expect("writes");
-        let mut answer = String::new();
-        let _ = sock.read_to_string(&mut answer);
+        let answer = raw_http(port, req.as_bytes());
         let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
         serde_json::from_str::<serde_json::Value>(&body).unwrap_or(serde_json::Value::Null)
     };
@@ -1348,6 +1292,20 @@ async fn wait_for_message(port: u16, room: &str, token: &str, text: &str) -> Res
 
 /// `mxconform serve` on 127.0.0.1:`port` with `args` (no federation), once it says it listens.
 fn serve_plain(port: u16, args: &[String]) -> std::process::Child {
+    let (child, lines) = serve_logging(port, args);
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+/// `mxconform serve --in-memory` on 127.0.0.1:`port` with `args`, once it says it listens,
+/// and the lines it logs after that.
+fn serve_logging(
+    port: u16,
+    args: &[String],
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+) {
     use std::io::{BufRead, BufReader};
     let mut child = bin()
         .args(["serve", "--in-memory", "--addr"])
@@ -1362,8 +1320,18 @@ fn serve_plain(port: u16, args: &[String]) -> std::process::Child {
         .map(|l| l.expect("readable"))
         .find(|l| l.starts_with("mxconform reference server"))
         .expect("a start-up line");
-    std::thread::spawn(move || for _ in lines {});
-    child
+    (child, lines)
+}
+
+/// Writes `request` (whole HTTP/1.1 requests, the last with `Connection: close`) to a new
+/// connection to 127.0.0.1:`port`; everything it answers.
+fn raw_http(port: u16, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    sock.write_all(request).expect("writes");
+    let mut answer = String::new();
+    let _ = sock.read_to_string(&mut answer);
+    answer
 }
 
 /// A server on 127.0.0.1 (TLS with `tls`, else plain) answering every request with `answer`;
