@@ -531,12 +531,11 @@ fn literal_match(pattern: &[u8], value: &[u8], words: bool) -> bool {
         return value.eq_ignore_ascii_case(pattern);
     }
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    let n = pattern.len();
-    (0..=value.len().saturating_sub(n)).any(|i| {
-        value.len() >= i + n
-            && value[i..i + n].eq_ignore_ascii_case(pattern)
+    // A literal glob is never empty, so the windows are not either.
+    value.windows(pattern.len()).enumerate().any(|(i, w)| {
+        w.eq_ignore_ascii_case(pattern)
             && (i == 0 || !word(value[i - 1]))
-            && (i + n == value.len() || !word(value[i + n]))
+            && value.get(i + pattern.len()).is_none_or(|&b| !word(b))
     })
 }
 
