@@ -4,6 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// mimalloc, not glibc's malloc: the server's requests allocate many small JSON values, and
+/// it makes them sooner (figures in harness/cli/Cargo.toml and harness/reports/bench.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use mxconform_codegen::pin::{self, Pin};
