@@ -497,57 +497,72 @@ impl Store {
 
     /// The statements of one commit, inside its transaction.
     fn write_batch(&self, batch: &Batch) -> Result<(), ApiError> {
+        // Only the statements a batch needs are looked up in the cache (a send needs three).
         let tx = &self.conn;
-        let mut ev = tx.prepare_cached(
-            "INSERT INTO events (pos, room_id, json, event_id, sender, state_key, relates_to, replaces) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        for e in &batch.events {
-            ev.execute(params![
-                e.pos as i64,
-                e.room_id,
-                e.json,
-                e.event_id,
-                e.sender,
-                e.state_key,
-                e.relates_to,
-                e.replaces.map(|p| p as i64)
-            ])?;
+        if !batch.events.is_empty() {
+            let mut ev = tx.prepare_cached(
+                "INSERT INTO events (pos, room_id, json, event_id, sender, state_key, relates_to, replaces) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for e in &batch.events {
+                ev.execute(params![
+                    e.pos as i64,
+                    e.room_id,
+                    e.json,
+                    e.event_id,
+                    e.sender,
+                    e.state_key,
+                    e.relates_to,
+                    e.replaces.map(|p| p as i64)
+                ])?;
+            }
         }
-        let mut upd = tx.prepare_cached("UPDATE events SET json = ?2 WHERE pos = ?1")?;
-        for (pos, json) in &batch.event_updates {
-            upd.execute(params![*pos as i64, json])?;
+        if !batch.event_updates.is_empty() {
+            let mut upd = tx.prepare_cached("UPDATE events SET json = ?2 WHERE pos = ?1")?;
+            for (pos, json) in &batch.event_updates {
+                upd.execute(params![*pos as i64, json])?;
+            }
         }
-        let mut red = tx.prepare_cached("UPDATE events SET redacted_by = ?2 WHERE pos = ?1")?;
-        for (pos, by) in &batch.redactions {
-            red.execute(params![*pos as i64, *by as i64])?;
+        if !batch.redactions.is_empty() {
+            let mut red = tx.prepare_cached("UPDATE events SET redacted_by = ?2 WHERE pos = ?1")?;
+            for (pos, by) in &batch.redactions {
+                red.execute(params![*pos as i64, *by as i64])?;
+            }
         }
-        let mut note = tx.prepare_cached(
-            "INSERT OR REPLACE INTO notifications (user_id, room_id, pos, highlight, actions) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for n in &batch.notifications {
-            note.execute(params![
-                n.user_id,
-                n.room_id,
-                n.pos as i64,
-                n.highlight,
-                n.actions
-            ])?;
+        if !batch.notifications.is_empty() {
+            let mut note = tx.prepare_cached(
+                "INSERT OR REPLACE INTO notifications (user_id, room_id, pos, highlight, actions) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for n in &batch.notifications {
+                note.execute(params![
+                    n.user_id,
+                    n.room_id,
+                    n.pos as i64,
+                    n.highlight,
+                    n.actions
+                ])?;
+            }
         }
-        let mut put = tx.prepare_cached(
-            "INSERT OR REPLACE INTO records (kind, key, value) VALUES (?1, ?2, ?3)",
-        )?;
-        for (kind, key, value) in &batch.puts {
-            put.execute(params![kind, key, value])?;
+        if !batch.puts.is_empty() {
+            let mut put = tx.prepare_cached(
+                "INSERT OR REPLACE INTO records (kind, key, value) VALUES (?1, ?2, ?3)",
+            )?;
+            for (kind, key, value) in &batch.puts {
+                put.execute(params![kind, key, value])?;
+            }
         }
-        let mut del = tx.prepare_cached("DELETE FROM records WHERE kind = ?1 AND key = ?2")?;
-        for (kind, key) in &batch.deletes {
-            del.execute(params![kind, key])?;
+        if !batch.deletes.is_empty() {
+            let mut del = tx.prepare_cached("DELETE FROM records WHERE kind = ?1 AND key = ?2")?;
+            for (kind, key) in &batch.deletes {
+                del.execute(params![kind, key])?;
+            }
         }
-        let mut media = tx.prepare_cached(
-            "INSERT OR REPLACE INTO media (media_id, content_type, filename, data, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for (id, ct, name, data, ms) in &batch.media {
-            media.execute(params![id, ct, name, data, *ms as i64])?;
+        if !batch.media.is_empty() {
+            let mut media = tx.prepare_cached(
+                "INSERT OR REPLACE INTO media (media_id, content_type, filename, data, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (id, ct, name, data, ms) in &batch.media {
+                media.execute(params![id, ct, name, data, *ms as i64])?;
+            }
         }
         Ok(())
     }

@@ -1,5 +1,7 @@
 //! Presence.
 
+use std::collections::BTreeSet;
+
 use mxconform_generated::client_server as cs;
 use serde_json::{json, Value};
 
@@ -28,7 +30,7 @@ pub fn get_presence(ctx: &Ctx, req: cs::presence::get_presence::Request) -> ApiR
         if s.is_local(&req.user_id) && !s.users.contains_key(&req.user_id) {
             return Err(ApiError::not_found("no such user"));
         }
-        if !s.room_peers(&me.user_id).contains(&req.user_id) {
+        if !s.room_peers(&me.user_id).contains(req.user_id.as_str()) {
             return Err(ApiError::forbidden("you share no room with that user"));
         }
         let (content, _) = s
@@ -48,13 +50,13 @@ pub fn get_presence(ctx: &Ctx, req: cs::presence::get_presence::Request) -> ApiR
     })
 }
 
-/// Presence events for the sync of `user`: peers whose presence changed after `since`.
-pub fn presence_events(state: &State, user: &str, since: u64) -> Vec<Value> {
-    let peers = state.room_peers(user);
+/// Presence events for a sync: those of `peers` (the users sharing a room with the caller, the
+/// caller included) whose presence changed after `since`.
+pub fn presence_events(state: &State, peers: &BTreeSet<&str>, since: u64) -> Vec<Value> {
     let now = now_ms();
     let mut out = Vec::new();
-    for p in peers {
-        if let Some((c, pos)) = state.presence.get(&p) {
+    for &p in peers {
+        if let Some((c, pos)) = state.presence.get(p) {
             if *pos > since {
                 let mut content = json!({"presence": c["presence"], "currently_active": c["presence"] == "online"});
                 if let Some(ts) = c.get("last_active_ts").and_then(Value::as_u64) {
@@ -63,7 +65,7 @@ pub fn presence_events(state: &State, user: &str, since: u64) -> Vec<Value> {
                 if let Some(m) = c.get("status_msg") {
                     content["status_msg"] = m.clone();
                 }
-                if let Some(u) = state.users.get(&p) {
+                if let Some(u) = state.users.get(p) {
                     if let Some(d) = &u.displayname {
                         content["displayname"] = json!(d);
                     }

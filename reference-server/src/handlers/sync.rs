@@ -203,10 +203,16 @@ fn room_section(
     } else {
         after
     };
-    let now = room.state_at(until);
+    // The state now is built only when some change needs it (it is a map of the whole state).
+    let mut now = None;
     for (at, kind, key, p) in room.state_changes(from, until) {
         let unseen = *p != *at && *p != 0 && !positions.contains(p);
-        if unseen && now.get(&(kind.as_str(), key.as_str())) == Some(p) {
+        if unseen
+            && now
+                .get_or_insert_with(|| room.state_at(until))
+                .get(&(kind.as_str(), key.as_str()))
+                == Some(p)
+        {
             if let Some(e) = state.event(*p) {
                 st.insert((kind.clone(), key.clone()), e);
             }
@@ -607,7 +613,9 @@ fn build(
                 .collect()
         })
         .unwrap_or_default();
-    let presence: Vec<Value> = super::presence::presence_events(state, &me.user_id, s)
+    // Who shares a room with the caller: whose presence and key changes it hears of.
+    let peers = state.room_peers(&me.user_id);
+    let presence: Vec<Value> = super::presence::presence_events(state, &peers, s)
         .into_iter()
         .filter(|e| {
             filter
@@ -617,7 +625,7 @@ fn build(
         .collect();
     // Users sharing a room whose devices or keys changed since the last sync.
     let (changed, left) = if since.is_some() {
-        state.device_list_changes(&me.user_id, s, until)
+        state.device_list_changes_among(&me.user_id, &peers, s, until)
     } else {
         (Vec::new(), Vec::new())
     };

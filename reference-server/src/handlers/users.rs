@@ -1,5 +1,7 @@
 //! The user directory.
 
+use std::collections::BTreeSet;
+
 use mxconform_generated::client_server as cs;
 use serde_json::{json, Value};
 
@@ -16,7 +18,7 @@ pub fn search_user_directory(
     ctx.server.read(|s| {
         // Users who share a room with the caller, or who are in a room anyone may see: published,
         // with a public join rule, or world-readable.
-        let mut visible = s.room_peers(&me.user_id);
+        let mut visible: BTreeSet<&str> = s.room_peers(&me.user_id);
         let open = |r: &&crate::state::Room| {
             r.public
                 || r.world_readable()
@@ -26,11 +28,11 @@ pub fn search_user_directory(
                     == Some("public")
         };
         for r in s.rooms.values().filter(open) {
-            visible.extend(r.joined().cloned());
+            visible.extend(r.joined().map(String::as_str));
         }
         let mut hits: Vec<Value> = visible
             .iter()
-            .filter_map(|u| s.users.get(u))
+            .filter_map(|u| s.users.get(*u))
             .filter(|u| !u.deactivated)
             .filter(|u| {
                 u.user_id.to_lowercase().contains(&term)

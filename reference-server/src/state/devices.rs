@@ -24,16 +24,26 @@ impl State {
         from: u64,
         to: u64,
     ) -> (Vec<String>, Vec<String>) {
+        self.device_list_changes_among(user, &self.room_peers(user), from, to)
+    }
+
+    /// [`State::device_list_changes`] with the user's room peers already known.
+    pub fn device_list_changes_among(
+        &self,
+        user: &str,
+        peers: &BTreeSet<&str>,
+        from: u64,
+        to: u64,
+    ) -> (Vec<String>, Vec<String>) {
         let present = |m: Option<&str>| matches!(m, Some("join" | "invite" | "knock"));
-        let peers = self.room_peers(user);
         let mut changed: BTreeSet<String> = peers
             .iter()
             .filter(|u| {
                 self.key_changes
-                    .get(*u)
+                    .get(**u)
                     .is_some_and(|p| *p > from && *p <= to)
             })
-            .cloned()
+            .map(|u| u.to_string())
             .collect();
         let mut gone = BTreeSet::new();
         for room_id in self.user_rooms.get(user).into_iter().flatten() {
@@ -70,7 +80,10 @@ impl State {
                 }
             }
         }
-        let left: Vec<String> = gone.into_iter().filter(|u| !peers.contains(u)).collect();
+        let left: Vec<String> = gone
+            .into_iter()
+            .filter(|u| !peers.contains(u.as_str()))
+            .collect();
         // The user's own changes are listed too: their other devices must learn of a new
         // device or new cross-signing keys.
         let changed = changed.into_iter().filter(|u| !left.contains(u)).collect();
@@ -78,13 +91,13 @@ impl State {
     }
 
     /// Users who share a joined room with `user` (the user included).
-    pub fn room_peers(&self, user: &str) -> BTreeSet<String> {
+    pub fn room_peers<'a>(&'a self, user: &'a str) -> BTreeSet<&'a str> {
         let mut out = BTreeSet::new();
-        out.insert(user.to_string());
+        out.insert(user);
         for room_id in self.user_rooms.get(user).into_iter().flatten() {
             if let Some(room) = self.rooms.get(room_id) {
                 if room.membership(user) == Some("join") {
-                    out.extend(room.joined().cloned());
+                    out.extend(room.joined().map(String::as_str));
                 }
             }
         }
