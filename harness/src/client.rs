@@ -2,7 +2,7 @@
 //! a cap on every response body, so that a misbehaving server fails a scenario, not the run.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mxconform_generated::{BodyKind, Route};
 use serde_json::Value;
@@ -63,6 +63,8 @@ pub struct Response {
     pub content_type: Option<String>,
     /// Every response header, names in lower case.
     pub headers: Vec<(String, String)>,
+    /// When the body's last byte was read (before it was parsed).
+    pub arrived: Instant,
 }
 
 /// Everything but the unreserved characters of RFC 3986 (`A-Z a-z 0-9 - . _ ~`).
@@ -220,6 +222,7 @@ impl Client {
                     ));
                 }
             }
+            let arrived = Instant::now();
             let bytes = buf.len();
             let body = if answers.binary && (200..300).contains(&status) {
                 Value::Null
@@ -242,6 +245,7 @@ impl Client {
                 bytes,
                 content_type,
                 headers,
+                arrived,
             })
         };
         // The request timeout covers sending and the whole body; this is a second, outer bound.

@@ -56,6 +56,18 @@ impl Target {
         token: Option<&str>,
         query: &[(String, String)],
     ) -> Result<Value> {
+        Ok(self.req_timed(method, path, body, token, query).await?.0)
+    }
+
+    /// [`Target::req`], with when the answer arrived (its last byte read, before parsing).
+    pub(crate) async fn req_timed(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+        query: &[(String, String)],
+    ) -> Result<(Value, Instant)> {
         let b = body.map_or(Body::None, Body::Json);
         let r = self
             .client
@@ -78,7 +90,7 @@ impl Target {
                 r.body
             );
         }
-        Ok(r.body)
+        Ok((r.body, r.arrived))
     }
 
     /// Registers a user; returns its access token.
@@ -143,28 +155,44 @@ impl Target {
     }
 
     pub(crate) async fn send(&self, token: &str, room: &str, txn: &str) -> Result<()> {
+        self.send_timed(token, room, txn).await.map(|_| ())
+    }
+
+    /// Sends a message; answers when the answer arrived.
+    async fn send_timed(&self, token: &str, room: &str, txn: &str) -> Result<Instant> {
         let path = format!(
             "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
             enc(room),
             enc(txn)
         );
-        self.req(
-            "PUT",
-            &path,
-            Some(json!({"msgtype": "m.text", "body": txn})),
-            Some(token),
-            &[],
-        )
-        .await?;
-        Ok(())
+        let (_, arrived) = self
+            .req_timed(
+                "PUT",
+                &path,
+                Some(json!({"msgtype": "m.text", "body": txn})),
+                Some(token),
+                &[],
+            )
+            .await?;
+        Ok(arrived)
     }
 
     async fn sync(&self, token: &str, since: Option<&str>, timeout_ms: u64) -> Result<Value> {
+        Ok(self.sync_timed(token, since, timeout_ms).await?.0)
+    }
+
+    /// A /sync; with when its answer arrived.
+    async fn sync_timed(
+        &self,
+        token: &str,
+        since: Option<&str>,
+        timeout_ms: u64,
+    ) -> Result<(Value, Instant)> {
         let mut q = vec![("timeout".to_string(), timeout_ms.to_string())];
         if let Some(s) = since {
             q.push(("since".into(), s.to_string()));
         }
-        self.req("GET", "/_matrix/client/v3/sync", None, Some(token), &q)
+        self.req_timed("GET", "/_matrix/client/v3/sync", None, Some(token), &q)
             .await
     }
 }
@@ -243,7 +271,9 @@ pub async fn measure(t: &Target, tag: &str, budget: Duration) -> Result<Figures>
         done.load(std::sync::atomic::Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
 
     // /sync wake-up: B long-polls, A sends; time from the send's start to B's answer (taken
-    // when B's answer arrives, whether or not A's has), which must hold the message sent.
+    // when B's answer arrives, whether or not A's has), which must hold the message sent. The
+    // three latencies of this loop end when the answer's last byte is read, before the client
+    // parses it: the client's own work is not the server's.
     let mut since = t.sync(&token_b, None, 0).await?["next_batch"]
         .as_str()
         .unwrap_or("")
@@ -256,16 +286,12 @@ pub async fn measure(t: &Target, tag: &str, budget: Duration) -> Result<Figures>
         }
         let (tb, s) = (t.clone(), since.clone());
         let tok = token_b.clone();
-        let poll = tokio::spawn(async move {
-            let body = tb.sync(&tok, Some(&s), 10_000).await;
-            (body, Instant::now())
-        });
+        let poll = tokio::spawn(async move { tb.sync_timed(&tok, Some(&s), 10_000).await });
         tokio::time::sleep(Duration::from_millis(30)).await;
         let sent_at = Instant::now();
         let message = format!("wake-{tag}-{i}");
         t.send(&token, &room, &message).await?;
-        let (body, answered_at) = poll.await.context("poll task")?;
-        let body = body?;
+        let (body, answered_at) = poll.await.context("poll task")??;
         let timeline = &body["rooms"]["join"][room.as_str()]["timeline"]["events"];
         let holds = timeline.as_array().is_some_and(|evs| {
             evs.iter()
@@ -281,17 +307,20 @@ pub async fn measure(t: &Target, tag: &str, budget: Duration) -> Result<Figures>
         since = body["next_batch"].as_str().unwrap_or("").to_string();
         tokio::time::sleep(Duration::from_millis(30)).await;
         let sent_at = Instant::now();
-        t.send(&token, &room, &format!("idle-{tag}-{i}")).await?;
-        idle_sends.push(sent_at.elapsed());
+        let arrived = t
+            .send_timed(&token, &room, &format!("idle-{tag}-{i}"))
+            .await?;
+        idle_sends.push(arrived.saturating_duration_since(sent_at));
         since = t.sync(&token_b, Some(&since), 0).await?["next_batch"]
             .as_str()
             .unwrap_or("")
             .to_string();
         tokio::time::sleep(Duration::from_millis(30)).await;
         let asked_at = Instant::now();
-        t.req("GET", "/_matrix/client/versions", None, None, &[])
+        let (_, arrived) = t
+            .req_timed("GET", "/_matrix/client/versions", None, None, &[])
             .await?;
-        idle_noops.push(asked_at.elapsed());
+        idle_noops.push(arrived.saturating_duration_since(asked_at));
     }
     idle_sends.sort();
     f.idle_send_p50 = pct(&idle_sends, 0.5);
