@@ -37,8 +37,25 @@ impl Embedded {
 }
 
 /// A port free on 127.0.0.1 now (the server binds it moments later; a server name has to hold
-/// the port before the server exists).
+/// the port before the server exists). It is taken below the range the kernel hands out itself
+/// (to listeners on port 0, such as the harness's fake servers, and to outgoing connections):
+/// one of those could take a port from that range between this check and the server's bind.
 pub fn free_port() -> Result<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const FIRST: u16 = 10_000;
+    if low > FIRST + 1_000 {
+        for _ in 0..200 {
+            let mut r = [0u8; 2];
+            getrandom::fill(&mut r).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let port = FIRST + u16::from_le_bytes(r) % (low - FIRST);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let l = std::net::TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
     Ok(l.local_addr().context("finding a free port")?.port())
 }
@@ -181,4 +198,23 @@ pub fn start_mutant(spec: Spec<'_>, noop_mutant: Option<&str>) -> Result<Embedde
         thread,
         stop: stop_tx,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Ports for server names come from below the kernel's own range, and can be bound.
+    #[test]
+    fn free_ports_lie_below_the_kernels_own_range() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32768);
+        for _ in 0..20 {
+            let port = super::free_port().expect("a port");
+            if low > 11_000 {
+                assert!((10_000..low).contains(&port), "{port} (range from {low})");
+            }
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("binds");
+        }
+    }
 }
