@@ -40,18 +40,14 @@ impl Embedded {
 /// the port before the server exists). It is taken below the range the kernel hands out itself
 /// (to listeners on port 0, such as the harness's fake servers, and to outgoing connections):
 /// one of those could take a port from that range between this check and the server's bind.
-/// Below 20000 are the fixed ports of the test Synapses and their helpers.
+/// Below [`FIRST_PORT`] are the fixed ports of the test Synapses and their helpers.
 pub fn free_port() -> Result<u16> {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    const FIRST: u16 = 20_000;
-    if low > FIRST + 1_000 {
+    let low = kernel_ports_start();
+    if low > FIRST_PORT + 1_000 {
         for _ in 0..200 {
             let mut r = [0u8; 2];
             getrandom::fill(&mut r).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let port = FIRST + u16::from_le_bytes(r) % (low - FIRST);
+            let port = FIRST_PORT + u16::from_le_bytes(r) % (low - FIRST_PORT);
             if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
                 return Ok(port);
             }
@@ -59,6 +55,17 @@ pub fn free_port() -> Result<u16> {
     }
     let l = std::net::TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
     Ok(l.local_addr().context("finding a free port")?.port())
+}
+
+/// The lowest port [`free_port`] picks.
+const FIRST_PORT: u16 = 20_000;
+
+/// The first port of the range the kernel hands out itself (Linux's default when unknown).
+fn kernel_ports_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
 }
 
 /// The port of a `host:port` server name, if it names one.
@@ -206,14 +213,14 @@ mod tests {
     /// Ports for server names come from below the kernel's own range, and can be bound.
     #[test]
     fn free_ports_lie_below_the_kernels_own_range() {
-        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|r| r.split_whitespace().next()?.parse().ok())
-            .unwrap_or(32768);
+        let low = super::kernel_ports_start();
         for _ in 0..20 {
             let port = super::free_port().expect("a port");
-            if low > 21_000 {
-                assert!((20_000..low).contains(&port), "{port} (range from {low})");
+            if low > super::FIRST_PORT + 1_000 {
+                assert!(
+                    (super::FIRST_PORT..low).contains(&port),
+                    "{port} (range from {low})"
+                );
             }
             std::net::TcpListener::bind(("127.0.0.1", port)).expect("binds");
         }

@@ -1,7 +1,5 @@
 //! The user directory.
 
-use std::collections::BTreeSet;
-
 use mxconform_generated::client_server as cs;
 use serde_json::{json, Value};
 
@@ -18,7 +16,7 @@ pub fn search_user_directory(
     ctx.server.read(|s| {
         // Users who share a room with the caller, or who are in a room anyone may see: published,
         // with a public join rule, or world-readable.
-        let mut visible: BTreeSet<&str> = s.room_peers(&me.user_id);
+        let mut visible = s.room_peers(&me.user_id);
         let open = |r: &&crate::state::Room| {
             r.public
                 || r.world_readable()
